@@ -1,0 +1,8 @@
+"""The `podflame` command."""
+
+import click
+
+
+@click.group()
+def main() -> None:
+    """podflame: continuous eBPF CPU profiling, per pod."""

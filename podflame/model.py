@@ -1,0 +1,144 @@
+"""The one profile type that flows from the sampler to the renderer.
+
+Every stage is a function of `Profile`: the sampler produces it with bare addresses, the
+symbolizer fills in `Frame.lines`, the store keeps it, queries merge it, exporters render it.
+Stdlib only, so every folder (agent, symbolizer, server) can import it anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class FrameKind(StrEnum):
+    KERNEL = "kernel"
+    NATIVE = "native"
+    JIT = "jit"
+    PYTHON = "python"
+    UNKNOWN = "unknown"
+
+
+class Unresolved(StrEnum):
+    """Why a frame has no function name: shown to users and counted in metrics."""
+
+    NO_MAPPING = "no_mapping"  # address outside every mapping of the process
+    PROCESS_GONE = "process_gone"  # the process exited before its maps were read
+    NO_SYMBOLS = "no_symbols"  # stripped binary, or address between symbols
+    UNREADABLE = "unreadable"  # the binary could not be opened or parsed
+    JIT_NO_MAP = "jit_no_map"  # anonymous executable memory without a /tmp/perf-PID.map entry
+    KERNEL_UNKNOWN = "kernel_unknown"  # kernel address outside kallsyms
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """An executable mapping of a process, as in /proc/PID/maps."""
+
+    start: int
+    limit: int
+    offset: int
+    path: str
+    build_id: str | None = None
+
+    @property
+    def basename(self) -> str:
+        return os.path.basename(self.path) or self.path
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    function: str
+    file: str | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One address in a stack, with the function(s) it resolved to.
+
+    `lines` holds inlined frames innermost first (as pprof's Location.line does); an
+    unsymbolized frame has empty `lines` and, once the symbolizer gave up, a `reason`.
+    """
+
+    address: int
+    mapping: Mapping | None = None
+    kind: FrameKind = FrameKind.NATIVE
+    lines: tuple[Line, ...] = ()
+    reason: Unresolved | None = None
+
+    def fallback_name(self) -> str:
+        """`module+0xoffset` for an unresolved frame: never a bare [unknown]."""
+        if self.mapping is not None:
+            return f"{self.mapping.basename}+{self.address - self.mapping.start + self.mapping.offset:#x}"
+        if self.kind is FrameKind.KERNEL:
+            return f"[kernel]+{self.address:#x}"
+        return f"[unknown]+{self.address:#x}"
+
+    def names(self) -> tuple[str, ...]:
+        """Function names this frame contributes to a stack, outermost first."""
+        if not self.lines:
+            return (self.fallback_name(),)
+        return tuple(line.function for line in reversed(self.lines))
+
+
+Stack = tuple[Frame, ...]  # root first
+
+
+@dataclass(slots=True)
+class Profile:
+    """Samples of one label set over one time window.
+
+    `samples` maps a stack (root first) to a value of `sample_type` in `unit`; for the
+    sampler that is a count of samples, each worth `period_ns` of CPU time.
+    """
+
+    labels: dict[str, str]
+    start_ns: int
+    duration_ns: int
+    period_ns: int
+    samples: dict[Stack, int] = field(default_factory=dict)
+    sample_type: str = "samples"
+    unit: str = "count"
+
+    @property
+    def end_ns(self) -> int:
+        return self.start_ns + self.duration_ns
+
+    def total(self) -> int:
+        return sum(self.samples.values())
+
+    def add(self, stack: Stack, value: int) -> None:
+        if value:
+            self.samples[stack] = self.samples.get(stack, 0) + value
+
+    def name_stacks(self) -> Iterator[tuple[tuple[str, ...], int]]:
+        """Stacks as function names (root first, inlines expanded), with their values."""
+        for stack, value in self.samples.items():
+            yield tuple(name for frame in stack for name in frame.names()), value
+
+    @staticmethod
+    def merge(profiles: Iterable[Profile], labels: dict[str, str] | None = None) -> Profile:
+        """Sum profiles of one sample type into one, spanning all their windows.
+
+        Labels default to those every input shares, so a merge of one pod's processes keeps the pod.
+        """
+        profiles = list(profiles)
+        if not profiles:
+            return Profile(labels=labels or {}, start_ns=0, duration_ns=0, period_ns=0)
+        first = profiles[0]
+        if labels is None:
+            labels = dict(first.labels)
+            for p in profiles[1:]:
+                labels = {k: v for k, v in labels.items() if p.labels.get(k) == v}
+        start = min(p.start_ns for p in profiles)
+        end = max(p.end_ns for p in profiles)
+        out = Profile(labels=labels, start_ns=start, duration_ns=end - start, period_ns=first.period_ns,
+                      sample_type=first.sample_type, unit=first.unit)
+        for p in profiles:
+            if (p.sample_type, p.unit) != (first.sample_type, first.unit):
+                raise ValueError(f"cannot merge {p.sample_type}/{p.unit} into {first.sample_type}/{first.unit}")
+            for stack, value in p.samples.items():
+                out.add(stack, value)
+        return out

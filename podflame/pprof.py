@@ -1,0 +1,275 @@
+"""pprof (profile.proto) encoding and decoding of `Profile`s.
+
+pprof is both the agent -> server wire format and the download format: one standard that
+`go tool pprof` reads. A batch of profiles travels as one pprof whose samples carry their
+label sets as pprof string labels. The message classes are built at import time from a
+descriptor written here (no generated _pb2 file to keep in sync); protobuf does the bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterable, Mapping as AbcMapping
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from podflame.model import Frame, FrameKind, Line, Mapping, Profile
+
+KERNEL_MAPPING = "[kernel.kallsyms]"
+MAX_DECOMPRESSED_BYTES = 256 << 20
+
+_I64, _U64, _BOOL, _STR, _MSG = (
+    descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
+    descriptor_pb2.FieldDescriptorProto.TYPE_UINT64,
+    descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
+    descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+    descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+)
+_REPEATED = object()
+
+# Field numbers of perftools.profiles (github.com/google/pprof proto/profile.proto).
+_SCHEMA: dict[str, list[tuple]] = {
+    "Profile": [
+        ("sample_type", 1, "ValueType", _REPEATED), ("sample", 2, "Sample", _REPEATED),
+        ("mapping", 3, "Mapping", _REPEATED), ("location", 4, "Location", _REPEATED),
+        ("function", 5, "Function", _REPEATED), ("string_table", 6, _STR, _REPEATED),
+        ("drop_frames", 7, _I64), ("keep_frames", 8, _I64), ("time_nanos", 9, _I64),
+        ("duration_nanos", 10, _I64), ("period_type", 11, "ValueType"), ("period", 12, _I64),
+        ("comment", 13, _I64, _REPEATED), ("default_sample_type", 14, _I64),
+    ],
+    "ValueType": [("type", 1, _I64), ("unit", 2, _I64)],
+    "Sample": [("location_id", 1, _U64, _REPEATED), ("value", 2, _I64, _REPEATED), ("label", 3, "Label", _REPEATED)],
+    "Label": [("key", 1, _I64), ("str", 2, _I64), ("num", 3, _I64), ("num_unit", 4, _I64)],
+    "Mapping": [
+        ("id", 1, _U64), ("memory_start", 2, _U64), ("memory_limit", 3, _U64), ("file_offset", 4, _U64),
+        ("filename", 5, _I64), ("build_id", 6, _I64), ("has_functions", 7, _BOOL),
+        ("has_filenames", 8, _BOOL), ("has_line_numbers", 9, _BOOL), ("has_inline_frames", 10, _BOOL),
+    ],
+    "Location": [("id", 1, _U64), ("mapping_id", 2, _U64), ("address", 3, _U64),
+                 ("line", 4, "Line", _REPEATED), ("is_folded", 5, _BOOL)],
+    "Line": [("function_id", 1, _U64), ("line", 2, _I64), ("column", 3, _I64)],
+    "Function": [("id", 1, _U64), ("name", 2, _I64), ("system_name", 3, _I64), ("filename", 4, _I64),
+                 ("start_line", 5, _I64)],
+}
+
+
+def _build_messages() -> dict[str, type]:
+    fdp = descriptor_pb2.FileDescriptorProto(name="podflame/profile.proto", package="perftools.profiles",
+                                             syntax="proto3")
+    for msg_name, fields in _SCHEMA.items():
+        msg = fdp.message_type.add(name=msg_name)
+        for name, number, ftype, *rest in fields:
+            f = msg.field.add(name=name, number=number)
+            f.label = (descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED if rest
+                       else descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+            if isinstance(ftype, str):
+                f.type, f.type_name = _MSG, f".perftools.profiles.{ftype}"
+            else:
+                f.type = ftype
+    pool = descriptor_pool.DescriptorPool()
+    fd = pool.Add(fdp)
+    return {name: message_factory.GetMessageClass(fd.message_types_by_name[name]) for name in _SCHEMA}
+
+
+_MESSAGES = _build_messages()
+PprofProfile = _MESSAGES["Profile"]
+
+
+class PprofError(ValueError):
+    """The bytes are not a valid pprof profile; the message says what is wrong."""
+
+
+def decompress(data: bytes, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+    """Gunzip if gzip, refusing to inflate past `limit` (decompression bombs fail closed)."""
+    if data[:2] != b"\x1f\x8b":
+        if len(data) > limit:
+            raise PprofError(f"profile is {len(data)} bytes, over the {limit} byte limit")
+        return data
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as e:
+        raise PprofError(f"corrupt gzip: {e}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise PprofError(f"profile inflates past the {limit} byte limit")
+    return out
+
+
+class _Strings:
+    def __init__(self) -> None:
+        self.table: list[str] = [""]
+        self.index: dict[str, int] = {"": 0}
+
+    def __call__(self, s: str | None) -> int:
+        if not s:
+            return 0
+        i = self.index.get(s)
+        if i is None:
+            i = self.index[s] = len(self.table)
+            self.table.append(s)
+        return i
+
+
+def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] | None = None,
+           compress: bool = True) -> bytes:
+    """Encode profiles of one sample type into one pprof; each sample carries its profile's labels.
+
+    Labels in `common_labels` are left off the samples (they travel elsewhere, e.g. in the URL).
+    """
+    profiles = list(profiles)
+    common = dict(common_labels or {})
+    msg = PprofProfile()
+    s = _Strings()
+    sample_type, unit = (profiles[0].sample_type, profiles[0].unit) if profiles else ("samples", "count")
+    period = profiles[0].period_ns if profiles else 0
+    msg.sample_type.add(type=s(sample_type), unit=s(unit))
+    if sample_type == "samples" and period:
+        msg.sample_type.add(type=s("cpu"), unit=s("nanoseconds"))
+    msg.period_type.type, msg.period_type.unit = s("cpu"), s("nanoseconds")
+    msg.period = period
+    if profiles:
+        start = min(p.start_ns for p in profiles)
+        msg.time_nanos = start
+        msg.duration_nanos = max(p.end_ns for p in profiles) - start
+
+    mapping_ids: dict[Mapping, int] = {}
+    function_ids: dict[tuple[str, str | None], int] = {}
+    location_ids: dict[Frame, int] = {}
+
+    def mapping_id(m: Mapping | None, kind: FrameKind) -> int:
+        if m is None:
+            if kind is not FrameKind.KERNEL:
+                return 0
+            m = Mapping(0, 0xFFFFFFFFFFFFFFFF, 0, KERNEL_MAPPING)
+        mid = mapping_ids.get(m)
+        if mid is None:
+            mid = mapping_ids[m] = len(mapping_ids) + 1
+            msg.mapping.add(id=mid, memory_start=m.start, memory_limit=m.limit, file_offset=m.offset,
+                            filename=s(m.path), build_id=s(m.build_id), has_functions=True)
+        return mid
+
+    def location_id(frame: Frame) -> int:
+        lid = location_ids.get(frame)
+        if lid is not None:
+            return lid
+        lid = location_ids[frame] = len(location_ids) + 1
+        loc = msg.location.add(id=lid, mapping_id=mapping_id(frame.mapping, frame.kind), address=frame.address)
+        lines = frame.lines or ((Line(frame.fallback_name()),) if frame.reason is not None else ())
+        for line in lines:
+            key = (line.function, line.file)
+            fid = function_ids.get(key)
+            if fid is None:
+                fid = function_ids[key] = len(function_ids) + 1
+                msg.function.add(id=fid, name=s(line.function), system_name=s(line.function),
+                                 filename=s(line.file))
+            loc.line.add(function_id=fid, line=line.line or 0)
+        return lid
+
+    for p in profiles:
+        if (p.sample_type, p.unit) != (sample_type, unit):
+            raise ValueError("encode() takes profiles of one sample type")
+        labels = [(s(k), s(v)) for k, v in sorted(p.labels.items()) if common.get(k) != v]
+        for stack, value in p.samples.items():
+            sample = msg.sample.add(location_id=[location_id(f) for f in reversed(stack)])
+            sample.value.append(value)
+            if len(msg.sample_type) == 2:
+                sample.value.append(value * period)
+            for k, v in labels:
+                sample.label.add(key=k, str=v)
+    msg.string_table.extend(s.table)
+    raw = msg.SerializeToString()
+    return gzip.compress(raw, compresslevel=6) if compress else raw
+
+
+def decode(data: bytes, labels: AbcMapping[str, str] | None = None, *,
+           limit: int = MAX_DECOMPRESSED_BYTES) -> list[Profile]:
+    """Decode a pprof (gzip or plain) into one Profile per (sample type, label set).
+
+    `labels` apply to every sample; a sample's own string labels (and numeric ones, as text)
+    are added to them. Invalid references raise PprofError rather than being dropped.
+    """
+    msg = PprofProfile()
+    try:
+        msg.ParseFromString(decompress(data, limit))
+    except PprofError:
+        raise
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise PprofError(f"not a pprof profile: {e}") from None
+    st = list(msg.string_table)
+    if st and st[0] != "":
+        raise PprofError("string_table[0] must be the empty string")
+
+    def string(i: int) -> str:
+        if not 0 <= i < len(st):
+            raise PprofError(f"string index {i} out of range (table has {len(st)})")
+        return st[i]
+
+    if not msg.sample_type and msg.sample and msg.sample[0].value:
+        # Some producers omit sample_type; pprof itself names such values "unknown".
+        types = [("unknown", "count")] * len(msg.sample[0].value)
+    else:
+        types = [(string(t.type) or "unknown", string(t.unit) or "count") for t in msg.sample_type]
+    functions = {f.id: (string(f.name) or f"function#{f.id}", string(f.filename) or None) for f in msg.function}
+    mappings: dict[int, Mapping | None] = {}
+    for m in msg.mapping:
+        path = string(m.filename)
+        mappings[m.id] = None if path == KERNEL_MAPPING else Mapping(
+            m.memory_start, m.memory_limit, m.file_offset, path, string(m.build_id) or None)
+    kernel_ids = {m.id for m in msg.mapping if string(m.filename) == KERNEL_MAPPING}
+    frames: dict[int, Frame] = {}
+    for loc in msg.location:
+        if loc.mapping_id and loc.mapping_id not in mappings:
+            raise PprofError(f"location {loc.id} references unknown mapping {loc.mapping_id}")
+        lines = []
+        for ln in loc.line:
+            if ln.function_id not in functions:
+                raise PprofError(f"location {loc.id} references unknown function {ln.function_id}")
+            name, file = functions[ln.function_id]
+            lines.append(Line(name, file, ln.line or None))
+        kind = FrameKind.KERNEL if loc.mapping_id in kernel_ids else FrameKind.NATIVE
+        frames[loc.id] = Frame(loc.address, mappings.get(loc.mapping_id), kind, tuple(lines))
+
+    base = dict(labels or {})
+    period_ns = msg.period if msg.period_type.type and string(msg.period_type.unit) == "nanoseconds" else msg.period
+    out: dict[tuple[int, tuple[tuple[str, str], ...]], Profile] = {}
+    stack_cache: dict[tuple[int, ...], tuple[Frame, ...]] = {}
+    for sample in msg.sample:
+        if len(sample.value) != len(types):
+            raise PprofError(f"sample has {len(sample.value)} values for {len(types)} sample types")
+        key_ids = tuple(sample.location_id)
+        stack = stack_cache.get(key_ids)
+        if stack is None:
+            try:
+                stack = tuple(frames[i] for i in reversed(key_ids))
+            except KeyError as e:
+                raise PprofError(f"sample references unknown location {e.args[0]}") from None
+            stack_cache[key_ids] = stack
+        sample_labels = dict(base)
+        for lab in sample.label:
+            key = string(lab.key)
+            if lab.str:
+                sample_labels[key] = string(lab.str)
+            elif key:
+                sample_labels[key] = str(lab.num)
+        lkey = tuple(sorted(sample_labels.items()))
+        for ti, value in enumerate(sample.value):
+            if not value:
+                continue
+            prof = out.get((ti, lkey))
+            if prof is None:
+                prof = out[(ti, lkey)] = Profile(
+                    labels=sample_labels, start_ns=msg.time_nanos, duration_ns=msg.duration_nanos,
+                    period_ns=period_ns, sample_type=types[ti][0], unit=types[ti][1])
+            prof.add(stack, value)
+    return list(out.values())
+
+
+def default_sample_type(data: bytes) -> str | None:
+    """The producer's preferred sample type (pprof's default_sample_type, else the last one)."""
+    msg = PprofProfile()
+    msg.ParseFromString(decompress(data))
+    st = list(msg.string_table)
+    if msg.default_sample_type and 0 <= msg.default_sample_type < len(st):
+        return st[msg.default_sample_type]
+    return st[msg.sample_type[-1].type] if msg.sample_type else None

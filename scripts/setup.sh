@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Installs everything podflame needs on a Debian 12 host, idempotently: quick when already done.
+# Called by `make run` and `make test`; prints each action it takes and why.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { printf '[setup] %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+  say "podflame must run as root: it loads eBPF programs and opens perf events on every CPU (CAP_BPF + CAP_PERFMON),"
+  say "and reads other processes' /proc/PID/maps and binaries (CAP_SYS_PTRACE). Re-run as root."
+  exit 1
+fi
+
+# Debian packages: BCC (the sampler's compiler/loader), kernel headers (BCC compiles BPF C at start),
+# the pprof client and Chromium (test oracles), binutils/llvm (symbolizer oracles), profile-bpfcc (bench peer).
+PKGS=(python3-bpfcc bpfcc-tools linux-headers-amd64 golang-go chromium binutils llvm-14 linux-perf make gcc g++)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Kernel headers: BCC looks in /lib/modules/$(uname -r)/{build,source}. Custom kernels (like these VMs')
+# ship none; Debian's 6.1 headers are enough for a perf-event sampler. Never touch real headers.
+kdir="/lib/modules/$(uname -r)"
+if [ ! -e "$kdir/build/include/linux/kconfig.h" ] && [ ! -e "$kdir/source/include/linux/kconfig.h" ]; then
+  amd=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1)
+  if [ -z "$amd" ] || [ -z "$common" ]; then
+    say "no kernel headers for $(uname -r) and no Debian linux-headers to link: BCC cannot compile the sampler"; exit 1
+  fi
+  say "no kernel headers for $(uname -r): linking $kdir/build -> $amd and $kdir/source -> $common"
+  say "(BCC compiles the sampler against them; kconfig.h lives in the -common folder, hence both links)"
+  mkdir -p "$kdir"
+  ln -sfn "$amd" "$kdir/build"
+  ln -sfn "$common" "$kdir/source"
+fi
+
+# Python: a venv in .venv from the default python3; BCC is Debian-only, so expose just its package.
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  python3 -m venv .venv
+fi
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [ ! -e .venv/bcc-only/bcc ]; then
+  say "exposing Debian's BCC (python3-bpfcc) to .venv, and nothing else from dist-packages"
+  mkdir -p .venv/bcc-only
+  ln -sfn /usr/lib/python3/dist-packages/bcc .venv/bcc-only/bcc
+  echo "$PWD/.venv/bcc-only" > "$site/podflame-bcc.pth"
+fi
+stamp=.venv/.podflame-installed
+if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing podflame and its Python dependencies into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2> >(grep -v 'is ignored: it is neither' >&2)
+  touch "$stamp"
+fi

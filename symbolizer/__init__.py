@@ -1,0 +1,1 @@
+"""podflame: symbolizer."""
