@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from collections.abc import Iterable, Mapping as AbcMapping
+from collections.abc import Iterable
+from collections.abc import Mapping as AbcMapping
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
@@ -231,7 +232,7 @@ def decode(data: bytes, labels: AbcMapping[str, str] | None = None, *,
         frames[loc.id] = Frame(loc.address, mappings.get(loc.mapping_id), kind, tuple(lines))
 
     base = dict(labels or {})
-    period_ns = msg.period if msg.period_type.type and string(msg.period_type.unit) == "nanoseconds" else msg.period
+    period_ns = msg.period  # nanoseconds for CPU profiles; in period_type units otherwise
     out: dict[tuple[int, tuple[tuple[str, str], ...]], Profile] = {}
     stack_cache: dict[tuple[int, ...], tuple[Frame, ...]] = {}
     for sample in msg.sample:

@@ -1,0 +1,55 @@
+"""Shared test rules: real-system tests skip where the system is missing, except in CI.
+
+CI sets PODFLAME_REQUIRE_BPF=1 and PODFLAME_REQUIRE_BROWSER=1 so that a skipped BPF or
+browser test fails the run instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def _bpf_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "BPF tests need root"
+    try:
+        import bcc  # noqa: F401
+    except ImportError as e:
+        return f"BCC is not importable ({e}); run scripts/setup.sh"
+    return None
+
+
+def _browser_problem() -> str | None:
+    if not shutil.which("chromium") and not Path("/usr/bin/chromium").exists():
+        return "Chromium is not installed (Debian package chromium)"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright is not installed"
+    return None
+
+
+_CHECKS = {"bpf": (_bpf_problem, "PODFLAME_REQUIRE_BPF"), "browser": (_browser_problem, "PODFLAME_REQUIRE_BROWSER")}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker, (check, flag) in _CHECKS.items():
+        if item.get_closest_marker(marker) and (problem := check()):
+            if os.environ.get(flag) == "1":
+                pytest.fail(f"{flag}=1 but {problem}", pytrace=False)
+            pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """../shared/corpus: real profiles written by other projects."""
+    if not CORPUS.is_dir():
+        pytest.skip(f"test corpus not found at {CORPUS}")
+    return CORPUS
