@@ -1,8 +1,215 @@
-"""The `podflame` command."""
+"""The `podflame` command: `up`, `server`, `agent`, `record`.
+
+Heavy imports (bcc, flask) happen inside commands so that `podflame --help` is instant and
+the server runs on machines without BPF.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
 
 import click
 
+log = logging.getLogger("podflame")
 
-@click.group()
-def main() -> None:
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise click.ClickException(
+            f"{what} needs root: it loads an eBPF program on a perf event on every CPU (CAP_BPF, CAP_PERFMON) "
+            "and reads other processes' /proc/PID/maps and binaries (CAP_SYS_PTRACE). Run it as root.")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+def _make_http_server(app, host: str, port: int):
+    from werkzeug.serving import make_server
+
+    try:
+        return make_server(host, port, app, threaded=True)
+    except OSError as e:
+        hint = " (is another podflame running? pick another with --listen)" if e.errno == 98 else ""
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
+
+
+def _start_agent(server_url: str, frequency: int, interval: float, node: str | None):
+    from profiler.agent import Agent, create_context
+    from profiler.sampler import Sampler, SamplerError
+    from profiler.upload import Uploader
+    from symbolizer import Symbolizer
+
+    ctx = create_context(node)
+    click.echo(f"podflame agent: compiling the eBPF sampler ({frequency} Hz on {os.cpu_count()} CPUs)...", err=True)
+    try:
+        sampler = Sampler(frequency)
+    except SamplerError as e:
+        raise click.ClickException(str(e)) from None
+    symbolizer = Symbolizer(ctx.maps)
+    uploader = Uploader(server_url, node=ctx.node)
+    agent = Agent(sampler, ctx, symbolizer.symbolize, uploader, interval=interval)
+    thread = threading.Thread(target=agent.run, name="podflame-agent", daemon=True)
+    thread.start()
+    click.echo(f"podflame agent: sampling node {ctx.node!r}, shipping every {interval:g}s to {server_url}", err=True)
+
+    def stop() -> None:
+        agent.stop()
+        thread.join(timeout=interval + 30)
+        uploader.close()
+        sampler.close()
+
+    return stop
+
+
+def _wait_for_signal() -> None:
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(1):
+        pass
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
     """podflame: continuous eBPF CPU profiling, per pod."""
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:7070", show_default=True, help="HOST:PORT of the UI and API.")
+@click.option("--data", "data_dir", default="./podflame-data", show_default=True, type=click.Path(file_okay=False),
+              help="Where profiles are stored (SQLite index + zstd files).")
+@click.option("--frequency", default=19, show_default=True, type=click.IntRange(1, 10000), help="Samples/s per CPU.")
+@click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600),
+              help="Seconds between drains.")
+@click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
+def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: str | None) -> None:
+    """Agent + server on this host, with the embedded store."""
+    _require_root("podflame up")
+    from web.app import create_app
+
+    host, port = _parse_listen(listen)
+    app = create_app({"DATA_DIR": str(Path(data_dir).resolve())})
+    server = _make_http_server(app, host, port)
+    threading.Thread(target=server.serve_forever, name="podflame-http", daemon=True).start()
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{server.server_port}"
+    stop_agent = _start_agent(url, frequency, interval, node_name)
+    click.echo(f"podflame is up: open {url}/  (data in {Path(data_dir).resolve()}; Ctrl-C to stop)")
+    _wait_for_signal()
+    click.echo("podflame: stopping (final drain)...", err=True)
+    stop_agent()
+    server.shutdown()
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:7070", show_default=True, help="HOST:PORT of the UI and API.")
+@click.option("--data", "data_dir", default="./podflame-data", show_default=True, type=click.Path(file_okay=False))
+def server(listen: str, data_dir: str) -> None:
+    """The server alone: ingest, store, query, UI."""
+    from web.app import create_app
+
+    host, port = _parse_listen(listen)
+    app = create_app({"DATA_DIR": str(Path(data_dir).resolve())})
+    srv = _make_http_server(app, host, port)
+    click.echo(f"podflame server: listening on http://{host}:{srv.server_port}/ (data in {Path(data_dir).resolve()})")
+    threading.Thread(target=srv.serve_forever, name="podflame-http", daemon=True).start()
+    _wait_for_signal()
+    srv.shutdown()
+
+
+@main.command()
+@click.option("--server", "server_url", required=True, help="URL of the podflame server, e.g. http://podflame:7070")
+@click.option("--frequency", default=19, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
+@click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
+@click.option("--metrics", "metrics_listen", default=None, help="HOST:PORT to serve the agent's /metrics on.")
+def agent(server_url: str, frequency: int, interval: float, node_name: str | None, metrics_listen: str | None) -> None:
+    """The node agent alone, shipping to a server."""
+    _require_root("podflame agent")
+    if metrics_listen:
+        from prometheus_client import start_http_server
+
+        host, port = _parse_listen(metrics_listen)
+        start_http_server(port, addr=host)
+    stop_agent = _start_agent(server_url, frequency, interval, node_name)
+    _wait_for_signal()
+    stop_agent()
+
+
+@main.command()
+@click.option("--duration", required=True, type=click.FloatRange(0.1, 86400), help="Seconds to sample.")
+@click.option("--pid", type=int, default=None, help="Only this process.")
+@click.option("--cgroup", "cgroup_path", default=None,
+              help="Only this cgroup v2 (path under the v2 root, or a full /sys/fs/cgroup path).")
+@click.option("--frequency", default=99, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--format", "fmt", type=click.Choice(["folded", "pprof"]), default="folded", show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="File to write ('-' for stdout).")
+def record(duration: float, pid: int | None, cgroup_path: str | None, frequency: int, fmt: str, output: str) -> None:
+    """One-shot capture, symbolized, to a folded or pprof file (like BCC's profile, with our symbols)."""
+    _require_root("podflame record")
+    if pid is not None and cgroup_path is not None:
+        raise click.UsageError("give --pid or --cgroup, not both")
+    from podflame import pprof
+    from podflame.model import Profile
+    from profiler.agent import build_profiles, create_context
+    from profiler.cgroups import CgroupResolver
+    from profiler.sampler import Sampler, SamplerError
+    from symbolizer import Symbolizer
+    from web.export import to_folded
+
+    cgroup_ids = None
+    if cgroup_path is not None:
+        cgroup_id = CgroupResolver().id_of(cgroup_path)
+        if cgroup_id is None:
+            raise click.ClickException(f"no cgroup v2 directory {cgroup_path!r}")
+        cgroup_ids = [cgroup_id]
+    if pid is not None and not Path(f"/proc/{pid}").exists():
+        raise click.ClickException(f"no process with pid {pid}")
+    ctx = create_context(None)
+    try:
+        sampler = Sampler(frequency, pids=[pid] if pid is not None else None, cgroup_ids=cgroup_ids)
+    except SamplerError as e:
+        raise click.ClickException(str(e)) from None
+    symbolizer = Symbolizer(ctx.maps)
+    period_ns = int(1e9 / frequency)
+    profiles: list[Profile] = []
+    end = time.monotonic() + duration
+    try:
+        with sampler:
+            while (left := end - time.monotonic()) > 0:
+                time.sleep(min(1.0, left))  # drain every second: maps of short-lived processes stay fresh
+                profiles.extend(build_profiles(sampler.drain(), ctx, period_ns))
+                click.echo(f"\rrecording: {max(0.0, end - time.monotonic()):5.1f}s left, "
+                           f"{sum(p.total() for p in profiles)} samples", nl=False, err=True)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: writing what was captured", err=True)
+    click.echo("", err=True)
+    by_labels: dict[tuple, list[Profile]] = {}
+    for p in profiles:
+        by_labels.setdefault(tuple(sorted(p.labels.items())), []).append(p)
+    merged = [symbolizer.symbolize(Profile.merge(group)) for group in by_labels.values()]
+    data = pprof.encode(merged) if fmt == "pprof" else to_folded(Profile.merge(merged, labels={})).encode()
+    out = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115
+    with out:
+        out.write(data)
+    total = sum(p.total() for p in merged)
+    click.echo(f"wrote {total} samples from {len(merged)} processes to {output} ({fmt})", err=True)
+

@@ -94,6 +94,8 @@ def decompress(data: bytes, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
         raise PprofError(f"corrupt gzip: {e}") from None
     if len(out) > limit or d.unconsumed_tail:
         raise PprofError(f"profile inflates past the {limit} byte limit")
+    if not d.eof:
+        raise PprofError("corrupt gzip: the stream is truncated")
     return out
 
 

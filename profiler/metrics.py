@@ -1,0 +1,46 @@
+"""Agent metrics (Prometheus): what was captured, what was lost and why, what it cost."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from podflame.model import Profile
+
+if TYPE_CHECKING:
+    from profiler.sampler import Drain
+
+SAMPLES = Counter("podflame_agent_samples_total", "CPU samples drained from the kernel")
+DRAINS = Counter("podflame_agent_drains_total", "Drains of the kernel maps")
+SAMPLER_ERRORS = Counter("podflame_agent_sampler_errors_total",
+                         "Samples whose stack or count the kernel could not record, by cause", ["cause"])
+FRAMES = Counter("podflame_agent_frames_total", "Distinct frames per drained profile, by resolution",
+                 ["resolution"])
+RESOLVED_SHARE = Gauge("podflame_agent_resolved_frame_ratio", "Share of frames with a function name, last drain")
+DRAIN_CPU = Histogram("podflame_agent_drain_cpu_seconds", "CPU time of one drain, symbolization included",
+                      buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+UPLOADS = Counter("podflame_agent_uploads_total", "Batches shipped to the server, by outcome", ["outcome"])
+BACKLOG = Gauge("podflame_agent_upload_backlog_batches", "Batches waiting to be shipped")
+DROPPED_BATCHES = Counter("podflame_agent_dropped_batches_total", "Batches dropped because the backlog was full")
+
+
+def record_drain(drain: Drain, profiles: list[Profile], last_errors: dict[str, int]) -> None:
+    DRAINS.inc()
+    SAMPLES.inc(sum(s.count for s in drain.samples))
+    for cause, value in drain.errors.items():  # the sampler reports cumulative counters
+        delta = value - last_errors.get(cause, 0)
+        if delta > 0:
+            SAMPLER_ERRORS.labels(cause).inc(delta)
+    resolved = unresolved = 0
+    for p in profiles:
+        for stack in p.samples:
+            for frame in stack:
+                if frame.lines:
+                    resolved += 1
+                else:
+                    unresolved += 1
+                    FRAMES.labels(str(frame.reason or "unsymbolized")).inc()
+    FRAMES.labels("resolved").inc(resolved)
+    if resolved + unresolved:
+        RESOLVED_SHARE.set(resolved / (resolved + unresolved))

@@ -1,0 +1,80 @@
+"""Assembling drained raw samples into labelled, root-first profiles (no BPF needed)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from podflame.model import FrameKind, Mapping
+from profiler.agent import Context, build_profiles
+
+EXE = Mapping(0x400000, 0x500000, 0, "/opt/app/bin/app")
+
+
+class FakeMaps:
+    def __init__(self) -> None:
+        self.refreshed: set[int] = set()
+
+    def refresh(self, pids):
+        self.refreshed |= set(pids)
+
+    def lookup(self, pid, address):
+        return EXE if pid == 42 and EXE.start <= address < EXE.limit else None
+
+    def process_gone(self, pid):
+        return False
+
+
+class FakeCgroups:
+    def path(self, cgroup_id):
+        return {7: "/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab.scope"}.get(cgroup_id)
+
+
+class FakePods:
+    def labels(self, path):
+        return {"pod_uid": "1"} if "kubepods" in path else {}
+
+
+def raw(cgroup_id=7, tgid=42, pid=43, comm="worker", user=(), kernel=(), user_error=0, kernel_error=0, count=1):
+    return SimpleNamespace(cgroup_id=cgroup_id, tgid=tgid, pid=pid, comm=comm, user_stack=user, kernel_stack=kernel,
+                           user_error=user_error, kernel_error=kernel_error, count=count)
+
+
+def ctx() -> Context:
+    return Context(node="n1", maps=FakeMaps(), cgroups=FakeCgroups(), pod_labels=FakePods(),
+                   comm_cache={42: "app"})
+
+
+def test_samples_group_by_cgroup_and_process_with_root_first_stacks() -> None:
+    c = ctx()
+    drain = SimpleNamespace(start_ns=1000, end_ns=2000, errors={}, samples=[
+        # user leaf first, as the kernel records: leaf 0x401000 called from 0x400100 (main)
+        raw(user=(0x401000, 0x400100), count=3),
+        raw(pid=44, user=(0x401000, 0x400100), kernel=(0xFFFF0002, 0xFFFF0001), count=2),
+        raw(cgroup_id=9, tgid=50, pid=50, comm="sshd", user=(0x1234,), count=1),
+    ])
+    profiles = {p.labels["pid"]: p for p in build_profiles(drain, c, period_ns=10)}
+    assert c.maps.refreshed == {42, 50}
+    app = profiles["42"]
+    assert app.labels == {"cgroup": "/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab.scope", "pod_uid": "1",
+                          "node": "n1", "comm": "app", "pid": "42"}
+    assert app.total() == 5 and (app.start_ns, app.duration_ns, app.period_ns) == (1000, 1000, 10)
+    stacks = {tuple(f.address for f in s): v for s, v in app.samples.items()}
+    assert stacks == {(0x400100, 0x401000): 3, (0x400100, 0x401000, 0xFFFF0001, 0xFFFF0002): 2}
+    kernel_stack = next(s for s in app.samples if len(s) == 4)
+    assert [f.kind for f in kernel_stack] == [FrameKind.NATIVE] * 2 + [FrameKind.KERNEL] * 2
+    assert kernel_stack[0].mapping == EXE
+    other = profiles["50"]
+    assert other.labels["cgroup"] == "cgroup-id:9" and "pod_uid" not in other.labels
+    (stack,) = other.samples
+    assert stack[0].mapping is None  # no mapping known: the symbolizer will say why
+
+
+def test_lost_stacks_stay_visible_as_explicit_frames() -> None:
+    drain = SimpleNamespace(start_ns=0, end_ns=1, errors={}, samples=[
+        raw(user_error=-17, kernel=(0xFFFF0001,), count=4),  # user stack lost to a hash collision
+        raw(tgid=0, pid=0, user_error=-14, kernel=(0xFFFF0001,), count=1),  # kernel thread: EFAULT is normal
+    ])
+    profiles = build_profiles(drain, ctx(), period_ns=10)
+    names = {n for p in profiles for n, _ in p.name_stacks()}
+    assert ("[user stack lost: EEXIST]", "[kernel]+0xffff0001") in names
+    assert ("[kernel]+0xffff0001",) in names

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+
+from podflame.model import Frame, FrameKind, Line, Mapping, Profile
+
+LIB = Mapping(0x7F0000000000, 0x7F0000100000, 0x2000, "/usr/lib/libfoo.so.1")
+
+
+def test_unresolved_frames_name_their_module_and_offset() -> None:
+    assert Frame(0x7F0000000100, LIB).names() == ("libfoo.so.1+0x2100",)
+    assert Frame(0xFFFFFFFF81234567, None, FrameKind.KERNEL).names() == ("[kernel]+0xffffffff81234567",)
+
+
+def test_inlined_lines_expand_outermost_first() -> None:
+    f = Frame(1, LIB, lines=(Line("inner"), Line("middle"), Line("outer")))
+    assert f.names() == ("outer", "middle", "inner")
+
+
+def test_merge_sums_and_keeps_shared_labels() -> None:
+    s = (Frame(1, LIB, lines=(Line("a"),)),)
+    p1 = Profile({"pod": "x", "pid": "1"}, 100, 10, 5, {s: 2})
+    p2 = Profile({"pod": "x", "pid": "2"}, 105, 20, 5, {s: 3})
+    m = Profile.merge([p1, p2])
+    assert m.labels == {"pod": "x"} and m.samples == {s: 5}
+    assert (m.start_ns, m.end_ns) == (100, 125)
+
+
+def test_merge_refuses_mixed_sample_types() -> None:
+    a = Profile({}, 0, 1, 1, sample_type="cpu", unit="nanoseconds")
+    b = Profile({}, 0, 1, 1, sample_type="alloc_space", unit="bytes")
+    with pytest.raises(ValueError, match="cannot merge"):
+        Profile.merge([a, b])
