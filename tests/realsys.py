@@ -1,0 +1,87 @@
+"""Helpers for tests that run real processes: build C workloads, kubelet-shaped cgroups, a live server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+WORKLOADS = Path(__file__).parent / "workloads"
+CGROUP2_ROOT = Path("/sys/fs/cgroup/unified") if Path("/sys/fs/cgroup/unified/cgroup.procs").exists() \
+    else Path("/sys/fs/cgroup")
+
+
+def build_c(name: str, out_dir: Path, *flags: str, cc: str = "gcc") -> Path:
+    """Compile tests/workloads/<name> into out_dir (tests build fixtures from source, never commit them)."""
+    src = WORKLOADS / name
+    exe = out_dir / src.stem
+    subprocess.run([cc, "-O1", "-g", "-fno-omit-frame-pointer", *flags, "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+@dataclass
+class PodCgroup:
+    path: Path  # absolute, under the v2 root
+    pod_uid: str
+    container_id: str
+
+    @property
+    def relative(self) -> str:
+        return "/" + str(self.path.relative_to(CGROUP2_ROOT))
+
+    @property
+    def inode(self) -> int:
+        return os.stat(self.path).st_ino
+
+
+@contextmanager
+def kubelet_cgroup(qos: str = "burstable") -> Iterator[PodCgroup]:
+    """A v2 cgroup shaped like the kubelet's systemd-driver path for a containerd container."""
+    pod_uid = str(uuid.uuid4())
+    container_id = uuid.uuid4().hex + uuid.uuid4().hex
+    top = CGROUP2_ROOT / "kubepods.slice"
+    qos_slice = top / f"kubepods-{qos}.slice"
+    pod = qos_slice / f"kubepods-{qos}-pod{pod_uid.replace('-', '_')}.slice"
+    leaf = pod / f"cri-containerd-{container_id}.scope"
+    created = [d for d in (top, qos_slice, pod, leaf) if not d.exists()]
+    leaf.mkdir(parents=True, exist_ok=True)
+    try:
+        yield PodCgroup(leaf, pod_uid, container_id)
+    finally:
+        for d in reversed(created):
+            for pid in (d / "cgroup.procs").read_text().split():
+                with suppress(OSError):
+                    (CGROUP2_ROOT / "cgroup.procs").write_text(pid)
+            _rmdir(d)
+
+
+def _rmdir(d: Path) -> None:
+    with suppress(OSError):
+        d.rmdir()
+
+
+def spawn_in_cgroup(cgroup: Path, argv: list[str]) -> subprocess.Popen:
+    """Start argv already inside `cgroup`, so its very first sample is attributed there."""
+    return subprocess.Popen(["sh", "-c", f'echo $$ > "{cgroup}/cgroup.procs" && exec "$@"', "sh", *argv])
+
+
+@contextmanager
+def live_server(data_dir: Path) -> Iterator[str]:
+    """The real Flask app on a real socket (127.0.0.1, a free port), in a thread."""
+    from werkzeug.serving import make_server
+
+    from web.app import create_app
+
+    server = make_server("127.0.0.1", 0, create_app({"DATA_DIR": str(data_dir)}), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)

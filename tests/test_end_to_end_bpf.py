@@ -1,0 +1,108 @@
+"""The first slice end to end: a real process in a kubelet-shaped cgroup, sampled by the real agent,
+shipped to the real server, read back as a flame graph and as pprof through `go tool pprof`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.realsys import build_c, kubelet_cgroup, live_server, spawn_in_cgroup
+
+pytestmark = pytest.mark.bpf
+
+FREQUENCY = 99
+SECONDS = 6.0
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.read()
+
+
+def _children(fg: dict, depth: int, parent: list[int]) -> dict[str, list[int]]:
+    """Nodes at `depth + 1` inside `parent`'s span, by name (levels hold [start, total, self, name])."""
+    p_start, p_total = parent[0], parent[1]
+    level = fg["levels"][depth + 1] if depth + 1 < len(fg["levels"]) else []
+    nodes = [level[i:i + 4] for i in range(0, len(level), 4)]
+    return {fg["names"][n[3]]: n for n in nodes if p_start <= n[0] < p_start + p_total}
+
+
+def _find(fg: dict, name: str) -> tuple[int, list[int]] | None:
+    for depth, level in enumerate(fg["levels"]):
+        for i in range(0, len(level), 4):
+            if fg["names"][level[i + 3]] == name:
+                return depth, level[i:i + 4]
+    return None
+
+
+def test_pod_flame_graph_and_pprof_from_a_real_sampled_process(tmp_path: Path) -> None:
+    from profiler.agent import Agent, create_context
+    from profiler.sampler import Sampler
+    from profiler.upload import Uploader
+    from symbolizer import Symbolizer
+
+    exe = build_c("two_hot.c", tmp_path)
+    with kubelet_cgroup("burstable") as cg, live_server(tmp_path / "data") as url:
+        ctx = create_context("test-node")
+        sampler = Sampler(FREQUENCY)
+        uploader = Uploader(url, node=ctx.node)
+        agent = Agent(sampler, ctx, Symbolizer(ctx.maps).symbolize, uploader, interval=2.0)
+        thread = threading.Thread(target=agent.run, daemon=True)
+        thread.start()
+        try:
+            proc = spawn_in_cgroup(cg.path, [str(exe), str(SECONDS)])
+            _, status, usage = os.wait4(proc.pid, 0)
+            assert status == 0
+        finally:
+            agent.stop()
+            thread.join(timeout=30)
+            assert uploader.flush(30), "the agent's batches did not all land"
+            uploader.close()
+            sampler.close()
+        cpu_seconds = usage.ru_utime + usage.ru_stime
+        expected = FREQUENCY * cpu_seconds  # one busy thread: frequency x busy seconds
+
+        selector = f'{{pod_uid="{cg.pod_uid}"}}'
+        q = urllib.parse.urlencode({"query": selector, "from": "now-10m", "to": "now+1m"})
+        series = json.loads(_get(f"{url}/api/v1/series?{q}"))["series"]
+        assert len(series) == 1, series
+        labels = series[0]["labels"]
+        assert labels["pod_uid"] == cg.pod_uid and labels["container_id"] == cg.container_id
+        assert labels["qos"] == "burstable" and labels["runtime"] == "containerd"
+        assert labels["cgroup"] == cg.relative and labels["comm"] == exe.name and labels["node"] == "test-node"
+
+        fg = json.loads(_get(f"{url}/api/v1/flamegraph?{q}"))
+        assert fg["total"] >= 0.95 * expected, f"captured {fg['total']} of {expected:.0f} expected samples"
+        found = _find(fg, "main")
+        assert found, f"main not in the flame graph: {fg['names'][:50]}"
+        depth, main = found
+        under_main = _children(fg, depth, main)
+        a, b = under_main["hot_a"][1], under_main["hot_b"][1]
+        assert abs(a / b - 3.0) / 3.0 < 0.10, f"hot_a:hot_b = {a}:{b}"
+        assert a + b >= 0.9 * fg["total"]
+
+        pprof_file = tmp_path / "pod.pb.gz"
+        pprof_file.write_bytes(_get(f"{url}/api/v1/pprof?{q}"))
+        folded = _get(f"{url}/api/v1/folded?{q}").decode()
+        assert any(line.rsplit(";", 1)[-1].startswith("hot_a ") for line in folded.splitlines())
+
+    if not shutil.which("go"):
+        pytest.fail("go tool pprof (Debian golang-go) is needed to read the pprof download back")
+    top = subprocess.run(["go", "tool", "pprof", "-top", "-sample_index=samples", str(pprof_file)],
+                         capture_output=True, text=True, check=True).stdout
+    flat = {}
+    for line in top.splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and parts[0].isdigit():
+            flat[parts[5]] = int(parts[0])
+    assert flat.get("hot_a", 0) + flat.get("hot_b", 0) >= 0.9 * fg["total"], top
+    assert abs(flat["hot_a"] / flat["hot_b"] - 3.0) / 3.0 < 0.10, top
+    assert f"of {fg['total']} total" in top.replace(",", "") or str(fg["total"]) in top

@@ -1,0 +1,29 @@
+/* Two hot functions doing identical work per call in a 3:1 ratio, for argv[1] seconds.
+ * Built by the tests with frame pointers so any frame-pointer unwinder sees main above them. */
+#include <stdlib.h>
+#include <time.h>
+
+static volatile unsigned long sink;
+
+__attribute__((noinline)) void hot_a(unsigned long n) {
+    for (unsigned long i = 0; i < n; i++) sink += i * i;
+}
+
+__attribute__((noinline)) void hot_b(unsigned long n) {
+    for (unsigned long i = 0; i < n; i++) sink += i * i;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv) {
+    double secs = argc > 1 ? atof(argv[1]) : 5.0, end = now() + secs;
+    while (now() < end) {
+        hot_a(300000);
+        hot_b(100000);
+    }
+    return 0;
+}
