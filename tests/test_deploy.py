@@ -1,0 +1,173 @@
+"""deploy/: every kustomize overlay renders, loads into the kubernetes client's typed models without
+losing a field, and asks for no more than podflame needs (no privileged agent, read-only RBAC).
+
+Rendering uses the real `kubectl kustomize` (no API server needed). The typed models are the
+ones the `kubernetes` client deserializes API responses into, so a misspelled or misplaced
+field shows up as a difference after the round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+OVERLAYS = sorted(p.name for p in (DEPLOY / "overlays").iterdir() if (p / "kustomization.yaml").exists())
+AGENT_CAPS = {"BPF", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE"}
+READ_VERBS = {"get", "list", "watch"}
+
+
+def render(overlay: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (Debian bookworm's kubernetes-client 1.20 is too old for these "
+                    "kustomizations; any kubectl >= 1.21 works)")
+    out = subprocess.run([kubectl, "kustomize", str(DEPLOY / "overlays" / overlay)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request) -> tuple[str, list[dict]]:
+    return request.param, render(request.param)
+
+
+def by_kind(objs: list[dict], kind: str) -> list[dict]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def one(objs: list[dict], kind: str) -> dict:
+    found = by_kind(objs, kind)
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def test_overlays_exist() -> None:
+    assert OVERLAYS == ["cluster-wide", "namespace-only"]
+
+
+def test_every_object_loads_into_the_typed_models_without_loss(rendered) -> None:
+    from kubernetes.client import ApiClient
+
+    api = ApiClient()
+    _, objs = rendered
+    assert {o["kind"] for o in objs} >= {"ServiceAccount", "DaemonSet", "Deployment", "Service",
+                                         "PersistentVolumeClaim"}
+    for obj in objs:
+        version = obj["apiVersion"].rsplit("/", 1)[-1]
+        model = f"{version[0].upper()}{version[1:]}{obj['kind']}"  # apps/v1 DaemonSet -> V1DaemonSet
+        typed = api.deserialize(json.dumps(obj), model, "application/json")
+        assert type(typed).__name__ == model
+        assert api.sanitize_for_serialization(typed) == obj, f"{obj['kind']}/{obj['metadata']['name']} lost fields"
+
+
+def test_agent_daemonset_is_not_privileged_and_has_what_it_needs(rendered) -> None:
+    _, objs = rendered
+    ds = one(objs, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostPID"] is True
+    assert not pod.get("hostNetwork") and not pod.get("hostIPC")
+    (c,) = pod["containers"]
+    assert not pod.get("initContainers")
+    sc = c["securityContext"]
+    assert sc.get("privileged") is not True
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert set(sc["capabilities"]["add"]) == AGENT_CAPS
+    # host paths: the cgroup tree and kernel headers, all read-only
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert sorted(host.values()) == ["/lib/modules", "/sys/fs/cgroup", "/usr/src"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    for name, path in host.items():
+        assert mounts[name]["readOnly"] is True and mounts[name]["mountPath"] == path
+    res = c["resources"]
+    assert {"cpu", "memory"} <= res["requests"].keys() and {"cpu", "memory"} <= res["limits"].keys()
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert pod["serviceAccountName"] == "podflame-agent"
+
+
+def test_agent_arguments_are_real_cli_options(rendered) -> None:
+    from podflame.cli import main
+
+    _, objs = rendered
+    args = one(objs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+    command = main.commands[args[0]]
+    known = {opt for p in command.params for opt in getattr(p, "opts", [])}
+    for arg in args[1:]:
+        assert arg.split("=", 1)[0] in known, f"podflame {args[0]} has no option {arg}"
+    server_url = next(a.split("=", 1)[1] for a in args if a.startswith("--server="))
+    svc = one(objs, "Service")
+    assert server_url == f"http://{svc['metadata']['name']}:{svc['spec']['ports'][0]['port']}"
+
+
+def test_rbac_grants_only_reading_pods_and_replicasets(rendered) -> None:
+    overlay, objs = rendered
+    roles = by_kind(objs, "Role") + by_kind(objs, "ClusterRole")
+    assert roles
+    for role in roles:
+        for rule in role["rules"]:
+            assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+            assert set(rule["verbs"]) <= READ_VERBS
+            groups, resources = rule["apiGroups"], rule["resources"]
+            if resources == ["pods"]:
+                assert groups == [""] and set(rule["verbs"]) == READ_VERBS
+            else:
+                assert (groups, resources, rule["verbs"]) == (["apps"], ["replicasets"], ["get"])
+    bindings = by_kind(objs, "RoleBinding") + by_kind(objs, "ClusterRoleBinding")
+    agent_ns = one(objs, "DaemonSet")["metadata"]["namespace"]
+    for b in bindings:
+        assert b["roleRef"]["name"] in {r["metadata"]["name"] for r in roles if r["kind"] == b["roleRef"]["kind"]}
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "podflame-agent", "namespace": agent_ns}]
+    env = {e["name"] for e in one(objs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    if overlay == "namespace-only":
+        assert not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding")
+        assert "PODFLAME_WATCH_NAMESPACE" in env  # a Role only allows listing its own namespace
+    else:
+        assert by_kind(objs, "ClusterRole") and "PODFLAME_WATCH_NAMESPACE" not in env
+
+
+def test_server_deployment_service_and_volume_fit_together(rendered) -> None:
+    _, objs = rendered
+    dep, svc, pvc = one(objs, "Deployment"), one(objs, "Service"), one(objs, "PersistentVolumeClaim")
+    pod = dep["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+    assert all(labels.get(k) == v for k, v in dep["spec"]["selector"]["matchLabels"].items())
+    (c,) = pod["spec"]["containers"]
+    assert svc["spec"]["ports"][0]["targetPort"] in {p["name"] for p in c["ports"]}
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == [pvc["metadata"]["name"]]
+    assert dep["spec"]["strategy"]["type"] == "Recreate"  # a ReadWriteOnce volume has one writer at a time
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"] and not c["securityContext"].get("privileged")
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_image_recipes_copy_only_what_exists() -> None:
+    for name in ("agent.Dockerfile", "server.Dockerfile"):
+        for line in (DEPLOY / "image" / name).read_text().splitlines():
+            if line.startswith("COPY "):
+                for src in line.split()[1:-1]:
+                    assert (ROOT / src).exists(), f"{name}: COPY {src} does not exist"
+
+
+def test_agent_entrypoint_starts_podflame_when_headers_are_found(tmp_path: Path) -> None:
+    script = DEPLOY / "image" / "agent-entrypoint.sh"
+    assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
+    fake = tmp_path / "podflame"
+    fake.write_text('#!/bin/sh\necho "podflame $*"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "BCC_KERNEL_SOURCE": "/usr/src/x"}
+    out = subprocess.run([str(script), "agent", "--server=http://s:7070"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "podflame agent --server=http://s:7070"
