@@ -1,0 +1,351 @@
+"""The eBPF CPU sampler: the only module in podflame that imports bcc.
+
+`bpf/sampler.bpf.c` runs on every `cpu-clock` tick on every CPU and counts samples in the kernel,
+keyed by (cgroup id, tgid, tid, user stack, kernel stack, comm). `Sampler.drain()` hands the counts
+accumulated since the previous drain to userspace as `RawSample`s with bare addresses; symbolization
+happens elsewhere.
+
+Stacks are walked with bpf_get_stack() and stored in a hash map under a 64-bit hash of their
+addresses rather than with bpf_get_stackid(): a stack-trace map drops any new stack whose bucket is
+taken (-EEXIST), which lost 1.6% of samples' stacks here with only 500 distinct stacks in 16384
+buckets and grows with the number of distinct stacks. A hash map fails only when full (-ENOMEM,
+counted) and is read and cleared with batch syscalls. Errors keep get_stackid's codes.
+
+Lossless draining. The program writes into one of two map sets (counts + stack traces), chosen by
+`control[CTL_ACTIVE_SET]`, which it reads once per sample. A drain flips that index, then waits until
+every program that may still have read the old index has returned, and only then reads and clears
+the now inactive set. The wait is exact, not a guess: updating a BPF_MAP_TYPE_ARRAY_OF_MAPS from
+userspace makes the kernel run synchronize_rcu() before the syscall returns, and perf-event BPF
+programs run inside an RCU read-side section (hard-irq context, preemption off). So after the flip
+and one such update, no program touches the inactive set: each sample lands in exactly one drain,
+and clearing cannot race with a write.
+
+bcc is imported lazily so that `RawSample`, `Drain` and `SamplerError` can be imported on machines
+without BPF (the server and its tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from bpf import SOURCE_DIR
+
+BPF_SOURCE = SOURCE_DIR / "sampler.bpf.c"
+
+# Slots of the BPF arrays; they mirror the #defines in bpf/sampler.bpf.c.
+CTL_ACTIVE_SET, CTL_TGID_FILTER, CTL_CGROUP_FILTER = 0, 1, 2
+ERROR_SLOTS: tuple[str, ...] = (
+    "user_stack_eexist", "user_stack_enomem", "user_stack_efault", "user_stack_other",
+    "kernel_stack_eexist", "kernel_stack_enomem", "kernel_stack_efault", "kernel_stack_other",
+    "counts_full", "counts_other",
+)  # fmt: skip
+STACK_ERRORS = ("eexist", "enomem", "efault", "other")
+COUNTS_CHUNK = 4096  # entries per batch syscall: 4096 x 64 bytes of buffer
+STACKS_CHUNK = 512  # 512 x 1016 bytes
+TGID_FILTER_MIN = 1024
+CGROUP_FILTER_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class RawSample:
+    """Samples of one (cgroup, thread, stacks, comm) in one drain; addresses are not symbolized."""
+
+    cgroup_id: int  # cgroup v2 inode number (bpf_get_current_cgroup_id)
+    tgid: int  # process id
+    pid: int  # thread id
+    comm: str
+    user_stack: tuple[int, ...]  # instruction addresses, leaf first; () if none/error
+    kernel_stack: tuple[int, ...]  # leaf first; () if none/error
+    user_error: int  # 0, or -errno as get_stackid gives it (-EFAULT is normal for kernel threads)
+    kernel_error: int  # 0, or -errno (-EFAULT is normal for samples taken in user mode)
+    count: int
+
+
+@dataclass(slots=True)
+class Drain:
+    """What one `Sampler.drain()` collected: the samples of [start_ns, end_ns) wall-clock."""
+
+    start_ns: int
+    end_ns: int
+    samples: list[RawSample] = field(default_factory=list)
+    # Cumulative since the sampler started, per sample: "stack_<err>" sums the user_stack_ and
+    # kernel_stack_ variants (kernel_stack_efault counts user-mode samples: normal); stack_enomem means
+    # a full stack map (stack lost, sample kept); stack_eexist stays 0 with hash-keyed stacks;
+    # counts_full / counts_other are samples lost because the counts map refused the key.
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def total(self) -> int:
+        return sum(s.count for s in self.samples)
+
+
+class SamplerError(RuntimeError):
+    """The sampler cannot run here; the message says what to fix."""
+
+
+def _kernel_headers_problem() -> str | None:
+    """Why BCC would fail to find kernel headers, or None. Checked up front for a clear message."""
+    if os.environ.get("BCC_KERNEL_SOURCE") or Path("/sys/kernel/kheaders.tar.xz").exists():
+        return None
+    kdir = Path("/lib/modules") / os.uname().release
+    if any((kdir / d / "include/linux/kconfig.h").exists() for d in ("build", "source")):
+        return None
+    return (f"no kernel headers for {os.uname().release} under {kdir}/build or {kdir}/source: BCC compiles "
+            "the sampler against them at start. Run scripts/setup.sh (as root) to link Debian's headers.")
+
+
+def _max_sample_rate() -> int | None:
+    try:
+        return int(Path("/proc/sys/kernel/perf_event_max_sample_rate").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _normalize_ids(ids: Iterable[int] | None, what: str, limit: int) -> set[int]:
+    out = {int(i) for i in ids} if ids is not None else set()
+    if any(i < 0 for i in out):
+        raise ValueError(f"{what} must be non-negative")
+    if len(out) > limit:
+        raise ValueError(f"at most {limit} {what} can be filtered on, got {len(out)}")
+    return out
+
+
+class Sampler:
+    """Samples on-CPU stacks of every CPU at `frequency` Hz until closed.
+
+    `pids` (process ids) and `cgroup_ids` (cgroup v2 inode numbers; a cgroup also selects every
+    cgroup below it) restrict sampling in the kernel; None or empty means everything.
+    """
+
+    def __init__(self, frequency: int = 19, *, pids: Iterable[int] | None = None,
+                 cgroup_ids: Iterable[int] | None = None, include_idle: bool = False,
+                 stack_map_size: int = 16384, counts_map_size: int = 40960) -> None:
+        if frequency < 1:
+            raise ValueError(f"frequency must be >= 1 Hz, got {frequency}")
+        if (limit := _max_sample_rate()) is not None and frequency > limit:
+            raise ValueError(f"frequency {frequency} Hz exceeds kernel.perf_event_max_sample_rate={limit}")
+        if stack_map_size < 1 or counts_map_size < 1:
+            raise ValueError("map sizes must be >= 1")
+        self.frequency = frequency
+        self.compile_seconds = 0.0
+        self._lock = threading.Lock()
+        self._bpf: Any = None
+        pid_set = _normalize_ids(pids, "pids", 1 << 20)
+        cgroup_set = _normalize_ids(cgroup_ids, "cgroup ids", CGROUP_FILTER_SIZE)
+        self._cgroups: set[int] = set()
+
+        if os.geteuid() != 0:
+            raise SamplerError("the sampler must run as root: it loads eBPF programs and opens perf events "
+                               "on every CPU (CAP_BPF + CAP_PERFMON)")
+        if problem := _kernel_headers_problem():
+            raise SamplerError(problem)
+        try:
+            import bcc
+            from bcc.libbcc import lib
+        except ImportError as e:
+            raise SamplerError(f"BCC is not importable ({e}): install Debian's python3-bpfcc and run "
+                               "scripts/setup.sh, which exposes it to the venv") from e
+        self._lib = lib
+
+        cflags = [
+            f"-DSTACK_MAP_SIZE={stack_map_size}",
+            f"-DCOUNTS_MAP_SIZE={counts_map_size}",
+            f"-DINCLUDE_IDLE={int(include_idle)}",
+            f"-DTGID_FILTER_SIZE={max(TGID_FILTER_MIN, len(pid_set))}",
+            f"-DCGROUP_FILTER_SIZE={CGROUP_FILTER_SIZE}",
+        ]
+        started = time.perf_counter()
+        try:
+            self._bpf = bcc.BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
+        except Exception as e:
+            raise SamplerError(f"BCC could not compile/load {BPF_SOURCE} ({e}); the compiler's messages are "
+                               "above. Missing or mismatched kernel headers: run scripts/setup.sh") from e
+        try:
+            b = self._bpf
+            self._control = b[b"control"]
+            self._grace_period = b[b"grace_period"]
+            self._errors = b[b"errors"]
+            self._tgid_filter = b[b"tgid_filter"]
+            self._cgroup_filter = b[b"cgroup_filter"]
+            self._counts = (b[b"counts0"], b[b"counts1"])
+            self._stacks = (b[b"stacks0"], b[b"stacks1"])
+            self._active = 0
+            self._set_control(CTL_ACTIVE_SET, 0)
+            # Filters go in before the perf events are attached: nothing unwanted is ever sampled.
+            self._replace_filter(self._tgid_filter, set(), pid_set, CTL_TGID_FILTER)
+            self._replace_filter(self._cgroup_filter, set(), cgroup_set, CTL_CGROUP_FILTER)
+            self._cgroups = cgroup_set
+            # Batch-read buffers, allocated once and reused by every drain.
+            self._count_reader = _BatchReader(lib, self._counts[0], COUNTS_CHUNK)
+            self._stack_reader = _BatchReader(lib, self._stacks[0], STACKS_CHUNK)
+            self._window_start = time.time_ns()
+            b.attach_perf_event(ev_type=bcc.PerfType.SOFTWARE, ev_config=bcc.PerfSWConfig.CPU_CLOCK,
+                                fn_name=b"on_sample", sample_freq=frequency, cpu=-1)
+        except Exception as e:
+            self.close()
+            if isinstance(e, ValueError | SamplerError):
+                raise
+            raise SamplerError(f"could not start the BPF sampler ({e}): BPF or perf events are unavailable "
+                               "(check CONFIG_BPF_SYSCALL, kernel.perf_event_paranoid, CAP_BPF/CAP_PERFMON)") from e
+        self.compile_seconds = time.perf_counter() - started
+
+    @property
+    def period_ns(self) -> int:
+        """CPU time one sample stands for."""
+        return 1_000_000_000 // self.frequency
+
+    # --- public API ---------------------------------------------------------------------------
+
+    def drain(self) -> Drain:
+        """Everything sampled since the previous drain (or the start); cheap enough to call often."""
+        with self._lock:
+            self._require_open()
+            old = self._active
+            self._active = 1 - old
+            self._set_control(CTL_ACTIVE_SET, self._active)
+            end_ns = time.time_ns()
+            self._wait_for_programs()
+            samples = self._take(old)
+            drain = Drain(start_ns=self._window_start, end_ns=end_ns, samples=samples, errors=self._read_errors())
+            self._window_start = end_ns
+            return drain
+
+    def set_cgroup_filter(self, cgroup_ids: Iterable[int] | None) -> None:
+        """Sample only these cgroups and their descendants from now on; None or empty: all cgroups."""
+        new = _normalize_ids(cgroup_ids, "cgroup ids", CGROUP_FILTER_SIZE)
+        with self._lock:
+            self._require_open()
+            self._replace_filter(self._cgroup_filter, self._cgroups, new, CTL_CGROUP_FILTER)
+            self._cgroups = new
+
+    def close(self) -> None:
+        """Detach from the perf events and free the maps; samples not drained yet are dropped."""
+        with self._lock:
+            bpf, self._bpf = self._bpf, None
+            if bpf is not None:
+                bpf.cleanup()
+
+    def __del__(self) -> None:
+        if getattr(self, "_bpf", None) is not None:
+            self.close()
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self._bpf is None:
+            raise SamplerError("the sampler is closed")
+
+    def _set_control(self, slot: int, value: int) -> None:
+        key, leaf = ct.c_int(slot), ct.c_uint32(value)
+        if self._lib.bpf_update_elem(self._control.get_fd(), ct.byref(key), ct.byref(leaf), 0) < 0:
+            raise SamplerError(f"cannot update the control map: {os.strerror(ct.get_errno())}")
+
+    def _wait_for_programs(self) -> None:
+        """Return once every BPF program running at the call has finished (one RCU grace period).
+
+        Storing a map fd in an ARRAY_OF_MAPS makes the kernel call synchronize_rcu() before the
+        syscall returns (kernel/bpf/syscall.c, maybe_wait_bpf_programs); it costs ~10 ms of waiting
+        and no CPU. Should that ever fail, sleep far longer than a program runs (microseconds).
+        """
+        key, fd = ct.c_int(0), ct.c_int(self._control.get_fd())
+        if self._lib.bpf_update_elem(self._grace_period.get_fd(), ct.byref(key), ct.byref(fd), 0) < 0:
+            time.sleep(0.05)
+
+    def _replace_filter(self, table: Any, old: set[int], new: set[int], flag_slot: int) -> None:
+        """Switch a filter set without a moment where wanted samples are dropped.
+
+        Entries are added before stale ones are removed; the flag goes on after the first fill and
+        off before the last removal.
+        """
+        leaf = table.Leaf(1)
+        for i in new - old:
+            table[table.Key(i)] = leaf
+        if new:
+            self._set_control(flag_slot, 1)
+        else:
+            self._set_control(flag_slot, 0)
+        for i in old - new:
+            with contextlib.suppress(KeyError):
+                del table[table.Key(i)]
+
+    def _take(self, index: int) -> list[RawSample]:
+        """Read and clear map set `index`, which no program writes any more."""
+        stacks: dict[int, tuple[int, ...]] = {}
+        for keys, values, n in self._stack_reader.take(self._stacks[index].get_fd()):
+            for i in range(n):
+                ips = values[i].ip[:]
+                stacks[keys[i]] = tuple(ips[: ips.index(0)] if 0 in ips else ips)
+        out: list[RawSample] = []
+        for keys, values, n in self._count_reader.take(self._counts[index].get_fd()):
+            for i in range(n):
+                k = keys[i]
+                user, user_err = _stack(stacks, k.user_stack, k.user_error)
+                kernel, kernel_err = _stack(stacks, k.kernel_stack, k.kernel_error)
+                out.append(RawSample(
+                    cgroup_id=k.cgroup_id, tgid=k.tgid, pid=k.pid, comm=k.comm.decode("utf-8", "replace"),
+                    user_stack=user, kernel_stack=kernel, user_error=user_err, kernel_error=kernel_err,
+                    count=values[i],
+                ))
+        return out
+
+    def _read_errors(self) -> dict[str, int]:
+        totals = {name: int(self._errors.sum(slot).value) for slot, name in enumerate(ERROR_SLOTS)}
+        for err in STACK_ERRORS:
+            totals[f"stack_{err}"] = totals[f"user_stack_{err}"] + totals[f"kernel_stack_{err}"]
+        return totals
+
+
+def _stack(stacks: dict[int, tuple[int, ...]], key: int, error: int) -> tuple[tuple[int, ...], int]:
+    if error:
+        return (), error
+    stack = stacks.get(key)
+    # Missing cannot happen once programs are done with the set; reported rather than hidden.
+    return (stack, 0) if stack is not None else ((), -errno.ENOENT)
+
+
+class _BatchReader:
+    """Empties a BPF hash map with BPF_MAP_LOOKUP_AND_DELETE_BATCH, `chunk` entries per syscall.
+
+    Written here rather than using BCC's items_lookup_and_delete_batch(), which allocates buffers
+    for the whole map on every call and shares one variable between the batch token and the count.
+    """
+
+    def __init__(self, lib: Any, table: Any, chunk: int) -> None:
+        self._lib = lib
+        self._chunk = max(1, min(chunk, table.max_entries))
+        self._keys = (table.Key * self._chunk)()
+        self._values = (table.Leaf * self._chunk)()
+
+    def take(self, fd: int) -> Iterator[tuple[Any, Any, int]]:
+        """Yield (keys, values, n) per chunk; the buffers are reused, so decode before the next one."""
+        token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
+        first = True
+        while True:
+            n = ct.c_uint32(self._chunk)
+            res = self._lib.bpf_lookup_and_delete_batch(
+                fd, None if first else ct.byref(token_in), ct.byref(token_out),
+                ct.byref(self._keys), ct.byref(self._values), ct.byref(n))
+            err = ct.get_errno() if res < 0 else 0
+            if err not in (0, errno.ENOENT):  # ENOENT: the walk reached the end of the map
+                raise SamplerError(f"emptying a BPF map failed: {os.strerror(err)}")
+            if n.value:
+                yield self._keys, self._values, n.value
+            if err == errno.ENOENT or n.value == 0:
+                return
+            token_in.value, first = token_out.value, False

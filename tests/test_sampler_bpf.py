@@ -1,0 +1,360 @@
+"""The eBPF sampler against the real kernel: a C workload of known shape, sampled for a few seconds.
+
+The oracle for "nothing lost, nothing counted twice" is the CPU time the kernel itself accounted to
+the workload (wait4 rusage): a 99 Hz cpu-clock sampler must see 99 samples per CPU-second of it.
+That equals frequency x seconds x busy threads on an idle machine, and stays right when other work
+shares the two cores; then whether a tick finds the workload on a CPU is a coin flip, so the check
+widens by the binomial noise (3 sigma), which is zero for a thread that never leaves its CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import secrets
+import shutil
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from profiler.sampler import Drain, RawSample, Sampler, SamplerError
+
+pytestmark = pytest.mark.bpf
+
+FREQ = 99
+WORKLOAD_SOURCE = Path(__file__).parent / "workloads" / "burn.c"
+UNIFIED = Path("/sys/fs/cgroup/unified")
+ERROR_KEYS = {"stack_eexist", "stack_enomem", "stack_efault", "stack_other", "counts_full"}
+KERNEL_SPACE = 0xFFFF_8000_0000_0000
+
+
+@dataclass(frozen=True)
+class MapRange:
+    start: int
+    end: int
+    perms: str
+    offset: int
+    path: str
+
+    def __contains__(self, address: int) -> bool:
+        return self.start <= address < self.end
+
+
+@dataclass
+class Workload:
+    """A started-but-waiting burn process; `go()` lets it burn, `wait()` reaps it."""
+
+    proc: subprocess.Popen[bytes]
+    binary: Path
+    maps: list[MapRange]
+    cpu_seconds: float = 0.0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"x")
+        self.proc.stdin.close()
+
+    def poll(self) -> bool:
+        """Reap the process if it exited, recording the CPU time the kernel accounted to it."""
+        pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+        if not pid:
+            return False
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        assert self.proc.returncode == 0, f"workload failed with {self.proc.returncode}"
+        self.cpu_seconds = usage.ru_utime + usage.ru_stime
+        return True
+
+    def exec_ranges(self) -> list[MapRange]:
+        return [m for m in self.maps if m.path == str(self.binary) and "x" in m.perms]
+
+    def symbol(self, symbols: dict[str, tuple[int, int]], name: str) -> range:
+        """Runtime address range of a function (PIE: load bias + st_value)."""
+        bias = min(m.start for m in self.maps if m.path == str(self.binary) and m.offset == 0)
+        value, size = symbols[name]
+        return range(bias + value, bias + value + size)
+
+
+def read_maps(pid: int) -> list[MapRange]:
+    out = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        out.append(MapRange(start, end, parts[1], int(parts[2], 16), parts[5] if len(parts) > 5 else ""))
+    return out
+
+
+@pytest.fixture(scope="module")
+def burn_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.fail("gcc is needed to build the test workload: run scripts/setup.sh", pytrace=False)
+    out = tmp_path_factory.mktemp("workload") / "burn"
+    subprocess.run([gcc, "-O0", "-fno-omit-frame-pointer", "-pthread", "-Wall", "-Werror", "-o", str(out),
+                    str(WORKLOAD_SOURCE)], check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def burn_symbols(burn_binary: Path) -> dict[str, tuple[int, int]]:
+    """Function name -> (st_value, st_size) from nm, the oracle for attributing addresses."""
+    text = subprocess.run(["nm", "-S", "--defined-only", str(burn_binary)], check=True, capture_output=True,
+                          text=True).stdout
+    symbols = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "Tt":
+            symbols[parts[3]] = (int(parts[0], 16), int(parts[1], 16))
+    return symbols
+
+
+@pytest.fixture
+def spawn(burn_binary: Path) -> Iterator[Callable[..., Workload]]:
+    """Start burn processes that wait for `go()`; kill whatever is left at teardown."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(seconds: float, threads: int, cgroup: Path | None = None) -> Workload:
+        proc = subprocess.Popen([str(burn_binary), str(seconds), str(threads)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE)
+        procs.append(proc)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"  # blocked in read(): fully loaded, burning nothing
+        if cgroup is not None:
+            (cgroup / "cgroup.procs").write_text(str(proc.pid))
+        return Workload(proc, burn_binary, read_maps(proc.pid))
+
+    yield start
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass(frozen=True)
+class PodCgroup:
+    pod: Path  # kubepods-burstable-pod<uid>.slice
+    container: Path  # cri-containerd-<id>.scope, where the workload runs
+
+    @staticmethod
+    def inode(path: Path) -> int:
+        return os.stat(path).st_ino
+
+
+@pytest.fixture
+def pod_cgroup() -> Iterator[PodCgroup]:
+    """A v2 cgroup shaped like a kubelet (systemd driver) container of a burstable pod."""
+    if not (UNIFIED / "cgroup.procs").exists():
+        pytest.fail(f"no cgroup v2 hierarchy at {UNIFIED}", pytrace=False)
+    pod_uid = str(uuid.uuid4()).replace("-", "_")
+    qos = UNIFIED / "kubepods.slice" / "kubepods-burstable.slice"
+    pod = qos / f"kubepods-burstable-pod{pod_uid}.slice"
+    container = pod / f"cri-containerd-{secrets.token_hex(32)}.scope"
+    created = [p for p in (qos.parent, qos, pod, container) if not p.exists()]
+    container.mkdir(parents=True)
+    try:
+        yield PodCgroup(pod, container)
+    finally:
+        for pid in (container / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                (UNIFIED / "cgroup.procs").write_text(pid)
+        for path in reversed(created):
+            try:
+                path.rmdir()
+            except OSError:
+                if path in (pod, container):
+                    raise  # ours alone; the shared parents may be in use by another test run
+
+
+def sample_until_exit(sampler: Sampler, workloads: list[Workload], interval: float = 0.25,
+                      timeout: float = 30) -> list[Drain]:
+    """Drain every `interval` while the workloads run, then once more after all exited."""
+    drains: list[Drain] = []
+    running = list(workloads)
+    deadline = time.monotonic() + timeout
+    while running:
+        assert time.monotonic() < deadline, "workload did not finish"
+        time.sleep(interval)
+        drains.append(sampler.drain())
+        running = [w for w in running if not w.poll()]
+    drains.append(sampler.drain())
+    return drains
+
+
+def samples_of(drains: list[Drain], tgid: int | None = None) -> list[RawSample]:
+    return [s for d in drains for s in d.samples if tgid is None or s.tgid == tgid]
+
+
+def total(samples: list[RawSample]) -> int:
+    return sum(s.count for s in samples)
+
+
+def assert_lossless(got: int, work: Workload, seconds: float, threads: int) -> None:
+    """`got` samples are what `work`'s CPU time is worth: >= 95% and <= 105% plus sampling noise."""
+    expected = FREQ * work.cpu_seconds
+    on_cpu = min(1.0, work.cpu_seconds / (seconds * threads))
+    noise = 3 * (expected * (1 - on_cpu)) ** 0.5 + 2
+    assert 0.95 * expected - noise <= got <= 1.05 * expected + noise, (
+        f"{got} samples for {work.cpu_seconds:.2f} CPU-s ({on_cpu:.0%} on CPU): expected {expected:.0f}, "
+        f"{FREQ * seconds * threads:.0f} if never preempted")
+
+
+def test_samples_a_pod_workload_losslessly_across_drains(spawn: Callable[..., Workload], pod_cgroup: PodCgroup,
+                                                          burn_symbols: dict[str, tuple[int, int]]) -> None:
+    seconds, threads = 4.0, 2
+    work = spawn(seconds, threads, cgroup=pod_cgroup.container)
+    with Sampler(FREQ, pids=[work.pid]) as sampler:
+        assert 0 < sampler.compile_seconds < 30
+        work.go()
+        drains = sample_until_exit(sampler, [work])
+    samples = samples_of(drains)
+    got = total(samples)
+
+    # Lossless and no double counting: every CPU-second of the workload is worth FREQ samples.
+    assert work.cpu_seconds > 1.0, f"workload got only {work.cpu_seconds:.2f} s of CPU"
+    assert_lossless(got, work, seconds, threads)
+    # Draining many times did happen while samples arrived.
+    busy_drains = [d for d in drains if d.samples]
+    assert len(drains) >= 12 and len(busy_drains) >= 10
+    for earlier, later in itertools.pairwise(drains):
+        assert earlier.end_ns == later.start_ns and later.start_ns < later.end_ns
+
+    # Identity: the pid filter admitted only this process; both threads, the v2 cgroup inode, comm.
+    assert {s.tgid for s in samples} == {work.pid}
+    assert work.pid in {s.pid for s in samples} and len({s.pid for s in samples}) == threads
+    assert {s.cgroup_id for s in samples} == {pod_cgroup.inode(pod_cgroup.container)}
+    assert {s.comm for s in samples} == {"burn"}
+
+    # Stacks: user stacks present, inside the process's executable mappings, leaf in the binary.
+    exec_any = [m for m in work.maps if "x" in m.perms]
+    exec_bin = work.exec_ranges()
+    assert exec_bin, "no executable mapping of the workload binary"
+    for s in samples:
+        assert s.user_error == 0 and s.user_stack, s
+        for address in s.user_stack:
+            assert any(address in m for m in exec_any), f"{address:#x} outside every executable mapping"
+        assert s.kernel_error in (0, -errno.EFAULT)
+        assert bool(s.kernel_stack) == (s.kernel_error == 0)
+        assert all(a >= KERNEL_SPACE for a in s.kernel_stack)
+    in_binary = total([s for s in samples if any(s.user_stack[0] in m for m in exec_bin)])
+    assert in_binary >= 0.98 * got
+
+    # The stack shape the program has: spin <- hot_a|hot_b <- worker, with hot_a:hot_b = 3:1.
+    spin, hot_a, hot_b, worker = (work.symbol(burn_symbols, n) for n in ("spin", "hot_a", "hot_b", "worker"))
+    callers: Counter[str] = Counter()
+    for s in samples:
+        if len(s.user_stack) >= 3 and s.user_stack[0] in spin and s.user_stack[2] in worker:
+            callers["hot_a" if s.user_stack[1] in hot_a else "hot_b" if s.user_stack[1] in hot_b else "?"] += s.count
+    assert sum(callers.values()) >= 0.95 * got and callers["?"] == 0
+    n = callers["hot_a"] + callers["hot_b"]
+    assert abs(callers["hot_a"] / n - 0.75) <= 3 * (0.75 * 0.25 / n) ** 0.5 + 0.02, callers
+
+    # Error counters: all present, cumulative (never decreasing), and equal to what the samples carry.
+    for d in drains:
+        assert d.errors.keys() >= ERROR_KEYS and all(v >= 0 for v in d.errors.values())
+    for earlier, later in itertools.pairwise(drains):
+        assert all(later.errors[k] >= v for k, v in earlier.errors.items())
+    errors = drains[-1].errors
+    assert errors["kernel_stack_efault"] == total([s for s in samples if s.kernel_error == -errno.EFAULT])
+    assert errors["stack_eexist"] == errors["counts_full"] == 0
+
+
+def test_errors_are_counted_and_samples_kept_when_maps_are_too_small(spawn: Callable[..., Workload]) -> None:
+    seconds, threads = 1.5, 2
+    work = spawn(seconds, threads)
+    # Room for one stack: every other distinct user stack finds the map full (-ENOMEM). Room for two
+    # counts entries: the keys of the other stacks and of the second thread do not fit.
+    with Sampler(FREQ, pids=[work.pid], stack_map_size=1, counts_map_size=2) as sampler:
+        work.go()
+        drains = sample_until_exit(sampler, [work], interval=0.5)
+    samples = samples_of(drains)
+    errors = drains[-1].errors
+    lost = errors["counts_full"] + errors["counts_other"]
+    assert errors["counts_full"] > 0
+    # A stack error is counted once per sample, also for samples the full counts map then refused,
+    # and a sample whose stack was lost is still counted.
+    stackless = total([s for s in samples if s.user_error == -errno.ENOMEM])
+    assert stackless > 0 and stackless <= errors["user_stack_enomem"] <= stackless + lost
+    assert all(s.user_stack == () for s in samples if s.user_error)
+    assert total([s for s in samples if s.user_stack]) > 0
+    # Every sample is either counted or reported as lost.
+    assert_lossless(total(samples) + lost, work, seconds, threads)
+
+
+def test_cgroup_filter_selects_a_pod_and_its_containers(spawn: Callable[..., Workload],
+                                                        pod_cgroup: PodCgroup) -> None:
+    seconds = 3.0
+    inside = spawn(seconds, 1, cgroup=pod_cgroup.container)
+    outside = spawn(seconds, 1)
+    # The filter names the pod slice; the workload runs in a container scope below it.
+    with Sampler(FREQ, cgroup_ids=[pod_cgroup.inode(pod_cgroup.pod)], stack_map_size=1024) as sampler:
+        inside.go()
+        outside.go()
+        time.sleep(1.5)
+        filtered = sampler.drain()
+        sampler.set_cgroup_filter(None)
+        rest = sample_until_exit(sampler, [inside, outside])
+    assert {s.tgid for s in filtered.samples} == {inside.pid}
+    assert {s.cgroup_id for s in filtered.samples} == {pod_cgroup.inode(pod_cgroup.container)}
+    assert total(samples_of(rest, outside.pid)) > 0
+    # Switching filters lost none of the wanted process's samples.
+    assert_lossless(total(filtered.samples) + total(samples_of(rest, inside.pid)), inside, seconds, 1)
+
+
+def test_idle_is_excluded_by_default() -> None:
+    # Both samplers watch the same window; the second proves there was idle time to exclude.
+    with Sampler(FREQ, stack_map_size=1024) as default, \
+            Sampler(FREQ, include_idle=True, stack_map_size=1024) as with_idle:
+        busy_until = time.monotonic() + 0.3
+        while time.monotonic() < busy_until:  # some non-idle samples of our own
+            pass
+        drains_default: list[Drain] = []
+        drains_idle: list[Drain] = []
+        deadline = time.monotonic() + 10  # a saturated machine has idle moments only now and then
+        while time.monotonic() < deadline and not [s for s in samples_of(drains_idle) if s.pid == 0]:
+            time.sleep(0.5)
+            drains_default.append(default.drain())
+            drains_idle.append(with_idle.drain())
+    assert total(samples_of(drains_default, os.getpid())) > 0
+    assert not [s for s in samples_of(drains_default) if s.pid == 0]
+    idle = [s for s in samples_of(drains_idle) if s.pid == 0]
+    assert total(idle) > 0, "no CPU was ever idle in 10 s, so idle exclusion could not be tested"
+    assert all(s.comm.startswith("swapper") for s in idle)
+    # The idle task runs in the kernel without a user half: a kernel stack, and -EFAULT for the user one.
+    text = kernel_text()
+    for s in idle:
+        assert s.user_error == -errno.EFAULT and s.user_stack == ()
+        assert s.kernel_error == 0 and s.kernel_stack[0] in text and all(a >= KERNEL_SPACE for a in s.kernel_stack)
+
+
+def kernel_text() -> range:
+    symbols = {}
+    for line in Path("/proc/kallsyms").read_text().splitlines():
+        address, _, name = line.split()[:3]
+        if name in ("_stext", "_etext"):
+            symbols[name] = int(address, 16)
+    return range(symbols["_stext"], symbols["_etext"])
+
+
+def test_refuses_clearly_without_root_or_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="frequency"):
+        Sampler(0)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(SamplerError, match="root"):
+        Sampler(FREQ)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    real = os.uname()
+    monkeypatch.setattr(os, "uname", lambda: os.uname_result((*real[:2], "0.0.0-no-headers", *real[3:])))
+    with pytest.raises(SamplerError, match=r"kernel headers.*scripts/setup\.sh"):
+        Sampler(FREQ)
