@@ -1,0 +1,168 @@
+"""The page's HTML stays inert whatever reaches it, and the browser is told so (CSP).
+
+Untrusted text reaches the template through the URL (`/?query=...` prefills the selector) and
+through the JSON config block; process and symbol names reach the page only through the API
+and our JS, which must never hand data to an HTML parser. These tests pin all three.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import markupsafe
+import pytest
+from flask import Flask, render_template
+
+from web.app import create_app
+
+STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
+
+HOSTILE = [
+    "<img src=x onerror=alert(1)>",
+    '"><script>alert(1)</script>',
+    "</script><script>alert(1)</script>",
+    "'><svg onload=alert(1)>",
+    "{{ 7*7 }}",
+    "<!--",
+    "\u2028\u2029",
+]
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Flask]:
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "TESTING": True})
+    yield app
+    app.extensions["podflame.store"].close()
+
+
+class _Page(HTMLParser):
+    """Collects the elements and attributes the browser would build from the page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.script_text: dict[str, str] = {}
+        self._in_script: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag == "script":
+            self._in_script = a.get("id") or ""
+            self.script_text[self._in_script] = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script is not None:
+            self.script_text[self._in_script] += data
+
+
+def _parse(body: str) -> _Page:
+    page = _Page()
+    page.feed(body)
+    page.close()
+    return page
+
+
+def _config(page: _Page) -> dict:
+    return json.loads(page.script_text["podflame-config"])
+
+
+def test_csp_and_security_headers_on_the_page_and_its_static_files(app: Flask) -> None:
+    client = app.test_client()
+    for path in ("/", "/ui/static/app.js", "/ui/static/flamegraph.js", "/ui/static/podflame.css"):
+        resp = client.get(path)
+        assert resp.status_code == 200, path
+        csp = resp.headers["Content-Security-Policy"]
+        directives = {d.split()[0]: d.split()[1:] for d in csp.split("; ")}
+        assert directives["default-src"] == ["'none'"]
+        assert directives["script-src"] == ["'self'"]  # no 'unsafe-inline', no 'unsafe-eval', no hosts
+        assert directives["style-src"] == ["'self'"]
+        assert directives["connect-src"] == ["'self'"]
+        assert directives["frame-ancestors"] == ["'none'"]
+        assert directives["base-uri"] == ["'none'"]
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        resp.close()
+    assert client.get("/ui/static/app.js").mimetype == "text/javascript"
+
+
+def test_page_has_no_inline_script_handlers_or_styles(app: Flask) -> None:
+    body = app.test_client().get("/").get_data(as_text=True)
+    page = _parse(body)
+    scripts = [a for tag, a in page.tags if tag == "script"]
+    assert scripts, "the page loads its JS"
+    for a in scripts:
+        # Either our own module from a static URL, or a data block the browser never executes.
+        assert (a.get("src") or "").startswith("/ui/static/") or a.get("type") == "application/json", a
+        if a.get("src"):
+            assert page.script_text[a.get("id") or ""].strip() == ""
+    for tag, a in page.tags:
+        assert not [k for k in a if k.startswith("on")], (tag, a)
+        assert "style" not in a, (tag, a)
+        for k in ("src", "href"):
+            v = a.get(k)
+            assert v is None or not re.match(r"(?i)\s*(https?:)?//", v), f"external resource {tag} {k}={v}"
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_hostile_query_parameters_stay_text(app: Flask, hostile: str) -> None:
+    resp = app.test_client().get("/", query_string={"query": hostile, "from": hostile, "to": "now"})
+    assert resp.status_code == 200
+    body = resp.get_data(as_text=True)
+    if any(c in hostile for c in "<>\"'"):
+        assert hostile not in body  # never verbatim
+    page = _parse(body)
+    # The selector box shows exactly the text, via an escaped attribute...
+    (selector,) = [a for tag, a in page.tags if tag == "input" and a.get("id") == "selector"]
+    assert selector["value"] == hostile
+    # ...and the config block carries it as JSON data that cannot end the <script> element early.
+    raw = page.script_text["podflame-config"]
+    assert "<" not in raw and ">" not in raw and "&" not in raw and "'" not in raw
+    config = _config(page)
+    assert config["initial"]["query"] == hostile and config["initial"]["from"] == hostile
+    # Nothing the string tried to create exists in the document.
+    assert [tag for tag, _ in page.tags].count("script") == 2
+    assert not [tag for tag, _ in page.tags if tag in ("img", "svg")]
+    assert "49" not in body  # Jinja syntax in data is not evaluated
+
+
+def test_template_renders_hostile_values_escaped(app: Flask) -> None:
+    """The template itself, given hostile values in every variable, stays escaped (autoescape on)."""
+    evil = "</script><script>alert(1)</script>\"'><img src=x onerror=alert(1)>"
+    with app.test_request_context("/"):
+        body = render_template("podflame_ui.html", config={"api": evil, "initial": {"query": evil}},
+                               query=evil, presets=[evil], refresh_seconds=evil)
+    assert evil not in body
+    page = _parse(body)
+    assert not [tag for tag, _ in page.tags if tag == "img"]
+    assert [tag for tag, _ in page.tags].count("script") == 2
+    assert _config(page)["api"] == evil
+    preset_buttons = [a for tag, a in page.tags if tag == "button" and "data-range" in a]
+    assert [b["data-range"] for b in preset_buttons] == [evil]
+    assert str(markupsafe.escape(evil)) in body  # in the value attribute and the button label
+
+
+# Sinks that parse strings as HTML or code. Our JS writes data with textContent, DOM setters
+# and canvas fillText only; this keeps a later edit from quietly adding one.
+_SINKS = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\s*\(|new\s+Function\b"
+                    r"|setTimeout\s*\(\s*['\"`]|setInterval\s*\(\s*['\"`]|createContextualFragment|srcdoc")
+
+
+@pytest.mark.parametrize("path", sorted(STATIC.glob("*.js")), ids=lambda p: p.name)
+def test_static_js_has_no_html_sinks_and_no_remote_urls(path: Path) -> None:
+    text = path.read_text()
+    assert not _SINKS.findall(text), f"{path.name} uses an HTML/code sink"
+    assert not re.findall(r"https?://", text), f"{path.name} references a remote URL (clusters are offline)"
+
+
+@pytest.mark.parametrize("path", sorted(STATIC.glob("*.css")), ids=lambda p: p.name)
+def test_static_css_loads_nothing_remote(path: Path) -> None:
+    text = path.read_text()
+    assert "@import" not in text and not re.findall(r"url\(\s*['\"]?(https?:)?//", text)

@@ -1,0 +1,379 @@
+// Canvas flame graph of the /api/v1/flamegraph payload (names + levels, see docs/api.md).
+//
+// Root at top ("icicle"). levels[d] is a flat list of [start, total, self, name] per node with
+// absolute starts, so a node's x is (start - viewStart) / viewTotal * width: no tree is built.
+// Names are untrusted: they reach the screen only through canvas fillText and textContent.
+
+const ROW = 18;          // px per stack level
+const MIN_WIDTH = 0.3;   // px; narrower nodes are drawn merged with their narrow neighbours
+const LABEL_MIN = 22;    // px; narrower nodes get no label
+const FONT = "12px ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace";
+
+function hashName(s) {  // FNV-1a, so a function keeps its colour across views and reloads
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+export function colorFor(name) {  // warm flame palette, hue and lightness from the name
+  const h = hashName(name);
+  const hue = h % 55;
+  const sat = 70 + ((h >>> 8) % 20);
+  const light = 58 + ((h >>> 16) % 14);
+  return `hsl(${hue} ${sat}% ${light}%)`;
+}
+
+const fmtInt = new Intl.NumberFormat("en-US");
+
+export function formatPercent(part, whole) {
+  if (!whole) return "0%";
+  const p = (100 * part) / whole;
+  if (p === 100) return "100%";
+  return (p >= 10 || p === 0 ? p.toFixed(1) : p.toPrecision(2)) + "%";
+}
+
+function upperBound(arr, value) {  // first i with arr[i] > value
+  let lo = 0, hi = arr.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (arr[mid] > value) hi = mid; else lo = mid + 1;
+  }
+  return lo;
+}
+
+export class FlameGraph {
+  constructor(canvas, tooltip, { onZoom } = {}) {
+    this.canvas = canvas;
+    this.tooltip = tooltip;
+    this.onZoom = onZoom || (() => {});
+    this.data = null;
+    this.search = "";
+    this.zoom = { depth: 0, index: 0 };
+    this.lastRender = null;
+    this.width = 0;
+    canvas.addEventListener("mousemove", (e) => this._hover(e));
+    canvas.addEventListener("mouseleave", () => this.hideTooltip());
+    canvas.addEventListener("click", (e) => this._click(e));
+  }
+
+  // ---- data -------------------------------------------------------------------------------
+
+  setData(payload) {
+    const names = payload.names || [];
+    const levels = [];
+    for (const flat of payload.levels || []) {
+      const n = Math.floor(flat.length / 4);
+      const order = Array.from({ length: n }, (_, i) => i);
+      order.sort((a, b) => flat[4 * a] - flat[4 * b]);  // usually already in order
+      const start = new Float64Array(n), total = new Float64Array(n), self = new Float64Array(n);
+      const name = new Int32Array(n);
+      order.forEach((src, i) => {
+        start[i] = flat[4 * src]; total[i] = flat[4 * src + 1];
+        self[i] = flat[4 * src + 2]; name[i] = flat[4 * src + 3];
+      });
+      levels.push({ n, start, total, self, name, parent: new Int32Array(n).fill(-1) });
+    }
+    // Parent of each node: the node one level up whose span holds its start (two pointers).
+    for (let d = 1; d < levels.length; d++) {
+      const up = levels[d - 1], lv = levels[d];
+      let p = 0;
+      for (let i = 0; i < lv.n; i++) {
+        while (p < up.n && up.start[p] + up.total[p] <= lv.start[i]) p++;
+        lv.parent[i] = p < up.n && up.start[p] <= lv.start[i] ? p : -1;
+      }
+    }
+    this.data = {
+      names, levels,
+      total: payload.total ?? (levels[0] && levels[0].n ? levels[0].total[0] : 0),
+      unit: payload.unit || "", type: payload.type || "", period: payload.period_ns || 0,
+    };
+    this._matchCache = null;
+    this.zoom = { depth: 0, index: 0 };
+  }
+
+  nodeName(d, i) { return this.data.names[this.data.levels[d].name[i]] ?? "?"; }
+
+  // Root-first names from below the root down to (d, i): how the page remembers a zoom.
+  pathOf(d, i) {
+    const path = [];
+    for (; d > 0 && i >= 0; i = this.data.levels[d].parent[i], d--) path.push(this.nodeName(d, i));
+    return path.reverse();
+  }
+
+  _childNamed(d, i, name) {
+    const lv = this.data.levels[d + 1];
+    if (!lv) return -1;
+    const up = this.data.levels[d];
+    const end = up.start[i] + up.total[i];
+    for (let j = upperBound(lv.start, up.start[i] - 1); j < lv.n && lv.start[j] < end; j++) {
+      if (lv.parent[j] === i && this.data.names[lv.name[j]] === name) return j;
+    }
+    return -1;
+  }
+
+  // Zoom to the node at the end of `path` (or as deep as it still exists in this data).
+  zoomToPath(path) {
+    let d = 0, i = 0;
+    if (this.data && this.data.levels.length) {
+      for (const name of path || []) {
+        const j = this._childNamed(d, i, name);
+        if (j < 0) break;
+        d++; i = j;
+      }
+    }
+    this.zoom = { depth: d, index: i };
+  }
+
+  zoomTo(d, i) {
+    this.zoom = { depth: d, index: i };
+    this.hideTooltip();
+    this.render();
+    this.onZoom(this.pathOf(d, i));
+  }
+
+  resetZoom() { this.zoomTo(0, 0); }
+
+  isZoomed() { return this.zoom.depth > 0; }
+
+  setSearch(term) {
+    this.search = (term || "").trim().toLowerCase();
+    this._matchCache = null;
+    this.render();
+  }
+
+  _matches() {  // per name index: 1 when the name contains the search term
+    if (!this.search || !this.data) return null;
+    if (!this._matchCache) {
+      const m = new Uint8Array(this.data.names.length);
+      this.data.names.forEach((n, i) => { m[i] = String(n).toLowerCase().includes(this.search) ? 1 : 0; });
+      this._matchCache = m;
+    }
+    return this._matchCache;
+  }
+
+  // Samples under frames matching the search, each counted once (a match inside a match is not
+  // added again), over the whole graph and within the zoomed node.
+  searchStats() {
+    const m = this._matches();
+    if (!m) return null;
+    const { levels } = this.data;
+    const zd = this.zoom.depth, zs = levels[zd].start[this.zoom.index];
+    const ze = zs + levels[zd].total[this.zoom.index];
+    let matched = 0, inView = 0, prevCovered = new Uint8Array(0);
+    for (let d = 0; d < levels.length; d++) {
+      const lv = levels[d], covered = new Uint8Array(lv.n);
+      for (let i = 0; i < lv.n; i++) {
+        const parentCovered = lv.parent[i] >= 0 && prevCovered[lv.parent[i]];
+        if (parentCovered) { covered[i] = 1; continue; }
+        if (m[lv.name[i]]) {
+          covered[i] = 1;
+          matched += lv.total[i];
+          if (d >= zd && lv.start[i] >= zs && lv.start[i] < ze) inView += lv.total[i];
+        }
+      }
+      prevCovered = covered;
+    }
+    // A match above the zoomed node covers the whole view.
+    for (let d = zd, i = this.zoom.index; d >= 0 && i >= 0; i = levels[d].parent[i], d--) {
+      if (d < zd && m[levels[d].name[i]]) { inView = ze - zs; break; }
+    }
+    return { matched, total: this.data.total, inView, viewTotal: ze - zs };
+  }
+
+  // ---- drawing ----------------------------------------------------------------------------
+
+  render(width) {
+    if (width) this.width = width;
+    const t0 = performance.now();
+    const canvas = this.canvas, data = this.data;
+    const W = Math.max(1, Math.floor(this.width || canvas.clientWidth || 800));
+    if (!data || !data.levels.length || !data.total) {
+      canvas.width = 0; canvas.height = 0; canvas.style.height = "0px";
+      this.lastRender = { ms: 0, width: W, height: 0, zoom: [], nodes: [] };
+      return this.lastRender;
+    }
+    const { levels, names } = data;
+    const zd = this.zoom.depth, zi = this.zoom.index;
+    const zs = levels[zd].start[zi], zt = levels[zd].total[zi] || 1;
+    const scale = W / zt;
+    const match = this._matches();
+
+    // Pass 1: what to draw. Above the zoomed node, its ancestors span the width (context rows).
+    const draw = [];  // [depth, index, x, w, context]
+    for (let d = zd - 1, i = levels[zd].parent[zi]; d >= 0 && i >= 0; i = levels[d].parent[i], d--) {
+      draw.push([d, i, 0, W, true]);
+    }
+    // Nodes too narrow to see on their own are drawn as one neutral block per run of neighbours,
+    // so the CPU under them stays visible (zoom in to tell them apart).
+    const ze = zs + zt;
+    let depthShown = zd, merged = 0;
+    for (let d = zd; d < levels.length; d++) {
+      const lv = levels[d];
+      let any = false, runX = -1, runEnd = -1, runMatch = false;
+      const flush = () => {
+        if (runX >= 0 && runEnd - runX >= MIN_WIDTH) { draw.push([d, -1, runX, runEnd - runX, runMatch]); any = true; }
+        runX = runEnd = -1;
+        runMatch = false;
+      };
+      for (let i = upperBound(lv.start, zs - 1); i < lv.n && lv.start[i] < ze; i++) {
+        const x = (lv.start[i] - zs) * scale, w = lv.total[i] * scale;
+        if (w < MIN_WIDTH) {
+          merged++;
+          if (runX >= 0 && x - runEnd > MIN_WIDTH) flush();
+          if (runX < 0) runX = x;
+          runEnd = x + w;
+          if (match && match[lv.name[i]]) runMatch = true;
+          continue;
+        }
+        flush();
+        draw.push([d, i, x, w, false]);
+        any = true;
+      }
+      flush();
+      if (!any) break;  // children are never wider than their parents
+      depthShown = d;
+    }
+
+    // Pass 2: size the canvas for the device pixel ratio and paint.
+    const H = (depthShown + 1) * ROW;
+    const dpr = window.devicePixelRatio || 1;
+    canvas.width = Math.round(W * dpr);
+    canvas.height = Math.round(H * dpr);
+    canvas.style.height = H + "px";
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, W, H);
+    ctx.font = FONT;
+    ctx.textBaseline = "middle";
+    const charW = ctx.measureText("m").width || 7;
+    const colors = this._colors || (this._colors = new Map());
+    for (const [d, i, x, w, context] of draw) {
+      if (i < 0) {  // a run of narrow nodes; `context` holds whether one of them matches the search
+        ctx.fillStyle = context ? "#c640d6" : "#cfc8bf";
+        ctx.fillRect(x, d * ROW, Math.max(w, 1), ROW - 1);
+        continue;
+      }
+      const nameIdx = levels[d].name[i];
+      const name = String(names[nameIdx] ?? "?");
+      let fill;
+      if (match) fill = match[nameIdx] ? "#c640d6" : "#d8d8d8";
+      else if (context) fill = "#e6dfd8";
+      else {
+        fill = colors.get(name);
+        if (!fill) { fill = colorFor(name); colors.set(name, fill); }
+      }
+      ctx.fillStyle = fill;
+      const y = d * ROW;
+      ctx.fillRect(x, y, w > 2 ? w - 1 : w, ROW - 1);
+      if (w >= LABEL_MIN) {
+        const room = Math.floor((w - 6) / charW);
+        if (room >= 2) {
+          const label = name.length <= room ? name : name.slice(0, room - 1) + "\u2026";
+          ctx.fillStyle = match && match[nameIdx] ? "#fff" : "#1d1d1d";
+          ctx.fillText(label, x + 3, y + ROW / 2);
+        }
+      }
+    }
+    const ms = performance.now() - t0;
+    this._drawn = draw;
+    this._W = W;
+    this.lastRender = {
+      ms, width: W, height: H, zoom: this.pathOf(zd, zi), merged,
+      nodes: draw.filter(([, i]) => i >= 0).map(([d, i, x, w, context]) => ({
+        name: String(names[levels[d].name[i]]), depth: d, x, width: w, context,
+        total: levels[d].total[i], self: levels[d].self[i],
+      })),
+      runs: draw.filter(([, i]) => i < 0).map(([d, , x, w]) => ({ depth: d, x, width: w })),
+    };
+    return this.lastRender;
+  }
+
+  // ---- interaction ------------------------------------------------------------------------
+
+  hitTest(px, py) {
+    const data = this.data;
+    if (!data || !this._drawn) return null;
+    const d = Math.floor(py / ROW);
+    const { levels } = data;
+    const zd = this.zoom.depth;
+    if (d < 0 || d >= levels.length) return null;
+    if (d < zd) {  // a context row: the ancestor at that depth
+      for (const [dd, i, , , context] of this._drawn) if (context && dd === d && i >= 0) return { d, i };
+      return null;
+    }
+    const zs = levels[zd].start[this.zoom.index], zt = levels[zd].total[this.zoom.index] || 1;
+    const v = zs + (px / this._W) * zt;
+    const lv = levels[d];
+    const i = upperBound(lv.start, v) - 1;
+    if (i < 0 || v >= lv.start[i] + lv.total[i]) return null;
+    if (lv.start[i] < zs || lv.start[i] >= zs + zt) return null;
+    return { d, i };
+  }
+
+  _pos(e) {
+    const r = this.canvas.getBoundingClientRect();
+    return [e.clientX - r.left, e.clientY - r.top];
+  }
+
+  _click(e) {
+    const hit = this.hitTest(...this._pos(e));
+    if (hit) this.zoomTo(hit.d, hit.i);
+  }
+
+  _hover(e) {
+    const hit = this.hitTest(...this._pos(e));
+    if (!hit) { this.hideTooltip(); this.canvas.style.cursor = "default"; return; }
+    this.canvas.style.cursor = "pointer";
+    this.showTooltip(hit.d, hit.i, e.clientX, e.clientY);
+  }
+
+  describe(d, i) {
+    const { levels, total, unit, period } = this.data;
+    const lv = levels[d];
+    const p = lv.parent[i];
+    const parentTotal = d > 0 && p >= 0 ? levels[d - 1].total[p] : lv.total[i];
+    const info = {
+      name: String(this.nodeName(d, i)), total: lv.total[i], self: lv.self[i],
+      percentTotal: formatPercent(lv.total[i], total), percentParent: formatPercent(lv.total[i], parentTotal),
+      unit, cpuSeconds: null,
+    };
+    if (unit === "count" && period) info.cpuSeconds = (lv.total[i] * period) / 1e9;
+    return info;
+  }
+
+  showTooltip(d, i, clientX, clientY) {
+    const info = this.describe(d, i);
+    const tip = this.tooltip;
+    const unitWord = info.unit === "count" ? "samples" : info.unit;
+    const rows = [
+      ["name", info.name],
+      ["total", `${fmtInt.format(info.total)} ${unitWord}` +
+        (info.cpuSeconds !== null ? ` \u00b7 ${info.cpuSeconds.toFixed(2)} s CPU` : "")],
+      ["share", `${info.percentTotal} of total \u00b7 ${info.percentParent} of parent`],
+      ["self", `self: ${fmtInt.format(info.self)} ${unitWord} (${formatPercent(info.self, this.data.total)})`],
+    ];
+    tip.replaceChildren();
+    for (const [key, value] of rows) {
+      const row = document.createElement("div");
+      row.className = "tip-" + key;
+      row.textContent = value;
+      tip.append(row);
+    }
+    const hint = document.createElement("div");
+    hint.className = "tip-hint";
+    hint.textContent = d === this.zoom.depth && i === this.zoom.index ? "" : "click to zoom";
+    if (hint.textContent) tip.append(hint);
+    tip.hidden = false;
+    const pad = 14, rect = tip.getBoundingClientRect();
+    let left = clientX + pad, top = clientY + pad;
+    if (left + rect.width > window.innerWidth - 4) left = Math.max(4, clientX - pad - rect.width);
+    if (top + rect.height > window.innerHeight - 4) top = Math.max(4, clientY - pad - rect.height);
+    tip.style.left = left + "px";
+    tip.style.top = top + "px";
+  }
+
+  hideTooltip() { this.tooltip.hidden = true; }
+}

@@ -1,0 +1,67 @@
+"""The web page: one screen with the cgroup/pod list and a canvas flame graph.
+
+The page is a Jinja template plus our own static JS modules and CSS (no build step, no CDN:
+clusters are often offline). Everything it shows comes from the JSON API in docs/api.md.
+
+Process and symbol names are untrusted input. The template autoescapes, the initial config
+travels as a `<script type="application/json">` block through `|tojson` (which escapes `<`, `>`,
+`&` and `'`), the JS writes data only through `textContent`, DOM attribute setters and canvas
+`fillText`, and a strict Content-Security-Policy (no inline script or style) backs that up.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, render_template, request
+
+bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static",
+               static_url_path="/ui/static")
+
+RANGE_PRESETS = ("5m", "15m", "1h", "6h", "24h")
+DEFAULT_RANGE = "15m"
+REFRESH_SECONDS = 10  # auto-refresh period; app.config["UI_REFRESH_SECONDS"] overrides it
+
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self'",
+    "connect-src 'self'",
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+])
+
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+@bp.get("/")
+def index() -> str:
+    # A plain GET form (the page without JS, or a hand-written link) can set the first view;
+    # the URL hash, written by the page itself, takes precedence in the browser.
+    query = request.args.get("query", "")
+    initial = {
+        "query": query,
+        "from": request.args.get("from", f"now-{DEFAULT_RANGE}"),
+        "to": request.args.get("to", "now"),
+    }
+    refresh = current_app.config.get("UI_REFRESH_SECONDS") or REFRESH_SECONDS
+    config = {
+        "api": request.script_root + "/api/v1",
+        "presets": list(RANGE_PRESETS),
+        "refresh_seconds": refresh,
+        "initial": initial,
+    }
+    return render_template("podflame_ui.html", config=config, query=query, presets=RANGE_PRESETS,
+                           refresh_seconds=refresh)
+
+
+@bp.after_request
+def _security_headers(response: Response) -> Response:
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
