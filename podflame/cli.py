@@ -50,12 +50,16 @@ def _make_http_server(app, host: str, port: int):
 
 
 def _start_agent(server_url: str, frequency: int, interval: float, node: str | None):
-    from profiler.agent import Agent, create_context
+    from profiler.agent import Agent, KubeletLabels, create_context
+    from profiler.kube import KubeMetadata
     from profiler.sampler import Sampler, SamplerError
     from profiler.upload import Uploader
     from symbolizer import Symbolizer
 
     ctx = create_context(node)
+    kube = KubeMetadata.from_environment(ctx.node)  # None (logged once) on a plain host
+    if kube is not None:
+        kube.start()
     click.echo(f"podflame agent: compiling the eBPF sampler ({frequency} Hz on {os.cpu_count()} CPUs)...", err=True)
     try:
         sampler = Sampler(frequency)
@@ -63,7 +67,7 @@ def _start_agent(server_url: str, frequency: int, interval: float, node: str | N
         raise click.ClickException(str(e)) from None
     symbolizer = Symbolizer(ctx.maps)
     uploader = Uploader(server_url, node=ctx.node)
-    agent = Agent(sampler, ctx, symbolizer.symbolize, uploader, interval=interval)
+    agent = Agent(sampler, ctx, symbolizer.symbolize, uploader, pod_labels=KubeletLabels(kube), interval=interval)
     thread = threading.Thread(target=agent.run, name="podflame-agent", daemon=True)
     thread.start()
     click.echo(f"podflame agent: sampling node {ctx.node!r}, shipping every {interval:g}s to {server_url}", err=True)
@@ -73,6 +77,8 @@ def _start_agent(server_url: str, frequency: int, interval: float, node: str | N
         thread.join(timeout=interval + 30)
         uploader.close()
         sampler.close()
+        if kube is not None:
+            kube.stop()
 
     return stop
 
@@ -169,7 +175,7 @@ def record(duration: float, pid: int | None, cgroup_path: str | None, frequency:
         raise click.UsageError("give --pid or --cgroup, not both")
     from podflame import pprof
     from podflame.model import Profile
-    from profiler.agent import build_profiles, create_context
+    from profiler.agent import KubeletLabels, PodLabels, build_profiles, create_context
     from profiler.cgroups import CgroupResolver
     from profiler.sampler import Sampler, SamplerError
     from symbolizer import Symbolizer
@@ -205,7 +211,8 @@ def record(duration: float, pid: int | None, cgroup_path: str | None, frequency:
     by_labels: dict[tuple, list[Profile]] = {}
     for p in profiles:
         by_labels.setdefault(tuple(sorted(p.labels.items())), []).append(p)
-    merged = [symbolizer.symbolize(Profile.merge(group)) for group in by_labels.values()]
+    pods = PodLabels(KubeletLabels(), hold_seconds=0)
+    merged = pods([symbolizer.symbolize(Profile.merge(group)) for group in by_labels.values()])
     data = pprof.encode(merged) if fmt == "pprof" else to_folded(Profile.merge(merged, labels={})).encode()
     out = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115
     with out:

@@ -43,7 +43,11 @@ class CgroupLookup(Protocol):
 
 
 class PodLabeler(Protocol):
-    def labels(self, cgroup_path: str) -> dict[str, str]: ...
+    def labels(self, cgroup_path: str) -> dict[str, str] | None:
+        """Pod labels for a cgroup; {} for a non-pod cgroup; None while the pod is not known yet."""
+
+    def give_up(self, cgroup_path: str) -> dict[str, str]:
+        """Best-effort labels once a profile was held long enough."""
 
 
 @dataclass
@@ -53,7 +57,6 @@ class Context:
     node: str
     maps: MapsLookup
     cgroups: CgroupLookup
-    pod_labels: PodLabeler
     comm_cache: dict[int, str] = field(default_factory=dict)
 
     def process_name(self, tgid: int, thread_comm: str) -> str:
@@ -93,67 +96,127 @@ def stack_of(sample: RawSample, ctx: Context) -> tuple[Frame, ...]:
 
 
 def build_profiles(drain: Drain, ctx: Context, period_ns: int) -> list[Profile]:
-    """One unsymbolized Profile per (cgroup, process) seen in the drain."""
+    """One unsymbolized Profile per (cgroup, process) seen in the drain; pod labels come later."""
     ctx.maps.refresh({s.tgid for s in drain.samples if s.tgid})
     by_key: dict[tuple[int, int], Profile] = {}
-    pod_cache: dict[int, dict[str, str]] = {}
+    paths: dict[int, str] = {}
     for s in drain.samples:
         key = (s.cgroup_id, s.tgid)
         prof = by_key.get(key)
         if prof is None:
-            labels = pod_cache.get(s.cgroup_id)
-            if labels is None:
-                path = ctx.cgroups.path(s.cgroup_id) or f"cgroup-id:{s.cgroup_id}"
-                labels = pod_cache[s.cgroup_id] = {"cgroup": path, **ctx.pod_labels.labels(path)}
+            path = paths.get(s.cgroup_id)
+            if path is None:
+                path = paths[s.cgroup_id] = ctx.cgroups.path(s.cgroup_id) or f"cgroup-id:{s.cgroup_id}"
             prof = by_key[key] = Profile(
-                labels={**labels, "node": ctx.node, "comm": ctx.process_name(s.tgid, s.comm), "pid": str(s.tgid)},
+                labels={"cgroup": path, "node": ctx.node, "comm": ctx.process_name(s.tgid, s.comm),
+                        "pid": str(s.tgid)},
                 start_ns=drain.start_ns, duration_ns=drain.end_ns - drain.start_ns, period_ns=period_ns)
         prof.add(stack_of(s, ctx), s.count)
     return list(by_key.values())
+
+
+class PodLabels:
+    """Adds pod labels to profiles; holds those of a pod the API server has not told us about yet.
+
+    A container that started a moment before the drain is usually known one drain later: the
+    profile waits (already symbolized, so the process may exit meanwhile) and is re-resolved,
+    and after `hold_seconds` it ships with whatever is known. Nothing is dropped.
+    """
+
+    def __init__(self, labeler: PodLabeler, *, hold_seconds: float = 30.0, max_held: int = 20000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.labeler = labeler
+        self.hold_seconds = hold_seconds
+        self.max_held = max_held
+        self.clock = clock
+        self.held: list[tuple[float, Profile]] = []
+
+    def __call__(self, profiles: Iterable[Profile]) -> list[Profile]:
+        now = self.clock()
+        ready: list[Profile] = []
+        waiting: list[tuple[float, Profile]] = []
+        for since, p in [*self.held, *((now, p) for p in profiles)]:
+            labels = self.labeler.labels(p.labels["cgroup"])
+            if labels is None and (now - since >= self.hold_seconds or len(waiting) >= self.max_held):
+                labels = self.labeler.give_up(p.labels["cgroup"])
+            if labels is None:
+                waiting.append((since, p))
+            else:
+                p.labels = {**p.labels, **labels}
+                ready.append(p)
+        self.held = waiting
+        metrics.HELD_PROFILES.set(len(waiting))
+        return ready
+
+    def flush(self) -> list[Profile]:
+        """Everything still held, with best-effort labels (for shutdown)."""
+        out = []
+        for _, p in self.held:
+            p.labels = {**p.labels, **self.labeler.give_up(p.labels["cgroup"])}
+            out.append(p)
+        self.held = []
+        return out
 
 
 def default_node_name() -> str:
     return os.environ.get("NODE_NAME") or socket.gethostname()
 
 
-class _KubeletLabels:
-    """Pod labels read from the cgroup path alone (names from the API server come with profiler.kube)."""
+class KubeletLabels:
+    """Pod identity from the cgroup path, and names from the API server when the agent has one."""
 
-    def labels(self, cgroup_path: str) -> dict[str, str]:
-        from profiler.cgroups import labels_for
+    def __init__(self, kube=None) -> None:  # kube: profiler.kube.KubeMetadata | None
+        self.kube = kube
 
+    def _base(self, cgroup_path: str):
+        from profiler.cgroups import labels_for, parse_kubelet_path
+
+        kc = parse_kubelet_path(cgroup_path)
         labels = labels_for(cgroup_path)
         labels.pop("cgroup", None)
+        return kc, labels
+
+    def labels(self, cgroup_path: str) -> dict[str, str] | None:
+        kc, labels = self._base(cgroup_path)
+        if kc is None or self.kube is None:
+            return labels
+        named = self.kube.resolve(kc.container_id, kc.pod_uid)
+        return None if named is None else {**labels, **named}
+
+    def give_up(self, cgroup_path: str) -> dict[str, str]:
+        kc, labels = self._base(cgroup_path)
+        if kc is not None and self.kube is not None:
+            labels.update(self.kube.labels_for(kc))
         return labels
 
 
 def create_context(node: str | None) -> Context:
-    """The real host context: /proc maps, the cgroup v2 tree, kubelet cgroup naming."""
+    """The real host context: /proc maps, the cgroup v2 tree."""
     from profiler.cgroups import CgroupResolver
     from profiler.procmaps import MapsCache
 
-    return Context(node=node or default_node_name(), maps=MapsCache(), cgroups=CgroupResolver(),
-                   pod_labels=_KubeletLabels())
+    return Context(node=node or default_node_name(), maps=MapsCache(), cgroups=CgroupResolver())
 
 
 class Agent:
     """Drains every `interval` seconds and hands symbolized profiles to `sink` (an uploader)."""
 
     def __init__(self, sampler, ctx: Context, symbolize: Callable[[Profile], Profile], sink: Sink, *,
-                 interval: float = 10.0) -> None:
+                 pod_labels: PodLabeler | None = None, interval: float = 10.0) -> None:
         self.sampler = sampler
         self.ctx = ctx
+        self.pods = PodLabels(pod_labels or KubeletLabels())
         self.symbolize = symbolize
         self.sink = sink
         self.interval = interval
-        self.period_ns = int(1e9 / sampler.frequency)
+        self.period_ns = sampler.period_ns
         self._stop = threading.Event()
         self._last_errors: dict[str, int] = {}
 
     def drain_once(self) -> list[Profile]:
         t0 = time.process_time()
         drain = self.sampler.drain()
-        profiles = [self.symbolize(p) for p in build_profiles(drain, self.ctx, self.period_ns)]
+        profiles = self.pods([self.symbolize(p) for p in build_profiles(drain, self.ctx, self.period_ns)])
         metrics.record_drain(drain, profiles, self._last_errors)
         self._last_errors = dict(drain.errors)
         metrics.DRAIN_CPU.observe(time.process_time() - t0)
@@ -171,7 +234,7 @@ class Agent:
                 log.exception("drain failed")
         # a final drain so a clean shutdown loses nothing
         try:
-            profiles = self.drain_once()
+            profiles = self.drain_once() + self.pods.flush()
             if profiles:
                 self.sink(profiles)
         except Exception:

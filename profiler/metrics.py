@@ -22,6 +22,7 @@ DRAIN_CPU = Histogram("podflame_agent_drain_cpu_seconds", "CPU time of one drain
                       buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
 UPLOADS = Counter("podflame_agent_uploads_total", "Batches shipped to the server, by outcome", ["outcome"])
 BACKLOG = Gauge("podflame_agent_upload_backlog_batches", "Batches waiting to be shipped")
+HELD_PROFILES = Gauge("podflame_agent_held_profiles", "Profiles waiting for their pod's metadata")
 DROPPED_BATCHES = Counter("podflame_agent_dropped_batches_total", "Batches dropped because the backlog was full")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from podflame.model import FrameKind, Mapping
-from profiler.agent import Context, build_profiles
+from profiler.agent import Context, PodLabels, build_profiles
 
 EXE = Mapping(0x400000, 0x500000, 0, "/opt/app/bin/app")
 
@@ -30,8 +30,18 @@ class FakeCgroups:
 
 
 class FakePods:
+    """Knows pod 1 only once `known` is set, like a watch that has not caught up yet."""
+
+    def __init__(self, known: bool = True) -> None:
+        self.known = known
+
     def labels(self, path):
-        return {"pod_uid": "1"} if "kubepods" in path else {}
+        if "kubepods" not in path:
+            return {}
+        return {"pod_uid": "1", "pod": "cart-1"} if self.known else None
+
+    def give_up(self, path):
+        return {"pod_uid": "1"}
 
 
 def raw(cgroup_id=7, tgid=42, pid=43, comm="worker", user=(), kernel=(), user_error=0, kernel_error=0, count=1):
@@ -40,8 +50,7 @@ def raw(cgroup_id=7, tgid=42, pid=43, comm="worker", user=(), kernel=(), user_er
 
 
 def ctx() -> Context:
-    return Context(node="n1", maps=FakeMaps(), cgroups=FakeCgroups(), pod_labels=FakePods(),
-                   comm_cache={42: "app"})
+    return Context(node="n1", maps=FakeMaps(), cgroups=FakeCgroups(), comm_cache={42: "app"})
 
 
 def test_samples_group_by_cgroup_and_process_with_root_first_stacks() -> None:
@@ -55,7 +64,7 @@ def test_samples_group_by_cgroup_and_process_with_root_first_stacks() -> None:
     profiles = {p.labels["pid"]: p for p in build_profiles(drain, c, period_ns=10)}
     assert c.maps.refreshed == {42, 50}
     app = profiles["42"]
-    assert app.labels == {"cgroup": "/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab.scope", "pod_uid": "1",
+    assert app.labels == {"cgroup": "/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab.scope",
                           "node": "n1", "comm": "app", "pid": "42"}
     assert app.total() == 5 and (app.start_ns, app.duration_ns, app.period_ns) == (1000, 1000, 10)
     stacks = {tuple(f.address for f in s): v for s, v in app.samples.items()}
@@ -64,7 +73,7 @@ def test_samples_group_by_cgroup_and_process_with_root_first_stacks() -> None:
     assert [f.kind for f in kernel_stack] == [FrameKind.NATIVE] * 2 + [FrameKind.KERNEL] * 2
     assert kernel_stack[0].mapping == EXE
     other = profiles["50"]
-    assert other.labels["cgroup"] == "cgroup-id:9" and "pod_uid" not in other.labels
+    assert other.labels["cgroup"] == "cgroup-id:9"
     (stack,) = other.samples
     assert stack[0].mapping is None  # no mapping known: the symbolizer will say why
 
@@ -78,3 +87,32 @@ def test_lost_stacks_stay_visible_as_explicit_frames() -> None:
     names = {n for p in profiles for n, _ in p.name_stacks()}
     assert ("[user stack lost: EEXIST]", "[kernel]+0xffff0001") in names
     assert ("[kernel]+0xffff0001",) in names
+
+
+def _two_profiles():
+    drain = SimpleNamespace(start_ns=0, end_ns=1, errors={}, samples=[
+        raw(user=(0x400100,), count=2), raw(cgroup_id=9, tgid=50, pid=50, user=(0x1,), count=1)])
+    return build_profiles(drain, ctx(), period_ns=10)
+
+
+def test_profiles_of_unknown_pods_are_held_then_labelled_when_the_pod_appears() -> None:
+    now = [0.0]
+    pods = FakePods(known=False)
+    stage = PodLabels(pods, hold_seconds=30, clock=lambda: now[0])
+    ready = stage(_two_profiles())
+    assert [p.labels["pid"] for p in ready] == ["50"] and len(stage.held) == 1  # host process ships now
+    now[0] = 10
+    pods.known = True
+    ready = stage([])
+    assert [p.labels.get("pod") for p in ready] == ["cart-1"] and not stage.held
+
+
+def test_held_profiles_ship_with_best_effort_labels_after_the_hold() -> None:
+    now = [0.0]
+    stage = PodLabels(FakePods(known=False), hold_seconds=30, clock=lambda: now[0])
+    stage(_two_profiles())
+    now[0] = 31
+    (late,) = stage([])
+    assert late.labels["pod_uid"] == "1" and "pod" not in late.labels and late.total() == 2
+    stage(_two_profiles())
+    assert [p.labels["pod_uid"] for p in stage.flush()] == ["1"]  # shutdown ships what is held
