@@ -81,11 +81,15 @@ class PprofError(ValueError):
     """The bytes are not a valid pprof profile; the message says what is wrong."""
 
 
+class PprofTooLarge(PprofError):
+    """The profile is over a size limit (raw or inflated): a server answers 413, not 400."""
+
+
 def decompress(data: bytes, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
     """Gunzip if gzip, refusing to inflate past `limit` (decompression bombs fail closed)."""
     if data[:2] != b"\x1f\x8b":
         if len(data) > limit:
-            raise PprofError(f"profile is {len(data)} bytes, over the {limit} byte limit")
+            raise PprofTooLarge(f"profile is {len(data)} bytes, over the {limit} byte limit")
         return data
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
@@ -93,7 +97,7 @@ def decompress(data: bytes, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
     except zlib.error as e:
         raise PprofError(f"corrupt gzip: {e}") from None
     if len(out) > limit or d.unconsumed_tail:
-        raise PprofError(f"profile inflates past the {limit} byte limit")
+        raise PprofTooLarge(f"profile inflates past the {limit} byte limit")
     if not d.eof:
         raise PprofError("corrupt gzip: the stream is truncated")
     return out
@@ -177,7 +181,7 @@ def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] |
             sample = msg.sample.add(location_id=[location_id(f) for f in reversed(stack)])
             sample.value.append(value)
             if len(msg.sample_type) == 2:
-                sample.value.append(value * period)
+                sample.value.append(value * (p.period_ns or period))  # merged series may differ in period
             for k, v in labels:
                 sample.label.add(key=k, str=v)
     msg.string_table.extend(s.table)

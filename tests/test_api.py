@@ -1,0 +1,255 @@
+"""The HTTP API through Flask's test client: ingest -> query -> flame graph, errors, exports, metrics."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from podflame import pprof
+from podflame.model import Frame, FrameKind, Line, Mapping, Profile
+from web.app import create_app
+from web.flamegraph import decode_tree
+
+S = 1_000_000_000
+T0 = 1_795_000_000 * S
+EXE = Mapping(0x555500000000, 0x555500010000, 0x1000, "/usr/bin/shop", "abcdef0123")
+PERIOD = 52_631_578  # 19 Hz
+
+
+def fr(name: str, addr: int, *inlined: str) -> Frame:
+    return Frame(addr, EXE, FrameKind.NATIVE, tuple(Line(n, "shop.c", 1) for n in (*inlined, name)))
+
+
+MAIN, HOT_A, HOT_B = fr("main", 0x1100), fr("hot_a", 0x1200), fr("hot_b", 0x1300)
+INLINED = fr("checkout", 0x1400, "hash_step")
+
+
+def prof(labels: dict[str, str], start: int = T0, *stacks: tuple[tuple[Frame, ...], int]) -> Profile:
+    p = Profile(labels=labels, start_ns=start, duration_ns=10 * S, period_ns=PERIOD)
+    for stack, value in stacks:
+        p.add(stack, value)
+    return p
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Flask]:
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "TESTING": True})
+    yield app
+    app.extensions["podflame.store"].close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def ingest(client: FlaskClient, profiles: list[Profile], query: str = "", **params: str) -> Any:
+    r = client.post(f"/api/v1/ingest{query}", query_string=params or None, data=pprof.encode(profiles))
+    assert r.status_code == 200, r.json
+    return r.json
+
+
+RANGE = {"from": str(T0 // S - 60), "to": str(T0 // S + 3600)}
+
+
+def get(client: FlaskClient, path: str, **params: str) -> Any:
+    r = client.get(f"/api/v1/{path}", query_string={**RANGE, **params})
+    assert r.status_code == 200, r.json
+    return r.json
+
+
+def leaf(total: int, self_value: int | None = None, **children: dict) -> dict:
+    return {"total": total, "self": total if self_value is None else self_value, "children": children}
+
+
+def test_ingest_query_flame_graph_whole_tree(client: FlaskClient) -> None:
+    answer = ingest(client, [
+        prof({"pod": "cart", "comm": "shop"}, T0, ((MAIN, HOT_A), 30), ((MAIN, HOT_B), 10), ((MAIN,), 2)),
+        prof({"pod": "cart", "comm": "shop"}, T0 + 10 * S, ((MAIN, HOT_A), 6), ((MAIN, INLINED), 4)),
+        prof({"pod": "api", "comm": "srv"}, T0, ((MAIN, HOT_B), 100)),
+    ], node="n1")
+    # One pprof is one time window: the two cart profiles arrive as one series' profile.
+    assert answer == {"profiles": 4, "samples": 10}  # (2 label sets x 2 types), rows = distinct stacks
+    fg = get(client, "flamegraph", query='{pod="cart"}')
+    assert decode_tree(fg) == leaf(52, 0, main=leaf(52, 2,
+        checkout=leaf(4, 0, hash_step=leaf(4)), hot_a=leaf(36), hot_b=leaf(10)))
+    assert (fg["total"], fg["max_self"], fg["period_ns"]) == (52, 36, PERIOD)
+    assert (fg["type"], fg["unit"]) == ("samples", "count")
+    assert fg["names"][0] == "total" and len(set(fg["names"])) == len(fg["names"])
+    everything = decode_tree(get(client, "flamegraph", query='{node="n1"}'))
+    assert everything["total"] == 152 and everything["children"]["main"]["children"]["hot_b"]["total"] == 110
+    cpu = get(client, "flamegraph", query='{pod="cart"}', type="cpu")
+    assert (cpu["total"], cpu["unit"]) == (52 * PERIOD, "nanoseconds")
+
+
+def test_time_range_is_half_open_over_profile_start(client: FlaskClient) -> None:
+    for i in range(5):
+        ingest(client, [prof({"pod": "p"}, T0 + i * 10 * S, ((MAIN,), i + 1))])
+    t = T0 // S
+    fg = get(client, "flamegraph", **{"from": str(t + 10), "to": str(t + 40)})
+    assert fg["total"] == 2 + 3 + 4
+    rfc = get(client, "flamegraph", **{"from": "2026-11-18T11:06:50Z", "to": "2026-11-18T12:07:10+01:00"})
+    assert rfc["total"] == 2 + 3
+
+
+def test_time_override_and_receive_time(client: FlaskClient) -> None:
+    ingest(client, [prof({"pod": "override"}, T0, ((MAIN,), 1))], time=str(T0 // S - 86400))
+    before = time.time_ns()
+    ingest(client, [prof({"pod": "received"}, 0, ((MAIN,), 1))])  # time_nanos = 0: no time of its own
+    after = time.time_ns()
+    assert get(client, "label/pod/values") == {"values": []}
+    day_before = {"from": str(T0 // S - 86400), "to": str(T0 // S - 86399)}
+    assert get(client, "label/pod/values", **day_before) == {"values": ["override"]}
+    around = {"from": str(before / S - 1), "to": str(after / S + 1)}
+    assert get(client, "label/pod/values", **around) == {"values": ["received"]}
+    assert get(client, "label/pod/values", **{"from": "now-1m", "to": "now+1m"}) == {"values": ["received"]}
+
+
+def test_labels_values_types_and_default_type(client: FlaskClient) -> None:
+    heap = prof({"pod": "p2", "ns": "b"}, T0, ((MAIN,), 7))
+    heap.sample_type, heap.unit = "alloc_space", "bytes"
+    ingest(client, [heap])
+    assert get(client, "types") == {"types": [{"type": "alloc_space", "unit": "bytes"}]}
+    fg = get(client, "flamegraph")
+    assert (fg["type"], fg["unit"], fg["total"]) == ("alloc_space", "bytes", 7)  # the first type when no samples
+    ingest(client, [prof({"pod": "p1", "ns": "a"}, T0, ((MAIN,), 1))])
+    assert get(client, "flamegraph")["type"] == "samples"  # samples wins when present
+    assert get(client, "labels") == {"labels": ["ns", "pod"]}
+    assert get(client, "label/pod/values") == {"values": ["p1", "p2"]}
+    assert get(client, "label/pod/values", query='{ns="b"}') == {"values": ["p2"]}
+    assert get(client, "types", query='{pod="p1"}')["types"] == [
+        {"type": "cpu", "unit": "nanoseconds"}, {"type": "samples", "unit": "count"}]
+
+
+def test_series_grouping_cpu_seconds_and_share(client: FlaskClient) -> None:
+    ingest(client, [prof({"pod": "a", "pid": "1"}, T0, ((MAIN,), 100)),
+                    prof({"pod": "a", "pid": "2"}, T0, ((MAIN,), 50)),
+                    prof({"pod": "b", "pid": "3"}, T0, ((MAIN,), 200))])
+    window = {"from": str(T0 // S), "to": str(T0 // S + 60)}
+    by_pod = get(client, "series", by="pod", **window)
+    assert by_pod["total"] == 350 and (by_pod["type"], by_pod["unit"]) == ("samples", "count")
+    assert (by_pod["from"], by_pod["to"]) == (T0 / S, T0 / S + 60)
+    assert [(s["labels"], s["value"]) for s in by_pod["series"]] == [({"pod": "b"}, 200), ({"pod": "a"}, 150)]
+    b = by_pod["series"][0]
+    assert b["cpu_seconds"] == pytest.approx(200 * PERIOD / 1e9)
+    assert b["cpu_share"] == pytest.approx(200 * PERIOD / 1e9 / 60)
+    every = get(client, "series", **window)["series"]
+    assert [s["labels"] for s in every] == [
+        {"pid": "3", "pod": "b"}, {"pid": "1", "pod": "a"}, {"pid": "2", "pod": "a"}]
+    cpu = get(client, "series", by="pod", type="cpu", **window)["series"]
+    assert cpu[0]["cpu_seconds"] == pytest.approx(200 * PERIOD / 1e9)
+
+
+def test_html_dangerous_names_and_labels_survive_unchanged(client: FlaskClient) -> None:
+    evil = '<script>alert("x")</script>'
+    quoted = "it's \"quoted\" & <b>"
+    ingest(client, [prof({"comm": evil}, T0, ((MAIN, fr(evil, 0x1500)), 3), ((MAIN, fr(quoted, 0x1600)), 1))])
+    fg = get(client, "flamegraph", query='{comm="<script>alert(\\"x\\")</script>"}')
+    assert set(fg["names"]) == {"total", "main", evil, quoted}
+    assert decode_tree(fg) == leaf(4, 0, main=leaf(4, 0, **{evil: leaf(3), quoted: leaf(1)}))
+    assert get(client, "label/comm/values") == {"values": [evil]}
+    assert get(client, "series")["series"][0]["labels"] == {"comm": evil}
+    folded = client.get("/api/v1/folded", query_string=RANGE).data.decode()
+    assert f"main;{evil} 3\n" in folded and f"main;{quoted} 1\n" in folded
+
+
+def test_pprof_and_folded_downloads(client: FlaskClient) -> None:
+    ingest(client, [prof({"pod": "a"}, T0, ((MAIN, INLINED), 3)), prof({"pod": "b"}, T0, ((MAIN, HOT_A), 4))])
+    r = client.get("/api/v1/pprof", query_string=RANGE)
+    assert r.status_code == 200 and r.mimetype == "application/octet-stream" and r.data[:2] == b"\x1f\x8b"
+    back = {p.labels["pod"]: p for p in pprof.decode(r.data) if p.sample_type == "samples"}
+    assert dict(back["a"].name_stacks()) == {("main", "checkout", "hash_step"): 3}
+    assert dict(back["b"].name_stacks()) == {("main", "hot_a"): 4}
+    (frame,) = {f for p in back.values() for s in p.samples for f in s if f.address == INLINED.address}
+    assert frame == INLINED  # mapping, build id, file:line and inline lines kept
+    r = client.get("/api/v1/folded", query_string=RANGE)
+    assert r.mimetype == "text/plain" and r.data.decode() == "main;checkout;hash_step 3\nmain;hot_a 4\n"
+    empty = client.get("/api/v1/pprof", query_string={**RANGE, "query": '{pod="none"}'})
+    assert empty.status_code == 200 and pprof.decode(empty.data) == []
+
+
+def test_invalid_bodies_are_400_and_store_nothing(client: FlaskClient) -> None:
+    for body, message in [(b"\x1f\x8b\x08\x00garbage", "corrupt gzip"), (b"\xff\xff\xff\xff", "not a pprof"),
+                          (b"", "empty body")]:
+        r = client.post("/api/v1/ingest?pod=x", data=body)
+        assert r.status_code == 400 and message in r.json["error"], r.json
+    dangling = pprof.PprofProfile()
+    dangling.string_table.extend(["", "samples", "count"])
+    dangling.sample_type.add(type=1, unit=2)
+    dangling.sample.add(location_id=[1], value=[5])
+    dangling.sample.add(location_id=[99], value=[1])
+    r = client.post("/api/v1/ingest?pod=x", data=dangling.SerializeToString())
+    assert r.status_code == 400 and "unknown location" in r.json["error"]
+    assert get(client, "labels", **{"from": "0", "to": "now+1h"}) == {"labels": []}
+
+
+def test_size_limits_are_413(tmp_path: Path) -> None:
+    app = create_app({"DATA_DIR": str(tmp_path), "MAX_BODY_BYTES": 64 << 10, "MAX_INFLATED_BYTES": 1 << 20})
+    client = app.test_client()
+    try:
+        r = client.post("/api/v1/ingest", data=b"\0" * (65 << 10))
+        assert r.status_code == 413 and str(64 << 10) in r.json["error"]
+        bomb = gzip.compress(b"\0" * (16 << 20), compresslevel=9)
+        assert len(bomb) < 64 << 10
+        r = client.post("/api/v1/ingest", data=bomb)
+        assert r.status_code == 413 and "limit" in r.json["error"]
+    finally:
+        app.extensions["podflame.store"].close()
+
+
+@pytest.mark.parametrize("params, message", [
+    ("?pod=a&pod=b", "given 2 times"),
+    ("?bad-name=x", "bad label name 'bad-name'"),
+    ("?time=tomorrow", "bad time"),
+])
+def test_bad_ingest_parameters(client: FlaskClient, params: str, message: str) -> None:
+    r = client.post(f"/api/v1/ingest{params}", data=pprof.encode([prof({}, T0, ((MAIN,), 1))]))
+    assert r.status_code == 400 and message in r.json["error"]
+
+
+@pytest.mark.parametrize("path", ["labels", "label/pod/values", "types", "series", "flamegraph", "pprof", "folded"])
+@pytest.mark.parametrize("params, message", [
+    ({"query": '{pod="x"'}, "bad query: bad selector at column"),
+    ({"query": '{pod=~"("}'}, "bad regex"),
+    ({"from": "yesterday"}, "bad from"),
+    ({"to": "now-15"}, "bad to"),
+    ({"from": "now", "to": "now-1h"}, "bad range"),
+])
+def test_bad_queries_are_400_json(client: FlaskClient, path: str, params: dict[str, str], message: str) -> None:
+    r = client.get(f"/api/v1/{path}", query_string=params)
+    assert r.status_code == 400 and r.is_json and message in r.json["error"], r.json
+
+
+def test_bad_by_and_unknown_routes(client: FlaskClient) -> None:
+    r = client.get("/api/v1/series", query_string={"by": "pod,bad-name"})
+    assert r.status_code == 400 and "bad by" in r.json["error"]
+    r = client.get("/api/v1/nope")
+    assert r.status_code == 404 and "error" in r.json
+    r = client.get("/api/v1/ingest")
+    assert r.status_code == 405 and "error" in r.json
+
+
+def test_metrics_healthz_and_page(app: Flask, client: FlaskClient) -> None:
+    def metric(name: str) -> float:
+        for line in client.get("/metrics").data.decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = metric("podflame_server_ingested_profiles_total")
+    rejected = metric('podflame_server_rejected_requests_total{reason="invalid"}')
+    ingest(client, [prof({"pod": "a"}, T0, ((MAIN,), 1))])
+    client.post("/api/v1/ingest", data=b"junk")
+    get(client, "flamegraph")
+    assert metric("podflame_server_ingested_profiles_total") == before + 2
+    assert metric('podflame_server_rejected_requests_total{reason="invalid"}') == rejected + 1
+    assert metric('podflame_server_query_seconds_count{endpoint="flamegraph"}') >= 1
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert "ui" in app.blueprints and client.get("/").status_code == 200

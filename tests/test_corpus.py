@@ -1,0 +1,113 @@
+"""Real profiles from other projects (../shared/corpus/pprof) through ingest, checked against `go tool pprof`.
+
+For each file: the merged total of every sample type equals the sum of `go tool pprof -raw`'s
+Samples section, and our pprof download, read by `go tool pprof -top`, shows the same total and
+the same flat/cum value for every function as the original file does.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.conftest import CORPUS
+from web.app import create_app
+
+PPROF_DIR = CORPUS / "pprof"
+FILES = sorted(PPROF_DIR.glob("*.pb.gz")) if PPROF_DIR.is_dir() else []
+SERIES = sorted((PPROF_DIR / "series").glob("*.pb.gz")) if PPROF_DIR.is_dir() else []
+EVERYTHING = {"from": "0", "to": "now+1h"}
+_SAMPLE_LINE = re.compile(r"\s*(-?\d+(?:\s+-?\d+)*):")
+_TOTAL = re.compile(r"of (\S+) total")
+
+
+def _go(*args: str | Path) -> str:
+    if not shutil.which("go"):
+        pytest.fail("go tool pprof (Debian golang-go, installed by scripts/setup.sh) is the oracle of these tests")
+    return subprocess.run(["go", "tool", "pprof", *map(str, args)], capture_output=True, text=True, check=True).stdout
+
+
+def raw_totals(paths: Sequence[Path]) -> dict[str, int]:
+    """Per sample type, the sum over `go tool pprof -raw`'s Samples section (several files: pprof merges them)."""
+    lines = _go("-raw", *paths).splitlines()
+    start = lines.index("Samples:")
+    types = [t.removesuffix("[dflt]").split("/")[0] for t in lines[start + 1].split()]
+    totals = [0] * len(types)
+    for line in lines[start + 2:]:
+        if line.startswith(("Locations", "Mappings")):
+            break
+        m = _SAMPLE_LINE.match(line)
+        if m:
+            for i, v in enumerate(m.group(1).split()):
+                totals[i] += int(v)
+    return dict(zip(types, totals, strict=True))
+
+
+def top_table(paths: Sequence[Path], sample_type: str) -> tuple[str, list[tuple[str, ...]]]:
+    """`go tool pprof -top` over every node: the displayed total and (flat, cum, name) rows."""
+    out = _go("-top", "-nodefraction=0", "-nodecount=1000000", f"-sample_index={sample_type}", *paths)
+    total = _TOTAL.search(out)
+    assert total, out
+    rows = []
+    for line in out.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[1].endswith("%") and parts[4].endswith("%"):
+            # pprof calls a nameless function <unknown>; our decoder names it function#ID
+            rows.append((parts[0], parts[3], re.sub(r"^function#\d+", "<unknown>", parts[5])))
+    return total.group(1), sorted(rows)
+
+
+@pytest.fixture
+def app(tmp_path: Path, corpus: Path) -> Iterator[Flask]:
+    app = create_app({"DATA_DIR": str(tmp_path / "data")})
+    yield app
+    app.extensions["podflame.store"].close()
+
+
+def _ingest(client: FlaskClient, paths: Sequence[Path]) -> None:
+    for path in paths:
+        r = client.post("/api/v1/ingest", data=path.read_bytes())
+        assert r.status_code == 200, (path.name, r.json)
+
+
+def _check(client: FlaskClient, paths: Sequence[Path], tmp_path: Path, params: dict[str, str]) -> None:
+    expected = raw_totals(paths)
+    types = {t["type"] for t in client.get("/api/v1/types", query_string=params).json["types"]}
+    assert types == {t for t, v in expected.items() if v}, "sample types differ from go tool pprof -raw"
+    for sample_type in sorted(types):
+        q = {**params, "type": sample_type}
+        series = client.get("/api/v1/series", query_string=q).json
+        fg = client.get("/api/v1/flamegraph", query_string=q).json
+        assert series["total"] == fg["total"] == expected[sample_type], sample_type
+        download = tmp_path / f"{sample_type}.pb.gz"
+        download.write_bytes(client.get("/api/v1/pprof", query_string=q).data)
+        want_total, want_rows = top_table(paths, sample_type)
+        got_total, got_rows = top_table([download], sample_type)
+        assert got_total == want_total, sample_type
+        assert got_rows == want_rows, f"{sample_type}: per-function flat/cum differ from the original"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.name for f in FILES])
+def test_each_corpus_file(app: Flask, path: Path, tmp_path: Path) -> None:
+    client = app.test_client()
+    _ingest(client, [path])
+    _check(client, [path], tmp_path, EVERYTHING)
+
+
+def test_time_series_whole_and_partial_ranges(app: Flask, tmp_path: Path) -> None:
+    """The series files are named by their time_nanos: a range selects exactly the files inside it."""
+    assert len(SERIES) >= 6, "expected the series/ time series in the corpus"
+    client = app.test_client()
+    _ingest(client, SERIES)
+    _check(client, SERIES, tmp_path, EVERYTHING)
+    t = [int(p.name.split(".")[0]) for p in SERIES]
+    seconds = [f"{ns // 10**9}.{ns % 10**9:09d}" for ns in t]
+    partial = {"from": seconds[2], "to": seconds[5]}  # half-open: files 2, 3, 4
+    _check(client, SERIES[2:5], tmp_path, partial)

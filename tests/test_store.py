@@ -1,0 +1,184 @@
+"""The embedded store: exact round trips, selection by labels and time, atomicity, durability, threads."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from podflame.model import Frame, FrameKind, Line, Mapping, Profile, Unresolved
+from web.selector import parse_selector
+from web.store import SqliteStore, decode_columns, encode_columns
+
+S = 1_000_000_000
+T0 = 1_795_000_000 * S
+EXE = Mapping(0x555500000000, 0x555500010000, 0x1000, "/usr/bin/shop", "abcdef0123")
+KERNEL_ADDR = 0xFFFFFFFF81000000  # above 2**63: stored as signed and back
+MAIN = Frame(0x555500001100, EXE, FrameKind.NATIVE, (Line("main", "shop.c", 10),))
+INLINED = Frame(0x555500001200, EXE, FrameKind.NATIVE, (Line("hash_step", "hash.h", 7), Line("checkout", "shop.c", 42)))
+KERNEL = Frame(KERNEL_ADDR, None, FrameKind.KERNEL, (Line("ksys_read"),))
+STRIPPED = Frame(0x555500001300, EXE, FrameKind.NATIVE, (), Unresolved.NO_SYMBOLS)
+
+
+def profile(labels: dict[str, str], start: int = T0, **stacks: int) -> Profile:
+    """Profile with stacks named by keys: 'a' = (MAIN, INLINED), 'b' = (MAIN, KERNEL), 'c' = (MAIN, STRIPPED)."""
+    shapes = {"a": (MAIN, INLINED), "b": (MAIN, KERNEL), "c": (MAIN, STRIPPED), "root": ()}
+    p = Profile(labels=labels, start_ns=start, duration_ns=10 * S, period_ns=10_101_010)
+    for key, value in stacks.items():
+        p.add(shapes[key], value)
+    return p
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = SqliteStore(tmp_path)
+    yield s
+    s.close()
+
+
+def merged(store: SqliteStore, selector: str = "{}", t0: int = 0, t1: int = 2 * T0) -> dict[tuple, int]:
+    refs = store.select(parse_selector(selector), t0, t1, "samples")
+    cols = store.read(refs)
+    stacks = store.stacks(set(cols.stack.tolist()))
+    out: dict[tuple, int] = {}
+    for sid, v in zip(cols.stack.tolist(), cols.value.tolist(), strict=True):
+        out[stacks[sid]] = out.get(stacks[sid], 0) + v
+    return out
+
+
+def test_columns_codec_round_trips_any_int64() -> None:
+    stack = np.array([9, 1, 70000, 5], dtype=np.int64)
+    value = np.array([-3, 2**62, 0, 7], dtype=np.int64)
+    s, v = decode_columns(encode_columns(stack, value))
+    assert s.tolist() == [1, 5, 9, 70000] and v.tolist() == [2**62, 7, -3, 0]
+    s, v = decode_columns(encode_columns(np.empty(0, np.int64), np.empty(0, np.int64)))
+    assert s.size == v.size == 0
+
+
+def test_round_trip_keeps_frames_exactly(store: SqliteStore) -> None:
+    result = store.put([profile({"pod": "p1"}, a=30, b=10, c=5, root=2)])
+    assert (result.profiles, result.samples) == (1, 4)
+    assert merged(store) == {(MAIN, INLINED): 30, (MAIN, KERNEL): 10, (MAIN, STRIPPED): 5, (): 2}
+    (ref,) = store.select(parse_selector("{}"), 0, 2 * T0)
+    assert (ref.start_ns, ref.duration_ns, ref.period_ns, ref.total) == (T0, 10 * S, 10_101_010, 47)
+    assert dict(ref.series.labels) == {"pod": "p1"}
+    assert (ref.series.sample_type, ref.series.unit) == ("samples", "count")
+
+
+def test_reopen_reads_the_same_data_and_reuses_dictionaries(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path)
+    s.put([profile({"pod": "p1"}, a=1)])
+    s.close()
+    s = SqliteStore(tmp_path)
+    s.put([profile({"pod": "p1"}, start=T0 + S, a=2, b=3)])
+    assert merged(s) == {(MAIN, INLINED): 3, (MAIN, KERNEL): 3}
+    assert s.stats()["series"] == 1 and s.stats()["stacks"] == 2 and s.stats()["frames"] == 3
+    s.close()
+
+
+def test_selection_by_labels_time_and_type(store: SqliteStore) -> None:
+    store.put([profile({"pod": "p1", "ns": "shop"}, a=1),
+               profile({"pod": "p2", "ns": "shop"}, start=T0 + 60 * S, a=2),
+               profile({"pod": "p3", "ns": "ops"}, start=T0 + 120 * S, b=4)])
+    cpu = profile({"pod": "p1", "ns": "shop"}, a=100)
+    cpu.sample_type, cpu.unit = "cpu", "nanoseconds"
+    store.put([cpu])
+    assert merged(store, '{ns="shop"}') == {(MAIN, INLINED): 3}
+    assert merged(store, '{pod=~"p[13]"}') == {(MAIN, INLINED): 1, (MAIN, KERNEL): 4}
+    assert merged(store, '{pod!="p1", ns!~"ops"}') == {(MAIN, INLINED): 2}
+    assert merged(store, "{}", T0 + 60 * S, T0 + 120 * S) == {(MAIN, INLINED): 2}  # half-open: p3 excluded
+    assert merged(store, '{missing=""}') == merged(store)
+    assert store.types(0, 2 * T0) == [("cpu", "nanoseconds"), ("samples", "count")]
+    assert store.types(T0 + S, 2 * T0) == [("samples", "count")]
+    assert store.label_names(0, 2 * T0) == ["ns", "pod"]
+    assert store.label_values("pod", 0, 2 * T0) == ["p1", "p2", "p3"]
+    assert store.label_values("pod", T0 + S, 2 * T0, parse_selector('{ns="shop"}')) == ["p2"]
+    assert store.label_values("nope", 0, 2 * T0) == []
+
+
+def test_many_series_take_the_time_scan_path(store: SqliteStore) -> None:
+    store.put([profile({"pod": f"p{i:04d}"}, start=T0 + i, a=1) for i in range(600)])
+    assert merged(store, '{pod=~"p0.*"}') == {(MAIN, INLINED): 600}
+    assert len(store.select(parse_selector('{pod=~"p00.*"}'), T0, T0 + 50)) == 50
+    assert len(store.label_values("pod", 0, 2 * T0)) == 600
+
+
+def test_empty_label_values_are_dropped(store: SqliteStore) -> None:
+    store.put([profile({"pod": "p1", "container": ""}, a=1)])
+    (ref,) = store.select(parse_selector("{}"), 0, 2 * T0)
+    assert dict(ref.series.labels) == {"pod": "p1"}
+
+
+def test_failed_put_stores_nothing_and_leaves_the_store_usable(store: SqliteStore, tmp_path: Path) -> None:
+    store.put([profile({"pod": "p1"}, a=1)])
+    bad = profile({"pod": "p2"}, b=1)
+    bad.samples[(MAIN, KERNEL)] = 2**70  # does not fit int64: the put fails midway
+    with pytest.raises((OverflowError, ValueError)):
+        store.put([profile({"pod": "p3"}, c=1), bad])
+    assert store.label_values("pod", 0, 2 * T0) == ["p1"]
+    assert merged(store) == {(MAIN, INLINED): 1}
+    assert len(list((tmp_path / "blobs").rglob("*.pfz"))) == 1
+    store.put([profile({"pod": "p3"}, c=1)])  # dictionary ids from the rolled-back put are not reused
+    assert merged(store) == {(MAIN, INLINED): 1, (MAIN, STRIPPED): 1}
+
+
+def test_orphan_blob_from_a_crash_is_removed_on_open(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path)
+    s.put([profile({"pod": "p1"}, a=1)])
+    s.close()
+    (blob,) = (tmp_path / "blobs").rglob("*.pfz")
+    orphan = blob.with_name(f"{int(blob.stem) + 1:010d}.pfz")
+    orphan.write_bytes(b"half-written")
+    s = SqliteStore(tmp_path)
+    assert not orphan.exists() and blob.exists()
+    s.close()
+
+
+def test_durability_settings(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path)
+    assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    s.close()
+    with pytest.raises(ValueError, match="durable"):
+        SqliteStore(tmp_path, synchronous="OFF")
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    SqliteStore(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "index.sqlite")
+    db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(RuntimeError, match="newer podflame"):
+        SqliteStore(tmp_path)
+
+
+def test_concurrent_writers_and_readers(store: SqliteStore) -> None:
+    errors: list[BaseException] = []
+
+    def write(w: int) -> None:
+        try:
+            for i in range(20):
+                store.put([profile({"pod": f"w{w}"}, start=T0 + i * S, a=1, b=w)])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    def read() -> None:
+        try:
+            for _ in range(20):
+                merged(store)
+                store.label_values("pod", 0, 2 * T0)
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(1, 5)]
+    threads += [threading.Thread(target=read) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert merged(store) == {(MAIN, INLINED): 80, (MAIN, KERNEL): 20 * (1 + 2 + 3 + 4)}

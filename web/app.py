@@ -1,0 +1,77 @@
+"""The Flask app factory: one app per store, blueprints for the API, operations and the page.
+
+`create_app(config)` is all the CLI, tests and embedders need:
+
+    app = create_app({"DATA_DIR": "/var/lib/podflame"})
+    app.run("127.0.0.1", 7070, threaded=True)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from web.api import api, ops
+from web.store import SqliteStore, Store
+
+log = logging.getLogger("podflame.web")
+
+DEFAULTS: dict[str, Any] = {
+    "DATA_DIR": "./podflame-data",
+    "MAX_BODY_BYTES": 64 << 20,  # compressed request body
+    "MAX_INFLATED_BYTES": 256 << 20,  # after gunzip: decompression bombs stop here
+    "SQLITE_SYNCHRONOUS": "FULL",  # an acknowledged ingest survives power loss, not only a crash
+    "RETENTION_SECONDS": None,  # reserved: time-based retention (not enforced yet)
+    "RETENTION_BYTES": None,  # reserved: disk budget (not enforced yet)
+    "STORE": None,  # a ready `web.store.Store` instance, to use another backend
+}
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app; its store lives in `app.extensions["podflame.store"]` (close it when done)."""
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS)
+    if config:
+        app.config.update(config)
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
+
+    store: Store | None = app.config["STORE"]
+    if store is None:
+        store = SqliteStore(Path(app.config["DATA_DIR"]), synchronous=app.config["SQLITE_SYNCHRONOUS"])
+    app.extensions["podflame.store"] = store
+
+    app.register_blueprint(api)
+    app.register_blueprint(ops)
+    _register_ui(app)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> Response | HTTPException:
+        """API clients get JSON errors (404, 405, 413...) like every other API answer."""
+        if request.path.startswith("/api/"):
+            resp = jsonify(error=e.description or e.name)
+            resp.status_code = e.code or 500
+            return resp
+        return e
+
+    return app
+
+
+def _register_ui(app: Flask) -> None:
+    """The page lives in web/ui.py; without it the server still serves the API."""
+    try:
+        from web import ui
+    except ModuleNotFoundError as e:
+        if e.name != "web.ui":
+            raise  # web.ui exists but one of its imports is missing: a real error
+        log.warning("web/ui.py is missing: serving the API only (no web page at /)")
+
+        @app.get("/")
+        def _no_ui() -> tuple[str, int, dict[str, str]]:
+            return ("podflame: the web page (web/ui.py) is not installed; the API is at /api/v1/\n", 503,
+                    {"Content-Type": "text/plain; charset=utf-8"})
+        return
+    app.register_blueprint(ui.bp)

@@ -1,0 +1,602 @@
+"""Profile storage: a small interface and its embedded default (SQLite index + zstd columns).
+
+Layout of the default, designed so that merging many profiles is array arithmetic:
+
+- `index.sqlite` (WAL): dictionary tables `strings`, `mappings`, `frames`, `stacks` intern
+  every string, mapping, frame and whole stack once for the whole store; `series` holds one
+  row per (sorted label set, sample type, unit); `profiles` one row per stored profile
+  (series, start, duration, period, total, and where its samples are).
+- `blobs/NNNNNN/<blob id>.pfz`: one file per `put()`, a run of zstd frames, one per profile,
+  each holding two integer columns (stack id, value) sorted by stack id.
+
+A query reads only the frames of the matching profiles, concatenates their columns and
+sums values per stack id with numpy; stacks are resolved to frames once per distinct id.
+Durability: the blob file is fsynced before the SQLite commit (synchronous=FULL by default),
+so an acknowledged put survives a crash and an unacknowledged one leaves at most an
+unreferenced file, removed at the next open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import struct
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+from podflame.model import Frame, FrameKind, Line, Profile, Stack, Unresolved
+from podflame.model import Mapping as ProcMapping
+from web.selector import Op, Selector
+
+SCHEMA_VERSION = 1
+BLOBS_PER_DIR = 4096
+_FRAME_MAGIC = b"PFS1"
+_HEADER = struct.Struct("<4sBBI")  # magic, stack dtype code, value dtype code, rows
+_DTYPES = [np.dtype(t) for t in ("<u1", "<u2", "<u4", "<u8", "<i1", "<i2", "<i4", "<i8")]
+_STACK_DTYPE = np.dtype("<u4")  # frame ids inside a stack row
+
+
+# ---------------------------------------------------------------------------------------------
+# The interface: what query code may rely on, whatever the backend.
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One label set of one sample type: the unit that selectors match."""
+
+    id: int
+    labels: Mapping[str, str]
+    sample_type: str
+    unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredProfile:
+    """Metadata of one stored profile; `handle` is opaque, for the backend's `read`."""
+
+    series: Series
+    start_ns: int
+    duration_ns: int
+    period_ns: int
+    total: int
+    handle: object
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Samples as parallel integer arrays: `profile` indexes the list given to `read`."""
+
+    profile: np.ndarray
+    stack: np.ndarray
+    value: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    profiles: int
+    samples: int
+    bytes: int
+
+
+class Store(ABC):
+    """What the server needs from storage; backends must be safe to call from many threads."""
+
+    @abstractmethod
+    def put(self, profiles: Sequence[Profile]) -> PutResult:
+        """Store profiles atomically: all are durable when this returns, none if it raises."""
+
+    @abstractmethod
+    def select(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
+               unit: str | None = None) -> list[StoredProfile]:
+        """Profiles whose series matches and whose start lies in [t0, t1), oldest first."""
+
+    @abstractmethod
+    def read(self, profiles: Sequence[StoredProfile]) -> Columns:
+        """The samples of these profiles, as columns."""
+
+    @abstractmethod
+    def stacks(self, ids: Iterable[int]) -> dict[int, Stack]:
+        """Stack ids (from `read`) -> root-first frames."""
+
+    @abstractmethod
+    def label_names(self, t0: int, t1: int, selector: Selector | None = None) -> list[str]: ...
+
+    @abstractmethod
+    def label_values(self, name: str, t0: int, t1: int, selector: Selector | None = None) -> list[str]: ...
+
+    @abstractmethod
+    def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
+        """(sample type, unit) pairs with data in the range, sorted."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Column encoding: sorted stack ids as deltas, values in the narrowest integer type.
+
+
+def _narrowest(a: np.ndarray) -> int:
+    if a.size == 0:
+        return 0
+    lo, hi = int(a.min()), int(a.max())
+    for code, dt in enumerate(_DTYPES):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return code
+    raise ValueError("value out of int64 range")
+
+
+def encode_columns(stack: np.ndarray, value: np.ndarray, level: int = 3) -> bytes:
+    """Two columns -> one zstd frame. Stack ids must be unique."""
+    order = np.argsort(stack, kind="stable")
+    stack, value = stack[order].astype(np.int64), value[order].astype(np.int64)
+    delta = np.diff(stack, prepend=0)
+    sc, vc = _narrowest(delta), _narrowest(value)
+    raw = b"".join((_HEADER.pack(_FRAME_MAGIC, sc, vc, stack.size),
+                    delta.astype(_DTYPES[sc]).tobytes(), value.astype(_DTYPES[vc]).tobytes()))
+    return zstandard.ZstdCompressor(level=level).compress(raw)
+
+
+def decode_columns(frame: bytes) -> tuple[np.ndarray, np.ndarray]:
+    raw = zstandard.ZstdDecompressor().decompress(frame)
+    magic, sc, vc, n = _HEADER.unpack_from(raw)
+    if magic != _FRAME_MAGIC or sc >= len(_DTYPES) or vc >= len(_DTYPES):
+        raise ValueError("corrupt sample frame")
+    off = _HEADER.size
+    sdt, vdt = _DTYPES[sc], _DTYPES[vc]
+    delta = np.frombuffer(raw, sdt, n, off)
+    value = np.frombuffer(raw, vdt, n, off + n * sdt.itemsize)
+    return np.cumsum(delta, dtype=np.int64), value.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded default.
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS strings (id INTEGER PRIMARY KEY, s TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS mappings (
+  id INTEGER PRIMARY KEY, start INTEGER NOT NULL, lim INTEGER NOT NULL, off INTEGER NOT NULL,
+  path INTEGER NOT NULL, build_id INTEGER NOT NULL, UNIQUE (start, lim, off, path, build_id));
+CREATE TABLE IF NOT EXISTS frames (
+  id INTEGER PRIMARY KEY, address INTEGER NOT NULL, mapping INTEGER NOT NULL, kind TEXT NOT NULL,
+  reason TEXT NOT NULL, lines BLOB NOT NULL, UNIQUE (address, mapping, kind, reason, lines));
+CREATE TABLE IF NOT EXISTS stacks (id INTEGER PRIMARY KEY, frames BLOB NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS series (
+  id INTEGER PRIMARY KEY, sample_type TEXT NOT NULL, unit TEXT NOT NULL, labels TEXT NOT NULL,
+  UNIQUE (labels, sample_type, unit));
+CREATE TABLE IF NOT EXISTS blobs (id INTEGER PRIMARY KEY, bytes INTEGER NOT NULL, created_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS profiles (
+  id INTEGER PRIMARY KEY, series INTEGER NOT NULL, start_ns INTEGER NOT NULL, duration_ns INTEGER NOT NULL,
+  period_ns INTEGER NOT NULL, total INTEGER NOT NULL, n_samples INTEGER NOT NULL,
+  blob INTEGER NOT NULL, off INTEGER NOT NULL, len INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS profiles_by_series_time ON profiles (series, start_ns);
+CREATE INDEX IF NOT EXISTS profiles_by_time ON profiles (start_ns);
+"""
+
+# More matched series than this and a time-range scan beats one index probe per series.
+_MAX_SERIES_PROBES = 256
+_U64 = 1 << 64
+
+
+def _to_i64(v: int) -> int:
+    """SQLite integers are signed 64-bit: store u64 addresses two's-complement."""
+    return v - _U64 if v >= 1 << 63 else v
+
+
+def _from_i64(v: int) -> int:
+    return v + _U64 if v < 0 else v
+
+
+@dataclass(frozen=True, slots=True)
+class _Handle:
+    blob: int
+    off: int
+    len: int
+
+
+class SqliteStore(Store):
+    """SQLite index + zstd column files under one directory; one writer at a time, readers in parallel.
+
+    One connection, guarded by a lock, serves index reads and writes (they are short); blob
+    files are read and decompressed outside the lock so queries run concurrently.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, synchronous: str = "FULL", zstd_level: int = 3) -> None:
+        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+            raise ValueError("synchronous must be NORMAL, FULL or EXTRA (anything less is not durable)")
+        self.dir = Path(data_dir)
+        self.blob_dir = self.dir / "blobs"
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.zstd_level = zstd_level
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.dir / "index.sqlite", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._db.execute("PRAGMA foreign_keys=OFF")
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.dir} was written by a newer podflame (schema {row[0]} > {SCHEMA_VERSION})")
+        self._reset_caches()
+        self._load_series()
+        self._sweep_orphans()
+        self._closed = False
+
+    # -- caches --------------------------------------------------------------------------------
+
+    def _reset_caches(self) -> None:
+        """Dictionary caches (write side: value -> id; read side: id -> value)."""
+        self._string_ids: dict[str, int] = {}
+        self._strings: dict[int, str] = {}
+        self._mapping_ids: dict[ProcMapping, int] = {}
+        self._mappings: dict[int, ProcMapping] = {}
+        self._frame_ids: dict[Frame, int] = {}
+        self._frames: dict[int, Frame] = {}
+        self._stack_ids: dict[bytes, int] = {}
+        self._stacks: dict[int, Stack] = {}
+
+    def _load_series(self) -> None:
+        """All series in memory, with an inverted index name -> value -> series ids."""
+        self._series: dict[int, Series] = {}
+        self._series_ids: dict[tuple[str, str, str], int] = {}
+        self._postings: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+        for sid, st, unit, labels in self._db.execute("SELECT id, sample_type, unit, labels FROM series"):
+            self._add_series(Series(sid, dict(json.loads(labels)), st, unit), labels)
+
+    def _add_series(self, s: Series, key: str) -> None:
+        self._series[s.id] = s
+        self._series_ids[(key, s.sample_type, s.unit)] = s.id
+        for k, v in s.labels.items():
+            self._postings[k][v].add(s.id)
+
+    def _sweep_orphans(self) -> None:
+        """Remove blob files a crash left behind before their index rows committed."""
+        (max_id,) = self._db.execute("SELECT coalesce(max(id), 0) FROM blobs").fetchone()
+        for d in sorted(self.blob_dir.glob("[0-9]*"))[-2:]:
+            for f in d.glob("*.pfz"):
+                with contextlib.suppress(ValueError):
+                    if int(f.stem) > max_id:
+                        f.unlink(missing_ok=True)
+
+    def _blob_path(self, blob_id: int) -> Path:
+        return self.blob_dir / f"{blob_id // BLOBS_PER_DIR:06d}" / f"{blob_id:010d}.pfz"
+
+    # -- interning (caller holds the lock and a transaction) -----------------------------------
+
+    def _intern_string(self, s: str | None) -> int:
+        if not s:
+            return 0
+        sid = self._string_ids.get(s)
+        if sid is None:
+            row = self._db.execute("SELECT id FROM strings WHERE s=?", (s,)).fetchone()
+            sid = row[0] if row else self._db.execute("INSERT INTO strings (s) VALUES (?)", (s,)).lastrowid
+            self._string_ids[s] = sid
+        return sid
+
+    def _intern_mapping(self, m: ProcMapping | None) -> int:
+        if m is None:
+            return 0
+        mid = self._mapping_ids.get(m)
+        if mid is None:
+            key = (_to_i64(m.start), _to_i64(m.limit), _to_i64(m.offset), self._intern_string(m.path),
+                   self._intern_string(m.build_id))
+            row = self._db.execute("SELECT id FROM mappings WHERE start=? AND lim=? AND off=? AND path=? "
+                                   "AND build_id=?", key).fetchone()
+            mid = row[0] if row else self._db.execute(
+                "INSERT INTO mappings (start, lim, off, path, build_id) VALUES (?,?,?,?,?)", key).lastrowid
+            self._mapping_ids[m] = mid
+        return mid
+
+    def _intern_frame(self, f: Frame) -> int:
+        fid = self._frame_ids.get(f)
+        if fid is None:
+            lines = np.array([(self._intern_string(ln.function), self._intern_string(ln.file), ln.line or 0)
+                              for ln in f.lines], dtype="<i8").tobytes()
+            key = (_to_i64(f.address), self._intern_mapping(f.mapping), str(f.kind), str(f.reason or ""), lines)
+            row = self._db.execute("SELECT id FROM frames WHERE address=? AND mapping=? AND kind=? AND reason=? "
+                                   "AND lines=?", key).fetchone()
+            fid = row[0] if row else self._db.execute(
+                "INSERT INTO frames (address, mapping, kind, reason, lines) VALUES (?,?,?,?,?)", key).lastrowid
+            self._frame_ids[f] = fid
+        return fid
+
+    def _intern_stack(self, frame_ids: list[int]) -> int:
+        key = struct.pack(f"<{len(frame_ids)}I", *frame_ids)  # = _STACK_DTYPE bytes
+        sid = self._stack_ids.get(key)
+        if sid is None:
+            row = self._db.execute("SELECT id FROM stacks WHERE frames=?", (key,)).fetchone()
+            sid = row[0] if row else self._db.execute("INSERT INTO stacks (frames) VALUES (?)", (key,)).lastrowid
+            self._stack_ids[key] = sid
+        return sid
+
+    def _intern_series(self, p: Profile) -> Series:
+        labels = sorted((k, v) for k, v in p.labels.items() if v != "")
+        key = json.dumps(labels, separators=(",", ":"), ensure_ascii=False)
+        sid = self._series_ids.get((key, p.sample_type, p.unit))
+        if sid is None:
+            sid = self._db.execute("INSERT INTO series (sample_type, unit, labels) VALUES (?,?,?)",
+                                   (p.sample_type, p.unit, key)).lastrowid
+            self._add_series(Series(sid, dict(labels), p.sample_type, p.unit), key)
+        return self._series[sid]
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def put(self, profiles: Sequence[Profile]) -> PutResult:
+        profiles = [p for p in profiles if p.samples]
+        if not profiles:
+            return PutResult(0, 0, 0)
+        with self._lock:
+            self._check_open()
+            path: Path | None = None
+            series_before = set(self._series)
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                # Memo by object identity: decoded profiles share Frame and stack tuple objects,
+                # so each distinct one is hashed once per put, not once per sample.
+                frame_memo: dict[int, int] = {}
+                stack_memo: dict[int, int] = {}
+                frames_out: list[bytes] = []
+                rows: list[tuple] = []
+                n_samples = 0
+                for p in profiles:
+                    series = self._intern_series(p)
+                    sids: list[int] = []
+                    for stack in p.samples:
+                        sid = stack_memo.get(id(stack))
+                        if sid is None:
+                            fids = list(map(frame_memo.get, map(id, stack)))
+                            if None in fids:
+                                for j, f in enumerate(stack):
+                                    if fids[j] is None:
+                                        fids[j] = frame_memo[id(f)] = self._intern_frame(f)
+                            sid = stack_memo[id(stack)] = self._intern_stack(fids)
+                        sids.append(sid)
+                    stack_ids = np.array(sids, dtype=np.int64)
+                    values = np.fromiter(p.samples.values(), dtype=np.int64, count=len(sids))
+                    uniq, inv = np.unique(stack_ids, return_inverse=True)
+                    if uniq.size != stack_ids.size:  # equal stacks held as distinct objects
+                        stack_ids, values = uniq, _sum_by(inv, values, uniq.size)
+                    frames_out.append(encode_columns(stack_ids, values, self.zstd_level))
+                    rows.append((series.id, p.start_ns, p.duration_ns, p.period_ns, int(values.sum()),
+                                 int(stack_ids.size)))
+                    n_samples += int(stack_ids.size)
+                nbytes = sum(len(f) for f in frames_out)
+                blob_id = self._db.execute("INSERT INTO blobs (bytes, created_ns) VALUES (?, ?)",
+                                           (nbytes, time.time_ns())).lastrowid
+                path = self._blob_path(blob_id)
+                _write_durably(path, frames_out)
+                off = 0
+                for row, frame in zip(rows, frames_out, strict=True):
+                    self._db.execute("INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples,"
+                                     " blob, off, len) VALUES (?,?,?,?,?,?,?,?,?)", (*row, blob_id, off, len(frame)))
+                    off += len(frame)
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                if path is not None:
+                    path.unlink(missing_ok=True)
+                # Ids handed out inside the rolled-back transaction are void: forget them.
+                self._reset_caches()
+                for sid in set(self._series) - series_before:
+                    self._drop_series(sid)
+                raise
+            return PutResult(len(profiles), n_samples, nbytes)
+
+    def _drop_series(self, sid: int) -> None:
+        s = self._series.pop(sid)
+        self._series_ids = {k: v for k, v in self._series_ids.items() if v != sid}
+        for k, v in s.labels.items():
+            self._postings[k][v].discard(sid)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if getattr(self, "_closed", False):
+            raise RuntimeError("the store is closed")
+
+    def _match_series(self, selector: Selector | None, sample_type: str | None = None,
+                      unit: str | None = None) -> set[int]:
+        """Series ids matching the selector, using the inverted index for each matcher."""
+        ids = set(self._series)
+        for m in selector.matchers if selector else ():
+            values = self._postings.get(m.name, {})
+            if m.matches(""):  # also matches series without the label: remove the non-matching values
+                for v, sids in values.items():
+                    if not m.matches(v):
+                        ids -= sids
+            else:
+                hit: set[int] = set()
+                if m.op is Op.EQ:
+                    hit = set(values.get(m.value, ()))
+                else:
+                    for v, sids in values.items():
+                        if m.matches(v):
+                            hit |= sids
+                ids &= hit
+            if not ids:
+                break
+        if sample_type is not None or unit is not None:
+            ids = {i for i in ids if (sample_type is None or self._series[i].sample_type == sample_type)
+                   and (unit is None or self._series[i].unit == unit)}
+        return ids
+
+    def _active(self, ids: set[int], t0: int, t1: int) -> set[int]:
+        """The subset of series ids with at least one profile starting in [t0, t1)."""
+        if not ids:
+            return set()
+        if len(ids) <= _MAX_SERIES_PROBES:
+            q = "SELECT 1 FROM profiles WHERE series=? AND start_ns>=? AND start_ns<? LIMIT 1"
+            return {i for i in ids if self._db.execute(q, (i, t0, t1)).fetchone()}
+        rows = self._db.execute("SELECT DISTINCT series FROM profiles WHERE start_ns>=? AND start_ns<?", (t0, t1))
+        return {r[0] for r in rows} & ids
+
+    def select(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
+               unit: str | None = None) -> list[StoredProfile]:
+        with self._lock:
+            self._check_open()
+            ids = self._match_series(selector, sample_type, unit)
+            if not ids:
+                return []
+            cols = "series, start_ns, duration_ns, period_ns, total, blob, off, len"
+            if len(ids) <= _MAX_SERIES_PROBES:
+                rows: list[tuple] = []
+                for chunk in _chunks(sorted(ids), 200):
+                    marks = ",".join("?" * len(chunk))
+                    rows += self._db.execute(f"SELECT {cols} FROM profiles WHERE series IN ({marks}) "
+                                             "AND start_ns>=? AND start_ns<?", (*chunk, t0, t1)).fetchall()
+            else:
+                rows = [r for r in self._db.execute(f"SELECT {cols} FROM profiles WHERE start_ns>=? AND start_ns<?",
+                                                    (t0, t1)) if r[0] in ids]
+            series = self._series
+        rows.sort(key=lambda r: (r[1], r[0]))
+        return [StoredProfile(series[r[0]], r[1], r[2], r[3], r[4], _Handle(r[5], r[6], r[7])) for r in rows]
+
+    def read(self, profiles: Sequence[StoredProfile]) -> Columns:
+        by_blob: dict[int, list[tuple[int, _Handle]]] = defaultdict(list)
+        for i, p in enumerate(profiles):
+            h = p.handle
+            assert isinstance(h, _Handle)
+            by_blob[h.blob].append((i, h))
+        idx: list[np.ndarray] = []
+        stacks: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        for blob, items in by_blob.items():
+            with open(self._blob_path(blob), "rb") as f:
+                fd = f.fileno()
+                for i, h in items:
+                    s, v = decode_columns(os.pread(fd, h.len, h.off))
+                    idx.append(np.full(s.size, i, dtype=np.int64))
+                    stacks.append(s)
+                    values.append(v)
+        if not stacks:
+            empty = np.empty(0, dtype=np.int64)
+            return Columns(empty, empty, empty)
+        return Columns(np.concatenate(idx), np.concatenate(stacks), np.concatenate(values))
+
+    def stacks(self, ids: Iterable[int]) -> dict[int, Stack]:
+        with self._lock:
+            self._check_open()
+            want = [int(i) for i in ids]
+            missing = [i for i in want if i not in self._stacks]
+            rows = self._fetch("SELECT id, frames FROM stacks WHERE id IN ({})", missing)
+            frame_ids = {i: np.frombuffer(blob, _STACK_DTYPE).tolist() for i, blob in rows}
+            self._load_frames({f for fs in frame_ids.values() for f in fs})
+            for i, fs in frame_ids.items():
+                self._stacks[i] = tuple(self._frames[f] for f in fs)
+            return {i: self._stacks[i] for i in want}
+
+    def _fetch(self, sql: str, ids: Sequence[int]) -> list[tuple]:
+        out: list[tuple] = []
+        for chunk in _chunks(list(ids), 500):
+            out += self._db.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall()
+        return out
+
+    def _load_frames(self, ids: set[int]) -> None:
+        missing = [i for i in ids if i not in self._frames]
+        rows = self._fetch("SELECT id, address, mapping, kind, reason, lines FROM frames WHERE id IN ({})", missing)
+        lines = {i: np.frombuffer(blob, "<i8").reshape(-1, 3).tolist() for i, *_, blob in rows}
+        self._load_mappings({r[2] for r in rows if r[2]})
+        self._load_strings({s for ls in lines.values() for fn, file, _ in ls for s in (fn, file) if s})
+        for fid, address, mapping, kind, reason, _ in rows:
+            self._frames[fid] = Frame(
+                _from_i64(address), self._mappings[mapping] if mapping else None, FrameKind(kind),
+                tuple(Line(self._strings.get(fn, ""), self._strings.get(file), ln or None)
+                      for fn, file, ln in lines[fid]),
+                Unresolved(reason) if reason else None)
+
+    def _load_mappings(self, ids: set[int]) -> None:
+        missing = [i for i in ids if i not in self._mappings]
+        rows = self._fetch("SELECT id, start, lim, off, path, build_id FROM mappings WHERE id IN ({})", missing)
+        self._load_strings({s for r in rows for s in (r[4], r[5]) if s})
+        for mid, start, lim, off, path, build_id in rows:
+            self._mappings[mid] = ProcMapping(_from_i64(start), _from_i64(lim), _from_i64(off),
+                                              self._strings.get(path, ""), self._strings.get(build_id))
+
+    def _load_strings(self, ids: set[int]) -> None:
+        missing = [i for i in ids if i not in self._strings]
+        for sid, s in self._fetch("SELECT id, s FROM strings WHERE id IN ({})", missing):
+            self._strings[sid] = s
+
+    def label_names(self, t0: int, t1: int, selector: Selector | None = None) -> list[str]:
+        with self._lock:
+            self._check_open()
+            active = self._active(self._match_series(selector), t0, t1)
+            return sorted({k for i in active for k in self._series[i].labels})
+
+    def label_values(self, name: str, t0: int, t1: int, selector: Selector | None = None) -> list[str]:
+        with self._lock:
+            self._check_open()
+            candidates = self._match_series(selector) & set().union(*self._postings.get(name, {}).values())
+            active = self._active(candidates, t0, t1)
+            return sorted({self._series[i].labels[name] for i in active})
+
+    def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
+        with self._lock:
+            self._check_open()
+            active = self._active(self._match_series(selector), t0, t1)
+            return sorted({(self._series[i].sample_type, self._series[i].unit) for i in active})
+
+    def stats(self) -> dict[str, int]:
+        """Counts and bytes on disk, for metrics and benchmarks."""
+        with self._lock:
+            self._check_open()
+            q = self._db.execute
+            return {
+                "series": len(self._series),
+                "profiles": q("SELECT count(*) FROM profiles").fetchone()[0],
+                "stacks": q("SELECT count(*) FROM stacks").fetchone()[0],
+                "frames": q("SELECT count(*) FROM frames").fetchone()[0],
+                "blob_bytes": q("SELECT coalesce(sum(bytes), 0) FROM blobs").fetchone()[0],
+                "index_bytes": sum(f.stat().st_size for f in self.dir.glob("index.sqlite*")),
+            }
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+
+def _sum_by(inverse: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Exact int64 sums of `values` grouped by `inverse` (bincount would go through float64)."""
+    out = np.zeros(n, dtype=np.int64)
+    np.add.at(out, inverse, values)
+    return out
+
+
+def _chunks(items: list[int], n: int) -> Iterable[list[int]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _write_durably(path: Path, chunks: list[bytes]) -> None:
+    """Write and fsync a file (and its directory, when new), before the index points at it."""
+    new_dir = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        for c in chunks:
+            f.write(c)
+        f.flush()
+        os.fsync(f.fileno())
+    dirs = [path.parent, path.parent.parent] if new_dir else [path.parent]
+    for d in dirs:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,88 @@
+"""Times in query strings: RFC 3339, unix seconds, `now`, `now-15m`, `-1h`, `now+1m`.
+
+Everything becomes integer unix nanoseconds, the unit profiles are stored in, so range
+checks are exact. `now` is passed in, so one request sees one instant and tests are exact.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+UNIT_NS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000,
+           "d": 86_400_000_000_000, "w": 7 * 86_400_000_000_000}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_RELATIVE = re.compile(r"(?:now)?\s*([+-])\s*(.+)|now", re.IGNORECASE)
+_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})")
+# Unix seconds after 5138 AD are almost surely milliseconds or nanoseconds pasted by mistake.
+MAX_UNIX_SECONDS = 100_000_000_000
+
+
+class TimeError(ValueError):
+    """The time text is invalid; the message says what was expected."""
+
+
+def parse_duration(text: str) -> int:
+    """`15m`, `1h30m`, `1.5h`, `30s`, `2d` -> nanoseconds."""
+    s = text.strip()
+    pos, total = 0, Decimal(0)
+    while pos < len(s):
+        m = _DURATION.match(s, pos)
+        if not m:
+            raise TimeError(f"bad duration {text!r}: expected a number and a unit s, m, h or d (e.g. 15m, 1h30m)")
+        total += Decimal(m.group(1)) * UNIT_NS[m.group(2)]
+        pos = m.end()
+    if not s:
+        raise TimeError("empty duration")
+    return int(total)
+
+
+def parse_time(text: str, now_ns: int | None = None) -> int:
+    """Parse one time to unix nanoseconds; `now_ns` anchors relative times (default: the clock)."""
+    if now_ns is None:
+        now_ns = time.time_ns()
+    s = text.strip()
+    if not s:
+        raise TimeError("empty time: expected RFC 3339, unix seconds, now or now-<N><unit>")
+    if _NUMBER.fullmatch(s):
+        try:
+            seconds = Decimal(s)
+        except InvalidOperation:  # pragma: no cover - the regex admits only decimals
+            raise TimeError(f"bad unix time {text!r}") from None
+        if seconds >= MAX_UNIX_SECONDS:
+            raise TimeError(f"unix time {text!r} is too large: give seconds, not milliseconds or nanoseconds")
+        return int(seconds * 1_000_000_000)
+    m = _RELATIVE.fullmatch(s)
+    if m:
+        if m.group(1) is None:
+            return now_ns
+        offset = parse_duration(m.group(2))
+        return now_ns - offset if m.group(1) == "-" else now_ns + offset
+    if _RFC3339.fullmatch(s):
+        return _rfc3339(s, text)
+    raise TimeError(f"bad time {text!r}: expected RFC 3339 (2026-11-24T12:00:00Z), unix seconds, "
+                    "now, or now-<N><unit> with unit s, m, h or d (now-15m)")
+
+
+def _rfc3339(s: str, text: str) -> int:
+    s = s[:10] + "T" + s[11:]
+    s = s[:-1] + "+00:00" if s[-1] in "Zz" else s
+    frac_ns = 0
+    m = re.search(r"\.(\d+)", s)
+    if m:  # datetime keeps microseconds only: keep nanoseconds ourselves
+        digits = m.group(1)
+        frac_ns = int(digits[:9].ljust(9, "0"))
+        s = s[:m.start()] + s[m.end():]
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError as e:
+        raise TimeError(f"bad RFC 3339 time {text!r}: {e}") from None
+    return int(dt.timestamp()) * 1_000_000_000 + frac_ns
+
+
+def format_seconds(ns: int) -> float:
+    """Nanoseconds as float unix seconds, the form the JSON API returns."""
+    return ns / 1e9
