@@ -1,1 +1,294 @@
-"""podflame: symbolizer."""
+"""First-level symbolization: addresses -> function names from ELF symbols, kallsyms and perf maps.
+
+`Symbolizer.symbolize(profile)` is pure: it returns a new Profile whose frames carry
+`lines=(Line(function),)` or, when no name can be had, a `reason` (`Unresolved`) so the UI
+and metrics can say why. File and line come later with DWARF; demangling is a hook.
+
+Work is done once per distinct thing: a frame once per call, a (binary, file offset) once
+until evicted (a bounded LRU keyed by build id, else by file identity, so the same library
+in a thousand processes is one entry), a binary's symbol table once while it stays in a
+bounded LRU (weighted by symbol count).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol
+
+from podflame.model import Frame, FrameKind, Line, Mapping, Profile, Unresolved
+from symbolizer.cache import LRU
+from symbolizer.elf import ElfReadError, ElfSymbols
+from symbolizer.files import MappedFile, candidate_paths, is_anonymous, is_special
+from symbolizer.kallsyms import Kallsyms
+from symbolizer.normalize import elf_address, file_offset
+from symbolizer.perfmap import PerfMaps
+from symbolizer.ranges import AddressRanges
+
+__all__ = ["ElfSymbols", "Kallsyms", "MapsSource", "PerfMaps", "Symbolizer"]
+
+UNREADABLE_RETRY_SECONDS = 60.0
+
+
+class MapsSource(Protocol):
+    """What the symbolizer needs from profiler.procmaps.MapsCache (kept abstract: no import cycle)."""
+
+    def file(self, pid: int, mapping: Mapping) -> MappedFile | None: ...
+    def process_gone(self, pid: int) -> bool: ...
+
+
+_Result = tuple[tuple[Line, ...] | None, Unresolved | None]  # lines, or why there are none
+
+
+def _unresolved(frame: Frame, reason: Unresolved) -> Frame:
+    return Frame(frame.address, frame.mapping, frame.kind, (), reason)
+
+
+class _Call:
+    """Per-symbolize memo: one profile is one process, so perf map and file keys are looked up once."""
+
+    __slots__ = ("frames", "keys", "perf_map", "perf_map_read", "pid")
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.frames: dict[tuple[Frame, bool], Frame] = {}  # (frame, is leaf) -> resolved
+        self.keys: dict[Mapping, Hashable] = {}
+        self.perf_map: AddressRanges | None = None
+        self.perf_map_read = False
+
+
+def _pid_of(labels: dict[str, str]) -> int | None:
+    try:
+        return int(labels["pid"])
+    except (KeyError, ValueError):
+        return None
+
+
+class Symbolizer:
+    """Names for native and kernel frames. `maps` (the agent's MapsCache) says where a process's
+    binaries can be opened and whether the process exited; without it the mapping's own path is used.
+
+    `demangle` is applied to ELF symbol names (C++/Rust demangling is a later issue: plug it in here).
+    `debug_dirs` are searched by build id for separate debug files when a binary has no .symtab.
+    Memory bounds: `max_binaries` / `max_symbols` symbol tables (~100 bytes a symbol), and
+    `max_results` cached (binary, offset) -> name results (~300 bytes each).
+    """
+
+    def __init__(self, maps: MapsSource | None = None, *, kallsyms_path: str = "/proc/kallsyms",
+                 proc: str = "/proc", debug_dirs: Sequence[str] = ("/usr/lib/debug",),
+                 demangle: Callable[[str], str] | None = None, max_binaries: int = 64,
+                 max_symbols: int = 1_000_000, max_results: int = 200_000) -> None:
+        self.maps = maps
+        self.proc = proc
+        self.debug_dirs = tuple(debug_dirs)
+        self.kallsyms = Kallsyms(kallsyms_path)
+        self.perf_maps = PerfMaps(proc)
+        self._demangle = demangle
+        self._binaries: LRU[ElfSymbols] = LRU(max_binaries, max_symbols, weigh=lambda e: len(e.ranges) + 1)
+        self._unreadable: LRU[float] = LRU(4096)  # binary key -> when it failed (retried later)
+        self._results: LRU[_Result] = LRU(max_results)
+        self._vdso_keys: LRU[Hashable] = LRU(1024)  # (pid, start) -> binary key of that vDSO image
+        self._lock = threading.Lock()
+        self._stats: Counter[str] = Counter()
+        self._line_cache: dict[str, tuple[Line, ...]] = {}
+
+    # -- public ------------------------------------------------------------------------------
+
+    def symbolize(self, profile: Profile) -> Profile:
+        """A new Profile with every frame resolved to a name or given a reason."""
+        call = _Call(_pid_of(profile.labels))
+        out = Profile(labels=dict(profile.labels), start_ns=profile.start_ns, duration_ns=profile.duration_ns,
+                      period_ns=profile.period_ns, sample_type=profile.sample_type, unit=profile.unit)
+        with self._lock:
+            for stack, value in profile.samples.items():
+                leaf = len(stack) - 1
+                out.add(tuple(self._frame(f, i == leaf, call) for i, f in enumerate(stack)), value)
+        return out
+
+    def stats(self) -> dict[str, int]:
+        """Distinct frames per profile by outcome (`resolved` or an Unresolved value), plus cache work."""
+        with self._lock:
+            base = {"resolved": 0, **{r.value: 0 for r in Unresolved}}
+            return {**base, **self._stats}
+
+    # -- frames ------------------------------------------------------------------------------
+
+    def _frame(self, frame: Frame, leaf: bool, call: _Call) -> Frame:
+        if frame.lines or frame.reason is not None:
+            return frame  # already named (e.g. the agent's "[user stack lost]" frames)
+        done = call.frames.get((frame, leaf))
+        if done is None:
+            done = call.frames[(frame, leaf)] = self._resolve(frame, leaf, call)
+            self._stats["resolved" if done.lines else str(done.reason)] += 1
+        return done
+
+    def _resolve(self, frame: Frame, leaf: bool, call: _Call) -> Frame:
+        # Callers' addresses are return addresses: the instruction after the call. Look up the
+        # byte before it, or a call to a noreturn function ending a function (abort, a panic)
+        # would name the next function. The frame keeps its address; only the lookup moves.
+        at = frame.address if leaf or not frame.address else frame.address - 1
+        if frame.kind is FrameKind.KERNEL:
+            return self._named(frame, self.kallsyms.lookup(at), Unresolved.KERNEL_UNKNOWN)
+        m = frame.mapping
+        if m is None or is_anonymous(m.path):
+            name = self._perf_map_name(at, call)
+            if name is not None:
+                return Frame(frame.address, frame.mapping, FrameKind.JIT, (Line(name),))
+            if m is not None:
+                return _unresolved(frame, Unresolved.JIT_NO_MAP)
+            gone = call.pid is not None and self.maps is not None and self.maps.process_gone(call.pid)
+            return _unresolved(frame, Unresolved.PROCESS_GONE if gone else Unresolved.NO_MAPPING)
+        if m.path == "[vdso]":
+            key = self._vdso_key(m, call)
+        elif is_special(m.path):
+            return _unresolved(frame, Unresolved.NO_SYMBOLS)  # [vsyscall], executable [heap]/[stack]
+        else:
+            key = self._binary_key(m, call)
+        if key is None:
+            return _unresolved(frame, Unresolved.UNREADABLE)
+        result_key = (key, file_offset(at, m))
+        result = self._results.get(result_key)
+        if result is None:
+            result = self._lookup(key, at, m, call)
+            if result[1] is not Unresolved.UNREADABLE:  # unreadable may be transient: do not pin it
+                self._results.put(result_key, result)
+        lines, reason = result
+        if lines is None:
+            return _unresolved(frame, reason or Unresolved.NO_SYMBOLS)
+        return Frame(frame.address, m, frame.kind, lines)
+
+    def _named(self, frame: Frame, name: str | None, reason: Unresolved) -> Frame:
+        if name is None:
+            return _unresolved(frame, reason)
+        return Frame(frame.address, frame.mapping, frame.kind, self._lines(name))
+
+    def _lines(self, name: str) -> tuple[Line, ...]:
+        """One shared `(Line(name),)` per name: frames of one function share it (memory, speed)."""
+        lines = self._line_cache.get(name)
+        if lines is None:
+            if len(self._line_cache) >= 200_000:
+                self._line_cache.clear()
+            lines = self._line_cache[name] = (Line(name),)
+        return lines
+
+    def _perf_map_name(self, address: int, call: _Call) -> str | None:
+        if call.pid is None:
+            return None
+        if not call.perf_map_read:
+            call.perf_map = self.perf_maps.get(call.pid)
+            call.perf_map_read = True
+        return call.perf_map.lookup(address) if call.perf_map is not None else None
+
+    # -- binaries ----------------------------------------------------------------------------
+
+    def _mapped_file(self, m: Mapping, call: _Call) -> MappedFile:
+        mf = self.maps.file(call.pid, m) if self.maps is not None and call.pid is not None else None
+        return mf if mf is not None else MappedFile(candidate_paths(call.pid, m, proc=self.proc))
+
+    def _binary_key(self, m: Mapping, call: _Call) -> Hashable | None:
+        """Build id when known, else the file's identity: the cache key for its symbols and results."""
+        key = call.keys.get(m)
+        if key is not None:
+            return key
+        if m.build_id:
+            key = ("build-id", m.build_id)
+        else:
+            mf = self._mapped_file(m, call)
+            ident = mf.key
+            if ident is None:
+                for path in mf.paths:
+                    try:
+                        st = os.stat(path)
+                    except OSError:
+                        continue
+                    ident = (st.st_dev, st.st_ino, st.st_mtime_ns)
+                    break
+            key = ("file", *ident) if ident is not None else ("path", m.path)
+        call.keys[m] = key
+        return key
+
+    def _load(self, key: Hashable, m: Mapping, call: _Call) -> ElfSymbols | None:
+        elf = self._binaries.get(key)
+        if elf is not None:
+            return elf
+        if m.path == "[vdso]":  # its table was evicted: read the image again
+            elf = self._read_vdso(m, call.pid)
+            if elf is not None:
+                self._binaries.put(key, elf)
+            return elf
+        failed_at = self._unreadable.get(key)
+        if failed_at is not None and time.monotonic() - failed_at < UNREADABLE_RETRY_SECONDS:
+            return None
+        roots = ([f"{self.proc}/{call.pid}/root{d}" for d in self.debug_dirs] if call.pid is not None else [])
+        for path in self._mapped_file(m, call).paths:
+            try:
+                elf = ElfSymbols(path, debug_dirs=[*roots, *self.debug_dirs], name=m.path)
+                elf.ranges  # noqa: B018 -- read now, while the process (and map_files) still exist
+            except ElfReadError:
+                continue
+            self._binaries.put(key, elf)
+            self._stats["binaries_loaded"] += 1
+            return elf
+        self._unreadable.put(key, time.monotonic())
+        self._stats["binaries_unreadable"] += 1
+        return None
+
+    def _lookup(self, key: Hashable, address: int, m: Mapping, call: _Call) -> _Result:
+        elf = self._load(key, m, call)
+        if elf is None:
+            return None, Unresolved.UNREADABLE
+        vaddr = elf_address(address, m, elf.elf_type, elf.segments)
+        if vaddr is None:
+            return None, Unresolved.NO_SYMBOLS
+        name = elf.lookup(vaddr)
+        if name is None:
+            return None, Unresolved.NO_SYMBOLS
+        return self._lines(self._demangle(name) if self._demangle else name), None
+
+    # -- vDSO --------------------------------------------------------------------------------
+
+    def _vdso_key(self, m: Mapping, call: _Call) -> Hashable | None:
+        """The vDSO has no file: read its image from the process's memory (our own as a fallback,
+        the same kernel's) and key it by its build id, so all processes share one table."""
+        memo = (call.pid, m.start)
+        key = self._vdso_keys.get(memo)
+        if key is None:
+            elf = self._read_vdso(m, call.pid)
+            if elf is None:
+                return None
+            key = ("build-id", elf.build_id) if elf.build_id else ("vdso", hash(tuple(elf.segments)))
+            self._binaries.put(key, elf)
+            self._vdso_keys.put(memo, key)
+        return key
+
+    def _read_vdso(self, m: Mapping, pid: int | None) -> ElfSymbols | None:
+        sources = [(pid, m.start, m.limit)] if pid is not None else []
+        own = _own_vdso(self.proc)
+        if own is not None:
+            sources.append((None, *own))
+        for who, start, limit in sources:
+            try:
+                with open(f"{self.proc}/{'self' if who is None else who}/mem", "rb", buffering=0) as f:
+                    f.seek(start)
+                    data = f.read(limit - start)
+                elf = ElfSymbols(data, name="[vdso]")
+                elf.ranges  # noqa: B018 -- parse now: a bad image should fail here, not at lookup
+                return elf
+            except (OSError, ValueError, ElfReadError):
+                continue
+        return None
+
+
+def _own_vdso(proc: str) -> tuple[int, int] | None:
+    try:
+        with open(f"{proc}/self/maps") as f:
+            for line in f:
+                if line.rstrip().endswith("[vdso]"):
+                    lo, hi = line.split()[0].split("-")
+                    return int(lo, 16), int(hi, 16)
+    except OSError:
+        pass
+    return None

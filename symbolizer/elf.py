@@ -1,0 +1,245 @@
+"""ELF facts a symbolizer needs: type, PT_LOAD segments, build id, and function symbols.
+
+Headers are read eagerly (cheap, needed to normalize addresses); the symbol table is read on
+the first lookup, because most binaries mapped by a process never appear in a sample.
+Symbols are decoded straight from the section bytes with `struct` rather than through
+pyelftools' per-symbol parser, which is an order of magnitude slower on big binaries.
+"""
+
+from __future__ import annotations
+
+import io
+import lzma
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from symbolizer.ranges import AddressRanges
+
+ET_EXEC = "ET_EXEC"
+ET_DYN = "ET_DYN"
+
+_SHF_EXECINSTR = 0x4
+_PF_X = 0x1
+_SHN_LORESERVE = 0xFF00
+_STT_NOTYPE, _STT_FUNC, _STT_GNU_IFUNC = 0, 2, 10
+_STB_LOCAL, _STB_GLOBAL, _STB_WEAK = 0, 1, 2
+# an IFUNC symbol's value is its resolver, whose own (local) FUNC name says what the code is
+_TYPE_RANK = {_STT_FUNC: 0, _STT_GNU_IFUNC: 1, _STT_NOTYPE: 2}
+_BIND_RANK = {_STB_GLOBAL: 0, _STB_WEAK: 0, _STB_LOCAL: 1}  # exported names (glibc exports via weak) first
+_EM_ARM = "EM_ARM"
+
+
+class ElfReadError(Exception):
+    """The file is not a readable ELF (missing, truncated, not ELF, unsupported)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSegment:
+    offset: int
+    vaddr: int
+    filesz: int
+    memsz: int
+    executable: bool
+
+
+def _build_id(elf: ELFFile) -> str | None:
+    """The GNU build id from .note.gnu.build-id, else from any PT_NOTE (section headers may be gone)."""
+    notes = []
+    sec = elf.get_section_by_name(".note.gnu.build-id")
+    if sec is not None and hasattr(sec, "iter_notes"):
+        notes.append(sec.iter_notes())
+    else:
+        notes.extend(seg.iter_notes() for seg in elf.iter_segments() if seg["p_type"] == "PT_NOTE")
+    for it in notes:
+        try:
+            for note in it:
+                if note["n_type"] == "NT_GNU_BUILD_ID" and note["n_name"] == "GNU":
+                    desc = note["n_desc"]
+                    return desc if isinstance(desc, str) else bytes(desc).hex()
+        except (ELFError, struct.error, ValueError):
+            continue
+    return None
+
+
+def read_build_id(path: str) -> str | None:
+    """Build id of the ELF at `path`, or None when it has none or cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return _build_id(ELFFile(f))
+    except (OSError, ELFError, struct.error, ValueError):
+        return None
+
+
+def _section_layout(elf: ELFFile) -> tuple[set[int], dict[int, tuple[int, int]]]:
+    """Indices of executable sections, and every section's [addr, end) to bound zero-size symbols."""
+    executable: set[int] = set()
+    bounds: dict[int, tuple[int, int]] = {}
+    for i in range(elf.num_sections()):
+        h = elf.get_section(i).header
+        if h["sh_flags"] & _SHF_EXECINSTR:
+            executable.add(i)
+        bounds[i] = (h["sh_addr"], h["sh_addr"] + h["sh_size"])
+    return executable, bounds
+
+
+_Rank = tuple[int, int, bool, int]
+
+
+def _raw_symbols(elf: ELFFile, section_name: str) -> list[tuple[int, int, _Rank, str]]:
+    """Function symbols of one symbol table as (start, end, rank, name); end <= 0: size unknown."""
+    sec = elf.get_section_by_name(section_name)
+    if sec is None or sec["sh_type"] not in ("SHT_SYMTAB", "SHT_DYNSYM"):
+        return []
+    strtab = elf.get_section(sec["sh_link"]).data()
+    data = sec.data()
+    endian = "<" if elf.little_endian else ">"
+    if elf.elfclass == 64:
+        fmt, cols = endian + "IBBHQQ", (0, 4, 5, 1, 3)  # name, value, size, info, shndx
+    else:
+        fmt, cols = endian + "IIIBBH", (0, 1, 2, 3, 5)
+    size = struct.calcsize(fmt)
+    executable, bounds = _section_layout(elf)
+    thumb = elf["e_machine"] == _EM_ARM
+    c_name, c_value, c_size, c_info, c_shndx = cols
+    out: list[tuple[int, int, _Rank, str]] = []
+    for rec in struct.iter_unpack(fmt, data[: len(data) - len(data) % size]):
+        shndx = rec[c_shndx]
+        if shndx == 0 or shndx >= _SHN_LORESERVE:
+            continue  # undefined imports, absolute and common symbols
+        info = rec[c_info]
+        typ, bind = info & 0xF, info >> 4
+        if typ not in (_STT_FUNC, _STT_GNU_IFUNC) and not (typ == _STT_NOTYPE and shndx in executable):
+            continue  # data objects; NOTYPE labels count only in code (hand-written assembly)
+        value = rec[c_value]
+        if thumb and typ == _STT_FUNC:
+            value &= ~1
+        n = rec[c_name]
+        end_n = strtab.find(b"\0", n)
+        raw = strtab[n:end_n if end_n >= 0 else len(strtab)]
+        if not raw or raw.startswith(b"$"):
+            continue  # unnamed, or ARM/AArch64 mapping symbols ($x, $d)
+        name = raw.decode("utf-8", "replace")
+        if "@" in name[1:]:
+            name = name.split("@", 1)[0]  # versioned definitions: memcpy@@GLIBC_2.14 -> memcpy
+        sym_size = rec[c_size]
+        # a zero-size symbol's end is minus its section's end: "until the next symbol, at most there"
+        end = value + sym_size if sym_size else -bounds.get(shndx, (0, 0))[1]
+        underscores = len(name) - len(name.lstrip("_"))
+        rank = (_TYPE_RANK[typ], _BIND_RANK.get(bind, 3), not sym_size, underscores)
+        out.append((value, end, rank, name))
+    return out
+
+
+def build_ranges(symbols: Iterable[tuple[int, int, _Rank, str]]) -> AddressRanges:
+    """One name per address (best alias: function > ifunc > label, exported > local, sized > not,
+    fewer leading underscores (`malloc` over `__libc_malloc`), shorter (`free` over `cfree`));
+    a zero-size symbol reaches the next symbol or the end of its section, whichever comes first."""
+    syms = sorted(symbols, key=lambda s: (s[0], s[2], len(s[3]), s[3]))
+    chosen: list[tuple[int, int, str]] = []  # (start, end or -section_end, name)
+    for start, end, _, name in syms:
+        if chosen and chosen[-1][0] == start:
+            prev = chosen[-1]
+            if end > 0 and (prev[1] <= 0 or end > prev[1]):
+                chosen[-1] = (start, end, prev[2])  # an alias knows the size the chosen name lacks
+            continue
+        chosen.append((start, end, name))
+
+    def finished() -> Iterable[tuple[int, int, str]]:
+        for i, (start, end, name) in enumerate(chosen):
+            if end <= 0:
+                candidates = [-end] if -end > start else []
+                if i + 1 < len(chosen):
+                    candidates.append(chosen[i + 1][0])
+                end = min(candidates) if candidates else start + 1
+            yield start, end, name
+
+    return AddressRanges(finished())
+
+
+def _open_elf(f: BinaryIO) -> ELFFile:
+    try:
+        return ELFFile(f)
+    except (ELFError, struct.error, ValueError) as e:
+        raise ElfReadError(str(e)) from e
+
+
+class ElfSymbols:
+    """One binary: type and PT_LOAD segments now, function symbols on the first lookup.
+
+    Symbols come from .symtab; without it from .dynsym merged with the MiniDebugInfo
+    (.gnu_debugdata, xz-compressed symbol table: Fedora/RHEL) when present, or from a separate
+    debug file found by build id under `debug_dirs` (Debian's *-dbg / dbgsym packages).
+    """
+
+    def __init__(self, source: str | bytes, *, debug_dirs: Sequence[str] = (), name: str | None = None) -> None:
+        self.path = source if isinstance(source, str) else None
+        self._data = source if isinstance(source, bytes) else None
+        self.name = name or self.path or "<memory>"
+        self.debug_dirs = tuple(debug_dirs)
+        self._ranges: AddressRanges | None = None
+        self.symbol_source: str | None = None  # symtab | dynsym | minidebuginfo | debug file path
+        try:
+            with self._open() as f:
+                elf = _open_elf(f)
+                self.elf_type: str = elf["e_type"]
+                self.segments: tuple[LoadSegment, ...] = tuple(
+                    LoadSegment(s["p_offset"], s["p_vaddr"], s["p_filesz"], s["p_memsz"], bool(s["p_flags"] & _PF_X))
+                    for s in elf.iter_segments() if s["p_type"] == "PT_LOAD")
+                self.build_id = _build_id(elf)
+        except (OSError, struct.error, ValueError, ELFError) as e:
+            raise ElfReadError(f"{self.name}: {e}") from e
+
+    def _open(self) -> BinaryIO:
+        return io.BytesIO(self._data) if self._data is not None else open(self.path, "rb")  # type: ignore[arg-type]
+
+    def _debug_file(self) -> str | None:
+        if not self.build_id or len(self.build_id) < 3:
+            return None
+        for root in self.debug_dirs:
+            candidate = os.path.join(root, ".build-id", self.build_id[:2], self.build_id[2:] + ".debug")
+            if os.path.isfile(candidate):
+                return candidate
+        return None
+
+    def _load(self) -> AddressRanges:
+        try:
+            with self._open() as f:
+                elf = _open_elf(f)
+                syms = _raw_symbols(elf, ".symtab")
+                self.symbol_source = "symtab"
+                if not syms and (debug := self._debug_file()):
+                    with open(debug, "rb") as df:
+                        syms = _raw_symbols(_open_elf(df), ".symtab")
+                    self.symbol_source = debug
+                if not syms:
+                    syms = _raw_symbols(elf, ".dynsym")
+                    self.symbol_source = "dynsym"
+                    mini = elf.get_section_by_name(".gnu_debugdata")
+                    if mini is not None:
+                        inner = _open_elf(io.BytesIO(lzma.decompress(mini.data())))
+                        syms += _raw_symbols(inner, ".symtab")
+                        self.symbol_source = "minidebuginfo"
+        except (OSError, struct.error, ValueError, ELFError, lzma.LZMAError) as e:
+            raise ElfReadError(f"{self.name}: {e}") from e
+        return build_ranges(syms)
+
+    @property
+    def ranges(self) -> AddressRanges:
+        """The symbol table, read on first use (raises ElfReadError if the file went away)."""
+        if self._ranges is None:
+            self._ranges = self._load()
+            self._data = None  # the bytes were only needed to read the table
+        return self._ranges
+
+    def lookup(self, vaddr: int) -> str | None:
+        """Function name at an ELF virtual address (see normalize.elf_address), None between symbols."""
+        return self.ranges.lookup(vaddr)
+
+    def __len__(self) -> int:
+        return len(self.ranges)

@@ -1,0 +1,49 @@
+"""Sorted, named address ranges with bisect lookup: the one search ELF, kallsyms and perf maps share."""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterable
+
+_U64_MAX = (1 << 64) - 1
+
+
+class AddressRanges:
+    """Named half-open ranges `[start, end)`, one per distinct start, looked up by address.
+
+    Ranges may nest (a sized function containing a local label symbol); when the address is past
+    the innermost candidate, the earlier range reaching furthest (a prefix maximum of the ends,
+    precomputed) gets a chance, so nesting costs one extra comparison instead of a backward scan.
+    Starts and ends live in compact arrays: big binaries have hundreds of thousands of symbols.
+    """
+
+    __slots__ = ("_cover", "ends", "names", "starts")
+
+    def __init__(self, ranges: Iterable[tuple[int, int, str]]) -> None:
+        """`ranges` must be sorted by start with distinct starts; empty ranges are dropped."""
+        kept = [r for r in ranges if r[1] > r[0]]
+        self.starts = array("Q", [r[0] for r in kept])
+        self.ends = array("Q", [min(r[1], _U64_MAX) for r in kept])
+        self.names: list[str] = [r[2] for r in kept]
+        cover = [0] * len(kept)
+        best, best_end = 0, -1
+        for i, end in enumerate(self.ends):
+            if end > best_end:
+                best, best_end = i, end
+            cover[i] = best
+        self._cover = array("l", cover)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def lookup(self, address: int) -> str | None:
+        i = bisect_right(self.starts, address) - 1
+        if i < 0:
+            return None
+        if address < self.ends[i]:
+            return self.names[i]
+        j = self._cover[i]
+        if address < self.ends[j]:
+            return self.names[j]
+        return None

@@ -1,0 +1,220 @@
+"""Process maps: parsing, and MapsCache's life cycle on a fake /proc and on real child processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import profiler.procmaps as procmaps
+from podflame.model import Mapping
+from profiler.procmaps import MapsCache, parse_maps
+from tests.test_symbolizer_build import Binaries, build_id, built, nm_functions, running
+
+MAPS = """\
+55d0c8a00000-55d0c8a01000 r--p 00000000 fd:01 1234   /opt/my app/bin/server
+55d0c8a01000-55d0c8a05000 r-xp 00001000 fd:01 1234   /opt/my app/bin/server
+7f1e2c000000-7f1e2c010000 rwxp 00000000 00:00 0
+7f1e2c200000-7f1e2c300000 r-xp 00026000 fd:01 99     /usr/lib/libold.so (deleted)
+7f1e2c400000-7f1e2c401000 r-xp 00000000 00:00 0      [anon:v8 code]
+7ffd1c3f0000-7ffd1c3f2000 r-xp 00000000 00:00 0      [vdso]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0  [vsyscall]
+not a maps line
+"""
+
+
+@pytest.fixture(scope="session")
+def binaries(tmp_path_factory: pytest.TempPathFactory) -> Binaries:
+    return built(tmp_path_factory)
+
+
+def test_parse_maps_keeps_spaces_and_marks_deleted_and_anonymous() -> None:
+    entries = parse_maps(MAPS)
+    assert len(entries) == 7
+    server = entries[1]
+    assert (server.start, server.end, server.offset, server.inode) == (0x55D0C8A01000, 0x55D0C8A05000, 0x1000, 1234)
+    assert server.executable and server.clean_path == "/opt/my app/bin/server" and not server.deleted
+    assert [e.clean_path for e in entries[2:]] == ["[anon]", "/usr/lib/libold.so", "[anon:v8 code]", "[vdso]",
+                                                   "[vsyscall]"]
+    assert entries[3].deleted and not entries[0].executable
+
+
+class FakeProc:
+    """A /proc tree the test controls: stat (state, start time), maps, and an exe link."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def add(self, pid: int, maps: str, *, starttime: int = 100, state: str = "S", exe: str = "/bin/true") -> None:
+        d = self.root / str(pid)
+        d.mkdir(parents=True, exist_ok=True)
+        # state is field 3, start time field 22; the comm has a space and a parenthesis
+        (d / "stat").write_text(f"{pid} (my (app)) {state} " + "1 " * 18 + f"{starttime} 0 0\n")
+        (d / "maps").write_text(maps)
+        if (d / "exe").is_symlink():
+            (d / "exe").unlink()
+        (d / "exe").symlink_to(exe)
+
+    def remove(self, pid: int) -> None:
+        d = self.root / str(pid)
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+
+
+def line(start: int, end: int, path: str, offset: int = 0, perms: str = "r-xp") -> str:
+    return f"{start:x}-{end:x} {perms} {offset:08x} fd:01 42 {path}\n"
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> FakeProc:
+    return FakeProc(tmp_path / "proc")
+
+
+def test_exited_process_keeps_maps_for_the_grace_period(fake: FakeProc, binaries: Binaries) -> None:
+    fake.add(10, line(0x1000, 0x2000, str(binaries.pie), 0x1000))
+    maps = MapsCache(str(fake.root), grace_drains=2)
+    maps.refresh([10])
+    m = maps.lookup(10, 0x1800)
+    assert m == Mapping(0x1000, 0x2000, 0x1000, str(binaries.pie), build_id(binaries.pie))
+    assert maps.file(10, m).paths[-1] == str(binaries.pie)
+    fake.remove(10)
+    maps.refresh([10])  # the drain that notices the exit
+    assert maps.process_gone(10) and maps.lookup(10, 0x1800) == m
+    assert maps.lookup(10, 0x9000) is None  # a miss on a dead process: nothing to re-read
+    maps.refresh([])
+    assert maps.lookup(10, 0x1800) == m
+    maps.refresh([])
+    assert len(maps) == 0 and maps.lookup(10, 0x1800) is None and maps.process_gone(10)
+    assert maps.stats["exits"] == 1
+
+
+def test_process_gone_before_its_maps_were_read(fake: FakeProc) -> None:
+    maps = MapsCache(str(fake.root))
+    maps.refresh([77])
+    assert maps.lookup(77, 0x1000) is None and maps.process_gone(77)
+    fake.add(78, line(0x1000, 0x2000, "/bin/x"))
+    assert not maps.process_gone(78)
+
+
+def test_zombie_counts_as_gone(fake: FakeProc) -> None:
+    fake.add(11, line(0x1000, 0x2000, "/bin/x"))
+    maps = MapsCache(str(fake.root))
+    maps.refresh([11])
+    fake.add(11, "", state="Z")  # a zombie's maps read empty
+    maps.refresh([11])
+    assert maps.process_gone(11) and maps.lookup(11, 0x1800) is not None
+
+
+def test_miss_rereads_maps_at_most_once_per_drain(fake: FakeProc) -> None:
+    fake.add(12, line(0x1000, 0x2000, "/bin/x"))
+    maps = MapsCache(str(fake.root))
+    maps.refresh([12])
+    fake.add(12, line(0x1000, 0x2000, "/bin/x") + line(0x5000, 0x6000, "/lib/dlopened.so"))
+    assert maps.lookup(12, 0x5800) is None  # read in this very drain: no re-read
+    maps.refresh([12])
+    assert maps.lookup(12, 0x5800).path == "/lib/dlopened.so"
+    fake.add(12, line(0x1000, 0x2000, "/bin/x") + line(0x5000, 0x6000, "/lib/dlopened.so")
+             + line(0x8000, 0x9000, "/lib/later.so"))
+    assert maps.lookup(12, 0x8800) is None  # already re-read once in this drain
+    assert maps.stats["rereads"] == 1
+
+
+def test_pid_reuse_and_exec_replace_the_maps(fake: FakeProc) -> None:
+    fake.add(13, line(0x1000, 0x2000, "/bin/sh"), starttime=100, exe="/bin/sh")
+    maps = MapsCache(str(fake.root))
+    maps.refresh([13])
+    fake.add(13, line(0x3000, 0x4000, "/app/server"), starttime=100, exe="/app/server")  # exec: same pid
+    maps.refresh([13])
+    assert maps.lookup(13, 0x1800) is None and maps.lookup(13, 0x3800).path == "/app/server"
+    assert maps.stats["execs"] == 1
+    fake.add(13, line(0x7000, 0x8000, "/bin/other"), starttime=555, exe="/bin/other")  # a new process
+    maps.refresh([13])
+    assert maps.lookup(13, 0x3800) is None and maps.lookup(13, 0x7800).path == "/bin/other"
+
+
+def test_memory_is_bounded(fake: FakeProc) -> None:
+    for pid in range(20, 30):
+        fake.add(pid, line(0x1000, 0x2000, "/bin/x"))
+    maps = MapsCache(str(fake.root), max_pids=4, idle_drains=2)
+    maps.refresh(range(20, 30))
+    assert len(maps) == 4
+    maps.refresh([26])
+    maps.refresh([26])
+    maps.refresh([26])
+    assert list(maps._procs) == [26]  # the idle ones were let go; re-reading them later is cheap
+
+
+def test_build_ids_read_once_per_file_identity(fake: FakeProc, binaries: Binaries, monkeypatch) -> None:
+    calls: list[str] = []
+    real = procmaps.read_build_id
+    monkeypatch.setattr(procmaps, "read_build_id", lambda p: calls.append(p) or real(p))
+    text = line(0x1000, 0x2000, str(binaries.pie), 0x1000) + line(0x5000, 0x6000, str(binaries.lib), 0x1000)
+    for pid in (40, 41, 42):
+        fake.add(pid, text)
+    maps = MapsCache(str(fake.root))
+    maps.refresh([40, 41, 42])
+    assert sorted(calls) == sorted([str(binaries.pie), str(binaries.lib)])
+    assert maps.lookup(42, 0x5000).build_id == build_id(binaries.lib)
+
+
+def test_deleted_and_special_mappings(fake: FakeProc) -> None:
+    fake.add(50, MAPS)
+    maps = MapsCache(str(fake.root))
+    maps.refresh([50])
+    deleted = maps.lookup(50, 0x7F1E2C200000)
+    assert deleted.path == "/usr/lib/libold.so" and deleted.build_id is None
+    assert maps.file(50, deleted).paths == (f"{fake.root}/50/map_files/7f1e2c200000-7f1e2c300000",)
+    assert maps.lookup(50, 0x7F1E2C000010).path == "[anon]"
+    assert maps.lookup(50, 0x7F1E2C400010).path == "[anon:v8 code]"
+    assert maps.lookup(50, 0x7FFD1C3F0010).path == "[vdso]" and maps.file(50, maps.lookup(50, 0x7FFD1C3F0010)) is None
+    assert maps.lookup(50, 0x55D0C8A00010) is None  # not executable
+
+
+def test_start_time_read_from_the_real_stat() -> None:
+    maps = MapsCache()
+    with open(f"/proc/{os.getpid()}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    assert maps._stat(os.getpid()).starttime == int(fields[19])
+
+
+def test_real_child_maps_and_map_files(binaries: Binaries) -> None:
+    maps = MapsCache()
+    with running(binaries.with_lib) as r:
+        maps.refresh([r.pid])
+        m = maps.lookup(r.pid, r.addresses["main"])
+        lib = maps.lookup(r.pid, r.addresses["lib_static_leaf"])
+        assert m.path == str(binaries.with_lib) and lib.path == str(binaries.lib)
+        assert m.build_id == build_id(binaries.with_lib) and lib.build_id == build_id(binaries.lib)
+        mf = maps.file(r.pid, m)
+        assert mf.paths[0] == f"/proc/{r.pid}/map_files/{m.start:x}-{m.limit:x}"
+        st = os.stat(binaries.with_lib)
+        assert mf.key == (st.st_dev, st.st_ino, st.st_mtime_ns)
+        assert not maps.process_gone(r.pid)
+
+
+def test_real_exec_is_noticed(binaries: Binaries) -> None:
+    """`sh -c 'read x; exec prog'`: the same pid becomes another program (how containers start)."""
+    proc = subprocess.Popen(["sh", "-c", f'read x; exec "{binaries.pie}"'], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        maps = MapsCache()
+        maps.refresh([proc.pid])
+        assert not any(m.path == str(binaries.pie) for m in maps._procs[proc.pid].mappings)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        addrs = {}
+        for out in proc.stdout:
+            if out.strip() == "ready":
+                break
+            name, addr = out.split()
+            addrs[name] = int(addr, 16)
+        maps.refresh([proc.pid])
+        m = maps.lookup(proc.pid, addrs["static_leaf"])
+        assert m is not None and m.path == str(binaries.pie)
+        assert m.start <= addrs["static_leaf"] < m.limit and "static_leaf" in nm_functions(binaries.pie)
+    finally:
+        proc.kill()
+        proc.wait()
