@@ -63,7 +63,7 @@ def main() -> None:
         raise SystemExit("run as root: both tools load eBPF programs")
     podflame = ROOT / ".venv" / "bin" / "podflame"
     tmp = Path(tempfile.mkdtemp(prefix="podflame-bench-"))
-    burn = build_c("two_hot.c", tmp)
+    burn = build_c("two_hot.c", tmp, "-O0")
     port = 17000 + os.getpid() % 1000
     url = f"http://127.0.0.1:{port}"
     log = open(tmp / "log.txt", "w")  # noqa: SIM115
