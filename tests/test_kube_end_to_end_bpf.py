@@ -1,0 +1,179 @@
+"""Pods by name, end to end: a real process in a kubelet-shaped cgroup, sampled by the real agent,
+named through the real `kubernetes` client talking to the stand-in API server, shipped to the real
+server and found there under `{namespace="shop", pod="cart-...", container="app"}`.
+
+Three timings of the pod's metadata against the samples:
+- known before the samples (the usual case);
+- deleted (a watch DELETED event) after the process ran but before the agent drained it;
+- announced only seconds after the samples were drained: the profile is held, then named, never
+  shipped without a name and never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.kube_standin import StandInApiServer, pod_json, standin_api
+from tests.realsys import PodCgroup, build_c, kubelet_cgroup, live_server, spawn_in_cgroup
+
+pytestmark = pytest.mark.bpf
+
+FREQUENCY = 99
+NODE = "test-node"
+POD = "cart-7d9f8b-x2x4q"
+IMAGE = "registry.example/shop/cart:1.4.2"
+CART_LABELS = {"app.kubernetes.io/name": "cart", "pod-template-hash": "7d9f8b", "team": "payments"}
+
+
+def cart_pod(cg: PodCgroup) -> dict:
+    """The pod the kubelet would report for `cg`: Deployment cart -> ReplicaSet cart-7d9f8b -> this pod."""
+    return pod_json(POD, "shop", node=NODE, uid=cg.pod_uid, containers=[("app", IMAGE, cg.container_id)],
+                    owner=("ReplicaSet", "cart-7d9f8b"), labels=CART_LABELS)
+
+
+def _get_json(url: str, path: str, selector: str, **params: str) -> dict:
+    q = urllib.parse.urlencode({"query": selector, "from": "now-10m", "to": "now+1m", **params})
+    with urllib.request.urlopen(f"{url}{path}?{q}", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def eventually(check: Callable[[], object], timeout: float = 10.0) -> object:
+    end = time.monotonic() + timeout
+    while not (value := check()) and time.monotonic() < end:
+        time.sleep(0.05)
+    return value
+
+
+@dataclass
+class Rig:
+    api: StandInApiServer
+    kube: object  # profiler.kube.KubeMetadata
+    agent: object  # profiler.agent.Agent
+    url: str
+    exe: Path
+    finish: Callable[[], None]  # stop the agent (its final drain) and wait for every batch to land
+
+
+@contextmanager
+def rig(tmp_path: Path, cg: PodCgroup, *, interval: float) -> Iterator[Rig]:
+    """Stand-in API server + KubeMetadata (via a kubeconfig) + Sampler + agent thread + live server."""
+    from profiler.agent import Agent, KubeletLabels, create_context
+    from profiler.kube import KubeMetadata, load_api_client
+    from profiler.sampler import Sampler
+    from profiler.upload import Uploader
+    from symbolizer import Symbolizer
+
+    exe = build_c("two_hot.c", tmp_path)
+    with standin_api(tmp_path) as (api, kubeconfig), live_server(tmp_path / "data") as url:
+        client = load_api_client(str(kubeconfig))
+        assert client is not None
+        kube = KubeMetadata(NODE, client, label_allowlist=["app.kubernetes.io/name"])
+        kube.start()
+        sampler = Sampler(FREQUENCY)
+        ctx = create_context(NODE)
+        uploader = Uploader(url, node=NODE)
+        agent = Agent(sampler, ctx, Symbolizer(ctx.maps).symbolize, uploader, pod_labels=KubeletLabels(kube),
+                      interval=interval)
+        thread = threading.Thread(target=agent.run, daemon=True)
+        landed: list[bool] = []
+
+        def finish() -> None:
+            if not landed:
+                agent.stop()
+                thread.join(timeout=30)
+                landed.append(uploader.flush(30))
+                uploader.close()
+                sampler.close()
+                kube.stop()
+                assert landed[0], "the agent's batches did not all land"
+
+        try:
+            assert kube.wait_synced(10), "the agent's pod list never reached the stand-in"
+            thread.start()
+            yield Rig(api, kube, agent, url, exe, finish)
+        finally:
+            finish()
+
+
+def run_workload(r: Rig, cg: PodCgroup, seconds: float) -> float:
+    """Runs two_hot in the pod's container cgroup; returns the CPU seconds it used."""
+    proc = spawn_in_cgroup(cg.path, [str(r.exe), str(seconds)])
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert status == 0
+    return usage.ru_utime + usage.ru_stime
+
+
+def assert_named(url: str, cg: PodCgroup, cpu_seconds: float) -> None:
+    """Every sample of the pod is under its names, with the workload and the copied label."""
+    by_uid = _get_json(url, "/api/v1/series", f'{{pod_uid="{cg.pod_uid}"}}')["series"]
+    assert by_uid, "nothing stored for the pod"
+    for s in by_uid:  # nothing shipped without its names
+        assert s["labels"].get("pod") == POD, s["labels"]
+    selector = f'{{namespace="shop", pod="{POD}", container="app"}}'
+    series = _get_json(url, "/api/v1/series", selector, by="workload,image,node,app_kubernetes_io_name,"
+                       "pod_uid,container_id,qos,runtime")["series"]
+    assert len(series) == 1, series
+    assert series[0]["labels"] == {
+        "workload": "Deployment/cart", "image": IMAGE, "node": NODE, "app_kubernetes_io_name": "cart",
+        "pod_uid": cg.pod_uid, "container_id": cg.container_id, "qos": "burstable", "runtime": "containerd"}
+    fg = _get_json(url, "/api/v1/flamegraph", selector)
+    expected = FREQUENCY * cpu_seconds
+    assert fg["total"] >= 0.9 * expected, f"{fg['total']} samples under the pod's names, {expected:.0f} expected"
+    assert {"hot_a", "hot_b"} <= set(fg["names"]), fg["names"][:40]
+    # the same profile is found by workload alone, as docs/kubernetes.md shows
+    by_workload = _get_json(url, "/api/v1/flamegraph", '{workload="Deployment/cart", container="app"}')
+    assert by_workload["total"] == fg["total"]
+
+
+def test_samples_are_named_by_the_pod_known_to_the_api_server(tmp_path: Path) -> None:
+    with kubelet_cgroup("burstable") as cg, rig(tmp_path, cg, interval=1.0) as r:
+        r.api.add(cart_pod(cg))
+        assert eventually(lambda: r.kube.resolve(cg.container_id, cg.pod_uid))
+        cpu = run_workload(r, cg, 3.0)
+        r.finish()
+        assert_named(r.url, cg, cpu)
+
+
+def test_a_pod_deleted_before_the_drain_keeps_its_names(tmp_path: Path) -> None:
+    with kubelet_cgroup("burstable") as cg, rig(tmp_path, cg, interval=0.5) as r:
+        pod = r.api.add(cart_pod(cg))
+        assert eventually(lambda: r.kube.resolve(cg.container_id, cg.pod_uid))
+        proc = spawn_in_cgroup(cg.path, [str(r.exe), "3.0"])
+        time.sleep(1.0)  # drained at least once while alive: its maps are cached for symbols
+        r.api.delete(pod)  # the DELETED event reaches the agent while the process still runs
+        assert eventually(lambda: any(p.uid == cg.pod_uid and p.deleted_at is not None for p in r.kube.pods()))
+        deleted_at = time.time()
+        assert not [p for p in r.api.pods.values() if p["metadata"]["uid"] == cg.pod_uid]
+        _, status, usage = os.wait4(proc.pid, 0)
+        assert status == 0
+        r.finish()
+        assert_named(r.url, cg, usage.ru_utime + usage.ru_stime)
+        # drains that started after the deletion still named the pod's samples
+        after = _get_json(r.url, "/api/v1/flamegraph", f'{{namespace="shop", pod="{POD}", container="app"}}',
+                          **{"from": f"{deleted_at:.3f}"})
+        assert after["total"] >= 0.5 * FREQUENCY, after["total"]
+
+
+def test_samples_of_a_container_announced_late_are_held_then_named(tmp_path: Path) -> None:
+    with kubelet_cgroup("burstable") as cg, rig(tmp_path, cg, interval=0.5) as r:
+        cpu = run_workload(r, cg, 2.0)
+        # drained and symbolized, but the API server has not named the container yet: held
+        assert eventually(lambda: any(p.labels["cgroup"] == cg.relative for _, p in r.agent.pods.held), 5)
+        time.sleep(2.0)  # several more drains while the container is still unknown
+        assert any(p.labels["cgroup"] == cg.relative for _, p in r.agent.pods.held)
+        assert not _get_json(r.url, "/api/v1/series", f'{{pod_uid="{cg.pod_uid}"}}')["series"]
+        r.api.add(cart_pod(cg))  # the watch brings it now
+        assert eventually(lambda: not any(p.labels["cgroup"] == cg.relative for _, p in r.agent.pods.held))
+        r.finish()
+        assert_named(r.url, cg, cpu)
