@@ -49,38 +49,68 @@ def _make_http_server(app, host: str, port: int):
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
 
 
-def _start_agent(server_url: str, frequency: int, interval: float, node: str | None):
+def _start_agent(server_url: str, frequency: int, interval: float, node: str | None, *,
+                 namespaces: str | None = None, exclude_namespaces: str | None = None,
+                 pod_selector: str | None = None):
     from profiler.agent import Agent, KubeletLabels, create_context
     from profiler.kube import KubeMetadata
     from profiler.sampler import Sampler, SamplerError
+    from profiler.selection import PodCgroupFilter, parse_selection
     from profiler.upload import Uploader
     from symbolizer import Symbolizer
 
     ctx = create_context(node)
     kube = KubeMetadata.from_environment(ctx.node)  # None (logged once) on a plain host
+    try:
+        selection = parse_selection(namespaces, exclude_namespaces, pod_selector,
+                                    watch_namespace=kube.namespace if kube is not None else None)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if not selection.everything and kube is None:
+        raise click.UsageError("choosing pods (--namespaces, --exclude-namespaces, --pod-selector) needs the "
+                               "Kubernetes API: run in a cluster or set KUBECONFIG")
     if kube is not None:
         kube.start()
     click.echo(f"podflame agent: compiling the eBPF sampler ({frequency} Hz on {os.cpu_count()} CPUs)...", err=True)
     try:
-        sampler = Sampler(frequency)
+        # with a selection, nothing is sampled until the selected pods' cgroups are known
+        sampler = Sampler(frequency, cgroup_ids=None if selection.everything else PodCgroupFilter.initial_ids())
     except SamplerError as e:
         raise click.ClickException(str(e)) from None
+    pod_filter = None
+    if not selection.everything:
+        pod_filter = PodCgroupFilter(sampler, kube, selection, ctx.cgroups)
+        pod_filter.start()
     symbolizer = Symbolizer(ctx.maps)
     uploader = Uploader(server_url, node=ctx.node)
     agent = Agent(sampler, ctx, symbolizer.symbolize, uploader, pod_labels=KubeletLabels(kube), interval=interval)
     thread = threading.Thread(target=agent.run, name="podflame-agent", daemon=True)
     thread.start()
-    click.echo(f"podflame agent: sampling node {ctx.node!r}, shipping every {interval:g}s to {server_url}", err=True)
+    what = "every process" if selection.everything else f"only pods with {_describe(selection)}"
+    click.echo(f"podflame agent: sampling {what} on node {ctx.node!r}, shipping every {interval:g}s to {server_url}",
+               err=True)
 
     def stop() -> None:
         agent.stop()
         thread.join(timeout=interval + 30)
         uploader.close()
+        if pod_filter is not None:
+            pod_filter.stop()
         sampler.close()
         if kube is not None:
             kube.stop()
 
     return stop
+
+
+def _describe(selection) -> str:
+    parts = []
+    if selection.namespaces:
+        parts.append("namespace in " + ",".join(sorted(selection.namespaces)))
+    if selection.exclude_namespaces:
+        parts.append("namespace not in " + ",".join(sorted(selection.exclude_namespaces)))
+    parts.extend(f"{k}={v}" for k, v in sorted(selection.labels.items()))
+    return " and ".join(parts)
 
 
 def _wait_for_signal() -> None:
@@ -146,7 +176,15 @@ def server(listen: str, data_dir: str) -> None:
 @click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
 @click.option("--metrics", "metrics_listen", default=None, help="HOST:PORT to serve the agent's /metrics on.")
-def agent(server_url: str, frequency: int, interval: float, node_name: str | None, metrics_listen: str | None) -> None:
+@click.option("--namespaces", envvar="PODFLAME_NAMESPACES", default=None,
+              help="Sample only pods of these namespaces (comma-separated; $PODFLAME_NAMESPACES). "
+                   "Applied in the kernel; with any pod option, processes outside pods are not sampled.")
+@click.option("--exclude-namespaces", envvar="PODFLAME_EXCLUDE_NAMESPACES", default=None,
+              help="Do not sample pods of these namespaces (comma-separated; $PODFLAME_EXCLUDE_NAMESPACES).")
+@click.option("--pod-selector", envvar="PODFLAME_POD_SELECTOR", default=None,
+              help="Sample only pods with these labels: KEY=VALUE[,KEY=VALUE] ($PODFLAME_POD_SELECTOR).")
+def agent(server_url: str, frequency: int, interval: float, node_name: str | None, metrics_listen: str | None,
+          namespaces: str | None, exclude_namespaces: str | None, pod_selector: str | None) -> None:
     """The node agent alone, shipping to a server."""
     _require_root("podflame agent")
     if metrics_listen:
@@ -154,7 +192,8 @@ def agent(server_url: str, frequency: int, interval: float, node_name: str | Non
 
         host, port = _parse_listen(metrics_listen)
         start_http_server(port, addr=host)
-    stop_agent = _start_agent(server_url, frequency, interval, node_name)
+    stop_agent = _start_agent(server_url, frequency, interval, node_name, namespaces=namespaces,
+                              exclude_namespaces=exclude_namespaces, pod_selector=pod_selector)
     _wait_for_signal()
     stop_agent()
 

@@ -553,7 +553,11 @@ class PodSelection:
 
 
 def pod_cgroup_ids(resolver: CgroupResolver, pod_uids: Iterable[str]) -> set[int]:
-    """Cgroup ids of these pods' own cgroups (the sampler's filter covers everything below them)."""
+    """Cgroup ids of these pods' own cgroups (the sampler's filter covers everything below them).
+
+    Only cgroups that exist now: the resolver also remembers removed ones (for late samples), whose
+    ids have no place in a filter.
+    """
     from profiler.cgroups import parse_kubelet_path
 
     wanted = set(pod_uids)
@@ -561,6 +565,6 @@ def pod_cgroup_ids(resolver: CgroupResolver, pod_uids: Iterable[str]) -> set[int
     out = set()
     for cid, path in resolver.known().items():
         kc = parse_kubelet_path(path)
-        if kc is not None and kc.container_id is None and kc.pod_uid in wanted:
+        if kc is not None and kc.container_id is None and kc.pod_uid in wanted and resolver.id_of(path) == cid:
             out.add(cid)
     return out

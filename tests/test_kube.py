@@ -23,6 +23,7 @@ from profiler.kube import (
     pod_cgroup_ids,
     workload_by_convention,
 )
+from profiler.selection import MATCH_NOTHING, PodCgroupFilter, parse_selection
 from tests.kube_standin import TOKEN, pod_json, replicaset_json, standin_api
 
 CART_APP = "a1" * 32
@@ -144,6 +145,80 @@ def test_pod_cgroup_ids_pick_the_pod_level_cgroup(tmp_path: Path) -> None:
     (pod_dir / f"cri-containerd-{CART_APP}.scope").mkdir(parents=True)
     (tmp_path / "kubepods.slice" / "kubepods-pod0e0e0e0e_1111_2222_3333_444444444444.slice").mkdir()
     assert pod_cgroup_ids(CgroupResolver(tmp_path), [CART_UID]) == {pod_dir.stat().st_ino}
+
+
+def test_pod_cgroup_ids_skip_cgroups_removed_since(tmp_path: Path) -> None:
+    pod_dir = tmp_path / "kubepods.slice" / f"kubepods-pod{CART_UID.replace('-', '_')}.slice"
+    pod_dir.mkdir(parents=True)
+    resolver = CgroupResolver(tmp_path)
+    assert pod_cgroup_ids(resolver, [CART_UID]) == {pod_dir.stat().st_ino}
+    pod_dir.rmdir()  # the resolver keeps its path for late samples; the filter must not
+    assert pod_cgroup_ids(resolver, [CART_UID]) == set()
+
+
+class FilterSpy:
+    def __init__(self) -> None:
+        self.calls: list[frozenset[int]] = []
+
+    def set_cgroup_filter(self, ids) -> None:
+        self.calls.append(frozenset(ids))
+
+
+class FakeKube:
+    def __init__(self, pods=(), synced=True) -> None:
+        self.index = PodIndex()
+        for p in pods:
+            self.index.upsert(p)
+        self.synced = synced
+
+    def pods(self):
+        return self.index.pods()
+
+
+def test_selection_options_parse_and_the_watched_namespace_bounds_them() -> None:
+    sel = parse_selection("shop, payments", "kube-system", "team=payments,tier==web")
+    assert sel.namespaces == {"shop", "payments"} and sel.exclude_namespaces == {"kube-system"}
+    assert sel.labels == {"team": "payments", "tier": "web"}
+    assert parse_selection().everything
+    assert parse_selection(watch_namespace="shop").namespaces == {"shop"}
+    assert parse_selection("shop", watch_namespace="shop").namespaces == {"shop"}
+    with pytest.raises(ValueError, match="outside the watched namespace"):
+        parse_selection("payments", watch_namespace="shop")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_selection(pod_selector="team")
+
+
+def test_cgroup_filter_holds_selected_pods_and_means_nothing_when_none_is_selected(tmp_path: Path) -> None:
+    def pod_slice(uid: str) -> Path:
+        d = tmp_path / "kubepods.slice" / f"kubepods-pod{uid.replace('-', '_')}.slice"
+        (d / f"cri-containerd-{uid[:8] * 8}.scope").mkdir(parents=True)
+        return d
+
+    etcd_hash = "8daa50c3a64c9ff60bb9eab7b44b56fd"
+    cart_dir, etcd_dir = pod_slice(CART_UID), pod_slice(etcd_hash)
+    etcd = pod_json("etcd-node-1", "kube-system", owner=("Node", "node-1"),
+                    annotations={"kubernetes.io/config.mirror": etcd_hash})
+    kube, spy = FakeKube([cart(), etcd], synced=False), FilterSpy()
+    f = PodCgroupFilter(spy, kube, parse_selection("shop"), CgroupResolver(tmp_path))
+    assert f.initial_ids() == [MATCH_NOTHING]
+    # before the first list: sample nothing (an empty filter would mean everything)
+    assert f.refresh() == {MATCH_NOTHING} and spy.calls == [{MATCH_NOTHING}]
+    kube.synced = True
+    assert f.refresh() == {cart_dir.stat().st_ino}
+    f.refresh()
+    assert len(spy.calls) == 2  # unchanged: the kernel is not touched again
+    # a static pod is found by its config hash, which names its cgroup
+    f2 = PodCgroupFilter(FilterSpy(), kube, parse_selection("kube-system"), CgroupResolver(tmp_path))
+    assert f2.refresh() == {etcd_dir.stat().st_ino}
+    # a selection matching no pod: still nothing, never everything
+    f3 = PodCgroupFilter(FilterSpy(), kube, parse_selection("nowhere"), CgroupResolver(tmp_path))
+    assert f3.refresh() == {MATCH_NOTHING}
+    # the pod is gone from the node: back to nothing
+    next(cart_dir.iterdir()).rmdir()
+    cart_dir.rmdir()
+    assert f.refresh() == {MATCH_NOTHING} and spy.calls[-1] == {MATCH_NOTHING}
+    with pytest.raises(ValueError):
+        PodCgroupFilter(spy, kube, PodSelection(), CgroupResolver(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,3 +417,17 @@ def test_from_environment_without_a_cluster_is_none(monkeypatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.delenv("KUBECONFIG", raising=False)
     assert KubeMetadata.from_environment("node-1") is None
+
+
+def test_agent_refuses_a_pod_selection_without_the_kubernetes_api(monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from podflame.cli import main
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    result = CliRunner().invoke(main, ["agent", "--server", "http://127.0.0.1:9", "--namespaces", "shop"])
+    assert result.exit_code == 2 and "needs the Kubernetes API" in result.output
+    result = CliRunner().invoke(main, ["agent", "--server", "http://127.0.0.1:9", "--pod-selector", "team"])
+    assert result.exit_code == 2 and "KEY=VALUE" in result.output

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from profiler.selection import MATCH_NOTHING
 from tests.kube_standin import StandInApiServer, pod_json, standin_api
-from tests.realsys import PodCgroup, build_c, kubelet_cgroup, live_server, spawn_in_cgroup
+from tests.realsys import CGROUP2_ROOT, PodCgroup, build_c, kubelet_cgroup, live_server, spawn_in_cgroup
 
 pytestmark = pytest.mark.bpf
 
@@ -62,15 +63,19 @@ class Rig:
     agent: object  # profiler.agent.Agent
     url: str
     exe: Path
+    pod_filter: object  # profiler.selection.PodCgroupFilter | None
+    settle: Callable[[], None]  # wait until everything sampled so far was drained and has landed
     finish: Callable[[], None]  # stop the agent (its final drain) and wait for every batch to land
 
 
 @contextmanager
-def rig(tmp_path: Path, cg: PodCgroup, *, interval: float) -> Iterator[Rig]:
-    """Stand-in API server + KubeMetadata (via a kubeconfig) + Sampler + agent thread + live server."""
+def rig(tmp_path: Path, cg: PodCgroup, *, interval: float, namespaces: str | None = None) -> Iterator[Rig]:
+    """Stand-in API server + KubeMetadata (via a kubeconfig) + Sampler + agent thread + live server;
+    with `namespaces`, the pod selection applied in the kernel as `podflame agent --namespaces` does."""
     from profiler.agent import Agent, KubeletLabels, create_context
     from profiler.kube import KubeMetadata, load_api_client
     from profiler.sampler import Sampler
+    from profiler.selection import PodCgroupFilter, parse_selection
     from profiler.upload import Uploader
     from symbolizer import Symbolizer
 
@@ -80,13 +85,32 @@ def rig(tmp_path: Path, cg: PodCgroup, *, interval: float) -> Iterator[Rig]:
         assert client is not None
         kube = KubeMetadata(NODE, client, label_allowlist=["app.kubernetes.io/name"])
         kube.start()
-        sampler = Sampler(FREQUENCY)
         ctx = create_context(NODE)
+        selection = parse_selection(namespaces)
+        sampler = Sampler(FREQUENCY, cgroup_ids=None if selection.everything else PodCgroupFilter.initial_ids())
+        pod_filter = None
+        if not selection.everything:
+            pod_filter = PodCgroupFilter(sampler, kube, selection, ctx.cgroups, period=0.2)
+            pod_filter.start()
         uploader = Uploader(url, node=NODE)
         agent = Agent(sampler, ctx, Symbolizer(ctx.maps).symbolize, uploader, pod_labels=KubeletLabels(kube),
                       interval=interval)
         thread = threading.Thread(target=agent.run, daemon=True)
         landed: list[bool] = []
+        drains = [0]
+        drain_once = agent.drain_once
+
+        def counted_drain():
+            out = drain_once()
+            drains[0] += 1
+            return out
+
+        agent.drain_once = counted_drain
+
+        def settle() -> None:
+            target = drains[0] + 2  # the second drain from now began after now
+            assert eventually(lambda: drains[0] >= target, 30), "the agent stopped draining"
+            assert uploader.flush(30)
 
         def finish() -> None:
             if not landed:
@@ -94,6 +118,8 @@ def rig(tmp_path: Path, cg: PodCgroup, *, interval: float) -> Iterator[Rig]:
                 thread.join(timeout=30)
                 landed.append(uploader.flush(30))
                 uploader.close()
+                if pod_filter is not None:
+                    pod_filter.stop()
                 sampler.close()
                 kube.stop()
                 assert landed[0], "the agent's batches did not all land"
@@ -101,7 +127,7 @@ def rig(tmp_path: Path, cg: PodCgroup, *, interval: float) -> Iterator[Rig]:
         try:
             assert kube.wait_synced(10), "the agent's pod list never reached the stand-in"
             thread.start()
-            yield Rig(api, kube, agent, url, exe, finish)
+            yield Rig(api, kube, agent, url, exe, pod_filter, settle, finish)
         finally:
             finish()
 
@@ -146,23 +172,25 @@ def test_samples_are_named_by_the_pod_known_to_the_api_server(tmp_path: Path) ->
 
 
 def test_a_pod_deleted_before_the_drain_keeps_its_names(tmp_path: Path) -> None:
-    with kubelet_cgroup("burstable") as cg, rig(tmp_path, cg, interval=0.5) as r:
+    # One drain only, at stop, after the DELETED event: every sample is named from a deleted pod.
+    # (The process is still running then, as in a terminating pod, so its maps can be read for symbols.)
+    with kubelet_cgroup("burstable") as cg, rig(tmp_path, cg, interval=600.0) as r:
         pod = r.api.add(cart_pod(cg))
         assert eventually(lambda: r.kube.resolve(cg.container_id, cg.pod_uid))
         proc = spawn_in_cgroup(cg.path, [str(r.exe), "3.0"])
-        time.sleep(1.0)  # drained at least once while alive: its maps are cached for symbols
-        r.api.delete(pod)  # the DELETED event reaches the agent while the process still runs
+        time.sleep(1.0)
+        r.api.delete(pod)
         assert eventually(lambda: any(p.uid == cg.pod_uid and p.deleted_at is not None for p in r.kube.pods()))
-        deleted_at = time.time()
         assert not [p for p in r.api.pods.values() if p["metadata"]["uid"] == cg.pod_uid]
-        _, status, usage = os.wait4(proc.pid, 0)
-        assert status == 0
+        cpu = cpu_seconds(proc.pid)  # a lower bound of what the final drain will hold
         r.finish()
-        assert_named(r.url, cg, usage.ru_utime + usage.ru_stime)
-        # drains that started after the deletion still named the pod's samples
-        after = _get_json(r.url, "/api/v1/flamegraph", f'{{namespace="shop", pod="{POD}", container="app"}}',
-                          **{"from": f"{deleted_at:.3f}"})
-        assert after["total"] >= 0.5 * FREQUENCY, after["total"]
+        assert os.wait4(proc.pid, 0)[1] == 0
+        assert_named(r.url, cg, cpu)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_samples_of_a_container_announced_late_are_held_then_named(tmp_path: Path) -> None:
@@ -177,3 +205,34 @@ def test_samples_of_a_container_announced_late_are_held_then_named(tmp_path: Pat
         assert eventually(lambda: not any(p.labels["cgroup"] == cg.relative for _, p in r.agent.pods.held))
         r.finish()
         assert_named(r.url, cg, cpu)
+
+
+def test_only_selected_pods_are_sampled_and_no_selected_pod_means_no_samples(tmp_path: Path) -> None:
+    """`--namespaces shop`: the kernel samples the shop pod only; not another namespace's pod, not a
+    process outside pods, and nothing at all while no shop pod is on the node."""
+    with kubelet_cgroup("burstable") as cg, kubelet_cgroup("besteffort") as other, \
+            rig(tmp_path, cg, interval=0.5, namespaces="shop") as r:
+        search = pod_json("search-5c6d7e-abcde", "other", node=NODE, uid=other.pod_uid,
+                          containers=[("app", "registry.example/search:2.0", other.container_id)],
+                          owner=("ReplicaSet", "search-5c6d7e"), labels={"pod-template-hash": "5c6d7e"})
+        r.api.add(search)
+        assert eventually(lambda: r.kube.resolve(other.container_id, other.pod_uid))
+        # no pod of "shop" on the node: busy pods and host processes, and nothing is sampled
+        host = spawn_in_cgroup(CGROUP2_ROOT, [str(r.exe), "1.5"])
+        run_workload(r, other, 1.5)
+        assert os.wait4(host.pid, 0)[1] == 0
+        r.settle()
+        assert r.pod_filter.current == {MATCH_NOTHING}
+        assert not _get_json(r.url, "/api/v1/series", "{}")["series"], "sampled although no pod was selected"
+
+        r.api.add(cart_pod(cg))
+        pod_slice = cg.path.parent.stat().st_ino
+        assert eventually(lambda: r.pod_filter.current == {pod_slice}), r.pod_filter.current
+        procs = [spawn_in_cgroup(p, [str(r.exe), "2.0"]) for p in (cg.path, other.path, CGROUP2_ROOT)]
+        usage = [os.wait4(p.pid, 0) for p in procs]
+        assert all(status == 0 for _, status, _ in usage)
+        r.finish()
+        cart_cpu = usage[0][2].ru_utime + usage[0][2].ru_stime
+        assert_named(r.url, cg, cart_cpu)
+        everything = _get_json(r.url, "/api/v1/series", "{}", by="pod_uid")["series"]
+        assert [s["labels"] for s in everything] == [{"pod_uid": cg.pod_uid}], everything
