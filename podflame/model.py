@@ -41,6 +41,18 @@ class Mapping:
     offset: int
     path: str
     build_id: str | None = None
+    # Hash computed once: mappings are dictionary keys on every ingest (interning, pprof encode).
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.start, self.limit, self.offset, self.path, self.build_id)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple:
+        # Rebuild through __init__: a pickled hash of str fields is wrong in another process.
+        return (Mapping, (self.start, self.limit, self.offset, self.path, self.build_id))
 
     @property
     def basename(self) -> str:
@@ -67,6 +79,18 @@ class Frame:
     kind: FrameKind = FrameKind.NATIVE
     lines: tuple[Line, ...] = ()
     reason: Unresolved | None = None
+    # Hash computed once: a frame is hashed per sample it appears in (stack keys, interning),
+    # and the generated hash would re-hash the mapping and every Line each time.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.address, self.mapping, self.kind, self.lines, self.reason)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple:
+        return (Frame, (self.address, self.mapping, self.kind, self.lines, self.reason))
 
     def fallback_name(self) -> str:
         """`module+0xoffset` for an unresolved frame: never a bare [unknown]."""

@@ -1,4 +1,6 @@
-"""HTTP API (docs/api.md): ingest, labels, types, series, flame graph, pprof, folded; plus /metrics, /healthz.
+"""HTTP API (docs/api.md): ingest, labels, types, series, cpu, flame graph, diff, pprof, folded, speedscope.
+
+Plus /metrics and /healthz.
 
 Handlers only translate HTTP to `web.query` calls and back; every client mistake (bad time,
 selector, label or body) is a 4xx with `{"error": ...}` naming the bad part.
@@ -17,12 +19,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from podflame import pprof
-from web.export import to_folded, to_pprof
-from web.flamegraph import to_flamegraph
-from web.query import Query, merged_profile, profiles_by_series, series_summary
+from web import query as queries
+from web.export import to_pprof
+from web.query import Query, profiles_by_series, series_summary
 from web.selector import LABEL_NAME, SelectorError, parse_selector
 from web.store import Store
-from web.timeparse import TimeError, parse_time
+from web.timeparse import TimeError, parse_duration, parse_time
 
 INGESTED_PROFILES = Counter("podflame_server_ingested_profiles_total", "Profiles stored (one per series per request)")
 INGESTED_SAMPLES = Counter("podflame_server_ingested_samples_total", "Stack rows stored (distinct stacks per profile)")
@@ -59,26 +61,48 @@ def store() -> Store:
     return current_app.extensions["podflame.store"]
 
 
-def _time(name: str, default: str, now_ns: int) -> int:
-    text = request.args.get(name) or default
+def parse_query(prefix: str = "", now: int | None = None) -> Query:
+    """`query`, `from`, `to`, `type` from the URL; one `now` for the whole request.
+
+    With a prefix (`base_`), missing parameters default to the unprefixed ones (a diff of one
+    selector over two ranges, or of two selectors over one range).
+    """
+    now = time.time_ns() if now is None else now
+    args = request.args
+    frm = args.get(prefix + "from") or args.get("from") or DEFAULT_FROM
+    to = args.get(prefix + "to") or args.get("to") or DEFAULT_TO
+    t0, t1 = _time_text(prefix + "from", frm, now), _time_text(prefix + "to", to, now)
+    if t1 <= t0:
+        raise ApiError(400, f"bad range: {prefix}from ({frm}) must be before {prefix}to ({to})")
+    text = args.get(prefix + "query") if prefix + "query" in args else args.get("query")
+    try:
+        selector = parse_selector(text)
+    except SelectorError as e:
+        raise ApiError(400, f"bad {prefix}query: {e}") from None
+    return Query(selector, t0, t1, args.get("type") or None)
+
+
+def _time_text(name: str, text: str, now_ns: int) -> int:
     try:
         return parse_time(text, now_ns)
     except TimeError as e:
         raise ApiError(400, f"bad {name}: {e}") from None
 
 
-def parse_query() -> Query:
-    """`query`, `from`, `to`, `type` from the URL; one `now` for the whole request."""
-    now = time.time_ns()
-    t0, t1 = _time("from", DEFAULT_FROM, now), _time("to", DEFAULT_TO, now)
-    if t1 <= t0:
-        raise ApiError(400, f"bad range: from ({request.args.get('from') or DEFAULT_FROM}) must be before "
-                            f"to ({request.args.get('to') or DEFAULT_TO})")
+def _int_arg(name: str, default: int | None, lo: int, hi: int) -> int | None:
+    text = request.args.get(name)
+    if not text:
+        return default
     try:
-        selector = parse_selector(request.args.get("query"))
-    except SelectorError as e:
-        raise ApiError(400, f"bad query: {e}") from None
-    return Query(selector, t0, t1, request.args.get("type") or None)
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, f"bad {name}: {text!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"bad {name}: {value} is outside [{lo}, {hi}]")
+    return value
+
+
+_DIFF_PARAMS = ("base_query", "base_from", "base_to")
 
 
 def timed(endpoint: str) -> Callable[[F], F]:
@@ -127,6 +151,8 @@ def ingest() -> Response:
     if not body:
         raise ApiError(400, "empty body: POST a pprof profile (gzip or plain)", "invalid")
     try:
+        if not current_app.config.get("KEEP_NUMERIC_LABELS"):
+            body = _without_numeric_labels(body, current_app.config["MAX_INFLATED_BYTES"])
         profiles = pprof.decode(body, labels, limit=current_app.config["MAX_INFLATED_BYTES"])
     except pprof.PprofTooLarge as e:
         raise ApiError(413, str(e), "too_large") from None
@@ -142,6 +168,27 @@ def ingest() -> Response:
     INGESTED_SAMPLES.inc(result.samples)
     INGESTED_BYTES.inc(len(body))
     return jsonify(profiles=result.profiles, samples=result.samples)
+
+
+def _without_numeric_labels(body: bytes, limit: int) -> bytes:
+    """Drop numeric pprof labels (heap `bytes`, `object count`...): as series labels they would make
+    one series per distinct number. Totals are unchanged; string labels stay. Bytes without any
+    numeric label pass through untouched (the agent's case), so this costs one parse, no re-encode.
+    """
+    raw = pprof.decompress(body, limit)
+    msg = pprof.PprofProfile()
+    try:
+        msg.ParseFromString(raw)
+    except Exception:  # invalid bytes: let decode() report them with its own message
+        return body
+    changed = False
+    for sample in msg.sample:
+        if any(not lab.str for lab in sample.label):
+            keep = [lab for lab in sample.label if lab.str]
+            del sample.label[:]
+            sample.label.extend(keep)
+            changed = True
+    return msg.SerializeToString() if changed else raw
 
 
 # -- metadata --------------------------------------------------------------------------------
@@ -186,10 +233,58 @@ def series() -> Response:
 # -- profiles --------------------------------------------------------------------------------
 
 
+_STEP_CHOICES_S = (10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
+MAX_POINTS = 11_000  # as Prometheus: a range over step must stay a plottable series
+
+
+@api.get("/cpu")
+@timed("cpu")
+def cpu() -> Response:
+    """Value (and cores, for CPU types) per time step; `step` in seconds or as a duration (`1m`)."""
+    q = parse_query()
+    text = (request.args.get("step") or "").strip()
+    if text:
+        try:
+            step_ns = int(float(text) * 1e9) if text.replace(".", "", 1).isdigit() else parse_duration(text)
+        except TimeError as e:
+            raise ApiError(400, f"bad step: {e}") from None
+        if step_ns <= 0:
+            raise ApiError(400, "bad step: must be positive")
+    else:  # about 240 points, at a round step
+        want = (q.t1 - q.t0) / 240 / 1e9
+        step_ns = next((c for c in _STEP_CHOICES_S if c >= want), _STEP_CHOICES_S[-1]) * 1_000_000_000
+    if (q.t1 - q.t0) / step_ns > MAX_POINTS:
+        raise ApiError(400, f"bad step: more than {MAX_POINTS} points; use a larger step")
+    return jsonify(queries.cpu_series(store(), q, step_ns))
+
+
 @api.get("/flamegraph")
 @timed("flamegraph")
 def flamegraph() -> Response:
-    return jsonify(to_flamegraph(merged_profile(store(), parse_query())))
+    max_nodes = _int_arg("max_nodes", None, 2, 10_000_000)
+    return jsonify(queries.flamegraph(store(), parse_query(), max_nodes))
+
+
+@api.get("/diff")
+@timed("diff")
+def diff() -> Response:
+    """Comparison (`query`, `from`, `to`) against baseline (`base_query`, `base_from`, `base_to`)."""
+    now = time.time_ns()
+    comp, base = parse_query(now=now), parse_query("base_", now)
+    max_nodes = _int_arg("max_nodes", None, 2, 10_000_000)
+    limit = _int_arg("limit", 50, 1, 1_000_000)
+    assert limit is not None
+    return jsonify(queries.diff(store(), comp, base, max_nodes, limit))
+
+
+@api.get("/speedscope")
+@timed("speedscope")
+def speedscope() -> Response:
+    q = parse_query()
+    name = f"podflame {request.args.get('query') or '{}'}"
+    resp = jsonify(queries.speedscope(store(), q, name))
+    resp.headers["Content-Disposition"] = 'attachment; filename="podflame.speedscope.json"'
+    return resp
 
 
 @api.get("/pprof")
@@ -203,7 +298,13 @@ def pprof_download() -> Response:
 @api.get("/folded")
 @timed("folded")
 def folded() -> Response:
-    return Response(to_folded(merged_profile(store(), parse_query())), mimetype="text/plain")
+    """Folded stacks; with any base_* parameter, the two-column diff (`stack base comp`)."""
+    if any(p in request.args for p in _DIFF_PARAMS):
+        now = time.time_ns()
+        comp, base = parse_query(now=now), parse_query("base_", now)
+        normalize = (request.args.get("normalize") or "").lower() in ("1", "true", "yes")
+        return Response(queries.folded_diff(store(), comp, base, normalize), mimetype="text/plain")
+    return Response(queries.folded(store(), parse_query()), mimetype="text/plain")
 
 
 # -- operations ------------------------------------------------------------------------------

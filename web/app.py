@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from web.api import api, ops
+from web.retention import Maintenance
 from web.store import SqliteStore, Store
 
 log = logging.getLogger("podflame.web")
@@ -25,16 +27,28 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BODY_BYTES": 64 << 20,  # compressed request body
     "MAX_INFLATED_BYTES": 256 << 20,  # after gunzip: decompression bombs stop here
     "SQLITE_SYNCHRONOUS": "FULL",  # an acknowledged ingest survives power loss, not only a crash
-    "RETENTION_SECONDS": None,  # reserved: time-based retention (not enforced yet)
-    "RETENTION_BYTES": None,  # reserved: disk budget (not enforced yet)
+    "RETENTION_SECONDS": None,  # delete profiles older than this (env PODFLAME_RETENTION_SECONDS)
+    "RETENTION_BYTES": None,  # keep blobs + index under this many bytes (env PODFLAME_RETENTION_BYTES)
+    "MAINTENANCE_SECONDS": 30,  # retention + compaction pass interval; 0 disables the background thread
+    "COMPACTION": True,  # pre-aggregate aged data into 10 min and 1 h buckets
+    "KEEP_NUMERIC_LABELS": False,  # numeric pprof labels (heap `bytes`) would explode series cardinality
     "STORE": None,  # a ready `web.store.Store` instance, to use another backend
 }
 
+_ENV = {"RETENTION_SECONDS": float, "RETENTION_BYTES": int, "MAINTENANCE_SECONDS": float}
+
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    """Build the app; its store lives in `app.extensions["podflame.store"]` (close it when done)."""
+    """Build the app; its store lives in `app.extensions["podflame.store"]` (close it when done).
+
+    A daemon thread (`app.extensions["podflame.maintenance"]`) enforces retention and compacts aged
+    data every MAINTENANCE_SECONDS; it stops by itself once the store is closed.
+    """
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)
+    for key, kind in _ENV.items():  # operators set limits without CLI flags (e.g. in a Deployment)
+        if os.environ.get(f"PODFLAME_{key}"):
+            app.config[key] = kind(os.environ[f"PODFLAME_{key}"])
     if config:
         app.config.update(config)
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
@@ -43,6 +57,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if store is None:
         store = SqliteStore(Path(app.config["DATA_DIR"]), synchronous=app.config["SQLITE_SYNCHRONOUS"])
     app.extensions["podflame.store"] = store
+    maintenance = Maintenance(store, interval=float(app.config["MAINTENANCE_SECONDS"] or 0),
+                              max_age_seconds=app.config["RETENTION_SECONDS"],
+                              max_bytes=app.config["RETENTION_BYTES"], compact=bool(app.config["COMPACTION"]))
+    app.extensions["podflame.maintenance"] = maintenance
+    if maintenance.interval > 0:
+        maintenance.start()
 
     app.register_blueprint(api)
     app.register_blueprint(ops)

@@ -1,7 +1,7 @@
 """Downloads: profiles rendered as pprof (for `go tool pprof`) or folded stacks (for FlameGraph tools).
 
-Renderers are pure functions of `Profile`s, so the CLI (`podflame record`) and the HTTP
-layer share them.
+Renderers are pure functions of `Profile`s (or of merged name stacks), so the CLI
+(`podflame record`) and the HTTP layer share them.
 """
 
 from __future__ import annotations
@@ -10,6 +10,48 @@ from collections.abc import Sequence
 
 from podflame import pprof
 from podflame.model import Profile
+from web.flamegraph import NameStacks, profile_name_stacks
+
+
+def _folded_totals(ns: NameStacks) -> dict[str, list[int]]:
+    """Folded stack text -> values per column; equal name paths of different frames share a line."""
+    names = [n.replace("\n", " ") for n in ns.names]
+    flat = ns.flat.tolist()
+    out: dict[str, list[int]] = {}
+    for off, length, values in zip(ns.offsets.tolist(), ns.lengths.tolist(), ns.values.tolist(), strict=True):
+        if not length:
+            continue
+        key = ";".join([names[i] for i in flat[off:off + length]])
+        row = out.get(key)
+        if row is None:
+            out[key] = list(values)
+        else:
+            for j, v in enumerate(values):
+                row[j] += v
+    return out
+
+
+def folded_from_stacks(ns: NameStacks) -> str:
+    """One line per distinct function-name stack, `root;...;leaf count`, sorted by stack."""
+    totals = _folded_totals(ns)
+    return "".join(f"{k} {v[0]}\n" for k, v in sorted(totals.items()) if v[0])
+
+
+def folded_diff_from_stacks(ns: NameStacks, normalize: bool = False) -> str:
+    """Two-column folded stacks, `stack base comp`, as FlameGraph's difffolded.pl writes them.
+
+    With `normalize`, baseline counts are scaled to the comparison's total and rounded (difffolded -n),
+    so flamegraph.pl's red/blue shows changes of shape rather than of size.
+    """
+    totals = _folded_totals(ns)
+    base_total, comp_total = (int(x) for x in ns.values.sum(axis=0)) if ns.values.size else (0, 0)
+    scale = comp_total / base_total if normalize and base_total else 1.0
+    lines = []
+    for k, (b, c) in sorted(totals.items()):
+        b = round(b * scale)
+        if b or c:
+            lines.append(f"{k} {b} {c}\n")
+    return "".join(lines)
 
 
 def to_folded(profile: Profile) -> str:
@@ -18,13 +60,7 @@ def to_folded(profile: Profile) -> str:
     Different frames that resolve to the same names share a line. Empty stacks have no line
     (the format cannot express them). Newlines inside names would break the format: they become spaces.
     """
-    totals: dict[tuple[str, ...], int] = {}
-    for names, value in profile.name_stacks():
-        if names:
-            totals[names] = totals.get(names, 0) + value
-    lines = [";".join(n.replace("\n", " ") for n in names) + f" {value}"
-             for names, value in sorted(totals.items()) if value]
-    return "".join(line + "\n" for line in lines)
+    return folded_from_stacks(profile_name_stacks(profile))
 
 
 def to_pprof(profiles: Sequence[Profile], sample_type: str = "samples", unit: str = "count",

@@ -1,89 +1,313 @@
-"""A Profile as a compact flame-graph tree: each name once, nodes as integer quadruples.
+"""Flame-graph payloads: each name once, nodes as integer arrays, built with numpy level by level.
 
 The payload (docs/api.md) is `names` plus `levels`: `levels[d]` lists the nodes at depth d as
-`[start, total, self, name]` with absolute starts, siblings sorted by name, so a renderer
-can draw level by level without building objects, and each name travels once however
-often it appears (the same idea as Pyroscope's flamebearer).
+`[start, total, self, name]` with absolute starts, siblings sorted by name, so a renderer can
+draw level by level without building objects, and each name travels once however often it
+appears (the same idea as Pyroscope's flamebearer). A diff adds the baseline and comparison
+values to every node.
+
+The tree is built from stacks of name ids (root first) without Python objects per node: at
+depth d every stack still that deep maps (parent node, name) to a node with one `np.unique`,
+so half a million nodes cost a few dozen array passes, not half a million dict walks. A node
+budget keeps the largest nodes (a parent is never smaller than its child, so the kept set is
+a tree) and folds what it drops under each parent into one explicit `[other]` node.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from podflame.model import Profile
 
 ROOT = "total"
+OTHER = "[other]"  # bracketed like [unknown]/[kernel]: no symbol can be named this
+_SHIFT = np.int64(32)
+_MASK = np.int64(0xFFFFFFFF)
 
 
-# A tree node is a list [total, self, {child name: node}]: cheaper than objects at 10^5 nodes.
-_TOTAL, _SELF, _CHILDREN = 0, 1, 2
+@dataclass(frozen=True, slots=True)
+class NameStacks:
+    """Distinct stacks as name ids (root first) with one or more value columns.
+
+    `flat` holds every stack's name ids back to back; stack i is `flat[offsets[i]:offsets[i]+lengths[i]]`.
+    `values` has shape (stacks, columns): one column for a flame graph, two (baseline, comparison) for a diff.
+    """
+
+    names: Sequence[str]
+    flat: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+    values: np.ndarray
+
+    @staticmethod
+    def from_lists(names: Sequence[str], paths: Sequence[Sequence[int]], values: np.ndarray,
+                   columns: int = 1) -> NameStacks:
+        lengths = np.fromiter((len(p) for p in paths), dtype=np.int64, count=len(paths))
+        flat = (np.fromiter((i for p in paths for i in p), dtype=np.int64, count=int(lengths.sum()))
+                if len(paths) else np.empty(0, np.int64))
+        offsets = np.cumsum(lengths) - lengths
+        vals = np.asarray(values, dtype=np.int64)
+        return NameStacks(names, flat, offsets, lengths, vals.reshape(len(paths), columns))
 
 
-def _tree(profile: Profile) -> list:
-    root: list = [0, 0, {}]
+def profile_name_stacks(profile: Profile) -> NameStacks:
+    """A Profile's function-name stacks (inline frames are names of their own), interned locally."""
+    index: dict[str, int] = {}
+    paths = []
+    values = []
     for names, value in profile.name_stacks():
-        root[_TOTAL] += value
-        node = root
-        for name in names:
-            children = node[_CHILDREN]
-            child = children.get(name)
-            if child is None:
-                child = children[name] = [0, 0, {}]
-            child[_TOTAL] += value
-            node = child
-        node[_SELF] += value
-    return root
+        paths.append([index.setdefault(n, len(index)) for n in names])
+        values.append(value)
+    return NameStacks.from_lists(list(index), paths, np.array(values, dtype=np.int64))
 
 
-def to_flamegraph(profile: Profile) -> dict[str, Any]:
+def sum_by(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Exact int64 sums of `values` rows per group id in [0, n) (bincount would go through float64)."""
+    out = np.zeros((n, *values.shape[1:]), dtype=np.int64)
+    if groups.size == 0:
+        return out
+    order = np.argsort(groups, kind="stable")
+    g = groups[order]
+    starts = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
+    out[g[starts]] = np.add.reduceat(values[order], starts, axis=0)
+    return out
+
+
+@dataclass(slots=True)
+class _Nodes:
+    """All nodes of a tree as parallel arrays; node 0 is the root."""
+
+    depth: np.ndarray
+    parent: np.ndarray
+    name: np.ndarray  # index into NameStacks.names (-1: the root, -2: [other])
+    total: np.ndarray  # (nodes, columns)
+    self: np.ndarray
+
+
+def _build(ns: NameStacks) -> _Nodes:
+    n, cols = ns.values.shape
+    depth, parent, name = [np.zeros(1, np.int64)], [np.full(1, -1, np.int64)], [np.full(1, -1, np.int64)]
+    total = [ns.values.sum(axis=0, keepdims=True) if n else np.zeros((1, cols), np.int64)]
+    self_ = [ns.values[ns.lengths == 0].sum(axis=0, keepdims=True) if n else np.zeros((1, cols), np.int64)]
+    current = np.zeros(n, dtype=np.int64)  # each stack's node at the previous depth
+    next_id = 1
+    d = 0
+    while True:
+        active = np.flatnonzero(ns.lengths > d)
+        if active.size == 0:
+            break
+        key = (current[active] << _SHIFT) | ns.flat[ns.offsets[active] + d]
+        uniq, inv = np.unique(key, return_inverse=True)
+        inv = inv.reshape(-1)
+        m = uniq.size
+        vals = ns.values[active]
+        depth.append(np.full(m, d + 1, np.int64))
+        parent.append(uniq >> _SHIFT)
+        name.append(uniq & _MASK)
+        total.append(sum_by(inv, vals, m))
+        ends = ns.lengths[active] == d + 1
+        self_.append(sum_by(inv[ends], vals[ends], m))
+        current[active] = next_id + inv
+        next_id += m
+        d += 1
+    return _Nodes(np.concatenate(depth), np.concatenate(parent), np.concatenate(name),
+                  np.concatenate(total), np.concatenate(self_))
+
+
+def _budget(nodes: _Nodes, max_nodes: int) -> tuple[_Nodes, int]:
+    """Keep the largest nodes so that kept + [other] nodes <= max_nodes; returns (nodes, folded count).
+
+    Ranking by (total desc, depth asc) ranks every parent before its children (a parent's total is
+    at least its child's, for non-negative values), so any prefix of the ranking is a tree.
+    """
+    count = nodes.depth.size
+    max_nodes = max(max_nodes, 2)
+    if count <= max_nodes:
+        return nodes, 0
+    weight = np.abs(nodes.total).sum(axis=1)
+    order = np.lexsort((nodes.depth, -weight))
+    rank = np.empty(count, np.int64)
+    rank[order] = np.arange(count)
+    child = np.arange(1, count)
+    child_parent = nodes.parent[1:]
+
+    def cost(k: int) -> int:
+        dropped = child[rank[child] >= k]
+        parents = child_parent[dropped - 1]
+        return k + np.unique(parents[rank[parents] < k]).size
+
+    lo, hi = 1, max_nodes  # cost(k) >= k, so k <= max_nodes
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost(mid) <= max_nodes:
+            lo = mid
+        else:
+            hi = mid - 1
+    k = lo
+    while k > 1 and cost(k) > max_nodes:
+        k -= 1
+    keep = rank < k
+    kept = np.flatnonzero(keep)
+    new_id = np.full(count, -1, np.int64)
+    new_id[kept] = np.arange(kept.size)
+    dropped = child[~keep[child]]
+    dropped_parent = child_parent[dropped - 1]
+    under_kept = keep[dropped_parent]
+    dropped, dropped_parent = dropped[under_kept], dropped_parent[under_kept]
+    oparents, inv = np.unique(dropped_parent, return_inverse=True)
+    other_total = sum_by(inv.reshape(-1), nodes.total[dropped], oparents.size)
+    parent = np.where(nodes.parent[kept] >= 0, new_id[np.maximum(nodes.parent[kept], 0)], -1)
+    out = _Nodes(
+        depth=np.concatenate((nodes.depth[kept], nodes.depth[oparents] + 1)),
+        parent=np.concatenate((parent, new_id[oparents])),
+        name=np.concatenate((nodes.name[kept], np.full(oparents.size, -2, np.int64))),
+        total=np.concatenate((nodes.total[kept], other_total)),
+        self=np.concatenate((nodes.self[kept], other_total)),
+    )
+    return out, count - kept.size
+
+
+def _layout(nodes: _Nodes, names: Sequence[str]) -> tuple[list[str], list[np.ndarray], np.ndarray]:
+    """Output names (first appearance, root first), per-level node indices in layout order, and starts."""
+    count = nodes.depth.size
+    used = np.unique(nodes.name[nodes.name >= 0])
+    label = {-1: ROOT, -2: OTHER}
+    text = [names[i] for i in used.tolist()]
+    # Sibling order is by name: give each node its name's rank ([other] sorted in among them).
+    rank = {t: i for i, t in enumerate(sorted({*text, OTHER}))}
+    rank_of_used = np.fromiter((rank[t] for t in text), dtype=np.int64, count=len(text))
+    name_rank = np.zeros(count, dtype=np.int64)
+    named = nodes.name >= 0
+    name_rank[named] = rank_of_used[np.searchsorted(used, nodes.name[named])]
+    name_rank[nodes.name == -2] = rank[OTHER]
+    width = nodes.total.sum(axis=1) if nodes.total.ndim == 2 else nodes.total
+    start = np.zeros(count, dtype=np.int64)
+    position = np.zeros(count, dtype=np.int64)  # a node's index within its level, in layout order
+    levels = [np.zeros(1, np.int64)]
+    max_depth = int(nodes.depth.max()) if count else 0
+    by_depth = np.argsort(nodes.depth, kind="stable")
+    bounds = np.searchsorted(nodes.depth[by_depth], np.arange(max_depth + 2))
+    for d in range(1, max_depth + 1):
+        idx = by_depth[bounds[d]:bounds[d + 1]]
+        par = nodes.parent[idx]
+        order = np.lexsort((name_rank[idx], position[par]))
+        idx, par = idx[order], par[order]
+        w = width[idx]
+        cs = np.cumsum(w)
+        first = np.concatenate(([True], par[1:] != par[:-1]))
+        group_start = np.maximum.accumulate(np.where(first, np.arange(idx.size), 0))
+        before = cs - w - np.where(group_start > 0, cs[group_start - 1], 0)
+        start[idx] = start[par] + before
+        position[idx] = np.arange(idx.size)
+        levels.append(idx)
+    # Output names in order of first appearance, level by level.
+    seq = np.concatenate(levels) if levels else np.zeros(0, np.int64)
+    seq_names = nodes.name[seq]
+    out_names: list[str] = [ROOT]
+    out_index: dict[str, int] = {ROOT: 0}
+    node_out = np.zeros(count, np.int64)
+    keys, first_at, inv = np.unique(seq_names, return_index=True, return_inverse=True)
+    out_of_key = np.zeros(keys.size, np.int64)
+    for j in np.argsort(first_at, kind="stable").tolist():
+        key = int(keys[j])
+        s = label[key] if key < 0 else names[key]
+        i = out_index.get(s)
+        if i is None:
+            i = out_index[s] = len(out_names)
+            out_names.append(s)
+        out_of_key[j] = i
+    node_out[seq] = out_of_key[inv.reshape(-1)]
+    return out_names, levels, np.stack((start, node_out), axis=1)
+
+
+def _payload(nodes: _Nodes, names: Sequence[str], diff: bool) -> tuple[dict[str, Any], int]:
+    out_names, levels, pos = _layout(nodes, names)
+    width = nodes.total.sum(axis=1)
+    self_w = nodes.self.sum(axis=1)
+    out_levels = []
+    for idx in levels:
+        cols = [pos[idx, 0], width[idx], self_w[idx], pos[idx, 1]]
+        if diff:
+            cols += [nodes.total[idx, 0], nodes.self[idx, 0], nodes.total[idx, 1], nodes.self[idx, 1]]
+        out_levels.append(np.stack(cols, axis=1).reshape(-1).tolist())
+    max_self = int(self_w[nodes.name != -2].max()) if nodes.depth.size else 0
+    other = out_names.index(OTHER) if OTHER in out_names and (nodes.name == -2).any() else -1
+    return {"names": out_names, "levels": out_levels, "total": int(width[0]), "max_self": max(max_self, 0),
+            "other": other}, other
+
+
+def flamegraph_from_stacks(ns: NameStacks, max_nodes: int | None = None) -> dict[str, Any]:
+    """The flame-graph payload of name stacks with one value column (without type/unit metadata)."""
+    nodes = _build(ns)
+    folded = 0
+    if max_nodes is not None:
+        nodes, folded = _budget(nodes, max_nodes)
+    payload, _ = _payload(nodes, ns.names, diff=False)
+    if max_nodes is None:
+        payload.pop("other")
+    else:
+        payload.update(max_nodes=max_nodes, folded_nodes=folded)
+    return payload
+
+
+def diff_tree_from_stacks(ns: NameStacks, max_nodes: int | None = None) -> dict[str, Any]:
+    """A diff payload: `values` column 0 is the baseline, column 1 the comparison.
+
+    Nodes are 8 integers: `start, total, self, name` laid out over baseline + comparison (as one flame
+    graph of both), then `base_total, base_self, comp_total, comp_self`.
+    """
+    nodes = _build(ns)
+    folded = 0
+    if max_nodes is not None:
+        nodes, folded = _budget(nodes, max_nodes)
+    payload, _ = _payload(nodes, ns.names, diff=True)
+    payload.update(base_total=int(nodes.total[0, 0]), comp_total=int(nodes.total[0, 1]))
+    if max_nodes is not None:
+        payload.update(max_nodes=max_nodes, folded_nodes=folded)
+    else:
+        payload.pop("other")
+    return payload
+
+
+def to_flamegraph(profile: Profile, max_nodes: int | None = None) -> dict[str, Any]:
     """Function-name stacks (inline frames are nodes of their own) -> the flame-graph JSON object."""
-    root = _tree(profile)
-    names: list[str] = [ROOT]
-    index: dict[str, int] = {ROOT: 0}
-    levels: list[list[int]] = []
-    max_self = 0
-    current: list[tuple[int, list, int]] = [(0, root, 0)]  # (start, node, name index)
-    while current:
-        level: list[int] = []
-        following: list[tuple[int, list, int]] = []
-        for start, (total, self_value, children), name_idx in current:
-            level.extend((start, total, self_value, name_idx))
-            if self_value > max_self:
-                max_self = self_value
-            offset = start
-            for name in sorted(children):
-                child = children[name]
-                i = index.get(name)
-                if i is None:
-                    i = index[name] = len(names)
-                    names.append(name)
-                following.append((offset, child, i))
-                offset += child[_TOTAL]
-        levels.append(level)
-        current = following
-    return {"names": names, "levels": levels, "total": root[_TOTAL], "max_self": max_self,
-            "unit": profile.unit, "type": profile.sample_type, "period_ns": profile.period_ns}
+    payload = flamegraph_from_stacks(profile_name_stacks(profile), max_nodes)
+    payload.update(unit=profile.unit, type=profile.sample_type, period_ns=profile.period_ns)
+    return payload
 
 
 def decode_tree(fg: dict[str, Any]) -> dict[str, Any]:
     """The payload back as nested `{name: {"total", "self", "children"}}`, checking the layout rules.
 
-    Used by tests and tools to compare whole trees; raises ValueError on a malformed payload.
+    Used by tests and tools to compare whole trees; raises ValueError on a malformed payload. A diff
+    payload's nodes also get `base_total`, `base_self`, `comp_total`, `comp_self`.
     """
     names, levels = fg["names"], fg["levels"]
-    if not levels or len(levels[0]) != 4 or names[levels[0][3]] != ROOT:
+    width = 8 if "base_total" in fg else 4
+    if not levels or len(levels[0]) != width or names[levels[0][3]] != ROOT:
         raise ValueError("level 0 must hold exactly the root node 'total'")
-    root_start, root_total, root_self, _ = levels[0]
-    root: dict[str, Any] = {"total": root_total, "self": root_self, "children": {}}
-    parents: list[tuple[int, int, dict[str, Any]]] = [(root_start, root_total, root)]
+
+    def node(values: list[int]) -> dict[str, Any]:
+        out: dict[str, Any] = {"total": values[1], "self": values[2], "children": {}}
+        if width == 8:
+            out.update(base_total=values[4], base_self=values[5], comp_total=values[6], comp_self=values[7])
+        return out
+
+    root = node(levels[0])
+    parents: list[tuple[int, int, dict[str, Any]]] = [(levels[0][0], levels[0][1], root)]
     for depth, level in enumerate(levels[1:], start=1):
-        if len(level) % 4:
-            raise ValueError(f"level {depth} length is not a multiple of 4")
+        if len(level) % width:
+            raise ValueError(f"level {depth} length is not a multiple of {width}")
         nodes: list[tuple[int, int, dict[str, Any]]] = []
         p = 0
         last: tuple[int, str] | None = None
-        for i in range(0, len(level), 4):
-            start, total, self_value, name_idx = level[i:i + 4]
+        for i in range(0, len(level), width):
+            values = level[i:i + width]
+            start, total, _, name_idx = values[:4]
             while p < len(parents) and not parents[p][0] <= start < parents[p][0] + max(parents[p][1], 1):
                 p += 1
                 last = None
@@ -93,8 +317,8 @@ def decode_tree(fg: dict[str, Any]) -> dict[str, Any]:
             if last is not None and last[0] == p and last[1] >= name:
                 raise ValueError(f"siblings at depth {depth} are not sorted by name: {last[1]!r}, {name!r}")
             last = (p, name)
-            node = {"total": total, "self": self_value, "children": {}}
-            parents[p][2]["children"][name] = node
-            nodes.append((start, total, node))
+            child = node(values)
+            parents[p][2]["children"][name] = child
+            nodes.append((start, total, child))
         parents = nodes
     return root

@@ -1,20 +1,28 @@
-"""Queries over a `Store`: select by selector and time range, merge, summarise per series.
+"""Queries over a `Store`: select by selector and time range, merge, diff, summarise per series and step.
 
-Merging happens on integer columns (stack id, value) with numpy; frames are looked up once
-per distinct stack of the result, so the cost grows with distinct stacks, not with profiles.
+Merging happens on integer columns (stack id, value) with numpy; each distinct stack id is turned
+into function-name ids once per store (cached), so a flame graph, diff or export of a whole node
+costs array passes over distinct stacks, never a walk over profiles or frame objects.
 Only the `Store` interface is used, so another backend needs no change here.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from podflame.model import Profile
+from podflame.model import Frame, Profile
+from web import diff as diffmod
+from web.export import folded_diff_from_stacks, folded_from_stacks
+from web.flamegraph import NameStacks, diff_tree_from_stacks, flamegraph_from_stacks
 from web.selector import Selector
+from web.speedscope import speedscope_from_stacks
 from web.store import Store, StoredProfile
 
 DEFAULT_TYPE = "samples"
@@ -51,6 +59,57 @@ def select(store: Store, q: Query) -> tuple[str, str, list[StoredProfile]]:
     sample_type, unit = resolve_type(store, q)
     refs = store.select(q.selector, q.t0, q.t1, sample_type, unit)
     return sample_type, unit or (refs[0].series.unit if refs else "count"), refs
+
+
+class NameCache:
+    """Stack id -> function-name ids (root first, inline frames expanded), interned per store.
+
+    Stack ids are stable for a store's life, so the translation is done once per distinct stack.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._index: dict[str, int] = {}
+        self._frames: dict[Frame, list[int]] = {}
+        self._stacks: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def _frame(self, f: Frame) -> list[int]:
+        ids = self._frames.get(f)
+        if ids is None:
+            index = self._index
+            ids = self._frames[f] = [index.setdefault(n, len(index)) for n in f.names()]
+            if len(index) > len(self.names):
+                self.names.extend(list(index)[len(self.names):])
+        return ids
+
+    def name_stacks(self, store: Store, stack_ids: np.ndarray, values: np.ndarray) -> NameStacks:
+        """Name stacks for these store stack ids; `values` has one row per id (one or more columns)."""
+        ids = stack_ids.tolist()
+        with self._lock:
+            missing = [i for i in ids if i not in self._stacks]
+            if missing:
+                for sid, stack in store.stacks(missing).items():
+                    self._stacks[sid] = np.array([n for f in stack for n in self._frame(f)], dtype=np.int64)
+            arrays = [self._stacks[i] for i in ids]
+            names = list(self.names)
+        lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+        flat = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
+        vals = np.asarray(values, dtype=np.int64)
+        vals = vals.reshape(len(ids), vals.shape[1] if vals.ndim == 2 else 1)
+        return NameStacks(names, flat, np.cumsum(lengths) - lengths, lengths, vals)
+
+
+_CACHES: weakref.WeakKeyDictionary[Store, NameCache] = weakref.WeakKeyDictionary()
+_CACHES_LOCK = threading.Lock()
+
+
+def name_cache(store: Store) -> NameCache:
+    with _CACHES_LOCK:
+        cache = _CACHES.get(store)
+        if cache is None:
+            cache = _CACHES[store] = NameCache()
+        return cache
 
 
 def group_sum(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +161,122 @@ def merged_profile(store: Store, q: Query) -> Profile:
     for sid, value in zip(ids.tolist(), values.tolist(), strict=True):
         out.add(stacks[sid], value)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """A query's result as distinct stack ids and summed values, with what describes it."""
+
+    sample_type: str
+    unit: str
+    refs: list[StoredProfile]
+    stack_ids: np.ndarray
+    values: np.ndarray
+
+    @property
+    def period_ns(self) -> int:
+        return _dominant_period(self.refs)
+
+
+def merged(store: Store, q: Query, sample_type: str | None = None, unit: str | None = None) -> Merged:
+    """Every matching profile in range summed per stack id (for one (type, unit), resolved from `q`)."""
+    if sample_type is None:
+        sample_type, unit, refs = select(store, q)
+    else:
+        refs = store.select(q.selector, q.t0, q.t1, sample_type, unit)
+        unit = unit or (refs[0].series.unit if refs else "count")
+    if not refs:
+        empty = np.empty(0, np.int64)
+        return Merged(sample_type, unit or "count", refs, empty, empty)
+    cols = store.read(refs)
+    ids, values = group_sum(cols.stack, cols.value)
+    return Merged(sample_type, unit or "count", refs, ids, values)
+
+
+def _meta(m: Merged) -> dict[str, Any]:
+    return {"unit": m.unit, "type": m.sample_type, "period_ns": m.period_ns}
+
+
+def flamegraph(store: Store, q: Query, max_nodes: int | None = None) -> dict[str, Any]:
+    """The flame-graph payload (web/flamegraph.py) of the merged query."""
+    m = merged(store, q)
+    payload = flamegraph_from_stacks(name_cache(store).name_stacks(store, m.stack_ids, m.values), max_nodes)
+    payload.update(_meta(m))
+    return payload
+
+
+def folded(store: Store, q: Query) -> str:
+    m = merged(store, q)
+    return folded_from_stacks(name_cache(store).name_stacks(store, m.stack_ids, m.values))
+
+
+def speedscope(store: Store, q: Query, name: str) -> dict[str, Any]:
+    m = merged(store, q)
+    return speedscope_from_stacks(name_cache(store).name_stacks(store, m.stack_ids, m.values), name, m.unit)
+
+
+def _pair(store: Store, comp: Query, base: Query) -> tuple[Merged, Merged, NameStacks]:
+    """Both sides of a diff in one (type, unit) (resolved from the comparison), as two value columns."""
+    c = merged(store, comp)
+    b = merged(store, base, c.sample_type, c.unit if c.refs else None)
+    ids = np.union1d(c.stack_ids, b.stack_ids)
+    values = np.zeros((ids.size, 2), dtype=np.int64)
+    values[np.searchsorted(ids, b.stack_ids), 0] = b.values
+    values[np.searchsorted(ids, c.stack_ids), 1] = c.values
+    return b, c, name_cache(store).name_stacks(store, ids, values)
+
+
+def _per_count(m: Merged) -> tuple[float, bool]:
+    """How much value one sample is worth, for the significance test; False when values are not counts."""
+    if m.unit == "count":
+        return 1.0, True
+    if m.unit == "nanoseconds" and m.period_ns > 0:
+        return float(m.period_ns), True
+    return 1.0, False
+
+
+def diff(store: Store, comp: Query, base: Query, max_nodes: int | None = None, limit: int = 50) -> dict[str, Any]:
+    """Baseline vs comparison: the two-valued tree, per-function table and significant regressions."""
+    b, c, ns = _pair(store, comp, base)
+    payload = diff_tree_from_stacks(ns, max_nodes)
+    payload.update(_meta(c))
+    base_unit, base_counts = _per_count(b)
+    comp_unit, comp_counts = _per_count(c)
+    rows = diffmod.function_table(ns, base_unit, comp_unit, base_counts and comp_counts)
+    payload["functions"] = rows[:limit]
+    payload["regressions"] = diffmod.regressions(rows, limit)
+    payload["improvements"] = diffmod.improvements(rows, limit)
+    payload["rule"] = {"min_samples": diffmod.MIN_SAMPLES, "min_share_change": diffmod.MIN_SHARE_CHANGE,
+                       "alpha": diffmod.ALPHA, "tested": sum(1 for r in rows if r["p_value"] is not None),
+                       "test": "two-sided binomial, Bonferroni over tested functions"}
+    return payload
+
+
+def folded_diff(store: Store, comp: Query, base: Query, normalize: bool = False) -> str:
+    _, _, ns = _pair(store, comp, base)
+    return folded_diff_from_stacks(ns, normalize)
+
+
+def cpu_series(store: Store, q: Query, step_ns: int) -> dict[str, Any]:
+    """Value per step [t0 + k*step, t0 + (k+1)*step), from index metadata only (no sample data read).
+
+    Pre-aggregated blocks are used only when they fit inside one step, so every point is exact.
+    """
+    sample_type, unit = resolve_type(store, q)
+    refs = store.select(q.selector, q.t0, q.t1, sample_type, unit, align_ns=step_ns)
+    unit = unit or (refs[0].series.unit if refs else "count")
+    n = -(-(q.t1 - q.t0) // step_ns)
+    values = [0] * n
+    cpu_ns: list[int] | None = [0] * n if cpu_nanoseconds(sample_type, unit, refs) is not None else None
+    for r in refs:
+        k = (r.start_ns - q.t0) // step_ns
+        values[k] += r.total
+        if cpu_ns is not None:
+            cpu_ns[k] += r.total if unit == "nanoseconds" else r.total * r.period_ns
+    step_s = step_ns / 1e9
+    return {"from": q.t0 / 1e9, "to": q.t1 / 1e9, "step": step_s, "type": sample_type, "unit": unit,
+            "timestamps": [(q.t0 + k * step_ns) / 1e9 for k in range(n)], "values": values,
+            "cores": None if cpu_ns is None else [v / 1e9 / step_s for v in cpu_ns]}
 
 
 def profiles_by_series(store: Store, q: Query) -> tuple[str, str, list[Profile]]:

@@ -8,6 +8,13 @@ Layout of the default, designed so that merging many profiles is array arithmeti
   (series, start, duration, period, total, and where its samples are).
 - `blobs/NNNNNN/<blob id>.pfz`: one file per `put()`, a run of zstd frames, one per profile,
   each holding two integer columns (stack id, value) sorted by stack id.
+- Pre-aggregated blocks (web/compaction.py): as data ages, each series' profiles are summed into
+  aligned time buckets (level 1 = 10 min, level 2 = 1 h by default), stored like profiles with
+  their `level`; `compactions` records which buckets are complete. A put landing in a compacted
+  bucket marks it dirty until it is recompacted, so queries never read a stale block.
+- Retention (`enforce_retention`): a time limit and a disk budget cut the oldest data in small
+  transactions (ingest waits at most one batch); files are unlinked after a grace period, so a
+  query that already chose a block can still read it.
 
 A query reads only the frames of the matching profiles, concatenates their columns and
 sums values per stack id with numpy; stacks are resolved to frames once per distinct id.
@@ -36,9 +43,10 @@ import zstandard
 
 from podflame.model import Frame, FrameKind, Line, Profile, Stack, Unresolved
 from podflame.model import Mapping as ProcMapping
-from web.selector import Op, Selector
+from web.compaction import DEFAULT_LEVELS, bucket_of, plan
+from web.selector import MATCH_ALL, Op, Selector
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BLOBS_PER_DIR = 4096
 _FRAME_MAGIC = b"PFS1"
 _HEADER = struct.Struct("<4sBBI")  # magic, stack dtype code, value dtype code, rows
@@ -88,6 +96,14 @@ class PutResult:
     bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class RetentionResult:
+    cutoff_ns: int  # everything that started before this is gone (0: nothing was cut)
+    profiles: int  # rows deleted (raw profiles and pre-aggregated blocks)
+    files: int  # blob files unlinked (after their grace period)
+    bytes_used: int  # blob bytes + used index pages, after the pass
+
+
 class Store(ABC):
     """What the server needs from storage; backends must be safe to call from many threads."""
 
@@ -97,8 +113,14 @@ class Store(ABC):
 
     @abstractmethod
     def select(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
-               unit: str | None = None) -> list[StoredProfile]:
-        """Profiles whose series matches and whose start lies in [t0, t1), oldest first."""
+               unit: str | None = None, *, align_ns: int | None = None,
+               max_level: int | None = None) -> list[StoredProfile]:
+        """Profiles whose series matches and whose start lies in [t0, t1), oldest first.
+
+        A backend may answer with pre-aggregated blocks that sum exactly the profiles they replace;
+        with `align_ns` none crosses a boundary t0 + k * align_ns, `max_level` caps their coarseness
+        (0: raw profiles only).
+        """
 
     @abstractmethod
     def read(self, profiles: Sequence[StoredProfile]) -> Columns:
@@ -117,6 +139,15 @@ class Store(ABC):
     @abstractmethod
     def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
         """(sample type, unit) pairs with data in the range, sorted."""
+
+    def compact(self, now_ns: int | None = None, max_buckets: int = 64) -> int:
+        """Pre-aggregate aged buckets; returns how many were written. Backends may not pre-aggregate."""
+        return 0
+
+    def enforce_retention(self, max_age_ns: int | None, max_bytes: int | None,
+                          now_ns: int | None = None) -> RetentionResult:
+        """Delete the oldest data past a time limit or over a disk budget, without blocking writers."""
+        return RetentionResult(0, 0, 0, 0)
 
     @abstractmethod
     def close(self) -> None: ...
@@ -176,17 +207,34 @@ CREATE TABLE IF NOT EXISTS stacks (id INTEGER PRIMARY KEY, frames BLOB NOT NULL 
 CREATE TABLE IF NOT EXISTS series (
   id INTEGER PRIMARY KEY, sample_type TEXT NOT NULL, unit TEXT NOT NULL, labels TEXT NOT NULL,
   UNIQUE (labels, sample_type, unit));
-CREATE TABLE IF NOT EXISTS blobs (id INTEGER PRIMARY KEY, bytes INTEGER NOT NULL, created_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (
+  id INTEGER PRIMARY KEY, bytes INTEGER NOT NULL, created_ns INTEGER NOT NULL,
+  max_start_ns INTEGER NOT NULL DEFAULT 0, deleted_ns INTEGER);
 CREATE TABLE IF NOT EXISTS profiles (
   id INTEGER PRIMARY KEY, series INTEGER NOT NULL, start_ns INTEGER NOT NULL, duration_ns INTEGER NOT NULL,
   period_ns INTEGER NOT NULL, total INTEGER NOT NULL, n_samples INTEGER NOT NULL,
-  blob INTEGER NOT NULL, off INTEGER NOT NULL, len INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS profiles_by_series_time ON profiles (series, start_ns);
+  blob INTEGER NOT NULL, off INTEGER NOT NULL, len INTEGER NOT NULL, level INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS compactions (
+  level INTEGER NOT NULL, bucket_ns INTEGER NOT NULL, state INTEGER NOT NULL,
+  PRIMARY KEY (level, bucket_ns)) WITHOUT ROWID;
+"""
+
+# Created after migrations (they name columns a version-1 store lacks).
+_INDEXES = """
+DROP INDEX IF EXISTS profiles_by_series_time;
+CREATE INDEX IF NOT EXISTS profiles_by_series_level_time ON profiles (series, level, start_ns);
+CREATE INDEX IF NOT EXISTS profiles_by_level_time ON profiles (level, start_ns);
 CREATE INDEX IF NOT EXISTS profiles_by_time ON profiles (start_ns);
+CREATE INDEX IF NOT EXISTS profiles_by_blob ON profiles (blob);
+CREATE INDEX IF NOT EXISTS blobs_by_age ON blobs (max_start_ns);
 """
 
 # More matched series than this and a time-range scan beats one index probe per series.
 _MAX_SERIES_PROBES = 256
+_DONE, _DIRTY = 1, 2  # compactions.state
+DELETE_BATCH = 2000  # rows per retention transaction: what a concurrent put may wait for
+UNLINK_GRACE_NS = 30 * 1_000_000_000  # a query that picked a block before its deletion can still read it
+COMPACTION_DELAY_NS = 60 * 1_000_000_000  # a bucket is compacted this long after it ends (late drains)
 _U64 = 1 << 64
 
 
@@ -213,13 +261,17 @@ class SqliteStore(Store):
     files are read and decompressed outside the lock so queries run concurrently.
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, synchronous: str = "FULL", zstd_level: int = 3) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *, synchronous: str = "FULL", zstd_level: int = 3,
+                 levels: Sequence[int] = DEFAULT_LEVELS) -> None:
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError("synchronous must be NORMAL, FULL or EXTRA (anything less is not durable)")
         self.dir = Path(data_dir)
         self.blob_dir = self.dir / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.zstd_level = zstd_level
+        self.levels = tuple(sorted(levels))
+        if any(b % a for a, b in zip(self.levels, self.levels[1:], strict=False)):
+            raise ValueError("each bucket width must be a multiple of the finer one")
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.dir / "index.sqlite", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -231,10 +283,50 @@ class SqliteStore(Store):
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:
             raise RuntimeError(f"{self.dir} was written by a newer podflame (schema {row[0]} > {SCHEMA_VERSION})")
+        elif int(row[0]) < SCHEMA_VERSION:
+            self._migrate(int(row[0]))
+        self._db.executescript(_INDEXES)
         self._reset_caches()
         self._load_series()
+        self._load_compactions()
         self._sweep_orphans()
         self._closed = False
+
+    def _migrate(self, version: int) -> None:
+        """Version 1 -> 2: profile levels, blob ages and deletion marks (old rows are raw, age from rows)."""
+        with self._db:
+            self._db.execute("ALTER TABLE profiles ADD COLUMN level INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("ALTER TABLE blobs ADD COLUMN max_start_ns INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("ALTER TABLE blobs ADD COLUMN deleted_ns INTEGER")
+            self._db.execute("UPDATE blobs SET max_start_ns = coalesce((SELECT max(start_ns) FROM profiles "
+                             "WHERE blob = blobs.id), 0)")
+            self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+
+    def _meta(self, key: str, default: int = 0) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return int(row[0]) if row else default
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                         (key, str(value)))
+
+    def _load_compactions(self) -> None:
+        """Which buckets are complete (per level, sorted, for the planner) and which are dirty."""
+        self._floor = self._meta("retention_floor_ns")
+        self._watermark = [self._meta(f"compacted_through_{lv}") for lv in range(1, len(self.levels) + 1)]
+        self._done_sets: list[set[int]] = [set() for _ in self.levels]
+        self._dirty: set[tuple[int, int]] = set()
+        for level, bucket, state in self._db.execute("SELECT level, bucket_ns, state FROM compactions"):
+            if not 1 <= level <= len(self.levels):
+                continue  # written with other level settings: ignored, as if never compacted
+            if state == _DONE:
+                self._done_sets[level - 1].add(bucket)
+            else:
+                self._dirty.add((level, bucket))
+        self._refresh_done()
+
+    def _refresh_done(self) -> None:
+        self._done = [sorted(d) for d in self._done_sets]
 
     # -- caches --------------------------------------------------------------------------------
 
@@ -264,7 +356,10 @@ class SqliteStore(Store):
             self._postings[k][v].add(s.id)
 
     def _sweep_orphans(self) -> None:
-        """Remove blob files a crash left behind before their index rows committed."""
+        """Remove blob files a crash left behind: before their rows committed, or after their deletion."""
+        for (blob_id,) in self._db.execute("SELECT id FROM blobs WHERE deleted_ns IS NOT NULL").fetchall():
+            self._blob_path(blob_id).unlink(missing_ok=True)
+        self._db.execute("DELETE FROM blobs WHERE deleted_ns IS NOT NULL")
         (max_id,) = self._db.execute("SELECT coalesce(max(id), 0) FROM blobs").fetchone()
         for d in sorted(self.blob_dir.glob("[0-9]*"))[-2:]:
             for f in d.glob("*.pfz"):
@@ -375,15 +470,17 @@ class SqliteStore(Store):
                                  int(stack_ids.size)))
                     n_samples += int(stack_ids.size)
                 nbytes = sum(len(f) for f in frames_out)
-                blob_id = self._db.execute("INSERT INTO blobs (bytes, created_ns) VALUES (?, ?)",
-                                           (nbytes, time.time_ns())).lastrowid
+                blob_id = self._db.execute("INSERT INTO blobs (bytes, created_ns, max_start_ns) VALUES (?, ?, ?)",
+                                           (nbytes, time.time_ns(), max(r[1] for r in rows))).lastrowid
                 path = self._blob_path(blob_id)
                 _write_durably(path, frames_out)
-                off = 0
-                for row, frame in zip(rows, frames_out, strict=True):
-                    self._db.execute("INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples,"
-                                     " blob, off, len) VALUES (?,?,?,?,?,?,?,?,?)", (*row, blob_id, off, len(frame)))
-                    off += len(frame)
+                offsets = np.cumsum([0, *(len(f) for f in frames_out)]).tolist()
+                self._db.executemany(
+                    "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples, blob, off, len)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    [(*row, blob_id, offsets[i], len(frame)) for i, (row, frame) in enumerate(zip(rows, frames_out,
+                                                                                                  strict=True))])
+                dirtied = self._mark_dirty({r[1] for r in rows})
                 self._db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -395,7 +492,23 @@ class SqliteStore(Store):
                 for sid in set(self._series) - series_before:
                     self._drop_series(sid)
                 raise
+            for level, bucket in dirtied:  # only once committed: the planner must not use these now
+                self._done_sets[level - 1].discard(bucket)
+                self._dirty.add((level, bucket))
+            if dirtied:
+                self._refresh_done()
             return PutResult(len(profiles), n_samples, nbytes)
+
+    def _mark_dirty(self, starts: set[int]) -> list[tuple[int, int]]:
+        """Buckets compaction already passed that these start times fall in: they need (re)compaction."""
+        out = []
+        for i, width in enumerate(self.levels):
+            for bucket in {bucket_of(t, width) for t in starts}:
+                if bucket < self._watermark[i] and (i + 1, bucket) not in self._dirty and bucket >= self._floor:
+                    self._db.execute("INSERT INTO compactions VALUES (?, ?, ?) ON CONFLICT (level, bucket_ns) "
+                                     "DO UPDATE SET state=excluded.state", (i + 1, bucket, _DIRTY))
+                    out.append((i + 1, bucket))
+        return out
 
     def _drop_series(self, sid: int) -> None:
         s = self._series.pop(sid)
@@ -435,33 +548,46 @@ class SqliteStore(Store):
                    and (unit is None or self._series[i].unit == unit)}
         return ids
 
+    def _plan(self, t0: int, t1: int, align_ns: int | None = None,
+              max_level: int | None = None) -> list[tuple[int, int, int]]:
+        return plan(t0, t1, self.levels, self._done, self._floor, align_ns, max_level)
+
     def _active(self, ids: set[int], t0: int, t1: int) -> set[int]:
         """The subset of series ids with at least one profile starting in [t0, t1)."""
         if not ids:
             return set()
+        pieces = self._plan(t0, t1)
         if len(ids) <= _MAX_SERIES_PROBES:
-            q = "SELECT 1 FROM profiles WHERE series=? AND start_ns>=? AND start_ns<? LIMIT 1"
-            return {i for i in ids if self._db.execute(q, (i, t0, t1)).fetchone()}
-        rows = self._db.execute("SELECT DISTINCT series FROM profiles WHERE start_ns>=? AND start_ns<?", (t0, t1))
-        return {r[0] for r in rows} & ids
+            q = "SELECT 1 FROM profiles WHERE series=? AND level=? AND start_ns>=? AND start_ns<? LIMIT 1"
+            return {i for i in ids if any(self._db.execute(q, (i, *p)).fetchone() for p in pieces)}
+        out: set[int] = set()
+        for p in pieces:
+            out.update(r[0] for r in self._db.execute(
+                "SELECT DISTINCT series FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?", p))
+        return out & ids
 
     def select(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
-               unit: str | None = None) -> list[StoredProfile]:
+               unit: str | None = None, *, align_ns: int | None = None,
+               max_level: int | None = None) -> list[StoredProfile]:
         with self._lock:
             self._check_open()
             ids = self._match_series(selector, sample_type, unit)
             if not ids:
                 return []
             cols = "series, start_ns, duration_ns, period_ns, total, blob, off, len"
+            rows: list[tuple] = []
+            pieces = self._plan(t0, t1, align_ns, max_level)
             if len(ids) <= _MAX_SERIES_PROBES:
-                rows: list[tuple] = []
                 for chunk in _chunks(sorted(ids), 200):
                     marks = ",".join("?" * len(chunk))
-                    rows += self._db.execute(f"SELECT {cols} FROM profiles WHERE series IN ({marks}) "
-                                             "AND start_ns>=? AND start_ns<?", (*chunk, t0, t1)).fetchall()
+                    sql = (f"SELECT {cols} FROM profiles WHERE series IN ({marks}) "
+                           "AND level=? AND start_ns>=? AND start_ns<?")
+                    for piece in pieces:
+                        rows += self._db.execute(sql, (*chunk, *piece)).fetchall()
             else:
-                rows = [r for r in self._db.execute(f"SELECT {cols} FROM profiles WHERE start_ns>=? AND start_ns<?",
-                                                    (t0, t1)) if r[0] in ids]
+                sql = f"SELECT {cols} FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?"
+                for piece in pieces:
+                    rows += [r for r in self._db.execute(sql, piece) if r[0] in ids]
             series = self._series
         rows.sort(key=lambda r: (r[1], r[0]))
         return [StoredProfile(series[r[0]], r[1], r[2], r[3], r[4], _Handle(r[5], r[6], r[7])) for r in rows]
@@ -532,6 +658,196 @@ class SqliteStore(Store):
         for sid, s in self._fetch("SELECT id, s FROM strings WHERE id IN ({})", missing):
             self._strings[sid] = s
 
+    # -- pre-aggregation -------------------------------------------------------------------------
+
+    def compact(self, now_ns: int | None = None, max_buckets: int = 64) -> int:
+        """Write up to `max_buckets` complete buckets (dirty ones first, then newly aged ones, fine to coarse).
+
+        The bucket's data is read and summed outside the lock; the write commits only if no profile
+        landed in the bucket meanwhile (else the bucket is retried on the next pass).
+        """
+        now = time.time_ns() if now_ns is None else now_ns
+        done = 0
+        for i, width in enumerate(self.levels):
+            level = i + 1
+            with self._lock:
+                self._check_open()
+                todo = sorted(b for lv, b in self._dirty if lv == level)
+                eligible_end = bucket_of(now - COMPACTION_DELAY_NS, width)  # buckets ending by then
+                start = max(self._watermark[i], bucket_of(self._floor, width) + (width if self._floor % width else 0))
+                fresh: list[int] = []
+                if start < eligible_end:
+                    fresh = [r[0] for r in self._db.execute(
+                        "SELECT DISTINCT start_ns - (start_ns % ?) FROM profiles WHERE level=0 AND start_ns>=? "
+                        "AND start_ns<? ORDER BY 1", (width, start, eligible_end))]
+            for bucket in todo:
+                if done >= max_buckets:
+                    return done
+                done += self._compact_bucket(level, bucket)
+            for bucket in fresh:
+                if done >= max_buckets:
+                    with self._lock:
+                        self._advance_watermark(i, bucket)
+                    return done
+                done += self._compact_bucket(level, bucket)
+            if start < eligible_end:
+                with self._lock:
+                    self._advance_watermark(i, eligible_end)
+        return done
+
+    def _advance_watermark(self, i: int, value: int) -> None:
+        if value > self._watermark[i] and not self._closed:
+            self._set_meta(f"compacted_through_{i + 1}", value)
+            self._watermark[i] = value
+
+    def _compact_bucket(self, level: int, bucket: int) -> int:
+        width = self.levels[level - 1]
+        end = bucket + width
+        with self._lock:
+            self._check_open()
+            if bucket < self._floor:
+                return 0
+            (seen,) = self._db.execute("SELECT coalesce(max(id), 0) FROM profiles").fetchone()
+            refs = self.select(MATCH_ALL, bucket, end, max_level=level - 1)
+        frames_out: list[bytes] = []
+        rows: list[tuple] = []
+        if refs:
+            cols = self.read(refs)
+            series_ids = np.array([r.series.id for r in refs], dtype=np.int64)
+            keys, values = _group_sum((series_ids[cols.profile] << 32) | cols.stack, cols.value)
+            series_of = keys >> 32
+            bounds = np.flatnonzero(np.concatenate(([True], series_of[1:] != series_of[:-1], [True])))
+            by_series: dict[int, list[StoredProfile]] = defaultdict(list)
+            for r in refs:
+                by_series[r.series.id].append(r)
+            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+                sid = int(series_of[a])
+                group = by_series[sid]
+                first = min(r.start_ns for r in group)
+                last = max(r.start_ns + r.duration_ns for r in group)
+                weight: dict[int, int] = defaultdict(int)
+                for r in group:
+                    weight[r.period_ns] += abs(r.total) or 1
+                period = max(weight.items(), key=lambda kv: (kv[1], kv[0]))[0]
+                stack, value = keys[a:b] & 0xFFFFFFFF, values[a:b]
+                frames_out.append(encode_columns(stack, value, self.zstd_level))
+                rows.append((sid, first, last - first, period, int(value.sum()), int(stack.size)))
+        with self._lock:
+            self._check_open()
+            changed = self._db.execute("SELECT 1 FROM profiles WHERE id>? AND level<? AND start_ns>=? AND start_ns<? "
+                                       "LIMIT 1", (seen, level, bucket, end)).fetchone()
+            if changed or bucket < self._floor:
+                return 0
+            path = None
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                old = [r[0] for r in self._db.execute(
+                    "SELECT DISTINCT blob FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?",
+                    (level, bucket, end))]
+                self._db.execute("DELETE FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?",
+                                 (level, bucket, end))
+                self._release_blobs(old)
+                if rows:
+                    nbytes = sum(len(f) for f in frames_out)
+                    blob_id = self._db.execute(
+                        "INSERT INTO blobs (bytes, created_ns, max_start_ns) VALUES (?, ?, ?)",
+                        (nbytes, time.time_ns(), max(r[1] for r in rows))).lastrowid
+                    path = self._blob_path(blob_id)
+                    _write_durably(path, frames_out)
+                    offsets = np.cumsum([0, *(len(f) for f in frames_out)]).tolist()
+                    self._db.executemany(
+                        "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples, blob, off,"
+                        " len, level) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        [(*row, blob_id, offsets[j], len(f), level)
+                         for j, (row, f) in enumerate(zip(rows, frames_out, strict=True))])
+                self._db.execute("INSERT INTO compactions VALUES (?, ?, ?) ON CONFLICT (level, bucket_ns) "
+                                 "DO UPDATE SET state=excluded.state", (level, bucket, _DONE))
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                if path is not None:
+                    path.unlink(missing_ok=True)
+                raise
+            self._dirty.discard((level, bucket))
+            self._done_sets[level - 1].add(bucket)
+            self._refresh_done()
+            return 1
+
+    def _release_blobs(self, blob_ids: Iterable[int]) -> None:
+        """Mark blobs no profile row points at any more; their files go after the grace period."""
+        now = time.time_ns()
+        for blob_id in blob_ids:
+            self._db.execute("UPDATE blobs SET deleted_ns=? WHERE id=? AND deleted_ns IS NULL AND NOT EXISTS "
+                             "(SELECT 1 FROM profiles WHERE blob=?)", (now, blob_id, blob_id))
+
+    # -- retention -------------------------------------------------------------------------------
+
+    def bytes_used(self) -> int:
+        """Blob bytes (including files waiting for their grace period) plus the index's used pages."""
+        with self._lock:
+            self._check_open()
+            (blobs,) = self._db.execute("SELECT coalesce(sum(bytes), 0) FROM blobs").fetchone()
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0] - \
+                self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            return int(blobs) + pages * self._db.execute("PRAGMA page_size").fetchone()[0]
+
+    def enforce_retention(self, max_age_ns: int | None, max_bytes: int | None,
+                          now_ns: int | None = None, grace_ns: int = UNLINK_GRACE_NS) -> RetentionResult:
+        """Cut everything that started before now - max_age, and the oldest blobs until under max_bytes.
+
+        Rows go in transactions of DELETE_BATCH with the lock released in between, so a concurrent
+        put waits for one batch at most; files are unlinked outside the lock once `grace_ns` passed.
+        """
+        now = time.time_ns() if now_ns is None else now_ns
+        cutoff = now - max_age_ns if max_age_ns else 0
+        if max_bytes is not None:
+            excess = self.bytes_used() - max_bytes
+            if excess > 0:
+                with self._lock:
+                    freed = 0
+                    for max_start, nbytes in self._db.execute(
+                            "SELECT max_start_ns, bytes FROM blobs WHERE deleted_ns IS NULL ORDER BY max_start_ns"):
+                        freed += nbytes
+                        cutoff = max(cutoff, max_start + 1)
+                        if freed >= excess:
+                            break
+        deleted = 0
+        if cutoff > self._floor:
+            with self._lock:
+                self._check_open()
+                self._set_meta("retention_floor_ns", cutoff)
+                self._floor = cutoff  # from now on the planner ignores buckets the cut makes partial
+            while True:
+                with self._lock:
+                    self._check_open()
+                    batch = self._db.execute("SELECT id, blob FROM profiles WHERE start_ns<? LIMIT ?",
+                                             (cutoff, DELETE_BATCH)).fetchall()
+                    if not batch:
+                        break
+                    with self._db:
+                        self._db.execute("BEGIN IMMEDIATE")
+                        self._db.executemany("DELETE FROM profiles WHERE id=?", [(r[0],) for r in batch])
+                        self._release_blobs({r[1] for r in batch})
+                        self._db.execute("DELETE FROM compactions WHERE bucket_ns<?",
+                                         (bucket_of(cutoff, self.levels[0]) if self.levels else cutoff,))
+                    deleted += len(batch)
+                time.sleep(0)  # let a waiting put take the lock
+        files = self._unlink_released(now - grace_ns)
+        return RetentionResult(cutoff if cutoff > 0 else 0, deleted, files, self.bytes_used())
+
+    def _unlink_released(self, before_ns: int) -> int:
+        with self._lock:
+            self._check_open()
+            ids = [r[0] for r in self._db.execute("SELECT id FROM blobs WHERE deleted_ns IS NOT NULL AND deleted_ns<=?",
+                                                  (before_ns,))]
+        for blob_id in ids:
+            self._blob_path(blob_id).unlink(missing_ok=True)
+        with self._lock:
+            self._check_open()
+            self._db.executemany("DELETE FROM blobs WHERE id=?", [(i,) for i in ids])
+        return len(ids)
+
     def label_names(self, t0: int, t1: int, selector: Selector | None = None) -> list[str]:
         with self._lock:
             self._check_open()
@@ -570,6 +886,16 @@ class SqliteStore(Store):
             if not self._closed:
                 self._closed = True
                 self._db.close()
+
+
+def _group_sum(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys (sorted) and the exact int64 sum of values for each."""
+    if keys.size == 0:
+        return keys, values
+    order = np.argsort(keys, kind="stable")
+    k, v = keys[order], values[order]
+    starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
+    return k[starts], np.add.reduceat(v, starts)
 
 
 def _sum_by(inverse: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
