@@ -83,7 +83,7 @@ def _start_agent(server_url: str, frequency: int, interval: float, node: str | N
         pod_filter.start()
     symbolizer = Symbolizer(ctx.maps)
     uploader = Uploader(server_url, node=ctx.node)
-    agent = Agent(sampler, ctx, symbolizer.symbolize, uploader, pod_labels=KubeletLabels(kube), interval=interval)
+    agent = Agent(sampler, ctx, symbolizer, uploader, pod_labels=KubeletLabels(kube), interval=interval)
     thread = threading.Thread(target=agent.run, name="podflame-agent", daemon=True)
     thread.start()
     what = "every process" if selection.everything else f"only pods with {_describe(selection)}"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from podflame.model import Frame, FrameKind, Line, Profile
+from podflame.model import Frame, FrameKind, Line, Profile, Unresolved
 from profiler import metrics
 
 if TYPE_CHECKING:
@@ -95,8 +95,11 @@ def stack_of(sample: RawSample, ctx: Context) -> tuple[Frame, ...]:
     return tuple(frames)
 
 
-def build_profiles(drain: Drain, ctx: Context, period_ns: int) -> list[Profile]:
-    """One unsymbolized Profile per (cgroup, process) seen in the drain; pod labels come later."""
+def build_profiles(drain: Drain, ctx: Context, period_ns: int,
+                   stack: Callable[[RawSample], tuple[Frame, ...]] | None = None) -> list[Profile]:
+    """One Profile per (cgroup, process) seen in the drain; pod labels come later.
+
+    Frames are unsymbolized unless `stack` (e.g. a `StackMemo`) returns symbolized ones."""
     ctx.maps.refresh({s.tgid for s in drain.samples if s.tgid})
     by_key: dict[tuple[int, int], Profile] = {}
     paths: dict[int, str] = {}
@@ -111,8 +114,53 @@ def build_profiles(drain: Drain, ctx: Context, period_ns: int) -> list[Profile]:
                 labels={"cgroup": path, "node": ctx.node, "comm": ctx.process_name(s.tgid, s.comm),
                         "pid": str(s.tgid)},
                 start_ns=drain.start_ns, duration_ns=drain.end_ns - drain.start_ns, period_ns=period_ns)
-        prof.add(stack_of(s, ctx), s.count)
+        prof.add(stack(s) if stack is not None else stack_of(s, ctx), s.count)
     return list(by_key.values())
+
+
+class StackMemo:
+    """Symbolized stacks by (process, raw stack), so a stack seen in an earlier drain costs one dict lookup.
+
+    In steady state most samples repeat a stack (hot loops), which is what keeps the agent
+    cheap. Stacks with frames whose process maps were not known are not kept (they may resolve
+    later), and the memo is bounded and rebuilt every `max_age_drains` so pid reuse and exec
+    cannot keep stale names for long.
+    """
+
+    _RETRY = frozenset({Unresolved.NO_MAPPING, Unresolved.PROCESS_GONE})
+
+    def __init__(self, ctx: Context, symbolizer, *, max_entries: int = 100_000, max_age_drains: int = 30) -> None:
+        self.ctx = ctx
+        self.symbolizer = symbolizer
+        self.max_entries = max_entries
+        self.max_age_drains = max_age_drains
+        self.memo: dict[tuple, tuple[Frame, ...]] = {}
+        self._per_process: dict[int, Callable[[tuple[Frame, ...]], tuple[Frame, ...]]] = {}
+        self._drains = 0
+        self.hits = self.misses = 0
+
+    def begin_drain(self) -> None:
+        self._per_process = {}
+        self._drains += 1
+        if self._drains % self.max_age_drains == 0:
+            self.memo.clear()
+
+    def __call__(self, s: RawSample) -> tuple[Frame, ...]:
+        key = (s.tgid, s.user_stack, s.kernel_stack, s.user_error, s.kernel_error)
+        hit = self.memo.get(key)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        self.misses += 1
+        fn = self._per_process.get(s.tgid)
+        if fn is None:
+            fn = self._per_process[s.tgid] = self.symbolizer.for_process(s.tgid or None)
+        stack = fn(stack_of(s, self.ctx))
+        if not any(f.reason in self._RETRY for f in stack):
+            if len(self.memo) >= self.max_entries:
+                self.memo.clear()
+            self.memo[key] = stack
+        return stack
 
 
 class PodLabels:
@@ -201,25 +249,28 @@ def create_context(node: str | None) -> Context:
 class Agent:
     """Drains every `interval` seconds and hands symbolized profiles to `sink` (an uploader)."""
 
-    def __init__(self, sampler, ctx: Context, symbolize: Callable[[Profile], Profile], sink: Sink, *,
+    def __init__(self, sampler, ctx: Context, symbolizer, sink: Sink, *,
                  pod_labels: PodLabeler | None = None, interval: float = 10.0) -> None:
         self.sampler = sampler
         self.ctx = ctx
         self.pods = PodLabels(pod_labels or KubeletLabels())
-        self.symbolize = symbolize
+        self.stacks = StackMemo(ctx, symbolizer)  # symbolizer: symbolizer.Symbolizer
         self.sink = sink
         self.interval = interval
         self.period_ns = sampler.period_ns
         self._stop = threading.Event()
         self._last_errors: dict[str, int] = {}
+        self.last_drain_at: float | None = None  # time.monotonic() of the last successful drain (health)
 
     def drain_once(self) -> list[Profile]:
         t0 = time.process_time()
         drain = self.sampler.drain()
-        profiles = self.pods([self.symbolize(p) for p in build_profiles(drain, self.ctx, self.period_ns)])
+        self.stacks.begin_drain()
+        profiles = self.pods(build_profiles(drain, self.ctx, self.period_ns, self.stacks))
         metrics.record_drain(drain, profiles, self._last_errors)
         self._last_errors = dict(drain.errors)
         metrics.DRAIN_CPU.observe(time.process_time() - t0)
+        self.last_drain_at = time.monotonic()
         return profiles
 
     def run(self) -> None:

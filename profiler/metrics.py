@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -33,15 +34,12 @@ def record_drain(drain: Drain, profiles: list[Profile], last_errors: dict[str, i
         delta = value - last_errors.get(cause, 0)
         if delta > 0:
             SAMPLER_ERRORS.labels(cause).inc(delta)
-    resolved = unresolved = 0
+    outcomes: collections.Counter[str] = collections.Counter()
     for p in profiles:
         for stack in p.samples:
             for frame in stack:
-                if frame.lines:
-                    resolved += 1
-                else:
-                    unresolved += 1
-                    FRAMES.labels(str(frame.reason or "unsymbolized")).inc()
-    FRAMES.labels("resolved").inc(resolved)
-    if resolved + unresolved:
-        RESOLVED_SHARE.set(resolved / (resolved + unresolved))
+                outcomes["resolved" if frame.lines else str(frame.reason or "unsymbolized")] += 1
+    for outcome, n in outcomes.items():
+        FRAMES.labels(outcome).inc(n)
+    if total := sum(outcomes.values()):
+        RESOLVED_SHARE.set(outcomes["resolved"] / total)

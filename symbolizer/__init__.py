@@ -104,9 +104,23 @@ class Symbolizer:
                       period_ns=profile.period_ns, sample_type=profile.sample_type, unit=profile.unit)
         with self._lock:
             for stack, value in profile.samples.items():
-                leaf = len(stack) - 1
-                out.add(tuple(self._frame(f, i == leaf, call) for i, f in enumerate(stack)), value)
+                out.add(self._stack(stack, call), value)
         return out
+
+    def for_process(self, pid: int | None) -> Callable[[tuple[Frame, ...]], tuple[Frame, ...]]:
+        """Symbolize single root-first stacks of one process, for callers that memoize whole stacks
+        (the agent: most samples of a drain repeat a stack seen before). Use one per process per drain."""
+        call = _Call(pid)
+
+        def symbolize_stack(stack: tuple[Frame, ...]) -> tuple[Frame, ...]:
+            with self._lock:
+                return self._stack(stack, call)
+
+        return symbolize_stack
+
+    def _stack(self, stack: tuple[Frame, ...], call: _Call) -> tuple[Frame, ...]:
+        leaf = len(stack) - 1
+        return tuple(self._frame(f, i == leaf, call) for i, f in enumerate(stack))
 
     def stats(self) -> dict[str, int]:
         """Distinct frames per profile by outcome (`resolved` or an Unresolved value), plus cache work."""

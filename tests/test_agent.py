@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
-from podflame.model import FrameKind, Mapping
-from profiler.agent import Context, PodLabels, build_profiles
+from podflame.model import FrameKind, Line, Mapping, Unresolved
+from profiler.agent import Context, PodLabels, StackMemo, build_profiles
 
 EXE = Mapping(0x400000, 0x500000, 0, "/opt/app/bin/app")
 
@@ -116,3 +117,30 @@ def test_held_profiles_ship_with_best_effort_labels_after_the_hold() -> None:
     assert late.labels["pod_uid"] == "1" and "pod" not in late.labels and late.total() == 2
     stage(_two_profiles())
     assert [p.labels["pod_uid"] for p in stage.flush()] == ["1"]  # shutdown ships what is held
+
+
+class CountingSymbolizer:
+    """Names frames inside EXE, leaves others unresolved with no mapping; counts the work done."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def for_process(self, pid):
+        def symbolize_stack(stack):
+            self.calls += 1
+            return tuple(replace(f, lines=(Line(f"fn_{f.address:x}"),)) if f.mapping else
+                         replace(f, reason=Unresolved.NO_MAPPING) for f in stack)
+        return symbolize_stack
+
+
+def test_stack_memo_symbolizes_a_repeated_stack_once_but_retries_unmapped_ones() -> None:
+    sym = CountingSymbolizer()
+    memo = StackMemo(ctx(), sym)
+    drain = SimpleNamespace(start_ns=0, end_ns=1, errors={}, samples=[
+        raw(user=(0x401000, 0x400100), count=3), raw(cgroup_id=9, tgid=50, pid=50, user=(0x1234,), count=1)])
+    for _ in range(3):
+        memo.begin_drain()
+        profiles = build_profiles(drain, ctx(), 10, memo)
+    assert sym.calls == 1 + 3  # the mapped stack once; the unmapped one every drain (its maps may come)
+    app = next(p for p in profiles if p.labels["pid"] == "42")
+    assert dict(app.name_stacks()) == {("fn_400100", "fn_401000"): 3}

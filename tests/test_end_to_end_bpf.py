@@ -56,7 +56,7 @@ def test_pod_flame_graph_and_pprof_from_a_real_sampled_process(tmp_path: Path) -
         ctx = create_context("test-node")
         sampler = Sampler(FREQUENCY)
         uploader = Uploader(url, node=ctx.node)
-        agent = Agent(sampler, ctx, Symbolizer(ctx.maps).symbolize, uploader, interval=2.0)
+        agent = Agent(sampler, ctx, Symbolizer(ctx.maps), uploader, interval=2.0)
         thread = threading.Thread(target=agent.run, daemon=True)
         thread.start()
         try:

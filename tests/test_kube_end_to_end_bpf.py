@@ -93,7 +93,7 @@ def rig(tmp_path: Path, cg: PodCgroup, *, interval: float, namespaces: str | Non
             pod_filter = PodCgroupFilter(sampler, kube, selection, ctx.cgroups, period=0.2)
             pod_filter.start()
         uploader = Uploader(url, node=NODE)
-        agent = Agent(sampler, ctx, Symbolizer(ctx.maps).symbolize, uploader, pod_labels=KubeletLabels(kube),
+        agent = Agent(sampler, ctx, Symbolizer(ctx.maps), uploader, pod_labels=KubeletLabels(kube),
                       interval=interval)
         thread = threading.Thread(target=agent.run, daemon=True)
         landed: list[bool] = []
