@@ -49,9 +49,92 @@ def _make_http_server(app, host: str, port: int):
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
 
 
+class AgentHealth:
+    """The agent's /healthz: 200 while drains succeed, 503 while starting (compiling the sampler) or when
+    no drain succeeded for `stale_after` seconds (3 intervals, at least 30 s) or the drain loop died.
+
+    Uploads failing do not make the agent unhealthy: it keeps a backlog and retries, and restarting it
+    would lose that backlog. The body says what was checked.
+    """
+
+    def __init__(self, interval: float, clock=time.monotonic) -> None:
+        self.stale_after = max(3 * interval, 30.0)
+        self.clock = clock
+        self.agent = None
+        self.thread: threading.Thread | None = None
+        self.attached_at: float | None = None
+        self.kube = None
+
+    def attach(self, agent, thread: threading.Thread, kube=None) -> None:
+        self.agent, self.thread, self.kube = agent, thread, kube
+        self.attached_at = self.clock()
+
+    def check(self) -> tuple[int, dict]:
+        now = self.clock()
+        body: dict = {"status": "starting", "last_drain_seconds_ago": None, "stale_after_seconds": self.stale_after}
+        if self.kube is not None:
+            body["pods_synced"] = self.kube.synced
+        if self.agent is None or self.thread is None or self.attached_at is None:
+            return 503, body  # the sampler is still compiling
+        last = self.agent.last_drain_at
+        if last is not None:
+            body["last_drain_seconds_ago"] = round(now - last, 3)
+        if not self.thread.is_alive():
+            body["status"] = "stopped"
+            return 503, body
+        since = now - (last if last is not None else self.attached_at)
+        if since > self.stale_after:
+            body["status"] = "stale"
+            return 503, body
+        body["status"] = "ok"
+        return 200, body
+
+
+def _serve_agent_http(host: str, port: int, health: AgentHealth):
+    """/metrics (Prometheus) and /healthz on the agent's --metrics address, in a daemon thread."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+    import profiler.metrics  # noqa: F401  (the agent's metrics exist, at zero, from the first scrape)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # probes every few seconds: keep the log for real events
+            pass
+
+        def _send(self, code: int, ctype: str, data: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+            elif path == "/healthz":
+                code, body = health.check()
+                self._send(code, "application/json", json.dumps(body).encode())
+            else:
+                self._send(404, "application/json", b'{"error": "not found: /metrics and /healthz are served here"}')
+
+        do_HEAD = do_GET
+
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as e:
+        raise click.ClickException(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="podflame-metrics", daemon=True).start()
+    return server
+
+
 def _start_agent(server_url: str, frequency: int, interval: float, node: str | None, *,
                  namespaces: str | None = None, exclude_namespaces: str | None = None,
-                 pod_selector: str | None = None):
+                 pod_selector: str | None = None, health: AgentHealth | None = None):
     from profiler.agent import Agent, KubeletLabels, create_context
     from profiler.kube import KubeMetadata
     from profiler.sampler import Sampler, SamplerError
@@ -86,6 +169,8 @@ def _start_agent(server_url: str, frequency: int, interval: float, node: str | N
     agent = Agent(sampler, ctx, symbolizer, uploader, pod_labels=KubeletLabels(kube), interval=interval)
     thread = threading.Thread(target=agent.run, name="podflame-agent", daemon=True)
     thread.start()
+    if health is not None:
+        health.attach(agent, thread, kube)
     what = "every process" if selection.everything else f"only pods with {_describe(selection)}"
     click.echo(f"podflame agent: sampling {what} on node {ctx.node!r}, shipping every {interval:g}s to {server_url}",
                err=True)
@@ -175,7 +260,8 @@ def server(listen: str, data_dir: str) -> None:
 @click.option("--frequency", default=19, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
-@click.option("--metrics", "metrics_listen", default=None, help="HOST:PORT to serve the agent's /metrics on.")
+@click.option("--metrics", "metrics_listen", default=None,
+              help="HOST:PORT to serve the agent's /metrics and /healthz on.")
 @click.option("--namespaces", envvar="PODFLAME_NAMESPACES", default=None,
               help="Sample only pods of these namespaces (comma-separated; $PODFLAME_NAMESPACES). "
                    "Applied in the kernel; with any pod option, processes outside pods are not sampled.")
@@ -187,13 +273,12 @@ def agent(server_url: str, frequency: int, interval: float, node_name: str | Non
           namespaces: str | None, exclude_namespaces: str | None, pod_selector: str | None) -> None:
     """The node agent alone, shipping to a server."""
     _require_root("podflame agent")
-    if metrics_listen:
-        from prometheus_client import start_http_server
-
+    health = AgentHealth(interval)
+    if metrics_listen:  # served from the start: probes see 503 "starting" while the sampler compiles
         host, port = _parse_listen(metrics_listen)
-        start_http_server(port, addr=host)
+        _serve_agent_http(host, port, health)
     stop_agent = _start_agent(server_url, frequency, interval, node_name, namespaces=namespaces,
-                              exclude_namespaces=exclude_namespaces, pod_selector=pod_selector)
+                              exclude_namespaces=exclude_namespaces, pod_selector=pod_selector, health=health)
     _wait_for_signal()
     stop_agent()
 

@@ -171,3 +171,82 @@ def test_agent_entrypoint_starts_podflame_when_headers_are_found(tmp_path: Path)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "BCC_KERNEL_SOURCE": "/usr/src/x"}
     out = subprocess.run([str(script), "agent", "--server=http://s:7070"], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "podflame agent --server=http://s:7070"
+
+
+def test_agent_probes_ask_the_agents_own_health_endpoint_with_room_to_start(rendered) -> None:
+    from podflame.cli import AgentHealth
+
+    _, objs = rendered
+    (c,) = one(objs, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    metrics_arg = next(a.split("=", 1)[1] for a in c["args"] if a.startswith("--metrics="))
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    interval = float(next((a.split("=", 1)[1] for a in c["args"] if a.startswith("--interval=")), 10.0))
+    stale_after = AgentHealth(interval).stale_after
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        get = c[probe]["httpGet"]
+        assert get["path"] == "/healthz" and ports[get["port"]] == int(metrics_arg.rsplit(":", 1)[1])
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60  # BCC compiles for seconds
+    live = c["livenessProbe"]
+    assert live["periodSeconds"] * live.get("failureThreshold", 3) > stale_after  # a slow drain is no restart
+
+
+class FakeAgent:
+    last_drain_at = None
+
+
+def test_agent_health_answers_from_recent_drains() -> None:
+    from podflame.cli import AgentHealth
+
+    now = [1000.0]
+    health = AgentHealth(10.0, clock=lambda: now[0])
+    assert health.check() == (503, {"status": "starting", "last_drain_seconds_ago": None,
+                                    "stale_after_seconds": 30.0})
+    agent, thread = FakeAgent(), _Thread(alive=True)
+    health.attach(agent, thread)
+    assert health.check()[0] == 200  # sampling, first drain not due yet
+    now[0] += 31
+    code, body = health.check()
+    assert code == 503 and body["status"] == "stale"  # no drain for 3 intervals
+    agent.last_drain_at = now[0] - 2
+    code, body = health.check()
+    assert code == 200 and body == {"status": "ok", "last_drain_seconds_ago": 2.0, "stale_after_seconds": 30.0}
+    thread.alive = False
+    assert health.check() == (503, {"status": "stopped", "last_drain_seconds_ago": 2.0, "stale_after_seconds": 30.0})
+    assert AgentHealth(60.0).stale_after == 180.0
+
+
+class _Thread:
+    def __init__(self, alive: bool) -> None:
+        self.alive = alive
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+
+def test_agent_http_serves_metrics_and_health() -> None:
+    import urllib.error
+    import urllib.request
+
+    from podflame.cli import AgentHealth, _serve_agent_http
+
+    health = AgentHealth(1.0)
+    server = _serve_agent_http("127.0.0.1", 0, health)
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{url}/healthz", timeout=5)
+        assert e.value.code == 503 and json.loads(e.value.read())["status"] == "starting"
+        agent = FakeAgent()
+        health.attach(agent, _Thread(alive=True))
+        agent.last_drain_at = health.clock()
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+            assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+            assert "podflame_agent_drains_total" in r.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{url}/other", timeout=5)
+        assert e.value.code == 404
+    finally:
+        server.shutdown()
+        server.server_close()

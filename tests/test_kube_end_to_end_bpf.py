@@ -235,4 +235,63 @@ def test_only_selected_pods_are_sampled_and_no_selected_pod_means_no_samples(tmp
         cart_cpu = usage[0][2].ru_utime + usage[0][2].ru_stime
         assert_named(r.url, cg, cart_cpu)
         everything = _get_json(r.url, "/api/v1/series", "{}", by="pod_uid")["series"]
-        assert [s["labels"] for s in everything] == [{"pod_uid": cg.pod_uid}], everything
+        # selected in the kernel: nothing but the shop pod was sampled (not the agent, not pytest)
+        assert {s["labels"]["pod_uid"] for s in everything if "pod_uid" in s["labels"]} == {cg.pod_uid}
+        assert all("pod_uid" in s["labels"] for s in everything), everything
+
+
+def test_the_podflame_agent_command_names_selects_and_reports_health(tmp_path: Path) -> None:
+    """`podflame agent` as the DaemonSet runs it: KUBECONFIG, PODFLAME_NAMESPACES, --metrics with /healthz."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.error
+
+    exe = build_c("two_hot.c", tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with kubelet_cgroup("besteffort") as cg, standin_api(tmp_path) as (api, kubeconfig), \
+            live_server(tmp_path / "data") as url:
+        api.add(cart_pod(cg))
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PODFLAME_NAMESPACES": "shop"}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        agent = subprocess.Popen([str(Path(sys.executable).parent / "podflame"), "agent", f"--server={url}",
+                                  f"--metrics=127.0.0.1:{port}", "--interval=1", f"--node-name={NODE}"],
+                                 env=env, stderr=subprocess.PIPE, text=True)
+        seen: list[int] = []
+
+        def health() -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    code = r.status
+            except urllib.error.HTTPError as e:
+                code = e.code
+            except OSError:
+                code = 0  # not listening yet
+            seen.append(code)
+            return code == 200
+
+        try:
+            assert eventually(health, 30), f"/healthz never answered 200: {seen[-5:]}"
+            assert 503 in seen  # "starting" while BCC compiled the sampler
+            time.sleep(1.5)  # the selection filter has picked the pod's cgroup (rechecked every second)
+            run = spawn_in_cgroup(cg.path, [str(exe), "2.0"])
+            _, status, usage = os.wait4(run.pid, 0)
+            assert status == 0
+            assert eventually(lambda: health() and json.loads(urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/healthz", timeout=5).read())["last_drain_seconds_ago"] < 1.5, 10)
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            _, err = agent.communicate(timeout=60)
+        assert agent.returncode == 0, err
+        assert "only pods with namespace in shop" in err, err
+        cpu = usage.ru_utime + usage.ru_stime
+        everything = _get_json(url, "/api/v1/series", "{}")["series"]
+        named = _get_json(url, "/api/v1/flamegraph", f'{{namespace="shop", pod="{POD}", container="app", '
+                          'workload="Deployment/cart", qos="besteffort"}')
+        assert named["total"] >= 0.9 * 19 * cpu, (named["total"], cpu, everything, err)
+        # selected in the kernel: nothing but the shop pod was sampled (not the agent, not pytest)
+        assert {s["labels"]["pod_uid"] for s in everything if "pod_uid" in s["labels"]} == {cg.pod_uid}
+        assert all("pod_uid" in s["labels"] for s in everything), everything
