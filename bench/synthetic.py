@@ -62,9 +62,13 @@ def make_node(pods: int = 100, services: int = 20, stacks_per_pod: int = 300, se
         stacks: list[Stack] = []
         seen: set[Stack] = set()
         while len(stacks) < stacks_per_pod:
-            depth = stack_rng.randint(4, 28)
-            body = [fns[min(int(stack_rng.paretovariate(1.2)) - 1, len(fns) - 1)] for _ in range(depth)]
-            stack: list[Frame] = [libc_frames[0], *body]
+            # A walk down the service's call graph: function i calls a few of the functions after it.
+            stack: list[Frame] = [libc_frames[0]]
+            i = 0
+            for _ in range(stack_rng.randint(3, 30)):
+                stack.append(fns[i])
+                i = min(i + 1 + int(stack_rng.paretovariate(1.5) * 3) + (i * 7 + stack_rng.randint(0, 3)) % 5,
+                        len(fns) - 1)
             if stack_rng.random() < 0.3:
                 stack.append(stack_rng.choice(libc_frames[1:]))
             if stack_rng.random() < 0.25:

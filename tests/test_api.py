@@ -214,7 +214,8 @@ def test_bad_ingest_parameters(client: FlaskClient, params: str, message: str) -
     assert r.status_code == 400 and message in r.json["error"]
 
 
-@pytest.mark.parametrize("path", ["labels", "label/pod/values", "types", "series", "flamegraph", "pprof", "folded"])
+@pytest.mark.parametrize("path", ["labels", "label/pod/values", "types", "series", "flamegraph", "pprof", "folded",
+                                  "cpu", "diff", "speedscope"])
 @pytest.mark.parametrize("params, message", [
     ({"query": '{pod="x"'}, "bad query: bad selector at column"),
     ({"query": '{pod=~"("}'}, "bad regex"),
@@ -253,3 +254,116 @@ def test_metrics_healthz_and_page(app: Flask, client: FlaskClient) -> None:
     assert metric('podflame_server_query_seconds_count{endpoint="flamegraph"}') >= 1
     assert client.get("/healthz").json == {"status": "ok"}
     assert "ui" in app.blueprints and client.get("/").status_code == 200
+
+
+# -- cpu over time, node budget, diffs, speedscope, two-column folded, numeric labels ------------------
+
+
+def test_cpu_time_series_per_step(client: FlaskClient) -> None:
+    for i in range(6):
+        ingest(client, [prof({"pod": "a"}, T0 + i * 10 * S, ((MAIN, HOT_A), i + 1)),
+                        prof({"pod": "b"}, T0 + i * 10 * S + 1, ((MAIN,), 10))])
+    t = T0 // S
+    r = get(client, "cpu", query='{pod="a"}', step="20", **{"from": str(t), "to": str(t + 60)})
+    assert r["timestamps"] == [t, t + 20, t + 40] and r["step"] == 20
+    assert r["values"] == [1 + 2, 3 + 4, 5 + 6] and (r["type"], r["unit"]) == ("samples", "count")
+    assert r["cores"] == pytest.approx([v * PERIOD / 1e9 / 20 for v in r["values"]])
+    every = get(client, "cpu", step="30s", **{"from": str(t), "to": str(t + 60)})
+    assert every["values"] == [1 + 2 + 3 + 30, 4 + 5 + 6 + 30]
+    heap = get(client, "cpu", type="cpu", step="1m", **{"from": str(t), "to": str(t + 60)})
+    assert heap["values"] == [(21 + 60) * PERIOD] and heap["unit"] == "nanoseconds"
+    auto = get(client, "cpu", **{"from": str(t), "to": str(t + 3600)})
+    assert auto["step"] == 15 and len(auto["values"]) == 240
+    for bad, message in [("0", "positive"), ("soon", "bad step"), ("0.001", "points")]:
+        r = client.get("/api/v1/cpu", query_string={**RANGE, "step": bad})
+        assert r.status_code == 400 and message in r.json["error"], r.json
+
+
+def test_flame_graph_node_budget(client: FlaskClient) -> None:
+    stacks = [((MAIN, fr(f"f{i:02d}", 0x2000 + i * 16)), 100 - i) for i in range(40)]
+    ingest(client, [prof({"pod": "a"}, T0, *stacks)])
+    fg = get(client, "flamegraph", max_nodes="10")
+    tree = decode_tree(fg)
+    assert fg["total"] == sum(v for _, v in stacks) and fg["folded_nodes"] == 42 - 9
+    main = tree["children"]["main"]
+    kept = sorted(k for k in main["children"] if k != "[other]")
+    assert kept == [f"f{i:02d}" for i in range(7)]  # the 7 largest, plus [other] and main and total
+    assert main["children"]["[other]"]["total"] == sum(100 - i for i in range(7, 40))
+    assert fg["names"][fg["other"]] == "[other]"
+    assert "other" not in get(client, "flamegraph")  # without a budget the payload is as documented
+    r = client.get("/api/v1/flamegraph", query_string={**RANGE, "max_nodes": "1"})
+    assert r.status_code == 400 and "max_nodes" in r.json["error"]
+
+
+def test_diff_of_two_ranges_and_of_two_selectors(client: FlaskClient) -> None:
+    ingest(client, [prof({"pod": "a"}, T0, ((MAIN, HOT_A), 30), ((MAIN, HOT_B), 10))])
+    ingest(client, [prof({"pod": "a"}, T0 + 60 * S, ((MAIN, HOT_A), 10), ((MAIN, HOT_B), 50)),
+                    prof({"pod": "b"}, T0 + 60 * S, ((MAIN, HOT_B), 7))])
+    t = T0 // S
+    r = get(client, "diff", query='{pod="a"}', **{"from": str(t + 60), "to": str(t + 120),
+                                                   "base_from": str(t), "base_to": str(t + 60)})
+    assert (r["base_total"], r["comp_total"]) == (40, 60)
+    rows = {row["name"]: row for row in r["functions"]}
+    assert (rows["hot_b"]["base_flat"], rows["hot_b"]["comp_flat"]) == (10, 50)
+    assert rows["hot_b"]["change"] == pytest.approx(50 / 60 - 10 / 40)
+    assert [row["name"] for row in r["regressions"]] == ["hot_b"] and r["improvements"][0]["name"] == "hot_a"
+    assert r["rule"]["min_samples"] == 20
+    tree = decode_tree(r)
+    assert tree["children"]["main"]["children"]["hot_a"] == {
+        "total": 40, "self": 40, "children": {}, "base_total": 30, "base_self": 30, "comp_total": 10, "comp_self": 10}
+    by_selector = get(client, "diff", query='{pod="b"}', base_query='{pod="a"}',
+                      **{"from": str(t + 60), "to": str(t + 120)})
+    assert (by_selector["base_total"], by_selector["comp_total"]) == (60, 7)
+    r = client.get("/api/v1/diff", query_string={**RANGE, "base_query": "{pod="})
+    assert r.status_code == 400 and "bad base_query" in r.json["error"]
+    r = client.get("/api/v1/diff", query_string={**RANGE, "base_from": "now", "base_to": "now-1h"})
+    assert r.status_code == 400 and "bad range: base_from" in r.json["error"]
+
+
+def test_two_column_folded_diff(client: FlaskClient) -> None:
+    ingest(client, [prof({"pod": "a"}, T0, ((MAIN, HOT_A), 30), ((MAIN, HOT_B), 10))])
+    ingest(client, [prof({"pod": "a"}, T0 + 60 * S, ((MAIN, HOT_A), 10), ((MAIN, INLINED), 20))])
+    t = T0 // S
+    params = {"from": str(t + 60), "to": str(t + 120), "base_from": str(t), "base_to": str(t + 60)}
+    text = client.get("/api/v1/folded", query_string=params).data.decode()
+    assert text == "main;checkout;hash_step 0 20\nmain;hot_a 30 10\nmain;hot_b 10 0\n"
+    normalized = client.get("/api/v1/folded", query_string={**params, "normalize": "1"}).data.decode()
+    assert normalized == "main;checkout;hash_step 0 20\nmain;hot_a 23 10\nmain;hot_b 8 0\n"  # x 30/40
+
+
+def test_speedscope_export(client: FlaskClient) -> None:
+    ingest(client, [prof({"pod": "a"}, T0, ((MAIN, HOT_A), 3), ((MAIN, INLINED), 2), ((MAIN,), 1))])
+    r = client.get("/api/v1/speedscope", query_string=RANGE)
+    assert r.status_code == 200 and "speedscope.json" in r.headers["Content-Disposition"]
+    doc = r.json
+    assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
+    (p,) = doc["profiles"]
+    assert (p["type"], p["unit"], p["startValue"], p["endValue"]) == ("sampled", "none", 0, 6)
+    frames = [f["name"] for f in doc["shared"]["frames"]]
+    stacks = {tuple(frames[i] for i in s): w for s, w in zip(p["samples"], p["weights"], strict=True)}
+    assert stacks == {("main", "hot_a"): 3, ("main", "checkout", "hash_step"): 2, ("main",): 1}
+    cpu = client.get("/api/v1/speedscope", query_string={**RANGE, "type": "cpu"}).json
+    assert cpu["profiles"][0]["unit"] == "nanoseconds" and cpu["profiles"][0]["endValue"] == 6 * PERIOD
+
+
+def _with_numeric_label() -> bytes:
+    msg = pprof.PprofProfile()
+    msg.ParseFromString(pprof.decompress(pprof.encode([prof({"pod": "a"}, T0, ((MAIN,), 5), ((MAIN, HOT_A), 7))])))
+    strings = list(msg.string_table)
+    msg.string_table.extend(["bytes"])
+    for i, sample in enumerate(msg.sample):
+        sample.label.add(key=len(strings), num=1024 * (i + 1))
+    return msg.SerializeToString()
+
+
+def test_numeric_labels_stay_off_series_unless_asked(client: FlaskClient, tmp_path: Path) -> None:
+    assert client.post("/api/v1/ingest", data=_with_numeric_label()).json == {"profiles": 2, "samples": 4}
+    assert get(client, "labels") == {"labels": ["pod"]}
+    assert get(client, "flamegraph")["total"] == 12
+    app = create_app({"DATA_DIR": str(tmp_path / "keep"), "KEEP_NUMERIC_LABELS": True, "MAINTENANCE_SECONDS": 0})
+    try:
+        keep = app.test_client()
+        assert keep.post("/api/v1/ingest", data=_with_numeric_label()).json["profiles"] == 4
+        assert get(keep, "label/bytes/values") == {"values": ["1024", "2048"]}
+    finally:
+        app.extensions["podflame.store"].close()

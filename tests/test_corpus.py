@@ -111,3 +111,40 @@ def test_time_series_whole_and_partial_ranges(app: Flask, tmp_path: Path) -> Non
     seconds = [f"{ns // 10**9}.{ns % 10**9:09d}" for ns in t]
     partial = {"from": seconds[2], "to": seconds[5]}  # half-open: files 2, 3, 4
     _check(client, SERIES[2:5], tmp_path, partial)
+
+
+def _top_values(paths: Sequence[Path], sample_type: str) -> dict[str, tuple[int, int]]:
+    """`go tool pprof -top` per function name as integers: (flat, cum), bytes shown in B."""
+    out = _go("-top", "-nodefraction=0", "-nodecount=1000000", "-unit=B", f"-sample_index={sample_type}", *paths)
+    rows: dict[str, tuple[int, int]] = {}
+    for line in out.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[1].endswith("%") and parts[4].endswith("%"):
+            name = re.sub(r"^function#\d+", "<unknown>", parts[5]).removesuffix(" (inline)")
+            flat, cum = (int(re.sub(r"[^\d-]", "", v) or 0) for v in (parts[0], parts[3]))
+            old = rows.get(name, (0, 0))
+            rows[name] = (old[0] + flat, max(old[1], cum))
+    return rows
+
+
+def test_diff_of_two_ranges_equals_go_tool_pprof_per_function(app: Flask) -> None:
+    client = app.test_client()
+    _ingest(client, SERIES)
+    t = [int(p.name.split(".")[0]) for p in SERIES]
+    sec = [f"{ns // 10**9}.{ns % 10**9:09d}" for ns in t]
+    base, comp = SERIES[0:3], SERIES[5:9]
+    params = {"base_from": sec[0], "base_to": sec[3], "from": sec[5], "to": sec[9], "limit": "100000"}
+    types = {t["type"] for t in client.get("/api/v1/types", query_string=EVERYTHING).json["types"]}
+    assert types
+    for sample_type in sorted(types):
+        r = client.get("/api/v1/diff", query_string={**params, "type": sample_type}).json
+        want_base, want_comp = raw_totals(base)[sample_type], raw_totals(comp)[sample_type]
+        assert (r["base_total"], r["comp_total"]) == (want_base, want_comp), sample_type
+        ours = {re.sub(r"^function#\d+", "<unknown>", row["name"]): row for row in r["functions"]}
+        pb, pc = _top_values(base, sample_type), _top_values(comp, sample_type)
+        assert set(ours) == {n for n in set(pb) | set(pc) if pb.get(n, (0, 0)) != (0, 0) or pc.get(n, (0, 0)) != (0, 0)}
+        for name, row in ours.items():
+            b, c = pb.get(name, (0, 0)), pc.get(name, (0, 0))
+            assert row["comp_flat"] - row["base_flat"] == c[0] - b[0], (sample_type, name)
+            assert (row["base_flat"], row["comp_flat"]) == (b[0], c[0]), (sample_type, name)
+            assert (row["base_cum"], row["comp_cum"]) == (b[1], c[1]), (sample_type, name)

@@ -48,7 +48,7 @@ def folded_diff_from_stacks(ns: NameStacks, normalize: bool = False) -> str:
     scale = comp_total / base_total if normalize and base_total else 1.0
     lines = []
     for k, (b, c) in sorted(totals.items()):
-        b = round(b * scale)
+        b = int(b * scale + 0.5)  # half up, not to even
         if b or c:
             lines.append(f"{k} {b} {c}\n")
     return "".join(lines)

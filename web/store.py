@@ -233,6 +233,7 @@ CREATE INDEX IF NOT EXISTS blobs_by_age ON blobs (max_start_ns);
 _MAX_SERIES_PROBES = 256
 _DONE, _DIRTY = 1, 2  # compactions.state
 DELETE_BATCH = 2000  # rows per retention transaction: what a concurrent put may wait for
+_BATCH_PAUSE_S = 0.001  # between batches, so a waiting writer gets the lock (locks are not fair)
 UNLINK_GRACE_NS = 30 * 1_000_000_000  # a query that picked a block before its deletion can still read it
 COMPACTION_DELAY_NS = 60 * 1_000_000_000  # a bucket is compacted this long after it ends (late drains)
 _U64 = 1 << 64
@@ -793,7 +794,8 @@ class SqliteStore(Store):
             return int(blobs) + pages * self._db.execute("PRAGMA page_size").fetchone()[0]
 
     def enforce_retention(self, max_age_ns: int | None, max_bytes: int | None,
-                          now_ns: int | None = None, grace_ns: int = UNLINK_GRACE_NS) -> RetentionResult:
+                          now_ns: int | None = None, grace_ns: int = UNLINK_GRACE_NS,
+                          _depth: int = 0) -> RetentionResult:
         """Cut everything that started before now - max_age, and the oldest blobs until under max_bytes.
 
         Rows go in transactions of DELETE_BATCH with the lock released in between, so a concurrent
@@ -802,16 +804,7 @@ class SqliteStore(Store):
         now = time.time_ns() if now_ns is None else now_ns
         cutoff = now - max_age_ns if max_age_ns else 0
         if max_bytes is not None:
-            excess = self.bytes_used() - max_bytes
-            if excess > 0:
-                with self._lock:
-                    freed = 0
-                    for max_start, nbytes in self._db.execute(
-                            "SELECT max_start_ns, bytes FROM blobs WHERE deleted_ns IS NULL ORDER BY max_start_ns"):
-                        freed += nbytes
-                        cutoff = max(cutoff, max_start + 1)
-                        if freed >= excess:
-                            break
+            cutoff = max(cutoff, self._budget_cutoff(max_bytes))
         deleted = 0
         if cutoff > self._floor:
             with self._lock:
@@ -832,9 +825,40 @@ class SqliteStore(Store):
                         self._db.execute("DELETE FROM compactions WHERE bucket_ns<?",
                                          (bucket_of(cutoff, self.levels[0]) if self.levels else cutoff,))
                     deleted += len(batch)
-                time.sleep(0)  # let a waiting put take the lock
-        files = self._unlink_released(now - grace_ns)
+                time.sleep(_BATCH_PAUSE_S)  # a waiting put takes the lock here
+        files = self._unlink_released(time.time_ns() - grace_ns)  # wall clock: readers run in real time
+        if max_bytes is not None and files and self.bytes_used() > max_bytes and _depth < 3:
+            # Index pages do not shrink with the blobs they point at as much as estimated: cut more.
+            more = self.enforce_retention(None, max_bytes, now_ns, grace_ns, _depth=_depth + 1)
+            return RetentionResult(max(cutoff, more.cutoff_ns), deleted + more.profiles, files + more.files,
+                                   more.bytes_used)
         return RetentionResult(cutoff if cutoff > 0 else 0, deleted, files, self.bytes_used())
+
+    def _budget_cutoff(self, max_bytes: int) -> int:
+        """The start time before which deleting the oldest blobs frees the excess over the budget.
+
+        Only blob bytes count as freed: index pages are reused but the file rarely shrinks, so
+        counting them would leave the store over budget.
+        """
+        with self._lock:
+            self._check_open()
+            (live, pending) = self._db.execute(
+                "SELECT coalesce(sum(CASE WHEN deleted_ns IS NULL THEN bytes END), 0), "
+                "coalesce(sum(CASE WHEN deleted_ns IS NOT NULL THEN bytes END), 0) FROM blobs").fetchone()
+        used = self.bytes_used()
+        excess = used - pending - max_bytes  # files in their grace period are already on their way out
+        if excess <= 0 or live <= 0:
+            return 0
+        cutoff = 0
+        freed = 0
+        with self._lock:
+            for max_start, nbytes in self._db.execute(
+                    "SELECT max_start_ns, bytes FROM blobs WHERE deleted_ns IS NULL ORDER BY max_start_ns"):
+                freed += nbytes
+                cutoff = max(cutoff, max_start + 1)
+                if freed >= excess:
+                    break
+        return cutoff
 
     def _unlink_released(self, before_ns: int) -> int:
         with self._lock:
