@@ -73,30 +73,33 @@ def main() -> None:
     server = subprocess.Popen([str(podflame), "server", "--listen", f"127.0.0.1:{port}", "--data", str(tmp / "data")],
                               stdout=log, stderr=log)
     wait_for(url + "/healthz")
-    run_for = args.duration + args.startup
-    burners = [subprocess.Popen([str(burn), str(run_for + 4)]) for _ in range(args.busy)]
-    print(f"{args.busy} burners; sampling {args.frequency} Hz for {run_for:.0f}s with both tools...", file=sys.stderr)
+    # Both tools start first; the burners run only once both sample, and stop before either stops,
+    # so each tool saw the burners' whole life and expected = their CPU seconds x frequency.
     ours = subprocess.Popen([str(podflame), "agent", "--server", url, "--frequency", str(args.frequency),
                              "--interval", "10", "--node-name", "bench"], stdout=log, stderr=log)
     folded = open(tmp / "bcc.folded", "w")  # noqa: SIM115
-    theirs = subprocess.Popen(["profile-bpfcc", "-F", str(args.frequency), "-af", str(int(run_for))],
+    bcc_seconds = int(args.startup + args.duration + 10)
+    theirs = subprocess.Popen(["profile-bpfcc", "-F", str(args.frequency), "-af", str(bcc_seconds)],
                               stdout=folded, stderr=log)
-    t0 = time.monotonic()
+    print(f"start-up {args.startup:.0f}s, then {args.busy} burners for {args.duration:.0f}s at {args.frequency} Hz",
+          file=sys.stderr)
     time.sleep(args.startup)
     start_cpu = {"podflame": cpu_seconds(ours.pid), "profile-bpfcc": cpu_seconds(theirs.pid)}
-    time.sleep(max(0.0, run_for - (time.monotonic() - t0) - 0.5))
+    t_steady = time.monotonic()
+    burners = [subprocess.Popen([str(burn), str(args.duration)]) for _ in range(args.busy)]
+    burn_cpu = 0.0
+    for b in burners:
+        _, _, usage = os.wait4(b.pid, 0)
+        burn_cpu += usage.ru_utime + usage.ru_stime
     end_cpu = {"podflame": cpu_seconds(ours.pid), "profile-bpfcc": cpu_seconds(theirs.pid)}
     rss = {"podflame": peak_rss_mb(ours.pid), "profile-bpfcc": peak_rss_mb(theirs.pid)}
-    steady_wall = time.monotonic() - t0 - args.startup
+    steady_wall = time.monotonic() - t_steady
+    time.sleep(1)
     ours.send_signal(2)  # the agent drains once more and flushes on SIGINT
     final_cpu = {}
     for name, proc in (("podflame", ours), ("profile-bpfcc", theirs)):
         _, _, usage = os.wait4(proc.pid, 0)  # includes profile-bpfcc's symbolization at exit
         final_cpu[name] = usage.ru_utime + usage.ru_stime
-    burn_cpu = 0.0
-    for b in burners:
-        _, _, usage = os.wait4(b.pid, 0)
-        burn_cpu += usage.ru_utime + usage.ru_stime
     expected = burn_cpu * args.frequency
 
     q = urllib.parse.urlencode({"query": f'{{comm="{burn.name}"}}', "from": "now-1h", "to": "now+1m", "by": "comm"})

@@ -84,6 +84,12 @@ BPF_HASH(cgroup_filter, u64, u8, CGROUP_FILTER_SIZE);
 
 BPF_PERCPU_ARRAY(scratch, struct stack_trace, 1);  // too big for the 512-byte BPF stack
 
+// Processes seen recently; a tgid's first sample announces it on new_tgids so userspace reads its
+// /proc/PID/maps right away, before a short-lived process can exit unseen (LRU: a process evicted
+// and sampled again is announced again, which is harmless).
+BPF_TABLE("lru_hash", u32, u8, seen_tgids, SEEN_TGIDS_SIZE);
+BPF_RINGBUF_OUTPUT(new_tgids, NEW_TGIDS_PAGES);
+
 BPF_HASH(counts0, struct sample_key, u64, COUNTS_MAP_SIZE);
 BPF_HASH(counts1, struct sample_key, u64, COUNTS_MAP_SIZE);
 BPF_HASH(stacks0, u64, struct stack_trace, STACK_MAP_SIZE);
@@ -232,6 +238,12 @@ int on_sample(struct bpf_perf_event_data *ctx) {
     if (!active)
         return 0;
     u32 set = *active;            // read once: stacks and count must land in the same set
+
+    if (tgid && !seen_tgids.lookup(&tgid)) {
+        u8 one = 1;
+        seen_tgids.update(&tgid, &one);
+        new_tgids.ringbuf_output(&tgid, sizeof(tgid), 0);
+    }
 
     struct sample_key key = {};
     key.cgroup_id = cgroup_id;

@@ -34,6 +34,7 @@ class Sink(Protocol):
 
 class MapsLookup(Protocol):
     def refresh(self, pids: Iterable[int]) -> None: ...
+    def prefetch(self, pids: Iterable[int]) -> None: ...
     def lookup(self, pid: int, address: int): ...  # -> Mapping | None
     def process_gone(self, pid: int) -> bool: ...
 
@@ -260,13 +261,22 @@ class Agent:
         self.period_ns = sampler.period_ns
         self._stop = threading.Event()
         self._last_errors: dict[str, int] = {}
+        self._ctx_lock = threading.Lock()  # the maps cache is shared by drains and new-process prefetches
+        if hasattr(sampler, "watch_new_processes"):
+            sampler.watch_new_processes(self.prefetch)
+
+    def prefetch(self, tgids: list[int]) -> None:
+        """Read the maps of processes the kernel just saw for the first time, before they can exit."""
+        with self._ctx_lock:
+            self.ctx.maps.prefetch(tgids)
         self.last_drain_at: float | None = None  # time.monotonic() of the last successful drain (health)
 
     def drain_once(self) -> list[Profile]:
         t0 = time.process_time()
         drain = self.sampler.drain()
-        self.stacks.begin_drain()
-        profiles = self.pods(build_profiles(drain, self.ctx, self.period_ns, self.stacks))
+        with self._ctx_lock:
+            self.stacks.begin_drain()
+            profiles = self.pods(build_profiles(drain, self.ctx, self.period_ns, self.stacks))
         metrics.record_drain(drain, profiles, self._last_errors)
         self._last_errors = dict(drain.errors)
         metrics.DRAIN_CPU.observe(time.process_time() - t0)

@@ -129,6 +129,15 @@ class MapsCache:
                 self._read(pid)
         self._evict()
 
+    def prefetch(self, pids: Iterable[int]) -> None:
+        """Read maps of pids not known yet, between drains (the kernel just saw them for the first time).
+
+        Unlike `refresh` it does not start a drain, so exited processes' grace periods are unchanged."""
+        for pid in pids:
+            if pid not in self._procs:
+                self._read(pid)
+        self._evict()
+
     def forget_exited(self) -> None:
         """Mark processes that exited (or whose pid was reused); drop them after the grace period,
         and drop live ones not sampled for `idle_drains`."""

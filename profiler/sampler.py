@@ -29,10 +29,11 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import errno
+import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +42,7 @@ from typing import Any
 from bpf import SOURCE_DIR
 
 BPF_SOURCE = SOURCE_DIR / "sampler.bpf.c"
+log = logging.getLogger("podflame.sampler")
 
 # Slots of the BPF arrays; they mirror the #defines in bpf/sampler.bpf.c.
 CTL_ACTIVE_SET, CTL_TGID_FILTER, CTL_CGROUP_FILTER = 0, 1, 2
@@ -54,6 +56,8 @@ COUNTS_CHUNK = 4096  # entries per batch syscall: 4096 x 64 bytes of buffer
 STACKS_CHUNK = 512  # 512 x 1016 bytes
 TGID_FILTER_MIN = 1024
 CGROUP_FILTER_SIZE = 4096
+SEEN_TGIDS_SIZE = 16384  # recently seen processes (LRU)
+NEW_TGIDS_PAGES = 16  # ring buffer of new-process events: 64 KiB, 16k events between polls
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,8 @@ class Sampler:
         pid_set = _normalize_ids(pids, "pids", 1 << 20)
         cgroup_set = _normalize_ids(cgroup_ids, "cgroup ids", CGROUP_FILTER_SIZE)
         self._cgroups: set[int] = set()
+        self._watcher: threading.Thread | None = None
+        self._watching = False
 
         if os.geteuid() != 0:
             raise SamplerError("the sampler must run as root: it loads eBPF programs and opens perf events "
@@ -162,6 +168,8 @@ class Sampler:
             f"-DINCLUDE_IDLE={int(include_idle)}",
             f"-DTGID_FILTER_SIZE={max(TGID_FILTER_MIN, len(pid_set))}",
             f"-DCGROUP_FILTER_SIZE={CGROUP_FILTER_SIZE}",
+            f"-DSEEN_TGIDS_SIZE={SEEN_TGIDS_SIZE}",
+            f"-DNEW_TGIDS_PAGES={NEW_TGIDS_PAGES}",
         ]
         started = time.perf_counter()
         try:
@@ -227,8 +235,45 @@ class Sampler:
             self._replace_filter(self._cgroup_filter, self._cgroups, new, CTL_CGROUP_FILTER)
             self._cgroups = new
 
+    def watch_new_processes(self, callback: Callable[[list[int]], None]) -> None:
+        """Call `callback(tgids)` from a background thread soon (~0.1 s) after a process's first sample.
+
+        The agent reads the process's maps then, so a process that exits before the next drain
+        still symbolizes. Batched per poll; a callback error is logged, never fatal.
+        """
+        with self._lock:
+            self._require_open()
+            if self._watcher is not None:
+                raise RuntimeError("watch_new_processes() was already called")
+            batch: list[int] = []
+
+            def on_event(_ctx: Any, data: Any, _size: int) -> int:
+                batch.append(ct.cast(data, ct.POINTER(ct.c_uint32)).contents.value)
+                return 0
+
+            self._bpf[b"new_tgids"].open_ring_buffer(on_event)
+            bpf = self._bpf
+
+            def poll() -> None:
+                while self._watching:
+                    bpf.ring_buffer_poll(100)
+                    if batch:
+                        tgids = list(dict.fromkeys(batch))
+                        batch.clear()
+                        try:
+                            callback(tgids)
+                        except Exception:
+                            log.exception("new-process callback failed")
+
+            self._watching = True
+            self._watcher = threading.Thread(target=poll, name="podflame-new-processes", daemon=True)
+            self._watcher.start()
+
     def close(self) -> None:
         """Detach from the perf events and free the maps; samples not drained yet are dropped."""
+        self._watching = False
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=5)
         with self._lock:
             bpf, self._bpf = self._bpf, None
             if bpf is not None:

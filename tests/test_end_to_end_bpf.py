@@ -108,3 +108,28 @@ def test_pod_flame_graph_and_pprof_from_a_real_sampled_process(tmp_path: Path) -
     assert flat.get("hot_a", 0) + flat.get("hot_b", 0) >= 0.9 * fg["total"], top
     assert abs(flat["hot_a"] / flat["hot_b"] - 3.0) / 3.0 < 0.10, top
     assert f"of {fg['total']} total" in top.replace(",", "") or str(fg["total"]) in top
+
+
+def test_a_process_that_exits_before_the_drain_still_symbolizes(tmp_path: Path) -> None:
+    """The kernel announces a process's first sample; its maps are read then, not at the drain."""
+    import time
+
+    from profiler.agent import Agent, create_context
+    from profiler.sampler import Sampler
+    from symbolizer import Symbolizer
+
+    exe = build_c("two_hot.c", tmp_path, "-O0")
+    ctx = create_context("test-node")
+    sampler = Sampler(FREQUENCY)
+    try:
+        agent = Agent(sampler, ctx, Symbolizer(ctx.maps), lambda profiles: None, interval=3600)
+        proc = subprocess.Popen([str(exe), "0.5"])
+        assert proc.wait() == 0
+        time.sleep(1.0)
+        assert not Path(f"/proc/{proc.pid}").exists()
+        profiles = [p for p in agent.drain_once() if p.labels["pid"] == str(proc.pid)]
+    finally:
+        sampler.close()
+    assert profiles, "the short-lived process was not sampled"
+    names = dict.fromkeys(n for p in profiles for stack, _ in p.name_stacks() for n in stack)
+    assert {"main", "hot_a", "hot_b"} <= set(names), list(names)
