@@ -12,8 +12,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: BCC (the sampler's compiler/loader), kernel headers (BCC compiles BPF C at start),
-# the pprof client and Chromium (test oracles), binutils/llvm (symbolizer oracles), profile-bpfcc (bench peer).
-PKGS=(python3-bpfcc bpfcc-tools linux-headers-amd64 golang-go chromium binutils llvm-14 linux-perf make gcc g++)
+# the pprof client and Chromium (test oracles), binutils/llvm (symbolizer oracles), profile-bpfcc (bench peer),
+# libc6-dbg (libc's DWARF by build id: the symbolizer's separate-debug-file corpus).
+PKGS=(python3-bpfcc bpfcc-tools linux-headers-amd64 golang-go chromium binutils llvm-14 linux-perf make gcc g++ libc6-dbg)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

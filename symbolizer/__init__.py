@@ -1,8 +1,10 @@
-"""First-level symbolization: addresses -> function names from ELF symbols, kallsyms and perf maps.
+"""Symbolization: addresses -> functions, file:line and inlined frames (ELF symbols, DWARF,
+kallsyms, perf maps).
 
-`Symbolizer.symbolize(profile)` is pure: it returns a new Profile whose frames carry
-`lines=(Line(function),)` or, when no name can be had, a `reason` (`Unresolved`) so the UI
-and metrics can say why. File and line come later with DWARF; demangling is a hook.
+`Symbolizer.symbolize(profile)` is pure: it returns a new Profile whose frames carry `lines`
+(inline frames innermost first, each `Line(function, file, line)` when DWARF is available: in the
+binary, its build-id debug file or its .gnu_debuglink file) or, when no name can be had, a `reason`
+(`Unresolved`) so the UI and metrics can say why. C++ and Rust names are demangled.
 
 Work is done once per distinct thing: a frame once per call, a (binary, file offset) once
 until evicted (a bounded LRU keyed by build id, else by file identity, so the same library
@@ -21,12 +23,16 @@ from typing import Protocol
 
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile, Unresolved
 from symbolizer.cache import LRU
+from symbolizer.demangle import demangle as default_demangle
+from symbolizer.diskcache import DiskCache
+from symbolizer.dwarf import DwarfInfo
 from symbolizer.elf import ElfReadError, ElfSymbols
 from symbolizer.files import MappedFile, candidate_paths, is_anonymous, is_special
 from symbolizer.kallsyms import Kallsyms
 from symbolizer.normalize import elf_address, file_offset
 from symbolizer.perfmap import PerfMaps
 from symbolizer.ranges import AddressRanges
+from symbolizer.resolve import lines_at, open_dwarf
 
 __all__ = ["ElfSymbols", "Kallsyms", "MapsSource", "PerfMaps", "Symbolizer"]
 
@@ -71,16 +77,20 @@ class Symbolizer:
     """Names for native and kernel frames. `maps` (the agent's MapsCache) says where a process's
     binaries can be opened and whether the process exited; without it the mapping's own path is used.
 
-    `demangle` is applied to ELF symbol names (C++/Rust demangling is a later issue: plug it in here).
-    `debug_dirs` are searched by build id for separate debug files when a binary has no .symtab.
-    Memory bounds: `max_binaries` / `max_symbols` symbol tables (~100 bytes a symbol), and
-    `max_results` cached (binary, offset) -> name results (~300 bytes each).
+    `demangle` turns symbol names into readable ones (default: C++ and Rust, symbolizer.demangle).
+    `debug_dirs` are searched by build id (and for .gnu_debuglink files) for separate debug files.
+    `dwarf=False` keeps to ELF symbols. `disk_cache`: decoded DWARF indexes persisted per build id.
+    Memory bounds: `max_binaries` / `max_symbols` symbol tables (~100 bytes a symbol),
+    `max_results` cached (binary, offset) -> lines results (~300 bytes each), `max_dwarf`
+    binaries' DWARF (their section bytes, plus up to `max_dwarf_rows` decoded rows each).
     """
 
     def __init__(self, maps: MapsSource | None = None, *, kallsyms_path: str = "/proc/kallsyms",
                  proc: str = "/proc", debug_dirs: Sequence[str] = ("/usr/lib/debug",),
-                 demangle: Callable[[str], str] | None = None, max_binaries: int = 64,
-                 max_symbols: int = 1_000_000, max_results: int = 200_000) -> None:
+                 demangle: Callable[[str], str] | None = default_demangle, max_binaries: int = 64,
+                 max_symbols: int = 1_000_000, max_results: int = 200_000, dwarf: bool = True,
+                 disk_cache: DiskCache | None = None, max_dwarf: int = 16,
+                 max_dwarf_rows: int = 2_000_000) -> None:
         self.maps = maps
         self.proc = proc
         self.debug_dirs = tuple(debug_dirs)
@@ -94,6 +104,10 @@ class Symbolizer:
         self._lock = threading.Lock()
         self._stats: Counter[str] = Counter()
         self._line_cache: dict[str, tuple[Line, ...]] = {}
+        self._dwarf_enabled = dwarf
+        self.disk_cache = disk_cache
+        self._dwarfs: LRU[DwarfInfo | None] = LRU(max_dwarf)
+        self._max_dwarf_rows = max_dwarf_rows
 
     # -- public ------------------------------------------------------------------------------
 
@@ -257,10 +271,26 @@ class Symbolizer:
         vaddr = elf_address(address, m, elf.elf_type, elf.segments)
         if vaddr is None:
             return None, Unresolved.NO_SYMBOLS
-        name = elf.lookup(vaddr)
-        if name is None:
+        dwarf = self._dwarf_of(key, elf) if self._dwarf_enabled else None
+        lines = lines_at(elf, dwarf, vaddr, self._demangle or _same)
+        if lines is None:
             return None, Unresolved.NO_SYMBOLS
-        return self._lines(self._demangle(name) if self._demangle else name), None
+        if len(lines) == 1 and lines[0].file is None:
+            return self._lines(lines[0].function), None
+        self._stats["dwarf_resolved"] += 1
+        return lines, None
+
+    def _dwarf_of(self, key: Hashable, elf: ElfSymbols) -> DwarfInfo | None:
+        """The binary's DWARF (None when it has none), opened once per binary key."""
+        if key in self._dwarfs:
+            return self._dwarfs.get(key)
+        kwargs: dict = {"max_weight": self._max_dwarf_rows}
+        if self.disk_cache is not None and elf.build_id:
+            kwargs.update(self.disk_cache.hooks(elf.build_id))
+        dwarf = open_dwarf(elf, **kwargs)
+        self._dwarfs.put(key, dwarf)
+        self._stats["dwarf_binaries" if dwarf is not None else "no_dwarf_binaries"] += 1
+        return dwarf
 
     # -- vDSO --------------------------------------------------------------------------------
 
@@ -294,6 +324,10 @@ class Symbolizer:
             except (OSError, ValueError, ElfReadError):
                 continue
         return None
+
+
+def _same(name: str) -> str:
+    return name
 
 
 def _own_vdso(proc: str) -> tuple[int, int] | None:

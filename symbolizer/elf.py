@@ -12,6 +12,7 @@ import io
 import lzma
 import os
 import struct
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -136,6 +137,17 @@ def _raw_symbols(elf: ELFFile, section_name: str) -> list[tuple[int, int, _Rank,
     return out
 
 
+def _crc32(path: str) -> int | None:
+    crc = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                crc = zlib.crc32(chunk, crc)
+    except OSError:
+        return None
+    return crc
+
+
 def build_ranges(symbols: Iterable[tuple[int, int, _Rank, str]]) -> AddressRanges:
     """One name per address (best alias: function > ifunc > label, exported > local, sized > not,
     fewer leading underscores (`malloc` over `__libc_malloc`), shorter (`free` over `cfree`));
@@ -192,6 +204,7 @@ class ElfSymbols:
                     LoadSegment(s["p_offset"], s["p_vaddr"], s["p_filesz"], s["p_memsz"], bool(s["p_flags"] & _PF_X))
                     for s in elf.iter_segments() if s["p_type"] == "PT_LOAD")
                 self.build_id = _build_id(elf)
+                self.little_endian = elf.little_endian
         except (OSError, struct.error, ValueError, ELFError) as e:
             raise ElfReadError(f"{self.name}: {e}") from e
 
@@ -205,6 +218,71 @@ class ElfSymbols:
             candidate = os.path.join(root, ".build-id", self.build_id[:2], self.build_id[2:] + ".debug")
             if os.path.isfile(candidate):
                 return candidate
+        return None
+
+    def debuglink(self) -> tuple[str, int] | None:
+        """(file name, CRC32) from .gnu_debuglink, None when the binary has none."""
+        try:
+            with self._open() as f:
+                sec = _open_elf(f).get_section_by_name(".gnu_debuglink")
+                if sec is None:
+                    return None
+                data = sec.data()
+        except (OSError, ElfReadError, ELFError, struct.error, ValueError):
+            return None
+        end = data.find(b"\0")
+        if end <= 0:
+            return None
+        crc_at = (end + 4) & ~3
+        if crc_at + 4 > len(data):
+            return None
+        crc = int.from_bytes(data[crc_at:crc_at + 4], "little" if self.little_endian else "big")
+        return data[:end].decode("utf-8", "surrogateescape"), crc
+
+    def debuglink_file(self) -> str | None:
+        """The separate debug file .gnu_debuglink names, searched as gdb does: beside the binary, in
+        its .debug/ folder, and under each debug dir + the binary's folder; accepted when its CRC32
+        matches (a stale debug file from another build would give wrong lines)."""
+        link = self.debuglink()
+        if link is None:
+            return None
+        name, crc = link
+        folder = os.path.dirname(self.name) if self.name.startswith("/") else ""
+        candidates = []
+        for root in self._roots():
+            if folder:
+                candidates += [f"{root}{folder}/{name}", f"{root}{folder}/.debug/{name}"]
+        for d in self.debug_dirs:
+            if folder:
+                candidates.append(f"{d}{folder}/{name}")
+            candidates.append(f"{d}/{name}")
+        own = os.path.realpath(self.path) if self.path else None
+        for c in candidates:
+            if os.path.isfile(c) and os.path.realpath(c) != own and _crc32(c) == crc:
+                return c
+        return None
+
+    def _roots(self) -> list[str]:
+        """Filesystem roots the binary's own path is relative to: the process's (/proc/PID/root,
+        known from a debug dir under it) and the host's."""
+        roots = []
+        for d in self.debug_dirs:
+            if "/root/" in d and d.startswith("/proc/"):
+                roots.append(d[: d.index("/root/") + len("/root")])
+        return [*roots, ""]
+
+    def dwarf_file(self) -> str | None:
+        """The file holding this binary's DWARF: itself, its build-id debug file, or its debuglink."""
+        from symbolizer.dwarf import has_dwarf
+
+        if self.path and has_dwarf(self.path):
+            return self.path
+        debug = self._debug_file()
+        if debug and has_dwarf(debug):
+            return debug
+        link = self.debuglink_file()
+        if link and has_dwarf(link):
+            return link
         return None
 
     def _load(self) -> AddressRanges:
@@ -240,6 +318,10 @@ class ElfSymbols:
     def lookup(self, vaddr: int) -> str | None:
         """Function name at an ELF virtual address (see normalize.elf_address), None between symbols."""
         return self.ranges.lookup(vaddr)
+
+    def lookup_start(self, vaddr: int) -> tuple[str, int] | None:
+        """(name, start address) of the symbol holding `vaddr`."""
+        return self.ranges.lookup_start(vaddr)
 
     def __len__(self) -> int:
         return len(self.ranges)

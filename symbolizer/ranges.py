@@ -37,6 +37,18 @@ class AddressRanges:
     def __len__(self) -> int:
         return len(self.names)
 
+    def lookup_start(self, address: int) -> tuple[str, int] | None:
+        """(name, start) of the range holding `address`."""
+        i = bisect_right(self.starts, address) - 1
+        if i < 0:
+            return None
+        if address < self.ends[i]:
+            return self.names[i], self.starts[i]
+        j = self._cover[i]
+        if address < self.ends[j]:
+            return self.names[j], self.starts[j]
+        return None
+
     def lookup(self, address: int) -> str | None:
         i = bisect_right(self.starts, address) - 1
         if i < 0:

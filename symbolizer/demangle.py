@@ -1,0 +1,44 @@
+"""C++ and Rust demangling through libraries: `cxxfilt` (libstdc++'s abi::__cxa_demangle, what
+c++filt and addr2line -C print) and `rust-demangler` (Rust legacy `_ZN..17h<hash>E` and v0 `_R`).
+
+`demangle(name)` never raises and returns the name unchanged when it is not mangled or the library
+cannot read it; results are memoized (bounded) because the same names recur in every drain.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+try:
+    import cxxfilt as _cxxfilt
+except ImportError:  # pragma: no cover - a declared dependency; degrade to mangled names
+    _cxxfilt = None
+try:
+    import rust_demangler as _rust
+except ImportError:  # pragma: no cover
+    _rust = None
+
+_RUST_LEGACY = re.compile(r"^_ZN.*17h[0-9a-f]{16}E(\.llvm\.\d+)?$")
+
+
+@lru_cache(maxsize=65536)
+def demangle(name: str) -> str:
+    """Readable name for a mangled C++ (Itanium ABI) or Rust symbol; other names as they are."""
+    if not name.startswith(("_Z", "_R", "__Z")):
+        return name
+    base, dot, suffix = name.partition(".")  # GCC clones: _Z3fooi.constprop.0 -> foo(int) [clone .constprop.0]
+    try:
+        if _rust is not None and (name.startswith("_R") or _RUST_LEGACY.match(name)):
+            return _rust.demangle(name)
+        if _cxxfilt is not None:
+            out = _cxxfilt.demangle(name, external_only=False)
+            if out != name:
+                return out
+            if dot:
+                out = _cxxfilt.demangle(base, external_only=False)
+                if out != base:
+                    return f"{out} [clone {dot}{suffix}]"
+    except Exception:
+        pass
+    return name

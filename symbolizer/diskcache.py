@@ -1,0 +1,129 @@
+"""Decoded DWARF indexes persisted per build id, so a restarted agent does not decode again.
+
+Layout: `<root>/v<FORMAT>/<build id[:2]>/<build id>/table.pkl` (the CU address table) and
+`cu-<offset>.pkl` (one decoded compile unit, `dwarf.CuIndex`: flat arrays, loaded in well under a
+millisecond). A build id names exactly one binary, so entries never go stale; files are written
+to a temporary name and renamed, so a crash leaves no torn file, and a file that fails to load is
+ignored (decoded again and rewritten). The total size is bounded: past `max_bytes`, whole build
+ids are dropped, least recently used first (by directory mtime, touched on use).
+
+The files are pickles: the directory must be writable only by the agent (root), like its binary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+
+from symbolizer.dwarf import _FORMAT, CuIndex
+
+CuTable = tuple[list[tuple[int, int, int]], bool]
+
+
+class DiskCache:
+    def __init__(self, root: str, *, max_bytes: int = 512 << 20) -> None:
+        self.root = os.path.join(root, f"v{_FORMAT}")
+        self.max_bytes = max_bytes
+        self._stores = 0
+        self.stats = {"cu_hits": 0, "cu_misses": 0, "cu_stored": 0, "table_hits": 0, "evicted": 0, "errors": 0}
+
+    def _dir(self, build_id: str) -> str:
+        safe = "".join(c for c in build_id.lower() if c in "0123456789abcdef")
+        return os.path.join(self.root, safe[:2], safe)
+
+    # -- entries -----------------------------------------------------------------------------
+
+    def _read(self, path: str) -> object | None:
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        except FileNotFoundError:
+            return None
+        except Exception:
+            self.stats["errors"] += 1
+            return None
+
+    def _write(self, path: str, value: object) -> None:
+        d = os.path.dirname(path)
+        try:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)
+        except OSError:
+            self.stats["errors"] += 1
+            with contextlib.suppress(OSError, UnboundLocalError):
+                os.unlink(tmp)
+            return
+        self._stores += 1
+        if self._stores % 64 == 1:
+            self.trim()
+
+    def load_table(self, build_id: str) -> CuTable | None:
+        d = self._dir(build_id)
+        got = self._read(os.path.join(d, "table.pkl"))
+        if got is None:
+            return None
+        self.stats["table_hits"] += 1
+        with contextlib.suppress(OSError):
+            os.utime(d)
+        return got  # type: ignore[return-value]
+
+    def store_table(self, build_id: str, table: CuTable) -> None:
+        self._write(os.path.join(self._dir(build_id), "table.pkl"), table)
+
+    def load_cu(self, build_id: str, offset: int) -> CuIndex | None:
+        got = self._read(os.path.join(self._dir(build_id), f"cu-{offset:x}.pkl"))
+        if isinstance(got, CuIndex):
+            self.stats["cu_hits"] += 1
+            return got
+        self.stats["cu_misses"] += 1
+        return None
+
+    def store_cu(self, build_id: str, offset: int, idx: CuIndex) -> None:
+        self._write(os.path.join(self._dir(build_id), f"cu-{offset:x}.pkl"), idx)
+        self.stats["cu_stored"] += 1
+
+    def hooks(self, build_id: str) -> dict[str, Callable | CuTable | None]:
+        """Keyword arguments for DwarfInfo bound to one build id."""
+        return {"load_cu": lambda off: self.load_cu(build_id, off),
+                "store_cu": lambda off, idx: self.store_cu(build_id, off, idx),
+                "cu_table": self.load_table(build_id),
+                "store_table": lambda table: self.store_table(build_id, table)}
+
+    # -- bound -------------------------------------------------------------------------------
+
+    def usage(self) -> list[tuple[float, int, str]]:
+        """(mtime, bytes, dir) per build id."""
+        out = []
+        if not os.path.isdir(self.root):
+            return out
+        for prefix in os.scandir(self.root):
+            if not prefix.is_dir():
+                continue
+            for entry in os.scandir(prefix.path):
+                try:
+                    size = sum(f.stat().st_size for f in os.scandir(entry.path))
+                    out.append((entry.stat().st_mtime, size, entry.path))
+                except OSError:
+                    continue
+        return out
+
+    def trim(self) -> None:
+        entries = sorted(self.usage())
+        total = sum(e[1] for e in entries)
+        now = time.time()
+        for mtime, size, path in entries:
+            if total <= self.max_bytes:
+                break
+            if now - mtime < 1 and len(entries) == 1:
+                break  # never drop the one being written
+            shutil.rmtree(path, ignore_errors=True)
+            total -= size
+            self.stats["evicted"] += 1
