@@ -344,3 +344,30 @@ def record(duration: float, pid: int | None, cgroup_path: str | None, frequency:
     total = sum(p.total() for p in merged)
     click.echo(f"wrote {total} samples from {len(merged)} processes to {output} ({fmt})", err=True)
 
+
+
+@main.command()
+@click.option("--binary", "binary", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="ELF file (executable, shared library or debug file).")
+@click.option("--inlines", is_flag=True, help="Print inlined frames too (as addr2line -i), innermost first.")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+              help="Persist decoded DWARF indexes here, per build id (as the agent does).")
+@click.argument("addresses", nargs=-1)
+def symbolize(binary: str, inlines: bool, cache_dir: str | None, addresses: tuple[str, ...]) -> None:
+    """Print function and file:line for ELF virtual ADDRESSES (hex) of BINARY, or for addresses read
+    from stdin when none are given: one block per address, one `function<TAB>file:line` per frame."""
+    from symbolizer.elf import ElfReadError
+    from symbolizer.tool import BinaryTool, parse_address
+
+    tokens = addresses or tuple(tok for line in sys.stdin for tok in line.split())
+    try:
+        vaddrs = [parse_address(t) for t in tokens]
+    except ValueError as e:
+        raise click.BadParameter(f"addresses are hex ELF virtual addresses: {e}") from None
+    try:
+        tool = BinaryTool(binary, cache_dir=cache_dir)
+    except ElfReadError as e:
+        raise click.ClickException(str(e)) from None
+    out = sys.stdout
+    for i, block in enumerate(tool.blocks(vaddrs, inlines=inlines)):
+        out.write(("\n" if i else "") + block + "\n")

@@ -1,0 +1,154 @@
+"""DWARF features beyond the corpus comparison: inline frames of a known program, aranges fallback,
+.gnu_debuglink, the persistent per-build-id cache, the agent's Symbolizer with DWARF, the CLI."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from podflame.cli import main
+from podflame.model import Frame, FrameKind, Mapping, Profile
+from symbolizer import Symbolizer
+from symbolizer.demangle import demangle
+from symbolizer.diskcache import DiskCache
+from symbolizer.dwarf import DwarfInfo
+from symbolizer.elf import ElfSymbols
+from symbolizer.resolve import lines_at, open_dwarf
+from tests.test_dwarf_corpus import addr2line, build_corpus, functions
+from tests.test_symbolizer_build import build_id, need_tools, nm_functions
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("dwarf-features")
+    return {p.name: p for p in build_corpus(d)}
+
+
+def deep_addresses(path: Path) -> list[int]:
+    """Addresses of hot_loop where addr2line sees the three-deep inline chain mix <- mix_twice <- deep_inline."""
+    start, size = nm_functions(path)["hot_loop"]
+    addrs = list(range(start, start + size))
+    return [a for a, frames in zip(addrs, addr2line(path, addrs), strict=True)
+            if [f for f, _ in frames] == ["mix", "mix_twice", "deep_inline", "hot_loop"]]
+
+
+def test_inline_chain_innermost_first_with_call_sites(built: dict[str, Path]) -> None:
+    pie = built["dwarf-pie"]
+    deep = deep_addresses(pie)
+    assert deep, "gcc -O2 no longer inlines mix into hot_loop three deep"
+    elf = ElfSymbols(str(pie))
+    lines = lines_at(elf, open_dwarf(elf), deep[0], demangle)
+    assert [ln.function for ln in lines] == ["mix", "mix_twice", "deep_inline", "hot_loop"]
+    header = str(FIXTURES / "dwarf_inlines.h")
+    src = (FIXTURES / "dwarf_inlines.h").read_text().splitlines()
+    # outer frames point at the call sites: mix_twice calls mix, deep_inline calls mix_twice, hot_loop deep_inline
+    assert lines[1].file == header and "mix(" in src[lines[1].line - 1]
+    assert lines[2].file == header and "mix_twice(" in src[lines[2].line - 1]
+    prog = (FIXTURES / "dwarfprog.c").read_text().splitlines()
+    assert lines[3].file == str(FIXTURES / "dwarfprog.c") and "deep_inline(" in prog[lines[3].line - 1]
+    assert lines[0].file == header and 7 <= lines[0].line <= 11  # inside mix's body
+
+
+def test_missing_aranges_fall_back_to_cu_headers(built: dict[str, Path], tmp_path: Path) -> None:
+    need_tools("objcopy")
+    src = built["dwarf-nopie"]
+    stripped = tmp_path / "no-aranges"
+    subprocess.run(["objcopy", "--remove-section=.debug_aranges", str(src), str(stripped)], check=True)
+    assert ".debug_aranges" not in subprocess.run(["readelf", "-S", str(stripped)], capture_output=True,
+                                                  text=True).stdout
+    addrs = [a + s // 2 for a, s in functions(src)]
+    with_ar, without = DwarfInfo(str(src)), DwarfInfo(str(stripped))
+    assert [with_ar.lookup(a) for a in addrs] == [without.lookup(a) for a in addrs]
+    assert any(r and r[0] for r in map(without.lookup, addrs))
+    assert without.stats["cu_scans"] == 1 and with_ar.stats["cus_decoded"] >= 1
+
+
+def test_gnu_debuglink_separate_file(built: dict[str, Path], tmp_path: Path) -> None:
+    need_tools("objcopy", "strip")
+    exe = tmp_path / "bin" / "prog"
+    exe.parent.mkdir()
+    shutil.copy(built["dwarf-pie"], exe)
+    debug = exe.parent / ".debug" / "prog.debug"
+    debug.parent.mkdir()
+    subprocess.run(["objcopy", "--only-keep-debug", str(exe), str(debug)], check=True)
+    subprocess.run(["strip", "--strip-debug", str(exe)], check=True)
+    subprocess.run(["objcopy", f"--add-gnu-debuglink={debug}", str(exe)], check=True)
+    elf = ElfSymbols(str(exe), debug_dirs=[str(tmp_path / "nowhere")])
+    assert elf.dwarf_file() == str(debug)
+    deep = deep_addresses(built["dwarf-pie"])[0]
+    assert [ln.function for ln in lines_at(elf, open_dwarf(elf), deep, demangle)][:2] == ["mix", "mix_twice"]
+    debug.write_bytes(debug.read_bytes() + b"\0")  # another build's debug file: the CRC says no
+    assert ElfSymbols(str(exe), debug_dirs=[]).dwarf_file() is None
+
+
+def test_disk_cache_answers_a_new_process_without_decoding(built: dict[str, Path], tmp_path: Path) -> None:
+    path = built["dwarf-cxx"]
+    bid = build_id(path)
+    addrs = [a + s // 3 for a, s in functions(path)]
+    cache = DiskCache(str(tmp_path / "cache"))
+    first = DwarfInfo(str(path), **cache.hooks(bid))
+    want = [first.lookup(a) for a in addrs]
+    assert first.stats["cus_decoded"] >= 1 and cache.stats["cu_stored"] == first.stats["cus_decoded"]
+    again = DiskCache(str(tmp_path / "cache"))
+    second = DwarfInfo(str(path), **again.hooks(bid))
+    assert [second.lookup(a) for a in addrs] == want
+    assert second.stats["cus_decoded"] == 0 and second.stats["cus_loaded"] == first.stats["cus_decoded"]
+    assert second._reader is None  # the DWARF sections were never read
+    for f in (tmp_path / "cache").rglob("cu-*.pkl"):  # torn files are ignored and decoded again
+        f.write_bytes(b"garbage")
+    third = DwarfInfo(str(path), **DiskCache(str(tmp_path / "cache")).hooks(bid))
+    assert [third.lookup(a) for a in addrs] == want and third.stats["cus_decoded"] >= 1
+
+
+def test_disk_cache_is_bounded(tmp_path: Path, built: dict[str, Path]) -> None:
+    path = built["dwarf-cxx"]
+    cache = DiskCache(str(tmp_path / "c"), max_bytes=1)
+    for fake in ("aa" * 20, "bb" * 20, "cc" * 20):
+        DwarfInfo(str(path), **cache.hooks(fake)).lookup(nm_functions(path)["main"][0])
+    cache.trim()
+    assert len(cache.usage()) <= 1
+
+
+def test_agent_symbolizer_gives_inline_frames_for_a_mapped_binary(built: dict[str, Path]) -> None:
+    pie = built["dwarf-pie"]
+    deep = deep_addresses(pie)[0]
+    base = 0x5555_5555_4000
+    elf = ElfSymbols(str(pie))
+    text = next(s for s in elf.segments if s.executable)
+    m = Mapping(base + text.vaddr, base + text.vaddr + text.memsz, text.offset, str(pie), elf.build_id)
+    leaf = Frame(base + deep, m, FrameKind.NATIVE)
+    p = Profile(labels={}, start_ns=0, duration_ns=1, period_ns=1)
+    p.add((leaf,), 3)
+    sym = Symbolizer(kallsyms_path="/dev/null")
+    out = sym.symbolize(p)
+    (stack,) = out.samples
+    assert [ln.function for ln in stack[0].lines] == ["mix", "mix_twice", "deep_inline", "hot_loop"]
+    assert stack[0].names() == ("hot_loop", "deep_inline", "mix_twice", "mix")  # root first in a stack
+    assert sym.stats()["dwarf_resolved"] == 1
+
+
+def test_cli_prints_blocks_like_addr2line(built: dict[str, Path]) -> None:
+    pie = built["dwarf-pie"]
+    deep = deep_addresses(pie)[0]
+    r = CliRunner().invoke(main, ["symbolize", "--binary", str(pie), "--inlines", hex(deep), "0x10"])
+    assert r.exit_code == 0, r.output
+    blocks = r.output.split("\n\n")
+    want = addr2line(pie, [deep, 0x10])
+    assert [ln.split("\t") for ln in blocks[0].splitlines()] == [[f, loc] for f, loc in want[0]]
+    assert blocks[1].strip() == "??\t??:0"
+    r2 = CliRunner().invoke(main, ["symbolize", "--binary", str(pie)], input=f"{deep:x}\n")
+    assert r2.exit_code == 0 and r2.output == blocks[0].splitlines()[0] + "\n"  # innermost only without --inlines
+
+
+def test_demangling_cxx_and_rust() -> None:
+    want = "std::vector<int, std::allocator<int> >::push_back(int const&)"
+    assert demangle("_ZNSt6vectorIiSaIiEE9push_backERKi") == want
+    assert demangle("_RNvCs1234_7mycrate3foo") == "mycrate::foo"
+    assert demangle("_ZN4core3fmt9Formatter3pad17h0e6f1c4d7d5f4f5eE").startswith("core::fmt::Formatter::pad")
+    assert demangle("main") == "main" and demangle("_Znot a name") == "_Znot a name"
