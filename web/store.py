@@ -168,7 +168,8 @@ def _narrowest(a: np.ndarray) -> int:
     raise ValueError("value out of int64 range")
 
 
-def encode_columns(stack: np.ndarray, value: np.ndarray, level: int = 3) -> bytes:
+def encode_columns(stack: np.ndarray, value: np.ndarray, level: int = 3,
+                   compressor: zstandard.ZstdCompressor | None = None) -> bytes:
     """Two columns -> one zstd frame. Stack ids must be unique."""
     order = np.argsort(stack, kind="stable")
     stack, value = stack[order].astype(np.int64), value[order].astype(np.int64)
@@ -176,7 +177,7 @@ def encode_columns(stack: np.ndarray, value: np.ndarray, level: int = 3) -> byte
     sc, vc = _narrowest(delta), _narrowest(value)
     raw = b"".join((_HEADER.pack(_FRAME_MAGIC, sc, vc, stack.size),
                     delta.astype(_DTYPES[sc]).tobytes(), value.astype(_DTYPES[vc]).tobytes()))
-    return zstandard.ZstdCompressor(level=level).compress(raw)
+    return (compressor or zstandard.ZstdCompressor(level=level)).compress(raw)
 
 
 def decode_columns(frame: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -209,7 +210,7 @@ CREATE TABLE IF NOT EXISTS series (
   UNIQUE (labels, sample_type, unit));
 CREATE TABLE IF NOT EXISTS blobs (
   id INTEGER PRIMARY KEY, bytes INTEGER NOT NULL, created_ns INTEGER NOT NULL,
-  max_start_ns INTEGER NOT NULL DEFAULT 0, deleted_ns INTEGER);
+  max_start_ns INTEGER NOT NULL DEFAULT 0, deleted_ns INTEGER, live INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS profiles (
   id INTEGER PRIMARY KEY, series INTEGER NOT NULL, start_ns INTEGER NOT NULL, duration_ns INTEGER NOT NULL,
   period_ns INTEGER NOT NULL, total INTEGER NOT NULL, n_samples INTEGER NOT NULL,
@@ -222,10 +223,9 @@ CREATE TABLE IF NOT EXISTS compactions (
 # Created after migrations (they name columns a version-1 store lacks).
 _INDEXES = """
 DROP INDEX IF EXISTS profiles_by_series_time;
+DROP INDEX IF EXISTS profiles_by_time;
 CREATE INDEX IF NOT EXISTS profiles_by_series_level_time ON profiles (series, level, start_ns);
 CREATE INDEX IF NOT EXISTS profiles_by_level_time ON profiles (level, start_ns);
-CREATE INDEX IF NOT EXISTS profiles_by_time ON profiles (start_ns);
-CREATE INDEX IF NOT EXISTS profiles_by_blob ON profiles (blob);
 CREATE INDEX IF NOT EXISTS blobs_by_age ON blobs (max_start_ns);
 """
 
@@ -270,6 +270,7 @@ class SqliteStore(Store):
         self.blob_dir = self.dir / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.zstd_level = zstd_level
+        self._zstd = zstandard.ZstdCompressor(level=zstd_level)  # used under the write lock only
         self.levels = tuple(sorted(levels))
         if any(b % a for a, b in zip(self.levels, self.levels[1:], strict=False)):
             raise ValueError("each bucket width must be a multiple of the finer one")
@@ -299,8 +300,9 @@ class SqliteStore(Store):
             self._db.execute("ALTER TABLE profiles ADD COLUMN level INTEGER NOT NULL DEFAULT 0")
             self._db.execute("ALTER TABLE blobs ADD COLUMN max_start_ns INTEGER NOT NULL DEFAULT 0")
             self._db.execute("ALTER TABLE blobs ADD COLUMN deleted_ns INTEGER")
+            self._db.execute("ALTER TABLE blobs ADD COLUMN live INTEGER NOT NULL DEFAULT 0")
             self._db.execute("UPDATE blobs SET max_start_ns = coalesce((SELECT max(start_ns) FROM profiles "
-                             "WHERE blob = blobs.id), 0)")
+                             "WHERE blob = blobs.id), 0), live = (SELECT count(*) FROM profiles WHERE blob = blobs.id)")
             self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def _meta(self, key: str, default: int = 0) -> int:
@@ -463,16 +465,17 @@ class SqliteStore(Store):
                         sids.append(sid)
                     stack_ids = np.array(sids, dtype=np.int64)
                     values = np.fromiter(p.samples.values(), dtype=np.int64, count=len(sids))
-                    uniq, inv = np.unique(stack_ids, return_inverse=True)
-                    if uniq.size != stack_ids.size:  # equal stacks held as distinct objects
+                    if len(set(sids)) != len(sids):  # equal stacks held as distinct objects
+                        uniq, inv = np.unique(stack_ids, return_inverse=True)
                         stack_ids, values = uniq, _sum_by(inv, values, uniq.size)
-                    frames_out.append(encode_columns(stack_ids, values, self.zstd_level))
+                    frames_out.append(encode_columns(stack_ids, values, self.zstd_level, self._zstd))
                     rows.append((series.id, p.start_ns, p.duration_ns, p.period_ns, int(values.sum()),
                                  int(stack_ids.size)))
                     n_samples += int(stack_ids.size)
                 nbytes = sum(len(f) for f in frames_out)
-                blob_id = self._db.execute("INSERT INTO blobs (bytes, created_ns, max_start_ns) VALUES (?, ?, ?)",
-                                           (nbytes, time.time_ns(), max(r[1] for r in rows))).lastrowid
+                blob_id = self._db.execute(
+                    "INSERT INTO blobs (bytes, created_ns, max_start_ns, live) VALUES (?, ?, ?, ?)",
+                    (nbytes, time.time_ns(), max(r[1] for r in rows), len(rows))).lastrowid
                 path = self._blob_path(blob_id)
                 _write_durably(path, frames_out)
                 offsets = np.cumsum([0, *(len(f) for f in frames_out)]).tolist()
@@ -731,7 +734,7 @@ class SqliteStore(Store):
                     weight[r.period_ns] += abs(r.total) or 1
                 period = max(weight.items(), key=lambda kv: (kv[1], kv[0]))[0]
                 stack, value = keys[a:b] & 0xFFFFFFFF, values[a:b]
-                frames_out.append(encode_columns(stack, value, self.zstd_level))
+                frames_out.append(encode_columns(stack, value, self.zstd_level))  # outside the lock: own compressor
                 rows.append((sid, first, last - first, period, int(value.sum()), int(stack.size)))
         with self._lock:
             self._check_open()
@@ -742,17 +745,15 @@ class SqliteStore(Store):
             path = None
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                old = [r[0] for r in self._db.execute(
-                    "SELECT DISTINCT blob FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?",
-                    (level, bucket, end))]
-                self._db.execute("DELETE FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?",
-                                 (level, bucket, end))
-                self._release_blobs(old)
+                old = self._db.execute("SELECT id, blob FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?",
+                                       (level, bucket, end)).fetchall()
+                self._db.executemany("DELETE FROM profiles WHERE id=?", [(r[0],) for r in old])
+                self._release_blobs([r[1] for r in old])
                 if rows:
                     nbytes = sum(len(f) for f in frames_out)
                     blob_id = self._db.execute(
-                        "INSERT INTO blobs (bytes, created_ns, max_start_ns) VALUES (?, ?, ?)",
-                        (nbytes, time.time_ns(), max(r[1] for r in rows))).lastrowid
+                        "INSERT INTO blobs (bytes, created_ns, max_start_ns, live) VALUES (?, ?, ?, ?)",
+                        (nbytes, time.time_ns(), max(r[1] for r in rows), len(rows))).lastrowid
                     path = self._blob_path(blob_id)
                     _write_durably(path, frames_out)
                     offsets = np.cumsum([0, *(len(f) for f in frames_out)]).tolist()
@@ -776,11 +777,18 @@ class SqliteStore(Store):
             return 1
 
     def _release_blobs(self, blob_ids: Iterable[int]) -> None:
-        """Mark blobs no profile row points at any more; their files go after the grace period."""
-        now = time.time_ns()
+        """Count deleted rows off their blobs (one id per row); blobs left with none are marked for unlinking.
+
+        A reference count, not an index on profiles.blob: that index would cost every put a write.
+        """
+        counts: dict[int, int] = defaultdict(int)
         for blob_id in blob_ids:
-            self._db.execute("UPDATE blobs SET deleted_ns=? WHERE id=? AND deleted_ns IS NULL AND NOT EXISTS "
-                             "(SELECT 1 FROM profiles WHERE blob=?)", (now, blob_id, blob_id))
+            counts[blob_id] += 1
+        if not counts:
+            return
+        self._db.executemany("UPDATE blobs SET live = live - ? WHERE id=?", [(n, b) for b, n in counts.items()])
+        self._db.executemany("UPDATE blobs SET deleted_ns=? WHERE id=? AND live<=0 AND deleted_ns IS NULL",
+                             [(time.time_ns(), b) for b in counts])
 
     # -- retention -------------------------------------------------------------------------------
 
@@ -814,14 +822,18 @@ class SqliteStore(Store):
             while True:
                 with self._lock:
                     self._check_open()
-                    batch = self._db.execute("SELECT id, blob FROM profiles WHERE start_ns<? LIMIT ?",
-                                             (cutoff, DELETE_BATCH)).fetchall()
+                    batch = []
+                    for level in range(len(self.levels) + 1):  # the (level, start) index, level by level
+                        batch += self._db.execute("SELECT id, blob FROM profiles WHERE level=? AND start_ns<? LIMIT ?",
+                                                  (level, cutoff, DELETE_BATCH - len(batch))).fetchall()
+                        if len(batch) >= DELETE_BATCH:
+                            break
                     if not batch:
                         break
                     with self._db:
                         self._db.execute("BEGIN IMMEDIATE")
                         self._db.executemany("DELETE FROM profiles WHERE id=?", [(r[0],) for r in batch])
-                        self._release_blobs({r[1] for r in batch})
+                        self._release_blobs([r[1] for r in batch])
                         self._db.execute("DELETE FROM compactions WHERE bucket_ns<?",
                                          (bucket_of(cutoff, self.levels[0]) if self.levels else cutoff,))
                     deleted += len(batch)
