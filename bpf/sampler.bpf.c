@@ -84,10 +84,15 @@ BPF_HASH(cgroup_filter, u64, u8, CGROUP_FILTER_SIZE);
 
 BPF_PERCPU_ARRAY(scratch, struct stack_trace, 1);  // too big for the 512-byte BPF stack
 
-// Processes seen recently; a tgid's first sample announces it on new_tgids so userspace reads its
-// /proc/PID/maps right away, before a short-lived process can exit unseen (LRU: a process evicted
-// and sampled again is announced again, which is harmless).
-BPF_TABLE("lru_hash", u32, u8, seen_tgids, SEEN_TGIDS_SIZE);
+// Processes seen recently, by (tgid, comm); a first sample announces the tgid on new_tgids so userspace
+// reads its /proc/PID/maps right away, before a short-lived process can exit unseen. comm is in the key
+// because a process is often first sampled between fork and exec: exec changes comm, so the new image
+// is announced again (LRU: a process evicted and sampled again is announced again, which is harmless).
+struct seen_key {
+    u32 tgid;
+    char comm[TASK_COMM_LEN];
+};
+BPF_TABLE("lru_hash", struct seen_key, u8, seen_tgids, SEEN_TGIDS_SIZE);
 BPF_RINGBUF_OUTPUT(new_tgids, NEW_TGIDS_PAGES);
 
 BPF_HASH(counts0, struct sample_key, u64, COUNTS_MAP_SIZE);
@@ -239,17 +244,20 @@ int on_sample(struct bpf_perf_event_data *ctx) {
         return 0;
     u32 set = *active;            // read once: stacks and count must land in the same set
 
-    if (tgid && !seen_tgids.lookup(&tgid)) {
-        u8 one = 1;
-        seen_tgids.update(&tgid, &one);
-        new_tgids.ringbuf_output(&tgid, sizeof(tgid), 0);
-    }
-
     struct sample_key key = {};
     key.cgroup_id = cgroup_id;
     key.tgid = tgid;
     key.pid = pid;
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
+    if (tgid) {
+        struct seen_key seen = {.tgid = tgid};
+        __builtin_memcpy(seen.comm, key.comm, sizeof(seen.comm));
+        if (!seen_tgids.lookup(&seen)) {
+            u8 one = 1;
+            seen_tgids.update(&seen, &one);
+            new_tgids.ringbuf_output(&tgid, sizeof(tgid), 0);
+        }
+    }
     key.user_error = stack_into(ctx, BPF_F_USER_STACK, set, &key.user_stack);
     key.kernel_error = stack_into(ctx, 0, set, &key.kernel_stack);
     note_stack_error(key.user_error, ERR_USER_EEXIST);

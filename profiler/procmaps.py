@@ -134,7 +134,9 @@ class MapsCache:
 
         Unlike `refresh` it does not start a drain, so exited processes' grace periods are unchanged."""
         for pid in pids:
-            if pid not in self._procs:
+            p = self._procs.get(pid)
+            # a known pid is announced again after exec (new comm): read the new image's maps
+            if p is None or (p.gone_gen is None and self._exe_identity(pid) != p.exe):
                 self._read(pid)
         self._evict()
 

@@ -111,7 +111,7 @@ def test_pod_flame_graph_and_pprof_from_a_real_sampled_process(tmp_path: Path) -
 
 
 def test_a_process_that_exits_before_the_drain_still_symbolizes(tmp_path: Path) -> None:
-    """The kernel announces a process's first sample; its maps are read then, not at the drain."""
+    """The kernel announces a process's first sample (and again after exec); its maps are read then."""
     import time
 
     from profiler.agent import Agent, create_context
@@ -123,7 +123,9 @@ def test_a_process_that_exits_before_the_drain_still_symbolizes(tmp_path: Path) 
     sampler = Sampler(FREQUENCY)
     try:
         agent = Agent(sampler, ctx, Symbolizer(ctx.maps), lambda profiles: None, interval=3600)
-        proc = subprocess.Popen([str(exe), "0.5"])
+        # The pid is sampled first as a busy shell, then execs the workload: the new image must be read too.
+        spin = "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done"
+        proc = subprocess.Popen(["sh", "-c", f'{spin}; exec "$0" 0.5', str(exe)])
         assert proc.wait() == 0
         time.sleep(1.0)
         assert not Path(f"/proc/{proc.pid}").exists()
