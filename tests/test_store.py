@@ -182,3 +182,29 @@ def test_concurrent_writers_and_readers(store: SqliteStore) -> None:
         t.join()
     assert not errors
     assert merged(store) == {(MAIN, INLINED): 80, (MAIN, KERNEL): 20 * (1 + 2 + 3 + 4)}
+
+
+def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path)
+    s.put([profile({"pod": "p1"}, a=3)])
+    s.put([profile({"pod": "p1"}, start=T0 + S, b=2)])
+    s.close()
+    # Turn it into what version 1 wrote: no levels, blob ages, reference counts or compaction state.
+    db = sqlite3.connect(tmp_path / "index.sqlite")
+    db.executescript("""
+        DROP INDEX profiles_by_series_level_time; DROP INDEX profiles_by_level_time; DROP INDEX blobs_by_age;
+        ALTER TABLE profiles DROP COLUMN level; ALTER TABLE blobs DROP COLUMN max_start_ns;
+        ALTER TABLE blobs DROP COLUMN deleted_ns; ALTER TABLE blobs DROP COLUMN live; DROP TABLE compactions;
+        CREATE INDEX profiles_by_series_time ON profiles (series, start_ns);
+        UPDATE meta SET value='1' WHERE key='schema_version';""")
+    db.commit()
+    db.close()
+    s = SqliteStore(tmp_path)
+    assert merged(s) == {(MAIN, INLINED): 3, (MAIN, KERNEL): 2}
+    assert s._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+    assert s._db.execute("SELECT live, max_start_ns FROM blobs ORDER BY id").fetchall() == [(1, T0), (1, T0 + S)]
+    # Retention works on migrated blobs (their reference counts were rebuilt).
+    s.enforce_retention(max_age_ns=1, max_bytes=None, now_ns=T0 + 2, grace_ns=0)
+    assert merged(s) == {(MAIN, KERNEL): 2}
+    assert len(list((tmp_path / "blobs").rglob("*.pfz"))) == 1
+    s.close()
