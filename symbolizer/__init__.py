@@ -100,6 +100,7 @@ class Symbolizer:
         self._binaries: LRU[ElfSymbols] = LRU(max_binaries, max_symbols, weigh=lambda e: len(e.ranges) + 1)
         self._unreadable: LRU[float] = LRU(4096)  # binary key -> when it failed (retried later)
         self._results: LRU[_Result] = LRU(max_results)
+        self._resolved: LRU[Frame] = LRU(max_results)  # (input frame, is leaf) -> resolved frame
         self._vdso_keys: LRU[Hashable] = LRU(1024)  # (pid, start) -> binary key of that vDSO image
         self._lock = threading.Lock()
         self._stats: Counter[str] = Counter()
@@ -147,9 +148,19 @@ class Symbolizer:
     def _frame(self, frame: Frame, leaf: bool, call: _Call) -> Frame:
         if frame.lines or frame.reason is not None:
             return frame  # already named (e.g. the agent's "[user stack lost]" frames)
-        done = call.frames.get((frame, leaf))
+        key = (frame, leaf)
+        done = call.frames.get(key)
         if done is None:
-            done = call.frames[(frame, leaf)] = self._resolve(frame, leaf, call)
+            # across calls: a frame of a binary with a build id resolves the same forever (steady state:
+            # one dictionary hit per distinct frame per drain); failures are retried, they may be transient
+            m = frame.mapping
+            stable = m is not None and m.build_id is not None and frame.kind is FrameKind.NATIVE
+            done = self._resolved.get(key) if stable else None
+            if done is None:
+                done = self._resolve(frame, leaf, call)
+                if stable and done.lines:
+                    self._resolved.put(key, done)
+            call.frames[key] = done
             self._stats["resolved" if done.lines else str(done.reason)] += 1
         return done
 

@@ -1,0 +1,195 @@
+"""Our symbolizer vs `addr2line -f -i -C` on libpython3.11.so (23 MB of DWARF), side by side.
+
+Both run as fresh processes reading the same addresses on stdin (ours: `podflame symbolize
+--binary LIB --inlines`), each measured as wall time and peak RSS (getrusage of the child):
+
+1. cold, the addresses of a real sampled profile of a Python workload (`perf record -g` of a
+   json/dict/recursion workload under pyenv's python, callers included): they touch few CUs;
+2. cold, N addresses spread uniformly over the library's function bytes (every CU is decoded);
+3. the same N in a new process with the on-disk cache written by (2) (`--cache-dir`);
+
+plus in-process warm lookups: the agent's Symbolizer resolving frames already in its
+(build id, address) cache, per second. It also reports how many blocks are identical to
+addr2line's. The last line is one JSON object.
+
+    .venv/bin/python bench/symbolize.py [--lib PATH] [--uniform 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from podflame.model import Frame, FrameKind, Mapping, Profile  # noqa: E402
+from symbolizer import Symbolizer  # noqa: E402
+from symbolizer.elf import ElfSymbols  # noqa: E402
+
+WORKLOAD = """
+import json, re
+def fib(n): return n if n < 2 else fib(n - 1) + fib(n - 2)
+d = {}
+for i in range(150000):
+    d[str(i)] = json.dumps({"a": i, "b": [i] * 3, "c": "x" * (i % 7)})
+fib(23)
+pat = re.compile(r"(\\d+)x")
+sum(len(pat.findall(v)) for v in d.values())
+sorted(d.items(), key=lambda kv: kv[1])
+"""
+
+
+def run(cmd: list[str], stdin: str) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MB, stdout) of a child process."""
+    with tempfile.TemporaryFile("w+") as fin, tempfile.TemporaryFile("w+") as fout:
+        fin.write(stdin)
+        fin.seek(0)
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=subprocess.DEVNULL)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode:
+            raise SystemExit(f"{cmd[0]} exited with {p.returncode}")
+        fout.seek(0)
+        return wall, ru.ru_maxrss / 1024, fout.read()
+
+
+def profile_addresses(lib: Path, elf: ElfSymbols) -> list[int]:
+    """Distinct ELF addresses in `lib` of a perf-sampled Python workload (leaves and callers)."""
+    python = Path(sysconfig.get_config_var("BINDIR")) / "python3.11"
+    if not shutil.which("perf"):
+        raise SystemExit("needs perf (Debian linux-perf)")
+    with tempfile.TemporaryDirectory() as d:
+        data = f"{d}/perf.data"
+        subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g", "-o", data, "--",
+                        str(python), "-c", WORKLOAD], check=True, capture_output=True)
+        out = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym,symoff,dso"], check=True,
+                             capture_output=True, text=True).stdout
+    starts: dict[str, int] = {}
+    for s, n in zip(elf.ranges.starts, elf.ranges.names, strict=True):
+        starts.setdefault(n, s)
+    found = set()
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or lib.name not in parts[-1]:
+            continue
+        sym, _, off = parts[1].rpartition("+0x")
+        if sym in starts and off:
+            found.add(starts[sym] + int(off, 16))
+    return sorted(found)
+
+
+def uniform_addresses(elf: ElfSymbols, n: int) -> list[int]:
+    rng = random.Random(3)
+    r = elf.ranges
+    spans = [(r.starts[i], r.ends[i] - r.starts[i]) for i in range(len(r))]
+    total = sum(s for _, s in spans)
+    picks = sorted(rng.randrange(total) for _ in range(n))
+    out, base, k = [], 0, 0
+    for a, s in spans:
+        while k < len(picks) and picks[k] < base + s:
+            out.append(a + picks[k] - base)
+            k += 1
+        base += s
+    return out
+
+
+def blocks_addr2line(out: str) -> list[list[tuple[str, str]]]:
+    """addr2line -a output: a "0xADDR" line, then (function, file:line) pairs."""
+    lines = out.splitlines()
+    blocks: list[list[tuple[str, str]]] = []
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("0x"):
+            blocks.append([])
+            i += 1
+            continue
+        loc = lines[i + 1].split(" (discriminator")[0]
+        blocks[-1].append((lines[i], loc if not loc.endswith(":?") else loc[:-1] + "0"))
+        i += 2
+    return blocks
+
+
+def blocks_ours(out: str) -> list[list[tuple[str, str]]]:
+    return [[tuple(ln.split("\t", 1)) for ln in b.splitlines()] for b in out.rstrip("\n").split("\n\n")]
+
+
+def agreement(ours: str, theirs: str) -> float:
+    a, b = blocks_ours(ours), blocks_addr2line(theirs)
+    same = sum(1 for x, y in zip(a, b, strict=False) if [f for f, _ in x] == [f for f, _ in y])
+    return same / max(1, len(b))
+
+
+def warm_lookups(lib: Path, elf: ElfSymbols, addrs: list[int]) -> tuple[float, float]:
+    """Frames per second through Symbolizer.symbolize once every address is cached, and raw
+    (build id, address) cache hits per second."""
+    text = next(s for s in elf.segments if s.executable)
+    base = 0x7F00_0000_0000
+    m = Mapping(base + text.vaddr - text.vaddr % 4096, base + text.vaddr + text.memsz, text.offset - text.offset % 4096,
+                str(lib), elf.build_id)
+    p = Profile(labels={}, start_ns=0, duration_ns=1, period_ns=1)
+    for a in addrs:
+        p.add((Frame(base + a, m, FrameKind.NATIVE),), 1)
+    sym = Symbolizer(kallsyms_path="/dev/null")
+    sym.symbolize(p)  # cold: fills the caches
+    rounds, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 2.0:
+        sym.symbolize(p)
+        rounds += 1
+    per_frame = rounds * len(addrs) / (time.perf_counter() - t0)
+    keys = list(sym._results._data)
+    get = sym._results.get
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 1.0:
+        for k in keys:
+            get(k)
+        n += len(keys)
+    return per_frame, n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lib", default=str(Path(sysconfig.get_config_var("LIBDIR")) / "libpython3.11.so.1.0"))
+    ap.add_argument("--uniform", type=int, default=10_000)
+    args = ap.parse_args()
+    lib = Path(args.lib)
+    elf = ElfSymbols(str(lib))
+    ours_cmd = [str(Path(sys.executable).parent / "podflame"), "symbolize", "--binary", str(lib), "--inlines"]
+    theirs_cmd = ["addr2line", "-a", "-f", "-i", "-C", "-e", str(lib)]
+    prof = profile_addresses(lib, elf)
+    uni = uniform_addresses(elf, args.uniform)
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as cache:
+        cases = [("profile_cold", prof, []), ("uniform_cold", uni, ["--cache-dir", cache]),
+                 ("uniform_disk_cache", uni, ["--cache-dir", cache])]
+        for name, addrs, extra in cases:
+            stdin = "\n".join(f"{a:#x}" for a in addrs) + "\n"
+            ot, orss, oout = run(ours_cmd + extra, stdin)
+            tt, trss, tout = run(theirs_cmd, stdin)
+            results[name] = {"addresses": len(addrs), "ours_s": round(ot, 3), "ours_rss_mb": round(orss, 1),
+                             "addr2line_s": round(tt, 3), "addr2line_rss_mb": round(trss, 1),
+                             "time_ratio": round(ot / tt, 2), "same_functions": round(agreement(oout, tout), 4)}
+            r = results[name]
+            print(f"{name:20s} {r['addresses']:6d} addrs  ours {ot:6.2f}s {orss:6.1f} MB   "
+                  f"addr2line {tt:6.2f}s {trss:6.1f} MB   ratio {ot / tt:5.2f}x   "
+                  f"same functions {r['same_functions']:.2%}")
+    per_frame, raw = warm_lookups(lib, elf, uni)
+    results["warm"] = {"symbolize_frames_per_s": int(per_frame), "cache_hits_per_s": int(raw)}
+    print(f"warm in-process: Symbolizer.symbolize {per_frame:,.0f} frames/s; "
+          f"(build id, address) cache {raw:,.0f} hits/s")
+    print(json.dumps({"bench": "symbolize", "lib": str(lib), **results}))
+
+
+if __name__ == "__main__":
+    main()
