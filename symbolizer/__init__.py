@@ -79,7 +79,8 @@ class Symbolizer:
 
     `demangle` turns symbol names into readable ones (default: C++ and Rust, symbolizer.demangle).
     `debug_dirs` are searched by build id (and for .gnu_debuglink files) for separate debug files.
-    `dwarf=False` keeps to ELF symbols. `disk_cache`: decoded DWARF indexes persisted per build id.
+    `dwarf=False` keeps to ELF symbols. `disk_cache`: decoded DWARF indexes persisted per build id
+    (default: a DiskCache in $PODFLAME_SYMBOL_CACHE when that is set, else none).
     Memory bounds: `max_binaries` / `max_symbols` symbol tables (~100 bytes a symbol),
     `max_results` cached (binary, offset) -> lines results (~300 bytes each), `max_dwarf`
     binaries' DWARF (their section bytes, plus up to `max_dwarf_rows` decoded rows each).
@@ -106,6 +107,8 @@ class Symbolizer:
         self._stats: Counter[str] = Counter()
         self._line_cache: dict[str, tuple[Line, ...]] = {}
         self._dwarf_enabled = dwarf
+        if disk_cache is None and (cache_dir := os.environ.get("PODFLAME_SYMBOL_CACHE")):
+            disk_cache = DiskCache(cache_dir)  # the agent's node-local cache (a hostPath in Kubernetes)
         self.disk_cache = disk_cache
         self._dwarfs: LRU[DwarfInfo | None] = LRU(max_dwarf)
         self._max_dwarf_rows = max_dwarf_rows
