@@ -184,7 +184,7 @@ def _layout(nodes: _Nodes, names: Sequence[str]) -> tuple[list[str], list[np.nda
     named = nodes.name >= 0
     name_rank[named] = rank_of_used[np.searchsorted(used, nodes.name[named])]
     name_rank[nodes.name == -2] = rank[OTHER]
-    width = nodes.total.sum(axis=1) if nodes.total.ndim == 2 else nodes.total
+    width = nodes.total.sum(axis=1)
     start = np.zeros(count, dtype=np.int64)
     position = np.zeros(count, dtype=np.int64)  # a node's index within its level, in layout order
     levels = [np.zeros(1, np.int64)]
@@ -224,8 +224,12 @@ def _layout(nodes: _Nodes, names: Sequence[str]) -> tuple[list[str], list[np.nda
     return out_names, levels, np.stack((start, node_out), axis=1)
 
 
-def _payload(nodes: _Nodes, names: Sequence[str], diff: bool) -> tuple[dict[str, Any], int]:
-    out_names, levels, pos = _layout(nodes, names)
+def _payload(ns: NameStacks, max_nodes: int | None, diff: bool) -> dict[str, Any]:
+    nodes = _build(ns)
+    folded = 0
+    if max_nodes is not None:
+        nodes, folded = _budget(nodes, max_nodes)
+    out_names, levels, pos = _layout(nodes, ns.names)
     width = nodes.total.sum(axis=1)
     self_w = nodes.self.sum(axis=1)
     out_levels = []
@@ -234,24 +238,20 @@ def _payload(nodes: _Nodes, names: Sequence[str], diff: bool) -> tuple[dict[str,
         if diff:
             cols += [nodes.total[idx, 0], nodes.self[idx, 0], nodes.total[idx, 1], nodes.self[idx, 1]]
         out_levels.append(np.stack(cols, axis=1).reshape(-1).tolist())
-    max_self = int(self_w[nodes.name != -2].max()) if nodes.depth.size else 0
-    other = out_names.index(OTHER) if OTHER in out_names and (nodes.name == -2).any() else -1
-    return {"names": out_names, "levels": out_levels, "total": int(width[0]), "max_self": max(max_self, 0),
-            "other": other}, other
+    max_self = int(self_w[nodes.name != -2].max())  # [other] is a fold, not a hot function
+    payload: dict[str, Any] = {"names": out_names, "levels": out_levels, "total": int(width[0]),
+                               "max_self": max(max_self, 0)}
+    if diff:
+        payload.update(base_total=int(nodes.total[0, 0]), comp_total=int(nodes.total[0, 1]))
+    if max_nodes is not None:
+        other = out_names.index(OTHER) if (nodes.name == -2).any() else -1
+        payload.update(max_nodes=max_nodes, folded_nodes=folded, other=other)
+    return payload
 
 
 def flamegraph_from_stacks(ns: NameStacks, max_nodes: int | None = None) -> dict[str, Any]:
     """The flame-graph payload of name stacks with one value column (without type/unit metadata)."""
-    nodes = _build(ns)
-    folded = 0
-    if max_nodes is not None:
-        nodes, folded = _budget(nodes, max_nodes)
-    payload, _ = _payload(nodes, ns.names, diff=False)
-    if max_nodes is None:
-        payload.pop("other")
-    else:
-        payload.update(max_nodes=max_nodes, folded_nodes=folded)
-    return payload
+    return _payload(ns, max_nodes, diff=False)
 
 
 def diff_tree_from_stacks(ns: NameStacks, max_nodes: int | None = None) -> dict[str, Any]:
@@ -260,17 +260,7 @@ def diff_tree_from_stacks(ns: NameStacks, max_nodes: int | None = None) -> dict[
     Nodes are 8 integers: `start, total, self, name` laid out over baseline + comparison (as one flame
     graph of both), then `base_total, base_self, comp_total, comp_self`.
     """
-    nodes = _build(ns)
-    folded = 0
-    if max_nodes is not None:
-        nodes, folded = _budget(nodes, max_nodes)
-    payload, _ = _payload(nodes, ns.names, diff=True)
-    payload.update(base_total=int(nodes.total[0, 0]), comp_total=int(nodes.total[0, 1]))
-    if max_nodes is not None:
-        payload.update(max_nodes=max_nodes, folded_nodes=folded)
-    else:
-        payload.pop("other")
-    return payload
+    return _payload(ns, max_nodes, diff=True)
 
 
 def to_flamegraph(profile: Profile, max_nodes: int | None = None) -> dict[str, Any]:
