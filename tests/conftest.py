@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT.parent / "shared" / "corpus"
+# ../shared/corpus beside the checkout; a clean clone elsewhere (CI's) finds it by env or at /work.
+_CORPUS_PLACES = [Path(p) for p in [os.environ.get("PODFLAME_CORPUS", "")] if p] + [
+    ROOT.parent / "shared" / "corpus", Path("/work/shared/corpus")]
+CORPUS = next((p for p in _CORPUS_PLACES if p.is_dir()), _CORPUS_PLACES[0])
 
 
 def _bpf_problem() -> str | None:
@@ -51,5 +54,5 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def corpus() -> Path:
     """../shared/corpus: real profiles written by other projects."""
     if not CORPUS.is_dir():
-        pytest.skip(f"test corpus not found at {CORPUS}")
+        pytest.skip(f"test corpus not found at {', '.join(map(str, _CORPUS_PLACES))} (set PODFLAME_CORPUS)")
     return CORPUS
