@@ -41,14 +41,23 @@ class PodCgroup:
 
 @contextmanager
 def kubelet_cgroup(qos: str = "burstable") -> Iterator[PodCgroup]:
-    """A v2 cgroup shaped like the kubelet's systemd-driver path for a containerd container."""
+    """A v2 cgroup shaped like the kubelet's systemd-driver path for a containerd container.
+
+    Guaranteed pods sit directly under kubepods.slice (`kubepods-pod<uid>.slice`); the other QoS
+    classes have their own slice in between.
+    """
     pod_uid = str(uuid.uuid4())
     container_id = uuid.uuid4().hex + uuid.uuid4().hex
     top = CGROUP2_ROOT / "kubepods.slice"
-    qos_slice = top / f"kubepods-{qos}.slice"
-    pod = qos_slice / f"kubepods-{qos}-pod{pod_uid.replace('-', '_')}.slice"
+    uid = pod_uid.replace("-", "_")
+    if qos == "guaranteed":
+        parents = [top]
+        pod = top / f"kubepods-pod{uid}.slice"
+    else:
+        parents = [top, top / f"kubepods-{qos}.slice"]
+        pod = parents[-1] / f"kubepods-{qos}-pod{uid}.slice"
     leaf = pod / f"cri-containerd-{container_id}.scope"
-    created = [d for d in (top, qos_slice, pod, leaf) if not d.exists()]
+    created = [d for d in (*parents, pod, leaf) if not d.exists()]
     leaf.mkdir(parents=True, exist_ok=True)
     try:
         yield PodCgroup(leaf, pod_uid, container_id)

@@ -310,8 +310,9 @@ needs_root_v2 = pytest.mark.skipif(os.geteuid() != 0 or not (CGROUP2_ROOT / "cgr
 
 
 @needs_root_v2
-def test_real_cgroup_resolves_to_its_kubelet_path_and_stays_known_after_removal() -> None:
-    with kubelet_cgroup("besteffort") as cg:
+@pytest.mark.parametrize("qos", ["besteffort", "guaranteed"])
+def test_real_cgroup_resolves_to_its_kubelet_path_and_stays_known_after_removal(qos: str) -> None:
+    with kubelet_cgroup(qos) as cg:
         child = subprocess.Popen(["sleep", "60"])
         try:
             (cg.path / "cgroup.procs").write_text(str(child.pid))
@@ -323,7 +324,7 @@ def test_real_cgroup_resolves_to_its_kubelet_path_and_stays_known_after_removal(
             assert r.path_of_pid(child.pid) == cg.relative
             labels = labels_for(r.path(cg.inode))
             assert labels["pod_uid"] == cg.pod_uid and labels["container_id"] == cg.container_id
-            assert labels["qos"] == "besteffort" and labels["runtime"] == "containerd"
+            assert labels["qos"] == qos and labels["runtime"] == "containerd"
             inode = cg.inode
         finally:
             child.kill()
