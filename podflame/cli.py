@@ -134,7 +134,8 @@ def _serve_agent_http(host: str, port: int, health: AgentHealth):
 
 def _start_agent(server_url: str, frequency: int, interval: float, node: str | None, *,
                  namespaces: str | None = None, exclude_namespaces: str | None = None,
-                 pod_selector: str | None = None, health: AgentHealth | None = None):
+                 pod_selector: str | None = None, pod_labels: str | None = None,
+                 pod_annotations: str | None = None, health: AgentHealth | None = None):
     from profiler.agent import Agent, KubeletLabels, create_context
     from profiler.kube import KubeMetadata
     from profiler.sampler import Sampler, SamplerError
@@ -143,7 +144,12 @@ def _start_agent(server_url: str, frequency: int, interval: float, node: str | N
     from symbolizer import Symbolizer
 
     ctx = create_context(node)
-    kube = KubeMetadata.from_environment(ctx.node)  # None (logged once) on a plain host
+    copy: dict[str, list[str]] = {}
+    if pod_labels is not None:
+        copy["label_allowlist"] = [k.strip() for k in pod_labels.split(",") if k.strip()]
+    if pod_annotations is not None:
+        copy["annotation_allowlist"] = [k.strip() for k in pod_annotations.split(",") if k.strip()]
+    kube = KubeMetadata.from_environment(ctx.node, **copy)  # None (logged once) on a plain host
     try:
         selection = parse_selection(namespaces, exclude_namespaces, pod_selector,
                                     watch_namespace=kube.namespace if kube is not None else None)
@@ -269,8 +275,13 @@ def server(listen: str, data_dir: str) -> None:
               help="Do not sample pods of these namespaces (comma-separated; $PODFLAME_EXCLUDE_NAMESPACES).")
 @click.option("--pod-selector", envvar="PODFLAME_POD_SELECTOR", default=None,
               help="Sample only pods with these labels: KEY=VALUE[,KEY=VALUE] ($PODFLAME_POD_SELECTOR).")
+@click.option("--pod-labels", envvar="PODFLAME_POD_LABELS", default=None,
+              help="Pod label keys copied onto profiles, e.g. app.kubernetes.io/name,team ($PODFLAME_POD_LABELS).")
+@click.option("--pod-annotations", envvar="PODFLAME_POD_ANNOTATIONS", default=None,
+              help="Pod annotation keys copied onto profiles (comma-separated; $PODFLAME_POD_ANNOTATIONS).")
 def agent(server_url: str, frequency: int, interval: float, node_name: str | None, metrics_listen: str | None,
-          namespaces: str | None, exclude_namespaces: str | None, pod_selector: str | None) -> None:
+          namespaces: str | None, exclude_namespaces: str | None, pod_selector: str | None,
+          pod_labels: str | None, pod_annotations: str | None) -> None:
     """The node agent alone, shipping to a server."""
     _require_root("podflame agent")
     health = AgentHealth(interval)
@@ -278,7 +289,8 @@ def agent(server_url: str, frequency: int, interval: float, node_name: str | Non
         host, port = _parse_listen(metrics_listen)
         _serve_agent_http(host, port, health)
     stop_agent = _start_agent(server_url, frequency, interval, node_name, namespaces=namespaces,
-                              exclude_namespaces=exclude_namespaces, pod_selector=pod_selector, health=health)
+                              exclude_namespaces=exclude_namespaces, pod_selector=pod_selector,
+                              pod_labels=pod_labels, pod_annotations=pod_annotations, health=health)
     _wait_for_signal()
     stop_agent()
 

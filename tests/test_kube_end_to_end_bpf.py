@@ -240,10 +240,11 @@ def test_only_selected_pods_are_sampled_and_no_selected_pod_means_no_samples(tmp
         # selected in the kernel: nothing but the shop pod was sampled (not the agent, not pytest)
         assert {s["labels"]["pod_uid"] for s in everything if "pod_uid" in s["labels"]} == {cg.pod_uid}
         assert all("pod_uid" in s["labels"] for s in everything), everything
+        assert not any("team" in s["labels"] for s in everything)  # only allow-listed labels are copied
 
 
 def test_the_podflame_agent_command_names_selects_and_reports_health(tmp_path: Path) -> None:
-    """`podflame agent` as the DaemonSet runs it: KUBECONFIG, PODFLAME_NAMESPACES, --metrics with /healthz."""
+    """`podflame agent` as the DaemonSet runs it: KUBECONFIG, PODFLAME_NAMESPACES, --pod-labels, /healthz."""
     import signal
     import socket
     import subprocess
@@ -260,7 +261,8 @@ def test_the_podflame_agent_command_names_selects_and_reports_health(tmp_path: P
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PODFLAME_NAMESPACES": "shop"}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         agent = subprocess.Popen([str(Path(sys.executable).parent / "podflame"), "agent", f"--server={url}",
-                                  f"--metrics=127.0.0.1:{port}", "--interval=1", f"--node-name={NODE}"],
+                                  f"--metrics=127.0.0.1:{port}", "--interval=1", f"--node-name={NODE}",
+                                  "--pod-labels=app.kubernetes.io/name"],
                                  env=env, stderr=subprocess.PIPE, text=True)
         seen: list[int] = []
 
@@ -292,8 +294,9 @@ def test_the_podflame_agent_command_names_selects_and_reports_health(tmp_path: P
         cpu = usage.ru_utime + usage.ru_stime
         everything = _get_json(url, "/api/v1/series", "{}")["series"]
         named = _get_json(url, "/api/v1/flamegraph", f'{{namespace="shop", pod="{POD}", container="app", '
-                          'workload="Deployment/cart", qos="besteffort"}')
+                          'workload="Deployment/cart", qos="besteffort", app_kubernetes_io_name="cart"}')
         assert named["total"] >= 0.9 * 19 * cpu, (named["total"], cpu, everything, err)
         # selected in the kernel: nothing but the shop pod was sampled (not the agent, not pytest)
         assert {s["labels"]["pod_uid"] for s in everything if "pod_uid" in s["labels"]} == {cg.pod_uid}
         assert all("pod_uid" in s["labels"] for s in everything), everything
+        assert not any("team" in s["labels"] for s in everything)  # only allow-listed labels are copied
