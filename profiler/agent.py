@@ -262,6 +262,7 @@ class Agent:
         self._stop = threading.Event()
         self._last_errors: dict[str, int] = {}
         self._ctx_lock = threading.Lock()  # the maps cache is shared by drains and new-process prefetches
+        self.last_drain_at: float | None = None  # time.monotonic() of the last successful drain (health)
         if hasattr(sampler, "watch_new_processes"):
             sampler.watch_new_processes(self.prefetch)
 
@@ -269,7 +270,6 @@ class Agent:
         """Read the maps of processes the kernel just saw for the first time, before they can exit."""
         with self._ctx_lock:
             self.ctx.maps.prefetch(tgids)
-        self.last_drain_at: float | None = None  # time.monotonic() of the last successful drain (health)
 
     def drain_once(self) -> list[Profile]:
         t0 = time.process_time()

@@ -144,3 +144,31 @@ def test_stack_memo_symbolizes_a_repeated_stack_once_but_retries_unmapped_ones()
     assert sym.calls == 1 + 3  # the mapped stack once; the unmapped one every drain (its maps may come)
     app = next(p for p in profiles if p.labels["pid"] == "42")
     assert dict(app.name_stacks()) == {("fn_400100", "fn_401000"): 3}
+
+
+def test_new_processes_do_not_reset_the_agents_health_clock() -> None:
+    """/healthz reads `last_drain_at`: a process starting between drains must not make the agent look stuck."""
+    from profiler.agent import Agent
+
+    class Sampler:
+        period_ns = 10
+
+        def watch_new_processes(self, callback):
+            self.announce = callback
+
+        def drain(self):
+            return SimpleNamespace(start_ns=0, end_ns=10, errors={}, samples=[])
+
+    class Maps(FakeMaps):
+        def prefetch(self, tgids):
+            self.refreshed |= set(tgids)
+
+    sampler = Sampler()
+    c = Context(node="n1", maps=Maps(), cgroups=FakeCgroups())
+    agent = Agent(sampler, c, symbolizer=None, sink=lambda profiles: None, pod_labels=FakePods())
+    assert agent.last_drain_at is None
+    agent.drain_once()
+    drained_at = agent.last_drain_at
+    assert drained_at is not None
+    sampler.announce([1234])
+    assert c.maps.refreshed == {1234} and agent.last_drain_at == drained_at
