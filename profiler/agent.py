@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from podflame.model import Frame, FrameKind, Line, Profile, Unresolved
 from profiler import metrics
+from profiler.heap import release_freed_memory
 
 if TYPE_CHECKING:
     from profiler.sampler import Drain, RawSample
@@ -279,6 +280,7 @@ class Agent:
             profiles = self.pods(build_profiles(drain, self.ctx, self.period_ns, self.stacks))
         metrics.record_drain(drain, profiles, self._last_errors)
         self._last_errors = dict(drain.errors)
+        release_freed_memory()  # symbolizing new binaries leaves freed buffers resident
         metrics.DRAIN_CPU.observe(time.process_time() - t0)
         self.last_drain_at = time.monotonic()
         return profiles

@@ -294,16 +294,19 @@ def load_api_client(kubeconfig: str | None = None) -> ApiClient | None:
     The agent's ~/.kube/config is deliberately not used: a root agent on a workstation should not
     silently pick up the operator's credentials.
     """
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and kubeconfig is None
+    if not in_cluster and not path:
+        return None  # a plain host: the client's ~30 MB of imports are not paid
     from kubernetes import client, config
 
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and kubeconfig is None:
+    if in_cluster:
         cfg = client.Configuration()
         try:
             config.load_incluster_config(client_configuration=cfg)
             return client.ApiClient(cfg)
         except config.ConfigException as e:
             log.warning("in-cluster config failed: %s", e)
-    path = kubeconfig or os.environ.get("KUBECONFIG")
     if path:
         try:
             return config.new_client_from_config(config_file=path.split(os.pathsep)[0], persist_config=False)

@@ -40,6 +40,7 @@ from types import TracebackType
 from typing import Any
 
 from bpf import SOURCE_DIR
+from profiler.heap import release_freed_memory
 
 BPF_SOURCE = SOURCE_DIR / "sampler.bpf.c"
 log = logging.getLogger("podflame.sampler")
@@ -177,6 +178,7 @@ class Sampler:
         except Exception as e:
             raise SamplerError(f"BCC could not compile/load {BPF_SOURCE} ({e}); the compiler's messages are "
                                "above. Missing or mismatched kernel headers: run scripts/setup.sh") from e
+        release_freed_memory()  # the compiler's heap, freed but still resident
         try:
             b = self._bpf
             self._control = b[b"control"]
@@ -256,7 +258,7 @@ class Sampler:
 
             def poll() -> None:
                 while self._watching:
-                    bpf.ring_buffer_poll(100)
+                    bpf.ring_buffer_poll(500)  # returns at once when data arrives
                     if batch:
                         tgids = list(dict.fromkeys(batch))
                         batch.clear()
