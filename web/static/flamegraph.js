@@ -1,4 +1,6 @@
-// Canvas flame graph of the /api/v1/flamegraph payload (names + levels, see docs/api.md).
+// Canvas flame graph of the /api/v1/flamegraph payload (names + levels, see docs/api.md), and of
+// the /api/v1/diff payload (8 integers per node: the same 4, then base_total, base_self,
+// comp_total, comp_self).
 //
 // Root at top ("icicle"). levels[d] is a flat list of [start, total, self, name] per node with
 // absolute starts, so a node's x is (start - viewStart) / viewTotal * width: no tree is built.
@@ -27,6 +29,23 @@ export function colorFor(name) {  // warm flame palette, hue and lightness from 
 }
 
 const fmtInt = new Intl.NumberFormat("en-US");
+
+// Diff colour from a node's share of each side: red = more in the comparison, blue = less,
+// grey = unchanged; the stronger, the larger the change relative to the larger share.
+export function diffColor(baseShare, compShare) {
+  const big = Math.max(baseShare, compShare);
+  const rel = big > 0 ? (compShare - baseShare) / big : 0;  // -1 (gone) .. +1 (new)
+  if (Math.abs(rel) < 0.02) return "hsl(30 8% 84%)";
+  const light = 88 - 36 * Math.min(1, Math.abs(rel));
+  return rel > 0 ? `hsl(2 78% ${light}%)` : `hsl(214 72% ${light}%)`;
+}
+
+// "+12.5 pp" for a change of share (fractions of the totals).
+export function formatPoints(change) {
+  const pp = change * 100;
+  const digits = Math.abs(pp) >= 10 ? 1 : Math.abs(pp) >= 0.1 ? 2 : 3;
+  return (pp > 0 ? "+" : pp < 0 ? "\u2212" : "\u00b1") + Math.abs(pp).toFixed(digits) + " pp";
+}
 
 export function formatPercent(part, whole) {
   if (!whole) return "0%";
@@ -63,18 +82,26 @@ export class FlameGraph {
 
   setData(payload) {
     const names = payload.names || [];
+    const isDiff = typeof payload.base_total === "number";
+    const stride = isDiff ? 8 : 4;
     const levels = [];
     for (const flat of payload.levels || []) {
-      const n = Math.floor(flat.length / 4);
+      const n = Math.floor(flat.length / stride);
       const order = Array.from({ length: n }, (_, i) => i);
-      order.sort((a, b) => flat[4 * a] - flat[4 * b]);  // usually already in order
+      order.sort((a, b) => flat[stride * a] - flat[stride * b]);  // usually already in order
       const start = new Float64Array(n), total = new Float64Array(n), self = new Float64Array(n);
       const name = new Int32Array(n);
+      const lv = { n, start, total, self, name, parent: new Int32Array(n).fill(-1) };
+      if (isDiff) for (const k of ["baseTotal", "baseSelf", "compTotal", "compSelf"]) lv[k] = new Float64Array(n);
       order.forEach((src, i) => {
-        start[i] = flat[4 * src]; total[i] = flat[4 * src + 1];
-        self[i] = flat[4 * src + 2]; name[i] = flat[4 * src + 3];
+        const o = stride * src;
+        start[i] = flat[o]; total[i] = flat[o + 1]; self[i] = flat[o + 2]; name[i] = flat[o + 3];
+        if (isDiff) {
+          lv.baseTotal[i] = flat[o + 4]; lv.baseSelf[i] = flat[o + 5];
+          lv.compTotal[i] = flat[o + 6]; lv.compSelf[i] = flat[o + 7];
+        }
       });
-      levels.push({ n, start, total, self, name, parent: new Int32Array(n).fill(-1) });
+      levels.push(lv);
     }
     // Parent of each node: the node one level up whose span holds its start (two pointers).
     for (let d = 1; d < levels.length; d++) {
@@ -89,9 +116,38 @@ export class FlameGraph {
       names, levels,
       total: payload.total ?? (levels[0] && levels[0].n ? levels[0].total[0] : 0),
       unit: payload.unit || "", type: payload.type || "", period: payload.period_ns || 0,
+      diff: isDiff ? { baseTotal: payload.base_total, compTotal: payload.comp_total } : null,
     };
+    if (isDiff && payload.base_total > 0 && payload.comp_total > 0) this._normalizeLayout();
     this._matchCache = null;
     this.zoom = { depth: 0, index: 0 };
+  }
+
+  // The API lays a diff out over baseline + comparison values, so the larger side would set the
+  // shape. Re-lay it out over the sum of the two sides' *shares* (scaled so the root keeps its
+  // total): two ranges with different CPU then compare by shape, as the colours do.
+  _normalizeLayout() {
+    const { levels, diff } = this.data;
+    const scale = (diff.baseTotal + diff.compTotal) / 2;
+    const kb = scale / diff.baseTotal, kc = scale / diff.compTotal;
+    for (let d = 0; d < levels.length; d++) {
+      const lv = levels[d], up = levels[d - 1];
+      let parent = -2, cursor = 0;
+      for (let i = 0; i < lv.n; i++) {
+        lv.total[i] = lv.baseTotal[i] * kb + lv.compTotal[i] * kc;
+        lv.self[i] = lv.baseSelf[i] * kb + lv.compSelf[i] * kc;
+        if (d === 0) { lv.start[i] = 0; continue; }
+        if (lv.parent[i] !== parent) { parent = lv.parent[i]; cursor = parent >= 0 ? up.start[parent] : lv.start[i]; }
+        lv.start[i] = cursor;
+        cursor += lv.total[i];
+      }
+    }
+  }
+
+  // A diff node's share of each side's total (0 when that side is empty).
+  shares(d, i) {
+    const lv = this.data.levels[d], { baseTotal, compTotal } = this.data.diff;
+    return [baseTotal ? lv.baseTotal[i] / baseTotal : 0, compTotal ? lv.compTotal[i] / compTotal : 0];
   }
 
   nodeName(d, i) { return this.data.names[this.data.levels[d].name[i]] ?? "?"; }
@@ -261,6 +317,7 @@ export class FlameGraph {
       let fill;
       if (match) fill = match[nameIdx] ? "#c640d6" : "#d8d8d8";
       else if (context) fill = "#e6dfd8";
+      else if (data.diff) fill = diffColor(...this.shares(d, i));
       else {
         fill = colors.get(name);
         if (!fill) { fill = colorFor(name); colors.set(name, fill); }
@@ -282,10 +339,16 @@ export class FlameGraph {
     this._W = W;
     this.lastRender = {
       ms, width: W, height: H, zoom: this.pathOf(zd, zi), merged,
-      nodes: draw.filter(([, i]) => i >= 0).map(([d, i, x, w, context]) => ({
-        name: String(names[levels[d].name[i]]), depth: d, x, width: w, context,
-        total: levels[d].total[i], self: levels[d].self[i],
-      })),
+      nodes: draw.filter(([, i]) => i >= 0).map(([d, i, x, w, context]) => {
+        const node = { name: String(names[levels[d].name[i]]), depth: d, x, width: w, context,
+          total: levels[d].total[i], self: levels[d].self[i] };
+        if (data.diff) {
+          const [b, c] = this.shares(d, i);
+          Object.assign(node, { base: levels[d].baseTotal[i], comp: levels[d].compTotal[i], change: c - b });
+        }
+        return node;
+      }),
+      diff: !!data.diff,
       runs: draw.filter(([, i]) => i < 0).map(([d, , x, w]) => ({ depth: d, x, width: w })),
     };
     return this.lastRender;
@@ -344,11 +407,27 @@ export class FlameGraph {
     return info;
   }
 
+  _diffRows(d, i, unitWord) {
+    const lv = this.data.levels[d], { baseTotal, compTotal } = this.data.diff;
+    const [b, c] = this.shares(d, i);
+    let change = formatPoints(c - b) + " of total";
+    if (!b && c) change += " (new)";
+    else if (b && !c) change += " (gone)";
+    else if (b) change += ` (\u00d7${(c / b).toPrecision(3)})`;
+    return [
+      ["name", this.nodeName(d, i)],
+      ["base", `baseline: ${fmtInt.format(lv.baseTotal[i])} ${unitWord} (${formatPercent(lv.baseTotal[i], baseTotal)})`],
+      ["comp", `comparison: ${fmtInt.format(lv.compTotal[i])} ${unitWord} (${formatPercent(lv.compTotal[i], compTotal)})`],
+      ["change", `change: ${change}`],
+      ["self", `self: ${fmtInt.format(lv.baseSelf[i])} \u2192 ${fmtInt.format(lv.compSelf[i])} ${unitWord}`],
+    ];
+  }
+
   showTooltip(d, i, clientX, clientY) {
     const info = this.describe(d, i);
     const tip = this.tooltip;
     const unitWord = info.unit === "count" ? "samples" : info.unit;
-    const rows = [
+    const rows = this.data.diff ? this._diffRows(d, i, unitWord) : [
       ["name", info.name],
       ["total", `${fmtInt.format(info.total)} ${unitWord}` +
         (info.cpuSeconds !== null ? ` \u00b7 ${info.cpuSeconds.toFixed(2)} s CPU` : "")],
