@@ -1,10 +1,14 @@
-// The podflame page: time range + selector, the pod/cgroup list, the flame graph of the selection.
+// The podflame page: time range + selector, the pod/cgroup list, the CPU chart and the flame graph
+// (or diff flame graph) of the selection.
 //
-// State lives in the URL hash (range, selector, selection, zoom, search, auto-refresh) so a link
-// reproduces the view. Every value from the API is untrusted text: it is written with
-// textContent or DOM attribute setters, never parsed as HTML.
+// State lives in the URL hash (range, chart range, selector, selection, compare, zoom, search,
+// auto-refresh) so a link reproduces the view. Every value from the API is untrusted text: it is
+// written with textContent or DOM attribute setters, never parsed as HTML.
 
+import { COMPARE_MODES, baselineRange, diffTable, ruleText } from "./compare.js";
+import { CpuChart } from "./cpuchart.js";
 import { FlameGraph, formatPercent } from "./flamegraph.js";
+import { parseTime, toSeconds, formatTime } from "./timeexpr.js";
 
 const config = JSON.parse(document.getElementById("podflame-config").textContent);
 const API = config.api;
@@ -19,13 +23,19 @@ const els = {
   flameTitle: $("flame-title"), flameSummary: $("flame-summary"), flameEmpty: $("flame-empty"),
   flameWrap: $("flame-wrap"), canvas: $("flame"), tooltip: $("tooltip"), search: $("search"),
   searchResult: $("search-result"), zoomOut: $("zoom-out"), dlPprof: $("dl-pprof"), dlFolded: $("dl-folded"),
+  dlSpeedscope: $("dl-speedscope"), dlFoldedDiff: $("dl-folded-diff"), orientation: $("orientation"),
+  chartTitle: $("chart-title"), chartSummary: $("chart-summary"), chartWrap: $("chart-wrap"), chart: $("cpu-chart"),
+  chartEmpty: $("chart-empty"), rangeReset: $("range-reset"),
+  compareForm: $("compare-form"), compare: $("compare"), customBase: $("custom-base"), baseFrom: $("base-from"),
+  baseTo: $("base-to"), baseQuery: $("base-query"), baseText: $("base-text"), diffNote: $("diff-note"),
+  diffDetails: $("diff-details"), diffSummary: $("diff-summary"), diffTables: $("diff-tables"), diffRule: $("diff-rule"),
 };
 
 const fmtInt = new Intl.NumberFormat("en-US");
 
 // Test and debugging hook: what the page last drew and whether it is settled.
 const hook = (window.podflame = {
-  status: "loading", lastRender: null, targets: [], renders: 0,
+  status: "loading", lastRender: null, targets: [], renders: 0, chart: null, diff: null,
   rerender() { draw(); return hook.lastRender; },
 });
 
@@ -33,7 +43,10 @@ const hook = (window.podflame = {
 
 const state = {
   query: config.initial.query || "", from: config.initial.from || "now-15m", to: config.initial.to || "now",
+  vfrom: null, vto: null,  // the chart's range when a drag chose a sub-range [from, to) of it
   sel: null,  // labels identifying the selected pod/cgroup, e.g. {"cgroup": "/system.slice/x.service"}
+  cmp: "",    // compare mode: "", "prev", "yday" or "custom" (bfrom, bto, bq)
+  bfrom: "", bto: "", bq: "",
   zoom: [],   // root-first frame names of the zoomed node
   search: "", refresh: false,
 };
@@ -49,6 +62,12 @@ function readHash() {
   state.query = p.has("q") ? p.get("q") : config.initial.query || "";
   state.from = p.get("from") || config.initial.from || "now-15m";
   state.to = p.get("to") || config.initial.to || "now";
+  state.vfrom = p.get("vfrom") || null;
+  state.vto = state.vfrom ? p.get("vto") || "now" : null;
+  state.cmp = COMPARE_MODES.includes(p.get("cmp")) ? p.get("cmp") : "";
+  state.bfrom = p.get("bfrom") || "";
+  state.bto = p.get("bto") || "";
+  state.bq = p.get("bq") || "";
   const sel = json("sel", null);
   state.sel = null;
   if (sel && typeof sel === "object" && !Array.isArray(sel)) {
@@ -66,6 +85,13 @@ function writeHash(push) {
   if (state.query) p.set("q", state.query);
   p.set("from", state.from);
   p.set("to", state.to);
+  if (state.vfrom) { p.set("vfrom", state.vfrom); p.set("vto", state.vto); }
+  if (state.cmp) p.set("cmp", state.cmp);
+  if (state.cmp === "custom") {
+    p.set("bfrom", state.bfrom);
+    p.set("bto", state.bto);
+    if (state.bq) p.set("bq", state.bq);
+  }
   if (state.sel) p.set("sel", JSON.stringify(state.sel));
   if (state.zoom.length) p.set("zoom", JSON.stringify(state.zoom));
   if (state.search) p.set("search", state.search);
@@ -299,20 +325,71 @@ function selectionLabel() {
   return state.sel.cgroup ? `cgroup ${state.sel.cgroup}` : "no cgroup label";
 }
 
+const ORIENTATION = els.orientation.textContent;
+const unitWord = (unit) => (unit === "count" ? "samples" : unit || "");
+
 function renderFlame(fg) {
   flame.setData(fg);
   flame.zoomToPath(state.zoom);
   flame.search = state.search.trim().toLowerCase();
+  const diff = typeof fg.base_total === "number";
   const empty = !fg.total;
   els.flameEmpty.hidden = !empty;
-  els.flameEmpty.textContent = empty ? "No samples in this range for this selection." : "";
+  els.flameEmpty.textContent = !empty ? ""
+    : diff ? "No samples in either range for this selection." : "No samples in this range for this selection.";
   els.flameWrap.hidden = empty;
-  els.flameTitle.textContent = "Flame graph: " + selectionLabel();
-  const unit = fg.unit === "count" ? "samples" : fg.unit || "";
-  let summary = `${fmtInt.format(fg.total || 0)} ${unit}`;
-  if (fg.unit === "count" && fg.period_ns) summary += ` \u00b7 ${((fg.total * fg.period_ns) / 1e9).toFixed(2)} s CPU`;
-  els.flameSummary.textContent = summary;
+  els.flameTitle.textContent = (diff ? "Diff flame graph: " : "Flame graph: ") + selectionLabel();
+  const unit = unitWord(fg.unit);
+  if (diff) {
+    els.flameSummary.textContent =
+      `baseline ${fmtInt.format(fg.base_total)} ${unit} \u00b7 comparison ${fmtInt.format(fg.comp_total)} ${unit}`;
+    els.orientation.textContent = "red = larger share in the comparison, blue = smaller (each range normalized to " +
+      "its total) \u00b7 click a frame to zoom";
+  } else {
+    let summary = `${fmtInt.format(fg.total || 0)} ${unit}`;
+    if (fg.unit === "count" && fg.period_ns) summary += ` \u00b7 ${((fg.total * fg.period_ns) / 1e9).toFixed(2)} s CPU`;
+    els.flameSummary.textContent = summary;
+    els.orientation.textContent = ORIENTATION;
+  }
+  renderDiffExtras(diff ? fg : null);
   draw();
+}
+
+function searchFor(name) {
+  state.search = name;
+  els.search.value = name;
+  writeHash(false);
+  flame.setSearch(name);
+  afterRender();
+}
+
+// The notes and tables beside a diff flame graph; null clears them.
+function renderDiffExtras(fg) {
+  els.diffDetails.hidden = !fg;
+  const notes = [];
+  if (fg && !fg.base_total && fg.comp_total) notes.push("No samples in the baseline range: every frame shows as new.");
+  if (fg && fg.base_total && !fg.comp_total) notes.push("No samples in the comparison range: every frame shows as gone.");
+  els.diffNote.textContent = notes.join(" ");
+  els.diffNote.hidden = !notes.length;
+  hook.diff = fg && {
+    base_total: fg.base_total, comp_total: fg.comp_total,
+    regressions: (fg.regressions || []).map((r) => r.name), improvements: (fg.improvements || []).map((r) => r.name),
+  };
+  if (!fg) { els.diffTables.replaceChildren(); return; }
+  const unit = unitWord(fg.unit), reg = fg.regressions || [], imp = fg.improvements || [];
+  const parts = [];
+  if (reg.length) parts.push(diffTable("Top regressions: more in the comparison", reg, unit, searchFor));
+  if (imp.length) parts.push(diffTable("Top improvements: less in the comparison", imp, unit, searchFor));
+  if (!parts.length) {
+    const p = document.createElement("p");
+    p.className = "empty";
+    p.textContent = !fg.base_total || !fg.comp_total ? "Nothing to compare: one of the ranges has no samples."
+      : "No significant regressions or improvements.";
+    parts.push(p);
+  }
+  els.diffTables.replaceChildren(...parts);
+  els.diffSummary.textContent = `Top regressions (${reg.length}) and improvements (${imp.length})`;
+  els.diffRule.textContent = ruleText(fg.rule);
 }
 
 function draw() {
@@ -333,20 +410,107 @@ function afterRender() {
   }
 }
 
+// ---- compare -----------------------------------------------------------------------------------
+
+// The baseline of the current compare mode: {query, from, to}, {error} or null (not comparing).
+function baseline() {
+  if (!state.cmp) return null;
+  const r = baselineRange(state.cmp, state.from, state.to, { from: state.bfrom, to: state.bto });
+  if (r.error) return r;
+  return { ...r, query: state.cmp === "custom" && state.bq.trim() ? state.bq.trim() : selectionQuery() };
+}
+
+const baseParams = (b) => ({ base_query: b.query, base_from: b.from, base_to: b.to });
+
+function describeRange(from, to) {
+  const f = parseTime(from), t = parseTime(to);
+  if (!f || !t) return `${from} \u2013 ${to}`;
+  const now = Date.now() / 1000;
+  const fmt = (s) => new Date(s * 1000).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
+  return `${fmt(toSeconds(f, now))} \u2013 ${fmt(toSeconds(t, now))}`;
+}
+
 function downloadLinks() {
   const params = { query: selectionQuery(), from: state.from, to: state.to };
-  els.dlPprof.href = apiUrl("pprof", params);
-  els.dlFolded.href = apiUrl("folded", params);
   const stamp = new Date().toISOString().replace(/[:.]/g, "-");
-  els.dlPprof.setAttribute("download", `podflame-${stamp}.pb.gz`);
-  els.dlFolded.setAttribute("download", `podflame-${stamp}.folded.txt`);
+  const link = (a, path, extra, name) => {
+    a.href = apiUrl(path, { ...params, ...extra });
+    a.setAttribute("download", `podflame-${stamp}${name}`);
+  };
+  link(els.dlPprof, "pprof", {}, ".pb.gz");
+  link(els.dlFolded, "folded", {}, ".folded.txt");
+  link(els.dlSpeedscope, "speedscope", {}, ".speedscope.json");
+  const base = baseline();
+  els.dlFoldedDiff.hidden = !base || !!base.error;
+  if (base && !base.error) link(els.dlFoldedDiff, "folded", baseParams(base), ".diff.folded.txt");
+  els.baseText.textContent = !base ? "" : base.error ? "" : `baseline: ${describeRange(base.from, base.to)}`;
+}
+
+// ---- CPU chart ---------------------------------------------------------------------------------
+
+const chart = new CpuChart(els.chart, els.tooltip, {
+  onSelect(from, to) {  // a drag: the sub-range [from, to) of the chart's range
+    const view = chartRange();
+    state.vfrom = view.from;
+    state.vto = view.to;
+    state.from = formatTime({ abs: from });
+    state.to = formatTime({ abs: to });
+    state.zoom = [];
+    writeHash(true);
+    syncControls();
+    reloadAll();
+  },
+});
+
+function chartRange() {
+  return state.vfrom ? { from: state.vfrom, to: state.vto } : { from: state.from, to: state.to };
+}
+
+const STEPS_S = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400, 604800];
+
+// About one bar per 4 px (at most 240), at a round step; not under 10 s (the agent ships a profile
+// every 10 s, so finer bars alternate between full and empty) unless the range is under a minute.
+function chartStep(from, to) {
+  const f = parseTime(from), t = parseTime(to);
+  if (!f || !t) return undefined;  // the server says what is wrong with the range
+  const now = Date.now() / 1000, span = toSeconds(t, now) - toSeconds(f, now);
+  if (!(span > 0)) return undefined;
+  const want = span / Math.min(240, Math.max(20, (els.chartWrap.clientWidth - 70) / 4));
+  const floor = span >= 60 ? 10 : 0;
+  return STEPS_S.find((s) => s >= Math.max(want, floor)) || STEPS_S[STEPS_S.length - 1];
+}
+
+function renderChart(resp) {
+  chart.setData(resp);
+  const f = parseTime(state.from), t = parseTime(state.to);
+  chart.setSelection(state.vfrom && f && t ? [toSeconds(f), toSeconds(t)] : null);
+  const total = chart.total();
+  els.chartEmpty.hidden = total > 0;
+  els.chartEmpty.textContent = total ? "" : "No samples in the chart's range for this selection.";
+  els.chartTitle.textContent = "CPU: " + selectionLabel();
+  let summary = "";
+  if (Array.isArray(resp.cores) && resp.to > resp.from) {
+    const avg = resp.cores.reduce((a, c) => a + c, 0) * resp.step / (resp.to - resp.from);
+    const peak = Math.max(0, ...resp.cores);
+    const pct = (c) => { const p = c * 100; return (p >= 10 ? p.toFixed(1) : p.toPrecision(2)) + "%"; };
+    summary = `% of one core \u00b7 average ${pct(avg)}, peak ${pct(peak)} \u00b7 ${resp.step} s per bar`;
+  } else {
+    summary = `${unitWord(resp.unit)} per ${resp.step} s`;
+  }
+  els.chartSummary.textContent = summary + " \u00b7 drag to choose a range";
+  drawChart();
+}
+
+function drawChart() {
+  els.chartWrap.hidden = false;
+  hook.chart = chart.render(els.chartWrap.clientWidth);
 }
 
 // ---- loading -----------------------------------------------------------------------------------
 
-const inflight = { series: null, flame: null };
+const inflight = { series: null, flame: null, chart: null };
 
-async function load(what, fn) {
+async function load(what, fn, onError) {
   inflight[what]?.abort();
   const ctl = (inflight[what] = new AbortController());
   try {
@@ -356,15 +520,7 @@ async function load(what, fn) {
   } catch (e) {
     if (e.name === "AbortError" || ctl.signal.aborted) return;
     setMessage(what, e instanceof ApiError ? `Error from the API: ${e.message}` : `Error: ${e.message}`);
-    if (what === "series") {
-      els.targets.replaceChildren();
-      hook.targets = [];
-    } else {
-      flame.setData({ names: [], levels: [], total: 0 });
-      els.flameWrap.hidden = true;
-      els.flameSummary.textContent = "";
-      draw();
-    }
+    onError();
   } finally {
     if (inflight[what] === ctl) inflight[what] = null;
   }
@@ -374,27 +530,64 @@ function loadSeries() {
   return load("series", async (signal) => {
     const resp = await getJSON("series", { query: state.query, from: state.from, to: state.to, by: GROUP_BY }, signal);
     if (!signal.aborted) renderTargets(resp);
+  }, () => {
+    els.targets.replaceChildren();
+    hook.targets = [];
   });
 }
 
 function loadFlame() {
   downloadLinks();
+  const base = baseline();
   return load("flame", async (signal) => {
-    const fg = await getJSON("flamegraph", { query: selectionQuery(), from: state.from, to: state.to }, signal);
+    if (base && base.error) throw new Error(`cannot compare: ${base.error}`);
+    const params = { query: selectionQuery(), from: state.from, to: state.to };
+    const fg = base ? await getJSON("diff", { ...params, ...baseParams(base), limit: 20 }, signal)
+      : await getJSON("flamegraph", params, signal);
     if (!signal.aborted) renderFlame(fg);
+  }, () => {
+    flame.setData({ names: [], levels: [], total: 0 });
+    els.flameWrap.hidden = true;
+    els.flameSummary.textContent = "";
+    renderDiffExtras(null);
+    draw();
   });
+}
+
+function loadChart() {
+  return load("chart", async (signal) => {
+    const r = chartRange();
+    const resp = await getJSON("cpu", { query: selectionQuery(), from: r.from, to: r.to, step: chartStep(r.from, r.to) },
+      signal);
+    if (!signal.aborted) renderChart(resp);
+  }, () => {
+    chart.setData({ from: 0, to: 1, step: 1, timestamps: [], values: [], cores: null });
+    els.chartWrap.hidden = true;
+    els.chartSummary.textContent = "";
+    hook.chart = null;
+  });
+}
+
+function settleStatus() {
+  if (!Object.values(inflight).some(Boolean)) hook.status = messages.size ? "error" : "ready";
 }
 
 async function reloadAll() {
   hook.status = "loading";
-  await Promise.all([loadSeries(), loadFlame()]);
-  if (!inflight.series && !inflight.flame) hook.status = messages.size ? "error" : "ready";
+  await Promise.all([loadSeries(), loadChart(), loadFlame()]);
+  settleStatus();
+}
+
+async function reloadSelection() {  // the list stays; the chart and flame graph follow the selection
+  hook.status = "loading";
+  await Promise.all([loadChart(), loadFlame()]);
+  settleStatus();
 }
 
 async function reloadFlame() {
   hook.status = "loading";
   await loadFlame();
-  if (!inflight.series && !inflight.flame) hook.status = messages.size ? "error" : "ready";
+  settleStatus();
 }
 
 // ---- controls ----------------------------------------------------------------------------------
@@ -406,6 +599,16 @@ function syncControls() {
   for (const b of document.querySelectorAll("button.preset")) {
     b.setAttribute("aria-pressed", state.to === "now" && state.from === `now-${b.dataset.range}` ? "true" : "false");
   }
+  els.rangeReset.hidden = !state.vfrom;
+  if (state.vfrom) {
+    const preset = state.vto === "now" && /^now-(.+)$/.exec(state.vfrom);
+    els.rangeReset.textContent = preset ? `Back to last ${preset[1]}` : "Back to the whole chart";
+  }
+  els.compare.value = state.cmp;
+  els.customBase.hidden = state.cmp !== "custom";
+  for (const [el, v] of [[els.baseFrom, state.bfrom], [els.baseTo, state.bto], [els.baseQuery, state.bq]]) {
+    if (document.activeElement !== el) el.value = v;
+  }
   markSelected();
   setAutoRefresh(state.refresh);
 }
@@ -415,7 +618,7 @@ function select(sel) {
   state.zoom = [];
   writeHash(true);
   markSelected();
-  reloadFlame();
+  reloadSelection();
 }
 
 let timer = null;
@@ -437,11 +640,47 @@ for (const b of document.querySelectorAll("button.preset")) {
   b.addEventListener("click", () => {
     state.from = `now-${b.dataset.range}`;
     state.to = "now";
+    state.vfrom = state.vto = null;
     writeHash(true);
     syncControls();
     reloadAll();
   });
 }
+
+els.rangeReset.addEventListener("click", () => {
+  state.from = state.vfrom;
+  state.to = state.vto;
+  state.vfrom = state.vto = null;
+  state.zoom = [];
+  writeHash(true);
+  syncControls();
+  reloadAll();
+});
+
+els.compare.addEventListener("change", () => {
+  state.cmp = COMPARE_MODES.includes(els.compare.value) ? els.compare.value : "";
+  state.zoom = [];
+  if (state.cmp === "custom" && !state.bfrom) {
+    // Start from "yesterday" so the fields show the syntax; the user edits and submits.
+    const y = baselineRange("yday", state.from, state.to, {});
+    if (y && !y.error) { state.bfrom = y.from; state.bto = y.to; }
+  }
+  writeHash(true);
+  syncControls();
+  reloadFlame();
+});
+
+els.compareForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  state.cmp = "custom";
+  state.bfrom = els.baseFrom.value.trim();
+  state.bto = els.baseTo.value.trim();
+  state.bq = els.baseQuery.value.trim();
+  state.zoom = [];
+  writeHash(true);
+  syncControls();
+  reloadFlame();
+});
 
 els.refresh.addEventListener("change", () => {
   state.refresh = els.refresh.checked;
@@ -471,14 +710,21 @@ window.addEventListener("popstate", () => {
   reloadAll();
 });
 
-let lastWidth = 0;
-new ResizeObserver(() => {
+let lastWidth = 0, lastChartWidth = 0;
+const resized = new ResizeObserver(() => {
   const w = els.flameWrap.clientWidth;
   if (w && w !== lastWidth) {
     lastWidth = w;
     if (flame.data) draw();
   }
-}).observe(els.flameWrap);
+  const cw = els.chartWrap.clientWidth;
+  if (cw && cw !== lastChartWidth) {
+    lastChartWidth = cw;
+    if (chart.data) drawChart();
+  }
+});
+resized.observe(els.flameWrap);
+resized.observe(els.chartWrap);
 
 readHash();
 syncControls();

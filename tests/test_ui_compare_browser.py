@@ -1,0 +1,282 @@
+"""The CPU chart and compare mode in real Chromium against the real server.
+
+Profiles are ingested at known times with known counts, so what a drag over the chart selects and
+what a diff lists are exact: the flame graph's total must equal the samples of the profiles whose
+time lies in the range the drag chose (snapped outwards to whole chart steps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from podflame.model import Frame, Line, Profile
+from tests.realsys import live_server
+from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, ROW, Watched, _get, _ingest, _screenshot_dir, wait_js
+
+pytestmark = pytest.mark.browser
+
+PERIOD_NS = 10_000_000  # 100 Hz: 100 samples = 1 s of CPU
+HOSTILE = '<img src=x onerror="window.__pwned=1">'
+CHART_CGROUP = "/system.slice/chart.service"
+CMP_CGROUP = f"/system.slice/{HOSTILE}.service"
+# An hour ago, on a whole minute: the chart's steps then fall on whole seconds of this range.
+T0 = (int(time.time()) // 60) * 60 - 3600
+CHART_PROFILES = [(T0 + 60 * k + 5, 10 * (k + 1)) for k in range(6)]  # (start, samples of main;work)
+C0 = T0 - 1800  # comparison [C0, C0 + 60); its "previous period" [C0 - 60, C0) holds the baseline
+BASE_STACKS = {("main", "steady"): 180, ("main", "hot_fn"): 20}
+COMP_STACKS = {("main", "steady"): 50, ("main", "hot_fn"): 150, ("main", HOSTILE): 100}
+
+_addresses: dict[str, int] = {}
+
+
+def _profile(labels: dict[str, str], start_s: float, stacks: dict[tuple[str, ...], int]) -> Profile:
+    p = Profile(labels=labels, start_ns=int(start_s * 1e9), duration_ns=10**9, period_ns=PERIOD_NS)
+    for names, count in stacks.items():
+        p.add(tuple(Frame(_addresses.setdefault(n, 0x500000 + 0x40 * len(_addresses)), lines=(Line(n),))
+                    for n in names), count)
+    return p
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with live_server(tmp_path_factory.mktemp("ui-compare-data")) as url:
+        chart = [_profile({"cgroup": CHART_CGROUP, "comm": "chart"}, t, {("main", "work"): n})
+                 for t, n in CHART_PROFILES]
+        cmp_labels = {"cgroup": CMP_CGROUP, "comm": HOSTILE}
+        # One request per time: an ingest's profiles share the request's time (docs/api.md).
+        for p in [*chart, _profile(cmp_labels, C0 - 30, BASE_STACKS), _profile(cmp_labels, C0 + 30, COMP_STACKS)]:
+            _ingest(url, [p])
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def watched(browser) -> Iterator[Watched]:
+    w = Watched(browser)
+    yield w
+    w.context.close()
+
+
+def _open(w: Watched, server: str, **params: object) -> None:
+    frag = urllib.parse.urlencode({k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in params.items()})
+    w.page.goto(f"{server}/#{frag}")
+    w.settle(1)
+    wait_js(w.page, "window.podflame.chart !== null && window.podflame.status === 'ready'")
+
+
+def _hash(w: Watched) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(w.page.evaluate("location.hash").lstrip("#")))
+
+
+def _chart_x(w: Watched, t: float) -> tuple[float, float]:
+    """Viewport point over the chart at time t (mid-height of the plot)."""
+    c = w.page.evaluate("window.podflame.chart")
+    box = w.page.locator("#cpu-chart").bounding_box()
+    p = c["plot"]
+    x = p["left"] + (t - c["from"]) / (c["to"] - c["from"]) * p["width"]
+    return box["x"] + x, box["y"] + p["top"] + p["height"] / 2
+
+
+def _flame_total(w: Watched) -> int:
+    return w.page.evaluate("window.podflame.lastRender.nodes.find(n => n.name === 'total').total")
+
+
+def _wait_ready(w: Watched) -> None:
+    wait_js(w.page, "window.podflame.status !== 'loading'")
+    assert w.page.evaluate("window.podflame.status") == "ready", w.page.locator("#message").inner_text()
+
+
+def test_drag_on_the_cpu_chart_chooses_the_flame_graphs_range(server: str, watched: Watched, tmp_path: Path) -> None:
+    w, page = watched, watched.page
+    _open(w, server, **{"from": T0, "to": T0 + 360, "sel": {"cgroup": CHART_CGROUP}})
+    chart = page.evaluate("window.podflame.chart")
+    assert (chart["from"], chart["to"]) == (T0, T0 + 360)
+    assert chart["cpu"] and chart["total"] == sum(n for _, n in CHART_PROFILES)
+    assert _flame_total(w) == chart["total"]
+    assert "chart.service" in page.locator("#chart-title").inner_text()
+    step = chart["step"]
+    assert 60 % step == 0, step  # one profile per bar at most, so the hover below sees one profile
+
+    # Hover: the bar holding the profile at T0+185 (40 samples = 0.4 s of CPU in `step` seconds).
+    page.mouse.move(*_chart_x(w, T0 + 185))
+    tip = page.locator("#tooltip")
+    tip.wait_for(state="visible", timeout=5_000)
+    pct = 0.4 / step * 100  # as the page writes it: one decimal from 10%, else two significant digits
+    digits = 1 if pct >= 10 else max(0, 1 - math.floor(math.log10(pct)))
+    assert f"{pct:.{digits}f}% of a core" in tip.inner_text()
+    assert "40 samples" in tip.inner_text()
+
+    # Drag from T0+125 to T0+245: the steps touched are [T0+125 floored, T0+245 ceiled) to the step.
+    page.mouse.move(*_chart_x(w, T0 + 125))
+    page.mouse.down()
+    page.mouse.move(*_chart_x(w, T0 + 245), steps=8)
+    page.mouse.up()
+    lo, hi = T0 + (125 // step) * step, T0 + -(-245 // step) * step
+    wait_js(page, f"location.hash.includes('from={lo}&to={hi}')")
+    _wait_ready(w)
+    expected = sum(n for t, n in CHART_PROFILES if lo <= t < hi)
+    assert 0 < expected < chart["total"]
+    assert _flame_total(w) == expected
+    h = _hash(w)
+    assert (h["from"], h["to"], h["vfrom"], h["vto"]) == (str(lo), str(hi), str(T0), str(T0 + 360))
+    # The chart still shows its whole range, with the choice marked; the list follows the sub-range.
+    assert page.evaluate("window.podflame.chart.selection") == [lo, hi]
+    assert page.evaluate("window.podflame.chart.from") == T0
+    assert page.evaluate("window.podflame.targets.map(t => t.value)") == [expected]
+    # Downloads follow the sub-range.
+    body = _get(page.locator("#dl-folded").evaluate("a => a.href"))[1].decode()
+    assert body.splitlines() == [f"main;work {expected}"]
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-chart-drag.png"), full_page=True)
+
+    # A link reproduces the sub-range and the chart range.
+    other = Watched(page.context.browser)
+    try:
+        other.page.goto(page.url)
+        other.settle(1)
+        wait_js(other.page, "window.podflame.chart !== null && window.podflame.status === 'ready'")
+        assert _flame_total(other) == expected
+        assert other.page.evaluate("window.podflame.chart.selection") == [lo, hi]
+        other.assert_clean()
+    finally:
+        other.context.close()
+
+    # Back to the whole chart range, from the keyboard.
+    reset = page.locator("#range-reset")
+    assert reset.is_visible() and reset.inner_text() == "Back to the whole chart"
+    reset.focus()
+    page.keyboard.press("Enter")
+    wait_js(page, f"location.hash.includes('from={T0}&to={T0 + 360}')")
+    _wait_ready(w)
+    assert _flame_total(w) == chart["total"]
+    assert "vfrom" not in _hash(w) and reset.is_hidden()
+    assert page.evaluate("window.podflame.chart.selection") is None
+
+    # A preset, from the keyboard too, drops the chart range (nothing in the last 5 minutes here).
+    page.locator('button.preset[data-range="5m"]').focus()
+    page.keyboard.press("Enter")
+    wait_js(page, "location.hash.includes('from=now-5m')")
+    _wait_ready(w)
+    assert page.locator("#chart-empty").inner_text() == "No samples in the chart's range for this selection."
+    w.assert_clean()
+
+
+def _open_compare(w: Watched, server: str, mode: str) -> None:
+    _open(w, server, **{"from": C0, "to": C0 + 60, "sel": {"cgroup": CMP_CGROUP}})
+    w.page.locator("#compare").select_option(mode)
+
+
+def test_compare_with_the_previous_period_lists_the_hotter_function(server: str, watched: Watched,
+                                                                   tmp_path: Path) -> None:
+    w, page = watched, watched.page
+    _open_compare(w, server, "prev")
+    _wait_ready(w)
+    diff = page.evaluate("window.podflame.diff")
+    assert (diff["base_total"], diff["comp_total"]) == (200, 300)
+    assert diff["regressions"][0] == "hot_fn" and HOSTILE in diff["regressions"]
+    assert diff["improvements"] == ["steady"]
+    h = _hash(w)
+    assert h["cmp"] == "prev" and (h["from"], h["to"]) == (str(C0), str(C0 + 60))
+
+    # The regression table: names as text (the hostile one too), changes in percentage points.
+    rows = page.locator("#diff-tables table").first.locator("tbody tr")
+    assert rows.first.locator("td.fn").inner_text() == "hot_fn"
+    assert rows.first.locator("td.change").inner_text() == "+40.0 pp"  # 20/200 -> 150/300
+    assert HOSTILE in rows.locator("td.fn").all_inner_texts()
+    assert page.locator("#diff-tables img, #flame-title img, #chart-title img").count() == 0
+    assert HOSTILE in page.locator("#chart-title").inner_text()
+    assert page.evaluate("window.__pwned") is None
+
+    # The diff flame graph: width = mean of the two shares; red for more, blue for less.
+    r = w.render()
+    assert r["diff"]
+    by_name = {n["name"]: n for n in r["nodes"] if not n["context"]}
+    assert by_name["hot_fn"]["width"] / r["width"] == pytest.approx((0.1 + 0.5) / 2, rel=0.01)
+    assert by_name["hot_fn"]["change"] == pytest.approx(0.4)
+    assert by_name["steady"]["change"] == pytest.approx(50 / 300 - 0.9)
+
+    def pixel(node: dict) -> list[int]:
+        x, y = node["x"] + 2, node["depth"] * ROW + 2
+        return page.evaluate(f"Array.from(document.getElementById('flame').getContext('2d')"
+                             f".getImageData({x}, {y}, 1, 1).data)")
+
+    red, blue = pixel(by_name["hot_fn"]), pixel(by_name["steady"])
+    assert red[0] > red[2] + 40, red
+    assert blue[2] > blue[0] + 40, blue
+
+    # The tooltip shows both sides and the change.
+    node = by_name["hot_fn"]
+    box = page.locator("#flame").bounding_box()
+    page.mouse.move(box["x"] + node["x"] + node["width"] / 2, box["y"] + node["depth"] * ROW + ROW / 2)
+    tip = page.locator("#tooltip")
+    tip.wait_for(state="visible", timeout=5_000)
+    text = tip.inner_text()
+    assert "baseline: 20 samples (10.0%)" in text and "comparison: 150 samples (50.0%)" in text
+    assert "change: +40.0 pp of total" in text
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff.png"), full_page=True)
+
+    # Clicking a function in the table highlights it in the flame graph.
+    rows.first.locator("td.fn button").click()
+    assert page.locator("#search").input_value() == "hot_fn"
+
+    # Downloads: the two-column folded diff and speedscope.
+    folded = _get(page.locator("#dl-folded-diff").evaluate("a => a.href"))[1].decode().splitlines()
+    assert sorted(folded) == sorted([f"main;{HOSTILE} 0 100", "main;hot_fn 20 150", "main;steady 180 50"])
+    scope = json.loads(_get(page.locator("#dl-speedscope").evaluate("a => a.href"))[1])
+    assert {f["name"] for f in scope["shared"]["frames"]} == {"main", "steady", "hot_fn", HOSTILE}
+
+    # Custom: the same baseline typed in gives the same diff.
+    page.locator("#compare").select_option("custom")
+    _wait_ready(w)
+    page.locator("#base-from").fill(str(C0 - 60))
+    page.locator("#base-to").fill(str(C0))
+    page.locator("#base-apply").click()
+    wait_js(page, f"location.hash.includes('bfrom={C0 - 60}')")
+    _wait_ready(w)
+    assert page.evaluate("window.podflame.diff.regressions[0]") == "hot_fn"
+    assert page.evaluate("window.podflame.diff.base_total") == 200
+
+    # Back to no comparison: the plain flame graph and no diff extras.
+    page.locator("#compare").select_option("")
+    _wait_ready(w)
+    assert page.evaluate("window.podflame.diff") is None
+    assert page.locator("#diff-details").is_hidden() and page.locator("#dl-folded-diff").is_hidden()
+    assert _flame_total(w) == 300
+    assert page.evaluate("window.__pwned") is None
+    w.assert_clean()
+
+
+def test_compare_states_an_empty_baseline_and_a_bad_one(server: str, watched: Watched) -> None:
+    w, page = watched, watched.page
+    _open_compare(w, server, "yday")
+    _wait_ready(w)
+    assert page.evaluate("window.podflame.diff.base_total") == 0
+    note = page.locator("#diff-note")
+    assert note.is_visible() and "No samples in the baseline range" in note.inner_text()
+    assert page.locator("#diff-tables").inner_text() == "Nothing to compare: one of the ranges has no samples."
+    assert "baseline:" in page.locator("#base-text").inner_text()
+
+    # A baseline the server refuses: its message is shown, not swallowed.
+    page.locator("#compare").select_option("custom")
+    _wait_ready(w)
+    page.locator("#base-from").fill("yesterday-ish")
+    page.locator("#base-apply").click()
+    wait_js(page, "window.podflame.status === 'error'")
+    assert "bad base_from" in page.locator("#message").inner_text()
+    w.errors = [e for e in w.errors if "400" not in e]  # the browser logs the failed fetch itself
+    w.assert_clean()

@@ -1,0 +1,77 @@
+// Compare mode: which baseline a choice means, and the regression / improvement tables of
+// /api/v1/diff (docs/api.md). Function names are untrusted: written with textContent only.
+
+import { formatPoints } from "./flamegraph.js";
+import { rangeSeconds, shiftRange } from "./timeexpr.js";
+
+export const COMPARE_MODES = ["", "prev", "yday", "custom"];
+
+const fmtInt = new Intl.NumberFormat("en-US");
+
+// The baseline {from, to} for a mode, or an {error}: "previous period" is the range of the same
+// length just before, "same range yesterday" the range moved back 24 hours.
+export function baselineRange(mode, from, to, custom) {
+  if (mode === "prev") {
+    const len = rangeSeconds(from, to);
+    return len > 0 ? shiftRange(from, to, -len) : { error: "the range is not valid" };
+  }
+  if (mode === "yday") return shiftRange(from, to, -86400) || { error: "the range is not valid" };
+  if (mode === "custom") {
+    if (!custom.from || !custom.to) return { error: "give the baseline's from and to" };
+    return { from: custom.from, to: custom.to };
+  }
+  return null;
+}
+
+function share(v) {
+  const p = v * 100;
+  return (p >= 10 || p === 0 ? p.toFixed(1) : p.toPrecision(2)) + "%";
+}
+
+function cell(tag, text, className) {
+  const el = document.createElement(tag);
+  el.textContent = text;
+  if (className) el.className = className;
+  return el;
+}
+
+// One table of diff rows; clicking a function name calls onPick(name) (the page searches for it).
+export function diffTable(caption, rows, unitWord, onPick) {
+  const table = document.createElement("table");
+  table.className = "diff-table";
+  table.append(cell("caption", caption));
+  const head = document.createElement("tr");
+  for (const h of ["function", "baseline", "comparison", "change", "p-value"]) head.append(cell("th", h));
+  const thead = document.createElement("thead");
+  thead.append(head);
+  const tbody = document.createElement("tbody");
+  for (const r of rows) {
+    const tr = document.createElement("tr");
+    tr.className = r.change > 0 ? "more" : "less";
+    const name = document.createElement("td");
+    name.className = "fn";
+    const btn = cell("button", String(r.name));
+    btn.type = "button";
+    btn.title = "Highlight in the flame graph";
+    btn.addEventListener("click", () => onPick(String(r.name)));
+    name.append(btn);
+    tr.append(
+      name,
+      cell("td", `${share(r.base_share)} \u00b7 ${fmtInt.format(r.base_flat)} ${unitWord}`, "num"),
+      cell("td", `${share(r.comp_share)} \u00b7 ${fmtInt.format(r.comp_flat)} ${unitWord}`, "num"),
+      cell("td", formatPoints(r.change), "num change"),
+      cell("td", r.p_value === null || r.p_value === undefined ? "\u2013" : r.p_value.toPrecision(2), "num"),
+    );
+    tbody.append(tr);
+  }
+  table.append(thead, tbody);
+  return table;
+}
+
+// What the rule behind the tables was, in a sentence.
+export function ruleText(rule) {
+  if (!rule) return "";
+  return `Listed when a function has at least ${rule.min_samples} samples in both ranges together, its share of ` +
+    `the total moved by ${formatPoints(rule.min_share_change).replace("+", "")} or more, and a ${rule.test} ` +
+    `says so (alpha ${rule.alpha}, ${rule.tested} functions tested). Flat (self) values; share = of that range's total.`;
+}
