@@ -263,6 +263,11 @@ def test_compare_with_the_previous_period_lists_the_hotter_function(server: str,
 
 def test_compare_states_an_empty_baseline_and_a_bad_one(server: str, watched: Watched) -> None:
     w, page = watched, watched.page
+    # Nothing selected: the chart shows everything the (empty) selector matches.
+    _open(w, server, **{"from": C0 - 60, "to": C0 + 60})
+    assert page.evaluate("window.podflame.chart.total") == 200 + 300
+    assert page.locator("#chart-title").inner_text() == "CPU: all matching the selector"
+
     _open_compare(w, server, "yday")
     _wait_ready(w)
     assert page.evaluate("window.podflame.diff.base_total") == 0

@@ -121,7 +121,7 @@ export class CpuChart {
     if (!d) return (this.lastRender = null);
     const p = this._plot();
     const max = Math.max(0, ...d.values);
-    const yStep = niceStep((max || 1) / 4);
+    const yStep = d.cpu ? niceStep((max || 1) / 4) : Math.max(1, niceStep(max / 4));  // counts are whole
     const yMax = Math.max(yStep, Math.ceil(max / yStep) * yStep);
     const y = (v) => p.top + p.height - (v / yMax) * p.height;
 
