@@ -285,3 +285,36 @@ def test_compare_states_an_empty_baseline_and_a_bad_one(server: str, watched: Wa
     assert "bad base_from" in page.locator("#message").inner_text()
     w.errors = [e for e in w.errors if "400" not in e]  # the browser logs the failed fetch itself
     w.assert_clean()
+
+
+def test_time_expressions_shift_as_the_server_reads_them(server: str, watched: Watched) -> None:
+    """The page's range arithmetic (web/static/timeexpr.js): relative ranges stay relative, others become
+    unix seconds, and what it writes parses on the server to the intended instants."""
+    w, page = watched, watched.page
+    page.goto(server + "/")
+    w.settle(1)
+    got = page.evaluate("""async () => {
+        const t = await import('/ui/static/timeexpr.js');
+        return {
+            prev: t.shiftRange('now-15m', 'now', -t.rangeSeconds('now-15m', 'now')),
+            yday: t.shiftRange('-1h30m', 'now-1h', -86400),
+            abs: t.shiftRange('1795000000', '1795000060.5', -86400),
+            rfc: t.shiftRange('2026-11-24T12:00:00Z', '2026-11-24T12:15:00+01:00', -60),
+            ms: t.formatTime({rel: -0.25}),
+            bad: t.shiftRange('yesterday', 'now', -60),
+            dur: [t.parseDuration('1h30m'), t.parseDuration('1.5h'), t.parseDuration('15'), t.parseDuration('2d5s')],
+        };
+    }""")
+    assert got["prev"] == {"from": "now-1800s", "to": "now-900s"}
+    assert got["yday"] == {"from": "now-91800s", "to": "now-90000s"}
+    assert got["abs"] == {"from": "1794913600", "to": "1794913660.5"}
+    noon_utc = 1795521600  # 2026-11-24T12:00:00Z
+    assert got["rfc"] == {"from": str(noon_utc - 60), "to": str(noon_utc - 3600 + 900 - 60)}
+    assert got["ms"] == "now-250ms" and got["bad"] is None
+    assert got["dur"] == [5400, 5400, None, 172805]
+    # The server reads what the page writes, and reads the RFC 3339 input as the page did.
+    for expr in ("now-1800s", "now-250ms"):
+        assert _get(f"{server}/api/v1/cpu?from={expr}&to=now%2B1s")[0] == 200, expr
+    resp = json.loads(_get(f"{server}/api/v1/cpu?from=1794913660.5&to=2026-11-24T12:15:00%2B01:00&step=1d")[1])
+    assert (resp["from"], resp["to"]) == (1794913660.5, noon_utc - 3600 + 900)
+    w.assert_clean()
