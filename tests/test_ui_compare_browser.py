@@ -192,6 +192,7 @@ def test_compare_with_the_previous_period_lists_the_hotter_function(server: str,
     assert diff["improvements"] == ["steady"]
     h = _hash(w)
     assert h["cmp"] == "prev" and (h["from"], h["to"]) == (str(C0), str(C0 + 60))
+    assert page.evaluate("window.podflame.chart.baseline") == [C0 - 60, C0]
 
     # The regression table: names as text (the hostile one too), changes in percentage points.
     rows = page.locator("#diff-tables table").first.locator("tbody tr")

@@ -480,10 +480,21 @@ function chartStep(from, to) {
   return STEPS_S.find((s) => s >= Math.max(want, floor)) || STEPS_S[STEPS_S.length - 1];
 }
 
+const secondsOf = (from, to) => {
+  const f = parseTime(from), t = parseTime(to), now = Date.now() / 1000;
+  return f && t ? [toSeconds(f, now), toSeconds(t, now)] : null;
+};
+
+// What the chart marks besides its bars: the chosen sub-range and compare mode's baseline.
+function chartMarks() {
+  chart.setSelection(state.vfrom ? secondsOf(state.from, state.to) : null);
+  const base = baseline();
+  chart.setBaseline(base && !base.error ? secondsOf(base.from, base.to) : null);
+}
+
 function renderChart(resp) {
   chart.setData(resp);
-  const f = parseTime(state.from), t = parseTime(state.to);
-  chart.setSelection(state.vfrom && f && t ? [toSeconds(f), toSeconds(t)] : null);
+  chartMarks();
   const total = chart.total();
   els.chartEmpty.hidden = total > 0;
   els.chartEmpty.textContent = total ? "" : "No samples in the chart's range for this selection.";
@@ -498,11 +509,11 @@ function renderChart(resp) {
     summary = `${unitWord(resp.unit)} per ${resp.step} s`;
   }
   els.chartSummary.textContent = summary + " \u00b7 drag to choose a range";
+  els.chartWrap.hidden = false;
   drawChart();
 }
 
 function drawChart() {
-  els.chartWrap.hidden = false;
   hook.chart = chart.render(els.chartWrap.clientWidth);
 }
 
@@ -538,6 +549,8 @@ function loadSeries() {
 
 function loadFlame() {
   downloadLinks();
+  chartMarks();
+  if (chart.data) drawChart();
   const base = baseline();
   return load("flame", async (signal) => {
     if (base && base.error) throw new Error(`cannot compare: ${base.error}`);

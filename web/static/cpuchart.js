@@ -43,6 +43,7 @@ export class CpuChart {
     this.onSelect = onSelect || (() => {});
     this.data = null;
     this.selection = null;  // [from, to] unix seconds, drawn as the chosen sub-range
+    this.baseline = null;   // [from, to] of compare mode's baseline, marked when it is in view
     this.drag = null;       // {x0, x1} CSS px while the pointer is down
     this.hover = -1;
     this.width = 0;
@@ -65,6 +66,8 @@ export class CpuChart {
   }
 
   setSelection(range) { this.selection = range; }
+
+  setBaseline(range) { this.baseline = range; }
 
   total() { return this.data ? this.data.raw.reduce((a, v) => a + v, 0) : 0; }
 
@@ -169,6 +172,20 @@ export class CpuChart {
       ctx.strokeStyle = "#c2410c";
       ctx.strokeRect(a + 0.5, p.top + 0.5, Math.max(0, b - a - 1), p.height - 1);
     }
+    // compare mode's baseline (over the dimming): a blue band along the top, when it lies in view
+    const base = this.baseline;
+    if (base && base[1] > d.from && base[0] < d.to) {
+      const a = Math.max(p.left, this._x(base[0])), b = Math.min(p.left + p.width, this._x(base[1]));
+      ctx.fillStyle = "rgba(29, 78, 216, 0.08)";
+      ctx.fillRect(a, p.top, b - a, p.height);
+      ctx.fillStyle = "#1d4ed8";
+      ctx.fillRect(a, p.top, b - a, 3);
+      if (b - a > 60) {
+        ctx.textAlign = "left";
+        ctx.textBaseline = "top";
+        ctx.fillText("baseline", a + 3, p.top + 5);
+      }
+    }
     ctx.strokeStyle = "#b8b0a6";
     ctx.beginPath();
     ctx.moveTo(p.left + 0.5, p.top); ctx.lineTo(p.left + 0.5, p.top + p.height + 0.5);
@@ -176,7 +193,7 @@ export class CpuChart {
     ctx.stroke();
     this.lastRender = {
       from: d.from, to: d.to, step: d.step, bars: d.values.length, max, yMax, cpu: d.cpu,
-      plot: p, selection: this.selection, total: this.total(),
+      plot: p, selection: this.selection, baseline: this.baseline, total: this.total(),
     };
     return this.lastRender;
   }
