@@ -1,4 +1,5 @@
-"""The web page: one screen with the cgroup/pod list and a canvas flame graph.
+"""The web page: one screen with the cgroup/pod list, a CPU-over-time chart (drag to choose a range)
+and a canvas flame graph, or a diff flame graph with regression tables in compare mode.
 
 The page is a Jinja template plus our own static JS modules and CSS (no build step, no CDN:
 clusters are often offline). Everything it shows comes from the JSON API in docs/api.md.
