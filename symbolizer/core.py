@@ -1,5 +1,4 @@
-"""Symbolization: addresses -> functions, file:line and inlined frames (ELF symbols, DWARF,
-kallsyms, perf maps).
+"""The agent's symbolizer: profiles' frames -> functions, file:line and inlined frames.
 
 `Symbolizer.symbolize(profile)` is pure: it returns a new Profile whose frames carry `lines`
 (inline frames innermost first, each `Line(function, file, line)` when DWARF is available: in the

@@ -10,14 +10,25 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-try:
-    import cxxfilt as _cxxfilt
-except ImportError:  # pragma: no cover - a declared dependency; degrade to mangled names
-    _cxxfilt = None
-try:
-    import rust_demangler as _rust
-except ImportError:  # pragma: no cover
-    _rust = None
+_libs: tuple | None = None
+
+
+def _load() -> tuple:
+    """(cxxfilt, rust_demangler), imported on the first mangled name: cxxfilt loads libstdc++
+    through ctypes, which a C-only binary (libpython) never needs."""
+    global _libs
+    if _libs is None:
+        try:
+            import cxxfilt
+        except ImportError:  # pragma: no cover - a declared dependency; degrade to mangled names
+            cxxfilt = None
+        try:
+            import rust_demangler
+        except ImportError:  # pragma: no cover
+            rust_demangler = None
+        _libs = (cxxfilt, rust_demangler)
+    return _libs
+
 
 _RUST_LEGACY = re.compile(r"^_ZN.*17h[0-9a-f]{16}E(\.llvm\.\d+)?$")
 
@@ -27,16 +38,17 @@ def demangle(name: str) -> str:
     """Readable name for a mangled C++ (Itanium ABI) or Rust symbol; other names as they are."""
     if not name.startswith(("_Z", "_R", "__Z")):
         return name
+    cxxfilt, rust = _load()
     base, dot, suffix = name.partition(".")  # GCC clones: _Z3fooi.constprop.0 -> foo(int) [clone .constprop.0]
     try:
-        if _rust is not None and (name.startswith("_R") or _RUST_LEGACY.match(name)):
-            return _rust.demangle(name)
-        if _cxxfilt is not None:
-            out = _cxxfilt.demangle(name, external_only=False)
+        if rust is not None and (name.startswith("_R") or _RUST_LEGACY.match(name)):
+            return rust.demangle(name)
+        if cxxfilt is not None:
+            out = cxxfilt.demangle(name, external_only=False)
             if out != name:
                 return out
             if dot:
-                out = _cxxfilt.demangle(base, external_only=False)
+                out = cxxfilt.demangle(base, external_only=False)
                 if out != base:
                     return f"{out} [clone {dot}{suffix}]"
     except Exception:

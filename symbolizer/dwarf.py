@@ -28,18 +28,16 @@ import struct
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+from typing import NamedTuple
 
 from symbolizer import dwarfread as dr
 from symbolizer.cache import LRU
+from symbolizer.elffile import SHT_NOBITS, ElfFile
 
 # DW_LANG values whose DW_AT_name is the linkage name (C and assembly: no mangling)
 _C_LANGS = {0x1, 0x2, 0xC, 0x1D, 0x2C, 0x8001}  # C89, C, C99, C11, C17, Mips_Assembler
 
-_FORMAT = 1  # bump when CuIndex's persisted layout changes
+_FORMAT = 2  # bump when CuIndex's persisted layout changes
 
 _DESCEND_CONTAINERS = {dr.TAG_namespace, dr.TAG_module}  # may hold function definitions
 _DESCEND_IN_CODE = {dr.TAG_lexical_block, dr.TAG_try_block, dr.TAG_catch_block}
@@ -50,6 +48,7 @@ _WANT_SCOPE = frozenset({dr.AT_sibling, dr.AT_name, dr.AT_low_pc, dr.AT_high_pc,
                          dr.AT_call_line, dr.AT_linkage_name, dr.AT_MIPS_linkage_name, dr.AT_abstract_origin,
                          dr.AT_specification})
 _WANT_SIBLING = frozenset({dr.AT_sibling})
+_WANT_FN = frozenset({dr.AT_sibling, dr.AT_low_pc, dr.AT_high_pc, dr.AT_ranges})
 _WANT_NAME = frozenset({dr.AT_name, dr.AT_linkage_name, dr.AT_MIPS_linkage_name, dr.AT_abstract_origin,
                         dr.AT_specification})
 _DWARF_ERRORS = (dr.FormatError, IndexError, KeyError, ValueError, struct.error)
@@ -59,8 +58,7 @@ class DwarfError(Exception):
     """The DWARF of a binary could not be decoded (corrupt, unsupported)."""
 
 
-@dataclass(frozen=True, slots=True)
-class RawFrame:
+class RawFrame(NamedTuple):
     """One frame of an inline chain: the name as DWARF has it (mangled when it is a linkage name)."""
 
     name: str | None
@@ -70,28 +68,25 @@ class RawFrame:
     low: int  # start of the first range of the function or inline instance
 
 
-class CuIndex:
-    """One compile unit, flattened for bisect lookups and for pickling to the disk cache."""
+class Code:
+    """Functions and inlined subroutines (of a whole CU, or of one function) flattened into disjoint
+    address segments, each owned by the innermost scope covering it; scopes point at their callers."""
 
-    __slots__ = ("files", "row_addr", "row_file", "row_line", "scope_call_file", "scope_call_line",
-                 "scope_linkage", "scope_low", "scope_name", "scope_parent", "seg_scope", "seg_start")
+    __slots__ = ("scope_call_file", "scope_call_line", "scope_linkage", "scope_low", "scope_name", "scope_parent",
+                 "seg_scope", "seg_start")
 
     def __init__(self) -> None:
-        self.files: list[str] = []
-        self.row_addr = array("Q")
-        self.row_file = array("i")
-        self.row_line = array("i")  # -1: end of a sequence (no line there)
         self.seg_start = array("Q")
         self.seg_scope = array("i")  # -1: no function there
         self.scope_parent = array("i")
         self.scope_name: list[str | None] = []
         self.scope_linkage = array("b")
-        self.scope_call_file = array("i")  # index into files, -1 unknown
+        self.scope_call_file = array("i")  # index into the CU's files, -1 unknown
         self.scope_call_line = array("i")
         self.scope_low = array("Q")
 
     def weight(self) -> int:
-        return len(self.row_addr) + len(self.seg_start) + len(self.scope_parent) + 1
+        return len(self.seg_start) + len(self.scope_parent)
 
     def __getstate__(self) -> tuple:
         return tuple(getattr(self, s) for s in self.__slots__)
@@ -99,6 +94,54 @@ class CuIndex:
     def __setstate__(self, state: tuple) -> None:
         for s, v in zip(self.__slots__, state, strict=True):
             setattr(self, s, v)
+
+    def frames(self, address: int, file: str | None, line: int | None, files: list[str]) -> list[RawFrame]:
+        """The inline chain at `address`, innermost first: the innermost frame gets the line table's
+        file:line, each outer frame the call site of the inline below it."""
+        j = bisect_right(self.seg_start, address) - 1
+        s = self.seg_scope[j] if j >= 0 else -1
+        out: list[RawFrame] = []
+        while s >= 0:
+            out.append(RawFrame(self.scope_name[s], bool(self.scope_linkage[s]), file, line, self.scope_low[s]))
+            cf = self.scope_call_file[s]
+            file = files[cf] if cf >= 0 else None
+            line = self.scope_call_line[s] or None
+            s = self.scope_parent[s]
+        return out
+
+
+class CuIndex:
+    """One compile unit: its line table, and its code either complete (`code`: what the disk cache
+    stores) or decoded one function at a time (`fn_*` from a scan of the CU's top-level DIEs, and
+    `fns` by DIE offset), which is what a cold lookup of a few addresses needs."""
+
+    __slots__ = ("_decoder", "code", "files", "fn_die", "fn_end", "fn_start", "fns", "row_addr", "row_file",
+                 "row_line")
+
+    def __init__(self) -> None:
+        self.files: list[str] = []
+        self.row_addr = array("Q")
+        self.row_file = array("q")
+        self.row_line = array("q")  # -1: end of a sequence (no line there)
+        self.code: Code | None = None
+        self.fn_start = array("Q")
+        self.fn_end = array("Q")
+        self.fn_die = array("Q")
+        self.fns: dict[int, Code] = {}
+        self._decoder: _CuDecoder | None = None
+
+    def weight(self) -> int:
+        code = self.code.weight() if self.code is not None else 2 * len(self.fn_start)
+        return len(self.row_addr) + code + 1
+
+    def __getstate__(self) -> tuple:
+        if self.code is None:
+            raise ValueError("only a completely decoded CU is persisted")
+        return self.files, self.row_addr, self.row_file, self.row_line, self.code
+
+    def __setstate__(self, state: tuple) -> None:
+        self.__init__()  # type: ignore[misc]
+        self.files, self.row_addr, self.row_file, self.row_line, self.code = state
 
     def line_at(self, address: int) -> tuple[str | None, int | None]:
         i = bisect_right(self.row_addr, address) - 1
@@ -111,29 +154,37 @@ class CuIndex:
         """Frames at `address`, innermost first; [] when no function covers it (the line may still be
         known: `line_at`)."""
         file, line = self.line_at(address)
-        j = bisect_right(self.seg_start, address) - 1
-        s = self.seg_scope[j] if j >= 0 else -1
-        out: list[RawFrame] = []
-        while s >= 0:
-            out.append(RawFrame(self.scope_name[s], bool(self.scope_linkage[s]), file, line, self.scope_low[s]))
-            cf = self.scope_call_file[s]
-            file = self.files[cf] if cf >= 0 else None
-            line = self.scope_call_line[s] or None
-            s = self.scope_parent[s]
-        return out
+        return self.code_at(address).frames(address, file, line, self.files)
+
+    def code_at(self, address: int) -> Code:
+        code = self.code
+        if code is not None:
+            return code
+        i = bisect_right(self.fn_start, address) - 1
+        if i >= 0 and address < self.fn_end[i]:
+            die = self.fn_die[i]
+            code = self.fns.get(die)
+            if code is None:
+                code = self.fns[die] = self._decoder.code(die)  # type: ignore[union-attr]
+            return code
+        # no top-level function here: a nested function's code, or none; the whole CU says which
+        self.code = code = self._decoder.code(None)  # type: ignore[union-attr]
+        self.fns.clear()
+        self._decoder = None
+        return code
 
 
 def read_sections(path: str) -> dr.Sections:
     """The DWARF sections of an ELF file (decompressed), or DwarfError when it has no .debug_info."""
     try:
         with open(path, "rb") as f:
-            elf = ELFFile(f)
+            elf = ElfFile(f)
             s = dr.Sections(little=elf.little_endian)
-            for sec in elf.iter_sections():
-                attr = _SECTIONS.get(sec.name)
-                if attr is not None and sec["sh_type"] != "SHT_NOBITS":
-                    setattr(s, attr, bytes(sec.data()))
-    except (OSError, ELFError, struct.error, ValueError) as e:
+            for sec in elf.sections:
+                attr = _SECTIONS.get(sec.name) or _SECTIONS.get(sec.name.replace(".zdebug", ".debug", 1))
+                if attr is not None and sec.type != SHT_NOBITS:
+                    setattr(s, attr, elf.data(sec))
+    except (OSError, struct.error, ValueError) as e:
         raise DwarfError(f"{path}: {e}") from e
     if not s.info or not s.abbrev:
         raise DwarfError(f"{path}: no DWARF")
@@ -144,10 +195,11 @@ def has_dwarf(path: str) -> bool:
     """Cheap: does the file have a (non-empty) .debug_info section?"""
     try:
         with open(path, "rb") as f:
-            sec = ELFFile(f).get_section_by_name(".debug_info")
-            return sec is not None and sec["sh_type"] != "SHT_NOBITS" and sec["sh_size"] > 0
-    except (OSError, ELFError, struct.error, ValueError):
+            elf = ElfFile(f)
+    except (OSError, struct.error, ValueError):
         return False
+    sec = elf.section(".debug_info") or elf.section(".zdebug_info")
+    return sec is not None and sec.type != SHT_NOBITS and sec.size > 0
 
 
 class DwarfInfo:
@@ -188,8 +240,10 @@ class DwarfInfo:
         return self._reader
 
     def release(self) -> None:
-        """Drop the section bytes (decoded CUs stay): they are read again on the next decode."""
+        """Drop the section bytes (complete CUs stay): they are read again on the next decode."""
         self._reader = None
+        for off in [off for off, (idx, _) in self._cus._data.items() if idx.code is None]:
+            self._cus.pop(off)  # decodes functions lazily: holds the sections
 
     # -- CU address table ----------------------------------------------------------------------
 
@@ -253,7 +307,10 @@ class DwarfInfo:
         if off is None:
             return None
         idx = self.cu(off)
-        return idx.lookup(address), idx.line_at(address)
+        try:
+            return idx.lookup(address), idx.line_at(address)
+        except _DWARF_ERRORS as e:
+            raise DwarfError(f"{self.path}: CU at {off:#x}: {e}") from e
 
     def cu(self, offset: int) -> CuIndex:
         idx = self._cus.get(offset)
@@ -263,7 +320,8 @@ class DwarfInfo:
                 self.stats["cus_loaded"] += 1
             else:
                 try:
-                    idx = _decode_cu(self.reader(), offset)
+                    # with a disk cache to fill, the whole CU; else only the functions asked for
+                    idx = _decode_cu(self.reader(), offset, complete=self._store_cu is not None)
                 except _DWARF_ERRORS as e:
                     raise DwarfError(f"{self.path}: CU at {offset:#x}: {e}") from e
                 self.stats["cus_decoded"] += 1
@@ -276,91 +334,168 @@ class DwarfInfo:
 # -- decoding one CU -------------------------------------------------------------------------
 
 class _Names:
-    """Function names through DW_AT_abstract_origin / DW_AT_specification, memoized per DIE offset.
-    As binutils: a linkage name anywhere on the chain wins; else the first DW_AT_name, which counts
-    as a linkage name in C (no mangling)."""
+    """Function names through DW_AT_abstract_origin / DW_AT_specification, memoized per referenced
+    DIE (every inline instance of a function refers to the same abstract one). As binutils: a
+    linkage name anywhere on the chain wins; else the first DW_AT_name, which counts as a linkage
+    name in C (no mangling)."""
 
     def __init__(self, r: dr.Reader, c_lang: bool) -> None:
         self.r = r
         self.c_lang = c_lang
-        self.memo: dict[int, tuple[str | None, bool]] = {}
+        self.memo: dict[int, tuple[str | None, str | None]] = {}  # DIE -> (linkage name, plain name) of its chain
 
-    def of(self, offset: int, a: dict[int, object]) -> tuple[str | None, bool]:
+    def of(self, a: dict[int, object]) -> tuple[str | None, bool]:
+        ln = a.get(dr.AT_linkage_name) or a.get(dr.AT_MIPS_linkage_name)
+        if isinstance(ln, str) and ln:
+            return ln, True
+        name = a.get(dr.AT_name)
+        name = name if isinstance(name, str) else None
+        ref = a.get(dr.AT_abstract_origin) or a.get(dr.AT_specification)
+        if isinstance(ref, tuple):
+            ln, plain = self._chain(ref[1], {ref[1]}, 8)
+            if ln:
+                return ln, True
+            name = name if name is not None else plain
+        return name, self.c_lang and name is not None
+
+    def _chain(self, offset: int, seen: set[int], budget: int) -> tuple[str | None, str | None]:
         got = self.memo.get(offset)
         if got is not None:
             return got
-        name: str | None = None
-        linkage = False
-        seen = {offset}
-        for _ in range(8):
-            ln = a.get(dr.AT_linkage_name) or a.get(dr.AT_MIPS_linkage_name)
-            if isinstance(ln, str) and ln:
-                name, linkage = ln, True
-                break
-            if name is None and isinstance(a.get(dr.AT_name), str):
-                name = a[dr.AT_name]  # type: ignore[assignment]
+        try:
+            _, a = self.r.die_attrs(offset, _WANT_NAME)
+        except _DWARF_ERRORS:
+            return None, None
+        ln = a.get(dr.AT_linkage_name) or a.get(dr.AT_MIPS_linkage_name)
+        name = a.get(dr.AT_name)
+        name = name if isinstance(name, str) else None
+        if isinstance(ln, str) and ln:
+            got = (ln, name)
+        else:
             ref = a.get(dr.AT_abstract_origin) or a.get(dr.AT_specification)
-            if not isinstance(ref, tuple) or ref[1] in seen:
-                break
-            seen.add(ref[1])
-            try:
-                _, a = self.r.die_attrs(ref[1], _WANT_NAME)
-            except _DWARF_ERRORS:
-                break
-        if not linkage and self.c_lang:
-            linkage = name is not None
-        self.memo[offset] = (name, linkage)
-        return name, linkage
+            if isinstance(ref, tuple) and ref[1] not in seen and budget > 1:
+                seen.add(ref[1])
+                ln2, plain = self._chain(ref[1], seen, budget - 1)
+                got = (ln2, name if name is not None else plain)
+            else:
+                got = (None, name)
+        self.memo[offset] = got
+        return got
 
 
-def _decode_cu(r: dr.Reader, offset: int) -> CuIndex:
-    idx = CuIndex()
-    u = r.unit_at(offset)
-    top = u.top
-    comp_dir = top.get(dr.AT_comp_dir)
-    comp_dir = comp_dir if isinstance(comp_dir, str) else None
-    lang = top.get(dr.AT_language, 0)
-    first = 1
-    stmt = top.get(dr.AT_stmt_list)
-    if isinstance(stmt, int) and stmt < len(r.s.line):
-        lt = dr.line_table(r, u, stmt, comp_dir)
-        idx.files, first = lt.files, lt.first
-        rows = lt.rows
-        rows.sort()  # at one address: an end of sequence before the next start; of rows, the last wins
-        idx.row_addr = array("Q", [x[0] for x in rows])
-        idx.row_file = array("i", [x[3] for x in rows])
-        idx.row_line = array("i", [x[4] for x in rows])
-    names = _Names(r, lang in _C_LANGS)
-    ranges: list[tuple[int, int, int, int]] = []  # (low, high, depth, scope)
-    data = r.s.info
-    abbrevs = u.abbrevs
-    nfiles = len(idx.files)
-    length_forms: dict[int, bool] = {}
+class _CuDecoder:
+    """Decodes one CU's code DIEs: a scan of its top-level functions' address ranges, then the
+    subtree of one function (or of the whole CU) into a `Code`."""
 
-    def add_scope(off: int, a: dict[int, object], parent: int, depth: int, rs: list[tuple[int, int]]) -> int:
-        s = len(idx.scope_parent)
-        name, linkage = names.of(off, a)
-        cf = a.get(dr.AT_call_file)
-        cf = cf - first if isinstance(cf, int) else -1
-        idx.scope_parent.append(parent)
-        idx.scope_name.append(name)
-        idx.scope_linkage.append(1 if linkage else 0)
-        idx.scope_call_file.append(cf if 0 <= cf < nfiles else -1)
-        cl = a.get(dr.AT_call_line)
-        idx.scope_call_line.append(cl if isinstance(cl, int) and 0 <= cl < 1 << 31 else 0)
-        idx.scope_low.append(rs[0][0])  # the first range, as binutils' arange.low (a .cold part may sort first)
-        ranges.extend((lo, hi, depth, s) for lo, hi in rs)
-        return s
+    def __init__(self, r: dr.Reader, u: dr.Unit, first: int, nfiles: int) -> None:
+        self.r, self.u = r, u
+        self.first, self.nfiles = first, nfiles
+        self.names = _Names(r, u.top.get(dr.AT_language, 0) in _C_LANGS)
+        self.length_forms: dict[int, bool] = {}
 
-    # iterative walk over the children of the unit DIE: (position of next sibling DIE, scope, depth)
-    code, pos = dr.uleb(data, u.die_offset)
-    if code and abbrevs[code].children:
-        _, pos = r.attrs(u, pos, abbrevs[code], _WANT_SIBLING)
-        stack = [(-1, 0)]  # (scope, depth) of the DIE whose children are being read
+    def _high_is_length(self, code: int) -> bool:
+        hl = self.length_forms.get(code)
+        if hl is None:
+            hl = self.length_forms[code] = dr.high_pc_is_length(self.u.abbrevs[code])
+        return hl
+
+    def functions(self) -> list[tuple[int, int, int]] | None:
+        """(low, high, DIE offset) of every function defined at the top level of the CU (or in a
+        namespace), sorted; None when their ranges overlap (then only a complete decode is exact)."""
+        r, u = self.r, self.u
+        data = r.s.info
+        abbrevs = u.abbrevs
+        plans = r.plans(u, _WANT_FN)
+        plan_of = r.plan
+        read = r.read
+        out: list[tuple[int, int, int]] = []
+        code, pos = dr.uleb(data, u.die_offset)
+        if not code or not abbrevs[code].children:
+            return out
+        _, pos = r.attrs(u, pos, code, _WANT_SIBLING)
+        level = 0
+        end = u.end
+        while pos < end:
+            die = pos
+            code = data[pos]
+            if code < 0x80:
+                pos += 1
+            else:
+                code, pos = dr.uleb(data, pos)
+            if code == 0:
+                if level == 0:
+                    break
+                level -= 1
+                continue
+            ab = abbrevs[code]
+            plan = plans.get(code)
+            if plan is None:
+                plan = plans[code] = plan_of(u, ab, _WANT_FN)
+            if not plan[0]:
+                pos += plan[1]
+                a = None
+            else:
+                a, pos = read(u, pos, plan)
+            if ab.tag == dr.TAG_subprogram and a:
+                out.extend((lo, hi, die) for lo, hi in r.die_ranges(u, a, self._high_is_length(code)))
+            elif ab.children and ab.tag in _DESCEND_CONTAINERS:
+                level += 1
+                continue
+            if ab.children:
+                sib = a.get(dr.AT_sibling) if a else None
+                pos = sib[1] if isinstance(sib, tuple) and sib[1] > die else _skip_children(r, u, pos)
+        out.sort()
+        for k in range(1, len(out)):
+            if out[k][0] < out[k - 1][1]:
+                return None
+        return out
+
+    def code(self, die: int | None) -> Code:
+        """The scopes of the function whose DIE is at `die`, or of the whole CU when None."""
+        r, u = self.r, self.u
+        data = r.s.info
+        abbrevs = u.abbrevs
+        idx = Code()
+        ranges: list[tuple[int, int, int, int]] = []  # (low, high, depth, scope)
+        first, nfiles = self.first, self.nfiles
+        names = self.names
+        scope_plans, sib_plans = r.plans(u, _WANT_SCOPE), r.plans(u, _WANT_SIBLING)
+        plan_of, read = r.plan, r.read
+
+        def add_scope(a: dict[int, object], parent: int, depth: int, rs: list[tuple[int, int]]) -> int:
+            s = len(idx.scope_parent)
+            name, linkage = names.of(a)
+            cf = a.get(dr.AT_call_file)
+            cf = cf - first if isinstance(cf, int) else -1
+            idx.scope_parent.append(parent)
+            idx.scope_name.append(name)
+            idx.scope_linkage.append(1 if linkage else 0)
+            idx.scope_call_file.append(cf if 0 <= cf < nfiles else -1)
+            cl = a.get(dr.AT_call_line)
+            idx.scope_call_line.append(cl if isinstance(cl, int) and 0 <= cl < 1 << 31 else 0)
+            idx.scope_low.append(rs[0][0])  # the first range, as binutils' arange.low (a .cold part may sort first)
+            ranges.extend((lo, hi, depth, s) for lo, hi in rs)
+            return s
+
+        # iterative walk over sibling DIEs: (scope, depth) of the DIE whose children are being read
+        if die is None:
+            code, pos = dr.uleb(data, u.die_offset)
+            if not code or not abbrevs[code].children:
+                return idx
+            _, pos = r.attrs(u, pos, code, _WANT_SIBLING)
+        else:
+            pos = die
+        stack = [(-1, 0)]
         end = u.end
         while stack and pos < end:
+            if die is not None and len(stack) == 1 and pos != die:
+                break  # the function's subtree is done
             die_off = pos
-            code, pos = dr.uleb(data, pos)
+            code = data[pos]
+            if code < 0x80:
+                pos += 1
+            else:
+                code, pos = dr.uleb(data, pos)
             if code == 0:
                 stack.pop()
                 continue
@@ -368,50 +503,84 @@ def _decode_cu(r: dr.Reader, offset: int) -> CuIndex:
             tag = ab.tag
             scope, depth = stack[-1]
             if tag == dr.TAG_subprogram or tag == dr.TAG_inlined_subroutine:
-                a, pos = r.attrs(u, pos, ab, _WANT_SCOPE)
-                hl = length_forms.get(code)
-                if hl is None:
-                    hl = length_forms[code] = dr.high_pc_is_length(ab)
-                rs = r.die_ranges(u, a, hl)
+                plan = scope_plans.get(code)
+                if plan is None:
+                    plan = scope_plans[code] = plan_of(u, ab, _WANT_SCOPE)
+                a, pos = read(u, pos, plan)
+                rs = r.die_ranges(u, a, self._high_is_length(code))
                 if rs:
                     if tag == dr.TAG_subprogram:  # a nested function is its own root, drawn above its host
                         d = depth + 1 if scope >= 0 else 0
-                        s = add_scope(die_off, a, -1, d, rs)
+                        s = add_scope(a, -1, d, rs)
                     else:
                         d = depth + 1
-                        s = add_scope(die_off, a, scope, d, rs)
+                        s = add_scope(a, scope, d, rs)
                     if ab.children:
                         stack.append((s, d))
                     continue
-            elif ab.children and (tag in _DESCEND_CONTAINERS or (scope >= 0 and tag in _DESCEND_IN_CODE)):
-                _, pos = r.attrs(u, pos, ab, _WANT_SIBLING)
-                stack.append((scope, depth))
-                continue
             else:
-                a, pos = r.attrs(u, pos, ab, _WANT_SIBLING)
+                plan = sib_plans.get(code)
+                if plan is None:
+                    plan = sib_plans[code] = plan_of(u, ab, _WANT_SIBLING)
+                if not ab.children:
+                    pos = pos + plan[1] if not plan[0] else read(u, pos, plan)[1]
+                    continue
+                a, pos = read(u, pos, plan)
+                if tag in _DESCEND_CONTAINERS or (scope >= 0 and tag in _DESCEND_IN_CODE):
+                    stack.append((scope, depth))
+                    continue
             if ab.children:  # skip the subtree: by DW_AT_sibling when given, else by reading it
                 sib = a.get(dr.AT_sibling)
                 pos = sib[1] if isinstance(sib, tuple) and sib[1] > die_off else _skip_children(r, u, pos)
-    _flatten(ranges, idx)
+        _flatten(ranges, idx)
+        return idx
+
+
+def _decode_cu(r: dr.Reader, offset: int, *, complete: bool = True) -> CuIndex:
+    """A CU's line table, and its code: complete, or (`complete=False`) one function at a time
+    as lookups need them."""
+    idx = CuIndex()
+    u = r.unit_at(offset)
+    top = u.top
+    comp_dir = top.get(dr.AT_comp_dir)
+    comp_dir = comp_dir if isinstance(comp_dir, str) else None
+    first = 1
+    stmt = top.get(dr.AT_stmt_list)
+    if isinstance(stmt, int) and stmt < len(r.s.line):
+        lt = dr.line_table(r, u, stmt, comp_dir)
+        idx.files, first = lt.files, lt.first
+        idx.row_addr, idx.row_file, idx.row_line = lt.addr, lt.file, lt.line
+    decoder = _CuDecoder(r, u, first, len(idx.files))
+    fns = None if complete else decoder.functions()
+    if fns is None:
+        idx.code = decoder.code(None)
+    else:
+        idx.fn_start = array("Q", [f[0] for f in fns])
+        idx.fn_end = array("Q", [f[1] for f in fns])
+        idx.fn_die = array("Q", [f[2] for f in fns])
+        idx._decoder = decoder
     return idx
 
 
 def _skip_children(r: dr.Reader, u: dr.Unit, pos: int) -> int:
     data = r.s.info
+    plans = r.plans(u, _WANT_SIBLING)
     level = 1
     while level and pos < u.end:
         code, pos = dr.uleb(data, pos)
         if code == 0:
             level -= 1
             continue
-        ab = u.abbrevs[code]
-        _, pos = r.attrs(u, pos, ab, _WANT_SIBLING)
-        if ab.children:
+        plan = plans.get(code)
+        if plan is None:
+            plan = plans[code] = r.plan(u, u.abbrevs[code], _WANT_SIBLING)
+        pos = r.read(u, pos, plan)[1]
+        if u.abbrevs[code].children:
             level += 1
     return pos
 
 
-def _flatten(ranges: list[tuple[int, int, int, int]], idx: CuIndex) -> None:
+def _flatten(ranges: list[tuple[int, int, int, int]], idx: Code) -> None:
     """Disjoint segments, each owned by the deepest scope covering it (ties: the smallest range)."""
     if not ranges:
         return

@@ -10,8 +10,8 @@ pyelftools still opens the ELF and hands over (decompressed) section bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Callable, Iterator
 
 # attributes
 AT_sibling, AT_name, AT_stmt_list, AT_low_pc, AT_high_pc, AT_language = 0x01, 0x03, 0x10, 0x11, 0x12, 0x13
@@ -66,45 +66,49 @@ def cstr(data: bytes, pos: int) -> tuple[bytes, int]:
     return data[pos:end], end + 1
 
 
-@dataclass
 class Sections:
     """The DWARF sections of one file, as bytes (b"" when absent)."""
 
-    info: bytes = b""
-    abbrev: bytes = b""
-    line: bytes = b""
-    str: bytes = b""
-    line_str: bytes = b""
-    str_offsets: bytes = b""
-    addr: bytes = b""
-    ranges: bytes = b""
-    rnglists: bytes = b""
-    aranges: bytes = b""
-    little: bool = True
+    __slots__ = ("abbrev", "addr", "aranges", "info", "line", "line_str", "little", "ranges", "rnglists", "str",
+                 "str_offsets")
+
+    def __init__(self, little: bool = True, **sections: bytes) -> None:
+        self.little = little
+        for name in self.__slots__:
+            if name != "little":
+                setattr(self, name, sections.get(name, b""))
 
 
-@dataclass
 class Abbrev:
-    tag: int
-    children: bool
-    specs: tuple[tuple[int, int, int], ...]  # (attribute, form, implicit const)
+    __slots__ = ("children", "specs", "tag")
+
+    def __init__(self, tag: int, children: bool, specs: tuple[tuple[int, int, int], ...]) -> None:
+        self.tag = tag
+        self.children = children
+        self.specs = specs  # (attribute, form, implicit const)
 
 
-@dataclass
+# how a planned attribute is read (see Reader.plans)
+_K_INT, _K_REF, _K_STRP, _K_LINE_STRP, _K_REF_ADDR, _K_NONE, _K_STRX, _K_ADDRX, _K_RNGLISTX = range(9)
+_K_ULEB, _K_SLEB, _K_BLOCK, _K_STRING, _K_IMPLICIT = range(9, 14)
+Plan = tuple[tuple[tuple[int, int, int, int, int, bool], ...], int]  # (steps, trailing gap)
+
+
 class Unit:
-    offset: int
-    end: int
-    die_offset: int
-    version: int
-    address_size: int
-    offset_size: int
-    abbrevs: dict[int, Abbrev]
-    # from the unit DIE
-    str_offsets_base: int = 8
-    addr_base: int = 8
-    rnglists_base: int = 0
-    base: int = 0  # DW_AT_low_pc of the unit: base of relative ranges
-    top: dict[int, object] = field(default_factory=dict)
+    __slots__ = ("abbrevs", "addr_base", "address_size", "base", "die_offset", "end", "offset", "offset_size",
+                 "plans", "rnglists_base", "str_offsets_base", "top", "version")
+
+    def __init__(self, offset: int, end: int, die_offset: int, version: int, address_size: int, offset_size: int,
+                 abbrevs: dict[int, Abbrev], str_offsets_base: int = 8, addr_base: int = 8) -> None:
+        self.offset, self.end, self.die_offset, self.version = offset, end, die_offset, version
+        self.address_size, self.offset_size, self.abbrevs = address_size, offset_size, abbrevs
+        # from the unit DIE
+        self.str_offsets_base = str_offsets_base
+        self.addr_base = addr_base
+        self.rnglists_base = 0
+        self.base = 0  # DW_AT_low_pc of the unit: base of relative ranges
+        self.top: dict[int, object] = {}
+        self.plans: dict[frozenset[int] | None, dict[int, Plan]] = {}
 
 
 class Reader:
@@ -172,14 +176,13 @@ class Reader:
         u = Unit(offset, min(end, len(info)), pos, version, asz, osz, self._abbrev_table(abbrev_off))
         code, p = uleb(info, pos)
         if code:
-            ab = u.abbrevs[code]
-            top, _ = self.attrs(u, p, ab, None)
+            top, _ = self.attrs(u, p, code, None)
             u.top = top
             # the bases first (other attributes' decoding needs them), raw as read
             u.str_offsets_base = int(top.get(AT_str_offsets_base, 8))  # type: ignore[arg-type]
             u.addr_base = int(top.get(AT_addr_base, top.get(AT_GNU_addr_base, 8)))  # type: ignore[arg-type]
             u.rnglists_base = int(top.get(AT_rnglists_base, top.get(AT_GNU_ranges_base, 0)))  # type: ignore[arg-type]
-            top, _ = self.attrs(u, p, ab, None)  # again, now that indexed forms can resolve
+            top, _ = self.attrs(u, p, code, None)  # again, now that indexed forms can resolve
             u.top = top
             lo = top.get(AT_low_pc)
             u.base = lo if isinstance(lo, int) else 0
@@ -225,89 +228,152 @@ class Reader:
 
     # -- DIEs --------------------------------------------------------------------------------
 
-    def attrs(self, u: Unit, pos: int, ab: Abbrev,
-              want: frozenset[int] | set[int] | None) -> tuple[dict[int, object], int]:
-        """Decode the attributes of a DIE whose abbreviation is `ab` (read after its code, at `pos`).
+    def attrs(self, u: Unit, pos: int, code: int,
+              want: frozenset[int] | None) -> tuple[dict[int, object], int]:
+        """Decode the attributes of a DIE with abbreviation `code` (read after its code, at `pos`).
         Only attributes in `want` are decoded (None: all); returns them and the DIE's end.
         Strings come back as str, references as absolute .debug_info offsets, high_pc as given
         (a length when its form is a constant: see `high_pc_is_length`)."""
-        data = self.s.info
-        out: dict[int, object] = {}
+        plans = self.plans(u, want)
+        plan = plans.get(code)
+        if plan is None:
+            plan = plans[code] = self.plan(u, u.abbrevs[code], want)
+        return self.read(u, pos, plan)
+
+    @staticmethod
+    def plans(u: Unit, want: frozenset[int] | None) -> dict[int, Plan]:
+        """Plans by abbreviation code for one unit and one set of wanted attributes, filled as met:
+        hot loops look them up by code and build missing ones with `plan`."""
+        plans = u.plans.get(want)
+        if plans is None:
+            plans = u.plans[want] = {}
+        return plans
+
+    def plan(self, u: Unit, ab: Abbrev, want: frozenset[int] | None) -> Plan:
+        """How to read a DIE of abbreviation `ab`: steps (gap, attribute, form, kind, size or implicit
+        value, wanted) for each wanted or variable-size attribute; runs of unwanted fixed-size
+        attributes become gaps. A DIE with nothing wanted and fixed size is one addition."""
+        steps = []
+        gap = 0
         osz, asz = u.offset_size, u.address_size
-        little = self.s.little
         for at, form, implicit in ab.specs:
-            if form == 0x16:  # indirect
-                form, pos = uleb(data, pos)
-            fixed = _FIXED.get(form)
-            if fixed is not None and (want is not None and at not in want):
-                pos += fixed
-                continue
-            if form == 0x0E or form == 0x1F or form == 0x17 or form == 0x10 or form == 0x1D or form == 0x1F21:
-                # strp, line_strp, sec_offset, ref_addr (address-sized in DWARF 2), strp_sup/alt
+            wanted = want is None or at in want
+            size = _FIXED.get(form)
+            kind = _K_INT
+            if form in (0x0E, 0x1F, 0x17, 0x1D, 0x1F21, 0x10):
                 size = asz if (form == 0x10 and u.version == 2) else osz
-                if want is None or at in want:
-                    v = int.from_bytes(data[pos:pos + size], "little" if little else "big")
-                    if form == 0x0E:
-                        out[at] = self._str(self.s.str, v)
-                    elif form == 0x1F:
-                        out[at] = self._str(self.s.line_str, v)
-                    elif form == 0x10:
-                        out[at] = ("ref", v)
-                    elif form == 0x17:
-                        out[at] = v
-                    else:
-                        out[at] = None  # a string in a supplementary file we do not read
-                pos += size
+                kind = {0x0E: _K_STRP, 0x1F: _K_LINE_STRP, 0x17: _K_INT, 0x10: _K_REF_ADDR}.get(form, _K_NONE)
+            elif form == 0x01:
+                size = asz
+            elif form in (0x1C, 0x24, 0x1F20):  # ref_sup4/8, GNU_ref_alt: another file's DIE
+                size, kind = (4 if form == 0x1C else (8 if form == 0x24 else osz)), _K_NONE
+            elif form == 0x21:
+                kind = _K_IMPLICIT
+            elif form == 0x19:
+                kind = _K_IMPLICIT
+                implicit = 1
+            elif form in (0x0F, 0x15, 0x1A, 0x1B, 0x22, 0x23, 0x1F01, 0x1F02):
+                size, kind = -1, _K_ULEB
+            elif form == 0x0D:
+                size, kind = -1, _K_SLEB
+            elif form in (0x18, 0x09, 0x0A, 0x03, 0x04):
+                size, kind = -1, _K_BLOCK
+            elif form == 0x08:
+                size, kind = -1, _K_STRING
+            elif size is None:
+                raise FormatError(f"unknown DW_FORM {form:#x}")
+            if kind in (_K_INT, _K_ULEB):  # the value's meaning by form
+                if form in _REF_CU_FORMS:
+                    kind = _K_REF if kind == _K_INT else kind
+                elif form in (0x1A, 0x25, 0x26, 0x27, 0x28, 0x1F02):
+                    kind = _K_STRX if kind == _K_INT else kind
+                elif form in _ADDR_FORMS and form != 0x01:
+                    kind = _K_ADDRX if kind == _K_INT else kind
+            if size >= 0 and not wanted and kind != _K_IMPLICIT:
+                gap += size
                 continue
-            if form == 0x18 or form == 0x09:  # exprloc, block
-                n, pos = uleb(data, pos)
+            if kind == _K_IMPLICIT and not wanted:
+                continue
+            steps.append((gap, at, form, kind, implicit if kind == _K_IMPLICIT else size, wanted))
+            gap = 0
+        return tuple(steps), gap
+
+    def read(self, u: Unit, pos: int, plan: Plan) -> tuple[dict[int, object], int]:
+        """Run a plan (see `plan`) at `pos`: (wanted attributes, end of the DIE)."""
+        steps, tail = plan
+        out: dict[int, object] = {}
+        if not steps:
+            return out, pos + tail
+        data = self.s.info
+        le = "little" if self.s.little else "big"
+        for gap, at, form, kind, size, wanted in steps:
+            pos += gap
+            if kind == _K_IMPLICIT:
+                out[at] = size
+                continue
+            if size >= 0:
+                v = int.from_bytes(data[pos:pos + size], le)
+                pos += size
+            elif kind == _K_ULEB:
+                b = data[pos]
+                if b < 0x80:
+                    v = b
+                    pos += 1
+                else:
+                    v, pos = uleb(data, pos)
+                if form in _REF_CU_FORMS:
+                    v = u.offset + v
+                    if wanted:
+                        out[at] = ("ref", v)
+                    continue
+                if form in (0x1A, 0x1F02):
+                    if wanted:
+                        out[at] = self._strx(u, v)
+                    continue
+                if form in (0x1B, 0x1F01):
+                    if wanted:
+                        out[at] = self._addrx(u, v)
+                    continue
+                if form == 0x23:
+                    if wanted:
+                        out[at] = ("rnglistx", v)
+                    continue
+            elif kind == _K_SLEB:
+                v, pos = sleb(data, pos)
+            elif kind == _K_BLOCK:
+                if form == 0x18 or form == 0x09:
+                    n, pos = uleb(data, pos)
+                else:
+                    w = 1 if form == 0x0A else (2 if form == 0x03 else 4)
+                    n = int.from_bytes(data[pos:pos + w], le)
+                    pos += w
                 pos += n
                 continue
-            if form == 0x0A or form == 0x03 or form == 0x04:  # block1/2/4
-                size = {0x0A: 1, 0x03: 2, 0x04: 4}[form]
-                pos += size + int.from_bytes(data[pos:pos + size], "little" if little else "big")
-                continue
-            if form == 0x08:  # inline string
+            else:  # inline string
                 end = data.index(b"\0", pos)
-                if want is None or at in want:
+                if wanted:
                     out[at] = data[pos:end].decode("utf-8", "surrogateescape")
                 pos = end + 1
                 continue
-            if form == 0x01:  # addr
-                if want is None or at in want:
-                    out[at] = int.from_bytes(data[pos:pos + asz], "little" if little else "big")
-                pos += asz
+            if not wanted:
                 continue
-            if form == 0x0F or form == 0x15 or form == 0x1A or form == 0x1B or form == 0x22 or form == 0x23 \
-                    or form == 0x1F01 or form == 0x1F02:
-                v, pos = uleb(data, pos)
-            elif form == 0x0D:
-                v, pos = sleb(data, pos)
-            elif form == 0x21:
-                v = implicit
-            elif form == 0x19:
-                v = 1
-            elif fixed is not None:
-                v = int.from_bytes(data[pos:pos + fixed], "little" if little else "big")
-                pos += fixed
-            elif form == 0x1C or form == 0x24 or form == 0x1F20:  # ref_sup4/8, GNU_ref_alt: other file
-                pos += 4 if form == 0x1C else (8 if form == 0x24 else osz)
-                continue
-            else:
-                raise FormatError(f"unknown DW_FORM {form:#x}")
-            if want is not None and at not in want:
-                continue
-            if form in _REF_CU_FORMS:
-                out[at] = ("ref", u.offset + v)
-            elif form in (0x1A, 0x25, 0x26, 0x27, 0x28, 0x1F02):  # strx
-                out[at] = self._strx(u, v)
-            elif form in _ADDR_FORMS:
-                out[at] = self._addrx(u, v)
-            elif form == 0x23:  # rnglistx
-                out[at] = ("rnglistx", v)
-            else:
+            if kind == _K_INT:
                 out[at] = v
-        return out, pos
+            elif kind == _K_REF:
+                out[at] = ("ref", u.offset + v)
+            elif kind == _K_STRP:
+                out[at] = self._str(self.s.str, v)
+            elif kind == _K_LINE_STRP:
+                out[at] = self._str(self.s.line_str, v)
+            elif kind == _K_REF_ADDR:
+                out[at] = ("ref", v)
+            elif kind == _K_STRX:
+                out[at] = self._strx(u, v)
+            elif kind == _K_ADDRX:
+                out[at] = self._addrx(u, v)
+            else:
+                out[at] = None  # a string or DIE in a supplementary file we do not read
+        return out, pos + tail
 
     def _str(self, sec: bytes, off: int) -> str | None:
         if off >= len(sec):
@@ -325,14 +391,13 @@ class Reader:
         pos = u.addr_base + i * u.address_size
         return self._u(self.s.addr, pos, u.address_size)
 
-    def die_attrs(self, offset: int, want: set[int] | frozenset[int]) -> tuple[int, dict[int, object]]:
+    def die_attrs(self, offset: int, want: frozenset[int]) -> tuple[int, dict[int, object]]:
         """(tag, wanted attributes) of the DIE at an absolute .debug_info offset (any unit)."""
         u = self.unit_containing(offset)
         code, pos = uleb(self.s.info, offset)
         if code == 0:
             return 0, {}
-        ab = u.abbrevs[code]
-        return ab.tag, self.attrs(u, pos, ab, want)[0]
+        return u.abbrevs[code].tag, self.attrs(u, pos, code, want)[0]
 
     # -- ranges ------------------------------------------------------------------------------
 
@@ -462,11 +527,17 @@ def high_pc_is_length(ab: Abbrev) -> bool:
 
 # -- line programs ---------------------------------------------------------------------------
 
-@dataclass
 class LineTable:
-    files: list[str]  # joined as binutils does; index = DWARF file number - first
-    first: int  # 1 before DWARF 5, 0 from DWARF 5
-    rows: list[tuple[int, int, int, int, int]]  # (address, order, seq no, file, line); order 0: end
+    """Rows of one line program in lookup order: sequences by start address, rows in program order
+    within a sequence (so at one address the last row wins a bisect_right, and a sequence's end row
+    comes before the next sequence starting there). An end row has file and line -1."""
+
+    __slots__ = ("addr", "file", "files", "first", "line")
+
+    def __init__(self, files: list[str], first: int, addr: array, file: array, line: array) -> None:
+        self.files = files  # joined as binutils does; index = DWARF file number - first
+        self.first = first  # 1 before DWARF 5, 0 from DWARF 5
+        self.addr, self.file, self.line = addr, file, line
 
 
 def line_table(r: Reader, u: Unit, offset: int, comp_dir: str | None) -> LineTable:
@@ -488,9 +559,7 @@ def line_table(r: Reader, u: Unit, offset: int, comp_dir: str | None) -> LineTab
     end = min(pos + length, len(data))
     version = num(pos, 2)
     pos += 2
-    asz = u.address_size
     if version >= 5:
-        asz = data[pos]
         pos += 2  # address_size, segment_selector_size
     header_length = num(pos, osz)
     pos += osz
@@ -509,7 +578,7 @@ def line_table(r: Reader, u: Unit, offset: int, comp_dir: str | None) -> LineTab
     dirs: list[str] = []
     raw_files: list[tuple[str, int]] = []
     if version >= 5:
-        fake = Unit(0, 0, 0, 5, asz, osz, {}, u.str_offsets_base, u.addr_base)
+        fake = Unit(0, 0, 0, 5, u.address_size, osz, {}, u.str_offsets_base, u.addr_base)
 
         def entries(pos: int) -> tuple[list[dict[int, object]], int]:
             nfmt = data[pos]
@@ -546,9 +615,17 @@ def line_table(r: Reader, u: Unit, offset: int, comp_dir: str | None) -> LineTab
             raw_files.append((name.decode("utf-8", "surrogateescape"), di))
         first = 1
     files = [_join(name, di, dirs, version, comp_dir) for name, di in raw_files]
-    rows = _run_program(data, program, end, asz, min_inst, line_base, line_range, opcode_base, std_lengths, le,
-                        first, raw_files, dirs, version, comp_dir, files)
-    return LineTable(files, first, rows)
+
+    def define_file(p: int) -> None:  # DW_LNE_define_file (before DWARF 5)
+        name, p = cstr(data, p)
+        di, p = uleb(data, p)
+        files.append(_join(name.decode("utf-8", "surrogateescape"), di, dirs, version, comp_dir))
+
+    if line_range == 0:
+        raise FormatError("line program with line_range 0")
+    addr, file, line = _run_program(data, program, end, min_inst, line_base, line_range, opcode_base, std_lengths,
+                                    le, first, define_file if version < 5 else None)
+    return LineTable(files, first, addr, file, line)
 
 
 def _line_form(r: Reader, u: Unit, data: bytes, pos: int, form: int, le: str) -> tuple[object, int]:
@@ -587,61 +664,118 @@ def _join(name: str, di: int, dirs: list[str], version: int, comp_dir: str | Non
     return f"{base}/{sub}/{name}" if sub else f"{base}/{name}"
 
 
-def _run_program(data: bytes, pos: int, end: int, asz: int, min_inst: int, line_base: int, line_range: int,
-                 opcode_base: int, std_lengths: list[int], le: str, first: int, raw_files: list, dirs: list,
-                 version: int, comp_dir: str | None, files: list[str]) -> list[tuple[int, int, int, int, int]]:
-    rows: list[tuple[int, int, int, int, int]] = []
-    append = rows.append
-    address, file, line = 0, 1, 1
-    seq = 0
-    seq_start = len(rows)
-    const_add = ((255 - opcode_base) // line_range) * min_inst if line_range else 0
+def _run_program(data: bytes, pos: int, end: int, min_inst: int, line_base: int, line_range: int,
+                 opcode_base: int, std_lengths: list[int], le: str, first: int,
+                 define_file: Callable[[int], None] | None) -> tuple[array, array, array]:
+    """Run a line program into (address, file index, line) arrays in lookup order (see LineTable).
+
+    This loop is most of the cost of a cold lookup (libpython: 1.6M opcodes), so it is written for
+    CPython: locals only, the common opcodes first (special, set_column, negate_stmt, copy,
+    advance_line), one-byte LEB128 operands read inline, special opcodes' effects precomputed.
+    Sequences are collected in program order and put in address order at the end by slicing, not
+    by sorting rows; a program whose sequences overlap or go backwards falls back to a sort."""
+    addrs, files, lines = array("Q"), array("q"), array("q")
+    add_a, add_f, add_l = addrs.append, files.append, lines.append
+    addr_adv = [0] * 256
+    line_adv = [0] * 256
+    for op in range(opcode_base, 256):
+        adj = op - opcode_base
+        addr_adv[op] = (adj // line_range) * min_inst
+        line_adv[op] = line_base + adj % line_range
+    const_add = addr_adv[255]
+    seqs: list[tuple[int, int, int]] = []  # (first address, first row, end row)
+    seq_row = 0
+    backwards = False
+    address, file, line = 0, 1 - first, 1
     while pos < end:
         op = data[pos]
         pos += 1
         if op >= opcode_base:
-            adj = op - opcode_base
-            address += (adj // line_range) * min_inst
-            line += line_base + adj % line_range
-            append((address, 1, len(rows), file - first, line))
+            address += addr_adv[op]
+            line += line_adv[op]
+            add_a(address)
+            add_f(file)
+            add_l(line)
+        elif op == 5:  # set_column
+            if data[pos] < 0x80:
+                pos += 1
+            else:
+                _, pos = uleb(data, pos)
+        elif op == 6 or op == 7 or op == 10 or op == 11:  # negate_stmt, basic_block, prologue_end, epilogue_begin
+            pass
+        elif op == 1:  # copy
+            add_a(address)
+            add_f(file)
+            add_l(line)
+        elif op == 3:  # advance_line
+            b = data[pos]
+            if b < 0x80:
+                line += b - 0x80 if b & 0x40 else b
+                pos += 1
+            else:
+                v, pos = sleb(data, pos)
+                line += v
+        elif op == 4:  # set_file
+            b = data[pos]
+            if b < 0x80:
+                file = b - first
+                pos += 1
+            else:
+                v, pos = uleb(data, pos)
+                file = v - first
         elif op == 0:  # extended
             n, pos = uleb(data, pos)
             if n == 0:
                 continue
             sub = data[pos]
             if sub == 1:  # end_sequence
-                append((address, 0, len(rows), -1, -1))
-                if rows[seq_start][0] == 0:  # a discarded function's tombstone: drop its sequence
-                    del rows[seq_start:]
-                seq += 1
-                seq_start = len(rows)
-                address, file, line = 0, 1, 1
+                add_a(address)
+                add_f(-1)
+                add_l(-1)
+                n_rows = len(addrs)
+                if addrs[seq_row] == 0:  # a discarded function's tombstone: drop its sequence
+                    del addrs[seq_row:], files[seq_row:], lines[seq_row:]
+                else:
+                    seqs.append((addrs[seq_row], seq_row, n_rows))
+                seq_row = len(addrs)
+                address, file, line = 0, 1 - first, 1
             elif sub == 2:  # set_address
-                address = int.from_bytes(data[pos + 1:pos + 1 + (n - 1)], le)
-            elif sub == 3 and version < 5:  # define_file
-                name, p = cstr(data, pos + 1)
-                di, p = uleb(data, p)
-                raw_files.append((name.decode("utf-8", "surrogateescape"), di))
-                files.append(_join(raw_files[-1][0], di, dirs, version, comp_dir))
+                new = int.from_bytes(data[pos + 1:pos + n], le)
+                if new < address and len(addrs) > seq_row:
+                    backwards = True
+                address = new
+            elif sub == 3 and define_file is not None:
+                define_file(pos + 1)
             pos += n
-        elif op == 1:  # copy
-            append((address, 1, len(rows), file - first, line))
         elif op == 2:  # advance_pc
             v, pos = uleb(data, pos)
             address += v * min_inst
-        elif op == 3:  # advance_line
-            v, pos = sleb(data, pos)
-            line += v
-        elif op == 4:  # set_file
-            file, pos = uleb(data, pos)
         elif op == 8:  # const_add_pc
             address += const_add
         elif op == 9:  # fixed_advance_pc
             address += int.from_bytes(data[pos:pos + 2], le)
             pos += 2
-        elif op in (6, 7, 10, 11):  # negate_stmt, basic_block, prologue_end, epilogue_begin
-            pass
-        else:  # set_column, set_isa and unknown standard opcodes: skip their ULEB operands
+        else:  # set_isa and unknown standard opcodes: skip their LEB128 operands
             for _ in range(std_lengths[op - 1] if op - 1 < len(std_lengths) else 0):
                 _, pos = uleb(data, pos)
-    return rows
+    del addrs[seq_row:], files[seq_row:], lines[seq_row:]  # an unterminated last sequence
+    return _in_address_order(addrs, files, lines, seqs, backwards)
+
+
+def _in_address_order(addrs: array, files: array, lines: array, seqs: list[tuple[int, int, int]],
+                      backwards: bool) -> tuple[array, array, array]:
+    order = sorted(seqs)
+    disjoint = not backwards and all(order[k][0] >= addrs[order[k - 1][2] - 1] for k in range(1, len(order)))
+    if disjoint:
+        if order == seqs:
+            return addrs, files, lines
+        a, f, ln = array("Q"), array("q"), array("q")
+        for _, i, j in order:
+            a += addrs[i:j]
+            f += files[i:j]
+            ln += lines[i:j]
+        return a, f, ln
+    # rows sorted by address; at one address an end of sequence first, then rows in program order
+    rows = sorted(range(len(addrs)), key=lambda i: (addrs[i], lines[i] >= 0 or files[i] >= 0, i))
+    return (array("Q", [addrs[i] for i in rows]), array("q", [files[i] for i in rows]),
+            array("q", [lines[i] for i in rows]))

@@ -2,8 +2,9 @@
 
 Headers are read eagerly (cheap, needed to normalize addresses); the symbol table is read on
 the first lookup, because most binaries mapped by a process never appear in a sample.
-Symbols are decoded straight from the section bytes with `struct` rather than through
-pyelftools' per-symbol parser, which is an order of magnitude slower on big binaries.
+Headers and symbols are decoded straight from the bytes with `struct` (symbolizer.elffile): a
+per-symbol parser is an order of magnitude slower on big binaries, and a short-lived
+`podflame symbolize` should not pay for importing one.
 """
 
 from __future__ import annotations
@@ -17,23 +18,29 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
+from symbolizer.elffile import (
+    EM_ARM,
+    NT_GNU_BUILD_ID,
+    PF_X,
+    PT_LOAD,
+    PT_NOTE,
+    SHF_EXECINSTR,
+    SHT_DYNSYM,
+    SHT_NOTE,
+    SHT_SYMTAB,
+    ElfFile,
+)
 from symbolizer.ranges import AddressRanges
 
 ET_EXEC = "ET_EXEC"
 ET_DYN = "ET_DYN"
 
-_SHF_EXECINSTR = 0x4
-_PF_X = 0x1
 _SHN_LORESERVE = 0xFF00
 _STT_NOTYPE, _STT_FUNC, _STT_GNU_IFUNC = 0, 2, 10
 _STB_LOCAL, _STB_GLOBAL, _STB_WEAK = 0, 1, 2
 # an IFUNC symbol's value is its resolver, whose own (local) FUNC name says what the code is
 _TYPE_RANK = {_STT_FUNC: 0, _STT_GNU_IFUNC: 1, _STT_NOTYPE: 2}
 _BIND_RANK = {_STB_GLOBAL: 0, _STB_WEAK: 0, _STB_LOCAL: 1}  # exported names (glibc exports via weak) first
-_EM_ARM = "EM_ARM"
 
 
 class ElfReadError(Exception):
@@ -49,21 +56,20 @@ class LoadSegment:
     executable: bool
 
 
-def _build_id(elf: ELFFile) -> str | None:
+def _build_id(elf: ElfFile) -> str | None:
     """The GNU build id from .note.gnu.build-id, else from any PT_NOTE (section headers may be gone)."""
-    notes = []
-    sec = elf.get_section_by_name(".note.gnu.build-id")
-    if sec is not None and hasattr(sec, "iter_notes"):
-        notes.append(sec.iter_notes())
+    sec = elf.section(".note.gnu.build-id")
+    blobs = []
+    if sec is not None and sec.type == SHT_NOTE:
+        blobs.append(lambda: elf.data(sec))
     else:
-        notes.extend(seg.iter_notes() for seg in elf.iter_segments() if seg["p_type"] == "PT_NOTE")
-    for it in notes:
+        blobs.extend((lambda seg=seg: elf.segment_data(seg)) for seg in elf.segments if seg.type == PT_NOTE)
+    for read in blobs:
         try:
-            for note in it:
-                if note["n_type"] == "NT_GNU_BUILD_ID" and note["n_name"] == "GNU":
-                    desc = note["n_desc"]
-                    return desc if isinstance(desc, str) else bytes(desc).hex()
-        except (ELFError, struct.error, ValueError):
+            for typ, name, desc in elf.notes(read()):
+                if typ == NT_GNU_BUILD_ID and name == b"GNU":
+                    return desc.hex()
+        except (OSError, struct.error, ValueError):
             continue
     return None
 
@@ -72,41 +78,40 @@ def read_build_id(path: str) -> str | None:
     """Build id of the ELF at `path`, or None when it has none or cannot be read."""
     try:
         with open(path, "rb") as f:
-            return _build_id(ELFFile(f))
-    except (OSError, ELFError, struct.error, ValueError):
+            return _build_id(ElfFile(f))
+    except (OSError, struct.error, ValueError):
         return None
 
 
-def _section_layout(elf: ELFFile) -> tuple[set[int], dict[int, tuple[int, int]]]:
+def _section_layout(elf: ElfFile) -> tuple[set[int], dict[int, tuple[int, int]]]:
     """Indices of executable sections, and every section's [addr, end) to bound zero-size symbols."""
     executable: set[int] = set()
     bounds: dict[int, tuple[int, int]] = {}
-    for i in range(elf.num_sections()):
-        h = elf.get_section(i).header
-        if h["sh_flags"] & _SHF_EXECINSTR:
+    for i, h in enumerate(elf.sections):
+        if h.flags & SHF_EXECINSTR:
             executable.add(i)
-        bounds[i] = (h["sh_addr"], h["sh_addr"] + h["sh_size"])
+        bounds[i] = (h.addr, h.addr + h.size)
     return executable, bounds
 
 
 _Rank = tuple[int, int, bool, int]
 
 
-def _raw_symbols(elf: ELFFile, section_name: str) -> list[tuple[int, int, _Rank, str]]:
+def _raw_symbols(elf: ElfFile, section_name: str) -> list[tuple[int, int, _Rank, str]]:
     """Function symbols of one symbol table as (start, end, rank, name); end <= 0: size unknown."""
-    sec = elf.get_section_by_name(section_name)
-    if sec is None or sec["sh_type"] not in ("SHT_SYMTAB", "SHT_DYNSYM"):
+    sec = elf.section(section_name)
+    if sec is None or sec.type not in (SHT_SYMTAB, SHT_DYNSYM) or sec.link >= len(elf.sections):
         return []
-    strtab = elf.get_section(sec["sh_link"]).data()
-    data = sec.data()
-    endian = "<" if elf.little_endian else ">"
+    strtab = elf.data(elf.sections[sec.link])
+    data = elf.data(sec)
+    endian = elf.endian
     if elf.elfclass == 64:
         fmt, cols = endian + "IBBHQQ", (0, 4, 5, 1, 3)  # name, value, size, info, shndx
     else:
         fmt, cols = endian + "IIIBBH", (0, 1, 2, 3, 5)
     size = struct.calcsize(fmt)
     executable, bounds = _section_layout(elf)
-    thumb = elf["e_machine"] == _EM_ARM
+    thumb = elf.e_machine == EM_ARM
     c_name, c_value, c_size, c_info, c_shndx = cols
     out: list[tuple[int, int, _Rank, str]] = []
     for rec in struct.iter_unpack(fmt, data[: len(data) - len(data) % size]):
@@ -174,10 +179,10 @@ def build_ranges(symbols: Iterable[tuple[int, int, _Rank, str]]) -> AddressRange
     return AddressRanges(finished())
 
 
-def _open_elf(f: BinaryIO) -> ELFFile:
+def _open_elf(f: BinaryIO) -> ElfFile:
     try:
-        return ELFFile(f)
-    except (ELFError, struct.error, ValueError) as e:
+        return ElfFile(f)
+    except (OSError, struct.error, ValueError) as e:
         raise ElfReadError(str(e)) from e
 
 
@@ -199,13 +204,13 @@ class ElfSymbols:
         try:
             with self._open() as f:
                 elf = _open_elf(f)
-                self.elf_type: str = elf["e_type"]
+                self.elf_type: str = elf.e_type
                 self.segments: tuple[LoadSegment, ...] = tuple(
-                    LoadSegment(s["p_offset"], s["p_vaddr"], s["p_filesz"], s["p_memsz"], bool(s["p_flags"] & _PF_X))
-                    for s in elf.iter_segments() if s["p_type"] == "PT_LOAD")
+                    LoadSegment(s.offset, s.vaddr, s.filesz, s.memsz, bool(s.flags & PF_X))
+                    for s in elf.segments if s.type == PT_LOAD)
                 self.build_id = _build_id(elf)
                 self.little_endian = elf.little_endian
-        except (OSError, struct.error, ValueError, ELFError) as e:
+        except (OSError, struct.error, ValueError) as e:
             raise ElfReadError(f"{self.name}: {e}") from e
 
     def _open(self) -> BinaryIO:
@@ -224,11 +229,12 @@ class ElfSymbols:
         """(file name, CRC32) from .gnu_debuglink, None when the binary has none."""
         try:
             with self._open() as f:
-                sec = _open_elf(f).get_section_by_name(".gnu_debuglink")
+                elf = _open_elf(f)
+                sec = elf.section(".gnu_debuglink")
                 if sec is None:
                     return None
-                data = sec.data()
-        except (OSError, ElfReadError, ELFError, struct.error, ValueError):
+                data = elf.data(sec)
+        except (OSError, ElfReadError, struct.error, ValueError):
             return None
         end = data.find(b"\0")
         if end <= 0:
@@ -298,12 +304,12 @@ class ElfSymbols:
                 if not syms:
                     syms = _raw_symbols(elf, ".dynsym")
                     self.symbol_source = "dynsym"
-                    mini = elf.get_section_by_name(".gnu_debugdata")
+                    mini = elf.section(".gnu_debugdata")
                     if mini is not None:
-                        inner = _open_elf(io.BytesIO(lzma.decompress(mini.data())))
+                        inner = _open_elf(io.BytesIO(lzma.decompress(elf.data(mini))))
                         syms += _raw_symbols(inner, ".symtab")
                         self.symbol_source = "minidebuginfo"
-        except (OSError, struct.error, ValueError, ELFError, lzma.LZMAError) as e:
+        except (OSError, struct.error, ValueError, lzma.LZMAError) as e:
             raise ElfReadError(f"{self.name}: {e}") from e
         return build_ranges(syms)
 
