@@ -93,12 +93,17 @@ class Frame:
         return (Frame, (self.address, self.mapping, self.kind, self.lines, self.reason))
 
     def fallback_name(self) -> str:
-        """`module+0xoffset` for an unresolved frame: never a bare [unknown]."""
+        """`module+0xoffset` for an unresolved frame; without a module, why: `[no mapping]+0xaddress`.
+
+        An address outside every mapping is most often a frame-pointer walk through code built
+        without frame pointers; saying so beats a bare `[unknown]`.
+        """
         if self.mapping is not None:
             return f"{self.mapping.basename}+{self.address - self.mapping.start + self.mapping.offset:#x}"
         if self.kind is FrameKind.KERNEL:
             return f"[kernel]+{self.address:#x}"
-        return f"[unknown]+{self.address:#x}"
+        why = self.reason.value.replace("_", " ") if self.reason is not None else "unresolved"
+        return f"[{why}]+{self.address:#x}"
 
     def names(self) -> tuple[str, ...]:
         """Function names this frame contributes to a stack, outermost first."""

@@ -142,7 +142,7 @@ def test_unresolved_frames_say_why(binaries: Binaries, tmp_path: Path) -> None:
         assert f.fallback_name() == f"pie-stripped+{s_addr - m.start + m.offset:#x}"
 
         (f,) = resolve(sym, live.pid, [native(maps, live.pid, 0x1000)])  # below every mapping
-        assert f.mapping is None and f.reason is Unresolved.NO_MAPPING and f.fallback_name() == "[unknown]+0x1000"
+        assert f.mapping is None and f.reason is Unresolved.NO_MAPPING and f.fallback_name() == "[no mapping]+0x1000"
 
         anon = Mapping(0x7000_0000_0000, 0x7000_0001_0000, 0, "[anon]")  # JIT code without a perf map
         (f,) = resolve(sym, live.pid, [Frame(0x7000_0000_0100, anon)])
@@ -269,7 +269,7 @@ def test_each_distinct_frame_is_resolved_once_and_counted(binaries: Binaries, mo
         assert sym.symbolize(p).samples == out.samples and len(lookups) == 3  # cached across calls
     assert out is not p and all(not f.lines for s in p.samples for f in s)  # pure: input untouched
     assert {tuple(n) for n, _ in out.name_stacks()} == {
-        ("main", "global_work", "static_leaf"), ("main", "static_leaf"), ("main", "[unknown]+0x10")}
+        ("main", "global_work", "static_leaf"), ("main", "static_leaf"), ("main", "[no mapping]+0x10")}
     stats = sym.stats()
     assert stats["resolved"] == 6 and stats["no_mapping"] == 2 and stats["binaries_loaded"] == 1
     assert set(Unresolved) <= {Unresolved(k) for k in stats if k in Unresolved._value2member_map_}
