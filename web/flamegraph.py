@@ -24,7 +24,7 @@ import numpy as np
 from podflame.model import Profile
 
 ROOT = "total"
-OTHER = "[other]"  # bracketed like [unknown]/[kernel]: no symbol can be named this
+OTHER = "[other]"  # bracketed like [no mapping]/[kernel]: no symbol can be named this
 _SHIFT = np.int64(32)
 _MASK = np.int64(0xFFFFFFFF)
 
