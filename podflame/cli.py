@@ -371,15 +371,13 @@ def symbolize(binary: str, inlines: bool, cache_dir: str | None, addresses: tupl
     from symbolizer.elf import ElfReadError
     from symbolizer.tool import BinaryTool, parse_address
 
-    tokens = addresses or tuple(tok for line in sys.stdin for tok in line.split())
+    tokens = addresses or sys.stdin.read().split()
     try:
         vaddrs = [parse_address(t) for t in tokens]
     except ValueError as e:
         raise click.BadParameter(f"addresses are hex ELF virtual addresses: {e}") from None
     try:
         tool = BinaryTool(binary, cache_dir=cache_dir)
+        sys.stdout.write("\n\n".join(tool.blocks(vaddrs, inlines=inlines)) + "\n" if vaddrs else "")
     except ElfReadError as e:
         raise click.ClickException(str(e)) from None
-    out = sys.stdout
-    for i, block in enumerate(tool.blocks(vaddrs, inlines=inlines)):
-        out.write(("\n" if i else "") + block + "\n")

@@ -1,9 +1,10 @@
 """Decoded DWARF indexes persisted per build id, so a restarted agent does not decode again.
 
-Layout: `<root>/v<FORMAT>/<build id[:2]>/<build id>/table.pkl` (the CU address table) and
-`cu-<offset>.pkl` (one decoded compile unit, `dwarf.CuIndex`: flat arrays, loaded in well under a
-millisecond). A build id names exactly one binary, so entries never go stale; files are written
-to a temporary name and renamed, so a crash leaves no torn file, and a file that fails to load is
+Layout: `<root>/v<FORMAT>/<build id[:2]>/<build id>/table.pkl` (the CU address table),
+`symbols.pkl` (the ELF symbol table, for `podflame symbolize`) and `cu-<offset>.pkl` (one
+decoded compile unit, `dwarf.CuIndex`: flat arrays, loaded in well under a millisecond).
+A build id names exactly one binary, so entries never go stale; files are written to a
+temporary name and renamed, so a crash leaves no torn file, and a file that fails to load is
 ignored (decoded again and rewritten). The total size is bounded: past `max_bytes`, whole build
 ids are dropped, least recently used first (by directory mtime, touched on use).
 
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 
 from symbolizer.dwarf import _FORMAT, CuIndex
+from symbolizer.ranges import AddressRanges
 
 CuTable = tuple[list[tuple[int, int, int]], bool]
 
@@ -30,7 +32,8 @@ class DiskCache:
         self.root = os.path.join(root, f"v{_FORMAT}")
         self.max_bytes = max_bytes
         self._stores = 0
-        self.stats = {"cu_hits": 0, "cu_misses": 0, "cu_stored": 0, "table_hits": 0, "evicted": 0, "errors": 0}
+        self.stats = {"cu_hits": 0, "cu_misses": 0, "cu_stored": 0, "table_hits": 0, "symbols_hits": 0,
+                      "evicted": 0, "errors": 0}
 
     def _dir(self, build_id: str) -> str:
         safe = "".join(c for c in build_id.lower() if c in "0123456789abcdef")
@@ -89,6 +92,21 @@ class DiskCache:
     def store_cu(self, build_id: str, offset: int, idx: CuIndex) -> None:
         self._write(os.path.join(self._dir(build_id), f"cu-{offset:x}.pkl"), idx)
         self.stats["cu_stored"] += 1
+
+    def symbols_loader(self, build_id: str) -> Callable[[Callable[[], AddressRanges]], AddressRanges]:
+        """For ElfSymbols.load_symbols: the binary's symbol table from the cache, else read and stored."""
+
+        def load(read: Callable[[], AddressRanges]) -> AddressRanges:
+            path = os.path.join(self._dir(build_id), "symbols.pkl")
+            got = self._read(path)
+            if isinstance(got, AddressRanges):
+                self.stats["symbols_hits"] += 1
+                return got
+            ranges = read()
+            self._write(path, ranges)
+            return ranges
+
+        return load
 
     def hooks(self, build_id: str) -> dict[str, Callable | CuTable | None]:
         """Keyword arguments for DwarfInfo bound to one build id."""

@@ -205,7 +205,8 @@ class Reader:
         data = self.s.abbrev
         t = {}
         pos = offset
-        while pos < len(data):
+        n = len(data)
+        while pos < n:
             code, pos = uleb(data, pos)
             if code == 0:
                 break
@@ -213,15 +214,21 @@ class Reader:
             children = data[pos] == 1
             pos += 1
             specs = []
-            while True:
-                at, pos = uleb(data, pos)
-                form, pos = uleb(data, pos)
+            while True:  # (attribute, form) pairs: one byte each but for vendor attributes
+                at = data[pos]
+                form = data[pos + 1]
+                if at < 0x80 and form < 0x80:
+                    pos += 2
+                else:
+                    at, pos = uleb(data, pos)
+                    form, pos = uleb(data, pos)
                 if at == 0 and form == 0:
                     break
-                implicit = 0
                 if form == 0x21:
                     implicit, pos = sleb(data, pos)
-                specs.append((at, form, implicit))
+                    specs.append((at, form, implicit))
+                else:
+                    specs.append((at, form, 0))
             t[code] = Abbrev(tag, children, tuple(specs))
         self._abbrevs[offset] = t
         return t
@@ -701,7 +708,7 @@ def _run_program(data: bytes, pos: int, end: int, min_inst: int, line_base: int,
                 pos += 1
             else:
                 _, pos = uleb(data, pos)
-        elif op == 6 or op == 7 or op == 10 or op == 11:  # negate_stmt, basic_block, prologue_end, epilogue_begin
+        elif op == 6:  # negate_stmt
             pass
         elif op == 1:  # copy
             add_a(address)
@@ -712,6 +719,10 @@ def _run_program(data: bytes, pos: int, end: int, min_inst: int, line_base: int,
             if b < 0x80:
                 line += b - 0x80 if b & 0x40 else b
                 pos += 1
+            elif data[pos + 1] < 0x80:  # two bytes: |delta| < 8192
+                b = (b & 0x7F) | (data[pos + 1] << 7)
+                line += b - 0x4000 if b & 0x2000 else b
+                pos += 2
             else:
                 v, pos = sleb(data, pos)
                 line += v
@@ -755,6 +766,8 @@ def _run_program(data: bytes, pos: int, end: int, min_inst: int, line_base: int,
         elif op == 9:  # fixed_advance_pc
             address += int.from_bytes(data[pos:pos + 2], le)
             pos += 2
+        elif op == 7 or op == 10 or op == 11:  # basic_block, prologue_end, epilogue_begin
+            pass
         else:  # set_isa and unknown standard opcodes: skip their LEB128 operands
             for _ in range(std_lengths[op - 1] if op - 1 < len(std_lengths) else 0):
                 _, pos = uleb(data, pos)

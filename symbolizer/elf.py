@@ -14,7 +14,7 @@ import lzma
 import os
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -200,7 +200,9 @@ class ElfSymbols:
         self.name = name or self.path or "<memory>"
         self.debug_dirs = tuple(debug_dirs)
         self._ranges: AddressRanges | None = None
-        self.symbol_source: str | None = None  # symtab | dynsym | minidebuginfo | debug file path
+        self.symbol_source: str | None = None  # symtab | dynsym | minidebuginfo | debug file path | cache
+        # a persistent cache of the table: called with the reader, returns the table (diskcache)
+        self.load_symbols: Callable[[Callable[[], AddressRanges]], AddressRanges] | None = None
         try:
             with self._open() as f:
                 elf = _open_elf(f)
@@ -317,7 +319,7 @@ class ElfSymbols:
     def ranges(self) -> AddressRanges:
         """The symbol table, read on first use (raises ElfReadError if the file went away)."""
         if self._ranges is None:
-            self._ranges = self._load()
+            self._ranges = self.load_symbols(self._load) if self.load_symbols else self._load()
             self._data = None  # the bytes were only needed to read the table
         return self._ranges
 

@@ -5,24 +5,29 @@ Shared by the agent's Symbolizer and `podflame symbolize`, so both print what ad
 would: the innermost frame's name is the DWARF function (its linkage name when it has one); a C++
 function DWARF names without a linkage name takes the ELF symbol starting where it starts (as
 binutils does, for every frame); outside any DWARF function the ELF symbol names the address.
+The symbol table is consulted only in those cases: a C binary with DWARF never reads it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from podflame.model import Line
 from symbolizer.dwarf import DwarfError, DwarfInfo
 from symbolizer.elf import ElfSymbols
 
+if TYPE_CHECKING:
+    from podflame.model import Line
+
 UNKNOWN = "??"
 
+Frame = tuple[str, str | None, int | None]  # (function, file, line)
 
-def lines_at(elf: ElfSymbols, dwarf: DwarfInfo | None, vaddr: int, demangle: Callable[[str], str],
-             *, keep_unnamed: bool = False) -> tuple[Line, ...] | None:
+
+def frames_at(elf: ElfSymbols, dwarf: DwarfInfo | None, vaddr: int, demangle: Callable[[str], str],
+              *, keep_unnamed: bool = False) -> list[Frame] | None:
     """Frames at `vaddr`, innermost first, or None when nothing names it. `keep_unnamed`: return
     `??` with the file:line when DWARF knows the line but no function (the CLI prints it)."""
-    sym = elf.lookup_start(vaddr)
     if dwarf is not None:
         try:
             found = dwarf.lookup(vaddr)
@@ -38,18 +43,29 @@ def lines_at(elf: ElfSymbols, dwarf: DwarfInfo | None, vaddr: int, demangle: Cal
                         at = elf.lookup_start(fr.low)
                         if at is not None and at[1] == fr.low:
                             name = at[0]
-                        elif name is None and i == 0 and sym is not None:
+                        elif name is None and i == 0 and (sym := elf.lookup_start(vaddr)) is not None:
                             name = sym[0]
-                    out.append(Line(demangle(name) if name else UNKNOWN, fr.file, fr.line))
-                return tuple(out)
+                    out.append((demangle(name) if name else UNKNOWN, fr.file, fr.line))
+                return out
+            sym = elf.lookup_start(vaddr)
             if sym is not None:
-                return (Line(demangle(sym[0]), file, line),)
+                return [(demangle(sym[0]), file, line)]
             if keep_unnamed and file is not None:
-                return (Line(UNKNOWN, file, line),)
+                return [(UNKNOWN, file, line)]
             return None
+    sym = elf.lookup_start(vaddr)
     if sym is not None:
-        return (Line(demangle(sym[0])),)
+        return [(demangle(sym[0]), None, None)]
     return None
+
+
+def lines_at(elf: ElfSymbols, dwarf: DwarfInfo | None, vaddr: int, demangle: Callable[[str], str],
+             *, keep_unnamed: bool = False) -> tuple[Line, ...] | None:
+    """`frames_at` as the profile model's Lines."""
+    from podflame.model import Line  # here: the CLI formats frames_at's tuples and never needs the model
+
+    frames = frames_at(elf, dwarf, vaddr, demangle, keep_unnamed=keep_unnamed)
+    return None if frames is None else tuple(Line(*f) for f in frames)
 
 
 def open_dwarf(elf: ElfSymbols, **kwargs: object) -> DwarfInfo | None:

@@ -3,17 +3,18 @@
 One block per address, innermost frame first, one `function<TAB>file:line` line per frame (`??`
 and `??:0` where unknown, as addr2line prints them), blocks separated by an empty line. Without
 `inlines` only the innermost frame is printed (addr2line without -i).
+
+This runs as a short process per batch, so it imports only what it uses (no profile model, no
+disk cache unless asked for) and reads the symbol table only when DWARF does not name a frame.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from podflame.model import Line
 from symbolizer.demangle import demangle
-from symbolizer.diskcache import DiskCache
 from symbolizer.elf import ElfSymbols
-from symbolizer.resolve import UNKNOWN, lines_at, open_dwarf
+from symbolizer.resolve import UNKNOWN, Frame, frames_at, open_dwarf
 
 
 def parse_address(token: str) -> int:
@@ -21,9 +22,9 @@ def parse_address(token: str) -> int:
     return int(token[2:] if token.lower().startswith("0x") else token, 16)
 
 
-def format_frame(line: Line) -> str:
-    where = f"{line.file}:{line.line if line.line else 0}" if line.file else "??:0"
-    return f"{line.function}\t{where}"
+def format_frame(frame: Frame) -> str:
+    function, file, line = frame
+    return f"{function}\t{file}:{line if line else 0}" if file else f"{function}\t??:0"
 
 
 class BinaryTool:
@@ -32,17 +33,20 @@ class BinaryTool:
     def __init__(self, path: str, *, debug_dirs: Sequence[str] = ("/usr/lib/debug",),
                  cache_dir: str | None = None) -> None:
         self.elf = ElfSymbols(path, debug_dirs=debug_dirs)
-        self.elf.ranges  # noqa: B018 -- read the symbol table now: errors belong to opening
         kwargs: dict = {}
         if cache_dir and self.elf.build_id:
-            kwargs = DiskCache(cache_dir).hooks(self.elf.build_id)
+            from symbolizer.diskcache import DiskCache
+
+            cache = DiskCache(cache_dir)
+            kwargs = cache.hooks(self.elf.build_id)
+            self.elf.load_symbols = cache.symbols_loader(self.elf.build_id)
         self.dwarf = open_dwarf(self.elf, **kwargs)
 
-    def frames(self, vaddr: int) -> tuple[Line, ...]:
-        lines = lines_at(self.elf, self.dwarf, vaddr, demangle, keep_unnamed=True)
-        return lines or (Line(UNKNOWN),)
+    def frames(self, vaddr: int) -> list[Frame]:
+        return frames_at(self.elf, self.dwarf, vaddr, demangle, keep_unnamed=True) or [(UNKNOWN, None, None)]
 
     def blocks(self, addresses: Iterable[int], *, inlines: bool) -> Iterator[str]:
+        """One block per address, in order (raises ElfReadError if the symbol table is unreadable)."""
         for a in addresses:
             frames = self.frames(a)
-            yield "\n".join(format_frame(f) for f in (frames if inlines else frames[:1]))
+            yield "\n".join(map(format_frame, frames)) if inlines else format_frame(frames[0])

@@ -12,7 +12,7 @@ import pytest
 
 from podflame.model import Frame, FrameKind, Mapping, Profile, Unresolved
 from profiler.procmaps import MapsCache
-from symbolizer import Symbolizer
+from symbolizer import Symbolizer, core
 from symbolizer.elf import ElfSymbols
 from symbolizer.normalize import elf_address
 from tests.test_symbolizer_build import LIB_BASE, Binaries, addr2line_functions, build_id, built, nm_functions, running
@@ -256,8 +256,8 @@ def test_each_distinct_frame_is_resolved_once_and_counted(binaries: Binaries, mo
     maps = MapsCache()
     sym = Symbolizer(maps)
     lookups = []
-    real = ElfSymbols.lookup_start  # one per (binary, offset) looked up, with or without DWARF
-    monkeypatch.setattr(ElfSymbols, "lookup_start", lambda self, a: lookups.append(a) or real(self, a))
+    real = core.lines_at  # one per (binary, offset) looked up, with or without DWARF
+    monkeypatch.setattr(core, "lines_at", lambda elf, dwarf, a, *rest: lookups.append(a) or real(elf, dwarf, a, *rest))
     with running(binaries.pie) as r:
         maps.refresh([r.pid])
         leaf = native(maps, r.pid, r.addresses["static_leaf"] + 1)
