@@ -12,7 +12,7 @@ plus in-process warm lookups: the agent's Symbolizer resolving frames already in
 (build id, address) cache, per second. It also reports how many blocks are identical to
 addr2line's. The last line is one JSON object.
 
-    .venv/bin/python bench/symbolize.py [--lib PATH] [--uniform 10000]
+    .venv/bin/python bench/symbolize.py [--lib PATH] [--uniform 10000] [--no-bytecode]
 """
 
 from __future__ import annotations
@@ -49,13 +49,13 @@ sorted(d.items(), key=lambda kv: kv[1])
 """
 
 
-def run(cmd: list[str], stdin: str) -> tuple[float, float, str]:
+def run(cmd: list[str], stdin: str, env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """(wall seconds, peak RSS MB, stdout) of a child process."""
     with tempfile.TemporaryFile("w+") as fin, tempfile.TemporaryFile("w+") as fout:
         fin.write(stdin)
         fin.seek(0)
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=subprocess.DEVNULL, env=env)
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
@@ -63,6 +63,20 @@ def run(cmd: list[str], stdin: str) -> tuple[float, float, str]:
             raise SystemExit(f"{cmd[0]} exited with {p.returncode}")
         fout.seek(0)
         return wall, ru.ru_maxrss / 1024, fout.read()
+
+
+def bytecode_env(no_bytecode: bool, pyc: str, ours_cmd: list[str]) -> dict[str, str]:
+    """The environment ours runs in. By default with bytecode cached in a private prefix, as an
+    installed package has it (pip compiles on install), written by one untimed run first; a
+    PYTHONDONTWRITEBYTECODE=1 shell would otherwise make every run compile our modules (~20 ms)."""
+    env = dict(os.environ)
+    if no_bytecode:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        return env
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = pyc
+    run([*ours_cmd[:-1], "--inlines", "0x0"], "", env)  # compile: imports are the same for every input
+    return env
 
 
 def profile_addresses(lib: Path, elf: ElfSymbols) -> list[int]:
@@ -162,6 +176,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lib", default=str(Path(sysconfig.get_config_var("LIBDIR")) / "libpython3.11.so.1.0"))
     ap.add_argument("--uniform", type=int, default=10_000)
+    ap.add_argument("--no-bytecode", action="store_true",
+                    help="run ours without cached bytecode (PYTHONDONTWRITEBYTECODE=1: every module compiled at start)")
     args = ap.parse_args()
     lib = Path(args.lib)
     elf = ElfSymbols(str(lib))
@@ -170,12 +186,13 @@ def main() -> None:
     prof = profile_addresses(lib, elf)
     uni = uniform_addresses(elf, args.uniform)
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as pyc:
+        env = bytecode_env(args.no_bytecode, pyc, ours_cmd)
         cases = [("profile_cold", prof, []), ("uniform_cold", uni, ["--cache-dir", cache]),
                  ("uniform_disk_cache", uni, ["--cache-dir", cache])]
         for name, addrs, extra in cases:
             stdin = "\n".join(f"{a:#x}" for a in addrs) + "\n"
-            ot, orss, oout = run(ours_cmd + extra, stdin)
+            ot, orss, oout = run(ours_cmd + extra, stdin, env)
             tt, trss, tout = run(theirs_cmd, stdin)
             results[name] = {"addresses": len(addrs), "ours_s": round(ot, 3), "ours_rss_mb": round(orss, 1),
                              "addr2line_s": round(tt, 3), "addr2line_rss_mb": round(trss, 1),
@@ -188,6 +205,7 @@ def main() -> None:
     results["warm"] = {"symbolize_frames_per_s": int(per_frame), "cache_hits_per_s": int(raw)}
     print(f"warm in-process: Symbolizer.symbolize {per_frame:,.0f} frames/s; "
           f"(build id, address) cache {raw:,.0f} hits/s")
+    results["bytecode_cached"] = not args.no_bytecode
     print(json.dumps({"bench": "symbolize", "lib": str(lib), **results}))
 
 

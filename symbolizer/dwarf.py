@@ -405,9 +405,8 @@ class _CuDecoder:
         r, u = self.r, self.u
         data = r.s.info
         abbrevs = u.abbrevs
-        plans = r.plans(u, _WANT_FN)
-        plan_of = r.plan
-        read = r.read
+        plans, sib_plans = r.plans(u, _WANT_FN), r.plans(u, _WANT_SIBLING)
+        plan_of, read, skip = r.plan, r.read, r.skip
         out: list[tuple[int, int, int]] = []
         code, pos = dr.uleb(data, u.die_offset)
         if not code or not abbrevs[code].children:
@@ -420,6 +419,9 @@ class _CuDecoder:
             code = data[pos]
             if code < 0x80:
                 pos += 1
+            elif data[pos + 1] < 0x80:  # big CUs have more than 127 abbreviations
+                code = (code & 0x7F) | (data[pos + 1] << 7)
+                pos += 2
             else:
                 code, pos = dr.uleb(data, pos)
             if code == 0:
@@ -428,22 +430,25 @@ class _CuDecoder:
                 level -= 1
                 continue
             ab = abbrevs[code]
-            plan = plans.get(code)
-            if plan is None:
-                plan = plans[code] = plan_of(u, ab, _WANT_FN)
-            if not plan[0]:
-                pos += plan[1]
-                a = None
-            else:
+            tag = ab.tag
+            if tag == dr.TAG_subprogram:
+                plan = plans.get(code)
+                if plan is None:
+                    plan = plans[code] = plan_of(u, ab, _WANT_FN)
                 a, pos = read(u, pos, plan)
-            if ab.tag == dr.TAG_subprogram and a:
                 out.extend((lo, hi, die) for lo, hi in r.die_ranges(u, a, self._high_is_length(code)))
-            elif ab.children and ab.tag in _DESCEND_CONTAINERS:
-                level += 1
-                continue
+                sib = a.get(dr.AT_sibling)
+                sib = sib[1] if isinstance(sib, tuple) else 0
+            else:
+                plan = sib_plans.get(code)
+                if plan is None:
+                    plan = sib_plans[code] = plan_of(u, ab, _WANT_SIBLING)
+                pos, sib = skip(u, pos, plan)
+                if ab.children and tag in _DESCEND_CONTAINERS:
+                    level += 1
+                    continue
             if ab.children:
-                sib = a.get(dr.AT_sibling) if a else None
-                pos = sib[1] if isinstance(sib, tuple) and sib[1] > die else _skip_children(r, u, pos)
+                pos = sib if sib > die else _skip_children(r, u, pos)
         out.sort()
         for k in range(1, len(out)):
             if out[k][0] < out[k - 1][1]:
@@ -460,7 +465,7 @@ class _CuDecoder:
         first, nfiles = self.first, self.nfiles
         names = self.names
         scope_plans, sib_plans = r.plans(u, _WANT_SCOPE), r.plans(u, _WANT_SIBLING)
-        plan_of, read = r.plan, r.read
+        plan_of, read, skip = r.plan, r.read, r.skip
 
         def add_scope(a: dict[int, object], parent: int, depth: int, rs: list[tuple[int, int]]) -> int:
             s = len(idx.scope_parent)
@@ -494,6 +499,9 @@ class _CuDecoder:
             code = data[pos]
             if code < 0x80:
                 pos += 1
+            elif data[pos + 1] < 0x80:  # big CUs have more than 127 abbreviations
+                code = (code & 0x7F) | (data[pos + 1] << 7)
+                pos += 2
             else:
                 code, pos = dr.uleb(data, pos)
             if code == 0:
@@ -522,13 +530,14 @@ class _CuDecoder:
                 plan = sib_plans.get(code)
                 if plan is None:
                     plan = sib_plans[code] = plan_of(u, ab, _WANT_SIBLING)
+                pos, sib = skip(u, pos, plan)
                 if not ab.children:
-                    pos = pos + plan[1] if not plan[0] else read(u, pos, plan)[1]
                     continue
-                a, pos = read(u, pos, plan)
                 if tag in _DESCEND_CONTAINERS or (scope >= 0 and tag in _DESCEND_IN_CODE):
                     stack.append((scope, depth))
                     continue
+                pos = sib if sib > die_off else _skip_children(r, u, pos)
+                continue
             if ab.children:  # skip the subtree: by DW_AT_sibling when given, else by reading it
                 sib = a.get(dr.AT_sibling)
                 pos = sib[1] if isinstance(sib, tuple) and sib[1] > die_off else _skip_children(r, u, pos)
@@ -574,7 +583,7 @@ def _skip_children(r: dr.Reader, u: dr.Unit, pos: int) -> int:
         plan = plans.get(code)
         if plan is None:
             plan = plans[code] = r.plan(u, u.abbrevs[code], _WANT_SIBLING)
-        pos = r.read(u, pos, plan)[1]
+        pos = r.skip(u, pos, plan)[0]
         if u.abbrevs[code].children:
             level += 1
     return pos

@@ -91,7 +91,8 @@ class Abbrev:
 # how a planned attribute is read (see Reader.plans)
 _K_INT, _K_REF, _K_STRP, _K_LINE_STRP, _K_REF_ADDR, _K_NONE, _K_STRX, _K_ADDRX, _K_RNGLISTX = range(9)
 _K_ULEB, _K_SLEB, _K_BLOCK, _K_STRING, _K_IMPLICIT = range(9, 14)
-Plan = tuple[tuple[tuple[int, int, int, int, int, bool], ...], int]  # (steps, trailing gap)
+# (steps, trailing gap, offset of a lone fixed-size DW_AT_sibling or -1, its size, nothing wanted)
+Plan = tuple[tuple[tuple[int, int, int, int, int, bool], ...], int, int, int, bool]
 
 
 class Unit:
@@ -259,7 +260,8 @@ class Reader:
     def plan(self, u: Unit, ab: Abbrev, want: frozenset[int] | None) -> Plan:
         """How to read a DIE of abbreviation `ab`: steps (gap, attribute, form, kind, size or implicit
         value, wanted) for each wanted or variable-size attribute; runs of unwanted fixed-size
-        attributes become gaps. A DIE with nothing wanted and fixed size is one addition."""
+        attributes become gaps. A DIE with nothing wanted and fixed size is one addition, and a
+        lone wanted DW_AT_sibling after fixed-size attributes is read in place (`skip`)."""
         steps = []
         gap = 0
         osz, asz = u.offset_size, u.address_size
@@ -303,11 +305,14 @@ class Reader:
                 continue
             steps.append((gap, at, form, kind, implicit if kind == _K_IMPLICIT else size, wanted))
             gap = 0
-        return tuple(steps), gap
+        sib_at, sib_size = -1, 0
+        if len(steps) == 1 and steps[0][1] == AT_sibling and steps[0][3] == _K_REF:
+            sib_at, sib_size = steps[0][0], steps[0][4]
+        return tuple(steps), gap, sib_at, sib_size, not any(st[5] for st in steps)
 
     def read(self, u: Unit, pos: int, plan: Plan) -> tuple[dict[int, object], int]:
         """Run a plan (see `plan`) at `pos`: (wanted attributes, end of the DIE)."""
-        steps, tail = plan
+        steps, tail = plan[0], plan[1]
         out: dict[int, object] = {}
         if not steps:
             return out, pos + tail
@@ -381,6 +386,46 @@ class Reader:
             else:
                 out[at] = None  # a string or DIE in a supplementary file we do not read
         return out, pos + tail
+
+    def skip(self, u: Unit, pos: int, plan: Plan) -> tuple[int, int]:
+        """(end of the DIE, its DW_AT_sibling or 0) for a plan wanting at most the sibling: the
+        walks' common case, without building a dict."""
+        steps, tail, sib_at, sib_size, nothing = plan
+        if not steps:
+            return pos + tail, 0
+        data = self.s.info
+        if sib_at >= 0:
+            at = pos + sib_at
+            sib = u.offset + int.from_bytes(data[at:at + sib_size], "little" if self.s.little else "big")
+            return at + sib_size + tail, sib
+        if not nothing:
+            a, pos = self.read(u, pos, plan)
+            ref = a.get(AT_sibling)
+            return pos, ref[1] if isinstance(ref, tuple) else 0
+        for gap, _, form, kind, _, _ in steps:  # unwanted variable-size attributes
+            pos += gap
+            if kind == _K_BLOCK and form == 0x18:  # exprloc: locations, call values
+                n = data[pos]
+                if n < 0x80:
+                    pos += 1 + n
+                else:
+                    n, pos = uleb(data, pos)
+                    pos += n
+            elif kind in (_K_ULEB, _K_SLEB):
+                while data[pos] >= 0x80:
+                    pos += 1
+                pos += 1
+            elif kind == _K_STRING:
+                pos = data.index(b"\0", pos) + 1
+            elif kind == _K_BLOCK:
+                if form == 0x09:
+                    n, pos = uleb(data, pos)
+                else:
+                    w = 1 if form == 0x0A else (2 if form == 0x03 else 4)
+                    n = int.from_bytes(data[pos:pos + w], "little" if self.s.little else "big")
+                    pos += w
+                pos += n
+        return pos + tail, 0
 
     def _str(self, sec: bytes, off: int) -> str | None:
         if off >= len(sec):
