@@ -320,6 +320,7 @@ class ElfSymbols:
         """The symbol table, read on first use (raises ElfReadError if the file went away)."""
         if self._ranges is None:
             self._ranges = self.load_symbols(self._load) if self.load_symbols else self._load()
+            self.symbol_source = self.symbol_source or "cache"
             self._data = None  # the bytes were only needed to read the table
         return self._ranges
 

@@ -18,6 +18,7 @@ from symbolizer.diskcache import DiskCache
 from symbolizer.dwarf import DwarfInfo
 from symbolizer.elf import ElfSymbols
 from symbolizer.resolve import lines_at, open_dwarf
+from symbolizer.tool import BinaryTool
 from tests.test_dwarf_corpus import addr2line, build_corpus, functions
 from tests.test_symbolizer_build import build_id, need_tools, nm_functions
 
@@ -152,3 +153,52 @@ def test_demangling_cxx_and_rust() -> None:
     assert demangle("_RNvCs1234_7mycrate3foo") == "mycrate::foo"
     assert demangle("_ZN4core3fmt9Formatter3pad17h0e6f1c4d7d5f4f5eE").startswith("core::fmt::Formatter::pad")
     assert demangle("main") == "main" and demangle("_Znot a name") == "_Znot a name"
+
+
+def test_cli_cache_dir_keeps_symbols_and_cus_for_the_next_process(built: dict[str, Path], tmp_path: Path) -> None:
+    path = str(built["dwarf-cxx"])
+    addrs = [a + s // 3 for a, s in functions(built["dwarf-cxx"])]
+    first = BinaryTool(path, cache_dir=str(tmp_path))
+    want = [first.frames(a) for a in addrs]
+    assert first.elf.ranges and first.elf.symbol_source == "symtab"
+    second = BinaryTool(path, cache_dir=str(tmp_path))
+    assert [second.frames(a) for a in addrs] == want
+    assert second.elf.ranges and second.elf.symbol_source == "cache"
+    assert second.dwarf.stats["cus_decoded"] == 0 and second.dwarf._reader is None
+
+
+NESTED = r"""
+#include <stdio.h>
+__attribute__((noinline)) int outer(int n) {
+    __attribute__((noinline)) int inner(int k) { int s = 0; for (int i = 0; i < k; i++) s += i * n; return s; }
+    int t = 0;
+    for (int i = 0; i < n; i++) t += inner(i);
+    return t;
+}
+static inline int twice(int x) { return x * 2; }
+int main(int argc, char **argv) { (void)argv; printf("%d\n", twice(outer(argc + 3))); return 0; }
+"""
+
+
+def test_decoding_one_function_at_a_time_agrees_with_decoding_the_whole_cu(built: dict[str, Path],
+                                                                           tmp_path: Path) -> None:
+    src = tmp_path / "nested.c"
+    src.write_text(NESTED)
+    nested = tmp_path / "nested"
+    subprocess.run(["gcc", "-O2", "-g", "-o", str(nested), str(src)], check=True, capture_output=True)
+    for path in (nested, built["dwarf-cxx"], built["dwarf-pie"]):
+        addrs = [a for start, size in functions(path) for a in range(start, start + size)]
+        lazy = DwarfInfo(str(path))  # no disk cache: functions are decoded as lookups reach them
+        whole = DwarfInfo(str(path), store_cu=lambda off, idx: None)  # a cache to fill: whole CUs
+        assert [lazy.lookup(a) for a in addrs] == [whole.lookup(a) for a in addrs], path
+    # a GCC nested function is a child of its host's DIE but its code lies outside the host's range:
+    # no top-level function covers it, so that CU is decoded whole, and names it
+    (start, _), = [(a, s) for a, s, name in nm_sized(nested) if name.startswith("inner")]
+    lazy = DwarfInfo(str(nested))
+    frames, _ = lazy.lookup(start + 2)
+    assert [f.name for f in frames] == ["inner"] and lazy.cu(lazy._cu_for(start + 2)).code is not None
+
+
+def nm_sized(path: Path) -> list[tuple[int, int, str]]:
+    out = subprocess.run(["nm", "-S", "--defined-only", str(path)], capture_output=True, text=True).stdout
+    return [(int(p[0], 16), int(p[1], 16), p[3]) for p in map(str.split, out.splitlines()) if len(p) == 4]
