@@ -126,7 +126,8 @@ class StackMemo:
     In steady state most samples repeat a stack (hot loops), which is what keeps the agent
     cheap. Stacks with frames whose process maps were not known are not kept (they may resolve
     later), and the memo is bounded and rebuilt every `max_age_drains` so pid reuse and exec
-    cannot keep stale names for long.
+    cannot keep stale names for long. It is also dropped when the symbolizer's `generation` moves
+    (a debug file arrived from debuginfod: the same stacks now have file:line and inline frames).
     """
 
     _RETRY = frozenset({Unresolved.NO_MAPPING, Unresolved.PROCESS_GONE})
@@ -139,13 +140,16 @@ class StackMemo:
         self.memo: dict[tuple, tuple[Frame, ...]] = {}
         self._per_process: dict[int, Callable[[tuple[Frame, ...]], tuple[Frame, ...]]] = {}
         self._drains = 0
+        self._generation = getattr(symbolizer, "generation", 0)
         self.hits = self.misses = 0
 
     def begin_drain(self) -> None:
         self._per_process = {}
         self._drains += 1
-        if self._drains % self.max_age_drains == 0:
+        generation = getattr(self.symbolizer, "generation", 0)
+        if self._drains % self.max_age_drains == 0 or generation != self._generation:
             self.memo.clear()
+            self._generation = generation
 
     def __call__(self, s: RawSample) -> tuple[Frame, ...]:
         key = (s.tgid, s.user_stack, s.kernel_stack, s.user_error, s.kernel_error)

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile, Unresolved
 from symbolizer.cache import LRU
+from symbolizer.debuginfod import Debuginfod
 from symbolizer.demangle import demangle as default_demangle
 from symbolizer.diskcache import DiskCache
 from symbolizer.dwarf import DwarfInfo
@@ -80,6 +81,9 @@ class Symbolizer:
     `debug_dirs` are searched by build id (and for .gnu_debuglink files) for separate debug files.
     `dwarf=False` keeps to ELF symbols. `disk_cache`: decoded DWARF indexes persisted per build id
     (default: a DiskCache in $PODFLAME_SYMBOL_CACHE when that is set, else none).
+    `debuginfod`: fetches debug files of binaries without DWARF in the background (default: from
+    $DEBUGINFOD_URLS, off when unset); frames get file:line once the file is here, and `generation`
+    grows then, so callers memoizing results (the agent's StackMemo) know to drop them.
     Memory bounds: `max_binaries` / `max_symbols` symbol tables (~100 bytes a symbol),
     `max_results` cached (binary, offset) -> lines results (~300 bytes each), `max_dwarf`
     binaries' DWARF (their section bytes, plus up to `max_dwarf_rows` decoded rows each).
@@ -90,7 +94,7 @@ class Symbolizer:
                  demangle: Callable[[str], str] | None = default_demangle, max_binaries: int = 64,
                  max_symbols: int = 1_000_000, max_results: int = 200_000, dwarf: bool = True,
                  disk_cache: DiskCache | None = None, max_dwarf: int = 16,
-                 max_dwarf_rows: int = 2_000_000) -> None:
+                 max_dwarf_rows: int = 2_000_000, debuginfod: Debuginfod | None = None) -> None:
         self.maps = maps
         self.proc = proc
         self.debug_dirs = tuple(debug_dirs)
@@ -111,12 +115,16 @@ class Symbolizer:
         self.disk_cache = disk_cache
         self._dwarfs: LRU[DwarfInfo | None] = LRU(max_dwarf)
         self._max_dwarf_rows = max_dwarf_rows
+        self.debuginfod = debuginfod if debuginfod is not None else Debuginfod.from_env()
+        self._awaiting: dict[str, Hashable] = {}  # build id asked of debuginfod -> binary key
+        self._generation = 0
 
     # -- public ------------------------------------------------------------------------------
 
     def symbolize(self, profile: Profile) -> Profile:
         """A new Profile with every frame resolved to a name or given a reason."""
         call = _Call(_pid_of(profile.labels))
+        self._debug_files_arrived()
         out = Profile(labels=dict(profile.labels), start_ns=profile.start_ns, duration_ns=profile.duration_ns,
                       period_ns=profile.period_ns, sample_type=profile.sample_type, unit=profile.unit)
         with self._lock:
@@ -128,6 +136,7 @@ class Symbolizer:
         """Symbolize single root-first stacks of one process, for callers that memoize whole stacks
         (the agent: most samples of a drain repeat a stack seen before). Use one per process per drain."""
         call = _Call(pid)
+        self._debug_files_arrived()
 
         def symbolize_stack(stack: tuple[Frame, ...]) -> tuple[Frame, ...]:
             with self._lock:
@@ -143,7 +152,32 @@ class Symbolizer:
         """Distinct frames per profile by outcome (`resolved` or an Unresolved value), plus cache work."""
         with self._lock:
             base = {"resolved": 0, **{r.value: 0 for r in Unresolved}}
-            return {**base, **self._stats}
+            fetched = self.debuginfod.stats() if self.debuginfod is not None else {}
+            return {**base, **self._stats, **{f"debuginfod_{k}": v for k, v in fetched.items()}}
+
+    def _debug_files_arrived(self) -> None:
+        """Forget what was answered without the debug files debuginfod has since stored: those
+        binaries are read again (now with their debug file) and every cached result is redone."""
+        if self.debuginfod is None:
+            return
+        arrived = self.debuginfod.take_arrived()
+        if not arrived:
+            return
+        with self._lock:
+            for build_id in arrived:
+                key = self._awaiting.pop(build_id, ("build-id", build_id))
+                self._binaries.pop(key)
+                self._dwarfs.pop(key)
+                self._unreadable.pop(key)
+            self._results.clear()
+            self._resolved.clear()
+            self._generation += 1
+
+    @property
+    def generation(self) -> int:
+        """Grows when results change for the better (a debug file arrived); checks for arrivals first."""
+        self._debug_files_arrived()
+        return self._generation
 
     # -- frames ------------------------------------------------------------------------------
 
@@ -264,9 +298,10 @@ class Symbolizer:
         if failed_at is not None and time.monotonic() - failed_at < UNREADABLE_RETRY_SECONDS:
             return None
         roots = ([f"{self.proc}/{call.pid}/root{d}" for d in self.debug_dirs] if call.pid is not None else [])
+        fetched = [self.debuginfod.debug_dir] if self.debuginfod is not None else []
         for path in self._mapped_file(m, call).paths:
             try:
-                elf = ElfSymbols(path, debug_dirs=[*roots, *self.debug_dirs], name=m.path)
+                elf = ElfSymbols(path, debug_dirs=[*roots, *self.debug_dirs, *fetched], name=m.path)
                 elf.ranges  # noqa: B018 -- read now, while the process (and map_files) still exist
             except ElfReadError:
                 continue
@@ -302,6 +337,14 @@ class Symbolizer:
             kwargs.update(self.disk_cache.hooks(elf.build_id))
         dwarf = open_dwarf(elf, **kwargs)
         self._dwarfs.put(key, dwarf)
+        if self.debuginfod is not None and elf.build_id and elf.path:  # not the vDSO: the kernel's
+            if dwarf is None:
+                if self.debuginfod.request(elf.build_id):  # in the background: this lookup goes on without
+                    if len(self._awaiting) >= 4096:
+                        self._awaiting.clear()  # only a hint: an arrival's build id is its key as well
+                    self._awaiting[elf.build_id] = key
+            elif self.debuginfod.owns(dwarf.path):
+                self.debuginfod.count_hit()
         self._stats["dwarf_binaries" if dwarf is not None else "no_dwarf_binaries"] += 1
         return dwarf
 
