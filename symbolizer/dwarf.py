@@ -115,7 +115,7 @@ class CuIndex:
     stores) or decoded one function at a time (`fn_*` from a scan of the CU's top-level DIEs, and
     `fns` by DIE offset), which is what a cold lookup of a few addresses needs."""
 
-    __slots__ = ("_decoder", "code", "files", "fn_die", "fn_end", "fn_start", "fns", "row_addr", "row_file",
+    __slots__ = ("_decoder", "code", "files", "fn_die", "fn_end", "fn_start", "fns", "lines", "row_addr", "row_file",
                  "row_line")
 
     def __init__(self) -> None:
@@ -123,6 +123,7 @@ class CuIndex:
         self.row_addr = array("Q")
         self.row_file = array("q")
         self.row_line = array("q")  # -1: end of a sequence (no line there)
+        self.lines: dr.LineTable | None = None  # a line program run as far as lookups needed, until done
         self.code: Code | None = None
         self.fn_start = array("Q")
         self.fn_end = array("Q")
@@ -132,10 +133,11 @@ class CuIndex:
 
     def weight(self) -> int:
         code = self.code.weight() if self.code is not None else 2 * len(self.fn_start)
-        return len(self.row_addr) + code + 1
+        rows = self.lines.size if self.lines is not None else len(self.row_addr)
+        return rows + code + 1
 
     def __getstate__(self) -> tuple:
-        if self.code is None:
+        if self.code is None or self.lines is not None:
             raise ValueError("only a completely decoded CU is persisted")
         return self.files, self.row_addr, self.row_file, self.row_line, self.code
 
@@ -144,6 +146,15 @@ class CuIndex:
         self.files, self.row_addr, self.row_file, self.row_line, self.code = state
 
     def line_at(self, address: int) -> tuple[str | None, int | None]:
+        lt = self.lines
+        if lt is not None:
+            got = lt.find(address)
+            if lt.addr is not None:  # the program ran to its end: keep only its rows
+                self.row_addr, self.row_file, self.row_line = lt.addr, lt.file, lt.line
+                self.lines = None
+            if got is None or got[1] < 0:
+                return None, None
+            return (self.files[got[0]] if got[0] >= 0 else None), got[1]
         i = bisect_right(self.row_addr, address) - 1
         if i < 0 or self.row_line[i] < 0:
             return None, None
@@ -242,8 +253,8 @@ class DwarfInfo:
     def release(self) -> None:
         """Drop the section bytes (complete CUs stay): they are read again on the next decode."""
         self._reader = None
-        for off in [off for off, (idx, _) in self._cus._data.items() if idx.code is None]:
-            self._cus.pop(off)  # decodes functions lazily: holds the sections
+        for off in [off for off, (idx, _) in self._cus._data.items() if idx.code is None or idx.lines is not None]:
+            self._cus.pop(off)  # decodes lazily: holds the sections
 
     # -- CU address table ----------------------------------------------------------------------
 
@@ -308,7 +319,8 @@ class DwarfInfo:
             return None
         idx = self.cu(off)
         try:
-            return idx.lookup(address), idx.line_at(address)
+            file, line = idx.line_at(address)
+            return idx.code_at(address).frames(address, file, line, idx.files), (file, line)
         except _DWARF_ERRORS as e:
             raise DwarfError(f"{self.path}: CU at {off:#x}: {e}") from e
 
@@ -558,7 +570,11 @@ def _decode_cu(r: dr.Reader, offset: int, *, complete: bool = True) -> CuIndex:
     if isinstance(stmt, int) and stmt < len(r.s.line):
         lt = dr.line_table(r, u, stmt, comp_dir)
         idx.files, first = lt.files, lt.first
-        idx.row_addr, idx.row_file, idx.row_line = lt.addr, lt.file, lt.line
+        if complete:
+            lt.complete()
+            idx.row_addr, idx.row_file, idx.row_line = lt.addr, lt.file, lt.line  # type: ignore[assignment]
+        else:
+            idx.lines = lt
     decoder = _CuDecoder(r, u, first, len(idx.files))
     fns = None if complete else decoder.functions()
     if fns is None:

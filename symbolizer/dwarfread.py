@@ -11,7 +11,8 @@ pyelftools still opens the ELF and hands over (decompressed) section bytes.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterator
+from bisect import bisect_right
+from collections.abc import Iterator
 
 # attributes
 AT_sibling, AT_name, AT_stmt_list, AT_low_pc, AT_high_pc, AT_language = 0x01, 0x03, 0x10, 0x11, 0x12, 0x13
@@ -579,17 +580,64 @@ def high_pc_is_length(ab: Abbrev) -> bool:
 
 # -- line programs ---------------------------------------------------------------------------
 
+_NEVER = 1 << 64  # an address no row reaches
+
+
 class LineTable:
-    """Rows of one line program in lookup order: sequences by start address, rows in program order
-    within a sequence (so at one address the last row wins a bisect_right, and a sequence's end row
-    comes before the next sequence starting there). An end row has file and line -1."""
+    """One line program, run lazily: `find(address)` runs it only as far as needed to answer.
 
-    __slots__ = ("addr", "file", "files", "first", "line")
+    Rows are kept in program order while running; `addr`/`file`/`line` (None until the program has
+    run to its end) are in lookup order: sequences by start address, rows in program order within
+    a sequence (so at one address the last row wins a bisect_right, and a sequence's end row comes
+    before the next sequence starting there). An end row has file and line -1.
 
-    def __init__(self, files: list[str], first: int, addr: array, file: array, line: array) -> None:
+    Answering from a partly run program is exact because addresses never decrease inside a
+    sequence: once a row past `address` was emitted in the sequence that starts at or before it,
+    every row at or before `address` is known. (A program whose set_address goes backwards inside
+    a sequence is run to its end and sorted.) Sequences are assumed disjoint, as in binutils."""
+
+    __slots__ = ("_addrs", "_files", "_lines", "_seqs", "_state", "addr", "file", "files", "first", "line", "size")
+
+    def __init__(self, files: list[str], first: int, state: list, size: int) -> None:
+        self.size = size  # bytes of the program: at least one per row, so a bound on the rows to come
         self.files = files  # joined as binutils does; index = DWARF file number - first
         self.first = first  # 1 before DWARF 5, 0 from DWARF 5
-        self.addr, self.file, self.line = addr, file, line
+        self.addr: array | None = None
+        self.file: array | None = None
+        self.line: array | None = None
+        self._addrs, self._files, self._lines = array("Q"), array("q"), array("q")
+        self._seqs: list[tuple[int, int, int]] = []  # finished: (first address, first row, end row)
+        self._state: list | None = state  # the interpreter's registers between runs (see _run)
+
+    def complete(self) -> LineTable:
+        if self._state is not None:
+            _run(self, _NEVER)
+        return self
+
+    def find(self, address: int) -> tuple[int, int] | None:
+        """(file index, line) of the row covering `address`, None when no row does."""
+        while True:
+            if self._state is None:
+                addrs = self.addr
+                i = bisect_right(addrs, address) - 1  # type: ignore[arg-type]
+                if i < 0 or self.line[i] < 0:  # type: ignore[index]
+                    return None
+                return self.file[i], self.line[i]  # type: ignore[index]
+            addrs = self._addrs
+            for first, i, j in self._seqs:
+                if first <= address < addrs[j - 1]:
+                    k = bisect_right(addrs, address, i, j) - 1
+                    return (self._files[k], self._lines[k]) if k >= i else None
+            i, n = self._state[-1], len(addrs)  # the sequence being run
+            if i < n and 0 < addrs[i] <= address < addrs[n - 1]:
+                k = bisect_right(addrs, address, i, n) - 1
+                return self._files[k], self._lines[k]
+            try:
+                _run(self, address)
+            except Exception:  # a corrupt program: no lines from it (the caller hears of it once)
+                self.addr, self.file, self.line = array("Q"), array("q"), array("q")
+                self._state = None
+                raise
 
 
 def line_table(r: Reader, u: Unit, offset: int, comp_dir: str | None) -> LineTable:
@@ -675,9 +723,16 @@ def line_table(r: Reader, u: Unit, offset: int, comp_dir: str | None) -> LineTab
 
     if line_range == 0:
         raise FormatError("line program with line_range 0")
-    addr, file, line = _run_program(data, program, end, min_inst, line_base, line_range, opcode_base, std_lengths,
-                                    le, first, define_file if version < 5 else None)
-    return LineTable(files, first, addr, file, line)
+    addr_adv = [0] * 256
+    line_adv = [0] * 256
+    for op in range(opcode_base, 256):
+        adj = op - opcode_base
+        addr_adv[op] = (adj // line_range) * min_inst
+        line_adv[op] = line_base + adj % line_range
+    consts = (data, end, min_inst, opcode_base, std_lengths, le, first, define_file if version < 5 else None,
+              addr_adv, line_adv)
+    # registers: constants, position, address, file, line, set_address went backwards, first row of sequence
+    return LineTable(files, first, [consts, program, 0, 1 - first, 1, False, 0], end - program)
 
 
 def _line_form(r: Reader, u: Unit, data: bytes, pos: int, form: int, le: str) -> tuple[object, int]:
@@ -716,29 +771,21 @@ def _join(name: str, di: int, dirs: list[str], version: int, comp_dir: str | Non
     return f"{base}/{sub}/{name}" if sub else f"{base}/{name}"
 
 
-def _run_program(data: bytes, pos: int, end: int, min_inst: int, line_base: int, line_range: int,
-                 opcode_base: int, std_lengths: list[int], le: str, first: int,
-                 define_file: Callable[[int], None] | None) -> tuple[array, array, array]:
-    """Run a line program into (address, file index, line) arrays in lookup order (see LineTable).
+def _run(t: LineTable, target: int) -> None:
+    """Run t's line program on from where it stopped, until a row past `target` is emitted in a
+    sequence starting at or before it (then `find(target)` can answer), or to its end.
 
     This loop is most of the cost of a cold lookup (libpython: 1.6M opcodes), so it is written for
     CPython: locals only, the common opcodes first (special, set_column, negate_stmt, copy,
     advance_line), one-byte LEB128 operands read inline, special opcodes' effects precomputed.
-    Sequences are collected in program order and put in address order at the end by slicing, not
-    by sorting rows; a program whose sequences overlap or go backwards falls back to a sort."""
-    addrs, files, lines = array("Q"), array("q"), array("q")
+    At the end, sequences are put in address order by slicing, not by sorting rows; a program
+    whose sequences overlap or go backwards falls back to a sort."""
+    consts, pos, address, file, line, backwards, seq_row = t._state  # type: ignore[misc]
+    data, end, min_inst, opcode_base, std_lengths, le, first, define_file, addr_adv, line_adv = consts
+    addrs, files, lines, seqs = t._addrs, t._files, t._lines, t._seqs
     add_a, add_f, add_l = addrs.append, files.append, lines.append
-    addr_adv = [0] * 256
-    line_adv = [0] * 256
-    for op in range(opcode_base, 256):
-        adj = op - opcode_base
-        addr_adv[op] = (adj // line_range) * min_inst
-        line_adv[op] = line_base + adj % line_range
     const_add = addr_adv[255]
-    seqs: list[tuple[int, int, int]] = []  # (first address, first row, end row)
-    seq_row = 0
-    backwards = False
-    address, file, line = 0, 1 - first, 1
+    until = _NEVER if backwards else target  # rows past it: time to look whether to stop
     while pos < end:
         op = data[pos]
         pos += 1
@@ -748,6 +795,10 @@ def _run_program(data: bytes, pos: int, end: int, min_inst: int, line_base: int,
             add_a(address)
             add_f(file)
             add_l(line)
+            if address > until:
+                if 0 < addrs[seq_row] <= target:
+                    break
+                until = _NEVER  # target is not in this sequence
         elif op == 5:  # set_column
             if data[pos] < 0x80:
                 pos += 1
@@ -759,6 +810,10 @@ def _run_program(data: bytes, pos: int, end: int, min_inst: int, line_base: int,
             add_a(address)
             add_f(file)
             add_l(line)
+            if address > until:
+                if 0 < addrs[seq_row] <= target:
+                    break
+                until = _NEVER
         elif op == 3:  # advance_line
             b = data[pos]
             if b < 0x80:
@@ -789,16 +844,24 @@ def _run_program(data: bytes, pos: int, end: int, min_inst: int, line_base: int,
                 add_f(-1)
                 add_l(-1)
                 n_rows = len(addrs)
-                if addrs[seq_row] == 0:  # a discarded function's tombstone: drop its sequence
+                start = addrs[seq_row]
+                if start == 0:  # a discarded function's tombstone: drop its sequence
                     del addrs[seq_row:], files[seq_row:], lines[seq_row:]
                 else:
-                    seqs.append((addrs[seq_row], seq_row, n_rows))
+                    seqs.append((start, seq_row, n_rows))
                 seq_row = len(addrs)
                 address, file, line = 0, 1 - first, 1
-            elif sub == 2:  # set_address
+                pos += n
+                if not backwards:
+                    if 0 < start <= target < addrs[n_rows - 1]:
+                        break  # the sequence just finished holds target
+                    until = target
+                continue
+            if sub == 2:  # set_address
                 new = int.from_bytes(data[pos + 1:pos + n], le)
                 if new < address and len(addrs) > seq_row:
                     backwards = True
+                    until = target = _NEVER  # rows out of order: run to the end, then sort
                 address = new
             elif sub == 3 and define_file is not None:
                 define_file(pos + 1)
@@ -816,8 +879,14 @@ def _run_program(data: bytes, pos: int, end: int, min_inst: int, line_base: int,
         else:  # set_isa and unknown standard opcodes: skip their LEB128 operands
             for _ in range(std_lengths[op - 1] if op - 1 < len(std_lengths) else 0):
                 _, pos = uleb(data, pos)
-    del addrs[seq_row:], files[seq_row:], lines[seq_row:]  # an unterminated last sequence
-    return _in_address_order(addrs, files, lines, seqs, backwards)
+    else:  # the end of the program
+        del addrs[seq_row:], files[seq_row:], lines[seq_row:]  # an unterminated last sequence
+        t.addr, t.file, t.line = _in_address_order(addrs, files, lines, seqs, backwards)
+        t._addrs = t._files = t._lines = None  # type: ignore[assignment]
+        t._seqs = []
+        t._state = None
+        return
+    t._state = [consts, pos, address, file, line, backwards, seq_row]
 
 
 def _in_address_order(addrs: array, files: array, lines: array, seqs: list[tuple[int, int, int]],
