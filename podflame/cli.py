@@ -6,7 +6,6 @@ the server runs on machines without BPF.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -15,8 +14,6 @@ import time
 from pathlib import Path
 
 import click
-
-log = logging.getLogger("podflame")
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -34,6 +31,8 @@ def _require_root(what: str) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
+    import logging  # here: `podflame symbolize` is a short process and logs nothing
+
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)

@@ -455,7 +455,11 @@ class _CuDecoder:
                 plan = sib_plans.get(code)
                 if plan is None:
                     plan = sib_plans[code] = plan_of(u, ab, _WANT_SIBLING)
-                pos, sib = skip(u, pos, plan)
+                if not plan[0]:  # most top-level DIEs: types, declarations
+                    pos += plan[1]
+                    sib = 0
+                else:
+                    pos, sib = skip(u, pos, plan)
                 if ab.children and tag in _DESCEND_CONTAINERS:
                     level += 1
                     continue
@@ -542,7 +546,11 @@ class _CuDecoder:
                 plan = sib_plans.get(code)
                 if plan is None:
                     plan = sib_plans[code] = plan_of(u, ab, _WANT_SIBLING)
-                pos, sib = skip(u, pos, plan)
+                if not plan[0]:
+                    pos += plan[1]
+                    sib = 0
+                else:
+                    pos, sib = skip(u, pos, plan)
                 if not ab.children:
                     continue
                 if tag in _DESCEND_CONTAINERS or (scope >= 0 and tag in _DESCEND_IN_CODE):
