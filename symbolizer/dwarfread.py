@@ -39,6 +39,9 @@ def uleb(data: bytes, pos: int) -> tuple[int, int]:
     b = data[pos]
     if b < 0x80:
         return b, pos + 1
+    c = data[pos + 1]
+    if c < 0x80:
+        return (b & 0x7F) | (c << 7), pos + 2
     result, shift = b & 0x7F, 7
     while True:
         pos += 1
@@ -487,9 +490,13 @@ class Reader:
         while pos < len(data):
             kind = data[pos]
             pos += 1
-            if kind == 0:  # end_of_list
+            if kind == 4:  # offset_pair: most entries (GCC: after one base_addressx)
+                a, pos = uleb(data, pos)
+                b, pos = uleb(data, pos)
+                out.append((base + a, base + b))
+            elif kind == 0:  # end_of_list
                 break
-            if kind == 1:  # base_addressx
+            elif kind == 1:  # base_addressx
                 i, pos = uleb(data, pos)
                 base = self._addrx(u, i)
             elif kind == 2:  # startx_endx
@@ -501,10 +508,6 @@ class Reader:
                 n, pos = uleb(data, pos)
                 a = self._addrx(u, i)
                 out.append((a, a + n))
-            elif kind == 4:  # offset_pair
-                a, pos = uleb(data, pos)
-                b, pos = uleb(data, pos)
-                out.append((base + a, base + b))
             elif kind == 5:  # base_address
                 base = self._u(data, pos, asz)
                 pos += asz
