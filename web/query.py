@@ -62,7 +62,9 @@ def select(store: Store, q: Query) -> tuple[str, str, list[StoredProfile]]:
 
 
 class NameCache:
-    """Stack id -> function-name ids (root first, inline frames expanded), interned per store.
+    """Stack id -> function-name ids (root first, inline frames expanded), interned per store, and
+    beside them the `file:line` ids of the same frames (a name's source position: the flame graph's
+    `locations`, so an inlined function shows where it is, not just that it is).
 
     Stack ids are stable for a store's life, so the translation is done once per distinct stack.
     """
@@ -70,17 +72,24 @@ class NameCache:
     def __init__(self) -> None:
         self.names: list[str] = []
         self._index: dict[str, int] = {}
-        self._frames: dict[Frame, list[int]] = {}
+        self.locations: list[str] = [""]
+        self._loc_index: dict[str, int] = {"": 0}
+        self._frames: dict[Frame, tuple[list[int], list[int]]] = {}
         self._stacks: dict[int, np.ndarray] = {}
+        self._locs: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
-    def _frame(self, f: Frame) -> list[int]:
+    def _frame(self, f: Frame) -> tuple[list[int], list[int]]:
         ids = self._frames.get(f)
         if ids is None:
-            index = self._index
-            ids = self._frames[f] = [index.setdefault(n, len(index)) for n in f.names()]
+            index, loc_index = self._index, self._loc_index
+            where = [(f"{ln.file}:{ln.line}" if ln.line else ln.file) if ln.file else "" for ln in reversed(f.lines)]
+            ids = self._frames[f] = ([index.setdefault(n, len(index)) for n in f.names()],
+                                     [loc_index.setdefault(w, len(loc_index)) for w in where] or [0])
             if len(index) > len(self.names):
                 self.names.extend(list(index)[len(self.names):])
+            if len(loc_index) > len(self.locations):
+                self.locations.extend(list(loc_index)[len(self.locations):])
         return ids
 
     def name_stacks(self, store: Store, stack_ids: np.ndarray, values: np.ndarray) -> NameStacks:
@@ -90,7 +99,9 @@ class NameCache:
             missing = [i for i in ids if i not in self._stacks]
             if missing:
                 for sid, stack in store.stacks(missing).items():
-                    self._stacks[sid] = np.array([n for f in stack for n in self._frame(f)], dtype=np.int64)
+                    pairs = [self._frame(f) for f in stack]
+                    self._stacks[sid] = np.array([n for names, _ in pairs for n in names], dtype=np.int64)
+                    self._locs[sid] = np.array([w for _, locs in pairs for w in locs], dtype=np.int64)
             arrays = [self._stacks[i] for i in ids]
             names = list(self.names)
         lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
@@ -98,6 +109,21 @@ class NameCache:
         vals = np.asarray(values, dtype=np.int64)
         vals = vals.reshape(len(ids), vals.shape[1] if vals.ndim == 2 else 1)
         return NameStacks(names, flat, np.cumsum(lengths) - lengths, lengths, vals)
+
+    def hottest_locations(self, stack_ids: np.ndarray, ns: NameStacks) -> dict[str, str]:
+        """Name -> the `file:line` carrying most of its value in these stacks (after `name_stacks`)."""
+        with self._lock:
+            locs = [self._locs[i] for i in stack_ids.tolist()]
+            locations = list(self.locations)
+        if not locs:
+            return {}
+        where = np.concatenate(locs)
+        weight = np.repeat(ns.values[:, -1], ns.lengths)
+        keys, sums = group_sum((ns.flat << np.int64(32)) | where, weight)
+        known = (keys & np.int64(0xFFFFFFFF)) != 0  # id 0: no file known
+        keys, sums = keys[known], sums[known]
+        order = np.lexsort((sums, keys >> np.int64(32)))  # by name, then value: the last of each name wins
+        return {ns.names[int(k >> 32)]: locations[int(k & 0xFFFFFFFF)] for k in keys[order].tolist()}
 
 
 _CACHES: weakref.WeakKeyDictionary[Store, NameCache] = weakref.WeakKeyDictionary()
@@ -200,8 +226,11 @@ def _meta(m: Merged) -> dict[str, Any]:
 def flamegraph(store: Store, q: Query, max_nodes: int | None = None) -> dict[str, Any]:
     """The flame-graph payload (web/flamegraph.py) of the merged query."""
     m = merged(store, q)
-    payload = flamegraph_from_stacks(name_cache(store).name_stacks(store, m.stack_ids, m.values), max_nodes)
-    payload.update(_meta(m))
+    cache = name_cache(store)
+    ns = cache.name_stacks(store, m.stack_ids, m.values)
+    payload = flamegraph_from_stacks(ns, max_nodes)
+    where = cache.hottest_locations(m.stack_ids, ns)
+    payload.update(_meta(m), locations=[where.get(n, "") for n in payload["names"]])
     return payload
 
 
