@@ -443,7 +443,7 @@ class _CuDecoder:
                 continue
             ab = abbrevs[code]
             tag = ab.tag
-            if tag == dr.TAG_subprogram:
+            if tag == dr.TAG_subprogram and ab.pc:
                 plan = plans.get(code)
                 if plan is None:
                     plan = plans[code] = plan_of(u, ab, _WANT_FN)
@@ -526,7 +526,7 @@ class _CuDecoder:
             ab = abbrevs[code]
             tag = ab.tag
             scope, depth = stack[-1]
-            if tag == dr.TAG_subprogram or tag == dr.TAG_inlined_subroutine:
+            if (tag == dr.TAG_subprogram or tag == dr.TAG_inlined_subroutine) and ab.pc:
                 plan = scope_plans.get(code)
                 if plan is None:
                     plan = scope_plans[code] = plan_of(u, ab, _WANT_SCOPE)

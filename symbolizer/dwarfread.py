@@ -84,12 +84,14 @@ class Sections:
 
 
 class Abbrev:
-    __slots__ = ("children", "specs", "tag")
+    __slots__ = ("children", "pc", "specs", "tag")
 
     def __init__(self, tag: int, children: bool, specs: tuple[tuple[int, int, int], ...]) -> None:
         self.tag = tag
         self.children = children
         self.specs = specs  # (attribute, form, implicit const)
+        # can describe code: declarations and abstract instances of inlined functions cannot
+        self.pc = any(at in (AT_low_pc, AT_ranges) for at, _, _ in specs)
 
 
 # how a planned attribute is read (see Reader.plans)
