@@ -118,6 +118,24 @@ class _Strings:
         return i
 
 
+def _main_mapping_first(msg: PprofProfile) -> None:
+    """pprof tools take the first mapping for the main binary (`go tool pprof` prints it as `File:`);
+    mappings are met leaf first, which would make it the kernel or a library. The lowest user mapping
+    is the executable in a process's address space (PIE or not), so it goes first; ids do not change."""
+    users = [m for m in msg.mapping if m.memory_limit != 0xFFFFFFFFFFFFFFFF]  # not the kernel's
+    if not users:
+        return
+    main = min(users, key=lambda m: m.memory_start)
+    if msg.mapping[0].id == main.id:
+        return
+    rest = [m for m in msg.mapping if m.id != main.id]
+    ordered = [type(main)(), *(type(m)() for m in rest)]
+    for copy, m in zip(ordered, [main, *rest], strict=True):
+        copy.CopyFrom(m)
+    del msg.mapping[:]
+    msg.mapping.extend(ordered)
+
+
 def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] | None = None,
            compress: bool = True) -> bytes:
     """Encode profiles of one sample type into one pprof; each sample carries its profile's labels.
@@ -184,6 +202,7 @@ def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] |
                 sample.value.append(value * (p.period_ns or period))  # merged series may differ in period
             for k, v in labels:
                 sample.label.add(key=k, str=v)
+    _main_mapping_first(msg)
     msg.string_table.extend(s.table)
     raw = msg.SerializeToString()
     return gzip.compress(raw, compresslevel=6) if compress else raw

@@ -137,6 +137,7 @@ def test_inlined_hot_function_is_its_own_frame_with_file_line(tmp_path: Path) ->
     # the pprof download, as go tool pprof reads it: price_mix's samples are on the loop's lines
     top = subprocess.run(["go", "tool", "pprof", "-lines", "-top", "-sample_index=samples", str(pprof_file)],
                          capture_output=True, text=True, check=True).stdout
+    assert f"File: {exe.name}" in top, top  # the executable is the main mapping, not the kernel
     flat: Counter[tuple[str, int]] = Counter()
     for line in top.splitlines():
         parts = line.split()
