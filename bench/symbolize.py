@@ -1,7 +1,9 @@
 """Our symbolizer vs `addr2line -f -i -C` on libpython3.11.so (23 MB of DWARF), side by side.
 
 Both run as fresh processes reading the same addresses on stdin (ours: `podflame symbolize
---binary LIB --inlines`), each measured as wall time and peak RSS (getrusage of the child):
+--binary LIB --inlines`, so interpreter start-up and imports count), each measured as wall time
+and peak RSS (getrusage of the child). Ours runs with its bytecode cached, as an installed
+package has it (see `bytecode_env`; `--no-bytecode` compiles every module at every start):
 
 1. cold, the addresses of a real sampled profile of a Python workload (`perf record -g` of a
    json/dict/recursion workload under pyenv's python, callers included): they touch few CUs;
