@@ -598,7 +598,7 @@ class LineTable:
 
     Only rows that change something are kept: a row with its predecessor's file and line adds
     nothing to a bisect, and of rows at one address only the last counts (libpython: 620k rows
-    emitted, ~240k kept). Answering from a partly run program is exact because addresses never
+    emitted, 214k kept). Answering from a partly run program is exact because addresses never
     decrease inside a sequence: once a row past `address` was emitted in the sequence that starts
     at or before it, every row at or before `address` is known. (A program whose set_address goes backwards inside
     a sequence is run to its end and sorted.) Sequences are assumed disjoint, as in binutils."""
