@@ -43,7 +43,8 @@ _addresses: dict[str, int] = {}
 
 
 def _stack(*names: str) -> tuple[Frame, ...]:
-    return tuple(Frame(_addresses.setdefault(n, 0x400000 + 0x40 * len(_addresses)), lines=(Line(n),))
+    return tuple(Frame(_addresses.setdefault(n, 0x400000 + 0x40 * len(_addresses)),
+                       lines=(Line(n, f"src/{n}.c", 10 + len(n)),))
                  for n in names)
 
 
@@ -208,6 +209,7 @@ def test_page_list_flame_graph_tooltip_zoom_search_downloads(server: str, watche
     # Hover shows the name, samples and percentages.
     tip = _hover(w, hot_a)
     assert "hot_a" in tip and "300 samples" in tip and "3.00 s CPU" in tip
+    assert "src/hot_a.c:15" in tip  # where the function's samples are, from the payload's locations
     assert "75.0% of total" in tip and "75.0% of parent" in tip
     page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-tooltip.png"))
 

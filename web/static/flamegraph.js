@@ -113,7 +113,7 @@ export class FlameGraph {
       }
     }
     this.data = {
-      names, levels,
+      names, levels, locations: payload.locations || [],
       total: payload.total ?? (levels[0] && levels[0].n ? levels[0].total[0] : 0),
       unit: payload.unit || "", type: payload.type || "", period: payload.period_ns || 0,
       diff: isDiff ? { baseTotal: payload.base_total, compTotal: payload.comp_total } : null,
@@ -427,8 +427,10 @@ export class FlameGraph {
     const info = this.describe(d, i);
     const tip = this.tooltip;
     const unitWord = info.unit === "count" ? "samples" : info.unit;
+    const where = this.data.locations[this.data.levels[d].name[i]];
     const rows = this.data.diff ? this._diffRows(d, i, unitWord) : [
       ["name", info.name],
+      ...(where ? [["where", where]] : []),  // the function's hottest file:line
       ["total", `${fmtInt.format(info.total)} ${unitWord}` +
         (info.cpuSeconds !== null ? ` \u00b7 ${info.cpuSeconds.toFixed(2)} s CPU` : "")],
       ["share", `${info.percentTotal} of total \u00b7 ${info.percentParent} of parent`],
