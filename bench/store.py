@@ -2,24 +2,39 @@
 
 100 pods, one profile per pod every 10 s (one agent drain = one gzip pprof of all pods, as the agent
 ships it), a few hundred distinct stacks per pod drawn from a Zipf-like distribution, per-pod CPU
-levels from idle to busy (bench/synthetic.py). Drains are POSTed to /api/v1/ingest through Flask's
-test client (decode, numeric-label scan, store, fsync: everything but the socket), and compaction
-runs every 10 simulated minutes as the server's background thread would.
+levels from idle to busy (bench/synthetic.py). `--distinct` drains are generated and then cycled
+through the day (each with its own time), so generation does not dominate the run.
 
-Prints ingest rate, bytes on disk per sample and against the same drains as gzip pprof files, and
-flame-graph query times for one pod over 1 h and 24 h and the whole node over 24 h (plus a diff, a
-CPU time series and a budgeted flame graph). The last line is one JSON object.
+Ingest: every drain of the day is POSTed to /api/v1/ingest through Flask's test client (the server's
+handler: numeric-label scan, pprof decode, `SqliteStore.put` with its fsyncs; everything but the
+socket). The time spent inside `put` is measured on the same calls, so the store's share is known.
+Compaction runs every 10 simulated minutes (`Maintenance.run_once`, as the server's background
+thread does), timed apart, so 24 h queries read the 1 h and 10 min blocks the store keeps.
+
+Size: bytes on disk (every file in the data directory, after a WAL checkpoint) per sample, against
+the same samples as gzip pprof (podflame/pprof.py + gzip, summed sizes), two ways: the agent's drains
+(one file per drain of 100 pods, the wire format) and one file per pod profile (how pprof files are
+usually kept). Both are exact sums over the day: the day cycles the distinct drains, whose file sizes
+are measured once each (files differ across cycles only in their time field, of equal varint size).
+
+Queries go through the HTTP API (web/api.py -> web/query.py) in a fresh process per query, after the
+data directory's pages are dropped from the page cache (posix_fadvise DONTNEED on our files only):
+the first answer is cold (no store or name cache, data read from disk), the median of the rest warm.
 
     .venv/bin/python bench/store.py                 # the full day (about half an hour on 2 cores)
     .venv/bin/python bench/store.py --hours 1       # a quick look
+
+Progress goes to stderr; the last line of stdout is one JSON object with the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,24 +46,68 @@ sys.path.insert(0, str(ROOT))
 
 from bench.synthetic import PERIOD_NS, S, drain, make_node  # noqa: E402
 from podflame import pprof  # noqa: E402
-from web.app import create_app  # noqa: E402
-from web.selector import MATCH_ALL  # noqa: E402
-from web.store import SqliteStore  # noqa: E402
 
 H = 3600 * S
+NODE = "node-1"
 
 
-def timed_get(client: Any, path: str, params: dict[str, str], runs: int) -> tuple[float, float, Any]:
-    """(first run seconds, median of the rest, last JSON answer)."""
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def drop_page_cache(data: Path) -> None:
+    """Evict the store's files (only ours) from the page cache, so the next read goes to disk."""
+    for f in data.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # dirty pages are not dropped
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def query_cases(start: int, end: int, pod: str, hours: float) -> list[tuple[str, str, dict[str, str]]]:
+    last_h = {"from": str((end - H) // S), "to": str(end // S)}
+    day = {"from": str(start // S), "to": str(end // S)}
+    cases = [
+        ("pod_1h", "/api/v1/flamegraph", {**last_h, "query": f'{{pod="{pod}"}}'}),
+        ("pod_24h", "/api/v1/flamegraph", {**day, "query": f'{{pod="{pod}"}}'}),
+        ("node_24h", "/api/v1/flamegraph", {**day, "query": f'{{node="{NODE}"}}'}),
+        ("node_24h_budget_2000", "/api/v1/flamegraph", {**day, "query": f'{{node="{NODE}"}}', "max_nodes": "2000"}),
+        ("node_1h", "/api/v1/flamegraph", {**last_h, "query": f'{{node="{NODE}"}}'}),
+        ("node_diff_1h_vs_23h", "/api/v1/diff", {**last_h, "base_from": day["from"], "base_to": last_h["from"]}),
+        ("node_cpu_24h_10m", "/api/v1/cpu", {**day, "step": "600"}),
+        ("node_cpu_24h_5m", "/api/v1/cpu", {**day, "step": "300"}),
+        ("series_by_pod_24h", "/api/v1/series", {**day, "by": "pod"}),
+    ]
+    return [c for c in cases if hours > 1 or "diff" not in c[0]]
+
+
+def run_query_case(data: str, path: str, params: dict[str, str], runs: int) -> dict[str, Any]:
+    """In this (fresh) process: open the server on `data`, time one cold request, then warm ones."""
+    from web.app import create_app
+
+    drop_page_cache(Path(data))
+    t = time.perf_counter()
+    app = create_app({"DATA_DIR": data, "MAINTENANCE_SECONDS": 0})
+    open_s = time.perf_counter() - t
+    client = app.test_client()
     times = []
-    body = None
+    body: Any = None
     for _ in range(runs):
         t = time.perf_counter()
         r = client.get(path, query_string=params)
         times.append(time.perf_counter() - t)
         assert r.status_code == 200, r.data[:300]
-        body = r.json if r.is_json else r.data
-    return times[0], statistics.median(times[1:] or times), body
+        body = r.json
+    out: dict[str, Any] = {"open_s": open_s, "cold_s": times[0], "warm_s": statistics.median(times[1:] or times),
+                           "bytes": len(r.data)}
+    if "levels" in body:
+        out["nodes"] = sum(len(level) // 4 for level in body["levels"])
+        out["total"] = body["total"]
+    app.extensions["podflame.store"].close()
+    return out
 
 
 def main() -> None:
@@ -58,108 +117,184 @@ def main() -> None:
     ap.add_argument("--stacks", type=int, default=300, help="distinct stacks per pod")
     ap.add_argument("--interval", type=int, default=10, help="seconds between drains")
     ap.add_argument("--distinct", type=int, default=90, help="distinct drains generated, then cycled")
-    ap.add_argument("--runs", type=int, default=3, help="runs per query (first = cold)")
+    ap.add_argument("--runs", type=int, default=4, help="requests per query (first = cold, median of rest = warm)")
     ap.add_argument("--data", help="data directory (default: a temporary one, removed after)")
+    ap.add_argument("--queries-only", action="store_true",
+                    help="skip generation and ingest: query the day already in --data (from a run with --data)")
+    ap.add_argument("--skip-raw-check", action="store_true",
+                    help="skip re-reading the whole day from raw profiles (the exactness check)")
+    ap.add_argument("--query-case", help=argparse.SUPPRESS)  # internal: one query in a fresh process
     args = ap.parse_args()
 
+    if args.query_case:
+        path, params = json.loads(args.query_case)
+        print(json.dumps(run_query_case(args.data, path, params, args.runs)))
+        return
+
+    from web.selector import MATCH_ALL
+    from web.store import SqliteStore
+
     data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="podflame-bench-"))
-    end = (time.time_ns() // H) * H  # the day ends at the last full hour: queries ask for "the last 24 h"
-    start = end - int(args.hours * H)
-    n_drains = int(args.hours * 3600 // args.interval)
-
-    t = time.perf_counter()
+    meta_file = data / "bench-store.json"
     pods = make_node(pods=args.pods, stacks_per_pod=args.stacks)
-    bodies = []
-    samples_per_body = []
-    for i in range(min(args.distinct, n_drains)):
-        profiles = drain(pods, 0, args.interval, seed=i)
-        samples_per_body.append(sum(p.total() for p in profiles))
-        bodies.append(pprof.encode(profiles))
-    print(f"generated {len(bodies)} distinct drains of {args.pods} pods in {time.perf_counter() - t:.1f}s, "
-          f"{statistics.mean(len(b) for b in bodies) / 1024:.0f} KiB each", file=sys.stderr)
-
-    app = create_app({"DATA_DIR": str(data), "MAINTENANCE_SECONDS": 0})
-    store = app.extensions["podflame.store"]
-    assert isinstance(store, SqliteStore)
-    client = app.test_client()
-    ingest_s = compact_s = 0.0
-    gzip_bytes = samples = stored_profiles = 0
-    compact_every = max(1, 600 // args.interval)
-    for i in range(n_drains):
-        k = i % len(bodies)
-        ts = start + i * args.interval * S
-        t = time.perf_counter()
-        r = client.post(f"/api/v1/ingest?node=node-1&time={ts / S:.0f}", data=bodies[k])
-        ingest_s += time.perf_counter() - t
-        assert r.status_code == 200, r.json
-        stored_profiles += r.json["profiles"]
-        gzip_bytes += len(bodies[k])
-        samples += samples_per_body[k]
-        if (i + 1) % compact_every == 0:
-            t = time.perf_counter()
-            store.compact(now_ns=ts + args.interval * S, max_buckets=10_000)
-            compact_s += time.perf_counter() - t
-        if (i + 1) % 360 == 0:
-            print(f"  {(i + 1) * args.interval / 3600:.0f} h ingested: {(i + 1) * args.pods / ingest_s:.0f} "
-                  f"pod profiles/s", file=sys.stderr)
-    t = time.perf_counter()
-    store.compact(now_ns=end + 10 * 60 * S, max_buckets=100_000)
-    compact_s += time.perf_counter() - t
-    stats = store.stats()
-    disk = store.bytes_used()
-    on_disk = sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
-
+    if args.queries_only:
+        result = json.loads(meta_file.read_text())
+        start, end = result.pop("_start"), result.pop("_end")
+    else:
+        result, start, end = ingest_day(args, data, pods)
+        meta_file.write_text(json.dumps({**result, "_start": start, "_end": end}))
     pod = pods[len(pods) // 2].labels["pod"]
-    fmt = {"from": str((end - H) // S), "to": str(end // S)}
-    day = {"from": str(start // S), "to": str(end // S)}
-    q: dict[str, tuple[float, float]] = {}
-    answers: dict[str, Any] = {}
-    cases = [
-        ("pod_1h", "/api/v1/flamegraph", {**fmt, "query": f'{{pod="{pod}"}}'}),
-        ("pod_24h", "/api/v1/flamegraph", {**day, "query": f'{{pod="{pod}"}}'}),
-        ("node_24h", "/api/v1/flamegraph", {**day, "query": '{node="node-1"}'}),
-        ("node_24h_budget_2000", "/api/v1/flamegraph", {**day, "query": '{node="node-1"}', "max_nodes": "2000"}),
-        ("node_1h", "/api/v1/flamegraph", {**fmt, "query": '{node="node-1"}'}),
-        ("node_diff_1h_vs_23h", "/api/v1/diff", {**fmt, "base_from": day["from"], "base_to": fmt["from"]}),
-        ("node_cpu_24h_5m", "/api/v1/cpu", {**day, "step": "300"}),
-        ("series_by_pod_24h", "/api/v1/series", {**day, "by": "pod"}),
-    ]
-    for name, path, params in cases if args.hours > 1 else [c for c in cases if "diff" not in c[0]]:
-        first, median, body = timed_get(client, path, params, args.runs)
-        q[name] = (first, median)
-        answers[name] = body
-        print(f"  {name}: first {first * 1000:.0f} ms, median {median * 1000:.0f} ms", file=sys.stderr)
-    nodes = sum(len(level) // 4 for level in answers["node_24h"]["levels"])
-    # The same answer from raw profiles only, to show what pre-aggregation saves (and that it is exact).
-    sel = store.select
-    t = time.perf_counter()
-    raw_refs = sel(MATCH_ALL, start, end, "samples", max_level=0)
-    raw_cols = store.read(raw_refs)
-    raw_s = time.perf_counter() - t
-    assert int(raw_cols.value.sum()) == answers["node_24h"]["total"] == samples
-    blocks = len(sel(MATCH_ALL, start, end, "samples"))
 
-    pod_profiles = n_drains * args.pods
-    result = {
-        "hours": args.hours, "pods": args.pods, "drains": n_drains, "pod_profiles": pod_profiles,
-        "stored_profiles": stored_profiles, "samples": samples, "period_ns": PERIOD_NS,
-        "ingest_seconds": round(ingest_s, 1), "compact_seconds": round(compact_s, 1),
-        "ingest_pod_profiles_per_s": round(pod_profiles / ingest_s),
-        "ingest_stored_profiles_per_s": round(stored_profiles / ingest_s),
-        "ingest_pod_profiles_per_s_incl_compaction": round(pod_profiles / (ingest_s + compact_s)),
-        "disk_bytes": disk, "disk_bytes_all_files": on_disk, "blob_bytes": stats["blob_bytes"],
-        "index_bytes": stats["index_bytes"], "bytes_per_sample": round(disk / samples, 3),
-        "gzip_pprof_bytes": gzip_bytes, "gzip_pprof_over_store": round(gzip_bytes / disk, 2),
-        "stacks": stats["stacks"], "series": stats["series"],
-        "node_24h_blocks_read": blocks, "node_24h_raw_profiles": len(raw_refs),
-        "node_24h_raw_read_seconds": round(raw_s, 3), "node_24h_flamegraph_nodes": nodes,
-        **{f"query_{k}_ms": round(v[1] * 1000, 1) for k, v in q.items()},
-        **{f"query_{k}_first_ms": round(v[0] * 1000, 1) for k, v in q.items()},
-    }
-    store.close()
+    # -- queries, each in a fresh process with our files evicted from the page cache --------------
+    q: dict[str, Any] = {}
+    for name, path, params in query_cases(start, end, pod, args.hours):
+        out = subprocess.run([sys.executable, __file__, "--data", str(data), "--runs", str(args.runs),
+                              "--query-case", json.dumps([path, params])],
+                             check=True, capture_output=True, text=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        q[name] = r
+        log(f"  query {name}: cold {r['cold_s'] * 1000:.0f} ms, warm {r['warm_s'] * 1000:.0f} ms "
+            f"(store open {r['open_s'] * 1000:.0f} ms, answer {r['bytes'] / 1024:.0f} KiB)")
+
+    store = SqliteStore(data)
+    try:
+        blocks = store.select(MATCH_ALL, start, end, "samples")
+        raw_refs = store.select(MATCH_ALL, start, end, "samples", max_level=0)
+        levels = {0: 0, 1: 0, 2: 0}
+        for r in blocks:
+            w = r.duration_ns
+            levels[2 if w > 600 * S else 1 if w > 10 * S else 0] += 1
+        result.update({"node_24h_blocks_read": len(blocks), "node_24h_blocks_by_width": {
+            "raw": levels[0], "10m": levels[1], "1h": levels[2]}, "node_24h_raw_profiles": len(raw_refs)})
+        if not args.skip_raw_check:
+            # The same answer from raw profiles only: what pre-aggregation saves, and that it is exact.
+            log(f"reading the day's {len(raw_refs)} raw profiles (exactness check)...")
+            t = time.perf_counter()
+            raw_total = int(store.read(raw_refs).value.sum())
+            result["node_24h_raw_read_seconds"] = round(time.perf_counter() - t, 2)
+            assert raw_total == q["node_24h"]["total"] == result["samples"], (raw_total, q["node_24h"]["total"])
+    finally:
+        store.close()
+
+    result.update({
+        "query_pod": pod, "node_24h_flamegraph_nodes": q["node_24h"]["nodes"],
+        **{f"query_{k}_cold_ms": round(v["cold_s"] * 1000, 1) for k, v in q.items()},
+        **{f"query_{k}_warm_ms": round(v["warm_s"] * 1000, 1) for k, v in q.items()},
+        "store_open_ms": round(max(v["open_s"] for v in q.values()) * 1000, 1),
+    })
     if not args.data:
         shutil.rmtree(data, ignore_errors=True)
     print(json.dumps(result))
+
+
+def ingest_day(args: argparse.Namespace, data: Path, pods: list) -> tuple[dict[str, Any], int, int]:
+    from web.app import create_app
+    from web.retention import Maintenance
+
+    end = (time.time_ns() // H) * H  # the day ends at the last full hour: queries ask for "the last 24 h"
+    start = end - int(args.hours * H)
+    n_drains = int(args.hours * 3600 // args.interval)
+    n_distinct = min(args.distinct, n_drains)
+
+    # -- generate: distinct drains, their wire bodies, and the same profiles one file per pod -------
+    t = time.perf_counter()
+    bodies: list[bytes] = []
+    samples_per_body: list[int] = []
+    per_pod_gzip: list[int] = []  # summed size of this drain's pod profiles as one gzip pprof file each
+    for i in range(n_distinct):
+        profiles = drain(pods, start + i * args.interval * S, args.interval, seed=i)
+        samples_per_body.append(sum(p.total() for p in profiles))
+        bodies.append(pprof.encode(profiles))
+        per_pod_gzip.append(sum(len(pprof.encode([p])) for p in profiles))
+        if (i + 1) % 10 == 0 or i + 1 == n_distinct:
+            log(f"generated {i + 1}/{n_distinct} distinct drains ({time.perf_counter() - t:.0f} s)")
+    log(f"drains: {statistics.mean(len(b) for b in bodies) / 1024:.0f} KiB each as gzip pprof; "
+        f"{statistics.mean(samples_per_body):.0f} samples each")
+
+    # -- ingest the day through the HTTP handler; time put() inside it ----------------------------
+    if (data / "index.sqlite").exists():
+        shutil.rmtree(data)  # a previous run's store
+    elif data.exists() and any(data.iterdir()):
+        sys.exit(f"{data} is not empty and holds no store: choose another --data")
+    app = create_app({"DATA_DIR": str(data), "MAINTENANCE_SECONDS": 0})
+    store = app.extensions["podflame.store"]
+    real_put = store.put
+    put_s = 0.0
+
+    def timed_put(profiles: Any) -> Any:
+        nonlocal put_s
+        t0 = time.perf_counter()
+        try:
+            return real_put(profiles)
+        finally:
+            put_s += time.perf_counter() - t0
+
+    store.put = timed_put  # type: ignore[method-assign]
+    maintenance = Maintenance(store, interval=0)
+    client = app.test_client()
+    ingest_s = compact_s = 0.0
+    gzip_drain_bytes = gzip_pod_bytes = samples = stored_profiles = compacted = 0
+    compact_every = max(1, 600 // args.interval)
+    report_every = max(1, 3600 // args.interval)
+    wall = time.perf_counter()
+    for i in range(n_drains):
+        k = i % n_distinct
+        ts = start + i * args.interval * S
+        t = time.perf_counter()
+        r = client.post(f"/api/v1/ingest?node={NODE}&time={ts // S}", data=bodies[k])
+        ingest_s += time.perf_counter() - t
+        assert r.status_code == 200, r.json
+        stored_profiles += r.json["profiles"]
+        gzip_drain_bytes += len(bodies[k])
+        gzip_pod_bytes += per_pod_gzip[k]
+        samples += samples_per_body[k]
+        if (i + 1) % compact_every == 0:  # the server's maintenance pass, in simulated time
+            t = time.perf_counter()
+            compacted += maintenance.run_once(now_ns=ts + args.interval * S)[1]
+            compact_s += time.perf_counter() - t
+        if (i + 1) % report_every == 0 or i + 1 == n_drains:
+            elapsed = time.perf_counter() - wall
+            log(f"  {(i + 1) * args.interval / 3600:.0f}/{args.hours:g} h ingested: "
+                f"{(i + 1) * args.pods / ingest_s:.0f} pod profiles/s over HTTP, "
+                f"{(i + 1) * args.pods / put_s:.0f}/s in put; compaction {compact_s:.0f} s; "
+                f"eta {elapsed / (i + 1) * (n_drains - i - 1) / 60:.1f} min")
+    t = time.perf_counter()
+    while (n := maintenance.run_once(now_ns=end + 10 * 60 * S)[1]):  # the last buckets, once aged
+        compacted += n
+    compact_s += time.perf_counter() - t
+    log(f"compacted {compacted} buckets in {compact_s:.0f} s")
+    stats = store.stats()
+    used = store.bytes_used()
+    store.close()
+    # Checkpoint the WAL into the index, as a server does as it runs, then count every file.
+    import sqlite3
+    db = sqlite3.connect(data / "index.sqlite")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    on_disk = sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
+    raw_bytes = sum(f.stat().st_size for f in data.rglob("*.pfz"))
+
+    pod_profiles = n_drains * args.pods
+    result = {
+        "hours": args.hours, "pods": args.pods, "drains": n_drains, "distinct_drains": n_distinct,
+        "pod_profiles": pod_profiles, "stored_profiles": stored_profiles, "samples": samples,
+        "period_ns": PERIOD_NS,
+        "ingest_http_seconds": round(ingest_s, 1), "ingest_put_seconds": round(put_s, 1),
+        "compact_seconds": round(compact_s, 1), "compacted_buckets": compacted,
+        "ingest_pod_profiles_per_s": round(pod_profiles / ingest_s),
+        "ingest_pod_profiles_per_s_put_only": round(pod_profiles / put_s),
+        "ingest_pod_profiles_per_s_incl_compaction": round(pod_profiles / (ingest_s + compact_s)),
+        "disk_bytes": on_disk, "store_bytes_used": used, "blob_bytes": raw_bytes,
+        "index_bytes": on_disk - raw_bytes, "bytes_per_sample": round(on_disk / samples, 3),
+        "gzip_pprof_drain_bytes": gzip_drain_bytes, "gzip_pprof_pod_file_bytes": gzip_pod_bytes,
+        "gzip_pprof_drains_over_store": round(gzip_drain_bytes / on_disk, 2),
+        "gzip_pprof_pod_files_over_store": round(gzip_pod_bytes / on_disk, 2),
+        "stacks": stats["stacks"], "series": stats["series"], "rows": stats["profiles"],
+    }
+    log(f"disk {on_disk / 2**20:.1f} MiB ({on_disk / samples:.2f} B/sample): gzip pprof drains "
+        f"{gzip_drain_bytes / 2**20:.1f} MiB ({result['gzip_pprof_drains_over_store']}x), "
+        f"per-pod files {gzip_pod_bytes / 2**20:.1f} MiB ({result['gzip_pprof_pod_files_over_store']}x)")
+    return result, start, end
 
 
 if __name__ == "__main__":
