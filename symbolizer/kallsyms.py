@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from itertools import pairwise
 
 from symbolizer.ranges import AddressRanges
 
@@ -22,14 +23,16 @@ MAX_SYMBOL_SIZE = 256 * 1024  # larger than any kernel function; bounds the last
 def parse_kallsyms(text: str) -> AddressRanges:
     """Text symbols of a kallsyms dump; module symbols are named `name [module]`."""
     syms: dict[int, str] = {}
+    add = syms.setdefault  # aliases at one address: keep the first listed, as perf does
     for addr, name, module in _LINE.findall(text):
-        start = int(addr, 16)
-        if start:  # zero: hidden by kptr_restrict
-            # aliases at one address: keep the first listed, as perf does (stable across reloads)
-            syms.setdefault(start, f"{name} {module}" if module else name)
+        add(int(addr, 16), f"{name} {module}" if module else name)
+    syms.pop(0, None)  # zero: hidden by kptr_restrict
     starts = sorted(syms)
-    nexts = [*starts[1:], 1 << 64]  # the last symbol is bounded by the cap alone
-    return AddressRanges((s, min(e, s + MAX_SYMBOL_SIZE), syms[s]) for s, e in zip(starts, nexts, strict=False))
+    cap = MAX_SYMBOL_SIZE
+    ends = [min(e, s + cap) for s, e in pairwise(starts)]
+    if starts:
+        ends.append(min(starts[-1] + cap, (1 << 64) - 1))  # the last symbol is bounded by the cap alone
+    return AddressRanges.from_columns(starts, ends, [syms[s] for s in starts])
 
 
 class Kallsyms:

@@ -23,12 +23,24 @@ class AddressRanges:
     def __init__(self, ranges: Iterable[tuple[int, int, str]]) -> None:
         """`ranges` must be sorted by start with distinct starts; empty ranges are dropped."""
         kept = [r for r in ranges if r[1] > r[0]]
-        self.starts = array("Q", [r[0] for r in kept])
-        self.ends = array("Q", [min(r[1], _U64_MAX) for r in kept])
-        self.names: list[str] = [r[2] for r in kept]
-        cover = [0] * len(kept)
+        self._set(array("Q", [r[0] for r in kept]), array("Q", [min(r[1], _U64_MAX) for r in kept]),
+                  [r[2] for r in kept])
+
+    @classmethod
+    def from_columns(cls, starts: list[int], ends: list[int], names: list[str]) -> AddressRanges:
+        """From parallel columns already sorted by distinct start, every end past its start.
+
+        Skips building a tuple per range: kallsyms has ~120k of them and reloads while sampling.
+        """
+        self = cls.__new__(cls)
+        self._set(array("Q", starts), array("Q", ends), names)
+        return self
+
+    def _set(self, starts: array, ends: array, names: list[str]) -> None:
+        self.starts, self.ends, self.names = starts, ends, names
+        cover = [0] * len(names)
         best, best_end = 0, -1
-        for i, end in enumerate(self.ends):
+        for i, end in enumerate(ends):
             if end > best_end:
                 best, best_end = i, end
             cover[i] = best
