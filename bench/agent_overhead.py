@@ -121,8 +121,14 @@ def main() -> None:
         result[name] = {"cpu_s_total": round(total, 2), "cpu_s_startup": round(start_cpu[name], 2),
                         "steady_core_pct": round(100 * steady / steady_wall, 3), "peak_rss_mb": round(rss[name], 1),
                         "samples": samples, "capture_ratio": round(samples / expected, 4) if expected else None}
-    result["cpu_ratio_steady"] = round(result["podflame"]["steady_core_pct"]
-                                       / max(result["profile-bpfcc"]["steady_core_pct"], 1e-9), 3)
+    # profile-bpfcc does nothing between start-up and exit (it symbolizes once, at the end), so its
+    # steady share is ~0 and a steady ratio means nothing; the whole-run ratio is the comparison.
+    ours_r, theirs_r = result["podflame"], result["profile-bpfcc"]
+    result["cpu_ratio_total"] = round(ours_r["cpu_s_total"] / theirs_r["cpu_s_total"], 3) \
+        if theirs_r["cpu_s_total"] > 0 else None
+    result["cpu_ratio_steady"] = round(ours_r["steady_core_pct"] / theirs_r["steady_core_pct"], 3) \
+        if theirs_r["steady_core_pct"] >= 0.05 else None
+    result["steady_target_met"] = ours_r["steady_core_pct"] < 1.0
     for name in ("podflame", "profile-bpfcc"):
         r = result[name]
         print(f"{name:14} cpu {r['cpu_s_total']:6.2f}s (start-up {r['cpu_s_startup']:.2f}s, steady "
