@@ -50,3 +50,12 @@ class BinaryTool:
         for a in addresses:
             frames = self.frames(a)
             yield "\n".join(map(format_frame, frames)) if inlines else format_frame(frames[0])
+
+
+def symbolize_text(binary: str, tokens: Sequence[str], *, inlines: bool, cache_dir: str | None = None) -> str:
+    """What `podflame symbolize` prints for these address tokens (ValueError for one that is not
+    hex, ElfReadError for an unreadable binary)."""
+    vaddrs = [parse_address(t) for t in tokens]
+    if not vaddrs:
+        return ""
+    return "\n\n".join(BinaryTool(binary, cache_dir=cache_dir).blocks(vaddrs, inlines=inlines)) + "\n"

@@ -147,6 +147,35 @@ def test_cli_prints_blocks_like_addr2line(built: dict[str, Path]) -> None:
     assert r2.exit_code == 0 and r2.output == blocks[0].splitlines()[0] + "\n"  # innermost only without --inlines
 
 
+def test_console_script_symbolize_without_click_matches_the_click_command(built: dict[str, Path]) -> None:
+    """`podflame symbolize` (podflame.entry) parses its own arguments to skip importing click; its
+    output must be the click command's, and anything it does not handle must reach click."""
+    import sys
+
+    pie = str(built["dwarf-pie"])
+    deep = deep_addresses(built["dwarf-pie"])[0]
+    script = [sys.executable, "-c", "import sys; from podflame.entry import main; sys.argv[0] = 'podflame'; main()"]
+    for args, stdin in [(["--binary", pie, "--inlines", hex(deep), "0x10"], ""),
+                        (["--inlines", f"--binary={pie}", "--", hex(deep)], ""),
+                        (["--binary", pie], f"{deep:x}\n0x10\n"),
+                        (["--binary", pie], "")]:
+        want = CliRunner().invoke(main, ["symbolize", *args], input=stdin)
+        got = subprocess.run([*script, "symbolize", *args], input=stdin, capture_output=True, text=True)
+        assert (got.returncode, got.stdout) == (want.exit_code, want.output), args
+    lean = "import sys; from podflame.entry import main; main(); print(sorted(m for m in sys.modules if 'click' in m))"
+    got = subprocess.run([sys.executable, "-c", lean, "symbolize", "--binary", pie, hex(deep)],
+                         capture_output=True, text=True)
+    assert got.stdout.splitlines()[-1] == "[]"  # click was never imported
+    for args, stdin, code, says in [(["--help"], "", 0, "Usage: podflame symbolize"),
+                                    ([], "", 2, "Missing option '--binary'"),
+                                    (["--binary", pie, "--bogus"], "", 2, "No such option"),
+                                    (["--binary", "/nonexistent"], "", 2, "does not exist"),
+                                    (["--binary", pie], "zz\n", 2, "addresses are hex"),
+                                    (["--binary", "/etc/hostname", "0x1"], "", 1, "Error:")]:
+        got = subprocess.run([*script, "symbolize", *args], input=stdin, capture_output=True, text=True)
+        assert got.returncode == code and says in got.stdout + got.stderr, (args, got.stdout, got.stderr)
+
+
 def test_demangling_cxx_and_rust() -> None:
     want = "std::vector<int, std::allocator<int> >::push_back(int const&)"
     assert demangle("_ZNSt6vectorIiSaIiEE9push_backERKi") == want
