@@ -208,3 +208,19 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     assert merged(s) == {(MAIN, KERNEL): 2}
     assert len(list((tmp_path / "blobs").rglob("*.pfz"))) == 1
     s.close()
+
+
+def test_stack_frames_give_stable_frame_ids_and_their_frames(store: SqliteStore) -> None:
+    """`stack_frames` (what the query name cache uses) agrees with `stacks`, here and in the interface's default."""
+    from web.store import Store
+
+    store.put([profile({"pod": "a"}, a=3, b=2, c=1, root=4)])
+    ids = sorted(store.read(store.select(parse_selector("{}"), 0, 2 * T0, "samples")).stack.tolist())
+    stacks = store.stacks(ids)
+    for stack_frames in (store.stack_frames, lambda i: Store.stack_frames(store, i)):
+        frame_ids, frames = stack_frames(ids)
+        assert set(frame_ids) == set(ids)
+        for sid in ids:
+            assert tuple(frames[f] for f in frame_ids[sid].tolist()) == stacks[sid]
+        again, _ = stack_frames(ids[:1])  # ids do not change between calls
+        assert again[ids[0]].tolist() == frame_ids[ids[0]].tolist()

@@ -66,7 +66,9 @@ class NameCache:
     beside them the `file:line` ids of the same frames (a name's source position: the flame graph's
     `locations`, so an inlined function shows where it is, not just that it is).
 
-    Stack ids are stable for a store's life, so the translation is done once per distinct stack.
+    Stack and frame ids are stable for a store's life, so each frame is named once and each
+    distinct stack translated once, by array gathers over the store's frame ids
+    (`Store.stack_frames`), without hashing Frame objects per stack.
     """
 
     def __init__(self) -> None:
@@ -74,23 +76,44 @@ class NameCache:
         self._index: dict[str, int] = {}
         self.locations: list[str] = [""]
         self._loc_index: dict[str, int] = {"": 0}
-        self._frames: dict[Frame, tuple[list[int], list[int]]] = {}
+        self._frame_names: dict[int, tuple[list[int], list[int]]] = {}  # store frame id -> (names, locations)
         self._stacks: dict[int, np.ndarray] = {}
         self._locs: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
     def _frame(self, f: Frame) -> tuple[list[int], list[int]]:
-        ids = self._frames.get(f)
-        if ids is None:
-            index, loc_index = self._index, self._loc_index
-            where = [(f"{ln.file}:{ln.line}" if ln.line else ln.file) if ln.file else "" for ln in reversed(f.lines)]
-            ids = self._frames[f] = ([index.setdefault(n, len(index)) for n in f.names()],
-                                     [loc_index.setdefault(w, len(loc_index)) for w in where] or [0])
-            if len(index) > len(self.names):
-                self.names.extend(list(index)[len(self.names):])
-            if len(loc_index) > len(self.locations):
-                self.locations.extend(list(loc_index)[len(self.locations):])
-        return ids
+        where = [(f"{ln.file}:{ln.line}" if ln.line else ln.file) if ln.file else "" for ln in reversed(f.lines)]
+        return ([_intern(self._index, self.names, n) for n in f.names()],
+                [_intern(self._loc_index, self.locations, w) for w in where] or [0])
+
+    def _translate(self, store: Store, missing: list[int]) -> None:
+        """Name and location arrays for these stack ids (caller holds the lock)."""
+        stack_frames, frames = store.stack_frames(missing)
+        for fid, f in frames.items():
+            if fid not in self._frame_names:
+                self._frame_names[fid] = self._frame(f)
+        sids = list(stack_frames)
+        if not sids:
+            return
+        arrays = [stack_frames[i] for i in sids]
+        n_frames = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+        flat = np.concatenate(arrays)
+        # A table of the frames involved: each frame's names (and locations) back to back.
+        uniq, inv = np.unique(flat, return_inverse=True)
+        per = [self._frame_names[f] for f in uniq.tolist()]
+        per_len = np.fromiter((len(p[0]) for p in per), dtype=np.int64, count=len(per))
+        table_names = np.fromiter((n for p in per for n in p[0]), dtype=np.int64, count=int(per_len.sum()))
+        table_locs = np.fromiter((w for p in per for w in p[1]), dtype=np.int64, count=int(per_len.sum()))
+        table_start = np.cumsum(per_len) - per_len
+        # Gather: frame k of the flat list expands to its names at table_start[inv[k]]...
+        lens = per_len[inv.reshape(-1)]
+        out_start = np.cumsum(lens) - lens
+        idx = np.repeat(table_start[inv.reshape(-1)] - out_start, lens) + np.arange(int(lens.sum()))
+        names, locs = table_names[idx], table_locs[idx]
+        ends = np.concatenate(([0], np.cumsum(lens)))[np.cumsum(n_frames)]
+        for sid, n, w in zip(sids, np.split(names, ends[:-1]), np.split(locs, ends[:-1]), strict=True):
+            self._stacks[sid] = n
+            self._locs[sid] = w
 
     def name_stacks(self, store: Store, stack_ids: np.ndarray, values: np.ndarray) -> NameStacks:
         """Name stacks for these store stack ids; `values` has one row per id (one or more columns)."""
@@ -98,10 +121,7 @@ class NameCache:
         with self._lock:
             missing = [i for i in ids if i not in self._stacks]
             if missing:
-                for sid, stack in store.stacks(missing).items():
-                    pairs = [self._frame(f) for f in stack]
-                    self._stacks[sid] = np.array([n for names, _ in pairs for n in names], dtype=np.int64)
-                    self._locs[sid] = np.array([w for _, locs in pairs for w in locs], dtype=np.int64)
+                self._translate(store, missing)
             arrays = [self._stacks[i] for i in ids]
             names = list(self.names)
         lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
@@ -124,6 +144,14 @@ class NameCache:
         keys, sums = keys[known], sums[known]
         order = np.lexsort((sums, keys >> np.int64(32)))  # by name, then value: the last of each name wins
         return {ns.names[int(k >> 32)]: locations[int(k & 0xFFFFFFFF)] for k in keys[order].tolist()}
+
+
+def _intern(index: dict[str, int], table: list[str], s: str) -> int:
+    i = index.get(s)
+    if i is None:
+        i = index[s] = len(table)
+        table.append(s)
+    return i
 
 
 _CACHES: weakref.WeakKeyDictionary[Store, NameCache] = weakref.WeakKeyDictionary()

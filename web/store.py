@@ -130,6 +130,25 @@ class Store(ABC):
     def stacks(self, ids: Iterable[int]) -> dict[int, Stack]:
         """Stack ids (from `read`) -> root-first frames."""
 
+    def stack_frames(self, ids: Iterable[int]) -> tuple[dict[int, np.ndarray], dict[int, Frame]]:
+        """Stack ids -> frame ids (root first, int64 arrays), and those frames by id.
+
+        Frame ids are stable for the store's life, so callers can cache work per frame (names,
+        locations) instead of hashing Frame objects per stack. This default numbers the frames of
+        `stacks()` itself; a backend with its own frame table returns its ids.
+        """
+        numbering: dict[Frame, int] = self.__dict__.setdefault("_default_frame_numbers", {})
+        out: dict[int, np.ndarray] = {}
+        frames: dict[int, Frame] = {}
+        for sid, stack in self.stacks(ids).items():
+            fids = []
+            for f in stack:
+                fid = numbering.setdefault(f, len(numbering))
+                frames[fid] = f
+                fids.append(fid)
+            out[sid] = np.array(fids, dtype=np.int64)
+        return out, frames
+
     @abstractmethod
     def label_names(self, t0: int, t1: int, selector: Selector | None = None) -> list[str]: ...
 
@@ -630,6 +649,16 @@ class SqliteStore(Store):
                 self._stacks[i] = tuple(self._frames[f] for f in fs)
             return {i: self._stacks[i] for i in want}
 
+    def stack_frames(self, ids: Iterable[int]) -> tuple[dict[int, np.ndarray], dict[int, Frame]]:
+        """Frame ids straight from the stacks table (no Frame tuples built); frames are cached per store."""
+        with self._lock:
+            self._check_open()
+            rows = self._fetch("SELECT id, frames FROM stacks WHERE id IN ({})", [int(i) for i in ids])
+            out = {i: np.frombuffer(blob, _STACK_DTYPE).astype(np.int64) for i, blob in rows}
+            fids = set(np.unique(np.concatenate(list(out.values()))).tolist()) if out else set()
+            self._load_frames(fids)
+            return out, {f: self._frames[f] for f in fids}
+
     def _fetch(self, sql: str, ids: Sequence[int]) -> list[tuple]:
         out: list[tuple] = []
         for chunk in _chunks(list(ids), 500):
@@ -639,7 +668,10 @@ class SqliteStore(Store):
     def _load_frames(self, ids: set[int]) -> None:
         missing = [i for i in ids if i not in self._frames]
         rows = self._fetch("SELECT id, address, mapping, kind, reason, lines FROM frames WHERE id IN ({})", missing)
-        lines = {i: np.frombuffer(blob, "<i8").reshape(-1, 3).tolist() for i, *_, blob in rows}
+        lines = {}
+        for i, *_, blob in rows:
+            v = struct.unpack(f"<{len(blob) // 8}q", blob)
+            lines[i] = [v[j:j + 3] for j in range(0, len(v), 3)]
         self._load_mappings({r[2] for r in rows if r[2]})
         self._load_strings({s for ls in lines.values() for fn, file, _ in ls for s in (fn, file) if s})
         for fid, address, mapping, kind, reason, _ in rows:
