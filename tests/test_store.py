@@ -11,7 +11,7 @@ import pytest
 
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile, Unresolved
 from web.selector import parse_selector
-from web.store import SqliteStore, decode_columns, encode_columns
+from web.store import SCHEMA_VERSION, SqliteStore, decode_columns, encode_columns
 
 S = 1_000_000_000
 T0 = 1_795_000_000 * S
@@ -201,7 +201,7 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     db.close()
     s = SqliteStore(tmp_path)
     assert merged(s) == {(MAIN, INLINED): 3, (MAIN, KERNEL): 2}
-    assert s._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+    assert s._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     assert s._db.execute("SELECT live, max_start_ns FROM blobs ORDER BY id").fetchall() == [(1, T0), (1, T0 + S)]
     # Retention works on migrated blobs (their reference counts were rebuilt).
     s.enforce_retention(max_age_ns=1, max_bytes=None, now_ns=T0 + 2, grace_ns=0)

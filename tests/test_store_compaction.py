@@ -116,6 +116,48 @@ def test_cpu_series_is_exact_with_blocks_aligned_to_steps(compacted: SqliteStore
         assert series["timestamps"][1] - series["timestamps"][0] == step / S
 
 
+def _raw_steps(store: SqliteStore, t0: int, t1: int, step: int) -> tuple[list[int], list[float]]:
+    refs = store.select(MATCH_ALL, t0, t1, "samples", max_level=0)
+    n = -(-(t1 - t0) // step)
+    values, cpu_ns = [0] * n, [0] * n
+    for r in refs:
+        values[(r.start_ns - t0) // step] += r.total
+        cpu_ns[(r.start_ns - t0) // step] += r.total * r.period_ns
+    return values, [v / 1e9 / (step / 1e9) for v in cpu_ns]
+
+
+def test_cpu_series_splits_blocks_across_steps_by_their_timelines(compacted: SqliteStore) -> None:
+    """Steps that no block fits (odd widths, a range starting mid-bucket) still read only the coarsest blocks."""
+    for step, t0 in [(7 * M, T0 + 3 * S), (5 * M, T0 + 17 * S), (25 * M, T0 - 4 * M), (13 * S, T0 + H + 1)]:
+        t1 = T0 + 3 * H + 7 * M
+        series = cpu_series(compacted, Query(MATCH_ALL, t0, t1, "samples"), step)
+        values, cores = _raw_steps(compacted, t0, t1, step)
+        assert series["values"] == values, (step, t0)
+        assert series["cores"] == pytest.approx(cores, rel=1e-12), (step, t0)  # periods differ: exact per period
+        st = compacted.step_totals(MATCH_ALL, t0, t1, step, "samples")
+        assert len(st.refs) == len(compacted.select(MATCH_ALL, t0, t1, "samples"))  # no raw rows instead of blocks
+
+
+def test_blocks_without_timelines_fall_back_to_aligned_blocks(tmp_path: Path) -> None:
+    """A store from before timelines (schema 2) answers time series exactly, from blocks that fit steps."""
+    store = SqliteStore(tmp_path)
+    _fill(store, 1.5, pods=2)
+    store.compact(now_ns=T0 + 3 * H, max_buckets=1000)
+    store._db.execute("DELETE FROM timelines")
+    for step, t0 in [(7 * M, T0 + 3 * S), (10 * M, T0)]:
+        series = cpu_series(store, Query(MATCH_ALL, t0, T0 + 2 * H, "samples"), step)
+        assert series["values"] == _raw_steps(store, t0, T0 + 2 * H, step)[0]
+    # Compaction over blocks without timelines writes none either (it cannot know the profiles' times).
+    store._db.execute("UPDATE compactions SET state=2 WHERE level=2")  # dirty: hours are redone from 10-min blocks
+    store.close()
+    store = SqliteStore(tmp_path)
+    assert store.compact(now_ns=T0 + 3 * H, max_buckets=1000) == 2  # both hours
+    assert store._db.execute("SELECT count(*) FROM timelines").fetchone() == (0,)
+    series = cpu_series(store, Query(MATCH_ALL, T0 + 3 * S, T0 + 2 * H, "samples"), 7 * M)
+    assert series["values"] == _raw_steps(store, T0 + 3 * S, T0 + 2 * H, 7 * M)[0]
+    store.close()
+
+
 def test_late_data_marks_a_bucket_dirty_until_recompacted(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     _fill(store, 1.2, pods=2)
@@ -158,3 +200,17 @@ def test_blocks_keep_the_raw_totals_per_series(compacted: SqliteStore) -> None:
         assert max(r.start_ns + r.duration_ns for r in refs) == max(r.start_ns + r.duration_ns for r in raw)
         cols = compacted.read(refs)
         assert np.all(np.diff(cols.stack[cols.profile == 0]) > 0)  # one row per stack per block
+
+
+def test_timelines_go_with_their_blocks(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    _fill(store, 2.2, pods=2)
+    store.compact(now_ns=T0 + 4 * H, max_buckets=1000)
+    count = "SELECT count(*) FROM timelines"
+    blocks = "SELECT count(*) FROM profiles WHERE level>0"
+    assert store._db.execute(count).fetchone() == store._db.execute(blocks).fetchone() != (0,)
+    store.enforce_retention(max_age_ns=H, max_bytes=None, now_ns=T0 + 2 * H + 30 * M, grace_ns=0)
+    assert store._db.execute(count).fetchone() == store._db.execute(blocks).fetchone()
+    store.enforce_retention(max_age_ns=1, max_bytes=None, now_ns=T0 + 9 * H, grace_ns=0)
+    assert store._db.execute(count).fetchone() == (0,)
+    store.close()

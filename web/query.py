@@ -317,19 +317,23 @@ def folded_diff(store: Store, comp: Query, base: Query, normalize: bool = False)
 def cpu_series(store: Store, q: Query, step_ns: int) -> dict[str, Any]:
     """Value per step [t0 + k*step, t0 + (k+1)*step), from index metadata only (no sample data read).
 
-    Pre-aggregated blocks are used only when they fit inside one step, so every point is exact.
+    The store sums totals per step (`Store.step_totals`): pre-aggregated blocks serve whole steps,
+    or are split by their timelines, so every point is exact and a day reads blocks, not profiles.
     """
     sample_type, unit = resolve_type(store, q)
-    refs = store.select(q.selector, q.t0, q.t1, sample_type, unit, align_ns=step_ns)
-    unit = unit or (refs[0].series.unit if refs else "count")
+    st = store.step_totals(q.selector, q.t0, q.t1, step_ns, sample_type, unit)
+    unit = unit or (st.refs[0].series.unit if st.refs else "count")
     n = -(-(q.t1 - q.t0) // step_ns)
     values = [0] * n
-    cpu_ns: list[int] | None = [0] * n if cpu_nanoseconds(sample_type, unit, refs) is not None else None
-    for r in refs:
-        k = (r.start_ns - q.t0) // step_ns
-        values[k] += r.total
-        if cpu_ns is not None:
-            cpu_ns[k] += r.total if unit == "nanoseconds" else r.total * r.period_ns
+    for sums in st.by_period.values():
+        values = [a + b for a, b in zip(values, sums.tolist(), strict=True)]
+    cpu_ns: list[int] | None = None
+    if (sample_type, unit) == ("cpu", "nanoseconds"):
+        cpu_ns = values
+    elif (sample_type, unit) == ("samples", "count") and any(p > 0 for p in st.by_period):
+        cpu_ns = [0] * n
+        for period, sums in st.by_period.items():
+            cpu_ns = [a + period * b for a, b in zip(cpu_ns, sums.tolist(), strict=True)]
     step_s = step_ns / 1e9
     return {"from": q.t0 / 1e9, "to": q.t1 / 1e9, "step": step_s, "type": sample_type, "unit": unit,
             "timestamps": [(q.t0 + k * step_ns) / 1e9 for k in range(n)], "values": values,

@@ -11,7 +11,9 @@ Layout of the default, designed so that merging many profiles is array arithmeti
 - Pre-aggregated blocks (web/compaction.py): as data ages, each series' profiles are summed into
   aligned time buckets (level 1 = 10 min, level 2 = 1 h by default), stored like profiles with
   their `level`; `compactions` records which buckets are complete. A put landing in a compacted
-  bucket marks it dirty until it is recompacted, so queries never read a stale block.
+  bucket marks it dirty until it is recompacted, so queries never read a stale block. Each block
+  keeps a `timelines` row: (start, total, period) of the profiles it sums, so a CPU-over-time
+  series can use blocks that straddle its steps without reading raw rows (`step_totals`).
 - Retention (`enforce_retention`): a time limit and a disk budget cut the oldest data in small
   transactions (ingest waits at most one batch); files are unlinked after a grace period, so a
   query that already chose a block can still read it.
@@ -46,12 +48,14 @@ from podflame.model import Mapping as ProcMapping
 from web.compaction import DEFAULT_LEVELS, bucket_of, plan
 from web.selector import MATCH_ALL, Op, Selector
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BLOBS_PER_DIR = 4096
 _FRAME_MAGIC = b"PFS1"
 _HEADER = struct.Struct("<4sBBI")  # magic, stack dtype code, value dtype code, rows
 _DTYPES = [np.dtype(t) for t in ("<u1", "<u2", "<u4", "<u8", "<i1", "<i2", "<i4", "<i8")]
 _STACK_DTYPE = np.dtype("<u4")  # frame ids inside a stack row
+_TIMELINE_MAGIC = b"PFT1"
+_TIMELINE_HEADER = struct.Struct("<4sBBBI")  # magic, start delta, total, period dtype codes; rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,6 +94,18 @@ class Columns:
 
 
 @dataclass(frozen=True, slots=True)
+class StepTotals:
+    """Profile totals summed per time step [t0 + k*step, t0 + (k+1)*step), per sampling period.
+
+    Kept per period so that CPU time (period x count) stays exact when periods differ. `refs` are
+    the stored profiles or blocks the sums came from (for units and labels, not to be re-read).
+    """
+
+    refs: list[StoredProfile]
+    by_period: dict[int, np.ndarray]  # period_ns -> int64 sums, one per step
+
+
+@dataclass(frozen=True, slots=True)
 class PutResult:
     profiles: int
     samples: int
@@ -125,6 +141,19 @@ class Store(ABC):
     @abstractmethod
     def read(self, profiles: Sequence[StoredProfile]) -> Columns:
         """The samples of these profiles, as columns."""
+
+    def step_totals(self, selector: Selector, t0: int, t1: int, step_ns: int, sample_type: str | None = None,
+                    unit: str | None = None) -> StepTotals:
+        """Totals per step from metadata only (no sample data). This default uses blocks that fit in a step."""
+        refs = self.select(selector, t0, t1, sample_type, unit, align_ns=step_ns)
+        n = -(-(t1 - t0) // step_ns)
+        by_period: dict[int, np.ndarray] = {}
+        for r in refs:
+            sums = by_period.get(r.period_ns)
+            if sums is None:
+                sums = by_period[r.period_ns] = np.zeros(n, dtype=np.int64)
+            sums[(r.start_ns - t0) // step_ns] += r.total
+        return StepTotals(refs, by_period)
 
     @abstractmethod
     def stacks(self, ids: Iterable[int]) -> dict[int, Stack]:
@@ -211,6 +240,31 @@ def decode_columns(frame: bytes) -> tuple[np.ndarray, np.ndarray]:
     return np.cumsum(delta, dtype=np.int64), value.astype(np.int64)
 
 
+def encode_timeline(start: np.ndarray, total: np.ndarray, period: np.ndarray, origin: int) -> bytes:
+    """A block's constituent profiles as (start, total, period) rows, sorted by start, as one zstd frame."""
+    order = np.argsort(start, kind="stable")
+    start, total, period = start[order], total[order].astype(np.int64), period[order].astype(np.int64)
+    delta = np.diff(start.astype(np.int64), prepend=np.int64(origin))
+    codes = [_narrowest(delta), _narrowest(total), _narrowest(period)]
+    raw = b"".join((_TIMELINE_HEADER.pack(_TIMELINE_MAGIC, *codes, start.size),
+                    *(a.astype(_DTYPES[c]).tobytes() for a, c in zip((delta, total, period), codes, strict=True))))
+    return zstandard.ZstdCompressor(level=3).compress(raw)
+
+
+def decode_timeline(frame: bytes, origin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    raw = zstandard.ZstdDecompressor().decompress(frame)
+    magic, *codes, n = _TIMELINE_HEADER.unpack_from(raw)
+    if magic != _TIMELINE_MAGIC or any(c >= len(_DTYPES) for c in codes):
+        raise ValueError("corrupt timeline")
+    off = _TIMELINE_HEADER.size
+    cols = []
+    for c in codes:
+        dt = _DTYPES[c]
+        cols.append(np.frombuffer(raw, dt, n, off).astype(np.int64))
+        off += n * dt.itemsize
+    return np.cumsum(cols[0]) + np.int64(origin), cols[1], cols[2]
+
+
 # ---------------------------------------------------------------------------------------------
 # The embedded default.
 
@@ -234,6 +288,7 @@ CREATE TABLE IF NOT EXISTS profiles (
   id INTEGER PRIMARY KEY, series INTEGER NOT NULL, start_ns INTEGER NOT NULL, duration_ns INTEGER NOT NULL,
   period_ns INTEGER NOT NULL, total INTEGER NOT NULL, n_samples INTEGER NOT NULL,
   blob INTEGER NOT NULL, off INTEGER NOT NULL, len INTEGER NOT NULL, level INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS timelines (profile INTEGER PRIMARY KEY, origin INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS compactions (
   level INTEGER NOT NULL, bucket_ns INTEGER NOT NULL, state INTEGER NOT NULL,
   PRIMARY KEY (level, bucket_ns)) WITHOUT ROWID;
@@ -272,6 +327,8 @@ class _Handle:
     blob: int
     off: int
     len: int
+    row: int
+    level: int
 
 
 class SqliteStore(Store):
@@ -314,8 +371,15 @@ class SqliteStore(Store):
         self._closed = False
 
     def _migrate(self, version: int) -> None:
-        """Version 1 -> 2: profile levels, blob ages and deletion marks (old rows are raw, age from rows)."""
+        """Version 1 -> 2: profile levels, blob ages and deletion marks (old rows are raw, age from rows).
+
+        Version 2 -> 3: the `timelines` table (created by the schema script); blocks written before
+        have none, and time series fall back to blocks that fit their steps.
+        """
         with self._db:
+            if version >= 2:
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+                return
             self._db.execute("ALTER TABLE profiles ADD COLUMN level INTEGER NOT NULL DEFAULT 0")
             self._db.execute("ALTER TABLE blobs ADD COLUMN max_start_ns INTEGER NOT NULL DEFAULT 0")
             self._db.execute("ALTER TABLE blobs ADD COLUMN deleted_ns INTEGER")
@@ -597,7 +661,7 @@ class SqliteStore(Store):
             ids = self._match_series(selector, sample_type, unit)
             if not ids:
                 return []
-            cols = "series, start_ns, duration_ns, period_ns, total, blob, off, len"
+            cols = "series, start_ns, duration_ns, period_ns, total, blob, off, len, id, level"
             rows: list[tuple] = []
             pieces = self._plan(t0, t1, align_ns, max_level)
             if len(ids) <= _MAX_SERIES_PROBES:
@@ -613,7 +677,7 @@ class SqliteStore(Store):
                     rows += [r for r in self._db.execute(sql, piece) if r[0] in ids]
             series = self._series
         rows.sort(key=lambda r: (r[1], r[0]))
-        return [StoredProfile(series[r[0]], r[1], r[2], r[3], r[4], _Handle(r[5], r[6], r[7])) for r in rows]
+        return [StoredProfile(series[r[0]], r[1], r[2], r[3], r[4], _Handle(*r[5:10])) for r in rows]
 
     def read(self, profiles: Sequence[StoredProfile]) -> Columns:
         by_blob: dict[int, list[tuple[int, _Handle]]] = defaultdict(list)
@@ -658,6 +722,45 @@ class SqliteStore(Store):
             fids = set(np.unique(np.concatenate(list(out.values()))).tolist()) if out else set()
             self._load_frames(fids)
             return out, {f: self._frames[f] for f in fids}
+
+    def _timelines(self, rows: Sequence[int]) -> dict[int, tuple[int, bytes]]:
+        """Block row id -> (origin, encoded timeline), for the blocks that have one."""
+        with self._lock:
+            self._check_open()
+            return {r: (o, d) for r, o, d in self._fetch("SELECT profile, origin, data FROM timelines "
+                                                         "WHERE profile IN ({})", rows)}
+
+    def step_totals(self, selector: Selector, t0: int, t1: int, step_ns: int, sample_type: str | None = None,
+                    unit: str | None = None) -> StepTotals:
+        """The coarsest blocks, whatever the steps: a block straddling a step boundary is split by its
+        timeline (its profiles' starts and totals), so a day at 5-min steps reads ~100 rows per series."""
+        refs = self.select(selector, t0, t1, sample_type, unit)
+        straddle = [r for r in refs if r.handle.level  # type: ignore[attr-defined]
+                    and (r.start_ns - t0) // step_ns != (r.start_ns + max(r.duration_ns, 1) - 1 - t0) // step_ns]
+        timelines = self._timelines([r.handle.row for r in straddle])  # type: ignore[attr-defined]
+        if len(timelines) < len(straddle):  # blocks written before timelines existed
+            return super().step_totals(selector, t0, t1, step_ns, sample_type, unit)
+        split = {id(r) for r in straddle}
+        whole = [r for r in refs if id(r) not in split]
+        starts = [np.fromiter((r.start_ns for r in whole), np.int64, len(whole))]
+        totals = [np.fromiter((r.total for r in whole), np.int64, len(whole))]
+        periods = [np.fromiter((r.period_ns for r in whole), np.int64, len(whole))]
+        for r in straddle:
+            s, t, p = decode_timeline(timelines[r.handle.row][1], timelines[r.handle.row][0])  # type: ignore[attr-defined]
+            keep = (s >= t0) & (s < t1)  # always all of them: the block lies inside [t0, t1)
+            starts.append(s[keep])
+            totals.append(t[keep])
+            periods.append(p[keep])
+        start, total, period = np.concatenate(starts), np.concatenate(totals), np.concatenate(periods)
+        n = -(-(t1 - t0) // step_ns)
+        step = (start - t0) // step_ns
+        by_period: dict[int, np.ndarray] = {}
+        for p in np.unique(period).tolist():
+            mask = period == p
+            keys, sums = _group_sum(step[mask], total[mask])
+            out = by_period[p] = np.zeros(n, dtype=np.int64)
+            out[keys] = sums
+        return StepTotals(refs, by_period)
 
     def _fetch(self, sql: str, ids: Sequence[int]) -> list[tuple]:
         out: list[tuple] = []
@@ -745,7 +848,9 @@ class SqliteStore(Store):
                 return 0
             (seen,) = self._db.execute("SELECT coalesce(max(id), 0) FROM profiles").fetchone()
             refs = self.select(MATCH_ALL, bucket, end, max_level=level - 1)
+            sub = self._timelines([r.handle.row for r in refs if r.handle.level])  # type: ignore[attr-defined]
         frames_out: list[bytes] = []
+        timelines_out: list[bytes | None] = []
         rows: list[tuple] = []
         if refs:
             cols = self.read(refs)
@@ -767,6 +872,7 @@ class SqliteStore(Store):
                 period = max(weight.items(), key=lambda kv: (kv[1], kv[0]))[0]
                 stack, value = keys[a:b] & 0xFFFFFFFF, values[a:b]
                 frames_out.append(encode_columns(stack, value, self.zstd_level))  # outside the lock: own compressor
+                timelines_out.append(_block_timeline(group, sub, bucket))
                 rows.append((sid, first, last - first, period, int(value.sum()), int(stack.size)))
         with self._lock:
             self._check_open()
@@ -780,6 +886,7 @@ class SqliteStore(Store):
                 old = self._db.execute("SELECT id, blob FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?",
                                        (level, bucket, end)).fetchall()
                 self._db.executemany("DELETE FROM profiles WHERE id=?", [(r[0],) for r in old])
+                self._db.executemany("DELETE FROM timelines WHERE profile=?", [(r[0],) for r in old])
                 self._release_blobs([r[1] for r in old])
                 if rows:
                     nbytes = sum(len(f) for f in frames_out)
@@ -789,11 +896,13 @@ class SqliteStore(Store):
                     path = self._blob_path(blob_id)
                     _write_durably(path, frames_out)
                     offsets = np.cumsum([0, *(len(f) for f in frames_out)]).tolist()
-                    self._db.executemany(
-                        "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples, blob, off,"
-                        " len, level) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        [(*row, blob_id, offsets[j], len(f), level)
-                         for j, (row, f) in enumerate(zip(rows, frames_out, strict=True))])
+                    for j, (row, f, tl) in enumerate(zip(rows, frames_out, timelines_out, strict=True)):
+                        row_id = self._db.execute(
+                            "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples, blob,"
+                            " off, len, level) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                            (*row, blob_id, offsets[j], len(f), level)).lastrowid
+                        if tl is not None:
+                            self._db.execute("INSERT INTO timelines VALUES (?, ?, ?)", (row_id, bucket, tl))
                 self._db.execute("INSERT INTO compactions VALUES (?, ?, ?) ON CONFLICT (level, bucket_ns) "
                                  "DO UPDATE SET state=excluded.state", (level, bucket, _DONE))
                 self._db.execute("COMMIT")
@@ -856,7 +965,8 @@ class SqliteStore(Store):
                     self._check_open()
                     batch = []
                     for level in range(len(self.levels) + 1):  # the (level, start) index, level by level
-                        batch += self._db.execute("SELECT id, blob FROM profiles WHERE level=? AND start_ns<? LIMIT ?",
+                        batch += self._db.execute("SELECT id, blob, level FROM profiles WHERE level=? AND start_ns<? "
+                                                  "LIMIT ?",
                                                   (level, cutoff, DELETE_BATCH - len(batch))).fetchall()
                         if len(batch) >= DELETE_BATCH:
                             break
@@ -865,6 +975,8 @@ class SqliteStore(Store):
                     with self._db:
                         self._db.execute("BEGIN IMMEDIATE")
                         self._db.executemany("DELETE FROM profiles WHERE id=?", [(r[0],) for r in batch])
+                        self._db.executemany("DELETE FROM timelines WHERE profile=?",
+                                             [(r[0],) for r in batch if r[2]])
                         self._release_blobs([r[1] for r in batch])
                         self._db.execute("DELETE FROM compactions WHERE bucket_ns<?",
                                          (bucket_of(cutoff, self.levels[0]) if self.levels else cutoff,))
@@ -954,6 +1066,25 @@ class SqliteStore(Store):
             if not self._closed:
                 self._closed = True
                 self._db.close()
+
+
+def _block_timeline(group: Sequence[StoredProfile], sub: dict[int, tuple[int, bytes]], origin: int) -> bytes | None:
+    """The timeline of a block summing `group`: raw profiles as they are, finer blocks by their timelines."""
+    starts, totals, periods = [], [], []
+    raw = [r for r in group if not r.handle.level]  # type: ignore[attr-defined]
+    starts.append(np.fromiter((r.start_ns for r in raw), np.int64, len(raw)))
+    totals.append(np.fromiter((r.total for r in raw), np.int64, len(raw)))
+    periods.append(np.fromiter((r.period_ns for r in raw), np.int64, len(raw)))
+    for r in group:
+        if r.handle.level:  # type: ignore[attr-defined]
+            entry = sub.get(r.handle.row)  # type: ignore[attr-defined]
+            if entry is None:
+                return None  # a block from before timelines: this one cannot have one either
+            s, t, p = decode_timeline(entry[1], entry[0])
+            starts.append(s)
+            totals.append(t)
+            periods.append(p)
+    return encode_timeline(np.concatenate(starts), np.concatenate(totals), np.concatenate(periods), origin)
 
 
 def _group_sum(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
