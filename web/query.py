@@ -77,8 +77,12 @@ class NameCache:
         self.locations: list[str] = [""]
         self._loc_index: dict[str, int] = {"": 0}
         self._frame_names: dict[int, tuple[list[int], list[int]]] = {}  # store frame id -> (names, locations)
-        self._stacks: dict[int, np.ndarray] = {}
-        self._locs: dict[int, np.ndarray] = {}
+        # Translated stacks back to back: stack id -> slot; a slot's names are flat_names[off:off + len].
+        self._slot: dict[int, int] = {}
+        self._off = np.empty(0, np.int64)
+        self._len = np.empty(0, np.int64)
+        self._flat_names = np.empty(0, np.int64)
+        self._flat_locs = np.empty(0, np.int64)
         self._lock = threading.Lock()
 
     def _frame(self, f: Frame) -> tuple[list[int], list[int]]:
@@ -111,33 +115,43 @@ class NameCache:
         idx = np.repeat(table_start[inv.reshape(-1)] - out_start, lens) + np.arange(int(lens.sum()))
         names, locs = table_names[idx], table_locs[idx]
         ends = np.concatenate(([0], np.cumsum(lens)))[np.cumsum(n_frames)]
-        for sid, n, w in zip(sids, np.split(names, ends[:-1]), np.split(locs, ends[:-1]), strict=True):
-            self._stacks[sid] = n
-            self._locs[sid] = w
+        base = self._flat_names.size
+        first = len(self._slot)
+        self._slot.update(zip(sids, range(first, first + len(sids)), strict=True))
+        self._off = np.concatenate((self._off, base + ends - np.diff(ends, prepend=0)))
+        self._len = np.concatenate((self._len, np.diff(ends, prepend=0)))
+        self._flat_names = np.concatenate((self._flat_names, names))
+        self._flat_locs = np.concatenate((self._flat_locs, locs))
+
+    def _gather(self, stack_ids: list[int], table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """These stacks' rows of `table` back to back, and their lengths (caller holds the lock)."""
+        slot = self._slot
+        slots = np.fromiter((slot[i] for i in stack_ids), dtype=np.int64, count=len(stack_ids))
+        lengths = self._len[slots]
+        out_start = np.cumsum(lengths) - lengths
+        idx = np.repeat(self._off[slots] - out_start, lengths) + np.arange(int(lengths.sum()))
+        return table[idx], lengths
 
     def name_stacks(self, store: Store, stack_ids: np.ndarray, values: np.ndarray) -> NameStacks:
         """Name stacks for these store stack ids; `values` has one row per id (one or more columns)."""
         ids = stack_ids.tolist()
         with self._lock:
-            missing = [i for i in ids if i not in self._stacks]
+            missing = [i for i in ids if i not in self._slot]
             if missing:
                 self._translate(store, missing)
-            arrays = [self._stacks[i] for i in ids]
+            flat, lengths = self._gather(ids, self._flat_names)
             names = list(self.names)
-        lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
-        flat = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
         vals = np.asarray(values, dtype=np.int64)
         vals = vals.reshape(len(ids), vals.shape[1] if vals.ndim == 2 else 1)
         return NameStacks(names, flat, np.cumsum(lengths) - lengths, lengths, vals)
 
     def hottest_locations(self, stack_ids: np.ndarray, ns: NameStacks) -> dict[str, str]:
         """Name -> the `file:line` carrying most of its value in these stacks (after `name_stacks`)."""
-        with self._lock:
-            locs = [self._locs[i] for i in stack_ids.tolist()]
-            locations = list(self.locations)
-        if not locs:
+        if not stack_ids.size:
             return {}
-        where = np.concatenate(locs)
+        with self._lock:
+            where, _ = self._gather(stack_ids.tolist(), self._flat_locs)
+            locations = list(self.locations)
         weight = np.repeat(ns.values[:, -1], ns.lengths)
         keys, sums = group_sum((ns.flat << np.int64(32)) | where, weight)
         known = (keys & np.int64(0xFFFFFFFF)) != 0  # id 0: no file known
