@@ -174,7 +174,9 @@ def _budget(nodes: _Nodes, max_nodes: int) -> tuple[_Nodes, int]:
 def _layout(nodes: _Nodes, names: Sequence[str]) -> tuple[list[str], list[np.ndarray], np.ndarray]:
     """Output names (first appearance, root first), per-level node indices in layout order, and starts."""
     count = nodes.depth.size
-    used = np.unique(nodes.name[nodes.name >= 0])
+    present = np.zeros(len(names), dtype=bool)
+    present[nodes.name[nodes.name >= 0]] = True
+    used = np.flatnonzero(present)
     label = {-1: ROOT, -2: OTHER}
     text = [names[i] for i in used.tolist()]
     # Sibling order is by name: give each node its name's rank ([other] sorted in among them).
@@ -182,8 +184,11 @@ def _layout(nodes: _Nodes, names: Sequence[str]) -> tuple[list[str], list[np.nda
     rank_of_used = np.fromiter((rank[t] for t in text), dtype=np.int64, count=len(text))
     name_rank = np.zeros(count, dtype=np.int64)
     named = nodes.name >= 0
-    name_rank[named] = rank_of_used[np.searchsorted(used, nodes.name[named])]
+    rank_of_name = np.zeros(len(names), dtype=np.int64)
+    rank_of_name[used] = rank_of_used
+    name_rank[named] = rank_of_name[nodes.name[named]]
     name_rank[nodes.name == -2] = rank[OTHER]
+    n_ranks = np.int64(len(rank))
     width = nodes.total.sum(axis=1)
     start = np.zeros(count, dtype=np.int64)
     position = np.zeros(count, dtype=np.int64)  # a node's index within its level, in layout order
@@ -194,7 +199,7 @@ def _layout(nodes: _Nodes, names: Sequence[str]) -> tuple[list[str], list[np.nda
     for d in range(1, max_depth + 1):
         idx = by_depth[bounds[d]:bounds[d + 1]]
         par = nodes.parent[idx]
-        order = np.lexsort((name_rank[idx], position[par]))
+        order = np.argsort(position[par] * n_ranks + name_rank[idx])  # by parent's place, then name
         idx, par = idx[order], par[order]
         w = width[idx]
         cs = np.cumsum(w)
