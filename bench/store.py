@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -121,6 +122,8 @@ def main() -> None:
     ap.add_argument("--data", help="data directory (default: a temporary one, removed after)")
     ap.add_argument("--queries-only", action="store_true",
                     help="skip generation and ingest: query the day already in --data (from a run with --data)")
+    ap.add_argument("--socket-drains", type=int, default=60,
+                    help="drains POSTed afterwards to a real `podflame server` process over a socket (0: skip)")
     ap.add_argument("--skip-raw-check", action="store_true",
                     help="skip re-reading the whole day from raw profiles (the exactness check)")
     ap.add_argument("--query-case", help=argparse.SUPPRESS)  # internal: one query in a fresh process
@@ -176,6 +179,9 @@ def main() -> None:
     finally:
         store.close()
 
+    if args.socket_drains and not args.queries_only:
+        result.update(socket_ingest(args, data, pods, end))
+
     result.update({
         "query_pod": pod, "node_24h_flamegraph_nodes": q["node_24h"]["nodes"],
         **{f"query_{k}_cold_ms": round(v["cold_s"] * 1000, 1) for k, v in q.items()},
@@ -185,6 +191,44 @@ def main() -> None:
     if not args.data:
         shutil.rmtree(data, ignore_errors=True)
     print(json.dumps(result))
+
+
+def socket_ingest(args: argparse.Namespace, data: Path, pods: list, after: int) -> dict[str, Any]:
+    """The next drains, POSTed over one keep-alive connection to `podflame server` on the day's store.
+
+    A separate server process as deployed (its maintenance thread running), so this includes HTTP
+    parsing and the socket; the client's encoding is done before the clock starts.
+    """
+    import http.client
+
+    bodies = [pprof.encode(drain(pods, after + i * args.interval * S, args.interval, seed=10_000 + i))
+              for i in range(args.socket_drains)]
+    with socket.socket() as sock:  # a free port (the CLI wants a number)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = Path(sys.executable).with_name("podflame")
+    srv = subprocess.Popen([str(exe), "server", "--listen", f"127.0.0.1:{port}", "--data", str(data)],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        line = srv.stdout.readline() if srv.stdout else ""
+        assert "listening" in line, line
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        t = time.perf_counter()
+        for i, body in enumerate(bodies):
+            ts = (after + i * args.interval * S) // S
+            conn.request("POST", f"/api/v1/ingest?node={NODE}&time={ts}", body=body,
+                         headers={"Content-Type": "application/octet-stream"})
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200, r.status
+        took = time.perf_counter() - t
+        conn.close()
+    finally:
+        srv.terminate()
+        srv.wait(30)
+    rate = args.socket_drains * args.pods / took
+    log(f"socket ingest into `podflame server`: {args.socket_drains} drains, {rate:.0f} pod profiles/s")
+    return {"ingest_socket_drains": args.socket_drains, "ingest_socket_pod_profiles_per_s": round(rate)}
 
 
 def ingest_day(args: argparse.Namespace, data: Path, pods: list) -> tuple[dict[str, Any], int, int]:
