@@ -224,3 +224,23 @@ def test_stack_frames_give_stable_frame_ids_and_their_frames(store: SqliteStore)
             assert tuple(frames[f] for f in frame_ids[sid].tolist()) == stacks[sid]
         again, _ = stack_frames(ids[:1])  # ids do not change between calls
         assert again[ids[0]].tolist() == frame_ids[ids[0]].tolist()
+
+
+def test_read_of_many_profiles_across_blobs_matches_each_frame_decoded_alone(store: SqliteStore) -> None:
+    import os
+
+    for k in range(4):  # blobs of several profiles; stacks of each profile differ in count and ids
+        batch = []
+        for j in range(3):
+            stacks = list({"a": 1 + j, "b": 2 + k, "c": 3, "root": 4 + j * k}.items())[: 1 + (j + k) % 4]
+            batch.append(profile({"pod": f"p{j}"}, start=T0 + k * S, **dict(stacks)))
+        store.put(batch)
+    refs = store.select(parse_selector("{}"), 0, 2 * T0)
+    picked = refs[::2] + refs[1::3]  # out of order, from several blobs
+    cols = store.read(picked)
+    for i, ref in enumerate(picked):
+        h = ref.handle
+        with open(store._blob_path(h.blob), "rb") as f:
+            s, v = decode_columns(os.pread(f.fileno(), h.len, h.off))
+        mine = cols.profile == i
+        assert cols.stack[mine].tolist() == s.tolist() and cols.value[mine].tolist() == v.tolist()

@@ -240,6 +240,17 @@ def decode_columns(frame: bytes) -> tuple[np.ndarray, np.ndarray]:
     return np.cumsum(delta, dtype=np.int64), value.astype(np.int64)
 
 
+def _frame_columns(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """A decompressed sample frame -> (stack-id deltas, values), both int64."""
+    magic, sc, vc, n = _HEADER.unpack_from(raw)
+    if magic != _FRAME_MAGIC or sc >= len(_DTYPES) or vc >= len(_DTYPES):
+        raise ValueError("corrupt sample frame")
+    sdt, vdt = _DTYPES[sc], _DTYPES[vc]
+    off = _HEADER.size
+    return (np.frombuffer(raw, sdt, n, off).astype(np.int64),
+            np.frombuffer(raw, vdt, n, off + n * sdt.itemsize).astype(np.int64))
+
+
 def encode_timeline(start: np.ndarray, total: np.ndarray, period: np.ndarray, origin: int) -> bytes:
     """A block's constituent profiles as (start, total, period) rows, sorted by start, as one zstd frame."""
     order = np.argsort(start, kind="stable")
@@ -680,26 +691,41 @@ class SqliteStore(Store):
         return [StoredProfile(series[r[0]], r[1], r[2], r[3], r[4], _Handle(*r[5:10])) for r in rows]
 
     def read(self, profiles: Sequence[StoredProfile]) -> Columns:
+        """One read per blob file (the span its chosen frames cover), one decompressor, and the stack-id
+        deltas of all frames undone by one cumulative sum: per frame only a decompress and two views."""
         by_blob: dict[int, list[tuple[int, _Handle]]] = defaultdict(list)
         for i, p in enumerate(profiles):
             h = p.handle
             assert isinstance(h, _Handle)
             by_blob[h.blob].append((i, h))
-        idx: list[np.ndarray] = []
-        stacks: list[np.ndarray] = []
+        dctx = zstandard.ZstdDecompressor()
+        order: list[int] = []
+        sizes: list[int] = []
+        deltas: list[np.ndarray] = []
         values: list[np.ndarray] = []
         for blob, items in by_blob.items():
+            lo = min(h.off for _, h in items)
+            hi = max(h.off + h.len for _, h in items)
             with open(self._blob_path(blob), "rb") as f:
-                fd = f.fileno()
-                for i, h in items:
-                    s, v = decode_columns(os.pread(fd, h.len, h.off))
-                    idx.append(np.full(s.size, i, dtype=np.int64))
-                    stacks.append(s)
-                    values.append(v)
-        if not stacks:
+                span = memoryview(os.pread(f.fileno(), hi - lo, lo))
+            for i, h in items:
+                d, v = _frame_columns(dctx.decompress(span[h.off - lo:h.off - lo + h.len]))
+                order.append(i)
+                sizes.append(d.size)
+                deltas.append(d)
+                values.append(v)
+        if not deltas:
             empty = np.empty(0, dtype=np.int64)
             return Columns(empty, empty, empty)
-        return Columns(np.concatenate(idx), np.concatenate(stacks), np.concatenate(values))
+        n = np.array(sizes, dtype=np.int64)
+        stack = np.cumsum(np.concatenate(deltas))  # int64: each frame's deltas were widened
+        # Each frame's deltas start again from 0: subtract the running sum just before it.
+        starts = np.cumsum(n) - n
+        before = np.zeros(n.size, dtype=np.int64)
+        later = starts > 0
+        before[later] = stack[starts[later] - 1]
+        stack -= np.repeat(before, n)
+        return Columns(np.repeat(np.array(order, dtype=np.int64), n), stack, np.concatenate(values))
 
     def stacks(self, ids: Iterable[int]) -> dict[int, Stack]:
         with self._lock:
