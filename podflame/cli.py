@@ -347,7 +347,15 @@ def record(duration: float, pid: int | None, cgroup_path: str | None, frequency:
     for p in profiles:
         by_labels.setdefault(tuple(sorted(p.labels.items())), []).append(p)
     pods = PodLabels(KubeletLabels(), hold_seconds=0)
-    merged = pods([symbolizer.symbolize(Profile.merge(group)) for group in by_labels.values()])
+    groups = [Profile.merge(group) for group in by_labels.values()]
+    symbolized = [symbolizer.symbolize(p) for p in groups]
+    fetcher = symbolizer.debuginfod  # a one-shot capture can wait for the debug files it asked for
+    if fetcher is not None:
+        if not fetcher.wait(0):
+            click.echo(f"waiting up to {fetcher.max_time:.0f}s for debug files from debuginfod...", err=True)
+            fetcher.wait(fetcher.max_time)
+        symbolized = [symbolizer.symbolize(p) for p in groups]  # redoes only binaries whose file arrived
+    merged = pods(symbolized)
     data = pprof.encode(merged) if fmt == "pprof" else to_folded(Profile.merge(merged, labels={})).encode()
     out = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115
     with out:
