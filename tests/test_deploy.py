@@ -82,12 +82,16 @@ def test_agent_daemonset_is_not_privileged_and_has_what_it_needs(rendered) -> No
     assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert set(sc["capabilities"]["add"]) == AGENT_CAPS
-    # host paths: the cgroup tree and kernel headers, all read-only
+    # host paths: the cgroup tree and kernel headers, all read-only; only podflame's own symbol cache is written
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    cache = host.pop("symbol-cache")
     assert sorted(host.values()) == ["/lib/modules", "/sys/fs/cgroup", "/usr/src"]
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     for name, path in host.items():
         assert mounts[name]["readOnly"] is True and mounts[name]["mountPath"] == path
+    assert cache == "/var/cache/podflame-agent" and not mounts["symbol-cache"].get("readOnly")
+    env_value = {e["name"]: e.get("value") for e in c["env"]}
+    assert env_value["PODFLAME_SYMBOL_CACHE"] == mounts["symbol-cache"]["mountPath"]
     res = c["resources"]
     assert {"cpu", "memory"} <= res["requests"].keys() and {"cpu", "memory"} <= res["limits"].keys()
     for probe in ("livenessProbe", "readinessProbe"):
