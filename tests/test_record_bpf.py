@@ -7,15 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from tests.debuginfod_standin import debuginfod_standin
 from tests.realsys import build_c, kubelet_cgroup, spawn_in_cgroup
 
 pytestmark = pytest.mark.bpf
@@ -93,36 +90,6 @@ def test_record_clear_errors() -> None:
     assert gone.returncode == 1 and "no cgroup v2 directory" in gone.stderr
 
 
-@contextmanager
-def debuginfod(files: dict[str, bytes]) -> Iterator[tuple[str, Counter[str]]]:
-    """A local debuginfod serving `files` by build id (404 otherwise), counting requests."""
-    asked: Counter[str] = Counter()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            asked[self.path] += 1
-            parts = self.path.strip("/").split("/")
-            body = files.get(parts[1]) if len(parts) == 3 and parts[::2] == ["buildid", "debuginfo"] else None
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}", asked
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
 def test_record_waits_for_debuginfod_so_a_stripped_binary_gets_file_and_line(tmp_path: Path) -> None:
     from symbolizer.elf import read_build_id
 
@@ -135,16 +102,18 @@ def test_record_waits_for_debuginfod_so_a_stripped_binary_gets_file_and_line(tmp
     assert build_id
     loop_line = next(i for i, s in enumerate((Path(__file__).parent / "workloads" / "two_hot.c")
                                              .read_text().splitlines(), 1) if "void hot_a" in s) + 1
-    with debuginfod({build_id: debug.read_bytes()}) as (url, asked):
+    with debuginfod_standin() as server:
+        server.files[build_id] = ("ok", debug.read_bytes())
         target = subprocess.Popen([str(stripped), "20"])
         try:
             out = tmp_path / "out.pb.gz"
-            env = {**os.environ, "DEBUGINFOD_URLS": url, "DEBUGINFOD_CACHE_PATH": str(tmp_path / "cache")}
+            env = {**os.environ, "DEBUGINFOD_URLS": f"{server.url}/full",
+                   "DEBUGINFOD_CACHE_PATH": str(tmp_path / "cache")}
             done = record(f"--pid={target.pid}", "--format=pprof", f"-o{out}", env=env)
             assert done.returncode == 0, done.stderr
         finally:
             target.kill()
             target.wait()
-    assert asked[f"/buildid/{build_id}/debuginfo"] == 1
+    assert server.requests == {f"/full/buildid/{build_id}/debuginfo": 1}
     lines = go_pprof("-lines", "-top", "-sample_index=samples", str(out))
     assert f"two_hot.c:{loop_line}" in lines, lines  # file:line came from the fetched debug file
