@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T")
 WORKLOADS = Path(__file__).parent / "workloads"
 CGROUP2_ROOT = Path("/sys/fs/cgroup/unified") if Path("/sys/fs/cgroup/unified/cgroup.procs").exists() \
     else Path("/sys/fs/cgroup")
@@ -94,3 +97,38 @@ def live_server(data_dir: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join(timeout=5)
+
+
+def run_in_cgroup(cgroup: Path, argv: list[str]) -> resource.struct_rusage:
+    """Run argv to completion inside `cgroup`; its CPU usage (it must exit 0)."""
+    proc = spawn_in_cgroup(cgroup, argv)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert status == 0, f"{argv} exited with status {status}"
+    return usage
+
+
+def with_agent(url: str, frequency: int, work: Callable[[], T], *, interval: float = 2.0) -> T:
+    """The real agent (sampler, symbolizer, uploader) shipping to `url` while `work()` runs.
+
+    On return the agent has made its final drain and every batch has landed on the server.
+    """
+    from profiler.agent import Agent, create_context
+    from profiler.sampler import Sampler
+    from profiler.upload import Uploader
+    from symbolizer import Symbolizer
+
+    ctx = create_context("test-node")
+    sampler = Sampler(frequency)
+    uploader = Uploader(url, node=ctx.node)
+    agent = Agent(sampler, ctx, Symbolizer(ctx.maps), uploader, interval=interval)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        return work()
+    finally:
+        agent.stop()
+        thread.join(timeout=30)
+        assert uploader.flush(30), "the agent's batches did not all land"
+        uploader.close()
+        sampler.close()
+

@@ -4,17 +4,15 @@ shipped to the real server, read back as a flame graph and as pprof through `go 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import threading
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.realsys import build_c, kubelet_cgroup, live_server, spawn_in_cgroup
+from tests.realsys import build_c, kubelet_cgroup, live_server, run_in_cgroup, with_agent
 
 pytestmark = pytest.mark.bpf
 
@@ -46,29 +44,9 @@ def _find(fg: dict, name: str) -> tuple[int, list[int]] | None:
 
 
 def test_pod_flame_graph_and_pprof_from_a_real_sampled_process(tmp_path: Path) -> None:
-    from profiler.agent import Agent, create_context
-    from profiler.sampler import Sampler
-    from profiler.upload import Uploader
-    from symbolizer import Symbolizer
-
     exe = build_c("two_hot.c", tmp_path, "-O0")  # -O1 drops the frame setup in leaf functions (GCC 12)
     with kubelet_cgroup("burstable") as cg, live_server(tmp_path / "data") as url:
-        ctx = create_context("test-node")
-        sampler = Sampler(FREQUENCY)
-        uploader = Uploader(url, node=ctx.node)
-        agent = Agent(sampler, ctx, Symbolizer(ctx.maps), uploader, interval=2.0)
-        thread = threading.Thread(target=agent.run, daemon=True)
-        thread.start()
-        try:
-            proc = spawn_in_cgroup(cg.path, [str(exe), str(SECONDS)])
-            _, status, usage = os.wait4(proc.pid, 0)
-            assert status == 0
-        finally:
-            agent.stop()
-            thread.join(timeout=30)
-            assert uploader.flush(30), "the agent's batches did not all land"
-            uploader.close()
-            sampler.close()
+        usage = with_agent(url, FREQUENCY, lambda: run_in_cgroup(cg.path, [str(exe), str(SECONDS)]))
         cpu_seconds = usage.ru_utime + usage.ru_stime
         expected = FREQUENCY * cpu_seconds  # one busy thread: frequency x busy seconds
 

@@ -7,10 +7,8 @@ checks the whole path: the symbolizer's inline chain, the wire pprof, the store,
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import threading
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -21,7 +19,7 @@ import pytest
 from podflame import pprof
 from podflame.model import Frame
 from symbolizer.elf import ElfSymbols
-from tests.realsys import kubelet_cgroup, live_server, spawn_in_cgroup
+from tests.realsys import kubelet_cgroup, live_server, run_in_cgroup, with_agent
 
 pytestmark = pytest.mark.bpf
 
@@ -89,11 +87,6 @@ def _elf_vaddr(frame: Frame, elf: ElfSymbols) -> int:
 
 
 def test_inlined_hot_function_is_its_own_frame_with_file_line(tmp_path: Path) -> None:
-    from profiler.agent import Agent, create_context
-    from profiler.sampler import Sampler
-    from profiler.upload import Uploader
-    from symbolizer import Symbolizer
-
     for tool in ("g++", "addr2line", "go"):
         if not shutil.which(tool):
             pytest.fail(f"{tool} is needed (Debian g++ / binutils / golang-go)")
@@ -103,22 +96,7 @@ def test_inlined_hot_function_is_its_own_frame_with_file_line(tmp_path: Path) ->
     hot, loop = _hot_loop()
 
     with kubelet_cgroup("burstable") as cg, live_server(tmp_path / "data") as url:
-        ctx = create_context("test-node")
-        sampler = Sampler(FREQUENCY)
-        uploader = Uploader(url, node=ctx.node)
-        agent = Agent(sampler, ctx, Symbolizer(ctx.maps), uploader, interval=2.0)
-        thread = threading.Thread(target=agent.run, daemon=True)
-        thread.start()
-        try:
-            proc = spawn_in_cgroup(cg.path, [str(exe), str(SECONDS)])
-            _, status, _ = os.wait4(proc.pid, 0)
-            assert status == 0
-        finally:
-            agent.stop()
-            thread.join(timeout=30)
-            assert uploader.flush(30), "the agent's batches did not all land"
-            uploader.close()
-            sampler.close()
+        with_agent(url, FREQUENCY, lambda: run_in_cgroup(cg.path, [str(exe), str(SECONDS)]))
 
         q = urllib.parse.urlencode({"query": f'{{pod_uid="{cg.pod_uid}"}}', "from": "now-10m", "to": "now+1m"})
         fg = json.loads(_get(f"{url}/api/v1/flamegraph?{q}"))
