@@ -467,6 +467,23 @@ class SqliteStore(Store):
     def _blob_path(self, blob_id: int) -> Path:
         return self.blob_dir / f"{blob_id // BLOBS_PER_DIR:06d}" / f"{blob_id:010d}.pfz"
 
+    def _write_blob(self, frames: list[bytes], max_start_ns: int) -> tuple[int, Path, list[int]]:
+        """One blob file of column frames and its row (the caller holds a transaction): id, path, offsets.
+
+        A file that fails to write is removed here; one written under a transaction that then rolls
+        back is the caller's to remove (it has the path).
+        """
+        blob_id = self._db.execute(
+            "INSERT INTO blobs (bytes, created_ns, max_start_ns, live) VALUES (?, ?, ?, ?)",
+            (sum(len(f) for f in frames), time.time_ns(), max_start_ns, len(frames))).lastrowid
+        path = self._blob_path(blob_id)
+        try:
+            _write_durably(path, frames)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return blob_id, path, np.cumsum([0, *(len(f) for f in frames)]).tolist()
+
     # -- interning (caller holds the lock and a transaction) -----------------------------------
 
     def _intern_string(self, s: str | None) -> int:
@@ -566,13 +583,7 @@ class SqliteStore(Store):
                     rows.append((series.id, p.start_ns, p.duration_ns, p.period_ns, int(values.sum()),
                                  int(stack_ids.size)))
                     n_samples += int(stack_ids.size)
-                nbytes = sum(len(f) for f in frames_out)
-                blob_id = self._db.execute(
-                    "INSERT INTO blobs (bytes, created_ns, max_start_ns, live) VALUES (?, ?, ?, ?)",
-                    (nbytes, time.time_ns(), max(r[1] for r in rows), len(rows))).lastrowid
-                path = self._blob_path(blob_id)
-                _write_durably(path, frames_out)
-                offsets = np.cumsum([0, *(len(f) for f in frames_out)]).tolist()
+                blob_id, path, offsets = self._write_blob(frames_out, max(r[1] for r in rows))
                 self._db.executemany(
                     "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples, blob, off, len)"
                     " VALUES (?,?,?,?,?,?,?,?,?)",
@@ -595,7 +606,7 @@ class SqliteStore(Store):
                 self._dirty.add((level, bucket))
             if dirtied:
                 self._refresh_done()
-            return PutResult(len(profiles), n_samples, nbytes)
+            return PutResult(len(profiles), n_samples, offsets[-1])
 
     def _mark_dirty(self, starts: set[int]) -> list[tuple[int, int]]:
         """Buckets compaction already passed that these start times fall in: they need (re)compaction."""
@@ -915,13 +926,7 @@ class SqliteStore(Store):
                 self._db.executemany("DELETE FROM timelines WHERE profile=?", [(r[0],) for r in old])
                 self._release_blobs([r[1] for r in old])
                 if rows:
-                    nbytes = sum(len(f) for f in frames_out)
-                    blob_id = self._db.execute(
-                        "INSERT INTO blobs (bytes, created_ns, max_start_ns, live) VALUES (?, ?, ?, ?)",
-                        (nbytes, time.time_ns(), max(r[1] for r in rows), len(rows))).lastrowid
-                    path = self._blob_path(blob_id)
-                    _write_durably(path, frames_out)
-                    offsets = np.cumsum([0, *(len(f) for f in frames_out)]).tolist()
+                    blob_id, path, offsets = self._write_blob(frames_out, max(r[1] for r in rows))
                     for j, (row, f, tl) in enumerate(zip(rows, frames_out, timelines_out, strict=True)):
                         row_id = self._db.execute(
                             "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples, blob,"
