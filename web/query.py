@@ -23,7 +23,7 @@ from web.export import folded_diff_from_stacks, folded_from_stacks
 from web.flamegraph import NameStacks, diff_tree_from_stacks, flamegraph_from_stacks
 from web.selector import Selector
 from web.speedscope import speedscope_from_stacks
-from web.store import Store, StoredProfile
+from web.store import Store, StoredProfile, group_sum
 
 DEFAULT_TYPE = "samples"
 
@@ -178,16 +178,6 @@ def name_cache(store: Store) -> NameCache:
         if cache is None:
             cache = _CACHES[store] = NameCache()
         return cache
-
-
-def group_sum(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct keys (sorted) and the exact int64 sum of values for each."""
-    if keys.size == 0:
-        return keys, values
-    order = np.argsort(keys, kind="stable")
-    k, v = keys[order], values[order]
-    starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
-    return k[starts], np.add.reduceat(v, starts)
 
 
 def _dominant_period(refs: Sequence[StoredProfile]) -> int:

@@ -794,7 +794,7 @@ class SqliteStore(Store):
         by_period: dict[int, np.ndarray] = {}
         for p in np.unique(period).tolist():
             mask = period == p
-            keys, sums = _group_sum(step[mask], total[mask])
+            keys, sums = group_sum(step[mask], total[mask])
             out = by_period[p] = np.zeros(n, dtype=np.int64)
             out[keys] = sums
         return StepTotals(refs, by_period)
@@ -892,7 +892,7 @@ class SqliteStore(Store):
         if refs:
             cols = self.read(refs)
             series_ids = np.array([r.series.id for r in refs], dtype=np.int64)
-            keys, values = _group_sum((series_ids[cols.profile] << 32) | cols.stack, cols.value)
+            keys, values = group_sum((series_ids[cols.profile] << 32) | cols.stack, cols.value)
             series_of = keys >> 32
             bounds = np.flatnonzero(np.concatenate(([True], series_of[1:] != series_of[:-1], [True])))
             by_series: dict[int, list[StoredProfile]] = defaultdict(list)
@@ -1118,7 +1118,7 @@ def _block_timeline(group: Sequence[StoredProfile], sub: dict[int, tuple[int, by
     return encode_timeline(np.concatenate(starts), np.concatenate(totals), np.concatenate(periods), origin)
 
 
-def _group_sum(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def group_sum(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct keys (sorted) and the exact int64 sum of values for each."""
     if keys.size == 0:
         return keys, values
