@@ -486,13 +486,24 @@ class SqliteStore(Store):
 
     # -- interning (caller holds the lock and a transaction) -----------------------------------
 
+    def _row_id(self, table: str, columns: tuple[str, ...], key: tuple) -> int:
+        """The id of the row of `table` whose `columns` equal `key`, inserted when there is none.
+
+        Only reached on a cache miss; table and column names are this module's constants.
+        """
+        where = " AND ".join(f"{c}=?" for c in columns)
+        row = self._db.execute(f"SELECT id FROM {table} WHERE {where}", key).fetchone()
+        if row:
+            return row[0]
+        marks = ",".join("?" * len(columns))
+        return self._db.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", key).lastrowid
+
     def _intern_string(self, s: str | None) -> int:
         if not s:
             return 0
         sid = self._string_ids.get(s)
         if sid is None:
-            row = self._db.execute("SELECT id FROM strings WHERE s=?", (s,)).fetchone()
-            sid = row[0] if row else self._db.execute("INSERT INTO strings (s) VALUES (?)", (s,)).lastrowid
+            sid = self._row_id("strings", ("s",), (s,))
             self._string_ids[s] = sid
         return sid
 
@@ -503,10 +514,7 @@ class SqliteStore(Store):
         if mid is None:
             key = (_to_i64(m.start), _to_i64(m.limit), _to_i64(m.offset), self._intern_string(m.path),
                    self._intern_string(m.build_id))
-            row = self._db.execute("SELECT id FROM mappings WHERE start=? AND lim=? AND off=? AND path=? "
-                                   "AND build_id=?", key).fetchone()
-            mid = row[0] if row else self._db.execute(
-                "INSERT INTO mappings (start, lim, off, path, build_id) VALUES (?,?,?,?,?)", key).lastrowid
+            mid = self._row_id("mappings", ("start", "lim", "off", "path", "build_id"), key)
             self._mapping_ids[m] = mid
         return mid
 
@@ -516,10 +524,7 @@ class SqliteStore(Store):
             lines = np.array([(self._intern_string(ln.function), self._intern_string(ln.file), ln.line or 0)
                               for ln in f.lines], dtype="<i8").tobytes()
             key = (_to_i64(f.address), self._intern_mapping(f.mapping), str(f.kind), str(f.reason or ""), lines)
-            row = self._db.execute("SELECT id FROM frames WHERE address=? AND mapping=? AND kind=? AND reason=? "
-                                   "AND lines=?", key).fetchone()
-            fid = row[0] if row else self._db.execute(
-                "INSERT INTO frames (address, mapping, kind, reason, lines) VALUES (?,?,?,?,?)", key).lastrowid
+            fid = self._row_id("frames", ("address", "mapping", "kind", "reason", "lines"), key)
             self._frame_ids[f] = fid
         return fid
 
@@ -527,8 +532,7 @@ class SqliteStore(Store):
         key = struct.pack(f"<{len(frame_ids)}I", *frame_ids)  # = _STACK_DTYPE bytes
         sid = self._stack_ids.get(key)
         if sid is None:
-            row = self._db.execute("SELECT id FROM stacks WHERE frames=?", (key,)).fetchone()
-            sid = row[0] if row else self._db.execute("INSERT INTO stacks (frames) VALUES (?)", (key,)).lastrowid
+            sid = self._row_id("stacks", ("frames",), (key,))
             self._stack_ids[key] = sid
         return sid
 
