@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,13 @@ def _bpf_problem() -> str | None:
     return None
 
 
+CHROMIUM = "/usr/bin/chromium"  # Debian's; `playwright install` cannot download browsers here
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+
+
 def _browser_problem() -> str | None:
-    if not shutil.which("chromium") and not Path("/usr/bin/chromium").exists():
+    if not shutil.which("chromium") and not Path(CHROMIUM).exists():
         return "Chromium is not installed (Debian package chromium)"
     try:
         import playwright  # noqa: F401
@@ -56,3 +62,14 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"test corpus not found at {', '.join(map(str, _CORPUS_PLACES))} (set PODFLAME_CORPUS)")
     return CORPUS
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless Chromium driven by Playwright, one per browser test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -24,9 +24,6 @@ from tests.realsys import live_server
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run"]
 ROW = 18  # px per level, as web/static/flamegraph.js draws
 
 HOSTILE_COMM = "<img src=x onerror=alert(1)>"
@@ -79,16 +76,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                        {("main", "hot_b"): 60, ("main", HOSTILE_FRAME): 40})
         assert _ingest(url, [pod, svc])["profiles"] >= 2
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 class Watched:

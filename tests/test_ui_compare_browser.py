@@ -18,7 +18,7 @@ import pytest
 
 from podflame.model import Frame, Line, Profile
 from tests.realsys import live_server
-from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, ROW, Watched, _get, _ingest, _screenshot_dir, wait_js
+from tests.test_ui_browser import ROW, Watched, _get, _ingest, _screenshot_dir, wait_js
 
 pytestmark = pytest.mark.browser
 
@@ -54,16 +54,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         for p in [*chart, _profile(cmp_labels, C0 - 30, BASE_STACKS), _profile(cmp_labels, C0 + 30, COMP_STACKS)]:
             _ingest(url, [p])
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
