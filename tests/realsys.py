@@ -19,6 +19,29 @@ CGROUP2_ROOT = Path("/sys/fs/cgroup/unified") if Path("/sys/fs/cgroup/unified/cg
     else Path("/sys/fs/cgroup")
 
 
+def dwarf_libpython() -> Path | None:
+    """A libpython3.11.so.1.0 with full DWARF: the symbolizer tests' big real input.
+
+    pyenv's python3.11 (the default python3 on these machines) links one; the venv's interpreter is
+    Debian's, whose libpython is stripped, so look at every python3.11 on PATH, not at our own.
+    """
+    probe = "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"
+    for d in os.get_exec_path():
+        exe = Path(d) / "python3.11"
+        if not os.access(exe, os.X_OK):
+            continue
+        got = subprocess.run([str(exe), "-c", probe], capture_output=True, text=True)
+        lib = Path(got.stdout.strip()) / "libpython3.11.so.1.0"
+        if got.returncode == 0 and lib.is_file() and _has_section(lib, ".debug_info"):
+            return lib
+    return None
+
+
+def _has_section(path: Path, name: str) -> bool:
+    out = subprocess.run(["readelf", "-S", "-W", str(path)], capture_output=True, text=True).stdout
+    return f" {name} " in out
+
+
 def build_c(name: str, out_dir: Path, *flags: str, cc: str = "gcc") -> Path:
     """Compile tests/workloads/<name> into out_dir (tests build fixtures from source, never commit them)."""
     src = WORKLOADS / name

@@ -24,6 +24,7 @@ from podflame.model import Line
 from symbolizer.demangle import demangle
 from symbolizer.elf import ElfSymbols
 from symbolizer.resolve import lines_at, open_dwarf
+from tests.realsys import dwarf_libpython
 from tests.test_symbolizer_build import need_tools
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -33,10 +34,7 @@ LLVM = shutil.which("llvm-symbolizer-14") or shutil.which("llvm-symbolizer")
 
 
 def libpython() -> Path | None:
-    import sysconfig
-
-    p = Path(sysconfig.get_config_var("LIBDIR") or "") / "libpython3.11.so.1.0"
-    return p if p.is_file() else None
+    return dwarf_libpython()
 
 
 @dataclass

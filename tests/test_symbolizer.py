@@ -15,6 +15,7 @@ from profiler.procmaps import MapsCache
 from symbolizer import Symbolizer, core
 from symbolizer.elf import ElfSymbols
 from symbolizer.normalize import elf_address
+from tests.realsys import dwarf_libpython
 from tests.test_symbolizer_build import LIB_BASE, Binaries, addr2line_functions, build_id, built, nm_functions, running
 
 OWN_FUNCS = ("static_leaf", "global_work", "main")
@@ -307,11 +308,7 @@ def test_demangle_hook_applies_to_elf_names(binaries: Binaries) -> None:
 
 def test_big_real_library_resolves_like_nm(tmp_path: Path) -> None:
     """libc (symbols from libc6-dbg's debug file when installed, else .dynsym) and pyenv's libpython."""
-    import sysconfig
-
-    libs = [Path("/lib/x86_64-linux-gnu/libc.so.6"),
-            Path(sysconfig.get_config_var("LIBDIR") or "/nonexistent") / "libpython3.11.so.1.0"]
-    libs = [p for p in libs if p.exists()]
+    libs = [p for p in (Path("/lib/x86_64-linux-gnu/libc.so.6"), dwarf_libpython()) if p and p.exists()]
     if not libs:
         pytest.skip("no big shared library to read")
     rng = random.Random(3)
