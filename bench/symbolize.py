@@ -6,7 +6,7 @@ and peak RSS (getrusage of the child). Ours runs with its bytecode cached, as an
 package has it (see `bytecode_env`; `--no-bytecode` compiles every module at every start):
 
 1. cold, the addresses of a real sampled profile of a Python workload (`perf record -g` of a
-   json/dict/recursion workload under pyenv's python, callers included): they touch few CUs;
+   json/dict/recursion workload under `--python`, callers included): they touch few CUs;
 2. cold, N addresses spread uniformly over the library's function bytes (every CU is decoded);
 3. the same N in a new process with the on-disk cache written by (2) (`--cache-dir`);
 
@@ -17,7 +17,11 @@ plus in-process warm lookups: the agent's Symbolizer resolving frames already in
 (build id, address) cache, per second. It also reports how many blocks are identical to
 addr2line's. The last line is one JSON object.
 
-    .venv/bin/python bench/symbolize.py [--lib PATH] [--uniform 10000] [--repeat 3] [--no-bytecode]
+    .venv/bin/python bench/symbolize.py [--python EXE] [--lib PATH] [--uniform 10000] [--repeat 3] [--no-bytecode]
+
+The input is the shared libpython of `--python` (default: the first python3.11 on PATH built with
+--enable-shared, pyenv's here), not of the interpreter running this script: the venv's Debian
+python links libpython statically, so a workload under it samples no libpython3.11.so at all.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import random
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -84,15 +87,32 @@ def bytecode_env(no_bytecode: bool, pyc: str, ours_cmd: list[str]) -> dict[str, 
     return env
 
 
-def profile_addresses(lib: Path, elf: ElfSymbols) -> list[int]:
+def shared_python(given: str | None) -> tuple[str, Path]:
+    """(interpreter, its libpython3.11.so.1.0): `given`, else the first python3.11 on PATH that has one."""
+    probe = ("import sys, sysconfig; v = sysconfig.get_config_var; "
+             "print(sys.executable, v('Py_ENABLE_SHARED'), v('LIBDIR'), sep='\\n')")
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    candidates = [given] if given else [str(Path(d) / "python3.11") for d in path]
+    for exe in candidates:
+        if not os.access(exe, os.X_OK):
+            continue
+        got = subprocess.run([exe, "-c", probe], capture_output=True, text=True)
+        if got.returncode == 0:
+            real, shared, libdir = got.stdout.splitlines()
+            lib = Path(libdir) / "libpython3.11.so.1.0"
+            if shared == "1" and lib.is_file():
+                return real, lib
+    raise SystemExit(f"no python3.11 with a shared libpython ({given or 'PATH'}): pass --python")
+
+
+def profile_addresses(python: str, lib: Path, elf: ElfSymbols) -> list[int]:
     """Distinct ELF addresses in `lib` of a perf-sampled Python workload (leaves and callers)."""
-    python = Path(sysconfig.get_config_var("BINDIR")) / "python3.11"
     if not shutil.which("perf"):
         raise SystemExit("needs perf (Debian linux-perf)")
     with tempfile.TemporaryDirectory() as d:
         data = f"{d}/perf.data"
         subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g", "-o", data, "--",
-                        str(python), "-c", WORKLOAD], check=True, capture_output=True)
+                        python, "-c", WORKLOAD], check=True, capture_output=True)
         out = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym,symoff,dso"], check=True,
                              capture_output=True, text=True).stdout
     starts: dict[str, int] = {}
@@ -179,17 +199,19 @@ def warm_lookups(lib: Path, elf: ElfSymbols, addrs: list[int]) -> tuple[float, f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--lib", default=str(Path(sysconfig.get_config_var("LIBDIR")) / "libpython3.11.so.1.0"))
+    ap.add_argument("--python", help="workload interpreter with a shared libpython3.11 (default: first on PATH)")
+    ap.add_argument("--lib", help="the library to symbolize (default: --python's libpython3.11.so.1.0)")
     ap.add_argument("--uniform", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each side per figure; the fastest counts")
     ap.add_argument("--no-bytecode", action="store_true",
                     help="run ours without cached bytecode (PYTHONDONTWRITEBYTECODE=1: every module compiled at start)")
     args = ap.parse_args()
-    lib = Path(args.lib)
+    python, lib = shared_python(args.python)
+    lib = Path(args.lib) if args.lib else lib
     elf = ElfSymbols(str(lib))
     ours_cmd = [str(Path(sys.executable).parent / "podflame"), "symbolize", "--binary", str(lib), "--inlines"]
     theirs_cmd = ["addr2line", "-a", "-f", "-i", "-C", "-e", str(lib)]
-    prof = profile_addresses(lib, elf)
+    prof = profile_addresses(python, lib, elf)
     uni = uniform_addresses(elf, args.uniform)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as pyc:
