@@ -7,6 +7,9 @@ a separate file found by build id). Per address, the whole inline chain is compa
 names (innermost first) and file:line per frame. Where a name comes from the ELF symbol table
 (no DWARF function there), any alias at the same address counts as the same function: addr2line
 takes the first alias in table order (glibc's local `__GI_*` names), we prefer the exported one.
+
+Both line-table paths are compared: libdw's (the default for lookups without a disk cache to fill)
+and the pure-Python line programs (the fallback without libdw, and what fills the disk cache).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from podflame.model import Line
+from symbolizer import libdw
 from symbolizer.demangle import demangle
 from symbolizer.elf import ElfSymbols
 from symbolizer.resolve import lines_at, open_dwarf
@@ -128,9 +132,9 @@ def _file_line(s: str) -> str | None:
     return f"{file}:{line}"
 
 
-def ours(path: Path) -> Callable[[int], Frames]:
+def ours(path: Path, *, use_libdw: bool = True) -> Callable[[int], Frames]:
     elf = ElfSymbols(str(path), debug_dirs=["/usr/lib/debug"])
-    dwarf = open_dwarf(elf)
+    dwarf = open_dwarf(elf, use_libdw=use_libdw)
     assert dwarf is not None, f"{path}: no DWARF found"
 
     def lookup(address: int) -> Frames:
@@ -139,6 +143,7 @@ def ours(path: Path) -> Callable[[int], Frames]:
             return [("??", None)]
         return [(ln.function, _fmt(ln)) for ln in lines]
 
+    lookup.stats = dwarf.stats  # type: ignore[attr-defined]
     return lookup
 
 
@@ -180,16 +185,22 @@ class Compared:
     line_ok_llvm: int = 0  # of the others: equal to llvm-symbolizer's, which disagrees with addr2line there
 
 
-_compared: dict[str, Compared] = {}
+_compared: dict[bool, Compared] = {}
+_expected: dict[str, list[Frames]] = {}
+LINE_PATHS = [pytest.param(True, id="libdw"), pytest.param(False, id="python")]
 
 
-def compare(targets: list[Target]) -> Compared:
-    if "all" in _compared:
-        return _compared["all"]
+def compare(targets: list[Target], use_libdw: bool) -> Compared:
+    if use_libdw in _compared:
+        return _compared[use_libdw]
+    if use_libdw:
+        assert libdw.open_lines(str(targets[0].path)) is not None, "libdw.so.1 (Debian libdw1) cannot be loaded"
     c = Compared(0, 0, 0, [], [])
     for t in targets:
-        expected = addr2line(t.path, t.addresses)
-        lookup = ours(t.path)
+        if t.name not in _expected:
+            _expected[t.name] = addr2line(t.path, t.addresses)
+        expected = _expected[t.name]
+        lookup = ours(t.path, use_libdw=use_libdw)
         names = aliases(t.symtab)
         line_diffs: list[tuple[int, list[str | None], list[str | None]]] = []
         for a, want in zip(t.addresses, expected, strict=True):
@@ -215,7 +226,9 @@ def compare(targets: list[Target]) -> Compared:
                 c.line_ok_llvm += 1
             else:
                 c.line_diffs.append(f"{t.name} {a:#x}: ours {gl} addr2line {wl} llvm-symbolizer {ll}")
-    _compared["all"] = c
+        stats = lookup.stats  # type: ignore[attr-defined]  # every CU's lines from the path under test
+        assert stats["cus_decoded"] > 0 and stats["libdw_line_tables"] == (stats["cus_decoded"] if use_libdw else 0)
+    _compared[use_libdw] = c
     return c
 
 
@@ -225,18 +238,20 @@ def test_corpus_is_big_and_varied(corpus: list[Target]) -> None:
                                         "libc"}
 
 
-def test_function_names_agree_with_addr2line(corpus: list[Target]) -> None:
-    c = compare(corpus)
+@pytest.mark.parametrize("use_libdw", LINE_PATHS)
+def test_function_names_agree_with_addr2line(corpus: list[Target], use_libdw: bool) -> None:
+    c = compare(corpus, use_libdw)
     rate = c.name_ok / c.total
     assert rate >= NAME_TARGET, (f"names agree on {c.name_ok}/{c.total} = {rate:.4%} (< {NAME_TARGET:.1%}):\n"
                                  + "\n".join(c.name_diffs[:200]))
 
 
-def test_file_lines_agree_with_addr2line(corpus: list[Target]) -> None:
+@pytest.mark.parametrize("use_libdw", LINE_PATHS)
+def test_file_lines_agree_with_addr2line(corpus: list[Target], use_libdw: bool) -> None:
     """file:line of every frame equal to addr2line's on >= 99%, counting as agreement the addresses where
     addr2line and llvm-symbolizer disagree and we give llvm-symbolizer's answer (and never fewer than
     97% equal to addr2line's alone)."""
-    c = compare(corpus)
+    c = compare(corpus, use_libdw)
     rate = (c.line_ok + c.line_ok_llvm) / c.total
     raw = c.line_ok / c.total
     msg = (f"file:line equal to addr2line on {c.line_ok}/{c.total} = {raw:.3%}, plus {c.line_ok_llvm} where "
