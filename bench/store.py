@@ -6,8 +6,8 @@ levels from idle to busy (bench/synthetic.py). `--distinct` drains are generated
 through the day (each with its own time), so generation does not dominate the run.
 
 Ingest: every drain of the day is POSTed to /api/v1/ingest through Flask's test client (the server's
-handler: numeric-label scan, pprof decode, `SqliteStore.put` with its fsyncs; everything but the
-socket). The time spent inside `put` is measured on the same calls, so the store's share is known.
+handler: `pprof.decode_ids`, `SqliteStore.put_decoded` with its fsyncs; everything but the socket).
+The time spent inside `put_decoded` is measured on the same calls, so the store's share is known.
 Compaction runs every 10 simulated minutes (`Maintenance.run_once`, as the server's background
 thread does), timed apart, so 24 h queries read the 1 h and 10 min blocks the store keeps; queries
 run as if 30 s after the day's end, so its last 10 minutes are still raw profiles, as when live.
@@ -265,25 +265,25 @@ def ingest_day(args: argparse.Namespace, data: Path, pods: list) -> tuple[dict[s
     log(f"drains: {statistics.mean(len(b) for b in bodies) / 1024:.0f} KiB each as gzip pprof; "
         f"{statistics.mean(samples_per_body):.0f} samples each")
 
-    # -- ingest the day through the HTTP handler; time put() inside it ----------------------------
+    # -- ingest the day through the HTTP handler; time the store's put_decoded() inside it ----------
     if (data / "index.sqlite").exists():
         shutil.rmtree(data)  # a previous run's store
     elif data.exists() and any(data.iterdir()):
         sys.exit(f"{data} is not empty and holds no store: choose another --data")
     app = create_app({"DATA_DIR": str(data), "MAINTENANCE_SECONDS": 0})
     store = app.extensions["podflame.store"]
-    real_put = store.put
+    real_put = store.put_decoded
     put_s = 0.0
 
-    def timed_put(profiles: Any) -> Any:
+    def timed_put(decoded: Any) -> Any:
         nonlocal put_s
         t0 = time.perf_counter()
         try:
-            return real_put(profiles)
+            return real_put(decoded)
         finally:
             put_s += time.perf_counter() - t0
 
-    store.put = timed_put  # type: ignore[method-assign]
+    store.put_decoded = timed_put  # type: ignore[method-assign]
     maintenance = Maintenance(store, interval=0)
     client = app.test_client()
     ingest_s = compact_s = 0.0

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Mapping as AbcMapping
+from dataclasses import dataclass, field
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
@@ -20,12 +21,13 @@ from podflame.model import Frame, FrameKind, Line, Mapping, Profile
 KERNEL_MAPPING = "[kernel.kallsyms]"
 MAX_DECOMPRESSED_BYTES = 256 << 20
 
-_I64, _U64, _BOOL, _STR, _MSG = (
+_I64, _U64, _BOOL, _STR, _MSG, _BYTES = (
     descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
     descriptor_pb2.FieldDescriptorProto.TYPE_UINT64,
     descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
     descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
     descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+    descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
 )
 _REPEATED = object()
 
@@ -55,10 +57,10 @@ _SCHEMA: dict[str, list[tuple]] = {
 }
 
 
-def _build_messages() -> dict[str, type]:
+def _build_messages(schema: dict[str, list[tuple]] = _SCHEMA) -> dict[str, type]:
     fdp = descriptor_pb2.FileDescriptorProto(name="podflame/profile.proto", package="perftools.profiles",
                                              syntax="proto3")
-    for msg_name, fields in _SCHEMA.items():
+    for msg_name, fields in schema.items():
         msg = fdp.message_type.add(name=msg_name)
         for name, number, ftype, *rest in fields:
             f = msg.field.add(name=name, number=number)
@@ -70,11 +72,17 @@ def _build_messages() -> dict[str, type]:
                 f.type = ftype
     pool = descriptor_pool.DescriptorPool()
     fd = pool.Add(fdp)
-    return {name: message_factory.GetMessageClass(fd.message_types_by_name[name]) for name in _SCHEMA}
+    return {name: message_factory.GetMessageClass(fd.message_types_by_name[name]) for name in schema}
 
 
 _MESSAGES = _build_messages()
 PprofProfile = _MESSAGES["Profile"]
+_Label = _MESSAGES["Label"]
+# The same wire format read with each sample's labels left as bytes (a length-delimited message
+# field may be read as bytes): `tuple(sample.label)` is then one C call, a dict key for the label
+# set, and each distinct label is parsed once per request instead of once per sample.
+_IngestProfile = _build_messages({**_SCHEMA, "Sample": [
+    ("location_id", 1, _U64, _REPEATED), ("value", 2, _I64, _REPEATED), ("label", 3, _BYTES, _REPEATED)]})["Profile"]
 
 
 class PprofError(ValueError):
@@ -208,14 +216,73 @@ def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] |
     return gzip.compress(raw, compresslevel=6) if compress else raw
 
 
+@dataclass(slots=True)
+class DecodedProfile:
+    """One (sample type, label set) of a decoded pprof, its stacks still as the pprof's location ids."""
+
+    labels: dict[str, str]
+    sample_type: str
+    unit: str
+    samples: dict[tuple[int, ...], int] = field(default_factory=dict)  # location ids, leaf first -> value
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A validated pprof by id: mappings, functions and locations once each, profiles over location ids.
+
+    What a store interns directly (no Frame or stack tuples per profile, no value hashing of frames);
+    `profiles()` builds the public `Profile`s from it. Every reference has been checked.
+    """
+
+    start_ns: int
+    duration_ns: int
+    period_ns: int
+    mappings: dict[int, Mapping | None]  # None: the kernel
+    functions: dict[int, tuple[str, str | None]]  # id -> (name, file)
+    # location id -> (address, mapping id, kind, [(function id, line), ...] innermost first)
+    locations: dict[int, tuple[int, int, FrameKind, list[tuple[int, int]]]]
+    decoded: list[DecodedProfile]
+
+    def frame(self, location_id: int) -> Frame:
+        address, mapping_id, kind, lines = self.locations[location_id]
+        return Frame(address, self.mappings.get(mapping_id), kind,
+                     tuple(Line(*self.functions[fid], line or None) for fid, line in lines))
+
+    def profiles(self) -> list[Profile]:
+        frames: dict[int, Frame] = {}
+        stacks: dict[tuple[int, ...], tuple[Frame, ...]] = {}
+        out = []
+        for d in self.decoded:
+            prof = Profile(labels=dict(d.labels), start_ns=self.start_ns, duration_ns=self.duration_ns,
+                           period_ns=self.period_ns, sample_type=d.sample_type, unit=d.unit)
+            samples = prof.samples
+            for key, value in d.samples.items():
+                stack = stacks.get(key)
+                if stack is None:
+                    for i in key:
+                        if i not in frames:
+                            frames[i] = self.frame(i)
+                    stack = stacks[key] = tuple(frames[i] for i in reversed(key))
+                samples[stack] = samples.get(stack, 0) + value  # equal frames under other location ids merge
+            out.append(prof)
+        return out
+
+
 def decode(data: bytes, labels: AbcMapping[str, str] | None = None, *,
-           limit: int = MAX_DECOMPRESSED_BYTES) -> list[Profile]:
+           limit: int = MAX_DECOMPRESSED_BYTES, numeric_labels: bool = True) -> list[Profile]:
     """Decode a pprof (gzip or plain) into one Profile per (sample type, label set).
 
-    `labels` apply to every sample; a sample's own string labels (and numeric ones, as text)
-    are added to them. Invalid references raise PprofError rather than being dropped.
+    `labels` apply to every sample; a sample's own string labels (and numeric ones, as text, unless
+    `numeric_labels` is false) are added to them. Invalid references raise PprofError rather than
+    being dropped.
     """
-    msg = PprofProfile()
+    return decode_ids(data, labels, limit=limit, numeric_labels=numeric_labels).profiles()
+
+
+def decode_ids(data: bytes, labels: AbcMapping[str, str] | None = None, *,
+               limit: int = MAX_DECOMPRESSED_BYTES, numeric_labels: bool = True) -> Decoded:
+    """`decode` without building Profiles: what ingest stores (see `Decoded`)."""
+    msg = _IngestProfile()
     try:
         msg.ParseFromString(decompress(data, limit))
     except PprofError:
@@ -225,70 +292,91 @@ def decode(data: bytes, labels: AbcMapping[str, str] | None = None, *,
     st = list(msg.string_table)
     if st and st[0] != "":
         raise PprofError("string_table[0] must be the empty string")
+    n_strings = len(st)
 
     def string(i: int) -> str:
-        if not 0 <= i < len(st):
-            raise PprofError(f"string index {i} out of range (table has {len(st)})")
+        if not 0 <= i < n_strings:
+            raise PprofError(f"string index {i} out of range (table has {n_strings})")
         return st[i]
 
-    if not msg.sample_type and msg.sample and msg.sample[0].value:
+    samples = msg.sample
+    if not msg.sample_type and samples and samples[0].value:
         # Some producers omit sample_type; pprof itself names such values "unknown".
-        types = [("unknown", "count")] * len(msg.sample[0].value)
+        types = [("unknown", "count")] * len(samples[0].value)
     else:
         types = [(string(t.type) or "unknown", string(t.unit) or "count") for t in msg.sample_type]
     functions = {f.id: (string(f.name) or f"function#{f.id}", string(f.filename) or None) for f in msg.function}
     mappings: dict[int, Mapping | None] = {}
+    kernel_ids = set()
     for m in msg.mapping:
         path = string(m.filename)
-        mappings[m.id] = None if path == KERNEL_MAPPING else Mapping(
-            m.memory_start, m.memory_limit, m.file_offset, path, string(m.build_id) or None)
-    kernel_ids = {m.id for m in msg.mapping if string(m.filename) == KERNEL_MAPPING}
-    frames: dict[int, Frame] = {}
-    for loc in msg.location:
-        if loc.mapping_id and loc.mapping_id not in mappings:
-            raise PprofError(f"location {loc.id} references unknown mapping {loc.mapping_id}")
-        lines = []
-        for ln in loc.line:
-            if ln.function_id not in functions:
-                raise PprofError(f"location {loc.id} references unknown function {ln.function_id}")
-            name, file = functions[ln.function_id]
-            lines.append(Line(name, file, ln.line or None))
-        kind = FrameKind.KERNEL if loc.mapping_id in kernel_ids else FrameKind.NATIVE
-        frames[loc.id] = Frame(loc.address, mappings.get(loc.mapping_id), kind, tuple(lines))
+        if path == KERNEL_MAPPING:
+            mappings[m.id] = None
+            kernel_ids.add(m.id)
+        else:
+            mappings[m.id] = Mapping(m.memory_start, m.memory_limit, m.file_offset, path, string(m.build_id) or None)
+    locations: dict[int, tuple[int, int, FrameKind, list[tuple[int, int]]]] = {}
+    used_functions: set[int] = set()
+    kernel, native = FrameKind.KERNEL, FrameKind.NATIVE
+    for loc in msg.location:  # the hot loop of a request: few attribute reads per location
+        mid = loc.mapping_id
+        if mid and mid not in mappings:
+            raise PprofError(f"location {loc.id} references unknown mapping {mid}")
+        lines = [(ln.function_id, ln.line) for ln in loc.line]
+        used_functions.update(f for f, _ in lines)
+        locations[loc.id] = (loc.address, mid, kernel if mid in kernel_ids else native, lines)
+    if not used_functions <= functions.keys():
+        for lid, (*_, lines) in locations.items():
+            for f, _ in lines:
+                if f not in functions:
+                    raise PprofError(f"location {lid} references unknown function {f}")
 
     base = dict(labels or {})
-    period_ns = msg.period  # nanoseconds for CPU profiles; in period_type units otherwise
-    out: dict[tuple[int, tuple[tuple[str, str], ...]], Profile] = {}
-    stack_cache: dict[tuple[int, ...], tuple[Frame, ...]] = {}
-    for sample in msg.sample:
-        if len(sample.value) != len(types):
-            raise PprofError(f"sample has {len(sample.value)} values for {len(types)} sample types")
-        key_ids = tuple(sample.location_id)
-        stack = stack_cache.get(key_ids)
-        if stack is None:
-            try:
-                stack = tuple(frames[i] for i in reversed(key_ids))
-            except KeyError as e:
-                raise PprofError(f"sample references unknown location {e.args[0]}") from None
-            stack_cache[key_ids] = stack
-        sample_labels = dict(base)
-        for lab in sample.label:
-            key = string(lab.key)
-            if lab.str:
-                sample_labels[key] = string(lab.str)
-            elif key:
-                sample_labels[key] = str(lab.num)
-        lkey = tuple(sorted(sample_labels.items()))
-        for ti, value in enumerate(sample.value):
+    out: dict[tuple[int, tuple[tuple[str, str], ...]], DecodedProfile] = {}
+    label_sets: dict[tuple[bytes, ...], tuple[dict[str, str], tuple[tuple[str, str], ...]]] = {}
+    checked: set[tuple[int, ...]] = set()
+    n_types = len(types)
+    for sample in samples:
+        values = sample.value
+        if len(values) != n_types:
+            raise PprofError(f"sample has {len(values)} values for {n_types} sample types")
+        key = tuple(sample.location_id)
+        if key not in checked:
+            for i in key:
+                if i not in locations:
+                    raise PprofError(f"sample references unknown location {i}")
+            checked.add(key)
+        raw_labels = tuple(sample.label)
+        label_set = label_sets.get(raw_labels)
+        if label_set is None:
+            label_set = label_sets[raw_labels] = _label_set(base, raw_labels, string, numeric_labels)
+        for ti, value in enumerate(values):
             if not value:
                 continue
-            prof = out.get((ti, lkey))
+            prof = out.get((ti, label_set[1]))
             if prof is None:
-                prof = out[(ti, lkey)] = Profile(
-                    labels=sample_labels, start_ns=msg.time_nanos, duration_ns=msg.duration_nanos,
-                    period_ns=period_ns, sample_type=types[ti][0], unit=types[ti][1])
-            prof.add(stack, value)
-    return list(out.values())
+                prof = out[(ti, label_set[1])] = DecodedProfile(label_set[0], *types[ti])
+            prof.samples[key] = prof.samples.get(key, 0) + value
+    return Decoded(msg.time_nanos, msg.duration_nanos, msg.period, mappings, functions, locations,
+                   list(out.values()))
+
+
+def _label_set(base: dict[str, str], raw: tuple[bytes, ...], string: Callable[[int], str],
+               numeric: bool) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
+    """A sample's labels (given as serialized Label messages) over `base`, and their sorted items."""
+    labels = dict(base)
+    for b in raw:
+        try:
+            lab = _Label.FromString(b)
+        except Exception as e:
+            raise PprofError(f"not a pprof profile: bad label: {e}") from None
+        if lab.str:
+            labels[string(lab.key)] = string(lab.str)
+        elif numeric:
+            key = string(lab.key)
+            if key:
+                labels[key] = str(lab.num)
+    return labels, tuple(sorted(labels.items()))
 
 
 def default_sample_type(data: bytes) -> str | None:

@@ -244,3 +244,46 @@ def test_read_of_many_profiles_across_blobs_matches_each_frame_decoded_alone(sto
             s, v = decode_columns(os.pread(f.fileno(), h.len, h.off))
         mine = cols.profile == i
         assert cols.stack[mine].tolist() == s.tolist() and cols.value[mine].tolist() == v.tolist()
+
+
+def _dump(store: SqliteStore) -> dict[str, list]:
+    """Every dictionary and profile row, and each profile's decoded columns: the store's whole content."""
+    db = store._db
+    out: dict[str, list] = {t: db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+                            for t in ("strings", "mappings", "frames", "stacks", "series")}
+    rows = db.execute("SELECT series, start_ns, duration_ns, period_ns, total, n_samples, level, blob, off, len "
+                      "FROM profiles ORDER BY id").fetchall()
+    out["profiles"] = [r[:7] for r in rows]
+    out["columns"] = []
+    for *_, blob, off, length in rows:
+        with open(store._blob_path(blob), "rb") as f:
+            f.seek(off)
+            s, v = decode_columns(f.read(length))
+        out["columns"].append((s.tolist(), v.tolist()))
+    return out
+
+
+def test_ingest_fast_path_stores_exactly_what_decoded_profiles_store(tmp_path: Path, corpus: Path) -> None:
+    """`put_decoded` (ingest: pprof ids straight to store ids) == `put(decoded.profiles())`, row for row and
+    id for id, over real pprof files from other producers and agent-shaped drains, into a store that
+    already holds some of their frames (cache hits and misses both)."""
+    from bench.synthetic import drain, make_node
+    from podflame import pprof
+
+    pods = make_node(pods=12, services=3, stacks_per_pod=40)
+    bodies = [pprof.encode(drain(pods, T0 + i * 10 * S, seed=i)) for i in range(3)]
+    bodies += [f.read_bytes() for f in sorted((corpus / "pprof").rglob("*.pb.gz"))]
+    assert len(bodies) > 10
+    slow, fast = SqliteStore(tmp_path / "slow"), SqliteStore(tmp_path / "fast")
+    try:
+        for i, body in enumerate(bodies):
+            for numeric in (True, False):
+                d = pprof.decode_ids(body, {"node": "n1"}, numeric_labels=numeric)
+                d.start_ns = d.start_ns or T0 + i
+                a, b = slow.put(d.profiles()), fast.put_decoded(d)
+                assert a == b
+        assert _dump(slow) == _dump(fast)
+        assert fast.stats()["frames"] > 100
+    finally:
+        slow.close()
+        fast.close()

@@ -151,44 +151,23 @@ def ingest() -> Response:
     if not body:
         raise ApiError(400, "empty body: POST a pprof profile (gzip or plain)", "invalid")
     try:
-        if not current_app.config.get("KEEP_NUMERIC_LABELS"):
-            body = _without_numeric_labels(body, current_app.config["MAX_INFLATED_BYTES"])
-        profiles = pprof.decode(body, labels, limit=current_app.config["MAX_INFLATED_BYTES"])
+        # Numeric pprof labels (heap `bytes`, `object count`...) as series labels would make one series
+        # per distinct number: dropped unless asked for. Totals are unchanged; string labels stay.
+        decoded = pprof.decode_ids(body, labels, limit=current_app.config["MAX_INFLATED_BYTES"],
+                                   numeric_labels=bool(current_app.config.get("KEEP_NUMERIC_LABELS")))
     except pprof.PprofTooLarge as e:
         raise ApiError(413, str(e), "too_large") from None
     except pprof.PprofError as e:
         raise ApiError(400, f"invalid pprof: {e}", "invalid") from None
-    for p in profiles:
-        if override is not None:
-            p.start_ns = override
-        elif p.start_ns <= 0:
-            p.start_ns = received
-    result = store().put(profiles)
+    if override is not None:
+        decoded.start_ns = override
+    elif decoded.start_ns <= 0:
+        decoded.start_ns = received
+    result = store().put_decoded(decoded)
     INGESTED_PROFILES.inc(result.profiles)
     INGESTED_SAMPLES.inc(result.samples)
     INGESTED_BYTES.inc(len(body))
     return jsonify(profiles=result.profiles, samples=result.samples)
-
-
-def _without_numeric_labels(body: bytes, limit: int) -> bytes:
-    """Drop numeric pprof labels (heap `bytes`, `object count`...): as series labels they would make
-    one series per distinct number. Totals are unchanged; string labels stay. Bytes without any
-    numeric label pass through untouched (the agent's case), so this costs one parse, no re-encode.
-    """
-    raw = pprof.decompress(body, limit)
-    msg = pprof.PprofProfile()
-    try:
-        msg.ParseFromString(raw)
-    except Exception:  # invalid bytes: let decode() report them with its own message
-        return body
-    changed = False
-    for sample in msg.sample:
-        if any(not lab.str for lab in sample.label):
-            keep = [lab for lab in sample.label if lab.str]
-            del sample.label[:]
-            sample.label.extend(keep)
-            changed = True
-    return msg.SerializeToString() if changed else raw
 
 
 # -- metadata --------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,7 @@ import zstandard
 
 from podflame.model import Frame, FrameKind, Line, Profile, Stack, Unresolved
 from podflame.model import Mapping as ProcMapping
+from podflame.pprof import Decoded
 from web.compaction import DEFAULT_LEVELS, bucket_of, plan
 from web.selector import MATCH_ALL, Op, Selector
 
@@ -126,6 +127,13 @@ class Store(ABC):
     @abstractmethod
     def put(self, profiles: Sequence[Profile]) -> PutResult:
         """Store profiles atomically: all are durable when this returns, none if it raises."""
+
+    def put_decoded(self, decoded: Decoded) -> PutResult:
+        """`put` of a decoded pprof (ingest's path): a backend may intern its ids without building Profiles.
+
+        The stored data must be exactly what `put(decoded.profiles())` stores. This default does that.
+        """
+        return self.put(decoded.profiles())
 
     @abstractmethod
     def select(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
@@ -322,6 +330,10 @@ _BATCH_PAUSE_S = 0.001  # between batches, so a waiting writer gets the lock (lo
 UNLINK_GRACE_NS = 30 * 1_000_000_000  # a query that picked a block before its deletion can still read it
 COMPACTION_DELAY_NS = 60 * 1_000_000_000  # a bucket is compacted this long after it ends (late drains)
 _U64 = 1 << 64
+_I64_LIMIT = 1 << 63
+_LINE = struct.Struct("<3q")  # one frames.lines entry: function, file (string ids), line
+_KIND_TEXT = {k: str(k) for k in FrameKind}
+_RequestMemo = tuple[dict[int, tuple[int, int]], dict[int, int]]
 
 
 def _to_i64(v: int) -> int:
@@ -331,6 +343,10 @@ def _to_i64(v: int) -> int:
 
 def _from_i64(v: int) -> int:
     return v + _U64 if v < 0 else v
+
+
+# What `_put` stores per profile: series id, start, duration, period, stack ids, their values.
+_Row = tuple[int, int, int, int, list[int], Iterable[int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +450,7 @@ class SqliteStore(Store):
         self._mapping_ids: dict[ProcMapping, int] = {}
         self._mappings: dict[int, ProcMapping] = {}
         self._frame_ids: dict[Frame, int] = {}
+        self._frame_keys: dict[tuple, int] = {}  # frames table key (address, mapping, kind, reason, lines) -> id
         self._frames: dict[int, Frame] = {}
         self._stack_ids: dict[bytes, int] = {}
         self._stacks: dict[int, Stack] = {}
@@ -528,6 +545,32 @@ class SqliteStore(Store):
             self._frame_ids[f] = fid
         return fid
 
+    def _intern_location(self, d: Decoded, location_id: int, memo: _RequestMemo) -> int:
+        """`_intern_frame(d.frame(location_id))` keyed by the row's own values, without a Frame.
+
+        Same interning order (line strings, mapping, frame), so ids come out as on the Profile path.
+        `memo` keeps this request's pprof function ids -> (name, file) string ids, mapping ids -> ids.
+        """
+        address, mapping_id, kind, lines = d.locations[location_id]
+        functions, mappings = memo
+        parts: list[int] = []
+        for fid, line in lines:
+            ids = functions.get(fid)
+            if ids is None:
+                name, file = d.functions[fid]
+                ids = functions[fid] = (self._intern_string(name), self._intern_string(file))
+            parts += (*ids, line)
+        lines_key = _LINE.pack(*parts) if len(parts) == 3 else struct.pack(f"<{len(parts)}q", *parts)
+        mid = mappings.get(mapping_id)
+        if mid is None:
+            mid = mappings[mapping_id] = self._intern_mapping(d.mappings.get(mapping_id))
+        key = (address - _U64 if address >= _I64_LIMIT else address, mid, _KIND_TEXT[kind], "", lines_key)
+        frame_id = self._frame_keys.get(key)
+        if frame_id is None:
+            frame_id = self._frame_keys[key] = self._row_id(
+                "frames", ("address", "mapping", "kind", "reason", "lines"), key)
+        return frame_id
+
     def _intern_stack(self, frame_ids: list[int]) -> int:
         key = struct.pack(f"<{len(frame_ids)}I", *frame_ids)  # = _STACK_DTYPE bytes
         sid = self._stack_ids.get(key)
@@ -536,21 +579,78 @@ class SqliteStore(Store):
             self._stack_ids[key] = sid
         return sid
 
-    def _intern_series(self, p: Profile) -> Series:
-        labels = sorted((k, v) for k, v in p.labels.items() if v != "")
-        key = json.dumps(labels, separators=(",", ":"), ensure_ascii=False)
-        sid = self._series_ids.get((key, p.sample_type, p.unit))
+    def _intern_series(self, labels: Mapping[str, str], sample_type: str, unit: str) -> int:
+        items = sorted((k, v) for k, v in labels.items() if v != "")
+        key = json.dumps(items, separators=(",", ":"), ensure_ascii=False)
+        sid = self._series_ids.get((key, sample_type, unit))
         if sid is None:
             sid = self._db.execute("INSERT INTO series (sample_type, unit, labels) VALUES (?,?,?)",
-                                   (p.sample_type, p.unit, key)).lastrowid
-            self._add_series(Series(sid, dict(labels), p.sample_type, p.unit), key)
-        return self._series[sid]
+                                   (sample_type, unit, key)).lastrowid
+            self._add_series(Series(sid, dict(items), sample_type, unit), key)
+        return sid
 
     # -- writes --------------------------------------------------------------------------------
 
     def put(self, profiles: Sequence[Profile]) -> PutResult:
         profiles = [p for p in profiles if p.samples]
-        if not profiles:
+
+        def rows() -> Iterator[_Row]:
+            # Memo by object identity: decoded profiles share Frame and stack tuple objects,
+            # so each distinct one is hashed once per put, not once per sample.
+            frame_memo: dict[int, int] = {}
+            stack_memo: dict[int, int] = {}
+            for p in profiles:
+                series = self._intern_series(p.labels, p.sample_type, p.unit)
+                sids: list[int] = []
+                for stack in p.samples:
+                    sid = stack_memo.get(id(stack))
+                    if sid is None:
+                        fids = list(map(frame_memo.get, map(id, stack)))
+                        if None in fids:
+                            for j, f in enumerate(stack):
+                                if fids[j] is None:
+                                    fids[j] = frame_memo[id(f)] = self._intern_frame(f)
+                        sid = stack_memo[id(stack)] = self._intern_stack(fids)
+                    sids.append(sid)
+                yield series, p.start_ns, p.duration_ns, p.period_ns, sids, p.samples.values()
+
+        return self._put(rows(), len(profiles))
+
+    def put_decoded(self, decoded: Decoded) -> PutResult:
+        """Stacks of pprof location ids straight to store ids: no Frame or stack tuple is built or hashed;
+        a location is interned by its frames-table key (once per request), a location tuple once."""
+        d = decoded
+        profiles = [p for p in d.decoded if p.samples]
+
+        def rows() -> Iterator[_Row]:
+            frame_of: dict[int, int] = {}  # pprof location id -> frame id
+            memo: _RequestMemo = ({}, {})
+            stack_memo: dict[tuple[int, ...], int] = {}
+            for p in profiles:
+                series = self._intern_series(p.labels, p.sample_type, p.unit)
+                sids: list[int] = []
+                for key in p.samples:
+                    sid = stack_memo.get(key)
+                    if sid is None:
+                        try:  # pprof stacks are leaf first, ours root first
+                            fids = [frame_of[lid] for lid in reversed(key)]
+                        except KeyError:  # a location met for the first time: intern in stack order
+                            fids = []
+                            for lid in reversed(key):
+                                fid = frame_of.get(lid)
+                                if fid is None:
+                                    fid = frame_of[lid] = self._intern_location(d, lid, memo)
+                                fids.append(fid)
+                        sid = stack_memo[key] = self._intern_stack(fids)
+                    sids.append(sid)
+                yield series, d.start_ns, d.duration_ns, d.period_ns, sids, p.samples.values()
+
+        return self._put(rows(), len(profiles))
+
+    def _put(self, rows: Iterator[_Row], count: int) -> PutResult:
+        """One transaction and one blob file for `rows`, whose ids are interned as they are iterated
+        (inside the transaction: a failure forgets them all)."""
+        if not count:
             return PutResult(0, 0, 0)
         with self._lock:
             self._check_open()
@@ -558,42 +658,25 @@ class SqliteStore(Store):
             series_before = set(self._series)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                # Memo by object identity: decoded profiles share Frame and stack tuple objects,
-                # so each distinct one is hashed once per put, not once per sample.
-                frame_memo: dict[int, int] = {}
-                stack_memo: dict[int, int] = {}
                 frames_out: list[bytes] = []
-                rows: list[tuple] = []
+                out: list[tuple] = []
                 n_samples = 0
-                for p in profiles:
-                    series = self._intern_series(p)
-                    sids: list[int] = []
-                    for stack in p.samples:
-                        sid = stack_memo.get(id(stack))
-                        if sid is None:
-                            fids = list(map(frame_memo.get, map(id, stack)))
-                            if None in fids:
-                                for j, f in enumerate(stack):
-                                    if fids[j] is None:
-                                        fids[j] = frame_memo[id(f)] = self._intern_frame(f)
-                            sid = stack_memo[id(stack)] = self._intern_stack(fids)
-                        sids.append(sid)
+                for series_id, start, duration, period, sids, vals in rows:
                     stack_ids = np.array(sids, dtype=np.int64)
-                    values = np.fromiter(p.samples.values(), dtype=np.int64, count=len(sids))
-                    if len(set(sids)) != len(sids):  # equal stacks held as distinct objects
+                    values = np.fromiter(vals, dtype=np.int64, count=len(sids))
+                    if len(set(sids)) != len(sids):  # equal stacks held as distinct objects or location ids
                         uniq, inv = np.unique(stack_ids, return_inverse=True)
                         stack_ids, values = uniq, _sum_by(inv, values, uniq.size)
                     frames_out.append(encode_columns(stack_ids, values, self.zstd_level, self._zstd))
-                    rows.append((series.id, p.start_ns, p.duration_ns, p.period_ns, int(values.sum()),
-                                 int(stack_ids.size)))
+                    out.append((series_id, start, duration, period, int(values.sum()), int(stack_ids.size)))
                     n_samples += int(stack_ids.size)
-                blob_id, path, offsets = self._write_blob(frames_out, max(r[1] for r in rows))
+                blob_id, path, offsets = self._write_blob(frames_out, max(r[1] for r in out))
                 self._db.executemany(
                     "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples, blob, off, len)"
                     " VALUES (?,?,?,?,?,?,?,?,?)",
-                    [(*row, blob_id, offsets[i], len(frame)) for i, (row, frame) in enumerate(zip(rows, frames_out,
+                    [(*row, blob_id, offsets[i], len(frame)) for i, (row, frame) in enumerate(zip(out, frames_out,
                                                                                                   strict=True))])
-                dirtied = self._mark_dirty({r[1] for r in rows})
+                dirtied = self._mark_dirty({r[1] for r in out})
                 self._db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -610,7 +693,7 @@ class SqliteStore(Store):
                 self._dirty.add((level, bucket))
             if dirtied:
                 self._refresh_done()
-            return PutResult(len(profiles), n_samples, offsets[-1])
+            return PutResult(count, n_samples, offsets[-1])
 
     def _mark_dirty(self, starts: set[int]) -> list[tuple[int, int]]:
         """Buckets compaction already passed that these start times fall in: they need (re)compaction."""
