@@ -74,6 +74,7 @@ class LibdwFile:
             self._fd = -1
             raise OSError(f"libdw cannot read the DWARF of {path}")
         self.rows = 0  # rows of the line tables decoded so far
+        self._counted: set[int] = set()  # CUs in `rows` (a CU asked for again is libdw's cached table)
 
     def close(self) -> None:
         if self._dbg:
@@ -99,7 +100,9 @@ class LibdwFile:
         table, n = ctypes.c_void_p(), ctypes.c_size_t()
         if lib.dwarf_getsrclines(ctypes.byref(die), ctypes.byref(table), ctypes.byref(n)) != 0:
             return None  # decodes the whole program now: later lookups cannot fail
-        self.rows += n.value
+        if cu_die_offset not in self._counted:
+            self._counted.add(cu_die_offset)
+            self.rows += n.value
         return LibdwLines(self, die, first, files, n.value)
 
 
