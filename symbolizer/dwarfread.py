@@ -86,12 +86,13 @@ class Sections:
 class Abbrev:
     __slots__ = ("children", "pc", "specs", "tag")
 
-    def __init__(self, tag: int, children: bool, specs: tuple[tuple[int, int, int], ...]) -> None:
+    def __init__(self, tag: int, children: bool, specs: tuple[tuple[int, int, int], ...],
+                 pc: bool | None = None) -> None:
         self.tag = tag
         self.children = children
         self.specs = specs  # (attribute, form, implicit const)
         # can describe code: declarations and abstract instances of inlined functions cannot
-        self.pc = any(at in (AT_low_pc, AT_ranges) for at, _, _ in specs)
+        self.pc = any(at in (AT_low_pc, AT_ranges) for at, _, _ in specs) if pc is None else pc
 
 
 # how a planned attribute is read (see Reader.plans)
@@ -213,14 +214,25 @@ class Reader:
         t = {}
         pos = offset
         n = len(data)
+        # one pass per table of every CU a lookup reaches (libpython: ~150 abbreviations a CU), so
+        # one-byte codes, tags and pairs are read inline and `pc` is found on the way
         while pos < n:
-            code, pos = uleb(data, pos)
+            code = data[pos]
+            if code < 0x80:
+                pos += 1
+            else:
+                code, pos = uleb(data, pos)
             if code == 0:
                 break
-            tag, pos = uleb(data, pos)
+            tag = data[pos]
+            if tag < 0x80:
+                pos += 1
+            else:
+                tag, pos = uleb(data, pos)
             children = data[pos] == 1
             pos += 1
             specs = []
+            pc = False
             while True:  # (attribute, form) pairs: one byte each but for vendor attributes
                 at = data[pos]
                 form = data[pos + 1]
@@ -231,12 +243,14 @@ class Reader:
                     form, pos = uleb(data, pos)
                 if at == 0 and form == 0:
                     break
+                if at in (AT_low_pc, AT_ranges):
+                    pc = True
                 if form == 0x21:
                     implicit, pos = sleb(data, pos)
                     specs.append((at, form, implicit))
                 else:
                     specs.append((at, form, 0))
-            t[code] = Abbrev(tag, children, tuple(specs))
+            t[code] = Abbrev(tag, children, tuple(specs), pc)
         self._abbrevs[offset] = t
         return t
 
