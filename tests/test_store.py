@@ -193,6 +193,7 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "index.sqlite")
     db.executescript("""
         DROP INDEX profiles_by_series_level_time; DROP INDEX profiles_by_level_time; DROP INDEX blobs_by_age;
+        DROP INDEX blocks_by_series_level_time;
         ALTER TABLE profiles DROP COLUMN level; ALTER TABLE blobs DROP COLUMN max_start_ns;
         ALTER TABLE blobs DROP COLUMN deleted_ns; ALTER TABLE blobs DROP COLUMN live; DROP TABLE compactions;
         CREATE INDEX profiles_by_series_time ON profiles (series, start_ns);
@@ -287,3 +288,33 @@ def test_ingest_fast_path_stores_exactly_what_decoded_profiles_store(tmp_path: P
     finally:
         slow.close()
         fast.close()
+
+
+def test_a_version_3_store_gets_the_covering_index_of_blocks(tmp_path: Path) -> None:
+    """Schema 3 -> 4: the blocks' covering index is built from the rows already there, and a query
+    answers the same blocks and values from it (no read of the profiles table for block rows)."""
+    s = SqliteStore(tmp_path)
+    for i in range(12):  # two hours of one pod, a profile every 10 min
+        s.put([profile({"pod": "p1"}, start=T0 - T0 % (3600 * S) + i * 600 * S, a=i + 1, b=1)])
+    assert s.compact(now_ns=T0 + 3 * 3600 * S) > 0
+    def blocks() -> list[tuple[int, ...]]:
+        return [(r.start_ns, r.duration_ns, r.total, r.handle.level) for r in s.select(parse_selector("{}"), 0, 2 * T0)]
+
+    before = blocks()
+    assert {level for *_, level in before} == {2}  # two hourly blocks answer the range
+    s.close()
+    db = sqlite3.connect(tmp_path / "index.sqlite")
+    db.executescript("DROP INDEX blocks_by_series_level_time; UPDATE meta SET value='3' WHERE key='schema_version';")
+    db.commit()
+    db.close()
+    s = SqliteStore(tmp_path)
+    try:
+        assert s._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+        assert SCHEMA_VERSION == 4
+        plan = s._db.execute("EXPLAIN QUERY PLAN SELECT series, start_ns, duration_ns, period_ns, total, blob, off, "
+                             "len, id FROM profiles WHERE level > 0 AND series IN (1) AND level=2 AND start_ns>=0")
+        assert "COVERING INDEX blocks_by_series_level_time" in str(plan.fetchall())
+        assert blocks() == before
+        assert merged(s) == {(MAIN, INLINED): sum(range(1, 13)), (MAIN, KERNEL): 12}
+    finally:
+        s.close()

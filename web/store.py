@@ -49,7 +49,7 @@ from podflame.pprof import Decoded
 from web.compaction import DEFAULT_LEVELS, bucket_of, plan
 from web.selector import MATCH_ALL, Op, Selector
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BLOBS_PER_DIR = 4096
 _FRAME_MAGIC = b"PFS1"
 _HEADER = struct.Struct("<4sBBI")  # magic, stack dtype code, value dtype code, rows
@@ -320,9 +320,15 @@ DROP INDEX IF EXISTS profiles_by_time;
 CREATE INDEX IF NOT EXISTS profiles_by_series_level_time ON profiles (series, level, start_ns);
 CREATE INDEX IF NOT EXISTS profiles_by_level_time ON profiles (level, start_ns);
 CREATE INDEX IF NOT EXISTS blobs_by_age ON blobs (max_start_ns);
+CREATE INDEX IF NOT EXISTS blocks_by_series_level_time ON profiles
+  (series, level, start_ns, duration_ns, period_ns, total, blob, off, len) WHERE level > 0;
 """
 
-# More matched series than this and a time-range scan beats one index probe per series.
+# Blocks are found by this covering index of block rows only: their rows lie among a day's raw rows in
+# the table, so reading them through the table cost a random page read each on a cold cache. SQLite
+# uses a partial index only for a query that repeats its WHERE term (`level > 0`) literally.
+_BLOCK_ROWS = "profiles INDEXED BY blocks_by_series_level_time WHERE level > 0 AND"
+# More matched raw series than this and a time-range scan beats one index probe per series.
 _MAX_SERIES_PROBES = 256
 _DONE, _DIRTY = 1, 2  # compactions.state
 DELETE_BATCH = 2000  # rows per retention transaction: what a concurrent put may wait for
@@ -402,6 +408,9 @@ class SqliteStore(Store):
 
         Version 2 -> 3: the `timelines` table (created by the schema script); blocks written before
         have none, and time series fall back to blocks that fit their steps.
+
+        Version 3 -> 4: the covering index of blocks, `blocks_by_series_level_time` (created with the
+        other indexes, from the rows already there).
         """
         with self._db:
             if version >= 2:
@@ -773,16 +782,21 @@ class SqliteStore(Store):
             cols = "series, start_ns, duration_ns, period_ns, total, blob, off, len, id, level"
             rows: list[tuple] = []
             pieces = self._plan(t0, t1, align_ns, max_level)
-            if len(ids) <= _MAX_SERIES_PROBES:
-                for chunk in _chunks(sorted(ids), 200):
-                    marks = ",".join("?" * len(chunk))
+            raw = [p for p in pieces if not p[0]]
+            blocks = [p for p in pieces if p[0]]
+            for chunk in _chunks(sorted(ids), 200) if blocks or len(ids) <= _MAX_SERIES_PROBES else ():
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT {cols} FROM {_BLOCK_ROWS} series IN ({marks}) AND level=? AND start_ns>=? AND start_ns<?"
+                for piece in blocks:  # any number of series: few rows per series, all in the index
+                    rows += self._db.execute(sql, (*chunk, *piece)).fetchall()
+                if len(ids) <= _MAX_SERIES_PROBES:
                     sql = (f"SELECT {cols} FROM profiles WHERE series IN ({marks}) "
                            "AND level=? AND start_ns>=? AND start_ns<?")
-                    for piece in pieces:
+                    for piece in raw:
                         rows += self._db.execute(sql, (*chunk, *piece)).fetchall()
-            else:
+            if len(ids) > _MAX_SERIES_PROBES:
                 sql = f"SELECT {cols} FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?"
-                for piece in pieces:
+                for piece in raw:
                     rows += [r for r in self._db.execute(sql, piece) if r[0] in ids]
             series = self._series
         rows.sort(key=lambda r: (r[1], r[0]))
