@@ -211,20 +211,29 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     s.close()
 
 
-def test_stack_frames_give_stable_frame_ids_and_their_frames(store: SqliteStore) -> None:
-    """`stack_frames` (what the query name cache uses) agrees with `stacks`, here and in the interface's default."""
+def test_stack_frames_give_stable_frame_ids_and_their_lines(store: SqliteStore) -> None:
+    """`stack_frames` and `frame_lines` (what the query name cache uses) agree with `stacks`, here and in the
+    interface's defaults: names outermost first with their file and line, a stripped frame by its fallback name."""
     from web.store import Store
 
     store.put([profile({"pod": "a"}, a=3, b=2, c=1, root=4)])
     ids = sorted(store.read(store.select(parse_selector("{}"), 0, 2 * T0, "samples")).stack.tolist())
     stacks = store.stacks(ids)
-    for stack_frames in (store.stack_frames, lambda i: Store.stack_frames(store, i)):
-        frame_ids, frames = stack_frames(ids)
-        assert set(frame_ids) == set(ids)
-        for sid in ids:
-            assert tuple(frames[f] for f in frame_ids[sid].tolist()) == stacks[sid]
-        again, _ = stack_frames(ids[:1])  # ids do not change between calls
-        assert again[ids[0]].tolist() == frame_ids[ids[0]].tolist()
+    for stack_frames, frame_lines in ((store.stack_frames, store.frame_lines),
+                                      (lambda i: Store.stack_frames(store, i), lambda f: Store.frame_lines(store, f))):
+        lengths, flat = stack_frames(ids)
+        assert lengths.tolist() == [len(stacks[i]) for i in ids] and flat.size == lengths.sum()
+        lines = frame_lines(set(flat.tolist()))
+        offsets = np.cumsum(lengths) - lengths
+        for sid, off, n in zip(ids, offsets.tolist(), lengths.tolist(), strict=True):
+            shown = [ln for f in flat[off:off + n].tolist() for ln in lines[f]]
+            assert shown == [(ln.function, ln.file, ln.line) if ln else (name, None, None) for f in stacks[sid]
+                             for ln, name in zip(reversed(f.lines or (None,)), f.names(), strict=True)]
+        assert {ln for ls in lines.values() for ln in ls} == {
+            ("main", "shop.c", 10), ("checkout", "shop.c", 42), ("hash_step", "hash.h", 7), ("ksys_read", None, None),
+            ("shop+0x2300", None, None)}  # STRIPPED: module+file offset
+        _, again = stack_frames(ids[:1])  # ids do not change between calls
+        assert again.tolist() == flat[:lengths[0]].tolist()
 
 
 def test_read_of_many_profiles_across_blobs_matches_each_frame_decoded_alone(store: SqliteStore) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from podflame.model import Frame, Profile
+from podflame.model import Profile
 from web import diff as diffmod
 from web.export import folded_diff_from_stacks, folded_from_stacks
 from web.flamegraph import NameStacks, diff_tree_from_stacks, flamegraph_from_stacks
@@ -85,25 +85,26 @@ class NameCache:
         self._flat_locs = np.empty(0, np.int64)
         self._lock = threading.Lock()
 
-    def _frame(self, f: Frame) -> tuple[list[int], list[int]]:
-        where = [(f"{ln.file}:{ln.line}" if ln.line else ln.file) if ln.file else "" for ln in reversed(f.lines)]
-        return ([_intern(self._index, self.names, n) for n in f.names()],
-                [_intern(self._loc_index, self.locations, w) for w in where] or [0])
+    def _frame(self, lines: Sequence[tuple[str, str | None, int | None]]) -> tuple[list[int], list[int]]:
+        where = [(f"{file}:{line}" if line else file) if file else "" for _, file, line in lines]
+        return ([_intern(self._index, self.names, n) for n, _, _ in lines],
+                [_intern(self._loc_index, self.locations, w) for w in where])
 
-    def _translate(self, store: Store, missing: list[int]) -> None:
+    def _translate(self, store: Store, sids: list[int]) -> None:
         """Name and location arrays for these stack ids (caller holds the lock)."""
-        stack_frames, frames = store.stack_frames(missing)
-        for fid, f in frames.items():
-            if fid not in self._frame_names:
-                self._frame_names[fid] = self._frame(f)
-        sids = list(stack_frames)
         if not sids:
             return
-        arrays = [stack_frames[i] for i in sids]
-        n_frames = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
-        flat = np.concatenate(arrays)
+        n_frames, flat = store.stack_frames(sids)
+        # Distinct frames and each position's index among them, by a table over the ids (no sort).
+        rank = np.zeros(int(flat.max()) + 1 if flat.size else 0, dtype=np.int64)
+        rank[flat] = 1
+        uniq = np.flatnonzero(rank)
+        rank[uniq] = np.arange(uniq.size)
+        inv = rank[flat]
+        new = [f for f in uniq.tolist() if f not in self._frame_names]
+        for fid, lines in store.frame_lines(new).items():
+            self._frame_names[fid] = self._frame(lines)
         # A table of the frames involved: each frame's names (and locations) back to back.
-        uniq, inv = np.unique(flat, return_inverse=True)
         per = [self._frame_names[f] for f in uniq.tolist()]
         per_len = np.fromiter((len(p[0]) for p in per), dtype=np.int64, count=len(per))
         table_names = np.fromiter((n for p in per for n in p[0]), dtype=np.int64, count=int(per_len.sum()))

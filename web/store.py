@@ -167,24 +167,30 @@ class Store(ABC):
     def stacks(self, ids: Iterable[int]) -> dict[int, Stack]:
         """Stack ids (from `read`) -> root-first frames."""
 
-    def stack_frames(self, ids: Iterable[int]) -> tuple[dict[int, np.ndarray], dict[int, Frame]]:
-        """Stack ids -> frame ids (root first, int64 arrays), and those frames by id.
+    def stack_frames(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Stacks as frame ids: (frames per stack, the frame ids root first, stacks back to back), in `ids` order.
 
         Frame ids are stable for the store's life, so callers can cache work per frame (names,
         locations) instead of hashing Frame objects per stack. This default numbers the frames of
         `stacks()` itself; a backend with its own frame table returns its ids.
         """
         numbering: dict[Frame, int] = self.__dict__.setdefault("_default_frame_numbers", {})
-        out: dict[int, np.ndarray] = {}
-        frames: dict[int, Frame] = {}
-        for sid, stack in self.stacks(ids).items():
-            fids = []
-            for f in stack:
+        by_id: dict[int, Frame] = self.__dict__.setdefault("_default_frames", {})
+        stacks = self.stacks(ids)
+        flat: list[int] = []
+        for sid in ids:
+            for f in stacks[sid]:
                 fid = numbering.setdefault(f, len(numbering))
-                frames[fid] = f
-                fids.append(fid)
-            out[sid] = np.array(fids, dtype=np.int64)
-        return out, frames
+                by_id[fid] = f
+                flat.append(fid)
+        lengths = np.fromiter((len(stacks[i]) for i in ids), dtype=np.int64, count=len(ids))
+        return lengths, np.array(flat, dtype=np.int64)
+
+    def frame_lines(self, frame_ids: Iterable[int]) -> dict[int, tuple[tuple[str, str | None, int | None], ...]]:
+        """Frame id (from `stack_frames`) -> (function, file, line) outermost first, what a stack shows of it:
+        `Frame.names()` with each name's source position; an unsymbolized frame is its fallback name alone."""
+        frames: dict[int, Frame] = self.__dict__.get("_default_frames", {})
+        return {i: _frame_lines(frames[i]) for i in frame_ids}
 
     @abstractmethod
     def label_names(self, t0: int, t1: int, selector: Selector | None = None) -> list[str]: ...
@@ -851,15 +857,50 @@ class SqliteStore(Store):
                 self._stacks[i] = tuple(self._frames[f] for f in fs)
             return {i: self._stacks[i] for i in want}
 
-    def stack_frames(self, ids: Iterable[int]) -> tuple[dict[int, np.ndarray], dict[int, Frame]]:
-        """Frame ids straight from the stacks table (no Frame tuples built); frames are cached per store."""
+    def stack_frames(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Straight from the stacks table's rows (no Frame tuples built): their bytes joined are the frame ids."""
+        want = [int(i) for i in ids]
         with self._lock:
             self._check_open()
-            rows = self._fetch("SELECT id, frames FROM stacks WHERE id IN ({})", [int(i) for i in ids])
-            out = {i: np.frombuffer(blob, _STACK_DTYPE).astype(np.int64) for i, blob in rows}
-            fids = set(np.unique(np.concatenate(list(out.values()))).tolist()) if out else set()
-            self._load_frames(fids)
-            return out, {f: self._frames[f] for f in fids}
+            rows = dict(self._rows_by_id("stacks", "frames", want))
+        blobs = [rows[i] for i in want]
+        lengths = np.fromiter((len(b) for b in blobs), dtype=np.int64, count=len(blobs)) // _STACK_DTYPE.itemsize
+        return lengths, np.frombuffer(b"".join(blobs), _STACK_DTYPE).astype(np.int64)
+
+    def frame_lines(self, frame_ids: Iterable[int]) -> dict[int, tuple[tuple[str, str | None, int | None], ...]]:
+        """From the frames table's rows and the strings they name; a Frame is built only to name an
+        unsymbolized frame (its fallback name needs the mapping)."""
+        want = [int(i) for i in frame_ids]
+        with self._lock:
+            self._check_open()
+            rows = self._rows_by_id("frames", "lines", want)
+            triples = {fid: struct.unpack(f"<{len(blob) // 8}q", blob) for fid, blob in rows}
+            self._load_strings({s for v in triples.values() for s in (*v[0::3], *v[1::3]) if s})
+            strings = self._strings
+            out: dict[int, tuple[tuple[str, str | None, int | None], ...]] = {}
+            bare = []
+            for fid, v in triples.items():
+                if v:  # (function, file, line) triples innermost first, as Frame.lines
+                    out[fid] = tuple((strings.get(v[j], ""), strings.get(v[j + 1]) if v[j + 1] else None,
+                                      v[j + 2] or None) for j in range(len(v) - 3, -1, -3))
+                else:
+                    bare.append(fid)
+            if bare:
+                self._load_frames(set(bare))
+                out.update((fid, _frame_lines(self._frames[fid])) for fid in bare)
+        return out
+
+    def _rows_by_id(self, table: str, columns: str, ids: Sequence[int]) -> list[tuple]:
+        """(id, columns...) of these rows (caller holds the lock). Many ids close together: one range scan,
+        pages read in order, rather than a B-tree probe per id (cold, each probe may be a disk read)."""
+        if not ids:
+            return []
+        lo, hi = min(ids), max(ids)
+        if len(ids) >= 256 and hi - lo < 4 * len(ids):
+            wanted = set(ids)
+            return [r for r in self._db.execute(f"SELECT id, {columns} FROM {table} WHERE id BETWEEN ? AND ?",
+                                                (lo, hi)) if r[0] in wanted]
+        return self._fetch(f"SELECT id, {columns} FROM {table} WHERE id IN ({{}})", ids)
 
     def _timelines(self, rows: Sequence[int]) -> dict[int, tuple[int, bytes]]:
         """Block row id -> (origin, encoded timeline), for the blocks that have one."""
@@ -932,7 +973,7 @@ class SqliteStore(Store):
 
     def _load_strings(self, ids: set[int]) -> None:
         missing = [i for i in ids if i not in self._strings]
-        for sid, s in self._fetch("SELECT id, s FROM strings WHERE id IN ({})", missing):
+        for sid, s in self._rows_by_id("strings", "s", missing):
             self._strings[sid] = s
 
     # -- pre-aggregation -------------------------------------------------------------------------
@@ -1217,6 +1258,12 @@ def _block_timeline(group: Sequence[StoredProfile], sub: dict[int, tuple[int, by
             totals.append(t)
             periods.append(p)
     return encode_timeline(np.concatenate(starts), np.concatenate(totals), np.concatenate(periods), origin)
+
+
+def _frame_lines(f: Frame) -> tuple[tuple[str, str | None, int | None], ...]:
+    if not f.lines:
+        return ((f.fallback_name(), None, None),)
+    return tuple((ln.function, ln.file, ln.line) for ln in reversed(f.lines))
 
 
 def group_sum(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
