@@ -241,7 +241,7 @@ def cpu() -> Response:
 @timed("flamegraph")
 def flamegraph() -> Response:
     max_nodes = _int_arg("max_nodes", None, 2, 10_000_000)
-    return jsonify(queries.flamegraph(store(), parse_query(), max_nodes))
+    return _tree_json(queries.flamegraph(store(), parse_query(), max_nodes))
 
 
 @api.get("/diff")
@@ -253,7 +253,19 @@ def diff() -> Response:
     max_nodes = _int_arg("max_nodes", None, 2, 10_000_000)
     limit = _int_arg("limit", 50, 1, 1_000_000)
     assert limit is not None
-    return jsonify(queries.diff(store(), comp, base, max_nodes, limit))
+    return _tree_json(queries.diff(store(), comp, base, max_nodes, limit))
+
+
+def _tree_json(payload: dict[str, Any]) -> Response:
+    """`jsonify(payload)`, but its `levels` (lists of ints: a million for a node's day) written by list repr,
+    which is JSON for ints and about twice as fast as the JSON encoder's per-item path."""
+    levels = payload.get("levels")
+    if levels is None:
+        return jsonify(payload)
+    head = current_app.json.dumps({k: v for k, v in payload.items() if k != "levels"}, separators=(",", ":"))
+    body = "".join((head[:-1], "," if len(head) > 2 else "", '"levels":[',
+                    ",".join(repr(level) for level in levels).replace(" ", ""), "]}"))
+    return current_app.response_class(body, mimetype=current_app.json.mimetype)
 
 
 @api.get("/speedscope")
