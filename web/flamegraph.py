@@ -68,12 +68,7 @@ def profile_name_stacks(profile: Profile) -> NameStacks:
 def sum_by(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     """Exact int64 sums of `values` rows per group id in [0, n) (bincount would go through float64)."""
     out = np.zeros((n, *values.shape[1:]), dtype=np.int64)
-    if groups.size == 0:
-        return out
-    order = np.argsort(groups, kind="stable")
-    g = groups[order]
-    starts = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
-    out[g[starts]] = np.add.reduceat(values[order], starts, axis=0)
+    np.add.at(out, groups, values)  # unbuffered, exact; numpy >= 2 does it without a sort, ~50x faster
     return out
 
 

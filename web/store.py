@@ -1270,6 +1270,15 @@ def group_sum(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndar
     """Distinct keys (sorted) and the exact int64 sum of values for each."""
     if keys.size == 0:
         return keys, values
+    lo, hi = int(keys.min()), int(keys.max())
+    if hi - lo <= 4 * keys.size + 4096:  # dense keys (stack ids): sums in a table over their range, no sort
+        idx = keys - lo
+        present = np.zeros(hi - lo + 1, dtype=bool)
+        present[idx] = True
+        sums = np.zeros(hi - lo + 1, dtype=np.int64)
+        np.add.at(sums, idx, values)
+        at = np.flatnonzero(present)
+        return at + lo, sums[at]
     order = np.argsort(keys, kind="stable")
     k, v = keys[order], values[order]
     starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
