@@ -102,9 +102,9 @@ def test_row_budget_closes_libdw_and_answers_stay_the_same() -> None:
     if lp is None:
         pytest.skip("pyenv's libpython3.11.so.1.0 not found")
     addrs = spread(functions(lp), 400, random.Random(11))
-    fast, slow = both_ways(str(lp), addrs + addrs[::-1], max_weight=60_000)
+    fast, slow = both_ways(str(lp), addrs + addrs[::-1], max_weight=240_000)
     assert fast.stats["libdw_resets"] >= 3
-    assert fast._libdw is not None and fast._libdw.rows <= 60_000 + max(
+    assert fast._libdw is not None and fast._libdw.rows <= 240_000 // 4 + max(
         idx.lines.size for idx, _ in fast._cus._data.values() if isinstance(idx.lines, libdw.LibdwLines))
     fast.release()  # the agent's release: sections and libdw go, lookups decode again
     assert fast._libdw is None and [fast.lookup(a) for a in addrs[:50]] == [slow.lookup(a) for a in addrs[:50]]
