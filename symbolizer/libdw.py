@@ -67,6 +67,7 @@ class LibdwFile:
 
     def __init__(self, lib: Any, path: str) -> None:
         self._lib = lib
+        self._dbg, self._fd = None, -1  # for close() if the open below fails
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._dbg = lib.dwarf_begin(self._fd, _DWARF_C_READ)
         if not self._dbg:
