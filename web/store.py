@@ -255,14 +255,13 @@ def decode_columns(frame: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _frame_columns(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """A decompressed sample frame -> (stack-id deltas, values), both int64."""
+    """A decompressed sample frame -> (stack-id deltas, values), as views in their stored integer types."""
     magic, sc, vc, n = _HEADER.unpack_from(raw)
     if magic != _FRAME_MAGIC or sc >= len(_DTYPES) or vc >= len(_DTYPES):
         raise ValueError("corrupt sample frame")
     sdt, vdt = _DTYPES[sc], _DTYPES[vc]
     off = _HEADER.size
-    return (np.frombuffer(raw, sdt, n, off).astype(np.int64),
-            np.frombuffer(raw, vdt, n, off + n * sdt.itemsize).astype(np.int64))
+    return np.frombuffer(raw, sdt, n, off), np.frombuffer(raw, vdt, n, off + n * sdt.itemsize)
 
 
 def encode_timeline(start: np.ndarray, total: np.ndarray, period: np.ndarray, origin: int) -> bytes:
@@ -836,14 +835,16 @@ class SqliteStore(Store):
             empty = np.empty(0, dtype=np.int64)
             return Columns(empty, empty, empty)
         n = np.array(sizes, dtype=np.int64)
-        stack = np.cumsum(np.concatenate(deltas))  # int64: each frame's deltas were widened
+        # Widened to int64 in the one copy (a u8 delta past 2**63 was never written: ids are far smaller).
+        stack = np.cumsum(np.concatenate(deltas, dtype=np.int64, casting="unsafe"))
         # Each frame's deltas start again from 0: subtract the running sum just before it.
         starts = np.cumsum(n) - n
         before = np.zeros(n.size, dtype=np.int64)
         later = starts > 0
         before[later] = stack[starts[later] - 1]
         stack -= np.repeat(before, n)
-        return Columns(np.repeat(np.array(order, dtype=np.int64), n), stack, np.concatenate(values))
+        return Columns(np.repeat(np.array(order, dtype=np.int64), n), stack,
+                       np.concatenate(values, dtype=np.int64, casting="unsafe"))
 
     def stacks(self, ids: Iterable[int]) -> dict[int, Stack]:
         with self._lock:
