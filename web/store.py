@@ -39,6 +39,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import zstandard
@@ -360,8 +361,9 @@ def _from_i64(v: int) -> int:
 _Row = tuple[int, int, int, int, list[int], Iterable[int]]
 
 
-@dataclass(frozen=True, slots=True)
-class _Handle:
+class _Handle(NamedTuple):
+    """Where a stored profile's samples are. A tuple: select() makes one per row (8,800 for a node's day)."""
+
     blob: int
     off: int
     len: int
@@ -805,7 +807,7 @@ class SqliteStore(Store):
                     rows += [r for r in self._db.execute(sql, piece) if r[0] in ids]
             series = self._series
         rows.sort(key=lambda r: (r[1], r[0]))
-        return [StoredProfile(series[r[0]], r[1], r[2], r[3], r[4], _Handle(*r[5:10])) for r in rows]
+        return [StoredProfile(series[r[0]], r[1], r[2], r[3], r[4], _Handle._make(r[5:10])) for r in rows]
 
     def read(self, profiles: Sequence[StoredProfile]) -> Columns:
         """One read per blob file (the span its chosen frames cover), one decompressor, and the stack-id
