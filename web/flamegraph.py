@@ -68,49 +68,91 @@ def profile_name_stacks(profile: Profile) -> NameStacks:
 def sum_by(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     """Exact int64 sums of `values` rows per group id in [0, n) (bincount would go through float64)."""
     out = np.zeros((n, *values.shape[1:]), dtype=np.int64)
-    np.add.at(out, groups, values)  # unbuffered, exact; numpy >= 2 does it without a sort, ~50x faster
+    if values.ndim == 1:
+        np.add.at(out, groups, values)  # unbuffered, exact, no sort (numpy's fast path is for 1-d)
+    else:
+        for c in range(values.shape[1]):
+            np.add.at(out[:, c], groups, values[:, c])
     return out
 
 
 @dataclass(slots=True)
 class _Nodes:
-    """All nodes of a tree as parallel arrays; node 0 is the root."""
+    """All nodes of a tree as parallel arrays; node 0 is the root.
+
+    `start` is set when the nodes are already in layout order (by depth, then parent's place, then
+    name), as `_build` makes them: then laying out is a slice per depth, not a sort.
+    """
 
     depth: np.ndarray
     parent: np.ndarray
     name: np.ndarray  # index into NameStacks.names (-1: the root, -2: [other])
     total: np.ndarray  # (nodes, columns)
     self: np.ndarray
+    start: np.ndarray | None = None
+
+
+def _name_ranks(names: Sequence[str], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each name id's place in the sorted order of the names among `ids` (siblings are laid out by name),
+    and the name id at each place."""
+    rank = np.zeros(len(names), dtype=np.int64)
+    used = np.zeros(len(names), dtype=bool)
+    used[ids] = True
+    present = np.flatnonzero(used).tolist()
+    present.sort(key=lambda i: (names[i], i))
+    rank[present] = np.arange(len(present))
+    return rank, np.array(present, dtype=np.int64)
 
 
 def _build(ns: NameStacks) -> _Nodes:
+    """The tree, built and laid out together: at each depth one sort of the stacks still that deep by
+    (parent node, name rank) groups them into nodes *in layout order*, so node ids are layout places and
+    the next depth sorts by them. Each node's start is its parent's plus its earlier siblings' widths."""
     n, cols = ns.values.shape
+    rank, name_of_rank = _name_ranks(ns.names, ns.flat)
+    root_total = ns.values.sum(axis=0, keepdims=True) if n else np.zeros((1, cols), np.int64)
     depth, parent, name = [np.zeros(1, np.int64)], [np.full(1, -1, np.int64)], [np.full(1, -1, np.int64)]
-    total = [ns.values.sum(axis=0, keepdims=True) if n else np.zeros((1, cols), np.int64)]
+    total = [root_total]
     self_ = [ns.values[ns.lengths == 0].sum(axis=0, keepdims=True) if n else np.zeros((1, cols), np.int64)]
+    start = [np.zeros(1, np.int64)]
+    node_start = start[0]
+    base = 0  # id of the previous depth's first node
     current = np.zeros(n, dtype=np.int64)  # each stack's node at the previous depth
+    alive = np.flatnonzero(ns.lengths > 0)
     next_id = 1
     d = 0
-    while True:
-        active = np.flatnonzero(ns.lengths > d)
-        if active.size == 0:
-            break
-        key = (current[active] << _SHIFT) | ns.flat[ns.offsets[active] + d]
-        uniq, inv = np.unique(key, return_inverse=True)
-        inv = inv.reshape(-1)
-        m = uniq.size
-        vals = ns.values[active]
+    while alive.size:
+        key = (current[alive] << _SHIFT) | rank[ns.flat[ns.offsets[alive] + d]]
+        order = np.argsort(key)
+        key, members = key[order], alive[order]
+        first = np.concatenate(([True], key[1:] != key[:-1]))
+        local = np.cumsum(first) - 1  # each member's node, counted from this depth's first
+        m = int(local[-1]) + 1
+        vals = ns.values[members]
+        node_key = key[first]
+        par = node_key >> _SHIFT
+        tot = np.add.reduceat(vals, np.flatnonzero(first), axis=0)  # members are grouped by node
+        ends = ns.lengths[members] == d + 1
         depth.append(np.full(m, d + 1, np.int64))
-        parent.append(uniq >> _SHIFT)
-        name.append(uniq & _MASK)
-        total.append(sum_by(inv, vals, m))
-        ends = ns.lengths[active] == d + 1
-        self_.append(sum_by(inv[ends], vals[ends], m))
-        current[active] = next_id + inv
+        parent.append(par)
+        name.append(name_of_rank[node_key & _MASK])
+        total.append(tot)
+        self_.append(sum_by(local[ends], vals[ends], m))
+        # Siblings are consecutive (same parent): start = parent's start + widths of those before.
+        width = tot.sum(axis=1)
+        cs = np.cumsum(width)
+        group_first = np.concatenate(([True], par[1:] != par[:-1]))
+        group_start = np.maximum.accumulate(np.where(group_first, np.arange(m), 0))
+        before = cs - width - np.where(group_start > 0, cs[np.maximum(group_start - 1, 0)], 0)
+        node_start = node_start[par - base] + before
+        start.append(node_start)
+        base = next_id
+        current[members] = next_id + local
         next_id += m
         d += 1
+        alive = members[~ends]
     return _Nodes(np.concatenate(depth), np.concatenate(parent), np.concatenate(name),
-                  np.concatenate(total), np.concatenate(self_))
+                  np.concatenate(total), np.concatenate(self_), np.concatenate(start))
 
 
 def _budget(nodes: _Nodes, max_nodes: int) -> tuple[_Nodes, int]:
@@ -168,6 +210,8 @@ def _budget(nodes: _Nodes, max_nodes: int) -> tuple[_Nodes, int]:
 
 def _layout(nodes: _Nodes, names: Sequence[str]) -> tuple[list[str], list[np.ndarray], np.ndarray]:
     """Output names (first appearance, root first), per-level node indices in layout order, and starts."""
+    if nodes.start is not None:
+        return _layout_ordered(nodes, names)
     count = nodes.depth.size
     present = np.zeros(len(names), dtype=bool)
     present[nodes.name[nodes.name >= 0]] = True
@@ -222,6 +266,32 @@ def _layout(nodes: _Nodes, names: Sequence[str]) -> tuple[list[str], list[np.nda
         out_of_key[j] = i
     node_out[seq] = out_of_key[inv.reshape(-1)]
     return out_names, levels, np.stack((start, node_out), axis=1)
+
+
+def _layout_ordered(nodes: _Nodes, names: Sequence[str]) -> tuple[list[str], list[np.ndarray], np.ndarray]:
+    """`_layout` of nodes already in layout order (`_build`'s): levels are slices, names need no sort of nodes."""
+    assert nodes.start is not None
+    count = nodes.depth.size
+    bounds = np.searchsorted(nodes.depth, np.arange(int(nodes.depth[-1]) + 2))
+    levels = [np.arange(bounds[d], bounds[d + 1]) for d in range(bounds.size - 1)]
+    # Output names in order of first appearance, level by level: the node order itself.
+    named = np.flatnonzero(nodes.name >= 0)
+    first = np.full(len(names), count, dtype=np.int64)
+    np.minimum.at(first, nodes.name[named], named)
+    used = np.flatnonzero(first < count)
+    out_names: list[str] = [ROOT]
+    out_index: dict[str, int] = {ROOT: 0}
+    out_of_name = np.zeros(len(names), dtype=np.int64)
+    for i in used[np.argsort(first[used])].tolist():
+        s = names[i]
+        j = out_index.get(s)
+        if j is None:
+            j = out_index[s] = len(out_names)
+            out_names.append(s)
+        out_of_name[i] = j
+    node_out = np.zeros(count, dtype=np.int64)
+    node_out[named] = out_of_name[nodes.name[named]]
+    return out_names, levels, np.stack((nodes.start, node_out), axis=1)
 
 
 def _payload(ns: NameStacks, max_nodes: int | None, diff: bool) -> dict[str, Any]:
