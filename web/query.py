@@ -76,19 +76,32 @@ class NameCache:
         self._index: dict[str, int] = {}
         self.locations: list[str] = [""]
         self._loc_index: dict[str, int] = {"": 0}
-        self._frame_names: dict[int, tuple[list[int], list[int]]] = {}  # store frame id -> (names, locations)
+        # (name id, location id) pairs: what `hottest_locations` sums over (a few per name, so dense ids).
+        self._pairs: dict[tuple[int, int], int] = {}
+        self._pair_name: list[int] = []
+        self._pair_loc: list[int] = []
+        self._frame_names: dict[int, tuple[list[int], list[int]]] = {}  # store frame id -> (names, pairs)
         # Translated stacks back to back: stack id -> slot; a slot's names are flat_names[off:off + len].
         self._slot: dict[int, int] = {}
         self._off = np.empty(0, np.int64)
         self._len = np.empty(0, np.int64)
         self._flat_names = np.empty(0, np.int64)
-        self._flat_locs = np.empty(0, np.int64)
+        self._flat_locs = np.empty(0, np.int64)  # (name, location) pair ids, beside _flat_names
         self._lock = threading.Lock()
 
     def _frame(self, lines: Sequence[tuple[str, str | None, int | None]]) -> tuple[list[int], list[int]]:
         where = [(f"{file}:{line}" if line else file) if file else "" for _, file, line in lines]
-        return ([_intern(self._index, self.names, n) for n, _, _ in lines],
-                [_intern(self._loc_index, self.locations, w) for w in where])
+        names = [_intern(self._index, self.names, n) for n, _, _ in lines]
+        pairs = []
+        for n, w in zip(names, where, strict=True):
+            key = (n, _intern(self._loc_index, self.locations, w))
+            pair = self._pairs.get(key)
+            if pair is None:
+                pair = self._pairs[key] = len(self._pair_name)
+                self._pair_name.append(key[0])
+                self._pair_loc.append(key[1])
+            pairs.append(pair)
+        return names, pairs
 
     def _translate(self, store: Store, sids: list[int]) -> None:
         """Name and location arrays for these stack ids (caller holds the lock)."""
@@ -151,14 +164,19 @@ class NameCache:
         if not stack_ids.size:
             return {}
         with self._lock:
-            where, _ = self._gather(stack_ids.tolist(), self._flat_locs)
+            pairs, _ = self._gather(stack_ids.tolist(), self._flat_locs)
             locations = list(self.locations)
+            pair_name = np.array(self._pair_name, dtype=np.int64)
+            pair_loc = np.array(self._pair_loc, dtype=np.int64)
         weight = np.repeat(ns.values[:, -1], ns.lengths)
-        keys, sums = group_sum((ns.flat << np.int64(32)) | where, weight)
-        known = (keys & np.int64(0xFFFFFFFF)) != 0  # id 0: no file known
-        keys, sums = keys[known], sums[known]
-        order = np.lexsort((sums, keys >> np.int64(32)))  # by name, then value: the last of each name wins
-        return {ns.names[int(k >> 32)]: locations[int(k & 0xFFFFFFFF)] for k in keys[order].tolist()}
+        present = np.zeros(pair_name.size, dtype=bool)
+        present[pairs] = True
+        sums = np.zeros(pair_name.size, dtype=np.int64)
+        np.add.at(sums, pairs, weight)  # per (name, location): a table over pair ids, no sort of occurrences
+        keys = np.flatnonzero(present & (pair_loc != 0))  # location 0: no file known
+        names, where, sums = pair_name[keys], pair_loc[keys], sums[keys]
+        order = np.lexsort((where, sums, names))  # by name, then value (then location): the last of each name wins
+        return {ns.names[n]: locations[w] for n, w in zip(names[order].tolist(), where[order].tolist(), strict=True)}
 
 
 def _intern(index: dict[str, int], table: list[str], s: str) -> int:
