@@ -68,7 +68,7 @@ class NameCache:
 
     Stack and frame ids are stable for a store's life, so each frame is named once and each
     distinct stack translated once, by array gathers over the store's frame ids
-    (`Store.stack_frames`), without hashing Frame objects per stack.
+    (`Store.stack_frames`, named by `Store.frame_lines`), without building Frame objects.
     """
 
     def __init__(self) -> None:

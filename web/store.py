@@ -5,7 +5,11 @@ Layout of the default, designed so that merging many profiles is array arithmeti
 - `index.sqlite` (WAL): dictionary tables `strings`, `mappings`, `frames`, `stacks` intern
   every string, mapping, frame and whole stack once for the whole store; `series` holds one
   row per (sorted label set, sample type, unit); `profiles` one row per stored profile
-  (series, start, duration, period, total, and where its samples are).
+  (series, start, duration, period, total, and where its samples are). Block rows (below) also
+  have a covering partial index of their own, so a range of blocks reads a few index pages, not
+  one table page per block among the raw rows (schema 4).
+- Ingest (`put_decoded`) interns a decoded pprof's locations and stacks by their row values
+  directly, without building Profile or Frame objects; `put` takes Profiles, same rows and ids.
 - `blobs/NNNNNN/<blob id>.pfz`: one file per `put()`, a run of zstd frames, one per profile,
   each holding two integer columns (stack id, value) sorted by stack id.
 - Pre-aggregated blocks (web/compaction.py): as data ages, each series' profiles are summed into
@@ -19,7 +23,8 @@ Layout of the default, designed so that merging many profiles is array arithmeti
   query that already chose a block can still read it.
 
 A query reads only the frames of the matching profiles, concatenates their columns and
-sums values per stack id with numpy; stacks are resolved to frames once per distinct id.
+sums values per stack id with numpy; stacks are named from the stacks and frames rows as
+columns (`stack_frames`, `frame_lines`), no Frame objects built.
 Durability: the blob file is fsynced before the SQLite commit (synchronous=FULL by default),
 so an acknowledged put survives a crash and an unacknowledged one leaves at most an
 unreferenced file, removed at the next open.
