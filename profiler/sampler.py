@@ -1,4 +1,4 @@
-"""The eBPF CPU sampler: the only module in podflame that imports bcc.
+"""The eBPF CPU sampler: with profiler/bpfprog.py, the only code in podflame that imports bcc.
 
 `bpf/sampler.bpf.c` runs on every `cpu-clock` tick on every CPU and counts samples in the kernel,
 keyed by (cgroup id, tgid, tid, user stack, kernel stack, comm). `Sampler.drain()` hands the counts
@@ -20,13 +20,14 @@ programs run inside an RCU read-side section (hard-irq context, preemption off).
 and one such update, no program touches the inactive set: each sample lands in exactly one drain,
 and clearing cannot race with a write.
 
-bcc is imported lazily so that `RawSample`, `Drain` and `SamplerError` can be imported on machines
+BCC only compiles the program, and only when profiler/bpfprog.py has no compiled image of it cached;
+the maps, perf events and ring buffer are driven with bpf() and perf_event_open() directly. bcc is
+imported lazily so that `RawSample`, `Drain` and `SamplerError` can be imported on machines
 without BPF (the server and its tests).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes as ct
 import errno
 import logging
@@ -40,6 +41,16 @@ from types import TracebackType
 from typing import Any
 
 from bpf import SOURCE_DIR
+from profiler.bpfprog import (
+    PERF_COUNT_SW_CPU_CLOCK,
+    PERF_TYPE_SOFTWARE,
+    BpfMap,
+    ImageCache,
+    LoadedProgram,
+    ProgramImage,
+    image_from_bcc,
+    online_cpus,
+)
 from profiler.heap import release_freed_memory
 
 BPF_SOURCE = SOURCE_DIR / "sampler.bpf.c"
@@ -59,6 +70,23 @@ TGID_FILTER_MIN = 1024
 CGROUP_FILTER_SIZE = 4096
 SEEN_TGIDS_SIZE = 16384  # recently seen processes (LRU)
 NEW_TGIDS_PAGES = 16  # ring buffer of new-process events: 64 KiB, 16k events between polls
+PROGRAM = "on_sample"
+INNER_MAPS = {"grace_period": "control"}  # BPF_ARRAY_OF_MAPS(grace_period, "control", 1)
+MAX_STACK_DEPTH = 127
+
+
+class SampleKey(ct.Structure):
+    """struct sample_key of bpf/sampler.bpf.c (checked against the map's key size at start)."""
+
+    _fields_ = [("cgroup_id", ct.c_uint64), ("user_stack", ct.c_uint64), ("kernel_stack", ct.c_uint64),
+                ("tgid", ct.c_uint32), ("pid", ct.c_uint32), ("user_error", ct.c_int32),
+                ("kernel_error", ct.c_int32), ("comm", ct.c_char * 16)]
+
+
+class StackTrace(ct.Structure):
+    """struct stack_trace: addresses leaf first, zero-filled."""
+
+    _fields_ = [("ip", ct.c_uint64 * MAX_STACK_DEPTH)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +161,8 @@ class Sampler:
 
     def __init__(self, frequency: int = 19, *, pids: Iterable[int] | None = None,
                  cgroup_ids: Iterable[int] | None = None, include_idle: bool = False,
-                 stack_map_size: int = 16384, counts_map_size: int = 40960) -> None:
+                 stack_map_size: int = 16384, counts_map_size: int = 40960,
+                 image_cache: ImageCache | None = None) -> None:
         if frequency < 1:
             raise ValueError(f"frequency must be >= 1 Hz, got {frequency}")
         if (limit := _max_sample_rate()) is not None and frequency > limit:
@@ -141,9 +170,11 @@ class Sampler:
         if stack_map_size < 1 or counts_map_size < 1:
             raise ValueError("map sizes must be >= 1")
         self.frequency = frequency
-        self.compile_seconds = 0.0
+        self.compile_seconds = 0.0  # BCC's compile; 0 when the program came from the image cache
+        self.compiled = False
+        self.start_seconds = 0.0
         self._lock = threading.Lock()
-        self._bpf: Any = None
+        self._prog: LoadedProgram | None = None
         pid_set = _normalize_ids(pids, "pids", 1 << 20)
         cgroup_set = _normalize_ids(cgroup_ids, "cgroup ids", CGROUP_FILTER_SIZE)
         self._cgroups: set[int] = set()
@@ -153,16 +184,6 @@ class Sampler:
         if os.geteuid() != 0:
             raise SamplerError("the sampler must run as root: it loads eBPF programs and opens perf events "
                                "on every CPU (CAP_BPF + CAP_PERFMON)")
-        if problem := _kernel_headers_problem():
-            raise SamplerError(problem)
-        try:
-            import bcc
-            from bcc.libbcc import lib
-        except ImportError as e:
-            raise SamplerError(f"BCC is not importable ({e}): install Debian's python3-bpfcc and run "
-                               "scripts/setup.sh, which exposes it to the venv") from e
-        self._lib = lib
-
         cflags = [
             f"-DSTACK_MAP_SIZE={stack_map_size}",
             f"-DCOUNTS_MAP_SIZE={counts_map_size}",
@@ -173,21 +194,20 @@ class Sampler:
             f"-DNEW_TGIDS_PAGES={NEW_TGIDS_PAGES}",
         ]
         started = time.perf_counter()
+        self._prog = self._load(cflags, ImageCache.from_env() if image_cache is None else image_cache)
         try:
-            self._bpf = bcc.BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
-        except Exception as e:
-            raise SamplerError(f"BCC could not compile/load {BPF_SOURCE} ({e}); the compiler's messages are "
-                               "above. Missing or mismatched kernel headers: run scripts/setup.sh") from e
-        release_freed_memory()  # the compiler's heap, freed but still resident
-        try:
-            b = self._bpf
-            self._control = b[b"control"]
-            self._grace_period = b[b"grace_period"]
-            self._errors = b[b"errors"]
-            self._tgid_filter = b[b"tgid_filter"]
-            self._cgroup_filter = b[b"cgroup_filter"]
-            self._counts = (b[b"counts0"], b[b"counts1"])
-            self._stacks = (b[b"stacks0"], b[b"stacks1"])
+            maps = self._prog.maps
+            self._control = maps["control"]
+            self._grace_period = maps["grace_period"]
+            self._errors = maps["errors"]
+            self._tgid_filter = maps["tgid_filter"]
+            self._cgroup_filter = maps["cgroup_filter"]
+            self._counts = (maps["counts0"], maps["counts1"])
+            self._stacks = (maps["stacks0"], maps["stacks1"])
+            for m in self._counts:
+                _expect_layout(m, SampleKey, ct.c_uint64)
+            for m in self._stacks:
+                _expect_layout(m, ct.c_uint64, StackTrace)
             self._active = 0
             self._set_control(CTL_ACTIVE_SET, 0)
             # Filters go in before the perf events are attached: nothing unwanted is ever sampled.
@@ -195,18 +215,62 @@ class Sampler:
             self._replace_filter(self._cgroup_filter, set(), cgroup_set, CTL_CGROUP_FILTER)
             self._cgroups = cgroup_set
             # Batch-read buffers, allocated once and reused by every drain.
-            self._count_reader = _BatchReader(lib, self._counts[0], COUNTS_CHUNK)
-            self._stack_reader = _BatchReader(lib, self._stacks[0], STACKS_CHUNK)
+            self._count_reader = _BatchReader(SampleKey, ct.c_uint64, self._counts[0].max_entries, COUNTS_CHUNK)
+            self._stack_reader = _BatchReader(ct.c_uint64, StackTrace, self._stacks[0].max_entries, STACKS_CHUNK)
             self._window_start = time.time_ns()
-            b.attach_perf_event(ev_type=bcc.PerfType.SOFTWARE, ev_config=bcc.PerfSWConfig.CPU_CLOCK,
-                                fn_name=b"on_sample", sample_freq=frequency, cpu=-1)
+            self._prog.attach_perf_event(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK, frequency, online_cpus())
         except Exception as e:
             self.close()
             if isinstance(e, ValueError | SamplerError):
                 raise
             raise SamplerError(f"could not start the BPF sampler ({e}): BPF or perf events are unavailable "
                                "(check CONFIG_BPF_SYSCALL, kernel.perf_event_paranoid, CAP_BPF/CAP_PERFMON)") from e
-        self.compile_seconds = time.perf_counter() - started
+        self.start_seconds = time.perf_counter() - started
+
+    def _load(self, cflags: list[str], cache: ImageCache) -> LoadedProgram:
+        """The program from the compiled-image cache, else compiled by BCC (and cached)."""
+        source = BPF_SOURCE.read_bytes()
+        key = cache.key(source, cflags, PROGRAM)
+        image = cache.get(key)
+        if image is not None:
+            try:
+                prog = LoadedProgram(image)
+                self.compiled = False
+                return prog
+            except OSError as e:  # e.g. a kernel that verifies differently: compile afresh
+                log.warning("the cached BPF program did not load (%s): compiling it again", e)
+        image = self._compile(cflags)
+        try:
+            prog = LoadedProgram(image)
+        except OSError as e:
+            raise SamplerError(f"could not load the BPF sampler ({e}): BPF is unavailable (check "
+                               "CONFIG_BPF_SYSCALL and CAP_BPF/CAP_PERFMON)") from e
+        cache.put(key, image)
+        self.compiled = True
+        return prog
+
+    def _compile(self, cflags: list[str]) -> ProgramImage:
+        if problem := _kernel_headers_problem():
+            raise SamplerError(problem)
+        try:
+            import bcc
+        except ImportError as e:
+            raise SamplerError(f"BCC is not importable ({e}): install Debian's python3-bpfcc and run "
+                               "scripts/setup.sh, which exposes it to the venv") from e
+        started = time.perf_counter()
+        try:
+            module = bcc.BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
+        except Exception as e:
+            raise SamplerError(f"BCC could not compile/load {BPF_SOURCE} ({e}); the compiler's messages are "
+                               "above. Missing or mismatched kernel headers: run scripts/setup.sh") from e
+        try:
+            return image_from_bcc(module, PROGRAM, INNER_MAPS)
+        except (OSError, ValueError) as e:
+            raise SamplerError(f"could not read the compiled BPF program out of BCC: {e}") from e
+        finally:
+            module.cleanup()  # its maps: the image's are created afresh by LoadedProgram
+            self.compile_seconds = time.perf_counter() - started
+            release_freed_memory()  # the compiler's heap, freed but still resident
 
     @property
     def period_ns(self) -> int:
@@ -248,17 +312,18 @@ class Sampler:
             if self._watcher is not None:
                 raise RuntimeError("watch_new_processes() was already called")
             batch: list[int] = []
+            assert self._prog is not None
+            ring = self._prog.ring_buffer("new_tgids")
 
-            def on_event(_ctx: Any, data: Any, _size: int) -> int:
-                batch.append(ct.cast(data, ct.POINTER(ct.c_uint32)).contents.value)
-                return 0
-
-            self._bpf[b"new_tgids"].open_ring_buffer(on_event)
-            bpf = self._bpf
+            def on_event(data: bytes) -> None:
+                batch.append(int.from_bytes(data[:4], "little"))
 
             def poll() -> None:
                 while self._watching:
-                    bpf.ring_buffer_poll(500)  # returns at once when data arrives
+                    try:
+                        ring.poll(0.5, on_event)  # returns at once when data arrives
+                    except (OSError, ValueError):  # closed under us: the sampler is closing
+                        return
                     if batch:
                         tgids = list(dict.fromkeys(batch))
                         batch.clear()
@@ -277,12 +342,12 @@ class Sampler:
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join(timeout=5)
         with self._lock:
-            bpf, self._bpf = self._bpf, None
-            if bpf is not None:
-                bpf.cleanup()
+            prog, self._prog = self._prog, None
+            if prog is not None:
+                prog.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_bpf", None) is not None:
+        if getattr(self, "_prog", None) is not None:
             self.close()
 
     def __enter__(self) -> Sampler:
@@ -295,13 +360,14 @@ class Sampler:
     # --- internals ----------------------------------------------------------------------------
 
     def _require_open(self) -> None:
-        if self._bpf is None:
+        if self._prog is None:
             raise SamplerError("the sampler is closed")
 
     def _set_control(self, slot: int, value: int) -> None:
-        key, leaf = ct.c_int(slot), ct.c_uint32(value)
-        if self._lib.bpf_update_elem(self._control.get_fd(), ct.byref(key), ct.byref(leaf), 0) < 0:
-            raise SamplerError(f"cannot update the control map: {os.strerror(ct.get_errno())}")
+        try:
+            self._control.update(ct.c_uint32(slot), ct.c_uint32(value))
+        except OSError as e:
+            raise SamplerError(f"cannot update the control map: {e.strerror}") from e
 
     def _wait_for_programs(self) -> None:
         """Return once every BPF program running at the call has finished (one RCU grace period).
@@ -310,36 +376,36 @@ class Sampler:
         syscall returns (kernel/bpf/syscall.c, maybe_wait_bpf_programs); it costs ~10 ms of waiting
         and no CPU. Should that ever fail, sleep far longer than a program runs (microseconds).
         """
-        key, fd = ct.c_int(0), ct.c_int(self._control.get_fd())
-        if self._lib.bpf_update_elem(self._grace_period.get_fd(), ct.byref(key), ct.byref(fd), 0) < 0:
+        try:
+            self._grace_period.update(ct.c_uint32(0), ct.c_uint32(self._control.fd))
+        except OSError:
             time.sleep(0.05)
 
-    def _replace_filter(self, table: Any, old: set[int], new: set[int], flag_slot: int) -> None:
+    def _replace_filter(self, table: BpfMap, old: set[int], new: set[int], flag_slot: int) -> None:
         """Switch a filter set without a moment where wanted samples are dropped.
 
         Entries are added before stale ones are removed; the flag goes on after the first fill and
         off before the last removal.
         """
-        leaf = table.Leaf(1)
+        size = table.spec.key_size
         for i in new - old:
-            table[table.Key(i)] = leaf
+            table.update(i.to_bytes(size, "little"), b"\x01")
         if new:
             self._set_control(flag_slot, 1)
         else:
             self._set_control(flag_slot, 0)
         for i in old - new:
-            with contextlib.suppress(KeyError):
-                del table[table.Key(i)]
+            table.delete(i.to_bytes(size, "little"))
 
     def _take(self, index: int) -> list[RawSample]:
         """Read and clear map set `index`, which no program writes any more."""
         stacks: dict[int, tuple[int, ...]] = {}
-        for keys, values, n in self._stack_reader.take(self._stacks[index].get_fd()):
+        for keys, values, n in self._stack_reader.take(self._stacks[index]):
             for i in range(n):
                 ips = values[i].ip[:]
                 stacks[keys[i]] = tuple(ips[: ips.index(0)] if 0 in ips else ips)
         out: list[RawSample] = []
-        for keys, values, n in self._count_reader.take(self._counts[index].get_fd()):
+        for keys, values, n in self._count_reader.take(self._counts[index]):
             for i in range(n):
                 k = keys[i]
                 user, user_err = _stack(stacks, k.user_stack, k.user_error)
@@ -352,7 +418,7 @@ class Sampler:
         return out
 
     def _read_errors(self) -> dict[str, int]:
-        totals = {name: int(self._errors.sum(slot).value) for slot, name in enumerate(ERROR_SLOTS)}
+        totals = {name: self._errors.percpu_sum(slot) for slot, name in enumerate(ERROR_SLOTS)}
         for err in STACK_ERRORS:
             totals[f"stack_{err}"] = totals[f"user_stack_{err}"] + totals[f"kernel_stack_{err}"]
         return totals
@@ -366,33 +432,34 @@ def _stack(stacks: dict[int, tuple[int, ...]], key: int, error: int) -> tuple[tu
     return (stack, 0) if stack is not None else ((), -errno.ENOENT)
 
 
+def _expect_layout(m: BpfMap, key: type, value: type) -> None:
+    """Fail closed when the C structs and their ctypes mirrors here disagree."""
+    if (m.spec.key_size, m.spec.value_size) != (ct.sizeof(key), ct.sizeof(value)):
+        raise SamplerError(f"map {m.spec.name}: key/value of {m.spec.key_size}/{m.spec.value_size} bytes in "
+                           f"{BPF_SOURCE.name}, {ct.sizeof(key)}/{ct.sizeof(value)} in profiler/sampler.py")
+
+
 class _BatchReader:
-    """Empties a BPF hash map with BPF_MAP_LOOKUP_AND_DELETE_BATCH, `chunk` entries per syscall.
+    """Empties a BPF hash map with BPF_MAP_LOOKUP_AND_DELETE_BATCH, `chunk` entries per syscall,
+    into buffers allocated once."""
 
-    Written here rather than using BCC's items_lookup_and_delete_batch(), which allocates buffers
-    for the whole map on every call and shares one variable between the batch token and the count.
-    """
+    def __init__(self, key: type, value: type, max_entries: int, chunk: int) -> None:
+        self._chunk = max(1, min(chunk, max_entries))
+        self._keys = (key * self._chunk)()
+        self._values = (value * self._chunk)()
 
-    def __init__(self, lib: Any, table: Any, chunk: int) -> None:
-        self._lib = lib
-        self._chunk = max(1, min(chunk, table.max_entries))
-        self._keys = (table.Key * self._chunk)()
-        self._values = (table.Leaf * self._chunk)()
-
-    def take(self, fd: int) -> Iterator[tuple[Any, Any, int]]:
+    def take(self, table: BpfMap) -> Iterator[tuple[Any, Any, int]]:
         """Yield (keys, values, n) per chunk; the buffers are reused, so decode before the next one."""
         token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
         first = True
         while True:
-            n = ct.c_uint32(self._chunk)
-            res = self._lib.bpf_lookup_and_delete_batch(
-                fd, None if first else ct.byref(token_in), ct.byref(token_out),
-                ct.byref(self._keys), ct.byref(self._values), ct.byref(n))
-            err = ct.get_errno() if res < 0 else 0
-            if err not in (0, errno.ENOENT):  # ENOENT: the walk reached the end of the map
-                raise SamplerError(f"emptying a BPF map failed: {os.strerror(err)}")
-            if n.value:
-                yield self._keys, self._values, n.value
-            if err == errno.ENOENT or n.value == 0:
+            try:
+                n, done = table.lookup_and_delete_batch(self._keys, self._values, None if first else token_in,
+                                                        token_out)
+            except OSError as e:
+                raise SamplerError(f"emptying a BPF map failed: {e.strerror}") from e
+            if n:
+                yield self._keys, self._values, n
+            if done:
                 return
             token_in.value, first = token_out.value, False

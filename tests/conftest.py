@@ -20,6 +20,16 @@ _CORPUS_PLACES = [Path(p) for p in [os.environ.get("PODFLAME_CORPUS", "")] if p]
 CORPUS = next((p for p in _CORPUS_PLACES if p.is_dir()), _CORPUS_PLACES[0])
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One compiled-sampler cache per test run (inherited by the agents tests start): the first BPF
+    test compiles with BCC, later ones load the cached image, so both paths run; /var/cache stays
+    untouched. tests/test_bpfprog_bpf.py drives each path on purpose with caches of its own."""
+    if "PODFLAME_BPF_CACHE" not in os.environ:
+        import tempfile
+
+        os.environ["PODFLAME_BPF_CACHE"] = tempfile.mkdtemp(prefix="podflame-bpf-cache-")
+
+
 def _bpf_problem() -> str | None:
     if os.geteuid() != 0:
         return "BPF tests need root"

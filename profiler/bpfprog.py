@@ -1,0 +1,532 @@
+"""The sampler's BPF program as bytecode: BCC compiles it once, the bpf() syscall loads it after that.
+
+BCC compiles C with clang at every start: ~1.3 s of CPU and ~170 MB of peak RSS, the largest cost of
+an agent start. The bytecode depends only on the source, its -D flags, BCC, the kernel headers and
+the kernel it was made for, so after a compile we keep a `ProgramImage` (the instructions, which of
+them refer to which map, each map's shape) in a root-only cache directory keyed by all of those. A
+later start creates the maps and loads the instructions with bpf() itself and never loads libbcc (nor
+LLVM) into the process. The kernel's verifier checks a cached image like any other program; a
+missing, stale, unsafe or rejected image only means compiling again.
+
+Whichever way the image came, everything the sampler does at run time (maps, the perf events, the
+ring buffer) goes through `LoadedProgram` here: one code path, tested and shipped.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import hashlib
+import json
+import logging
+import mmap
+import os
+import platform
+import select
+import stat
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("podflame.bpfprog")
+
+FORMAT = 1  # of the cached image; part of its key
+DEFAULT_CACHE_DIR = Path("/var/cache/podflame/bpf")
+MAX_IMAGE_BYTES = 4 << 20
+MAX_INSNS = 1_000_000
+MAX_CACHED_IMAGES = 16
+
+# bpf() commands, map and program types (include/uapi/linux/bpf.h)
+_MAP_CREATE, _MAP_LOOKUP_ELEM, _MAP_UPDATE_ELEM, _MAP_DELETE_ELEM, _PROG_LOAD = 0, 1, 2, 3, 5
+_OBJ_GET_INFO_BY_FD, _MAP_LOOKUP_AND_DELETE_BATCH = 15, 25
+MAP_HASH, MAP_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_ARRAY_OF_MAPS, MAP_RINGBUF = 1, 2, 6, 9, 12, 27
+_KNOWN_MAP_TYPES = {MAP_HASH, MAP_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_ARRAY_OF_MAPS, MAP_RINGBUF}
+PROG_TYPE_PERF_EVENT = 7
+_LD_IMM64, _PSEUDO_MAP_FD = 0x18, 1
+# perf_event_open (include/uapi/linux/perf_event.h)
+PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK = 1, 0
+_PERF_FLAG_FD_CLOEXEC, _PERF_ATTR_DISABLED, _PERF_ATTR_FREQ = 8, 1 << 0, 1 << 10
+_PERF_EVENT_IOC_ENABLE, _PERF_EVENT_IOC_DISABLE, _PERF_EVENT_IOC_SET_BPF = 0x2400, 0x2401, 0x40042408
+_RINGBUF_BUSY, _RINGBUF_DISCARD, _RINGBUF_HDR = 1 << 31, 1 << 30, 8
+
+_SYSCALLS = {"x86_64": (321, 298), "aarch64": (280, 241)}  # (bpf, perf_event_open)
+_u32, _u64 = ct.c_uint32, ct.c_uint64
+
+
+class _MapCreate(ct.Structure):
+    _fields_ = [("map_type", _u32), ("key_size", _u32), ("value_size", _u32), ("max_entries", _u32),
+                ("map_flags", _u32), ("inner_map_fd", _u32), ("numa_node", _u32), ("map_name", ct.c_char * 16)]
+
+
+class _Elem(ct.Structure):
+    _fields_ = [("map_fd", _u32), ("key", _u64), ("value", _u64), ("flags", _u64)]
+
+
+class _Batch(ct.Structure):
+    _fields_ = [("in_batch", _u64), ("out_batch", _u64), ("keys", _u64), ("values", _u64), ("count", _u32),
+                ("map_fd", _u32), ("elem_flags", _u64), ("flags", _u64)]
+
+
+class _ProgLoad(ct.Structure):
+    _fields_ = [("prog_type", _u32), ("insn_cnt", _u32), ("insns", _u64), ("license", _u64), ("log_level", _u32),
+                ("log_size", _u32), ("log_buf", _u64), ("kern_version", _u32), ("prog_flags", _u32),
+                ("prog_name", ct.c_char * 16)]
+
+
+class _ObjInfo(ct.Structure):
+    _fields_ = [("bpf_fd", _u32), ("info_len", _u32), ("info", _u64)]
+
+
+class _MapInfo(ct.Structure):
+    _fields_ = [("type", _u32), ("id", _u32), ("key_size", _u32), ("value_size", _u32), ("max_entries", _u32),
+                ("map_flags", _u32), ("name", ct.c_char * 16)]
+
+
+class _PerfEventAttr(ct.Structure):  # PERF_ATTR_SIZE_VER1: all a software sampling event needs
+    _fields_ = [("type", _u32), ("size", _u32), ("config", _u64), ("sample_freq", _u64), ("sample_type", _u64),
+                ("read_format", _u64), ("flags", _u64), ("wakeup_events", _u32), ("bp_type", _u32),
+                ("config1", _u64), ("config2", _u64)]
+
+
+_libc = ct.CDLL(None, use_errno=True)
+_libc.syscall.restype = ct.c_long
+_libc.ioctl.argtypes = [ct.c_int, ct.c_ulong, ct.c_ulong]
+
+
+def _numbers() -> tuple[int, int]:
+    try:
+        return _SYSCALLS[platform.machine()]
+    except KeyError:
+        raise OSError(errno.ENOSYS, f"no bpf() syscall number known for {platform.machine()}") from None
+
+
+def bpf(cmd: int, attr: ct.Structure) -> int:
+    """The bpf() syscall; raises OSError with the errno."""
+    r = _libc.syscall(ct.c_long(_numbers()[0]), ct.c_int(cmd), ct.byref(attr), ct.c_uint(ct.sizeof(attr)))
+    if r < 0:
+        e = ct.get_errno()
+        raise OSError(e, os.strerror(e))
+    return int(r)
+
+
+def _addr(buf: ct.Array | ct.Structure | ct._SimpleCData | None) -> int:
+    return ct.addressof(buf) if buf is not None else 0
+
+
+@dataclass(frozen=True, slots=True)
+class MapSpec:
+    name: str
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int = 0
+    inner: str | None = None  # ARRAY_OF_MAPS: the map whose shape its values have
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramImage:
+    """A compiled program: instructions with the map fds as placeholders, and the maps to create."""
+
+    name: str
+    prog_type: int
+    license: str
+    kern_version: int
+    insns: bytes
+    relocations: tuple[tuple[int, str], ...]  # (instruction index of an ld_imm64, map name)
+    maps: tuple[MapSpec, ...]
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, "name": self.name, "prog_type": self.prog_type, "license": self.license,
+                           "kern_version": self.kern_version, "insns": self.insns.hex(),
+                           "relocations": [list(r) for r in self.relocations],
+                           "maps": [[m.name, m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.inner]
+                                    for m in self.maps]})
+
+    @classmethod
+    def from_json(cls, text: str) -> ProgramImage:
+        """Parse and check a cached image; ValueError for anything malformed."""
+        try:
+            d = json.loads(text)
+            if d["format"] != FORMAT:
+                raise ValueError(f"format {d['format']!r}")
+            insns = bytes.fromhex(d["insns"])
+            maps = tuple(MapSpec(str(n), int(t), int(k), int(v), int(e), int(f), None if i is None else str(i))
+                         for n, t, k, v, e, f, i in d["maps"])
+            image = cls(name=str(d["name"]), prog_type=int(d["prog_type"]), license=str(d["license"]),
+                        kern_version=int(d["kern_version"]), insns=insns,
+                        relocations=tuple((int(i), str(n)) for i, n in d["relocations"]), maps=maps)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed BPF program image: {e}") from None
+        image.check()
+        return image
+
+    def check(self) -> None:
+        """Everything a loader relies on; the kernel's verifier checks the program itself."""
+        n = len(self.insns) // 8
+        if len(self.insns) % 8 or not 0 < n <= MAX_INSNS:
+            raise ValueError(f"program of {len(self.insns)} bytes is not 1..{MAX_INSNS} instructions")
+        names = {m.name for m in self.maps}
+        if len(names) != len(self.maps):
+            raise ValueError("two maps with one name")
+        for m in self.maps:
+            if m.type not in _KNOWN_MAP_TYPES or not 0 < m.max_entries <= 1 << 24 or not 0 <= m.key_size <= 4096 \
+                    or not 0 <= m.value_size <= 1 << 20 or (m.inner is not None and m.inner not in names):
+                raise ValueError(f"unexpected map {m}")
+        for index, name in self.relocations:
+            if not 0 <= index < n - 1 or name not in names or self.insns[index * 8] != _LD_IMM64 \
+                    or self.insns[index * 8 + 1] >> 4 != _PSEUDO_MAP_FD:
+                raise ValueError(f"relocation ({index}, {name!r}) is not a map load")
+
+
+def image_from_bcc(bpf_module: object, fn_name: str, inner_maps: dict[str, str]) -> ProgramImage:
+    """Read a program and its maps out of a compiled `bcc.BPF` (which the caller then cleans up).
+
+    `inner_maps` names each ARRAY_OF_MAPS' template map, as the C source declares it: the kernel
+    does not report it.
+    """
+    from bcc.libbcc import lib
+
+    own = ct.CDLL("libbcc.so.0")
+    own.bpf_num_tables.argtypes, own.bpf_num_tables.restype = [ct.c_void_p], ct.c_size_t
+    own.bpf_table_name.argtypes, own.bpf_table_name.restype = [ct.c_void_p, ct.c_size_t], ct.c_char_p
+    module = bpf_module.module  # type: ignore[attr-defined]
+    insns = bytes(bpf_module.dump_func(fn_name.encode()))  # type: ignore[attr-defined]
+    maps: list[MapSpec] = []
+    by_fd: dict[int, str] = {}
+    for i in range(own.bpf_num_tables(module)):
+        name = own.bpf_table_name(module, i).decode()
+        fd = lib.bpf_table_fd(module, name.encode())
+        info = map_info(fd)
+        maps.append(MapSpec(name, info.type, info.key_size, info.value_size, info.max_entries, info.map_flags,
+                            inner_maps.get(name)))
+        by_fd[fd] = name
+    relocations = []
+    i = 0
+    while i < len(insns):
+        if insns[i] == _LD_IMM64:  # 16 bytes; maps are referenced by fd in the first half's imm
+            src = insns[i + 1] >> 4
+            if src == _PSEUDO_MAP_FD:
+                fd = struct.unpack_from("<i", insns, i + 4)[0]
+                if fd not in by_fd:
+                    raise ValueError(f"instruction {i // 8} refers to fd {fd}, not a map of this program")
+                relocations.append((i // 8, by_fd[fd]))
+            elif src != 0:
+                raise ValueError(f"instruction {i // 8}: ld_imm64 source {src} is not supported by the image loader")
+            i += 16
+        else:
+            i += 8
+    image = ProgramImage(name=fn_name, prog_type=PROG_TYPE_PERF_EVENT,
+                         license=lib.bpf_module_license(module).decode(),
+                         kern_version=lib.bpf_module_kern_version(module), insns=insns,
+                         relocations=tuple(relocations), maps=tuple(maps))
+    image.check()
+    return image
+
+
+def map_info(fd: int) -> _MapInfo:
+    info = _MapInfo()
+    bpf(_OBJ_GET_INFO_BY_FD, _ObjInfo(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)))
+    return info
+
+
+def _possible_cpus() -> int:
+    return _count_cpus(Path("/sys/devices/system/cpu/possible").read_text())
+
+
+def online_cpus() -> list[int]:
+    return _expand_cpus(Path("/sys/devices/system/cpu/online").read_text())
+
+
+def _expand_cpus(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.strip().split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _count_cpus(text: str) -> int:
+    return max(_expand_cpus(text)) + 1
+
+
+class BpfMap:
+    """One map of a loaded program, by fd; keys and values are bytes or ctypes objects."""
+
+    def __init__(self, spec: MapSpec, fd: int) -> None:
+        self.spec = spec
+        self.fd = fd
+        self.max_entries = spec.max_entries
+
+    def get_fd(self) -> int:
+        return self.fd
+
+    def update(self, key: bytes | ct._CData, value: bytes | ct._CData) -> None:
+        k, v = _buffer(key, self.spec.key_size), _buffer(value, self.spec.value_size)
+        bpf(_MAP_UPDATE_ELEM, _Elem(map_fd=self.fd, key=ct.addressof(k), value=ct.addressof(v)))
+
+    def delete(self, key: bytes | ct._CData) -> bool:
+        """False when the key was not there."""
+        k = _buffer(key, self.spec.key_size)
+        try:
+            bpf(_MAP_DELETE_ELEM, _Elem(map_fd=self.fd, key=ct.addressof(k)))
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
+    def percpu_sum(self, index: int) -> int:
+        """Sum over every possible CPU of a per-CPU array's u64 slot."""
+        stride = (self.spec.value_size + 7) // 8 * 8
+        values = (ct.c_uint64 * (_possible_cpus() * stride // 8))()
+        key = ct.c_uint32(index)
+        bpf(_MAP_LOOKUP_ELEM, _Elem(map_fd=self.fd, key=ct.addressof(key), value=ct.addressof(values)))
+        return sum(values[::stride // 8])
+
+    def lookup_and_delete_batch(self, keys: ct.Array, values: ct.Array, token_in: ct.c_uint32 | None,
+                                token_out: ct.c_uint32) -> tuple[int, bool]:
+        """One BPF_MAP_LOOKUP_AND_DELETE_BATCH of up to len(keys) entries: (how many, whether the map is done)."""
+        attr = _Batch(in_batch=_addr(token_in), out_batch=ct.addressof(token_out), keys=ct.addressof(keys),
+                      values=ct.addressof(values), count=len(keys), map_fd=self.fd)
+        try:
+            bpf(_MAP_LOOKUP_AND_DELETE_BATCH, attr)
+        except OSError as e:
+            if e.errno != errno.ENOENT:  # ENOENT: the walk reached the end (count says what came with it)
+                raise
+            return attr.count, True
+        return attr.count, attr.count == 0
+
+
+def _buffer(data: bytes | ct._CData, size: int) -> ct.Array | ct._CData:
+    if isinstance(data, bytes | bytearray):
+        if len(data) != size:
+            raise ValueError(f"{len(data)} bytes for a {size}-byte map field")
+        return ct.create_string_buffer(bytes(data), size)
+    if ct.sizeof(data) != size:
+        raise ValueError(f"{type(data).__name__} is {ct.sizeof(data)} bytes for a {size}-byte map field")
+    return data
+
+
+class RingBuffer:
+    """Consumer of a BPF_MAP_TYPE_RINGBUF, as libbpf's ring_buffer reads one: mmap + epoll."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        page = mmap.PAGESIZE
+        self._page, self._mask = page, size - 1
+        self._consumer = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        # the producer page, then the data area mapped twice: a record that wraps reads as one piece
+        self._data = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._epoll = select.epoll()
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def poll(self, timeout: float, callback: Callable[[bytes], None]) -> int:
+        """Deliver every complete record; wait up to `timeout` seconds for one if none is there."""
+        n = self._consume(callback)
+        if n == 0:
+            self._epoll.poll(timeout)
+            n = self._consume(callback)
+        return n
+
+    def _consume(self, callback: Callable[[bytes], None]) -> int:
+        n = 0
+        cons = struct.unpack_from("<Q", self._consumer, 0)[0]
+        while True:
+            prod = struct.unpack_from("<Q", self._data, 0)[0]
+            if cons >= prod:
+                return n
+            while cons < prod:
+                at = self._page + (cons & self._mask)
+                header = struct.unpack_from("<I", self._data, at)[0]
+                if header & _RINGBUF_BUSY:
+                    return n  # being written: the next poll gets it
+                length = header & ~(_RINGBUF_BUSY | _RINGBUF_DISCARD)
+                if not header & _RINGBUF_DISCARD:
+                    callback(self._data[at + _RINGBUF_HDR: at + _RINGBUF_HDR + length])
+                    n += 1
+                cons += (length + _RINGBUF_HDR + 7) & ~7
+                struct.pack_into("<Q", self._consumer, 0, cons)
+
+    def close(self) -> None:
+        self._epoll.close()
+        self._consumer.close()
+        self._data.close()
+
+
+class LoadedProgram:
+    """An image's maps created and its program loaded in the kernel; closed together."""
+
+    def __init__(self, image: ProgramImage) -> None:
+        self.image = image
+        self.maps: dict[str, BpfMap] = {}
+        self.prog_fd = -1
+        self._perf_fds: list[int] = []
+        self._rings: list[RingBuffer] = []
+        try:
+            for spec in sorted(image.maps, key=lambda m: m.inner is not None):  # templates first
+                self.maps[spec.name] = BpfMap(spec, self._create_map(spec))
+            insns = bytearray(image.insns)
+            for index, name in image.relocations:
+                struct.pack_into("<i", insns, index * 8 + 4, self.maps[name].fd)
+            self.prog_fd = self._load(bytes(insns))
+        except BaseException:
+            self.close()
+            raise
+
+    def _create_map(self, spec: MapSpec) -> int:
+        inner = self.maps[spec.inner].fd if spec.inner is not None else 0
+        return bpf(_MAP_CREATE, _MapCreate(map_type=spec.type, key_size=spec.key_size, value_size=spec.value_size,
+                                           max_entries=spec.max_entries, map_flags=spec.flags, inner_map_fd=inner,
+                                           map_name=spec.name.encode()[:15]))
+
+    def _load(self, insns: bytes) -> int:
+        code = ct.create_string_buffer(insns, len(insns))
+        license = ct.create_string_buffer(self.image.license.encode())
+        attr = _ProgLoad(prog_type=self.image.prog_type, insn_cnt=len(insns) // 8, insns=ct.addressof(code),
+                         license=ct.addressof(license), kern_version=self.image.kern_version,
+                         prog_name=self.image.name.encode()[:15])
+        for _ in range(5):
+            try:
+                return bpf(_PROG_LOAD, attr)
+            except OSError as e:
+                if e.errno != errno.EAGAIN:  # the verifier gives up with EAGAIN when a signal arrives
+                    break
+        log_buf = ct.create_string_buffer(1 << 20)
+        attr.log_level, attr.log_size, attr.log_buf = 1, len(log_buf), ct.addressof(log_buf)
+        try:
+            return bpf(_PROG_LOAD, attr)
+        except OSError as e:
+            tail = log_buf.value.decode("utf-8", "replace").strip().splitlines()[-20:]
+            raise OSError(e.errno, f"the kernel refused BPF program {self.image.name}: {e.strerror}\n"
+                          + "\n".join(tail)) from None
+
+    def attach_perf_event(self, ev_type: int, ev_config: int, sample_freq: int, cpus: Iterable[int]) -> None:
+        """One sampling perf event per CPU, each running the program (as BCC's attach_perf_event does)."""
+        for cpu in cpus:
+            attr = _PerfEventAttr(type=ev_type, size=ct.sizeof(_PerfEventAttr), config=ev_config,
+                                  sample_freq=sample_freq, flags=_PERF_ATTR_FREQ | _PERF_ATTR_DISABLED)
+            fd = _libc.syscall(ct.c_long(_numbers()[1]), ct.byref(attr), ct.c_int(-1), ct.c_int(cpu), ct.c_int(-1),
+                               ct.c_ulong(_PERF_FLAG_FD_CLOEXEC))
+            if fd < 0:
+                e = ct.get_errno()
+                raise OSError(e, f"perf_event_open on CPU {cpu}: {os.strerror(e)}")
+            self._perf_fds.append(fd)
+            for request, arg in ((_PERF_EVENT_IOC_SET_BPF, self.prog_fd), (_PERF_EVENT_IOC_ENABLE, 0)):
+                if _libc.ioctl(fd, request, arg) < 0:
+                    e = ct.get_errno()
+                    raise OSError(e, f"perf event ioctl {request:#x} on CPU {cpu}: {os.strerror(e)}")
+
+    def ring_buffer(self, name: str) -> RingBuffer:
+        m = self.maps[name]
+        ring = RingBuffer(m.fd, m.spec.max_entries)
+        self._rings.append(ring)
+        return ring
+
+    def close(self) -> None:
+        for fd in self._perf_fds:
+            _libc.ioctl(fd, _PERF_EVENT_IOC_DISABLE, 0)
+            os.close(fd)
+        self._perf_fds = []
+        for ring in self._rings:
+            ring.close()
+        self._rings = []
+        if self.prog_fd >= 0:
+            os.close(self.prog_fd)
+            self.prog_fd = -1
+        for m in self.maps.values():
+            os.close(m.fd)
+        self.maps = {}
+
+
+class ImageCache:
+    """Compiled images on disk, one file per key. Root-only: loading bytecode is a root privilege,
+    so a file or directory anyone else could have written is never used."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+
+    @classmethod
+    def from_env(cls) -> ImageCache:
+        """$PODFLAME_BPF_CACHE (empty: no cache), else /var/cache/podflame/bpf (the DaemonSet's hostPath)."""
+        value = os.environ.get("PODFLAME_BPF_CACHE")
+        if value is None:
+            return cls(DEFAULT_CACHE_DIR)
+        return cls(Path(value) if value.strip() else None)
+
+    @staticmethod
+    def key(source: bytes, cflags: Iterable[str], fn_name: str) -> str:
+        """Everything the bytecode depends on: source, flags, BCC, the headers it compiled against, the kernel."""
+        h = hashlib.sha256()
+        uname = os.uname()
+        kdir = Path("/lib/modules") / uname.release
+        parts = [str(FORMAT), fn_name, *sorted(cflags), uname.release, uname.version, uname.machine,
+                 os.environ.get("BCC_KERNEL_SOURCE", ""), *(os.path.realpath(kdir / d) for d in ("build", "source"))]
+        for lib in ("/usr/lib/x86_64-linux-gnu/libbcc.so.0", "/usr/lib/aarch64-linux-gnu/libbcc.so.0",
+                    "/usr/lib/libbcc.so.0", "/usr/lib64/libbcc.so.0"):
+            try:
+                st = os.stat(lib)
+            except OSError:
+                continue
+            parts.append(f"{os.path.realpath(lib)}:{st.st_size}:{st.st_mtime_ns}")
+        for p in parts:
+            h.update(p.encode() + b"\0")
+        h.update(source)
+        return h.hexdigest()[:32]
+
+    def get(self, key: str) -> ProgramImage | None:
+        if self.directory is None:
+            return None
+        path = self.directory / f"{key}.json"
+        try:
+            self._check_owned(self.directory)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except (OSError, PermissionError) as e:
+            log.warning("not using the compiled BPF program cache %s: %s", self.directory, e)
+            return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                self._check_owned_stat(os.fstat(f.fileno()), path)
+                data = f.read(MAX_IMAGE_BYTES + 1)
+            if len(data) > MAX_IMAGE_BYTES:
+                raise ValueError(f"over {MAX_IMAGE_BYTES} bytes")
+            return ProgramImage.from_json(data.decode())
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            log.warning("ignoring the cached BPF program %s (%s): compiling again", path, e)
+            return None
+
+    def put(self, key: str, image: ProgramImage) -> None:
+        if self.directory is None:
+            return
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._check_owned(self.directory)
+            path = self.directory / f"{key}.json"
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(image.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            self._evict(keep=path)
+        except OSError as e:  # a read-only or full disk costs the next start a compile, nothing more
+            log.warning("could not keep the compiled BPF program in %s: %s", self.directory, e)
+
+    def _evict(self, keep: Path) -> None:
+        assert self.directory is not None
+        files = sorted((p for p in self.directory.glob("*.json") if p != keep),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+        for p in files[MAX_CACHED_IMAGES - 1:]:
+            p.unlink(missing_ok=True)
+
+    @staticmethod
+    def _check_owned(directory: Path) -> None:
+        ImageCache._check_owned_stat(os.stat(directory), directory)
+
+    @staticmethod
+    def _check_owned_stat(st: os.stat_result, path: Path) -> None:
+        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise PermissionError(errno.EPERM, f"{path} is writable by someone other than uid {os.geteuid()}")

@@ -1,0 +1,142 @@
+"""The compiled-program cache against the real kernel: compile once with BCC, later starts load the
+kept bytecode without BCC, and anything wrong with a kept image means compiling again, never failing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from profiler.bpfprog import ImageCache
+from profiler.sampler import Sampler
+from tests.test_sampler_bpf import (  # noqa: F401  (fixtures)
+    FREQ,
+    Workload,
+    assert_lossless,
+    burn_binary,
+    sample_until_exit,
+    samples_of,
+    spawn,
+    total,
+)
+
+pytestmark = pytest.mark.bpf
+ROOT = Path(__file__).resolve().parent.parent
+
+# Samples one pid with the cached image in a fresh interpreter and says what was loaded into it.
+CHILD = """
+import json, sys, time
+from pathlib import Path
+from profiler.bpfprog import ImageCache
+from profiler.sampler import Sampler
+pid = int(sys.argv[1])
+started = time.process_time()
+sampler = Sampler(99, pids=[pid], image_cache=ImageCache(Path(sys.argv[2])))
+start_cpu = time.process_time() - started
+print("ready", flush=True)
+sys.stdin.readline()  # the parent reaped the workload
+got = sum(s.count for s in sampler.drain().samples if s.tgid == pid)
+maps = Path("/proc/self/maps").read_text()
+hwm = next(int(l.split()[1]) for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
+print(json.dumps({"compiled": sampler.compiled, "compile_seconds": sampler.compile_seconds, "samples": got,
+                  "bcc_imported": "bcc" in sys.modules, "libbcc_mapped": "libbcc" in maps,
+                  "llvm_mapped": "libLLVM" in maps, "peak_rss_kb": hwm, "start_cpu_s": start_cpu}))
+sampler.close()
+"""
+
+
+def _images(cache: Path) -> list[Path]:
+    return sorted(cache.glob("*.json"))
+
+
+def _fill(cache: Path) -> Path:
+    with Sampler(FREQ, image_cache=ImageCache(cache)) as sampler:
+        assert sampler.compiled and sampler.compile_seconds > 0
+    (image,) = _images(cache)
+    return image
+
+
+def test_compiles_once_then_starts_from_the_cached_image_without_bcc(tmp_path: Path, spawn) -> None:  # noqa: F811
+    cache = tmp_path / "bpf"
+    image = _fill(cache)
+    assert cache.stat().st_mode & 0o777 == 0o700 and image.stat().st_mode & 0o777 == 0o600
+
+    work: Workload = spawn(2.0, 2)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(work.pid), str(cache)], cwd=ROOT, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdin is not None
+    assert child.stdout.readline().strip() == "ready"
+    work.go()
+    deadline = time.monotonic() + 30
+    while not work.poll():
+        assert time.monotonic() < deadline, "workload did not finish"
+        time.sleep(0.1)
+    child.stdin.write("done\n")
+    child.stdin.flush()
+    got = json.loads(child.stdout.readline())
+    assert child.wait(30) == 0
+
+    assert got["compiled"] is False and got["compile_seconds"] == 0
+    # No compiler in the process at all: neither BCC's Python package nor libbcc/LLVM were loaded.
+    assert not got["bcc_imported"] and not got["libbcc_mapped"] and not got["llvm_mapped"], got
+    assert got["peak_rss_kb"] < 80_000, got  # BCC's clang alone peaks at ~170 MB
+    assert got["start_cpu_s"] < 0.5, got
+    assert_lossless(got["samples"], work, 2.0, 2)
+    assert _images(cache) == [image]  # nothing rewritten
+
+
+def test_a_corrupt_or_unsafe_cached_image_is_compiled_again(tmp_path: Path, spawn,  # noqa: F811
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    cache = tmp_path / "bpf"
+    image = _fill(cache)
+
+    image.write_text('{"format": 1, "insns": "ff')  # torn or tampered
+    with caplog.at_level(logging.WARNING, "podflame.bpfprog"), Sampler(FREQ, image_cache=ImageCache(cache)) as s:
+        assert s.compiled
+    assert "ignoring the cached BPF program" in caplog.text
+    assert json.loads(image.read_text())["format"] == 1  # replaced by a good one
+
+    caplog.clear()
+    image.chmod(0o666)  # anyone could have written this bytecode: never load it
+    with caplog.at_level(logging.WARNING, "podflame.bpfprog"), Sampler(FREQ, image_cache=ImageCache(cache)) as s:
+        assert s.compiled
+    assert "writable by someone other" in caplog.text
+    assert image.stat().st_mode & 0o777 == 0o600
+
+    cache.chmod(0o777)
+    with Sampler(FREQ, image_cache=ImageCache(cache)) as s:
+        assert s.compiled  # neither read from nor written to a directory others can write
+    cache.chmod(0o700)
+    with Sampler(FREQ, image_cache=ImageCache(cache)) as s:
+        assert not s.compiled
+
+    # The sampler still samples after every one of those restarts.
+    work: Workload = spawn(1.0, 1)
+    with Sampler(FREQ, pids=[work.pid], image_cache=ImageCache(cache)) as s:
+        assert not s.compiled
+        work.go()
+        got = total(samples_of(sample_until_exit(s, [work]), work.pid))
+    assert_lossless(got, work, 1.0, 1)
+
+
+def test_an_image_the_kernel_refuses_means_compiling_again(tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    cache = tmp_path / "bpf"
+    image = _fill(cache)
+    data = json.loads(image.read_text())
+    first_reloc = min(i for i, _ in data["relocations"])
+    assert first_reloc > 0
+    data["insns"] = "ff" * 8 + data["insns"][16:]  # instruction 0: an opcode that does not exist
+    image.write_text(json.dumps(data))
+    os.chmod(image, 0o600)
+    with caplog.at_level(logging.WARNING, "podflame.sampler"), Sampler(FREQ, image_cache=ImageCache(cache)) as s:
+        assert s.compiled
+        time.sleep(0.5)
+        assert s.drain().total() > 0
+    assert "did not load" in caplog.text and "refused" in caplog.text
