@@ -4,6 +4,11 @@ Both sample at the same frequency while `--busy` single-threaded burners keep CP
 tool it prints CPU seconds (total, start-up, and steady state as a share of one core), peak RSS, and
 captured samples of the burners against frequency x their own CPU seconds. The last line is JSON.
 
+It runs twice by default, each time beside a new profile-bpfcc: first as the agent's first start on a
+node (empty caches: BCC compiles the sampler, every binary's symbols are decoded), then as a restart
+with the caches that run filled (the compiled program and the symbol cache, both kept on a hostPath by
+the DaemonSet). `--runs 1` runs the first start only.
+
     .venv/bin/python bench/agent_overhead.py --duration 60 --frequency 99
 """
 
@@ -59,9 +64,20 @@ def main() -> None:
     ap.add_argument("--busy", type=int, default=os.cpu_count() or 2, help="busy single-threaded burners")
     ap.add_argument("--startup", type=float, default=15.0,
                     help="seconds counted as start-up: compile, load, and the first (cold) drain at 10 s")
+    ap.add_argument("--runs", type=int, choices=(1, 2), default=2, help="1: first start only; 2: and a restart")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: both tools load eBPF programs")
+    caches = Path(tempfile.mkdtemp(prefix="podflame-bench-caches-"))
+    env = {**os.environ, "PODFLAME_BPF_CACHE": str(caches / "bpf"), "PODFLAME_SYMBOL_CACHE": str(caches / "symbols")}
+    results = {}
+    for name in ("first_start", "restart")[: args.runs]:
+        print(f"== {name.replace('_', ' ')}", file=sys.stderr)
+        results[name] = run(args, env)
+    print(json.dumps(results))
+
+
+def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     podflame = ROOT / ".venv" / "bin" / "podflame"
     tmp = Path(tempfile.mkdtemp(prefix="podflame-bench-"))
     built = build_c("two_hot.c", tmp, "-O0")
@@ -76,7 +92,7 @@ def main() -> None:
     # Both tools start first; the burners run only once both sample, and stop before either stops,
     # so each tool saw the burners' whole life and expected = their CPU seconds x frequency.
     ours = subprocess.Popen([str(podflame), "agent", "--server", url, "--frequency", str(args.frequency),
-                             "--interval", "10", "--node-name", "bench"], stdout=log, stderr=log)
+                             "--interval", "10", "--node-name", "bench"], stdout=log, stderr=log, env=env)
     folded = open(tmp / "bcc.folded", "w")  # noqa: SIM115
     bcc_seconds = int(args.startup + args.duration + 10)
     theirs = subprocess.Popen(["profile-bpfcc", "-F", str(args.frequency), "-af", str(bcc_seconds)],
@@ -133,8 +149,10 @@ def main() -> None:
         r = result[name]
         print(f"{name:14} cpu {r['cpu_s_total']:6.2f}s (start-up {r['cpu_s_startup']:.2f}s, steady "
               f"{r['steady_core_pct']:.3f}% of a core)  peak RSS {r['peak_rss_mb']:6.1f} MB  "
-              f"samples {r['samples']}/{result['expected_samples']} ({100 * (r['capture_ratio'] or 0):.1f}%)")
-    print(json.dumps(result))
+              f"samples {r['samples']}/{result['expected_samples']} ({100 * (r['capture_ratio'] or 0):.1f}%)",
+              file=sys.stderr)
+    print(f"whole-run CPU, ours / profile-bpfcc: {result['cpu_ratio_total']}", file=sys.stderr)
+    return result
 
 
 if __name__ == "__main__":
