@@ -353,6 +353,16 @@ _KIND_TEXT = {k: str(k) for k in FrameKind}
 _RequestMemo = tuple[dict[int, tuple[int, int]], dict[int, int]]
 
 
+_FRAME_COLUMNS = ("address", "mapping", "kind", "reason", "lines")
+
+
+def _frame_key(address: int, mapping_id: int, kind: str, reason: str, lines: list[int]) -> tuple:
+    """A frames row's values (its unique key): both ingest paths build it here, so their ids agree.
+    `lines` is (function, file, line) per inline frame, innermost first, flattened."""
+    packed = _LINE.pack(*lines) if len(lines) == 3 else struct.pack(f"<{len(lines)}q", *lines)
+    return (address - _U64 if address >= _I64_LIMIT else address, mapping_id, kind, reason, packed)
+
+
 def _to_i64(v: int) -> int:
     """SQLite integers are signed 64-bit: store u64 addresses two's-complement."""
     return v - _U64 if v >= 1 << 63 else v
@@ -559,10 +569,11 @@ class SqliteStore(Store):
     def _intern_frame(self, f: Frame) -> int:
         fid = self._frame_ids.get(f)
         if fid is None:
-            lines = np.array([(self._intern_string(ln.function), self._intern_string(ln.file), ln.line or 0)
-                              for ln in f.lines], dtype="<i8").tobytes()
-            key = (_to_i64(f.address), self._intern_mapping(f.mapping), str(f.kind), str(f.reason or ""), lines)
-            fid = self._row_id("frames", ("address", "mapping", "kind", "reason", "lines"), key)
+            parts: list[int] = []
+            for ln in f.lines:
+                parts += (self._intern_string(ln.function), self._intern_string(ln.file), ln.line or 0)
+            key = _frame_key(f.address, self._intern_mapping(f.mapping), str(f.kind), str(f.reason or ""), parts)
+            fid = self._row_id("frames", _FRAME_COLUMNS, key)
             self._frame_ids[f] = fid
         return fid
 
@@ -581,15 +592,13 @@ class SqliteStore(Store):
                 name, file = d.functions[fid]
                 ids = functions[fid] = (self._intern_string(name), self._intern_string(file))
             parts += (*ids, line)
-        lines_key = _LINE.pack(*parts) if len(parts) == 3 else struct.pack(f"<{len(parts)}q", *parts)
         mid = mappings.get(mapping_id)
         if mid is None:
             mid = mappings[mapping_id] = self._intern_mapping(d.mappings.get(mapping_id))
-        key = (address - _U64 if address >= _I64_LIMIT else address, mid, _KIND_TEXT[kind], "", lines_key)
+        key = _frame_key(address, mid, _KIND_TEXT[kind], "", parts)
         frame_id = self._frame_keys.get(key)
         if frame_id is None:
-            frame_id = self._frame_keys[key] = self._row_id(
-                "frames", ("address", "mapping", "kind", "reason", "lines"), key)
+            frame_id = self._frame_keys[key] = self._row_id("frames", _FRAME_COLUMNS, key)
         return frame_id
 
     def _intern_stack(self, frame_ids: list[int]) -> int:
