@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -231,7 +232,9 @@ def map_info(fd: int) -> _MapInfo:
     return info
 
 
+@functools.cache
 def _possible_cpus() -> int:
+    """Fixed at boot; a per-CPU map's value has one slot per possible CPU (read once, not per lookup)."""
     return _count_cpus(Path("/sys/devices/system/cpu/possible").read_text())
 
 

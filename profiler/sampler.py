@@ -171,7 +171,6 @@ class Sampler:
             raise ValueError("map sizes must be >= 1")
         self.frequency = frequency
         self.compile_seconds = 0.0  # BCC's compile; 0 when the program came from the image cache
-        self.compiled = False
         self.start_seconds = 0.0
         self._lock = threading.Lock()
         self._prog: LoadedProgram | None = None
@@ -234,9 +233,7 @@ class Sampler:
         image = cache.get(key)
         if image is not None:
             try:
-                prog = LoadedProgram(image)
-                self.compiled = False
-                return prog
+                return LoadedProgram(image)
             except OSError as e:  # e.g. a kernel that verifies differently: compile afresh
                 log.warning("the cached BPF program did not load (%s): compiling it again", e)
         image = self._compile(cflags)
@@ -246,7 +243,6 @@ class Sampler:
             raise SamplerError(f"could not load the BPF sampler ({e}): BPF is unavailable (check "
                                "CONFIG_BPF_SYSCALL and CAP_BPF/CAP_PERFMON)") from e
         cache.put(key, image)
-        self.compiled = True
         return prog
 
     def _compile(self, cflags: list[str]) -> ProgramImage:
@@ -271,6 +267,11 @@ class Sampler:
             module.cleanup()  # its maps: the image's are created afresh by LoadedProgram
             self.compile_seconds = time.perf_counter() - started
             release_freed_memory()  # the compiler's heap, freed but still resident
+
+    @property
+    def compiled(self) -> bool:
+        """Whether BCC compiled the program at this start (else it came from the image cache)."""
+        return self.compile_seconds > 0
 
     @property
     def period_ns(self) -> int:

@@ -214,7 +214,7 @@ def test_samples_a_pod_workload_losslessly_across_drains(spawn: Callable[..., Wo
     seconds, threads = 4.0, 2
     work = spawn(seconds, threads, cgroup=pod_cgroup.container)
     with Sampler(FREQ, pids=[work.pid]) as sampler:
-        assert 0 < sampler.start_seconds < 30 and sampler.compiled == (sampler.compile_seconds > 0)
+        assert 0 < sampler.start_seconds < 30
         work.go()
         drains = sample_until_exit(sampler, [work])
     samples = samples_of(drains)
