@@ -1,4 +1,4 @@
-"""The eBPF CPU sampler: with profiler/bpfprog.py, the only code in podflame that imports bcc.
+"""The eBPF CPU sampler. Only profiler/bpfcompile.py (in a child process) and bpfprog.py import bcc.
 
 `bpf/sampler.bpf.c` runs on every `cpu-clock` tick on every CPU and counts samples in the kernel,
 keyed by (cgroup id, tgid, tid, user stack, kernel stack, comm). `Sampler.drain()` hands the counts
@@ -20,10 +20,10 @@ programs run inside an RCU read-side section (hard-irq context, preemption off).
 and one such update, no program touches the inactive set: each sample lands in exactly one drain,
 and clearing cannot race with a write.
 
-BCC only compiles the program, and only when profiler/bpfprog.py has no compiled image of it cached;
-the maps, perf events and ring buffer are driven with bpf() and perf_event_open() directly. bcc is
-imported lazily so that `RawSample`, `Drain` and `SamplerError` can be imported on machines
-without BPF (the server and its tests).
+BCC only compiles the program, in a child process (profiler/bpfcompile.py), and only when
+profiler/bpfprog.py has no compiled image of it cached; the maps, perf events and ring buffer are
+driven with bpf() and perf_event_open() directly. This process never imports bcc, so `RawSample`,
+`Drain` and `SamplerError` import on machines without BPF (the server and its tests).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Any
 
 from bpf import SOURCE_DIR
+from profiler.bpfcompile import CompileError, compile_in_child
 from profiler.bpfprog import (
     PERF_COUNT_SW_CPU_CLOCK,
     PERF_TYPE_SOFTWARE,
@@ -48,10 +49,8 @@ from profiler.bpfprog import (
     ImageCache,
     LoadedProgram,
     ProgramImage,
-    image_from_bcc,
     online_cpus,
 )
-from profiler.heap import release_freed_memory
 
 BPF_SOURCE = SOURCE_DIR / "sampler.bpf.c"
 log = logging.getLogger("podflame.sampler")
@@ -170,7 +169,7 @@ class Sampler:
         if stack_map_size < 1 or counts_map_size < 1:
             raise ValueError("map sizes must be >= 1")
         self.frequency = frequency
-        self.compile_seconds = 0.0  # BCC's compile; 0 when the program came from the image cache
+        self.compile_seconds = 0.0  # wall time of the compiler process; 0 when the image was cached
         self.start_seconds = 0.0
         self._lock = threading.Lock()
         self._prog: LoadedProgram | None = None
@@ -249,24 +248,11 @@ class Sampler:
         if problem := _kernel_headers_problem():
             raise SamplerError(problem)
         try:
-            import bcc
-        except ImportError as e:
-            raise SamplerError(f"BCC is not importable ({e}): install Debian's python3-bpfcc and run "
-                               "scripts/setup.sh, which exposes it to the venv") from e
-        started = time.perf_counter()
-        try:
-            module = bcc.BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags)
-        except Exception as e:
-            raise SamplerError(f"BCC could not compile/load {BPF_SOURCE} ({e}); the compiler's messages are "
-                               "above. Missing or mismatched kernel headers: run scripts/setup.sh") from e
-        try:
-            return image_from_bcc(module, PROGRAM, INNER_MAPS)
-        except (OSError, ValueError) as e:
-            raise SamplerError(f"could not read the compiled BPF program out of BCC: {e}") from e
-        finally:
-            module.cleanup()  # its maps: the image's are created afresh by LoadedProgram
-            self.compile_seconds = time.perf_counter() - started
-            release_freed_memory()  # the compiler's heap, freed but still resident
+            image, self.compile_seconds = compile_in_child(BPF_SOURCE, PROGRAM, cflags, INNER_MAPS)
+        except CompileError as e:
+            raise SamplerError(f"BCC could not compile {BPF_SOURCE} ({e}). Missing or mismatched kernel headers: "
+                               "run scripts/setup.sh") from e
+        return image
 
     @property
     def compiled(self) -> bool:

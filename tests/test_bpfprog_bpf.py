@@ -1,5 +1,5 @@
-"""The compiled-program cache against the real kernel: compile once with BCC, later starts load the
-kept bytecode without BCC, and anything wrong with a kept image means compiling again, never failing."""
+"""The compiled-program cache against the real kernel: compile once with BCC in a child process, later
+starts load the kept bytecode without BCC, and anything wrong with a kept image means compiling again, never failing."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from profiler.bpfcompile import CompileError, compile_in_child
 from profiler.bpfprog import ImageCache
 from profiler.sampler import Sampler
 from tests.test_sampler_bpf import (  # noqa: F401  (fixtures)
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import json, sys, time
 from pathlib import Path
+from profiler.bpfcompile import CompileError, compile_in_child
 from profiler.bpfprog import ImageCache
 from profiler.sampler import Sampler
 pid = int(sys.argv[1])
@@ -62,11 +64,8 @@ def _fill(cache: Path) -> Path:
     return image
 
 
-def test_compiles_once_then_starts_from_the_cached_image_without_bcc(tmp_path: Path, spawn) -> None:  # noqa: F811
-    cache = tmp_path / "bpf"
-    image = _fill(cache)
-    assert cache.stat().st_mode & 0o777 == 0o700 and image.stat().st_mode & 0o777 == 0o600
-
+def _sample_in_child(spawn, cache: Path) -> dict:  # noqa: F811
+    """Start a sampler in a fresh interpreter, sample a workload with it, and report on that process."""
     work: Workload = spawn(2.0, 2)
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(work.pid), str(cache)], cwd=ROOT, text=True,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -81,14 +80,35 @@ def test_compiles_once_then_starts_from_the_cached_image_without_bcc(tmp_path: P
     child.stdin.flush()
     got = json.loads(child.stdout.readline())
     assert child.wait(30) == 0
-
-    assert got["compiled"] is False and got["compile_seconds"] == 0
-    # No compiler in the process at all: neither BCC's Python package nor libbcc/LLVM were loaded.
-    assert not got["bcc_imported"] and not got["libbcc_mapped"] and not got["llvm_mapped"], got
-    assert got["peak_rss_kb"] < 80_000, got  # BCC's clang alone peaks at ~170 MB
-    assert got["start_cpu_s"] < 0.5, got
     assert_lossless(got["samples"], work, 2.0, 2)
+    return got
+
+
+def test_compiles_once_in_a_child_then_starts_from_the_cached_image(tmp_path: Path, spawn) -> None:  # noqa: F811
+    cache = tmp_path / "bpf"
+    first = _sample_in_child(spawn, cache)
+    assert first["compiled"] is True and first["compile_seconds"] > 0
+    # BCC compiled in a child process that exited: its Python package, libbcc and LLVM never entered
+    # the sampler's process, whose peak RSS stays far below the compiler's (~130-170 MB).
+    assert not first["bcc_imported"] and not first["libbcc_mapped"] and not first["llvm_mapped"], first
+    assert first["peak_rss_kb"] < 80_000, first
+    (image,) = _images(cache)
+    assert cache.stat().st_mode & 0o777 == 0o700 and image.stat().st_mode & 0o777 == 0o600
+
+    again = _sample_in_child(spawn, cache)
+    assert again["compiled"] is False and again["compile_seconds"] == 0
+    assert not again["bcc_imported"] and not again["libbcc_mapped"] and not again["llvm_mapped"], again
+    assert again["peak_rss_kb"] < 80_000, again
+    assert again["start_cpu_s"] < 0.5, again
     assert _images(cache) == [image]  # nothing rewritten
+
+
+def test_a_compile_error_reports_the_compilers_messages(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.bpf.c"
+    broken.write_text("int on_sample(void *ctx) { return undeclared_thing; }\n")
+    with pytest.raises(CompileError) as e:
+        compile_in_child(broken, "on_sample", [], {})
+    assert "undeclared_thing" in str(e.value) and "exit status 1" in str(e.value)
 
 
 def test_a_corrupt_or_unsafe_cached_image_is_compiled_again(tmp_path: Path, spawn,  # noqa: F811
