@@ -18,8 +18,8 @@ import time
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
-from itertools import compress, count, islice, repeat
-from operator import add, and_, eq, gt, lshift, or_, rshift
+from itertools import compress, count, islice
+from operator import eq, gt
 
 MAX_SYMBOL_SIZE = 256 * 1024  # larger than any kernel function; bounds the last symbol of a region
 PAGE = 12  # a page's code is listed or not as a whole (a module's text, a BPF program pack)
@@ -188,20 +188,16 @@ def parse_kallsyms(data: bytes | str, previous: KernelSymbols | None = None) -> 
 def _columns(data: bytes, marked: bool) -> _Columns:
     """Addresses and names of the text lines of `data`, stably sorted by address.
 
-    Core kernel lines come sorted, then module and BPF lines in no order: only from the first
-    line out of order on are they sorted, as ints packing address and line number (plain int
-    compares), then merged in runs.
+    Core kernel lines come sorted, then module and BPF lines in no order: only the lines from the
+    first one out of order on are sorted (stably: the first listed alias stays first), then merged in.
     """
     starts, names = _fast_columns(data, marked) or _slow_columns(data)
     k = next(compress(count(1), map(gt, starts, islice(starts, 1, None))), 0)  # first out of order
     if not k:
         return starts, names
-    m = len(starts) - k
-    shift = m.bit_length()
-    keys = sorted(map(or_, map(lshift, starts[k:].tolist(), repeat(shift)), range(m)))
-    tail = array("Q", map(rshift, keys, repeat(shift)))
-    tail_names = list(map(names.__getitem__, map(add, map(and_, keys, repeat((1 << shift) - 1)), repeat(k))))
-    return _merge((starts[:k], names[:k]), (tail, tail_names))
+    order = sorted(range(k, len(starts)), key=starts.__getitem__)
+    tail = array("Q", map(starts.__getitem__, order))
+    return _merge((starts[:k], names[:k]), (tail, list(map(names.__getitem__, order))))
 
 
 def _merge(first: _Columns, then: _Columns) -> _Columns:
