@@ -3,6 +3,9 @@
 Both sample at the same frequency while `--busy` single-threaded burners keep CPUs busy. For each
 tool it prints CPU seconds (total, start-up, and steady state as a share of one core), peak RSS, and
 captured samples of the burners against frequency x their own CPU seconds. The last line is JSON.
+CPU includes reaped children (a compile in a child process counts). Peak RSS is that of each tool's
+whole process tree: the sum of the RSS of the process and its descendants, sampled every 20 ms, and
+never below the main process's VmHWM (the process alone would not show a child's peak).
 
 It runs twice by default, each time beside a new profile-bpfcc: first as the agent's first start on a
 node (empty caches: BCC compiles the sampler, every binary's symbols are decoded), then as a restart
@@ -10,16 +13,31 @@ with the caches that run filled (the compiled program and the symbol cache, both
 the DaemonSet). `--runs 1` runs the first start only.
 
     .venv/bin/python bench/agent_overhead.py --duration 60 --frequency 99
+
+A busy node (`--churn RATE`, `--processes N`): a real node runs many processes, short-lived ones
+(health checks, shells, cron, build steps) and long-lived ones with deep stacks in big binaries.
+`--processes N` starts N long-lived Python processes before both tools, each running different code
+(its own recursion depth and C work: json, re, zlib, hashlib, sorting, decimal) at ~25% of a core,
+so their stacks differ. `--churn RATE` starts RATE short-lived processes a second during the measured
+window, in turn: `python3 -c` recursing into C work, an `sh -c` pipeline (seq | sort | md5sum), and
+tests/workloads/deep_calls.c (a call tree 4-12 deep whose branches depend on a seed); each lives
+0.1-1 s. The burners still measure capture.
+
+    .venv/bin/python bench/agent_overhead.py --duration 60 --frequency 99 --churn 10 --processes 8
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import itertools
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -46,6 +64,151 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+PAGE_MB = os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+class TreeRss(threading.Thread):
+    """Peak RSS of each tool's process tree: the sum of the RSS of the process and all its descendants,
+    sampled every `interval` seconds (a child that compiles for 0.4 s and exits shows up in the sum;
+    the main process's VmHWM alone would not count it). Parents are read once per new pid."""
+
+    def __init__(self, roots: dict[str, int], interval: float = 0.02) -> None:
+        super().__init__(name="tree-rss", daemon=True)
+        self.roots = roots
+        self.interval = interval
+        self.peak_mb = dict.fromkeys(roots, 0.0)
+        self._ppid: dict[int, int] = {}
+        self._halt = threading.Event()
+
+    def _parents(self) -> dict[int, list[int]]:
+        pids = {int(d) for d in os.listdir("/proc") if d.isdigit()}
+        for gone in self._ppid.keys() - pids:
+            del self._ppid[gone]
+        for pid in pids - self._ppid.keys():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_bytes()
+                self._ppid[pid] = int(stat[stat.rfind(b")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+        children: dict[int, list[int]] = {}
+        for pid, ppid in self._ppid.items():
+            children.setdefault(ppid, []).append(pid)
+        return children
+
+    def sample(self) -> None:
+        children = self._parents()
+        for name, root in self.roots.items():
+            total, todo = 0, [root]
+            while todo:
+                pid = todo.pop()
+                todo.extend(children.get(pid, ()))
+                try:
+                    with open(f"/proc/{pid}/statm", "rb") as f:
+                        total += int(f.read().split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+            self.peak_mb[name] = max(self.peak_mb[name], total * PAGE_MB)
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> dict[str, float]:
+        self._halt.set()
+        self.join()
+        return self.peak_mb
+
+
+# Python work that reaches different C code (and so different native stacks) per seed.
+_PY_WORK = r"""
+import decimal, hashlib, json, re, sys, time, zlib
+def w_json(n): return len(json.dumps([{"k%d" % i: [i, str(i), i / 3]} for i in range(n)]))
+def w_re(n): return len(re.findall(r"(a|b)+c?d*", "abacabd" * n))
+def w_zlib(n): return len(zlib.compress(bytes(range(256)) * n, 6))
+def w_hash(n): return hashlib.sha256(b"x" * (n * 512)).digest()[0]
+def w_sort(n): return sorted((i * 7919) % 1009 for i in range(n * 8))[0]
+def w_dec(n):
+    decimal.getcontext().prec = 60
+    return int(sum(decimal.Decimal(i).sqrt() for i in range(1, n // 4 + 2)))
+WORK = [w_json, w_re, w_zlib, w_hash, w_sort, w_dec]
+def rec(depth, k, n):
+    if depth == 0:
+        return WORK[k](n)
+    return rec(depth - 1, k, n) + 1
+"""
+
+SHORT_PY = _PY_WORK + r"""
+life, seed = float(sys.argv[1]), int(sys.argv[2])
+t0 = time.monotonic()
+end = t0 + 0.3 * life
+i = 0
+while time.monotonic() < end:
+    rec(3 + (seed + i) % 17, (seed + i) % len(WORK), 200)
+    i += 1
+time.sleep(max(0.0, t0 + life - time.monotonic()))
+"""
+
+LONG_PY = _PY_WORK + r"""
+seed = int(sys.argv[1])
+def serve_{seed}(i):
+    return rec(2 + (seed * 5 + i) % 23, (seed + i) % len(WORK), 150)
+while True:
+    end = time.monotonic() + 0.025
+    i = 0
+    while time.monotonic() < end:
+        serve_{seed}(i)
+        i += 1
+    time.sleep(0.075)
+"""
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+class Churn(threading.Thread):
+    """Starts `rate` short-lived processes a second (python, a shell pipeline, a deep C call tree, in
+    turn), each living 0.1-1 s, until stopped; reaps them as they exit."""
+
+    def __init__(self, rate: float, deep_calls: Path, seed: int = 1) -> None:
+        super().__init__(name="churn", daemon=True)
+        self.rate = rate
+        self.deep_calls = deep_calls
+        self.started = 0
+        self._rng = random.Random(seed)
+        self._halt = threading.Event()
+        self._live: list[subprocess.Popen] = []
+
+    def _command(self, kind: int) -> list[str]:
+        life = self._rng.uniform(0.1, 1.0)
+        seed = self._rng.randrange(1 << 20)
+        if kind == 0:
+            return ["/usr/bin/python3", "-c", SHORT_PY, f"{life:.3f}", str(seed)]
+        if kind == 1:
+            n = int(life * 150_000)
+            return ["sh", "-c", f"seq 1 {n} | sort -rn | md5sum > /dev/null; sleep {life * 0.5:.3f}"]
+        return [str(self.deep_calls), f"{0.3 * life:.3f}", str(seed)]
+
+    def run(self) -> None:
+        kinds = itertools.cycle(range(3))
+        next_at = time.monotonic()
+        while not self._halt.wait(max(0.0, next_at - time.monotonic())):
+            next_at += 1 / self.rate
+            self._live = [p for p in self._live if p.poll() is None]
+            self._live.append(subprocess.Popen(self._command(next(kinds)), stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL))
+            self.started += 1
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+        for p in self._live:
+            p.wait()
+
+
 def wait_for(url: str, timeout: float = 30) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -65,6 +228,11 @@ def main() -> None:
     ap.add_argument("--startup", type=float, default=15.0,
                     help="seconds counted as start-up: compile, load, and the first (cold) drain at 10 s")
     ap.add_argument("--runs", type=int, choices=(1, 2), default=2, help="1: first start only; 2: and a restart")
+    ap.add_argument("--churn", type=float, default=0.0,
+                    help="busy node: short-lived processes started per second during the measured window")
+    ap.add_argument("--processes", type=int, default=0,
+                    help="busy node: long-lived Python processes with distinct code, started before both tools")
+    ap.add_argument("--pids", action="store_true", help="print the tools' pids (to attach py-spy)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: both tools load eBPF programs")
@@ -83,12 +251,17 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     built = build_c("two_hot.c", tmp, "-O0")
     burn = tmp / f"pfb{os.getpid()}"  # a comm no other process on the host has
     built.rename(burn)
+    deep_calls = build_c("deep_calls.c", tmp)
     port = 17000 + os.getpid() % 1000
     url = f"http://127.0.0.1:{port}"
     log = open(tmp / "log.txt", "w")  # noqa: SIM115
     server = subprocess.Popen([str(podflame), "server", "--listen", f"127.0.0.1:{port}", "--data", str(tmp / "data")],
                               stdout=log, stderr=log)
     wait_for(url + "/healthz")
+    # Long-lived busy processes run before both tools start, as on a node where the agent is (re)started.
+    long_lived = [subprocess.Popen(["/usr/bin/python3", "-c", LONG_PY.replace("{seed}", str(i)), str(i)])
+                  for i in range(args.processes)]
+    atexit.register(stop_all, long_lived)  # also if the run fails half-way
     # Both tools start first; the burners run only once both sample, and stop before either stops,
     # so each tool saw the burners' whole life and expected = their CPU seconds x frequency.
     ours = subprocess.Popen([str(podflame), "agent", "--server", url, "--frequency", str(args.frequency),
@@ -97,16 +270,27 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     bcc_seconds = int(args.startup + args.duration + 10)
     theirs = subprocess.Popen(["profile-bpfcc", "-F", str(args.frequency), "-af", str(bcc_seconds)],
                               stdout=folded, stderr=log)
-    print(f"start-up {args.startup:.0f}s, then {args.busy} burners for {args.duration:.0f}s at {args.frequency} Hz",
-          file=sys.stderr)
+    tree_rss = TreeRss({"podflame": ours.pid, "profile-bpfcc": theirs.pid})
+    tree_rss.start()
+    busy = (f", {args.processes} long-lived processes" if args.processes else "") + \
+        (f", {args.churn:g} short-lived processes/s" if args.churn else "")
+    print(f"start-up {args.startup:.0f}s, then {args.busy} burners{busy} for {args.duration:.0f}s "
+          f"at {args.frequency} Hz", file=sys.stderr)
+    if args.pids:
+        print(f"pids: podflame {ours.pid}, profile-bpfcc {theirs.pid}", file=sys.stderr)
     time.sleep(args.startup)
     start_cpu = {"podflame": cpu_seconds(ours.pid), "profile-bpfcc": cpu_seconds(theirs.pid)}
     t_steady = time.monotonic()
     burners = [subprocess.Popen([str(burn), str(args.duration)]) for _ in range(args.busy)]
+    churn = Churn(args.churn, deep_calls) if args.churn > 0 else None
+    if churn is not None:
+        churn.start()
     burn_cpu = 0.0
     for b in burners:
         _, _, usage = os.wait4(b.pid, 0)
         burn_cpu += usage.ru_utime + usage.ru_stime
+    if churn is not None:
+        churn.stop()
     end_cpu = {"podflame": cpu_seconds(ours.pid), "profile-bpfcc": cpu_seconds(theirs.pid)}
     rss = {"podflame": peak_rss_mb(ours.pid), "profile-bpfcc": peak_rss_mb(theirs.pid)}
     steady_wall = time.monotonic() - t_steady
@@ -116,6 +300,9 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     for name, proc in (("podflame", ours), ("profile-bpfcc", theirs)):
         _, _, usage = os.wait4(proc.pid, 0)  # includes profile-bpfcc's symbolization at exit
         final_cpu[name] = usage.ru_utime + usage.ru_stime
+    tree_peak = tree_rss.stop()
+    rss = {name: max(rss[name], tree_peak[name]) for name in rss}
+    stop_all(long_lived)
     expected = burn_cpu * args.frequency
 
     q = urllib.parse.urlencode({"query": f'{{comm="{burn.name}"}}', "from": "now-1h", "to": "now+1m", "by": "comm"})
@@ -130,7 +317,8 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     server.wait(30)
 
     result = {"duration_s": args.duration, "frequency_hz": args.frequency, "busy_cpus": args.busy,
-              "expected_samples": round(expected)}
+              "churn_per_s": args.churn, "churn_started": churn.started if churn is not None else 0,
+              "long_lived_processes": args.processes, "expected_samples": round(expected)}
     for name, samples in (("podflame", our_samples), ("profile-bpfcc", their_samples)):
         total = final_cpu[name]
         steady = end_cpu[name] - start_cpu[name]
