@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -38,6 +38,8 @@ class MapsLookup(Protocol):
     def prefetch(self, pids: Iterable[int]) -> None: ...
     def lookup(self, pid: int, address: int): ...  # -> Mapping | None
     def process_gone(self, pid: int) -> bool: ...
+    # optional: def version(self, pid: int) -> Hashable | None (see MapsCache.version); without it,
+    # StackMemo redoes frames without a mapping every drain
 
 
 class CgroupLookup(Protocol):
@@ -120,40 +122,101 @@ def build_profiles(drain: Drain, ctx: Context, period_ns: int,
     return list(by_key.values())
 
 
-class StackMemo:
-    """Symbolized stacks by (process, raw stack), so a stack seen in an earlier drain costs one dict lookup.
+class _ProcessMemo:
+    """What StackMemo knows of one process: symbolized stacks by raw stack, and frames by (address, is leaf)."""
 
-    In steady state most samples repeat a stack (hot loops), which is what keeps the agent
-    cheap. Stacks with frames whose process maps were not known are not kept (they may resolve
-    later), and the memo is bounded and rebuilt every `max_age_drains` so pid reuse and exec
-    cannot keep stale names for long. It is also dropped when the symbolizer's `generation` moves
-    (a debug file arrived from debuginfod: the same stacks now have file:line and inline frames).
+    __slots__ = ("frames", "stacks", "version")
+
+    def __init__(self, version: Hashable) -> None:
+        self.version = version  # of the process's maps when these were made
+        self.stacks: dict[tuple, tuple[Frame, ...]] = {}
+        self.frames: dict[tuple[int, bool], Frame] = {}
+
+
+_NO_VERSION = object()  # maps that cannot say when a process's maps changed (test doubles)
+_NEVER_KEPT = frozenset({Unresolved.PROCESS_GONE, Unresolved.UNREADABLE, Unresolved.JIT_NO_MAP})
+
+
+class StackMemo:
+    """Symbolized stacks and frames per process across drains, so a stack seen in an earlier drain costs
+    one dict lookup, and a new stack of a known process costs a dict lookup per frame seen before.
+
+    In steady state most samples repeat a stack (hot loops); on a busy node many stacks are new but
+    their frames are not (the same functions called from elsewhere, a deeper recursion). Frames are
+    kept per process, keyed by (address, is leaf), for as long as the process's maps are unchanged
+    (`MapsCache.version`): exec, pid reuse or a new mapping drops the process's memo, and so does its
+    exit (once the maps cache lets it go). An address outside every mapping of a process whose maps
+    were read keeps its answer too (a frame-pointer walk through code built without frame pointers
+    finds such addresses in every drain; each one cost a re-read of the maps); any address in a new
+    mapping makes the maps cache re-read the maps, which drops the memo. JIT frames (perf maps grow),
+    unreadable binaries (may be transient) and exited processes' frames without a mapping are redone
+    every drain. Kernel frames are kept once for all processes.
+
+    Bounded: past `max_entries` stacks and frames everything is dropped, and all is rebuilt every
+    `max_age_drains`. Dropped as well when the symbolizer's `generation` moves (a debug file arrived
+    from debuginfod: the same frames now have file:line and inline frames).
     """
 
     _RETRY = frozenset({Unresolved.NO_MAPPING, Unresolved.PROCESS_GONE})
 
-    def __init__(self, ctx: Context, symbolizer, *, max_entries: int = 100_000, max_age_drains: int = 30) -> None:
+    def __init__(self, ctx: Context, symbolizer, *, max_entries: int = 200_000, max_age_drains: int = 30,
+                 max_kernel_frames: int = 50_000) -> None:
         self.ctx = ctx
         self.symbolizer = symbolizer
         self.max_entries = max_entries
         self.max_age_drains = max_age_drains
-        self.memo: dict[tuple, tuple[Frame, ...]] = {}
-        self._per_process: dict[int, Callable[[tuple[Frame, ...]], tuple[Frame, ...]]] = {}
+        self.max_kernel_frames = max_kernel_frames
+        self.processes: dict[int, _ProcessMemo] = {}
+        self.kernel_frames: dict[tuple[int, bool], Frame] = {}
+        self.entries = 0  # stacks and frames held in `processes`
+        self._current: dict[int, _ProcessMemo] = {}  # checked against the maps this drain
+        self._per_process: dict[int, Callable] = {}
         self._drains = 0
         self._generation = getattr(symbolizer, "generation", 0)
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.frame_hits = self.frame_misses = 0
+
+    def _version(self, tgid: int) -> Hashable:
+        version = getattr(self.ctx.maps, "version", None)
+        return version(tgid) if version is not None else _NO_VERSION
+
+    def clear(self) -> None:
+        self.processes.clear()
+        self.kernel_frames.clear()
+        self._current.clear()
+        self.entries = 0
 
     def begin_drain(self) -> None:
         self._per_process = {}
+        self._current = {}
         self._drains += 1
         generation = getattr(self.symbolizer, "generation", 0)
         if self._drains % self.max_age_drains == 0 or generation != self._generation:
-            self.memo.clear()
+            self.clear()
             self._generation = generation
+            return
+        for tgid, pm in list(self.processes.items()):
+            # exited (past the maps cache's grace) or not sampled for long; tgid 0 (idle) has no maps
+            if tgid and self._version(tgid) is None:
+                del self.processes[tgid]
+                self.entries -= len(pm.stacks) + len(pm.frames)
+
+    def _process(self, tgid: int) -> _ProcessMemo:
+        """This process's memo, checked once per drain against its maps' version."""
+        version = self._version(tgid)
+        pm = self.processes.get(tgid)
+        if pm is None or pm.version != version:
+            if pm is not None:
+                self.entries -= len(pm.stacks) + len(pm.frames)
+            pm = self.processes[tgid] = _ProcessMemo(version)
+        self._current[tgid] = pm
+        return pm
 
     def __call__(self, s: RawSample) -> tuple[Frame, ...]:
-        key = (s.tgid, s.user_stack, s.kernel_stack, s.user_error, s.kernel_error)
-        hit = self.memo.get(key)
+        pm = self._current.get(s.tgid)
+        if pm is None:
+            pm = self._process(s.tgid)
+        key = (s.user_stack, s.kernel_stack, s.user_error, s.kernel_error)
+        hit = pm.stacks.get(key)
         if hit is not None:
             self.hits += 1
             return hit
@@ -161,12 +224,69 @@ class StackMemo:
         fn = self._per_process.get(s.tgid)
         if fn is None:
             fn = self._per_process[s.tgid] = self.symbolizer.for_process(s.tgid or None)
-        stack = fn(stack_of(s, self.ctx))
-        if not any(f.reason in self._RETRY for f in stack):
-            if len(self.memo) >= self.max_entries:
-                self.memo.clear()
-            self.memo[key] = stack
+        if self.entries >= self.max_entries:  # may go over by one stack's frames: bounded all the same
+            self.clear()
+            pm = self._process(s.tgid)
+        single = getattr(fn, "frame", None)
+        # a process whose maps were read can keep frames without a mapping (see the class doc)
+        mapped = pm.version is not None and pm.version is not _NO_VERSION
+        # a symbolizer without a single-frame path gets whole stacks
+        stack = self._frames(s, pm, single, mapped) if single is not None else fn(stack_of(s, self.ctx))
+        if mapped:
+            keep = not any(f.reason is Unresolved.PROCESS_GONE for f in stack)
+        else:
+            keep = not any(f.reason in self._RETRY for f in stack)
+        if keep:
+            pm.stacks[key] = stack
+            self.entries += 1
         return stack
+
+    def _frames(self, s: RawSample, pm: _ProcessMemo, single: Callable[[Frame, bool], Frame],
+                mapped: bool) -> tuple[Frame, ...]:
+        """Root-first frames as `stack_of` gives them, each resolved as the symbolizer would, from the memos."""
+        frames: list[Frame] = []
+        kernel_tail = bool(s.kernel_stack) or s.kernel_error not in (0, -14)
+        memo = pm.frames
+        if s.user_stack:
+            lookup = self.ctx.maps.lookup
+            tgid = s.tgid
+            leaf_at = -1 if kernel_tail else 0
+            user = s.user_stack
+            for i in range(len(user) - 1, -1, -1):
+                addr = user[i]
+                leaf = i == leaf_at
+                f = memo.get((addr, leaf))
+                if f is None:
+                    self.frame_misses += 1
+                    f = single(Frame(addr, lookup(tgid, addr), FrameKind.NATIVE), leaf)
+                    if f.kind is FrameKind.NATIVE and f.reason not in _NEVER_KEPT and \
+                            (mapped or f.reason is not Unresolved.NO_MAPPING):
+                        memo[(addr, leaf)] = f
+                        self.entries += 1
+                else:
+                    self.frame_hits += 1
+                frames.append(f)
+        elif s.user_error not in (0, -14) and s.tgid:
+            frames.append(_lost_stack_frame("user", s.user_error))
+        if s.kernel_stack:
+            kmemo = self.kernel_frames
+            kernel = s.kernel_stack
+            for i in range(len(kernel) - 1, -1, -1):
+                addr = kernel[i]
+                leaf = i == 0
+                f = kmemo.get((addr, leaf))
+                if f is None:
+                    self.frame_misses += 1
+                    f = single(Frame(addr, None, FrameKind.KERNEL), leaf)
+                    if len(kmemo) >= self.max_kernel_frames:
+                        kmemo.clear()
+                    kmemo[(addr, leaf)] = f
+                else:
+                    self.frame_hits += 1
+                frames.append(f)
+        elif s.kernel_error not in (0, -14):
+            frames.append(_lost_stack_frame("kernel", s.kernel_error))
+        return tuple(frames)
 
 
 class PodLabels:

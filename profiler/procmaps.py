@@ -65,6 +65,26 @@ def parse_maps(text: str) -> list[MapsEntry]:
     return out
 
 
+def parse_exec_maps(text: str) -> list[MapsEntry]:
+    """The executable lines of a maps file, as `parse_maps` reads them, without building the others
+    (a Python process's maps have ~5 lines for each executable one; the agent reads one per new process)."""
+    out = []
+    for line in text.splitlines():
+        sp = line.find(" ")  # perms follow the range: "r-xp"
+        if line[sp + 3:sp + 4] != "x":
+            continue
+        parts = line.split(maxsplit=5)
+        if len(parts) < 5 or "x" not in parts[1]:
+            continue
+        try:
+            lo, hi = parts[0].split("-", 1)
+            out.append(MapsEntry(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16), parts[3], int(parts[4]),
+                                 parts[5] if len(parts) > 5 else ""))
+        except ValueError:
+            continue
+    return out
+
+
 @dataclass(slots=True)
 class _Process:
     starttime: int | None
@@ -74,6 +94,7 @@ class _Process:
     files: dict[int, MappedFile]  # by mapping start
     read_gen: int
     used_gen: int
+    version: int  # changes when the maps change (exec, pid reuse, dlopen...), not on a re-read finding the same
     gone_gen: int | None = None
 
     def find(self, address: int) -> Mapping | None:
@@ -109,6 +130,9 @@ class MapsCache:
         self._failed: dict[int, bool] = {}  # pid -> gone, for pids whose maps could not be read this drain
         self._gen = 0  # drains seen
         self._build_ids: LRU[str | None] = LRU(max_files)
+        self._versions = 0
+        # (device, inode, path) as the maps print them -> (st_dev, st_ino, st_mtime_ns); for one drain
+        self._identities: dict[tuple[str, int, str], tuple[int, int, int]] = {}
         self.stats = {"reads": 0, "rereads": 0, "exits": 0, "execs": 0}
 
     # -- per drain ---------------------------------------------------------------------------
@@ -117,6 +141,7 @@ class MapsCache:
         """Start a drain: age out the exited, read maps of new pids and of pids that exec'd."""
         self._gen += 1
         self._failed.clear()
+        self._identities.clear()  # a file replaced in place (new mtime) is seen by the next drain
         self.forget_exited()
         for pid in pids:
             p = self._procs.get(pid)
@@ -182,6 +207,13 @@ class MapsCache:
         p = self._procs.get(pid)
         return p.files.get(mapping.start) if p is not None else None
 
+    def version(self, pid: int) -> int | None:
+        """Changes whenever the maps known for `pid` change (exec, pid reuse, a new mapping found by a
+        re-read); None when the process is not tracked (never read, or dropped after its exit). What
+        was derived from a process's maps (the agent's symbolized frames) holds while this is unchanged."""
+        p = self._procs.get(pid)
+        return p.version if p is not None else None
+
     def process_gone(self, pid: int) -> bool:
         """True when the process has exited: its frames without a mapping cannot get one now."""
         p = self._procs.get(pid)
@@ -224,8 +256,8 @@ class MapsCache:
         if st is not None and not st.zombie:
             try:
                 # surrogateescape: a path that is not UTF-8 still round-trips to os.stat/open
-                with open(f"{self.proc}/{pid}/maps", errors="surrogateescape") as f:
-                    text = f.read()
+                with open(f"{self.proc}/{pid}/maps", "rb", buffering=0) as f:
+                    text = f.readall().decode(errors="surrogateescape")
             except OSError:
                 text = None
         if old is not None and st is not None and old.starttime != st.starttime:
@@ -244,9 +276,7 @@ class MapsCache:
         self.stats["reads"] += 1
         mappings: list[Mapping] = []
         files: dict[int, MappedFile] = {}
-        for e in parse_maps(text):
-            if not e.executable:
-                continue
+        for e in parse_exec_maps(text):
             path = e.clean_path
             probe = Mapping(e.start, e.end, e.offset, path)
             if is_special(path):
@@ -257,14 +287,27 @@ class MapsCache:
             build_id = self._build_ids.get(mf.key) if mf.key is not None else None
             mappings.append(Mapping(e.start, e.end, e.offset, path, build_id))
         mappings.sort(key=lambda m: m.start)
-        p = _Process(st.starttime if st else None, self._exe_identity(pid), [m.start for m in mappings], mappings,
-                     files, read_gen=self._gen, used_gen=self._gen)
+        starttime = st.starttime if st else None
+        if old is not None and old.starttime == starttime and old.mappings == mappings and old.files == files:
+            version = old.version  # re-read (an address outside every mapping), nothing changed
+        else:
+            self._versions += 1
+            version = self._versions
+        p = _Process(starttime, self._exe_identity(pid), [m.start for m in mappings], mappings,
+                     files, read_gen=self._gen, used_gen=self._gen, version=version)
         self._procs[pid] = p
         return p
 
     def _mapped_file(self, pid: int, probe: Mapping, e: MapsEntry) -> MappedFile:
-        """Openable paths and identity of a mapping's file; its build id read once per identity."""
+        """Openable paths and identity of a mapping's file; its build id read once per identity.
+
+        The identity (a stat through /proc/PID/map_files) is taken once per drain for each file as the
+        maps name it (device, inode, path): a busy node starts many processes mapping the same files."""
         paths = candidate_paths(pid, probe, deleted=e.deleted, proc=self.proc)
+        named = (e.dev, e.inode, e.path)
+        key = self._identities.get(named)
+        if key is not None:
+            return MappedFile(paths, key)
         for path in paths:
             try:
                 st = os.stat(path)
@@ -273,6 +316,9 @@ class MapsCache:
             key = (st.st_dev, st.st_ino, st.st_mtime_ns)
             if key not in self._build_ids:
                 self._build_ids.put(key, read_build_id(path))
+            if len(self._identities) >= 4 * self.max_pids:
+                self._identities.clear()
+            self._identities[named] = key
             return MappedFile(paths, key)
         return MappedFile(paths, None)
 

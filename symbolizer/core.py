@@ -66,6 +66,29 @@ class _Call:
         self.perf_map_read = False
 
 
+class ProcessSymbolizer:
+    """`Symbolizer.for_process`'s answer: symbolizes stacks or frames of one process, as `symbolize` would."""
+
+    __slots__ = ("_call", "_symbolizer")
+
+    def __init__(self, symbolizer: Symbolizer, call: _Call) -> None:
+        self._symbolizer = symbolizer
+        self._call = call
+
+    def __call__(self, stack: tuple[Frame, ...]) -> tuple[Frame, ...]:
+        """A root-first stack, each frame resolved (its last frame is the leaf)."""
+        sym = self._symbolizer
+        with sym._lock:
+            return sym._stack(stack, self._call)
+
+    def frame(self, frame: Frame, leaf: bool) -> Frame:
+        """One frame, resolved as it would be at that place of a stack (`leaf`: the stack's last frame,
+        whose address is not a return address)."""
+        sym = self._symbolizer
+        with sym._lock:
+            return sym._frame(frame, leaf, self._call)
+
+
 def _pid_of(labels: dict[str, str]) -> int | None:
     try:
         return int(labels["pid"])
@@ -132,17 +155,12 @@ class Symbolizer:
                 out.add(self._stack(stack, call), value)
         return out
 
-    def for_process(self, pid: int | None) -> Callable[[tuple[Frame, ...]], tuple[Frame, ...]]:
-        """Symbolize single root-first stacks of one process, for callers that memoize whole stacks
-        (the agent: most samples of a drain repeat a stack seen before). Use one per process per drain."""
-        call = _Call(pid)
+    def for_process(self, pid: int | None) -> ProcessSymbolizer:
+        """Symbolize single root-first stacks (call it) or single frames (`.frame`) of one process, for
+        callers that memoize stacks or frames across drains (the agent: most samples of a drain repeat
+        a stack or frame seen before). Use one per process per drain."""
         self._debug_files_arrived()
-
-        def symbolize_stack(stack: tuple[Frame, ...]) -> tuple[Frame, ...]:
-            with self._lock:
-                return self._stack(stack, call)
-
-        return symbolize_stack
+        return ProcessSymbolizer(self, _Call(pid))
 
     def _stack(self, stack: tuple[Frame, ...], call: _Call) -> tuple[Frame, ...]:
         leaf = len(stack) - 1

@@ -1,0 +1,257 @@
+"""StackMemo's per-process memo of symbolized stacks and frames: hits, bounds, drops on exit and on
+changed maps, and output identical to symbolizing every stack afresh (no BPF needed)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from podflame.model import Frame, FrameKind, Line, Mapping, Unresolved
+from profiler.agent import Context, StackMemo, build_profiles
+from profiler.procmaps import MapsCache, parse_exec_maps, parse_maps
+from symbolizer import Symbolizer
+from tests.test_agent import FakeCgroups, raw
+from tests.test_procmaps import MAPS, FakeProc, line
+
+EXE = Mapping(0x400000, 0x500000, 0, "/opt/app/bin/app", "ab" * 20)
+
+
+class VersionedMaps:
+    """Maps of pid 42 (EXE) that say when they change, like MapsCache.version."""
+
+    def __init__(self) -> None:
+        self.versions: dict[int, int | None] = {42: 1}
+        self.lookups = 0
+
+    def refresh(self, pids) -> None:
+        pass
+
+    def lookup(self, pid, address):
+        self.lookups += 1
+        return EXE if self.versions.get(pid) and EXE.start <= address < EXE.limit else None
+
+    def process_gone(self, pid) -> bool:
+        return self.versions.get(pid) is None
+
+    def version(self, pid):
+        return self.versions.get(pid)
+
+
+class FrameCountingSymbolizer:
+    """Names frames in EXE `fn_<address>`, kernel frames `k_<address>`; counts the frames it resolves."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.generation = 0
+
+    def _one(self, f: Frame, leaf: bool) -> Frame:
+        self.frames += 1
+        if f.kind is FrameKind.KERNEL:
+            return replace(f, lines=(Line(f"k_{f.address:x}{'_leaf' if leaf else ''}"),))
+        if f.mapping is None:
+            return replace(f, reason=Unresolved.NO_MAPPING)
+        return replace(f, lines=(Line(f"fn_{f.address:x}{'_leaf' if leaf else ''}"),))
+
+    def for_process(self, pid):
+        sym = self
+
+        class One:
+            def __call__(self, stack):
+                return tuple(sym._one(f, i == len(stack) - 1) for i, f in enumerate(stack))
+
+            def frame(self, f, leaf):
+                return sym._one(f, leaf)
+
+        return One()
+
+
+def ctx(maps) -> Context:
+    return Context(node="n1", maps=maps, cgroups=FakeCgroups(), comm_cache={42: "app", 50: "other"})
+
+
+def drain_of(*samples) -> SimpleNamespace:
+    return SimpleNamespace(start_ns=0, end_ns=1, errors={}, samples=list(samples))
+
+
+def run(memo: StackMemo, c: Context, *samples) -> dict:
+    memo.begin_drain()
+    return {p.labels["pid"]: dict(p.name_stacks()) for p in build_profiles(drain_of(*samples), c, 10, memo)}
+
+
+def test_a_new_stack_of_a_known_process_resolves_only_its_new_frames() -> None:
+    sym, maps = FrameCountingSymbolizer(), VersionedMaps()
+    c = ctx(maps)
+    memo = StackMemo(c, sym)
+    first = run(memo, c, raw(user=(0x401000, 0x400200, 0x400100), kernel=(0xffff0010,)))
+    assert sym.frames == 4
+    # a deeper call through the same functions: only the new frame is resolved
+    second = run(memo, c, raw(user=(0x401000, 0x400300, 0x400200, 0x400100), kernel=(0xffff0010,)))
+    assert sym.frames == 5 and memo.frame_hits == 4
+    assert first["42"] == {("fn_400100", "fn_400200", "fn_401000", "k_ffff0010_leaf"): 1}
+    assert second["42"] == {("fn_400100", "fn_400200", "fn_400300", "fn_401000", "k_ffff0010_leaf"): 1}
+    # the same stack again: one lookup of the whole stack, no frame work, no maps lookup
+    lookups = maps.lookups
+    run(memo, c, raw(user=(0x401000, 0x400300, 0x400200, 0x400100), kernel=(0xffff0010,)))
+    assert sym.frames == 5 and maps.lookups == lookups and memo.hits == 1
+
+
+def test_the_leaf_is_resolved_apart_from_the_same_address_as_a_caller() -> None:
+    """A leaf's address is the instruction itself, a caller's a return address: both keys are kept."""
+    sym, maps = FrameCountingSymbolizer(), VersionedMaps()
+    c = ctx(maps)
+    memo = StackMemo(c, sym)
+    out = run(memo, c, raw(user=(0x400100,)), raw(user=(0x400200, 0x400100)),
+              raw(user=(0x400100,), kernel=(0xffff0010,)))
+    assert out["42"] == {("fn_400100_leaf",): 1, ("fn_400100", "fn_400200_leaf"): 1,
+                         ("fn_400100", "k_ffff0010_leaf"): 1}
+
+
+def test_frames_without_a_mapping_are_kept_only_while_the_maps_are_known() -> None:
+    sym, maps = FrameCountingSymbolizer(), VersionedMaps()
+    c = ctx(maps)
+    memo = StackMemo(c, sym)
+    garbage = raw(user=(0x7777, 0x400100))  # a frame-pointer walk through code without frame pointers
+    for _ in range(3):
+        out = run(memo, c, garbage)
+    assert sym.frames == 2  # the maps were read and did not change: no re-resolution each drain
+    assert out["42"] == {("fn_400100", "[no mapping]+0x7777"): 1}
+    maps.versions[42] = 2  # e.g. a dlopen: every frame of the process is resolved again
+    run(memo, c, garbage)
+    assert sym.frames == 4
+    # a process whose maps could not be read: its unmapped frames are retried every drain
+    maps.versions[50] = None
+    unknown = raw(cgroup_id=9, tgid=50, pid=50, user=(0x7777,))
+    for _ in range(2):
+        run(memo, c, unknown)
+    assert sym.frames == 6
+
+
+def test_a_process_memo_is_dropped_when_it_exits_or_its_maps_change() -> None:
+    sym, maps = FrameCountingSymbolizer(), VersionedMaps()
+    c = ctx(maps)
+    memo = StackMemo(c, sym)
+    maps.versions[50] = 7
+    run(memo, c, raw(user=(0x401000, 0x400100)), raw(cgroup_id=9, tgid=50, pid=50, user=(0x1234,)))
+    assert set(memo.processes) == {42, 50} and memo.entries > 0
+    maps.versions[50] = None  # the maps cache let it go (exited, past its grace period)
+    run(memo, c, raw(user=(0x401000, 0x400100)))
+    assert set(memo.processes) == {42}
+    assert memo.entries == len(memo.processes[42].stacks) + len(memo.processes[42].frames) == 3
+    maps.versions[42] = 3  # exec or pid reuse: a new image
+    before = sym.frames
+    run(memo, c, raw(user=(0x401000, 0x400100)))
+    assert sym.frames == before + 2 and memo.entries == 3
+
+
+def test_the_memo_is_bounded() -> None:
+    sym, maps = FrameCountingSymbolizer(), VersionedMaps()
+    c = ctx(maps)
+    memo = StackMemo(c, sym, max_entries=50)
+    rng = random.Random(1)
+    for _ in range(20):
+        samples = [raw(user=tuple(0x400000 + rng.randrange(0x1000) for _ in range(5))) for _ in range(10)]
+        out = run(memo, c, *samples)
+        assert memo.entries <= 50 + 5 + 1  # over by at most one stack's frames and the stack
+        assert memo.entries == sum(len(pm.stacks) + len(pm.frames) for pm in memo.processes.values())
+        assert sum(out["42"].values()) == 10
+    kernel = StackMemo(c, sym, max_kernel_frames=8)
+    for i in range(10):
+        run(kernel, c, raw(user=(0x400100,), kernel=tuple(0xffff0000 + 16 * (4 * i + j) for j in range(4))))
+        assert len(kernel.kernel_frames) <= 8
+
+
+def test_a_debug_file_arriving_drops_the_frames_too() -> None:
+    sym, maps = FrameCountingSymbolizer(), VersionedMaps()
+    c = ctx(maps)
+    memo = StackMemo(c, sym)
+    run(memo, c, raw(user=(0x401000, 0x400100), kernel=(0xffff0010,)))
+    sym.generation = 1
+    run(memo, c, raw(user=(0x401000, 0x400200, 0x400100), kernel=(0xffff0010,)))
+    assert sym.frames == 3 + 4
+
+
+def _random_samples(rng: random.Random, tgid: int, spans: list[tuple[int, int]], kernel: list[int]) -> list:
+    """Stacks over real mappings of `tgid`, with some garbage and kernel frames and lost stacks."""
+    out = []
+    for _ in range(40):
+        user = []
+        for _ in range(rng.randrange(1, 12)):
+            if rng.random() < 0.1:
+                user.append(rng.randrange(1, 1 << 20))  # no mapping there
+            else:
+                lo, hi = rng.choice(spans)
+                user.append(rng.randrange(lo, hi))
+        kstack = tuple(rng.sample(kernel, rng.randrange(0, 4))) if kernel else ()
+        err = rng.choice((0, 0, 0, -14, -12))
+        out.append(raw(tgid=tgid, pid=tgid, cgroup_id=1, user=tuple(user) if err == 0 else (), user_error=err,
+                       kernel=kstack, kernel_error=0 if kstack else rng.choice((0, -14, -12)),
+                       count=rng.randrange(1, 5)))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_memoized_profiles_equal_symbolizing_every_stack_afresh(seed: int) -> None:
+    """The real symbolizer and maps cache on this test process: libc, python, a vDSO, kernel frames,
+    addresses outside every mapping; drain after drain, memoized stacks equal `Symbolizer.symbolize`."""
+    pid = os.getpid()
+    spans = [(e.start, e.end) for e in parse_exec_maps(Path(f"/proc/{pid}/maps").read_text())]
+    try:
+        kernel = [int(ln.split()[0], 16) for ln in Path("/proc/kallsyms").read_text().splitlines()[:20000:500]]
+        kernel = [a + 3 for a in kernel if a]
+    except OSError:
+        kernel = []
+    rng = random.Random(seed)
+    maps = MapsCache()
+    c = Context(node="n1", maps=maps, cgroups=FakeCgroups())
+    sym = Symbolizer(maps)
+    memo = StackMemo(c, sym)
+    repeated = _random_samples(rng, pid, spans, kernel)
+    for _ in range(4):
+        drain = drain_of(*repeated, *_random_samples(rng, pid, spans, kernel))
+        memo.begin_drain()
+        memoized = build_profiles(drain, c, 10, memo)
+        plain = [sym.symbolize(p) for p in build_profiles(drain, c, 10)]
+        assert [p.samples for p in memoized] == [p.samples for p in plain]
+        assert [p.labels for p in memoized] == [p.labels for p in plain]
+    assert memo.hits and memo.frame_hits and memo.frame_misses
+
+
+def test_parse_exec_maps_reads_what_parse_maps_reads() -> None:
+    texts = [MAPS, "7f00-7f10 r-xp 00000000 00:00 0 \n\n  \nx\n7f40-7f50 r-xs zz 00:05 77\n"]
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            with contextlib.suppress(OSError):
+                texts.append(Path(f"/proc/{d}/maps").read_text(errors="surrogateescape"))
+    for text in texts:
+        assert parse_exec_maps(text) == [e for e in parse_maps(text) if e.executable]
+
+
+def test_maps_version_moves_only_when_the_maps_change(tmp_path: Path) -> None:
+    fake = FakeProc(tmp_path / "proc")
+    fake.add(10, line(0x1000, 0x2000, "/bin/true"))
+    maps = MapsCache(str(fake.root))
+    assert maps.version(10) is None
+    maps.refresh([10])
+    v1 = maps.version(10)
+    assert v1 is not None
+    maps.refresh([10])
+    assert maps.lookup(10, 0x9000) is None  # outside every mapping: re-read, nothing new
+    assert maps.version(10) == v1
+    fake.add(10, line(0x1000, 0x2000, "/bin/true") + line(0x9000, 0xA000, "/bin/false"))
+    maps.refresh([10])
+    assert maps.lookup(10, 0x9800) is not None  # dlopen: the re-read finds it, and the version moves
+    v2 = maps.version(10)
+    assert v2 != v1
+    fake.add(10, line(0x1000, 0x2000, "/bin/true"), starttime=555)  # pid reused
+    maps.refresh([10])
+    assert maps.version(10) not in (None, v1, v2)
+    fake.remove(10)
+    for _ in range(4):
+        maps.refresh([])
+    assert maps.version(10) is None  # exited and let go
