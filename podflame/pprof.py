@@ -126,22 +126,7 @@ class _Strings:
         return i
 
 
-def _main_mapping_first(msg: PprofProfile) -> None:
-    """pprof tools take the first mapping for the main binary (`go tool pprof` prints it as `File:`);
-    mappings are met leaf first, which would make it the kernel or a library. The lowest user mapping
-    is the executable in a process's address space (PIE or not), so it goes first; ids do not change."""
-    users = [m for m in msg.mapping if m.memory_limit != 0xFFFFFFFFFFFFFFFF]  # not the kernel's
-    if not users:
-        return
-    main = min(users, key=lambda m: m.memory_start)
-    if msg.mapping[0].id == main.id:
-        return
-    rest = [m for m in msg.mapping if m.id != main.id]
-    ordered = [type(main)(), *(type(m)() for m in rest)]
-    for copy, m in zip(ordered, [main, *rest], strict=True):
-        copy.CopyFrom(m)
-    del msg.mapping[:]
-    msg.mapping.extend(ordered)
+_KERNEL = Mapping(0, 0xFFFFFFFFFFFFFFFF, 0, KERNEL_MAPPING)
 
 
 def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] | None = None,
@@ -149,6 +134,8 @@ def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] |
     """Encode profiles of one sample type into one pprof; each sample carries its profile's labels.
 
     Labels in `common_labels` are left off the samples (they travel elsewhere, e.g. in the URL).
+    Every distinct frame becomes one location, looked up by a dict get per frame of each stack;
+    the location, its lines and functions are built once, when the frame is first met.
     """
     profiles = list(profiles)
     common = dict(common_labels or {})
@@ -166,54 +153,69 @@ def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] |
         msg.time_nanos = start
         msg.duration_nanos = max(p.end_ns for p in profiles) - start
 
-    mapping_ids: dict[Mapping, int] = {}
+    # mapping -> its Mapping message's fields; the messages are added at the end, the main one first
+    mappings: dict[Mapping, tuple[int, int, int]] = {}  # -> (id, filename, build_id) string indexes
     function_ids: dict[tuple[str, str | None], int] = {}
     location_ids: dict[Frame, int] = {}
-
-    def mapping_id(m: Mapping | None, kind: FrameKind) -> int:
-        if m is None:
-            if kind is not FrameKind.KERNEL:
-                return 0
-            m = Mapping(0, 0xFFFFFFFFFFFFFFFF, 0, KERNEL_MAPPING)
-        mid = mapping_ids.get(m)
-        if mid is None:
-            mid = mapping_ids[m] = len(mapping_ids) + 1
-            msg.mapping.add(id=mid, memory_start=m.start, memory_limit=m.limit, file_offset=m.offset,
-                            filename=s(m.path), build_id=s(m.build_id), has_functions=True)
-        return mid
+    add_location, add_function = msg.location.add, msg.function.add
 
     def location_id(frame: Frame) -> int:
-        lid = location_ids.get(frame)
-        if lid is not None:
-            return lid
         lid = location_ids[frame] = len(location_ids) + 1
-        loc = msg.location.add(id=lid, mapping_id=mapping_id(frame.mapping, frame.kind), address=frame.address)
+        m = frame.mapping
+        if m is None and frame.kind is FrameKind.KERNEL:
+            m = _KERNEL
+        if m is None:
+            mid = 0
+        else:
+            known = mappings.get(m)
+            if known is None:
+                known = mappings[m] = (len(mappings) + 1, s(m.path), s(m.build_id))
+            mid = known[0]
         lines = frame.lines or ((Line(frame.fallback_name()),) if frame.reason is not None else ())
+        loc = add_location(id=lid, mapping_id=mid, address=frame.address)
         for line in lines:
             key = (line.function, line.file)
             fid = function_ids.get(key)
             if fid is None:
                 fid = function_ids[key] = len(function_ids) + 1
-                msg.function.add(id=fid, name=s(line.function), system_name=s(line.function),
-                                 filename=s(line.file))
+                name = s(line.function)
+                add_function(id=fid, name=name, system_name=name, filename=s(line.file))
             loc.line.add(function_id=fid, line=line.line or 0)
         return lid
 
+    two_values = len(msg.sample_type) == 2
+    add_sample = msg.sample.add
+    get = location_ids.get
     for p in profiles:
         if (p.sample_type, p.unit) != (sample_type, unit):
             raise ValueError("encode() takes profiles of one sample type")
-        labels = [(s(k), s(v)) for k, v in sorted(p.labels.items()) if common.get(k) != v]
+        labels = [_Label(key=s(k), str=s(v)) for k, v in sorted(p.labels.items()) if common.get(k) != v]
+        per_sample = p.period_ns or period  # merged series may differ in period
         for stack, value in p.samples.items():
-            sample = msg.sample.add(location_id=[location_id(f) for f in reversed(stack)])
-            sample.value.append(value)
-            if len(msg.sample_type) == 2:
-                sample.value.append(value * (p.period_ns or period))  # merged series may differ in period
-            for k, v in labels:
-                sample.label.add(key=k, str=v)
-    _main_mapping_first(msg)
+            ids = [get(f) or location_id(f) for f in reversed(stack)]
+            add_sample(location_id=ids, value=[value, value * per_sample] if two_values else [value], label=labels)
+    _add_mappings(msg, mappings)
     msg.string_table.extend(s.table)
     raw = msg.SerializeToString()
     return gzip.compress(raw, compresslevel=6) if compress else raw
+
+
+def _add_mappings(msg: PprofProfile, mappings: dict[Mapping, tuple[int, int, int]]) -> None:
+    """pprof tools take the first mapping for the main binary (`go tool pprof` prints it as `File:`);
+    mappings are met leaf first, which would make it the kernel or a library. The lowest user mapping
+    is the executable in a process's address space (PIE or not), so it goes first; ids do not change."""
+    order = list(mappings)
+    users = [m for m in order if m.limit != _KERNEL.limit]  # not the kernel's
+    if users:
+        main = min(users, key=lambda m: m.start)
+        if order[0] is not main:
+            order.remove(main)
+            order.insert(0, main)
+    add = msg.mapping.add
+    for m in order:
+        mid, filename, build_id = mappings[m]
+        add(id=mid, memory_start=m.start, memory_limit=m.limit, file_offset=m.offset, filename=filename,
+            build_id=build_id, has_functions=True)
 
 
 @dataclass(slots=True)

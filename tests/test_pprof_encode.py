@@ -1,0 +1,41 @@
+"""pprof.encode builds each distinct frame's location once and adds mappings main-first at the end:
+the wire content is what the decoder and `go tool pprof` expect (ids, order, values, labels)."""
+
+from __future__ import annotations
+
+from podflame import pprof
+from podflame.model import Frame, FrameKind, Line, Mapping, Profile, Unresolved
+
+LIB = Mapping(0x7F0000000000, 0x7F0000100000, 0, "/usr/lib/libc.so.6", "aa" * 20)
+EXE = Mapping(0x555500000000, 0x555500010000, 0x1000, "/opt/app", "bb" * 20)
+MAIN = Frame(0x555500000100, EXE, FrameKind.NATIVE, (Line("main", "app.c", 3),))
+WORK = Frame(0x555500000200, EXE, FrameKind.NATIVE, (Line("inlined", "app.h", 9), Line("work", "app.c", 7)))
+READ = Frame(0x7F0000000300, LIB, FrameKind.NATIVE, (Line("read"),))
+LOST = Frame(0x7F0000000400, LIB, FrameKind.NATIVE, (), Unresolved.NO_SYMBOLS)
+KERNEL = Frame(0xFFFFFFFF81000000, None, FrameKind.KERNEL, (Line("vfs_read"),))
+
+
+def test_locations_once_mappings_main_first_values_and_labels() -> None:
+    a = Profile(labels={"node": "n1", "pid": "1", "comm": "app"}, start_ns=10, duration_ns=5, period_ns=100)
+    a.add((MAIN, WORK, READ, KERNEL), 3)
+    a.add((MAIN, WORK, LOST), 2)
+    b = Profile(labels={"node": "n1", "pid": "2"}, start_ns=12, duration_ns=8, period_ns=200)
+    b.add((MAIN, WORK), 1)
+    msg = pprof.PprofProfile()
+    msg.ParseFromString(pprof.encode([a, b], common_labels={"node": "n1"}, compress=False))
+    strings = list(msg.string_table)
+    # mappings are met leaf first (the kernel, libc), the executable goes first with its id kept
+    assert [strings[m.filename] for m in msg.mapping] == ["/opt/app", "[kernel.kallsyms]", "/usr/lib/libc.so.6"]
+    assert [m.id for m in msg.mapping] == [3, 1, 2]
+    assert len(msg.location) == 5  # five distinct frames, each once, ids in the order met (leaf first)
+    assert [loc.id for loc in msg.location] == [1, 2, 3, 4, 5]
+    by_id = {loc.id: loc for loc in msg.location}
+    functions = {f.id: strings[f.name] for f in msg.function}
+    assert [functions[ln.function_id] for ln in by_id[3].line] == ["inlined", "work"]
+    assert [functions[ln.function_id] for ln in by_id[5].line] == ["libc.so.6+0x400"]
+    assert [(list(s.location_id), list(s.value)) for s in msg.sample] == [
+        ([1, 2, 3, 4], [3, 300]), ([5, 3, 4], [2, 200]), ([3, 4], [1, 200])]
+    assert [{strings[lb.key]: strings[lb.str] for lb in s.label} for s in msg.sample] == [
+        {"comm": "app", "pid": "1"}, {"comm": "app", "pid": "1"}, {"pid": "2"}]
+    back = {p.labels["pid"]: p.samples for p in pprof.decode(pprof.encode([a, b])) if p.sample_type == "samples"}
+    assert back["1"][(MAIN, WORK, READ, KERNEL)] == 3 and back["2"] == {(MAIN, WORK): 1}
