@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from podflame.model import Frame, FrameKind, Line, Profile, Unresolved
 from profiler import metrics
-from profiler.heap import release_freed_memory
+from profiler.heap import SurvivorFreezer, release_freed_memory
 
 if TYPE_CHECKING:
     from profiler.sampler import Drain, RawSample
@@ -411,6 +411,7 @@ class Agent:
 
     def run(self) -> None:
         next_at = time.monotonic() + self.interval
+        freezer = SurvivorFreezer()  # the daemon loop owns the process's GC; drain_once alone does not
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             next_at += self.interval
             try:
@@ -419,6 +420,7 @@ class Agent:
                     self.sink(profiles)
             except Exception:  # one bad drain must not stop profiling
                 log.exception("drain failed")
+            freezer.after_drain()
         # a final drain so a clean shutdown loses nothing
         try:
             profiles = self.drain_once() + self.pods.flush()
