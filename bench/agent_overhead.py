@@ -70,43 +70,42 @@ PAGE_MB = os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 class TreeRss(threading.Thread):
     """Peak RSS of each tool's process tree: the sum of the RSS of the process and all its descendants,
     sampled every `interval` seconds (a child that compiles for 0.4 s and exits shows up in the sum;
-    the main process's VmHWM alone would not count it). Parents are read once per new pid."""
+    the main process's VmHWM alone would not count it). Descendants come from the kernel's
+    /proc/PID/task/TID/children lists, never from a cache of parent pids: with churn, pids are reused
+    within milliseconds and a stale entry would count a stranger's RSS."""
 
     def __init__(self, roots: dict[str, int], interval: float = 0.02) -> None:
         super().__init__(name="tree-rss", daemon=True)
         self.roots = roots
         self.interval = interval
         self.peak_mb = dict.fromkeys(roots, 0.0)
-        self._ppid: dict[int, int] = {}
         self._halt = threading.Event()
 
-    def _parents(self) -> dict[int, list[int]]:
-        pids = {int(d) for d in os.listdir("/proc") if d.isdigit()}
-        for gone in self._ppid.keys() - pids:
-            del self._ppid[gone]
-        for pid in pids - self._ppid.keys():
+    @staticmethod
+    def _children(pid: int) -> list[int]:
+        out: list[int] = []
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return out
+        for tid in tids:
             try:
-                stat = Path(f"/proc/{pid}/stat").read_bytes()
-                self._ppid[pid] = int(stat[stat.rfind(b")") + 2:].split()[1])
-            except (OSError, ValueError, IndexError):
+                out += map(int, Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+            except (OSError, ValueError):
                 continue
-        children: dict[int, list[int]] = {}
-        for pid, ppid in self._ppid.items():
-            children.setdefault(ppid, []).append(pid)
-        return children
+        return out
 
     def sample(self) -> None:
-        children = self._parents()
         for name, root in self.roots.items():
             total, todo = 0, [root]
             while todo:
                 pid = todo.pop()
-                todo.extend(children.get(pid, ()))
                 try:
                     with open(f"/proc/{pid}/statm", "rb") as f:
                         total += int(f.read().split()[1])
                 except (OSError, ValueError, IndexError):
                     continue
+                todo += self._children(pid)
             self.peak_mb[name] = max(self.peak_mb[name], total * PAGE_MB)
 
     def run(self) -> None:
