@@ -51,18 +51,7 @@ class MapsEntry:
 
 def parse_maps(text: str) -> list[MapsEntry]:
     """All lines of a maps file (paths may contain spaces); malformed lines are skipped."""
-    out = []
-    for line in text.splitlines():
-        parts = line.split(maxsplit=5)
-        if len(parts) < 5:
-            continue
-        try:
-            lo, hi = parts[0].split("-", 1)
-            out.append(MapsEntry(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16), parts[3], int(parts[4]),
-                                 parts[5] if len(parts) > 5 else ""))
-        except ValueError:
-            continue
-    return out
+    return [e for line in text.splitlines() if (e := _entry(line)) is not None]
 
 
 def parse_exec_maps(text: str) -> list[MapsEntry]:
@@ -71,18 +60,21 @@ def parse_exec_maps(text: str) -> list[MapsEntry]:
     out = []
     for line in text.splitlines():
         sp = line.find(" ")  # perms follow the range: "r-xp"
-        if line[sp + 3:sp + 4] != "x":
-            continue
-        parts = line.split(maxsplit=5)
-        if len(parts) < 5 or "x" not in parts[1]:
-            continue
-        try:
-            lo, hi = parts[0].split("-", 1)
-            out.append(MapsEntry(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16), parts[3], int(parts[4]),
-                                 parts[5] if len(parts) > 5 else ""))
-        except ValueError:
-            continue
+        if line[sp + 3:sp + 4] == "x" and (e := _entry(line)) is not None and "x" in e.perms:
+            out.append(e)
     return out
+
+
+def _entry(line: str) -> MapsEntry | None:
+    parts = line.split(maxsplit=5)
+    if len(parts) < 5:
+        return None
+    try:
+        lo, hi = parts[0].split("-", 1)
+        return MapsEntry(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16), parts[3], int(parts[4]),
+                         parts[5] if len(parts) > 5 else "")
+    except ValueError:
+        return None
 
 
 @dataclass(slots=True)
