@@ -8,6 +8,7 @@ into profiles (`build_profiles`) is testable without BPF.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -26,7 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("podflame.agent")
 
-_ERRNO_NAMES = {-17: "EEXIST", -12: "ENOMEM", -14: "EFAULT"}
+_ERRNO_NAMES = {-errno.EEXIST: "EEXIST", -errno.ENOMEM: "ENOMEM", -errno.EFAULT: "EFAULT"}
+# no error, or no stack to walk (a kernel thread's user stack, a user-mode sample's kernel stack): nothing lost
+_NOTHING_LOST = (0, -errno.EFAULT)
 
 
 class Sink(Protocol):
@@ -90,11 +93,11 @@ def stack_of(sample: RawSample, ctx: Context) -> tuple[Frame, ...]:
     if sample.user_stack:
         for addr in reversed(sample.user_stack):
             frames.append(Frame(addr, ctx.maps.lookup(sample.tgid, addr), FrameKind.NATIVE))
-    elif sample.user_error not in (0, -14) and sample.tgid:
+    elif sample.user_error not in _NOTHING_LOST and sample.tgid:
         frames.append(_lost_stack_frame("user", sample.user_error))
     if sample.kernel_stack:
         frames.extend(Frame(addr, None, FrameKind.KERNEL) for addr in reversed(sample.kernel_stack))
-    elif sample.kernel_error not in (0, -14):
+    elif sample.kernel_error not in _NOTHING_LOST:
         frames.append(_lost_stack_frame("kernel", sample.kernel_error))
     return tuple(frames)
 
@@ -245,7 +248,7 @@ class StackMemo:
                 mapped: bool) -> tuple[Frame, ...]:
         """Root-first frames as `stack_of` gives them, each resolved as the symbolizer would, from the memos."""
         frames: list[Frame] = []
-        kernel_tail = bool(s.kernel_stack) or s.kernel_error not in (0, -14)
+        kernel_tail = bool(s.kernel_stack) or s.kernel_error not in _NOTHING_LOST
         memo = pm.frames
         if s.user_stack:
             lookup = self.ctx.maps.lookup
@@ -266,7 +269,7 @@ class StackMemo:
                 else:
                     self.frame_hits += 1
                 frames.append(f)
-        elif s.user_error not in (0, -14) and s.tgid:
+        elif s.user_error not in _NOTHING_LOST and s.tgid:
             frames.append(_lost_stack_frame("user", s.user_error))
         if s.kernel_stack:
             kmemo = self.kernel_frames
@@ -284,7 +287,7 @@ class StackMemo:
                 else:
                     self.frame_hits += 1
                 frames.append(f)
-        elif s.kernel_error not in (0, -14):
+        elif s.kernel_error not in _NOTHING_LOST:
             frames.append(_lost_stack_frame("kernel", s.kernel_error))
         return tuple(frames)
 
