@@ -260,10 +260,6 @@ class BpfMap:
     def __init__(self, spec: MapSpec, fd: int) -> None:
         self.spec = spec
         self.fd = fd
-        self.max_entries = spec.max_entries
-
-    def get_fd(self) -> int:
-        return self.fd
 
     def update(self, key: bytes | ct._CData, value: bytes | ct._CData) -> None:
         k, v = _buffer(key, self.spec.key_size), _buffer(value, self.spec.value_size)

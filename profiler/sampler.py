@@ -213,8 +213,8 @@ class Sampler:
             self._replace_filter(self._cgroup_filter, set(), cgroup_set, CTL_CGROUP_FILTER)
             self._cgroups = cgroup_set
             # Batch-read buffers, allocated once and reused by every drain.
-            self._count_reader = _BatchReader(SampleKey, ct.c_uint64, self._counts[0].max_entries, COUNTS_CHUNK)
-            self._stack_reader = _BatchReader(ct.c_uint64, StackTrace, self._stacks[0].max_entries, STACKS_CHUNK)
+            self._count_reader = _BatchReader(SampleKey, ct.c_uint64, self._counts[0].spec.max_entries, COUNTS_CHUNK)
+            self._stack_reader = _BatchReader(ct.c_uint64, StackTrace, self._stacks[0].spec.max_entries, STACKS_CHUNK)
             self._window_start = time.time_ns()
             self._prog.attach_perf_event(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK, frequency, online_cpus())
         except Exception as e:

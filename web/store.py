@@ -360,12 +360,12 @@ def _frame_key(address: int, mapping_id: int, kind: str, reason: str, lines: lis
     """A frames row's values (its unique key): both ingest paths build it here, so their ids agree.
     `lines` is (function, file, line) per inline frame, innermost first, flattened."""
     packed = _LINE.pack(*lines) if len(lines) == 3 else struct.pack(f"<{len(lines)}q", *lines)
-    return (address - _U64 if address >= _I64_LIMIT else address, mapping_id, kind, reason, packed)
+    return (_to_i64(address), mapping_id, kind, reason, packed)
 
 
 def _to_i64(v: int) -> int:
     """SQLite integers are signed 64-bit: store u64 addresses two's-complement."""
-    return v - _U64 if v >= 1 << 63 else v
+    return v - _U64 if v >= _I64_LIMIT else v
 
 
 def _from_i64(v: int) -> int:
