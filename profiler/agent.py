@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from podflame.model import Frame, FrameKind, Line, Profile, Unresolved
+from podflame.model import Frame, FrameKind, Line, Mapping, Profile, Unresolved
 from profiler import metrics
 from profiler.heap import SurvivorFreezer, release_freed_memory
 
@@ -155,6 +155,14 @@ class StackMemo:
     unreadable binaries (may be transient) and exited processes' frames without a mapping are redone
     every drain. Kernel frames are kept once for all processes.
 
+    User frames of a binary with a build id are shared by all processes too: every new process (ASLR
+    puts each one's binaries elsewhere) would otherwise resolve, store and ship its own copy of the
+    same frames. Such a frame is rebased into the layout of the first process seen mapping that
+    segment of the file, and carries that process's mapping: its file offset
+    (address - mapping start + mapping offset, what pprof tools and addr2line use) is unchanged, and
+    the frames of a pod's 600 short-lived `python3` processes are one set of frames, one pprof
+    location each.
+
     Bounded: past `max_entries` stacks and frames everything is dropped, and all is rebuilt every
     `max_age_drains`. Dropped as well when the symbolizer's `generation` moves (a debug file arrived
     from debuginfod: the same frames now have file:line and inline frames).
@@ -163,20 +171,26 @@ class StackMemo:
     _RETRY = frozenset({Unresolved.NO_MAPPING, Unresolved.PROCESS_GONE})
 
     def __init__(self, ctx: Context, symbolizer, *, max_entries: int = 200_000, max_age_drains: int = 30,
-                 max_kernel_frames: int = 50_000) -> None:
+                 max_kernel_frames: int = 50_000, max_shared_frames: int = 200_000,
+                 max_canonical_mappings: int = 8192) -> None:
         self.ctx = ctx
         self.symbolizer = symbolizer
         self.max_entries = max_entries
         self.max_age_drains = max_age_drains
         self.max_kernel_frames = max_kernel_frames
+        self.max_shared_frames = max_shared_frames
+        self.max_canonical_mappings = max_canonical_mappings
         self.processes: dict[int, _ProcessMemo] = {}
         self.kernel_frames: dict[tuple[int, bool], Frame] = {}
+        # user frames of binaries with a build id, shared by all processes (see _shared_frame)
+        self.shared_frames: dict[tuple[Mapping, int, bool], Frame] = {}
+        self.canonical_mappings: dict[tuple, Mapping] = {}  # (build id, offset, size, path) -> first seen
         self.entries = 0  # stacks and frames held in `processes`
         self._current: dict[int, _ProcessMemo] = {}  # checked against the maps this drain
         self._per_process: dict[int, Callable] = {}
         self._drains = 0
         self._generation = getattr(symbolizer, "generation", 0)
-        self.hits = self.misses = self.frame_hits = self.frame_misses = 0
+        self.hits = self.misses = self.frame_hits = self.frame_misses = self.shared_hits = 0
 
     def _version(self, tgid: int) -> Hashable:
         version = getattr(self.ctx.maps, "version", None)
@@ -185,6 +199,8 @@ class StackMemo:
     def clear(self) -> None:
         self.processes.clear()
         self.kernel_frames.clear()
+        self.shared_frames.clear()
+        self.canonical_mappings.clear()
         self._current.clear()
         self.entries = 0
 
@@ -233,25 +249,28 @@ class StackMemo:
         single = getattr(fn, "frame", None)
         # a process whose maps were read can keep frames without a mapping (see the class doc)
         mapped = pm.version is not None and pm.version is not _NO_VERSION
-        # a symbolizer without a single-frame path gets whole stacks
-        stack = self._frames(s, pm, single, mapped) if single is not None else fn(stack_of(s, self.ctx))
-        if mapped:
-            keep = not any(f.reason is Unresolved.PROCESS_GONE for f in stack)
-        else:
-            keep = not any(f.reason in self._RETRY for f in stack)
+        if single is not None:
+            stack, keep = self._frames(s, pm, single, mapped)
+        else:  # a symbolizer without a single-frame path gets whole stacks
+            stack = fn(stack_of(s, self.ctx))
+            retry = (Unresolved.PROCESS_GONE,) if mapped else self._RETRY
+            keep = not any(f.reason in retry for f in stack)
         if keep:
             pm.stacks[key] = stack
             self.entries += 1
         return stack
 
     def _frames(self, s: RawSample, pm: _ProcessMemo, single: Callable[[Frame, bool], Frame],
-                mapped: bool) -> tuple[Frame, ...]:
-        """Root-first frames as `stack_of` gives them, each resolved as the symbolizer would, from the memos."""
+                mapped: bool) -> tuple[tuple[Frame, ...], bool]:
+        """Root-first frames as `stack_of` gives them, each resolved as the symbolizer would, from the
+        memos; and whether the stack may be kept (none of its frames waits for maps that may come)."""
         frames: list[Frame] = []
+        keep = True
         kernel_tail = bool(s.kernel_stack) or s.kernel_error not in _NOTHING_LOST
         memo = pm.frames
         if s.user_stack:
             lookup = self.ctx.maps.lookup
+            shared = self.shared_frames
             tgid = s.tgid
             leaf_at = -1 if kernel_tail else 0
             user = s.user_stack
@@ -261,11 +280,18 @@ class StackMemo:
                 f = memo.get((addr, leaf))
                 if f is None:
                     self.frame_misses += 1
-                    f = single(Frame(addr, lookup(tgid, addr), FrameKind.NATIVE), leaf)
-                    if f.kind is FrameKind.NATIVE and f.reason not in _NEVER_KEPT and \
-                            (mapped or f.reason is not Unresolved.NO_MAPPING):
+                    m = lookup(tgid, addr)
+                    if m is not None and m.build_id is not None:
+                        f = self._shared_frame(addr, m, leaf, single, shared)
+                    else:
+                        f = single(Frame(addr, m, FrameKind.NATIVE), leaf)
+                    reason = f.reason
+                    if f.kind is FrameKind.NATIVE and reason not in _NEVER_KEPT and \
+                            (mapped or reason is not Unresolved.NO_MAPPING):
                         memo[(addr, leaf)] = f
                         self.entries += 1
+                    elif reason is Unresolved.PROCESS_GONE or (not mapped and reason is Unresolved.NO_MAPPING):
+                        keep = False
                 else:
                     self.frame_hits += 1
                 frames.append(f)
@@ -289,7 +315,33 @@ class StackMemo:
                 frames.append(f)
         elif s.kernel_error not in _NOTHING_LOST:
             frames.append(_lost_stack_frame("kernel", s.kernel_error))
-        return tuple(frames)
+        return tuple(frames), keep
+
+    def _shared_frame(self, addr: int, m: Mapping, leaf: bool, single: Callable[[Frame, bool], Frame],
+                      shared: dict[tuple[Mapping, int, bool], Frame]) -> Frame:
+        """The frame at `addr` of mapping `m`, rebased into the layout of the first process seen mapping
+        the same segment of the same file (same build id), and shared by every process mapping it."""
+        key = (m.build_id, m.offset, m.limit - m.start, m.path)
+        canonical = self.canonical_mappings.get(key)
+        if canonical is None:
+            if len(self.canonical_mappings) >= self.max_canonical_mappings:
+                self.canonical_mappings.clear()
+                shared.clear()
+            canonical = self.canonical_mappings[key] = m
+        at = addr - m.start + canonical.start
+        f = shared.get((canonical, at, leaf))
+        if f is not None:
+            self.shared_hits += 1
+            return f
+        resolved = single(Frame(addr, m, FrameKind.NATIVE), leaf)
+        if canonical is not m:
+            resolved = Frame(at, canonical, resolved.kind, resolved.lines, resolved.reason)
+        # a build id names the bytes: a name, or no symbols there, holds for every process mapping them
+        if resolved.lines or resolved.reason is Unresolved.NO_SYMBOLS:
+            if len(shared) >= self.max_shared_frames:
+                shared.clear()
+            shared[(canonical, at, leaf)] = resolved
+        return resolved
 
 
 class PodLabels:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -121,15 +123,15 @@ def test_frames_without_a_mapping_are_kept_only_while_the_maps_are_known() -> No
         out = run(memo, c, garbage)
     assert sym.frames == 2  # the maps were read and did not change: no re-resolution each drain
     assert out["42"] == {("fn_400100", "[no mapping]+0x7777"): 1}
-    maps.versions[42] = 2  # e.g. a dlopen: every frame of the process is resolved again
-    run(memo, c, garbage)
-    assert sym.frames == 4
+    maps.versions[42] = 2  # e.g. a dlopen: the unmapped frame is resolved again (the other is the
+    run(memo, c, garbage)  # binary's, by build id: shared by all processes, it holds)
+    assert sym.frames == 3
     # a process whose maps could not be read: its unmapped frames are retried every drain
     maps.versions[50] = None
     unknown = raw(cgroup_id=9, tgid=50, pid=50, user=(0x7777,))
     for _ in range(2):
         run(memo, c, unknown)
-    assert sym.frames == 6
+    assert sym.frames == 5
 
 
 def test_a_process_memo_is_dropped_when_it_exits_or_its_maps_change() -> None:
@@ -144,9 +146,11 @@ def test_a_process_memo_is_dropped_when_it_exits_or_its_maps_change() -> None:
     assert set(memo.processes) == {42}
     assert memo.entries == len(memo.processes[42].stacks) + len(memo.processes[42].frames) == 3
     maps.versions[42] = 3  # exec or pid reuse: a new image
-    before = sym.frames
+    before, old_memo = sym.frames, memo.processes[42]
     run(memo, c, raw(user=(0x401000, 0x400100)))
-    assert sym.frames == before + 2 and memo.entries == 3
+    # the process's memo is new; its frames are those of a binary (by build id) known from before
+    assert memo.processes[42] is not old_memo and memo.entries == 3
+    assert sym.frames == before and memo.shared_hits == 2
 
 
 def test_the_memo_is_bounded() -> None:
@@ -255,3 +259,55 @@ def test_maps_version_moves_only_when_the_maps_change(tmp_path: Path) -> None:
     for _ in range(4):
         maps.refresh([])
     assert maps.version(10) is None  # exited and let go
+
+
+def test_processes_of_one_binary_share_its_frames_rebased_into_the_first_ones_layout() -> None:
+    """Two real processes of the same binaries (ASLR puts them at different addresses): the second one's
+    frames are the first one's frame objects, resolved once, with the same names as symbolizing its
+    stacks afresh and the same file offsets (address - mapping start + mapping offset)."""
+    code = "import sys, time; sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(60)"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE) for _ in range(2)]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+        a, b = (p.pid for p in procs)
+        maps = MapsCache()
+        maps.refresh([a, b])
+        spans = {pid: {(e.path, e.offset): e for e in parse_exec_maps(Path(f"/proc/{pid}/maps").read_text())
+                       if e.path.startswith("/")} for pid in (a, b)}
+        common = sorted(set(spans[a]) & set(spans[b]))
+        assert common and any(spans[a][k].start != spans[b][k].start for k in common)  # ASLR
+        rng = random.Random(5)
+        stacks = []  # the same file offsets in both processes
+        for _ in range(30):
+            picks = [(rng.choice(common), rng.random()) for _ in range(rng.randrange(1, 10))]
+            stacks.append([(k, int(frac * (spans[a][k].end - spans[a][k].start))) for k, frac in picks])
+
+        def sample(pid: int, stack) -> SimpleNamespace:
+            return raw(tgid=pid, pid=pid, cgroup_id=1, user=tuple(spans[pid][k].start + off for k, off in stack))
+
+        c = Context(node="n1", maps=maps, cgroups=FakeCgroups())
+        sym = Symbolizer(maps)
+        memo = StackMemo(c, sym)
+        memo.begin_drain()
+        build_profiles(drain_of(*(sample(a, s) for s in stacks)), c, 10, memo)
+        misses = memo.frame_misses
+        memo.begin_drain()
+        drain = drain_of(*(sample(b, s) for s in stacks))
+        (memoized,) = build_profiles(drain, c, 10, memo)
+        (plain,) = [sym.symbolize(p) for p in build_profiles(drain, c, 10)]
+        assert memo.shared_hits == memo.frame_misses - misses > 0  # nothing resolved again for b
+        assert dict(memoized.name_stacks()) == dict(plain.name_stacks())
+        for got, fresh in zip(memoized.samples, plain.samples, strict=True):
+            for g, f in zip(got, fresh, strict=True):
+                if f.kind is FrameKind.NATIVE and f.mapping is not None and f.mapping.build_id:
+                    assert g.mapping is not None
+                    assert (g.mapping.path, g.mapping.offset) == (f.mapping.path, f.mapping.offset)
+                    assert g.address - g.mapping.start == f.address - f.mapping.start  # same file offset
+                    assert g.mapping.start == spans[a][(f.mapping.path, f.mapping.offset)].start  # a's layout
+                else:
+                    assert g == f
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
