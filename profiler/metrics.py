@@ -34,11 +34,16 @@ def record_drain(drain: Drain, profiles: list[Profile], last_errors: dict[str, i
         delta = value - last_errors.get(cause, 0)
         if delta > 0:
             SAMPLER_ERRORS.labels(cause).inc(delta)
-    outcomes: collections.Counter[str] = collections.Counter()
+    resolved = 0
+    unresolved: collections.Counter = collections.Counter()  # by reason; most frames resolve: count those plainly
     for p in profiles:
         for stack in p.samples:
             for frame in stack:
-                outcomes["resolved" if frame.lines else str(frame.reason or "unsymbolized")] += 1
+                if frame.lines:
+                    resolved += 1
+                else:
+                    unresolved[frame.reason] += 1
+    outcomes = {"resolved": resolved, **{str(r or "unsymbolized"): n for r, n in unresolved.items()}}
     for outcome, n in outcomes.items():
         FRAMES.labels(outcome).inc(n)
     if total := sum(outcomes.values()):

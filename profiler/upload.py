@@ -35,7 +35,8 @@ class Uploader:
         self._thread.start()
 
     def __call__(self, profiles: list[Profile]) -> None:
-        body = pprof.encode(profiles, common_labels={"node": self.node})
+        # gzip level 1: half the CPU of level 6 for 10-15% more bytes; the server stores its own encoding
+        body = pprof.encode(profiles, common_labels={"node": self.node}, compresslevel=1)
         with self._cond:
             if len(self.backlog) >= self.max_backlog:
                 self.backlog.popleft()
