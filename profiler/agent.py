@@ -66,18 +66,25 @@ class Context:
     cgroups: CgroupLookup
     comm_cache: dict[int, str] = field(default_factory=dict)
 
-    def process_name(self, tgid: int, thread_comm: str) -> str:
-        """The process's name (its main thread's comm), not the sampled thread's."""
-        name = self.comm_cache.get(tgid)
-        if name is None:
+    def process_name(self, tgid: int, pid: int, thread_comm: str) -> str:
+        """The process's name (its main thread's comm), not the sampled thread's.
+
+        A sample of the main thread carries it (and refreshes the cache: an exec renames the process
+        under the same pid); another thread's sample looks it up once in /proc/TGID/comm."""
+        if pid != tgid:
+            name = self.comm_cache.get(tgid)
+            if name is not None:
+                return name
             try:
                 with open(f"/proc/{tgid}/comm") as f:
                     name = f.read().strip() or thread_comm
             except OSError:
                 name = thread_comm
-            if len(self.comm_cache) > 65536:
-                self.comm_cache.clear()
-            self.comm_cache[tgid] = name
+        else:
+            name = thread_comm
+        if len(self.comm_cache) > 65536:
+            self.comm_cache.clear()
+        self.comm_cache[tgid] = name
         return name
 
 
@@ -118,7 +125,7 @@ def build_profiles(drain: Drain, ctx: Context, period_ns: int,
             if path is None:
                 path = paths[s.cgroup_id] = ctx.cgroups.path(s.cgroup_id) or f"cgroup-id:{s.cgroup_id}"
             prof = by_key[key] = Profile(
-                labels={"cgroup": path, "node": ctx.node, "comm": ctx.process_name(s.tgid, s.comm),
+                labels={"cgroup": path, "node": ctx.node, "comm": ctx.process_name(s.tgid, s.pid, s.comm),
                         "pid": str(s.tgid)},
                 start_ns=drain.start_ns, duration_ns=drain.end_ns - drain.start_ns, period_ns=period_ns)
         prof.add(stack(s) if stack is not None else stack_of(s, ctx), s.count)

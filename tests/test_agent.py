@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 from podflame.model import FrameKind, Line, Mapping, Unresolved
@@ -172,3 +174,18 @@ def test_new_processes_do_not_reset_the_agents_health_clock() -> None:
     assert drained_at is not None
     sampler.announce([1234])
     assert c.maps.refreshed == {1234} and agent.last_drain_at == drained_at
+
+
+def test_the_process_name_is_the_main_threads_comm_and_follows_an_exec() -> None:
+    c = Context(node="n1", maps=FakeMaps(), cgroups=FakeCgroups())
+    me = os.getpid()
+    worker = raw(tgid=me, pid=me + 10_000_000, comm="worker-3", user=(0x400100,))  # not the main thread
+    main_thread = raw(tgid=me, pid=me, comm="renamed", user=(0x400100,))  # e.g. after an exec
+
+    def names(*samples) -> set[str]:
+        drain = SimpleNamespace(start_ns=0, end_ns=1, errors={}, samples=list(samples))
+        return {p.labels["comm"] for p in build_profiles(drain, c, 10)}
+
+    assert names(worker) == {Path(f"/proc/{me}/comm").read_text().strip()}  # read once from /proc
+    assert names(main_thread) == {"renamed"}  # the main thread's own sample says it
+    assert names(worker) == {"renamed"}  # and the name sticks for the other threads
