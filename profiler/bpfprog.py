@@ -284,11 +284,18 @@ class BpfMap:
         bpf(_MAP_LOOKUP_ELEM, _Elem(map_fd=self.fd, key=ct.addressof(key), value=ct.addressof(values)))
         return sum(values[::stride // 8])
 
-    def lookup_and_delete_batch(self, keys: ct.Array, values: ct.Array, token_in: ct.c_uint32 | None,
-                                token_out: ct.c_uint32) -> tuple[int, bool]:
-        """One BPF_MAP_LOOKUP_AND_DELETE_BATCH of up to len(keys) entries: (how many, whether the map is done)."""
-        attr = _Batch(in_batch=_addr(token_in), out_batch=ct.addressof(token_out), keys=ct.addressof(keys),
-                      values=ct.addressof(values), count=len(keys), map_fd=self.fd)
+    def lookup_and_delete_batch(self, keys: bytearray | ct.Array, values: bytearray | ct.Array,
+                                token_in: ct.c_uint32 | None, token_out: ct.c_uint32) -> tuple[int, bool]:
+        """One BPF_MAP_LOOKUP_AND_DELETE_BATCH into writable buffers of whole keys and values, as many
+        entries as `keys` holds: (how many came, whether the map is done)."""
+        key_bytes, value_bytes = memoryview(keys).nbytes, memoryview(values).nbytes
+        count, extra = divmod(key_bytes, self.spec.key_size)
+        if extra or not count or value_bytes < count * self.spec.value_size:  # the kernel writes count of each
+            raise ValueError(f"batch buffers of {key_bytes} and {value_bytes} bytes for {self.spec.key_size}-byte "
+                             f"keys and {self.spec.value_size}-byte values")
+        attr = _Batch(in_batch=_addr(token_in), out_batch=ct.addressof(token_out), count=count, map_fd=self.fd,
+                      keys=ct.addressof(ct.c_char.from_buffer(keys)),
+                      values=ct.addressof(ct.c_char.from_buffer(values)))
         try:
             bpf(_MAP_LOOKUP_AND_DELETE_BATCH, attr)
         except OSError as e:
@@ -296,6 +303,14 @@ class BpfMap:
                 raise
             return attr.count, True
         return attr.count, attr.count == 0
+
+
+def create_map(spec: MapSpec, inner_fd: int = 0) -> BpfMap:
+    """A new map of `spec`'s shape; the caller closes its fd (a program's maps close with the program)."""
+    return BpfMap(spec, bpf(_MAP_CREATE, _MapCreate(map_type=spec.type, key_size=spec.key_size,
+                                                    value_size=spec.value_size, max_entries=spec.max_entries,
+                                                    map_flags=spec.flags, inner_map_fd=inner_fd,
+                                                    map_name=spec.name.encode()[:15])))
 
 
 def _buffer(data: bytes | ct._CData, size: int) -> ct.Array | ct._CData:
@@ -364,7 +379,7 @@ class LoadedProgram:
         self._rings: list[RingBuffer] = []
         try:
             for spec in sorted(image.maps, key=lambda m: m.inner is not None):  # templates first
-                self.maps[spec.name] = BpfMap(spec, self._create_map(spec))
+                self.maps[spec.name] = create_map(spec, self.maps[spec.inner].fd if spec.inner is not None else 0)
             insns = bytearray(image.insns)
             for index, name in image.relocations:
                 struct.pack_into("<i", insns, index * 8 + 4, self.maps[name].fd)
@@ -372,12 +387,6 @@ class LoadedProgram:
         except BaseException:
             self.close()
             raise
-
-    def _create_map(self, spec: MapSpec) -> int:
-        inner = self.maps[spec.inner].fd if spec.inner is not None else 0
-        return bpf(_MAP_CREATE, _MapCreate(map_type=spec.type, key_size=spec.key_size, value_size=spec.value_size,
-                                           max_entries=spec.max_entries, map_flags=spec.flags, inner_map_fd=inner,
-                                           map_name=spec.name.encode()[:15]))
 
     def _load(self, insns: bytes) -> int:
         code = ct.create_string_buffer(insns, len(insns))

@@ -10,11 +10,13 @@ widens by the binomial noise (3 sigma), which is zero for a thread that never le
 from __future__ import annotations
 
 import contextlib
+import ctypes as ct
 import errno
 import itertools
 import os
 import secrets
 import shutil
+import struct
 import subprocess
 import time
 import uuid
@@ -25,7 +27,18 @@ from pathlib import Path
 
 import pytest
 
-from profiler.sampler import Drain, RawSample, Sampler, SamplerError
+from profiler.bpfprog import MAP_HASH, MapSpec, create_map
+from profiler.sampler import (
+    MAX_STACK_DEPTH,
+    Drain,
+    RawSample,
+    SampleKey,
+    Sampler,
+    SamplerError,
+    StackTrace,
+    _BatchReader,
+    _read_set,
+)
 
 pytestmark = pytest.mark.bpf
 
@@ -358,3 +371,78 @@ def test_refuses_clearly_without_root_or_headers(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(os, "uname", lambda: os.uname_result((*real[:2], "0.0.0-no-headers", *real[3:])))
     with pytest.raises(SamplerError, match=r"kernel headers.*scripts/setup\.sh"):
         Sampler(FREQ)
+
+
+def test_drains_decode_stacks_and_keys_as_ctypes_reads_the_c_structs() -> None:
+    """The drain decodes batch buffers with bytes.find, struct and RawSample's slot setters; ctypes views of
+    the same bytes are the oracle. Real hash maps, emptied in several batch calls of a few entries."""
+    kernel = 0xFFFF_FFFF_8100_0000
+    stacks = {
+        11: list(range(kernel, kernel + MAX_STACK_DEPTH)),  # full depth, no zero
+        12: [0x40_1000],  # depth 1
+        13: [0x40_1000 + i for i in range(5)],  # zero-filled after five frames
+        14: [0x40_2000, 0x40_2001, 0, 0x40_2003],  # a zero address ends the stack
+        # Eight zero bytes across two addresses (0x1234's top six, the next one's low three) are not a zero
+        # address: the stack goes on, here to its zero fill and, in 16, to full depth.
+        15: [0x1234, 0x1234_5678_9A00_0000, 0x5555],
+        16: [*range(1, MAX_STACK_DEPTH - 1), 0x1234, 0x1000_0000_0000_0000],
+    }
+    keys = [  # cgroup, user stack, kernel stack, tgid, pid, user error, kernel error, comm
+        (1, 11, 0, 100, 101, 0, -errno.EFAULT, b"abcdefghijklmnop"),  # 16 bytes, no NUL
+        (2, 12, 13, 100, 102, 0, 0, b"\xffbad\xfe"),  # not UTF-8
+        (2**64 - 1, 14, 15, 2**32 - 1, 2**32 - 2, 0, 0, b""),
+        (3, 16, 99, 200, 200, 0, 0, b"ab\0cd"),  # kernel stack 99 missing: -ENOENT; bytes after a NUL
+        (4, 0, 0, 300, 301, -errno.ENOMEM, -errno.EFAULT, b"kworker/0:1"),
+        *((5, 12 + i % 5, 11, 400 + i, 400 + i, 0, 0, b"w%d" % i) for i in range(10)),
+    ]
+    key_struct = struct.Struct("=QQQIIii16s")
+    stack_map = create_map(MapSpec("stacks_t", MAP_HASH, 8, ct.sizeof(StackTrace), 64))
+    count_map = create_map(MapSpec("counts_t", MAP_HASH, ct.sizeof(SampleKey), 8, 64))
+    expected: list[RawSample] = []
+    try:
+        for stack_id, ips in stacks.items():
+            stack_map.update(ct.c_uint64(stack_id), StackTrace((ct.c_uint64 * MAX_STACK_DEPTH)(*ips)))
+        for n, fields in enumerate(keys):
+            raw = key_struct.pack(*fields)
+            count_map.update(raw, ct.c_uint64(2**64 - 1 - n))
+            k = SampleKey.from_buffer_copy(raw)
+
+            def stack_of(stack_id: int, error: int) -> tuple[tuple[int, ...], int]:
+                if error:
+                    return (), error
+                if stack_id not in stacks:
+                    return (), -errno.ENOENT
+                ips = StackTrace((ct.c_uint64 * MAX_STACK_DEPTH)(*stacks[stack_id])).ip[:]
+                return tuple(ips[: ips.index(0)] if 0 in ips else ips), 0
+
+            user, user_err = stack_of(k.user_stack, k.user_error)
+            kern, kern_err = stack_of(k.kernel_stack, k.kernel_error)
+            expected.append(RawSample(cgroup_id=k.cgroup_id, tgid=k.tgid, pid=k.pid,
+                                      comm=k.comm.decode("utf-8", "replace"), user_stack=user, kernel_stack=kern,
+                                      user_error=user_err, kernel_error=kern_err, count=2**64 - 1 - n))
+        readers = (_BatchReader(stack_map.spec, 2), _BatchReader(count_map.spec, 3))
+        got = _read_set(readers[0], stack_map, readers[1], count_map, {})
+        assert _read_set(readers[0], stack_map, readers[1], count_map, {}) == []  # emptied
+    finally:
+        os.close(stack_map.fd)
+        os.close(count_map.fd)
+    assert all(type(s) is RawSample for s in got)
+    assert Counter(got) == Counter(expected)
+    assert {s.comm for s in got} >= {"abcdefghijklmnop", "\ufffdbad\ufffd", "", "ab"}
+    by_pid = {s.pid: s for s in got}
+    assert len(by_pid[101].user_stack) == len(by_pid[200].user_stack) == MAX_STACK_DEPTH
+    assert by_pid[2**32 - 2].user_stack == (0x40_2000, 0x40_2001) and len(by_pid[2**32 - 2].kernel_stack) == 3
+    assert by_pid[200].kernel_error == -errno.ENOENT and by_pid[102].user_stack == (0x40_1000,)
+
+
+def test_a_batch_refuses_buffers_the_kernel_would_overrun() -> None:
+    m = create_map(MapSpec("counts_t", MAP_HASH, ct.sizeof(SampleKey), 8, 4))
+    try:
+        token = ct.c_uint32(0)
+        for keys, values in ((bytearray(57), bytearray(64)), (bytearray(112), bytearray(15)), (bytearray(0),
+                                                                                                 bytearray(8))):
+            with pytest.raises(ValueError, match="batch buffers"):
+                m.lookup_and_delete_batch(keys, values, None, token)
+        assert m.lookup_and_delete_batch(bytearray(112), bytearray(16), None, token) == (0, True)
+    finally:
+        os.close(m.fd)
