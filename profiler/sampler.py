@@ -29,7 +29,6 @@ driven with bpf() and perf_event_open() directly. This process never imports bcc
 from __future__ import annotations
 
 import ctypes as ct
-import dataclasses
 import errno
 import logging
 import os
@@ -40,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 from bpf import SOURCE_DIR
 from profiler.bpfcompile import CompileError, compile_in_child
@@ -93,9 +93,10 @@ class StackTrace(ct.Structure):
     _fields_ = [("ip", ct.c_uint64 * MAX_STACK_DEPTH)]
 
 
-@dataclass(frozen=True, slots=True)
-class RawSample:
-    """Samples of one (cgroup, thread, stacks, comm) in one drain; addresses are not symbolized."""
+class RawSample(NamedTuple):
+    """Samples of one (cgroup, thread, stacks, comm) in one drain; addresses are not symbolized.
+
+    A named tuple: a drain builds thousands (0.3 us each, against 0.7 us for a frozen dataclass)."""
 
     cgroup_id: int  # cgroup v2 inode number (bpf_get_current_cgroup_id)
     tgid: int  # process id
@@ -130,11 +131,7 @@ _KEY = struct.Struct("=QQQIIii16s")  # struct sample_key: native order, no paddi
 _STACK_ROW = ct.sizeof(StackTrace)  # a multiple of 8: rows start 8-aligned in the buffer
 _ZERO_IP = bytes(8)
 _UNPACK_IPS = tuple(struct.Struct(f"={n}Q").unpack_from for n in range(MAX_STACK_DEPTH + 1))
-# RawSample's slot setters in field order. A frozen dataclass's __init__ sets every field through
-# object.__setattr__ (~0.8 us a sample); the slots' own setters build the same object in half that.
-# RawSample has no __post_init__ for this to skip.
-_RAW_SAMPLE_SETTERS = tuple(RawSample.__dict__[f.name].__set__ for f in dataclasses.fields(RawSample))
-assert _KEY.size == ct.sizeof(SampleKey) and _STACK_ROW % 8 == 0 and not hasattr(RawSample, "__post_init__")
+assert _KEY.size == ct.sizeof(SampleKey) and _STACK_ROW % 8 == 0
 
 
 class SamplerError(RuntimeError):
@@ -452,9 +449,7 @@ def _decode_counts(keys: bytearray, counts: bytearray, n: int, stacks: dict[int,
     One struct.iter_unpack over the keys instead of eight ctypes field reads an entry; comms decoded
     once per distinct 16 bytes (`comms` persists across drains).
     """
-    get, new, append, enoent = stacks.get, object.__new__, out.append, -errno.ENOENT
-    set_cgroup, set_tgid, set_pid, set_comm, set_user, set_kernel, set_user_err, set_kernel_err, set_count = \
-        _RAW_SAMPLE_SETTERS
+    get, append, enoent = stacks.get, out.append, -errno.ENOENT
     entries = _KEY.iter_unpack(memoryview(keys)[: n * _KEY.size])
     for (cgroup_id, user_id, kernel_id, tgid, pid, user_err, kernel_err, raw_comm), count in zip(
             entries, memoryview(counts).cast("Q")[:n], strict=True):
@@ -471,17 +466,7 @@ def _decode_counts(keys: bytearray, counts: bytearray, n: int, stacks: dict[int,
             kernel = ()
         elif (kernel := get(kernel_id)) is None:
             kernel, kernel_err = (), enoent
-        sample = new(RawSample)
-        set_cgroup(sample, cgroup_id)
-        set_tgid(sample, tgid)
-        set_pid(sample, pid)
-        set_comm(sample, comm)
-        set_user(sample, user)
-        set_kernel(sample, kernel)
-        set_user_err(sample, user_err)
-        set_kernel_err(sample, kernel_err)
-        set_count(sample, count)
-        append(sample)
+        append(RawSample(cgroup_id, tgid, pid, comm, user, kernel, user_err, kernel_err, count))
 
 
 def _expect_layout(m: BpfMap, key: type, value: type) -> None:

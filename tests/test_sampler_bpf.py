@@ -374,7 +374,7 @@ def test_refuses_clearly_without_root_or_headers(monkeypatch: pytest.MonkeyPatch
 
 
 def test_drains_decode_stacks_and_keys_as_ctypes_reads_the_c_structs() -> None:
-    """The drain decodes batch buffers with bytes.find, struct and RawSample's slot setters; ctypes views of
+    """The drain decodes batch buffers with bytes.find, struct and RawSample's tuple constructor; ctypes views of
     the same bytes are the oracle. Real hash maps, emptied in several batch calls of a few entries."""
     kernel = 0xFFFF_FFFF_8100_0000
     stacks = {
