@@ -6,6 +6,12 @@ a pid shows up, keeps exited processes' maps for a grace period of a few drains,
 live process whose address falls outside what is known (dlopen, a new JIT region) at most
 once per drain, and notices exec (same pid, new image) and pid reuse (new start time).
 Memory is bounded by the number of pids tracked; build ids are read once per file identity.
+
+A busy node starts many processes of the same binaries, whose maps differ only in addresses (ASLR).
+So what an executable line says besides its addresses (offset, path, deleted, the file's identity and
+build id) is worked out once per drain and shared (`_Line`, by the line's text after the address
+range): a new process costs the kernel's text, then a split and a dictionary hit per executable line.
+`Mapping`s are built when a lookup lands in them, and `MappedFile`s (per-pid paths) when asked for.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ from podflame.model import Mapping
 from symbolizer.cache import LRU
 from symbolizer.elf import read_build_id
 from symbolizer.files import DELETED, MappedFile, candidate_paths, is_special
+
+# Characters other than "\n" that str.splitlines() breaks lines at or str.split() splits fields at, in
+# ASCII; maps text without them (and without non-ASCII) splits the same on "\n" and " " alone.
+_ODD = ("\t", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +87,29 @@ def _entry(line: str) -> MapsEntry | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """An executable maps line apart from its addresses, with its file's identity as of one drain.
+
+    Shared by every process whose maps print the same line text after the address range (the same
+    binaries at other addresses), so a new process does not parse, stat or look up build ids again."""
+
+    offset: int
+    path: str  # clean: no " (deleted)"; "[anon]" for unnamed memory
+    deleted: bool
+    special: bool  # [vdso], [vsyscall], anonymous: no file
+    key: tuple[int, int, int] | None  # (st_dev, st_ino, st_mtime_ns); None when special or not stat-able
+    build_id: str | None
+
+
 @dataclass(slots=True)
 class _Process:
     starttime: int | None
     exe: tuple[int, int] | None  # (st_dev, st_ino) of /proc/PID/exe: changes on exec
-    starts: list[int]
-    mappings: list[Mapping]
-    files: dict[int, MappedFile]  # by mapping start
+    starts: list[int]  # executable mappings, sorted by start
+    ends: list[int]
+    lines: list[_Line]
+    built: list[Mapping | None]  # Mappings built so far: only those a lookup (or file) asked for
     read_gen: int
     used_gen: int
     version: int  # changes when the maps change (exec, pid reuse, dlopen...), not on a re-read finding the same
@@ -91,9 +117,20 @@ class _Process:
 
     def find(self, address: int) -> Mapping | None:
         i = bisect_right(self.starts, address) - 1
-        if i >= 0 and address < self.mappings[i].limit:
-            return self.mappings[i]
+        if i >= 0 and address < self.ends[i]:
+            return self.mapping(i)
         return None
+
+    def mapping(self, i: int) -> Mapping:
+        m = self.built[i]
+        if m is None:
+            ln = self.lines[i]
+            m = self.built[i] = Mapping(self.starts[i], self.ends[i], ln.offset, ln.path, ln.build_id)
+        return m
+
+    @property
+    def mappings(self) -> list[Mapping]:
+        return [self.mapping(i) for i in range(len(self.starts))]
 
 
 @dataclass(slots=True)
@@ -108,8 +145,9 @@ class MapsCache:
 
     `grace_drains`: drains an exited process keeps its maps, counting the drain that noticed the
     exit (whose samples may predate it). `idle_drains`: drains a live process not sampled is
-    kept (re-reading is cheap). `max_pids` caps the processes tracked, `max_files` the build ids
-    remembered. Not thread-safe: one agent thread drives it.
+    kept (re-reading is cheap). `max_pids` caps the processes tracked (and, times 4, a drain's
+    distinct executable lines), `max_files` the build ids remembered. Not thread-safe: one agent
+    thread drives it.
     """
 
     def __init__(self, proc: str = "/proc", *, grace_drains: int = 2, idle_drains: int = 30, max_pids: int = 4096,
@@ -123,8 +161,9 @@ class MapsCache:
         self._gen = 0  # drains seen
         self._build_ids: LRU[str | None] = LRU(max_files)
         self._versions = 0
-        # (device, inode, path) as the maps print them -> (st_dev, st_ino, st_mtime_ns); for one drain
-        self._identities: dict[tuple[str, int, str], tuple[int, int, int]] = {}
+        # an executable line's text after its address range (or its fields, for text read the slow way)
+        # -> what it says and its file's identity; for one drain, so a file replaced in place is seen
+        self._lines: dict[str | tuple[str, int, str, int, str], _Line] = {}
         self.stats = {"reads": 0, "rereads": 0, "exits": 0, "execs": 0}
 
     # -- per drain ---------------------------------------------------------------------------
@@ -133,7 +172,7 @@ class MapsCache:
         """Start a drain: age out the exited, read maps of new pids and of pids that exec'd."""
         self._gen += 1
         self._failed.clear()
-        self._identities.clear()  # a file replaced in place (new mtime) is seen by the next drain
+        self._lines.clear()  # a file replaced in place (new mtime) is seen by the next drain
         self.forget_exited()
         for pid in pids:
             p = self._procs.get(pid)
@@ -195,9 +234,17 @@ class MapsCache:
         return m
 
     def file(self, pid: int, mapping: Mapping) -> MappedFile | None:
-        """Where the symbolizer can open `mapping`'s file, and the file's identity."""
+        """Where the symbolizer can open `mapping`'s file, and the file's identity (as of the read).
+
+        Built on request: the symbolizer asks only for a binary it has not loaded (or without a build id)."""
         p = self._procs.get(pid)
-        return p.files.get(mapping.start) if p is not None else None
+        if p is None:
+            return None
+        i = bisect_right(p.starts, mapping.start) - 1
+        if i < 0 or p.starts[i] != mapping.start or p.lines[i].special:
+            return None
+        ln = p.lines[i]
+        return MappedFile(candidate_paths(pid, p.mapping(i), deleted=ln.deleted, proc=self.proc), ln.key)
 
     def version(self, pid: int) -> int | None:
         """Changes whenever the maps known for `pid` change (exec, pid reuse, a new mapping found by a
@@ -222,8 +269,7 @@ class MapsCache:
 
     def _stat(self, pid: int) -> _Stat | None:
         try:
-            with open(f"{self.proc}/{pid}/stat", "rb") as f:
-                data = f.read()
+            data = _slurp(f"{self.proc}/{pid}/stat", 4096)
         except OSError:
             return None
         fields = data[data.rfind(b")") + 2:].split()  # comm may hold spaces and parentheses
@@ -248,8 +294,7 @@ class MapsCache:
         if st is not None and not st.zombie:
             try:
                 # surrogateescape: a path that is not UTF-8 still round-trips to os.stat/open
-                with open(f"{self.proc}/{pid}/maps", "rb", buffering=0) as f:
-                    text = f.readall().decode(errors="surrogateescape")
+                text = _slurp(f"{self.proc}/{pid}/maps", 1 << 16).decode(errors="surrogateescape")
             except OSError:
                 text = None
         if old is not None and st is not None and old.starttime != st.starttime:
@@ -266,53 +311,80 @@ class MapsCache:
             self._failed[pid] = gone
             return None
         self.stats["reads"] += 1
-        mappings: list[Mapping] = []
-        files: dict[int, MappedFile] = {}
-        for e in parse_exec_maps(text):
-            path = e.clean_path
-            probe = Mapping(e.start, e.end, e.offset, path)
-            if is_special(path):
-                mappings.append(probe)
-                continue
-            mf = self._mapped_file(pid, probe, e)
-            files[e.start] = mf
-            build_id = self._build_ids.get(mf.key) if mf.key is not None else None
-            mappings.append(Mapping(e.start, e.end, e.offset, path, build_id))
-        mappings.sort(key=lambda m: m.start)
+        starts: list[int] = []
+        ends: list[int] = []
+        lines: list[_Line] = []
+        known = self._lines
+        if text.isascii() and not any(c in text for c in _ODD):
+            # Lines and fields split as parse_exec_maps splits them; one dictionary hit per executable
+            # line of a known binary (what follows the range is the same in every process mapping it).
+            for line in text.split("\n"):
+                sp = line.find(" ")  # perms follow the range: "r-xp"
+                if line[sp + 3:sp + 4] != "x":
+                    continue
+                ln = known.get(line[sp + 1:]) if sp > 0 else None
+                if ln is None:
+                    e = _entry(line)
+                    if e is None or "x" not in e.perms:
+                        continue
+                    ln = self._line(pid, e, line[sp + 1:] if sp > 0 else None)
+                    start, end = e.start, e.end
+                else:
+                    lo, _, hi = line[:sp].partition("-")  # the range as _entry reads it (sp: first blank)
+                    try:
+                        start, end = int(lo, 16), int(hi, 16)
+                    except ValueError:
+                        continue
+                starts.append(start)
+                ends.append(end)
+                lines.append(ln)
+        else:  # non-ASCII paths (surrogate-escaped bytes too) or odd whitespace: the general parser
+            for e in parse_exec_maps(text):
+                starts.append(e.start)
+                ends.append(e.end)
+                lines.append(self._line(pid, e, (e.perms, e.offset, e.dev, e.inode, e.path)))
+        if starts != sorted(starts):  # the kernel prints them in order
+            order = sorted(range(len(starts)), key=starts.__getitem__)
+            starts, ends, lines = [starts[i] for i in order], [ends[i] for i in order], [lines[i] for i in order]
         starttime = st.starttime if st else None
-        if old is not None and old.starttime == starttime and old.mappings == mappings and old.files == files:
+        if (old is not None and old.starttime == starttime and old.starts == starts and old.ends == ends
+                and old.lines == lines):
             version = old.version  # re-read (an address outside every mapping), nothing changed
         else:
             self._versions += 1
             version = self._versions
-        p = _Process(starttime, self._exe_identity(pid), [m.start for m in mappings], mappings,
-                     files, read_gen=self._gen, used_gen=self._gen, version=version)
+        p = _Process(starttime, self._exe_identity(pid), starts, ends, lines, [None] * len(starts),
+                     read_gen=self._gen, used_gen=self._gen, version=version)
         self._procs[pid] = p
         return p
 
-    def _mapped_file(self, pid: int, probe: Mapping, e: MapsEntry) -> MappedFile:
-        """Openable paths and identity of a mapping's file; its build id read once per identity.
-
-        The identity (a stat through /proc/PID/map_files) is taken once per drain for each file as the
-        maps name it (device, inode, path): a busy node starts many processes mapping the same files."""
-        paths = candidate_paths(pid, probe, deleted=e.deleted, proc=self.proc)
-        named = (e.dev, e.inode, e.path)
-        key = self._identities.get(named)
+    def _line(self, pid: int, e: MapsEntry, key: str | tuple[str, int, str, int, str] | None) -> _Line:
+        """What executable line `e` says besides its addresses, its file's identity (a stat through this
+        process's /proc/PID/map_files) and its build id (read once per identity), remembered under `key`
+        for the rest of the drain: a busy node starts many processes mapping the same files."""
+        path = e.clean_path
+        if is_special(path):
+            ln = _Line(e.offset, path, e.deleted, True, None, None)
+        else:
+            ident = None
+            for candidate in candidate_paths(pid, Mapping(e.start, e.end, e.offset, path), deleted=e.deleted,
+                                             proc=self.proc):
+                try:
+                    st = os.stat(candidate)
+                except OSError:
+                    continue
+                ident = (st.st_dev, st.st_ino, st.st_mtime_ns)
+                if ident not in self._build_ids:
+                    self._build_ids.put(ident, read_build_id(candidate))
+                break
+            if ident is None:  # not remembered: the next process may be able to stat it
+                return _Line(e.offset, path, e.deleted, False, None, None)
+            ln = _Line(e.offset, path, e.deleted, False, ident, self._build_ids.get(ident))
         if key is not None:
-            return MappedFile(paths, key)
-        for path in paths:
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            key = (st.st_dev, st.st_ino, st.st_mtime_ns)
-            if key not in self._build_ids:
-                self._build_ids.put(key, read_build_id(path))
-            if len(self._identities) >= 4 * self.max_pids:
-                self._identities.clear()
-            self._identities[named] = key
-            return MappedFile(paths, key)
-        return MappedFile(paths, None)
+            if len(self._lines) >= 4 * self.max_pids:
+                self._lines.clear()
+            self._lines[key] = ln
+        return ln
 
     def _evict(self) -> None:
         """Keep at most `max_pids`: drop exited processes first, then the least recently sampled."""
@@ -322,3 +394,15 @@ class MapsCache:
         order = sorted(self._procs.items(), key=lambda kv: (kv[1].gone_gen is None, kv[1].used_gen))
         for pid, _ in order[:excess]:
             del self._procs[pid]
+
+
+def _slurp(path: str, size: int) -> bytes:
+    """A whole /proc file: os.read until end of file, without a Python file object (saves ~3 us a file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, size):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)

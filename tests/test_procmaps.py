@@ -10,7 +10,7 @@ import pytest
 
 import profiler.procmaps as procmaps
 from podflame.model import Mapping
-from profiler.procmaps import MapsCache, parse_maps
+from profiler.procmaps import MapsCache, parse_exec_maps, parse_maps
 from tests.test_symbolizer_build import Binaries, build_id, built, nm_functions, running
 
 MAPS = """\
@@ -171,6 +171,89 @@ def test_deleted_and_special_mappings(fake: FakeProc) -> None:
     assert maps.lookup(50, 0x7F1E2C400010).path == "[anon:v8 code]"
     assert maps.lookup(50, 0x7FFD1C3F0010).path == "[vdso]" and maps.file(50, maps.lookup(50, 0x7FFD1C3F0010)) is None
     assert maps.lookup(50, 0x55D0C8A00010) is None  # not executable
+
+
+def test_same_binaries_at_other_addresses_share_the_parsed_lines(fake: FakeProc, binaries: Binaries,
+                                                                  monkeypatch) -> None:
+    """ASLR: the second process's lines hit the drain's line cache, yet get their own addresses and paths."""
+    stats: list[str] = []
+    real = procmaps.candidate_paths
+    monkeypatch.setattr(procmaps, "candidate_paths", lambda *a, **k: stats.append(a[1].path) or real(*a, **k))
+    tail = line(0x1000, 0x2000, str(binaries.pie), 0x1000) + line(0x3000, 0x4000, str(binaries.lib), 0x2000)
+    fake.add(60, tail + "7f0000001000-7f0000002000 r-xp 00000000 00:00 0      [vdso]\n")
+    fake.add(61, line(0x55AA1000, 0x55AA2000, str(binaries.pie), 0x1000)
+             + line(0x7F0000010000, 0x7F0000011000, str(binaries.lib), 0x2000)
+             + "7ffd00001000-7ffd00002000 r-xp 00000000 00:00 0      [vdso]\n")
+    maps = MapsCache(str(fake.root))
+    maps.refresh([60])
+    maps.prefetch([61])
+    assert sorted(stats) == sorted([str(binaries.pie), str(binaries.lib)])  # identity taken once per file
+    pie, lib = build_id(binaries.pie), build_id(binaries.lib)
+    assert maps.lookup(60, 0x1800) == Mapping(0x1000, 0x2000, 0x1000, str(binaries.pie), pie)
+    assert maps.lookup(61, 0x55AA1800) == Mapping(0x55AA1000, 0x55AA2000, 0x1000, str(binaries.pie), pie)
+    assert maps.lookup(61, 0x7F0000010010) == Mapping(0x7F0000010000, 0x7F0000011000, 0x2000, str(binaries.lib), lib)
+    assert maps.lookup(61, 0x1800) is None and maps.lookup(60, 0x55AA1800) is None
+    assert maps.lookup(61, 0x7FFD00001010) == Mapping(0x7FFD00001000, 0x7FFD00002000, 0, "[vdso]")
+    mf = maps.file(61, maps.lookup(61, 0x7F0000010010))
+    assert mf.paths[0] == f"{fake.root}/61/map_files/7f0000010000-7f0000011000" and mf.paths[-1] == str(binaries.lib)
+    st = os.stat(binaries.lib)
+    assert mf.key == (st.st_dev, st.st_ino, st.st_mtime_ns)
+    assert maps.file(61, Mapping(0x7F0000010000 + 1, 0x7F0000011000, 0, str(binaries.lib))) is None
+    v = maps.version(61)
+    maps.refresh([61])
+    assert maps.lookup(61, 0x9000) is None and maps.stats["rereads"] == 1 and maps.version(61) == v  # unchanged
+
+
+def test_a_file_replaced_in_place_is_seen_by_the_next_drain(fake: FakeProc, binaries: Binaries,
+                                                            tmp_path: Path) -> None:
+    """Same path, device and inode, new contents and mtime: the next drain stats it again."""
+    exe = tmp_path / "app"
+    exe.write_bytes(binaries.pie.read_bytes())
+    os.utime(exe, ns=(10**18, 10**18))
+    fake.add(70, line(0x1000, 0x2000, str(exe), 0x1000))
+    fake.add(71, line(0x5000, 0x6000, str(exe), 0x1000))
+    maps = MapsCache(str(fake.root))
+    maps.refresh([70])
+    assert maps.lookup(70, 0x1800).build_id == build_id(binaries.pie)
+    with open(exe, "r+b") as f:  # in place: the inode stays
+        f.write(binaries.with_lib.read_bytes())
+        f.truncate()
+    os.utime(exe, ns=(2 * 10**18, 2 * 10**18))
+    maps.refresh([70, 71])
+    assert maps.lookup(71, 0x5800).build_id == build_id(binaries.with_lib) != build_id(binaries.pie)
+    assert maps.file(71, maps.lookup(71, 0x5800)).key[2] == 2 * 10**18
+    assert maps.lookup(70, 0x1800).build_id == build_id(binaries.pie)  # read before: not re-read
+
+
+def test_non_utf8_and_odd_paths_read_as_the_general_parser_reads_them(fake: FakeProc, binaries: Binaries,
+                                                                      tmp_path: Path) -> None:
+    raw = bytes(tmp_path) + b"/bin\xffary"
+    Path(os.fsdecode(raw)).write_bytes(binaries.pie.read_bytes())
+    odd = MAPS.encode() + b"7f1e2c500000-7f1e2c600000 r-xp 00001000 fd:01 77 " + raw + b"\n"
+    tabbed = MAPS.replace("/opt/my app/bin/server", "/opt/my\tapp/bin/server")
+    for pid, text in ((80, MAPS.encode()), (81, odd), (82, tabbed.encode())):
+        fake.add(pid, "")
+        (fake.root / str(pid) / "maps").write_bytes(text)
+    maps = MapsCache(str(fake.root))
+    maps.refresh([80, 81, 82])
+    for pid in (80, 81, 82):
+        text = (fake.root / str(pid) / "maps").read_bytes().decode(errors="surrogateescape")
+        got = [(m.start, m.limit, m.offset, m.path) for m in maps._procs[pid].mappings]
+        assert got == sorted((e.start, e.end, e.offset, e.clean_path) for e in parse_exec_maps(text))
+    m = maps.lookup(81, 0x7F1E2C500010)
+    assert m.path == os.fsdecode(raw) and m.build_id == build_id(binaries.pie)
+    assert maps.file(81, m).paths[-1] == os.fsdecode(raw)
+
+
+def test_real_maps_read_as_the_general_parser_reads_them() -> None:
+    maps = MapsCache()
+    pid = os.getpid()
+    maps.refresh([pid])
+    with open(f"/proc/{pid}/maps", "rb") as f:
+        text = f.read().decode(errors="surrogateescape")
+    got = [(m.start, m.limit, m.offset, m.path) for m in maps._procs[pid].mappings]
+    want = [(e.start, e.end, e.offset, e.clean_path) for e in parse_exec_maps(text)]
+    assert got and got == want  # (a dlopen between the two reads would differ: none happens here)
 
 
 def test_start_time_read_from_the_real_stat() -> None:
