@@ -93,17 +93,18 @@ class Frame:
         return (Frame, (self.address, self.mapping, self.kind, self.lines, self.reason))
 
     def fallback_name(self) -> str:
-        """`module+0xoffset` for an unresolved frame; without a module, why: `[no mapping]+0xaddress`.
+        """`module+0xoffset` for an unresolved frame; without a module, why: `[process gone]+0xaddress`.
 
         An address outside every mapping is most often a frame-pointer walk through code built
-        without frame pointers; saying so beats a bare `[unknown]`.
+        without frame pointers: a run of them is the one `UNMAPPED` frame, named `[no mapping]`
+        (saying so beats a bare `[unknown]`).
         """
         if self.mapping is not None:
             return f"{self.mapping.basename}+{self.address - self.mapping.start + self.mapping.offset:#x}"
         if self.kind is FrameKind.KERNEL:
             return f"[kernel]+{self.address:#x}"
         why = self.reason.value.replace("_", " ") if self.reason is not None else "unresolved"
-        return f"[{why}]+{self.address:#x}"
+        return f"[{why}]" if self == UNMAPPED else f"[{why}]+{self.address:#x}"
 
     def names(self) -> tuple[str, ...]:
         """Function names this frame contributes to a stack, outermost first."""
@@ -113,6 +114,28 @@ class Frame:
 
 
 Stack = tuple[Frame, ...]  # root first
+
+# One frame for each run of frames outside every mapping of a process whose maps were read (`[no mapping]`).
+UNMAPPED = Frame(0, None, FrameKind.NATIVE, (), Unresolved.NO_MAPPING)
+
+
+def collapse_unmapped(stack: Stack) -> Stack:
+    """Each run of frames outside every mapping becomes one `UNMAPPED` frame.
+
+    Such addresses come from frame-pointer walks through code built without frame pointers (Python, most
+    distributions' C libraries): garbage, different in every process and drain. Kept apart, each one
+    would be a root of its own in a flame graph (the real frames split across thousands of towers) and
+    its own location, function and name in every pprof and store."""
+    if not any(f.reason is Unresolved.NO_MAPPING for f in stack):
+        return stack
+    out: list[Frame] = []
+    for f in stack:
+        if f.reason is Unresolved.NO_MAPPING:
+            if out and out[-1] is UNMAPPED:
+                continue
+            f = UNMAPPED
+        out.append(f)
+    return tuple(out)
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from podflame.model import Frame, FrameKind, Line, Mapping, Profile, Unresolved
+from podflame.model import UNMAPPED, Frame, FrameKind, Line, Mapping, Profile, Unresolved, collapse_unmapped
 from profiler import metrics
 from profiler.heap import SurvivorFreezer, release_freed_memory
 
@@ -40,7 +40,7 @@ class MapsLookup(Protocol):
     def refresh(self, pids: Iterable[int]) -> None: ...
     def prefetch(self, pids: Iterable[int]) -> None: ...
     def lookup(self, pid: int, address: int): ...  # -> Mapping | None
-    def process_gone(self, pid: int) -> bool: ...
+    def maps_lost(self, pid: int) -> bool: ...
     # optional: def version(self, pid: int) -> Hashable | None (see MapsCache.version); without it,
     # StackMemo redoes frames without a mapping every drain
 
@@ -259,7 +259,7 @@ class StackMemo:
         if single is not None:
             stack, keep = self._frames(s, pm, single, mapped)
         else:  # a symbolizer without a single-frame path gets whole stacks
-            stack = fn(stack_of(s, self.ctx))
+            stack = collapse_unmapped(fn(stack_of(s, self.ctx)))
             retry = (Unresolved.PROCESS_GONE,) if mapped else self._RETRY
             keep = not any(f.reason in retry for f in stack)
         if keep:
@@ -293,6 +293,8 @@ class StackMemo:
                     else:
                         f = single(Frame(addr, m, FrameKind.NATIVE), leaf)
                     reason = f.reason
+                    if reason is Unresolved.NO_MAPPING:
+                        f = UNMAPPED  # a run of them is one frame (collapse_unmapped)
                     if f.kind is FrameKind.NATIVE and reason not in _NEVER_KEPT and \
                             (mapped or reason is not Unresolved.NO_MAPPING):
                         memo[(addr, leaf)] = f
@@ -301,6 +303,8 @@ class StackMemo:
                         keep = False
                 else:
                     self.frame_hits += 1
+                if f is UNMAPPED and frames and frames[-1] is UNMAPPED:
+                    continue
                 frames.append(f)
         elif s.user_error not in _NOTHING_LOST and s.tgid:
             frames.append(_lost_stack_frame("user", s.user_error))

@@ -141,7 +141,7 @@ class _Stat:
 
 class MapsCache:
     """Maps of recently sampled processes. The agent calls `refresh(pids)` once per drain, then
-    `lookup(pid, address)` per frame; `process_gone(pid)` tells why a frame found no mapping.
+    `lookup(pid, address)` per frame; `maps_lost(pid)` tells why a frame found no mapping.
 
     `grace_drains`: drains an exited process keeps its maps, counting the drain that noticed the
     exit (whose samples may predate it). `idle_drains`: drains a live process not sampled is
@@ -253,11 +253,12 @@ class MapsCache:
         p = self._procs.get(pid)
         return p.version if p is not None else None
 
-    def process_gone(self, pid: int) -> bool:
-        """True when the process has exited: its frames without a mapping cannot get one now."""
-        p = self._procs.get(pid)
-        if p is not None:
-            return p.gone_gen is not None
+    def maps_lost(self, pid: int) -> bool:
+        """True when the process exited before its maps were read (or after they were let go): its
+        frames can get no mapping now. A process whose maps are held is not lost, exited or not: an
+        address outside them has no mapping."""
+        if pid in self._procs:
+            return False
         if pid in self._failed:
             return self._failed[pid]
         return not os.path.exists(f"{self.proc}/{pid}")

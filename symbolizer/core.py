@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
 
-from podflame.model import Frame, FrameKind, Line, Mapping, Profile, Unresolved
+from podflame.model import Frame, FrameKind, Line, Mapping, Profile, Unresolved, collapse_unmapped
 from symbolizer.cache import LRU
 from symbolizer.debuginfod import Debuginfod
 from symbolizer.demangle import demangle as default_demangle
@@ -43,7 +43,7 @@ class MapsSource(Protocol):
     """What the symbolizer needs from profiler.procmaps.MapsCache (kept abstract: no import cycle)."""
 
     def file(self, pid: int, mapping: Mapping) -> MappedFile | None: ...
-    def process_gone(self, pid: int) -> bool: ...
+    def maps_lost(self, pid: int) -> bool: ...
 
 
 _Result = tuple[tuple[Line, ...] | None, Unresolved | None]  # lines, or why there are none
@@ -164,7 +164,7 @@ class Symbolizer:
 
     def _stack(self, stack: tuple[Frame, ...], call: _Call) -> tuple[Frame, ...]:
         leaf = len(stack) - 1
-        return tuple(self._frame(f, i == leaf, call) for i, f in enumerate(stack))
+        return collapse_unmapped(tuple(self._frame(f, i == leaf, call) for i, f in enumerate(stack)))
 
     def stats(self) -> dict[str, int]:
         """Distinct frames per profile by outcome (`resolved` or an Unresolved value), plus cache work."""
@@ -232,8 +232,8 @@ class Symbolizer:
                 return Frame(frame.address, frame.mapping, FrameKind.JIT, (Line(name),))
             if m is not None:
                 return _unresolved(frame, Unresolved.JIT_NO_MAP)
-            gone = call.pid is not None and self.maps is not None and self.maps.process_gone(call.pid)
-            return _unresolved(frame, Unresolved.PROCESS_GONE if gone else Unresolved.NO_MAPPING)
+            lost = call.pid is not None and self.maps is not None and self.maps.maps_lost(call.pid)
+            return _unresolved(frame, Unresolved.PROCESS_GONE if lost else Unresolved.NO_MAPPING)
         if m.path == "[vdso]":
             key = self._vdso_key(m, call)
         elif is_special(m.path):

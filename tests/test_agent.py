@@ -23,7 +23,7 @@ class FakeMaps:
     def lookup(self, pid, address):
         return EXE if pid == 42 and EXE.start <= address < EXE.limit else None
 
-    def process_gone(self, pid):
+    def maps_lost(self, pid):
         return False
 
 

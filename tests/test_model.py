@@ -31,3 +31,16 @@ def test_merge_refuses_mixed_sample_types() -> None:
     b = Profile({}, 0, 1, 1, sample_type="alloc_space", unit="bytes")
     with pytest.raises(ValueError, match="cannot merge"):
         Profile.merge([a, b])
+
+
+def test_runs_of_unmapped_frames_collapse_into_one_frame() -> None:
+    from podflame.model import UNMAPPED, Unresolved, collapse_unmapped
+
+    m = Mapping(0x400000, 0x500000, 0, "/bin/app", "ab" * 20)
+    real = [Frame(0x400100 + i, m, lines=(Line(f"f{i}"),)) for i in range(3)]
+    junk = [Frame(a, None, reason=Unresolved.NO_MAPPING) for a in (0x7777, 0x100010000, 0x10303)]
+    gone = Frame(0x7F00, None, reason=Unresolved.PROCESS_GONE)
+    stack = (junk[0], junk[1], real[0], junk[2], real[1], gone, real[2])
+    assert collapse_unmapped(stack) == (UNMAPPED, real[0], UNMAPPED, real[1], gone, real[2])
+    assert collapse_unmapped(tuple(real)) == tuple(real)
+    assert UNMAPPED.names() == ("[no mapping]",) and gone.names() == ("[process gone]+0x7f00",)

@@ -82,21 +82,21 @@ def test_exited_process_keeps_maps_for_the_grace_period(fake: FakeProc, binaries
     assert maps.file(10, m).paths[-1] == str(binaries.pie)
     fake.remove(10)
     maps.refresh([10])  # the drain that notices the exit
-    assert maps.process_gone(10) and maps.lookup(10, 0x1800) == m
+    assert not maps.maps_lost(10) and maps.lookup(10, 0x1800) == m  # exited, but its maps are held
     assert maps.lookup(10, 0x9000) is None  # a miss on a dead process: nothing to re-read
     maps.refresh([])
     assert maps.lookup(10, 0x1800) == m
     maps.refresh([])
-    assert len(maps) == 0 and maps.lookup(10, 0x1800) is None and maps.process_gone(10)
+    assert len(maps) == 0 and maps.lookup(10, 0x1800) is None and maps.maps_lost(10)
     assert maps.stats["exits"] == 1
 
 
 def test_process_gone_before_its_maps_were_read(fake: FakeProc) -> None:
     maps = MapsCache(str(fake.root))
     maps.refresh([77])
-    assert maps.lookup(77, 0x1000) is None and maps.process_gone(77)
+    assert maps.lookup(77, 0x1000) is None and maps.maps_lost(77)
     fake.add(78, line(0x1000, 0x2000, "/bin/x"))
-    assert not maps.process_gone(78)
+    assert not maps.maps_lost(78)
 
 
 def test_zombie_counts_as_gone(fake: FakeProc) -> None:
@@ -105,7 +105,7 @@ def test_zombie_counts_as_gone(fake: FakeProc) -> None:
     maps.refresh([11])
     fake.add(11, "", state="Z")  # a zombie's maps read empty
     maps.refresh([11])
-    assert maps.process_gone(11) and maps.lookup(11, 0x1800) is not None
+    assert maps.stats["exits"] == 1 and not maps.maps_lost(11) and maps.lookup(11, 0x1800) is not None
 
 
 def test_miss_rereads_maps_at_most_once_per_drain(fake: FakeProc) -> None:
@@ -275,7 +275,7 @@ def test_real_child_maps_and_map_files(binaries: Binaries) -> None:
         assert mf.paths[0] == f"/proc/{r.pid}/map_files/{m.start:x}-{m.limit:x}"
         st = os.stat(binaries.with_lib)
         assert mf.key == (st.st_dev, st.st_ino, st.st_mtime_ns)
-        assert not maps.process_gone(r.pid)
+        assert not maps.maps_lost(r.pid)
 
 
 def test_real_exec_is_noticed(binaries: Binaries) -> None:

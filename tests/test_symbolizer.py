@@ -118,15 +118,17 @@ def test_exited_process_still_resolves_within_the_grace_period(binaries: Binarie
         pid, addr = r.pid, r.addresses["static_leaf"] + 2
         r.stop()
     maps.refresh([pid])  # drain 2: its late samples arrive after it exited
-    assert maps.process_gone(pid)
+    assert maps.stats["exits"] == 1 and not maps.maps_lost(pid)
     (f,) = resolve(sym, pid, [native(maps, pid, addr)])
     assert f.names() == ("static_leaf",)  # opened through the plain path: map_files died with it
     (f,) = resolve(sym, pid, [native(maps, pid, 0x10)])
-    assert f.reason is Unresolved.PROCESS_GONE
+    assert f.reason is Unresolved.NO_MAPPING  # outside the maps read before the exit: not "process gone"
     maps.refresh([])  # drain 3: still within the grace of 2 drains counted from the one that saw the exit
     assert maps.lookup(pid, addr) is not None
     maps.refresh([])  # drain 4: forgotten
-    assert maps.lookup(pid, addr) is None and maps.process_gone(pid)
+    assert maps.lookup(pid, addr) is None and maps.maps_lost(pid)
+    (f,) = resolve(sym, pid, [native(maps, pid, addr)])
+    assert f.reason is Unresolved.PROCESS_GONE
 
 
 def test_unresolved_frames_say_why(binaries: Binaries, tmp_path: Path) -> None:
@@ -143,7 +145,7 @@ def test_unresolved_frames_say_why(binaries: Binaries, tmp_path: Path) -> None:
         assert f.fallback_name() == f"pie-stripped+{s_addr - m.start + m.offset:#x}"
 
         (f,) = resolve(sym, live.pid, [native(maps, live.pid, 0x1000)])  # below every mapping
-        assert f.mapping is None and f.reason is Unresolved.NO_MAPPING and f.fallback_name() == "[no mapping]+0x1000"
+        assert f.mapping is None and f.reason is Unresolved.NO_MAPPING and f.fallback_name() == "[no mapping]"
 
         anon = Mapping(0x7000_0000_0000, 0x7000_0001_0000, 0, "[anon]")  # JIT code without a perf map
         (f,) = resolve(sym, live.pid, [Frame(0x7000_0000_0100, anon)])
@@ -270,7 +272,7 @@ def test_each_distinct_frame_is_resolved_once_and_counted(binaries: Binaries, mo
         assert sym.symbolize(p).samples == out.samples and len(lookups) == 3  # cached across calls
     assert out is not p and all(not f.lines for s in p.samples for f in s)  # pure: input untouched
     assert {tuple(n) for n, _ in out.name_stacks()} == {
-        ("main", "global_work", "static_leaf"), ("main", "static_leaf"), ("main", "[no mapping]+0x10")}
+        ("main", "global_work", "static_leaf"), ("main", "static_leaf"), ("main", "[no mapping]")}
     stats = sym.stats()
     assert stats["resolved"] == 6 and stats["no_mapping"] == 2 and stats["binaries_loaded"] == 1
     assert set(Unresolved) <= {Unresolved(k) for k in stats if k in Unresolved._value2member_map_}

@@ -156,7 +156,7 @@ def test_frames_already_named_pass_through_and_labels_without_pid_work() -> None
         def file(self, pid: int, mapping: Mapping) -> MappedFile | None:
             raise AssertionError("not asked without a pid")
 
-        def process_gone(self, pid: int) -> bool:
+        def maps_lost(self, pid: int) -> bool:
             raise AssertionError("not asked without a pid")
 
     sym = Symbolizer(NoMaps())
