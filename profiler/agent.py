@@ -156,9 +156,10 @@ class StackMemo:
     kept per process, keyed by (address, is leaf), for as long as the process's maps are unchanged
     (`MapsCache.version`): exec, pid reuse or a new mapping drops the process's memo, and so does its
     exit (once the maps cache lets it go). An address outside every mapping of a process whose maps
-    were read keeps its answer too (a frame-pointer walk through code built without frame pointers
-    finds such addresses in every drain; each one cost a re-read of the maps); any address in a new
-    mapping makes the maps cache re-read the maps, which drops the memo. JIT frames (perf maps grow),
+    were read is `[no mapping]` (`UNMAPPED`, a run of them one frame) without asking the symbolizer, and
+    keeps that answer (a frame-pointer walk through code built without frame pointers finds such
+    addresses in every drain; each one cost a re-read of the maps); any address in a new mapping makes
+    the maps cache re-read the maps, which drops the memo. JIT frames (perf maps grow),
     unreadable binaries (may be transient) and exited processes' frames without a mapping are redone
     every drain. Kernel frames are kept once for all processes.
 
@@ -290,6 +291,10 @@ class StackMemo:
                     m = lookup(tgid, addr)
                     if m is not None and m.build_id is not None:
                         f = self._shared_frame(addr, m, leaf, single, shared)
+                    elif m is None and mapped:
+                        # outside every mapping of maps we hold (re-read once a drain on such a miss):
+                        # what the symbolizer would say, without asking it ~10k times a minute
+                        f = UNMAPPED
                     else:
                         f = single(Frame(addr, m, FrameKind.NATIVE), leaf)
                     reason = f.reason

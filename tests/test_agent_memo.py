@@ -121,17 +121,19 @@ def test_frames_without_a_mapping_are_kept_only_while_the_maps_are_known() -> No
     garbage = raw(user=(0x7777, 0x400100))  # a frame-pointer walk through code without frame pointers
     for _ in range(3):
         out = run(memo, c, garbage)
-    assert sym.frames == 2  # the maps were read and did not change: no re-resolution each drain
+    # the maps were read: outside them is [no mapping] without asking the symbolizer, and nothing is
+    # resolved again each drain
+    assert sym.frames == 1 and memo.frame_misses == 2
     assert out["42"] == {("fn_400100", "[no mapping]"): 1}
-    maps.versions[42] = 2  # e.g. a dlopen: the unmapped frame is resolved again (the other is the
-    run(memo, c, garbage)  # binary's, by build id: shared by all processes, it holds)
-    assert sym.frames == 3
-    # a process whose maps could not be read: its unmapped frames are retried every drain
+    maps.versions[42] = 2  # e.g. a dlopen: the process's frames are looked up again (the binary's
+    run(memo, c, garbage)  # frame comes from the frames shared by build id)
+    assert sym.frames == 1 and memo.frame_misses == 4
+    # a process whose maps could not be read: its unmapped frames are asked of the symbolizer every drain
     maps.versions[50] = None
     unknown = raw(cgroup_id=9, tgid=50, pid=50, user=(0x7777,))
     for _ in range(2):
-        run(memo, c, unknown)
-    assert sym.frames == 5
+        out = run(memo, c, unknown)
+    assert sym.frames == 3 and out["50"] == {("[no mapping]",): 1}
 
 
 def test_a_process_memo_is_dropped_when_it_exits_or_its_maps_change() -> None:
