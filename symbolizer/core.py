@@ -320,6 +320,8 @@ class Symbolizer:
         for path in self._mapped_file(m, call).paths:
             try:
                 elf = ElfSymbols(path, debug_dirs=[*roots, *self.debug_dirs, *fetched], name=m.path)
+                if self.disk_cache is not None and elf.build_id:  # a restart does not parse tables again
+                    elf.load_symbols = self.disk_cache.symbols_loader(elf)
                 elf.ranges  # noqa: B018 -- read now, while the process (and map_files) still exist
             except ElfReadError:
                 continue

@@ -20,11 +20,16 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from symbolizer.dwarf import _FORMAT, CuIndex
 from symbolizer.ranges import AddressRanges
 
+if TYPE_CHECKING:
+    from symbolizer.elf import ElfSymbols
+
 CuTable = tuple[list[tuple[int, int, int]], bool]
+_WITHOUT_DEBUG_FILE = ("dynsym", "minidebuginfo")  # ElfSymbols.symbol_source of tables read from the binary alone
 
 
 class DiskCache:
@@ -93,17 +98,25 @@ class DiskCache:
         self._write(os.path.join(self._dir(build_id), f"cu-{offset:x}.pkl"), idx)
         self.stats["cu_stored"] += 1
 
-    def symbols_loader(self, build_id: str) -> Callable[[Callable[[], AddressRanges]], AddressRanges]:
-        """For ElfSymbols.load_symbols: the binary's symbol table from the cache, else read and stored."""
+    def symbols_loader(self, elf: ElfSymbols) -> Callable[[Callable[[], AddressRanges]], AddressRanges]:
+        """For ElfSymbols.load_symbols: the binary's symbol table from the cache, else read and stored.
+
+        A table is what the build id's bytes hold (.symtab, .dynsym, MiniDebugInfo) or its debug file
+        (named by the build id too), so it never goes stale, with one exception: a table read without a
+        debug file is not used once a debug file is there (installed, or fetched by debuginfod)."""
+        assert elf.build_id
+        path = os.path.join(self._dir(elf.build_id), "symbols.pkl")
 
         def load(read: Callable[[], AddressRanges]) -> AddressRanges:
-            path = os.path.join(self._dir(build_id), "symbols.pkl")
             got = self._read(path)
-            if isinstance(got, AddressRanges):
-                self.stats["symbols_hits"] += 1
-                return got
+            if isinstance(got, tuple) and len(got) == 2 and isinstance(got[1], AddressRanges):
+                source, ranges = got
+                if source not in _WITHOUT_DEBUG_FILE or elf.debug_file() is None:
+                    self.stats["symbols_hits"] += 1
+                    elf.symbol_source = f"cache ({source})"
+                    return ranges
             ranges = read()
-            self._write(path, ranges)
+            self._write(path, (elf.symbol_source, ranges))
             return ranges
 
         return load

@@ -216,7 +216,8 @@ class ElfSymbols:
     def _open(self) -> BinaryIO:
         return io.BytesIO(self._data) if self._data is not None else open(self.path, "rb")  # type: ignore[arg-type]
 
-    def _debug_file(self) -> str | None:
+    def debug_file(self) -> str | None:
+        """The separate debug file named by the build id in `debug_dirs`, if there is one."""
         if not self.build_id or len(self.build_id) < 3:
             return None
         for root in self.debug_dirs:
@@ -283,7 +284,7 @@ class ElfSymbols:
 
         if self.path and has_dwarf(self.path):
             return self.path
-        debug = self._debug_file()
+        debug = self.debug_file()
         if debug and has_dwarf(debug):
             return debug
         link = self.debuglink_file()
@@ -297,7 +298,7 @@ class ElfSymbols:
                 elf = _open_elf(f)
                 syms = _raw_symbols(elf, ".symtab")
                 self.symbol_source = "symtab"
-                if not syms and (debug := self._debug_file()):
+                if not syms and (debug := self.debug_file()):
                     with open(debug, "rb") as df:
                         syms = _raw_symbols(_open_elf(df), ".symtab")
                     self.symbol_source = debug

@@ -39,7 +39,7 @@ class BinaryTool:
 
             cache = DiskCache(cache_dir)
             kwargs = cache.hooks(self.elf.build_id)
-            self.elf.load_symbols = cache.symbols_loader(self.elf.build_id)
+            self.elf.load_symbols = cache.symbols_loader(self.elf)
         self.dwarf = open_dwarf(self.elf, **kwargs)
 
     def frames(self, vaddr: int) -> list[Frame]:

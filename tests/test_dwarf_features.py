@@ -192,7 +192,7 @@ def test_cli_cache_dir_keeps_symbols_and_cus_for_the_next_process(built: dict[st
     assert first.elf.ranges and first.elf.symbol_source == "symtab"
     second = BinaryTool(path, cache_dir=str(tmp_path))
     assert [second.frames(a) for a in addrs] == want
-    assert second.elf.ranges and second.elf.symbol_source == "cache"
+    assert second.elf.ranges and second.elf.symbol_source == "cache (symtab)"
     assert second.dwarf.stats["cus_decoded"] == 0 and second.dwarf._reader is None
 
 

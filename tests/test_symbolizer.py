@@ -175,6 +175,44 @@ def test_stripped_binary_resolves_through_a_debug_file_found_by_build_id(binarie
     assert elf.lookup(addr + size // 2) == "static_leaf" and elf.symbol_source == str(debug)
 
 
+def test_symbol_tables_come_from_the_disk_cache_until_a_debug_file_arrives(binaries: Binaries,
+                                                                          tmp_path: Path) -> None:
+    """A restarted agent reads a binary's table from the cache (by build id), not from the file; a table
+    read without a debug file is read again once the debug file is there."""
+    from symbolizer.diskcache import DiskCache
+
+    cache = DiskCache(str(tmp_path / "cache"))
+    debug_dir = tmp_path / "debug"
+    addr, size = nm_functions(binaries.pie)["static_leaf"]
+
+    def table() -> ElfSymbols:
+        elf = ElfSymbols(str(binaries.stripped), debug_dirs=[str(debug_dir)])
+        elf.load_symbols = cache.symbols_loader(elf)
+        return elf
+
+    first = table()
+    assert first.lookup(addr + size // 2) is None and first.symbol_source == "dynsym"  # static_leaf is static
+    again = table()
+    assert again.lookup(addr + size // 2) is None and again.symbol_source == "cache (dynsym)"
+    assert cache.stats["symbols_hits"] == 1
+    bid = build_id(binaries.pie)
+    debug = debug_dir / ".build-id" / bid[:2] / f"{bid[2:]}.debug"
+    debug.parent.mkdir(parents=True)
+    subprocess.run(["objcopy", "--only-keep-debug", str(binaries.pie), str(debug)], check=True)
+    fresh = table()  # the cached .dynsym table is not used: the debug file has the static functions
+    assert fresh.lookup(addr + size // 2) == "static_leaf" and fresh.symbol_source == str(debug)
+    cached = table()
+    assert cached.lookup(addr + size // 2) == "static_leaf" and cached.symbol_source == f"cache ({debug})"
+    assert cache.stats["symbols_hits"] == 2
+
+    maps = MapsCache()  # the agent's symbolizer uses the same cache
+    sym = Symbolizer(maps, disk_cache=cache, debug_dirs=[str(debug_dir)])
+    with running(binaries.stripped) as r:
+        maps.refresh([r.pid])
+        (f,) = resolve(sym, r.pid, [native(maps, r.pid, r.addresses["static_leaf"] + 1)])
+    assert f.names()[-1] == "static_leaf" and cache.stats["symbols_hits"] == 3
+
+
 def test_minidebuginfo_symbols_of_a_stripped_binary(binaries: Binaries, tmp_path: Path) -> None:
     """Fedora-style .gnu_debugdata: an xz-compressed ELF holding the static function symbols."""
     if not shutil.which("xz"):
