@@ -78,6 +78,7 @@ def _build_messages(schema: dict[str, list[tuple]] = _SCHEMA) -> dict[str, type]
 _MESSAGES = _build_messages()
 PprofProfile = _MESSAGES["Profile"]
 _Label = _MESSAGES["Label"]
+_Sample = _MESSAGES["Sample"]
 # The same wire format read with each sample's labels left as bytes (a length-delimited message
 # field may be read as bytes): `tuple(sample.label)` is then one C call, a dict key for the label
 # set, and each distinct label is parsed once per request instead of once per sample.
@@ -191,10 +192,13 @@ def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] |
         if (p.sample_type, p.unit) != (sample_type, unit):
             raise ValueError("encode() takes profiles of one sample type")
         labels = [_Label(key=s(k), str=s(v)) for k, v in sorted(p.labels.items()) if common.get(k) != v]
+        # the profile's labels once as bytes, merged into each sample: half the cost of copying the messages
+        label_bytes = _Sample(label=labels).SerializeToString()
         per_sample = p.period_ns or period  # merged series may differ in period
         for stack, value in p.samples.items():
             ids = [get(f) or location_id(f) for f in reversed(stack)]
-            add_sample(location_id=ids, value=[value, value * per_sample] if two_values else [value], label=labels)
+            add_sample(location_id=ids, value=[value, value * per_sample] if two_values else [value]) \
+                .MergeFromString(label_bytes)
     _add_mappings(msg, mappings)
     msg.string_table.extend(s.table)
     raw = msg.SerializeToString()
