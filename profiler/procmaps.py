@@ -12,11 +12,21 @@ So what an executable line says besides its addresses (offset, path, deleted, th
 build id) is worked out once per drain and shared (`_Line`, by the line's text after the address
 range): a new process costs the kernel's text, then a split and a dictionary hit per executable line.
 `Mapping`s are built when a lookup lands in them, and `MappedFile`s (per-pid paths) when asked for.
+
+On Linux 6.11+ the executable mappings are asked for with the PROCMAP_QUERY ioctl instead of read as
+text (the kernel printing every line is most of a text read, and ~4 in 5 lines are not executable):
+it gives the same fields, so the same `_Line`s and `_Process`es. The text stays the fallback: older
+kernels, a name the text would print differently (non-ASCII, control characters), a process gone.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import os
+import re
+import struct
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +39,22 @@ from symbolizer.files import DELETED, MappedFile, candidate_paths, is_special
 # Characters other than "\n" that str.splitlines() breaks lines at or str.split() splits fields at, in
 # ASCII; maps text without them (and without non-ASCII) splits the same on "\n" and " " alone.
 _ODD = ("\t", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f")
+_ODD_NAME = re.compile(b"[\n" + re.escape("".join(_ODD).encode()) + b"]")  # "\n" too: the text prints "\\012"
+
+# PROCMAP_QUERY (linux/fs.h, 6.11+): _IOWR(0x9f, 17, struct procmap_query), on an open /proc/PID/maps.
+# struct procmap_query: u64 size, query_flags, query_addr, vma_start, vma_end, vma_flags, vma_page_size,
+# vma_offset, inode; u32 dev_major, dev_minor, vma_name_size, build_id_size; u64 vma_name_addr, build_id_addr.
+_PROCMAP_QUERY = 0xC0686611
+_QUERY = struct.Struct("<9Q4I2Q")
+_ADDR = struct.Struct("<Q")  # query_addr, at 16
+_NAME_SIZE = struct.Struct("<I")  # vma_name_size, at 80
+_FOUND = struct.Struct("<6Q3I")  # vma_start .. vma_name_size, at 24
+_QueryKey = tuple[int, int, int, int, int, bytes]  # vma_flags, offset, dev_major, dev_minor, inode, name
+_VMA_EXECUTABLE = 0x04  # as a query flag: skip VMAs without VM_EXEC, the "x" the text prints in perms
+_COVERING_OR_NEXT_VMA = 0x10
+_NAME_MAX = 4096  # PATH_MAX, as the kernel caps it; a longer name fails with ENAMETOOLONG: read the text
+_GATE = 1 << 63  # the gate area ([vsyscall]) is in the kernel's half: printed in the text, not a VMA
+_LOW = 1 << 32  # 32-bit (ia32, x32) processes live below 4 GiB and have no [vsyscall]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +177,7 @@ class MapsCache:
     """
 
     def __init__(self, proc: str = "/proc", *, grace_drains: int = 2, idle_drains: int = 30, max_pids: int = 4096,
-                 max_files: int = 8192) -> None:
+                 max_files: int = 8192, procmap_query: bool = True) -> None:
         self.proc = proc
         self.grace_drains = grace_drains
         self.idle_drains = idle_drains
@@ -163,7 +189,12 @@ class MapsCache:
         self._versions = 0
         # an executable line's text after its address range (or its fields, for text read the slow way)
         # -> what it says and its file's identity; for one drain, so a file replaced in place is seen
-        self._lines: dict[str | tuple[str, int, str, int, str], _Line] = {}
+        # (or an ioctl's VMA fields, but for the addresses)
+        self._lines: dict[str | tuple[str, int, str, int, str] | _QueryKey, _Line] = {}
+        self._query = procmap_query  # False once the ioctl failed as unsupported: the text from then on
+        self._query_buf = bytearray(_QUERY.size)
+        self._name_buf = ctypes.create_string_buffer(_NAME_MAX)
+        self._gate: list[tuple[int, int, _QueryKey]] | None = None  # executable lines the text shows that are no VMA
         self.stats = {"reads": 0, "rereads": 0, "exits": 0, "execs": 0}
 
     # -- per drain ---------------------------------------------------------------------------
@@ -292,16 +323,24 @@ class MapsCache:
         old = self._procs.get(pid)
         st = self._stat(pid)
         text = None
+        queried = None
         if st is not None and not st.zombie:
             try:
-                # surrogateescape: a path that is not UTF-8 still round-trips to os.stat/open
-                text = _slurp(f"{self.proc}/{pid}/maps", 1 << 16).decode(errors="surrogateescape")
+                fd = os.open(f"{self.proc}/{pid}/maps", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if self._query:
+                        queried = self._query_lines(pid, fd)
+                    if queried is None:
+                        # surrogateescape: a path that is not UTF-8 still round-trips to os.stat/open
+                        text = _read_fd(fd, 1 << 16).decode(errors="surrogateescape")
+                finally:
+                    os.close(fd)
             except OSError:
                 text = None
         if old is not None and st is not None and old.starttime != st.starttime:
             del self._procs[pid]  # a new process under a reused pid: the old maps are not its maps
             old = None
-        if text is None or (not text and old is not None and old.mappings):
+        if queried is None and (text is None or (not text and old is not None and old.mappings)):
             gone = st is None or st.zombie or not os.path.exists(f"{self.proc}/{pid}")
             if old is not None:
                 old.read_gen = self._gen
@@ -316,7 +355,9 @@ class MapsCache:
         ends: list[int] = []
         lines: list[_Line] = []
         known = self._lines
-        if text.isascii() and not any(c in text for c in _ODD):
+        if queried is not None:
+            starts, ends, lines = queried
+        elif text is not None and text.isascii() and not any(c in text for c in _ODD):
             # Lines and fields split as parse_exec_maps splits them; one dictionary hit per executable
             # line of a known binary (what follows the range is the same in every process mapping it).
             for line in text.split("\n"):
@@ -339,7 +380,7 @@ class MapsCache:
                 starts.append(start)
                 ends.append(end)
                 lines.append(ln)
-        else:  # non-ASCII paths (surrogate-escaped bytes too) or odd whitespace: the general parser
+        elif text is not None:  # non-ASCII paths (surrogate-escaped bytes too) or odd whitespace: the general parser
             for e in parse_exec_maps(text):
                 starts.append(e.start)
                 ends.append(e.end)
@@ -358,6 +399,86 @@ class MapsCache:
                      read_gen=self._gen, used_gen=self._gen, version=version)
         self._procs[pid] = p
         return p
+
+    def _query_lines(self, pid: int, fd: int) -> tuple[list[int], list[int], list[_Line]] | None:
+        """The executable mappings of `pid` (whose maps `fd` is open on) by PROCMAP_QUERY, with the gate
+        lines its text would show; None when the text must be read instead: the ioctl is unsupported
+        (remembered), the process has no memory (exiting, a kernel thread: the text is empty), or a name
+        would not read the same in the text. One ioctl and a dictionary hit per VMA of a known binary."""
+        buf = self._query_buf
+        name_addr = ctypes.addressof(self._name_buf)
+        _QUERY.pack_into(buf, 0, _QUERY.size, _VMA_EXECUTABLE | _COVERING_OR_NEXT_VMA, 0, 0, 0, 0, 0, 0, 0,
+                         0, 0, _NAME_MAX, 0, name_addr, 0)
+        known = self._lines
+        starts: list[int] = []
+        ends: list[int] = []
+        lines: list[_Line] = []
+        end = 0
+        while True:
+            _ADDR.pack_into(buf, 16, end)  # the fields the kernel writes back are set again: name size, address
+            _NAME_SIZE.pack_into(buf, 80, _NAME_MAX)
+            try:
+                fcntl.ioctl(fd, _PROCMAP_QUERY, buf)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:  # no executable VMA at or after the address: the end
+                    break
+                if exc.errno not in (errno.ESRCH, errno.ENAMETOOLONG, errno.EINTR, errno.ENOMEM):
+                    self._query = False  # ENOTTY (before 6.11, or not a maps file), EINVAL, ...: not again
+                return None
+            start, end, flags, _, offset, inode, major, minor, name_size = _FOUND.unpack_from(buf, 24)
+            key = (flags, offset, major, minor, inode, ctypes.string_at(name_addr, name_size - 1) if name_size else b"")
+            ln = known.get(key)
+            if ln is None and (ln := self._query_line(pid, start, end, key)) is None:
+                return None
+            starts.append(start)
+            ends.append(end)
+            lines.append(ln)
+        if self._gate is None:
+            self._gate = self._read_gate()
+        if self._gate and ((ends and ends[-1] > _LOW) or self._above_low(fd)):
+            for start, end, key in self._gate:
+                ln = known.get(key) or self._query_line(pid, start, end, key)
+                if ln is None:
+                    return None
+                starts.append(start)
+                ends.append(end)
+                lines.append(ln)
+        return starts, ends, lines
+
+    def _query_line(self, pid: int, start: int, end: int, key: _QueryKey) -> _Line | None:
+        """`_line` for a VMA the ioctl found; None for a name the text shows otherwise: escaped ("\\n" as
+        "\\012") or split at (odd whitespace, non-ASCII), so that the text path must read it."""
+        _, offset, major, minor, inode, name = key
+        if not name.isascii() or _ODD_NAME.search(name):
+            return None
+        return self._line(pid, MapsEntry(start, end, "", offset, f"{major:02x}:{minor:02x}", inode, name.decode()), key)
+
+    def _above_low(self, fd: int) -> bool:
+        """Whether the process has memory above 4 GiB: a 64-bit one, whose text shows the gate lines
+        (32-bit ones' do not). Asked only when no executable VMA is up there (normally the vdso is)."""
+        buf = bytearray(_QUERY.size)
+        _QUERY.pack_into(buf, 0, _QUERY.size, _COVERING_OR_NEXT_VMA, _LOW, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        try:
+            fcntl.ioctl(fd, _PROCMAP_QUERY, buf)
+        except OSError as exc:
+            return exc.errno != errno.ENOENT
+        return True
+
+    def _read_gate(self) -> list[tuple[int, int, _QueryKey]]:
+        """The executable lines the text shows above user space that are no VMA (x86-64's [vsyscall]),
+        as VMAs: the same in every 64-bit process on this kernel, so read once, from our own maps."""
+        try:
+            text = _slurp(f"{self.proc}/self/maps", 1 << 16).decode(errors="surrogateescape")
+        except OSError:
+            return []
+        gate = []
+        for e in parse_exec_maps(text):
+            if e.start >= _GATE and is_special(e.clean_path):
+                major, _, minor = e.dev.partition(":")
+                flags = sum(bit for bit, c in zip((1, 2, 4, 8), e.perms, strict=False) if c in "rwxs")
+                gate.append((e.start, e.end, (flags, e.offset, int(major, 16), int(minor, 16), e.inode,
+                                              e.path.encode(errors="surrogateescape"))))
+        return gate
 
     def _line(self, pid: int, e: MapsEntry, key: str | tuple[str, int, str, int, str] | None) -> _Line:
         """What executable line `e` says besides its addresses, its file's identity (a stat through this
@@ -401,9 +522,14 @@ def _slurp(path: str, size: int) -> bytes:
     """A whole /proc file: os.read until end of file, without a Python file object (saves ~3 us a file)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = []
-        while chunk := os.read(fd, size):
-            chunks.append(chunk)
+        return _read_fd(fd, size)
     finally:
         os.close(fd)
+
+
+def _read_fd(fd: int, size: int) -> bytes:
+    """The rest of an open /proc file (a maps fd the ioctl path fell back from is still at its start)."""
+    chunks = []
+    while chunk := os.read(fd, size):
+        chunks.append(chunk)
     return b"".join(chunks)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -301,3 +303,135 @@ def test_real_exec_is_noticed(binaries: Binaries) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+# -- PROCMAP_QUERY ------------------------------------------------------------------------------
+
+# A process with the executable mappings the text shows in special ways: unnamed and named anonymous
+# memory (JIT code), execute-only, shared anonymous ("/dev/zero (deleted)"), a memfd, a deleted file,
+# and files whose names have a space, a newline (escaped as \012 in the text) and non-ASCII bytes.
+_ODD_MAPPINGS = r"""
+import ctypes, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+keep = []
+rwx = mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC
+anon = mmap.mmap(-1, 4 * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=rwx)
+anon[:4] = b"\xc3\x90\x90\x90"
+keep.append(anon)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(anon))
+libc.prctl(0x53564D41, 0, ctypes.c_ulong(addr), ctypes.c_ulong(4096), b"jit code")  # PR_SET_VMA_ANON_NAME
+keep.append(mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_EXEC))
+keep.append(mmap.mmap(-1, 4096, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS, prot=rwx))
+fd = os.memfd_create("jit")
+os.ftruncate(fd, 4096)
+keep.append(mmap.mmap(fd, 4096, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_EXEC))
+for name in sys.argv[1:]:
+    with open(os.fsencode(name), "rb") as f:
+        keep.append(mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_EXEC))
+os.unlink(os.fsencode(sys.argv[1]))
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def _query_supported() -> bool:
+    maps = MapsCache()
+    return maps._read(os.getpid()) is not None and maps._query
+
+
+needs_query = pytest.mark.skipif(not _query_supported(), reason="no PROCMAP_QUERY (Linux 6.11+)")
+
+
+def _same_as_text(pid: int) -> bool | None:
+    """Whether the ioctl path reads `pid` as the text path does (None: the process could not be read)."""
+    text, query = MapsCache(procmap_query=False), MapsCache()
+    pt, pq = text._read(pid), query._read(pid)
+    if pt is None or pq is None:
+        return None
+    assert query._query
+    if (pt.starttime, pt.exe, pt.starts, pt.ends, pt.lines) != (pq.starttime, pq.exe, pq.starts, pq.ends, pq.lines):
+        return False
+    for start, end in zip(pt.starts, pt.ends, strict=True):
+        for address in (start, end - 1):
+            m = text.lookup(pid, address)
+            if m != query.lookup(pid, address) or text.file(pid, m) != query.file(pid, m):
+                return False
+    version = query.version(pid)
+    return query._read(pid) is not None and query.version(pid) == version  # a re-read finding the same
+
+
+@needs_query
+def test_query_reads_every_process_as_the_text_does() -> None:
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    assert len(pids) > 10
+    for pid in pids:
+        # a busy process may map or unmap between the two reads: it must agree within a few tries
+        assert any(_same_as_text(pid) is not False for _ in range(3)), pid
+
+
+def _queried(pid: int) -> bool:
+    """Whether the ioctl path reads `pid` by the ioctl alone (no fallback to the text)."""
+    maps = MapsCache()
+    fd = os.open(f"/proc/{pid}/maps", os.O_RDONLY)
+    try:
+        return maps._query_lines(pid, fd) is not None
+    finally:
+        os.close(fd)
+
+
+@needs_query
+def test_query_reads_special_mappings_as_the_text_does(tmp_path: Path) -> None:
+    names = []
+    for name in ("deleted lib.so", "new\nline.so", "caf\xe9.so"):
+        path = tmp_path / name
+        path.write_bytes(Path("/bin/true").read_bytes())
+        names.append(str(path))
+    raw = os.fsencode(tmp_path) + b"/bad\xff.so"  # not UTF-8
+    with open(raw, "wb") as f:
+        f.write(Path("/bin/true").read_bytes())
+    # names the text prints as the ioctl returns them; names it escapes or splits (the ioctl path reads the text)
+    groups = (names[:1], [*names[1:], os.fsdecode(raw)])
+    procs = [subprocess.Popen([sys.executable, "-c", _ODD_MAPPINGS, *args], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for args in groups]
+    sleeper = tmp_path / "sleeper"  # a deleted executable
+    sleeper.write_bytes(Path("/bin/sleep").read_bytes())
+    sleeper.chmod(0o755)
+    procs.append(subprocess.Popen([str(sleeper), "60"]))
+    try:
+        for p in procs[:2]:
+            assert p.stdout.readline().strip() == "ready"
+        sleeper.unlink()
+        plain, odd, sleep = (p.pid for p in procs)
+        text = Path(f"/proc/{plain}/maps").read_text()
+        for shown in ("/dev/zero (deleted)", "/memfd:jit (deleted)", "/deleted lib.so (deleted)", "--xp"):
+            assert shown in text
+        assert "new\\012line.so" in Path(f"/proc/{odd}/maps").read_bytes().decode(errors="surrogateescape")
+        paths = [m.path for m in MapsCache()._read(plain).mappings]
+        assert "[anon]" in paths and "[vdso]" in paths and "[vsyscall]" in paths
+        assert ("[anon:jit code]" in paths) == ("[anon:jit code]" in text)  # (needs CONFIG_ANON_VMA_NAME)
+        assert _queried(plain) and _queried(sleep) and not _queried(odd)
+        for pid in (plain, odd, sleep, os.getpid()):
+            assert _same_as_text(pid), pid
+        assert MapsCache()._read(sleep).lines[0].deleted
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+@needs_query
+def test_query_unsupported_falls_back_to_the_text_once(monkeypatch) -> None:
+    calls = []
+
+    def enotty(fd: int, request: int, arg: bytearray) -> None:
+        calls.append(request)
+        raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
+
+    monkeypatch.setattr(procmaps.fcntl, "ioctl", enotty)
+    maps, text = MapsCache(), MapsCache(procmap_query=False)
+    pid = os.getpid()
+    got = maps._read(pid)
+    assert got is not None and got.lines and not maps._query
+    assert (got.starts, got.ends, got.lines) == ((want := text._read(pid)).starts, want.ends, want.lines)
+    maps._read(1)
+    assert len(calls) == 1  # remembered: not asked again
