@@ -298,8 +298,6 @@ class StackMemo:
                     else:
                         f = single(Frame(addr, m, FrameKind.NATIVE), leaf)
                     reason = f.reason
-                    if reason is Unresolved.NO_MAPPING:
-                        f = UNMAPPED  # a run of them is one frame (collapse_unmapped)
                     if f.kind is FrameKind.NATIVE and reason not in _NEVER_KEPT and \
                             (mapped or reason is not Unresolved.NO_MAPPING):
                         memo[(addr, leaf)] = f
@@ -308,8 +306,6 @@ class StackMemo:
                         keep = False
                 else:
                     self.frame_hits += 1
-                if f is UNMAPPED and frames and frames[-1] is UNMAPPED:
-                    continue
                 frames.append(f)
         elif s.user_error not in _NOTHING_LOST and s.tgid:
             frames.append(_lost_stack_frame("user", s.user_error))
@@ -331,7 +327,7 @@ class StackMemo:
                 frames.append(f)
         elif s.kernel_error not in _NOTHING_LOST:
             frames.append(_lost_stack_frame("kernel", s.kernel_error))
-        return tuple(frames), keep
+        return collapse_unmapped(tuple(frames)), keep
 
     def _shared_frame(self, addr: int, m: Mapping, leaf: bool, single: Callable[[Frame, bool], Frame],
                       shared: dict[tuple[Mapping, int, bool], Frame]) -> Frame:

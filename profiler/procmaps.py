@@ -340,7 +340,7 @@ class MapsCache:
         if old is not None and st is not None and old.starttime != st.starttime:
             del self._procs[pid]  # a new process under a reused pid: the old maps are not its maps
             old = None
-        if queried is None and (text is None or (not text and old is not None and old.mappings)):
+        if queried is None and (text is None or (not text and old is not None and old.starts)):
             gone = st is None or st.zombie or not os.path.exists(f"{self.proc}/{pid}")
             if old is not None:
                 old.read_gen = self._gen
