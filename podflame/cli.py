@@ -229,7 +229,7 @@ def main(verbose: bool) -> None:
 def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: str | None) -> None:
     """Agent + server on this host, with the embedded store."""
     _require_root("podflame up")
-    from web.app import create_app
+    from web.server.app import create_app
 
     host, port = _parse_listen(listen)
     app = create_app({"DATA_DIR": str(Path(data_dir).resolve())})
@@ -249,7 +249,7 @@ def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: s
 @click.option("--data", "data_dir", default="./podflame-data", show_default=True, type=click.Path(file_okay=False))
 def server(listen: str, data_dir: str) -> None:
     """The server alone: ingest, store, query, UI."""
-    from web.app import create_app
+    from web.server.app import create_app
 
     host, port = _parse_listen(listen)
     app = create_app({"DATA_DIR": str(Path(data_dir).resolve())})
@@ -314,7 +314,7 @@ def record(duration: float, pid: int | None, cgroup_path: str | None, frequency:
     from profiler.cgroups import CgroupResolver
     from profiler.sampler import Sampler, SamplerError
     from symbolizer import Symbolizer
-    from web.export import to_folded
+    from web.query.export import to_folded
 
     cgroup_ids = None
     if cgroup_path is not None:

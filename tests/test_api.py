@@ -14,8 +14,8 @@ from flask.testing import FlaskClient
 
 from podflame import pprof
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
-from web.app import create_app
-from web.flamegraph import decode_tree
+from web.query.flamegraph import decode_tree
+from web.server.app import create_app
 
 S = 1_000_000_000
 T0 = 1_795_000_000 * S

@@ -405,7 +405,7 @@ def test_ten_thousand_nodes_render(server: str, watched: Watched, tmp_path: Path
 def test_auto_refresh_picks_up_new_data(browser, tmp_path: Path) -> None:
     from werkzeug.serving import make_server
 
-    from web.app import create_app
+    from web.server.app import create_app
 
     app = create_app({"DATA_DIR": str(tmp_path / "data"), "UI_REFRESH_SECONDS": 0.5})
     httpd = make_server("127.0.0.1", 0, app, threaded=True)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from podflame import pprof
 from podflame.model import Profile
-from web.flamegraph import NameStacks, profile_name_stacks
+from web.query.stacks import NameStacks, profile_name_stacks
 
 
 def _folded_totals(ns: NameStacks) -> dict[str, list[int]]:

@@ -2,7 +2,7 @@
 
 Plus /metrics and /healthz.
 
-Handlers only translate HTTP to `web.query` calls and back; every client mistake (bad time,
+Handlers only translate HTTP to `web.query.merge` calls and back; every client mistake (bad time,
 selector, label or body) is a 4xx with `{"error": ...}` naming the bad part.
 """
 
@@ -19,12 +19,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from podflame import pprof
-from web import query as queries
-from web.export import to_pprof
-from web.query import Query, profiles_by_series, series_summary
-from web.selector import LABEL_NAME, SelectorError, parse_selector
-from web.store import Store
-from web.timeparse import TimeError, parse_duration, parse_time
+from web.normalize import batch_of
+from web.query import merge as queries
+from web.query.export import to_pprof
+from web.query.merge import Query, profiles_by_series, series_summary
+from web.server.timeparse import TimeError, parse_duration, parse_time
+from web.store.base import Store
+from web.store.selector import LABEL_NAME, SelectorError, parse_selector
 
 INGESTED_PROFILES = Counter("podflame_server_ingested_profiles_total", "Profiles stored (one per series per request)")
 INGESTED_SAMPLES = Counter("podflame_server_ingested_samples_total", "Stack rows stored (distinct stacks per profile)")
@@ -163,7 +164,7 @@ def ingest() -> Response:
         decoded.start_ns = override
     elif decoded.start_ns <= 0:
         decoded.start_ns = received
-    result = store().put_decoded(decoded)
+    result = store().put([batch_of(decoded)])
     INGESTED_PROFILES.inc(result.profiles)
     INGESTED_SAMPLES.inc(result.samples)
     INGESTED_BYTES.inc(len(body))

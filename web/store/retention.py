@@ -11,9 +11,9 @@ import logging
 import threading
 import time
 
-from web.store import RetentionResult, Store
+from web.store.base import RetentionResult, Store
 
-log = logging.getLogger("podflame.web.retention")
+log = logging.getLogger("podflame.web.store.retention")
 S = 1_000_000_000
 
 
