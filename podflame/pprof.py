@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from podflame.errors import InvalidInput, TooLarge
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
 
 KERNEL_MAPPING = "[kernel.kallsyms]"
@@ -86,11 +87,11 @@ _IngestProfile = _build_messages({**_SCHEMA, "Sample": [
     ("location_id", 1, _U64, _REPEATED), ("value", 2, _I64, _REPEATED), ("label", 3, _BYTES, _REPEATED)]})["Profile"]
 
 
-class PprofError(ValueError):
+class PprofError(InvalidInput):
     """The bytes are not a valid pprof profile; the message says what is wrong."""
 
 
-class PprofTooLarge(PprofError):
+class PprofTooLarge(PprofError, TooLarge):
     """The profile is over a size limit (raw or inflated): a server answers 413, not 400."""
 
 

@@ -42,6 +42,7 @@ from types import TracebackType
 from typing import NamedTuple
 
 from bpf import SOURCE_DIR
+from podflame.errors import SystemUnsupported
 from profiler.bpfcompile import CompileError, compile_in_child
 from profiler.bpfprog import (
     PERF_COUNT_SW_CPU_CLOCK,
@@ -134,7 +135,7 @@ _UNPACK_IPS = tuple(struct.Struct(f"={n}Q").unpack_from for n in range(MAX_STACK
 assert _KEY.size == ct.sizeof(SampleKey) and _STACK_ROW % 8 == 0
 
 
-class SamplerError(RuntimeError):
+class SamplerError(SystemUnsupported, RuntimeError):
     """The sampler cannot run here; the message says what to fix."""
 
 

@@ -30,6 +30,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from typing import NamedTuple
 
+from podflame.errors import BinaryFormatError
 from symbolizer import dwarfread as dr
 from symbolizer import libdw
 from symbolizer.cache import LRU
@@ -55,7 +56,7 @@ _WANT_NAME = frozenset({dr.AT_name, dr.AT_linkage_name, dr.AT_MIPS_linkage_name,
 _DWARF_ERRORS = (dr.FormatError, IndexError, KeyError, ValueError, struct.error)
 
 
-class DwarfError(Exception):
+class DwarfError(BinaryFormatError):
     """The DWARF of a binary could not be decoded (corrupt, unsupported)."""
 
 

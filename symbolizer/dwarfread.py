@@ -14,6 +14,8 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Iterator
 
+from podflame.errors import BinaryFormatError
+
 # attributes
 AT_sibling, AT_name, AT_stmt_list, AT_low_pc, AT_high_pc, AT_language = 0x01, 0x03, 0x10, 0x11, 0x12, 0x13
 AT_comp_dir, AT_abstract_origin, AT_specification, AT_ranges = 0x1B, 0x31, 0x47, 0x55
@@ -31,7 +33,7 @@ _FIXED = {0x0B: 1, 0x05: 2, 0x06: 4, 0x07: 8, 0x1E: 16, 0x0C: 1, 0x11: 1, 0x12: 
           0x20: 8, 0x25: 1, 0x26: 2, 0x27: 3, 0x28: 4, 0x29: 1, 0x2A: 2, 0x2B: 3, 0x2C: 4, 0x19: 0, 0x21: 0}
 
 
-class FormatError(Exception):
+class FormatError(BinaryFormatError):
     """DWARF this reader cannot decode."""
 
 

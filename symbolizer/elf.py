@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import BinaryIO, NamedTuple
 
+from podflame.errors import BinaryFormatError
 from symbolizer.elffile import (
     EM_ARM,
     NT_GNU_BUILD_ID,
@@ -42,7 +43,7 @@ _TYPE_RANK = {_STT_FUNC: 0, _STT_GNU_IFUNC: 1, _STT_NOTYPE: 2}
 _BIND_RANK = {_STB_GLOBAL: 0, _STB_WEAK: 0, _STB_LOCAL: 1}  # exported names (glibc exports via weak) first
 
 
-class ElfReadError(Exception):
+class ElfReadError(BinaryFormatError):
     """The file is not a readable ELF (missing, truncated, not ELF, unsupported)."""
 
 

@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from podflame import pprof
 from podflame.model import Frame, Line, Profile
 from web.normalize import batch_of
 from web.query.flamegraph import flamegraph_from_stacks
-from web.query.stacks import profile_name_stacks
+from web.query.stacks import NameStacks
 from web.store.base import Batch, PutResult, Store
 
 
@@ -42,6 +44,17 @@ def as_ingested(frame: Frame) -> Frame:
 
 def flamegraph_of(profile: Profile, max_nodes: int | None = None) -> dict[str, Any]:
     """A Profile's flame-graph payload with the metadata the server adds (web/query/merge.py `_meta`)."""
-    payload = flamegraph_from_stacks(profile_name_stacks(profile), max_nodes)
+    payload = flamegraph_from_stacks(name_stacks_of(profile), max_nodes)
     payload.update(unit=profile.unit, type=profile.sample_type, period_ns=profile.period_ns)
     return payload
+
+
+def name_stacks_of(profile: Profile) -> NameStacks:
+    """A Profile's function-name stacks (inline frames are names of their own), interned locally."""
+    index: dict[str, int] = {}
+    paths = []
+    values = []
+    for names, value in profile.name_stacks():
+        paths.append([index.setdefault(n, len(index)) for n in names])
+        values.append(value)
+    return NameStacks.from_lists(list(index), paths, np.array(values, dtype=np.int64))

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from podflame import pprof
+from podflame.folded import to_folded
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
-from web.query.export import to_folded, to_pprof
+from web.query.export import to_pprof
 
 EXE = Mapping(0x555500000000, 0x555500010000, 0x1000, "/usr/bin/shop", "abcdef0123")
 MAIN = Frame(0x555500001100, EXE, FrameKind.NATIVE, (Line("main", "shop.c", 10),))

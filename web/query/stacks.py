@@ -1,8 +1,7 @@
 """`NameStacks`: the one stacks type every renderer takes (flame graph, diff, folded, speedscope).
 
 Distinct stacks as function-name ids with value columns, as numpy arrays: what a merge of stored
-profiles produces (web/query/merge.py) without building a Profile, and what a Profile becomes
-(`profile_name_stacks`) when one is rendered directly.
+profiles produces (web/query/merge.py) without building a Profile or a Frame.
 """
 
 from __future__ import annotations
@@ -11,8 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from podflame.model import Profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +35,3 @@ class NameStacks:
         offsets = np.cumsum(lengths) - lengths
         vals = np.asarray(values, dtype=np.int64)
         return NameStacks(names, flat, offsets, lengths, vals.reshape(len(paths), columns))
-
-
-def profile_name_stacks(profile: Profile) -> NameStacks:
-    """A Profile's function-name stacks (inline frames are names of their own), interned locally."""
-    index: dict[str, int] = {}
-    paths = []
-    values = []
-    for names, value in profile.name_stacks():
-        paths.append([index.setdefault(n, len(index)) for n in names])
-        values.append(value)
-    return NameStacks.from_lists(list(index), paths, np.array(values, dtype=np.int64))

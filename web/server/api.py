@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from podflame import pprof
+from podflame.errors import InvalidInput, NotFound, PodflameError, TooLarge, Unavailable
 from web.normalize import batch_of
 from web.query import merge as queries
 from web.query.export import to_pprof
@@ -43,7 +44,7 @@ RESERVED_INGEST_PARAMS = {"time"}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class ApiError(Exception):
+class ApiError(PodflameError):
     """A client error: answered as `{"error": message}` with `status`."""
 
     def __init__(self, status: int, message: str, reason: str | None = None) -> None:
@@ -51,11 +52,23 @@ class ApiError(Exception):
         self.status, self.message, self.reason = status, message, reason
 
 
-@api.errorhandler(ApiError)
-def _api_error(e: ApiError) -> tuple[Response, int]:
-    if e.reason:
+# The one place errors become HTTP statuses: first match wins (an ApiError says its own).
+HTTP_STATUS: tuple[tuple[type[PodflameError], int], ...] = (
+    (TooLarge, 413), (InvalidInput, 400), (NotFound, 404), (Unavailable, 503), (PodflameError, 500))
+
+
+def http_status(e: PodflameError) -> int:
+    if isinstance(e, ApiError):
+        return e.status
+    return next(status for kind, status in HTTP_STATUS if isinstance(e, kind))
+
+
+@api.app_errorhandler(PodflameError)
+def _podflame_error(e: PodflameError) -> tuple[Response, int]:
+    """Every PodflameError a request raises, on any blueprint, as `{"error": message}`."""
+    if isinstance(e, ApiError) and e.reason:
         REJECTED.labels(e.reason).inc()
-    return jsonify(error=e.message), e.status
+    return jsonify(error=e.message if isinstance(e, ApiError) else str(e)), http_status(e)
 
 
 def store() -> Store:

@@ -15,7 +15,9 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.serving import BaseWSGIServer, make_server
 
+from podflame.errors import Unavailable
 from web.server.api import api, ops
 from web.store.base import Store
 from web.store.retention import Maintenance
@@ -96,3 +98,16 @@ def _register_ui(app: Flask) -> None:
                     {"Content-Type": "text/plain; charset=utf-8"})
         return
     app.register_blueprint(ui.bp)
+
+
+def serve(app: Flask, host: str, port: int) -> BaseWSGIServer:
+    """`app` on HOST:PORT (threaded) in a daemon thread; the caller shuts it down."""
+    import threading
+
+    try:
+        server = make_server(host, port, app, threaded=True)
+    except OSError as e:
+        hint = " (is another podflame running? pick another with --listen)" if e.errno == 98 else ""
+        raise Unavailable(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
+    threading.Thread(target=server.serve_forever, name="podflame-http", daemon=True).start()
+    return server

@@ -13,9 +13,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from podflame.errors import PodflameError, Unavailable
 from podflame.model import Frame, Stack
 from podflame.model import Mapping as ProcMapping
 from web.store.selector import Selector
+
+
+class StoreClosed(Unavailable):
+    """The store was closed (the server is shutting down): nothing more is read or written."""
+
+
+class StoreTooNew(PodflameError, RuntimeError):
+    """The data directory was written by a newer podflame, whose schema this one does not know."""
+
 
 # A frame as ingest gives it: (address, mapping key, kind, [(function key, line), ...] innermost first).
 FrameRow = tuple[int, int, str, Sequence[tuple[int, int]]]

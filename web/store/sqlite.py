@@ -47,6 +47,7 @@ from typing import NamedTuple
 import numpy as np
 import zstandard
 
+from podflame.errors import InvalidInput
 from podflame.model import Frame, FrameKind, Line, Stack, Unresolved
 from podflame.model import Mapping as ProcMapping
 from web.store.base import (
@@ -57,7 +58,9 @@ from web.store.base import (
     Series,
     StepTotals,
     Store,
+    StoreClosed,
     StoredProfile,
+    StoreTooNew,
     frame_lines_of,
 )
 from web.store.columns import decode_timeline, encode_columns, encode_timeline, frame_columns, group_sum, sum_by
@@ -167,7 +170,7 @@ class SqliteStore(Store):
     def __init__(self, data_dir: str | os.PathLike[str], *, synchronous: str = "FULL", zstd_level: int = 3,
                  levels: Sequence[int] = DEFAULT_LEVELS) -> None:
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
-            raise ValueError("synchronous must be NORMAL, FULL or EXTRA (anything less is not durable)")
+            raise InvalidInput("synchronous must be NORMAL, FULL or EXTRA (anything less is not durable)")
         self.dir = Path(data_dir)
         self.blob_dir = self.dir / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +178,7 @@ class SqliteStore(Store):
         self._zstd = zstandard.ZstdCompressor(level=zstd_level)  # used under the write lock only
         self.levels = tuple(sorted(levels))
         if any(b % a for a, b in zip(self.levels, self.levels[1:], strict=False)):
-            raise ValueError("each bucket width must be a multiple of the finer one")
+            raise InvalidInput("each bucket width must be a multiple of the finer one")
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.dir / "index.sqlite", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -186,7 +189,7 @@ class SqliteStore(Store):
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:
-            raise RuntimeError(f"{self.dir} was written by a newer podflame (schema {row[0]} > {SCHEMA_VERSION})")
+            raise StoreTooNew(f"{self.dir} was written by a newer podflame (schema {row[0]} > {SCHEMA_VERSION})")
         elif int(row[0]) < SCHEMA_VERSION:
             self._migrate(int(row[0]))
         self._db.executescript(_INDEXES)
@@ -480,7 +483,7 @@ class SqliteStore(Store):
 
     def _check_open(self) -> None:
         if getattr(self, "_closed", False):
-            raise RuntimeError("the store is closed")
+            raise StoreClosed("the store is closed")
 
     def _match_series(self, selector: Selector | None, sample_type: str | None = None,
                       unit: str | None = None) -> set[int]:
