@@ -471,14 +471,7 @@ class _CuDecoder:
         end = u.end
         while pos < end:
             die = pos
-            code = data[pos]
-            if code < 0x80:
-                pos += 1
-            elif data[pos + 1] < 0x80:  # big CUs have more than 127 abbreviations
-                code = (code & 0x7F) | (data[pos + 1] << 7)
-                pos += 2
-            else:
-                code, pos = dr.uleb(data, pos)
+            code, pos = dr.uleb(data, pos)  # an abbreviation code: one or two bytes in big CUs
             if code == 0:
                 if level == 0:
                     break
@@ -555,14 +548,7 @@ class _CuDecoder:
             if die is not None and len(stack) == 1 and pos != die:
                 break  # the function's subtree is done
             die_off = pos
-            code = data[pos]
-            if code < 0x80:
-                pos += 1
-            elif data[pos + 1] < 0x80:  # big CUs have more than 127 abbreviations
-                code = (code & 0x7F) | (data[pos + 1] << 7)
-                pos += 2
-            else:
-                code, pos = dr.uleb(data, pos)
+            code, pos = dr.uleb(data, pos)  # an abbreviation code: one or two bytes in big CUs
             if code == 0:
                 stack.pop()
                 continue
