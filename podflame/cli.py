@@ -23,12 +23,6 @@ EXIT_CODES: tuple[tuple[type[PodflameError], int], ...] = ((InvalidInput, 2), (S
                                                            (PodflameError, 1))
 
 
-class _Failure(click.ClickException):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 class _Cli(click.Group):
     """The group whose `invoke` turns a PodflameError into `Error: message` and its exit code."""
 
@@ -36,7 +30,8 @@ class _Cli(click.Group):
         try:
             return super().invoke(ctx)
         except PodflameError as e:
-            raise _Failure(str(e), next(code for kind, code in EXIT_CODES if isinstance(e, kind))) from None
+            click.echo(f"Error: {e}", err=True)  # as click prints its own errors
+            ctx.exit(next(code for kind, code in EXIT_CODES if isinstance(e, kind)))
 
 
 def _parse_listen(value: str) -> tuple[str, int]:

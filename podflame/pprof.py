@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from collections.abc import Mapping as AbcMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
@@ -58,7 +59,7 @@ _SCHEMA: dict[str, list[tuple]] = {
 }
 
 
-def _build_messages(schema: dict[str, list[tuple]] = _SCHEMA) -> dict[str, type]:
+def _build_messages(schema: dict[str, list[tuple]] = _SCHEMA) -> dict[str, Any]:
     fdp = descriptor_pb2.FileDescriptorProto(name="podflame/profile.proto", package="perftools.profiles",
                                              syntax="proto3")
     for msg_name, fields in schema.items():
@@ -72,7 +73,8 @@ def _build_messages(schema: dict[str, list[tuple]] = _SCHEMA) -> dict[str, type]
             else:
                 f.type = ftype
     pool = descriptor_pool.DescriptorPool()
-    fd = pool.Add(fdp)
+    pool.Add(fdp)
+    fd = pool.FindFileByName(fdp.name)
     return {name: message_factory.GetMessageClass(fd.message_types_by_name[name]) for name in schema}
 
 
@@ -206,7 +208,7 @@ def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] |
     return gzip.compress(raw, compresslevel=compresslevel) if compress else raw
 
 
-def _add_mappings(msg: PprofProfile, mappings: dict[Mapping, tuple[int, int, int]]) -> None:
+def _add_mappings(msg: Any, mappings: dict[Mapping, tuple[int, int, int]]) -> None:
     """pprof tools take the first mapping for the main binary (`go tool pprof` prints it as `File:`);
     mappings are met leaf first, which would make it the kernel or a library. The lowest user mapping
     is the executable in a process's address space (PIE or not), so it goes first; ids do not change."""

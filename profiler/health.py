@@ -16,11 +16,13 @@ from podflame.errors import Unavailable
 
 
 class _Drains(Protocol):
-    last_drain_at: float | None
+    @property
+    def last_drain_at(self) -> float | None: ...
 
 
 class _Synced(Protocol):
-    synced: bool
+    @property
+    def synced(self) -> bool: ...
 
 
 class AgentHealth:

@@ -23,11 +23,13 @@ def record(duration: float, frequency: int, *, pids: Sequence[int] | None = None
     capture early and keeps what was sampled. Raises SamplerError when BPF cannot run here.
     """
     from profiler.agent import KubeletLabels, PodLabels, build_profiles, create_context
+    from profiler.procmaps import MapsCache
     from profiler.sampler import Sampler
     from symbolizer import Symbolizer
 
     ctx = create_context(None)
     sampler = Sampler(frequency, pids=pids, cgroup_ids=cgroup_ids)
+    assert isinstance(ctx.maps, MapsCache)  # create_context's: the symbolizer reads binaries through it
     symbolizer = Symbolizer(ctx.maps)
     period_ns = int(1e9 / frequency)
     profiles: list[Profile] = []

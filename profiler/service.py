@@ -23,7 +23,9 @@ def start_agent(server_url: str, frequency: int, interval: float, node: str | No
     Raises InvalidInput for a pod selection that cannot work, SamplerError when BPF cannot run here.
     """
     from profiler.agent import Agent, KubeletLabels, create_context
+    from profiler.cgroups import CgroupResolver
     from profiler.kube import KubeMetadata
+    from profiler.procmaps import MapsCache
     from profiler.sampler import Sampler
     from profiler.selection import PodCgroupFilter, parse_selection
     from profiler.upload import Uploader
@@ -51,8 +53,10 @@ def start_agent(server_url: str, frequency: int, interval: float, node: str | No
     sampler = Sampler(frequency, cgroup_ids=None if selection.everything else PodCgroupFilter.initial_ids())
     pod_filter = None
     if not selection.everything:
+        assert kube is not None and isinstance(ctx.cgroups, CgroupResolver)  # checked above; create_context's
         pod_filter = PodCgroupFilter(sampler, kube, selection, ctx.cgroups)
         pod_filter.start()
+    assert isinstance(ctx.maps, MapsCache)  # create_context's: the symbolizer reads binaries through it
     symbolizer = Symbolizer(ctx.maps)
     uploader = Uploader(server_url, node=ctx.node)
     agent = Agent(sampler, ctx, symbolizer, uploader, pod_labels=KubeletLabels(kube), interval=interval)

@@ -132,7 +132,7 @@ class DiskCache:
 
     def usage(self) -> list[tuple[float, int, str]]:
         """(mtime, bytes, dir) per build id."""
-        out = []
+        out: list[tuple[float, int, str]] = []
         if not os.path.isdir(self.root):
             return out
         for prefix in os.scandir(self.root):

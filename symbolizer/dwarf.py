@@ -153,6 +153,7 @@ class CuIndex:
         if lt is not None:
             got = lt.find(address)
             if lt.addr is not None:  # the program ran to its end: keep only its rows
+                assert lt.file is not None and lt.line is not None  # set with lt.addr
                 self.row_addr, self.row_file, self.row_line = lt.addr, lt.file, lt.line
                 self.lines = None
             if got is None or got[1] < 0:
@@ -588,8 +589,8 @@ class _CuDecoder:
                 pos = sib if sib > die_off else _skip_children(r, u, pos)
                 continue
             if ab.children:  # skip the subtree: by DW_AT_sibling when given, else by reading it
-                sib = a.get(dr.AT_sibling)
-                pos = sib[1] if isinstance(sib, tuple) and sib[1] > die_off else _skip_children(r, u, pos)
+                ref = a.get(dr.AT_sibling)
+                pos = ref[1] if isinstance(ref, tuple) and ref[1] > die_off else _skip_children(r, u, pos)
         _flatten(ranges, idx)
         return idx
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterator
+from typing import Literal
 
 from podflame.errors import BinaryFormatError
 
@@ -72,11 +73,31 @@ def cstr(data: bytes, pos: int) -> tuple[bytes, int]:
     return data[pos:end], end + 1
 
 
+ByteOrder = Literal["little", "big"]
+
+
+def as_int(v: object) -> int:
+    """An attribute value its form makes an integer (`Reader.read` gives values as objects)."""
+    if not isinstance(v, int):
+        raise FormatError(f"expected an integer attribute value, got {type(v).__name__}")
+    return v
+
+
 class Sections:
     """The DWARF sections of one file, as bytes (b"" when absent)."""
 
     __slots__ = ("abbrev", "addr", "aranges", "info", "line", "line_str", "little", "ranges", "rnglists", "str",
                  "str_offsets")
+    abbrev: bytes
+    addr: bytes
+    aranges: bytes
+    info: bytes
+    line: bytes
+    line_str: bytes
+    ranges: bytes
+    rnglists: bytes
+    str: bytes
+    str_offsets: bytes
 
     def __init__(self, little: bool = True, **sections: bytes) -> None:
         self.little = little
@@ -189,9 +210,9 @@ class Reader:
             top, _ = self.attrs(u, p, code, None)
             u.top = top
             # the bases first (other attributes' decoding needs them), raw as read
-            u.str_offsets_base = int(top.get(AT_str_offsets_base, 8))  # type: ignore[arg-type]
-            u.addr_base = int(top.get(AT_addr_base, top.get(AT_GNU_addr_base, 8)))  # type: ignore[arg-type]
-            u.rnglists_base = int(top.get(AT_rnglists_base, top.get(AT_GNU_ranges_base, 0)))  # type: ignore[arg-type]
+            u.str_offsets_base = as_int(top.get(AT_str_offsets_base, 8))
+            u.addr_base = as_int(top.get(AT_addr_base, top.get(AT_GNU_addr_base, 8)))
+            u.rnglists_base = as_int(top.get(AT_rnglists_base, top.get(AT_GNU_ranges_base, 0)))
             top, _ = self.attrs(u, p, code, None)  # again, now that indexed forms can resolve
             u.top = top
             lo = top.get(AT_low_pc)
@@ -313,6 +334,7 @@ class Reader:
                 size, kind = -1, _K_STRING
             elif size is None:
                 raise FormatError(f"unknown DW_FORM {form:#x}")
+            assert size is not None  # every branch above sets it or raises
             if kind in (_K_INT, _K_ULEB):  # the value's meaning by form
                 if form in _REF_CU_FORMS:
                     kind = _K_REF if kind == _K_INT else kind
@@ -339,7 +361,7 @@ class Reader:
         if not steps:
             return out, pos + tail
         data = self.s.info
-        le = "little" if self.s.little else "big"
+        le: ByteOrder = "little" if self.s.little else "big"
         for gap, at, form, kind, size, wanted in steps:
             pos += gap
             if kind == _K_IMPLICIT:
@@ -482,10 +504,10 @@ class Reader:
             if isinstance(value, tuple):
                 off = u.rnglists_base + self._u(data, u.rnglists_base + value[1] * u.offset_size, u.offset_size)
             else:
-                off = int(value)  # type: ignore[arg-type]
+                off = as_int(value)
             return self._rnglist(u, data, off)
         data = self.s.ranges
-        pos = int(value)  # type: ignore[arg-type]
+        pos = as_int(value)
         base = u.base
         asz = u.address_size
         maxa = (1 << (8 * asz)) - 1
@@ -666,7 +688,7 @@ class LineTable:
 def line_table(r: Reader, u: Unit, offset: int, comp_dir: str | None) -> LineTable:
     s = r.s
     data = s.line
-    le = "little" if s.little else "big"
+    le: ByteOrder = "little" if s.little else "big"
 
     def num(pos: int, size: int) -> int:
         return int.from_bytes(data[pos:pos + size], le)
@@ -721,9 +743,9 @@ def line_table(r: Reader, u: Unit, offset: int, comp_dir: str | None) -> LineTab
             return out, pos
 
         ds, pos = entries(pos)
-        dirs = [d.get(1) if isinstance(d.get(1), str) else "" for d in ds]  # type: ignore[misc]
+        dirs = [name if isinstance(name := d.get(1), str) else "" for d in ds]
         fs, pos = entries(pos)
-        raw_files = [(f.get(1) if isinstance(f.get(1), str) else "??", int(f.get(2, 0) or 0)) for f in fs]  # type: ignore[misc]
+        raw_files = [(name if isinstance(name := f.get(1), str) else "??", as_int(f.get(2, 0) or 0)) for f in fs]
         first = 0
     else:
         while data[pos]:
@@ -759,7 +781,7 @@ def line_table(r: Reader, u: Unit, offset: int, comp_dir: str | None) -> LineTab
     return LineTable(files, first, [consts, program, 0, 1 - first, 1, False, 0, -1, -1, -1], end - program)
 
 
-def _line_form(r: Reader, u: Unit, data: bytes, pos: int, form: int, le: str) -> tuple[object, int]:
+def _line_form(r: Reader, u: Unit, data: bytes, pos: int, form: int, le: ByteOrder) -> tuple[object, int]:
     if form == 0x08:
         s, pos = cstr(data, pos)
         return s.decode("utf-8", "surrogateescape"), pos

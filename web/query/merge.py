@@ -395,7 +395,7 @@ def series_summary(store: Store, q: Query, by: Sequence[str] | None = None) -> d
         key = tuple(sorted(labels.items())) if by is None else tuple((k, labels[k]) for k in by if k in labels)
         groups[key].append(r)
     seconds = (q.t1 - q.t0) / 1e9
-    rows = []
+    rows: list[dict[str, Any]] = []
     for key, group in groups.items():
         cpu_ns = cpu_nanoseconds(sample_type, unit, group)
         cpu_s = None if cpu_ns is None else cpu_ns / 1e9

@@ -279,7 +279,7 @@ def _tree_json(payload: dict[str, Any]) -> Response:
     head = current_app.json.dumps({k: v for k, v in payload.items() if k != "levels"}, separators=(",", ":"))
     body = "".join((head[:-1], "," if len(head) > 2 else "", '"levels":[',
                     ",".join(repr(level) for level in levels).replace(" ", ""), "]}"))
-    return current_app.response_class(body, mimetype=current_app.json.mimetype)
+    return current_app.response_class(body, mimetype="application/json")  # DefaultJSONProvider.mimetype
 
 
 @api.get("/speedscope")

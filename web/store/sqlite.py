@@ -294,9 +294,9 @@ class SqliteStore(Store):
         A file that fails to write is removed here; one written under a transaction that then rolls
         back is the caller's to remove (it has the path).
         """
-        blob_id = self._db.execute(
+        blob_id = self._insert(
             "INSERT INTO blobs (bytes, created_ns, max_start_ns, live) VALUES (?, ?, ?, ?)",
-            (sum(len(f) for f in frames), time.time_ns(), max_start_ns, len(frames))).lastrowid
+            (sum(len(f) for f in frames), time.time_ns(), max_start_ns, len(frames)))
         path = self._blob_path(blob_id)
         try:
             _write_durably(path, frames)
@@ -317,7 +317,13 @@ class SqliteStore(Store):
         if row:
             return row[0]
         marks = ",".join("?" * len(columns))
-        return self._db.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", key).lastrowid
+        return self._insert(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", key)
+
+    def _insert(self, sql: str, params: tuple) -> int:
+        """Run an INSERT; the new row's id (sqlite3 types lastrowid as optional: an INSERT always sets it)."""
+        row_id = self._db.execute(sql, params).lastrowid
+        assert row_id is not None
+        return row_id
 
     def _intern_string(self, s: str | None) -> int:
         if not s:
@@ -375,8 +381,8 @@ class SqliteStore(Store):
         key = json.dumps(items, separators=(",", ":"), ensure_ascii=False)
         sid = self._series_ids.get((key, sample_type, unit))
         if sid is None:
-            sid = self._db.execute("INSERT INTO series (sample_type, unit, labels) VALUES (?,?,?)",
-                                   (sample_type, unit, key)).lastrowid
+            sid = self._insert("INSERT INTO series (sample_type, unit, labels) VALUES (?,?,?)",
+                               (sample_type, unit, key))
             self._add_series(Series(sid, dict(items), sample_type, unit), key)
         return sid
 
@@ -890,7 +896,7 @@ class SqliteStore(Store):
             while True:
                 with self._lock:
                     self._check_open()
-                    batch = []
+                    batch: list[tuple[int, int, int]] = []
                     for level in range(len(self.levels) + 1):  # the (level, start) index, level by level
                         batch += self._db.execute("SELECT id, blob, level FROM profiles WHERE level=? AND start_ns<? "
                                                   "LIMIT ?",
