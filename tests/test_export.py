@@ -60,6 +60,7 @@ def test_pprof_round_trip_keeps_series_labels_and_per_series_periods() -> None:
     assert cpu == {"a": 46 * 10_000_000, "b": 92 * 20_000_000}
 
 
+@pytest.mark.system
 @pytest.mark.skipif(not shutil.which("go"), reason="go tool pprof (Debian golang-go) not installed")
 def test_go_tool_pprof_reads_names_lines_inlines_mappings_and_labels(tmp_path: Path) -> None:
     f = tmp_path / "p.pb.gz"
