@@ -288,11 +288,27 @@ class SqliteStore(Store):
     def _blob_path(self, blob_id: int) -> Path:
         return self.blob_dir / f"{blob_id // BLOBS_PER_DIR:06d}" / f"{blob_id:010d}.pfz"
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[list[Path]]:
+        """BEGIN IMMEDIATE ... COMMIT (the caller holds the lock). On any error: ROLLBACK, and the blob files
+        written inside it (the caller lists them in what this yields) are removed before re-raising."""
+        written: list[Path] = []
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield written
+            self._db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+
     def _write_blob(self, frames: list[bytes], max_start_ns: int) -> tuple[int, Path, list[int]]:
         """One blob file of column frames and its row (the caller holds a transaction): id, path, offsets.
 
         A file that fails to write is removed here; one written under a transaction that then rolls
-        back is the caller's to remove (it has the path).
+        back is `_transaction`'s to remove (the caller lists it there).
         """
         blob_id = self._insert(
             "INSERT INTO blobs (bytes, created_ns, max_start_ns, live) VALUES (?, ?, ?, ?)",
@@ -345,7 +361,7 @@ class SqliteStore(Store):
             self._mapping_ids[m] = mid
         return mid
 
-    def _intern_frame(self, batch: Batch, key: int, memo: _RequestMemo) -> int:
+    def _intern_frame_row(self, batch: Batch, key: int, memo: _RequestMemo) -> int:
         """The frames row of `batch.frames[key]`, found by the row's own values (no Frame is built).
 
         `memo` keeps this put's function keys -> (name, file) string ids and mapping keys -> mapping ids.
@@ -412,7 +428,7 @@ class SqliteStore(Store):
                                 for k in reversed(key):
                                     fid = frame_of.get(k)
                                     if fid is None:
-                                        fid = frame_of[k] = self._intern_frame(b, k, memo)
+                                        fid = frame_of[k] = self._intern_frame_row(b, k, memo)
                                     fids.append(fid)
                             sid = stack_memo[key] = self._intern_stack(fids)
                         sids.append(sid)
@@ -427,35 +443,30 @@ class SqliteStore(Store):
             return PutResult(0, 0, 0)
         with self._lock:
             self._check_open()
-            path: Path | None = None
             series_before = set(self._series)
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                frames_out: list[bytes] = []
-                out: list[tuple] = []
-                n_samples = 0
-                for series_id, start, duration, period, sids, vals in rows:
-                    stack_ids = np.array(sids, dtype=np.int64)
-                    values = np.fromiter(vals, dtype=np.int64, count=len(sids))
-                    if len(set(sids)) != len(sids):  # equal stacks held as distinct objects or location ids
-                        uniq, inv = np.unique(stack_ids, return_inverse=True)
-                        stack_ids, values = uniq, sum_by(inv, values, uniq.size)
-                    frames_out.append(encode_columns(stack_ids, values, self.zstd_level, self._zstd))
-                    out.append((series_id, start, duration, period, int(values.sum()), int(stack_ids.size)))
-                    n_samples += int(stack_ids.size)
-                blob_id, path, offsets = self._write_blob(frames_out, max(r[1] for r in out))
-                self._db.executemany(
-                    "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples, blob, off, len)"
-                    " VALUES (?,?,?,?,?,?,?,?,?)",
-                    [(*row, blob_id, offsets[i], len(frame)) for i, (row, frame) in enumerate(zip(out, frames_out,
-                                                                                                  strict=True))])
-                dirtied = self._mark_dirty({r[1] for r in out})
-                self._db.execute("COMMIT")
+                with self._transaction() as written:
+                    frames_out: list[bytes] = []
+                    out: list[tuple] = []
+                    n_samples = 0
+                    for series_id, start, duration, period, sids, vals in rows:
+                        stack_ids = np.array(sids, dtype=np.int64)
+                        values = np.fromiter(vals, dtype=np.int64, count=len(sids))
+                        if len(set(sids)) != len(sids):  # equal stacks held as distinct objects or location ids
+                            uniq, inv = np.unique(stack_ids, return_inverse=True)
+                            stack_ids, values = uniq, sum_by(inv, values, uniq.size)
+                        frames_out.append(encode_columns(stack_ids, values, self.zstd_level, self._zstd))
+                        out.append((series_id, start, duration, period, int(values.sum()), int(stack_ids.size)))
+                        n_samples += int(stack_ids.size)
+                    blob_id, path, offsets = self._write_blob(frames_out, max(r[1] for r in out))
+                    written.append(path)
+                    self._db.executemany(
+                        "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples, blob, off,"
+                        " len) VALUES (?,?,?,?,?,?,?,?,?)",
+                        [(*row, blob_id, offsets[i], len(frame))
+                         for i, (row, frame) in enumerate(zip(out, frames_out, strict=True))])
+                    dirtied = self._mark_dirty({r[1] for r in out})
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                if path is not None:
-                    path.unlink(missing_ok=True)
                 # Ids handed out inside the rolled-back transaction are void: forget them.
                 self._reset_caches()
                 for sid in set(self._series) - series_before:
@@ -819,9 +830,7 @@ class SqliteStore(Store):
                                        "LIMIT 1", (seen, level, bucket, end)).fetchone()
             if changed or bucket < self._floor:
                 return 0
-            path = None
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._transaction() as written:
                 old = self._db.execute("SELECT id, blob FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?",
                                        (level, bucket, end)).fetchall()
                 self._db.executemany("DELETE FROM profiles WHERE id=?", [(r[0],) for r in old])
@@ -829,6 +838,7 @@ class SqliteStore(Store):
                 self._release_blobs([r[1] for r in old])
                 if rows:
                     blob_id, path, offsets = self._write_blob(frames_out, max(r[1] for r in rows))
+                    written.append(path)
                     for j, (row, f, tl) in enumerate(zip(rows, frames_out, timelines_out, strict=True)):
                         row_id = self._db.execute(
                             "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples, blob,"
@@ -838,13 +848,6 @@ class SqliteStore(Store):
                             self._db.execute("INSERT INTO timelines VALUES (?, ?, ?)", (row_id, bucket, tl))
                 self._db.execute("INSERT INTO compactions VALUES (?, ?, ?) ON CONFLICT (level, bucket_ns) "
                                  "DO UPDATE SET state=excluded.state", (level, bucket, _DONE))
-                self._db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                if path is not None:
-                    path.unlink(missing_ok=True)
-                raise
             self._dirty.discard((level, bucket))
             self._done_sets[level - 1].add(bucket)
             self._refresh_done()
