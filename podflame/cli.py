@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from podflame.errors import InvalidInput, PodflameError, SystemUnsupported
+from podflame.errors import InvalidInput, NotFound, PodflameError, SystemUnsupported
 
 # The first match wins: usage-like errors as click's own (2), a host that cannot do it (3), the rest 1.
 EXIT_CODES: tuple[tuple[type[PodflameError], int], ...] = ((InvalidInput, 2), (SystemUnsupported, 3),
@@ -175,10 +175,10 @@ def record(duration: float, pid: int | None, cgroup_path: str | None, frequency:
     if cgroup_path is not None:
         cgroup_id = CgroupResolver().id_of(cgroup_path)
         if cgroup_id is None:
-            raise click.ClickException(f"no cgroup v2 directory {cgroup_path!r}")
+            raise NotFound(f"no cgroup v2 directory {cgroup_path!r}")
         cgroup_ids = [cgroup_id]
     if pid is not None and not Path(f"/proc/{pid}").exists():
-        raise click.ClickException(f"no process with pid {pid}")
+        raise NotFound(f"no process with pid {pid}")
 
     def progress(left: float, samples: int) -> None:
         click.echo(f"\rrecording: {left:5.1f}s left, {samples} samples", nl=False, err=True)
