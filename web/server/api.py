@@ -12,7 +12,7 @@ import functools
 import re
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
@@ -41,7 +41,8 @@ ops = Blueprint("ops", __name__)
 DEFAULT_FROM, DEFAULT_TO = "now-15m", "now"
 RESERVED_INGEST_PARAMS = {"time"}
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class ApiError(PodflameError):
@@ -119,13 +120,13 @@ def _int_arg(name: str, default: int | None, lo: int, hi: int) -> int | None:
 _DIFF_PARAMS = ("base_query", "base_from", "base_to")
 
 
-def timed(endpoint: str) -> Callable[[F], F]:
-    def wrap(fn: F) -> F:
+def timed(endpoint: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
-        def inner(*args: Any, **kwargs: Any) -> Any:
+        def inner(*args: P.args, **kwargs: P.kwargs) -> R:
             with QUERY_SECONDS.labels(endpoint).time():
                 return fn(*args, **kwargs)
-        return inner  # type: ignore[return-value]
+        return inner
     return wrap
 
 

@@ -42,7 +42,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import zstandard
@@ -685,9 +685,9 @@ class SqliteStore(Store):
         """The coarsest blocks, whatever the steps: a block straddling a step boundary is split by its
         timeline (its profiles' starts and totals), so a day at 5-min steps reads ~100 rows per series."""
         refs = self.select(selector, t0, t1, sample_type, unit)
-        straddle = [r for r in refs if r.handle.level  # type: ignore[attr-defined]
+        straddle = [r for r in refs if _handle(r).level
                     and (r.start_ns - t0) // step_ns != (r.start_ns + max(r.duration_ns, 1) - 1 - t0) // step_ns]
-        timelines = self._timelines([r.handle.row for r in straddle])  # type: ignore[attr-defined]
+        timelines = self._timelines([_handle(r).row for r in straddle])
         if len(timelines) < len(straddle):  # blocks written before timelines existed
             return super().step_totals(selector, t0, t1, step_ns, sample_type, unit)
         split = {id(r) for r in straddle}
@@ -696,7 +696,7 @@ class SqliteStore(Store):
         totals = [np.fromiter((r.total for r in whole), np.int64, len(whole))]
         periods = [np.fromiter((r.period_ns for r in whole), np.int64, len(whole))]
         for r in straddle:
-            s, t, p = decode_timeline(timelines[r.handle.row][1], timelines[r.handle.row][0])  # type: ignore[attr-defined]
+            s, t, p = decode_timeline(timelines[_handle(r).row][1], timelines[_handle(r).row][0])
             keep = (s >= t0) & (s < t1)  # always all of them: the block lies inside [t0, t1)
             starts.append(s[keep])
             totals.append(t[keep])
@@ -798,7 +798,7 @@ class SqliteStore(Store):
                 return 0
             (seen,) = self._db.execute("SELECT coalesce(max(id), 0) FROM profiles").fetchone()
             refs = self.select(MATCH_ALL, bucket, end, max_level=level - 1)
-            sub = self._timelines([r.handle.row for r in refs if r.handle.level])  # type: ignore[attr-defined]
+            sub = self._timelines([_handle(r).row for r in refs if _handle(r).level])
         frames_out: list[bytes] = []
         timelines_out: list[bytes | None] = []
         rows: list[tuple] = []
@@ -1014,16 +1014,21 @@ class SqliteStore(Store):
                 self._db.close()
 
 
+def _handle(r: StoredProfile) -> _Handle:
+    """Where a profile this store selected lies (`StoredProfile.handle` is opaque to everyone else)."""
+    return cast(_Handle, r.handle)
+
+
 def _block_timeline(group: Sequence[StoredProfile], sub: dict[int, tuple[int, bytes]], origin: int) -> bytes | None:
     """The timeline of a block summing `group`: raw profiles as they are, finer blocks by their timelines."""
     starts, totals, periods = [], [], []
-    raw = [r for r in group if not r.handle.level]  # type: ignore[attr-defined]
+    raw = [r for r in group if not _handle(r).level]
     starts.append(np.fromiter((r.start_ns for r in raw), np.int64, len(raw)))
     totals.append(np.fromiter((r.total for r in raw), np.int64, len(raw)))
     periods.append(np.fromiter((r.period_ns for r in raw), np.int64, len(raw)))
     for r in group:
-        if r.handle.level:  # type: ignore[attr-defined]
-            entry = sub.get(r.handle.row)  # type: ignore[attr-defined]
+        if _handle(r).level:
+            entry = sub.get(_handle(r).row)
             if entry is None:
                 return None  # a block from before timelines: this one cannot have one either
             s, t, p = decode_timeline(entry[1], entry[0])
