@@ -1,16 +1,20 @@
-"""Shared test builders: profiles into a store through the one write path, payloads of a Profile.
+"""Shared test builders: profiles into a store or a server through the paths ingest takes, payloads of a Profile.
 
 Tests store profiles as the server does: encoded to pprof, decoded, normalized into a `Batch` and
-`Store.put` (one pprof per profile, so profiles of different times can share one atomic put).
+`Store.put` (one pprof per profile, so profiles of different times can share one atomic put), or POSTed
+as pprof to a test client (`ingest`) or a live server (`ingest_url`).
 """
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from flask.testing import FlaskClient
 
 from podflame import pprof
 from podflame.model import Frame, Line, Profile
@@ -58,3 +62,19 @@ def name_stacks_of(profile: Profile) -> NameStacks:
         paths.append([index.setdefault(n, len(index)) for n in names])
         values.append(value)
     return NameStacks.from_lists(list(index), paths, np.array(values, dtype=np.int64))
+
+
+def ingest(client: FlaskClient, profiles: list[Profile], query: str = "", **params: str) -> Any:
+    """POST profiles as one pprof to a Flask test client's /api/v1/ingest; the JSON answer (must be 200)."""
+    r = client.post(f"/api/v1/ingest{query}", query_string=params or None, data=pprof.encode(profiles))
+    assert r.status_code == 200, r.json
+    return r.json
+
+
+def ingest_url(url: str, profiles: list[Profile]) -> dict[str, Any]:
+    """POST profiles as one pprof to a live server at `url`; its JSON answer."""
+    req = urllib.request.Request(f"{url}/api/v1/ingest", data=pprof.encode(profiles), method="POST",
+                                 headers={"Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        answer: dict[str, Any] = json.loads(r.read())
+        return answer

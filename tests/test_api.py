@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 
 from podflame import pprof
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
+from tests.builders import ingest
 from web.query.flamegraph import decode_tree
 from web.server.app import create_app
 
@@ -48,12 +49,6 @@ def app(tmp_path: Path) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
-
-
-def ingest(client: FlaskClient, profiles: list[Profile], query: str = "", **params: str) -> Any:
-    r = client.post(f"/api/v1/ingest{query}", query_string=params or None, data=pprof.encode(profiles))
-    assert r.status_code == 200, r.json
-    return r.json
 
 
 RANGE = {"from": str(T0 // S - 60), "to": str(T0 // S + 3600)}
