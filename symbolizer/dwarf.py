@@ -145,7 +145,7 @@ class CuIndex:
         return self.files, self.row_addr, self.row_file, self.row_line, self.code
 
     def __setstate__(self, state: tuple) -> None:
-        self.__init__()  # type: ignore[misc]
+        self.__init__()  # type: ignore[misc]  # unpickling: empty fields, then the state
         self.files, self.row_addr, self.row_file, self.row_line, self.code = state
 
     def line_at(self, address: int) -> tuple[str | None, int | None]:
@@ -180,7 +180,7 @@ class CuIndex:
             die = self.fn_die[i]
             code = self.fns.get(die)
             if code is None:
-                code = self.fns[die] = self._decoder.code(die)  # type: ignore[union-attr]
+                code = self.fns[die] = self._decoder.code(die)  # type: ignore[union-attr]  # None only once complete
             return code
         # no top-level function here: a nested function's code, or none; the whole CU says which
         self.code = code = self._decoder.code(None)  # type: ignore[union-attr]
@@ -611,7 +611,7 @@ def _decode_cu(r: dr.Reader, offset: int, *, complete: bool = True,
         idx.files, first = lt.files, lt.first
         if complete:
             lt.complete()
-            idx.row_addr, idx.row_file, idx.row_line = lt.addr, lt.file, lt.line  # type: ignore[assignment]
+            idx.row_addr, idx.row_file, idx.row_line = lt.addr, lt.file, lt.line  # type: ignore[assignment]  # complete()d
         else:
             idx.lines = (libdw_lines and libdw_lines(u.die_offset, first, idx.files)) or lt
     decoder = _CuDecoder(r, u, first, len(idx.files))

@@ -664,7 +664,7 @@ class LineTable:
         while True:
             if self._state is None:
                 addrs = self.addr
-                i = bisect_right(addrs, address) - 1  # type: ignore[arg-type]
+                i = bisect_right(addrs, address) - 1  # type: ignore[arg-type]  # set once _state is None
                 if i < 0 or self.line[i] < 0:  # type: ignore[index]
                     return None
                 return self.file[i], self.line[i]  # type: ignore[index]
@@ -826,7 +826,7 @@ def _run(t: LineTable, target: int) -> None:
     advance_line), one-byte LEB128 operands read inline, special opcodes' effects precomputed.
     At the end, sequences are put in address order by slicing, not by sorting rows; a program
     whose sequences overlap or go backwards falls back to a sort."""
-    consts, pos, address, file, line, backwards, seq_row, last_a, last_f, last_l = t._state  # type: ignore[misc]
+    consts, pos, address, file, line, backwards, seq_row, last_a, last_f, last_l = t._state  # type: ignore[misc]  # not None here
     data, end, min_inst, opcode_base, std_lengths, le, first, define_file, addr_adv, line_adv = consts
     addrs, files, lines, seqs = t._addrs, t._files, t._lines, t._seqs
     add_a, add_f, add_l = addrs.append, files.append, lines.append
@@ -943,7 +943,7 @@ def _run(t: LineTable, target: int) -> None:
     else:  # the end of the program
         del addrs[seq_row:], files[seq_row:], lines[seq_row:]  # an unterminated last sequence
         t.addr, t.file, t.line = _in_address_order(addrs, files, lines, seqs, backwards)
-        t._addrs = t._files = t._lines = None  # type: ignore[assignment]
+        t._addrs = t._files = t._lines = None  # type: ignore[assignment]  # the program is done: free them
         t._seqs = []
         t._state = None
         return
