@@ -19,7 +19,7 @@ from flask import Response, request
 
 from podflame import pprof
 from podflame.model import Frame, Line, Profile
-from tests.builders import ingest_url
+from tests.builders import batches, ingest_url
 from web.server.app import create_app, serve, serving_config
 
 pytestmark = pytest.mark.browser
@@ -44,6 +44,17 @@ async function attack() {
 }
 attack();
 </script></body></html>"""
+
+
+def wait_js(page, expression: str, timeout: float = 15.0) -> None:
+    """Poll a JS expression (page.wait_for_function uses eval, which the page's CSP refuses)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}: {page.evaluate(DEBUG)}"
+        time.sleep(0.05)
+
+
+DEBUG = "[document.getElementById('message').textContent, window.podflame && window.podflame.targets.length]"
 
 
 def _profile() -> Profile:
@@ -97,3 +108,46 @@ def test_a_page_on_another_origin_cannot_write(browser, tmp_path: Path) -> None:
         attacker.shutdown()
         target.shutdown()
         app.extensions["podflame.store"].close()
+
+
+def test_the_page_asks_for_the_read_token_once_and_then_shows_data(browser, tmp_path: Path) -> None:
+    """A server with tokens: the page prompts on the first 401, the login sets the cookie, the list and
+    a download link work; a wrong token leaves the page showing the 401 and nothing else."""
+    (tmp_path / "ingest").write_text("ingest-token-0123456789abcdef\n")
+    (tmp_path / "read").write_text("read-token-0123456789abcdef01\n")
+    app = create_app({**serving_config(str(tmp_path / "data"), "127.0.0.1",
+                                       ingest_token_file=str(tmp_path / "ingest"),
+                                       read_token_file=str(tmp_path / "read")), "MAINTENANCE_SECONDS": 0})
+    target = serve(app, "127.0.0.1", 0, threads=4)
+    store = app.extensions["podflame.store"]
+    store.put(batches([_profile()]))
+    prompts: list[str] = []
+    answers = ["wrong-token-0123456789abcdef", "read-token-0123456789abcdef01"]
+
+    def on_dialog(dialog) -> None:
+        prompts.append(dialog.message)
+        dialog.accept(answers[min(len(prompts), len(answers)) - 1])
+
+    context = browser.new_context(accept_downloads=True)
+    try:
+        page = context.new_page()
+        page.on("dialog", on_dialog)
+        page.goto(target.url + "/")
+        wait_js(page, "document.getElementById('message').textContent.includes('token')")
+        assert len(prompts) >= 1 and "read token" in prompts[0]
+        assert not [c for c in context.cookies() if c["name"] == "podflame_read"]
+        page.reload()  # the second answer is the right token
+        wait_js(page, "window.podflame && window.podflame.targets.length === 1")
+        (cookie,) = [c for c in context.cookies() if c["name"] == "podflame_read"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert page.evaluate("document.cookie") == ""  # scripts cannot read the token
+        n = len(prompts)
+        page.reload()
+        wait_js(page, "window.podflame && window.podflame.targets.length === 1")
+        assert len(prompts) == n  # asked once per session, not per page load
+        status = page.evaluate("fetch('/api/v1/pprof?from=now-1h').then(r => r.status)")
+        assert status == 200  # plain links and downloads carry the cookie too
+    finally:
+        context.close()
+        target.shutdown()
+        store.close()
