@@ -10,14 +10,14 @@ chart, label values) with the read token, one request after another with a short
 The server is `podflame server` itself (cheroot, its default thread pool, token files, a fresh data
 directory per step), on 127.0.0.1 only. Steps go up in node count (10 .. 500) for `--step-seconds`
 each (after `--warmup` s of the same load, not measured: a new store interns every frame and stack
-once) and stop after the first step the server does not hold, or when `--max-seconds` is used up: the
-run always ends by itself. A step holds when no request failed, every drain due in the step was
-acknowledged, ingest kept up (p99 ingest latency under the 10 s interval: an agent's backlog does not
-grow) and query p99 is under 1 s.
+once). They stop once ingest fails or falls behind, after two steps in a row that miss the query target,
+or when `--max-seconds` is used up: the run always ends by itself. A step holds when no request failed,
+every drain due in the step was acknowledged, ingest kept up (p99 ingest latency under the 10 s
+interval: an agent's backlog does not grow) and query p99 is under 1 s.
 
 Peer, measured in the same run: Werkzeug's threaded development server (what `podflame server` ran
 before; one thread per connection, unbounded) on the same app and data at the largest node count
-that the production server held, so the ratio says what the production server changed.
+that the production server held (else the first step's), so the ratio says what the production server changed.
 
     .venv/bin/python bench/load.py                       # about 6-8 minutes
     .venv/bin/python bench/load.py --nodes 10,50 --step-seconds 20   # a quick look
@@ -140,6 +140,13 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_step(kind: str, nodes: int, seconds: float, bodies: list[bytes], pods: list[Any], args: argparse.Namespace,
              tokens: tuple[Path, Path], workdir: Path) -> dict[str, Any]:
     data = workdir / f"{kind}-{nodes}"
@@ -219,17 +226,24 @@ def run_step(kind: str, nodes: int, seconds: float, bodies: list[bytes], pods: l
     workers = [threading.Thread(target=agent_worker, daemon=True) for _ in range(min(nodes, args.agent_threads))]
     workers += [threading.Thread(target=query_client, args=(i,), daemon=True) for i in range(args.query_clients)]
     peak = 0.0
+    cpu_at: list[float] = []
     for w in workers:
         w.start()
     try:
         while any(w.is_alive() for w in workers):
             peak = max(peak, rss_mb(proc.pid)[0])
+            if not cpu_at and time.monotonic() >= measured_from:
+                cpu_at.append(cpu_seconds(proc.pid))
+            if len(cpu_at) == 1 and time.monotonic() >= end:
+                cpu_at.append(cpu_seconds(proc.pid))
             if time.monotonic() > end + interval + 60:  # acknowledged late or not at all: give up on stragglers
                 stats.error("requests still running 60 s after the step's end")
                 stop.set()
                 break
             time.sleep(0.5)
         rss_now, rss_peak = rss_mb(proc.pid)
+        if len(cpu_at) == 1:
+            cpu_at.append(cpu_seconds(proc.pid))
     finally:
         stop.set()
         proc.terminate()
@@ -243,6 +257,7 @@ def run_step(kind: str, nodes: int, seconds: float, bodies: list[bytes], pods: l
     i50, i99 = pct(stats.ingest_latency, 0.5), pct(stats.ingest_latency, 0.99)
     errors = stats.ingest_errors + stats.query_errors
     errors += sum(1 for e in stats.errors if e.startswith("warm-up"))
+    cores = (cpu_at[1] - cpu_at[0]) / seconds if len(cpu_at) == 2 else None
     held = (errors == 0 and stats.ingest_ok == expected and i99 is not None and i99 < interval
             and q99 is not None and q99 < 1.0)
     result = {
@@ -255,6 +270,9 @@ def run_step(kind: str, nodes: int, seconds: float, bodies: list[bytes], pods: l
         "queries": len(stats.query_latency), "query_errors": stats.query_errors,
         "query_p50_s": round(q50, 3) if q50 is not None else None,
         "query_p99_s": round(q99, 3) if q99 is not None else None,
+        # cores the server used over the measured window (ingest and queries), and what that implies on an idle
+        # machine: nodes per core at this mix (the shared test machine's load makes latency pessimistic)
+        "server_cores_used": round((cpu_at[1] - cpu_at[0]) / seconds, 3) if len(cpu_at) == 2 else None,
         "server_rss_mb": round(peak or rss_now, 1), "server_peak_rss_mb": round(rss_peak, 1),
         "first_errors": stats.errors[:3], "host_load_avg_1m": round(os.getloadavg()[0], 2),
     }
@@ -263,7 +281,7 @@ def run_step(kind: str, nodes: int, seconds: float, bodies: list[bytes], pods: l
         f"p99 {result['ingest_p99_s']} s,"
         f" lag p99 {result['send_lag_p99_s']} s), queries {len(stats.query_latency)} (p50 {result['query_p50_s']} s,"
         f" p99 {result['query_p99_s']} s), errors {errors}, RSS peak {result['server_peak_rss_mb']} MB,"
-        f" host load {result['host_load_avg_1m']}"
+        f" host load {result['host_load_avg_1m']}, server cores {cores if cores is None else round(cores, 2)}"
         + (f"; {stats.errors[0]}" if stats.errors else ""))
     return result
 
@@ -304,24 +322,35 @@ def main() -> None:
                 break
             r = run_step("podflame", nodes, args.step_seconds, bodies, pods, args, tokens, workdir)
             results.append(r)
-            if not r["held"]:
-                break
-            best = r
+            if r["held"]:
+                best = r
+                continue
+            broke = r["ingest_errors"] or r["query_errors"] or r["drains_ok"] < r["drains_expected"] or (
+                r["ingest_p99_s"] or 0) >= args.interval
+            if broke or (len(results) > 1 and not results[-2]["held"]):
+                break  # ingest could not keep up, or two steps in a row missed the query target
         peer = None
-        if best is not None and not args.no_peer and time.monotonic() - started + args.step_seconds < args.max_seconds:
-            peer = run_step("werkzeug", best["nodes"], args.step_seconds, bodies, pods, args, tokens, workdir)
+        peer_nodes = best["nodes"] if best else results[0]["nodes"] if results else None
+        if peer_nodes and not args.no_peer and time.monotonic() - started + args.step_seconds < args.max_seconds:
+            peer = run_step("werkzeug", peer_nodes, args.step_seconds, bodies, pods, args, tokens, workdir)
+            best = best or results[0]
     summary: dict[str, Any] = {
         "bench": "load", "cpus": os.cpu_count(), "interval_s": args.interval, "pods_per_node": args.pods,
         "step_seconds": args.step_seconds,
         "query_clients": args.query_clients, "drain_kib": round(statistics.mean(len(b) for b in bodies) / 1024, 1),
-        "max_nodes_held": best["nodes"] if best else 0,
+        "max_nodes_held": max((r["nodes"] for r in results if r["held"]), default=0),
         "first_not_held": next((r["nodes"] for r in results if not r["held"]), None),
-        "steps": results, "peer_werkzeug_at_max": peer,
+        "steps": results, "peer_werkzeug": peer,
     }
     if best is not None and peer is not None:
         summary["peer_ratio_query_p99"] = (round(peer["query_p99_s"] / best["query_p99_s"], 2)
                                            if peer["query_p99_s"] and best["query_p99_s"] else None)
         summary["peer_ratio_peak_rss"] = round(peer["server_peak_rss_mb"] / best["server_peak_rss_mb"], 2)
+    used = [r for r in results if r["server_cores_used"]]
+    if used:  # CPU per node per interval at the largest step measured: a capacity figure host load does not skew
+        last = max(used, key=lambda r: r["nodes"])
+        summary["server_cpu_s_per_drain"] = round(last["server_cores_used"] * args.interval / last["nodes"], 4)
+        summary["nodes_per_core_estimate"] = round(last["nodes"] / last["server_cores_used"])
     summary["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(summary))
 

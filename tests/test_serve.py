@@ -199,3 +199,31 @@ def test_liveness_and_readiness_tell_the_truth(tmp_path: Path) -> None:
     store.close()
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").json["reason"] == "the store is closed"
+
+
+def test_ingests_beyond_the_concurrency_limit_get_503_and_leave_threads_to_reads(tmp_path: Path) -> None:
+    import threading
+
+    app = create_app({"DATA_DIR": str(tmp_path), "MAINTENANCE_SECONDS": 0, "INGEST_CONCURRENCY": 1,
+                      "INGEST_WAIT_SECONDS": 0.3})
+    store = app.extensions["podflame.store"]
+    body = pprof.encode([_profile("gated")])
+    first: dict[str, object] = {}
+    assert store._lock.acquire(timeout=5)  # the one writer is busy: the first ingest waits inside put
+    try:
+        t = threading.Thread(target=lambda: first.update(r=app.test_client().post("/api/v1/ingest", data=body)))
+        t.start()
+        deadline = time.monotonic() + 10
+        while app.extensions["podflame.ingest_slots"]._value != 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the first ingest holds the only slot
+        r = app.test_client().post("/api/v1/ingest", data=body)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+        assert "busy storing other ingests" in r.json["error"]
+        assert app.test_client().get("/healthz").status_code == 200  # probes do not queue behind ingest
+    finally:
+        store._lock.release()
+    t.join(timeout=10)
+    assert first["r"].status_code == 200  # type: ignore[attr-defined]
+    assert store.label_values("comm", 0, 2**62) == ["gated"]
+    assert app.test_client().post("/api/v1/ingest", data=body).status_code == 200  # the slot was given back
+    store.close()

@@ -27,7 +27,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from podflame.errors import InvalidInput, Unavailable
-from web.server import auth
+from web.server import auth, gate
 from web.server.api import api
 from web.server.ops import ops
 from web.store.base import Store
@@ -52,6 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_PUBLIC": False,  # /metrics without the read token (a scraper on a trusted network)
     "ALLOWED_HOSTS": None,  # Host names served (DNS rebinding); None: any. The CLI sets loopback's on loopback
     "ALLOWED_ORIGINS": (),  # other browser origins that may POST (besides the server's own)
+    "INGEST_CONCURRENCY": 2,  # ingests in the handler at once (one store writer): the rest of the threads serve reads
+    "INGEST_WAIT_SECONDS": 20,  # an ingest waits this long for a slot, then gets 503 + Retry-After (the agent retries)
 }
 
 _ENV = {"RETENTION_SECONDS": float, "RETENTION_BYTES": int, "MAINTENANCE_SECONDS": float,
@@ -75,6 +77,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.update(config)
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
     auth.install(app)  # before the store opens: a bad token file fails the start, not the first request
+    gate.install(app)  # after auth: a request without a token never takes an ingest slot
 
     store: Store | None = app.config["STORE"]
     if store is None:
