@@ -1,0 +1,195 @@
+"""Names, file and line table of CPython code objects, read from another process.
+
+A code object's address is all the kernel records per Python frame. By the time the agent reads
+it the object may have been freed and the address reused, so nothing is named without checks:
+the object's type must be the interpreter's code type, and its identity (the cache key) includes a
+fingerprint of the object's own fields (first line and the addresses of its name, qualified name,
+file name and line table objects), so a different code object at the same address is read anew.
+Reads batch the remote ranges of one step into one process_vm_readv: the code object, then the
+headers of its four strings/bytes, then their data. Entries outlive their process (until evicted)
+so a process that exited before the drain still gets the names already read.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from podflame.errors import BinaryFormatError
+from profiler.python import remote
+from profiler.python.lines import line_for
+from profiler.python.offsets import NO_FIELD, PyOffsets
+from profiler.python.remote import MemoryReadError, ProcessGone
+
+MAX_STRING = 4096  # longer names and paths are refused (a real qualname or path is far shorter)
+MAX_LINETABLE = 1 << 20
+
+
+class CodeReadError(BinaryFormatError):
+    """The address does not hold a code object that reads consistently (freed, reused, not code)."""
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    """What a profile shows of one code object."""
+
+    name: str
+    qualname: str  # co_qualname (3.11+); co_name before, which is what those versions know
+    filename: str
+    firstlineno: int
+    linetable: bytes  # co_lnotab (3.9) or co_linetable (3.10+), as the interpreter stores it
+    linetable_format: int  # offsets.LNOTAB / LINETABLE_310 / LOCATIONS
+    fingerprint: tuple[int, ...]
+
+    def line(self, instr_offset: int) -> int | None:
+        """Source line at a byte offset into the instructions (offsets.instr_offset)."""
+        return line_for(self.linetable, self.linetable_format, self.firstlineno, instr_offset)
+
+
+def line(code: CodeInfo, instr_offset: int) -> int | None:
+    return code.line(instr_offset)
+
+
+class CodeReader:
+    """Reads and caches code objects of one process; `code_type` is the address of PyCode_Type in it
+    (detect.PythonProcess.code_type). Without it the type is checked by its tp_name, once per type."""
+
+    def __init__(self, pid: int, offsets: PyOffsets, code_type: int | None = None, *, capacity: int = 4096) -> None:
+        self.pid = pid
+        self.offsets = offsets
+        self.code_type = code_type
+        self.capacity = capacity
+        self._cache: OrderedDict[tuple[int, tuple[int, ...]], CodeInfo] = OrderedDict()
+        self._latest: dict[int, tuple[int, ...]] = {}  # address -> fingerprint last read there
+        self._types: dict[int, bool] = {}  # type address -> is the code type (when code_type is unknown)
+        self.reads = 0  # code objects read whole (cache misses)
+        self.failures = 0
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def read(self, code_addr: int) -> CodeInfo:
+        """The code object at `code_addr`; raises CodeReadError, or ProcessGone when the process exited
+        and this address was never read."""
+        try:
+            head = remote.read(self.pid, code_addr, self.offsets.code_size)
+        except ProcessGone:
+            fp = self._latest.get(code_addr)
+            if fp is None:
+                raise
+            return self._cache[(code_addr, fp)]
+        except MemoryReadError as e:
+            self.failures += 1
+            raise CodeReadError(str(e)) from e
+        fp = self._check_head(code_addr, head)
+        key = (code_addr, fp)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        try:
+            info = self._read_fields(head, fp)
+        except (MemoryReadError, CodeReadError) as e:
+            self.failures += 1
+            raise CodeReadError(f"pid {self.pid}: code object at {code_addr:#x}: {e}") from e
+        self.reads += 1
+        self._cache[key] = info
+        self._latest[code_addr] = fp
+        while len(self._cache) > self.capacity:
+            (old_addr, old_fp), _ = self._cache.popitem(last=False)
+            if self._latest.get(old_addr) == old_fp:
+                del self._latest[old_addr]
+        return info
+
+    def cached(self, code_addr: int) -> CodeInfo | None:
+        """The last code object read at this address, without touching the process (it may be gone)."""
+        fp = self._latest.get(code_addr)
+        return None if fp is None else self._cache.get((code_addr, fp))
+
+    def _check_head(self, code_addr: int, head: bytes) -> tuple[int, ...]:
+        o = self.offsets
+        ob_type = _word(head, o.object_type)
+        if not self._is_code_type(ob_type):
+            self.failures += 1
+            raise CodeReadError(f"pid {self.pid}: {code_addr:#x} is not a code object (type {ob_type:#x})")
+        pointers = [_word(head, off) for off in (o.code_name, o.code_qualname, o.code_filename, o.code_linetable)
+                    if off != NO_FIELD]
+        if not all(pointers):
+            self.failures += 1
+            raise CodeReadError(f"pid {self.pid}: code object at {code_addr:#x} has a NULL name or file")
+        firstlineno = struct.unpack_from("<i", head, o.code_firstlineno)[0]
+        return (firstlineno, *pointers)
+
+    def _is_code_type(self, ob_type: int) -> bool:
+        if self.code_type is not None:
+            return ob_type == self.code_type
+        known = self._types.get(ob_type)
+        if known is None:
+            try:
+                tp_name = _word(remote.read(self.pid, ob_type + self.offsets.type_name, 8), 0)
+                known = remote.read(self.pid, tp_name, 5) == b"code\0"
+            except MemoryReadError:
+                known = False
+            self._types[ob_type] = known
+        return known
+
+    def _read_fields(self, head: bytes, fp: tuple[int, ...]) -> CodeInfo:
+        o = self.offsets
+        has_qualname = o.code_qualname != NO_FIELD
+        name_p = _word(head, o.code_name)
+        qual_p = _word(head, o.code_qualname) if has_qualname else name_p
+        file_p = _word(head, o.code_filename)
+        table_p = _word(head, o.code_linetable)
+        strings = [name_p, qual_p, file_p]
+        # one call for the three string headers (compact non-ASCII header size covers ASCII ones and
+        # their first bytes) and the bytes object's header
+        heads = remote.read_many(self.pid, [*((p, o.unicode_compact_size) for p in strings),
+                                            (table_p, o.bytes_sval)])
+        if heads[3] is None:
+            raise CodeReadError("line table unreadable")
+        plans = []
+        for p, h in zip(strings, heads[:3], strict=True):
+            if h is None:  # a short ASCII string at the end of a mapping: its ASCII header is enough
+                h = remote.read(self.pid, p, o.unicode_ascii_size)
+            plans.append(self._string_plan(p, h))
+        table_len = _word(heads[3], o.bytes_size)
+        if not 0 <= table_len <= MAX_LINETABLE:
+            raise CodeReadError(f"line table length {table_len}")
+        datas = remote.read_many(self.pid, [*((addr, size) for addr, size, _ in plans),
+                                            (table_p + o.bytes_sval, table_len)])
+        if any(d is None for d in datas):
+            raise CodeReadError("string data unreadable")
+        texts = [_decode(d, enc) for d, (_, _, enc) in zip(datas, plans, strict=False)]  # type: ignore[arg-type]
+        return CodeInfo(name=texts[0], qualname=texts[1], filename=texts[2], firstlineno=fp[0],
+                        linetable=datas[3] or b"", linetable_format=o.linetable_format, fingerprint=fp)
+
+    def _string_plan(self, addr: int, h: bytes) -> tuple[int, int, str]:
+        """(data address, data size, encoding) of a compact str object from its header."""
+        o = self.offsets
+        length = _word(h, o.unicode_length)
+        state = struct.unpack_from("<I", h, o.unicode_state)[0]
+        if not state >> o.unicode_compact_bit & 1:
+            raise CodeReadError("not a compact str (names in code objects always are)")
+        if not 0 <= length <= MAX_STRING:
+            raise CodeReadError(f"str length {length}")
+        kind = state >> o.unicode_kind_shift & 7
+        if state >> o.unicode_ascii_bit & 1:
+            if kind != 1:
+                raise CodeReadError(f"ASCII str of kind {kind}")
+            return addr + o.unicode_ascii_size, length, "ascii"
+        enc = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}.get(kind)
+        if enc is None:
+            raise CodeReadError(f"str kind {kind}")
+        return addr + o.unicode_compact_size, length * kind, enc
+
+
+def _word(data: bytes, offset: int) -> int:
+    return int(struct.unpack_from("<Q", data, offset)[0])
+
+
+def _decode(data: bytes, encoding: str) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise CodeReadError(f"str data does not decode as {encoding}") from e

@@ -1,0 +1,328 @@
+"""The userspace half of Python frames, on this machine's real interpreters.
+
+For pyenv's CPython 3.9-3.13 and Debian's static /usr/bin/python3 (3.11, PGO+LTO): detection agrees
+with what the interpreter says of itself, the offsets equal offsetof() compiled against that
+version's headers, and a walk of a process sitting in a known stack equals `py-spy dump` (the
+oracle) frame by frame: name, file, line and entry marker. Older versions are refused with a reason,
+and a code object address whose memory changed is not named from the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from profiler.python import offsets as off
+from profiler.python.code import CodeReader, CodeReadError
+from profiler.python.detect import PythonProcess, Unsupported, inspect_process
+from profiler.python.lines import line_for
+from profiler.python.remote import ProcessGone
+from profiler.python.walk import threads, walk
+
+pytestmark = pytest.mark.system
+
+WORKLOADS = Path(__file__).parent / "workloads"
+PYENV = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+DEBIAN = "/usr/bin/python3"
+SUPPORTED = ["3.9", "3.10", "3.11", "3.12", "3.13", "debian"]
+
+
+def interpreter(which: str) -> str:
+    """The interpreter a test id names; a missing one fails the test (these machines all have them)."""
+    if which == "debian":
+        return DEBIAN
+    found = sorted(PYENV.glob(f"{which}.*/bin/python{which}"))
+    if not found:
+        pytest.fail(f"no pyenv CPython {which} under {PYENV} (these machines have 2.7 and 3.6-3.13)")
+    return str(found[-1])
+
+
+def py_spy() -> str:
+    exe = Path(sys.executable).parent / "py-spy"
+    found = str(exe) if exe.exists() else shutil.which("py-spy")
+    if not found:
+        pytest.fail("py-spy is not installed: pip install -e '.[test]'")
+    return found
+
+
+@dataclasses.dataclass
+class Running:
+    popen: subprocess.Popen[str]
+    facts: dict[str, object]
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+def start(argv: list[str]) -> Running:
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    if not line:
+        p.kill()
+        pytest.fail(f"{argv} did not start")
+    return Running(p, json.loads(line))
+
+
+def stop(r: Running) -> None:
+    r.popen.kill()
+    r.popen.wait()
+    for f in (r.popen.stdin, r.popen.stdout):
+        if f is not None:
+            f.close()
+
+
+@pytest.fixture(scope="module", params=SUPPORTED)
+def chain(request: pytest.FixtureRequest) -> Iterator[tuple[str, Running]]:
+    r = start([interpreter(request.param), str(WORKLOADS / "python_chain.py")])
+    try:
+        yield request.param, r
+    finally:
+        stop(r)
+
+
+def detect(pid: int) -> PythonProcess:
+    got = inspect_process(pid)
+    assert isinstance(got, PythonProcess), got
+    return got
+
+
+def test_detect_finds_version_runtime_and_code_type(chain: tuple[str, Running]) -> None:
+    which, r = chain
+    proc = detect(r.pid)
+    assert list(proc.version) == r.facts["version"]
+    assert proc.runtime_address == r.facts["runtime"]
+    assert proc.code_type == r.facts["code_type"]
+    if which == "debian":
+        assert proc.path == "/usr/bin/python3.11"  # the static executable: no libpython mapped
+    else:
+        assert Path(proc.path).name.startswith(f"libpython{which}.so")
+    assert proc.offsets.version == tuple(proc.version[:2])
+
+
+def test_walk_equals_py_spy_dump(chain: tuple[str, Running]) -> None:
+    """Every thread's frames as the reference walker reads them equal py-spy's, frame by frame."""
+    which, r = chain
+    proc = detect(r.pid)
+    dump = json.loads(subprocess.run([py_spy(), "dump", "--json", "--pid", str(r.pid)], capture_output=True,
+                                     text=True, check=True).stdout)
+    mine = {t.thread_id: frames for t, frames in walk(proc).items()}
+    assert len(dump) == len(mine) == 2
+    for thread in dump:
+        frames = mine[thread["thread_id"]]
+        # py-spy names frames by co_qualname from 3.11 (co_name before, all those versions have)
+        want = [(f["name"], f["filename"], f["line"], f["is_entry"] or f["is_shim_entry"]) for f in thread["frames"]]
+        got = [(f.code.qualname if f.code else None, f.code.filename if f.code else None, f.line, f.entry)
+               for f in frames]
+        assert got == want, thread["thread_name"]
+    by_name = {t["thread_name"]: mine[t["thread_id"]] for t in dump}
+    main = [f.code.name for f in by_name["MainThread"] if f.code]
+    assert main == ["f3", "f2", "𠀀", "函数", "café", "f1", "<module>"]
+    top = by_name["MainThread"][0].code
+    assert top is not None and top.qualname == ("f3" if which in ("3.9", "3.10") else "Worker.f3")
+    second = [f.code.name for f in by_name["second"] if f.code]
+    assert second[2:4] == ["g2", "g1"]
+
+
+def test_native_thread_ids_are_the_kernel_tids(chain: tuple[str, Running]) -> None:
+    _, r = chain
+    proc = detect(r.pid)
+    tids = {int(t) for t in os.listdir(f"/proc/{r.pid}/task")}
+    found = list(threads(proc))
+    if proc.offsets.tstate_native_thread_id == off.NO_FIELD:
+        assert all(t.native_thread_id is None for t in found)
+    else:
+        assert {t.native_thread_id for t in found} == tids
+    assert r.pid in tids and all(t.thread_id > 0 for t in found)
+
+
+# --- offsets against the headers -------------------------------------------------------------------
+
+def header_offsets(python: str, tmp: Path) -> dict[str, int]:
+    """offsetof() of the fields, compiled against the headers of `python`'s own installation."""
+    paths = subprocess.run([python, "-c", "import sysconfig; p = sysconfig.get_paths(); "
+                            "print(p['include']); print(p['platinclude'])"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    flags = []
+    for inc in dict.fromkeys(paths):
+        flags += [f"-I{inc}", f"-I{inc}/internal"]
+    multiarch = Path("/usr/include/x86_64-linux-gnu") / Path(paths[0]).name  # Debian's pyconfig.h
+    if multiarch.is_dir():
+        flags.append(f"-I{multiarch}")
+    exe = tmp / "py_offsets"
+    subprocess.run(["gcc", "-w", *flags, "-o", str(exe), str(WORKLOADS / "py_offsets.c")], check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    return {name: int(value) for name, value in (line.split() for line in out.splitlines())}
+
+
+NOT_OFFSETS = {"version", "frame_instr_kind", "linetable_format", "code_size"}
+
+
+@pytest.mark.parametrize("which", SUPPORTED)
+def test_offsets_equal_offsetof_from_the_headers(which: str, tmp_path: Path) -> None:
+    python = interpreter(which)
+    want = header_offsets(python, tmp_path)
+    hexversion = want.pop("version_hex")
+    sizeof_code = want.pop("code_sizeof")
+    version = (hexversion >> 24, hexversion >> 16 & 0xFF)
+    if version in off.TABLES:
+        table = off.TABLES[version]
+    else:  # 3.13: the offsets the running interpreter publishes in _Py_DebugOffsets
+        r = start([python, str(WORKLOADS / "python_chain.py")])
+        try:
+            table = detect(r.pid).offsets
+        finally:
+            stop(r)
+    assert table.version == version
+    got = {f.name: getattr(table, f.name) for f in dataclasses.fields(table) if f.name not in NOT_OFFSETS}
+    # a field the headers do not have must be NO_FIELD; every other one must be the header's offset
+    assert got == {name: want.get(name, off.NO_FIELD) for name in got}
+    code_fields = [table.code_name, table.code_qualname, table.code_filename, table.code_linetable]
+    assert max(code_fields) + 8 <= table.code_size <= sizeof_code
+    kinds = {(3, 9): off.LASTI_BYTES, (3, 10): off.LASTI_UNITS, (3, 11): off.PREV_INSTR, (3, 12): off.PREV_INSTR,
+             (3, 13): off.INSTR_PTR}
+    assert table.frame_instr_kind == kinds[version]
+    formats = {(3, 9): off.LNOTAB, (3, 10): off.LINETABLE_310}
+    assert table.linetable_format == formats.get(version, off.LOCATIONS)
+
+
+# --- line tables ------------------------------------------------------------------------------------
+
+LINES_PROBE = r"""
+import dis, json, sys, threading, json.decoder, asyncio.base_events as m3
+def codes(co):
+    yield co
+    for c in co.co_consts:
+        if hasattr(c, "co_code"):
+            yield from codes(c)
+out = []
+for mod in (threading, json.decoder, m3):
+    src = compile(open(mod.__file__).read(), mod.__file__, "exec")
+    for co in codes(src):
+        n = len(co.co_code)
+        if sys.version_info >= (3, 10):
+            table = co.co_linetable
+            want = {}
+            for start, end, line in co.co_lines():
+                for o in range(start, end, 2):
+                    want[o] = line
+        else:
+            table = co.co_lnotab
+            starts = list(dis.findlinestarts(co))
+            want = {}
+            for o in range(0, n, 2):
+                line = co.co_firstlineno
+                for s, l in starts:
+                    if s <= o:
+                        line = l
+                want[o] = line
+        out.append([table.hex(), co.co_firstlineno, sorted(want.items())])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("which", SUPPORTED)
+def test_line_tables_decode_as_the_interpreter_does(which: str) -> None:
+    """Every instruction of three stdlib modules: line_for on the raw table equals the interpreter's
+    own co_lines() (3.10+) or dis.findlinestarts (3.9)."""
+    python = interpreter(which)
+    minor = int(subprocess.run([python, "-c", "import sys; print(sys.version_info[1])"], capture_output=True,
+                               text=True, check=True).stdout)
+    fmt = {9: off.LNOTAB, 10: off.LINETABLE_310}.get(minor, off.LOCATIONS)
+    dump = json.loads(subprocess.run([python, "-c", LINES_PROBE], capture_output=True, text=True, check=True).stdout)
+    checked = 0
+    for table, first, want in dump:
+        raw = bytes.fromhex(table)
+        for offset, line in want:
+            assert line_for(raw, fmt, first, offset) == line, (first, offset)
+            checked += 1
+    assert checked > 10_000
+    assert line_for(b"", fmt, 7, -2) == 7  # a frame that has not started: its first line
+
+
+# --- reused addresses, exited processes, unsupported versions -------------------------------------
+
+@pytest.mark.parametrize("which", SUPPORTED)
+def test_reused_code_address_is_read_anew(which: str) -> None:
+    r = start([interpreter(which), str(WORKLOADS / "python_codes.py")])
+    try:
+        proc = detect(r.pid)
+        reader = CodeReader(r.pid, proc.offsets, proc.code_type)
+        alpha, beta = int(r.facts["alpha"]), int(r.facts["beta"])  # type: ignore[call-overload]
+        assert reader.read(alpha).name == "alpha"
+        assert reader.read(alpha).name == "alpha" and reader.reads == 1  # the second one from the cache
+        command(r, "reuse")  # beta's code object now at alpha's address
+        again = reader.read(alpha)
+        assert (again.name, reader.reads) == ("beta", 2)
+        assert again.fingerprint == reader.read(beta).fingerprint
+        command(r, "clobber")  # now not a code object at all
+        with pytest.raises(CodeReadError, match="not a code object"):
+            reader.read(alpha)
+        # a reader that does not know PyCode_Type checks the type's name instead
+        by_name = CodeReader(r.pid, proc.offsets)
+        assert by_name.read(beta).name == "beta"
+        with pytest.raises(CodeReadError):
+            by_name.read(alpha)
+        with pytest.raises(CodeReadError):
+            reader.read(8)  # unmapped
+    finally:
+        stop(r)
+    # the process is gone: what was read stays readable, nothing else is
+    assert reader.read(beta).name == "beta"
+    with pytest.raises(ProcessGone):
+        reader.read(beta + 64)
+
+
+def command(r: Running, what: str) -> None:
+    assert r.popen.stdin is not None and r.popen.stdout is not None
+    r.popen.stdin.write(what + "\n")
+    r.popen.stdin.flush()
+    assert r.popen.stdout.readline().strip() == "done"
+
+
+def test_cache_is_bounded(chain: tuple[str, Running]) -> None:
+    _, r = chain
+    proc = detect(r.pid)
+    reader = CodeReader(r.pid, proc.offsets, proc.code_type, capacity=3)
+    frames = [f.raw.code for frames in walk(proc, reader).values() for f in frames]
+    assert len(set(frames)) > 3
+    assert len(reader) == 3
+    assert reader.cached(frames[0]) is None or reader.cached(frames[-1]) is not None
+
+
+@pytest.mark.parametrize("version", ["2.7", "3.6", "3.7", "3.8"])
+def test_older_versions_are_unsupported_with_a_reason(version: str) -> None:
+    found = sorted(PYENV.glob(f"{version}.*/bin/python{version}"))
+    assert found, f"no pyenv CPython {version}"
+    p = subprocess.Popen([str(found[-1]), "-c", "import sys; sys.stdout.write('up\\n'); sys.stdout.flush(); "
+                          "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "up\n"
+        got = inspect_process(p.pid)
+    finally:
+        p.kill()
+        p.wait()
+    assert isinstance(got, Unsupported)
+    assert version in got.reason and "3.9-3.13" in got.reason
+
+
+def test_non_python_and_missing_processes_are_unsupported() -> None:
+    p = subprocess.Popen(["sleep", "30"])
+    try:
+        got = inspect_process(p.pid)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert isinstance(got, Unsupported) and "_PyRuntime" in got.reason
+    gone = inspect_process(p.pid)
+    assert isinstance(gone, Unsupported) and "does not exist" in gone.reason
