@@ -1,0 +1,352 @@
+"""Python frames in native stacks: register CPython processes with the BPF walker, name the frames it
+recorded, and put them where the native stack runs the interpreter.
+
+The kernel (bpf/python.bpf.h) records per Python frame the code object's address, the instruction
+field as read and two flag bits; it knows a process's layout only once `PythonRegistry` wrote it into
+the `py_procs` map, which happens when the sampler announces the process (its first sample) and
+profiler/python/detect.py recognizes CPython in it.
+
+Merging. A native stack runs Python code in `_PyEval_EvalFrameDefault`, one C call per run of Python
+frames: 3.10 and older call it once per Python frame; 3.11 runs Python-to-Python calls inside one
+call and marks the first frame of each call `is_entry`; 3.12+ put a shim frame (owner
+FRAME_OWNED_BY_CSTACK) below each call's frames. The Python stack is split into those runs, root
+first, and the i-th eval frame of the native stack (root first) is replaced by the i-th run. Native
+frames of the interpreter's own call machinery between two eval frames (`_PyEval_Vector`,
+`PyObject_Call`, ..., any function of the interpreter binary named Py*/_Py* or without a symbol)
+are dropped: they are how one Python call became the next, not work of their own. Everything else
+stays: the process's entry (`main`, `Py_RunMain`, ...) above the first eval frame, and the C code a
+Python frame called below the last one (`zlib.compress` -> deflate), so a stack reads
+`main;...;<module>;handler;parse;zlib_compress_impl;deflate`.
+
+When the native stack has fewer eval frames than the Python stack has runs (a frame-pointer walk
+through an interpreter built without frame pointers loses most frames above the leaf), runs are
+matched from the leaf and the extra outer runs go where the native stack reaches its outermost eval
+frame. When it has none at all, the Python frames replace the native frames from the root down to
+the leaf-most one that is in the interpreter binary or outside every mapping (the unreliable part of
+a broken walk), so the C code the interpreter called stays below them.
+
+Frames are named once per (process, code address, instruction offset) through
+profiler/python/code.py's CodeReader (validated against freed and reused code objects, bounded
+cache); readers outlive their process for a while, so a process that exited before the drain keeps
+the names already read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from podflame.model import Frame, FrameKind, Line, Stack
+from profiler import metrics
+from profiler.procmaps import parse_maps
+from profiler.python.code import CodeReader, CodeReadError
+from profiler.python.detect import PythonProcess, Unsupported, inspect_process
+from profiler.python.offsets import LASTI_BYTES, LASTI_UNITS, NO_FIELD, instr_offset
+from profiler.python.remote import ProcessGone
+from symbolizer.elf import ElfReadError, ElfSymbols
+
+log = logging.getLogger("podflame.pyframes")
+
+# struct py_proc of bpf/python.bpf.h
+_PY_PROC = struct.Struct("<QIIIIiIiIIIIiiI")
+ADDR_MASK = (1 << 56) - 1
+FLAG_ENTRY = 1 << 56
+OWNER_SHIFT = 57
+EVAL_FUNCTION = "_PyEval_EvalFrameDefault"
+MAX_DETECT_TRIES = 3  # a process announced before its interpreter was mapped is looked at again
+GONE_GRACE_S = 60.0  # a registered process's names are kept this long after it exited
+
+
+def pack_config(process: PythonProcess) -> bytes:
+    """The `struct py_proc` the kernel walks `process` with."""
+    o = process.offsets
+    instr_size = 4 if o.frame_instr_kind in (LASTI_BYTES, LASTI_UNITS) else 8
+    return _PY_PROC.pack(process.runtime_address, o.runtime_interpreters_head, o.interp_threads_head, o.tstate_next,
+                         o.tstate_thread_id, o.tstate_native_thread_id, o.tstate_frame, o.cframe_current_frame,
+                         o.frame_previous, o.frame_code, o.frame_instr, instr_size, o.frame_is_entry, o.frame_owner, 0)
+
+
+class PythonRegistry:
+    """Which processes the kernel walks Python frames of; detection runs on the sampler's announcements.
+
+    `write(tgid, config_or_None)` updates the kernel's map (Sampler.set_python_process)."""
+
+    def __init__(self, write: Callable[[int, bytes | None], None],
+                 detect: Callable[[int], PythonProcess | Unsupported] = inspect_process) -> None:
+        self._write = write
+        self._detect = detect
+        self._lock = threading.Lock()
+        self.processes: dict[int, PythonProcess] = {}
+        self._gone: dict[int, float] = {}  # tgid -> monotonic time it was seen gone
+        self._retry: dict[int, int] = {}  # tgid -> detections tried
+        self.unsupported: dict[int, str] = {}  # tgid -> reason (last few)
+
+    def announce(self, tgids: Iterable[int]) -> None:
+        """Detect CPython in processes just seen; register the ones found."""
+        for tgid in tgids:
+            if tgid <= 0 or os.getpid() == tgid:
+                continue
+            with self._lock:
+                known = self.processes.get(tgid)
+            if known is not None and self._same_process(tgid, known):
+                continue
+            self._try(tgid)
+
+    def _same_process(self, tgid: int, known: PythonProcess) -> bool:
+        # an exec (or pid reuse) announces the tgid again: keep the registration only if the interpreter
+        # file is still mapped where it was
+        try:
+            with open(f"/proc/{tgid}/maps") as f:
+                return known.path in f.read()
+        except OSError:
+            return False
+
+    def _try(self, tgid: int) -> None:
+        got = self._detect(tgid)
+        with self._lock:
+            if isinstance(got, PythonProcess):
+                try:
+                    self._write(tgid, pack_config(got))
+                except Exception as e:
+                    log.warning("cannot register Python process %d: %s", tgid, e)
+                    return
+                first = tgid not in self.processes
+                self.processes[tgid] = got
+                self._retry.pop(tgid, None)
+                self._gone.pop(tgid, None)
+                if first:
+                    metrics.PYTHON_PROCESSES.inc()
+                    log.info("pid %d: CPython %d.%d.%d, Python frames on", tgid, *got.version)
+                return
+            if tgid in self.processes:  # exec'd into something else
+                del self.processes[tgid]
+                self._write(tgid, None)
+            reason = got.reason
+            if _is_interpreter(reason) and tgid not in self.unsupported:
+                metrics.PYTHON_UNSUPPORTED.inc()
+                log.info("pid %d: no Python frames: %s", tgid, reason)
+            if len(self.unsupported) > 4096:
+                self.unsupported.clear()
+            self.unsupported[tgid] = reason
+            if _looks_like_python(tgid):
+                self._retry[tgid] = self._retry.get(tgid, 0) + 1
+                if self._retry[tgid] >= MAX_DETECT_TRIES:
+                    del self._retry[tgid]
+
+    def refresh(self) -> dict[int, PythonProcess]:
+        """Called once per drain: retry young processes, unregister exited ones (after a grace period,
+        so their samples of this drain are still named); the processes known now."""
+        for tgid in list(self._retry):
+            self._try(tgid)
+        now = time.monotonic()
+        with self._lock:
+            for tgid in list(self.processes):
+                if os.path.exists(f"/proc/{tgid}"):
+                    continue
+                since = self._gone.setdefault(tgid, now)
+                if since == now:
+                    self._write_quietly(tgid)
+                elif now - since > GONE_GRACE_S:
+                    del self.processes[tgid], self._gone[tgid]
+            return dict(self.processes)
+
+    def _write_quietly(self, tgid: int) -> None:
+        try:
+            self._write(tgid, None)
+        except Exception as e:
+            log.debug("unregistering %d: %s", tgid, e)
+
+
+def _is_interpreter(reason: str) -> bool:
+    """Whether detect found a CPython it cannot read (a version or build it does not know), not no Python."""
+    return any(word in reason for word in ("CPython", "Py_Version", "_Py_DebugOffsets", "cannot read _PyRuntime"))
+
+
+def _looks_like_python(tgid: int) -> bool:
+    try:
+        return os.path.basename(os.readlink(f"/proc/{tgid}/exe")).startswith("python")
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Interpreter:
+    """Runtime address ranges, in one process, of the interpreter binary's functions that matter here."""
+
+    eval_ranges: tuple[tuple[int, int], ...]  # _PyEval_EvalFrameDefault (and its .cold part)
+    glue: Callable[[int], bool]  # is this address interpreter call machinery
+    start: int  # the binary's executable mapping(s)
+    end: int
+
+
+def _interpreter(process: PythonProcess) -> _Interpreter | None:
+    """Where the eval loop and the glue functions are in this process (None: the file is unreadable)."""
+    try:
+        with open(f"/proc/{process.pid}/maps") as f:
+            entries = [e for e in parse_maps(f.read()) if e.clean_path == process.path]
+    except OSError:
+        return None
+    execs = [e for e in entries if e.executable]
+    if not execs:
+        return None
+    opened = next((p for p in (f"/proc/{process.pid}/root{process.path}",
+                               f"/proc/{process.pid}/map_files/{execs[0].start:x}-{execs[0].end:x}", process.path)
+                   if os.access(p, os.R_OK)), None)
+    if opened is None:
+        return None
+    try:
+        elf = ElfSymbols(opened)
+        ranges = elf.ranges
+    except ElfReadError as e:
+        log.warning("pid %d: cannot read the symbols of %s: %s", process.pid, process.path, e)
+        return None
+    first = execs[0]
+    segment = next((s for s in elf.segments if s.executable and s.offset <= first.offset < s.offset + s.filesz), None)
+    if segment is None:
+        return None
+    bias = first.start - first.offset + segment.offset - segment.vaddr  # runtime = vaddr + bias
+    evals = tuple((s + bias, e + bias) for s, e, n in zip(ranges.starts, ranges.ends, ranges.names, strict=True)
+                  if n == EVAL_FUNCTION or n.startswith(EVAL_FUNCTION + "."))
+    lookup = ranges.lookup
+
+    def glue(address: int) -> bool:
+        name = lookup(address - bias)
+        return name is None or name.startswith(("Py", "_Py")) or name.endswith("_vectorcall")
+
+    return _Interpreter(evals, glue, min(e.start for e in execs), max(e.end for e in execs))
+
+
+class PythonFrames:
+    """Names the kernel's Python frames and merges them into native stacks, per process."""
+
+    def __init__(self, *, max_frames: int = 100_000) -> None:
+        self.max_frames = max_frames
+        self.processes: dict[int, PythonProcess] = {}
+        self._readers: dict[int, tuple[PythonProcess, CodeReader]] = {}
+        self._interpreters: dict[int, tuple[PythonProcess, _Interpreter | None]] = {}
+        self._frames: dict[tuple[int, int, int], Frame] = {}  # (tgid, code, instr) -> frame
+        self.read_failures = 0
+
+    def begin_drain(self, processes: dict[int, PythonProcess]) -> None:
+        """The processes registered now (Drain.python_processes); readers of others are let go."""
+        self.processes = processes
+        for table in (self._readers, self._interpreters):
+            for tgid in [t for t, (p, _) in table.items() if processes.get(t) is not p]:
+                del table[tgid]
+        if len(self._frames) > self.max_frames:
+            self._frames.clear()
+
+    def _reader(self, tgid: int) -> CodeReader | None:
+        process = self.processes.get(tgid)
+        if process is None:
+            return None
+        have = self._readers.get(tgid)
+        if have is None or have[0] is not process:
+            have = self._readers[tgid] = (process, CodeReader(tgid, process.offsets, process.code_type))
+        return have[1]
+
+    def interpreter(self, tgid: int) -> _Interpreter | None:
+        process = self.processes.get(tgid)
+        if process is None:
+            return None
+        have = self._interpreters.get(tgid)
+        if have is None or have[0] is not process:
+            have = self._interpreters[tgid] = (process, _interpreter(process))
+        return have[1]
+
+    def runs(self, tgid: int, raw: tuple[int, ...]) -> list[list[Frame]]:
+        """The Python frames of a raw kernel stack (leaf-first (code|flags, instr) pairs), root first,
+        split into the runs one eval-loop call executed each."""
+        reader = self._reader(tgid)
+        if reader is None or not raw:
+            return []
+        o = reader.offsets
+        runs: list[list[Frame]] = []
+        for i in range(len(raw) - 2, -1, -2):
+            word, instr = raw[i], raw[i + 1]
+            code = word & ADDR_MASK
+            shim = o.owner_cstack != NO_FIELD and (word >> OWNER_SHIFT) & 7 == o.owner_cstack
+            if shim or not runs or (o.frame_is_entry == NO_FIELD and o.owner_cstack == NO_FIELD) \
+                    or (o.frame_is_entry != NO_FIELD and word & FLAG_ENTRY):
+                runs.append([])
+            if shim:
+                continue
+            frame = self._frame(tgid, reader, code, instr)
+            if frame is not None:
+                runs[-1].append(frame)
+        return [r for r in runs if r]
+
+    def _frame(self, tgid: int, reader: CodeReader, code: int, instr: int) -> Frame | None:
+        key = (tgid, code, instr)
+        frame = self._frames.get(key)
+        if frame is not None:
+            return frame
+        try:
+            info = reader.read(code)
+        except (CodeReadError, ProcessGone) as e:
+            self.read_failures += 1
+            metrics.PYTHON_CODE_READ_FAILURES.inc()
+            log.debug("pid %d: code object %#x: %s", tgid, code, e)
+            frame = Frame(0, None, FrameKind.PYTHON, (Line("[unreadable Python frame]"),))
+        else:
+            line = info.line(instr_offset(reader.offsets, code, instr))
+            frame = Frame(0, None, FrameKind.PYTHON, (Line(info.qualname, info.filename, line),))
+            self._frames[key] = frame
+        return frame
+
+    def merge(self, tgid: int, raw: tuple[int, ...], stack: Stack) -> Stack:
+        """`stack` (root first, native then kernel frames) with the Python frames of `raw` merged in."""
+        runs = self.runs(tgid, raw)
+        if not runs:
+            return stack
+        split = next((i for i, f in enumerate(stack) if f.kind is FrameKind.KERNEL or _is_kernel_lost(f)), len(stack))
+        user, kernel = list(stack[:split]), stack[split:]
+        return (*merge_runs(user, runs, self.interpreter(tgid)), *kernel)
+
+
+def _is_kernel_lost(f: Frame) -> bool:
+    return f.kind is FrameKind.UNKNOWN and bool(f.lines) and f.lines[0].function.startswith("[kernel stack")
+
+
+def merge_runs(user: list[Frame], runs: list[list[Frame]], interp: _Interpreter | None) -> list[Frame]:
+    """Native user frames (root first) with Python runs (root first) in place of the eval-loop frames."""
+    if interp is None:  # the binary is unreadable: Python frames above whatever native frames there are
+        return [f for run in runs for f in run] + user
+    evals = [i for i, f in enumerate(user) if any(s <= f.address < e for s, e in interp.eval_ranges)
+             and f.kind is FrameKind.NATIVE]
+    if not evals:
+        inside = [i for i, f in enumerate(user) if _in_interpreter(f, interp) or f.mapping is None]
+        cut = inside[-1] + 1 if inside else 0
+        tail = user[cut:]
+        if cut and cut == len(user):  # the sample is in the interpreter itself: keep the leaf function
+            tail = user[-1:]
+        return [f for run in runs for f in run] + tail
+    extra = len(runs) - len(evals)
+    if extra > 0:  # outer runs the native walk lost: all at the outermost eval frame
+        runs = [[f for run in runs[:extra + 1] for f in run], *runs[extra + 1:]]
+    elif extra < 0:  # eval frames without a run (the Python walk was truncated at its root end)
+        evals = evals[-extra:]
+    out = user[:evals[0]]
+    for n, (at, run) in enumerate(zip(evals, runs, strict=True)):
+        out.extend(run)
+        upto = evals[n + 1] if n + 1 < len(evals) else len(user)
+        between = user[at + 1:upto]
+        if n + 1 < len(evals):
+            out.extend(f for f in between if not _glue(f, interp))
+        else:  # below the innermost Python frame: the C code it called; glue dropped unless it is the leaf
+            out.extend(f for j, f in enumerate(between) if j == len(between) - 1 or not _glue(f, interp))
+    return out
+
+
+def _in_interpreter(f: Frame, interp: _Interpreter) -> bool:
+    return f.mapping is not None and interp.start <= f.address < interp.end
+
+
+def _glue(f: Frame, interp: _Interpreter) -> bool:
+    return _in_interpreter(f, interp) and interp.glue(f.address)
+
