@@ -54,6 +54,7 @@ log = logging.getLogger("podflame.pyframes")
 
 # struct py_proc of bpf/python.bpf.h
 _PY_PROC = struct.Struct("<QIIIIiIiIIIIiiI")
+PY_PROC_SIZE = _PY_PROC.size
 ADDR_MASK = (1 << 56) - 1
 FLAG_ENTRY = 1 << 56
 OWNER_SHIFT = 57

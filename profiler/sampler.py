@@ -255,10 +255,15 @@ class Sampler:
             self._py_procs: BpfMap | None = maps.get("py_procs")
             self._py_stacks = (maps.get("py_stacks0"), maps.get("py_stacks1"))
             if python_frames:
+                from profiler.pyframes import PY_PROC_SIZE
+
                 for py in self._py_stacks:
                     if py is None:
                         raise SamplerError(f"{BPF_SOURCE.name} has no py_stacks maps")
                     _expect_layout(py, ct.c_uint64, PyStackRow)
+                if self._py_procs is None or self._py_procs.spec.value_size != PY_PROC_SIZE:
+                    raise SamplerError(f"{BPF_SOURCE.name}: py_procs is missing or its struct py_proc is not the "
+                                       f"{PY_PROC_SIZE} bytes profiler/pyframes.py packs")
             self._active = 0
             self._set_control(CTL_ACTIVE_SET, 0)
             # Filters go in before the perf events are attached: nothing unwanted is ever sampled.
