@@ -249,12 +249,11 @@ class StackMemo:
         pm = self._current.get(s.tgid)
         if pm is None:
             pm = self._process(s.tgid)
-        python = getattr(s, "python_stack", ())  # samples made by hand (tests) may have none
-        key = (s.user_stack, s.kernel_stack, s.user_error, s.kernel_error, python)
+        key = (s.user_stack, s.kernel_stack, s.user_error, s.kernel_error)
         hit = pm.stacks.get(key)
         if hit is not None:
             self.hits += 1
-            return hit
+            return self._with_python(s, hit)
         self.misses += 1
         fn = self._per_process.get(s.tgid)
         if fn is None:
@@ -267,8 +266,6 @@ class StackMemo:
         mapped = pm.version is not None and pm.version is not _NO_VERSION
         if single is not None:
             stack, keep = self._frames(s, pm, single, mapped)
-            if python and self.ctx.python is not None:
-                stack = self.ctx.python.merge(s.tgid, python, stack)
         else:  # a symbolizer without a single-frame path gets whole stacks
             stack = collapse_unmapped(fn(stack_of(s, self.ctx)))
             retry = (Unresolved.PROCESS_GONE,) if mapped else self._RETRY
@@ -276,7 +273,15 @@ class StackMemo:
         if keep:
             pm.stacks[key] = stack
             self.entries += 1
-        return stack
+        return self._with_python(s, stack)
+
+    def _with_python(self, s: RawSample, native: tuple[Frame, ...]) -> tuple[Frame, ...]:
+        """The native stack with the sample's Python frames merged in. Done per sample, not memoized with
+        the stack: the code objects behind the frames are re-validated each drain (see PythonFrames)."""
+        python = getattr(s, "python_stack", ())  # samples made by hand (tests) may have none
+        if python and self.ctx.python is not None:
+            return self.ctx.python.merge(s.tgid, python, native)
+        return native
 
     def _frames(self, s: RawSample, pm: _ProcessMemo, single: Callable[[Frame, bool], Frame],
                 mapped: bool) -> tuple[tuple[Frame, ...], bool]:

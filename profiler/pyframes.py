@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from podflame.model import Frame, FrameKind, Line, Stack
 from profiler import metrics
 from profiler.procmaps import parse_maps
-from profiler.python.code import CodeReader, CodeReadError
+from profiler.python.code import CodeInfo, CodeReader, CodeReadError
 from profiler.python.detect import PythonProcess, Unsupported, inspect_process
-from profiler.python.offsets import LASTI_BYTES, LASTI_UNITS, NO_FIELD, instr_offset
+from profiler.python.offsets import LASTI_BYTES, LASTI_UNITS, NO_FIELD, PyOffsets, instr_offset
 from profiler.python.remote import ProcessGone
 from symbolizer.elf import ElfReadError, ElfSymbols
 
@@ -61,6 +61,7 @@ OWNER_SHIFT = 57
 EVAL_FUNCTION = "_PyEval_EvalFrameDefault"
 MAX_DETECT_TRIES = 3  # a process announced before its interpreter was mapped is looked at again
 GONE_GRACE_S = 60.0  # a registered process's names are kept this long after it exited
+UNREADABLE = Frame(0, None, FrameKind.PYTHON, (Line("[unreadable Python frame]"),))
 
 
 def pack_config(process: PythonProcess) -> bytes:
@@ -230,7 +231,8 @@ class PythonFrames:
         self.processes: dict[int, PythonProcess] = {}
         self._readers: dict[int, tuple[PythonProcess, CodeReader]] = {}
         self._interpreters: dict[int, tuple[PythonProcess, _Interpreter | None]] = {}
-        self._frames: dict[tuple[int, int, int], Frame] = {}  # (tgid, code, instr) -> frame
+        self._frames: dict[tuple[int, int, int], tuple[CodeInfo, Frame]] = {}  # (tgid, code, instr) ->
+        self._checked: dict[tuple[int, int], CodeInfo | None] = {}  # (tgid, code) -> read this drain
         self.read_failures = 0
 
     def begin_drain(self, processes: dict[int, PythonProcess]) -> None:
@@ -239,6 +241,7 @@ class PythonFrames:
         for table in (self._readers, self._interpreters):
             for tgid in [t for t, (p, _) in table.items() if processes.get(t) is not p]:
                 del table[tgid]
+        self._checked = {}
         if len(self._frames) > self.max_frames:
             self._frames.clear()
 
@@ -261,44 +264,41 @@ class PythonFrames:
         return have[1]
 
     def runs(self, tgid: int, raw: tuple[int, ...]) -> list[list[Frame]]:
-        """The Python frames of a raw kernel stack (leaf-first (code|flags, instr) pairs), root first,
-        split into the runs one eval-loop call executed each."""
+        """The Python frames of a raw kernel stack, named, in the runs `split_runs` finds."""
         reader = self._reader(tgid)
         if reader is None or not raw:
             return []
-        o = reader.offsets
-        runs: list[list[Frame]] = []
-        for i in range(len(raw) - 2, -1, -2):
-            word, instr = raw[i], raw[i + 1]
-            code = word & ADDR_MASK
-            shim = o.owner_cstack != NO_FIELD and (word >> OWNER_SHIFT) & 7 == o.owner_cstack
-            if shim or not runs or (o.frame_is_entry == NO_FIELD and o.owner_cstack == NO_FIELD) \
-                    or (o.frame_is_entry != NO_FIELD and word & FLAG_ENTRY):
-                runs.append([])
-            if shim:
-                continue
-            frame = self._frame(tgid, reader, code, instr)
-            if frame is not None:
-                runs[-1].append(frame)
-        return [r for r in runs if r]
+        return [[self._frame(tgid, reader, code, instr) for code, instr in run]
+                for run in split_runs(raw, reader.offsets)]
 
-    def _frame(self, tgid: int, reader: CodeReader, code: int, instr: int) -> Frame | None:
+    def _frame(self, tgid: int, reader: CodeReader, code: int, instr: int) -> Frame:
+        """The frame at (code, instr); the code object is re-validated once per drain (CodeReader.read
+        checks its type and fingerprint), so a freed and reused address is named anew, never from the cache."""
+        info = self._info(tgid, reader, code)
+        if info is None:
+            return UNREADABLE
         key = (tgid, code, instr)
-        frame = self._frames.get(key)
-        if frame is not None:
-            return frame
+        have = self._frames.get(key)
+        if have is not None and have[0] is info:
+            return have[1]
+        line = info.line(instr_offset(reader.offsets, code, instr))
+        frame = Frame(0, None, FrameKind.PYTHON, (Line(info.qualname, info.filename, line),))
+        self._frames[key] = (info, frame)
+        return frame
+
+    def _info(self, tgid: int, reader: CodeReader, code: int) -> CodeInfo | None:
+        key = (tgid, code)
+        if key in self._checked:
+            return self._checked[key]
         try:
-            info = reader.read(code)
+            info: CodeInfo | None = reader.read(code)
         except (CodeReadError, ProcessGone) as e:
+            info = None
             self.read_failures += 1
             metrics.PYTHON_CODE_READ_FAILURES.inc()
             log.debug("pid %d: code object %#x: %s", tgid, code, e)
-            frame = Frame(0, None, FrameKind.PYTHON, (Line("[unreadable Python frame]"),))
-        else:
-            line = info.line(instr_offset(reader.offsets, code, instr))
-            frame = Frame(0, None, FrameKind.PYTHON, (Line(info.qualname, info.filename, line),))
-            self._frames[key] = frame
-        return frame
+        self._checked[key] = info
+        return info
 
     def merge(self, tgid: int, raw: tuple[int, ...], stack: Stack) -> Stack:
         """`stack` (root first, native then kernel frames) with the Python frames of `raw` merged in."""
@@ -308,6 +308,21 @@ class PythonFrames:
         split = next((i for i, f in enumerate(stack) if f.kind is FrameKind.KERNEL or _is_kernel_lost(f)), len(stack))
         user, kernel = list(stack[:split]), stack[split:]
         return (*merge_runs(user, runs, self.interpreter(tgid)), *kernel)
+
+
+def split_runs(raw: tuple[int, ...], o: PyOffsets) -> list[list[tuple[int, int]]]:
+    """(code address, instr) of a raw kernel stack (leaf-first (code|flags, instr) pairs), root first,
+    split into the runs one eval-loop call executed each; shim frames (3.12+) are dropped."""
+    runs: list[list[tuple[int, int]]] = []
+    per_frame = o.frame_is_entry == NO_FIELD and o.owner_cstack == NO_FIELD  # 3.10 and older
+    for i in range(len(raw) - 2, -1, -2):
+        word, instr = raw[i], raw[i + 1]
+        shim = o.owner_cstack != NO_FIELD and (word >> OWNER_SHIFT) & 7 == o.owner_cstack
+        if shim or not runs or per_frame or (o.frame_is_entry != NO_FIELD and word & FLAG_ENTRY):
+            runs.append([])
+        if not shim:
+            runs[-1].append((word & ADDR_MASK, instr))
+    return [r for r in runs if r]
 
 
 def _is_kernel_lost(f: Frame) -> bool:
