@@ -68,12 +68,16 @@ struct py_proc {                  // one CPython process's layout; mirrored in p
     s32 cframe_current_frame;     // cframe->current_frame; -1: tstate_frame is the frame itself
     u32 frame_previous;           // f_back / previous
     u32 frame_code;               // f_code / f_executable
-    u32 frame_instr;              // f_lasti / prev_instr / instr_ptr
-    u32 instr_size;               // 4: an int (f_lasti), 8: a pointer
-    s32 frame_is_entry;           // a byte; -1: none
-    s32 frame_owner;              // a byte; -1: none
-    u32 reserved;
+    u32 frame_instr;              // f_lasti / prev_instr / instr_ptr, read as 8 bytes and masked
+    u32 frame_flags;              // 8 bytes holding is_entry and/or owner (any readable offset if neither)
+    u8 entry_shift;               // is_entry = (flags word >> entry_shift) & entry_mask
+    u8 owner_shift;               // owner = (flags word >> owner_shift) & owner_mask
+    u8 entry_mask;                // 1, or 0: no is_entry in this version
+    u8 owner_mask;                // 7, or 0: no owner
+    u64 instr_mask;               // 0xffffffff for f_lasti (an int), ~0 for pointers
 };
+// Every per-frame read is unconditional, its meaning set by the masks: branches in the frame loop
+// multiply the verifier's states (a walk with three of them cost ~145k processed instructions).
 
 struct py_frame {
     u64 code;                     // code object address | flag bits (PY_FLAG_*)
@@ -90,30 +94,30 @@ static __always_inline int py_read(void *dst, u32 size, u64 addr) {
     return bpf_probe_read_user(dst, size, (const void *)addr);
 }
 
-// 1: tstate is this thread's, 0: it is not, -1: unreadable.
-static __always_inline int py_is_thread(struct py_proc *cfg, u64 tstate, u32 tid, u64 fsbase) {
+// 1: tstate is the thread whose id field (at id_offset) is `want`, 0: it is not, -1: unreadable.
+static __always_inline int py_is_thread(u64 tstate, u32 id_offset, u64 want) {
     u64 id = 0;
-    if (cfg->tstate_native_thread_id >= 0) {
-        if (py_read(&id, sizeof(id), tstate + (u32)cfg->tstate_native_thread_id))
-            return -1;
-        return id == tid;
-    }
-    if (py_read(&id, sizeof(id), tstate + cfg->tstate_thread_id))
+    if (py_read(&id, sizeof(id), tstate + id_offset))
         return -1;
-    return fsbase != 0 && id == fsbase;
+    return want != 0 && id == want;
 }
 
 // Finds this thread's thread state: `cached` (the one found last time for this tid, or 0) if it still
 // names this thread, else the first match in the interpreter's thread list. Returns a PY_* code.
 static __always_inline int py_find_tstate(struct py_proc *cfg, u32 tid, u64 cached, u64 *out) {
-    u64 fsbase = 0;
+    // 3.11+: native_thread_id is the tid; before: thread_id is pthread_self(), the FS base
+    u32 id_offset = cfg->tstate_thread_id;
+    u64 want = 0;
+    if (cfg->tstate_native_thread_id >= 0) {
+        id_offset = (u32)cfg->tstate_native_thread_id;
+        want = tid;
+    } else {
 #if TASK_FSBASE_OFFSET >= 0
-    if (cfg->tstate_native_thread_id < 0) {
         u64 task = bpf_get_current_task();
-        bpf_probe_read_kernel(&fsbase, sizeof(fsbase), (const void *)(task + TASK_FSBASE_OFFSET));
-    }
+        bpf_probe_read_kernel(&want, sizeof(want), (const void *)(task + TASK_FSBASE_OFFSET));
 #endif
-    if (cached && py_is_thread(cfg, cached, tid, fsbase) == 1) {
+    }
+    if (cached && py_is_thread(cached, id_offset, want) == 1) {
         *out = cached;
         return PY_OK;
     }
@@ -127,7 +131,7 @@ static __always_inline int py_find_tstate(struct py_proc *cfg, u32 tid, u64 cach
     for (int i = 0; i < PY_MAX_THREADS; i++) {
         if (!tstate)
             break;
-        int mine = py_is_thread(cfg, tstate, tid, fsbase);
+        int mine = py_is_thread(tstate, id_offset, want);
         if (mine < 0)
             return PY_READ_FAULT;
         if (mine) {
@@ -151,34 +155,34 @@ static __always_inline int py_walk(struct py_proc *cfg, u64 tstate, struct py_st
     if (cfg->cframe_current_frame >= 0 && frame &&
         py_read(&frame, sizeof(frame), frame + (u32)cfg->cframe_current_frame))
         return PY_READ_FAULT;
-    for (int i = 0; i < PY_MAX_DEPTH; i++) {
-        if (!frame)
-            return i ? PY_OK : PY_NO_FRAME;
-        u64 code = 0, instr = 0;
-        u8 entry = 0, owner = 0;
-        if (py_read(&code, sizeof(code), frame + cfg->frame_code))
-            return PY_READ_FAULT;
-        if (cfg->instr_size == 8) {
-            if (py_read(&instr, sizeof(instr), frame + cfg->frame_instr))
-                return PY_READ_FAULT;
-        } else {
-            u32 lasti = 0;
-            if (py_read(&lasti, sizeof(lasti), frame + cfg->frame_instr))
-                return PY_READ_FAULT;
-            instr = lasti;
+    // Every exit of the loop goes through its end (no return inside): an early return per iteration and
+    // per failed read would each be a path of its own through the rest of the program for the verifier.
+    int err = PY_OK;
+    for (int i = 0; i < PY_MAX_DEPTH && frame; i++) {
+        u64 code = 0, instr = 0, flags = 0, previous = 0;
+        // `|`, not `||`: all four reads run, one branch
+        long bad = py_read(&code, sizeof(code), frame + cfg->frame_code) |
+                   py_read(&instr, sizeof(instr), frame + cfg->frame_instr) |
+                   py_read(&flags, sizeof(flags), frame + cfg->frame_flags) |
+                   py_read(&previous, sizeof(previous), frame + cfg->frame_previous);
+        if (bad) {
+            err = PY_READ_FAULT;
+            break;
         }
-        if (cfg->frame_is_entry >= 0 && py_read(&entry, 1, frame + (u32)cfg->frame_is_entry))
-            return PY_READ_FAULT;
-        if (cfg->frame_owner >= 0 && py_read(&owner, 1, frame + (u32)cfg->frame_owner))
-            return PY_READ_FAULT;
-        st->frames[i].code = (code & PY_ADDR_MASK) | ((u64)(entry & 1) << PY_FLAG_ENTRY_SHIFT) |
-                             ((u64)(owner & 7) << PY_FLAG_OWNER_SHIFT);
+        instr &= cfg->instr_mask;
+        u64 entry = (flags >> (cfg->entry_shift & 63)) & cfg->entry_mask;
+        u64 owner = (flags >> (cfg->owner_shift & 63)) & cfg->owner_mask;
+        st->frames[i].code = (code & PY_ADDR_MASK) | ((entry & 1) << PY_FLAG_ENTRY_SHIFT) |
+                             ((owner & 7) << PY_FLAG_OWNER_SHIFT);
         st->frames[i].instr = instr;
         st->depth = i + 1;
         h = mix64(mix64(h ^ st->frames[i].code) ^ instr);
-        *hash = h ? h : 1;
-        if (py_read(&frame, sizeof(frame), frame + cfg->frame_previous))
-            return PY_READ_FAULT;
+        frame = previous;
     }
+    *hash = h ? h : 1;
+    if (err)
+        return err;
+    if (st->depth == 0)
+        return PY_NO_FRAME;
     return frame ? PY_TRUNCATED : PY_OK;
 }

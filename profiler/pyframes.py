@@ -53,7 +53,7 @@ from symbolizer.elf import ElfReadError, ElfSymbols
 log = logging.getLogger("podflame.pyframes")
 
 # struct py_proc of bpf/python.bpf.h
-_PY_PROC = struct.Struct("<QIIIIiIiIIIIiiI")
+_PY_PROC = struct.Struct("<QIIIIiIiIIIIBBBBQ")
 PY_PROC_SIZE = _PY_PROC.size
 ADDR_MASK = (1 << 56) - 1
 FLAG_ENTRY = 1 << 56
@@ -67,10 +67,18 @@ UNREADABLE = Frame(0, None, FrameKind.PYTHON, (Line("[unreadable Python frame]")
 def pack_config(process: PythonProcess) -> bytes:
     """The `struct py_proc` the kernel walks `process` with."""
     o = process.offsets
-    instr_size = 4 if o.frame_instr_kind in (LASTI_BYTES, LASTI_UNITS) else 8
+    instr_mask = 0xFFFF_FFFF if o.frame_instr_kind in (LASTI_BYTES, LASTI_UNITS) else (1 << 64) - 1
+    # one 8-byte read holds both flag bytes (3.11: is_entry and owner are adjacent; 3.12+: owner alone)
+    present = [off for off in (o.frame_is_entry, o.frame_owner) if off != NO_FIELD]
+    flags_at = min(present) if present else o.frame_code
+    if present and max(present) - flags_at > 7:
+        raise ValueError(f"is_entry and owner are {max(present) - flags_at} bytes apart: not one 8-byte read")
+    entry_shift = 8 * (o.frame_is_entry - flags_at) if o.frame_is_entry != NO_FIELD else 0
+    owner_shift = 8 * (o.frame_owner - flags_at) if o.frame_owner != NO_FIELD else 0
     return _PY_PROC.pack(process.runtime_address, o.runtime_interpreters_head, o.interp_threads_head, o.tstate_next,
                          o.tstate_thread_id, o.tstate_native_thread_id, o.tstate_frame, o.cframe_current_frame,
-                         o.frame_previous, o.frame_code, o.frame_instr, instr_size, o.frame_is_entry, o.frame_owner, 0)
+                         o.frame_previous, o.frame_code, o.frame_instr, flags_at, entry_shift, owner_shift,
+                         1 if o.frame_is_entry != NO_FIELD else 0, 7 if o.frame_owner != NO_FIELD else 0, instr_mask)
 
 
 class PythonRegistry:

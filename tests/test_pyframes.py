@@ -98,12 +98,16 @@ def test_pack_config_is_struct_py_proc() -> None:
                          offsets=PY312)
     raw = pack_config(proc)
     assert len(raw) == PY_PROC_SIZE == 64
-    fields = struct.unpack("<QIIIIiIiIIIIiiI", raw)
+    layout = struct.Struct("<QIIIIiIiIIIIBBBBQ")
+    fields = layout.unpack(raw)
     assert fields[0] == 0x7F0012345678
     assert fields[1:4] == (PY312.runtime_interpreters_head, PY312.interp_threads_head, PY312.tstate_next)
-    assert fields[5] == PY312.tstate_native_thread_id and fields[11] == 8  # pointers, not f_lasti
-    assert fields[12] == -1 and fields[13] == PY312.frame_owner  # no is_entry in 3.12
-    assert struct.unpack("<QIIIIiIiIIIIiiI", pack_config(replace(proc, offsets=PY310)))[11] == 4
+    assert fields[5] == PY312.tstate_native_thread_id and fields[-1] == (1 << 64) - 1  # pointers, not f_lasti
+    assert fields[11:16] == (PY312.frame_owner, 0, 0, 0, 7)  # owner alone in its flags word; no is_entry
+    f311 = layout.unpack(pack_config(replace(proc, offsets=PY311)))
+    assert f311[11:16] == (PY311.frame_is_entry, 0, 8, 1, 7)  # is_entry, then owner in the next byte
+    f310 = layout.unpack(pack_config(replace(proc, offsets=PY310)))
+    assert f310[-1] == 0xFFFF_FFFF and f310[14:16] == (0, 0)  # f_lasti is an int; no flags at all
 
 
 def test_registry_registers_detected_processes_and_skips_the_rest() -> None:
