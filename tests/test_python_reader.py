@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from profiler.python import offsets as off
-from profiler.python.code import CodeReader, CodeReadError
-from profiler.python.detect import PythonProcess, Unsupported, inspect_process
+from profiler.python.code import CodeInfo, CodeReader, CodeReadError
+from profiler.python.detect import LayoutMismatch, PythonProcess, Unsupported, check_layout, inspect_process
 from profiler.python.lines import line_for
 from profiler.python.remote import ProcessGone
 from profiler.python.walk import threads, walk
@@ -134,16 +134,21 @@ def test_walk_equals_py_spy_dump(chain: tuple[str, Running]) -> None:
     assert second[2:4] == ["g2", "g1"]
 
 
-def test_native_thread_ids_are_the_kernel_tids(chain: tuple[str, Running]) -> None:
+def test_thread_ids_are_the_fs_base_and_the_tid(chain: tuple[str, Running]) -> None:
+    """What the kernel walker matches a thread state by: thread_id is pthread_self(), the thread's fs
+    base (read by each thread with arch_prctl), and native_thread_id (3.11+) its kernel tid."""
     _, r = chain
     proc = detect(r.pid)
     tids = {int(t) for t in os.listdir(f"/proc/{r.pid}/task")}
+    truth = {t["fs_base"]: t for t in r.facts["threads"]}  # type: ignore[attr-defined]
     found = list(threads(proc))
-    if proc.offsets.tstate_native_thread_id == off.NO_FIELD:
-        assert all(t.native_thread_id is None for t in found)
-    else:
-        assert {t.native_thread_id for t in found} == tids
-    assert r.pid in tids and all(t.thread_id > 0 for t in found)
+    assert {t.thread_id for t in found} == set(truth) == {t["ident"] for t in truth.values()}
+    assert {t["native"] for t in truth.values()} == tids
+    for t in found:
+        if proc.offsets.tstate_native_thread_id == off.NO_FIELD:
+            assert t.native_thread_id is None
+        else:
+            assert t.native_thread_id == truth[t.thread_id]["native"]
 
 
 # --- offsets against the headers -------------------------------------------------------------------
@@ -185,6 +190,8 @@ def test_offsets_equal_offsetof_from_the_headers(which: str, tmp_path: Path) -> 
             stop(r)
     assert table.version == version
     got = {f.name: getattr(table, f.name) for f in dataclasses.fields(table) if f.name not in NOT_OFFSETS}
+    if version not in off.TABLES:  # what _Py_DebugOffsets does not publish
+        want.pop("interp_runtime")
     # a field the headers do not have must be NO_FIELD; every other one must be the header's offset
     assert got == {name: want.get(name, off.NO_FIELD) for name in got}
     code_fields = [table.code_name, table.code_qualname, table.code_filename, table.code_linetable]
@@ -275,6 +282,10 @@ def test_reused_code_address_is_read_anew(which: str) -> None:
             by_name.read(alpha)
         with pytest.raises(CodeReadError):
             reader.read(8)  # unmapped
+        batch = reader.read_many([beta, alpha, 8, beta])  # one call for all: bad ones do not spoil the rest
+        assert list(batch) == [beta, alpha, 8]
+        assert isinstance(batch[beta], CodeInfo) and batch[beta].name == "beta"
+        assert isinstance(batch[alpha], CodeReadError) and isinstance(batch[8], CodeReadError)
     finally:
         stop(r)
     # the process is gone: what was read stays readable, nothing else is
@@ -288,6 +299,22 @@ def command(r: Running, what: str) -> None:
     r.popen.stdin.write(what + "\n")
     r.popen.stdin.flush()
     assert r.popen.stdout.readline().strip() == "done"
+
+
+def test_a_table_of_another_version_is_refused(chain: tuple[str, Running]) -> None:
+    """The interpreter's pointer back at _PyRuntime proves a table fits: the neighbours' tables fail it."""
+    _, r = chain
+    proc = detect(r.pid)
+    check_layout(proc)
+    def checked(t: off.PyOffsets) -> tuple[int, ...]:
+        return t.runtime_interpreters_head, t.interp_runtime, t.interp_threads_head, t.tstate_interp
+
+    # 3.9 and 3.10 differ in frames only: the check cannot tell them apart (their version can)
+    tables = [t for t in off.TABLES.values() if checked(t) != checked(proc.offsets)]
+    assert len(tables) >= 2
+    for wrong in tables:
+        with pytest.raises(LayoutMismatch):
+            check_layout(dataclasses.replace(proc, offsets=wrong))
 
 
 def test_cache_is_bounded(chain: tuple[str, Running]) -> None:

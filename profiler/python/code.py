@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from podflame.errors import BinaryFormatError
+from podflame.errors import BinaryFormatError, PodflameError
 from profiler.python import remote
 from profiler.python.lines import line_for
 from profiler.python.offsets import NO_FIELD, PyOffsets
@@ -73,15 +74,43 @@ class CodeReader:
         """The code object at `code_addr`; raises CodeReadError, or ProcessGone when the process exited
         and this address was never read."""
         try:
-            head = remote.read(self.pid, code_addr, self.offsets.code_size)
+            try:
+                head = remote.read(self.pid, code_addr, self.offsets.code_size)
+            except MemoryReadError as e:
+                self.failures += 1
+                raise CodeReadError(str(e)) from e
+            return self._from_head(code_addr, head)
         except ProcessGone:
-            fp = self._latest.get(code_addr)
-            if fp is None:
+            if (info := self.cached(code_addr)) is None:
                 raise
-            return self._cache[(code_addr, fp)]
-        except MemoryReadError as e:
-            self.failures += 1
-            raise CodeReadError(str(e)) from e
+            return info
+
+    def read_many(self, addrs: Iterable[int]) -> dict[int, CodeInfo | PodflameError]:
+        """Each address's code object, or the error that says why not (CodeReadError, ProcessGone).
+
+        The fixed parts of all the code objects come in one system call (a drain's worth of frames
+        costs one call plus a few per code object not seen before); a process that exited answers
+        from the cache.
+        """
+        unique = list(dict.fromkeys(addrs))
+        out: dict[int, CodeInfo | PodflameError] = {}
+        try:
+            heads = remote.read_many(self.pid, [(a, self.offsets.code_size) for a in unique])
+        except ProcessGone as e:
+            return {a: self.cached(a) or e for a in unique}
+        for a, head in zip(unique, heads, strict=True):
+            try:
+                if head is None:
+                    self.failures += 1
+                    raise CodeReadError(f"pid {self.pid}: cannot read a code object at {a:#x}")
+                out[a] = self._from_head(a, head)
+            except ProcessGone as e:
+                out[a] = self.cached(a) or e
+            except CodeReadError as e:
+                out[a] = e
+        return out
+
+    def _from_head(self, code_addr: int, head: bytes) -> CodeInfo:
         fp = self._check_head(code_addr, head)
         key = (code_addr, fp)
         hit = self._cache.get(key)

@@ -16,12 +16,14 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
+from podflame.errors import BinaryFormatError
 from podflame.model import Mapping
 from profiler.procmaps import MapsEntry, parse_maps
 from profiler.python import remote
 from profiler.python.offsets import (
     DEBUG_OFFSETS_SIZE,
     DEBUG_OFFSETS_VERSIONS,
+    NO_FIELD,
     TABLES,
     DebugOffsetsError,
     PyOffsets,
@@ -84,12 +86,20 @@ def inspect_process(pid: int, proc: str = "/proc") -> PythonProcess | Unsupporte
     # the executable is a candidate whatever its name (uwsgi, a renamed or static python)
     candidates = named + [p for p in by_path if p == exe.removesuffix(" (deleted)") and p not in named]
     reasons = []
+    found: list[PythonProcess] = []
     for path in candidates:
         got = _inspect_file(pid, path, by_path[path], proc)
         if isinstance(got, PythonProcess):
-            return got
-        if got is not None:
+            found.append(got)
+        elif got is not None:
             reasons.append(got.reason)
+    # a static python that also maps a libpython (an extension linked against it) has two runtimes:
+    # the one running is the one with an interpreter
+    for p in found:
+        if _interpreter(p):
+            return p
+    if found:
+        return found[0]
     if reasons:
         return Unsupported("; ".join(reasons))
     return Unsupported(f"pid {pid}: no libpython mapped and {exe} does not export _PyRuntime")
@@ -140,8 +150,56 @@ def _inspect_file(pid: int, path: str, maps: list[MapsEntry], proc: str) -> Pyth
             return Unsupported(f"{path}: {e}")
         if (hexversion >> 16) != (version[0] << 8 | version[1]):
             return Unsupported(f"{path}: _Py_DebugOffsets says {hexversion:#x}, Py_Version {version}")
-    return PythonProcess(pid=pid, version=version, path=path, runtime_address=runtime,
-                         code_type=code_type_address, offsets=offsets)
+    found = PythonProcess(pid=pid, version=version, path=path, runtime_address=runtime,
+                          code_type=code_type_address, offsets=offsets)
+    try:
+        check_layout(found)
+    except (MemoryReadError, LayoutMismatch) as e:
+        return Unsupported(f"{path}: {e}")
+    except ProcessGone:
+        return Unsupported(f"pid {pid} exited")
+    return found
+
+
+class LayoutMismatch(BinaryFormatError):
+    """The process's structures do not read as the offsets for its version say they should."""
+
+
+def _interpreter(p: PythonProcess) -> int:
+    """The address of the process's first interpreter; 0 before Py_Initialize or when unreadable."""
+    try:
+        return _u64(remote.read(p.pid, p.runtime_address + p.offsets.runtime_interpreters_head, 8))
+    except (MemoryReadError, ProcessGone):
+        return 0
+
+
+def check_layout(p: PythonProcess) -> None:
+    """Raise LayoutMismatch unless the first interpreter points back at `_PyRuntime` (3.9-3.12: the one
+    field that proves the table fits this build) and its first thread points at that interpreter.
+    A process that has not initialised Python yet passes: there is nothing to misread."""
+    try:
+        _check_layout(p)
+    except MemoryReadError as e:
+        raise LayoutMismatch(f"{e}: not the {p.offsets.version[0]}.{p.offsets.version[1]} layout") from e
+
+
+def _check_layout(p: PythonProcess) -> None:
+    o = p.offsets
+    interp = _interpreter(p)
+    if not interp:
+        return
+    if o.interp_runtime != NO_FIELD:
+        back = _u64(remote.read(p.pid, interp + o.interp_runtime, 8))
+        if back != p.runtime_address:
+            raise LayoutMismatch(f"interpreter {interp:#x} says its runtime is {back:#x}, not {p.runtime_address:#x}:"
+                                 f" not the {o.version[0]}.{o.version[1]} layout")
+    tstate = _u64(remote.read(p.pid, interp + o.interp_threads_head, 8))
+    if tstate and _u64(remote.read(p.pid, tstate + o.tstate_interp, 8)) != interp:
+        raise LayoutMismatch(f"thread state {tstate:#x} does not point back at interpreter {interp:#x}")
+
+
+def _u64(raw: bytes) -> int:
+    return int(struct.unpack_from("<Q", raw)[0])
 
 
 def _version_from_name(path: str) -> tuple[int, int] | None:

@@ -20,6 +20,7 @@ int main(void) {
 #else
     P("interp_threads_head", offsetof(PyInterpreterState, tstate_head));
 #endif
+    P("interp_runtime", offsetof(PyInterpreterState, runtime));
     P("tstate_next", offsetof(PyThreadState, next));
     P("tstate_interp", offsetof(PyThreadState, interp));
     P("tstate_thread_id", offsetof(PyThreadState, thread_id));
