@@ -25,7 +25,7 @@ from profiler.python import offsets as off
 from profiler.python.code import CodeInfo, CodeReader, CodeReadError
 from profiler.python.detect import LayoutMismatch, PythonProcess, Unsupported, check_layout, inspect_process
 from profiler.python.lines import line_for
-from profiler.python.remote import ProcessGone
+from profiler.python.remote import ProcessGone, read
 from profiler.python.walk import threads, walk
 
 pytestmark = pytest.mark.system
@@ -190,8 +190,9 @@ def test_offsets_equal_offsetof_from_the_headers(which: str, tmp_path: Path) -> 
             stop(r)
     assert table.version == version
     got = {f.name: getattr(table, f.name) for f in dataclasses.fields(table) if f.name not in NOT_OFFSETS}
-    if version not in off.TABLES:  # what _Py_DebugOffsets does not publish
+    if version not in off.TABLES:  # what _Py_DebugOffsets does not publish, and its own size
         want.pop("interp_runtime")
+        assert want.pop("debug_offsets_size") == off.DEBUG_OFFSETS_SIZE
     # a field the headers do not have must be NO_FIELD; every other one must be the header's offset
     assert got == {name: want.get(name, off.NO_FIELD) for name in got}
     code_fields = [table.code_name, table.code_qualname, table.code_filename, table.code_linetable]
@@ -201,6 +202,33 @@ def test_offsets_equal_offsetof_from_the_headers(which: str, tmp_path: Path) -> 
     assert table.frame_instr_kind == kinds[version]
     formats = {(3, 9): off.LNOTAB, (3, 10): off.LINETABLE_310}
     assert table.linetable_format == formats.get(version, off.LOCATIONS)
+
+
+def test_debug_offsets_that_do_not_fit_are_refused() -> None:
+    """Real 3.13 _Py_DebugOffsets bytes, altered the ways another build would differ: each is refused."""
+    r = start([interpreter("3.13"), str(WORKLOADS / "python_chain.py")])
+    try:
+        proc = detect(r.pid)
+        raw = read(r.pid, proc.runtime_address, off.DEBUG_OFFSETS_SIZE)
+    finally:
+        stop(r)
+    assert off.from_debug_offsets(raw) == proc.offsets
+
+    def patched(at: int, value: bytes) -> bytes:
+        return raw[:at] + value + raw[at + len(value):]
+
+    version_314 = (0x030E00F0).to_bytes(8, "little")
+    with pytest.raises(off.DebugOffsetsError, match="cookie"):
+        off.from_debug_offsets(patched(0, b"xdebugpz"))
+    with pytest.raises(off.DebugOffsetsError, match=r"3\.14: layout not known"):
+        off.from_debug_offsets(patched(8, version_314))
+    with pytest.raises(off.DebugOffsetsError, match="free-threaded"):
+        off.from_debug_offsets(patched(16, (1).to_bytes(8, "little")))
+    frame_previous = 8 + 8 * (off.DEBUG_313_FIELDS.index("frame.previous"))
+    with pytest.raises(off.DebugOffsetsError, match="outside its struct"):
+        off.from_debug_offsets(patched(frame_previous, (1 << 16).to_bytes(8, "little")))
+    with pytest.raises(off.DebugOffsetsError, match="need"):
+        off.from_debug_offsets(raw[:-8])
 
 
 # --- line tables ------------------------------------------------------------------------------------

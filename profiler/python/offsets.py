@@ -147,7 +147,7 @@ class DebugOffsetsError(BinaryFormatError):
 
 DEBUG_COOKIE = b"xdebugpy"
 # 3.13's _Py_DebugOffsets: cookie[8], then u64 fields, struct by struct, each starting with its size.
-_DEBUG_313_FIELDS = (
+DEBUG_313_FIELDS = (
     "version", "free_threaded",
     "runtime.size", "runtime.finalizing", "runtime.interpreters_head",
     "interp.size", "interp.id", "interp.next", "interp.threads_head", "interp.gc", "interp.imports_modules",
@@ -169,7 +169,7 @@ _DEBUG_313_FIELDS = (
     "unicode.size", "unicode.state", "unicode.length", "unicode.asciiobject_size",
     "gc.size", "gc.collecting",
 )
-DEBUG_OFFSETS_SIZE = len(DEBUG_COOKIE) + 8 * len(_DEBUG_313_FIELDS)
+DEBUG_OFFSETS_SIZE = len(DEBUG_COOKIE) + 8 * len(DEBUG_313_FIELDS)
 
 
 def debug_offsets_version(raw: bytes) -> int:
@@ -192,8 +192,8 @@ def from_debug_offsets(raw: bytes) -> PyOffsets:
         raise DebugOffsetsError(f"_Py_DebugOffsets of {version[0]}.{version[1]}: layout not known")
     if len(raw) < DEBUG_OFFSETS_SIZE:
         raise DebugOffsetsError(f"_Py_DebugOffsets: {len(raw)} bytes, need {DEBUG_OFFSETS_SIZE}")
-    values = struct.unpack_from(f"<{len(_DEBUG_313_FIELDS)}Q", raw, 8)
-    f = dict(zip(_DEBUG_313_FIELDS, values, strict=True))
+    values = struct.unpack_from(f"<{len(DEBUG_313_FIELDS)}Q", raw, 8)
+    f = dict(zip(DEBUG_313_FIELDS, values, strict=True))
     if f["free_threaded"]:
         raise DebugOffsetsError("free-threaded (no-GIL) build: its object layout is not supported")
     for struct_name in ("runtime", "interp", "tstate", "frame", "code", "pyobject", "type", "bytes", "unicode"):

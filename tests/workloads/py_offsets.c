@@ -13,6 +13,9 @@
 #define P(name, expr) printf("%s %ld\n", name, (long)(expr))
 int main(void) {
     P("version_hex", PY_VERSION_HEX);
+#if PY_VERSION_HEX >= 0x030D0000
+    P("debug_offsets_size", sizeof(_Py_DebugOffsets));
+#endif
     P("runtime_interpreters_head", offsetof(_PyRuntimeState, interpreters.head));
     P("interp_next", offsetof(PyInterpreterState, next));
 #if PY_VERSION_HEX >= 0x030B0000
