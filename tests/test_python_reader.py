@@ -312,7 +312,8 @@ def test_reused_code_address_is_read_anew(which: str) -> None:
             reader.read(8)  # unmapped
         batch = reader.read_many([beta, alpha, 8, beta])  # one call for all: bad ones do not spoil the rest
         assert list(batch) == [beta, alpha, 8]
-        assert isinstance(batch[beta], CodeInfo) and batch[beta].name == "beta"
+        got_beta = batch[beta]
+        assert isinstance(got_beta, CodeInfo) and got_beta.name == "beta"
         assert isinstance(batch[alpha], CodeReadError) and isinstance(batch[8], CodeReadError)
     finally:
         stop(r)
