@@ -288,6 +288,24 @@ def test_line_tables_decode_as_the_interpreter_does(which: str) -> None:
 # --- reused addresses, exited processes, unsupported versions -------------------------------------
 
 @pytest.mark.parametrize("which", SUPPORTED)
+def test_long_names_and_tables_read_whole(which: str) -> None:
+    r = start([interpreter(which), str(WORKLOADS / "python_codes.py")])
+    try:
+        proc = detect(r.pid)
+        reader = CodeReader(r.pid, proc.offsets, proc.code_type)
+        wide = reader.read(int(r.facts["long_wide"]))  # type: ignore[call-overload]
+        ascii_ = reader.read(int(r.facts["long_ascii"]))  # type: ignore[call-overload]
+    finally:
+        stop(r)
+    assert wide.name == wide.qualname == "\U00020000" * 100
+    assert ascii_.name == ascii_.qualname == "x" * 300
+    assert ascii_.filename == "/tmp/" + "directory/" * 30 + "long.py" == wide.filename
+    assert ascii_.linetable == bytes.fromhex(str(r.facts["long_table"])) and len(ascii_.linetable) > 512
+    # the first instruction: RESUME on the def line from 3.11, the first statement before
+    assert ascii_.line(0) == (2 if which in ("3.9", "3.10") else 1) and wide.firstlineno == 402
+
+
+@pytest.mark.parametrize("which", SUPPORTED)
 def test_reused_code_address_is_read_anew(which: str) -> None:
     r = start([interpreter(which), str(WORKLOADS / "python_codes.py")])
     try:
