@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from profiler.procmaps import parse_exec_maps
 from profiler.python import offsets as off
 from profiler.python.code import CodeInfo, CodeReader, CodeReadError
 from profiler.python.detect import LayoutMismatch, PythonProcess, Unsupported, check_layout, inspect_process
@@ -108,6 +109,8 @@ def test_detect_finds_version_runtime_and_code_type(chain: tuple[str, Running]) 
     else:
         assert Path(proc.path).name.startswith(f"libpython{which}.so")
     assert proc.offsets.version == tuple(proc.version[:2])
+    # the agent passes the executable mappings it already holds: the same answer
+    assert inspect_process(r.pid, maps=parse_exec_maps(Path(f"/proc/{r.pid}/maps").read_text())) == proc
 
 
 def test_walk_equals_py_spy_dump(chain: tuple[str, Running]) -> None:
