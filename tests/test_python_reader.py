@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from profiler.procmaps import parse_exec_maps
 from profiler.python import offsets as off
-from profiler.python.code import CodeReader, CodeReadError
-from profiler.python.detect import PythonProcess, Unsupported, inspect_process
+from profiler.python.code import CodeInfo, CodeReader, CodeReadError
+from profiler.python.detect import LayoutMismatch, PythonProcess, Unsupported, check_layout, inspect_process
 from profiler.python.lines import line_for
-from profiler.python.remote import ProcessGone
+from profiler.python.remote import ProcessGone, read
 from profiler.python.walk import threads, walk
 
 pytestmark = pytest.mark.system
@@ -108,6 +109,8 @@ def test_detect_finds_version_runtime_and_code_type(chain: tuple[str, Running]) 
     else:
         assert Path(proc.path).name.startswith(f"libpython{which}.so")
     assert proc.offsets.version == tuple(proc.version[:2])
+    # the agent passes the executable mappings it already holds: the same answer
+    assert inspect_process(r.pid, maps=parse_exec_maps(Path(f"/proc/{r.pid}/maps").read_text())) == proc
 
 
 def test_walk_equals_py_spy_dump(chain: tuple[str, Running]) -> None:
@@ -134,16 +137,21 @@ def test_walk_equals_py_spy_dump(chain: tuple[str, Running]) -> None:
     assert second[2:4] == ["g2", "g1"]
 
 
-def test_native_thread_ids_are_the_kernel_tids(chain: tuple[str, Running]) -> None:
+def test_thread_ids_are_the_fs_base_and_the_tid(chain: tuple[str, Running]) -> None:
+    """What the kernel walker matches a thread state by: thread_id is pthread_self(), the thread's fs
+    base (read by each thread with arch_prctl), and native_thread_id (3.11+) its kernel tid."""
     _, r = chain
     proc = detect(r.pid)
     tids = {int(t) for t in os.listdir(f"/proc/{r.pid}/task")}
+    truth = {t["fs_base"]: t for t in r.facts["threads"]}  # type: ignore[attr-defined]
     found = list(threads(proc))
-    if proc.offsets.tstate_native_thread_id == off.NO_FIELD:
-        assert all(t.native_thread_id is None for t in found)
-    else:
-        assert {t.native_thread_id for t in found} == tids
-    assert r.pid in tids and all(t.thread_id > 0 for t in found)
+    assert {t.thread_id for t in found} == set(truth) == {t["ident"] for t in truth.values()}
+    assert {t["native"] for t in truth.values()} == tids
+    for t in found:
+        if proc.offsets.tstate_native_thread_id == off.NO_FIELD:
+            assert t.native_thread_id is None
+        else:
+            assert t.native_thread_id == truth[t.thread_id]["native"]
 
 
 # --- offsets against the headers -------------------------------------------------------------------
@@ -185,6 +193,9 @@ def test_offsets_equal_offsetof_from_the_headers(which: str, tmp_path: Path) -> 
             stop(r)
     assert table.version == version
     got = {f.name: getattr(table, f.name) for f in dataclasses.fields(table) if f.name not in NOT_OFFSETS}
+    if version not in off.TABLES:  # what _Py_DebugOffsets does not publish, and its own size
+        want.pop("interp_runtime")
+        assert want.pop("debug_offsets_size") == off.DEBUG_OFFSETS_SIZE
     # a field the headers do not have must be NO_FIELD; every other one must be the header's offset
     assert got == {name: want.get(name, off.NO_FIELD) for name in got}
     code_fields = [table.code_name, table.code_qualname, table.code_filename, table.code_linetable]
@@ -194,6 +205,33 @@ def test_offsets_equal_offsetof_from_the_headers(which: str, tmp_path: Path) -> 
     assert table.frame_instr_kind == kinds[version]
     formats = {(3, 9): off.LNOTAB, (3, 10): off.LINETABLE_310}
     assert table.linetable_format == formats.get(version, off.LOCATIONS)
+
+
+def test_debug_offsets_that_do_not_fit_are_refused() -> None:
+    """Real 3.13 _Py_DebugOffsets bytes, altered the ways another build would differ: each is refused."""
+    r = start([interpreter("3.13"), str(WORKLOADS / "python_chain.py")])
+    try:
+        proc = detect(r.pid)
+        raw = read(r.pid, proc.runtime_address, off.DEBUG_OFFSETS_SIZE)
+    finally:
+        stop(r)
+    assert off.from_debug_offsets(raw) == proc.offsets
+
+    def patched(at: int, value: bytes) -> bytes:
+        return raw[:at] + value + raw[at + len(value):]
+
+    version_314 = (0x030E00F0).to_bytes(8, "little")
+    with pytest.raises(off.DebugOffsetsError, match="cookie"):
+        off.from_debug_offsets(patched(0, b"xdebugpz"))
+    with pytest.raises(off.DebugOffsetsError, match=r"3\.14: layout not known"):
+        off.from_debug_offsets(patched(8, version_314))
+    with pytest.raises(off.DebugOffsetsError, match="free-threaded"):
+        off.from_debug_offsets(patched(16, (1).to_bytes(8, "little")))
+    frame_previous = 8 + 8 * (off.DEBUG_313_FIELDS.index("frame.previous"))
+    with pytest.raises(off.DebugOffsetsError, match="outside its struct"):
+        off.from_debug_offsets(patched(frame_previous, (1 << 16).to_bytes(8, "little")))
+    with pytest.raises(off.DebugOffsetsError, match="need"):
+        off.from_debug_offsets(raw[:-8])
 
 
 # --- line tables ------------------------------------------------------------------------------------
@@ -253,6 +291,24 @@ def test_line_tables_decode_as_the_interpreter_does(which: str) -> None:
 # --- reused addresses, exited processes, unsupported versions -------------------------------------
 
 @pytest.mark.parametrize("which", SUPPORTED)
+def test_long_names_and_tables_read_whole(which: str) -> None:
+    r = start([interpreter(which), str(WORKLOADS / "python_codes.py")])
+    try:
+        proc = detect(r.pid)
+        reader = CodeReader(r.pid, proc.offsets, proc.code_type)
+        wide = reader.read(int(r.facts["long_wide"]))  # type: ignore[call-overload]
+        ascii_ = reader.read(int(r.facts["long_ascii"]))  # type: ignore[call-overload]
+    finally:
+        stop(r)
+    assert wide.name == wide.qualname == "\U00020000" * 100
+    assert ascii_.name == ascii_.qualname == "x" * 300
+    assert ascii_.filename == "/tmp/" + "directory/" * 30 + "long.py" == wide.filename
+    assert ascii_.linetable == bytes.fromhex(str(r.facts["long_table"])) and len(ascii_.linetable) > 512
+    # the first instruction: RESUME on the def line from 3.11, the first statement before
+    assert ascii_.line(0) == (2 if which in ("3.9", "3.10") else 1) and wide.firstlineno == 402
+
+
+@pytest.mark.parametrize("which", SUPPORTED)
 def test_reused_code_address_is_read_anew(which: str) -> None:
     r = start([interpreter(which), str(WORKLOADS / "python_codes.py")])
     try:
@@ -275,6 +331,11 @@ def test_reused_code_address_is_read_anew(which: str) -> None:
             by_name.read(alpha)
         with pytest.raises(CodeReadError):
             reader.read(8)  # unmapped
+        batch = reader.read_many([beta, alpha, 8, beta])  # one call for all: bad ones do not spoil the rest
+        assert list(batch) == [beta, alpha, 8]
+        got_beta = batch[beta]
+        assert isinstance(got_beta, CodeInfo) and got_beta.name == "beta"
+        assert isinstance(batch[alpha], CodeReadError) and isinstance(batch[8], CodeReadError)
     finally:
         stop(r)
     # the process is gone: what was read stays readable, nothing else is
@@ -288,6 +349,22 @@ def command(r: Running, what: str) -> None:
     r.popen.stdin.write(what + "\n")
     r.popen.stdin.flush()
     assert r.popen.stdout.readline().strip() == "done"
+
+
+def test_a_table_of_another_version_is_refused(chain: tuple[str, Running]) -> None:
+    """The interpreter's pointer back at _PyRuntime proves a table fits: the neighbours' tables fail it."""
+    _, r = chain
+    proc = detect(r.pid)
+    check_layout(proc)
+    def checked(t: off.PyOffsets) -> tuple[int, ...]:
+        return t.runtime_interpreters_head, t.interp_runtime, t.interp_threads_head, t.tstate_interp
+
+    # 3.9 and 3.10 differ in frames only: the check cannot tell them apart (their version can)
+    tables = [t for t in off.TABLES.values() if checked(t) != checked(proc.offsets)]
+    assert len(tables) >= 2
+    for wrong in tables:
+        with pytest.raises(LayoutMismatch):
+            check_layout(dataclasses.replace(proc, offsets=wrong))
 
 
 def test_cache_is_bounded(chain: tuple[str, Running]) -> None:

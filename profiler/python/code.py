@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from podflame.errors import BinaryFormatError
+from podflame.errors import BinaryFormatError, PodflameError
 from profiler.python import remote
 from profiler.python.lines import line_for
 from profiler.python.offsets import NO_FIELD, PyOffsets
@@ -24,6 +25,7 @@ from profiler.python.remote import MemoryReadError, ProcessGone
 
 MAX_STRING = 4096  # longer names and paths are refused (a real qualname or path is far shorter)
 MAX_LINETABLE = 1 << 20
+READ_AHEAD = (128, 128, 128, 512)  # data bytes read with the name, qualname, file name and line table headers
 
 
 class CodeReadError(BinaryFormatError):
@@ -73,15 +75,43 @@ class CodeReader:
         """The code object at `code_addr`; raises CodeReadError, or ProcessGone when the process exited
         and this address was never read."""
         try:
-            head = remote.read(self.pid, code_addr, self.offsets.code_size)
+            try:
+                head = remote.read(self.pid, code_addr, self.offsets.code_size)
+            except MemoryReadError as e:
+                self.failures += 1
+                raise CodeReadError(str(e)) from e
+            return self._from_head(code_addr, head)
         except ProcessGone:
-            fp = self._latest.get(code_addr)
-            if fp is None:
+            if (info := self.cached(code_addr)) is None:
                 raise
-            return self._cache[(code_addr, fp)]
-        except MemoryReadError as e:
-            self.failures += 1
-            raise CodeReadError(str(e)) from e
+            return info
+
+    def read_many(self, addrs: Iterable[int]) -> dict[int, CodeInfo | PodflameError]:
+        """Each address's code object, or the error that says why not (CodeReadError, ProcessGone).
+
+        The fixed parts of all the code objects come in one system call (a drain's worth of frames
+        costs one call plus a few per code object not seen before); a process that exited answers
+        from the cache.
+        """
+        unique = list(dict.fromkeys(addrs))
+        out: dict[int, CodeInfo | PodflameError] = {}
+        try:
+            heads = remote.read_many(self.pid, [(a, self.offsets.code_size) for a in unique])
+        except ProcessGone as e:
+            return {a: self.cached(a) or e for a in unique}
+        for a, head in zip(unique, heads, strict=True):
+            try:
+                if head is None:
+                    self.failures += 1
+                    raise CodeReadError(f"pid {self.pid}: cannot read a code object at {a:#x}")
+                out[a] = self._from_head(a, head)
+            except ProcessGone as e:
+                out[a] = self.cached(a) or e
+            except CodeReadError as e:
+                out[a] = e
+        return out
+
+    def _from_head(self, code_addr: int, head: bytes) -> CodeInfo:
         fp = self._check_head(code_addr, head)
         key = (code_addr, fp)
         hit = self._cache.get(key)
@@ -135,38 +165,47 @@ class CodeReader:
         return known
 
     def _read_fields(self, head: bytes, fp: tuple[int, ...]) -> CodeInfo:
+        """Name, qualified name, file name and line table: one call reads each object's header and
+        the first READ_AHEAD bytes of its data (most names, paths and tables fit), a second one only
+        what did not fit."""
         o = self.offsets
-        has_qualname = o.code_qualname != NO_FIELD
         name_p = _word(head, o.code_name)
-        qual_p = _word(head, o.code_qualname) if has_qualname else name_p
-        file_p = _word(head, o.code_filename)
-        table_p = _word(head, o.code_linetable)
-        strings = [name_p, qual_p, file_p]
-        # one call for the three string headers (compact non-ASCII header size covers ASCII ones and
-        # their first bytes) and the bytes object's header
-        heads = remote.read_many(self.pid, [*((p, o.unicode_compact_size) for p in strings),
-                                            (table_p, o.bytes_sval)])
-        if heads[3] is None:
-            raise CodeReadError("line table unreadable")
-        plans = []
-        for p, h in zip(strings, heads[:3], strict=True):
-            if h is None:  # a short ASCII string at the end of a mapping: its ASCII header is enough
-                h = remote.read(self.pid, p, o.unicode_ascii_size)
-            plans.append(self._string_plan(p, h))
-        table_len = _word(heads[3], o.bytes_size)
+        pointers = [name_p, _word(head, o.code_qualname) if o.code_qualname != NO_FIELD else name_p,
+                    _word(head, o.code_filename), _word(head, o.code_linetable)]
+        headers = [o.unicode_compact_size] * 3 + [o.bytes_sval]
+        firsts: list[bytes | None] = list(remote.read_many(
+            self.pid, [(p, h + ahead) for p, h, ahead in zip(pointers, headers, READ_AHEAD, strict=True)]))
+        smallest = [o.unicode_ascii_size] * 3 + [o.bytes_sval]
+        for i, got in enumerate(firsts):
+            if got is None:  # too near the end of its mapping to read ahead: the bare header
+                firsts[i] = remote.read(self.pid, pointers[i], smallest[i])
+        plans = [self._string_plan(p, got or b"") for p, got in zip(pointers[:3], firsts[:3], strict=True)]
+        table_len = _word(firsts[3] or b"", o.bytes_size)
         if not 0 <= table_len <= MAX_LINETABLE:
             raise CodeReadError(f"line table length {table_len}")
-        datas = remote.read_many(self.pid, [*((addr, size) for addr, size, _ in plans),
-                                            (table_p + o.bytes_sval, table_len)])
+        plans.append((pointers[3] + o.bytes_sval, table_len, ""))
+        datas: list[bytes | None] = []
+        rest: list[tuple[int, int]] = []
+        for p, got, (addr, size, _) in zip(pointers, firsts, plans, strict=True):
+            start = addr - p
+            have = (got or b"")[start:start + size]
+            datas.append(have if len(have) == size else None)
+            if len(have) != size:
+                rest.append((addr, size))
+        if rest:
+            more = iter(remote.read_many(self.pid, rest))
+            datas = [d if d is not None else next(more) for d in datas]
         if any(d is None for d in datas):
             raise CodeReadError("string data unreadable")
-        texts = [_decode(d, enc) for d, (_, _, enc) in zip(datas, plans, strict=False)]  # type: ignore[arg-type]
+        texts = [_decode(d or b"", enc) for d, (_, _, enc) in zip(datas[:3], plans[:3], strict=True)]
         return CodeInfo(name=texts[0], qualname=texts[1], filename=texts[2], firstlineno=fp[0],
                         linetable=datas[3] or b"", linetable_format=o.linetable_format, fingerprint=fp)
 
     def _string_plan(self, addr: int, h: bytes) -> tuple[int, int, str]:
         """(data address, data size, encoding) of a compact str object from its header."""
         o = self.offsets
+        if len(h) < o.unicode_ascii_size:
+            raise CodeReadError("str header unreadable")
         length = _word(h, o.unicode_length)
         state = struct.unpack_from("<I", h, o.unicode_state)[0]
         if not state >> o.unicode_compact_bit & 1:

@@ -13,15 +13,18 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from podflame.errors import BinaryFormatError
 from podflame.model import Mapping
-from profiler.procmaps import MapsEntry, parse_maps
+from profiler.procmaps import MapsEntry, parse_exec_maps
 from profiler.python import remote
 from profiler.python.offsets import (
     DEBUG_OFFSETS_SIZE,
     DEBUG_OFFSETS_VERSIONS,
+    NO_FIELD,
     TABLES,
     DebugOffsetsError,
     PyOffsets,
@@ -66,36 +69,47 @@ class _ElfFacts:
     version_string_micro: dict[int, int]  # minor -> micro from "3.<minor>.<micro>\0" strings
 
 
-def inspect_process(pid: int, proc: str = "/proc") -> PythonProcess | Unsupported:
-    """Find CPython in process `pid` from its mappings, its version and `_PyRuntime`'s address."""
+def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None,
+                    proc: str = "/proc") -> PythonProcess | Unsupported:
+    """Find CPython in process `pid` from its executable mappings (`maps`, else read now), its version
+    and `_PyRuntime`'s address. Costs the maps and, once per file, its .dynsym."""
     try:
-        with open(f"{proc}/{pid}/maps") as f:
-            entries = parse_maps(f.read())
+        if maps is None:
+            with open(f"{proc}/{pid}/maps") as f:
+                maps = parse_exec_maps(f.read())
         exe = os.readlink(f"{proc}/{pid}/exe")
     except FileNotFoundError:
         return Unsupported(f"pid {pid} does not exist")
     except OSError as e:
         return Unsupported(f"pid {pid}: cannot read its mappings: {e}")
     by_path: dict[str, list[MapsEntry]] = {}
-    for entry in entries:
-        if entry.inode and entry.path.startswith("/"):
+    for entry in maps:
+        if entry.executable and entry.inode and entry.path.startswith("/"):
             by_path.setdefault(entry.clean_path, []).append(entry)
     named = [p for p in by_path if _LIBPYTHON.search(p)]
     # the executable is a candidate whatever its name (uwsgi, a renamed or static python)
     candidates = named + [p for p in by_path if p == exe.removesuffix(" (deleted)") and p not in named]
     reasons = []
+    found: list[PythonProcess] = []
     for path in candidates:
         got = _inspect_file(pid, path, by_path[path], proc)
         if isinstance(got, PythonProcess):
-            return got
-        if got is not None:
+            found.append(got)
+        elif got is not None:
             reasons.append(got.reason)
+    # a static python that also maps a libpython (an extension linked against it) has two runtimes:
+    # the one running is the one with an interpreter
+    for p in found:
+        if _interpreter(p):
+            return p
+    if found:
+        return found[0]
     if reasons:
         return Unsupported("; ".join(reasons))
     return Unsupported(f"pid {pid}: no libpython mapped and {exe} does not export _PyRuntime")
 
 
-def _inspect_file(pid: int, path: str, maps: list[MapsEntry], proc: str) -> PythonProcess | Unsupported | None:
+def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> PythonProcess | Unsupported | None:
     name_version = _version_from_name(path)
     opened = _open_path(pid, path, maps, proc)
     if opened is None:
@@ -140,8 +154,56 @@ def _inspect_file(pid: int, path: str, maps: list[MapsEntry], proc: str) -> Pyth
             return Unsupported(f"{path}: {e}")
         if (hexversion >> 16) != (version[0] << 8 | version[1]):
             return Unsupported(f"{path}: _Py_DebugOffsets says {hexversion:#x}, Py_Version {version}")
-    return PythonProcess(pid=pid, version=version, path=path, runtime_address=runtime,
-                         code_type=code_type_address, offsets=offsets)
+    found = PythonProcess(pid=pid, version=version, path=path, runtime_address=runtime,
+                          code_type=code_type_address, offsets=offsets)
+    try:
+        check_layout(found)
+    except (MemoryReadError, LayoutMismatch) as e:
+        return Unsupported(f"{path}: {e}")
+    except ProcessGone:
+        return Unsupported(f"pid {pid} exited")
+    return found
+
+
+class LayoutMismatch(BinaryFormatError):
+    """The process's structures do not read as the offsets for its version say they should."""
+
+
+def _interpreter(p: PythonProcess) -> int:
+    """The address of the process's first interpreter; 0 before Py_Initialize or when unreadable."""
+    try:
+        return _u64(remote.read(p.pid, p.runtime_address + p.offsets.runtime_interpreters_head, 8))
+    except (MemoryReadError, ProcessGone):
+        return 0
+
+
+def check_layout(p: PythonProcess) -> None:
+    """Raise LayoutMismatch unless the first interpreter points back at `_PyRuntime` (3.9-3.12: the one
+    field that proves the table fits this build) and its first thread points at that interpreter.
+    A process that has not initialised Python yet passes: there is nothing to misread."""
+    try:
+        _check_layout(p)
+    except MemoryReadError as e:
+        raise LayoutMismatch(f"{e}: not the {p.offsets.version[0]}.{p.offsets.version[1]} layout") from e
+
+
+def _check_layout(p: PythonProcess) -> None:
+    o = p.offsets
+    interp = _interpreter(p)
+    if not interp:
+        return
+    if o.interp_runtime != NO_FIELD:
+        back = _u64(remote.read(p.pid, interp + o.interp_runtime, 8))
+        if back != p.runtime_address:
+            raise LayoutMismatch(f"interpreter {interp:#x} says its runtime is {back:#x}, not {p.runtime_address:#x}:"
+                                 f" not the {o.version[0]}.{o.version[1]} layout")
+    tstate = _u64(remote.read(p.pid, interp + o.interp_threads_head, 8))
+    if tstate and _u64(remote.read(p.pid, tstate + o.tstate_interp, 8)) != interp:
+        raise LayoutMismatch(f"thread state {tstate:#x} does not point back at interpreter {interp:#x}")
+
+
+def _u64(raw: bytes) -> int:
+    return int(struct.unpack_from("<Q", raw)[0])
 
 
 def _version_from_name(path: str) -> tuple[int, int] | None:
@@ -149,7 +211,7 @@ def _version_from_name(path: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def _open_path(pid: int, path: str, maps: list[MapsEntry], proc: str) -> str | None:
+def _open_path(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> str | None:
     """A path that opens the mapped file: through the process's root (containers), else map_files."""
     e = maps[0]
     for candidate in (f"{proc}/{pid}/root{path}", f"{proc}/{pid}/map_files/{e.start:x}-{e.end:x}", path):
@@ -163,7 +225,7 @@ def _identity(path: str) -> tuple[int, int, int]:
     return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
-def _load_bias(facts: _ElfFacts, path: str, maps: list[MapsEntry]) -> int | None:
+def _load_bias(facts: _ElfFacts, path: str, maps: Sequence[MapsEntry]) -> int | None:
     """Runtime address minus ELF address for this file in this process (0 for ET_EXEC), found with
     the symbolizer's rule (normalize.elf_address) on one of its executable mappings."""
     if facts.elf_type == ET_EXEC:
@@ -184,9 +246,9 @@ def _elf_facts(path: str, dev: int, ino: int, mtime_ns: int) -> _ElfFacts:
         elf = ElfFile(f)
         segments = tuple(LoadSegment(s.offset, s.vaddr, s.filesz, s.memsz, bool(s.flags & PF_X))
                          for s in elf.segments if s.type == PT_LOAD)
-        symbols: dict[str, int] = {}
-        for table in (".dynsym", ".symtab"):
-            symbols = {**_find_symbols(elf, table), **symbols}
+        symbols = _find_symbols(elf, ".dynsym")
+        if "_PyRuntime" in symbols and len(symbols) < len(_SYMBOLS):  # rare: look at the full table too
+            symbols = {**_find_symbols(elf, ".symtab"), **symbols}
         hexversion = None
         if "Py_Version" in symbols:
             raw = _read_vaddr(elf, symbols["Py_Version"], 4)

@@ -55,6 +55,7 @@ class PyOffsets:
     runtime_interpreters_head: int  # _PyRuntimeState.interpreters.head
     interp_next: int  # PyInterpreterState.next
     interp_threads_head: int  # .tstate_head (3.9/3.10) / .threads.head (3.11+)
+    interp_runtime: int  # PyInterpreterState.runtime, == &_PyRuntime: detection checks the table with it
     tstate_next: int
     tstate_interp: int
     tstate_thread_id: int  # unsigned long: pthread_self()
@@ -104,7 +105,7 @@ class PyOffsets:
 _OBJECTS = dict(object_type=8, type_name=24, bytes_size=16, bytes_sval=32, unicode_length=16, unicode_state=32)
 
 PY39 = PyOffsets(
-    version=(3, 9), runtime_interpreters_head=32, interp_next=0, interp_threads_head=8,
+    version=(3, 9), runtime_interpreters_head=32, interp_next=0, interp_threads_head=8, interp_runtime=16,
     tstate_next=8, tstate_interp=16, tstate_thread_id=176, tstate_native_thread_id=NO_FIELD,
     tstate_frame=24, cframe_current_frame=NO_FIELD,
     frame_previous=24, frame_code=32, frame_instr=104, frame_instr_kind=LASTI_BYTES,
@@ -116,7 +117,7 @@ PY39 = PyOffsets(
 PY310 = replace(PY39, version=(3, 10), frame_instr=96, frame_instr_kind=LASTI_UNITS, linetable_format=LINETABLE_310)
 
 PY311 = PyOffsets(
-    version=(3, 11), runtime_interpreters_head=40, interp_next=0, interp_threads_head=16,
+    version=(3, 11), runtime_interpreters_head=40, interp_next=0, interp_threads_head=16, interp_runtime=40,
     tstate_next=8, tstate_interp=16, tstate_thread_id=152, tstate_native_thread_id=160,
     tstate_frame=56, cframe_current_frame=8,
     frame_previous=48, frame_code=32, frame_instr=56, frame_instr_kind=PREV_INSTR,
@@ -126,7 +127,7 @@ PY311 = PyOffsets(
     unicode_ascii_size=48, unicode_compact_size=72, **_OBJECTS)
 
 PY312 = PyOffsets(
-    version=(3, 12), runtime_interpreters_head=40, interp_next=0, interp_threads_head=72,
+    version=(3, 12), runtime_interpreters_head=40, interp_next=0, interp_threads_head=72, interp_runtime=96,
     tstate_next=8, tstate_interp=16, tstate_thread_id=136, tstate_native_thread_id=144,
     tstate_frame=56, cframe_current_frame=0,
     frame_previous=8, frame_code=0, frame_instr=56, frame_instr_kind=PREV_INSTR,
@@ -146,7 +147,7 @@ class DebugOffsetsError(BinaryFormatError):
 
 DEBUG_COOKIE = b"xdebugpy"
 # 3.13's _Py_DebugOffsets: cookie[8], then u64 fields, struct by struct, each starting with its size.
-_DEBUG_313_FIELDS = (
+DEBUG_313_FIELDS = (
     "version", "free_threaded",
     "runtime.size", "runtime.finalizing", "runtime.interpreters_head",
     "interp.size", "interp.id", "interp.next", "interp.threads_head", "interp.gc", "interp.imports_modules",
@@ -168,7 +169,7 @@ _DEBUG_313_FIELDS = (
     "unicode.size", "unicode.state", "unicode.length", "unicode.asciiobject_size",
     "gc.size", "gc.collecting",
 )
-DEBUG_OFFSETS_SIZE = len(DEBUG_COOKIE) + 8 * len(_DEBUG_313_FIELDS)
+DEBUG_OFFSETS_SIZE = len(DEBUG_COOKIE) + 8 * len(DEBUG_313_FIELDS)
 
 
 def debug_offsets_version(raw: bytes) -> int:
@@ -191,8 +192,8 @@ def from_debug_offsets(raw: bytes) -> PyOffsets:
         raise DebugOffsetsError(f"_Py_DebugOffsets of {version[0]}.{version[1]}: layout not known")
     if len(raw) < DEBUG_OFFSETS_SIZE:
         raise DebugOffsetsError(f"_Py_DebugOffsets: {len(raw)} bytes, need {DEBUG_OFFSETS_SIZE}")
-    values = struct.unpack_from(f"<{len(_DEBUG_313_FIELDS)}Q", raw, 8)
-    f = dict(zip(_DEBUG_313_FIELDS, values, strict=True))
+    values = struct.unpack_from(f"<{len(DEBUG_313_FIELDS)}Q", raw, 8)
+    f = dict(zip(DEBUG_313_FIELDS, values, strict=True))
     if f["free_threaded"]:
         raise DebugOffsetsError("free-threaded (no-GIL) build: its object layout is not supported")
     for struct_name in ("runtime", "interp", "tstate", "frame", "code", "pyobject", "type", "bytes", "unicode"):
@@ -206,7 +207,7 @@ def from_debug_offsets(raw: bytes) -> PyOffsets:
     return PyOffsets(
         version=version,
         runtime_interpreters_head=f["runtime.interpreters_head"], interp_next=f["interp.next"],
-        interp_threads_head=f["interp.threads_head"],
+        interp_threads_head=f["interp.threads_head"], interp_runtime=NO_FIELD,  # not published
         tstate_next=f["tstate.next"], tstate_interp=f["tstate.interp"], tstate_thread_id=f["tstate.thread_id"],
         tstate_native_thread_id=f["tstate.native_thread_id"], tstate_frame=f["tstate.current_frame"],
         cframe_current_frame=NO_FIELD,

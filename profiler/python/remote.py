@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import os
 from collections.abc import Sequence
 
 from podflame.errors import PodflameError, Unavailable
@@ -93,12 +92,3 @@ def _batch(pid: int, ranges: Sequence[tuple[int, int]]) -> list[bytes | None]:
         return [None]
     return [_batch(pid, [r])[0] for r in ranges]
 
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -13,9 +13,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from podflame.errors import PodflameError
 from profiler.python import remote
-from profiler.python.code import CodeInfo, CodeReader, CodeReadError
+from profiler.python.code import CodeInfo, CodeReader
 from profiler.python.detect import PythonProcess
 from profiler.python.offsets import LASTI_BYTES, LASTI_UNITS, NO_FIELD, instr_offset
 
@@ -105,12 +104,12 @@ def raw_frames(proc: PythonProcess, frame: int, max_depth: int = MAX_DEPTH) -> l
 
 
 def resolve(proc: PythonProcess, reader: CodeReader, frames: list[RawFrame]) -> list[Frame]:
+    """Names and lines of raw frames; a code object that cannot be read gives a Frame with code None."""
+    infos = reader.read_many(f.code for f in frames)
     out = []
     for f in frames:
-        try:
-            info: CodeInfo | None = reader.read(f.code)
-        except (CodeReadError, PodflameError):
-            info = None
+        got = infos[f.code]
+        info = got if isinstance(got, CodeInfo) else None
         line = None if info is None else info.line(instr_offset(proc.offsets, f.code, f.instr))
         out.append(Frame(info, line, f.entry, f))
     return out

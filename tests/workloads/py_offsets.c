@@ -13,6 +13,9 @@
 #define P(name, expr) printf("%s %ld\n", name, (long)(expr))
 int main(void) {
     P("version_hex", PY_VERSION_HEX);
+#if PY_VERSION_HEX >= 0x030D0000
+    P("debug_offsets_size", sizeof(_Py_DebugOffsets));
+#endif
     P("runtime_interpreters_head", offsetof(_PyRuntimeState, interpreters.head));
     P("interp_next", offsetof(PyInterpreterState, next));
 #if PY_VERSION_HEX >= 0x030B0000
@@ -20,6 +23,7 @@ int main(void) {
 #else
     P("interp_threads_head", offsetof(PyInterpreterState, tstate_head));
 #endif
+    P("interp_runtime", offsetof(PyInterpreterState, runtime));
     P("tstate_next", offsetof(PyThreadState, next));
     P("tstate_interp", offsetof(PyThreadState, interp));
     P("tstate_thread_id", offsetof(PyThreadState, thread_id));

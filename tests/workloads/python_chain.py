@@ -13,7 +13,18 @@ import sys
 import threading
 
 
+def me():
+    """This thread as the kernel and libc know it: pthread_self(), the tid, and the fs base, which is
+    what an in-kernel walker reads to match a thread state's thread_id."""
+    fs = ctypes.c_ulong()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall(158, 0x1003, ctypes.byref(fs))  # arch_prctl(ARCH_GET_FS, &fs)
+    return {"ident": threading.get_ident(), "native": threading.get_native_id(), "fs_base": fs.value}
+
+
 def g2(ev):
+    threads.append(me())
+    started.set()
     ev.wait()
 
 
@@ -50,10 +61,12 @@ def f1():
 def facts():
     runtime = ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, "_PyRuntime"))
     return {"version": list(sys.version_info[:3]), "runtime": runtime, "code_type": id(type(f1.__code__)),
-            "pid": __import__("os").getpid()}
+            "threads": threads}
 
 
-ev = threading.Event()
+ev, started = threading.Event(), threading.Event()
+threads = [me()]
 threading.Thread(target=g1, args=(ev,), name="second", daemon=True).start()
+started.wait()
 print(json.dumps(facts()), flush=True)
 f1()

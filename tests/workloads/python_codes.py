@@ -19,8 +19,17 @@ def beta():
     return 2
 
 
+# names, a file name and a line table longer than what the reader gets with their headers
+SOURCE = "def " + "x" * 300 + "():\n" + "".join(f"    v{i} = {i}\n" for i in range(400)) + \
+    "def " + "\U00020000" * 100 + "():\n    pass\n"
+space = {}
+exec(compile(SOURCE, "/tmp/" + "directory/" * 30 + "long.py", "exec"), space)
+long_ascii, long_wide = space["x" * 300].__code__, space["\U00020000" * 100].__code__
+table = long_ascii.co_lnotab if sys.version_info < (3, 10) else long_ascii.co_linetable
+
 a, b = alpha.__code__, beta.__code__
-print(json.dumps({"alpha": id(a), "beta": id(b)}), flush=True)
+print(json.dumps({"alpha": id(a), "beta": id(b), "long_ascii": id(long_ascii), "long_wide": id(long_wide),
+                  "long_table": table.hex()}), flush=True)
 for command in sys.stdin:
     if command.strip() == "reuse":
         ctypes.memmove(id(a), id(b), type(a).__basicsize__)
