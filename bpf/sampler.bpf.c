@@ -312,11 +312,11 @@ int on_sample(struct bpf_perf_event_data *ctx) {
             new_tgids.ringbuf_output(&tgid, sizeof(tgid), 0);
         }
     }
+    key.python_error = python_stack_into(tgid, pid, set, &key.python_stack);  // before any tail call
     key.user_error = stack_into(ctx, BPF_F_USER_STACK, set, &key.user_stack);
     key.kernel_error = stack_into(ctx, 0, set, &key.kernel_stack);
     note_stack_error(key.user_error, ERR_USER_EEXIST);
     note_stack_error(key.kernel_error, ERR_KERNEL_EEXIST);
-    key.python_error = python_stack_into(tgid, pid, set, &key.python_stack);
 
     if (set == 0)
         count_into0(&key);

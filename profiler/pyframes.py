@@ -231,51 +231,69 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
     return _Interpreter(evals, glue, min(e.start for e in execs), max(e.end for e in execs))
 
 
+_Named = tuple[tuple[int, CodeInfo | None], ...]  # (code address, the CodeInfo read there)
+
+
+class _ProcessState:
+    __slots__ = ("interp", "interp_read", "process", "reader")
+
+    def __init__(self, process: PythonProcess, reader: CodeReader) -> None:
+        self.process = process
+        self.reader = reader
+        self.interp: _Interpreter | None = None  # None also when the binary's symbols could not be read
+        self.interp_read = False
+
+
 class PythonFrames:
     """Names the kernel's Python frames and merges them into native stacks, per process."""
 
     def __init__(self, *, max_frames: int = 100_000) -> None:
         self.max_frames = max_frames
         self.processes: dict[int, PythonProcess] = {}
-        self._readers: dict[int, tuple[PythonProcess, CodeReader]] = {}
-        self._interpreters: dict[int, tuple[PythonProcess, _Interpreter | None]] = {}
+        self._states: dict[int, _ProcessState] = {}
         self._frames: dict[tuple[int, int, int], tuple[CodeInfo, Frame]] = {}  # (tgid, code, instr) ->
         self._checked: dict[tuple[int, int], CodeInfo | None] = {}  # (tgid, code) -> read this drain
+        # (tgid, raw Python stack, native stack) -> (merged stack, the code objects it was named from)
+        self._merged: dict[tuple[int, tuple[int, ...], Stack], tuple[Stack, _Named]] = {}
         self.read_failures = 0
 
     def begin_drain(self, processes: dict[int, PythonProcess]) -> None:
         """The processes registered now (Drain.python_processes); readers of others are let go."""
         self.processes = processes
-        for table in (self._readers, self._interpreters):
-            for tgid in [t for t, (p, _) in table.items() if processes.get(t) is not p]:
-                del table[tgid]
+        gone = [t for t, state in self._states.items() if processes.get(t) is not state.process]
+        for tgid in gone:
+            del self._states[tgid]
+        if gone:
+            self._merged = {k: v for k, v in self._merged.items() if k[0] not in gone}
         self._checked = {}
         if len(self._frames) > self.max_frames:
             self._frames.clear()
 
-    def _reader(self, tgid: int) -> CodeReader | None:
+    def _state(self, tgid: int) -> _ProcessState | None:
+        """Reader and interpreter ranges of a registered process, made on first use and kept while the
+        registration (the same PythonProcess) lasts."""
         process = self.processes.get(tgid)
         if process is None:
             return None
-        have = self._readers.get(tgid)
-        if have is None or have[0] is not process:
-            have = self._readers[tgid] = (process, CodeReader(tgid, process.offsets, process.code_type))
-        return have[1]
+        state = self._states.get(tgid)
+        if state is None or state.process is not process:
+            state = self._states[tgid] = _ProcessState(process, CodeReader(tgid, process.offsets, process.code_type))
+        return state
 
     def interpreter(self, tgid: int) -> _Interpreter | None:
-        process = self.processes.get(tgid)
-        if process is None:
+        state = self._state(tgid)
+        if state is None:
             return None
-        have = self._interpreters.get(tgid)
-        if have is None or have[0] is not process:
-            have = self._interpreters[tgid] = (process, _interpreter(process))
-        return have[1]
+        if not state.interp_read:
+            state.interp, state.interp_read = _interpreter(state.process), True
+        return state.interp
 
     def runs(self, tgid: int, raw: tuple[int, ...]) -> list[list[Frame]]:
         """The Python frames of a raw kernel stack, named, in the runs `split_runs` finds."""
-        reader = self._reader(tgid)
-        if reader is None or not raw:
+        state = self._state(tgid)
+        if state is None or not raw:
             return []
+        reader = state.reader
         return [[self._frame(tgid, reader, code, instr) for code, instr in run]
                 for run in split_runs(raw, reader.offsets)]
 
@@ -309,13 +327,28 @@ class PythonFrames:
         return info
 
     def merge(self, tgid: int, raw: tuple[int, ...], stack: Stack) -> Stack:
-        """`stack` (root first, native then kernel frames) with the Python frames of `raw` merged in."""
+        """`stack` (root first, native then kernel frames) with the Python frames of `raw` merged in.
+
+        Kept across drains while every code object in `raw` reads as the same object this drain (one
+        validated read per code address a drain): a stack seen before costs a dict lookup per frame."""
+        state = self._state(tgid)
+        if state is None or not raw:
+            return stack
+        key = (tgid, raw, stack)
+        hit = self._merged.get(key)
+        if hit is not None and all(self._info(tgid, state.reader, code) is info for code, info in hit[1]):
+            return hit[0]
         runs = self.runs(tgid, raw)
         if not runs:
             return stack
         split = next((i for i, f in enumerate(stack) if f.kind is FrameKind.KERNEL or _is_kernel_lost(f)), len(stack))
         user, kernel = list(stack[:split]), stack[split:]
-        return (*merge_runs(user, runs, self.interpreter(tgid)), *kernel)
+        merged = (*merge_runs(user, runs, self.interpreter(tgid)), *kernel)
+        codes = {raw[i] & ADDR_MASK for i in range(0, len(raw), 2)}
+        if len(self._merged) >= self.max_frames:
+            self._merged.clear()
+        self._merged[key] = (merged, tuple((code, self._checked.get((tgid, code))) for code in codes))
+        return merged
 
 
 def split_runs(raw: tuple[int, ...], o: PyOffsets) -> list[list[tuple[int, int]]]:

@@ -196,12 +196,14 @@ class Sampler:
 
     `pids` (process ids) and `cgroup_ids` (cgroup v2 inode numbers; a cgroup also selects every
     cgroup below it) restrict sampling in the kernel; None or empty means everything.
+    `python_frames` walks CPython processes' Python frames in the kernel (bpf/python.bpf.h); None:
+    on unless $PODFLAME_PYTHON_FRAMES is 0.
     """
 
     def __init__(self, frequency: int = 19, *, pids: Iterable[int] | None = None,
                  cgroup_ids: Iterable[int] | None = None, include_idle: bool = False,
                  stack_map_size: int = 16384, counts_map_size: int = 40960,
-                 image_cache: ImageCache | None = None, python_frames: bool = True) -> None:
+                 image_cache: ImageCache | None = None, python_frames: bool | None = None) -> None:
         if frequency < 1:
             raise ValueError(f"frequency must be >= 1 Hz, got {frequency}")
         if (limit := _max_sample_rate()) is not None and frequency > limit:
@@ -222,6 +224,8 @@ class Sampler:
         self._external_watch = False
         self._python: PythonRegistry | None = None
 
+        if python_frames is None:
+            python_frames = os.environ.get("PODFLAME_PYTHON_FRAMES", "1").strip() not in ("0", "off", "false", "no")
         if os.geteuid() != 0:
             raise SamplerError("the sampler must run as root: it loads eBPF programs and opens perf events "
                                "on every CPU (CAP_BPF + CAP_PERFMON)")
