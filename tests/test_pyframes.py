@@ -118,3 +118,27 @@ def test_registry_registers_detected_processes_and_skips_the_rest() -> None:
     reg.announce([4242, 4243, 4244])
     assert written == {4242: pack_config(proc)}
     assert set(reg.processes) == {4242} and "3.8" in reg.unsupported[4243]
+
+
+def test_metrics_count_python_processes_unsupported_versions_and_samples() -> None:
+    from profiler import metrics
+    from profiler.sampler import Drain, RawSample
+
+    def value(counter: object, *labels: str) -> float:
+        c = counter.labels(*labels) if labels else counter  # type: ignore[attr-defined]
+        return float(c._value.get())
+
+    before = (value(metrics.PYTHON_PROCESSES), value(metrics.PYTHON_UNSUPPORTED),
+              value(metrics.PYTHON_SAMPLES, "frames"), value(metrics.PYTHON_SAMPLES, "no_thread_state"))
+    proc = PythonProcess(pid=5151, version=(3, 12, 1), path="/x", runtime_address=1, code_type=None, offsets=PY312)
+    detected = {5151: proc, 5152: Unsupported("/x: CPython 3.14.0: only CPython 3.9-3.13 are supported")}
+    reg = PythonRegistry(lambda tgid, config: None, detect=lambda pid: detected.get(pid, Unsupported("no libpython")))
+    reg.announce([5151, 5152, 5153])
+    reg.announce([5152])  # the same unsupported process announced again: counted once
+    samples = [RawSample(1, 5151, 5151, "python3", (), (), 0, 0, 7, (0x1000, 2), 0),
+               RawSample(1, 5151, 5160, "python3", (), (), 0, 0, 2, (), 2),
+               RawSample(1, 9, 9, "bash", (), (), 0, 0, 5)]  # not Python: not counted
+    metrics.record_drain(Drain(0, 1, samples), [], {})
+    after = (value(metrics.PYTHON_PROCESSES), value(metrics.PYTHON_UNSUPPORTED),
+             value(metrics.PYTHON_SAMPLES, "frames"), value(metrics.PYTHON_SAMPLES, "no_thread_state"))
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 7, 2]
