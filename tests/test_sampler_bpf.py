@@ -403,7 +403,7 @@ def test_drains_decode_stacks_and_keys_as_ctypes_reads_the_c_structs() -> None:
     ]
     key_struct = struct.Struct("=QQQIIii16sQi4x")
     stack_map = create_map(MapSpec("stacks_t", MAP_HASH, 8, ct.sizeof(StackTrace), 64))
-    py_map = create_map(MapSpec("py_stacks_t", MAP_HASH, 8, ct.sizeof(PyStackRow), 8))
+    py_map = create_map(MapSpec("py_stacks_t", MAP_HASH, 8, ct.sizeof(PyStackRow), 64))
     count_map = create_map(MapSpec("counts_t", MAP_HASH, ct.sizeof(SampleKey), 8, 64))
     expected: list[RawSample] = []
     try:
@@ -434,7 +434,7 @@ def test_drains_decode_stacks_and_keys_as_ctypes_reads_the_c_structs() -> None:
                                       python_stack=py_stacks.get(k.python_stack, ()), python_error=k.python_error))
         readers = (_BatchReader(stack_map.spec, 2), _BatchReader(count_map.spec, 3))
         python: dict[int, tuple[int, ...]] = {}
-        for ids, rows, n in _BatchReader(py_map.spec, 2).take(py_map):
+        for ids, rows, n in _BatchReader(py_map.spec, 8).take(py_map):  # a bucket's entries fit in one batch
             _decode_py_stacks(ids, rows, n, python)
         assert python == py_stacks
         got = _read_set(readers[0], stack_map, readers[1], count_map, {}, python)
