@@ -235,7 +235,9 @@ static __always_inline void count_into1(struct sample_key *key) {
     counted(err);
 }
 
-#include "python.bpf.h"   // Python frames: the walker; its maps and hook are here (BCC rewrites map calls only here)
+// Python frames: the walker is in python.bpf.h; its maps and hook are here (BCC rewrites map calls
+// only in the main file).
+#include "python.bpf.h"
 #if PYTHON_FRAMES
 BPF_HASH(py_procs, u32, struct py_proc, PY_PROCS_SIZE);          // tgid -> layout, written by userspace
 BPF_TABLE("lru_hash", u32, u64, py_tstates, PY_TSTATES_SIZE);   // tid -> its thread state, last found
