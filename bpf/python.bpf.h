@@ -8,7 +8,7 @@
 // and its interpreter and thread lists are what debuggers walk. A thread is matched by its
 // `native_thread_id` (== the kernel tid, 3.11+) or else by `thread_id` (pthread_self(), which is the
 // thread's FS base on x86_64 with glibc and musl; read from task_struct at the BTF offset userspace
-// passes as TASK_FSBASE_OFFSET). A found thread state is remembered per tid (LRU) and re-checked
+// writes into py_proc.fsbase_offset). A found thread state is remembered per tid (LRU) and re-checked
 // on each use, so the list is walked once per thread, not once per sample.
 //
 // Layouts are not compiled in: userspace (profiler/pyframes.py) writes each process's offsets into
@@ -37,9 +37,6 @@
 #endif
 #ifndef PY_TSTATES_SIZE
 #define PY_TSTATES_SIZE 8192      // threads whose thread state is remembered
-#endif
-#ifndef TASK_FSBASE_OFFSET
-#define TASK_FSBASE_OFFSET -1     // offsetof(struct task_struct, thread.fsbase); -1: unknown
 #endif
 
 // sample_key.python_error; mirrored in profiler/sampler.py (PY_ERRORS).
@@ -75,6 +72,8 @@ struct py_proc {                  // one CPython process's layout; mirrored in p
     u8 entry_mask;                // 1, or 0: no is_entry in this version
     u8 owner_mask;                // 7, or 0: no owner
     u64 instr_mask;               // 0xffffffff for f_lasti (an int), ~0 for pointers
+    u64 fsbase_offset;            // offsetof(struct task_struct, thread.fsbase) from the kernel's BTF, for
+                                  // versions without native_thread_id; 0: unknown (their threads not found)
 };
 // Every per-frame read is unconditional, its meaning set by the masks: branches in the frame loop
 // multiply the verifier's states (a walk with three of them cost ~145k processed instructions).
@@ -111,11 +110,9 @@ static __always_inline int py_find_tstate(struct py_proc *cfg, u32 tid, u64 cach
     if (cfg->tstate_native_thread_id >= 0) {
         id_offset = (u32)cfg->tstate_native_thread_id;
         want = tid;
-    } else {
-#if TASK_FSBASE_OFFSET >= 0
+    } else if (cfg->fsbase_offset) {
         u64 task = bpf_get_current_task();
-        bpf_probe_read_kernel(&want, sizeof(want), (const void *)(task + TASK_FSBASE_OFFSET));
-#endif
+        bpf_probe_read_kernel(&want, sizeof(want), (const void *)(task + cfg->fsbase_offset));
     }
     if (cached && py_is_thread(cached, id_offset, want) == 1) {
         *out = cached;

@@ -41,20 +41,23 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from podflame.errors import PodflameError
 from podflame.model import Frame, FrameKind, Line, Stack
 from profiler import metrics
+from profiler.btf import task_fsbase_offset
 from profiler.procmaps import parse_maps
 from profiler.python.code import CodeInfo, CodeReader, CodeReadError
 from profiler.python.detect import PythonProcess, Unsupported, inspect_process
 from profiler.python.offsets import LASTI_BYTES, LASTI_UNITS, NO_FIELD, PyOffsets, instr_offset
 from profiler.python.remote import ProcessGone
+from profiler.sampler import PY_PROC_SIZE
 from symbolizer.elf import ElfReadError, ElfSymbols
 
 log = logging.getLogger("podflame.pyframes")
 
 # struct py_proc of bpf/python.bpf.h
-_PY_PROC = struct.Struct("<QIIIIiIiIIIIBBBBQ")
-PY_PROC_SIZE = _PY_PROC.size
+_PY_PROC = struct.Struct("<QIIIIiIiIIIIBBBBQQ")
+assert _PY_PROC.size == PY_PROC_SIZE, "struct py_proc: profiler/sampler.py and this packing disagree"
 ADDR_MASK = (1 << 56) - 1
 FLAG_ENTRY = 1 << 56
 OWNER_SHIFT = 57
@@ -64,8 +67,9 @@ GONE_GRACE_S = 60.0  # a registered process's names are kept this long after it 
 UNREADABLE = Frame(0, None, FrameKind.PYTHON, (Line("[unreadable Python frame]"),))
 
 
-def pack_config(process: PythonProcess) -> bytes:
-    """The `struct py_proc` the kernel walks `process` with."""
+def pack_config(process: PythonProcess, fsbase_offset: int = 0) -> bytes:
+    """The `struct py_proc` the kernel walks `process` with; `fsbase_offset` is task_struct.thread.fsbase's
+    offset in the running kernel (needed by versions without native_thread_id; 0: unknown)."""
     o = process.offsets
     instr_mask = 0xFFFF_FFFF if o.frame_instr_kind in (LASTI_BYTES, LASTI_UNITS) else (1 << 64) - 1
     # one 8-byte read holds both flag bytes (3.11: is_entry and owner are adjacent; 3.12+: owner alone)
@@ -78,7 +82,8 @@ def pack_config(process: PythonProcess) -> bytes:
     return _PY_PROC.pack(process.runtime_address, o.runtime_interpreters_head, o.interp_threads_head, o.tstate_next,
                          o.tstate_thread_id, o.tstate_native_thread_id, o.tstate_frame, o.cframe_current_frame,
                          o.frame_previous, o.frame_code, o.frame_instr, flags_at, entry_shift, owner_shift,
-                         1 if o.frame_is_entry != NO_FIELD else 0, 7 if o.frame_owner != NO_FIELD else 0, instr_mask)
+                         1 if o.frame_is_entry != NO_FIELD else 0, 7 if o.frame_owner != NO_FIELD else 0, instr_mask,
+                         fsbase_offset)
 
 
 class PythonRegistry:
@@ -95,6 +100,7 @@ class PythonRegistry:
         self._gone: dict[int, float] = {}  # tgid -> monotonic time it was seen gone
         self._retry: dict[int, int] = {}  # tgid -> detections tried
         self.unsupported: dict[int, str] = {}  # tgid -> reason (last few)
+        self._fsbase: int | None = None  # task_struct.thread.fsbase offset, read from BTF on first need
 
     def announce(self, tgids: Iterable[int]) -> None:
         """Detect CPython in processes just seen; register the ones found."""
@@ -121,7 +127,7 @@ class PythonRegistry:
         with self._lock:
             if isinstance(got, PythonProcess):
                 try:
-                    self._write(tgid, pack_config(got))
+                    self._write(tgid, pack_config(got, self._fsbase_offset(got)))
                 except Exception as e:
                     log.warning("cannot register Python process %d: %s", tgid, e)
                     return
@@ -147,6 +153,19 @@ class PythonRegistry:
                 self._retry[tgid] = self._retry.get(tgid, 0) + 1
                 if self._retry[tgid] >= MAX_DETECT_TRIES:
                     del self._retry[tgid]
+
+    def _fsbase_offset(self, process: PythonProcess) -> int:
+        """Where the kernel keeps a thread's FS base (pthread_self(): how 3.10 and older name a thread),
+        read from the kernel's BTF the first time such a process comes (3.11+ match the tid instead)."""
+        if process.offsets.tstate_native_thread_id != NO_FIELD:
+            return 0
+        if self._fsbase is None:
+            try:
+                self._fsbase = task_fsbase_offset()
+            except PodflameError as e:  # no BTF (SystemUnsupported), or malformed
+                log.warning("no task_struct.thread.fsbase offset (%s): no Python frames for CPython < 3.11", e)
+                self._fsbase = 0
+        return self._fsbase
 
     def refresh(self) -> dict[int, PythonProcess]:
         """Called once per drain: retry young processes, unregister exited ones (after a grace period,

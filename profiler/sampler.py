@@ -88,6 +88,7 @@ PY_OK, PY_NOT_PYTHON, PY_DISABLED = 0, 1, 7
 PY_MAX_DEPTH = 64
 PY_STACK_MAP_SIZE = 4096
 PY_PROCS_SIZE = 4096
+PY_PROC_SIZE = 72  # struct py_proc, which profiler/pyframes.py packs (imported only once a process needs it)
 
 
 class SampleKey(ct.Structure):
@@ -259,8 +260,6 @@ class Sampler:
             self._py_procs: BpfMap | None = maps.get("py_procs")
             self._py_stacks = (maps.get("py_stacks0"), maps.get("py_stacks1"))
             if python_frames:
-                from profiler.pyframes import PY_PROC_SIZE
-
                 for py in self._py_stacks:
                     if py is None:
                         raise SamplerError(f"{BPF_SOURCE.name} has no py_stacks maps")
@@ -282,12 +281,8 @@ class Sampler:
             self._comms: dict[bytes, str] = {}
             self._window_start = time.time_ns()
             self._prog.attach_perf_event(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK, frequency, online_cpus())
-            if python_frames:
-                from profiler.pyframes import PythonRegistry
-
-                self._python = PythonRegistry(self.set_python_process)
-                self._python.announce(sorted(pid_set))  # known up front: frames from the first sample
-                self._new_process_callbacks.append(self._python.announce)
+            if python_frames:  # each process's first sample announces it: detection runs then
+                self._new_process_callbacks.append(self._announce_python)
                 self._start_watcher()
         except Exception as e:
             self.close()
@@ -377,6 +372,15 @@ class Sampler:
                     self._py_procs.update(key, config)
             except OSError as e:
                 raise SamplerError(f"cannot update the Python process map for {tgid}: {e.strerror}") from e
+
+    def _announce_python(self, tgids: list[int]) -> None:
+        """Detect CPython in new processes (the watcher thread); the reader is imported on first use, so
+        a start pays nothing for it."""
+        if self._python is None:
+            from profiler.pyframes import PythonRegistry
+
+            self._python = PythonRegistry(self.set_python_process)
+        self._python.announce(tgids)
 
     def watch_new_processes(self, callback: Callable[[list[int]], None]) -> None:
         """Call `callback(tgids)` from a background thread soon (~0.1 s) after a process's first sample.
@@ -507,19 +511,11 @@ class Sampler:
 
 
 def _python_cflags(enabled: bool) -> list[str]:
-    """-D flags of bpf/python.bpf.h: the maps' sizes, and where the kernel keeps a thread's FS base (its
-    pthread_self(), how CPython 3.10 and older name a thread), from the running kernel's BTF."""
+    """-D flags of bpf/python.bpf.h: on or off, and the maps' sizes."""
     if not enabled:
         return ["-DPYTHON_FRAMES=0"]
-    from profiler.btf import BtfError, task_fsbase_offset
-
-    try:
-        fsbase = task_fsbase_offset()
-    except (BtfError, OSError) as e:  # 3.11+ match threads by native_thread_id without it
-        log.warning("no task_struct.thread.fsbase offset (%s): Python 3.10 and older get no Python frames", e)
-        fsbase = -1
     return ["-DPYTHON_FRAMES=1", f"-DPY_MAX_DEPTH={PY_MAX_DEPTH}", f"-DPY_STACK_MAP_SIZE={PY_STACK_MAP_SIZE}",
-            f"-DPY_PROCS_SIZE={PY_PROCS_SIZE}", f"-DTASK_FSBASE_OFFSET={fsbase}"]
+            f"-DPY_PROCS_SIZE={PY_PROCS_SIZE}"]
 
 
 def _read_set(stack_reader: _BatchReader, stack_map: BpfMap, count_reader: _BatchReader, count_map: BpfMap,

@@ -15,7 +15,6 @@ from podflame.model import UNMAPPED, Frame, FrameKind, Line, Mapping
 from profiler.pyframes import (
     FLAG_ENTRY,
     OWNER_SHIFT,
-    PY_PROC_SIZE,
     PythonRegistry,
     _Interpreter,
     merge_runs,
@@ -24,6 +23,7 @@ from profiler.pyframes import (
 )
 from profiler.python.detect import PythonProcess, Unsupported
 from profiler.python.offsets import PY310, PY311, PY312
+from profiler.sampler import PY_PROC_SIZE
 
 LIBPY = Mapping(0x1000, 0x9000, 0, "/usr/lib/libpython3.11.so.1.0")
 LIBZ = Mapping(0xA000, 0xB000, 0, "/usr/lib/libz.so.1")
@@ -97,17 +97,19 @@ def test_pack_config_is_struct_py_proc() -> None:
     proc = PythonProcess(pid=1, version=(3, 12, 1), path="/x", runtime_address=0x7F0012345678, code_type=None,
                          offsets=PY312)
     raw = pack_config(proc)
-    assert len(raw) == PY_PROC_SIZE == 64
-    layout = struct.Struct("<QIIIIiIiIIIIBBBBQ")
+    assert len(raw) == PY_PROC_SIZE == 72
+    layout = struct.Struct("<QIIIIiIiIIIIBBBBQQ")
     fields = layout.unpack(raw)
     assert fields[0] == 0x7F0012345678
     assert fields[1:4] == (PY312.runtime_interpreters_head, PY312.interp_threads_head, PY312.tstate_next)
-    assert fields[5] == PY312.tstate_native_thread_id and fields[-1] == (1 << 64) - 1  # pointers, not f_lasti
+    assert fields[5] == PY312.tstate_native_thread_id and fields[-2] == (1 << 64) - 1  # pointers, not f_lasti
+    assert fields[-1] == 0  # no FS base needed: 3.12 matches threads by native_thread_id
     assert fields[11:16] == (PY312.frame_owner, 0, 0, 0, 7)  # owner alone in its flags word; no is_entry
     f311 = layout.unpack(pack_config(replace(proc, offsets=PY311)))
     assert f311[11:16] == (PY311.frame_is_entry, 0, 8, 1, 7)  # is_entry, then owner in the next byte
-    f310 = layout.unpack(pack_config(replace(proc, offsets=PY310)))
-    assert f310[-1] == 0xFFFF_FFFF and f310[14:16] == (0, 0)  # f_lasti is an int; no flags at all
+    f310 = layout.unpack(pack_config(replace(proc, offsets=PY310), fsbase_offset=3128))
+    assert f310[-2] == 0xFFFF_FFFF and f310[14:16] == (0, 0)  # f_lasti is an int; no flags at all
+    assert f310[-1] == 3128
 
 
 def test_registry_registers_detected_processes_and_skips_the_rest() -> None:
@@ -116,7 +118,7 @@ def test_registry_registers_detected_processes_and_skips_the_rest() -> None:
     detected = {4242: proc, 4243: Unsupported("/x: CPython 3.8.18: only CPython 3.9-3.13 are supported")}
     reg = PythonRegistry(written.__setitem__, detect=lambda pid: detected.get(pid, Unsupported("no libpython")))
     reg.announce([4242, 4243, 4244])
-    assert written == {4242: pack_config(proc)}
+    assert written == {4242: pack_config(proc)}  # 3.11 matches the tid: no FS base offset, no BTF read
     assert set(reg.processes) == {4242} and "3.8" in reg.unsupported[4243]
 
 
