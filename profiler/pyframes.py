@@ -105,7 +105,7 @@ class PythonRegistry:
     def announce(self, tgids: Iterable[int]) -> None:
         """Detect CPython in processes just seen; register the ones found."""
         for tgid in tgids:
-            if tgid <= 0 or os.getpid() == tgid:
+            if tgid <= 0:
                 continue
             with self._lock:
                 known = self.processes.get(tgid)
