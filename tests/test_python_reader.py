@@ -290,16 +290,21 @@ def test_line_tables_decode_as_the_interpreter_does(which: str) -> None:
 
 # --- reused addresses, exited processes, unsupported versions -------------------------------------
 
-@pytest.mark.parametrize("which", SUPPORTED)
-def test_long_names_and_tables_read_whole(which: str) -> None:
-    r = start([interpreter(which), str(WORKLOADS / "python_codes.py")])
+@pytest.fixture(params=SUPPORTED)
+def codes(request: pytest.FixtureRequest) -> Iterator[tuple[str, Running, CodeReader]]:
+    """tests/workloads/python_codes.py running on one interpreter, and a reader of its code objects."""
+    r = start([interpreter(request.param), str(WORKLOADS / "python_codes.py")])
     try:
         proc = detect(r.pid)
-        reader = CodeReader(r.pid, proc.offsets, proc.code_type)
-        wide = reader.read(int(r.facts["long_wide"]))  # type: ignore[call-overload]
-        ascii_ = reader.read(int(r.facts["long_ascii"]))  # type: ignore[call-overload]
+        yield request.param, r, CodeReader(r.pid, proc.offsets, proc.code_type)
     finally:
         stop(r)
+
+
+def test_long_names_and_tables_read_whole(codes: tuple[str, Running, CodeReader]) -> None:
+    which, r, reader = codes
+    wide = reader.read(int(r.facts["long_wide"]))  # type: ignore[call-overload]
+    ascii_ = reader.read(int(r.facts["long_ascii"]))  # type: ignore[call-overload]
     assert wide.name == wide.qualname == "\U00020000" * 100
     assert ascii_.name == ascii_.qualname == "x" * 300
     assert ascii_.filename == "/tmp/" + "directory/" * 30 + "long.py" == wide.filename
@@ -308,36 +313,32 @@ def test_long_names_and_tables_read_whole(which: str) -> None:
     assert ascii_.line(0) == (2 if which in ("3.9", "3.10") else 1) and wide.firstlineno == 402
 
 
-@pytest.mark.parametrize("which", SUPPORTED)
-def test_reused_code_address_is_read_anew(which: str) -> None:
-    r = start([interpreter(which), str(WORKLOADS / "python_codes.py")])
-    try:
-        proc = detect(r.pid)
-        reader = CodeReader(r.pid, proc.offsets, proc.code_type)
-        alpha, beta = int(r.facts["alpha"]), int(r.facts["beta"])  # type: ignore[call-overload]
-        assert reader.read(alpha).name == "alpha"
-        assert reader.read(alpha).name == "alpha" and reader.reads == 1  # the second one from the cache
-        command(r, "reuse")  # beta's code object now at alpha's address
-        again = reader.read(alpha)
-        assert (again.name, reader.reads) == ("beta", 2)
-        assert again.fingerprint == reader.read(beta).fingerprint
-        command(r, "clobber")  # now not a code object at all
-        with pytest.raises(CodeReadError, match="not a code object"):
-            reader.read(alpha)
-        # a reader that does not know PyCode_Type checks the type's name instead
-        by_name = CodeReader(r.pid, proc.offsets)
-        assert by_name.read(beta).name == "beta"
-        with pytest.raises(CodeReadError):
-            by_name.read(alpha)
-        with pytest.raises(CodeReadError):
-            reader.read(8)  # unmapped
-        batch = reader.read_many([beta, alpha, 8, beta])  # one call for all: bad ones do not spoil the rest
-        assert list(batch) == [beta, alpha, 8]
-        got_beta = batch[beta]
-        assert isinstance(got_beta, CodeInfo) and got_beta.name == "beta"
-        assert isinstance(batch[alpha], CodeReadError) and isinstance(batch[8], CodeReadError)
-    finally:
-        stop(r)
+def test_reused_code_address_is_read_anew(codes: tuple[str, Running, CodeReader]) -> None:
+    _, r, reader = codes
+    proc = detect(r.pid)
+    alpha, beta = int(r.facts["alpha"]), int(r.facts["beta"])  # type: ignore[call-overload]
+    assert reader.read(alpha).name == "alpha"
+    assert reader.read(alpha).name == "alpha" and reader.reads == 1  # the second one from the cache
+    command(r, "reuse")  # beta's code object now at alpha's address
+    again = reader.read(alpha)
+    assert (again.name, reader.reads) == ("beta", 2)
+    assert again.fingerprint == reader.read(beta).fingerprint
+    command(r, "clobber")  # now not a code object at all
+    with pytest.raises(CodeReadError, match="not a code object"):
+        reader.read(alpha)
+    # a reader that does not know PyCode_Type checks the type's name instead
+    by_name = CodeReader(r.pid, proc.offsets)
+    assert by_name.read(beta).name == "beta"
+    with pytest.raises(CodeReadError):
+        by_name.read(alpha)
+    with pytest.raises(CodeReadError):
+        reader.read(8)  # unmapped
+    batch = reader.read_many([beta, alpha, 8, beta])  # one call for all: bad ones do not spoil the rest
+    assert list(batch) == [beta, alpha, 8]
+    got_beta = batch[beta]
+    assert isinstance(got_beta, CodeInfo) and got_beta.name == "beta"
+    assert isinstance(batch[alpha], CodeReadError) and isinstance(batch[8], CodeReadError)
+    stop(r)  # the process exits
     # the process is gone: what was read stays readable, nothing else is
     assert reader.read(beta).name == "beta"
     with pytest.raises(ProcessGone):
