@@ -103,7 +103,8 @@ def test_detect_finds_version_runtime_and_code_type(chain: tuple[str, Running]) 
     proc = detect(r.pid)
     assert list(proc.version) == r.facts["version"]
     assert proc.runtime_address == r.facts["runtime"]
-    assert proc.code_type == r.facts["code_type"]
+    assert (proc.code_type, proc.str_type, proc.bytes_type) == \
+        (r.facts["code_type"], r.facts["str_type"], r.facts["bytes_type"])
     if which == "debian":
         assert proc.path == "/usr/bin/python3.11"  # the static executable: no libpython mapped
     else:
@@ -296,7 +297,7 @@ def codes(request: pytest.FixtureRequest) -> Iterator[tuple[str, Running, CodeRe
     r = start([interpreter(request.param), str(WORKLOADS / "python_codes.py")])
     try:
         proc = detect(r.pid)
-        yield request.param, r, CodeReader(r.pid, proc.offsets, proc.code_type)
+        yield request.param, r, CodeReader.for_process(proc)
     finally:
         stop(r)
 
@@ -333,6 +334,11 @@ def test_reused_code_address_is_read_anew(codes: tuple[str, Running, CodeReader]
         by_name.read(alpha)
     with pytest.raises(CodeReadError):
         reader.read(8)  # unmapped
+    gamma = int(r.facts["gamma"])  # type: ignore[call-overload]
+    command(r, f"rename {proc.offsets.code_name}")  # its name now a bytes object
+    for checker in (reader, by_name):
+        with pytest.raises(CodeReadError, match="name is not a str"):
+            checker.read(gamma)
     batch = reader.read_many([beta, alpha, 8, beta])  # one call for all: bad ones do not spoil the rest
     assert list(batch) == [beta, alpha, 8]
     got_beta = batch[beta]
@@ -371,7 +377,7 @@ def test_a_table_of_another_version_is_refused(chain: tuple[str, Running]) -> No
 def test_cache_is_bounded(chain: tuple[str, Running]) -> None:
     _, r = chain
     proc = detect(r.pid)
-    reader = CodeReader(r.pid, proc.offsets, proc.code_type, capacity=3)
+    reader = CodeReader.for_process(proc, capacity=3)
     frames = [f.raw.code for frames in walk(proc, reader).values() for f in frames]
     assert len(set(frames)) > 3
     assert len(reader) == 3

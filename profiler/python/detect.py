@@ -38,7 +38,7 @@ from symbolizer.normalize import elf_address
 
 _LIBPYTHON = re.compile(r"/libpython(\d)\.(\d+)[a-z]*\.so(\.[\d.]+)?$")
 _PYTHON_EXE = re.compile(r"/python(\d)\.(\d+)[a-z]*$")
-_SYMBOLS = (b"_PyRuntime", b"Py_Version", b"PyCode_Type")
+_SYMBOLS = (b"_PyRuntime", b"Py_Version", b"PyCode_Type", b"PyUnicode_Type", b"PyBytes_Type")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class PythonProcess:
     runtime_address: int  # &_PyRuntime in the process
     code_type: int | None  # &PyCode_Type in the process: what a code object's ob_type must be
     offsets: PyOffsets
+    str_type: int | None = None  # &PyUnicode_Type: the type of its names
+    bytes_type: int | None = None  # &PyBytes_Type: the type of its line table
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,8 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> 
     if bias is None:
         return Unsupported(f"{path}: no executable mapping to place its symbols")
     runtime = runtime_vaddr + bias
-    code_type = facts.symbols.get("PyCode_Type")
-    code_type_address = None if code_type is None else code_type + bias
+    types = {name: (None if (v := facts.symbols.get(name)) is None else v + bias)
+             for name in ("PyCode_Type", "PyUnicode_Type", "PyBytes_Type")}
     if major_minor in TABLES:
         offsets = TABLES[major_minor]
     else:
@@ -155,7 +157,8 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> 
         if (hexversion >> 16) != (version[0] << 8 | version[1]):
             return Unsupported(f"{path}: _Py_DebugOffsets says {hexversion:#x}, Py_Version {version}")
     found = PythonProcess(pid=pid, version=version, path=path, runtime_address=runtime,
-                          code_type=code_type_address, offsets=offsets)
+                          code_type=types["PyCode_Type"], offsets=offsets, str_type=types["PyUnicode_Type"],
+                          bytes_type=types["PyBytes_Type"])
     try:
         check_layout(found)
     except (MemoryReadError, LayoutMismatch) as e:
