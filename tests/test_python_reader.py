@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from profiler.python.code import CodeInfo, CodeReader, CodeReadError
 from profiler.python.detect import LayoutMismatch, PythonProcess, Unsupported, check_layout, inspect_process
 from profiler.python.lines import line_for
 from profiler.python.remote import ProcessGone, read
-from profiler.python.walk import threads, walk
+from profiler.python.walk import Frame, threads, walk
 
 pytestmark = pytest.mark.system
 
@@ -114,28 +115,64 @@ def test_detect_finds_version_runtime_and_code_type(chain: tuple[str, Running]) 
     assert inspect_process(r.pid, maps=parse_exec_maps(Path(f"/proc/{r.pid}/maps").read_text())) == proc
 
 
-def test_walk_equals_py_spy_dump(chain: tuple[str, Running]) -> None:
-    """Every thread's frames as the reference walker reads them equal py-spy's, frame by frame."""
-    which, r = chain
-    proc = detect(r.pid)
-    dump = json.loads(subprocess.run([py_spy(), "dump", "--json", "--pid", str(r.pid)], capture_output=True,
-                                     text=True, check=True).stdout)
-    mine = {t.thread_id: frames for t, frames in walk(proc).items()}
-    assert len(dump) == len(mine) == 2
+def walk_equals_py_spy(pid: int) -> dict[str, list[Frame]]:
+    """Assert every thread's frames as the reference walker reads them equal py-spy's, frame by frame
+    (function, file, line, entry marker); the walk by thread name.
+
+    The workloads reach a state that does not change (blocked, or spinning on one line) just after
+    they say they are ready: walks are taken before and after py-spy's until the two are equal, so
+    both saw that state."""
+    proc = detect(pid)
+
+    def shown(frames: list[Frame]) -> list[tuple[str | None, str | None, int | None, bool]]:
+        return [(f.code.qualname if f.code else None, f.code.filename if f.code else None, f.line, f.entry)
+                for f in frames]
+
+    def snapshot() -> dict[int, list[Frame]]:
+        return {t.thread_id: frames for t, frames in walk(proc).items()}
+
+    for attempt in range(50):
+        before = snapshot()
+        dump = json.loads(subprocess.run([py_spy(), "dump", "--json", "--pid", str(pid)], capture_output=True,
+                                         text=True, check=True).stdout)
+        mine = snapshot()
+        if {k: shown(v) for k, v in before.items()} == {k: shown(v) for k, v in mine.items()}:
+            break
+        assert attempt < 49, "the workload's stacks never stood still"
+        time.sleep(0.05)
+    assert len(dump) == len(mine)
     for thread in dump:
-        frames = mine[thread["thread_id"]]
         # py-spy names frames by co_qualname from 3.11 (co_name before, all those versions have)
         want = [(f["name"], f["filename"], f["line"], f["is_entry"] or f["is_shim_entry"]) for f in thread["frames"]]
-        got = [(f.code.qualname if f.code else None, f.code.filename if f.code else None, f.line, f.entry)
-               for f in frames]
-        assert got == want, thread["thread_name"]
-    by_name = {t["thread_name"]: mine[t["thread_id"]] for t in dump}
+        assert shown(mine[thread["thread_id"]]) == want, thread["thread_name"]
+    return {t["thread_name"]: mine[t["thread_id"]] for t in dump}
+
+
+def test_walk_equals_py_spy_dump(chain: tuple[str, Running]) -> None:
+    which, r = chain
+    by_name = walk_equals_py_spy(r.pid)
+    assert len(by_name) == 2
     main = [f.code.name for f in by_name["MainThread"] if f.code]
     assert main == ["f3", "f2", "𠀀", "函数", "café", "f1", "<module>"]
     top = by_name["MainThread"][0].code
     assert top is not None and top.qualname == ("f3" if which in ("3.9", "3.10") else "Worker.f3")
     second = [f.code.name for f in by_name["second"] if f.code]
     assert second[2:4] == ["g2", "g1"]
+
+
+@pytest.mark.parametrize("which", SUPPORTED)
+def test_frozen_importlib_frames_equal_py_spy_dump(which: str, tmp_path: Path) -> None:
+    """A thread blocked in an import runs importlib's frozen code: from 3.11 its code objects and
+    their names are static data in the interpreter's image, not heap objects."""
+    (tmp_path / "blocker.py").write_text("import threading\nprint('{}', flush=True)\nthreading.Event().wait()\n")
+    r = start([interpreter(which), "-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import blocker"])
+    try:
+        stack = walk_equals_py_spy(r.pid)["MainThread"]
+    finally:
+        stop(r)
+    files = [f.code.filename for f in stack if f.code]
+    blocker = files.index(str(tmp_path / "blocker.py"))  # innermost first: the import machinery below it
+    assert files[-1] == "<string>" and "<frozen importlib._bootstrap>" in files[blocker:]
 
 
 def test_thread_ids_are_the_fs_base_and_the_tid(chain: tuple[str, Running]) -> None:
