@@ -175,6 +175,17 @@ def test_frozen_importlib_frames_equal_py_spy_dump(which: str, tmp_path: Path) -
     assert files[-1] == "<string>" and "<frozen importlib._bootstrap>" in files[blocker:]
 
 
+@pytest.mark.parametrize("which", SUPPORTED)
+def test_generator_and_coroutine_frames_equal_py_spy_dump(which: str) -> None:
+    r = start([interpreter(which), str(WORKLOADS / "python_async.py")])
+    try:
+        stack = walk_equals_py_spy(r.pid)["MainThread"]
+    finally:
+        stop(r)
+    names = [f.code.name for f in stack if f.code]
+    assert names[:2] == ["numbers", "consume"] and names[-2:] == ["main", "<module>"]
+
+
 def test_thread_ids_are_the_fs_base_and_the_tid(chain: tuple[str, Running]) -> None:
     """What the kernel walker matches a thread state by: thread_id is pthread_self(), the thread's fs
     base (read by each thread with arch_prctl), and native_thread_id (3.11+) its kernel tid."""
