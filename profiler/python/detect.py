@@ -201,8 +201,27 @@ def _check_layout(p: PythonProcess) -> None:
             raise LayoutMismatch(f"interpreter {interp:#x} says its runtime is {back:#x}, not {p.runtime_address:#x}:"
                                  f" not the {o.version[0]}.{o.version[1]} layout")
     tstate = _u64(remote.read(p.pid, interp + o.interp_threads_head, 8))
-    if tstate and _u64(remote.read(p.pid, tstate + o.tstate_interp, 8)) != interp:
+    if not tstate:
+        return
+    if _u64(remote.read(p.pid, tstate + o.tstate_interp, 8)) != interp:
         raise LayoutMismatch(f"thread state {tstate:#x} does not point back at interpreter {interp:#x}")
+    if p.code_type is None or o.interp_runtime == NO_FIELD:
+        return  # 3.13's frames are as _Py_DebugOffsets says (and may hold a non-code executable)
+    # the frame fields: the thread's current frame must hold a code object. The thread runs on while
+    # this reads, so only a wrong type seen on every try counts
+    for _ in range(3):
+        frame = _u64(remote.read(p.pid, tstate + o.tstate_frame, 8))
+        if frame and o.cframe_current_frame != NO_FIELD:
+            frame = _u64(remote.read(p.pid, frame + o.cframe_current_frame, 8))
+        if not frame:
+            return
+        try:
+            code = _u64(remote.read(p.pid, frame + o.frame_code, 8))
+            if _u64(remote.read(p.pid, code + o.object_type, 8)) == p.code_type:
+                return
+        except MemoryReadError:
+            continue
+    raise LayoutMismatch(f"thread state {tstate:#x}'s current frame does not hold a code object")
 
 
 def _u64(raw: bytes) -> int:
