@@ -186,6 +186,29 @@ def test_generator_and_coroutine_frames_equal_py_spy_dump(which: str) -> None:
     assert names[:2] == ["numbers", "consume"] and names[-2:] == ["main", "<module>"]
 
 
+def test_an_interpreter_only_its_mount_namespace_sees(tmp_path: Path) -> None:
+    """As in a container: the interpreter's file exists only in the process's own mount namespace
+    (a tmpfs mounted there), so it is opened through /proc/PID/root."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    script = (f'mount -t tmpfs none "{hidden}" && cp "$(readlink -f {DEBIAN})" "{hidden}/python3.11" && '
+              f'exec "{hidden}/python3.11" "{WORKLOADS / "python_chain.py"}"')
+    r = start(["unshare", "--mount", "--propagation", "private", "sh", "-c", script])
+    try:
+        assert not (hidden / "python3.11").exists()  # not from here
+        proc = detect(r.pid)
+        chain = ["f3", "f2", "𠀀", "函数", "café", "f1", "<module>"]
+        for _ in range(100):  # the main thread enters the chain just after it said it was ready
+            stacks = [[f.code.name for f in frames if f.code] for frames in walk(proc).values()]
+            if chain in stacks:
+                break
+            time.sleep(0.02)
+    finally:
+        stop(r)
+    assert proc.path == f"{hidden}/python3.11" and list(proc.version) == r.facts["version"]
+    assert chain in stacks
+
+
 def test_thread_ids_are_the_fs_base_and_the_tid(chain: tuple[str, Running]) -> None:
     """What the kernel walker matches a thread state by: thread_id is pthread_self(), the thread's fs
     base (read by each thread with arch_prctl), and native_thread_id (3.11+) its kernel tid."""
