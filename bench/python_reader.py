@@ -66,13 +66,13 @@ def measure(python: str, repeat: int, dumps: int, py_spy: str) -> dict[str, floa
             detect._elf_facts.cache_clear()
             return detect.inspect_process(p.pid)
 
-        warm_reader = CodeReader(p.pid, proc.offsets, proc.code_type)
+        warm_reader = CodeReader.for_process(proc)
         frames = sum(len(f) for f in walk(proc, warm_reader).values())
         out = {
             "frames": frames,
             "detect_cold_ms": 1e3 * cpu_per_call(cold_detect, max(repeat // 20, 3)),
             "detect_warm_ms": 1e3 * cpu_per_call(lambda: detect.inspect_process(p.pid), repeat),
-            "walk_cold_ms": 1e3 * cpu_per_call(lambda: walk(proc, CodeReader(p.pid, proc.offsets, proc.code_type)),
+            "walk_cold_ms": 1e3 * cpu_per_call(lambda: walk(proc, CodeReader.for_process(proc)),
                                                repeat),
             "walk_warm_ms": 1e3 * cpu_per_call(lambda: walk(proc, warm_reader), repeat),
         }

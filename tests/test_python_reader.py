@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from profiler.python.code import CodeInfo, CodeReader, CodeReadError
 from profiler.python.detect import LayoutMismatch, PythonProcess, Unsupported, check_layout, inspect_process
 from profiler.python.lines import line_for
 from profiler.python.remote import ProcessGone, read
-from profiler.python.walk import threads, walk
+from profiler.python.walk import Frame, threads, walk
 
 pytestmark = pytest.mark.system
 
@@ -103,7 +104,8 @@ def test_detect_finds_version_runtime_and_code_type(chain: tuple[str, Running]) 
     proc = detect(r.pid)
     assert list(proc.version) == r.facts["version"]
     assert proc.runtime_address == r.facts["runtime"]
-    assert proc.code_type == r.facts["code_type"]
+    assert (proc.code_type, proc.str_type, proc.bytes_type) == \
+        (r.facts["code_type"], r.facts["str_type"], r.facts["bytes_type"])
     if which == "debian":
         assert proc.path == "/usr/bin/python3.11"  # the static executable: no libpython mapped
     else:
@@ -113,28 +115,98 @@ def test_detect_finds_version_runtime_and_code_type(chain: tuple[str, Running]) 
     assert inspect_process(r.pid, maps=parse_exec_maps(Path(f"/proc/{r.pid}/maps").read_text())) == proc
 
 
-def test_walk_equals_py_spy_dump(chain: tuple[str, Running]) -> None:
-    """Every thread's frames as the reference walker reads them equal py-spy's, frame by frame."""
-    which, r = chain
-    proc = detect(r.pid)
-    dump = json.loads(subprocess.run([py_spy(), "dump", "--json", "--pid", str(r.pid)], capture_output=True,
-                                     text=True, check=True).stdout)
-    mine = {t.thread_id: frames for t, frames in walk(proc).items()}
-    assert len(dump) == len(mine) == 2
+def walk_equals_py_spy(pid: int) -> dict[str, list[Frame]]:
+    """Assert every thread's frames as the reference walker reads them equal py-spy's, frame by frame
+    (function, file, line, entry marker); the walk by thread name.
+
+    The workloads reach a state that does not change (blocked, or spinning on one line) just after
+    they say they are ready: walks are taken before and after py-spy's until the two are equal, so
+    both saw that state."""
+    proc = detect(pid)
+
+    def shown(frames: list[Frame]) -> list[tuple[str | None, str | None, int | None, bool]]:
+        return [(f.code.qualname if f.code else None, f.code.filename if f.code else None, f.line, f.entry)
+                for f in frames]
+
+    def snapshot() -> dict[int, list[Frame]]:
+        return {t.thread_id: frames for t, frames in walk(proc).items()}
+
+    for attempt in range(50):
+        before = snapshot()
+        dump = json.loads(subprocess.run([py_spy(), "dump", "--json", "--pid", str(pid)], capture_output=True,
+                                         text=True, check=True).stdout)
+        mine = snapshot()
+        if {k: shown(v) for k, v in before.items()} == {k: shown(v) for k, v in mine.items()}:
+            break
+        assert attempt < 49, "the workload's stacks never stood still"
+        time.sleep(0.05)
+    assert len(dump) == len(mine)
     for thread in dump:
-        frames = mine[thread["thread_id"]]
         # py-spy names frames by co_qualname from 3.11 (co_name before, all those versions have)
         want = [(f["name"], f["filename"], f["line"], f["is_entry"] or f["is_shim_entry"]) for f in thread["frames"]]
-        got = [(f.code.qualname if f.code else None, f.code.filename if f.code else None, f.line, f.entry)
-               for f in frames]
-        assert got == want, thread["thread_name"]
-    by_name = {t["thread_name"]: mine[t["thread_id"]] for t in dump}
+        assert shown(mine[thread["thread_id"]]) == want, thread["thread_name"]
+    return {t["thread_name"]: mine[t["thread_id"]] for t in dump}
+
+
+def test_walk_equals_py_spy_dump(chain: tuple[str, Running]) -> None:
+    which, r = chain
+    by_name = walk_equals_py_spy(r.pid)
+    assert len(by_name) == 2
     main = [f.code.name for f in by_name["MainThread"] if f.code]
     assert main == ["f3", "f2", "𠀀", "函数", "café", "f1", "<module>"]
     top = by_name["MainThread"][0].code
     assert top is not None and top.qualname == ("f3" if which in ("3.9", "3.10") else "Worker.f3")
     second = [f.code.name for f in by_name["second"] if f.code]
     assert second[2:4] == ["g2", "g1"]
+
+
+@pytest.mark.parametrize("which", SUPPORTED)
+def test_frozen_importlib_frames_equal_py_spy_dump(which: str, tmp_path: Path) -> None:
+    """A thread blocked in an import runs importlib's frozen code: from 3.11 its code objects and
+    their names are static data in the interpreter's image, not heap objects."""
+    (tmp_path / "blocker.py").write_text("import threading\nprint('{}', flush=True)\nthreading.Event().wait()\n")
+    r = start([interpreter(which), "-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import blocker"])
+    try:
+        stack = walk_equals_py_spy(r.pid)["MainThread"]
+    finally:
+        stop(r)
+    files = [f.code.filename for f in stack if f.code]
+    blocker = files.index(str(tmp_path / "blocker.py"))  # innermost first: the import machinery below it
+    assert files[-1] == "<string>" and "<frozen importlib._bootstrap>" in files[blocker:]
+
+
+@pytest.mark.parametrize("which", SUPPORTED)
+def test_generator_and_coroutine_frames_equal_py_spy_dump(which: str) -> None:
+    r = start([interpreter(which), str(WORKLOADS / "python_async.py")])
+    try:
+        stack = walk_equals_py_spy(r.pid)["MainThread"]
+    finally:
+        stop(r)
+    names = [f.code.name for f in stack if f.code]
+    assert names[:2] == ["numbers", "consume"] and names[-2:] == ["main", "<module>"]
+
+
+def test_an_interpreter_only_its_mount_namespace_sees(tmp_path: Path) -> None:
+    """As in a container: the interpreter's file exists only in the process's own mount namespace
+    (a tmpfs mounted there), so it is opened through /proc/PID/root."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    script = (f'mount -t tmpfs none "{hidden}" && cp "$(readlink -f {DEBIAN})" "{hidden}/python3.11" && '
+              f'exec "{hidden}/python3.11" "{WORKLOADS / "python_chain.py"}"')
+    r = start(["unshare", "--mount", "--propagation", "private", "sh", "-c", script])
+    try:
+        assert not (hidden / "python3.11").exists()  # not from here
+        proc = detect(r.pid)
+        chain = ["f3", "f2", "𠀀", "函数", "café", "f1", "<module>"]
+        for _ in range(100):  # the main thread enters the chain just after it said it was ready
+            stacks = [[f.code.name for f in frames if f.code] for frames in walk(proc).values()]
+            if chain in stacks:
+                break
+            time.sleep(0.02)
+    finally:
+        stop(r)
+    assert proc.path == f"{hidden}/python3.11" and list(proc.version) == r.facts["version"]
+    assert chain in stacks
 
 
 def test_thread_ids_are_the_fs_base_and_the_tid(chain: tuple[str, Running]) -> None:
@@ -290,16 +362,21 @@ def test_line_tables_decode_as_the_interpreter_does(which: str) -> None:
 
 # --- reused addresses, exited processes, unsupported versions -------------------------------------
 
-@pytest.mark.parametrize("which", SUPPORTED)
-def test_long_names_and_tables_read_whole(which: str) -> None:
-    r = start([interpreter(which), str(WORKLOADS / "python_codes.py")])
+@pytest.fixture(params=SUPPORTED)
+def codes(request: pytest.FixtureRequest) -> Iterator[tuple[str, Running, CodeReader]]:
+    """tests/workloads/python_codes.py running on one interpreter, and a reader of its code objects."""
+    r = start([interpreter(request.param), str(WORKLOADS / "python_codes.py")])
     try:
         proc = detect(r.pid)
-        reader = CodeReader(r.pid, proc.offsets, proc.code_type)
-        wide = reader.read(int(r.facts["long_wide"]))  # type: ignore[call-overload]
-        ascii_ = reader.read(int(r.facts["long_ascii"]))  # type: ignore[call-overload]
+        yield request.param, r, CodeReader.for_process(proc)
     finally:
         stop(r)
+
+
+def test_long_names_and_tables_read_whole(codes: tuple[str, Running, CodeReader]) -> None:
+    which, r, reader = codes
+    wide = reader.read(int(r.facts["long_wide"]))  # type: ignore[call-overload]
+    ascii_ = reader.read(int(r.facts["long_ascii"]))  # type: ignore[call-overload]
     assert wide.name == wide.qualname == "\U00020000" * 100
     assert ascii_.name == ascii_.qualname == "x" * 300
     assert ascii_.filename == "/tmp/" + "directory/" * 30 + "long.py" == wide.filename
@@ -308,36 +385,37 @@ def test_long_names_and_tables_read_whole(which: str) -> None:
     assert ascii_.line(0) == (2 if which in ("3.9", "3.10") else 1) and wide.firstlineno == 402
 
 
-@pytest.mark.parametrize("which", SUPPORTED)
-def test_reused_code_address_is_read_anew(which: str) -> None:
-    r = start([interpreter(which), str(WORKLOADS / "python_codes.py")])
-    try:
-        proc = detect(r.pid)
-        reader = CodeReader(r.pid, proc.offsets, proc.code_type)
-        alpha, beta = int(r.facts["alpha"]), int(r.facts["beta"])  # type: ignore[call-overload]
-        assert reader.read(alpha).name == "alpha"
-        assert reader.read(alpha).name == "alpha" and reader.reads == 1  # the second one from the cache
-        command(r, "reuse")  # beta's code object now at alpha's address
-        again = reader.read(alpha)
-        assert (again.name, reader.reads) == ("beta", 2)
-        assert again.fingerprint == reader.read(beta).fingerprint
-        command(r, "clobber")  # now not a code object at all
-        with pytest.raises(CodeReadError, match="not a code object"):
-            reader.read(alpha)
-        # a reader that does not know PyCode_Type checks the type's name instead
-        by_name = CodeReader(r.pid, proc.offsets)
-        assert by_name.read(beta).name == "beta"
-        with pytest.raises(CodeReadError):
-            by_name.read(alpha)
-        with pytest.raises(CodeReadError):
-            reader.read(8)  # unmapped
-        batch = reader.read_many([beta, alpha, 8, beta])  # one call for all: bad ones do not spoil the rest
-        assert list(batch) == [beta, alpha, 8]
-        got_beta = batch[beta]
-        assert isinstance(got_beta, CodeInfo) and got_beta.name == "beta"
-        assert isinstance(batch[alpha], CodeReadError) and isinstance(batch[8], CodeReadError)
-    finally:
-        stop(r)
+def test_reused_code_address_is_read_anew(codes: tuple[str, Running, CodeReader]) -> None:
+    _, r, reader = codes
+    proc = detect(r.pid)
+    alpha, beta = int(r.facts["alpha"]), int(r.facts["beta"])  # type: ignore[call-overload]
+    assert reader.read(alpha).name == "alpha"
+    assert reader.read(alpha).name == "alpha" and reader.reads == 1  # the second one from the cache
+    command(r, "reuse")  # beta's code object now at alpha's address
+    again = reader.read(alpha)
+    assert (again.name, reader.reads) == ("beta", 2)
+    assert again.fingerprint == reader.read(beta).fingerprint
+    command(r, "clobber")  # now not a code object at all
+    with pytest.raises(CodeReadError, match="not a code object"):
+        reader.read(alpha)
+    # a reader that does not know PyCode_Type checks the type's name instead
+    by_name = CodeReader(r.pid, proc.offsets)
+    assert by_name.read(beta).name == "beta"
+    with pytest.raises(CodeReadError):
+        by_name.read(alpha)
+    with pytest.raises(CodeReadError):
+        reader.read(8)  # unmapped
+    gamma = int(r.facts["gamma"])  # type: ignore[call-overload]
+    command(r, f"rename {proc.offsets.code_name}")  # its name now a bytes object
+    for checker in (reader, by_name):
+        with pytest.raises(CodeReadError, match="name is not a str"):
+            checker.read(gamma)
+    batch = reader.read_many([beta, alpha, 8, beta])  # one call for all: bad ones do not spoil the rest
+    assert list(batch) == [beta, alpha, 8]
+    got_beta = batch[beta]
+    assert isinstance(got_beta, CodeInfo) and got_beta.name == "beta"
+    assert isinstance(batch[alpha], CodeReadError) and isinstance(batch[8], CodeReadError)
+    stop(r)  # the process exits
     # the process is gone: what was read stays readable, nothing else is
     assert reader.read(beta).name == "beta"
     with pytest.raises(ProcessGone):
@@ -365,16 +443,24 @@ def test_a_table_of_another_version_is_refused(chain: tuple[str, Running]) -> No
     for wrong in tables:
         with pytest.raises(LayoutMismatch):
             check_layout(dataclasses.replace(proc, offsets=wrong))
+    if proc.offsets.interp_runtime == off.NO_FIELD:
+        return  # 3.13: the frame fields come from the process itself
+    # a table right about threads but wrong about where a frame's code is, is refused too (the newest
+    # thread sits in Python code)
+    bad = dataclasses.replace(proc.offsets, frame_code=proc.offsets.frame_code + 8)
+    with pytest.raises(LayoutMismatch):
+        check_layout(dataclasses.replace(proc, offsets=bad))
 
 
 def test_cache_is_bounded(chain: tuple[str, Running]) -> None:
     _, r = chain
     proc = detect(r.pid)
-    reader = CodeReader(r.pid, proc.offsets, proc.code_type, capacity=3)
-    frames = [f.raw.code for frames in walk(proc, reader).values() for f in frames]
-    assert len(set(frames)) > 3
-    assert len(reader) == 3
-    assert reader.cached(frames[0]) is None or reader.cached(frames[-1]) is not None
+    reader = CodeReader.for_process(proc, capacity=3)
+    read_order = list(dict.fromkeys(f.raw.code for frames in walk(proc, reader).values() for f in frames))
+    assert len(read_order) > 3 and len(reader) == 3
+    # least recently read first out: the last three stay, the first is gone
+    assert reader.cached(read_order[0]) is None
+    assert all(reader.cached(a) is not None for a in read_order[-3:])
 
 
 @pytest.mark.parametrize("version", ["2.7", "3.6", "3.7", "3.8"])

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from podflame.errors import BinaryFormatError, PodflameError
 from profiler.python import remote
+from profiler.python.detect import PythonProcess
 from profiler.python.lines import line_for
 from profiler.python.offsets import NO_FIELD, PyOffsets
 from profiler.python.remote import MemoryReadError, ProcessGone
@@ -54,19 +55,29 @@ def line(code: CodeInfo, instr_offset: int) -> int | None:
 
 
 class CodeReader:
-    """Reads and caches code objects of one process; `code_type` is the address of PyCode_Type in it
-    (detect.PythonProcess.code_type). Without it the type is checked by its tp_name, once per type."""
+    """Reads and caches code objects of one process (`for_process` makes one from detection's answer).
 
-    def __init__(self, pid: int, offsets: PyOffsets, code_type: int | None = None, *, capacity: int = 4096) -> None:
+    The objects' types must be the process's PyCode_Type, PyUnicode_Type and PyBytes_Type (addresses
+    from detect.PythonProcess); a type address not given is checked by its tp_name, once per address.
+    """
+
+    def __init__(self, pid: int, offsets: PyOffsets, code_type: int | None = None, *, str_type: int | None = None,
+                 bytes_type: int | None = None, capacity: int = 4096) -> None:
         self.pid = pid
         self.offsets = offsets
         self.code_type = code_type
+        self._expected = {b"code": code_type, b"str": str_type, b"bytes": bytes_type}
         self.capacity = capacity
         self._cache: OrderedDict[tuple[int, tuple[int, ...]], CodeInfo] = OrderedDict()
         self._latest: dict[int, tuple[int, ...]] = {}  # address -> fingerprint last read there
-        self._types: dict[int, bool] = {}  # type address -> is the code type (when code_type is unknown)
+        self._types: dict[int, bytes] = {}  # type address -> its tp_name (for types not given)
         self.reads = 0  # code objects read whole (cache misses)
         self.failures = 0
+
+    @classmethod
+    def for_process(cls, proc: PythonProcess, *, capacity: int = 4096) -> CodeReader:
+        return cls(proc.pid, proc.offsets, proc.code_type, str_type=proc.str_type, bytes_type=proc.bytes_type,
+                   capacity=capacity)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -119,7 +130,7 @@ class CodeReader:
             self._cache.move_to_end(key)
             return hit
         try:
-            info = self._read_fields(head, fp)
+            info = self._read_fields(code_addr, head, fp)
         except (MemoryReadError, CodeReadError) as e:
             self.failures += 1
             raise CodeReadError(f"pid {self.pid}: code object at {code_addr:#x}: {e}") from e
@@ -140,7 +151,7 @@ class CodeReader:
     def _check_head(self, code_addr: int, head: bytes) -> tuple[int, ...]:
         o = self.offsets
         ob_type = _word(head, o.object_type)
-        if not self._is_code_type(ob_type):
+        if not self._is_type(ob_type, b"code"):
             self.failures += 1
             raise CodeReadError(f"pid {self.pid}: {code_addr:#x} is not a code object (type {ob_type:#x})")
         pointers = [_word(head, off) for off in (o.code_name, o.code_qualname, o.code_filename, o.code_linetable)
@@ -151,20 +162,21 @@ class CodeReader:
         firstlineno = struct.unpack_from("<i", head, o.code_firstlineno)[0]
         return (firstlineno, *pointers)
 
-    def _is_code_type(self, ob_type: int) -> bool:
-        if self.code_type is not None:
-            return ob_type == self.code_type
+    def _is_type(self, ob_type: int, name: bytes) -> bool:
+        expected = self._expected[name]
+        if expected is not None:
+            return ob_type == expected
         known = self._types.get(ob_type)
         if known is None:
             try:
                 tp_name = _word(remote.read(self.pid, ob_type + self.offsets.type_name, 8), 0)
-                known = remote.read(self.pid, tp_name, 5) == b"code\0"
+                known = remote.read(self.pid, tp_name, 8).split(b"\0", 1)[0]
             except MemoryReadError:
-                known = False
+                known = b""
             self._types[ob_type] = known
-        return known
+        return known == name
 
-    def _read_fields(self, head: bytes, fp: tuple[int, ...]) -> CodeInfo:
+    def _read_fields(self, code_addr: int, head: bytes, fp: tuple[int, ...]) -> CodeInfo:
         """Name, qualified name, file name and line table: one call reads each object's header and
         the first READ_AHEAD bytes of its data (most names, paths and tables fit), a second one only
         what did not fit."""
@@ -178,7 +190,10 @@ class CodeReader:
         smallest = [o.unicode_ascii_size] * 3 + [o.bytes_sval]
         for i, got in enumerate(firsts):
             if got is None:  # too near the end of its mapping to read ahead: the bare header
-                firsts[i] = remote.read(self.pid, pointers[i], smallest[i])
+                firsts[i] = got = remote.read(self.pid, pointers[i], smallest[i])
+            if not self._is_type(_word(got, o.object_type), b"bytes" if i == 3 else b"str"):
+                raise CodeReadError(f"its {('name', 'qualname', 'filename', 'line table')[i]} is not a "
+                                    f"{'bytes' if i == 3 else 'str'} object")
         plans = [self._string_plan(p, got or b"") for p, got in zip(pointers[:3], firsts[:3], strict=True)]
         table_len = _word(firsts[3] or b"", o.bytes_size)
         if not 0 <= table_len <= MAX_LINETABLE:
@@ -197,6 +212,9 @@ class CodeReader:
             datas = [d if d is not None else next(more) for d in datas]
         if any(d is None for d in datas):
             raise CodeReadError("string data unreadable")
+        # the object may have been freed while its parts were read: it must be the same one still
+        if self._check_head(code_addr, remote.read(self.pid, code_addr, o.code_size)) != fp:
+            raise CodeReadError("the code object changed while it was read")
         texts = [_decode(d or b"", enc) for d, (_, _, enc) in zip(datas[:3], plans[:3], strict=True)]
         return CodeInfo(name=texts[0], qualname=texts[1], filename=texts[2], firstlineno=fp[0],
                         linetable=datas[3] or b"", linetable_format=o.linetable_format, fingerprint=fp)

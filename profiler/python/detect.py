@@ -38,7 +38,7 @@ from symbolizer.normalize import elf_address
 
 _LIBPYTHON = re.compile(r"/libpython(\d)\.(\d+)[a-z]*\.so(\.[\d.]+)?$")
 _PYTHON_EXE = re.compile(r"/python(\d)\.(\d+)[a-z]*$")
-_SYMBOLS = (b"_PyRuntime", b"Py_Version", b"PyCode_Type")
+_SYMBOLS = (b"_PyRuntime", b"Py_Version", b"PyCode_Type", b"PyUnicode_Type", b"PyBytes_Type")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class PythonProcess:
     runtime_address: int  # &_PyRuntime in the process
     code_type: int | None  # &PyCode_Type in the process: what a code object's ob_type must be
     offsets: PyOffsets
+    str_type: int | None = None  # &PyUnicode_Type: the type of its names
+    bytes_type: int | None = None  # &PyBytes_Type: the type of its line table
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,8 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> 
     if bias is None:
         return Unsupported(f"{path}: no executable mapping to place its symbols")
     runtime = runtime_vaddr + bias
-    code_type = facts.symbols.get("PyCode_Type")
-    code_type_address = None if code_type is None else code_type + bias
+    types = {name: (None if (v := facts.symbols.get(name)) is None else v + bias)
+             for name in ("PyCode_Type", "PyUnicode_Type", "PyBytes_Type")}
     if major_minor in TABLES:
         offsets = TABLES[major_minor]
     else:
@@ -155,7 +157,8 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> 
         if (hexversion >> 16) != (version[0] << 8 | version[1]):
             return Unsupported(f"{path}: _Py_DebugOffsets says {hexversion:#x}, Py_Version {version}")
     found = PythonProcess(pid=pid, version=version, path=path, runtime_address=runtime,
-                          code_type=code_type_address, offsets=offsets)
+                          code_type=types["PyCode_Type"], offsets=offsets, str_type=types["PyUnicode_Type"],
+                          bytes_type=types["PyBytes_Type"])
     try:
         check_layout(found)
     except (MemoryReadError, LayoutMismatch) as e:
@@ -198,8 +201,27 @@ def _check_layout(p: PythonProcess) -> None:
             raise LayoutMismatch(f"interpreter {interp:#x} says its runtime is {back:#x}, not {p.runtime_address:#x}:"
                                  f" not the {o.version[0]}.{o.version[1]} layout")
     tstate = _u64(remote.read(p.pid, interp + o.interp_threads_head, 8))
-    if tstate and _u64(remote.read(p.pid, tstate + o.tstate_interp, 8)) != interp:
+    if not tstate:
+        return
+    if _u64(remote.read(p.pid, tstate + o.tstate_interp, 8)) != interp:
         raise LayoutMismatch(f"thread state {tstate:#x} does not point back at interpreter {interp:#x}")
+    if p.code_type is None or o.interp_runtime == NO_FIELD:
+        return  # 3.13's frames are as _Py_DebugOffsets says (and may hold a non-code executable)
+    # the frame fields: the thread's current frame must hold a code object. The thread runs on while
+    # this reads, so only a wrong type seen on every try counts
+    for _ in range(3):
+        frame = _u64(remote.read(p.pid, tstate + o.tstate_frame, 8))
+        if frame and o.cframe_current_frame != NO_FIELD:
+            frame = _u64(remote.read(p.pid, frame + o.cframe_current_frame, 8))
+        if not frame:
+            return
+        try:
+            code = _u64(remote.read(p.pid, frame + o.frame_code, 8))
+            if _u64(remote.read(p.pid, code + o.object_type, 8)) == p.code_type:
+                return
+        except MemoryReadError:
+            continue
+    raise LayoutMismatch(f"thread state {tstate:#x}'s current frame does not hold a code object")
 
 
 def _u64(raw: bytes) -> int:

@@ -118,7 +118,7 @@ def resolve(proc: PythonProcess, reader: CodeReader, frames: list[RawFrame]) -> 
 def walk(proc: PythonProcess, reader: CodeReader | None = None) -> dict[Thread, list[Frame]]:
     """Every thread's Python stack, innermost frame first."""
     if reader is None:
-        reader = CodeReader(proc.pid, proc.offsets, proc.code_type)
+        reader = CodeReader.for_process(proc)
     return {t: resolve(proc, reader, raw_frames(proc, t.frame)) for t in threads(proc)}
 
 

@@ -61,6 +61,7 @@ def f1():
 def facts():
     runtime = ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, "_PyRuntime"))
     return {"version": list(sys.version_info[:3]), "runtime": runtime, "code_type": id(type(f1.__code__)),
+            "str_type": id(str), "bytes_type": id(bytes),
             "threads": threads}
 
 
