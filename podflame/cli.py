@@ -265,6 +265,8 @@ def server(listen: str, data_dir: str) -> None:
 @click.option("--frequency", default=19, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
+@click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="auto", show_default=True,
+              envvar="PODFLAME_UNWIND", help="User stacks: .eh_frame tables where loaded, else frame pointers.")
 @click.option("--metrics", "metrics_listen", default=None,
               help="HOST:PORT to serve the agent's /metrics and /healthz on.")
 @click.option("--namespaces", envvar="PODFLAME_NAMESPACES", default=None,
@@ -278,11 +280,13 @@ def server(listen: str, data_dir: str) -> None:
               help="Pod label keys copied onto profiles, e.g. app.kubernetes.io/name,team ($PODFLAME_POD_LABELS).")
 @click.option("--pod-annotations", envvar="PODFLAME_POD_ANNOTATIONS", default=None,
               help="Pod annotation keys copied onto profiles (comma-separated; $PODFLAME_POD_ANNOTATIONS).")
-def agent(server_url: str, frequency: int, interval: float, node_name: str | None, metrics_listen: str | None,
+def agent(server_url: str, frequency: int, interval: float, node_name: str | None, unwind: str,
+          metrics_listen: str | None,
           namespaces: str | None, exclude_namespaces: str | None, pod_selector: str | None,
           pod_labels: str | None, pod_annotations: str | None) -> None:
     """The node agent alone, shipping to a server."""
     _require_root("podflame agent")
+    os.environ["PODFLAME_UNWIND"] = unwind  # read by profiler.sampler.Sampler
     health = AgentHealth(interval)
     if metrics_listen:  # served from the start: probes see 503 "starting" while the sampler compiles
         host, port = _parse_listen(metrics_listen)
@@ -301,9 +305,12 @@ def agent(server_url: str, frequency: int, interval: float, node_name: str | Non
               help="Only this cgroup v2 (path under the v2 root, or a full /sys/fs/cgroup path).")
 @click.option("--frequency", default=99, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--format", "fmt", type=click.Choice(["folded", "pprof"]), default="folded", show_default=True)
+@click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="auto", show_default=True,
+              envvar="PODFLAME_UNWIND", help="User stacks: .eh_frame tables where loaded, else frame pointers.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="File to write ('-' for stdout).")
-def record(duration: float, pid: int | None, cgroup_path: str | None, frequency: int, fmt: str, output: str) -> None:
+def record(duration: float, pid: int | None, cgroup_path: str | None, frequency: int, fmt: str, unwind: str,
+           output: str) -> None:
     """One-shot capture, symbolized, to a folded or pprof file (like BCC's profile, with our symbols)."""
     _require_root("podflame record")
     if pid is not None and cgroup_path is not None:
@@ -326,7 +333,7 @@ def record(duration: float, pid: int | None, cgroup_path: str | None, frequency:
         raise click.ClickException(f"no process with pid {pid}")
     ctx = create_context(None)
     try:
-        sampler = Sampler(frequency, pids=[pid] if pid is not None else None, cgroup_ids=cgroup_ids)
+        sampler = Sampler(frequency, pids=[pid] if pid is not None else None, cgroup_ids=cgroup_ids, unwind=unwind)
     except SamplerError as e:
         raise click.ClickException(str(e)) from None
     symbolizer = Symbolizer(ctx.maps)

@@ -39,9 +39,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from bpf import SOURCE_DIR
+from bpf import SOURCE_DIR, expanded_source
 from profiler.bpfcompile import CompileError, compile_in_child
 from profiler.bpfprog import (
     PERF_COUNT_SW_CPU_CLOCK,
@@ -53,6 +53,9 @@ from profiler.bpfprog import (
     ProgramImage,
     online_cpus,
 )
+
+if TYPE_CHECKING:
+    from profiler.unwind.loader import NativeUnwinder
 
 BPF_SOURCE = SOURCE_DIR / "sampler.bpf.c"
 log = logging.getLogger("podflame.sampler")
@@ -76,6 +79,9 @@ SEEN_TGIDS_SIZE = 16384  # recently seen processes (LRU)
 NEW_TGIDS_PAGES = 16  # ring buffer of new-process events: 64 KiB, 16k events between polls
 PROGRAM = "on_sample"
 INNER_MAPS = {"grace_period": "control"}  # BPF_ARRAY_OF_MAPS(grace_period, "control", 1)
+TAIL_CALLS = (("unwind_progs", 0, "unwind_step"),)  # bpf/native_unwind.bpf.h: the table walk, 8 frames a call
+UNWIND_MODES = {"fp": 0, "auto": 1, "tables": 2}  # UNWIND_MODE in bpf/native_unwind.bpf.h
+UNWIND_ROWS = 1 << 20  # default row budget: 16 MiB of kernel memory (rows are 16 bytes in an array map)
 MAX_STACK_DEPTH = 127
 
 
@@ -121,6 +127,9 @@ class Drain:
     # a full stack map (stack lost, sample kept); stack_eexist stays 0 with hash-keyed stacks;
     # counts_full / counts_other are samples lost because the counts map refused the key.
     errors: dict[str, int] = field(default_factory=dict)
+    # Native unwinding (NativeUnwinder.report): cumulative walk_* counters from the kernel, table_*
+    # gauges of the loaded tables; empty with --unwind fp.
+    unwind: dict[str, int] = field(default_factory=dict)
 
     def total(self) -> int:
         return sum(s.count for s in self.samples)
@@ -170,18 +179,32 @@ class Sampler:
 
     `pids` (process ids) and `cgroup_ids` (cgroup v2 inode numbers; a cgroup also selects every
     cgroup below it) restrict sampling in the kernel; None or empty means everything.
+
+    `unwind` (default $PODFLAME_UNWIND, else "auto"): "auto" walks user stacks with .eh_frame tables
+    where they are loaded and with frame pointers elsewhere; "fp" only with frame pointers
+    (bpf_get_stack); "tables" always with the table walker (frame pointers only for code without
+    rows). `unwind_rows` is the row budget.
     """
 
     def __init__(self, frequency: int = 19, *, pids: Iterable[int] | None = None,
                  cgroup_ids: Iterable[int] | None = None, include_idle: bool = False,
                  stack_map_size: int = 16384, counts_map_size: int = 40960,
-                 image_cache: ImageCache | None = None) -> None:
+                 image_cache: ImageCache | None = None, unwind: str | None = None,
+                 unwind_rows: int = UNWIND_ROWS) -> None:
         if frequency < 1:
             raise ValueError(f"frequency must be >= 1 Hz, got {frequency}")
         if (limit := _max_sample_rate()) is not None and frequency > limit:
             raise ValueError(f"frequency {frequency} Hz exceeds kernel.perf_event_max_sample_rate={limit}")
         if stack_map_size < 1 or counts_map_size < 1:
             raise ValueError("map sizes must be >= 1")
+        if unwind is None:
+            unwind = os.environ.get("PODFLAME_UNWIND") or "auto"
+        if unwind not in UNWIND_MODES:
+            raise ValueError(f"unwind must be one of {', '.join(UNWIND_MODES)}, got {unwind!r}")
+        if not 1 <= unwind_rows <= 1 << 24:
+            raise ValueError(f"unwind_rows must be 1..{1 << 24}, got {unwind_rows}")
+        self.unwind = unwind
+        self.unwinder: NativeUnwinder | None = None
         self.frequency = frequency
         self.compile_seconds = 0.0  # wall time of the compiler process; 0 when the image was cached
         self.start_seconds = 0.0
@@ -204,6 +227,8 @@ class Sampler:
             f"-DCGROUP_FILTER_SIZE={CGROUP_FILTER_SIZE}",
             f"-DSEEN_TGIDS_SIZE={SEEN_TGIDS_SIZE}",
             f"-DNEW_TGIDS_PAGES={NEW_TGIDS_PAGES}",
+            f"-DUNWIND_MODE={UNWIND_MODES[unwind]}",
+            f"-DUNWIND_ROWS={unwind_rows}",
         ]
         started = time.perf_counter()
         self._prog = self._load(cflags, ImageCache.from_env() if image_cache is None else image_cache)
@@ -230,6 +255,9 @@ class Sampler:
             self._count_reader = _BatchReader(self._counts[0].spec, COUNTS_CHUNK)
             self._stack_reader = _BatchReader(self._stacks[0].spec, STACKS_CHUNK)
             self._comms: dict[bytes, str] = {}
+            self._callbacks: list[Callable[[list[int]], None]] = []
+            if unwind != "fp":
+                self._start_unwinder(pid_set)
             self._window_start = time.time_ns()
             self._prog.attach_perf_event(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK, frequency, online_cpus())
         except Exception as e:
@@ -242,8 +270,8 @@ class Sampler:
 
     def _load(self, cflags: list[str], cache: ImageCache) -> LoadedProgram:
         """The program from the compiled-image cache, else compiled by BCC (and cached)."""
-        source = BPF_SOURCE.read_bytes()
-        key = cache.key(source, cflags, PROGRAM)
+        source = expanded_source(BPF_SOURCE)
+        key = cache.key(source, cflags, "+".join([PROGRAM, *(fn for _, _, fn in TAIL_CALLS)]))
         image = cache.get(key)
         if image is not None:
             try:
@@ -263,7 +291,8 @@ class Sampler:
         if problem := _kernel_headers_problem():
             raise SamplerError(problem)
         try:
-            image, self.compile_seconds = compile_in_child(BPF_SOURCE, PROGRAM, cflags, INNER_MAPS)
+            image, self.compile_seconds = compile_in_child(BPF_SOURCE, PROGRAM, cflags, INNER_MAPS,
+                                                           tail_calls=TAIL_CALLS)
         except CompileError as e:
             raise SamplerError(f"BCC could not compile {BPF_SOURCE} ({e}). Missing or mismatched kernel headers: "
                                "run scripts/setup.sh") from e
@@ -292,6 +321,9 @@ class Sampler:
             self._wait_for_programs()
             samples = self._take(old)
             drain = Drain(start_ns=self._window_start, end_ns=end_ns, samples=samples, errors=self._read_errors())
+            if self.unwinder is not None:
+                self.unwinder.maintain()
+                drain.unwind = self.unwinder.report()
             self._window_start = end_ns
             return drain
 
@@ -311,38 +343,61 @@ class Sampler:
         """
         with self._lock:
             self._require_open()
-            if self._watcher is not None:
+            if callback in self._callbacks or len(self._callbacks) > (self.unwinder is not None):
                 raise RuntimeError("watch_new_processes() was already called")
-            batch: list[int] = []
-            assert self._prog is not None
-            ring = self._prog.ring_buffer("new_tgids")
+            self._callbacks.append(callback)
+            self._start_watcher()
 
-            def on_event(data: bytes) -> None:
-                batch.append(int.from_bytes(data[:4], "little"))
+    def _start_unwinder(self, pids: set[int]) -> None:
+        """Native unwinding: tables for announced processes (and right away for `pids`)."""
+        from profiler.unwind.cache import TableCache
+        from profiler.unwind.loader import NativeUnwinder
+        from profiler.unwind.maps import UnwindMaps
 
-            def poll() -> None:
-                while self._watching:
-                    try:
-                        ring.poll(0.5, on_event)  # returns at once when data arrives
-                    except (OSError, ValueError):  # closed under us: the sampler is closing
-                        return
-                    if batch:
-                        tgids = list(dict.fromkeys(batch))
-                        batch.clear()
+        assert self._prog is not None
+        self.unwinder = NativeUnwinder(UnwindMaps(self._prog.maps), TableCache().get)
+        if pids:
+            self.unwinder.load_now(pids)
+        self.unwinder.start()
+        self._callbacks.append(self.unwinder.announce)
+        self._start_watcher()
+
+    def _start_watcher(self) -> None:
+        if self._watcher is not None:
+            return
+        batch: list[int] = []
+        assert self._prog is not None
+        ring = self._prog.ring_buffer("new_tgids")
+
+        def on_event(data: bytes) -> None:
+            batch.append(int.from_bytes(data[:4], "little"))
+
+        def poll() -> None:
+            while self._watching:
+                try:
+                    ring.poll(0.5, on_event)  # returns at once when data arrives
+                except (OSError, ValueError):  # closed under us: the sampler is closing
+                    return
+                if batch:
+                    tgids = list(dict.fromkeys(batch))
+                    batch.clear()
+                    for callback in list(self._callbacks):
                         try:
                             callback(tgids)
                         except Exception:
                             log.exception("new-process callback failed")
 
-            self._watching = True
-            self._watcher = threading.Thread(target=poll, name="podflame-new-processes", daemon=True)
-            self._watcher.start()
+        self._watching = True
+        self._watcher = threading.Thread(target=poll, name="podflame-new-processes", daemon=True)
+        self._watcher.start()
 
     def close(self) -> None:
         """Detach from the perf events and free the maps; samples not drained yet are dropped."""
         self._watching = False
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join(timeout=5)
+        if getattr(self, "unwinder", None) is not None:
+            self.unwinder.close()
         with self._lock:
             prog, self._prog = self._prog, None
             if prog is not None:

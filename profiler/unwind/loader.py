@@ -1,0 +1,202 @@
+"""Keeps the kernel's unwind maps in step with the processes being sampled.
+
+The sampler announces a process on its first sample (and again after exec); `NativeUnwinder` then
+reads its executable mappings, builds or fetches each binary's table (profiler/unwind TableCache),
+loads rows once per binary and writes the process's mapping array. Until that is done the process's
+samples are walked with frame pointers (counted as `fp` samples): a process that lives for a few
+milliseconds may never get tables. Work happens on a thread of its own, so a slow first build of a
+large binary delays neither the sampler's ring buffer nor a drain.
+
+Maps change after start (dlopen, a JIT's code): the walker marks a process whose address fell
+outside every known mapping in `unwind_stale`, and `maintain()` (once per drain) re-reads those
+processes and forgets the ones that exited.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from podflame.errors import PodflameError
+from podflame.model import Mapping
+from profiler.procmaps import MapsEntry, parse_exec_maps
+from profiler.unwind.maps import UnwindMaps
+from profiler.unwind.table import UnwindTable
+from symbolizer.elf import LoadSegment
+from symbolizer.elffile import ElfFile, ElfFormatError
+from symbolizer.normalize import elf_address
+
+log = logging.getLogger("podflame.unwind")
+
+MODES = ("auto", "fp", "tables")
+MAX_MAPPINGS_PER_PROCESS = 1023  # what the walker's bounded search covers (UNWIND_MAPPING_STEPS)
+_PF_X = 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Binary:
+    """What a mapping needs from its file: the ELF type and load segments (for the bias), the table."""
+
+    elf_type: str
+    segments: tuple[LoadSegment, ...]
+    table: UnwindTable | None
+
+
+class NativeUnwinder:
+    """Loads tables for announced processes into `maps`; `table_source(path)` gives a binary's table."""
+
+    def __init__(self, maps: UnwindMaps, table_source: Callable[[str], UnwindTable], *,
+                 proc: str = "/proc", max_files: int = 4096) -> None:
+        self.maps = maps
+        self.table_source = table_source
+        self.proc = proc
+        self._files: dict[tuple[int, int, int, int], _Binary] = {}  # by file identity
+        self._max_files = max_files
+        self._lock = threading.Lock()  # maps + files: the worker and maintain() share them
+        self._queue: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
+                      "rereads": 0, "exits": 0}
+
+    # -- API -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._worker = threading.Thread(target=self._run, name="podflame-unwind", daemon=True)
+        self._worker.start()
+
+    def announce(self, tgids: Iterable[int]) -> None:
+        """New processes (or new images after exec): loaded soon, on the worker thread."""
+        self._queue.put(list(tgids))
+
+    def load_now(self, tgids: Iterable[int]) -> None:
+        """Load these processes before returning (a one-shot capture of a known pid)."""
+        with self._lock:
+            for tgid in tgids:
+                self._load_process(tgid)
+
+    def maintain(self) -> None:
+        """Once per drain: forget exited processes, re-read the ones whose samples left their mappings."""
+        stale = self._take_stale()
+        with self._lock:
+            for tgid in list(self.maps.processes):
+                if not os.path.exists(f"{self.proc}/{tgid}"):
+                    self.maps.remove_process(tgid)
+                    self.stats["exits"] += 1
+        if stale:
+            self.stats["rereads"] += len(stale)
+            self.announce(stale)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout=10)
+            self._worker = None
+
+    def report(self) -> dict[str, int]:
+        """Kernel counters, table memory and this loader's counts, for metrics and the log."""
+        with self._lock:
+            out = {f"walk_{k}": v for k, v in self.maps.counters().items()}
+            out.update({f"table_{k}": v for k, v in self.maps.memory().items()})
+            out.update(self.stats)
+        return out
+
+    # -- worker ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            for tgid in dict.fromkeys(batch):
+                try:
+                    with self._lock:
+                        self._load_process(tgid)
+                except Exception:  # one odd process must not stop the loader
+                    log.exception("loading unwind tables for pid %d failed", tgid)
+
+    def _take_stale(self) -> list[int]:
+        m = self.maps.stale_map
+        keys, values = bytearray(4 * 1024), bytearray(1024)
+        out: list[int] = []
+        import ctypes as ct
+
+        token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
+        first = True
+        while True:
+            try:
+                n, done = m.lookup_and_delete_batch(keys, values, None if first else token_in, token_out)
+            except OSError:
+                return out
+            out.extend(memoryview(keys).cast("I")[:n])
+            if done or n == 0:
+                return out
+            token_in.value, first = token_out.value, False
+
+    def _load_process(self, tgid: int) -> None:
+        try:
+            with open(f"{self.proc}/{tgid}/maps") as f:
+                entries = parse_exec_maps(f.read())
+        except OSError:  # exited already, or a kernel thread's empty maps
+            self.maps.remove_process(tgid)
+            return
+        mappings: list[tuple[int, int, int, object | None]] = []
+        for e in entries[:MAX_MAPPINGS_PER_PROCESS]:
+            if not e.inode or not e.path.startswith("/"):
+                continue  # [vdso], anonymous (JIT) code: frame pointers
+            loaded = self._mapping(tgid, e)
+            if loaded is not None:
+                mappings.append(loaded)
+        if any(key is not None for *_, key in mappings):
+            if self.maps.set_process(tgid, mappings):
+                self.stats["processes_loaded"] += 1
+            else:
+                self.stats["processes_failed"] += 1
+        else:
+            self.maps.remove_process(tgid)  # nothing to walk with tables: bpf_get_stack does it cheaper
+
+    def _mapping(self, tgid: int, e: MapsEntry) -> tuple[int, int, int, object | None] | None:
+        path = f"{self.proc}/{tgid}/map_files/{e.start:x}-{e.end:x}"
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        binary = self._files.get(identity)
+        if binary is None:
+            binary = self._read_binary(path)
+            if len(self._files) >= self._max_files:
+                self._files.clear()
+            self._files[identity] = binary
+        mapping = Mapping(e.start, e.end, e.offset, e.clean_path, None)
+        vaddr = elf_address(e.start, mapping, binary.elf_type, binary.segments)
+        if vaddr is None:
+            return None
+        bias = e.start - vaddr
+        key = None
+        if binary.table is not None and binary.table.count and self.maps.binary(identity, binary.table.rows):
+            key = identity
+        return e.start, e.end, bias, key
+
+    def _read_binary(self, path: str) -> _Binary:
+        try:
+            with open(path, "rb") as f:
+                elf = ElfFile(f)
+                segments = tuple(LoadSegment(s.offset, s.vaddr, s.filesz, s.memsz, bool(s.flags & _PF_X))
+                                 for s in elf.segments if s.type == 1)
+                elf_type = elf.e_type
+        except (OSError, ElfFormatError, ValueError) as e:
+            log.debug("no unwind table for %s: %s", path, e)
+            self.stats["tables_failed"] += 1
+            return _Binary("", (), None)
+        try:
+            table: UnwindTable | None = self.table_source(path)
+            self.stats["tables_built"] += 1
+        except (OSError, PodflameError) as e:
+            log.info("no unwind table for %s: %s", path, e)
+            self.stats["tables_failed"] += 1
+            table = None
+        return _Binary(elf_type, segments, table)
