@@ -219,3 +219,28 @@ def test_perf_dwarf_agrees_on_the_chain(binaries: dict[str, Path], tmp_path: Pat
     for s, n in theirs.items():
         theirs_top[collapsed(s)] += n
     assert ours_top.most_common(1)[0][0] == theirs_top.most_common(1)[0][0]
+
+
+def test_the_agent_path_loads_tables_on_announcement_and_drops_them_on_exit(binaries: dict[str, Path]) -> None:
+    """No preloading: the process starts after the sampler, is announced by its first sample, and its
+    tables follow; the walk counters say how many samples came before (frame pointers) and after."""
+    from profiler import metrics
+    from profiler.sampler import Sampler
+
+    with kubelet_cgroup() as cg, Sampler(FREQUENCY, cgroup_ids=[cg.inode]) as sampler:
+        proc = spawn_in_cgroup(cg.path, [str(binaries["nofp"]), "chain", "3"])
+        assert proc.wait(timeout=60) == 0
+        first = sampler.drain()
+        time.sleep(0.2)  # a drain notices the exit; the next maintain() forgets the process
+        second = sampler.drain()
+    u = first.unwind
+    total = sum(s.count for s in first.samples)
+    assert total >= FREQUENCY * 3 * 0.2
+    assert u["walk_tables"] + u["walk_fp"] >= total * 0.99  # every sample of the process went one way
+    assert u["walk_tables"] >= total * 0.8, u  # loading took well under the first 20% of its life
+    assert u["walk_end"] >= u["walk_tables"] * 0.95, u
+    assert u["table_binaries"] >= 2 and u["table_rows"] > 10_000 and u["table_row_bytes"] == u["table_rows"] * 16
+    assert second.unwind["table_processes"] == 0 and second.unwind["table_binaries_in_use"] == 0
+    assert second.unwind["table_binaries"] == u["table_binaries"]  # kept for the next process of them
+    metrics.record_unwind(first.unwind)
+    assert metrics.UNWIND_TABLES.labels("rows")._value.get() == u["table_rows"]
