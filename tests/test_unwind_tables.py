@@ -586,3 +586,17 @@ def test_pointer_encodings() -> None:
             r.read(enc, n - 2 if enc == 0x0B else 0, n)
     with pytest.raises(CfiFormatError, match="datarel"):
         PointerReader(data, 0).read(0x3B, 0, n)
+
+
+def test_cache_is_bounded_and_works_without_a_root(shapes: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = TableCache(str(tmp_path), max_bytes=1)  # every store trims the others away
+    for which in ("o2", "o2fp"):
+        cache.get(str(shapes[which]))
+        cache.trim()
+    assert len(list((tmp_path / "unwind").rglob("*.tbl"))) == 1 and cache.stats["evicted"] >= 1
+    monkeypatch.delenv("PODFLAME_SYMBOL_CACHE", raising=False)
+    plain = TableCache()
+    assert plain.root is None and plain.get(str(shapes["o2"])).count > 0 and plain.stats["built"] == 1
+    monkeypatch.setenv("PODFLAME_SYMBOL_CACHE", str(tmp_path / "env"))
+    assert TableCache().root == str(tmp_path / "env" / "unwind" / "v1")
