@@ -600,3 +600,19 @@ def test_cache_is_bounded_and_works_without_a_root(shapes: dict[str, Path], tmp_
     assert plain.root is None and plain.get(str(shapes["o2"])).count > 0 and plain.stats["built"] == 1
     monkeypatch.setenv("PODFLAME_SYMBOL_CACHE", str(tmp_path / "env"))
     assert TableCache().root == str(tmp_path / "env" / "unwind" / "v1")
+
+
+def test_vdso_image_from_memory(tmp_path: Path) -> None:
+    """The vDSO has no file: its table is built from the image read out of a process's memory,
+    and agrees with the same bytes written to a file and read by readelf."""
+    with open("/proc/self/maps") as f:
+        line = next(ln for ln in f if ln.rstrip().endswith("[vdso]"))
+    start, end = (int(x, 16) for x in line.split()[0].split("-"))
+    with open("/proc/self/mem", "rb") as mem:
+        mem.seek(start)
+        image = mem.read(end - start)
+    table = build_table(image)
+    assert table.identity is None and table.count > 0 and table.source == ".eh_frame_hdr"
+    (tmp_path / "vdso.so").write_bytes(image)
+    got, from_file = compare_with_readelf(tmp_path / "vdso.so")
+    assert got.mismatches == [] and got.rule_rows > 0 and from_file.rows == table.rows

@@ -9,6 +9,7 @@ kept as two flat lists of ints and packed with numpy at the end, never as per-ro
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from array import array
@@ -314,18 +315,20 @@ def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def build_table(path: str) -> UnwindTable:
-    """The unwind table of the ELF file at `path`.
+def build_table(path: str | bytes) -> UnwindTable:
+    """The unwind table of the ELF file at `path`, or of an ELF image given as bytes (the vDSO,
+    read from a process's memory: it has no file; identity is None then).
 
     A table with no rows (and a `reason`) for a binary the unwinder should walk with frame pointers:
     not x86_64, no CFI, or code above 4 GiB. Raises UnwindFormatError for malformed ELF or CFI.
     """
-    with open(path, "rb") as f:
-        identity = file_identity(os.fstat(f.fileno()))
+    name = "<ELF image>" if isinstance(path, bytes) else path
+    with io.BytesIO(path) if isinstance(path, bytes) else open(path, "rb") as f:
+        identity = None if isinstance(path, bytes) else file_identity(os.fstat(f.fileno()))
         try:
             elf = ElfFile(f)
         except (ElfFormatError, struct.error) as e:
-            raise UnwindFormatError(f"{path}: {e}") from e
+            raise UnwindFormatError(f"{name}: {e}") from e
         build_id = _build_id(elf)
         if elf.elfclass != 64 or elf.e_machine != EM_X86_64:
             return UnwindTable(b"", 0, "none", build_id, identity, reason="not an x86_64 ELF64 binary")
@@ -341,7 +344,7 @@ def build_table(path: str) -> UnwindTable:
         except UnwindFormatError:
             raise
         except CfiFormatError as e:
-            raise UnwindFormatError(f"{path}: {e}") from e
+            raise UnwindFormatError(f"{name}: {e}") from e
         except (struct.error, IndexError, ElfFormatError) as e:
-            raise UnwindFormatError(f"{path}: malformed CFI ({e})") from e
+            raise UnwindFormatError(f"{name}: malformed CFI ({e})") from e
     return UnwindTable(arr.tobytes(), len(arr), source, build_id, identity, stats=stats)
