@@ -52,10 +52,11 @@ from profiler.unwind.table import (
     UnwindTable,
 )
 from symbolizer.elffile import ElfFile
-from tests.realsys import WORKLOADS
+from tests.realsys import WORKLOADS, dwarf_libpython
 
 LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6")
 DEBIAN_PYTHON = Path("/usr/bin/python3")
+LIBSTDCXX = Path("/usr/lib/x86_64-linux-gnu/libstdc++.so.6")
 REGS = ["rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp", *(f"r{i}" for i in range(8, 16)), "ra"]
 _PLT_TEXT = re.compile(r"DW_CFA_def_cfa_expression \(DW_OP_breg7 \(rsp\): 8; DW_OP_breg16 \(rip\): 0; DW_OP_lit15; "
                        r"DW_OP_and; DW_OP_lit(10|11); DW_OP_ge; DW_OP_lit3; DW_OP_shl; DW_OP_plus\)")
@@ -259,7 +260,7 @@ def compare_with_readelf(path: Path) -> tuple[Agreement, UnwindTable]:
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """unwind_shapes.c built the ways the tests need (from source, never committed)."""
-    _need("gcc", "objcopy", "nm")
+    _need("gcc", "g++", "objcopy", "nm")
     out = tmp_path_factory.mktemp("unwind")
     src = WORKLOADS / "unwind_shapes.c"
     variants = {
@@ -273,6 +274,9 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         exe = out / f"shapes-{name}"
         subprocess.run(["gcc", *flags, "-o", str(exe), str(src)], check=True)
         built[name] = exe
+    cxx = out / "throw"
+    subprocess.run(["g++", "-O2", "-o", str(cxx), str(WORKLOADS / "unwind_throw.cc")], check=True)
+    built["cxx"] = cxx
     only = out / "shapes-debugframe-only"
     subprocess.run(["objcopy", "--remove-section=.eh_frame", "--remove-section=.eh_frame_hdr",
                     str(built["debugframe"]), str(only)], check=True)
@@ -287,7 +291,7 @@ def _symbols(path: Path) -> dict[str, int]:
 
 # -- oracle tests ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("which", ["o2", "o2fp", "debugframe", "debugframe-only"])
+@pytest.mark.parametrize("which", ["o2", "o2fp", "debugframe", "debugframe-only", "cxx"])
 def test_agrees_with_readelf_on_built_programs(shapes: dict[str, Path], which: str) -> None:
     got, table = compare_with_readelf(shapes[which])
     assert got.mismatches == []
@@ -295,8 +299,10 @@ def test_agrees_with_readelf_on_built_programs(shapes: dict[str, Path], which: s
     assert table.count > 0
 
 
-@pytest.mark.parametrize("path", [LIBC, DEBIAN_PYTHON], ids=["libc", "debian-python3"])
-def test_agrees_with_readelf_on_system_binaries(path: Path) -> None:
+@pytest.mark.parametrize("which", ["libc", "debian-python3", "libstdc++", "pyenv-libpython3.11"])
+def test_agrees_with_readelf_on_system_binaries(which: str) -> None:
+    path = {"libc": LIBC, "debian-python3": DEBIAN_PYTHON, "libstdc++": LIBSTDCXX}.get(which) or dwarf_libpython()
+    assert path is not None and path.exists(), f"{which} is part of these machines (docs: ENVIRONMENT.md)"
     got, table = compare_with_readelf(path)
     assert got.mismatches[:20] == []
     assert got.fdes > 1000 and got.rule_rows > 10_000 and got.compact_rows > 20_000, got
@@ -500,3 +506,113 @@ def test_cache_keys_binaries_without_build_id_by_identity(shapes: dict[str, Path
     os.utime(exe, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # "rebuilt": a new identity, a new entry
     cache.get(str(exe))
     assert cache.stats["built"] == 2
+
+
+# -- encodings no toolchain here writes: a hand-made .debug_frame -------------------------------
+
+def _uleb(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def test_dwarf64_version4_debug_frame_and_rare_instructions() -> None:
+    """DWARF64 lengths, a version 4 CIE (address and segment sizes), set_loc, advance_loc2/4,
+    remember/restore_state, *_sf forms, val_offset, register, args_size, window_save, expressions."""
+    # CIE: 64-bit length, id all ones, version 4, "", address size 8, segment 0, caf 1, daf -8, ra 16
+    cie_body = struct.pack("<QB", 0xFFFFFFFFFFFFFFFF, 4) + b"\0" + bytes([8, 0, 1, 0x78, 16])
+    cie_body += bytes([0x0C, 7, 8, 0x90, 1])  # def_cfa rsp+8; offset ra c-8
+    cie = struct.pack("<IQ", 0xFFFFFFFF, len(cie_body)) + cie_body
+    begin = 0x401000
+    prog = bytes([0x0E, 16, 0x86, 2])  # def_cfa_offset 16; offset rbp c-16
+    prog += bytes([0x03]) + struct.pack("<H", 0x100)  # advance_loc2 -> +0x100
+    prog += bytes([0x0A, 0x12, 6]) + bytes([0x7E])  # remember_state; def_cfa_sf rbp, -2*-8 = 16
+    prog += bytes([0x2E, 8, 0x2D])  # GNU_args_size 8; GNU_window_save
+    prog += bytes([0x04]) + struct.pack("<I", 0x10)  # advance_loc4 -> +0x110
+    prog += bytes([0x0B])  # restore_state: back to rsp+16, rbp c-16
+    prog += bytes([0x01]) + struct.pack("<Q", begin + 0x120)  # set_loc -> +0x120
+    prog += bytes([0x14, 6, 3])  # val_offset rbp v-24
+    prog += bytes([0x41, 0x09, 6, 3])  # advance 1; register rbp in rbx
+    prog += bytes([0x41, 0x10, 6, 2, 0x76, 0])  # advance 1; expression rbp (breg6 0)
+    prog += bytes([0x41, 0x08, 6, 0x07, 16])  # advance 1; same_value rbp; undefined ra
+    fde_body = struct.pack("<QQQ", 0, begin, 0x200) + prog
+    fde = struct.pack("<IQ", 0xFFFFFFFF, len(fde_body)) + fde_body
+    cfi = CfiSection(cie + fde, 0, eh=False)
+    (entry,) = list(cfi.entries())
+    got = cfi.rows(cfi.fde(entry[0]))
+    rows = {pc - begin: _ours(state) for pc, state in got}
+    assert rows == {
+        0x000: ("rsp+16", "c-16", "c-8"),
+        0x100: ("rbp+16", "c-16", "c-8"),
+        0x110: ("rsp+16", "c-16", "c-8"),
+        0x120: ("rsp+16", "v-24", "c-8"),
+        0x121: ("rsp+16", "rbx", "c-8"),
+        0x122: ("rsp+16", "exp", "c-8"),
+        0x123: ("rsp+16", "same", "u"),
+    }
+    from profiler.unwind.build import compact_rule
+
+    compact = [compact_rule(state, False) for _, state in got]
+    assert compact == [(CFA_RSP, 16, RBP_OFFSET, -16), (CFA_RBP, 16, RBP_OFFSET, -16), (CFA_RSP, 16, RBP_OFFSET, -16),
+                       (CFA_RSP, 16, RBP_UNDEFINED, 0), (CFA_RSP, 16, RBP_UNDEFINED, 0),
+                       (CFA_RSP, 16, RBP_UNDEFINED, 0), (CFA_END, 0, RBP_SAME, 0)]
+
+
+def test_pointer_encodings() -> None:
+    from profiler.unwind.cfi import PointerReader
+
+    data = struct.pack("<iIQ", -16, 0x1234, 0x9000) + _uleb(300) + b"\x7f"
+    derefs: list[int] = []
+
+    def deref(addr: int) -> int:
+        derefs.append(addr)
+        return 0xABC
+
+    r = PointerReader(data, 0x5000, datarel_base=0x8000, deref=deref)
+    n = len(data)
+    assert r.read(0x1B, 0, n) == (0x5000 - 16, 4)  # pcrel|sdata4
+    assert r.read(0x03, 4, n) == (0x1234, 8)  # udata4
+    assert r.read(0x3B, 0, n) == (0x8000 - 16, 4)  # datarel|sdata4
+    assert r.read(0x00, 8, n) == (0x9000, 16)  # absptr
+    assert r.read(0x01, 16, n) == (300, 18)  # uleb128
+    assert r.read(0x09, 18, n) == (-1 & (2**64 - 1), 19)  # sleb128, as an address
+    assert r.read(0x9B, 0, n) == (0xABC, 4) and derefs == [0x5000 - 16]  # indirect|pcrel|sdata4
+    assert r.read(0xFF, 7, n) == (0, 7)  # omit
+    for enc, why in [(0x0B, "past its entry"), (0x07, "unknown pointer encoding"), (0x2B, "unsupported")]:
+        with pytest.raises(CfiFormatError, match=why):
+            r.read(enc, n - 2 if enc == 0x0B else 0, n)
+    with pytest.raises(CfiFormatError, match="datarel"):
+        PointerReader(data, 0).read(0x3B, 0, n)
+
+
+def test_cache_is_bounded_and_works_without_a_root(shapes: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = TableCache(str(tmp_path), max_bytes=1)  # every store trims the others away
+    for which in ("o2", "o2fp"):
+        cache.get(str(shapes[which]))
+        cache.trim()
+    assert len(list((tmp_path / "unwind").rglob("*.tbl"))) == 1 and cache.stats["evicted"] >= 1
+    monkeypatch.delenv("PODFLAME_SYMBOL_CACHE", raising=False)
+    plain = TableCache()
+    assert plain.root is None and plain.get(str(shapes["o2"])).count > 0 and plain.stats["built"] == 1
+    monkeypatch.setenv("PODFLAME_SYMBOL_CACHE", str(tmp_path / "env"))
+    assert TableCache().root == str(tmp_path / "env" / "unwind" / "v1")
+
+
+def test_vdso_image_from_memory(tmp_path: Path) -> None:
+    """The vDSO has no file: its table is built from the image read out of a process's memory,
+    and agrees with the same bytes written to a file and read by readelf."""
+    with open("/proc/self/maps") as f:
+        line = next(ln for ln in f if ln.rstrip().endswith("[vdso]"))
+    start, end = (int(x, 16) for x in line.split()[0].split("-"))
+    with open("/proc/self/mem", "rb") as mem:
+        mem.seek(start)
+        image = mem.read(end - start)
+    table = build_table(image)
+    assert table.identity is None and table.count > 0 and table.source == ".eh_frame_hdr"
+    (tmp_path / "vdso.so").write_bytes(image)
+    got, from_file = compare_with_readelf(tmp_path / "vdso.so")
+    assert got.mismatches == [] and got.rule_rows > 0 and from_file.rows == table.rows

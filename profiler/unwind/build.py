@@ -9,8 +9,10 @@ kept as two flat lists of ints and packed with numpy at the end, never as per-ro
 
 from __future__ import annotations
 
+import io
 import os
 import struct
+from array import array
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -24,6 +26,7 @@ from profiler.unwind.cfi import (
     CfiFormatError,
     CfiSection,
     Cie,
+    HdrTable,
     State,
     parse_eh_frame_hdr,
     run_program,
@@ -130,7 +133,7 @@ def _read_at(elf: ElfFile, vaddr: int, limit: int | None) -> tuple[bytes, int]:
     raise UnwindFormatError(f"address {vaddr:#x} is in no loadable segment")
 
 
-def find_cfi(elf: ElfFile) -> list[tuple[CfiSection, str, list[tuple[int, int]] | None]]:
+def find_cfi(elf: ElfFile) -> list[tuple[CfiSection, str, HdrTable | None]]:
     """[(section, source name, the .eh_frame_hdr table or None)] of the CFI to use, .eh_frame first; [] for none.
 
     .eh_frame is what the loader keeps and what every unwinder trusts. .debug_frame adds the functions
@@ -139,7 +142,7 @@ def find_cfi(elf: ElfFile) -> list[tuple[CfiSection, str, list[tuple[int, int]] 
     Without section headers, PT_GNU_EH_FRAME still finds .eh_frame_hdr and through it .eh_frame.
     """
     deref = _vaddr_reader(elf)
-    out: list[tuple[CfiSection, str, list[tuple[int, int]] | None]] = []
+    out: list[tuple[CfiSection, str, HdrTable | None]] = []
     hdr_sec, eh_sec = elf.section(".eh_frame_hdr"), elf.section(".eh_frame")
     hdr: tuple[bytes, int] | None = None
     if hdr_sec is not None and hdr_sec.size:
@@ -152,6 +155,8 @@ def find_cfi(elf: ElfFile) -> list[tuple[CfiSection, str, list[tuple[int, int]] 
     eh: CfiSection | None = None
     if hdr is not None:
         eh_addr, table = parse_eh_frame_hdr(hdr[0], hdr[1])
+        if table is not None and not len(table[0]):
+            table = None  # an empty search table: walk .eh_frame itself
         if eh_sec is None and not elf.sections:
             data, _ = _read_at(elf, eh_addr, None)
             eh = CfiSection(data, eh_addr, eh=True, deref=deref)
@@ -160,20 +165,20 @@ def find_cfi(elf: ElfFile) -> list[tuple[CfiSection, str, list[tuple[int, int]] 
     if eh is None and eh_sec is not None and eh_sec.size:
         eh = CfiSection(_data(elf, eh_sec), eh_sec.addr, eh=True, deref=deref)
     if eh is not None:
-        out.append((eh, ".eh_frame_hdr" if table else ".eh_frame", table or None))
+        out.append((eh, ".eh_frame_hdr" if table is not None else ".eh_frame", table))
     dbg = elf.section(".debug_frame")
     if dbg is not None and dbg.size:
         out.append((CfiSection(_data(elf, dbg), dbg.addr, eh=False, deref=deref), ".debug_frame", None))
     return out
 
 
-def fde_offsets(cfi: CfiSection, table: list[tuple[int, int]] | None) -> Iterable[tuple[int, Cie, int, int, int, int]]:
+def fde_offsets(cfi: CfiSection, table: HdrTable | None) -> Iterable[tuple[int, Cie, int, int, int, int]]:
     """The FDEs, in .eh_frame_hdr's order when there is one (checked against the FDEs it names)."""
     if table is None:
         yield from cfi.entries()
         return
     size = len(cfi.data)
-    for loc, addr in table:
+    for loc, addr in zip(table[0].tolist(), table[1].tolist(), strict=True):
         off = addr - cfi.addr
         if not 0 <= off < size:
             raise UnwindFormatError(f".eh_frame_hdr names an FDE at {addr:#x}, outside .eh_frame")
@@ -185,90 +190,123 @@ def fde_offsets(cfi: CfiSection, table: list[tuple[int, int]] | None) -> Iterabl
 
 # -- building ------------------------------------------------------------------------------------
 
-def _add_fdes(cfi: CfiSection, table: list[tuple[int, int]] | None, prio: int,
-              fdes: list[tuple[int, int, int, list[tuple[int, int]]]],
-              programs: dict[tuple[int, int, bytes], list[tuple[int, int]]],
-              state_ids: dict[tuple[State, bool], int], rule_ids: dict[Rule, int], rules: list[Rule],
-              stats: dict[str, int]) -> None:
-    """Evaluates one section's FDEs (each distinct program once) into `fdes` as (begin, end, prio, rows)."""
-    data = cfi.data
-    pointers = cfi.pointers
-    for _off, cie, begin, end, istart, iend in fde_offsets(cfi, table):
-        if end <= begin:
-            continue  # empty FDEs (discarded functions) describe nothing
-        if end > MAX_PC + 1:
-            raise _Above4GiB()
-        stats["fdes"] += 1
-        code = data[istart:iend]
-        key = (prio, cie.offset, code)
-        rel = programs.get(key)
-        if rel is None:
-            rows, used_set_loc = run_program(code, cie, cie.initial_state, pointers=pointers, pc_begin=begin,
-                                             code_offset=istart)
-            stats["programs"] += 1
-            stats["rule_rows"] += len(rows)
-            rel = []
-            for delta, state in rows:
-                sk = (state, cie.signal)
-                rid = state_ids.get(sk)
-                if rid is None:
-                    rule = compact_rule(state, cie.signal)
-                    rid = rule_ids.get(rule)
-                    if rid is None:
-                        rid = rule_ids[rule] = len(rules)
-                        rules.append(rule)
-                    state_ids[sk] = rid
-                rel.append((delta, rid))
-            if not used_set_loc:
-                programs[key] = rel
-        fdes.append((begin, end, prio, rel))
+Program = tuple["array[int]", "array[int]"]  # (pc deltas, rule ids) of one evaluated FDE program; u32 each
 
 
-def rows_from_cfi(sources: list[tuple[CfiSection, str, list[tuple[int, int]] | None]],
+class _Rows:
+    """Every FDE's rows as flat C arrays (no per-row Python objects survive the build)."""
+
+    def __init__(self) -> None:
+        self.rules: list[Rule] = [_NONE_RULE]
+        self.rule_ids: dict[Rule, int] = {_NONE_RULE: 0}
+        self.state_ids: dict[tuple[State, bool], int] = {}
+        self.programs: dict[tuple[int, int, bytes], Program] = {}
+        self.begins = array("Q")
+        self.ends = array("Q")
+        self.prios = array("B")
+        self.counts = array("I")
+        self.deltas = array("I")  # a delta past 4 GiB is past its FDE: clipped to MAX_PC, then dropped
+        self.rids = array("I")
+        self.stats = {"fdes": 0, "programs": 0, "rule_rows": 0}
+
+    def rule_id(self, state: State, signal: bool) -> int:
+        sk = (state, signal)
+        rid = self.state_ids.get(sk)
+        if rid is None:
+            rule = compact_rule(state, signal)
+            rid = self.rule_ids.get(rule)
+            if rid is None:
+                rid = self.rule_ids[rule] = len(self.rules)
+                self.rules.append(rule)
+            self.state_ids[sk] = rid
+        return rid
+
+    def add(self, cfi: CfiSection, table: HdrTable | None, prio: int) -> None:
+        """Evaluates one section's FDEs, each distinct (CIE, program bytes) once."""
+        data = cfi.data
+        pointers = cfi.pointers
+        programs = self.programs
+        stats = self.stats
+        for _off, cie, begin, end, istart, iend in fde_offsets(cfi, table):
+            if end <= begin:
+                continue  # empty FDEs (discarded functions) describe nothing
+            if end > MAX_PC + 1:
+                raise _Above4GiB()
+            stats["fdes"] += 1
+            code = data[istart:iend]
+            key = (prio, cie.offset, code)
+            prog = programs.get(key)
+            if prog is None:
+                rows, used_set_loc = run_program(code, cie, cie.initial_state, pointers=pointers, pc_begin=begin,
+                                                 code_offset=istart)
+                stats["programs"] += 1
+                stats["rule_rows"] += len(rows)
+                prog = (array("I", [min(d, MAX_PC) for d, _ in rows]),
+                        array("I", [self.rule_id(st, cie.signal) for _, st in rows]))
+                if not used_set_loc:
+                    programs[key] = prog
+            self.begins.append(begin)
+            self.ends.append(end)
+            self.prios.append(prio)
+            self.counts.append(len(prog[0]))
+            self.deltas.extend(prog[0])
+            self.rids.extend(prog[1])
+
+    def compact(self) -> np.ndarray:
+        """Sorted rows, each FDE clipped where the next starts, CFA_NONE in gaps, equal runs merged."""
+        begins = np.frombuffer(self.begins, dtype=np.uint64).astype(np.int64)
+        ends = np.frombuffer(self.ends, dtype=np.uint64).astype(np.int64)
+        counts = np.frombuffer(self.counts, dtype=np.uint32).astype(np.int64)
+        if not len(begins):
+            return np.zeros(0, dtype=ROW_DTYPE)
+        order = np.lexsort((np.frombuffer(self.prios, dtype=np.uint8), begins))  # a later source wins a tie
+        first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        b, e, c, f = begins[order], ends[order], counts[order], first[order]
+        nxt = np.concatenate((b[1:], [np.iinfo(np.int64).max]))
+        limit = np.minimum(e, nxt)
+        # row i of the sorted FDEs' rows: gather each FDE's slice of deltas/rids in the new order
+        idx = np.repeat(f - np.concatenate(([0], np.cumsum(c)[:-1])), c) + np.arange(int(c.sum()))
+        deltas = np.frombuffer(self.deltas, dtype=np.uint32).astype(np.int64)[idx]
+        rids = np.frombuffer(self.rids, dtype=np.uint32)[idx]
+        fde_of_row = np.repeat(np.arange(len(b)), c)
+        pcs = b[fde_of_row] + deltas
+        keep = (deltas == 0) | (pcs < limit[fde_of_row])
+        del idx, deltas
+        rids, pcs = rids[keep], pcs[keep]
+        # a CFA_NONE row after every FDE the next one does not start right at (and after the last),
+        # inserted after that FDE's rows: the rows stay in pc order
+        gap = e < nxt
+        after = np.cumsum(np.bincount(fde_of_row[keep], minlength=len(b)))[gap]
+        del fde_of_row, keep
+        pcs = np.insert(pcs, after, e[gap])
+        rids = np.insert(rids, after, 0)
+        last_of_pc = np.concatenate((pcs[1:] != pcs[:-1], [True]))  # at one pc the later row wins
+        pcs, rids = pcs[last_of_pc], rids[last_of_pc]
+        changed = np.concatenate(([True], rids[1:] != rids[:-1]))  # merge runs of one rule
+        pcs, rids = pcs[changed], rids[changed]
+        if len(pcs) and rids[0] == 0:  # nothing to say before the first FDE
+            pcs, rids = pcs[1:], rids[1:]
+        rules = np.array(self.rules, dtype=np.int64)
+        out = np.zeros(len(pcs), dtype=ROW_DTYPE)
+        out["pc"] = pcs
+        for col, name in enumerate(("cfa_type", "cfa_offset", "rbp_type", "rbp_offset")):
+            out[name] = rules[:, col][rids]
+        return out
+
+
+def rows_from_cfi(sources: list[tuple[CfiSection, str, HdrTable | None]],
                   ) -> tuple[np.ndarray, dict[str, int]]:
     """Compact rows (a ROW_DTYPE array) of every FDE, sorted, gaps filled with CFA_NONE, runs merged.
     Where FDEs of two sources start at the same pc, the first source's wins.
 
     Raises _Above4GiB when some FDE covers code past the u32 pc range."""
-    rules: list[Rule] = [_NONE_RULE]
-    rule_ids: dict[Rule, int] = {_NONE_RULE: 0}
-    state_ids: dict[tuple[State, bool], int] = {}
-    programs: dict[tuple[int, int, bytes], list[tuple[int, int]]] = {}
-    fdes: list[tuple[int, int, int, list[tuple[int, int]]]] = []
-    stats = {"fdes": 0, "programs": 0, "rule_rows": 0}
+    rows = _Rows()
     for prio, (cfi, _, table) in enumerate(reversed(sources)):
-        _add_fdes(cfi, table, prio, fdes, programs, state_ids, rule_ids, rules, stats)
-    fdes.sort(key=lambda x: (x[0], x[2]))
-    pcs: list[int] = []
-    rids: list[int] = []
-    for i, (begin, end, _, rel) in enumerate(fdes):
-        nxt = fdes[i + 1][0] if i + 1 < len(fdes) else None
-        limit = end if nxt is None or nxt > end else nxt
-        for delta, rid in rel:
-            pc = begin + delta
-            if delta and pc >= limit:
-                break
-            if pcs and pcs[-1] == pc:
-                pcs.pop()
-                rids.pop()
-            if rids and rids[-1] == rid:
-                continue
-            pcs.append(pc)
-            rids.append(rid)
-        if nxt is None or end < nxt:  # a gap (or the end): no CFI from here
-            if rids and rids[-1] == 0:
-                continue
-            pcs.append(end)
-            rids.append(0)
-    out = np.zeros(len(pcs), dtype=ROW_DTYPE)
-    if pcs:
-        rule_arr = np.array(rules, dtype=np.int64)[np.array(rids, dtype=np.int64)]
-        out["pc"] = np.array(pcs, dtype=np.uint64)
-        out["cfa_type"] = rule_arr[:, 0]
-        out["cfa_offset"] = rule_arr[:, 1]
-        out["rbp_type"] = rule_arr[:, 2]
-        out["rbp_offset"] = rule_arr[:, 3]
-    stats["rows"] = len(pcs)
+        rows.add(cfi, table, prio)
+    rows.programs.clear()  # only needed while adding: free it before compaction's peak
+    out = rows.compact()
+    stats = dict(rows.stats)
+    stats["rows"] = len(out)
     stats["unsupported_rows"] = int(np.count_nonzero(out["cfa_type"] == CFA_UNSUPPORTED))
     return out, stats
 
@@ -277,18 +315,20 @@ def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def build_table(path: str) -> UnwindTable:
-    """The unwind table of the ELF file at `path`.
+def build_table(path: str | bytes) -> UnwindTable:
+    """The unwind table of the ELF file at `path`, or of an ELF image given as bytes (the vDSO,
+    read from a process's memory: it has no file; identity is None then).
 
     A table with no rows (and a `reason`) for a binary the unwinder should walk with frame pointers:
     not x86_64, no CFI, or code above 4 GiB. Raises UnwindFormatError for malformed ELF or CFI.
     """
-    with open(path, "rb") as f:
-        identity = file_identity(os.fstat(f.fileno()))
+    name = "<ELF image>" if isinstance(path, bytes) else path
+    with io.BytesIO(path) if isinstance(path, bytes) else open(path, "rb") as f:
+        identity = None if isinstance(path, bytes) else file_identity(os.fstat(f.fileno()))
         try:
             elf = ElfFile(f)
         except (ElfFormatError, struct.error) as e:
-            raise UnwindFormatError(f"{path}: {e}") from e
+            raise UnwindFormatError(f"{name}: {e}") from e
         build_id = _build_id(elf)
         if elf.elfclass != 64 or elf.e_machine != EM_X86_64:
             return UnwindTable(b"", 0, "none", build_id, identity, reason="not an x86_64 ELF64 binary")
@@ -304,7 +344,7 @@ def build_table(path: str) -> UnwindTable:
         except UnwindFormatError:
             raise
         except CfiFormatError as e:
-            raise UnwindFormatError(f"{path}: {e}") from e
+            raise UnwindFormatError(f"{name}: {e}") from e
         except (struct.error, IndexError, ElfFormatError) as e:
-            raise UnwindFormatError(f"{path}: malformed CFI ({e})") from e
+            raise UnwindFormatError(f"{name}: malformed CFI ({e})") from e
     return UnwindTable(arr.tobytes(), len(arr), source, build_id, identity, stats=stats)

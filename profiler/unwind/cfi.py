@@ -16,6 +16,8 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from podflame.errors import BinaryFormatError
 
 # Register rules: (kind, value). value is an offset (OFFSET, VAL_OFFSET), a register (REGISTER)
@@ -84,20 +86,10 @@ def _uleb(data: bytes, pos: int, end: int) -> tuple[int, int]:
 
 
 def _sleb(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end:
-            raise CfiFormatError("LEB128 runs past its entry")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            if b & 0x40:
-                result -= 1 << shift
-            return result, pos
-        if shift > 63:
-            raise CfiFormatError("LEB128 longer than 64 bits")
+    value, after = _uleb(data, pos, end)
+    if data[after - 1] & 0x40:  # the last byte's top payload bit is the sign
+        value -= 1 << (7 * (after - pos))
+    return value, after
 
 
 _FIXED = {0x02: "<H", 0x03: "<I", 0x04: "<Q", 0x0A: "<h", 0x0B: "<i", 0x0C: "<q"}
@@ -161,6 +153,14 @@ class PointerReader:
 
 # -- CFA programs ---------------------------------------------------------------------------------
 
+_ADVANCE = {0x02: (1, "<B"), 0x03: (2, "<H"), 0x04: (4, "<I"), 0x1D: (8, "<Q")}
+
+
+def _restored(reg: int, init: State, ra_reg: int) -> RuleT:
+    """DW_CFA_restore: the register's rule after the CIE's initial instructions."""
+    return init[3] if reg == RBP else init[4] if reg == ra_reg else SAME_RULE
+
+
 def run_program(code: bytes, cie: Cie, start: State, *, pointers: PointerReader | None = None,
                 pc_begin: int = 0, code_offset: int = 0) -> tuple[list[tuple[int, State]], bool]:
     """Run a CFA program from `start`; (rows as (pc offset from pc_begin, state), used set_loc).
@@ -175,6 +175,7 @@ def run_program(code: bytes, cie: Cie, start: State, *, pointers: PointerReader 
     daf = cie.data_align
     rows: list[tuple[int, State]] = []
     stack: list[State] = []
+    reg, rule = 0, SAME_RULE
     loc = 0
     used_set_loc = False
     pos = 0
@@ -194,21 +195,18 @@ def run_program(code: bytes, cie: Cie, start: State, *, pointers: PointerReader 
                     off = b
                 else:
                     off, pos = _uleb(code, pos, n)
-                if low == RBP:
-                    rbp = (OFFSET, off * daf)
-                elif low == ra_reg:
-                    ra = (OFFSET, off * daf)
-                continue
+                reg, rule, new = low, (OFFSET, off * daf), -1
             else:  # restore
-                if low == RBP:
-                    rbp = init[3]
-                elif low == ra_reg:
-                    ra = init[4]
-                continue
+                reg, rule, new = low, _restored(low, init, ra_reg), -1
         elif op == 0x00:  # nop
             continue
         elif op == 0x0E:  # def_cfa_offset
-            cfa_off, pos = _uleb(code, pos, n)
+            b = code[pos] if pos < n else 0x80
+            if b < 0x80:
+                cfa_off = b
+                pos += 1
+            else:
+                cfa_off, pos = _uleb(code, pos, n)
             continue
         elif op == 0x0C:  # def_cfa
             cfa_reg, pos = _uleb(code, pos, n)
@@ -219,26 +217,12 @@ def run_program(code: bytes, cie: Cie, start: State, *, pointers: PointerReader 
             cfa_reg, pos = _uleb(code, pos, n)
             cfa_expr = None
             continue
-        elif op == 0x02:  # advance_loc1
-            if pos + 1 > n:
-                raise CfiFormatError("advance_loc1 runs past its FDE")
-            new = loc + code[pos] * caf
-            pos += 1
-        elif op == 0x03:  # advance_loc2
-            if pos + 2 > n:
-                raise CfiFormatError("advance_loc2 runs past its FDE")
-            new = loc + struct.unpack_from("<H", code, pos)[0] * caf
-            pos += 2
-        elif op == 0x04:  # advance_loc4
-            if pos + 4 > n:
-                raise CfiFormatError("advance_loc4 runs past its FDE")
-            new = loc + struct.unpack_from("<I", code, pos)[0] * caf
-            pos += 4
-        elif op == 0x1D:  # MIPS_advance_loc8
-            if pos + 8 > n:
-                raise CfiFormatError("advance_loc8 runs past its FDE")
-            new = loc + struct.unpack_from("<Q", code, pos)[0] * caf
-            pos += 8
+        elif op in _ADVANCE:  # advance_loc1/2/4, MIPS_advance_loc8
+            size, fmt = _ADVANCE[op]
+            if pos + size > n:
+                raise CfiFormatError("advance_loc runs past its FDE")
+            new = loc + struct.unpack_from(fmt, code, pos)[0] * caf
+            pos += size
         elif op == 0x01:  # set_loc
             if pointers is None:
                 raise CfiFormatError("set_loc in an initial program")
@@ -258,34 +242,15 @@ def run_program(code: bytes, cie: Cie, start: State, *, pointers: PointerReader 
             off *= daf
             if op == 0x2F:
                 off = -off
-            rule: RuleT = (VAL_OFFSET if op in (0x14, 0x15) else OFFSET, off)
-            if reg == RBP:
-                rbp = rule
-            elif reg == ra_reg:
-                ra = rule
-            continue
+            rule, new = (VAL_OFFSET if op in (0x14, 0x15) else OFFSET, off), -1
         elif op in (0x06, 0x07, 0x08):  # restore_extended, undefined, same_value
             reg, pos = _uleb(code, pos, n)
-            if op == 0x06:
-                if reg == RBP:
-                    rbp = init[3]
-                elif reg == ra_reg:
-                    ra = init[4]
-            else:
-                rule = UNDEFINED_RULE if op == 0x07 else SAME_RULE
-                if reg == RBP:
-                    rbp = rule
-                elif reg == ra_reg:
-                    ra = rule
-            continue
+            rule = _restored(reg, init, ra_reg) if op == 0x06 else UNDEFINED_RULE if op == 0x07 else SAME_RULE
+            new = -1
         elif op == 0x09:  # register
             reg, pos = _uleb(code, pos, n)
             other, pos = _uleb(code, pos, n)
-            if reg == RBP:
-                rbp = (REGISTER, other)
-            elif reg == ra_reg:
-                ra = (REGISTER, other)
-            continue
+            rule, new = (REGISTER, other), -1
         elif op == 0x0A:  # remember_state
             if len(stack) >= MAX_STATE_STACK:
                 raise CfiFormatError("remember_state nests too deep")
@@ -308,13 +273,8 @@ def run_program(code: bytes, cie: Cie, start: State, *, pointers: PointerReader 
             size, pos = _uleb(code, pos, n)
             if pos + size > n:
                 raise CfiFormatError("expression runs past its FDE")
-            rule = (EXPRESSION if op == 0x10 else VAL_EXPRESSION, code[pos:pos + size])
+            rule, new = (EXPRESSION if op == 0x10 else VAL_EXPRESSION, code[pos:pos + size]), -1
             pos += size
-            if reg == RBP:
-                rbp = rule
-            elif reg == ra_reg:
-                ra = rule
-            continue
         elif op == 0x12:  # def_cfa_sf
             cfa_reg, pos = _uleb(code, pos, n)
             off, pos = _sleb(code, pos, n)
@@ -332,6 +292,12 @@ def run_program(code: bytes, cie: Cie, start: State, *, pointers: PointerReader 
             continue
         else:
             raise CfiFormatError(f"unknown CFA instruction {op:#x}")
+        if new < 0:  # a register rule: only rbp and the return address matter to the table
+            if reg == RBP:
+                rbp = rule
+            elif reg == ra_reg:
+                ra = rule
+            continue
         # an advance: the row so far holds from loc up to new
         if new != loc:
             if rows and rows[-1][0] == loc:
@@ -351,6 +317,7 @@ def run_program(code: bytes, cie: Cie, start: State, *, pointers: PointerReader 
 # -- sections -------------------------------------------------------------------------------------
 
 _START_STATE: State = (RSP, 0, None, SAME_RULE, UNDEFINED_RULE)
+_FDE_HEAD = struct.Struct("<IIii")
 
 
 class CfiSection:
@@ -481,6 +448,17 @@ class CfiSection:
     def fde_at(self, off: int) -> tuple[int, Cie, int, int, int, int] | None:
         """(entry end, CIE, pc_begin, pc_end, instructions start, instructions end) of the FDE at
         `off`; None for a CIE or the terminator."""
+        data = self.data
+        if self.eh and off >= 0 and off + 16 <= len(data):
+            # the shape every toolchain writes (32-bit length, pcrel|sdata4 pc, empty augmentation
+            # data), decoded in one unpack: most of a build's time is spent on FDE headers
+            length, cid, rel_begin, pc_range = _FDE_HEAD.unpack_from(data, off)
+            cie = self._cies.get(off + 4 - cid) if cid else None
+            end = off + 4 + length
+            if (cie is not None and cie.fde_encoding == 0x1B and 12 <= length < 0xFFFFFFF0 and end <= len(data)
+                    and (not cie.has_aug_data or (end > off + 16 and data[off + 16] == 0))):
+                begin = (self.addr + off + 8 + rel_begin) & 0xFFFFFFFFFFFFFFFF
+                return end, cie, begin, begin + pc_range, off + 17 if cie.has_aug_data else off + 16, end
         end, pos, cid, wide = self._header(off)
         if end == pos:
             return None
@@ -538,8 +516,11 @@ class CfiSection:
         return [(fde.pc_begin + d, s) for d, s in rows if d == 0 or d < length]
 
 
-def parse_eh_frame_hdr(data: bytes, addr: int, ptr_size: int = 8) -> tuple[int, list[tuple[int, int]]]:
-    """(.eh_frame address, sorted [(initial pc, FDE address)]) from .eh_frame_hdr; [] when it has no table."""
+HdrTable = tuple["np.ndarray", "np.ndarray"]  # .eh_frame_hdr's sorted (initial pc, FDE address) columns, int64
+
+
+def parse_eh_frame_hdr(data: bytes, addr: int, ptr_size: int = 8) -> tuple[int, HdrTable | None]:
+    """(.eh_frame address, its sorted FDE table or None when it has none) from .eh_frame_hdr."""
     if len(data) < 4 or data[0] != 1:
         raise CfiFormatError(".eh_frame_hdr: unknown version or truncated")
     ptr_enc, count_enc, table_enc = data[1], data[2], data[3]
@@ -547,18 +528,22 @@ def parse_eh_frame_hdr(data: bytes, addr: int, ptr_size: int = 8) -> tuple[int, 
     n = len(data)
     eh_frame_ptr, pos = reader.read(ptr_enc, 4, n)
     if count_enc == DW_EH_PE_omit or table_enc == DW_EH_PE_omit:
-        return eh_frame_ptr, []
+        return eh_frame_ptr, None
     count, pos = reader.read(count_enc, pos, n)
+    if count > n:  # every entry takes at least two bytes
+        raise CfiFormatError(f".eh_frame_hdr: {count} entries do not fit in {n} bytes")
     if table_enc == 0x3B:  # datarel|sdata4: what every linker writes; decode it in one go
         if pos + 8 * count > n:
             raise CfiFormatError(f".eh_frame_hdr: {count} entries do not fit in {n} bytes")
-        vals = struct.unpack_from(f"<{2 * count}i", data, pos)
-        return eh_frame_ptr, [(vals[i] + addr, vals[i + 1] + addr) for i in range(0, 2 * count, 2)]
-    out = []
+        pairs = np.frombuffer(data, dtype="<i4", count=2 * count, offset=pos).reshape(-1, 2).astype(np.int64) + addr
+        return eh_frame_ptr, (pairs[:, 0], pairs[:, 1])
+    locs, fdes = [], []
     for _ in range(count):
         if pos >= n:
             raise CfiFormatError(f".eh_frame_hdr: {count} entries do not fit in {n} bytes")
         loc, pos = reader.read(table_enc, pos, n)
         fde, pos = reader.read(table_enc, pos, n)
-        out.append((loc, fde))
-    return eh_frame_ptr, out
+        locs.append(loc)
+        fdes.append(fde)
+    return eh_frame_ptr, (np.array(locs, dtype=np.uint64).astype(np.int64),
+                          np.array(fdes, dtype=np.uint64).astype(np.int64))
