@@ -122,7 +122,8 @@ BPF_PERCPU_ARRAY(unwind_stats, u64, US_SLOTS);
 BPF_PERCPU_ARRAY(unwind_scratch, struct unwind_state, 1);
 BPF_PROG_ARRAY(unwind_progs, 1);
 BPF_ARRAY(unwind_no_proc, struct unwind_proc, 1);  // stays empty: the walk of a process without tables
-// Processes where an address fell outside every known mapping: userspace re-reads their maps (dlopen).
+// Processes where an address fell outside every known mapping (dlopen, JIT code): announced on
+// new_tgids once per drain, so userspace re-reads their maps; emptied by each drain.
 BPF_HASH(unwind_stale, u32, u8, 1024);
 
 static __always_inline void ustat(u32 slot) {
@@ -204,7 +205,9 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
             ustat(US_NO_MAPPING);
             u32 tgid = st->key.tgid;
             u8 one = 1;
-            unwind_stale.update(&tgid, &one);
+            // first mark since userspace last emptied unwind_stale: announce it now (dlopen)
+            if (unwind_stale.insert(&tgid, &one) == 0)
+                new_tgids.ringbuf_output(&tgid, sizeof(tgid), 0);
         }
     } else if (m->table != UNWIND_NO_TABLE) {
         // A return address may be one past a call at the very end of a function (noreturn callee):

@@ -350,12 +350,11 @@ class Sampler:
 
     def _start_unwinder(self, pids: set[int]) -> None:
         """Native unwinding: tables for announced processes (and right away for `pids`)."""
-        from profiler.unwind.cache import TableCache
-        from profiler.unwind.loader import NativeUnwinder
+        from profiler.unwind.loader import NativeUnwinder, cached_tables
         from profiler.unwind.maps import UnwindMaps
 
         assert self._prog is not None
-        self.unwinder = NativeUnwinder(UnwindMaps(self._prog.maps), TableCache().get)
+        self.unwinder = NativeUnwinder(UnwindMaps(self._prog.maps), cached_tables())
         if pids:
             self.unwinder.load_now(pids)
         self.unwinder.start()

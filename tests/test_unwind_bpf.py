@@ -244,3 +244,19 @@ def test_the_agent_path_loads_tables_on_announcement_and_drops_them_on_exit(bina
     assert second.unwind["table_binaries"] == u["table_binaries"]  # kept for the next process of them
     metrics.record_unwind(first.unwind)
     assert metrics.UNWIND_TABLES.labels("rows")._value.get() == u["table_rows"]
+
+
+def test_tables_follow_a_library_loaded_after_start(tmp_path: Path) -> None:
+    """The process is loaded (preloaded by --pid) before it dlopens: the new library's frames fall
+    outside its known mappings, the walker announces it again, and its tables follow."""
+    lib = tmp_path / "libunwind_dlopen.so"
+    exe = tmp_path / "unwind_dlopen"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(WORKLOADS / "unwind_dlopen_lib.c")],
+                   check=True)
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(WORKLOADS / "unwind_dlopen.c"), "-ldl"], check=True)
+    with running([str(exe), str(lib), "1.5", "30"]) as pid:
+        stacks = record(pid)
+    in_lib = Counter({s: n for s, n in stacks.items() if s and s[-1] == "lib_leaf"})
+    full = share(in_lib, lambda s: reaches_entry(s) and s[-4:] == ("main", "lib_entry", "lib_middle", "lib_leaf"),
+                 least=100)
+    assert full >= 0.90, f"{full:.1%}; most common: {';'.join(in_lib.most_common(1)[0][0])}"

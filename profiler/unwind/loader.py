@@ -8,12 +8,14 @@ milliseconds may never get tables. Work happens on a thread of its own, so a slo
 large binary delays neither the sampler's ring buffer nor a drain.
 
 Maps change after start (dlopen, a JIT's code): the walker marks a process whose address fell
-outside every known mapping in `unwind_stale`, and `maintain()` (once per drain) re-reads those
-processes and forgets the ones that exited.
+outside every known mapping in `unwind_stale` and announces it again (once until the next drain
+empties the mark), so its maps are re-read within ~0.1 s; `maintain()` (once per drain) empties
+the marks and forgets processes that exited.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import queue
@@ -37,6 +39,20 @@ MAX_MAPPINGS_PER_PROCESS = 1023  # what the walker's bounded search covers (UNWI
 _PF_X = 1
 
 
+def cached_tables() -> Callable[[str | bytes], UnwindTable]:
+    """Tables of files through the on-disk TableCache ($PODFLAME_SYMBOL_CACHE); of images (the vDSO)
+    built directly (a few KiB, once per agent)."""
+    from profiler.unwind.build import build_table
+    from profiler.unwind.cache import TableCache
+
+    cache = TableCache()
+
+    def tables(source: str | bytes) -> UnwindTable:
+        return build_table(source) if isinstance(source, bytes) else cache.get(source)
+
+    return tables
+
+
 @dataclass(frozen=True, slots=True)
 class _Binary:
     """What a mapping needs from its file: the ELF type and load segments (for the bias), the table."""
@@ -49,12 +65,13 @@ class _Binary:
 class NativeUnwinder:
     """Loads tables for announced processes into `maps`; `table_source(path)` gives a binary's table."""
 
-    def __init__(self, maps: UnwindMaps, table_source: Callable[[str], UnwindTable], *,
+    def __init__(self, maps: UnwindMaps, table_source: Callable[[str | bytes], UnwindTable], *,
                  proc: str = "/proc", max_files: int = 4096) -> None:
         self.maps = maps
         self.table_source = table_source
         self.proc = proc
-        self._files: dict[tuple[int, int, int, int], _Binary] = {}  # by file identity
+        self._seen: dict[int, tuple[tuple[int, int, int, int], ...]] = {}  # tgid -> mappings last loaded
+        self._files: dict[object, _Binary] = {}  # by file identity, or ("vdso", hash of its image)
         self._max_files = max_files
         self._lock = threading.Lock()  # maps + files: the worker and maintain() share them
         self._queue: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
@@ -80,12 +97,14 @@ class NativeUnwinder:
 
     def maintain(self) -> None:
         """Once per drain: forget exited processes, re-read the ones whose samples left their mappings."""
-        stale = self._take_stale()
+        stale = self._take_stale()  # already announced by the kernel; re-announced in case the ring was full
         with self._lock:
-            for tgid in list(self.maps.processes):
+            for tgid in {*self.maps.processes, *self._seen}:
                 if not os.path.exists(f"{self.proc}/{tgid}"):
-                    self.maps.remove_process(tgid)
-                    self.stats["exits"] += 1
+                    if tgid in self.maps.processes:
+                        self.maps.remove_process(tgid)
+                        self.stats["exits"] += 1
+                    self._seen.pop(tgid, None)
         if stale:
             self.stats["rereads"] += len(stale)
             self.announce(stale)
@@ -142,12 +161,20 @@ class NativeUnwinder:
                 entries = parse_exec_maps(f.read())
         except OSError:  # exited already, or a kernel thread's empty maps
             self.maps.remove_process(tgid)
+            self._seen.pop(tgid, None)
             return
+        signature = tuple((e.start, e.end, e.offset, e.inode) for e in entries)
+        if self._seen.get(tgid) == signature:
+            return  # announced again (a new comm, a stale mark from JIT code) with the same mappings
+        self._seen[tgid] = signature
         mappings: list[tuple[int, int, int, object | None]] = []
         for e in entries[:MAX_MAPPINGS_PER_PROCESS]:
-            if not e.inode or not e.path.startswith("/"):
-                continue  # [vdso], anonymous (JIT) code: frame pointers
-            loaded = self._mapping(tgid, e)
+            if e.path == "[vdso]":
+                loaded = self._vdso(tgid, e)
+            elif not e.inode or not e.path.startswith("/"):
+                continue  # anonymous (JIT) code: frame pointers
+            else:
+                loaded = self._mapping(tgid, e)
             if loaded is not None:
                 mappings.append(loaded)
         if any(key is not None for *_, key in mappings):
@@ -157,6 +184,27 @@ class NativeUnwinder:
                 self.stats["processes_failed"] += 1
         else:
             self.maps.remove_process(tgid)  # nothing to walk with tables: bpf_get_stack does it cheaper
+
+    def _vdso(self, tgid: int, e: MapsEntry) -> tuple[int, int, int, object | None] | None:
+        """The vDSO (clock_gettime & co.) has no file: its image is read from the process's memory.
+        Every process of a kernel maps the same image, so it is built and loaded once."""
+        try:
+            with open(f"{self.proc}/{tgid}/mem", "rb") as f:
+                f.seek(e.start)
+                image = f.read(min(e.end - e.start, 1 << 20))
+        except (OSError, ValueError, OverflowError):
+            return None
+        key = ("vdso", hash(image))
+        binary = self._files.get(key)
+        if binary is None:
+            binary = self._files[key] = self._read_binary(image)
+        if not binary.segments:
+            return None
+        vaddr = elf_address(e.start, Mapping(e.start, e.end, 0, e.path, None), binary.elf_type, binary.segments)
+        if vaddr is None:
+            return None
+        loaded = binary.table is not None and binary.table.count and self.maps.binary(key, binary.table.rows)
+        return e.start, e.end, e.start - vaddr, key if loaded else None
 
     def _mapping(self, tgid: int, e: MapsEntry) -> tuple[int, int, int, object | None] | None:
         path = f"{self.proc}/{tgid}/map_files/{e.start:x}-{e.end:x}"
@@ -181,22 +229,23 @@ class NativeUnwinder:
             key = identity
         return e.start, e.end, bias, key
 
-    def _read_binary(self, path: str) -> _Binary:
+    def _read_binary(self, path: str | bytes) -> _Binary:
+        """Segments and table of the ELF file at `path` (or the ELF image `path` holds)."""
         try:
-            with open(path, "rb") as f:
+            with io.BytesIO(path) if isinstance(path, bytes) else open(path, "rb") as f:
                 elf = ElfFile(f)
                 segments = tuple(LoadSegment(s.offset, s.vaddr, s.filesz, s.memsz, bool(s.flags & _PF_X))
                                  for s in elf.segments if s.type == 1)
                 elf_type = elf.e_type
         except (OSError, ElfFormatError, ValueError) as e:
-            log.debug("no unwind table for %s: %s", path, e)
+            log.debug("no unwind table for %s: %s", "the vDSO" if isinstance(path, bytes) else path, e)
             self.stats["tables_failed"] += 1
             return _Binary("", (), None)
         try:
             table: UnwindTable | None = self.table_source(path)
             self.stats["tables_built"] += 1
         except (OSError, PodflameError) as e:
-            log.info("no unwind table for %s: %s", path, e)
+            log.info("no unwind table for %s: %s", "the vDSO" if isinstance(path, bytes) else path, e)
             self.stats["tables_failed"] += 1
             table = None
         return _Binary(elf_type, segments, table)
