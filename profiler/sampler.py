@@ -183,14 +183,15 @@ class Sampler:
     `unwind` (default $PODFLAME_UNWIND, else "auto"): "auto" walks user stacks with .eh_frame tables
     where they are loaded and with frame pointers elsewhere; "fp" only with frame pointers
     (bpf_get_stack); "tables" always with the table walker (frame pointers only for code without
-    rows). `unwind_rows` is the row budget.
+    rows). `unwind_rows` (default $PODFLAME_UNWIND_ROWS, else 2^20) is the row budget of all loaded
+    binaries: 16 bytes of kernel memory each.
     """
 
     def __init__(self, frequency: int = 19, *, pids: Iterable[int] | None = None,
                  cgroup_ids: Iterable[int] | None = None, include_idle: bool = False,
                  stack_map_size: int = 16384, counts_map_size: int = 40960,
                  image_cache: ImageCache | None = None, unwind: str | None = None,
-                 unwind_rows: int = UNWIND_ROWS) -> None:
+                 unwind_rows: int | None = None) -> None:
         if frequency < 1:
             raise ValueError(f"frequency must be >= 1 Hz, got {frequency}")
         if (limit := _max_sample_rate()) is not None and frequency > limit:
@@ -201,6 +202,11 @@ class Sampler:
             unwind = os.environ.get("PODFLAME_UNWIND") or "auto"
         if unwind not in UNWIND_MODES:
             raise ValueError(f"unwind must be one of {', '.join(UNWIND_MODES)}, got {unwind!r}")
+        if unwind_rows is None:
+            try:
+                unwind_rows = int(os.environ.get("PODFLAME_UNWIND_ROWS") or UNWIND_ROWS)
+            except ValueError:
+                raise ValueError("PODFLAME_UNWIND_ROWS must be a number of rows") from None
         if not 1 <= unwind_rows <= 1 << 24:
             raise ValueError(f"unwind_rows must be 1..{1 << 24}, got {unwind_rows}")
         self.unwind = unwind
