@@ -260,3 +260,29 @@ def test_tables_follow_a_library_loaded_after_start(tmp_path: Path) -> None:
     full = share(in_lib, lambda s: reaches_entry(s) and s[-4:] == ("main", "lib_entry", "lib_middle", "lib_leaf"),
                  least=100)
     assert full >= 0.90, f"{full:.1%}; most common: {';'.join(in_lib.most_common(1)[0][0])}"
+
+
+def test_samples_taken_in_the_kernel_unwind_the_tasks_user_registers(binaries: dict[str, Path]) -> None:
+    """A sample in a syscall has kernel registers in its context: the walk starts from the user
+    registers the task saved on entry (bpf_task_pt_regs)."""
+    out = Path(f"/tmp/podflame-unwind-syscall-{time.monotonic_ns()}.folded")
+    with running([str(binaries["nofp"]), "syscall", "30"]) as pid:
+        done = subprocess.run([str(PODFLAME), "record", f"--pid={pid}", f"--duration={SECONDS}",
+                               f"--frequency={FREQUENCY}", f"-o{out}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    in_kernel: Stacks = Counter()
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = tuple(stack.split(";"))
+        if user_part(frames) != frames:  # kernel frames after the user leaf
+            in_kernel[user_part(frames)] += int(count)
+    out.unlink()
+    full = share(in_kernel, lambda s: reaches_entry(s) and s[3:5] == ("main", "in_syscalls"), least=50)
+    assert full >= 0.95, f"{full:.1%}; most common: {';'.join(in_kernel.most_common(1)[0][0])}"
+
+
+def test_a_stack_deeper_than_the_limit_is_cut_at_127_frames(binaries: dict[str, Path]) -> None:
+    with running([str(binaries["nofp"]), "deep", "30"]) as pid:
+        stacks = record(pid)
+    deep = share(stacks, lambda s: len(s) == 127 and s[-1] == "leaf_work" and set(s[:-1]) == {"recurse"})
+    assert deep >= 0.95, f"{deep:.1%}; most common: {';'.join(stacks.most_common(1)[0][0])}"

@@ -3,12 +3,15 @@
  *   main -> run_chain -> level1 -> level2 -> level3 -> qsort (libc, no frame pointers) -> compare -> leaf_work
  * leaf_work never sets up a frame (even in a -fno-omit-frame-pointer build), so only unwind rows
  * give its caller. Modes: "chain" (the main thread), "thread" (a pthread running the chain: its
- * stack ends in clone3), "signal" (the chain runs in a SIGALRM handler, through __restore_rt).
+ * stack ends in clone3), "signal" (the chain runs in a SIGALRM handler, through __restore_rt),
+ * "syscall" (main -> in_syscalls -> getppid: samples taken in the kernel, user registers from
+ * the task), "deep" (recurse 300 frames deep, past the 127-frame limit, then spin).
  * Usage: unwind_chain MODE SECONDS */
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -66,6 +69,22 @@ KEEP void wait_in_main(void) {
         for (int i = 0; i < 1000000; i++) sink++;
 }
 
+KEEP void in_syscalls(void) {
+    while (now() < deadline)
+        for (int i = 0; i < 1000; i++) syscall(SYS_getppid);
+    NO_SIBLING_CALL;
+}
+
+KEEP unsigned long recurse(int depth) {
+    if (depth == 0) {
+        while (now() < deadline) sink = leaf_work(sink);
+        return sink;
+    }
+    unsigned long r = recurse(depth - 1) + 1;
+    NO_SIBLING_CALL;
+    return r;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "chain";
     deadline = now() + (argc > 2 ? atof(argv[2]) : 5.0);
@@ -81,6 +100,10 @@ int main(int argc, char **argv) {
         struct itimerval it = {{0, 10000}, {0, 10000}};
         setitimer(ITIMER_REAL, &it, NULL);
         wait_in_main();
+    } else if (strcmp(mode, "syscall") == 0) {
+        in_syscalls();
+    } else if (strcmp(mode, "deep") == 0) {
+        recurse(300);
     } else {
         while (now() < deadline) run_chain();
     }
