@@ -3,9 +3,25 @@ so a node that loads and evicts binaries all day does not fragment its row budge
 
 from __future__ import annotations
 
+import ctypes as ct
+import os
 import random
+import struct
 
-from profiler.unwind.maps import Extents
+import pytest
+
+from profiler.bpfprog import (
+    _MAP_LOOKUP_ELEM,
+    MAP_ARRAY,
+    MAP_HASH,
+    MAP_PERCPU_ARRAY,
+    BpfMap,
+    MapSpec,
+    _Elem,
+    bpf,
+    create_map,
+)
+from profiler.unwind.maps import MAPPING, SPAN, Extents, UnwindMaps
 
 
 def test_first_fit_and_exhaustion() -> None:
@@ -45,3 +61,53 @@ def test_random_churn_never_overlaps_and_gives_everything_back() -> None:
     for start, n in list(held.items()):
         e.free(start, n)
     assert e.alloc(1000) == 0
+
+
+@pytest.mark.bpf
+def test_binaries_are_shared_refcounted_and_evicted_only_when_unused() -> None:
+    """Real BPF maps shaped as bpf/native_unwind.bpf.h declares them, with a 100-row budget."""
+    specs = {"unwind_procs": MapSpec("unwind_procs", MAP_HASH, 4, 8, 16),
+             "unwind_mappings": MapSpec("unwind_mappings", MAP_ARRAY, 4, 32, 16),
+             "unwind_tables": MapSpec("unwind_tables", MAP_ARRAY, 4, 8, 4),
+             "unwind_rows": MapSpec("unwind_rows", MAP_ARRAY, 4, 12, 100),
+             "unwind_stats": MapSpec("unwind_stats", MAP_PERCPU_ARRAY, 4, 8, 12),
+             "unwind_stale": MapSpec("unwind_stale", MAP_HASH, 4, 1, 16)}
+    maps = {name: create_map(spec) for name, spec in specs.items()}
+    try:
+        m = UnwindMaps(maps)
+        a, b = rows(60, 0x1000), rows(50, 0x9000)
+        assert m.binary("a", a) is not None  # a reference for the process being loaded...
+        assert m.binary("b", b) is None  # ...so "a" is not evicted for "b"
+        assert m.set_process(7, [(0x5000, 0x6000, 0x4000, "a"), (0x1000, 0x2000, 0, None)])
+        assert m.binary("a", b"") is not None  # loaded already: shared, rows not needed
+        assert m.set_process(8, [(0x5000, 0x6000, 0x4000, "a")])
+        assert m.binaries["a"].refs == 2
+        m.remove_process(7)
+        assert m.binary("b", b) is None  # nor while a process still uses it
+        m.remove_process(8)
+        assert (m.memory()["rejected_binaries"], m.memory()["rejected_rows"]) == (1, 50)  # once per binary
+        assert m.room() == 100
+        loaded = m.binary("b", b)  # unused now: evicted for "b"
+        assert loaded is not None and "a" not in m.binaries
+        assert lookup(maps["unwind_tables"], loaded.table, 8) == SPAN.pack(loaded.first, 50)
+        assert lookup(maps["unwind_rows"], loaded.first + 3, 12) == b[36:48]
+        assert m.set_process(9, [(0x9000, 0xA000, 0x8000, "b")])
+        assert lookup(maps["unwind_procs"], 9, 8) == SPAN.pack(m.processes[9].first, 1)
+        first = m.processes[9].first
+        assert lookup(maps["unwind_mappings"], first, 32) == MAPPING.pack(0x9000, 0xA000, 0x8000, loaded.table, 0)
+        mem = m.memory()
+        assert (mem["rows"], mem["rejected_binaries"], mem["processes"]) == (50, 0, 1)
+    finally:
+        for bm in maps.values():
+            os.close(bm.fd)
+
+
+def rows(n: int, base: int) -> bytes:
+    return b"".join(struct.pack("<IhhBBH", base + 16 * i, 8, 0, 1, 0, 0) for i in range(n))
+
+
+def lookup(m: BpfMap, key: int, size: int) -> bytes:
+    value = ct.create_string_buffer(size)
+    k = ct.c_uint32(key)
+    bpf(_MAP_LOOKUP_ELEM, _Elem(map_fd=m.fd, key=ct.addressof(k), value=ct.addressof(value)))
+    return value.raw

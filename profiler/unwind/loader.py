@@ -36,6 +36,9 @@ log = logging.getLogger("podflame.unwind")
 
 MODES = ("auto", "fp", "tables")
 MAX_MAPPINGS_PER_PROCESS = 1023  # what the walker's bounded search covers (UNWIND_MAPPING_STEPS)
+# A table has ~1 row per 5-6 bytes of .eh_frame (libc 5.4, python3 6.4, libLLVM 5.3): /4 errs high.
+ROWS_PER_CFI_BYTE_DIVISOR = 4
+MAX_BUDGET_SHARE = 0.5  # no single binary takes more than this share of the row budget
 _PF_X = 1
 
 
@@ -53,13 +56,16 @@ def cached_tables() -> Callable[[str | bytes], UnwindTable]:
     return tables
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Binary:
-    """What a mapping needs from its file: the ELF type and load segments (for the bias), the table."""
+    """What a mapping needs from its file: the ELF type and load segments (for the bias), and how many
+    rows its table has. The rows themselves are let go once they are in the kernel (libLLVM's are
+    16 MB); a binary evicted from the maps and mapped again fetches them again (from the disk cache)."""
 
     elf_type: str
     segments: tuple[LoadSegment, ...]
-    table: UnwindTable | None
+    count: int
+    rows: bytes | None = None
 
 
 class NativeUnwinder:
@@ -76,8 +82,9 @@ class NativeUnwinder:
         self._lock = threading.Lock()  # maps + files: the worker and maintain() share them
         self._queue: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
+        self._last_tables: dict[str, int] = {}
         self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
-                      "rereads": 0, "exits": 0}
+                      "tables_too_big": 0, "rereads": 0, "exits": 0}
 
     # -- API -------------------------------------------------------------------------------------
 
@@ -98,13 +105,16 @@ class NativeUnwinder:
     def maintain(self) -> None:
         """Once per drain: forget exited processes, re-read the ones whose samples left their mappings."""
         stale = self._take_stale()  # already announced by the kernel; re-announced in case the ring was full
-        with self._lock:
-            for tgid in {*self.maps.processes, *self._seen}:
-                if not os.path.exists(f"{self.proc}/{tgid}"):
-                    if tgid in self.maps.processes:
-                        self.maps.remove_process(tgid)
-                        self.stats["exits"] += 1
-                    self._seen.pop(tgid, None)
+        if self._lock.acquire(blocking=False):  # else the worker is building a table: exits wait a drain
+            try:
+                for tgid in {*self.maps.processes, *self._seen}:
+                    if not os.path.exists(f"{self.proc}/{tgid}"):
+                        if tgid in self.maps.processes:
+                            self.maps.remove_process(tgid)
+                            self.stats["exits"] += 1
+                        self._seen.pop(tgid, None)
+            finally:
+                self._lock.release()
         if stale:
             self.stats["rereads"] += len(stale)
             self.announce(stale)
@@ -117,10 +127,14 @@ class NativeUnwinder:
 
     def report(self) -> dict[str, int]:
         """Kernel counters, table memory and this loader's counts, for metrics and the log."""
-        with self._lock:
-            out = {f"walk_{k}": v for k, v in self.maps.counters().items()}
-            out.update({f"table_{k}": v for k, v in self.maps.memory().items()})
-            out.update(self.stats)
+        out = {f"walk_{k}": v for k, v in self.maps.counters().items()}
+        if self._lock.acquire(blocking=False):  # a drain does not wait for a table build
+            try:
+                self._last_tables = {f"table_{k}": v for k, v in self.maps.memory().items()}
+            finally:
+                self._lock.release()
+        out.update(self._last_tables)
+        out.update(self.stats)
         return out
 
     # -- worker ----------------------------------------------------------------------------------
@@ -203,8 +217,7 @@ class NativeUnwinder:
         vaddr = elf_address(e.start, Mapping(e.start, e.end, 0, e.path, None), binary.elf_type, binary.segments)
         if vaddr is None:
             return None
-        loaded = binary.table is not None and binary.table.count and self.maps.binary(key, binary.table.rows)
-        return e.start, e.end, e.start - vaddr, key if loaded else None
+        return e.start, e.end, e.start - vaddr, self._load_rows(key, binary, image)
 
     def _mapping(self, tgid: int, e: MapsEntry) -> tuple[int, int, int, object | None] | None:
         path = f"{self.proc}/{tgid}/map_files/{e.start:x}-{e.end:x}"
@@ -224,10 +237,27 @@ class NativeUnwinder:
         if vaddr is None:
             return None
         bias = e.start - vaddr
-        key = None
-        if binary.table is not None and binary.table.count and self.maps.binary(identity, binary.table.rows):
-            key = identity
-        return e.start, e.end, bias, key
+        return e.start, e.end, bias, self._load_rows(identity, binary, path)
+
+    def _load_rows(self, key: object, binary: _Binary, source: str | bytes) -> object | None:
+        """`key` once the binary's rows are in the kernel (with a reference for the process being
+        loaded), else None (no table, or no room)."""
+        if not binary.count:
+            return None
+        rows = b""  # loaded already: the maps do not need them
+        if key not in self.maps.binaries:
+            if binary.count > self.maps.room():  # would not fit: neither fetch nor build the rows again
+                self.maps.reject(key, binary.count)
+                binary.rows = None
+                return None
+            rows = binary.rows if binary.rows is not None else b""
+            if not rows:  # evicted since: fetch the rows again
+                try:
+                    rows = self.table_source(source).rows
+                except (OSError, PodflameError):
+                    return None
+            binary.rows = None
+        return key if self.maps.binary(key, rows) is not None else None
 
     def _read_binary(self, path: str | bytes) -> _Binary:
         """Segments and table of the ELF file at `path` (or the ELF image `path` holds)."""
@@ -237,10 +267,22 @@ class NativeUnwinder:
                 segments = tuple(LoadSegment(s.offset, s.vaddr, s.filesz, s.memsz, bool(s.flags & _PF_X))
                                  for s in elf.segments if s.type == 1)
                 elf_type = elf.e_type
+                cfi_bytes = sum(sec.size for name in (".eh_frame", ".debug_frame")
+                                if (sec := elf.section(name)) is not None)
         except (OSError, ElfFormatError, ValueError) as e:
             log.debug("no unwind table for %s: %s", "the vDSO" if isinstance(path, bytes) else path, e)
             self.stats["tables_failed"] += 1
-            return _Binary("", (), None)
+            return _Binary("", (), 0)
+        estimate = cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR
+        if estimate > self.maps.row_budget * MAX_BUDGET_SHARE:
+            # libclang-cpp (1M rows), libLLVM: building would cost seconds and ~200 MB for rows that
+            # would crowd out every other binary; frame pointers walk them
+            log.info("no unwind table for %s: ~%d rows is over %d%% of the %d-row budget",
+                     "the vDSO" if isinstance(path, bytes) else path, estimate, 100 * MAX_BUDGET_SHARE,
+                     self.maps.row_budget)
+            self.stats["tables_too_big"] += 1
+            self.maps.reject(("estimate", path if isinstance(path, str) else "vdso"), estimate)
+            return _Binary(elf_type, segments, 0)
         try:
             table: UnwindTable | None = self.table_source(path)
             self.stats["tables_built"] += 1
@@ -248,4 +290,5 @@ class NativeUnwinder:
             log.info("no unwind table for %s: %s", "the vDSO" if isinstance(path, bytes) else path, e)
             self.stats["tables_failed"] += 1
             table = None
-        return _Binary(elf_type, segments, table)
+        return _Binary(elf_type, segments, table.count if table is not None else 0,
+                       table.rows if table is not None else None)

@@ -103,18 +103,19 @@ class UnwindMaps:
         self._free_tables = list(range(self._tables.spec.max_entries - 1, -1, -1))
         self.binaries: OrderedDict[object, LoadedBinary] = OrderedDict()  # unused ones first out
         self.processes: dict[int, ProcessMappings] = {}
-        self.rejected_binaries = 0  # binaries that did not fit the row budget (or table slots)
-        self.rejected_rows = 0
+        self.rejected: dict[object, int] = {}  # binaries that did not fit the row budget (or table slots): rows
         self.rejected_processes = 0  # processes that did not fit (mapping slots, process entries)
 
     # -- binaries ----------------------------------------------------------------------------
 
     def binary(self, key: object, rows: bytes) -> LoadedBinary | None:
         """The loaded rows of `key`, loading `rows` (packed unwind_rows) on first use; None when they
-        do not fit. The caller takes a reference through `set_process`."""
+        do not fit. The caller holds a reference, which it hands to `set_process` (so loading a
+        process's second binary can never evict its first)."""
         b = self.binaries.get(key)
         if b is not None:
             self.binaries.move_to_end(key)
+            b.refs += 1
             return b
         count = len(rows) // ROW_SIZE
         if count == 0:
@@ -126,17 +127,31 @@ class UnwindMaps:
         if first is None or not self._free_tables:
             if first is not None:
                 self._row_space.free(first, count)
-            self.rejected_binaries += 1
-            self.rejected_rows += count
+            self.reject(key, count)
             return None
+        self.rejected.pop(key, None)
         table = self._free_tables.pop()
         for at in range(0, count, BATCH):
             n = min(BATCH, count - at)
             keys = struct.pack(f"<{n}I", *range(first + at, first + at + n))
             self._rows.update_batch(keys, rows[at * ROW_SIZE:(at + n) * ROW_SIZE], n)
         self._tables.update(ct.c_uint32(table), SPAN.pack(first, count))  # rows first: never a half table
-        b = self.binaries[key] = LoadedBinary(table, first, count)
+        b = self.binaries[key] = LoadedBinary(table, first, count, refs=1)
         return b
+
+    def reject(self, key: object, rows: int) -> None:
+        """Count a binary left without rows (once per binary, however many processes map it)."""
+        if key not in self.rejected and len(self.rejected) < 65536:
+            self.rejected[key] = rows
+
+    def room(self) -> int:
+        """Rows a new binary could get, evicting every unused one (fragmentation aside)."""
+        return self._row_space.capacity - self._row_space.used + sum(
+            b.count for b in self.binaries.values() if b.refs == 0)
+
+    @property
+    def row_budget(self) -> int:
+        return self._row_space.capacity
 
     def _evict_one(self) -> bool:
         for key, b in self.binaries.items():
@@ -152,22 +167,21 @@ class UnwindMaps:
 
     def set_process(self, tgid: int, mappings: list[tuple[int, int, int, object | None]]) -> bool:
         """Give `tgid` these (start, end, bias, binary key or None) executable mappings, replacing
-        what it had; binaries must have been loaded with `binary`. False when it did not fit."""
-        mappings = sorted(mappings)
+        what it had. Each key is a reference taken with `binary`, which the process now holds (and
+        gives back when it is replaced or removed, or here when it does not fit: then False)."""
+        mappings = sorted(mappings, key=lambda m: m[0])
+        keys = [key for *_, key in mappings if key is not None]
         old = self.processes.get(tgid)
         first = self._mapping_space.alloc(len(mappings)) if mappings else None
         if first is None:
             self.rejected_processes += bool(mappings)
+            self._release(ProcessMappings(0, 0, keys))
             self.remove_process(tgid)
             return False
-        keys = []
         packed = bytearray()
         for start, end, bias, key in mappings:
-            b = self.binaries.get(key) if key is not None else None
+            b = self.binaries[key] if key is not None else None
             packed += MAPPING.pack(start, end, bias & 0xFFFF_FFFF_FFFF_FFFF, b.table if b else NO_TABLE, 0)
-            if b is not None:
-                b.refs += 1
-                keys.append(key)
         n = len(mappings)
         self._mappings.update_batch(struct.pack(f"<{n}I", *range(first, first + n)), bytes(packed), n)
         try:
@@ -189,7 +203,8 @@ class UnwindMaps:
             self._release(old)
 
     def _release(self, p: ProcessMappings) -> None:
-        self._mapping_space.free(p.first, p.count)
+        if p.count:
+            self._mapping_space.free(p.first, p.count)
         for key in p.binaries:
             b = self.binaries.get(key)
             if b is not None:
@@ -215,8 +230,8 @@ class UnwindMaps:
             "map_bytes": self.budget_bytes(),
             "processes": len(self.processes),
             "mappings": self._mapping_space.used,
-            "rejected_binaries": self.rejected_binaries,
-            "rejected_rows": self.rejected_rows,
+            "rejected_binaries": len(self.rejected),
+            "rejected_rows": sum(self.rejected.values()),
             "rejected_processes": self.rejected_processes,
         }
 
