@@ -286,3 +286,18 @@ def test_a_stack_deeper_than_the_limit_is_cut_at_127_frames(binaries: dict[str, 
         stacks = record(pid)
     deep = share(stacks, lambda s: len(s) == 127 and s[-1] == "leaf_work" and set(s[:-1]) == {"recurse"})
     assert deep >= 0.95, f"{deep:.1%}; most common: {';'.join(stacks.most_common(1)[0][0])}"
+
+
+def test_a_binary_over_the_row_budget_is_counted_and_walked_with_frame_pointers(binaries: dict[str, Path]) -> None:
+    """A 20,000-row budget: libc (~28k rows, estimated from its .eh_frame size) is not built; the
+    program's own small table still loads, and the loss is counted, not hidden."""
+    from profiler.sampler import Sampler
+
+    with running([str(binaries["nofp"]), "chain", "30"]) as pid, \
+            Sampler(FREQUENCY, pids=[pid], unwind_rows=20_000) as sampler:
+        time.sleep(1.0)
+        drain = sampler.drain()
+    u = drain.unwind
+    assert u["tables_too_big"] >= 1 and u["table_rejected_binaries"] >= 1, u
+    assert 0 < u["table_rows"] <= 20_000 and u["table_row_budget"] == 20_000
+    assert u["walk_tables"] > 0  # the process still has a table (its own): the walker runs
