@@ -48,6 +48,7 @@
 #define RBP_OFFSET 1
 #define RBP_UNDEFINED 2
 #define UNWIND_NO_TABLE 0xffffffff
+#define MAPPING_WANTS_TABLE 1     // unwind_mapping.flags: has CFI, table loaded once a walk needs it
 
 // unwind_stats[] slots: mirrored in profiler/unwind/maps.py
 #define US_TABLES 0               // samples walked with tables
@@ -61,6 +62,7 @@
 #define US_ZERO_RA 8              // walks ended by a zero return address or rbp (frame-pointer end)
 #define US_TAIL_FAIL 9            // the first tail call failed: the sample fell back to bpf_get_stack
 #define US_BAD_CFA 10             // a CFA that does not move up the stack: walk stopped
+#define US_WANTED 11              // frames in a binary whose table is not loaded yet (asked for)
 #define US_SLOTS 12
 
 struct unwind_row {
@@ -77,6 +79,12 @@ struct unwind_mapping {
     u64 end;
     u64 bias;                     // ELF vaddr = runtime address - bias
     u32 table;                    // index in unwind_tables, or UNWIND_NO_TABLE
+    u32 flags;                    // MAPPING_WANTS_TABLE
+};
+
+struct unwind_want {
+    u64 start;                    // the mapping's runtime start
+    u32 tgid;
     u32 reserved;
 };
 
@@ -125,6 +133,9 @@ BPF_ARRAY(unwind_no_proc, struct unwind_proc, 1);  // stays empty: the walk of a
 // Processes where an address fell outside every known mapping (dlopen, JIT code): announced on
 // new_tgids once per drain, so userspace re-reads their maps; emptied by each drain.
 BPF_HASH(unwind_stale, u32, u8, 1024);
+// Mappings whose table a walk needed and did not have: userspace loads tables on demand, so a
+// binary mapped everywhere but rarely run (numpy's openblas in every Python) costs no rows.
+BPF_HASH(unwind_wanted, struct unwind_want, u8, 4096);
 
 static __always_inline void ustat(u32 slot) {
     u64 *n = unwind_stats.lookup(&slot);
@@ -209,7 +220,15 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
             if (unwind_stale.insert(&tgid, &one) == 0)
                 new_tgids.ringbuf_output(&tgid, sizeof(tgid), 0);
         }
-    } else if (m->table != UNWIND_NO_TABLE) {
+    } else if (m->table == UNWIND_NO_TABLE) {
+        if (m->flags & MAPPING_WANTS_TABLE) {
+            struct unwind_want want = {.start = m->start, .tgid = st->key.tgid};
+            u8 one = 1;
+            ustat(US_WANTED);
+            if (unwind_wanted.insert(&want, &one) == 0)  // first ask: announce the process now
+                new_tgids.ringbuf_output(&want.tgid, sizeof(want.tgid), 0);
+        }
+    } else {
         // A return address may be one past a call at the very end of a function (noreturn callee):
         // look its rule up at the call instruction.
         u64 pc = ip - m->bias - (st->exact_ip ? 0 : 1);

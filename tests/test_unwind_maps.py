@@ -21,7 +21,7 @@ from profiler.bpfprog import (
     bpf,
     create_map,
 )
-from profiler.unwind.maps import MAPPING, SPAN, Extents, UnwindMaps
+from profiler.unwind.maps import MAPPING, SPAN, WANTS_TABLE, Extents, UnwindMaps
 
 
 def test_first_fit_and_exhaustion() -> None:
@@ -71,16 +71,19 @@ def test_binaries_are_shared_refcounted_and_evicted_only_when_unused() -> None:
              "unwind_tables": MapSpec("unwind_tables", MAP_ARRAY, 4, 8, 4),
              "unwind_rows": MapSpec("unwind_rows", MAP_ARRAY, 4, 12, 100),
              "unwind_stats": MapSpec("unwind_stats", MAP_PERCPU_ARRAY, 4, 8, 12),
-             "unwind_stale": MapSpec("unwind_stale", MAP_HASH, 4, 1, 16)}
+             "unwind_stale": MapSpec("unwind_stale", MAP_HASH, 4, 1, 16),
+             "unwind_wanted": MapSpec("unwind_wanted", MAP_HASH, 16, 1, 16)}
     maps = {name: create_map(spec) for name, spec in specs.items()}
     try:
         m = UnwindMaps(maps)
         a, b = rows(60, 0x1000), rows(50, 0x9000)
         assert m.binary("a", a) is not None  # a reference for the process being loaded...
         assert m.binary("b", b) is None  # ...so "a" is not evicted for "b"
-        assert m.set_process(7, [(0x5000, 0x6000, 0x4000, "a"), (0x1000, 0x2000, 0, None)])
+        assert m.set_process(7, [(0x5000, 0x6000, 0x4000, "a", 0), (0x1000, 0x2000, 0, None, WANTS_TABLE)])
         assert m.binary("a", b"") is not None  # loaded already: shared, rows not needed
-        assert m.set_process(8, [(0x5000, 0x6000, 0x4000, "a")])
+        assert m.set_process(8, [(0x5000, 0x6000, 0x4000, "a", 0)])
+        p7 = m.processes[7].first  # sorted by start: the wanting mapping first, flag kept
+        assert lookup(maps["unwind_mappings"], p7, 32) == MAPPING.pack(0x1000, 0x2000, 0, 0xFFFF_FFFF, WANTS_TABLE)
         assert m.binaries["a"].refs == 2
         m.remove_process(7)
         assert m.binary("b", b) is None  # nor while a process still uses it
@@ -91,7 +94,7 @@ def test_binaries_are_shared_refcounted_and_evicted_only_when_unused() -> None:
         assert loaded is not None and "a" not in m.binaries
         assert lookup(maps["unwind_tables"], loaded.table, 8) == SPAN.pack(loaded.first, 50)
         assert lookup(maps["unwind_rows"], loaded.first + 3, 12) == b[36:48]
-        assert m.set_process(9, [(0x9000, 0xA000, 0x8000, "b")])
+        assert m.set_process(9, [(0x9000, 0xA000, 0x8000, "b", 0)])
         assert lookup(maps["unwind_procs"], 9, 8) == SPAN.pack(m.processes[9].first, 1)
         first = m.processes[9].first
         assert lookup(maps["unwind_mappings"], first, 32) == MAPPING.pack(0x9000, 0xA000, 0x8000, loaded.table, 0)

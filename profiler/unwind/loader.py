@@ -15,6 +15,7 @@ the marks and forgets processes that exited.
 
 from __future__ import annotations
 
+import ctypes as ct
 import io
 import logging
 import os
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from podflame.errors import PodflameError
 from podflame.model import Mapping
 from profiler.procmaps import MapsEntry, parse_exec_maps
-from profiler.unwind.maps import UnwindMaps
+from profiler.unwind.maps import WANT, WANTS_TABLE, UnwindMaps
 from profiler.unwind.table import UnwindTable
 from symbolizer.elf import LoadSegment
 from symbolizer.elffile import ElfFile, ElfFormatError
@@ -64,8 +65,10 @@ class _Binary:
 
     elf_type: str
     segments: tuple[LoadSegment, ...]
-    count: int
+    count: int  # rows; -1: has CFI, table not built yet; 0: no table
     rows: bytes | None = None
+    cfi_bytes: int = 0
+    no_room: bool = False  # the last ask found no room in the row budget
 
 
 class NativeUnwinder:
@@ -77,6 +80,7 @@ class NativeUnwinder:
         self.table_source = table_source
         self.proc = proc
         self._seen: dict[int, tuple[tuple[int, int, int, int], ...]] = {}  # tgid -> mappings last loaded
+        self._wanted: dict[int, set[int]] = {}  # tgid -> starts of mappings a walk asked tables for
         self._files: dict[object, _Binary] = {}  # by file identity, or ("vdso", hash of its image)
         self._max_files = max_files
         self._lock = threading.Lock()  # maps + files: the worker and maintain() share them
@@ -84,7 +88,7 @@ class NativeUnwinder:
         self._worker: threading.Thread | None = None
         self._last_tables: dict[str, int] = {}
         self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
-                      "tables_too_big": 0, "rereads": 0, "exits": 0}
+                      "tables_too_big": 0, "tables_no_room": 0, "rereads": 0, "exits": 0}
 
     # -- API -------------------------------------------------------------------------------------
 
@@ -97,10 +101,10 @@ class NativeUnwinder:
         self._queue.put(list(tgids))
 
     def load_now(self, tgids: Iterable[int]) -> None:
-        """Load these processes before returning (a one-shot capture of a known pid)."""
+        """Load these processes, every table, before returning (a one-shot capture of a known pid)."""
         with self._lock:
             for tgid in tgids:
-                self._load_process(tgid)
+                self._load_process(tgid, everything=True)
 
     def maintain(self) -> None:
         """Once per drain: forget exited processes, re-read the ones whose samples left their mappings."""
@@ -144,7 +148,8 @@ class NativeUnwinder:
             batch = self._queue.get()
             if batch is None:
                 return
-            for tgid in dict.fromkeys(batch):
+            self._take_wanted()
+            for tgid in dict.fromkeys([*batch, *self._wanted]):
                 try:
                     with self._lock:
                         self._load_process(tgid)
@@ -155,8 +160,6 @@ class NativeUnwinder:
         m = self.maps.stale_map
         keys, values = bytearray(4 * 1024), bytearray(1024)
         out: list[int] = []
-        import ctypes as ct
-
         token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
         first = True
         while True:
@@ -169,7 +172,29 @@ class NativeUnwinder:
                 return out
             token_in.value, first = token_out.value, False
 
-    def _load_process(self, tgid: int) -> None:
+    def _take_wanted(self) -> None:
+        """Move the kernel's asks for tables (unwind_wanted) into `_wanted`, tgid -> mapping starts."""
+        m = self.maps.wanted_map
+        keys, values = bytearray(WANT.size * 1024), bytearray(1024)
+        token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
+        first = True
+        while True:
+            try:
+                n, done = m.lookup_and_delete_batch(keys, values, None if first else token_in, token_out)
+            except OSError:
+                return
+            for start, tgid, _ in WANT.iter_unpack(memoryview(keys)[:n * WANT.size]):
+                self._wanted.setdefault(tgid, set()).add(start)
+            if done or n == 0:
+                return
+            token_in.value, first = token_out.value, False
+
+    def _load_process(self, tgid: int, *, everything: bool = False) -> None:
+        """(Re)load a process's mappings. Tables come on demand: a binary's rows are loaded when a walk
+        asked for them (or another process has them loaded, or `everything`); until then its mapping
+        says it wants a table and its frames are stepped with frame pointers."""
+        self._take_wanted()
+        wanted = self._wanted.pop(tgid, set())
         try:
             with open(f"{self.proc}/{tgid}/maps") as f:
                 entries = parse_exec_maps(f.read())
@@ -178,20 +203,20 @@ class NativeUnwinder:
             self._seen.pop(tgid, None)
             return
         signature = tuple((e.start, e.end, e.offset, e.inode) for e in entries)
-        if self._seen.get(tgid) == signature:
+        if self._seen.get(tgid) == signature and not wanted and not everything:
             return  # announced again (a new comm, a stale mark from JIT code) with the same mappings
         self._seen[tgid] = signature
-        mappings: list[tuple[int, int, int, object | None]] = []
+        mappings: list[tuple[int, int, int, object | None, int]] = []
         for e in entries[:MAX_MAPPINGS_PER_PROCESS]:
             if e.path == "[vdso]":
                 loaded = self._vdso(tgid, e)
             elif not e.inode or not e.path.startswith("/"):
                 continue  # anonymous (JIT) code: frame pointers
             else:
-                loaded = self._mapping(tgid, e)
+                loaded = self._mapping(tgid, e, everything or e.start in wanted)
             if loaded is not None:
                 mappings.append(loaded)
-        if any(key is not None for *_, key in mappings):
+        if any(m[3] is not None or m[4] for m in mappings):
             if self.maps.set_process(tgid, mappings):
                 self.stats["processes_loaded"] += 1
             else:
@@ -199,9 +224,10 @@ class NativeUnwinder:
         else:
             self.maps.remove_process(tgid)  # nothing to walk with tables: bpf_get_stack does it cheaper
 
-    def _vdso(self, tgid: int, e: MapsEntry) -> tuple[int, int, int, object | None] | None:
+    def _vdso(self, tgid: int, e: MapsEntry) -> tuple[int, int, int, object | None, int] | None:
         """The vDSO (clock_gettime & co.) has no file: its image is read from the process's memory.
-        Every process of a kernel maps the same image, so it is built and loaded once."""
+        Every process of a kernel maps the same image, so it is built and loaded once (always: it is
+        a few hundred rows)."""
         try:
             with open(f"{self.proc}/{tgid}/mem", "rb") as f:
                 f.seek(e.start)
@@ -211,15 +237,15 @@ class NativeUnwinder:
         key = ("vdso", hash(image))
         binary = self._files.get(key)
         if binary is None:
-            binary = self._files[key] = self._read_binary(image)
+            binary = self._files[key] = self._read_elf(image)
         if not binary.segments:
             return None
         vaddr = elf_address(e.start, Mapping(e.start, e.end, 0, e.path, None), binary.elf_type, binary.segments)
         if vaddr is None:
             return None
-        return e.start, e.end, e.start - vaddr, self._load_rows(key, binary, image)
+        return e.start, e.end, e.start - vaddr, self._load_rows(key, binary, image), 0
 
-    def _mapping(self, tgid: int, e: MapsEntry) -> tuple[int, int, int, object | None] | None:
+    def _mapping(self, tgid: int, e: MapsEntry, want: bool) -> tuple[int, int, int, object | None, int] | None:
         path = f"{self.proc}/{tgid}/map_files/{e.start:x}-{e.end:x}"
         try:
             st = os.stat(path)
@@ -228,7 +254,7 @@ class NativeUnwinder:
         identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         binary = self._files.get(identity)
         if binary is None:
-            binary = self._read_binary(path)
+            binary = self._read_elf(path)
             if len(self._files) >= self._max_files:
                 self._files.clear()
             self._files[identity] = binary
@@ -236,16 +262,26 @@ class NativeUnwinder:
         vaddr = elf_address(e.start, mapping, binary.elf_type, binary.segments)
         if vaddr is None:
             return None
-        bias = e.start - vaddr
-        return e.start, e.end, bias, self._load_rows(identity, binary, path)
+        key = None
+        if identity in self.maps.binaries or want:
+            key = self._load_rows(identity, binary, path)
+        if binary.no_room and binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR <= self.maps.room():
+            binary.no_room = False  # room again (processes exited): let walks ask for it
+        # CFI, not built yet: walks ask for the table (not while it could not fit: each ask costs a reload)
+        flags = WANTS_TABLE if key is None and binary.count < 0 and not binary.no_room else 0
+        return e.start, e.end, e.start - vaddr, key, flags
 
     def _load_rows(self, key: object, binary: _Binary, source: str | bytes) -> object | None:
         """`key` once the binary's rows are in the kernel (with a reference for the process being
         loaded), else None (no table, or no room)."""
-        if not binary.count:
+        if binary.count == 0:
             return None
         rows = b""  # loaded already: the maps do not need them
         if key not in self.maps.binaries:
+            if binary.count < 0:
+                self._build(binary, source)
+                if binary.count <= 0:
+                    return None
             if binary.count > self.maps.room():  # would not fit: neither fetch nor build the rows again
                 self.maps.reject(key, binary.count)
                 binary.rows = None
@@ -259,8 +295,9 @@ class NativeUnwinder:
             binary.rows = None
         return key if self.maps.binary(key, rows) is not None else None
 
-    def _read_binary(self, path: str | bytes) -> _Binary:
-        """Segments and table of the ELF file at `path` (or the ELF image `path` holds)."""
+    def _read_elf(self, path: str | bytes) -> _Binary:
+        """What a mapping of the ELF file at `path` (or of the ELF image `path` holds) needs for its
+        bias, and whether it has CFI at all; the table is built on first demand (`_build`)."""
         try:
             with io.BytesIO(path) if isinstance(path, bytes) else open(path, "rb") as f:
                 elf = ElfFile(f)
@@ -283,12 +320,19 @@ class NativeUnwinder:
             self.stats["tables_too_big"] += 1
             self.maps.reject(("estimate", path if isinstance(path, str) else "vdso"), estimate)
             return _Binary(elf_type, segments, 0)
+        return _Binary(elf_type, segments, -1 if cfi_bytes else 0, cfi_bytes=cfi_bytes)
+
+    def _build(self, binary: _Binary, source: str | bytes) -> None:
+        if binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR > self.maps.room():
+            binary.no_room = True  # not built; asked for again only once there is room
+            self.stats["tables_no_room"] += 1
+            return
+        binary.no_room = False
         try:
-            table: UnwindTable | None = self.table_source(path)
+            table = self.table_source(source)
             self.stats["tables_built"] += 1
+            binary.count, binary.rows = table.count, table.rows
         except (OSError, PodflameError) as e:
-            log.info("no unwind table for %s: %s", "the vDSO" if isinstance(path, bytes) else path, e)
+            log.info("no unwind table for %s: %s", "the vDSO" if isinstance(source, bytes) else source, e)
             self.stats["tables_failed"] += 1
-            table = None
-        return _Binary(elf_type, segments, table.count if table is not None else 0,
-                       table.rows if table is not None else None)
+            binary.count = 0

@@ -24,7 +24,9 @@ from profiler.bpfprog import BpfMap
 
 NO_TABLE = 0xFFFF_FFFF
 ROW_SIZE = 12  # struct unwind_row
-MAPPING = struct.Struct("<QQQII")  # struct unwind_mapping: start, end, bias, table, reserved
+MAPPING = struct.Struct("<QQQII")  # struct unwind_mapping: start, end, bias, table, flags
+WANTS_TABLE = 1  # unwind_mapping.flags: the walker asks for this mapping's table when it needs it
+WANT = struct.Struct("<QII")  # struct unwind_want: start, tgid, reserved
 SPAN = struct.Struct("<II")  # struct unwind_table and struct unwind_proc: first, count
 BATCH = 65536  # elements per BPF_MAP_UPDATE_BATCH
 KERNEL_ROW_BYTES = 16  # an array map stores values rounded up to 8 bytes
@@ -32,7 +34,7 @@ KERNEL_ROW_BYTES = 16  # an array map stores values rounded up to 8 bytes
 # unwind_stats[] slots; mirrored in bpf/native_unwind.bpf.h (US_*).
 STAT_SLOTS: tuple[str, ...] = (
     "tables", "fp", "end", "truncated", "read_fault", "no_mapping", "unsupported", "fp_steps", "zero_ra",
-    "tail_fail", "bad_cfa",
+    "tail_fail", "bad_cfa", "wanted",
 )  # fmt: skip
 
 
@@ -95,6 +97,7 @@ class UnwindMaps:
         self._rows = maps["unwind_rows"]
         self.stats_map = maps["unwind_stats"]
         self.stale_map = maps["unwind_stale"]
+        self.wanted_map = maps["unwind_wanted"]
         if self._rows.spec.value_size != ROW_SIZE or self._mappings.spec.value_size != MAPPING.size \
                 or self._tables.spec.value_size != SPAN.size or self._procs.spec.value_size != SPAN.size:
             raise ValueError("the unwind maps of bpf/native_unwind.bpf.h and profiler/unwind/maps.py disagree")
@@ -165,12 +168,12 @@ class UnwindMaps:
 
     # -- processes ---------------------------------------------------------------------------
 
-    def set_process(self, tgid: int, mappings: list[tuple[int, int, int, object | None]]) -> bool:
-        """Give `tgid` these (start, end, bias, binary key or None) executable mappings, replacing
+    def set_process(self, tgid: int, mappings: list[tuple[int, int, int, object | None, int]]) -> bool:
+        """Give `tgid` these (start, end, bias, binary key or None, flags) executable mappings, replacing
         what it had. Each key is a reference taken with `binary`, which the process now holds (and
         gives back when it is replaced or removed, or here when it does not fit: then False)."""
         mappings = sorted(mappings, key=lambda m: m[0])
-        keys = [key for *_, key in mappings if key is not None]
+        keys = [m[3] for m in mappings if m[3] is not None]
         old = self.processes.get(tgid)
         first = self._mapping_space.alloc(len(mappings)) if mappings else None
         if first is None:
@@ -179,9 +182,10 @@ class UnwindMaps:
             self.remove_process(tgid)
             return False
         packed = bytearray()
-        for start, end, bias, key in mappings:
+        for start, end, bias, key, flags in mappings:
             b = self.binaries[key] if key is not None else None
-            packed += MAPPING.pack(start, end, bias & 0xFFFF_FFFF_FFFF_FFFF, b.table if b else NO_TABLE, 0)
+            packed += MAPPING.pack(start, end, bias & 0xFFFF_FFFF_FFFF_FFFF, b.table if b else NO_TABLE,
+                                   0 if b else flags)
         n = len(mappings)
         self._mappings.update_batch(struct.pack(f"<{n}I", *range(first, first + n)), bytes(packed), n)
         try:
