@@ -21,6 +21,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -81,6 +82,9 @@ class NativeUnwinder:
         self.proc = proc
         self._seen: dict[int, tuple[tuple[int, int, int, int], ...]] = {}  # tgid -> mappings last loaded
         self._wanted: dict[int, set[int]] = {}  # tgid -> starts of mappings a walk asked tables for
+        # (device, inode, path) of a maps line -> the file's identity, checked with stat once: a Python
+        # process maps ~50 files, and a stat of each for every new process was most of loading it
+        self._identities: dict[tuple[str, int, str], tuple[int, int, int, int]] = {}
         self._files: dict[object, _Binary] = {}  # by file identity, or ("vdso", hash of its image)
         self._max_files = max_files
         self._lock = threading.Lock()  # maps + files: the worker and maintain() share them
@@ -88,7 +92,8 @@ class NativeUnwinder:
         self._worker: threading.Thread | None = None
         self._last_tables: dict[str, int] = {}
         self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
-                      "tables_too_big": 0, "tables_no_room": 0, "rereads": 0, "exits": 0}
+                      "tables_too_big": 0, "tables_no_room": 0, "rereads": 0, "exits": 0,
+                      "cpu_ms": 0}  # the loader thread's own CPU
 
     # -- API -------------------------------------------------------------------------------------
 
@@ -148,6 +153,7 @@ class NativeUnwinder:
             batch = self._queue.get()
             if batch is None:
                 return
+            started = time.thread_time()
             self._take_wanted()
             for tgid in dict.fromkeys([*batch, *self._wanted]):
                 try:
@@ -155,6 +161,7 @@ class NativeUnwinder:
                         self._load_process(tgid)
                 except Exception:  # one odd process must not stop the loader
                     log.exception("loading unwind tables for pid %d failed", tgid)
+            self.stats["cpu_ms"] += int((time.thread_time() - started) * 1000)
 
     def _take_stale(self) -> list[int]:
         m = self.maps.stale_map
@@ -247,11 +254,17 @@ class NativeUnwinder:
 
     def _mapping(self, tgid: int, e: MapsEntry, want: bool) -> tuple[int, int, int, object | None, int] | None:
         path = f"{self.proc}/{tgid}/map_files/{e.start:x}-{e.end:x}"
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        line = (e.dev, e.inode, e.path)  # what the maps line says of the file: known, no stat needed
+        identity = self._identities.get(line)
+        if identity is None or e.deleted:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if len(self._identities) >= self._max_files:
+                self._identities.clear()
+            self._identities[line] = identity
         binary = self._files.get(identity)
         if binary is None:
             binary = self._read_elf(path)
