@@ -22,11 +22,12 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from podflame.errors import PodflameError
 from podflame.model import Mapping
+from profiler.bpfprog import BpfMap
 from profiler.procmaps import MapsEntry, parse_exec_maps
 from profiler.unwind.maps import WANT, WANTS_TABLE, UnwindMaps
 from profiler.unwind.table import UnwindTable
@@ -41,6 +42,11 @@ MAX_MAPPINGS_PER_PROCESS = 1023  # what the walker's bounded search covers (UNWI
 # A table has ~1 row per 5-6 bytes of .eh_frame (libc 5.4, python3 6.4, libLLVM 5.3): /4 errs high.
 ROWS_PER_CFI_BYTE_DIVISOR = 4
 MAX_BUDGET_SHARE = 0.5  # no single binary takes more than this share of the row budget
+# Building tables is the loader's real cost (~1 s of CPU for 350k rows in Python): it may spend
+# BUILD_CPU_SHARE of a core on average, after a burst of BUILD_BURST_S CPU seconds (a first start).
+# A binary asked for beyond that waits, and processes that map it are loaded again once it may be built.
+BUILD_CPU_SHARE = 0.005
+BUILD_BURST_S = 5.0
 _PF_X = 1
 
 
@@ -70,6 +76,7 @@ class _Binary:
     rows: bytes | None = None
     cfi_bytes: int = 0
     no_room: bool = False  # the last ask found no room in the row budget
+    deferred: bool = False  # asked for while the build budget was spent: built on a later load
 
 
 class NativeUnwinder:
@@ -82,6 +89,9 @@ class NativeUnwinder:
         self.proc = proc
         self._seen: dict[int, tuple[tuple[int, int, int, int], ...]] = {}  # tgid -> mappings last loaded
         self._wanted: dict[int, set[int]] = {}  # tgid -> starts of mappings a walk asked tables for
+        self._waiting: set[int] = set()  # tgids mapping a deferred binary
+        self._retry: set[int] = set()  # tgids to load again whatever their maps say
+        self._tokens, self._tokens_at = BUILD_BURST_S, time.monotonic()
         # (device, inode, path) of a maps line -> the file's identity, checked with stat once: a Python
         # process maps ~50 files, and a stat of each for every new process was most of loading it
         self._identities: dict[tuple[str, int, str], tuple[int, int, int, int]] = {}
@@ -92,7 +102,7 @@ class NativeUnwinder:
         self._worker: threading.Thread | None = None
         self._last_tables: dict[str, int] = {}
         self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
-                      "tables_too_big": 0, "tables_no_room": 0, "rereads": 0, "exits": 0,
+                      "tables_too_big": 0, "tables_no_room": 0, "tables_deferred": 0, "rereads": 0, "exits": 0,
                       "cpu_ms": 0}  # the loader thread's own CPU
 
     # -- API -------------------------------------------------------------------------------------
@@ -127,6 +137,10 @@ class NativeUnwinder:
         if stale:
             self.stats["rereads"] += len(stale)
             self.announce(stale)
+        if self._waiting and self._may_build():
+            waiting, self._waiting = self._waiting, set()
+            self._retry.update(waiting)
+            self.announce(waiting)
 
     def close(self) -> None:
         if self._worker is not None:
@@ -164,37 +178,13 @@ class NativeUnwinder:
             self.stats["cpu_ms"] += int((time.thread_time() - started) * 1000)
 
     def _take_stale(self) -> list[int]:
-        m = self.maps.stale_map
-        keys, values = bytearray(4 * 1024), bytearray(1024)
-        out: list[int] = []
-        token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
-        first = True
-        while True:
-            try:
-                n, done = m.lookup_and_delete_batch(keys, values, None if first else token_in, token_out)
-            except OSError:
-                return out
-            out.extend(memoryview(keys).cast("I")[:n])
-            if done or n == 0:
-                return out
-            token_in.value, first = token_out.value, False
+        return [tgid for keys in _empty(self.maps.stale_map) for tgid in keys.cast("I")]
 
     def _take_wanted(self) -> None:
         """Move the kernel's asks for tables (unwind_wanted) into `_wanted`, tgid -> mapping starts."""
-        m = self.maps.wanted_map
-        keys, values = bytearray(WANT.size * 1024), bytearray(1024)
-        token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
-        first = True
-        while True:
-            try:
-                n, done = m.lookup_and_delete_batch(keys, values, None if first else token_in, token_out)
-            except OSError:
-                return
-            for start, tgid, _ in WANT.iter_unpack(memoryview(keys)[:n * WANT.size]):
+        for keys in _empty(self.maps.wanted_map):
+            for start, tgid, _ in WANT.iter_unpack(keys):
                 self._wanted.setdefault(tgid, set()).add(start)
-            if done or n == 0:
-                return
-            token_in.value, first = token_out.value, False
 
     def _load_process(self, tgid: int, *, everything: bool = False) -> None:
         """(Re)load a process's mappings. Tables come on demand: a binary's rows are loaded when a walk
@@ -210,7 +200,9 @@ class NativeUnwinder:
             self._seen.pop(tgid, None)
             return
         signature = tuple((e.start, e.end, e.offset, e.inode) for e in entries)
-        if self._seen.get(tgid) == signature and not wanted and not everything:
+        retry = tgid in self._retry
+        self._retry.discard(tgid)
+        if self._seen.get(tgid) == signature and not wanted and not everything and not retry:
             return  # announced again (a new comm, a stale mark from JIT code) with the same mappings
         self._seen[tgid] = signature
         mappings: list[tuple[int, int, int, object | None, int]] = []
@@ -276,12 +268,14 @@ class NativeUnwinder:
         if vaddr is None:
             return None
         key = None
-        if identity in self.maps.binaries or want:
+        if identity in self.maps.binaries or want or binary.deferred:
             key = self._load_rows(identity, binary, path)
+        if binary.deferred:
+            self._waiting.add(tgid)
         if binary.no_room and binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR <= self.maps.room():
             binary.no_room = False  # room again (processes exited): let walks ask for it
         # CFI, not built yet: walks ask for the table (not while it could not fit: each ask costs a reload)
-        flags = WANTS_TABLE if key is None and binary.count < 0 and not binary.no_room else 0
+        flags = WANTS_TABLE if key is None and binary.count < 0 and not (binary.no_room or binary.deferred) else 0
         return e.start, e.end, e.start - vaddr, key, flags
 
     def _load_rows(self, key: object, binary: _Binary, source: str | bytes) -> object | None:
@@ -341,6 +335,12 @@ class NativeUnwinder:
             self.stats["tables_no_room"] += 1
             return
         binary.no_room = False
+        if not self._may_build():
+            binary.deferred = True
+            self.stats["tables_deferred"] += 1
+            return
+        binary.deferred = False
+        started = time.thread_time()
         try:
             table = self.table_source(source)
             self.stats["tables_built"] += 1
@@ -349,3 +349,28 @@ class NativeUnwinder:
             log.info("no unwind table for %s: %s", "the vDSO" if isinstance(source, bytes) else source, e)
             self.stats["tables_failed"] += 1
             binary.count = 0
+        self._tokens -= time.thread_time() - started
+
+    def _may_build(self) -> bool:
+        """Whether the build budget (BUILD_CPU_SHARE of a core, BUILD_BURST_S at once) has CPU left."""
+        now = time.monotonic()
+        self._tokens = min(BUILD_BURST_S, self._tokens + (now - self._tokens_at) * BUILD_CPU_SHARE)
+        self._tokens_at = now
+        return self._tokens > 0
+
+
+def _empty(m: BpfMap, chunk: int = 1024) -> Iterator[memoryview]:
+    """Read and delete every entry of a small hash map: its keys, `chunk` at a time (a failure ends it:
+    what was not read is read by the next call)."""
+    keys, values = bytearray(m.spec.key_size * chunk), bytearray(m.spec.value_size * chunk)
+    token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
+    first = True
+    while True:
+        try:
+            n, done = m.lookup_and_delete_batch(keys, values, None if first else token_in, token_out)
+        except OSError:
+            return
+        yield memoryview(bytes(keys[:n * m.spec.key_size]))
+        if done or n == 0:
+            return
+        token_in.value, first = token_out.value, False
