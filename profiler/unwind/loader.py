@@ -47,6 +47,7 @@ MAX_BUDGET_SHARE = 0.5  # no single binary takes more than this share of the row
 # A binary asked for beyond that waits, and processes that map it are loaded again once it may be built.
 BUILD_CPU_SHARE = 0.005
 BUILD_BURST_S = 5.0
+SMALL_TABLE_ROWS = 20_000  # estimated: a build of ~20 ms or less, never deferred (a program's own binary)
 _PF_X = 1
 
 
@@ -335,7 +336,7 @@ class NativeUnwinder:
             self.stats["tables_no_room"] += 1
             return
         binary.no_room = False
-        if not self._may_build():
+        if binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR > SMALL_TABLE_ROWS and not self._may_build():
             binary.deferred = True
             self.stats["tables_deferred"] += 1
             return
