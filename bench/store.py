@@ -6,8 +6,8 @@ levels from idle to busy (bench/synthetic.py). `--distinct` drains are generated
 through the day (each with its own time), so generation does not dominate the run.
 
 Ingest: every drain of the day is POSTed to /api/v1/ingest through Flask's test client (the server's
-handler: `pprof.decode_ids`, `SqliteStore.put_decoded` with its fsyncs; everything but the socket).
-The time spent inside `put_decoded` is measured on the same calls, so the store's share is known.
+handler: `pprof.decode_ids`, `web.normalize.batch_of`, `SqliteStore.put` with its fsyncs; all but the socket).
+The time spent inside `put` is measured on the same calls, so the store's share is known.
 Compaction runs every 10 simulated minutes (`Maintenance.run_once`, as the server's background
 thread does), timed apart, so 24 h queries read the 1 h and 10 min blocks the store keeps; queries
 run as if 30 s after the day's end, so its last 10 minutes are still raw profiles, as when live.
@@ -18,7 +18,7 @@ the same samples as gzip pprof (podflame/pprof.py + gzip, summed sizes), two way
 usually kept). Both are exact sums over the day: the day cycles the distinct drains, whose file sizes
 are measured once each (files differ across cycles only in their time field, of equal varint size).
 
-Queries go through the HTTP API (web/api.py -> web/query.py) in a fresh process per query, after the
+Queries go through the HTTP API (web/server/api.py -> web/query/merge.py) in a fresh process per query, after the
 data directory's pages are dropped from the page cache (posix_fadvise DONTNEED on our files only):
 the first answer is cold (no store or name cache, data read from disk), the median of the rest warm.
 
@@ -90,7 +90,7 @@ def query_cases(start: int, end: int, pod: str, hours: float) -> list[tuple[str,
 
 def run_query_case(data: str, path: str, params: dict[str, str], runs: int) -> dict[str, Any]:
     """In this (fresh) process: open the server on `data`, time one cold request, then warm ones."""
-    from web.app import create_app
+    from web.server.app import create_app
 
     drop_page_cache(Path(data))
     t = time.perf_counter()
@@ -137,8 +137,8 @@ def main() -> None:
         print(json.dumps(run_query_case(args.data, path, params, args.runs)))
         return
 
-    from web.selector import MATCH_ALL
-    from web.store import SqliteStore
+    from web.store.selector import MATCH_ALL
+    from web.store.sqlite import SqliteStore
 
     data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="podflame-bench-"))
     meta_file = data / "bench-store.json"
@@ -242,8 +242,8 @@ def socket_ingest(args: argparse.Namespace, data: Path, pods: list, after: int) 
 
 
 def ingest_day(args: argparse.Namespace, data: Path, pods: list) -> tuple[dict[str, Any], int, int]:
-    from web.app import create_app
-    from web.retention import Maintenance
+    from web.server.app import create_app
+    from web.store.retention import Maintenance
 
     end = (time.time_ns() // H) * H  # the day ends at the last full hour: queries ask for "the last 24 h"
     start = end - int(args.hours * H)
@@ -265,25 +265,25 @@ def ingest_day(args: argparse.Namespace, data: Path, pods: list) -> tuple[dict[s
     log(f"drains: {statistics.mean(len(b) for b in bodies) / 1024:.0f} KiB each as gzip pprof; "
         f"{statistics.mean(samples_per_body):.0f} samples each")
 
-    # -- ingest the day through the HTTP handler; time the store's put_decoded() inside it ----------
+    # -- ingest the day through the HTTP handler; time the store's put() inside it ----------
     if (data / "index.sqlite").exists():
         shutil.rmtree(data)  # a previous run's store
     elif data.exists() and any(data.iterdir()):
         sys.exit(f"{data} is not empty and holds no store: choose another --data")
     app = create_app({"DATA_DIR": str(data), "MAINTENANCE_SECONDS": 0})
     store = app.extensions["podflame.store"]
-    real_put = store.put_decoded
+    real_put = store.put
     put_s = 0.0
 
-    def timed_put(decoded: Any) -> Any:
+    def timed_put(batches: Any) -> Any:
         nonlocal put_s
         t0 = time.perf_counter()
         try:
-            return real_put(decoded)
+            return real_put(batches)
         finally:
             put_s += time.perf_counter() - t0
 
-    store.put_decoded = timed_put  # type: ignore[method-assign]
+    store.put = timed_put  # type: ignore[method-assign]
     maintenance = Maintenance(store, interval=0)
     client = app.test_client()
     ingest_s = compact_s = 0.0

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.realsys import WORKLOADS, kubelet_cgroup, spawn_in_cgroup  # noqa: E402
-from tests.test_unwind_bpf import BUSY_PY, PYTHONS, exact_chain, perf_stacks, user_part  # noqa: E402
+from tests.test_unwind_bpf import BUSY_PY, PYTHONS, exact_chain, perf_stacks, through_eval, user_part  # noqa: E402
 
 Stacks = Counter[tuple[str, ...]]
 PODFLAME = Path(sys.executable).parent / "podflame"
@@ -83,7 +83,7 @@ def c_entry(s: tuple[str, ...]) -> bool:
 
 
 def py_entry(s: tuple[str, ...]) -> bool:
-    return c_entry(s) and "Py_BytesMain" in s and "_PyEval_EvalFrameDefault" in s
+    return through_eval(s)
 
 
 def main() -> None:

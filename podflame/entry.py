@@ -58,7 +58,8 @@ def main() -> None:
         binary, inlines, cache_dir, addresses = parsed
         text = None if addresses else sys.stdin.read()
         try:
-            out = symbolize_text(binary, addresses or text.split(), inlines=inlines, cache_dir=cache_dir)  # type: ignore[union-attr]
+            out = symbolize_text(binary, addresses if text is None else text.split(), inlines=inlines,
+                                 cache_dir=cache_dir)
         except (ValueError, ElfReadError):
             # bad addresses or an unreadable ELF: click reports it (and reads stdin's text again)
             if text is not None:

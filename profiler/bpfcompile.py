@@ -20,13 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from podflame.errors import SystemUnsupported
 from profiler.bpfprog import MAX_IMAGE_BYTES, ProgramImage
 
 COMPILE_TIMEOUT_S = 300  # clang takes ~0.3 s here; a wedged compile must not hang the agent's start
 _MAX_MESSAGES = 64 << 10
 
 
-class CompileError(Exception):
+class CompileError(SystemUnsupported):
     """The compile failed; the message carries the tail of the compiler's output."""
 
 

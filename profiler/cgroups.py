@@ -122,9 +122,9 @@ def cgroup_of_pid(pid: int | str, proc: str = "/proc") -> str | None:
             by_controller.setdefault(c, path)
         by_controller.setdefault(controllers, path)
     for c in _V1_PREFERENCE:
-        path = by_controller.get(c)
-        if path and path != "/":
-            return path
+        chosen = by_controller.get(c)
+        if chosen and chosen != "/":
+            return chosen
     for controllers, path in lines.items():
         if controllers and path != "/":
             return path
@@ -364,7 +364,7 @@ def parse_kubelet_path(path: str) -> KubeletCgroup | None:
             pod = _SYSTEMD_POD.match(m.group("slice"))
             uid = pod and _normalize_uid(pod.group("uid"))
             prefix = m.group("prefix")
-            if not uid:
+            if not uid or pod is None:
                 continue
             return KubeletCgroup(uid, m.group("id"), (pod.group("qos") or "guaranteed").lower(),
                                  _RUNTIME_OF_PREFIX.get(prefix, "unknown"), "systemd", prefix == "crio-conmon")

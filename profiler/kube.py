@@ -271,7 +271,7 @@ class OwnerResolver:
 
             resp = client.AppsV1Api(self._api).read_namespaced_replica_set(
                 key[1], key[0], _preload_content=False, _request_timeout=10)
-            rs = json.loads(resp.data)
+            rs = json.loads(resp.data)  # type: ignore[attr-defined]  # _preload_content=False: the raw HTTP response
             owner = _controller(rs.get("metadata") or {})
             if owner is not None:
                 workload = f"{owner.get('kind')}/{owner.get('name')}"
@@ -353,7 +353,7 @@ class KubeMetadata:
         self._stop = threading.Event()
         self._synced = threading.Event()
         self._thread: threading.Thread | None = None
-        self._watch = None
+        self._watch: Any = None  # the running kubernetes.watch.Watch, to stop it
         self.resource_version: str | None = None
         self.lists = 0  # how many full lists ran (1 + resyncs)
         self.errors = 0
@@ -411,8 +411,8 @@ class KubeMetadata:
                 return None
             pod, c = found
             return self._labels(pod, c)
-        pod = self.index.pod(pod_uid)
-        return self._labels(pod, None) if pod is not None else None
+        by_uid = self.index.pod(pod_uid)
+        return self._labels(by_uid, None) if by_uid is not None else None
 
     def labels_for(self, kc: KubeletCgroup) -> dict[str, str]:
         """Best effort, never None: container labels if known, else the pod's, else {}."""

@@ -480,7 +480,7 @@ class MapsCache:
                                               e.path.encode(errors="surrogateescape"))))
         return gate
 
-    def _line(self, pid: int, e: MapsEntry, key: str | tuple[str, int, str, int, str] | None) -> _Line:
+    def _line(self, pid: int, e: MapsEntry, key: str | tuple[str, int, str, int, str] | _QueryKey | None) -> _Line:
         """What executable line `e` says besides its addresses, its file's identity (a stat through this
         process's /proc/PID/map_files) and its build id (read once per identity), remembered under `key`
         for the rest of the drain: a busy node starts many processes mapping the same files."""

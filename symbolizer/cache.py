@@ -7,7 +7,6 @@ from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
-_MISSING = object()
 
 
 class LRU(Generic[V]):
@@ -26,11 +25,11 @@ class LRU(Generic[V]):
         self.weight = 0
 
     def get(self, key: Hashable, default: V | None = None) -> V | None:
-        item = self._data.get(key, _MISSING)
-        if item is _MISSING:
+        item = self._data.get(key)  # entries are (value, weight) tuples, never None
+        if item is None:
             return default
         self._data.move_to_end(key)
-        return item[0]  # type: ignore[index]
+        return item[0]
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._data

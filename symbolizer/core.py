@@ -385,7 +385,7 @@ class Symbolizer:
         return key
 
     def _read_vdso(self, m: Mapping, pid: int | None) -> ElfSymbols | None:
-        sources = [(pid, m.start, m.limit)] if pid is not None else []
+        sources: list[tuple[int | None, int, int]] = [(pid, m.start, m.limit)] if pid is not None else []
         own = _own_vdso(self.proc)
         if own is not None:
             sources.append((None, *own))

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from symbolizer.dwarf import _FORMAT, CuIndex
 from symbolizer.ranges import AddressRanges
@@ -81,7 +81,7 @@ class DiskCache:
         self.stats["table_hits"] += 1
         with contextlib.suppress(OSError):
             os.utime(d)
-        return got  # type: ignore[return-value]
+        return cast("CuTable", got)  # what save_table pickled under this build id
 
     def store_table(self, build_id: str, table: CuTable) -> None:
         self._write(os.path.join(self._dir(build_id), "table.pkl"), table)
@@ -132,7 +132,7 @@ class DiskCache:
 
     def usage(self) -> list[tuple[float, int, str]]:
         """(mtime, bytes, dir) per build id."""
-        out = []
+        out: list[tuple[float, int, str]] = []
         if not os.path.isdir(self.root):
             return out
         for prefix in os.scandir(self.root):

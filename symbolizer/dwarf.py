@@ -30,6 +30,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from typing import NamedTuple
 
+from podflame.errors import BinaryFormatError
 from symbolizer import dwarfread as dr
 from symbolizer import libdw
 from symbolizer.cache import LRU
@@ -55,7 +56,7 @@ _WANT_NAME = frozenset({dr.AT_name, dr.AT_linkage_name, dr.AT_MIPS_linkage_name,
 _DWARF_ERRORS = (dr.FormatError, IndexError, KeyError, ValueError, struct.error)
 
 
-class DwarfError(Exception):
+class DwarfError(BinaryFormatError):
     """The DWARF of a binary could not be decoded (corrupt, unsupported)."""
 
 
@@ -144,7 +145,7 @@ class CuIndex:
         return self.files, self.row_addr, self.row_file, self.row_line, self.code
 
     def __setstate__(self, state: tuple) -> None:
-        self.__init__()  # type: ignore[misc]
+        self.__init__()  # type: ignore[misc]  # unpickling: empty fields, then the state
         self.files, self.row_addr, self.row_file, self.row_line, self.code = state
 
     def line_at(self, address: int) -> tuple[str | None, int | None]:
@@ -152,6 +153,7 @@ class CuIndex:
         if lt is not None:
             got = lt.find(address)
             if lt.addr is not None:  # the program ran to its end: keep only its rows
+                assert lt.file is not None and lt.line is not None  # set with lt.addr
                 self.row_addr, self.row_file, self.row_line = lt.addr, lt.file, lt.line
                 self.lines = None
             if got is None or got[1] < 0:
@@ -178,7 +180,7 @@ class CuIndex:
             die = self.fn_die[i]
             code = self.fns.get(die)
             if code is None:
-                code = self.fns[die] = self._decoder.code(die)  # type: ignore[union-attr]
+                code = self.fns[die] = self._decoder.code(die)  # type: ignore[union-attr]  # None only once complete
             return code
         # no top-level function here: a nested function's code, or none; the whole CU says which
         self.code = code = self._decoder.code(None)  # type: ignore[union-attr]
@@ -470,14 +472,7 @@ class _CuDecoder:
         end = u.end
         while pos < end:
             die = pos
-            code = data[pos]
-            if code < 0x80:
-                pos += 1
-            elif data[pos + 1] < 0x80:  # big CUs have more than 127 abbreviations
-                code = (code & 0x7F) | (data[pos + 1] << 7)
-                pos += 2
-            else:
-                code, pos = dr.uleb(data, pos)
+            code, pos = dr.uleb(data, pos)  # an abbreviation code: one or two bytes in big CUs
             if code == 0:
                 if level == 0:
                     break
@@ -554,14 +549,7 @@ class _CuDecoder:
             if die is not None and len(stack) == 1 and pos != die:
                 break  # the function's subtree is done
             die_off = pos
-            code = data[pos]
-            if code < 0x80:
-                pos += 1
-            elif data[pos + 1] < 0x80:  # big CUs have more than 127 abbreviations
-                code = (code & 0x7F) | (data[pos + 1] << 7)
-                pos += 2
-            else:
-                code, pos = dr.uleb(data, pos)
+            code, pos = dr.uleb(data, pos)  # an abbreviation code: one or two bytes in big CUs
             if code == 0:
                 stack.pop()
                 continue
@@ -601,8 +589,8 @@ class _CuDecoder:
                 pos = sib if sib > die_off else _skip_children(r, u, pos)
                 continue
             if ab.children:  # skip the subtree: by DW_AT_sibling when given, else by reading it
-                sib = a.get(dr.AT_sibling)
-                pos = sib[1] if isinstance(sib, tuple) and sib[1] > die_off else _skip_children(r, u, pos)
+                ref = a.get(dr.AT_sibling)
+                pos = ref[1] if isinstance(ref, tuple) and ref[1] > die_off else _skip_children(r, u, pos)
         _flatten(ranges, idx)
         return idx
 
@@ -623,7 +611,7 @@ def _decode_cu(r: dr.Reader, offset: int, *, complete: bool = True,
         idx.files, first = lt.files, lt.first
         if complete:
             lt.complete()
-            idx.row_addr, idx.row_file, idx.row_line = lt.addr, lt.file, lt.line  # type: ignore[assignment]
+            idx.row_addr, idx.row_file, idx.row_line = lt.addr, lt.file, lt.line  # type: ignore[assignment]  # complete()d
         else:
             idx.lines = (libdw_lines and libdw_lines(u.die_offset, first, idx.files)) or lt
     decoder = _CuDecoder(r, u, first, len(idx.files))

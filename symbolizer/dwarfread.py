@@ -13,6 +13,9 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterator
+from typing import Literal
+
+from podflame.errors import BinaryFormatError
 
 # attributes
 AT_sibling, AT_name, AT_stmt_list, AT_low_pc, AT_high_pc, AT_language = 0x01, 0x03, 0x10, 0x11, 0x12, 0x13
@@ -31,7 +34,7 @@ _FIXED = {0x0B: 1, 0x05: 2, 0x06: 4, 0x07: 8, 0x1E: 16, 0x0C: 1, 0x11: 1, 0x12: 
           0x20: 8, 0x25: 1, 0x26: 2, 0x27: 3, 0x28: 4, 0x29: 1, 0x2A: 2, 0x2B: 3, 0x2C: 4, 0x19: 0, 0x21: 0}
 
 
-class FormatError(Exception):
+class FormatError(BinaryFormatError):
     """DWARF this reader cannot decode."""
 
 
@@ -70,11 +73,31 @@ def cstr(data: bytes, pos: int) -> tuple[bytes, int]:
     return data[pos:end], end + 1
 
 
+ByteOrder = Literal["little", "big"]
+
+
+def as_int(v: object) -> int:
+    """An attribute value its form makes an integer (`Reader.read` gives values as objects)."""
+    if not isinstance(v, int):
+        raise FormatError(f"expected an integer attribute value, got {type(v).__name__}")
+    return v
+
+
 class Sections:
     """The DWARF sections of one file, as bytes (b"" when absent)."""
 
     __slots__ = ("abbrev", "addr", "aranges", "info", "line", "line_str", "little", "ranges", "rnglists", "str",
                  "str_offsets")
+    abbrev: bytes
+    addr: bytes
+    aranges: bytes
+    info: bytes
+    line: bytes
+    line_str: bytes
+    ranges: bytes
+    rnglists: bytes
+    str: bytes
+    str_offsets: bytes
 
     def __init__(self, little: bool = True, **sections: bytes) -> None:
         self.little = little
@@ -187,9 +210,9 @@ class Reader:
             top, _ = self.attrs(u, p, code, None)
             u.top = top
             # the bases first (other attributes' decoding needs them), raw as read
-            u.str_offsets_base = int(top.get(AT_str_offsets_base, 8))  # type: ignore[arg-type]
-            u.addr_base = int(top.get(AT_addr_base, top.get(AT_GNU_addr_base, 8)))  # type: ignore[arg-type]
-            u.rnglists_base = int(top.get(AT_rnglists_base, top.get(AT_GNU_ranges_base, 0)))  # type: ignore[arg-type]
+            u.str_offsets_base = as_int(top.get(AT_str_offsets_base, 8))
+            u.addr_base = as_int(top.get(AT_addr_base, top.get(AT_GNU_addr_base, 8)))
+            u.rnglists_base = as_int(top.get(AT_rnglists_base, top.get(AT_GNU_ranges_base, 0)))
             top, _ = self.attrs(u, p, code, None)  # again, now that indexed forms can resolve
             u.top = top
             lo = top.get(AT_low_pc)
@@ -311,6 +334,7 @@ class Reader:
                 size, kind = -1, _K_STRING
             elif size is None:
                 raise FormatError(f"unknown DW_FORM {form:#x}")
+            assert size is not None  # every branch above sets it or raises
             if kind in (_K_INT, _K_ULEB):  # the value's meaning by form
                 if form in _REF_CU_FORMS:
                     kind = _K_REF if kind == _K_INT else kind
@@ -337,7 +361,7 @@ class Reader:
         if not steps:
             return out, pos + tail
         data = self.s.info
-        le = "little" if self.s.little else "big"
+        le: ByteOrder = "little" if self.s.little else "big"
         for gap, at, form, kind, size, wanted in steps:
             pos += gap
             if kind == _K_IMPLICIT:
@@ -480,10 +504,10 @@ class Reader:
             if isinstance(value, tuple):
                 off = u.rnglists_base + self._u(data, u.rnglists_base + value[1] * u.offset_size, u.offset_size)
             else:
-                off = int(value)  # type: ignore[arg-type]
+                off = as_int(value)
             return self._rnglist(u, data, off)
         data = self.s.ranges
-        pos = int(value)  # type: ignore[arg-type]
+        pos = as_int(value)
         base = u.base
         asz = u.address_size
         maxa = (1 << (8 * asz)) - 1
@@ -640,7 +664,7 @@ class LineTable:
         while True:
             if self._state is None:
                 addrs = self.addr
-                i = bisect_right(addrs, address) - 1  # type: ignore[arg-type]
+                i = bisect_right(addrs, address) - 1  # type: ignore[arg-type]  # set once _state is None
                 if i < 0 or self.line[i] < 0:  # type: ignore[index]
                     return None
                 return self.file[i], self.line[i]  # type: ignore[index]
@@ -664,7 +688,7 @@ class LineTable:
 def line_table(r: Reader, u: Unit, offset: int, comp_dir: str | None) -> LineTable:
     s = r.s
     data = s.line
-    le = "little" if s.little else "big"
+    le: ByteOrder = "little" if s.little else "big"
 
     def num(pos: int, size: int) -> int:
         return int.from_bytes(data[pos:pos + size], le)
@@ -719,9 +743,9 @@ def line_table(r: Reader, u: Unit, offset: int, comp_dir: str | None) -> LineTab
             return out, pos
 
         ds, pos = entries(pos)
-        dirs = [d.get(1) if isinstance(d.get(1), str) else "" for d in ds]  # type: ignore[misc]
+        dirs = [name if isinstance(name := d.get(1), str) else "" for d in ds]
         fs, pos = entries(pos)
-        raw_files = [(f.get(1) if isinstance(f.get(1), str) else "??", int(f.get(2, 0) or 0)) for f in fs]  # type: ignore[misc]
+        raw_files = [(name if isinstance(name := f.get(1), str) else "??", as_int(f.get(2, 0) or 0)) for f in fs]
         first = 0
     else:
         while data[pos]:
@@ -757,7 +781,7 @@ def line_table(r: Reader, u: Unit, offset: int, comp_dir: str | None) -> LineTab
     return LineTable(files, first, [consts, program, 0, 1 - first, 1, False, 0, -1, -1, -1], end - program)
 
 
-def _line_form(r: Reader, u: Unit, data: bytes, pos: int, form: int, le: str) -> tuple[object, int]:
+def _line_form(r: Reader, u: Unit, data: bytes, pos: int, form: int, le: ByteOrder) -> tuple[object, int]:
     if form == 0x08:
         s, pos = cstr(data, pos)
         return s.decode("utf-8", "surrogateescape"), pos
@@ -802,7 +826,7 @@ def _run(t: LineTable, target: int) -> None:
     advance_line), one-byte LEB128 operands read inline, special opcodes' effects precomputed.
     At the end, sequences are put in address order by slicing, not by sorting rows; a program
     whose sequences overlap or go backwards falls back to a sort."""
-    consts, pos, address, file, line, backwards, seq_row, last_a, last_f, last_l = t._state  # type: ignore[misc]
+    consts, pos, address, file, line, backwards, seq_row, last_a, last_f, last_l = t._state  # type: ignore[misc]  # not None here
     data, end, min_inst, opcode_base, std_lengths, le, first, define_file, addr_adv, line_adv = consts
     addrs, files, lines, seqs = t._addrs, t._files, t._lines, t._seqs
     add_a, add_f, add_l = addrs.append, files.append, lines.append
@@ -919,7 +943,7 @@ def _run(t: LineTable, target: int) -> None:
     else:  # the end of the program
         del addrs[seq_row:], files[seq_row:], lines[seq_row:]  # an unterminated last sequence
         t.addr, t.file, t.line = _in_address_order(addrs, files, lines, seqs, backwards)
-        t._addrs = t._files = t._lines = None  # type: ignore[assignment]
+        t._addrs = t._files = t._lines = None  # type: ignore[assignment]  # the program is done: free them
         t._seqs = []
         t._state = None
         return

@@ -15,8 +15,10 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import BinaryIO, NamedTuple
 
+from podflame.errors import BinaryFormatError
 from symbolizer.elffile import (
     EM_ARM,
     NT_GNU_BUILD_ID,
@@ -42,7 +44,7 @@ _TYPE_RANK = {_STT_FUNC: 0, _STT_GNU_IFUNC: 1, _STT_NOTYPE: 2}
 _BIND_RANK = {_STB_GLOBAL: 0, _STB_WEAK: 0, _STB_LOCAL: 1}  # exported names (glibc exports via weak) first
 
 
-class ElfReadError(Exception):
+class ElfReadError(BinaryFormatError):
     """The file is not a readable ELF (missing, truncated, not ELF, unsupported)."""
 
 
@@ -57,11 +59,11 @@ class LoadSegment(NamedTuple):  # not a dataclass: importing dataclasses costs `
 def _build_id(elf: ElfFile) -> str | None:
     """The GNU build id from .note.gnu.build-id, else from any PT_NOTE (section headers may be gone)."""
     sec = elf.section(".note.gnu.build-id")
-    blobs = []
+    blobs: list[Callable[[], bytes]] = []
     if sec is not None and sec.type == SHT_NOTE:
-        blobs.append(lambda: elf.data(sec))
+        blobs.append(partial(elf.data, sec))
     else:
-        blobs.extend((lambda seg=seg: elf.segment_data(seg)) for seg in elf.segments if seg.type == PT_NOTE)
+        blobs.extend(partial(elf.segment_data, seg) for seg in elf.segments if seg.type == PT_NOTE)
     for read in blobs:
         try:
             for typ, name, desc in elf.notes(read()):
@@ -214,7 +216,10 @@ class ElfSymbols:
             raise ElfReadError(f"{self.name}: {e}") from e
 
     def _open(self) -> BinaryIO:
-        return io.BytesIO(self._data) if self._data is not None else open(self.path, "rb")  # type: ignore[arg-type]
+        if self._data is not None:
+            return io.BytesIO(self._data)
+        assert self.path is not None  # a path or bytes, from __init__
+        return open(self.path, "rb")
 
     def debug_file(self) -> str | None:
         """The separate debug file named by the build id in `debug_dirs`, if there is one."""

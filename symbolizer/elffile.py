@@ -12,6 +12,8 @@ import zlib
 from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
+from podflame.errors import BinaryFormatError
+
 SHT_SYMTAB, SHT_NOTE, SHT_NOBITS, SHT_DYNSYM = 2, 7, 8, 11
 PT_LOAD, PT_NOTE = 1, 4
 SHF_EXECINSTR, SHF_COMPRESSED = 0x4, 0x800
@@ -21,7 +23,7 @@ EM_ARM = 40
 _E_TYPES = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
 
 
-class ElfFormatError(ValueError):
+class ElfFormatError(BinaryFormatError):
     """Not an ELF file this reader understands (bad magic, truncated headers)."""
 
 

@@ -11,7 +11,7 @@ The symbol table is consulted only in those cases: a C binary with DWARF never r
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from symbolizer.dwarf import DwarfError, DwarfInfo
 from symbolizer.elf import ElfSymbols
@@ -68,7 +68,7 @@ def lines_at(elf: ElfSymbols, dwarf: DwarfInfo | None, vaddr: int, demangle: Cal
     return None if frames is None else tuple(Line(*f) for f in frames)
 
 
-def open_dwarf(elf: ElfSymbols, **kwargs: object) -> DwarfInfo | None:
+def open_dwarf(elf: ElfSymbols, **kwargs: Any) -> DwarfInfo | None:
     """DwarfInfo for a binary's DWARF wherever it lives (itself, build-id debug file, debuglink)."""
     if not elf.path:
         return None  # the vDSO: symbols only
@@ -76,6 +76,6 @@ def open_dwarf(elf: ElfSymbols, **kwargs: object) -> DwarfInfo | None:
     if path is None:
         return None
     try:
-        return DwarfInfo(path, **kwargs)  # type: ignore[arg-type]
+        return DwarfInfo(path, **kwargs)
     except DwarfError:
         return None

@@ -1,7 +1,9 @@
 """Shared test rules: real-system tests skip where the system is missing, except in CI.
 
-CI sets PODFLAME_REQUIRE_BPF=1 and PODFLAME_REQUIRE_BROWSER=1 so that a skipped BPF or
-browser test fails the run instead of passing silently.
+CI sets CI=true, PODFLAME_REQUIRE_BPF=1 and PODFLAME_REQUIRE_BROWSER=1: there every skip (a BPF or
+browser test, an oracle like go tool pprof, addr2line or readelf missing, the corpus absent) fails the
+run instead of passing silently. Kinds of tests, each runnable alone: `bpf`, `browser`, `system` (this
+host's tools, privileges or files) and the rest, unit tests (`make unit`: no root, no kernel, no tools).
 """
 
 from __future__ import annotations
@@ -56,6 +58,40 @@ def _browser_problem() -> str | None:
 
 
 _CHECKS = {"bpf": (_bpf_problem, "PODFLAME_REQUIRE_BPF"), "browser": (_browser_problem, "PODFLAME_REQUIRE_BROWSER")}
+
+
+# Modules whose tests need this host's tools, privileges or files (compilers and binutils as oracles,
+# kubectl, root, other processes' /proc, kallsyms): marked `system` here, in one place.
+SYSTEM_MODULES = frozenset({
+    "test_symbolizer_build", "test_symbolizer", "test_debuginfod", "test_dwarf_features", "test_dwarf_corpus",
+    "test_dwarf_libdw", "test_procmaps", "test_cgroups", "test_deploy", "test_agent_memo", "test_symbolizer_metrics",
+    "test_corpus", "test_kallsyms",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        name = module.__name__.rpartition(".")[2] if module is not None else ""
+        if name in SYSTEM_MODULES or "corpus" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.system)
+
+
+def in_ci() -> bool:
+    """CI (or a developer asking for CI's rules): no test may skip."""
+    return (os.environ.get("CI") == "true" or os.environ.get("PODFLAME_REQUIRE_BPF") == "1"
+            or os.environ.get("PODFLAME_REQUIRE_BROWSER") == "1")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under CI a skip is a failure: an oracle, a tool or the corpus missing there is a broken CI."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]  # pluggy's Result, untyped in hookwrappers
+    if report.skipped and in_ci() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI, where every test must run: {reason}"
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -110,7 +110,7 @@ def live_server(data_dir: Path) -> Iterator[str]:
     """The real Flask app on a real socket (127.0.0.1, a free port), in a thread."""
     from werkzeug.serving import make_server
 
-    from web.app import create_app
+    from web.server.app import create_app
 
     server = make_server("127.0.0.1", 0, create_app({"DATA_DIR": str(data_dir)}), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -14,8 +14,9 @@ from flask.testing import FlaskClient
 
 from podflame import pprof
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
-from web.app import create_app
-from web.flamegraph import decode_tree
+from tests.builders import ingest
+from web.query.flamegraph import decode_tree
+from web.server.app import create_app
 
 S = 1_000_000_000
 T0 = 1_795_000_000 * S
@@ -48,12 +49,6 @@ def app(tmp_path: Path) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
-
-
-def ingest(client: FlaskClient, profiles: list[Profile], query: str = "", **params: str) -> Any:
-    r = client.post(f"/api/v1/ingest{query}", query_string=params or None, data=pprof.encode(profiles))
-    assert r.status_code == 200, r.json
-    return r.json
 
 
 RANGE = {"from": str(T0 // S - 60), "to": str(T0 // S + 3600)}

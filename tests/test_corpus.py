@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import CORPUS
-from web.app import create_app
+from web.server.app import create_app
 
 PPROF_DIR = CORPUS / "pprof"
 FILES = sorted(PPROF_DIR.glob("*.pb.gz")) if PPROF_DIR.is_dir() else []

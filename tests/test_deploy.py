@@ -178,7 +178,7 @@ def test_agent_entrypoint_starts_podflame_when_headers_are_found(tmp_path: Path)
 
 
 def test_agent_probes_ask_the_agents_own_health_endpoint_with_room_to_start(rendered) -> None:
-    from podflame.cli import AgentHealth
+    from profiler.health import AgentHealth
 
     _, objs = rendered
     (c,) = one(objs, "DaemonSet")["spec"]["template"]["spec"]["containers"]
@@ -200,7 +200,7 @@ class FakeAgent:
 
 
 def test_agent_health_answers_from_recent_drains() -> None:
-    from podflame.cli import AgentHealth
+    from profiler.health import AgentHealth
 
     now = [1000.0]
     health = AgentHealth(10.0, clock=lambda: now[0])
@@ -232,10 +232,10 @@ def test_agent_http_serves_metrics_and_health() -> None:
     import urllib.error
     import urllib.request
 
-    from podflame.cli import AgentHealth, _serve_agent_http
+    from profiler.health import AgentHealth, serve_agent_http
 
     health = AgentHealth(1.0)
-    server = _serve_agent_http("127.0.0.1", 0, health)
+    server = serve_agent_http("127.0.0.1", 0, health)
     url = f"http://127.0.0.1:{server.server_port}"
     try:
         with pytest.raises(urllib.error.HTTPError) as e:

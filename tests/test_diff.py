@@ -12,9 +12,10 @@ from flask import Flask
 
 from podflame import pprof
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
-from web import diff
-from web.app import create_app
-from web.flamegraph import NameStacks, decode_tree
+from web.query import diff
+from web.query.flamegraph import decode_tree
+from web.query.stacks import NameStacks
+from web.server.app import create_app
 
 S = 1_000_000_000
 T0 = 1_795_000_000 * S

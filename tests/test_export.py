@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from podflame import pprof
+from podflame.folded import to_folded
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
-from web.export import to_folded, to_pprof
+from web.query.export import to_pprof
 
 EXE = Mapping(0x555500000000, 0x555500010000, 0x1000, "/usr/bin/shop", "abcdef0123")
 MAIN = Frame(0x555500001100, EXE, FrameKind.NATIVE, (Line("main", "shop.c", 10),))
@@ -59,6 +60,7 @@ def test_pprof_round_trip_keeps_series_labels_and_per_series_periods() -> None:
     assert cpu == {"a": 46 * 10_000_000, "b": 92 * 20_000_000}
 
 
+@pytest.mark.system
 @pytest.mark.skipif(not shutil.which("go"), reason="go tool pprof (Debian golang-go) not installed")
 def test_go_tool_pprof_reads_names_lines_inlines_mappings_and_labels(tmp_path: Path) -> None:
     f = tmp_path / "p.pb.gz"

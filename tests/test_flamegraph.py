@@ -8,14 +8,14 @@ import random
 import pytest
 
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
-from web.flamegraph import (
+from tests.builders import flamegraph_of
+from web.query.flamegraph import (
     OTHER,
-    NameStacks,
     decode_tree,
     diff_tree_from_stacks,
     flamegraph_from_stacks,
-    to_flamegraph,
 )
+from web.query.stacks import NameStacks
 
 EXE = Mapping(0x1000, 0x9000, 0, "/usr/bin/app", "b1d")
 
@@ -38,7 +38,7 @@ def leaf(total: int, self_value: int | None = None, **children: dict) -> dict:
 
 def test_docs_example_payload_exactly() -> None:
     main, hot_a = fn("main", 0x1100), fn("hot_a", 0x1200)
-    fg = to_flamegraph(prof(((main, hot_a), 70), ((main,), 5), ((main, fn("hot_b", 0x1300)), 25)))
+    fg = flamegraph_of(prof(((main, hot_a), 70), ((main,), 5), ((main, fn("hot_b", 0x1300)), 25)))
     assert fg == {"names": ["total", "main", "hot_a", "hot_b"],
                   "levels": [[0, 100, 0, 0], [0, 100, 5, 1], [0, 70, 70, 2, 70, 25, 25, 3]],
                   "total": 100, "max_self": 70, "unit": "count", "type": "samples", "period_ns": 52_631_578}
@@ -51,7 +51,7 @@ def test_whole_tree_with_inlines_shared_names_and_sorted_siblings() -> None:
     # A different address of the same function merges into the same node.
     checkout2 = fn("checkout", 0x1210)
     zeta, alpha = fn("zeta", 0x1300), fn("alpha", 0x1400)
-    fg = to_flamegraph(prof(((main, inl), 30), ((main, checkout2), 4), ((main, zeta, alpha), 6),
+    fg = flamegraph_of(prof(((main, inl), 30), ((main, checkout2), 4), ((main, zeta, alpha), 6),
                             ((main, alpha), 2), ((main, zeta), 1)))
     assert decode_tree(fg) == leaf(43, 0, main=leaf(43, 0,
         alpha=leaf(2),
@@ -66,14 +66,14 @@ def test_whole_tree_with_inlines_shared_names_and_sorted_siblings() -> None:
 
 def test_unresolved_frames_use_module_offsets() -> None:
     bare = Frame(0x1234, EXE, FrameKind.NATIVE)
-    fg = to_flamegraph(prof(((fn("main", 0x1100), bare), 3)))
+    fg = flamegraph_of(prof(((fn("main", 0x1100), bare), 3)))
     assert decode_tree(fg) == leaf(3, 0, main=leaf(3, 0, **{"app+0x234": leaf(3)}))
 
 
 def test_empty_profile_and_empty_stacks() -> None:
-    fg = to_flamegraph(prof())
+    fg = flamegraph_of(prof())
     assert fg["names"] == ["total"] and fg["levels"] == [[0, 0, 0, 0]] and fg["total"] == 0
-    fg = to_flamegraph(prof(((), 4), ((fn("main", 0x1100),), 1)))
+    fg = flamegraph_of(prof(((), 4), ((fn("main", 0x1100),), 1)))
     assert decode_tree(fg) == leaf(5, 4, main=leaf(1))
     assert fg["max_self"] == 4
 
@@ -81,14 +81,14 @@ def test_empty_profile_and_empty_stacks() -> None:
 @pytest.mark.parametrize("name", ["<script>alert(1)</script>", 'say "hi"', "it's", "a&b", "</script><!--",
                                   "\u2028line", "naïve ünïcode", "back\\slash"])
 def test_dangerous_names_survive_json_unchanged(name: str) -> None:
-    fg = to_flamegraph(prof(((fn("main", 0x1100), fn(name, 0x1200)), 1)))
+    fg = flamegraph_of(prof(((fn("main", 0x1100), fn(name, 0x1200)), 1)))
     back = json.loads(json.dumps(fg))
     assert back["names"] == ["total", "main", name]
     assert decode_tree(back) == leaf(1, 0, main=leaf(1, 0, **{name: leaf(1)}))
 
 
 def test_decode_tree_rejects_broken_layouts() -> None:
-    good = to_flamegraph(prof(((fn("main", 0x1100), fn("a", 0x1200)), 1), ((fn("main", 0x1100), fn("b", 0x1300)), 1)))
+    good = flamegraph_of(prof(((fn("main", 0x1100), fn("a", 0x1200)), 1), ((fn("main", 0x1100), fn("b", 0x1300)), 1)))
     unsorted = json.loads(json.dumps(good))
     unsorted["levels"][2] = [0, 1, 1, 3, 1, 1, 1, 2]  # b before a
     with pytest.raises(ValueError, match="not sorted"):

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from podflame.model import Frame, FrameKind, Line, Mapping
-from tests.test_api import RANGE, T0, ingest, prof
-from web.app import create_app
+from tests.builders import ingest
+from tests.test_api import RANGE, T0, prof
+from web.server.app import create_app
 
 EXE = Mapping(0x555500000000, 0x555500010000, 0x1000, "/usr/bin/shop", "abcdef0123")
 

@@ -57,6 +57,7 @@ def test_common_labels_come_back_from_the_caller() -> None:
     assert p.labels == {"node": "n1", "pid": "7"}
 
 
+@pytest.mark.system
 @pytest.mark.skipif(not shutil.which("go"), reason="go tool pprof (Debian golang-go) not installed")
 def test_go_tool_pprof_reads_what_we_write(tmp_path: Path) -> None:
     f = tmp_path / "p.pb.gz"

@@ -11,11 +11,12 @@ import pytest
 
 from podflame import pprof
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
-from web import store as store_module
-from web.app import create_app
-from web.query import group_sum
-from web.selector import MATCH_ALL
-from web.store import SqliteStore
+from tests.builders import put
+from web.server.app import create_app
+from web.store import sqlite as store_module
+from web.store.columns import group_sum
+from web.store.selector import MATCH_ALL
+from web.store.sqlite import SqliteStore
 
 S = 1_000_000_000
 H = 3600 * S
@@ -34,7 +35,7 @@ def _profile(pod: str, start: int, value: int = 1) -> Profile:
 def _fill(store: SqliteStore, hours: float, every: int = 60 * S, pods: int = 2, per_put: int = 1) -> None:
     n = int(hours * H // every)
     for i in range(0, n, per_put):
-        store.put([_profile(f"p{j}", T0 + k * every) for k in range(i, min(i + per_put, n)) for j in range(pods)])
+        put(store, [_profile(f"p{j}", T0 + k * every) for k in range(i, min(i + per_put, n)) for j in range(pods)])
 
 
 def _total(store: SqliteStore, t0: int = 0, t1: int = 2 * T0, **kw: int) -> int:
@@ -87,7 +88,7 @@ def test_disk_budget_keeps_the_newest_data_under_the_limit(tmp_path: Path) -> No
         p = Profile(labels={"pod": "p"}, start_ns=T0 + i * 60 * S, duration_ns=10 * S, period_ns=10**7)
         for stack in stacks:
             p.add(stack, rng.randint(1, 10**6))
-        store.put([p])
+        put(store, [p])
     used = store.bytes_used()
     budget = used * 2 // 3
     store.enforce_retention(None, budget, now_ns=T0 + 2 * H, grace_ns=0)
@@ -110,7 +111,7 @@ def test_retention_never_blocks_ingest(tmp_path: Path, monkeypatch: pytest.Monke
         i = 0
         while not done.is_set():
             t = time.monotonic()
-            store.put([_profile("new", T0 + 20 * H + i * S)])
+            put(store, [_profile("new", T0 + 20 * H + i * S)])
             spans.append((t, time.monotonic()))
             i += 1
 

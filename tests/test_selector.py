@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from web.selector import MATCH_ALL, Op, SelectorError, parse_selector
+from web.store.selector import MATCH_ALL, Op, SelectorError, parse_selector
 
 LABELS = {"namespace": "shop", "pod": "cart-7d9f", "container": "app", "comm": 'say "hi"'}
 

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
-from web.compaction import plan
-from web.query import Query, cpu_series, group_sum
-from web.selector import MATCH_ALL, parse_selector
-from web.store import SqliteStore
+from tests.builders import put
+from web.query.merge import Query, cpu_series
+from web.store.columns import group_sum
+from web.store.compaction import plan
+from web.store.selector import MATCH_ALL, parse_selector
+from web.store.sqlite import SqliteStore
 
 S = 1_000_000_000
 M = 60 * S
@@ -71,7 +73,7 @@ def _profile(rng: random.Random, pod: str, start: int) -> Profile:
 def _fill(store: SqliteStore, hours: float, pods: int = 3, seed: int = 0, every: int = 30 * S) -> None:
     rng = random.Random(seed)
     for i in range(int(hours * H // every)):
-        store.put([_profile(rng, f"p{j}", T0 + i * every + j) for j in range(pods)])
+        put(store, [_profile(rng, f"p{j}", T0 + i * every + j) for j in range(pods)])
 
 
 def _merged(store: SqliteStore, selector: str, t0: int, t1: int, **kw: int) -> tuple[dict[int, int], int]:
@@ -165,7 +167,7 @@ def test_late_data_marks_a_bucket_dirty_until_recompacted(tmp_path: Path) -> Non
     before, _ = _merged(store, "{}", T0, T0 + H)
     late = Profile(labels={"pod": "p0", "ns": "shop"}, start_ns=T0 + 25 * M, duration_ns=10 * S, period_ns=10**7)
     late.add((FRAMES[0],), 1000)
-    store.put([late])
+    put(store, [late])
     after, blocks = _merged(store, "{}", T0, T0 + H)
     assert sum(after.values()) == sum(before.values()) + 1000
     assert after == _merged(store, "{}", T0, T0 + H, max_level=0)[0]

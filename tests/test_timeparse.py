@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from web.timeparse import TimeError, parse_duration, parse_time
+from web.server.timeparse import TimeError, parse_duration, parse_time
 
 NOW = 1_795_000_000_123_456_789
 S = 1_000_000_000

@@ -20,6 +20,7 @@ import pytest
 
 from podflame import pprof
 from podflame.model import Frame, Line, Profile
+from tests.builders import ingest_url
 from tests.realsys import live_server
 
 pytestmark = pytest.mark.browser
@@ -53,13 +54,6 @@ def _profile(labels: dict[str, str], stacks: dict[tuple[str, ...], int]) -> Prof
     return p
 
 
-def _ingest(url: str, profiles: list[Profile]) -> dict:
-    req = urllib.request.Request(f"{url}/api/v1/ingest", data=pprof.encode(profiles), method="POST",
-                                 headers={"Content-Type": "application/octet-stream"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
-
-
 def _get(url: str) -> tuple[int, bytes]:
     with urllib.request.urlopen(url, timeout=30) as r:
         return r.status, r.read()
@@ -74,7 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                        {("main", "hot_a"): 300, ("main", "hot_b"): 100})
         svc = _profile({"node": "n1", "cgroup": SVC_CGROUP, "comm": "worker", "pid": "77"},
                        {("main", "hot_b"): 60, ("main", HOSTILE_FRAME): 40})
-        assert _ingest(url, [pod, svc])["profiles"] >= 2
+        assert ingest_url(url, [pod, svc])["profiles"] >= 2
         yield url
 
 
@@ -363,7 +357,7 @@ def test_ten_thousand_nodes_render(server: str, watched: Watched, tmp_path: Path
     """
     wide = {("main", f"mid_{i:03d}", f"leaf_{i:03d}_{j:03d}"): 1 + (i * j) % 7 for i in range(100) for j in range(100)}
     deep = {("main", *(f"c{i:02d}_f{k:02d}" for k in range(100))): 5 + i % 3 for i in range(100)}
-    _ingest(server, [_profile({"node": "n2", "cgroup": "/system.slice/wide.service", "comm": "wide"}, wide),
+    ingest_url(server, [_profile({"node": "n2", "cgroup": "/system.slice/wide.service", "comm": "wide"}, wide),
                      _profile({"node": "n2", "cgroup": "/system.slice/deep.service", "comm": "deep"}, deep)])
     w, page = watched, watched.page
 
@@ -405,7 +399,7 @@ def test_ten_thousand_nodes_render(server: str, watched: Watched, tmp_path: Path
 def test_auto_refresh_picks_up_new_data(browser, tmp_path: Path) -> None:
     from werkzeug.serving import make_server
 
-    from web.app import create_app
+    from web.server.app import create_app
 
     app = create_app({"DATA_DIR": str(tmp_path / "data"), "UI_REFRESH_SECONDS": 0.5})
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
@@ -414,14 +408,14 @@ def test_auto_refresh_picks_up_new_data(browser, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{httpd.server_port}"
     w = Watched(browser)
     try:
-        _ingest(url, [_profile({"cgroup": "/first.slice"}, {("main", "one"): 10})])
+        ingest_url(url, [_profile({"cgroup": "/first.slice"}, {("main", "one"): 10})])
         w.page.goto(url + "/")
         w.settle(1)
         assert w.page.evaluate("window.podflame.targets.length") == 1
         w.page.locator("#auto-refresh").check()
         assert "refresh=1" in w.page.evaluate("location.hash")
         # A pod the agent could not name yet (no pod/namespace labels): shown by its uid.
-        _ingest(url, [_profile({"cgroup": "/kubepods.slice/x.scope", "pod_uid": "u-1", "container_id": "abc"},
+        ingest_url(url, [_profile({"cgroup": "/kubepods.slice/x.scope", "pod_uid": "u-1", "container_id": "abc"},
                                {("main", "two"): 30})])
         wait_js(w.page, "window.podflame.targets.length === 2", timeout=10)
         assert w.page.locator("button.target .t-name").all_inner_texts()[1:] == ["pod u-1", "first.slice"]

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from podflame.model import Frame, Line, Profile
+from tests.builders import ingest_url
 from tests.realsys import live_server
-from tests.test_ui_browser import ROW, Watched, _get, _ingest, _screenshot_dir, wait_js
+from tests.test_ui_browser import ROW, Watched, _get, _screenshot_dir, wait_js
 
 pytestmark = pytest.mark.browser
 
@@ -52,7 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         cmp_labels = {"cgroup": CMP_CGROUP, "comm": HOSTILE}
         # One request per time: an ingest's profiles share the request's time (docs/api.md).
         for p in [*chart, _profile(cmp_labels, C0 - 30, BASE_STACKS), _profile(cmp_labels, C0 + 30, COMP_STACKS)]:
-            _ingest(url, [p])
+            ingest_url(url, [p])
         yield url
 
 

@@ -17,9 +17,9 @@ import markupsafe
 import pytest
 from flask import Flask, render_template
 
-from web.app import create_app
+from web.server.app import create_app
 
-STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
+STATIC = Path(__file__).resolve().parent.parent / "web" / "server" / "static"
 
 HOSTILE = [
     "<img src=x onerror=alert(1)>",

@@ -1,1 +1,1 @@
-"""podflame: web."""
+"""podflame server: normalize (wire -> store rows), store/, query/, server/ (Flask)."""

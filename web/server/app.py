@@ -15,10 +15,13 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.serving import BaseWSGIServer, make_server
 
-from web.api import api, ops
-from web.retention import Maintenance
-from web.store import SqliteStore, Store
+from podflame.errors import Unavailable
+from web.server.api import api, ops
+from web.store.base import Store
+from web.store.retention import Maintenance
+from web.store.sqlite import SqliteStore
 
 log = logging.getLogger("podflame.web")
 
@@ -81,17 +84,30 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def _register_ui(app: Flask) -> None:
-    """The page lives in web/ui.py; without it the server still serves the API."""
+    """The page lives in web/server/ui.py; without it the server still serves the API."""
     try:
-        from web import ui
+        from web.server import ui
     except ModuleNotFoundError as e:
-        if e.name != "web.ui":
-            raise  # web.ui exists but one of its imports is missing: a real error
-        log.warning("web/ui.py is missing: serving the API only (no web page at /)")
+        if e.name != "web.server.ui":
+            raise  # web.server.ui exists but one of its imports is missing: a real error
+        log.warning("web/server/ui.py is missing: serving the API only (no web page at /)")
 
         @app.get("/")
         def _no_ui() -> tuple[str, int, dict[str, str]]:
-            return ("podflame: the web page (web/ui.py) is not installed; the API is at /api/v1/\n", 503,
+            return ("podflame: the web page (web/server/ui.py) is not installed; the API is at /api/v1/\n", 503,
                     {"Content-Type": "text/plain; charset=utf-8"})
         return
     app.register_blueprint(ui.bp)
+
+
+def serve(app: Flask, host: str, port: int) -> BaseWSGIServer:
+    """`app` on HOST:PORT (threaded) in a daemon thread; the caller shuts it down."""
+    import threading
+
+    try:
+        server = make_server(host, port, app, threaded=True)
+    except OSError as e:
+        hint = " (is another podflame running? pick another with --listen)" if e.errno == 98 else ""
+        raise Unavailable(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
+    threading.Thread(target=server.serve_forever, name="podflame-http", daemon=True).start()
+    return server

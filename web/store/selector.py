@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from podflame.errors import InvalidInput
+
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 MAX_REGEX_CHARS = 4096  # Python's re is not RE2: keep user patterns bounded
 
 
-class SelectorError(ValueError):
+class SelectorError(InvalidInput):
     """The selector text is invalid; the message says where and why."""
 
 

@@ -11,9 +11,9 @@ import logging
 import threading
 import time
 
-from web.store import RetentionResult, Store
+from web.store.base import RetentionResult, Store, StoreClosed
 
-log = logging.getLogger("podflame.web.retention")
+log = logging.getLogger("podflame.web.store.retention")
 S = 1_000_000_000
 
 
@@ -57,10 +57,8 @@ class Maintenance:
         while not self._stop.wait(self.interval):
             try:
                 self.run_once()
-            except RuntimeError as e:
-                if "closed" in str(e):
-                    return
-                log.exception("store maintenance failed; retrying in %ss", self.interval)
+            except StoreClosed:
+                return
             except Exception:
                 log.exception("store maintenance failed; retrying in %ss", self.interval)
             time.sleep(0)

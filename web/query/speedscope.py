@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from podflame.model import Profile
-from web.flamegraph import NameStacks, profile_name_stacks
+from web.query.stacks import NameStacks
 
 SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 _UNITS = {"nanoseconds": "nanoseconds", "microseconds": "microseconds", "milliseconds": "milliseconds",
@@ -40,7 +39,3 @@ def speedscope_from_stacks(ns: NameStacks, name: str, unit: str) -> dict[str, An
         "activeProfileIndex": 0,
         "exporter": "podflame",
     }
-
-
-def to_speedscope(profile: Profile, name: str = "podflame") -> dict[str, Any]:
-    return speedscope_from_stacks(profile_name_stacks(profile), name, profile.unit)

@@ -11,6 +11,8 @@ import time
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
+from podflame.errors import InvalidInput
+
 UNIT_NS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000,
            "d": 86_400_000_000_000, "w": 7 * 86_400_000_000_000}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -21,7 +23,7 @@ _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|
 MAX_UNIX_SECONDS = 100_000_000_000
 
 
-class TimeError(ValueError):
+class TimeError(InvalidInput):
     """The time text is invalid; the message says what was expected."""
 
 

@@ -1,6 +1,6 @@
-"""Profile storage: a small interface and its embedded default (SQLite index + zstd columns).
+"""The embedded store: a SQLite index + zstd column files (the default `Store`, see web/store/base.py).
 
-Layout of the default, designed so that merging many profiles is array arithmetic:
+Layout, designed so that merging many profiles is array arithmetic:
 
 - `index.sqlite` (WAL): dictionary tables `strings`, `mappings`, `frames`, `stacks` intern
   every string, mapping, frame and whole stack once for the whole store; `series` holds one
@@ -8,11 +8,11 @@ Layout of the default, designed so that merging many profiles is array arithmeti
   (series, start, duration, period, total, and where its samples are). Block rows (below) also
   have a covering partial index of their own, so a range of blocks reads a few index pages, not
   one table page per block among the raw rows (schema 4).
-- Ingest (`put_decoded`) interns a decoded pprof's locations and stacks by their row values
-  directly, without building Profile or Frame objects; `put` takes Profiles, same rows and ids.
+- Ingest (`put`) interns a `Batch`'s frames and stacks by their row values directly, without
+  building Profile or Frame objects (web/normalize.py makes the batch from a decoded pprof).
 - `blobs/NNNNNN/<blob id>.pfz`: one file per `put()`, a run of zstd frames, one per profile,
   each holding two integer columns (stack id, value) sorted by stack id.
-- Pre-aggregated blocks (web/compaction.py): as data ages, each series' profiles are summed into
+- Pre-aggregated blocks (web/store/compaction.py): as data ages, each series' profiles are summed into
   aligned time buckets (level 1 = 10 min, level 2 = 1 h by default), stored like profiles with
   their `level`; `compactions` records which buckets are complete. A put landing in a compacted
   bucket marks it dirty until it is recompacted, so queries never read a stale block. Each block
@@ -39,264 +39,38 @@ import sqlite3
 import struct
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import zstandard
 
-from podflame.model import Frame, FrameKind, Line, Profile, Stack, Unresolved
+from podflame.errors import InvalidInput
+from podflame.model import Frame, FrameKind, Line, Stack, Unresolved
 from podflame.model import Mapping as ProcMapping
-from podflame.pprof import Decoded
-from web.compaction import DEFAULT_LEVELS, bucket_of, plan
-from web.selector import MATCH_ALL, Op, Selector
+from web.store.base import (
+    Batch,
+    Columns,
+    PutResult,
+    RetentionResult,
+    Series,
+    StepTotals,
+    Store,
+    StoreClosed,
+    StoredProfile,
+    StoreTooNew,
+    frame_lines_of,
+)
+from web.store.columns import decode_timeline, encode_columns, encode_timeline, frame_columns, group_sum, sum_by
+from web.store.compaction import DEFAULT_LEVELS, bucket_of, plan
+from web.store.selector import MATCH_ALL, Op, Selector
 
 SCHEMA_VERSION = 4
 BLOBS_PER_DIR = 4096
-_FRAME_MAGIC = b"PFS1"
-_HEADER = struct.Struct("<4sBBI")  # magic, stack dtype code, value dtype code, rows
-_DTYPES = [np.dtype(t) for t in ("<u1", "<u2", "<u4", "<u8", "<i1", "<i2", "<i4", "<i8")]
 _STACK_DTYPE = np.dtype("<u4")  # frame ids inside a stack row
-_TIMELINE_MAGIC = b"PFT1"
-_TIMELINE_HEADER = struct.Struct("<4sBBBI")  # magic, start delta, total, period dtype codes; rows
 
-
-# ---------------------------------------------------------------------------------------------
-# The interface: what query code may rely on, whatever the backend.
-
-
-@dataclass(frozen=True, slots=True)
-class Series:
-    """One label set of one sample type: the unit that selectors match."""
-
-    id: int
-    labels: Mapping[str, str]
-    sample_type: str
-    unit: str
-
-
-@dataclass(frozen=True, slots=True)
-class StoredProfile:
-    """Metadata of one stored profile; `handle` is opaque, for the backend's `read`."""
-
-    series: Series
-    start_ns: int
-    duration_ns: int
-    period_ns: int
-    total: int
-    handle: object
-
-
-@dataclass(frozen=True, slots=True)
-class Columns:
-    """Samples as parallel integer arrays: `profile` indexes the list given to `read`."""
-
-    profile: np.ndarray
-    stack: np.ndarray
-    value: np.ndarray
-
-
-@dataclass(frozen=True, slots=True)
-class StepTotals:
-    """Profile totals summed per time step [t0 + k*step, t0 + (k+1)*step), per sampling period.
-
-    Kept per period so that CPU time (period x count) stays exact when periods differ. `refs` are
-    the stored profiles or blocks the sums came from (for units and labels, not to be re-read).
-    """
-
-    refs: list[StoredProfile]
-    by_period: dict[int, np.ndarray]  # period_ns -> int64 sums, one per step
-
-
-@dataclass(frozen=True, slots=True)
-class PutResult:
-    profiles: int
-    samples: int
-    bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class RetentionResult:
-    cutoff_ns: int  # everything that started before this is gone (0: nothing was cut)
-    profiles: int  # rows deleted (raw profiles and pre-aggregated blocks)
-    files: int  # blob files unlinked (after their grace period)
-    bytes_used: int  # blob bytes + used index pages, after the pass
-
-
-class Store(ABC):
-    """What the server needs from storage; backends must be safe to call from many threads."""
-
-    @abstractmethod
-    def put(self, profiles: Sequence[Profile]) -> PutResult:
-        """Store profiles atomically: all are durable when this returns, none if it raises."""
-
-    def put_decoded(self, decoded: Decoded) -> PutResult:
-        """`put` of a decoded pprof (ingest's path): a backend may intern its ids without building Profiles.
-
-        The stored data must be exactly what `put(decoded.profiles())` stores. This default does that.
-        """
-        return self.put(decoded.profiles())
-
-    @abstractmethod
-    def select(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
-               unit: str | None = None, *, align_ns: int | None = None,
-               max_level: int | None = None) -> list[StoredProfile]:
-        """Profiles whose series matches and whose start lies in [t0, t1), oldest first.
-
-        A backend may answer with pre-aggregated blocks that sum exactly the profiles they replace;
-        with `align_ns` none crosses a boundary t0 + k * align_ns, `max_level` caps their coarseness
-        (0: raw profiles only).
-        """
-
-    @abstractmethod
-    def read(self, profiles: Sequence[StoredProfile]) -> Columns:
-        """The samples of these profiles, as columns."""
-
-    def step_totals(self, selector: Selector, t0: int, t1: int, step_ns: int, sample_type: str | None = None,
-                    unit: str | None = None) -> StepTotals:
-        """Totals per step from metadata only (no sample data). This default uses blocks that fit in a step."""
-        refs = self.select(selector, t0, t1, sample_type, unit, align_ns=step_ns)
-        n = -(-(t1 - t0) // step_ns)
-        by_period: dict[int, np.ndarray] = {}
-        for r in refs:
-            sums = by_period.get(r.period_ns)
-            if sums is None:
-                sums = by_period[r.period_ns] = np.zeros(n, dtype=np.int64)
-            sums[(r.start_ns - t0) // step_ns] += r.total
-        return StepTotals(refs, by_period)
-
-    @abstractmethod
-    def stacks(self, ids: Iterable[int]) -> dict[int, Stack]:
-        """Stack ids (from `read`) -> root-first frames."""
-
-    def stack_frames(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Stacks as frame ids: (frames per stack, the frame ids root first, stacks back to back), in `ids` order.
-
-        Frame ids are stable for the store's life, so callers can cache work per frame (names,
-        locations) instead of hashing Frame objects per stack. This default numbers the frames of
-        `stacks()` itself; a backend with its own frame table returns its ids.
-        """
-        numbering: dict[Frame, int] = self.__dict__.setdefault("_default_frame_numbers", {})
-        by_id: dict[int, Frame] = self.__dict__.setdefault("_default_frames", {})
-        stacks = self.stacks(ids)
-        flat: list[int] = []
-        for sid in ids:
-            for f in stacks[sid]:
-                fid = numbering.setdefault(f, len(numbering))
-                by_id[fid] = f
-                flat.append(fid)
-        lengths = np.fromiter((len(stacks[i]) for i in ids), dtype=np.int64, count=len(ids))
-        return lengths, np.array(flat, dtype=np.int64)
-
-    def frame_lines(self, frame_ids: Iterable[int]) -> dict[int, tuple[tuple[str, str | None, int | None], ...]]:
-        """Frame id (from `stack_frames`) -> (function, file, line) outermost first, what a stack shows of it:
-        `Frame.names()` with each name's source position; an unsymbolized frame is its fallback name alone."""
-        frames: dict[int, Frame] = self.__dict__.get("_default_frames", {})
-        return {i: _frame_lines(frames[i]) for i in frame_ids}
-
-    @abstractmethod
-    def label_names(self, t0: int, t1: int, selector: Selector | None = None) -> list[str]: ...
-
-    @abstractmethod
-    def label_values(self, name: str, t0: int, t1: int, selector: Selector | None = None) -> list[str]: ...
-
-    @abstractmethod
-    def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
-        """(sample type, unit) pairs with data in the range, sorted."""
-
-    def compact(self, now_ns: int | None = None, max_buckets: int = 64) -> int:
-        """Pre-aggregate aged buckets; returns how many were written. Backends may not pre-aggregate."""
-        return 0
-
-    def enforce_retention(self, max_age_ns: int | None, max_bytes: int | None,
-                          now_ns: int | None = None) -> RetentionResult:
-        """Delete the oldest data past a time limit or over a disk budget, without blocking writers."""
-        return RetentionResult(0, 0, 0, 0)
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-
-# ---------------------------------------------------------------------------------------------
-# Column encoding: sorted stack ids as deltas, values in the narrowest integer type.
-
-
-def _narrowest(a: np.ndarray) -> int:
-    if a.size == 0:
-        return 0
-    lo, hi = int(a.min()), int(a.max())
-    for code, dt in enumerate(_DTYPES):
-        info = np.iinfo(dt)
-        if info.min <= lo and hi <= info.max:
-            return code
-    raise ValueError("value out of int64 range")
-
-
-def encode_columns(stack: np.ndarray, value: np.ndarray, level: int = 3,
-                   compressor: zstandard.ZstdCompressor | None = None) -> bytes:
-    """Two columns -> one zstd frame. Stack ids must be unique."""
-    order = np.argsort(stack, kind="stable")
-    stack, value = stack[order].astype(np.int64), value[order].astype(np.int64)
-    delta = np.diff(stack, prepend=0)
-    sc, vc = _narrowest(delta), _narrowest(value)
-    raw = b"".join((_HEADER.pack(_FRAME_MAGIC, sc, vc, stack.size),
-                    delta.astype(_DTYPES[sc]).tobytes(), value.astype(_DTYPES[vc]).tobytes()))
-    return (compressor or zstandard.ZstdCompressor(level=level)).compress(raw)
-
-
-def decode_columns(frame: bytes) -> tuple[np.ndarray, np.ndarray]:
-    raw = zstandard.ZstdDecompressor().decompress(frame)
-    magic, sc, vc, n = _HEADER.unpack_from(raw)
-    if magic != _FRAME_MAGIC or sc >= len(_DTYPES) or vc >= len(_DTYPES):
-        raise ValueError("corrupt sample frame")
-    off = _HEADER.size
-    sdt, vdt = _DTYPES[sc], _DTYPES[vc]
-    delta = np.frombuffer(raw, sdt, n, off)
-    value = np.frombuffer(raw, vdt, n, off + n * sdt.itemsize)
-    return np.cumsum(delta, dtype=np.int64), value.astype(np.int64)
-
-
-def _frame_columns(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """A decompressed sample frame -> (stack-id deltas, values), as views in their stored integer types."""
-    magic, sc, vc, n = _HEADER.unpack_from(raw)
-    if magic != _FRAME_MAGIC or sc >= len(_DTYPES) or vc >= len(_DTYPES):
-        raise ValueError("corrupt sample frame")
-    sdt, vdt = _DTYPES[sc], _DTYPES[vc]
-    off = _HEADER.size
-    return np.frombuffer(raw, sdt, n, off), np.frombuffer(raw, vdt, n, off + n * sdt.itemsize)
-
-
-def encode_timeline(start: np.ndarray, total: np.ndarray, period: np.ndarray, origin: int) -> bytes:
-    """A block's constituent profiles as (start, total, period) rows, sorted by start, as one zstd frame."""
-    order = np.argsort(start, kind="stable")
-    start, total, period = start[order], total[order].astype(np.int64), period[order].astype(np.int64)
-    delta = np.diff(start.astype(np.int64), prepend=np.int64(origin))
-    codes = [_narrowest(delta), _narrowest(total), _narrowest(period)]
-    raw = b"".join((_TIMELINE_HEADER.pack(_TIMELINE_MAGIC, *codes, start.size),
-                    *(a.astype(_DTYPES[c]).tobytes() for a, c in zip((delta, total, period), codes, strict=True))))
-    return zstandard.ZstdCompressor(level=3).compress(raw)
-
-
-def decode_timeline(frame: bytes, origin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    raw = zstandard.ZstdDecompressor().decompress(frame)
-    magic, *codes, n = _TIMELINE_HEADER.unpack_from(raw)
-    if magic != _TIMELINE_MAGIC or any(c >= len(_DTYPES) for c in codes):
-        raise ValueError("corrupt timeline")
-    off = _TIMELINE_HEADER.size
-    cols = []
-    for c in codes:
-        dt = _DTYPES[c]
-        cols.append(np.frombuffer(raw, dt, n, off).astype(np.int64))
-        off += n * dt.itemsize
-    return np.cumsum(cols[0]) + np.int64(origin), cols[1], cols[2]
-
-
-# ---------------------------------------------------------------------------------------------
-# The embedded default.
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -349,7 +123,6 @@ COMPACTION_DELAY_NS = 60 * 1_000_000_000  # a bucket is compacted this long afte
 _U64 = 1 << 64
 _I64_LIMIT = 1 << 63
 _LINE = struct.Struct("<3q")  # one frames.lines entry: function, file (string ids), line
-_KIND_TEXT = {k: str(k) for k in FrameKind}
 _RequestMemo = tuple[dict[int, tuple[int, int]], dict[int, int]]
 
 
@@ -357,7 +130,8 @@ _FRAME_COLUMNS = ("address", "mapping", "kind", "reason", "lines")
 
 
 def _frame_key(address: int, mapping_id: int, kind: str, reason: str, lines: list[int]) -> tuple:
-    """A frames row's values (its unique key): both ingest paths build it here, so their ids agree.
+    """A frames row's values (its unique key).
+
     `lines` is (function, file, line) per inline frame, innermost first, flattened."""
     packed = _LINE.pack(*lines) if len(lines) == 3 else struct.pack(f"<{len(lines)}q", *lines)
     return (_to_i64(address), mapping_id, kind, reason, packed)
@@ -396,7 +170,7 @@ class SqliteStore(Store):
     def __init__(self, data_dir: str | os.PathLike[str], *, synchronous: str = "FULL", zstd_level: int = 3,
                  levels: Sequence[int] = DEFAULT_LEVELS) -> None:
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
-            raise ValueError("synchronous must be NORMAL, FULL or EXTRA (anything less is not durable)")
+            raise InvalidInput("synchronous must be NORMAL, FULL or EXTRA (anything less is not durable)")
         self.dir = Path(data_dir)
         self.blob_dir = self.dir / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
@@ -404,7 +178,7 @@ class SqliteStore(Store):
         self._zstd = zstandard.ZstdCompressor(level=zstd_level)  # used under the write lock only
         self.levels = tuple(sorted(levels))
         if any(b % a for a, b in zip(self.levels, self.levels[1:], strict=False)):
-            raise ValueError("each bucket width must be a multiple of the finer one")
+            raise InvalidInput("each bucket width must be a multiple of the finer one")
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.dir / "index.sqlite", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -415,7 +189,7 @@ class SqliteStore(Store):
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:
-            raise RuntimeError(f"{self.dir} was written by a newer podflame (schema {row[0]} > {SCHEMA_VERSION})")
+            raise StoreTooNew(f"{self.dir} was written by a newer podflame (schema {row[0]} > {SCHEMA_VERSION})")
         elif int(row[0]) < SCHEMA_VERSION:
             self._migrate(int(row[0]))
         self._db.executescript(_INDEXES)
@@ -480,7 +254,6 @@ class SqliteStore(Store):
         self._strings: dict[int, str] = {}
         self._mapping_ids: dict[ProcMapping, int] = {}
         self._mappings: dict[int, ProcMapping] = {}
-        self._frame_ids: dict[Frame, int] = {}
         self._frame_keys: dict[tuple, int] = {}  # frames table key (address, mapping, kind, reason, lines) -> id
         self._frames: dict[int, Frame] = {}
         self._stack_ids: dict[bytes, int] = {}
@@ -515,15 +288,31 @@ class SqliteStore(Store):
     def _blob_path(self, blob_id: int) -> Path:
         return self.blob_dir / f"{blob_id // BLOBS_PER_DIR:06d}" / f"{blob_id:010d}.pfz"
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[list[Path]]:
+        """BEGIN IMMEDIATE ... COMMIT (the caller holds the lock). On any error: ROLLBACK, and the blob files
+        written inside it (the caller lists them in what this yields) are removed before re-raising."""
+        written: list[Path] = []
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield written
+            self._db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+
     def _write_blob(self, frames: list[bytes], max_start_ns: int) -> tuple[int, Path, list[int]]:
         """One blob file of column frames and its row (the caller holds a transaction): id, path, offsets.
 
         A file that fails to write is removed here; one written under a transaction that then rolls
-        back is the caller's to remove (it has the path).
+        back is `_transaction`'s to remove (the caller lists it there).
         """
-        blob_id = self._db.execute(
+        blob_id = self._insert(
             "INSERT INTO blobs (bytes, created_ns, max_start_ns, live) VALUES (?, ?, ?, ?)",
-            (sum(len(f) for f in frames), time.time_ns(), max_start_ns, len(frames))).lastrowid
+            (sum(len(f) for f in frames), time.time_ns(), max_start_ns, len(frames)))
         path = self._blob_path(blob_id)
         try:
             _write_durably(path, frames)
@@ -544,7 +333,13 @@ class SqliteStore(Store):
         if row:
             return row[0]
         marks = ",".join("?" * len(columns))
-        return self._db.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", key).lastrowid
+        return self._insert(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", key)
+
+    def _insert(self, sql: str, params: tuple) -> int:
+        """Run an INSERT; the new row's id (sqlite3 types lastrowid as optional: an INSERT always sets it)."""
+        row_id = self._db.execute(sql, params).lastrowid
+        assert row_id is not None
+        return row_id
 
     def _intern_string(self, s: str | None) -> int:
         if not s:
@@ -566,39 +361,27 @@ class SqliteStore(Store):
             self._mapping_ids[m] = mid
         return mid
 
-    def _intern_frame(self, f: Frame) -> int:
-        fid = self._frame_ids.get(f)
-        if fid is None:
-            parts: list[int] = []
-            for ln in f.lines:
-                parts += (self._intern_string(ln.function), self._intern_string(ln.file), ln.line or 0)
-            key = _frame_key(f.address, self._intern_mapping(f.mapping), str(f.kind), str(f.reason or ""), parts)
-            fid = self._row_id("frames", _FRAME_COLUMNS, key)
-            self._frame_ids[f] = fid
-        return fid
+    def _intern_frame_row(self, batch: Batch, key: int, memo: _RequestMemo) -> int:
+        """The frames row of `batch.frames[key]`, found by the row's own values (no Frame is built).
 
-    def _intern_location(self, d: Decoded, location_id: int, memo: _RequestMemo) -> int:
-        """`_intern_frame(d.frame(location_id))` keyed by the row's own values, without a Frame.
-
-        Same interning order (line strings, mapping, frame), so ids come out as on the Profile path.
-        `memo` keeps this request's pprof function ids -> (name, file) string ids, mapping ids -> ids.
+        `memo` keeps this put's function keys -> (name, file) string ids and mapping keys -> mapping ids.
         """
-        address, mapping_id, kind, lines = d.locations[location_id]
+        address, mapping_key, kind, lines = batch.frames[key]
         functions, mappings = memo
         parts: list[int] = []
-        for fid, line in lines:
-            ids = functions.get(fid)
+        for fkey, line in lines:
+            ids = functions.get(fkey)
             if ids is None:
-                name, file = d.functions[fid]
-                ids = functions[fid] = (self._intern_string(name), self._intern_string(file))
+                name, file = batch.functions[fkey]
+                ids = functions[fkey] = (self._intern_string(name), self._intern_string(file))
             parts += (*ids, line)
-        mid = mappings.get(mapping_id)
+        mid = mappings.get(mapping_key)
         if mid is None:
-            mid = mappings[mapping_id] = self._intern_mapping(d.mappings.get(mapping_id))
-        key = _frame_key(address, mid, _KIND_TEXT[kind], "", parts)
-        frame_id = self._frame_keys.get(key)
+            mid = mappings[mapping_key] = self._intern_mapping(batch.mappings.get(mapping_key))
+        row = _frame_key(address, mid, kind, "", parts)
+        frame_id = self._frame_keys.get(row)
         if frame_id is None:
-            frame_id = self._frame_keys[key] = self._row_id("frames", _FRAME_COLUMNS, key)
+            frame_id = self._frame_keys[row] = self._row_id("frames", _FRAME_COLUMNS, row)
         return frame_id
 
     def _intern_stack(self, frame_ids: list[int]) -> int:
@@ -614,68 +397,44 @@ class SqliteStore(Store):
         key = json.dumps(items, separators=(",", ":"), ensure_ascii=False)
         sid = self._series_ids.get((key, sample_type, unit))
         if sid is None:
-            sid = self._db.execute("INSERT INTO series (sample_type, unit, labels) VALUES (?,?,?)",
-                                   (sample_type, unit, key)).lastrowid
+            sid = self._insert("INSERT INTO series (sample_type, unit, labels) VALUES (?,?,?)",
+                               (sample_type, unit, key))
             self._add_series(Series(sid, dict(items), sample_type, unit), key)
         return sid
 
     # -- writes --------------------------------------------------------------------------------
 
-    def put(self, profiles: Sequence[Profile]) -> PutResult:
-        profiles = [p for p in profiles if p.samples]
+    def put(self, batches: Sequence[Batch]) -> PutResult:
+        """Stacks of frame keys straight to store ids: no Frame or stack tuple is built or hashed; a frame
+        is interned by its frames-table row (once per batch), a stack key once per batch."""
+        work = [(b, [p for p in b.series if p.samples]) for b in batches]
+        count = sum(len(ps) for _, ps in work)
 
         def rows() -> Iterator[_Row]:
-            # Memo by object identity: decoded profiles share Frame and stack tuple objects,
-            # so each distinct one is hashed once per put, not once per sample.
-            frame_memo: dict[int, int] = {}
-            stack_memo: dict[int, int] = {}
-            for p in profiles:
-                series = self._intern_series(p.labels, p.sample_type, p.unit)
-                sids: list[int] = []
-                for stack in p.samples:
-                    sid = stack_memo.get(id(stack))
-                    if sid is None:
-                        fids = list(map(frame_memo.get, map(id, stack)))
-                        if None in fids:
-                            for j, f in enumerate(stack):
-                                if fids[j] is None:
-                                    fids[j] = frame_memo[id(f)] = self._intern_frame(f)
-                        sid = stack_memo[id(stack)] = self._intern_stack(fids)
-                    sids.append(sid)
-                yield series, p.start_ns, p.duration_ns, p.period_ns, sids, p.samples.values()
+            for b, series in work:
+                frame_of: dict[int, int] = {}  # the batch's frame key -> frame id
+                memo: _RequestMemo = ({}, {})
+                stack_memo: dict[tuple[int, ...], int] = {}
+                for p in series:
+                    series_id = self._intern_series(p.labels, p.sample_type, p.unit)
+                    sids: list[int] = []
+                    for key in p.samples:
+                        sid = stack_memo.get(key)
+                        if sid is None:
+                            try:  # batch stacks are leaf first, ours root first
+                                fids = [frame_of[k] for k in reversed(key)]
+                            except KeyError:  # a frame met for the first time: intern in stack order
+                                fids = []
+                                for k in reversed(key):
+                                    fid = frame_of.get(k)
+                                    if fid is None:
+                                        fid = frame_of[k] = self._intern_frame_row(b, k, memo)
+                                    fids.append(fid)
+                            sid = stack_memo[key] = self._intern_stack(fids)
+                        sids.append(sid)
+                    yield series_id, b.start_ns, b.duration_ns, b.period_ns, sids, p.samples.values()
 
-        return self._put(rows(), len(profiles))
-
-    def put_decoded(self, decoded: Decoded) -> PutResult:
-        """Stacks of pprof location ids straight to store ids: no Frame or stack tuple is built or hashed;
-        a location is interned by its frames-table key (once per request), a location tuple once."""
-        d = decoded
-        profiles = [p for p in d.decoded if p.samples]
-
-        def rows() -> Iterator[_Row]:
-            frame_of: dict[int, int] = {}  # pprof location id -> frame id
-            memo: _RequestMemo = ({}, {})
-            stack_memo: dict[tuple[int, ...], int] = {}
-            for p in profiles:
-                series = self._intern_series(p.labels, p.sample_type, p.unit)
-                sids: list[int] = []
-                for key in p.samples:
-                    sid = stack_memo.get(key)
-                    if sid is None:
-                        try:  # pprof stacks are leaf first, ours root first
-                            fids = [frame_of[lid] for lid in reversed(key)]
-                        except KeyError:  # a location met for the first time: intern in stack order
-                            fids = []
-                            for lid in reversed(key):
-                                fid = frame_of.get(lid)
-                                if fid is None:
-                                    fid = frame_of[lid] = self._intern_location(d, lid, memo)
-                                fids.append(fid)
-                        sid = stack_memo[key] = self._intern_stack(fids)
-                    sids.append(sid)
-                yield series, d.start_ns, d.duration_ns, d.period_ns, sids, p.samples.values()
-
-        return self._put(rows(), len(profiles))
+        return self._put(rows(), count)
 
     def _put(self, rows: Iterator[_Row], count: int) -> PutResult:
         """One transaction and one blob file for `rows`, whose ids are interned as they are iterated
@@ -684,35 +443,30 @@ class SqliteStore(Store):
             return PutResult(0, 0, 0)
         with self._lock:
             self._check_open()
-            path: Path | None = None
             series_before = set(self._series)
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                frames_out: list[bytes] = []
-                out: list[tuple] = []
-                n_samples = 0
-                for series_id, start, duration, period, sids, vals in rows:
-                    stack_ids = np.array(sids, dtype=np.int64)
-                    values = np.fromiter(vals, dtype=np.int64, count=len(sids))
-                    if len(set(sids)) != len(sids):  # equal stacks held as distinct objects or location ids
-                        uniq, inv = np.unique(stack_ids, return_inverse=True)
-                        stack_ids, values = uniq, _sum_by(inv, values, uniq.size)
-                    frames_out.append(encode_columns(stack_ids, values, self.zstd_level, self._zstd))
-                    out.append((series_id, start, duration, period, int(values.sum()), int(stack_ids.size)))
-                    n_samples += int(stack_ids.size)
-                blob_id, path, offsets = self._write_blob(frames_out, max(r[1] for r in out))
-                self._db.executemany(
-                    "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples, blob, off, len)"
-                    " VALUES (?,?,?,?,?,?,?,?,?)",
-                    [(*row, blob_id, offsets[i], len(frame)) for i, (row, frame) in enumerate(zip(out, frames_out,
-                                                                                                  strict=True))])
-                dirtied = self._mark_dirty({r[1] for r in out})
-                self._db.execute("COMMIT")
+                with self._transaction() as written:
+                    frames_out: list[bytes] = []
+                    out: list[tuple] = []
+                    n_samples = 0
+                    for series_id, start, duration, period, sids, vals in rows:
+                        stack_ids = np.array(sids, dtype=np.int64)
+                        values = np.fromiter(vals, dtype=np.int64, count=len(sids))
+                        if len(set(sids)) != len(sids):  # equal stacks held as distinct objects or location ids
+                            uniq, inv = np.unique(stack_ids, return_inverse=True)
+                            stack_ids, values = uniq, sum_by(inv, values, uniq.size)
+                        frames_out.append(encode_columns(stack_ids, values, self.zstd_level, self._zstd))
+                        out.append((series_id, start, duration, period, int(values.sum()), int(stack_ids.size)))
+                        n_samples += int(stack_ids.size)
+                    blob_id, path, offsets = self._write_blob(frames_out, max(r[1] for r in out))
+                    written.append(path)
+                    self._db.executemany(
+                        "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples, blob, off,"
+                        " len) VALUES (?,?,?,?,?,?,?,?,?)",
+                        [(*row, blob_id, offsets[i], len(frame))
+                         for i, (row, frame) in enumerate(zip(out, frames_out, strict=True))])
+                    dirtied = self._mark_dirty({r[1] for r in out})
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                if path is not None:
-                    path.unlink(missing_ok=True)
                 # Ids handed out inside the rolled-back transaction are void: forget them.
                 self._reset_caches()
                 for sid in set(self._series) - series_before:
@@ -746,7 +500,7 @@ class SqliteStore(Store):
 
     def _check_open(self) -> None:
         if getattr(self, "_closed", False):
-            raise RuntimeError("the store is closed")
+            raise StoreClosed("the store is closed")
 
     def _match_series(self, selector: Selector | None, sample_type: str | None = None,
                       unit: str | None = None) -> set[int]:
@@ -842,7 +596,7 @@ class SqliteStore(Store):
             with open(self._blob_path(blob), "rb") as f:
                 span = memoryview(os.pread(f.fileno(), hi - lo, lo))
             for i, h in items:
-                d, v = _frame_columns(dctx.decompress(span[h.off - lo:h.off - lo + h.len]))
+                d, v = frame_columns(dctx.decompress(span[h.off - lo:h.off - lo + h.len]))
                 order.append(i)
                 sizes.append(d.size)
                 deltas.append(d)
@@ -904,7 +658,7 @@ class SqliteStore(Store):
                     bare.append(fid)
             if bare:
                 self._load_frames(set(bare))
-                out.update((fid, _frame_lines(self._frames[fid])) for fid in bare)
+                out.update((fid, frame_lines_of(self._frames[fid])) for fid in bare)
         return out
 
     def _rows_by_id(self, table: str, columns: str, ids: Sequence[int]) -> list[tuple]:
@@ -931,9 +685,9 @@ class SqliteStore(Store):
         """The coarsest blocks, whatever the steps: a block straddling a step boundary is split by its
         timeline (its profiles' starts and totals), so a day at 5-min steps reads ~100 rows per series."""
         refs = self.select(selector, t0, t1, sample_type, unit)
-        straddle = [r for r in refs if r.handle.level  # type: ignore[attr-defined]
+        straddle = [r for r in refs if _handle(r).level
                     and (r.start_ns - t0) // step_ns != (r.start_ns + max(r.duration_ns, 1) - 1 - t0) // step_ns]
-        timelines = self._timelines([r.handle.row for r in straddle])  # type: ignore[attr-defined]
+        timelines = self._timelines([_handle(r).row for r in straddle])
         if len(timelines) < len(straddle):  # blocks written before timelines existed
             return super().step_totals(selector, t0, t1, step_ns, sample_type, unit)
         split = {id(r) for r in straddle}
@@ -942,7 +696,7 @@ class SqliteStore(Store):
         totals = [np.fromiter((r.total for r in whole), np.int64, len(whole))]
         periods = [np.fromiter((r.period_ns for r in whole), np.int64, len(whole))]
         for r in straddle:
-            s, t, p = decode_timeline(timelines[r.handle.row][1], timelines[r.handle.row][0])  # type: ignore[attr-defined]
+            s, t, p = decode_timeline(timelines[_handle(r).row][1], timelines[_handle(r).row][0])
             keep = (s >= t0) & (s < t1)  # always all of them: the block lies inside [t0, t1)
             starts.append(s[keep])
             totals.append(t[keep])
@@ -1044,7 +798,7 @@ class SqliteStore(Store):
                 return 0
             (seen,) = self._db.execute("SELECT coalesce(max(id), 0) FROM profiles").fetchone()
             refs = self.select(MATCH_ALL, bucket, end, max_level=level - 1)
-            sub = self._timelines([r.handle.row for r in refs if r.handle.level])  # type: ignore[attr-defined]
+            sub = self._timelines([_handle(r).row for r in refs if _handle(r).level])
         frames_out: list[bytes] = []
         timelines_out: list[bytes | None] = []
         rows: list[tuple] = []
@@ -1076,9 +830,7 @@ class SqliteStore(Store):
                                        "LIMIT 1", (seen, level, bucket, end)).fetchone()
             if changed or bucket < self._floor:
                 return 0
-            path = None
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._transaction() as written:
                 old = self._db.execute("SELECT id, blob FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?",
                                        (level, bucket, end)).fetchall()
                 self._db.executemany("DELETE FROM profiles WHERE id=?", [(r[0],) for r in old])
@@ -1086,6 +838,7 @@ class SqliteStore(Store):
                 self._release_blobs([r[1] for r in old])
                 if rows:
                     blob_id, path, offsets = self._write_blob(frames_out, max(r[1] for r in rows))
+                    written.append(path)
                     for j, (row, f, tl) in enumerate(zip(rows, frames_out, timelines_out, strict=True)):
                         row_id = self._db.execute(
                             "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples, blob,"
@@ -1095,13 +848,6 @@ class SqliteStore(Store):
                             self._db.execute("INSERT INTO timelines VALUES (?, ?, ?)", (row_id, bucket, tl))
                 self._db.execute("INSERT INTO compactions VALUES (?, ?, ?) ON CONFLICT (level, bucket_ns) "
                                  "DO UPDATE SET state=excluded.state", (level, bucket, _DONE))
-                self._db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                if path is not None:
-                    path.unlink(missing_ok=True)
-                raise
             self._dirty.discard((level, bucket))
             self._done_sets[level - 1].add(bucket)
             self._refresh_done()
@@ -1153,7 +899,7 @@ class SqliteStore(Store):
             while True:
                 with self._lock:
                     self._check_open()
-                    batch = []
+                    batch: list[tuple[int, int, int]] = []
                     for level in range(len(self.levels) + 1):  # the (level, start) index, level by level
                         batch += self._db.execute("SELECT id, blob, level FROM profiles WHERE level=? AND start_ns<? "
                                                   "LIMIT ?",
@@ -1268,16 +1014,21 @@ class SqliteStore(Store):
                 self._db.close()
 
 
+def _handle(r: StoredProfile) -> _Handle:
+    """Where a profile this store selected lies (`StoredProfile.handle` is opaque to everyone else)."""
+    return cast(_Handle, r.handle)
+
+
 def _block_timeline(group: Sequence[StoredProfile], sub: dict[int, tuple[int, bytes]], origin: int) -> bytes | None:
     """The timeline of a block summing `group`: raw profiles as they are, finer blocks by their timelines."""
     starts, totals, periods = [], [], []
-    raw = [r for r in group if not r.handle.level]  # type: ignore[attr-defined]
+    raw = [r for r in group if not _handle(r).level]
     starts.append(np.fromiter((r.start_ns for r in raw), np.int64, len(raw)))
     totals.append(np.fromiter((r.total for r in raw), np.int64, len(raw)))
     periods.append(np.fromiter((r.period_ns for r in raw), np.int64, len(raw)))
     for r in group:
-        if r.handle.level:  # type: ignore[attr-defined]
-            entry = sub.get(r.handle.row)  # type: ignore[attr-defined]
+        if _handle(r).level:
+            entry = sub.get(_handle(r).row)
             if entry is None:
                 return None  # a block from before timelines: this one cannot have one either
             s, t, p = decode_timeline(entry[1], entry[0])
@@ -1285,38 +1036,6 @@ def _block_timeline(group: Sequence[StoredProfile], sub: dict[int, tuple[int, by
             totals.append(t)
             periods.append(p)
     return encode_timeline(np.concatenate(starts), np.concatenate(totals), np.concatenate(periods), origin)
-
-
-def _frame_lines(f: Frame) -> tuple[tuple[str, str | None, int | None], ...]:
-    if not f.lines:
-        return ((f.fallback_name(), None, None),)
-    return tuple((ln.function, ln.file, ln.line) for ln in reversed(f.lines))
-
-
-def group_sum(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct keys (sorted) and the exact int64 sum of values for each."""
-    if keys.size == 0:
-        return keys, values
-    lo, hi = int(keys.min()), int(keys.max())
-    if hi - lo <= 4 * keys.size + 4096:  # dense keys (stack ids): sums in a table over their range, no sort
-        idx = keys - lo
-        present = np.zeros(hi - lo + 1, dtype=bool)
-        present[idx] = True
-        sums = np.zeros(hi - lo + 1, dtype=np.int64)
-        np.add.at(sums, idx, values)
-        at = np.flatnonzero(present)
-        return at + lo, sums[at]
-    order = np.argsort(keys, kind="stable")
-    k, v = keys[order], values[order]
-    starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
-    return k[starts], np.add.reduceat(v, starts)
-
-
-def _sum_by(inverse: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """Exact int64 sums of `values` grouped by `inverse` (bincount would go through float64)."""
-    out = np.zeros(n, dtype=np.int64)
-    np.add.at(out, inverse, values)
-    return out
 
 
 def _chunks(items: list[int], n: int) -> Iterable[list[int]]:

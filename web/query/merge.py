@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 
 from podflame.model import Profile
-from web import diff as diffmod
-from web.export import folded_diff_from_stacks, folded_from_stacks
-from web.flamegraph import NameStacks, diff_tree_from_stacks, flamegraph_from_stacks
-from web.selector import Selector
-from web.speedscope import speedscope_from_stacks
-from web.store import Store, StoredProfile, group_sum
+from web.query import diff as diffmod
+from web.query.export import folded_diff_from_stacks, folded_from_stacks
+from web.query.flamegraph import diff_tree_from_stacks, flamegraph_from_stacks
+from web.query.speedscope import speedscope_from_stacks
+from web.query.stacks import NameStacks
+from web.store.base import Store, StoredProfile
+from web.store.columns import group_sum
+from web.store.selector import Selector
 
 DEFAULT_TYPE = "samples"
 
@@ -224,22 +226,6 @@ def _window(refs: Sequence[StoredProfile], q: Query) -> tuple[int, int]:
     return start, max(r.start_ns + r.duration_ns for r in refs) - start
 
 
-def merged_profile(store: Store, q: Query) -> Profile:
-    """Every matching profile in range summed into one; labels are those all inputs share."""
-    sample_type, unit, refs = select(store, q)
-    start, duration = _window(refs, q)
-    out = Profile(labels=_common_labels(refs), start_ns=start, duration_ns=duration,
-                  period_ns=_dominant_period(refs), sample_type=sample_type, unit=unit)
-    if not refs:
-        return out
-    cols = store.read(refs)
-    ids, values = group_sum(cols.stack, cols.value)
-    stacks = store.stacks(ids.tolist())
-    for sid, value in zip(ids.tolist(), values.tolist(), strict=True):
-        out.add(stacks[sid], value)
-    return out
-
-
 @dataclass(frozen=True, slots=True)
 class Merged:
     """A query's result as distinct stack ids and summed values, with what describes it."""
@@ -409,7 +395,7 @@ def series_summary(store: Store, q: Query, by: Sequence[str] | None = None) -> d
         key = tuple(sorted(labels.items())) if by is None else tuple((k, labels[k]) for k in by if k in labels)
         groups[key].append(r)
     seconds = (q.t1 - q.t0) / 1e9
-    rows = []
+    rows: list[dict[str, Any]] = []
     for key, group in groups.items():
         cpu_ns = cpu_nanoseconds(sample_type, unit, group)
         cpu_s = None if cpu_ns is None else cpu_ns / 1e9

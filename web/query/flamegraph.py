@@ -21,59 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from podflame.model import Profile
+from web.query.stacks import NameStacks
+from web.store.columns import sum_by
 
 ROOT = "total"
 OTHER = "[other]"  # bracketed like [no mapping]/[kernel]: no symbol can be named this
 _SHIFT = np.int64(32)
 _MASK = np.int64(0xFFFFFFFF)
-
-
-@dataclass(frozen=True, slots=True)
-class NameStacks:
-    """Distinct stacks as name ids (root first) with one or more value columns.
-
-    `flat` holds every stack's name ids back to back; stack i is `flat[offsets[i]:offsets[i]+lengths[i]]`.
-    `values` has shape (stacks, columns): one column for a flame graph, two (baseline, comparison) for a diff.
-    """
-
-    names: Sequence[str]
-    flat: np.ndarray
-    offsets: np.ndarray
-    lengths: np.ndarray
-    values: np.ndarray
-
-    @staticmethod
-    def from_lists(names: Sequence[str], paths: Sequence[Sequence[int]], values: np.ndarray,
-                   columns: int = 1) -> NameStacks:
-        lengths = np.fromiter((len(p) for p in paths), dtype=np.int64, count=len(paths))
-        flat = (np.fromiter((i for p in paths for i in p), dtype=np.int64, count=int(lengths.sum()))
-                if len(paths) else np.empty(0, np.int64))
-        offsets = np.cumsum(lengths) - lengths
-        vals = np.asarray(values, dtype=np.int64)
-        return NameStacks(names, flat, offsets, lengths, vals.reshape(len(paths), columns))
-
-
-def profile_name_stacks(profile: Profile) -> NameStacks:
-    """A Profile's function-name stacks (inline frames are names of their own), interned locally."""
-    index: dict[str, int] = {}
-    paths = []
-    values = []
-    for names, value in profile.name_stacks():
-        paths.append([index.setdefault(n, len(index)) for n in names])
-        values.append(value)
-    return NameStacks.from_lists(list(index), paths, np.array(values, dtype=np.int64))
-
-
-def sum_by(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """Exact int64 sums of `values` rows per group id in [0, n) (bincount would go through float64)."""
-    out = np.zeros((n, *values.shape[1:]), dtype=np.int64)
-    if values.ndim == 1:
-        np.add.at(out, groups, values)  # unbuffered, exact, no sort (numpy's fast path is for 1-d)
-    else:
-        for c in range(values.shape[1]):
-            np.add.at(out[:, c], groups, values[:, c])
-    return out
 
 
 @dataclass(slots=True)
@@ -331,13 +285,6 @@ def diff_tree_from_stacks(ns: NameStacks, max_nodes: int | None = None) -> dict[
     graph of both), then `base_total, base_self, comp_total, comp_self`.
     """
     return _payload(ns, max_nodes, diff=True)
-
-
-def to_flamegraph(profile: Profile, max_nodes: int | None = None) -> dict[str, Any]:
-    """Function-name stacks (inline frames are nodes of their own) -> the flame-graph JSON object."""
-    payload = flamegraph_from_stacks(profile_name_stacks(profile), max_nodes)
-    payload.update(unit=profile.unit, type=profile.sample_type, period_ns=profile.period_ns)
-    return payload
 
 
 def decode_tree(fg: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Plus /metrics and /healthz.
 
-Handlers only translate HTTP to `web.query` calls and back; every client mistake (bad time,
+Handlers only translate HTTP to `web.query.merge` calls and back; every client mistake (bad time,
 selector, label or body) is a 4xx with `{"error": ...}` naming the bad part.
 """
 
@@ -12,19 +12,21 @@ import functools
 import re
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from podflame import pprof
-from web import query as queries
-from web.export import to_pprof
-from web.query import Query, profiles_by_series, series_summary
-from web.selector import LABEL_NAME, SelectorError, parse_selector
-from web.store import Store
-from web.timeparse import TimeError, parse_duration, parse_time
+from podflame.errors import InvalidInput, NotFound, PodflameError, TooLarge, Unavailable
+from web.normalize import batch_of
+from web.query import merge as queries
+from web.query.export import to_pprof
+from web.query.merge import Query, profiles_by_series, series_summary
+from web.server.timeparse import TimeError, parse_duration, parse_time
+from web.store.base import Store
+from web.store.selector import LABEL_NAME, SelectorError, parse_selector
 
 INGESTED_PROFILES = Counter("podflame_server_ingested_profiles_total", "Profiles stored (one per series per request)")
 INGESTED_SAMPLES = Counter("podflame_server_ingested_samples_total", "Stack rows stored (distinct stacks per profile)")
@@ -39,10 +41,11 @@ ops = Blueprint("ops", __name__)
 DEFAULT_FROM, DEFAULT_TO = "now-15m", "now"
 RESERVED_INGEST_PARAMS = {"time"}
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-class ApiError(Exception):
+class ApiError(PodflameError):
     """A client error: answered as `{"error": message}` with `status`."""
 
     def __init__(self, status: int, message: str, reason: str | None = None) -> None:
@@ -50,11 +53,23 @@ class ApiError(Exception):
         self.status, self.message, self.reason = status, message, reason
 
 
-@api.errorhandler(ApiError)
-def _api_error(e: ApiError) -> tuple[Response, int]:
-    if e.reason:
+# The one place errors become HTTP statuses: first match wins (an ApiError says its own).
+HTTP_STATUS: tuple[tuple[type[PodflameError], int], ...] = (
+    (TooLarge, 413), (InvalidInput, 400), (NotFound, 404), (Unavailable, 503), (PodflameError, 500))
+
+
+def http_status(e: PodflameError) -> int:
+    if isinstance(e, ApiError):
+        return e.status
+    return next(status for kind, status in HTTP_STATUS if isinstance(e, kind))
+
+
+@api.app_errorhandler(PodflameError)
+def _podflame_error(e: PodflameError) -> tuple[Response, int]:
+    """Every PodflameError a request raises, on any blueprint, as `{"error": message}`."""
+    if isinstance(e, ApiError) and e.reason:
         REJECTED.labels(e.reason).inc()
-    return jsonify(error=e.message), e.status
+    return jsonify(error=e.message if isinstance(e, ApiError) else str(e)), http_status(e)
 
 
 def store() -> Store:
@@ -105,13 +120,13 @@ def _int_arg(name: str, default: int | None, lo: int, hi: int) -> int | None:
 _DIFF_PARAMS = ("base_query", "base_from", "base_to")
 
 
-def timed(endpoint: str) -> Callable[[F], F]:
-    def wrap(fn: F) -> F:
+def timed(endpoint: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
-        def inner(*args: Any, **kwargs: Any) -> Any:
+        def inner(*args: P.args, **kwargs: P.kwargs) -> R:
             with QUERY_SECONDS.labels(endpoint).time():
                 return fn(*args, **kwargs)
-        return inner  # type: ignore[return-value]
+        return inner
     return wrap
 
 
@@ -163,7 +178,7 @@ def ingest() -> Response:
         decoded.start_ns = override
     elif decoded.start_ns <= 0:
         decoded.start_ns = received
-    result = store().put_decoded(decoded)
+    result = store().put([batch_of(decoded)])
     INGESTED_PROFILES.inc(result.profiles)
     INGESTED_SAMPLES.inc(result.samples)
     INGESTED_BYTES.inc(len(body))
@@ -265,7 +280,7 @@ def _tree_json(payload: dict[str, Any]) -> Response:
     head = current_app.json.dumps({k: v for k, v in payload.items() if k != "levels"}, separators=(",", ":"))
     body = "".join((head[:-1], "," if len(head) > 2 else "", '"levels":[',
                     ",".join(repr(level) for level in levels).replace(" ", ""), "]}"))
-    return current_app.response_class(body, mimetype=current_app.json.mimetype)
+    return current_app.response_class(body, mimetype="application/json")  # DefaultJSONProvider.mimetype
 
 
 @api.get("/speedscope")

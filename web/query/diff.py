@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from web.flamegraph import NameStacks, sum_by
+from web.query.stacks import NameStacks
+from web.store.columns import sum_by
 
 MIN_SAMPLES = 20
 MIN_SHARE_CHANGE = 0.001

@@ -1,7 +1,7 @@
 """Downloads: profiles rendered as pprof (for `go tool pprof`) or folded stacks (for FlameGraph tools).
 
-Renderers are pure functions of `Profile`s (or of merged name stacks), so the CLI
-(`podflame record`) and the HTTP layer share them.
+Renderers are pure functions of merged name stacks (or of `Profile`s for pprof); the folded writer
+itself is podflame/folded.py, which `podflame record` uses too.
 """
 
 from __future__ import annotations
@@ -9,32 +9,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from podflame import pprof
+from podflame.folded import fold, folded_text
 from podflame.model import Profile
-from web.flamegraph import NameStacks, profile_name_stacks
+from web.query.stacks import NameStacks
 
 
 def _folded_totals(ns: NameStacks) -> dict[str, list[int]]:
     """Folded stack text -> values per column; equal name paths of different frames share a line."""
     names = [n.replace("\n", " ") for n in ns.names]
     flat = ns.flat.tolist()
-    out: dict[str, list[int]] = {}
-    for off, length, values in zip(ns.offsets.tolist(), ns.lengths.tolist(), ns.values.tolist(), strict=True):
-        if not length:
-            continue
-        key = ";".join([names[i] for i in flat[off:off + length]])
-        row = out.get(key)
-        if row is None:
-            out[key] = list(values)
-        else:
-            for j, v in enumerate(values):
-                row[j] += v
-    return out
+    return fold(([names[i] for i in flat[off:off + length]], values)
+                for off, length, values in zip(ns.offsets.tolist(), ns.lengths.tolist(), ns.values.tolist(),
+                                               strict=True))
 
 
 def folded_from_stacks(ns: NameStacks) -> str:
     """One line per distinct function-name stack, `root;...;leaf count`, sorted by stack."""
-    totals = _folded_totals(ns)
-    return "".join(f"{k} {v[0]}\n" for k, v in sorted(totals.items()) if v[0])
+    return folded_text(_folded_totals(ns))
 
 
 def folded_diff_from_stacks(ns: NameStacks, normalize: bool = False) -> str:
@@ -52,15 +43,6 @@ def folded_diff_from_stacks(ns: NameStacks, normalize: bool = False) -> str:
         if b or c:
             lines.append(f"{k} {b} {c}\n")
     return "".join(lines)
-
-
-def to_folded(profile: Profile) -> str:
-    """One line per distinct function-name stack, `root;...;leaf count`, sorted by stack.
-
-    Different frames that resolve to the same names share a line. Empty stacks have no line
-    (the format cannot express them). Newlines inside names would break the format: they become spaces.
-    """
-    return folded_from_stacks(profile_name_stacks(profile))
 
 
 def to_pprof(profiles: Sequence[Profile], sample_type: str = "samples", unit: str = "count",

@@ -1,0 +1,57 @@
+"""`podflame record`'s capture: the agent's drain -> profiles step in a loop, then symbolize and label once.
+
+A one-shot capture differs from the agent only in when it symbolizes (once, at the end, after waiting
+for debuginfod) and where profiles go (a file, not the server); the drain, the stack memo and the
+frame building are the agent's own (`profiler.agent.build_profiles`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from podflame.model import Profile
+
+
+def record(duration: float, frequency: int, *, pids: Sequence[int] | None = None,
+           cgroup_ids: Sequence[int] | None = None,
+           progress: Callable[[float, int], None] = lambda left, samples: None,
+           say: Callable[[str], None] = lambda text: None) -> list[Profile]:
+    """Sample for `duration` seconds; one symbolized, pod-labelled profile per process (label set).
+
+    Drains every second, so maps of short-lived processes are read while they live. Ctrl-C ends the
+    capture early and keeps what was sampled. Raises SamplerError when BPF cannot run here.
+    """
+    from profiler.agent import KubeletLabels, PodLabels, build_profiles, create_context
+    from profiler.procmaps import MapsCache
+    from profiler.sampler import Sampler
+    from symbolizer import Symbolizer
+
+    ctx = create_context(None)
+    sampler = Sampler(frequency, pids=pids, cgroup_ids=cgroup_ids)
+    assert isinstance(ctx.maps, MapsCache)  # create_context's: the symbolizer reads binaries through it
+    symbolizer = Symbolizer(ctx.maps)
+    period_ns = int(1e9 / frequency)
+    profiles: list[Profile] = []
+    end = time.monotonic() + duration
+    try:
+        with sampler:
+            while (left := end - time.monotonic()) > 0:
+                time.sleep(min(1.0, left))
+                profiles.extend(build_profiles(sampler.drain(), ctx, period_ns))
+                progress(max(0.0, end - time.monotonic()), sum(p.total() for p in profiles))
+    except KeyboardInterrupt:
+        say("interrupted: writing what was captured")
+    by_labels: dict[tuple[tuple[str, str], ...], list[Profile]] = {}
+    for p in profiles:
+        by_labels.setdefault(tuple(sorted(p.labels.items())), []).append(p)
+    pods = PodLabels(KubeletLabels(), hold_seconds=0)
+    groups = [Profile.merge(group) for group in by_labels.values()]
+    symbolized = [symbolizer.symbolize(p) for p in groups]
+    fetcher = symbolizer.debuginfod  # a one-shot capture can wait for the debug files it asked for
+    if fetcher is not None:
+        if not fetcher.wait(0):
+            say(f"waiting up to {fetcher.max_time:.0f}s for debug files from debuginfod...")
+            fetcher.wait(fetcher.max_time)
+        symbolized = [symbolizer.symbolize(p) for p in groups]  # redoes only binaries whose file arrived
+    return pods(symbolized)

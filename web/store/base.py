@@ -1,0 +1,213 @@
+"""What query code may rely on, whatever the backend: the `Store` interface and the types it takes and gives.
+
+A store takes `Batch`es, not wire types: `web.normalize` turns a decoded pprof into one, so the store
+never imports the pprof codec. It gives metadata (`StoredProfile`), integer columns (`Columns`) and,
+by id, stacks and frames.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from podflame.errors import PodflameError, Unavailable
+from podflame.model import Frame, Stack
+from podflame.model import Mapping as ProcMapping
+from web.store.selector import Selector
+
+
+class StoreClosed(Unavailable):
+    """The store was closed (the server is shutting down): nothing more is read or written."""
+
+
+class StoreTooNew(PodflameError, RuntimeError):
+    """The data directory was written by a newer podflame, whose schema this one does not know."""
+
+
+# A frame as ingest gives it: (address, mapping key, kind, [(function key, line), ...] innermost first).
+FrameRow = tuple[int, int, str, Sequence[tuple[int, int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSamples:
+    """One label set of one sample type in a batch: stacks of frame keys (leaf first, as profilers record
+    them) -> value."""
+
+    labels: Mapping[str, str]
+    sample_type: str
+    unit: str
+    samples: Mapping[tuple[int, ...], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One ingest's profiles as tables keyed by the sender's small integers (the only write path's input).
+
+    Every key a frame or stack names is in its table: the normalizer checked that. Mapping key 0 or a key
+    mapped to None is no mapping (the kernel).
+    """
+
+    start_ns: int
+    duration_ns: int
+    period_ns: int
+    mappings: Mapping[int, ProcMapping | None]
+    functions: Mapping[int, tuple[str, str | None]]  # key -> (name, file)
+    frames: Mapping[int, FrameRow]
+    series: Sequence[SeriesSamples]
+
+
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One label set of one sample type: the unit that selectors match."""
+
+    id: int
+    labels: Mapping[str, str]
+    sample_type: str
+    unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredProfile:
+    """Metadata of one stored profile; `handle` is opaque, for the backend's `read`."""
+
+    series: Series
+    start_ns: int
+    duration_ns: int
+    period_ns: int
+    total: int
+    handle: object
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Samples as parallel integer arrays: `profile` indexes the list given to `read`."""
+
+    profile: np.ndarray
+    stack: np.ndarray
+    value: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class StepTotals:
+    """Profile totals summed per time step [t0 + k*step, t0 + (k+1)*step), per sampling period.
+
+    Kept per period so that CPU time (period x count) stays exact when periods differ. `refs` are
+    the stored profiles or blocks the sums came from (for units and labels, not to be re-read).
+    """
+
+    refs: list[StoredProfile]
+    by_period: dict[int, np.ndarray]  # period_ns -> int64 sums, one per step
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    profiles: int
+    samples: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionResult:
+    cutoff_ns: int  # everything that started before this is gone (0: nothing was cut)
+    profiles: int  # rows deleted (raw profiles and pre-aggregated blocks)
+    files: int  # blob files unlinked (after their grace period)
+    bytes_used: int  # blob bytes + used index pages, after the pass
+
+
+class Store(ABC):
+    """What the server needs from storage; backends must be safe to call from many threads."""
+
+    @abstractmethod
+    def put(self, batches: Sequence[Batch]) -> PutResult:
+        """Store batches atomically: all are durable when this returns, none if it raises."""
+
+    @abstractmethod
+    def select(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
+               unit: str | None = None, *, align_ns: int | None = None,
+               max_level: int | None = None) -> list[StoredProfile]:
+        """Profiles whose series matches and whose start lies in [t0, t1), oldest first.
+
+        A backend may answer with pre-aggregated blocks that sum exactly the profiles they replace;
+        with `align_ns` none crosses a boundary t0 + k * align_ns, `max_level` caps their coarseness
+        (0: raw profiles only).
+        """
+
+    @abstractmethod
+    def read(self, profiles: Sequence[StoredProfile]) -> Columns:
+        """The samples of these profiles, as columns."""
+
+    def step_totals(self, selector: Selector, t0: int, t1: int, step_ns: int, sample_type: str | None = None,
+                    unit: str | None = None) -> StepTotals:
+        """Totals per step from metadata only (no sample data). This default uses blocks that fit in a step."""
+        refs = self.select(selector, t0, t1, sample_type, unit, align_ns=step_ns)
+        n = -(-(t1 - t0) // step_ns)
+        by_period: dict[int, np.ndarray] = {}
+        for r in refs:
+            sums = by_period.get(r.period_ns)
+            if sums is None:
+                sums = by_period[r.period_ns] = np.zeros(n, dtype=np.int64)
+            sums[(r.start_ns - t0) // step_ns] += r.total
+        return StepTotals(refs, by_period)
+
+    @abstractmethod
+    def stacks(self, ids: Iterable[int]) -> dict[int, Stack]:
+        """Stack ids (from `read`) -> root-first frames."""
+
+    def stack_frames(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Stacks as frame ids: (frames per stack, the frame ids root first, stacks back to back), in `ids` order.
+
+        Frame ids are stable for the store's life, so callers can cache work per frame (names,
+        locations) instead of hashing Frame objects per stack. This default numbers the frames of
+        `stacks()` itself; a backend with its own frame table returns its ids.
+        """
+        numbering: dict[Frame, int] = self.__dict__.setdefault("_default_frame_numbers", {})
+        by_id: dict[int, Frame] = self.__dict__.setdefault("_default_frames", {})
+        stacks = self.stacks(ids)
+        flat: list[int] = []
+        for sid in ids:
+            for f in stacks[sid]:
+                fid = numbering.setdefault(f, len(numbering))
+                by_id[fid] = f
+                flat.append(fid)
+        lengths = np.fromiter((len(stacks[i]) for i in ids), dtype=np.int64, count=len(ids))
+        return lengths, np.array(flat, dtype=np.int64)
+
+    def frame_lines(self, frame_ids: Iterable[int]) -> dict[int, tuple[tuple[str, str | None, int | None], ...]]:
+        """Frame id (from `stack_frames`) -> (function, file, line) outermost first, what a stack shows of it:
+        `Frame.names()` with each name's source position; an unsymbolized frame is its fallback name alone."""
+        frames: dict[int, Frame] = self.__dict__.get("_default_frames", {})
+        return {i: frame_lines_of(frames[i]) for i in frame_ids}
+
+    @abstractmethod
+    def label_names(self, t0: int, t1: int, selector: Selector | None = None) -> list[str]: ...
+
+    @abstractmethod
+    def label_values(self, name: str, t0: int, t1: int, selector: Selector | None = None) -> list[str]: ...
+
+    @abstractmethod
+    def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
+        """(sample type, unit) pairs with data in the range, sorted."""
+
+    def compact(self, now_ns: int | None = None, max_buckets: int = 64) -> int:
+        """Pre-aggregate aged buckets; returns how many were written. Backends may not pre-aggregate."""
+        return 0
+
+    def enforce_retention(self, max_age_ns: int | None, max_bytes: int | None,
+                          now_ns: int | None = None) -> RetentionResult:
+        """Delete the oldest data past a time limit or over a disk budget, without blocking writers."""
+        return RetentionResult(0, 0, 0, 0)
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+
+def frame_lines_of(f: Frame) -> tuple[tuple[str, str | None, int | None], ...]:
+    if not f.lines:
+        return ((f.fallback_name(), None, None),)
+    return tuple((ln.function, ln.file, ln.line) for ln in reversed(f.lines))
