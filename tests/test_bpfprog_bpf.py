@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from profiler.bpfcompile import CompileError, compile_in_child
-from profiler.bpfprog import ImageCache
+from profiler.bpfprog import FORMAT, ImageCache
 from profiler.sampler import Sampler
 from tests.test_sampler_bpf import (  # noqa: F401  (fixtures)
     FREQ,
@@ -120,7 +120,7 @@ def test_a_corrupt_or_unsafe_cached_image_is_compiled_again(tmp_path: Path, spaw
     with caplog.at_level(logging.WARNING, "podflame.bpfprog"), Sampler(FREQ, image_cache=ImageCache(cache)) as s:
         assert s.compiled
     assert "ignoring the cached BPF program" in caplog.text
-    assert json.loads(image.read_text())["format"] == 1  # replaced by a good one
+    assert json.loads(image.read_text())["format"] == FORMAT  # replaced by a good one
 
     caplog.clear()
     image.chmod(0o666)  # anyone could have written this bytecode: never load it
