@@ -171,9 +171,9 @@ def test_limits_come_from_the_server_config(tmp_path: Path) -> None:
 
 
 def test_counts_are_refused_before_the_profile_is_parsed(tmp_path: Path, client: FlaskClient) -> None:
-    # 5 M one-byte strings in 14 KB: over 100x the body, refused at 1.4 MB inflated
+    # 5 M one-byte strings in 14 KB: over 50x the body and the 1 MiB floor, refused at 1 MiB inflated
     body = gzip.compress(b"\x32\x01a" * 5_000_000, compresslevel=9)
-    refused(client, body, 413, "inflates past its 1461400 byte limit", "INFLATE_RATIO")
+    refused(client, body, 413, "inflates past its 1048576 byte limit", "INFLATE_RATIO")
     # without the ratio cap, the count stops it at the 1,000,001st string (3 MB inflated)
     app = create_app({"DATA_DIR": str(tmp_path / "noratio"), "MAINTENANCE_SECONDS": 0, "INFLATE_RATIO": 10**6})
     try:
