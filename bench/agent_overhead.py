@@ -232,11 +232,14 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=0,
                     help="busy node: long-lived Python processes with distinct code, started before both tools")
     ap.add_argument("--pids", action="store_true", help="print the tools' pids (to attach py-spy)")
+    ap.add_argument("--python-frames", choices=("on", "off"), default="on",
+                    help="the agent walks CPython processes' Python frames (PODFLAME_PYTHON_FRAMES)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: both tools load eBPF programs")
     caches = Path(tempfile.mkdtemp(prefix="podflame-bench-caches-"))
-    env = {**os.environ, "PODFLAME_BPF_CACHE": str(caches / "bpf"), "PODFLAME_SYMBOL_CACHE": str(caches / "symbols")}
+    env = {**os.environ, "PODFLAME_BPF_CACHE": str(caches / "bpf"), "PODFLAME_SYMBOL_CACHE": str(caches / "symbols"),
+           "PODFLAME_PYTHON_FRAMES": "1" if args.python_frames == "on" else "0"}
     results = {}
     for name in ("first_start", "restart")[: args.runs]:
         print(f"== {name.replace('_', ' ')}", file=sys.stderr)
@@ -317,7 +320,8 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
 
     result = {"duration_s": args.duration, "frequency_hz": args.frequency, "busy_cpus": args.busy,
               "churn_per_s": args.churn, "churn_started": churn.started if churn is not None else 0,
-              "long_lived_processes": args.processes, "expected_samples": round(expected)}
+              "long_lived_processes": args.processes, "python_frames": env["PODFLAME_PYTHON_FRAMES"] == "1",
+              "expected_samples": round(expected)}
     for name, samples in (("podflame", our_samples), ("profile-bpfcc", their_samples)):
         total = final_cpu[name]
         steady = end_cpu[name] - start_cpu[name]

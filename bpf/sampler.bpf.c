@@ -79,6 +79,8 @@ struct sample_key {
     s32 user_error;               // 0 or -errno (-EFAULT: no stack, -ENOMEM: stack map full)
     s32 kernel_error;
     char comm[TASK_COMM_LEN];
+    u64 python_stack;             // key in the set's py_stacks map; 0: none (see bpf/python.bpf.h)
+    s32 python_error;             // PY_* of bpf/python.bpf.h (0: a complete Python stack)
 };
 
 BPF_ARRAY(control, u32, CTL_SLOTS);
@@ -233,6 +235,52 @@ static __always_inline void count_into1(struct sample_key *key) {
     counted(err);
 }
 
+// Python frames: the walker is in python.bpf.h; its maps and hook are here (BCC rewrites map calls
+// only in the main file).
+#include "python.bpf.h"
+#if PYTHON_FRAMES
+BPF_HASH(py_procs, u32, struct py_proc, PY_PROCS_SIZE);          // tgid -> layout, written by userspace
+BPF_TABLE("lru_hash", u32, u64, py_tstates, PY_TSTATES_SIZE);   // tid -> its thread state, last found
+BPF_PERCPU_ARRAY(py_scratch, struct py_stack, 1);
+BPF_HASH(py_stacks0, u64, struct py_stack, PY_STACK_MAP_SIZE);
+BPF_HASH(py_stacks1, u64, struct py_stack, PY_STACK_MAP_SIZE);
+
+// Sets *stack to the stored Python stack's key (0: none) and returns a PY_* code.
+static __always_inline s32 python_stack_into(u32 tgid, u32 tid, u32 set, u64 *stack) {
+    *stack = 0;
+    struct py_proc *cfg = py_procs.lookup(&tgid);
+    if (!cfg)
+        return PY_NOT_PYTHON;
+    u64 *cached = py_tstates.lookup(&tid), tstate = 0;
+    int err = py_find_tstate(cfg, tid, cached ? *cached : 0, &tstate);
+    if (err)
+        return err;
+    if (!cached || *cached != tstate)
+        py_tstates.update(&tid, &tstate);
+    u32 zero = 0;
+    struct py_stack *st = py_scratch.lookup(&zero);
+    if (!st)
+        return PY_STACK_MAP_FULL;
+    u64 h = 0;
+    err = py_walk(cfg, tstate, st, &h);
+    if (st->depth == 0)
+        return err;
+    struct py_stack *have = set == 0 ? py_stacks0.lookup(&h) : py_stacks1.lookup(&h);
+    if (!have) {
+        int full = set == 0 ? py_stacks0.insert(&h, st) : py_stacks1.insert(&h, st);
+        if (full && full != -EEXIST)  // EEXIST: another CPU stored the same stack
+            return PY_STACK_MAP_FULL;
+    }
+    *stack = h;
+    return err;
+}
+#else
+static __always_inline s32 python_stack_into(u32 tgid, u32 tid, u32 set, u64 *stack) {
+    *stack = 0;
+    return PY_DISABLED;
+}
+#endif
+
 int on_sample(struct bpf_perf_event_data *ctx) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32;
@@ -251,7 +299,8 @@ int on_sample(struct bpf_perf_event_data *ctx) {
         return 0;
     u32 set = *active;            // read once: stacks and count must land in the same set
 
-    struct sample_key key = {};
+    struct sample_key key;
+    __builtin_memset(&key, 0, sizeof(key));  // padding included: the key is hashed as bytes
     key.cgroup_id = cgroup_id;
     key.tgid = tgid;
     key.pid = pid;
@@ -265,6 +314,7 @@ int on_sample(struct bpf_perf_event_data *ctx) {
             new_tgids.ringbuf_output(&tgid, sizeof(tgid), 0);
         }
     }
+    key.python_error = python_stack_into(tgid, pid, set, &key.python_stack);  // before any tail call
     key.user_error = stack_into(ctx, BPF_F_USER_STACK, set, &key.user_stack);
     key.kernel_error = stack_into(ctx, 0, set, &key.kernel_stack);
     note_stack_error(key.user_error, ERR_USER_EEXIST);

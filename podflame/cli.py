@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -75,6 +76,27 @@ def main(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
+def _access_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """Options shared by `up` and `server`: who may ingest and read, and from where."""
+    for option in reversed([
+        click.option("--ingest-token-file", type=click.Path(dir_okay=False), default=None,
+                     help="File of tokens (one per line) that may ingest ($PODFLAME_INGEST_TOKEN_FILE); "
+                          "re-read when it changes."),
+        click.option("--read-token-file", type=click.Path(dir_okay=False), default=None,
+                     help="File of tokens that may read: API, UI data, /metrics ($PODFLAME_READ_TOKEN_FILE)."),
+        click.option("--allowed-hosts", default=None,
+                     help="Extra Host names served, comma-separated ('*': any). On loopback only loopback names "
+                          "are served by default (DNS rebinding)."),
+        click.option("--allowed-origins", default=None,
+                     help="Other browser origins that may POST, comma-separated (default: only the server's own)."),
+        click.option("--metrics-public", is_flag=True, help="Serve /metrics without the read token."),
+        click.option("--insecure", is_flag=True,
+                     help="Allow listening beyond loopback without token files (a network policy must guard it)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
 @click.option("--listen", default="127.0.0.1:7070", show_default=True, help="HOST:PORT of the UI and API.")
 @click.option("--data", "data_dir", default="./podflame-data", show_default=True, type=click.Path(file_okay=False),
@@ -83,17 +105,24 @@ def main(verbose: bool) -> None:
 @click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600),
               help="Seconds between drains.")
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
-def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: str | None) -> None:
+@_access_options
+def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: str | None,
+       ingest_token_file: str | None, read_token_file: str | None, allowed_hosts: str | None,
+       allowed_origins: str | None, metrics_public: bool, insecure: bool) -> None:
     """Agent + server on this host, with the embedded store."""
     _require_root("podflame up")
     from profiler.service import start_agent
-    from web.server.app import create_app, serve
+    from web.server.app import create_app, serve, serving_config
 
     host, port = _parse_listen(listen)
-    server = serve(create_app({"DATA_DIR": str(Path(data_dir).resolve())}), host, port)
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{server.server_port}"
-    stop_agent = start_agent(url, frequency, interval, node_name, say=_say)
-    click.echo(f"podflame is up: open {url}/  (data in {Path(data_dir).resolve()}; Ctrl-C to stop)")
+    config = serving_config(str(Path(data_dir).resolve()), host, ingest_token_file=ingest_token_file,
+                            read_token_file=read_token_file, allowed_hosts=allowed_hosts,
+                            allowed_origins=allowed_origins, metrics_public=metrics_public, insecure=insecure)
+    server = serve(create_app(config), host, port)
+    url = server.url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+    stop_agent = start_agent(url, frequency, interval, node_name, token_file=config.get("INGEST_TOKEN_FILE"),
+                             say=_say)
+    click.echo(f"podflame is up: open {server.url}/  (data in {Path(data_dir).resolve()}; Ctrl-C to stop)")
     _wait_for_signal()
     click.echo("podflame: stopping (final drain)...", err=True)
     stop_agent()
@@ -103,13 +132,33 @@ def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: s
 @main.command()
 @click.option("--listen", default="127.0.0.1:7070", show_default=True, help="HOST:PORT of the UI and API.")
 @click.option("--data", "data_dir", default="./podflame-data", show_default=True, type=click.Path(file_okay=False))
-def server(listen: str, data_dir: str) -> None:
-    """The server alone: ingest, store, query, UI."""
-    from web.server.app import create_app, serve
+@_access_options
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM private key.")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Request threads (a bounded pool; further connections wait in a bounded queue).")
+@click.option("--timeout", default=30, show_default=True, type=click.IntRange(1, 3600),
+              help="Seconds a connection may stall mid-request before it is closed.")
+def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token_file: str | None,
+           allowed_hosts: str | None, allowed_origins: str | None, metrics_public: bool, insecure: bool,
+           tls_cert: str | None, tls_key: str | None, threads: int, timeout: int) -> None:
+    """The server alone: ingest, store, query, UI (cheroot: a bounded thread pool, optional TLS)."""
+    from web.server.app import create_app, serve, serving_config
 
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("give both --tls-cert and --tls-key, or neither")
     host, port = _parse_listen(listen)
-    srv = serve(create_app({"DATA_DIR": str(Path(data_dir).resolve())}), host, port)
-    click.echo(f"podflame server: listening on http://{host}:{srv.server_port}/ (data in {Path(data_dir).resolve()})")
+    config = serving_config(str(Path(data_dir).resolve()), host, ingest_token_file=ingest_token_file,
+                            read_token_file=read_token_file, allowed_hosts=allowed_hosts,
+                            allowed_origins=allowed_origins, metrics_public=metrics_public, insecure=insecure)
+    srv = serve(create_app(config), host, port, threads=threads, timeout=timeout,
+                tls=(tls_cert, tls_key) if tls_cert and tls_key else None)
+    access = "tokens required" if config.get("READ_TOKEN_FILE") and config.get("INGEST_TOKEN_FILE") else (
+        "NO ACCESS CONTROL" if not (config.get("READ_TOKEN_FILE") or config.get("INGEST_TOKEN_FILE")) else
+        "tokens for " + ("ingest" if config.get("INGEST_TOKEN_FILE") else "reads") + " only")
+    click.echo(f"podflame server: listening on {srv.url}/ ({threads} threads, {access}; "
+               f"data in {Path(data_dir).resolve()})")
     _wait_for_signal()
     srv.shutdown()
 
@@ -132,9 +181,13 @@ def server(listen: str, data_dir: str) -> None:
               help="Pod label keys copied onto profiles, e.g. app.kubernetes.io/name,team ($PODFLAME_POD_LABELS).")
 @click.option("--pod-annotations", envvar="PODFLAME_POD_ANNOTATIONS", default=None,
               help="Pod annotation keys copied onto profiles (comma-separated; $PODFLAME_POD_ANNOTATIONS).")
+@click.option("--token-file", envvar="PODFLAME_TOKEN_FILE", type=click.Path(dir_okay=False), default=None,
+              help="File holding the server's ingest token (first line; re-read per upload; $PODFLAME_TOKEN_FILE).")
+@click.option("--ca", "ca_file", envvar="PODFLAME_CA", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM CA bundle that signs an https server's certificate (default: the system's CAs).")
 def agent(server_url: str, frequency: int, interval: float, node_name: str | None, metrics_listen: str | None,
           namespaces: str | None, exclude_namespaces: str | None, pod_selector: str | None,
-          pod_labels: str | None, pod_annotations: str | None) -> None:
+          pod_labels: str | None, pod_annotations: str | None, token_file: str | None, ca_file: str | None) -> None:
     """The node agent alone, shipping to a server."""
     _require_root("podflame agent")
     from profiler.health import AgentHealth, serve_agent_http
@@ -146,7 +199,8 @@ def agent(server_url: str, frequency: int, interval: float, node_name: str | Non
         serve_agent_http(host, port, health)
     stop_agent = start_agent(server_url, frequency, interval, node_name, namespaces=namespaces,
                              exclude_namespaces=exclude_namespaces, pod_selector=pod_selector,
-                             pod_labels=pod_labels, pod_annotations=pod_annotations, health=health, say=_say)
+                             pod_labels=pod_labels, pod_annotations=pod_annotations, health=health,
+                             token_file=token_file, ca_file=ca_file, say=_say)
     _wait_for_signal()
     stop_agent()
 

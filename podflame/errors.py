@@ -33,3 +33,11 @@ class SystemUnsupported(PodflameError):
 
 class BinaryFormatError(InvalidInput):
     """An ELF, DWARF, CFI or interpreter structure that does not parse as its format says."""
+
+
+class Unauthorized(PodflameError, PermissionError):
+    """A request without a valid token for what it asks (HTTP 401)."""
+
+
+class Forbidden(PodflameError, PermissionError):
+    """A request this server refuses whoever sends it: another origin or Host (HTTP 403)."""

@@ -24,6 +24,7 @@ from podflame.limits import DEFAULT_LIMITS, DecodeLimits
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
 
 KERNEL_MAPPING = "[kernel.kallsyms]"
+PYTHON_MAPPING = "[python]"  # Python frames' mapping: pprof has no frame kind, tools show the mapping name
 MAX_DECOMPRESSED_BYTES = 256 << 20
 
 _I64, _U64, _BOOL, _STR, _MSG, _BYTES = (
@@ -259,6 +260,7 @@ class _Strings:
 
 
 _KERNEL = Mapping(0, 0xFFFFFFFFFFFFFFFF, 0, KERNEL_MAPPING)
+_PYTHON = Mapping(0, 0xFFFFFFFFFFFFFFFF, 0, PYTHON_MAPPING)
 
 
 def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] | None = None,
@@ -297,6 +299,8 @@ def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] |
         m = frame.mapping
         if m is None and frame.kind is FrameKind.KERNEL:
             m = _KERNEL
+        elif m is None and frame.kind is FrameKind.PYTHON:
+            m = _PYTHON
         if m is None:
             mid = 0
         else:
@@ -341,7 +345,7 @@ def _add_mappings(msg: Any, mappings: dict[Mapping, tuple[int, int, int]]) -> No
     mappings are met leaf first, which would make it the kernel or a library. The lowest user mapping
     is the executable in a process's address space (PIE or not), so it goes first; ids do not change."""
     order = list(mappings)
-    users = [m for m in order if m.limit != _KERNEL.limit]  # not the kernel's
+    users = [m for m in order if m.limit != _KERNEL.limit]  # not the kernel's (nor Python's)
     if users:
         main = min(users, key=lambda m: m.start)
         if order[0] is not main:
@@ -376,7 +380,7 @@ class Decoded:
     start_ns: int
     duration_ns: int
     period_ns: int
-    mappings: dict[int, Mapping | None]  # None: the kernel
+    mappings: dict[int, Mapping | None]  # None: the kernel or Python frames
     functions: dict[int, tuple[str, str | None]]  # id -> (name, file)
     # location id -> (address, mapping id, kind, [(function id, line), ...] innermost first)
     locations: dict[int, tuple[int, int, FrameKind, list[tuple[int, int]]]]
@@ -469,24 +473,28 @@ def decode_ids(data: bytes, labels: AbcMapping[str, str] | None = None, *,
         types = [(string(t.type) or "unknown", string(t.unit) or "count") for t in msg.sample_type]
     functions = {f.id: (string(f.name) or f"function#{f.id}", string(f.filename) or None) for f in msg.function}
     mappings: dict[int, Mapping | None] = {}
-    kernel_ids = set()
+    kernel_ids, python_ids = set(), set()
     for m in msg.mapping:
         path = string(m.filename)
         if path == KERNEL_MAPPING:
             mappings[m.id] = None
             kernel_ids.add(m.id)
+        elif path == PYTHON_MAPPING:
+            mappings[m.id] = None
+            python_ids.add(m.id)
         else:
             mappings[m.id] = Mapping(m.memory_start, m.memory_limit, m.file_offset, path, string(m.build_id) or None)
     locations: dict[int, tuple[int, int, FrameKind, list[tuple[int, int]]]] = {}
     used_functions: set[int] = set()
-    kernel, native = FrameKind.KERNEL, FrameKind.NATIVE
+    kernel, native, python = FrameKind.KERNEL, FrameKind.NATIVE, FrameKind.PYTHON
     for loc in msg.location:  # the hot loop of a request: few attribute reads per location
         mid = loc.mapping_id
         if mid and mid not in mappings:
             raise PprofError(f"location {loc.id} references unknown mapping {mid}")
         lines = [(ln.function_id, ln.line) for ln in loc.line]
         used_functions.update(f for f, _ in lines)
-        locations[loc.id] = (loc.address, mid, kernel if mid in kernel_ids else native, lines)
+        locations[loc.id] = (loc.address, mid, kernel if mid in kernel_ids else python if mid in python_ids
+                             else native, lines)
     if not used_functions <= functions.keys():
         for lid, (*_, lines) in locations.items():
             for f, _ in lines:

@@ -23,6 +23,7 @@ from profiler import metrics
 from profiler.heap import SurvivorFreezer, release_freed_memory
 
 if TYPE_CHECKING:
+    from profiler.pyframes import PythonFrames
     from profiler.sampler import Drain, RawSample
 
 log = logging.getLogger("podflame.agent")
@@ -65,6 +66,7 @@ class Context:
     maps: MapsLookup
     cgroups: CgroupLookup
     comm_cache: dict[int, str] = field(default_factory=dict)
+    python: PythonFrames | None = None  # names and merges Python frames; None: native frames only
 
     def process_name(self, tgid: int, pid: int, thread_comm: str) -> str:
         """The process's name (its main thread's comm), not the sampled thread's.
@@ -106,6 +108,9 @@ def stack_of(sample: RawSample, ctx: Context) -> tuple[Frame, ...]:
         frames.extend(Frame(addr, None, FrameKind.KERNEL) for addr in reversed(sample.kernel_stack))
     elif sample.kernel_error not in _NOTHING_LOST:
         frames.append(_lost_stack_frame("kernel", sample.kernel_error))
+    python = getattr(sample, "python_stack", ())  # samples made by hand (tests) may have none
+    if python and ctx.python is not None:
+        return ctx.python.merge(sample.tgid, python, tuple(frames))
     return tuple(frames)
 
 
@@ -115,6 +120,8 @@ def build_profiles(drain: Drain, ctx: Context, period_ns: int,
 
     Frames are unsymbolized unless `stack` (e.g. a `StackMemo`) returns symbolized ones."""
     ctx.maps.refresh({s.tgid for s in drain.samples if s.tgid})
+    if ctx.python is not None:
+        ctx.python.begin_drain(getattr(drain, "python_processes", {}))
     by_key: dict[tuple[int, int], Profile] = {}
     paths: dict[int, str] = {}
     for s in drain.samples:
@@ -246,7 +253,7 @@ class StackMemo:
         hit = pm.stacks.get(key)
         if hit is not None:
             self.hits += 1
-            return hit
+            return self._with_python(s, hit)
         self.misses += 1
         fn = self._per_process.get(s.tgid)
         if fn is None:
@@ -266,7 +273,15 @@ class StackMemo:
         if keep:
             pm.stacks[key] = stack
             self.entries += 1
-        return stack
+        return self._with_python(s, stack)
+
+    def _with_python(self, s: RawSample, native: tuple[Frame, ...]) -> tuple[Frame, ...]:
+        """The native stack with the sample's Python frames merged in. Done per sample, not memoized with
+        the stack: the code objects behind the frames are re-validated each drain (see PythonFrames)."""
+        python = getattr(s, "python_stack", ())  # samples made by hand (tests) may have none
+        if python and self.ctx.python is not None:
+            return self.ctx.python.merge(s.tgid, python, native)
+        return native
 
     def _frames(self, s: RawSample, pm: _ProcessMemo, single: Callable[[Frame, bool], Frame],
                 mapped: bool) -> tuple[tuple[Frame, ...], bool]:
@@ -435,8 +450,10 @@ def create_context(node: str | None) -> Context:
     """The real host context: /proc maps, the cgroup v2 tree."""
     from profiler.cgroups import CgroupResolver
     from profiler.procmaps import MapsCache
+    from profiler.pyframes import PythonFrames
 
-    return Context(node=node or default_node_name(), maps=MapsCache(), cgroups=CgroupResolver())
+    return Context(node=node or default_node_name(), maps=MapsCache(), cgroups=CgroupResolver(),
+                   python=PythonFrames())
 
 
 class Agent:

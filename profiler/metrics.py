@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, Gauge, Histogram
 
 from podflame.model import Profile
+from profiler.sampler import PY_ERRORS, PY_NOT_PYTHON
 
 if TYPE_CHECKING:
     from profiler.sampler import Drain
@@ -24,12 +25,26 @@ DRAIN_CPU = Histogram("podflame_agent_drain_cpu_seconds", "CPU time of one drain
 UPLOADS = Counter("podflame_agent_uploads_total", "Batches shipped to the server, by outcome", ["outcome"])
 BACKLOG = Gauge("podflame_agent_upload_backlog_batches", "Batches waiting to be shipped")
 HELD_PROFILES = Gauge("podflame_agent_held_profiles", "Profiles waiting for their pod's metadata")
+PYTHON_PROCESSES = Counter("podflame_agent_python_processes_total", "CPython processes registered for Python frames")
+PYTHON_UNSUPPORTED = Counter("podflame_agent_python_unsupported_total",
+                             "Processes with an interpreter podflame cannot read (version, build), skipped")
+PYTHON_CODE_READ_FAILURES = Counter("podflame_agent_python_code_read_failures_total",
+                                    "Code objects that could not be read or validated (freed, reused, gone)")
+PYTHON_SAMPLES = Counter("podflame_agent_python_samples_total",
+                         "Samples of registered CPython processes, by outcome of the Python walk", ["outcome"])
 DROPPED_BATCHES = Counter("podflame_agent_dropped_batches_total", "Batches dropped because the backlog was full")
 
 
 def record_drain(drain: Drain, profiles: list[Profile], last_errors: dict[str, int]) -> None:
     DRAINS.inc()
     SAMPLES.inc(sum(s.count for s in drain.samples))
+    python: collections.Counter = collections.Counter()
+    for s in drain.samples:
+        if getattr(s, "python_error", PY_NOT_PYTHON) != PY_NOT_PYTHON:  # only processes registered as CPython
+            python["frames" if s.python_stack else PY_ERRORS[s.python_error]
+                   if 0 <= s.python_error < len(PY_ERRORS) else "other"] += s.count
+    for outcome, n in python.items():
+        PYTHON_SAMPLES.labels(outcome).inc(n)
     for cause, value in drain.errors.items():  # the sampler reports cumulative counters
         delta = value - last_errors.get(cause, 0)
         if delta > 0:

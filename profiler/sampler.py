@@ -39,9 +39,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from bpf import SOURCE_DIR
+from bpf import SOURCE_DIR, source_with_headers
 from podflame.errors import SystemUnsupported
 from profiler.bpfcompile import CompileError, compile_in_child
 from profiler.bpfprog import (
@@ -54,6 +54,10 @@ from profiler.bpfprog import (
     ProgramImage,
     online_cpus,
 )
+
+if TYPE_CHECKING:
+    from profiler.pyframes import PythonRegistry
+    from profiler.python.detect import PythonProcess
 
 BPF_SOURCE = SOURCE_DIR / "sampler.bpf.c"
 log = logging.getLogger("podflame.sampler")
@@ -78,6 +82,14 @@ NEW_TGIDS_PAGES = 16  # ring buffer of new-process events: 64 KiB, 16k events be
 PROGRAM = "on_sample"
 INNER_MAPS = {"grace_period": "control"}  # BPF_ARRAY_OF_MAPS(grace_period, "control", 1)
 MAX_STACK_DEPTH = 127
+# Python frames (bpf/python.bpf.h): python_error codes, by value, and the maps' shapes.
+PY_ERRORS: tuple[str, ...] = ("ok", "not_python", "no_thread_state", "read_fault", "truncated", "stack_map_full",
+                              "no_frame", "disabled")
+PY_OK, PY_NOT_PYTHON, PY_DISABLED = 0, 1, 7
+PY_MAX_DEPTH = 64
+PY_STACK_MAP_SIZE = 4096
+PY_PROCS_SIZE = 4096
+PY_PROC_SIZE = 72  # struct py_proc, which profiler/pyframes.py packs (imported only once a process needs it)
 
 
 class SampleKey(ct.Structure):
@@ -85,13 +97,20 @@ class SampleKey(ct.Structure):
 
     _fields_ = [("cgroup_id", ct.c_uint64), ("user_stack", ct.c_uint64), ("kernel_stack", ct.c_uint64),
                 ("tgid", ct.c_uint32), ("pid", ct.c_uint32), ("user_error", ct.c_int32),
-                ("kernel_error", ct.c_int32), ("comm", ct.c_char * 16)]
+                ("kernel_error", ct.c_int32), ("comm", ct.c_char * 16), ("python_stack", ct.c_uint64),
+                ("python_error", ct.c_int32)]
 
 
 class StackTrace(ct.Structure):
     """struct stack_trace: addresses leaf first, zero-filled."""
 
     _fields_ = [("ip", ct.c_uint64 * MAX_STACK_DEPTH)]
+
+
+class PyStackRow(ct.Structure):
+    """struct py_stack: `depth` (code, instr) pairs, leaf first; code carries flag bits (profiler/pyframes.py)."""
+
+    _fields_ = [("depth", ct.c_uint32), ("reserved", ct.c_uint32), ("frames", ct.c_uint64 * (2 * PY_MAX_DEPTH))]
 
 
 class RawSample(NamedTuple):
@@ -108,6 +127,9 @@ class RawSample(NamedTuple):
     user_error: int  # 0, or -errno as get_stackid gives it (-EFAULT is normal for kernel threads)
     kernel_error: int  # 0, or -errno (-EFAULT is normal for samples taken in user mode)
     count: int
+    # Python frames as the kernel read them: (code | flags, instr) pairs flattened, leaf first; () if none
+    python_stack: tuple[int, ...] = ()
+    python_error: int = PY_NOT_PYTHON  # PY_ERRORS index; a stack may come with truncated / read_fault
 
 
 @dataclass(slots=True)
@@ -122,16 +144,21 @@ class Drain:
     # a full stack map (stack lost, sample kept); stack_eexist stays 0 with hash-keyed stacks;
     # counts_full / counts_other are samples lost because the counts map refused the key.
     errors: dict[str, int] = field(default_factory=dict)
+    # CPython processes whose Python frames the kernel walks (and those that exited a moment ago), by tgid
+    python_processes: dict[int, PythonProcess] = field(default_factory=dict)
 
     def total(self) -> int:
         return sum(s.count for s in self.samples)
 
 
 # Decoding a drain without ctypes objects (see _decode_stacks, _decode_counts).
-_KEY = struct.Struct("=QQQIIii16s")  # struct sample_key: native order, no padding
+_KEY = struct.Struct("=QQQIIii16sQi4x")  # struct sample_key: native order, its tail padding
 _STACK_ROW = ct.sizeof(StackTrace)  # a multiple of 8: rows start 8-aligned in the buffer
 _ZERO_IP = bytes(8)
 _UNPACK_IPS = tuple(struct.Struct(f"={n}Q").unpack_from for n in range(MAX_STACK_DEPTH + 1))
+_PY_ROW = ct.sizeof(PyStackRow)
+_PY_DEPTH = struct.Struct("=I").unpack_from
+_UNPACK_PY = tuple(struct.Struct(f"={2 * n}Q").unpack_from for n in range(PY_MAX_DEPTH + 1))
 assert _KEY.size == ct.sizeof(SampleKey) and _STACK_ROW % 8 == 0
 
 
@@ -171,12 +198,14 @@ class Sampler:
 
     `pids` (process ids) and `cgroup_ids` (cgroup v2 inode numbers; a cgroup also selects every
     cgroup below it) restrict sampling in the kernel; None or empty means everything.
+    `python_frames` walks CPython processes' Python frames in the kernel (bpf/python.bpf.h); None:
+    on unless $PODFLAME_PYTHON_FRAMES is 0.
     """
 
     def __init__(self, frequency: int = 19, *, pids: Iterable[int] | None = None,
                  cgroup_ids: Iterable[int] | None = None, include_idle: bool = False,
                  stack_map_size: int = 16384, counts_map_size: int = 40960,
-                 image_cache: ImageCache | None = None) -> None:
+                 image_cache: ImageCache | None = None, python_frames: bool | None = None) -> None:
         if frequency < 1:
             raise ValueError(f"frequency must be >= 1 Hz, got {frequency}")
         if (limit := _max_sample_rate()) is not None and frequency > limit:
@@ -193,7 +222,12 @@ class Sampler:
         self._cgroups: set[int] = set()
         self._watcher: threading.Thread | None = None
         self._watching = False
+        self._new_process_callbacks: list[Callable[[list[int]], None]] = []
+        self._external_watch = False
+        self._python: PythonRegistry | None = None
 
+        if python_frames is None:
+            python_frames = os.environ.get("PODFLAME_PYTHON_FRAMES", "1").strip() not in ("0", "off", "false", "no")
         if os.geteuid() != 0:
             raise SamplerError("the sampler must run as root: it loads eBPF programs and opens perf events "
                                "on every CPU (CAP_BPF + CAP_PERFMON)")
@@ -205,7 +239,10 @@ class Sampler:
             f"-DCGROUP_FILTER_SIZE={CGROUP_FILTER_SIZE}",
             f"-DSEEN_TGIDS_SIZE={SEEN_TGIDS_SIZE}",
             f"-DNEW_TGIDS_PAGES={NEW_TGIDS_PAGES}",
+            f"-I{SOURCE_DIR}",  # BCC compiles a copy of the source: its #include "x.h" looks here
+            *_python_cflags(python_frames),
         ]
+        self.python_frames = python_frames
         started = time.perf_counter()
         self._prog = self._load(cflags, ImageCache.from_env() if image_cache is None else image_cache)
         try:
@@ -221,6 +258,16 @@ class Sampler:
                 _expect_layout(m, SampleKey, ct.c_uint64)
             for m in self._stacks:
                 _expect_layout(m, ct.c_uint64, StackTrace)
+            self._py_procs: BpfMap | None = maps.get("py_procs")
+            self._py_stacks = (maps.get("py_stacks0"), maps.get("py_stacks1"))
+            if python_frames:
+                for py in self._py_stacks:
+                    if py is None:
+                        raise SamplerError(f"{BPF_SOURCE.name} has no py_stacks maps")
+                    _expect_layout(py, ct.c_uint64, PyStackRow)
+                if self._py_procs is None or self._py_procs.spec.value_size != PY_PROC_SIZE:
+                    raise SamplerError(f"{BPF_SOURCE.name}: py_procs is missing or its struct py_proc is not the "
+                                       f"{PY_PROC_SIZE} bytes profiler/pyframes.py packs")
             self._active = 0
             self._set_control(CTL_ACTIVE_SET, 0)
             # Filters go in before the perf events are attached: nothing unwanted is ever sampled.
@@ -230,9 +277,14 @@ class Sampler:
             # Batch-read buffers, allocated once and reused by every drain.
             self._count_reader = _BatchReader(self._counts[0].spec, COUNTS_CHUNK)
             self._stack_reader = _BatchReader(self._stacks[0].spec, STACKS_CHUNK)
+            self._py_reader = _BatchReader(self._py_stacks[0].spec, STACKS_CHUNK) \
+                if self._py_stacks[0] is not None else None
             self._comms: dict[bytes, str] = {}
             self._window_start = time.time_ns()
             self._prog.attach_perf_event(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK, frequency, online_cpus())
+            if python_frames:  # each process's first sample announces it: detection runs then
+                self._new_process_callbacks.append(self._announce_python)
+                self._start_watcher()
         except Exception as e:
             self.close()
             if isinstance(e, ValueError | SamplerError):
@@ -243,7 +295,7 @@ class Sampler:
 
     def _load(self, cflags: list[str], cache: ImageCache) -> LoadedProgram:
         """The program from the compiled-image cache, else compiled by BCC (and cached)."""
-        source = BPF_SOURCE.read_bytes()
+        source = source_with_headers(BPF_SOURCE)
         key = cache.key(source, cflags, PROGRAM)
         image = cache.get(key)
         if image is not None:
@@ -284,6 +336,7 @@ class Sampler:
 
     def drain(self) -> Drain:
         """Everything sampled since the previous drain (or the start); cheap enough to call often."""
+        python = self._python.refresh() if self._python is not None else {}  # outside the lock: it writes maps
         with self._lock:
             self._require_open()
             old = self._active
@@ -292,7 +345,8 @@ class Sampler:
             end_ns = time.time_ns()
             self._wait_for_programs()
             samples = self._take(old)
-            drain = Drain(start_ns=self._window_start, end_ns=end_ns, samples=samples, errors=self._read_errors())
+            drain = Drain(start_ns=self._window_start, end_ns=end_ns, samples=samples, errors=self._read_errors(),
+                          python_processes=python)
             self._window_start = end_ns
             return drain
 
@@ -304,6 +358,31 @@ class Sampler:
             self._replace_filter(self._cgroup_filter, self._cgroups, new, CTL_CGROUP_FILTER)
             self._cgroups = new
 
+    def set_python_process(self, tgid: int, config: bytes | None) -> None:
+        """Walk the Python frames of `tgid` with this `struct py_proc` (profiler/pyframes.py packs it),
+        or stop walking them (None: the process exited or is not CPython)."""
+        with self._lock:
+            self._require_open()
+            if self._py_procs is None:
+                return
+            key = ct.c_uint32(tgid)
+            try:
+                if config is None:
+                    self._py_procs.delete(key)
+                else:
+                    self._py_procs.update(key, config)
+            except OSError as e:
+                raise SamplerError(f"cannot update the Python process map for {tgid}: {e.strerror}") from e
+
+    def _announce_python(self, tgids: list[int]) -> None:
+        """Detect CPython in new processes (the watcher thread); the reader is imported on first use, so
+        a start pays nothing for it."""
+        if self._python is None:
+            from profiler.pyframes import PythonRegistry
+
+            self._python = PythonRegistry(self.set_python_process)
+        self._python.announce(tgids)
+
     def watch_new_processes(self, callback: Callable[[list[int]], None]) -> None:
         """Call `callback(tgids)` from a background thread soon (~0.1 s) after a process's first sample.
 
@@ -312,11 +391,23 @@ class Sampler:
         """
         with self._lock:
             self._require_open()
-            if self._watcher is not None:
+            if self._external_watch:
                 raise RuntimeError("watch_new_processes() was already called")
+            self._external_watch = True
+            # before Python detection: the maps of a short-lived process are read first
+            self._new_process_callbacks.insert(0, callback)
+        self._start_watcher()
+
+    def _start_watcher(self) -> None:
+        """One thread polls the new-process ring buffer for every callback (Python detection, the agent's)."""
+        with self._lock:
+            self._require_open()
+            if self._watcher is not None:
+                return
             batch: list[int] = []
             assert self._prog is not None
             ring = self._prog.ring_buffer("new_tgids")
+            callbacks = self._new_process_callbacks
 
             def on_event(data: bytes) -> None:
                 batch.append(int.from_bytes(data[:4], "little"))
@@ -330,10 +421,11 @@ class Sampler:
                     if batch:
                         tgids = list(dict.fromkeys(batch))
                         batch.clear()
-                        try:
-                            callback(tgids)
-                        except Exception:
-                            log.exception("new-process callback failed")
+                        for callback in list(callbacks):
+                            try:
+                                callback(tgids)
+                            except Exception:
+                                log.exception("new-process callback failed")
 
             self._watching = True
             self._watcher = threading.Thread(target=poll, name="podflame-new-processes", daemon=True)
@@ -404,8 +496,13 @@ class Sampler:
         """Read and clear map set `index`, which no program writes any more."""
         if len(self._comms) > COMM_CACHE_SIZE:
             self._comms.clear()
+        py_stacks: dict[int, tuple[int, ...]] = {}
+        py_map = self._py_stacks[index]
+        if self._py_reader is not None and py_map is not None:
+            for ids, rows, n in self._py_reader.take(py_map):
+                _decode_py_stacks(ids, rows, n, py_stacks)
         return _read_set(self._stack_reader, self._stacks[index], self._count_reader, self._counts[index],
-                         self._comms)
+                         self._comms, py_stacks)
 
     def _read_errors(self) -> dict[str, int]:
         totals = {name: self._errors.percpu_sum(slot) for slot, name in enumerate(ERROR_SLOTS)}
@@ -414,16 +511,33 @@ class Sampler:
         return totals
 
 
+def _python_cflags(enabled: bool) -> list[str]:
+    """-D flags of bpf/python.bpf.h: on or off, and the maps' sizes."""
+    if not enabled:
+        return ["-DPYTHON_FRAMES=0"]
+    return ["-DPYTHON_FRAMES=1", f"-DPY_MAX_DEPTH={PY_MAX_DEPTH}", f"-DPY_STACK_MAP_SIZE={PY_STACK_MAP_SIZE}",
+            f"-DPY_PROCS_SIZE={PY_PROCS_SIZE}"]
+
+
 def _read_set(stack_reader: _BatchReader, stack_map: BpfMap, count_reader: _BatchReader, count_map: BpfMap,
-              comms: dict[bytes, str]) -> list[RawSample]:
+              comms: dict[bytes, str], py_stacks: dict[int, tuple[int, ...]] | None = None) -> list[RawSample]:
     """Empty one map set: its stacks first (the counts refer to them), then its counts as RawSamples."""
     stacks: dict[int, tuple[int, ...]] = {}
     for ids, rows, n in stack_reader.take(stack_map):
         _decode_stacks(ids, rows, n, stacks)
     out: list[RawSample] = []
     for keys, counts, n in count_reader.take(count_map):
-        _decode_counts(keys, counts, n, stacks, comms, out)
+        _decode_counts(keys, counts, n, stacks, comms, out, py_stacks or {})
     return out
+
+
+def _decode_py_stacks(ids: bytearray, rows: bytearray, n: int, into: dict[int, tuple[int, ...]]) -> None:
+    """Add n (Python stack key -> flattened (code, instr) pairs, leaf first) from batch buffers."""
+    row, depth_of, unpack = _PY_ROW, _PY_DEPTH, _UNPACK_PY
+    for i, key in enumerate(memoryview(ids).cast("Q")[:n]):
+        start = i * row
+        depth = min(depth_of(rows, start)[0], PY_MAX_DEPTH)
+        into[key] = unpack[depth](rows, start + 8)
 
 
 def _decode_stacks(ids: bytearray, rows: bytearray, n: int, into: dict[int, tuple[int, ...]]) -> None:
@@ -444,15 +558,15 @@ def _decode_stacks(ids: bytearray, rows: bytearray, n: int, into: dict[int, tupl
 
 
 def _decode_counts(keys: bytearray, counts: bytearray, n: int, stacks: dict[int, tuple[int, ...]],
-                   comms: dict[bytes, str], out: list[RawSample]) -> None:
+                   comms: dict[bytes, str], out: list[RawSample], py_stacks: dict[int, tuple[int, ...]]) -> None:
     """Append n RawSamples from batch buffers of sample_keys and their u64 counts.
 
     One struct.iter_unpack over the keys instead of eight ctypes field reads an entry; comms decoded
     once per distinct 16 bytes (`comms` persists across drains).
     """
-    get, append, enoent = stacks.get, out.append, -errno.ENOENT
+    get, py_get, append, enoent = stacks.get, py_stacks.get, out.append, -errno.ENOENT
     entries = _KEY.iter_unpack(memoryview(keys)[: n * _KEY.size])
-    for (cgroup_id, user_id, kernel_id, tgid, pid, user_err, kernel_err, raw_comm), count in zip(
+    for (cgroup_id, user_id, kernel_id, tgid, pid, user_err, kernel_err, raw_comm, py_id, py_err), count in zip(
             entries, memoryview(counts).cast("Q")[:n], strict=True):
         comm = comms.get(raw_comm)
         if comm is None:
@@ -467,7 +581,8 @@ def _decode_counts(keys: bytearray, counts: bytearray, n: int, stacks: dict[int,
             kernel = ()
         elif (kernel := get(kernel_id)) is None:
             kernel, kernel_err = (), enoent
-        append(RawSample(cgroup_id, tgid, pid, comm, user, kernel, user_err, kernel_err, count))
+        python = py_get(py_id, ()) if py_id else ()
+        append(RawSample(cgroup_id, tgid, pid, comm, user, kernel, user_err, kernel_err, count, python, py_err))
 
 
 def _expect_layout(m: BpfMap, key: type, value: type) -> None:

@@ -17,6 +17,7 @@ def start_agent(server_url: str, frequency: int, interval: float, node: str | No
                 namespaces: str | None = None, exclude_namespaces: str | None = None,
                 pod_selector: str | None = None, pod_labels: str | None = None,
                 pod_annotations: str | None = None, health: AgentHealth | None = None,
+                token_file: str | None = None, ca_file: str | None = None,
                 say: Callable[[str], None] = lambda text: None) -> Callable[[], None]:
     """Start sampling and shipping to `server_url`; returns the function that stops it (with a final drain).
 
@@ -58,7 +59,7 @@ def start_agent(server_url: str, frequency: int, interval: float, node: str | No
         pod_filter.start()
     assert isinstance(ctx.maps, MapsCache)  # create_context's: the symbolizer reads binaries through it
     symbolizer = Symbolizer(ctx.maps)
-    uploader = Uploader(server_url, node=ctx.node)
+    uploader = Uploader(server_url, node=ctx.node, token_file=token_file, ca_file=ca_file)
     agent = Agent(sampler, ctx, symbolizer, uploader, pod_labels=KubeletLabels(kube), interval=interval)
     thread = threading.Thread(target=agent.run, name="podflame-agent", daemon=True)
     thread.start()

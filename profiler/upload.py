@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
+from pathlib import Path
 
 from podflame import pprof
+from podflame.errors import InvalidInput
 from podflame.model import Profile
 from profiler import metrics
 
@@ -23,8 +26,18 @@ class Uploader:
     When the backlog is full the oldest batch is dropped and counted.
     """
 
-    def __init__(self, server: str, *, node: str, max_backlog: int = 60, timeout: float = 30.0) -> None:
+    def __init__(self, server: str, *, node: str, max_backlog: int = 60, timeout: float = 30.0,
+                 token_file: str | None = None, ca_file: str | None = None) -> None:
         self.url = server.rstrip("/") + "/api/v1/ingest?" + urllib.parse.urlencode({"node": node})
+        self.token_file = Path(token_file) if token_file else None
+        if self.token_file is not None:
+            read_token(self.token_file)  # fail at start, not at the first upload
+        self.ssl_context: ssl.SSLContext | None = None
+        if ca_file is not None:  # verify the server against this CA only (a private one, e.g. cert-manager's)
+            try:
+                self.ssl_context = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ValueError) as e:
+                raise InvalidInput(f"cannot use CA file {ca_file}: {e}") from None
         self.node = node
         self.timeout = timeout
         self.backlog: deque[bytes] = deque()
@@ -47,9 +60,11 @@ class Uploader:
             self._cond.notify()
 
     def _post(self, body: bytes) -> None:
-        req = urllib.request.Request(self.url, data=body, method="POST",
-                                     headers={"Content-Type": "application/octet-stream"})
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+        headers = {"Content-Type": "application/octet-stream"}
+        if self.token_file is not None:  # read per upload: a rotated Secret is picked up without a restart
+            headers["Authorization"] = f"Bearer {read_token(self.token_file)}"
+        req = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
+        with urllib.request.urlopen(req, timeout=self.timeout, context=self.ssl_context) as resp:
             resp.read()
 
     def _run(self) -> None:
@@ -64,6 +79,11 @@ class Uploader:
             try:
                 self._post(body)
             except urllib.error.HTTPError as e:
+                if e.code in (401, 403):
+                    # Our credentials, not the batch: keep it and retry (a rotated token or Secret may fix it).
+                    self._retry_wait(f"HTTP {e.code}: {e.read()[:200]!r}", delay)
+                    delay = min(delay * 2, 30)
+                    continue
                 if 400 <= e.code < 500 and e.code not in (408, 429):
                     # The server rejected the batch itself; retrying would block every later batch.
                     log.error("server rejected a batch (%s): %s", e.code, e.read()[:300])
@@ -73,7 +93,7 @@ class Uploader:
                 self._retry_wait(f"HTTP {e.code}", delay)
                 delay = min(delay * 2, 30)
                 continue
-            except OSError as e:
+            except (OSError, InvalidInput) as e:  # network, TLS verification, an unreadable token file
                 self._retry_wait(str(e), delay)
                 delay = min(delay * 2, 30)
                 continue
@@ -104,3 +124,15 @@ class Uploader:
             self._stop = True
             self._cond.notify_all()
         self._thread.join(timeout=5)
+
+
+def read_token(path: Path) -> str:
+    """The first token line of a token file (blank lines and # comments skipped)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InvalidInput(f"cannot read token file {path}: {e.strerror or e}") from None
+    for line in text.splitlines():
+        if line.strip() and not line.strip().startswith("#"):
+            return line.strip()
+    raise InvalidInput(f"token file {path} holds no token")

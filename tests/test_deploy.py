@@ -60,7 +60,7 @@ def test_every_object_loads_into_the_typed_models_without_loss(rendered) -> None
     api = ApiClient()
     _, objs = rendered
     assert {o["kind"] for o in objs} >= {"ServiceAccount", "DaemonSet", "Deployment", "Service",
-                                         "PersistentVolumeClaim"}
+                                         "PersistentVolumeClaim", "NetworkPolicy"}
     for obj in objs:
         version = obj["apiVersion"].rsplit("/", 1)[-1]
         model = f"{version[0].upper()}{version[1:]}{obj['kind']}"  # apps/v1 DaemonSet -> V1DaemonSet
@@ -254,3 +254,55 @@ def test_agent_http_serves_metrics_and_health() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _secret_files(pod: dict, container: dict) -> dict[str, str]:
+    """Paths in the container of each key of the podflame-tokens Secret."""
+    volumes = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    out = {}
+    for m in container["volumeMounts"]:
+        secret = volumes.get(m["name"])
+        if secret is None or secret["secretName"] != "podflame-tokens":
+            continue
+        assert m["readOnly"] is True
+        items = secret.get("items") or [{"key": k, "path": k} for k in ("ingest", "read")]
+        out.update({i["key"]: f"{m['mountPath']}/{i['path']}" for i in items})
+    return out
+
+
+def test_token_secret_is_wired_into_server_and_agent(rendered) -> None:
+    from podflame.cli import main
+
+    _, objs = rendered
+    dep = one(objs, "Deployment")["spec"]["template"]["spec"]
+    (server,) = dep["containers"]
+    known = {opt for p in main.commands["server"].params for opt in getattr(p, "opts", [])}
+    args = dict(a.split("=", 1) for a in server["args"][1:])
+    assert set(args) <= known
+    assert "--insecure" not in args  # a reachable server has tokens
+    files = _secret_files(dep, server)
+    assert args["--ingest-token-file"] == files["ingest"] and args["--read-token-file"] == files["read"]
+    assert server["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    ds = one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    (agent,) = ds["containers"]
+    agent_files = _secret_files(ds, agent)
+    assert set(agent_files) == {"ingest"}  # an agent cannot read profiles
+    token_arg = next(a.split("=", 1)[1] for a in agent["args"] if a.startswith("--token-file="))
+    assert token_arg.split()[0] == agent_files["ingest"]
+    assert not by_kind(objs, "Secret")  # no token in the repository: the operator creates it
+
+
+def test_network_policy_lets_agents_and_labelled_clients_reach_the_server(rendered) -> None:
+    _, objs = rendered
+    policy = one(objs, "NetworkPolicy")
+    dep = one(objs, "Deployment")
+    server_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert all(server_labels.get(k) == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == ["http"]
+    agent_labels = one(objs, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    sources = [f for f in rule["from"] if "namespaceSelector" not in f]
+    assert any(all(agent_labels.get(k) == v for k, v in f["podSelector"]["matchLabels"].items()) for f in sources)
+    clients = [f for f in rule["from"] if "namespaceSelector" in f]
+    assert clients and clients[0]["podSelector"]["matchLabels"] == {"podflame.io/client": "true"}

@@ -140,16 +140,19 @@ def test_app_runs_retention_in_the_background(tmp_path: Path, monkeypatch: pytes
         new = _profile("new", time.time_ns() - 60 * S)
         for p in (old, new):
             assert client.post("/api/v1/ingest", data=pprof.encode([p])).status_code == 200
+        maintenance = app.extensions["podflame.maintenance"]
         deadline = time.monotonic() + 10
         values = None
+        # The pass deletes first and records its result after: wait for both, or a query can see the
+        # deletion while `last` is still None (the flake this loop once had).
         while time.monotonic() < deadline:
             values = client.get("/api/v1/label/pod/values", query_string={"from": "now-3h"}).json["values"]
-            if values == ["new"]:
+            if values == ["new"] and maintenance.last is not None:
                 break
             time.sleep(0.05)
         assert values == ["new"]
         assert app.config["RETENTION_SECONDS"] == 3600.0
-        assert app.extensions["podflame.maintenance"].last.cutoff_ns > 0
+        assert maintenance.last.cutoff_ns > 0
     finally:
         app.extensions["podflame.maintenance"].stop()
         app.extensions["podflame.store"].close()

@@ -30,13 +30,16 @@ import pytest
 from profiler.bpfprog import MAP_HASH, MapSpec, create_map
 from profiler.sampler import (
     MAX_STACK_DEPTH,
+    PY_MAX_DEPTH,
     Drain,
+    PyStackRow,
     RawSample,
     SampleKey,
     Sampler,
     SamplerError,
     StackTrace,
     _BatchReader,
+    _decode_py_stacks,
     _read_set,
 )
 
@@ -333,7 +336,7 @@ def test_idle_is_excluded_by_default() -> None:
             pass
         drains_default: list[Drain] = []
         drains_idle: list[Drain] = []
-        deadline = time.monotonic() + 10  # a saturated machine has idle moments only now and then
+        deadline = time.monotonic() + 30  # a saturated machine has idle moments only now and then
         while time.monotonic() < deadline and not [s for s in samples_of(drains_idle) if s.pid == 0]:
             time.sleep(0.5)
             drains_default.append(default.drain())
@@ -341,7 +344,7 @@ def test_idle_is_excluded_by_default() -> None:
     assert total(samples_of(drains_default, os.getpid())) > 0
     assert not [s for s in samples_of(drains_default) if s.pid == 0]
     idle = [s for s in samples_of(drains_idle) if s.pid == 0]
-    assert total(idle) > 0, "no CPU was ever idle in 10 s, so idle exclusion could not be tested"
+    assert total(idle) > 0, "no CPU was ever idle in 30 s, so idle exclusion could not be tested"
     assert all(s.comm.startswith("swapper") for s in idle)
     # The idle task runs in the kernel without a user half: a kernel stack, and -EFAULT for the user one.
     text = kernel_text()
@@ -387,21 +390,29 @@ def test_drains_decode_stacks_and_keys_as_ctypes_reads_the_c_structs() -> None:
         15: [0x1234, 0x1234_5678_9A00_0000, 0x5555],
         16: [*range(1, MAX_STACK_DEPTH - 1), 0x1234, 0x1000_0000_0000_0000],
     }
-    keys = [  # cgroup, user stack, kernel stack, tgid, pid, user error, kernel error, comm
-        (1, 11, 0, 100, 101, 0, -errno.EFAULT, b"abcdefghijklmnop"),  # 16 bytes, no NUL
-        (2, 12, 13, 100, 102, 0, 0, b"\xffbad\xfe"),  # not UTF-8
-        (2**64 - 1, 14, 15, 2**32 - 1, 2**32 - 2, 0, 0, b""),
-        (3, 16, 99, 200, 200, 0, 0, b"ab\0cd"),  # kernel stack 99 missing: -ENOENT; bytes after a NUL
-        (4, 0, 0, 300, 301, -errno.ENOMEM, -errno.EFAULT, b"kworker/0:1"),
-        *((5, 12 + i % 5, 11, 400 + i, 400 + i, 0, 0, b"w%d" % i) for i in range(10)),
+    # Python stacks: (code | flags, instr) pairs, leaf first; depth 0 to the deepest the kernel keeps
+    py_stacks = {21: (0x7F00_0000_1000 | 1 << 56, 0x7F00_0000_2002, 0x7F00_0000_3000, 7),
+                 22: tuple(range(1, 2 * PY_MAX_DEPTH + 1)), 23: ()}
+    keys = [  # cgroup, user stack, kernel stack, tgid, pid, user error, kernel error, comm, Python stack, its error
+        (1, 11, 0, 100, 101, 0, -errno.EFAULT, b"abcdefghijklmnop", 21, 0),  # 16 bytes, no NUL
+        (2, 12, 13, 100, 102, 0, 0, b"\xffbad\xfe", 22, 4),  # not UTF-8; a truncated Python stack
+        (2**64 - 1, 14, 15, 2**32 - 1, 2**32 - 2, 0, 0, b"", 0, 1),
+        (3, 16, 99, 200, 200, 0, 0, b"ab\0cd", 23, 0),  # kernel stack 99 missing: -ENOENT; bytes after a NUL
+        (4, 0, 0, 300, 301, -errno.ENOMEM, -errno.EFAULT, b"kworker/0:1", 0, 2),
+        *((5, 12 + i % 5, 11, 400 + i, 400 + i, 0, 0, b"w%d" % i, 21, 0) for i in range(10)),
     ]
-    key_struct = struct.Struct("=QQQIIii16s")
+    key_struct = struct.Struct("=QQQIIii16sQi4x")
     stack_map = create_map(MapSpec("stacks_t", MAP_HASH, 8, ct.sizeof(StackTrace), 64))
+    py_map = create_map(MapSpec("py_stacks_t", MAP_HASH, 8, ct.sizeof(PyStackRow), 64))
     count_map = create_map(MapSpec("counts_t", MAP_HASH, ct.sizeof(SampleKey), 8, 64))
     expected: list[RawSample] = []
     try:
         for stack_id, ips in stacks.items():
             stack_map.update(ct.c_uint64(stack_id), StackTrace((ct.c_uint64 * MAX_STACK_DEPTH)(*ips)))
+        for stack_id, pairs in py_stacks.items():  # stale words after depth are what a reused buffer holds
+            words = (*pairs, *[0xDEAD] * (2 * PY_MAX_DEPTH - len(pairs)))
+            row = PyStackRow(len(pairs) // 2, 0, (ct.c_uint64 * (2 * PY_MAX_DEPTH))(*words))
+            py_map.update(ct.c_uint64(stack_id), row)
         for n, fields in enumerate(keys):
             raw = key_struct.pack(*fields)
             count_map.update(raw, ct.c_uint64(2**64 - 1 - n))
@@ -419,13 +430,19 @@ def test_drains_decode_stacks_and_keys_as_ctypes_reads_the_c_structs() -> None:
             kern, kern_err = stack_of(k.kernel_stack, k.kernel_error)
             expected.append(RawSample(cgroup_id=k.cgroup_id, tgid=k.tgid, pid=k.pid,
                                       comm=k.comm.decode("utf-8", "replace"), user_stack=user, kernel_stack=kern,
-                                      user_error=user_err, kernel_error=kern_err, count=2**64 - 1 - n))
+                                      user_error=user_err, kernel_error=kern_err, count=2**64 - 1 - n,
+                                      python_stack=py_stacks.get(k.python_stack, ()), python_error=k.python_error))
         readers = (_BatchReader(stack_map.spec, 2), _BatchReader(count_map.spec, 3))
-        got = _read_set(readers[0], stack_map, readers[1], count_map, {})
+        python: dict[int, tuple[int, ...]] = {}
+        for ids, rows, n in _BatchReader(py_map.spec, 8).take(py_map):  # a bucket's entries fit in one batch
+            _decode_py_stacks(ids, rows, n, python)
+        assert python == py_stacks
+        got = _read_set(readers[0], stack_map, readers[1], count_map, {}, python)
         assert _read_set(readers[0], stack_map, readers[1], count_map, {}) == []  # emptied
     finally:
         os.close(stack_map.fd)
         os.close(count_map.fd)
+        os.close(py_map.fd)
     assert all(type(s) is RawSample for s in got)
     assert Counter(got) == Counter(expected)
     assert {s.comm for s in got} >= {"abcdefghijklmnop", "\ufffdbad\ufffd", "", "ab"}
@@ -439,10 +456,11 @@ def test_a_batch_refuses_buffers_the_kernel_would_overrun() -> None:
     m = create_map(MapSpec("counts_t", MAP_HASH, ct.sizeof(SampleKey), 8, 4))
     try:
         token = ct.c_uint32(0)
-        for keys, values in ((bytearray(57), bytearray(64)), (bytearray(112), bytearray(15)), (bytearray(0),
-                                                                                                 bytearray(8))):
+        size = ct.sizeof(SampleKey)
+        for keys, values in ((bytearray(size + 1), bytearray(64)), (bytearray(2 * size), bytearray(15)),
+                             (bytearray(0), bytearray(8))):
             with pytest.raises(ValueError, match="batch buffers"):
                 m.lookup_and_delete_batch(keys, values, None, token)
-        assert m.lookup_and_delete_batch(bytearray(112), bytearray(16), None, token) == (0, True)
+        assert m.lookup_and_delete_batch(bytearray(2 * size), bytearray(16), None, token) == (0, True)
     finally:
         os.close(m.fd)

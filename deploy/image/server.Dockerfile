@@ -21,4 +21,6 @@ USER 10001
 VOLUME /data
 EXPOSE 7070
 ENTRYPOINT ["podflame"]
-CMD ["server", "--listen=0.0.0.0:7070", "--data=/data"]
+# Beyond loopback the server needs token files (or --insecure): the Deployment passes them.
+CMD ["server", "--listen=0.0.0.0:7070", "--data=/data", "--ingest-token-file=/etc/podflame/tokens/ingest", \
+     "--read-token-file=/etc/podflame/tokens/read"]

@@ -1,6 +1,6 @@
 """HTTP API (docs/api.md): ingest, labels, types, series, cpu, flame graph, diff, pprof, folded, speedscope.
 
-Plus /metrics and /healthz.
+/metrics, /healthz, /readyz and the OpenAPI document are in web/server/ops.py.
 
 Handlers only translate HTTP to `web.query.merge` calls and back; every client mistake (bad time,
 selector, label or body) is a 4xx with `{"error": ...}` naming the bad part.
@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from podflame import pprof
-from podflame.errors import InvalidInput, NotFound, PodflameError, TooLarge, Unavailable
+from podflame.errors import Forbidden, InvalidInput, NotFound, PodflameError, TooLarge, Unauthorized, Unavailable
 from podflame.limits import DecodeLimits
 from web.normalize import batch_of
 from web.query import merge as queries
@@ -38,7 +38,6 @@ QUERY_SECONDS = Histogram("podflame_server_query_seconds", "Query latency by end
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
-ops = Blueprint("ops", __name__)
 
 DEFAULT_FROM, DEFAULT_TO = "now-15m", "now"
 RESERVED_INGEST_PARAMS = frozenset({"time"})  # ingest parameters that are not labels, nor may a sample name one
@@ -57,7 +56,8 @@ class ApiError(PodflameError):
 
 # The one place errors become HTTP statuses: first match wins (an ApiError says its own).
 HTTP_STATUS: tuple[tuple[type[PodflameError], int], ...] = (
-    (TooLarge, 413), (InvalidInput, 400), (NotFound, 404), (Unavailable, 503), (PodflameError, 500))
+    (TooLarge, 413), (InvalidInput, 400), (Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (Unavailable, 503),
+    (PodflameError, 500))
 
 
 def http_status(e: PodflameError) -> int:
@@ -375,18 +375,3 @@ def folded() -> Response:
         normalize = (request.args.get("normalize") or "").lower() in ("1", "true", "yes")
         return Response(queries.folded_diff(store(), comp, base, normalize), mimetype="text/plain")
     return Response(queries.folded(store(), parse_query()), mimetype="text/plain")
-
-
-# -- operations ------------------------------------------------------------------------------
-
-
-@ops.get("/metrics")
-def metrics() -> Response:
-    """The process's Prometheus registry: the server's metrics, and the agent's under `podflame up`."""
-    return Response(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
-
-
-@ops.get("/healthz")
-def healthz() -> Response:
-    store().types(0, 1)  # touches the index: raises (500) if the store is unusable
-    return jsonify(status="ok")

@@ -1,24 +1,35 @@
-"""The Flask app factory: one app per store, blueprints for the API, operations and the page.
+"""The Flask app factory: one app per store, blueprints for the API, operations and the page; and
+`serve`, the production HTTP server it runs under.
 
 `create_app(config)` is all the CLI, tests and embedders need:
 
-    app = create_app({"DATA_DIR": "/var/lib/podflame"})
-    app.run("127.0.0.1", 7070, threaded=True)
+    app = create_app({"DATA_DIR": "/var/lib/podflame", "READ_TOKEN_FILE": "/etc/podflame/read"})
+    server = serve(app, "127.0.0.1", 7070)   # cheroot, a bounded thread pool, in a daemon thread
+
+Why cheroot and not gunicorn: the store is one in-process SQLite writer with in-memory caches and a
+maintenance thread, and `podflame up` runs the agent in the same process. gunicorn's model is forked
+workers; with more than one, each would open the store, run its own compaction and retention and
+keep its own caches (several writers, duplicated maintenance), and with one worker it adds a master
+process and a fork for nothing a thread pool does not give. cheroot is a pure-Python production
+WSGI server (CherryPy's) with a fixed thread pool, a bounded accept queue, socket timeouts and TLS,
+running inside our process: one process, one writer, one maintenance thread.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import BaseWSGIServer, make_server
 
-from podflame.errors import Unavailable
-from web.server.api import api, ops
+from podflame.errors import InvalidInput, Unavailable
+from web.server import auth, gate
+from web.server.api import api
+from web.server.ops import ops
 from web.store.base import Store
 from web.store.retention import Maintenance
 from web.store.sqlite import SqliteStore
@@ -36,9 +47,19 @@ DEFAULTS: dict[str, Any] = {
     "COMPACTION": True,  # pre-aggregate aged data into 10 min and 1 h buckets
     "KEEP_NUMERIC_LABELS": False,  # numeric pprof labels (heap `bytes`) would explode series cardinality
     "STORE": None,  # a ready `web.store.Store` instance, to use another backend
+    "INGEST_TOKEN_FILE": None,  # tokens (one per line) that may POST /api/v1/ingest; None: no token needed
+    "READ_TOKEN_FILE": None,  # tokens that may read (API, /metrics); None: no token needed
+    "METRICS_PUBLIC": False,  # /metrics without the read token (a scraper on a trusted network)
+    "ALLOWED_HOSTS": None,  # Host names served (DNS rebinding); None: any. The CLI sets loopback's on loopback
+    "ALLOWED_ORIGINS": (),  # other browser origins that may POST (besides the server's own)
+    "INGEST_CONCURRENCY": 2,  # ingests in the handler at once (one store writer): the rest of the threads serve reads
+    "INGEST_WAIT_SECONDS": 20,  # an ingest waits this long for a slot, then gets 503 + Retry-After (the agent retries)
 }
 
-_ENV = {"RETENTION_SECONDS": float, "RETENTION_BYTES": int, "MAINTENANCE_SECONDS": float}
+_ENV = {"RETENTION_SECONDS": float, "RETENTION_BYTES": int, "MAINTENANCE_SECONDS": float,
+        "INGEST_TOKEN_FILE": str, "READ_TOKEN_FILE": str}
+DEFAULT_THREADS = 8  # request threads: the GIL and 2-core pods make more cost memory, not throughput
+DEFAULT_TIMEOUT = 30  # seconds a connection may idle mid-request (slow clients cannot hold a thread)
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -55,6 +76,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if config:
         app.config.update(config)
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
+    auth.install(app)  # before the store opens: a bad token file fails the start, not the first request
+    gate.install(app)  # after auth: a request without a token never takes an ingest slot
 
     store: Store | None = app.config["STORE"]
     if store is None:
@@ -69,6 +92,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api)
     app.register_blueprint(ops)
+    app.register_blueprint(auth.session)
     _register_ui(app)
 
     @app.errorhandler(HTTPException)
@@ -100,14 +124,58 @@ def _register_ui(app: Flask) -> None:
     app.register_blueprint(ui.bp)
 
 
-def serve(app: Flask, host: str, port: int) -> BaseWSGIServer:
-    """`app` on HOST:PORT (threaded) in a daemon thread; the caller shuts it down."""
-    import threading
+class HttpServer:
+    """A running cheroot server: `url`, `server_port`, `shutdown()`."""
 
+    def __init__(self, server: Any, scheme: str, host: str) -> None:
+        self._server = server
+        self.server_port: int = server.bind_addr[1]
+        self.url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{self.server_port}"
+        self._thread = threading.Thread(target=server.serve, name="podflame-http", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._server.stop()
+        self._thread.join(timeout=10)
+
+
+def serve(app: Flask, host: str, port: int, *, threads: int = DEFAULT_THREADS, timeout: int = DEFAULT_TIMEOUT,
+          tls: tuple[str, str] | None = None) -> HttpServer:
+    """`app` on HOST:PORT under cheroot (`threads` workers, a bounded accept queue), HTTPS with `tls`
+    = (certificate file, key file); in a daemon thread, the caller shuts it down."""
+    from cheroot import wsgi
+
+    server = wsgi.Server((host, port), app, numthreads=threads, max=threads, timeout=timeout,
+                         request_queue_size=64, accepted_queue_size=threads * 8, accepted_queue_timeout=timeout,
+                         server_name="podflame")
+    if tls is not None:
+        from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+        cert, key = tls
+        try:
+            server.ssl_adapter = BuiltinSSLAdapter(cert, key)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise InvalidInput(f"cannot use TLS certificate {cert} / key {key}: {e}") from None
     try:
-        server = make_server(host, port, app, threaded=True)
+        server.prepare()  # binds now, so a taken port fails here and not in the thread
     except OSError as e:
         hint = " (is another podflame running? pick another with --listen)" if e.errno == 98 else ""
         raise Unavailable(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
-    threading.Thread(target=server.serve_forever, name="podflame-http", daemon=True).start()
-    return server
+    return HttpServer(server, "https" if tls else "http", host)
+
+
+def serving_config(data_dir: str, host: str, *, ingest_token_file: str | None = None,
+                   read_token_file: str | None = None, allowed_hosts: str | None = None,
+                   allowed_origins: str | None = None, metrics_public: bool = False,
+                   insecure: bool = False) -> dict[str, Any]:
+    """The app config `podflame server` and `podflame up` build from their options; refuses (InvalidInput)
+    a non-loopback listen without both token files unless `insecure`."""
+    config: dict[str, Any] = {"DATA_DIR": data_dir, "METRICS_PUBLIC": metrics_public,
+                              "ALLOWED_HOSTS": auth.allowed_hosts_for(host, allowed_hosts),
+                              "ALLOWED_ORIGINS": [o.strip() for o in (allowed_origins or "").split(",") if o.strip()]}
+    for key, value in (("INGEST_TOKEN_FILE", ingest_token_file), ("READ_TOKEN_FILE", read_token_file)):
+        value = value or os.environ.get(f"PODFLAME_{key}")
+        if value:
+            config[key] = value
+    auth.check_exposure(host, config, insecure)
+    return config

@@ -202,6 +202,14 @@ class Store(ABC):
         """Delete the oldest data past a time limit or over a disk budget, without blocking writers."""
         return RetentionResult(0, 0, 0, 0)
 
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def check_ready(self) -> None:
+        """Raise Unavailable (StoreClosed...) unless the store is open and a write could start now."""
+        self.types(0, 1)
+
     @abstractmethod
     def close(self) -> None: ...
 

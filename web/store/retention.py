@@ -35,6 +35,10 @@ class Maintenance:
         self._thread.start()
         return self
 
+    def is_alive(self) -> bool:
+        """The background thread runs (False when never started: interval 0)."""
+        return self._thread.is_alive()
+
     def stop(self, timeout: float = 10) -> None:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:

@@ -47,7 +47,7 @@ from typing import NamedTuple, cast
 import numpy as np
 import zstandard
 
-from podflame.errors import InvalidInput
+from podflame.errors import InvalidInput, Unavailable
 from podflame.model import Frame, FrameKind, Line, Stack, Unresolved
 from podflame.model import Mapping as ProcMapping
 from web.store import deadline
@@ -496,6 +496,31 @@ class SqliteStore(Store):
         self._series_ids = {k: v for k, v in self._series_ids.items() if v != sid}
         for k, v in s.labels.items():
             self._postings[k][v].discard(sid)
+
+    @property
+    def closed(self) -> bool:
+        return bool(getattr(self, "_closed", False))
+
+    def check_ready(self, timeout: float = 2.0) -> None:
+        """Open, the index takes a write lock, the data folder takes a file: what an ingest needs.
+        A put holding the lock past `timeout` counts as not ready (the probe says the truth: busy)."""
+        self._check_open()
+        if not self._lock.acquire(timeout=timeout):
+            raise Unavailable(f"the store's write lock was held for over {timeout:g}s")
+        try:
+            self._check_open()
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ROLLBACK")
+            probe = self.dir / ".ready-probe"
+            try:
+                probe.write_bytes(b"ok")
+                probe.unlink()
+            except OSError as e:
+                raise Unavailable(f"cannot write in {self.dir}: {e.strerror or e}") from None
+        except sqlite3.Error as e:
+            raise Unavailable(f"the index cannot start a write: {e}") from None
+        finally:
+            self._lock.release()
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@
 // auto-refresh) so a link reproduces the view. Every value from the API is untrusted text: it is
 // written with textContent or DOM attribute setters, never parsed as HTML.
 
+import { fetchWithLogin } from "./auth.js";
 import { COMPARE_MODES, baselineRange, diffTable, ruleText } from "./compare.js";
 import { CpuChart } from "./cpuchart.js";
 import { FlameGraph, formatPercent } from "./flamegraph.js";
@@ -114,7 +115,7 @@ function apiUrl(path, params) {
 async function getJSON(path, params, signal) {
   let resp;
   try {
-    resp = await fetch(apiUrl(path, params), { signal, headers: { Accept: "application/json" } });
+    resp = await fetchWithLogin(apiUrl(path, params), { signal, headers: { Accept: "application/json" } }, API);
   } catch (e) {
     if (e.name === "AbortError") throw e;
     throw new ApiError(`cannot reach the server (${path}): ${e.message}`);

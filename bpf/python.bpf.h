@@ -1,0 +1,185 @@
+// CPython frames for bpf/sampler.bpf.c: on a sample of a thread of a registered CPython process, find
+// the thread's PyThreadState and walk its frame chain, storing (code object, instruction, flags) per
+// frame as a Python stack beside the native ones (same two map sets, same flip and drain).
+//
+// Why a walk of the runtime's thread list and not the thread-local `_Py_tss_tstate`: the TLS offset of
+// a variable in libpython depends on the TLS block layout the loader chose (static vs dynamic TLS,
+// musl vs glibc), while `_PyRuntime` is an exported symbol in every build (shared or static, 3.7+)
+// and its interpreter and thread lists are what debuggers walk. A thread is matched by its
+// `native_thread_id` (== the kernel tid, 3.11+) or else by `thread_id` (pthread_self(), which is the
+// thread's FS base on x86_64 with glibc and musl; read from task_struct at the BTF offset userspace
+// writes into py_proc.fsbase_offset). A found thread state is remembered per tid (LRU) and re-checked
+// on each use, so the list is walked once per thread, not once per sample.
+//
+// Layouts are not compiled in: userspace (profiler/pyframes.py) writes each process's offsets into
+// py_procs when it detects the interpreter (profiler/python/detect.py), so one program serves every
+// CPython version side by side. Names and lines are resolved in userspace from the code object
+// address; nothing but pointers and one instruction value is read here.
+//
+// Pure logic: BCC rewrites map calls (m.lookup()) only in the main file, so the maps and the hook that
+// uses them (python_stack_into) live in sampler.bpf.c. Needs mix64() and BCC's helpers from there.
+// Configured by -D flags; defaults below.
+
+#ifndef PYTHON_FRAMES
+#define PYTHON_FRAMES 1           // 0: no Python maps, every sample says PY_DISABLED
+#endif
+#ifndef PY_MAX_DEPTH
+#define PY_MAX_DEPTH 64           // Python frames kept per stack (the leaf-most ones)
+#endif
+#ifndef PY_MAX_THREADS
+#define PY_MAX_THREADS 32         // thread states looked at to find a thread not seen before
+#endif
+#ifndef PY_PROCS_SIZE
+#define PY_PROCS_SIZE 4096        // CPython processes profiled at once
+#endif
+#ifndef PY_STACK_MAP_SIZE
+#define PY_STACK_MAP_SIZE 4096    // distinct Python stacks per set
+#endif
+#ifndef PY_TSTATES_SIZE
+#define PY_TSTATES_SIZE 8192      // threads whose thread state is remembered
+#endif
+
+// sample_key.python_error; mirrored in profiler/sampler.py (PY_ERRORS).
+#define PY_OK 0
+#define PY_NOT_PYTHON 1           // the process is not a registered CPython process
+#define PY_NO_THREAD_STATE 2      // no thread state of this thread (a C thread, or not found in PY_MAX_THREADS)
+#define PY_READ_FAULT 3           // a read of the process's memory failed (paged out, torn); stack kept if any
+#define PY_TRUNCATED 4            // deeper than PY_MAX_DEPTH: the leaf-most frames are kept
+#define PY_STACK_MAP_FULL 5       // the Python stack map is full: frames lost, sample kept
+#define PY_NO_FRAME 6             // a thread state with no current frame (outside the interpreter loop)
+#define PY_DISABLED 7             // built with PYTHON_FRAMES=0
+
+// Bits of py_frame.code above the user address space (47 bits on x86_64).
+#define PY_ADDR_MASK ((1ULL << 56) - 1)
+#define PY_FLAG_ENTRY_SHIFT 56    // 3.11 _PyInterpreterFrame.is_entry
+#define PY_FLAG_OWNER_SHIFT 57    // 3.11+ _PyInterpreterFrame.owner (3 bits)
+
+struct py_proc {                  // one CPython process's layout; mirrored in profiler/pyframes.py
+    u64 runtime;                  // address of _PyRuntime
+    u32 interpreters_head;        // offset of runtime->interpreters.head
+    u32 threads_head;             // interp->threads.head
+    u32 tstate_next;
+    u32 tstate_thread_id;         // pthread_self()
+    s32 tstate_native_thread_id;  // the kernel tid (3.11+); -1: none
+    u32 tstate_frame;             // tstate->frame (3.10), ->cframe (3.11, 3.12), ->current_frame (3.13+)
+    s32 cframe_current_frame;     // cframe->current_frame; -1: tstate_frame is the frame itself
+    u32 frame_previous;           // f_back / previous
+    u32 frame_code;               // f_code / f_executable
+    u32 frame_instr;              // f_lasti / prev_instr / instr_ptr, read as 8 bytes and masked
+    u32 frame_flags;              // 8 bytes holding is_entry and/or owner (any readable offset if neither)
+    u8 entry_shift;               // is_entry = (flags word >> entry_shift) & entry_mask
+    u8 owner_shift;               // owner = (flags word >> owner_shift) & owner_mask
+    u8 entry_mask;                // 1, or 0: no is_entry in this version
+    u8 owner_mask;                // 7, or 0: no owner
+    u64 instr_mask;               // 0xffffffff for f_lasti (an int), ~0 for pointers
+    u64 fsbase_offset;            // offsetof(struct task_struct, thread.fsbase) from the kernel's BTF, for
+                                  // versions without native_thread_id; 0: unknown (their threads not found)
+};
+// Every per-frame read is unconditional, its meaning set by the masks: branches in the frame loop
+// multiply the verifier's states (a walk with three of them cost ~145k processed instructions).
+
+struct py_frame {
+    u64 code;                     // code object address | flag bits (PY_FLAG_*)
+    u64 instr;                    // the instruction field as read (pointer or f_lasti)
+};
+
+struct py_stack {
+    u32 depth;                    // frames[0..depth): leaf first
+    u32 reserved;
+    struct py_frame frames[PY_MAX_DEPTH];
+};
+
+static __always_inline int py_read(void *dst, u32 size, u64 addr) {
+    return bpf_probe_read_user(dst, size, (const void *)addr);
+}
+
+// 1: tstate is the thread whose id field (at id_offset) is `want`, 0: it is not, -1: unreadable.
+static __always_inline int py_is_thread(u64 tstate, u32 id_offset, u64 want) {
+    u64 id = 0;
+    if (py_read(&id, sizeof(id), tstate + id_offset))
+        return -1;
+    return want != 0 && id == want;
+}
+
+// Finds this thread's thread state: `cached` (the one found last time for this tid, or 0) if it still
+// names this thread, else the first match in the interpreter's thread list. Returns a PY_* code.
+static __always_inline int py_find_tstate(struct py_proc *cfg, u32 tid, u64 cached, u64 *out) {
+    // 3.11+: native_thread_id is the tid; before: thread_id is pthread_self(), the FS base
+    u32 id_offset = cfg->tstate_thread_id;
+    u64 want = 0;
+    if (cfg->tstate_native_thread_id >= 0) {
+        id_offset = (u32)cfg->tstate_native_thread_id;
+        want = tid;
+    } else if (cfg->fsbase_offset) {
+        u64 task = bpf_get_current_task();
+        bpf_probe_read_kernel(&want, sizeof(want), (const void *)(task + cfg->fsbase_offset));
+    }
+    if (cached && py_is_thread(cached, id_offset, want) == 1) {
+        *out = cached;
+        return PY_OK;
+    }
+    u64 interp = 0, tstate = 0;
+    if (py_read(&interp, sizeof(interp), cfg->runtime + cfg->interpreters_head))
+        return PY_READ_FAULT;
+    if (!interp)
+        return PY_NO_THREAD_STATE;  // not initialized yet, or finalized
+    if (py_read(&tstate, sizeof(tstate), interp + cfg->threads_head))
+        return PY_READ_FAULT;
+    for (int i = 0; i < PY_MAX_THREADS; i++) {
+        if (!tstate)
+            break;
+        int mine = py_is_thread(tstate, id_offset, want);
+        if (mine < 0)
+            return PY_READ_FAULT;
+        if (mine) {
+            *out = tstate;
+            return PY_OK;
+        }
+        if (py_read(&tstate, sizeof(tstate), tstate + cfg->tstate_next))
+            return PY_READ_FAULT;
+    }
+    return PY_NO_THREAD_STATE;
+}
+
+// Fills st leaf first and hashes its frames into *hash (never 0: 0 means "no Python stack" in
+// sample_key); returns a PY_* code (st->depth frames are valid whatever it says).
+static __always_inline int py_walk(struct py_proc *cfg, u64 tstate, struct py_stack *st, u64 *hash) {
+    u64 frame = 0, h = 0x7f4a7c159e3779b9ULL;
+    st->depth = 0;
+    *hash = 1;
+    if (py_read(&frame, sizeof(frame), tstate + cfg->tstate_frame))
+        return PY_READ_FAULT;
+    if (cfg->cframe_current_frame >= 0 && frame &&
+        py_read(&frame, sizeof(frame), frame + (u32)cfg->cframe_current_frame))
+        return PY_READ_FAULT;
+    // Every exit of the loop goes through its end (no return inside): an early return per iteration and
+    // per failed read would each be a path of its own through the rest of the program for the verifier.
+    int err = PY_OK;
+    for (int i = 0; i < PY_MAX_DEPTH && frame; i++) {
+        u64 code = 0, instr = 0, flags = 0, previous = 0;
+        // `|`, not `||`: all four reads run, one branch
+        long bad = py_read(&code, sizeof(code), frame + cfg->frame_code) |
+                   py_read(&instr, sizeof(instr), frame + cfg->frame_instr) |
+                   py_read(&flags, sizeof(flags), frame + cfg->frame_flags) |
+                   py_read(&previous, sizeof(previous), frame + cfg->frame_previous);
+        if (bad) {
+            err = PY_READ_FAULT;
+            break;
+        }
+        instr &= cfg->instr_mask;
+        u64 entry = (flags >> (cfg->entry_shift & 63)) & cfg->entry_mask;
+        u64 owner = (flags >> (cfg->owner_shift & 63)) & cfg->owner_mask;
+        st->frames[i].code = (code & PY_ADDR_MASK) | ((entry & 1) << PY_FLAG_ENTRY_SHIFT) |
+                             ((owner & 7) << PY_FLAG_OWNER_SHIFT);
+        st->frames[i].instr = instr;
+        st->depth = i + 1;
+        h = mix64(mix64(h ^ st->frames[i].code) ^ instr);
+        frame = previous;
+    }
+    *hash = h ? h : 1;
+    if (err)
+        return err;
+    if (st->depth == 0)
+        return PY_NO_FRAME;
+    return frame ? PY_TRUNCATED : PY_OK;
+}

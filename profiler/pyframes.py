@@ -1,0 +1,428 @@
+"""Python frames in native stacks: register CPython processes with the BPF walker, name the frames it
+recorded, and put them where the native stack runs the interpreter.
+
+The kernel (bpf/python.bpf.h) records per Python frame the code object's address, the instruction
+field as read and two flag bits; it knows a process's layout only once `PythonRegistry` wrote it into
+the `py_procs` map, which happens when the sampler announces the process (its first sample) and
+profiler/python/detect.py recognizes CPython in it.
+
+Merging. A native stack runs Python code in `_PyEval_EvalFrameDefault`, one C call per run of Python
+frames: 3.10 and older call it once per Python frame; 3.11 runs Python-to-Python calls inside one
+call and marks the first frame of each call `is_entry`; 3.12+ put a shim frame (owner
+FRAME_OWNED_BY_CSTACK) below each call's frames. The Python stack is split into those runs, root
+first, and the i-th eval frame of the native stack (root first) is replaced by the i-th run. Native
+frames of the interpreter's own call machinery between two eval frames (`_PyEval_Vector`,
+`PyObject_Call`, ..., any function of the interpreter binary named Py*/_Py* or without a symbol)
+are dropped: they are how one Python call became the next, not work of their own. Everything else
+stays: the process's entry (`main`, `Py_RunMain`, ...) above the first eval frame, and the C code a
+Python frame called below the last one (`zlib.compress` -> deflate), so a stack reads
+`main;...;<module>;handler;parse;zlib_compress_impl;deflate`.
+
+When the native stack has fewer eval frames than the Python stack has runs (a frame-pointer walk
+through an interpreter built without frame pointers loses most frames above the leaf), runs are
+matched from the leaf and the extra outer runs go where the native stack reaches its outermost eval
+frame. When it has none at all, the Python frames replace the native frames from the root down to
+the leaf-most one that is in the interpreter binary or outside every mapping (the unreliable part of
+a broken walk), so the C code the interpreter called stays below them.
+
+Frames are named once per (process, code address, instruction offset) through
+profiler/python/code.py's CodeReader (validated against freed and reused code objects, bounded
+cache); readers outlive their process for a while, so a process that exited before the drain keeps
+the names already read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from podflame.errors import PodflameError
+from podflame.model import Frame, FrameKind, Line, Stack
+from profiler import metrics
+from profiler.btf import task_fsbase_offset
+from profiler.procmaps import parse_maps
+from profiler.python.code import CodeInfo, CodeReader, CodeReadError
+from profiler.python.detect import PythonProcess, Unsupported, inspect_process
+from profiler.python.offsets import LASTI_BYTES, LASTI_UNITS, NO_FIELD, PyOffsets, instr_offset
+from profiler.python.remote import ProcessGone
+from profiler.sampler import PY_PROC_SIZE
+from symbolizer.elf import ElfReadError, ElfSymbols
+
+log = logging.getLogger("podflame.pyframes")
+
+# struct py_proc of bpf/python.bpf.h
+_PY_PROC = struct.Struct("<QIIIIiIiIIIIBBBBQQ")
+assert _PY_PROC.size == PY_PROC_SIZE, "struct py_proc: profiler/sampler.py and this packing disagree"
+ADDR_MASK = (1 << 56) - 1
+FLAG_ENTRY = 1 << 56
+OWNER_SHIFT = 57
+EVAL_FUNCTION = "_PyEval_EvalFrameDefault"
+MAX_DETECT_TRIES = 3  # a process announced before its interpreter was mapped is looked at again
+GONE_GRACE_S = 60.0  # a registered process's names are kept this long after it exited
+UNREADABLE = Frame(0, None, FrameKind.PYTHON, (Line("[unreadable Python frame]"),))
+
+
+def pack_config(process: PythonProcess, fsbase_offset: int = 0) -> bytes:
+    """The `struct py_proc` the kernel walks `process` with; `fsbase_offset` is task_struct.thread.fsbase's
+    offset in the running kernel (needed by versions without native_thread_id; 0: unknown)."""
+    o = process.offsets
+    instr_mask = 0xFFFF_FFFF if o.frame_instr_kind in (LASTI_BYTES, LASTI_UNITS) else (1 << 64) - 1
+    # one 8-byte read holds both flag bytes (3.11: is_entry and owner are adjacent; 3.12+: owner alone)
+    present = [off for off in (o.frame_is_entry, o.frame_owner) if off != NO_FIELD]
+    flags_at = min(present) if present else o.frame_code
+    if present and max(present) - flags_at > 7:
+        raise ValueError(f"is_entry and owner are {max(present) - flags_at} bytes apart: not one 8-byte read")
+    entry_shift = 8 * (o.frame_is_entry - flags_at) if o.frame_is_entry != NO_FIELD else 0
+    owner_shift = 8 * (o.frame_owner - flags_at) if o.frame_owner != NO_FIELD else 0
+    return _PY_PROC.pack(process.runtime_address, o.runtime_interpreters_head, o.interp_threads_head, o.tstate_next,
+                         o.tstate_thread_id, o.tstate_native_thread_id, o.tstate_frame, o.cframe_current_frame,
+                         o.frame_previous, o.frame_code, o.frame_instr, flags_at, entry_shift, owner_shift,
+                         1 if o.frame_is_entry != NO_FIELD else 0, 7 if o.frame_owner != NO_FIELD else 0, instr_mask,
+                         fsbase_offset)
+
+
+class PythonRegistry:
+    """Which processes the kernel walks Python frames of; detection runs on the sampler's announcements.
+
+    `write(tgid, config_or_None)` updates the kernel's map (Sampler.set_python_process)."""
+
+    def __init__(self, write: Callable[[int, bytes | None], None],
+                 detect: Callable[[int], PythonProcess | Unsupported] = inspect_process) -> None:
+        self._write = write
+        self._detect = detect
+        self._lock = threading.Lock()
+        self.processes: dict[int, PythonProcess] = {}
+        self._gone: dict[int, float] = {}  # tgid -> monotonic time it was seen gone
+        self._retry: dict[int, int] = {}  # tgid -> detections tried
+        self.unsupported: dict[int, str] = {}  # tgid -> reason (last few)
+        self._fsbase: int | None = None  # task_struct.thread.fsbase offset, read from BTF on first need
+
+    def announce(self, tgids: Iterable[int]) -> None:
+        """Detect CPython in processes just seen; register the ones found."""
+        for tgid in tgids:
+            if tgid <= 0:
+                continue
+            with self._lock:
+                known = self.processes.get(tgid)
+            if known is not None and self._same_process(tgid, known):
+                continue
+            self._try(tgid)
+
+    def _same_process(self, tgid: int, known: PythonProcess) -> bool:
+        # an exec (or pid reuse) announces the tgid again: keep the registration only if the interpreter
+        # file is still mapped where it was
+        try:
+            with open(f"/proc/{tgid}/maps") as f:
+                return known.path in f.read()
+        except OSError:
+            return False
+
+    def _try(self, tgid: int) -> None:
+        got = self._detect(tgid)
+        with self._lock:
+            if isinstance(got, PythonProcess):
+                try:
+                    self._write(tgid, pack_config(got, self._fsbase_offset(got)))
+                except Exception as e:
+                    log.warning("cannot register Python process %d: %s", tgid, e)
+                    return
+                first = tgid not in self.processes
+                self.processes[tgid] = got
+                self._retry.pop(tgid, None)
+                self._gone.pop(tgid, None)
+                if first:
+                    metrics.PYTHON_PROCESSES.inc()
+                    log.info("pid %d: CPython %d.%d.%d, Python frames on", tgid, *got.version)
+                return
+            if tgid in self.processes:  # exec'd into something else
+                del self.processes[tgid]
+                self._write(tgid, None)
+            reason = got.reason
+            if _is_interpreter(reason) and tgid not in self.unsupported:
+                metrics.PYTHON_UNSUPPORTED.inc()
+                log.info("pid %d: no Python frames: %s", tgid, reason)
+            if len(self.unsupported) > 4096:
+                self.unsupported.clear()
+            self.unsupported[tgid] = reason
+            if _looks_like_python(tgid):
+                self._retry[tgid] = self._retry.get(tgid, 0) + 1
+                if self._retry[tgid] >= MAX_DETECT_TRIES:
+                    del self._retry[tgid]
+
+    def _fsbase_offset(self, process: PythonProcess) -> int:
+        """Where the kernel keeps a thread's FS base (pthread_self(): how 3.10 and older name a thread),
+        read from the kernel's BTF the first time such a process comes (3.11+ match the tid instead)."""
+        if process.offsets.tstate_native_thread_id != NO_FIELD:
+            return 0
+        if self._fsbase is None:
+            try:
+                self._fsbase = task_fsbase_offset()
+            except PodflameError as e:  # no BTF (SystemUnsupported), or malformed
+                log.warning("no task_struct.thread.fsbase offset (%s): no Python frames for CPython < 3.11", e)
+                self._fsbase = 0
+        return self._fsbase
+
+    def refresh(self) -> dict[int, PythonProcess]:
+        """Called once per drain: retry young processes, unregister exited ones (after a grace period,
+        so their samples of this drain are still named); the processes known now."""
+        for tgid in list(self._retry):
+            self._try(tgid)
+        now = time.monotonic()
+        with self._lock:
+            for tgid in list(self.processes):
+                if os.path.exists(f"/proc/{tgid}"):
+                    continue
+                since = self._gone.setdefault(tgid, now)
+                if since == now:
+                    self._write_quietly(tgid)
+                elif now - since > GONE_GRACE_S:
+                    del self.processes[tgid], self._gone[tgid]
+            return dict(self.processes)
+
+    def _write_quietly(self, tgid: int) -> None:
+        try:
+            self._write(tgid, None)
+        except Exception as e:
+            log.debug("unregistering %d: %s", tgid, e)
+
+
+def _is_interpreter(reason: str) -> bool:
+    """Whether detect found a CPython it cannot read (a version or build it does not know), not no Python."""
+    return any(word in reason for word in ("CPython", "Py_Version", "_Py_DebugOffsets", "cannot read _PyRuntime"))
+
+
+def _looks_like_python(tgid: int) -> bool:
+    try:
+        return os.path.basename(os.readlink(f"/proc/{tgid}/exe")).startswith("python")
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Interpreter:
+    """Runtime address ranges, in one process, of the interpreter binary's functions that matter here."""
+
+    eval_ranges: tuple[tuple[int, int], ...]  # _PyEval_EvalFrameDefault (and its .cold part)
+    glue: Callable[[int], bool]  # is this address interpreter call machinery
+    start: int  # the binary's executable mapping(s)
+    end: int
+
+
+def _interpreter(process: PythonProcess) -> _Interpreter | None:
+    """Where the eval loop and the glue functions are in this process (None: the file is unreadable)."""
+    try:
+        with open(f"/proc/{process.pid}/maps") as f:
+            entries = [e for e in parse_maps(f.read()) if e.clean_path == process.path]
+    except OSError:
+        return None
+    execs = [e for e in entries if e.executable]
+    if not execs:
+        return None
+    opened = next((p for p in (f"/proc/{process.pid}/root{process.path}",
+                               f"/proc/{process.pid}/map_files/{execs[0].start:x}-{execs[0].end:x}", process.path)
+                   if os.access(p, os.R_OK)), None)
+    if opened is None:
+        return None
+    try:
+        elf = ElfSymbols(opened)
+        ranges = elf.ranges
+    except ElfReadError as e:
+        log.warning("pid %d: cannot read the symbols of %s: %s", process.pid, process.path, e)
+        return None
+    first = execs[0]
+    segment = next((s for s in elf.segments if s.executable and s.offset <= first.offset < s.offset + s.filesz), None)
+    if segment is None:
+        return None
+    bias = first.start - first.offset + segment.offset - segment.vaddr  # runtime = vaddr + bias
+    evals = tuple((s + bias, e + bias) for s, e, n in zip(ranges.starts, ranges.ends, ranges.names, strict=True)
+                  if n == EVAL_FUNCTION or n.startswith(EVAL_FUNCTION + "."))
+    lookup = ranges.lookup
+
+    def glue(address: int) -> bool:
+        name = lookup(address - bias)
+        return name is None or name.startswith(("Py", "_Py")) or name.endswith("_vectorcall")
+
+    return _Interpreter(evals, glue, min(e.start for e in execs), max(e.end for e in execs))
+
+
+_Named = tuple[tuple[int, CodeInfo | None], ...]  # (code address, the CodeInfo read there)
+
+
+class _ProcessState:
+    __slots__ = ("interp", "interp_read", "process", "reader")
+
+    def __init__(self, process: PythonProcess, reader: CodeReader) -> None:
+        self.process = process
+        self.reader = reader
+        self.interp: _Interpreter | None = None  # None also when the binary's symbols could not be read
+        self.interp_read = False
+
+
+class PythonFrames:
+    """Names the kernel's Python frames and merges them into native stacks, per process."""
+
+    def __init__(self, *, max_frames: int = 100_000) -> None:
+        self.max_frames = max_frames
+        self.processes: dict[int, PythonProcess] = {}
+        self._states: dict[int, _ProcessState] = {}
+        self._frames: dict[tuple[int, int, int], tuple[CodeInfo, Frame]] = {}  # (tgid, code, instr) ->
+        self._checked: dict[tuple[int, int], CodeInfo | None] = {}  # (tgid, code) -> read this drain
+        # (tgid, raw Python stack, native stack) -> (merged stack, the code objects it was named from)
+        self._merged: dict[tuple[int, tuple[int, ...], Stack], tuple[Stack, _Named]] = {}
+        self.read_failures = 0
+
+    def begin_drain(self, processes: dict[int, PythonProcess]) -> None:
+        """The processes registered now (Drain.python_processes); readers of others are let go."""
+        self.processes = processes
+        gone = [t for t, state in self._states.items() if processes.get(t) is not state.process]
+        for tgid in gone:
+            del self._states[tgid]
+        if gone:
+            self._merged = {k: v for k, v in self._merged.items() if k[0] not in gone}
+        self._checked = {}
+        if len(self._frames) > self.max_frames:
+            self._frames.clear()
+
+    def _state(self, tgid: int) -> _ProcessState | None:
+        """Reader and interpreter ranges of a registered process, made on first use and kept while the
+        registration (the same PythonProcess) lasts."""
+        process = self.processes.get(tgid)
+        if process is None:
+            return None
+        state = self._states.get(tgid)
+        if state is None or state.process is not process:
+            state = self._states[tgid] = _ProcessState(process, CodeReader(tgid, process.offsets, process.code_type))
+        return state
+
+    def interpreter(self, tgid: int) -> _Interpreter | None:
+        state = self._state(tgid)
+        if state is None:
+            return None
+        if not state.interp_read:
+            state.interp, state.interp_read = _interpreter(state.process), True
+        return state.interp
+
+    def runs(self, tgid: int, raw: tuple[int, ...]) -> list[list[Frame]]:
+        """The Python frames of a raw kernel stack, named, in the runs `split_runs` finds."""
+        state = self._state(tgid)
+        if state is None or not raw:
+            return []
+        reader = state.reader
+        return [[self._frame(tgid, reader, code, instr) for code, instr in run]
+                for run in split_runs(raw, reader.offsets)]
+
+    def _frame(self, tgid: int, reader: CodeReader, code: int, instr: int) -> Frame:
+        """The frame at (code, instr); the code object is re-validated once per drain (CodeReader.read
+        checks its type and fingerprint), so a freed and reused address is named anew, never from the cache."""
+        info = self._info(tgid, reader, code)
+        if info is None:
+            return UNREADABLE
+        key = (tgid, code, instr)
+        have = self._frames.get(key)
+        if have is not None and have[0] is info:
+            return have[1]
+        line = info.line(instr_offset(reader.offsets, code, instr))
+        frame = Frame(0, None, FrameKind.PYTHON, (Line(info.qualname, info.filename, line),))
+        self._frames[key] = (info, frame)
+        return frame
+
+    def _info(self, tgid: int, reader: CodeReader, code: int) -> CodeInfo | None:
+        key = (tgid, code)
+        if key in self._checked:
+            return self._checked[key]
+        try:
+            info: CodeInfo | None = reader.read(code)
+        except (CodeReadError, ProcessGone) as e:
+            info = None
+            self.read_failures += 1
+            metrics.PYTHON_CODE_READ_FAILURES.inc()
+            log.debug("pid %d: code object %#x: %s", tgid, code, e)
+        self._checked[key] = info
+        return info
+
+    def merge(self, tgid: int, raw: tuple[int, ...], stack: Stack) -> Stack:
+        """`stack` (root first, native then kernel frames) with the Python frames of `raw` merged in.
+
+        Kept across drains while every code object in `raw` reads as the same object this drain (one
+        validated read per code address a drain): a stack seen before costs a dict lookup per frame."""
+        state = self._state(tgid)
+        if state is None or not raw:
+            return stack
+        key = (tgid, raw, stack)
+        hit = self._merged.get(key)
+        if hit is not None and all(self._info(tgid, state.reader, code) is info for code, info in hit[1]):
+            return hit[0]
+        runs = self.runs(tgid, raw)
+        if not runs:
+            return stack
+        split = next((i for i, f in enumerate(stack) if f.kind is FrameKind.KERNEL or _is_kernel_lost(f)), len(stack))
+        user, kernel = list(stack[:split]), stack[split:]
+        merged = (*merge_runs(user, runs, self.interpreter(tgid)), *kernel)
+        codes = {raw[i] & ADDR_MASK for i in range(0, len(raw), 2)}
+        if len(self._merged) >= self.max_frames:
+            self._merged.clear()
+        self._merged[key] = (merged, tuple((code, self._checked.get((tgid, code))) for code in codes))
+        return merged
+
+
+def split_runs(raw: tuple[int, ...], o: PyOffsets) -> list[list[tuple[int, int]]]:
+    """(code address, instr) of a raw kernel stack (leaf-first (code|flags, instr) pairs), root first,
+    split into the runs one eval-loop call executed each; shim frames (3.12+) are dropped."""
+    runs: list[list[tuple[int, int]]] = []
+    per_frame = o.frame_is_entry == NO_FIELD and o.owner_cstack == NO_FIELD  # 3.10 and older
+    for i in range(len(raw) - 2, -1, -2):
+        word, instr = raw[i], raw[i + 1]
+        shim = o.owner_cstack != NO_FIELD and (word >> OWNER_SHIFT) & 7 == o.owner_cstack
+        if shim or not runs or per_frame or (o.frame_is_entry != NO_FIELD and word & FLAG_ENTRY):
+            runs.append([])
+        if not shim:
+            runs[-1].append((word & ADDR_MASK, instr))
+    return [r for r in runs if r]
+
+
+def _is_kernel_lost(f: Frame) -> bool:
+    return f.kind is FrameKind.UNKNOWN and bool(f.lines) and f.lines[0].function.startswith("[kernel stack")
+
+
+def merge_runs(user: list[Frame], runs: list[list[Frame]], interp: _Interpreter | None) -> list[Frame]:
+    """Native user frames (root first) with Python runs (root first) in place of the eval-loop frames."""
+    if interp is None:  # the binary is unreadable: Python frames above whatever native frames there are
+        return [f for run in runs for f in run] + user
+    evals = [i for i, f in enumerate(user) if any(s <= f.address < e for s, e in interp.eval_ranges)
+             and f.kind is FrameKind.NATIVE]
+    if not evals:
+        inside = [i for i, f in enumerate(user) if _in_interpreter(f, interp) or f.mapping is None]
+        cut = inside[-1] + 1 if inside else 0
+        tail = user[cut:]
+        if cut and cut == len(user):  # the sample is in the interpreter itself: keep the leaf function
+            tail = user[-1:]
+        return [f for run in runs for f in run] + tail
+    extra = len(runs) - len(evals)
+    if extra > 0:  # outer runs the native walk lost: all at the outermost eval frame
+        runs = [[f for run in runs[:extra + 1] for f in run], *runs[extra + 1:]]
+    elif extra < 0:  # eval frames without a run (the Python walk was truncated at its root end)
+        evals = evals[-extra:]
+    out = user[:evals[0]]
+    for n, (at, run) in enumerate(zip(evals, runs, strict=True)):
+        out.extend(run)
+        upto = evals[n + 1] if n + 1 < len(evals) else len(user)
+        between = user[at + 1:upto]
+        if n + 1 < len(evals):
+            out.extend(f for f in between if not _glue(f, interp))
+        else:  # below the innermost Python frame: the C code it called; glue dropped unless it is the leaf
+            out.extend(f for j, f in enumerate(between) if j == len(between) - 1 or not _glue(f, interp))
+    return out
+
+
+def _in_interpreter(f: Frame, interp: _Interpreter) -> bool:
+    return f.mapping is not None and interp.start <= f.address < interp.end
+
+
+def _glue(f: Frame, interp: _Interpreter) -> bool:
+    return _in_interpreter(f, interp) and interp.glue(f.address)
+

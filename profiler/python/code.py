@@ -1,0 +1,252 @@
+"""Names, file and line table of CPython code objects, read from another process.
+
+A code object's address is all the kernel records per Python frame. By the time the agent reads
+it the object may have been freed and the address reused, so nothing is named without checks:
+the object's type must be the interpreter's code type, and its identity (the cache key) includes a
+fingerprint of the object's own fields (first line and the addresses of its name, qualified name,
+file name and line table objects), so a different code object at the same address is read anew.
+Reads batch the remote ranges of one step into one process_vm_readv: the code object, then the
+headers of its four strings/bytes, then their data. Entries outlive their process (until evicted)
+so a process that exited before the drain still gets the names already read.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from podflame.errors import BinaryFormatError, PodflameError
+from profiler.python import remote
+from profiler.python.detect import PythonProcess
+from profiler.python.lines import line_for
+from profiler.python.offsets import NO_FIELD, PyOffsets
+from profiler.python.remote import MemoryReadError, ProcessGone
+
+MAX_STRING = 4096  # longer names and paths are refused (a real qualname or path is far shorter)
+MAX_LINETABLE = 1 << 20
+READ_AHEAD = (128, 128, 128, 512)  # data bytes read with the name, qualname, file name and line table headers
+
+
+class CodeReadError(BinaryFormatError):
+    """The address does not hold a code object that reads consistently (freed, reused, not code)."""
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    """What a profile shows of one code object."""
+
+    name: str
+    qualname: str  # co_qualname (3.11+); co_name before, which is what those versions know
+    filename: str
+    firstlineno: int
+    linetable: bytes  # co_lnotab (3.9) or co_linetable (3.10+), as the interpreter stores it
+    linetable_format: int  # offsets.LNOTAB / LINETABLE_310 / LOCATIONS
+    fingerprint: tuple[int, ...]
+
+    def line(self, instr_offset: int) -> int | None:
+        """Source line at a byte offset into the instructions (offsets.instr_offset)."""
+        return line_for(self.linetable, self.linetable_format, self.firstlineno, instr_offset)
+
+
+def line(code: CodeInfo, instr_offset: int) -> int | None:
+    return code.line(instr_offset)
+
+
+class CodeReader:
+    """Reads and caches code objects of one process (`for_process` makes one from detection's answer).
+
+    The objects' types must be the process's PyCode_Type, PyUnicode_Type and PyBytes_Type (addresses
+    from detect.PythonProcess); a type address not given is checked by its tp_name, once per address.
+    """
+
+    def __init__(self, pid: int, offsets: PyOffsets, code_type: int | None = None, *, str_type: int | None = None,
+                 bytes_type: int | None = None, capacity: int = 4096) -> None:
+        self.pid = pid
+        self.offsets = offsets
+        self.code_type = code_type
+        self._expected = {b"code": code_type, b"str": str_type, b"bytes": bytes_type}
+        self.capacity = capacity
+        self._cache: OrderedDict[tuple[int, tuple[int, ...]], CodeInfo] = OrderedDict()
+        self._latest: dict[int, tuple[int, ...]] = {}  # address -> fingerprint last read there
+        self._types: dict[int, bytes] = {}  # type address -> its tp_name (for types not given)
+        self.reads = 0  # code objects read whole (cache misses)
+        self.failures = 0
+
+    @classmethod
+    def for_process(cls, proc: PythonProcess, *, capacity: int = 4096) -> CodeReader:
+        return cls(proc.pid, proc.offsets, proc.code_type, str_type=proc.str_type, bytes_type=proc.bytes_type,
+                   capacity=capacity)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def read(self, code_addr: int) -> CodeInfo:
+        """The code object at `code_addr`; raises CodeReadError, or ProcessGone when the process exited
+        and this address was never read."""
+        try:
+            try:
+                head = remote.read(self.pid, code_addr, self.offsets.code_size)
+            except MemoryReadError as e:
+                self.failures += 1
+                raise CodeReadError(str(e)) from e
+            return self._from_head(code_addr, head)
+        except ProcessGone:
+            if (info := self.cached(code_addr)) is None:
+                raise
+            return info
+
+    def read_many(self, addrs: Iterable[int]) -> dict[int, CodeInfo | PodflameError]:
+        """Each address's code object, or the error that says why not (CodeReadError, ProcessGone).
+
+        The fixed parts of all the code objects come in one system call (a drain's worth of frames
+        costs one call plus a few per code object not seen before); a process that exited answers
+        from the cache.
+        """
+        unique = list(dict.fromkeys(addrs))
+        out: dict[int, CodeInfo | PodflameError] = {}
+        try:
+            heads = remote.read_many(self.pid, [(a, self.offsets.code_size) for a in unique])
+        except ProcessGone as e:
+            return {a: self.cached(a) or e for a in unique}
+        for a, head in zip(unique, heads, strict=True):
+            try:
+                if head is None:
+                    self.failures += 1
+                    raise CodeReadError(f"pid {self.pid}: cannot read a code object at {a:#x}")
+                out[a] = self._from_head(a, head)
+            except ProcessGone as e:
+                out[a] = self.cached(a) or e
+            except CodeReadError as e:
+                out[a] = e
+        return out
+
+    def _from_head(self, code_addr: int, head: bytes) -> CodeInfo:
+        fp = self._check_head(code_addr, head)
+        key = (code_addr, fp)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        try:
+            info = self._read_fields(code_addr, head, fp)
+        except (MemoryReadError, CodeReadError) as e:
+            self.failures += 1
+            raise CodeReadError(f"pid {self.pid}: code object at {code_addr:#x}: {e}") from e
+        self.reads += 1
+        self._cache[key] = info
+        self._latest[code_addr] = fp
+        while len(self._cache) > self.capacity:
+            (old_addr, old_fp), _ = self._cache.popitem(last=False)
+            if self._latest.get(old_addr) == old_fp:
+                del self._latest[old_addr]
+        return info
+
+    def cached(self, code_addr: int) -> CodeInfo | None:
+        """The last code object read at this address, without touching the process (it may be gone)."""
+        fp = self._latest.get(code_addr)
+        return None if fp is None else self._cache.get((code_addr, fp))
+
+    def _check_head(self, code_addr: int, head: bytes) -> tuple[int, ...]:
+        o = self.offsets
+        ob_type = _word(head, o.object_type)
+        if not self._is_type(ob_type, b"code"):
+            self.failures += 1
+            raise CodeReadError(f"pid {self.pid}: {code_addr:#x} is not a code object (type {ob_type:#x})")
+        pointers = [_word(head, off) for off in (o.code_name, o.code_qualname, o.code_filename, o.code_linetable)
+                    if off != NO_FIELD]
+        if not all(pointers):
+            self.failures += 1
+            raise CodeReadError(f"pid {self.pid}: code object at {code_addr:#x} has a NULL name or file")
+        firstlineno = struct.unpack_from("<i", head, o.code_firstlineno)[0]
+        return (firstlineno, *pointers)
+
+    def _is_type(self, ob_type: int, name: bytes) -> bool:
+        expected = self._expected[name]
+        if expected is not None:
+            return ob_type == expected
+        known = self._types.get(ob_type)
+        if known is None:
+            try:
+                tp_name = _word(remote.read(self.pid, ob_type + self.offsets.type_name, 8), 0)
+                known = remote.read(self.pid, tp_name, 8).split(b"\0", 1)[0]
+            except MemoryReadError:
+                known = b""
+            self._types[ob_type] = known
+        return known == name
+
+    def _read_fields(self, code_addr: int, head: bytes, fp: tuple[int, ...]) -> CodeInfo:
+        """Name, qualified name, file name and line table: one call reads each object's header and
+        the first READ_AHEAD bytes of its data (most names, paths and tables fit), a second one only
+        what did not fit."""
+        o = self.offsets
+        name_p = _word(head, o.code_name)
+        pointers = [name_p, _word(head, o.code_qualname) if o.code_qualname != NO_FIELD else name_p,
+                    _word(head, o.code_filename), _word(head, o.code_linetable)]
+        headers = [o.unicode_compact_size] * 3 + [o.bytes_sval]
+        firsts: list[bytes | None] = list(remote.read_many(
+            self.pid, [(p, h + ahead) for p, h, ahead in zip(pointers, headers, READ_AHEAD, strict=True)]))
+        smallest = [o.unicode_ascii_size] * 3 + [o.bytes_sval]
+        for i, got in enumerate(firsts):
+            if got is None:  # too near the end of its mapping to read ahead: the bare header
+                firsts[i] = got = remote.read(self.pid, pointers[i], smallest[i])
+            if not self._is_type(_word(got, o.object_type), b"bytes" if i == 3 else b"str"):
+                raise CodeReadError(f"its {('name', 'qualname', 'filename', 'line table')[i]} is not a "
+                                    f"{'bytes' if i == 3 else 'str'} object")
+        plans = [self._string_plan(p, got or b"") for p, got in zip(pointers[:3], firsts[:3], strict=True)]
+        table_len = _word(firsts[3] or b"", o.bytes_size)
+        if not 0 <= table_len <= MAX_LINETABLE:
+            raise CodeReadError(f"line table length {table_len}")
+        plans.append((pointers[3] + o.bytes_sval, table_len, ""))
+        datas: list[bytes | None] = []
+        rest: list[tuple[int, int]] = []
+        for p, got, (addr, size, _) in zip(pointers, firsts, plans, strict=True):
+            start = addr - p
+            have = (got or b"")[start:start + size]
+            datas.append(have if len(have) == size else None)
+            if len(have) != size:
+                rest.append((addr, size))
+        if rest:
+            more = iter(remote.read_many(self.pid, rest))
+            datas = [d if d is not None else next(more) for d in datas]
+        if any(d is None for d in datas):
+            raise CodeReadError("string data unreadable")
+        # the object may have been freed while its parts were read: it must be the same one still
+        if self._check_head(code_addr, remote.read(self.pid, code_addr, o.code_size)) != fp:
+            raise CodeReadError("the code object changed while it was read")
+        texts = [_decode(d or b"", enc) for d, (_, _, enc) in zip(datas[:3], plans[:3], strict=True)]
+        return CodeInfo(name=texts[0], qualname=texts[1], filename=texts[2], firstlineno=fp[0],
+                        linetable=datas[3] or b"", linetable_format=o.linetable_format, fingerprint=fp)
+
+    def _string_plan(self, addr: int, h: bytes) -> tuple[int, int, str]:
+        """(data address, data size, encoding) of a compact str object from its header."""
+        o = self.offsets
+        if len(h) < o.unicode_ascii_size:
+            raise CodeReadError("str header unreadable")
+        length = _word(h, o.unicode_length)
+        state = struct.unpack_from("<I", h, o.unicode_state)[0]
+        if not state >> o.unicode_compact_bit & 1:
+            raise CodeReadError("not a compact str (names in code objects always are)")
+        if not 0 <= length <= MAX_STRING:
+            raise CodeReadError(f"str length {length}")
+        kind = state >> o.unicode_kind_shift & 7
+        if state >> o.unicode_ascii_bit & 1:
+            if kind != 1:
+                raise CodeReadError(f"ASCII str of kind {kind}")
+            return addr + o.unicode_ascii_size, length, "ascii"
+        enc = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}.get(kind)
+        if enc is None:
+            raise CodeReadError(f"str kind {kind}")
+        return addr + o.unicode_compact_size, length * kind, enc
+
+
+def _word(data: bytes, offset: int) -> int:
+    return int(struct.unpack_from("<Q", data, offset)[0])
+
+
+def _decode(data: bytes, encoding: str) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise CodeReadError(f"str data does not decode as {encoding}") from e

@@ -1,0 +1,314 @@
+"""Is a process running CPython, which version, and where is its `_PyRuntime`?
+
+CPython lives either in a shared `libpython3.X.so*` or linked into the executable (Debian's
+/usr/bin/python3, whose .symtab is stripped but whose .dynsym still exports `_PyRuntime`, the
+API and `Py_Version`). The version decides the struct layouts (offsets.py), so it is read, never
+guessed: `Py_Version` (PY_VERSION_HEX, 3.11+) from the ELF file, the `_Py_DebugOffsets` header
+in the process's `_PyRuntime` (3.13+, which must agree), and for 3.9/3.10 the library's name with
+the micro version from its PY_VERSION string. Anything else is `Unsupported` with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from podflame.errors import BinaryFormatError
+from podflame.model import Mapping
+from profiler.procmaps import MapsEntry, parse_exec_maps
+from profiler.python import remote
+from profiler.python.offsets import (
+    DEBUG_OFFSETS_SIZE,
+    DEBUG_OFFSETS_VERSIONS,
+    NO_FIELD,
+    TABLES,
+    DebugOffsetsError,
+    PyOffsets,
+    debug_offsets_version,
+    from_debug_offsets,
+)
+from profiler.python.remote import MemoryReadError, ProcessGone
+from symbolizer.elf import ET_EXEC, LoadSegment
+from symbolizer.elffile import PF_X, PT_LOAD, SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, ElfFile
+from symbolizer.normalize import elf_address
+
+_LIBPYTHON = re.compile(r"/libpython(\d)\.(\d+)[a-z]*\.so(\.[\d.]+)?$")
+_PYTHON_EXE = re.compile(r"/python(\d)\.(\d+)[a-z]*$")
+_SYMBOLS = (b"_PyRuntime", b"Py_Version", b"PyCode_Type", b"PyUnicode_Type", b"PyBytes_Type")
+
+
+@dataclass(frozen=True)
+class PythonProcess:
+    """A CPython process a walker can read: where `_PyRuntime` is and the layouts to read it with."""
+
+    pid: int
+    version: tuple[int, int, int]  # major, minor, micro
+    path: str  # the file holding the interpreter (libpython3.X.so or a static python3.X), as mapped
+    runtime_address: int  # &_PyRuntime in the process
+    code_type: int | None  # &PyCode_Type in the process: what a code object's ob_type must be
+    offsets: PyOffsets
+    str_type: int | None = None  # &PyUnicode_Type: the type of its names
+    bytes_type: int | None = None  # &PyBytes_Type: the type of its line table
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """Not a CPython process this reader can read, and why (no Python, an unsupported version, ...)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class _ElfFacts:
+    elf_type: str
+    segments: tuple[LoadSegment, ...]
+    symbols: dict[str, int]  # name -> ELF vaddr (st_value)
+    hexversion: int | None  # Py_Version's value
+    version_string_micro: dict[int, int]  # minor -> micro from "3.<minor>.<micro>\0" strings
+
+
+def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None,
+                    proc: str = "/proc") -> PythonProcess | Unsupported:
+    """Find CPython in process `pid` from its executable mappings (`maps`, else read now), its version
+    and `_PyRuntime`'s address. Costs the maps and, once per file, its .dynsym."""
+    try:
+        if maps is None:
+            with open(f"{proc}/{pid}/maps") as f:
+                maps = parse_exec_maps(f.read())
+        exe = os.readlink(f"{proc}/{pid}/exe")
+    except FileNotFoundError:
+        return Unsupported(f"pid {pid} does not exist")
+    except OSError as e:
+        return Unsupported(f"pid {pid}: cannot read its mappings: {e}")
+    by_path: dict[str, list[MapsEntry]] = {}
+    for entry in maps:
+        if entry.executable and entry.inode and entry.path.startswith("/"):
+            by_path.setdefault(entry.clean_path, []).append(entry)
+    named = [p for p in by_path if _LIBPYTHON.search(p)]
+    # the executable is a candidate whatever its name (uwsgi, a renamed or static python)
+    candidates = named + [p for p in by_path if p == exe.removesuffix(" (deleted)") and p not in named]
+    reasons = []
+    found: list[PythonProcess] = []
+    for path in candidates:
+        got = _inspect_file(pid, path, by_path[path], proc)
+        if isinstance(got, PythonProcess):
+            found.append(got)
+        elif got is not None:
+            reasons.append(got.reason)
+    # a static python that also maps a libpython (an extension linked against it) has two runtimes:
+    # the one running is the one with an interpreter
+    for p in found:
+        if _interpreter(p):
+            return p
+    if found:
+        return found[0]
+    if reasons:
+        return Unsupported("; ".join(reasons))
+    return Unsupported(f"pid {pid}: no libpython mapped and {exe} does not export _PyRuntime")
+
+
+def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> PythonProcess | Unsupported | None:
+    name_version = _version_from_name(path)
+    opened = _open_path(pid, path, maps, proc)
+    if opened is None:
+        return Unsupported(f"{path}: cannot open the file")
+    try:
+        facts = _elf_facts(opened, *_identity(opened))
+    except (OSError, ValueError, struct.error) as e:
+        return Unsupported(f"{path}: not a readable ELF file ({e})")
+    runtime_vaddr = facts.symbols.get("_PyRuntime")
+    if runtime_vaddr is None:
+        if name_version is not None:
+            return Unsupported(f"{path}: CPython {name_version[0]}.{name_version[1]} has no _PyRuntime: "
+                               "only CPython 3.9-3.13 are supported")
+        return None  # not Python at all
+    if facts.hexversion is not None:
+        version = (facts.hexversion >> 24, (facts.hexversion >> 16) & 0xFF, (facts.hexversion >> 8) & 0xFF)
+    elif name_version is not None:
+        version = (*name_version, facts.version_string_micro.get(name_version[1], 0))
+    else:
+        return Unsupported(f"{path}: exports _PyRuntime but neither Py_Version nor its name tells the version")
+    if name_version is not None and name_version != version[:2]:
+        return Unsupported(f"{path}: Py_Version says {version[0]}.{version[1]}, the name says otherwise")
+    major_minor = (version[0], version[1])
+    if major_minor not in TABLES and major_minor not in DEBUG_OFFSETS_VERSIONS:
+        return Unsupported(f"{path}: CPython {'.'.join(map(str, version))}: only CPython 3.9-3.13 are supported")
+    bias = _load_bias(facts, path, maps)
+    if bias is None:
+        return Unsupported(f"{path}: no executable mapping to place its symbols")
+    runtime = runtime_vaddr + bias
+    types = {name: (None if (v := facts.symbols.get(name)) is None else v + bias)
+             for name in ("PyCode_Type", "PyUnicode_Type", "PyBytes_Type")}
+    if major_minor in TABLES:
+        offsets = TABLES[major_minor]
+    else:
+        try:
+            raw = remote.read(pid, runtime, DEBUG_OFFSETS_SIZE)
+            hexversion = debug_offsets_version(raw)
+            offsets = from_debug_offsets(raw)
+        except (MemoryReadError, ProcessGone) as e:
+            return Unsupported(f"{path}: cannot read _PyRuntime in pid {pid}: {e}")
+        except DebugOffsetsError as e:
+            return Unsupported(f"{path}: {e}")
+        if (hexversion >> 16) != (version[0] << 8 | version[1]):
+            return Unsupported(f"{path}: _Py_DebugOffsets says {hexversion:#x}, Py_Version {version}")
+    found = PythonProcess(pid=pid, version=version, path=path, runtime_address=runtime,
+                          code_type=types["PyCode_Type"], offsets=offsets, str_type=types["PyUnicode_Type"],
+                          bytes_type=types["PyBytes_Type"])
+    try:
+        check_layout(found)
+    except (MemoryReadError, LayoutMismatch) as e:
+        return Unsupported(f"{path}: {e}")
+    except ProcessGone:
+        return Unsupported(f"pid {pid} exited")
+    return found
+
+
+class LayoutMismatch(BinaryFormatError):
+    """The process's structures do not read as the offsets for its version say they should."""
+
+
+def _interpreter(p: PythonProcess) -> int:
+    """The address of the process's first interpreter; 0 before Py_Initialize or when unreadable."""
+    try:
+        return _u64(remote.read(p.pid, p.runtime_address + p.offsets.runtime_interpreters_head, 8))
+    except (MemoryReadError, ProcessGone):
+        return 0
+
+
+def check_layout(p: PythonProcess) -> None:
+    """Raise LayoutMismatch unless the first interpreter points back at `_PyRuntime` (3.9-3.12: the one
+    field that proves the table fits this build) and its first thread points at that interpreter.
+    A process that has not initialised Python yet passes: there is nothing to misread."""
+    try:
+        _check_layout(p)
+    except MemoryReadError as e:
+        raise LayoutMismatch(f"{e}: not the {p.offsets.version[0]}.{p.offsets.version[1]} layout") from e
+
+
+def _check_layout(p: PythonProcess) -> None:
+    o = p.offsets
+    interp = _interpreter(p)
+    if not interp:
+        return
+    if o.interp_runtime != NO_FIELD:
+        back = _u64(remote.read(p.pid, interp + o.interp_runtime, 8))
+        if back != p.runtime_address:
+            raise LayoutMismatch(f"interpreter {interp:#x} says its runtime is {back:#x}, not {p.runtime_address:#x}:"
+                                 f" not the {o.version[0]}.{o.version[1]} layout")
+    tstate = _u64(remote.read(p.pid, interp + o.interp_threads_head, 8))
+    if not tstate:
+        return
+    if _u64(remote.read(p.pid, tstate + o.tstate_interp, 8)) != interp:
+        raise LayoutMismatch(f"thread state {tstate:#x} does not point back at interpreter {interp:#x}")
+    if p.code_type is None or o.interp_runtime == NO_FIELD:
+        return  # 3.13's frames are as _Py_DebugOffsets says (and may hold a non-code executable)
+    # the frame fields: the thread's current frame must hold a code object. The thread runs on while
+    # this reads, so only a wrong type seen on every try counts
+    for _ in range(3):
+        frame = _u64(remote.read(p.pid, tstate + o.tstate_frame, 8))
+        if frame and o.cframe_current_frame != NO_FIELD:
+            frame = _u64(remote.read(p.pid, frame + o.cframe_current_frame, 8))
+        if not frame:
+            return
+        try:
+            code = _u64(remote.read(p.pid, frame + o.frame_code, 8))
+            if _u64(remote.read(p.pid, code + o.object_type, 8)) == p.code_type:
+                return
+        except MemoryReadError:
+            continue
+    raise LayoutMismatch(f"thread state {tstate:#x}'s current frame does not hold a code object")
+
+
+def _u64(raw: bytes) -> int:
+    return int(struct.unpack_from("<Q", raw)[0])
+
+
+def _version_from_name(path: str) -> tuple[int, int] | None:
+    m = _LIBPYTHON.search(path) or _PYTHON_EXE.search(path)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _open_path(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> str | None:
+    """A path that opens the mapped file: through the process's root (containers), else map_files."""
+    e = maps[0]
+    for candidate in (f"{proc}/{pid}/root{path}", f"{proc}/{pid}/map_files/{e.start:x}-{e.end:x}", path):
+        if os.access(candidate, os.R_OK):
+            return candidate
+    return None
+
+
+def _identity(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _load_bias(facts: _ElfFacts, path: str, maps: Sequence[MapsEntry]) -> int | None:
+    """Runtime address minus ELF address for this file in this process (0 for ET_EXEC), found with
+    the symbolizer's rule (normalize.elf_address) on one of its executable mappings."""
+    if facts.elf_type == ET_EXEC:
+        return 0
+    for e in maps:
+        if e.executable:
+            m = Mapping(e.start, e.end, e.offset, path)
+            vaddr = elf_address(e.start, m, facts.elf_type, facts.segments)
+            if vaddr is not None:
+                return e.start - vaddr
+    return None
+
+
+@lru_cache(maxsize=64)
+def _elf_facts(path: str, dev: int, ino: int, mtime_ns: int) -> _ElfFacts:
+    """The few ELF facts detection needs, once per file identity (the arguments after path)."""
+    with open(path, "rb") as f:
+        elf = ElfFile(f)
+        segments = tuple(LoadSegment(s.offset, s.vaddr, s.filesz, s.memsz, bool(s.flags & PF_X))
+                         for s in elf.segments if s.type == PT_LOAD)
+        symbols = _find_symbols(elf, ".dynsym")
+        if "_PyRuntime" in symbols and len(symbols) < len(_SYMBOLS):  # rare: look at the full table too
+            symbols = {**_find_symbols(elf, ".symtab"), **symbols}
+        hexversion = None
+        if "Py_Version" in symbols:
+            raw = _read_vaddr(elf, symbols["Py_Version"], 4)
+            hexversion = None if raw is None else struct.unpack("<I", raw)[0]
+        micro: dict[int, int] = {}
+        if hexversion is None and "_PyRuntime" in symbols:
+            sec = elf.section(".rodata")
+            data = elf.data(sec) if sec is not None else b""
+            # PY_VERSION ("3.9.18"), possibly tail-merged into a longer string ("Python-3.9.18")
+            for m in re.finditer(rb"(?<![0-9])3\.(\d{1,2})\.(\d{1,2})(?:(?:a|b|rc)\d+)?\+?\x00", data):
+                micro.setdefault(int(m.group(1)), int(m.group(2)))
+    return _ElfFacts(elf.e_type, segments, symbols, hexversion, micro)
+
+
+def _find_symbols(elf: ElfFile, table: str) -> dict[str, int]:
+    sec = elf.section(table)
+    if sec is None or sec.type not in (SHT_SYMTAB, SHT_DYNSYM) or sec.link >= len(elf.sections) \
+            or elf.elfclass != 64 or not elf.little_endian:
+        return {}
+    strtab = elf.data(elf.sections[sec.link])
+    data = elf.data(sec)
+    want = {}
+    for name in _SYMBOLS:
+        # st_name may point into a longer string the linker merged it with ("x_PyRuntime")
+        for m in re.finditer(re.escape(name) + b"\0", strtab):
+            want[m.start()] = name.decode()
+    out: dict[str, int] = {}
+    if not want:
+        return out
+    for st_name, _info, _other, shndx, value, _size in struct.iter_unpack("<IBBHQQ", data[:len(data) // 24 * 24]):
+        if st_name in want and shndx != 0:
+            out[want[st_name]] = value
+    return out
+
+
+def _read_vaddr(elf: ElfFile, vaddr: int, size: int) -> bytes | None:
+    for sec in elf.sections:
+        if sec.type != SHT_NOBITS and sec.addr and sec.addr <= vaddr and vaddr + size <= sec.addr + sec.size:
+            elf.f.seek(sec.offset + vaddr - sec.addr)
+            return elf.f.read(size)
+    return None
