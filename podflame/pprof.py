@@ -9,15 +9,18 @@ descriptor written here (no generated _pb2 file to keep in sync); protobuf does 
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from collections.abc import Callable, Iterable
 from collections.abc import Mapping as AbcMapping
-from dataclasses import dataclass, field
+from collections.abc import Set as AbcSet
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from podflame.errors import InvalidInput, TooLarge
+from podflame.limits import DEFAULT_LIMITS, DecodeLimits
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
 
 KERNEL_MAPPING = "[kernel.kallsyms]"
@@ -100,19 +103,144 @@ class PprofTooLarge(PprofError, TooLarge):
 
 def decompress(data: bytes, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
     """Gunzip if gzip, refusing to inflate past `limit` (decompression bombs fail closed)."""
+    return bytes(inflate(data, DecodeLimits(inflated_bytes=limit, inflate_floor=limit)))
+
+
+# Top-level Profile fields counted while inflating: field number -> the DecodeLimits attribute.
+_COUNTED = {6: "strings", 2: "samples", 4: "locations", 5: "functions", 3: "mappings"}
+_CHUNK = 1 << 20  # inflate this much at a time: a refused body costs at most one chunk past its limit
+
+
+class _FieldScan:
+    """Walks the top-level fields of a Profile as its bytes arrive, counting against `DecodeLimits`.
+
+    protobuf allocates every repeated entry of a message it parses (a 2-byte empty string becomes a
+    16-byte view, then a Python str): the counts must be known before `ParseFromString`, and a body that
+    breaks one is refused at the chunk that breaks it, not after inflating and parsing all of it.
+    """
+
+    __slots__ = ("cap", "counts", "fields", "limits", "pos", "string_bytes")
+
+    def __init__(self, limits: DecodeLimits, cap: int) -> None:
+        self.limits, self.cap = limits, cap
+        self.pos = self.fields = self.string_bytes = 0
+        self.counts = dict.fromkeys(_COUNTED, 0)
+
+    def scan(self, buf: bytes | bytearray) -> None:
+        """Account for every complete field in `buf` from where the last call stopped."""
+        pos, end, counts = self.pos, len(buf), self.counts
+        n_fields, max_fields = self.fields, self.limits.top_fields
+        while pos < end:
+            start = pos
+            tag, pos = _varint(buf, pos, end)
+            if tag < 0:
+                pos = start
+                break
+            number, wire = tag >> 3, tag & 7
+            if number == 0:
+                raise PprofError(f"not a pprof profile: field number 0 at byte {start}")
+            if wire == 2:
+                length, pos = _varint(buf, pos, end)
+                if length < 0:
+                    pos = start
+                    break
+                if pos + length > self.cap:
+                    raise PprofTooLarge(f"a field at byte {start} declares {length} bytes: the profile inflates "
+                                        f"past its {self.cap} byte limit (INFLATE_RATIO, INFLATE_FLOOR, "
+                                        "MAX_INFLATED_BYTES)")
+                if pos + length > end:
+                    pos = start
+                    break
+                pos += length
+                if number in counts:
+                    counts[number] += 1
+                    if number == 6:
+                        self.string_bytes += length
+                        if self.string_bytes > self.limits.string_bytes:
+                            raise PprofTooLarge(f"string_table holds over {self.limits.string_bytes} bytes "
+                                                "(limit MAX_STRING_BYTES)")
+                    if counts[number] > getattr(self.limits, _COUNTED[number]):
+                        what = _COUNTED[number]
+                        raise PprofTooLarge(f"profile has over {getattr(self.limits, what)} {what} "
+                                            f"(limit MAX_{what.upper()})")
+            elif wire == 0:
+                value, pos = _varint(buf, pos, end)
+                if value < 0:
+                    pos = start
+                    break
+            elif wire in (1, 5):
+                width = 8 if wire == 1 else 4
+                if pos + width > end:
+                    pos = start
+                    break
+                pos += width
+            else:
+                raise PprofError(f"not a pprof profile: wire type {wire} at byte {start}")
+            n_fields += 1
+            if n_fields > max_fields:
+                raise PprofTooLarge(f"profile has over {max_fields} top-level fields (limit MAX_TOP_FIELDS)")
+        self.pos, self.fields = pos, n_fields
+
+    def finish(self, buf: bytes | bytearray) -> None:
+        if self.pos != len(buf):
+            raise PprofError(f"not a pprof profile: truncated field at byte {self.pos}")
+
+
+def _varint(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
+    """(value, next position), or (-1, pos) when `buf` ends inside the varint."""
+    if pos < end:
+        b = buf[pos]
+        if b < 0x80:
+            return b, pos + 1
+    value = shift = 0
+    while pos < end:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+        if shift >= 70:
+            raise PprofError(f"not a pprof profile: varint longer than 10 bytes at byte {pos}")
+    return -1, pos
+
+
+def inflate(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> bytes | bytearray:
+    """The profile's bytes (gunzipped if gzip), counted against `limits` as they are inflated.
+
+    Inflation stops at the first byte past `limits.inflate_cap(len(data))` (an absolute cap and a ratio
+    to the body), so a gzip bomb costs one chunk, never its inflated size; garbage fails at its first field.
+    """
+    cap = limits.inflate_cap(len(data))
     if data[:2] != b"\x1f\x8b":
-        if len(data) > limit:
-            raise PprofTooLarge(f"profile is {len(data)} bytes, over the {limit} byte limit")
+        if len(data) > limits.inflated_bytes:
+            raise PprofTooLarge(f"profile is {len(data)} bytes, over the {limits.inflated_bytes} byte limit "
+                                "(MAX_INFLATED_BYTES)")
+        scan = _FieldScan(limits, limits.inflated_bytes)  # a field past the end is truncated, not too large
+        scan.scan(data)
+        scan.finish(data)
         return data
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = d.decompress(data, limit + 1)
-    except zlib.error as e:
-        raise PprofError(f"corrupt gzip: {e}") from None
-    if len(out) > limit or d.unconsumed_tail:
-        raise PprofTooLarge(f"profile inflates past the {limit} byte limit")
-    if not d.eof:
-        raise PprofError("corrupt gzip: the stream is truncated")
+    out = bytearray()
+    scan = _FieldScan(limits, cap)
+    pending = data
+    while not d.eof:
+        try:
+            chunk = d.decompress(pending, min(_CHUNK, cap + 1 - len(out)))
+        except zlib.error as e:
+            raise PprofError(f"corrupt gzip: {e}") from None
+        pending = d.unconsumed_tail
+        if not chunk and not pending:
+            if d.eof:
+                break
+            raise PprofError("corrupt gzip: the stream is truncated")
+        out += chunk
+        if len(out) > cap:
+            raise PprofTooLarge(f"profile inflates past its {cap} byte limit ({limits.inflate_ratio}x the "
+                                f"{len(data)} byte body, at least {limits.inflate_floor}, at most "
+                                f"{limits.inflated_bytes}: INFLATE_RATIO, INFLATE_FLOOR, MAX_INFLATED_BYTES)")
+        scan.scan(out)
+    scan.finish(out)
     return out
 
 
@@ -238,6 +366,7 @@ class DecodedProfile:
     sample_type: str
     unit: str
     samples: dict[tuple[int, ...], int] = field(default_factory=dict)  # location ids, leaf first -> value
+    total: int = 0  # sum of `samples`' values (checked against DecodeLimits.value as it grows)
 
 
 @dataclass(slots=True)
@@ -283,30 +412,53 @@ class Decoded:
 
 
 def decode(data: bytes, labels: AbcMapping[str, str] | None = None, *,
-           limit: int = MAX_DECOMPRESSED_BYTES, numeric_labels: bool = True) -> list[Profile]:
+           limit: int | None = None, numeric_labels: bool = True,
+           limits: DecodeLimits | None = None) -> list[Profile]:
     """Decode a pprof (gzip or plain) into one Profile per (sample type, label set).
 
     `labels` apply to every sample; a sample's own string labels (and numeric ones, as text, unless
     `numeric_labels` is false) are added to them. Invalid references raise PprofError rather than
     being dropped.
     """
-    return decode_ids(data, labels, limit=limit, numeric_labels=numeric_labels).profiles()
+    return decode_ids(data, labels, limit=limit, numeric_labels=numeric_labels, limits=limits).profiles()
+
+
+# A label name as Prometheus has it; names starting with `__` are Prometheus' own.
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def check_label_name(name: str) -> None:
+    """Refuse what a selector could not name or a Prometheus user would misread (`__name__`)."""
+    if not LABEL_NAME.fullmatch(name) or name.startswith("__"):
+        raise PprofError(f"bad label name {name[:100]!r}: label names match [a-zA-Z_][a-zA-Z0-9_]* "
+                         "and do not start with __")
 
 
 def decode_ids(data: bytes, labels: AbcMapping[str, str] | None = None, *,
-               limit: int = MAX_DECOMPRESSED_BYTES, numeric_labels: bool = True) -> Decoded:
-    """`decode` without building Profiles: what ingest stores (see `Decoded`)."""
+               limit: int | None = None, numeric_labels: bool = True,
+               limits: DecodeLimits | None = None, refused_names: AbcSet[str] = frozenset()) -> Decoded:
+    """`decode` without building Profiles: what ingest stores (see `Decoded`).
+
+    Every bound in `limits` (default `DEFAULT_LIMITS`; `limit` overrides the inflated size) is checked
+    before what it counts is allocated; values, their sums per series and times are range-checked
+    (never wrapped). `labels` are the request's: a sample's label may add to them, never contradict one;
+    `refused_names` are names no sample label may have (e.g. the server's own parameters).
+    """
+    lim = limits or DEFAULT_LIMITS
+    if limit is not None:
+        lim = replace(lim, inflated_bytes=limit)
+    raw = inflate(data, lim)
     msg = _IngestProfile()
     try:
-        msg.ParseFromString(decompress(data, limit))
-    except PprofError:
-        raise
+        msg.ParseFromString(raw)
     except Exception as e:  # protobuf raises DecodeError and friends
         raise PprofError(f"not a pprof profile: {e}") from None
+    del raw
     st = list(msg.string_table)
     if st and st[0] != "":
         raise PprofError("string_table[0] must be the empty string")
     n_strings = len(st)
+    _check_times(msg.time_nanos, msg.duration_nanos, msg.period, lim)
 
     def string(i: int) -> str:
         if not 0 <= i < n_strings:
@@ -350,10 +502,13 @@ def decode_ids(data: bytes, labels: AbcMapping[str, str] | None = None, *,
                     raise PprofError(f"location {lid} references unknown function {f}")
 
     base = dict(labels or {})
+    for name in base:
+        check_label_name(name)
     out: dict[tuple[int, tuple[tuple[str, str], ...]], DecodedProfile] = {}
     label_sets: dict[tuple[bytes, ...], tuple[dict[str, str], tuple[tuple[str, str], ...]]] = {}
     checked: set[tuple[int, ...]] = set()
     n_types = len(types)
+    vmax, max_series, max_labels = lim.value, lim.series, lim.labels_per_sample
     for sample in samples:
         values = sample.value
         if len(values) != n_types:
@@ -367,21 +522,53 @@ def decode_ids(data: bytes, labels: AbcMapping[str, str] | None = None, *,
         raw_labels = tuple(sample.label)
         label_set = label_sets.get(raw_labels)
         if label_set is None:
-            label_set = label_sets[raw_labels] = _label_set(base, raw_labels, string, numeric_labels)
+            if len(raw_labels) > max_labels:
+                raise PprofTooLarge(f"a sample has {len(raw_labels)} labels, over the {max_labels} per sample "
+                                    "limit (MAX_LABELS_PER_SAMPLE)")
+            label_set = label_sets[raw_labels] = _label_set(base, raw_labels, string, numeric_labels, lim,
+                                                                  refused_names)
         for ti, value in enumerate(values):
             if not value:
                 continue
+            if not 0 < value <= vmax:
+                raise PprofError(f"sample value {value} is outside [0, {vmax}] (limit MAX_VALUE)")
             prof = out.get((ti, label_set[1]))
             if prof is None:
+                if len(out) >= max_series:
+                    raise PprofTooLarge(f"push holds over {max_series} series (distinct label sets and sample "
+                                        "types; limit MAX_SERIES)")
                 prof = out[(ti, label_set[1])] = DecodedProfile(label_set[0], *types[ti])
+            prof.total += value
+            if prof.total > vmax:
+                raise PprofError(f"the values of series {_brief(label_set[0])} ({types[ti][0]}) sum past {vmax} "
+                                 "(limit MAX_VALUE)")
             prof.samples[key] = prof.samples.get(key, 0) + value
     return Decoded(msg.time_nanos, msg.duration_nanos, msg.period, mappings, functions, locations,
                    list(out.values()))
 
 
+def _brief(labels: AbcMapping[str, str]) -> str:
+    return "{" + ", ".join(f"{k}={v[:40]!r}" for k, v in sorted(labels.items())[:6]) + "}"
+
+
+def _check_times(time_ns: int, duration_ns: int, period: int, lim: DecodeLimits) -> None:
+    """Times stay inside what an int64 nanosecond column and a query can name; never wrapped."""
+    if not 0 <= time_ns <= lim.time_ns:
+        raise PprofError(f"time_nanos {time_ns} is outside [0, {lim.time_ns}] (limit MAX_TIME_NS: 2200-01-01)")
+    if not 0 <= duration_ns <= lim.time_ns - time_ns:
+        raise PprofError(f"duration_nanos {duration_ns} is negative or ends past {lim.time_ns} (limit MAX_TIME_NS)")
+    if not 0 <= period <= lim.value:
+        raise PprofError(f"period {period} is outside [0, {lim.value}] (limit MAX_VALUE)")
+
+
 def _label_set(base: dict[str, str], raw: tuple[bytes, ...], string: Callable[[int], str],
-               numeric: bool) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
-    """A sample's labels (given as serialized Label messages) over `base`, and their sorted items."""
+               numeric: bool, lim: DecodeLimits,
+               refused: AbcSet[str]) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
+    """A sample's labels (given as serialized Label messages) over `base`, and their sorted items.
+
+    A sample label may add to `base` (the request's labels) or repeat one, never change one: whoever may
+    push to a URL naming `node=a` cannot file samples under `node=b`.
+    """
     labels = dict(base)
     for b in raw:
         try:
@@ -389,18 +576,30 @@ def _label_set(base: dict[str, str], raw: tuple[bytes, ...], string: Callable[[i
         except Exception as e:
             raise PprofError(f"not a pprof profile: bad label: {e}") from None
         if lab.str:
-            labels[string(lab.key)] = string(lab.str)
+            key, value = string(lab.key), string(lab.str)
         elif numeric:
-            key = string(lab.key)
-            if key:
-                labels[key] = str(lab.num)
+            key, value = string(lab.key), str(lab.num)
+            if not key:
+                continue
+        else:
+            continue
+        check_label_name(key)
+        if key in refused:
+            raise PprofError(f"sample label name {key!r} is reserved")
+        if len(value) > lim.label_value_bytes:
+            raise PprofTooLarge(f"label {key} has a {len(value)} character value, over the "
+                                f"{lim.label_value_bytes} limit (MAX_LABEL_VALUE_BYTES)")
+        if key in base and base[key] != value:
+            raise PprofError(f"sample label {key}={value[:100]!r} contradicts the request's "
+                             f"{key}={base[key][:100]!r}: the request's labels are not a sample's to change")
+        labels[key] = value
     return labels, tuple(sorted(labels.items()))
 
 
 def default_sample_type(data: bytes) -> str | None:
     """The producer's preferred sample type (pprof's default_sample_type, else the last one)."""
     msg = PprofProfile()
-    msg.ParseFromString(decompress(data))
+    msg.ParseFromString(inflate(data))
     st = list(msg.string_table)
     if msg.default_sample_type and 0 <= msg.default_sample_type < len(st):
         return st[msg.default_sample_type]

@@ -93,6 +93,12 @@ def test_dangling_location_reference_is_rejected() -> None:
 
 
 def test_gzip_bomb_is_refused() -> None:
-    bomb = gzip.compress(b"\0" * (8 << 20))
-    with pytest.raises(pprof.PprofError, match="limit"):
+    # 8 MiB of valid fields (empty string_table entries): refused at the inflated limit, not after it
+    bomb = gzip.compress(b"\x32\x00" * (4 << 20))
+    with pytest.raises(pprof.PprofTooLarge, match="limit"):
         pprof.decode(bomb, limit=1 << 20)
+
+
+def test_gzip_of_garbage_is_refused_at_its_first_field() -> None:
+    with pytest.raises(pprof.PprofError, match="field number 0 at byte 0"):
+        pprof.decode(gzip.compress(b"\0" * (8 << 20)))

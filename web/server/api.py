@@ -20,11 +20,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from podflame import pprof
 from podflame.errors import Forbidden, InvalidInput, NotFound, PodflameError, TooLarge, Unauthorized, Unavailable
+from podflame.limits import DecodeLimits
 from web.normalize import batch_of
 from web.query import merge as queries
 from web.query.export import to_pprof
 from web.query.merge import Query, profiles_by_series, series_summary
-from web.server.timeparse import TimeError, parse_duration, parse_time
+from web.server.timeparse import TimeError, parse_step, parse_time
+from web.store import deadline
 from web.store.base import Store
 from web.store.selector import LABEL_NAME, SelectorError, parse_selector
 
@@ -38,7 +40,7 @@ QUERY_SECONDS = Histogram("podflame_server_query_seconds", "Query latency by end
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 
 DEFAULT_FROM, DEFAULT_TO = "now-15m", "now"
-RESERVED_INGEST_PARAMS = {"time"}
+RESERVED_INGEST_PARAMS = frozenset({"time"})  # ingest parameters that are not labels, nor may a sample name one
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -70,6 +72,25 @@ def _podflame_error(e: PodflameError) -> tuple[Response, int]:
     if isinstance(e, ApiError) and e.reason:
         REJECTED.labels(e.reason).inc()
     return jsonify(error=e.message if isinstance(e, ApiError) else str(e)), http_status(e)
+
+
+MAX_URL_BYTES = 32 << 10  # path + query string (a selector is at most 16 KiB of text)
+MAX_HEADER_BYTES = 64 << 10  # all request headers together
+
+
+@api.before_app_request
+def _bounded_request_line() -> tuple[Response, int] | None:
+    """Over-long URLs and headers get the API's JSON error (414, 431), not the WSGI server's HTML page:
+    the app refuses them below the servers' own limits (Werkzeug's 64 KiB line; cheroot has none)."""
+    env = request.environ
+    url = len(env.get("PATH_INFO", "")) + len(env.get("QUERY_STRING", ""))
+    if url > MAX_URL_BYTES:
+        return jsonify(error=f"URL is {url} bytes, over the {MAX_URL_BYTES} byte limit: send fewer or shorter "
+                       "parameters"), 414
+    headers = sum(len(k) + len(v) for k, v in env.items() if k.startswith("HTTP_") and isinstance(v, str))
+    if headers > MAX_HEADER_BYTES:
+        return jsonify(error=f"request headers hold {headers} bytes, over the {MAX_HEADER_BYTES} byte limit"), 431
+    return None
 
 
 def store() -> Store:
@@ -120,11 +141,16 @@ def _int_arg(name: str, default: int | None, lo: int, hi: int) -> int | None:
 _DIFF_PARAMS = ("base_query", "base_from", "base_to")
 
 
+DEFAULT_QUERY_TIMEOUT_SECONDS = 30.0
+
+
 def timed(endpoint: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Times a query endpoint, and runs it under the QUERY_TIMEOUT_SECONDS deadline (web/store/deadline.py)."""
     def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
         def inner(*args: P.args, **kwargs: P.kwargs) -> R:
-            with QUERY_SECONDS.labels(endpoint).time():
+            timeout = current_app.config.get("QUERY_TIMEOUT_SECONDS", DEFAULT_QUERY_TIMEOUT_SECONDS)
+            with QUERY_SECONDS.labels(endpoint).time(), deadline.within(timeout):
                 return fn(*args, **kwargs)
         return inner
     return wrap
@@ -133,7 +159,7 @@ def timed(endpoint: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 # -- ingest ----------------------------------------------------------------------------------
 
 
-def _ingest_labels(received_ns: int) -> tuple[dict[str, str], int | None]:
+def _ingest_labels(received_ns: int, limits: DecodeLimits) -> tuple[dict[str, str], int | None]:
     labels: dict[str, str] = {}
     override = None
     for name, values in request.args.lists():
@@ -144,37 +170,77 @@ def _ingest_labels(received_ns: int) -> tuple[dict[str, str], int | None]:
                 override = parse_time(values[0], received_ns)
             except TimeError as e:
                 raise ApiError(400, f"bad time: {e}", "bad_time") from None
-        elif not LABEL_NAME.fullmatch(name):
-            raise ApiError(400, f"bad label name {name!r}: use [a-zA-Z_][a-zA-Z0-9_]*", "bad_labels")
-        elif values[0]:
+            continue
+        try:
+            pprof.check_label_name(name)
+        except pprof.PprofError as e:
+            raise ApiError(400, str(e), "bad_labels") from None
+        if len(values[0]) > limits.label_value_bytes:
+            raise ApiError(400, f"label {name} is longer than {limits.label_value_bytes} characters "
+                           "(limit MAX_LABEL_VALUE_BYTES)", "bad_labels")
+        if values[0]:
             labels[name] = values[0]
     return labels, override
+
+
+_READ_CHUNK = 1 << 20
+
+
+def _read_body(limit: int) -> bytes:
+    """The request body, refused (413) past `limit` bytes whether it has a Content-Length or is chunked.
+
+    Werkzeug caps a chunked body at MAX_CONTENT_LENGTH by returning its first MAX_CONTENT_LENGTH bytes as if
+    that were all of it: a cut profile would be stored. Reading the terminated input ourselves, one byte
+    past the limit tells a body of exactly `limit` bytes from a longer one.
+    """
+    too_large = ApiError(413, f"body is over the {limit} byte limit (MAX_BODY_BYTES)", "too_large")
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise too_large
+        try:
+            return request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            raise too_large from None
+    env = request.environ
+    if not env.get("wsgi.input_terminated"):
+        return b""  # neither a length nor a server that ends the stream: nothing can be read safely
+    stream = env["wsgi.input"]
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        part = stream.read(min(_READ_CHUNK, limit + 1 - size))
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        size += len(part)
+        if size > limit:
+            raise too_large
 
 
 @api.post("/ingest")
 def ingest() -> Response:
     """Decode fully, then store atomically: a bad body stores nothing, a 200 means durable."""
     received = time.time_ns()
-    labels, override = _ingest_labels(received)
-    limit = current_app.config["MAX_BODY_BYTES"]
-    try:
-        body = request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        raise ApiError(413, f"body is over the {limit} byte limit", "too_large") from None
-    if len(body) > limit:  # a server without MAX_CONTENT_LENGTH (or a chunked body read in full)
-        raise ApiError(413, f"body is over the {limit} byte limit", "too_large")
+    limits = current_app.extensions.get("podflame.limits")
+    if limits is None:  # the app's config and environment, read once (docs/api.md "Limits")
+        limits = current_app.extensions["podflame.limits"] = DecodeLimits.from_config(current_app.config)
+    labels, override = _ingest_labels(received, limits)
+    body = _read_body(current_app.config["MAX_BODY_BYTES"])
     if not body:
         raise ApiError(400, "empty body: POST a pprof profile (gzip or plain)", "invalid")
     try:
         # Numeric pprof labels (heap `bytes`, `object count`...) as series labels would make one series
         # per distinct number: dropped unless asked for. Totals are unchanged; string labels stay.
-        decoded = pprof.decode_ids(body, labels, limit=current_app.config["MAX_INFLATED_BYTES"],
+        decoded = pprof.decode_ids(body, labels, limits=limits, refused_names=RESERVED_INGEST_PARAMS,
                                    numeric_labels=bool(current_app.config.get("KEEP_NUMERIC_LABELS")))
     except pprof.PprofTooLarge as e:
         raise ApiError(413, str(e), "too_large") from None
     except pprof.PprofError as e:
         raise ApiError(400, f"invalid pprof: {e}", "invalid") from None
     if override is not None:
+        if not 0 <= override <= limits.time_ns - decoded.duration_ns:
+            raise ApiError(400, f"bad time: outside [0, {limits.time_ns}] (limit MAX_TIME_NS)", "bad_time")
         decoded.start_ns = override
     elif decoded.start_ns <= 0:
         decoded.start_ns = received
@@ -239,14 +305,12 @@ def cpu() -> Response:
     text = (request.args.get("step") or "").strip()
     if text:
         try:
-            step_ns = int(float(text) * 1e9) if text.replace(".", "", 1).isdigit() else parse_duration(text)
+            step_ns = parse_step(text)
         except TimeError as e:
             raise ApiError(400, f"bad step: {e}") from None
-        if step_ns <= 0:
-            raise ApiError(400, "bad step: must be positive")
     else:  # about 240 points, at a round step
         want = (q.t1 - q.t0) / 240 / 1e9
-        step_ns = next((c for c in _STEP_CHOICES_S if c >= want), _STEP_CHOICES_S[-1]) * 1_000_000_000
+        step_ns = next((c for c in _STEP_CHOICES_S if c >= want), -(-int(want) // 86400) * 86400) * 1_000_000_000
     if (q.t1 - q.t0) / step_ns > MAX_POINTS:
         raise ApiError(400, f"bad step: more than {MAX_POINTS} points; use a larger step")
     return jsonify(queries.cpu_series(store(), q, step_ns))

@@ -50,6 +50,7 @@ import zstandard
 from podflame.errors import InvalidInput, Unavailable
 from podflame.model import Frame, FrameKind, Line, Stack, Unresolved
 from podflame.model import Mapping as ProcMapping
+from web.store import deadline
 from web.store.base import (
     Batch,
     Columns,
@@ -534,7 +535,9 @@ class SqliteStore(Store):
         for m in selector.matchers if selector else ():
             values = self._postings.get(m.name, {})
             if m.matches(""):  # also matches series without the label: remove the non-matching values
-                for v, sids in values.items():
+                for n, (v, sids) in enumerate(values.items()):
+                    if not n & 255:
+                        deadline.check()  # a label with 100k values: the query stops, the lock is let go
                     if not m.matches(v):
                         ids -= sids
             else:
@@ -542,7 +545,9 @@ class SqliteStore(Store):
                 if m.op is Op.EQ:
                     hit = set(values.get(m.value, ()))
                 else:
-                    for v, sids in values.items():
+                    for n, (v, sids) in enumerate(values.items()):
+                        if not n & 255:
+                            deadline.check()
                         if m.matches(v):
                             hit |= sids
                 ids &= hit
@@ -620,6 +625,7 @@ class SqliteStore(Store):
             hi = max(h.off + h.len for _, h in items)
             with open(self._blob_path(blob), "rb") as f:
                 span = memoryview(os.pread(f.fileno(), hi - lo, lo))
+            deadline.check()
             for i, h in items:
                 d, v = frame_columns(dctx.decompress(span[h.off - lo:h.off - lo + h.len]))
                 order.append(i)
