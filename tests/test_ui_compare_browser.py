@@ -222,9 +222,19 @@ def test_compare_with_the_previous_period_lists_the_hotter_function(server: str,
     assert "change: +40.0 pp of total" in text
     page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff.png"), full_page=True)
 
-    # Clicking a function in the table highlights it in the flame graph.
+    # Clicking a function in the table selects it: its frames are outlined and the diff colours stay
+    # red/blue (it used to search, which repainted the whole graph in search colours).
     rows.first.locator("td.fn button").click()
-    assert page.locator("#search").input_value() == "hot_fn"
+    wait_js(page, "window.podflame.lastRender.nodes.some(n => n.highlighted)")
+    assert page.locator("#search").input_value() == ""
+    r = w.render()
+    assert [n["name"] for n in r["nodes"] if n["highlighted"]] == ["hot_fn"]
+    assert "fn=hot_fn" in page.evaluate("location.hash")
+    by_name = {n["name"]: n for n in r["nodes"] if not n["context"]}
+    red, blue = pixel(by_name["hot_fn"]), pixel(by_name["steady"])
+    assert red[0] > red[2] + 40, red
+    assert blue[2] > blue[0] + 40, blue
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-selected.png"))
 
     # Downloads: the two-column folded diff and speedscope.
     folded = _get(page.locator("#dl-folded-diff").evaluate("a => a.href"))[1].decode().splitlines()

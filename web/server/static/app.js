@@ -7,7 +7,11 @@
 
 import { COMPARE_MODES, baselineRange, diffTable, ruleText } from "./compare.js";
 import { CpuChart } from "./cpuchart.js";
-import { FlameGraph, formatPercent } from "./flamegraph.js";
+import {
+  FlameGraph, KIND_COLORS, MODULE_PALETTE, compileSearch, formatPercent, formatValue, isCpuType, unitWordOf,
+} from "./flamegraph.js";
+import { FunctionTable, functionTotals, invertedPayload, sandwichPayloads } from "./functions.js";
+import { exportPng, exportSvg } from "./export.js";
 import { parseTime, toSeconds, formatTime } from "./timeexpr.js";
 
 const config = JSON.parse(document.getElementById("podflame-config").textContent);
@@ -23,13 +27,20 @@ const els = {
   flameTitle: $("flame-title"), flameSummary: $("flame-summary"), flameEmpty: $("flame-empty"),
   flameWrap: $("flame-wrap"), canvas: $("flame"), tooltip: $("tooltip"), search: $("search"),
   searchResult: $("search-result"), zoomOut: $("zoom-out"), dlPprof: $("dl-pprof"), dlFolded: $("dl-folded"),
-  dlSpeedscope: $("dl-speedscope"), dlFoldedDiff: $("dl-folded-diff"), orientation: $("orientation"),
+  dlSpeedscope: $("dl-speedscope"), dlFoldedDiff: $("dl-folded-diff"),
   chartTitle: $("chart-title"), chartSummary: $("chart-summary"), chartWrap: $("chart-wrap"), chart: $("cpu-chart"),
   chartEmpty: $("chart-empty"), rangeReset: $("range-reset"),
   compareForm: $("compare-form"), compare: $("compare"), customBase: $("custom-base"), baseFrom: $("base-from"),
   baseTo: $("base-to"), baseQuery: $("base-query"), baseText: $("base-text"), diffNote: $("diff-note"),
   diffDetails: $("diff-details"), diffSummary: $("diff-summary"), diffTables: $("diff-tables"), diffRule: $("diff-rule"),
+  searchPrev: $("search-prev"), searchNext: $("search-next"), view: $("view"), colorBy: $("color-by"),
+  orient: $("orient"), invert: $("invert"), exportPng: $("export-png"), exportSvg: $("export-svg"),
+  legend: $("legend"), flameBody: $("flame-body"), tableWrap: $("table-wrap"), fnFilter: $("fn-filter"),
+  fnCount: $("fn-count"), fnRows: $("fn-rows"), sandwich: $("sandwich"), sandwichEmpty: $("sandwich-empty"),
+  callers: $("callers"), callees: $("callees"), callersTitle: $("callers-title"), calleesTitle: $("callees-title"),
+  busy: $("busy"), flamePane: document.querySelector(".flame-pane"),
 };
+const VIEWS = ["both", "graph", "table", "sandwich"];
 
 const fmtInt = new Intl.NumberFormat("en-US");
 
@@ -49,6 +60,8 @@ const state = {
   bfrom: "", bto: "", bq: "",
   zoom: [],   // root-first frame names of the zoomed node
   search: "", refresh: false,
+  view: "both", orient: "icicle", invert: false, color: "name",
+  fn: "",     // the selected function (table row, outlined frames, the sandwich's subject)
 };
 
 const LABEL_NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
@@ -78,6 +91,11 @@ function readHash() {
   state.zoom = Array.isArray(zoom) ? zoom.map(String) : [];
   state.search = p.get("search") || "";
   state.refresh = p.get("refresh") === "1";
+  state.view = VIEWS.includes(p.get("view")) ? p.get("view") : "both";
+  state.orient = p.get("orient") === "flame" ? "flame" : "icicle";
+  state.invert = p.get("invert") === "1";
+  state.color = ["kind", "module"].includes(p.get("color")) ? p.get("color") : "name";
+  state.fn = p.get("fn") || "";
 }
 
 function writeHash(push) {
@@ -96,6 +114,11 @@ function writeHash(push) {
   if (state.zoom.length) p.set("zoom", JSON.stringify(state.zoom));
   if (state.search) p.set("search", state.search);
   if (state.refresh) p.set("refresh", "1");
+  if (state.view !== "both") p.set("view", state.view);
+  if (state.orient === "flame") p.set("orient", "flame");
+  if (state.invert) p.set("invert", "1");
+  if (state.color !== "name") p.set("color", state.color);
+  if (state.fn) p.set("fn", state.fn);
   const url = "#" + p.toString();
   if (url === location.hash) return;
   if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
@@ -313,6 +336,19 @@ const flame = new FlameGraph(els.canvas, els.tooltip, {
     writeHash(false);
     afterRender();
   },
+  onPick(name) { if (name !== null) selectFunction(name, false); },
+});
+flame.fadeOthers = true;
+// The sandwich's two halves: callers above the function (root at the bottom), callees below it.
+const callersGraph = new FlameGraph(els.callers, els.tooltip, { onPick: (name) => { if (name !== null) selectFunction(name, false); } });
+const calleesGraph = new FlameGraph(els.callees, els.tooltip, { onPick: (name) => { if (name !== null) selectFunction(name, false); } });
+callersGraph.orientation = "flame";
+let source = flame;     // the graph of the payload as the server sent it (the table's data)
+let payload = null;     // the last flame-graph / diff payload
+const table = new FunctionTable(els.fnRows, {
+  format: (v) => (currentUnit === "bytes" || currentUnit === "nanoseconds" ? fmtValue(v) : fmtInt.format(v)),
+  onHover(name) { flame.setHighlight(name === null ? (state.fn || null) : name); hook.lastRender = flame.lastRender; },
+  onSelect(name) { selectFunction(name, true); },
 });
 
 function selectionLabel() {
@@ -325,42 +361,146 @@ function selectionLabel() {
   return state.sel.cgroup ? `cgroup ${state.sel.cgroup}` : "no cgroup label";
 }
 
-const ORIENTATION = els.orientation.textContent;
-const unitWord = (unit) => (unit === "count" ? "samples" : unit || "");
+let currentUnit = "count", currentType = "samples";
+const unitWord = (unit, type = currentType) => unitWordOf(type, unit);
+const fmtValue = (v, unit = currentUnit, type = currentType) => formatValue(v, type, unit);
+
+function meta(fg) {
+  return { unit: fg.unit, type: fg.type, period_ns: fg.period_ns, locations: fg.locations, kinds: fg.kinds, modules: fg.modules };
+}
 
 function renderFlame(fg) {
-  flame.setData(fg);
-  flame.zoomToPath(state.zoom);
-  flame.search = state.search.trim().toLowerCase();
+  payload = fg;
+  currentUnit = fg.unit || "count";
+  currentType = fg.type || "samples";
   const diff = typeof fg.base_total === "number";
+  source = flame;
+  if (!diff && state.invert && fg.total) {
+    source = new FlameGraph(document.createElement("canvas"), els.tooltip);
+    source.setData(fg);
+    flame.setData(invertedPayload(source, meta(fg)));
+  } else {
+    flame.setData(fg);
+  }
+  flame.zoomToPath(state.zoom);
+  flame.setSearch(state.search, false);
+  flame.orientation = state.orient;
+  flame.colorBy = state.color;
+  flame.modulePalette = null;
+  flame.highlight = state.fn ? flame.nameIndex(state.fn) : -1;
   const empty = !fg.total;
   els.flameEmpty.hidden = !empty;
   els.flameEmpty.textContent = !empty ? ""
     : diff ? "No samples in either range for this selection." : "No samples in this range for this selection.";
-  els.flameWrap.hidden = empty;
-  els.flameTitle.textContent = (diff ? "Diff flame graph: " : "Flame graph: ") + selectionLabel();
+  els.flameBody.hidden = empty;
+  els.flameTitle.textContent = (diff ? "Diff flame graph: " : state.invert ? "Bottom-up (inverted): " : "Flame graph: ") +
+    selectionLabel();
   const unit = unitWord(fg.unit);
   if (diff) {
     els.flameSummary.textContent =
       `baseline ${fmtInt.format(fg.base_total)} ${unit} \u00b7 comparison ${fmtInt.format(fg.comp_total)} ${unit}`;
-    els.orientation.textContent = "red = larger share in the comparison, blue = smaller (each range normalized to " +
-      "its total) \u00b7 click a frame to zoom";
   } else {
-    let summary = `${fmtInt.format(fg.total || 0)} ${unit}`;
-    if (fg.unit === "count" && fg.period_ns) summary += ` \u00b7 ${((fg.total * fg.period_ns) / 1e9).toFixed(2)} s CPU`;
+    let summary = fmtValue(fg.total || 0);
+    if (isCpuType(fg.type, fg.unit) && fg.period_ns) {
+      summary += ` \u00b7 ${((fg.total * fg.period_ns) / 1e9).toFixed(2)} s CPU`;
+    }
+    if (fg.type) summary += ` \u00b7 ${fg.type}`;
+    if (fg.folded_nodes) summary += ` \u00b7 ${fmtInt.format(fg.folded_nodes)} small frames folded into [other]`;
     els.flameSummary.textContent = summary;
-    els.orientation.textContent = ORIENTATION;
   }
+  table.setRows(empty || diff ? [] : functionTotals(source), source.data ? source.data.total : 0);
+  els.fnCount.textContent = empty || diff ? "" : `${table.matching} functions \u00b7 ${unitWord(currentUnit)}`;
+  table.select(state.fn || null, false);
   renderDiffExtras(diff ? fg : null);
+  applyView();
+  downloadLinks();
   draw();
 }
 
-function searchFor(name) {
-  state.search = name;
-  els.search.value = name;
+// Which panes the view shows; the table and sandwich have no meaning for a diff (its tables do that).
+function applyView() {
+  const diff = !!(payload && typeof payload.base_total === "number");
+  const view = diff && state.view !== "graph" ? "graph" : state.view;
+  els.flameBody.className = "flame-body view-" + view;
+  els.tableWrap.hidden = view === "graph" || view === "sandwich";
+  els.flameWrap.hidden = view === "table" || view === "sandwich";
+  els.sandwich.hidden = view !== "sandwich";
+  els.invert.disabled = diff;
+  els.view.disabled = diff;
+  renderLegend(diff);
+}
+
+function renderLegend(diff) {
+  const items = [];
+  const swatch = (color, text) => {
+    const span = document.createElement("span");
+    span.className = "legend-item";
+    const box = document.createElement("span");
+    box.className = "swatch";
+    box.style.background = color;  // CSSOM property: allowed under style-src 'self'
+    const label = document.createElement("span");
+    label.textContent = text;
+    span.append(box, label);
+    return span;
+  };
+  if (diff) {
+    items.push(swatch("hsl(2 78% 60%)", "larger share in the comparison"), swatch("hsl(214 72% 60%)", "smaller share"),
+      swatch("hsl(30 8% 84%)", "unchanged (each range normalized to its total)"));
+  } else if (state.color === "kind" && flame.data) {
+    const present = new Set(flame.data.kinds.filter(Boolean));
+    for (const [k, c] of Object.entries(KIND_COLORS)) if (present.has(k) || k === "unknown" && !present.size) items.push(swatch(c, k));
+  } else if (state.color === "module" && flame.data) {
+    const weight = new Map();
+    const lv = flame.data.levels[1];
+    if (lv) for (let i = 0; i < lv.n; i++) weight.set(flame.moduleOf(lv.name[i]), (weight.get(flame.moduleOf(lv.name[i])) || 0) + lv.total[i]);
+    for (let d = 2; d < flame.data.levels.length; d++) {
+      const l = flame.data.levels[d];
+      for (let i = 0; i < l.n; i++) weight.set(flame.moduleOf(l.name[i]), (weight.get(flame.moduleOf(l.name[i])) || 0) + l.self[i]);
+    }
+    const top = [...weight.entries()].filter(([m]) => m).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, 10);
+    const palette = new Map(top.map(([m], k) => [m, MODULE_PALETTE[k]]));
+    flame.modulePalette = callersGraph.modulePalette = calleesGraph.modulePalette = palette;
+    for (const [m] of top) items.push(swatch(palette.get(m), m));
+  }
+  const hint = document.createElement("span");
+  hint.className = "muted";
+  hint.textContent = (state.orient === "flame" ? "root at the bottom" : "root at top") +
+    " \u00b7 width = share of " + (unitWord(currentUnit) || "samples") + " \u00b7 click a frame to zoom, arrows move, Esc zooms out";
+  els.legend.replaceChildren(...items, hint);
+  els.legend.hidden = false;
+}
+
+function selectFunction(name, fromTable) {
+  state.fn = name || "";
   writeHash(false);
-  flame.setSearch(name);
+  table.select(state.fn || null, !fromTable);
+  flame.setHighlight(state.fn || null);
+  if (state.view === "sandwich") drawSandwich();
   afterRender();
+}
+
+function drawSandwich() {
+  const f = state.fn && source.data ? source.nameIndex(state.fn) : -1;
+  els.sandwichEmpty.hidden = f >= 0;
+  els.callersTitle.hidden = els.calleesTitle.hidden = f < 0;
+  if (f < 0) {
+    callersGraph.setData({ names: [], levels: [], total: 0 });
+    calleesGraph.setData({ names: [], levels: [], total: 0 });
+  } else {
+    const { callers, callees } = sandwichPayloads(source, f, meta(payload));
+    callersGraph.setData(callers);
+    calleesGraph.setData(callees);
+    callersGraph.highlight = calleesGraph.highlight = f;
+    els.callersTitle.textContent = `Callers of ${state.fn} (who calls it, root at the bottom)`;
+    els.calleesTitle.textContent = `Callees of ${state.fn} (what it calls)`;
+  }
+  const w = els.sandwich.clientWidth;
+  for (const g of [callersGraph, calleesGraph]) { g.colorBy = state.color; g.render(w); }
+  hook.sandwich = f < 0 ? null : { callers: callersGraph.lastRender, callees: calleesGraph.lastRender };
+}
+
+function searchFor(name) {  // a diff table's function: selected (outlined), the diff colours stay
+  selectFunction(name, false);
 }
 
 // The notes and tables beside a diff flame graph; null clears them.
@@ -393,21 +533,41 @@ function renderDiffExtras(fg) {
 }
 
 function draw() {
-  flame.render(els.flameWrap.clientWidth);
+  if (!els.flameWrap.hidden) flame.render(els.flameWrap.clientWidth);
+  else flame.render(els.flameBody.clientWidth || 800);
+  if (state.view === "sandwich" && !els.sandwich.hidden) drawSandwich();
   afterRender();
+}
+
+let matchAt = -1;  // which match "next" / "previous" last went to
+
+function stepMatch(delta) {
+  const list = flame.matchList();
+  if (!list.length) return;
+  matchAt = (matchAt + delta + list.length) % list.length;
+  const { d, i } = list[matchAt];
+  flame.focus = { d, i };
+  flame.zoomTo(d, i);
 }
 
 function afterRender() {
   hook.lastRender = flame.lastRender;
   hook.renders += 1;
   els.zoomOut.disabled = !flame.isZoomed();
-  const stats = flame.searchStats();
-  if (!stats) els.searchResult.textContent = "";
+  els.searchResult.classList.toggle("error", !!flame.searchError);
+  const stats = flame.searchError ? null : flame.searchStats();
+  const list = stats ? flame.matchList() : [];
+  els.searchPrev.disabled = els.searchNext.disabled = list.length === 0;
+  els.searchNext.title = list.length ? `Next of ${list.length} matching frames` : "Next match";
+  if (flame.searchError) els.searchResult.textContent = flame.searchError;
+  else if (!stats) els.searchResult.textContent = "";
   else {
-    let t = `matched ${formatPercent(stats.matched, stats.total)} of total`;
+    const side = flame.data && flame.data.diff ? " (both ranges, each normalized)" : "";
+    let t = `matched ${formatPercent(stats.matched, stats.total)} of total${side}`;
     if (flame.isZoomed()) t += `, ${formatPercent(stats.inView, stats.viewTotal)} of zoomed`;
     els.searchResult.textContent = t;
   }
+  hook.search = { error: flame.searchError, stats, matches: list.length };
 }
 
 // ---- compare -----------------------------------------------------------------------------------
@@ -430,19 +590,49 @@ function describeRange(from, to) {
   return `${fmt(toSeconds(f, now))} \u2013 ${fmt(toSeconds(t, now))}`;
 }
 
+// The absolute range on screen: what the server resolved for the last graph (so a download or a
+// shared file is what was looked at, not what "now-15m" means when it is clicked).
+function shownRange() {
+  if (payload && typeof payload.from === "number" && typeof payload.to === "number") {
+    return { from: String(payload.from), to: String(payload.to) };
+  }
+  const abs = secondsOf(state.from, state.to);
+  return abs ? { from: String(abs[0]), to: String(abs[1]) } : { from: state.from, to: state.to };
+}
+
+const slug = (text) => text.replace(/[^A-Za-z0-9_.=-]+/g, "_").replace(/^_+|_+$/g, "").slice(0, 60);
+
+// "sel_namespace=shop-20261206T041500Z-20261206T043000Z": selector and range, so downloads differ.
+function downloadStem() {
+  const r = shownRange();
+  const iso = (t) => {
+    const n = Number(t);
+    return Number.isFinite(n) ? new Date(n * 1000).toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z") : slug(t);
+  };
+  const sel = slug(Object.values(state.sel || {}).map((v) => lastPart(String(v))).join("_") || selectionQuery() || "all");
+  return `${sel || "all"}-${iso(r.from)}-${iso(r.to)}`;
+}
+
 function downloadLinks() {
-  const params = { query: selectionQuery(), from: state.from, to: state.to };
-  const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+  const r = shownRange();
+  hook.shown = r;
+  const params = { query: selectionQuery(), from: r.from, to: r.to };
+  if (payload && payload.type) params.type = payload.type;
+  const stem = downloadStem();
   const link = (a, path, extra, name) => {
     a.href = apiUrl(path, { ...params, ...extra });
-    a.setAttribute("download", `podflame-${stamp}${name}`);
+    a.setAttribute("download", `podflame-${stem}${name}`);
   };
   link(els.dlPprof, "pprof", {}, ".pb.gz");
   link(els.dlFolded, "folded", {}, ".folded.txt");
   link(els.dlSpeedscope, "speedscope", {}, ".speedscope.json");
   const base = baseline();
   els.dlFoldedDiff.hidden = !base || !!base.error;
-  if (base && !base.error) link(els.dlFoldedDiff, "folded", baseParams(base), ".diff.folded.txt");
+  if (base && !base.error) {
+    const abs = secondsOf(base.from, base.to);
+    const b = abs ? { ...base, from: String(abs[0]), to: String(abs[1]) } : base;
+    link(els.dlFoldedDiff, "folded", baseParams(b), ".diff.folded.txt");
+  }
   els.baseText.textContent = !base ? "" : base.error ? "" : `baseline: ${describeRange(base.from, base.to)}`;
 }
 
@@ -554,13 +744,15 @@ function loadFlame() {
   const base = baseline();
   return load("flame", async (signal) => {
     if (base && base.error) throw new Error(`cannot compare: ${base.error}`);
-    const params = { query: selectionQuery(), from: state.from, to: state.to };
+    const params = { query: selectionQuery(), from: state.from, to: state.to, max_nodes: maxNodes() };
     const fg = base ? await getJSON("diff", { ...params, ...baseParams(base), limit: 20 }, signal)
       : await getJSON("flamegraph", params, signal);
     if (!signal.aborted) renderFlame(fg);
   }, () => {
     flame.setData({ names: [], levels: [], total: 0 });
-    els.flameWrap.hidden = true;
+    payload = null;
+    table.setRows([], 0);
+    els.flameBody.hidden = true;
     els.flameSummary.textContent = "";
     renderDiffExtras(null);
     draw();
@@ -581,24 +773,45 @@ function loadChart() {
   });
 }
 
+// Nodes worth sending: about what the screen can show (a frame under a pixel is drawn merged
+// anyway), bounded so a whole node's day stays a quick download and a quick draw.
+function maxNodes() {
+  const w = Math.max(800, window.screen ? window.screen.width : 1920, els.flameBody.clientWidth || 0);
+  return Math.min(200_000, Math.max(20_000, Math.round(w * 64)));
+}
+
+// Work in progress: a status line says so and what it will replace is dimmed until it lands.
+function busy(on) {
+  els.busy.hidden = !on;
+  els.flamePane.classList.toggle("stale", on);
+  document.querySelector(".targets-pane").classList.toggle("stale", on);
+  els.flamePane.setAttribute("aria-busy", on ? "true" : "false");
+}
+
 function settleStatus() {
-  if (!Object.values(inflight).some(Boolean)) hook.status = messages.size ? "error" : "ready";
+  if (!Object.values(inflight).some(Boolean)) {
+    hook.status = messages.size ? "error" : "ready";
+    busy(false);
+  }
 }
 
 async function reloadAll() {
   hook.status = "loading";
+  busy(true);
   await Promise.all([loadSeries(), loadChart(), loadFlame()]);
   settleStatus();
 }
 
 async function reloadSelection() {  // the list stays; the chart and flame graph follow the selection
   hook.status = "loading";
+  busy(true);
   await Promise.all([loadChart(), loadFlame()]);
   settleStatus();
 }
 
 async function reloadFlame() {
   hook.status = "loading";
+  busy(true);
   await loadFlame();
   settleStatus();
 }
@@ -622,6 +835,10 @@ function syncControls() {
   for (const [el, v] of [[els.baseFrom, state.bfrom], [els.baseTo, state.bto], [els.baseQuery, state.bq]]) {
     if (document.activeElement !== el) el.value = v;
   }
+  els.view.value = state.view;
+  els.colorBy.value = state.color;
+  els.invert.checked = state.invert;
+  els.orient.setAttribute("aria-pressed", state.orient === "flame" ? "true" : "false");
   markSelected();
   setAutoRefresh(state.refresh);
 }
@@ -709,8 +926,85 @@ els.search.addEventListener("input", () => {
 });
 
 els.zoomOut.addEventListener("click", () => flame.resetZoom());
+els.searchNext.addEventListener("click", () => stepMatch(1));
+els.searchPrev.addEventListener("click", () => stepMatch(-1));
+els.search.addEventListener("keydown", (e) => {
+  if (e.key === "Enter") { e.preventDefault(); stepMatch(e.shiftKey ? -1 : 1); }
+});
 
+els.view.addEventListener("change", () => {
+  state.view = VIEWS.includes(els.view.value) ? els.view.value : "both";
+  writeHash(false);
+  applyView();
+  downloadLinks();
+  draw();
+});
+els.colorBy.addEventListener("change", () => {
+  state.color = els.colorBy.value;
+  writeHash(false);
+  flame.colorBy = state.color;
+  renderLegend(!!flame.data && !!flame.data.diff);
+  flame.render();
+  if (state.view === "sandwich") drawSandwich();
+  afterRender();
+});
+els.orient.addEventListener("click", () => {
+  state.orient = state.orient === "flame" ? "icicle" : "flame";
+  writeHash(false);
+  syncControls();
+  flame.setOrientation(state.orient);
+  renderLegend(!!flame.data && !!flame.data.diff);
+  afterRender();
+});
+els.invert.addEventListener("change", () => {
+  state.invert = els.invert.checked;
+  state.zoom = [];
+  writeHash(false);
+  if (payload) renderFlame(payload);
+});
+els.fnFilter.addEventListener("input", () => {
+  const { re, error } = compileSearch(els.fnFilter.value);
+  els.fnFilter.setCustomValidity(error || "");
+  els.fnFilter.title = error || "";
+  if (!error) table.setFilter(re);
+  els.fnCount.textContent = error ? error : `${table.matching} functions`;
+});
+for (const b of document.querySelectorAll("#fn-table button.sort")) {
+  b.addEventListener("click", () => {
+    table.setSort(b.dataset.sort);
+    for (const o of document.querySelectorAll("#fn-table th")) o.removeAttribute("aria-sort");
+    b.parentElement.setAttribute("aria-sort", b.dataset.sort === "name" ? "ascending" : "descending");
+  });
+}
+const exportName = (ext) => `podflame-${downloadStem()}.${ext}`;
+els.exportPng.addEventListener("click", () => exportPng(els.canvas, exportName("png")));
+els.exportSvg.addEventListener("click", () => exportSvg(flame, exportName("svg"), els.flameTitle.textContent));
+
+const typing = (t) => t instanceof HTMLInputElement || t instanceof HTMLSelectElement || t instanceof HTMLTextAreaElement;
 document.addEventListener("keydown", (e) => {
+  if (e.key === "/" && !typing(e.target)) {  // as in many viewers: "/" to search
+    e.preventDefault();
+    els.search.focus();
+    els.search.select();
+    return;
+  }
+  if (e.key.startsWith("Arrow") && !typing(e.target) && flame.data && !els.flameWrap.hidden) {
+    const f = flame.moveFocus(e.key);
+    if (f) {
+      e.preventDefault();
+      const n = flame.lastRender.nodes.find((x) => x.depth === f.d && x.name === flame.nodeName(f.d, f.i));
+      if (n) {
+        const r = els.canvas.getBoundingClientRect();
+        flame.showTooltip(f.d, f.i, r.left + n.x + Math.min(n.width / 2, 40), r.top + n.y + 18);
+      }
+      hook.focus = { depth: f.d, name: flame.nodeName(f.d, f.i) };
+    }
+    return;
+  }
+  if (e.key === "Enter" && flame.focus && !typing(e.target) && document.activeElement === els.canvas) {
+    flame.zoomTo(flame.focus.d, flame.focus.i);
+    return;
+  }
   if (e.key !== "Escape") return;
   flame.hideTooltip();
   if (e.target === els.selector) return;
@@ -725,7 +1019,7 @@ window.addEventListener("popstate", () => {
 
 let lastWidth = 0, lastChartWidth = 0;
 const resized = new ResizeObserver(() => {
-  const w = els.flameWrap.clientWidth;
+  const w = els.flameBody.clientWidth;
   if (w && w !== lastWidth) {
     lastWidth = w;
     if (flame.data) draw();
@@ -736,7 +1030,7 @@ const resized = new ResizeObserver(() => {
     if (chart.data) drawChart();
   }
 });
-resized.observe(els.flameWrap);
+resized.observe(els.flameBody);
 resized.observe(els.chartWrap);
 
 readHash();

@@ -2,7 +2,8 @@
 // value for non-CPU sample types). Dragging across it chooses a sub-range, snapped outwards to whole
 // steps so the flame graph below holds exactly the samples of the bars the drag touched.
 
-const HEIGHT = 140;                          // CSS px
+// CSS px; shorter on short screens, so the flame graph starts above the fold at 1280x720
+const HEIGHT = typeof window !== "undefined" && window.innerHeight < 820 ? 100 : 140;
 const PAD = { left: 56, right: 12, top: 10, bottom: 24 };
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif";
 const MIN_DRAG = 3;                          // px; less is a click, not a range
@@ -10,6 +11,19 @@ const TICK_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 720
   86400, 172800, 604800];                    // seconds between x-axis labels
 
 const fmtInt = new Intl.NumberFormat("en-US");
+const fmtCompact = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
+
+// An axis label in the chart's unit, short enough for the margin ("310M", "1.5 GiB", "12.5%").
+export function axisLabel(v, cpu, unit) {
+  if (cpu) return `${+v.toFixed(3)}%`;
+  if (unit === "bytes") {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0, x = v;
+    while (x >= 1024 && i < units.length - 1) { x /= 1024; i++; }
+    return `${+x.toFixed(1)} ${units[i]}`;
+  }
+  return v >= 10_000 ? fmtCompact.format(v) : fmtInt.format(v);
+}
 
 function niceStep(rough) {  // 1, 2, 2.5 or 5 times a power of ten, at least `rough`
   if (!(rough > 0)) return 1;
@@ -60,7 +74,7 @@ export class CpuChart {
     const values = (cpu ? resp.cores.map((c) => c * 100) : resp.values) || [];
     this.data = {
       from: resp.from, to: resp.to, step: resp.step, timestamps: resp.timestamps || [], raw: resp.values || [],
-      values, cpu, unit: resp.unit === "count" ? "samples" : resp.unit || "",
+      values, cpu, unit: resp.unit === "count" ? "samples" : resp.unit || "", rawUnit: resp.unit || "",
     };
     this.hover = -1;
   }
@@ -75,7 +89,7 @@ export class CpuChart {
 
   _plot() {
     const W = this.width;
-    return { left: PAD.left, top: PAD.top, width: Math.max(1, W - PAD.left - PAD.right),
+    return { left: this.padLeft || PAD.left, top: PAD.top, width: Math.max(1, W - PAD.left - PAD.right),
       height: HEIGHT - PAD.top - PAD.bottom };
   }
 
@@ -126,9 +140,14 @@ export class CpuChart {
     const max = Math.max(0, ...d.values);
     const yStep = d.cpu ? niceStep((max || 1) / 4) : Math.max(1, niceStep(max / 4));  // counts are whole
     const yMax = Math.max(yStep, Math.ceil(max / yStep) * yStep);
+    ctx.font = FONT;
+    // The left margin fits the widest y label (it was a fixed 56 px, which cut ",000,000" labels).
+    let widest = 0;
+    for (let v = 0; v <= yMax + yStep / 2; v += yStep) widest = Math.max(widest, ctx.measureText(axisLabel(v, d.cpu, d.rawUnit)).width);
+    this.padLeft = Math.max(PAD.left, Math.ceil(widest) + 12);
+    Object.assign(p, this._plot());
     const y = (v) => p.top + p.height - (v / yMax) * p.height;
 
-    ctx.font = FONT;
     ctx.fillStyle = "#6b655e";
     ctx.strokeStyle = "#ece7e0";
     ctx.lineWidth = 1;
@@ -138,7 +157,7 @@ export class CpuChart {
     for (let v = 0; v <= yMax + yStep / 2; v += yStep) {
       const yy = Math.round(y(v)) + 0.5;
       ctx.beginPath(); ctx.moveTo(p.left, yy); ctx.lineTo(p.left + p.width, yy); ctx.stroke();
-      const label = d.cpu ? `${+v.toFixed(3)}%` : fmtInt.format(v);
+      const label = axisLabel(v, d.cpu, d.rawUnit);
       ctx.fillText(label, p.left - 6, yy);
     }
     // x axis: labels at round local times, ~90 px apart
@@ -149,6 +168,7 @@ export class CpuChart {
     ctx.textBaseline = "top";
     for (let t = Math.ceil((d.from + off) / spacing) * spacing - off; t <= d.to; t += spacing) {
       const xx = Math.round(this._x(t)) + 0.5;
+      if (xx > p.left + p.width - 20 || xx < p.left + 16) continue;  // a label cut by the edge helps nobody
       ctx.beginPath(); ctx.moveTo(xx, p.top + p.height); ctx.lineTo(xx, p.top + p.height + 4); ctx.stroke();
       ctx.fillText(timeLabel(t, spacing), xx, p.top + p.height + 7);
     }
