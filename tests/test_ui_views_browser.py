@@ -14,6 +14,7 @@ import re
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -400,4 +401,100 @@ def test_keyboard_export_and_absolute_downloads(server: str, watched: Watched, t
     time.sleep(1.1)  # the link still means what was on screen, not "now-15m" when it is followed
     body = _get(href)[1].decode().splitlines()
     assert sum(int(line.rsplit(" ", 1)[1]) for line in body) == TOTAL
+    w.assert_clean()
+
+
+def _fmt_bytes(v: float) -> str:
+    """As the page writes bytes (flamegraph.js formatValue)."""
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    i = 0
+    while v >= 1024 and i < len(units) - 1:
+        v /= 1024
+        i += 1
+    return f"{v:.{0 if v >= 100 else 1 if v >= 10 else 2}f} {units[i]}"
+
+
+def test_heap_profile_shows_bytes_and_objects_never_cpu(server: str, watched: Watched, tmp_path: Path) -> None:
+    from tests.conftest import CORPUS
+    from tests.test_corpus import _go, raw_totals
+
+    heap = CORPUS / "pprof" / "parca-testdata-alloc_objects.pb.gz"
+    assert heap.exists(), "the real Go heap profile of ../shared/corpus is this test's input"
+    expected = raw_totals([heap])  # go tool pprof's own totals per sample type
+    at = int(time.time()) - 120
+    req = urllib.request.Request(f"{server}/api/v1/ingest?service=heapy&time={at}", data=heap.read_bytes(),
+                                 method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200
+    w, page = watched, watched.page
+    page.goto(server + "/#" + urllib.parse.urlencode({"q": '{service="heapy"}', "type": "alloc_space"}))
+    w.settle(1)
+    options = page.locator("#type option").all_inner_texts()
+    assert "alloc_space (bytes)" in options and "alloc_objects (objects)" in options
+    assert len(options) == 4  # the types this selector has in range (/api/v1/types): no CPU among them
+    assert page.locator("#type").input_value() == "alloc_space"
+    summary = page.locator("#flame-summary").inner_text()
+    assert summary.startswith(_fmt_bytes(expected["alloc_space"])), (summary, expected)
+    assert page.locator("#chart-title").inner_text().startswith("alloc_space:")
+    assert page.locator("#targets-note").inner_text() == "alloc_space in bytes, summed over the range"
+    text = page.locator("body").inner_text()
+    assert not re.search(r"\bCPU\b", text), "a heap profile has no CPU wording (function names may say CPU)"
+    assert page.locator("#fn-count").inner_text().endswith("\u00b7 bytes")
+    # The chart's y axis is in bytes, and its labels fit their margin.
+    chart = page.evaluate("window.podflame.chart")
+    assert chart["plot"]["left"] >= 56 and chart["total"] == expected["alloc_space"]
+    _shot(w, tmp_path, "heap-bytes")
+
+    page.locator("#type").select_option("alloc_objects")
+    wait_js(page, "location.hash.includes('type=alloc_objects') && window.podflame.status === 'ready'")
+    wait_js(page, "document.getElementById('flame-summary').textContent.includes('objects')")
+    assert page.locator("#flame-summary").inner_text().startswith(f"{expected['alloc_objects']:,} objects")
+    assert not re.search(r"\bCPU\b", page.locator(".flame-pane").inner_text())
+    # The pprof download: exactly this type over the absolute range on screen, read back by go tool pprof.
+    href = page.locator("#dl-pprof").evaluate("a => a.href")
+    q = urllib.parse.parse_qs(urllib.parse.urlparse(href).query)
+    assert q["type"] == ["alloc_objects"] and float(q["from"][0]) <= at < float(q["to"][0])
+    out = tmp_path / "heap.pb.gz"
+    out.write_bytes(_get(href)[1])
+    assert raw_totals([out])["alloc_objects"] == expected["alloc_objects"]
+    assert "alloc_objects" in _go("-raw", out)
+    w.assert_clean()
+
+
+def test_group_by_a_pushed_label_one_series_per_value(server: str, watched: Watched, tmp_path: Path) -> None:
+    from tests.builders import ingest_url
+
+    counts = {"checkout": 300, "search": 200, "cart": 100}
+    ingest_url(server, [_profile({"job": "svc", "service": s, "region": "eu" if s != "cart" else "us"},
+                                 {("main", f"serve_{s}"): n}) for s, n in counts.items()])
+    w, page = watched, watched.page
+    page.goto(server + "/#" + urllib.parse.urlencode({"q": '{job="svc"}', "group": "service"}))
+    w.settle(1)
+    wait_js(page, "window.podflame.chartSeries !== null && window.podflame.chartSeries !== undefined")
+    names = page.locator("button.target .t-name").all_inner_texts()
+    assert names == ["All matching the selector", "checkout", "search", "cart"]
+    assert page.locator("#targets-title").inner_text().startswith("By service")
+    assert page.locator("#group-by").input_value() == "service"
+    series = page.evaluate("window.podflame.chartSeries")
+    assert [(s["name"], s["total"]) for s in series] == list(counts.items())
+    assert page.evaluate("window.podflame.chart.stack") == list(counts)
+    _shot(w, tmp_path, "group-by")
+    # A value is a selection: the graph is that service's.
+    before = w.renders()
+    page.locator("button.target", has_text="search").click()
+    w.settle(before + 1)
+    assert w.render()["nodes"][0]["total"] == 200
+    assert json.loads(urllib.parse.parse_qs(page.evaluate("location.hash")[1:])["sel"][0]) == {"service": "search"}
+
+    # The label explorer: names and values offered from the API, a matcher added to the selector.
+    assert "region" in page.evaluate("window.podflame.labels")
+    page.locator("#label-name").fill("region")
+    page.locator("#label-name").dispatch_event("change")
+    wait_js(page, "(window.podflame.labelValues || []).includes('eu')")
+    assert page.evaluate("Array.from(document.querySelectorAll('#label-values option')).map(o => o.value)") == [
+        "eu", "us"]
+    page.locator("#label-value").fill("eu")
+    page.locator("#label-form button").click()
+    wait_js(page, "window.podflame.status === 'ready' && window.podflame.targets.length === 2")
+    assert page.locator("#selector").input_value() == '{job="svc", region="eu"}'
     w.assert_clean()

@@ -39,7 +39,11 @@ const els = {
   fnCount: $("fn-count"), fnRows: $("fn-rows"), sandwich: $("sandwich"), sandwichEmpty: $("sandwich-empty"),
   callers: $("callers"), callees: $("callees"), callersTitle: $("callers-title"), calleesTitle: $("callees-title"),
   busy: $("busy"), flamePane: document.querySelector(".flame-pane"),
+  type: $("type"), groupBy: $("group-by"), labelForm: $("label-form"), labelName: $("label-name"),
+  labelValue: $("label-value"), labelNames: $("label-names"), labelValues: $("label-values"),
+  targetsTitle: $("targets-title"), targetsNote: $("targets-note"),
 };
+const TOP_GROUPS = 5;  // chart series per label value when grouping by a label; the rest is "other"
 const VIEWS = ["both", "graph", "table", "sandwich"];
 
 const fmtInt = new Intl.NumberFormat("en-US");
@@ -62,6 +66,8 @@ const state = {
   search: "", refresh: false,
   view: "both", orient: "icicle", invert: false, color: "name",
   fn: "",     // the selected function (table row, outlined frames, the sandwich's subject)
+  type: "",   // sample type ("": the server's default, CPU samples when present)
+  group: "",  // a label to group the list and chart by ("": pods and cgroups)
 };
 
 const LABEL_NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
@@ -96,6 +102,8 @@ function readHash() {
   state.invert = p.get("invert") === "1";
   state.color = ["kind", "module"].includes(p.get("color")) ? p.get("color") : "name";
   state.fn = p.get("fn") || "";
+  state.type = p.get("type") || "";
+  state.group = LABEL_NAME.test(p.get("group") || "") ? p.get("group") : "";
 }
 
 function writeHash(push) {
@@ -119,6 +127,8 @@ function writeHash(push) {
   if (state.invert) p.set("invert", "1");
   if (state.color !== "name") p.set("color", state.color);
   if (state.fn) p.set("fn", state.fn);
+  if (state.type) p.set("type", state.type);
+  if (state.group) p.set("group", state.group);
   const url = "#" + p.toString();
   if (url === location.hash) return;
   if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
@@ -140,15 +150,20 @@ async function getJSON(path, params, signal) {
     resp = await fetch(apiUrl(path, params), { signal, headers: { Accept: "application/json" } });
   } catch (e) {
     if (e.name === "AbortError") throw e;
-    throw new ApiError(`cannot reach the server (${path}): ${e.message}`);
+    throw new ApiError(`cannot reach the server (${e.message}). Check that it is running and reachable, then reload.`);
   }
   let body = null;
   try { body = await resp.json(); } catch { /* not JSON: reported below */ }
   if (!resp.ok) {
     const why = body && typeof body.error === "string" ? body.error : `HTTP ${resp.status} ${resp.statusText}`;
-    throw new ApiError(`${path}: ${why}`);
+    // Said once however many requests hit it (the same bad selector fails the list, chart and graph),
+    // with what to do about it.
+    const todo = resp.status === 400 ? " Fix it in the field above and apply again."
+      : resp.status === 413 ? " Narrow the range or the selector." : resp.status === 404 ? ""
+        : " The server failed: try again, and see its log if it persists.";
+    throw new ApiError(why + todo);
   }
-  if (body === null) throw new ApiError(`${path}: the server did not answer JSON`);
+  if (body === null) throw new ApiError(`the server did not answer JSON (${path}); is a proxy in the way?`);
   return body;
 }
 
@@ -195,7 +210,10 @@ function groupSeries(series) {
   for (const s of series) {
     const l = s.labels || {};
     let sel, kind;
-    if (l.pod_uid) {
+    if (state.group) {
+      sel = { [state.group]: l[state.group] ?? "" };
+      kind = "label";
+    } else if (l.pod_uid) {
       sel = { pod_uid: l.pod_uid };
       if (l.container_id) sel.container_id = l.container_id;
       kind = "pod";
@@ -240,7 +258,12 @@ function describeGroup(g) {
     const parent = l.cgroup.slice(0, Math.max(1, l.cgroup.length - lastPart(l.cgroup).length - 1));
     return { name: lastPart(l.cgroup), detail: parent, title: l.cgroup };
   }
-  return { name: "(no cgroup label)", detail: "", title: "" };
+  if (g.kind === "label") {
+    const v = g.sel[state.group];
+    return { name: v === "" ? `(no ${state.group} label)` : v, detail: "", title: `${state.group}=${v}` };
+  }
+  return { name: "(no pod or cgroup label)", detail: "pushed profiles: group by one of their labels above",
+    title: "Profiles without pod_uid or cgroup labels (pushed pprof, for one): the list above can group by any label" };
 }
 
 function formatShare(g, unit) {
@@ -248,7 +271,7 @@ function formatShare(g, unit) {
     const pct = g.cpuShare * 100;
     return { text: (pct >= 10 ? pct.toFixed(1) : pct.toPrecision(2)) + "%", title: `${g.cpuShare.toFixed(3)} cores on average, ${g.cpuSeconds.toFixed(2)} s CPU` };
   }
-  return { text: `${fmtInt.format(g.value)} ${unit}`, title: "" };
+  return { text: formatValue(g.value, unit.type, unit.unit), title: "" };
 }
 
 function targetRow(g, max, unit, selected) {
@@ -291,11 +314,17 @@ function targetRow(g, max, unit, selected) {
   return li;
 }
 
+let lastGroups = [];
 let described = new Map();  // group key -> {name, detail} of the last list, for the flame graph title
 
 function renderTargets(resp) {
-  const unit = resp.unit === "count" ? "samples" : resp.unit || "";
+  const unit = { type: resp.type, unit: resp.unit };
+  const cpu = isCpuType(resp.type, resp.unit) || resp.type === "cpu";
+  els.targetsTitle.firstChild.textContent = state.group ? `By ${state.group} ` : "Pods and cgroups ";
+  els.targetsNote.textContent = cpu ? "CPU as % of one core, averaged over the range"
+    : `${resp.type} in ${unitWordOf(resp.type, resp.unit)}, summed over the range`;
   const groups = groupSeries(resp.series || []);
+  lastGroups = groups;
   hook.targets = groups.map((g) => ({ key: g.key, sel: g.sel, value: g.value, cpuShare: g.cpu ? g.cpuShare : null }));
   const currentKey = selKey(state.sel);
   for (const g of groups) g.describe = describeGroup(g);
@@ -617,7 +646,7 @@ function downloadLinks() {
   const r = shownRange();
   hook.shown = r;
   const params = { query: selectionQuery(), from: r.from, to: r.to };
-  if (payload && payload.type) params.type = payload.type;
+  if (state.type || (payload && payload.type)) params.type = state.type || payload.type;
   const stem = downloadStem();
   const link = (a, path, extra, name) => {
     a.href = apiUrl(path, { ...params, ...extra });
@@ -682,13 +711,17 @@ function chartMarks() {
   chart.setBaseline(base && !base.error ? secondsOf(base.from, base.to) : null);
 }
 
-function renderChart(resp) {
+function renderChart(resp, stack = null) {
   chart.setData(resp);
+  chart.setStack(stack);
+  hook.chartSeries = stack ? stack.map((p) => ({ name: p.name, total: p.values.reduce((a, v) => a + v, 0) })) : null;
   chartMarks();
   const total = chart.total();
   els.chartEmpty.hidden = total > 0;
   els.chartEmpty.textContent = total ? "" : "No samples in the chart's range for this selection.";
-  els.chartTitle.textContent = "CPU: " + selectionLabel();
+  const cpu = isCpuType(resp.type, resp.unit) || resp.type === "cpu";
+  els.chartTitle.textContent = (cpu ? "CPU: " : `${resp.type}: `) + selectionLabel() +
+    (stack ? ` \u00b7 by ${state.group}` : "");
   let summary = "";
   if (Array.isArray(resp.cores) && resp.to > resp.from) {
     const avg = resp.cores.reduce((a, c) => a + c, 0) * resp.step / (resp.to - resp.from);
@@ -696,7 +729,7 @@ function renderChart(resp) {
     const pct = (c) => { const p = c * 100; return (p >= 10 ? p.toFixed(1) : p.toPrecision(2)) + "%"; };
     summary = `% of one core \u00b7 average ${pct(avg)}, peak ${pct(peak)} \u00b7 ${resp.step} s per bar`;
   } else {
-    summary = `${unitWord(resp.unit)} per ${resp.step} s`;
+    summary = `${unitWordOf(resp.type, resp.unit)} per ${resp.step} s`;
   }
   els.chartSummary.textContent = summary + " \u00b7 drag to choose a range";
   els.chartWrap.hidden = false;
@@ -709,7 +742,7 @@ function drawChart() {
 
 // ---- loading -----------------------------------------------------------------------------------
 
-const inflight = { series: null, flame: null, chart: null };
+const inflight = { series: null, flame: null, chart: null, meta: null };
 
 async function load(what, fn, onError) {
   inflight[what]?.abort();
@@ -727,9 +760,93 @@ async function load(what, fn, onError) {
   }
 }
 
+// The selector with one more equality matcher (the label explorer, a group's value).
+function withMatcher(query, name, value) {
+  const q = query.trim();
+  const m = `${name}=${quote(value)}`;
+  if (!q) return `{${m}}`;
+  if (q.startsWith("{") && q.endsWith("}")) {
+    const inner = q.slice(1, -1).trim();
+    return `{${inner ? inner + ", " : ""}${m}}`;
+  }
+  return q;  // not a plain {...}: the server says what is wrong with it
+}
+
+let seriesReady = null;  // the list's request: the grouped chart waits for its top values
+async function topGroupValues(signal) {
+  if (seriesReady) await seriesReady.catch(() => {});
+  if (signal.aborted) return [];
+  return lastGroups.slice(0, TOP_GROUPS).map((g) => g.sel[state.group]);
+}
+
+// Types and label names for the pickers; failures leave the pickers as they were (the list says why).
+function loadMeta() {
+  const params = { query: state.query, from: state.from, to: state.to };
+  return load("meta", async (signal) => {
+    const [types, labels] = await Promise.all([getJSON("types", params, signal), getJSON("labels", params, signal)]);
+    if (signal.aborted) return;
+    const opts = (types.types || []).map((t) => {
+      const o = document.createElement("option");
+      o.value = t.type;
+      o.textContent = `${t.type} (${typeUnitLabel(t.type, t.unit)})`;
+      return o;
+    });
+    if (state.type && !opts.some((o) => o.value === state.type)) {
+      const o = document.createElement("option");
+      o.value = state.type;
+      o.textContent = `${state.type} (no data in range)`;
+      opts.push(o);
+    }
+    els.type.replaceChildren(...opts);
+    els.type.disabled = opts.length <= 1;
+    els.type.value = state.type || (payload && payload.type) || (opts.find((o) => o.value === "samples") || opts[0] || {}).value || "";
+    hook.types = (types.types || []).map((t) => t.type);
+    const names = (labels.labels || []).filter((n) => LABEL_NAME.test(n));
+    els.labelNames.replaceChildren(...names.map((n) => { const o = document.createElement("option"); o.value = n; return o; }));
+    const keep = els.groupBy.firstElementChild;
+    els.groupBy.replaceChildren(keep, ...names.map((n) => {
+      const o = document.createElement("option");
+      o.value = n;
+      o.textContent = `by ${n}`;
+      return o;
+    }));
+    if (state.group && !names.includes(state.group)) {
+      const o = document.createElement("option");
+      o.value = state.group;
+      o.textContent = `by ${state.group}`;
+      els.groupBy.append(o);
+    }
+    els.groupBy.value = state.group;
+    hook.labels = names;
+  }, () => {});
+}
+
+// What a type's values are, for the picker: "CPU time", "bytes", "objects", "count".
+function typeUnitLabel(type, unit) {
+  if (isCpuType(type, unit) || (type === "cpu" && unit === "nanoseconds")) return "CPU time";
+  return unitWordOf(type, unit);
+}
+
+async function loadLabelValues(name) {
+  if (!LABEL_NAME.test(name)) { els.labelValues.replaceChildren(); return; }
+  try {
+    const r = await getJSON(`label/${encodeURIComponent(name)}/values`, { query: state.query, from: state.from, to: state.to });
+    els.labelValues.replaceChildren(...(r.values || []).slice(0, 500).map((v) => {
+      const o = document.createElement("option");
+      o.value = v;
+      return o;
+    }));
+    hook.labelValues = r.values || [];
+  } catch (e) {
+    setMessage("labels", `Could not list values of ${name}: ${e.message}`);
+  }
+}
+
 function loadSeries() {
   return load("series", async (signal) => {
-    const resp = await getJSON("series", { query: state.query, from: state.from, to: state.to, by: GROUP_BY }, signal);
+    const by = state.group ? state.group : GROUP_BY;
+    const resp = await getJSON("series", { query: state.query, from: state.from, to: state.to, by, type: state.type },
+      signal);
     if (!signal.aborted) renderTargets(resp);
   }, () => {
     els.targets.replaceChildren();
@@ -744,7 +861,7 @@ function loadFlame() {
   const base = baseline();
   return load("flame", async (signal) => {
     if (base && base.error) throw new Error(`cannot compare: ${base.error}`);
-    const params = { query: selectionQuery(), from: state.from, to: state.to, max_nodes: maxNodes() };
+    const params = { query: selectionQuery(), from: state.from, to: state.to, max_nodes: maxNodes(), type: state.type };
     const fg = base ? await getJSON("diff", { ...params, ...baseParams(base), limit: 20 }, signal)
       : await getJSON("flamegraph", params, signal);
     if (!signal.aborted) renderFlame(fg);
@@ -762,9 +879,19 @@ function loadFlame() {
 function loadChart() {
   return load("chart", async (signal) => {
     const r = chartRange();
-    const resp = await getJSON("cpu", { query: selectionQuery(), from: r.from, to: r.to, step: chartStep(r.from, r.to) },
-      signal);
-    if (!signal.aborted) renderChart(resp);
+    const step = chartStep(r.from, r.to);
+    const resp = await getJSON("cpu", { query: selectionQuery(), from: r.from, to: r.to, step, type: state.type }, signal);
+    // Grouped by a label with nothing selected: one series per top value, the rest as "other".
+    let stack = null;
+    if (state.group && !state.sel) {
+      const top = await topGroupValues(signal);
+      const parts = await Promise.all(top.map((v) => getJSON("cpu", {
+        query: withMatcher(state.query, state.group, v), from: r.from, to: r.to, step, type: state.type }, signal)));
+      stack = top.map((v, k) => ({ name: v === "" ? `(no ${state.group})` : v, values: parts[k].values }));
+      const other = resp.values.map((t, k) => t - stack.reduce((a, p) => a + (p.values[k] || 0), 0));
+      if (other.some((x) => x > 0)) stack.push({ name: "other", values: other });
+    }
+    if (!signal.aborted) renderChart(resp, stack);
   }, () => {
     chart.setData({ from: 0, to: 1, step: 1, timestamps: [], values: [], cores: null });
     els.chartWrap.hidden = true;
@@ -798,7 +925,8 @@ function settleStatus() {
 async function reloadAll() {
   hook.status = "loading";
   busy(true);
-  await Promise.all([loadSeries(), loadChart(), loadFlame()]);
+  seriesReady = loadSeries();
+  await Promise.all([seriesReady, loadMeta(), loadChart(), loadFlame()]);
   settleStatus();
 }
 
@@ -930,6 +1058,35 @@ els.searchNext.addEventListener("click", () => stepMatch(1));
 els.searchPrev.addEventListener("click", () => stepMatch(-1));
 els.search.addEventListener("keydown", (e) => {
   if (e.key === "Enter") { e.preventDefault(); stepMatch(e.shiftKey ? -1 : 1); }
+});
+
+els.type.addEventListener("change", () => {
+  state.type = els.type.value;
+  state.zoom = [];
+  state.fn = "";
+  writeHash(true);
+  reloadAll();
+});
+els.groupBy.addEventListener("change", () => {
+  state.group = LABEL_NAME.test(els.groupBy.value) ? els.groupBy.value : "";
+  state.sel = null;
+  writeHash(true);
+  reloadAll();
+});
+els.labelName.addEventListener("change", () => loadLabelValues(els.labelName.value.trim()));
+els.labelForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const name = els.labelName.value.trim(), value = els.labelValue.value;
+  if (!LABEL_NAME.test(name)) {
+    setMessage("labels", `"${name}" is not a label name: use letters, digits and _ (not first a digit).`);
+    return;
+  }
+  setMessage("labels", "");
+  state.query = withMatcher(state.query, name, value);
+  state.zoom = [];
+  writeHash(true);
+  syncControls();
+  reloadAll();
 });
 
 els.view.addEventListener("change", () => {

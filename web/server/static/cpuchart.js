@@ -11,6 +11,7 @@ const TICK_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 720
   86400, 172800, 604800];                    // seconds between x-axis labels
 
 const fmtInt = new Intl.NumberFormat("en-US");
+const STACK_COLORS = ["#f08a4b", "#4b8df0", "#3fae6a", "#b36bd6", "#e0b73a", "#9a948c"];
 const fmtCompact = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
 
 // An axis label in the chart's unit, short enough for the margin ("310M", "1.5 GiB", "12.5%").
@@ -80,6 +81,16 @@ export class CpuChart {
   }
 
   setSelection(range) { this.selection = range; }
+
+  // Series stacked in each bar (one per label value, then "other"); null for one series.
+  setStack(stack) {
+    if (!stack || !this.data) { this.stack = null; return; }
+    const scale = this.data.cpu && this.data.raw.length
+      ? (k) => (this.data.raw[k] ? this.data.values[k] / this.data.raw[k] : 0) : () => 1;
+    this.stack = stack.map((p, i) => ({
+      name: p.name, color: STACK_COLORS[i % STACK_COLORS.length], values: p.values.map((v, k) => v * scale(k)),
+    }));
+  }
 
   setBaseline(range) { this.baseline = range; }
 
@@ -172,8 +183,35 @@ export class CpuChart {
       ctx.beginPath(); ctx.moveTo(xx, p.top + p.height); ctx.lineTo(xx, p.top + p.height + 4); ctx.stroke();
       ctx.fillText(timeLabel(t, spacing), xx, p.top + p.height + 7);
     }
-    // bars
-    for (let k = 0; k < d.values.length; k++) {
+    // bars: stacked per series when grouped (a legend names them), else one colour
+    if (this.stack) {
+      for (let k = 0; k < d.values.length; k++) {
+        const x0 = this._x(d.timestamps[k]), x1 = this._x(Math.min(d.to, d.timestamps[k] + d.step));
+        let acc = 0;
+        for (const part of this.stack) {
+          const v = part.values[k] || 0;
+          if (v <= 0) continue;
+          ctx.fillStyle = part.color;
+          const top = y(acc + v), bottom = y(acc);
+          ctx.fillRect(x0, top, Math.max(1, x1 - x0 - (x1 - x0 > 3 ? 1 : 0)), bottom - top);
+          acc += v;
+        }
+      }
+      ctx.textAlign = "left";
+      ctx.textBaseline = "middle";
+      let lx = p.left + 8;
+      for (const part of this.stack) {  // legend along the top of the plot, names as text
+        const label = part.name.length > 24 ? part.name.slice(0, 23) + "\u2026" : part.name;
+        const w = ctx.measureText(label).width;
+        if (lx + w + 20 > p.left + p.width) break;
+        ctx.fillStyle = part.color;
+        ctx.fillRect(lx, p.top + 2, 9, 9);
+        ctx.fillStyle = "#6b655e";
+        ctx.fillText(label, lx + 12, p.top + 7);
+        lx += w + 26;
+      }
+    }
+    for (let k = 0; k < d.values.length && !this.stack; k++) {
       const x0 = this._x(d.timestamps[k]), x1 = this._x(Math.min(d.to, d.timestamps[k] + d.step));
       const v = d.values[k];
       if (!v && k !== this.hover) continue;
@@ -214,6 +252,7 @@ export class CpuChart {
     this.lastRender = {
       from: d.from, to: d.to, step: d.step, bars: d.values.length, max, yMax, cpu: d.cpu,
       plot: p, selection: this.selection, baseline: this.baseline, total: this.total(),
+      stack: this.stack ? this.stack.map((s) => s.name) : null,
     };
     return this.lastRender;
   }
