@@ -139,6 +139,11 @@ def _shot(w: Watched, tmp_path: Path, name: str) -> None:
         # Nothing hangs off the page: the graph and table scroll inside their panes.
         assert w.page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1"), (name, width)
         w.page.screenshot(path=str(d / f"podflame-{name}-{width}x{height}.png"))
+    # Dark mode follows the system setting (prefers-color-scheme).
+    w.page.emulate_media(color_scheme="dark")
+    assert w.page.evaluate("getComputedStyle(document.documentElement).backgroundColor") == "rgb(23, 22, 26)"
+    w.page.screenshot(path=str(d / f"podflame-{name}-1280x720-dark.png"))
+    w.page.emulate_media(color_scheme="light")
     w.page.set_viewport_size({"width": 1400, "height": 900})
 
 

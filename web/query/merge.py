@@ -28,6 +28,7 @@ from web.store.columns import group_sum
 from web.store.selector import Selector
 
 DEFAULT_TYPE = "samples"
+KIND_STACKS_PER_QUERY = 500  # stacks read per query to learn frame kinds (~65 us each; see NameCache._learn_kinds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,8 @@ class NameCache:
         self._flat_locs = np.empty(0, np.int64)  # (name, location) pair ids, beside _flat_names
         # Name id -> (frame kind, module) of the first frame seen with it: the flame graph's colours.
         self._name_meta: dict[int, tuple[str, str]] = {}
+        self._kind_pending: dict[int, int] = {}  # frame id -> a stack holding it, until its kind is read
+        self._frame_kind: set[int] = set()  # frame ids whose kind was read
         self._lock = threading.Lock()
 
     def _frame(self, lines: Sequence[tuple[str, str | None, int | None]]) -> tuple[list[int], list[int]]:
@@ -121,7 +124,7 @@ class NameCache:
         new = [f for f in uniq.tolist() if f not in self._frame_names]
         for fid, lines in store.frame_lines(new).items():
             self._frame_names[fid] = self._frame(lines)
-        self._learn_kinds(store, sids, n_frames, flat, uniq, new)
+        self._note_new_frames(sids, n_frames, flat, uniq, new)
         # A table of the frames involved: each frame's names (and locations) back to back.
         per = [self._frame_names[f] for f in uniq.tolist()]
         per_len = np.fromiter((len(p[0]) for p in per), dtype=np.int64, count=len(per))
@@ -142,22 +145,37 @@ class NameCache:
         self._flat_names = np.concatenate((self._flat_names, names))
         self._flat_locs = np.concatenate((self._flat_locs, locs))
 
-    def _learn_kinds(self, store: Store, sids: list[int], n_frames: np.ndarray, flat: np.ndarray,
-                     uniq: np.ndarray, new: list[int]) -> None:
-        """Kind and module of the names of `new` frames. The store's frame rows keep the kind, but only
-        `Store.stacks` hands it out (as Frames), so one stack per new frame is read: the first holding it."""
+    def _note_new_frames(self, sids: list[int], n_frames: np.ndarray, flat: np.ndarray, uniq: np.ndarray,
+                         new: list[int]) -> None:
+        """Remember, for each new frame, one stack holding it: `_learn_kinds` reads its kind through that stack."""
         if not new or not flat.size:
             return
         _, first = np.unique(flat, return_index=True)  # first position of each distinct frame id (uniq order)
         wanted = np.isin(uniq, np.asarray(new, dtype=np.int64))
-        ends = np.cumsum(n_frames)
-        stack_of = np.unique(np.searchsorted(ends, first[wanted], side="right"))
-        starts = ends - n_frames
-        chosen = [sids[k] for k in stack_of.tolist()]
+        stack_at = np.searchsorted(np.cumsum(n_frames), first[wanted], side="right")
+        self._kind_pending.update(zip(uniq[wanted].tolist(), (sids[k] for k in stack_at.tolist()), strict=True))
+
+    def _learn_kinds(self, store: Store, weight: dict[int, int]) -> None:
+        """Kind and module of the names of frames not known yet, through the heaviest stacks of this query first.
+
+        The store's frame rows keep the kind, but only `Store.stacks` hands it out (as Frames, ~65 us per
+        stack), so a query reads at most KIND_STACKS_PER_QUERY stacks: a profile's first view pays a bounded
+        cost and later views learn the rest (frames not learned yet are drawn as of unknown kind)."""
+        by_stack: dict[int, list[int]] = defaultdict(list)
+        for fid, sid in self._kind_pending.items():
+            by_stack[sid].append(fid)
+        chosen = sorted(by_stack, key=lambda sid: -weight.get(sid, 0))[:KIND_STACKS_PER_QUERY]
+        if not chosen:
+            return
+        n_frames, flat = store.stack_frames(chosen)
         stacks = store.stacks(chosen)
-        for k, sid in zip(stack_of.tolist(), chosen, strict=True):
-            fids = flat[starts[k]:ends[k]].tolist()
+        ends = np.cumsum(n_frames)
+        for k, sid in enumerate(chosen):
+            fids = flat[ends[k] - n_frames[k]:ends[k]].tolist()
             for fid, frame in zip(fids, stacks[sid], strict=False):
+                if self._kind_pending.pop(fid, None) is None and fid in self._frame_kind:
+                    continue
+                self._frame_kind.add(fid)
                 meta = (str(frame.kind), module_of(frame))
                 for name in self._frame_names[fid][0]:
                     self._name_meta.setdefault(name, meta)
@@ -185,6 +203,9 @@ class NameCache:
             missing = [i for i in ids if i not in self._slot]
             if missing:
                 self._translate(store, missing)
+            if self._kind_pending:
+                weights = np.asarray(values, dtype=np.int64).reshape(len(ids), -1).sum(axis=1)
+                self._learn_kinds(store, dict(zip(ids, weights.tolist(), strict=True)))
             flat, lengths = self._gather(ids, self._flat_names)
             names = list(self.names)
         vals = np.asarray(values, dtype=np.int64)

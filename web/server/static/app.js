@@ -50,7 +50,7 @@ const fmtInt = new Intl.NumberFormat("en-US");
 
 // Test and debugging hook: what the page last drew and whether it is settled.
 const hook = (window.podflame = {
-  status: "loading", lastRender: null, targets: [], renders: 0, chart: null, diff: null,
+  status: "loading", lastRender: null, targets: [], renders: 0, chart: null, diff: null, drawnAt: null,
   rerender() { draw(); return hook.lastRender; },
 });
 
@@ -359,14 +359,14 @@ function markSelected() {
 
 // ---- flame graph -------------------------------------------------------------------------------
 
-const flame = new FlameGraph(els.canvas, els.tooltip, {
+const flame = (hook.flame = new FlameGraph(els.canvas, els.tooltip, {
   onZoom(path) {
     state.zoom = path;
     writeHash(false);
     afterRender();
   },
   onPick(name) { if (name !== null) selectFunction(name, false); },
-});
+}));
 flame.fadeOthers = true;
 // The sandwich's two halves: callers above the function (root at the bottom), callees below it.
 const callersGraph = new FlameGraph(els.callers, els.tooltip, { onPick: (name) => { if (name !== null) selectFunction(name, false); } });
@@ -582,6 +582,8 @@ function stepMatch(delta) {
 function afterRender() {
   hook.lastRender = flame.lastRender;
   hook.renders += 1;
+  // When the first graph was on screen, in ms since navigation started (bench/ui.py reads it).
+  if (hook.drawnAt === null && flame.lastRender && flame.lastRender.nodes.length) hook.drawnAt = performance.now();
   els.zoomOut.disabled = !flame.isZoomed();
   els.searchResult.classList.toggle("error", !!flame.searchError);
   const stats = flame.searchError ? null : flame.searchStats();

@@ -152,6 +152,10 @@ export class CpuChart {
     const yStep = d.cpu ? niceStep((max || 1) / 4) : Math.max(1, niceStep(max / 4));  // counts are whole
     const yMax = Math.max(yStep, Math.ceil(max / yStep) * yStep);
     ctx.font = FONT;
+    // Axis and grid colours from the page's theme (light or dark, prefers-color-scheme).
+    const css = getComputedStyle(canvas);
+    const muted = css.getPropertyValue("--muted").trim() || "#6b655e";
+    const grid = css.getPropertyValue("--line").trim() || "#ece7e0";
     // The left margin fits the widest y label (it was a fixed 56 px, which cut ",000,000" labels).
     let widest = 0;
     for (let v = 0; v <= yMax + yStep / 2; v += yStep) widest = Math.max(widest, ctx.measureText(axisLabel(v, d.cpu, d.rawUnit)).width);
@@ -159,8 +163,8 @@ export class CpuChart {
     Object.assign(p, this._plot());
     const y = (v) => p.top + p.height - (v / yMax) * p.height;
 
-    ctx.fillStyle = "#6b655e";
-    ctx.strokeStyle = "#ece7e0";
+    ctx.fillStyle = muted;
+    ctx.strokeStyle = grid;
     ctx.lineWidth = 1;
     // y axis: gridlines and labels
     ctx.textAlign = "right";
@@ -206,7 +210,7 @@ export class CpuChart {
         if (lx + w + 20 > p.left + p.width) break;
         ctx.fillStyle = part.color;
         ctx.fillRect(lx, p.top + 2, 9, 9);
-        ctx.fillStyle = "#6b655e";
+        ctx.fillStyle = muted;
         ctx.fillText(label, lx + 12, p.top + 7);
         lx += w + 26;
       }
@@ -224,7 +228,7 @@ export class CpuChart {
       ? this.snap(this.drag.x0, this.drag.x1) : this.selection;
     if (range && (range[0] > d.from || range[1] < d.to)) {
       const a = Math.max(p.left, this._x(range[0])), b = Math.min(p.left + p.width, this._x(range[1]));
-      ctx.fillStyle = "rgba(251, 250, 248, 0.7)";
+      ctx.fillStyle = css.getPropertyValue("--veil").trim() || "rgba(251, 250, 248, 0.7)";
       ctx.fillRect(p.left, p.top, Math.max(0, a - p.left), p.height);
       ctx.fillRect(b, p.top, Math.max(0, p.left + p.width - b), p.height);
       ctx.strokeStyle = "#c2410c";
@@ -244,7 +248,7 @@ export class CpuChart {
         ctx.fillText("baseline", a + 3, p.top + 5);
       }
     }
-    ctx.strokeStyle = "#b8b0a6";
+    ctx.strokeStyle = muted;
     ctx.beginPath();
     ctx.moveTo(p.left + 0.5, p.top); ctx.lineTo(p.left + 0.5, p.top + p.height + 0.5);
     ctx.lineTo(p.left + p.width, p.top + p.height + 0.5);
