@@ -31,8 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from podflame import pprof  # noqa: E402
-from podflame.model import Frame, Line, Profile  # noqa: E402
+from podflame import pprof
+from podflame.model import Frame, Line, Profile
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
