@@ -92,7 +92,8 @@ def navigate(browser, url: str, runs: int) -> dict[str, Any]:
         wait(page, "window.podflame && window.podflame.drawnAt !== null")
         times.append(page.evaluate("window.podflame.drawnAt"))
         nodes = page.evaluate("window.podflame.flame.data.levels.reduce((a, l) => a + l.n, 0)")
-        api = page.evaluate("performance.getEntriesByType('resource').filter(e => e.name.includes('/api/v1/flamegraph'))"
+        api = page.evaluate("performance.getEntriesByType('resource')"
+                            ".filter(e => e.name.includes('/api/v1/flamegraph'))"
                             ".map(e => [e.name, e.startTime, e.responseEnd, e.transferSize, e.decodedBodySize])")
         name, started, ended, transfer, decoded = api[-1]
         api_ms.append(ended - started)
@@ -102,8 +103,9 @@ def navigate(browser, url: str, runs: int) -> dict[str, Any]:
             const t = performance.now(); JSON.parse(text); return performance.now() - t; }""", name))
         ctx.close()
     best = min(times)
-    return {"ms_best": round(best, 1), "ms_median": round(statistics.median(times), 1), "runs": [round(t) for t in times],
-            "api_ms_median": round(statistics.median(api_ms), 1), "page_ms_median": round(statistics.median(client_ms), 1),
+    return {"ms_best": round(best, 1), "ms_median": round(statistics.median(times), 1),
+            "runs": [round(t) for t in times], "api_ms_median": round(statistics.median(api_ms), 1),
+            "page_ms_median": round(statistics.median(client_ms), 1),
             "nodes": nodes, "transfer_bytes": transfer, "json_bytes": decoded, "json_parse_ms": round(min(parse), 1),
             "ratio_to_json_parse": round(best / max(min(parse), 0.1), 1)}
 
