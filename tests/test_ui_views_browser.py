@@ -503,3 +503,35 @@ def test_group_by_a_pushed_label_one_series_per_value(server: str, watched: Watc
     wait_js(page, "window.podflame.status === 'ready' && window.podflame.targets.length === 2")
     assert page.locator("#selector").input_value() == '{job="svc", region="eu"}'
     w.assert_clean()
+
+
+def test_hostile_names_stay_text_in_table_legend_list_and_explorer(server: str, watched: Watched,
+                                                                   tmp_path: Path) -> None:
+    """Names and label values reach the new table, legend, grouped list and label explorer as text only."""
+    from tests.builders import ingest_url
+
+    evil_fn = '<img src=x onerror="window.__pwned=3">'
+    evil_value = '"><svg onload="window.__pwned=4">'
+    evil_lib = Mapping(0x7F0000000000, 0x7F0000100000, 0, '/lib/<img src=x onerror=window.__pwned=5>.so')
+    p = Profile(labels={"job": "evil", "service": evil_value}, start_ns=time.time_ns() - 60 * 10**9,
+                duration_ns=10**10, period_ns=PERIOD_NS)
+    p.add((Frame(0x7F0000000100, evil_lib, FrameKind.NATIVE, (Line(evil_fn),)),), 50)
+    ingest_url(server, [p])
+    w, page = watched, watched.page
+    page.goto(server + "/#" + urllib.parse.urlencode({"q": '{job="evil"}', "group": "service", "color": "module"}))
+    w.settle(1)
+    assert page.locator("button.target .t-name").all_inner_texts() == ["All matching the selector", evil_value]
+    assert page.locator("#fn-rows td.fn").all_inner_texts() == [evil_fn]
+    assert page.locator("#legend .legend-item").all_inner_texts() == ["<img src=x onerror=window.__pwned=5>.so"]
+    page.locator("#label-name").fill("service")
+    page.locator("#label-name").dispatch_event("change")
+    wait_js(page, "(window.podflame.labelValues || []).length > 0")
+    assert page.evaluate("Array.from(document.querySelectorAll('#label-values option')).map(o => o.value)") == [
+        evil_value]
+    found = page.evaluate("document.querySelectorAll('#targets img, #targets svg, #fn-rows img, #legend script, "
+                          "#legend img, #label-values svg, .flame-pane img, .flame-pane script').length")
+    assert found == 0
+    assert page.evaluate("window.__pwned") is None
+    # The chart's legend draws the value on the canvas, as text.
+    assert page.evaluate("window.podflame.chart.stack") == [evil_value]
+    w.assert_clean()
