@@ -928,7 +928,9 @@ async function reloadAll() {
   hook.status = "loading";
   busy(true);
   seriesReady = loadSeries();
-  await Promise.all([seriesReady, loadMeta(), loadChart(), loadFlame()]);
+  // The pickers' metadata waits for the graph: the server answers one request at a time per core, and
+  // the graph is what the user waits for.
+  await Promise.all([seriesReady, loadChart(), loadFlame().then(loadMeta)]);
   settleStatus();
 }
 
