@@ -235,6 +235,15 @@ def test_compare_with_the_previous_period_lists_the_hotter_function(server: str,
     assert red[0] > red[2] + 40, red
     assert blue[2] > blue[0] + 40, blue
     page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-selected.png"))
+    # At 1280x720 the tables scroll in their own box: the diff graph stays on screen, the page does not scroll.
+    page.set_viewport_size({"width": 1280, "height": 720})
+    wait_js(page, "window.innerWidth === 1280")
+    page.evaluate("window.podflame.rerender()")
+    assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1")
+    graph = page.locator("#flame").bounding_box()
+    assert graph["y"] + 3 * ROW <= 720, graph
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-1280x720.png"))
+    page.set_viewport_size({"width": 1400, "height": 900})
 
     # Downloads: the two-column folded diff and speedscope.
     folded = _get(page.locator("#dl-folded-diff").evaluate("a => a.href"))[1].decode().splitlines()

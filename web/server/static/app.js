@@ -474,7 +474,7 @@ function renderLegend(diff) {
   };
   if (diff) {
     items.push(swatch("hsl(2 78% 60%)", "larger share in the comparison"), swatch("hsl(214 72% 60%)", "smaller share"),
-      swatch("hsl(30 8% 84%)", "unchanged (each range normalized to its total)"));
+      swatch("hsl(30 8% 84%)", "unchanged (each side as a share of its total)"));
   } else if (state.color === "kind" && flame.data) {
     const present = new Set(flame.data.kinds.filter(Boolean));
     for (const [k, c] of Object.entries(KIND_COLORS)) if (present.has(k) || k === "unknown" && !present.size) items.push(swatch(c, k));
