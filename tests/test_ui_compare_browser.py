@@ -251,9 +251,14 @@ def test_compare_with_the_previous_period_lists_the_hotter_function(server: str,
     scope = json.loads(_get(page.locator("#dl-speedscope").evaluate("a => a.href"))[1])
     assert {f["name"] for f in scope["shared"]["frames"]} == {"main", "steady", "hot_fn", HOSTILE}
 
-    # Custom: the same baseline typed in gives the same diff.
+    # Custom: the fields are prefilled and focused, nothing runs until Compare; the same baseline typed
+    # in then gives the same diff.
+    renders = w.renders()
     page.locator("#compare").select_option("custom")
     _wait_ready(w)
+    time.sleep(0.3)
+    assert w.renders() == renders and page.evaluate("document.activeElement.id") == "base-from"
+    assert page.locator("#base-from").input_value() and page.locator("#base-to").input_value()
     page.locator("#base-from").fill(str(C0 - 60))
     page.locator("#base-to").fill(str(C0))
     page.locator("#base-apply").click()

@@ -1022,10 +1022,17 @@ els.rangeReset.addEventListener("click", () => {
 els.compare.addEventListener("change", () => {
   state.cmp = COMPARE_MODES.includes(els.compare.value) ? els.compare.value : "";
   state.zoom = [];
-  if (state.cmp === "custom" && !state.bfrom) {
-    // Start from "yesterday" so the fields show the syntax; the user edits and submits.
-    const y = baselineRange("yday", state.from, state.to, {});
-    if (y && !y.error) { state.bfrom = y.from; state.bto = y.to; }
+  if (state.cmp === "custom") {
+    // Start from "yesterday" so the fields show the syntax, and wait for the user's Compare: running a
+    // comparison nobody asked for yet only costs a query and shows a diff of the wrong range.
+    if (!state.bfrom) {
+      const y = baselineRange("yday", state.from, state.to, {});
+      if (y && !y.error) { state.bfrom = y.from; state.bto = y.to; }
+    }
+    writeHash(true);
+    syncControls();
+    els.baseFrom.focus();
+    return;
   }
   writeHash(true);
   syncControls();
