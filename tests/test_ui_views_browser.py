@@ -154,6 +154,9 @@ def test_function_table_sorts_filters_and_links_with_the_graph(server: str, watc
     # Default sort: self, largest first. hash is the leaf of 600 samples (75%); main is on every stack.
     assert rows[0] == ["hash", "600", "75.0%", "600", "75.0%"], rows[0]
     assert page.locator("#fn-count").inner_text() == "9 functions \u00b7 samples"
+    # Times read as the chart's axis does: 24-hour clock everywhere.
+    assert re.search(r"\d{1,2}:\d{2}:\d{2}", page.locator("#range-text").inner_text())
+    assert not re.search(r"\b[AP]M\b", page.locator("#range-text").inner_text())
     by_name = {r[0]: r for r in rows}
     assert by_name["main"][1:] == ["0", "0.0%", "800", "100%"]
     # recurse calls itself: its total counts each stack once (50), not once per frame (100).

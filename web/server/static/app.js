@@ -345,7 +345,7 @@ function renderTargets(resp) {
   els.targetsEmpty.hidden = groups.length > 0;
   els.targetsEmpty.textContent = groups.length ? "" : "No samples in this range for this selector.";
   if (typeof resp.from === "number" && typeof resp.to === "number") {
-    const f = (t) => new Date(t * 1000).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
+    const f = (t) => new Date(t * 1000).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium", hourCycle: "h23" });
     els.rangeText.textContent = `${f(resp.from)} \u2013 ${f(resp.to)}`;
   }
 }
@@ -617,7 +617,7 @@ function describeRange(from, to) {
   const f = parseTime(from), t = parseTime(to);
   if (!f || !t) return `${from} \u2013 ${to}`;
   const now = Date.now() / 1000;
-  const fmt = (s) => new Date(s * 1000).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
+  const fmt = (s) => new Date(s * 1000).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium", hourCycle: "h23" });
   return `${fmt(toSeconds(f, now))} \u2013 ${fmt(toSeconds(t, now))}`;
 }
 
