@@ -538,3 +538,14 @@ def test_hostile_names_stay_text_in_table_legend_list_and_explorer(server: str, 
     # The chart's legend draws the value on the canvas, as text.
     assert page.evaluate("window.podflame.chart.stack") == [evil_value]
     w.assert_clean()
+
+
+def test_a_selector_without_braces_keeps_the_selection(server: str, watched: Watched) -> None:
+    """`namespace="shop"` (the server takes matchers without braces) plus a selected pod is that pod only."""
+    w, page = watched, watched.page
+    _open(w, server, q='namespace="shop"')
+    assert w.render()["nodes"][0]["total"] == TOTAL  # checkout-1 alone, not the namespace's 840
+    href = page.locator("#dl-folded").evaluate("a => a.href")
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(href).query)["query"]
+    assert query == ['{namespace="shop", pod_uid="uid-a", container_id="ca"}']
+    w.assert_clean()

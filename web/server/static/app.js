@@ -177,9 +177,9 @@ function selectionQuery() {
   const extra = Object.entries(state.sel || {}).map(([k, v]) => `${k}=${quote(v)}`);
   const q = state.query.trim();
   if (!extra.length) return q;
-  let inner = q;
-  if (q.startsWith("{") && q.endsWith("}")) inner = q.slice(1, -1).trim();
-  else if (q) return q;  // not a plain {...}: let the server say what is wrong with it
+  // The server also takes matchers without braces (namespace="shop"): those get the selection too,
+  // instead of silently losing it while the title still names it.
+  const inner = q.startsWith("{") && q.endsWith("}") ? q.slice(1, -1).trim() : q;
   return "{" + [inner, ...extra].filter(Boolean).join(", ") + "}";
 }
 
@@ -767,11 +767,8 @@ function withMatcher(query, name, value) {
   const q = query.trim();
   const m = `${name}=${quote(value)}`;
   if (!q) return `{${m}}`;
-  if (q.startsWith("{") && q.endsWith("}")) {
-    const inner = q.slice(1, -1).trim();
-    return `{${inner ? inner + ", " : ""}${m}}`;
-  }
-  return q;  // not a plain {...}: the server says what is wrong with it
+  const inner = q.startsWith("{") && q.endsWith("}") ? q.slice(1, -1).trim() : q;  // braces are optional
+  return `{${inner ? inner + ", " : ""}${m}}`;
 }
 
 let seriesReady = null;  // the list's request: the grouped chart waits for its top values
