@@ -103,12 +103,19 @@ def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: s
 @main.command()
 @click.option("--listen", default="127.0.0.1:7070", show_default=True, help="HOST:PORT of the UI and API.")
 @click.option("--data", "data_dir", default="./podflame-data", show_default=True, type=click.Path(file_okay=False))
-def server(listen: str, data_dir: str) -> None:
+@click.option("--store", "store_dsn", default=None, envvar="PODFLAME_STORE",
+              help="Another store: clickhouse://host:8123/db (see docs/scaling.md); default: SQLite in --data.")
+@click.option("--print-ddl", is_flag=True, help="Print the ClickHouse DDL --store would apply, and exit.")
+def server(listen: str, data_dir: str, store_dsn: str | None, print_ddl: bool) -> None:
     """The server alone: ingest, store, query, UI."""
     from web.server.app import create_app, serve
+    from web.store.dsn import open_store, print_ddl_of
 
+    if print_ddl:
+        return click.echo(print_ddl_of(store_dsn))
     host, port = _parse_listen(listen)
-    srv = serve(create_app({"DATA_DIR": str(Path(data_dir).resolve())}), host, port)
+    store = open_store(store_dsn, Path(data_dir).resolve()) if store_dsn else None
+    srv = serve(create_app({"DATA_DIR": str(Path(data_dir).resolve()), "STORE": store}), host, port)
     click.echo(f"podflame server: listening on http://{host}:{srv.server_port}/ (data in {Path(data_dir).resolve()})")
     _wait_for_signal()
     srv.shutdown()
