@@ -45,6 +45,7 @@ from web.store.clickhouse_transport import ClickHouseUnavailable, Transport, quo
 from web.store.selector import Op, Selector
 
 _U64 = struct.Struct("<Q")
+_MEMO_LIMIT = 2_000_000  # entries; past it a memo starts again (costs hashing, never correctness)
 
 
 def _h(*parts: bytes) -> int:
@@ -87,6 +88,8 @@ class ClickHouseStore(Store):
         self._series_local: dict[int, Series] = {}  # hash -> Series (id: dense local)
         self._series_hash: list[int] = []
         self._lines: dict[int, tuple[tuple[str, str | None, int | None], ...]] = {}
+        self._memo: dict[object, int] = {}  # content -> hash (mappings, functions, frames, stacks)
+        self._written: set[int] = set()  # dictionary ids this process has inserted
         if migrate:
             # Start anyway when ClickHouse is down: every call answers 503 until it is back, then migrates.
             with contextlib.suppress(ClickHouseUnavailable):
@@ -136,7 +139,7 @@ class ClickHouseStore(Store):
     # -- writes --------------------------------------------------------------------------------
 
     def put(self, batches: Sequence[Batch]) -> PutResult:
-        """Dictionaries first (idempotent), then one samples insert per batch with its content token."""
+        """Dictionaries first (idempotent), then one samples insert for the whole put with its content token."""
         self._check()
         funcs: dict[int, tuple[str, str]] = {}
         maps: dict[int, ProcMapping] = {}
@@ -145,10 +148,12 @@ class ClickHouseStore(Store):
         series: dict[int, tuple[str, str, list[tuple[str, str]]]] = {}
         inserts: list[tuple[str, pa.Table]] = []
         profiles = n_samples = 0
+        memo = self._memo
+        if len(memo) > _MEMO_LIMIT:
+            memo.clear()
         for b in batches:
-            fn_id: dict[int, int] = {}
-            map_id: dict[int, int] = {0: 0}
-            frame_id: dict[int, int] = {}
+            frame_id: dict[int, int] = {}  # the batch's frame key -> frame hash
+            stack_id: dict[tuple[int, ...], int] = {}  # the batch's stack key -> stack hash
             cols: dict[str, list[int]] = {k: [] for k in ("series", "stack", "value")}
             token = hashlib.blake2b(struct.pack("<qqq", b.start_ns, b.duration_ns, b.period_ns), digest_size=16)
             for p in b.series:
@@ -159,16 +164,26 @@ class ClickHouseStore(Store):
                 series[sid] = (p.sample_type, p.unit, items)
                 per: dict[int, int] = defaultdict(int)
                 for key, value in p.samples.items():
-                    fids = [self._frame_row(b, k, fn_id, map_id, frame_id, funcs, maps, frames) for k in reversed(key)]
-                    st = _h(struct.pack(f"<{len(fids)}Q", *fids))
-                    stacks[st] = fids
+                    st = stack_id.get(key)
+                    if st is None:
+                        fids = []
+                        for k in reversed(key):
+                            fid = frame_id.get(k)
+                            if fid is None:
+                                fid = frame_id[k] = self._frame_row(b, k, funcs, maps, frames)
+                            fids.append(fid)
+                        tkey = tuple(fids)
+                        st = memo.get(tkey)
+                        if st is None:
+                            st = memo[tkey] = _h(struct.pack(f"<{len(fids)}Q", *fids))
+                        stacks[st] = fids
+                        stack_id[key] = st
                     per[st] += value
-                for st, value in per.items():
-                    cols["series"].append(sid)
-                    cols["stack"].append(st)
-                    cols["value"].append(value)
-                token.update(_U64.pack(sid))
                 ordered = sorted(per.items())
+                cols["series"] += [sid] * len(ordered)
+                cols["stack"] += [k for k, _ in ordered]
+                cols["value"] += [v for _, v in ordered]
+                token.update(_U64.pack(sid))
                 token.update(np.array([k for k, _ in ordered], dtype=np.uint64).tobytes())
                 token.update(np.array([v for _, v in ordered], dtype=np.int64).tobytes())
                 profiles += 1
@@ -196,34 +211,34 @@ class ClickHouseStore(Store):
             "deduplicate_blocks_in_dependent_materialized_views": 1})
         return PutResult(profiles, n_samples, data.nbytes)
 
-    @staticmethod
-    def _frame_row(b: Batch, key: int, fn_id: dict[int, int], map_id: dict[int, int], frame_id: dict[int, int],
-                   funcs: dict[int, tuple[str, str]], maps: dict[int, ProcMapping],
+    def _frame_row(self, b: Batch, key: int, funcs: dict[int, tuple[str, str]], maps: dict[int, ProcMapping],
                    frames: dict[int, tuple[int, int, str, list[int], list[int]]]) -> int:
-        fid = frame_id.get(key)
-        if fid is not None:
-            return fid
+        """A batch frame's content hash; content -> hash is memoized per process (tuples hash cheaper than BLAKE2)."""
+        memo = self._memo
         address, mkey, kind, lines = b.frames[key]
-        mid = map_id.get(mkey)
-        if mid is None:
-            m = b.mappings.get(mkey)
-            mid = 0
-            if m is not None:
-                mid = _h(struct.pack("<QQQ", m.start, m.limit, m.offset), _s(m.path), _s(m.build_id))
-                maps[mid] = m
-            map_id[mkey] = mid
+        m = b.mappings.get(mkey) if mkey else None
+        mid = 0
+        if m is not None:
+            known = memo.get(m)
+            if known is None:
+                known = memo[m] = _h(struct.pack("<QQQ", m.start, m.limit, m.offset), _s(m.path), _s(m.build_id))
+            mid = known
+            maps[mid] = m
         fns: list[int] = []
         nums: list[int] = []
         for fkey, line in lines:
-            f = fn_id.get(fkey)
+            nf = b.functions[fkey]
+            f = memo.get(nf)
             if f is None:
-                name, file = b.functions[fkey]
-                f = fn_id[fkey] = _h(_s(name), _s(file))
-                funcs[f] = (name, file or "")
+                f = memo[nf] = _h(_s(nf[0]), _s(nf[1]))
+            funcs[f] = (nf[0], nf[1] or "")
             fns.append(f)
             nums.append(line)
-        fid = frame_id[key] = _h(struct.pack("<QQ", address, mid), _s(kind),
-                                 np.array(fns, dtype=np.uint64).tobytes(), np.array(nums, dtype=np.int64).tobytes())
+        content = (address, mid, kind, tuple(fns), tuple(nums))
+        fid = memo.get(content)
+        if fid is None:
+            fid = memo[content] = _h(struct.pack("<QQ", address, mid), _s(kind),
+                                     np.array(fns, dtype=np.uint64).tobytes(), np.array(nums, dtype=np.int64).tobytes())
         frames[fid] = (address, mid, kind, fns, nums)
         return fid
 
@@ -232,6 +247,26 @@ class ClickHouseStore(Store):
                              stacks: dict[int, list[int]], series: dict[int, tuple[str, str, list[tuple[str, str]]]]
                              ) -> None:
         """Rows this process has not written before (a duplicate of another server's is folded by the engine)."""
+        written = self._written
+        if len(written) > _MEMO_LIMIT:
+            written.clear()
+        funcs = {k: v for k, v in funcs.items() if k not in written}
+        maps = {k: v for k, v in maps.items() if k not in written}
+        frames = {k: v for k, v in frames.items() if k not in written}
+        stacks = {k: v for k, v in stacks.items() if k not in written}
+        series = {k: v for k, v in series.items() if k not in written}
+        try:
+            self._write_dictionaries(funcs, maps, frames, stacks, series)
+        except BaseException:
+            written.clear()  # unknown what landed: write again next time
+            raise
+        for d in (funcs, maps, frames, stacks, series):
+            written.update(d)
+
+    def _write_dictionaries(self, funcs: dict[int, tuple[str, str]], maps: dict[int, ProcMapping],
+                            frames: dict[int, tuple[int, int, str, list[int], list[int]]],
+                            stacks: dict[int, list[int]], series: dict[int, tuple[str, str, list[tuple[str, str]]]]
+                            ) -> None:
         ins = self.transport.insert
         if funcs:
             ins(self._t("functions"), pa.table({"id": pa.array(list(funcs), pa.uint64()),
