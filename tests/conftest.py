@@ -68,7 +68,7 @@ _CHECKS = {"bpf": (_bpf_problem, "PODFLAME_REQUIRE_BPF"), "browser": (_browser_p
 SYSTEM_MODULES = frozenset({
     "test_symbolizer_build", "test_symbolizer", "test_debuginfod", "test_dwarf_features", "test_dwarf_corpus",
     "test_dwarf_libdw", "test_procmaps", "test_cgroups", "test_deploy", "test_agent_memo", "test_symbolizer_metrics",
-    "test_corpus", "test_kallsyms",
+    "test_corpus", "test_kallsyms", "test_deploy_clickhouse",
 })
 
 
