@@ -40,3 +40,4 @@ def test_servers_are_replicated_stateless_and_use_the_secret(objs: list[dict]) -
     (secret,) = [o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == ref]
     assert set(secret["stringData"]) == {"PODFLAME_CLICKHOUSE_USER", "PODFLAME_CLICKHOUSE_PASSWORD"}
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz" and "httpGet" not in c["livenessProbe"]
