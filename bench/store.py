@@ -131,7 +131,7 @@ def main() -> None:
                     help="skip re-reading the whole day from raw profiles (the exactness check)")
     ap.add_argument("--query-case", help=argparse.SUPPRESS)  # internal: one query in a fresh process
     ap.add_argument("--backend", choices=("sqlite", "clickhouse"), default="sqlite",
-                    help="clickhouse: the same node-day on SQLite and ClickHouse side by side (bench/store_backends.py)")
+                    help="clickhouse: the node-day on SQLite and ClickHouse side by side (bench/store_backends.py)")
     args = ap.parse_args()
     if args.backend == "clickhouse":
         from bench import store_backends

@@ -29,15 +29,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.store import NODE, H, log  # noqa: E402  (the same node-day as bench/store.py)
 from bench.synthetic import S, drain, make_node  # noqa: E402
 from podflame import pprof  # noqa: E402
-
-H = 3600 * S
-NODE = "node-1"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def cases(start: int, end: int, pod: str) -> list[tuple[str, str, dict[str, str]]]:
