@@ -97,6 +97,8 @@ def test_retention_drops_what_is_older(tmp_path: Path, make_store: Callable[[Pat
     now = T0 + 3 * H
     store.enforce_retention(2 * H, None, now_ns=now)  # cutoff: T0 + 1 h
     assert got(store, "{}", 0, 2 * now) == truth(profiles, T0 + H, now)
+    store.enforce_retention(H, None, now_ns=now)  # a later pass with a shorter limit: cutoff T0 + 2 h
+    assert got(store, "{}", 0, 2 * now) == truth(profiles, T0 + 2 * H, now)
 
 
 def test_ingest_is_idempotent_per_batch_across_retries_and_replicas(tmp_path: Path, chdb_dir: Path) -> None:

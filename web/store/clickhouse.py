@@ -90,6 +90,7 @@ class ClickHouseStore(Store):
         self._lines: dict[int, tuple[tuple[str, str | None, int | None], ...]] = {}
         self._memo: dict[object, int] = {}  # content -> hash (mappings, functions, frames, stacks)
         self._written: set[int] = set()  # dictionary ids this process has inserted
+        self._retention_cutoff = 0  # the last cutoff this process enforced
         if migrate:
             # Start anyway when ClickHouse is down: every call answers 503 until it is back, then migrates.
             with contextlib.suppress(ClickHouseUnavailable):
@@ -580,6 +581,8 @@ class ClickHouseStore(Store):
 
         now = time.time_ns() if now_ns is None else now_ns
         cutoff = (now - max_age_ns) // HOUR_NS * HOUR_NS
+        if cutoff <= self._retention_cutoff:  # the server's maintenance asks every 30 s: cut once an hour
+            return RetentionResult(0, 0, 0, self.bytes_used())
         gone = self.transport.query(f"SELECT count() AS n FROM {self._t('profiles')} WHERE start_ns < {cutoff}")
         n = int(gone.column("n")[0].as_py())
         if n:
@@ -588,6 +591,7 @@ class ClickHouseStore(Store):
             for table, col in (("samples", "start_ns"), ("profiles", "start_ns"), ("samples_1h", "hour")):
                 self.transport.command(f"ALTER TABLE {self.layout.database}.{table}{suffix}{on} DELETE WHERE "
                                        f"{col} < {cutoff} SETTINGS mutations_sync = 2")
+        self._retention_cutoff = cutoff
         return RetentionResult(cutoff, n, 0, self.bytes_used())
 
     def bytes_used(self) -> int:
