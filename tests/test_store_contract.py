@@ -5,6 +5,7 @@ cluster that the engine's own parser accepts, and a clear 503 when ClickHouse ca
 from __future__ import annotations
 
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -188,3 +189,31 @@ def test_print_ddl_prints_and_connects_to_nothing() -> None:
     assert r.returncode == 0, r.stderr
     assert "CREATE TABLE IF NOT EXISTS pf.samples_local ON CLUSTER 'main'" in r.stdout
     assert "toIntervalSecond(86400)" in r.stdout
+
+
+@pytest.mark.system
+@pytest.mark.skipif(not shutil.which("go"), reason="go tool pprof (Debian golang-go) not installed")
+def test_pprof_download_is_read_back_by_go_tool_pprof(tmp_path: Path, make_store: Callable[[Path], Store]) -> None:
+    """The API's merged pprof, from either backend, as the oracle reads it: totals per pod, names, lines, mapping."""
+    store = make_store(tmp_path / "data")
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "STORE": store, "MAINTENANCE_SECONDS": 0})
+    profiles = day(pods=2, hours=0.5)
+    put(store, profiles)
+    t0, t1 = T0 + 10 * 60 * S, T0 + 25 * 60 * S
+    r = app.test_client().get("/api/v1/pprof", query_string={"from": str(t0 // S), "to": str(t1 // S)})
+    assert r.status_code == 200
+    f = tmp_path / "p.pb.gz"
+    f.write_bytes(r.data)
+
+    def run(*args: str) -> str:
+        return subprocess.run(["go", "tool", "pprof", *args, str(f)], capture_output=True, text=True, check=True,
+                              timeout=120).stdout
+
+    want = truth(profiles, t0, t1)
+    total = sum(want.values())
+    assert f"of {total} total" in run("-top", "-sample_index=samples")
+    p0 = sum(truth(profiles, t0, t1, {"p0"}).values())
+    assert f"accounting for {p0}, " in run("-top", "-sample_index=samples", "-tagfocus=pod=p0")
+    traces = run("-traces", "-lines")
+    assert "app.c:1" in traces and "fn" in traces
+    assert "/usr/bin/app" in run("-raw") and "feedface" in run("-raw")
