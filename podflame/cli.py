@@ -140,18 +140,28 @@ def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: s
               help="Request threads (a bounded pool; further connections wait in a bounded queue).")
 @click.option("--timeout", default=30, show_default=True, type=click.IntRange(1, 3600),
               help="Seconds a connection may stall mid-request before it is closed.")
+@click.option("--store", "store_dsn", default=None, envvar="PODFLAME_STORE",
+              help="Another store: clickhouse://host:8123/db (see docs/scaling.md); default: SQLite in --data.")
+@click.option("--print-ddl", is_flag=True, help="Print the ClickHouse DDL --store would apply, and exit.")
 def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token_file: str | None,
            allowed_hosts: str | None, allowed_origins: str | None, metrics_public: bool, insecure: bool,
-           tls_cert: str | None, tls_key: str | None, threads: int, timeout: int) -> None:
+           tls_cert: str | None, tls_key: str | None, threads: int, timeout: int, store_dsn: str | None,
+           print_ddl: bool) -> None:
     """The server alone: ingest, store, query, UI (cheroot: a bounded thread pool, optional TLS)."""
     from web.server.app import create_app, serve, serving_config
+    from web.store.dsn import open_store, print_ddl_of
 
+    if print_ddl:
+        click.echo(print_ddl_of(store_dsn))
+        return
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("give both --tls-cert and --tls-key, or neither")
     host, port = _parse_listen(listen)
     config = serving_config(str(Path(data_dir).resolve()), host, ingest_token_file=ingest_token_file,
                             read_token_file=read_token_file, allowed_hosts=allowed_hosts,
                             allowed_origins=allowed_origins, metrics_public=metrics_public, insecure=insecure)
+    if store_dsn:
+        config["STORE"] = open_store(store_dsn, Path(data_dir).resolve())
     srv = serve(create_app(config), host, port, threads=threads, timeout=timeout,
                 tls=(tls_cert, tls_key) if tls_cert and tls_key else None)
     access = "tokens required" if config.get("READ_TOKEN_FILE") and config.get("INGEST_TOKEN_FILE") else (
