@@ -40,4 +40,8 @@ def test_servers_are_replicated_stateless_and_use_the_secret(objs: list[dict]) -
     (secret,) = [o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == ref]
     assert set(secret["stringData"]) == {"PODFLAME_CLICKHOUSE_USER", "PODFLAME_CLICKHOUSE_PASSWORD"}
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz" and "httpGet" not in c["livenessProbe"]
+    # Unready while ClickHouse is away (/readyz), never restarted for it (/healthz stays 200); the replicas
+    # listen beyond loopback, so they carry the token files like the base.
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert any(a.startswith("--ingest-token-file=") for a in c["args"])
+    assert any(a.startswith("--read-token-file=") for a in c["args"])
