@@ -62,9 +62,10 @@ def user_part(stack: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def record(pid: int, *args: str) -> Stacks:
+    """`podflame record --unwind=auto` (unless args say otherwise: the last --unwind wins) of pid."""
     out = Path(f"/tmp/podflame-unwind-{pid}.folded")
     done = subprocess.run([str(PODFLAME), "record", f"--pid={pid}", f"--duration={SECONDS}",
-                           f"--frequency={FREQUENCY}", "--format=folded", f"-o{out}", *args],
+                           f"--frequency={FREQUENCY}", "--format=folded", f"-o{out}", "--unwind=auto", *args],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     stacks: Stacks = Counter()
@@ -274,7 +275,8 @@ def test_samples_taken_in_the_kernel_unwind_the_tasks_user_registers(binaries: d
     out = Path(f"/tmp/podflame-unwind-syscall-{time.monotonic_ns()}.folded")
     with running([str(binaries["nofp"]), "syscall", "30"]) as pid:
         done = subprocess.run([str(PODFLAME), "record", f"--pid={pid}", f"--duration={SECONDS}",
-                               f"--frequency={FREQUENCY}", f"-o{out}"], capture_output=True, text=True, timeout=300)
+                               f"--frequency={FREQUENCY}", "--unwind=auto", f"-o{out}"], capture_output=True,
+                              text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     in_kernel: Stacks = Counter()
     for line in out.read_text().splitlines():
