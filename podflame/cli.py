@@ -178,8 +178,8 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
 @click.option("--frequency", default=19, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
-@click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="auto", show_default=True,
-              envvar="PODFLAME_UNWIND", help="User stacks: .eh_frame tables where loaded, else frame pointers.")
+@click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="fp", show_default=True,
+              envvar="PODFLAME_UNWIND", help="User stacks: fp (frame pointers) or auto (.eh_frame tables, more CPU).")
 @click.option("--metrics", "metrics_listen", default=None,
               help="HOST:PORT to serve the agent's /metrics and /healthz on.")
 @click.option("--namespaces", envvar="PODFLAME_NAMESPACES", default=None,

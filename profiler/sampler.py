@@ -85,6 +85,9 @@ INNER_MAPS = {"grace_period": "control"}  # BPF_ARRAY_OF_MAPS(grace_period, "con
 MAX_STACK_DEPTH = 127
 TAIL_CALLS = (("unwind_progs", 0, "unwind_step"),)  # bpf/native_unwind.bpf.h: the table walk, 8 frames a call
 UNWIND_MODES = {"fp": 0, "auto": 1, "tables": 2}  # UNWIND_MODE in bpf/native_unwind.bpf.h
+# Off by default for the continuous agent until its cost is under target on a busy node (docs/benchmarks.md):
+# `podflame record` asks for "auto" itself (it loads its target's tables before sampling).
+DEFAULT_UNWIND = "fp"
 UNWIND_ROWS = 1 << 20  # default row budget: 16 MiB of kernel memory (rows are 16 bytes in an array map)
 # Python frames (bpf/python.bpf.h): python_error codes, by value, and the maps' shapes.
 PY_ERRORS: tuple[str, ...] = ("ok", "not_python", "no_thread_state", "read_fault", "truncated", "stack_map_full",
@@ -208,7 +211,7 @@ class Sampler:
     `python_frames` walks CPython processes' Python frames in the kernel (bpf/python.bpf.h); None:
     on unless $PODFLAME_PYTHON_FRAMES is 0.
 
-    `unwind` (default $PODFLAME_UNWIND, else "auto"): "auto" walks user stacks with .eh_frame tables
+    `unwind` (default $PODFLAME_UNWIND, else "fp"): "auto" walks user stacks with .eh_frame tables
     where they are loaded and with frame pointers elsewhere; "fp" only with frame pointers
     (bpf_get_stack); "tables" always with the table walker (frame pointers only for code without
     rows). `unwind_rows` (default $PODFLAME_UNWIND_ROWS, else 2^20) is the row budget of all loaded
@@ -227,7 +230,7 @@ class Sampler:
         if stack_map_size < 1 or counts_map_size < 1:
             raise ValueError("map sizes must be >= 1")
         if unwind is None:
-            unwind = os.environ.get("PODFLAME_UNWIND") or "auto"
+            unwind = os.environ.get("PODFLAME_UNWIND") or DEFAULT_UNWIND
         if unwind not in UNWIND_MODES:
             raise ValueError(f"unwind must be one of {', '.join(UNWIND_MODES)}, got {unwind!r}")
         if unwind_rows is None:
@@ -442,7 +445,7 @@ class Sampler:
         if pids:
             self.unwinder.load_now(pids)
         self.unwinder.start()
-        self._new_process_callbacks.append(self.unwinder.announce)
+        self._new_process_callbacks.insert(0, self.unwinder.announce)  # a queue put: first costs nothing
         self._start_watcher()
 
     def _start_watcher(self) -> None:

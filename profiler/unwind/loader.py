@@ -47,7 +47,7 @@ MAX_BUDGET_SHARE = 0.5  # no single binary takes more than this share of the row
 # A binary asked for beyond that waits, and processes that map it are loaded again once it may be built.
 BUILD_CPU_SHARE = 0.005
 BUILD_BURST_S = 5.0
-SMALL_TABLE_ROWS = 20_000  # estimated: a build of ~20 ms or less, never deferred (a program's own binary)
+SMALL_TABLE_ROWS = 50_000  # estimated: a build of ~50 ms or less (a program, libc), never deferred
 _PF_X = 1
 
 
@@ -207,13 +207,20 @@ class NativeUnwinder:
             return  # announced again (a new comm, a stale mark from JIT code) with the same mappings
         self._seen[tgid] = signature
         mappings: list[tuple[int, int, int, object | None, int]] = []
+        try:
+            exe = os.readlink(f"{self.proc}/{tgid}/exe")
+        except OSError:
+            exe = ""
         for e in entries[:MAX_MAPPINGS_PER_PROCESS]:
             if e.path == "[vdso]":
                 loaded = self._vdso(tgid, e)
             elif not e.inode or not e.path.startswith("/"):
                 continue  # anonymous (JIT) code: frame pointers
             else:
-                loaded = self._mapping(tgid, e, everything or e.start in wanted)
+                # the program and the C library are on nearly every stack: theirs come at once (when
+                # small), sparing the first samples a round trip through unwind_wanted
+                eager = e.path == exe or os.path.basename(e.path).startswith("libc.so")
+                loaded = self._mapping(tgid, e, everything or e.start in wanted, eager)
             if loaded is not None:
                 mappings.append(loaded)
         if any(m[3] is not None or m[4] for m in mappings):
@@ -245,7 +252,8 @@ class NativeUnwinder:
             return None
         return e.start, e.end, e.start - vaddr, self._load_rows(key, binary, image), 0
 
-    def _mapping(self, tgid: int, e: MapsEntry, want: bool) -> tuple[int, int, int, object | None, int] | None:
+    def _mapping(self, tgid: int, e: MapsEntry, want: bool,
+                 eager: bool = False) -> tuple[int, int, int, object | None, int] | None:
         path = f"{self.proc}/{tgid}/map_files/{e.start:x}-{e.end:x}"
         line = (e.dev, e.inode, e.path)  # what the maps line says of the file: known, no stat needed
         identity = self._identities.get(line)
@@ -269,6 +277,8 @@ class NativeUnwinder:
         if vaddr is None:
             return None
         key = None
+        if eager and binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR <= SMALL_TABLE_ROWS:
+            want = True
         if identity in self.maps.binaries or want or binary.deferred:
             key = self._load_rows(identity, binary, path)
         if binary.deferred:
