@@ -105,12 +105,15 @@ def _access_options(fn: Callable[..., None]) -> Callable[..., None]:
 @click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600),
               help="Seconds between drains.")
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
+@click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="fp", show_default=True,
+              envvar="PODFLAME_UNWIND", help="User stacks: fp (frame pointers) or auto (.eh_frame tables, more CPU).")
 @_access_options
-def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: str | None,
+def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: str | None, unwind: str,
        ingest_token_file: str | None, read_token_file: str | None, allowed_hosts: str | None,
        allowed_origins: str | None, metrics_public: bool, insecure: bool) -> None:
     """Agent + server on this host, with the embedded store."""
     _require_root("podflame up")
+    os.environ["PODFLAME_UNWIND"] = unwind  # read by profiler.sampler.Sampler
     from profiler.service import start_agent
     from web.server.app import create_app, serve, serving_config
 
