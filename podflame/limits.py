@@ -38,7 +38,7 @@ class DecodeLimits:
     samples: int = 500_000  # 1-location samples: ~160 B each once parsed (500k: ~80 MB)
     locations: int = 500_000
     functions: int = 500_000
-    mappings: int = 100_000
+    mappings: int = 500_000
     top_fields: int = 4_000_000  # top-level fields of any kind (a repeated scalar is cheap to repeat)
     labels_per_sample: int = 64
     series: int = 20_000  # distinct label sets (x sample types) per push
