@@ -18,7 +18,8 @@
 // No kernel headers beyond the ones BCC always includes (helpers.h and uapi/linux/bpf.h): the few
 // definitions needed are below. Including <uapi/linux/bpf_perf_event.h> and <linux/sched.h> for them
 // made clang parse thousands of header lines and cost ~1 s of the ~1.3 s compile for identical
-// bytecode. The program never reads a field of its context, so `ctx` stays opaque.
+// bytecode. The native unwinder reads the registers from the context through its own pt_regs
+// layout (bpf/native_unwind.bpf.h), so `ctx` stays opaque here.
 #define TASK_COMM_LEN 16          // include/linux/sched.h
 #define E2BIG 7                   // include/uapi/asm-generic/errno-base.h
 #define ENOMEM 12
@@ -281,6 +282,8 @@ static __always_inline s32 python_stack_into(u32 tgid, u32 tid, u32 set, u64 *st
 }
 #endif
 
+#include "native_unwind.bpf.h"
+
 int on_sample(struct bpf_perf_event_data *ctx) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32;
@@ -315,10 +318,14 @@ int on_sample(struct bpf_perf_event_data *ctx) {
         }
     }
     key.python_error = python_stack_into(tgid, pid, set, &key.python_stack);  // before any tail call
-    key.user_error = stack_into(ctx, BPF_F_USER_STACK, set, &key.user_stack);
     key.kernel_error = stack_into(ctx, 0, set, &key.kernel_stack);
-    note_stack_error(key.user_error, ERR_USER_EEXIST);
     note_stack_error(key.kernel_error, ERR_KERNEL_EEXIST);
+
+    // Everything of the key but the user stack is set here: a table walk (tail calls from here on)
+    // stores the user stack and counts the sample itself, and returns only when it did not start.
+    native_unwind_begin(ctx, &key, set);
+    key.user_error = stack_into(ctx, BPF_F_USER_STACK, set, &key.user_stack);
+    note_stack_error(key.user_error, ERR_USER_EEXIST);
 
     if (set == 0)
         count_into0(&key);

@@ -140,18 +140,28 @@ def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: s
               help="Request threads (a bounded pool; further connections wait in a bounded queue).")
 @click.option("--timeout", default=30, show_default=True, type=click.IntRange(1, 3600),
               help="Seconds a connection may stall mid-request before it is closed.")
+@click.option("--store", "store_dsn", default=None, envvar="PODFLAME_STORE",
+              help="Another store: clickhouse://host:8123/db (see docs/scaling.md); default: SQLite in --data.")
+@click.option("--print-ddl", is_flag=True, help="Print the ClickHouse DDL --store would apply, and exit.")
 def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token_file: str | None,
            allowed_hosts: str | None, allowed_origins: str | None, metrics_public: bool, insecure: bool,
-           tls_cert: str | None, tls_key: str | None, threads: int, timeout: int) -> None:
+           tls_cert: str | None, tls_key: str | None, threads: int, timeout: int, store_dsn: str | None,
+           print_ddl: bool) -> None:
     """The server alone: ingest, store, query, UI (cheroot: a bounded thread pool, optional TLS)."""
     from web.server.app import create_app, serve, serving_config
+    from web.store.dsn import open_store, print_ddl_of
 
+    if print_ddl:
+        click.echo(print_ddl_of(store_dsn))
+        return
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("give both --tls-cert and --tls-key, or neither")
     host, port = _parse_listen(listen)
     config = serving_config(str(Path(data_dir).resolve()), host, ingest_token_file=ingest_token_file,
                             read_token_file=read_token_file, allowed_hosts=allowed_hosts,
                             allowed_origins=allowed_origins, metrics_public=metrics_public, insecure=insecure)
+    if store_dsn:
+        config["STORE"] = open_store(store_dsn, Path(data_dir).resolve())
     srv = serve(create_app(config), host, port, threads=threads, timeout=timeout,
                 tls=(tls_cert, tls_key) if tls_cert and tls_key else None)
     access = "tokens required" if config.get("READ_TOKEN_FILE") and config.get("INGEST_TOKEN_FILE") else (
@@ -168,6 +178,8 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
 @click.option("--frequency", default=19, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
+@click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="fp", show_default=True,
+              envvar="PODFLAME_UNWIND", help="User stacks: fp (frame pointers) or auto (.eh_frame tables, more CPU).")
 @click.option("--metrics", "metrics_listen", default=None,
               help="HOST:PORT to serve the agent's /metrics and /healthz on.")
 @click.option("--namespaces", envvar="PODFLAME_NAMESPACES", default=None,
@@ -185,11 +197,13 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
               help="File holding the server's ingest token (first line; re-read per upload; $PODFLAME_TOKEN_FILE).")
 @click.option("--ca", "ca_file", envvar="PODFLAME_CA", type=click.Path(exists=True, dir_okay=False), default=None,
               help="PEM CA bundle that signs an https server's certificate (default: the system's CAs).")
-def agent(server_url: str, frequency: int, interval: float, node_name: str | None, metrics_listen: str | None,
+def agent(server_url: str, frequency: int, interval: float, node_name: str | None, unwind: str,
+          metrics_listen: str | None,
           namespaces: str | None, exclude_namespaces: str | None, pod_selector: str | None,
           pod_labels: str | None, pod_annotations: str | None, token_file: str | None, ca_file: str | None) -> None:
     """The node agent alone, shipping to a server."""
     _require_root("podflame agent")
+    os.environ["PODFLAME_UNWIND"] = unwind  # read by profiler.sampler.Sampler
     from profiler.health import AgentHealth, serve_agent_http
     from profiler.service import start_agent
 
@@ -212,9 +226,12 @@ def agent(server_url: str, frequency: int, interval: float, node_name: str | Non
               help="Only this cgroup v2 (path under the v2 root, or a full /sys/fs/cgroup path).")
 @click.option("--frequency", default=99, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--format", "fmt", type=click.Choice(["folded", "pprof"]), default="folded", show_default=True)
+@click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="auto", show_default=True,
+              envvar="PODFLAME_UNWIND", help="User stacks: .eh_frame tables where loaded, else frame pointers.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="File to write ('-' for stdout).")
-def record(duration: float, pid: int | None, cgroup_path: str | None, frequency: int, fmt: str, output: str) -> None:
+def record(duration: float, pid: int | None, cgroup_path: str | None, frequency: int, fmt: str, unwind: str,
+           output: str) -> None:
     """One-shot capture, symbolized, to a folded or pprof file (like BCC's profile, with our symbols)."""
     _require_root("podflame record")
     if pid is not None and cgroup_path is not None:
@@ -237,6 +254,7 @@ def record(duration: float, pid: int | None, cgroup_path: str | None, frequency:
     def progress(left: float, samples: int) -> None:
         click.echo(f"\rrecording: {left:5.1f}s left, {samples} samples", nl=False, err=True)
 
+    os.environ["PODFLAME_UNWIND"] = unwind  # read by profiler.sampler.Sampler
     merged = capture(duration, frequency, pids=[pid] if pid is not None else None, cgroup_ids=cgroup_ids,
                      progress=progress, say=lambda text: _say("\n" + text))
     click.echo("", err=True)

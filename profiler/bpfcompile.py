@@ -6,7 +6,8 @@ resident for its whole life (peak RSS 195 MB on a first start against 93 MB on a
 the cached image). A child that compiles, prints the image and exits gives all of it back; the agent
 never imports bcc at all.
 
-Run as `python -m profiler.bpfcompile --source FILE --fn NAME [--inner MAP=TEMPLATE] -- CFLAGS...`:
+Run as `python -m profiler.bpfcompile --source FILE --fn NAME [--inner MAP=TEMPLATE] [--tail ARRAY:SLOT:FN]
+-- CFLAGS...`:
 the image's JSON on stdout, BCC's and clang's messages on stderr, exit status 1 on failure.
 """
 
@@ -31,14 +32,16 @@ class CompileError(SystemUnsupported):
 
 
 def compile_in_child(source: Path, fn_name: str, cflags: list[str], inner_maps: dict[str, str],
-                     *, timeout: float = COMPILE_TIMEOUT_S) -> tuple[ProgramImage, float]:
+                     *, tail_calls: tuple[tuple[str, int, str], ...] = (),
+                     timeout: float = COMPILE_TIMEOUT_S) -> tuple[ProgramImage, float]:
     """(image, wall seconds) of compiling `source` in a child interpreter.
 
     The compiler's messages (warnings included) are passed on to our stderr, where BCC would have
     printed them in-process, and the last of them end the error on failure.
     """
     cmd = [sys.executable, "-m", "profiler.bpfcompile", "--source", str(source), "--fn", fn_name,
-           *(f"--inner={name}={template}" for name, template in inner_maps.items()), "--", *cflags]
+           *(f"--inner={name}={template}" for name, template in inner_maps.items()),
+           *(f"--tail={array}:{slot}:{fn}" for array, slot, fn in tail_calls), "--", *cflags]
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     started = time.perf_counter()
@@ -63,14 +66,16 @@ def compile_in_child(source: Path, fn_name: str, cflags: list[str], inner_maps: 
         raise CompileError(f"the compiler process printed no valid program image ({e})") from e
 
 
-def _compile(source: Path, fn_name: str, cflags: list[str], inner_maps: dict[str, str]) -> ProgramImage:
+def _compile(source: Path, fn_name: str, cflags: list[str], inner_maps: dict[str, str],
+             tail_calls: tuple[tuple[str, int, str], ...]) -> ProgramImage:
     import bcc
 
+    from bpf import expanded_source
     from profiler.bpfprog import image_from_bcc
 
-    module = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
+    module = bcc.BPF(text=expanded_source(source), cflags=cflags)
     try:
-        return image_from_bcc(module, fn_name, inner_maps)
+        return image_from_bcc(module, fn_name, inner_maps, tail_calls)
     finally:
         module.cleanup()
 
@@ -81,11 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fn", required=True, help="the program's function")
     ap.add_argument("--inner", action="append", default=[], metavar="MAP=TEMPLATE",
                     help="an ARRAY_OF_MAPS and the map its C declaration names as its template")
+    ap.add_argument("--tail", action="append", default=[], metavar="ARRAY:SLOT:FN",
+                    help="a program reached by tail calls, and the program array slot that holds it")
     ap.add_argument("cflags", nargs="*")
     args = ap.parse_args(argv)
     inner = dict(item.split("=", 1) for item in args.inner)
+    tails = tuple((array, int(slot), fn) for array, slot, fn in (item.split(":", 2) for item in args.tail))
     try:
-        image = _compile(args.source, args.fn, args.cflags, inner)
+        image = _compile(args.source, args.fn, args.cflags, inner, tails)
     except ImportError as e:
         print(f"BCC is not importable ({e}): install Debian's python3-bpfcc and run scripts/setup.sh, "
               "which exposes it to the venv", file=sys.stderr)

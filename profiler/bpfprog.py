@@ -32,7 +32,7 @@ from pathlib import Path
 
 log = logging.getLogger("podflame.bpfprog")
 
-FORMAT = 1  # of the cached image; part of its key
+FORMAT = 2  # of the cached image; part of its key (2: programs reached by tail calls)
 DEFAULT_CACHE_DIR = Path("/var/cache/podflame/bpf")
 MAX_IMAGE_BYTES = 4 << 20
 MAX_INSNS = 1_000_000
@@ -40,9 +40,11 @@ MAX_CACHED_IMAGES = 16
 
 # bpf() commands, map and program types (include/uapi/linux/bpf.h)
 _MAP_CREATE, _MAP_LOOKUP_ELEM, _MAP_UPDATE_ELEM, _MAP_DELETE_ELEM, _PROG_LOAD = 0, 1, 2, 3, 5
-_OBJ_GET_INFO_BY_FD, _MAP_LOOKUP_AND_DELETE_BATCH = 15, 25
-MAP_HASH, MAP_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_ARRAY_OF_MAPS, MAP_RINGBUF = 1, 2, 6, 9, 12, 27
-_KNOWN_MAP_TYPES = {MAP_HASH, MAP_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_ARRAY_OF_MAPS, MAP_RINGBUF}
+_OBJ_GET_INFO_BY_FD, _MAP_LOOKUP_AND_DELETE_BATCH, _MAP_UPDATE_BATCH = 15, 25, 26
+MAP_HASH, MAP_ARRAY, MAP_PROG_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_ARRAY_OF_MAPS, MAP_RINGBUF = \
+    1, 2, 3, 6, 9, 12, 27
+_KNOWN_MAP_TYPES = {MAP_HASH, MAP_ARRAY, MAP_PROG_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_ARRAY_OF_MAPS,
+                    MAP_RINGBUF}
 PROG_TYPE_PERF_EVENT = 7
 _LD_IMM64, _PSEUDO_MAP_FD = 0x18, 1
 # perf_event_open (include/uapi/linux/perf_event.h)
@@ -127,8 +129,22 @@ class MapSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TailProgram:
+    """A program only reached by bpf_tail_call: loaded before the entry program, its fd stored at
+    `index` of the PROG_ARRAY map `prog_array` (the program may tail-call itself through it)."""
+
+    name: str
+    insns: bytes
+    relocations: tuple[tuple[int, str], ...]
+    prog_array: str
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
 class ProgramImage:
-    """A compiled program: instructions with the map fds as placeholders, and the maps to create."""
+    """A compiled program: instructions with the map fds as placeholders, and the maps to create.
+
+    `tail_programs` share the entry program's maps, type and license."""
 
     name: str
     prog_type: int
@@ -137,13 +153,16 @@ class ProgramImage:
     insns: bytes
     relocations: tuple[tuple[int, str], ...]  # (instruction index of an ld_imm64, map name)
     maps: tuple[MapSpec, ...]
+    tail_programs: tuple[TailProgram, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "name": self.name, "prog_type": self.prog_type, "license": self.license,
                            "kern_version": self.kern_version, "insns": self.insns.hex(),
                            "relocations": [list(r) for r in self.relocations],
                            "maps": [[m.name, m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.inner]
-                                    for m in self.maps]})
+                                    for m in self.maps],
+                           "tail_programs": [[t.name, t.insns.hex(), [list(r) for r in t.relocations], t.prog_array,
+                                              t.index] for t in self.tail_programs]})
 
     @classmethod
     def from_json(cls, text: str) -> ProgramImage:
@@ -155,9 +174,13 @@ class ProgramImage:
             insns = bytes.fromhex(d["insns"])
             maps = tuple(MapSpec(str(n), int(t), int(k), int(v), int(e), int(f), None if i is None else str(i))
                          for n, t, k, v, e, f, i in d["maps"])
+            tails = tuple(TailProgram(str(n), bytes.fromhex(code), tuple((int(i), str(m)) for i, m in relocs),
+                                      str(array), int(index))
+                          for n, code, relocs, array, index in d.get("tail_programs", []))
             image = cls(name=str(d["name"]), prog_type=int(d["prog_type"]), license=str(d["license"]),
                         kern_version=int(d["kern_version"]), insns=insns,
-                        relocations=tuple((int(i), str(n)) for i, n in d["relocations"]), maps=maps)
+                        relocations=tuple((int(i), str(n)) for i, n in d["relocations"]), maps=maps,
+                        tail_programs=tails)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"malformed BPF program image: {e}") from None
         image.check()
@@ -165,9 +188,6 @@ class ProgramImage:
 
     def check(self) -> None:
         """Everything a loader relies on; the kernel's verifier checks the program itself."""
-        n = len(self.insns) // 8
-        if len(self.insns) % 8 or not 0 < n <= MAX_INSNS:
-            raise ValueError(f"program of {len(self.insns)} bytes is not 1..{MAX_INSNS} instructions")
         names = {m.name for m in self.maps}
         if len(names) != len(self.maps):
             raise ValueError("two maps with one name")
@@ -175,17 +195,32 @@ class ProgramImage:
             if m.type not in _KNOWN_MAP_TYPES or not 0 < m.max_entries <= 1 << 24 or not 0 <= m.key_size <= 4096 \
                     or not 0 <= m.value_size <= 1 << 20 or (m.inner is not None and m.inner not in names):
                 raise ValueError(f"unexpected map {m}")
-        for index, name in self.relocations:
-            if not 0 <= index < n - 1 or name not in names or self.insns[index * 8] != _LD_IMM64 \
-                    or self.insns[index * 8 + 1] >> 4 != _PSEUDO_MAP_FD:
-                raise ValueError(f"relocation ({index}, {name!r}) is not a map load")
+        _check_code(self.insns, self.relocations, names)
+        arrays = {m.name: m for m in self.maps if m.type == MAP_PROG_ARRAY}
+        for t in self.tail_programs:
+            _check_code(t.insns, t.relocations, names)
+            if t.prog_array not in arrays or not 0 <= t.index < arrays[t.prog_array].max_entries:
+                raise ValueError(f"tail program {t.name} goes to slot {t.index} of {t.prog_array!r}, "
+                                 "not a program array slot")
 
 
-def image_from_bcc(bpf_module: object, fn_name: str, inner_maps: dict[str, str]) -> ProgramImage:
+def _check_code(insns: bytes, relocations: tuple[tuple[int, str], ...], names: set[str]) -> None:
+    n = len(insns) // 8
+    if len(insns) % 8 or not 0 < n <= MAX_INSNS:
+        raise ValueError(f"program of {len(insns)} bytes is not 1..{MAX_INSNS} instructions")
+    for index, name in relocations:
+        if not 0 <= index < n - 1 or name not in names or insns[index * 8] != _LD_IMM64 \
+                or insns[index * 8 + 1] >> 4 != _PSEUDO_MAP_FD:
+            raise ValueError(f"relocation ({index}, {name!r}) is not a map load")
+
+
+def image_from_bcc(bpf_module: object, fn_name: str, inner_maps: dict[str, str],
+                   tail_calls: tuple[tuple[str, int, str], ...] = ()) -> ProgramImage:
     """Read a program and its maps out of a compiled `bcc.BPF` (which the caller then cleans up).
 
     `inner_maps` names each ARRAY_OF_MAPS' template map, as the C source declares it: the kernel
-    does not report it.
+    does not report it. `tail_calls` lists (program array, slot, function) for the programs the
+    entry program reaches by bpf_tail_call.
     """
     from bcc.libbcc import lib
 
@@ -193,7 +228,6 @@ def image_from_bcc(bpf_module: object, fn_name: str, inner_maps: dict[str, str])
     own.bpf_num_tables.argtypes, own.bpf_num_tables.restype = [ct.c_void_p], ct.c_size_t
     own.bpf_table_name.argtypes, own.bpf_table_name.restype = [ct.c_void_p, ct.c_size_t], ct.c_char_p
     module = bpf_module.module  # type: ignore[attr-defined]
-    insns = bytes(bpf_module.dump_func(fn_name.encode()))  # type: ignore[attr-defined]
     maps: list[MapSpec] = []
     by_fd: dict[int, str] = {}
     for i in range(own.bpf_num_tables(module)):
@@ -203,6 +237,23 @@ def image_from_bcc(bpf_module: object, fn_name: str, inner_maps: dict[str, str])
         maps.append(MapSpec(name, info.type, info.key_size, info.value_size, info.max_entries, info.map_flags,
                             inner_maps.get(name)))
         by_fd[fd] = name
+
+    def code(fn: str) -> tuple[bytes, tuple[tuple[int, str], ...]]:
+        insns = bytes(bpf_module.dump_func(fn.encode()))  # type: ignore[attr-defined]
+        return insns, _map_relocations(insns, by_fd)
+
+    insns, relocations = code(fn_name)
+    tails = tuple(TailProgram(fn, *code(fn), array, index) for array, index, fn in tail_calls)
+    image = ProgramImage(name=fn_name, prog_type=PROG_TYPE_PERF_EVENT,
+                         license=lib.bpf_module_license(module).decode(),
+                         kern_version=lib.bpf_module_kern_version(module), insns=insns,
+                         relocations=relocations, maps=tuple(maps), tail_programs=tails)
+    image.check()
+    return image
+
+
+def _map_relocations(insns: bytes, by_fd: dict[int, str]) -> tuple[tuple[int, str], ...]:
+    """(instruction index, map name) of every map fd BCC wrote into `insns`."""
     relocations = []
     i = 0
     while i < len(insns):
@@ -218,12 +269,7 @@ def image_from_bcc(bpf_module: object, fn_name: str, inner_maps: dict[str, str])
             i += 16
         else:
             i += 8
-    image = ProgramImage(name=fn_name, prog_type=PROG_TYPE_PERF_EVENT,
-                         license=lib.bpf_module_license(module).decode(),
-                         kern_version=lib.bpf_module_kern_version(module), insns=insns,
-                         relocations=tuple(relocations), maps=tuple(maps))
-    image.check()
-    return image
+    return tuple(relocations)
 
 
 def map_info(fd: int) -> _MapInfo:
@@ -264,6 +310,21 @@ class BpfMap:
     def update(self, key: bytes | ct._CData, value: bytes | ct._CData) -> None:
         k, v = _buffer(key, self.spec.key_size), _buffer(value, self.spec.value_size)
         bpf(_MAP_UPDATE_ELEM, _Elem(map_fd=self.fd, key=ct.addressof(k), value=ct.addressof(v)))
+
+    def update_batch(self, keys: bytes, values: bytes, count: int) -> None:
+        """Write `count` packed keys and values in one BPF_MAP_UPDATE_BATCH (100k unwind rows: one syscall
+        instead of 100k)."""
+        if len(keys) != count * self.spec.key_size or len(values) != count * self.spec.value_size:
+            raise ValueError(f"{len(keys)}/{len(values)} bytes for {count} entries of {self.spec.name}")
+        k, v = ct.create_string_buffer(keys, len(keys) or 1), ct.create_string_buffer(values, len(values) or 1)
+        done = 0
+        while done < count:  # the kernel may stop early (EINTR-free, but count says how far it got)
+            attr = _Batch(keys=ct.addressof(k) + done * self.spec.key_size,
+                          values=ct.addressof(v) + done * self.spec.value_size, count=count - done, map_fd=self.fd)
+            bpf(_MAP_UPDATE_BATCH, attr)
+            if attr.count == 0:
+                raise OSError(errno.EIO, f"batch update of {self.spec.name} made no progress")
+            done += attr.count
 
     def delete(self, key: bytes | ct._CData) -> bool:
         """False when the key was not there."""
@@ -375,25 +436,33 @@ class LoadedProgram:
         self.image = image
         self.maps: dict[str, BpfMap] = {}
         self.prog_fd = -1
+        self.tail_fds: dict[str, int] = {}
         self._perf_fds: list[int] = []
         self._rings: list[RingBuffer] = []
         try:
             for spec in sorted(image.maps, key=lambda m: m.inner is not None):  # templates first
                 self.maps[spec.name] = create_map(spec, self.maps[spec.inner].fd if spec.inner is not None else 0)
-            insns = bytearray(image.insns)
-            for index, name in image.relocations:
-                struct.pack_into("<i", insns, index * 8 + 4, self.maps[name].fd)
-            self.prog_fd = self._load(bytes(insns))
+            # tail programs first: the entry program may run as soon as it is attached
+            for t in image.tail_programs:
+                fd = self.tail_fds[t.name] = self._load(t.name, self._relocated(t.insns, t.relocations))
+                self.maps[t.prog_array].update(ct.c_uint32(t.index), ct.c_uint32(fd))
+            self.prog_fd = self._load(image.name, self._relocated(image.insns, image.relocations))
         except BaseException:
             self.close()
             raise
 
-    def _load(self, insns: bytes) -> int:
+    def _relocated(self, code: bytes, relocations: tuple[tuple[int, str], ...]) -> bytes:
+        insns = bytearray(code)
+        for index, name in relocations:
+            struct.pack_into("<i", insns, index * 8 + 4, self.maps[name].fd)
+        return bytes(insns)
+
+    def _load(self, name: str, insns: bytes) -> int:
         code = ct.create_string_buffer(insns, len(insns))
         license = ct.create_string_buffer(self.image.license.encode())
         attr = _ProgLoad(prog_type=self.image.prog_type, insn_cnt=len(insns) // 8, insns=ct.addressof(code),
                          license=ct.addressof(license), kern_version=self.image.kern_version,
-                         prog_name=self.image.name.encode()[:15])
+                         prog_name=name.encode()[:15])
         for _ in range(5):
             try:
                 return bpf(_PROG_LOAD, attr)
@@ -406,7 +475,7 @@ class LoadedProgram:
             return bpf(_PROG_LOAD, attr)
         except OSError as e:
             tail = log_buf.value.decode("utf-8", "replace").strip().splitlines()[-20:]
-            raise OSError(e.errno, f"the kernel refused BPF program {self.image.name}: {e.strerror}\n"
+            raise OSError(e.errno, f"the kernel refused BPF program {name}: {e.strerror}\n"
                           + "\n".join(tail)) from None
 
     def attach_perf_event(self, ev_type: int, ev_config: int, sample_freq: int, cpus: Iterable[int]) -> None:
@@ -442,6 +511,9 @@ class LoadedProgram:
         if self.prog_fd >= 0:
             os.close(self.prog_fd)
             self.prog_fd = -1
+        for fd in self.tail_fds.values():
+            os.close(fd)
+        self.tail_fds = {}
         for m in self.maps.values():
             os.close(m.fd)
         self.maps = {}
@@ -464,7 +536,10 @@ class ImageCache:
 
     @staticmethod
     def key(source: bytes, cflags: Iterable[str], fn_name: str) -> str:
-        """Everything the bytecode depends on: source, flags, BCC, the headers it compiled against, the kernel."""
+        """Everything the bytecode depends on: source, flags, BCC, the headers it compiled against, the kernel.
+
+        `source` is the text BCC compiles, local headers included (bpf.expanded_source), and `fn_name`
+        names every program taken from it."""
         h = hashlib.sha256()
         uname = os.uname()
         kdir = Path("/lib/modules") / uname.release

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import logging
+import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -33,9 +35,59 @@ PYTHON_CODE_READ_FAILURES = Counter("podflame_agent_python_code_read_failures_to
 PYTHON_SAMPLES = Counter("podflame_agent_python_samples_total",
                          "Samples of registered CPython processes, by outcome of the Python walk", ["outcome"])
 DROPPED_BATCHES = Counter("podflame_agent_dropped_batches_total", "Batches dropped because the backlog was full")
+UNWIND_SAMPLES = Counter("podflame_agent_unwind_samples_total",
+                         "Samples whose user stack was walked with .eh_frame tables or frame pointers", ["method"])
+UNWIND_STOPS = Counter("podflame_agent_unwind_stops_total",
+                       "How table walks ended: end = the process entry (_start, thread start) reached", ["reason"])
+UNWIND_ENTRY_SHARE = Gauge("podflame_agent_unwind_entry_ratio",
+                           "Share of table-walked samples that reached the process entry, last drain")
+UNWIND_TABLES = Gauge("podflame_agent_unwind_tables", "Unwind tables in BPF maps", ["what"])
+
+log = logging.getLogger("podflame.agent")
+UNWIND_LOG_EVERY_S = 60.0
+_STOPS = ("end", "truncated", "read_fault", "no_mapping", "unsupported", "zero_ra", "bad_cfa", "tail_fail")
+_GAUGES = ("binaries", "binaries_in_use", "rows", "row_budget", "row_bytes", "map_bytes", "processes",
+           "rejected_binaries", "rejected_rows", "rejected_processes")
+_unwind_last: dict[str, int] = {}
+_unwind_logged: dict[str, float | dict[str, int]] = {}
+
+
+def record_unwind(report: dict[str, int], *, now: float | None = None) -> None:
+    """Native unwinding counters and table memory from one drain (`Drain.unwind`, cumulative), and
+    once a minute a log line with the shares since the previous one."""
+    if not report:
+        return
+    delta = {k: v - _unwind_last.get(k, 0) for k, v in report.items() if k.startswith("walk_")}
+    _unwind_last.update(report)
+    UNWIND_SAMPLES.labels("tables").inc(max(0, delta.get("walk_tables", 0)))
+    UNWIND_SAMPLES.labels("frame_pointers").inc(max(0, delta.get("walk_fp", 0)))
+    for reason in _STOPS:
+        UNWIND_STOPS.labels(reason).inc(max(0, delta.get(f"walk_{reason}", 0)))
+    if delta.get("walk_tables", 0) > 0:
+        UNWIND_ENTRY_SHARE.set(delta.get("walk_end", 0) / delta["walk_tables"])
+    for what in _GAUGES:
+        UNWIND_TABLES.labels(what).set(report.get(f"table_{what}", 0))
+    now = time.monotonic() if now is None else now
+    last_at = _unwind_logged.get("at")
+    if isinstance(last_at, float) and now - last_at < UNWIND_LOG_EVERY_S:
+        return
+    before = _unwind_logged.get("counts")
+    base = before if isinstance(before, dict) else {}
+    d = {k: report.get(k, 0) - base.get(k, 0) for k in ("walk_tables", "walk_fp", "walk_end", "walk_truncated")}
+    _unwind_logged.update(at=now, counts={k: v for k, v in report.items() if k.startswith("walk_")})
+    walked = d["walk_tables"]
+    log.info("native unwinding: %d samples walked with tables (%.1f%% reached the process entry, %.1f%% cut at "
+             "the depth limit), %d with frame pointers only; tables: %d binaries, %d rows (%.1f MiB of a "
+             "%.1f MiB budget), %d processes, %d binaries did not fit",
+             walked, 100 * d["walk_end"] / walked if walked else 0.0,
+             100 * d["walk_truncated"] / walked if walked else 0.0, d["walk_fp"], report.get("table_binaries", 0),
+             report.get("table_rows", 0), report.get("table_row_bytes", 0) / 2**20,
+             report.get("table_map_bytes", 0) / 2**20, report.get("table_processes", 0),
+             report.get("table_rejected_binaries", 0))
 
 
 def record_drain(drain: Drain, profiles: list[Profile], last_errors: dict[str, int]) -> None:
+    record_unwind(getattr(drain, "unwind", {}))
     DRAINS.inc()
     SAMPLES.inc(sum(s.count for s in drain.samples))
     python: collections.Counter = collections.Counter()

@@ -41,7 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
 
-from bpf import SOURCE_DIR, source_with_headers
+from bpf import SOURCE_DIR, expanded_source
 from podflame.errors import SystemUnsupported
 from profiler.bpfcompile import CompileError, compile_in_child
 from profiler.bpfprog import (
@@ -58,6 +58,7 @@ from profiler.bpfprog import (
 if TYPE_CHECKING:
     from profiler.pyframes import PythonRegistry
     from profiler.python.detect import PythonProcess
+    from profiler.unwind.loader import NativeUnwinder
 
 BPF_SOURCE = SOURCE_DIR / "sampler.bpf.c"
 log = logging.getLogger("podflame.sampler")
@@ -82,6 +83,12 @@ NEW_TGIDS_PAGES = 16  # ring buffer of new-process events: 64 KiB, 16k events be
 PROGRAM = "on_sample"
 INNER_MAPS = {"grace_period": "control"}  # BPF_ARRAY_OF_MAPS(grace_period, "control", 1)
 MAX_STACK_DEPTH = 127
+TAIL_CALLS = (("unwind_progs", 0, "unwind_step"),)  # bpf/native_unwind.bpf.h: the table walk, 8 frames a call
+UNWIND_MODES = {"fp": 0, "auto": 1, "tables": 2}  # UNWIND_MODE in bpf/native_unwind.bpf.h
+# Off by default for the continuous agent until its cost is under target on a busy node (docs/benchmarks.md):
+# `podflame record` asks for "auto" itself (it loads its target's tables before sampling).
+DEFAULT_UNWIND = "fp"
+UNWIND_ROWS = 1 << 20  # default row budget: 16 MiB of kernel memory (rows are 16 bytes in an array map)
 # Python frames (bpf/python.bpf.h): python_error codes, by value, and the maps' shapes.
 PY_ERRORS: tuple[str, ...] = ("ok", "not_python", "no_thread_state", "read_fault", "truncated", "stack_map_full",
                               "no_frame", "disabled")
@@ -146,6 +153,9 @@ class Drain:
     errors: dict[str, int] = field(default_factory=dict)
     # CPython processes whose Python frames the kernel walks (and those that exited a moment ago), by tgid
     python_processes: dict[int, PythonProcess] = field(default_factory=dict)
+    # Native unwinding (NativeUnwinder.report): cumulative walk_* counters from the kernel, table_*
+    # gauges of the loaded tables; empty with --unwind fp.
+    unwind: dict[str, int] = field(default_factory=dict)
 
     def total(self) -> int:
         return sum(s.count for s in self.samples)
@@ -200,18 +210,38 @@ class Sampler:
     cgroup below it) restrict sampling in the kernel; None or empty means everything.
     `python_frames` walks CPython processes' Python frames in the kernel (bpf/python.bpf.h); None:
     on unless $PODFLAME_PYTHON_FRAMES is 0.
+
+    `unwind` (default $PODFLAME_UNWIND, else "fp"): "auto" walks user stacks with .eh_frame tables
+    where they are loaded and with frame pointers elsewhere; "fp" only with frame pointers
+    (bpf_get_stack); "tables" always with the table walker (frame pointers only for code without
+    rows). `unwind_rows` (default $PODFLAME_UNWIND_ROWS, else 2^20) is the row budget of all loaded
+    binaries: 16 bytes of kernel memory each.
     """
 
     def __init__(self, frequency: int = 19, *, pids: Iterable[int] | None = None,
                  cgroup_ids: Iterable[int] | None = None, include_idle: bool = False,
                  stack_map_size: int = 16384, counts_map_size: int = 40960,
-                 image_cache: ImageCache | None = None, python_frames: bool | None = None) -> None:
+                 image_cache: ImageCache | None = None, python_frames: bool | None = None,
+                 unwind: str | None = None, unwind_rows: int | None = None) -> None:
         if frequency < 1:
             raise ValueError(f"frequency must be >= 1 Hz, got {frequency}")
         if (limit := _max_sample_rate()) is not None and frequency > limit:
             raise ValueError(f"frequency {frequency} Hz exceeds kernel.perf_event_max_sample_rate={limit}")
         if stack_map_size < 1 or counts_map_size < 1:
             raise ValueError("map sizes must be >= 1")
+        if unwind is None:
+            unwind = os.environ.get("PODFLAME_UNWIND") or DEFAULT_UNWIND
+        if unwind not in UNWIND_MODES:
+            raise ValueError(f"unwind must be one of {', '.join(UNWIND_MODES)}, got {unwind!r}")
+        if unwind_rows is None:
+            try:
+                unwind_rows = int(os.environ.get("PODFLAME_UNWIND_ROWS") or UNWIND_ROWS)
+            except ValueError:
+                raise ValueError("PODFLAME_UNWIND_ROWS must be a number of rows") from None
+        if not 1 <= unwind_rows <= 1 << 24:
+            raise ValueError(f"unwind_rows must be 1..{1 << 24}, got {unwind_rows}")
+        self.unwind = unwind
+        self.unwinder: NativeUnwinder | None = None
         self.frequency = frequency
         self.compile_seconds = 0.0  # wall time of the compiler process; 0 when the image was cached
         self.start_seconds = 0.0
@@ -239,7 +269,8 @@ class Sampler:
             f"-DCGROUP_FILTER_SIZE={CGROUP_FILTER_SIZE}",
             f"-DSEEN_TGIDS_SIZE={SEEN_TGIDS_SIZE}",
             f"-DNEW_TGIDS_PAGES={NEW_TGIDS_PAGES}",
-            f"-I{SOURCE_DIR}",  # BCC compiles a copy of the source: its #include "x.h" looks here
+            f"-DUNWIND_MODE={UNWIND_MODES[unwind]}",
+            f"-DUNWIND_ROWS={unwind_rows}",
             *_python_cflags(python_frames),
         ]
         self.python_frames = python_frames
@@ -280,6 +311,8 @@ class Sampler:
             self._py_reader = _BatchReader(self._py_stacks[0].spec, STACKS_CHUNK) \
                 if self._py_stacks[0] is not None else None
             self._comms: dict[bytes, str] = {}
+            if unwind != "fp":
+                self._start_unwinder(pid_set)
             self._window_start = time.time_ns()
             self._prog.attach_perf_event(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK, frequency, online_cpus())
             if python_frames:  # each process's first sample announces it: detection runs then
@@ -295,8 +328,8 @@ class Sampler:
 
     def _load(self, cflags: list[str], cache: ImageCache) -> LoadedProgram:
         """The program from the compiled-image cache, else compiled by BCC (and cached)."""
-        source = source_with_headers(BPF_SOURCE)
-        key = cache.key(source, cflags, PROGRAM)
+        source = expanded_source(BPF_SOURCE)
+        key = cache.key(source, cflags, "+".join([PROGRAM, *(fn for _, _, fn in TAIL_CALLS)]))
         image = cache.get(key)
         if image is not None:
             try:
@@ -316,7 +349,8 @@ class Sampler:
         if problem := _kernel_headers_problem():
             raise SamplerError(problem)
         try:
-            image, self.compile_seconds = compile_in_child(BPF_SOURCE, PROGRAM, cflags, INNER_MAPS)
+            image, self.compile_seconds = compile_in_child(BPF_SOURCE, PROGRAM, cflags, INNER_MAPS,
+                                                           tail_calls=TAIL_CALLS)
         except CompileError as e:
             raise SamplerError(f"BCC could not compile {BPF_SOURCE} ({e}). Missing or mismatched kernel headers: "
                                "run scripts/setup.sh") from e
@@ -347,6 +381,9 @@ class Sampler:
             samples = self._take(old)
             drain = Drain(start_ns=self._window_start, end_ns=end_ns, samples=samples, errors=self._read_errors(),
                           python_processes=python)
+            if self.unwinder is not None:
+                self.unwinder.maintain()
+                drain.unwind = self.unwinder.report()
             self._window_start = end_ns
             return drain
 
@@ -398,6 +435,19 @@ class Sampler:
             self._new_process_callbacks.insert(0, callback)
         self._start_watcher()
 
+    def _start_unwinder(self, pids: set[int]) -> None:
+        """Native unwinding: tables for announced processes (and right away for `pids`)."""
+        from profiler.unwind.loader import NativeUnwinder, cached_tables
+        from profiler.unwind.maps import UnwindMaps
+
+        assert self._prog is not None
+        self.unwinder = NativeUnwinder(UnwindMaps(self._prog.maps), cached_tables())
+        if pids:
+            self.unwinder.load_now(pids)
+        self.unwinder.start()
+        self._new_process_callbacks.insert(0, self.unwinder.announce)  # a queue put: first costs nothing
+        self._start_watcher()
+
     def _start_watcher(self) -> None:
         """One thread polls the new-process ring buffer for every callback (Python detection, the agent's)."""
         with self._lock:
@@ -436,6 +486,8 @@ class Sampler:
         self._watching = False
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join(timeout=5)
+        if getattr(self, "unwinder", None) is not None:
+            self.unwinder.close()
         with self._lock:
             prog, self._prog = self._prog, None
             if prog is not None:

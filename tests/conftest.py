@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from web.store.base import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 # ../shared/corpus beside the checkout; a clean clone elsewhere (CI's) finds it by env or at /work.
@@ -65,7 +68,7 @@ _CHECKS = {"bpf": (_bpf_problem, "PODFLAME_REQUIRE_BPF"), "browser": (_browser_p
 SYSTEM_MODULES = frozenset({
     "test_symbolizer_build", "test_symbolizer", "test_debuginfod", "test_dwarf_features", "test_dwarf_corpus",
     "test_dwarf_libdw", "test_procmaps", "test_cgroups", "test_deploy", "test_agent_memo", "test_symbolizer_metrics",
-    "test_corpus", "test_kallsyms",
+    "test_corpus", "test_kallsyms", "test_deploy_clickhouse",
 })
 
 
@@ -119,3 +122,47 @@ def browser() -> Iterator[object]:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+# -- store backends: one contract suite over each (the ClickHouse one on the real engine, in-process) --
+
+STORE_BACKENDS = ("sqlite", "chdb")
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """chDB embeds one server per process, on one path: every ClickHouse store of the run is a database in it."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_store(store_backend: str, request: pytest.FixtureRequest) -> Iterator[Callable[[Path], Store]]:
+    """`make_store(data_dir)`: a new, empty store of the backend under test (closed, and dropped, after the test)."""
+    opened: list[Store] = []
+
+    def make(data_dir: Path) -> Store:
+        from web.store.dsn import open_store
+
+        if store_backend == "sqlite":
+            store = open_store(None, data_dir)
+        else:
+            base = request.getfixturevalue("chdb_dir")
+            store = open_store(f"chdb://{base}?database=t_{uuid.uuid4().hex[:16]}")
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+    if store_backend == "chdb" and opened:
+        from web.store.clickhouse_transport import ChdbTransport
+
+        cleanup = ChdbTransport(str(request.getfixturevalue("chdb_dir")))
+        for store in opened:
+            cleanup.command(f"DROP DATABASE IF EXISTS {store.layout.database} SYNC")  # type: ignore[attr-defined]
+        cleanup.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from podflame.model import Frame, FrameKind, Line, Mapping, Profile
 from tests.builders import ingest
 from web.query.flamegraph import decode_tree
 from web.server.app import create_app
+from web.store.base import Store
 
 S = 1_000_000_000
 T0 = 1_795_000_000 * S
@@ -40,8 +41,8 @@ def prof(labels: dict[str, str], start: int = T0, *stacks: tuple[tuple[Frame, ..
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Flask]:
-    app = create_app({"DATA_DIR": str(tmp_path / "data"), "TESTING": True})
+def app(tmp_path: Path, make_store: Callable[[Path], Store]) -> Iterator[Flask]:
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "TESTING": True, "STORE": make_store(tmp_path / "data")})
     yield app
     app.extensions["podflame.store"].close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from web.query import diff
 from web.query.flamegraph import decode_tree
 from web.query.stacks import NameStacks
 from web.server.app import create_app
+from web.store.base import Store
 
 S = 1_000_000_000
 T0 = 1_795_000_000 * S
@@ -76,8 +77,8 @@ def _sampled(seed: int, n: int, weights: list[float], start: int) -> Profile:
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Flask]:
-    app = create_app({"DATA_DIR": str(tmp_path), "MAINTENANCE_SECONDS": 0})
+def app(tmp_path: Path, make_store: Callable[[Path], Store]) -> Iterator[Flask]:
+    app = create_app({"DATA_DIR": str(tmp_path), "MAINTENANCE_SECONDS": 0, "STORE": make_store(tmp_path)})
     yield app
     app.extensions["podflame.store"].close()
 

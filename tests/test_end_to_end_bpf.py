@@ -35,12 +35,11 @@ def _children(fg: dict, depth: int, parent: list[int]) -> dict[str, list[int]]:
     return {fg["names"][n[3]]: n for n in nodes if p_start <= n[0] < p_start + p_total}
 
 
-def _find(fg: dict, name: str) -> tuple[int, list[int]] | None:
-    for depth, level in enumerate(fg["levels"]):
-        for i in range(0, len(level), 4):
-            if fg["names"][level[i + 3]] == name:
-                return depth, level[i:i + 4]
-    return None
+def _find_all(fg: dict, name: str) -> list[tuple[int, list[int]]]:
+    """Every node named `name`: a process's first samples, unwound before its tables load, hang
+    `main` under a shorter root than the rest (see docs/benchmarks.md, on-demand unwind tables)."""
+    return [(depth, level[i:i + 4]) for depth, level in enumerate(fg["levels"]) for i in range(0, len(level), 4)
+            if fg["names"][level[i + 3]] == name]
 
 
 def test_pod_flame_graph_and_pprof_from_a_real_sampled_process(tmp_path: Path) -> None:
@@ -61,11 +60,13 @@ def test_pod_flame_graph_and_pprof_from_a_real_sampled_process(tmp_path: Path) -
 
         fg = json.loads(_get(f"{url}/api/v1/flamegraph?{q}"))
         assert fg["total"] >= 0.95 * expected, f"captured {fg['total']} of {expected:.0f} expected samples"
-        found = _find(fg, "main")
+        found = _find_all(fg, "main")
         assert found, f"main not in the flame graph: {fg['names'][:50]}"
-        depth, main = found
-        under_main = _children(fg, depth, main)
-        a, b = under_main["hot_a"][1], under_main["hot_b"][1]
+        a = b = 0
+        for depth, main in found:
+            under_main = _children(fg, depth, main)
+            a += under_main["hot_a"][1] if "hot_a" in under_main else 0
+            b += under_main["hot_b"][1] if "hot_b" in under_main else 0
         assert abs(a / b - 3.0) / 3.0 < 0.10, f"hot_a:hot_b = {a}:{b}"
         assert a + b >= 0.9 * fg["total"]
 

@@ -3,12 +3,14 @@ own) also says where it is in the source, as `go tool pprof -lines` does for the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from podflame.model import Frame, FrameKind, Line, Mapping
 from tests.builders import ingest
 from tests.test_api import RANGE, T0, prof
 from web.server.app import create_app
+from web.store.base import Store
 
 EXE = Mapping(0x555500000000, 0x555500010000, 0x1000, "/usr/bin/shop", "abcdef0123")
 
@@ -18,8 +20,8 @@ def at(addr: int, *lines: tuple[str, str | None, int | None]) -> Frame:
     return Frame(addr, EXE, FrameKind.NATIVE, tuple(Line(*ln) for ln in lines))
 
 
-def test_each_name_gets_its_hottest_file_line(tmp_path: Path) -> None:
-    app = create_app({"DATA_DIR": str(tmp_path / "data"), "TESTING": True})
+def test_each_name_gets_its_hottest_file_line(tmp_path: Path, make_store: Callable[[Path], Store]) -> None:
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "TESTING": True, "STORE": make_store(tmp_path / "data")})
     client = app.test_client()
     main = at(0x1100, ("main", "shop.cc", 40))
     # two addresses in checkout's loop, both inside the inlined price_mix, on different lines

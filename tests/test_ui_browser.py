@@ -243,13 +243,16 @@ def test_page_list_flame_graph_tooltip_zoom_search_downloads(server: str, watche
 
 def _center(w: Watched, node: dict) -> tuple[float, float]:
     """Viewport coordinates of a drawn node's middle, scrolling the page to it first."""
-    y = node["depth"] * ROW + ROW / 2
+    y = node.get("y", node["depth"] * ROW) + ROW / 2
+    # The graph scrolls inside its pane (the page itself fits the window): bring the row into view there.
     w.page.evaluate(f"""() => {{
+        const wrap = document.getElementById('flame-wrap');
+        const box = wrap.getBoundingClientRect();
         const top = document.getElementById('flame').getBoundingClientRect().top + {y};
-        if (top < 0 || top > window.innerHeight - 20) window.scrollBy(0, top - window.innerHeight / 2);
+        if (top < box.top + 10 || top > box.bottom - 20) wrap.scrollTop += top - (box.top + box.bottom) / 2;
     }}""")
     box = w.page.locator("#flame").bounding_box()
-    return box["x"] + node["x"] + node["width"] / 2, box["y"] + node["depth"] * ROW + ROW / 2
+    return box["x"] + node["x"] + node["width"] / 2, box["y"] + y
 
 
 def _screenshot_dir(tmp_path: Path) -> Path:

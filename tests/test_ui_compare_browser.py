@@ -222,9 +222,28 @@ def test_compare_with_the_previous_period_lists_the_hotter_function(server: str,
     assert "change: +40.0 pp of total" in text
     page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff.png"), full_page=True)
 
-    # Clicking a function in the table highlights it in the flame graph.
+    # Clicking a function in the table selects it: its frames are outlined and the diff colours stay
+    # red/blue (it used to search, which repainted the whole graph in search colours).
     rows.first.locator("td.fn button").click()
-    assert page.locator("#search").input_value() == "hot_fn"
+    wait_js(page, "window.podflame.lastRender.nodes.some(n => n.highlighted)")
+    assert page.locator("#search").input_value() == ""
+    r = w.render()
+    assert [n["name"] for n in r["nodes"] if n["highlighted"]] == ["hot_fn"]
+    assert "fn=hot_fn" in page.evaluate("location.hash")
+    by_name = {n["name"]: n for n in r["nodes"] if not n["context"]}
+    red, blue = pixel(by_name["hot_fn"]), pixel(by_name["steady"])
+    assert red[0] > red[2] + 40, red
+    assert blue[2] > blue[0] + 40, blue
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-selected.png"))
+    # At 1280x720 the tables scroll in their own box: the diff graph stays on screen, the page does not scroll.
+    page.set_viewport_size({"width": 1280, "height": 720})
+    wait_js(page, "window.innerWidth === 1280")
+    page.evaluate("window.podflame.rerender()")
+    assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1")
+    graph = page.locator("#flame").bounding_box()
+    assert graph["y"] + 3 * ROW <= 720, graph
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-1280x720.png"))
+    page.set_viewport_size({"width": 1400, "height": 900})
 
     # Downloads: the two-column folded diff and speedscope.
     folded = _get(page.locator("#dl-folded-diff").evaluate("a => a.href"))[1].decode().splitlines()
@@ -232,9 +251,14 @@ def test_compare_with_the_previous_period_lists_the_hotter_function(server: str,
     scope = json.loads(_get(page.locator("#dl-speedscope").evaluate("a => a.href"))[1])
     assert {f["name"] for f in scope["shared"]["frames"]} == {"main", "steady", "hot_fn", HOSTILE}
 
-    # Custom: the same baseline typed in gives the same diff.
+    # Custom: the fields are prefilled and focused, nothing runs until Compare; the same baseline typed
+    # in then gives the same diff.
+    renders = w.renders()
     page.locator("#compare").select_option("custom")
     _wait_ready(w)
+    time.sleep(0.3)
+    assert w.renders() == renders and page.evaluate("document.activeElement.id") == "base-from"
+    assert page.locator("#base-from").input_value() and page.locator("#base-to").input_value()
     page.locator("#base-from").fill(str(C0 - 60))
     page.locator("#base-to").fill(str(C0))
     page.locator("#base-apply").click()

@@ -13,7 +13,7 @@ COPY profiler /src/profiler
 COPY symbolizer /src/symbolizer
 COPY web /src/web
 COPY bpf /src/bpf
-RUN /opt/podflame/bin/pip install --no-cache-dir /src && rm -rf /src \
+RUN /opt/podflame/bin/pip install --no-cache-dir "/src[clickhouse]" && rm -rf /src \
  && useradd --system --uid 10001 --home-dir /data podflame && mkdir /data && chown podflame /data
 
 ENV PATH=/opt/podflame/bin:$PATH PYTHONUNBUFFERED=1

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from podflame.model import Profile
+from podflame.model import Frame, FrameKind, Profile
 from web.query import diff as diffmod
 from web.query.export import folded_diff_from_stacks, folded_from_stacks
 from web.query.flamegraph import diff_tree_from_stacks, flamegraph_from_stacks
@@ -28,6 +28,7 @@ from web.store.columns import group_sum
 from web.store.selector import Selector
 
 DEFAULT_TYPE = "samples"
+KIND_STACKS_PER_QUERY = 500  # stacks read per query to learn frame kinds (~65 us each; see NameCache._learn_kinds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,10 @@ class NameCache:
         self._len = np.empty(0, np.int64)
         self._flat_names = np.empty(0, np.int64)
         self._flat_locs = np.empty(0, np.int64)  # (name, location) pair ids, beside _flat_names
+        # Name id -> (frame kind, module) of the first frame seen with it: the flame graph's colours.
+        self._name_meta: dict[int, tuple[str, str]] = {}
+        self._kind_pending: dict[int, int] = {}  # frame id -> a stack holding it, until its kind is read
+        self._frame_kind: set[int] = set()  # frame ids whose kind was read
         self._lock = threading.Lock()
 
     def _frame(self, lines: Sequence[tuple[str, str | None, int | None]]) -> tuple[list[int], list[int]]:
@@ -119,6 +124,7 @@ class NameCache:
         new = [f for f in uniq.tolist() if f not in self._frame_names]
         for fid, lines in store.frame_lines(new).items():
             self._frame_names[fid] = self._frame(lines)
+        self._note_new_frames(sids, n_frames, flat, uniq, new)
         # A table of the frames involved: each frame's names (and locations) back to back.
         per = [self._frame_names[f] for f in uniq.tolist()]
         per_len = np.fromiter((len(p[0]) for p in per), dtype=np.int64, count=len(per))
@@ -139,6 +145,48 @@ class NameCache:
         self._flat_names = np.concatenate((self._flat_names, names))
         self._flat_locs = np.concatenate((self._flat_locs, locs))
 
+    def _note_new_frames(self, sids: list[int], n_frames: np.ndarray, flat: np.ndarray, uniq: np.ndarray,
+                         new: list[int]) -> None:
+        """Remember, for each new frame, one stack holding it: `_learn_kinds` reads its kind through that stack."""
+        if not new or not flat.size:
+            return
+        _, first = np.unique(flat, return_index=True)  # first position of each distinct frame id (uniq order)
+        wanted = np.isin(uniq, np.asarray(new, dtype=np.int64))
+        stack_at = np.searchsorted(np.cumsum(n_frames), first[wanted], side="right")
+        self._kind_pending.update(zip(uniq[wanted].tolist(), (sids[k] for k in stack_at.tolist()), strict=True))
+
+    def _learn_kinds(self, store: Store, weight: dict[int, int]) -> None:
+        """Kind and module of the names of frames not known yet, through the heaviest stacks of this query first.
+
+        The store's frame rows keep the kind, but only `Store.stacks` hands it out (as Frames, ~65 us per
+        stack), so a query reads at most KIND_STACKS_PER_QUERY stacks: a profile's first view pays a bounded
+        cost and later views learn the rest (frames not learned yet are drawn as of unknown kind)."""
+        by_stack: dict[int, list[int]] = defaultdict(list)
+        for fid, sid in self._kind_pending.items():
+            by_stack[sid].append(fid)
+        chosen = sorted(by_stack, key=lambda sid: -weight.get(sid, 0))[:KIND_STACKS_PER_QUERY]
+        if not chosen:
+            return
+        n_frames, flat = store.stack_frames(chosen)
+        stacks = store.stacks(chosen)
+        ends = np.cumsum(n_frames)
+        for k, sid in enumerate(chosen):
+            fids = flat[ends[k] - n_frames[k]:ends[k]].tolist()
+            for fid, frame in zip(fids, stacks[sid], strict=False):
+                if self._kind_pending.pop(fid, None) is None and fid in self._frame_kind:
+                    continue
+                self._frame_kind.add(fid)
+                meta = (str(frame.kind), module_of(frame))
+                for name in self._frame_names[fid][0]:
+                    self._name_meta.setdefault(name, meta)
+
+    def frame_meta(self, names: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Kind and module per name (payload order); "" for names without frames (the root, [other])."""
+        with self._lock:
+            ids = [self._index.get(n) for n in names]
+            metas = [self._name_meta.get(i, ("", "")) if i is not None else ("", "") for i in ids]
+        return [k for k, _ in metas], [m for _, m in metas]
+
     def _gather(self, stack_ids: list[int], table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """These stacks' rows of `table` back to back, and their lengths (caller holds the lock)."""
         slot = self._slot
@@ -155,6 +203,9 @@ class NameCache:
             missing = [i for i in ids if i not in self._slot]
             if missing:
                 self._translate(store, missing)
+            if self._kind_pending:
+                weights = np.asarray(values, dtype=np.int64).reshape(len(ids), -1).sum(axis=1)
+                self._learn_kinds(store, dict(zip(ids, weights.tolist(), strict=True)))
             flat, lengths = self._gather(ids, self._flat_names)
             names = list(self.names)
         vals = np.asarray(values, dtype=np.int64)
@@ -179,6 +230,23 @@ class NameCache:
         names, where, sums = pair_name[keys], pair_loc[keys], sums[keys]
         order = np.lexsort((where, sums, names))  # by name, then value (then location): the last of each name wins
         return {ns.names[n]: locations[w] for n, w in zip(names[order].tolist(), where[order].tolist(), strict=True)}
+
+
+def module_of(frame: Frame) -> str:
+    """What "colour by module" groups a frame under: its binary's file name, the kernel, or for an
+    interpreted frame its package (the directory after site-packages, else the file's directory)."""
+    if frame.kind is FrameKind.KERNEL:
+        return "[kernel]"
+    if frame.kind is FrameKind.PYTHON:
+        file = next((ln.file for ln in frame.lines if ln.file), "") or ""
+        parts = [p for p in file.replace("\\", "/").split("/") if p]
+        for marker in ("site-packages", "dist-packages"):
+            if marker in parts[:-1]:
+                return parts[parts.index(marker) + 1].removesuffix(".py")
+        return parts[-2] if len(parts) >= 2 else (parts[0] if parts else "[python]")
+    if frame.mapping is not None and frame.mapping.path:
+        return frame.mapping.path.rsplit("/", 1)[-1]
+    return ""
 
 
 def _intern(index: dict[str, int], table: list[str], s: str) -> int:
@@ -268,6 +336,8 @@ def flamegraph(store: Store, q: Query, max_nodes: int | None = None) -> dict[str
     payload = flamegraph_from_stacks(ns, max_nodes)
     where = cache.hottest_locations(m.stack_ids, ns)
     payload.update(_meta(m), locations=[where.get(n, "") for n in payload["names"]])
+    payload["kinds"], payload["modules"] = cache.frame_meta(payload["names"])
+    payload["from"], payload["to"] = q.t0 / 1e9, q.t1 / 1e9  # what a "now-15m" meant: for downloads
     return payload
 
 

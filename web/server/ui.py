@@ -12,6 +12,8 @@ travels as a `<script type="application/json">` block through `|tojson` (which e
 
 from __future__ import annotations
 
+import gzip
+
 from flask import Blueprint, Response, current_app, render_template, request
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static",
@@ -59,6 +61,39 @@ def index() -> str:
     }
     return render_template("podflame_ui.html", config=config, query=query, presets=RANGE_PRESETS,
                            refresh_seconds=refresh)
+
+
+COMPRESS_MIN_BYTES = 1024  # smaller answers gain less than the headers and CPU cost
+_COMPRESSED_TYPES = ("application/json", "text/plain", "text/javascript", "text/css", "image/svg+xml")
+
+
+def _accepts_gzip(header: str) -> bool:
+    """True when Accept-Encoding allows gzip (present, and not q=0)."""
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip().lower() in ("gzip", "*"):
+            q = params.strip().lower()
+            return not (q.startswith("q=") and float(q[2:] or 0) == 0)
+    return False
+
+
+@bp.after_app_request
+def _compress(response: Response) -> Response:
+    """gzip JSON and text answers when the client accepts it: a node's day of flame graph is megabytes of
+    integer lists, which gzip shrinks several times, so the page waits on the network far less. Level 1
+    for big bodies (their compression must not cost more than it saves), 6 for the rest."""
+    if (response.direct_passthrough or response.is_streamed or "Content-Encoding" in response.headers
+            or response.status_code < 200 or response.status_code in (204, 304)
+            or response.mimetype not in _COMPRESSED_TYPES
+            or not _accepts_gzip(request.headers.get("Accept-Encoding", ""))):
+        return response
+    body = response.get_data()
+    if len(body) < COMPRESS_MIN_BYTES:
+        return response
+    response.set_data(gzip.compress(body, compresslevel=1 if len(body) > 1 << 20 else 6, mtime=0))
+    response.headers["Content-Encoding"] = "gzip"
+    response.vary.add("Accept-Encoding")
+    return response
 
 
 @bp.after_request

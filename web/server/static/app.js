@@ -8,7 +8,11 @@
 import { fetchWithLogin } from "./auth.js";
 import { COMPARE_MODES, baselineRange, diffTable, ruleText } from "./compare.js";
 import { CpuChart } from "./cpuchart.js";
-import { FlameGraph, formatPercent } from "./flamegraph.js";
+import {
+  FlameGraph, KIND_COLORS, MODULE_PALETTE, compileSearch, formatPercent, formatValue, isCpuType, unitWordOf,
+} from "./flamegraph.js";
+import { FunctionTable, functionTotals, invertedPayload, sandwichPayloads } from "./functions.js";
+import { exportPng, exportSvg } from "./export.js";
 import { parseTime, toSeconds, formatTime } from "./timeexpr.js";
 
 const config = JSON.parse(document.getElementById("podflame-config").textContent);
@@ -24,19 +28,30 @@ const els = {
   flameTitle: $("flame-title"), flameSummary: $("flame-summary"), flameEmpty: $("flame-empty"),
   flameWrap: $("flame-wrap"), canvas: $("flame"), tooltip: $("tooltip"), search: $("search"),
   searchResult: $("search-result"), zoomOut: $("zoom-out"), dlPprof: $("dl-pprof"), dlFolded: $("dl-folded"),
-  dlSpeedscope: $("dl-speedscope"), dlFoldedDiff: $("dl-folded-diff"), orientation: $("orientation"),
+  dlSpeedscope: $("dl-speedscope"), dlFoldedDiff: $("dl-folded-diff"),
   chartTitle: $("chart-title"), chartSummary: $("chart-summary"), chartWrap: $("chart-wrap"), chart: $("cpu-chart"),
   chartEmpty: $("chart-empty"), rangeReset: $("range-reset"),
   compareForm: $("compare-form"), compare: $("compare"), customBase: $("custom-base"), baseFrom: $("base-from"),
   baseTo: $("base-to"), baseQuery: $("base-query"), baseText: $("base-text"), diffNote: $("diff-note"),
   diffDetails: $("diff-details"), diffSummary: $("diff-summary"), diffTables: $("diff-tables"), diffRule: $("diff-rule"),
+  searchPrev: $("search-prev"), searchNext: $("search-next"), view: $("view"), colorBy: $("color-by"),
+  orient: $("orient"), invert: $("invert"), exportPng: $("export-png"), exportSvg: $("export-svg"),
+  legend: $("legend"), flameBody: $("flame-body"), tableWrap: $("table-wrap"), fnFilter: $("fn-filter"),
+  fnCount: $("fn-count"), fnRows: $("fn-rows"), sandwich: $("sandwich"), sandwichEmpty: $("sandwich-empty"),
+  callers: $("callers"), callees: $("callees"), callersTitle: $("callers-title"), calleesTitle: $("callees-title"),
+  busy: $("busy"), flamePane: document.querySelector(".flame-pane"),
+  type: $("type"), groupBy: $("group-by"), labelForm: $("label-form"), labelName: $("label-name"),
+  labelValue: $("label-value"), labelNames: $("label-names"), labelValues: $("label-values"),
+  targetsTitle: $("targets-title"), targetsNote: $("targets-note"),
 };
+const TOP_GROUPS = 5;  // chart series per label value when grouping by a label; the rest is "other"
+const VIEWS = ["both", "graph", "table", "sandwich"];
 
 const fmtInt = new Intl.NumberFormat("en-US");
 
 // Test and debugging hook: what the page last drew and whether it is settled.
 const hook = (window.podflame = {
-  status: "loading", lastRender: null, targets: [], renders: 0, chart: null, diff: null,
+  status: "loading", lastRender: null, targets: [], renders: 0, chart: null, diff: null, drawnAt: null,
   rerender() { draw(); return hook.lastRender; },
 });
 
@@ -50,6 +65,10 @@ const state = {
   bfrom: "", bto: "", bq: "",
   zoom: [],   // root-first frame names of the zoomed node
   search: "", refresh: false,
+  view: "both", orient: "icicle", invert: false, color: "name",
+  fn: "",     // the selected function (table row, outlined frames, the sandwich's subject)
+  type: "",   // sample type ("": the server's default, CPU samples when present)
+  group: "",  // a label to group the list and chart by ("": pods and cgroups)
 };
 
 const LABEL_NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
@@ -79,6 +98,13 @@ function readHash() {
   state.zoom = Array.isArray(zoom) ? zoom.map(String) : [];
   state.search = p.get("search") || "";
   state.refresh = p.get("refresh") === "1";
+  state.view = VIEWS.includes(p.get("view")) ? p.get("view") : "both";
+  state.orient = p.get("orient") === "flame" ? "flame" : "icicle";
+  state.invert = p.get("invert") === "1";
+  state.color = ["kind", "module"].includes(p.get("color")) ? p.get("color") : "name";
+  state.fn = p.get("fn") || "";
+  state.type = p.get("type") || "";
+  state.group = LABEL_NAME.test(p.get("group") || "") ? p.get("group") : "";
 }
 
 function writeHash(push) {
@@ -97,6 +123,13 @@ function writeHash(push) {
   if (state.zoom.length) p.set("zoom", JSON.stringify(state.zoom));
   if (state.search) p.set("search", state.search);
   if (state.refresh) p.set("refresh", "1");
+  if (state.view !== "both") p.set("view", state.view);
+  if (state.orient === "flame") p.set("orient", "flame");
+  if (state.invert) p.set("invert", "1");
+  if (state.color !== "name") p.set("color", state.color);
+  if (state.fn) p.set("fn", state.fn);
+  if (state.type) p.set("type", state.type);
+  if (state.group) p.set("group", state.group);
   const url = "#" + p.toString();
   if (url === location.hash) return;
   if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
@@ -118,15 +151,20 @@ async function getJSON(path, params, signal) {
     resp = await fetchWithLogin(apiUrl(path, params), { signal, headers: { Accept: "application/json" } }, API);
   } catch (e) {
     if (e.name === "AbortError") throw e;
-    throw new ApiError(`cannot reach the server (${path}): ${e.message}`);
+    throw new ApiError(`cannot reach the server (${e.message}). Check that it is running and reachable, then reload.`);
   }
   let body = null;
   try { body = await resp.json(); } catch { /* not JSON: reported below */ }
   if (!resp.ok) {
     const why = body && typeof body.error === "string" ? body.error : `HTTP ${resp.status} ${resp.statusText}`;
-    throw new ApiError(`${path}: ${why}`);
+    // Said once however many requests hit it (the same bad selector fails the list, chart and graph),
+    // with what to do about it.
+    const todo = resp.status === 400 ? " Fix it in the field above and apply again."
+      : resp.status === 413 ? " Narrow the range or the selector." : resp.status === 404 ? ""
+        : " The server failed: try again, and see its log if it persists.";
+    throw new ApiError(why + todo);
   }
-  if (body === null) throw new ApiError(`${path}: the server did not answer JSON`);
+  if (body === null) throw new ApiError(`the server did not answer JSON (${path}); is a proxy in the way?`);
   return body;
 }
 
@@ -140,9 +178,9 @@ function selectionQuery() {
   const extra = Object.entries(state.sel || {}).map(([k, v]) => `${k}=${quote(v)}`);
   const q = state.query.trim();
   if (!extra.length) return q;
-  let inner = q;
-  if (q.startsWith("{") && q.endsWith("}")) inner = q.slice(1, -1).trim();
-  else if (q) return q;  // not a plain {...}: let the server say what is wrong with it
+  // The server also takes matchers without braces (namespace="shop"): those get the selection too,
+  // instead of silently losing it while the title still names it.
+  const inner = q.startsWith("{") && q.endsWith("}") ? q.slice(1, -1).trim() : q;
   return "{" + [inner, ...extra].filter(Boolean).join(", ") + "}";
 }
 
@@ -173,7 +211,10 @@ function groupSeries(series) {
   for (const s of series) {
     const l = s.labels || {};
     let sel, kind;
-    if (l.pod_uid) {
+    if (state.group) {
+      sel = { [state.group]: l[state.group] ?? "" };
+      kind = "label";
+    } else if (l.pod_uid) {
       sel = { pod_uid: l.pod_uid };
       if (l.container_id) sel.container_id = l.container_id;
       kind = "pod";
@@ -218,7 +259,12 @@ function describeGroup(g) {
     const parent = l.cgroup.slice(0, Math.max(1, l.cgroup.length - lastPart(l.cgroup).length - 1));
     return { name: lastPart(l.cgroup), detail: parent, title: l.cgroup };
   }
-  return { name: "(no cgroup label)", detail: "", title: "" };
+  if (g.kind === "label") {
+    const v = g.sel[state.group];
+    return { name: v === "" ? `(no ${state.group} label)` : v, detail: "", title: `${state.group}=${v}` };
+  }
+  return { name: "(no pod or cgroup label)", detail: "pushed profiles: group by one of their labels above",
+    title: "Profiles without pod_uid or cgroup labels (pushed pprof, for one): the list above can group by any label" };
 }
 
 function formatShare(g, unit) {
@@ -226,7 +272,7 @@ function formatShare(g, unit) {
     const pct = g.cpuShare * 100;
     return { text: (pct >= 10 ? pct.toFixed(1) : pct.toPrecision(2)) + "%", title: `${g.cpuShare.toFixed(3)} cores on average, ${g.cpuSeconds.toFixed(2)} s CPU` };
   }
-  return { text: `${fmtInt.format(g.value)} ${unit}`, title: "" };
+  return { text: formatValue(g.value, unit.type, unit.unit), title: "" };
 }
 
 function targetRow(g, max, unit, selected) {
@@ -269,11 +315,17 @@ function targetRow(g, max, unit, selected) {
   return li;
 }
 
+let lastGroups = [];
 let described = new Map();  // group key -> {name, detail} of the last list, for the flame graph title
 
 function renderTargets(resp) {
-  const unit = resp.unit === "count" ? "samples" : resp.unit || "";
+  const unit = { type: resp.type, unit: resp.unit };
+  const cpu = isCpuType(resp.type, resp.unit) || resp.type === "cpu";
+  els.targetsTitle.firstChild.textContent = state.group ? `By ${state.group} ` : "Pods and cgroups ";
+  els.targetsNote.textContent = cpu ? "CPU as % of one core, averaged over the range"
+    : `${resp.type} in ${unitWordOf(resp.type, resp.unit)}, summed over the range`;
   const groups = groupSeries(resp.series || []);
+  lastGroups = groups;
   hook.targets = groups.map((g) => ({ key: g.key, sel: g.sel, value: g.value, cpuShare: g.cpu ? g.cpuShare : null }));
   const currentKey = selKey(state.sel);
   for (const g of groups) g.describe = describeGroup(g);
@@ -294,7 +346,7 @@ function renderTargets(resp) {
   els.targetsEmpty.hidden = groups.length > 0;
   els.targetsEmpty.textContent = groups.length ? "" : "No samples in this range for this selector.";
   if (typeof resp.from === "number" && typeof resp.to === "number") {
-    const f = (t) => new Date(t * 1000).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
+    const f = (t) => new Date(t * 1000).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium", hourCycle: "h23" });
     els.rangeText.textContent = `${f(resp.from)} \u2013 ${f(resp.to)}`;
   }
 }
@@ -308,12 +360,25 @@ function markSelected() {
 
 // ---- flame graph -------------------------------------------------------------------------------
 
-const flame = new FlameGraph(els.canvas, els.tooltip, {
+const flame = (hook.flame = new FlameGraph(els.canvas, els.tooltip, {
   onZoom(path) {
     state.zoom = path;
     writeHash(false);
     afterRender();
   },
+  onPick(name) { if (name !== null) selectFunction(name, false); },
+}));
+flame.fadeOthers = true;
+// The sandwich's two halves: callers above the function (root at the bottom), callees below it.
+const callersGraph = new FlameGraph(els.callers, els.tooltip, { onPick: (name) => { if (name !== null) selectFunction(name, false); } });
+const calleesGraph = new FlameGraph(els.callees, els.tooltip, { onPick: (name) => { if (name !== null) selectFunction(name, false); } });
+callersGraph.orientation = "flame";
+let source = flame;     // the graph of the payload as the server sent it (the table's data)
+let payload = null;     // the last flame-graph / diff payload
+const table = new FunctionTable(els.fnRows, {
+  format: (v) => (currentUnit === "bytes" || currentUnit === "nanoseconds" ? fmtValue(v) : fmtInt.format(v)),
+  onHover(name) { flame.setHighlight(name === null ? (state.fn || null) : name); hook.lastRender = flame.lastRender; },
+  onSelect(name) { selectFunction(name, true); },
 });
 
 function selectionLabel() {
@@ -326,42 +391,146 @@ function selectionLabel() {
   return state.sel.cgroup ? `cgroup ${state.sel.cgroup}` : "no cgroup label";
 }
 
-const ORIENTATION = els.orientation.textContent;
-const unitWord = (unit) => (unit === "count" ? "samples" : unit || "");
+let currentUnit = "count", currentType = "samples";
+const unitWord = (unit, type = currentType) => unitWordOf(type, unit);
+const fmtValue = (v, unit = currentUnit, type = currentType) => formatValue(v, type, unit);
+
+function meta(fg) {
+  return { unit: fg.unit, type: fg.type, period_ns: fg.period_ns, locations: fg.locations, kinds: fg.kinds, modules: fg.modules };
+}
 
 function renderFlame(fg) {
-  flame.setData(fg);
-  flame.zoomToPath(state.zoom);
-  flame.search = state.search.trim().toLowerCase();
+  payload = fg;
+  currentUnit = fg.unit || "count";
+  currentType = fg.type || "samples";
   const diff = typeof fg.base_total === "number";
+  source = flame;
+  if (!diff && state.invert && fg.total) {
+    source = new FlameGraph(document.createElement("canvas"), els.tooltip);
+    source.setData(fg);
+    flame.setData(invertedPayload(source, meta(fg)));
+  } else {
+    flame.setData(fg);
+  }
+  flame.zoomToPath(state.zoom);
+  flame.setSearch(state.search, false);
+  flame.orientation = state.orient;
+  flame.colorBy = state.color;
+  flame.modulePalette = null;
+  flame.highlight = state.fn ? flame.nameIndex(state.fn) : -1;
   const empty = !fg.total;
   els.flameEmpty.hidden = !empty;
   els.flameEmpty.textContent = !empty ? ""
     : diff ? "No samples in either range for this selection." : "No samples in this range for this selection.";
-  els.flameWrap.hidden = empty;
-  els.flameTitle.textContent = (diff ? "Diff flame graph: " : "Flame graph: ") + selectionLabel();
+  els.flameBody.hidden = empty;
+  els.flameTitle.textContent = (diff ? "Diff flame graph: " : state.invert ? "Bottom-up (inverted): " : "Flame graph: ") +
+    selectionLabel();
   const unit = unitWord(fg.unit);
   if (diff) {
     els.flameSummary.textContent =
       `baseline ${fmtInt.format(fg.base_total)} ${unit} \u00b7 comparison ${fmtInt.format(fg.comp_total)} ${unit}`;
-    els.orientation.textContent = "red = larger share in the comparison, blue = smaller (each range normalized to " +
-      "its total) \u00b7 click a frame to zoom";
   } else {
-    let summary = `${fmtInt.format(fg.total || 0)} ${unit}`;
-    if (fg.unit === "count" && fg.period_ns) summary += ` \u00b7 ${((fg.total * fg.period_ns) / 1e9).toFixed(2)} s CPU`;
+    let summary = fmtValue(fg.total || 0);
+    if (isCpuType(fg.type, fg.unit) && fg.period_ns) {
+      summary += ` \u00b7 ${((fg.total * fg.period_ns) / 1e9).toFixed(2)} s CPU`;
+    }
+    if (fg.type) summary += ` \u00b7 ${fg.type}`;
+    if (fg.folded_nodes) summary += ` \u00b7 ${fmtInt.format(fg.folded_nodes)} small frames folded into [other]`;
     els.flameSummary.textContent = summary;
-    els.orientation.textContent = ORIENTATION;
   }
+  table.setRows(empty || diff ? [] : functionTotals(source), source.data ? source.data.total : 0);
+  els.fnCount.textContent = empty || diff ? "" : `${table.matching} functions \u00b7 ${unitWord(currentUnit)}`;
+  table.select(state.fn || null, false);
   renderDiffExtras(diff ? fg : null);
+  applyView();
+  downloadLinks();
   draw();
 }
 
-function searchFor(name) {
-  state.search = name;
-  els.search.value = name;
+// Which panes the view shows; the table and sandwich have no meaning for a diff (its tables do that).
+function applyView() {
+  const diff = !!(payload && typeof payload.base_total === "number");
+  const view = diff && state.view !== "graph" ? "graph" : state.view;
+  els.flameBody.className = "flame-body view-" + view;
+  els.tableWrap.hidden = view === "graph" || view === "sandwich";
+  els.flameWrap.hidden = view === "table" || view === "sandwich";
+  els.sandwich.hidden = view !== "sandwich";
+  els.invert.disabled = diff;
+  els.view.disabled = diff;
+  renderLegend(diff);
+}
+
+function renderLegend(diff) {
+  const items = [];
+  const swatch = (color, text) => {
+    const span = document.createElement("span");
+    span.className = "legend-item";
+    const box = document.createElement("span");
+    box.className = "swatch";
+    box.style.background = color;  // CSSOM property: allowed under style-src 'self'
+    const label = document.createElement("span");
+    label.textContent = text;
+    span.append(box, label);
+    return span;
+  };
+  if (diff) {
+    items.push(swatch("hsl(2 78% 60%)", "larger share in the comparison"), swatch("hsl(214 72% 60%)", "smaller share"),
+      swatch("hsl(30 8% 84%)", "unchanged (each side as a share of its total)"));
+  } else if (state.color === "kind" && flame.data) {
+    const present = new Set(flame.data.kinds.filter(Boolean));
+    for (const [k, c] of Object.entries(KIND_COLORS)) if (present.has(k) || k === "unknown" && !present.size) items.push(swatch(c, k));
+  } else if (state.color === "module" && flame.data) {
+    const weight = new Map();
+    const lv = flame.data.levels[1];
+    if (lv) for (let i = 0; i < lv.n; i++) weight.set(flame.moduleOf(lv.name[i]), (weight.get(flame.moduleOf(lv.name[i])) || 0) + lv.total[i]);
+    for (let d = 2; d < flame.data.levels.length; d++) {
+      const l = flame.data.levels[d];
+      for (let i = 0; i < l.n; i++) weight.set(flame.moduleOf(l.name[i]), (weight.get(flame.moduleOf(l.name[i])) || 0) + l.self[i]);
+    }
+    const top = [...weight.entries()].filter(([m]) => m).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, 10);
+    const palette = new Map(top.map(([m], k) => [m, MODULE_PALETTE[k]]));
+    flame.modulePalette = callersGraph.modulePalette = calleesGraph.modulePalette = palette;
+    for (const [m] of top) items.push(swatch(palette.get(m), m));
+  }
+  const hint = document.createElement("span");
+  hint.className = "muted";
+  hint.textContent = (state.orient === "flame" ? "root at the bottom" : "root at top") +
+    " \u00b7 width = share of " + (unitWord(currentUnit) || "samples") + " \u00b7 click a frame to zoom, arrows move, Esc zooms out";
+  els.legend.replaceChildren(...items, hint);
+  els.legend.hidden = false;
+}
+
+function selectFunction(name, fromTable) {
+  state.fn = name || "";
   writeHash(false);
-  flame.setSearch(name);
+  table.select(state.fn || null, !fromTable);
+  flame.setHighlight(state.fn || null);
+  if (state.view === "sandwich") drawSandwich();
   afterRender();
+}
+
+function drawSandwich() {
+  const f = state.fn && source.data ? source.nameIndex(state.fn) : -1;
+  els.sandwichEmpty.hidden = f >= 0;
+  els.callersTitle.hidden = els.calleesTitle.hidden = f < 0;
+  if (f < 0) {
+    callersGraph.setData({ names: [], levels: [], total: 0 });
+    calleesGraph.setData({ names: [], levels: [], total: 0 });
+  } else {
+    const { callers, callees } = sandwichPayloads(source, f, meta(payload));
+    callersGraph.setData(callers);
+    calleesGraph.setData(callees);
+    callersGraph.highlight = calleesGraph.highlight = f;
+    els.callersTitle.textContent = `Callers of ${state.fn} (who calls it, root at the bottom)`;
+    els.calleesTitle.textContent = `Callees of ${state.fn} (what it calls)`;
+  }
+  const w = els.sandwich.clientWidth;
+  for (const g of [callersGraph, calleesGraph]) { g.colorBy = state.color; g.render(w); }
+  hook.sandwich = f < 0 ? null : { callers: callersGraph.lastRender, callees: calleesGraph.lastRender };
+}
+
+function searchFor(name) {  // a diff table's function: selected (outlined), the diff colours stay
+  selectFunction(name, false);
 }
 
 // The notes and tables beside a diff flame graph; null clears them.
@@ -394,21 +563,43 @@ function renderDiffExtras(fg) {
 }
 
 function draw() {
-  flame.render(els.flameWrap.clientWidth);
+  if (!els.flameWrap.hidden) flame.render(els.flameWrap.clientWidth);
+  else flame.render(els.flameBody.clientWidth || 800);
+  if (state.view === "sandwich" && !els.sandwich.hidden) drawSandwich();
   afterRender();
+}
+
+let matchAt = -1;  // which match "next" / "previous" last went to
+
+function stepMatch(delta) {
+  const list = flame.matchList();
+  if (!list.length) return;
+  matchAt = (matchAt + delta + list.length) % list.length;
+  const { d, i } = list[matchAt];
+  flame.focus = { d, i };
+  flame.zoomTo(d, i);
 }
 
 function afterRender() {
   hook.lastRender = flame.lastRender;
   hook.renders += 1;
+  // When the first graph was on screen, in ms since navigation started (bench/ui.py reads it).
+  if (hook.drawnAt === null && flame.lastRender && flame.lastRender.nodes.length) hook.drawnAt = performance.now();
   els.zoomOut.disabled = !flame.isZoomed();
-  const stats = flame.searchStats();
-  if (!stats) els.searchResult.textContent = "";
+  els.searchResult.classList.toggle("error", !!flame.searchError);
+  const stats = flame.searchError ? null : flame.searchStats();
+  const list = stats ? flame.matchList() : [];
+  els.searchPrev.disabled = els.searchNext.disabled = list.length === 0;
+  els.searchNext.title = list.length ? `Next of ${list.length} matching frames` : "Next match";
+  if (flame.searchError) els.searchResult.textContent = flame.searchError;
+  else if (!stats) els.searchResult.textContent = "";
   else {
-    let t = `matched ${formatPercent(stats.matched, stats.total)} of total`;
+    const side = flame.data && flame.data.diff ? " (both ranges, each normalized)" : "";
+    let t = `matched ${formatPercent(stats.matched, stats.total)} of total${side}`;
     if (flame.isZoomed()) t += `, ${formatPercent(stats.inView, stats.viewTotal)} of zoomed`;
     els.searchResult.textContent = t;
   }
+  hook.search = { error: flame.searchError, stats, matches: list.length };
 }
 
 // ---- compare -----------------------------------------------------------------------------------
@@ -427,23 +618,53 @@ function describeRange(from, to) {
   const f = parseTime(from), t = parseTime(to);
   if (!f || !t) return `${from} \u2013 ${to}`;
   const now = Date.now() / 1000;
-  const fmt = (s) => new Date(s * 1000).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
+  const fmt = (s) => new Date(s * 1000).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium", hourCycle: "h23" });
   return `${fmt(toSeconds(f, now))} \u2013 ${fmt(toSeconds(t, now))}`;
 }
 
+// The absolute range on screen: what the server resolved for the last graph (so a download or a
+// shared file is what was looked at, not what "now-15m" means when it is clicked).
+function shownRange() {
+  if (payload && typeof payload.from === "number" && typeof payload.to === "number") {
+    return { from: String(payload.from), to: String(payload.to) };
+  }
+  const abs = secondsOf(state.from, state.to);
+  return abs ? { from: String(abs[0]), to: String(abs[1]) } : { from: state.from, to: state.to };
+}
+
+const slug = (text) => text.replace(/[^A-Za-z0-9_.=-]+/g, "_").replace(/^_+|_+$/g, "").slice(0, 60);
+
+// "sel_namespace=shop-20261206T041500Z-20261206T043000Z": selector and range, so downloads differ.
+function downloadStem() {
+  const r = shownRange();
+  const iso = (t) => {
+    const n = Number(t);
+    return Number.isFinite(n) ? new Date(n * 1000).toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z") : slug(t);
+  };
+  const sel = slug(Object.values(state.sel || {}).map((v) => lastPart(String(v))).join("_") || selectionQuery() || "all");
+  return `${sel || "all"}-${iso(r.from)}-${iso(r.to)}`;
+}
+
 function downloadLinks() {
-  const params = { query: selectionQuery(), from: state.from, to: state.to };
-  const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+  const r = shownRange();
+  hook.shown = r;
+  const params = { query: selectionQuery(), from: r.from, to: r.to };
+  if (state.type || (payload && payload.type)) params.type = state.type || payload.type;
+  const stem = downloadStem();
   const link = (a, path, extra, name) => {
     a.href = apiUrl(path, { ...params, ...extra });
-    a.setAttribute("download", `podflame-${stamp}${name}`);
+    a.setAttribute("download", `podflame-${stem}${name}`);
   };
   link(els.dlPprof, "pprof", {}, ".pb.gz");
   link(els.dlFolded, "folded", {}, ".folded.txt");
   link(els.dlSpeedscope, "speedscope", {}, ".speedscope.json");
   const base = baseline();
   els.dlFoldedDiff.hidden = !base || !!base.error;
-  if (base && !base.error) link(els.dlFoldedDiff, "folded", baseParams(base), ".diff.folded.txt");
+  if (base && !base.error) {
+    const abs = secondsOf(base.from, base.to);
+    const b = abs ? { ...base, from: String(abs[0]), to: String(abs[1]) } : base;
+    link(els.dlFoldedDiff, "folded", baseParams(b), ".diff.folded.txt");
+  }
   els.baseText.textContent = !base ? "" : base.error ? "" : `baseline: ${describeRange(base.from, base.to)}`;
 }
 
@@ -493,13 +714,17 @@ function chartMarks() {
   chart.setBaseline(base && !base.error ? secondsOf(base.from, base.to) : null);
 }
 
-function renderChart(resp) {
+function renderChart(resp, stack = null) {
   chart.setData(resp);
+  chart.setStack(stack);
+  hook.chartSeries = stack ? stack.map((p) => ({ name: p.name, total: p.values.reduce((a, v) => a + v, 0) })) : null;
   chartMarks();
   const total = chart.total();
   els.chartEmpty.hidden = total > 0;
   els.chartEmpty.textContent = total ? "" : "No samples in the chart's range for this selection.";
-  els.chartTitle.textContent = "CPU: " + selectionLabel();
+  const cpu = isCpuType(resp.type, resp.unit) || resp.type === "cpu";
+  els.chartTitle.textContent = (cpu ? "CPU: " : `${resp.type}: `) + selectionLabel() +
+    (stack ? ` \u00b7 by ${state.group}` : "");
   let summary = "";
   if (Array.isArray(resp.cores) && resp.to > resp.from) {
     const avg = resp.cores.reduce((a, c) => a + c, 0) * resp.step / (resp.to - resp.from);
@@ -507,7 +732,7 @@ function renderChart(resp) {
     const pct = (c) => { const p = c * 100; return (p >= 10 ? p.toFixed(1) : p.toPrecision(2)) + "%"; };
     summary = `% of one core \u00b7 average ${pct(avg)}, peak ${pct(peak)} \u00b7 ${resp.step} s per bar`;
   } else {
-    summary = `${unitWord(resp.unit)} per ${resp.step} s`;
+    summary = `${unitWordOf(resp.type, resp.unit)} per ${resp.step} s`;
   }
   els.chartSummary.textContent = summary + " \u00b7 drag to choose a range";
   els.chartWrap.hidden = false;
@@ -520,7 +745,7 @@ function drawChart() {
 
 // ---- loading -----------------------------------------------------------------------------------
 
-const inflight = { series: null, flame: null, chart: null };
+const inflight = { series: null, flame: null, chart: null, meta: null };
 
 async function load(what, fn, onError) {
   inflight[what]?.abort();
@@ -538,9 +763,90 @@ async function load(what, fn, onError) {
   }
 }
 
+// The selector with one more equality matcher (the label explorer, a group's value).
+function withMatcher(query, name, value) {
+  const q = query.trim();
+  const m = `${name}=${quote(value)}`;
+  if (!q) return `{${m}}`;
+  const inner = q.startsWith("{") && q.endsWith("}") ? q.slice(1, -1).trim() : q;  // braces are optional
+  return `{${inner ? inner + ", " : ""}${m}}`;
+}
+
+let seriesReady = null;  // the list's request: the grouped chart waits for its top values
+async function topGroupValues(signal) {
+  if (seriesReady) await seriesReady.catch(() => {});
+  if (signal.aborted) return [];
+  return lastGroups.slice(0, TOP_GROUPS).map((g) => g.sel[state.group]);
+}
+
+// Types and label names for the pickers; failures leave the pickers as they were (the list says why).
+function loadMeta() {
+  const params = { query: state.query, from: state.from, to: state.to };
+  return load("meta", async (signal) => {
+    const [types, labels] = await Promise.all([getJSON("types", params, signal), getJSON("labels", params, signal)]);
+    if (signal.aborted) return;
+    const opts = (types.types || []).map((t) => {
+      const o = document.createElement("option");
+      o.value = t.type;
+      o.textContent = `${t.type} (${typeUnitLabel(t.type, t.unit)})`;
+      return o;
+    });
+    if (state.type && !opts.some((o) => o.value === state.type)) {
+      const o = document.createElement("option");
+      o.value = state.type;
+      o.textContent = `${state.type} (no data in range)`;
+      opts.push(o);
+    }
+    els.type.replaceChildren(...opts);
+    els.type.disabled = opts.length <= 1;
+    els.type.value = state.type || (payload && payload.type) || (opts.find((o) => o.value === "samples") || opts[0] || {}).value || "";
+    hook.types = (types.types || []).map((t) => t.type);
+    const names = (labels.labels || []).filter((n) => LABEL_NAME.test(n));
+    els.labelNames.replaceChildren(...names.map((n) => { const o = document.createElement("option"); o.value = n; return o; }));
+    const keep = els.groupBy.firstElementChild;
+    els.groupBy.replaceChildren(keep, ...names.map((n) => {
+      const o = document.createElement("option");
+      o.value = n;
+      o.textContent = `by ${n}`;
+      return o;
+    }));
+    if (state.group && !names.includes(state.group)) {
+      const o = document.createElement("option");
+      o.value = state.group;
+      o.textContent = `by ${state.group}`;
+      els.groupBy.append(o);
+    }
+    els.groupBy.value = state.group;
+    hook.labels = names;
+  }, () => {});
+}
+
+// What a type's values are, for the picker: "CPU time", "bytes", "objects", "count".
+function typeUnitLabel(type, unit) {
+  if (isCpuType(type, unit) || (type === "cpu" && unit === "nanoseconds")) return "CPU time";
+  return unitWordOf(type, unit);
+}
+
+async function loadLabelValues(name) {
+  if (!LABEL_NAME.test(name)) { els.labelValues.replaceChildren(); return; }
+  try {
+    const r = await getJSON(`label/${encodeURIComponent(name)}/values`, { query: state.query, from: state.from, to: state.to });
+    els.labelValues.replaceChildren(...(r.values || []).slice(0, 500).map((v) => {
+      const o = document.createElement("option");
+      o.value = v;
+      return o;
+    }));
+    hook.labelValues = r.values || [];
+  } catch (e) {
+    setMessage("labels", `Could not list values of ${name}: ${e.message}`);
+  }
+}
+
 function loadSeries() {
   return load("series", async (signal) => {
-    const resp = await getJSON("series", { query: state.query, from: state.from, to: state.to, by: GROUP_BY }, signal);
+    const by = state.group ? state.group : GROUP_BY;
+    const resp = await getJSON("series", { query: state.query, from: state.from, to: state.to, by, type: state.type },
+      signal);
     if (!signal.aborted) renderTargets(resp);
   }, () => {
     els.targets.replaceChildren();
@@ -555,13 +861,15 @@ function loadFlame() {
   const base = baseline();
   return load("flame", async (signal) => {
     if (base && base.error) throw new Error(`cannot compare: ${base.error}`);
-    const params = { query: selectionQuery(), from: state.from, to: state.to };
+    const params = { query: selectionQuery(), from: state.from, to: state.to, max_nodes: maxNodes(), type: state.type };
     const fg = base ? await getJSON("diff", { ...params, ...baseParams(base), limit: 20 }, signal)
       : await getJSON("flamegraph", params, signal);
     if (!signal.aborted) renderFlame(fg);
   }, () => {
     flame.setData({ names: [], levels: [], total: 0 });
-    els.flameWrap.hidden = true;
+    payload = null;
+    table.setRows([], 0);
+    els.flameBody.hidden = true;
     els.flameSummary.textContent = "";
     renderDiffExtras(null);
     draw();
@@ -571,9 +879,19 @@ function loadFlame() {
 function loadChart() {
   return load("chart", async (signal) => {
     const r = chartRange();
-    const resp = await getJSON("cpu", { query: selectionQuery(), from: r.from, to: r.to, step: chartStep(r.from, r.to) },
-      signal);
-    if (!signal.aborted) renderChart(resp);
+    const step = chartStep(r.from, r.to);
+    const resp = await getJSON("cpu", { query: selectionQuery(), from: r.from, to: r.to, step, type: state.type }, signal);
+    // Grouped by a label with nothing selected: one series per top value, the rest as "other".
+    let stack = null;
+    if (state.group && !state.sel) {
+      const top = await topGroupValues(signal);
+      const parts = await Promise.all(top.map((v) => getJSON("cpu", {
+        query: withMatcher(state.query, state.group, v), from: r.from, to: r.to, step, type: state.type }, signal)));
+      stack = top.map((v, k) => ({ name: v === "" ? `(no ${state.group})` : v, values: parts[k].values }));
+      const other = resp.values.map((t, k) => t - stack.reduce((a, p) => a + (p.values[k] || 0), 0));
+      if (other.some((x) => x > 0)) stack.push({ name: "other", values: other });
+    }
+    if (!signal.aborted) renderChart(resp, stack);
   }, () => {
     chart.setData({ from: 0, to: 1, step: 1, timestamps: [], values: [], cores: null });
     els.chartWrap.hidden = true;
@@ -582,24 +900,48 @@ function loadChart() {
   });
 }
 
+// Nodes worth sending: about what the screen can show (a frame under a pixel is drawn merged
+// anyway), bounded so a whole node's day stays a quick download and a quick draw.
+function maxNodes() {
+  const w = Math.max(800, window.screen ? window.screen.width : 1920, els.flameBody.clientWidth || 0);
+  return Math.min(200_000, Math.max(20_000, Math.round(w * 64)));
+}
+
+// Work in progress: a status line says so and what it will replace is dimmed until it lands.
+function busy(on) {
+  els.busy.hidden = !on;
+  els.flamePane.classList.toggle("stale", on);
+  document.querySelector(".targets-pane").classList.toggle("stale", on);
+  els.flamePane.setAttribute("aria-busy", on ? "true" : "false");
+}
+
 function settleStatus() {
-  if (!Object.values(inflight).some(Boolean)) hook.status = messages.size ? "error" : "ready";
+  if (!Object.values(inflight).some(Boolean)) {
+    hook.status = messages.size ? "error" : "ready";
+    busy(false);
+  }
 }
 
 async function reloadAll() {
   hook.status = "loading";
-  await Promise.all([loadSeries(), loadChart(), loadFlame()]);
+  busy(true);
+  seriesReady = loadSeries();
+  // The pickers' metadata waits for the graph: the server answers one request at a time per core, and
+  // the graph is what the user waits for.
+  await Promise.all([seriesReady, loadChart(), loadFlame().then(loadMeta)]);
   settleStatus();
 }
 
 async function reloadSelection() {  // the list stays; the chart and flame graph follow the selection
   hook.status = "loading";
+  busy(true);
   await Promise.all([loadChart(), loadFlame()]);
   settleStatus();
 }
 
 async function reloadFlame() {
   hook.status = "loading";
+  busy(true);
   await loadFlame();
   settleStatus();
 }
@@ -623,6 +965,10 @@ function syncControls() {
   for (const [el, v] of [[els.baseFrom, state.bfrom], [els.baseTo, state.bto], [els.baseQuery, state.bq]]) {
     if (document.activeElement !== el) el.value = v;
   }
+  els.view.value = state.view;
+  els.colorBy.value = state.color;
+  els.invert.checked = state.invert;
+  els.orient.setAttribute("aria-pressed", state.orient === "flame" ? "true" : "false");
   markSelected();
   setAutoRefresh(state.refresh);
 }
@@ -674,10 +1020,17 @@ els.rangeReset.addEventListener("click", () => {
 els.compare.addEventListener("change", () => {
   state.cmp = COMPARE_MODES.includes(els.compare.value) ? els.compare.value : "";
   state.zoom = [];
-  if (state.cmp === "custom" && !state.bfrom) {
-    // Start from "yesterday" so the fields show the syntax; the user edits and submits.
-    const y = baselineRange("yday", state.from, state.to, {});
-    if (y && !y.error) { state.bfrom = y.from; state.bto = y.to; }
+  if (state.cmp === "custom") {
+    // Start from "yesterday" so the fields show the syntax, and wait for the user's Compare: running a
+    // comparison nobody asked for yet only costs a query and shows a diff of the wrong range.
+    if (!state.bfrom) {
+      const y = baselineRange("yday", state.from, state.to, {});
+      if (y && !y.error) { state.bfrom = y.from; state.bto = y.to; }
+    }
+    writeHash(true);
+    syncControls();
+    els.baseFrom.focus();
+    return;
   }
   writeHash(true);
   syncControls();
@@ -710,8 +1063,114 @@ els.search.addEventListener("input", () => {
 });
 
 els.zoomOut.addEventListener("click", () => flame.resetZoom());
+els.searchNext.addEventListener("click", () => stepMatch(1));
+els.searchPrev.addEventListener("click", () => stepMatch(-1));
+els.search.addEventListener("keydown", (e) => {
+  if (e.key === "Enter") { e.preventDefault(); stepMatch(e.shiftKey ? -1 : 1); }
+});
 
+els.type.addEventListener("change", () => {
+  state.type = els.type.value;
+  state.zoom = [];
+  state.fn = "";
+  writeHash(true);
+  reloadAll();
+});
+els.groupBy.addEventListener("change", () => {
+  state.group = LABEL_NAME.test(els.groupBy.value) ? els.groupBy.value : "";
+  state.sel = null;
+  writeHash(true);
+  reloadAll();
+});
+els.labelName.addEventListener("change", () => loadLabelValues(els.labelName.value.trim()));
+els.labelForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const name = els.labelName.value.trim(), value = els.labelValue.value;
+  if (!LABEL_NAME.test(name)) {
+    setMessage("labels", `"${name}" is not a label name: use letters, digits and _ (not first a digit).`);
+    return;
+  }
+  setMessage("labels", "");
+  state.query = withMatcher(state.query, name, value);
+  state.zoom = [];
+  writeHash(true);
+  syncControls();
+  reloadAll();
+});
+
+els.view.addEventListener("change", () => {
+  state.view = VIEWS.includes(els.view.value) ? els.view.value : "both";
+  writeHash(false);
+  applyView();
+  downloadLinks();
+  draw();
+});
+els.colorBy.addEventListener("change", () => {
+  state.color = els.colorBy.value;
+  writeHash(false);
+  flame.colorBy = state.color;
+  renderLegend(!!flame.data && !!flame.data.diff);
+  flame.render();
+  if (state.view === "sandwich") drawSandwich();
+  afterRender();
+});
+els.orient.addEventListener("click", () => {
+  state.orient = state.orient === "flame" ? "icicle" : "flame";
+  writeHash(false);
+  syncControls();
+  flame.setOrientation(state.orient);
+  renderLegend(!!flame.data && !!flame.data.diff);
+  afterRender();
+});
+els.invert.addEventListener("change", () => {
+  state.invert = els.invert.checked;
+  state.zoom = [];
+  writeHash(false);
+  if (payload) renderFlame(payload);
+});
+els.fnFilter.addEventListener("input", () => {
+  const { re, error } = compileSearch(els.fnFilter.value);
+  els.fnFilter.setCustomValidity(error || "");
+  els.fnFilter.title = error || "";
+  if (!error) table.setFilter(re);
+  els.fnCount.textContent = error ? error : `${table.matching} functions`;
+});
+for (const b of document.querySelectorAll("#fn-table button.sort")) {
+  b.addEventListener("click", () => {
+    table.setSort(b.dataset.sort);
+    for (const o of document.querySelectorAll("#fn-table th")) o.removeAttribute("aria-sort");
+    b.parentElement.setAttribute("aria-sort", b.dataset.sort === "name" ? "ascending" : "descending");
+  });
+}
+const exportName = (ext) => `podflame-${downloadStem()}.${ext}`;
+els.exportPng.addEventListener("click", () => exportPng(els.canvas, exportName("png")));
+els.exportSvg.addEventListener("click", () => exportSvg(flame, exportName("svg"), els.flameTitle.textContent));
+
+const typing = (t) => t instanceof HTMLInputElement || t instanceof HTMLSelectElement || t instanceof HTMLTextAreaElement;
 document.addEventListener("keydown", (e) => {
+  if (e.key === "/" && !typing(e.target)) {  // as in many viewers: "/" to search
+    e.preventDefault();
+    els.search.focus();
+    els.search.select();
+    return;
+  }
+  if (e.key.startsWith("Arrow") && !typing(e.target) && flame.data && !els.flameWrap.hidden) {
+    const f = flame.moveFocus(e.key);
+    if (f) {
+      e.preventDefault();
+      const n = flame.lastRender.nodes.find((x) => x.depth === f.d && x.name === flame.nodeName(f.d, f.i));
+      if (n) {
+        const r = els.canvas.getBoundingClientRect();
+        flame.showTooltip(f.d, f.i, r.left + n.x + Math.min(n.width / 2, 40), r.top + n.y + 18);
+      }
+      hook.focus = { depth: f.d, name: flame.nodeName(f.d, f.i) };
+    }
+    return;
+  }
+  if (e.key === "Enter" && flame.focus && !typing(e.target) && document.activeElement === els.canvas) {
+    flame.zoomTo(flame.focus.d, flame.focus.i);
+    return;
+  }
   if (e.key !== "Escape") return;
   flame.hideTooltip();
   if (e.target === els.selector) return;
@@ -726,7 +1185,7 @@ window.addEventListener("popstate", () => {
 
 let lastWidth = 0, lastChartWidth = 0;
 const resized = new ResizeObserver(() => {
-  const w = els.flameWrap.clientWidth;
+  const w = els.flameBody.clientWidth;
   if (w && w !== lastWidth) {
     lastWidth = w;
     if (flame.data) draw();
@@ -737,7 +1196,7 @@ const resized = new ResizeObserver(() => {
     if (chart.data) drawChart();
   }
 });
-resized.observe(els.flameWrap);
+resized.observe(els.flameBody);
 resized.observe(els.chartWrap);
 
 readHash();

@@ -3,9 +3,12 @@
 // When the API answers 401, the page asks for the token once, POSTs it to /api/v1/session and
 // retries. The server answers with an HttpOnly, SameSite=Strict cookie, so no script keeps the token
 // afterwards, every same-origin fetch and download link carries it, and other sites' requests do not.
-// Concurrent 401s share one prompt. A server without read tokens never answers 401: nothing changes.
+// Concurrent 401s share one prompt, and a refused or cancelled login is not asked again on this page
+// load (later requests keep their 401 and the page says so; reloading asks again). A server without
+// read tokens never answers 401: nothing changes.
 
 let pending = null;
+let refused = false;
 
 async function login(api) {
   const token = window.prompt("This podflame server needs a read token (podflame-tokens Secret, key `read`):");
@@ -19,7 +22,9 @@ async function login(api) {
 // fetch(url, init), logging in once on a 401 and retrying.
 export async function fetchWithLogin(url, init, api) {
   const resp = await fetch(url, init);
-  if (resp.status !== 401) return resp;
-  if (!pending) pending = login(api).finally(() => { pending = null; });
+  if (resp.status !== 401 || refused) return resp;
+  if (!pending) {
+    pending = login(api).then((ok) => { refused = !ok; return ok; }).finally(() => { pending = null; });
+  }
   return (await pending) ? fetch(url, init) : resp;
 }

@@ -2,7 +2,8 @@
 // value for non-CPU sample types). Dragging across it chooses a sub-range, snapped outwards to whole
 // steps so the flame graph below holds exactly the samples of the bars the drag touched.
 
-const HEIGHT = 140;                          // CSS px
+// CSS px; shorter on short screens, so the flame graph starts above the fold at 1280x720
+const HEIGHT = typeof window !== "undefined" && window.innerHeight < 820 ? 100 : 140;
 const PAD = { left: 56, right: 12, top: 10, bottom: 24 };
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif";
 const MIN_DRAG = 3;                          // px; less is a click, not a range
@@ -10,6 +11,20 @@ const TICK_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 720
   86400, 172800, 604800];                    // seconds between x-axis labels
 
 const fmtInt = new Intl.NumberFormat("en-US");
+const STACK_COLORS = ["#f08a4b", "#4b8df0", "#3fae6a", "#b36bd6", "#e0b73a", "#9a948c"];
+const fmtCompact = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
+
+// An axis label in the chart's unit, short enough for the margin ("310M", "1.5 GiB", "12.5%").
+export function axisLabel(v, cpu, unit) {
+  if (cpu) return `${+v.toFixed(3)}%`;
+  if (unit === "bytes") {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0, x = v;
+    while (x >= 1024 && i < units.length - 1) { x /= 1024; i++; }
+    return `${+x.toFixed(1)} ${units[i]}`;
+  }
+  return v >= 10_000 ? fmtCompact.format(v) : fmtInt.format(v);
+}
 
 function niceStep(rough) {  // 1, 2, 2.5 or 5 times a power of ten, at least `rough`
   if (!(rough > 0)) return 1;
@@ -60,12 +75,22 @@ export class CpuChart {
     const values = (cpu ? resp.cores.map((c) => c * 100) : resp.values) || [];
     this.data = {
       from: resp.from, to: resp.to, step: resp.step, timestamps: resp.timestamps || [], raw: resp.values || [],
-      values, cpu, unit: resp.unit === "count" ? "samples" : resp.unit || "",
+      values, cpu, unit: resp.unit === "count" ? "samples" : resp.unit || "", rawUnit: resp.unit || "",
     };
     this.hover = -1;
   }
 
   setSelection(range) { this.selection = range; }
+
+  // Series stacked in each bar (one per label value, then "other"); null for one series.
+  setStack(stack) {
+    if (!stack || !this.data) { this.stack = null; return; }
+    const scale = this.data.cpu && this.data.raw.length
+      ? (k) => (this.data.raw[k] ? this.data.values[k] / this.data.raw[k] : 0) : () => 1;
+    this.stack = stack.map((p, i) => ({
+      name: p.name, color: STACK_COLORS[i % STACK_COLORS.length], values: p.values.map((v, k) => v * scale(k)),
+    }));
+  }
 
   setBaseline(range) { this.baseline = range; }
 
@@ -75,7 +100,7 @@ export class CpuChart {
 
   _plot() {
     const W = this.width;
-    return { left: PAD.left, top: PAD.top, width: Math.max(1, W - PAD.left - PAD.right),
+    return { left: this.padLeft || PAD.left, top: PAD.top, width: Math.max(1, W - PAD.left - PAD.right),
       height: HEIGHT - PAD.top - PAD.bottom };
   }
 
@@ -126,11 +151,20 @@ export class CpuChart {
     const max = Math.max(0, ...d.values);
     const yStep = d.cpu ? niceStep((max || 1) / 4) : Math.max(1, niceStep(max / 4));  // counts are whole
     const yMax = Math.max(yStep, Math.ceil(max / yStep) * yStep);
+    ctx.font = FONT;
+    // Axis and grid colours from the page's theme (light or dark, prefers-color-scheme).
+    const css = getComputedStyle(canvas);
+    const muted = css.getPropertyValue("--muted").trim() || "#6b655e";
+    const grid = css.getPropertyValue("--line").trim() || "#ece7e0";
+    // The left margin fits the widest y label (it was a fixed 56 px, which cut ",000,000" labels).
+    let widest = 0;
+    for (let v = 0; v <= yMax + yStep / 2; v += yStep) widest = Math.max(widest, ctx.measureText(axisLabel(v, d.cpu, d.rawUnit)).width);
+    this.padLeft = Math.max(PAD.left, Math.ceil(widest) + 12);
+    Object.assign(p, this._plot());
     const y = (v) => p.top + p.height - (v / yMax) * p.height;
 
-    ctx.font = FONT;
-    ctx.fillStyle = "#6b655e";
-    ctx.strokeStyle = "#ece7e0";
+    ctx.fillStyle = muted;
+    ctx.strokeStyle = grid;
     ctx.lineWidth = 1;
     // y axis: gridlines and labels
     ctx.textAlign = "right";
@@ -138,7 +172,7 @@ export class CpuChart {
     for (let v = 0; v <= yMax + yStep / 2; v += yStep) {
       const yy = Math.round(y(v)) + 0.5;
       ctx.beginPath(); ctx.moveTo(p.left, yy); ctx.lineTo(p.left + p.width, yy); ctx.stroke();
-      const label = d.cpu ? `${+v.toFixed(3)}%` : fmtInt.format(v);
+      const label = axisLabel(v, d.cpu, d.rawUnit);
       ctx.fillText(label, p.left - 6, yy);
     }
     // x axis: labels at round local times, ~90 px apart
@@ -149,11 +183,39 @@ export class CpuChart {
     ctx.textBaseline = "top";
     for (let t = Math.ceil((d.from + off) / spacing) * spacing - off; t <= d.to; t += spacing) {
       const xx = Math.round(this._x(t)) + 0.5;
+      if (xx > p.left + p.width - 20 || xx < p.left + 16) continue;  // a label cut by the edge helps nobody
       ctx.beginPath(); ctx.moveTo(xx, p.top + p.height); ctx.lineTo(xx, p.top + p.height + 4); ctx.stroke();
       ctx.fillText(timeLabel(t, spacing), xx, p.top + p.height + 7);
     }
-    // bars
-    for (let k = 0; k < d.values.length; k++) {
+    // bars: stacked per series when grouped (a legend names them), else one colour
+    if (this.stack) {
+      for (let k = 0; k < d.values.length; k++) {
+        const x0 = this._x(d.timestamps[k]), x1 = this._x(Math.min(d.to, d.timestamps[k] + d.step));
+        let acc = 0;
+        for (const part of this.stack) {
+          const v = part.values[k] || 0;
+          if (v <= 0) continue;
+          ctx.fillStyle = part.color;
+          const top = y(acc + v), bottom = y(acc);
+          ctx.fillRect(x0, top, Math.max(1, x1 - x0 - (x1 - x0 > 3 ? 1 : 0)), bottom - top);
+          acc += v;
+        }
+      }
+      ctx.textAlign = "left";
+      ctx.textBaseline = "middle";
+      let lx = p.left + 8;
+      for (const part of this.stack) {  // legend along the top of the plot, names as text
+        const label = part.name.length > 24 ? part.name.slice(0, 23) + "\u2026" : part.name;
+        const w = ctx.measureText(label).width;
+        if (lx + w + 20 > p.left + p.width) break;
+        ctx.fillStyle = part.color;
+        ctx.fillRect(lx, p.top + 2, 9, 9);
+        ctx.fillStyle = muted;
+        ctx.fillText(label, lx + 12, p.top + 7);
+        lx += w + 26;
+      }
+    }
+    for (let k = 0; k < d.values.length && !this.stack; k++) {
       const x0 = this._x(d.timestamps[k]), x1 = this._x(Math.min(d.to, d.timestamps[k] + d.step));
       const v = d.values[k];
       if (!v && k !== this.hover) continue;
@@ -166,7 +228,7 @@ export class CpuChart {
       ? this.snap(this.drag.x0, this.drag.x1) : this.selection;
     if (range && (range[0] > d.from || range[1] < d.to)) {
       const a = Math.max(p.left, this._x(range[0])), b = Math.min(p.left + p.width, this._x(range[1]));
-      ctx.fillStyle = "rgba(251, 250, 248, 0.7)";
+      ctx.fillStyle = css.getPropertyValue("--veil").trim() || "rgba(251, 250, 248, 0.7)";
       ctx.fillRect(p.left, p.top, Math.max(0, a - p.left), p.height);
       ctx.fillRect(b, p.top, Math.max(0, p.left + p.width - b), p.height);
       ctx.strokeStyle = "#c2410c";
@@ -186,7 +248,7 @@ export class CpuChart {
         ctx.fillText("baseline", a + 3, p.top + 5);
       }
     }
-    ctx.strokeStyle = "#b8b0a6";
+    ctx.strokeStyle = muted;
     ctx.beginPath();
     ctx.moveTo(p.left + 0.5, p.top); ctx.lineTo(p.left + 0.5, p.top + p.height + 0.5);
     ctx.lineTo(p.left + p.width, p.top + p.height + 0.5);
@@ -194,6 +256,7 @@ export class CpuChart {
     this.lastRender = {
       from: d.from, to: d.to, step: d.step, bars: d.values.length, max, yMax, cpu: d.cpu,
       plot: p, selection: this.selection, baseline: this.baseline, total: this.total(),
+      stack: this.stack ? this.stack.map((s) => s.name) : null,
     };
     return this.lastRender;
   }

@@ -2,7 +2,7 @@
 // the /api/v1/diff payload (8 integers per node: the same 4, then base_total, base_self,
 // comp_total, comp_self).
 //
-// Root at top ("icicle"). levels[d] is a flat list of [start, total, self, name] per node with
+// Root at top ("icicle") or at the bottom ("flame"). levels[d] is a flat list of [start, total, self, name] per node with
 // absolute starts, so a node's x is (start - viewStart) / viewTotal * width: no tree is built.
 // Names are untrusted: they reach the screen only through canvas fillText and textContent.
 
@@ -29,6 +29,67 @@ export function colorFor(name) {  // warm flame palette, hue and lightness from 
 }
 
 const fmtInt = new Intl.NumberFormat("en-US");
+
+// Frame kinds as the sampler records them (podflame/model.py FrameKind), with their legend colours.
+export const KIND_COLORS = {
+  kernel: "hsl(200 55% 66%)", native: "hsl(28 85% 64%)", python: "hsl(130 45% 60%)",
+  jit: "hsl(280 45% 72%)", unknown: "hsl(30 8% 78%)",
+};
+
+// Distinct hues for the heaviest modules (the legend's order), a hashed hue for the rest.
+export const MODULE_PALETTE = ["hsl(28 85% 64%)", "hsl(200 60% 64%)", "hsl(130 45% 60%)", "hsl(280 45% 72%)",
+  "hsl(48 85% 60%)", "hsl(340 60% 70%)", "hsl(170 45% 55%)", "hsl(0 65% 68%)", "hsl(230 50% 72%)", "hsl(90 45% 60%)"];
+
+export function moduleColor(module, palette) {
+  if (!module) return "hsl(30 8% 82%)";  // no module known (the root, [other], unmapped frames)
+  const fixed = palette && palette.get(module);
+  if (fixed) return fixed;
+  const h = hashName(module);
+  return `hsl(${h % 360} ${45 + ((h >>> 9) % 20)}% ${62 + ((h >>> 17) % 12)}%)`;
+}
+
+// The word for a value of a sample type: a heap profile's alloc_objects are objects (unit "count"),
+// its alloc_space bytes; only CPU samples are "samples" worth a period of CPU time.
+export function unitWordOf(type, unit) {
+  if (unit === "bytes") return "bytes";
+  if (unit === "nanoseconds") return "ns";
+  if (unit === "count" || !unit) {
+    if (/object/i.test(type || "")) return "objects";
+    if (!type || /^(samples|cpu)$/i.test(type)) return "samples";
+    return "count";
+  }
+  return unit;
+}
+
+export const isCpuType = (type, unit) => unit === "count" && (!type || /^(samples|cpu)$/i.test(type));
+
+export function formatValue(v, type, unit) {
+  if (unit === "bytes") {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0, x = Math.abs(v);
+    while (x >= 1024 && i < units.length - 1) { x /= 1024; i++; }
+    return (i ? (Math.sign(v) * x).toFixed(x >= 100 ? 0 : x >= 10 ? 1 : 2) : String(Math.round(v))) + " " + units[i];
+  }
+  if (unit === "nanoseconds") return (v / 1e9).toFixed(2) + " s";
+  return `${fmtInt.format(v)} ${unitWordOf(type, unit)}`;
+}
+
+export const MAX_PATTERN = 256;   // characters of a search expression
+const MAX_MATCHED_NAME = 2048;    // characters of a name a search expression is run on
+
+// A case-insensitive regular expression from the user's search text, or {error}. Bounded: the
+// expression's length and the text each name offers are capped, so one search costs at most
+// names x MAX_MATCHED_NAME steps of the engine per character class (no unbounded inputs).
+export function compileSearch(text) {
+  const t = (text || "").trim();
+  if (!t) return { re: null };
+  if (t.length > MAX_PATTERN) return { error: `search is longer than ${MAX_PATTERN} characters` };
+  try {
+    return { re: new RegExp(t, "i") };
+  } catch (e) {
+    return { error: `not a regular expression: ${e.message.replace(/^Invalid regular expression: /, "")}` };
+  }
+}
 
 // Diff colour from a node's share of each side: red = more in the comparison, blue = less,
 // grey = unchanged; the stronger, the larger the change relative to the larger share.
@@ -64,12 +125,20 @@ function upperBound(arr, value) {  // first i with arr[i] > value
 }
 
 export class FlameGraph {
-  constructor(canvas, tooltip, { onZoom } = {}) {
+  constructor(canvas, tooltip, { onZoom, onPick } = {}) {
     this.canvas = canvas;
     this.tooltip = tooltip;
     this.onZoom = onZoom || (() => {});
+    this.onPick = onPick || (() => {});  // a click on a frame: its name (the page selects its table row)
     this.data = null;
     this.search = "";
+    this.searchError = "";
+    this.orientation = "icicle";  // "icicle": root at top; "flame": root at the bottom
+    this.colorBy = "name";        // "name", "kind" or "module"
+    this.highlight = -1;          // name index whose frames are outlined (the selected function)
+    this.focus = null;            // {d, i}: the frame the arrow keys move between
+    this.fadeOthers = false;
+    this.modulePalette = null;    // module -> colour for the legend's modules      // dim frames of other functions while one is highlighted
     this.zoom = { depth: 0, index: 0 };
     this.lastRender = null;
     this.width = 0;
@@ -113,15 +182,37 @@ export class FlameGraph {
       }
     }
     this.data = {
-      names, levels, locations: payload.locations || [],
+      names, levels, locations: payload.locations || [], kinds: payload.kinds || [], modules: payload.modules || [],
       total: payload.total ?? (levels[0] && levels[0].n ? levels[0].total[0] : 0),
       unit: payload.unit || "", type: payload.type || "", period: payload.period_ns || 0,
       diff: isDiff ? { baseTotal: payload.base_total, compTotal: payload.comp_total } : null,
     };
     if (isDiff && payload.base_total > 0 && payload.comp_total > 0) this._normalizeLayout();
     this._matchCache = null;
+    this._nameIndex = null;
+    this.highlight = -1;
+    this.focus = null;
     this.zoom = { depth: 0, index: 0 };
   }
+
+  nameIndex(name) {
+    if (!this.data) return -1;
+    if (!this._nameIndex) this._nameIndex = new Map(this.data.names.map((n, i) => [String(n), i]));
+    return this._nameIndex.get(String(name)) ?? -1;
+  }
+
+  setHighlight(name) {  // null clears
+    this.highlight = name === null || name === undefined ? -1 : this.nameIndex(name);
+    this.render();
+  }
+
+  setOrientation(o) { this.orientation = o === "flame" ? "flame" : "icicle"; this.render(); }
+
+  setColorBy(mode) { this.colorBy = ["kind", "module"].includes(mode) ? mode : "name"; this.render(); }
+
+  kindOf(nameIdx) { return this.data.kinds[nameIdx] || "unknown"; }
+
+  moduleOf(nameIdx) { return this.data.modules[nameIdx] || ""; }
 
   // The API lays a diff out over baseline + comparison values, so the larger side would set the
   // shape. Re-lay it out over the sum of the two sides' *shares* (scaled so the root keeps its
@@ -194,20 +285,41 @@ export class FlameGraph {
 
   isZoomed() { return this.zoom.depth > 0; }
 
-  setSearch(term) {
-    this.search = (term || "").trim().toLowerCase();
+  setSearch(term, render = true) {
+    this.search = (term || "").trim();
+    const { re, error } = compileSearch(this.search);
+    this.searchRe = re || null;
+    this.searchError = error || "";
     this._matchCache = null;
-    this.render();
+    if (render) this.render();
   }
 
-  _matches() {  // per name index: 1 when the name contains the search term
-    if (!this.search || !this.data) return null;
+  _matches() {  // per name index: 1 when the search expression matches the name
+    if (!this.searchRe || !this.data) return null;
     if (!this._matchCache) {
-      const m = new Uint8Array(this.data.names.length);
-      this.data.names.forEach((n, i) => { m[i] = String(n).toLowerCase().includes(this.search) ? 1 : 0; });
+      const m = new Uint8Array(this.data.names.length), re = this.searchRe;
+      this.data.names.forEach((n, i) => { m[i] = re.test(String(n).slice(0, MAX_MATCHED_NAME)) ? 1 : 0; });
       this._matchCache = m;
     }
     return this._matchCache;
+  }
+
+  // Outermost matching frames (a match inside a match is the same samples), in drawing order
+  // (depth, then x): what "next match" steps through.
+  matchList() {
+    const m = this._matches();
+    if (!m) return [];
+    const out = [], { levels } = this.data;
+    let prevCovered = new Uint8Array(0);
+    for (let d = 1; d < levels.length; d++) {
+      const lv = levels[d], covered = new Uint8Array(lv.n);
+      for (let i = 0; i < lv.n; i++) {
+        if (lv.parent[i] >= 0 && prevCovered[lv.parent[i]]) { covered[i] = 1; continue; }
+        if (m[lv.name[i]]) { covered[i] = 1; out.push({ d, i }); }
+      }
+      prevCovered = covered;
+    }
+    return out;
   }
 
   // Samples under frames matching the search, each counted once (a match inside a match is not
@@ -295,6 +407,9 @@ export class FlameGraph {
 
     // Pass 2: size the canvas for the device pixel ratio and paint.
     const H = (depthShown + 1) * ROW;
+    const flameUp = this.orientation === "flame";
+    const yOf = (d) => (flameUp ? depthShown - d : d) * ROW;
+    this._depthShown = depthShown;
     const dpr = window.devicePixelRatio || 1;
     canvas.width = Math.round(W * dpr);
     canvas.height = Math.round(H * dpr);
@@ -306,10 +421,12 @@ export class FlameGraph {
     ctx.textBaseline = "middle";
     const charW = ctx.measureText("m").width || 7;
     const colors = this._colors || (this._colors = new Map());
+    const hl = this.highlight, fade = this.fadeOthers && hl >= 0 && !data.diff && !match;
+    const outlines = [];
     for (const [d, i, x, w, context] of draw) {
       if (i < 0) {  // a run of narrow nodes; `context` holds whether one of them matches the search
         ctx.fillStyle = context ? "#c640d6" : "#cfc8bf";
-        ctx.fillRect(x, d * ROW, Math.max(w, 1), ROW - 1);
+        ctx.fillRect(x, yOf(d), Math.max(w, 1), ROW - 1);
         continue;
       }
       const nameIdx = levels[d].name[i];
@@ -317,13 +434,16 @@ export class FlameGraph {
       let fill;
       if (match) fill = match[nameIdx] ? "#c640d6" : "#d8d8d8";
       else if (context) fill = "#e6dfd8";
-      else if (data.diff) fill = diffColor(...this.shares(d, i));
+      else if (data.diff) fill = diffColor(...this.shares(d, i));  // stays red/blue with a selection
+      else if (this.colorBy === "kind") fill = KIND_COLORS[this.kindOf(nameIdx)] || KIND_COLORS.unknown;
+      else if (this.colorBy === "module") fill = moduleColor(this.moduleOf(nameIdx), this.modulePalette);
       else {
         fill = colors.get(name);
         if (!fill) { fill = colorFor(name); colors.set(name, fill); }
       }
       ctx.fillStyle = fill;
-      const y = d * ROW;
+      const y = yOf(d);
+      ctx.globalAlpha = fade && nameIdx !== hl ? 0.35 : 1;
       ctx.fillRect(x, y, w > 2 ? w - 1 : w, ROW - 1);
       if (w >= LABEL_MIN) {
         const room = Math.floor((w - 6) / charW);
@@ -333,6 +453,14 @@ export class FlameGraph {
           ctx.fillText(label, x + 3, y + ROW / 2);
         }
       }
+      if (nameIdx === hl) outlines.push([x, y, w, "#111"]);
+      if (this.focus && this.focus.d === d && this.focus.i === i) outlines.push([x, y, w, "#2563eb"]);
+    }
+    ctx.globalAlpha = 1;
+    ctx.lineWidth = 2;
+    for (const [x, y, w, color] of outlines) {
+      ctx.strokeStyle = color;
+      ctx.strokeRect(x + 1, y + 1, Math.max(w - 3, 1), ROW - 3);
     }
     const ms = performance.now() - t0;
     this._drawn = draw;
@@ -340,15 +468,16 @@ export class FlameGraph {
     this.lastRender = {
       ms, width: W, height: H, zoom: this.pathOf(zd, zi), merged,
       nodes: draw.filter(([, i]) => i >= 0).map(([d, i, x, w, context]) => {
-        const node = { name: String(names[levels[d].name[i]]), depth: d, x, width: w, context,
-          total: levels[d].total[i], self: levels[d].self[i] };
+        const node = { name: String(names[levels[d].name[i]]), depth: d, x, y: yOf(d), width: w, context,
+          total: levels[d].total[i], self: levels[d].self[i], highlighted: levels[d].name[i] === hl,
+          kind: this.kindOf(levels[d].name[i]), module: this.moduleOf(levels[d].name[i]) };
         if (data.diff) {
           const [b, c] = this.shares(d, i);
           Object.assign(node, { base: levels[d].baseTotal[i], comp: levels[d].compTotal[i], change: c - b });
         }
         return node;
       }),
-      diff: !!data.diff,
+      diff: !!data.diff, orientation: this.orientation, colorBy: this.colorBy,
       runs: draw.filter(([, i]) => i < 0).map(([d, , x, w]) => ({ depth: d, x, width: w })),
     };
     return this.lastRender;
@@ -359,7 +488,8 @@ export class FlameGraph {
   hitTest(px, py) {
     const data = this.data;
     if (!data || !this._drawn) return null;
-    const d = Math.floor(py / ROW);
+    const row = Math.floor(py / ROW);
+    const d = this.orientation === "flame" ? (this._depthShown ?? 0) - row : row;
     const { levels } = data;
     const zd = this.zoom.depth;
     if (d < 0 || d >= levels.length) return null;
@@ -383,7 +513,40 @@ export class FlameGraph {
 
   _click(e) {
     const hit = this.hitTest(...this._pos(e));
-    if (hit) this.zoomTo(hit.d, hit.i);
+    if (!hit) return;
+    this.focus = hit;
+    this.onPick(hit.d > 0 ? this.nodeName(hit.d, hit.i) : null);
+    this.zoomTo(hit.d, hit.i);
+  }
+
+  // Arrow keys: up/down to the parent or the widest child, left/right to the neighbour at the same
+  // depth (within the zoomed frame); the frame gets an outline and its tooltip.
+  moveFocus(key) {
+    if (!this.data || !this.data.levels.length) return null;
+    const { levels } = this.data;
+    let f = this.focus || { d: this.zoom.depth, i: this.zoom.index };
+    const towardRoot = this.orientation === "flame" ? "ArrowDown" : "ArrowUp";
+    const lv = levels[f.d];
+    if (key === towardRoot) {
+      if (f.d > 0 && lv.parent[f.i] >= 0) f = { d: f.d - 1, i: lv.parent[f.i] };
+    } else if (key === "ArrowUp" || key === "ArrowDown") {
+      const next = levels[f.d + 1];
+      let best = -1;
+      if (next) {
+        for (let j = upperBound(next.start, lv.start[f.i] - 1); j < next.n && next.start[j] < lv.start[f.i] + lv.total[f.i]; j++) {
+          if (next.parent[j] === f.i && (best < 0 || next.total[j] > next.total[best])) best = j;
+        }
+      }
+      if (best >= 0) f = { d: f.d + 1, i: best };
+    } else if (key === "ArrowLeft" || key === "ArrowRight") {
+      const j = f.i + (key === "ArrowLeft" ? -1 : 1);
+      const zs = levels[this.zoom.depth].start[this.zoom.index];
+      const ze = zs + levels[this.zoom.depth].total[this.zoom.index];
+      if (j >= 0 && j < lv.n && lv.start[j] >= zs && lv.start[j] < ze) f = { d: f.d, i: j };
+    }
+    this.focus = f;
+    this.render();
+    return f;
   }
 
   _hover(e) {
@@ -403,7 +566,7 @@ export class FlameGraph {
       percentTotal: formatPercent(lv.total[i], total), percentParent: formatPercent(lv.total[i], parentTotal),
       unit, cpuSeconds: null,
     };
-    if (unit === "count" && period) info.cpuSeconds = (lv.total[i] * period) / 1e9;
+    if (isCpuType(this.data.type, unit) && period) info.cpuSeconds = (lv.total[i] * period) / 1e9;
     return info;
   }
 
@@ -426,15 +589,18 @@ export class FlameGraph {
   showTooltip(d, i, clientX, clientY) {
     const info = this.describe(d, i);
     const tip = this.tooltip;
-    const unitWord = info.unit === "count" ? "samples" : info.unit;
-    const where = this.data.locations[this.data.levels[d].name[i]];
+    const unitWord = unitWordOf(this.data.type, info.unit);
+    const fmt = (v) => formatValue(v, this.data.type, info.unit);
+    const nameIdx = this.data.levels[d].name[i];
+    const where = this.data.locations[nameIdx];
+    const kind = this.data.kinds[nameIdx], module = this.data.modules[nameIdx];
     const rows = this.data.diff ? this._diffRows(d, i, unitWord) : [
       ["name", info.name],
       ...(where ? [["where", where]] : []),  // the function's hottest file:line
-      ["total", `${fmtInt.format(info.total)} ${unitWord}` +
-        (info.cpuSeconds !== null ? ` \u00b7 ${info.cpuSeconds.toFixed(2)} s CPU` : "")],
+      ...(kind || module ? [["kind", [kind, module].filter(Boolean).join(" \u00b7 ")]] : []),
+      ["total", fmt(info.total) + (info.cpuSeconds !== null ? ` \u00b7 ${info.cpuSeconds.toFixed(2)} s CPU` : "")],
       ["share", `${info.percentTotal} of total \u00b7 ${info.percentParent} of parent`],
-      ["self", `self: ${fmtInt.format(info.self)} ${unitWord} (${formatPercent(info.self, this.data.total)})`],
+      ["self", `self: ${fmt(info.self)} (${formatPercent(info.self, this.data.total)})`],
     ];
     tip.replaceChildren();
     for (const [key, value] of rows) {

@@ -1,0 +1,208 @@
+"""UI benchmark in headless Chromium (Playwright) against a real server: how long until a graph is on screen.
+
+Cases, each through the whole path (HTTP API with gzip, JSON parse, layout, canvas draw):
+- `profile_100k`: navigation to a drawn flame graph of one profile of ~100k nodes (4 levels, 100k leaves).
+- `node_day`: navigation to a drawn graph of a whole node over `--hours` (default 24) of bench/store.py's
+  synthetic day (100 pods, a drain every 10 s, through the real ingest path and compaction), the API included.
+- `zoom_redraw` / `search_redraw`: one zoom (click path: render + URL + search stats) and one regex search
+  redraw of the 100k graph, best and median of several.
+The peer, measured in the same page: Chromium's own `JSON.parse` of the same payload (the floor of any
+page fed JSON), so `ratio_to_json_parse` says what drawing adds on top of merely reading the answer.
+Targets (issue 16): 100k nodes < 300 ms, node-day < 1 s, redraws < 30 ms.
+
+    .venv/bin/python bench/ui.py --hours 2      # a quicker node "day"
+Progress goes to stderr; the last line of stdout is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from podflame import pprof
+from podflame.model import Frame, Line, Profile
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run"]
+TARGETS_MS = {"profile_100k": 300, "node_day": 1000, "zoom_redraw": 30, "search_redraw": 30}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def big_profile(now_ns: int) -> Profile:
+    """main -> 50 modules -> 40 functions each -> 50 leaves each: 1 + 50 + 2,000 + 100,000 nodes."""
+    p = Profile(labels={"cgroup": "/system.slice/big.service", "comm": "big"}, start_ns=now_ns - 60 * 10**9,
+                duration_ns=10**10, period_ns=10**7)
+    addr = iter(range(0x400000, 1 << 40, 16))
+    main = Frame(next(addr), lines=(Line("main"),))
+    for m in range(50):
+        mod = Frame(next(addr), lines=(Line(f"module_{m:02d}::dispatch"),))
+        for f in range(40):
+            fn = Frame(next(addr), lines=(Line(f"module_{m:02d}::handler_{f:02d}"),))
+            for k in range(50):
+                leaf = Frame(next(addr), lines=(Line(f"module_{m:02d}::handler_{f:02d}::step_{k:02d}"),))
+                p.add((main, mod, fn, leaf), 1 + (m * 7 + f * 3 + k) % 13)
+    return p
+
+
+def serve(data: Path) -> tuple[Any, Any, str]:
+    from werkzeug.serving import make_server
+
+    from web.server.app import create_app
+
+    app = create_app({"DATA_DIR": str(data)})
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request on stderr
+    return app, httpd, f"http://127.0.0.1:{httpd.server_port}"
+
+
+def wait(page, expression: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(expression)
+        time.sleep(0.005)
+
+
+def navigate(browser, url: str, runs: int) -> dict[str, Any]:
+    """Fresh page per run (nothing cached but the server's own caches): ms from navigation start to the
+    first drawn graph, the node count, and the peer (JSON.parse of the same flame-graph payload)."""
+    times, parse, api_ms, client_ms = [], [], [], []
+    nodes = 0
+    for _ in range(runs):
+        ctx = browser.new_context(viewport={"width": 1920, "height": 1080}, screen={"width": 1920, "height": 1080})
+        page = ctx.new_page()
+        page.goto(url)
+        wait(page, "window.podflame && window.podflame.drawnAt !== null")
+        times.append(page.evaluate("window.podflame.drawnAt"))
+        nodes = page.evaluate("window.podflame.flame.data.levels.reduce((a, l) => a + l.n, 0)")
+        api = page.evaluate("performance.getEntriesByType('resource')"
+                            ".filter(e => e.name.includes('/api/v1/flamegraph'))"
+                            ".map(e => [e.name, e.startTime, e.responseEnd, e.transferSize, e.decodedBodySize])")
+        name, started, ended, transfer, decoded = api[-1]
+        api_ms.append(ended - started)
+        client_ms.append(times[-1] - ended)
+        parse.append(page.evaluate("""async (u) => {
+            const text = await (await fetch(u)).text();
+            const t = performance.now(); JSON.parse(text); return performance.now() - t; }""", name))
+        ctx.close()
+    best = min(times)
+    return {"ms_best": round(best, 1), "ms_median": round(statistics.median(times), 1),
+            "runs": [round(t) for t in times], "api_ms_median": round(statistics.median(api_ms), 1),
+            "page_ms_median": round(statistics.median(client_ms), 1),
+            "nodes": nodes, "transfer_bytes": transfer, "json_bytes": decoded, "json_parse_ms": round(min(parse), 1),
+            "ratio_to_json_parse": round(best / max(min(parse), 0.1), 1)}
+
+
+def redraws(browser, url: str) -> dict[str, Any]:
+    ctx = browser.new_context(viewport={"width": 1920, "height": 1080}, screen={"width": 1920, "height": 1080})
+    page = ctx.new_page()
+    page.goto(url)
+    wait(page, "window.podflame && window.podflame.drawnAt !== null")
+    zoom = page.evaluate("""() => {
+        const f = window.podflame.flame, out = [];
+        for (let k = 0; k < 12; k++) {
+            const t = performance.now(); f.zoomTo(2, (k * 37) % f.data.levels[2].n); out.push(performance.now() - t);
+            const u = performance.now(); f.resetZoom(); out.push(performance.now() - u);
+        }
+        return out; }""")
+    search = page.evaluate("""() => {
+        const box = document.getElementById('search'), out = [];
+        const terms = ['handler_1[0-9]', 'step_0[0-4]$', 'module_4', 'dispatch|step_33', 'handler_0', ''];
+        for (let k = 0; k < 12; k++) {
+            box.value = terms[k % terms.length];
+            const t = performance.now(); box.dispatchEvent(new Event('input')); out.push(performance.now() - t);
+        }
+        return out; }""")
+    ctx.close()
+    return {"zoom_redraw": {"ms_best": round(min(zoom), 2), "ms_median": round(statistics.median(zoom), 2)},
+            "search_redraw": {"ms_best": round(min(search), 2), "ms_median": round(statistics.median(search), 2)}}
+
+
+def node_day(hours: float, data: Path) -> tuple[str, int, int]:
+    """bench/store.py's synthetic node over `hours`, ingested through the real path into `data`."""
+    from bench import store as store_bench
+    from bench.synthetic import make_node
+
+    args = argparse.Namespace(hours=hours, pods=100, stacks=300, interval=10, distinct=min(90, int(hours * 360)),
+                              runs=1, data=str(data), socket_drains=0, skip_raw_check=True)
+    _, start, end = store_bench.ingest_day(args, data, make_node(pods=100, stacks_per_pod=300))
+    return store_bench.NODE, start, end
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hours", type=float, default=24, help="length of the node's synthetic day")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--day-data", help="a data directory already holding bench/store.py's day (skips ingest)")
+    ap.add_argument("--skip-day", action="store_true", help="only the 100k-node profile and the redraws")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    result: dict[str, Any] = {"targets_ms": TARGETS_MS}
+    with tempfile.TemporaryDirectory(prefix="podflame-bench-ui-") as tmp, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        app, httpd, url = serve(Path(tmp) / "big")
+        body = pprof.encode([big_profile(time.time_ns())])
+        req = urllib.request.Request(f"{url}/api/v1/ingest", data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=300) as r:
+            assert r.status == 200
+        view = url + "/#" + urllib.parse.urlencode({"sel": json.dumps({"cgroup": "/system.slice/big.service"}),
+                                                    "view": "graph"})
+        log("100k-node profile ...")
+        result["profile_100k"] = navigate(browser, view, args.runs)
+        result.update(redraws(browser, view))
+        httpd.shutdown()
+        app.extensions["podflame.store"].close()
+
+        if args.skip_day:
+            pass
+        elif args.day_data:
+            day_dir = Path(args.day_data)
+            meta = json.loads((day_dir / "bench-store.json").read_text())
+            start, end = meta["_start"], meta["_end"]
+            from bench import store as store_bench
+            node = store_bench.NODE
+        else:
+            day_dir = Path(tmp) / "day"
+            log(f"ingesting {args.hours} h of a synthetic node (bench/store.py) ...")
+            node, start, end = node_day(args.hours, day_dir)
+        if not args.skip_day:
+            node_case(browser, day_dir, node, start, end, args, result)
+        browser.close()
+    for case, target in TARGETS_MS.items():
+        if case in result:
+            result[case]["target_ms"] = target
+            result[case]["meets_target"] = result[case]["ms_best"] < target
+    print(json.dumps(result))
+
+
+def node_case(browser, day_dir: Path, node: str, start: int, end: int, args: argparse.Namespace,
+              result: dict[str, Any]) -> None:
+    app, httpd, url = serve(day_dir)
+    day = url + "/#" + urllib.parse.urlencode({"q": f'{{node="{node}"}}', "from": str(start // 10**9),
+                                               "to": str(end // 10**9), "view": "graph"})
+    log("node day ...")
+    result["node_day"] = {"hours": args.hours, **navigate(browser, day, args.runs)}
+    httpd.shutdown()
+    app.extensions["podflame.store"].close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,404 @@
+// podflame native unwinder: walks user stacks of code built without frame pointers with the
+// .eh_frame-derived rows of profiler/unwind (COORD Interface 1), loaded into maps by
+// profiler/unwind/maps.py. Included by bpf/sampler.bpf.c after its stack and count helpers.
+//
+// Why tail calls: every frame costs a bounded binary search over the process's mappings and one
+// over the binary's rows. The verifier walks each iteration of a bounded loop, so one program can
+// afford UNWIND_FRAMES_PER_PROG frames; unwind_step then tail-calls itself (at most 33 times), with
+// the walk's state in a per-CPU map, until the stack ends or MAX_STACK_DEPTH frames are recorded.
+//
+// Processes without an entry in unwind_procs (never loaded, or --unwind fp) keep bpf_get_stack's
+// frame-pointer walk. Inside a walk, code without rows (CFA_NONE: JIT code, Go, gaps) is stepped
+// with its frame pointer, so mixed stacks stay as deep as before.
+
+#ifndef UNWIND_MODE
+#define UNWIND_MODE 1             // 0: frame pointers only, 1: tables where loaded, 2: own walker always
+#endif
+#ifndef UNWIND_ROWS
+#define UNWIND_ROWS (1 << 20)     // rows of all loaded binaries (16 bytes each in the kernel)
+#endif
+#ifndef UNWIND_TABLES
+#define UNWIND_TABLES 4096        // binaries with rows loaded at once
+#endif
+#ifndef UNWIND_PROCS
+#define UNWIND_PROCS 4096         // processes with mapping arrays
+#endif
+#ifndef UNWIND_MAPPINGS
+#define UNWIND_MAPPINGS 65536     // mapping slots of all processes (32 bytes each)
+#endif
+#ifndef UNWIND_MAPPING_STEPS
+#define UNWIND_MAPPING_STEPS 10   // enough for 1023 executable mappings in one process
+#endif
+#ifndef UNWIND_ROW_STEPS
+#define UNWIND_ROW_STEPS 21       // enough for a table of 2^20 rows
+#endif
+#ifndef UNWIND_FRAMES_PER_PROG
+#define UNWIND_FRAMES_PER_PROG 8
+#endif
+
+// cfa_type / rbp_type: mirrored in profiler/unwind/table.py
+#define CFA_NONE 0
+#define CFA_RSP 1
+#define CFA_RBP 2
+#define CFA_PLT 3
+#define CFA_END 4
+#define CFA_SIGNAL 5
+#define CFA_UNSUPPORTED 6
+#define RBP_SAME 0
+#define RBP_OFFSET 1
+#define RBP_UNDEFINED 2
+#define UNWIND_NO_TABLE 0xffffffff
+#define MAPPING_WANTS_TABLE 1     // unwind_mapping.flags: has CFI, table loaded once a walk needs it
+
+// unwind_stats[] slots: mirrored in profiler/unwind/maps.py
+#define US_TABLES 0               // samples walked with tables
+#define US_FP 1                   // samples walked by bpf_get_stack (no tables for the process)
+#define US_END 2                  // walks that reached CFA_END (_start, thread start)
+#define US_TRUNCATED 3            // walks cut at MAX_STACK_DEPTH or out of tail calls
+#define US_READ_FAULT 4           // a return address or saved rbp could not be read
+#define US_NO_MAPPING 5           // an address outside the process's known mappings (JIT code, stale maps)
+#define US_UNSUPPORTED 6          // CFA_UNSUPPORTED rule met
+#define US_FP_STEPS 7             // frames stepped with rbp inside a table walk (CFA_NONE or no table)
+#define US_ZERO_RA 8              // walks ended by a zero return address or rbp (frame-pointer end)
+#define US_TAIL_FAIL 9            // the first tail call failed: the sample fell back to bpf_get_stack
+#define US_BAD_CFA 10             // a CFA that does not move up the stack: walk stopped
+#define US_WANTED 11              // frames in a binary whose table is not loaded yet (asked for)
+#define US_SLOTS 12
+
+struct unwind_row {
+    u32 pc;
+    s16 cfa_offset;
+    s16 rbp_offset;
+    u8 cfa_type;
+    u8 rbp_type;
+    u16 reserved;
+};
+
+struct unwind_mapping {
+    u64 start;                    // runtime [start, end)
+    u64 end;
+    u64 bias;                     // ELF vaddr = runtime address - bias
+    u32 table;                    // index in unwind_tables, or UNWIND_NO_TABLE
+    u32 flags;                    // MAPPING_WANTS_TABLE
+};
+
+struct unwind_want {
+    u64 start;                    // the mapping's runtime start
+    u32 tgid;
+    u32 reserved;
+};
+
+struct unwind_proc {
+    u32 first;                    // index of the process's first mapping in unwind_mappings
+    u32 count;                    // its mappings, sorted by start
+};
+
+struct unwind_table {
+    u32 first;                    // index of the first row in unwind_rows
+    u32 count;
+};
+
+// Registers as the perf event context gives them: struct pt_regs of arch/x86/include/asm/ptrace.h
+// (the uapi bpf_perf_event_data starts with it).
+struct unwind_pt_regs {
+    u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
+};
+
+// struct rt_sigframe after the handler returned into __restore_rt: rsp points at the ucontext,
+// whose uc_mcontext (struct sigcontext) starts at byte 40.
+#define UC_MCONTEXT 40
+#define SC_RBP (UC_MCONTEXT + 10 * 8)
+#define SC_RSP (UC_MCONTEXT + 15 * 8)
+#define SC_RIP (UC_MCONTEXT + 16 * 8)
+
+struct unwind_state {
+    struct stack_trace trace;
+    struct sample_key key;
+    u64 ip, sp, bp;
+    u32 frames;
+    u32 set;
+    u32 exact_ip;                 // 1: ip is not a return address (the leaf, or after a signal frame)
+    u32 reserved;
+    u64 hash;                     // of the frames so far
+};
+
+BPF_HASH(unwind_procs, u32, struct unwind_proc, UNWIND_PROCS);
+BPF_ARRAY(unwind_mappings, struct unwind_mapping, UNWIND_MAPPINGS);
+BPF_ARRAY(unwind_tables, struct unwind_table, UNWIND_TABLES);
+BPF_ARRAY(unwind_rows, struct unwind_row, UNWIND_ROWS);
+BPF_PERCPU_ARRAY(unwind_stats, u64, US_SLOTS);
+BPF_PERCPU_ARRAY(unwind_scratch, struct unwind_state, 1);
+BPF_PROG_ARRAY(unwind_progs, 1);
+BPF_ARRAY(unwind_no_proc, struct unwind_proc, 1);  // stays empty: the walk of a process without tables
+// Processes where an address fell outside every known mapping (dlopen, JIT code): announced on
+// new_tgids once per drain, so userspace re-reads their maps; emptied by each drain.
+BPF_HASH(unwind_stale, u32, u8, 1024);
+// Mappings whose table a walk needed and did not have: userspace loads tables on demand, so a
+// binary mapped everywhere but rarely run (numpy's openblas in every Python) costs no rows.
+BPF_HASH(unwind_wanted, struct unwind_want, u8, 4096);
+
+static __always_inline void ustat(u32 slot) {
+    u64 *n = unwind_stats.lookup(&slot);
+    if (n)
+        (*n)++;
+}
+
+// The mapping holding ip: the last one starting at or below it, if it ends above it. Mappings live
+// in one array map and are read with lookups, not indexed in a map value: a map value indexed by the
+// search's bounds makes the verifier track them exactly and explore every path (652k instructions
+// for one frame), while an array lookup's key stays imprecise and the loop's states prune.
+static __always_inline struct unwind_mapping *find_mapping(struct unwind_proc *proc, u64 ip) {
+    u32 first = proc->first, lo = 0, hi = proc->count;
+    for (int i = 0; i < UNWIND_MAPPING_STEPS; i++) {
+        if (lo >= hi)
+            break;
+        u32 mid = (lo + hi) / 2;
+        u32 index = first + mid;
+        struct unwind_mapping *m = unwind_mappings.lookup(&index);
+        if (!m)
+            return 0;
+        if (m->start <= ip)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return 0;
+    u32 index = first + lo - 1;
+    struct unwind_mapping *m = unwind_mappings.lookup(&index);
+    return m && ip < m->end ? m : 0;
+}
+
+// Index in unwind_rows of the last row of `table` starting at or below pc; -1 when there is none.
+static __always_inline s64 find_row(u32 table, u32 pc) {
+    struct unwind_table *t = unwind_tables.lookup(&table);
+    if (!t || t->count == 0)
+        return -1;
+    u32 first = t->first, lo = 0, hi = t->count;
+    for (int i = 0; i < UNWIND_ROW_STEPS; i++) {
+        if (lo >= hi)
+            break;
+        u32 mid = (lo + hi) / 2;
+        u32 index = first + mid;
+        struct unwind_row *row = unwind_rows.lookup(&index);
+        if (!row)
+            return -1;
+        if (row->pc <= pc)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return -1;
+    return (s64)first + lo - 1;
+}
+
+#define STEP_MORE 0
+#define STEP_DONE 1
+
+// Records the current frame and moves the registers to its caller's.
+static __always_inline int unwind_one(struct unwind_state *st, struct unwind_proc *proc) {
+    u32 n = st->frames;
+    if (n >= MAX_STACK_DEPTH) {
+        ustat(US_TRUNCATED);
+        return STEP_DONE;
+    }
+    u64 ip = st->ip, sp = st->sp, bp = st->bp;
+    st->trace.ip[n & 127] = ip;
+    st->frames = n + 1;
+    st->hash = mix64(st->hash ^ ip);  // hashed as walked: no second pass over the frames
+
+    u8 cfa_type = CFA_NONE, rbp_type = RBP_SAME;
+    s16 cfa_offset = 0, rbp_offset = 0;
+    struct unwind_mapping *m = find_mapping(proc, ip);
+    if (!m) {
+        if (proc->count) {
+            ustat(US_NO_MAPPING);
+            u32 tgid = st->key.tgid;
+            u8 one = 1;
+            // first mark since userspace last emptied unwind_stale: announce it now (dlopen)
+            if (unwind_stale.insert(&tgid, &one) == 0)
+                new_tgids.ringbuf_output(&tgid, sizeof(tgid), 0);
+        }
+    } else if (m->table == UNWIND_NO_TABLE) {
+        if (m->flags & MAPPING_WANTS_TABLE) {
+            struct unwind_want want = {.start = m->start, .tgid = st->key.tgid};
+            u8 one = 1;
+            ustat(US_WANTED);
+            if (unwind_wanted.insert(&want, &one) == 0)  // first ask: announce the process now
+                new_tgids.ringbuf_output(&want.tgid, sizeof(want.tgid), 0);
+        }
+    } else {
+        // A return address may be one past a call at the very end of a function (noreturn callee):
+        // look its rule up at the call instruction.
+        u64 pc = ip - m->bias - (st->exact_ip ? 0 : 1);
+        s64 index = pc >> 32 ? -1 : find_row(m->table, (u32)pc);
+        u32 i = (u32)index;
+        struct unwind_row *row = index < 0 ? 0 : unwind_rows.lookup(&i);
+        if (row) {
+            cfa_type = row->cfa_type;
+            cfa_offset = row->cfa_offset;
+            rbp_type = row->rbp_type;
+            rbp_offset = row->rbp_offset;
+        }
+    }
+
+    u64 cfa = 0, ra = 0;
+    if (cfa_type == CFA_END) {
+        ustat(US_END);
+        return STEP_DONE;
+    } else if (cfa_type == CFA_UNSUPPORTED) {
+        ustat(US_UNSUPPORTED);
+        return STEP_DONE;
+    } else if (cfa_type == CFA_SIGNAL) {
+        u64 regs[3] = {};
+        if (bpf_probe_read_user(&regs, sizeof(regs), (void *)(sp + SC_RSP - 8))) {
+            ustat(US_READ_FAULT);
+            return STEP_DONE;
+        }
+        u64 saved_bp = 0;
+        if (bpf_probe_read_user(&saved_bp, sizeof(saved_bp), (void *)(sp + SC_RBP))) {
+            ustat(US_READ_FAULT);
+            return STEP_DONE;
+        }
+        // regs[0] = rcx slot (unused), regs[1] = rsp, regs[2] = rip
+        st->sp = regs[1];
+        st->ip = regs[2];
+        st->bp = saved_bp;
+        st->exact_ip = 1;         // the interrupted instruction itself, not a return address
+        return st->ip ? STEP_MORE : STEP_DONE;
+    } else if (cfa_type == CFA_RSP) {
+        cfa = sp + cfa_offset;
+    } else if (cfa_type == CFA_RBP) {
+        cfa = bp + cfa_offset;
+    } else if (cfa_type == CFA_PLT) {
+        cfa = sp + 8 + ((ip & 15) >= (u64)rbp_offset ? 8 : 0);
+        rbp_type = RBP_SAME;
+    } else {                      // CFA_NONE or no table: the frame pointer
+        ustat(US_FP_STEPS);
+        if (bp == 0) {
+            ustat(US_ZERO_RA);
+            return STEP_DONE;
+        }
+        cfa = bp + 16;
+        rbp_type = RBP_OFFSET;
+        rbp_offset = -16;
+    }
+    if (cfa <= sp && cfa_type != CFA_RBP && cfa_type != CFA_NONE) {
+        ustat(US_BAD_CFA);
+        return STEP_DONE;
+    }
+    if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8))) {
+        ustat(US_READ_FAULT);
+        return STEP_DONE;
+    }
+    if (rbp_type == RBP_OFFSET) {
+        if (bpf_probe_read_user(&bp, sizeof(bp), (void *)(cfa + rbp_offset))) {
+            ustat(US_READ_FAULT);
+            return STEP_DONE;
+        }
+    } else if (rbp_type == RBP_UNDEFINED) {
+        bp = 0;
+    }
+    if (ra == 0) {
+        ustat(US_ZERO_RA);
+        return STEP_DONE;
+    }
+    st->ip = ra;
+    st->sp = cfa;
+    st->bp = bp;
+    st->exact_ip = 0;
+    return STEP_MORE;
+}
+
+// Hashes the walked stack, stores it in the active set and counts the sample.
+static __always_inline void unwind_finish(struct unwind_state *st) {
+    u32 frames = st->frames;
+    if (frames > MAX_STACK_DEPTH)
+        frames = MAX_STACK_DEPTH;
+    if (frames < MAX_STACK_DEPTH)
+        st->trace.ip[frames & 127] = 0;  // readers stop at the first zero address (what follows is stale)
+    u64 h = mix64(st->hash ^ frames);
+    int err = frames == 0 ? -EFAULT
+              : st->set == 0 ? store_stack0(&st->trace, &h) : store_stack1(&st->trace, &h);
+    st->key.user_stack = err ? 0 : h;
+    st->key.user_error = err;
+    note_stack_error(err, ERR_USER_EEXIST);
+    if (st->set == 0)
+        count_into0(&st->key);
+    else
+        count_into1(&st->key);
+}
+
+int unwind_step(struct bpf_perf_event_data *ctx) {
+    u32 zero = 0;
+    struct unwind_state *st = unwind_scratch.lookup(&zero);
+    if (!st)
+        return 0;
+    u32 tgid = st->key.tgid;
+    struct unwind_proc *proc = unwind_procs.lookup(&tgid);
+    if (!proc)
+        proc = unwind_no_proc.lookup(&zero);  // UNWIND_MODE 2 without tables: rbp only
+    int done = !proc;
+    for (int i = 0; i < UNWIND_FRAMES_PER_PROG; i++) {
+        done = unwind_one(st, proc);
+        if (done)
+            break;
+    }
+    if (!done)
+        unwind_progs.call(ctx, 0);  // returns only when out of tail calls
+    if (!done && st->frames < MAX_STACK_DEPTH)
+        ustat(US_TRUNCATED);
+    unwind_finish(st);
+    return 0;
+}
+
+// The user registers at the sample: the context's when it interrupted user mode, else the ones the
+// task saved on entering the kernel (bpf_task_pt_regs).
+static __always_inline int user_regs(struct bpf_perf_event_data *ctx, u64 *ip, u64 *sp, u64 *bp) {
+    struct unwind_pt_regs *regs = (struct unwind_pt_regs *)ctx;
+    u64 cs = regs->cs;
+    if ((cs & 3) == 3) {
+        *ip = regs->ip;
+        *sp = regs->sp;
+        *bp = regs->bp;
+    } else {
+        struct unwind_pt_regs saved = {};
+        void *task = (void *)bpf_get_current_task_btf();
+        void *uregs = (void *)bpf_task_pt_regs(task);
+        if (!uregs || bpf_probe_read_kernel(&saved, sizeof(saved), uregs))
+            return -EFAULT;
+        if ((saved.cs & 3) != 3)
+            return -EFAULT;      // a kernel thread: no user stack
+        *ip = saved.ip;
+        *sp = saved.sp;
+        *bp = saved.bp;
+    }
+    return *ip && *sp ? 0 : -EFAULT;
+}
+
+// Starts a table walk of the sample's user stack with `key` (complete but for the user stack).
+// Returns only when the walk did not start: the caller then uses bpf_get_stack.
+static __always_inline void native_unwind_begin(struct bpf_perf_event_data *ctx, struct sample_key *key,
+                                                u32 set) {
+    if (UNWIND_MODE == 0 || key->tgid == 0)
+        return;
+    if (UNWIND_MODE == 1 && !unwind_procs.lookup(&key->tgid)) {
+        ustat(US_FP);
+        return;
+    }
+    u32 zero = 0;
+    struct unwind_state *st = unwind_scratch.lookup(&zero);
+    if (!st)
+        return;
+    if (user_regs(ctx, &st->ip, &st->sp, &st->bp))
+        return;
+    __builtin_memcpy(&st->key, key, sizeof(*key));
+    st->frames = 0;
+    st->hash = 0x9e3779b97f4a7c15ULL;
+    st->set = set;
+    st->exact_ip = 1;
+    ustat(US_TABLES);
+    unwind_progs.call(ctx, 0);
+    ustat(US_TAIL_FAIL);          // not loaded: fall back
+}

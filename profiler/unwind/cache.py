@@ -1,0 +1,146 @@
+"""Unwind tables on disk, so each binary's CFI is parsed once per node, not once per agent start.
+
+Layout: `<root>/unwind/v<FORMAT>/<key[-2:]>/<key>.tbl` beside the symbol cache (root defaults to
+$PODFLAME_SYMBOL_CACHE). The key is the build id (it names exactly one binary, so an entry never
+goes stale), else the file's identity (device, inode, size, mtime_ns): a rebuilt binary without a
+build id gets a new key. Entries are written to a temporary name and renamed (a crash leaves no
+torn file) and carry a checksum: an entry that does not verify is rebuilt and rewritten. Not
+pickles: the agent reads these files as plain bytes. The total is bounded by `max_bytes`, least
+recently used entries (by mtime, touched on use) dropped first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Callable
+
+from profiler.unwind.build import build_table, file_identity
+from profiler.unwind.table import ROW_SIZE, UnwindTable
+from symbolizer.elf import read_build_id
+
+FORMAT = 1
+_MAGIC = b"PFUNWIND"
+_HEAD = struct.Struct("<8sIIIHH")  # magic, format, count, crc32(rows), len(source), len(reason)
+
+
+def encode(table: UnwindTable) -> bytes:
+    source, reason = table.source.encode(), table.reason.encode()[:0xFFFF]
+    head = _HEAD.pack(_MAGIC, FORMAT, table.count, zlib.crc32(table.rows), len(source), len(reason))
+    return head + source + reason + table.rows
+
+
+def decode(raw: bytes, build_id: str | None, identity: tuple[int, int, int, int]) -> UnwindTable | None:
+    """The table in a cache file's bytes, or None when they are not a whole, intact entry."""
+    if len(raw) < _HEAD.size:
+        return None
+    magic, fmt, count, crc, nsource, nreason = _HEAD.unpack_from(raw)
+    pos = _HEAD.size + nsource + nreason
+    rows = raw[pos:]
+    if magic != _MAGIC or fmt != FORMAT or len(rows) != count * ROW_SIZE or zlib.crc32(rows) != crc:
+        return None
+    try:
+        source = raw[_HEAD.size:_HEAD.size + nsource].decode()
+        reason = raw[_HEAD.size + nsource:pos].decode()
+    except UnicodeDecodeError:
+        return None
+    return UnwindTable(rows, count, source, build_id, identity, reason=reason)
+
+
+class TableCache:
+    """`get(path)`: the binary's unwind table from disk, else built (build_table) and stored.
+
+    Without a root (none given and $PODFLAME_SYMBOL_CACHE unset) every call builds."""
+
+    def __init__(self, root: str | None = None, *, max_bytes: int = 256 << 20,
+                 builder: Callable[[str], UnwindTable] = build_table) -> None:
+        root = root if root is not None else os.environ.get("PODFLAME_SYMBOL_CACHE")
+        self.root = os.path.join(root, "unwind", f"v{FORMAT}") if root else None
+        self.max_bytes = max_bytes
+        self.builder = builder
+        self._stores = 0
+        self.stats = {"hits": 0, "built": 0, "corrupt": 0, "evicted": 0, "errors": 0}
+
+    def key(self, path: str) -> tuple[str, str | None, tuple[int, int, int, int]]:
+        """(cache key, build id, file identity) of the binary at `path`."""
+        identity = file_identity(os.stat(path))
+        build_id = read_build_id(path)
+        if build_id:
+            return "".join(c for c in build_id.lower() if c in "0123456789abcdef"), build_id, identity
+        return "id-" + "-".join(str(v) for v in identity), None, identity
+
+    def _file(self, key: str) -> str:
+        assert self.root is not None
+        return os.path.join(self.root, key[-2:], key + ".tbl")
+
+    def get(self, path: str) -> UnwindTable:
+        """Raises what build_table raises (OSError, UnwindFormatError) for a binary it cannot build."""
+        if self.root is None:
+            self.stats["built"] += 1
+            return self.builder(path)
+        key, build_id, identity = self.key(path)
+        file = self._file(key)
+        try:
+            with open(file, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raw = None
+        except OSError:
+            self.stats["errors"] += 1
+            raw = None
+        if raw is not None:
+            table = decode(raw, build_id, identity)
+            if table is not None:
+                self.stats["hits"] += 1
+                with contextlib.suppress(OSError):
+                    os.utime(file)
+                return table
+            self.stats["corrupt"] += 1
+        table = self.builder(path)
+        self.stats["built"] += 1
+        self._write(file, encode(table))
+        return table
+
+    def _write(self, path: str, data: bytes) -> None:
+        d = os.path.dirname(path)
+        tmp = None
+        try:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError:
+            self.stats["errors"] += 1
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            return
+        self._stores += 1
+        if self._stores % 32 == 1:
+            self.trim()
+
+    def trim(self) -> None:
+        """Drops least recently used entries until the total is under max_bytes."""
+        if self.root is None or not os.path.isdir(self.root):
+            return
+        entries = []
+        for prefix in os.scandir(self.root):
+            if not prefix.is_dir():
+                continue
+            for entry in os.scandir(prefix.path):
+                with contextlib.suppress(OSError):
+                    st = entry.stat()
+                    entries.append((st.st_mtime, st.st_size, entry.path))
+        entries.sort()
+        total = sum(e[1] for e in entries)
+        for _, size, path in entries[:-1]:  # never the newest: the one just written
+            if total <= self.max_bytes:
+                break
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                total -= size
+                self.stats["evicted"] += 1

@@ -1,0 +1,387 @@
+"""Keeps the kernel's unwind maps in step with the processes being sampled.
+
+The sampler announces a process on its first sample (and again after exec); `NativeUnwinder` then
+reads its executable mappings, builds or fetches each binary's table (profiler/unwind TableCache),
+loads rows once per binary and writes the process's mapping array. Until that is done the process's
+samples are walked with frame pointers (counted as `fp` samples): a process that lives for a few
+milliseconds may never get tables. Work happens on a thread of its own, so a slow first build of a
+large binary delays neither the sampler's ring buffer nor a drain.
+
+Maps change after start (dlopen, a JIT's code): the walker marks a process whose address fell
+outside every known mapping in `unwind_stale` and announces it again (once until the next drain
+empties the mark), so its maps are re-read within ~0.1 s; `maintain()` (once per drain) empties
+the marks and forgets processes that exited.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import io
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from podflame.errors import PodflameError
+from podflame.model import Mapping
+from profiler.bpfprog import BpfMap
+from profiler.procmaps import MapsEntry, parse_exec_maps
+from profiler.unwind.maps import WANT, WANTS_TABLE, UnwindMaps
+from profiler.unwind.table import UnwindTable
+from symbolizer.elf import LoadSegment
+from symbolizer.elffile import ElfFile, ElfFormatError
+from symbolizer.normalize import elf_address
+
+log = logging.getLogger("podflame.unwind")
+
+MODES = ("auto", "fp", "tables")
+MAX_MAPPINGS_PER_PROCESS = 1023  # what the walker's bounded search covers (UNWIND_MAPPING_STEPS)
+# A table has ~1 row per 5-6 bytes of .eh_frame (libc 5.4, python3 6.4, libLLVM 5.3): /4 errs high.
+ROWS_PER_CFI_BYTE_DIVISOR = 4
+MAX_BUDGET_SHARE = 0.5  # no single binary takes more than this share of the row budget
+# Building tables is the loader's real cost (~1 s of CPU for 350k rows in Python): it may spend
+# BUILD_CPU_SHARE of a core on average, after a burst of BUILD_BURST_S CPU seconds (a first start).
+# A binary asked for beyond that waits, and processes that map it are loaded again once it may be built.
+BUILD_CPU_SHARE = 0.005
+BUILD_BURST_S = 5.0
+SMALL_TABLE_ROWS = 50_000  # estimated: a build of ~50 ms or less (a program, libc), never deferred
+_PF_X = 1
+
+
+def cached_tables() -> Callable[[str | bytes], UnwindTable]:
+    """Tables of files through the on-disk TableCache ($PODFLAME_SYMBOL_CACHE); of images (the vDSO)
+    built directly (a few KiB, once per agent)."""
+    from profiler.unwind.build import build_table
+    from profiler.unwind.cache import TableCache
+
+    cache = TableCache()
+
+    def tables(source: str | bytes) -> UnwindTable:
+        return build_table(source) if isinstance(source, bytes) else cache.get(source)
+
+    return tables
+
+
+@dataclass(slots=True)
+class _Binary:
+    """What a mapping needs from its file: the ELF type and load segments (for the bias), and how many
+    rows its table has. The rows themselves are let go once they are in the kernel (libLLVM's are
+    16 MB); a binary evicted from the maps and mapped again fetches them again (from the disk cache)."""
+
+    elf_type: str
+    segments: tuple[LoadSegment, ...]
+    count: int  # rows; -1: has CFI, table not built yet; 0: no table
+    rows: bytes | None = None
+    cfi_bytes: int = 0
+    no_room: bool = False  # the last ask found no room in the row budget
+    deferred: bool = False  # asked for while the build budget was spent: built on a later load
+
+
+class NativeUnwinder:
+    """Loads tables for announced processes into `maps`; `table_source(path)` gives a binary's table."""
+
+    def __init__(self, maps: UnwindMaps, table_source: Callable[[str | bytes], UnwindTable], *,
+                 proc: str = "/proc", max_files: int = 4096) -> None:
+        self.maps = maps
+        self.table_source = table_source
+        self.proc = proc
+        self._seen: dict[int, tuple[tuple[int, int, int, int], ...]] = {}  # tgid -> mappings last loaded
+        self._wanted: dict[int, set[int]] = {}  # tgid -> starts of mappings a walk asked tables for
+        self._waiting: set[int] = set()  # tgids mapping a deferred binary
+        self._retry: set[int] = set()  # tgids to load again whatever their maps say
+        self._tokens, self._tokens_at = BUILD_BURST_S, time.monotonic()
+        # (device, inode, path) of a maps line -> the file's identity, checked with stat once: a Python
+        # process maps ~50 files, and a stat of each for every new process was most of loading it
+        self._identities: dict[tuple[str, int, str], tuple[int, int, int, int]] = {}
+        self._files: dict[object, _Binary] = {}  # by file identity, or ("vdso", hash of its image)
+        self._max_files = max_files
+        self._lock = threading.Lock()  # maps + files: the worker and maintain() share them
+        self._queue: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._last_tables: dict[str, int] = {}
+        self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
+                      "tables_too_big": 0, "tables_no_room": 0, "tables_deferred": 0, "rereads": 0, "exits": 0,
+                      "cpu_ms": 0}  # the loader thread's own CPU
+
+    # -- API -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._worker = threading.Thread(target=self._run, name="podflame-unwind", daemon=True)
+        self._worker.start()
+
+    def announce(self, tgids: Iterable[int]) -> None:
+        """New processes (or new images after exec): loaded soon, on the worker thread."""
+        self._queue.put(list(tgids))
+
+    def load_now(self, tgids: Iterable[int]) -> None:
+        """Load these processes, every table, before returning (a one-shot capture of a known pid)."""
+        with self._lock:
+            for tgid in tgids:
+                self._load_process(tgid, everything=True)
+
+    def maintain(self) -> None:
+        """Once per drain: forget exited processes, re-read the ones whose samples left their mappings."""
+        stale = self._take_stale()  # already announced by the kernel; re-announced in case the ring was full
+        if self._lock.acquire(blocking=False):  # else the worker is building a table: exits wait a drain
+            try:
+                for tgid in {*self.maps.processes, *self._seen}:
+                    if not os.path.exists(f"{self.proc}/{tgid}"):
+                        if tgid in self.maps.processes:
+                            self.maps.remove_process(tgid)
+                            self.stats["exits"] += 1
+                        self._seen.pop(tgid, None)
+            finally:
+                self._lock.release()
+        if stale:
+            self.stats["rereads"] += len(stale)
+            self.announce(stale)
+        if self._waiting and self._may_build():
+            waiting, self._waiting = self._waiting, set()
+            self._retry.update(waiting)
+            self.announce(waiting)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout=10)
+            self._worker = None
+
+    def report(self) -> dict[str, int]:
+        """Kernel counters, table memory and this loader's counts, for metrics and the log."""
+        out = {f"walk_{k}": v for k, v in self.maps.counters().items()}
+        if self._lock.acquire(blocking=False):  # a drain does not wait for a table build
+            try:
+                self._last_tables = {f"table_{k}": v for k, v in self.maps.memory().items()}
+            finally:
+                self._lock.release()
+        out.update(self._last_tables)
+        out.update(self.stats)
+        return out
+
+    # -- worker ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            started = time.thread_time()
+            self._take_wanted()
+            for tgid in dict.fromkeys([*batch, *self._wanted]):
+                try:
+                    with self._lock:
+                        self._load_process(tgid)
+                except Exception:  # one odd process must not stop the loader
+                    log.exception("loading unwind tables for pid %d failed", tgid)
+            self.stats["cpu_ms"] += int((time.thread_time() - started) * 1000)
+
+    def _take_stale(self) -> list[int]:
+        return [tgid for keys in _empty(self.maps.stale_map) for tgid in keys.cast("I")]
+
+    def _take_wanted(self) -> None:
+        """Move the kernel's asks for tables (unwind_wanted) into `_wanted`, tgid -> mapping starts."""
+        for keys in _empty(self.maps.wanted_map):
+            for start, tgid, _ in WANT.iter_unpack(keys):
+                self._wanted.setdefault(tgid, set()).add(start)
+
+    def _load_process(self, tgid: int, *, everything: bool = False) -> None:
+        """(Re)load a process's mappings. Tables come on demand: a binary's rows are loaded when a walk
+        asked for them (or another process has them loaded, or `everything`); until then its mapping
+        says it wants a table and its frames are stepped with frame pointers."""
+        self._take_wanted()
+        wanted = self._wanted.pop(tgid, set())
+        try:
+            with open(f"{self.proc}/{tgid}/maps") as f:
+                entries = parse_exec_maps(f.read())
+        except OSError:  # exited already, or a kernel thread's empty maps
+            self.maps.remove_process(tgid)
+            self._seen.pop(tgid, None)
+            return
+        signature = tuple((e.start, e.end, e.offset, e.inode) for e in entries)
+        retry = tgid in self._retry
+        self._retry.discard(tgid)
+        if self._seen.get(tgid) == signature and not wanted and not everything and not retry:
+            return  # announced again (a new comm, a stale mark from JIT code) with the same mappings
+        self._seen[tgid] = signature
+        mappings: list[tuple[int, int, int, object | None, int]] = []
+        try:
+            exe = os.readlink(f"{self.proc}/{tgid}/exe")
+        except OSError:
+            exe = ""
+        for e in entries[:MAX_MAPPINGS_PER_PROCESS]:
+            if e.path == "[vdso]":
+                loaded = self._vdso(tgid, e)
+            elif not e.inode or not e.path.startswith("/"):
+                continue  # anonymous (JIT) code: frame pointers
+            else:
+                # the program and the C library are on nearly every stack: theirs come at once (when
+                # small), sparing the first samples a round trip through unwind_wanted
+                eager = e.path == exe or os.path.basename(e.path).startswith("libc.so")
+                loaded = self._mapping(tgid, e, everything or e.start in wanted, eager)
+            if loaded is not None:
+                mappings.append(loaded)
+        if any(m[3] is not None or m[4] for m in mappings):
+            if self.maps.set_process(tgid, mappings):
+                self.stats["processes_loaded"] += 1
+            else:
+                self.stats["processes_failed"] += 1
+        else:
+            self.maps.remove_process(tgid)  # nothing to walk with tables: bpf_get_stack does it cheaper
+
+    def _vdso(self, tgid: int, e: MapsEntry) -> tuple[int, int, int, object | None, int] | None:
+        """The vDSO (clock_gettime & co.) has no file: its image is read from the process's memory.
+        Every process of a kernel maps the same image, so it is built and loaded once (always: it is
+        a few hundred rows)."""
+        try:
+            with open(f"{self.proc}/{tgid}/mem", "rb") as f:
+                f.seek(e.start)
+                image = f.read(min(e.end - e.start, 1 << 20))
+        except (OSError, ValueError, OverflowError):
+            return None
+        key = ("vdso", hash(image))
+        binary = self._files.get(key)
+        if binary is None:
+            binary = self._files[key] = self._read_elf(image)
+        if not binary.segments:
+            return None
+        vaddr = elf_address(e.start, Mapping(e.start, e.end, 0, e.path, None), binary.elf_type, binary.segments)
+        if vaddr is None:
+            return None
+        return e.start, e.end, e.start - vaddr, self._load_rows(key, binary, image), 0
+
+    def _mapping(self, tgid: int, e: MapsEntry, want: bool,
+                 eager: bool = False) -> tuple[int, int, int, object | None, int] | None:
+        path = f"{self.proc}/{tgid}/map_files/{e.start:x}-{e.end:x}"
+        line = (e.dev, e.inode, e.path)  # what the maps line says of the file: known, no stat needed
+        identity = self._identities.get(line)
+        if identity is None or e.deleted:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if len(self._identities) >= self._max_files:
+                self._identities.clear()
+            self._identities[line] = identity
+        binary = self._files.get(identity)
+        if binary is None:
+            binary = self._read_elf(path)
+            if len(self._files) >= self._max_files:
+                self._files.clear()
+            self._files[identity] = binary
+        mapping = Mapping(e.start, e.end, e.offset, e.clean_path, None)
+        vaddr = elf_address(e.start, mapping, binary.elf_type, binary.segments)
+        if vaddr is None:
+            return None
+        key = None
+        if eager and binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR <= SMALL_TABLE_ROWS:
+            want = True
+        if identity in self.maps.binaries or want or binary.deferred:
+            key = self._load_rows(identity, binary, path)
+        if binary.deferred:
+            self._waiting.add(tgid)
+        if binary.no_room and binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR <= self.maps.room():
+            binary.no_room = False  # room again (processes exited): let walks ask for it
+        # CFI, not built yet: walks ask for the table (not while it could not fit: each ask costs a reload)
+        flags = WANTS_TABLE if key is None and binary.count < 0 and not (binary.no_room or binary.deferred) else 0
+        return e.start, e.end, e.start - vaddr, key, flags
+
+    def _load_rows(self, key: object, binary: _Binary, source: str | bytes) -> object | None:
+        """`key` once the binary's rows are in the kernel (with a reference for the process being
+        loaded), else None (no table, or no room)."""
+        if binary.count == 0:
+            return None
+        rows = b""  # loaded already: the maps do not need them
+        if key not in self.maps.binaries:
+            if binary.count < 0:
+                self._build(binary, source)
+                if binary.count <= 0:
+                    return None
+            if binary.count > self.maps.room():  # would not fit: neither fetch nor build the rows again
+                self.maps.reject(key, binary.count)
+                binary.rows = None
+                return None
+            rows = binary.rows if binary.rows is not None else b""
+            if not rows:  # evicted since: fetch the rows again
+                try:
+                    rows = self.table_source(source).rows
+                except (OSError, PodflameError):
+                    return None
+            binary.rows = None
+        return key if self.maps.binary(key, rows) is not None else None
+
+    def _read_elf(self, path: str | bytes) -> _Binary:
+        """What a mapping of the ELF file at `path` (or of the ELF image `path` holds) needs for its
+        bias, and whether it has CFI at all; the table is built on first demand (`_build`)."""
+        try:
+            with io.BytesIO(path) if isinstance(path, bytes) else open(path, "rb") as f:
+                elf = ElfFile(f)
+                segments = tuple(LoadSegment(s.offset, s.vaddr, s.filesz, s.memsz, bool(s.flags & _PF_X))
+                                 for s in elf.segments if s.type == 1)
+                elf_type = elf.e_type
+                cfi_bytes = sum(sec.size for name in (".eh_frame", ".debug_frame")
+                                if (sec := elf.section(name)) is not None)
+        except (OSError, ElfFormatError, ValueError) as e:
+            log.debug("no unwind table for %s: %s", "the vDSO" if isinstance(path, bytes) else path, e)
+            self.stats["tables_failed"] += 1
+            return _Binary("", (), 0)
+        estimate = cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR
+        if estimate > self.maps.row_budget * MAX_BUDGET_SHARE:
+            # libclang-cpp (1M rows), libLLVM: building would cost seconds and ~200 MB for rows that
+            # would crowd out every other binary; frame pointers walk them
+            log.info("no unwind table for %s: ~%d rows is over %d%% of the %d-row budget",
+                     "the vDSO" if isinstance(path, bytes) else path, estimate, 100 * MAX_BUDGET_SHARE,
+                     self.maps.row_budget)
+            self.stats["tables_too_big"] += 1
+            self.maps.reject(("estimate", path if isinstance(path, str) else "vdso"), estimate)
+            return _Binary(elf_type, segments, 0)
+        return _Binary(elf_type, segments, -1 if cfi_bytes else 0, cfi_bytes=cfi_bytes)
+
+    def _build(self, binary: _Binary, source: str | bytes) -> None:
+        if binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR > self.maps.room():
+            binary.no_room = True  # not built; asked for again only once there is room
+            self.stats["tables_no_room"] += 1
+            return
+        binary.no_room = False
+        if binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR > SMALL_TABLE_ROWS and not self._may_build():
+            binary.deferred = True
+            self.stats["tables_deferred"] += 1
+            return
+        binary.deferred = False
+        started = time.thread_time()
+        try:
+            table = self.table_source(source)
+            self.stats["tables_built"] += 1
+            binary.count, binary.rows = table.count, table.rows
+        except (OSError, PodflameError) as e:
+            log.info("no unwind table for %s: %s", "the vDSO" if isinstance(source, bytes) else source, e)
+            self.stats["tables_failed"] += 1
+            binary.count = 0
+        self._tokens -= time.thread_time() - started
+
+    def _may_build(self) -> bool:
+        """Whether the build budget (BUILD_CPU_SHARE of a core, BUILD_BURST_S at once) has CPU left."""
+        now = time.monotonic()
+        self._tokens = min(BUILD_BURST_S, self._tokens + (now - self._tokens_at) * BUILD_CPU_SHARE)
+        self._tokens_at = now
+        return self._tokens > 0
+
+
+def _empty(m: BpfMap, chunk: int = 1024) -> Iterator[memoryview]:
+    """Read and delete every entry of a small hash map: its keys, `chunk` at a time (a failure ends it:
+    what was not read is read by the next call)."""
+    keys, values = bytearray(m.spec.key_size * chunk), bytearray(m.spec.value_size * chunk)
+    token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
+    first = True
+    while True:
+        try:
+            n, done = m.lookup_and_delete_batch(keys, values, None if first else token_in, token_out)
+        except OSError:
+            return
+        yield memoryview(bytes(keys[:n * m.spec.key_size]))
+        if done or n == 0:
+            return
+        token_in.value, first = token_out.value, False

@@ -1,0 +1,245 @@
+"""Unwind tables in the sampler's BPF maps: one shared row array, binaries loaded once, per-process mappings.
+
+The in-kernel walker (bpf/native_unwind.bpf.h) finds a process's executable mappings in
+`unwind_procs` (tgid -> a run of `unwind_mappings`, sorted by start) and each mapping's binary in
+`unwind_tables` (-> a run of `unwind_rows`). Rows of a binary are written once however many
+processes map it, and counted by reference; a binary no process uses stays loaded until its space
+is wanted (a process that exits and starts again, as a CGI or a shell loop does, finds it there).
+
+The row array has a fixed size, the node's budget (`rows` x 16 bytes of kernel memory: arrays
+round the 12-byte row up to 8-byte multiples). A binary that does not fit even after evicting every
+unused one gets no rows: the walker steps its frames with frame pointers, and `stats` counts it.
+
+Not thread-safe: `NativeUnwinder` (profiler/unwind/loader.py) drives it from one thread.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from profiler.bpfprog import BpfMap
+
+NO_TABLE = 0xFFFF_FFFF
+ROW_SIZE = 12  # struct unwind_row
+MAPPING = struct.Struct("<QQQII")  # struct unwind_mapping: start, end, bias, table, flags
+WANTS_TABLE = 1  # unwind_mapping.flags: the walker asks for this mapping's table when it needs it
+WANT = struct.Struct("<QII")  # struct unwind_want: start, tgid, reserved
+SPAN = struct.Struct("<II")  # struct unwind_table and struct unwind_proc: first, count
+BATCH = 65536  # elements per BPF_MAP_UPDATE_BATCH
+KERNEL_ROW_BYTES = 16  # an array map stores values rounded up to 8 bytes
+
+# unwind_stats[] slots; mirrored in bpf/native_unwind.bpf.h (US_*).
+STAT_SLOTS: tuple[str, ...] = (
+    "tables", "fp", "end", "truncated", "read_fault", "no_mapping", "unsupported", "fp_steps", "zero_ra",
+    "tail_fail", "bad_cfa", "wanted",
+)  # fmt: skip
+
+
+class Extents:
+    """First-fit allocator of runs of slots in [0, capacity); frees coalesce with their neighbours."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._free: list[tuple[int, int]] = [(0, capacity)] if capacity else []  # (start, length), sorted
+        self.used = 0
+
+    def alloc(self, n: int) -> int | None:
+        for i, (start, length) in enumerate(self._free):
+            if length >= n:
+                if length == n:
+                    del self._free[i]
+                else:
+                    self._free[i] = (start + n, length - n)
+                self.used += n
+                return start
+        return None
+
+    def free(self, start: int, n: int) -> None:
+        self.used -= n
+        free = self._free
+        i = 0
+        while i < len(free) and free[i][0] < start:
+            i += 1
+        free.insert(i, (start, n))
+        if i + 1 < len(free) and start + n == free[i + 1][0]:  # merge with the next run
+            free[i] = (start, n + free[i + 1][1])
+            del free[i + 1]
+        if i > 0 and free[i - 1][0] + free[i - 1][1] == start:  # and with the previous one
+            free[i - 1] = (free[i - 1][0], free[i - 1][1] + free[i][1])
+            del free[i]
+
+
+@dataclass(slots=True)
+class LoadedBinary:
+    table: int  # slot in unwind_tables
+    first: int  # first row in unwind_rows
+    count: int
+    refs: int = 0
+
+
+@dataclass(slots=True)
+class ProcessMappings:
+    first: int
+    count: int
+    binaries: list[object] = field(default_factory=list)  # keys of the binaries it holds a reference to
+
+
+class UnwindMaps:
+    """The BPF side's state, written through the maps of a loaded sampler program."""
+
+    def __init__(self, maps: dict[str, BpfMap]) -> None:
+        self._procs = maps["unwind_procs"]
+        self._mappings = maps["unwind_mappings"]
+        self._tables = maps["unwind_tables"]
+        self._rows = maps["unwind_rows"]
+        self.stats_map = maps["unwind_stats"]
+        self.stale_map = maps["unwind_stale"]
+        self.wanted_map = maps["unwind_wanted"]
+        if self._rows.spec.value_size != ROW_SIZE or self._mappings.spec.value_size != MAPPING.size \
+                or self._tables.spec.value_size != SPAN.size or self._procs.spec.value_size != SPAN.size:
+            raise ValueError("the unwind maps of bpf/native_unwind.bpf.h and profiler/unwind/maps.py disagree")
+        self._row_space = Extents(self._rows.spec.max_entries)
+        self._mapping_space = Extents(self._mappings.spec.max_entries)
+        self._free_tables = list(range(self._tables.spec.max_entries - 1, -1, -1))
+        self.binaries: OrderedDict[object, LoadedBinary] = OrderedDict()  # unused ones first out
+        self.processes: dict[int, ProcessMappings] = {}
+        self.rejected: dict[object, int] = {}  # binaries that did not fit the row budget (or table slots): rows
+        self.rejected_processes = 0  # processes that did not fit (mapping slots, process entries)
+
+    # -- binaries ----------------------------------------------------------------------------
+
+    def binary(self, key: object, rows: bytes) -> LoadedBinary | None:
+        """The loaded rows of `key`, loading `rows` (packed unwind_rows) on first use; None when they
+        do not fit. The caller holds a reference, which it hands to `set_process` (so loading a
+        process's second binary can never evict its first)."""
+        b = self.binaries.get(key)
+        if b is not None:
+            self.binaries.move_to_end(key)
+            b.refs += 1
+            return b
+        count = len(rows) // ROW_SIZE
+        if count == 0:
+            return None
+        first = self._row_space.alloc(count)
+        while (first is None or not self._free_tables) and self._evict_one():
+            if first is None:
+                first = self._row_space.alloc(count)
+        if first is None or not self._free_tables:
+            if first is not None:
+                self._row_space.free(first, count)
+            self.reject(key, count)
+            return None
+        self.rejected.pop(key, None)
+        table = self._free_tables.pop()
+        for at in range(0, count, BATCH):
+            n = min(BATCH, count - at)
+            keys = struct.pack(f"<{n}I", *range(first + at, first + at + n))
+            self._rows.update_batch(keys, rows[at * ROW_SIZE:(at + n) * ROW_SIZE], n)
+        self._tables.update(ct.c_uint32(table), SPAN.pack(first, count))  # rows first: never a half table
+        b = self.binaries[key] = LoadedBinary(table, first, count, refs=1)
+        return b
+
+    def reject(self, key: object, rows: int) -> None:
+        """Count a binary left without rows (once per binary, however many processes map it)."""
+        if key not in self.rejected and len(self.rejected) < 65536:
+            self.rejected[key] = rows
+
+    def room(self) -> int:
+        """Rows a new binary could get, evicting every unused one (fragmentation aside)."""
+        return self._row_space.capacity - self._row_space.used + sum(
+            b.count for b in self.binaries.values() if b.refs == 0)
+
+    @property
+    def row_budget(self) -> int:
+        return self._row_space.capacity
+
+    def _evict_one(self) -> bool:
+        for key, b in self.binaries.items():
+            if b.refs == 0:
+                self._tables.update(ct.c_uint32(b.table), SPAN.pack(0, 0))
+                self._row_space.free(b.first, b.count)
+                self._free_tables.append(b.table)
+                del self.binaries[key]
+                return True
+        return False
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def set_process(self, tgid: int, mappings: list[tuple[int, int, int, object | None, int]]) -> bool:
+        """Give `tgid` these (start, end, bias, binary key or None, flags) executable mappings, replacing
+        what it had. Each key is a reference taken with `binary`, which the process now holds (and
+        gives back when it is replaced or removed, or here when it does not fit: then False)."""
+        mappings = sorted(mappings, key=lambda m: m[0])
+        keys = [m[3] for m in mappings if m[3] is not None]
+        old = self.processes.get(tgid)
+        first = self._mapping_space.alloc(len(mappings)) if mappings else None
+        if first is None:
+            self.rejected_processes += bool(mappings)
+            self._release(ProcessMappings(0, 0, keys))
+            self.remove_process(tgid)
+            return False
+        packed = bytearray()
+        for start, end, bias, key, flags in mappings:
+            b = self.binaries[key] if key is not None else None
+            packed += MAPPING.pack(start, end, bias & 0xFFFF_FFFF_FFFF_FFFF, b.table if b else NO_TABLE,
+                                   0 if b else flags)
+        n = len(mappings)
+        self._mappings.update_batch(struct.pack(f"<{n}I", *range(first, first + n)), bytes(packed), n)
+        try:
+            self._procs.update(ct.c_uint32(tgid), SPAN.pack(first, n))
+        except OSError:  # the process map is full
+            self._release(ProcessMappings(first, n, keys))
+            self.rejected_processes += 1
+            self.remove_process(tgid)
+            return False
+        self.processes[tgid] = ProcessMappings(first, n, keys)
+        if old is not None:
+            self._release(old)  # after the switch: a walk in flight reads either whole array
+        return True
+
+    def remove_process(self, tgid: int) -> None:
+        old = self.processes.pop(tgid, None)
+        self._procs.delete(ct.c_uint32(tgid))
+        if old is not None:
+            self._release(old)
+
+    def _release(self, p: ProcessMappings) -> None:
+        if p.count:
+            self._mapping_space.free(p.first, p.count)
+        for key in p.binaries:
+            b = self.binaries.get(key)
+            if b is not None:
+                b.refs -= 1
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """Cumulative walk outcomes from the kernel (per sample or per frame, see US_* in the C)."""
+        return {name: self.stats_map.percpu_sum(slot) for slot, name in enumerate(STAT_SLOTS)}
+
+    def memory(self) -> dict[str, int]:
+        """What the tables hold now, and the budget they live in."""
+        used = sum(b.count for b in self.binaries.values())
+        in_use = sum(b.count for b in self.binaries.values() if b.refs)
+        return {
+            "binaries": len(self.binaries),
+            "binaries_in_use": sum(1 for b in self.binaries.values() if b.refs),
+            "rows": used,
+            "rows_in_use": in_use,
+            "row_budget": self._rows.spec.max_entries,
+            "row_bytes": used * KERNEL_ROW_BYTES,
+            "map_bytes": self.budget_bytes(),
+            "processes": len(self.processes),
+            "mappings": self._mapping_space.used,
+            "rejected_binaries": len(self.rejected),
+            "rejected_rows": sum(self.rejected.values()),
+            "rejected_processes": self.rejected_processes,
+        }
+
+    def budget_bytes(self) -> int:
+        """Kernel memory the preallocated unwind maps take, whatever they hold."""
+        return (self._rows.spec.max_entries * KERNEL_ROW_BYTES + self._mappings.spec.max_entries * MAPPING.size
+                + self._tables.spec.max_entries * SPAN.size + self._procs.spec.max_entries * (SPAN.size + 4 + 48))

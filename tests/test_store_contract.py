@@ -1,0 +1,220 @@
+"""What every store backend must do alike (sqlite, and ClickHouse on the real engine through chDB), and what the
+ClickHouse store adds: idempotent ingest across retries and replicas, rollups that stay exact, DDL for a
+cluster that the engine's own parser accepts, and a clear 503 when ClickHouse cannot be reached."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from podflame.model import Frame, FrameKind, Line, Mapping, Profile
+from tests.builders import batches, ingest, put
+from web.query.merge import Query, cpu_series, merged
+from web.server.app import create_app
+from web.store.base import Store
+from web.store.clickhouse_schema import Layout, ddl
+from web.store.selector import MATCH_ALL, parse_selector
+
+S = 10**9
+H = 3600 * S
+T0 = 1_700_000_000 * S // H * H  # an hour boundary
+PERIOD = 10_000_000
+EXE = Mapping(0x400000, 0x500000, 0, "/usr/bin/app", "feedface")
+FRAMES = [Frame(0x401000 + 16 * i, EXE, FrameKind.NATIVE, (Line(f"fn{i}", "app.c", 10 + i),)) for i in range(12)]
+
+
+def day(pods: int = 3, hours: float = 3.0, every: int = 60 * S, seed: int = 1) -> list[Profile]:
+    """Profiles of a few pods over a few hours, random stacks: the truth every query is checked against."""
+    rng = random.Random(seed)
+    out = []
+    for k in range(int(hours * H // every)):
+        for pod in range(pods):
+            p = Profile({"pod": f"p{pod}", "ns": "shop" if pod % 2 else "infra"}, T0 + k * every, every, PERIOD)
+            for _ in range(rng.randint(1, 6)):
+                depth = rng.randint(1, 5)
+                p.add(tuple(FRAMES[rng.randrange(len(FRAMES))] for _ in range(depth)), rng.randint(1, 50))
+            out.append(p)
+    return out
+
+
+def truth(profiles: list[Profile], t0: int, t1: int, pods: set[str] | None = None) -> Counter:
+    out: Counter = Counter()
+    for p in profiles:
+        if t0 <= p.start_ns < t1 and (pods is None or p.labels["pod"] in pods):
+            for stack, v in p.samples.items():
+                out[stack] += v
+    return out
+
+
+def got(store: Store, selector: str, t0: int, t1: int) -> Counter:
+    m = merged(store, Query(parse_selector(selector), t0, t1))
+    stacks = store.stacks(m.stack_ids.tolist())
+    out: Counter = Counter()
+    for sid, v in zip(m.stack_ids.tolist(), m.values.tolist(), strict=True):
+        out[stacks[sid]] += v
+    return out
+
+
+def test_range_merges_are_exact_on_ragged_ranges(tmp_path: Path, make_store: Callable[[Path], Store]) -> None:
+    """Ranges that cut hours (ClickHouse: rollup for whole hours, raw rows at the edges) sum exactly what was put."""
+    store = make_store(tmp_path)
+    profiles = day()
+    put(store, profiles)
+    for t0, t1 in [(T0, T0 + 3 * H), (T0 + 17 * 60 * S, T0 + 2 * H + 41 * 60 * S), (T0 + H, T0 + 2 * H),
+                   (T0 + 5 * 60 * S, T0 + 9 * 60 * S), (T0 - H, T0 + 10 * H)]:
+        assert got(store, "{}", t0, t1) == truth(profiles, t0, t1), (t0 - T0, t1 - T0)
+    assert got(store, '{ns="shop"}', T0 + 30 * 60 * S, T0 + 3 * H) == truth(profiles, T0 + 30 * 60 * S, T0 + 3 * H,
+                                                                            {"p1"})
+    assert got(store, '{pod=~"p[02]"}', T0, T0 + 2 * H) == truth(profiles, T0, T0 + 2 * H, {"p0", "p2"})
+
+
+def test_labels_types_and_cpu_series(tmp_path: Path, make_store: Callable[[Path], Store]) -> None:
+    store = make_store(tmp_path)
+    profiles = day(hours=1)
+    put(store, profiles)
+    assert store.label_names(T0, T0 + H) == ["ns", "pod"]
+    assert store.label_values("pod", T0, T0 + H, parse_selector('{ns="infra"}')) == ["p0", "p2"]
+    assert store.label_values("pod", T0 + 2 * H, T0 + 3 * H) == []
+    assert store.types(T0, T0 + H) == [("samples", "count")]
+    series = cpu_series(store, Query(MATCH_ALL, T0, T0 + H), 10 * 60 * S)
+    want = [sum(sum(p.samples.values()) for p in profiles if T0 + k * 600 * S <= p.start_ns < T0 + (k + 1) * 600 * S)
+            for k in range(6)]
+    assert series["values"] == want
+    assert series["cores"] == [v * PERIOD / 1e9 / 600 for v in want]
+
+
+def test_retention_drops_what_is_older(tmp_path: Path, make_store: Callable[[Path], Store]) -> None:
+    store = make_store(tmp_path)
+    profiles = day(hours=3)
+    put(store, profiles)
+    now = T0 + 3 * H
+    store.enforce_retention(2 * H, None, now_ns=now)  # cutoff: T0 + 1 h
+    assert got(store, "{}", 0, 2 * now) == truth(profiles, T0 + H, now)
+    store.enforce_retention(H, None, now_ns=now)  # a later pass with a shorter limit: cutoff T0 + 2 h
+    assert got(store, "{}", 0, 2 * now) == truth(profiles, T0 + 2 * H, now)
+
+
+def test_ingest_is_idempotent_per_batch_across_retries_and_replicas(tmp_path: Path, chdb_dir: Path) -> None:
+    """Two servers (stores) on one database: a batch retried on either is counted once, and each sees the other's."""
+    from web.store.dsn import open_store
+
+    dsn = f"chdb://{chdb_dir}?database=idem_{tmp_path.name[-12:].replace('-', '_')}"
+    a, b = open_store(dsn), open_store(dsn)
+    try:
+        profiles = day(hours=0.5)
+        first, second = profiles[: len(profiles) // 2], profiles[len(profiles) // 2:]
+        a.put(batches(first))
+        a.put(batches(first))  # the agent's retry after a lost answer
+        b.put(batches(first))  # ... reaching another replica
+        b.put(batches(second))
+        for store in (a, b):
+            assert got(store, "{}", T0, T0 + H) == truth(profiles, T0, T0 + H)
+        # a different batch with the same samples at another time is new data
+        moved = [Profile(p.labels, p.start_ns + H, p.duration_ns, p.period_ns, dict(p.samples)) for p in first]
+        a.put(batches(moved))
+        assert got(b, "{}", T0 + H, T0 + 2 * H) == truth(moved, T0 + H, T0 + 2 * H)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_ingest_through_the_api_twice_counts_once(tmp_path: Path, chdb_dir: Path) -> None:
+    from web.store.dsn import open_store
+
+    store = open_store(f"chdb://{chdb_dir}?database=api_{tmp_path.name[-12:].replace('-', '_')}")
+    app = create_app({"DATA_DIR": str(tmp_path), "STORE": store, "MAINTENANCE_SECONDS": 0})
+    try:
+        client = app.test_client()
+        profiles = day(pods=2, hours=0.1)
+        ingest(client, profiles)
+        ingest(client, profiles)
+        r = client.get("/api/v1/folded", query_string={"from": str(T0 // S), "to": str((T0 + H) // S)})
+        assert r.status_code == 200
+        total = sum(int(line.rsplit(" ", 1)[1]) for line in r.get_data(as_text=True).splitlines())
+        assert total == sum(sum(p.samples.values()) for p in profiles)
+    finally:
+        store.close()
+
+
+def test_unreachable_clickhouse_answers_503_with_a_clear_message(tmp_path: Path) -> None:
+    """The real network client (clickhouse-connect) against a port nothing listens on."""
+    pytest.importorskip("clickhouse_connect")
+    from web.store.dsn import open_store
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    store = open_store(f"clickhouse://127.0.0.1:{port}/podflame")  # starts: DDL waits for ClickHouse
+    app = create_app({"DATA_DIR": str(tmp_path), "STORE": store, "MAINTENANCE_SECONDS": 0})
+    client = app.test_client()
+    r = client.get("/api/v1/labels", query_string={"from": "0", "to": "100"})
+    assert r.status_code == 503
+    assert f"ClickHouse at http://127.0.0.1:{port} is unreachable" in r.json["error"]
+    assert client.get("/readyz").status_code == 503  # unready: the Service stops sending it work
+    assert client.get("/healthz").status_code == 200  # but alive: a restart would not bring ClickHouse back
+    profiles = day(pods=1, hours=0.02)
+    from podflame import pprof
+
+    r = client.post("/api/v1/ingest", data=pprof.encode(profiles))
+    assert r.status_code == 503  # the agent keeps the batch and retries
+    store.close()
+
+
+def test_cluster_ddl_is_accepted_by_the_engines_parser(chdb_dir: Path) -> None:
+    """ON CLUSTER / Replicated / Distributed statements cannot run without a cluster; ClickHouse's parser
+    (EXPLAIN SYNTAX) checks every one, and the single-node DDL really runs in every chdb test."""
+    from web.store.clickhouse_transport import ChdbTransport
+
+    t = ChdbTransport(str(chdb_dir))
+    try:
+        stmts = ddl(Layout("pf", "main", 7 * 86400))
+        assert any("ReplicatedMergeTree" in s for s in stmts) and any("Distributed('main'" in s for s in stmts)
+        for stmt in stmts:
+            t.query(f"EXPLAIN AST {stmt}")
+    finally:
+        t.close()
+
+
+def test_print_ddl_prints_and_connects_to_nothing() -> None:
+    r = subprocess.run([str(Path(sys.executable).parent / "podflame"), "server", "--store",
+                        "clickhouse://nowhere.invalid:8123/pf?cluster=main&retention_seconds=86400", "--print-ddl"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "CREATE TABLE IF NOT EXISTS pf.samples_local ON CLUSTER 'main'" in r.stdout
+    assert "toIntervalSecond(86400)" in r.stdout
+
+
+@pytest.mark.system
+@pytest.mark.skipif(not shutil.which("go"), reason="go tool pprof (Debian golang-go) not installed")
+def test_pprof_download_is_read_back_by_go_tool_pprof(tmp_path: Path, make_store: Callable[[Path], Store]) -> None:
+    """The API's merged pprof, from either backend, as the oracle reads it: totals per pod, names, lines, mapping."""
+    store = make_store(tmp_path / "data")
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "STORE": store, "MAINTENANCE_SECONDS": 0})
+    profiles = day(pods=2, hours=0.5)
+    put(store, profiles)
+    t0, t1 = T0 + 10 * 60 * S, T0 + 25 * 60 * S
+    r = app.test_client().get("/api/v1/pprof", query_string={"from": str(t0 // S), "to": str(t1 // S)})
+    assert r.status_code == 200
+    f = tmp_path / "p.pb.gz"
+    f.write_bytes(r.data)
+
+    def run(*args: str) -> str:
+        return subprocess.run(["go", "tool", "pprof", *args, str(f)], capture_output=True, text=True, check=True,
+                              timeout=120).stdout
+
+    want = truth(profiles, t0, t1)
+    total = sum(want.values())
+    assert f"of {total} total" in run("-top", "-sample_index=samples")
+    p0 = sum(truth(profiles, t0, t1, {"p0"}).values())
+    assert f"accounting for {p0}, " in run("-top", "-sample_index=samples", "-tagfocus=pod=p0")
+    traces = run("-traces", "-lines")
+    assert "app.c:1" in traces and "fn" in traces
+    assert "/usr/bin/app" in run("-raw") and "feedface" in run("-raw")

@@ -1,0 +1,551 @@
+"""The views a profiling team works in, in real Chromium against the real server with known data:
+the function table (sort, filter, linked both ways with the graph), the sandwich of one function,
+the inverted and root-at-bottom graphs, regular-expression search with next/previous, colour by
+frame kind and by module with a legend, the loading state under a slow API, keyboard use, export,
+and downloads of the absolute range on screen.
+
+Every expected figure follows from the stacks below (800 samples), not from what the page printed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from podflame import pprof
+from podflame.model import Frame, FrameKind, Line, Mapping, Profile
+from tests.test_ui_browser import ROW, Watched, _center, _get, _screenshot_dir, wait_js
+from web.normalize import batch_of
+
+pytestmark = pytest.mark.browser
+
+PERIOD_NS = 10_000_000
+APP = Mapping(0x400000, 0x500000, 0, "/usr/bin/app", "ab" * 20)
+PYTHON = Mapping(0, 0, 0, "[python]")  # how Python frames travel in pprof (COORD.md, interface 2)
+KERNEL = {"entry_SYSCALL_64", "ksys_write"}
+HOSTILE = '<svg onload="window.__pwned=1">'
+STACKS = {
+    ("main", "parse", "hash"): 300,
+    ("main", "parse", "sort"): 100,
+    ("main", "serve", "hash"): 200,
+    ("main", "serve", "write", "entry_SYSCALL_64", "ksys_write"): 100,
+    ("main", "hash"): 50,
+    ("main", "recurse", "recurse", "hash"): 50,
+}
+TOTAL = 800
+PY_STACKS = {("main", "run_app", "handler.py:handle", HOSTILE): 30, ("main", "run_app", "json.dumps"): 10}
+POD = {"cgroup": "/kubepods.slice/pod-a.slice/cri-a.scope", "pod_uid": "uid-a", "container_id": "ca",
+       "namespace": "shop", "pod": "checkout-1", "container": "app", "comm": "app"}
+PY_POD = {"cgroup": "/kubepods.slice/pod-b.slice/cri-b.scope", "pod_uid": "uid-b", "container_id": "cb",
+          "namespace": "shop", "pod": "pyworker-1", "container": "py", "comm": "python3"}
+
+SLOW, GATE = threading.Event(), threading.Event()
+_addr: dict[str, int] = {}
+
+
+def _frame(name: str) -> Frame:
+    address = _addr.setdefault(name, 0x401000 + 0x40 * len(_addr))
+    if name in KERNEL:
+        return Frame(0xFFFFFFFF81000000 + address, None, FrameKind.KERNEL, (Line(name),))
+    if name in ("run_app", HOSTILE) or name.endswith(".py:handle") or name == "json.dumps":
+        file = "/usr/lib/python3/dist-packages/flask/app.py" if name == "run_app" else "/srv/shop/handler.py"
+        return Frame(address, PYTHON, FrameKind.NATIVE, (Line(name, file, 7),))
+    return Frame(address, APP, FrameKind.NATIVE, (Line(name, f"src/{name}.c", 3),))
+
+
+def _profile(labels: dict[str, str], stacks: dict[tuple[str, ...], int]) -> Profile:
+    p = Profile(labels=labels, start_ns=time.time_ns() - 90 * 10**9, duration_ns=10**10, period_ns=PERIOD_NS)
+    for names, count in stacks.items():
+        p.add(tuple(_frame(n) for n in names), count)
+    return p
+
+
+def _put_with_python_kind(store, profile: Profile) -> None:
+    """Store a profile whose "[python]"-mapped locations are Python frames, as the decoder will mark them
+    once the pyframes branch lands (until then it reads them as native): the store keeps each frame's kind."""
+    decoded = pprof.decode_ids(pprof.encode([profile]), numeric_labels=False)
+    python_ids = {mid for mid, m in decoded.mappings.items() if m is not None and m.path == "[python]"}
+    for lid, (address, mid, _kind, lines) in list(decoded.locations.items()):
+        if mid in python_ids:
+            decoded.locations[lid] = (address, mid, FrameKind.PYTHON, lines)
+    store.put([batch_of(decoded)])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from werkzeug.serving import make_server
+
+    from tests.builders import ingest_url
+    from web.server.app import create_app
+
+    app = create_app({"DATA_DIR": str(tmp_path_factory.mktemp("ui-views"))})
+    inner = app.wsgi_app
+
+    def gated(environ, start_response):  # a slow API on demand: flame-graph requests wait for the gate
+        if SLOW.is_set() and environ.get("PATH_INFO", "").endswith("/flamegraph"):
+            GATE.wait(15)
+        return inner(environ, start_response)
+
+    app.wsgi_app = gated  # type: ignore[method-assign]
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_port}"
+    try:
+        ingest_url(url, [_profile(POD, STACKS)])
+        _put_with_python_kind(app.extensions["podflame.store"], _profile(PY_POD, PY_STACKS))
+        yield url
+    finally:
+        httpd.shutdown()
+        thread.join(timeout=5)
+        app.extensions["podflame.store"].close()
+
+
+@pytest.fixture
+def watched(browser) -> Iterator[Watched]:
+    w = Watched(browser)
+    yield w
+    w.context.close()
+
+
+def _open(w: Watched, server: str, **hash_params: str) -> None:
+    params = {"sel": json.dumps({"pod_uid": "uid-a", "container_id": "ca"}), **hash_params}
+    w.page.goto(server + "/#" + urllib.parse.urlencode(params))
+    w.settle(1)
+
+
+def _rows(page) -> list[list[str]]:
+    """Each row as [function, self, self %, total, total %] (value and share share a cell)."""
+    return page.evaluate("""Array.from(document.querySelectorAll('#fn-rows tr')).map(tr => [
+        tr.children[0].textContent,
+        ...Array.from(tr.querySelectorAll('td.num span')).map(s => s.textContent)])""")
+
+
+def _shot(w: Watched, tmp_path: Path, name: str) -> None:
+    """The view at 1440x900 and 1280x720 (the smallest screen everything must fit without scrolling)."""
+    d = _screenshot_dir(tmp_path)
+    for width, height in ((1440, 900), (1280, 720)):
+        w.page.set_viewport_size({"width": width, "height": height})
+        wait_js(w.page, f"window.innerWidth === {width}")
+        w.page.evaluate("window.podflame.rerender()")
+        # Nothing hangs off the page: the graph and table scroll inside their panes.
+        assert w.page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1"), (name, width)
+        w.page.screenshot(path=str(d / f"podflame-{name}-{width}x{height}.png"))
+    # Dark mode follows the system setting (prefers-color-scheme).
+    w.page.emulate_media(color_scheme="dark")
+    assert w.page.evaluate("getComputedStyle(document.documentElement).backgroundColor") == "rgb(23, 22, 26)"
+    w.page.screenshot(path=str(d / f"podflame-{name}-1280x720-dark.png"))
+    w.page.emulate_media(color_scheme="light")
+    w.page.set_viewport_size({"width": 1400, "height": 900})
+
+
+def test_function_table_sorts_filters_and_links_with_the_graph(server: str, watched: Watched, tmp_path: Path) -> None:
+    w, page = watched, watched.page
+    _open(w, server)
+    rows = _rows(page)
+    # Default sort: self, largest first. hash is the leaf of 600 samples (75%); main is on every stack.
+    assert rows[0] == ["hash", "600", "75.0%", "600", "75.0%"], rows[0]
+    assert page.locator("#fn-count").inner_text() == "9 functions \u00b7 samples"
+    # Times read as the chart's axis does: 24-hour clock everywhere.
+    assert re.search(r"\d{1,2}:\d{2}:\d{2}", page.locator("#range-text").inner_text())
+    assert not re.search(r"\b[AP]M\b", page.locator("#range-text").inner_text())
+    by_name = {r[0]: r for r in rows}
+    assert by_name["main"][1:] == ["0", "0.0%", "800", "100%"]
+    # recurse calls itself: its total counts each stack once (50), not once per frame (100).
+    assert by_name["recurse"][3] == "50"
+    assert by_name["ksys_write"][1] == "100"
+    page.locator('#fn-table button.sort[data-sort="total"]').click()
+    assert [r[0] for r in _rows(page)][:3] == ["main", "hash", "parse"]
+    assert page.locator("#fn-table th[aria-sort]").inner_text() == "Total"
+    page.locator('#fn-table button.sort[data-sort="name"]').click()
+    names = [r[0] for r in _rows(page)]
+    assert names == sorted(names)
+    # Filter by regular expression.
+    page.locator("#fn-filter").fill("^(hash|sort)$")
+    assert sorted(r[0] for r in _rows(page)) == ["hash", "sort"]
+    assert page.locator("#fn-count").inner_text() == "2 functions"
+    page.locator("#fn-filter").fill("")
+
+    # Hovering a row outlines that function's frames in the graph (and only those).
+    page.locator("#fn-rows tr", has_text="serve").hover()
+    r = w.render()
+    assert {n["name"] for n in r["nodes"] if n["highlighted"]} == {"serve"}
+    # Clicking a row selects it: every frame of hash outlined, the link remembers it.
+    page.locator("#fn-rows tr[data-name='hash']").click()
+    page.mouse.move(2, 2)
+    r = w.render()
+    assert sorted(n["depth"] for n in r["nodes"] if n["highlighted"]) == [2, 3, 3, 4]
+    assert "fn=hash" in page.evaluate("location.hash")
+    _shot(w, tmp_path, "table")
+
+    # Clicking a frame selects its row (and zooms to it).
+    parse = next(n for n in r["nodes"] if n["name"] == "parse")
+    page.mouse.click(*_center(w, parse))
+    wait_js(page, "document.querySelector('#fn-rows tr.selected')?.dataset.name === 'parse'")
+    assert page.locator("#fn-rows tr.selected").get_attribute("aria-selected") == "true"
+    assert w.render()["zoom"] == ["main", "parse"]
+    w.assert_clean()
+
+
+def test_sandwich_shows_known_callers_and_callees(server: str, watched: Watched, tmp_path: Path) -> None:
+    w, page = watched, watched.page
+    _open(w, server, view="sandwich")
+    assert page.locator("#sandwich-empty").is_visible()
+    page.locator("#view").select_option("table")
+    page.locator("#fn-rows tr[data-name='hash']").click()
+    page.locator("#view").select_option("sandwich")
+    wait_js(page, "window.podflame.sandwich && window.podflame.sandwich.callers.nodes.length > 0")
+    sw = page.evaluate("window.podflame.sandwich")
+
+    def widths(render: dict, depth: int) -> dict[str, float]:  # per name, summed over its nodes at that depth
+        out: dict[str, float] = {}
+        for n in render["nodes"]:
+            if n["depth"] == depth:
+                out[n["name"]] = out.get(n["name"], 0.0) + n["width"] / render["width"]
+        return out
+
+    callers, callees = sw["callers"], sw["callees"]
+    assert widths(callers, 1) == {"hash": pytest.approx(1.0)}
+    # hash's direct callers, by share of hash's 600 samples: parse 300, serve 200, main 50, recurse 50.
+    assert widths(callers, 2) == {"parse": pytest.approx(0.5), "serve": pytest.approx(2 / 6),
+                                  "main": pytest.approx(1 / 12), "recurse": pytest.approx(1 / 12)}
+    assert widths(callers, 3) == {"main": pytest.approx(5 / 6), "recurse": pytest.approx(1 / 12)}
+    assert callers["orientation"] == "flame"  # callers stand above the function
+    callee_root = next(n for n in callers["nodes"] if n["name"] == "hash")
+    assert callee_root["y"] > next(n for n in callers["nodes"] if n["name"] == "parse")["y"]
+    assert [n["name"] for n in callees["nodes"] if n["depth"] >= 1] == ["hash"]  # a leaf: calls nothing
+    _shot(w, tmp_path, "sandwich")
+
+    # parse's callees: hash 300 and sort 100 below it; its one caller main above.
+    page.locator("#view").select_option("table")
+    page.locator("#fn-rows tr[data-name='parse']").click()
+    page.locator("#view").select_option("sandwich")
+    wait_js(page, "window.podflame.sandwich.callees.nodes.some(n => n.name === 'sort')")
+    sw = page.evaluate("window.podflame.sandwich")
+    assert widths(sw["callees"], 2) == {"hash": pytest.approx(0.75), "sort": pytest.approx(0.25)}
+    assert widths(sw["callers"], 2) == {"main": pytest.approx(1.0)}
+    assert "view=sandwich" in page.evaluate("location.hash") and "fn=parse" in page.evaluate("location.hash")
+    w.assert_clean()
+
+
+def test_inverted_and_root_at_bottom(server: str, watched: Watched, tmp_path: Path) -> None:
+    w, page = watched, watched.page
+    _open(w, server)
+    page.locator("#invert").check()
+    wait_js(page, "window.podflame.lastRender.nodes.some(n => n.depth === 1 && n.name === 'hash')")
+    r = w.render()
+    roots = {n["name"]: n["width"] / r["width"] for n in r["nodes"] if n["depth"] == 1}
+    # Bottom-up: the leaves become roots, weighted by their self samples.
+    assert roots == {"hash": pytest.approx(0.75), "sort": pytest.approx(0.125), "ksys_write": pytest.approx(0.125)}
+    under_hash = {n["name"] for n in r["nodes"] if n["depth"] == 2 and n["x"] < roots["hash"] * r["width"]}
+    assert under_hash == {"parse", "serve", "main", "recurse"}
+    assert page.locator("#flame-title").inner_text().startswith("Bottom-up")
+    page.locator("#invert").uncheck()
+    wait_js(page, "window.podflame.lastRender.nodes.some(n => n.depth === 1 && n.name === 'main')")
+
+    page.locator("#orient").click()
+    wait_js(page, "window.podflame.lastRender.orientation === 'flame'")
+    r = w.render()
+    root = next(n for n in r["nodes"] if n["name"] == "total")
+    assert root["y"] == r["height"] - ROW  # the root at the bottom
+    ksys = next(n for n in r["nodes"] if n["name"] == "ksys_write")
+    assert ksys["y"] == 0
+    assert "orient=flame" in page.evaluate("location.hash")
+    # Hover and click still find the frame under the pointer.
+    page.mouse.click(*_center(w, next(n for n in r["nodes"] if n["name"] == "serve")))
+    wait_js(page, "window.podflame.lastRender.zoom.length === 2")
+    assert w.render()["zoom"] == ["main", "serve"]
+    _shot(w, tmp_path, "flame-orientation")
+    w.assert_clean()
+
+
+def test_regex_search_share_errors_and_next_match(server: str, watched: Watched) -> None:
+    w, page = watched, watched.page
+    _open(w, server)
+    result = page.locator("#search-result")
+    page.locator("#search").fill("^(hash|sort)$")
+    wait_js(page, "document.getElementById('search-result').textContent.includes('matched')")
+    assert result.inner_text() == f"matched {100 * 700 / TOTAL:.1f}% of total"
+    page.locator("#search").fill("ha.h|wr[i]te")  # write covers its kernel frames: 600 + 100
+    assert result.inner_text() == "matched 87.5% of total"
+    # A malformed expression says what is wrong; nothing is matched.
+    page.locator("#search").fill("hash(")
+    assert "not a regular expression" in result.inner_text()
+    assert page.evaluate("window.podflame.search.error") != ""
+    assert page.locator("#search-next").is_disabled()
+    page.locator("#search").fill("x" * 300)
+    assert "longer than 256" in result.inner_text()
+    # Next / previous step through the outermost matches (depth, then position), zooming to each.
+    page.locator("#search").fill("^hash$")
+    assert page.evaluate("window.podflame.search.matches") == 4
+    page.locator("#search-next").click()
+    wait_js(page, "window.podflame.lastRender.zoom.length === 2")
+    assert w.render()["zoom"] == ["main", "hash"]
+    # Within the zoomed frame, all of it matches.
+    assert result.inner_text() == "matched 75.0% of total, 100% of zoomed"
+    page.locator("#search-next").click()
+    wait_js(page, "window.podflame.lastRender.zoom.join(';') === 'main;parse;hash'")
+    page.locator("#search-prev").click()
+    wait_js(page, "window.podflame.lastRender.zoom.join(';') === 'main;hash'")
+    page.locator("#search").press("Enter")
+    wait_js(page, "window.podflame.lastRender.zoom.join(';') === 'main;parse;hash'")
+    w.assert_clean()
+
+
+def _pixel(page, node: dict) -> list[int]:
+    return page.evaluate(f"""(() => {{
+        const c = document.getElementById('flame'), k = c.width / c.clientWidth;
+        return Array.from(c.getContext('2d').getImageData(Math.floor(({node['x']} + 2) * k),
+            Math.floor(({node['y']} + 3) * k), 1, 1).data);
+    }})()""")
+
+
+def test_colour_by_frame_kind_and_module_with_legend(server: str, watched: Watched, tmp_path: Path) -> None:
+    w, page = watched, watched.page
+    _open(w, server, color="kind")
+    r = w.render()
+    kinds = {n["name"]: n["kind"] for n in r["nodes"] if not n["context"] and n["depth"] > 0}
+    assert kinds["ksys_write"] == kinds["entry_SYSCALL_64"] == "kernel"
+    assert kinds["main"] == kinds["hash"] == "native"
+    legend = page.locator("#legend .legend-item").all_inner_texts()
+    assert legend == ["kernel", "native"]
+    kernel_px = _pixel(page, next(n for n in r["nodes"] if n["name"] == "ksys_write"))
+    native_px = _pixel(page, next(n for n in r["nodes"] if n["name"] == "write"))
+    assert kernel_px[2] > kernel_px[0] + 30, kernel_px  # kernel: blue
+    assert native_px[0] > native_px[2] + 30, native_px  # native: orange
+    _shot(w, tmp_path, "kind")
+
+    # The Python pod: its "[python]" frames are Python (the store's kind), named by package as modules.
+    page.goto(server + "/#" + urllib.parse.urlencode({"sel": json.dumps({"pod_uid": "uid-b", "container_id": "cb"}),
+                                                       "color": "kind"}))
+    w.settle(1)
+    r = w.render()
+    kinds = {n["name"]: n["kind"] for n in r["nodes"] if n["depth"] > 0}
+    assert kinds["run_app"] == kinds[HOSTILE] == "python" and kinds["main"] == "native"
+    assert page.locator("#legend .legend-item").all_inner_texts() == ["native", "python"]
+    py_px = _pixel(page, next(n for n in r["nodes"] if n["name"] == "run_app"))
+    assert py_px[1] > py_px[0] + 20 and py_px[1] > py_px[2] + 20, py_px  # python: green
+    page.locator("#color-by").select_option("module")
+    wait_js(page, "window.podflame.lastRender.colorBy === 'module'")
+    modules = {n["name"]: n["module"] for n in w.render()["nodes"] if n["depth"] > 0}
+    assert modules == {"main": "app", "run_app": "flask", "handler.py:handle": "shop", "json.dumps": "shop",
+                       HOSTILE: "shop"}
+    legend = page.locator("#legend .legend-item").all_inner_texts()
+    assert set(legend) == {"app", "flask", "shop"}
+    assert page.locator("#legend svg, #legend img, #fn-rows svg").count() == 0  # names are text
+    assert page.evaluate("window.__pwned") is None
+    _shot(w, tmp_path, "module")
+    w.assert_clean()
+
+
+def test_loading_state_under_a_slow_api(server: str, watched: Watched, tmp_path: Path) -> None:
+    w, page = watched, watched.page
+    _open(w, server)
+    GATE.clear()
+    SLOW.set()
+    page.locator('button.preset[data-range="1h"]').click()
+    wait_js(page, "window.podflame.status === 'loading'")
+    assert page.locator("#busy").is_visible()
+    assert "stale" in page.locator(".flame-pane").get_attribute("class")
+    assert page.locator(".flame-pane").get_attribute("aria-busy") == "true"
+    # The old graph stays (dimmed) while the new one loads.
+    assert w.render()["nodes"]
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-loading.png"))
+    SLOW.clear()
+    GATE.set()
+    w.settle()
+    assert page.locator("#busy").is_hidden()
+    assert "stale" not in (page.locator(".flame-pane").get_attribute("class") or "")
+    w.assert_clean()
+
+
+def test_keyboard_export_and_absolute_downloads(server: str, watched: Watched, tmp_path: Path) -> None:
+    w, page = watched, watched.page
+    _open(w, server)
+    assert page.locator("#flame").get_attribute("aria-label").startswith("Flame graph")
+    page.mouse.click(5, 5)
+    page.keyboard.press("/")
+    assert page.evaluate("document.activeElement.id") == "search"
+    page.keyboard.press("Escape")
+    page.locator("#flame").focus()
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("ArrowDown")  # from the root to its widest child
+    assert page.evaluate("window.podflame.focus") == {"depth": 1, "name": "main"}
+    page.keyboard.press("ArrowDown")
+    assert page.evaluate("window.podflame.focus") == {"depth": 2, "name": "parse"}
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("window.podflame.focus")["name"] == "recurse"
+    page.keyboard.press("ArrowUp")
+    assert page.evaluate("window.podflame.focus") == {"depth": 1, "name": "main"}
+
+    # Export: SVG with every drawn frame as a rect and names as text; PNG is a PNG.
+    with page.expect_download() as dl:
+        page.locator("#export-svg").click()
+    svg = Path(dl.value.path()).read_text()
+    assert dl.value.suggested_filename.endswith(".svg") and "uid-a" in dl.value.suggested_filename
+    assert svg.count("<rect") == len(w.render()["nodes"])
+    assert ">parse<" in svg and ">ksys_write<" in svg
+    with page.expect_download() as dl:
+        page.locator("#export-png").click()
+    assert Path(dl.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Downloads: the absolute range the graph shows, and names that say selection and range.
+    href = page.locator("#dl-folded").evaluate("a => a.href")
+    q = urllib.parse.parse_qs(urllib.parse.urlparse(href).query)
+    shown = page.evaluate("[window.podflame.shown.from, window.podflame.shown.to]")
+    assert q["from"] == [shown[0]] and q["to"] == [shown[1]]
+    assert float(q["to"][0]) - float(q["from"][0]) == pytest.approx(900, abs=0.01)  # the default 15 minutes
+    assert abs(float(q["to"][0]) - time.time()) < 120
+    name = page.locator("#dl-pprof").get_attribute("download")
+    assert re.fullmatch(r"podflame-uid-a_ca-\d{8}T\d{6}Z-\d{8}T\d{6}Z\.pb\.gz", name), name
+    time.sleep(1.1)  # the link still means what was on screen, not "now-15m" when it is followed
+    body = _get(href)[1].decode().splitlines()
+    assert sum(int(line.rsplit(" ", 1)[1]) for line in body) == TOTAL
+    w.assert_clean()
+
+
+def _fmt_bytes(v: float) -> str:
+    """As the page writes bytes (flamegraph.js formatValue)."""
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    i = 0
+    while v >= 1024 and i < len(units) - 1:
+        v /= 1024
+        i += 1
+    return f"{v:.{0 if v >= 100 else 1 if v >= 10 else 2}f} {units[i]}"
+
+
+def test_heap_profile_shows_bytes_and_objects_never_cpu(server: str, watched: Watched, tmp_path: Path) -> None:
+    from tests.conftest import CORPUS
+    from tests.test_corpus import _go, raw_totals
+
+    heap = CORPUS / "pprof" / "parca-testdata-alloc_objects.pb.gz"
+    assert heap.exists(), "the real Go heap profile of ../shared/corpus is this test's input"
+    expected = raw_totals([heap])  # go tool pprof's own totals per sample type
+    at = int(time.time()) - 120
+    req = urllib.request.Request(f"{server}/api/v1/ingest?service=heapy&time={at}", data=heap.read_bytes(),
+                                 method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200
+    w, page = watched, watched.page
+    page.goto(server + "/#" + urllib.parse.urlencode({"q": '{service="heapy"}', "type": "alloc_space"}))
+    w.settle(1)
+    options = page.locator("#type option").all_inner_texts()
+    assert "alloc_space (bytes)" in options and "alloc_objects (objects)" in options
+    assert len(options) == 4  # the types this selector has in range (/api/v1/types): no CPU among them
+    assert page.locator("#type").input_value() == "alloc_space"
+    summary = page.locator("#flame-summary").inner_text()
+    assert summary.startswith(_fmt_bytes(expected["alloc_space"])), (summary, expected)
+    assert page.locator("#chart-title").inner_text().startswith("alloc_space:")
+    assert page.locator("#targets-note").inner_text() == "alloc_space in bytes, summed over the range"
+    text = page.locator("body").inner_text()
+    assert not re.search(r"\bCPU\b", text), "a heap profile has no CPU wording (function names may say CPU)"
+    assert page.locator("#fn-count").inner_text().endswith("\u00b7 bytes")
+    # The chart's y axis is in bytes, and its labels fit their margin.
+    chart = page.evaluate("window.podflame.chart")
+    assert chart["plot"]["left"] >= 56 and chart["total"] == expected["alloc_space"]
+    _shot(w, tmp_path, "heap-bytes")
+
+    page.locator("#type").select_option("alloc_objects")
+    wait_js(page, "location.hash.includes('type=alloc_objects') && window.podflame.status === 'ready'")
+    wait_js(page, "document.getElementById('flame-summary').textContent.includes('objects')")
+    assert page.locator("#flame-summary").inner_text().startswith(f"{expected['alloc_objects']:,} objects")
+    assert not re.search(r"\bCPU\b", page.locator(".flame-pane").inner_text())
+    # The pprof download: exactly this type over the absolute range on screen, read back by go tool pprof.
+    href = page.locator("#dl-pprof").evaluate("a => a.href")
+    q = urllib.parse.parse_qs(urllib.parse.urlparse(href).query)
+    assert q["type"] == ["alloc_objects"] and float(q["from"][0]) <= at < float(q["to"][0])
+    out = tmp_path / "heap.pb.gz"
+    out.write_bytes(_get(href)[1])
+    assert raw_totals([out])["alloc_objects"] == expected["alloc_objects"]
+    assert "alloc_objects" in _go("-raw", out)
+    w.assert_clean()
+
+
+def test_group_by_a_pushed_label_one_series_per_value(server: str, watched: Watched, tmp_path: Path) -> None:
+    from tests.builders import ingest_url
+
+    counts = {"checkout": 300, "search": 200, "cart": 100}
+    ingest_url(server, [_profile({"job": "svc", "service": s, "region": "eu" if s != "cart" else "us"},
+                                 {("main", f"serve_{s}"): n}) for s, n in counts.items()])
+    w, page = watched, watched.page
+    page.goto(server + "/#" + urllib.parse.urlencode({"q": '{job="svc"}', "group": "service"}))
+    w.settle(1)
+    wait_js(page, "window.podflame.chartSeries !== null && window.podflame.chartSeries !== undefined")
+    names = page.locator("button.target .t-name").all_inner_texts()
+    assert names == ["All matching the selector", "checkout", "search", "cart"]
+    assert page.locator("#targets-title").inner_text().startswith("By service")
+    assert page.locator("#group-by").input_value() == "service"
+    series = page.evaluate("window.podflame.chartSeries")
+    assert [(s["name"], s["total"]) for s in series] == list(counts.items())
+    assert page.evaluate("window.podflame.chart.stack") == list(counts)
+    _shot(w, tmp_path, "group-by")
+    # A value is a selection: the graph is that service's.
+    before = w.renders()
+    page.locator("button.target", has_text="search").click()
+    w.settle(before + 1)
+    assert w.render()["nodes"][0]["total"] == 200
+    assert json.loads(urllib.parse.parse_qs(page.evaluate("location.hash")[1:])["sel"][0]) == {"service": "search"}
+
+    # The label explorer: names and values offered from the API, a matcher added to the selector.
+    assert "region" in page.evaluate("window.podflame.labels")
+    page.locator("#label-name").fill("region")
+    page.locator("#label-name").dispatch_event("change")
+    wait_js(page, "(window.podflame.labelValues || []).includes('eu')")
+    assert page.evaluate("Array.from(document.querySelectorAll('#label-values option')).map(o => o.value)") == [
+        "eu", "us"]
+    page.locator("#label-value").fill("eu")
+    page.locator("#label-form button").click()
+    wait_js(page, "window.podflame.status === 'ready' && window.podflame.targets.length === 2")
+    assert page.locator("#selector").input_value() == '{job="svc", region="eu"}'
+    w.assert_clean()
+
+
+def test_hostile_names_stay_text_in_table_legend_list_and_explorer(server: str, watched: Watched,
+                                                                   tmp_path: Path) -> None:
+    """Names and label values reach the new table, legend, grouped list and label explorer as text only."""
+    from tests.builders import ingest_url
+
+    evil_fn = '<img src=x onerror="window.__pwned=3">'
+    evil_value = '"><svg onload="window.__pwned=4">'
+    evil_lib = Mapping(0x7F0000000000, 0x7F0000100000, 0, '/lib/<img src=x onerror=window.__pwned=5>.so')
+    p = Profile(labels={"job": "evil", "service": evil_value}, start_ns=time.time_ns() - 60 * 10**9,
+                duration_ns=10**10, period_ns=PERIOD_NS)
+    p.add((Frame(0x7F0000000100, evil_lib, FrameKind.NATIVE, (Line(evil_fn),)),), 50)
+    ingest_url(server, [p])
+    w, page = watched, watched.page
+    page.goto(server + "/#" + urllib.parse.urlencode({"q": '{job="evil"}', "group": "service", "color": "module"}))
+    w.settle(1)
+    assert page.locator("button.target .t-name").all_inner_texts() == ["All matching the selector", evil_value]
+    assert page.locator("#fn-rows td.fn").all_inner_texts() == [evil_fn]
+    assert page.locator("#legend .legend-item").all_inner_texts() == ["<img src=x onerror=window.__pwned=5>.so"]
+    page.locator("#label-name").fill("service")
+    page.locator("#label-name").dispatch_event("change")
+    wait_js(page, "(window.podflame.labelValues || []).length > 0")
+    assert page.evaluate("Array.from(document.querySelectorAll('#label-values option')).map(o => o.value)") == [
+        evil_value]
+    found = page.evaluate("document.querySelectorAll('#targets img, #targets svg, #fn-rows img, #legend script, "
+                          "#legend img, #label-values svg, .flame-pane img, .flame-pane script').length")
+    assert found == 0
+    assert page.evaluate("window.__pwned") is None
+    # The chart's legend draws the value on the canvas, as text.
+    assert page.evaluate("window.podflame.chart.stack") == [evil_value]
+    w.assert_clean()
+
+
+def test_a_selector_without_braces_keeps_the_selection(server: str, watched: Watched) -> None:
+    """`namespace="shop"` (the server takes matchers without braces) plus a selected pod is that pod only."""
+    w, page = watched, watched.page
+    _open(w, server, q='namespace="shop"')
+    assert w.render()["nodes"][0]["total"] == TOTAL  # checkout-1 alone, not the namespace's 840
+    href = page.locator("#dl-folded").evaluate("a => a.href")
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(href).query)["query"]
+    assert query == ['{namespace="shop", pod_uid="uid-a", container_id="ca"}']
+    w.assert_clean()

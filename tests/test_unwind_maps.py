@@ -1,0 +1,116 @@
+"""The row and mapping allocator of profiler/unwind/maps.py: runs of slots that coalesce when freed,
+so a node that loads and evicts binaries all day does not fragment its row budget away."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import random
+import struct
+
+import pytest
+
+from profiler.bpfprog import (
+    _MAP_LOOKUP_ELEM,
+    MAP_ARRAY,
+    MAP_HASH,
+    MAP_PERCPU_ARRAY,
+    BpfMap,
+    MapSpec,
+    _Elem,
+    bpf,
+    create_map,
+)
+from profiler.unwind.maps import MAPPING, SPAN, WANTS_TABLE, Extents, UnwindMaps
+
+
+def test_first_fit_and_exhaustion() -> None:
+    e = Extents(100)
+    assert e.alloc(60) == 0
+    assert e.alloc(50) is None  # 40 left
+    assert e.alloc(40) == 60
+    assert e.alloc(1) is None and e.used == 100
+
+
+def test_freed_runs_coalesce_on_both_sides() -> None:
+    e = Extents(30)
+    a, b, c = e.alloc(10), e.alloc(10), e.alloc(10)
+    assert (a, b, c) == (0, 10, 20)
+    e.free(0, 10)
+    e.free(20, 10)
+    assert e.alloc(20) is None  # two runs of 10, not one of 20
+    e.free(10, 10)  # joins its neighbours into one run
+    assert e.alloc(30) == 0 and e.used == 30
+
+
+def test_random_churn_never_overlaps_and_gives_everything_back() -> None:
+    rng = random.Random(7)
+    e = Extents(1000)
+    held: dict[int, int] = {}
+    for _ in range(5000):
+        if held and rng.random() < 0.5:
+            start = rng.choice(list(held))
+            e.free(start, held.pop(start))
+        else:
+            n = rng.randint(1, 80)
+            start = e.alloc(n)
+            if start is not None:
+                assert all(start + n <= s or s + m <= start for s, m in held.items())
+                held[start] = n
+        assert e.used == sum(held.values())
+    for start, n in list(held.items()):
+        e.free(start, n)
+    assert e.alloc(1000) == 0
+
+
+@pytest.mark.bpf
+def test_binaries_are_shared_refcounted_and_evicted_only_when_unused() -> None:
+    """Real BPF maps shaped as bpf/native_unwind.bpf.h declares them, with a 100-row budget."""
+    specs = {"unwind_procs": MapSpec("unwind_procs", MAP_HASH, 4, 8, 16),
+             "unwind_mappings": MapSpec("unwind_mappings", MAP_ARRAY, 4, 32, 16),
+             "unwind_tables": MapSpec("unwind_tables", MAP_ARRAY, 4, 8, 4),
+             "unwind_rows": MapSpec("unwind_rows", MAP_ARRAY, 4, 12, 100),
+             "unwind_stats": MapSpec("unwind_stats", MAP_PERCPU_ARRAY, 4, 8, 12),
+             "unwind_stale": MapSpec("unwind_stale", MAP_HASH, 4, 1, 16),
+             "unwind_wanted": MapSpec("unwind_wanted", MAP_HASH, 16, 1, 16)}
+    maps = {name: create_map(spec) for name, spec in specs.items()}
+    try:
+        m = UnwindMaps(maps)
+        a, b = rows(60, 0x1000), rows(50, 0x9000)
+        assert m.binary("a", a) is not None  # a reference for the process being loaded...
+        assert m.binary("b", b) is None  # ...so "a" is not evicted for "b"
+        assert m.set_process(7, [(0x5000, 0x6000, 0x4000, "a", 0), (0x1000, 0x2000, 0, None, WANTS_TABLE)])
+        assert m.binary("a", b"") is not None  # loaded already: shared, rows not needed
+        assert m.set_process(8, [(0x5000, 0x6000, 0x4000, "a", 0)])
+        p7 = m.processes[7].first  # sorted by start: the wanting mapping first, flag kept
+        assert lookup(maps["unwind_mappings"], p7, 32) == MAPPING.pack(0x1000, 0x2000, 0, 0xFFFF_FFFF, WANTS_TABLE)
+        assert m.binaries["a"].refs == 2
+        m.remove_process(7)
+        assert m.binary("b", b) is None  # nor while a process still uses it
+        m.remove_process(8)
+        assert (m.memory()["rejected_binaries"], m.memory()["rejected_rows"]) == (1, 50)  # once per binary
+        assert m.room() == 100
+        loaded = m.binary("b", b)  # unused now: evicted for "b"
+        assert loaded is not None and "a" not in m.binaries
+        assert lookup(maps["unwind_tables"], loaded.table, 8) == SPAN.pack(loaded.first, 50)
+        assert lookup(maps["unwind_rows"], loaded.first + 3, 12) == b[36:48]
+        assert m.set_process(9, [(0x9000, 0xA000, 0x8000, "b", 0)])
+        assert lookup(maps["unwind_procs"], 9, 8) == SPAN.pack(m.processes[9].first, 1)
+        first = m.processes[9].first
+        assert lookup(maps["unwind_mappings"], first, 32) == MAPPING.pack(0x9000, 0xA000, 0x8000, loaded.table, 0)
+        mem = m.memory()
+        assert (mem["rows"], mem["rejected_binaries"], mem["processes"]) == (50, 0, 1)
+    finally:
+        for bm in maps.values():
+            os.close(bm.fd)
+
+
+def rows(n: int, base: int) -> bytes:
+    return b"".join(struct.pack("<IhhBBH", base + 16 * i, 8, 0, 1, 0, 0) for i in range(n))
+
+
+def lookup(m: BpfMap, key: int, size: int) -> bytes:
+    value = ct.create_string_buffer(size)
+    k = ct.c_uint32(key)
+    bpf(_MAP_LOOKUP_ELEM, _Elem(map_fd=m.fd, key=ct.addressof(k), value=ct.addressof(value)))
+    return value.raw

@@ -1,0 +1,13 @@
+/* The library tests/workloads/unwind_dlopen.c loads: lib_entry -> lib_middle -> lib_leaf (frameless). */
+#define KEEP __attribute__((noinline, noclone))
+#define NO_SIBLING_CALL __asm__ volatile("" ::: "memory")
+
+KEEP unsigned long lib_leaf(unsigned long x) {
+    for (int i = 0; i < 100000; i++)
+        x = x * 6364136223846793005UL + 1442695040888963407UL;
+    return x;
+}
+
+KEEP unsigned long lib_middle(unsigned long x) { x = lib_leaf(x) + 1; NO_SIBLING_CALL; return x; }
+
+unsigned long lib_entry(unsigned long x) { x = lib_middle(x) + 1; NO_SIBLING_CALL; return x; }

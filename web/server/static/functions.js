@@ -1,0 +1,191 @@
+// Views derived in the browser from one flame-graph payload (no second request): the function
+// table (self and total per function), the inverted (bottom-up) graph and the sandwich of one
+// function (its callers merged above it, its callees below). Each builds a payload of the same
+// shape as /api/v1/flamegraph, so the one FlameGraph class draws them all.
+// Names are untrusted: the table writes them with textContent only.
+
+// Per function (name index): self = samples where it is the leaf; total = samples with it anywhere
+// on the stack, counted once per stack (a recursive call is not added again).
+export function functionTotals(fg) {
+  const { levels, names } = fg.data;
+  const self = new Float64Array(names.length), total = new Float64Array(names.length);
+  for (let d = 1; d < levels.length; d++) {
+    const lv = levels[d];
+    for (let i = 0; i < lv.n; i++) {
+      const name = lv.name[i];
+      self[name] += lv.self[i];
+      let recursive = false;
+      for (let pd = d - 1, p = lv.parent[i]; pd >= 1 && p >= 0; p = levels[pd].parent[p], pd--) {
+        if (levels[pd].name[p] === name) { recursive = true; break; }
+      }
+      if (!recursive) total[name] += lv.total[i];
+    }
+  }
+  const rows = [];
+  for (let n = 1; n < names.length; n++) if (total[n] > 0 || self[n] > 0) rows.push({ idx: n, name: String(names[n]), self: self[n], total: total[n] });
+  return rows;
+}
+
+// A payload (names + flat levels of [start, total, self, name]) from stacks of name indices, root
+// first, with values; the root is name index 0 ("total"). Siblings are laid out by name, as the server does.
+export function payloadFromStacks(names, stacks, extra = {}) {
+  const root = { name: 0, total: 0, self: 0, kids: new Map() };
+  for (const [path, value] of stacks) {
+    if (!value) continue;
+    let node = root;
+    node.total += value;
+    for (const n of path) {
+      let k = node.kids.get(n);
+      if (!k) { k = { name: n, total: 0, self: 0, kids: new Map() }; node.kids.set(n, k); }
+      k.total += value;
+      node = k;
+    }
+    node.self += value;
+  }
+  const levels = [];
+  let row = [[root, 0]];
+  while (row.length) {
+    const flat = [], next = [];
+    for (const [node, start] of row) {
+      flat.push(start, node.total, node.self, node.name);
+      let x = start;
+      const kids = [...node.kids.values()].sort((a, b) => String(names[a.name]).localeCompare(String(names[b.name])));
+      for (const k of kids) { next.push([k, x]); x += k.total; }
+    }
+    levels.push(flat);
+    row = next;
+  }
+  return { names, levels, total: root.total, ...extra };
+}
+
+function pathTo(levels, d, i) {  // name indices from below the root down to (d, i)
+  const path = new Array(d);
+  for (let k = d - 1; d > 0 && i >= 0; i = levels[d].parent[i], d--, k--) path[k] = levels[d].name[i];
+  return path;
+}
+
+// Bottom-up: every leaf's stack reversed (the hottest functions become the roots), weighted by self.
+export function invertedPayload(fg, meta) {
+  const { levels, names } = fg.data, stacks = [];
+  for (let d = 1; d < levels.length; d++) {
+    const lv = levels[d];
+    for (let i = 0; i < lv.n; i++) if (lv.self[i] > 0) stacks.push([pathTo(levels, d, i).reverse(), lv.self[i]]);
+  }
+  return payloadFromStacks(names, stacks, meta);
+}
+
+// The sandwich of one function (name index f): `callers` has f at its root and each of f's
+// outermost occurrences' call paths above it (reversed, so the graph reads "f <- caller <- ..."),
+// `callees` has f at its root and everything f called merged below it.
+export function sandwichPayloads(fg, f, meta) {
+  const { levels, names } = fg.data, callers = [], callees = [];
+  let prevInside = new Uint8Array(1);
+  for (let d = 1; d < levels.length; d++) {
+    const lv = levels[d], inside = new Uint8Array(lv.n);
+    const parentInside = (i) => lv.parent[i] >= 0 && prevInside[lv.parent[i]];
+    for (let i = 0; i < lv.n; i++) {
+      if (parentInside(i)) {
+        inside[i] = 1;
+        if (lv.self[i] > 0) {  // a leaf below an occurrence of f: its path from f down
+          const path = pathTo(levels, d, i);
+          const from = path.indexOf(f);
+          callees.push([path.slice(from), lv.self[i]]);
+        }
+        continue;
+      }
+      if (lv.name[i] !== f) continue;
+      inside[i] = 1;
+      callers.push([pathTo(levels, d, i).reverse(), lv.total[i]]);
+      if (lv.self[i] > 0) callees.push([[f], lv.self[i]]);
+    }
+    prevInside = inside;
+  }
+  return { callers: payloadFromStacks(names, callers, meta), callees: payloadFromStacks(names, callees, meta) };
+}
+
+// ---- the table ---------------------------------------------------------------------------------
+
+const SORTS = {
+  self: (a, b) => b.self - a.self || b.total - a.total,
+  total: (a, b) => b.total - a.total || b.self - a.self,
+  name: (a, b) => a.name.localeCompare(b.name),
+};
+export const TABLE_LIMIT = 300;  // rows drawn at once; the filter finds the rest
+
+function td(text, className) {
+  const el = document.createElement("td");
+  el.textContent = text;
+  if (className) el.className = className;
+  return el;
+}
+
+// The function table: sorted, filtered (regular expression, as the search) and linked to the graph
+// through callbacks: onHover(name|null) while the pointer is on a row, onSelect(name) on a click.
+export class FunctionTable {
+  constructor(tbody, { onHover, onSelect, format }) {
+    this.tbody = tbody;
+    this.onHover = onHover;
+    this.onSelect = onSelect;
+    this.format = format;  // (value) -> text in the profile's unit
+    this.rows = [];
+    this.total = 0;
+    this.sort = "self";
+    this.filter = null;
+    this.selected = null;
+    this.shown = [];
+    tbody.addEventListener("mouseleave", () => this.onHover(null));
+  }
+
+  setRows(rows, total) { this.rows = rows; this.total = total; this.render(); }
+
+  setSort(key) { if (SORTS[key]) { this.sort = key; this.render(); } }
+
+  setFilter(re) { this.filter = re; this.render(); }
+
+  select(name, scroll = true) {
+    this.selected = name;
+    for (const tr of this.tbody.children) {
+      const on = tr.dataset.name === name;
+      tr.classList.toggle("selected", on);
+      tr.setAttribute("aria-selected", on ? "true" : "false");
+      if (on && scroll) tr.scrollIntoView({ block: "nearest" });
+    }
+  }
+
+  render() {
+    const pct = (v) => {
+      if (!this.total) return "0%";
+      const p = (100 * v) / this.total;
+      if (p === 100) return "100%";
+      return (p >= 10 || p === 0 ? p.toFixed(1) : p.toPrecision(2)) + "%";
+    };
+    let rows = this.rows;
+    if (this.filter) rows = rows.filter((r) => this.filter.test(r.name.slice(0, 2048)));
+    rows = [...rows].sort(SORTS[this.sort]);
+    this.matching = rows.length;
+    this.shown = rows.slice(0, TABLE_LIMIT);
+    const trs = this.shown.map((r) => {
+      const tr = document.createElement("tr");
+      tr.dataset.name = r.name;
+      const fn = td(r.name, "fn");
+      fn.title = r.name;
+      const cell = (v) => {  // value and share in one cell: "600  75.0%"
+        const c = document.createElement("td");
+        c.className = "num";
+        const val = document.createElement("span");
+        val.textContent = this.format(v);
+        const share = document.createElement("span");
+        share.className = "pct";
+        share.textContent = pct(v);
+        c.append(val, share);
+        return c;
+      };
+      tr.append(fn, cell(r.self), cell(r.total));
+      if (r.name === this.selected) { tr.classList.add("selected"); tr.setAttribute("aria-selected", "true"); }
+      tr.addEventListener("mouseenter", () => this.onHover(r.name));
+      tr.addEventListener("click", () => this.onSelect(r.name));
+      return tr;
+    });
+    this.tbody.replaceChildren(...trs);
+  }
+}

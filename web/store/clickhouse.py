@@ -1,0 +1,631 @@
+"""The profile store on ClickHouse: any number of stateless podflame servers share one database.
+
+Writes: a `Batch` becomes content-hashed dictionary rows (functions, mappings, frames, stacks, series:
+the same id on every server, so re-inserting is harmless) and ONE insert into `samples` whose
+deduplication token is the hash of the batch's content, so an agent's retry, or the same batch
+reaching two replicas, is counted once. Profile totals and hourly rollups are materialized views of
+that insert (web/store/clickhouse_schema.py), so nothing in a server process is needed for correctness.
+
+Reads are pushed down: `select` answers with one aggregate per (series, period) over the range (a
+GROUP BY over `profiles`), `read` sums samples per (series, period, stack) in ClickHouse, whole
+hours from the `samples_1h` rollup and only the ragged edges from raw rows, so a day of a node comes
+back as its distinct stacks, never as raw rows. The query layer sees small dense integer ids (what
+its caches index arrays by): this process numbers the 64-bit hashes it meets, which is a cache, not state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import struct
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+from podflame.model import Frame, FrameKind, Line, Stack
+from podflame.model import Mapping as ProcMapping
+from web.store.base import (
+    Batch,
+    Columns,
+    PutResult,
+    RetentionResult,
+    Series,
+    StepTotals,
+    Store,
+    StoreClosed,
+    StoredProfile,
+    frame_lines_of,
+)
+from web.store.clickhouse_schema import HOUR_NS, Layout, ddl
+from web.store.clickhouse_transport import ClickHouseUnavailable, Transport, quote
+from web.store.selector import Op, Selector
+
+_U64 = struct.Struct("<Q")
+_MEMO_LIMIT = 2_000_000  # entries; past it a memo starts again (costs hashing, never correctness)
+
+
+def _h(*parts: bytes) -> int:
+    """A 64-bit content hash (BLAKE2b): the id of a dictionary row on every server."""
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        h.update(_U64.pack(len(p)))
+        h.update(p)
+    return int.from_bytes(h.digest(), "little")
+
+
+def _s(x: str | None) -> bytes:
+    return (x or "").encode()
+
+
+class _Window(NamedTuple):
+    """A StoredProfile's handle: the aggregate of a series' profiles of one period starting in [t0, t1)."""
+
+    series: int  # the series' hash id
+    period_ns: int
+    t0: int
+    t1: int
+
+
+class ClickHouseStore(Store):
+    """`Store` over a `Transport` (HTTP server or in-process chDB) and a `Layout` (database, cluster, TTL)."""
+
+    def __init__(self, transport: Transport, layout: Layout, *, migrate: bool = True) -> None:
+        self.transport = transport
+        self.layout = layout
+        self._lock = threading.Lock()
+        self._closed = False
+        self._ready = not migrate
+        self._in = "GLOBAL IN" if layout.cluster else "IN"  # subqueries over Distributed tables run once
+        # process-local dense numbering of hashes (the query layer indexes arrays by these ids)
+        self._stack_local: dict[int, int] = {}
+        self._stack_hash: list[int] = []
+        self._frame_local: dict[int, int] = {}
+        self._frame_hash: list[int] = []
+        self._series_local: dict[int, Series] = {}  # hash -> Series (id: dense local)
+        self._series_hash: list[int] = []
+        self._lines: dict[int, tuple[tuple[str, str | None, int | None], ...]] = {}
+        self._memo: dict[object, int] = {}  # content -> hash (mappings, functions, frames, stacks)
+        self._written: set[int] = set()  # dictionary ids this process has inserted
+        self._retention_cutoff = 0  # the last cutoff this process enforced
+        if migrate:
+            # Start anyway when ClickHouse is down: every call answers 503 until it is back, then migrates.
+            with contextlib.suppress(ClickHouseUnavailable):
+                self._migrate()
+
+    # -- schema --------------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        for stmt in ddl(self.layout):
+            if stmt.startswith("INSERT"):
+                have = self.transport.query(f"SELECT max(version) AS v FROM {self.layout.database}.schema_version")
+                if have.num_rows and have.column("v")[0].as_py():
+                    continue
+            self.transport.command(stmt)
+        self._apply_ttl()
+        self._ready = True
+
+    def _apply_ttl(self) -> None:
+        """Retention changed since the tables were made: ALTER their TTL (not re-materialized: merges apply it)."""
+        rows = self.transport.query(
+            f"SELECT name, create_table_query AS q FROM system.tables WHERE database = {quote(self.layout.database)}"
+        ).to_pylist()
+        made = {r["name"]: r["q"] for r in rows}
+        suffix = "_local" if self.layout.cluster else ""
+        on = f" ON CLUSTER '{self.layout.cluster}'" if self.layout.cluster else ""
+        for table in ("samples", "profiles", "samples_1h"):
+            name = table + suffix
+            ttl = self.layout.ttl(table)
+            q = made.get(name, "")
+            if ttl and f"TTL {ttl}" not in q.replace("\n", " "):
+                self.transport.command(f"ALTER TABLE {self.layout.database}.{name}{on} MODIFY TTL {ttl} "
+                                       "SETTINGS materialize_ttl_after_modify = 0")
+            elif not ttl and " TTL " in q:
+                self.transport.command(f"ALTER TABLE {self.layout.database}.{name}{on} REMOVE TTL")
+
+    def _check(self) -> None:
+        if self._closed:
+            raise StoreClosed("the store is closed")
+        if not self._ready:
+            with self._lock:
+                if not self._ready:
+                    self._migrate()
+
+    def _t(self, name: str) -> str:
+        return self.layout.table(name)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def put(self, batches: Sequence[Batch]) -> PutResult:
+        """Dictionaries first (idempotent), then one samples insert for the whole put with its content token."""
+        self._check()
+        funcs: dict[int, tuple[str, str]] = {}
+        maps: dict[int, ProcMapping] = {}
+        frames: dict[int, tuple[int, int, str, list[int], list[int]]] = {}
+        stacks: dict[int, list[int]] = {}
+        series: dict[int, tuple[str, str, list[tuple[str, str]]]] = {}
+        inserts: list[tuple[str, pa.Table]] = []
+        profiles = n_samples = 0
+        memo = self._memo
+        if len(memo) > _MEMO_LIMIT:
+            memo.clear()
+        for b in batches:
+            frame_id: dict[int, int] = {}  # the batch's frame key -> frame hash
+            stack_id: dict[tuple[int, ...], int] = {}  # the batch's stack key -> stack hash
+            cols: dict[str, list[int]] = {k: [] for k in ("series", "stack", "value")}
+            token = hashlib.blake2b(struct.pack("<qqq", b.start_ns, b.duration_ns, b.period_ns), digest_size=16)
+            for p in b.series:
+                if not p.samples:
+                    continue
+                items = sorted((k, v) for k, v in p.labels.items() if v != "")
+                sid = _h(_s(p.sample_type), _s(p.unit), *(_s(x) for kv in items for x in kv))
+                series[sid] = (p.sample_type, p.unit, items)
+                per: dict[int, int] = defaultdict(int)
+                for key, value in p.samples.items():
+                    st = stack_id.get(key)
+                    if st is None:
+                        fids = []
+                        for k in reversed(key):
+                            fid = frame_id.get(k)
+                            if fid is None:
+                                fid = frame_id[k] = self._frame_row(b, k, funcs, maps, frames)
+                            fids.append(fid)
+                        tkey = tuple(fids)
+                        st = memo.get(tkey)
+                        if st is None:
+                            st = memo[tkey] = _h(struct.pack(f"<{len(fids)}Q", *fids))
+                        stacks[st] = fids
+                        stack_id[key] = st
+                    per[st] += value
+                ordered = sorted(per.items())
+                cols["series"] += [sid] * len(ordered)
+                cols["stack"] += [k for k, _ in ordered]
+                cols["value"] += [v for _, v in ordered]
+                token.update(_U64.pack(sid))
+                token.update(np.array([k for k, _ in ordered], dtype=np.uint64).tobytes())
+                token.update(np.array([v for _, v in ordered], dtype=np.int64).tobytes())
+                profiles += 1
+                n_samples += len(per)
+            if not cols["series"]:
+                continue
+            n = len(cols["series"])
+            data = pa.table({
+                "series": pa.array(cols["series"], pa.uint64()),
+                "start_ns": pa.array(np.full(n, b.start_ns, np.int64)),
+                "duration_ns": pa.array(np.full(n, b.duration_ns, np.int64)),
+                "period_ns": pa.array(np.full(n, b.period_ns, np.int64)),
+                "stack": pa.array(cols["stack"], pa.uint64()),
+                "value": pa.array(np.array(cols["value"], dtype=np.int64))})
+            inserts.append((token.hexdigest(), data))
+        if not inserts:
+            return PutResult(0, 0, 0)
+        self._insert_dictionaries(funcs, maps, frames, stacks, series)
+        # One insert for the whole put: atomic (one block per day partition), one token for a retry to match.
+        data = pa.concat_tables([d for _, d in inserts])
+        put_token = inserts[0][0] if len(inserts) == 1 else hashlib.blake2b(
+            "".join(t for t, _ in inserts).encode(), digest_size=16).hexdigest()
+        self.transport.insert(self._t("samples"), data, {
+            "insert_deduplicate": 1, "insert_deduplication_token": put_token,
+            "deduplicate_blocks_in_dependent_materialized_views": 1})
+        return PutResult(profiles, n_samples, data.nbytes)
+
+    def _frame_row(self, b: Batch, key: int, funcs: dict[int, tuple[str, str]], maps: dict[int, ProcMapping],
+                   frames: dict[int, tuple[int, int, str, list[int], list[int]]]) -> int:
+        """A batch frame's content hash; content -> hash is memoized per process (tuples hash cheaper than BLAKE2)."""
+        memo = self._memo
+        address, mkey, kind, lines = b.frames[key]
+        m = b.mappings.get(mkey) if mkey else None
+        mid = 0
+        if m is not None:
+            known = memo.get(m)
+            if known is None:
+                known = memo[m] = _h(struct.pack("<QQQ", m.start, m.limit, m.offset), _s(m.path), _s(m.build_id))
+            mid = known
+            maps[mid] = m
+        fns: list[int] = []
+        nums: list[int] = []
+        for fkey, line in lines:
+            nf = b.functions[fkey]
+            f = memo.get(nf)
+            if f is None:
+                f = memo[nf] = _h(_s(nf[0]), _s(nf[1]))
+            funcs[f] = (nf[0], nf[1] or "")
+            fns.append(f)
+            nums.append(line)
+        content = (address, mid, kind, tuple(fns), tuple(nums))
+        fid = memo.get(content)
+        if fid is None:
+            fid = memo[content] = _h(struct.pack("<QQ", address, mid), _s(kind),
+                                     np.array(fns, dtype=np.uint64).tobytes(), np.array(nums, dtype=np.int64).tobytes())
+        frames[fid] = (address, mid, kind, fns, nums)
+        return fid
+
+    def _insert_dictionaries(self, funcs: dict[int, tuple[str, str]], maps: dict[int, ProcMapping],
+                             frames: dict[int, tuple[int, int, str, list[int], list[int]]],
+                             stacks: dict[int, list[int]], series: dict[int, tuple[str, str, list[tuple[str, str]]]]
+                             ) -> None:
+        """Rows this process has not written before (a duplicate of another server's is folded by the engine)."""
+        written = self._written
+        if len(written) > _MEMO_LIMIT:
+            written.clear()
+        funcs = {k: v for k, v in funcs.items() if k not in written}
+        maps = {k: v for k, v in maps.items() if k not in written}
+        frames = {k: v for k, v in frames.items() if k not in written}
+        stacks = {k: v for k, v in stacks.items() if k not in written}
+        series = {k: v for k, v in series.items() if k not in written}
+        try:
+            self._write_dictionaries(funcs, maps, frames, stacks, series)
+        except BaseException:
+            written.clear()  # unknown what landed: write again next time
+            raise
+        for d in (funcs, maps, frames, stacks, series):
+            written.update(d)
+
+    def _write_dictionaries(self, funcs: dict[int, tuple[str, str]], maps: dict[int, ProcMapping],
+                            frames: dict[int, tuple[int, int, str, list[int], list[int]]],
+                            stacks: dict[int, list[int]], series: dict[int, tuple[str, str, list[tuple[str, str]]]]
+                            ) -> None:
+        ins = self.transport.insert
+        if funcs:
+            ins(self._t("functions"), pa.table({"id": pa.array(list(funcs), pa.uint64()),
+                                                "name": [v[0] for v in funcs.values()],
+                                                "file": [v[1] for v in funcs.values()]}), {})
+        if maps:
+            ins(self._t("mappings"), pa.table({
+                "id": pa.array(list(maps), pa.uint64()),
+                "start": pa.array([m.start for m in maps.values()], pa.uint64()),
+                "limit": pa.array([m.limit for m in maps.values()], pa.uint64()),
+                "offset": pa.array([m.offset for m in maps.values()], pa.uint64()),
+                "path": [m.path for m in maps.values()], "build_id": [m.build_id or "" for m in maps.values()]}), {})
+        if frames:
+            ins(self._t("frames"), pa.table({
+                "id": pa.array(list(frames), pa.uint64()),
+                "address": pa.array([f[0] for f in frames.values()], pa.uint64()),
+                "mapping": pa.array([f[1] for f in frames.values()], pa.uint64()),
+                "kind": [f[2] for f in frames.values()],
+                "functions": pa.array([f[3] for f in frames.values()], pa.list_(pa.uint64())),
+                "lines": pa.array([f[4] for f in frames.values()], pa.list_(pa.int64()))}), {})
+        if stacks:
+            ins(self._t("stacks"), pa.table({"id": pa.array(list(stacks), pa.uint64()),
+                                             "frames": pa.array(list(stacks.values()), pa.list_(pa.uint64()))}), {})
+        if series:
+            ins(self._t("series"), pa.table({
+                "id": pa.array(list(series), pa.uint64()),
+                "sample_type": [v[0] for v in series.values()], "unit": [v[1] for v in series.values()],
+                "labels": pa.array([v[2] for v in series.values()], pa.map_(pa.string(), pa.string()))}), {})
+
+    # -- series --------------------------------------------------------------------------------
+
+    def _series_where(self, selector: Selector | None, sample_type: str | None, unit: str | None) -> str:
+        """The selector as a condition over the series table (a missing label reads as '', as Prometheus)."""
+        conds = []
+        for m in selector.matchers if selector else ():
+            v = f"labels[{quote(m.name)}]"
+            if m.op is Op.EQ:
+                conds.append(f"{v} = {quote(m.value)}")
+            elif m.op is Op.NE:
+                conds.append(f"{v} != {quote(m.value)}")
+            else:
+                hit = f"match({v}, {quote('^(?:' + m.value + ')$')})"
+                conds.append(hit if m.op is Op.RE else f"NOT {hit}")
+        if sample_type is not None:
+            conds.append(f"sample_type = {quote(sample_type)}")
+        if unit is not None:
+            conds.append(f"unit = {quote(unit)}")
+        return " AND ".join(conds) or "1"
+
+    def _series_ids_sql(self, selector: Selector | None, sample_type: str | None = None,
+                        unit: str | None = None) -> str:
+        return f"SELECT id FROM {self._t('series')} WHERE {self._series_where(selector, sample_type, unit)}"
+
+    def _series(self, hashes: Iterable[int]) -> dict[int, Series]:
+        """Series by hash id, from this process' cache or the series table."""
+        want = set(hashes)
+        missing = [h for h in want if h not in self._series_local]
+        if missing:
+            rows = self.transport.query(
+                f"SELECT id, any(sample_type) AS t, any(unit) AS u, any(labels) AS l FROM {self._t('series')} "
+                f"WHERE id IN ({_ints(missing)}) GROUP BY id").to_pylist()
+            with self._lock:
+                for r in rows:
+                    if r["id"] not in self._series_local:
+                        self._series_hash.append(r["id"])
+                        self._series_local[r["id"]] = Series(len(self._series_hash) - 1, dict(r["l"]), r["t"], r["u"])
+        return {h: self._series_local[h] for h in want if h in self._series_local}
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def select(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
+               unit: str | None = None, *, align_ns: int | None = None,
+               max_level: int | None = None) -> list[StoredProfile]:
+        """One aggregate per (series, period) whose profiles start in [t0, t1) (per step with `align_ns`;
+        with `max_level=0` the raw profiles themselves)."""
+        self._check()
+        where = (f"series {self._in} ({self._series_ids_sql(selector, sample_type, unit)}) "
+                 f"AND start_ns >= {int(t0)} AND start_ns < {int(t1)}")
+        if max_level == 0:
+            rows = self.transport.query(
+                f"SELECT series, period_ns, start_ns AS lo, start_ns + duration_ns AS hi, sum(total) AS total, "
+                f"0 AS k FROM {self._t('profiles')} WHERE {where} GROUP BY series, period_ns, start_ns, duration_ns"
+            ).to_pylist()
+        else:
+            step = f"intDiv(start_ns - {int(t0)}, {int(align_ns)})" if align_ns else "0"
+            rows = self.transport.query(
+                f"SELECT series, period_ns, {step} AS k, min(start_ns) AS lo, max(start_ns + duration_ns) AS hi, "
+                f"sum(total) AS total FROM {self._t('profiles')} WHERE {where} GROUP BY series, period_ns, k"
+            ).to_pylist()
+        series = self._series(r["series"] for r in rows)
+        out = []
+        for r in rows:
+            if max_level == 0:
+                w0, w1 = r["lo"], r["lo"] + 1
+            elif align_ns:
+                w0 = t0 + r["k"] * align_ns
+                w1 = min(w0 + align_ns, t1)
+            else:
+                w0, w1 = t0, t1
+            out.append(StoredProfile(series[r["series"]], r["lo"], r["hi"] - r["lo"], r["period_ns"], r["total"],
+                                     _Window(r["series"], r["period_ns"], w0, w1)))
+        out.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
+        return out
+
+    def _sum_sql(self, series: Sequence[int], periods: Sequence[int], t0: int, t1: int) -> list[str]:
+        """Queries giving (series, period_ns, stack, value) summed over [t0, t1): whole hours from the rollup."""
+        ids = _ints(series)
+        per = _ints(periods)
+        h0 = -(-t0 // HOUR_NS) * HOUR_NS
+        h1 = t1 // HOUR_NS * HOUR_NS
+        raw = (f"SELECT series, period_ns, stack, sum(value) AS value FROM {self._t('samples')} "
+               f"WHERE series IN ({ids}) AND period_ns IN ({per}) AND start_ns >= {{lo}} AND start_ns < {{hi}} "
+               "GROUP BY series, period_ns, stack")
+        if h1 <= h0:
+            return [raw.format(lo=t0, hi=t1)]
+        parts = [f"SELECT series, period_ns, stack, sum(value) AS value FROM {self._t('samples_1h')} "
+                 f"WHERE series IN ({ids}) AND period_ns IN ({per}) AND hour >= {h0} AND hour < {h1} "
+                 "GROUP BY series, period_ns, stack"]
+        if t0 < h0:
+            parts.append(raw.format(lo=t0, hi=h0))
+        if h1 < t1:
+            parts.append(raw.format(lo=h1, hi=t1))
+        return parts
+
+    def read(self, profiles: Sequence[StoredProfile]) -> Columns:
+        """Sums per (window, series, period, stack) computed by ClickHouse; one query per distinct window."""
+        self._check()
+        windows: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, p in enumerate(profiles):
+            w = _window(p)
+            windows[(w.t0, w.t1)].append(i)
+        prof: list[np.ndarray] = []
+        stack: list[np.ndarray] = []
+        value: list[np.ndarray] = []
+        for (t0, t1), idx in windows.items():
+            handles = [_window(profiles[i]) for i in idx]
+            where = {(h.series, h.period_ns): i for h, i in zip(handles, idx, strict=True)}
+            sql = " UNION ALL ".join(self._sum_sql(sorted({k[0] for k in where}), sorted({k[1] for k in where}),
+                                                   t0, t1))
+            t = self.transport.query(f"SELECT series, period_ns, stack, sum(value) AS value FROM ({sql}) "
+                                     "GROUP BY series, period_ns, stack")
+            if not t.num_rows:
+                continue
+            s = t.column("series").to_numpy()
+            per = t.column("period_ns").to_numpy()
+            keep = np.fromiter(((a, b) in where for a, b in zip(s.tolist(), per.tolist(), strict=True)), bool,
+                               count=len(s))
+            prof.append(np.fromiter((where[(a, b)] for a, b, k in zip(s.tolist(), per.tolist(), keep.tolist(),
+                                                                     strict=True) if k), np.int64))
+            stack.append(self._local_stacks(t.column("stack").to_numpy()[keep]))
+            value.append(t.column("value").to_numpy()[keep].astype(np.int64))
+        if not prof:
+            empty = np.empty(0, np.int64)
+            return Columns(empty, empty, empty)
+        return Columns(np.concatenate(prof), np.concatenate(stack), np.concatenate(value))
+
+    def _local_stacks(self, hashes: np.ndarray) -> np.ndarray:
+        uniq, inv = np.unique(hashes, return_inverse=True)
+        with self._lock:
+            table = self._stack_local
+            ids = []
+            for h in uniq.tolist():
+                i = table.get(h)
+                if i is None:
+                    i = table[h] = len(self._stack_hash)
+                    self._stack_hash.append(h)
+                ids.append(i)
+        return np.array(ids, dtype=np.int64)[inv.reshape(-1)]
+
+    def step_totals(self, selector: Selector, t0: int, t1: int, step_ns: int, sample_type: str | None = None,
+                    unit: str | None = None) -> StepTotals:
+        """Totals per step and period in one GROUP BY over the profiles view."""
+        self._check()
+        refs = self.select(selector, t0, t1, sample_type, unit)
+        n = -(-(t1 - t0) // step_ns)
+        rows = self.transport.query(
+            f"SELECT period_ns, intDiv(start_ns - {int(t0)}, {int(step_ns)}) AS k, sum(total) AS v "
+            f"FROM {self._t('profiles')} WHERE series {self._in} ({self._series_ids_sql(selector, sample_type, unit)}) "
+            f"AND start_ns >= {int(t0)} AND start_ns < {int(t1)} GROUP BY period_ns, k").to_pylist()
+        by_period: dict[int, np.ndarray] = {}
+        for r in rows:
+            sums = by_period.get(r["period_ns"])
+            if sums is None:
+                sums = by_period[r["period_ns"]] = np.zeros(n, dtype=np.int64)
+            sums[r["k"]] += r["v"]
+        return StepTotals(refs, by_period)
+
+    def stack_frames(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        self._check()
+        want = [int(i) for i in ids]
+        hashes = [self._stack_hash[i] for i in want]
+        rows = self.transport.query(f"SELECT id, any(frames) AS frames FROM {self._t('stacks')} "
+                                    f"WHERE id IN ({_ints(set(hashes))}) GROUP BY id")
+        by = dict(zip(rows.column("id").to_pylist(), rows.column("frames").to_pylist(), strict=True))
+        with self._lock:
+            lengths = np.fromiter((len(by[h]) for h in hashes), np.int64, count=len(hashes))
+            flat = []
+            for h in hashes:
+                for f in by[h]:
+                    i = self._frame_local.get(f)
+                    if i is None:
+                        i = self._frame_local[f] = len(self._frame_hash)
+                        self._frame_hash.append(f)
+                    flat.append(i)
+        return lengths, np.array(flat, dtype=np.int64)
+
+    def _frame_rows(self, frame_ids: Sequence[int]) -> dict[int, dict]:
+        hashes = {self._frame_hash[i]: i for i in frame_ids}
+        rows = self.transport.query(
+            f"SELECT id, any(address) AS address, any(mapping) AS mapping, any(kind) AS kind, "
+            f"any(functions) AS functions, any(lines) AS lines FROM {self._t('frames')} "
+            f"WHERE id IN ({_ints(hashes)}) GROUP BY id").to_pylist()
+        return {hashes[r["id"]]: r for r in rows}
+
+    def _names(self, fn_ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+        ids = set(fn_ids)
+        if not ids:
+            return {}
+        rows = self.transport.query(f"SELECT id, any(name) AS name, any(file) AS file FROM {self._t('functions')} "
+                                    f"WHERE id IN ({_ints(ids)}) GROUP BY id").to_pylist()
+        return {r["id"]: (r["name"], r["file"]) for r in rows}
+
+    def _mappings(self, ids: Iterable[int]) -> dict[int, ProcMapping]:
+        want = {i for i in ids if i}
+        if not want:
+            return {}
+        rows = self.transport.query(
+            f"SELECT id, any(start) AS start, any(limit) AS lim, any(offset) AS off, any(path) AS path, "
+            f"any(build_id) AS build_id FROM {self._t('mappings')} WHERE id IN ({_ints(want)}) GROUP BY id").to_pylist()
+        return {r["id"]: ProcMapping(r["start"], r["lim"], r["off"], r["path"], r["build_id"] or None) for r in rows}
+
+    def _frames(self, frame_ids: Sequence[int]) -> dict[int, Frame]:
+        rows = self._frame_rows(frame_ids)
+        names = self._names(f for r in rows.values() for f in r["functions"])
+        maps = self._mappings(r["mapping"] for r in rows.values())
+        out = {}
+        for i, r in rows.items():
+            lines = tuple(Line(names[f][0], names[f][1] or None, ln or None)
+                          for f, ln in zip(r["functions"], r["lines"], strict=True))
+            out[i] = Frame(r["address"], maps.get(r["mapping"]), FrameKind(r["kind"]), lines)
+        return out
+
+    def stacks(self, ids: Iterable[int]) -> dict[int, Stack]:
+        want = [int(i) for i in ids]
+        lengths, flat = self.stack_frames(want)
+        frames = self._frames(sorted(set(flat.tolist())))
+        out: dict[int, Stack] = {}
+        pos = 0
+        for sid, n in zip(want, lengths.tolist(), strict=True):
+            out[sid] = tuple(frames[f] for f in flat[pos:pos + n].tolist())
+            pos += n
+        return out
+
+    def frame_lines(self, frame_ids: Iterable[int]) -> dict[int, tuple[tuple[str, str | None, int | None], ...]]:
+        self._check()
+        want = [int(i) for i in frame_ids]
+        missing = [i for i in want if i not in self._lines]
+        if missing:
+            rows = self._frame_rows(missing)
+            names = self._names(f for r in rows.values() for f in r["functions"])
+            bare = [i for i, r in rows.items() if not r["functions"]]
+            got = {i: tuple((names[f][0], names[f][1] or None, ln or None)
+                            for f, ln in zip(reversed(r["functions"]), reversed(r["lines"]), strict=True))
+                   for i, r in rows.items() if r["functions"]}
+            if bare:
+                got.update((i, frame_lines_of(f)) for i, f in self._frames(bare).items())
+            with self._lock:
+                self._lines.update(got)
+        return {i: self._lines[i] for i in want}
+
+    # -- labels --------------------------------------------------------------------------------
+
+    def _active_series(self, t0: int, t1: int, selector: Selector | None) -> str:
+        return (f"SELECT DISTINCT series FROM {self._t('profiles')} WHERE series {self._in} "
+                f"({self._series_ids_sql(selector)}) AND start_ns >= {int(t0)} AND start_ns < {int(t1)}")
+
+    def label_names(self, t0: int, t1: int, selector: Selector | None = None) -> list[str]:
+        self._check()
+        rows = self.transport.query(
+            f"SELECT DISTINCT arrayJoin(mapKeys(labels)) AS k FROM {self._t('series')} "
+            f"WHERE id {self._in} ({self._active_series(t0, t1, selector)}) ORDER BY k")
+        return [str(k) for k in rows.column("k").to_pylist()]
+
+    def label_values(self, name: str, t0: int, t1: int, selector: Selector | None = None) -> list[str]:
+        self._check()
+        v = f"labels[{quote(name)}]"
+        rows = self.transport.query(
+            f"SELECT DISTINCT {v} AS v FROM {self._t('series')} "
+            f"WHERE id {self._in} ({self._active_series(t0, t1, selector)}) "
+            f"AND mapContains(labels, {quote(name)}) ORDER BY v")
+        return [str(x) for x in rows.column("v").to_pylist()]
+
+    def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
+        self._check()
+        rows = self.transport.query(
+            f"SELECT DISTINCT sample_type AS t, unit AS u FROM {self._t('series')} "
+            f"WHERE id {self._in} ({self._active_series(t0, t1, selector)}) ORDER BY t, u").to_pylist()
+        return [(r["t"], r["u"]) for r in rows]
+
+    # -- retention -----------------------------------------------------------------------------
+
+    def enforce_retention(self, max_age_ns: int | None, max_bytes: int | None,
+                          now_ns: int | None = None) -> RetentionResult:
+        """Delete what started before the cutoff now, rounded down to an hour so raw rows and hourly
+        rollups go together (the tables' TTL does the same in the background; this is for an explicit pass).
+        A disk budget is the database's to enforce (TTL and quotas), not a server's: `max_bytes` is ignored."""
+        self._check()
+        if max_age_ns is None:
+            return RetentionResult(0, 0, 0, self.bytes_used())
+        import time
+
+        now = time.time_ns() if now_ns is None else now_ns
+        cutoff = (now - max_age_ns) // HOUR_NS * HOUR_NS
+        if cutoff <= self._retention_cutoff:  # the server's maintenance asks every 30 s: cut once an hour
+            return RetentionResult(0, 0, 0, self.bytes_used())
+        gone = self.transport.query(f"SELECT count() AS n FROM {self._t('profiles')} WHERE start_ns < {cutoff}")
+        n = int(gone.column("n")[0].as_py())
+        if n:
+            on = f" ON CLUSTER '{self.layout.cluster}'" if self.layout.cluster else ""
+            suffix = "_local" if self.layout.cluster else ""
+            for table, col in (("samples", "start_ns"), ("profiles", "start_ns"), ("samples_1h", "hour")):
+                self.transport.command(f"ALTER TABLE {self.layout.database}.{table}{suffix}{on} DELETE WHERE "
+                                       f"{col} < {cutoff} SETTINGS mutations_sync = 2")
+        self._retention_cutoff = cutoff
+        return RetentionResult(cutoff, n, 0, self.bytes_used())
+
+    def bytes_used(self) -> int:
+        """Compressed bytes of this database's active parts."""
+        rows = self.transport.query(f"SELECT sum(bytes_on_disk) AS b FROM system.parts "
+                                    f"WHERE database = {quote(self.layout.database)} AND active")
+        return int(rows.column("b")[0].as_py() or 0)
+
+    def stats(self) -> dict[str, int]:
+        """Counts and bytes, for metrics and benchmarks."""
+        self._check()
+        out = {}
+        for key, expr, table in (("series", "uniqExact(id)", "series"), ("profiles", "count()", "profiles"),
+                                 ("stacks", "uniqExact(id)", "stacks"), ("frames", "uniqExact(id)", "frames"),
+                                 ("samples", "count()", "samples")):
+            out[key] = int(self.transport.query(f"SELECT {expr} AS n FROM {self._t(table)}").column("n")[0].as_py())
+        out["bytes"] = self.bytes_used()
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.transport.close()
+
+
+def _window(p: StoredProfile) -> _Window:
+    """The handle this store gave `p` (a handle of another store is a caller's bug)."""
+    h = p.handle
+    if not isinstance(h, _Window):
+        raise TypeError(f"not a ClickHouse store's profile: {h!r}")
+    return h
+
+
+def _ints(values: Iterable[int]) -> str:
+    return ",".join(str(int(v)) for v in values) or "NULL"
+

@@ -1,0 +1,131 @@
+"""The ClickHouse schema of the profile store: DDL for a single node or a cluster, built as text.
+
+Designed for the engine, not ported from SQLite: dictionaries (functions, mappings, frames, stacks,
+series) are keyed by a 64-bit hash of their content, so every replica and every server computes the
+same id without asking anyone, and a re-insert is a harmless duplicate (ReplacingMergeTree folds
+them). Samples are one MergeTree ordered by (series, start, stack), what every query filters on,
+with delta/T64 + ZSTD codecs; the day partitions make retention a partition drop. Profile totals
+and hourly rollups are materialized views of the one samples insert, so a put is a single insert
+(atomic per block, deduplicated by its token) and the database does what compaction does in SQLite.
+
+A cluster gets `*_local` ReplicatedMergeTree tables created ON CLUSTER and Distributed tables of the
+plain names over them, sharded by series (a series' rows live on one shard: its GROUP BY is local).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from podflame.errors import InvalidInput
+
+SCHEMA_VERSION = 1
+HOUR_NS = 3600 * 10**9
+DEDUP_WINDOW = 100_000  # insert tokens remembered per table: agent retries come within minutes
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+_DAY = "toYYYYMMDD(toDateTime(intDiv(start_ns, 1000000000)))"
+
+# table -> (columns, engine kind, ORDER BY, partition expression or None, time column for TTL or None)
+_TABLES: dict[str, tuple[str, str, str, str | None, str | None]] = {
+    "functions": ("id UInt64, name String CODEC(ZSTD(3)), file String CODEC(ZSTD(3))",
+                  "ReplacingMergeTree", "id", None, None),
+    "mappings": ("id UInt64, start UInt64, limit UInt64, offset UInt64, path String CODEC(ZSTD(3)), "
+                 "build_id String CODEC(ZSTD(3))", "ReplacingMergeTree", "id", None, None),
+    # lines: (function id, line) innermost first, as pprof's Location.line
+    "frames": ("id UInt64, address UInt64, mapping UInt64, kind LowCardinality(String), "
+               "functions Array(UInt64) CODEC(ZSTD(3)), lines Array(Int64) CODEC(ZSTD(3))",
+               "ReplacingMergeTree", "id", None, None),
+    "stacks": ("id UInt64, frames Array(UInt64) CODEC(ZSTD(3))", "ReplacingMergeTree", "id", None, None),  # root first
+    "series": ("id UInt64, sample_type LowCardinality(String), unit LowCardinality(String), "
+               "labels Map(LowCardinality(String), String)", "ReplacingMergeTree", "id", None, None),
+    "samples": ("series UInt64, start_ns Int64 CODEC(DoubleDelta, ZSTD(3)), "
+                "duration_ns Int64 CODEC(T64, ZSTD(3)), period_ns Int64 CODEC(T64, ZSTD(3)), "
+                "stack UInt64 CODEC(ZSTD(3)), value Int64 CODEC(T64, ZSTD(3))",
+                "MergeTree", "(series, start_ns, stack)", _DAY, "start_ns"),
+    "profiles": ("series UInt64, start_ns Int64 CODEC(DoubleDelta, ZSTD(3)), duration_ns Int64 CODEC(T64, ZSTD(3)), "
+                 "period_ns Int64 CODEC(T64, ZSTD(3)), total Int64 CODEC(T64, ZSTD(3)), "
+                 "n_samples UInt32 CODEC(T64, ZSTD(3))",
+                 "MergeTree", "(series, start_ns)", _DAY, "start_ns"),
+    "samples_1h": ("series UInt64, period_ns Int64, hour Int64 CODEC(DoubleDelta, ZSTD(3)), "
+                   "stack UInt64 CODEC(ZSTD(3)), value Int64 CODEC(T64, ZSTD(3))",
+                   "SummingMergeTree(value)", "(series, period_ns, hour, stack)",
+                   "toYYYYMMDD(toDateTime(intDiv(hour, 1000000000)))", "hour"),
+}
+
+# view -> (target, SELECT over samples): filled by the one insert into samples
+_VIEWS = {
+    "profiles_mv": ("profiles", "SELECT series, start_ns, any(duration_ns) AS duration_ns, period_ns, "
+                                "sum(value) AS total, toUInt32(count()) AS n_samples FROM {db}.samples "
+                                "GROUP BY series, start_ns, period_ns"),
+    "samples_1h_mv": ("samples_1h",
+                      f"SELECT series, period_ns, intDiv(start_ns, {HOUR_NS}) * {HOUR_NS} AS hour, stack, "
+                      "sum(value) AS value FROM {db}.samples GROUP BY series, period_ns, hour, stack"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where the tables live: a database, optionally a cluster (then tables are replicated and distributed)."""
+
+    database: str
+    cluster: str | None = None
+    retention_seconds: int | None = None
+
+    def __post_init__(self) -> None:
+        for what, name in (("database", self.database), ("cluster", self.cluster)):
+            if name is not None and not _NAME.fullmatch(name):
+                raise InvalidInput(f"ClickHouse {what} name {name!r} must be letters, digits and _")
+
+    def table(self, name: str) -> str:
+        """The table queries and inserts name (the Distributed one on a cluster)."""
+        return f"{self.database}.{name}"
+
+    def ttl(self, table: str) -> str | None:
+        """The TTL expression of a table, or None (no retention, or a dictionary table)."""
+        column = _TABLES[table][4]
+        if self.retention_seconds is None or column is None:
+            return None
+        slack = f" + {HOUR_NS}" if table == "samples_1h" else ""  # an hour's rollup goes with its last sample
+        return f"toDateTime(intDiv({column}{slack}, 1000000000)) + toIntervalSecond({int(self.retention_seconds)})"
+
+
+def ddl(layout: Layout) -> list[str]:
+    """Every statement that creates the schema (idempotent: IF NOT EXISTS), in order."""
+    db, cluster = layout.database, layout.cluster
+    on = f" ON CLUSTER '{cluster}'" if cluster else ""
+    out = [f"CREATE DATABASE IF NOT EXISTS {db}{on}",
+           f"CREATE TABLE IF NOT EXISTS {db}.schema_version{on} (version UInt32, applied DateTime DEFAULT now()) "
+           f"ENGINE = {_engine('ReplacingMergeTree', db, 'schema_version', cluster)} ORDER BY version"]
+    for name, (columns, kind, order, partition, _) in _TABLES.items():
+        local = f"{name}_local" if cluster else name
+        clauses = [f"ENGINE = {_engine(kind, db, local, cluster)}"]
+        if partition:
+            clauses.append(f"PARTITION BY {partition}")
+        clauses.append(f"ORDER BY {order}")
+        ttl = layout.ttl(name)
+        if ttl:
+            clauses.append(f"TTL {ttl}")
+        window = "replicated_deduplication_window" if cluster else "non_replicated_deduplication_window"
+        clauses.append(f"SETTINGS {window} = {DEDUP_WINDOW}" if partition else "")
+        out.append(f"CREATE TABLE IF NOT EXISTS {db}.{local}{on} ({columns}) " + " ".join(c for c in clauses if c))
+        if cluster:
+            shard = "series" if name in ("samples", "profiles", "samples_1h") else "id"
+            out.append(f"CREATE TABLE IF NOT EXISTS {db}.{name}{on} AS {db}.{local} "
+                       f"ENGINE = Distributed('{cluster}', {db}, {local}, sipHash64({shard}))")
+    for view, (target, select) in _VIEWS.items():
+        # On a cluster the views read each shard's local samples and write its local target.
+        src = "samples_local" if cluster else "samples"
+        dst = f"{target}_local" if cluster else target
+        body = select.format(db=db).replace(f"{db}.samples ", f"{db}.{src} ")
+        out.append(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{view}{on} TO {db}.{dst} AS {body}")
+    out.append(f"INSERT INTO {db}.schema_version (version) VALUES ({SCHEMA_VERSION})")
+    return out
+
+
+def _engine(kind: str, db: str, table: str, cluster: str | None) -> str:
+    if not cluster:
+        return kind if "(" in kind else f"{kind}()"
+    name, _, args = kind.partition("(")
+    extra = f", {args.rstrip(')')}" if args.rstrip(")") else ""
+    return f"Replicated{name}('/clickhouse/tables/{{shard}}/{db}/{table}', '{{replica}}'{extra})"

@@ -1,0 +1,181 @@
+"""How the ClickHouse store reaches the engine: one thin adapter per transport, the SQL is shared.
+
+`HttpTransport` talks to a ClickHouse server with clickhouse-connect (the `podflame[clickhouse]`
+extra); `ChdbTransport` runs the same SQL in-process with chDB (ClickHouse compiled as a library),
+which is how the tests exercise the real engine. Both take SQL text and Arrow tables, nothing else,
+so the store cannot depend on which one it has.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from podflame.errors import InvalidInput, PodflameError, Unavailable
+
+MAX_QUERY_BYTES = 64 << 20  # id lists go into the SQL text: past the 256 KiB default for wide queries
+
+
+class ClickHouseUnavailable(Unavailable):
+    """ClickHouse cannot be reached or refused the work (the server answers 503; agents keep their batches)."""
+
+
+class ClickHouseError(PodflameError, RuntimeError):
+    """ClickHouse rejected a statement podflame wrote (a bug or an incompatible server)."""
+
+
+class Transport(ABC):
+    """SQL in, Arrow out; safe to call from many threads."""
+
+    where: str  # for messages: which ClickHouse
+
+    @abstractmethod
+    def command(self, sql: str) -> None: ...
+
+    @abstractmethod
+    def query(self, sql: str) -> pa.Table: ...
+
+    @abstractmethod
+    def insert(self, table: str, data: pa.Table, settings: Mapping[str, str | int]) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection or session."""
+
+
+def quote(s: str) -> str:
+    """A ClickHouse string literal (backslash escapes, as its lexer reads them)."""
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class HttpTransport(Transport):
+    """A ClickHouse server over HTTP(S) with clickhouse-connect; connects lazily, so a server can start
+    (and answer 503) while ClickHouse is down, and recovers without a restart."""
+
+    def __init__(self, host: str, port: int, *, username: str = "default", password: str = "",
+                 secure: bool = False, connect_timeout: float = 5.0, **extra: Any) -> None:
+        try:
+            import clickhouse_connect  # noqa: F401
+        except ImportError:
+            raise InvalidInput("the ClickHouse store needs clickhouse-connect: pip install 'podflame[clickhouse]'") \
+                from None
+        self.where = f"{'https' if secure else 'http'}://{host}:{port}"
+        self._args = dict(host=host, port=port, username=username, password=password, secure=secure,
+                          connect_timeout=connect_timeout, settings={"max_query_size": MAX_QUERY_BYTES}, **extra)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> Any:
+        import clickhouse_connect
+
+        with self._lock:
+            if self._client is None:
+                try:
+                    self._client = clickhouse_connect.get_client(**self._args)
+                except Exception as e:
+                    raise ClickHouseUnavailable(f"ClickHouse at {self.where} is unreachable: {e}") from None
+            return self._client
+
+    def _call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
+        from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+        client = self._get()
+        try:
+            return getattr(client, fn)(*args, **kwargs)
+        except OperationalError as e:  # connection refused, timeout, server gone: try a new client next time
+            with self._lock:
+                self._client = None
+            raise ClickHouseUnavailable(f"ClickHouse at {self.where} is unreachable: {e}") from None
+        except DatabaseError as e:
+            raise ClickHouseError(f"ClickHouse at {self.where}: {e}") from None
+
+    def command(self, sql: str) -> None:
+        self._call("command", sql)
+
+    def query(self, sql: str) -> pa.Table:
+        table: pa.Table = self._call("query_arrow", sql, use_strings=True)
+        return table
+
+    def insert(self, table: str, data: pa.Table, settings: Mapping[str, str | int]) -> None:
+        self._call("insert_arrow", table, data, settings=dict(settings))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+# chDB runs one embedded server per process, on one path: stores on the same path share it (one
+# database each); a second path in the same process is refused by chDB itself.
+_SESSIONS: dict[str, tuple[Any, int]] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+class ChdbTransport(Transport):
+    """The same SQL in this process with chDB (`chdb-core`): for tests and single-process use."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            from chdb import session
+        except ImportError:
+            raise InvalidInput("the chdb:// store needs chDB: pip install chdb-core") from None
+        self.where = f"chdb://{path}"
+        self._path = path
+        with _SESSIONS_LOCK:
+            s, n = _SESSIONS.get(path, (None, 0))
+            if s is None:
+                try:
+                    s = session.Session(path)
+                except Exception as e:
+                    raise ClickHouseUnavailable(f"cannot open chDB at {path}: {e}") from None
+                s.query(f"SET max_query_size = {MAX_QUERY_BYTES}")
+            _SESSIONS[path] = (s, n + 1)
+        self._session = s
+        self._lock = threading.Lock()  # one statement at a time through the embedded session
+        self._closed = False
+
+    def _run(self, sql: str, fmt: str = "CSV") -> Any:
+        if self._closed:
+            raise ClickHouseUnavailable(f"{self.where} is closed")
+        with self._lock:
+            try:
+                return self._session.query(sql, fmt)
+            except Exception as e:
+                raise ClickHouseError(f"chDB: {e}") from None
+
+    def command(self, sql: str) -> None:
+        self._run(sql)
+
+    def query(self, sql: str) -> pa.Table:
+        table: pa.Table = self._run(sql, "ArrowTable")
+        return table
+
+    def insert(self, table: str, data: pa.Table, settings: Mapping[str, str | int]) -> None:
+        cols = ", ".join(data.column_names)
+        sets = ", ".join(f"{k} = {quote(v) if isinstance(v, str) else int(v)}" for k, v in settings.items())
+        # chDB's Python() table function reads `data` from this frame: no serialization step.
+        with self._lock:
+            if self._closed:
+                raise ClickHouseUnavailable(f"{self.where} is closed")
+            try:
+                self._session.query(f"INSERT INTO {table} ({cols}) {'SETTINGS ' + sets if sets else ''} "
+                                    f"SELECT {cols} FROM Python(data)", "CSV")
+            except Exception as e:
+                raise ClickHouseError(f"chDB: {e}") from None
+
+    def close(self) -> None:
+        with _SESSIONS_LOCK:
+            if self._closed:
+                return
+            self._closed = True
+            s, n = _SESSIONS[self._path]
+            if n <= 1:
+                del _SESSIONS[self._path]
+                s.close()
+            else:
+                _SESSIONS[self._path] = (s, n - 1)
