@@ -35,10 +35,10 @@ class DecodeLimits:
     strings: int = 1_000_000  # string_table entries
     string_bytes: int = 64 << 20  # string_table bytes in all
     label_value_bytes: int = 4096  # one label's value
-    samples: int = 1_000_000
-    locations: int = 1_000_000
-    functions: int = 1_000_000
-    mappings: int = 100_000
+    samples: int = 500_000  # 1-location samples: ~160 B each once parsed (500k: ~80 MB)
+    locations: int = 500_000
+    functions: int = 500_000
+    mappings: int = 500_000
     top_fields: int = 4_000_000  # top-level fields of any kind (a repeated scalar is cheap to repeat)
     labels_per_sample: int = 64
     series: int = 20_000  # distinct label sets (x sample types) per push
