@@ -105,8 +105,9 @@ def _access_options(fn: Callable[..., None]) -> Callable[..., None]:
 @click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600),
               help="Seconds between drains.")
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
-@click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="fp", show_default=True,
-              envvar="PODFLAME_UNWIND", help="User stacks: fp (frame pointers) or auto (.eh_frame tables, more CPU).")
+@click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="auto", show_default=True,
+              envvar="PODFLAME_UNWIND", help="User stacks: .eh_frame tables where a binary has them, else frame "
+                                             "pointers (auto), or frame pointers only (fp).")
 @_access_options
 def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: str | None, unwind: str,
        ingest_token_file: str | None, read_token_file: str | None, allowed_hosts: str | None,
@@ -181,8 +182,9 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
 @click.option("--frequency", default=19, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
-@click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="fp", show_default=True,
-              envvar="PODFLAME_UNWIND", help="User stacks: fp (frame pointers) or auto (.eh_frame tables, more CPU).")
+@click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="auto", show_default=True,
+              envvar="PODFLAME_UNWIND", help="User stacks: .eh_frame tables where a binary has them, else frame "
+                                             "pointers (auto), or frame pointers only (fp).")
 @click.option("--metrics", "metrics_listen", default=None,
               help="HOST:PORT to serve the agent's /metrics and /healthz on.")
 @click.option("--namespaces", envvar="PODFLAME_NAMESPACES", default=None,

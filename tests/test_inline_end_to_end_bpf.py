@@ -45,18 +45,24 @@ def _hot_loop() -> tuple[int, range]:
 
 
 def _path(fg: dict, names: list[str]) -> list[list[int]]:
-    """The flame graph nodes along a root-first name path (each inside its parent's span), or fewer when cut."""
-    found: list[list[int]] = []
-    for depth, level in enumerate(fg["levels"]):
-        nodes = [level[i:i + 4] for i in range(0, len(level), 4)]
-        want = names[len(found)]
-        for n in nodes:
-            inside = not found or found[-1][0] <= n[0] < found[-1][0] + found[-1][1]
-            if fg["names"][n[3]] == want and inside and (not found or depth == found[-1][4] + 1):
-                found.append([*n, depth])
-                break
+    """The flame graph nodes along a root-first name path (each inside its parent's span, one level down),
+    starting at the heaviest node named `names[0]` (a process's first samples, unwound before its tables
+    load, can hang the same function under a shorter root), or fewer when cut."""
+    starts = [[*level[i:i + 4], depth] for depth, level in enumerate(fg["levels"])
+              for i in range(0, len(level), 4) if fg["names"][level[i + 3]] == names[0]]
+    if not starts:
+        return []
+    found = [max(starts, key=lambda n: n[1])]
+    for depth in range(found[0][4] + 1, len(fg["levels"])):
         if len(found) == len(names):
             break
+        level, want = fg["levels"][depth], names[len(found)]
+        nodes = [level[i:i + 4] for i in range(0, len(level), 4)]
+        step = next((n for n in nodes if fg["names"][n[3]] == want
+                     and found[-1][0] <= n[0] < found[-1][0] + found[-1][1]), None)
+        if step is None:
+            break
+        found.append([*step, depth])
     return found
 
 
