@@ -90,7 +90,12 @@ def test_sigkill_mid_stream_loses_no_acknowledged_ingest_and_leaves_nothing_half
 
         writer = threading.Thread(target=stream)
         writer.start()
-        time.sleep(1.0 + rng.random())  # let a few dozen ingests land, then kill at a random moment
+        # Let a few ingests land (however loaded the machine is), then kill at a random moment.
+        target = len(acked) + 6 + rng.randint(0, 20)
+        deadline = time.monotonic() + 120
+        while len(acked) < target and writer.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.random() * 0.2)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         stop.set()

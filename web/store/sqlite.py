@@ -264,15 +264,32 @@ class SqliteStore(Store):
         """All series in memory, with an inverted index name -> value -> series ids."""
         self._series: dict[int, Series] = {}
         self._series_ids: dict[tuple[str, str, str], int] = {}
+        self._series_keys: dict[int, tuple[str, str, str]] = {}
         self._postings: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
         for sid, st, unit, labels in self._db.execute("SELECT id, sample_type, unit, labels FROM series"):
             self._add_series(Series(sid, dict(json.loads(labels)), st, unit), labels)
+        # Each series's first and last row start (any level): series of short-lived processes (a new `pid`
+        # each) outnumber the rest, and most lie wholly inside or outside a query's range, so label lists
+        # and type probes decide them from memory instead of scanning the range's rows.
+        self._spans: dict[int, list[int]] = {
+            sid: [lo, hi] for sid, lo, hi in self._db.execute(
+                "SELECT series, min(start_ns), max(start_ns) FROM profiles GROUP BY series")}
 
     def _add_series(self, s: Series, key: str) -> None:
         self._series[s.id] = s
         self._series_ids[(key, s.sample_type, s.unit)] = s.id
+        self._series_keys[s.id] = (key, s.sample_type, s.unit)
         for k, v in s.labels.items():
             self._postings[k][v].add(s.id)
+
+    def _extend_span(self, sid: int, start_ns: int) -> None:
+        span = self._spans.get(sid)
+        if span is None:
+            self._spans[sid] = [start_ns, start_ns]
+        elif start_ns < span[0]:
+            span[0] = start_ns
+        elif start_ns > span[1]:
+            span[1] = start_ns
 
     def _sweep_orphans(self) -> None:
         """Remove blob files a crash left behind: before their rows committed, or after their deletion."""
@@ -473,6 +490,8 @@ class SqliteStore(Store):
                 for sid in set(self._series) - series_before:
                     self._drop_series(sid)
                 raise
+            for row in out:
+                self._extend_span(row[0], row[1])
             for level, bucket in dirtied:  # only once committed: the planner must not use these now
                 self._done_sets[level - 1].discard(bucket)
                 self._dirty.add((level, bucket))
@@ -493,9 +512,15 @@ class SqliteStore(Store):
 
     def _drop_series(self, sid: int) -> None:
         s = self._series.pop(sid)
-        self._series_ids = {k: v for k, v in self._series_ids.items() if v != sid}
+        self._series_ids.pop(self._series_keys.pop(sid), None)
+        self._spans.pop(sid, None)
         for k, v in s.labels.items():
-            self._postings[k][v].discard(sid)
+            values = self._postings[k]
+            values[v].discard(sid)
+            if not values[v]:  # dead values would stay in every label list and regex scan
+                del values[v]
+                if not values:
+                    del self._postings[k]
 
     @property
     def closed(self) -> bool:
@@ -563,18 +588,34 @@ class SqliteStore(Store):
         return plan(t0, t1, self.levels, self._done, self._floor, align_ns, max_level)
 
     def _active(self, ids: set[int], t0: int, t1: int) -> set[int]:
-        """The subset of series ids with at least one profile starting in [t0, t1)."""
-        if not ids:
-            return set()
+        """The subset of series ids with at least one profile starting in [t0, t1).
+
+        A span's ends are starts of raw rows (blocks start at their first raw row), so a series whose first
+        or last row starts inside the planned pieces is active (the pieces read that raw row or the block
+        summing it); one whose rows all lie outside is not. Only series with rows on both sides of the
+        range (long-lived ones) are looked up in the index."""
         pieces = self._plan(t0, t1)
-        if len(ids) <= _MAX_SERIES_PROBES:
+        if not ids or not pieces:
+            return set()
+        lo, hi = min(p[1] for p in pieces), max(p[2] for p in pieces)
+        spans = self._spans
+        inside: set[int] = set()
+        straddle: set[int] = set()
+        for n, i in enumerate(ids):
+            if not n & 4095:
+                deadline.check()
+            span = spans.get(i)
+            if span is None or span[1] < lo or span[0] >= hi:
+                continue
+            (inside if lo <= span[0] or span[1] < hi else straddle).add(i)
+        if len(straddle) <= _MAX_SERIES_PROBES:
             q = "SELECT 1 FROM profiles WHERE series=? AND level=? AND start_ns>=? AND start_ns<? LIMIT 1"
-            return {i for i in ids if any(self._db.execute(q, (i, *p)).fetchone() for p in pieces)}
+            return inside | {i for i in straddle if any(self._db.execute(q, (i, *p)).fetchone() for p in pieces)}
         out: set[int] = set()
         for p in pieces:
             out.update(r[0] for r in self._db.execute(
                 "SELECT DISTINCT series FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?", p))
-        return out & ids
+        return inside | (out & straddle)
 
     def select(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
                unit: str | None = None, *, align_ns: int | None = None,
@@ -879,6 +920,8 @@ class SqliteStore(Store):
                             self._db.execute("INSERT INTO timelines VALUES (?, ?, ?)", (row_id, bucket, tl))
                 self._db.execute("INSERT INTO compactions VALUES (?, ?, ?) ON CONFLICT (level, bucket_ns) "
                                  "DO UPDATE SET state=excluded.state", (level, bucket, _DONE))
+            for row in rows:
+                self._extend_span(row[0], row[1])
             self._dirty.discard((level, bucket))
             self._done_sets[level - 1].add(bucket)
             self._refresh_done()
@@ -949,6 +992,7 @@ class SqliteStore(Store):
                                          (bucket_of(cutoff, self.levels[0]) if self.levels else cutoff,))
                     deleted += len(batch)
                 time.sleep(_BATCH_PAUSE_S)  # a waiting put takes the lock here
+            self._drop_expired_series(cutoff)
         files = self._unlink_released(time.time_ns() - grace_ns)  # wall clock: readers run in real time
         if max_bytes is not None and files and self.bytes_used() > max_bytes and _depth < 3:
             # Index pages do not shrink with the blobs they point at as much as estimated: cut more.
@@ -956,6 +1000,31 @@ class SqliteStore(Store):
             return RetentionResult(max(cutoff, more.cutoff_ns), deleted + more.profiles, files + more.files,
                                    more.bytes_used)
         return RetentionResult(cutoff if cutoff > 0 else 0, deleted, files, self.bytes_used())
+
+    def _drop_expired_series(self, cutoff: int) -> None:
+        """Forget series the cut left without rows: every short-lived process is a series, and kept ones
+        would grow memory, label lists and every matcher without bound."""
+        with self._lock:
+            self._check_open()
+            first = "SELECT min(start_ns) FROM profiles WHERE series=? AND level=?"  # one index seek a level
+            gone = [sid for sid in self._series if sid not in self._spans]  # rowless since an older version
+            for sid, span in self._spans.items():
+                if span[0] < cutoff:  # the first row may be gone: the ends must stay starts of rows
+                    starts = [r[0] for lv in range(len(self.levels) + 1)
+                              if (r := self._db.execute(first, (sid, lv)).fetchone())[0] is not None]
+                    if starts:
+                        span[0] = min(starts)
+                    else:
+                        gone.append(sid)
+            gone = [sid for sid in gone
+                    if not self._db.execute("SELECT 1 FROM profiles WHERE series=? LIMIT 1", (sid,)).fetchone()]
+            if not gone:
+                return
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("DELETE FROM series WHERE id=?", [(i,) for i in gone])
+            for sid in gone:
+                self._drop_series(sid)
 
     def _budget_cutoff(self, max_bytes: int) -> int:
         """The start time before which deleting the oldest blobs frees the excess over the budget.

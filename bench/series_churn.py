@@ -1,0 +1,161 @@
+"""Series churn: what short-lived processes (a new `pid` label value each) cost ingest, queries and label lists.
+
+`pid` is a series label, so every process makes new series. A node busy with short-lived processes made 239
+series in 5 minutes here: bounded by the sample rate, about 70k a day at 19 Hz on 2 CPUs. This runs the same
+synthetic node twice in one process, through the real ingest handler and the HTTP API:
+
+- `steady`: the pods of bench/synthetic.py, one long-lived process each;
+- `churn`: the same, plus `--new-per-drain` short-lived processes in every drain (a pod's `sh -c`, probes,
+  cron jobs), each with a fresh pid and a few samples of its pod's stacks (8 per 10 s drain is ~70k a day).
+
+It prints, per run, ingest rate, series count, and the warm median of the queries the UI makes (label names,
+pid values, the node's and a pod's flame graph, the pod list, the CPU chart), and the churn/steady ratio of each.
+
+    .venv/bin/python bench/series_churn.py --hours 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.synthetic import PERIOD_NS, Pod, S, drain, make_node  # noqa: E402
+from podflame import pprof  # noqa: E402
+from podflame.model import Profile  # noqa: E402
+
+H = 3600 * S
+NODE = "node-1"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def short_lived(pods: list[Pod], start_ns: int, seconds: int, n: int, first_pid: int, rng: random.Random
+                ) -> list[Profile]:
+    """`n` processes that lived within one drain: each a new pid in a random pod, a few samples."""
+    out = []
+    for i in range(n):
+        pod = rng.choice(pods)
+        labels = {**pod.labels, "pid": str(first_pid + i), "comm": "sh"}
+        prof = Profile(labels=labels, start_ns=start_ns, duration_ns=seconds * S, period_ns=PERIOD_NS)
+        for stack in rng.choices(pod.stacks[:20], k=rng.randint(1, 6)):
+            prof.add(stack, 1)
+        out.append(prof)
+    return out
+
+
+def run(args: argparse.Namespace, new_per_drain: int) -> dict[str, Any]:
+    from web.server.app import create_app
+    from web.store.retention import Maintenance
+
+    pods = make_node(pods=args.pods, stacks_per_pod=args.stacks)
+    end = (time.time_ns() // H) * H
+    start = end - int(args.hours * H)
+    n_drains = int(args.hours * 3600 // args.interval)
+    distinct = [drain(pods, 0, args.interval, seed=i) for i in range(args.distinct)]
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory(prefix="podflame-churn-", dir=args.tmp) as data:
+        app = create_app({"DATA_DIR": data, "MAINTENANCE_SECONDS": 0})
+        store = app.extensions["podflame.store"]
+        client = app.test_client()
+        maintenance = Maintenance(store, interval=0)
+        ingest_s = compact_s = 0.0
+        pid = 100_000
+        wall = time.perf_counter()
+        for i in range(n_drains):
+            ts = start + i * args.interval * S
+            profiles = [Profile(labels=p.labels, start_ns=ts, duration_ns=p.duration_ns, period_ns=p.period_ns,
+                                samples=p.samples) for p in distinct[i % len(distinct)]]
+            profiles += short_lived(pods, ts, args.interval, new_per_drain, pid, rng)
+            pid += new_per_drain
+            body = pprof.encode(profiles)
+            t = time.perf_counter()
+            r = client.post(f"/api/v1/ingest?node={NODE}&time={ts // S}", data=body)
+            ingest_s += time.perf_counter() - t
+            assert r.status_code == 200, r.json
+            if (i + 1) % max(1, 600 // args.interval) == 0:
+                t = time.perf_counter()
+                maintenance.run_once(now_ns=ts + args.interval * S)
+                compact_s += time.perf_counter() - t
+            if (i + 1) % max(1, 3600 // args.interval) == 0:
+                log(f"  [{new_per_drain}/drain] {(i + 1) * args.interval / 3600:.0f}/{args.hours:g} h, "
+                    f"{time.perf_counter() - wall:.0f} s")
+        t = time.perf_counter()
+        maintenance.run_once(now_ns=end + 30 * S)
+        compact_s += time.perf_counter() - t
+        pod = pods[len(pods) // 2].labels["pod"]
+        day = {"from": str(start // S), "to": str(end // S)}
+        last_h = {"from": str((end - H) // S), "to": str(end // S)}
+        cases = {
+            "labels": ("/api/v1/labels", day),
+            "pid_values": ("/api/v1/label/pid/values", day),
+            "pod_values": ("/api/v1/label/pod/values", day),
+            "types": ("/api/v1/types", {**day, "query": f'{{node="{NODE}"}}'}),
+            "node_flamegraph": ("/api/v1/flamegraph", {**day, "query": f'{{node="{NODE}"}}'}),
+            "pod_flamegraph_1h": ("/api/v1/flamegraph", {**last_h, "query": f'{{pod="{pod}"}}'}),
+            "series_by_pod": ("/api/v1/series", {**day, "by": "pod"}),
+            "cpu": ("/api/v1/cpu", {**day, "step": "600"}),
+        }
+        out: dict[str, Any] = {}
+        prof = None
+        if args.profile and new_per_drain:
+            import cProfile
+            prof = cProfile.Profile()
+            prof.enable()
+        for name, (path, params) in cases.items():
+            times = []
+            for _ in range(args.runs):
+                t = time.perf_counter()
+                r = client.get(path, query_string=params)
+                times.append(time.perf_counter() - t)
+                assert r.status_code == 200, (name, r.data[:200])
+            out[f"{name}_ms"] = round(statistics.median(times[1:] or times) * 1000, 1)
+            if name == "pid_values":
+                out["pid_values"] = len(r.json["values"])
+        if prof is not None:
+            import pstats
+            prof.disable()
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+        profiles_in = n_drains * (args.pods + new_per_drain)
+        out.update({"series": store.stats()["series"], "pod_profiles": profiles_in,
+                    "ingest_pod_profiles_per_s": round(profiles_in / ingest_s),
+                    "ingest_drains_per_s": round(n_drains / ingest_s, 1),
+                    "compact_s": round(compact_s, 1)})
+        store.close()
+    log(f"  [{new_per_drain}/drain] {json.dumps(out)}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hours", type=float, default=24)
+    ap.add_argument("--pods", type=int, default=30)
+    ap.add_argument("--stacks", type=int, default=100)
+    ap.add_argument("--interval", type=int, default=10)
+    ap.add_argument("--distinct", type=int, default=30)
+    ap.add_argument("--new-per-drain", type=int, default=8, help="short-lived processes per drain (8 = ~70k/day)")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--tmp", help="where the two runs' stores go (removed after)")
+    ap.add_argument("--profile", action="store_true", help="print a cProfile of the churn run's queries to stderr")
+    args = ap.parse_args()
+    steady = run(args, 0)
+    churn = run(args, args.new_per_drain)
+    ratios = {f"{k}_churn_over_steady": round(churn[k] / steady[k], 2)
+              for k in steady if k.endswith("_ms") or k.endswith("_per_s")}
+    print(json.dumps({"hours": args.hours, "pods": args.pods, "new_per_drain": args.new_per_drain,
+                      "steady": steady, "churn": churn, **ratios}))
+
+
+if __name__ == "__main__":
+    main()
