@@ -254,3 +254,26 @@ def test_record_writes_python_frames_to_pprof(tmp_path: Path) -> None:
     raw = subprocess.run(["go", "tool", "pprof", "-traces", str(out)], capture_output=True, text=True, check=True)
     assert "Parser.parse" in raw.stdout and "[python]" in subprocess.run(
         ["go", "tool", "pprof", "-raw", str(out)], capture_output=True, text=True, check=True).stdout
+
+
+def test_record_python_frames_off_samples_the_interpreter_natively(tmp_path: Path) -> None:
+    """`--python-frames off` reaches the sampler (built without the walk): the same workload's samples have
+    the interpreter's native frames and not one Python function."""
+    out = tmp_path / "p.folded"
+    with kubelet_cgroup() as cg:
+        p = start(interpreter("3.11"), cg.path)
+        try:
+            done = subprocess.run([str(Path(sys.executable).parent / "podflame"), "record", "--pid", str(p.pid),
+                                   "--duration", "2", "--python-frames", "off", "-o", str(out)],
+                                  capture_output=True, text=True, cwd=ROOT)
+        finally:
+            p.kill()
+            p.wait()
+            assert p.stdout is not None
+            p.stdout.close()
+    assert done.returncode == 0, done.stderr
+    stacks = [line.rpartition(" ")[0].split(";") for line in out.read_text().splitlines()]
+    names = {name for stack in stacks for name in stack}
+    print(f"\nrecord --python-frames off (3.11): {len(stacks)} stacks")
+    assert "_PyEval_EvalFrameDefault" in names
+    assert not names & {"<module>", "main", "handler", "Parser.parse", "spin", "worker", "compress_block"}
