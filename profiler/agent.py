@@ -135,7 +135,7 @@ def build_profiles(drain: Drain, ctx: Context, period_ns: int,
     Frames are unsymbolized unless `stack` (e.g. a `StackMemo`) returns symbolized ones."""
     ctx.maps.refresh({s.tgid for s in drain.samples if s.tgid})
     if ctx.python is not None:
-        ctx.python.begin_drain(drain.python_processes)
+        ctx.python.begin_drain(drain)
     by_key: dict[tuple[int, int], Profile] = {}
     paths: dict[int, str] = {}
     for s in drain.samples:

@@ -130,7 +130,7 @@ def sample(sampler: Sampler, which: str) -> Sampled:
                 drain = sampler.drain()
                 ctx.maps.refresh({p.pid})
                 assert ctx.python is not None
-                ctx.python.begin_drain(drain.python_processes)
+                ctx.python.begin_drain(drain)
                 memo.begin_drain()
                 out += [(s.pid, s.cgroup_id, memo(s), s.python_error, s.count) for s in drain.samples
                         if s.tgid == p.pid]
