@@ -86,13 +86,18 @@ def test_the_registry_keys_processes_by_start_time(two: tuple[subprocess.Popen[s
     assert [t for t, _ in writes] == [a.pid, b.pid]
 
 
-def main_thread_stack(proc: PythonProcess) -> tuple[int, ...]:
-    """The main thread's Python stack as the kernel records it: (code | flags, instr) pairs, leaf first."""
-    thread = next(t for t in walk.threads(proc) if t.native_thread_id == proc.pid)
-    out: list[int] = []
-    for f in walk.raw_frames(proc, thread.frame):
-        out += [f.code | (FLAG_ENTRY if f.entry else 0), f.instr]
-    return tuple(out)
+def main_thread_stack(proc: PythonProcess, depth: int = 7) -> tuple[int, ...]:
+    """The main thread's Python stack as the kernel records it: (code | flags, instr) pairs, leaf first;
+    waits until the workload is in its chain (<module> f1 café 函数 𠀀 f2 Worker.f3: `depth` frames)."""
+    deadline = time.monotonic() + 10
+    while True:
+        thread = next(t for t in walk.threads(proc) if t.native_thread_id == proc.pid)
+        out: list[int] = []
+        for f in walk.raw_frames(proc, thread.frame):
+            out += [f.code | (FLAG_ENTRY if f.entry else 0), f.instr]
+        if len(out) >= 2 * depth or time.monotonic() > deadline:
+            return tuple(out)
+        time.sleep(0.01)
 
 
 def python_names(frames: PythonFrames, drain: Drain) -> list[str]:
