@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 
 from podflame.model import FrameKind
-from profiler.procmaps import start_time
+from profiler.agent import Context, build_profiles
+from profiler.procmaps import MapsCache, start_time
 from profiler.pyframes import ADDR_MASK, EXITED, FLAG_ENTRY, PythonFrames, PythonRegistry, pack_config
 from profiler.python import walk
 from profiler.python.detect import PythonProcess
 from profiler.sampler import Drain, RawSample
+from tests.test_agent import FakeCgroups
 
 CHAIN = Path(__file__).parent / "workloads" / "python_chain.py"
 PYTHON = "/usr/bin/python3"  # Debian's static 3.11 (is_entry marks each eval call's first frame)
@@ -101,10 +103,10 @@ def main_thread_stack(proc: PythonProcess, depth: int = 7) -> tuple[int, ...]:
 
 
 def python_names(frames: PythonFrames, drain: Drain) -> list[str]:
-    frames.begin_drain(drain)
-    (s,) = drain.samples
-    merged = frames.merge(s.tgid, s.python_stack, ())
-    return [f.lines[0].function for f in merged if f.kind is FrameKind.PYTHON]
+    """The Python frames of the drain's one sample as the agent assembles them (build_profiles)."""
+    ctx = Context(node="n1", maps=MapsCache(), cgroups=FakeCgroups(), python=frames)
+    ((stack,),) = [list(p.samples) for p in build_profiles(drain, ctx, 10)]
+    return [f.lines[0].function for f in stack if f.kind is FrameKind.PYTHON]
 
 
 def test_a_pid_taken_by_a_new_process_is_detected_afresh_and_never_named_from_the_old_reader() -> None:
