@@ -11,8 +11,8 @@ import pytest
 from podflame.model import FrameKind
 from profiler.pyframes import ADDR_MASK, PythonFrames, PythonRegistry
 from profiler.python import remote
-from profiler.sampler import Drain, RawSample
-from tests.test_python_pid_reuse import CHAIN, PYTHON, main_thread_stack, spawn, stop
+from profiler.sampler import Drain
+from tests.test_python_pid_reuse import CHAIN, PYTHON, registered, spawn, stop
 
 
 def test_a_warm_drain_reads_all_its_code_objects_in_one_system_call(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,9 +26,7 @@ def test_a_warm_drain_reads_all_its_code_objects_in_one_system_call(monkeypatch:
     p = spawn([PYTHON, str(CHAIN)])
     try:
         reg = PythonRegistry(lambda tgid, config: None)
-        reg.announce([p.pid])
-        raw = main_thread_stack(reg.processes[p.pid])
-        sample = RawSample(1, p.pid, p.pid, "python3", (), (), 0, 0, 1, raw, 0)
+        raw, sample = registered(p, reg)
         frames = PythonFrames()
         frames.begin_drain(Drain(0, 1, [sample], python_processes=reg.refresh()))  # cold: reads every object
         monkeypatch.setattr(remote, "_readv", counted)

@@ -102,6 +102,14 @@ def main_thread_stack(proc: PythonProcess, depth: int = 7) -> tuple[int, ...]:
         time.sleep(0.01)
 
 
+def registered(p: subprocess.Popen[str], reg: PythonRegistry) -> tuple[tuple[int, ...], RawSample]:
+    """Register the workload `p` with `reg` (real detection); its main thread's raw Python stack, and a
+    sample of it as the sampler would drain it."""
+    reg.announce([p.pid])
+    raw = main_thread_stack(reg.processes[p.pid])
+    return raw, RawSample(1, p.pid, p.pid, "python3", (), (), 0, 0, 1, raw, 0)
+
+
 def python_names(frames: PythonFrames, drain: Drain) -> list[str]:
     """The Python frames of the drain's one sample as the agent assembles them (build_profiles)."""
     ctx = Context(node="n1", maps=MapsCache(), cgroups=FakeCgroups(), python=frames)
@@ -116,10 +124,8 @@ def test_a_pid_taken_by_a_new_process_is_detected_afresh_and_never_named_from_th
         writes: list[tuple[int, bytes | None]] = []
         reg = PythonRegistry(lambda tgid, config: writes.append((tgid, config)),
                              started=lambda pid: fake.get(pid, start_time(pid)))
-        reg.announce([p.pid])
+        raw, sample = registered(p, reg)
         first = reg.processes[p.pid]
-        raw = main_thread_stack(first)
-        sample = RawSample(1, p.pid, p.pid, "python3", (), (), 0, 0, 1, raw, 0)
         frames = PythonFrames()
         before = python_names(frames, Drain(0, 1, [sample], python_processes=reg.refresh()))
         assert {"<module>", "f1", "Worker.f3"} <= set(before), before
@@ -147,9 +153,7 @@ def test_an_exited_process_keeps_the_names_already_read() -> None:
     p = spawn([PYTHON, str(CHAIN)])
     try:
         reg = PythonRegistry(lambda tgid, config: None)
-        reg.announce([p.pid])
-        raw = main_thread_stack(reg.processes[p.pid])
-        sample = RawSample(1, p.pid, p.pid, "python3", (), (), 0, 0, 1, raw, 0)
+        _, sample = registered(p, reg)
         frames = PythonFrames()
         before = python_names(frames, Drain(0, 1, [sample], python_processes=reg.refresh()))
     finally:
