@@ -6,7 +6,10 @@ full userspace walk with a new CodeReader (every code object read: what a new pr
 with a warm one (what each later drain costs: one read of the frames plus one batched read of the
 code objects' fixed parts). The peer is `py-spy dump --pid` on the same process, measured by its
 children CPU time: a one-shot tool, so its cost includes its own start and attaching (it pauses the
-process; we do not). Ratios are py-spy's CPU per stack dump over ours. The last line is JSON.
+process; we do not). Ratios are py-spy's CPU per stack dump over ours. It also measures what a drain
+pays to re-validate the code objects its samples name (warm cache): one CodeReader.read per code object
+against one CodeReader.read_many for all of them (the agent's way: one process_vm_readv). The last line
+is JSON.
 
     .venv/bin/python bench/python_reader.py --repeat 200
 """
@@ -67,7 +70,9 @@ def measure(python: str, repeat: int, dumps: int, py_spy: str) -> dict[str, floa
             return detect.inspect_process(p.pid)
 
         warm_reader = CodeReader.for_process(proc)
-        frames = sum(len(f) for f in walk(proc, warm_reader).values())
+        stacks = walk(proc, warm_reader)
+        frames = sum(len(f) for f in stacks.values())
+        codes = list(dict.fromkeys(f.raw.code for stack in stacks.values() for f in stack))
         out = {
             "frames": frames,
             "detect_cold_ms": 1e3 * cpu_per_call(cold_detect, max(repeat // 20, 3)),
@@ -75,7 +80,11 @@ def measure(python: str, repeat: int, dumps: int, py_spy: str) -> dict[str, floa
             "walk_cold_ms": 1e3 * cpu_per_call(lambda: walk(proc, CodeReader.for_process(proc)),
                                                repeat),
             "walk_warm_ms": 1e3 * cpu_per_call(lambda: walk(proc, warm_reader), repeat),
+            "code_objects": len(codes),
+            "drain_read_each_ms": 1e3 * cpu_per_call(lambda: [warm_reader.read(c) for c in codes], repeat),
+            "drain_read_many_ms": 1e3 * cpu_per_call(lambda: warm_reader.read_many(codes), repeat),
         }
+        out["ratio_read_each_over_read_many"] = out["drain_read_each_ms"] / out["drain_read_many_ms"]
         before = children_cpu()
         for _ in range(dumps):
             subprocess.run([py_spy, "dump", "--pid", str(p.pid)], capture_output=True, check=True)
@@ -100,8 +109,10 @@ def main() -> None:
         print(name, " ".join(f"{k}={v:.3g}" for k, v in results[name].items()), flush=True)
     warm = [r["ratio_py_spy_over_warm_walk"] for r in results.values()]
     cold = [r["ratio_py_spy_over_cold_walk"] for r in results.values()]
+    batched = [r["ratio_read_each_over_read_many"] for r in results.values()]
     print(json.dumps({"bench": "python_reader", "repeat": args.repeat, "per_interpreter": results,
-                      "min_ratio_py_spy_over_warm_walk": min(warm), "min_ratio_py_spy_over_cold_walk": min(cold)}))
+                      "min_ratio_py_spy_over_warm_walk": min(warm), "min_ratio_py_spy_over_cold_walk": min(cold),
+                      "min_ratio_read_each_over_read_many": min(batched)}))
 
 
 if __name__ == "__main__":

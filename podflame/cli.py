@@ -97,6 +97,23 @@ def _access_options(fn: Callable[..., None]) -> Callable[..., None]:
     return fn
 
 
+def _sampling_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """Options shared by `up`, `agent` and `record`: how the sampler walks stacks. Handed to the Sampler
+    as arguments; the environment variables are only these options' defaults."""
+    for option in reversed([
+        click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="auto", show_default=True,
+                     envvar="PODFLAME_UNWIND",
+                     help="User stacks: .eh_frame tables where a binary has them, else frame pointers (auto), "
+                          "tables always (tables), or frame pointers only (fp) ($PODFLAME_UNWIND)."),
+        click.option("--python-frames", type=click.BOOL, default="on", show_default=True, metavar="on|off",
+                     envvar="PODFLAME_PYTHON_FRAMES",
+                     help="Walk CPython processes' Python frames in the kernel and merge them into native "
+                          "stacks (3.9-3.13; docs/python-frames.md) ($PODFLAME_PYTHON_FRAMES)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
 @click.option("--listen", default="127.0.0.1:7070", show_default=True, help="HOST:PORT of the UI and API.")
 @click.option("--data", "data_dir", default="./podflame-data", show_default=True, type=click.Path(file_okay=False),
@@ -105,16 +122,13 @@ def _access_options(fn: Callable[..., None]) -> Callable[..., None]:
 @click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600),
               help="Seconds between drains.")
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
-@click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="auto", show_default=True,
-              envvar="PODFLAME_UNWIND", help="User stacks: .eh_frame tables where a binary has them, else frame "
-                                             "pointers (auto), or frame pointers only (fp).")
+@_sampling_options
 @_access_options
 def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: str | None, unwind: str,
-       ingest_token_file: str | None, read_token_file: str | None, allowed_hosts: str | None,
+       python_frames: bool, ingest_token_file: str | None, read_token_file: str | None, allowed_hosts: str | None,
        allowed_origins: str | None, metrics_public: bool, insecure: bool) -> None:
     """Agent + server on this host, with the embedded store."""
     _require_root("podflame up")
-    os.environ["PODFLAME_UNWIND"] = unwind  # read by profiler.sampler.Sampler
     from profiler.service import start_agent
     from web.server.app import create_app, serve, serving_config
 
@@ -124,8 +138,12 @@ def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: s
                             allowed_origins=allowed_origins, metrics_public=metrics_public, insecure=insecure)
     server = serve(create_app(config), host, port)
     url = server.url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
-    stop_agent = start_agent(url, frequency, interval, node_name, token_file=config.get("INGEST_TOKEN_FILE"),
-                             say=_say)
+    try:
+        stop_agent = start_agent(url, frequency, interval, node_name, unwind=unwind, python_frames=python_frames,
+                                 token_file=config.get("INGEST_TOKEN_FILE"), say=_say)
+    except BaseException:
+        server.shutdown()  # no agent, no `up`: the port is let go before the error is reported
+        raise
     click.echo(f"podflame is up: open {server.url}/  (data in {Path(data_dir).resolve()}; Ctrl-C to stop)")
     _wait_for_signal()
     click.echo("podflame: stopping (final drain)...", err=True)
@@ -182,9 +200,7 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
 @click.option("--frequency", default=19, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
-@click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="auto", show_default=True,
-              envvar="PODFLAME_UNWIND", help="User stacks: .eh_frame tables where a binary has them, else frame "
-                                             "pointers (auto), or frame pointers only (fp).")
+@_sampling_options
 @click.option("--metrics", "metrics_listen", default=None,
               help="HOST:PORT to serve the agent's /metrics and /healthz on.")
 @click.option("--namespaces", envvar="PODFLAME_NAMESPACES", default=None,
@@ -203,12 +219,11 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
 @click.option("--ca", "ca_file", envvar="PODFLAME_CA", type=click.Path(exists=True, dir_okay=False), default=None,
               help="PEM CA bundle that signs an https server's certificate (default: the system's CAs).")
 def agent(server_url: str, frequency: int, interval: float, node_name: str | None, unwind: str,
-          metrics_listen: str | None,
+          python_frames: bool, metrics_listen: str | None,
           namespaces: str | None, exclude_namespaces: str | None, pod_selector: str | None,
           pod_labels: str | None, pod_annotations: str | None, token_file: str | None, ca_file: str | None) -> None:
     """The node agent alone, shipping to a server."""
     _require_root("podflame agent")
-    os.environ["PODFLAME_UNWIND"] = unwind  # read by profiler.sampler.Sampler
     from profiler.health import AgentHealth, serve_agent_http
     from profiler.service import start_agent
 
@@ -216,7 +231,8 @@ def agent(server_url: str, frequency: int, interval: float, node_name: str | Non
     if metrics_listen:  # served from the start: probes see 503 "starting" while the sampler compiles
         host, port = _parse_listen(metrics_listen)
         serve_agent_http(host, port, health)
-    stop_agent = start_agent(server_url, frequency, interval, node_name, namespaces=namespaces,
+    stop_agent = start_agent(server_url, frequency, interval, node_name, unwind=unwind,
+                             python_frames=python_frames, namespaces=namespaces,
                              exclude_namespaces=exclude_namespaces, pod_selector=pod_selector,
                              pod_labels=pod_labels, pod_annotations=pod_annotations, health=health,
                              token_file=token_file, ca_file=ca_file, say=_say)
@@ -231,12 +247,11 @@ def agent(server_url: str, frequency: int, interval: float, node_name: str | Non
               help="Only this cgroup v2 (path under the v2 root, or a full /sys/fs/cgroup path).")
 @click.option("--frequency", default=99, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--format", "fmt", type=click.Choice(["folded", "pprof"]), default="folded", show_default=True)
-@click.option("--unwind", type=click.Choice(["auto", "fp", "tables"]), default="auto", show_default=True,
-              envvar="PODFLAME_UNWIND", help="User stacks: .eh_frame tables where loaded, else frame pointers.")
+@_sampling_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="File to write ('-' for stdout).")
 def record(duration: float, pid: int | None, cgroup_path: str | None, frequency: int, fmt: str, unwind: str,
-           output: str) -> None:
+           python_frames: bool, output: str) -> None:
     """One-shot capture, symbolized, to a folded or pprof file (like BCC's profile, with our symbols)."""
     _require_root("podflame record")
     if pid is not None and cgroup_path is not None:
@@ -259,9 +274,9 @@ def record(duration: float, pid: int | None, cgroup_path: str | None, frequency:
     def progress(left: float, samples: int) -> None:
         click.echo(f"\rrecording: {left:5.1f}s left, {samples} samples", nl=False, err=True)
 
-    os.environ["PODFLAME_UNWIND"] = unwind  # read by profiler.sampler.Sampler
-    merged = capture(duration, frequency, pids=[pid] if pid is not None else None, cgroup_ids=cgroup_ids,
-                     progress=progress, say=lambda text: _say("\n" + text))
+    merged = capture(duration, frequency, unwind=unwind, python_frames=python_frames,
+                     pids=[pid] if pid is not None else None, cgroup_ids=cgroup_ids, progress=progress,
+                     say=lambda text: _say("\n" + text))
     click.echo("", err=True)
     data = pprof.encode(merged) if fmt == "pprof" else to_folded(Profile.merge(merged, labels={})).encode()
     out = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115

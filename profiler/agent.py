@@ -42,8 +42,23 @@ class MapsLookup(Protocol):
     def prefetch(self, pids: Iterable[int]) -> None: ...
     def lookup(self, pid: int, address: int): ...  # -> Mapping | None
     def maps_lost(self, pid: int) -> bool: ...
-    # optional: def version(self, pid: int) -> Hashable | None (see MapsCache.version); without it,
-    # StackMemo redoes frames without a mapping every drain
+    def version(self, pid: int) -> Hashable | None:
+        """Changes whenever the process's maps change; None: not read (see MapsCache.version)."""
+
+
+class FrameResolver(Protocol):
+    """One process's frames, resolved one at a time (symbolizer.ProcessSymbolizer)."""
+
+    def frame(self, frame: Frame, leaf: bool) -> Frame: ...
+
+
+class FrameSymbolizer(Protocol):
+    """What StackMemo needs of symbolizer.Symbolizer."""
+
+    def for_process(self, pid: int | None) -> FrameResolver: ...
+    @property
+    def generation(self) -> int:
+        """Grows when earlier answers may have changed (a debug file arrived): memos must be dropped."""
 
 
 class CgroupLookup(Protocol):
@@ -108,9 +123,8 @@ def stack_of(sample: RawSample, ctx: Context) -> tuple[Frame, ...]:
         frames.extend(Frame(addr, None, FrameKind.KERNEL) for addr in reversed(sample.kernel_stack))
     elif sample.kernel_error not in _NOTHING_LOST:
         frames.append(_lost_stack_frame("kernel", sample.kernel_error))
-    python = getattr(sample, "python_stack", ())  # samples made by hand (tests) may have none
-    if python and ctx.python is not None:
-        return ctx.python.merge(sample.tgid, python, tuple(frames))
+    if sample.python_stack and ctx.python is not None:
+        return ctx.python.merge(sample.tgid, sample.python_stack, tuple(frames))
     return tuple(frames)
 
 
@@ -121,7 +135,7 @@ def build_profiles(drain: Drain, ctx: Context, period_ns: int,
     Frames are unsymbolized unless `stack` (e.g. a `StackMemo`) returns symbolized ones."""
     ctx.maps.refresh({s.tgid for s in drain.samples if s.tgid})
     if ctx.python is not None:
-        ctx.python.begin_drain(getattr(drain, "python_processes", {}))
+        ctx.python.begin_drain(drain)
     by_key: dict[tuple[int, int], Profile] = {}
     paths: dict[int, str] = {}
     for s in drain.samples:
@@ -150,7 +164,6 @@ class _ProcessMemo:
         self.frames: dict[tuple[int, bool], Frame] = {}
 
 
-_NO_VERSION = object()  # maps that cannot say when a process's maps changed (test doubles)
 _NEVER_KEPT = frozenset({Unresolved.PROCESS_GONE, Unresolved.UNREADABLE, Unresolved.JIT_NO_MAP})
 
 
@@ -183,10 +196,8 @@ class StackMemo:
     from debuginfod: the same frames now have file:line and inline frames).
     """
 
-    _RETRY = frozenset({Unresolved.NO_MAPPING, Unresolved.PROCESS_GONE})
-
-    def __init__(self, ctx: Context, symbolizer, *, max_entries: int = 200_000, max_age_drains: int = 30,
-                 max_kernel_frames: int = 50_000, max_shared_frames: int = 200_000,
+    def __init__(self, ctx: Context, symbolizer: FrameSymbolizer, *, max_entries: int = 200_000,
+                 max_age_drains: int = 30, max_kernel_frames: int = 50_000, max_shared_frames: int = 200_000,
                  max_canonical_mappings: int = 8192) -> None:
         self.ctx = ctx
         self.symbolizer = symbolizer
@@ -202,14 +213,10 @@ class StackMemo:
         self.canonical_mappings: dict[tuple, Mapping] = {}  # (build id, offset, size, path) -> first seen
         self.entries = 0  # stacks and frames held in `processes`
         self._current: dict[int, _ProcessMemo] = {}  # checked against the maps this drain
-        self._per_process: dict[int, Callable] = {}
+        self._per_process: dict[int, FrameResolver] = {}
         self._drains = 0
-        self._generation = getattr(symbolizer, "generation", 0)
+        self._generation = symbolizer.generation
         self.hits = self.misses = self.frame_hits = self.frame_misses = self.shared_hits = 0
-
-    def _version(self, tgid: int) -> Hashable:
-        version = getattr(self.ctx.maps, "version", None)
-        return version(tgid) if version is not None else _NO_VERSION
 
     def clear(self) -> None:
         self.processes.clear()
@@ -223,20 +230,20 @@ class StackMemo:
         self._per_process = {}
         self._current = {}
         self._drains += 1
-        generation = getattr(self.symbolizer, "generation", 0)
+        generation = self.symbolizer.generation
         if self._drains % self.max_age_drains == 0 or generation != self._generation:
             self.clear()
             self._generation = generation
             return
         for tgid, pm in list(self.processes.items()):
             # exited (past the maps cache's grace) or not sampled for long; tgid 0 (idle) has no maps
-            if tgid and self._version(tgid) is None:
+            if tgid and self.ctx.maps.version(tgid) is None:
                 del self.processes[tgid]
                 self.entries -= len(pm.stacks) + len(pm.frames)
 
     def _process(self, tgid: int) -> _ProcessMemo:
         """This process's memo, checked once per drain against its maps' version."""
-        version = self._version(tgid)
+        version = self.ctx.maps.version(tgid)
         pm = self.processes.get(tgid)
         if pm is None or pm.version != version:
             if pm is not None:
@@ -261,15 +268,8 @@ class StackMemo:
         if self.entries >= self.max_entries:  # may go over by one stack's frames: bounded all the same
             self.clear()
             pm = self._process(s.tgid)
-        single = getattr(fn, "frame", None)
         # a process whose maps were read can keep frames without a mapping (see the class doc)
-        mapped = pm.version is not None and pm.version is not _NO_VERSION
-        if single is not None:
-            stack, keep = self._frames(s, pm, single, mapped)
-        else:  # a symbolizer without a single-frame path gets whole stacks
-            stack = collapse_unmapped(fn(stack_of(s, self.ctx)))
-            retry = (Unresolved.PROCESS_GONE,) if mapped else self._RETRY
-            keep = not any(f.reason in retry for f in stack)
+        stack, keep = self._frames(s, pm, fn.frame, pm.version is not None)
         if keep:
             pm.stacks[key] = stack
             self.entries += 1
@@ -278,9 +278,8 @@ class StackMemo:
     def _with_python(self, s: RawSample, native: tuple[Frame, ...]) -> tuple[Frame, ...]:
         """The native stack with the sample's Python frames merged in. Done per sample, not memoized with
         the stack: the code objects behind the frames are re-validated each drain (see PythonFrames)."""
-        python = getattr(s, "python_stack", ())  # samples made by hand (tests) may have none
-        if python and self.ctx.python is not None:
-            return self.ctx.python.merge(s.tgid, python, native)
+        if s.python_stack and self.ctx.python is not None:
+            return self.ctx.python.merge(s.tgid, s.python_stack, native)
         return native
 
     def _frames(self, s: RawSample, pm: _ProcessMemo, single: Callable[[Frame, bool], Frame],
@@ -459,12 +458,12 @@ def create_context(node: str | None) -> Context:
 class Agent:
     """Drains every `interval` seconds and hands symbolized profiles to `sink` (an uploader)."""
 
-    def __init__(self, sampler, ctx: Context, symbolizer, sink: Sink, *,
+    def __init__(self, sampler, ctx: Context, symbolizer: FrameSymbolizer, sink: Sink, *,
                  pod_labels: PodLabeler | None = None, interval: float = 10.0) -> None:
         self.sampler = sampler
         self.ctx = ctx
         self.pods = PodLabels(pod_labels or KubeletLabels())
-        self.stacks = StackMemo(ctx, symbolizer)  # symbolizer: symbolizer.Symbolizer
+        self.stacks = StackMemo(ctx, symbolizer)
         self.sink = sink
         self.interval = interval
         self.period_ns = sampler.period_ns
@@ -472,8 +471,7 @@ class Agent:
         self._last_errors: dict[str, int] = {}
         self._ctx_lock = threading.Lock()  # the maps cache is shared by drains and new-process prefetches
         self.last_drain_at: float | None = None  # time.monotonic() of the last successful drain (health)
-        if hasattr(sampler, "watch_new_processes"):
-            sampler.watch_new_processes(self.prefetch)
+        sampler.watch_new_processes(self.prefetch)
 
     def prefetch(self, tgids: list[int]) -> None:
         """Read the maps of processes the kernel just saw for the first time, before they can exit."""

@@ -14,14 +14,25 @@ the image's JSON on stdout, BCC's and clang's messages on stderr, exit status 1 
 from __future__ import annotations
 
 import argparse
+import ctypes as ct
 import os
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from podflame.errors import SystemUnsupported
-from profiler.bpfprog import MAX_IMAGE_BYTES, ProgramImage
+from profiler.bpfprog import (
+    LD_IMM64,
+    MAX_IMAGE_BYTES,
+    PROG_TYPE_PERF_EVENT,
+    PSEUDO_MAP_FD,
+    MapSpec,
+    ProgramImage,
+    TailProgram,
+    map_info,
+)
 
 COMPILE_TIMEOUT_S = 300  # clang takes ~0.3 s here; a wedged compile must not hang the agent's start
 _MAX_MESSAGES = 64 << 10
@@ -71,13 +82,70 @@ def _compile(source: Path, fn_name: str, cflags: list[str], inner_maps: dict[str
     import bcc
 
     from bpf import expanded_source
-    from profiler.bpfprog import image_from_bcc
 
     module = bcc.BPF(text=expanded_source(source), cflags=cflags)
     try:
         return image_from_bcc(module, fn_name, inner_maps, tail_calls)
     finally:
         module.cleanup()
+
+
+def image_from_bcc(bpf_module: object, fn_name: str, inner_maps: dict[str, str],
+                   tail_calls: tuple[tuple[str, int, str], ...] = ()) -> ProgramImage:
+    """Read a program and its maps out of a compiled `bcc.BPF` (which the caller then cleans up).
+
+    `inner_maps` names each ARRAY_OF_MAPS' template map, as the C source declares it: the kernel
+    does not report it. `tail_calls` lists (program array, slot, function) for the programs the
+    entry program reaches by bpf_tail_call.
+    """
+    from bcc.libbcc import lib
+
+    own = ct.CDLL("libbcc.so.0")
+    own.bpf_num_tables.argtypes, own.bpf_num_tables.restype = [ct.c_void_p], ct.c_size_t
+    own.bpf_table_name.argtypes, own.bpf_table_name.restype = [ct.c_void_p, ct.c_size_t], ct.c_char_p
+    module = bpf_module.module  # type: ignore[attr-defined]
+    maps: list[MapSpec] = []
+    by_fd: dict[int, str] = {}
+    for i in range(own.bpf_num_tables(module)):
+        name = own.bpf_table_name(module, i).decode()
+        fd = lib.bpf_table_fd(module, name.encode())
+        info = map_info(fd)
+        maps.append(MapSpec(name, info.type, info.key_size, info.value_size, info.max_entries, info.map_flags,
+                            inner_maps.get(name)))
+        by_fd[fd] = name
+
+    def code(fn: str) -> tuple[bytes, tuple[tuple[int, str], ...]]:
+        insns = bytes(bpf_module.dump_func(fn.encode()))  # type: ignore[attr-defined]
+        return insns, _map_relocations(insns, by_fd)
+
+    insns, relocations = code(fn_name)
+    tails = tuple(TailProgram(fn, *code(fn), array, index) for array, index, fn in tail_calls)
+    image = ProgramImage(name=fn_name, prog_type=PROG_TYPE_PERF_EVENT,
+                         license=lib.bpf_module_license(module).decode(),
+                         kern_version=lib.bpf_module_kern_version(module), insns=insns,
+                         relocations=relocations, maps=tuple(maps), tail_programs=tails)
+    image.check()
+    return image
+
+
+def _map_relocations(insns: bytes, by_fd: dict[int, str]) -> tuple[tuple[int, str], ...]:
+    """(instruction index, map name) of every map fd BCC wrote into `insns`."""
+    relocations = []
+    i = 0
+    while i < len(insns):
+        if insns[i] == LD_IMM64:  # 16 bytes; maps are referenced by fd in the first half's imm
+            src = insns[i + 1] >> 4
+            if src == PSEUDO_MAP_FD:
+                fd = struct.unpack_from("<i", insns, i + 4)[0]
+                if fd not in by_fd:
+                    raise ValueError(f"instruction {i // 8} refers to fd {fd}, not a map of this program")
+                relocations.append((i // 8, by_fd[fd]))
+            elif src != 0:
+                raise ValueError(f"instruction {i // 8}: ld_imm64 source {src} is not supported by the image loader")
+            i += 16
+        else:
+            i += 8
+    return tuple(relocations)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,7 @@ MAP_HASH, MAP_ARRAY, MAP_PROG_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_ARRAY_O
 _KNOWN_MAP_TYPES = {MAP_HASH, MAP_ARRAY, MAP_PROG_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_ARRAY_OF_MAPS,
                     MAP_RINGBUF}
 PROG_TYPE_PERF_EVENT = 7
-_LD_IMM64, _PSEUDO_MAP_FD = 0x18, 1
+LD_IMM64, PSEUDO_MAP_FD = 0x18, 1  # a 16-byte load of a 64-bit constant; its src: a map fd
 # perf_event_open (include/uapi/linux/perf_event.h)
 PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK = 1, 0
 _PERF_FLAG_FD_CLOEXEC, _PERF_ATTR_DISABLED, _PERF_ATTR_FREQ = 8, 1 << 0, 1 << 10
@@ -209,67 +209,9 @@ def _check_code(insns: bytes, relocations: tuple[tuple[int, str], ...], names: s
     if len(insns) % 8 or not 0 < n <= MAX_INSNS:
         raise ValueError(f"program of {len(insns)} bytes is not 1..{MAX_INSNS} instructions")
     for index, name in relocations:
-        if not 0 <= index < n - 1 or name not in names or insns[index * 8] != _LD_IMM64 \
-                or insns[index * 8 + 1] >> 4 != _PSEUDO_MAP_FD:
+        if not 0 <= index < n - 1 or name not in names or insns[index * 8] != LD_IMM64 \
+                or insns[index * 8 + 1] >> 4 != PSEUDO_MAP_FD:
             raise ValueError(f"relocation ({index}, {name!r}) is not a map load")
-
-
-def image_from_bcc(bpf_module: object, fn_name: str, inner_maps: dict[str, str],
-                   tail_calls: tuple[tuple[str, int, str], ...] = ()) -> ProgramImage:
-    """Read a program and its maps out of a compiled `bcc.BPF` (which the caller then cleans up).
-
-    `inner_maps` names each ARRAY_OF_MAPS' template map, as the C source declares it: the kernel
-    does not report it. `tail_calls` lists (program array, slot, function) for the programs the
-    entry program reaches by bpf_tail_call.
-    """
-    from bcc.libbcc import lib
-
-    own = ct.CDLL("libbcc.so.0")
-    own.bpf_num_tables.argtypes, own.bpf_num_tables.restype = [ct.c_void_p], ct.c_size_t
-    own.bpf_table_name.argtypes, own.bpf_table_name.restype = [ct.c_void_p, ct.c_size_t], ct.c_char_p
-    module = bpf_module.module  # type: ignore[attr-defined]
-    maps: list[MapSpec] = []
-    by_fd: dict[int, str] = {}
-    for i in range(own.bpf_num_tables(module)):
-        name = own.bpf_table_name(module, i).decode()
-        fd = lib.bpf_table_fd(module, name.encode())
-        info = map_info(fd)
-        maps.append(MapSpec(name, info.type, info.key_size, info.value_size, info.max_entries, info.map_flags,
-                            inner_maps.get(name)))
-        by_fd[fd] = name
-
-    def code(fn: str) -> tuple[bytes, tuple[tuple[int, str], ...]]:
-        insns = bytes(bpf_module.dump_func(fn.encode()))  # type: ignore[attr-defined]
-        return insns, _map_relocations(insns, by_fd)
-
-    insns, relocations = code(fn_name)
-    tails = tuple(TailProgram(fn, *code(fn), array, index) for array, index, fn in tail_calls)
-    image = ProgramImage(name=fn_name, prog_type=PROG_TYPE_PERF_EVENT,
-                         license=lib.bpf_module_license(module).decode(),
-                         kern_version=lib.bpf_module_kern_version(module), insns=insns,
-                         relocations=relocations, maps=tuple(maps), tail_programs=tails)
-    image.check()
-    return image
-
-
-def _map_relocations(insns: bytes, by_fd: dict[int, str]) -> tuple[tuple[int, str], ...]:
-    """(instruction index, map name) of every map fd BCC wrote into `insns`."""
-    relocations = []
-    i = 0
-    while i < len(insns):
-        if insns[i] == _LD_IMM64:  # 16 bytes; maps are referenced by fd in the first half's imm
-            src = insns[i + 1] >> 4
-            if src == _PSEUDO_MAP_FD:
-                fd = struct.unpack_from("<i", insns, i + 4)[0]
-                if fd not in by_fd:
-                    raise ValueError(f"instruction {i // 8} refers to fd {fd}, not a map of this program")
-                relocations.append((i // 8, by_fd[fd]))
-            elif src != 0:
-                raise ValueError(f"instruction {i // 8}: ld_imm64 source {src} is not supported by the image loader")
-            i += 16
-        else:
-            i += 8
-    return tuple(relocations)
 
 
 def map_info(fd: int) -> _MapInfo:

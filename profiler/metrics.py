@@ -87,12 +87,12 @@ def record_unwind(report: dict[str, int], *, now: float | None = None) -> None:
 
 
 def record_drain(drain: Drain, profiles: list[Profile], last_errors: dict[str, int]) -> None:
-    record_unwind(getattr(drain, "unwind", {}))
+    record_unwind(drain.unwind)
     DRAINS.inc()
     SAMPLES.inc(sum(s.count for s in drain.samples))
     python: collections.Counter = collections.Counter()
     for s in drain.samples:
-        if getattr(s, "python_error", PY_NOT_PYTHON) != PY_NOT_PYTHON:  # only processes registered as CPython
+        if s.python_error != PY_NOT_PYTHON:  # only processes registered as CPython
             python["frames" if s.python_stack else PY_ERRORS[s.python_error]
                    if 0 <= s.python_error < len(PY_ERRORS) else "other"] += s.count
     for outcome, n in python.items():

@@ -300,15 +300,7 @@ class MapsCache:
     # -- reading -----------------------------------------------------------------------------
 
     def _stat(self, pid: int) -> _Stat | None:
-        try:
-            data = _slurp(f"{self.proc}/{pid}/stat", 4096)
-        except OSError:
-            return None
-        fields = data[data.rfind(b")") + 2:].split()  # comm may hold spaces and parentheses
-        try:
-            return _Stat(int(fields[19]), fields[0] in (b"Z", b"X"))
-        except (IndexError, ValueError):
-            return _Stat(None, False)
+        return _read_stat(pid, self.proc)
 
     def _exe_identity(self, pid: int) -> tuple[int, int] | None:
         try:
@@ -516,6 +508,25 @@ class MapsCache:
         order = sorted(self._procs.items(), key=lambda kv: (kv[1].gone_gen is None, kv[1].used_gen))
         for pid, _ in order[:excess]:
             del self._procs[pid]
+
+
+def _read_stat(pid: int, proc: str) -> _Stat | None:
+    try:
+        data = _slurp(f"{proc}/{pid}/stat", 4096)
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()  # comm may hold spaces and parentheses
+    try:
+        return _Stat(int(fields[19]), fields[0] in (b"Z", b"X"))
+    except (IndexError, ValueError):
+        return _Stat(None, False)
+
+
+def start_time(pid: int, proc: str = "/proc") -> int | None:
+    """When process `pid` started, in clock ticks after boot (/proc/PID/stat field 22); None when there is
+    no such process. A pid is reused, (pid, start time) is not: it names one process for good."""
+    st = _read_stat(pid, proc)
+    return None if st is None else st.starttime
 
 
 def _slurp(path: str, size: int) -> bytes:

@@ -39,18 +39,18 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from podflame.errors import PodflameError
 from podflame.model import Frame, FrameKind, Line, Stack
 from profiler import metrics
 from profiler.btf import task_fsbase_offset
-from profiler.procmaps import parse_maps
+from profiler.procmaps import parse_maps, start_time
 from profiler.python.code import CodeInfo, CodeReader, CodeReadError
 from profiler.python.detect import PythonProcess, Unsupported, inspect_process
 from profiler.python.offsets import LASTI_BYTES, LASTI_UNITS, NO_FIELD, PyOffsets, instr_offset
 from profiler.python.remote import ProcessGone
-from profiler.sampler import PY_PROC_SIZE
+from profiler.sampler import PY_PROC_SIZE, Drain
 from symbolizer.elf import ElfReadError, ElfSymbols
 
 log = logging.getLogger("podflame.pyframes")
@@ -65,6 +65,9 @@ EVAL_FUNCTION = "_PyEval_EvalFrameDefault"
 MAX_DETECT_TRIES = 3  # a process announced before its interpreter was mapped is looked at again
 GONE_GRACE_S = 60.0  # a registered process's names are kept this long after it exited
 UNREADABLE = Frame(0, None, FrameKind.PYTHON, (Line("[unreadable Python frame]"),))
+# the process exited before any drain read this code object: its native frames stay, and this says why
+# the Python ones have no name (docs/python-frames.md: how many samples of short-lived processes)
+EXITED = Frame(0, None, FrameKind.PYTHON, (Line("[python: process exited before read]"),))
 
 
 def pack_config(process: PythonProcess, fsbase_offset: int = 0) -> bytes:
@@ -89,12 +92,17 @@ def pack_config(process: PythonProcess, fsbase_offset: int = 0) -> bytes:
 class PythonRegistry:
     """Which processes the kernel walks Python frames of; detection runs on the sampler's announcements.
 
-    `write(tgid, config_or_None)` updates the kernel's map (Sampler.set_python_process)."""
+    `write(tgid, config_or_None)` updates the kernel's map (Sampler.set_python_process). A registration is
+    one process, (pid, start time), not a pid: `started` (procmaps.start_time) is read before detection
+    and at every refresh, and a pid now held by a process that started later is detected afresh (the
+    kernel announces a (tgid, comm) once, so a reused pid of the same name is never announced again)."""
 
     def __init__(self, write: Callable[[int, bytes | None], None],
-                 detect: Callable[[int], PythonProcess | Unsupported] = inspect_process) -> None:
+                 detect: Callable[[int], PythonProcess | Unsupported] = inspect_process,
+                 started: Callable[[int], int | None] = start_time) -> None:
         self._write = write
         self._detect = detect
+        self._started = started
         self._lock = threading.Lock()
         self.processes: dict[int, PythonProcess] = {}
         self._gone: dict[int, float] = {}  # tgid -> monotonic time it was seen gone
@@ -114,8 +122,10 @@ class PythonRegistry:
             self._try(tgid)
 
     def _same_process(self, tgid: int, known: PythonProcess) -> bool:
-        # an exec (or pid reuse) announces the tgid again: keep the registration only if the interpreter
-        # file is still mapped where it was
+        # an exec or a pid reuse announces the tgid again: keep the registration only if it is the same
+        # process (start time) and the interpreter file is still mapped
+        if self._started(tgid) != known.start_time:
+            return False
         try:
             with open(f"/proc/{tgid}/maps") as f:
                 return known.path in f.read()
@@ -123,9 +133,12 @@ class PythonRegistry:
             return False
 
     def _try(self, tgid: int) -> None:
+        started = self._started(tgid)
         got = self._detect(tgid)
         with self._lock:
             if isinstance(got, PythonProcess):
+                # read before detection: a pid that changed hands meanwhile is seen at the next refresh
+                got = replace(got, start_time=started)
                 try:
                     self._write(tgid, pack_config(got, self._fsbase_offset(got)))
                 except Exception as e:
@@ -169,19 +182,32 @@ class PythonRegistry:
 
     def refresh(self) -> dict[int, PythonProcess]:
         """Called once per drain: retry young processes, unregister exited ones (after a grace period,
-        so their samples of this drain are still named); the processes known now."""
+        so their samples of this drain are still named), detect afresh a pid taken by a new process;
+        the processes known now."""
         for tgid in list(self._retry):
             self._try(tgid)
         now = time.monotonic()
+        reused = []
         with self._lock:
-            for tgid in list(self.processes):
-                if os.path.exists(f"/proc/{tgid}"):
+            for tgid, process in list(self.processes.items()):
+                started = self._started(tgid)
+                if started is not None and started == process.start_time:
+                    continue
+                if started is not None:  # another process has the pid: its predecessor's layout must go
+                    reused.append(tgid)
+                    del self.processes[tgid]
+                    self._gone.pop(tgid, None)
+                    self._write_quietly(tgid)
                     continue
                 since = self._gone.setdefault(tgid, now)
                 if since == now:
                     self._write_quietly(tgid)
                 elif now - since > GONE_GRACE_S:
                     del self.processes[tgid], self._gone[tgid]
+        for tgid in reused:
+            log.info("pid %d is a new process: detecting it afresh", tgid)
+            self._try(tgid)
+        with self._lock:
             return dict(self.processes)
 
     def _write_quietly(self, tgid: int) -> None:
@@ -250,7 +276,7 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
     return _Interpreter(evals, glue, min(e.start for e in execs), max(e.end for e in execs))
 
 
-_Named = tuple[tuple[int, CodeInfo | None], ...]  # (code address, the CodeInfo read there)
+_Named = tuple[tuple[int, CodeInfo | Frame], ...]  # (code address, the CodeInfo read there or why not)
 
 
 class _ProcessState:
@@ -271,14 +297,21 @@ class PythonFrames:
         self.processes: dict[int, PythonProcess] = {}
         self._states: dict[int, _ProcessState] = {}
         self._frames: dict[tuple[int, int, int], tuple[CodeInfo, Frame]] = {}  # (tgid, code, instr) ->
-        self._checked: dict[tuple[int, int], CodeInfo | None] = {}  # (tgid, code) -> read this drain
+        # (tgid, code) -> read this drain, or the frame that says why it could not be (UNREADABLE, EXITED)
+        self._checked: dict[tuple[int, int], CodeInfo | Frame] = {}
         # (tgid, raw Python stack, native stack) -> (merged stack, the code objects it was named from)
         self._merged: dict[tuple[int, tuple[int, ...], Stack], tuple[Stack, _Named]] = {}
         self.read_failures = 0
 
-    def begin_drain(self, processes: dict[int, PythonProcess]) -> None:
-        """The processes registered now (Drain.python_processes); readers of others are let go."""
+    def begin_drain(self, drain: Drain) -> None:
+        """Take the processes registered now (Drain.python_processes: readers of others, and of a pid's
+        earlier process, are let go) and read every code object the drain's samples name, one
+        process_vm_readv per process for all of them (CodeReader.read_many), plus reads for the ones
+        not seen before."""
+        processes = drain.python_processes
         self.processes = processes
+        # a registration is one process ((pid, start time): PythonRegistry): a new one for a pid is a
+        # new object, and the reader, names and merged stacks of the pid's earlier process go
         gone = [t for t, state in self._states.items() if processes.get(t) is not state.process]
         for tgid in gone:
             del self._states[tgid]
@@ -287,6 +320,19 @@ class PythonFrames:
         self._checked = {}
         if len(self._frames) > self.max_frames:
             self._frames.clear()
+        wanted: dict[int, set[int]] = {}
+        for s in drain.samples:
+            raw = s.python_stack
+            if raw and s.tgid in processes:
+                codes = wanted.get(s.tgid)
+                if codes is None:
+                    codes = wanted[s.tgid] = set()
+                codes.update(raw[i] & ADDR_MASK for i in range(0, len(raw), 2))
+        for tgid, codes in wanted.items():
+            state = self._state(tgid)
+            if state is not None:
+                for code, got in state.reader.read_many(codes).items():
+                    self._checked[(tgid, code)] = self._named(tgid, code, got)
 
     def _state(self, tgid: int) -> _ProcessState | None:
         """Reader and interpreter ranges of a registered process, made on first use and kept while the
@@ -320,8 +366,8 @@ class PythonFrames:
         """The frame at (code, instr); the code object is re-validated once per drain (CodeReader.read
         checks its type and fingerprint), so a freed and reused address is named anew, never from the cache."""
         info = self._info(tgid, reader, code)
-        if info is None:
-            return UNREADABLE
+        if isinstance(info, Frame):
+            return info
         key = (tgid, code, instr)
         have = self._frames.get(key)
         if have is not None and have[0] is info:
@@ -331,19 +377,25 @@ class PythonFrames:
         self._frames[key] = (info, frame)
         return frame
 
-    def _info(self, tgid: int, reader: CodeReader, code: int) -> CodeInfo | None:
+    def _info(self, tgid: int, reader: CodeReader, code: int) -> CodeInfo | Frame:
+        """The code object at `code`, read once a drain (begin_drain reads all the drain's at once)."""
         key = (tgid, code)
         if key in self._checked:
             return self._checked[key]
         try:
-            info: CodeInfo | None = reader.read(code)
+            got: CodeInfo | PodflameError = reader.read(code)
         except (CodeReadError, ProcessGone) as e:
-            info = None
-            self.read_failures += 1
-            metrics.PYTHON_CODE_READ_FAILURES.inc()
-            log.debug("pid %d: code object %#x: %s", tgid, code, e)
-        self._checked[key] = info
+            got = e
+        info = self._checked[key] = self._named(tgid, code, got)
         return info
+
+    def _named(self, tgid: int, code: int, got: CodeInfo | PodflameError) -> CodeInfo | Frame:
+        if isinstance(got, CodeInfo):
+            return got
+        self.read_failures += 1
+        metrics.PYTHON_CODE_READ_FAILURES.inc()
+        log.debug("pid %d: code object %#x: %s", tgid, code, got)
+        return EXITED if isinstance(got, ProcessGone) else UNREADABLE
 
     def merge(self, tgid: int, raw: tuple[int, ...], stack: Stack) -> Stack:
         """`stack` (root first, native then kernel frames) with the Python frames of `raw` merged in.
@@ -363,10 +415,13 @@ class PythonFrames:
         split = next((i for i, f in enumerate(stack) if f.kind is FrameKind.KERNEL or _is_kernel_lost(f)), len(stack))
         user, kernel = list(stack[:split]), stack[split:]
         merged = (*merge_runs(user, runs, self.interpreter(tgid)), *kernel)
-        codes = {raw[i] & ADDR_MASK for i in range(0, len(raw), 2)}
+        # the code objects named (3.12+ shim frames are not: they are left out of the runs)
+        checked = self._checked
+        named = {code: checked[(tgid, code)] for i in range(0, len(raw), 2)
+                 if (tgid, code := raw[i] & ADDR_MASK) in checked}
         if len(self._merged) >= self.max_frames:
             self._merged.clear()
-        self._merged[key] = (merged, tuple((code, self._checked.get((tgid, code))) for code in codes))
+        self._merged[key] = (merged, tuple(named.items()))
         return merged
 
 

@@ -208,10 +208,9 @@ class Sampler:
 
     `pids` (process ids) and `cgroup_ids` (cgroup v2 inode numbers; a cgroup also selects every
     cgroup below it) restrict sampling in the kernel; None or empty means everything.
-    `python_frames` walks CPython processes' Python frames in the kernel (bpf/python.bpf.h); None:
-    on unless $PODFLAME_PYTHON_FRAMES is 0.
+    `python_frames` walks CPython processes' Python frames in the kernel (bpf/python.bpf.h).
 
-    `unwind` (default $PODFLAME_UNWIND, else "fp"): "auto" walks user stacks with .eh_frame tables
+    `unwind` (default DEFAULT_UNWIND): "auto" walks user stacks with .eh_frame tables
     where they are loaded and with frame pointers elsewhere; "fp" only with frame pointers
     (bpf_get_stack); "tables" always with the table walker (frame pointers only for code without
     rows). `unwind_rows` (default $PODFLAME_UNWIND_ROWS, else 2^20) is the row budget of all loaded
@@ -221,16 +220,14 @@ class Sampler:
     def __init__(self, frequency: int = 19, *, pids: Iterable[int] | None = None,
                  cgroup_ids: Iterable[int] | None = None, include_idle: bool = False,
                  stack_map_size: int = 16384, counts_map_size: int = 40960,
-                 image_cache: ImageCache | None = None, python_frames: bool | None = None,
-                 unwind: str | None = None, unwind_rows: int | None = None) -> None:
+                 image_cache: ImageCache | None = None, python_frames: bool = True,
+                 unwind: str = DEFAULT_UNWIND, unwind_rows: int | None = None) -> None:
         if frequency < 1:
             raise ValueError(f"frequency must be >= 1 Hz, got {frequency}")
         if (limit := _max_sample_rate()) is not None and frequency > limit:
             raise ValueError(f"frequency {frequency} Hz exceeds kernel.perf_event_max_sample_rate={limit}")
         if stack_map_size < 1 or counts_map_size < 1:
             raise ValueError("map sizes must be >= 1")
-        if unwind is None:
-            unwind = os.environ.get("PODFLAME_UNWIND") or DEFAULT_UNWIND
         if unwind not in UNWIND_MODES:
             raise ValueError(f"unwind must be one of {', '.join(UNWIND_MODES)}, got {unwind!r}")
         if unwind_rows is None:
@@ -256,8 +253,6 @@ class Sampler:
         self._external_watch = False
         self._python: PythonRegistry | None = None
 
-        if python_frames is None:
-            python_frames = os.environ.get("PODFLAME_PYTHON_FRAMES", "1").strip() not in ("0", "off", "false", "no")
         if os.geteuid() != 0:
             raise SamplerError("the sampler must run as root: it loads eBPF programs and opens perf events "
                                "on every CPU (CAP_BPF + CAP_PERFMON)")

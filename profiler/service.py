@@ -13,13 +13,16 @@ from profiler.health import AgentHealth
 from profiler.kube import PodSelection
 
 
-def start_agent(server_url: str, frequency: int, interval: float, node: str | None, *,
-                namespaces: str | None = None, exclude_namespaces: str | None = None,
+def start_agent(server_url: str, frequency: int, interval: float, node: str | None, *, unwind: str,
+                python_frames: bool, namespaces: str | None = None, exclude_namespaces: str | None = None,
                 pod_selector: str | None = None, pod_labels: str | None = None,
                 pod_annotations: str | None = None, health: AgentHealth | None = None,
                 token_file: str | None = None, ca_file: str | None = None,
                 say: Callable[[str], None] = lambda text: None) -> Callable[[], None]:
     """Start sampling and shipping to `server_url`; returns the function that stops it (with a final drain).
+
+    `unwind` and `python_frames` are the sampler's (profiler.sampler.Sampler), given by the caller: the
+    command line's options, never the environment read behind the caller's back.
 
     Raises InvalidInput for a pod selection that cannot work, SamplerError when BPF cannot run here.
     """
@@ -51,7 +54,8 @@ def start_agent(server_url: str, frequency: int, interval: float, node: str | No
         kube.start()
     say(f"podflame agent: compiling the eBPF sampler ({frequency} Hz on {os.cpu_count()} CPUs)...")
     # with a selection, nothing is sampled until the selected pods' cgroups are known
-    sampler = Sampler(frequency, cgroup_ids=None if selection.everything else PodCgroupFilter.initial_ids())
+    sampler = Sampler(frequency, cgroup_ids=None if selection.everything else PodCgroupFilter.initial_ids(),
+                      unwind=unwind, python_frames=python_frames)
     pod_filter = None
     if not selection.everything:
         assert kube is not None and isinstance(ctx.cgroups, CgroupResolver)  # checked above; create_context's

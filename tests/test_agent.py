@@ -5,19 +5,24 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
-from podflame.model import FrameKind, Line, Mapping, Unresolved
+from podflame.model import Frame, FrameKind, Line, Mapping, Unresolved
 from profiler.agent import Context, PodLabels, StackMemo, build_profiles
+from profiler.sampler import Drain, RawSample
 
 EXE = Mapping(0x400000, 0x500000, 0, "/opt/app/bin/app")
 
 
 class FakeMaps:
+    """Maps of pid 42 (EXE) only; other pids' maps were never read (version None), as MapsCache says."""
+
     def __init__(self) -> None:
         self.refreshed: set[int] = set()
 
     def refresh(self, pids):
+        self.refreshed |= set(pids)
+
+    def prefetch(self, pids):
         self.refreshed |= set(pids)
 
     def lookup(self, pid, address):
@@ -25,6 +30,9 @@ class FakeMaps:
 
     def maps_lost(self, pid):
         return False
+
+    def version(self, pid):
+        return 1 if pid == 42 else None
 
 
 class FakeCgroups:
@@ -47,9 +55,13 @@ class FakePods:
         return {"pod_uid": "1"}
 
 
-def raw(cgroup_id=7, tgid=42, pid=43, comm="worker", user=(), kernel=(), user_error=0, kernel_error=0, count=1):
-    return SimpleNamespace(cgroup_id=cgroup_id, tgid=tgid, pid=pid, comm=comm, user_stack=user, kernel_stack=kernel,
-                           user_error=user_error, kernel_error=kernel_error, count=count)
+def raw(cgroup_id=7, tgid=42, pid=43, comm="worker", user=(), kernel=(), user_error=0, kernel_error=0, count=1,
+        python=()) -> RawSample:
+    return RawSample(cgroup_id, tgid, pid, comm, tuple(user), tuple(kernel), user_error, kernel_error, count, python)
+
+
+def drain_of(*samples: RawSample, start_ns: int = 0, end_ns: int = 1) -> Drain:
+    return Drain(start_ns, end_ns, list(samples))
 
 
 def ctx() -> Context:
@@ -58,12 +70,12 @@ def ctx() -> Context:
 
 def test_samples_group_by_cgroup_and_process_with_root_first_stacks() -> None:
     c = ctx()
-    drain = SimpleNamespace(start_ns=1000, end_ns=2000, errors={}, samples=[
+    drain = drain_of(
         # user leaf first, as the kernel records: leaf 0x401000 called from 0x400100 (main)
         raw(user=(0x401000, 0x400100), count=3),
         raw(pid=44, user=(0x401000, 0x400100), kernel=(0xFFFF0002, 0xFFFF0001), count=2),
         raw(cgroup_id=9, tgid=50, pid=50, comm="sshd", user=(0x1234,), count=1),
-    ])
+        start_ns=1000, end_ns=2000)
     profiles = {p.labels["pid"]: p for p in build_profiles(drain, c, period_ns=10)}
     assert c.maps.refreshed == {42, 50}
     app = profiles["42"]
@@ -82,10 +94,10 @@ def test_samples_group_by_cgroup_and_process_with_root_first_stacks() -> None:
 
 
 def test_lost_stacks_stay_visible_as_explicit_frames() -> None:
-    drain = SimpleNamespace(start_ns=0, end_ns=1, errors={}, samples=[
+    drain = drain_of(
         raw(user_error=-17, kernel=(0xFFFF0001,), count=4),  # user stack lost to a hash collision
         raw(tgid=0, pid=0, user_error=-14, kernel=(0xFFFF0001,), count=1),  # kernel thread: EFAULT is normal
-    ])
+    )
     profiles = build_profiles(drain, ctx(), period_ns=10)
     names = {n for p in profiles for n, _ in p.name_stacks()}
     assert ("[user stack lost: EEXIST]", "[kernel]+0xffff0001") in names
@@ -93,8 +105,7 @@ def test_lost_stacks_stay_visible_as_explicit_frames() -> None:
 
 
 def _two_profiles():
-    drain = SimpleNamespace(start_ns=0, end_ns=1, errors={}, samples=[
-        raw(user=(0x400100,), count=2), raw(cgroup_id=9, tgid=50, pid=50, user=(0x1,), count=1)])
+    drain = drain_of(raw(user=(0x400100,), count=2), raw(cgroup_id=9, tgid=50, pid=50, user=(0x1,), count=1))
     return build_profiles(drain, ctx(), period_ns=10)
 
 
@@ -122,28 +133,33 @@ def test_held_profiles_ship_with_best_effort_labels_after_the_hold() -> None:
 
 
 class CountingSymbolizer:
-    """Names frames inside EXE, leaves others unresolved with no mapping; counts the work done."""
+    """Names frames inside EXE, leaves others unresolved with no mapping; counts the frames it resolves.
+
+    The interface StackMemo uses of symbolizer.Symbolizer: `for_process(pid).frame(frame, leaf)` and
+    `generation` (tests move it as a debug file's arrival would)."""
 
     def __init__(self) -> None:
         self.calls = 0
+        self.generation = 0
 
     def for_process(self, pid):
-        def symbolize_stack(stack):
-            self.calls += 1
-            return tuple(replace(f, lines=(Line(f"fn_{f.address:x}"),)) if f.mapping else
-                         replace(f, reason=Unresolved.NO_MAPPING) for f in stack)
-        return symbolize_stack
+        return self
+
+    def frame(self, f: Frame, leaf: bool) -> Frame:
+        self.calls += 1
+        return replace(f, lines=(Line(f"fn_{f.address:x}"),)) if f.mapping else replace(f, reason=Unresolved.NO_MAPPING)
 
 
 def test_stack_memo_symbolizes_a_repeated_stack_once_but_retries_unmapped_ones() -> None:
     sym = CountingSymbolizer()
     memo = StackMemo(ctx(), sym)
-    drain = SimpleNamespace(start_ns=0, end_ns=1, errors={}, samples=[
-        raw(user=(0x401000, 0x400100), count=3), raw(cgroup_id=9, tgid=50, pid=50, user=(0x1234,), count=1)])
+    drain = drain_of(raw(user=(0x401000, 0x400100), count=3), raw(cgroup_id=9, tgid=50, pid=50, user=(0x1234,)))
     for _ in range(3):
         memo.begin_drain()
         profiles = build_profiles(drain, ctx(), 10, memo)
-    assert sym.calls == 1 + 3  # the mapped stack once; the unmapped one every drain (its maps may come)
+    # the mapped stack's two frames once; the unmapped frame every drain (pid 50's maps were never read:
+    # they may come)
+    assert sym.calls == 2 + 3
     app = next(p for p in profiles if p.labels["pid"] == "42")
     assert dict(app.name_stacks()) == {("fn_400100", "fn_401000"): 3}
 
@@ -159,15 +175,11 @@ def test_new_processes_do_not_reset_the_agents_health_clock() -> None:
             self.announce = callback
 
         def drain(self):
-            return SimpleNamespace(start_ns=0, end_ns=10, errors={}, samples=[])
-
-    class Maps(FakeMaps):
-        def prefetch(self, tgids):
-            self.refreshed |= set(tgids)
+            return Drain(0, 10)
 
     sampler = Sampler()
-    c = Context(node="n1", maps=Maps(), cgroups=FakeCgroups())
-    agent = Agent(sampler, c, symbolizer=None, sink=lambda profiles: None, pod_labels=FakePods())
+    c = Context(node="n1", maps=FakeMaps(), cgroups=FakeCgroups())
+    agent = Agent(sampler, c, symbolizer=CountingSymbolizer(), sink=lambda profiles: None, pod_labels=FakePods())
     assert agent.last_drain_at is None
     agent.drain_once()
     drained_at = agent.last_drain_at
@@ -183,8 +195,7 @@ def test_the_process_name_is_the_main_threads_comm_and_follows_an_exec() -> None
     main_thread = raw(tgid=me, pid=me, comm="renamed", user=(0x400100,))  # e.g. after an exec
 
     def names(*samples) -> set[str]:
-        drain = SimpleNamespace(start_ns=0, end_ns=1, errors={}, samples=list(samples))
-        return {p.labels["comm"] for p in build_profiles(drain, c, 10)}
+        return {p.labels["comm"] for p in build_profiles(drain_of(*samples), c, 10)}
 
     assert names(worker) == {Path(f"/proc/{me}/comm").read_text().strip()}  # read once from /proc
     assert names(main_thread) == {"renamed"}  # the main thread's own sample says it

@@ -10,15 +10,15 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from podflame.model import Frame, FrameKind, Line, Mapping, Unresolved
 from profiler.agent import Context, StackMemo, build_profiles
 from profiler.procmaps import MapsCache, parse_exec_maps, parse_maps
+from profiler.sampler import RawSample
 from symbolizer import Symbolizer
-from tests.test_agent import FakeCgroups, raw
+from tests.test_agent import FakeCgroups, drain_of, raw
 from tests.test_procmaps import MAPS, FakeProc, line
 
 EXE = Mapping(0x400000, 0x500000, 0, "/opt/app/bin/app", "ab" * 20)
@@ -44,6 +44,9 @@ class VersionedMaps:
     def version(self, pid):
         return self.versions.get(pid)
 
+    def prefetch(self, pids) -> None:
+        pass
+
 
 class FrameCountingSymbolizer:
     """Names frames in EXE `fn_<address>`, kernel frames `k_<address>`; counts the frames it resolves."""
@@ -61,24 +64,14 @@ class FrameCountingSymbolizer:
         return replace(f, lines=(Line(f"fn_{f.address:x}{'_leaf' if leaf else ''}"),))
 
     def for_process(self, pid):
-        sym = self
+        return self
 
-        class One:
-            def __call__(self, stack):
-                return tuple(sym._one(f, i == len(stack) - 1) for i, f in enumerate(stack))
-
-            def frame(self, f, leaf):
-                return sym._one(f, leaf)
-
-        return One()
+    def frame(self, f: Frame, leaf: bool) -> Frame:
+        return self._one(f, leaf)
 
 
 def ctx(maps) -> Context:
     return Context(node="n1", maps=maps, cgroups=FakeCgroups(), comm_cache={42: "app", 50: "other"})
-
-
-def drain_of(*samples) -> SimpleNamespace:
-    return SimpleNamespace(start_ns=0, end_ns=1, errors={}, samples=list(samples))
 
 
 def run(memo: StackMemo, c: Context, *samples) -> dict:
@@ -285,7 +278,7 @@ def test_processes_of_one_binary_share_its_frames_rebased_into_the_first_ones_la
             picks = [(rng.choice(common), rng.random()) for _ in range(rng.randrange(1, 10))]
             stacks.append([(k, int(frac * (spans[a][k].end - spans[a][k].start))) for k, frac in picks])
 
-        def sample(pid: int, stack) -> SimpleNamespace:
+        def sample(pid: int, stack) -> RawSample:
             return raw(tgid=pid, pid=pid, cgroup_id=1, user=tuple(spans[pid][k].start + off for k, off in stack))
 
         c = Context(node="n1", maps=maps, cgroups=FakeCgroups())

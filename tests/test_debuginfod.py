@@ -220,17 +220,14 @@ def test_off_unless_debuginfod_urls_is_set(monkeypatch: pytest.MonkeyPatch, tmp_
 def test_the_agents_stack_memo_is_redone_when_a_debug_file_arrives() -> None:
     """The agent memoizes symbolized stacks across drains: a new `generation` (a fetched debug file)
     must drop them, or a hot stack would keep its symbol-table-only frames for the memo's lifetime."""
-    from types import SimpleNamespace
-
     from profiler.agent import StackMemo, build_profiles
-    from tests.test_agent import CountingSymbolizer, ctx, raw
+    from tests.test_agent import CountingSymbolizer, ctx, drain_of, raw
 
     sym = CountingSymbolizer()
-    sym.generation = 0  # type: ignore[attr-defined]
     memo = StackMemo(ctx(), sym)
-    drain = SimpleNamespace(start_ns=0, end_ns=1, errors={}, samples=[raw(user=(0x401000, 0x400100))])
+    drain = drain_of(raw(user=(0x401000, 0x400100)))
     for generation in (0, 0, 1, 1):
-        sym.generation = generation  # type: ignore[attr-defined]
+        sym.generation = generation
         memo.begin_drain()
-        build_profiles(drain, ctx(), 10, memo)  # type: ignore[arg-type]
-    assert sym.calls == 2  # once, and once more after the arrival
+        build_profiles(drain, ctx(), 10, memo)
+    assert sym.calls == 2 * 2  # the stack's two frames once, and once more after the arrival

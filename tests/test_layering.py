@@ -35,9 +35,6 @@ FORBIDDEN: tuple[tuple[str, str], ...] = (
     ("symbolizer", "profiler"), ("web.store", "podflame.pprof"),
 )
 BCC_IMPORTERS = {"profiler.bpfcompile"}
-# profiler/bpfprog.py's `image_from_bcc` reads a compiled bcc.BPF and runs only in the compile child;
-# it belongs in bpfcompile.py (bpfprog.py is another branch's to change): allowed in that function only.
-BCC_FUNCTION_EXCEPTIONS = {("profiler.bpfprog", "image_from_bcc")}
 
 # module -> [(imported module, enclosing top-level function or "")]
 Graph = dict[str, list[tuple[str, str]]]
@@ -99,9 +96,9 @@ def violations(graph: Graph) -> list[str]:
     bad = []
     for module, imported in graph.items():
         mine = rank(module)
-        for target, func in imported:
+        for target, _func in imported:
             if target == "bcc" or target.startswith("bcc."):
-                if module not in BCC_IMPORTERS and (module, func) not in BCC_FUNCTION_EXCEPTIONS:
+                if module not in BCC_IMPORTERS:
                     bad.append(f"{module} imports {target}: only {', '.join(sorted(BCC_IMPORTERS))} may import bcc")
                 continue
             theirs = rank(target)
@@ -133,7 +130,7 @@ def test_planted_violations_in_a_fake_graph_fail() -> None:
         "web.store.sqlite": [("web.query.merge", ""), ("podflame.pprof", "")],  # upward; wire types in the store
         "profiler.agent": [("web.store.base", "")],  # node side importing the server
         "web.query.flamegraph": [("bcc", "render")],  # bcc outside the compile child
-        "profiler.bpfprog": [("bcc.libbcc", "other_function")],  # the exception is one function only
+        "profiler.bpfprog": [("bcc.libbcc", "image_from_bcc")],  # even inside a function: the child's alone
         "podflame.model": [("podflame.cli", "")],  # the bottom importing the top
         "profiler.bpfcompile": [("bcc", "_compile")],  # allowed
         "web.server.api": [("web.query.merge", ""), ("flask", "")],  # allowed

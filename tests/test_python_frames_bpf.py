@@ -130,7 +130,7 @@ def sample(sampler: Sampler, which: str) -> Sampled:
                 drain = sampler.drain()
                 ctx.maps.refresh({p.pid})
                 assert ctx.python is not None
-                ctx.python.begin_drain(drain.python_processes)
+                ctx.python.begin_drain(drain)
                 memo.begin_drain()
                 out += [(s.pid, s.cgroup_id, memo(s), s.python_error, s.count) for s in drain.samples
                         if s.tgid == p.pid]
@@ -223,24 +223,28 @@ def test_python_frames_match_py_spy_dump(sampler: Sampler, which: str) -> None:
     assert share >= 0.9
 
 
-def test_record_writes_python_frames_to_pprof(tmp_path: Path) -> None:
-    """`podflame record --pid` (the stack_of path, symbolized after the merge) keeps Python frames, and
-    `go tool pprof` sees them under the "[python]" mapping."""
-    from podflame import pprof
-
-    out = tmp_path / "p.pb.gz"
+def record_workload(which: str, *args: str) -> None:
+    """`podflame record --pid` of the workload on `which` interpreter, in a pod cgroup, with `args`."""
     with kubelet_cgroup() as cg:
-        p = start(interpreter("3.11"), cg.path)
+        p = start(interpreter(which), cg.path)
         try:
             done = subprocess.run([str(Path(sys.executable).parent / "podflame"), "record", "--pid", str(p.pid),
-                                   "--duration", "3", "--format", "pprof", "-o", str(out)], capture_output=True,
-                                  text=True, cwd=ROOT)
+                                   *args], capture_output=True, text=True, cwd=ROOT)
         finally:
             p.kill()
             p.wait()
             assert p.stdout is not None
             p.stdout.close()
     assert done.returncode == 0, done.stderr
+
+
+def test_record_writes_python_frames_to_pprof(tmp_path: Path) -> None:
+    """`podflame record --pid` (the stack_of path, symbolized after the merge) keeps Python frames, and
+    `go tool pprof` sees them under the "[python]" mapping."""
+    from podflame import pprof
+
+    out = tmp_path / "p.pb.gz"
+    record_workload("3.11", "--duration", "3", "--format", "pprof", "-o", str(out))
     profiles = pprof.decode(out.read_bytes())
     counts: collections.Counter = collections.Counter()
     for prof in (p for p in profiles if p.sample_type == "samples"):
@@ -254,3 +258,15 @@ def test_record_writes_python_frames_to_pprof(tmp_path: Path) -> None:
     raw = subprocess.run(["go", "tool", "pprof", "-traces", str(out)], capture_output=True, text=True, check=True)
     assert "Parser.parse" in raw.stdout and "[python]" in subprocess.run(
         ["go", "tool", "pprof", "-raw", str(out)], capture_output=True, text=True, check=True).stdout
+
+
+def test_record_python_frames_off_samples_the_interpreter_natively(tmp_path: Path) -> None:
+    """`--python-frames off` reaches the sampler (built without the walk): the same workload's samples have
+    the interpreter's native frames and not one Python function."""
+    out = tmp_path / "p.folded"
+    record_workload("3.11", "--duration", "2", "--python-frames", "off", "-o", str(out))
+    stacks = [line.rpartition(" ")[0].split(";") for line in out.read_text().splitlines()]
+    names = {name for stack in stacks for name in stack}
+    print(f"\nrecord --python-frames off (3.11): {len(stacks)} stacks")
+    assert "_PyEval_EvalFrameDefault" in names
+    assert not names & {"<module>", "main", "handler", "Parser.parse", "spin", "worker", "compress_block"}

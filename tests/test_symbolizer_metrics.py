@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from prometheus_client import REGISTRY
 
 from podflame.model import Frame, FrameKind, Mapping, Profile
 from profiler import metrics
+from profiler.sampler import Drain
 from symbolizer import Symbolizer
 from tests.test_dwarf_corpus import build_corpus
 from tests.test_symbolizer_build import nm_functions
@@ -30,7 +29,7 @@ def test_resolved_share_and_reasons_reach_the_metrics(tmp_path) -> None:
 
     before = {r: sample("podflame_agent_frames_total", resolution=r) for r in ("resolved", "no_symbols",
                                                                               "process_gone", "no_mapping")}
-    metrics.record_drain(SimpleNamespace(samples=[], errors={}), [out], {})
+    metrics.record_drain(Drain(0, 1), [out], {})
     after = {r: sample("podflame_agent_frames_total", resolution=r) for r in before}
     assert after["resolved"] - before["resolved"] == 1
     assert after["no_symbols"] - before["no_symbols"] == 1

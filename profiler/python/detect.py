@@ -14,12 +14,12 @@ import os
 import re
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from podflame.errors import BinaryFormatError
 from podflame.model import Mapping
-from profiler.procmaps import MapsEntry, parse_exec_maps
+from profiler.procmaps import MapsEntry, parse_exec_maps, start_time
 from profiler.python import remote
 from profiler.python.offsets import (
     DEBUG_OFFSETS_SIZE,
@@ -53,6 +53,8 @@ class PythonProcess:
     offsets: PyOffsets
     str_type: int | None = None  # &PyUnicode_Type: the type of its names
     bytes_type: int | None = None  # &PyBytes_Type: the type of its line table
+    # procmaps.start_time, read before the maps: (pid, start_time) is this process and no later one with its pid
+    start_time: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None,
                     proc: str = "/proc") -> PythonProcess | Unsupported:
     """Find CPython in process `pid` from its executable mappings (`maps`, else read now), its version
     and `_PyRuntime`'s address. Costs the maps and, once per file, its .dynsym."""
+    started = start_time(pid, proc)
+    if started is None:
+        return Unsupported(f"pid {pid} does not exist")
     try:
         if maps is None:
             with open(f"{proc}/{pid}/maps") as f:
@@ -103,9 +108,9 @@ def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None,
     # the one running is the one with an interpreter
     for p in found:
         if _interpreter(p):
-            return p
+            return replace(p, start_time=started)
     if found:
-        return found[0]
+        return replace(found[0], start_time=started)
     if reasons:
         return Unsupported("; ".join(reasons))
     return Unsupported(f"pid {pid}: no libpython mapped and {exe} does not export _PyRuntime")
