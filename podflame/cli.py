@@ -114,6 +114,14 @@ def _sampling_options(fn: Callable[..., None]) -> Callable[..., None]:
     return fn
 
 
+_pid_min_age_option = click.option(
+    "--pid-min-age", type=click.FloatRange(0, 86400), default=60.0, show_default=True, metavar="SECONDS",
+    envvar="PODFLAME_PID_MIN_AGE",
+    help="Label a process by its pid once it has run this long; younger (short-lived) processes are summed "
+         "per cgroup and comm, so they do not make a series each; 0 labels every process "
+         "($PODFLAME_PID_MIN_AGE).")
+
+
 @main.command()
 @click.option("--listen", default="127.0.0.1:7070", show_default=True, help="HOST:PORT of the UI and API.")
 @click.option("--data", "data_dir", default="./podflame-data", show_default=True, type=click.Path(file_okay=False),
@@ -123,10 +131,11 @@ def _sampling_options(fn: Callable[..., None]) -> Callable[..., None]:
               help="Seconds between drains.")
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
 @_sampling_options
+@_pid_min_age_option
 @_access_options
 def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: str | None, unwind: str,
-       python_frames: bool, ingest_token_file: str | None, read_token_file: str | None, allowed_hosts: str | None,
-       allowed_origins: str | None, metrics_public: bool, insecure: bool) -> None:
+       python_frames: bool, pid_min_age: float, ingest_token_file: str | None, read_token_file: str | None,
+       allowed_hosts: str | None, allowed_origins: str | None, metrics_public: bool, insecure: bool) -> None:
     """Agent + server on this host, with the embedded store."""
     _require_root("podflame up")
     from profiler.service import start_agent
@@ -140,7 +149,7 @@ def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: s
     url = server.url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
     try:
         stop_agent = start_agent(url, frequency, interval, node_name, unwind=unwind, python_frames=python_frames,
-                                 token_file=config.get("INGEST_TOKEN_FILE"), say=_say)
+                                 pid_min_age_s=pid_min_age, token_file=config.get("INGEST_TOKEN_FILE"), say=_say)
     except BaseException:
         server.shutdown()  # no agent, no `up`: the port is let go before the error is reported
         raise
@@ -149,6 +158,14 @@ def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: s
     click.echo("podflame: stopping (final drain)...", err=True)
     stop_agent()
     server.shutdown()
+
+
+_pid_min_age_option = click.option(
+    "--pid-min-age", type=click.FloatRange(0, 86400), default=60.0, show_default=True, metavar="SECONDS",
+    envvar="PODFLAME_PID_MIN_AGE",
+    help="Label a process by its pid once it has run this long; younger (short-lived) processes are summed "
+         "per cgroup and comm, so they do not make a series each; 0 labels every process "
+         "($PODFLAME_PID_MIN_AGE).")
 
 
 @main.command()
@@ -201,6 +218,7 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
 @click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
 @_sampling_options
+@_pid_min_age_option
 @click.option("--metrics", "metrics_listen", default=None,
               help="HOST:PORT to serve the agent's /metrics and /healthz on.")
 @click.option("--namespaces", envvar="PODFLAME_NAMESPACES", default=None,
@@ -219,7 +237,7 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
 @click.option("--ca", "ca_file", envvar="PODFLAME_CA", type=click.Path(exists=True, dir_okay=False), default=None,
               help="PEM CA bundle that signs an https server's certificate (default: the system's CAs).")
 def agent(server_url: str, frequency: int, interval: float, node_name: str | None, unwind: str,
-          python_frames: bool, metrics_listen: str | None,
+          python_frames: bool, pid_min_age: float, metrics_listen: str | None,
           namespaces: str | None, exclude_namespaces: str | None, pod_selector: str | None,
           pod_labels: str | None, pod_annotations: str | None, token_file: str | None, ca_file: str | None) -> None:
     """The node agent alone, shipping to a server."""
@@ -232,7 +250,7 @@ def agent(server_url: str, frequency: int, interval: float, node_name: str | Non
         host, port = _parse_listen(metrics_listen)
         serve_agent_http(host, port, health)
     stop_agent = start_agent(server_url, frequency, interval, node_name, unwind=unwind,
-                             python_frames=python_frames, namespaces=namespaces,
+                             python_frames=python_frames, pid_min_age_s=pid_min_age, namespaces=namespaces,
                              exclude_namespaces=exclude_namespaces, pod_selector=pod_selector,
                              pod_labels=pod_labels, pod_annotations=pod_annotations, health=health,
                              token_file=token_file, ca_file=ca_file, say=_say)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from podflame.model import UNMAPPED, Frame, FrameKind, Line, Mapping, Profile, Unresolved, collapse_unmapped
 from profiler import metrics
 from profiler.heap import SurvivorFreezer, release_freed_memory
+from profiler.pidlabel import PidLabels
 
 if TYPE_CHECKING:
     from profiler.pyframes import PythonFrames
@@ -82,6 +83,7 @@ class Context:
     cgroups: CgroupLookup
     comm_cache: dict[int, str] = field(default_factory=dict)
     python: PythonFrames | None = None  # names and merges Python frames; None: native frames only
+    pids: PidLabels = field(default_factory=lambda: PidLabels(0))  # which processes get a pid label
 
     def process_name(self, tgid: int, pid: int, thread_comm: str) -> str:
         """The process's name (its main thread's comm), not the sampled thread's.
@@ -136,7 +138,9 @@ def build_profiles(drain: Drain, ctx: Context, period_ns: int,
     ctx.maps.refresh({s.tgid for s in drain.samples if s.tgid})
     if ctx.python is not None:
         ctx.python.begin_drain(drain)
+    ctx.pids.begin_drain({s.tgid for s in drain.samples})
     by_key: dict[tuple[int, int], Profile] = {}
+    by_labels: dict[tuple[str, str, str | None], Profile] = {}  # processes without a pid label share one
     paths: dict[int, str] = {}
     for s in drain.samples:
         key = (s.cgroup_id, s.tgid)
@@ -145,12 +149,18 @@ def build_profiles(drain: Drain, ctx: Context, period_ns: int,
             path = paths.get(s.cgroup_id)
             if path is None:
                 path = paths[s.cgroup_id] = ctx.cgroups.path(s.cgroup_id) or f"cgroup-id:{s.cgroup_id}"
-            prof = by_key[key] = Profile(
-                labels={"cgroup": path, "node": ctx.node, "comm": ctx.process_name(s.tgid, s.pid, s.comm),
-                        "pid": str(s.tgid)},
-                start_ns=drain.start_ns, duration_ns=drain.end_ns - drain.start_ns, period_ns=period_ns)
+            comm, pid = ctx.process_name(s.tgid, s.pid, s.comm), ctx.pids.label(s.tgid, drain.end_ns)
+            prof = by_labels.get((path, comm, pid))
+            if prof is None:
+                labels = {"cgroup": path, "node": ctx.node, "comm": comm}
+                if pid is not None:
+                    labels["pid"] = pid
+                prof = by_labels[(path, comm, pid)] = Profile(
+                    labels=labels, start_ns=drain.start_ns, duration_ns=drain.end_ns - drain.start_ns,
+                    period_ns=period_ns)
+            by_key[key] = prof
         prof.add(stack(s) if stack is not None else stack_of(s, ctx), s.count)
-    return list(by_key.values())
+    return list(by_labels.values())
 
 
 class _ProcessMemo:
@@ -445,14 +455,15 @@ class KubeletLabels:
         return labels
 
 
-def create_context(node: str | None) -> Context:
-    """The real host context: /proc maps, the cgroup v2 tree."""
+def create_context(node: str | None, pid_min_age_s: float = 0.0) -> Context:
+    """The real host context: /proc maps, the cgroup v2 tree; `pid_min_age_s` as in profiler.pidlabel
+    (0: every process is labelled by its pid, as a one-shot `record` wants)."""
     from profiler.cgroups import CgroupResolver
     from profiler.procmaps import MapsCache
     from profiler.pyframes import PythonFrames
 
     return Context(node=node or default_node_name(), maps=MapsCache(), cgroups=CgroupResolver(),
-                   python=PythonFrames())
+                   python=PythonFrames(), pids=PidLabels(pid_min_age_s))
 
 
 class Agent:

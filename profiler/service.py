@@ -14,7 +14,8 @@ from profiler.kube import PodSelection
 
 
 def start_agent(server_url: str, frequency: int, interval: float, node: str | None, *, unwind: str,
-                python_frames: bool, namespaces: str | None = None, exclude_namespaces: str | None = None,
+                python_frames: bool, pid_min_age_s: float = 60.0, namespaces: str | None = None,
+                exclude_namespaces: str | None = None,
                 pod_selector: str | None = None, pod_labels: str | None = None,
                 pod_annotations: str | None = None, health: AgentHealth | None = None,
                 token_file: str | None = None, ca_file: str | None = None,
@@ -22,7 +23,8 @@ def start_agent(server_url: str, frequency: int, interval: float, node: str | No
     """Start sampling and shipping to `server_url`; returns the function that stops it (with a final drain).
 
     `unwind` and `python_frames` are the sampler's (profiler.sampler.Sampler), given by the caller: the
-    command line's options, never the environment read behind the caller's back.
+    command line's options, never the environment read behind the caller's back. `pid_min_age_s` says
+    which processes get a pid label (profiler/pidlabel.py).
 
     Raises InvalidInput for a pod selection that cannot work, SamplerError when BPF cannot run here.
     """
@@ -35,7 +37,7 @@ def start_agent(server_url: str, frequency: int, interval: float, node: str | No
     from profiler.upload import Uploader
     from symbolizer import Symbolizer
 
-    ctx = create_context(node)
+    ctx = create_context(node, pid_min_age_s)
     copy: dict[str, list[str]] = {}
     if pod_labels is not None:
         copy["label_allowlist"] = [k.strip() for k in pod_labels.split(",") if k.strip()]

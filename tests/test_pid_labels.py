@@ -1,0 +1,63 @@
+"""Only processes that have run `min_age_s` get a `pid` label; younger ones share one profile per cgroup
+and comm, so short-lived processes do not make a series each (profiler/pidlabel.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from profiler.agent import Context, build_profiles
+from profiler.pidlabel import PidLabels
+from tests.test_agent import FakeCgroups, FakeMaps, drain_of, raw
+
+
+def test_real_processes_are_labelled_by_age_and_gone_ones_keep_their_label() -> None:
+    young = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.6)
+        labels = PidLabels(min_age_s=1.5)
+        labels.begin_drain({1, young.pid, 2**22 + 1})  # init is as old as the host; the last pid does not exist
+        now = time.time_ns()
+        started = labels._started[young.pid]
+        assert started is not None and abs(now - started - 0.6e9) < 0.5e9  # /proc start time, on the wall clock
+        assert labels.label(young.pid, now) is None and labels.label(1, now) == "1"
+        assert labels.label(young.pid, now + 2 * 10**9) == str(young.pid)
+        assert labels.label(2**22 + 1, now + 10**12) is None
+        young.kill()
+        young.wait()
+        labels.begin_drain({young.pid})  # exited, but seen in the last drain: keeps what it had
+        assert labels.label(young.pid, now + 2 * 10**9) == str(young.pid)
+        labels.begin_drain(set())
+        labels.begin_drain({young.pid})  # not carried: a pid seen again after a gap is read again (gone)
+        assert labels.label(young.pid, now + 2 * 10**9) is None
+    finally:
+        young.kill()
+        young.wait()
+
+
+def test_short_lived_processes_of_a_cgroup_share_one_profile_without_pid() -> None:
+    old = 1  # init: as old as the host
+    young = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        c = Context(node="n1", maps=FakeMaps(), cgroups=FakeCgroups(), pids=PidLabels(min_age_s=5))
+        end = time.time_ns()
+        samples = [raw(tgid=old, pid=old, comm="app", user=(0x401000,), count=3),
+                   raw(tgid=young.pid, pid=young.pid, comm="sh", user=(0x401000,), count=2),
+                   raw(tgid=2**22 + 2, pid=2**22 + 2, comm="sh", user=(0x401000,), count=4),  # exited already
+                   raw(tgid=2**22 + 3, pid=2**22 + 3, comm="curl", user=(0x401000,), count=1)]
+        profiles = build_profiles(drain_of(*samples, start_ns=end - 10**10, end_ns=end), c, period_ns=10)
+        got = sorted((p.labels["comm"], p.labels.get("pid"), p.total()) for p in profiles)
+        assert got == sorted([("app", str(old), 3), ("sh", None, 6), ("curl", None, 1)])
+        # every sample is still there, under its cgroup
+        assert sum(p.total() for p in profiles) == 10
+        assert {p.labels["cgroup"] for p in profiles} == {FakeCgroups().path(7)}
+    finally:
+        young.kill()
+        young.wait()
+
+
+def test_zero_minimum_age_labels_every_process() -> None:
+    c = Context(node="n1", maps=FakeMaps(), cgroups=FakeCgroups())  # the default: record's, tests'
+    profiles = build_profiles(drain_of(raw(tgid=2**22 + 4, pid=2**22 + 4, comm="sh", count=2)), c, period_ns=10)
+    assert [p.labels.get("pid") for p in profiles] == [str(2**22 + 4)]
