@@ -1,0 +1,115 @@
+"""The agent's table source (profiler/unwind/builder.py): tables read from the disk cache in the
+agent, built in a child process that exits when idle, with its failures turned into errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from podflame.errors import PodflameError
+from profiler.unwind.build import build_table
+from profiler.unwind.builder import TableBuildError, TableSource
+
+LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_built_in_a_child_then_read_from_the_cache(tmp_path: Path) -> None:
+    source = TableSource(str(tmp_path))
+    try:
+        built = source(str(LIBC))
+        assert built.rows == build_table(str(LIBC)).rows and built.count > 10_000
+        assert built.stats["cpu_ns"] > 0  # the child's CPU, charged to the loader's build budget
+        assert source.stats["child_builds"] == 1 and source.stats["cache_hits"] == 0
+        assert len(list((tmp_path / "unwind").rglob("*.tbl"))) == 1  # the child stored it
+        again = source(str(LIBC))
+        assert again.rows == built.rows
+        assert source.stats["child_builds"] == 1 and source.stats["cache_hits"] == 1
+    finally:
+        source.close()
+    assert source._child is None
+
+
+def test_an_image_is_built_by_the_child(tmp_path: Path) -> None:
+    image = Path("/bin/true").read_bytes()
+    with_source = TableSource(str(tmp_path))
+    try:
+        assert with_source(image).rows == build_table(image).rows
+    finally:
+        with_source.close()
+
+
+def test_a_bad_file_is_an_error_and_the_child_keeps_serving(tmp_path: Path) -> None:
+    bad = tmp_path / "not-elf"
+    bad.write_bytes(b"hello" * 100)
+    source = TableSource(str(tmp_path / "cache"))
+    try:
+        with pytest.raises(TableBuildError, match="not an ELF") as e:
+            source(str(bad))
+        assert isinstance(e.value, PodflameError)
+        with pytest.raises(OSError):  # what the loader expects of a file that went away
+            source(str(tmp_path / "missing"))
+        assert source(str(LIBC)).count > 0
+        assert source.stats["child_starts"] == 1
+    finally:
+        source.close()
+
+
+def test_the_child_exits_when_idle_and_a_new_one_starts_on_demand(tmp_path: Path) -> None:
+    source = TableSource(None, idle_s=0.2)  # no cache root: every call builds
+    try:
+        source(str(LIBC))
+        child = source._child
+        assert child is not None
+        child.wait(timeout=30)  # exits on its own after 0.2 s without a request
+        source.reap()
+        assert source._child is None
+        assert source(str(LIBC)).count > 0 and source.stats["child_starts"] == 2
+    finally:
+        source.close()
+
+
+def test_a_killed_child_is_replaced(tmp_path: Path) -> None:
+    source = TableSource(None)
+    try:
+        source(str(LIBC))
+        assert source._child is not None
+        os.kill(source._child.pid, signal.SIGKILL)
+        source._child.wait()
+        assert source(str(LIBC)).count > 0  # the write to the dead child fails: one more child
+        assert source.stats["child_starts"] == 2
+    finally:
+        source.close()
+
+
+def test_the_agent_side_never_imports_numpy(tmp_path: Path) -> None:
+    """numpy costs ~17 MB resident: the agent moves rows as bytes, only the child builds."""
+    code = (f"import sys\nfrom profiler.unwind.loader import cached_tables\nimport profiler.sampler\n"
+            f"s = cached_tables()\nt = s({str(LIBC)!r})\nt2 = s({str(LIBC)!r})\ns.close()\n"
+            f"print(t.count, s.stats['child_builds'], s.stats['cache_hits'], 'numpy' in sys.modules)")
+    env = {**os.environ, "PODFLAME_SYMBOL_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=120, check=True)
+    count, builds, hits, numpy = done.stdout.split()
+    assert int(count) > 10_000 and (builds, hits, numpy) == ("1", "1", "False")
+
+
+def test_a_wedged_child_times_out(tmp_path: Path) -> None:
+    source = TableSource(None, timeout_s=0.5)
+    try:
+        source(str(LIBC))
+        assert source._child is not None
+        os.kill(source._child.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(TableBuildError, match="took over"):
+            source(str(LIBC))
+        assert time.monotonic() - started < 30
+        assert source(str(LIBC)).count > 0  # a new child
+    finally:
+        source.close()
