@@ -309,3 +309,49 @@ def test_a_binary_over_the_row_budget_is_counted_and_walked_with_frame_pointers(
     assert u["tables_too_big"] >= 1 and u["table_rejected_binaries"] >= 1, u
     assert 0 < u["table_rows"] <= 20_000 and u["table_row_budget"] == 20_000
     assert u["walk_tables"] > 0  # the process still has a table (its own): the walker runs
+
+
+def plt_ranges(exe: Path) -> list[range]:
+    """Addresses of exe's PLT sections (.plt, .plt.sec), from readelf."""
+    out = subprocess.run(["readelf", "-SW", str(exe)], capture_output=True, text=True, check=True).stdout
+    ranges = []
+    for line in out.splitlines():
+        fields = line.replace("[ ", "[").split()
+        if len(fields) > 5 and fields[1] in (".plt", ".plt.sec"):
+            addr, size = int(fields[3], 16), int(fields[5], 16)
+            ranges.append(range(addr, addr + size))
+    assert ranges, out
+    return ranges
+
+
+@pytest.mark.parametrize("plt", ["lazy", "ibt"])
+def test_a_sample_in_a_plt_stub_reaches_main(tmp_path: Path, plt: str) -> None:
+    """A quarter of unwind_plt's samples land in the PLT stub on the way to a shared library's
+    one-instruction function: no frame there, and no symbol (the symbolizer names it exe+offset).
+    The PLT's CFI (the DW_OP expression of .plt, a plain rsp+8 row for .plt.sec) gives the caller."""
+    lib = tmp_path / "libunwind_plt.so"
+    exe = tmp_path / f"unwind_plt_{plt}"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(WORKLOADS / "unwind_plt_lib.c")], check=True)
+    ibt = ["-fcf-protection=full", "-Wl,-z,ibtplt"] if plt == "ibt" else []
+    subprocess.run(["gcc", "-O2", *ibt, "-o", str(exe), str(WORKLOADS / "unwind_plt.c"), f"-L{tmp_path}",
+                    "-lunwind_plt", f"-Wl,-rpath,{tmp_path}", "-Wl,-z,lazy"], check=True)
+    ranges = plt_ranges(exe)
+
+    def in_plt(frame: str) -> bool:
+        name, _, offset = frame.partition("+0x")
+        return name == exe.name and bool(offset) and any(int(offset, 16) in r for r in ranges)
+
+    def in_stub(stacks: Stacks) -> Stacks:
+        return Counter({s: n for s, n in stacks.items() if s and in_plt(s[-1])})
+
+    with running([str(exe), "30"]) as pid:
+        stacks = record(pid)
+        fp = record(pid, "--unwind=fp")
+    stub = in_stub(stacks)
+    assert sum(stub.values()) >= 0.05 * sum(stacks.values()), stacks.most_common(5)
+    chain = share(stub, lambda s: reaches_entry(s) and s[-3:-1] == ("main", "run_plt"), least=10)
+    assert chain >= 0.95, f"{chain:.1%}; most common: {';'.join(stub.most_common(1)[0][0])}"
+    assert share(stacks, reaches_entry) >= 0.95
+    # frame pointers alone (the -O2 build keeps none) lose the chain from the stub
+    fp_chain = share(in_stub(fp), lambda s: reaches_entry(s) and s[-3:-1] == ("main", "run_plt"), least=10)
+    assert fp_chain <= 0.5, f"{fp_chain:.1%}"
