@@ -101,15 +101,36 @@ def test_the_agent_side_never_imports_numpy(tmp_path: Path) -> None:
 
 
 def test_a_wedged_child_times_out(tmp_path: Path) -> None:
-    source = TableSource(None, timeout_s=0.5)
+    source = TableSource(None)
     try:
-        source(str(LIBC))
+        source(str(LIBC))  # the child's start and first build, on a loaded machine, without the short limit
         assert source._child is not None
+        source.timeout_s = 0.5
         os.kill(source._child.pid, signal.SIGSTOP)
         started = time.monotonic()
         with pytest.raises(TableBuildError, match="took over"):
             source(str(LIBC))
         assert time.monotonic() - started < 30
+        source.timeout_s = 120
         assert source(str(LIBC)).count > 0  # a new child
     finally:
         source.close()
+
+
+def test_warm_starts_the_child_only_before_the_first_table(tmp_path: Path) -> None:
+    first = TableSource(str(tmp_path))
+    try:
+        first.warm()  # an empty cache: a first start on this node
+        assert first._child is not None and first.stats["child_starts"] == 1
+        first(str(LIBC))
+        assert first.stats["child_starts"] == 1  # the warm child built it
+    finally:
+        first.close()
+    restart = TableSource(str(tmp_path))
+    try:
+        restart.warm()  # tables on disk: a restart starts no child until a miss
+        assert restart._child is None
+        assert restart(str(LIBC)).count > 0 and restart.stats["cache_hits"] == 1
+        assert restart._child is None
+    finally:
+        restart.close()

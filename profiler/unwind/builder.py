@@ -8,19 +8,22 @@ and asks a child for the rest. The child builds, stores each table in the cache,
 a pipe, and exits when idle for `idle_s` or when it holds more than `recycle_mb`: its memory goes
 back to the system, and the next miss starts a new one (~0.2 s of CPU, once per burst of builds).
 
-Protocol (the child's stdin/stdout): a request is one kind byte (b"p": a path; b"i": an ELF image,
-the vDSO) and a u32-length payload; a reply is a status byte (0: a table, 1: an error message), the
-child's CPU nanoseconds for it (u64), and a u32-length payload (cache.encode's bytes, or the message).
+Protocol, over a Unix socket pair: a request is one kind byte (b"p": a file; b"i": an ELF image, the
+vDSO) and a u32-length payload (the file's name, for messages; or the image). A file goes as an open
+descriptor (SCM_RIGHTS) the agent opened: a short-lived process's /proc/PID/map_files entry is gone
+by the time a child could open it, the descriptor is not. A reply is a status byte (0: a table, 1: an
+error message), the child's CPU nanoseconds for it (u64), and a u32-length payload (cache.encode's
+bytes, or the message).
 
-    python -m profiler.unwind.builder [CACHE_ROOT]
+    python -m profiler.unwind.builder --fd N [CACHE_ROOT]
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -57,6 +60,7 @@ class TableSource:
         self.root = root if root is not None else os.environ.get("PODFLAME_SYMBOL_CACHE")
         self.idle_s, self.recycle_mb, self.timeout_s = idle_s, recycle_mb, timeout_s
         self._child: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self.stats = {"cache_hits": 0, "child_builds": 0, "child_starts": 0, "child_errors": 0}
         self.child_cpu_s = 0.0
@@ -67,9 +71,24 @@ class TableSource:
             if table is not None:
                 self.stats["cache_hits"] += 1
                 return table
+        if isinstance(source, bytes):
+            with self._lock:
+                return self._ask(b"i", source, None)
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)  # OSError: the file (or its process) is gone
+        try:
+            with self._lock:
+                return self._ask(b"p", source.encode(), fd)
+        finally:
+            os.close(fd)
+
+    def warm(self) -> None:
+        """Start the child now when the disk cache holds no table yet (a first start on this node, or no
+        cache): the first processes' tables then need no interpreter start (~0.2-0.5 s) before them."""
+        root = self.cache.root
+        if root is not None and os.path.isdir(root) and any(os.scandir(root)):
+            return
         with self._lock:
-            return self._ask(b"p" if isinstance(source, str) else b"i",
-                             source.encode() if isinstance(source, str) else source)
+            self._start()
 
     def reap(self) -> None:
         """Collect a child that exited (idle, recycled): never waits for one that is building."""
@@ -83,26 +102,26 @@ class TableSource:
     def close(self) -> None:
         with self._lock:
             child, self._child = self._child, None
+            if self._sock is not None:
+                self._sock.close()  # the child reads EOF and exits
+                self._sock = None
             if child is not None:
-                with contextlib.suppress(OSError):
-                    child.stdin.close()  # type: ignore[union-attr]
                 try:
                     child.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     child.kill()
                     child.wait()
-                child.stdout.close()  # type: ignore[union-attr]
 
     # -- the child, from the agent's side ----------------------------------------------------------
 
-    def _ask(self, kind: bytes, payload: bytes) -> UnwindTable:
+    def _ask(self, kind: bytes, payload: bytes, fd: int | None) -> UnwindTable:
         for attempt in (0, 1):  # the child may have exited (idle) between two asks: start another once
-            child = self._start()
+            child, sock = self._start()
             try:
-                child.stdin.write(_REQUEST.pack(kind, len(payload)) + payload)  # type: ignore[union-attr]
-                child.stdin.flush()  # type: ignore[union-attr]
-                head = self._read(child, _REPLY.size)
-            except (BrokenPipeError, EOFError):
+                socket.send_fds(sock, [_REQUEST.pack(kind, len(payload))], [fd] if fd is not None else [])
+                sock.sendall(payload)
+                head = self._read(sock, _REPLY.size)
+            except (BrokenPipeError, ConnectionResetError, EOFError):
                 self._forget()
                 if attempt:
                     self.stats["child_errors"] += 1
@@ -118,7 +137,7 @@ class TableSource:
                 child.kill()
                 self._forget()
                 raise TableBuildError(f"the unwind table builder sent {size} bytes")
-            body = self._read(child, size)
+            body = self._read(sock, size)
             self.child_cpu_s += cpu_ns / 1e9
             if status != 0:
                 raise TableBuildError(body.decode("utf-8", "replace"))
@@ -130,37 +149,44 @@ class TableSource:
             return table
         raise AssertionError("unreachable")
 
-    def _start(self) -> subprocess.Popen[bytes]:
-        if self._child is not None and self._child.poll() is None:
-            return self._child
+    def _start(self) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        if self._child is not None and self._sock is not None and self._child.poll() is None:
+            return self._child, self._sock
         self._forget()
         root = str(Path(__file__).resolve().parent.parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-        cmd = [sys.executable, "-m", "profiler.unwind.builder", self.root or "", f"--idle={self.idle_s}",
-               f"--recycle-mb={self.recycle_mb}"]
-        self._child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        cmd = [sys.executable, "-m", "profiler.unwind.builder", f"--fd={theirs.fileno()}", f"--idle={self.idle_s}",
+               f"--recycle-mb={self.recycle_mb}", self.root or ""]
+        try:
+            self._child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, pass_fds=[theirs.fileno()])
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = ours
         self.stats["child_starts"] += 1
-        return self._child
+        return self._child, ours
 
     def _forget(self) -> None:
         child, self._child = self._child, None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         if child is not None:
             if child.poll() is None:
                 child.kill()
             child.wait()
-            for pipe in (child.stdin, child.stdout):
-                with contextlib.suppress(OSError):
-                    pipe.close()  # type: ignore[union-attr]
 
-    def _read(self, child: subprocess.Popen[bytes], n: int) -> bytes:
+    def _read(self, sock: socket.socket, n: int) -> bytes:
         out = bytearray()
-        fd = child.stdout.fileno()  # type: ignore[union-attr]
         deadline = time.monotonic() + self.timeout_s
         while len(out) < n:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
                 raise TimeoutError
-            chunk = os.read(fd, min(n - len(out), 1 << 20))
+            chunk = sock.recv(min(n - len(out), 1 << 20))
             if not chunk:
                 raise EOFError
             out += chunk
@@ -173,10 +199,10 @@ def _refuse(path: str) -> UnwindTable:
 
 # -- the child -------------------------------------------------------------------------------------
 
-def _read_exactly(fd: int, n: int) -> bytes | None:
-    out = bytearray()
+def _read_exactly(sock: socket.socket, n: int, first: bytes = b"") -> bytes | None:
+    out = bytearray(first)
     while len(out) < n:
-        chunk = os.read(fd, n - len(out))
+        chunk = sock.recv(n - len(out))
         if not chunk:
             return None
         out += chunk
@@ -188,33 +214,37 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
-def serve(root: str | None, idle_s: float, recycle_mb: float) -> None:
-    """Answer requests on stdin until EOF, `idle_s` without one, or more than `recycle_mb` resident."""
+def serve(sock: socket.socket, root: str | None, idle_s: float, recycle_mb: float) -> None:
+    """Answer requests on `sock` until EOF, `idle_s` without one, or more than `recycle_mb` resident."""
     from profiler.unwind.build import build_table
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C reaches the agent, which closes us
     cache = TableCache(root or None, builder=build_table)
-    fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
-    while select.select([fd_in], [], [], idle_s)[0]:
-        head = _read_exactly(fd_in, _REQUEST.size)
+    while select.select([sock], [], [], idle_s)[0]:
+        first, fds, _, _ = socket.recv_fds(sock, _REQUEST.size, 1)
+        head = _read_exactly(sock, _REQUEST.size, first) if first else None
         if head is None:
             return
         kind, size = _REQUEST.unpack(head)
-        payload = _read_exactly(fd_in, size)
+        payload = _read_exactly(sock, size)
         if payload is None:
             return
         started = time.process_time_ns()
+        opened = f"/proc/self/fd/{fds[0]}" if fds else ""  # the agent's open file: stat and reads see it
         try:
-            table = cache.get(payload.decode()) if kind == b"p" else build_table(payload)
+            if kind == b"p" and not fds:
+                raise TableBuildError("a file to build came without its descriptor")
+            table = cache.get(opened) if kind == b"p" else build_table(payload)
             status, body = 0, encode(table)
-        except (OSError, PodflameError, UnicodeDecodeError) as e:
-            status, body = 1, str(e).encode()[:4096]
+        except (OSError, PodflameError) as e:
+            message = str(e).replace(opened, payload.decode(errors="replace")) if opened else str(e)
+            status, body = 1, message.encode()[:4096]
+        finally:
+            for fd in fds:
+                os.close(fd)
         del payload
-        reply = _REPLY.pack(status, time.process_time_ns() - started, len(body)) + body
-        view = memoryview(reply)
-        while view:
-            view = view[os.write(fd_out, view):]
-        del reply, view, body
+        sock.sendall(_REPLY.pack(status, time.process_time_ns() - started, len(body)) + body)
+        del body
         if _rss_mb() > recycle_mb:
             return
 
@@ -224,10 +254,11 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description="podflame's unwind table builder (started by the agent)")
     ap.add_argument("root", nargs="?", default="")
+    ap.add_argument("--fd", type=int, required=True, help="our end of the agent's socket pair")
     ap.add_argument("--idle", type=float, default=IDLE_S)
     ap.add_argument("--recycle-mb", type=float, default=RECYCLE_MB)
     args = ap.parse_args(argv)
-    serve(args.root or None, args.idle, args.recycle_mb)
+    serve(socket.socket(fileno=args.fd), args.root or None, args.idle, args.recycle_mb)
 
 
 if __name__ == "__main__":

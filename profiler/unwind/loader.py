@@ -108,6 +108,9 @@ class NativeUnwinder:
     # -- API -------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        warm = getattr(self.table_source, "warm", None)
+        if warm is not None:
+            warm()  # a first start's builds are about to come
         self._worker = threading.Thread(target=self._run, name="podflame-unwind", daemon=True)
         self._worker.start()
 
