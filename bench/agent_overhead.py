@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import itertools
 import json
 import os
@@ -99,7 +100,8 @@ class TreeRss(threading.Thread):
     sampled every `interval` seconds (a child that compiles for 0.4 s and exits shows up in the sum;
     the main process's VmHWM alone would not count it). Descendants come from the kernel's
     /proc/PID/task/TID/children lists, never from a cache of parent pids: with churn, pids are reused
-    within milliseconds and a stale entry would count a stranger's RSS."""
+    within milliseconds and a stale entry would count a stranger's RSS. A child between fork and exec (same
+    command line as its parent) shares its parent's pages and is not counted."""
 
     def __init__(self, roots: dict[str, int], interval: float = 0.02) -> None:
         super().__init__(name="tree-rss", daemon=True)
@@ -125,17 +127,21 @@ class TreeRss(threading.Thread):
 
     def sample(self) -> None:
         for name, root in self.roots.items():
-            total, todo, parts = 0, [root], []
+            total, todo, parts = 0, [(root, b"")], []
             while todo:
-                pid = todo.pop()
+                pid, parent_cmdline = todo.pop()
                 try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmdline = f.read()
                     with open(f"/proc/{pid}/statm", "rb") as f:
                         pages = int(f.read().split()[1])
                 except (OSError, ValueError, IndexError):
                     continue
+                if cmdline == parent_cmdline:
+                    continue  # forked, not exec'd yet: its pages are its parent's (a double count)
                 total += pages
                 parts.append((pid, pages))
-                todo += self._children(pid)
+                todo += [(child, cmdline) for child in self._children(pid)]
             if total * PAGE_MB > self.peak_mb[name]:
                 self.peak_mb[name] = total * PAGE_MB
                 self.at_peak[name] = [(_comm(pid), round(pages * PAGE_MB, 1)) for pid, pages in parts]
@@ -270,6 +276,20 @@ def where_time_goes(folded: Path) -> dict[str, float]:
     return out
 
 
+FIRST_DRAIN_S = 11.0  # the agent drains every 10 s: its first drain (cold caches) belongs to the start-up
+
+
+def wait_for_line(path: Path, text: str, timeout: float) -> float:
+    """time.monotonic() when `text` appeared in the file at `path`."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError):
+            if text in path.read_text(errors="replace"):
+                return time.monotonic()
+        time.sleep(0.1)
+    raise SystemExit(f"{text!r} did not appear in {path} within {timeout:.0f} s")
+
+
 def wait_for(url: str, timeout: float = 30) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -287,7 +307,8 @@ def main() -> None:
     ap.add_argument("--frequency", type=int, default=99)
     ap.add_argument("--busy", type=int, default=os.cpu_count() or 2, help="busy single-threaded burners")
     ap.add_argument("--startup", type=float, default=15.0,
-                    help="seconds counted as start-up: compile, load, and the first (cold) drain at 10 s")
+                    help="seconds counted as start-up (at least until the agent samples, plus 11 s: its first, "
+                         "cold drain)")
     ap.add_argument("--runs", type=int, choices=(1, 2), default=2, help="1: first start only; 2: and a restart")
     ap.add_argument("--churn", type=float, default=0.0,
                     help="busy node: short-lived processes started per second during the measured window")
@@ -302,7 +323,9 @@ def main() -> None:
                     help="every cell (unwind x frequency x plain/busy, first start and restart; Python frames off "
                          "once) in one run; --duration/--frequency/--churn/--processes/--unwind are ignored")
     ap.add_argument("--cell-duration", type=float, default=30.0, help="--matrix: measured seconds per run")
-    ap.add_argument("--cell-startup", type=float, default=12.0, help="--matrix: start-up seconds per run")
+    ap.add_argument("--cell-startup", type=float, default=12.0,
+                    help="--matrix: start-up seconds per run (at least until the agent samples, plus 11 s)")
+    ap.add_argument("--only", default="", help="--matrix: only cells whose label contains this (e.g. 'auto 19 Hz')")
     ap.add_argument("--where", action="store_true",
                     help="record the agent with py-spy over the measured window: shares of its CPU per part")
     args = ap.parse_args()
@@ -313,10 +336,11 @@ def main() -> None:
     else:
         results = {"matrix": [], "cell_duration_s": args.cell_duration}
         for cell in MATRIX:
+            if args.only and args.only not in cell_label(cell):
+                continue
             cell_args = argparse.Namespace(**{**vars(args), **cell, "duration": args.cell_duration,
                                               "startup": args.cell_startup, "runs": 2})
-            label = (f"{cell['unwind']} {cell['frequency']} Hz {'busy' if cell['churn'] else 'plain'} "
-                     f"python-frames {cell['python_frames']}")
+            label = cell_label(cell)
             print(f"=== {label}", file=sys.stderr)
             results["matrix"].append({"cell": label, **cell, **run_pair(cell_args)})
         print_matrix(results["matrix"])
@@ -328,6 +352,11 @@ PLAIN = {"churn": 0.0, "processes": 0}
 MATRIX = [{"unwind": unwind, "frequency": hz, "python_frames": "on", **load}
           for unwind in ("auto", "fp") for hz in (19, 99) for load in (PLAIN, BUSY)] + \
          [{"unwind": "auto", "frequency": 19, "python_frames": "off", **PLAIN}]
+
+
+def cell_label(cell: dict) -> str:
+    return (f"{cell['unwind']} {cell['frequency']} Hz {'busy' if cell['churn'] else 'plain'} "
+            f"python-frames {cell['python_frames']}")
 
 
 def run_pair(args: argparse.Namespace) -> dict:
@@ -382,7 +411,7 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
                              "--interval", "10", "--node-name", "bench", "--unwind", args.unwind],
                             stdout=log, stderr=log, env=env)
     folded = open(tmp / "bcc.folded", "w")  # noqa: SIM115
-    bcc_seconds = int(args.startup + args.duration + 10)
+    bcc_seconds = int(args.startup + args.duration + 600)  # stopped with SIGINT once the burners are done
     theirs = subprocess.Popen(["profile-bpfcc", "-F", str(args.frequency), "-af", str(bcc_seconds)],
                               stdout=folded, stderr=log)
     tree_rss = TreeRss({"podflame": ours.pid, "profile-bpfcc": theirs.pid})
@@ -393,7 +422,11 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
           f"at {args.frequency} Hz", file=sys.stderr)
     if args.pids:
         print(f"pids: podflame {ours.pid}, profile-bpfcc {theirs.pid}", file=sys.stderr)
-    time.sleep(args.startup)
+    # start-up lasts `--startup` seconds, and at least until the agent samples plus its first (cold) drain:
+    # on a busy node the compile alone can take longer than --startup
+    started_at = time.monotonic()
+    ready_at = wait_for_line(tmp / "log.txt", "podflame agent: sampling", timeout=300)
+    time.sleep(max(0.0, started_at + args.startup - time.monotonic(), ready_at + FIRST_DRAIN_S - time.monotonic()))
     start_cpu = {"podflame": cpu_seconds(ours.pid), "profile-bpfcc": cpu_seconds(theirs.pid)}
     t_steady = time.monotonic()
     spy = None
@@ -420,6 +453,7 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
         spy.wait(60)
     time.sleep(1)
     ours.send_signal(2)  # the agent drains once more and flushes on SIGINT
+    theirs.send_signal(2)  # profile-bpfcc prints its stacks and exits on SIGINT, as at the end of its duration
     final_cpu = {}
     for name, proc in (("podflame", ours), ("profile-bpfcc", theirs)):
         _, _, usage = os.wait4(proc.pid, 0)  # includes profile-bpfcc's symbolization at exit
