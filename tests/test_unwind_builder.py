@@ -134,3 +134,21 @@ def test_warm_starts_the_child_only_before_the_first_table(tmp_path: Path) -> No
         assert restart._child is None
     finally:
         restart.close()
+
+
+def test_works_with_over_1024_descriptors_open(tmp_path: Path) -> None:
+    """An agent watching many processes holds many descriptors: select() cannot wait on fd >= 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 4096), hard), hard))
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    source = TableSource(None)
+    try:
+        assert source(str(LIBC)).count > 0
+        assert source._sock is not None and source._sock.fileno() >= 1024
+    finally:
+        source.close()
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -184,13 +184,20 @@ class TableSource:
         deadline = time.monotonic() + self.timeout_s
         while len(out) < n:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([sock], [], [], left)[0]:
+            if left <= 0 or not _readable(sock, left):
                 raise TimeoutError
             chunk = sock.recv(min(n - len(out), 1 << 20))
             if not chunk:
                 raise EOFError
             out += chunk
         return bytes(out)
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """poll, not select: an agent (or a test run) with over 1024 descriptors open is out of select's range."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
 
 
 def _refuse(path: str) -> UnwindTable:
@@ -220,7 +227,7 @@ def serve(sock: socket.socket, root: str | None, idle_s: float, recycle_mb: floa
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C reaches the agent, which closes us
     cache = TableCache(root or None, builder=build_table)
-    while select.select([sock], [], [], idle_s)[0]:
+    while _readable(sock, idle_s):
         first, fds, _, _ = socket.recv_fds(sock, _REQUEST.size, 1)
         head = _read_exactly(sock, _REQUEST.size, first) if first else None
         if head is None:
