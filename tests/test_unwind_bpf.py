@@ -225,30 +225,38 @@ def test_perf_dwarf_agrees_on_the_chain(binaries: dict[str, Path], tmp_path: Pat
     assert ours_top.most_common(1)[0][0] == theirs_top.most_common(1)[0][0]
 
 
-def test_the_agent_path_loads_tables_on_announcement_and_drops_them_on_exit(binaries: dict[str, Path]) -> None:
+def test_the_agent_path_loads_tables_on_announcement_and_drops_them_on_exit(binaries: dict[str, Path],
+                                                                            tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """No preloading: the process starts after the sampler, is announced by its first sample, and its
-    tables follow; the walk counters say how many samples came before (frame pointers) and after."""
+    tables follow; the walk counters say how many samples came before (frame pointers) and after.
+    Twice, as on a node: the first process of a binary waits for the build child to start and build
+    (the table cache is empty), the second finds its tables on disk."""
     from profiler import metrics
     from profiler.sampler import Sampler
 
-    with kubelet_cgroup() as cg, Sampler(FREQUENCY, cgroup_ids=[cg.inode], unwind="auto") as sampler:
-        proc = spawn_in_cgroup(cg.path, [str(binaries["nofp"]), "chain", "3"])
-        assert proc.wait(timeout=60) == 0
-        first = sampler.drain()
-        time.sleep(0.2)  # a drain notices the exit; the next maintain() forgets the process
-        second = sampler.drain()
-    u = first.unwind
-    total = sum(s.count for s in first.samples)
-    assert total >= 30
-    assert u["walk_tables"] + u["walk_fp"] >= total * 0.99  # every sample of the process went one way
-    assert u["walk_tables"] >= total * 0.8, u  # loading took well under the first 20% of its life
-    # the program's and libc's tables come with the process's first load, others on demand; samples
-    # before that load (~0.1-0.5 s on a loaded VM, of this 3 s process) use frame pointers
-    assert u["walk_end"] >= u["walk_tables"] * 0.85, u
-    assert u["tables_built"] >= 1 and u["table_binaries"] >= 2
-    assert u["table_binaries"] >= 2 and u["table_rows"] > 10_000 and u["table_row_bytes"] == u["table_rows"] * 16
-    assert second.unwind["table_processes"] == 0 and second.unwind["table_binaries_in_use"] == 0
-    assert second.unwind["table_binaries"] == u["table_binaries"]  # kept for the next process of them
+    monkeypatch.setenv("PODFLAME_SYMBOL_CACHE", str(tmp_path))  # the agent's table cache (a hostPath)
+    shares = []
+    for _cache in ("cold", "warm"):
+        with kubelet_cgroup() as cg, Sampler(FREQUENCY, cgroup_ids=[cg.inode], unwind="auto") as sampler:
+            proc = spawn_in_cgroup(cg.path, [str(binaries["nofp"]), "chain", "3"])
+            assert proc.wait(timeout=60) == 0
+            first = sampler.drain()
+            time.sleep(0.2)  # a drain notices the exit; the next maintain() forgets the process
+            second = sampler.drain()
+        u = first.unwind
+        total = sum(s.count for s in first.samples)
+        assert total >= 30
+        assert u["walk_tables"] + u["walk_fp"] >= total * 0.99  # every sample of the process went one way
+        shares.append(u["walk_tables"] / total)
+        # the program's and libc's tables come with the process's first load, others on demand
+        assert u["walk_end"] >= u["walk_tables"] * 0.85, u
+        assert u["tables_built"] >= 1 and u["table_binaries"] >= 2
+        assert u["table_rows"] > 10_000 and u["table_row_bytes"] == u["table_rows"] * 16
+        assert second.unwind["table_processes"] == 0 and second.unwind["table_binaries_in_use"] == 0
+        assert second.unwind["table_binaries"] == u["table_binaries"]  # kept for the next process of them
+    # cold: the build child's start (~0.3 s of imports on a loaded VM) and the builds come first
+    assert shares[0] >= 0.5 and shares[1] >= 0.8, shares  # warm: loading took well under 20% of its life
     metrics.record_unwind(first.unwind)
     assert metrics.UNWIND_TABLES.labels("rows")._value.get() == u["table_rows"]
 
