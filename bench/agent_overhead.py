@@ -24,16 +24,32 @@ tests/workloads/deep_calls.c (a call tree 4-12 deep whose branches depend on a s
 0.1-1 s. The burners still measure capture.
 
     .venv/bin/python bench/agent_overhead.py --duration 60 --frequency 99 --churn 10 --processes 8
+
+Native unwinding: `--unwind auto` (the agent's default: .eh_frame tables) or `--unwind fp` (frame pointers
+only); Python frames: `--python-frames on|off` ($PODFLAME_PYTHON_FRAMES). CPU counts each tool's whole
+process tree: reaped children and live ones (the agent's unwind table builder is a child process).
+
+The whole matrix in one invocation (~15 min on a quiet 2-core machine): tables and frame pointers, 19 and
+99 Hz, plain and busy (`--churn 10 --processes 8`), each a first start (empty caches) and a restart, plus
+Python frames off for tables at 19 Hz plain; `--cell-duration` seconds measured per run:
+
+    .venv/bin/python bench/agent_overhead.py --matrix [--cell-duration 30]
+
+Where the agent's own time goes: `--where` records the agent with py-spy (`py-spy record --pid`, 50 Hz,
+native frames off, active threads only) over the measured window and prints the shares of its CPU per part
+(drain, maps refresh, symbolize, unwind tables, Python frames, upload, other).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import itertools
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,9 +68,13 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its reaped children."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / TICK
+    """utime + stime of a process and its reaped children, plus (recursively) its live children's: the
+    agent's table builder lives for seconds and is reaped only when it exits."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / TICK + sum(cpu_seconds(c) for c in TreeRss._children(pid))
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -67,18 +87,28 @@ def peak_rss_mb(pid: int) -> float:
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
+def _comm(pid: int) -> str:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:3]
+        return " ".join(os.path.basename(a) for a in args)[:60] or "?"
+    except OSError:
+        return "?"
+
+
 class TreeRss(threading.Thread):
     """Peak RSS of each tool's process tree: the sum of the RSS of the process and all its descendants,
     sampled every `interval` seconds (a child that compiles for 0.4 s and exits shows up in the sum;
     the main process's VmHWM alone would not count it). Descendants come from the kernel's
     /proc/PID/task/TID/children lists, never from a cache of parent pids: with churn, pids are reused
-    within milliseconds and a stale entry would count a stranger's RSS."""
+    within milliseconds and a stale entry would count a stranger's RSS. A child between fork and exec (same
+    command line as its parent) shares its parent's pages and is not counted."""
 
     def __init__(self, roots: dict[str, int], interval: float = 0.02) -> None:
         super().__init__(name="tree-rss", daemon=True)
         self.roots = roots
         self.interval = interval
         self.peak_mb = dict.fromkeys(roots, 0.0)
+        self.at_peak: dict[str, list[tuple[str, float]]] = {name: [] for name in roots}  # (comm, MB) at the peak
         self._halt = threading.Event()
 
     @staticmethod
@@ -97,16 +127,24 @@ class TreeRss(threading.Thread):
 
     def sample(self) -> None:
         for name, root in self.roots.items():
-            total, todo = 0, [root]
+            total, todo, parts = 0, [(root, b"")], []
             while todo:
-                pid = todo.pop()
+                pid, parent_cmdline = todo.pop()
                 try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmdline = f.read()
                     with open(f"/proc/{pid}/statm", "rb") as f:
-                        total += int(f.read().split()[1])
+                        pages = int(f.read().split()[1])
                 except (OSError, ValueError, IndexError):
                     continue
-                todo += self._children(pid)
-            self.peak_mb[name] = max(self.peak_mb[name], total * PAGE_MB)
+                if cmdline == parent_cmdline:
+                    continue  # forked, not exec'd yet: its pages are its parent's (a double count)
+                total += pages
+                parts.append((pid, pages))
+                todo += [(child, cmdline) for child in self._children(pid)]
+            if total * PAGE_MB > self.peak_mb[name]:
+                self.peak_mb[name] = total * PAGE_MB
+                self.at_peak[name] = [(_comm(pid), round(pages * PAGE_MB, 1)) for pid, pages in parts]
 
     def run(self) -> None:
         while not self._halt.wait(self.interval):
@@ -208,6 +246,50 @@ class Churn(threading.Thread):
             p.wait()
 
 
+# py-spy's frames are "function (file:line)"; a stack belongs to the first part any of its frames matches
+WHERE = (("unwind tables", ("profiler/unwind/",)), ("python frames", ("profiler/pyframes", "profiler/python/")),
+         ("upload", ("profiler/upload.py", "urllib", "http/client", "socket.py", "ssl.py")),
+         ("symbolize", ("symbolizer/",)), ("maps refresh", ("profiler/procmaps.py",)),
+         ("drain", ("profiler/sampler.py", "profiler/bpfprog.py")),
+         ("build profiles", ("profiler/agent.py", "podflame/model.py", "podflame/pprof")))
+
+
+def where_time_goes(folded: Path) -> dict[str, float]:
+    """Shares of the agent's recorded samples per part, the first of WHERE that any frame of the stack
+    matches (a table load inside a drain is the tables'; pprof encoding for an upload is the upload's);
+    "other": the interpreter, GC, the metrics and the rest."""
+    counts: dict[str, int] = dict.fromkeys([name for name, _ in WHERE] + ["other"], 0)
+    total = 0
+    try:
+        lines = folded.read_text().splitlines()
+    except OSError:
+        return {"samples": 0}
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        part = next((name for name, marks in WHERE if any(m in stack for m in marks)), "other")
+        counts[part] += int(n)
+    out: dict[str, float] = {"samples": total}
+    out.update({k: round(v / total, 4) if total else 0.0 for k, v in counts.items()})
+    return out
+
+
+FIRST_DRAIN_S = 11.0  # the agent drains every 10 s: its first drain (cold caches) belongs to the start-up
+
+
+def wait_for_line(path: Path, text: str, timeout: float) -> float:
+    """time.monotonic() when `text` appeared in the file at `path`."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError):
+            if text in path.read_text(errors="replace"):
+                return time.monotonic()
+        time.sleep(0.1)
+    raise SystemExit(f"{text!r} did not appear in {path} within {timeout:.0f} s")
+
+
 def wait_for(url: str, timeout: float = 30) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -225,7 +307,8 @@ def main() -> None:
     ap.add_argument("--frequency", type=int, default=99)
     ap.add_argument("--busy", type=int, default=os.cpu_count() or 2, help="busy single-threaded burners")
     ap.add_argument("--startup", type=float, default=15.0,
-                    help="seconds counted as start-up: compile, load, and the first (cold) drain at 10 s")
+                    help="seconds counted as start-up (at least until the agent samples, plus 11 s: its first, "
+                         "cold drain)")
     ap.add_argument("--runs", type=int, choices=(1, 2), default=2, help="1: first start only; 2: and a restart")
     ap.add_argument("--churn", type=float, default=0.0,
                     help="busy node: short-lived processes started per second during the measured window")
@@ -234,17 +317,75 @@ def main() -> None:
     ap.add_argument("--pids", action="store_true", help="print the tools' pids (to attach py-spy)")
     ap.add_argument("--python-frames", choices=("on", "off"), default="on",
                     help="the agent walks CPython processes' Python frames (PODFLAME_PYTHON_FRAMES)")
+    ap.add_argument("--unwind", choices=("auto", "fp"), default="auto",
+                    help="the agent's user stacks: .eh_frame tables (auto) or frame pointers only (fp)")
+    ap.add_argument("--matrix", action="store_true",
+                    help="every cell (unwind x frequency x plain/busy, first start and restart; Python frames off "
+                         "once) in one run; --duration/--frequency/--churn/--processes/--unwind are ignored")
+    ap.add_argument("--cell-duration", type=float, default=30.0, help="--matrix: measured seconds per run")
+    ap.add_argument("--cell-startup", type=float, default=12.0,
+                    help="--matrix: start-up seconds per run (at least until the agent samples, plus 11 s)")
+    ap.add_argument("--only", default="", help="--matrix: only cells whose label contains this (e.g. 'auto 19 Hz')")
+    ap.add_argument("--where", action="store_true",
+                    help="record the agent with py-spy over the measured window: shares of its CPU per part")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: both tools load eBPF programs")
+    if not args.matrix:
+        results: dict = run_pair(args)
+    else:
+        results = {"matrix": [], "cell_duration_s": args.cell_duration}
+        for cell in MATRIX:
+            if args.only and args.only not in cell_label(cell):
+                continue
+            cell_args = argparse.Namespace(**{**vars(args), **cell, "duration": args.cell_duration,
+                                              "startup": args.cell_startup, "runs": 2})
+            label = cell_label(cell)
+            print(f"=== {label}", file=sys.stderr)
+            results["matrix"].append({"cell": label, **cell, **run_pair(cell_args)})
+        print_matrix(results["matrix"])
+    print(json.dumps(results))
+
+
+BUSY = {"churn": 10.0, "processes": 8}
+PLAIN = {"churn": 0.0, "processes": 0}
+MATRIX = [{"unwind": unwind, "frequency": hz, "python_frames": "on", **load}
+          for unwind in ("auto", "fp") for hz in (19, 99) for load in (PLAIN, BUSY)] + \
+         [{"unwind": "auto", "frequency": 19, "python_frames": "off", **PLAIN}]
+
+
+def cell_label(cell: dict) -> str:
+    return (f"{cell['unwind']} {cell['frequency']} Hz {'busy' if cell['churn'] else 'plain'} "
+            f"python-frames {cell['python_frames']}")
+
+
+def run_pair(args: argparse.Namespace) -> dict:
+    """A first start with empty caches, then (unless --runs 1) a restart with the caches it filled."""
     caches = Path(tempfile.mkdtemp(prefix="podflame-bench-caches-"))
     env = {**os.environ, "PODFLAME_BPF_CACHE": str(caches / "bpf"), "PODFLAME_SYMBOL_CACHE": str(caches / "symbols"),
-           "PODFLAME_PYTHON_FRAMES": "1" if args.python_frames == "on" else "0"}
+           "PODFLAME_PYTHON_FRAMES": "1" if args.python_frames == "on" else "0", "PODFLAME_UNWIND": args.unwind}
     results = {}
-    for name in ("first_start", "restart")[: args.runs]:
-        print(f"== {name.replace('_', ' ')}", file=sys.stderr)
-        results[name] = run(args, env)
-    print(json.dumps(results))
+    try:
+        for name in ("first_start", "restart")[: args.runs]:
+            print(f"== {name.replace('_', ' ')}", file=sys.stderr)
+            results[name] = run(args, env)
+    finally:
+        shutil.rmtree(caches, ignore_errors=True)
+    return results
+
+
+def print_matrix(cells: list[dict]) -> None:
+    print(f"{'cell':42} {'run':11} {'ours cpu':>9} {'steady %':>9} {'RSS MB':>7} {'bcc cpu':>8} {'bcc RSS':>8} "
+          f"{'ratio':>6} {'capture':>8}", file=sys.stderr)
+    for c in cells:
+        for run_name in ("first_start", "restart"):
+            r = c.get(run_name)
+            if r is None:
+                continue
+            o, t = r["podflame"], r["profile-bpfcc"]
+            print(f"{c['cell']:42} {run_name:11} {o['cpu_s_total']:9.2f} {o['steady_core_pct']:9.3f} "
+                  f"{o['peak_rss_mb']:7.1f} {t['cpu_s_total']:8.2f} {t['peak_rss_mb']:8.1f} "
+                  f"{r['cpu_ratio_total'] or 0:6.2f} {100 * (o['capture_ratio'] or 0):7.1f}%", file=sys.stderr)
 
 
 def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
@@ -267,9 +408,10 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     # Both tools start first; the burners run only once both sample, and stop before either stops,
     # so each tool saw the burners' whole life and expected = their CPU seconds x frequency.
     ours = subprocess.Popen([str(podflame), "agent", "--server", url, "--frequency", str(args.frequency),
-                             "--interval", "10", "--node-name", "bench"], stdout=log, stderr=log, env=env)
+                             "--interval", "10", "--node-name", "bench", "--unwind", args.unwind],
+                            stdout=log, stderr=log, env=env)
     folded = open(tmp / "bcc.folded", "w")  # noqa: SIM115
-    bcc_seconds = int(args.startup + args.duration + 10)
+    bcc_seconds = int(args.startup + args.duration + 600)  # stopped with SIGINT once the burners are done
     theirs = subprocess.Popen(["profile-bpfcc", "-F", str(args.frequency), "-af", str(bcc_seconds)],
                               stdout=folded, stderr=log)
     tree_rss = TreeRss({"podflame": ours.pid, "profile-bpfcc": theirs.pid})
@@ -280,9 +422,19 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
           f"at {args.frequency} Hz", file=sys.stderr)
     if args.pids:
         print(f"pids: podflame {ours.pid}, profile-bpfcc {theirs.pid}", file=sys.stderr)
-    time.sleep(args.startup)
+    # start-up lasts `--startup` seconds, and at least until the agent samples plus its first (cold) drain:
+    # on a busy node the compile alone can take longer than --startup
+    started_at = time.monotonic()
+    ready_at = wait_for_line(tmp / "log.txt", "podflame agent: sampling", timeout=300)
+    time.sleep(max(0.0, started_at + args.startup - time.monotonic(), ready_at + FIRST_DRAIN_S - time.monotonic()))
     start_cpu = {"podflame": cpu_seconds(ours.pid), "profile-bpfcc": cpu_seconds(theirs.pid)}
     t_steady = time.monotonic()
+    spy = None
+    if args.where:
+        spy = subprocess.Popen([str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid", str(ours.pid),
+                                "--rate", "50", "--duration", str(int(args.duration)), "--format", "raw",
+                                "--nonblocking", "-o", str(tmp / "agent.folded")],
+                               stdout=subprocess.DEVNULL, stderr=log)
     burners = [subprocess.Popen([str(burn), str(args.duration)]) for _ in range(args.busy)]
     churn = Churn(args.churn, deep_calls) if args.churn > 0 else None
     if churn is not None:
@@ -295,9 +447,13 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
         churn.stop()
     end_cpu = {"podflame": cpu_seconds(ours.pid), "profile-bpfcc": cpu_seconds(theirs.pid)}
     rss = {"podflame": peak_rss_mb(ours.pid), "profile-bpfcc": peak_rss_mb(theirs.pid)}
+    main_hwm = dict(rss)  # each tool's own process, without children
     steady_wall = time.monotonic() - t_steady
+    if spy is not None:
+        spy.wait(60)
     time.sleep(1)
     ours.send_signal(2)  # the agent drains once more and flushes on SIGINT
+    theirs.send_signal(2)  # profile-bpfcc prints its stacks and exits on SIGINT, as at the end of its duration
     final_cpu = {}
     for name, proc in (("podflame", ours), ("profile-bpfcc", theirs)):
         _, _, usage = os.wait4(proc.pid, 0)  # includes profile-bpfcc's symbolization at exit
@@ -321,12 +477,13 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     result = {"duration_s": args.duration, "frequency_hz": args.frequency, "busy_cpus": args.busy,
               "churn_per_s": args.churn, "churn_started": churn.started if churn is not None else 0,
               "long_lived_processes": args.processes, "python_frames": env["PODFLAME_PYTHON_FRAMES"] == "1",
-              "expected_samples": round(expected)}
+              "unwind": args.unwind, "expected_samples": round(expected)}
     for name, samples in (("podflame", our_samples), ("profile-bpfcc", their_samples)):
         total = final_cpu[name]
         steady = end_cpu[name] - start_cpu[name]
         result[name] = {"cpu_s_total": round(total, 2), "cpu_s_startup": round(start_cpu[name], 2),
                         "steady_core_pct": round(100 * steady / steady_wall, 3), "peak_rss_mb": round(rss[name], 1),
+                        "peak_rss_main_mb": round(main_hwm[name], 1), "peak_rss_tree": tree_rss.at_peak[name],
                         "samples": samples, "capture_ratio": round(samples / expected, 4) if expected else None}
     # profile-bpfcc does nothing between start-up and exit (it symbolizes once, at the end), so its
     # steady share is ~0 and a steady ratio means nothing; the whole-run ratio is the comparison.
@@ -335,7 +492,11 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
         if theirs_r["cpu_s_total"] > 0 else None
     result["cpu_ratio_steady"] = round(ours_r["steady_core_pct"] / theirs_r["steady_core_pct"], 3) \
         if theirs_r["steady_core_pct"] >= 0.05 else None
-    result["steady_target_met"] = ours_r["steady_core_pct"] < 1.0
+    result["steady_target_met"] = ours_r["steady_core_pct"] < (1.0 if args.frequency <= 19 else 2.0)
+    if spy is not None:
+        result["where"] = where_time_goes(tmp / "agent.folded")
+        print("where the agent's time goes: " + ", ".join(f"{k} {v:.1%}" for k, v in result["where"].items()
+                                                          if k != "samples"), file=sys.stderr)
     for name in ("podflame", "profile-bpfcc"):
         r = result[name]
         print(f"{name:14} cpu {r['cpu_s_total']:6.2f}s (start-up {r['cpu_s_startup']:.2f}s, steady "

@@ -1,8 +1,10 @@
 """Unwind-table builds (profiler/unwind) vs readelf's own CFI decoding of the same binaries.
 
-For each binary: rows, table bytes, our build time (in a fresh process, after imports: what the
-agent pays the first time it meets a binary), that process's peak RSS, the time to load the table
-again from the disk cache, and as the peer `readelf --debug-dump=frames-interp FILE` (binutils
+For each binary: rows, table bytes, our build time (in a fresh process, after imports: the CPU the
+agent's build child spends the first time the node meets a binary), that process's peak RSS, the time
+to load the table again from the disk cache, the agent's wait for a table its build child makes
+(`agent_child_s`: the child's start, imports and build, and the rows sent back;
+profiler/unwind/builder.py), and as the peer `readelf --debug-dump=frames-interp FILE` (binutils
 decoding and evaluating every FDE, output to /dev/null), wall time and peak RSS. Each side runs
 `--repeat` times, alternating, fastest reported (the 2-core VM is shared and noisy).
 With pyelftools importable (`--pyelftools`), it also times pyelftools decoding libc's .eh_frame rules.
@@ -44,8 +46,16 @@ t3 = time.perf_counter()
 hit = TableCache(sys.argv[2]).get(sys.argv[1])
 t4 = time.perf_counter()
 assert hit.rows == table.rows
+from profiler.unwind.builder import TableSource
+source = TableSource(sys.argv[3])
+t5 = time.perf_counter()
+child = source(sys.argv[1])
+t6 = time.perf_counter()
+source.close()
+assert child.rows == table.rows
 print(json.dumps({"rows": table.count, "bytes": table.nbytes, "source": table.source, "reason": table.reason,
-                  "import_s": t1 - t0, "build_s": t2 - t1, "cache_hit_s": t4 - t3, **table.stats}))
+                  "import_s": t1 - t0, "build_s": t2 - t1, "cache_hit_s": t4 - t3, "agent_child_s": t6 - t5,
+                  **table.stats}))
 """
 
 
@@ -124,8 +134,8 @@ def main() -> None:
         size = os.path.getsize(path)
         ours, theirs = [], []
         for _ in range(args.repeat):
-            with tempfile.TemporaryDirectory() as cache:
-                wall, rss, out = _run([sys.executable, "-c", _CHILD, path, cache])
+            with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as cache2:
+                wall, rss, out = _run([sys.executable, "-c", _CHILD, path, cache, cache2])
             got = json.loads(out.strip().splitlines()[-1])
             ours.append((got["build_s"], rss, wall, got))
             theirs.append(_run(["readelf", "--debug-dump=frames-interp", path], stdout=subprocess.DEVNULL)[:2])
@@ -134,6 +144,7 @@ def main() -> None:
         r = {"binary": path, "file_mb": round(size / 2**20, 1), "source": got["source"], "fdes": got.get("fdes", 0),
              "rows": got["rows"], "bytes": got["bytes"], "build_s": round(build_s, 3),
              "process_s": round(wall, 3), "rss_mb": round(rss, 1), "cache_hit_s": round(got["cache_hit_s"], 4),
+             "agent_child_s": round(got["agent_child_s"], 3),
              "readelf_s": round(readelf_s, 3), "readelf_rss_mb": round(readelf_rss, 1),
              "build_vs_readelf": round(build_s / readelf_s, 2) if readelf_s else None,
              "unsupported_rows": got.get("unsupported_rows", 0), "reason": got["reason"]}

@@ -43,9 +43,11 @@ from profiler.unwind.table import (
     RBP_OFFSET,
     RBP_SAME,
     RBP_UNDEFINED,
-    ROW_DTYPE,
+    ROW_FIELDS,
+    ROW_SIZE,
     Rule,
     UnwindTable,
+    file_identity,
 )
 from symbolizer.elf import _build_id
 from symbolizer.elffile import PT_LOAD, ElfFile, ElfFormatError, Section
@@ -55,6 +57,8 @@ PT_GNU_EH_FRAME = 0x6474E550
 # DW_OP_breg7 8; DW_OP_breg16 0; DW_OP_lit15; DW_OP_and; DW_OP_lit11|lit10; DW_OP_ge; DW_OP_lit3; DW_OP_shl; DW_OP_plus
 _PLT_HEAD, _PLT_TAIL = bytes([0x77, 0x08, 0x80, 0x00, 0x3F, 0x1A]), bytes([0x2A, 0x33, 0x24, 0x22])
 _PLT_THRESHOLD = {0x3A: 10, 0x3B: 11}
+ROW_DTYPE = np.dtype(ROW_FIELDS)
+assert ROW_DTYPE.itemsize == ROW_SIZE
 _NONE_RULE: Rule = (CFA_NONE, 0, RBP_SAME, 0)
 _S16 = range(-0x8000, 0x8000)
 
@@ -309,10 +313,6 @@ def rows_from_cfi(sources: list[tuple[CfiSection, str, HdrTable | None]],
     stats["rows"] = len(out)
     stats["unsupported_rows"] = int(np.count_nonzero(out["cfa_type"] == CFA_UNSUPPORTED))
     return out, stats
-
-
-def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def build_table(path: str | bytes) -> UnwindTable:

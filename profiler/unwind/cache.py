@@ -18,8 +18,7 @@ import tempfile
 import zlib
 from collections.abc import Callable
 
-from profiler.unwind.build import build_table, file_identity
-from profiler.unwind.table import ROW_SIZE, UnwindTable
+from profiler.unwind.table import ROW_SIZE, UnwindTable, file_identity
 from symbolizer.elf import read_build_id
 
 FORMAT = 1
@@ -33,7 +32,7 @@ def encode(table: UnwindTable) -> bytes:
     return head + source + reason + table.rows
 
 
-def decode(raw: bytes, build_id: str | None, identity: tuple[int, int, int, int]) -> UnwindTable | None:
+def decode(raw: bytes, build_id: str | None, identity: tuple[int, int, int, int] | None) -> UnwindTable | None:
     """The table in a cache file's bytes, or None when they are not a whole, intact entry."""
     if len(raw) < _HEAD.size:
         return None
@@ -50,13 +49,20 @@ def decode(raw: bytes, build_id: str | None, identity: tuple[int, int, int, int]
     return UnwindTable(rows, count, source, build_id, identity, reason=reason)
 
 
+def _build_table(path: str) -> UnwindTable:
+    from profiler.unwind.build import build_table  # numpy: only where tables are built
+
+    return build_table(path)
+
+
 class TableCache:
-    """`get(path)`: the binary's unwind table from disk, else built (build_table) and stored.
+    """`get(path)`: the binary's unwind table from disk, else built (build_table) and stored;
+    `lookup(path)`: from disk only (what the agent does itself: reading a file needs no numpy).
 
     Without a root (none given and $PODFLAME_SYMBOL_CACHE unset) every call builds."""
 
     def __init__(self, root: str | None = None, *, max_bytes: int = 256 << 20,
-                 builder: Callable[[str], UnwindTable] = build_table) -> None:
+                 builder: Callable[[str], UnwindTable] = _build_table) -> None:
         root = root if root is not None else os.environ.get("PODFLAME_SYMBOL_CACHE")
         self.root = os.path.join(root, "unwind", f"v{FORMAT}") if root else None
         self.max_bytes = max_bytes
@@ -76,32 +82,39 @@ class TableCache:
         assert self.root is not None
         return os.path.join(self.root, key[-2:], key + ".tbl")
 
-    def get(self, path: str) -> UnwindTable:
-        """Raises what build_table raises (OSError, UnwindFormatError) for a binary it cannot build."""
+    def lookup(self, path: str) -> UnwindTable | None:
+        """The table stored for the binary at `path`, or None (not stored, unreadable or corrupt).
+        Raises OSError when `path` itself cannot be read."""
         if self.root is None:
-            self.stats["built"] += 1
-            return self.builder(path)
+            return None
         key, build_id, identity = self.key(path)
         file = self._file(key)
         try:
             with open(file, "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
-            raw = None
+            return None
         except OSError:
             self.stats["errors"] += 1
-            raw = None
-        if raw is not None:
-            table = decode(raw, build_id, identity)
-            if table is not None:
-                self.stats["hits"] += 1
-                with contextlib.suppress(OSError):
-                    os.utime(file)
-                return table
+            return None
+        table = decode(raw, build_id, identity)
+        if table is None:
             self.stats["corrupt"] += 1
+            return None
+        self.stats["hits"] += 1
+        with contextlib.suppress(OSError):
+            os.utime(file)
+        return table
+
+    def get(self, path: str) -> UnwindTable:
+        """Raises what build_table raises (OSError, UnwindFormatError) for a binary it cannot build."""
+        table = self.lookup(path)
+        if table is not None:
+            return table
         table = self.builder(path)
         self.stats["built"] += 1
-        self._write(file, encode(table))
+        if self.root is not None:
+            self._write(self._file(self.key(path)[0]), encode(table))
         return table
 
     def _write(self, path: str, data: bytes) -> None:

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from podflame.errors import PodflameError
 from podflame.model import Mapping
@@ -31,6 +32,9 @@ from profiler.bpfprog import BpfMap
 from profiler.procmaps import MapsEntry, parse_exec_maps
 from profiler.unwind.maps import WANT, WANTS_TABLE, UnwindMaps
 from profiler.unwind.table import UnwindTable
+
+if TYPE_CHECKING:
+    from profiler.unwind.builder import TableSource
 from symbolizer.elf import LoadSegment
 from symbolizer.elffile import ElfFile, ElfFormatError
 from symbolizer.normalize import elf_address
@@ -51,18 +55,12 @@ SMALL_TABLE_ROWS = 50_000  # estimated: a build of ~50 ms or less (a program, li
 _PF_X = 1
 
 
-def cached_tables() -> Callable[[str | bytes], UnwindTable]:
-    """Tables of files through the on-disk TableCache ($PODFLAME_SYMBOL_CACHE); of images (the vDSO)
-    built directly (a few KiB, once per agent)."""
-    from profiler.unwind.build import build_table
-    from profiler.unwind.cache import TableCache
+def cached_tables() -> TableSource:
+    """Tables read from the on-disk TableCache ($PODFLAME_SYMBOL_CACHE) in this process, built in a
+    child process (profiler/unwind/builder.py) when not there: the build's memory is never the agent's."""
+    from profiler.unwind.builder import TableSource
 
-    cache = TableCache()
-
-    def tables(source: str | bytes) -> UnwindTable:
-        return build_table(source) if isinstance(source, bytes) else cache.get(source)
-
-    return tables
+    return TableSource()
 
 
 @dataclass(slots=True)
@@ -104,11 +102,15 @@ class NativeUnwinder:
         self._last_tables: dict[str, int] = {}
         self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
                       "tables_too_big": 0, "tables_no_room": 0, "tables_deferred": 0, "rereads": 0, "exits": 0,
-                      "cpu_ms": 0}  # the loader thread's own CPU
+                      "cpu_ms": 0,  # the loader thread's own CPU
+                      "build_child_cpu_ms": 0}  # the builder child's, for the tables it built
 
     # -- API -------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        warm = getattr(self.table_source, "warm", None)
+        if warm is not None:
+            warm()  # a first start's builds are about to come
         self._worker = threading.Thread(target=self._run, name="podflame-unwind", daemon=True)
         self._worker.start()
 
@@ -138,6 +140,9 @@ class NativeUnwinder:
         if stale:
             self.stats["rereads"] += len(stale)
             self.announce(stale)
+        reap = getattr(self.table_source, "reap", None)
+        if reap is not None:
+            reap()  # a build child that went idle exits: collect it
         if self._waiting and self._may_build():
             waiting, self._waiting = self._waiting, set()
             self._retry.update(waiting)
@@ -148,6 +153,9 @@ class NativeUnwinder:
             self._queue.put(None)
             self._worker.join(timeout=10)
             self._worker = None
+        close = getattr(self.table_source, "close", None)
+        if close is not None:
+            close()
 
     def report(self) -> dict[str, int]:
         """Kernel counters, table memory and this loader's counts, for metrics and the log."""
@@ -352,15 +360,18 @@ class NativeUnwinder:
             return
         binary.deferred = False
         started = time.thread_time()
+        child_s = 0.0
         try:
             table = self.table_source(source)
             self.stats["tables_built"] += 1
             binary.count, binary.rows = table.count, table.rows
+            child_s = table.stats.get("cpu_ns", 0) / 1e9  # built in the builder child
         except (OSError, PodflameError) as e:
             log.info("no unwind table for %s: %s", "the vDSO" if isinstance(source, bytes) else source, e)
             self.stats["tables_failed"] += 1
             binary.count = 0
-        self._tokens -= time.thread_time() - started
+        self.stats["build_child_cpu_ms"] += int(child_s * 1000)
+        self._tokens -= time.thread_time() - started + child_s
 
     def _may_build(self) -> bool:
         """Whether the build budget (BUILD_CPU_SHARE of a core, BUILD_BURST_S at once) has CPU left."""

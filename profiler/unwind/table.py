@@ -10,10 +10,13 @@ the builder turns any other return-address rule into CFA_UNSUPPORTED.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 CFA_NONE = 0  # no CFI covers this pc: the unwinder falls back to frame pointers
 CFA_RSP = 1  # CFA = rsp + cfa_offset
@@ -32,13 +35,18 @@ CFA_NAMES = {CFA_NONE: "none", CFA_RSP: "rsp", CFA_RBP: "rbp", CFA_PLT: "plt", C
 
 ROW = struct.Struct("<IhhBBH")
 ROW_SIZE = ROW.size  # 12
-ROW_DTYPE = np.dtype([("pc", "<u4"), ("cfa_offset", "<i2"), ("rbp_offset", "<i2"), ("cfa_type", "u1"),
-                      ("rbp_type", "u1"), ("reserved", "<u2")])
-assert ROW_DTYPE.itemsize == ROW_SIZE
+# numpy's view of a row (build.ROW_DTYPE): the agent only moves rows as bytes and never imports numpy
+# (17 MB resident); builds and tests do.
+ROW_FIELDS = [("pc", "<u4"), ("cfa_offset", "<i2"), ("rbp_offset", "<i2"), ("cfa_type", "u1"),
+              ("rbp_type", "u1"), ("reserved", "<u2")]
 
 MAX_PC = 0xFFFF_FFFF  # pc is a u32: code above 4 GiB gets no table (the unwinder uses frame pointers there)
 
 Rule = tuple[int, int, int, int]  # (cfa_type, cfa_offset, rbp_type, rbp_offset)
+
+
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,14 @@ class UnwindTable:
 
     def array(self) -> np.ndarray:
         """The rows as a numpy structured array (a view of `rows`, read-only)."""
-        return np.frombuffer(self.rows, dtype=ROW_DTYPE)
+        import numpy as np
+
+        return np.frombuffer(self.rows, dtype=np.dtype(ROW_FIELDS))
 
     def lookup(self, pc: int) -> Rule | None:
         """The rule holding at ELF address `pc`, or None before the first row (what the kernel's search does)."""
+        import numpy as np
+
         arr = self.array()
         i = int(np.searchsorted(arr["pc"], pc, side="right")) - 1
         if i < 0:

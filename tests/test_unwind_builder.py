@@ -1,0 +1,154 @@
+"""The agent's table source (profiler/unwind/builder.py): tables read from the disk cache in the
+agent, built in a child process that exits when idle, with its failures turned into errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from podflame.errors import PodflameError
+from profiler.unwind.build import build_table
+from profiler.unwind.builder import TableBuildError, TableSource
+
+LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_built_in_a_child_then_read_from_the_cache(tmp_path: Path) -> None:
+    source = TableSource(str(tmp_path))
+    try:
+        built = source(str(LIBC))
+        assert built.rows == build_table(str(LIBC)).rows and built.count > 10_000
+        assert built.stats["cpu_ns"] > 0  # the child's CPU, charged to the loader's build budget
+        assert source.stats["child_builds"] == 1 and source.stats["cache_hits"] == 0
+        assert len(list((tmp_path / "unwind").rglob("*.tbl"))) == 1  # the child stored it
+        again = source(str(LIBC))
+        assert again.rows == built.rows
+        assert source.stats["child_builds"] == 1 and source.stats["cache_hits"] == 1
+    finally:
+        source.close()
+    assert source._child is None
+
+
+def test_an_image_is_built_by_the_child(tmp_path: Path) -> None:
+    image = Path("/bin/true").read_bytes()
+    with_source = TableSource(str(tmp_path))
+    try:
+        assert with_source(image).rows == build_table(image).rows
+    finally:
+        with_source.close()
+
+
+def test_a_bad_file_is_an_error_and_the_child_keeps_serving(tmp_path: Path) -> None:
+    bad = tmp_path / "not-elf"
+    bad.write_bytes(b"hello" * 100)
+    source = TableSource(str(tmp_path / "cache"))
+    try:
+        with pytest.raises(TableBuildError, match="not an ELF") as e:
+            source(str(bad))
+        assert isinstance(e.value, PodflameError)
+        with pytest.raises(OSError):  # what the loader expects of a file that went away
+            source(str(tmp_path / "missing"))
+        assert source(str(LIBC)).count > 0
+        assert source.stats["child_starts"] == 1
+    finally:
+        source.close()
+
+
+def test_the_child_exits_when_idle_and_a_new_one_starts_on_demand(tmp_path: Path) -> None:
+    source = TableSource(None, idle_s=0.2)  # no cache root: every call builds
+    try:
+        source(str(LIBC))
+        child = source._child
+        assert child is not None
+        child.wait(timeout=30)  # exits on its own after 0.2 s without a request
+        source.reap()
+        assert source._child is None
+        assert source(str(LIBC)).count > 0 and source.stats["child_starts"] == 2
+    finally:
+        source.close()
+
+
+def test_a_killed_child_is_replaced(tmp_path: Path) -> None:
+    source = TableSource(None)
+    try:
+        source(str(LIBC))
+        assert source._child is not None
+        os.kill(source._child.pid, signal.SIGKILL)
+        source._child.wait()
+        assert source(str(LIBC)).count > 0  # the write to the dead child fails: one more child
+        assert source.stats["child_starts"] == 2
+    finally:
+        source.close()
+
+
+def test_the_agent_side_never_imports_numpy(tmp_path: Path) -> None:
+    """numpy costs ~17 MB resident: the agent moves rows as bytes, only the child builds."""
+    code = (f"import sys\nfrom profiler.unwind.loader import cached_tables\nimport profiler.sampler\n"
+            f"s = cached_tables()\nt = s({str(LIBC)!r})\nt2 = s({str(LIBC)!r})\ns.close()\n"
+            f"print(t.count, s.stats['child_builds'], s.stats['cache_hits'], 'numpy' in sys.modules)")
+    env = {**os.environ, "PODFLAME_SYMBOL_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=120, check=True)
+    count, builds, hits, numpy = done.stdout.split()
+    assert int(count) > 10_000 and (builds, hits, numpy) == ("1", "1", "False")
+
+
+def test_a_wedged_child_times_out(tmp_path: Path) -> None:
+    source = TableSource(None)
+    try:
+        source(str(LIBC))  # the child's start and first build, on a loaded machine, without the short limit
+        assert source._child is not None
+        source.timeout_s = 0.5
+        os.kill(source._child.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(TableBuildError, match="took over"):
+            source(str(LIBC))
+        assert time.monotonic() - started < 30
+        source.timeout_s = 120
+        assert source(str(LIBC)).count > 0  # a new child
+    finally:
+        source.close()
+
+
+def test_warm_starts_the_child_only_before_the_first_table(tmp_path: Path) -> None:
+    first = TableSource(str(tmp_path))
+    try:
+        first.warm()  # an empty cache: a first start on this node
+        assert first._child is not None and first.stats["child_starts"] == 1
+        first(str(LIBC))
+        assert first.stats["child_starts"] == 1  # the warm child built it
+    finally:
+        first.close()
+    restart = TableSource(str(tmp_path))
+    try:
+        restart.warm()  # tables on disk: a restart starts no child until a miss
+        assert restart._child is None
+        assert restart(str(LIBC)).count > 0 and restart.stats["cache_hits"] == 1
+        assert restart._child is None
+    finally:
+        restart.close()
+
+
+def test_works_with_over_1024_descriptors_open(tmp_path: Path) -> None:
+    """An agent watching many processes holds many descriptors: select() cannot wait on fd >= 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 4096), hard), hard))
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    source = TableSource(None)
+    try:
+        assert source(str(LIBC)).count > 0
+        assert source._sock is not None and source._sock.fileno() >= 1024
+    finally:
+        source.close()
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
