@@ -325,7 +325,9 @@ def main() -> None:
     ap.add_argument("--cell-duration", type=float, default=30.0, help="--matrix: measured seconds per run")
     ap.add_argument("--cell-startup", type=float, default=12.0,
                     help="--matrix: start-up seconds per run (at least until the agent samples, plus 11 s)")
-    ap.add_argument("--only", default="", help="--matrix: only cells whose label contains this (e.g. 'auto 19 Hz')")
+    ap.add_argument("--only", default="",
+                    help="--matrix: only cells whose label contains one of these (comma-separated, e.g. "
+                         "'auto 19 Hz,python8')")
     ap.add_argument("--where", action="store_true",
                     help="record the agent with py-spy over the measured window: shares of its CPU per part")
     args = ap.parse_args()
@@ -336,7 +338,7 @@ def main() -> None:
     else:
         results = {"matrix": [], "cell_duration_s": args.cell_duration}
         for cell in MATRIX:
-            if args.only and args.only not in cell_label(cell):
+            if args.only and not any(part.strip() in cell_label(cell) for part in args.only.split(",")):
                 continue
             cell_args = argparse.Namespace(**{**vars(args), **cell, "duration": args.cell_duration,
                                               "startup": args.cell_startup, "runs": 2})
@@ -349,14 +351,17 @@ def main() -> None:
 
 BUSY = {"churn": 10.0, "processes": 8}
 PLAIN = {"churn": 0.0, "processes": 0}
+PYTHON = {"churn": 0.0, "processes": 8}  # issue 14: long-lived Python processes, frames on against off
 MATRIX = [{"unwind": unwind, "frequency": hz, "python_frames": "on", **load}
           for unwind in ("auto", "fp") for hz in (19, 99) for load in (PLAIN, BUSY)] + \
-         [{"unwind": "auto", "frequency": 19, "python_frames": "off", **PLAIN}]
+         [{"unwind": "auto", "frequency": 19, "python_frames": "off", **PLAIN}] + \
+         [{"unwind": "auto", "frequency": hz, "python_frames": frames, **PYTHON}
+          for hz in (19, 99) for frames in ("on", "off")]
 
 
 def cell_label(cell: dict) -> str:
-    return (f"{cell['unwind']} {cell['frequency']} Hz {'busy' if cell['churn'] else 'plain'} "
-            f"python-frames {cell['python_frames']}")
+    load = "busy" if cell["churn"] else "python8" if cell["processes"] else "plain"
+    return f"{cell['unwind']} {cell['frequency']} Hz {load} python-frames {cell['python_frames']}"
 
 
 def run_pair(args: argparse.Namespace) -> dict:
