@@ -66,8 +66,6 @@ class Answer:
                                   len(self.head))
             return self._deflated
 
-        return len(self.head) + (len(self._deflated[0]) if self._deflated else 0)
-
 
 def refs_key(refs: Sequence[StoredProfile]) -> Hashable:
     return tuple((r.series.id, r.start_ns, r.duration_ns, r.period_ns, r.total, r.handle) for r in refs)
