@@ -508,6 +508,33 @@ def test_group_by_a_pushed_label_one_series_per_value(server: str, watched: Watc
     w.assert_clean()
 
 
+def test_group_by_folds_values_past_the_top_into_one_other_on_list_and_chart(server: str, watched: Watched,
+                                                                             tmp_path: Path) -> None:
+    """Eight values of a label: the chart and the list show the top five each and one "other" summing the
+    other three (the same three on both), and a click on "other" lists every value."""
+    from tests.builders import ingest_url
+
+    counts = {f"team-{k}": 100 * (9 - k) for k in range(1, 9)}  # team-1: 800 ... team-8: 100
+    ingest_url(server, [_profile({"job": "fold", "team": t}, {("main", f"work_{t}"): n}) for t, n in counts.items()])
+    w, page = watched, watched.page
+    page.goto(server + "/#" + urllib.parse.urlencode({"q": '{job="fold"}', "group": "team"}))
+    w.settle(1)
+    wait_js(page, "window.podflame.chartSeries !== null && window.podflame.chartSeries !== undefined")
+    top = list(counts)[:5]
+    names = page.locator("button.target .t-name").all_inner_texts()
+    assert names == ["All matching the selector", *top, "other (3 values)"]
+    rows = page.evaluate("window.podflame.targetRows")
+    assert [r["value"] for r in rows] == [3600, 800, 700, 600, 500, 400, 600]  # other: 300 + 200 + 100
+    series = page.evaluate("window.podflame.chartSeries")
+    assert [(s["name"], s["total"]) for s in series] == [*((t, counts[t]) for t in top), ("other", 600)]
+    _shot(w, tmp_path, "group-by-other")
+    page.locator("button.target-other").click()
+    wait_js(page, "document.querySelectorAll('button.target').length === 9")
+    assert page.locator("button.target .t-name").all_inner_texts() == ["All matching the selector", *counts]
+    assert page.evaluate("window.podflame.targets.length") == 8
+    w.assert_clean()
+
+
 def test_hostile_names_stay_text_in_table_legend_list_and_explorer(server: str, watched: Watched,
                                                                    tmp_path: Path) -> None:
     """Names and label values reach the new table, legend, grouped list and label explorer as text only."""

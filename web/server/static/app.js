@@ -310,12 +310,20 @@ function targetRow(g, max, unit, selected) {
     s.textContent = t;
     btn.append(s);
   }
-  btn.addEventListener("click", () => select(g.key === "" ? null : g.sel));
+  if (g.kind === "other") {
+    btn.classList.add("target-other");
+    btn.addEventListener("click", () => { expandedGroup = state.group; renderTargets(lastTargets); });
+  } else {
+    btn.addEventListener("click", () => select(g.key === "" ? null : g.sel));
+  }
   li.append(btn);
   return li;
 }
 
 let lastGroups = [];
+let lastTargets = null;  // the last /series answer, to draw the list again when "other" is unfolded
+let expandedGroup = "";  // the label whose folded values the user listed
+const OTHER_KEY = "\u0000other";
 let described = new Map();  // group key -> {name, detail} of the last list, for the flame graph title
 
 function renderTargets(resp) {
@@ -340,16 +348,37 @@ function renderTargets(resp) {
   const max = groups.length ? groups[0].value : 0;
   const rows = [];
   if (groups.length) rows.push(targetRow(all, all.value, unit, currentKey === ""));
-  for (const g of groups) rows.push(targetRow(g, max, unit, g.key === currentKey));
+  // Grouped by a label: the top values as the chart draws them, the rest folded into one "other" row
+  // (a click lists them all; a selected value among them is listed).
+  lastTargets = resp;
+  const fold = state.group && groups.length > TOP_GROUPS + 1 && expandedGroup !== state.group &&
+    !groups.slice(TOP_GROUPS).some((g) => g.key === currentKey);
+  const shown = fold ? groups.slice(0, TOP_GROUPS) : groups;
+  for (const g of shown) rows.push(targetRow(g, max, unit, g.key === currentKey));
+  if (fold) {
+    const rest = groups.slice(TOP_GROUPS);
+    const sum = (f) => rest.reduce((a, g) => a + f(g), 0);
+    const other = {
+      key: OTHER_KEY, sel: null, kind: "other", value: sum((g) => g.value), cpu: rest.every((g) => g.cpu),
+      cpuShare: sum((g) => g.cpuShare), cpuSeconds: sum((g) => g.cpuSeconds), comms: null,
+      describe: { name: `other (${rest.length} values)`, detail: "", title: `The ${rest.length} smaller values of ${state.group}: click to list them` },
+    };
+    rows.push(targetRow(other, max, unit, false));
+  }
+  hook.targetRows = [...(groups.length ? [all] : []), ...shown].map((g) => ({ name: g.describe.name, value: g.value }));
+  if (fold) hook.targetRows.push({ name: `other (${groups.length - TOP_GROUPS} values)`, value: groups.slice(TOP_GROUPS).reduce((a, g) => a + g.value, 0) });
   els.targets.replaceChildren(...rows);
   els.targetsCount.textContent = groups.length ? `(${groups.length})` : "";
   els.targetsEmpty.hidden = groups.length > 0;
   els.targetsEmpty.textContent = groups.length ? "" : "No samples in this range for this selector.";
   if (typeof resp.from === "number" && typeof resp.to === "number") {
-    const f = (t) => new Date(t * 1000).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium", hourCycle: "h23" });
+    const f = (t) => rangeFormat.format(new Date(t * 1000));
     els.rangeText.textContent = `${f(resp.from)} \u2013 ${f(resp.to)}`;
   }
 }
+
+// One formatter for every answer (toLocaleString with options builds a new one per call: ~15 ms each).
+const rangeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium", hourCycle: "h23" });
 
 function markSelected() {
   const key = selKey(state.sel);
