@@ -508,6 +508,44 @@ def test_group_by_a_pushed_label_one_series_per_value(server: str, watched: Watc
     w.assert_clean()
 
 
+def test_a_shared_link_shows_the_same_data_after_more_arrives(server: str, watched: Watched, browser) -> None:
+    """The page's link carries the absolute range on screen (not "now-15m"): opened later, after new samples
+    were ingested, it draws the same totals, where the relative view has moved on."""
+    from tests.builders import ingest_url
+
+    ingest_url(server, [_profile({"job": "share", "service": "a"}, {("main", "serve"): 70, ("main", "idle"): 30})])
+    w, page = watched, watched.page
+    page.goto(server + "/#" + urllib.parse.urlencode({"q": '{job="share"}', "view": "graph"}))
+    w.settle(1)
+    assert w.render()["nodes"][0]["total"] == 100
+    link = page.locator("#share-link").evaluate("a => a.href")
+    h = urllib.parse.parse_qs(urllib.parse.urlparse(link).fragment)
+    shown = page.evaluate("window.podflame.shown")
+    assert (h["from"], h["to"]) == ([shown["from"]], [shown["to"]]) and h["q"] == ['{job="share"}']
+    assert float(h["to"][0]) - float(h["from"][0]) == pytest.approx(900, abs=0.01)
+    time.sleep(1.5)
+    late = Profile(labels={"job": "share", "service": "a"}, start_ns=time.time_ns() - 5 * 10**8, duration_ns=10**8,
+                   period_ns=PERIOD_NS)
+    late.add((_frame("main"), _frame("serve")), 50)
+    ingest_url(server, [late])
+
+    later = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        p2 = later.new_page()
+        p2.goto(link)
+        wait_js(p2, "window.podflame && window.podflame.status === 'ready' && window.podflame.renders >= 1")
+        again = p2.evaluate("window.podflame.lastRender")
+        assert again["nodes"][0]["total"] == 100  # the same data as when the link was made
+        assert {n["name"]: n["total"] for n in again["nodes"] if n["depth"] == 2} == {"serve": 70, "idle": 30}
+        p2.goto(server + "/#" + urllib.parse.urlencode({"q": '{job="share"}', "view": "graph"}))
+        p2.reload()
+        wait_js(p2, "window.podflame && window.podflame.status === 'ready' && window.podflame.renders >= 1")
+        assert p2.evaluate("window.podflame.lastRender.nodes[0].total") == 150  # the relative range moved on
+    finally:
+        later.close()
+    w.assert_clean()
+
+
 def test_group_by_folds_values_past_the_top_into_one_other_on_list_and_chart(server: str, watched: Watched,
                                                                              tmp_path: Path) -> None:
     """Eight values of a label: the chart and the list show the top five each and one "other" summing the

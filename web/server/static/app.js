@@ -42,7 +42,7 @@ const els = {
   busy: $("busy"), flamePane: document.querySelector(".flame-pane"),
   type: $("type"), groupBy: $("group-by"), labelForm: $("label-form"), labelName: $("label-name"),
   labelValue: $("label-value"), labelNames: $("label-names"), labelValues: $("label-values"),
-  targetsTitle: $("targets-title"), targetsNote: $("targets-note"),
+  targetsTitle: $("targets-title"), targetsNote: $("targets-note"), shareLink: $("share-link"),
 };
 const TOP_GROUPS = 5;  // chart series per label value when grouping by a label; the rest is "other"
 const VIEWS = ["both", "graph", "table", "sandwich"];
@@ -107,7 +107,7 @@ function readHash() {
   state.group = LABEL_NAME.test(p.get("group") || "") ? p.get("group") : "";
 }
 
-function writeHash(push) {
+function hashParams() {
   const p = new URLSearchParams();
   if (state.query) p.set("q", state.query);
   p.set("from", state.from);
@@ -130,7 +130,12 @@ function writeHash(push) {
   if (state.fn) p.set("fn", state.fn);
   if (state.type) p.set("type", state.type);
   if (state.group) p.set("group", state.group);
-  const url = "#" + p.toString();
+  return p;
+}
+
+function writeHash(push) {
+  const url = "#" + hashParams().toString();
+  updateShareLink();
   if (url === location.hash) return;
   if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
 }
@@ -674,9 +679,33 @@ function downloadStem() {
   return `${sel || "all"}-${iso(r.from)}-${iso(r.to)}`;
 }
 
+// A link to what is on screen: the state with the range (and the chart's range) as the absolute times
+// the server resolved, and no auto refresh, so opened later it shows the same data however much arrived since.
+function shareUrl() {
+  const p = hashParams(), r = shownRange();
+  p.set("from", r.from);
+  p.set("to", r.to);
+  if (state.vfrom && chart.data && typeof chart.data.from === "number") {
+    p.set("vfrom", String(chart.data.from));
+    p.set("vto", String(chart.data.to));
+  }
+  if (state.cmp === "custom") {
+    const abs = secondsOf(state.bfrom, state.bto);
+    if (abs) { p.set("bfrom", String(abs[0])); p.set("bto", String(abs[1])); }
+  }
+  p.delete("refresh");
+  return `${location.origin}${location.pathname}${location.search}#${p.toString()}`;
+}
+
+let shareReady = false;  // set once the chart exists (the link reads its resolved range)
+function updateShareLink() {
+  if (shareReady) els.shareLink.href = hook.shareUrl = shareUrl();
+}
+
 function downloadLinks() {
   const r = shownRange();
   hook.shown = r;
+  updateShareLink();
   const params = { query: selectionQuery(), from: r.from, to: r.to };
   if (state.type || (payload && payload.type)) params.type = state.type || payload.type;
   const stem = downloadStem();
@@ -713,6 +742,8 @@ const chart = new CpuChart(els.chart, els.tooltip, {
   },
 });
 
+shareReady = true;
+
 function chartRange() {
   return state.vfrom ? { from: state.vfrom, to: state.vto } : { from: state.from, to: state.to };
 }
@@ -746,6 +777,7 @@ function chartMarks() {
 function renderChart(resp, stack = null) {
   chart.setData(resp);
   chart.setStack(stack);
+  updateShareLink();
   hook.chartSeries = stack ? stack.map((p) => ({ name: p.name, total: p.values.reduce((a, v) => a + v, 0) })) : null;
   chartMarks();
   const total = chart.total();
