@@ -48,6 +48,7 @@ PY_POD = {"cgroup": "/kubepods.slice/pod-b.slice/cri-b.scope", "pod_uid": "uid-b
           "namespace": "shop", "pod": "pyworker-1", "container": "py", "comm": "python3"}
 
 SLOW, GATE = threading.Event(), threading.Event()
+SLOW_ONLY = [""]  # while SLOW: only flame-graph requests whose query string holds this wait for the gate
 _addr: dict[str, int] = {}
 
 
@@ -90,7 +91,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     inner = app.wsgi_app
 
     def gated(environ, start_response):  # a slow API on demand: flame-graph requests wait for the gate
-        if SLOW.is_set() and environ.get("PATH_INFO", "").endswith("/flamegraph"):
+        if (SLOW.is_set() and environ.get("PATH_INFO", "").endswith("/flamegraph")
+                and SLOW_ONLY[0] in environ.get("QUERY_STRING", "")):
             GATE.wait(15)
         return inner(environ, start_response)
 
@@ -364,6 +366,43 @@ def test_loading_state_under_a_slow_api(server: str, watched: Watched, tmp_path:
     w.settle()
     assert page.locator("#busy").is_hidden()
     assert "stale" not in (page.locator(".flame-pane").get_attribute("class") or "")
+    w.assert_clean()
+
+
+def test_a_superseded_request_is_aborted_and_never_painted(server: str, watched: Watched) -> None:
+    """Pod A's graph is slow; B is clicked before it lands: A's request is aborted (the browser reports it
+    failed with ERR_ABORTED) and, when the server answers it after all, nothing of A is drawn."""
+    w, page = watched, watched.page
+    sent: list[str] = []
+    failed: list[tuple[str, str | None]] = []
+    page.on("request", lambda r: sent.append(r.url))
+    page.on("requestfailed", lambda r: failed.append((r.url, r.failure)))
+    page.goto(server + "/#" + urllib.parse.urlencode({"view": "graph"}))
+    w.settle(1)
+    SLOW_ONLY[0] = "uid-a"
+    GATE.clear()
+    SLOW.set()
+    try:
+        page.locator("button.target", has_text="checkout-1").click()
+        deadline = time.monotonic() + 15
+        while not any("/flamegraph" in u and "uid-a" in u for u in sent):
+            assert time.monotonic() < deadline, "pod A's flame graph was never asked for"
+            page.wait_for_timeout(20)
+        a_url = next(u for u in sent if "/flamegraph" in u and "uid-a" in u)
+        before = w.renders()
+        page.locator("button.target", has_text="pyworker-1").click()
+        w.settle(before + 1)
+        assert w.render()["nodes"][0]["total"] == 40  # B's graph
+        assert (a_url, "net::ERR_ABORTED") in failed
+        renders = w.renders()
+    finally:
+        SLOW.clear()
+        SLOW_ONLY[0] = ""
+        GATE.set()
+    page.wait_for_timeout(1000)  # the server answers A's request now: the page must not take it
+    assert w.renders() == renders and w.render()["nodes"][0]["total"] == 40
+    assert "pyworker" in page.locator("#flame-title").inner_text()
+    assert json.loads(urllib.parse.parse_qs(page.evaluate("location.hash")[1:])["sel"][0])["pod_uid"] == "uid-b"
     w.assert_clean()
 
 
