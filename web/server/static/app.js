@@ -472,13 +472,22 @@ function renderFlame(fg) {
     if (fg.folded_nodes) summary += ` \u00b7 ${fmtInt.format(fg.folded_nodes)} small frames folded into [other]`;
     els.flameSummary.textContent = summary;
   }
-  table.setRows(empty || diff ? [] : functionTotals(source), source.data ? source.data.total : 0);
-  els.fnCount.textContent = empty || diff ? "" : `${table.matching} functions \u00b7 ${unitWord(currentUnit)}`;
-  table.select(state.fn || null, false);
   renderDiffExtras(diff ? fg : null);
   applyView();
   downloadLinks();
   draw();
+  // The function table once the graph is on screen: for 100k functions its totals and rows are ~100 ms the
+  // graph need not wait for. The load that asked for this graph settles after the table is filled.
+  return new Promise((resolve) => setTimeout(() => {
+    if (payload === fg) fillTable(empty || diff);
+    resolve();
+  }, 0));
+}
+
+function fillTable(none) {
+  table.setRows(none ? [] : functionTotals(source), source.data ? source.data.total : 0);
+  els.fnCount.textContent = none ? "" : `${table.matching} functions \u00b7 ${unitWord(currentUnit)}`;
+  table.select(state.fn || null, false);
 }
 
 // Which panes the view shows; the table and sandwich have no meaning for a diff (its tables do that).
@@ -925,7 +934,7 @@ function loadFlame() {
     const params = { query: selectionQuery(), from: state.from, to: state.to, max_nodes: maxNodes(), type: state.type };
     const fg = base ? await getJSON("diff", { ...params, ...baseParams(base), limit: 20 }, signal)
       : await getJSON("flamegraph", params, signal);
-    if (!signal.aborted) renderFlame(fg);
+    if (!signal.aborted) await renderFlame(fg);
   }, () => {
     flame.setData({ names: [], levels: [], total: 0 });
     payload = null;
