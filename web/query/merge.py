@@ -386,7 +386,7 @@ def flamegraph_answer(store: Store, q: Query, max_nodes: int | None,
         if hit is not None:
             return hit, _range(q)
     answer = Answer(payload_json_head(_flamegraph_of(store, merged(store, q, sample_type, unit, refs), max_nodes)))
-    if key is not None and not name_cache(store).kinds_pending:  # colours still being learned: not final yet
+    if cache is not None and key is not None and not name_cache(store).kinds_pending:  # kinds pending: not final
         cache.put(key, answer)
     return answer, _range(q)
 
