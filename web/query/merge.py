@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -374,20 +374,32 @@ def flamegraph(store: Store, q: Query, max_nodes: int | None = None) -> dict[str
     return {**_flamegraph_of(store, merged(store, q), max_nodes), **_range(q)}
 
 
-def flamegraph_answer(store: Store, q: Query, max_nodes: int | None,
-                      cache: TreeCache | None) -> tuple[Answer, dict[str, float]]:
+def flamegraph_answer(store: Store, q: Query, max_nodes: int | None, cache: TreeCache | None,
+                      absolute: bool = False) -> tuple[Answer, dict[str, float]]:
     """`flamegraph` as JSON (an `Answer` and the per-request range that completes it), from `cache` when the
-    same stored profiles were drawn before (web/query/treecache.py)."""
+    same stored profiles were drawn before (web/query/treecache.py). `absolute`: the range was given as fixed
+    times (a link, a chart selection), which may then be kept by range too."""
+    keys: list[Hashable] = []
+    if cache is not None and store.immutable_refs and absolute:
+        # An absolute range asked again with no write since: not even the index is read.
+        generation = store.generation()
+        if generation is not None:
+            keys.append(("flamegraph-range", q, max_nodes, generation))
+            hit = cache.get(keys[0])
+            if hit is not None:
+                return hit, _range(q)
     sample_type, unit, refs = select(store, q)
-    key = None
     if cache is not None and store.immutable_refs:
-        key = ("flamegraph", sample_type, unit, max_nodes, refs_key(refs))
-        hit = cache.get(key)
+        keys.append(("flamegraph", sample_type, unit, max_nodes, refs_key(refs)))
+        hit = cache.get(keys[-1])
         if hit is not None:
+            for key in keys[:-1]:
+                cache.put(key, hit)
             return hit, _range(q)
     answer = Answer(payload_json_head(_flamegraph_of(store, merged(store, q, sample_type, unit, refs), max_nodes)))
-    if cache is not None and key is not None and not name_cache(store).kinds_pending:  # kinds pending: not final
-        cache.put(key, answer)
+    if cache is not None and not name_cache(store).kinds_pending:  # kinds still pending: not final
+        for key in keys:
+            cache.put(key, answer)
     return answer, _range(q)
 
 

@@ -327,8 +327,17 @@ def flamegraph() -> Response:
     if cache is None:
         cache = current_app.extensions["podflame.tree_cache"] = TreeCache(
             int(current_app.config.get("TREE_CACHE_BYTES", DEFAULT_TREE_CACHE_BYTES)))
-    answer, tail = queries.flamegraph_answer(store(), parse_query(), max_nodes, cache)
+    absolute = all(_absolute(request.args.get(k) or d) for k, d in (("from", DEFAULT_FROM), ("to", DEFAULT_TO)))
+    answer, tail = queries.flamegraph_answer(store(), parse_query(), max_nodes, cache, absolute)
     return _answer_response(answer, tail)
+
+
+def _absolute(text: str) -> bool:
+    """True when a time means the same whatever the clock says (not `now`-based)."""
+    try:
+        return parse_time(text, 4 * 10**18) == parse_time(text, 5 * 10**18)
+    except TimeError:
+        return False
 
 
 def _answer_response(answer: Answer, tail: dict[str, Any]) -> Response:

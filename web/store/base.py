@@ -8,7 +8,7 @@ by id, stacks and frames.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,6 +188,11 @@ class Store(ABC):
     # True when a StoredProfile from `select` names data that never changes (the same refs read the same
     # samples): then a query's result may be cached under its refs (web/query/treecache.py).
     immutable_refs = False
+
+    def generation(self) -> Hashable | None:
+        """A value that changes whenever stored data may have changed (any write, compaction or deletion), so
+        an answer kept for an absolute range stays exact while it is unchanged; None: the backend cannot tell."""
+        return None
 
     def frame_origins(self, frame_ids: Iterable[int]) -> dict[int, FrameOrigin] | None:
         """Frame id (from `stack_frames`) -> (kind, mapping path, file of its innermost line that has one),

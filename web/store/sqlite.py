@@ -40,7 +40,7 @@ import struct
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, cast
 
@@ -694,6 +694,13 @@ class SqliteStore(Store):
         return out
 
     immutable_refs = True  # a ref names a row and a byte range of a blob file, never rewritten in place
+
+    def generation(self) -> Hashable:
+        """Rows this connection changed (every write path: puts, compaction, retention; rolled back ones too,
+        which only costs a miss) and SQLite's data_version (commits by any other connection)."""
+        with self._lock:
+            self._check_open()
+            return (self._db.total_changes, self._db.execute("PRAGMA data_version").fetchone()[0])
 
     def frame_origins(self, frame_ids: Iterable[int]) -> dict[int, FrameOrigin]:
         """From the frames table's kind and mapping columns (a Python frame's file from its first line):

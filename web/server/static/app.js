@@ -992,13 +992,19 @@ function settleStatus() {
   }
 }
 
+// How long the list and chart let the graph's request run alone before asking too.
+const GRAPH_HEAD_START_MS = 250;
+
 async function reloadAll() {
   hook.status = "loading";
   busy(true);
+  // The graph first: the server answers one request at a time per core, and the graph is what the user
+  // waits for. The list and chart ask once it is drawn, or after a head start when it is slow to build
+  // (a first view of a node's day), so they never wait long; the pickers' metadata waits for the graph.
+  const flameDone = loadFlame();
+  await Promise.race([flameDone, new Promise((resolve) => setTimeout(resolve, GRAPH_HEAD_START_MS))]);
   seriesReady = loadSeries();
-  // The pickers' metadata waits for the graph: the server answers one request at a time per core, and
-  // the graph is what the user waits for.
-  await Promise.all([seriesReady, loadChart(), loadFlame().then(loadMeta)]);
+  await Promise.all([seriesReady, loadChart(), flameDone.then(loadMeta)]);
   settleStatus();
 }
 
