@@ -8,6 +8,9 @@ Cases, each through the whole path (HTTP API with gzip, JSON parse, layout, canv
   redraw of the 100k graph, best and median of several.
 The peer, measured in the same page: Chromium's own `JSON.parse` of the same payload (the floor of any
 page fed JSON), so `ratio_to_json_parse` says what drawing adds on top of merely reading the answer.
+The server runs in a process of its own (as deployed; in this one the driver's polling took its GIL), fresh
+browser context per run: `ms_first` is the server's first sight of the data, later runs may be answered from
+its kept trees (web/query/treecache.py), as a reload or a shared link is.
 Targets (issue 16): 100k nodes < 300 ms, node-day < 1 s, redraws < 30 ms.
 
     .venv/bin/python bench/ui.py --hours 2      # a quicker node "day"
@@ -69,7 +72,8 @@ def serve_forever(data: Path) -> None:
 
     from web.server.app import create_app
 
-    app = create_app({"DATA_DIR": str(data)})
+    # No background compaction: a pass in the middle of the runs would change what they read.
+    app = create_app({"DATA_DIR": str(data), "MAINTENANCE_SECONDS": 0})
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request on stderr
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=httpd.shutdown, daemon=True).start())
