@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from podflame import pprof
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
 from tests.builders import ingest
 from web.query.flamegraph import decode_tree
+from web.query.merge import module_of
 from web.server.app import create_app
 from web.store.base import Store
 
@@ -363,3 +365,59 @@ def test_numeric_labels_stay_off_series_unless_asked(client: FlaskClient, tmp_pa
         assert get(keep, "label/bytes/values") == {"values": ["1024", "2048"]}
     finally:
         app.extensions["podflame.store"].close()
+
+
+# -- kept flame-graph answers (web/query/treecache.py) ----------------------------------------------
+
+LIBC = Mapping(0x7F0000000000, 0x7F0000100000, 0, "/usr/lib/x86_64-linux-gnu/libc.so.6", None)
+WRITE = Frame(0x7F0000001000, LIBC, FrameKind.NATIVE, (Line("write"),))
+KWRITE = Frame(0xFFFFFFFF81000000, None, FrameKind.KERNEL, (Line("ksys_write"),))
+PY_RENDER = Frame(0x10, None, FrameKind.PYTHON, (Line("render", "/srv/venv/lib/site-packages/jinja2/env.py", 7),))
+SHOP = {"pod": "shop-1", "namespace": "prod"}
+
+
+def shop_graph(app: Flask, frm: int, to: int, **headers: str) -> tuple[dict[str, Any], Any]:
+    r = app.test_client().get("/api/v1/flamegraph", headers=headers,
+                              query_string={"query": '{pod="shop-1"}', "from": str(frm), "to": str(to)})
+    assert r.status_code == 200, r.data
+    raw = r.get_data()
+    return json.loads(gzip.decompress(raw) if r.headers.get("Content-Encoding") == "gzip" else raw), r
+
+
+def test_same_profiles_hit_the_kept_tree_with_this_requests_range_and_new_data_misses(app: Flask) -> None:
+    client = app.test_client()
+    ingest(client, [prof(SHOP, T0, ((MAIN, WRITE), 5), ((MAIN,), 2))])
+    first, _ = shop_graph(app, T0 // S - 60, T0 // S + 600)
+    cache = app.extensions["podflame.tree_cache"]
+    again, _ = shop_graph(app, T0 // S - 120, T0 // S + 300)  # other range text, the same stored profiles
+    assert (again["from"], again["to"]) == (T0 // S - 120, T0 // S + 300)
+    assert decode_tree(again) == decode_tree(first) and again["total"] == 7
+    store = app.extensions["podflame.store"]
+    if store.immutable_refs:
+        assert cache.hits == 1  # by the stored profiles read
+        selects = []
+        real_select = store.select
+        store.select = lambda *a, **k: selects.append(a) or real_select(*a, **k)  # type: ignore[method-assign]
+        same, _ = shop_graph(app, T0 // S - 120, T0 // S + 300)  # the same absolute range, nothing written since
+        assert cache.hits == 2 and not selects and decode_tree(same) == decode_tree(first)  # index not even read
+        store.select = real_select  # type: ignore[method-assign]
+    else:  # a backend whose refs may read other samples later keeps nothing
+        assert cache.hits == 0 and len(cache) == 0
+    ingest(client, [prof(SHOP, T0 + 100 * S, ((MAIN, WRITE), 4))])  # new data in range: new refs, a new tree
+    later, _ = shop_graph(app, T0 // S - 120, T0 // S + 300)
+    assert later["total"] == 11 and decode_tree(later)["children"]["main"]["children"]["write"]["total"] == 9
+    zipped, r = shop_graph(app, T0 // S - 120, T0 // S + 300, **{"Accept-Encoding": "gzip"})
+    assert r.headers["Content-Encoding"] == "gzip" and "Accept-Encoding" in r.headers["Vary"]
+    assert zipped == later
+
+
+def test_kinds_and_modules_without_building_frames(app: Flask) -> None:
+    """Kinds and modules come from the store's frame rows (`Store.frame_origins`) where it has them: the same
+    as `module_of` on the Frames themselves, for native, kernel and Python frames."""
+    ingest(app.test_client(), [prof(SHOP, T0, ((MAIN, WRITE, KWRITE), 5), ((MAIN, PY_RENDER), 3))])
+    payload, _ = shop_graph(app, T0 // S - 60, T0 // S + 600)
+    got = {n: (k, m) for n, k, m in zip(payload["names"], payload["kinds"], payload["modules"], strict=True)}
+    assert got["main"] == ("native", module_of(MAIN)) == ("native", "shop")
+    assert got["write"] == ("native", "libc.so.6")
+    assert got["ksys_write"] == ("kernel", module_of(KWRITE)) == ("kernel", "[kernel]")
+    assert got["render"] == ("python", module_of(PY_RENDER)) == ("python", "jinja2")

@@ -48,6 +48,7 @@ PY_POD = {"cgroup": "/kubepods.slice/pod-b.slice/cri-b.scope", "pod_uid": "uid-b
           "namespace": "shop", "pod": "pyworker-1", "container": "py", "comm": "python3"}
 
 SLOW, GATE = threading.Event(), threading.Event()
+SLOW_ONLY = [""]  # while SLOW: only flame-graph requests whose query string holds this wait for the gate
 _addr: dict[str, int] = {}
 
 
@@ -90,7 +91,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     inner = app.wsgi_app
 
     def gated(environ, start_response):  # a slow API on demand: flame-graph requests wait for the gate
-        if SLOW.is_set() and environ.get("PATH_INFO", "").endswith("/flamegraph"):
+        if (SLOW.is_set() and environ.get("PATH_INFO", "").endswith("/flamegraph")
+                and SLOW_ONLY[0] in environ.get("QUERY_STRING", "")):
             GATE.wait(15)
         return inner(environ, start_response)
 
@@ -367,6 +369,43 @@ def test_loading_state_under_a_slow_api(server: str, watched: Watched, tmp_path:
     w.assert_clean()
 
 
+def test_a_superseded_request_is_aborted_and_never_painted(server: str, watched: Watched) -> None:
+    """Pod A's graph is slow; B is clicked before it lands: A's request is aborted (the browser reports it
+    failed with ERR_ABORTED) and, when the server answers it after all, nothing of A is drawn."""
+    w, page = watched, watched.page
+    sent: list[str] = []
+    failed: list[tuple[str, str | None]] = []
+    page.on("request", lambda r: sent.append(r.url))
+    page.on("requestfailed", lambda r: failed.append((r.url, r.failure)))
+    page.goto(server + "/#" + urllib.parse.urlencode({"view": "graph"}))
+    w.settle(1)
+    SLOW_ONLY[0] = "uid-a"
+    GATE.clear()
+    SLOW.set()
+    try:
+        page.locator("button.target", has_text="checkout-1").click()
+        deadline = time.monotonic() + 15
+        while not any("/flamegraph" in u and "uid-a" in u for u in sent):
+            assert time.monotonic() < deadline, "pod A's flame graph was never asked for"
+            page.wait_for_timeout(20)
+        a_url = next(u for u in sent if "/flamegraph" in u and "uid-a" in u)
+        before = w.renders()
+        page.locator("button.target", has_text="pyworker-1").click()
+        w.settle(before + 1)
+        assert w.render()["nodes"][0]["total"] == 40  # B's graph
+        assert (a_url, "net::ERR_ABORTED") in failed
+        renders = w.renders()
+    finally:
+        SLOW.clear()
+        SLOW_ONLY[0] = ""
+        GATE.set()
+    page.wait_for_timeout(1000)  # the server answers A's request now: the page must not take it
+    assert w.renders() == renders and w.render()["nodes"][0]["total"] == 40
+    assert "pyworker" in page.locator("#flame-title").inner_text()
+    assert json.loads(urllib.parse.parse_qs(page.evaluate("location.hash")[1:])["sel"][0])["pod_uid"] == "uid-b"
+    w.assert_clean()
+
+
 def test_keyboard_export_and_absolute_downloads(server: str, watched: Watched, tmp_path: Path) -> None:
     w, page = watched, watched.page
     _open(w, server)
@@ -392,7 +431,9 @@ def test_keyboard_export_and_absolute_downloads(server: str, watched: Watched, t
     svg = Path(dl.value.path()).read_text()
     assert dl.value.suggested_filename.endswith(".svg") and "uid-a" in dl.value.suggested_filename
     assert svg.count("<rect") == len(w.render()["nodes"])
-    assert ">parse<" in svg and ">ksys_write<" in svg
+    # Labels as the canvas cuts them to their frame's width; every frame's whole name in its <title>.
+    assert ">parse<" in svg and "<title>ksys_write (100)</title>" in svg
+    assert re.search(r">ksys_w[a-z_]*\u2026?<", svg)
     with page.expect_download() as dl:
         page.locator("#export-png").click()
     assert Path(dl.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -505,6 +546,71 @@ def test_group_by_a_pushed_label_one_series_per_value(server: str, watched: Watc
     page.locator("#label-form button").click()
     wait_js(page, "window.podflame.status === 'ready' && window.podflame.targets.length === 2")
     assert page.locator("#selector").input_value() == '{job="svc", region="eu"}'
+    w.assert_clean()
+
+
+def test_a_shared_link_shows_the_same_data_after_more_arrives(server: str, watched: Watched, browser) -> None:
+    """The page's link carries the absolute range on screen (not "now-15m"): opened later, after new samples
+    were ingested, it draws the same totals, where the relative view has moved on."""
+    from tests.builders import ingest_url
+
+    ingest_url(server, [_profile({"job": "share", "service": "a"}, {("main", "serve"): 70, ("main", "idle"): 30})])
+    w, page = watched, watched.page
+    page.goto(server + "/#" + urllib.parse.urlencode({"q": '{job="share"}', "view": "graph"}))
+    w.settle(1)
+    assert w.render()["nodes"][0]["total"] == 100
+    link = page.locator("#share-link").evaluate("a => a.href")
+    h = urllib.parse.parse_qs(urllib.parse.urlparse(link).fragment)
+    shown = page.evaluate("window.podflame.shown")
+    assert (h["from"], h["to"]) == ([shown["from"]], [shown["to"]]) and h["q"] == ['{job="share"}']
+    assert float(h["to"][0]) - float(h["from"][0]) == pytest.approx(900, abs=0.01)
+    time.sleep(1.5)
+    late = Profile(labels={"job": "share", "service": "a"}, start_ns=time.time_ns() - 5 * 10**8, duration_ns=10**8,
+                   period_ns=PERIOD_NS)
+    late.add((_frame("main"), _frame("serve")), 50)
+    ingest_url(server, [late])
+
+    later = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        p2 = later.new_page()
+        p2.goto(link)
+        wait_js(p2, "window.podflame && window.podflame.status === 'ready' && window.podflame.renders >= 1")
+        again = p2.evaluate("window.podflame.lastRender")
+        assert again["nodes"][0]["total"] == 100  # the same data as when the link was made
+        assert {n["name"]: n["total"] for n in again["nodes"] if n["depth"] == 2} == {"serve": 70, "idle": 30}
+        p2.goto(server + "/#" + urllib.parse.urlencode({"q": '{job="share"}', "view": "graph"}))
+        p2.reload()
+        wait_js(p2, "window.podflame && window.podflame.status === 'ready' && window.podflame.renders >= 1")
+        assert p2.evaluate("window.podflame.lastRender.nodes[0].total") == 150  # the relative range moved on
+    finally:
+        later.close()
+    w.assert_clean()
+
+
+def test_group_by_folds_values_past_the_top_into_one_other_on_list_and_chart(server: str, watched: Watched,
+                                                                             tmp_path: Path) -> None:
+    """Eight values of a label: the chart and the list show the top five each and one "other" summing the
+    other three (the same three on both), and a click on "other" lists every value."""
+    from tests.builders import ingest_url
+
+    counts = {f"team-{k}": 100 * (9 - k) for k in range(1, 9)}  # team-1: 800 ... team-8: 100
+    ingest_url(server, [_profile({"job": "fold", "team": t}, {("main", f"work_{t}"): n}) for t, n in counts.items()])
+    w, page = watched, watched.page
+    page.goto(server + "/#" + urllib.parse.urlencode({"q": '{job="fold"}', "group": "team"}))
+    w.settle(1)
+    wait_js(page, "window.podflame.chartSeries !== null && window.podflame.chartSeries !== undefined")
+    top = list(counts)[:5]
+    names = page.locator("button.target .t-name").all_inner_texts()
+    assert names == ["All matching the selector", *top, "other (3 values)"]
+    rows = page.evaluate("window.podflame.targetRows")
+    assert [r["value"] for r in rows] == [3600, 800, 700, 600, 500, 400, 600]  # other: 300 + 200 + 100
+    series = page.evaluate("window.podflame.chartSeries")
+    assert [(s["name"], s["total"]) for s in series] == [*((t, counts[t]) for t in top), ("other", 600)]
+    _shot(w, tmp_path, "group-by-other")
+    page.locator("button.target-other").click()
+    wait_js(page, "document.querySelectorAll('button.target').length === 9")
+    assert page.locator("button.target .t-name").all_inner_texts() == ["All matching the selector", *counts]
+    assert page.evaluate("window.podflame.targets.length") == 8
     w.assert_clean()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,8 @@ from web.query.export import folded_diff_from_stacks, folded_from_stacks
 from web.query.flamegraph import diff_tree_from_stacks, flamegraph_from_stacks
 from web.query.speedscope import speedscope_from_stacks
 from web.query.stacks import NameStacks
-from web.store.base import Store, StoredProfile
+from web.query.treecache import Answer, TreeCache, payload_json_head, refs_key
+from web.store.base import Store, StoredProfile, frame_origin_of
 from web.store.columns import group_sum
 from web.store.selector import Selector
 
@@ -94,6 +95,7 @@ class NameCache:
         self._name_meta: dict[int, tuple[str, str]] = {}
         self._kind_pending: dict[int, int] = {}  # frame id -> a stack holding it, until its kind is read
         self._frame_kind: set[int] = set()  # frame ids whose kind was read
+        self._pending_stacks: set[int] = set()  # stacks holding a frame of `_kind_pending`, not read yet
         self._lock = threading.Lock()
 
     def _frame(self, lines: Sequence[tuple[str, str | None, int | None]]) -> tuple[list[int], list[int]]:
@@ -124,7 +126,15 @@ class NameCache:
         new = [f for f in uniq.tolist() if f not in self._frame_names]
         for fid, lines in store.frame_lines(new).items():
             self._frame_names[fid] = self._frame(lines)
-        self._note_new_frames(sids, n_frames, flat, uniq, new)
+        origins = store.frame_origins(new) if new else {}
+        if origins is None:
+            self._note_new_frames(sids, n_frames, flat, uniq, new)
+        else:
+            for fid, (kind, path, file) in origins.items():
+                self._frame_kind.add(fid)
+                meta = (kind, module_from(kind, path, file))
+                for name in self._frame_names[fid][0]:
+                    self._name_meta.setdefault(name, meta)
         # A table of the frames involved: each frame's names (and locations) back to back.
         per = [self._frame_names[f] for f in uniq.tolist()]
         per_len = np.fromiter((len(p[0]) for p in per), dtype=np.int64, count=len(per))
@@ -153,20 +163,28 @@ class NameCache:
         _, first = np.unique(flat, return_index=True)  # first position of each distinct frame id (uniq order)
         wanted = np.isin(uniq, np.asarray(new, dtype=np.int64))
         stack_at = np.searchsorted(np.cumsum(n_frames), first[wanted], side="right")
-        self._kind_pending.update(zip(uniq[wanted].tolist(), (sids[k] for k in stack_at.tolist()), strict=True))
+        holders = [sids[k] for k in stack_at.tolist()]
+        self._kind_pending.update(zip(uniq[wanted].tolist(), holders, strict=True))
+        self._pending_stacks.update(holders)
 
-    def _learn_kinds(self, store: Store, weight: dict[int, int]) -> None:
-        """Kind and module of the names of frames not known yet, through the heaviest stacks of this query first.
+    def _learn_kinds(self, store: Store, ids: list[int], weights: np.ndarray) -> None:
+        """Kind and module of the names of frames not known yet, through the heaviest stacks of this query first,
+        for a backend without `Store.frame_origins`.
 
-        The store's frame rows keep the kind, but only `Store.stacks` hands it out (as Frames, ~65 us per
-        stack), so a query reads at most KIND_STACKS_PER_QUERY stacks: a profile's first view pays a bounded
-        cost and later views learn the rest (frames not learned yet are drawn as of unknown kind)."""
-        by_stack: dict[int, list[int]] = defaultdict(list)
-        for fid, sid in self._kind_pending.items():
-            by_stack[sid].append(fid)
-        chosen = sorted(by_stack, key=lambda sid: -weight.get(sid, 0))[:KIND_STACKS_PER_QUERY]
+        Then only `Store.stacks` hands kinds out (as Frames, ~65 us per stack), so a query reads at most
+        KIND_STACKS_PER_QUERY stacks: a profile's first view pays a bounded cost and later views learn the
+        rest (frames not learned yet are drawn as of unknown kind). Only this query's stacks are looked
+        at, heaviest first, so a store with many pending frames costs no walk over all of them."""
+        pending = self._pending_stacks
+        chosen: list[int] = []
+        for k in np.argsort(-weights, kind="stable").tolist():
+            if ids[k] in pending:
+                chosen.append(ids[k])
+                if len(chosen) == KIND_STACKS_PER_QUERY:
+                    break
         if not chosen:
             return
+        pending.difference_update(chosen)
         n_frames, flat = store.stack_frames(chosen)
         stacks = store.stacks(chosen)
         ends = np.cumsum(n_frames)
@@ -179,6 +197,11 @@ class NameCache:
                 meta = (str(frame.kind), module_of(frame))
                 for name in self._frame_names[fid][0]:
                     self._name_meta.setdefault(name, meta)
+
+    @property
+    def kinds_pending(self) -> bool:
+        """True while some frame's kind is not known yet (a payload's colours may still change)."""
+        return bool(self._kind_pending)
 
     def frame_meta(self, names: Sequence[str]) -> tuple[list[str], list[str]]:
         """Kind and module per name (payload order); "" for names without frames (the root, [other])."""
@@ -203,9 +226,9 @@ class NameCache:
             missing = [i for i in ids if i not in self._slot]
             if missing:
                 self._translate(store, missing)
-            if self._kind_pending:
-                weights = np.asarray(values, dtype=np.int64).reshape(len(ids), -1).sum(axis=1)
-                self._learn_kinds(store, dict(zip(ids, weights.tolist(), strict=True)))
+            if self._pending_stacks:
+                weights = np.abs(np.asarray(values, dtype=np.int64).reshape(len(ids), -1)).sum(axis=1)
+                self._learn_kinds(store, ids, weights)
             flat, lengths = self._gather(ids, self._flat_names)
             names = list(self.names)
         vals = np.asarray(values, dtype=np.int64)
@@ -233,20 +256,21 @@ class NameCache:
 
 
 def module_of(frame: Frame) -> str:
+    return module_from(*frame_origin_of(frame))
+
+
+def module_from(kind: str, mapping_path: str, file: str) -> str:
     """What "colour by module" groups a frame under: its binary's file name, the kernel, or for an
     interpreted frame its package (the directory after site-packages, else the file's directory)."""
-    if frame.kind is FrameKind.KERNEL:
+    if kind == FrameKind.KERNEL.value:
         return "[kernel]"
-    if frame.kind is FrameKind.PYTHON:
-        file = next((ln.file for ln in frame.lines if ln.file), "") or ""
+    if kind == FrameKind.PYTHON.value:
         parts = [p for p in file.replace("\\", "/").split("/") if p]
         for marker in ("site-packages", "dist-packages"):
             if marker in parts[:-1]:
                 return parts[parts.index(marker) + 1].removesuffix(".py")
         return parts[-2] if len(parts) >= 2 else (parts[0] if parts else "[python]")
-    if frame.mapping is not None and frame.mapping.path:
-        return frame.mapping.path.rsplit("/", 1)[-1]
-    return ""
+    return mapping_path.rsplit("/", 1)[-1] if mapping_path else ""
 
 
 def _intern(index: dict[str, int], table: list[str], s: str) -> int:
@@ -309,12 +333,15 @@ class Merged:
         return _dominant_period(self.refs)
 
 
-def merged(store: Store, q: Query, sample_type: str | None = None, unit: str | None = None) -> Merged:
-    """Every matching profile in range summed per stack id (for one (type, unit), resolved from `q`)."""
+def merged(store: Store, q: Query, sample_type: str | None = None, unit: str | None = None,
+           refs: list[StoredProfile] | None = None) -> Merged:
+    """Every matching profile in range summed per stack id (for one (type, unit), resolved from `q`);
+    `refs` when the caller selected them already."""
     if sample_type is None:
         sample_type, unit, refs = select(store, q)
     else:
-        refs = store.select(q.selector, q.t0, q.t1, sample_type, unit)
+        if refs is None:
+            refs = store.select(q.selector, q.t0, q.t1, sample_type, unit)
         unit = unit or (refs[0].series.unit if refs else "count")
     if not refs:
         empty = np.empty(0, np.int64)
@@ -328,17 +355,52 @@ def _meta(m: Merged) -> dict[str, Any]:
     return {"unit": m.unit, "type": m.sample_type, "period_ns": m.period_ns}
 
 
-def flamegraph(store: Store, q: Query, max_nodes: int | None = None) -> dict[str, Any]:
-    """The flame-graph payload (web/flamegraph.py) of the merged query."""
-    m = merged(store, q)
+def _flamegraph_of(store: Store, m: Merged, max_nodes: int | None) -> dict[str, Any]:
     cache = name_cache(store)
     ns = cache.name_stacks(store, m.stack_ids, m.values)
     payload = flamegraph_from_stacks(ns, max_nodes)
     where = cache.hottest_locations(m.stack_ids, ns)
     payload.update(_meta(m), locations=[where.get(n, "") for n in payload["names"]])
     payload["kinds"], payload["modules"] = cache.frame_meta(payload["names"])
-    payload["from"], payload["to"] = q.t0 / 1e9, q.t1 / 1e9  # what a "now-15m" meant: for downloads
     return payload
+
+
+def _range(q: Query) -> dict[str, float]:
+    return {"from": q.t0 / 1e9, "to": q.t1 / 1e9}  # what a "now-15m" meant: for downloads and links
+
+
+def flamegraph(store: Store, q: Query, max_nodes: int | None = None) -> dict[str, Any]:
+    """The flame-graph payload (web/flamegraph.py) of the merged query."""
+    return {**_flamegraph_of(store, merged(store, q), max_nodes), **_range(q)}
+
+
+def flamegraph_answer(store: Store, q: Query, max_nodes: int | None, cache: TreeCache | None,
+                      absolute: bool = False) -> tuple[Answer, dict[str, float]]:
+    """`flamegraph` as JSON (an `Answer` and the per-request range that completes it), from `cache` when the
+    same stored profiles were drawn before (web/query/treecache.py). `absolute`: the range was given as fixed
+    times (a link, a chart selection), which may then be kept by range too."""
+    keys: list[Hashable] = []
+    if cache is not None and store.immutable_refs and absolute:
+        # An absolute range asked again with no write since: not even the index is read.
+        generation = store.generation()
+        if generation is not None:
+            keys.append(("flamegraph-range", q, max_nodes, generation))
+            hit = cache.get(keys[0])
+            if hit is not None:
+                return hit, _range(q)
+    sample_type, unit, refs = select(store, q)
+    if cache is not None and store.immutable_refs:
+        keys.append(("flamegraph", sample_type, unit, max_nodes, refs_key(refs)))
+        hit = cache.get(keys[-1])
+        if hit is not None:
+            for key in keys[:-1]:
+                cache.put(key, hit)
+            return hit, _range(q)
+    answer = Answer(payload_json_head(_flamegraph_of(store, merged(store, q, sample_type, unit, refs), max_nodes)))
+    if cache is not None and not name_cache(store).kinds_pending:  # kinds still pending: not final
+        for key in keys:
+            cache.put(key, answer)
+    return answer, _range(q)
 
 
 def folded(store: Store, q: Query) -> str:

@@ -16,6 +16,8 @@ import gzip
 
 from flask import Blueprint, Response, current_app, render_template, request
 
+from web.server.gzipjoin import accepts_gzip
+
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static",
                static_url_path="/ui/static")
 
@@ -67,16 +69,6 @@ COMPRESS_MIN_BYTES = 1024  # smaller answers gain less than the headers and CPU 
 _COMPRESSED_TYPES = ("application/json", "text/plain", "text/javascript", "text/css", "image/svg+xml")
 
 
-def _accepts_gzip(header: str) -> bool:
-    """True when Accept-Encoding allows gzip (present, and not q=0)."""
-    for part in header.split(","):
-        name, _, params = part.strip().partition(";")
-        if name.strip().lower() in ("gzip", "*"):
-            q = params.strip().lower()
-            return not (q.startswith("q=") and float(q[2:] or 0) == 0)
-    return False
-
-
 @bp.after_app_request
 def _compress(response: Response) -> Response:
     """gzip JSON and text answers when the client accepts it: a node's day of flame graph is megabytes of
@@ -85,7 +77,7 @@ def _compress(response: Response) -> Response:
     if (response.direct_passthrough or response.is_streamed or "Content-Encoding" in response.headers
             or response.status_code < 200 or response.status_code in (204, 304)
             or response.mimetype not in _COMPRESSED_TYPES
-            or not _accepts_gzip(request.headers.get("Accept-Encoding", ""))):
+            or not accepts_gzip(request.headers.get("Accept-Encoding", ""))):
         return response
     body = response.get_data()
     if len(body) < COMPRESS_MIN_BYTES:

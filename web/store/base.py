@@ -8,7 +8,7 @@ by id, stacks and frames.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,8 @@ class StoreTooNew(PodflameError, RuntimeError):
     """The data directory was written by a newer podflame, whose schema this one does not know."""
 
 
+# A frame's (kind, mapping path or "", file of its innermost line that has one or "").
+FrameOrigin = tuple[str, str, str]
 # A frame as ingest gives it: (address, mapping key, kind, [(function key, line), ...] innermost first).
 FrameRow = tuple[int, int, str, Sequence[tuple[int, int]]]
 
@@ -183,6 +185,26 @@ class Store(ABC):
         frames: dict[int, Frame] = self.__dict__.get("_default_frames", {})
         return {i: frame_lines_of(frames[i]) for i in frame_ids}
 
+    # True when a StoredProfile from `select` names data that never changes (the same refs read the same
+    # samples): then a query's result may be cached under its refs (web/query/treecache.py).
+    immutable_refs = False
+
+    def generation(self) -> Hashable | None:
+        """A value that changes whenever stored data may have changed (any write, compaction or deletion), so
+        an answer kept for an absolute range stays exact while it is unchanged; None: the backend cannot tell."""
+        return None
+
+    def frame_origins(self, frame_ids: Iterable[int]) -> dict[int, FrameOrigin] | None:
+        """Frame id (from `stack_frames`) -> (kind, mapping path, file of its innermost line that has one),
+        what colour by kind and by module need, without building Frames; None when the backend cannot tell
+        (the query layer then reads kinds through `stacks`, a bounded number per query).
+        This default answers for frames that the default `stack_frames` numbered."""
+        frames: dict[int, Frame] = self.__dict__.get("_default_frames", {})
+        want = list(frame_ids)
+        if not all(i in frames for i in want):
+            return None
+        return {i: frame_origin_of(frames[i]) for i in want}
+
     @abstractmethod
     def label_names(self, t0: int, t1: int, selector: Selector | None = None) -> list[str]: ...
 
@@ -213,6 +235,11 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+
+
+def frame_origin_of(f: Frame) -> FrameOrigin:
+    path = f.mapping.path if f.mapping is not None else ""
+    return (str(f.kind), path, next((ln.file for ln in f.lines if ln.file), ""))
 
 
 def frame_lines_of(f: Frame) -> tuple[tuple[str, str | None, int | None], ...]:

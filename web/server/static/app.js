@@ -42,7 +42,7 @@ const els = {
   busy: $("busy"), flamePane: document.querySelector(".flame-pane"),
   type: $("type"), groupBy: $("group-by"), labelForm: $("label-form"), labelName: $("label-name"),
   labelValue: $("label-value"), labelNames: $("label-names"), labelValues: $("label-values"),
-  targetsTitle: $("targets-title"), targetsNote: $("targets-note"),
+  targetsTitle: $("targets-title"), targetsNote: $("targets-note"), shareLink: $("share-link"),
 };
 const TOP_GROUPS = 5;  // chart series per label value when grouping by a label; the rest is "other"
 const VIEWS = ["both", "graph", "table", "sandwich"];
@@ -107,7 +107,7 @@ function readHash() {
   state.group = LABEL_NAME.test(p.get("group") || "") ? p.get("group") : "";
 }
 
-function writeHash(push) {
+function hashParams() {
   const p = new URLSearchParams();
   if (state.query) p.set("q", state.query);
   p.set("from", state.from);
@@ -130,7 +130,12 @@ function writeHash(push) {
   if (state.fn) p.set("fn", state.fn);
   if (state.type) p.set("type", state.type);
   if (state.group) p.set("group", state.group);
-  const url = "#" + p.toString();
+  return p;
+}
+
+function writeHash(push) {
+  const url = "#" + hashParams().toString();
+  updateShareLink();
   if (url === location.hash) return;
   if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
 }
@@ -310,12 +315,20 @@ function targetRow(g, max, unit, selected) {
     s.textContent = t;
     btn.append(s);
   }
-  btn.addEventListener("click", () => select(g.key === "" ? null : g.sel));
+  if (g.kind === "other") {
+    btn.classList.add("target-other");
+    btn.addEventListener("click", () => { expandedGroup = state.group; renderTargets(lastTargets); });
+  } else {
+    btn.addEventListener("click", () => select(g.key === "" ? null : g.sel));
+  }
   li.append(btn);
   return li;
 }
 
 let lastGroups = [];
+let lastTargets = null;  // the last /series answer, to draw the list again when "other" is unfolded
+let expandedGroup = "";  // the label whose folded values the user listed
+const OTHER_KEY = "\u0000other";
 let described = new Map();  // group key -> {name, detail} of the last list, for the flame graph title
 
 function renderTargets(resp) {
@@ -340,16 +353,37 @@ function renderTargets(resp) {
   const max = groups.length ? groups[0].value : 0;
   const rows = [];
   if (groups.length) rows.push(targetRow(all, all.value, unit, currentKey === ""));
-  for (const g of groups) rows.push(targetRow(g, max, unit, g.key === currentKey));
+  // Grouped by a label: the top values as the chart draws them, the rest folded into one "other" row
+  // (a click lists them all; a selected value among them is listed).
+  lastTargets = resp;
+  const fold = state.group && groups.length > TOP_GROUPS + 1 && expandedGroup !== state.group &&
+    !groups.slice(TOP_GROUPS).some((g) => g.key === currentKey);
+  const shown = fold ? groups.slice(0, TOP_GROUPS) : groups;
+  for (const g of shown) rows.push(targetRow(g, max, unit, g.key === currentKey));
+  if (fold) {
+    const rest = groups.slice(TOP_GROUPS);
+    const sum = (f) => rest.reduce((a, g) => a + f(g), 0);
+    const other = {
+      key: OTHER_KEY, sel: null, kind: "other", value: sum((g) => g.value), cpu: rest.every((g) => g.cpu),
+      cpuShare: sum((g) => g.cpuShare), cpuSeconds: sum((g) => g.cpuSeconds), comms: null,
+      describe: { name: `other (${rest.length} values)`, detail: "", title: `The ${rest.length} smaller values of ${state.group}: click to list them` },
+    };
+    rows.push(targetRow(other, max, unit, false));
+  }
+  hook.targetRows = [...(groups.length ? [all] : []), ...shown].map((g) => ({ name: g.describe.name, value: g.value }));
+  if (fold) hook.targetRows.push({ name: `other (${groups.length - TOP_GROUPS} values)`, value: groups.slice(TOP_GROUPS).reduce((a, g) => a + g.value, 0) });
   els.targets.replaceChildren(...rows);
   els.targetsCount.textContent = groups.length ? `(${groups.length})` : "";
   els.targetsEmpty.hidden = groups.length > 0;
   els.targetsEmpty.textContent = groups.length ? "" : "No samples in this range for this selector.";
   if (typeof resp.from === "number" && typeof resp.to === "number") {
-    const f = (t) => new Date(t * 1000).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium", hourCycle: "h23" });
+    const f = (t) => rangeFormat.format(new Date(t * 1000));
     els.rangeText.textContent = `${f(resp.from)} \u2013 ${f(resp.to)}`;
   }
 }
+
+// One formatter for every answer (toLocaleString with options builds a new one per call: ~15 ms each).
+const rangeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium", hourCycle: "h23" });
 
 function markSelected() {
   const key = selKey(state.sel);
@@ -438,13 +472,22 @@ function renderFlame(fg) {
     if (fg.folded_nodes) summary += ` \u00b7 ${fmtInt.format(fg.folded_nodes)} small frames folded into [other]`;
     els.flameSummary.textContent = summary;
   }
-  table.setRows(empty || diff ? [] : functionTotals(source), source.data ? source.data.total : 0);
-  els.fnCount.textContent = empty || diff ? "" : `${table.matching} functions \u00b7 ${unitWord(currentUnit)}`;
-  table.select(state.fn || null, false);
   renderDiffExtras(diff ? fg : null);
   applyView();
   downloadLinks();
   draw();
+  // The function table once the graph is on screen: for 100k functions its totals and rows are ~100 ms the
+  // graph need not wait for. The load that asked for this graph settles after the table is filled.
+  return new Promise((resolve) => setTimeout(() => {
+    if (payload === fg) fillTable(empty || diff);
+    resolve();
+  }, 0));
+}
+
+function fillTable(none) {
+  table.setRows(none ? [] : functionTotals(source), source.data ? source.data.total : 0);
+  els.fnCount.textContent = none ? "" : `${table.matching} functions \u00b7 ${unitWord(currentUnit)}`;
+  table.select(state.fn || null, false);
 }
 
 // Which panes the view shows; the table and sandwich have no meaning for a diff (its tables do that).
@@ -645,9 +688,33 @@ function downloadStem() {
   return `${sel || "all"}-${iso(r.from)}-${iso(r.to)}`;
 }
 
+// A link to what is on screen: the state with the range (and the chart's range) as the absolute times
+// the server resolved, and no auto refresh, so opened later it shows the same data however much arrived since.
+function shareUrl() {
+  const p = hashParams(), r = shownRange();
+  p.set("from", r.from);
+  p.set("to", r.to);
+  if (state.vfrom && chart.data && typeof chart.data.from === "number") {
+    p.set("vfrom", String(chart.data.from));
+    p.set("vto", String(chart.data.to));
+  }
+  if (state.cmp === "custom") {
+    const abs = secondsOf(state.bfrom, state.bto);
+    if (abs) { p.set("bfrom", String(abs[0])); p.set("bto", String(abs[1])); }
+  }
+  p.delete("refresh");
+  return `${location.origin}${location.pathname}${location.search}#${p.toString()}`;
+}
+
+let shareReady = false;  // set once the chart exists (the link reads its resolved range)
+function updateShareLink() {
+  if (shareReady) els.shareLink.href = hook.shareUrl = shareUrl();
+}
+
 function downloadLinks() {
   const r = shownRange();
   hook.shown = r;
+  updateShareLink();
   const params = { query: selectionQuery(), from: r.from, to: r.to };
   if (state.type || (payload && payload.type)) params.type = state.type || payload.type;
   const stem = downloadStem();
@@ -684,6 +751,8 @@ const chart = new CpuChart(els.chart, els.tooltip, {
   },
 });
 
+shareReady = true;
+
 function chartRange() {
   return state.vfrom ? { from: state.vfrom, to: state.vto } : { from: state.from, to: state.to };
 }
@@ -717,6 +786,7 @@ function chartMarks() {
 function renderChart(resp, stack = null) {
   chart.setData(resp);
   chart.setStack(stack);
+  updateShareLink();
   hook.chartSeries = stack ? stack.map((p) => ({ name: p.name, total: p.values.reduce((a, v) => a + v, 0) })) : null;
   chartMarks();
   const total = chart.total();
@@ -864,7 +934,7 @@ function loadFlame() {
     const params = { query: selectionQuery(), from: state.from, to: state.to, max_nodes: maxNodes(), type: state.type };
     const fg = base ? await getJSON("diff", { ...params, ...baseParams(base), limit: 20 }, signal)
       : await getJSON("flamegraph", params, signal);
-    if (!signal.aborted) renderFlame(fg);
+    if (!signal.aborted) await renderFlame(fg);
   }, () => {
     flame.setData({ names: [], levels: [], total: 0 });
     payload = null;
@@ -922,13 +992,19 @@ function settleStatus() {
   }
 }
 
+// How long the list and chart let the graph's request run alone before asking too.
+const GRAPH_HEAD_START_MS = 250;
+
 async function reloadAll() {
   hook.status = "loading";
   busy(true);
+  // The graph first: the server answers one request at a time per core, and the graph is what the user
+  // waits for. The list and chart ask once it is drawn, or after a head start when it is slow to build
+  // (a first view of a node's day), so they never wait long; the pickers' metadata waits for the graph.
+  const flameDone = loadFlame();
+  await Promise.race([flameDone, new Promise((resolve) => setTimeout(resolve, GRAPH_HEAD_START_MS))]);
   seriesReady = loadSeries();
-  // The pickers' metadata waits for the graph: the server answers one request at a time per core, and
-  // the graph is what the user waits for.
-  await Promise.all([seriesReady, loadChart(), loadFlame().then(loadMeta)]);
+  await Promise.all([seriesReady, loadChart(), flameDone.then(loadMeta)]);
   settleStatus();
 }
 

@@ -1,6 +1,7 @@
 // Canvas chart of /api/v1/cpu (docs/api.md): one bar per time step, as % of one core (or the raw
 // value for non-CPU sample types). Dragging across it chooses a sub-range, snapped outwards to whole
 // steps so the flame graph below holds exactly the samples of the bars the drag touched.
+import { sizeCanvas } from "./canvas.js";
 
 // CSS px; shorter on short screens, so the flame graph starts above the fold at 1280x720
 const HEIGHT = typeof window !== "undefined" && window.innerHeight < 820 ? 100 : 140;
@@ -139,13 +140,7 @@ export class CpuChart {
     const canvas = this.canvas, d = this.data;
     const W = Math.max(1, Math.floor(this.width || canvas.clientWidth || 800));
     this.width = W;
-    const dpr = window.devicePixelRatio || 1;
-    canvas.width = Math.round(W * dpr);
-    canvas.height = Math.round(HEIGHT * dpr);
-    canvas.style.height = HEIGHT + "px";
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, W, HEIGHT);
+    const ctx = sizeCanvas(canvas, W, HEIGHT);
     if (!d) return (this.lastRender = null);
     const p = this._plot();
     const max = Math.max(0, ...d.values);

@@ -5,6 +5,7 @@
 // Root at top ("icicle") or at the bottom ("flame"). levels[d] is a flat list of [start, total, self, name] per node with
 // absolute starts, so a node's x is (start - viewStart) / viewTotal * width: no tree is built.
 // Names are untrusted: they reach the screen only through canvas fillText and textContent.
+import { sizeCanvas } from "./canvas.js";
 
 const ROW = 18;          // px per stack level
 const MIN_WIDTH = 0.3;   // px; narrower nodes are drawn merged with their narrow neighbours
@@ -156,20 +157,25 @@ export class FlameGraph {
     const levels = [];
     for (const flat of payload.levels || []) {
       const n = Math.floor(flat.length / stride);
-      const order = Array.from({ length: n }, (_, i) => i);
-      order.sort((a, b) => flat[stride * a] - flat[stride * b]);  // usually already in order
+      let sorted = true;  // the server sends each level in order of start: then no sort, no index array
+      for (let i = 1; i < n && sorted; i++) sorted = flat[stride * (i - 1)] <= flat[stride * i];
+      let order = null;
+      if (!sorted) {
+        order = Array.from({ length: n }, (_, i) => i);
+        order.sort((a, b) => flat[stride * a] - flat[stride * b]);
+      }
       const start = new Float64Array(n), total = new Float64Array(n), self = new Float64Array(n);
       const name = new Int32Array(n);
       const lv = { n, start, total, self, name, parent: new Int32Array(n).fill(-1) };
       if (isDiff) for (const k of ["baseTotal", "baseSelf", "compTotal", "compSelf"]) lv[k] = new Float64Array(n);
-      order.forEach((src, i) => {
-        const o = stride * src;
+      for (let i = 0; i < n; i++) {
+        const o = stride * (order ? order[i] : i);
         start[i] = flat[o]; total[i] = flat[o + 1]; self[i] = flat[o + 2]; name[i] = flat[o + 3];
         if (isDiff) {
           lv.baseTotal[i] = flat[o + 4]; lv.baseSelf[i] = flat[o + 5];
           lv.compTotal[i] = flat[o + 6]; lv.compSelf[i] = flat[o + 7];
         }
-      });
+      }
       levels.push(lv);
     }
     // Parent of each node: the node one level up whose span holds its start (two pointers).
@@ -410,13 +416,7 @@ export class FlameGraph {
     const flameUp = this.orientation === "flame";
     const yOf = (d) => (flameUp ? depthShown - d : d) * ROW;
     this._depthShown = depthShown;
-    const dpr = window.devicePixelRatio || 1;
-    canvas.width = Math.round(W * dpr);
-    canvas.height = Math.round(H * dpr);
-    canvas.style.height = H + "px";
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, W, H);
+    const ctx = sizeCanvas(canvas, W, H);
     ctx.font = FONT;
     ctx.textBaseline = "middle";
     const charW = ctx.measureText("m").width || 7;
