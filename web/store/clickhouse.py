@@ -42,6 +42,7 @@ from web.store.base import (
 )
 from web.store.clickhouse_schema import HOUR_NS, Layout, ddl
 from web.store.clickhouse_transport import ClickHouseUnavailable, Transport, quote
+from web.store.columns import group_sum
 from web.store.selector import Op, Selector
 
 _U64 = struct.Struct("<Q")
@@ -449,6 +450,30 @@ class ClickHouseStore(Store):
             empty = np.empty(0, np.int64)
             return Columns(empty, empty, empty)
         return Columns(np.concatenate(prof), np.concatenate(stack), np.concatenate(value))
+
+    def read_merged(self, profiles: Sequence[StoredProfile]) -> tuple[np.ndarray, np.ndarray]:
+        """The merge pushed down: ClickHouse sums per stack over every (series, period) of the profiles (exactly
+        those pairs), so a cluster's range comes back as its distinct stacks, not a row per series and stack."""
+        self._check()
+        windows: dict[tuple[int, int], set[tuple[int, int]]] = defaultdict(set)
+        for p in profiles:
+            w = _window(p)
+            windows[(w.t0, w.t1)].add((w.series, w.period_ns))
+        stack: list[np.ndarray] = []
+        value: list[np.ndarray] = []
+        for (t0, t1), pairs in windows.items():
+            sql = " UNION ALL ".join(self._sum_sql(sorted({k[0] for k in pairs}), sorted({k[1] for k in pairs}),
+                                                   t0, t1))
+            exact = ",".join(f"({int(a)},{int(b)})" for a, b in sorted(pairs))
+            t = self.transport.query(f"SELECT stack, sum(value) AS value FROM ({sql}) "
+                                     f"WHERE (series, period_ns) IN ({exact}) GROUP BY stack")
+            if t.num_rows:
+                stack.append(self._local_stacks(t.column("stack").to_numpy()))
+                value.append(t.column("value").to_numpy().astype(np.int64))
+        if not stack:
+            empty = np.empty(0, np.int64)
+            return empty, empty
+        return group_sum(np.concatenate(stack), np.concatenate(value))
 
     def _local_stacks(self, hashes: np.ndarray) -> np.ndarray:
         uniq, inv = np.unique(hashes, return_inverse=True)
