@@ -132,13 +132,15 @@ def main() -> None:
     ap.add_argument("--query-case", help=argparse.SUPPRESS)  # internal: one query in a fresh process
     ap.add_argument("--backend", choices=("sqlite", "clickhouse"), default="sqlite",
                     help="clickhouse: the node-day on SQLite and ClickHouse side by side (bench/store_backends.py)")
-    args = ap.parse_args()
+    args, rest = ap.parse_known_args()  # --backend clickhouse: bench/store_backends.py takes the rest
     if args.backend == "clickhouse":
         from bench import store_backends
 
         store_backends.main([f"--hours={args.hours}", f"--pods={args.pods}", f"--stacks={args.stacks}",
-                             f"--interval={args.interval}", f"--runs={args.runs}"])
+                             f"--interval={args.interval}", f"--runs={args.runs}", *rest])
         return
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
 
     if args.query_case:
         path, params = json.loads(args.query_case)

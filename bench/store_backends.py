@@ -9,6 +9,19 @@ ClickHouse: compressed bytes of the database's active parts, after merges), inge
 of this one process, and each query's first (cold store object) and median warm time; then the ratios
 ClickHouse / SQLite.
 
+Then two figures of the ClickHouse store alone:
+- **Ingest with two server processes against one** (`--parallel-drains` drains in all, POSTed through
+  each process' ingest handler, both started together). A real ClickHouse server cannot run on these
+  machines (Debian's clickhouse-server is 18.16, which clickhouse-connect refuses; no other build is
+  installed), and chDB holds its data directory in one process, so each process has its OWN chDB
+  directory. What that shows: whether the server-side work of ingest (pprof decode, normalize, content
+  hashes, Arrow columns, the insert and its views) scales across processes on this machine. What it does
+  not show: two clients contending on one server's parts, merges and insert queue, nor the network hop.
+- **A cluster-day**: the node's data copied in SQL to `--cluster-nodes` nodes (series ids and the `node`
+  label changed, the same stacks: real nodes share most stacks but not all, so dictionaries are smaller
+  than a real cluster's), then the flame graph of all nodes over the whole range through the API
+  (whole hours from the hourly rollup).
+
     .venv/bin/python bench/store.py --backend clickhouse --hours 2
 
 Progress goes to stderr; the last line of stdout is one JSON object.
@@ -91,6 +104,99 @@ def run(backend: str, dsn: str | None, data: Path, bodies: list[bytes], samples:
     return out
 
 
+def _ingest_worker(dsn: str, bodies: list[bytes], first: int, count: int, start: int, interval: int,
+                   ready: Any, go: Any, out: Any) -> None:
+    """One server process: its own store, POSTing drains first..first+count (own node label) when `go` is set."""
+    from web.server.app import create_app
+    from web.store.dsn import open_store
+
+    store = open_store(dsn)
+    client = create_app({"DATA_DIR": "/nonexistent", "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client()
+    ready.set()
+    go.wait()
+    t = time.perf_counter()
+    for i in range(first, first + count):
+        r = client.post(f"/api/v1/ingest?node=node-p{first}&time={(start + i * interval * S) // S}",
+                        data=bodies[i % len(bodies)])
+        assert r.status_code == 200, r.json
+    out.put(time.perf_counter() - t)
+    store.close()
+
+
+def parallel_ingest(tmp: Path, bodies: list[bytes], drains: int, pods: int, start: int, interval: int
+                    ) -> dict[str, Any]:
+    """`drains` POSTed by one process, then split over two processes started together (each its own chDB)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter: chDB is not fork-safe
+    out: dict[str, Any] = {"drains": drains}
+    for procs in (1, 2):
+        share = drains // procs
+        q, go = ctx.Queue(), ctx.Event()
+        workers, ready = [], []
+        for k in range(procs):
+            ev = ctx.Event()
+            dsn = f"chdb://{tmp / f'par{procs}-{k}'}?database=bench"
+            w = ctx.Process(target=_ingest_worker, args=(dsn, bodies, k * share, share, start, interval, ev, go, q))
+            w.start()
+            workers.append(w)
+            ready.append(ev)
+        for ev in ready:
+            ev.wait(300)
+        t = time.perf_counter()
+        go.set()
+        per = [q.get(timeout=3600) for _ in workers]
+        wall = time.perf_counter() - t
+        for w in workers:
+            w.join(60)
+        out[f"{procs}_process"] = {"wall_s": round(wall, 2), "per_process_s": [round(x, 2) for x in per],
+                                    "pod_profiles_per_s": round(share * procs * pods / wall)}
+        log(f"clickhouse ingest, {procs} process(es): {out[f'{procs}_process']}")
+    out["ratio_two_vs_one"] = round(out["2_process"]["pod_profiles_per_s"] / out["1_process"]["pod_profiles_per_s"], 3)
+    return out
+
+
+def cluster_day(dsn: str, nodes: int, start: int, end: int, runs: int) -> dict[str, Any]:
+    """Copy node-1's series and samples to nodes 2..N in SQL (the views fill totals and rollups), then time the
+    flame graph of every node over the whole range on a fresh store object."""
+    from web.server.app import create_app
+    from web.store.clickhouse import ClickHouseStore
+    from web.store.dsn import open_store
+
+    store = open_store(dsn)
+    assert isinstance(store, ClickHouseStore)
+    db, tr = store.layout.database, store.transport
+    t = time.perf_counter()
+    node1 = f"SELECT id FROM {db}.series WHERE labels['node'] = {NODE!r}"
+    for k in range(2, nodes + 1):
+        # no aliases named like columns: ClickHouse would read the WHERE's `series` as the new hash
+        tr.command(f"INSERT INTO {db}.series SELECT sipHash64(id, {k}), sample_type, unit, "
+                   f"mapUpdate(labels, CAST(map('node', 'node-{k}'), 'Map(LowCardinality(String), String)')) "
+                   f"FROM {db}.series FINAL WHERE labels['node'] = {NODE!r}")
+        tr.command(f"INSERT INTO {db}.samples SELECT sipHash64(series, {k}), start_ns, duration_ns, "
+                   f"period_ns, stack, value FROM {db}.samples WHERE series IN ({node1})")
+    copy_s = time.perf_counter() - t
+    rows = int(tr.query(f"SELECT count() AS n FROM {db}.samples").column("n")[0].as_py())
+    rollup = int(tr.query(f"SELECT count() AS n FROM {db}.samples_1h").column("n")[0].as_py())
+    store.close()
+    log(f"cluster-day: {nodes} nodes, {rows} sample rows ({rollup} rollup rows), copied in {copy_s:.0f} s")
+    out: dict[str, Any] = {"nodes": nodes, "sample_rows": rows, "rollup_rows": rollup, "copy_s": round(copy_s, 1)}
+    params = {"from": str(start // S), "to": str(end // S), "query": "{}"}
+    store = open_store(dsn)
+    client = create_app({"DATA_DIR": "/nonexistent", "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        r = client.get("/api/v1/flamegraph", query_string=params)
+        times.append(time.perf_counter() - t)
+        assert r.status_code == 200, r.data[:300]
+    out["flamegraph_total"] = r.json["total"]
+    store.close()
+    out["flamegraph"] = {"cold_s": round(times[0], 3), "warm_s": round(statistics.median(times[1:] or times), 3)}
+    log(f"cluster-day flame graph: {out['flamegraph']}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", default="clickhouse")
@@ -100,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--interval", type=int, default=10)
     ap.add_argument("--distinct", type=int, default=60)
     ap.add_argument("--runs", type=int, default=4)
+    ap.add_argument("--parallel-drains", type=int, default=360,
+                    help="drains for the one-vs-two-process ingest (0: skip)")
+    ap.add_argument("--cluster-nodes", type=int, default=20, help="nodes of the cluster-day (0: skip)")
     args = ap.parse_args(argv)
     pods = make_node(args.pods, stacks_per_pod=args.stacks)
     end = (time.time_ns() // H) * H
@@ -123,7 +232,16 @@ def main(argv: list[str] | None = None) -> None:
             "bytes_per_sample": round(ch["bytes_per_sample"] / sq["bytes_per_sample"], 3),
             "ingest_rate": round(ch["pod_profiles_per_s"] / sq["pod_profiles_per_s"], 3),
             **{f"{q}_warm": round(ch["queries"][q]["warm_s"] / max(sq["queries"][q]["warm_s"], 1e-6), 3)
+               for q in sq["queries"]},
+            **{f"{q}_cold": round(ch["queries"][q]["cold_s"] / max(sq["queries"][q]["cold_s"], 1e-6), 3)
                for q in sq["queries"]}}
+        if args.cluster_nodes > 1:
+            end = start + n * args.interval * S
+            result["cluster_day"] = cluster_day(f"chdb://{tmp / 'chdb'}?database=bench", args.cluster_nodes,
+                                                start, end, args.runs)
+        if args.parallel_drains:
+            result["parallel_ingest"] = parallel_ingest(tmp, bodies, args.parallel_drains, args.pods, start,
+                                                        args.interval)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))

@@ -4,6 +4,7 @@ cluster that the engine's own parser accepts, and a clear 503 when ClickHouse ca
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from podflame import pprof
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
 from tests.builders import batches, ingest, put
 from web.query.merge import Query, cpu_series, merged
@@ -102,6 +104,59 @@ def test_retention_drops_what_is_older(tmp_path: Path, make_store: Callable[[Pat
     assert got(store, "{}", 0, 2 * now) == truth(profiles, T0 + 2 * H, now)
 
 
+def test_disk_budget_drops_the_oldest_data_and_what_is_left_stays_exact(
+        tmp_path: Path, make_store: Callable[[Path], Store], store_backend: str) -> None:
+    """`max_bytes` on either backend: over the budget the oldest data goes (ClickHouse: whole day partitions,
+    never the newest day), what is left is a suffix in time whose merges are exact, and bytes go down."""
+    store = make_store(tmp_path)
+    profiles = [Profile(p.labels, p.start_ns + d * 24 * H, p.duration_ns, p.period_ns, p.samples)
+                for d in range(4) for p in day(pods=3, hours=4, every=10 * 60 * S, seed=d)]
+    put(store, profiles)
+    before = store.enforce_retention(None, 1 << 50).bytes_used
+    assert before > 0
+    result = store.enforce_retention(None, before // 2)
+    assert result.profiles > 0 and result.cutoff_ns > T0, result
+    assert result.bytes_used < before
+    end = T0 + 5 * 24 * H
+    assert got(store, "{}", 0, end) == truth(profiles, result.cutoff_ns, end)
+    if store_backend == "chdb":  # whole day partitions, never the newest (SQLite cuts blobs to the budget)
+        last = T0 + 3 * 24 * H + 3 * H  # the last hour put: in the newest day partition
+        assert result.cutoff_ns <= last
+        assert got(store, "{}", last, end) == truth(profiles, last, end) != Counter()
+
+
+def test_a_query_past_its_deadline_answers_503_on_both_backends(tmp_path: Path,
+                                                                 make_store: Callable[[Path], Store]) -> None:
+    """QUERY_TIMEOUT_SECONDS (web/store/deadline.py) stops a query on either store with the same 503; ingest
+    goes on. ClickHouse is not sent a statement past the deadline, and stops one that runs past it itself."""
+    store = make_store(tmp_path / "data")
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "STORE": store, "MAINTENANCE_SECONDS": 0,
+                      "QUERY_TIMEOUT_SECONDS": 1e-9})
+    client = app.test_client()
+    ingest(client, [Profile({"pod": f"p{i}"}, T0, 10 * S, PERIOD, {(FRAMES[0],): 1}) for i in range(300)])
+    for path, q in (("/api/v1/series", {"query": '{pod=~"p.*9"}'}), ("/api/v1/flamegraph", {"query": "{}"})):
+        r = client.get(path, query_string={**q, "from": str(T0 // S), "to": str((T0 + H) // S)})
+        assert r.status_code == 503 and "QUERY_TIMEOUT_SECONDS" in r.json["error"], (path, r.json)
+    r = client.post("/api/v1/ingest", data=pprof.encode([Profile({"pod": "x"}, T0, 10 * S, PERIOD,
+                                                                 {(FRAMES[1],): 1})]))
+    assert r.status_code == 200
+
+
+def test_clickhouse_stops_a_statement_that_runs_past_the_deadline(chdb_dir: Path) -> None:
+    """The deadline reaches the engine as max_execution_time: a statement that would run for minutes is
+    stopped by ClickHouse (its Code 159) and surfaces as the store's QueryTimeout."""
+    from web.store import deadline
+    from web.store.clickhouse_transport import ChdbTransport
+
+    t = ChdbTransport(str(chdb_dir))
+    try:
+        with deadline.within(0.3), pytest.raises(deadline.QueryTimeout, match="QUERY_TIMEOUT_SECONDS"):
+            t.query("SELECT count() FROM numbers(100000000000) WHERE sipHash64(number) % 7 = 3")
+        assert t.query("SELECT 1 AS one").column("one").to_pylist() == [1]  # no deadline: no limit
+    finally:
+        t.close()
+
+
 def test_ingest_is_idempotent_per_batch_across_retries_and_replicas(tmp_path: Path, chdb_dir: Path) -> None:
     """Two servers (stores) on one database: a batch retried on either is counted once, and each sees the other's."""
     from web.store.dsn import open_store
@@ -161,8 +216,6 @@ def test_unreachable_clickhouse_answers_503_with_a_clear_message(tmp_path: Path)
     assert client.get("/readyz").status_code == 503  # unready: the Service stops sending it work
     assert client.get("/healthz").status_code == 200  # but alive: a restart would not bring ClickHouse back
     profiles = day(pods=1, hours=0.02)
-    from podflame import pprof
-
     r = client.post("/api/v1/ingest", data=pprof.encode(profiles))
     assert r.status_code == 503  # the agent keeps the batch and retries
     store.close()
@@ -181,6 +234,58 @@ def test_cluster_ddl_is_accepted_by_the_engines_parser(chdb_dir: Path) -> None:
             t.query(f"EXPLAIN AST {stmt}")
     finally:
         t.close()
+
+
+_CLUSTER_RUN = """
+import json, sys
+from pathlib import Path
+from tests.builders import batches
+from tests.test_store_contract import H, S, T0, day, got, truth
+from web.store.dsn import open_store
+
+d = Path(sys.argv[1])
+store = open_store(f"chdb://{d / 'data'}?database=pf&cluster=pf&replicated=0&config={d / 'config.xml'}")
+rows = store.transport.query("SELECT name, engine FROM system.tables WHERE database = 'pf'").to_pylist()
+profiles = day(hours=3)
+store.put(batches(profiles[:150]))
+store.put(batches(profiles[150:]))
+store.put(batches(profiles[150:]))  # a retry, through the Distributed table: counted once
+local = store.transport.query("SELECT count() AS n FROM pf.samples_local").column("n")[0].as_py()
+print(json.dumps({
+    "engines": {r["name"]: r["engine"] for r in rows}, "local_rows": local,
+    "exact": got(store, "{}", T0, T0 + 3 * H) == truth(profiles, T0, T0 + 3 * H),
+    "ragged": got(store, '{ns="shop"}', T0 + 17 * 60 * S, T0 + 2 * H) == truth(profiles, T0 + 17 * 60 * S, T0 + 2 * H,
+                                                                             {"p1"}),
+    "labels": store.label_values("pod", T0, T0 + H)}))
+"""
+
+_CLUSTER_CONFIG = """<clickhouse>
+  <tcp_port>9000</tcp_port>  <!-- a replica at localhost:9000 is this process: the shard is local -->
+  <remote_servers><pf><shard><replica><host>localhost</host><port>9000</port></replica></shard></pf></remote_servers>
+  <macros><shard>01</shard><replica>r1</replica></macros>
+</clickhouse>"""
+
+
+def test_cluster_ddl_runs_on_the_engine_sharded_without_replicas(tmp_path: Path) -> None:
+    """The cluster layout for real on chDB: `*_local` MergeTree tables, Distributed tables over them on a
+    cluster named in a ClickHouse config (one local shard), the views writing the local tables, and the
+    store's queries (GLOBAL IN subqueries) through the Distributed tables exact, a retried put counted once.
+    chDB runs no ON CLUSTER
+    (Code 392, "Replicated DDL queries are disabled") and its Replicated tables stay read-only without a
+    Keeper (docs/scaling.md), so those two parts are the parser's test above. chDB holds one data path
+    per process: this runs in its own."""
+    (tmp_path / "config.xml").write_text(_CLUSTER_CONFIG)
+    r = subprocess.run([sys.executable, "-c", _CLUSTER_RUN, str(tmp_path)], capture_output=True, text=True,
+                       timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.splitlines()[-1])
+    engines = out["engines"]
+    for table in ("samples", "profiles", "samples_1h", "series", "stacks", "frames", "functions", "mappings"):
+        assert engines[table] == "Distributed", (table, engines)
+        assert engines[f"{table}_local"].endswith("MergeTree"), (table, engines)
+    assert engines["profiles_mv"] == engines["samples_1h_mv"] == "MaterializedView"
+    assert out["local_rows"] > 0  # the rows went through the Distributed table to the shard's local table
+    assert out["exact"] and out["ragged"] and out["labels"] == ["p0", "p1", "p2"], out
 
 
 def test_print_ddl_prints_and_connects_to_nothing() -> None:

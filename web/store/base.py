@@ -143,6 +143,14 @@ class Store(ABC):
     def read(self, profiles: Sequence[StoredProfile]) -> Columns:
         """The samples of these profiles, as columns."""
 
+    def read_merged(self, profiles: Sequence[StoredProfile]) -> tuple[np.ndarray, np.ndarray]:
+        """These profiles' samples summed per stack id: (distinct ids ascending, exact sums). A backend whose
+        engine can sum (ClickHouse: GROUP BY stack) overrides it, so a wide merge is not read row by row."""
+        from web.store.columns import group_sum
+
+        cols = self.read(profiles)
+        return group_sum(cols.stack, cols.value)
+
     def step_totals(self, selector: Selector, t0: int, t1: int, step_ns: int, sample_type: str | None = None,
                     unit: str | None = None) -> StepTotals:
         """Totals per step from metadata only (no sample data). This default uses blocks that fit in a step."""

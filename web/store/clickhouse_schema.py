@@ -71,6 +71,12 @@ class Layout:
     database: str
     cluster: str | None = None
     retention_seconds: int | None = None
+    # DDL ON CLUSTER (a server's distributed DDL queue). False: each node is given the same DDL by itself
+    # (chDB, which has no distributed DDL queue, or a DBA applying it per node).
+    on_cluster: bool = True
+    # Replicated*MergeTree under the Distributed tables (Keeper coordinates the replicas of a shard). False:
+    # shards without replicas (plain MergeTree); also what runs on chDB, whose replicas stay read-only.
+    replicated: bool = True
 
     def __post_init__(self) -> None:
         for what, name in (("database", self.database), ("cluster", self.cluster)):
@@ -93,20 +99,22 @@ class Layout:
 def ddl(layout: Layout) -> list[str]:
     """Every statement that creates the schema (idempotent: IF NOT EXISTS), in order."""
     db, cluster = layout.database, layout.cluster
-    on = f" ON CLUSTER '{cluster}'" if cluster else ""
+    on = f" ON CLUSTER '{cluster}'" if cluster and layout.on_cluster else ""
     out = [f"CREATE DATABASE IF NOT EXISTS {db}{on}",
            f"CREATE TABLE IF NOT EXISTS {db}.schema_version{on} (version UInt32, applied DateTime DEFAULT now()) "
-           f"ENGINE = {_engine('ReplacingMergeTree', db, 'schema_version', cluster)} ORDER BY version"]
+           f"ENGINE = {_engine('ReplacingMergeTree', db, 'schema_version', cluster if layout.replicated else None)} "
+           "ORDER BY version"]
     for name, (columns, kind, order, partition, _) in _TABLES.items():
         local = f"{name}_local" if cluster else name
-        clauses = [f"ENGINE = {_engine(kind, db, local, cluster)}"]
+        clauses = [f"ENGINE = {_engine(kind, db, local, cluster if layout.replicated else None)}"]
         if partition:
             clauses.append(f"PARTITION BY {partition}")
         clauses.append(f"ORDER BY {order}")
         ttl = layout.ttl(name)
         if ttl:
             clauses.append(f"TTL {ttl}")
-        window = "replicated_deduplication_window" if cluster else "non_replicated_deduplication_window"
+        window = ("replicated_deduplication_window" if cluster and layout.replicated
+                  else "non_replicated_deduplication_window")
         clauses.append(f"SETTINGS {window} = {DEDUP_WINDOW}" if partition else "")
         out.append(f"CREATE TABLE IF NOT EXISTS {db}.{local}{on} ({columns}) " + " ".join(c for c in clauses if c))
         if cluster:

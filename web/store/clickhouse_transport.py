@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from podflame.errors import InvalidInput, PodflameError, Unavailable
+from web.store import deadline
 
 MAX_QUERY_BYTES = 64 << 20  # id lists go into the SQL text: past the 256 KiB default for wide queries
 
@@ -28,6 +29,9 @@ class ClickHouseError(PodflameError, RuntimeError):
     """ClickHouse rejected a statement podflame wrote (a bug or an incompatible server)."""
 
 
+TIMEOUT_EXCEEDED = "Code: 159."  # ClickHouse stopped a query at max_execution_time
+
+
 class Transport(ABC):
     """SQL in, Arrow out; safe to call from many threads."""
 
@@ -36,8 +40,25 @@ class Transport(ABC):
     @abstractmethod
     def command(self, sql: str) -> None: ...
 
+    def query(self, sql: str) -> pa.Table:
+        """Run a SELECT under the request's deadline (web/store/deadline.py), as the SQLite store does: past it
+        the query is not sent, and ClickHouse itself stops one that runs past it (max_execution_time), so a
+        slow query answers the same 503 on either backend instead of holding a server thread."""
+        left = deadline.remaining()
+        if left is None:
+            return self._query(sql, {})
+        if left <= 0:
+            raise deadline.expired()
+        try:
+            return self._query(sql, {"max_execution_time": round(max(left, 0.001), 3),
+                                     "timeout_overflow_mode": "throw"})
+        except ClickHouseError as e:
+            if TIMEOUT_EXCEEDED in str(e) or "TIMEOUT_EXCEEDED" in str(e):
+                raise deadline.expired() from None
+            raise
+
     @abstractmethod
-    def query(self, sql: str) -> pa.Table: ...
+    def _query(self, sql: str, settings: Mapping[str, str | int | float]) -> pa.Table: ...
 
     @abstractmethod
     def insert(self, table: str, data: pa.Table, settings: Mapping[str, str | int]) -> None: ...
@@ -96,8 +117,8 @@ class HttpTransport(Transport):
     def command(self, sql: str) -> None:
         self._call("command", sql)
 
-    def query(self, sql: str) -> pa.Table:
-        table: pa.Table = self._call("query_arrow", sql, use_strings=True)
+    def _query(self, sql: str, settings: Mapping[str, str | int | float]) -> pa.Table:
+        table: pa.Table = self._call("query_arrow", sql, use_strings=True, settings=dict(settings) or None)
         return table
 
     def insert(self, table: str, data: pa.Table, settings: Mapping[str, str | int]) -> None:
@@ -119,7 +140,7 @@ _SESSIONS_LOCK = threading.Lock()
 class ChdbTransport(Transport):
     """The same SQL in this process with chDB (`chdb-core`): for tests and single-process use."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, config: str | None = None) -> None:
         try:
             from chdb import session
         except ImportError:
@@ -130,7 +151,7 @@ class ChdbTransport(Transport):
             s, n = _SESSIONS.get(path, (None, 0))
             if s is None:
                 try:
-                    s = session.Session(path)
+                    s = session.Session(f"{path}?config-file={config}" if config else path)
                 except Exception as e:
                     raise ClickHouseUnavailable(f"cannot open chDB at {path}: {e}") from None
                 s.query(f"SET max_query_size = {MAX_QUERY_BYTES}")
@@ -144,14 +165,24 @@ class ChdbTransport(Transport):
             raise ClickHouseUnavailable(f"{self.where} is closed")
         with self._lock:
             try:
-                return self._session.query(sql, fmt)
+                try:
+                    return self._session.query(sql, fmt)
+                except Exception as e:
+                    # chDB 26.9: the first Arrow result after a failed Arrow query (a deadline's Code 159)
+                    # comes back empty; the statement itself is fine, so it runs once more.
+                    if "empty message in IPC" not in str(e):
+                        raise
+                    return self._session.query(sql, fmt)
             except Exception as e:
                 raise ClickHouseError(f"chDB: {e}") from None
 
     def command(self, sql: str) -> None:
         self._run(sql)
 
-    def query(self, sql: str) -> pa.Table:
+    def _query(self, sql: str, settings: Mapping[str, str | int | float]) -> pa.Table:
+        if settings:
+            sql += " SETTINGS " + ", ".join(f"{k} = {quote(v) if isinstance(v, str) else v}"
+                                            for k, v in settings.items())
         table: pa.Table = self._run(sql, "ArrowTable")
         return table
 

@@ -36,9 +36,23 @@ def within(seconds: float | None) -> Iterator[None]:
         _deadline.reset(token)
 
 
+def remaining() -> float | None:
+    """Seconds left before this context's deadline (None: no deadline), for work a database runs itself:
+    the ClickHouse store hands it to the engine as max_execution_time."""
+    d = _deadline.get()
+    return None if d is None else d[0] - time.monotonic()
+
+
+def expired() -> QueryTimeout:
+    """The error a query past this context's deadline raises (also when the database stopped it)."""
+    d = _deadline.get()
+    limit = f"{d[1]:g} s" if d is not None else "its time limit"
+    return QueryTimeout(f"query took longer than {limit} (limit QUERY_TIMEOUT_SECONDS): "
+                        "narrow the selector or the time range")
+
+
 def check() -> None:
     """Raise QueryTimeout if this context's deadline has passed."""
     d = _deadline.get()
     if d is not None and time.monotonic() > d[0]:
-        raise QueryTimeout(f"query took longer than {d[1]:g} s (limit QUERY_TIMEOUT_SECONDS): "
-                           "narrow the selector or the time range")
+        raise expired()

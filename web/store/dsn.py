@@ -3,8 +3,12 @@
     (none)                                   the embedded SQLite + zstd store in --data (the default)
     clickhouse://[user@]host:8123/db         a ClickHouse server over HTTP (clickhouses:// for TLS)
         ?cluster=NAME                        replicated + distributed tables, DDL ON CLUSTER
+        ?on_cluster=0                        ... but the DDL run on this node only (applied per node)
+        ?replicated=0                        ... shards without replicas: MergeTree under Distributed
         ?retention_seconds=N                 TTL on samples (else $PODFLAME_RETENTION_SECONDS)
     chdb:///path/to/dir?database=db          the same SQL in-process with chDB (tests, one machine)
+        ?config=/path/config.xml             a ClickHouse config for chDB (remote_servers, macros, keeper):
+                                             with ?cluster=NAME the cluster DDL runs here, without ON CLUSTER
 
 Credentials come from $PODFLAME_CLICKHOUSE_USER / $PODFLAME_CLICKHOUSE_PASSWORD (a Secret in
 Kubernetes) unless the DSN carries them: a password in a command line shows in `ps`.
@@ -35,7 +39,13 @@ def layout_of(dsn: str) -> Layout:
         seconds = int(float(retention)) if retention else None
     except ValueError:
         raise StoreDsnError(f"retention_seconds must be a number, not {retention!r}") from None
-    return Layout(database, query.get("cluster") or None, seconds)
+    on_cluster = query.get("on_cluster", "0" if parts.scheme == "chdb" else "1")  # chDB: no distributed DDL
+    if on_cluster not in ("0", "1"):
+        raise StoreDsnError(f"on_cluster must be 0 or 1, not {on_cluster!r}")
+    replicated = query.get("replicated", "1")
+    if replicated not in ("0", "1"):
+        raise StoreDsnError(f"replicated must be 0 or 1, not {replicated!r}")
+    return Layout(database, query.get("cluster") or None, seconds, on_cluster == "1", replicated == "1")
 
 
 def open_store(dsn: str | None, data_dir: str | os.PathLike[str] = "./podflame-data",
@@ -56,7 +66,8 @@ def open_store(dsn: str | None, data_dir: str | os.PathLike[str] = "./podflame-d
         path = dsn[len("chdb://"):].partition("?")[0]
         if not path:
             raise StoreDsnError("chdb:// needs a directory: chdb:///var/lib/podflame-ch")
-        transport = ChdbTransport(str(Path(path).resolve()))
+        config = {k: v[-1] for k, v in parse_qs(parts.query).items()}.get("config")
+        transport = ChdbTransport(str(Path(path).resolve()), config=str(Path(config).resolve()) if config else None)
     elif parts.scheme in ("clickhouse", "clickhouses"):
         if not parts.hostname:
             raise StoreDsnError(f"{dsn!r} names no host: clickhouse://host:8123/db")
