@@ -50,6 +50,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -393,6 +394,11 @@ def print_matrix(cells: list[dict]) -> None:
                   f"{r['cpu_ratio_total'] or 0:6.2f} {100 * (o['capture_ratio'] or 0):7.1f}%", file=sys.stderr)
 
 
+def _default_sigint() -> None:
+    """Both tools stop on SIGINT: undo the SIG_IGN a shell's background job (`bench ... &`) hands down."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     podflame = ROOT / ".venv" / "bin" / "podflame"
     tmp = Path(tempfile.mkdtemp(prefix="podflame-bench-"))
@@ -414,11 +420,11 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     # so each tool saw the burners' whole life and expected = their CPU seconds x frequency.
     ours = subprocess.Popen([str(podflame), "agent", "--server", url, "--frequency", str(args.frequency),
                              "--interval", "10", "--node-name", "bench", "--unwind", args.unwind],
-                            stdout=log, stderr=log, env=env)
+                            stdout=log, stderr=log, env=env, preexec_fn=_default_sigint)
     folded = open(tmp / "bcc.folded", "w")  # noqa: SIM115
     bcc_seconds = int(args.startup + args.duration + 600)  # stopped with SIGINT once the burners are done
     theirs = subprocess.Popen(["profile-bpfcc", "-F", str(args.frequency), "-af", str(bcc_seconds)],
-                              stdout=folded, stderr=log)
+                              stdout=folded, stderr=log, preexec_fn=_default_sigint)
     tree_rss = TreeRss({"podflame": ours.pid, "profile-bpfcc": theirs.pid})
     tree_rss.start()
     busy = (f", {args.processes} long-lived processes" if args.processes else "") + \
