@@ -29,16 +29,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.store import NODE, H, log  # noqa: E402
 from bench.synthetic import PERIOD_NS, Pod, S, drain, make_node  # noqa: E402
 from podflame import pprof  # noqa: E402
 from podflame.model import Profile  # noqa: E402
-
-H = 3600 * S
-NODE = "node-1"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def short_lived(pods: list[Pod], start_ns: int, seconds: int, n: int, first_pid: int, rng: random.Random

@@ -160,14 +160,6 @@ def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: s
     server.shutdown()
 
 
-_pid_min_age_option = click.option(
-    "--pid-min-age", type=click.FloatRange(0, 86400), default=60.0, show_default=True, metavar="SECONDS",
-    envvar="PODFLAME_PID_MIN_AGE",
-    help="Label a process by its pid once it has run this long; younger (short-lived) processes are summed "
-         "per cgroup and comm, so they do not make a series each; 0 labels every process "
-         "($PODFLAME_PID_MIN_AGE).")
-
-
 @main.command()
 @click.option("--listen", default="127.0.0.1:7070", show_default=True, help="HOST:PORT of the UI and API.")
 @click.option("--data", "data_dir", default="./podflame-data", show_default=True, type=click.Path(file_okay=False))
