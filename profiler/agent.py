@@ -135,10 +135,11 @@ def build_profiles(drain: Drain, ctx: Context, period_ns: int,
     """One Profile per (cgroup, process) seen in the drain; pod labels come later.
 
     Frames are unsymbolized unless `stack` (e.g. a `StackMemo`) returns symbolized ones."""
-    ctx.maps.refresh({s.tgid for s in drain.samples if s.tgid})
+    tgids = {s.tgid for s in drain.samples if s.tgid}
+    ctx.maps.refresh(tgids)
     if ctx.python is not None:
         ctx.python.begin_drain(drain)
-    ctx.pids.begin_drain({s.tgid for s in drain.samples})
+    ctx.pids.begin_drain(tgids)
     by_key: dict[tuple[int, int], Profile] = {}
     by_labels: dict[tuple[str, str, str | None], Profile] = {}  # processes without a pid label share one
     paths: dict[int, str] = {}

@@ -14,7 +14,7 @@ from profiler.kube import PodSelection
 
 
 def start_agent(server_url: str, frequency: int, interval: float, node: str | None, *, unwind: str,
-                python_frames: bool, pid_min_age_s: float = 60.0, namespaces: str | None = None,
+                python_frames: bool, pid_min_age_s: float, namespaces: str | None = None,
                 exclude_namespaces: str | None = None,
                 pod_selector: str | None = None, pod_labels: str | None = None,
                 pod_annotations: str | None = None, health: AgentHealth | None = None,

@@ -1035,7 +1035,8 @@ class SqliteStore(Store):
         with self._lock:
             self._check_open()
             first = "SELECT min(start_ns) FROM profiles WHERE series=? AND level=?"  # one index seek a level
-            gone = [sid for sid in self._series if sid not in self._spans]  # rowless since an older version
+            gone = [sid for sid in self._series if sid not in self._spans  # rowless since an older version
+                    and not self._db.execute("SELECT 1 FROM profiles WHERE series=? LIMIT 1", (sid,)).fetchone()]
             for sid, span in self._spans.items():
                 if span[0] < cutoff:  # the first row may be gone: the ends must stay starts of rows
                     starts = [r[0] for lv in range(len(self.levels) + 1)
@@ -1043,9 +1044,7 @@ class SqliteStore(Store):
                     if starts:
                         span[0] = min(starts)
                     else:
-                        gone.append(sid)
-            gone = [sid for sid in gone
-                    if not self._db.execute("SELECT 1 FROM profiles WHERE series=? LIMIT 1", (sid,)).fetchone()]
+                        gone.append(sid)  # no row at any level
             if not gone:
                 return
             with self._db:
