@@ -19,11 +19,12 @@ import numpy as np
 
 from podflame.model import Frame, FrameKind, Profile
 from web.query import diff as diffmod
+from web.query import treebin
 from web.query.export import folded_diff_from_stacks, folded_from_stacks
 from web.query.flamegraph import diff_tree_from_stacks, flamegraph_from_stacks
 from web.query.speedscope import speedscope_from_stacks
 from web.query.stacks import NameStacks
-from web.query.treecache import Answer, TreeCache, payload_json_head, refs_key
+from web.query.treecache import Answer, BinaryAnswer, TreeCache, payload_json_head, refs_key
 from web.store.base import Store, StoredProfile, frame_origin_of
 from web.store.columns import group_sum
 from web.store.selector import Selector
@@ -84,7 +85,12 @@ class NameCache:
         self._pairs: dict[tuple[int, int], int] = {}
         self._pair_name: list[int] = []
         self._pair_loc: list[int] = []
-        self._frame_names: dict[int, tuple[list[int], list[int]]] = {}  # store frame id -> (names, pairs)
+        # Store frame id -> slot; a slot's names (and pairs) are _fnames[_fstart:_fstart + _flen] (_fpairs alike).
+        self._fslot: dict[int, int] = {}
+        self._fstart = np.empty(0, np.int64)
+        self._flen = np.empty(0, np.int64)
+        self._fnames = np.empty(0, np.int64)
+        self._fpairs = np.empty(0, np.int64)
         # Translated stacks back to back: stack id -> slot; a slot's names are flat_names[off:off + len].
         self._slot: dict[int, int] = {}
         self._off = np.empty(0, np.int64)
@@ -98,19 +104,64 @@ class NameCache:
         self._pending_stacks: set[int] = set()  # stacks holding a frame of `_kind_pending`, not read yet
         self._lock = threading.Lock()
 
-    def _frame(self, lines: Sequence[tuple[str, str | None, int | None]]) -> tuple[list[int], list[int]]:
-        where = [(f"{file}:{line}" if line else file) if file else "" for _, file, line in lines]
-        names = [_intern(self._index, self.names, n) for n, _, _ in lines]
-        pairs = []
-        for n, w in zip(names, where, strict=True):
-            key = (n, _intern(self._loc_index, self.locations, w))
-            pair = self._pairs.get(key)
-            if pair is None:
-                pair = self._pairs[key] = len(self._pair_name)
-                self._pair_name.append(key[0])
-                self._pair_loc.append(key[1])
-            pairs.append(pair)
-        return names, pairs
+    def _add_frames(self, store: Store, new: list[int]) -> list[int] | None:
+        """Name, location and (name, location) pair ids of these frames, interned in one flat pass (a cold
+        server's first view names ~100k frames: a call and three lists per frame cost more than the reads).
+        Returns the frames whose kinds were read (None: the store has no `frame_origins`)."""
+        got = store.frame_lines(new)
+        fids = list(got)
+        per_frame = list(got.values())
+        lens = np.fromiter(map(len, per_frame), dtype=np.int64, count=len(per_frame))
+        index, table = self._index, self.names
+        loc_index, locs = self._loc_index, self.locations
+        pairs, pair_name, pair_loc = self._pairs, self._pair_name, self._pair_loc
+        name_ids: list[int] = []
+        pair_ids: list[int] = []
+        for lines in per_frame:
+            for n, file, line in lines:
+                i = index.get(n)
+                if i is None:
+                    i = index[n] = len(table)
+                    table.append(n)
+                w = (f"{file}:{line}" if line else file) if file else ""
+                j = loc_index.get(w)
+                if j is None:
+                    j = loc_index[w] = len(locs)
+                    locs.append(w)
+                pair = pairs.get((i, j))
+                if pair is None:
+                    pair = pairs[(i, j)] = len(pair_name)
+                    pair_name.append(i)
+                    pair_loc.append(j)
+                name_ids.append(i)
+                pair_ids.append(pair)
+        offs = np.cumsum(lens) - lens
+        first = len(self._fslot)
+        self._fslot.update(zip(fids, range(first, first + len(fids)), strict=True))
+        self._fstart = np.concatenate((self._fstart, self._fnames.size + offs))
+        self._flen = np.concatenate((self._flen, lens))
+        self._fnames = np.concatenate((self._fnames, np.asarray(name_ids, dtype=np.int64)))
+        self._fpairs = np.concatenate((self._fpairs, np.asarray(pair_ids, dtype=np.int64)))
+        origins = store.frame_origins(new)
+        if origins is None:
+            return None
+        self._frame_kind.update(origins)
+        at = dict(zip(fids, zip(offs.tolist(), lens.tolist(), strict=True), strict=True))
+        metas: dict[tuple[str, str, str], tuple[str, str]] = {}  # many frames share a binary (or package)
+        name_meta = self._name_meta
+        for fid, origin in origins.items():
+            meta = metas.get(origin)
+            if meta is None:
+                meta = metas[origin] = (origin[0], module_from(*origin))
+            off, n = at[fid]
+            for name in name_ids[off:off + n]:
+                name_meta.setdefault(name, meta)
+        return fids
+
+    def _names_of(self, fid: int) -> list[int]:
+        slot = self._fslot[fid]
+        start = int(self._fstart[slot])
+        return self._fnames[start:start + int(self._flen[slot])].tolist()
 
     def _translate(self, store: Store, sids: list[int]) -> None:
         """Name and location arrays for these stack ids (caller holds the lock)."""
@@ -123,24 +174,14 @@ class NameCache:
         uniq = np.flatnonzero(rank)
         rank[uniq] = np.arange(uniq.size)
         inv = rank[flat]
-        new = [f for f in uniq.tolist() if f not in self._frame_names]
-        for fid, lines in store.frame_lines(new).items():
-            self._frame_names[fid] = self._frame(lines)
-        origins = store.frame_origins(new) if new else {}
-        if origins is None:
+        fslot = self._fslot
+        new = [f for f in uniq.tolist() if f not in fslot]
+        if new and self._add_frames(store, new) is None:
             self._note_new_frames(sids, n_frames, flat, uniq, new)
-        else:
-            for fid, (kind, path, file) in origins.items():
-                self._frame_kind.add(fid)
-                meta = (kind, module_from(kind, path, file))
-                for name in self._frame_names[fid][0]:
-                    self._name_meta.setdefault(name, meta)
-        # A table of the frames involved: each frame's names (and locations) back to back.
-        per = [self._frame_names[f] for f in uniq.tolist()]
-        per_len = np.fromiter((len(p[0]) for p in per), dtype=np.int64, count=len(per))
-        table_names = np.fromiter((n for p in per for n in p[0]), dtype=np.int64, count=int(per_len.sum()))
-        table_locs = np.fromiter((w for p in per for w in p[1]), dtype=np.int64, count=int(per_len.sum()))
-        table_start = np.cumsum(per_len) - per_len
+        # The frames involved: where each one's names (and pairs) sit in the flat per-frame arrays.
+        slots = np.fromiter((fslot[f] for f in uniq.tolist()), dtype=np.int64, count=uniq.size)
+        per_len, table_start = self._flen[slots], self._fstart[slots]
+        table_names, table_locs = self._fnames, self._fpairs
         # Gather: frame k of the flat list expands to its names at table_start[inv[k]]...
         lens = per_len[inv.reshape(-1)]
         out_start = np.cumsum(lens) - lens
@@ -195,7 +236,7 @@ class NameCache:
                     continue
                 self._frame_kind.add(fid)
                 meta = (str(frame.kind), module_of(frame))
-                for name in self._frame_names[fid][0]:
+                for name in self._names_of(fid):
                     self._name_meta.setdefault(name, meta)
 
     @property
@@ -374,28 +415,30 @@ def flamegraph(store: Store, q: Query, max_nodes: int | None = None) -> dict[str
 
 
 def flamegraph_answer(store: Store, q: Query, max_nodes: int | None, cache: TreeCache | None,
-                      absolute: bool = False) -> tuple[Answer, dict[str, float]]:
+                      absolute: bool = False, binary: bool = False) -> tuple[Answer, dict[str, float]]:
     """`flamegraph` as JSON (an `Answer` and the per-request range that completes it), from `cache` when the
     same stored profiles were drawn before (web/query/treecache.py). `absolute`: the range was given as fixed
-    times (a link, a chart selection), which may then be kept by range too."""
+    times (a link, a chart selection), which may then be kept by range too. `binary`: web/query/treebin.py's
+    form instead of JSON (the page's)."""
     keys: list[Hashable] = []
     if cache is not None and store.immutable_refs and absolute:
         # An absolute range asked again with no write since: not even the index is read.
         generation = store.generation()
         if generation is not None:
-            keys.append(("flamegraph-range", q, max_nodes, generation))
+            keys.append(("flamegraph-range", q, max_nodes, binary, generation))
             hit = cache.get(keys[0])
             if hit is not None:
                 return hit, _range(q)
     sample_type, unit, refs = select(store, q)
     if cache is not None and store.immutable_refs:
-        keys.append(("flamegraph", sample_type, unit, max_nodes, refs_key(refs)))
+        keys.append(("flamegraph", sample_type, unit, max_nodes, binary, refs_key(refs)))
         hit = cache.get(keys[-1])
         if hit is not None:
             for key in keys[:-1]:
                 cache.put(key, hit)
             return hit, _range(q)
-    answer = Answer(payload_json_head(_flamegraph_of(store, merged(store, q, sample_type, unit, refs), max_nodes)))
+    payload = _flamegraph_of(store, merged(store, q, sample_type, unit, refs), max_nodes)
+    answer = BinaryAnswer(treebin.encode(payload)) if binary else Answer(payload_json_head(payload))
     if cache is not None and not name_cache(store).kinds_pending:  # kinds still pending: not final
         for key in keys:
             cache.put(key, answer)
