@@ -7,6 +7,8 @@ and our JS, which must never hand data to an HTML parser. These tests pin all th
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -30,6 +32,11 @@ HOSTILE = [
     "<!--",
     "\u2028\u2029",
 ]
+
+
+def _boot_hash() -> str:
+    """The CSP source expression of static/boot.js as a file on disk (computed here, not taken from ui.py)."""
+    return "'sha256-" + base64.b64encode(hashlib.sha256((STATIC / "boot.js").read_bytes()).digest()).decode() + "'"
 
 
 @pytest.fixture
@@ -83,7 +90,9 @@ def test_csp_and_security_headers_on_the_page_and_its_static_files(app: Flask) -
         csp = resp.headers["Content-Security-Policy"]
         directives = {d.split()[0]: d.split()[1:] for d in csp.split("; ")}
         assert directives["default-src"] == ["'none'"]
-        assert directives["script-src"] == ["'self'"]  # no 'unsafe-inline', no 'unsafe-eval', no hosts
+        # No 'unsafe-inline', no 'unsafe-eval', no hosts: our files, and the one inline script whose hash
+        # is static/boot.js's (the first graph's early request).
+        assert directives["script-src"] == ["'self'", _boot_hash()]
         assert directives["style-src"] == ["'self'"]
         assert directives["connect-src"] == ["'self'"]
         assert directives["frame-ancestors"] == ["'none'"]
@@ -98,7 +107,16 @@ def test_page_has_no_inline_script_handlers_or_styles(app: Flask) -> None:
     page = _parse(body)
     scripts = [a for tag, a in page.tags if tag == "script"]
     assert scripts, "the page loads its JS"
+    inline = [a for a in scripts if not a.get("src") and a.get("type") != "application/json"]
+    # The one inline script is static/boot.js byte for byte: the hash the CSP allows, and no data in it.
+    assert [a.get("id") for a in inline] == ["podflame-boot"]
+    boot = page.script_text["podflame-boot"]
+    assert boot == (STATIC / "boot.js").read_text()
+    assert "'sha256-" + base64.b64encode(hashlib.sha256(boot.encode()).digest()).decode() + "'" == _boot_hash()
+    assert "podflame-boot" not in json.dumps(_config(page))  # the config stays a data block of its own
     for a in scripts:
+        if a in inline:
+            continue
         # Either our own module from a static URL, or a data block the browser never executes.
         assert (a.get("src") or "").startswith("/ui/static/") or a.get("type") == "application/json", a
         if a.get("src"):
@@ -128,7 +146,7 @@ def test_hostile_query_parameters_stay_text(app: Flask, hostile: str) -> None:
     config = _config(page)
     assert config["initial"]["query"] == hostile and config["initial"]["from"] == hostile
     # Nothing the string tried to create exists in the document.
-    assert [tag for tag, _ in page.tags].count("script") == 2
+    assert [tag for tag, _ in page.tags].count("script") == 3  # config, boot.js, app.js
     assert not [tag for tag, _ in page.tags if tag in ("img", "svg")]
     assert "49" not in body  # Jinja syntax in data is not evaluated
 
@@ -142,7 +160,7 @@ def test_template_renders_hostile_values_escaped(app: Flask) -> None:
     assert evil not in body
     page = _parse(body)
     assert not [tag for tag, _ in page.tags if tag == "img"]
-    assert [tag for tag, _ in page.tags].count("script") == 2
+    assert [tag for tag, _ in page.tags].count("script") == 3  # config, boot.js, app.js
     assert _config(page)["api"] == evil
     preset_buttons = [a for tag, a in page.tags if tag == "button" and "data-range" in a]
     assert [b["data-range"] for b in preset_buttons] == [evil]

@@ -16,6 +16,7 @@ hit costs neither serialising nor compressing megabytes. Bounded by bytes, least
 from __future__ import annotations
 
 import json
+import struct
 import threading
 import zlib
 from collections import OrderedDict
@@ -65,6 +66,15 @@ class Answer:
                 self._deflated = (c.compress(self.head) + c.flush(zlib.Z_SYNC_FLUSH), zlib.crc32(self.head),
                                   len(self.head))
             return self._deflated
+
+
+@dataclass(slots=True)
+class BinaryAnswer(Answer):
+    """An answer in web/query/treebin.py's binary form: the request's keys go after it as JSON and length."""
+
+    def tail_bytes(self, tail: dict[str, Any]) -> bytes:
+        body = json.dumps(tail, separators=(",", ":")).encode()
+        return body + struct.pack("<I", len(body))
 
 
 def refs_key(refs: Sequence[StoredProfile]) -> Hashable:

@@ -25,6 +25,7 @@ from web.normalize import batch_of
 from web.query import merge as queries
 from web.query.export import to_pprof
 from web.query.merge import Query, profiles_by_series, series_summary
+from web.query.treebin import MEDIA_TYPE as TREE_MEDIA_TYPE
 from web.query.treecache import DEFAULT_MAX_BYTES as DEFAULT_TREE_CACHE_BYTES
 from web.query.treecache import Answer, TreeCache, payload_json_head
 from web.server.gzipjoin import accepts_gzip, gzip_join
@@ -328,8 +329,11 @@ def flamegraph() -> Response:
         cache = current_app.extensions["podflame.tree_cache"] = TreeCache(
             int(current_app.config.get("TREE_CACHE_BYTES", DEFAULT_TREE_CACHE_BYTES)))
     absolute = all(_absolute(request.args.get(k) or d) for k, d in (("from", DEFAULT_FROM), ("to", DEFAULT_TO)))
-    answer, tail = queries.flamegraph_answer(store(), parse_query(), max_nodes, cache, absolute)
-    return _answer_response(answer, tail)
+    fmt = request.args.get("format", "json")
+    if fmt not in ("json", "binary"):
+        raise InvalidInput(f"format must be json or binary, not {fmt[:40]!r}")
+    answer, tail = queries.flamegraph_answer(store(), parse_query(), max_nodes, cache, absolute, fmt == "binary")
+    return _answer_response(answer, tail, TREE_MEDIA_TYPE if fmt == "binary" else "application/json")
 
 
 def _absolute(text: str) -> bool:
@@ -340,10 +344,10 @@ def _absolute(text: str) -> bool:
         return False
 
 
-def _answer_response(answer: Answer, tail: dict[str, Any]) -> Response:
+def _answer_response(answer: Answer, tail: dict[str, Any], mimetype: str) -> Response:
     """A kept answer with this request's tail, gzipped by joining its kept deflate stream (no recompression)."""
     rest = answer.tail_bytes(tail)
-    resp = current_app.response_class(mimetype="application/json")
+    resp = current_app.response_class(mimetype=mimetype)
     if accepts_gzip(request.headers.get("Accept-Encoding", "")):
         resp.set_data(gzip_join(answer.deflated(), rest))
         resp.headers["Content-Encoding"] = "gzip"

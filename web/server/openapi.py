@@ -82,7 +82,9 @@ def document() -> dict[str, Any]:
         "/api/v1/cpu": _get("value per time step", [*_QUERY, _param("step", "seconds or a duration (1m)")],
                             _json("series", _obj(["timestamps", "values"], timestamps={"type": "array"},
                                                  values={"type": "array"}))),
-        "/api/v1/flamegraph": _get("the merged profile as a flame graph tree", [*_QUERY, _MAX_NODES],
+        "/api/v1/flamegraph": _get("the merged profile as a flame graph tree", [
+            *_QUERY, _MAX_NODES, _param("format", "json (default) or binary (vnd.podflame.tree, docs/api.md)",
+                                        schema={"type": "string", "enum": ["json", "binary"]})],
                                    _json("tree", _TREE)),
         "/api/v1/diff": _get("comparison against a baseline", [
             *_QUERY, *_BASE, _MAX_NODES,

@@ -13,8 +13,12 @@ import {
 } from "./flamegraph.js";
 import { FunctionTable, functionTotals, invertedPayload, sandwichPayloads } from "./functions.js";
 import { exportPng, exportSvg } from "./export.js";
+import { decodeTree } from "./treebin.js";
 import { parseTime, toSeconds, formatTime } from "./timeexpr.js";
 
+// Marks "pf:*" time the first view's steps (bench/ui.py reports them): boot.js's request, this module's
+// start and end, the graph's answer read, laid out, and drawn.
+performance.mark("pf:app");
 const config = JSON.parse(document.getElementById("podflame-config").textContent);
 const API = config.api;
 const PRESETS = config.presets;
@@ -72,39 +76,13 @@ const state = {
 };
 
 const LABEL_NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
+// What the URL means, and how a graph request is written, are boot.js's (inlined in the page's head,
+// where it already asked for the first graph): the same functions here ask for the same URL.
+const boot = window.podflameBoot;
 
-// The hash is user input too (a link can say anything): keep only well-formed values.
+// The hash is user input too (a link can say anything): boot.js keeps only well-formed values.
 function readHash() {
-  const p = new URLSearchParams(location.hash.slice(1));
-  const json = (key, fallback) => {
-    try { return p.has(key) ? JSON.parse(p.get(key)) : fallback; } catch { return fallback; }
-  };
-  state.query = p.has("q") ? p.get("q") : config.initial.query || "";
-  state.from = p.get("from") || config.initial.from || "now-15m";
-  state.to = p.get("to") || config.initial.to || "now";
-  state.vfrom = p.get("vfrom") || null;
-  state.vto = state.vfrom ? p.get("vto") || "now" : null;
-  state.cmp = COMPARE_MODES.includes(p.get("cmp")) ? p.get("cmp") : "";
-  state.bfrom = p.get("bfrom") || "";
-  state.bto = p.get("bto") || "";
-  state.bq = p.get("bq") || "";
-  const sel = json("sel", null);
-  state.sel = null;
-  if (sel && typeof sel === "object" && !Array.isArray(sel)) {
-    const clean = Object.entries(sel).filter(([k, v]) => LABEL_NAME.test(k) && typeof v === "string");
-    if (clean.length) state.sel = Object.fromEntries(clean);
-  }
-  const zoom = json("zoom", []);
-  state.zoom = Array.isArray(zoom) ? zoom.map(String) : [];
-  state.search = p.get("search") || "";
-  state.refresh = p.get("refresh") === "1";
-  state.view = VIEWS.includes(p.get("view")) ? p.get("view") : "both";
-  state.orient = p.get("orient") === "flame" ? "flame" : "icicle";
-  state.invert = p.get("invert") === "1";
-  state.color = ["kind", "module"].includes(p.get("color")) ? p.get("color") : "name";
-  state.fn = p.get("fn") || "";
-  state.type = p.get("type") || "";
-  state.group = LABEL_NAME.test(p.get("group") || "") ? p.get("group") : "";
+  Object.assign(state, boot.readHash(location.hash, config.initial));
 }
 
 function hashParams() {
@@ -144,22 +122,29 @@ function writeHash(push) {
 
 class ApiError extends Error {}
 
-function apiUrl(path, params) {
-  const qs = new URLSearchParams();
-  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== "") qs.set(k, v);
-  return `${API}/${path}?${qs.toString()}`;
-}
+const apiUrl = (path, params) => boot.apiUrl(API, path, params);
 
-async function getJSON(path, params, signal) {
-  let resp;
+// `params.format` "binary": the answer is web/query/treebin.py's, read by treebin.js.
+// `early`: boot.js's request for this very URL, already under way (its answer is used instead of asking again).
+async function getJSON(path, params, signal, early = null) {
+  const url = apiUrl(path, params), init = { signal, headers: { Accept: "application/json" } };
+  let resp, body = null, read = null;
   try {
-    resp = await fetchWithLogin(apiUrl(path, params), { signal, headers: { Accept: "application/json" } }, API);
+    if (early) {
+      signal.addEventListener("abort", () => early.ctl.abort());
+      const got = await early.answer;
+      if (got.resp.status === 401) resp = await fetchWithLogin(url, init, API, Promise.resolve(got.resp));
+      else ({ resp, body: read } = got);
+    } else {
+      resp = await fetchWithLogin(url, init, API);
+    }
   } catch (e) {
     if (e.name === "AbortError") throw e;
     throw new ApiError(`cannot reach the server (${e.message}). Check that it is running and reachable, then reload.`);
   }
-  let body = null;
-  try { body = await resp.json(); } catch { /* not JSON: reported below */ }
+  const binary = params.format === "binary" && resp.ok;  // errors are JSON whatever was asked for
+  if (read) body = await read;
+  else { try { body = await (binary ? resp.arrayBuffer() : resp.json()); } catch { /* reported below */ } }
   if (!resp.ok) {
     const why = body && typeof body.error === "string" ? body.error : `HTTP ${resp.status} ${resp.statusText}`;
     // Said once however many requests hit it (the same bad selector fails the list, chart and graph),
@@ -170,24 +155,12 @@ async function getJSON(path, params, signal) {
     throw new ApiError(why + todo);
   }
   if (body === null) throw new ApiError(`the server did not answer JSON (${path}); is a proxy in the way?`);
-  return body;
+  if (!binary) return body;
+  try { return decodeTree(body); } catch (e) { throw new ApiError(`${e.message} (${path}); is a proxy in the way?`); }
 }
 
-// Prometheus string literal: backslash, double quote and newline escaped.
-function quote(value) {
-  return '"' + String(value).replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n") + '"';
-}
-
-// The user's selector with the selection's equality matchers added.
-function selectionQuery() {
-  const extra = Object.entries(state.sel || {}).map(([k, v]) => `${k}=${quote(v)}`);
-  const q = state.query.trim();
-  if (!extra.length) return q;
-  // The server also takes matchers without braces (namespace="shop"): those get the selection too,
-  // instead of silently losing it while the title still names it.
-  const inner = q.startsWith("{") && q.endsWith("}") ? q.slice(1, -1).trim() : q;
-  return "{" + [inner, ...extra].filter(Boolean).join(", ") + "}";
-}
+const quote = boot.quote;
+const selectionQuery = () => boot.selectionQuery(state.query, state.sel);
 
 // ---- messages ----------------------------------------------------------------------------------
 
@@ -446,6 +419,7 @@ function renderFlame(fg) {
   } else {
     flame.setData(fg);
   }
+  performance.mark("pf:flame-data");
   flame.zoomToPath(state.zoom);
   flame.setSearch(state.search, false);
   flame.orientation = state.orient;
@@ -627,7 +601,10 @@ function afterRender() {
   hook.lastRender = flame.lastRender;
   hook.renders += 1;
   // When the first graph was on screen, in ms since navigation started (bench/ui.py reads it).
-  if (hook.drawnAt === null && flame.lastRender && flame.lastRender.nodes.length) hook.drawnAt = performance.now();
+  if (hook.drawnAt === null && flame.lastRender && flame.lastRender.nodes.length) {
+    hook.drawnAt = performance.now();
+    performance.mark("pf:drawn");
+  }
   els.zoomOut.disabled = !flame.isZoomed();
   els.searchResult.classList.toggle("error", !!flame.searchError);
   const stats = flame.searchError ? null : flame.searchStats();
@@ -931,9 +908,10 @@ function loadFlame() {
   const base = baseline();
   return load("flame", async (signal) => {
     if (base && base.error) throw new Error(`cannot compare: ${base.error}`);
-    const params = { query: selectionQuery(), from: state.from, to: state.to, max_nodes: maxNodes(), type: state.type };
-    const fg = base ? await getJSON("diff", { ...params, ...baseParams(base), limit: 20 }, signal)
-      : await getJSON("flamegraph", params, signal);
+    const params = boot.flameParams(state);
+    const fg = base ? await getJSON("diff", { ...params, format: undefined, ...baseParams(base), limit: 20 }, signal)
+      : await getJSON("flamegraph", params, signal, boot.take(apiUrl("flamegraph", params)));
+    performance.mark("pf:flame-json");
     if (!signal.aborted) await renderFlame(fg);
   }, () => {
     flame.setData({ names: [], levels: [], total: 0 });
@@ -968,13 +946,6 @@ function loadChart() {
     els.chartSummary.textContent = "";
     hook.chart = null;
   });
-}
-
-// Nodes worth sending: about what the screen can show (a frame under a pixel is drawn merged
-// anyway), bounded so a whole node's day stays a quick download and a quick draw.
-function maxNodes() {
-  const w = Math.max(800, window.screen ? window.screen.width : 1920, els.flameBody.clientWidth || 0);
-  return Math.min(200_000, Math.max(20_000, Math.round(w * 64)));
 }
 
 // Work in progress: a status line says so and what it will replace is dimmed until it lands.
@@ -1278,3 +1249,4 @@ resized.observe(els.chartWrap);
 readHash();
 syncControls();
 reloadAll();
+performance.mark("pf:app-ready");

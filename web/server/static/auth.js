@@ -19,9 +19,9 @@ async function login(api) {
   return resp.ok;
 }
 
-// fetch(url, init), logging in once on a 401 and retrying.
-export async function fetchWithLogin(url, init, api) {
-  const resp = await fetch(url, init);
+// fetch(url, init), logging in once on a 401 and retrying; `first`: that fetch, when already started.
+export async function fetchWithLogin(url, init, api, first = null) {
+  const resp = await (first || fetch(url, init));
   if (resp.status !== 401 || refused) return resp;
   if (!pending) {
     pending = login(api).then((ok) => { refused = !ok; return ok; }).finally(() => { pending = null; });

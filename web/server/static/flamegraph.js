@@ -150,12 +150,14 @@ export class FlameGraph {
 
   // ---- data -------------------------------------------------------------------------------
 
+  // `payload`: the JSON payload (flat levels), or treebin.js's decoding of the binary one (`columnar`:
+  // the levels as kept here, parents included).
   setData(payload) {
     const names = payload.names || [];
     const isDiff = typeof payload.base_total === "number";
     const stride = isDiff ? 8 : 4;
-    const levels = [];
-    for (const flat of payload.levels || []) {
+    const levels = payload.columnar ? payload.columnar : [];
+    for (const flat of payload.columnar ? [] : payload.levels || []) {
       const n = Math.floor(flat.length / stride);
       let sorted = true;  // the server sends each level in order of start: then no sort, no index array
       for (let i = 1; i < n && sorted; i++) sorted = flat[stride * (i - 1)] <= flat[stride * i];
@@ -179,7 +181,7 @@ export class FlameGraph {
       levels.push(lv);
     }
     // Parent of each node: the node one level up whose span holds its start (two pointers).
-    for (let d = 1; d < levels.length; d++) {
+    for (let d = 1; d < levels.length && !payload.columnar; d++) {
       const up = levels[d - 1], lv = levels[d];
       let p = 0;
       for (let i = 0; i < lv.n; i++) {
@@ -188,11 +190,15 @@ export class FlameGraph {
       }
     }
     this.data = {
-      names, levels, locations: payload.locations || [], kinds: payload.kinds || [], modules: payload.modules || [],
+      names, levels, tables: payload.tables || null,
       total: payload.total ?? (levels[0] && levels[0].n ? levels[0].total[0] : 0),
       unit: payload.unit || "", type: payload.type || "", period: payload.period_ns || 0,
       diff: isDiff ? { baseTotal: payload.base_total, compTotal: payload.comp_total } : null,
     };
+    // Per-name lists, read from the payload when first asked for (a binary answer builds them then).
+    for (const key of ["locations", "kinds", "modules"]) {
+      Object.defineProperty(this.data, key, { enumerable: true, get: () => payload[key] || [] });
+    }
     if (isDiff && payload.base_total > 0 && payload.comp_total > 0) this._normalizeLayout();
     this._matchCache = null;
     this._nameIndex = null;
@@ -216,9 +222,15 @@ export class FlameGraph {
 
   setColorBy(mode) { this.colorBy = ["kind", "module"].includes(mode) ? mode : "name"; this.render(); }
 
-  kindOf(nameIdx) { return this.data.kinds[nameIdx] || "unknown"; }
+  // A name's kind, module or location ("" when unknown), from the binary answer's tables when it has them.
+  metaOf(key, nameIdx) {
+    const t = this.data.tables && this.data.tables[key];
+    return (t ? t.values[t.index[nameIdx]] : this.data[key][nameIdx]) || "";
+  }
 
-  moduleOf(nameIdx) { return this.data.modules[nameIdx] || ""; }
+  kindOf(nameIdx) { return this.metaOf("kinds", nameIdx) || "unknown"; }
+
+  moduleOf(nameIdx) { return this.metaOf("modules", nameIdx); }
 
   // The API lays a diff out over baseline + comparison values, so the larger side would set the
   // shape. Re-lay it out over the sum of the two sides' *shares* (scaled so the root keeps its
@@ -592,8 +604,8 @@ export class FlameGraph {
     const unitWord = unitWordOf(this.data.type, info.unit);
     const fmt = (v) => formatValue(v, this.data.type, info.unit);
     const nameIdx = this.data.levels[d].name[i];
-    const where = this.data.locations[nameIdx];
-    const kind = this.data.kinds[nameIdx], module = this.data.modules[nameIdx];
+    const where = this.metaOf("locations", nameIdx);
+    const kind = this.metaOf("kinds", nameIdx), module = this.metaOf("modules", nameIdx);
     const rows = this.data.diff ? this._diffRows(d, i, unitWord) : [
       ["name", info.name],
       ...(where ? [["where", where]] : []),  // the function's hottest file:line
