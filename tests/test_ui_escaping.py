@@ -34,9 +34,9 @@ HOSTILE = [
 ]
 
 
-def _boot_hash() -> str:
-    """The CSP source expression of static/boot.js as a file on disk (computed here, not taken from ui.py)."""
-    return "'sha256-" + base64.b64encode(hashlib.sha256((STATIC / "boot.js").read_bytes()).digest()).decode() + "'"
+def _hash(text: str) -> str:
+    """A CSP hash source expression, computed here (not taken from ui.py)."""
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
 
 @pytest.fixture
@@ -54,19 +54,25 @@ class _Page(HTMLParser):
         self.tags: list[tuple[str, dict[str, str | None]]] = []
         self.script_text: dict[str, str] = {}
         self._in_script: str | None = None
+        self._in_style = False
+        self.style_text = ""
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
         self.tags.append((tag, a))
+        self._in_style = tag == "style"
         if tag == "script":
             self._in_script = a.get("id") or ""
             self.script_text[self._in_script] = ""
 
     def handle_endtag(self, tag: str) -> None:
+        self._in_style = False
         if tag == "script":
             self._in_script = None
 
     def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self.style_text += data
         if self._in_script is not None:
             self.script_text[self._in_script] += data
 
@@ -90,10 +96,12 @@ def test_csp_and_security_headers_on_the_page_and_its_static_files(app: Flask) -
         csp = resp.headers["Content-Security-Policy"]
         directives = {d.split()[0]: d.split()[1:] for d in csp.split("; ")}
         assert directives["default-src"] == ["'none'"]
-        # No 'unsafe-inline', no 'unsafe-eval', no hosts: our files, and the one inline script whose hash
-        # is static/boot.js's (the first graph's early request).
-        assert directives["script-src"] == ["'self'", _boot_hash()]
-        assert directives["style-src"] == ["'self'"]
+        # No 'unsafe-inline', no 'unsafe-eval', no hosts: our files, and two inline scripts and one inline
+        # style by their hashes (the page's own, checked against the files below).
+        assert directives["script-src"][0] == "'self'" and len(directives["script-src"]) == 3
+        assert directives["script-src"][1] == _hash((STATIC / "boot.js").read_text())
+        assert directives["style-src"] == ["'self'", _hash((STATIC / "podflame.css").read_text())]
+        assert all(d.startswith("'sha256-") for d in directives["script-src"][1:])
         assert directives["connect-src"] == ["'self'"]
         assert directives["frame-ancestors"] == ["'none'"]
         assert directives["base-uri"] == ["'none'"]
@@ -108,11 +116,23 @@ def test_page_has_no_inline_script_handlers_or_styles(app: Flask) -> None:
     scripts = [a for tag, a in page.tags if tag == "script"]
     assert scripts, "the page loads its JS"
     inline = [a for a in scripts if not a.get("src") and a.get("type") != "application/json"]
-    # The one inline script is static/boot.js byte for byte: the hash the CSP allows, and no data in it.
-    assert [a.get("id") for a in inline] == ["podflame-boot"]
-    boot = page.script_text["podflame-boot"]
+    csp = app.test_client().get("/").headers["Content-Security-Policy"]
+    allowed = {d.split()[0]: d.split()[1:] for d in csp.split("; ")}
+    # The inline scripts: boot.js byte for byte, then app.js with its modules joined; each allowed by its hash
+    # and nothing else inline is. The joined script holds every module's code as the files have it.
+    assert [a.get("id") for a in inline] == ["podflame-boot", "podflame-app"]
+    boot, app_js = page.script_text["podflame-boot"], page.script_text["podflame-app"]
     assert boot == (STATIC / "boot.js").read_text()
-    assert "'sha256-" + base64.b64encode(hashlib.sha256(boot.encode()).digest()).decode() + "'" == _boot_hash()
+    assert allowed["script-src"][1:] == [_hash(boot), _hash(app_js)]
+    for module in STATIC.glob("*.js"):
+        if module.name == "boot.js":
+            continue
+        text = re.sub(r'import\s*\{[^}]*\}\s*from\s*"[^"]+";', "", module.read_text())
+        body = [re.sub(r"^export ", "", line) for line in text.splitlines() if line.strip()]
+        missing = [line for line in body if line not in app_js]
+        assert not missing, (module.name, missing[:3])
+    assert page.style_text == (STATIC / "podflame.css").read_text()
+    assert allowed["style-src"][1:] == [_hash(page.style_text)]
     assert "podflame-boot" not in json.dumps(_config(page))  # the config stays a data block of its own
     for a in scripts:
         if a in inline:

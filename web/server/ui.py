@@ -7,12 +7,13 @@ clusters are often offline). Everything it shows comes from the JSON API in docs
 Process and symbol names are untrusted input. The template autoescapes, the initial config
 travels as a `<script type="application/json">` block through `|tojson` (which escapes `<`, `>`,
 `&` and `'`), the JS writes data only through `textContent`, DOM attribute setters and canvas
-`fillText`, and a strict Content-Security-Policy (no inline style; no inline script but one, static/boot.js,
-allowed by its hash) backs that up.
+`fillText`, and a strict Content-Security-Policy backs that up: no inline script or style but our own fixed
+files, each allowed by its SHA-256.
 
-boot.js is inlined in the head so the first graph's request starts before the stylesheet and app.js's
-modules have loaded (a round trip and their evaluation earlier). It is our own fixed file, never data:
-its text goes into the page verbatim and the policy names exactly its SHA-256, so nothing else inline runs.
+Those files are inlined so the page needs no further request before it can work: static/boot.js first in
+the head, so the first graph's request starts before anything else is read; then the stylesheet and app.js
+with its modules joined (web/server/jsbundle.py). They are our code, never data: their text goes into the page
+verbatim and the policy names exactly their hashes, so nothing else inline runs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flask import Blueprint, Response, current_app, render_template, request
 from markupsafe import Markup
 
 from web.server.gzipjoin import accepts_gzip
+from web.server.jsbundle import bundle
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static",
                static_url_path="/ui/static")
@@ -35,21 +37,27 @@ DEFAULT_RANGE = "15m"
 REFRESH_SECONDS = 10  # auto-refresh period; app.config["UI_REFRESH_SECONDS"] overrides it
 
 
-def _inline_script(name: str) -> tuple[Markup, str]:
-    """A static script's text for a `<script>` element of the page, and its CSP source expression."""
-    text = (Path(__file__).parent / "static" / name).read_text(encoding="utf-8")
+STATIC = Path(__file__).parent / "static"
+
+
+def _inline(text: str) -> tuple[Markup, str]:
+    """Our own static text for a `<script>` or `<style>` element of the page, and its CSP source expression."""
     if "</" in text or "<!--" in text:  # would end the element early or change how it is parsed
-        raise ValueError(f"static/{name} cannot be inlined: it holds '</' or '<!--'")
+        raise ValueError("static text to inline holds '</' or '<!--'")
     digest = base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode()
     return Markup(text), f"'sha256-{digest}'"
 
 
-BOOT_JS, BOOT_JS_SOURCE = _inline_script("boot.js")
+# The page carries its code and style (no request for them, no server time while the graph is sent): boot.js
+# as it is, app.js with its modules joined (web/server/jsbundle.py), the stylesheet. The files stay served.
+BOOT_JS, BOOT_JS_SOURCE = _inline(STATIC.joinpath("boot.js").read_text(encoding="utf-8"))
+APP_JS, APP_JS_SOURCE = _inline(bundle(STATIC, "app.js"))
+CSS, CSS_SOURCE = _inline(STATIC.joinpath("podflame.css").read_text(encoding="utf-8"))
 
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'none'",
-    f"script-src 'self' {BOOT_JS_SOURCE}",
-    "style-src 'self'",
+    f"script-src 'self' {BOOT_JS_SOURCE} {APP_JS_SOURCE}",
+    f"style-src 'self' {CSS_SOURCE}",
     "img-src 'self'",
     "connect-src 'self'",
     "base-uri 'none'",
@@ -83,11 +91,11 @@ def index() -> str:
         "initial": initial,
     }
     return render_template("podflame_ui.html", config=config, query=query, presets=RANGE_PRESETS,
-                           refresh_seconds=refresh, boot_js=BOOT_JS)
+                           refresh_seconds=refresh, boot_js=BOOT_JS, app_js=APP_JS, css=CSS)
 
 
 COMPRESS_MIN_BYTES = 1024  # smaller answers gain less than the headers and CPU cost
-_COMPRESSED_TYPES = ("application/json", "text/plain", "text/javascript", "text/css", "image/svg+xml")
+_COMPRESSED_TYPES = ("application/json", "text/html", "text/plain", "text/javascript", "text/css", "image/svg+xml")
 
 
 @bp.after_app_request

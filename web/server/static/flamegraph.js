@@ -5,7 +5,7 @@
 // Root at top ("icicle") or at the bottom ("flame"). levels[d] is a flat list of [start, total, self, name] per node with
 // absolute starts, so a node's x is (start - viewStart) / viewTotal * width: no tree is built.
 // Names are untrusted: they reach the screen only through canvas fillText and textContent.
-import { sizeCanvas } from "./canvas.js";
+import { fastColor, sizeCanvas } from "./canvas.js";
 
 const ROW = 18;          // px per stack level
 const MIN_WIDTH = 0.3;   // px; narrower nodes are drawn merged with their narrow neighbours
@@ -453,7 +453,7 @@ export class FlameGraph {
         fill = colors.get(name);
         if (!fill) { fill = colorFor(name); colors.set(name, fill); }
       }
-      ctx.fillStyle = fill;
+      ctx.fillStyle = fastColor(fill);
       const y = yOf(d);
       ctx.globalAlpha = fade && nameIdx !== hl ? 0.35 : 1;
       ctx.fillRect(x, y, w > 2 ? w - 1 : w, ROW - 1);
