@@ -4,8 +4,12 @@ Cases, each through the whole path (HTTP API with gzip, JSON parse, layout, canv
 - `profile_100k`: navigation to a drawn flame graph of one profile of ~100k nodes (4 levels, 100k leaves).
 - `node_day`: navigation to a drawn graph of a whole node over `--hours` (default 24) of bench/store.py's
   synthetic day (100 pods, a drain every 10 s, through the real ingest path and compaction), the API included.
+- `profile_100k_cold`: the same view as the first request of a server process just started on the same data
+  (nothing translated or kept yet: a restart, or the first person after a deploy), one fresh server per run.
 - `zoom_redraw` / `search_redraw`: one zoom (click path: render + URL + search stats) and one regex search
   redraw of the 100k graph, best and median of several.
+Each navigation also reports where its time went, from the page's `pf:*` performance marks (medians):
+`app_ms` when app.js starts (its modules loaded), `answer_ms` when the graph's answer is read, `drawn` after.
 The peer, measured in the same page: Chromium's own `JSON.parse` of the same payload (the floor of any
 page fed JSON), so `ratio_to_json_parse` says what drawing adds on top of merely reading the answer.
 The server runs in a process of its own (as deployed; in this one the driver's polling took its GIL), fresh
@@ -110,7 +114,7 @@ def navigate(browser, url: str, runs: int) -> dict[str, Any]:
     first drawn graph, the node count, and the peer (JSON.parse of the same flame-graph payload).
     The first run is the server's first sight of the data (`ms_first`: names translated, tree built);
     later runs may be served from its kept answers (web/query/treecache.py), as a reload or a link is."""
-    times, parse, api_ms, client_ms = [], [], [], []
+    times, parse, api_ms, client_ms, app_ms, answer_ms = [], [], [], [], [], []
     nodes = 0
     for _ in range(runs):
         ctx = browser.new_context(viewport={"width": 1920, "height": 1080}, screen={"width": 1920, "height": 1080})
@@ -125,14 +129,21 @@ def navigate(browser, url: str, runs: int) -> dict[str, Any]:
         name, started, ended, transfer, decoded = api[-1]
         api_ms.append(ended - started)
         client_ms.append(times[-1] - ended)
+        marks = page.evaluate("Object.fromEntries(performance.getEntriesByType('mark')"
+                              ".map(m => [m.name, m.startTime]))")
+        app_ms.append(marks.get("pf:app", 0))
+        answer_ms.append(marks.get("pf:flame-json", 0))
+        json_url = name.replace("format=binary", "format=json")  # the peer parses the JSON form of the answer
         parse.append(page.evaluate("""async (u) => {
             const text = await (await fetch(u)).text();
-            const t = performance.now(); JSON.parse(text); return performance.now() - t; }""", name))
+            const t = performance.now(); JSON.parse(text); return performance.now() - t; }""", json_url))
         ctx.close()
     best = min(times)
     return {"ms_best": round(best, 1), "ms_median": round(statistics.median(times), 1), "ms_first": round(times[0], 1),
             "runs": [round(t) for t in times], "api_ms_median": round(statistics.median(api_ms), 1),
             "page_ms_median": round(statistics.median(client_ms), 1),
+            "app_ms_median": round(statistics.median(app_ms), 1),
+            "answer_ms_median": round(statistics.median(answer_ms), 1),
             "nodes": nodes, "transfer_bytes": transfer, "json_bytes": decoded, "json_parse_ms": round(min(parse), 1),
             "ratio_to_json_parse": round(best / max(min(parse), 0.1), 1)}
 
@@ -177,6 +188,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hours", type=float, default=24, help="length of the node's synthetic day")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--cold-runs", type=int, default=3, help="servers started for the cold first view")
     ap.add_argument("--day-data", help="a data directory already holding bench/store.py's day (skips ingest)")
     ap.add_argument("--skip-day", action="store_true", help="only the 100k-node profile and the redraws")
     ap.add_argument("--skip-100k", action="store_true", help="only the node's day")
@@ -227,6 +239,16 @@ def profile_case(browser, data: Path, args: argparse.Namespace, result: dict[str
     result["profile_100k"] = navigate(browser, view, args.runs)
     result.update(redraws(browser, view))
     server.close()
+    log("100k-node profile, first view of a just-started server ...")
+    cold = []
+    for _ in range(max(1, args.cold_runs)):
+        server = Server(data)
+        cold.append(navigate(browser, view.replace(view.split("/#")[0], server.url), 1))
+        server.close()
+    times = [c["ms_first"] for c in cold]
+    result["profile_100k_cold"] = {"ms_best": min(times), "ms_median": round(statistics.median(times), 1),
+                                   "runs": [round(t) for t in times],
+                                   "api_ms_median": round(statistics.median(c["api_ms_median"] for c in cold), 1)}
 
 
 def node_case(browser, day_dir: Path, node: str, start: int, end: int, args: argparse.Namespace,
