@@ -235,14 +235,24 @@ def test_compare_with_the_previous_period_lists_the_hotter_function(server: str,
     assert red[0] > red[2] + 40, red
     assert blue[2] > blue[0] + 40, blue
     page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-selected.png"))
-    # At 1280x720 the tables scroll in their own box: the diff graph stays on screen, the page does not scroll.
+    # At 1280x720 everything is on screen without scrolling anything: the two tables side by side (no scroll
+    # box of their own), every row of them, and the diff graph below them.
     page.set_viewport_size({"width": 1280, "height": 720})
     wait_js(page, "window.innerWidth === 1280")
     page.evaluate("window.podflame.rerender()")
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-1280x720.png"))
     assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1")
+    for box in ("#diff-details", ".flame-pane"):
+        assert page.evaluate(f"(e => e.scrollHeight <= e.clientHeight + 1)(document.querySelector('{box}'))"), box
+    tables = page.locator("#diff-tables table")
+    assert tables.count() == 2
+    first, second = tables.nth(0).bounding_box(), tables.nth(1).bounding_box()
+    assert abs(first["y"] - second["y"]) < 2 and second["x"] >= first["x"] + first["width"]  # side by side
+    for row in page.locator("#diff-tables tbody tr").all():
+        b = row.bounding_box()
+        assert b is not None and b["y"] + b["height"] <= 720, b
     graph = page.locator("#flame").bounding_box()
     assert graph["y"] + 3 * ROW <= 720, graph
-    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-1280x720.png"))
     page.set_viewport_size({"width": 1400, "height": 900})
 
     # Downloads: the two-column folded diff and speedscope.

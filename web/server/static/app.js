@@ -446,6 +446,8 @@ function renderFlame(fg) {
     if (fg.folded_nodes) summary += ` \u00b7 ${fmtInt.format(fg.folded_nodes)} small frames folded into [other]`;
     els.flameSummary.textContent = summary;
   }
+  if (fg !== payloadWithAllRows) diffAllRows = false;
+  payloadWithAllRows = fg;
   renderDiffExtras(diff ? fg : null);
   applyView();
   downloadLinks();
@@ -550,6 +552,8 @@ function searchFor(name) {  // a diff table's function: selected (outlined), the
   selectFunction(name, false);
 }
 
+let diffAllRows = false, payloadWithAllRows = null;  // "show all" was clicked (for this diff)
+
 // The notes and tables beside a diff flame graph; null clears them.
 function renderDiffExtras(fg) {
   els.diffDetails.hidden = !fg;
@@ -565,8 +569,12 @@ function renderDiffExtras(fg) {
   if (!fg) { els.diffTables.replaceChildren(); return; }
   const unit = unitWord(fg.unit), reg = fg.regressions || [], imp = fg.improvements || [];
   const parts = [];
-  if (reg.length) parts.push(diffTable("Top regressions: more in the comparison", reg, unit, searchFor));
-  if (imp.length) parts.push(diffTable("Top improvements: less in the comparison", imp, unit, searchFor));
+  // Side by side and a few rows each (more on a taller screen), so graph and tables are all on screen at
+  // 1280x720; "show all" lists the rest.
+  const shown = diffAllRows ? Infinity : window.innerHeight < 820 ? 4 : 8;
+  const more = () => { diffAllRows = true; renderDiffExtras(fg); };
+  if (reg.length) parts.push(diffTable("Top regressions: more in the comparison", reg, unit, searchFor, shown, more));
+  if (imp.length) parts.push(diffTable("Top improvements: less in the comparison", imp, unit, searchFor, shown, more));
   if (!parts.length) {
     const p = document.createElement("p");
     p.className = "empty";

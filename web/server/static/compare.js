@@ -35,33 +35,53 @@ function cell(tag, text, className) {
   return el;
 }
 
-// One table of diff rows; clicking a function name calls onPick(name) (the page searches for it).
-export function diffTable(caption, rows, unitWord, onPick) {
+// One table of diff rows; clicking a function name calls onPick(name) (the page selects it). Only the first
+// `shown` rows are listed, then a button listing all (onMore), so the tables fit beside the graph.
+export function diffTable(caption, rows, unitWord, onPick, shown = rows.length, onMore = null) {
   const table = document.createElement("table");
   table.className = "diff-table";
   table.append(cell("caption", caption));
   const head = document.createElement("tr");
-  for (const h of ["function", "baseline", "comparison", "change", "p-value"]) head.append(cell("th", h));
+  const heads = [["function", ""], ["baseline", `share of the baseline \u00b7 ${unitWord}`],
+    ["comparison", `share of the comparison \u00b7 ${unitWord}`], ["change", "change of share, percentage points"],
+    ["p", "p-value of the test"]];
+  for (const [h, title] of heads) {
+    const th = cell("th", h);
+    if (title) th.title = title;
+    head.append(th);
+  }
   const thead = document.createElement("thead");
   thead.append(head);
   const tbody = document.createElement("tbody");
-  for (const r of rows) {
+  for (const r of rows.slice(0, shown)) {
     const tr = document.createElement("tr");
     tr.className = r.change > 0 ? "more" : "less";
     const name = document.createElement("td");
     name.className = "fn";
     const btn = cell("button", String(r.name));
     btn.type = "button";
-    btn.title = "Highlight in the flame graph";
+    btn.title = `${r.name}: select it in the flame graph`;
     btn.addEventListener("click", () => onPick(String(r.name)));
     name.append(btn);
     tr.append(
       name,
-      cell("td", `${share(r.base_share)} \u00b7 ${fmtInt.format(r.base_flat)} ${unitWord}`, "num"),
-      cell("td", `${share(r.comp_share)} \u00b7 ${fmtInt.format(r.comp_flat)} ${unitWord}`, "num"),
+      cell("td", `${share(r.base_share)} \u00b7 ${fmtInt.format(r.base_flat)}`, "num"),
+      cell("td", `${share(r.comp_share)} \u00b7 ${fmtInt.format(r.comp_flat)}`, "num"),
       cell("td", formatPoints(r.change), "num change"),
       cell("td", r.p_value === null || r.p_value === undefined ? "\u2013" : r.p_value.toPrecision(2), "num"),
     );
+    tbody.append(tr);
+  }
+  if (rows.length > shown && onMore) {
+    const tr = document.createElement("tr");
+    tr.className = "more-rows";
+    const td = document.createElement("td");
+    td.colSpan = 5;
+    const btn = cell("button", `show all ${rows.length}`);
+    btn.type = "button";
+    btn.addEventListener("click", onMore);
+    td.append(btn);
+    tr.append(td);
     tbody.append(tr);
   }
   table.append(thead, tbody);

@@ -4,7 +4,8 @@
 import { sizeCanvas } from "./canvas.js";
 
 // CSS px; shorter on short screens, so the flame graph starts above the fold at 1280x720
-const HEIGHT = typeof window !== "undefined" && window.innerHeight < 820 ? 100 : 140;
+// CSS px; lower on a short window (1280x720: the graph and the diff tables need the room), read per draw.
+const chartHeight = () => (typeof window !== "undefined" && window.innerHeight < 820 ? 100 : 140);
 const PAD = { left: 56, right: 12, top: 10, bottom: 24 };
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif";
 const MIN_DRAG = 3;                          // px; less is a click, not a range
@@ -102,7 +103,7 @@ export class CpuChart {
   _plot() {
     const W = this.width;
     return { left: this.padLeft || PAD.left, top: PAD.top, width: Math.max(1, W - PAD.left - PAD.right),
-      height: HEIGHT - PAD.top - PAD.bottom };
+      height: chartHeight() - PAD.top - PAD.bottom };
   }
 
   _x(t) {
@@ -140,7 +141,7 @@ export class CpuChart {
     const canvas = this.canvas, d = this.data;
     const W = Math.max(1, Math.floor(this.width || canvas.clientWidth || 800));
     this.width = W;
-    const ctx = sizeCanvas(canvas, W, HEIGHT);
+    const ctx = sizeCanvas(canvas, W, chartHeight());
     if (!d) return (this.lastRender = null);
     const p = this._plot();
     const max = Math.max(0, ...d.values);
