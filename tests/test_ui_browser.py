@@ -284,8 +284,17 @@ def test_hostile_frame_name_is_text_and_a_link_reproduces_the_view(server: str, 
     # A fresh page from the link: same selection, range, search and zoom.
     other = Watched(page.context.browser)
     try:
+        asked: list[str] = []
+        other.page.on("request", lambda req: asked.append(req.url))
         other.page.goto(link)
         other.settle(1)
+        # The graph was asked for once, by the page's head (boot.js) before app.js ran, in the binary form;
+        # app.js took that answer rather than asking again.
+        graphs = [u for u in asked if "/api/v1/flamegraph" in u]
+        assert len(graphs) == 1 and "format=binary" in graphs[0], graphs
+        assert other.page.evaluate("performance.getEntriesByName('pf:boot')[0].startTime"
+                                   " < performance.getEntriesByName('pf:app')[0].startTime")
+        assert not [u for u in asked if "/ui/static/" in u and u.endswith((".js", ".css"))]  # all inlined
         r2 = other.render()
         assert r2["zoom"] == ["main", HOSTILE_FRAME]
         assert _one(r2, HOSTILE_FRAME)["width"] == pytest.approx(r2["width"], rel=0.001)
