@@ -33,6 +33,10 @@ CHART_PROFILES = [(T0 + 60 * k + 5, 10 * (k + 1)) for k in range(6)]  # (start, 
 C0 = T0 - 1800  # comparison [C0, C0 + 60); its "previous period" [C0 - 60, C0) holds the baseline
 BASE_STACKS = {("main", "steady"): 180, ("main", "hot_fn"): 20}
 COMP_STACKS = {("main", "steady"): 50, ("main", "hot_fn"): 150, ("main", HOSTILE): 100}
+MANY_CGROUP = "/system.slice/many.service"  # six regressions and six improvements: more rows than fit at 720 px
+C1 = T0 - 5400
+MANY_BASE = {**{("main", f"grows_{k}"): 50 for k in range(6)}, **{("main", f"shrinks_{k}"): 300 for k in range(6)}}
+MANY_COMP = {**{("main", f"grows_{k}"): 300 for k in range(6)}, **{("main", f"shrinks_{k}"): 50 for k in range(6)}}
 
 _addresses: dict[str, int] = {}
 
@@ -52,7 +56,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                  for t, n in CHART_PROFILES]
         cmp_labels = {"cgroup": CMP_CGROUP, "comm": HOSTILE}
         # One request per time: an ingest's profiles share the request's time (docs/api.md).
-        for p in [*chart, _profile(cmp_labels, C0 - 30, BASE_STACKS), _profile(cmp_labels, C0 + 30, COMP_STACKS)]:
+        many = {"cgroup": MANY_CGROUP, "comm": "many"}
+        for p in [*chart, _profile(cmp_labels, C0 - 30, BASE_STACKS), _profile(cmp_labels, C0 + 30, COMP_STACKS),
+                  _profile(many, C1 - 30, MANY_BASE), _profile(many, C1 + 30, MANY_COMP)]:
             ingest_url(url, [p])
         yield url
 
@@ -343,4 +349,35 @@ def test_time_expressions_shift_as_the_server_reads_them(server: str, watched: W
         assert _get(f"{server}/api/v1/cpu?from={expr}&to=now%2B1s")[0] == 200, expr
     resp = json.loads(_get(f"{server}/api/v1/cpu?from=1794913660.5&to=2026-11-24T12:15:00%2B01:00&step=1d")[1])
     assert (resp["from"], resp["to"]) == (1794913660.5, noon_utc - 3600 + 900)
+    w.assert_clean()
+
+
+def test_long_diff_tables_show_a_few_rows_and_all_on_request_at_1280x720(server: str, watched: Watched,
+                                                                         tmp_path: Path) -> None:
+    w, page = watched, watched.page
+    page.set_viewport_size({"width": 1280, "height": 720})
+    _open(w, server, **{"from": C1, "to": C1 + 60, "sel": {"cgroup": MANY_CGROUP}})
+    page.locator("#compare").select_option("prev")
+    _wait_ready(w)
+    diff = page.evaluate("window.podflame.diff")
+    assert sorted(diff["regressions"]) == [f"grows_{k}" for k in range(6)]
+    assert sorted(diff["improvements"]) == [f"shrinks_{k}" for k in range(6)]
+    tables = page.locator("#diff-tables table")
+    # Three rows each and a button for the rest, everything on screen with nothing scrolling.
+    for k in range(2):
+        assert tables.nth(k).locator("tbody tr:not(.more-rows)").count() == 3
+        assert tables.nth(k).locator("tr.more-rows button").inner_text() == "show all 6"
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-many-1280x720.png"))
+    assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1")
+    assert page.evaluate("(e => e.scrollHeight <= e.clientHeight + 1)(document.querySelector('.flame-pane'))")
+    for row in page.locator("#diff-tables tbody tr").all():
+        b = row.bounding_box()
+        assert b is not None and b["y"] + b["height"] <= 720, b
+    # "show all": every row listed (the pane may scroll now: the user asked for the long list).
+    tables.nth(0).locator("tr.more-rows button").click()
+    wait_js(page, "document.querySelectorAll('#diff-tables tr.more-rows').length === 0")
+    for k in range(2):
+        assert tables.nth(k).locator("tbody tr").count() == 6
+    names = tables.nth(0).locator("td.fn").all_inner_texts()
+    assert sorted(names) == [f"grows_{k}" for k in range(6)]
     w.assert_clean()

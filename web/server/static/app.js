@@ -571,7 +571,7 @@ function renderDiffExtras(fg) {
   const parts = [];
   // Side by side and a few rows each (more on a taller screen), so graph and tables are all on screen at
   // 1280x720; "show all" lists the rest.
-  const shown = diffAllRows ? Infinity : window.innerHeight < 820 ? 4 : 8;
+  const h = window.innerHeight, shown = diffAllRows ? Infinity : h < 760 ? 3 : h < 820 ? 4 : 8;
   const more = () => { diffAllRows = true; renderDiffExtras(fg); };
   if (reg.length) parts.push(diffTable("Top regressions: more in the comparison", reg, unit, searchFor, shown, more));
   if (imp.length) parts.push(diffTable("Top improvements: less in the comparison", imp, unit, searchFor, shown, more));
