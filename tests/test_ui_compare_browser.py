@@ -368,6 +368,11 @@ def test_long_diff_tables_show_a_few_rows_and_all_on_request_at_1280x720(server:
         assert tables.nth(k).locator("tbody tr:not(.more-rows)").count() == 3
         assert tables.nth(k).locator("tr.more-rows button").inner_text() == "show all 6"
     page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-many-1280x720.png"))
+    page.evaluate("window.podflame.chart.drawnBefore = true")
+    page.emulate_media(color_scheme="dark")
+    wait_js(page, "!window.podflame.chart.drawnBefore")  # the chart drew again in the dark theme's colours
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-many-1280x720-dark.png"))
+    page.emulate_media(color_scheme="light")
     assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1")
     assert page.evaluate("(e => e.scrollHeight <= e.clientHeight + 1)(document.querySelector('.flame-pane'))")
     for row in page.locator("#diff-tables tbody tr").all():

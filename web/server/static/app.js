@@ -1253,6 +1253,8 @@ const resized = new ResizeObserver(() => {
 });
 resized.observe(els.flameBody);
 resized.observe(els.chartWrap);
+// The chart reads its colours from the stylesheet when it draws: draw again when the system's theme changes.
+window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => { if (chart.data) drawChart(); });
 
 readHash();
 syncControls();
