@@ -16,11 +16,12 @@ import struct
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from podflame.errors import BinaryFormatError, PodflameError
 from profiler.python import remote
 from profiler.python.detect import PythonProcess
-from profiler.python.lines import line_for
+from profiler.python.lines import LineStarts, decode
 from profiler.python.offsets import NO_FIELD, PyOffsets
 from profiler.python.remote import MemoryReadError, ProcessGone
 
@@ -47,7 +48,12 @@ class CodeInfo:
 
     def line(self, instr_offset: int) -> int | None:
         """Source line at a byte offset into the instructions (offsets.instr_offset)."""
-        return line_for(self.linetable, self.linetable_format, self.firstlineno, instr_offset)
+        return self.line_starts.line(instr_offset)
+
+    @cached_property
+    def line_starts(self) -> LineStarts:
+        """The line table decoded, once per code object read (not once per instruction asked about)."""
+        return decode(self.linetable, self.linetable_format, self.firstlineno)
 
 
 def line(code: CodeInfo, instr_offset: int) -> int | None:
