@@ -1,6 +1,6 @@
 """What naming and merging Python frames costs the agent per drain, on the same drains with it and without.
 
-One sampler (Python frames walked in the kernel) samples `--processes` long-lived CPython processes
+One sampler (Python frames walked in the kernel) samples only `--processes` long-lived CPython processes
 (Debian's python3.11, each its own code and C work at ~25% of a core: bench/agent_overhead.py's
 LONG_PY). Every `--interval` seconds it is drained once and the same drain is assembled twice, as the
 agent does (StackMemo, symbolizer, build_profiles): once with Python frames merged (`on`) and once
@@ -9,7 +9,7 @@ samples in the same process at the same moment, so `on - off` is what Python fra
 ratio holds on a shared machine. The order of the two alternates per drain. The first drain (every
 binary's symbols read) is left out: the figures are the steady state.
 
-    .venv/bin/python bench/python_merge.py --duration 40 --frequency 99 --processes 8 [--profile]
+    .venv/bin/python bench/python_merge.py --duration 40 --frequency 99 --processes 8 [--unwind fp] [--profile]
 
 `--profile` runs the `on` assembly under cProfile and prints its top functions (by own time) to stderr.
 The last line is JSON: per side CPU ms per drain, the added ms per drain and the share of a core it
@@ -69,6 +69,9 @@ def main() -> None:
     ap.add_argument("--frequency", type=int, default=99)
     ap.add_argument("--processes", type=int, default=8)
     ap.add_argument("--interval", type=float, default=10)
+    ap.add_argument("--unwind", choices=("auto", "fp"), default="auto",
+                    help="native unwinding (auto: .eh_frame tables, as bench/agent_overhead.py measures by default)")
+    ap.add_argument("--whole-host", action="store_true", help="sample every process, not only the workload's")
     ap.add_argument("--profile", nargs="?", const="-", default=None, metavar="FILE",
                     help="cProfile the `on` assembly: top functions to stderr, or the stats to FILE")
     args = ap.parse_args()
@@ -77,7 +80,9 @@ def main() -> None:
     profiler = cProfile.Profile() if args.profile else None
     sampler = None
     try:
-        sampler = Sampler(args.frequency, python_frames=True)
+        # only the workload: a shared host's other processes (each new one symbolized) would swamp the figure
+        sampler = Sampler(args.frequency, python_frames=True, unwind=args.unwind,
+                          pids=None if args.whole_host else [p.pid for p in procs])
         on, off = Assembly(True), Assembly(False)
         time.sleep(2)
         first = sampler.drain()  # every binary's symbols: not the steady cost
@@ -109,6 +114,7 @@ def main() -> None:
     per = {name: 1000 * side.cpu / max(drains, 1) for name, side in (("on", on), ("off", off))}
     added = per["on"] - per["off"]
     result = {"frequency_hz": args.frequency, "processes": args.processes, "interval_s": args.interval,
+              "unwind": args.unwind, "whole_host": args.whole_host,
               "drains": drains, "samples": samples, "with_python_frames": with_python,
               "distinct_python_samples_per_drain": round(distinct / max(drains, 1), 1),
               "on_ms_per_drain": round(per["on"], 2), "off_ms_per_drain": round(per["off"], 2),

@@ -331,8 +331,7 @@ class _ProcessState:
     ever, and an address whose answer changed (a function redefined, a module reloaded, a freed code
     object's memory reused: CodeReader's fingerprint) drops all of it for the process (`forget`)."""
 
-    __slots__ = ("codes", "frames", "interp", "interp_read", "lines", "merged", "process", "raws", "reader",
-                 "runs", "seen")
+    __slots__ = ("codes", "frames", "interp", "interp_read", "lines", "process", "raws", "reader", "runs", "seen")
 
     def __init__(self, process: PythonProcess, reader: CodeReader) -> None:
         self.process = process
@@ -345,7 +344,6 @@ class _ProcessState:
         self.frames: dict[tuple[int, int], Frame] = {}  # (code, instr) -> frame
         self.lines: dict[tuple[int, int | None], Frame] = {}  # (code, line) -> frame: one object per line
         self.runs: dict[tuple[int, ...], _Runs] = {}  # raw Python stack -> its named runs
-        self.merged: dict[tuple[tuple[int, ...], int], tuple[Stack, Stack]] = {}  # (raw, id(native)) ->
 
     def answer(self, code: int, got: CodeInfo | Frame) -> None:
         """Record this drain's answer for a code address; a different answer than the last one drops
@@ -361,17 +359,17 @@ class _ProcessState:
         self.frames.clear()
         self.lines.clear()
         self.runs.clear()
-        self.merged.clear()
 
 
 class PythonFrames:
     """Names the kernel's Python frames and merges them into native stacks, per process.
 
-    At 99 Hz most samples are a (native stack, Python stack) pair not seen before (the native leaf and
-    the Python instructions vary), so a merge is made cheap rather than only memoized: a raw Python
-    stack is named once (`_ProcessState.runs`), each (code, instruction) once and each (code, line) one
-    frame object, native addresses are classified once (`_Interpreter.kind`); the merged stack is kept
-    for a native stack seen again (by identity: StackMemo hands back the same tuple)."""
+    Merged stacks are not kept: on real 99 Hz drains almost every sample is a (native stack, Python
+    stack) pair of its own (the native leaf and the Python instructions vary; keyed by line instead of
+    instruction, still 99.6% of them), so a memo of merged stacks was a dict insert per sample for ~0.1%
+    hits. A merge is made cheap instead: a raw Python stack is named once (`_ProcessState.runs`), each
+    (code, instruction) once with one frame object per (code, line), each native address classified
+    once (`_Interpreter.kind`), and the merge itself is list splicing."""
 
     def __init__(self, *, max_frames: int = 100_000) -> None:
         self.max_frames = max_frames  # per process, for each of its memos
@@ -408,7 +406,7 @@ class PythonFrames:
             codes = {word & ADDR_MASK for raw in distinct for word in raw[::2]}
             for code, read in state.reader.read_many(codes).items():
                 state.answer(code, self._named(tgid, code, read))
-            for memo in (state.frames, state.lines, state.runs, state.merged):
+            for memo in (state.frames, state.lines, state.runs):
                 if len(memo) > self.max_frames:
                     memo.clear()
             state.raws = distinct
@@ -496,33 +494,37 @@ class PythonFrames:
                 if word & ADDR_MASK not in state.codes:
                     self._info(tgid, state, word & ADDR_MASK)
             state.raws.add(raw)
-        key = (raw, id(stack))
-        hit = state.merged.get(key)
-        if hit is not None and hit[0] is stack:
-            return hit[1]
         runs = self._runs(tgid, state, raw)
         if not runs:
             return stack
-        split = next((i for i, f in enumerate(stack) if f.kind is FrameKind.KERNEL or _is_kernel_lost(f)), len(stack))
+        split = len(stack)  # kernel frames (or the one that says the kernel stack was lost) end the stack
+        while split and (stack[split - 1].kind is FrameKind.KERNEL or _is_kernel_lost(stack[split - 1])):
+            split -= 1
         user, kernel = list(stack[:split]), stack[split:]
-        merged = (*merge_runs(user, runs, self.interpreter(tgid)), *kernel)
-        state.merged[key] = (stack, merged)  # the native stack kept alive with its id: the key stays its
-        return merged
+        return (*merge_runs(user, runs, self.interpreter(tgid)), *kernel)
 
 
 def split_runs(raw: tuple[int, ...], o: PyOffsets) -> list[list[tuple[int, int]]]:
     """(code address, instr) of a raw kernel stack (leaf-first (code|flags, instr) pairs), root first,
     split into the runs one eval-loop call executed each; shim frames (3.12+) are dropped."""
     runs: list[list[tuple[int, int]]] = []
-    per_frame = o.frame_is_entry == NO_FIELD and o.owner_cstack == NO_FIELD  # 3.10 and older
-    for i in range(len(raw) - 2, -1, -2):
-        word, instr = raw[i], raw[i + 1]
-        shim = o.owner_cstack != NO_FIELD and (word >> OWNER_SHIFT) & 7 == o.owner_cstack
-        if shim or not runs or per_frame or (o.frame_is_entry != NO_FIELD and word & FLAG_ENTRY):
-            runs.append([])
-        if not shim:
-            runs[-1].append((word & ADDR_MASK, instr))
-    return [r for r in runs if r]
+    shims = o.owner_cstack != NO_FIELD  # 3.12+
+    entries = o.frame_is_entry != NO_FIELD  # 3.11
+    per_frame = not entries and not shims  # 3.10 and older
+    run: list[tuple[int, int]] = []
+    for word, instr in zip(raw[-2::-2], raw[-1::-2]):  # root first
+        if shims and (word >> OWNER_SHIFT) & 7 == o.owner_cstack:
+            if run:
+                runs.append(run)
+                run = []
+            continue
+        if run and (per_frame or (entries and word & FLAG_ENTRY)):
+            runs.append(run)
+            run = []
+        run.append((word & ADDR_MASK, instr))
+    if run:
+        runs.append(run)
+    return runs
 
 
 def _is_kernel_lost(f: Frame) -> bool:
@@ -533,8 +535,10 @@ def merge_runs(user: list[Frame], runs: Sequence[Sequence[Frame]], interp: _Inte
     """Native user frames (root first) with Python runs (root first) in place of the eval-loop frames."""
     if interp is None:  # the binary is unreadable: Python frames above whatever native frames there are
         return [f for run in runs for f in run] + user
-    kind = interp.kind
-    evals = [i for i, f in enumerate(user) if f.kind is FrameKind.NATIVE and kind(f.address)[0]]
+    kinds, classify, native = interp.kinds, interp.kind, FrameKind.NATIVE
+    # per frame: (in the eval loop, interpreter glue), each address classified once per process
+    flags = [kinds.get(f.address) or classify(f.address) for f in user]
+    evals = [i for i, (is_eval, _) in enumerate(flags) if is_eval and user[i].kind is native]
     if not evals:
         inside = [i for i, f in enumerate(user) if _in_interpreter(f, interp) or f.mapping is None]
         cut = inside[-1] + 1 if inside else 0
@@ -548,14 +552,15 @@ def merge_runs(user: list[Frame], runs: Sequence[Sequence[Frame]], interp: _Inte
     elif extra < 0:  # eval frames without a run (the Python walk was truncated at its root end)
         evals = evals[-extra:]
     out = user[:evals[0]]
+    last = len(evals) - 1
     for n, (at, run) in enumerate(zip(evals, runs, strict=True)):
         out.extend(run)
-        upto = evals[n + 1] if n + 1 < len(evals) else len(user)
-        between = user[at + 1:upto]
-        if n + 1 < len(evals):
-            out.extend(f for f in between if not _glue(f, interp))
-        else:  # below the innermost Python frame: the C code it called; glue dropped unless it is the leaf
-            out.extend(f for j, f in enumerate(between) if j == len(between) - 1 or not _glue(f, interp))
+        upto = evals[n + 1] if n < last else len(user)
+        # between two eval frames glue goes; below the innermost Python frame (the C code it called) too,
+        # unless it is the leaf
+        keep = upto - 1 if n == last else -1
+        out.extend(user[j] for j in range(at + 1, upto)
+                   if j == keep or not flags[j][1] or user[j].mapping is None)
     return out
 
 
@@ -563,6 +568,4 @@ def _in_interpreter(f: Frame, interp: _Interpreter) -> bool:
     return f.mapping is not None and interp.start <= f.address < interp.end
 
 
-def _glue(f: Frame, interp: _Interpreter) -> bool:
-    return f.mapping is not None and interp.kind(f.address)[1]
 
