@@ -39,12 +39,13 @@ def _boot_time_ns(proc: str) -> int:
 class PidLabels:
     """The pid label of each process in a drain: its pid once it is `min_age_s` old, else none.
 
-    Start times are the maps cache's (`starts`; read after its refresh for the drain, so no second read
-    of /proc/PID/stat; only a live process whose maps could not be read is asked directly). An exited process keeps its label for as long as the cache keeps its maps (the
-    drain that noticed the exit and the next: its last samples are drained after it exited, and they
-    stay under the series its earlier drains gave them); after that it is unknown and gets none, like a
-    process that exited before anything read it. A reused pid is the new process (the cache drops the old
-    one when the start time changes)."""
+    Start times are the maps cache's (`starts`, read in its refresh for the drain: no second read of
+    /proc/PID/stat; only a live process whose maps could not be read is asked directly). An exited
+    process keeps its label for as long as the cache keeps its maps (the drain that noticed the exit
+    and the next: its last samples are drained after it exited, and they stay under the series its
+    earlier drains gave them); after that it is unknown and gets none, like a process that exited
+    before anything read it. A reused pid is the new process (the cache drops the old one when the
+    start time changes)."""
 
     def __init__(self, min_age_s: float = PID_MIN_AGE_S, starts: StartTimes | None = None, proc: str = "/proc") -> None:
         if min_age_s and starts is None:

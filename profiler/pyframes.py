@@ -28,7 +28,9 @@ a broken walk), so the C code the interpreter called stays below them.
 Frames are named once per (process, code address, instruction offset) through
 profiler/python/code.py's CodeReader (validated against freed and reused code objects, bounded
 cache); readers outlive their process for a while, so a process that exited before the drain keeps
-the names already read.
+the names already read. Each drain re-reads the fixed part of every code object its samples name (one
+process_vm_readv per process); what was named from them (frames, a raw stack's runs) is kept until an
+address reads as another object, which drops the process's memos (`_ProcessState.answer`).
 """
 
 from __future__ import annotations
@@ -512,7 +514,7 @@ def split_runs(raw: tuple[int, ...], o: PyOffsets) -> list[list[tuple[int, int]]
     entries = o.frame_is_entry != NO_FIELD  # 3.11
     per_frame = not entries and not shims  # 3.10 and older
     run: list[tuple[int, int]] = []
-    for word, instr in zip(raw[-2::-2], raw[-1::-2]):  # root first
+    for word, instr in zip(raw[-2::-2], raw[-1::-2], strict=False):  # root first (the kernel writes pairs)
         if shims and (word >> OWNER_SHIFT) & 7 == o.owner_cstack:
             if run:
                 runs.append(run)
