@@ -2,17 +2,23 @@
 must never outlive the code objects it was named from: when a code address holds another code object (a
 function redefined or a module reloaded whose old code was freed and its memory reused), or no code object
 at all, the next drain names it afresh. Real processes and process_vm_readv; the reuse is made on command
-by tests/workloads/python_codes.py (it copies one code object over another in its own memory)."""
+by tests/workloads/python_codes.py (it copies one code object over another in its own memory). Also: the
+early reads (off by default) hand a filled reader to the drain."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
 from podflame.model import Frame, FrameKind, Line
-from profiler.pyframes import UNREADABLE, PythonFrames, PythonRegistry
+from profiler import pyframes
+from profiler.pyframes import EXITED, UNREADABLE, PythonFrames, PythonRegistry
 from profiler.python.code import CodeInfo, CodeReader
 from profiler.python.offsets import LASTI_BYTES, LASTI_UNITS, PyOffsets
 from profiler.sampler import Drain, RawSample
+from tests.test_python_pid_reuse import CHAIN, PYTHON, registered, spawn
+from tests.test_python_pid_reuse import stop as stop_popen
 from tests.test_python_reader import WORKLOADS, command, interpreter, start, stop
 
 
@@ -65,3 +71,23 @@ def test_a_kept_stack_is_named_afresh_when_its_code_address_holds_another_object
         assert drain() == (UNREADABLE,)
     finally:
         stop(r)
+
+
+def test_early_reads_name_a_process_that_exited_before_its_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyframes.EarlyReads (off by default) walks a new process shortly after its registration, into the
+    reader the drain then uses: a process gone before the drain is named, not `process exited before read`."""
+    got = {}
+    for delays in ((), (0.05,)):
+        monkeypatch.setattr(pyframes.early_reads, "delays", delays)
+        p = spawn([PYTHON, str(CHAIN)])
+        try:
+            reg = PythonRegistry(lambda tgid, config: None)
+            raw, sample = registered(p, reg)  # registration schedules the early walk
+            time.sleep(0.5)
+        finally:
+            stop_popen(p)
+        frames = PythonFrames()
+        frames.begin_drain(Drain(0, 1, [sample], python_processes=reg.refresh()))  # exited: kept for a grace
+        got[delays] = [f.lines[0].function for f in frames.merge(p.pid, raw, ()) if f.kind is FrameKind.PYTHON]
+    assert set(got[()]) == {EXITED.lines[0].function}
+    assert {"<module>", "f1", "Worker.f3"} <= set(got[(0.05,)]), got
