@@ -18,12 +18,10 @@ is at this drain interval, the samples and samples with Python frames.
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
 import json
 import pstats
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.agent_overhead import LONG_PY, stop_all  # noqa: E402
+from bench.agent_overhead import stop_all  # noqa: E402
+from bench.python_frames import long_lived, workload_args  # noqa: E402
 from profiler.agent import Context, StackMemo, build_profiles, create_context  # noqa: E402
 from profiler.procmaps import MapsCache  # noqa: E402
 from profiler.sampler import Drain, Sampler  # noqa: E402
@@ -64,19 +63,14 @@ class Assembly:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=40)
-    ap.add_argument("--frequency", type=int, default=99)
-    ap.add_argument("--processes", type=int, default=8)
-    ap.add_argument("--interval", type=float, default=10)
+    ap = workload_args(__doc__, duration=40, frequency=99)
     ap.add_argument("--unwind", choices=("auto", "fp"), default="auto",
                     help="native unwinding (auto: .eh_frame tables, as bench/agent_overhead.py measures by default)")
     ap.add_argument("--whole-host", action="store_true", help="sample every process, not only the workload's")
     ap.add_argument("--profile", nargs="?", const="-", default=None, metavar="FILE",
                     help="cProfile the `on` assembly: top functions to stderr, or the stats to FILE")
     args = ap.parse_args()
-    procs = [subprocess.Popen(["/usr/bin/python3", "-c", LONG_PY.replace("{seed}", str(i)), str(i)])
-             for i in range(args.processes)]
+    procs = long_lived(args.processes)
     profiler = cProfile.Profile() if args.profile else None
     sampler = None
     try:
