@@ -461,6 +461,9 @@ class PythonFrames:
             if found is None:
                 continue
             state = found
+            if len(state.seen) > self.max_frames:  # bounded; the memos go with it (they rely on `seen`)
+                state.seen.clear()
+                state.forget()
             codes = {word & ADDR_MASK for raw in distinct for word in raw[::2]}
             for code, read in state.reader.read_many(codes).items():
                 state.answer(code, self._named(tgid, code, read))
