@@ -75,15 +75,24 @@ class Side:
         return run_stats(prog.prog_fd) if prog is not None else (0, 0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=60)
-    ap.add_argument("--frequency", type=int, default=19)
+def workload_args(doc: str | None, *, duration: float, frequency: int) -> argparse.ArgumentParser:
+    """The options of a bench of long-lived Python processes drained every `--interval` seconds."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=duration)
+    ap.add_argument("--frequency", type=int, default=frequency)
     ap.add_argument("--processes", type=int, default=8)
     ap.add_argument("--interval", type=float, default=10)
-    args = ap.parse_args()
-    procs = [subprocess.Popen(["/usr/bin/python3", "-c", LONG_PY.replace("{seed}", str(i)), str(i)])
-             for i in range(args.processes)]
+    return ap
+
+
+def long_lived(n: int) -> list[subprocess.Popen]:
+    """`n` Debian python3.11 processes, each its own code and C work (bench/agent_overhead.py's LONG_PY)."""
+    return [subprocess.Popen(["/usr/bin/python3", "-c", LONG_PY.replace("{seed}", str(i)), str(i)]) for i in range(n)]
+
+
+def main() -> None:
+    args = workload_args(__doc__, duration=60, frequency=19).parse_args()
+    procs = long_lived(args.processes)
     stats_before = STATS.read_text().strip() if STATS.exists() else None
     try:
         if stats_before is not None:

@@ -66,7 +66,7 @@ def measure(python: str, repeat: int, dumps: int, py_spy: str) -> dict[str, floa
         assert isinstance(proc, detect.PythonProcess), proc
 
         def cold_detect() -> object:
-            detect._elf_facts.cache_clear()
+            detect._FACTS.clear()
             return detect.inspect_process(p.pid)
 
         warm_reader = CodeReader.for_process(proc)

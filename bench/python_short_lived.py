@@ -12,6 +12,11 @@ assembled as the agent does (StackMemo, symbolizer, Python merge).
 
     .venv/bin/python bench/python_short_lived.py --interval 10
     .venv/bin/python bench/python_short_lived.py --interval 1
+    .venv/bin/python bench/python_short_lived.py --interval 10 --early-reads 0.1,0.3
+
+`--early-reads` turns on pyframes.EarlyReads (off in the agent): userspace walks of each new Python
+process shortly after it was registered, so its running code objects are read while it lives; the JSON
+then says how many walks ran and their CPU time (of this process: the walks run in its timer threads).
 
 Outcomes per sample of a python3 process: `named` (Python frames, all named), `exited` (an exited
 process's unread frame), `unreadable` (another read failure), `native_only` (no Python frames: the process
@@ -33,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from podflame.model import FrameKind, Profile  # noqa: E402
 from profiler.agent import StackMemo, build_profiles, create_context  # noqa: E402
-from profiler.pyframes import EXITED, UNREADABLE  # noqa: E402
+from profiler.pyframes import EXITED, UNREADABLE, early_reads  # noqa: E402
 from profiler.sampler import Sampler  # noqa: E402
 from symbolizer import Symbolizer  # noqa: E402
 from tests.realsys import kubelet_cgroup, spawn_in_cgroup  # noqa: E402
@@ -81,7 +86,11 @@ def main() -> None:
     ap.add_argument("--work", type=float, default=0.2, help="CPU seconds each one runs the chain")
     ap.add_argument("--interval", type=float, default=10.0, help="seconds between drains")
     ap.add_argument("--frequency", type=int, default=99)
+    ap.add_argument("--early-reads", default="", metavar="DELAYS",
+                    help="pyframes.EarlyReads (off by default): walk each new process DELAYS s after it was "
+                         "registered, e.g. 0.1,0.3")
     args = ap.parse_args()
+    early_reads.delays = tuple(float(d) for d in args.early_reads.split(",") if d)
     counts: dict[str, collections.Counter] = {"short_lived": collections.Counter(),
                                                "long_lived": collections.Counter()}
     with kubelet_cgroup() as cg:
@@ -109,7 +118,10 @@ def main() -> None:
                 p.wait()
             sampler.close()
     result: dict[str, object] = {"bench": "python_short_lived", "runs": args.runs, "work_s": args.work,
-                                 "interval_s": args.interval, "frequency_hz": args.frequency, "drains": drains}
+                                 "interval_s": args.interval, "frequency_hz": args.frequency, "drains": drains,
+                                 "early_reads": list(early_reads.delays), "early_walks": early_reads.walks,
+                                 "early_walks_failed": early_reads.failed,
+                                 "early_walks_cpu_s": round(early_reads.cpu_s, 4)}
     shares = {}
     for side, c in counts.items():
         total = sum(c.values())

@@ -463,8 +463,9 @@ def create_context(node: str | None, pid_min_age_s: float = 0.0) -> Context:
     from profiler.procmaps import MapsCache
     from profiler.pyframes import PythonFrames
 
-    return Context(node=node or default_node_name(), maps=MapsCache(), cgroups=CgroupResolver(),
-                   python=PythonFrames(), pids=PidLabels(pid_min_age_s))
+    maps = MapsCache()
+    return Context(node=node or default_node_name(), maps=maps, cgroups=CgroupResolver(),
+                   python=PythonFrames(), pids=PidLabels(pid_min_age_s, maps))
 
 
 class Agent:

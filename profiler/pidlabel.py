@@ -13,10 +13,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Protocol
 
 from profiler.procmaps import start_time
 
 PID_MIN_AGE_S = 60.0
+
+
+class StartTimes(Protocol):
+    """Where a drain's processes' start times come from: the maps cache (MapsCache.start_time), which read
+    /proc/PID/stat in the same drain's refresh and knows pid reuse and exited processes (kept a grace
+    period of drains after their exit)."""
+
+    def start_time(self, pid: int) -> int | None: ...
 
 
 def _boot_time_ns(proc: str) -> int:
@@ -30,32 +39,40 @@ def _boot_time_ns(proc: str) -> int:
 class PidLabels:
     """The pid label of each process in a drain: its pid once it is `min_age_s` old, else none.
 
-    A process's start time is read once while it keeps appearing in drains, so one that exits keeps
-    the label its earlier drains gave it; the table holds only the last drain's processes."""
+    Start times are the maps cache's (`starts`, read in its refresh for the drain: no second read of
+    /proc/PID/stat; only a live process whose maps could not be read is asked directly). An exited
+    process keeps its label for as long as the cache keeps its maps (the drain that noticed the exit
+    and the next: its last samples are drained after it exited, and they stay under the series its
+    earlier drains gave them); after that it is unknown and gets none, like a process that exited
+    before anything read it. A reused pid is the new process (the cache drops the old one when the
+    start time changes)."""
 
-    def __init__(self, min_age_s: float = PID_MIN_AGE_S, proc: str = "/proc") -> None:
+    def __init__(self, min_age_s: float = PID_MIN_AGE_S, starts: StartTimes | None = None, proc: str = "/proc") -> None:
+        if min_age_s and starts is None:
+            raise ValueError("a minimum pid age needs the processes' start times (the maps cache)")
         self.min_age_ns = int(min_age_s * 1e9)
+        self.starts = starts
         self.proc = proc
-        self._started: dict[int, int | None] = {}  # tgid -> start (wall clock ns); None: gone before read
+        self._started: dict[int, int | None] = {}  # tgid -> start (wall clock ns), this drain's processes
         self._boot_ns: int | None = None
         self._tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
     def begin_drain(self, tgids: Iterable[int]) -> None:
-        if not self.min_age_ns:
+        """Take this drain's processes' start times (call after the maps cache's refresh)."""
+        if not self.min_age_ns or self.starts is None:
             return
         if self._boot_ns is None:
             self._boot_ns = _boot_time_ns(self.proc)
-        old, new = self._started, {}
+        new: dict[int, int | None] = {}
         for tgid in tgids:
-            if tgid in old and old[tgid] is not None:
-                new[tgid] = old[tgid]
-            else:
+            ticks = self.starts.start_time(tgid)
+            if ticks is None:  # maps unreadable (another security context), or gone: /proc/PID/stat if it lives
                 ticks = start_time(tgid, self.proc)
-                new[tgid] = None if ticks is None else self._boot_ns + ticks * self._tick_ns
+            new[tgid] = None if ticks is None else self._boot_ns + ticks * self._tick_ns
         self._started = new
 
     def label(self, tgid: int, at_ns: int) -> str | None:
-        """The pid as a label value, or None for a process younger than the minimum age (or gone)."""
+        """The pid as a label value, or None for a process younger than the minimum age (or unknown)."""
         if not self.min_age_ns:
             return str(tgid)
         started = self._started.get(tgid)

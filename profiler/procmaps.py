@@ -284,6 +284,12 @@ class MapsCache:
         p = self._procs.get(pid)
         return p.version if p is not None else None
 
+    def start_time(self, pid: int) -> int | None:
+        """Start time (clock ticks after boot) of the process held for `pid`, exited ones in their grace
+        period too; None when none is held. Read with its maps: no second read of /proc/PID/stat."""
+        p = self._procs.get(pid)
+        return p.starttime if p is not None else None
+
     def maps_lost(self, pid: int) -> bool:
         """True when the process exited before its maps were read (or after they were let go): its
         frames can get no mapping now. A process whose maps are held is not lost, exited or not: an

@@ -28,7 +28,9 @@ a broken walk), so the C code the interpreter called stays below them.
 Frames are named once per (process, code address, instruction offset) through
 profiler/python/code.py's CodeReader (validated against freed and reused code objects, bounded
 cache); readers outlive their process for a while, so a process that exited before the drain keeps
-the names already read.
+the names already read. Each drain re-reads the fixed part of every code object its samples name (one
+process_vm_readv per process); what was named from them (frames, a raw stack's runs) is kept until an
+address reads as another object, which drops the process's memos (`_ProcessState.answer`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from podflame.errors import PodflameError
 from podflame.model import Frame, FrameKind, Line, Stack
@@ -50,6 +53,7 @@ from profiler.python.code import CodeInfo, CodeReader, CodeReadError
 from profiler.python.detect import PythonProcess, Unsupported, inspect_process
 from profiler.python.offsets import LASTI_BYTES, LASTI_UNITS, NO_FIELD, PyOffsets, instr_offset
 from profiler.python.remote import ProcessGone
+from profiler.python.walk import walk
 from profiler.sampler import PY_PROC_SIZE, Drain
 from symbolizer.elf import ElfReadError, ElfSymbols
 
@@ -87,6 +91,59 @@ def pack_config(process: PythonProcess, fsbase_offset: int = 0) -> bytes:
                          o.frame_previous, o.frame_code, o.frame_instr, flags_at, entry_shift, owner_shift,
                          1 if o.frame_is_entry != NO_FIELD else 0, 7 if o.frame_owner != NO_FIELD else 0, instr_mask,
                          fsbase_offset)
+
+
+class EarlyReads:
+    """Off by default (`delays` empty): userspace walks of a newly registered process's threads, `delays`
+    seconds after it was registered, into the CodeReader the next drain will use (`take`), so the code
+    objects running then are read while the process lives. A process shorter than the drain interval
+    is otherwise gone before its code objects are read (docs/python-frames.md). Measured with
+    bench/python_short_lived.py --early-reads 0.1,0.3: named share of short-lived processes 6.8% -> 84% at
+    10 s drains for ~0.9 ms of CPU per process (two walks, loaded machine); ~0.3% of a core on a node
+    starting 3 Python processes a second: off until the busy node's budget allows it."""
+
+    def __init__(self, delays: tuple[float, ...] = (), capacity: int = 1024) -> None:
+        self.delays = delays
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._readers: OrderedDict[int, tuple[PythonProcess, CodeReader]] = OrderedDict()
+        self.walks = self.failed = 0
+        self.cpu_s = 0.0
+
+    def schedule(self, process: PythonProcess) -> None:
+        if not self.delays:
+            return
+        reader = CodeReader(process.pid, process.offsets, process.code_type)
+        with self._lock:
+            self._readers[process.pid] = (process, reader)
+            while len(self._readers) > self.capacity:
+                self._readers.popitem(last=False)
+        for delay in self.delays:
+            timer = threading.Timer(delay, self._walk, (process, reader))
+            timer.daemon = True
+            timer.start()
+
+    def _walk(self, process: PythonProcess, reader: CodeReader) -> None:
+        t0 = time.thread_time()
+        try:
+            walk(process, reader)  # the readers' caches keep what it read; the frames are not needed
+            self.walks += 1
+        except (PodflameError, OSError) as e:  # gone, or caught mid-change: nothing lost but the early read
+            self.failed += 1
+            log.debug("pid %d: early read: %s", process.pid, e)
+        self.cpu_s += time.thread_time() - t0
+
+    def take(self, process: PythonProcess) -> CodeReader | None:
+        """The reader early walks of this registration filled, handed over once (None: there is none)."""
+        with self._lock:
+            got = self._readers.get(process.pid)
+            if got is None or got[0] is not process:
+                return None
+            del self._readers[process.pid]
+            return got[1]
+
+
+early_reads = EarlyReads()  # set early_reads.delays to turn it on (no option yet: see EarlyReads)
 
 
 class PythonRegistry:
@@ -148,6 +205,7 @@ class PythonRegistry:
                 self.processes[tgid] = got
                 self._retry.pop(tgid, None)
                 self._gone.pop(tgid, None)
+                early_reads.schedule(got)
                 if first:
                     metrics.PYTHON_PROCESSES.inc()
                     log.info("pid %d: CPython %d.%d.%d, Python frames on", tgid, *got.version)
@@ -237,6 +295,53 @@ class _Interpreter:
     glue: Callable[[int], bool]  # is this address interpreter call machinery
     start: int  # the binary's executable mapping(s)
     end: int
+    # address -> (in the eval loop, interpreter glue): asked once per native address, not per sample
+    kinds: dict[int, tuple[bool, bool]] = field(default_factory=dict, compare=False)
+
+    def kind(self, address: int) -> tuple[bool, bool]:
+        got = self.kinds.get(address)
+        if got is None:
+            inside = self.start <= address < self.end
+            got = (any(s <= address < e for s, e in self.eval_ranges), inside and self.glue(address))
+            if len(self.kinds) >= 65536:
+                self.kinds.clear()
+            self.kinds[address] = got
+        return got
+
+
+@dataclass(frozen=True, slots=True)
+class _Binary:
+    """What `_interpreter` needs of an interpreter binary, in ELF addresses: read once per file, shared by
+    every process that runs it (a node starting `python3` ten times a second read its symbols each time)."""
+
+    elf: ElfSymbols
+    evals: tuple[tuple[int, int], ...]
+
+
+_BINARIES: dict[tuple[int, int, int, int], _Binary | None] = {}  # the file's (dev, ino, size, mtime) ->
+
+
+def _binary(opened: str, pid: int) -> _Binary | None:
+    try:
+        st = os.stat(opened)
+    except OSError:
+        return None
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _BINARIES:
+        return _BINARIES[key]
+    try:
+        elf = ElfSymbols(opened)
+        ranges = elf.ranges
+        got: _Binary | None = _Binary(elf, tuple(
+            (s, e) for s, e, n in zip(ranges.starts, ranges.ends, ranges.names, strict=True)
+            if n == EVAL_FUNCTION or n.startswith(EVAL_FUNCTION + ".")))
+    except ElfReadError as e:
+        log.warning("pid %d: cannot read the symbols of %s: %s", pid, opened, e)
+        got = None
+    if len(_BINARIES) >= 64:
+        _BINARIES.clear()
+    _BINARIES[key] = got
+    return got
 
 
 def _interpreter(process: PythonProcess) -> _Interpreter | None:
@@ -254,20 +359,17 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
                    if os.access(p, os.R_OK)), None)
     if opened is None:
         return None
-    try:
-        elf = ElfSymbols(opened)
-        ranges = elf.ranges
-    except ElfReadError as e:
-        log.warning("pid %d: cannot read the symbols of %s: %s", process.pid, process.path, e)
+    binary = _binary(opened, process.pid)
+    if binary is None:
         return None
+    elf = binary.elf
     first = execs[0]
     segment = next((s for s in elf.segments if s.executable and s.offset <= first.offset < s.offset + s.filesz), None)
     if segment is None:
         return None
     bias = first.start - first.offset + segment.offset - segment.vaddr  # runtime = vaddr + bias
-    evals = tuple((s + bias, e + bias) for s, e, n in zip(ranges.starts, ranges.ends, ranges.names, strict=True)
-                  if n == EVAL_FUNCTION or n.startswith(EVAL_FUNCTION + "."))
-    lookup = ranges.lookup
+    evals = tuple((s + bias, e + bias) for s, e in binary.evals)
+    lookup = elf.ranges.lookup
 
     def glue(address: int) -> bool:
         name = lookup(address - bias)
@@ -276,31 +378,61 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
     return _Interpreter(evals, glue, min(e.start for e in execs), max(e.end for e in execs))
 
 
-_Named = tuple[tuple[int, CodeInfo | Frame], ...]  # (code address, the CodeInfo read there or why not)
+_Runs = tuple[tuple[Frame, ...], ...]  # named Python frames, root first, split as `split_runs` splits them
 
 
 class _ProcessState:
-    __slots__ = ("interp", "interp_read", "process", "reader")
+    """One registered process: its reader, and what was worked out from its code objects.
+
+    Everything worked out from code objects (frames, runs, merged stacks) holds while each code address
+    reads as the same object as before: `codes` is this drain's answer per address, `seen` the last answer
+    ever, and an address whose answer changed (a function redefined, a module reloaded, a freed code
+    object's memory reused: CodeReader's fingerprint) drops all of it for the process (`forget`)."""
+
+    __slots__ = ("codes", "frames", "interp", "interp_read", "lines", "process", "raws", "reader", "runs", "seen")
 
     def __init__(self, process: PythonProcess, reader: CodeReader) -> None:
         self.process = process
         self.reader = reader
         self.interp: _Interpreter | None = None  # None also when the binary's symbols could not be read
         self.interp_read = False
+        self.codes: dict[int, CodeInfo | Frame] = {}  # code address -> read this drain, or why not
+        self.seen: dict[int, CodeInfo | Frame] = {}  # code address -> the last answer, any drain
+        self.raws: set[tuple[int, ...]] = set()  # this drain's raw stacks (all their codes are in `codes`)
+        self.frames: dict[tuple[int, int], Frame] = {}  # (code, instr) -> frame
+        self.lines: dict[tuple[int, int | None], Frame] = {}  # (code, line) -> frame: one object per line
+        self.runs: dict[tuple[int, ...], _Runs] = {}  # raw Python stack -> its named runs
+
+    def answer(self, code: int, got: CodeInfo | Frame) -> None:
+        """Record this drain's answer for a code address; a different answer than the last one drops
+        everything named from the old one."""
+        self.codes[code] = got
+        old = self.seen.get(code)
+        if old is not got:
+            if old is not None and old != got:
+                self.forget()
+            self.seen[code] = got
+
+    def forget(self) -> None:
+        self.frames.clear()
+        self.lines.clear()
+        self.runs.clear()
 
 
 class PythonFrames:
-    """Names the kernel's Python frames and merges them into native stacks, per process."""
+    """Names the kernel's Python frames and merges them into native stacks, per process.
+
+    Merged stacks are not kept: on real 99 Hz drains almost every sample is a (native stack, Python
+    stack) pair of its own (the native leaf and the Python instructions vary; keyed by line instead of
+    instruction, still 99.6% of them), so a memo of merged stacks was a dict insert per sample for ~0.1%
+    hits. A merge is made cheap instead: a raw Python stack is named once (`_ProcessState.runs`), each
+    (code, instruction) once with one frame object per (code, line), each native address classified
+    once (`_Interpreter.kind`), and the merge itself is list splicing."""
 
     def __init__(self, *, max_frames: int = 100_000) -> None:
-        self.max_frames = max_frames
+        self.max_frames = max_frames  # per process, for each of its memos
         self.processes: dict[int, PythonProcess] = {}
         self._states: dict[int, _ProcessState] = {}
-        self._frames: dict[tuple[int, int, int], tuple[CodeInfo, Frame]] = {}  # (tgid, code, instr) ->
-        # (tgid, code) -> read this drain, or the frame that says why it could not be (UNREADABLE, EXITED)
-        self._checked: dict[tuple[int, int], CodeInfo | Frame] = {}
-        # (tgid, raw Python stack, native stack) -> (merged stack, the code objects it was named from)
-        self._merged: dict[tuple[int, tuple[int, ...], Stack], tuple[Stack, _Named]] = {}
         self.read_failures = 0
 
     def begin_drain(self, drain: Drain) -> None:
@@ -312,27 +444,33 @@ class PythonFrames:
         self.processes = processes
         # a registration is one process ((pid, start time): PythonRegistry): a new one for a pid is a
         # new object, and the reader, names and merged stacks of the pid's earlier process go
-        gone = [t for t, state in self._states.items() if processes.get(t) is not state.process]
-        for tgid in gone:
+        for tgid in [t for t, state in self._states.items() if processes.get(t) is not state.process]:
             del self._states[tgid]
-        if gone:
-            self._merged = {k: v for k, v in self._merged.items() if k[0] not in gone}
-        self._checked = {}
-        if len(self._frames) > self.max_frames:
-            self._frames.clear()
-        wanted: dict[int, set[int]] = {}
+        for state in self._states.values():
+            state.codes = {}
+            state.raws = set()
+        raws: dict[int, set[tuple[int, ...]]] = {}
         for s in drain.samples:
-            raw = s.python_stack
-            if raw and s.tgid in processes:
-                codes = wanted.get(s.tgid)
-                if codes is None:
-                    codes = wanted[s.tgid] = set()
-                codes.update(raw[i] & ADDR_MASK for i in range(0, len(raw), 2))
-        for tgid, codes in wanted.items():
-            state = self._state(tgid)
-            if state is not None:
-                for code, got in state.reader.read_many(codes).items():
-                    self._checked[(tgid, code)] = self._named(tgid, code, got)
+            if s.python_stack and s.tgid in processes:
+                got = raws.get(s.tgid)
+                if got is None:
+                    got = raws[s.tgid] = set()
+                got.add(s.python_stack)
+        for tgid, distinct in raws.items():
+            found = self._state(tgid)
+            if found is None:
+                continue
+            state = found
+            if len(state.seen) > self.max_frames:  # bounded; the memos go with it (they rely on `seen`)
+                state.seen.clear()
+                state.forget()
+            codes = {word & ADDR_MASK for raw in distinct for word in raw[::2]}
+            for code, read in state.reader.read_many(codes).items():
+                state.answer(code, self._named(tgid, code, read))
+            for memo in (state.frames, state.lines, state.runs):
+                if len(memo) > self.max_frames:
+                    memo.clear()
+            state.raws = distinct
 
     def _state(self, tgid: int) -> _ProcessState | None:
         """Reader and interpreter ranges of a registered process, made on first use and kept while the
@@ -342,7 +480,8 @@ class PythonFrames:
             return None
         state = self._states.get(tgid)
         if state is None or state.process is not process:
-            state = self._states[tgid] = _ProcessState(process, CodeReader(tgid, process.offsets, process.code_type))
+            reader = early_reads.take(process) or CodeReader(tgid, process.offsets, process.code_type)
+            state = self._states[tgid] = _ProcessState(process, reader)
         return state
 
     def interpreter(self, tgid: int) -> _Interpreter | None:
@@ -358,36 +497,43 @@ class PythonFrames:
         state = self._state(tgid)
         if state is None or not raw:
             return []
-        reader = state.reader
-        return [[self._frame(tgid, reader, code, instr) for code, instr in run]
-                for run in split_runs(raw, reader.offsets)]
+        return [list(run) for run in self._runs(tgid, state, raw)]
 
-    def _frame(self, tgid: int, reader: CodeReader, code: int, instr: int) -> Frame:
-        """The frame at (code, instr); the code object is re-validated once per drain (CodeReader.read
-        checks its type and fingerprint), so a freed and reused address is named anew, never from the cache."""
-        info = self._info(tgid, reader, code)
+    def _runs(self, tgid: int, state: _ProcessState, raw: tuple[int, ...]) -> _Runs:
+        """Named runs of `raw`, whose code addresses were all answered this drain (begin_drain, or read now)."""
+        got = state.runs.get(raw)
+        if got is not None:
+            return got
+        frames = state.frames
+        got = tuple(tuple(frames.get(key) or self._frame(tgid, state, *key) for key in run)
+                    for run in split_runs(raw, state.reader.offsets))
+        state.runs[raw] = got
+        return got
+
+    def _frame(self, tgid: int, state: _ProcessState, code: int, instr: int) -> Frame:
+        """The frame at (code, instr), one frame object per (code, line)."""
+        info = state.codes.get(code)
+        if info is None:
+            info = self._info(tgid, state, code)
         if isinstance(info, Frame):
-            return info
-        key = (tgid, code, instr)
-        have = self._frames.get(key)
-        if have is not None and have[0] is info:
-            return have[1]
-        line = info.line(instr_offset(reader.offsets, code, instr))
-        frame = Frame(0, None, FrameKind.PYTHON, (Line(info.qualname, info.filename, line),))
-        self._frames[key] = (info, frame)
+            frame = info
+        else:
+            line = info.line(instr_offset(state.reader.offsets, code, instr))
+            frame = state.lines.get((code, line)) or \
+                Frame(0, None, FrameKind.PYTHON, (Line(info.qualname, info.filename, line),))
+            state.lines[(code, line)] = frame
+        state.frames[(code, instr)] = frame
         return frame
 
-    def _info(self, tgid: int, reader: CodeReader, code: int) -> CodeInfo | Frame:
-        """The code object at `code`, read once a drain (begin_drain reads all the drain's at once)."""
-        key = (tgid, code)
-        if key in self._checked:
-            return self._checked[key]
+    def _info(self, tgid: int, state: _ProcessState, code: int) -> CodeInfo | Frame:
+        """The code object at `code`, for a stack begin_drain did not see (it reads the drain's at once)."""
         try:
-            got: CodeInfo | PodflameError = reader.read(code)
+            got: CodeInfo | PodflameError = state.reader.read(code)
         except (CodeReadError, ProcessGone) as e:
             got = e
-        info = self._checked[key] = self._named(tgid, code, got)
-        return info
+        info = self._named(tgid, code, got)
+        state.answer(code, info)
+        return state.codes[code]
 
     def _named(self, tgid: int, code: int, got: CodeInfo | PodflameError) -> CodeInfo | Frame:
         if isinstance(got, CodeInfo):
@@ -401,55 +547,60 @@ class PythonFrames:
         """`stack` (root first, native then kernel frames) with the Python frames of `raw` merged in.
 
         Kept across drains while every code object in `raw` reads as the same object this drain (one
-        validated read per code address a drain): a stack seen before costs a dict lookup per frame."""
+        validated read per code address a drain; a changed one drops the process's memos)."""
         state = self._state(tgid)
         if state is None or not raw:
             return stack
-        key = (tgid, raw, stack)
-        hit = self._merged.get(key)
-        if hit is not None and all(self._info(tgid, state.reader, code) is info for code, info in hit[1]):
-            return hit[0]
-        runs = self.runs(tgid, raw)
+        if raw not in state.raws:  # not from this drain: its code objects are read (validated) now
+            for word in raw[::2]:
+                if word & ADDR_MASK not in state.codes:
+                    self._info(tgid, state, word & ADDR_MASK)
+            state.raws.add(raw)
+        runs = self._runs(tgid, state, raw)
         if not runs:
             return stack
-        split = next((i for i, f in enumerate(stack) if f.kind is FrameKind.KERNEL or _is_kernel_lost(f)), len(stack))
+        split = len(stack)  # kernel frames (or the one that says the kernel stack was lost) end the stack
+        while split and (stack[split - 1].kind is FrameKind.KERNEL or _is_kernel_lost(stack[split - 1])):
+            split -= 1
         user, kernel = list(stack[:split]), stack[split:]
-        merged = (*merge_runs(user, runs, self.interpreter(tgid)), *kernel)
-        # the code objects named (3.12+ shim frames are not: they are left out of the runs)
-        checked = self._checked
-        named = {code: checked[(tgid, code)] for i in range(0, len(raw), 2)
-                 if (tgid, code := raw[i] & ADDR_MASK) in checked}
-        if len(self._merged) >= self.max_frames:
-            self._merged.clear()
-        self._merged[key] = (merged, tuple(named.items()))
-        return merged
+        return (*merge_runs(user, runs, self.interpreter(tgid)), *kernel)
 
 
 def split_runs(raw: tuple[int, ...], o: PyOffsets) -> list[list[tuple[int, int]]]:
     """(code address, instr) of a raw kernel stack (leaf-first (code|flags, instr) pairs), root first,
     split into the runs one eval-loop call executed each; shim frames (3.12+) are dropped."""
     runs: list[list[tuple[int, int]]] = []
-    per_frame = o.frame_is_entry == NO_FIELD and o.owner_cstack == NO_FIELD  # 3.10 and older
-    for i in range(len(raw) - 2, -1, -2):
-        word, instr = raw[i], raw[i + 1]
-        shim = o.owner_cstack != NO_FIELD and (word >> OWNER_SHIFT) & 7 == o.owner_cstack
-        if shim or not runs or per_frame or (o.frame_is_entry != NO_FIELD and word & FLAG_ENTRY):
-            runs.append([])
-        if not shim:
-            runs[-1].append((word & ADDR_MASK, instr))
-    return [r for r in runs if r]
+    shims = o.owner_cstack != NO_FIELD  # 3.12+
+    entries = o.frame_is_entry != NO_FIELD  # 3.11
+    per_frame = not entries and not shims  # 3.10 and older
+    run: list[tuple[int, int]] = []
+    for word, instr in zip(raw[-2::-2], raw[-1::-2], strict=False):  # root first (the kernel writes pairs)
+        if shims and (word >> OWNER_SHIFT) & 7 == o.owner_cstack:
+            if run:
+                runs.append(run)
+                run = []
+            continue
+        if run and (per_frame or (entries and word & FLAG_ENTRY)):
+            runs.append(run)
+            run = []
+        run.append((word & ADDR_MASK, instr))
+    if run:
+        runs.append(run)
+    return runs
 
 
 def _is_kernel_lost(f: Frame) -> bool:
     return f.kind is FrameKind.UNKNOWN and bool(f.lines) and f.lines[0].function.startswith("[kernel stack")
 
 
-def merge_runs(user: list[Frame], runs: list[list[Frame]], interp: _Interpreter | None) -> list[Frame]:
+def merge_runs(user: list[Frame], runs: Sequence[Sequence[Frame]], interp: _Interpreter | None) -> list[Frame]:
     """Native user frames (root first) with Python runs (root first) in place of the eval-loop frames."""
     if interp is None:  # the binary is unreadable: Python frames above whatever native frames there are
         return [f for run in runs for f in run] + user
-    evals = [i for i, f in enumerate(user) if any(s <= f.address < e for s, e in interp.eval_ranges)
-             and f.kind is FrameKind.NATIVE]
+    kinds, classify, native = interp.kinds, interp.kind, FrameKind.NATIVE
+    # per frame: (in the eval loop, interpreter glue), each address classified once per process
+    flags = [kinds.get(f.address) or classify(f.address) for f in user]
+    evals = [i for i, (is_eval, _) in enumerate(flags) if is_eval and user[i].kind is native]
     if not evals:
         inside = [i for i, f in enumerate(user) if _in_interpreter(f, interp) or f.mapping is None]
         cut = inside[-1] + 1 if inside else 0
@@ -463,14 +614,15 @@ def merge_runs(user: list[Frame], runs: list[list[Frame]], interp: _Interpreter 
     elif extra < 0:  # eval frames without a run (the Python walk was truncated at its root end)
         evals = evals[-extra:]
     out = user[:evals[0]]
+    last = len(evals) - 1
     for n, (at, run) in enumerate(zip(evals, runs, strict=True)):
         out.extend(run)
-        upto = evals[n + 1] if n + 1 < len(evals) else len(user)
-        between = user[at + 1:upto]
-        if n + 1 < len(evals):
-            out.extend(f for f in between if not _glue(f, interp))
-        else:  # below the innermost Python frame: the C code it called; glue dropped unless it is the leaf
-            out.extend(f for j, f in enumerate(between) if j == len(between) - 1 or not _glue(f, interp))
+        upto = evals[n + 1] if n < last else len(user)
+        # between two eval frames glue goes; below the innermost Python frame (the C code it called) too,
+        # unless it is the leaf
+        keep = upto - 1 if n == last else -1
+        out.extend(user[j] for j in range(at + 1, upto)
+                   if j == keep or not flags[j][1] or user[j].mapping is None)
     return out
 
 
@@ -478,6 +630,4 @@ def _in_interpreter(f: Frame, interp: _Interpreter) -> bool:
     return f.mapping is not None and interp.start <= f.address < interp.end
 
 
-def _glue(f: Frame, interp: _Interpreter) -> bool:
-    return _in_interpreter(f, interp) and interp.glue(f.address)
 

@@ -13,14 +13,16 @@ so a process that exited before the drain still gets the names already read.
 from __future__ import annotations
 
 import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from podflame.errors import BinaryFormatError, PodflameError
 from profiler.python import remote
 from profiler.python.detect import PythonProcess
-from profiler.python.lines import line_for
+from profiler.python.lines import LineStarts, decode
 from profiler.python.offsets import NO_FIELD, PyOffsets
 from profiler.python.remote import MemoryReadError, ProcessGone
 
@@ -47,7 +49,12 @@ class CodeInfo:
 
     def line(self, instr_offset: int) -> int | None:
         """Source line at a byte offset into the instructions (offsets.instr_offset)."""
-        return line_for(self.linetable, self.linetable_format, self.firstlineno, instr_offset)
+        return self.line_starts.line(instr_offset)
+
+    @cached_property
+    def line_starts(self) -> LineStarts:
+        """The line table decoded, once per code object read (not once per instruction asked about)."""
+        return decode(self.linetable, self.linetable_format, self.firstlineno)
 
 
 def line(code: CodeInfo, instr_offset: int) -> int | None:
@@ -73,6 +80,9 @@ class CodeReader:
         self._types: dict[int, bytes] = {}  # type address -> its tp_name (for types not given)
         self.reads = 0  # code objects read whole (cache misses)
         self.failures = 0
+        # read and read_many may come from two threads (pyframes' early reads of a young process, and the
+        # drain): the cache is changed under this lock
+        self._lock = threading.Lock()
 
     @classmethod
     def for_process(cls, proc: PythonProcess, *, capacity: int = 4096) -> CodeReader:
@@ -85,6 +95,10 @@ class CodeReader:
     def read(self, code_addr: int) -> CodeInfo:
         """The code object at `code_addr`; raises CodeReadError, or ProcessGone when the process exited
         and this address was never read."""
+        with self._lock:
+            return self._read(code_addr)
+
+    def _read(self, code_addr: int) -> CodeInfo:
         try:
             try:
                 head = remote.read(self.pid, code_addr, self.offsets.code_size)
@@ -104,7 +118,10 @@ class CodeReader:
         costs one call plus a few per code object not seen before); a process that exited answers
         from the cache.
         """
-        unique = list(dict.fromkeys(addrs))
+        with self._lock:
+            return self._read_many(list(dict.fromkeys(addrs)))
+
+    def _read_many(self, unique: list[int]) -> dict[int, CodeInfo | PodflameError]:
         out: dict[int, CodeInfo | PodflameError] = {}
         try:
             heads = remote.read_many(self.pid, [(a, self.offsets.code_size) for a in unique])

@@ -15,7 +15,6 @@ import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 from podflame.errors import BinaryFormatError
 from podflame.model import Mapping
@@ -266,9 +265,22 @@ def _load_bias(facts: _ElfFacts, path: str, maps: Sequence[MapsEntry]) -> int | 
     return None
 
 
-@lru_cache(maxsize=64)
+_FACTS: dict[tuple[int, int, int], _ElfFacts] = {}  # (dev, ino, mtime_ns) of the file -> its facts
+
+
 def _elf_facts(path: str, dev: int, ino: int, mtime_ns: int) -> _ElfFacts:
-    """The few ELF facts detection needs, once per file identity (the arguments after path)."""
+    """The few ELF facts detection needs, once per file identity (the arguments after path: the path is
+    per process, /proc/PID/root/..., so keying on it read the file again for every new process)."""
+    key = (dev, ino, mtime_ns)
+    got = _FACTS.get(key)
+    if got is None:
+        if len(_FACTS) >= 64:
+            _FACTS.clear()
+        got = _FACTS[key] = _read_elf_facts(path)
+    return got
+
+
+def _read_elf_facts(path: str) -> _ElfFacts:
     with open(path, "rb") as f:
         elf = ElfFile(f)
         segments = tuple(LoadSegment(s.offset, s.vaddr, s.filesz, s.memsz, bool(s.flags & PF_X))
