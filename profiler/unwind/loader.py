@@ -280,16 +280,17 @@ class NativeUnwinder:
             vaddr = e.start if at is None else at  # ET_EXEC: linked where it runs
         else:
             line = (e.dev, e.inode, e.path)  # what the maps line says of the file: known, no stat needed
-            identity = self._identities.get(line)
-            if identity is None or e.deleted:
+            known = self._identities.get(line)
+            if known is None or e.deleted:
                 try:
                     st = os.stat(path)
                 except OSError:
                     return None
-                identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                known = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
                 if len(self._identities) >= self._max_files:
                     self._identities.clear()
-                self._identities[line] = identity
+                self._identities[line] = known
+            identity = known
             binary = self._files.get(identity)
             if binary is None:
                 binary = self._read_elf(path)
