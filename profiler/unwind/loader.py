@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from podflame.errors import PodflameError
 from podflame.model import Mapping
 from profiler.bpfprog import BpfMap
-from profiler.procmaps import MapsEntry, parse_exec_maps
+from profiler.procmaps import MapsEntry, read_exec_maps
 from profiler.unwind.maps import WANT, WANTS_TABLE, UnwindMaps
 from profiler.unwind.table import UnwindTable
 
@@ -212,8 +212,7 @@ class NativeUnwinder:
             self._take_wanted()
         wanted = self._wanted.pop(tgid, set())
         try:
-            with open(f"{self.proc}/{tgid}/maps") as f:
-                entries = parse_exec_maps(f.read())
+            entries = read_exec_maps(tgid, self.proc)  # PROCMAP_QUERY: executable VMAs only, on 6.11+
         except OSError:  # exited already, or a kernel thread's empty maps
             self.maps.remove_process(tgid)
             self._seen.pop(tgid, None)
