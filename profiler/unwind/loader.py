@@ -30,7 +30,7 @@ from podflame.errors import PodflameError
 from podflame.model import Mapping
 from profiler.bpfprog import BpfMap
 from profiler.procmaps import MapsEntry, read_exec_maps
-from profiler.unwind.maps import WANT, WANTS_TABLE, UnwindMaps
+from profiler.unwind.maps import STAT_SLOTS, WANT, WANTS_TABLE, UnwindMaps
 from profiler.unwind.table import UnwindTable
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ BUILD_CPU_SHARE = 0.005
 BUILD_BURST_S = 5.0
 SMALL_TABLE_ROWS = 50_000  # estimated: a build of ~50 ms or less (a program, libc), never deferred
 _PF_X = 1
+_WANTED_SLOT = STAT_SLOTS.index("wanted")
 
 
 def cached_tables() -> TableSource:
@@ -101,6 +102,7 @@ class NativeUnwinder:
         self._worker: threading.Thread | None = None
         self._last_tables: dict[str, int] = {}
         self._cpu_s = 0.0
+        self._asks_taken = -1  # the ask count when unwind_wanted was last emptied
         # (device, inode, path, offset) of a maps line -> its file's identity and ELF address (of the line's
         # start in an ET_DYN file; None for ET_EXEC, loaded where linked): the same in every process mapping
         # the file, wherever ASLR put it, so a new process of known binaries costs a dict hit per line
@@ -145,6 +147,8 @@ class NativeUnwinder:
         if stale:
             self.stats["rereads"] += len(stale)
             self.announce(stale)
+        elif self._asks() != self._asks_taken:
+            self.announce([])  # asks the worker has not read (one whose process was announced mid-read)
         reap = getattr(self.table_source, "reap", None)
         if reap is not None:
             reap()  # a build child that went idle exits: collect it
@@ -197,8 +201,22 @@ class NativeUnwinder:
     def _take_stale(self) -> list[int]:
         return [tgid for keys in _empty(self.maps.stale_map) for tgid in keys.cast("I")]
 
+    def _asks(self) -> int:
+        """How many times walks have asked for tables so far (unwind_stats "wanted", counted before each
+        ask goes into unwind_wanted): one lookup, where emptying the 4096-bucket hash map scans it all."""
+        try:
+            return self.maps.stats_map.percpu_sum(_WANTED_SLOT)
+        except OSError:
+            return -1  # unknown: take whatever is there
+
     def _take_wanted(self) -> None:
-        """Move the kernel's asks for tables (unwind_wanted) into `_wanted`, tgid -> mapping starts."""
+        """Move the kernel's asks for tables (unwind_wanted) into `_wanted`, tgid -> mapping starts; the
+        map is read only when a walk asked since the last read (the count is read before the map, so an
+        ask counted later is seen by the next call; `maintain` makes sure there is one)."""
+        asks = self._asks()
+        if asks == self._asks_taken and asks >= 0:
+            return
+        self._asks_taken = asks
         for keys in _empty(self.maps.wanted_map):
             for start, tgid, _ in WANT.iter_unpack(keys):
                 self._wanted.setdefault(tgid, set()).add(start)
