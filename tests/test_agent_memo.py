@@ -19,7 +19,9 @@ from profiler.procmaps import MapsCache, parse_exec_maps, parse_maps
 from profiler.sampler import RawSample
 from symbolizer import Symbolizer
 from tests.test_agent import FakeCgroups, drain_of, raw
+from tests.test_dwarf_corpus import addr2line
 from tests.test_procmaps import MAPS, FakeProc, line
+from tests.test_symbolizer_build import Binaries, built, nm_functions, running
 
 EXE = Mapping(0x400000, 0x500000, 0, "/opt/app/bin/app", "ab" * 20)
 
@@ -306,3 +308,91 @@ def test_processes_of_one_binary_share_its_frames_rebased_into_the_first_ones_la
         for p in procs:
             p.kill()
             p.wait()
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> Binaries:
+    return built(tmp_path_factory)
+
+
+def _oracle(binary: Path, vaddrs: list[int]) -> list[list[str]]:
+    """addr2line -f -i function names per ELF address, innermost first ([] where it knows none)."""
+    return [[name for name, _ in block if name != "??"] for block in addr2line(binary, vaddrs)]
+
+
+def _names(stack: tuple[Frame, ...]) -> list[list[str]]:
+    """Function names per frame, leaf first (as the raw stack), innermost inline frame first."""
+    return [[ln.function for ln in f.lines] for f in reversed(stack)]
+
+
+def test_two_processes_of_one_binary_at_other_bases_get_addr2lines_names(programs: Binaries) -> None:
+    """Two processes of one PIE (ASLR: other bases). The second one's frames come from the frames
+    resolved for the first (rebased), and both get the names addr2line gives at the same ELF addresses:
+    leaves looked up where they are, callers at the byte before their return address."""
+    funcs = {n: v for n, v in nm_functions(programs.pie).items() if v[1] > 4}
+    with running(programs.pie) as a, running(programs.pie) as b:
+        names = sorted(n for n in a.addresses if n in funcs)
+        assert len(names) >= 3 and all(a.addresses[n] != b.addresses[n] for n in names)  # ASLR
+        rng = random.Random(11)
+        stacks = [[(n, rng.randrange(1, funcs[n][1])) for n in rng.sample(names, rng.randrange(1, len(names) + 1))]
+                  for _ in range(40)]  # leaf first: (function, offset in it)
+        maps = MapsCache()
+        c = Context(node="n1", maps=maps, cgroups=FakeCgroups())
+        memo = StackMemo(c, Symbolizer(maps))
+        got: dict[int, list[list[list[str]]]] = {}
+        for proc in (a, b):
+            maps.refresh([proc.pid])
+            memo.begin_drain()
+            misses, shared = memo.frame_misses, memo.shared_hits
+            got[proc.pid] = [_names(memo(raw(tgid=proc.pid, pid=proc.pid, cgroup_id=1,
+                                             user=tuple(proc.addresses[n] + off for n, off in s))))
+                             for s in stacks]
+        assert memo.shared_hits - shared == memo.frame_misses - misses > 0  # b resolved nothing itself
+    vaddrs = [funcs[n][0] + off - (i > 0) for s in stacks for i, (n, off) in enumerate(s)]
+    want = iter(_oracle(programs.pie, vaddrs))
+    expected = [[next(want) for _ in s] for s in stacks]
+    assert all(any(frame) for stack in expected for frame in stack)
+    assert got[a.pid] == expected and got[b.pid] == expected
+
+
+def test_a_pid_reused_by_another_binary_gets_that_binarys_names(tmp_path: Path, programs: Binaries) -> None:
+    """Pid 10 runs the program, exits, and the pid comes back as a process mapping a library at the
+    same address: the same raw addresses get the library's names (as addr2line says), not the memo's."""
+    from symbolizer.elf import ElfSymbols
+
+    fake = FakeProc(tmp_path / "proc")
+    start = 0x7F0000001000
+
+    def exec_line(binary: Path) -> tuple[str, int, int, int]:
+        seg = next(s for s in ElfSymbols(str(binary)).segments if s.executable)
+        offset = seg.offset & ~0xFFF
+        end = start + ((seg.offset + seg.filesz - offset + 0xFFF) & ~0xFFF)
+        return line(start, end, str(binary), offset), end, offset - seg.offset + seg.vaddr, seg.vaddr
+    # runtime address of an ELF address v: start + (v - the vaddr at the mapping's first byte)
+    lib_line, lib_end, lib_first, _ = exec_line(programs.lib)
+    lib_funcs = {n: v for n, v in nm_functions(programs.lib).items() if v[1] > 4}
+    addrs = [start + v + v_size // 2 - lib_first for v, v_size in lib_funcs.values()]
+    assert len(addrs) >= 2 and all(start <= x < lib_end for x in addrs)
+    prog_line, prog_end, prog_first, _ = exec_line(programs.pie)
+    fake.add(10, prog_line, starttime=100, exe=str(programs.pie))
+    maps = MapsCache(str(fake.root))
+    c = Context(node="n1", maps=maps, cgroups=FakeCgroups())
+    memo = StackMemo(c, Symbolizer(maps, proc=str(fake.root)))
+    sample = raw(tgid=10, pid=10, cgroup_id=1, user=tuple(addrs))
+    first = run_one(memo, maps, sample)
+    expected_prog = [[] if x >= prog_end else names
+                     for x, names in zip(addrs, _oracle(programs.pie, [x - start + prog_first - (i > 0)
+                                                                       for i, x in enumerate(addrs)]), strict=True)]
+    assert [n for n, x in zip(first, addrs, strict=True) if x < prog_end] == \
+        [n for n, x in zip(expected_prog, addrs, strict=True) if x < prog_end]
+    fake.add(10, lib_line, starttime=200, exe=str(programs.lib))  # the pid, reused
+    second = run_one(memo, maps, sample)
+    expected = _oracle(programs.lib, [x - start + lib_first - (i > 0) for i, x in enumerate(addrs)])
+    assert second == expected and all(expected)
+    assert second != first
+
+
+def run_one(memo: StackMemo, maps: MapsCache, sample: RawSample) -> list[list[str]]:
+    maps.refresh([sample.tgid])
+    memo.begin_drain()
+    return _names(memo(sample))

@@ -435,3 +435,62 @@ def test_query_unsupported_falls_back_to_the_text_once(monkeypatch) -> None:
     assert (got.starts, got.ends, got.lines) == ((want := text._read(pid)).starts, want.ends, want.lines)
     maps._read(1)
     assert len(calls) == 1  # remembered: not asked again
+
+
+def _exec_text(pid: int) -> list:
+    """What read_exec_maps must give: the text's executable lines without the gate area (no VMA)."""
+    return [e for e in parse_exec_maps(Path(f"/proc/{pid}/maps").read_bytes().decode(errors="surrogateescape"))
+            if e.start < 1 << 63]
+
+
+@needs_query
+def test_read_exec_maps_reads_every_process_as_the_text_does(tmp_path: Path) -> None:
+    """The unwind loader's read of a new process: the ioctl's executable VMAs equal the text's executable
+    lines, odd names included (deleted files, memfd, anonymous JIT code, and names the text escapes,
+    which are read from the text)."""
+    raw = os.fsencode(tmp_path) + b"/bad\xff.so"
+    with open(raw, "wb") as f:
+        f.write(Path("/bin/true").read_bytes())
+    odd = []
+    for name in ("deleted lib.so", "new\nline.so"):
+        (tmp_path / name).write_bytes(Path("/bin/true").read_bytes())
+        odd.append(str(tmp_path / name))
+    procs = [subprocess.Popen([sys.executable, "-c", _ODD_MAPPINGS, *args], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for args in (odd[:1], [odd[1], os.fsdecode(raw)])]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        assert len(pids) > 10
+        seen = 0
+        for pid in pids:
+            for _ in range(3):  # a busy process may map or unmap between the two reads
+                try:
+                    got, want = procmaps.read_exec_maps(pid), _exec_text(pid)
+                except OSError:
+                    break  # exited
+                if got == want:
+                    seen += 1
+                    break
+            else:
+                pytest.fail(f"pid {pid}: {procmaps.read_exec_maps(pid)} != {_exec_text(pid)}")
+        assert seen > 10
+        for p in procs:
+            got = procmaps.read_exec_maps(p.pid)
+            assert got == _exec_text(p.pid) and any(e.path.startswith("/memfd:jit") for e in got)
+        assert any(e.deleted and e.clean_path == odd[0] for e in procmaps.read_exec_maps(procs[0].pid))
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    with pytest.raises(OSError):
+        procmaps.read_exec_maps(procs[0].pid)  # gone
+
+
+def test_read_exec_maps_reads_the_text_without_the_ioctl(monkeypatch) -> None:
+    def enotty(fd: int, request: int, arg: bytearray) -> None:
+        raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
+
+    monkeypatch.setattr(procmaps.fcntl, "ioctl", enotty)
+    got = procmaps.read_exec_maps(os.getpid())
+    assert got and got == _exec_text(os.getpid())

@@ -12,16 +12,18 @@ import pytest
 
 from profiler.bpfprog import (
     _MAP_LOOKUP_ELEM,
+    _MAP_UPDATE_ELEM,
     MAP_ARRAY,
     MAP_HASH,
     MAP_PERCPU_ARRAY,
     BpfMap,
     MapSpec,
     _Elem,
+    _possible_cpus,
     bpf,
     create_map,
 )
-from profiler.unwind.maps import MAPPING, SPAN, WANTS_TABLE, Extents, UnwindMaps
+from profiler.unwind.maps import MAPPING, SPAN, STAT_SLOTS, WANT, WANTS_TABLE, Extents, UnwindMaps
 
 
 def test_first_fit_and_exhaustion() -> None:
@@ -114,3 +116,55 @@ def lookup(m: BpfMap, key: int, size: int) -> bytes:
     k = ct.c_uint32(key)
     bpf(_MAP_LOOKUP_ELEM, _Elem(map_fd=m.fd, key=ct.addressof(k), value=ct.addressof(value)))
     return value.raw
+
+
+def _unwind_maps() -> dict[str, BpfMap]:
+    specs = {"unwind_procs": MapSpec("unwind_procs", MAP_HASH, 4, 8, 16),
+             "unwind_mappings": MapSpec("unwind_mappings", MAP_ARRAY, 4, 32, 16),
+             "unwind_tables": MapSpec("unwind_tables", MAP_ARRAY, 4, 8, 4),
+             "unwind_rows": MapSpec("unwind_rows", MAP_ARRAY, 4, 12, 100),
+             "unwind_stats": MapSpec("unwind_stats", MAP_PERCPU_ARRAY, 4, 8, len(STAT_SLOTS)),
+             "unwind_stale": MapSpec("unwind_stale", MAP_HASH, 4, 1, 16),
+             "unwind_wanted": MapSpec("unwind_wanted", MAP_HASH, 16, 1, 4096)}
+    return {name: create_map(spec) for name, spec in specs.items()}
+
+
+def test_the_loader_reads_the_walkers_asks_when_they_were_counted() -> None:
+    """As the walker does (bpf/native_unwind.bpf.h): count the ask in unwind_stats, then put it in
+    unwind_wanted. The loader empties the 4096-bucket hash map only when the count moved since it last
+    did; an ask put in while it was reading is read once the count moves again (the walker counts every
+    ask, repeated or not), and maintain() wakes the worker for it even when no process is announced."""
+    from profiler.unwind.loader import NativeUnwinder
+
+    maps = _unwind_maps()
+    cpus = _possible_cpus()
+    try:
+        u = NativeUnwinder(UnwindMaps(maps), lambda source: None)  # type: ignore[arg-type,return-value]
+        asks = 0
+
+        def ask(start: int, tgid: int, counted: bool = True) -> None:
+            nonlocal asks
+            if counted:
+                asks += 1
+                values = (ct.c_uint64 * cpus)(*([asks] + [0] * (cpus - 1)))
+                key = ct.c_uint32(STAT_SLOTS.index("wanted"))
+                bpf(_MAP_UPDATE_ELEM, _Elem(map_fd=maps["unwind_stats"].fd, key=ct.addressof(key),
+                                            value=ct.addressof(values)))
+            maps["unwind_wanted"].update(WANT.pack(start, tgid, 0), b"\x01")
+
+        ask(0x1000, 7)
+        u._take_wanted()
+        assert u._wanted == {7: {0x1000}}
+        ask(0x2000, 8, counted=False)  # counted just before the last read, put in just after it
+        u._take_wanted()
+        assert 8 not in u._wanted  # the count did not move: the map was not scanned
+        u.maintain()
+        assert u._queue.empty()  # nothing new to wake the worker for
+        ask(0x2000, 8)  # the walker asks again (the entry is there: counted, not announced)
+        u.maintain()
+        assert u._queue.get_nowait() == []  # the worker is woken without an announcement
+        u._take_wanted()
+        assert u._wanted == {7: {0x1000}, 8: {0x2000}}
+    finally:
+        for bm in maps.values():
+            os.close(bm.fd)

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 from podflame.errors import PodflameError
 from podflame.model import Mapping
 from profiler.bpfprog import BpfMap
-from profiler.procmaps import MapsEntry, parse_exec_maps
-from profiler.unwind.maps import WANT, WANTS_TABLE, UnwindMaps
+from profiler.procmaps import MapsEntry, read_exec_maps
+from profiler.unwind.maps import STAT_SLOTS, WANT, WANTS_TABLE, UnwindMaps
 from profiler.unwind.table import UnwindTable
 
 if TYPE_CHECKING:
     from profiler.unwind.builder import TableSource
-from symbolizer.elf import LoadSegment
+from symbolizer.elf import ET_EXEC, LoadSegment
 from symbolizer.elffile import ElfFile, ElfFormatError
 from symbolizer.normalize import elf_address
 
@@ -53,6 +53,7 @@ BUILD_CPU_SHARE = 0.005
 BUILD_BURST_S = 5.0
 SMALL_TABLE_ROWS = 50_000  # estimated: a build of ~50 ms or less (a program, libc), never deferred
 _PF_X = 1
+_WANTED_SLOT = STAT_SLOTS.index("wanted")
 
 
 def cached_tables() -> TableSource:
@@ -100,6 +101,12 @@ class NativeUnwinder:
         self._queue: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._last_tables: dict[str, int] = {}
+        self._cpu_s = 0.0
+        self._asks_taken = -1  # the ask count when unwind_wanted was last emptied
+        # (device, inode, path, offset) of a maps line -> its file's identity and ELF address (of the line's
+        # start in an ET_DYN file; None for ET_EXEC, loaded where linked): the same in every process mapping
+        # the file, wherever ASLR put it, so a new process of known binaries costs a dict hit per line
+        self._placed: dict[tuple[str, int, str, int], tuple[tuple[int, int, int, int], int | None]] = {}
         self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
                       "tables_too_big": 0, "tables_no_room": 0, "tables_deferred": 0, "rereads": 0, "exits": 0,
                       "cpu_ms": 0,  # the loader thread's own CPU
@@ -140,6 +147,8 @@ class NativeUnwinder:
         if stale:
             self.stats["rereads"] += len(stale)
             self.announce(stale)
+        elif self._asks() != self._asks_taken:
+            self.announce([])  # asks the worker has not read (one whose process was announced mid-read)
         reap = getattr(self.table_source, "reap", None)
         if reap is not None:
             reap()  # a build child that went idle exits: collect it
@@ -177,33 +186,51 @@ class NativeUnwinder:
             if batch is None:
                 return
             started = time.thread_time()
+            # once a batch: a walk asking for a table later announces its process again (a next batch)
             self._take_wanted()
             for tgid in dict.fromkeys([*batch, *self._wanted]):
                 try:
                     with self._lock:
-                        self._load_process(tgid)
+                        self._load_process(tgid, take_wanted=False)
                 except Exception:  # one odd process must not stop the loader
                     log.exception("loading unwind tables for pid %d failed", tgid)
-            self.stats["cpu_ms"] += int((time.thread_time() - started) * 1000)
+            # summed unrounded: most batches take well under a millisecond
+            self._cpu_s += time.thread_time() - started
+            self.stats["cpu_ms"] = int(self._cpu_s * 1000)
 
     def _take_stale(self) -> list[int]:
         return [tgid for keys in _empty(self.maps.stale_map) for tgid in keys.cast("I")]
 
+    def _asks(self) -> int:
+        """How many times walks have asked for tables so far (unwind_stats "wanted", counted before each
+        ask goes into unwind_wanted): one lookup, where emptying the 4096-bucket hash map scans it all."""
+        try:
+            return self.maps.stats_map.percpu_sum(_WANTED_SLOT)
+        except OSError:
+            return -1  # unknown: take whatever is there
+
     def _take_wanted(self) -> None:
-        """Move the kernel's asks for tables (unwind_wanted) into `_wanted`, tgid -> mapping starts."""
+        """Move the kernel's asks for tables (unwind_wanted) into `_wanted`, tgid -> mapping starts; the
+        map is read only when a walk asked since the last read (the count is read before the map, so an
+        ask counted later is seen by the next call; `maintain` makes sure there is one)."""
+        asks = self._asks()
+        if asks == self._asks_taken and asks >= 0:
+            return
+        self._asks_taken = asks
         for keys in _empty(self.maps.wanted_map):
             for start, tgid, _ in WANT.iter_unpack(keys):
                 self._wanted.setdefault(tgid, set()).add(start)
 
-    def _load_process(self, tgid: int, *, everything: bool = False) -> None:
+    def _load_process(self, tgid: int, *, everything: bool = False, take_wanted: bool = True) -> None:
         """(Re)load a process's mappings. Tables come on demand: a binary's rows are loaded when a walk
         asked for them (or another process has them loaded, or `everything`); until then its mapping
-        says it wants a table and its frames are stepped with frame pointers."""
-        self._take_wanted()
+        says it wants a table and its frames are stepped with frame pointers. `take_wanted`: read the
+        walker's asks first (the worker reads them once per batch instead: each read scans a hash map)."""
+        if take_wanted:
+            self._take_wanted()
         wanted = self._wanted.pop(tgid, set())
         try:
-            with open(f"{self.proc}/{tgid}/maps") as f:
-                entries = parse_exec_maps(f.read())
+            entries = read_exec_maps(tgid, self.proc)  # PROCMAP_QUERY: executable VMAs only, on 6.11+
         except OSError:  # exited already, or a kernel thread's empty maps
             self.maps.remove_process(tgid)
             self._seen.pop(tgid, None)
@@ -263,27 +290,40 @@ class NativeUnwinder:
     def _mapping(self, tgid: int, e: MapsEntry, want: bool,
                  eager: bool = False) -> tuple[int, int, int, object | None, int] | None:
         path = f"{self.proc}/{tgid}/map_files/{e.start:x}-{e.end:x}"
-        line = (e.dev, e.inode, e.path)  # what the maps line says of the file: known, no stat needed
-        identity = self._identities.get(line)
-        if identity is None or e.deleted:
-            try:
-                st = os.stat(path)
-            except OSError:
+        placed_key = (e.dev, e.inode, e.path, e.offset)
+        placed = None if e.deleted else self._placed.get(placed_key)
+        if placed is not None and (binary := self._files.get(placed[0])) is not None:
+            identity, at = placed
+            vaddr = e.start if at is None else at  # ET_EXEC: linked where it runs
+        else:
+            line = (e.dev, e.inode, e.path)  # what the maps line says of the file: known, no stat needed
+            known = self._identities.get(line)
+            if known is None or e.deleted:
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    return None
+                known = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                if len(self._identities) >= self._max_files:
+                    self._identities.clear()
+                self._identities[line] = known
+            identity = known
+            binary = self._files.get(identity)
+            if binary is None:
+                binary = self._read_elf(path)
+                if len(self._files) >= self._max_files:
+                    self._files.clear()
+                    self._placed.clear()
+                self._files[identity] = binary
+            mapping = Mapping(e.start, e.end, e.offset, e.clean_path, None)
+            found = elf_address(e.start, mapping, binary.elf_type, binary.segments)
+            if found is None:
                 return None
-            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            if len(self._identities) >= self._max_files:
-                self._identities.clear()
-            self._identities[line] = identity
-        binary = self._files.get(identity)
-        if binary is None:
-            binary = self._read_elf(path)
-            if len(self._files) >= self._max_files:
-                self._files.clear()
-            self._files[identity] = binary
-        mapping = Mapping(e.start, e.end, e.offset, e.clean_path, None)
-        vaddr = elf_address(e.start, mapping, binary.elf_type, binary.segments)
-        if vaddr is None:
-            return None
+            vaddr = found
+            if not e.deleted:
+                if len(self._placed) >= 4 * self._max_files:
+                    self._placed.clear()
+                self._placed[placed_key] = (identity, None if binary.elf_type == ET_EXEC else vaddr)
         key = None
         if eager and binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR <= SMALL_TABLE_ROWS:
             want = True
