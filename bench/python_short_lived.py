@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from podflame.model import FrameKind, Profile  # noqa: E402
 from profiler.agent import StackMemo, build_profiles, create_context  # noqa: E402
-from profiler.pyframes import EXITED, UNREADABLE, early_reads  # noqa: E402
+from profiler.pyframes import EXITED, UNREADABLE  # noqa: E402
 from profiler.sampler import Sampler  # noqa: E402
 from symbolizer import Symbolizer  # noqa: E402
 from tests.realsys import kubelet_cgroup, spawn_in_cgroup  # noqa: E402
@@ -90,11 +90,12 @@ def main() -> None:
                     help="pyframes.EarlyReads (off by default): walk each new process DELAYS s after it was "
                          "registered, e.g. 0.1,0.3")
     args = ap.parse_args()
-    early_reads.delays = tuple(float(d) for d in args.early_reads.split(",") if d)
+    delays = tuple(float(d) for d in args.early_reads.split(",") if d)
     counts: dict[str, collections.Counter] = {"short_lived": collections.Counter(),
                                                "long_lived": collections.Counter()}
     with kubelet_cgroup() as cg:
-        sampler = Sampler(args.frequency, cgroup_ids=[cg.inode], unwind="fp", python_frames=True)
+        sampler = Sampler(args.frequency, cgroup_ids=[cg.inode], unwind="fp", python_frames=True,
+                          python_early_reads=delays)
         ctx = create_context("bench")
         memo = StackMemo(ctx, Symbolizer(ctx.maps))
         total_work = args.runs * args.work
@@ -116,12 +117,13 @@ def main() -> None:
             for p in (driver, control):
                 p.kill()
                 p.wait()
+            early = sampler.python_early
             sampler.close()
     result: dict[str, object] = {"bench": "python_short_lived", "runs": args.runs, "work_s": args.work,
                                  "interval_s": args.interval, "frequency_hz": args.frequency, "drains": drains,
-                                 "early_reads": list(early_reads.delays), "early_walks": early_reads.walks,
-                                 "early_walks_failed": early_reads.failed,
-                                 "early_walks_cpu_s": round(early_reads.cpu_s, 4)}
+                                 "early_reads": list(delays), "early_walks": early.walks if early else 0,
+                                 "early_walks_failed": early.failed if early else 0,
+                                 "early_walks_cpu_s": round(early.cpu_s, 4) if early else 0.0}
     shares = {}
     for side, c in counts.items():
         total = sum(c.values())

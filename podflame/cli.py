@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -97,6 +98,26 @@ def _access_options(fn: Callable[..., None]) -> Callable[..., None]:
     return fn
 
 
+class _Delays(click.ParamType):
+    """`off` or seconds separated by commas, e.g. `0.1,0.3`: when to read a new Python process early."""
+
+    name = "off|SECONDS,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip().lower()
+        if text in ("", "off", "0", "no", "false"):
+            return ()
+        try:
+            delays = tuple(float(part) for part in text.split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not 'off' or seconds separated by commas (e.g. 0.1,0.3)", param, ctx)
+        if len(delays) > 4 or any(not 0 < d <= 60 for d in delays):
+            self.fail(f"{value!r}: give 1-4 delays, each in (0, 60] seconds", param, ctx)
+        return delays
+
+
 def _sampling_options(fn: Callable[..., None]) -> Callable[..., None]:
     """Options shared by `up`, `agent` and `record`: how the sampler walks stacks. Handed to the Sampler
     as arguments; the environment variables are only these options' defaults."""
@@ -109,6 +130,12 @@ def _sampling_options(fn: Callable[..., None]) -> Callable[..., None]:
                      envvar="PODFLAME_PYTHON_FRAMES",
                      help="Walk CPython processes' Python frames in the kernel and merge them into native "
                           "stacks (3.9-3.13; docs/python-frames.md) ($PODFLAME_PYTHON_FRAMES)."),
+        click.option("--python-early-reads", type=_Delays(), default="off", show_default=True,
+                     envvar="PODFLAME_PYTHON_EARLY_READS",
+                     help="Also read a new Python process's code objects these many seconds after it is seen "
+                          "(e.g. 0.1,0.3), so processes that exit before the next drain keep their Python "
+                          "names; ~1 ms of CPU per Python process started (docs/python-frames.md) "
+                          "($PODFLAME_PYTHON_EARLY_READS)."),
     ]):
         fn = option(fn)
     return fn
@@ -134,7 +161,8 @@ _pid_min_age_option = click.option(
 @_pid_min_age_option
 @_access_options
 def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: str | None, unwind: str,
-       python_frames: bool, pid_min_age: float, ingest_token_file: str | None, read_token_file: str | None,
+       python_frames: bool, python_early_reads: tuple[float, ...], pid_min_age: float,
+       ingest_token_file: str | None, read_token_file: str | None,
        allowed_hosts: str | None, allowed_origins: str | None, metrics_public: bool, insecure: bool) -> None:
     """Agent + server on this host, with the embedded store."""
     _require_root("podflame up")
@@ -149,7 +177,8 @@ def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: s
     url = server.url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
     try:
         stop_agent = start_agent(url, frequency, interval, node_name, unwind=unwind, python_frames=python_frames,
-                                 pid_min_age_s=pid_min_age, token_file=config.get("INGEST_TOKEN_FILE"), say=_say)
+                                 python_early_reads=python_early_reads, pid_min_age_s=pid_min_age,
+                                 token_file=config.get("INGEST_TOKEN_FILE"), say=_say)
     except BaseException:
         server.shutdown()  # no agent, no `up`: the port is let go before the error is reported
         raise
@@ -229,7 +258,7 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
 @click.option("--ca", "ca_file", envvar="PODFLAME_CA", type=click.Path(exists=True, dir_okay=False), default=None,
               help="PEM CA bundle that signs an https server's certificate (default: the system's CAs).")
 def agent(server_url: str, frequency: int, interval: float, node_name: str | None, unwind: str,
-          python_frames: bool, pid_min_age: float, metrics_listen: str | None,
+          python_frames: bool, python_early_reads: tuple[float, ...], pid_min_age: float, metrics_listen: str | None,
           namespaces: str | None, exclude_namespaces: str | None, pod_selector: str | None,
           pod_labels: str | None, pod_annotations: str | None, token_file: str | None, ca_file: str | None) -> None:
     """The node agent alone, shipping to a server."""
@@ -242,7 +271,8 @@ def agent(server_url: str, frequency: int, interval: float, node_name: str | Non
         host, port = _parse_listen(metrics_listen)
         serve_agent_http(host, port, health)
     stop_agent = start_agent(server_url, frequency, interval, node_name, unwind=unwind,
-                             python_frames=python_frames, pid_min_age_s=pid_min_age, namespaces=namespaces,
+                             python_frames=python_frames, python_early_reads=python_early_reads,
+                             pid_min_age_s=pid_min_age, namespaces=namespaces,
                              exclude_namespaces=exclude_namespaces, pod_selector=pod_selector,
                              pod_labels=pod_labels, pod_annotations=pod_annotations, health=health,
                              token_file=token_file, ca_file=ca_file, say=_say)
@@ -261,7 +291,7 @@ def agent(server_url: str, frequency: int, interval: float, node_name: str | Non
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="File to write ('-' for stdout).")
 def record(duration: float, pid: int | None, cgroup_path: str | None, frequency: int, fmt: str, unwind: str,
-           python_frames: bool, output: str) -> None:
+           python_frames: bool, python_early_reads: tuple[float, ...], output: str) -> None:
     """One-shot capture, symbolized, to a folded or pprof file (like BCC's profile, with our symbols)."""
     _require_root("podflame record")
     if pid is not None and cgroup_path is not None:
@@ -285,6 +315,7 @@ def record(duration: float, pid: int | None, cgroup_path: str | None, frequency:
         click.echo(f"\rrecording: {left:5.1f}s left, {samples} samples", nl=False, err=True)
 
     merged = capture(duration, frequency, unwind=unwind, python_frames=python_frames,
+                     python_early_reads=python_early_reads,
                      pids=[pid] if pid is not None else None, cgroup_ids=cgroup_ids, progress=progress,
                      say=lambda text: _say("\n" + text))
     click.echo("", err=True)

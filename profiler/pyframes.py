@@ -94,7 +94,7 @@ def pack_config(process: PythonProcess, fsbase_offset: int = 0) -> bytes:
 
 
 class EarlyReads:
-    """Off by default (`delays` empty): userspace walks of a newly registered process's threads, `delays`
+    """`--python-early-reads` (off by default): userspace walks of a newly registered process's threads, `delays`
     seconds after it was registered, into the CodeReader the next drain will use (`take`), so the code
     objects running then are read while the process lives. A process shorter than the drain interval
     is otherwise gone before its code objects are read (docs/python-frames.md). Measured with
@@ -143,9 +143,6 @@ class EarlyReads:
             return got[1]
 
 
-early_reads = EarlyReads()  # set early_reads.delays to turn it on (no option yet: see EarlyReads)
-
-
 class PythonRegistry:
     """Which processes the kernel walks Python frames of; detection runs on the sampler's announcements.
 
@@ -156,8 +153,9 @@ class PythonRegistry:
 
     def __init__(self, write: Callable[[int, bytes | None], None],
                  detect: Callable[[int], PythonProcess | Unsupported] = inspect_process,
-                 started: Callable[[int], int | None] = start_time) -> None:
+                 started: Callable[[int], int | None] = start_time, early: EarlyReads | None = None) -> None:
         self._write = write
+        self.early = early  # walks new registrations soon after (EarlyReads); PythonFrames takes its readers
         self._detect = detect
         self._started = started
         self._lock = threading.Lock()
@@ -205,7 +203,8 @@ class PythonRegistry:
                 self.processes[tgid] = got
                 self._retry.pop(tgid, None)
                 self._gone.pop(tgid, None)
-                early_reads.schedule(got)
+                if self.early is not None:
+                    self.early.schedule(got)
                 if first:
                     metrics.PYTHON_PROCESSES.inc()
                     log.info("pid %d: CPython %d.%d.%d, Python frames on", tgid, *got.version)
@@ -433,6 +432,7 @@ class PythonFrames:
         self.max_frames = max_frames  # per process, for each of its memos
         self.processes: dict[int, PythonProcess] = {}
         self._states: dict[int, _ProcessState] = {}
+        self._early: EarlyReads | None = None
         self.read_failures = 0
 
     def begin_drain(self, drain: Drain) -> None:
@@ -442,6 +442,7 @@ class PythonFrames:
         not seen before."""
         processes = drain.python_processes
         self.processes = processes
+        self._early = drain.python_early
         # a registration is one process ((pid, start time): PythonRegistry): a new one for a pid is a
         # new object, and the reader, names and merged stacks of the pid's earlier process go
         for tgid in [t for t, state in self._states.items() if processes.get(t) is not state.process]:
@@ -480,7 +481,8 @@ class PythonFrames:
             return None
         state = self._states.get(tgid)
         if state is None or state.process is not process:
-            reader = early_reads.take(process) or CodeReader(tgid, process.offsets, process.code_type)
+            early = self._early.take(process) if self._early is not None else None
+            reader = early or CodeReader(tgid, process.offsets, process.code_type)
             state = self._states[tgid] = _ProcessState(process, reader)
         return state
 

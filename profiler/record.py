@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from podflame.model import Profile
 
 
-def record(duration: float, frequency: int, *, unwind: str, python_frames: bool, pids: Sequence[int] | None = None,
+def record(duration: float, frequency: int, *, unwind: str, python_frames: bool,
+           python_early_reads: tuple[float, ...] = (), pids: Sequence[int] | None = None,
            cgroup_ids: Sequence[int] | None = None,
            progress: Callable[[float, int], None] = lambda left, samples: None,
            say: Callable[[str], None] = lambda text: None) -> list[Profile]:
@@ -21,7 +22,7 @@ def record(duration: float, frequency: int, *, unwind: str, python_frames: bool,
 
     Drains every second, so maps of short-lived processes are read while they live. Ctrl-C ends the
     capture early and keeps what was sampled. Raises SamplerError when BPF cannot run here.
-    `unwind` and `python_frames` are the sampler's (profiler.sampler.Sampler).
+    `unwind`, `python_frames` and `python_early_reads` are the sampler's (profiler.sampler.Sampler).
     """
     from profiler.agent import KubeletLabels, PodLabels, build_profiles, create_context
     from profiler.procmaps import MapsCache
@@ -29,7 +30,8 @@ def record(duration: float, frequency: int, *, unwind: str, python_frames: bool,
     from symbolizer import Symbolizer
 
     ctx = create_context(None)
-    sampler = Sampler(frequency, pids=pids, cgroup_ids=cgroup_ids, unwind=unwind, python_frames=python_frames)
+    sampler = Sampler(frequency, pids=pids, cgroup_ids=cgroup_ids, unwind=unwind, python_frames=python_frames,
+                      python_early_reads=python_early_reads)
     assert isinstance(ctx.maps, MapsCache)  # create_context's: the symbolizer reads binaries through it
     symbolizer = Symbolizer(ctx.maps)
     period_ns = int(1e9 / frequency)

@@ -56,7 +56,7 @@ from profiler.bpfprog import (
 )
 
 if TYPE_CHECKING:
-    from profiler.pyframes import PythonRegistry
+    from profiler.pyframes import EarlyReads, PythonRegistry
     from profiler.python.detect import PythonProcess
     from profiler.unwind.loader import NativeUnwinder
 
@@ -153,6 +153,8 @@ class Drain:
     errors: dict[str, int] = field(default_factory=dict)
     # CPython processes whose Python frames the kernel walks (and those that exited a moment ago), by tgid
     python_processes: dict[int, PythonProcess] = field(default_factory=dict)
+    # their early reads (Sampler's python_early_reads), whose readers PythonFrames takes; None when off
+    python_early: EarlyReads | None = None
     # Native unwinding (NativeUnwinder.report): cumulative walk_* counters from the kernel, table_*
     # gauges of the loaded tables; empty with --unwind fp.
     unwind: dict[str, int] = field(default_factory=dict)
@@ -208,7 +210,9 @@ class Sampler:
 
     `pids` (process ids) and `cgroup_ids` (cgroup v2 inode numbers; a cgroup also selects every
     cgroup below it) restrict sampling in the kernel; None or empty means everything.
-    `python_frames` walks CPython processes' Python frames in the kernel (bpf/python.bpf.h).
+    `python_frames` walks CPython processes' Python frames in the kernel (bpf/python.bpf.h);
+    `python_early_reads` (seconds after a Python process is registered) also reads its code objects
+    then, so a process that exits before the next drain is named (profiler.pyframes.EarlyReads).
 
     `unwind` (default DEFAULT_UNWIND): "auto" walks user stacks with .eh_frame tables
     where they are loaded and with frame pointers elsewhere; "fp" only with frame pointers
@@ -221,7 +225,8 @@ class Sampler:
                  cgroup_ids: Iterable[int] | None = None, include_idle: bool = False,
                  stack_map_size: int = 16384, counts_map_size: int = 40960,
                  image_cache: ImageCache | None = None, python_frames: bool = True,
-                 unwind: str = DEFAULT_UNWIND, unwind_rows: int | None = None) -> None:
+                 python_early_reads: Iterable[float] = (), unwind: str = DEFAULT_UNWIND,
+                 unwind_rows: int | None = None) -> None:
         if frequency < 1:
             raise ValueError(f"frequency must be >= 1 Hz, got {frequency}")
         if (limit := _max_sample_rate()) is not None and frequency > limit:
@@ -269,6 +274,9 @@ class Sampler:
             *_python_cflags(python_frames),
         ]
         self.python_frames = python_frames
+        self._python_early_reads = tuple(python_early_reads)
+        if any(not 0 < d <= 60 for d in self._python_early_reads):
+            raise ValueError(f"python_early_reads are seconds in (0, 60], got {self._python_early_reads}")
         started = time.perf_counter()
         self._prog = self._load(cflags, ImageCache.from_env() if image_cache is None else image_cache)
         try:
@@ -375,7 +383,8 @@ class Sampler:
             self._wait_for_programs()
             samples = self._take(old)
             drain = Drain(start_ns=self._window_start, end_ns=end_ns, samples=samples, errors=self._read_errors(),
-                          python_processes=python)
+                          python_processes=python,
+                          python_early=self.python_early)
             if self.unwinder is not None:
                 self.unwinder.maintain()
                 drain.unwind = self.unwinder.report()
@@ -406,13 +415,19 @@ class Sampler:
             except OSError as e:
                 raise SamplerError(f"cannot update the Python process map for {tgid}: {e.strerror}") from e
 
+    @property
+    def python_early(self) -> EarlyReads | None:
+        """The early reads of new Python processes (`python_early_reads`), once one was announced."""
+        return self._python.early if self._python is not None else None
+
     def _announce_python(self, tgids: list[int]) -> None:
         """Detect CPython in new processes (the watcher thread); the reader is imported on first use, so
         a start pays nothing for it."""
         if self._python is None:
-            from profiler.pyframes import PythonRegistry
+            from profiler.pyframes import EarlyReads, PythonRegistry
 
-            self._python = PythonRegistry(self.set_python_process)
+            delays = self._python_early_reads
+            self._python = PythonRegistry(self.set_python_process, early=EarlyReads(delays) if delays else None)
         self._python.announce(tgids)
 
     def watch_new_processes(self, callback: Callable[[list[int]], None]) -> None:

@@ -14,7 +14,8 @@ from profiler.kube import PodSelection
 
 
 def start_agent(server_url: str, frequency: int, interval: float, node: str | None, *, unwind: str,
-                python_frames: bool, pid_min_age_s: float, namespaces: str | None = None,
+                python_frames: bool, pid_min_age_s: float, python_early_reads: tuple[float, ...] = (),
+                namespaces: str | None = None,
                 exclude_namespaces: str | None = None,
                 pod_selector: str | None = None, pod_labels: str | None = None,
                 pod_annotations: str | None = None, health: AgentHealth | None = None,
@@ -22,8 +23,8 @@ def start_agent(server_url: str, frequency: int, interval: float, node: str | No
                 say: Callable[[str], None] = lambda text: None) -> Callable[[], None]:
     """Start sampling and shipping to `server_url`; returns the function that stops it (with a final drain).
 
-    `unwind` and `python_frames` are the sampler's (profiler.sampler.Sampler), given by the caller: the
-    command line's options, never the environment read behind the caller's back. `pid_min_age_s` says
+    `unwind`, `python_frames` and `python_early_reads` are the sampler's (profiler.sampler.Sampler), given
+    by the caller: the command line's options, never the environment read behind the caller's back. `pid_min_age_s` says
     which processes get a pid label (profiler/pidlabel.py).
 
     Raises InvalidInput for a pod selection that cannot work, SamplerError when BPF cannot run here.
@@ -57,7 +58,7 @@ def start_agent(server_url: str, frequency: int, interval: float, node: str | No
     say(f"podflame agent: compiling the eBPF sampler ({frequency} Hz on {os.cpu_count()} CPUs)...")
     # with a selection, nothing is sampled until the selected pods' cgroups are known
     sampler = Sampler(frequency, cgroup_ids=None if selection.everything else PodCgroupFilter.initial_ids(),
-                      unwind=unwind, python_frames=python_frames)
+                      unwind=unwind, python_frames=python_frames, python_early_reads=python_early_reads)
     pod_filter = None
     if not selection.everything:
         assert kube is not None and isinstance(ctx.cgroups, CgroupResolver)  # checked above; create_context's

@@ -93,3 +93,15 @@ def test_python_frames_takes_on_or_off(built: Built) -> None:
                                            "--python-frames", "sometimes"])
     assert result.exit_code == 2 and "--python-frames" in result.output
     assert not built.calls
+
+
+def test_python_early_reads_reach_the_sampler_as_seconds(built: Built) -> None:
+    run(["record", "--pid", str(os.getpid()), "--duration", "1", "-o", os.devnull, "--python-early-reads", "0.1,0.3"])
+    run(["agent", "--server", "http://127.0.0.1:9"], env={"PODFLAME_PYTHON_EARLY_READS": "0.2"})
+    run(["agent", "--server", "http://127.0.0.1:9"])
+    assert [kwargs["python_early_reads"] for kwargs, _ in built.calls] == [(0.1, 0.3), (0.2,), ()]
+    for bad in ("soon", "-1", "0.1,0", "0.1,99", "1,2,3,4,5"):
+        result = CliRunner().invoke(cli.main, ["record", "--pid", "1", "--duration", "1", "-o", os.devnull,
+                                               "--python-early-reads", bad])
+        assert result.exit_code == 2 and "--python-early-reads" in result.output, (bad, result.output)
+    assert len(built.calls) == 3

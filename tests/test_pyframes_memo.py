@@ -12,8 +12,7 @@ import time
 import pytest
 
 from podflame.model import Frame, FrameKind, Line
-from profiler import pyframes
-from profiler.pyframes import EXITED, UNREADABLE, PythonFrames, PythonRegistry
+from profiler.pyframes import EXITED, UNREADABLE, EarlyReads, PythonFrames, PythonRegistry
 from profiler.python.code import CodeInfo, CodeReader
 from profiler.python.offsets import LASTI_BYTES, LASTI_UNITS, PyOffsets
 from profiler.sampler import Drain, RawSample
@@ -52,7 +51,7 @@ def test_a_kept_stack_is_named_afresh_when_its_code_address_holds_another_object
         frames = PythonFrames()
 
         def drain() -> tuple[Frame, ...]:
-            frames.begin_drain(Drain(0, 1, [sample], python_processes=reg.refresh()))
+            frames.begin_drain(Drain(0, 1, [sample], python_processes=reg.refresh(), python_early=reg.early))
             return frames.merge(r.pid, raw, native)
 
         first = drain()
@@ -73,21 +72,22 @@ def test_a_kept_stack_is_named_afresh_when_its_code_address_holds_another_object
         stop(r)
 
 
-def test_early_reads_name_a_process_that_exited_before_its_drain(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pyframes.EarlyReads (off by default) walks a new process shortly after its registration, into the
+def test_early_reads_name_a_process_that_exited_before_its_drain() -> None:
+    """pyframes.EarlyReads (--python-early-reads, off by default) walks a new process shortly after its
+    registration, into the
     reader the drain then uses: a process gone before the drain is named, not `process exited before read`."""
     got = {}
     for delays in ((), (0.05,)):
-        monkeypatch.setattr(pyframes.early_reads, "delays", delays)
         p = spawn([PYTHON, str(CHAIN)])
         try:
-            reg = PythonRegistry(lambda tgid, config: None)
+            reg = PythonRegistry(lambda tgid, config: None, early=EarlyReads(delays) if delays else None)
             raw, sample = registered(p, reg)  # registration schedules the early walk
             time.sleep(0.5)
         finally:
             stop_popen(p)
         frames = PythonFrames()
-        frames.begin_drain(Drain(0, 1, [sample], python_processes=reg.refresh()))  # exited: kept for a grace
+        # exited: kept for a grace
+        frames.begin_drain(Drain(0, 1, [sample], python_processes=reg.refresh(), python_early=reg.early))
         got[delays] = [f.lines[0].function for f in frames.merge(p.pid, raw, ()) if f.kind is FrameKind.PYTHON]
     assert set(got[()]) == {EXITED.lines[0].function}
     assert {"<module>", "f1", "Worker.f3"} <= set(got[(0.05,)]), got
