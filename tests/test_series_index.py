@@ -77,6 +77,10 @@ def _check(store: SqliteStore, rows: list[Row], ranges: list[tuple[int, int]], r
             for name in ("pid", "pod", "tier", "comm", "missing"):
                 assert store.label_values(name, t0, t1, sel) == sorted({r[0][name] for r in active if name in r[0]}), \
                     (name, *where)
+            for prefix, limit in (("s1", 5), ("L", None), ("", 3), ("zz", 1)):  # autocomplete
+                want = sorted({r[0]["pid"] for r in active if r[0]["pid"].startswith(prefix)})
+                page = (want[:limit], len(want) > limit) if limit else (want, False)
+                assert store.label_values_page("pid", t0, t1, sel, prefix, limit) == page, (prefix, limit, *where)
             units = {"samples": "count", "cpu": "nanoseconds"}
             assert store.types(t0, t1, sel) == sorted({(r[1], units[r[1]]) for r in active}), where
             refs = store.select(sel, t0, t1, "samples")
@@ -106,6 +110,25 @@ def test_label_lists_types_and_matchers_equal_brute_force_over_the_rows(tmp_path
     reopened = SqliteStore(tmp_path)  # the index is rebuilt from the series table and the rows
     _check(reopened, kept, ranges, rng)
     reopened.close()
+
+
+def test_label_values_prefix_and_limit_over_http(tmp_path: Path) -> None:
+    """`prefix` and `limit` on /label/<name>/values; without them the answer keeps its old shape."""
+    from web.server.app import create_app
+
+    app = create_app({"DATA_DIR": str(tmp_path), "MAINTENANCE_SECONDS": 0})
+    store = app.extensions["podflame.store"]
+    put(store, [_profile({"pod": "p0", "pid": str(1000 + i)}, "samples", T0 + i * S) for i in range(300)])
+    client = app.test_client()
+    day = {"from": str(T0 // S), "to": str((T0 + H) // S)}
+    assert client.get("/api/v1/label/pid/values", query_string=day).json == \
+        {"values": sorted(str(1000 + i) for i in range(300))}
+    got = client.get("/api/v1/label/pid/values", query_string={**day, "prefix": "11", "limit": "20"}).json
+    assert got == {"values": [str(1100 + i) for i in range(20)], "truncated": True}
+    got = client.get("/api/v1/label/pid/values", query_string={**day, "prefix": "129", "limit": "20"}).json
+    assert got == {"values": [str(1290 + i) for i in range(10)], "truncated": False}
+    assert client.get("/api/v1/label/pid/values", query_string={**day, "limit": "0"}).status_code == 400
+    store.close()
 
 
 def test_dropped_series_free_their_slots_and_values_for_new_ones(tmp_path: Path) -> None:

@@ -1081,20 +1081,29 @@ class SqliteStore(Store):
             return sorted(index.names_in(inside) | index.names_in(straddling))
 
     def label_values(self, name: str, t0: int, t1: int, selector: Selector | None = None) -> list[str]:
-        """The name's values among the active matching series: value ids present, from the index's columns."""
+        return self.label_values_page(name, t0, t1, selector)[0]
+
+    def label_values_page(self, name: str, t0: int, t1: int, selector: Selector | None = None, prefix: str = "",
+                          limit: int | None = None) -> tuple[list[str], bool]:
+        """The name's values among the active matching series: value ids present, from the index's columns;
+        a prefix narrows the series to those whose value has it before their ranges are looked at."""
         with self._lock:
             self._check_open()
             index = self._index
             column = index.column(name)
             if column is None:
-                return []
+                return [], False
+            mask = index.match(selector) & (column >= 0)
+            if prefix:
+                mask &= index.with_prefix(name, prefix)
 
             def new_values(inside: np.ndarray) -> np.ndarray:
                 known = np.concatenate(([True], index.value_ids_in(name, inside)))
                 return ~known[column + 1]
 
-            inside, straddling = self._active(index.match(selector) & (column >= 0), t0, t1, new_values)
-            return index.values(name, index.value_ids_in(name, inside) | index.value_ids_in(name, straddling))
+            inside, straddling = self._active(mask, t0, t1, new_values)
+            values = index.values(name, index.value_ids_in(name, inside) | index.value_ids_in(name, straddling))
+            return (values[:limit], len(values) > limit) if limit is not None else (values, False)
 
     def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
         """(sample type, unit) of the active matching series: a straddling series is looked up in the rows

@@ -217,6 +217,17 @@ class SeriesIndex:
         present[label.column[slots] + 1] = True
         return present[1:]
 
+    def with_prefix(self, name: str, prefix: str) -> np.ndarray:
+        """Per slot, whether its series's value of `name` starts with `prefix` (one test per distinct value)."""
+        label = self.labels[name]
+        table = np.zeros(len(label.values) + 1, dtype=bool)
+        for vid, value in enumerate(label.values):
+            if not vid & 4095:
+                deadline.check()
+            if value is not None and value.startswith(prefix):
+                table[vid + 1] = True
+        return table[label.column[:self.size] + 1]
+
     def values(self, name: str, present: np.ndarray) -> list[str]:
         label = self.labels[name]
         return sorted(v for v in (label.values[i] for i in np.flatnonzero(present).tolist()) if v is not None)
