@@ -599,19 +599,24 @@ class SqliteStore(Store):
             pieces = self._plan(t0, t1, align_ns, max_level)
             raw = [p for p in pieces if not p[0]]
             blocks = [p for p in pieces if p[0]]
-            for chunk in _chunks(sorted(ids), 200) if blocks or len(ids) <= _MAX_SERIES_PROBES else ():
+            many = len(ids) > _MAX_SERIES_PROBES
+            # Blocks of most of the range's series (a node's day of short-lived processes: ~140k series, a
+            # block or two each): one time scan per piece, not a statement per 200 series and piece.
+            scan_blocks = many and 4 * len(ids) > self._index.near_count(t0, t1)
+            for chunk in _chunks(sorted(ids), 200) if (blocks and not scan_blocks) or not many else ():
                 marks = ",".join("?" * len(chunk))
                 sql = f"SELECT {cols} FROM {_BLOCK_ROWS} series IN ({marks}) AND level=? AND start_ns>=? AND start_ns<?"
-                for piece in blocks:  # any number of series: few rows per series, all in the index
+                for piece in () if scan_blocks else blocks:  # few rows per series, all in the index
                     rows += self._db.execute(sql, (*chunk, *piece)).fetchall()
-                if len(ids) <= _MAX_SERIES_PROBES:
+                if not many:
                     sql = (f"SELECT {cols} FROM profiles WHERE series IN ({marks}) "
                            "AND level=? AND start_ns>=? AND start_ns<?")
                     for piece in raw:
                         rows += self._db.execute(sql, (*chunk, *piece)).fetchall()
-            if len(ids) > _MAX_SERIES_PROBES:
+            if many:
                 sql = f"SELECT {cols} FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?"
-                for piece in raw:
+                for piece in raw + blocks if scan_blocks else raw:
+                    deadline.check()
                     rows += [r for r in self._db.execute(sql, piece) if r[0] in ids]
             series = self._series
         rows.sort(key=lambda r: (r[1], r[0]))

@@ -203,6 +203,11 @@ class SeriesIndex:
         inside = near & ((first >= lo) | (last < hi))
         return np.flatnonzero(inside), np.flatnonzero(near & ~inside)
 
+    def near_count(self, lo: int, hi: int) -> int:
+        """How many series have rows on or around [lo, hi) (their span meets it): how much of a range a
+        selector's series are."""
+        return int(np.count_nonzero((self.last[:self.size] >= lo) & (self.first[:self.size] < hi)))
+
     def sids(self, slots: np.ndarray) -> list[int]:
         return self.sid[slots].tolist()
 
