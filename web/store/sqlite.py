@@ -41,6 +41,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple, cast
 
@@ -273,10 +274,14 @@ class SqliteStore(Store):
         # Each series's first and last row start (any level): series of short-lived processes (a new `pid`
         # each) outnumber the rest, and most lie wholly inside or outside a query's range, so label lists
         # and type probes decide them from memory instead of scanning the range's rows.
+        sids: list[int] = []
+        starts: list[int] = []
         for sid, lo, hi in self._db.execute("SELECT series, min(start_ns), max(start_ns) FROM profiles "
                                             "GROUP BY series"):
             if sid in self._series:
-                self._index.extend([sid, sid], [lo, hi])
+                sids += (sid, sid)
+                starts += (lo, hi)
+        self._index.extend(sids, starts)
 
     def _add_series(self, s: Series, key: str) -> None:
         self._series[s.id] = s
@@ -619,7 +624,7 @@ class SqliteStore(Store):
                     deadline.check()
                     rows += [r for r in self._db.execute(sql, piece) if r[0] in ids]
             series = self._series
-        rows.sort(key=lambda r: (r[1], r[0]))
+        rows.sort(key=itemgetter(1, 0))
         return [StoredProfile(series[r[0]], r[1], r[2], r[3], r[4], _Handle._make(r[5:10])) for r in rows]
 
     def read(self, profiles: Sequence[StoredProfile]) -> Columns:
