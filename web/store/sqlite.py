@@ -579,9 +579,18 @@ class SqliteStore(Store):
             return inside, none
         sids = self._index.sids(straddle)
         if len(sids) <= _MAX_SERIES_PROBES:
+            # One at a time, skipping those that found ones made useless (60 long-lived series with the same
+            # names: the first that has a row in the range answers a name list).
             q = "SELECT 1 FROM profiles WHERE series=? AND level=? AND start_ns>=? AND start_ns<? LIMIT 1"
-            hit = np.fromiter((any(self._db.execute(q, (i, *p)).fetchone() for p in pieces) for i in sids),
-                              dtype=bool, count=len(sids))
+            hit = np.zeros(len(sids), dtype=bool)
+            still = None
+            for j, (i, slot) in enumerate(zip(sids, straddle.tolist(), strict=True)):
+                if still is not None and not still[slot]:
+                    continue
+                if any(self._db.execute(q, (i, *p)).fetchone() for p in pieces):
+                    hit[j] = True
+                    if wanted is not None:
+                        still = wanted(np.concatenate((inside, straddle[hit])))
         else:
             out: set[int] = set()
             for p in pieces:
