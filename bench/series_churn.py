@@ -107,7 +107,8 @@ def run(args: argparse.Namespace, new_per_drain: int) -> dict[str, Any]:
         pod = pods[len(pods) // 2].labels["pod"]
         day = {"from": str(start // S), "to": str(end // S)}
         last_h = {"from": str((end - H) // S), "to": str(end // S)}
-        mid_h = {"from": str((end - 13 * H) // S), "to": str((end - 12 * H) // S)}  # long-lived series straddle it
+        mid = start + (end - start) // 2 // H * H
+        mid_h = {"from": str(mid // S), "to": str((mid + H) // S)}  # long-lived series straddle it
         node, of_pod = {"query": f'{{node="{NODE}"}}'}, {"query": f'{{pod="{pod}"}}'}
         cases = {
             "labels": ("/api/v1/labels", day),
