@@ -12,11 +12,14 @@ It prints, per run, ingest rate, series count, and the warm median of the querie
 pid values, the node's and a pod's flame graph, the pod list, the CPU chart), and the churn/steady ratio of each.
 
     .venv/bin/python bench/series_churn.py --hours 6
+    .venv/bin/python bench/series_churn.py --data DIR          # keep both stores (DIR/steady, DIR/churn); then
+    .venv/bin/python bench/series_churn.py --data DIR --queries-only   # the queries again (e.g. with new code)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -55,19 +58,31 @@ def run(args: argparse.Namespace, new_per_drain: int) -> dict[str, Any]:
 
     pods = make_node(pods=args.pods, stacks_per_pod=args.stacks)
     end = (time.time_ns() // H) * H
-    start = end - int(args.hours * H)
     n_drains = int(args.hours * 3600 // args.interval)
-    distinct = [drain(pods, 0, args.interval, seed=i) for i in range(args.distinct)]
+    kept = Path(args.data) / ("churn" if new_per_drain else "steady") if args.data else None
+    if kept is not None and args.queries_only:
+        end = json.loads((kept / "bench.json").read_text())["end_ns"]  # the range the stored day covers
+    start = end - int(args.hours * H)
+    distinct = [] if args.queries_only else [drain(pods, 0, args.interval, seed=i) for i in range(args.distinct)]
     rng = random.Random(7)
-    with tempfile.TemporaryDirectory(prefix="podflame-churn-", dir=args.tmp) as data:
-        app = create_app({"DATA_DIR": data, "MAINTENANCE_SECONDS": 0})
+    with contextlib.ExitStack() as stack:
+        if kept is not None:
+            if not args.queries_only and (kept / "index.sqlite").exists():
+                raise SystemExit(f"{kept} already holds a store: give --queries-only, or a new --data")
+            kept.mkdir(parents=True, exist_ok=True)
+            (kept / "bench.json").write_text(json.dumps({"end_ns": end}))
+            data = str(kept)
+        else:
+            data = stack.enter_context(tempfile.TemporaryDirectory(prefix="podflame-churn-", dir=args.tmp))
+        # No flame-graph answer cache: the warm figures are then the queries' own work, not a cache hit.
+        app = create_app({"DATA_DIR": data, "MAINTENANCE_SECONDS": 0, "TREE_CACHE_BYTES": 0})
         store = app.extensions["podflame.store"]
         client = app.test_client()
         maintenance = Maintenance(store, interval=0)
         ingest_s = compact_s = 0.0
         pid = 100_000
         wall = time.perf_counter()
-        for i in range(n_drains):
+        for i in range(0 if args.queries_only else n_drains):
             ts = start + i * args.interval * S
             profiles = [Profile(labels=p.labels, start_ns=ts, duration_ns=p.duration_ns, period_ns=p.period_ns,
                                 samples=p.samples) for p in distinct[i % len(distinct)]]
@@ -86,18 +101,28 @@ def run(args: argparse.Namespace, new_per_drain: int) -> dict[str, Any]:
                 log(f"  [{new_per_drain}/drain] {(i + 1) * args.interval / 3600:.0f}/{args.hours:g} h, "
                     f"{time.perf_counter() - wall:.0f} s")
         t = time.perf_counter()
-        maintenance.run_once(now_ns=end + 30 * S)
+        if not args.queries_only:
+            maintenance.run_once(now_ns=end + 30 * S)
         compact_s += time.perf_counter() - t
         pod = pods[len(pods) // 2].labels["pod"]
         day = {"from": str(start // S), "to": str(end // S)}
         last_h = {"from": str((end - H) // S), "to": str(end // S)}
+        mid = start + (end - start) // 2 // H * H
+        mid_h = {"from": str(mid // S), "to": str((mid + H) // S)}  # long-lived series straddle it
+        node, of_pod = {"query": f'{{node="{NODE}"}}'}, {"query": f'{{pod="{pod}"}}'}
         cases = {
             "labels": ("/api/v1/labels", day),
+            "labels_1h": ("/api/v1/labels", mid_h),
+            "labels_node_1h": ("/api/v1/labels", {**mid_h, **node}),  # the UI passes its query along
             "pid_values": ("/api/v1/label/pid/values", day),
             "pod_values": ("/api/v1/label/pod/values", day),
-            "types": ("/api/v1/types", {**day, "query": f'{{node="{NODE}"}}'}),
-            "node_flamegraph": ("/api/v1/flamegraph", {**day, "query": f'{{node="{NODE}"}}'}),
-            "pod_flamegraph_1h": ("/api/v1/flamegraph", {**last_h, "query": f'{{pod="{pod}"}}'}),
+            "pod_values_node_1h": ("/api/v1/label/pod/values", {**mid_h, **node}),
+            "comm_values_pod": ("/api/v1/label/comm/values", {**day, **of_pod}),
+            "types": ("/api/v1/types", {**day, **node}),
+            "node_flamegraph": ("/api/v1/flamegraph", {**day, **node}),
+            "node_flamegraph_1h": ("/api/v1/flamegraph", {**last_h, **node}),
+            "pod_flamegraph": ("/api/v1/flamegraph", {**day, **of_pod}),
+            "pod_flamegraph_1h": ("/api/v1/flamegraph", {**last_h, **of_pod}),
             "series_by_pod": ("/api/v1/series", {**day, "by": "pod"}),
             "cpu": ("/api/v1/cpu", {**day, "step": "600"}),
         }
@@ -121,11 +146,11 @@ def run(args: argparse.Namespace, new_per_drain: int) -> dict[str, Any]:
             import pstats
             prof.disable()
             pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
-        profiles_in = n_drains * (args.pods + new_per_drain)
-        out.update({"series": store.stats()["series"], "pod_profiles": profiles_in,
-                    "ingest_pod_profiles_per_s": round(profiles_in / ingest_s),
-                    "ingest_drains_per_s": round(n_drains / ingest_s, 1),
-                    "compact_s": round(compact_s, 1)})
+        out["series"] = store.stats()["series"]
+        if not args.queries_only:
+            profiles_in = n_drains * (args.pods + new_per_drain)
+            out.update({"pod_profiles": profiles_in, "ingest_pod_profiles_per_s": round(profiles_in / ingest_s),
+                        "ingest_drains_per_s": round(n_drains / ingest_s, 1), "compact_s": round(compact_s, 1)})
         store.close()
     log(f"  [{new_per_drain}/drain] {json.dumps(out)}")
     return out
@@ -141,8 +166,12 @@ def main() -> None:
     ap.add_argument("--new-per-drain", type=int, default=8, help="short-lived processes per drain (8 = ~70k/day)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--tmp", help="where the two runs' stores go (removed after)")
+    ap.add_argument("--data", help="keep the two stores here (DIR/steady, DIR/churn) instead")
+    ap.add_argument("--queries-only", action="store_true", help="query the stores kept in --data, no ingest")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of the churn run's queries to stderr")
     args = ap.parse_args()
+    if args.queries_only and not args.data:
+        ap.error("--queries-only needs --data")
     steady = run(args, 0)
     churn = run(args, args.new_per_drain)
     ratios = {f"{k}_churn_over_steady": round(churn[k] / steady[k], 2)

@@ -269,7 +269,12 @@ def labels() -> Response:
 @timed("label_values")
 def label_values(name: str) -> Response:
     q = parse_query()
-    return jsonify(values=store().label_values(name, q.t0, q.t1, q.selector))
+    prefix = request.args.get("prefix") or ""
+    limit = _int_arg("limit", None, 1, 10_000_000)
+    if not prefix and limit is None:
+        return jsonify(values=store().label_values(name, q.t0, q.t1, q.selector))
+    values, truncated = store().label_values_page(name, q.t0, q.t1, q.selector, prefix, limit)
+    return jsonify(values=values, truncated=truncated)
 
 
 @api.get("/types")

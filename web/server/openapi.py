@@ -73,7 +73,10 @@ def document() -> dict[str, Any]:
         "/api/v1/label/{name}/values": _get(
             "values of one label in the range",
             [_param("name", "label name", "path", True, {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"}),
-             *_RANGE], _json("values", _obj(["values"], values=_STRINGS))),
+             *_RANGE, _param("prefix", "only values starting with this (autocomplete)"),
+             _param("limit", "at most this many values, the first in order; `truncated` says if more were cut",
+                    schema={"type": "integer", "minimum": 1})],
+            _json("values", _obj(["values"], values=_STRINGS, truncated={"type": "boolean"}))),
         "/api/v1/types": _get("sample types in the range", _RANGE, _json("types", _obj(["types"], types={
             "type": "array", "items": _obj(["type", "unit"], type={"type": "string"}, unit={"type": "string"})}))),
         "/api/v1/series": _get("profiles grouped by labels, largest first",

@@ -219,6 +219,13 @@ class Store(ABC):
     @abstractmethod
     def label_values(self, name: str, t0: int, t1: int, selector: Selector | None = None) -> list[str]: ...
 
+    def label_values_page(self, name: str, t0: int, t1: int, selector: Selector | None = None, prefix: str = "",
+                          limit: int | None = None) -> tuple[list[str], bool]:
+        """The first `limit` sorted values that start with `prefix` (autocomplete), and whether more were cut.
+        This default filters `label_values`; a backend with a value index narrows before looking at series."""
+        values = [v for v in self.label_values(name, t0, t1, selector) if v.startswith(prefix)]
+        return (values[:limit], len(values) > limit) if limit is not None else (values, False)
+
     @abstractmethod
     def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
         """(sample type, unit) pairs with data in the range, sorted."""

@@ -40,7 +40,8 @@ import struct
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple, cast
 
@@ -67,7 +68,8 @@ from web.store.base import (
 )
 from web.store.columns import decode_timeline, encode_columns, encode_timeline, frame_columns, group_sum, sum_by
 from web.store.compaction import DEFAULT_LEVELS, bucket_of, plan
-from web.store.selector import MATCH_ALL, Op, Selector
+from web.store.selector import MATCH_ALL, Selector
+from web.store.sqlite_series import SeriesIndex
 
 SCHEMA_VERSION = 4
 BLOBS_PER_DIR = 4096
@@ -262,35 +264,30 @@ class SqliteStore(Store):
         self._stacks: dict[int, Stack] = {}
 
     def _load_series(self) -> None:
-        """All series in memory, with an inverted index name -> value -> series ids."""
+        """All series in memory: by id, by key, and as the columns of a `SeriesIndex` (matchers, label lists)."""
         self._series: dict[int, Series] = {}
         self._series_ids: dict[tuple[str, str, str], int] = {}
         self._series_keys: dict[int, tuple[str, str, str]] = {}
-        self._postings: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+        self._index = SeriesIndex()
         for sid, st, unit, labels in self._db.execute("SELECT id, sample_type, unit, labels FROM series"):
             self._add_series(Series(sid, dict(json.loads(labels)), st, unit), labels)
         # Each series's first and last row start (any level): series of short-lived processes (a new `pid`
         # each) outnumber the rest, and most lie wholly inside or outside a query's range, so label lists
         # and type probes decide them from memory instead of scanning the range's rows.
-        self._spans: dict[int, list[int]] = {
-            sid: [lo, hi] for sid, lo, hi in self._db.execute(
-                "SELECT series, min(start_ns), max(start_ns) FROM profiles GROUP BY series")}
+        sids: list[int] = []
+        starts: list[int] = []
+        for sid, lo, hi in self._db.execute("SELECT series, min(start_ns), max(start_ns) FROM profiles "
+                                            "GROUP BY series"):
+            if sid in self._series:
+                sids += (sid, sid)
+                starts += (lo, hi)
+        self._index.extend(sids, starts)
 
     def _add_series(self, s: Series, key: str) -> None:
         self._series[s.id] = s
         self._series_ids[(key, s.sample_type, s.unit)] = s.id
         self._series_keys[s.id] = (key, s.sample_type, s.unit)
-        for k, v in s.labels.items():
-            self._postings[k][v].add(s.id)
-
-    def _extend_span(self, sid: int, start_ns: int) -> None:
-        span = self._spans.get(sid)
-        if span is None:
-            self._spans[sid] = [start_ns, start_ns]
-        elif start_ns < span[0]:
-            span[0] = start_ns
-        elif start_ns > span[1]:
-            span[1] = start_ns
+        self._index.add(s.id, s.labels, s.sample_type, s.unit)
 
     def _sweep_orphans(self) -> None:
         """Remove blob files a crash left behind: before their rows committed, or after their deletion."""
@@ -491,8 +488,7 @@ class SqliteStore(Store):
                 for sid in set(self._series) - series_before:
                     self._drop_series(sid)
                 raise
-            for row in out:
-                self._extend_span(row[0], row[1])
+            self._index.extend([row[0] for row in out], [row[1] for row in out])
             for level, bucket in dirtied:  # only once committed: the planner must not use these now
                 self._done_sets[level - 1].discard(bucket)
                 self._dirty.add((level, bucket))
@@ -512,16 +508,9 @@ class SqliteStore(Store):
         return out
 
     def _drop_series(self, sid: int) -> None:
-        s = self._series.pop(sid)
+        del self._series[sid]
         self._series_ids.pop(self._series_keys.pop(sid), None)
-        self._spans.pop(sid, None)
-        for k, v in s.labels.items():
-            values = self._postings[k]
-            values[v].discard(sid)
-            if not values[v]:  # dead values would stay in every label list and regex scan
-                del values[v]
-                if not values:
-                    del self._postings[k]
+        self._index.drop(sid)  # dead values would stay in every label list and regex scan
 
     @property
     def closed(self) -> bool:
@@ -555,75 +544,68 @@ class SqliteStore(Store):
             raise StoreClosed("the store is closed")
 
     def _match_series(self, selector: Selector | None, sample_type: str | None = None,
-                      unit: str | None = None) -> set[int]:
-        """Series ids matching the selector, using the inverted index for each matcher."""
-        ids = set(self._series)
-        for m in selector.matchers if selector else ():
-            values = self._postings.get(m.name, {})
-            if m.matches(""):  # also matches series without the label: remove the non-matching values
-                for n, (v, sids) in enumerate(values.items()):
-                    if not n & 255:
-                        deadline.check()  # a label with 100k values: the query stops, the lock is let go
-                    if not m.matches(v):
-                        ids -= sids
-            else:
-                hit: set[int] = set()
-                if m.op is Op.EQ:
-                    hit = set(values.get(m.value, ()))
-                else:
-                    for n, (v, sids) in enumerate(values.items()):
-                        if not n & 255:
-                            deadline.check()
-                        if m.matches(v):
-                            hit |= sids
-                ids &= hit
-            if not ids:
-                break
-        if sample_type is not None or unit is not None:
-            ids = {i for i in ids if (sample_type is None or self._series[i].sample_type == sample_type)
-                   and (unit is None or self._series[i].unit == unit)}
-        return ids
+                      unit: str | None = None, t0: int | None = None, t1: int | None = None) -> set[int]:
+        """Series ids matching the selector; with a range, only those whose rows could lie in it (its span
+        meets the range: a superset of the active ones, decided from memory)."""
+        mask = self._index.match(selector, sample_type, unit)
+        if t0 is not None and t1 is not None:
+            inside, straddle = self._index.around(mask, t0, t1)
+            return set(self._index.sids(inside)) | set(self._index.sids(straddle))
+        return set(self._index.sids(np.flatnonzero(mask)))
 
     def _plan(self, t0: int, t1: int, align_ns: int | None = None,
               max_level: int | None = None) -> list[tuple[int, int, int]]:
         return plan(t0, t1, self.levels, self._done, self._floor, align_ns, max_level)
 
-    def _active(self, ids: set[int], t0: int, t1: int) -> set[int]:
-        """The subset of series ids with at least one profile starting in [t0, t1).
+    def _active(self, mask: np.ndarray, t0: int, t1: int, wanted: Callable[[np.ndarray], np.ndarray] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Slots of `mask` whose series have at least one profile starting in [t0, t1): (decided from their
+        spans, found among the rest in the rows).
 
         A span's ends are starts of raw rows (blocks start at their first raw row), so a series whose first
         or last row starts inside the planned pieces is active (the pieces read that raw row or the block
         summing it); one whose rows all lie outside is not. Only series with rows on both sides of the
-        range (long-lived ones) are looked up in the index."""
+        range (long-lived ones) are looked up in the index, and of those only the ones `wanted` keeps (given
+        the slots decided from spans, it says per undecided slot whether its answer could change anything:
+        a label list need not look up a series whose labels are already listed)."""
         pieces = self._plan(t0, t1)
-        if not ids or not pieces:
-            return set()
-        lo, hi = min(p[1] for p in pieces), max(p[2] for p in pieces)
-        spans = self._spans
-        inside: set[int] = set()
-        straddle: set[int] = set()
-        for n, i in enumerate(ids):
-            if not n & 4095:
-                deadline.check()
-            span = spans.get(i)
-            if span is None or span[1] < lo or span[0] >= hi:
-                continue
-            (inside if lo <= span[0] or span[1] < hi else straddle).add(i)
-        if len(straddle) <= _MAX_SERIES_PROBES:
+        none = np.empty(0, dtype=np.int64)
+        if not pieces:
+            return none, none
+        inside, straddle = self._index.around(mask, min(p[1] for p in pieces), max(p[2] for p in pieces))
+        if wanted is not None and straddle.size:
+            straddle = straddle[wanted(inside)[straddle]]
+        if not straddle.size:
+            return inside, none
+        sids = self._index.sids(straddle)
+        if len(sids) <= _MAX_SERIES_PROBES:
+            # One at a time, skipping those that found ones made useless (60 long-lived series with the same
+            # names: the first that has a row in the range answers a name list).
             q = "SELECT 1 FROM profiles WHERE series=? AND level=? AND start_ns>=? AND start_ns<? LIMIT 1"
-            return inside | {i for i in straddle if any(self._db.execute(q, (i, *p)).fetchone() for p in pieces)}
-        out: set[int] = set()
-        for p in pieces:
-            out.update(r[0] for r in self._db.execute(
-                "SELECT DISTINCT series FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?", p))
-        return inside | (out & straddle)
+            hit = np.zeros(len(sids), dtype=bool)
+            still = None
+            for j, (i, slot) in enumerate(zip(sids, straddle.tolist(), strict=True)):
+                if still is not None and not still[slot]:
+                    continue
+                if any(self._db.execute(q, (i, *p)).fetchone() for p in pieces):
+                    hit[j] = True
+                    if wanted is not None:
+                        still = wanted(np.concatenate((inside, straddle[hit])))
+        else:
+            out: set[int] = set()
+            for p in pieces:
+                deadline.check()
+                out.update(r[0] for r in self._db.execute(
+                    "SELECT DISTINCT series FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?", p))
+            hit = np.fromiter((i in out for i in sids), dtype=bool, count=len(sids))
+        return inside, straddle[hit]
 
     def select(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
                unit: str | None = None, *, align_ns: int | None = None,
                max_level: int | None = None) -> list[StoredProfile]:
         with self._lock:
             self._check_open()
-            ids = self._match_series(selector, sample_type, unit)
+            ids = self._match_series(selector, sample_type, unit, t0, t1)
             if not ids:
                 return []
             cols = "series, start_ns, duration_ns, period_ns, total, blob, off, len, id, level"
@@ -631,22 +613,27 @@ class SqliteStore(Store):
             pieces = self._plan(t0, t1, align_ns, max_level)
             raw = [p for p in pieces if not p[0]]
             blocks = [p for p in pieces if p[0]]
-            for chunk in _chunks(sorted(ids), 200) if blocks or len(ids) <= _MAX_SERIES_PROBES else ():
+            many = len(ids) > _MAX_SERIES_PROBES
+            # Blocks of most of the range's series (a node's day of short-lived processes: ~140k series, a
+            # block or two each): one time scan per piece, not a statement per 200 series and piece.
+            scan_blocks = many and 4 * len(ids) > self._index.near_count(t0, t1)
+            for chunk in _chunks(sorted(ids), 200) if (blocks and not scan_blocks) or not many else ():
                 marks = ",".join("?" * len(chunk))
                 sql = f"SELECT {cols} FROM {_BLOCK_ROWS} series IN ({marks}) AND level=? AND start_ns>=? AND start_ns<?"
-                for piece in blocks:  # any number of series: few rows per series, all in the index
+                for piece in () if scan_blocks else blocks:  # few rows per series, all in the index
                     rows += self._db.execute(sql, (*chunk, *piece)).fetchall()
-                if len(ids) <= _MAX_SERIES_PROBES:
+                if not many:
                     sql = (f"SELECT {cols} FROM profiles WHERE series IN ({marks}) "
                            "AND level=? AND start_ns>=? AND start_ns<?")
                     for piece in raw:
                         rows += self._db.execute(sql, (*chunk, *piece)).fetchall()
-            if len(ids) > _MAX_SERIES_PROBES:
+            if many:
                 sql = f"SELECT {cols} FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?"
-                for piece in raw:
+                for piece in raw + blocks if scan_blocks else raw:
+                    deadline.check()
                     rows += [r for r in self._db.execute(sql, piece) if r[0] in ids]
             series = self._series
-        rows.sort(key=lambda r: (r[1], r[0]))
+        rows.sort(key=itemgetter(1, 0))
         return [StoredProfile(series[r[0]], r[1], r[2], r[3], r[4], _Handle._make(r[5:10])) for r in rows]
 
     def read(self, profiles: Sequence[StoredProfile]) -> Columns:
@@ -948,8 +935,7 @@ class SqliteStore(Store):
                             self._db.execute("INSERT INTO timelines VALUES (?, ?, ?)", (row_id, bucket, tl))
                 self._db.execute("INSERT INTO compactions VALUES (?, ?, ?) ON CONFLICT (level, bucket_ns) "
                                  "DO UPDATE SET state=excluded.state", (level, bucket, _DONE))
-            for row in rows:
-                self._extend_span(row[0], row[1])
+            self._index.extend([row[0] for row in rows], [row[1] for row in rows])
             self._dirty.discard((level, bucket))
             self._done_sets[level - 1].add(bucket)
             self._refresh_done()
@@ -1035,16 +1021,19 @@ class SqliteStore(Store):
         with self._lock:
             self._check_open()
             first = "SELECT min(start_ns) FROM profiles WHERE series=? AND level=?"  # one index seek a level
-            gone = [sid for sid in self._series if sid not in self._spans  # rowless since an older version
-                    and not self._db.execute("SELECT 1 FROM profiles WHERE series=? LIMIT 1", (sid,)).fetchone()]
-            for sid, span in self._spans.items():
-                if span[0] < cutoff:  # the first row may be gone: the ends must stay starts of rows
-                    starts = [r[0] for lv in range(len(self.levels) + 1)
-                              if (r := self._db.execute(first, (sid, lv)).fetchone())[0] is not None]
-                    if starts:
-                        span[0] = min(starts)
-                    else:
-                        gone.append(sid)  # no row at any level
+            index = self._index
+            live = index.live()
+            rowless = live & (index.first[:index.size] > index.last[:index.size])  # since an older version
+            gone = [sid for sid in index.sids(np.flatnonzero(rowless))
+                    if not self._db.execute("SELECT 1 FROM profiles WHERE series=? LIMIT 1", (sid,)).fetchone()]
+            # The first row may be gone: the ends must stay starts of rows.
+            for sid in index.sids(np.flatnonzero(live & (index.first[:index.size] < cutoff))):
+                starts = [r[0] for lv in range(len(self.levels) + 1)
+                          if (r := self._db.execute(first, (sid, lv)).fetchone())[0] is not None]
+                if starts:
+                    index.set_first(sid, min(starts))
+                else:
+                    gone.append(sid)  # no row at any level
             if not gone:
                 return
             with self._db:
@@ -1092,33 +1081,62 @@ class SqliteStore(Store):
         return len(ids)
 
     def label_names(self, t0: int, t1: int, selector: Selector | None = None) -> list[str]:
+        """Names of the active matching series, from the index's columns: a long-lived series straddling the
+        range is looked up in the rows only when it has a name the others did not give."""
         with self._lock:
             self._check_open()
-            active = self._active(self._match_series(selector), t0, t1)
-            return sorted({k for i in active for k in self._series[i].labels})
+            index = self._index
+            columns = [(name, index.column(name)) for name in index.labels]
+
+            def new_names(inside: np.ndarray) -> np.ndarray:
+                found = index.names_in(inside)
+                wanted = np.zeros(index.size, dtype=bool)
+                for name, column in columns:
+                    if name not in found and column is not None:
+                        wanted |= column >= 0
+                return wanted
+
+            inside, straddling = self._active(index.match(selector), t0, t1, new_names)
+            return sorted(index.names_in(inside) | index.names_in(straddling))
 
     def label_values(self, name: str, t0: int, t1: int, selector: Selector | None = None) -> list[str]:
+        return self.label_values_page(name, t0, t1, selector)[0]
+
+    def label_values_page(self, name: str, t0: int, t1: int, selector: Selector | None = None, prefix: str = "",
+                          limit: int | None = None) -> tuple[list[str], bool]:
+        """The name's values among the active matching series: value ids present, from the index's columns;
+        a prefix narrows the series to those whose value has it before their ranges are looked at."""
         with self._lock:
             self._check_open()
-            candidates = self._match_series(selector) & set().union(*self._postings.get(name, {}).values())
-            active = self._active(candidates, t0, t1)
-            return sorted({self._series[i].labels[name] for i in active})
+            index = self._index
+            column = index.column(name)
+            if column is None:
+                return [], False
+            mask = index.match(selector) & (column >= 0)
+            if prefix:
+                mask &= index.with_prefix(name, prefix)
+
+            def new_values(inside: np.ndarray) -> np.ndarray:
+                known = np.concatenate(([True], index.value_ids_in(name, inside)))
+                return ~known[column + 1]
+
+            inside, straddling = self._active(mask, t0, t1, new_values)
+            values = index.values(name, index.value_ids_in(name, inside) | index.value_ids_in(name, straddling))
+            return (values[:limit], len(values) > limit) if limit is not None else (values, False)
 
     def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
-        """One active series is enough per type: probe series of each type until one has data (every query
-        asks this first; a node's 200 series cost 200 cold index probes per range piece before)."""
+        """(sample type, unit) of the active matching series: a straddling series is looked up in the rows
+        only when no other series gave its type (every query asks this first)."""
         with self._lock:
             self._check_open()
-            ids = self._match_series(selector)
-            if len(ids) > _MAX_SERIES_PROBES:
-                ids = self._active(ids, t0, t1)
-            by_type: dict[tuple[str, str], list[int]] = defaultdict(list)
-            for i in sorted(ids):
-                by_type[(self._series[i].sample_type, self._series[i].unit)].append(i)
-            pieces = self._plan(t0, t1)
-            q = "SELECT 1 FROM profiles WHERE series=? AND level=? AND start_ns>=? AND start_ns<? LIMIT 1"
-            return sorted(t for t, sids in by_type.items()
-                          if any(self._db.execute(q, (i, *p)).fetchone() for i in sids for p in pieces))
+            index = self._index
+            kind = index.kind[:index.size]
+
+            def new_kinds(inside: np.ndarray) -> np.ndarray:
+                return ~np.isin(kind, kind[inside])
+
+            inside, straddling = self._active(index.match(selector), t0, t1, new_kinds)
+            return sorted(index.kinds[k] for k in np.unique(kind[np.concatenate((inside, straddling))]).tolist())
 
     def stats(self) -> dict[str, int]:
         """Counts and bytes on disk, for metrics and benchmarks."""

@@ -1,0 +1,242 @@
+"""The SQLite store's series in memory as columns, so label lists and matchers cost array operations.
+
+Every label value is a series dimension, and `pid` is one: a node busy with short-lived processes makes
+~70k series a day. Visiting them one Python object at a time made each label list, type probe and
+matcher cost 0.5-0.7 s at that count (docs/benchmarks.md "Series churn"). Here each series is a slot in
+parallel arrays: its id, the start of its first and last stored row (any level), its (sample type, unit),
+and one column of value ids per label name. A matcher is evaluated once per distinct value of its label
+(regexes on RE2, bounded by web/store/selector.py) and then applied to every slot as one table lookup;
+which series have rows in a range is two comparisons per slot, and a label list is the value ids present
+among those slots.
+
+Nothing here is stored: the store fills the index from its `series` table and the rows' spans when it
+opens, and keeps it current on every put, compaction and retention pass. Slots and value ids of dropped
+series are reused, so memory follows the live series, not every series ever seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from web.store import deadline
+from web.store.selector import Matcher, Op, Selector
+
+_I64_MAX = np.iinfo(np.int64).max
+_I64_MIN = np.iinfo(np.int64).min
+_ABSENT = -1  # a column's value id where the series has no such label (labels equal to "" are not stored)
+
+
+class _Label:
+    """One label name's distinct values (id -> text; None once no series has it) and each value's series count."""
+
+    __slots__ = ("column", "free", "ids", "refs", "values")
+
+    def __init__(self, capacity: int) -> None:
+        self.column = np.full(capacity, _ABSENT, dtype=np.int32)
+        self.values: list[str | None] = []
+        self.ids: dict[str, int] = {}
+        self.refs: list[int] = []
+        self.free: list[int] = []
+
+    def value_id(self, value: str) -> int:
+        vid = self.ids.get(value)
+        if vid is None:
+            if self.free:
+                vid = self.free.pop()
+                self.values[vid] = value
+            else:
+                vid = len(self.values)
+                self.values.append(value)
+                self.refs.append(0)
+            self.ids[value] = vid
+        self.refs[vid] += 1
+        return vid
+
+    def release(self, vid: int) -> None:
+        self.refs[vid] -= 1
+        if not self.refs[vid]:
+            value = self.values[vid]
+            assert value is not None
+            del self.ids[value]
+            self.values[vid] = None
+            self.free.append(vid)
+
+    def matching(self, m: Matcher) -> np.ndarray:
+        """Per value id + 1 (index 0: the label absent, i.e. ""), whether `m` accepts it."""
+        table = np.zeros(len(self.values) + 1, dtype=bool)
+        table[0] = m.matches("")
+        if m.op in (Op.EQ, Op.NE):
+            vid = self.ids.get(m.value)
+            if vid is not None:
+                table[vid + 1] = True
+            if m.op is Op.NE:
+                table[1:] = ~table[1:]
+            return table
+        for vid, value in enumerate(self.values):
+            if not vid & 255:
+                deadline.check()  # a label with 100k values: the query stops, the store's lock is let go
+            if value is not None and m.matches(value):  # one RE2 match per distinct value
+                table[vid + 1] = True
+        return table
+
+
+class SeriesIndex:
+    """Series as slots of parallel arrays (see the module docstring); the caller serialises access."""
+
+    def __init__(self) -> None:
+        self._capacity = 0
+        self.size = 0  # slots below this are in use or free; every array is read up to it
+        self.sid = np.empty(0, dtype=np.int64)  # -1: a free slot
+        self.first = np.empty(0, dtype=np.int64)  # start of the series' first row; I64_MAX when it has none
+        self.last = np.empty(0, dtype=np.int64)  # start of its last row; I64_MIN when it has none
+        self.kind = np.empty(0, dtype=np.int32)  # index into `kinds`
+        self.kinds: list[tuple[str, str]] = []  # (sample type, unit)
+        self._kind_ids: dict[tuple[str, str], int] = {}
+        self.labels: dict[str, _Label] = {}
+        self._slot: dict[int, int] = {}
+        self._free: list[int] = []
+
+    # -- upkeep --------------------------------------------------------------------------------
+
+    def _grow(self) -> None:
+        cap = max(1024, self._capacity * 2)
+
+        def grown(a: np.ndarray, fill: int) -> np.ndarray:
+            out = np.full(cap, fill, dtype=a.dtype)
+            out[:a.size] = a
+            return out
+
+        self.sid = grown(self.sid, -1)
+        self.first = grown(self.first, _I64_MAX)
+        self.last = grown(self.last, _I64_MIN)
+        self.kind = grown(self.kind, 0)
+        for label in self.labels.values():
+            label.column = grown(label.column, _ABSENT)
+        self._capacity = cap
+
+    def add(self, sid: int, labels: Mapping[str, str], sample_type: str, unit: str) -> None:
+        """A new series, with no rows yet (`extend` gives it its span)."""
+        if self._free:
+            slot = self._free.pop()
+        else:
+            if self.size == self._capacity:
+                self._grow()
+            slot = self.size
+            self.size += 1
+        self._slot[sid] = slot
+        self.sid[slot] = sid
+        self.first[slot], self.last[slot] = _I64_MAX, _I64_MIN
+        kind = self._kind_ids.get((sample_type, unit))
+        if kind is None:
+            kind = self._kind_ids[(sample_type, unit)] = len(self.kinds)
+            self.kinds.append((sample_type, unit))
+        self.kind[slot] = kind
+        for name, value in labels.items():
+            label = self.labels.get(name)
+            if label is None:
+                label = self.labels[name] = _Label(self._capacity)
+            label.column[slot] = label.value_id(value)
+
+    def drop(self, sid: int) -> None:
+        """Forget a series: its slot and, when no other series has them, its label values and names."""
+        slot = self._slot.pop(sid)
+        self.sid[slot] = -1
+        self.first[slot], self.last[slot] = _I64_MAX, _I64_MIN
+        for name in list(self.labels):
+            label = self.labels[name]
+            vid = int(label.column[slot])
+            if vid != _ABSENT:
+                label.column[slot] = _ABSENT
+                label.release(vid)
+                if not label.ids:  # a name no series has left is in no list
+                    del self.labels[name]
+        self._free.append(slot)
+
+    def extend(self, sids: list[int], starts: list[int]) -> None:
+        """Rows starting at `starts` were stored for these series: widen their spans."""
+        slots = np.fromiter((self._slot[s] for s in sids), dtype=np.int64, count=len(sids))
+        at = np.array(starts, dtype=np.int64)
+        np.minimum.at(self.first, slots, at)
+        np.maximum.at(self.last, slots, at)
+
+    def set_first(self, sid: int, start: int) -> None:
+        """Retention cut the series' first rows: its first row now starts at `start`."""
+        self.first[self._slot[sid]] = start
+
+    def span(self, sid: int) -> tuple[int, int] | None:
+        slot = self._slot[sid]
+        first, last = int(self.first[slot]), int(self.last[slot])
+        return (first, last) if first <= last else None
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def live(self) -> np.ndarray:
+        return self.sid[:self.size] >= 0
+
+    def match(self, selector: Selector | None, sample_type: str | None = None, unit: str | None = None
+              ) -> np.ndarray:
+        """Per slot, whether its series matches the selector (and the type and unit, when given)."""
+        mask = self.live()
+        for m in selector.matchers if selector else ():
+            label = self.labels.get(m.name)
+            if label is None:  # no series has the label: it is "" everywhere
+                if not m.matches(""):
+                    return np.zeros(self.size, dtype=bool)
+                continue
+            mask &= label.matching(m)[label.column[:self.size] + 1]
+        if sample_type is not None or unit is not None:
+            ok = np.array([(sample_type is None or t == sample_type) and (unit is None or u == unit)
+                           for t, u in self.kinds], dtype=bool)
+            mask &= ok[self.kind[:self.size]]
+        return mask
+
+    def around(self, mask: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slots of `mask` with a row starting in [lo, hi), and slots that may have one: (active, straddling).
+
+        A span's ends are starts of rows, so a series whose first or last row starts inside is active and one
+        whose rows all lie outside is not; only one with rows on both sides (a long-lived process) is
+        undecided, for the caller to look up in the rows."""
+        first, last = self.first[:self.size], self.last[:self.size]
+        near = mask & (last >= lo) & (first < hi)
+        inside = near & ((first >= lo) | (last < hi))
+        return np.flatnonzero(inside), np.flatnonzero(near & ~inside)
+
+    def near_count(self, lo: int, hi: int) -> int:
+        """How many series have rows on or around [lo, hi) (their span meets it): how much of a range a
+        selector's series are."""
+        return int(np.count_nonzero((self.last[:self.size] >= lo) & (self.first[:self.size] < hi)))
+
+    def sids(self, slots: np.ndarray) -> list[int]:
+        return self.sid[slots].tolist()
+
+    def names_in(self, slots: np.ndarray) -> set[str]:
+        """Label names that at least one of these slots' series has."""
+        return {name for name, label in self.labels.items() if (label.column[slots] != _ABSENT).any()}
+
+    def value_ids_in(self, name: str, slots: np.ndarray) -> np.ndarray:
+        """Per value id of `name`, whether one of these slots' series has that value."""
+        label = self.labels[name]
+        present = np.zeros(len(label.values) + 1, dtype=bool)
+        present[label.column[slots] + 1] = True
+        return present[1:]
+
+    def with_prefix(self, name: str, prefix: str) -> np.ndarray:
+        """Per slot, whether its series's value of `name` starts with `prefix` (one test per distinct value)."""
+        label = self.labels[name]
+        table = np.zeros(len(label.values) + 1, dtype=bool)
+        for vid, value in enumerate(label.values):
+            if not vid & 4095:
+                deadline.check()
+            if value is not None and value.startswith(prefix):
+                table[vid + 1] = True
+        return table[label.column[:self.size] + 1]
+
+    def values(self, name: str, present: np.ndarray) -> list[str]:
+        label = self.labels[name]
+        return sorted(v for v in (label.values[i] for i in np.flatnonzero(present).tolist()) if v is not None)
+
+    def column(self, name: str) -> np.ndarray | None:
+        label = self.labels.get(name)
+        return None if label is None else label.column[:self.size]
