@@ -42,22 +42,61 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.store import NODE, H, log  # noqa: E402  (the same node-day as bench/store.py)
+from bench.store import NODE, H, log, query_cases  # noqa: E402  (the same node-day as bench/store.py)
 from bench.synthetic import S, drain, make_node  # noqa: E402
 from podflame import pprof  # noqa: E402
 
 
-def cases(start: int, end: int, pod: str) -> list[tuple[str, str, dict[str, str]]]:
-    last_h = {"from": str((end - H) // S), "to": str(end // S)}
-    whole = {"from": str(start // S), "to": str(end // S)}
-    return [("pod_1h", "/api/v1/flamegraph", {**last_h, "query": f'{{pod="{pod}"}}'}),
-            ("pod_all", "/api/v1/flamegraph", {**whole, "query": f'{{pod="{pod}"}}'}),
-            ("node_all", "/api/v1/flamegraph", {**whole, "query": f'{{node="{NODE}"}}'}),
-            ("node_cpu_10m", "/api/v1/cpu", {**whole, "step": "600"})]
+def run_case(backend: str, dsn: str | None, data: Path, path: str, params: dict[str, str], runs: int
+             ) -> dict[str, Any]:
+    """One query on a fresh store object and app (no store, name or tree caches: the first request is cold),
+    then `runs - 1` more (warm: the median)."""
+    from web.server.app import create_app
+    from web.store.dsn import open_store
+
+    store = open_store(dsn, data)
+    c = create_app({"DATA_DIR": str(data), "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        r = c.get(path, query_string=params)
+        times.append(time.perf_counter() - t)
+        assert r.status_code == 200, r.data[:300]
+    store.close()
+    out = {"cold_s": round(times[0], 4), "warm_s": round(statistics.median(times[1:] or times), 4)}
+    if "total" in (r.json or {}):
+        out["total"] = r.json["total"]
+    return out
 
 
-def run(backend: str, dsn: str | None, data: Path, bodies: list[bytes], samples: int, args: argparse.Namespace,
-        start: int) -> dict[str, Any]:
+def queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: int, pod: str, hours: float, runs: int
+            ) -> dict[str, dict[str, Any]]:
+    """bench/store.py's queries, each on both backends back to back (so load drifts hit both alike), with
+    the ratios ClickHouse / SQLite of the cold and the warm time."""
+    from web.store.dsn import open_store
+
+    out: dict[str, dict[str, Any]] = {}
+    # The ClickHouse engine stays up across queries, as a ClickHouse server does across podflame server restarts:
+    # each query's store object is fresh (podflame's caches empty), the engine's own caches are not. chDB closes
+    # its engine with the last store on a path, so one store is held open for the run.
+    server = open_store(dsns["clickhouse"][0], dsns["clickhouse"][1])
+    for name, path, params in query_cases(start, end, pod, hours):
+        row: dict[str, Any] = {b: run_case(b, dsn, data, path, params, runs) for b, (dsn, data) in dsns.items()}
+        sq, ch = row["sqlite"], row["clickhouse"]
+        if "total" in sq:
+            assert sq["total"] == ch["total"], (name, sq["total"], ch["total"])
+        row["ratio_cold"] = round(ch["cold_s"] / max(sq["cold_s"], 1e-4), 2)
+        row["ratio_warm"] = round(ch["warm_s"] / max(sq["warm_s"], 1e-4), 2)
+        out[name] = row
+        log(f"{name}: {row}")
+    server.close()
+    return out
+
+
+def ingest(backend: str, dsn: str | None, data: Path, bodies: list[bytes], samples: int, args: argparse.Namespace,
+           start: int) -> dict[str, Any]:
+    """Every drain of the range through the ingest handler; then SQLite compacts (as its server would have)
+    and ClickHouse merges its parts, so both are measured as a server that has run for a while holds them."""
     from web.server.app import create_app
     from web.store.dsn import open_store
 
@@ -84,24 +123,8 @@ def run(backend: str, dsn: str | None, data: Path, bodies: list[bytes], samples:
         store.transport.command(f"OPTIMIZE TABLE {store.layout.database}.samples FINAL")  # type: ignore[attr-defined]
         size = store.bytes_used()  # type: ignore[attr-defined]
     store.close()
-    end = start + n * args.interval * S
-    out: dict[str, Any] = {"ingest_s": round(ingest_s, 2), "pod_profiles_per_s": round(n * args.pods / ingest_s),
-                           "bytes": size, "bytes_per_sample": round(size / samples, 3), "queries": {}}
-    pod = make_node(args.pods, stacks_per_pod=args.stacks)[args.pods // 2].labels["pod"]
-    for name, path, params in cases(start, end, pod):
-        store = open_store(dsn, data)  # a fresh store object: no caches (the first request is cold)
-        app = create_app({"DATA_DIR": str(data), "STORE": store, "MAINTENANCE_SECONDS": 0})
-        c = app.test_client()
-        times = []
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            r = c.get(path, query_string=params)
-            times.append(time.perf_counter() - t)
-            assert r.status_code == 200, r.data[:300]
-        store.close()
-        out["queries"][name] = {"cold_s": round(times[0], 3), "warm_s": round(statistics.median(times[1:]), 3)}
-        log(f"{backend} {name}: {out['queries'][name]}")
-    return out
+    return {"ingest_s": round(ingest_s, 2), "pod_profiles_per_s": round(n * args.pods / ingest_s),
+            "bytes": size, "bytes_per_sample": round(size / samples, 3)}
 
 
 def _ingest_worker(dsn: str, bodies: list[bytes], first: int, count: int, start: int, interval: int,
@@ -209,41 +232,50 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parallel-drains", type=int, default=360,
                     help="drains for the one-vs-two-process ingest (0: skip)")
     ap.add_argument("--cluster-nodes", type=int, default=20, help="nodes of the cluster-day (0: skip)")
+    ap.add_argument("--data", help="keep both stores here (default: a temporary directory, removed after)")
+    ap.add_argument("--queries-only", action="store_true", help="query the stores a run with --data left")
     args = ap.parse_args(argv)
-    pods = make_node(args.pods, stacks_per_pod=args.stacks)
-    end = (time.time_ns() // H) * H
-    start = end - int(args.hours * H)
+    tmp = Path(args.data or tempfile.mkdtemp(prefix="podflame-bench-backends-"))
+    meta = tmp / "bench-backends.json"
     n = int(args.hours * 3600 // args.interval)
-    bodies, per_body = [], []
-    for i in range(min(args.distinct, n)):
-        profiles = drain(pods, start + i * args.interval * S, args.interval, seed=i)
-        per_body.append(sum(p.total() for p in profiles))
-        bodies.append(pprof.encode(profiles))
-    samples = sum(per_body[i % len(per_body)] for i in range(n))
-    log(f"{n} drains of {args.pods} pods, {samples} samples")
-    tmp = Path(tempfile.mkdtemp(prefix="podflame-bench-backends-"))
+    dsns: dict[str, tuple[str | None, Path]] = {"sqlite": (None, tmp / "sqlite"),
+                                                "clickhouse": (f"chdb://{tmp / 'chdb'}?database=bench", tmp / "ch")}
+    bodies: list[bytes] = []
     try:
-        result: dict[str, Any] = {"hours": args.hours, "pods": args.pods, "drains": n, "samples": samples}
-        result["sqlite"] = run("sqlite", None, tmp / "sqlite", bodies, samples, args, start)
-        result["clickhouse"] = run("clickhouse", f"chdb://{tmp / 'chdb'}?database=bench", tmp / "ch", bodies, samples,
-                                   args, start)
+        if args.queries_only:
+            result = json.loads(meta.read_text())
+            start = result["start_ns"]
+        else:
+            tmp.mkdir(parents=True, exist_ok=True)
+            pods = make_node(args.pods, stacks_per_pod=args.stacks)
+            start = (time.time_ns() // H) * H - int(args.hours * H)
+            per_body = []
+            for i in range(min(args.distinct, n)):
+                profiles = drain(pods, start + i * args.interval * S, args.interval, seed=i)
+                per_body.append(sum(p.total() for p in profiles))
+                bodies.append(pprof.encode(profiles))
+            samples = sum(per_body[i % len(per_body)] for i in range(n))
+            log(f"{n} drains of {args.pods} pods, {samples} samples")
+            result = {"hours": args.hours, "pods": args.pods, "drains": n, "samples": samples, "start_ns": start}
+            for b, (dsn, data) in dsns.items():
+                result[b] = ingest(b, dsn, data, bodies, samples, args, start)
+            meta.write_text(json.dumps(result))
+        end = start + n * args.interval * S
         sq, ch = result["sqlite"], result["clickhouse"]
         result["ratio_clickhouse_vs_sqlite"] = {
             "bytes_per_sample": round(ch["bytes_per_sample"] / sq["bytes_per_sample"], 3),
-            "ingest_rate": round(ch["pod_profiles_per_s"] / sq["pod_profiles_per_s"], 3),
-            **{f"{q}_warm": round(ch["queries"][q]["warm_s"] / max(sq["queries"][q]["warm_s"], 1e-6), 3)
-               for q in sq["queries"]},
-            **{f"{q}_cold": round(ch["queries"][q]["cold_s"] / max(sq["queries"][q]["cold_s"], 1e-6), 3)
-               for q in sq["queries"]}}
+            "ingest_rate": round(ch["pod_profiles_per_s"] / sq["pod_profiles_per_s"], 3)}
+        pod = make_node(args.pods, stacks_per_pod=args.stacks)[args.pods // 2].labels["pod"]
+        result["queries"] = queries(dsns, start, end, pod, args.hours, args.runs)
         if args.cluster_nodes > 1:
-            end = start + n * args.interval * S
-            result["cluster_day"] = cluster_day(f"chdb://{tmp / 'chdb'}?database=bench", args.cluster_nodes,
-                                                start, end, args.runs)
-        if args.parallel_drains:
+            result["cluster_day"] = cluster_day(dsns["clickhouse"][0] or "", args.cluster_nodes, start, end,
+                                                args.runs)
+        if args.parallel_drains and bodies:
             result["parallel_ingest"] = parallel_ingest(tmp, bodies, args.parallel_drains, args.pods, start,
                                                         args.interval)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.data:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
 
 

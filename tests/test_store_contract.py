@@ -20,6 +20,7 @@ from podflame import pprof
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
 from tests.builders import batches, ingest, put
 from web.query.merge import Query, cpu_series, merged
+from web.query.treecache import refs_key
 from web.server.app import create_app
 from web.store.base import Store
 from web.store.clickhouse_schema import Layout, ddl
@@ -102,6 +103,28 @@ def test_retention_drops_what_is_older(tmp_path: Path, make_store: Callable[[Pat
     assert got(store, "{}", 0, 2 * now) == truth(profiles, T0 + H, now)
     store.enforce_retention(H, None, now_ns=now)  # a later pass with a shorter limit: cutoff T0 + 2 h
     assert got(store, "{}", 0, 2 * now) == truth(profiles, T0 + 2 * H, now)
+
+
+def test_generation_and_refs_move_with_every_write_and_deletion(tmp_path: Path,
+                                                                 make_store: Callable[[Path], Store]) -> None:
+    """What lets the query layer keep answers (web/query/treecache.py): a new write or a retention pass changes
+    the generation and the refs of the range it touches; refs of untouched data stay equal."""
+    store = make_store(tmp_path)
+    profiles = day(hours=3)
+    early = [p for p in profiles if p.start_ns < T0 + 2 * H]
+    put(store, early)
+    g0 = store.generation()
+    first_hour = refs_key(store.select(MATCH_ALL, T0, T0 + H, "samples"))
+    whole = refs_key(store.select(MATCH_ALL, T0, T0 + 3 * H, "samples"))
+    put(store, [p for p in profiles if p.start_ns >= T0 + 2 * H])
+    g1 = store.generation()
+    assert store.immutable_refs and g0 is not None and g1 != g0
+    assert refs_key(store.select(MATCH_ALL, T0, T0 + H, "samples")) == first_hour
+    assert refs_key(store.select(MATCH_ALL, T0, T0 + 3 * H, "samples")) != whole
+    store.enforce_retention(H, None, now_ns=T0 + 3 * H)  # cutoff T0 + 2 h
+    assert store.generation() != g1
+    assert refs_key(store.select(MATCH_ALL, T0, T0 + 3 * H, "samples")) != whole
+    assert store.select(MATCH_ALL, T0, T0 + H, "samples") == []
 
 
 def test_disk_budget_drops_the_oldest_data_and_what_is_left_stays_exact(
@@ -248,7 +271,9 @@ store = open_store(f"chdb://{d / 'data'}?database=pf&cluster=pf&replicated=0&con
 rows = store.transport.query("SELECT name, engine FROM system.tables WHERE database = 'pf'").to_pylist()
 profiles = day(hours=3)
 store.put(batches(profiles[:150]))
+g1 = store.generation()
 store.put(batches(profiles[150:]))
+g2 = store.generation()
 store.put(batches(profiles[150:]))  # a retry, through the Distributed table: counted once
 local = store.transport.query("SELECT count() AS n FROM pf.samples_local").column("n")[0].as_py()
 print(json.dumps({
@@ -256,7 +281,8 @@ print(json.dumps({
     "exact": got(store, "{}", T0, T0 + 3 * H) == truth(profiles, T0, T0 + 3 * H),
     "ragged": got(store, '{ns="shop"}', T0 + 17 * 60 * S, T0 + 2 * H) == truth(profiles, T0 + 17 * 60 * S, T0 + 2 * H,
                                                                              {"p1"}),
-    "labels": store.label_values("pod", T0, T0 + H)}))
+    "labels": store.label_values("pod", T0, T0 + H),
+    "generation_moves": g1 != g2}))
 """
 
 _CLUSTER_CONFIG = """<clickhouse>
@@ -285,7 +311,7 @@ def test_cluster_ddl_runs_on_the_engine_sharded_without_replicas(tmp_path: Path)
         assert engines[f"{table}_local"].endswith("MergeTree"), (table, engines)
     assert engines["profiles_mv"] == engines["samples_1h_mv"] == "MaterializedView"
     assert out["local_rows"] > 0  # the rows went through the Distributed table to the shard's local table
-    assert out["exact"] and out["ragged"] and out["labels"] == ["p0", "p1", "p2"], out
+    assert out["exact"] and out["ragged"] and out["labels"] == ["p0", "p1", "p2"] and out["generation_moves"], out
 
 
 def test_print_ddl_prints_and_connects_to_nothing() -> None:

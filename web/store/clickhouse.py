@@ -19,9 +19,10 @@ import contextlib
 import hashlib
 import struct
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +32,7 @@ from podflame.model import Mapping as ProcMapping
 from web.store.base import (
     Batch,
     Columns,
+    FrameOrigin,
     PutResult,
     RetentionResult,
     Series,
@@ -39,6 +41,7 @@ from web.store.base import (
     StoreClosed,
     StoredProfile,
     frame_lines_of,
+    frame_origin_of,
 )
 from web.store.clickhouse_schema import HOUR_NS, Layout, ddl
 from web.store.clickhouse_transport import ClickHouseUnavailable, Transport, quote
@@ -62,13 +65,28 @@ def _s(x: str | None) -> bytes:
     return (x or "").encode()
 
 
-class _Window(NamedTuple):
-    """A StoredProfile's handle: the aggregate of a series' profiles of one period starting in [t0, t1)."""
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """A StoredProfile's handle: the aggregate of a series' profiles of one period starting in [t0, t1).
+
+    `n` and `fingerprint` (the count and a wrapping sum of hashes of its profile rows) name exactly which
+    profiles it sums: a profile's samples are written once, in the insert that wrote its row, so equal
+    handles read equal samples (`Store.immutable_refs`) and a late or deleted profile changes the handle.
+    The window itself is not compared: two ranges holding the same profiles are the same data (a kept
+    flame graph serves both)."""
 
     series: int  # the series' hash id
     period_ns: int
-    t0: int
-    t1: int
+    t0: int = field(compare=False)
+    t1: int = field(compare=False)
+    n: int = 0
+    fingerprint: int = 0
+
+
+# The aggregate of a (series, period)'s profile rows in a range: what a `_Window` names.
+_AGG = ("min(start_ns) AS lo, max(start_ns + duration_ns) AS hi, sum(total) AS sum_total, count() AS n, "
+        "sum(cityHash64(start_ns, duration_ns, total, n_samples)) AS fingerprint")  # no alias named like a column
+_MEMO_SECONDS = 2.0  # how long `types`' selection may serve the `select` that follows it in a request
 
 
 class ClickHouseStore(Store):
@@ -97,6 +115,9 @@ class ClickHouseStore(Store):
         self._memo: dict[object, int] = {}  # content -> hash (mappings, functions, frames, stacks)
         self._written: set[int] = set()  # dictionary ids this process has inserted
         self._retention_cutoff = 0  # the last cutoff this process enforced
+        # The last `types` selection of each thread, for the `select` of the same request (one statement for
+        # both: the query layer asks which types are in range, then selects one of them).
+        self._recent = threading.local()
         if migrate:
             # Start anyway when ClickHouse is down: every call answers 503 until it is back, then migrates.
             with contextlib.suppress(ClickHouseUnavailable):
@@ -363,59 +384,83 @@ class ClickHouseStore(Store):
 
     # -- reads ---------------------------------------------------------------------------------
 
+    def _selection(self, selector: Selector | None, t0: int, t1: int) -> list[dict]:
+        """Every (series, period) with profiles starting in [t0, t1): their aggregate (`_AGG`) with the series'
+        type, unit and labels, in ONE statement (a cold query's first round trip is also its last for metadata)."""
+        where = self._series_where(selector, None, None)
+        rows: list[dict] = self.transport.query(
+            f"SELECT a.series AS series, a.period_ns AS period_ns, a.lo AS lo, a.hi AS hi, a.sum_total AS total, "
+            f"a.n AS n, a.fingerprint AS fingerprint, s.t AS t, s.u AS u, s.l AS l FROM "
+            f"(SELECT series, period_ns, {_AGG} FROM {self._t('profiles')} WHERE series {self._in} "
+            f"(SELECT id FROM {self._t('series')} WHERE {where}) AND start_ns >= {int(t0)} AND start_ns < {int(t1)} "
+            f"GROUP BY series, period_ns) AS a INNER JOIN (SELECT id, any(sample_type) AS t, any(unit) AS u, "
+            f"any(labels) AS l FROM {self._t('series')} WHERE {where} GROUP BY id) AS s ON s.id = a.series"
+        ).to_pylist()
+        with self._lock:
+            for r in rows:
+                if r["series"] not in self._series_local:
+                    self._series_hash.append(r["series"])
+                    self._series_local[r["series"]] = Series(len(self._series_hash) - 1, dict(r["l"]), r["t"], r["u"])
+        return rows
+
+    def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
+        """From the selection itself, kept for this thread's next `select` of the same range and selector."""
+        self._check()
+        rows = self._selection(selector, t0, t1)
+        self._recent.kept = ((selector, t0, t1), rows, time.monotonic() + _MEMO_SECONDS)
+        return sorted({(r["t"], r["u"]) for r in rows})
+
     def select(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
                unit: str | None = None, *, align_ns: int | None = None,
                max_level: int | None = None) -> list[StoredProfile]:
         """One aggregate per (series, period) whose profiles start in [t0, t1) (per step with `align_ns`;
         with `max_level=0` the raw profiles themselves)."""
         self._check()
+        if max_level != 0 and not align_ns:
+            kept = getattr(self._recent, "kept", None)
+            self._recent.kept = None
+            if kept is not None and kept[0] == (selector, t0, t1) and time.monotonic() < kept[2]:
+                rows = kept[1]
+            else:
+                rows = self._selection(selector, t0, t1)
+            series = self._series(r["series"] for r in rows)
+            out = [StoredProfile(series[r["series"]], r["lo"], r["hi"] - r["lo"], r["period_ns"], r["total"],
+                                 _Window(r["series"], r["period_ns"], t0, t1, r["n"], r["fingerprint"]))
+                   for r in rows if (sample_type is None or r["t"] == sample_type) and (unit is None or r["u"] == unit)]
+            out.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
+            return out
         where = (f"series {self._in} ({self._series_ids_sql(selector, sample_type, unit)}) "
                  f"AND start_ns >= {int(t0)} AND start_ns < {int(t1)}")
         if max_level == 0:
             rows = self.transport.query(
-                f"SELECT series, period_ns, start_ns AS lo, start_ns + duration_ns AS hi, sum(total) AS total, "
-                f"0 AS k FROM {self._t('profiles')} WHERE {where} GROUP BY series, period_ns, start_ns, duration_ns"
+                f"SELECT series, period_ns, start_ns AS lo, start_ns + duration_ns AS hi, sum(total) AS sum_total, "
+                f"count() AS n, sum(cityHash64(start_ns, duration_ns, total, n_samples)) AS fingerprint "
+                f"FROM {self._t('profiles')} WHERE {where} GROUP BY series, period_ns, start_ns, duration_ns"
             ).to_pylist()
         else:
-            step = f"intDiv(start_ns - {int(t0)}, {int(align_ns)})" if align_ns else "0"
+            step = f"intDiv(start_ns - {int(t0)}, {int(align_ns or 1)})"
             rows = self.transport.query(
-                f"SELECT series, period_ns, {step} AS k, min(start_ns) AS lo, max(start_ns + duration_ns) AS hi, "
-                f"sum(total) AS total FROM {self._t('profiles')} WHERE {where} GROUP BY series, period_ns, k"
-            ).to_pylist()
+                f"SELECT series, period_ns, {step} AS k, {_AGG} FROM {self._t('profiles')} WHERE {where} "
+                f"GROUP BY series, period_ns, k").to_pylist()
         series = self._series(r["series"] for r in rows)
         out = []
         for r in rows:
             if max_level == 0:
                 w0, w1 = r["lo"], r["lo"] + 1
-            elif align_ns:
-                w0 = t0 + r["k"] * align_ns
-                w1 = min(w0 + align_ns, t1)
             else:
-                w0, w1 = t0, t1
-            out.append(StoredProfile(series[r["series"]], r["lo"], r["hi"] - r["lo"], r["period_ns"], r["total"],
-                                     _Window(r["series"], r["period_ns"], w0, w1)))
+                w0 = t0 + r["k"] * int(align_ns or 1)
+                w1 = min(w0 + int(align_ns or 1), t1)
+            out.append(StoredProfile(series[r["series"]], r["lo"], r["hi"] - r["lo"], r["period_ns"], r["sum_total"],
+                                     _Window(r["series"], r["period_ns"], w0, w1, r["n"], r["fingerprint"])))
         out.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
         return out
 
     def _sum_sql(self, series: Sequence[int], periods: Sequence[int], t0: int, t1: int) -> list[str]:
         """Queries giving (series, period_ns, stack, value) summed over [t0, t1): whole hours from the rollup."""
-        ids = _ints(series)
-        per = _ints(periods)
-        h0 = -(-t0 // HOUR_NS) * HOUR_NS
-        h1 = t1 // HOUR_NS * HOUR_NS
-        raw = (f"SELECT series, period_ns, stack, sum(value) AS value FROM {self._t('samples')} "
-               f"WHERE series IN ({ids}) AND period_ns IN ({per}) AND start_ns >= {{lo}} AND start_ns < {{hi}} "
-               "GROUP BY series, period_ns, stack")
-        if h1 <= h0:
-            return [raw.format(lo=t0, hi=t1)]
-        parts = [f"SELECT series, period_ns, stack, sum(value) AS value FROM {self._t('samples_1h')} "
-                 f"WHERE series IN ({ids}) AND period_ns IN ({per}) AND hour >= {h0} AND hour < {h1} "
-                 "GROUP BY series, period_ns, stack"]
-        if t0 < h0:
-            parts.append(raw.format(lo=t0, hi=h0))
-        if h1 < t1:
-            parts.append(raw.format(lo=h1, hi=t1))
-        return parts
+        where = f"series IN ({_ints(series)}) AND period_ns IN ({_ints(periods)})"
+        return [f"SELECT series, period_ns, stack, sum(value) AS value FROM {self._t(table)} WHERE {where} "
+                f"AND {col} >= {lo} AND {col} < {hi} GROUP BY series, period_ns, stack"
+                for table, col, lo, hi in _ranges(t0, t1)]
 
     def read(self, profiles: Sequence[StoredProfile]) -> Columns:
         """Sums per (window, series, period, stack) computed by ClickHouse; one query per distinct window."""
@@ -453,7 +498,9 @@ class ClickHouseStore(Store):
 
     def read_merged(self, profiles: Sequence[StoredProfile]) -> tuple[np.ndarray, np.ndarray]:
         """The merge pushed down: ClickHouse sums per stack over every (series, period) of the profiles (exactly
-        those pairs), so a cluster's range comes back as its distinct stacks, not a row per series and stack."""
+        those pairs), so a cluster's range comes back as its distinct stacks, not a row per series and stack.
+        One GROUP BY stack per table read (no per-series level in between: on a cluster-day's rollup rows that
+        halved the statement), summed again only when a range reads both raw rows and the rollup."""
         self._check()
         windows: dict[tuple[int, int], set[tuple[int, int]]] = defaultdict(set)
         for p in profiles:
@@ -462,17 +509,24 @@ class ClickHouseStore(Store):
         stack: list[np.ndarray] = []
         value: list[np.ndarray] = []
         for (t0, t1), pairs in windows.items():
-            sql = " UNION ALL ".join(self._sum_sql(sorted({k[0] for k in pairs}), sorted({k[1] for k in pairs}),
-                                                   t0, t1))
-            exact = ",".join(f"({int(a)},{int(b)})" for a, b in sorted(pairs))
-            t = self.transport.query(f"SELECT stack, sum(value) AS value FROM ({sql}) "
-                                     f"WHERE (series, period_ns) IN ({exact}) GROUP BY stack")
+            ids, periods = sorted({k[0] for k in pairs}), sorted({k[1] for k in pairs})
+            where = f"series IN ({_ints(ids)}) AND period_ns IN ({_ints(periods)})"
+            if len(pairs) < len(ids) * len(periods):  # not every series in every period: name the pairs
+                where += f" AND (series, period_ns) IN ({','.join(f'({int(a)},{int(b)})' for a, b in sorted(pairs))})"
+            parts = [f"SELECT stack, sum(value) AS value FROM {self._t(table)} WHERE {where} AND {col} >= {lo} "
+                     f"AND {col} < {hi} GROUP BY stack" for table, col, lo, hi in _ranges(t0, t1)]
+            sql = parts[0] if len(parts) == 1 else \
+                f"SELECT stack, sum(value) AS value FROM ({' UNION ALL '.join(parts)}) GROUP BY stack"
+            t = self.transport.query(sql)
             if t.num_rows:
                 stack.append(self._local_stacks(t.column("stack").to_numpy()))
                 value.append(t.column("value").to_numpy().astype(np.int64))
         if not stack:
             empty = np.empty(0, np.int64)
             return empty, empty
+        if len(stack) == 1:
+            order = np.argsort(stack[0], kind="stable")
+            return stack[0][order], value[0][order]
         return group_sum(np.concatenate(stack), np.concatenate(value))
 
     def _local_stacks(self, hashes: np.ndarray) -> np.ndarray:
@@ -603,6 +657,26 @@ class ClickHouseStore(Store):
                 self._lines.update(got)
         return {i: self._lines[i] for i in want}
 
+    def frame_origins(self, frame_ids: Iterable[int]) -> dict[int, FrameOrigin] | None:
+        """Kind, mapping path and file of frames, from the rows `frame_lines` read (no statement once it has)."""
+        return {i: frame_origin_of(f) for i, f in self._load_frames(frame_ids).items()}
+
+    # Equal refs read equal samples: a ref names its profile rows by count and fingerprint (`_Window`).
+    immutable_refs = True
+
+    def generation(self) -> Hashable | None:
+        """The set of active parts of the tables answers are read from (samples, totals, rollups), as a hash:
+        every insert, merge, mutation, TTL pass or dropped partition, from any server, changes it. One
+        statement over `system.parts` (on a cluster, every shard's, through `cluster()`)."""
+        self._check()
+        suffix = "_local" if self.layout.cluster else ""
+        parts = f"cluster('{self.layout.cluster}', system.parts)" if self.layout.cluster else "system.parts"
+        tables = ", ".join(quote(t + suffix) for t in ("samples", "profiles", "samples_1h"))
+        row = self.transport.query(
+            f"SELECT count() AS n, groupBitXor(cityHash64(table, name)) AS h FROM {parts} "
+            f"WHERE database = {quote(self.layout.database)} AND table IN ({tables}) AND active").to_pylist()[0]
+        return (row["n"], row["h"])
+
     # -- labels --------------------------------------------------------------------------------
 
     def _active_series(self, t0: int, t1: int, selector: Selector | None) -> str:
@@ -625,13 +699,6 @@ class ClickHouseStore(Store):
             f"AND mapContains(labels, {quote(name)}) ORDER BY v")
         return [str(x) for x in rows.column("v").to_pylist()]
 
-    def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
-        self._check()
-        rows = self.transport.query(
-            f"SELECT DISTINCT sample_type AS t, unit AS u FROM {self._t('series')} "
-            f"WHERE id {self._in} ({self._active_series(t0, t1, selector)}) ORDER BY t, u").to_pylist()
-        return [(r["t"], r["u"]) for r in rows]
-
     # -- retention -----------------------------------------------------------------------------
 
     def enforce_retention(self, max_age_ns: int | None, max_bytes: int | None,
@@ -647,8 +714,6 @@ class ClickHouseStore(Store):
         self._check()
         cutoff, n = 0, 0
         if max_age_ns is not None:
-            import time
-
             now = time.time_ns() if now_ns is None else now_ns
             cutoff = (now - max_age_ns) // HOUR_NS * HOUR_NS
             if cutoff > self._retention_cutoff:  # the server's maintenance asks every 30 s: cut once an hour
@@ -733,6 +798,20 @@ def _window(p: StoredProfile) -> _Window:
     if not isinstance(h, _Window):
         raise TypeError(f"not a ClickHouse store's profile: {h!r}")
     return h
+
+
+def _ranges(t0: int, t1: int) -> list[tuple[str, str, int, int]]:
+    """[t0, t1) as (table, time column, lo, hi): whole hours from the hourly rollup, the ragged edges raw."""
+    h0 = -(-t0 // HOUR_NS) * HOUR_NS
+    h1 = t1 // HOUR_NS * HOUR_NS
+    if h1 <= h0:
+        return [("samples", "start_ns", t0, t1)]
+    out = [("samples_1h", "hour", h0, h1)]
+    if t0 < h0:
+        out.append(("samples", "start_ns", t0, h0))
+    if h1 < t1:
+        out.append(("samples", "start_ns", h1, t1))
+    return out
 
 
 def _ints(values: Iterable[int]) -> str:
