@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -41,10 +42,9 @@ from web.store.base import (
     StoreClosed,
     StoredProfile,
     frame_lines_of,
-    frame_origin_of,
 )
 from web.store.clickhouse_schema import HOUR_NS, Layout, ddl
-from web.store.clickhouse_transport import ClickHouseUnavailable, Transport, quote
+from web.store.clickhouse_transport import IDS, ClickHouseUnavailable, Transport, quote
 from web.store.columns import group_sum
 from web.store.selector import Op, Selector
 
@@ -83,6 +83,15 @@ class _Window:
     fingerprint: int = 0
 
 
+class _FrameRow(NamedTuple):
+    """A frame as its rows give it: lines are (function, file, line) innermost first."""
+
+    address: int
+    mapping: ProcMapping | None
+    kind: str
+    lines: tuple[tuple[str, str | None, int | None], ...]
+
+
 # The aggregate of a (series, period)'s profile rows in a range: what a `_Window` names.
 _AGG = ("min(start_ns) AS lo, max(start_ns + duration_ns) AS hi, sum(total) AS sum_total, count() AS n, "
         "sum(cityHash64(start_ns, duration_ns, total, n_samples)) AS fingerprint")  # no alias named like a column
@@ -109,7 +118,7 @@ class ClickHouseStore(Store):
         self._frame_hash: list[int] = []
         self._series_local: dict[int, Series] = {}  # hash -> Series (id: dense local)
         self._series_hash: list[int] = []
-        self._lines: dict[int, tuple[tuple[str, str | None, int | None], ...]] = {}
+        self._frame_rows: dict[int, _FrameRow] = {}  # local frame id -> its rows (immutable)
         self._stack_frames: dict[int, np.ndarray] = {}  # local stack id -> local frame ids (immutable rows)
         self._frame_obj: dict[int, Frame] = {}  # local frame id -> Frame (immutable rows)
         self._memo: dict[object, int] = {}  # content -> hash (mappings, functions, frames, stacks)
@@ -562,21 +571,28 @@ class ClickHouseStore(Store):
 
     def stack_frames(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Stacks are content-addressed, so immutable: each is read once per process (one statement for all
-        the new ones of a call) and kept as its local frame ids; later queries cost no round trip."""
+        the new ones of a call) and kept as its local frame ids; later queries cost no round trip. Decoded as
+        arrays (the flat frame hashes numbered once per distinct hash), not a list per stack."""
         self._check()
         want = [int(i) for i in ids]
         cache = self._stack_frames
         missing = {self._stack_hash[i] for i in want if i not in cache}
         if missing:
-            rows = self.transport.query(f"SELECT id, any(frames) AS frames FROM {self._t('stacks')} "
-                                        f"WHERE id IN ({_ints(missing)}) GROUP BY id")
-            hashes = rows.column("id").to_pylist()
-            lists = rows.column("frames").to_pylist()
+            # No GROUP BY: a row not merged yet by ReplacingMergeTree is the same content twice (kept once below)
+            rows = self.transport.query(f"SELECT id, frames FROM {self._t('stacks')} WHERE id {self._in} "
+                                        f"(SELECT id FROM {IDS})", sorted(missing))
+            lists = rows.column("frames").combine_chunks()
+            flat = lists.flatten().to_numpy()
+            lengths = lists.value_lengths().to_numpy().astype(np.int64)
+            uniq, inv = np.unique(flat, return_inverse=True)
             with self._lock:
                 if len(cache) > _MEMO_LIMIT:
                     cache.clear()
-                for h, fr in zip(hashes, lists, strict=True):
-                    cache[self._stack_local[h]] = np.array([self._frame_id(f) for f in fr], dtype=np.int64)
+                local = np.fromiter((self._frame_id(h) for h in uniq.tolist()), np.int64, count=uniq.size)
+                fids = local[inv.reshape(-1)]
+                ends = np.cumsum(lengths)
+                for h, end, n in zip(rows.column("id").to_pylist(), ends.tolist(), lengths.tolist(), strict=True):
+                    cache[self._stack_local[h]] = fids[end - n:end]
         per = [cache[i] for i in want]
         lengths = np.fromiter((len(a) for a in per), np.int64, count=len(per))
         return lengths, (np.concatenate(per) if per else np.empty(0, np.int64))
@@ -589,52 +605,76 @@ class ClickHouseStore(Store):
             self._frame_hash.append(h)
         return i
 
-    def _load_frames(self, frame_ids: Iterable[int]) -> dict[int, Frame]:
-        """Frames by local id; the new ones in two statements whatever their number (frames joined with their
-        mappings; their functions through a subquery, so no id list makes a round trip through Python),
-        decoded column by column. Frames are immutable: kept per process.
+    def _read_frames(self, frame_ids: Iterable[int]) -> None:
+        """Read the frames of these local ids not read yet, in two statements whatever their number (frames
+        joined with their mappings; their functions through a subquery, so no id list makes a round trip
+        through Python), and keep each as its rows: `_FrameRow` (what `frame_lines` and `frame_origins`
+        answer from; a `Frame` object only when `stacks` asks). Frames are immutable: kept per process.
 
         Resolving names in SQL instead (a scalar subquery's arrays and `transform`/`indexOf` per element)
         measured 2-20x slower than the second statement and a dict in Python, on a node's 7.5k frames."""
+        known = self._frame_rows
+        missing = sorted({self._frame_hash[i] for i in frame_ids if i not in known})
+        if not missing:
+            return
+        frames, fn, mp, into = self._t("frames"), self._t("functions"), self._t("mappings"), self._in
+        wanted = f"(SELECT id FROM {IDS})"
+        # No GROUP BY: rows not merged yet by ReplacingMergeTree are the same content twice (a dict keeps one)
+        t = self.transport.query(
+            f"SELECT fr.id AS id, fr.address AS address, fr.kind AS kind, fr.functions AS functions, "
+            f"fr.lines AS lines, fr.mapping AS mapping, m.start AS m_start, m.limit AS m_limit, "
+            f"m.offset AS m_offset, m.path AS m_path, m.build_id AS m_build "
+            f"FROM (SELECT id, address, mapping, kind, functions, lines FROM {frames} WHERE id {into} {wanted}) AS fr "
+            f"LEFT JOIN (SELECT id, any(start) AS start, any(limit) AS limit, any(offset) AS offset, "
+            f"any(path) AS path, any(build_id) AS build_id FROM {mp} WHERE id {into} "
+            f"(SELECT mapping FROM {frames} WHERE id {into} {wanted}) GROUP BY id) AS m ON m.id = fr.mapping",
+            missing)
+        named = self.transport.query(
+            f"SELECT id, name, file FROM {fn} WHERE id {into} "
+            f"(SELECT arrayJoin(functions) FROM {frames} WHERE id {into} {wanted})", missing)
+        names = dict(zip(named.column("id").to_pylist(),
+                         zip(named.column("name").to_pylist(), named.column("file").to_pylist(), strict=True),
+                         strict=True))
+        cols = {name: t.column(name).to_pylist() for name in t.column_names}
+        maps: dict[int, ProcMapping | None] = {0: None}
+        got: dict[int, _FrameRow] = {}
+        for k, h in enumerate(cols["id"]):
+            mh = cols["mapping"][k]
+            if mh not in maps:
+                maps[mh] = None if cols["m_path"][k] is None else ProcMapping(
+                    cols["m_start"][k], cols["m_limit"][k], cols["m_offset"][k], cols["m_path"][k],
+                    cols["m_build"][k] or None)
+            # (function, file, line) innermost first, as the row keeps them
+            lines = tuple((names[f][0], names[f][1] or None, ln or None)
+                          for f, ln in zip(cols["functions"][k], cols["lines"][k], strict=True))
+            got[self._frame_local[h]] = _FrameRow(cols["address"][k], maps[mh], cols["kind"][k], lines)
+        with self._lock:
+            if len(known) > _MEMO_LIMIT:
+                known.clear()
+                self._frame_obj.clear()
+            known.update(got)
+
+    def _row(self, i: int) -> _FrameRow:
+        row = self._frame_rows.get(i)
+        if row is None:  # dropped from a full cache between read and use: read again
+            self._read_frames([i])
+            row = self._frame_rows[i]
+        return row
+
+    def _load_frames(self, frame_ids: Iterable[int]) -> dict[int, Frame]:
+        """Frames by local id, as objects (built once per frame, from its kept rows)."""
         want = [int(i) for i in frame_ids]
-        known = self._frame_obj
-        missing = sorted({self._frame_hash[i] for i in want if i not in known})
-        if missing:
-            ids, frames, fn, mp, into = _ints(missing), self._t("frames"), self._t("functions"), self._t("mappings"), \
-                self._in
-            fr = (f"SELECT id, any(address) AS address, any(mapping) AS mapping, any(kind) AS kind, "
-                  f"any(functions) AS functions, any(lines) AS lines FROM {frames} WHERE id IN ({ids}) GROUP BY id")
-            fns = (f"SELECT id, any(name) AS name, any(file) AS file FROM {fn} WHERE id {into} "
-                   f"(SELECT arrayJoin(functions) FROM {frames} WHERE id IN ({ids})) GROUP BY id")
-            t = self.transport.query(
-                f"SELECT fr.id AS id, fr.address AS address, fr.kind AS kind, fr.functions AS functions, "
-                f"fr.lines AS lines, fr.mapping AS mapping, m.start AS m_start, m.limit AS m_limit, "
-                f"m.offset AS m_offset, m.path AS m_path, m.build_id AS m_build "
-                f"FROM ({fr}) AS fr LEFT JOIN (SELECT id, any(start) AS start, any(limit) AS limit, "
-                f"any(offset) AS offset, any(path) AS path, any(build_id) AS build_id FROM {mp} WHERE id {into} "
-                f"(SELECT mapping FROM {frames} WHERE id IN ({ids})) GROUP BY id) AS m ON m.id = fr.mapping")
-            named = self.transport.query(fns)
-            names = dict(zip(named.column("id").to_pylist(),
-                             zip(named.column("name").to_pylist(), named.column("file").to_pylist(), strict=True),
-                             strict=True))
-            cols = {name: t.column(name).to_pylist() for name in t.column_names}
-            maps: dict[int, ProcMapping] = {}
-            got: dict[int, Frame] = {}
-            for k, h in enumerate(cols["id"]):
-                mh = cols["mapping"][k]
-                m = maps.get(mh) if mh else None
-                if mh and m is None and cols["m_path"][k] is not None:
-                    m = maps[mh] = ProcMapping(cols["m_start"][k], cols["m_limit"][k], cols["m_offset"][k],
-                                               cols["m_path"][k], cols["m_build"][k] or None)
-                lines = tuple(Line(names[f][0], names[f][1] or None, ln or None)
-                              for f, ln in zip(cols["functions"][k], cols["lines"][k], strict=True))
-                got[self._frame_local[h]] = Frame(cols["address"][k], m, FrameKind(cols["kind"][k]), lines)
-            with self._lock:
-                if len(known) > _MEMO_LIMIT:
-                    known.clear()
-                known.update(got)
-            return {i: known.get(i) or got[i] for i in want}
-        return {i: known[i] for i in want}
+        self._read_frames(want)
+        objs = self._frame_obj
+        out: dict[int, Frame] = {}
+        for i in want:
+            f = objs.get(i)
+            if f is None:
+                r = self._row(i)
+                f = objs[i] = Frame(r.address, r.mapping, FrameKind(r.kind),
+                                    tuple(Line(n, file, ln) for n, file, ln in r.lines))
+            out[i] = f
+        return out
 
     def stacks(self, ids: Iterable[int]) -> dict[int, Stack]:
         want = [int(i) for i in ids]
@@ -648,18 +688,28 @@ class ClickHouseStore(Store):
         return out
 
     def frame_lines(self, frame_ids: Iterable[int]) -> dict[int, tuple[tuple[str, str | None, int | None], ...]]:
+        """`frame_lines_of` from the kept rows: outermost first; an unsymbolized frame as its fallback name."""
         self._check()
         want = [int(i) for i in frame_ids]
-        missing = [i for i in want if i not in self._lines]
-        if missing:
-            got = {i: frame_lines_of(f) for i, f in self._load_frames(missing).items()}
-            with self._lock:
-                self._lines.update(got)
-        return {i: self._lines[i] for i in want}
+        self._read_frames(want)
+        out = {}
+        for i in want:
+            r = self._row(i)
+            out[i] = tuple(reversed(r.lines)) if r.lines else frame_lines_of(
+                Frame(r.address, r.mapping, FrameKind(r.kind), ()))
+        return out
 
     def frame_origins(self, frame_ids: Iterable[int]) -> dict[int, FrameOrigin] | None:
-        """Kind, mapping path and file of frames, from the rows `frame_lines` read (no statement once it has)."""
-        return {i: frame_origin_of(f) for i, f in self._load_frames(frame_ids).items()}
+        """Kind, mapping path and file of its innermost line that has one (`frame_origin_of`), from the rows
+        `frame_lines` read (no statement once it has)."""
+        want = [int(i) for i in frame_ids]
+        self._read_frames(want)
+        out = {}
+        for i in want:
+            r = self._row(i)
+            out[i] = (r.kind, r.mapping.path if r.mapping is not None else "",
+                      next((file for _, file, _ in r.lines if file), ""))
+        return out
 
     # Equal refs read equal samples: a ref names its profile rows by count and fingerprint (`_Window`).
     immutable_refs = True
