@@ -180,6 +180,40 @@ def test_clickhouse_stops_a_statement_that_runs_past_the_deadline(chdb_dir: Path
         t.close()
 
 
+def test_a_version_1_clickhouse_database_is_upgraded_in_place_and_stays_exact(tmp_path: Path, chdb_dir: Path) -> None:
+    """Schema 2 added the hourly projection of profile totals: parts written before it are read raw until the
+    projection is built for them (MATERIALIZE, in the background), so answers are exact throughout."""
+    from web.store.clickhouse import ClickHouseStore
+    from web.store.dsn import open_store
+
+    db = f"up_{tmp_path.name[-12:].replace('-', '_')}"
+    store = open_store(f"chdb://{chdb_dir}?database={db}")
+    assert isinstance(store, ClickHouseStore)
+    tr = store.transport
+    tr.command(f"ALTER TABLE {db}.profiles DROP PROJECTION by_hour")  # as schema 1 made it
+    tr.command(f"TRUNCATE TABLE {db}.schema_version")
+    tr.command(f"INSERT INTO {db}.schema_version (version) VALUES (1)")
+    profiles = day(hours=3)
+    put(store, profiles)
+    assert got(store, "{}", T0, T0 + 3 * H) == truth(profiles, T0, T0 + 3 * H)  # no projection: rows
+    store.close()
+    store = open_store(f"chdb://{chdb_dir}?database={db}")
+    try:
+        assert isinstance(store, ClickHouseStore)
+        version = store.transport.query(f"SELECT max(version) AS v FROM {db}.schema_version")
+        assert version.column("v").to_pylist() == [2]
+        for t0, t1 in [(T0, T0 + 3 * H), (T0 + 17 * 60 * S, T0 + 2 * H + 41 * 60 * S)]:
+            assert got(store, "{}", t0, t1) == truth(profiles, t0, t1)
+        store.transport.command(f"ALTER TABLE {db}.profiles MATERIALIZE PROJECTION by_hour "
+                                "SETTINGS mutations_sync = 2")  # done now (the upgrade's own may still run)
+        built = store.transport.query(f"SELECT count() AS n FROM system.projection_parts WHERE database = '{db}' "
+                                      "AND table = 'profiles' AND name = 'by_hour' AND active")
+        assert built.column("n").to_pylist()[0] > 0
+        assert got(store, "{}", T0, T0 + 3 * H) == truth(profiles, T0, T0 + 3 * H)
+    finally:
+        store.close()
+
+
 def test_ingest_is_idempotent_per_batch_across_retries_and_replicas(tmp_path: Path, chdb_dir: Path) -> None:
     """Two servers (stores) on one database: a batch retried on either is counted once, and each sees the other's."""
     from web.store.dsn import open_store

@@ -41,9 +41,10 @@ from web.store.base import (
     Store,
     StoreClosed,
     StoredProfile,
+    StoreTooNew,
     frame_lines_of,
 )
-from web.store.clickhouse_schema import HOUR_NS, Layout, ddl
+from web.store.clickhouse_schema import HOUR_NS, SCHEMA_VERSION, Layout, ddl, upgrade
 from web.store.clickhouse_transport import IDS, ClickHouseUnavailable, Transport, quote
 from web.store.columns import group_sum
 from web.store.selector import Op, Selector
@@ -135,12 +136,23 @@ class ClickHouseStore(Store):
     # -- schema --------------------------------------------------------------------------------
 
     def _migrate(self) -> None:
-        for stmt in ddl(self.layout):
-            if stmt.startswith("INSERT"):
-                have = self.transport.query(f"SELECT max(version) AS v FROM {self.layout.database}.schema_version")
-                if have.num_rows and have.column("v")[0].as_py():
-                    continue
+        """Apply the DDL (every statement idempotent), then what an older schema's data needs (`upgrade`)."""
+        stmts = ddl(self.layout)
+        version = f"SELECT max(version) AS v FROM {self.layout.database}.schema_version"
+        for stmt in stmts[:2]:  # the database and schema_version
             self.transport.command(stmt)
+        have = int(self.transport.query(version).column("v")[0].as_py() or 0)
+        if have > SCHEMA_VERSION:
+            raise StoreTooNew(f"ClickHouse database {self.layout.database} was written by a newer podflame "
+                              f"(schema {have} > {SCHEMA_VERSION})")
+        for stmt in stmts[2:]:
+            if not stmt.startswith("INSERT"):
+                self.transport.command(stmt)
+        if have:
+            for stmt in upgrade(self.layout, have):
+                self.transport.command(stmt)
+        if have < SCHEMA_VERSION:
+            self.transport.command(stmts[-1])
         self._apply_ttl()
         self._ready = True
 
@@ -397,12 +409,22 @@ class ClickHouseStore(Store):
         """Every (series, period) with profiles starting in [t0, t1): their aggregate (`_AGG`) with the series'
         type, unit and labels, in ONE statement (a cold query's first round trip is also its last for metadata)."""
         where = self._series_where(selector, None, None)
+        ids = f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
+        parts = []
+        for table, _, lo, hi in _ranges(t0, t1):  # whole hours: written so the hourly projection answers them
+            span = (f"intDiv(start_ns, {HOUR_NS}) >= {lo // HOUR_NS} AND intDiv(start_ns, {HOUR_NS}) < {hi // HOUR_NS}"
+                    if table == "samples_1h" else f"start_ns >= {int(lo)} AND start_ns < {int(hi)}")
+            parts.append(f"SELECT series, period_ns, {_AGG} FROM {self._t('profiles')} WHERE {ids} AND {span} "
+                         "GROUP BY series, period_ns")
+        agg = parts[0] if len(parts) == 1 else (
+            "SELECT series, period_ns, min(lo) AS p_lo, max(hi) AS p_hi, sum(sum_total) AS p_total, sum(n) AS p_n, "
+            f"sum(fingerprint) AS p_fp FROM ({' UNION ALL '.join(parts)}) GROUP BY series, period_ns")
+        names = ("lo", "hi", "sum_total", "n", "fingerprint") if len(parts) == 1 else ("p_lo", "p_hi", "p_total",
+                                                                                       "p_n", "p_fp")
         rows: list[dict] = self.transport.query(
-            f"SELECT a.series AS series, a.period_ns AS period_ns, a.lo AS lo, a.hi AS hi, a.sum_total AS total, "
-            f"a.n AS n, a.fingerprint AS fingerprint, s.t AS t, s.u AS u, s.l AS l FROM "
-            f"(SELECT series, period_ns, {_AGG} FROM {self._t('profiles')} WHERE series {self._in} "
-            f"(SELECT id FROM {self._t('series')} WHERE {where}) AND start_ns >= {int(t0)} AND start_ns < {int(t1)} "
-            f"GROUP BY series, period_ns) AS a INNER JOIN (SELECT id, any(sample_type) AS t, any(unit) AS u, "
+            f"SELECT a.series AS series, a.period_ns AS period_ns, a.{names[0]} AS lo, a.{names[1]} AS hi, "
+            f"a.{names[2]} AS total, a.{names[3]} AS n, a.{names[4]} AS fingerprint, s.t AS t, s.u AS u, s.l AS l "
+            f"FROM ({agg}) AS a INNER JOIN (SELECT id, any(sample_type) AS t, any(unit) AS u, "
             f"any(labels) AS l FROM {self._t('series')} WHERE {where} GROUP BY id) AS s ON s.id = a.series"
         ).to_pylist()
         with self._lock:
