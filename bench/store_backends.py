@@ -179,9 +179,17 @@ def parallel_ingest(tmp: Path, bodies: list[bytes], drains: int, pods: int, star
     return out
 
 
-def cluster_day(dsn: str, nodes: int, start: int, end: int, runs: int) -> dict[str, Any]:
-    """Copy node-1's series and samples to nodes 2..N in SQL (the views fill totals and rollups), then time the
-    flame graph of every node over the whole range on a fresh store object."""
+def cluster_day(dsn: str, nodes: int, start: int, end: int, runs: int, hours: float = 24) -> dict[str, Any]:
+    """A cluster-day written in SQL from the node's ingested range, then the flame graph of every node over it.
+
+    Rows are what ingest writes (samples only; totals, rollups and the projection come from ClickHouse's views
+    and parts, as with ingest): node-1's range copied back in time until it fills `hours` ending at `end`, then
+    node-1's day copied to nodes 2..N (series ids and the `node` label changed, the same stacks: real nodes
+    share most stacks but not all, so dictionaries are smaller than a real cluster's). Each copy is one
+    INSERT ... SELECT, deduplicated by ClickHouse when a rerun repeats it. Then the rollups are merged
+    (OPTIMIZE FINAL, timed apart: background merges do it on a server that has run a day), and the flame
+    graph of all nodes over the day is asked on a fresh store object (cold), then again (warm), with the
+    node's own day beside it."""
     from web.server.app import create_app
     from web.store.clickhouse import ClickHouseStore
     from web.store.dsn import open_store
@@ -189,34 +197,58 @@ def cluster_day(dsn: str, nodes: int, start: int, end: int, runs: int) -> dict[s
     store = open_store(dsn)
     assert isinstance(store, ClickHouseStore)
     db, tr = store.layout.database, store.transport
-    t = time.perf_counter()
+    day0 = end - int(hours * H)
+    span = end - start
     node1 = f"SELECT id FROM {db}.series WHERE labels['node'] = {NODE!r}"
+    t = time.perf_counter()
+    for k in range(1, -(-(start - day0) // span) + 1):  # the range shifted back k times, until the day is full
+        shift = k * span
+        tr.command(f"INSERT INTO {db}.samples SELECT series, start_ns - {shift}, duration_ns, period_ns, stack, "
+                   f"value FROM {db}.samples WHERE series IN ({node1}) AND start_ns >= {start} AND start_ns < {end} "
+                   f"AND start_ns - {shift} >= {day0}")
+    node_s = time.perf_counter() - t
+    log(f"cluster-day: node-1's {span / H:g} h copied to {hours:g} h in {node_s:.0f} s")
     for k in range(2, nodes + 1):
+        tc = time.perf_counter()
         # no aliases named like columns: ClickHouse would read the WHERE's `series` as the new hash
         tr.command(f"INSERT INTO {db}.series SELECT sipHash64(id, {k}), sample_type, unit, "
                    f"mapUpdate(labels, CAST(map('node', 'node-{k}'), 'Map(LowCardinality(String), String)')) "
                    f"FROM {db}.series FINAL WHERE labels['node'] = {NODE!r}")
         tr.command(f"INSERT INTO {db}.samples SELECT sipHash64(series, {k}), start_ns, duration_ns, "
-                   f"period_ns, stack, value FROM {db}.samples WHERE series IN ({node1})")
+                   f"period_ns, stack, value FROM {db}.samples WHERE series IN ({node1}) AND start_ns >= {day0} "
+                   f"AND start_ns < {end}")
+        log(f"cluster-day: node-{k} copied in {time.perf_counter() - tc:.0f} s")
     copy_s = time.perf_counter() - t
-    rows = int(tr.query(f"SELECT count() AS n FROM {db}.samples").column("n")[0].as_py())
-    rollup = int(tr.query(f"SELECT count() AS n FROM {db}.samples_1h").column("n")[0].as_py())
+    t = time.perf_counter()
+    for table in ("samples_1h", "profiles"):
+        tr.command(f"OPTIMIZE TABLE {db}.{table} FINAL")
+    merge_s = time.perf_counter() - t
+
+    def count(table: str) -> int:
+        return int(tr.query(f"SELECT count() AS n FROM {db}.{table} WHERE start_ns >= {day0} AND start_ns < {end}"
+                            if table != "samples_1h" else
+                            f"SELECT count() AS n FROM {db}.{table} WHERE hour >= {day0} AND hour < {end}"
+                            ).column("n")[0].as_py())
+
+    out: dict[str, Any] = {"nodes": nodes, "hours": hours, "sample_rows": count("samples"),
+                           "profile_rows": count("profiles"), "rollup_rows": count("samples_1h"),
+                           "bytes": store.bytes_used(), "copy_s": round(copy_s, 1), "optimize_s": round(merge_s, 1)}
+    log(f"cluster-day: {out}")
+    for name, query in (("cluster", "{}"), ("node", f'{{node="{NODE}"}}')):
+        params = {"from": str(day0 // S), "to": str(end // S), "query": query}
+        fresh = open_store(dsn)  # a fresh store object (podflame's caches empty); `store` keeps the engine up
+        client = create_app({"DATA_DIR": "/nonexistent", "STORE": fresh, "MAINTENANCE_SECONDS": 0}).test_client()
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            r = client.get("/api/v1/flamegraph", query_string=params)
+            times.append(time.perf_counter() - t)
+            assert r.status_code == 200, r.data[:300]
+        fresh.close()
+        out[f"{name}_flamegraph"] = {"cold_s": round(times[0], 3), "total": r.json["total"],
+                                     "warm_s": round(statistics.median(times[1:] or times), 3)}
+        log(f"cluster-day {name} flame graph: {out[f'{name}_flamegraph']}")
     store.close()
-    log(f"cluster-day: {nodes} nodes, {rows} sample rows ({rollup} rollup rows), copied in {copy_s:.0f} s")
-    out: dict[str, Any] = {"nodes": nodes, "sample_rows": rows, "rollup_rows": rollup, "copy_s": round(copy_s, 1)}
-    params = {"from": str(start // S), "to": str(end // S), "query": "{}"}
-    store = open_store(dsn)
-    client = create_app({"DATA_DIR": "/nonexistent", "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        r = client.get("/api/v1/flamegraph", query_string=params)
-        times.append(time.perf_counter() - t)
-        assert r.status_code == 200, r.data[:300]
-    out["flamegraph_total"] = r.json["total"]
-    store.close()
-    out["flamegraph"] = {"cold_s": round(times[0], 3), "warm_s": round(statistics.median(times[1:] or times), 3)}
-    log(f"cluster-day flame graph: {out['flamegraph']}")
     return out
 
 
@@ -232,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parallel-drains", type=int, default=360,
                     help="drains for the one-vs-two-process ingest (0: skip)")
     ap.add_argument("--cluster-nodes", type=int, default=20, help="nodes of the cluster-day (0: skip)")
+    ap.add_argument("--cluster-hours", type=float, default=24, help="hours of the cluster-day")
     ap.add_argument("--data", help="keep both stores here (default: a temporary directory, removed after)")
     ap.add_argument("--queries-only", action="store_true", help="query the stores a run with --data left")
     args = ap.parse_args(argv)
@@ -269,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         result["queries"] = queries(dsns, start, end, pod, args.hours, args.runs)
         if args.cluster_nodes > 1:
             result["cluster_day"] = cluster_day(dsns["clickhouse"][0] or "", args.cluster_nodes, start, end,
-                                                args.runs)
+                                                args.runs, args.cluster_hours)
         if args.parallel_drains and bodies:
             result["parallel_ingest"] = parallel_ingest(tmp, bodies, args.parallel_drains, args.pods, start,
                                                         args.interval)
