@@ -411,9 +411,7 @@ class ClickHouseStore(Store):
         where = self._series_where(selector, None, None)
         ids = f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
         parts = []
-        for table, _, lo, hi in _ranges(t0, t1):  # whole hours: written so the hourly projection answers them
-            span = (f"intDiv(start_ns, {HOUR_NS}) >= {lo // HOUR_NS} AND intDiv(start_ns, {HOUR_NS}) < {hi // HOUR_NS}"
-                    if table == "samples_1h" else f"start_ns >= {int(lo)} AND start_ns < {int(hi)}")
+        for span in _spans(t0, t1):
             parts.append(f"SELECT series, period_ns, {_AGG} FROM {self._t('profiles')} WHERE {ids} AND {span} "
                          "GROUP BY series, period_ns")
         agg = parts[0] if len(parts) == 1 else (
@@ -752,8 +750,11 @@ class ClickHouseStore(Store):
     # -- labels --------------------------------------------------------------------------------
 
     def _active_series(self, t0: int, t1: int, selector: Selector | None) -> str:
-        return (f"SELECT DISTINCT series FROM {self._t('profiles')} WHERE series {self._in} "
-                f"({self._series_ids_sql(selector)}) AND start_ns >= {int(t0)} AND start_ns < {int(t1)}")
+        """Series with profiles starting in [t0, t1): whole hours through the hourly projection (GROUP BY, which
+        it answers), the ragged edges from rows."""
+        ids = f"series {self._in} ({self._series_ids_sql(selector)})"
+        return " UNION ALL ".join(f"SELECT series FROM {self._t('profiles')} WHERE {ids} AND {span} GROUP BY series"
+                                  for span in _spans(t0, t1))
 
     def label_names(self, t0: int, t1: int, selector: Selector | None = None) -> list[str]:
         self._check()
@@ -884,6 +885,14 @@ def _ranges(t0: int, t1: int) -> list[tuple[str, str, int, int]]:
     if h1 < t1:
         out.append(("samples", "start_ns", h1, t1))
     return out
+
+
+def _spans(t0: int, t1: int) -> list[str]:
+    """[t0, t1) as conditions on `profiles`: whole hours written as intDiv(start_ns, hour), so that the hourly
+    projection answers them (ClickHouse matches the expression of its GROUP BY), the ragged edges on start_ns."""
+    return [f"intDiv(start_ns, {HOUR_NS}) >= {lo // HOUR_NS} AND intDiv(start_ns, {HOUR_NS}) < {hi // HOUR_NS}"
+            if table == "samples_1h" else f"start_ns >= {int(lo)} AND start_ns < {int(hi)}"
+            for table, _, lo, hi in _ranges(t0, t1)]
 
 
 def _ints(values: Iterable[int]) -> str:
