@@ -278,6 +278,36 @@ def test_unreachable_clickhouse_answers_503_with_a_clear_message(tmp_path: Path)
     store.close()
 
 
+def test_an_id_list_travels_as_an_external_table_over_http() -> None:
+    """What the network adapter adds for id lists (the stacks and frames a query reads): the SQL names the
+    external table and the ids go as its TSV rows with their structure, as ClickHouse's HTTP interface takes
+    them. No ClickHouse server runs here (docs/scaling.md), so the driver's call is what is checked; chDB runs
+    the same SQL with the list through Python() in every ClickHouse test."""
+    pytest.importorskip("clickhouse_connect")
+    import pyarrow as pa
+
+    from web.store.clickhouse_transport import IDS, HttpTransport
+
+    calls: list[tuple[str, dict]] = []
+
+    class Client:
+        def query_arrow(self, sql: str, **kwargs: object) -> pa.Table:
+            calls.append((sql, kwargs))
+            return pa.table({"id": pa.array([2, 3], pa.uint64())})
+
+    t = HttpTransport("127.0.0.1", 1)
+    t._client = Client()
+    got = t.query(f"SELECT id FROM stacks WHERE id IN (SELECT id FROM {IDS})", [3, 2, 18446744073709551615])
+    assert got.column("id").to_pylist() == [2, 3]
+    sql, kwargs = calls[0]
+    assert sql == "SELECT id FROM stacks WHERE id IN (SELECT id FROM podflame_ids)"
+    (f,) = kwargs["external_data"].files  # type: ignore[attr-defined]
+    assert (f.name, f.fmt, f.structure, f.data) == ("podflame_ids", "TSV", "id UInt64",
+                                                    b"3\n2\n18446744073709551615")
+    t.query("SELECT 1")
+    assert "external_data" not in calls[1][1]
+
+
 def test_cluster_ddl_is_accepted_by_the_engines_parser(chdb_dir: Path) -> None:
     """ON CLUSTER / Replicated / Distributed statements cannot run without a cluster; ClickHouse's parser
     (EXPLAIN SYNTAX) checks every one, and the single-node DDL really runs in every chdb test."""
