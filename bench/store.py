@@ -137,7 +137,9 @@ def main() -> None:
         from bench import store_backends
 
         store_backends.main([f"--hours={args.hours}", f"--pods={args.pods}", f"--stacks={args.stacks}",
-                             f"--interval={args.interval}", f"--runs={args.runs}", *rest])
+                             f"--interval={args.interval}", f"--runs={args.runs}",
+                             *([f"--data={args.data}"] if args.data else []),
+                             *(["--queries-only"] if args.queries_only else []), *rest])
         return
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")

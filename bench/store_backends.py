@@ -42,22 +42,61 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.store import NODE, H, log  # noqa: E402  (the same node-day as bench/store.py)
+from bench.store import NODE, H, log, query_cases  # noqa: E402  (the same node-day as bench/store.py)
 from bench.synthetic import S, drain, make_node  # noqa: E402
 from podflame import pprof  # noqa: E402
 
 
-def cases(start: int, end: int, pod: str) -> list[tuple[str, str, dict[str, str]]]:
-    last_h = {"from": str((end - H) // S), "to": str(end // S)}
-    whole = {"from": str(start // S), "to": str(end // S)}
-    return [("pod_1h", "/api/v1/flamegraph", {**last_h, "query": f'{{pod="{pod}"}}'}),
-            ("pod_all", "/api/v1/flamegraph", {**whole, "query": f'{{pod="{pod}"}}'}),
-            ("node_all", "/api/v1/flamegraph", {**whole, "query": f'{{node="{NODE}"}}'}),
-            ("node_cpu_10m", "/api/v1/cpu", {**whole, "step": "600"})]
+def run_case(backend: str, dsn: str | None, data: Path, path: str, params: dict[str, str], runs: int
+             ) -> dict[str, Any]:
+    """One query on a fresh store object and app (no store, name or tree caches: the first request is cold),
+    then `runs - 1` more (warm: the median)."""
+    from web.server.app import create_app
+    from web.store.dsn import open_store
+
+    store = open_store(dsn, data)
+    c = create_app({"DATA_DIR": str(data), "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        r = c.get(path, query_string=params)
+        times.append(time.perf_counter() - t)
+        assert r.status_code == 200, r.data[:300]
+    store.close()
+    out = {"cold_s": round(times[0], 4), "warm_s": round(statistics.median(times[1:] or times), 4)}
+    if "total" in (r.json or {}):
+        out["total"] = r.json["total"]
+    return out
 
 
-def run(backend: str, dsn: str | None, data: Path, bodies: list[bytes], samples: int, args: argparse.Namespace,
-        start: int) -> dict[str, Any]:
+def queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: int, pod: str, hours: float, runs: int
+            ) -> dict[str, dict[str, Any]]:
+    """bench/store.py's queries, each on both backends back to back (so load drifts hit both alike), with
+    the ratios ClickHouse / SQLite of the cold and the warm time."""
+    from web.store.dsn import open_store
+
+    out: dict[str, dict[str, Any]] = {}
+    # The ClickHouse engine stays up across queries, as a ClickHouse server does across podflame server restarts:
+    # each query's store object is fresh (podflame's caches empty), the engine's own caches are not. chDB closes
+    # its engine with the last store on a path, so one store is held open for the run.
+    server = open_store(dsns["clickhouse"][0], dsns["clickhouse"][1])
+    for name, path, params in query_cases(start, end, pod, hours):
+        row: dict[str, Any] = {b: run_case(b, dsn, data, path, params, runs) for b, (dsn, data) in dsns.items()}
+        sq, ch = row["sqlite"], row["clickhouse"]
+        if "total" in sq:
+            assert sq["total"] == ch["total"], (name, sq["total"], ch["total"])
+        row["ratio_cold"] = round(ch["cold_s"] / max(sq["cold_s"], 1e-4), 2)
+        row["ratio_warm"] = round(ch["warm_s"] / max(sq["warm_s"], 1e-4), 2)
+        out[name] = row
+        log(f"{name}: {row}")
+    server.close()
+    return out
+
+
+def ingest(backend: str, dsn: str | None, data: Path, bodies: list[bytes], samples: int, args: argparse.Namespace,
+           start: int) -> dict[str, Any]:
+    """Every drain of the range through the ingest handler; then SQLite compacts (as its server would have)
+    and ClickHouse merges its parts, so both are measured as a server that has run for a while holds them."""
     from web.server.app import create_app
     from web.store.dsn import open_store
 
@@ -84,24 +123,8 @@ def run(backend: str, dsn: str | None, data: Path, bodies: list[bytes], samples:
         store.transport.command(f"OPTIMIZE TABLE {store.layout.database}.samples FINAL")  # type: ignore[attr-defined]
         size = store.bytes_used()  # type: ignore[attr-defined]
     store.close()
-    end = start + n * args.interval * S
-    out: dict[str, Any] = {"ingest_s": round(ingest_s, 2), "pod_profiles_per_s": round(n * args.pods / ingest_s),
-                           "bytes": size, "bytes_per_sample": round(size / samples, 3), "queries": {}}
-    pod = make_node(args.pods, stacks_per_pod=args.stacks)[args.pods // 2].labels["pod"]
-    for name, path, params in cases(start, end, pod):
-        store = open_store(dsn, data)  # a fresh store object: no caches (the first request is cold)
-        app = create_app({"DATA_DIR": str(data), "STORE": store, "MAINTENANCE_SECONDS": 0})
-        c = app.test_client()
-        times = []
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            r = c.get(path, query_string=params)
-            times.append(time.perf_counter() - t)
-            assert r.status_code == 200, r.data[:300]
-        store.close()
-        out["queries"][name] = {"cold_s": round(times[0], 3), "warm_s": round(statistics.median(times[1:]), 3)}
-        log(f"{backend} {name}: {out['queries'][name]}")
-    return out
+    return {"ingest_s": round(ingest_s, 2), "pod_profiles_per_s": round(n * args.pods / ingest_s),
+            "bytes": size, "bytes_per_sample": round(size / samples, 3)}
 
 
 def _ingest_worker(dsn: str, bodies: list[bytes], first: int, count: int, start: int, interval: int,
@@ -156,9 +179,17 @@ def parallel_ingest(tmp: Path, bodies: list[bytes], drains: int, pods: int, star
     return out
 
 
-def cluster_day(dsn: str, nodes: int, start: int, end: int, runs: int) -> dict[str, Any]:
-    """Copy node-1's series and samples to nodes 2..N in SQL (the views fill totals and rollups), then time the
-    flame graph of every node over the whole range on a fresh store object."""
+def cluster_day(dsn: str, nodes: int, start: int, end: int, runs: int, hours: float = 24) -> dict[str, Any]:
+    """A cluster-day written in SQL from the node's ingested range, then the flame graph of every node over it.
+
+    Rows are what ingest writes (samples only; totals, rollups and the projection come from ClickHouse's views
+    and parts, as with ingest): node-1's range copied back in time until it fills `hours` ending at `end`, then
+    node-1's day copied to nodes 2..N (series ids and the `node` label changed, the same stacks: real nodes
+    share most stacks but not all, so dictionaries are smaller than a real cluster's). Each copy is one
+    INSERT ... SELECT, deduplicated by ClickHouse when a rerun repeats it. Then the rollups are merged
+    (OPTIMIZE FINAL, timed apart: background merges do it on a server that has run a day), and the flame
+    graph of all nodes over the day is asked on a fresh store object (cold), then again (warm), with the
+    node's own day beside it."""
     from web.server.app import create_app
     from web.store.clickhouse import ClickHouseStore
     from web.store.dsn import open_store
@@ -166,34 +197,58 @@ def cluster_day(dsn: str, nodes: int, start: int, end: int, runs: int) -> dict[s
     store = open_store(dsn)
     assert isinstance(store, ClickHouseStore)
     db, tr = store.layout.database, store.transport
-    t = time.perf_counter()
+    day0 = end - int(hours * H)
+    span = end - start
     node1 = f"SELECT id FROM {db}.series WHERE labels['node'] = {NODE!r}"
+    t = time.perf_counter()
+    for k in range(1, -(-(start - day0) // span) + 1):  # the range shifted back k times, until the day is full
+        shift = k * span
+        tr.command(f"INSERT INTO {db}.samples SELECT series, start_ns - {shift}, duration_ns, period_ns, stack, "
+                   f"value FROM {db}.samples WHERE series IN ({node1}) AND start_ns >= {start} AND start_ns < {end} "
+                   f"AND start_ns - {shift} >= {day0}")
+    node_s = time.perf_counter() - t
+    log(f"cluster-day: node-1's {span / H:g} h copied to {hours:g} h in {node_s:.0f} s")
     for k in range(2, nodes + 1):
+        tc = time.perf_counter()
         # no aliases named like columns: ClickHouse would read the WHERE's `series` as the new hash
         tr.command(f"INSERT INTO {db}.series SELECT sipHash64(id, {k}), sample_type, unit, "
                    f"mapUpdate(labels, CAST(map('node', 'node-{k}'), 'Map(LowCardinality(String), String)')) "
                    f"FROM {db}.series FINAL WHERE labels['node'] = {NODE!r}")
         tr.command(f"INSERT INTO {db}.samples SELECT sipHash64(series, {k}), start_ns, duration_ns, "
-                   f"period_ns, stack, value FROM {db}.samples WHERE series IN ({node1})")
+                   f"period_ns, stack, value FROM {db}.samples WHERE series IN ({node1}) AND start_ns >= {day0} "
+                   f"AND start_ns < {end}")
+        log(f"cluster-day: node-{k} copied in {time.perf_counter() - tc:.0f} s")
     copy_s = time.perf_counter() - t
-    rows = int(tr.query(f"SELECT count() AS n FROM {db}.samples").column("n")[0].as_py())
-    rollup = int(tr.query(f"SELECT count() AS n FROM {db}.samples_1h").column("n")[0].as_py())
+    t = time.perf_counter()
+    for table in ("samples_1h", "profiles"):
+        tr.command(f"OPTIMIZE TABLE {db}.{table} FINAL")
+    merge_s = time.perf_counter() - t
+
+    def count(table: str) -> int:
+        return int(tr.query(f"SELECT count() AS n FROM {db}.{table} WHERE start_ns >= {day0} AND start_ns < {end}"
+                            if table != "samples_1h" else
+                            f"SELECT count() AS n FROM {db}.{table} WHERE hour >= {day0} AND hour < {end}"
+                            ).column("n")[0].as_py())
+
+    out: dict[str, Any] = {"nodes": nodes, "hours": hours, "sample_rows": count("samples"),
+                           "profile_rows": count("profiles"), "rollup_rows": count("samples_1h"),
+                           "bytes": store.bytes_used(), "copy_s": round(copy_s, 1), "optimize_s": round(merge_s, 1)}
+    log(f"cluster-day: {out}")
+    for name, query in (("cluster", "{}"), ("node", f'{{node="{NODE}"}}')):
+        params = {"from": str(day0 // S), "to": str(end // S), "query": query}
+        fresh = open_store(dsn)  # a fresh store object (podflame's caches empty); `store` keeps the engine up
+        client = create_app({"DATA_DIR": "/nonexistent", "STORE": fresh, "MAINTENANCE_SECONDS": 0}).test_client()
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            r = client.get("/api/v1/flamegraph", query_string=params)
+            times.append(time.perf_counter() - t)
+            assert r.status_code == 200, r.data[:300]
+        fresh.close()
+        out[f"{name}_flamegraph"] = {"cold_s": round(times[0], 3), "total": r.json["total"],
+                                     "warm_s": round(statistics.median(times[1:] or times), 3)}
+        log(f"cluster-day {name} flame graph: {out[f'{name}_flamegraph']}")
     store.close()
-    log(f"cluster-day: {nodes} nodes, {rows} sample rows ({rollup} rollup rows), copied in {copy_s:.0f} s")
-    out: dict[str, Any] = {"nodes": nodes, "sample_rows": rows, "rollup_rows": rollup, "copy_s": round(copy_s, 1)}
-    params = {"from": str(start // S), "to": str(end // S), "query": "{}"}
-    store = open_store(dsn)
-    client = create_app({"DATA_DIR": "/nonexistent", "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        r = client.get("/api/v1/flamegraph", query_string=params)
-        times.append(time.perf_counter() - t)
-        assert r.status_code == 200, r.data[:300]
-    out["flamegraph_total"] = r.json["total"]
-    store.close()
-    out["flamegraph"] = {"cold_s": round(times[0], 3), "warm_s": round(statistics.median(times[1:] or times), 3)}
-    log(f"cluster-day flame graph: {out['flamegraph']}")
     return out
 
 
@@ -209,41 +264,51 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parallel-drains", type=int, default=360,
                     help="drains for the one-vs-two-process ingest (0: skip)")
     ap.add_argument("--cluster-nodes", type=int, default=20, help="nodes of the cluster-day (0: skip)")
+    ap.add_argument("--cluster-hours", type=float, default=24, help="hours of the cluster-day")
+    ap.add_argument("--data", help="keep both stores here (default: a temporary directory, removed after)")
+    ap.add_argument("--queries-only", action="store_true", help="query the stores a run with --data left")
     args = ap.parse_args(argv)
-    pods = make_node(args.pods, stacks_per_pod=args.stacks)
-    end = (time.time_ns() // H) * H
-    start = end - int(args.hours * H)
+    tmp = Path(args.data or tempfile.mkdtemp(prefix="podflame-bench-backends-"))
+    meta = tmp / "bench-backends.json"
     n = int(args.hours * 3600 // args.interval)
-    bodies, per_body = [], []
-    for i in range(min(args.distinct, n)):
-        profiles = drain(pods, start + i * args.interval * S, args.interval, seed=i)
-        per_body.append(sum(p.total() for p in profiles))
-        bodies.append(pprof.encode(profiles))
-    samples = sum(per_body[i % len(per_body)] for i in range(n))
-    log(f"{n} drains of {args.pods} pods, {samples} samples")
-    tmp = Path(tempfile.mkdtemp(prefix="podflame-bench-backends-"))
+    dsns: dict[str, tuple[str | None, Path]] = {"sqlite": (None, tmp / "sqlite"),
+                                                "clickhouse": (f"chdb://{tmp / 'chdb'}?database=bench", tmp / "ch")}
+    bodies: list[bytes] = []
     try:
-        result: dict[str, Any] = {"hours": args.hours, "pods": args.pods, "drains": n, "samples": samples}
-        result["sqlite"] = run("sqlite", None, tmp / "sqlite", bodies, samples, args, start)
-        result["clickhouse"] = run("clickhouse", f"chdb://{tmp / 'chdb'}?database=bench", tmp / "ch", bodies, samples,
-                                   args, start)
+        if args.queries_only:
+            result = json.loads(meta.read_text())
+            start = result["start_ns"]
+        else:
+            tmp.mkdir(parents=True, exist_ok=True)
+            pods = make_node(args.pods, stacks_per_pod=args.stacks)
+            start = (time.time_ns() // H) * H - int(args.hours * H)
+            per_body = []
+            for i in range(min(args.distinct, n)):
+                profiles = drain(pods, start + i * args.interval * S, args.interval, seed=i)
+                per_body.append(sum(p.total() for p in profiles))
+                bodies.append(pprof.encode(profiles))
+            samples = sum(per_body[i % len(per_body)] for i in range(n))
+            log(f"{n} drains of {args.pods} pods, {samples} samples")
+            result = {"hours": args.hours, "pods": args.pods, "drains": n, "samples": samples, "start_ns": start}
+            for b, (dsn, data) in dsns.items():
+                result[b] = ingest(b, dsn, data, bodies, samples, args, start)
+            meta.write_text(json.dumps(result))
+        end = start + n * args.interval * S
         sq, ch = result["sqlite"], result["clickhouse"]
         result["ratio_clickhouse_vs_sqlite"] = {
             "bytes_per_sample": round(ch["bytes_per_sample"] / sq["bytes_per_sample"], 3),
-            "ingest_rate": round(ch["pod_profiles_per_s"] / sq["pod_profiles_per_s"], 3),
-            **{f"{q}_warm": round(ch["queries"][q]["warm_s"] / max(sq["queries"][q]["warm_s"], 1e-6), 3)
-               for q in sq["queries"]},
-            **{f"{q}_cold": round(ch["queries"][q]["cold_s"] / max(sq["queries"][q]["cold_s"], 1e-6), 3)
-               for q in sq["queries"]}}
+            "ingest_rate": round(ch["pod_profiles_per_s"] / sq["pod_profiles_per_s"], 3)}
+        pod = make_node(args.pods, stacks_per_pod=args.stacks)[args.pods // 2].labels["pod"]
+        result["queries"] = queries(dsns, start, end, pod, args.hours, args.runs)
         if args.cluster_nodes > 1:
-            end = start + n * args.interval * S
-            result["cluster_day"] = cluster_day(f"chdb://{tmp / 'chdb'}?database=bench", args.cluster_nodes,
-                                                start, end, args.runs)
-        if args.parallel_drains:
+            result["cluster_day"] = cluster_day(dsns["clickhouse"][0] or "", args.cluster_nodes, start, end,
+                                                args.runs, args.cluster_hours)
+        if args.parallel_drains and bodies:
             result["parallel_ingest"] = parallel_ingest(tmp, bodies, args.parallel_drains, args.pods, start,
                                                         args.interval)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.data:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
 
 

@@ -20,6 +20,7 @@ from podflame import pprof
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
 from tests.builders import batches, ingest, put
 from web.query.merge import Query, cpu_series, merged
+from web.query.treecache import refs_key
 from web.server.app import create_app
 from web.store.base import Store
 from web.store.clickhouse_schema import Layout, ddl
@@ -104,6 +105,28 @@ def test_retention_drops_what_is_older(tmp_path: Path, make_store: Callable[[Pat
     assert got(store, "{}", 0, 2 * now) == truth(profiles, T0 + 2 * H, now)
 
 
+def test_generation_and_refs_move_with_every_write_and_deletion(tmp_path: Path,
+                                                                 make_store: Callable[[Path], Store]) -> None:
+    """What lets the query layer keep answers (web/query/treecache.py): a new write or a retention pass changes
+    the generation and the refs of the range it touches; refs of untouched data stay equal."""
+    store = make_store(tmp_path)
+    profiles = day(hours=3)
+    early = [p for p in profiles if p.start_ns < T0 + 2 * H]
+    put(store, early)
+    g0 = store.generation()
+    first_hour = refs_key(store.select(MATCH_ALL, T0, T0 + H, "samples"))
+    whole = refs_key(store.select(MATCH_ALL, T0, T0 + 3 * H, "samples"))
+    put(store, [p for p in profiles if p.start_ns >= T0 + 2 * H])
+    g1 = store.generation()
+    assert store.immutable_refs and g0 is not None and g1 != g0
+    assert refs_key(store.select(MATCH_ALL, T0, T0 + H, "samples")) == first_hour
+    assert refs_key(store.select(MATCH_ALL, T0, T0 + 3 * H, "samples")) != whole
+    store.enforce_retention(H, None, now_ns=T0 + 3 * H)  # cutoff T0 + 2 h
+    assert store.generation() != g1
+    assert refs_key(store.select(MATCH_ALL, T0, T0 + 3 * H, "samples")) != whole
+    assert store.select(MATCH_ALL, T0, T0 + H, "samples") == []
+
+
 def test_disk_budget_drops_the_oldest_data_and_what_is_left_stays_exact(
         tmp_path: Path, make_store: Callable[[Path], Store], store_backend: str) -> None:
     """`max_bytes` on either backend: over the budget the oldest data goes (ClickHouse: whole day partitions,
@@ -155,6 +178,40 @@ def test_clickhouse_stops_a_statement_that_runs_past_the_deadline(chdb_dir: Path
         assert t.query("SELECT 1 AS one").column("one").to_pylist() == [1]  # no deadline: no limit
     finally:
         t.close()
+
+
+def test_a_version_1_clickhouse_database_is_upgraded_in_place_and_stays_exact(tmp_path: Path, chdb_dir: Path) -> None:
+    """Schema 2 added the hourly projection of profile totals: parts written before it are read raw until the
+    projection is built for them (MATERIALIZE, in the background), so answers are exact throughout."""
+    from web.store.clickhouse import ClickHouseStore
+    from web.store.dsn import open_store
+
+    db = f"up_{tmp_path.name[-12:].replace('-', '_')}"
+    store = open_store(f"chdb://{chdb_dir}?database={db}")
+    assert isinstance(store, ClickHouseStore)
+    tr = store.transport
+    tr.command(f"ALTER TABLE {db}.profiles DROP PROJECTION by_hour")  # as schema 1 made it
+    tr.command(f"TRUNCATE TABLE {db}.schema_version")
+    tr.command(f"INSERT INTO {db}.schema_version (version) VALUES (1)")
+    profiles = day(hours=3)
+    put(store, profiles)
+    assert got(store, "{}", T0, T0 + 3 * H) == truth(profiles, T0, T0 + 3 * H)  # no projection: rows
+    store.close()
+    store = open_store(f"chdb://{chdb_dir}?database={db}")
+    try:
+        assert isinstance(store, ClickHouseStore)
+        version = store.transport.query(f"SELECT max(version) AS v FROM {db}.schema_version")
+        assert version.column("v").to_pylist() == [2]
+        for t0, t1 in [(T0, T0 + 3 * H), (T0 + 17 * 60 * S, T0 + 2 * H + 41 * 60 * S)]:
+            assert got(store, "{}", t0, t1) == truth(profiles, t0, t1)
+        store.transport.command(f"ALTER TABLE {db}.profiles MATERIALIZE PROJECTION by_hour "
+                                "SETTINGS mutations_sync = 2")  # done now (the upgrade's own may still run)
+        built = store.transport.query(f"SELECT count() AS n FROM system.projection_parts WHERE database = '{db}' "
+                                      "AND table = 'profiles' AND name = 'by_hour' AND active")
+        assert built.column("n").to_pylist()[0] > 0
+        assert got(store, "{}", T0, T0 + 3 * H) == truth(profiles, T0, T0 + 3 * H)
+    finally:
+        store.close()
 
 
 def test_ingest_is_idempotent_per_batch_across_retries_and_replicas(tmp_path: Path, chdb_dir: Path) -> None:
@@ -221,6 +278,36 @@ def test_unreachable_clickhouse_answers_503_with_a_clear_message(tmp_path: Path)
     store.close()
 
 
+def test_an_id_list_travels_as_an_external_table_over_http() -> None:
+    """What the network adapter adds for id lists (the stacks and frames a query reads): the SQL names the
+    external table and the ids go as its TSV rows with their structure, as ClickHouse's HTTP interface takes
+    them. No ClickHouse server runs here (docs/scaling.md), so the driver's call is what is checked; chDB runs
+    the same SQL with the list through Python() in every ClickHouse test."""
+    pytest.importorskip("clickhouse_connect")
+    import pyarrow as pa
+
+    from web.store.clickhouse_transport import IDS, HttpTransport
+
+    calls: list[tuple[str, dict]] = []
+
+    class Client:
+        def query_arrow(self, sql: str, **kwargs: object) -> pa.Table:
+            calls.append((sql, kwargs))
+            return pa.table({"id": pa.array([2, 3], pa.uint64())})
+
+    t = HttpTransport("127.0.0.1", 1)
+    t._client = Client()
+    got = t.query(f"SELECT id FROM stacks WHERE id IN (SELECT id FROM {IDS})", [3, 2, 18446744073709551615])
+    assert got.column("id").to_pylist() == [2, 3]
+    sql, kwargs = calls[0]
+    assert sql == "SELECT id FROM stacks WHERE id IN (SELECT id FROM podflame_ids)"
+    (f,) = kwargs["external_data"].files  # type: ignore[attr-defined]
+    assert (f.name, f.fmt, f.structure, f.data) == ("podflame_ids", "TSV", "id UInt64",
+                                                    b"3\n2\n18446744073709551615")
+    t.query("SELECT 1")
+    assert "external_data" not in calls[1][1]
+
+
 def test_cluster_ddl_is_accepted_by_the_engines_parser(chdb_dir: Path) -> None:
     """ON CLUSTER / Replicated / Distributed statements cannot run without a cluster; ClickHouse's parser
     (EXPLAIN SYNTAX) checks every one, and the single-node DDL really runs in every chdb test."""
@@ -248,7 +335,9 @@ store = open_store(f"chdb://{d / 'data'}?database=pf&cluster=pf&replicated=0&con
 rows = store.transport.query("SELECT name, engine FROM system.tables WHERE database = 'pf'").to_pylist()
 profiles = day(hours=3)
 store.put(batches(profiles[:150]))
+g1 = store.generation()
 store.put(batches(profiles[150:]))
+g2 = store.generation()
 store.put(batches(profiles[150:]))  # a retry, through the Distributed table: counted once
 local = store.transport.query("SELECT count() AS n FROM pf.samples_local").column("n")[0].as_py()
 print(json.dumps({
@@ -256,7 +345,8 @@ print(json.dumps({
     "exact": got(store, "{}", T0, T0 + 3 * H) == truth(profiles, T0, T0 + 3 * H),
     "ragged": got(store, '{ns="shop"}', T0 + 17 * 60 * S, T0 + 2 * H) == truth(profiles, T0 + 17 * 60 * S, T0 + 2 * H,
                                                                              {"p1"}),
-    "labels": store.label_values("pod", T0, T0 + H)}))
+    "labels": store.label_values("pod", T0, T0 + H),
+    "generation_moves": g1 != g2}))
 """
 
 _CLUSTER_CONFIG = """<clickhouse>
@@ -285,7 +375,7 @@ def test_cluster_ddl_runs_on_the_engine_sharded_without_replicas(tmp_path: Path)
         assert engines[f"{table}_local"].endswith("MergeTree"), (table, engines)
     assert engines["profiles_mv"] == engines["samples_1h_mv"] == "MaterializedView"
     assert out["local_rows"] > 0  # the rows went through the Distributed table to the shard's local table
-    assert out["exact"] and out["ragged"] and out["labels"] == ["p0", "p1", "p2"], out
+    assert out["exact"] and out["ragged"] and out["labels"] == ["p0", "p1", "p2"] and out["generation_moves"], out
 
 
 def test_print_ddl_prints_and_connects_to_nothing() -> None:

@@ -19,8 +19,10 @@ import contextlib
 import hashlib
 import struct
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -31,6 +33,7 @@ from podflame.model import Mapping as ProcMapping
 from web.store.base import (
     Batch,
     Columns,
+    FrameOrigin,
     PutResult,
     RetentionResult,
     Series,
@@ -38,10 +41,11 @@ from web.store.base import (
     Store,
     StoreClosed,
     StoredProfile,
+    StoreTooNew,
     frame_lines_of,
 )
-from web.store.clickhouse_schema import HOUR_NS, Layout, ddl
-from web.store.clickhouse_transport import ClickHouseUnavailable, Transport, quote
+from web.store.clickhouse_schema import HOUR_NS, SCHEMA_VERSION, Layout, ddl, upgrade
+from web.store.clickhouse_transport import IDS, ClickHouseUnavailable, Transport, quote
 from web.store.columns import group_sum
 from web.store.selector import Op, Selector
 
@@ -62,13 +66,37 @@ def _s(x: str | None) -> bytes:
     return (x or "").encode()
 
 
-class _Window(NamedTuple):
-    """A StoredProfile's handle: the aggregate of a series' profiles of one period starting in [t0, t1)."""
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """A StoredProfile's handle: the aggregate of a series' profiles of one period starting in [t0, t1).
+
+    `n` and `fingerprint` (the count and a wrapping sum of hashes of its profile rows) name exactly which
+    profiles it sums: a profile's samples are written once, in the insert that wrote its row, so equal
+    handles read equal samples (`Store.immutable_refs`) and a late or deleted profile changes the handle.
+    The window itself is not compared: two ranges holding the same profiles are the same data (a kept
+    flame graph serves both)."""
 
     series: int  # the series' hash id
     period_ns: int
-    t0: int
-    t1: int
+    t0: int = field(compare=False)
+    t1: int = field(compare=False)
+    n: int = 0
+    fingerprint: int = 0
+
+
+class _FrameRow(NamedTuple):
+    """A frame as its rows give it: lines are (function, file, line) innermost first."""
+
+    address: int
+    mapping: ProcMapping | None
+    kind: str
+    lines: tuple[tuple[str, str | None, int | None], ...]
+
+
+# The aggregate of a (series, period)'s profile rows in a range: what a `_Window` names.
+_AGG = ("min(start_ns) AS lo, max(start_ns + duration_ns) AS hi, sum(total) AS sum_total, count() AS n, "
+        "sum(cityHash64(start_ns, duration_ns, total, n_samples)) AS fingerprint")  # no alias named like a column
+_MEMO_SECONDS = 2.0  # how long `types`' selection may serve the `select` that follows it in a request
 
 
 class ClickHouseStore(Store):
@@ -91,12 +119,15 @@ class ClickHouseStore(Store):
         self._frame_hash: list[int] = []
         self._series_local: dict[int, Series] = {}  # hash -> Series (id: dense local)
         self._series_hash: list[int] = []
-        self._lines: dict[int, tuple[tuple[str, str | None, int | None], ...]] = {}
+        self._frame_rows: dict[int, _FrameRow] = {}  # local frame id -> its rows (immutable)
         self._stack_frames: dict[int, np.ndarray] = {}  # local stack id -> local frame ids (immutable rows)
         self._frame_obj: dict[int, Frame] = {}  # local frame id -> Frame (immutable rows)
         self._memo: dict[object, int] = {}  # content -> hash (mappings, functions, frames, stacks)
         self._written: set[int] = set()  # dictionary ids this process has inserted
         self._retention_cutoff = 0  # the last cutoff this process enforced
+        # The last `types` selection of each thread, for the `select` of the same request (one statement for
+        # both: the query layer asks which types are in range, then selects one of them).
+        self._recent = threading.local()
         if migrate:
             # Start anyway when ClickHouse is down: every call answers 503 until it is back, then migrates.
             with contextlib.suppress(ClickHouseUnavailable):
@@ -105,12 +136,23 @@ class ClickHouseStore(Store):
     # -- schema --------------------------------------------------------------------------------
 
     def _migrate(self) -> None:
-        for stmt in ddl(self.layout):
-            if stmt.startswith("INSERT"):
-                have = self.transport.query(f"SELECT max(version) AS v FROM {self.layout.database}.schema_version")
-                if have.num_rows and have.column("v")[0].as_py():
-                    continue
+        """Apply the DDL (every statement idempotent), then what an older schema's data needs (`upgrade`)."""
+        stmts = ddl(self.layout)
+        version = f"SELECT max(version) AS v FROM {self.layout.database}.schema_version"
+        for stmt in stmts[:2]:  # the database and schema_version
             self.transport.command(stmt)
+        have = int(self.transport.query(version).column("v")[0].as_py() or 0)
+        if have > SCHEMA_VERSION:
+            raise StoreTooNew(f"ClickHouse database {self.layout.database} was written by a newer podflame "
+                              f"(schema {have} > {SCHEMA_VERSION})")
+        for stmt in stmts[2:]:
+            if not stmt.startswith("INSERT"):
+                self.transport.command(stmt)
+        if have:
+            for stmt in upgrade(self.layout, have):
+                self.transport.command(stmt)
+        if have < SCHEMA_VERSION:
+            self.transport.command(stmts[-1])
         self._apply_ttl()
         self._ready = True
 
@@ -363,59 +405,91 @@ class ClickHouseStore(Store):
 
     # -- reads ---------------------------------------------------------------------------------
 
+    def _selection(self, selector: Selector | None, t0: int, t1: int) -> list[dict]:
+        """Every (series, period) with profiles starting in [t0, t1): their aggregate (`_AGG`) with the series'
+        type, unit and labels, in ONE statement (a cold query's first round trip is also its last for metadata)."""
+        where = self._series_where(selector, None, None)
+        ids = f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
+        parts = []
+        for span in _spans(t0, t1):
+            parts.append(f"SELECT series, period_ns, {_AGG} FROM {self._t('profiles')} WHERE {ids} AND {span} "
+                         "GROUP BY series, period_ns")
+        agg = parts[0] if len(parts) == 1 else (
+            "SELECT series, period_ns, min(lo) AS p_lo, max(hi) AS p_hi, sum(sum_total) AS p_total, sum(n) AS p_n, "
+            f"sum(fingerprint) AS p_fp FROM ({' UNION ALL '.join(parts)}) GROUP BY series, period_ns")
+        names = ("lo", "hi", "sum_total", "n", "fingerprint") if len(parts) == 1 else ("p_lo", "p_hi", "p_total",
+                                                                                       "p_n", "p_fp")
+        rows: list[dict] = self.transport.query(
+            f"SELECT a.series AS series, a.period_ns AS period_ns, a.{names[0]} AS lo, a.{names[1]} AS hi, "
+            f"a.{names[2]} AS total, a.{names[3]} AS n, a.{names[4]} AS fingerprint, s.t AS t, s.u AS u, s.l AS l "
+            f"FROM ({agg}) AS a INNER JOIN (SELECT id, any(sample_type) AS t, any(unit) AS u, "
+            f"any(labels) AS l FROM {self._t('series')} WHERE {where} GROUP BY id) AS s ON s.id = a.series"
+        ).to_pylist()
+        with self._lock:
+            for r in rows:
+                if r["series"] not in self._series_local:
+                    self._series_hash.append(r["series"])
+                    self._series_local[r["series"]] = Series(len(self._series_hash) - 1, dict(r["l"]), r["t"], r["u"])
+        return rows
+
+    def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
+        """From the selection itself, kept for this thread's next `select` of the same range and selector."""
+        self._check()
+        rows = self._selection(selector, t0, t1)
+        self._recent.kept = ((selector, t0, t1), rows, time.monotonic() + _MEMO_SECONDS)
+        return sorted({(r["t"], r["u"]) for r in rows})
+
     def select(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
                unit: str | None = None, *, align_ns: int | None = None,
                max_level: int | None = None) -> list[StoredProfile]:
         """One aggregate per (series, period) whose profiles start in [t0, t1) (per step with `align_ns`;
         with `max_level=0` the raw profiles themselves)."""
         self._check()
+        if max_level != 0 and not align_ns:
+            kept = getattr(self._recent, "kept", None)
+            self._recent.kept = None
+            if kept is not None and kept[0] == (selector, t0, t1) and time.monotonic() < kept[2]:
+                rows = kept[1]
+            else:
+                rows = self._selection(selector, t0, t1)
+            series = self._series(r["series"] for r in rows)
+            out = [StoredProfile(series[r["series"]], r["lo"], r["hi"] - r["lo"], r["period_ns"], r["total"],
+                                 _Window(r["series"], r["period_ns"], t0, t1, r["n"], r["fingerprint"]))
+                   for r in rows if (sample_type is None or r["t"] == sample_type) and (unit is None or r["u"] == unit)]
+            out.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
+            return out
         where = (f"series {self._in} ({self._series_ids_sql(selector, sample_type, unit)}) "
                  f"AND start_ns >= {int(t0)} AND start_ns < {int(t1)}")
         if max_level == 0:
             rows = self.transport.query(
-                f"SELECT series, period_ns, start_ns AS lo, start_ns + duration_ns AS hi, sum(total) AS total, "
-                f"0 AS k FROM {self._t('profiles')} WHERE {where} GROUP BY series, period_ns, start_ns, duration_ns"
+                f"SELECT series, period_ns, start_ns AS lo, start_ns + duration_ns AS hi, sum(total) AS sum_total, "
+                f"count() AS n, sum(cityHash64(start_ns, duration_ns, total, n_samples)) AS fingerprint "
+                f"FROM {self._t('profiles')} WHERE {where} GROUP BY series, period_ns, start_ns, duration_ns"
             ).to_pylist()
         else:
-            step = f"intDiv(start_ns - {int(t0)}, {int(align_ns)})" if align_ns else "0"
+            step = f"intDiv(start_ns - {int(t0)}, {int(align_ns or 1)})"
             rows = self.transport.query(
-                f"SELECT series, period_ns, {step} AS k, min(start_ns) AS lo, max(start_ns + duration_ns) AS hi, "
-                f"sum(total) AS total FROM {self._t('profiles')} WHERE {where} GROUP BY series, period_ns, k"
-            ).to_pylist()
+                f"SELECT series, period_ns, {step} AS k, {_AGG} FROM {self._t('profiles')} WHERE {where} "
+                f"GROUP BY series, period_ns, k").to_pylist()
         series = self._series(r["series"] for r in rows)
         out = []
         for r in rows:
             if max_level == 0:
                 w0, w1 = r["lo"], r["lo"] + 1
-            elif align_ns:
-                w0 = t0 + r["k"] * align_ns
-                w1 = min(w0 + align_ns, t1)
             else:
-                w0, w1 = t0, t1
-            out.append(StoredProfile(series[r["series"]], r["lo"], r["hi"] - r["lo"], r["period_ns"], r["total"],
-                                     _Window(r["series"], r["period_ns"], w0, w1)))
+                w0 = t0 + r["k"] * int(align_ns or 1)
+                w1 = min(w0 + int(align_ns or 1), t1)
+            out.append(StoredProfile(series[r["series"]], r["lo"], r["hi"] - r["lo"], r["period_ns"], r["sum_total"],
+                                     _Window(r["series"], r["period_ns"], w0, w1, r["n"], r["fingerprint"])))
         out.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
         return out
 
     def _sum_sql(self, series: Sequence[int], periods: Sequence[int], t0: int, t1: int) -> list[str]:
         """Queries giving (series, period_ns, stack, value) summed over [t0, t1): whole hours from the rollup."""
-        ids = _ints(series)
-        per = _ints(periods)
-        h0 = -(-t0 // HOUR_NS) * HOUR_NS
-        h1 = t1 // HOUR_NS * HOUR_NS
-        raw = (f"SELECT series, period_ns, stack, sum(value) AS value FROM {self._t('samples')} "
-               f"WHERE series IN ({ids}) AND period_ns IN ({per}) AND start_ns >= {{lo}} AND start_ns < {{hi}} "
-               "GROUP BY series, period_ns, stack")
-        if h1 <= h0:
-            return [raw.format(lo=t0, hi=t1)]
-        parts = [f"SELECT series, period_ns, stack, sum(value) AS value FROM {self._t('samples_1h')} "
-                 f"WHERE series IN ({ids}) AND period_ns IN ({per}) AND hour >= {h0} AND hour < {h1} "
-                 "GROUP BY series, period_ns, stack"]
-        if t0 < h0:
-            parts.append(raw.format(lo=t0, hi=h0))
-        if h1 < t1:
-            parts.append(raw.format(lo=h1, hi=t1))
-        return parts
+        where = f"series IN ({_ints(series)}) AND period_ns IN ({_ints(periods)})"
+        return [f"SELECT series, period_ns, stack, sum(value) AS value FROM {self._t(table)} WHERE {where} "
+                f"AND {col} >= {lo} AND {col} < {hi} GROUP BY series, period_ns, stack"
+                for table, col, lo, hi in _ranges(t0, t1)]
 
     def read(self, profiles: Sequence[StoredProfile]) -> Columns:
         """Sums per (window, series, period, stack) computed by ClickHouse; one query per distinct window."""
@@ -453,7 +527,9 @@ class ClickHouseStore(Store):
 
     def read_merged(self, profiles: Sequence[StoredProfile]) -> tuple[np.ndarray, np.ndarray]:
         """The merge pushed down: ClickHouse sums per stack over every (series, period) of the profiles (exactly
-        those pairs), so a cluster's range comes back as its distinct stacks, not a row per series and stack."""
+        those pairs), so a cluster's range comes back as its distinct stacks, not a row per series and stack.
+        One GROUP BY stack per table read (no per-series level in between: on a cluster-day's rollup rows that
+        halved the statement), summed again only when a range reads both raw rows and the rollup."""
         self._check()
         windows: dict[tuple[int, int], set[tuple[int, int]]] = defaultdict(set)
         for p in profiles:
@@ -462,17 +538,24 @@ class ClickHouseStore(Store):
         stack: list[np.ndarray] = []
         value: list[np.ndarray] = []
         for (t0, t1), pairs in windows.items():
-            sql = " UNION ALL ".join(self._sum_sql(sorted({k[0] for k in pairs}), sorted({k[1] for k in pairs}),
-                                                   t0, t1))
-            exact = ",".join(f"({int(a)},{int(b)})" for a, b in sorted(pairs))
-            t = self.transport.query(f"SELECT stack, sum(value) AS value FROM ({sql}) "
-                                     f"WHERE (series, period_ns) IN ({exact}) GROUP BY stack")
+            ids, periods = sorted({k[0] for k in pairs}), sorted({k[1] for k in pairs})
+            where = f"series IN ({_ints(ids)}) AND period_ns IN ({_ints(periods)})"
+            if len(pairs) < len(ids) * len(periods):  # not every series in every period: name the pairs
+                where += f" AND (series, period_ns) IN ({','.join(f'({int(a)},{int(b)})' for a, b in sorted(pairs))})"
+            parts = [f"SELECT stack, sum(value) AS value FROM {self._t(table)} WHERE {where} AND {col} >= {lo} "
+                     f"AND {col} < {hi} GROUP BY stack" for table, col, lo, hi in _ranges(t0, t1)]
+            sql = parts[0] if len(parts) == 1 else \
+                f"SELECT stack, sum(value) AS value FROM ({' UNION ALL '.join(parts)}) GROUP BY stack"
+            t = self.transport.query(sql)
             if t.num_rows:
                 stack.append(self._local_stacks(t.column("stack").to_numpy()))
                 value.append(t.column("value").to_numpy().astype(np.int64))
         if not stack:
             empty = np.empty(0, np.int64)
             return empty, empty
+        if len(stack) == 1:
+            order = np.argsort(stack[0], kind="stable")
+            return stack[0][order], value[0][order]
         return group_sum(np.concatenate(stack), np.concatenate(value))
 
     def _local_stacks(self, hashes: np.ndarray) -> np.ndarray:
@@ -508,21 +591,28 @@ class ClickHouseStore(Store):
 
     def stack_frames(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Stacks are content-addressed, so immutable: each is read once per process (one statement for all
-        the new ones of a call) and kept as its local frame ids; later queries cost no round trip."""
+        the new ones of a call) and kept as its local frame ids; later queries cost no round trip. Decoded as
+        arrays (the flat frame hashes numbered once per distinct hash), not a list per stack."""
         self._check()
         want = [int(i) for i in ids]
         cache = self._stack_frames
         missing = {self._stack_hash[i] for i in want if i not in cache}
         if missing:
-            rows = self.transport.query(f"SELECT id, any(frames) AS frames FROM {self._t('stacks')} "
-                                        f"WHERE id IN ({_ints(missing)}) GROUP BY id")
-            hashes = rows.column("id").to_pylist()
-            lists = rows.column("frames").to_pylist()
+            # No GROUP BY: a row not merged yet by ReplacingMergeTree is the same content twice (kept once below)
+            rows = self.transport.query(f"SELECT id, frames FROM {self._t('stacks')} WHERE id {self._in} "
+                                        f"(SELECT id FROM {IDS})", sorted(missing))
+            lists = rows.column("frames").combine_chunks()
+            flat = lists.flatten().to_numpy()
+            lengths = lists.value_lengths().to_numpy().astype(np.int64)
+            uniq, inv = np.unique(flat, return_inverse=True)
             with self._lock:
                 if len(cache) > _MEMO_LIMIT:
                     cache.clear()
-                for h, fr in zip(hashes, lists, strict=True):
-                    cache[self._stack_local[h]] = np.array([self._frame_id(f) for f in fr], dtype=np.int64)
+                local = np.fromiter((self._frame_id(h) for h in uniq.tolist()), np.int64, count=uniq.size)
+                fids = local[inv.reshape(-1)]
+                ends = np.cumsum(lengths)
+                for h, end, n in zip(rows.column("id").to_pylist(), ends.tolist(), lengths.tolist(), strict=True):
+                    cache[self._stack_local[h]] = fids[end - n:end]
         per = [cache[i] for i in want]
         lengths = np.fromiter((len(a) for a in per), np.int64, count=len(per))
         return lengths, (np.concatenate(per) if per else np.empty(0, np.int64))
@@ -535,52 +625,76 @@ class ClickHouseStore(Store):
             self._frame_hash.append(h)
         return i
 
-    def _load_frames(self, frame_ids: Iterable[int]) -> dict[int, Frame]:
-        """Frames by local id; the new ones in two statements whatever their number (frames joined with their
-        mappings; their functions through a subquery, so no id list makes a round trip through Python),
-        decoded column by column. Frames are immutable: kept per process.
+    def _read_frames(self, frame_ids: Iterable[int]) -> None:
+        """Read the frames of these local ids not read yet, in two statements whatever their number (frames
+        joined with their mappings; their functions through a subquery, so no id list makes a round trip
+        through Python), and keep each as its rows: `_FrameRow` (what `frame_lines` and `frame_origins`
+        answer from; a `Frame` object only when `stacks` asks). Frames are immutable: kept per process.
 
         Resolving names in SQL instead (a scalar subquery's arrays and `transform`/`indexOf` per element)
         measured 2-20x slower than the second statement and a dict in Python, on a node's 7.5k frames."""
+        known = self._frame_rows
+        missing = sorted({self._frame_hash[i] for i in frame_ids if i not in known})
+        if not missing:
+            return
+        frames, fn, mp, into = self._t("frames"), self._t("functions"), self._t("mappings"), self._in
+        wanted = f"(SELECT id FROM {IDS})"
+        # No GROUP BY: rows not merged yet by ReplacingMergeTree are the same content twice (a dict keeps one)
+        t = self.transport.query(
+            f"SELECT fr.id AS id, fr.address AS address, fr.kind AS kind, fr.functions AS functions, "
+            f"fr.lines AS lines, fr.mapping AS mapping, m.start AS m_start, m.limit AS m_limit, "
+            f"m.offset AS m_offset, m.path AS m_path, m.build_id AS m_build "
+            f"FROM (SELECT id, address, mapping, kind, functions, lines FROM {frames} WHERE id {into} {wanted}) AS fr "
+            f"LEFT JOIN (SELECT id, any(start) AS start, any(limit) AS limit, any(offset) AS offset, "
+            f"any(path) AS path, any(build_id) AS build_id FROM {mp} WHERE id {into} "
+            f"(SELECT mapping FROM {frames} WHERE id {into} {wanted}) GROUP BY id) AS m ON m.id = fr.mapping",
+            missing)
+        named = self.transport.query(
+            f"SELECT id, name, file FROM {fn} WHERE id {into} "
+            f"(SELECT arrayJoin(functions) FROM {frames} WHERE id {into} {wanted})", missing)
+        names = dict(zip(named.column("id").to_pylist(),
+                         zip(named.column("name").to_pylist(), named.column("file").to_pylist(), strict=True),
+                         strict=True))
+        cols = {name: t.column(name).to_pylist() for name in t.column_names}
+        maps: dict[int, ProcMapping | None] = {0: None}
+        got: dict[int, _FrameRow] = {}
+        for k, h in enumerate(cols["id"]):
+            mh = cols["mapping"][k]
+            if mh not in maps:
+                maps[mh] = None if cols["m_path"][k] is None else ProcMapping(
+                    cols["m_start"][k], cols["m_limit"][k], cols["m_offset"][k], cols["m_path"][k],
+                    cols["m_build"][k] or None)
+            # (function, file, line) innermost first, as the row keeps them
+            lines = tuple((names[f][0], names[f][1] or None, ln or None)
+                          for f, ln in zip(cols["functions"][k], cols["lines"][k], strict=True))
+            got[self._frame_local[h]] = _FrameRow(cols["address"][k], maps[mh], cols["kind"][k], lines)
+        with self._lock:
+            if len(known) > _MEMO_LIMIT:
+                known.clear()
+                self._frame_obj.clear()
+            known.update(got)
+
+    def _row(self, i: int) -> _FrameRow:
+        row = self._frame_rows.get(i)
+        if row is None:  # dropped from a full cache between read and use: read again
+            self._read_frames([i])
+            row = self._frame_rows[i]
+        return row
+
+    def _load_frames(self, frame_ids: Iterable[int]) -> dict[int, Frame]:
+        """Frames by local id, as objects (built once per frame, from its kept rows)."""
         want = [int(i) for i in frame_ids]
-        known = self._frame_obj
-        missing = sorted({self._frame_hash[i] for i in want if i not in known})
-        if missing:
-            ids, frames, fn, mp, into = _ints(missing), self._t("frames"), self._t("functions"), self._t("mappings"), \
-                self._in
-            fr = (f"SELECT id, any(address) AS address, any(mapping) AS mapping, any(kind) AS kind, "
-                  f"any(functions) AS functions, any(lines) AS lines FROM {frames} WHERE id IN ({ids}) GROUP BY id")
-            fns = (f"SELECT id, any(name) AS name, any(file) AS file FROM {fn} WHERE id {into} "
-                   f"(SELECT arrayJoin(functions) FROM {frames} WHERE id IN ({ids})) GROUP BY id")
-            t = self.transport.query(
-                f"SELECT fr.id AS id, fr.address AS address, fr.kind AS kind, fr.functions AS functions, "
-                f"fr.lines AS lines, fr.mapping AS mapping, m.start AS m_start, m.limit AS m_limit, "
-                f"m.offset AS m_offset, m.path AS m_path, m.build_id AS m_build "
-                f"FROM ({fr}) AS fr LEFT JOIN (SELECT id, any(start) AS start, any(limit) AS limit, "
-                f"any(offset) AS offset, any(path) AS path, any(build_id) AS build_id FROM {mp} WHERE id {into} "
-                f"(SELECT mapping FROM {frames} WHERE id IN ({ids})) GROUP BY id) AS m ON m.id = fr.mapping")
-            named = self.transport.query(fns)
-            names = dict(zip(named.column("id").to_pylist(),
-                             zip(named.column("name").to_pylist(), named.column("file").to_pylist(), strict=True),
-                             strict=True))
-            cols = {name: t.column(name).to_pylist() for name in t.column_names}
-            maps: dict[int, ProcMapping] = {}
-            got: dict[int, Frame] = {}
-            for k, h in enumerate(cols["id"]):
-                mh = cols["mapping"][k]
-                m = maps.get(mh) if mh else None
-                if mh and m is None and cols["m_path"][k] is not None:
-                    m = maps[mh] = ProcMapping(cols["m_start"][k], cols["m_limit"][k], cols["m_offset"][k],
-                                               cols["m_path"][k], cols["m_build"][k] or None)
-                lines = tuple(Line(names[f][0], names[f][1] or None, ln or None)
-                              for f, ln in zip(cols["functions"][k], cols["lines"][k], strict=True))
-                got[self._frame_local[h]] = Frame(cols["address"][k], m, FrameKind(cols["kind"][k]), lines)
-            with self._lock:
-                if len(known) > _MEMO_LIMIT:
-                    known.clear()
-                known.update(got)
-            return {i: known.get(i) or got[i] for i in want}
-        return {i: known[i] for i in want}
+        self._read_frames(want)
+        objs = self._frame_obj
+        out: dict[int, Frame] = {}
+        for i in want:
+            f = objs.get(i)
+            if f is None:
+                r = self._row(i)
+                f = objs[i] = Frame(r.address, r.mapping, FrameKind(r.kind),
+                                    tuple(Line(n, file, ln) for n, file, ln in r.lines))
+            out[i] = f
+        return out
 
     def stacks(self, ids: Iterable[int]) -> dict[int, Stack]:
         want = [int(i) for i in ids]
@@ -594,20 +708,53 @@ class ClickHouseStore(Store):
         return out
 
     def frame_lines(self, frame_ids: Iterable[int]) -> dict[int, tuple[tuple[str, str | None, int | None], ...]]:
+        """`frame_lines_of` from the kept rows: outermost first; an unsymbolized frame as its fallback name."""
         self._check()
         want = [int(i) for i in frame_ids]
-        missing = [i for i in want if i not in self._lines]
-        if missing:
-            got = {i: frame_lines_of(f) for i, f in self._load_frames(missing).items()}
-            with self._lock:
-                self._lines.update(got)
-        return {i: self._lines[i] for i in want}
+        self._read_frames(want)
+        out = {}
+        for i in want:
+            r = self._row(i)
+            out[i] = tuple(reversed(r.lines)) if r.lines else frame_lines_of(
+                Frame(r.address, r.mapping, FrameKind(r.kind), ()))
+        return out
+
+    def frame_origins(self, frame_ids: Iterable[int]) -> dict[int, FrameOrigin] | None:
+        """Kind, mapping path and file of its innermost line that has one (`frame_origin_of`), from the rows
+        `frame_lines` read (no statement once it has)."""
+        want = [int(i) for i in frame_ids]
+        self._read_frames(want)
+        out = {}
+        for i in want:
+            r = self._row(i)
+            out[i] = (r.kind, r.mapping.path if r.mapping is not None else "",
+                      next((file for _, file, _ in r.lines if file), ""))
+        return out
+
+    # Equal refs read equal samples: a ref names its profile rows by count and fingerprint (`_Window`).
+    immutable_refs = True
+
+    def generation(self) -> Hashable | None:
+        """The set of active parts of the tables answers are read from (samples, totals, rollups), as a hash:
+        every insert, merge, mutation, TTL pass or dropped partition, from any server, changes it. One
+        statement over `system.parts` (on a cluster, every shard's, through `cluster()`)."""
+        self._check()
+        suffix = "_local" if self.layout.cluster else ""
+        parts = f"cluster('{self.layout.cluster}', system.parts)" if self.layout.cluster else "system.parts"
+        tables = ", ".join(quote(t + suffix) for t in ("samples", "profiles", "samples_1h"))
+        row = self.transport.query(
+            f"SELECT count() AS n, groupBitXor(cityHash64(table, name)) AS h FROM {parts} "
+            f"WHERE database = {quote(self.layout.database)} AND table IN ({tables}) AND active").to_pylist()[0]
+        return (row["n"], row["h"])
 
     # -- labels --------------------------------------------------------------------------------
 
     def _active_series(self, t0: int, t1: int, selector: Selector | None) -> str:
-        return (f"SELECT DISTINCT series FROM {self._t('profiles')} WHERE series {self._in} "
-                f"({self._series_ids_sql(selector)}) AND start_ns >= {int(t0)} AND start_ns < {int(t1)}")
+        """Series with profiles starting in [t0, t1): whole hours through the hourly projection (GROUP BY, which
+        it answers), the ragged edges from rows."""
+        ids = f"series {self._in} ({self._series_ids_sql(selector)})"
+        return " UNION ALL ".join(f"SELECT series FROM {self._t('profiles')} WHERE {ids} AND {span} GROUP BY series"
+                                  for span in _spans(t0, t1))
 
     def label_names(self, t0: int, t1: int, selector: Selector | None = None) -> list[str]:
         self._check()
@@ -625,13 +772,6 @@ class ClickHouseStore(Store):
             f"AND mapContains(labels, {quote(name)}) ORDER BY v")
         return [str(x) for x in rows.column("v").to_pylist()]
 
-    def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
-        self._check()
-        rows = self.transport.query(
-            f"SELECT DISTINCT sample_type AS t, unit AS u FROM {self._t('series')} "
-            f"WHERE id {self._in} ({self._active_series(t0, t1, selector)}) ORDER BY t, u").to_pylist()
-        return [(r["t"], r["u"]) for r in rows]
-
     # -- retention -----------------------------------------------------------------------------
 
     def enforce_retention(self, max_age_ns: int | None, max_bytes: int | None,
@@ -647,8 +787,6 @@ class ClickHouseStore(Store):
         self._check()
         cutoff, n = 0, 0
         if max_age_ns is not None:
-            import time
-
             now = time.time_ns() if now_ns is None else now_ns
             cutoff = (now - max_age_ns) // HOUR_NS * HOUR_NS
             if cutoff > self._retention_cutoff:  # the server's maintenance asks every 30 s: cut once an hour
@@ -733,6 +871,28 @@ def _window(p: StoredProfile) -> _Window:
     if not isinstance(h, _Window):
         raise TypeError(f"not a ClickHouse store's profile: {h!r}")
     return h
+
+
+def _ranges(t0: int, t1: int) -> list[tuple[str, str, int, int]]:
+    """[t0, t1) as (table, time column, lo, hi): whole hours from the hourly rollup, the ragged edges raw."""
+    h0 = -(-t0 // HOUR_NS) * HOUR_NS
+    h1 = t1 // HOUR_NS * HOUR_NS
+    if h1 <= h0:
+        return [("samples", "start_ns", t0, t1)]
+    out = [("samples_1h", "hour", h0, h1)]
+    if t0 < h0:
+        out.append(("samples", "start_ns", t0, h0))
+    if h1 < t1:
+        out.append(("samples", "start_ns", h1, t1))
+    return out
+
+
+def _spans(t0: int, t1: int) -> list[str]:
+    """[t0, t1) as conditions on `profiles`: whole hours written as intDiv(start_ns, hour), so that the hourly
+    projection answers them (ClickHouse matches the expression of its GROUP BY), the ragged edges on start_ns."""
+    return [f"intDiv(start_ns, {HOUR_NS}) >= {lo // HOUR_NS} AND intDiv(start_ns, {HOUR_NS}) < {hi // HOUR_NS}"
+            if table == "samples_1h" else f"start_ns >= {int(lo)} AND start_ns < {int(hi)}"
+            for table, _, lo, hi in _ranges(t0, t1)]
 
 
 def _ints(values: Iterable[int]) -> str:

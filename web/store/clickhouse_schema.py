@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from podflame.errors import InvalidInput
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the hourly projection of profile totals (a day's selection reads ~24 rows per series)
 HOUR_NS = 3600 * 10**9
 DEDUP_WINDOW = 100_000  # insert tokens remembered per table: agent retries come within minutes
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -61,6 +61,17 @@ _VIEWS = {
     "samples_1h_mv": ("samples_1h",
                       f"SELECT series, period_ns, intDiv(start_ns, {HOUR_NS}) * {HOUR_NS} AS hour, stack, "
                       "sum(value) AS value FROM {db}.samples GROUP BY series, period_ns, hour, stack"),
+}
+
+
+# table -> (projection, its SELECT): aggregates ClickHouse keeps beside each part and reads instead of the rows
+# when a query asks for them. A day's selection (one aggregate per series over 8,640 profiles each) reads the
+# hourly one for whole hours; a part written before the projection existed is read raw, so answers stay exact.
+PROJECTIONS = {
+    "profiles": ("by_hour", f"SELECT series, period_ns, intDiv(start_ns, {HOUR_NS}), min(start_ns), "
+                            "max(start_ns + duration_ns), sum(total), count(), "
+                            "sum(cityHash64(start_ns, duration_ns, total, n_samples)) "
+                            f"GROUP BY series, period_ns, intDiv(start_ns, {HOUR_NS})"),
 }
 
 
@@ -117,6 +128,9 @@ def ddl(layout: Layout) -> list[str]:
                   else "non_replicated_deduplication_window")
         clauses.append(f"SETTINGS {window} = {DEDUP_WINDOW}" if partition else "")
         out.append(f"CREATE TABLE IF NOT EXISTS {db}.{local}{on} ({columns}) " + " ".join(c for c in clauses if c))
+        if name in PROJECTIONS:
+            proj, select = PROJECTIONS[name]
+            out.append(f"ALTER TABLE {db}.{local}{on} ADD PROJECTION IF NOT EXISTS {proj} ({select})")
         if cluster:
             shard = "series" if name in ("samples", "profiles", "samples_1h") else "id"
             out.append(f"CREATE TABLE IF NOT EXISTS {db}.{name}{on} AS {db}.{local} "
@@ -128,6 +142,19 @@ def ddl(layout: Layout) -> list[str]:
         body = select.format(db=db).replace(f"{db}.samples ", f"{db}.{src} ")
         out.append(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{view}{on} TO {db}.{dst} AS {body}")
     out.append(f"INSERT INTO {db}.schema_version (version) VALUES ({SCHEMA_VERSION})")
+    return out
+
+
+def upgrade(layout: Layout, version: int) -> list[str]:
+    """Statements that bring data written under schema `version` up to date (after `ddl`): projections added
+    since are built for the parts already there (a mutation in the background; until it is done those parts are
+    read raw, so answers stay exact)."""
+    on = f" ON CLUSTER '{layout.cluster}'" if layout.cluster and layout.on_cluster else ""
+    out = []
+    if version < 2:
+        suffix = "_local" if layout.cluster else ""
+        proj = PROJECTIONS["profiles"][0]
+        out.append(f"ALTER TABLE {layout.database}.profiles{suffix}{on} MATERIALIZE PROJECTION {proj}")
     return out
 
 

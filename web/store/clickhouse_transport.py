@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -30,6 +30,9 @@ class ClickHouseError(PodflameError, RuntimeError):
 
 
 TIMEOUT_EXCEEDED = "Code: 159."  # ClickHouse stopped a query at max_execution_time
+# Where a statement reads the id list passed beside it (`Transport.query(sql, ids)`): a table of one column
+# `id UInt64`, sent as data, not as SQL text (a node's 14k stack ids as literals cost 50-90 ms of parsing).
+IDS = "__PODFLAME_IDS__"
 
 
 class Transport(ABC):
@@ -40,25 +43,26 @@ class Transport(ABC):
     @abstractmethod
     def command(self, sql: str) -> None: ...
 
-    def query(self, sql: str) -> pa.Table:
+    def query(self, sql: str, ids: Sequence[int] | None = None) -> pa.Table:
         """Run a SELECT under the request's deadline (web/store/deadline.py), as the SQLite store does: past it
         the query is not sent, and ClickHouse itself stops one that runs past it (max_execution_time), so a
-        slow query answers the same 503 on either backend instead of holding a server thread."""
+        slow query answers the same 503 on either backend instead of holding a server thread. `ids`: the rows
+        of the table the SQL names as `IDS` (`SELECT id FROM __PODFLAME_IDS__`)."""
         left = deadline.remaining()
         if left is None:
-            return self._query(sql, {})
+            return self._query(sql, {}, ids)
         if left <= 0:
             raise deadline.expired()
         try:
             return self._query(sql, {"max_execution_time": round(max(left, 0.001), 3),
-                                     "timeout_overflow_mode": "throw"})
+                                     "timeout_overflow_mode": "throw"}, ids)
         except ClickHouseError as e:
             if TIMEOUT_EXCEEDED in str(e) or "TIMEOUT_EXCEEDED" in str(e):
                 raise deadline.expired() from None
             raise
 
     @abstractmethod
-    def _query(self, sql: str, settings: Mapping[str, str | int | float]) -> pa.Table: ...
+    def _query(self, sql: str, settings: Mapping[str, str | int | float], ids: Sequence[int] | None) -> pa.Table: ...
 
     @abstractmethod
     def insert(self, table: str, data: pa.Table, settings: Mapping[str, str | int]) -> None: ...
@@ -117,8 +121,15 @@ class HttpTransport(Transport):
     def command(self, sql: str) -> None:
         self._call("command", sql)
 
-    def _query(self, sql: str, settings: Mapping[str, str | int | float]) -> pa.Table:
-        table: pa.Table = self._call("query_arrow", sql, use_strings=True, settings=dict(settings) or None)
+    def _query(self, sql: str, settings: Mapping[str, str | int | float], ids: Sequence[int] | None) -> pa.Table:
+        extra: dict[str, Any] = {}
+        if ids is not None:  # an external table sent with the query (HTTP multipart), named in the SQL
+            from clickhouse_connect.driver.external import ExternalData
+
+            extra["external_data"] = ExternalData(file_name="podflame_ids", data="\n".join(map(str, ids)).encode(),
+                                                  fmt="TSV", structure="id UInt64")
+            sql = sql.replace(IDS, "podflame_ids")
+        table: pa.Table = self._call("query_arrow", sql, use_strings=True, settings=dict(settings) or None, **extra)
         return table
 
     def insert(self, table: str, data: pa.Table, settings: Mapping[str, str | int]) -> None:
@@ -160,7 +171,8 @@ class ChdbTransport(Transport):
         self._lock = threading.Lock()  # one statement at a time through the embedded session
         self._closed = False
 
-    def _run(self, sql: str, fmt: str = "CSV") -> Any:
+    def _run(self, sql: str, fmt: str = "CSV", ids: pa.Table | None = None) -> Any:
+        podflame_ids = ids  # noqa: F841  (chDB's Python() table function reads this frame's local by name)
         if self._closed:
             raise ClickHouseUnavailable(f"{self.where} is closed")
         with self._lock:
@@ -179,11 +191,15 @@ class ChdbTransport(Transport):
     def command(self, sql: str) -> None:
         self._run(sql)
 
-    def _query(self, sql: str, settings: Mapping[str, str | int | float]) -> pa.Table:
+    def _query(self, sql: str, settings: Mapping[str, str | int | float], ids: Sequence[int] | None) -> pa.Table:
         if settings:
             sql += " SETTINGS " + ", ".join(f"{k} = {quote(v) if isinstance(v, str) else v}"
                                             for k, v in settings.items())
-        table: pa.Table = self._run(sql, "ArrowTable")
+        data = None
+        if ids is not None:
+            data = pa.table({"id": pa.array(ids, pa.uint64())})
+            sql = sql.replace(IDS, "Python(podflame_ids)")
+        table: pa.Table = self._run(sql, "ArrowTable", data)
         return table
 
     def insert(self, table: str, data: pa.Table, settings: Mapping[str, str | int]) -> None:
