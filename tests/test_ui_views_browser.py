@@ -542,6 +542,11 @@ def test_group_by_a_pushed_label_one_series_per_value(server: str, watched: Watc
     wait_js(page, "(window.podflame.labelValues || []).includes('eu')")
     assert page.evaluate("Array.from(document.querySelectorAll('#label-values option')).map(o => o.value)") == [
         "eu", "us"]
+    # Typing asks the server for the values starting with the text (prefix + limit), not the whole list.
+    with page.expect_request(lambda r: "/label/region/values" in r.url and "prefix=e" in r.url):
+        page.locator("#label-value").fill("e")
+    wait_js(page, "JSON.stringify(window.podflame.labelValues) === '[\"eu\"]'")
+    assert page.evaluate("Array.from(document.querySelectorAll('#label-values option')).map(o => o.value)") == ["eu"]
     page.locator("#label-value").fill("eu")
     page.locator("#label-form button").click()
     wait_js(page, "window.podflame.status === 'ready' && window.podflame.targets.length === 2")

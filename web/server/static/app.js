@@ -882,11 +882,19 @@ function typeUnitLabel(type, unit) {
   return unitWordOf(type, unit);
 }
 
-async function loadLabelValues(name) {
+// Autocomplete asks the server for the first values starting with what was typed: a label such as `pid`
+// has tens of thousands of values, too many to send and offer whole.
+const LABEL_VALUES_OFFERED = 500;
+let labelValuesAsked = 0, labelValueTimer = 0;
+
+async function loadLabelValues(name, prefix = "") {
   if (!LABEL_NAME.test(name)) { els.labelValues.replaceChildren(); return; }
+  const asked = ++labelValuesAsked;
   try {
-    const r = await getJSON(`label/${encodeURIComponent(name)}/values`, { query: state.query, from: state.from, to: state.to });
-    els.labelValues.replaceChildren(...(r.values || []).slice(0, 500).map((v) => {
+    const r = await getJSON(`label/${encodeURIComponent(name)}/values`,
+      { query: state.query, from: state.from, to: state.to, prefix, limit: LABEL_VALUES_OFFERED });
+    if (asked !== labelValuesAsked) return;  // a later keystroke's answer replaces this one
+    els.labelValues.replaceChildren(...(r.values || []).map((v) => {
       const o = document.createElement("option");
       o.value = v;
       return o;
@@ -1138,6 +1146,10 @@ els.groupBy.addEventListener("change", () => {
   reloadAll();
 });
 els.labelName.addEventListener("change", () => loadLabelValues(els.labelName.value.trim()));
+els.labelValue.addEventListener("input", () => {
+  clearTimeout(labelValueTimer);
+  labelValueTimer = setTimeout(() => loadLabelValues(els.labelName.value.trim(), els.labelValue.value), 150);
+});
 els.labelForm.addEventListener("submit", (e) => {
   e.preventDefault();
   const name = els.labelName.value.trim(), value = els.labelValue.value;
