@@ -28,7 +28,7 @@ import os
 import re
 import struct
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from podflame.model import Mapping
@@ -123,24 +123,47 @@ def read_exec_maps(pid: int, proc: str = "/proc") -> list[MapsEntry]:
 
 def _query_exec(fd: int) -> list[MapsEntry] | None:
     """Executable VMAs by PROCMAP_QUERY, None when the text must be read instead (see read_exec_maps)."""
-    buf = bytearray(_QUERY.size)
     name = ctypes.create_string_buffer(_NAME_MAX)
-    _QUERY.pack_into(buf, 0, _QUERY.size, _VMA_EXECUTABLE | _COVERING_OR_NEXT_VMA, 0, 0, 0, 0, 0, 0, 0,
-                     0, 0, _NAME_MAX, 0, ctypes.addressof(name), 0)
     out: list[MapsEntry] = []
+    try:
+        for start, end, key in _exec_vmas(fd, bytearray(_QUERY.size), ctypes.addressof(name)):
+            e = _queried_entry(start, end, key)
+            if e is None:
+                return None
+            out.append(e)
+    except OSError:  # ENOTTY before 6.11 (one failed call), ESRCH: exiting, no memory
+        return None
+    return out
+
+
+def _exec_vmas(fd: int, buf: bytearray, name_addr: int) -> Iterator[tuple[int, int, _QueryKey]]:
+    """(start, end, key) of each executable VMA of the process whose maps `fd` is open on, by PROCMAP_QUERY,
+    in address order, into `buf` and the name buffer at `name_addr` (_NAME_MAX bytes). Ends at ENOENT (no
+    executable VMA left); raises the ioctl's other errors (ENOTTY before 6.11, ESRCH: exiting, ...)."""
+    _QUERY.pack_into(buf, 0, _QUERY.size, _VMA_EXECUTABLE | _COVERING_OR_NEXT_VMA, 0, 0, 0, 0, 0, 0, 0,
+                     0, 0, _NAME_MAX, 0, name_addr, 0)
     end = 0
     while True:
-        _ADDR.pack_into(buf, 16, end)
+        _ADDR.pack_into(buf, 16, end)  # the fields the kernel writes back are set again: name size, address
         _NAME_SIZE.pack_into(buf, 80, _NAME_MAX)
         try:
             fcntl.ioctl(fd, _PROCMAP_QUERY, buf)
-        except OSError as exc:  # ENOTTY before 6.11 (one failed call), ESRCH: exiting, no memory
-            return out if exc.errno == errno.ENOENT else None
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            raise
         start, end, flags, _, offset, inode, major, minor, name_size = _FOUND.unpack_from(buf, 24)
-        raw = name.raw[:name_size - 1] if name_size else b""
-        if not raw.isascii() or _ODD_NAME.search(raw):
-            return None  # printed escaped or split in the text: read as the text has it
-        out.append(MapsEntry(start, end, _PERMS[flags & 15], offset, f"{major:02x}:{minor:02x}", inode, raw.decode()))
+        yield start, end, (flags, offset, major, minor, inode,
+                           ctypes.string_at(name_addr, name_size - 1) if name_size else b"")
+
+
+def _queried_entry(start: int, end: int, key: _QueryKey) -> MapsEntry | None:
+    """The maps line a queried VMA prints; None for a name the text shows otherwise: escaped ("\\n" as
+    "\\012") or split at (odd whitespace, non-ASCII), so that the text must be read instead."""
+    flags, offset, major, minor, inode, name = key
+    if not name.isascii() or _ODD_NAME.search(name):
+        return None
+    return MapsEntry(start, end, _PERMS[flags & 15], offset, f"{major:02x}:{minor:02x}", inode, name.decode())
 
 
 def _entry(line: str) -> MapsEntry | None:
@@ -445,34 +468,22 @@ class MapsCache:
         lines its text would show; None when the text must be read instead: the ioctl is unsupported
         (remembered), the process has no memory (exiting, a kernel thread: the text is empty), or a name
         would not read the same in the text. One ioctl and a dictionary hit per VMA of a known binary."""
-        buf = self._query_buf
-        name_addr = ctypes.addressof(self._name_buf)
-        _QUERY.pack_into(buf, 0, _QUERY.size, _VMA_EXECUTABLE | _COVERING_OR_NEXT_VMA, 0, 0, 0, 0, 0, 0, 0,
-                         0, 0, _NAME_MAX, 0, name_addr, 0)
         known = self._lines
         starts: list[int] = []
         ends: list[int] = []
         lines: list[_Line] = []
-        end = 0
-        while True:
-            _ADDR.pack_into(buf, 16, end)  # the fields the kernel writes back are set again: name size, address
-            _NAME_SIZE.pack_into(buf, 80, _NAME_MAX)
-            try:
-                fcntl.ioctl(fd, _PROCMAP_QUERY, buf)
-            except OSError as exc:
-                if exc.errno == errno.ENOENT:  # no executable VMA at or after the address: the end
-                    break
-                if exc.errno not in (errno.ESRCH, errno.ENAMETOOLONG, errno.EINTR, errno.ENOMEM):
-                    self._query = False  # ENOTTY (before 6.11, or not a maps file), EINVAL, ...: not again
-                return None
-            start, end, flags, _, offset, inode, major, minor, name_size = _FOUND.unpack_from(buf, 24)
-            key = (flags, offset, major, minor, inode, ctypes.string_at(name_addr, name_size - 1) if name_size else b"")
-            ln = known.get(key)
-            if ln is None and (ln := self._query_line(pid, start, end, key)) is None:
-                return None
-            starts.append(start)
-            ends.append(end)
-            lines.append(ln)
+        try:
+            for start, end, key in _exec_vmas(fd, self._query_buf, ctypes.addressof(self._name_buf)):
+                ln = known.get(key)
+                if ln is None and (ln := self._query_line(pid, start, end, key)) is None:
+                    return None
+                starts.append(start)
+                ends.append(end)
+                lines.append(ln)
+        except OSError as exc:
+            if exc.errno not in (errno.ESRCH, errno.ENAMETOOLONG, errno.EINTR, errno.ENOMEM):
+                self._query = False  # ENOTTY (before 6.11, or not a maps file), EINVAL, ...: not again
+            return None
         if self._gate is None:
             self._gate = self._read_gate()
         if self._gate and ((ends and ends[-1] > _LOW) or self._above_low(fd)):
@@ -486,12 +497,9 @@ class MapsCache:
         return starts, ends, lines
 
     def _query_line(self, pid: int, start: int, end: int, key: _QueryKey) -> _Line | None:
-        """`_line` for a VMA the ioctl found; None for a name the text shows otherwise: escaped ("\\n" as
-        "\\012") or split at (odd whitespace, non-ASCII), so that the text path must read it."""
-        _, offset, major, minor, inode, name = key
-        if not name.isascii() or _ODD_NAME.search(name):
-            return None
-        return self._line(pid, MapsEntry(start, end, "", offset, f"{major:02x}:{minor:02x}", inode, name.decode()), key)
+        """`_line` for a VMA the ioctl found; None for a name the text shows otherwise (_queried_entry)."""
+        e = _queried_entry(start, end, key)
+        return None if e is None else self._line(pid, e, key)
 
     def _above_low(self, fd: int) -> bool:
         """Whether the process has memory above 4 GiB: a 64-bit one, whose text shows the gate lines
