@@ -559,14 +559,23 @@ class SqliteStore(Store):
             raise StoreClosed("the store is closed")
 
     def _match_series(self, selector: Selector | None, sample_type: str | None = None,
-                      unit: str | None = None, t0: int | None = None, t1: int | None = None) -> set[int]:
+                      unit: str | None = None, t0: int | None = None, t1: int | None = None,
+                      pieces: Sequence[tuple[int, int, int]] = ()) -> set[int]:
         """Series ids matching the selector; with a range, only those whose rows could lie in it (its span
-        meets the range: a superset of the active ones, decided from memory)."""
-        mask = self._index.match(selector, sample_type, unit)
+        meets the range: a superset of the active ones, decided from memory); with `pieces`, in one of them
+        (the edges group blocks leave: a few minutes' series, not the range's 75k)."""
+        index = self._index
+        mask = index.match(selector, sample_type, unit)
+        if pieces:
+            near = np.zeros(index.size, dtype=bool)
+            for _, a, b in pieces:
+                inside, straddle = index.around(mask, a, b)
+                near[inside] = near[straddle] = True
+            return set(index.sids(np.flatnonzero(near)))
         if t0 is not None and t1 is not None:
-            inside, straddle = self._index.around(mask, t0, t1)
-            return set(self._index.sids(inside)) | set(self._index.sids(straddle))
-        return set(self._index.sids(np.flatnonzero(mask)))
+            inside, straddle = index.around(mask, t0, t1)
+            return set(index.sids(inside)) | set(index.sids(straddle))
+        return set(index.sids(np.flatnonzero(mask)))
 
     def _plan(self, t0: int, t1: int, align_ns: int | None = None,
               max_level: int | None = None) -> list[tuple[int, int, int]]:
@@ -665,7 +674,8 @@ class SqliteStore(Store):
                           "AND start_ns<?"
                     for piece in by_group:
                         rows += self._db.execute(sql, (*chunk, *piece)).fetchall()
-            ids = self._match_series(selector, sample_type, unit, t0, t1) if pieces else set()
+            ids = self._match_series(selector, sample_type, unit, t0, t1, pieces if summed else ()) \
+                if pieces else set()
             raw = [p for p in pieces if not p[0]]
             blocks = [p for p in pieces if p[0]]
             many = len(ids) > _MAX_SERIES_PROBES
