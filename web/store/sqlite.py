@@ -994,7 +994,7 @@ class SqliteStore(Store):
                     frames_out.append(encode_columns(stack, value, self.zstd_level))
         with self._lock:
             self._check_open()
-            changed = self._db.execute("SELECT 1 FROM profiles WHERE id>? AND level>=0 AND level<? AND start_ns>=? "
+            changed = self._db.execute("SELECT 1 FROM profiles WHERE id>? AND level<? AND start_ns>=? "
                                        "AND start_ns<? LIMIT 1", (seen, level, bucket, end)).fetchone()
             if changed or bucket < self._floor:
                 return 0
