@@ -125,6 +125,11 @@ def run(args: argparse.Namespace, new_per_drain: int) -> dict[str, Any]:
             "pod_flamegraph_1h": ("/api/v1/flamegraph", {**last_h, **of_pod}),
             "series_by_pod": ("/api/v1/series", {**day, "by": "pod"}),
             "cpu": ("/api/v1/cpu", {**day, "step": "600"}),
+            # Per-process queries: answered per series (group blocks do not split by pid); 110000-110009 are
+            # short-lived pids of the churn run's second hour or so, 1015 the steady run's pod's process.
+            "pid_flamegraph": ("/api/v1/flamegraph", {**day, "query": '{pid=~"1015|110000"}'}),
+            "pid_regex_flamegraph": ("/api/v1/flamegraph", {**day, "query": '{pid=~"11000.|1015"}'}),
+            "series_by_pid_of_pod": ("/api/v1/series", {**day, "by": "pod,pid", **of_pod}),
         }
         out: dict[str, Any] = {}
         prof = None

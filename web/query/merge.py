@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,9 +60,12 @@ def resolve_type(store: Store, q: Query) -> tuple[str, str | None]:
     return DEFAULT_TYPE, None
 
 
-def select(store: Store, q: Query) -> tuple[str, str, list[StoredProfile]]:
+def select(store: Store, q: Query, keep: Collection[str] | None = None) -> tuple[str, str, list[StoredProfile]]:
+    """The type to show and the refs in range; `keep`: the only labels the caller reads from the refs (() for a
+    merge), so a store may answer with refs summing several series (`Store.select_summed`); None: all labels."""
     sample_type, unit = resolve_type(store, q)
-    refs = store.select(q.selector, q.t0, q.t1, sample_type, unit)
+    refs = (store.select(q.selector, q.t0, q.t1, sample_type, unit) if keep is None
+            else store.select_summed(q.selector, q.t0, q.t1, sample_type, unit, keep=keep))
     return sample_type, unit or (refs[0].series.unit if refs else "count"), refs
 
 
@@ -379,10 +382,10 @@ def merged(store: Store, q: Query, sample_type: str | None = None, unit: str | N
     """Every matching profile in range summed per stack id (for one (type, unit), resolved from `q`);
     `refs` when the caller selected them already."""
     if sample_type is None:
-        sample_type, unit, refs = select(store, q)
+        sample_type, unit, refs = select(store, q, keep=())
     else:
         if refs is None:
-            refs = store.select(q.selector, q.t0, q.t1, sample_type, unit)
+            refs = store.select_summed(q.selector, q.t0, q.t1, sample_type, unit, keep=())
         unit = unit or (refs[0].series.unit if refs else "count")
     if not refs:
         empty = np.empty(0, np.int64)
@@ -429,7 +432,7 @@ def flamegraph_answer(store: Store, q: Query, max_nodes: int | None, cache: Tree
             hit = cache.get(keys[0])
             if hit is not None:
                 return hit, _range(q)
-    sample_type, unit, refs = select(store, q)
+    sample_type, unit, refs = select(store, q, keep=())
     if cache is not None and store.immutable_refs:
         keys.append(("flamegraph", sample_type, unit, max_nodes, binary, refs_key(refs)))
         hit = cache.get(keys[-1])
@@ -562,7 +565,7 @@ def series_summary(store: Store, q: Query, by: Sequence[str] | None = None) -> d
 
     Only index metadata is read (each stored profile keeps its total), no sample data.
     """
-    sample_type, unit, refs = select(store, q)
+    sample_type, unit, refs = select(store, q, keep=by)
     groups: dict[tuple[tuple[str, str], ...], list[StoredProfile]] = defaultdict(list)
     for r in refs:
         labels = r.series.labels

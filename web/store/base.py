@@ -8,7 +8,7 @@ by id, stacks and frames.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,6 +138,15 @@ class Store(ABC):
         with `align_ns` none crosses a boundary t0 + k * align_ns, `max_level` caps their coarseness
         (0: raw profiles only).
         """
+
+    def select_summed(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
+                      unit: str | None = None, *, keep: Collection[str] | None = (), align_ns: int | None = None,
+                      max_level: int | None = None) -> list[StoredProfile]:
+        """`select` for a caller that needs of each ref's labels only those in `keep` (None: all): a flame graph
+        needs none, a pod list `pod`. A backend may then answer with refs that each sum several series agreeing
+        on those labels (a ref's series has the labels they share); the samples and totals are the same.
+        This default is `select`."""
+        return self.select(selector, t0, t1, sample_type, unit, align_ns=align_ns, max_level=max_level)
 
     @abstractmethod
     def read(self, profiles: Sequence[StoredProfile]) -> Columns:

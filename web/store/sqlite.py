@@ -40,7 +40,7 @@ import struct
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple, cast
@@ -69,6 +69,7 @@ from web.store.base import (
 from web.store.columns import decode_timeline, encode_columns, encode_timeline, frame_columns, group_sum, sum_by
 from web.store.compaction import DEFAULT_LEVELS, bucket_of, plan
 from web.store.selector import MATCH_ALL, Selector
+from web.store.sqlite_groups import GroupKey, GroupTable, group_key, groups_answer
 from web.store.sqlite_series import SeriesIndex
 
 SCHEMA_VERSION = 4
@@ -97,6 +98,9 @@ CREATE TABLE IF NOT EXISTS profiles (
   period_ns INTEGER NOT NULL, total INTEGER NOT NULL, n_samples INTEGER NOT NULL,
   blob INTEGER NOT NULL, off INTEGER NOT NULL, len INTEGER NOT NULL, level INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS timelines (profile INTEGER PRIMARY KEY, origin INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (
+  id INTEGER PRIMARY KEY, sample_type TEXT NOT NULL, unit TEXT NOT NULL, labels TEXT NOT NULL,
+  UNIQUE (labels, sample_type, unit));
 CREATE TABLE IF NOT EXISTS compactions (
   level INTEGER NOT NULL, bucket_ns INTEGER NOT NULL, state INTEGER NOT NULL,
   PRIMARY KEY (level, bucket_ns)) WITHOUT ROWID;
@@ -119,7 +123,9 @@ CREATE INDEX IF NOT EXISTS blocks_by_series_level_time ON profiles
 _BLOCK_ROWS = "profiles INDEXED BY blocks_by_series_level_time WHERE level > 0 AND"
 # More matched raw series than this and a time-range scan beats one index probe per series.
 _MAX_SERIES_PROBES = 256
-_DONE, _DIRTY = 1, 2  # compactions.state
+# compactions.state: _DONE (by an older podflame: per-series blocks only), _DIRTY, _GROUPED (per-series blocks and
+# the group blocks beside them; an older podflame reads it as dirty and recompacts the bucket its own way).
+_DONE, _DIRTY, _GROUPED = 1, 2, 3
 DELETE_BATCH = 2000  # rows per retention transaction: what a concurrent put may wait for
 _BATCH_PAUSE_S = 0.001  # between batches, so a waiting writer gets the lock (locks are not fair)
 UNLINK_GRACE_NS = 30 * 1_000_000_000  # a query that picked a block before its deletion can still read it
@@ -237,12 +243,15 @@ class SqliteStore(Store):
         self._floor = self._meta("retention_floor_ns")
         self._watermark = [self._meta(f"compacted_through_{lv}") for lv in range(1, len(self.levels) + 1)]
         self._done_sets: list[set[int]] = [set() for _ in self.levels]
+        self._grouped: list[set[int]] = [set() for _ in self.levels]  # done buckets that have group blocks
         self._dirty: set[tuple[int, int]] = set()
         for level, bucket, state in self._db.execute("SELECT level, bucket_ns, state FROM compactions"):
             if not 1 <= level <= len(self.levels):
                 continue  # written with other level settings: ignored, as if never compacted
-            if state == _DONE:
+            if state in (_DONE, _GROUPED):
                 self._done_sets[level - 1].add(bucket)
+                if state == _GROUPED:
+                    self._grouped[level - 1].add(bucket)
             else:
                 self._dirty.add((level, bucket))
         self._refresh_done()
@@ -282,6 +291,9 @@ class SqliteStore(Store):
                 sids += (sid, sid)
                 starts += (lo, hi)
         self._index.extend(sids, starts)
+        self._groups = GroupTable()
+        for gid, st, unit, labels in self._db.execute("SELECT id, sample_type, unit, labels FROM groups"):
+            self._groups.add(gid, labels, st, unit)
 
     def _add_series(self, s: Series, key: str) -> None:
         self._series[s.id] = s
@@ -320,15 +332,17 @@ class SqliteStore(Store):
                 path.unlink(missing_ok=True)
             raise
 
-    def _write_blob(self, frames: list[bytes], max_start_ns: int) -> tuple[int, Path, list[int]]:
+    def _write_blob(self, frames: list[bytes], max_start_ns: int, rows: int | None = None
+                    ) -> tuple[int, Path, list[int]]:
         """One blob file of column frames and its row (the caller holds a transaction): id, path, offsets.
+        `rows`: how many profiles rows will point into it (default one per frame).
 
         A file that fails to write is removed here; one written under a transaction that then rolls
         back is `_transaction`'s to remove (the caller lists it there).
         """
         blob_id = self._insert(
             "INSERT INTO blobs (bytes, created_ns, max_start_ns, live) VALUES (?, ?, ?, ?)",
-            (sum(len(f) for f in frames), time.time_ns(), max_start_ns, len(frames)))
+            (sum(len(f) for f in frames), time.time_ns(), max_start_ns, len(frames) if rows is None else rows))
         path = self._blob_path(blob_id)
         try:
             _write_durably(path, frames)
@@ -491,6 +505,7 @@ class SqliteStore(Store):
             self._index.extend([row[0] for row in out], [row[1] for row in out])
             for level, bucket in dirtied:  # only once committed: the planner must not use these now
                 self._done_sets[level - 1].discard(bucket)
+                self._grouped[level - 1].discard(bucket)
                 self._dirty.add((level, bucket))
             if dirtied:
                 self._refresh_done()
@@ -544,14 +559,23 @@ class SqliteStore(Store):
             raise StoreClosed("the store is closed")
 
     def _match_series(self, selector: Selector | None, sample_type: str | None = None,
-                      unit: str | None = None, t0: int | None = None, t1: int | None = None) -> set[int]:
+                      unit: str | None = None, t0: int | None = None, t1: int | None = None,
+                      pieces: Sequence[tuple[int, int, int]] = ()) -> set[int]:
         """Series ids matching the selector; with a range, only those whose rows could lie in it (its span
-        meets the range: a superset of the active ones, decided from memory)."""
-        mask = self._index.match(selector, sample_type, unit)
+        meets the range: a superset of the active ones, decided from memory); with `pieces`, in one of them
+        (the edges group blocks leave: a few minutes' series, not the range's 75k)."""
+        index = self._index
+        mask = index.match(selector, sample_type, unit)
+        if pieces:
+            near = np.zeros(index.size, dtype=bool)
+            for _, a, b in pieces:
+                inside, straddle = index.around(mask, a, b)
+                near[inside] = near[straddle] = True
+            return set(index.sids(np.flatnonzero(near)))
         if t0 is not None and t1 is not None:
-            inside, straddle = self._index.around(mask, t0, t1)
-            return set(self._index.sids(inside)) | set(self._index.sids(straddle))
-        return set(self._index.sids(np.flatnonzero(mask)))
+            inside, straddle = index.around(mask, t0, t1)
+            return set(index.sids(inside)) | set(index.sids(straddle))
+        return set(index.sids(np.flatnonzero(mask)))
 
     def _plan(self, t0: int, t1: int, align_ns: int | None = None,
               max_level: int | None = None) -> list[tuple[int, int, int]]:
@@ -603,14 +627,55 @@ class SqliteStore(Store):
     def select(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
                unit: str | None = None, *, align_ns: int | None = None,
                max_level: int | None = None) -> list[StoredProfile]:
+        return self._select(selector, t0, t1, sample_type, unit, align_ns, max_level, summed=False)
+
+    def select_summed(self, selector: Selector, t0: int, t1: int, sample_type: str | None = None,
+                      unit: str | None = None, *, keep: Collection[str] | None = (), align_ns: int | None = None,
+                      max_level: int | None = None) -> list[StoredProfile]:
+        """`select`, with the group blocks of compacted buckets in place of their member series' blocks when
+        neither the selector nor `keep` names a per-process label (web/store/sqlite_groups.py): a node's
+        range of short-lived processes then reads a block per group and bucket, not per process. A group
+        ref's series has the group's labels (no `pid`) and a negative id."""
+        return self._select(selector, t0, t1, sample_type, unit, align_ns, max_level,
+                            summed=groups_answer(selector, keep))
+
+    def _split_grouped(self, pieces: list[tuple[int, int, int]]
+                       ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        """Block pieces whose every bucket has group blocks, and the rest (raw pieces, and buckets compacted
+        by an older podflame, read per series until recompacted)."""
+        grouped: list[tuple[int, int, int]] = []
+        rest: list[tuple[int, int, int]] = []
+        for level, a, b in pieces:
+            if not level:
+                rest.append((level, a, b))
+                continue
+            width, have = self.levels[level - 1], self._grouped[level - 1]
+            for k in range(a, b, width):
+                out = grouped if k in have else rest
+                if out and out[-1][0] == level and out[-1][2] == k:
+                    out[-1] = (level, out[-1][1], k + width)
+                else:
+                    out.append((level, k, k + width))
+        return grouped, rest
+
+    def _select(self, selector: Selector, t0: int, t1: int, sample_type: str | None, unit: str | None,
+                align_ns: int | None, max_level: int | None, *, summed: bool) -> list[StoredProfile]:
+        cols = "series, start_ns, duration_ns, period_ns, total, blob, off, len, id, level"
+        rows: list[tuple] = []
         with self._lock:
             self._check_open()
-            ids = self._match_series(selector, sample_type, unit, t0, t1)
-            if not ids:
-                return []
-            cols = "series, start_ns, duration_ns, period_ns, total, blob, off, len, id, level"
-            rows: list[tuple] = []
             pieces = self._plan(t0, t1, align_ns, max_level)
+            if summed:
+                by_group, pieces = self._split_grouped(pieces)
+                gids = self._groups.matching(selector, sample_type, unit) if by_group else []
+                for chunk in _chunks([-g for g in gids], 500):  # a group's rows have its id negated
+                    marks = ",".join("?" * len(chunk))
+                    sql = f"SELECT {cols} FROM {_BLOCK_ROWS} series IN ({marks}) AND level=? AND start_ns>=? " \
+                          "AND start_ns<?"
+                    for piece in by_group:
+                        rows += self._db.execute(sql, (*chunk, *piece)).fetchall()
+            ids = self._match_series(selector, sample_type, unit, t0, t1, pieces if summed else ()) \
+                if pieces else set()
             raw = [p for p in pieces if not p[0]]
             blocks = [p for p in pieces if p[0]]
             many = len(ids) > _MAX_SERIES_PROBES
@@ -632,9 +697,10 @@ class SqliteStore(Store):
                 for piece in raw + blocks if scan_blocks else raw:
                     deadline.check()
                     rows += [r for r in self._db.execute(sql, piece) if r[0] in ids]
-            series = self._series
+            series, groups = self._series, self._groups.by_id
         rows.sort(key=itemgetter(1, 0))
-        return [StoredProfile(series[r[0]], r[1], r[2], r[3], r[4], _Handle._make(r[5:10])) for r in rows]
+        return [StoredProfile(series[r[0]] if r[0] > 0 else groups[-r[0]], r[1], r[2], r[3], r[4],
+                              _Handle._make(r[5:10])) for r in rows]
 
     def read(self, profiles: Sequence[StoredProfile]) -> Columns:
         """One read per blob file (the span its chosen frames cover), one decompressor, and the stack-id
@@ -770,8 +836,9 @@ class SqliteStore(Store):
     def step_totals(self, selector: Selector, t0: int, t1: int, step_ns: int, sample_type: str | None = None,
                     unit: str | None = None) -> StepTotals:
         """The coarsest blocks, whatever the steps: a block straddling a step boundary is split by its
-        timeline (its profiles' starts and totals), so a day at 5-min steps reads ~100 rows per series."""
-        refs = self.select(selector, t0, t1, sample_type, unit)
+        timeline (its profiles' starts and totals), so a day at 5-min steps reads ~100 rows per series, and
+        group blocks where the selector names no per-process label (the refs are then groups' and series')."""
+        refs = self.select_summed(selector, t0, t1, sample_type, unit)
         straddle = [r for r in refs if _handle(r).level
                     and (r.start_ns - t0) // step_ns != (r.start_ns + max(r.duration_ns, 1) - 1 - t0) // step_ns]
         timelines = self._timelines([_handle(r).row for r in straddle])
@@ -849,6 +916,8 @@ class SqliteStore(Store):
             with self._lock:
                 self._check_open()
                 todo = sorted(b for lv, b in self._dirty if lv == level)
+                # Buckets an older podflame compacted have no group blocks: recompacted once, oldest first.
+                todo += sorted(b for b in self._done_sets[i] - self._grouped[i] if b >= self._floor)
                 eligible_end = bucket_of(now - COMPACTION_DELAY_NS, width)  # buckets ending by then
                 start = max(self._watermark[i], bucket_of(self._floor, width) + (width if self._floor % width else 0))
                 fresh: list[int] = []
@@ -877,6 +946,9 @@ class SqliteStore(Store):
             self._watermark[i] = value
 
     def _compact_bucket(self, level: int, bucket: int) -> int:
+        """Sum the bucket's profiles (raw ones and finer blocks) per series, and per group of series that differ
+        only in `pid` (web/store/sqlite_groups.py), into blocks; a group of one series points at its series's
+        block (no second copy of the data), so a steady node's groups cost an index row each."""
         width = self.levels[level - 1]
         end = bucket + width
         with self._lock:
@@ -887,59 +959,89 @@ class SqliteStore(Store):
             refs = self.select(MATCH_ALL, bucket, end, max_level=level - 1)
             sub = self._timelines([_handle(r).row for r in refs if _handle(r).level])
         frames_out: list[bytes] = []
-        timelines_out: list[bytes | None] = []
-        rows: list[tuple] = []
+        # Per block: its series id (or group key), row values after that, the frame it reads, its timeline.
+        blocks: list[tuple[int | GroupKey, tuple, int, bytes | None]] = []
         if refs:
             cols = self.read(refs)
             series_ids = np.array([r.series.id for r in refs], dtype=np.int64)
-            keys, values = group_sum((series_ids[cols.profile] << 32) | cols.stack, cols.value)
-            series_of = keys >> 32
-            bounds = np.flatnonzero(np.concatenate(([True], series_of[1:] != series_of[:-1], [True])))
             by_series: dict[int, list[StoredProfile]] = defaultdict(list)
             for r in refs:
                 by_series[r.series.id].append(r)
-            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-                sid = int(series_of[a])
-                group = by_series[sid]
-                first = min(r.start_ns for r in group)
-                last = max(r.start_ns + r.duration_ns for r in group)
-                weight: dict[int, int] = defaultdict(int)
-                for r in group:
-                    weight[r.period_ns] += abs(r.total) or 1
-                period = max(weight.items(), key=lambda kv: (kv[1], kv[0]))[0]
-                stack, value = keys[a:b] & 0xFFFFFFFF, values[a:b]
+            members: dict[GroupKey, list[int]] = defaultdict(list)
+            for sid, group in by_series.items():
+                s = group[0].series
+                members[group_key(s.labels, s.sample_type, s.unit)].append(sid)
+            frame_of: dict[int, int] = {}
+            for sid, (stack, value) in _split_sums(series_ids[cols.profile], cols).items():
+                frame_of[sid] = len(frames_out)
                 frames_out.append(encode_columns(stack, value, self.zstd_level))  # outside the lock: own compressor
-                timelines_out.append(_block_timeline(group, sub, bucket))
-                rows.append((sid, first, last - first, period, int(value.sum()), int(stack.size)))
+                blocks.append((sid, _block_row(by_series[sid], value, stack), frame_of[sid],
+                               _block_timeline(by_series[sid], sub, bucket)))
+            shared = {key: sids for key, sids in members.items() if len(sids) > 1}
+            for key, sids in members.items():
+                if len(sids) == 1 and sids[0] in frame_of:
+                    sid = sids[0]
+                    blocks.append((key, *blocks[frame_of[sid]][1:]))  # series blocks come first: j = frame
+            if shared:
+                keys = list(shared)
+                index_of = {sid: j for j, key in enumerate(keys) for sid in shared[key]}
+                group_of = np.array([index_of.get(r.series.id, -1) for r in refs], dtype=np.int64)[cols.profile]
+                for j, (stack, value) in _split_sums(group_of, cols).items():
+                    key = keys[j]
+                    group = [r for sid in shared[key] for r in by_series[sid]]
+                    blocks.append((key, _block_row(group, value, stack), len(frames_out),
+                                   _block_timeline(group, sub, bucket)))
+                    frames_out.append(encode_columns(stack, value, self.zstd_level))
         with self._lock:
             self._check_open()
-            changed = self._db.execute("SELECT 1 FROM profiles WHERE id>? AND level<? AND start_ns>=? AND start_ns<? "
-                                       "LIMIT 1", (seen, level, bucket, end)).fetchone()
+            changed = self._db.execute("SELECT 1 FROM profiles WHERE id>? AND level<? AND start_ns>=? "
+                                       "AND start_ns<? LIMIT 1", (seen, level, bucket, end)).fetchone()
             if changed or bucket < self._floor:
                 return 0
-            with self._transaction() as written:
-                old = self._db.execute("SELECT id, blob FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?",
-                                       (level, bucket, end)).fetchall()
-                self._db.executemany("DELETE FROM profiles WHERE id=?", [(r[0],) for r in old])
-                self._db.executemany("DELETE FROM timelines WHERE profile=?", [(r[0],) for r in old])
-                self._release_blobs([r[1] for r in old])
-                if rows:
-                    blob_id, path, offsets = self._write_blob(frames_out, max(r[1] for r in rows))
-                    written.append(path)
-                    for j, (row, f, tl) in enumerate(zip(rows, frames_out, timelines_out, strict=True)):
-                        row_id = self._db.execute(
-                            "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples, blob,"
-                            " off, len, level) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                            (*row, blob_id, offsets[j], len(f), level)).lastrowid
-                        if tl is not None:
-                            self._db.execute("INSERT INTO timelines VALUES (?, ?, ?)", (row_id, bucket, tl))
-                self._db.execute("INSERT INTO compactions VALUES (?, ?, ?) ON CONFLICT (level, bucket_ns) "
-                                 "DO UPDATE SET state=excluded.state", (level, bucket, _DONE))
-            self._index.extend([row[0] for row in rows], [row[1] for row in rows])
+            groups_before = set(self._groups.by_id)
+            try:
+                with self._transaction() as written:
+                    old = self._db.execute("SELECT id, blob FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?",
+                                           (level, bucket, end)).fetchall()
+                    self._db.executemany("DELETE FROM profiles WHERE id=?", [(r[0],) for r in old])
+                    self._db.executemany("DELETE FROM timelines WHERE profile=?", [(r[0],) for r in old])
+                    self._release_blobs([r[1] for r in old])
+                    if blocks:
+                        series_rows = [b[1] for b in blocks if isinstance(b[0], int)]
+                        blob_id, path, offsets = self._write_blob(frames_out, max(r[0] for r in series_rows),
+                                                                  rows=len(blocks))
+                        written.append(path)
+                        for owner, row, j, tl in blocks:
+                            sid = owner if isinstance(owner, int) else -self._intern_group(owner)
+                            row_id = self._db.execute(
+                                "INSERT INTO profiles (series, start_ns, duration_ns, period_ns, total, n_samples,"
+                                " blob, off, len, level) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                (sid, *row, blob_id, offsets[j], len(frames_out[j]), level)).lastrowid
+                            if tl is not None:
+                                self._db.execute("INSERT INTO timelines VALUES (?, ?, ?)", (row_id, bucket, tl))
+                    self._db.execute("INSERT INTO compactions VALUES (?, ?, ?) ON CONFLICT (level, bucket_ns) "
+                                     "DO UPDATE SET state=excluded.state", (level, bucket, _GROUPED))
+            except BaseException:
+                for gid in set(self._groups.by_id) - groups_before:  # their rows were rolled back
+                    self._groups.drop(gid)
+                raise
+            series_blocks = [(b[0], b[1][0]) for b in blocks if isinstance(b[0], int)]
+            self._index.extend([sid for sid, _ in series_blocks], [t for _, t in series_blocks])
             self._dirty.discard((level, bucket))
             self._done_sets[level - 1].add(bucket)
+            self._grouped[level - 1].add(bucket)
             self._refresh_done()
             return 1
+
+    def _intern_group(self, key: GroupKey) -> int:
+        """The id of a group (caller holds a transaction, and forgets new groups if it rolls back)."""
+        gid = self._groups.ids.get(key)
+        if gid is None:
+            labels, sample_type, unit = key
+            gid = self._insert("INSERT INTO groups (sample_type, unit, labels) VALUES (?,?,?)",
+                               (sample_type, unit, labels))
+            self._groups.add(gid, labels, sample_type, unit)
+        return gid
 
     def _release_blobs(self, blob_ids: Iterable[int]) -> None:
         """Count deleted rows off their blobs (one id per row); blobs left with none are marked for unlinking.
@@ -1034,13 +1136,19 @@ class SqliteStore(Store):
                     index.set_first(sid, min(starts))
                 else:
                     gone.append(sid)  # no row at any level
-            if not gone:
+            # Groups the cut left without blocks (a few hundred at most: one index seek each).
+            empty = [gid for gid in self._groups.by_id
+                     if not self._db.execute("SELECT 1 FROM profiles WHERE series=? LIMIT 1", (-gid,)).fetchone()]
+            if not gone and not empty:
                 return
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany("DELETE FROM series WHERE id=?", [(i,) for i in gone])
+                self._db.executemany("DELETE FROM groups WHERE id=?", [(i,) for i in empty])
             for sid in gone:
                 self._drop_series(sid)
+            for gid in empty:
+                self._groups.drop(gid)
 
     def _budget_cutoff(self, max_bytes: int) -> int:
         """The start time before which deleting the oldest blobs frees the excess over the budget.
@@ -1145,6 +1253,7 @@ class SqliteStore(Store):
             q = self._db.execute
             return {
                 "series": len(self._series),
+                "groups": len(self._groups.by_id),
                 "profiles": q("SELECT count(*) FROM profiles").fetchone()[0],
                 "stacks": q("SELECT count(*) FROM stacks").fetchone()[0],
                 "frames": q("SELECT count(*) FROM frames").fetchone()[0],
@@ -1162,6 +1271,28 @@ class SqliteStore(Store):
 def _handle(r: StoredProfile) -> _Handle:
     """Where a profile this store selected lies (`StoredProfile.handle` is opaque to everyone else)."""
     return cast(_Handle, r.handle)
+
+
+def _split_sums(owner: np.ndarray, cols: Columns) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The samples summed per (owner, stack), split by owner (owners < 0 left out): owner -> (stacks, sums)."""
+    keep = owner >= 0
+    keys, values = group_sum((owner[keep] << 32) | cols.stack[keep], cols.value[keep])
+    owner_of = keys >> 32
+    bounds = np.flatnonzero(np.concatenate(([True], owner_of[1:] != owner_of[:-1], [True])))
+    return {int(owner_of[a]): (keys[a:b] & 0xFFFFFFFF, values[a:b])
+            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)}
+
+
+def _block_row(group: Sequence[StoredProfile], value: np.ndarray, stack: np.ndarray) -> tuple:
+    """A block's (start, duration, period, total, n_samples) summing `group` into these sums: it starts at its
+    first profile and ends with its last; its period is the one weighing most."""
+    first = min(r.start_ns for r in group)
+    last = max(r.start_ns + r.duration_ns for r in group)
+    weight: dict[int, int] = defaultdict(int)
+    for r in group:
+        weight[r.period_ns] += abs(r.total) or 1
+    period = max(weight.items(), key=lambda kv: (kv[1], kv[0]))[0]
+    return (first, last - first, period, int(value.sum()), int(stack.size))
 
 
 def _block_timeline(group: Sequence[StoredProfile], sub: dict[int, tuple[int, bytes]], origin: int) -> bytes | None:

@@ -28,10 +28,17 @@ _I64_MIN = np.iinfo(np.int64).min
 _ABSENT = -1  # a column's value id where the series has no such label (labels equal to "" are not stored)
 
 
-class _Label:
-    """One label name's distinct values (id -> text; None once no series has it) and each value's series count."""
+_MATCHES_KEPT = 32  # regex answers kept per label name (a page's few selectors, asked again and again)
 
-    __slots__ = ("column", "free", "ids", "refs", "values")
+
+class _Label:
+    """One label name's distinct values (id -> text; None once no series has it) and each value's series count.
+
+    A regex's answer per value id is kept (`_matches`) and extended to values added since, so a `pid=~...`
+    over 40k pids costs RE2 calls for the new pids only; a released value id bumps `epoch`, which voids them
+    (its id may come back with another value)."""
+
+    __slots__ = ("_matches", "column", "epoch", "free", "ids", "refs", "values")
 
     def __init__(self, capacity: int) -> None:
         self.column = np.full(capacity, _ABSENT, dtype=np.int32)
@@ -39,6 +46,8 @@ class _Label:
         self.ids: dict[str, int] = {}
         self.refs: list[int] = []
         self.free: list[int] = []
+        self.epoch = 0
+        self._matches: dict[tuple[Op, str], tuple[int, np.ndarray]] = {}  # (op, pattern) -> (epoch, per value id)
 
     def value_id(self, value: str) -> int:
         vid = self.ids.get(value)
@@ -62,6 +71,7 @@ class _Label:
             del self.ids[value]
             self.values[vid] = None
             self.free.append(vid)
+            self.epoch += 1
 
     def matching(self, m: Matcher) -> np.ndarray:
         """Per value id + 1 (index 0: the label absent, i.e. ""), whether `m` accepts it."""
@@ -74,12 +84,28 @@ class _Label:
             if m.op is Op.NE:
                 table[1:] = ~table[1:]
             return table
-        for vid, value in enumerate(self.values):
-            if not vid & 255:
-                deadline.check()  # a label with 100k values: the query stops, the store's lock is let go
-            if value is not None and m.matches(value):  # one RE2 match per distinct value
-                table[vid + 1] = True
+        table[1:] = self._regex_hits(m)
         return table
+
+    def _regex_hits(self, m: Matcher) -> np.ndarray:
+        """Per value id, whether the regex matcher accepts it: RE2 runs only on ids not answered before."""
+        key = (m.op, m.value)
+        kept = self._matches.pop(key, None)
+        hits = kept[1] if kept is not None and kept[0] == self.epoch else np.zeros(0, dtype=bool)
+        if hits.size < len(self.values):
+            new = np.zeros(len(self.values), dtype=bool)
+            new[:hits.size] = hits
+            for vid in range(hits.size, len(self.values)):
+                if not vid & 255:
+                    deadline.check()  # a label with 100k values: the query stops, the store's lock is let go
+                value = self.values[vid]
+                if value is not None and m.matches(value):  # one RE2 match per distinct value
+                    new[vid] = True
+            hits = new
+        self._matches[key] = (self.epoch, hits)  # most recently used last
+        if len(self._matches) > _MATCHES_KEPT:
+            del self._matches[next(iter(self._matches))]
+        return hits
 
 
 class SeriesIndex:
