@@ -26,7 +26,7 @@ from profiler.procmaps import parse_exec_maps
 from profiler.python import offsets as off
 from profiler.python.code import CodeInfo, CodeReader, CodeReadError
 from profiler.python.detect import LayoutMismatch, PythonProcess, Unsupported, check_layout, inspect_process
-from profiler.python.lines import line_for
+from profiler.python.lines import decode, line_for, shared_decode
 from profiler.python.remote import ProcessGone, read
 from profiler.python.walk import Frame, threads, walk
 
@@ -358,6 +358,30 @@ def test_line_tables_decode_as_the_interpreter_does(which: str) -> None:
             checked += 1
     assert checked > 10_000
     assert line_for(b"", fmt, 7, -2) == 7  # a frame that has not started: its first line
+
+
+def test_line_tables_shared_across_processes_only_when_identical() -> None:
+    """shared_decode keeps one decoding per (table, format, first line) for all processes: a table read
+    again (other bytes objects, as from another process) answers from it, and the same bytes under another
+    first line or format are decoded on their own (a key without either would name the wrong lines)."""
+    dump = json.loads(subprocess.run([DEBIAN, "-c", LINES_PROBE], capture_output=True, text=True,
+                                     check=True).stdout)
+    shared = 0
+    for table, first, want in dump[:200]:
+        raw = bytes.fromhex(table)
+        got = shared_decode(raw, off.LOCATIONS, first)
+        again = shared_decode(bytes.fromhex(table), off.LOCATIONS, first)  # another process's copy
+        assert again is got
+        shared += 1
+        for offset, line in want:
+            assert got.line(offset) == line
+        moved = shared_decode(raw, off.LOCATIONS, first + 7)
+        assert moved is not got and moved == decode(raw, off.LOCATIONS, first + 7)
+        assert all(b is None if a is None else b == a + 7 for a, b in zip(got.lines, moved.lines, strict=True))
+        if len(raw) >= 4:
+            other_format = shared_decode(raw, off.LINETABLE_310, first)
+            assert other_format == decode(raw, off.LINETABLE_310, first) and other_format is not got
+    assert shared == 200
 
 
 # --- reused addresses, exited processes, unsupported versions -------------------------------------

@@ -22,7 +22,7 @@ from functools import cached_property
 from podflame.errors import BinaryFormatError, PodflameError
 from profiler.python import remote
 from profiler.python.detect import PythonProcess
-from profiler.python.lines import LineStarts, decode
+from profiler.python.lines import LineStarts, shared_decode
 from profiler.python.offsets import NO_FIELD, PyOffsets
 from profiler.python.remote import MemoryReadError, ProcessGone
 
@@ -53,8 +53,10 @@ class CodeInfo:
 
     @cached_property
     def line_starts(self) -> LineStarts:
-        """The line table decoded, once per code object read (not once per instruction asked about)."""
-        return decode(self.linetable, self.linetable_format, self.firstlineno)
+        """The line table decoded, once per code object read (not once per instruction asked about), and
+        once per distinct table across processes (lines.shared_decode: every new python3 runs the same
+        stdlib code objects at other addresses)."""
+        return shared_decode(self.linetable, self.linetable_format, self.firstlineno)
 
 
 def line(code: CodeInfo, instr_offset: int) -> int | None:
