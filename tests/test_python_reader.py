@@ -115,6 +115,32 @@ def test_detect_finds_version_runtime_and_code_type(chain: tuple[str, Running]) 
     assert inspect_process(r.pid, maps=parse_exec_maps(Path(f"/proc/{r.pid}/maps").read_text())) == proc
 
 
+@pytest.mark.parametrize("which", ["3.12", "debian"])
+def test_interpreter_ranges_come_from_detection_and_outlive_the_process(which: str) -> None:
+    """Detection keeps the interpreter file's executable mappings (PythonProcess.exec_maps), so naming a
+    new process's frames (pyframes._interpreter) reads no maps again: the eval loop and glue it finds from
+    them equal what the process's maps give, and a process that exited before its drain still has them."""
+    from profiler.pyframes import _interpreter
+
+    r = start([interpreter(which), str(WORKLOADS / "python_chain.py")])
+    try:
+        proc = detect(r.pid)
+        text = Path(f"/proc/{r.pid}/maps").read_text()
+        assert proc.exec_maps == tuple((e.start, e.end, e.offset) for e in parse_exec_maps(text)
+                                       if e.clean_path == proc.path) != ()
+        kept, read = _interpreter(proc), _interpreter(dataclasses.replace(proc, exec_maps=()))
+        assert kept is not None and read is not None and kept.eval_ranges
+        assert (kept.eval_ranges, kept.start, kept.end) == (read.eval_ranges, read.start, read.end)
+        probes = [kept.start + i * (kept.end - kept.start) // 997 for i in range(997)]
+        probes += [a for lo, hi in kept.eval_ranges for a in (lo, hi - 1, hi)]
+        assert [kept.kind(a) for a in probes] == [read.kind(a) for a in probes]
+    finally:
+        stop(r)
+    gone = _interpreter(proc)
+    assert gone is not None and (gone.eval_ranges, gone.start, gone.end) == (kept.eval_ranges, kept.start, kept.end)
+    assert _interpreter(dataclasses.replace(proc, exec_maps=())) is None  # the maps went with the process
+
+
 def walk_equals_py_spy(pid: int) -> dict[str, list[Frame]]:
     """Assert every thread's frames as the reference walker reads them equal py-spy's, frame by frame
     (function, file, line, entry marker); the walk by thread name.
