@@ -435,6 +435,39 @@ def test_long_names_and_tables_read_whole(codes: tuple[str, Running, CodeReader]
     assert ascii_.line(0) == (2 if which in ("3.9", "3.10") else 1) and wide.firstlineno == 402
 
 
+def test_a_batch_of_new_code_objects_reads_in_a_few_calls_and_as_one_at_a_time(
+        codes: tuple[str, Running, CodeReader], monkeypatch: pytest.MonkeyPatch) -> None:
+    """read_many reads the fields of every code object it has not seen in three system calls for all of them
+    (a new Python process's drain names dozens), and answers exactly what reading each alone answers; a bad
+    object in the batch (its name turned into a bytes object) fails alone."""
+    from profiler.python import remote
+
+    _, r, _ = codes
+    proc = detect(r.pid)
+    names = ["alpha", "beta", "gamma", "long_ascii", "long_wide"]  # long ones need a second read of their data
+    addrs = [int(r.facts[n]) for n in names]  # type: ignore[call-overload]
+    calls: list[int] = []
+    real = remote._batch
+
+    def counted(pid: int, ranges: list[tuple[int, int]]) -> list[bytes | None]:
+        calls.append(len(ranges))
+        return real(pid, ranges)
+
+    monkeypatch.setattr(remote, "_batch", counted)
+    batch = CodeReader.for_process(proc).read_many(addrs)
+    assert len(calls) == 4 and calls[0] == len(addrs) and calls[1] == 4 * len(addrs)  # heads, fields, rest, heads
+    monkeypatch.setattr(remote, "_batch", real)
+    want = ["alpha", "beta", "gamma", "x" * 300, "\U00020000" * 100]
+    for a, name in zip(addrs, want, strict=True):
+        alone = CodeReader.for_process(proc).read(a)
+        assert batch[a] == alone and alone.name == name
+    command(r, f"rename {proc.offsets.code_name}")  # gamma's name is now a bytes object
+    again = CodeReader.for_process(proc).read_many(addrs)
+    bad = again[addrs[2]]
+    assert isinstance(bad, CodeReadError) and "name is not a str" in str(bad)
+    assert all(again[a] == batch[a] for i, a in enumerate(addrs) if i != 2)
+
+
 def test_reused_code_address_is_read_anew(codes: tuple[str, Running, CodeReader]) -> None:
     _, r, reader = codes
     proc = detect(r.pid)
