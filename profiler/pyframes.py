@@ -143,6 +143,11 @@ class EarlyReads:
             return got[1]
 
 
+def _detect(tgid: int, started: int | None) -> PythonProcess | Unsupported:
+    """Detection for a process whose start time the registry has just read (not read twice per new process)."""
+    return inspect_process(tgid, started=started)
+
+
 class PythonRegistry:
     """Which processes the kernel walks Python frames of; detection runs on the sampler's announcements.
 
@@ -152,7 +157,7 @@ class PythonRegistry:
     kernel announces a (tgid, comm) once, so a reused pid of the same name is never announced again)."""
 
     def __init__(self, write: Callable[[int, bytes | None], None],
-                 detect: Callable[[int], PythonProcess | Unsupported] = inspect_process,
+                 detect: Callable[[int, int | None], PythonProcess | Unsupported] = _detect,
                  started: Callable[[int], int | None] = start_time, early: EarlyReads | None = None) -> None:
         self._write = write
         self.early = early  # walks new registrations soon after (EarlyReads); PythonFrames takes its readers
@@ -189,11 +194,12 @@ class PythonRegistry:
 
     def _try(self, tgid: int) -> None:
         started = self._started(tgid)
-        got = self._detect(tgid)
+        got = self._detect(tgid, started)
         with self._lock:
             if isinstance(got, PythonProcess):
                 # read before detection: a pid that changed hands meanwhile is seen at the next refresh
-                got = replace(got, start_time=started)
+                if got.start_time != started:
+                    got = replace(got, start_time=started)
                 try:
                     self._write(tgid, pack_config(got, self._fsbase_offset(got)))
                 except Exception as e:

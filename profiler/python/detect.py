@@ -75,12 +75,14 @@ class _ElfFacts:
     version_string_micro: dict[int, int]  # minor -> micro from "3.<minor>.<micro>\0" strings
 
 
-def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None,
-                    proc: str = "/proc") -> PythonProcess | Unsupported:
+def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None, proc: str = "/proc",
+                    started: int | None = None) -> PythonProcess | Unsupported:
     """Find CPython in process `pid` from its executable mappings (`maps`, else read now), its version
     and `_PyRuntime`'s address. Costs the executable mappings (procmaps.read_exec_maps: PROCMAP_QUERY,
-    not the whole text) and, once per file, its .dynsym."""
-    started = start_time(pid, proc)
+    not the whole text) and, once per file, its .dynsym. `started`: the process's start time when the
+    caller read it already (before anything else: the answer is for that process)."""
+    if started is None:
+        started = start_time(pid, proc)
     if started is None:
         return Unsupported(f"pid {pid} does not exist")
     try:
