@@ -143,6 +143,11 @@ class EarlyReads:
             return got[1]
 
 
+def _detect(tgid: int, started: int | None) -> PythonProcess | Unsupported:
+    """Detection for a process whose start time the registry has just read (not read twice per new process)."""
+    return inspect_process(tgid, started=started)
+
+
 class PythonRegistry:
     """Which processes the kernel walks Python frames of; detection runs on the sampler's announcements.
 
@@ -152,7 +157,7 @@ class PythonRegistry:
     kernel announces a (tgid, comm) once, so a reused pid of the same name is never announced again)."""
 
     def __init__(self, write: Callable[[int, bytes | None], None],
-                 detect: Callable[[int], PythonProcess | Unsupported] = inspect_process,
+                 detect: Callable[[int, int | None], PythonProcess | Unsupported] = _detect,
                  started: Callable[[int], int | None] = start_time, early: EarlyReads | None = None) -> None:
         self._write = write
         self.early = early  # walks new registrations soon after (EarlyReads); PythonFrames takes its readers
@@ -189,11 +194,12 @@ class PythonRegistry:
 
     def _try(self, tgid: int) -> None:
         started = self._started(tgid)
-        got = self._detect(tgid)
+        got = self._detect(tgid, started)
         with self._lock:
             if isinstance(got, PythonProcess):
                 # read before detection: a pid that changed hands meanwhile is seen at the next refresh
-                got = replace(got, start_time=started)
+                if got.start_time != started:
+                    got = replace(got, start_time=started)
                 try:
                     self._write(tgid, pack_config(got, self._fsbase_offset(got)))
                 except Exception as e:
@@ -344,17 +350,24 @@ def _binary(opened: str, pid: int) -> _Binary | None:
 
 
 def _interpreter(process: PythonProcess) -> _Interpreter | None:
-    """Where the eval loop and the glue functions are in this process (None: the file is unreadable)."""
-    try:
-        with open(f"/proc/{process.pid}/maps") as f:
-            entries = [e for e in parse_maps(f.read()) if e.clean_path == process.path]
-    except OSError:
-        return None
-    execs = [e for e in entries if e.executable]
+    """Where the eval loop and the glue functions are in this process (None: the file is unreadable).
+
+    The interpreter's executable mappings are detection's (`PythonProcess.exec_maps`): a new Python
+    process costs no second maps read here (~0.1 ms each on a node starting python3 ten times a second);
+    the maps are read only for a registration that did not record them."""
+    execs = list(process.exec_maps)
+    if not execs:
+        try:
+            with open(f"/proc/{process.pid}/maps") as f:
+                execs = [(e.start, e.end, e.offset) for e in parse_maps(f.read())
+                         if e.clean_path == process.path and e.executable]
+        except OSError:
+            return None
     if not execs:
         return None
+    start, end, offset = execs[0]
     opened = next((p for p in (f"/proc/{process.pid}/root{process.path}",
-                               f"/proc/{process.pid}/map_files/{execs[0].start:x}-{execs[0].end:x}", process.path)
+                               f"/proc/{process.pid}/map_files/{start:x}-{end:x}", process.path)
                    if os.access(p, os.R_OK)), None)
     if opened is None:
         return None
@@ -362,11 +375,10 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
     if binary is None:
         return None
     elf = binary.elf
-    first = execs[0]
-    segment = next((s for s in elf.segments if s.executable and s.offset <= first.offset < s.offset + s.filesz), None)
+    segment = next((s for s in elf.segments if s.executable and s.offset <= offset < s.offset + s.filesz), None)
     if segment is None:
         return None
-    bias = first.start - first.offset + segment.offset - segment.vaddr  # runtime = vaddr + bias
+    bias = start - offset + segment.offset - segment.vaddr  # runtime = vaddr + bias
     evals = tuple((s + bias, e + bias) for s, e in binary.evals)
     lookup = elf.ranges.lookup
 
@@ -374,7 +386,7 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
         name = lookup(address - bias)
         return name is None or name.startswith(("Py", "_Py")) or name.endswith("_vectorcall")
 
-    return _Interpreter(evals, glue, min(e.start for e in execs), max(e.end for e in execs))
+    return _Interpreter(evals, glue, min(e[0] for e in execs), max(e[1] for e in execs))
 
 
 _Runs = tuple[tuple[Frame, ...], ...]  # named Python frames, root first, split as `split_runs` splits them

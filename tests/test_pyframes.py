@@ -116,7 +116,7 @@ def test_registry_registers_detected_processes_and_skips_the_rest() -> None:
     written: dict[int, bytes | None] = {}
     proc = PythonProcess(pid=4242, version=(3, 11, 7), path="/x", runtime_address=1, code_type=None, offsets=PY311)
     detected = {4242: proc, 4243: Unsupported("/x: CPython 3.8.18: only CPython 3.9-3.13 are supported")}
-    reg = PythonRegistry(written.__setitem__, detect=lambda pid: detected.get(pid, Unsupported("no libpython")))
+    reg = PythonRegistry(written.__setitem__, detect=lambda pid, _: detected.get(pid, Unsupported("no libpython")))
     reg.announce([4242, 4243, 4244])
     assert written == {4242: pack_config(proc)}  # 3.11 matches the tid: no FS base offset, no BTF read
     assert set(reg.processes) == {4242} and "3.8" in reg.unsupported[4243]
@@ -134,7 +134,8 @@ def test_metrics_count_python_processes_unsupported_versions_and_samples() -> No
               value(metrics.PYTHON_SAMPLES, "frames"), value(metrics.PYTHON_SAMPLES, "no_thread_state"))
     proc = PythonProcess(pid=5151, version=(3, 12, 1), path="/x", runtime_address=1, code_type=None, offsets=PY312)
     detected = {5151: proc, 5152: Unsupported("/x: CPython 3.14.0: only CPython 3.9-3.13 are supported")}
-    reg = PythonRegistry(lambda tgid, config: None, detect=lambda pid: detected.get(pid, Unsupported("no libpython")))
+    reg = PythonRegistry(lambda tgid, config: None,
+                         detect=lambda pid, _: detected.get(pid, Unsupported("no libpython")))
     reg.announce([5151, 5152, 5153])
     reg.announce([5152])  # the same unsupported process announced again: counted once
     samples = [RawSample(1, 5151, 5151, "python3", (), (), 0, 0, 7, (0x1000, 2), 0),

@@ -88,6 +88,27 @@ def test_the_registry_keys_processes_by_start_time(two: tuple[subprocess.Popen[s
     assert [t for t, _ in writes] == [a.pid, b.pid]
 
 
+def test_detection_takes_the_start_time_the_registry_read(two: tuple[subprocess.Popen[str], ...],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new process's /proc/PID/stat is read once (by the registry, before anything else), and that start
+    time is the registration's: detection does not read its own (the watcher does this per new process)."""
+    import profiler.python.detect as detect
+
+    a, _ = two
+    asked: list[int] = []
+
+    def counted(pid: int, proc: str = "/proc") -> int | None:
+        asked.append(pid)
+        return start_time(pid, proc)
+
+    monkeypatch.setattr(detect, "start_time", counted)
+    given = start_time(a.pid)
+    assert given is not None
+    reg = PythonRegistry(lambda tgid, config: None, started=lambda pid: given + 5 if pid == a.pid else None)
+    reg.announce([a.pid])
+    assert asked == [] and reg.processes[a.pid].start_time == given + 5
+
+
 def main_thread_stack(proc: PythonProcess, depth: int = 7) -> tuple[int, ...]:
     """The main thread's Python stack as the kernel records it: (code | flags, instr) pairs, leaf first;
     waits until the workload is in its chain (<module> f1 café 函数 𠀀 f2 Worker.f3: `depth` frames)."""

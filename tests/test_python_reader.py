@@ -26,7 +26,7 @@ from profiler.procmaps import parse_exec_maps
 from profiler.python import offsets as off
 from profiler.python.code import CodeInfo, CodeReader, CodeReadError
 from profiler.python.detect import LayoutMismatch, PythonProcess, Unsupported, check_layout, inspect_process
-from profiler.python.lines import line_for
+from profiler.python.lines import decode, line_for, shared_decode
 from profiler.python.remote import ProcessGone, read
 from profiler.python.walk import Frame, threads, walk
 
@@ -113,6 +113,32 @@ def test_detect_finds_version_runtime_and_code_type(chain: tuple[str, Running]) 
     assert proc.offsets.version == tuple(proc.version[:2])
     # the agent passes the executable mappings it already holds: the same answer
     assert inspect_process(r.pid, maps=parse_exec_maps(Path(f"/proc/{r.pid}/maps").read_text())) == proc
+
+
+@pytest.mark.parametrize("which", ["3.12", "debian"])
+def test_interpreter_ranges_come_from_detection_and_outlive_the_process(which: str) -> None:
+    """Detection keeps the interpreter file's executable mappings (PythonProcess.exec_maps), so naming a
+    new process's frames (pyframes._interpreter) reads no maps again: the eval loop and glue it finds from
+    them equal what the process's maps give, and a process that exited before its drain still has them."""
+    from profiler.pyframes import _interpreter
+
+    r = start([interpreter(which), str(WORKLOADS / "python_chain.py")])
+    try:
+        proc = detect(r.pid)
+        text = Path(f"/proc/{r.pid}/maps").read_text()
+        assert proc.exec_maps == tuple((e.start, e.end, e.offset) for e in parse_exec_maps(text)
+                                       if e.clean_path == proc.path) != ()
+        kept, read = _interpreter(proc), _interpreter(dataclasses.replace(proc, exec_maps=()))
+        assert kept is not None and read is not None and kept.eval_ranges
+        assert (kept.eval_ranges, kept.start, kept.end) == (read.eval_ranges, read.start, read.end)
+        probes = [kept.start + i * (kept.end - kept.start) // 997 for i in range(997)]
+        probes += [a for lo, hi in kept.eval_ranges for a in (lo, hi - 1, hi)]
+        assert [kept.kind(a) for a in probes] == [read.kind(a) for a in probes]
+    finally:
+        stop(r)
+    gone = _interpreter(proc)
+    assert gone is not None and (gone.eval_ranges, gone.start, gone.end) == (kept.eval_ranges, kept.start, kept.end)
+    assert _interpreter(dataclasses.replace(proc, exec_maps=())) is None  # the maps went with the process
 
 
 def walk_equals_py_spy(pid: int) -> dict[str, list[Frame]]:
@@ -360,6 +386,30 @@ def test_line_tables_decode_as_the_interpreter_does(which: str) -> None:
     assert line_for(b"", fmt, 7, -2) == 7  # a frame that has not started: its first line
 
 
+def test_line_tables_shared_across_processes_only_when_identical() -> None:
+    """shared_decode keeps one decoding per (table, format, first line) for all processes: a table read
+    again (other bytes objects, as from another process) answers from it, and the same bytes under another
+    first line or format are decoded on their own (a key without either would name the wrong lines)."""
+    dump = json.loads(subprocess.run([DEBIAN, "-c", LINES_PROBE], capture_output=True, text=True,
+                                     check=True).stdout)
+    shared = 0
+    for table, first, want in dump[:200]:
+        raw = bytes.fromhex(table)
+        got = shared_decode(raw, off.LOCATIONS, first)
+        again = shared_decode(bytes.fromhex(table), off.LOCATIONS, first)  # another process's copy
+        assert again is got
+        shared += 1
+        for offset, line in want:
+            assert got.line(offset) == line
+        moved = shared_decode(raw, off.LOCATIONS, first + 7)
+        assert moved is not got and moved == decode(raw, off.LOCATIONS, first + 7)
+        assert all(b is None if a is None else b == a + 7 for a, b in zip(got.lines, moved.lines, strict=True))
+        if len(raw) >= 4:
+            other_format = shared_decode(raw, off.LINETABLE_310, first)
+            assert other_format == decode(raw, off.LINETABLE_310, first) and other_format is not got
+    assert shared == 200
+
+
 # --- reused addresses, exited processes, unsupported versions -------------------------------------
 
 @pytest.fixture(params=SUPPORTED)
@@ -383,6 +433,39 @@ def test_long_names_and_tables_read_whole(codes: tuple[str, Running, CodeReader]
     assert ascii_.linetable == bytes.fromhex(str(r.facts["long_table"])) and len(ascii_.linetable) > 512
     # the first instruction: RESUME on the def line from 3.11, the first statement before
     assert ascii_.line(0) == (2 if which in ("3.9", "3.10") else 1) and wide.firstlineno == 402
+
+
+def test_a_batch_of_new_code_objects_reads_in_a_few_calls_and_as_one_at_a_time(
+        codes: tuple[str, Running, CodeReader], monkeypatch: pytest.MonkeyPatch) -> None:
+    """read_many reads the fields of every code object it has not seen in three system calls for all of them
+    (a new Python process's drain names dozens), and answers exactly what reading each alone answers; a bad
+    object in the batch (its name turned into a bytes object) fails alone."""
+    from profiler.python import remote
+
+    _, r, _ = codes
+    proc = detect(r.pid)
+    names = ["alpha", "beta", "gamma", "long_ascii", "long_wide"]  # long ones need a second read of their data
+    addrs = [int(r.facts[n]) for n in names]  # type: ignore[call-overload]
+    calls: list[int] = []
+    real = remote._batch
+
+    def counted(pid: int, ranges: list[tuple[int, int]]) -> list[bytes | None]:
+        calls.append(len(ranges))
+        return real(pid, ranges)
+
+    monkeypatch.setattr(remote, "_batch", counted)
+    batch = CodeReader.for_process(proc).read_many(addrs)
+    assert len(calls) == 4 and calls[0] == len(addrs) and calls[1] == 4 * len(addrs)  # heads, fields, rest, heads
+    monkeypatch.setattr(remote, "_batch", real)
+    want = ["alpha", "beta", "gamma", "x" * 300, "\U00020000" * 100]
+    for a, name in zip(addrs, want, strict=True):
+        alone = CodeReader.for_process(proc).read(a)
+        assert batch[a] == alone and alone.name == name
+    command(r, f"rename {proc.offsets.code_name}")  # gamma's name is now a bytes object
+    again = CodeReader.for_process(proc).read_many(addrs)
+    bad = again[addrs[2]]
+    assert isinstance(bad, CodeReadError) and "name is not a str" in str(bad)
+    assert all(again[a] == batch[a] for i, a in enumerate(addrs) if i != 2)
 
 
 def test_reused_code_address_is_read_anew(codes: tuple[str, Running, CodeReader]) -> None:

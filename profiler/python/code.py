@@ -22,7 +22,7 @@ from functools import cached_property
 from podflame.errors import BinaryFormatError, PodflameError
 from profiler.python import remote
 from profiler.python.detect import PythonProcess
-from profiler.python.lines import LineStarts, decode
+from profiler.python.lines import LineStarts, shared_decode
 from profiler.python.offsets import NO_FIELD, PyOffsets
 from profiler.python.remote import MemoryReadError, ProcessGone
 
@@ -53,8 +53,10 @@ class CodeInfo:
 
     @cached_property
     def line_starts(self) -> LineStarts:
-        """The line table decoded, once per code object read (not once per instruction asked about)."""
-        return decode(self.linetable, self.linetable_format, self.firstlineno)
+        """The line table decoded, once per code object read (not once per instruction asked about), and
+        once per distinct table across processes (lines.shared_decode: every new python3 runs the same
+        stdlib code objects at other addresses)."""
+        return shared_decode(self.linetable, self.linetable_format, self.firstlineno)
 
 
 def line(code: CodeInfo, instr_offset: int) -> int | None:
@@ -127,17 +129,37 @@ class CodeReader:
             heads = remote.read_many(self.pid, [(a, self.offsets.code_size) for a in unique])
         except ProcessGone as e:
             return {a: self.cached(a) or e for a in unique}
+        todo: list[tuple[int, bytes, tuple[int, ...]]] = []  # not in the cache: their fields read together
         for a, head in zip(unique, heads, strict=True):
             try:
                 if head is None:
                     self.failures += 1
                     raise CodeReadError(f"pid {self.pid}: cannot read a code object at {a:#x}")
-                out[a] = self._from_head(a, head)
+                fp = self._check_head(a, head)
+                hit = self._cache.get((a, fp))
+                if hit is not None:
+                    self._cache.move_to_end((a, fp))
+                    out[a] = hit
+                else:
+                    todo.append((a, head, fp))
             except ProcessGone as e:
                 out[a] = self.cached(a) or e
             except CodeReadError as e:
                 out[a] = e
-        return out
+        if todo:
+            try:
+                read = self._read_fields_many(todo)
+            except ProcessGone as e:
+                read = [e] * len(todo)
+            for (a, _, fp), got in zip(todo, read, strict=True):
+                if isinstance(got, ProcessGone):
+                    out[a] = self.cached(a) or got
+                elif isinstance(got, CodeInfo):
+                    out[a] = self._store(a, fp, got)
+                else:
+                    self.failures += 1
+                    out[a] = CodeReadError(f"pid {self.pid}: code object at {a:#x}: {got}")
+        return {a: out[a] for a in unique}
 
     def _from_head(self, code_addr: int, head: bytes) -> CodeInfo:
         fp = self._check_head(code_addr, head)
@@ -146,13 +168,17 @@ class CodeReader:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        try:
-            info = self._read_fields(code_addr, head, fp)
-        except (MemoryReadError, CodeReadError) as e:
+        (got,) = self._read_fields_many([(code_addr, head, fp)])
+        if isinstance(got, ProcessGone):
+            raise got
+        if not isinstance(got, CodeInfo):
             self.failures += 1
-            raise CodeReadError(f"pid {self.pid}: code object at {code_addr:#x}: {e}") from e
+            raise CodeReadError(f"pid {self.pid}: code object at {code_addr:#x}: {got}") from got
+        return self._store(code_addr, fp, got)
+
+    def _store(self, code_addr: int, fp: tuple[int, ...], info: CodeInfo) -> CodeInfo:
         self.reads += 1
-        self._cache[key] = info
+        self._cache[(code_addr, fp)] = info
         self._latest[code_addr] = fp
         while len(self._cache) > self.capacity:
             (old_addr, old_fp), _ = self._cache.popitem(last=False)
@@ -193,48 +219,82 @@ class CodeReader:
             self._types[ob_type] = known
         return known == name
 
-    def _read_fields(self, code_addr: int, head: bytes, fp: tuple[int, ...]) -> CodeInfo:
-        """Name, qualified name, file name and line table: one call reads each object's header and
-        the first READ_AHEAD bytes of its data (most names, paths and tables fit), a second one only
-        what did not fit."""
+    def _read_fields_many(self, todo: list[tuple[int, bytes, tuple[int, ...]]]) -> list[CodeInfo | PodflameError]:
+        """Name, qualified name, file name and line table of each (address, head, fingerprint), or the error
+        that says why not (ProcessGone when the process exited). Three system calls for all of them, not
+        three per code object (a new Python process's drain reads dozens): one reads each object's four
+        headers and the first READ_AHEAD bytes of their data (most names, paths and tables fit), one what
+        did not fit, and one reads the heads again, since an object freed while its parts were read must
+        not be named from them."""
         o = self.offsets
-        name_p = _word(head, o.code_name)
-        pointers = [name_p, _word(head, o.code_qualname) if o.code_qualname != NO_FIELD else name_p,
-                    _word(head, o.code_filename), _word(head, o.code_linetable)]
         headers = [o.unicode_compact_size] * 3 + [o.bytes_sval]
-        firsts: list[bytes | None] = list(remote.read_many(
-            self.pid, [(p, h + ahead) for p, h, ahead in zip(pointers, headers, READ_AHEAD, strict=True)]))
         smallest = [o.unicode_ascii_size] * 3 + [o.bytes_sval]
-        for i, got in enumerate(firsts):
-            if got is None:  # too near the end of its mapping to read ahead: the bare header
-                firsts[i] = got = remote.read(self.pid, pointers[i], smallest[i])
-            if not self._is_type(_word(got, o.object_type), b"bytes" if i == 3 else b"str"):
-                raise CodeReadError(f"its {('name', 'qualname', 'filename', 'line table')[i]} is not a "
-                                    f"{'bytes' if i == 3 else 'str'} object")
-        plans = [self._string_plan(p, got or b"") for p, got in zip(pointers[:3], firsts[:3], strict=True)]
-        table_len = _word(firsts[3] or b"", o.bytes_size)
-        if not 0 <= table_len <= MAX_LINETABLE:
-            raise CodeReadError(f"line table length {table_len}")
-        plans.append((pointers[3] + o.bytes_sval, table_len, ""))
-        datas: list[bytes | None] = []
+        pointers_of: list[list[int]] = []
+        for _, first_head, _ in todo:
+            name_p = _word(first_head, o.code_name)
+            qual_p = _word(first_head, o.code_qualname) if o.code_qualname != NO_FIELD else name_p
+            pointers_of.append([name_p, qual_p, _word(first_head, o.code_filename),
+                                _word(first_head, o.code_linetable)])
+        try:
+            firsts_all = remote.read_many(self.pid, [
+                (p, h + ahead) for pointers in pointers_of for p, h, ahead in zip(pointers, headers, READ_AHEAD,
+                                                                                   strict=True)])
+        except MemoryReadError as e:  # not allowed to read at all
+            return [e] * len(todo)
+        results: list[CodeInfo | PodflameError | None] = [None] * len(todo)
+        pending: list[tuple[int, list[bytes | None], list[tuple[int, int, str]]]] = []  # index, data, plans
         rest: list[tuple[int, int]] = []
-        for p, got, (addr, size, _) in zip(pointers, firsts, plans, strict=True):
-            start = addr - p
-            have = (got or b"")[start:start + size]
-            datas.append(have if len(have) == size else None)
-            if len(have) != size:
-                rest.append((addr, size))
-        if rest:
-            more = iter(remote.read_many(self.pid, rest))
-            datas = [d if d is not None else next(more) for d in datas]
-        if any(d is None for d in datas):
-            raise CodeReadError("string data unreadable")
-        # the object may have been freed while its parts were read: it must be the same one still
-        if self._check_head(code_addr, remote.read(self.pid, code_addr, o.code_size)) != fp:
-            raise CodeReadError("the code object changed while it was read")
-        texts = [_decode(d or b"", enc) for d, (_, _, enc) in zip(datas[:3], plans[:3], strict=True)]
-        return CodeInfo(name=texts[0], qualname=texts[1], filename=texts[2], firstlineno=fp[0],
-                        linetable=datas[3] or b"", linetable_format=o.linetable_format, fingerprint=fp)
+        for i, pointers in enumerate(pointers_of):
+            try:
+                firsts = firsts_all[4 * i: 4 * i + 4]
+                for k, got in enumerate(firsts):
+                    if got is None:  # too near the end of its mapping to read ahead: the bare header
+                        firsts[k] = got = remote.read(self.pid, pointers[k], smallest[k])
+                    if not self._is_type(_word(got, o.object_type), b"bytes" if k == 3 else b"str"):
+                        raise CodeReadError(f"its {('name', 'qualname', 'filename', 'line table')[k]} is not a "
+                                            f"{'bytes' if k == 3 else 'str'} object")
+                plans = [self._string_plan(p, got or b"") for p, got in zip(pointers[:3], firsts[:3], strict=True)]
+                table_len = _word(firsts[3] or b"", o.bytes_size)
+                if not 0 <= table_len <= MAX_LINETABLE:
+                    raise CodeReadError(f"line table length {table_len}")
+                plans.append((pointers[3] + o.bytes_sval, table_len, ""))
+            except (MemoryReadError, CodeReadError, ProcessGone) as e:
+                results[i] = e
+                continue
+            datas: list[bytes | None] = []
+            for p, got, (addr, size, _) in zip(pointers, firsts, plans, strict=True):
+                start = addr - p
+                have = (got or b"")[start:start + size]
+                if len(have) == size:
+                    datas.append(have)
+                else:
+                    datas.append(None)
+                    rest.append((addr, size))
+            pending.append((i, datas, plans))
+        more = iter(remote.read_many(self.pid, rest)) if rest else iter(())
+        complete: list[tuple[int, list[bytes], list[tuple[int, int, str]]]] = []
+        for i, datas, plans in pending:
+            filled = [d if d is not None else next(more) for d in datas]
+            if any(d is None for d in filled):
+                results[i] = CodeReadError("string data unreadable")
+            else:
+                complete.append((i, [d or b"" for d in filled], plans))
+        # the objects may have been freed while their parts were read: each must be the same one still
+        again = remote.read_many(self.pid, [(todo[i][0], o.code_size) for i, _, _ in complete])
+        for (i, parts, plans), head in zip(complete, again, strict=True):
+            code_addr, fp = todo[i][0], todo[i][2]
+            try:
+                if head is None:
+                    raise MemoryReadError(f"pid {self.pid}: cannot read {o.code_size} bytes at {code_addr:#x}")
+                if self._check_head(code_addr, head) != fp:
+                    raise CodeReadError("the code object changed while it was read")
+                texts = [_decode(d, enc) for d, (_, _, enc) in zip(parts[:3], plans[:3], strict=True)]
+            except (MemoryReadError, CodeReadError, ProcessGone) as e:
+                results[i] = e
+                continue
+            results[i] = CodeInfo(name=texts[0], qualname=texts[1], filename=texts[2], firstlineno=fp[0],
+                                  linetable=parts[3], linetable_format=o.linetable_format, fingerprint=fp)
+        return [r if r is not None else CodeReadError("not read") for r in results]
 
     def _string_plan(self, addr: int, h: bytes) -> tuple[int, int, str]:
         """(data address, data size, encoding) of a compact str object from its header."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from podflame.errors import BinaryFormatError
 from podflame.model import Mapping
-from profiler.procmaps import MapsEntry, parse_exec_maps, start_time
+from profiler.procmaps import MapsEntry, read_exec_maps, start_time
 from profiler.python import remote
 from profiler.python.offsets import (
     DEBUG_OFFSETS_SIZE,
@@ -54,6 +54,9 @@ class PythonProcess:
     bytes_type: int | None = None  # &PyBytes_Type: the type of its line table
     # procmaps.start_time, read before the maps: (pid, start_time) is this process and no later one with its pid
     start_time: int | None = None
+    # (start, end, file offset) of `path`'s executable mappings in this process, as detection read them: the
+    # interpreter's code does not move for the life of a process, so naming frames needs no second maps read
+    exec_maps: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,17 +75,19 @@ class _ElfFacts:
     version_string_micro: dict[int, int]  # minor -> micro from "3.<minor>.<micro>\0" strings
 
 
-def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None,
-                    proc: str = "/proc") -> PythonProcess | Unsupported:
+def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None, proc: str = "/proc",
+                    started: int | None = None) -> PythonProcess | Unsupported:
     """Find CPython in process `pid` from its executable mappings (`maps`, else read now), its version
-    and `_PyRuntime`'s address. Costs the maps and, once per file, its .dynsym."""
-    started = start_time(pid, proc)
+    and `_PyRuntime`'s address. Costs the executable mappings (procmaps.read_exec_maps: PROCMAP_QUERY,
+    not the whole text) and, once per file, its .dynsym. `started`: the process's start time when the
+    caller read it already (before anything else: the answer is for that process)."""
+    if started is None:
+        started = start_time(pid, proc)
     if started is None:
         return Unsupported(f"pid {pid} does not exist")
     try:
         if maps is None:
-            with open(f"{proc}/{pid}/maps") as f:
-                maps = parse_exec_maps(f.read())
+            maps = read_exec_maps(pid, proc)
         exe = os.readlink(f"{proc}/{pid}/exe")
     except FileNotFoundError:
         return Unsupported(f"pid {pid} does not exist")
@@ -162,7 +167,8 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> 
             return Unsupported(f"{path}: _Py_DebugOffsets says {hexversion:#x}, Py_Version {version}")
     found = PythonProcess(pid=pid, version=version, path=path, runtime_address=runtime,
                           code_type=types["PyCode_Type"], offsets=offsets, str_type=types["PyUnicode_Type"],
-                          bytes_type=types["PyBytes_Type"])
+                          bytes_type=types["PyBytes_Type"],
+                          exec_maps=tuple((e.start, e.end, e.offset) for e in maps if e.executable))
     try:
         check_layout(found)
     except (MemoryReadError, LayoutMismatch) as e:

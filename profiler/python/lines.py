@@ -46,6 +46,26 @@ def decode(table: bytes, fmt: int, firstlineno: int) -> LineStarts:
     return LineStarts(firstlineno, tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))
 
 
+_SHARED: dict[tuple[bytes, int, int], LineStarts] = {}
+SHARED_MAX = 16384  # distinct line tables kept (a few hundred bytes each); cleared whole when full
+
+
+def shared_decode(table: bytes, fmt: int, firstlineno: int) -> LineStarts:
+    """`decode`, once per distinct (table, format, first line) for all processes.
+
+    On a node starting python3 ten times a second, each new process's code objects are read anew (other
+    addresses), but their line tables are the same bytes: the key is the table itself, so two code
+    objects share a decoding only when the interpreter would read the same lines from both."""
+    key = (table, fmt, firstlineno)
+    got = _SHARED.get(key)
+    if got is None:
+        got = decode(table, fmt, firstlineno)
+        if len(_SHARED) >= SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[key] = got
+    return got
+
+
 def line_for(table: bytes, fmt: int, firstlineno: int, offset: int) -> int | None:
     """Source line of the instruction at byte `offset`, or None when the table gives none there
     (one-off: `decode` once and ask `LineStarts.line` for many offsets)."""
