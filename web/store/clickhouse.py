@@ -737,8 +737,16 @@ class ClickHouseStore(Store):
     def generation(self) -> Hashable | None:
         """The set of active parts of the tables answers are read from (samples, totals, rollups), as a hash:
         every insert, merge, mutation, TTL pass or dropped partition, from any server, changes it. One
-        statement over `system.parts` (on a cluster, every shard's, through `cluster()`)."""
+        statement over `system.parts` (on a cluster, every shard's, through `cluster()`).
+
+        Without that statement when every writer is in this process (chDB: `Transport.writes`) and no TTL runs:
+        then the count of writes through the engine moves with every insert, mutation or dropped partition, and
+        nothing else changes an answer (merges keep sums; a TTL merge would not, so with retention the parts
+        are read)."""
         self._check()
+        writes = self.transport.writes()
+        if writes is not None and self.layout.retention_seconds is None:
+            return ("writes", writes)
         suffix = "_local" if self.layout.cluster else ""
         parts = f"cluster('{self.layout.cluster}', system.parts)" if self.layout.cluster else "system.parts"
         tables = ", ".join(quote(t + suffix) for t in ("samples", "profiles", "samples_1h"))

@@ -71,6 +71,12 @@ class Transport(ABC):
     def close(self) -> None:
         """Release the connection or session."""
 
+    def writes(self) -> int | None:
+        """How many writes (inserts, DDL, mutations) every client of this engine has made, when every writer is in
+        this process and goes through a transport (chDB locks its data directory to one process); None when other
+        processes may write (a ClickHouse server): then only the engine can say what changed."""
+        return None
+
 
 def quote(s: str) -> str:
     """A ClickHouse string literal (backslash escapes, as its lexer reads them)."""
@@ -142,10 +148,26 @@ class HttpTransport(Transport):
                 self._client = None
 
 
+class _Engine:
+    """chDB's embedded server on one path, shared by every transport on it, with its count of writes."""
+
+    def __init__(self, session: Any, first: int) -> None:
+        self.session = session
+        self.users = 0
+        self.writes = first  # never a count an earlier engine of this process gave (kept answers may hold it)
+        self._lock = threading.Lock()
+
+    def wrote(self) -> None:
+        with self._lock:
+            self.writes += 1
+
+
 # chDB runs one embedded server per process, on one path: stores on the same path share it (one
-# database each); a second path in the same process is refused by chDB itself.
-_SESSIONS: dict[str, tuple[Any, int]] = {}
+# database each); a second path in the same process is refused by chDB itself, and a second process
+# on the same path too (the server's `status` file lock), so every write to it passes through here.
+_SESSIONS: dict[str, _Engine] = {}
 _SESSIONS_LOCK = threading.Lock()
+_NEXT_WRITES = [0]  # where the next engine's count starts: past every count given before
 
 
 class ChdbTransport(Transport):
@@ -159,15 +181,17 @@ class ChdbTransport(Transport):
         self.where = f"chdb://{path}"
         self._path = path
         with _SESSIONS_LOCK:
-            s, n = _SESSIONS.get(path, (None, 0))
-            if s is None:
+            engine = _SESSIONS.get(path)
+            if engine is None:
                 try:
                     s = session.Session(f"{path}?config-file={config}" if config else path)
                 except Exception as e:
                     raise ClickHouseUnavailable(f"cannot open chDB at {path}: {e}") from None
                 s.query(f"SET max_query_size = {MAX_QUERY_BYTES}")
-            _SESSIONS[path] = (s, n + 1)
-        self._session = s
+                engine = _SESSIONS[path] = _Engine(s, _NEXT_WRITES[0])
+            engine.users += 1
+        self._engine = engine
+        self._session = engine.session
         self._lock = threading.Lock()  # one statement at a time through the embedded session
         self._closed = False
 
@@ -189,7 +213,13 @@ class ChdbTransport(Transport):
                 raise ClickHouseError(f"chDB: {e}") from None
 
     def command(self, sql: str) -> None:
-        self._run(sql)
+        try:
+            self._run(sql)
+        finally:  # counted after it ran (or failed halfway): an answer read before it is kept under the old count
+            self._engine.wrote()
+
+    def writes(self) -> int | None:
+        return self._engine.writes
 
     def _query(self, sql: str, settings: Mapping[str, str | int | float], ids: Sequence[int] | None) -> pa.Table:
         if settings:
@@ -214,15 +244,17 @@ class ChdbTransport(Transport):
                                     f"SELECT {cols} FROM Python(data)", "CSV")
             except Exception as e:
                 raise ClickHouseError(f"chDB: {e}") from None
+            finally:
+                self._engine.wrote()
 
     def close(self) -> None:
         with _SESSIONS_LOCK:
             if self._closed:
                 return
             self._closed = True
-            s, n = _SESSIONS[self._path]
-            if n <= 1:
+            engine = self._engine
+            engine.users -= 1
+            if engine.users <= 0:
                 del _SESSIONS[self._path]
-                s.close()
-            else:
-                _SESSIONS[self._path] = (s, n - 1)
+                _NEXT_WRITES[0] = max(_NEXT_WRITES[0], engine.writes + 1)
+                engine.session.close()
