@@ -8,6 +8,9 @@ from __future__ import annotations
 import random
 import uuid
 from pathlib import Path
+from typing import Any
+
+from flask.testing import FlaskClient
 
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
 from tests.builders import put
@@ -33,6 +36,13 @@ def profiles(t0: int, n: int, pod: str, seed: int) -> list[Profile]:
     return out
 
 
+def tree(client: FlaskClient, params: dict[str, str]) -> dict[str, Any]:
+    r = client.get("/api/v1/flamegraph", query_string=params)
+    assert r.status_code == 200, r.data[:300]
+    body: dict[str, Any] = r.get_json()
+    return body
+
+
 def total(ps: list[Profile]) -> int:
     return sum(sum(p.samples.values()) for p in ps)
 
@@ -56,21 +66,20 @@ def test_a_kept_answer_is_not_served_after_another_replicas_write(tmp_path: Path
         put(a, first)
         client = create_app({"DATA_DIR": str(tmp_path), "STORE": a, "MAINTENANCE_SECONDS": 0}).test_client()
         params = {"from": str(T0 // S), "to": str((T0 + H) // S)}
-        r = client.get("/api/v1/flamegraph", query_string=params)
-        assert r.status_code == 200 and r.json["total"] == total(first)
+        assert tree(client, params)["total"] == total(first)
         statements.clear()
-        r = client.get("/api/v1/flamegraph", query_string=params)
-        assert r.json["total"] == total(first) and statements == []  # kept, and nothing was asked of the engine
+        assert tree(client, params)["total"] == total(first)
+        assert statements == []  # kept, and nothing was asked of the engine
         late = profiles(T0 + 30 * 60 * S, 10, "p1", 2)
         late[0].add((FRAMES[0], Frame(0x401fff, EXE, FrameKind.NATIVE, (Line("only_b", "b.c", 1),))), 7)
         put(b, late)  # another replica, inside the kept range
-        r = client.get("/api/v1/flamegraph", query_string=params)
-        assert r.json["total"] == total(first) + total(late)
-        assert "only_b" in r.json["names"]
+        answer = tree(client, params)
+        assert answer["total"] == total(first) + total(late)
+        assert "only_b" in answer["names"]
         assert statements  # the write was seen, so the range was read again
         # a range B's write does not touch keeps its refs (the kept tree by refs still serves it)
         outside = {"from": str((T0 + 2 * H) // S), "to": str((T0 + 3 * H) // S)}
-        assert client.get("/api/v1/flamegraph", query_string=outside).json["total"] == 0
+        assert tree(client, outside)["total"] == 0
     finally:
         a.close()
         b.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import struct
 import threading
 import time
@@ -50,6 +51,8 @@ from web.store.columns import group_sum
 from web.store.selector import Op, Selector
 
 _U64 = struct.Struct("<Q")
+_U64X2 = struct.Struct("<QQ")
+_U64X3 = struct.Struct("<QQQ")
 _MEMO_LIMIT = 2_000_000  # entries; past it a memo starts again (costs hashing, never correctness)
 
 
@@ -82,6 +85,17 @@ class _Window:
     t1: int = field(compare=False)
     n: int = 0
     fingerprint: int = 0
+
+
+@dataclass(slots=True)
+class _Rows:
+    """Dictionary rows a put collects (by content hash), for the inserts before its samples."""
+
+    funcs: dict[int, tuple[str, str]] = field(default_factory=dict)
+    maps: dict[int, ProcMapping] = field(default_factory=dict)
+    frames: dict[int, tuple[int, int, str, list[int], list[int]]] = field(default_factory=dict)
+    stacks: dict[int, list[int]] = field(default_factory=dict)
+    series: dict[int, tuple[str, str, list[tuple[str, str]]]] = field(default_factory=dict)
 
 
 class _FrameRow(NamedTuple):
@@ -190,69 +204,22 @@ class ClickHouseStore(Store):
     def put(self, batches: Sequence[Batch]) -> PutResult:
         """Dictionaries first (idempotent), then one samples insert for the whole put with its content token."""
         self._check()
-        funcs: dict[int, tuple[str, str]] = {}
-        maps: dict[int, ProcMapping] = {}
-        frames: dict[int, tuple[int, int, str, list[int], list[int]]] = {}
-        stacks: dict[int, list[int]] = {}
-        series: dict[int, tuple[str, str, list[tuple[str, str]]]] = {}
+        rows = _Rows()
         inserts: list[tuple[str, pa.Table]] = []
         profiles = n_samples = 0
-        memo = self._memo
-        if len(memo) > _MEMO_LIMIT:
-            memo.clear()
+        if len(self._memo) > _MEMO_LIMIT:
+            self._memo.clear()
         for b in batches:
-            frame_id: dict[int, int] = {}  # the batch's frame key -> frame hash
-            keys: dict[tuple[str, int], int] = {}  # the batch's mapping and function keys -> hash
-            stack_id: dict[tuple[int, ...], int] = {}  # the batch's stack key -> stack hash
-            cols: dict[str, list[int]] = {k: [] for k in ("series", "stack", "value")}
-            token = hashlib.blake2b(struct.pack("<qqq", b.start_ns, b.duration_ns, b.period_ns), digest_size=16)
-            for p in b.series:
-                if not p.samples:
-                    continue
-                items = sorted((k, v) for k, v in p.labels.items() if v != "")
-                sid = _h(_s(p.sample_type), _s(p.unit), *(_s(x) for kv in items for x in kv))
-                series[sid] = (p.sample_type, p.unit, items)
-                per: dict[int, int] = defaultdict(int)
-                for key, value in p.samples.items():
-                    st = stack_id.get(key)
-                    if st is None:
-                        fids = []
-                        for k in reversed(key):
-                            fid = frame_id.get(k)
-                            if fid is None:
-                                fid = frame_id[k] = self._frame_row(b, k, funcs, maps, frames, keys)
-                            fids.append(fid)
-                        tkey = tuple(fids)
-                        st = memo.get(tkey)
-                        if st is None:
-                            st = memo[tkey] = _h(struct.pack(f"<{len(fids)}Q", *fids))
-                        if st not in self._written:
-                            stacks[st] = fids
-                        stack_id[key] = st
-                    per[st] += value
-                ordered = sorted(per.items())
-                cols["series"] += [sid] * len(ordered)
-                cols["stack"] += [k for k, _ in ordered]
-                cols["value"] += [v for _, v in ordered]
-                token.update(_U64.pack(sid))
-                token.update(np.array([k for k, _ in ordered], dtype=np.uint64).tobytes())
-                token.update(np.array([v for _, v in ordered], dtype=np.int64).tobytes())
-                profiles += 1
-                n_samples += len(per)
-            if not cols["series"]:
+            got = self._batch_rows(b, rows)
+            if got is None:
                 continue
-            n = len(cols["series"])
-            data = pa.table({
-                "series": pa.array(cols["series"], pa.uint64()),
-                "start_ns": pa.array(np.full(n, b.start_ns, np.int64)),
-                "duration_ns": pa.array(np.full(n, b.duration_ns, np.int64)),
-                "period_ns": pa.array(np.full(n, b.period_ns, np.int64)),
-                "stack": pa.array(cols["stack"], pa.uint64()),
-                "value": pa.array(np.array(cols["value"], dtype=np.int64))})
-            inserts.append((token.hexdigest(), data))
+            data, token, n_profiles = got
+            inserts.append((token, data))
+            profiles += n_profiles
+            n_samples += data.num_rows
         if not inserts:
             return PutResult(0, 0, 0)
-        self._insert_dictionaries(funcs, maps, frames, stacks, series)
+        self._insert_dictionaries(rows.funcs, rows.maps, rows.frames, rows.stacks, rows.series)
         # One insert for the whole put: atomic (one block per day partition), one token for a retry to match.
         data = pa.concat_tables([d for _, d in inserts])
         put_token = inserts[0][0] if len(inserts) == 1 else hashlib.blake2b(
@@ -262,51 +229,116 @@ class ClickHouseStore(Store):
             "deduplicate_blocks_in_dependent_materialized_views": 1})
         return PutResult(profiles, n_samples, data.nbytes)
 
-    def _frame_row(self, b: Batch, key: int, funcs: dict[int, tuple[str, str]], maps: dict[int, ProcMapping],
-                   frames: dict[int, tuple[int, int, str, list[int], list[int]]],
-                   keys: dict[tuple[str, int], int]) -> int:
-        """A batch frame's content hash. Content -> hash is memoized per process (tuples hash cheaper than
-        BLAKE2), the batch's mapping and function keys -> hash per batch (`keys`), and a row this process has
-        already written is not collected again."""
-        memo = self._memo
-        written = self._written
-        address, mkey, kind, lines = b.frames[key]
-        mid = 0
-        if mkey:
-            mid = keys.get(("m", mkey), -1)
-            if mid < 0:
-                m = b.mappings.get(mkey)
-                mid = 0
-                if m is not None:
-                    mid = memo.get(m, 0)
-                    if not mid:
-                        mid = memo[m] = _h(struct.pack("<QQQ", m.start, m.limit, m.offset), _s(m.path),
-                                           _s(m.build_id))
-                    if mid not in written:
-                        maps[mid] = m
-                keys[("m", mkey)] = mid
-        fns: list[int] = []
-        nums: list[int] = []
-        for fkey, line in lines:
-            f = keys.get(("f", fkey), 0)
-            if not f:
-                nf = b.functions[fkey]
-                f = memo.get(nf, 0)
-                if not f:
-                    f = memo[nf] = _h(_s(nf[0]), _s(nf[1]))
-                if f not in written:
-                    funcs[f] = (nf[0], nf[1] or "")
-                keys[("f", fkey)] = f
-            fns.append(f)
-            nums.append(line)
-        content = (address, mid, kind, tuple(fns), tuple(nums))
-        fid = memo.get(content)
-        if fid is None:
-            fid = memo[content] = _h(struct.pack("<QQ", address, mid), _s(kind),
-                                     np.array(fns, dtype=np.uint64).tobytes(), np.array(nums, dtype=np.int64).tobytes())
-        if fid not in written:
-            frames[fid] = (address, mid, kind, fns, nums)
-        return fid
+    def _batch_rows(self, b: Batch, rows: _Rows) -> tuple[pa.Table, str, int] | None:
+        """A batch's samples as columns (series, stack hashes sorted per series, summed values), its token, and
+        its profile count; dictionary rows this process has not written go into `rows`.
+
+        Content -> hash is memoized per process (a dict hit costs less than BLAKE2): functions and mappings by
+        their content, frames by (address, mapping hash, kind, function hashes, lines), stacks by the bytes of
+        their frame hashes root first, which one numpy gather over all the batch's distinct stacks builds (the
+        batch's frame keys are its own, so every batch is translated, but only unseen content is hashed)."""
+        memo, written = self._memo, self._written
+        fh: dict[int, int] = {}  # the batch's function key -> hash
+        for fkey, nf in b.functions.items():
+            f = memo.get(nf)
+            if f is None:
+                f = memo[nf] = _h(_s(nf[0]), _s(nf[1]))
+            if f not in written:
+                rows.funcs[f] = (nf[0], nf[1] or "")
+            fh[fkey] = f
+        mh: dict[int, int] = {}  # the batch's mapping key -> hash (0: none)
+        for mkey, m in b.mappings.items():
+            mid = 0
+            if m is not None:
+                mid = memo.get(m, 0)
+                if not mid:
+                    mid = memo[m] = _h(_U64X3.pack(m.start, m.limit, m.offset), _s(m.path), _s(m.build_id))
+                if mid not in written:
+                    rows.maps[mid] = m
+            mh[mkey] = mid
+        loc: dict[int, int] = {}  # the batch's frame key -> hash
+        for key, (address, mkey, kind, lines) in b.frames.items():
+            mid = mh.get(mkey, 0) if mkey else 0
+            fns = tuple([fh[fk] for fk, _ in lines])
+            nums = tuple([ln for _, ln in lines])
+            content = (address, mid, kind, fns, nums)
+            fid = memo.get(content)
+            if fid is None:
+                n = len(fns)
+                fid = memo[content] = _h(_U64X2.pack(address, mid), _s(kind), struct.pack(f"<{n}Q", *fns),
+                                         struct.pack(f"<{n}q", *nums))
+            if fid not in written:
+                rows.frames[fid] = (address, mid, kind, list(fns), list(nums))
+            loc[key] = fid
+        # Every sample's stack key -> the index of its distinct stack in the batch; per series (id, first, end).
+        distinct: dict[tuple[int, ...], int] = {}
+        at: list[int] = []
+        values: list[int] = []
+        spans: list[tuple[int, int, int]] = []
+        for p in b.series:
+            if not p.samples:
+                continue
+            items = tuple(sorted((k, v) for k, v in p.labels.items() if v != ""))
+            skey = ("series", p.sample_type, p.unit, items)
+            sid = memo.get(skey)
+            if sid is None:
+                sid = memo[skey] = _h(_s(p.sample_type), _s(p.unit), *(_s(x) for kv in items for x in kv))
+            if sid not in written:
+                rows.series[sid] = (p.sample_type, p.unit, list(items))
+            first = len(at)
+            at += [distinct.setdefault(k, len(distinct)) for k in p.samples]
+            values += p.samples.values()
+            spans.append((sid, first, len(at)))
+        if not spans:
+            return None
+        stack_hash = self._stack_hashes(list(distinct), loc, rows)[np.asarray(at, dtype=np.int64)]
+        value = np.asarray(values, dtype=np.int64)
+        token = hashlib.blake2b(struct.pack("<qqq", b.start_ns, b.duration_ns, b.period_ns), digest_size=16)
+        series_col: list[np.ndarray] = []
+        stack_col: list[np.ndarray] = []
+        value_col: list[np.ndarray] = []
+        for sid, first, end in spans:
+            st, inv = np.unique(stack_hash[first:end], return_inverse=True)  # sorted; equal content summed
+            v = np.zeros(st.size, dtype=np.int64)
+            np.add.at(v, inv.reshape(-1), value[first:end])
+            token.update(_U64.pack(sid))
+            token.update(st.tobytes())
+            token.update(v.tobytes())
+            series_col.append(np.full(st.size, sid, dtype=np.uint64))
+            stack_col.append(st)
+            value_col.append(v)
+        n = sum(s.size for s in stack_col)
+        data = pa.table({
+            "series": pa.array(np.concatenate(series_col), pa.uint64()),
+            "start_ns": pa.array(np.full(n, b.start_ns, np.int64)),
+            "duration_ns": pa.array(np.full(n, b.duration_ns, np.int64)),
+            "period_ns": pa.array(np.full(n, b.period_ns, np.int64)),
+            "stack": pa.array(np.concatenate(stack_col), pa.uint64()),
+            "value": pa.array(np.concatenate(value_col))})
+        return data, token.hexdigest(), len(spans)
+
+    def _stack_hashes(self, keys: list[tuple[int, ...]], loc: dict[int, int], rows: _Rows) -> np.ndarray:
+        """The content hash of each stack key (frame keys leaf first): its frame hashes root first as bytes, the
+        memo's key, hashed when unseen."""
+        memo, written = self._memo, self._written
+        lens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+        flat = np.fromiter(itertools.chain.from_iterable(keys), dtype=np.int64, count=int(lens.sum()))
+        uniq, inv = np.unique(flat, return_inverse=True)
+        frames = np.fromiter((loc[k] for k in uniq.tolist()), dtype=np.uint64, count=uniq.size)[inv.reshape(-1)]
+        offs = np.cumsum(lens) - lens
+        # leaf first -> root first: position i of a stack at [o, o + n) reads o + n - 1 - (i - o)
+        rev = frames[2 * np.repeat(offs, lens) + np.repeat(lens, lens) - 1 - np.arange(flat.size)]
+        buf = rev.astype("<u8").tobytes()
+        out = np.empty(len(keys), dtype=np.uint64)
+        for i, (o, n) in enumerate(zip(offs.tolist(), lens.tolist(), strict=True)):
+            kb = buf[8 * o:8 * (o + n)]
+            st = memo.get(kb)
+            if st is None:
+                st = memo[kb] = _h(kb)
+            if st not in written:
+                rows.stacks[st] = rev[o:o + n].tolist()
+            out[i] = st
+        return out
 
     def _insert_dictionaries(self, funcs: dict[int, tuple[str, str]], maps: dict[int, ProcMapping],
                              frames: dict[int, tuple[int, int, str, list[int], list[int]]],
