@@ -148,6 +148,31 @@ class HttpTransport(Transport):
                 self._client = None
 
 
+_VALUES_ROWS = 512
+
+
+def _literal(v: object) -> str:
+    """A ClickHouse literal of an Arrow value as `to_pylist` gives it: int, str, list, map (list of pairs)."""
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return quote(v)
+    if isinstance(v, list):
+        if v and isinstance(v[0], tuple):
+            return "map(" + ",".join(f"{_literal(k)},{_literal(x)}" for k, x in v) + ")"
+        return "[" + ",".join(map(_literal, v)) + "]"
+    if v is None:
+        return "NULL"
+    raise TypeError(f"no ClickHouse literal for {type(v).__name__}")
+
+
+def _values(data: pa.Table) -> str:
+    cols = [data.column(i).to_pylist() for i in range(data.num_columns)]
+    return ",".join("(" + ",".join(_literal(c[r]) for c in cols) + ")" for r in range(data.num_rows))
+
+
 class _Engine:
     """chDB's embedded server on one path, shared by every transport on it, with its count of writes."""
 
@@ -235,13 +260,15 @@ class ChdbTransport(Transport):
     def insert(self, table: str, data: pa.Table, settings: Mapping[str, str | int]) -> None:
         cols = ", ".join(data.column_names)
         sets = ", ".join(f"{k} = {quote(v) if isinstance(v, str) else int(v)}" for k, v in settings.items())
-        # chDB's Python() table function reads `data` from this frame: no serialization step.
+        # chDB's Python() table function reads `data` from this frame: no serialization step. A few rows (a put's
+        # new dictionary rows) go as VALUES instead: Python() costs ~2.5 ms a statement, parsing them far less.
+        sql = f"INSERT INTO {table} ({cols}) {'SETTINGS ' + sets if sets else ''} " + (
+            f"VALUES {_values(data)}" if data.num_rows <= _VALUES_ROWS else f"SELECT {cols} FROM Python(data)")
         with self._lock:
             if self._closed:
                 raise ClickHouseUnavailable(f"{self.where} is closed")
             try:
-                self._session.query(f"INSERT INTO {table} ({cols}) {'SETTINGS ' + sets if sets else ''} "
-                                    f"SELECT {cols} FROM Python(data)", "CSV")
+                self._session.query(sql, "CSV")
             except Exception as e:
                 raise ClickHouseError(f"chDB: {e}") from None
             finally:
