@@ -64,8 +64,9 @@ def run_case(backend: str, dsn: str | None, data: Path, path: str, params: dict[
         assert r.status_code == 200, r.data[:300]
     store.close()
     out = {"cold_s": round(times[0], 4), "warm_s": round(statistics.median(times[1:] or times), 4)}
-    if "total" in (r.json or {}):
-        out["total"] = r.json["total"]
+    body = r.get_json(silent=True) or {}
+    if "total" in body:
+        out["total"] = body["total"]
     return out
 
 
@@ -253,7 +254,7 @@ def cluster_day(dsn: str, nodes: int, start: int, end: int, runs: int, hours: fl
             times.append(time.perf_counter() - t)
             assert r.status_code == 200, r.data[:300]
         fresh.close()
-        out[f"{name}_flamegraph"] = {"cold_s": round(times[0], 3), "total": r.json["total"],
+        out[f"{name}_flamegraph"] = {"cold_s": round(times[0], 3), "total": (r.get_json() or {})["total"],
                                      "warm_s": round(statistics.median(times[1:] or times), 3)}
         log(f"cluster-day {name} flame graph: {out[f'{name}_flamegraph']}")
     store.close()
