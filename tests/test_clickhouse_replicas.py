@@ -6,6 +6,7 @@ directory in one process, so both live here; each has its own caches and kept an
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -85,15 +86,25 @@ def test_a_kept_answer_is_not_served_after_another_replicas_write(tmp_path: Path
         b.close()
 
 
-def test_with_retention_the_engines_parts_say_what_changed(chdb_dir: Path) -> None:
-    """A TTL merge deletes rows without a statement of ours, so with retention the generation is read from the
-    engine's parts, not from the count of writes."""
-    dsn = f"chdb://{chdb_dir}?database=ret_{uuid.uuid4().hex[:12]}&retention_seconds=86400"
+def test_with_retention_reads_start_where_no_ttl_merge_reaches_so_kept_answers_stay_exact(
+        tmp_path: Path, chdb_dir: Path) -> None:
+    """A TTL merge deletes rows at a moment no statement of ours marks, so with retention reads start at the first
+    whole hour no merge can touch yet: older rows are never read (whether or not a merge removed them), and the
+    generation (the count of writes and that hour) still needs no statement."""
+    now = time.time_ns()
+    dsn = f"chdb://{chdb_dir}?database=ret_{uuid.uuid4().hex[:12]}&retention_seconds=7200"
     store = open_store(dsn)
     try:
-        g0 = store.generation()
-        assert g0 is not None and g0[0] != "writes"  # type: ignore[index]
-        put(store, profiles(T0, 3, "p0", 3))
-        assert store.generation() != g0
+        old = profiles(now - 4 * H, 5, "gone", 3)
+        recent = profiles(now - H // 2, 5, "kept", 4)
+        put(store, old + recent)
+        client = create_app({"DATA_DIR": str(tmp_path), "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client()
+        params = {"from": str((now - 5 * H) // S), "to": str(now // S)}
+        assert tree(client, params)["total"] == total(recent)
+        assert store.label_values("pod", now - 5 * H, now) == ["kept"]
+        g = store.generation()
+        assert isinstance(g, tuple) and g[0] == "writes" and g[2] > now - 2 * H - H  # type: ignore[operator]
+        put(store, profiles(now - H // 4, 2, "kept", 5))
+        assert store.generation() != g
     finally:
         store.close()

@@ -438,9 +438,19 @@ class ClickHouseStore(Store):
 
     # -- reads ---------------------------------------------------------------------------------
 
+    def _live(self, t0: int) -> int:
+        """`t0`, or with retention the first whole hour no TTL merge can touch yet, if later: reads never see a row
+        that a merge may delete at any moment (its start is before now - retention), so with retention on too an
+        answer changes only with a write or when this hour moves, both of which `generation` says."""
+        seconds = self.layout.retention_seconds
+        if seconds is None:
+            return t0
+        return max(t0, -(-(time.time_ns() - seconds * 10**9) // HOUR_NS) * HOUR_NS)
+
     def _selection(self, selector: Selector | None, t0: int, t1: int) -> list[dict]:
         """Every (series, period) with profiles starting in [t0, t1): their aggregate (`_AGG`) with the series'
         type, unit and labels, in ONE statement (a cold query's first round trip is also its last for metadata)."""
+        t0 = self._live(t0)
         where = self._series_where(selector, None, None)
         ids = f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
         parts = []
@@ -486,13 +496,15 @@ class ClickHouseStore(Store):
             else:
                 rows = self._selection(selector, t0, t1)
             series = self._series(r["series"] for r in rows)
+            live = self._live(t0)
             out = [StoredProfile(series[r["series"]], r["lo"], r["hi"] - r["lo"], r["period_ns"], r["total"],
-                                 _Window(r["series"], r["period_ns"], t0, t1, r["n"], r["fingerprint"]))
+                                 _Window(r["series"], r["period_ns"], live, t1, r["n"], r["fingerprint"]))
                    for r in rows if (sample_type is None or r["t"] == sample_type) and (unit is None or r["u"] == unit)]
             out.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
             return out
+        live = self._live(t0)
         where = (f"series {self._in} ({self._series_ids_sql(selector, sample_type, unit)}) "
-                 f"AND start_ns >= {int(t0)} AND start_ns < {int(t1)}")
+                 f"AND start_ns >= {int(live)} AND start_ns < {int(t1)}")
         if max_level == 0:
             rows = self.transport.query(
                 f"SELECT series, period_ns, start_ns AS lo, start_ns + duration_ns AS hi, sum(total) AS sum_total, "
@@ -512,6 +524,7 @@ class ClickHouseStore(Store):
             else:
                 w0 = t0 + r["k"] * int(align_ns or 1)
                 w1 = min(w0 + int(align_ns or 1), t1)
+                w0 = max(w0, live)
             out.append(StoredProfile(series[r["series"]], r["lo"], r["hi"] - r["lo"], r["period_ns"], r["sum_total"],
                                      _Window(r["series"], r["period_ns"], w0, w1, r["n"], r["fingerprint"])))
         out.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
@@ -613,7 +626,7 @@ class ClickHouseStore(Store):
         rows = self.transport.query(
             f"SELECT period_ns, intDiv(start_ns - {int(t0)}, {int(step_ns)}) AS k, sum(total) AS v "
             f"FROM {self._t('profiles')} WHERE series {self._in} ({self._series_ids_sql(selector, sample_type, unit)}) "
-            f"AND start_ns >= {int(t0)} AND start_ns < {int(t1)} GROUP BY period_ns, k").to_pylist()
+            f"AND start_ns >= {int(self._live(t0))} AND start_ns < {int(t1)} GROUP BY period_ns, k").to_pylist()
         by_period: dict[int, np.ndarray] = {}
         for r in rows:
             sums = by_period.get(r["period_ns"])
@@ -775,14 +788,14 @@ class ClickHouseStore(Store):
         every insert, merge, mutation, TTL pass or dropped partition, from any server, changes it. One
         statement over `system.parts` (on a cluster, every shard's, through `cluster()`).
 
-        Without that statement when every writer is in this process (chDB: `Transport.writes`) and no TTL runs:
-        then the count of writes through the engine moves with every insert, mutation or dropped partition, and
-        nothing else changes an answer (merges keep sums; a TTL merge would not, so with retention the parts
-        are read)."""
+        Without that statement when every writer is in this process (chDB: `Transport.writes`): then the count of
+        writes through the engine moves with every insert, mutation or dropped partition, and nothing else
+        changes an answer: merges keep sums, and rows a TTL merge may delete are not read (`_live`: the hour
+        reads start from is part of the generation)."""
         self._check()
         writes = self.transport.writes()
-        if writes is not None and self.layout.retention_seconds is None:
-            return ("writes", writes)
+        if writes is not None:
+            return ("writes", writes, self._live(0))
         suffix = "_local" if self.layout.cluster else ""
         parts = f"cluster('{self.layout.cluster}', system.parts)" if self.layout.cluster else "system.parts"
         tables = ", ".join(quote(t + suffix) for t in ("samples", "profiles", "samples_1h"))
@@ -796,6 +809,7 @@ class ClickHouseStore(Store):
     def _active_series(self, t0: int, t1: int, selector: Selector | None) -> str:
         """Series with profiles starting in [t0, t1): whole hours through the hourly projection (GROUP BY, which
         it answers), the ragged edges from rows."""
+        t0 = self._live(t0)
         ids = f"series {self._in} ({self._series_ids_sql(selector)})"
         return " UNION ALL ".join(f"SELECT series FROM {self._t('profiles')} WHERE {ids} AND {span} GROUP BY series"
                                   for span in _spans(t0, t1))
