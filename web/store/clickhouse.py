@@ -295,27 +295,30 @@ class ClickHouseStore(Store):
         stack_hash = self._stack_hashes(list(distinct), loc, rows)[np.asarray(at, dtype=np.int64)]
         value = np.asarray(values, dtype=np.int64)
         token = hashlib.blake2b(struct.pack("<qqq", b.start_ns, b.duration_ns, b.period_ns), digest_size=16)
-        series_col: list[np.ndarray] = []
-        stack_col: list[np.ndarray] = []
-        value_col: list[np.ndarray] = []
-        for sid, first, end in spans:
-            st, inv = np.unique(stack_hash[first:end], return_inverse=True)  # sorted; equal content summed
-            v = np.zeros(st.size, dtype=np.int64)
-            np.add.at(v, inv.reshape(-1), value[first:end])
+        # Sorted by (series in batch order, stack hash) in one pass, equal content summed: the rows and the token
+        # are what a per-series sort gives.
+        seg = np.repeat(np.arange(len(spans)), [end - first for _, first, end in spans])
+        order = np.lexsort((stack_hash, seg))
+        sh, sg = stack_hash[order], seg[order]
+        head = np.ones(sh.size, dtype=bool)
+        head[1:] = (sh[1:] != sh[:-1]) | (sg[1:] != sg[:-1])
+        starts = np.flatnonzero(head)
+        stack_col, seg_col = sh[starts], sg[starts]
+        value_col = np.add.reduceat(value[order], starts)
+        sids = np.array([sid for sid, _, _ in spans], dtype=np.uint64)
+        bounds = np.searchsorted(seg_col, np.arange(len(spans) + 1)).tolist()
+        for k, sid in enumerate(sids.tolist()):
             token.update(_U64.pack(sid))
-            token.update(st.tobytes())
-            token.update(v.tobytes())
-            series_col.append(np.full(st.size, sid, dtype=np.uint64))
-            stack_col.append(st)
-            value_col.append(v)
-        n = sum(s.size for s in stack_col)
+            token.update(stack_col[bounds[k]:bounds[k + 1]].tobytes())
+            token.update(value_col[bounds[k]:bounds[k + 1]].tobytes())
+        n = stack_col.size
         data = pa.table({
-            "series": pa.array(np.concatenate(series_col), pa.uint64()),
+            "series": pa.array(sids[seg_col], pa.uint64()),
             "start_ns": pa.array(np.full(n, b.start_ns, np.int64)),
             "duration_ns": pa.array(np.full(n, b.duration_ns, np.int64)),
             "period_ns": pa.array(np.full(n, b.period_ns, np.int64)),
-            "stack": pa.array(np.concatenate(stack_col), pa.uint64()),
-            "value": pa.array(np.concatenate(value_col))})
+            "stack": pa.array(stack_col, pa.uint64()),
+            "value": pa.array(value_col.astype(np.int64))})
         return data, token.hexdigest(), len(spans)
 
     def _stack_hashes(self, keys: list[tuple[int, ...]], loc: dict[int, int], rows: _Rows) -> np.ndarray:
