@@ -693,7 +693,9 @@ class ClickHouseStore(Store):
                                  f"WHERE id {self._in} {IDS_SET}", missing)
         cols = {name: t.column(name).to_pylist() for name in t.column_names}
         maps = self._mappings
-        new_maps = sorted({h for h in cols["mapping"] if h not in maps})
+        with self._lock:  # what this read uses: the kept mappings it names, plus those read below
+            using = {h: maps[h] for h in set(cols["mapping"]) if h in maps}
+        new_maps = sorted({h for h in cols["mapping"] if h not in using})
         fns = sorted({f for row in cols["functions"] for f in row})
         sql = (f"SELECT 0 AS k, id, name AS s1, file AS s2, toUInt64(0) AS n1, toUInt64(0) AS n2, toUInt64(0) AS n3 "
                f"FROM {self._t('functions')} WHERE id {self._in} {IDS_SET}")
@@ -712,13 +714,17 @@ class ClickHouseStore(Store):
                 got_maps[cut["id"][i]] = ProcMapping(cut["n1"][i], cut["n2"][i], cut["n3"][i], cut["s1"][i],
                                                      cut["s2"][i] or None)
         with self._lock:
+            if len(maps) > _MEMO_LIMIT:  # a busy node's short-lived processes each map their binaries anew
+                maps.clear()
+                maps[0] = None
             maps.update(got_maps)
+        using.update(got_maps)
         got: dict[int, _FrameRow] = {}
         for j, h in enumerate(cols["id"]):
             # (function, file, line) innermost first, as the row keeps them
             lines = tuple((names[f][0], names[f][1] or None, ln or None)
                           for f, ln in zip(cols["functions"][j], cols["lines"][j], strict=True))
-            got[self._frame_local[h]] = _FrameRow(cols["address"][j], maps.get(cols["mapping"][j]), cols["kind"][j],
+            got[self._frame_local[h]] = _FrameRow(cols["address"][j], using.get(cols["mapping"][j]), cols["kind"][j],
                                                   lines)
         with self._lock:
             if len(known) > _MEMO_LIMIT:
