@@ -64,8 +64,9 @@ def run_case(backend: str, dsn: str | None, data: Path, path: str, params: dict[
         assert r.status_code == 200, r.data[:300]
     store.close()
     out = {"cold_s": round(times[0], 4), "warm_s": round(statistics.median(times[1:] or times), 4)}
-    if "total" in (r.json or {}):
-        out["total"] = r.json["total"]
+    body = r.get_json(silent=True) or {}
+    if "total" in body:
+        out["total"] = body["total"]
     return out
 
 
@@ -93,38 +94,46 @@ def queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: int, pod:
     return out
 
 
-def ingest(backend: str, dsn: str | None, data: Path, bodies: list[bytes], samples: int, args: argparse.Namespace,
-           start: int) -> dict[str, Any]:
-    """Every drain of the range through the ingest handler; then SQLite compacts (as its server would have)
+def ingest(dsns: dict[str, tuple[str | None, Path]], bodies: list[bytes], samples: int, args: argparse.Namespace,
+           start: int) -> dict[str, dict[str, Any]]:
+    """Every drain of the range through each backend's ingest handler, the backends interleaved drain by drain
+    (which goes first alternates), each POST timed alone: a load swing on this shared machine hits both alike,
+    where one backend's whole hour after the other's did not. Then SQLite compacts (as its server would have)
     and ClickHouse merges its parts, so both are measured as a server that has run for a while holds them."""
     from web.server.app import create_app
     from web.store.dsn import open_store
 
-    store = open_store(dsn, data)
-    app = create_app({"DATA_DIR": str(data), "STORE": store, "MAINTENANCE_SECONDS": 0})
-    client = app.test_client()
+    stores = {b: open_store(dsn, data) for b, (dsn, data) in dsns.items()}
+    clients = {b: create_app({"DATA_DIR": str(dsns[b][1]), "STORE": s, "MAINTENANCE_SECONDS": 0}).test_client()
+               for b, s in stores.items()}
+    spent = dict.fromkeys(stores, 0.0)
+    order = list(stores)
     n = int(args.hours * 3600 // args.interval)
-    t = time.perf_counter()
     for i in range(n):
         ts = start + i * args.interval * S
-        r = client.post(f"/api/v1/ingest?node={NODE}&time={ts // S}", data=bodies[i % len(bodies)])
-        assert r.status_code == 200, r.json
+        for b in order if i % 2 == 0 else order[::-1]:
+            t = time.perf_counter()
+            r = clients[b].post(f"/api/v1/ingest?node={NODE}&time={ts // S}", data=bodies[i % len(bodies)])
+            spent[b] += time.perf_counter() - t
+            assert r.status_code == 200, r.json
         if (i + 1) % 360 == 0:
-            log(f"{backend}: {i + 1}/{n} drains ({time.perf_counter() - t:.0f} s)")
-    ingest_s = time.perf_counter() - t
-    if backend == "sqlite":
-        from web.store.retention import Maintenance
+            log(f"ingest: {i + 1}/{n} drains ({', '.join(f'{b} {x:.0f} s' for b, x in spent.items())})")
+    out = {}
+    for b, store in stores.items():
+        if b == "sqlite":
+            from web.store.retention import Maintenance
 
-        tc = time.perf_counter()
-        Maintenance(store, interval=0).run_once(now_ns=start + n * args.interval * S + 30 * S)
-        log(f"sqlite compaction {time.perf_counter() - tc:.1f} s (not in ingest)")
-        size = sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
-    else:
-        store.transport.command(f"OPTIMIZE TABLE {store.layout.database}.samples FINAL")  # type: ignore[attr-defined]
-        size = store.bytes_used()  # type: ignore[attr-defined]
-    store.close()
-    return {"ingest_s": round(ingest_s, 2), "pod_profiles_per_s": round(n * args.pods / ingest_s),
-            "bytes": size, "bytes_per_sample": round(size / samples, 3)}
+            tc = time.perf_counter()
+            Maintenance(store, interval=0).run_once(now_ns=start + n * args.interval * S + 30 * S)
+            log(f"sqlite compaction {time.perf_counter() - tc:.1f} s (not in ingest)")
+            size = sum(f.stat().st_size for f in dsns[b][1].rglob("*") if f.is_file())
+        else:
+            store.transport.command(f"OPTIMIZE TABLE {store.layout.database}.samples FINAL")  # type: ignore[attr-defined]
+            size = store.bytes_used()  # type: ignore[attr-defined]
+        store.close()
+        out[b] = {"ingest_s": round(spent[b], 2), "pod_profiles_per_s": round(n * args.pods / spent[b]),
+                  "bytes": size, "bytes_per_sample": round(size / samples, 3)}
+    return out
 
 
 def _ingest_worker(dsn: str, bodies: list[bytes], first: int, count: int, start: int, interval: int,
@@ -245,7 +254,7 @@ def cluster_day(dsn: str, nodes: int, start: int, end: int, runs: int, hours: fl
             times.append(time.perf_counter() - t)
             assert r.status_code == 200, r.data[:300]
         fresh.close()
-        out[f"{name}_flamegraph"] = {"cold_s": round(times[0], 3), "total": r.json["total"],
+        out[f"{name}_flamegraph"] = {"cold_s": round(times[0], 3), "total": (r.get_json() or {})["total"],
                                      "warm_s": round(statistics.median(times[1:] or times), 3)}
         log(f"cluster-day {name} flame graph: {out[f'{name}_flamegraph']}")
     store.close()
@@ -290,8 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             samples = sum(per_body[i % len(per_body)] for i in range(n))
             log(f"{n} drains of {args.pods} pods, {samples} samples")
             result = {"hours": args.hours, "pods": args.pods, "drains": n, "samples": samples, "start_ns": start}
-            for b, (dsn, data) in dsns.items():
-                result[b] = ingest(b, dsn, data, bodies, samples, args, start)
+            result.update(ingest(dsns, bodies, samples, args, start))
             meta.write_text(json.dumps(result))
         end = start + n * args.interval * S
         sq, ch = result["sqlite"], result["clickhouse"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import struct
 import threading
 import time
@@ -45,11 +46,13 @@ from web.store.base import (
     frame_lines_of,
 )
 from web.store.clickhouse_schema import HOUR_NS, SCHEMA_VERSION, Layout, ddl, upgrade
-from web.store.clickhouse_transport import IDS, ClickHouseUnavailable, Transport, quote
+from web.store.clickhouse_transport import IDS, IDS_SET, ClickHouseUnavailable, Transport, quote
 from web.store.columns import group_sum
 from web.store.selector import Op, Selector
 
 _U64 = struct.Struct("<Q")
+_U64X2 = struct.Struct("<QQ")
+_U64X3 = struct.Struct("<QQQ")
 _MEMO_LIMIT = 2_000_000  # entries; past it a memo starts again (costs hashing, never correctness)
 
 
@@ -82,6 +85,17 @@ class _Window:
     t1: int = field(compare=False)
     n: int = 0
     fingerprint: int = 0
+
+
+@dataclass(slots=True)
+class _Rows:
+    """Dictionary rows a put collects (by content hash), for the inserts before its samples."""
+
+    funcs: dict[int, tuple[str, str]] = field(default_factory=dict)
+    maps: dict[int, ProcMapping] = field(default_factory=dict)
+    frames: dict[int, tuple[int, int, str, list[int], list[int]]] = field(default_factory=dict)
+    stacks: dict[int, list[int]] = field(default_factory=dict)
+    series: dict[int, tuple[str, str, list[tuple[str, str]]]] = field(default_factory=dict)
 
 
 class _FrameRow(NamedTuple):
@@ -122,6 +136,7 @@ class ClickHouseStore(Store):
         self._frame_rows: dict[int, _FrameRow] = {}  # local frame id -> its rows (immutable)
         self._stack_frames: dict[int, np.ndarray] = {}  # local stack id -> local frame ids (immutable rows)
         self._frame_obj: dict[int, Frame] = {}  # local frame id -> Frame (immutable rows)
+        self._mappings: dict[int, ProcMapping | None] = {0: None}  # mapping hash -> mapping (immutable rows)
         self._memo: dict[object, int] = {}  # content -> hash (mappings, functions, frames, stacks)
         self._written: set[int] = set()  # dictionary ids this process has inserted
         self._retention_cutoff = 0  # the last cutoff this process enforced
@@ -190,69 +205,22 @@ class ClickHouseStore(Store):
     def put(self, batches: Sequence[Batch]) -> PutResult:
         """Dictionaries first (idempotent), then one samples insert for the whole put with its content token."""
         self._check()
-        funcs: dict[int, tuple[str, str]] = {}
-        maps: dict[int, ProcMapping] = {}
-        frames: dict[int, tuple[int, int, str, list[int], list[int]]] = {}
-        stacks: dict[int, list[int]] = {}
-        series: dict[int, tuple[str, str, list[tuple[str, str]]]] = {}
+        rows = _Rows()
         inserts: list[tuple[str, pa.Table]] = []
         profiles = n_samples = 0
-        memo = self._memo
-        if len(memo) > _MEMO_LIMIT:
-            memo.clear()
+        if len(self._memo) > _MEMO_LIMIT:
+            self._memo.clear()
         for b in batches:
-            frame_id: dict[int, int] = {}  # the batch's frame key -> frame hash
-            keys: dict[tuple[str, int], int] = {}  # the batch's mapping and function keys -> hash
-            stack_id: dict[tuple[int, ...], int] = {}  # the batch's stack key -> stack hash
-            cols: dict[str, list[int]] = {k: [] for k in ("series", "stack", "value")}
-            token = hashlib.blake2b(struct.pack("<qqq", b.start_ns, b.duration_ns, b.period_ns), digest_size=16)
-            for p in b.series:
-                if not p.samples:
-                    continue
-                items = sorted((k, v) for k, v in p.labels.items() if v != "")
-                sid = _h(_s(p.sample_type), _s(p.unit), *(_s(x) for kv in items for x in kv))
-                series[sid] = (p.sample_type, p.unit, items)
-                per: dict[int, int] = defaultdict(int)
-                for key, value in p.samples.items():
-                    st = stack_id.get(key)
-                    if st is None:
-                        fids = []
-                        for k in reversed(key):
-                            fid = frame_id.get(k)
-                            if fid is None:
-                                fid = frame_id[k] = self._frame_row(b, k, funcs, maps, frames, keys)
-                            fids.append(fid)
-                        tkey = tuple(fids)
-                        st = memo.get(tkey)
-                        if st is None:
-                            st = memo[tkey] = _h(struct.pack(f"<{len(fids)}Q", *fids))
-                        if st not in self._written:
-                            stacks[st] = fids
-                        stack_id[key] = st
-                    per[st] += value
-                ordered = sorted(per.items())
-                cols["series"] += [sid] * len(ordered)
-                cols["stack"] += [k for k, _ in ordered]
-                cols["value"] += [v for _, v in ordered]
-                token.update(_U64.pack(sid))
-                token.update(np.array([k for k, _ in ordered], dtype=np.uint64).tobytes())
-                token.update(np.array([v for _, v in ordered], dtype=np.int64).tobytes())
-                profiles += 1
-                n_samples += len(per)
-            if not cols["series"]:
+            got = self._batch_rows(b, rows)
+            if got is None:
                 continue
-            n = len(cols["series"])
-            data = pa.table({
-                "series": pa.array(cols["series"], pa.uint64()),
-                "start_ns": pa.array(np.full(n, b.start_ns, np.int64)),
-                "duration_ns": pa.array(np.full(n, b.duration_ns, np.int64)),
-                "period_ns": pa.array(np.full(n, b.period_ns, np.int64)),
-                "stack": pa.array(cols["stack"], pa.uint64()),
-                "value": pa.array(np.array(cols["value"], dtype=np.int64))})
-            inserts.append((token.hexdigest(), data))
+            data, token, n_profiles = got
+            inserts.append((token, data))
+            profiles += n_profiles
+            n_samples += data.num_rows
         if not inserts:
             return PutResult(0, 0, 0)
-        self._insert_dictionaries(funcs, maps, frames, stacks, series)
+        self._insert_dictionaries(rows.funcs, rows.maps, rows.frames, rows.stacks, rows.series)
         # One insert for the whole put: atomic (one block per day partition), one token for a retry to match.
         data = pa.concat_tables([d for _, d in inserts])
         put_token = inserts[0][0] if len(inserts) == 1 else hashlib.blake2b(
@@ -262,51 +230,119 @@ class ClickHouseStore(Store):
             "deduplicate_blocks_in_dependent_materialized_views": 1})
         return PutResult(profiles, n_samples, data.nbytes)
 
-    def _frame_row(self, b: Batch, key: int, funcs: dict[int, tuple[str, str]], maps: dict[int, ProcMapping],
-                   frames: dict[int, tuple[int, int, str, list[int], list[int]]],
-                   keys: dict[tuple[str, int], int]) -> int:
-        """A batch frame's content hash. Content -> hash is memoized per process (tuples hash cheaper than
-        BLAKE2), the batch's mapping and function keys -> hash per batch (`keys`), and a row this process has
-        already written is not collected again."""
-        memo = self._memo
-        written = self._written
-        address, mkey, kind, lines = b.frames[key]
-        mid = 0
-        if mkey:
-            mid = keys.get(("m", mkey), -1)
-            if mid < 0:
-                m = b.mappings.get(mkey)
-                mid = 0
-                if m is not None:
-                    mid = memo.get(m, 0)
-                    if not mid:
-                        mid = memo[m] = _h(struct.pack("<QQQ", m.start, m.limit, m.offset), _s(m.path),
-                                           _s(m.build_id))
-                    if mid not in written:
-                        maps[mid] = m
-                keys[("m", mkey)] = mid
-        fns: list[int] = []
-        nums: list[int] = []
-        for fkey, line in lines:
-            f = keys.get(("f", fkey), 0)
-            if not f:
-                nf = b.functions[fkey]
-                f = memo.get(nf, 0)
-                if not f:
-                    f = memo[nf] = _h(_s(nf[0]), _s(nf[1]))
-                if f not in written:
-                    funcs[f] = (nf[0], nf[1] or "")
-                keys[("f", fkey)] = f
-            fns.append(f)
-            nums.append(line)
-        content = (address, mid, kind, tuple(fns), tuple(nums))
-        fid = memo.get(content)
-        if fid is None:
-            fid = memo[content] = _h(struct.pack("<QQ", address, mid), _s(kind),
-                                     np.array(fns, dtype=np.uint64).tobytes(), np.array(nums, dtype=np.int64).tobytes())
-        if fid not in written:
-            frames[fid] = (address, mid, kind, fns, nums)
-        return fid
+    def _batch_rows(self, b: Batch, rows: _Rows) -> tuple[pa.Table, str, int] | None:
+        """A batch's samples as columns (series, stack hashes sorted per series, summed values), its token, and
+        its profile count; dictionary rows this process has not written go into `rows`.
+
+        Content -> hash is memoized per process (a dict hit costs less than BLAKE2): functions and mappings by
+        their content, frames by (address, mapping hash, kind, function hashes, lines), stacks by the bytes of
+        their frame hashes root first, which one numpy gather over all the batch's distinct stacks builds (the
+        batch's frame keys are its own, so every batch is translated, but only unseen content is hashed)."""
+        memo, written = self._memo, self._written
+        fh: dict[int, int] = {}  # the batch's function key -> hash
+        for fkey, nf in b.functions.items():
+            f = memo.get(nf)
+            if f is None:
+                f = memo[nf] = _h(_s(nf[0]), _s(nf[1]))
+            if f not in written:
+                rows.funcs[f] = (nf[0], nf[1] or "")
+            fh[fkey] = f
+        mh: dict[int, int] = {}  # the batch's mapping key -> hash (0: none)
+        for mkey, m in b.mappings.items():
+            mid = 0
+            if m is not None:
+                mid = memo.get(m, 0)
+                if not mid:
+                    mid = memo[m] = _h(_U64X3.pack(m.start, m.limit, m.offset), _s(m.path), _s(m.build_id))
+                if mid not in written:
+                    rows.maps[mid] = m
+            mh[mkey] = mid
+        loc: dict[int, int] = {}  # the batch's frame key -> hash
+        for key, (address, mkey, kind, lines) in b.frames.items():
+            mid = mh.get(mkey, 0) if mkey else 0
+            fns = tuple([fh[fk] for fk, _ in lines])
+            nums = tuple([ln for _, ln in lines])
+            content = (address, mid, kind, fns, nums)
+            fid = memo.get(content)
+            if fid is None:
+                n = len(fns)
+                fid = memo[content] = _h(_U64X2.pack(address, mid), _s(kind), struct.pack(f"<{n}Q", *fns),
+                                         struct.pack(f"<{n}q", *nums))
+            if fid not in written:
+                rows.frames[fid] = (address, mid, kind, list(fns), list(nums))
+            loc[key] = fid
+        # Every sample's stack key -> the index of its distinct stack in the batch; per series (id, first, end).
+        distinct: dict[tuple[int, ...], int] = {}
+        at: list[int] = []
+        values: list[int] = []
+        spans: list[tuple[int, int, int]] = []
+        for p in b.series:
+            if not p.samples:
+                continue
+            items = tuple(sorted((k, v) for k, v in p.labels.items() if v != ""))
+            skey = ("series", p.sample_type, p.unit, items)
+            sid = memo.get(skey)
+            if sid is None:
+                sid = memo[skey] = _h(_s(p.sample_type), _s(p.unit), *(_s(x) for kv in items for x in kv))
+            if sid not in written:
+                rows.series[sid] = (p.sample_type, p.unit, list(items))
+            first = len(at)
+            at += [distinct.setdefault(k, len(distinct)) for k in p.samples]
+            values += p.samples.values()
+            spans.append((sid, first, len(at)))
+        if not spans:
+            return None
+        stack_hash = self._stack_hashes(list(distinct), loc, rows)[np.asarray(at, dtype=np.int64)]
+        value = np.asarray(values, dtype=np.int64)
+        token = hashlib.blake2b(struct.pack("<qqq", b.start_ns, b.duration_ns, b.period_ns), digest_size=16)
+        # Sorted by (series in batch order, stack hash) in one pass, equal content summed: the rows and the token
+        # are what a per-series sort gives.
+        seg = np.repeat(np.arange(len(spans)), [end - first for _, first, end in spans])
+        order = np.lexsort((stack_hash, seg))
+        sh, sg = stack_hash[order], seg[order]
+        head = np.ones(sh.size, dtype=bool)
+        head[1:] = (sh[1:] != sh[:-1]) | (sg[1:] != sg[:-1])
+        starts = np.flatnonzero(head)
+        stack_col, seg_col = sh[starts], sg[starts]
+        value_col = np.add.reduceat(value[order], starts)
+        sids = np.array([sid for sid, _, _ in spans], dtype=np.uint64)
+        bounds = np.searchsorted(seg_col, np.arange(len(spans) + 1)).tolist()
+        for k, sid in enumerate(sids.tolist()):
+            token.update(_U64.pack(sid))
+            token.update(stack_col[bounds[k]:bounds[k + 1]].tobytes())
+            token.update(value_col[bounds[k]:bounds[k + 1]].tobytes())
+        n = stack_col.size
+        data = pa.table({
+            "series": pa.array(sids[seg_col], pa.uint64()),
+            "start_ns": pa.array(np.full(n, b.start_ns, np.int64)),
+            "duration_ns": pa.array(np.full(n, b.duration_ns, np.int64)),
+            "period_ns": pa.array(np.full(n, b.period_ns, np.int64)),
+            "stack": pa.array(stack_col, pa.uint64()),
+            "value": pa.array(value_col.astype(np.int64))})
+        return data, token.hexdigest(), len(spans)
+
+    def _stack_hashes(self, keys: list[tuple[int, ...]], loc: dict[int, int], rows: _Rows) -> np.ndarray:
+        """The content hash of each stack key (frame keys leaf first): its frame hashes root first as bytes, the
+        memo's key, hashed when unseen."""
+        memo, written = self._memo, self._written
+        lens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+        flat = np.fromiter(itertools.chain.from_iterable(keys), dtype=np.int64, count=int(lens.sum()))
+        uniq, inv = np.unique(flat, return_inverse=True)
+        frames = np.fromiter((loc[k] for k in uniq.tolist()), dtype=np.uint64, count=uniq.size)[inv.reshape(-1)]
+        offs = np.cumsum(lens) - lens
+        # leaf first -> root first: position i of a stack at [o, o + n) reads o + n - 1 - (i - o)
+        rev = frames[2 * np.repeat(offs, lens) + np.repeat(lens, lens) - 1 - np.arange(flat.size)]
+        buf = rev.astype("<u8").tobytes()
+        out = np.empty(len(keys), dtype=np.uint64)
+        for i, (o, n) in enumerate(zip(offs.tolist(), lens.tolist(), strict=True)):
+            kb = buf[8 * o:8 * (o + n)]
+            st = memo.get(kb)
+            if st is None:
+                st = memo[kb] = _h(kb)
+            if st not in written:
+                rows.stacks[st] = rev[o:o + n].tolist()
+            out[i] = st
+        return out
 
     def _insert_dictionaries(self, funcs: dict[int, tuple[str, str]], maps: dict[int, ProcMapping],
                              frames: dict[int, tuple[int, int, str, list[int], list[int]]],
@@ -405,9 +441,19 @@ class ClickHouseStore(Store):
 
     # -- reads ---------------------------------------------------------------------------------
 
+    def _live(self, t0: int) -> int:
+        """`t0`, or with retention the first whole hour no TTL merge can touch yet, if later: reads never see a row
+        that a merge may delete at any moment (its start is before now - retention), so with retention on too an
+        answer changes only with a write or when this hour moves, both of which `generation` says."""
+        seconds = self.layout.retention_seconds
+        if seconds is None:
+            return t0
+        return max(t0, -(-(time.time_ns() - seconds * 10**9) // HOUR_NS) * HOUR_NS)
+
     def _selection(self, selector: Selector | None, t0: int, t1: int) -> list[dict]:
         """Every (series, period) with profiles starting in [t0, t1): their aggregate (`_AGG`) with the series'
         type, unit and labels, in ONE statement (a cold query's first round trip is also its last for metadata)."""
+        t0 = self._live(t0)
         where = self._series_where(selector, None, None)
         ids = f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
         parts = []
@@ -453,13 +499,15 @@ class ClickHouseStore(Store):
             else:
                 rows = self._selection(selector, t0, t1)
             series = self._series(r["series"] for r in rows)
+            live = self._live(t0)
             out = [StoredProfile(series[r["series"]], r["lo"], r["hi"] - r["lo"], r["period_ns"], r["total"],
-                                 _Window(r["series"], r["period_ns"], t0, t1, r["n"], r["fingerprint"]))
+                                 _Window(r["series"], r["period_ns"], live, t1, r["n"], r["fingerprint"]))
                    for r in rows if (sample_type is None or r["t"] == sample_type) and (unit is None or r["u"] == unit)]
             out.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
             return out
+        live = self._live(t0)
         where = (f"series {self._in} ({self._series_ids_sql(selector, sample_type, unit)}) "
-                 f"AND start_ns >= {int(t0)} AND start_ns < {int(t1)}")
+                 f"AND start_ns >= {int(live)} AND start_ns < {int(t1)}")
         if max_level == 0:
             rows = self.transport.query(
                 f"SELECT series, period_ns, start_ns AS lo, start_ns + duration_ns AS hi, sum(total) AS sum_total, "
@@ -479,6 +527,7 @@ class ClickHouseStore(Store):
             else:
                 w0 = t0 + r["k"] * int(align_ns or 1)
                 w1 = min(w0 + int(align_ns or 1), t1)
+                w0 = max(w0, live)
             out.append(StoredProfile(series[r["series"]], r["lo"], r["hi"] - r["lo"], r["period_ns"], r["sum_total"],
                                      _Window(r["series"], r["period_ns"], w0, w1, r["n"], r["fingerprint"])))
         out.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
@@ -580,7 +629,7 @@ class ClickHouseStore(Store):
         rows = self.transport.query(
             f"SELECT period_ns, intDiv(start_ns - {int(t0)}, {int(step_ns)}) AS k, sum(total) AS v "
             f"FROM {self._t('profiles')} WHERE series {self._in} ({self._series_ids_sql(selector, sample_type, unit)}) "
-            f"AND start_ns >= {int(t0)} AND start_ns < {int(t1)} GROUP BY period_ns, k").to_pylist()
+            f"AND start_ns >= {int(self._live(t0))} AND start_ns < {int(t1)} GROUP BY period_ns, k").to_pylist()
         by_period: dict[int, np.ndarray] = {}
         for r in rows:
             sums = by_period.get(r["period_ns"])
@@ -626,48 +675,57 @@ class ClickHouseStore(Store):
         return i
 
     def _read_frames(self, frame_ids: Iterable[int]) -> None:
-        """Read the frames of these local ids not read yet, in two statements whatever their number (frames
-        joined with their mappings; their functions through a subquery, so no id list makes a round trip
-        through Python), and keep each as its rows: `_FrameRow` (what `frame_lines` and `frame_origins`
-        answer from; a `Frame` object only when `stacks` asks). Frames are immutable: kept per process.
+        """Read the frames of these local ids not read yet, in two statements whatever their number: the frame
+        rows, then their functions and the mappings not met before (a UNION ALL, each by the ids the frames
+        named, so no subquery reads the frames again), and keep each frame as its rows: `_FrameRow` (what
+        `frame_lines` and `frame_origins` answer from; a `Frame` object only when `stacks` asks). Frames and
+        mappings are immutable: kept per process.
 
-        Resolving names in SQL instead (a scalar subquery's arrays and `transform`/`indexOf` per element)
-        measured 2-20x slower than the second statement and a dict in Python, on a node's 7.5k frames."""
+        Before, mappings were joined to the frames and the functions read through a subquery over frames: on a
+        pod's 381 frames 10 + 5 ms against 3.5 + 7 ms now. Resolving names in SQL instead (a scalar subquery's
+        arrays and `transform`/`indexOf` per element) measured 2-20x slower than a dict in Python."""
         known = self._frame_rows
         missing = sorted({self._frame_hash[i] for i in frame_ids if i not in known})
         if not missing:
             return
-        frames, fn, mp, into = self._t("frames"), self._t("functions"), self._t("mappings"), self._in
-        wanted = f"(SELECT id FROM {IDS})"
         # No GROUP BY: rows not merged yet by ReplacingMergeTree are the same content twice (a dict keeps one)
-        t = self.transport.query(
-            f"SELECT fr.id AS id, fr.address AS address, fr.kind AS kind, fr.functions AS functions, "
-            f"fr.lines AS lines, fr.mapping AS mapping, m.start AS m_start, m.limit AS m_limit, "
-            f"m.offset AS m_offset, m.path AS m_path, m.build_id AS m_build "
-            f"FROM (SELECT id, address, mapping, kind, functions, lines FROM {frames} WHERE id {into} {wanted}) AS fr "
-            f"LEFT JOIN (SELECT id, any(start) AS start, any(limit) AS limit, any(offset) AS offset, "
-            f"any(path) AS path, any(build_id) AS build_id FROM {mp} WHERE id {into} "
-            f"(SELECT mapping FROM {frames} WHERE id {into} {wanted}) GROUP BY id) AS m ON m.id = fr.mapping",
-            missing)
-        named = self.transport.query(
-            f"SELECT id, name, file FROM {fn} WHERE id {into} "
-            f"(SELECT arrayJoin(functions) FROM {frames} WHERE id {into} {wanted})", missing)
-        names = dict(zip(named.column("id").to_pylist(),
-                         zip(named.column("name").to_pylist(), named.column("file").to_pylist(), strict=True),
-                         strict=True))
+        t = self.transport.query(f"SELECT id, address, mapping, kind, functions, lines FROM {self._t('frames')} "
+                                 f"WHERE id {self._in} {IDS_SET}", missing)
         cols = {name: t.column(name).to_pylist() for name in t.column_names}
-        maps: dict[int, ProcMapping | None] = {0: None}
+        maps = self._mappings
+        with self._lock:  # what this read uses: the kept mappings it names, plus those read below
+            using = {h: maps[h] for h in set(cols["mapping"]) if h in maps}
+        new_maps = sorted({h for h in cols["mapping"] if h not in using})
+        fns = sorted({f for row in cols["functions"] for f in row})
+        sql = (f"SELECT 0 AS k, id, name AS s1, file AS s2, toUInt64(0) AS n1, toUInt64(0) AS n2, toUInt64(0) AS n3 "
+               f"FROM {self._t('functions')} WHERE id {self._in} {IDS_SET}")
+        if new_maps:
+            sql += (f" UNION ALL SELECT 1 AS k, id, path AS s1, build_id AS s2, start AS n1, limit AS n2, offset AS n3 "
+                    f"FROM {self._t('mappings')} WHERE id IN ({_ints(new_maps)})")
+        named = self.transport.query(sql, fns or [0])  # (no frame named a function: no id 0 either)
+        k = named.column("k").to_numpy()
+        cut = {name: named.column(name).to_pylist() for name in ("id", "s1", "s2", "n1", "n2", "n3")}
+        names: dict[int, tuple[str, str]] = {}
+        got_maps: dict[int, ProcMapping | None] = {}
+        for i, kind in enumerate(k.tolist()):
+            if kind == 0:
+                names[cut["id"][i]] = (cut["s1"][i], cut["s2"][i])
+            else:
+                got_maps[cut["id"][i]] = ProcMapping(cut["n1"][i], cut["n2"][i], cut["n3"][i], cut["s1"][i],
+                                                     cut["s2"][i] or None)
+        with self._lock:
+            if len(maps) > _MEMO_LIMIT:  # a busy node's short-lived processes each map their binaries anew
+                maps.clear()
+                maps[0] = None
+            maps.update(got_maps)
+        using.update(got_maps)
         got: dict[int, _FrameRow] = {}
-        for k, h in enumerate(cols["id"]):
-            mh = cols["mapping"][k]
-            if mh not in maps:
-                maps[mh] = None if cols["m_path"][k] is None else ProcMapping(
-                    cols["m_start"][k], cols["m_limit"][k], cols["m_offset"][k], cols["m_path"][k],
-                    cols["m_build"][k] or None)
+        for j, h in enumerate(cols["id"]):
             # (function, file, line) innermost first, as the row keeps them
             lines = tuple((names[f][0], names[f][1] or None, ln or None)
-                          for f, ln in zip(cols["functions"][k], cols["lines"][k], strict=True))
-            got[self._frame_local[h]] = _FrameRow(cols["address"][k], maps[mh], cols["kind"][k], lines)
+                          for f, ln in zip(cols["functions"][j], cols["lines"][j], strict=True))
+            got[self._frame_local[h]] = _FrameRow(cols["address"][j], using.get(cols["mapping"][j]), cols["kind"][j],
+                                                  lines)
         with self._lock:
             if len(known) > _MEMO_LIMIT:
                 known.clear()
@@ -737,8 +795,16 @@ class ClickHouseStore(Store):
     def generation(self) -> Hashable | None:
         """The set of active parts of the tables answers are read from (samples, totals, rollups), as a hash:
         every insert, merge, mutation, TTL pass or dropped partition, from any server, changes it. One
-        statement over `system.parts` (on a cluster, every shard's, through `cluster()`)."""
+        statement over `system.parts` (on a cluster, every shard's, through `cluster()`).
+
+        Without that statement when every writer is in this process (chDB: `Transport.writes`): then the count of
+        writes through the engine moves with every insert, mutation or dropped partition, and nothing else
+        changes an answer: merges keep sums, and rows a TTL merge may delete are not read (`_live`: the hour
+        reads start from is part of the generation)."""
         self._check()
+        writes = self.transport.writes()
+        if writes is not None:
+            return ("writes", writes, self._live(0))
         suffix = "_local" if self.layout.cluster else ""
         parts = f"cluster('{self.layout.cluster}', system.parts)" if self.layout.cluster else "system.parts"
         tables = ", ".join(quote(t + suffix) for t in ("samples", "profiles", "samples_1h"))
@@ -752,6 +818,7 @@ class ClickHouseStore(Store):
     def _active_series(self, t0: int, t1: int, selector: Selector | None) -> str:
         """Series with profiles starting in [t0, t1): whole hours through the hourly projection (GROUP BY, which
         it answers), the ragged edges from rows."""
+        t0 = self._live(t0)
         ids = f"series {self._in} ({self._series_ids_sql(selector)})"
         return " UNION ALL ".join(f"SELECT series FROM {self._t('profiles')} WHERE {ids} AND {span} GROUP BY series"
                                   for span in _spans(t0, t1))

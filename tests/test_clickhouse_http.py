@@ -1,0 +1,60 @@
+"""The network path (clickhouse-connect over HTTP) end to end: the real client, a real socket, ClickHouse's HTTP
+interface as tests/clickhouse_standin.py serves it, and the real engine (chDB) behind it.
+
+The contract suite runs every store behaviour on chDB in-process; what this adds is everything between the
+store and a ClickHouse server: the client's connect, DDL as commands, Arrow inserts with the dedup token as
+settings, queries answered in Arrow, the stack and frame id lists as an external table (multipart), the
+deadline as `max_execution_time`, ClickHouse's errors, and the generation read from system.parts (on a server
+other processes write, so the count of writes is not known here)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.builders import put
+from tests.clickhouse_standin import clickhouse_http
+from tests.test_clickhouse_replicas import T0, H, S, profiles, total, tree
+from web.server.app import create_app
+from web.store.clickhouse import ClickHouseStore
+from web.store.clickhouse_transport import ClickHouseError, HttpTransport
+from web.store.dsn import open_store
+
+pytest.importorskip("clickhouse_connect")
+
+
+def test_a_store_over_http_writes_reads_and_keeps_answers_exact(tmp_path: Path, chdb_dir: Path) -> None:
+    db = f"http_{uuid.uuid4().hex[:12]}"
+    with clickhouse_http(str(chdb_dir)) as (port, requests):
+        a = open_store(f"clickhouse://127.0.0.1:{port}/{db}")
+        b = open_store(f"clickhouse://127.0.0.1:{port}/{db}")
+        assert isinstance(a, ClickHouseStore) and isinstance(a.transport, HttpTransport)
+        try:
+            first = profiles(T0, 30, "p0", 1)
+            put(a, first)
+            put(a, first)  # an agent's retry: the insert's token (an HTTP setting) makes it count once
+            client = create_app({"DATA_DIR": str(tmp_path), "STORE": a, "MAINTENANCE_SECONDS": 0}).test_client()
+            params = {"from": str(T0 // S), "to": str((T0 + H) // S)}
+            answer = tree(client, params)
+            assert answer["total"] == total(first)
+            names = Counter(n for n in answer["names"] if n.startswith("fn"))
+            assert names and all(v == 1 for v in names.values())
+            # the stacks and frames were read with their ids as an external table, not as SQL text
+            assert any(tables == ["podflame_ids"] and "FROM podflame_ids" in sql for sql, _, tables in requests)
+            assert a.transport.writes() is None  # other processes may write: the engine says what changed
+            g = a.generation()
+            assert tree(client, params)["total"] == total(first)
+            late = profiles(T0 + 30 * 60 * S, 10, "p1", 2)
+            put(b, late)  # another server
+            assert a.generation() != g
+            assert tree(client, params)["total"] == total(first) + total(late)
+            with pytest.raises(ClickHouseError, match="Code: 60"):  # an unknown table: ClickHouse's own error
+                a.transport.query(f"SELECT * FROM {db}.nothing_here")
+            r = client.get("/api/v1/flamegraph", query_string={**params, "query": "{pod=~\"(\"}"})
+            assert r.status_code == 400  # a bad selector never reaches ClickHouse
+        finally:
+            a.close()
+            b.close()
