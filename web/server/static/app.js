@@ -382,8 +382,11 @@ const calleesGraph = new FlameGraph(els.callees, els.tooltip, { onPick: (name) =
 callersGraph.orientation = "flame";
 let source = flame;     // the graph of the payload as the server sent it (the table's data)
 let payload = null;     // the last flame-graph / diff payload
+const fmtCompact = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
+const timeOrBytes = () => currentUnit === "bytes" || currentUnit === "nanoseconds";
 const table = new FunctionTable(els.fnRows, {
-  format: (v) => (currentUnit === "bytes" || currentUnit === "nanoseconds" ? fmtValue(v) : fmtInt.format(v)),
+  format: (v) => (timeOrBytes() ? fmtValue(v) : fmtInt.format(v)),
+  formatCompact: (v) => (timeOrBytes() ? fmtValue(v) : fmtCompact.format(v)),
   onHover(name) { flame.setHighlight(name === null ? (state.fn || null) : name); hook.lastRender = flame.lastRender; },
   onSelect(name) { selectFunction(name, true); },
 });
@@ -436,7 +439,7 @@ function renderFlame(fg) {
   const unit = unitWord(fg.unit);
   if (diff) {
     els.flameSummary.textContent =
-      `baseline ${fmtInt.format(fg.base_total)} ${unit} \u00b7 comparison ${fmtInt.format(fg.comp_total)} ${unit}`;
+      `baseline ${fmtValue(fg.base_total, fg.unit, fg.type)} \u00b7 comparison ${fmtValue(fg.comp_total, fg.unit, fg.type)}`;
   } else {
     let summary = fmtValue(fg.total || 0);
     if (isCpuType(fg.type, fg.unit) && fg.period_ns) {
@@ -555,6 +558,14 @@ function searchFor(name) {  // a diff table's function: selected (outlined), the
 let diffAllRows = false, payloadWithAllRows = null;  // "show all" was clicked (for this diff)
 
 // The notes and tables beside a diff flame graph; null clears them.
+const diffRowsFor = (h) => (h < 760 ? 3 : h < 820 ? 4 : 8);
+let diffExtrasShown = null;  // {fg, shown}: what the tables list now
+// A window made shorter or taller lists as many rows as it would have on load (the graph stays on screen).
+window.addEventListener("resize", () => {
+  const d = diffExtrasShown;
+  if (d && d.fg && !diffAllRows && d.shown !== diffRowsFor(window.innerHeight)) renderDiffExtras(d.fg);
+});
+
 function renderDiffExtras(fg) {
   els.diffDetails.hidden = !fg;
   const notes = [];
@@ -566,15 +577,17 @@ function renderDiffExtras(fg) {
     base_total: fg.base_total, comp_total: fg.comp_total,
     regressions: (fg.regressions || []).map((r) => r.name), improvements: (fg.improvements || []).map((r) => r.name),
   };
-  if (!fg) { els.diffTables.replaceChildren(); return; }
+  if (!fg) { els.diffTables.replaceChildren(); diffExtrasShown = null; return; }
   const unit = unitWord(fg.unit), reg = fg.regressions || [], imp = fg.improvements || [];
   const parts = [];
   // Side by side and a few rows each (more on a taller screen), so graph and tables are all on screen at
   // 1280x720; "show all" lists the rest.
-  const h = window.innerHeight, shown = diffAllRows ? Infinity : h < 760 ? 3 : h < 820 ? 4 : 8;
+  const shown = diffAllRows ? Infinity : diffRowsFor(window.innerHeight);
+  diffExtrasShown = { fg, shown };
   const more = () => { diffAllRows = true; renderDiffExtras(fg); };
-  if (reg.length) parts.push(diffTable("Top regressions: more in the comparison", reg, unit, searchFor, shown, more));
-  if (imp.length) parts.push(diffTable("Top improvements: less in the comparison", imp, unit, searchFor, shown, more));
+  const flat = (v) => (fg.unit === "bytes" || fg.unit === "nanoseconds" ? fmtValue(v, fg.unit, fg.type) : fmtInt.format(v));
+  if (reg.length) parts.push(diffTable("Top regressions: more in the comparison", reg, unit, searchFor, shown, more, flat));
+  if (imp.length) parts.push(diffTable("Top improvements: less in the comparison", imp, unit, searchFor, shown, more, flat));
   if (!parts.length) {
     const p = document.createElement("p");
     p.className = "empty";
@@ -584,7 +597,7 @@ function renderDiffExtras(fg) {
   }
   els.diffTables.replaceChildren(...parts);
   els.diffSummary.textContent = `Top regressions (${reg.length}) and improvements (${imp.length})`;
-  els.diffRule.textContent = ruleText(fg.rule);
+  els.diffRule.textContent = ruleText(fg.rule, fg.unit, unit);
 }
 
 function draw() {
@@ -1202,6 +1215,16 @@ els.fnFilter.addEventListener("input", () => {
   if (!error) table.setFilter(re);
   els.fnCount.textContent = error ? error : `${table.matching} functions`;
 });
+// Shares or values in the table's number columns; the choice is kept for the next visit.
+function showNumbers(mode) {
+  table.setShow(mode);
+  document.getElementById("fn-show-pct").setAttribute("aria-pressed", String(table.show === "pct"));
+  document.getElementById("fn-show-value").setAttribute("aria-pressed", String(table.show === "value"));
+  try { localStorage.setItem("podflame.tableNumbers", table.show); } catch { /* storage off: this visit only */ }
+}
+document.getElementById("fn-show-pct").addEventListener("click", () => showNumbers("pct"));
+document.getElementById("fn-show-value").addEventListener("click", () => showNumbers("value"));
+try { if (localStorage.getItem("podflame.tableNumbers") === "value") showNumbers("value"); } catch { /* as above */ }
 for (const b of document.querySelectorAll("#fn-table button.sort")) {
   b.addEventListener("click", () => {
     table.setSort(b.dataset.sort);
