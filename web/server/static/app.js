@@ -126,7 +126,8 @@ const apiUrl = (path, params) => boot.apiUrl(API, path, params);
 
 // `params.format` "binary": the answer is web/query/treebin.py's, read by treebin.js.
 // `early`: boot.js's request for this very URL, already under way (its answer is used instead of asking again).
-async function getJSON(path, params, signal, early = null) {
+// `onHeaders`: called when the answer starts to arrive (the server has built it).
+async function getJSON(path, params, signal, early = null, onHeaders = null) {
   const url = apiUrl(path, params), init = { signal, headers: { Accept: "application/json" } };
   let resp, body = null, read = null;
   try {
@@ -142,6 +143,7 @@ async function getJSON(path, params, signal, early = null) {
     if (e.name === "AbortError") throw e;
     throw new ApiError(`cannot reach the server (${e.message}). Check that it is running and reachable, then reload.`);
   }
+  if (onHeaders) onHeaders();
   const binary = params.format === "binary" && resp.ok;  // errors are JSON whatever was asked for
   if (read) body = await read;
   else { try { body = await (binary ? resp.arrayBuffer() : resp.json()); } catch { /* reported below */ } }
@@ -930,7 +932,10 @@ function loadSeries() {
   });
 }
 
+let flameArriving = false;  // the graph's answer has started to arrive (reloadAll's head start)
+
 function loadFlame() {
+  flameArriving = false;
   downloadLinks();
   chartMarks();
   if (chart.data) drawChart();
@@ -938,8 +943,10 @@ function loadFlame() {
   return load("flame", async (signal) => {
     if (base && base.error) throw new Error(`cannot compare: ${base.error}`);
     const params = boot.flameParams(state);
-    const fg = base ? await getJSON("diff", { ...params, format: undefined, ...baseParams(base), limit: 20 }, signal)
-      : await getJSON("flamegraph", params, signal, boot.take(apiUrl("flamegraph", params)));
+    const arriving = () => { flameArriving = true; };
+    const fg = base ? await getJSON("diff", { ...params, format: undefined, ...baseParams(base), limit: 20 }, signal,
+      null, arriving)
+      : await getJSON("flamegraph", params, signal, boot.take(apiUrl("flamegraph", params)), arriving);
     performance.mark("pf:flame-json");
     if (!signal.aborted) await renderFlame(fg);
   }, () => {
@@ -1002,7 +1009,12 @@ async function reloadAll() {
   // waits for. The list and chart ask once it is drawn, or after a head start when it is slow to build
   // (a first view of a node's day), so they never wait long; the pickers' metadata waits for the graph.
   const flameDone = loadFlame();
-  await Promise.race([flameDone, new Promise((resolve) => setTimeout(resolve, GRAPH_HEAD_START_MS))]);
+  // After the head start: when the graph's answer is already arriving it is a download and a draw away, so
+  // the others still wait (they would share the two cores and the page's thread with it); when the server is
+  // still building it, they go now.
+  const headStart = new Promise((resolve) => setTimeout(resolve, GRAPH_HEAD_START_MS))
+    .then(() => (flameArriving ? Promise.race([flameDone, new Promise((r) => setTimeout(r, 2000))]) : null));
+  await Promise.race([flameDone, headStart]);
   seriesReady = loadSeries();
   await Promise.all([seriesReady, loadChart(), flameDone.then(loadMeta)]);
   settleStatus();
