@@ -768,6 +768,9 @@ def test_heap_profile_diff_keeps_bytes_and_red_blue(server: str, watched: Watche
     assert summary.startswith(f"baseline {_fmt_bytes(full['alloc_space'])} \u00b7 comparison "
                               f"{_fmt_bytes(full['alloc_space'] + flate['alloc_space'])}"), summary
     assert not re.search(r"\bCPU\b|\bsamples\b", page.locator("body").inner_text())
+    # The view picker names what a comparison shows (its graph), not the table + graph it cannot show.
+    assert page.locator("#view").is_disabled() and page.locator("#view").input_value() == "graph"
+    assert "comparison" in page.locator("#view").get_attribute("title")
     # The regression table's values are bytes too.
     cells = page.locator("#diff-tables table").first.locator("tbody tr").first.locator("td.num").all_inner_texts()
     assert any(re.search(r"\d (B|KiB|MiB|GiB)\b", c) for c in cells), cells

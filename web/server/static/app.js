@@ -481,6 +481,9 @@ function applyView() {
   els.sandwich.hidden = view !== "sandwich";
   els.invert.disabled = diff;
   els.view.disabled = diff;
+  // A comparison is its graph and its tables: the picker says so instead of a view it does not show.
+  els.view.value = view;
+  els.view.title = diff ? "A comparison shows its graph, with its tables above it" : "View";
   renderLegend(diff);
 }
 
