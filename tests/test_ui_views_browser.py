@@ -806,6 +806,17 @@ def test_heap_profile_diff_keeps_bytes_and_red_blue(server: str, watched: Watche
     graph = page.locator("#flame").bounding_box()
     assert graph["y"] + 3 * ROW <= 720, graph
     assert "no significance test" in page.locator("#diff-rule").inner_text()
+    # Go's qualified names in the tables: cut in the middle (package and own name show, so rows differ), none
+    # hidden by the column's edge, the full name as the accessible name.
+    names = page.evaluate("Array.from(document.querySelectorAll('#diff-tables td.fn button')).map(b => "
+                          "({name: b.dataset.name, text: b.textContent, label: b.getAttribute('aria-label'), "
+                          "cut: b.scrollWidth > b.clientWidth + 1}))")
+    assert names and not [n for n in names if n["cut"]], names
+    assert len({n["text"] for n in names}) == len(names), [n["text"] for n in names]
+    for n in names:
+        if n["text"] != n["name"]:
+            head, _, tail = n["text"].partition("\u2026")
+            assert n["name"].startswith(head) and n["name"].endswith(tail) and n["label"] == n["name"], n
     _shot(w, tmp_path, "heap-diff")
     # Selecting a regression keeps red and blue.
     page.locator("#diff-tables td.fn button").first.click()

@@ -6,7 +6,7 @@
 // written with textContent or DOM attribute setters, never parsed as HTML.
 
 import { fetchWithLogin } from "./auth.js";
-import { COMPARE_MODES, baselineRange, diffTable, ruleText } from "./compare.js";
+import { COMPARE_MODES, baselineRange, diffTable, fitDiffNames, ruleText } from "./compare.js";
 import { CpuChart } from "./cpuchart.js";
 import {
   FlameGraph, KIND_COLORS, MODULE_PALETTE, compileSearch, formatPercent, formatValue, isCpuType, unitWordOf,
@@ -601,6 +601,7 @@ function renderDiffExtras(fg) {
     parts.push(p);
   }
   els.diffTables.replaceChildren(...parts);
+  fitDiffNames(els.diffTables);
   els.diffSummary.textContent = `Top regressions (${reg.length}) and improvements (${imp.length})`;
   els.diffRule.textContent = ruleText(fg.rule, fg.unit, unit);
 }
@@ -1302,6 +1303,11 @@ const resized = new ResizeObserver(() => {
   }
 });
 resized.observe(els.flameBody);
+let lastTablesWidth = 0;
+new ResizeObserver(() => {
+  const w = els.diffTables.clientWidth;
+  if (w && w !== lastTablesWidth) { lastTablesWidth = w; fitDiffNames(els.diffTables); }
+}).observe(els.diffTables);
 resized.observe(els.chartWrap);
 // The chart reads its colours from the stylesheet when it draws: draw again when the system's theme changes.
 window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => { if (chart.data) drawChart(); });

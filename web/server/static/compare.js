@@ -2,6 +2,7 @@
 // /api/v1/diff (docs/api.md). Function names are untrusted: written with textContent only.
 
 import { formatPoints } from "./flamegraph.js";
+import { fitNamesTo } from "./functions.js";
 import { rangeSeconds, shiftRange } from "./timeexpr.js";
 
 export const COMPARE_MODES = ["", "prev", "yday", "custom"];
@@ -64,6 +65,7 @@ export function diffTable(caption, rows, unitWord, onPick, shown = rows.length, 
     const name = document.createElement("td");
     name.className = "fn";
     const btn = cell("button", String(r.name));
+    btn.dataset.name = String(r.name);  // fitDiffNames cuts long ones in the middle
     btn.type = "button";
     btn.title = `${r.name}: select it in the flame graph`;
     btn.addEventListener("click", () => onPick(String(r.name)));
@@ -91,6 +93,15 @@ export function diffTable(caption, rows, unitWord, onPick, shown = rows.length, 
   }
   table.append(thead, tbody);
   return table;
+}
+
+// Each diff table's names cut in the middle to its function column (both ends of a qualified name show:
+// "compress/flate.(*compressor).deflate" and ".init" differ at their ends). Again whenever the tables resize.
+export function fitDiffNames(container) {
+  for (const table of container.querySelectorAll("table.diff-table")) {
+    const th = table.querySelector("th");
+    if (th) fitNamesTo(table.querySelectorAll("td.fn button"), th.clientWidth - 18);
+  }
 }
 
 // What the rule behind the tables was, in a sentence, in the profile's unit: counts (samples, objects) and

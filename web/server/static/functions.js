@@ -163,7 +163,7 @@ export function elideMiddle(name, max) {
 }
 
 const charWidths = new Map();  // font -> width of one character (the table's names are monospace)
-function charWidth(font) {
+export function charWidth(font) {
   let w = charWidths.get(font);
   if (!w) {
     const ctx = document.createElement("canvas").getContext("2d");
@@ -172,6 +172,17 @@ function charWidth(font) {
     charWidths.set(font, w);
   }
   return w;
+}
+
+// Names in `cells` (elements whose dataset.name is the full name) cut in the middle to fit `width` px.
+export function fitNamesTo(cells, width) {
+  let fit = Infinity;
+  for (const el of cells) {
+    if (fit === Infinity) fit = width > 0 ? Math.max(4, Math.floor(width / charWidth(getComputedStyle(el).font))) : Infinity;
+    const name = el.dataset.name, shown = elideMiddle(name, fit);
+    el.textContent = shown;
+    if (shown !== name) el.setAttribute("aria-label", name); else el.removeAttribute("aria-label");
+  }
 }
 
 function td(text, className) {
