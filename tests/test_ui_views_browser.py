@@ -726,6 +726,13 @@ def test_function_names_are_readable_beside_their_numbers(server: str, watched: 
                     assert n["title"].endswith("%")  # value and share on hover, whichever is shown
             readable = sum(r["text"] == r["name"] for r in rows)
             assert readable >= len(rows) // (2 if mode == "pct" else 3), [r["text"] for r in rows]
+        # The list's title and its count on one line (not broken after "Pods and"), the group-by picker whole.
+        title = page.evaluate("(h => ({h: h.getBoundingClientRect().height, cut: h.scrollWidth > h.clientWidth + 1,"
+                              " lh: parseFloat(getComputedStyle(h).lineHeight) || 20}))"
+                              "(document.getElementById('targets-title'))")
+        assert title["h"] < 1.5 * title["lh"] and not title["cut"], title
+        pick, pane = page.locator("#group-by").bounding_box(), page.locator(".targets-pane").bounding_box()
+        assert pick["x"] + pick["width"] <= pane["x"] + pane["width"]
         # The filter's placeholder is whole beside the count and the toggle.
         assert page.evaluate("""(() => {
             const f = document.getElementById('fn-filter'), st = getComputedStyle(f);
