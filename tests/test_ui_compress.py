@@ -42,3 +42,29 @@ def test_json_is_gzipped_only_when_accepted(tmp_path: Path) -> None:
         assert bad.status_code == 400 and "error" in bad.json
     finally:
         app.extensions["podflame.store"].close()
+
+
+def test_the_page_is_compressed_once_per_distinct_body(tmp_path: Path, monkeypatch) -> None:
+    """The page (160 KB with its inlined scripts) is the same bytes on every visit: its gzip is kept, so a
+    navigation's first byte does not wait on level-6 compression; a different page (another query) is its own."""
+    from web.server import ui
+
+    app, client = _client(tmp_path)
+    calls: list[int] = []
+    real = gzip.compress
+    monkeypatch.setattr(ui.gzip, "compress", lambda data, **kw: calls.append(len(data)) or real(data, **kw))
+    monkeypatch.setattr(ui, "_page_gzip", {})
+    try:
+        first = client.get("/", headers={"Accept-Encoding": "gzip"})
+        again = client.get("/", headers={"Accept-Encoding": "gzip"})
+        assert first.headers["Content-Encoding"] == "gzip" and first.data == again.data
+        assert b"podflame-app" in gzip.decompress(again.data)
+        assert len(calls) == 1
+        other = client.get("/?query=%7Bpod%3D%22x%22%7D", headers={"Accept-Encoding": "gzip"})
+        assert b'{pod=\\"x\\"}' in gzip.decompress(other.data) or b"pod=&#34;x&#34;" in gzip.decompress(other.data)
+        assert len(calls) == 2
+        # API answers are not kept this way (each is its own).
+        client.get("/api/v1/flamegraph?from=900&to=1100&format=json", headers={"Accept-Encoding": "gzip"})
+        assert len(ui._page_gzip) == 2
+    finally:
+        app.extensions["podflame.store"].close()

@@ -88,3 +88,45 @@ def test_diff_payload_round_trips() -> None:
 def test_unknown_format_is_a_clear_400(client) -> None:
     resp = client.get("/api/v1/flamegraph", query_string={"format": "xml"})
     assert resp.status_code == 400 and "format must be json or binary" in resp.json["error"]
+
+
+def _header(data: bytes) -> dict:
+    import json
+
+    (hlen,) = struct.unpack_from("<I", data, 4)
+    return json.loads(data[8:8 + hlen])
+
+
+@pytest.mark.parametrize(("values", "value_type"), [
+    ([[30, 10], [5, 5], [0, 40]], "u4"),                     # counts: 4 bytes per value
+    ([[3 * 2**31, 10], [5, 5], [0, 40]], "f8"),              # a heap's bytes past 2**32
+])
+def test_values_travel_in_the_narrowest_type_that_holds_them(values: list, value_type: str) -> None:
+    names = ["main", "serve", "parse", "new_fn"]
+    payload = diff_tree_from_stacks(NameStacks.from_lists(names, [[0, 1, 2], [0, 1], [0, 3]],
+                                                          np.array(values, dtype=np.int64), columns=2))
+    body = treebin.encode(payload)
+    header = _header(body)
+    assert header["value_type"] == value_type and header["index_type"] == "u1"
+    empty = [""] * len(payload["names"])
+    assert treebin.decode(body + b"{}" + struct.pack("<I", 2)) == {**payload, "kinds": empty, "modules": empty,
+                                                                   "locations": empty}
+
+
+def _flat_payload(n: int, value: float) -> dict:
+    names = [f"f{i}" for i in range(n)]
+    return {"names": ["total", *names], "total": n * value, "kinds": [""] * (n + 1), "locations": [""] * (n + 1),
+            "modules": ["", *names],
+            "levels": [[0, n * value, 0, 0], [x for i in range(n) for x in (i * value, value, value, i + 1)]]}
+
+
+def test_a_large_table_gets_wider_indices_and_fractions_stay_exact() -> None:
+    payload = _flat_payload(300, 1)
+    body = treebin.encode(payload)
+    assert _header(body)["index_type"] == "u2" and _header(body)["value_type"] == "u4"
+    decoded = treebin.decode(body + b"{}" + struct.pack("<I", 2))
+    assert decoded["modules"] == payload["modules"] and decoded["levels"] == payload["levels"]
+    halves = treebin.encode(_flat_payload(3, 0.5))
+    assert _header(halves)["value_type"] == "f8"
+    raw = np.frombuffer(halves, "<f8", 3, len(halves) - 2 * 12 - 3 * 8)  # the last level's `self` (then name, parent)
+    assert raw.tolist() == [0.5, 0.5, 0.5]

@@ -635,7 +635,11 @@ def test_hostile_names_stay_text_in_table_legend_list_and_explorer(server: str, 
     page.goto(server + "/#" + urllib.parse.urlencode({"q": '{job="evil"}', "group": "service", "color": "module"}))
     w.settle(1)
     assert page.locator("button.target .t-name").all_inner_texts() == ["All matching the selector", evil_value]
-    assert page.locator("#fn-rows td.fn").all_inner_texts() == [evil_fn]
+    # The name as text: whole in the cell's tooltip, and what shows (cut in the middle if long) is its text.
+    assert page.locator("#fn-rows td.fn").evaluate_all("tds => tds.map(td => td.title)") == [evil_fn]
+    shown = page.locator("#fn-rows td.fn").inner_text()
+    head, _, tail = shown.partition("\u2026")
+    assert shown == evil_fn or (evil_fn.startswith(head) and evil_fn.endswith(tail))
     assert page.locator("#legend .legend-item").all_inner_texts() == ["<img src=x onerror=window.__pwned=5>.so"]
     page.locator("#label-name").fill("service")
     page.locator("#label-name").dispatch_event("change")
@@ -660,3 +664,184 @@ def test_a_selector_without_braces_keeps_the_selection(server: str, watched: Wat
     query = urllib.parse.parse_qs(urllib.parse.urlparse(href).query)["query"]
     assert query == ['{namespace="shop", pod_uid="uid-a", container_id="ca"}']
     w.assert_clean()
+
+
+def _push(server: str, body: bytes, service: str, at: int) -> None:
+    req = urllib.request.Request(f"{server}/api/v1/ingest?service={service}&time={at}", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200
+
+
+def _heap_profile() -> Path:
+    from tests.conftest import CORPUS
+
+    heap = CORPUS / "pprof" / "parca-testdata-alloc_objects.pb.gz"
+    assert heap.exists(), "the real Go heap profile of ../shared/corpus is this test's input"
+    return heap
+
+
+def test_function_names_are_readable_beside_their_numbers(server: str, watched: Watched, tmp_path: Path) -> None:
+    """Go's package-qualified names (compress/flate.(*compressor).deflate) fit the table's name column at
+    1280x720 and 1440x900: one number per column (share or value, the other on hover), the name cut in its
+    middle so its package and its own name both show, the full name on hover and as the accessible name."""
+    _push(server, _heap_profile().read_bytes(), "heapnames", int(time.time()) - 100)
+    w, page = watched, watched.page
+    page.goto(server + "/#" + urllib.parse.urlencode({"q": '{service="heapnames"}', "type": "alloc_space"}))
+    w.settle(1)
+
+    def cells() -> list[dict]:
+        return page.evaluate("""Array.from(document.querySelectorAll('#fn-rows tr')).slice(0, 40).map(tr => {
+            const fn = tr.children[0], nums = Array.from(tr.querySelectorAll('td.num'));
+            return {name: tr.dataset.name, text: fn.textContent, title: fn.title, label: fn.getAttribute('aria-label'),
+                    cut: fn.scrollWidth > fn.clientWidth + 1, width: fn.clientWidth,
+                    nums: nums.map(c => ({shown: Array.from(c.children).filter(s => s.offsetParent)
+                                            .map(s => s.textContent), title: c.title,
+                                          cut: c.scrollWidth > c.clientWidth + 1}))};
+        })""")
+
+    for width, height in ((1280, 720), (1440, 900)):
+        page.set_viewport_size({"width": width, "height": height})
+        wait_js(page, f"window.innerWidth === {width}")
+        for mode in ("pct", "value"):
+            page.locator(f"#fn-show-{mode}").click()
+            assert page.locator(f"#fn-show-{mode}").get_attribute("aria-pressed") == "true"
+            rows = cells()
+            assert len(rows) >= 20
+            table_w = page.locator("#fn-table").bounding_box()["width"]
+            share = 0.65 if mode == "pct" else 0.55  # the name column takes most of the table
+            assert rows[0]["width"] >= share * table_w, (width, mode, rows[0]["width"], table_w)
+            for r in rows:
+                name, text = r["name"], r["text"]
+                assert not r["cut"], (width, mode, r)  # nothing hidden by the column's edge
+                assert r["title"] == name
+                if text != name:  # cut in the middle: both ends of the real name, the full one for readers
+                    head, tail = text.split("\u2026")
+                    assert name.startswith(head) and name.endswith(tail) and len(head) >= 4, (text, name)
+                    own = re.split(r"[./]", name)[-1]  # the function's own name after package and type
+                    assert tail.endswith(own[-min(len(own), len(tail)):]), (text, name)
+                    assert r["label"] == name
+                for n in r["nums"]:
+                    assert len(n["shown"]) == 1 and not n["cut"], (width, mode, n)
+                    assert n["shown"][0].endswith("%") == (mode == "pct"), n
+                    assert n["title"].endswith("%")  # value and share on hover, whichever is shown
+            readable = sum(r["text"] == r["name"] for r in rows)
+            assert readable >= len(rows) // (2 if mode == "pct" else 3), [r["text"] for r in rows]
+        # The list's title and its count on one line (not broken after "Pods and"), the group-by picker whole.
+        title = page.evaluate("(h => ({h: h.getBoundingClientRect().height, cut: h.scrollWidth > h.clientWidth + 1,"
+                              " lh: parseFloat(getComputedStyle(h).lineHeight) || 20}))"
+                              "(document.getElementById('targets-title'))")
+        assert title["h"] < 1.5 * title["lh"] and not title["cut"], title
+        pick, pane = page.locator("#group-by").bounding_box(), page.locator(".targets-pane").bounding_box()
+        assert pick["x"] + pick["width"] <= pane["x"] + pane["width"]
+        # The filter's placeholder is whole beside the count and the toggle.
+        assert page.evaluate("""(() => {
+            const f = document.getElementById('fn-filter'), st = getComputedStyle(f);
+            const ctx = document.createElement('canvas').getContext('2d');
+            ctx.font = st.font;
+            return ctx.measureText(f.placeholder).width <= f.clientWidth - parseFloat(st.paddingLeft)
+                - parseFloat(st.paddingRight) - 16;  // 16: the search field's clear button
+        })()""")
+        _shot_one = _screenshot_dir(tmp_path) / f"podflame-table-names-{width}x{height}.png"
+        page.screenshot(path=str(_shot_one))
+    # Values in the profile's unit, compact: bytes as the summary writes them.
+    assert re.fullmatch(r"[\d.]+ (B|KiB|MiB|GiB)", cells()[0]["nums"][0]["shown"][0])
+    w.assert_clean()
+
+
+def test_heap_profile_diff_keeps_bytes_and_red_blue(server: str, watched: Watched, tmp_path: Path) -> None:
+    """Compare mode on a pushed Go heap profile: the baseline is the real profile, the comparison adds
+    `go tool pprof -focus=compress/flate`'s cut of it, so compress/flate's share grows (red) and the rest
+    shrinks (blue). Totals, tables and tooltips are in bytes (then objects), never CPU wording."""
+    from tests.test_corpus import _go, raw_totals
+
+    heap = _heap_profile()
+    focused = tmp_path / "flate.pb.gz"
+    focused.write_bytes(subprocess_out(["go", "tool", "pprof", "-proto", "-focus=compress/flate", str(heap)]))
+    full, flate = raw_totals([heap]), raw_totals([focused])
+    assert 0 < flate["alloc_space"] < full["alloc_space"]
+    assert "compress/flate" in _go("-top", focused)
+    now = int(time.time())
+    _push(server, heap.read_bytes(), "heapdiff", now - 20 * 60)  # the previous 15 minutes
+    _push(server, heap.read_bytes(), "heapdiff", now - 120)
+    _push(server, focused.read_bytes(), "heapdiff", now - 110)
+    w, page = watched, watched.page
+    page.goto(server + "/#" + urllib.parse.urlencode({"q": '{service="heapdiff"}', "type": "alloc_space",
+                                                       "cmp": "prev"}))
+    wait_js(page, "window.podflame && window.podflame.diff && window.podflame.status === 'ready'")
+    diff = page.evaluate("window.podflame.diff")
+    assert (diff["base_total"], diff["comp_total"]) == (full["alloc_space"], full["alloc_space"] + flate["alloc_space"])
+    assert diff["regressions"] and all(n.startswith("compress/flate") for n in diff["regressions"][:3])
+    summary = page.locator("#flame-summary").inner_text()
+    assert summary.startswith(f"baseline {_fmt_bytes(full['alloc_space'])} \u00b7 comparison "
+                              f"{_fmt_bytes(full['alloc_space'] + flate['alloc_space'])}"), summary
+    assert not re.search(r"\bCPU\b|\bsamples\b", page.locator("body").inner_text())
+    # The view picker names what a comparison shows (its graph), not the table + graph it cannot show.
+    assert page.locator("#view").is_disabled() and page.locator("#view").input_value() == "graph"
+    assert "comparison" in page.locator("#view").get_attribute("title")
+    # The regression table's values are bytes too.
+    cells = page.locator("#diff-tables table").first.locator("tbody tr").first.locator("td.num").all_inner_texts()
+    assert any(re.search(r"\d (B|KiB|MiB|GiB)\b", c) for c in cells), cells
+
+    r = w.render()
+    assert r["diff"]
+    nodes = [n for n in r["nodes"] if not n["context"] and n["depth"] > 0 and n["width"] > 6]
+    hot = next(n for n in nodes if n["name"].startswith("compress/flate") and n["change"] > 0.01)
+    cold = next(n for n in nodes if n["change"] < -0.01)
+
+    def colours() -> tuple[list[int], list[int]]:
+        return _pixel(page, hot), _pixel(page, cold)
+
+    red, blue = colours()
+    assert red[0] > red[2] + 40 and blue[2] > blue[0] + 40, (red, blue)
+    # The tooltip: both sides in bytes.
+    x, y = _center(w, hot)
+    page.mouse.move(x, y)
+    tip = page.locator("#tooltip")
+    tip.wait_for(state="visible", timeout=5_000)
+    text = tip.inner_text()
+    assert re.search(r"baseline: [\d.]+ (B|KiB|MiB|GiB) \(", text) and "comparison: " in text, text
+    assert "samples" not in text and "CPU" not in text
+    # At 1280x720 (the window made smaller after loading): the tables shrink to a few rows, their values
+    # fit their cells (no p column: bytes are not tested) and the diff graph is on screen below them.
+    page.set_viewport_size({"width": 1280, "height": 720})
+    wait_js(page, "window.innerWidth === 1280 && document.querySelectorAll('#diff-tables tbody tr.more, "
+                  "#diff-tables tbody tr.less').length <= 6")
+    assert page.locator("#diff-tables th", has_text=re.compile(r"^p$")).count() == 0
+    cut = page.evaluate("Array.from(document.querySelectorAll('#diff-tables td.num'))"
+                        ".filter(c => c.scrollWidth > c.clientWidth + 1).map(c => c.textContent)")
+    assert cut == []
+    graph = page.locator("#flame").bounding_box()
+    assert graph["y"] + 3 * ROW <= 720, graph
+    assert "no significance test" in page.locator("#diff-rule").inner_text()
+    # Go's qualified names in the tables: cut in the middle (package and own name show, so rows differ), none
+    # hidden by the column's edge, the full name as the accessible name.
+    names = page.evaluate("Array.from(document.querySelectorAll('#diff-tables td.fn button')).map(b => "
+                          "({name: b.dataset.name, text: b.textContent, label: b.getAttribute('aria-label'), "
+                          "cut: b.scrollWidth > b.clientWidth + 1}))")
+    assert names and not [n for n in names if n["cut"]], names
+    assert len({n["text"] for n in names}) == len(names), [n["text"] for n in names]
+    for n in names:
+        if n["text"] != n["name"]:
+            head, _, tail = n["text"].partition("\u2026")
+            assert n["name"].startswith(head) and n["name"].endswith(tail) and n["label"] == n["name"], n
+    _shot(w, tmp_path, "heap-diff")
+    # Selecting a regression keeps red and blue.
+    page.locator("#diff-tables td.fn button").first.click()
+    wait_js(page, "window.podflame.lastRender.nodes.some(n => n.highlighted)")
+    red, blue = colours()
+    assert red[0] > red[2] + 40 and blue[2] > blue[0] + 40, (red, blue)
+
+    page.locator("#type").select_option("alloc_objects")
+    wait_js(page, "location.hash.includes('type=alloc_objects') && window.podflame.status === 'ready'")
+    wait_js(page, "document.getElementById('flame-summary').textContent.includes('objects')")
+    assert page.locator("#flame-summary").inner_text().startswith(
+        f"baseline {full['alloc_objects']:,} objects \u00b7 comparison "
+        f"{full['alloc_objects'] + flate['alloc_objects']:,} objects")
+    assert not re.search(r"\bCPU\b|\bsamples\b", page.locator(".flame-pane").inner_text())
+    w.assert_clean()
+
+
+def subprocess_out(argv: list[str]) -> bytes:
+    import subprocess
+
+    return subprocess.run(argv, capture_output=True, check=True).stdout

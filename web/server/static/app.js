@@ -6,7 +6,7 @@
 // written with textContent or DOM attribute setters, never parsed as HTML.
 
 import { fetchWithLogin } from "./auth.js";
-import { COMPARE_MODES, baselineRange, diffTable, ruleText } from "./compare.js";
+import { COMPARE_MODES, baselineRange, diffTable, fitDiffNames, ruleText } from "./compare.js";
 import { CpuChart } from "./cpuchart.js";
 import {
   FlameGraph, KIND_COLORS, MODULE_PALETTE, compileSearch, formatPercent, formatValue, isCpuType, unitWordOf,
@@ -126,7 +126,8 @@ const apiUrl = (path, params) => boot.apiUrl(API, path, params);
 
 // `params.format` "binary": the answer is web/query/treebin.py's, read by treebin.js.
 // `early`: boot.js's request for this very URL, already under way (its answer is used instead of asking again).
-async function getJSON(path, params, signal, early = null) {
+// `onHeaders`: called when the answer starts to arrive (the server has built it).
+async function getJSON(path, params, signal, early = null, onHeaders = null) {
   const url = apiUrl(path, params), init = { signal, headers: { Accept: "application/json" } };
   let resp, body = null, read = null;
   try {
@@ -142,6 +143,7 @@ async function getJSON(path, params, signal, early = null) {
     if (e.name === "AbortError") throw e;
     throw new ApiError(`cannot reach the server (${e.message}). Check that it is running and reachable, then reload.`);
   }
+  if (onHeaders) onHeaders();
   const binary = params.format === "binary" && resp.ok;  // errors are JSON whatever was asked for
   if (read) body = await read;
   else { try { body = await (binary ? resp.arrayBuffer() : resp.json()); } catch { /* reported below */ } }
@@ -382,8 +384,11 @@ const calleesGraph = new FlameGraph(els.callees, els.tooltip, { onPick: (name) =
 callersGraph.orientation = "flame";
 let source = flame;     // the graph of the payload as the server sent it (the table's data)
 let payload = null;     // the last flame-graph / diff payload
+const fmtCompact = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
+const timeOrBytes = () => currentUnit === "bytes" || currentUnit === "nanoseconds";
 const table = new FunctionTable(els.fnRows, {
-  format: (v) => (currentUnit === "bytes" || currentUnit === "nanoseconds" ? fmtValue(v) : fmtInt.format(v)),
+  format: (v) => (timeOrBytes() ? fmtValue(v) : fmtInt.format(v)),
+  formatCompact: (v) => (timeOrBytes() ? fmtValue(v) : fmtCompact.format(v)),
   onHover(name) { flame.setHighlight(name === null ? (state.fn || null) : name); hook.lastRender = flame.lastRender; },
   onSelect(name) { selectFunction(name, true); },
 });
@@ -436,7 +441,7 @@ function renderFlame(fg) {
   const unit = unitWord(fg.unit);
   if (diff) {
     els.flameSummary.textContent =
-      `baseline ${fmtInt.format(fg.base_total)} ${unit} \u00b7 comparison ${fmtInt.format(fg.comp_total)} ${unit}`;
+      `baseline ${fmtValue(fg.base_total, fg.unit, fg.type)} \u00b7 comparison ${fmtValue(fg.comp_total, fg.unit, fg.type)}`;
   } else {
     let summary = fmtValue(fg.total || 0);
     if (isCpuType(fg.type, fg.unit) && fg.period_ns) {
@@ -476,6 +481,9 @@ function applyView() {
   els.sandwich.hidden = view !== "sandwich";
   els.invert.disabled = diff;
   els.view.disabled = diff;
+  // A comparison is its graph and its tables: the picker says so instead of a view it does not show.
+  els.view.value = view;
+  els.view.title = diff ? "A comparison shows its graph, with its tables above it" : "View";
   renderLegend(diff);
 }
 
@@ -555,6 +563,14 @@ function searchFor(name) {  // a diff table's function: selected (outlined), the
 let diffAllRows = false, payloadWithAllRows = null;  // "show all" was clicked (for this diff)
 
 // The notes and tables beside a diff flame graph; null clears them.
+const diffRowsFor = (h) => (h < 760 ? 3 : h < 820 ? 4 : 8);
+let diffExtrasShown = null;  // {fg, shown}: what the tables list now
+// A window made shorter or taller lists as many rows as it would have on load (the graph stays on screen).
+window.addEventListener("resize", () => {
+  const d = diffExtrasShown;
+  if (d && d.fg && !diffAllRows && d.shown !== diffRowsFor(window.innerHeight)) renderDiffExtras(d.fg);
+});
+
 function renderDiffExtras(fg) {
   els.diffDetails.hidden = !fg;
   const notes = [];
@@ -566,15 +582,17 @@ function renderDiffExtras(fg) {
     base_total: fg.base_total, comp_total: fg.comp_total,
     regressions: (fg.regressions || []).map((r) => r.name), improvements: (fg.improvements || []).map((r) => r.name),
   };
-  if (!fg) { els.diffTables.replaceChildren(); return; }
+  if (!fg) { els.diffTables.replaceChildren(); diffExtrasShown = null; return; }
   const unit = unitWord(fg.unit), reg = fg.regressions || [], imp = fg.improvements || [];
   const parts = [];
   // Side by side and a few rows each (more on a taller screen), so graph and tables are all on screen at
   // 1280x720; "show all" lists the rest.
-  const h = window.innerHeight, shown = diffAllRows ? Infinity : h < 760 ? 3 : h < 820 ? 4 : 8;
+  const shown = diffAllRows ? Infinity : diffRowsFor(window.innerHeight);
+  diffExtrasShown = { fg, shown };
   const more = () => { diffAllRows = true; renderDiffExtras(fg); };
-  if (reg.length) parts.push(diffTable("Top regressions: more in the comparison", reg, unit, searchFor, shown, more));
-  if (imp.length) parts.push(diffTable("Top improvements: less in the comparison", imp, unit, searchFor, shown, more));
+  const flat = (v) => (fg.unit === "bytes" || fg.unit === "nanoseconds" ? fmtValue(v, fg.unit, fg.type) : fmtInt.format(v));
+  if (reg.length) parts.push(diffTable("Top regressions: more in the comparison", reg, unit, searchFor, shown, more, flat));
+  if (imp.length) parts.push(diffTable("Top improvements: less in the comparison", imp, unit, searchFor, shown, more, flat));
   if (!parts.length) {
     const p = document.createElement("p");
     p.className = "empty";
@@ -583,8 +601,9 @@ function renderDiffExtras(fg) {
     parts.push(p);
   }
   els.diffTables.replaceChildren(...parts);
+  fitDiffNames(els.diffTables);
   els.diffSummary.textContent = `Top regressions (${reg.length}) and improvements (${imp.length})`;
-  els.diffRule.textContent = ruleText(fg.rule);
+  els.diffRule.textContent = ruleText(fg.rule, fg.unit, unit);
 }
 
 function draw() {
@@ -917,7 +936,10 @@ function loadSeries() {
   });
 }
 
+let flameArriving = false;  // the graph's answer has started to arrive (reloadAll's head start)
+
 function loadFlame() {
+  flameArriving = false;
   downloadLinks();
   chartMarks();
   if (chart.data) drawChart();
@@ -925,8 +947,10 @@ function loadFlame() {
   return load("flame", async (signal) => {
     if (base && base.error) throw new Error(`cannot compare: ${base.error}`);
     const params = boot.flameParams(state);
-    const fg = base ? await getJSON("diff", { ...params, format: undefined, ...baseParams(base), limit: 20 }, signal)
-      : await getJSON("flamegraph", params, signal, boot.take(apiUrl("flamegraph", params)));
+    const arriving = () => { flameArriving = true; };
+    const fg = base ? await getJSON("diff", { ...params, format: undefined, ...baseParams(base), limit: 20 }, signal,
+      null, arriving)
+      : await getJSON("flamegraph", params, signal, boot.take(apiUrl("flamegraph", params)), arriving);
     performance.mark("pf:flame-json");
     if (!signal.aborted) await renderFlame(fg);
   }, () => {
@@ -989,7 +1013,12 @@ async function reloadAll() {
   // waits for. The list and chart ask once it is drawn, or after a head start when it is slow to build
   // (a first view of a node's day), so they never wait long; the pickers' metadata waits for the graph.
   const flameDone = loadFlame();
-  await Promise.race([flameDone, new Promise((resolve) => setTimeout(resolve, GRAPH_HEAD_START_MS))]);
+  // After the head start: when the graph's answer is already arriving it is a download and a draw away, so
+  // the others still wait (they would share the two cores and the page's thread with it); when the server is
+  // still building it, they go now.
+  const headStart = new Promise((resolve) => setTimeout(resolve, GRAPH_HEAD_START_MS))
+    .then(() => (flameArriving ? Promise.race([flameDone, new Promise((r) => setTimeout(r, 2000))]) : null));
+  await Promise.race([flameDone, headStart]);
   seriesReady = loadSeries();
   await Promise.all([seriesReady, loadChart(), flameDone.then(loadMeta)]);
   settleStatus();
@@ -1202,6 +1231,16 @@ els.fnFilter.addEventListener("input", () => {
   if (!error) table.setFilter(re);
   els.fnCount.textContent = error ? error : `${table.matching} functions`;
 });
+// Shares or values in the table's number columns; the choice is kept for the next visit.
+function showNumbers(mode) {
+  table.setShow(mode);
+  document.getElementById("fn-show-pct").setAttribute("aria-pressed", String(table.show === "pct"));
+  document.getElementById("fn-show-value").setAttribute("aria-pressed", String(table.show === "value"));
+  try { localStorage.setItem("podflame.tableNumbers", table.show); } catch { /* storage off: this visit only */ }
+}
+document.getElementById("fn-show-pct").addEventListener("click", () => showNumbers("pct"));
+document.getElementById("fn-show-value").addEventListener("click", () => showNumbers("value"));
+try { if (localStorage.getItem("podflame.tableNumbers") === "value") showNumbers("value"); } catch { /* as above */ }
 for (const b of document.querySelectorAll("#fn-table button.sort")) {
   b.addEventListener("click", () => {
     table.setSort(b.dataset.sort);
@@ -1264,6 +1303,11 @@ const resized = new ResizeObserver(() => {
   }
 });
 resized.observe(els.flameBody);
+let lastTablesWidth = 0;
+new ResizeObserver(() => {
+  const w = els.diffTables.clientWidth;
+  if (w && w !== lastTablesWidth) { lastTablesWidth = w; fitDiffNames(els.diffTables); }
+}).observe(els.diffTables);
 resized.observe(els.chartWrap);
 // The chart reads its colours from the stylesheet when it draws: draw again when the system's theme changes.
 window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => { if (chart.data) drawChart(); });

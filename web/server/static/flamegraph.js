@@ -582,7 +582,7 @@ export class FlameGraph {
     return info;
   }
 
-  _diffRows(d, i, unitWord) {
+  _diffRows(d, i, unitWord, fmt) {
     const lv = this.data.levels[d], { baseTotal, compTotal } = this.data.diff;
     const [b, c] = this.shares(d, i);
     let change = formatPoints(c - b) + " of total";
@@ -591,10 +591,10 @@ export class FlameGraph {
     else if (b) change += ` (\u00d7${(c / b).toPrecision(3)})`;
     return [
       ["name", this.nodeName(d, i)],
-      ["base", `baseline: ${fmtInt.format(lv.baseTotal[i])} ${unitWord} (${formatPercent(lv.baseTotal[i], baseTotal)})`],
-      ["comp", `comparison: ${fmtInt.format(lv.compTotal[i])} ${unitWord} (${formatPercent(lv.compTotal[i], compTotal)})`],
+      ["base", `baseline: ${fmt(lv.baseTotal[i])} (${formatPercent(lv.baseTotal[i], baseTotal)})`],
+      ["comp", `comparison: ${fmt(lv.compTotal[i])} (${formatPercent(lv.compTotal[i], compTotal)})`],
       ["change", `change: ${change}`],
-      ["self", `self: ${fmtInt.format(lv.baseSelf[i])} \u2192 ${fmtInt.format(lv.compSelf[i])} ${unitWord}`],
+      ["self", `self: ${fmt(lv.baseSelf[i])} \u2192 ${fmt(lv.compSelf[i])}`],
     ];
   }
 
@@ -606,7 +606,7 @@ export class FlameGraph {
     const nameIdx = this.data.levels[d].name[i];
     const where = this.metaOf("locations", nameIdx);
     const kind = this.metaOf("kinds", nameIdx), module = this.metaOf("modules", nameIdx);
-    const rows = this.data.diff ? this._diffRows(d, i, unitWord) : [
+    const rows = this.data.diff ? this._diffRows(d, i, unitWord, fmt) : [
       ["name", info.name],
       ...(where ? [["where", where]] : []),  // the function's hottest file:line
       ...(kind || module ? [["kind", [kind, module].filter(Boolean).join(" \u00b7 ")]] : []),

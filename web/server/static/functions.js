@@ -147,6 +147,44 @@ export function firstK(rows, cmp, k) {
 }
 export const TABLE_LIMIT = 300;  // rows drawn at once; the filter finds the rest
 
+// A long qualified name cut in its middle to `max` characters, so both ends stay readable: the
+// namespace or package it starts with and the function's own name it ends with (an end-ellipsis would
+// cut "std::__1::basic_string<char>::append" to "std::__1::basi…", the same for every method).
+// The tail gets the larger share and starts after a separator (::, ., /) when one is near.
+export function elideMiddle(name, max) {
+  if (!(max > 0) || name.length <= max) return name;
+  if (max < 6) return name.slice(0, Math.max(1, max - 1)) + "\u2026";
+  const keep = max - 1;
+  let tail = Math.ceil(keep * 0.6);
+  const from = name.length - tail, near = name.slice(from, from + Math.floor(tail / 3));
+  const sep = near.search(/::|[./:]/);
+  if (sep > 0) tail -= sep + (near.startsWith("::", sep) ? 2 : 1);
+  return name.slice(0, keep - tail) + "\u2026" + name.slice(name.length - tail);
+}
+
+const charWidths = new Map();  // font -> width of one character (the table's names are monospace)
+export function charWidth(font) {
+  let w = charWidths.get(font);
+  if (!w) {
+    const ctx = document.createElement("canvas").getContext("2d");
+    ctx.font = font;
+    w = ctx.measureText("abcdefghijklmnopqrstuvwxyz:_.<>()").width / 33 || 7;
+    charWidths.set(font, w);
+  }
+  return w;
+}
+
+// Names in `cells` (elements whose dataset.name is the full name) cut in the middle to fit `width` px.
+export function fitNamesTo(cells, width) {
+  let fit = Infinity;
+  for (const el of cells) {
+    if (fit === Infinity) fit = width > 0 ? Math.max(4, Math.floor(width / charWidth(getComputedStyle(el).font))) : Infinity;
+    const name = el.dataset.name, shown = elideMiddle(name, fit);
+    el.textContent = shown;
+    if (shown !== name) el.setAttribute("aria-label", name); else el.removeAttribute("aria-label");
+  }
+}
+
 function td(text, className) {
   const el = document.createElement("td");
   el.textContent = text;
@@ -156,19 +194,61 @@ function td(text, className) {
 
 // The function table: sorted, filtered (regular expression, as the search) and linked to the graph
 // through callbacks: onHover(name|null) while the pointer is on a row, onSelect(name) on a click.
+//
+// Numbers: the self and total columns show either the share ("pct", the default) or the value in the
+// profile's unit ("value", counts compact: "311M"), one at a time so the function's name keeps most of
+// the width; the other is in the cell's tooltip. Names longer than their column are cut in the middle
+// (full name on hover and as the cell's accessible name), again whenever the column's width changes.
 export class FunctionTable {
-  constructor(tbody, { onHover, onSelect, format }) {
+  constructor(tbody, { onHover, onSelect, format, formatCompact }) {
     this.tbody = tbody;
     this.onHover = onHover;
     this.onSelect = onSelect;
     this.format = format;  // (value) -> text in the profile's unit
+    this.formatCompact = formatCompact || format;  // (value) -> short text for the value column
     this.rows = [];
     this.total = 0;
     this.sort = "self";
     this.filter = null;
     this.selected = null;
     this.shown = [];
+    this.show = "pct";
+    this.table = tbody.closest("table");
+    this.nameHead = this.table ? this.table.querySelector("th") : null;
+    this.fitChars = Infinity;
     tbody.addEventListener("mouseleave", () => this.onHover(null));
+    if (this.nameHead && typeof ResizeObserver !== "undefined") {
+      new ResizeObserver(() => this.fitNames()).observe(this.nameHead);
+    }
+  }
+
+  setShow(mode) {
+    this.show = mode === "value" ? "value" : "pct";
+    if (this.table) this.table.classList.toggle("show-value", this.show === "value");
+    this.fitNames();
+  }
+
+  // Characters of a name that fit its column now (Infinity while the table is not laid out).
+  measure() {
+    const head = this.nameHead;
+    if (!head || !head.clientWidth) return Infinity;
+    const cell = this.tbody.querySelector("td.fn");
+    const font = cell ? getComputedStyle(cell).font : "12px monospace";
+    return Math.max(4, Math.floor((head.clientWidth - 13) / charWidth(font)));
+  }
+
+  nameCell(cell, name) {
+    const shown = elideMiddle(name, this.fitChars);
+    cell.textContent = shown;
+    cell.title = name;
+    if (shown !== name) cell.setAttribute("aria-label", name); else cell.removeAttribute("aria-label");
+  }
+
+  fitNames() {
+    const fit = this.measure();
+    if (fit === this.fitChars) return;
+    this.fitChars = fit;
+    for (const tr of this.tbody.children) if (tr.firstChild) this.nameCell(tr.firstChild, tr.dataset.name);
   }
 
   setRows(rows, total) { this.rows = rows; this.total = total; this.render(); }
@@ -201,17 +281,19 @@ export class FunctionTable {
     const trs = this.shown.map((r) => {
       const tr = document.createElement("tr");
       tr.dataset.name = r.name;
-      const fn = td(r.name, "fn");
-      fn.title = r.name;
-      const cell = (v) => {  // value and share in one cell: "600  75.0%"
+      const fn = td("", "fn");
+      this.nameCell(fn, r.name);
+      const cell = (v) => {  // value and share in one cell, one of them shown (.show-value): "600" / "75.0%"
         const c = document.createElement("td");
         c.className = "num";
         const val = document.createElement("span");
-        val.textContent = this.format(v);
+        val.className = "val";
+        val.textContent = this.formatCompact(v);
         const share = document.createElement("span");
         share.className = "pct";
         share.textContent = pct(v);
         c.append(val, share);
+        c.title = `${this.format(v)} \u00b7 ${share.textContent}`;
         return c;
       };
       tr.append(fn, cell(r.self), cell(r.total));
@@ -221,5 +303,6 @@ export class FunctionTable {
       return tr;
     });
     this.tbody.replaceChildren(...trs);
+    if (this.fitChars === Infinity && trs.length) this.fitNames();  // first rows: measure their font
   }
 }

@@ -5,6 +5,8 @@
 // (kinds, modules, locations) are built only when first asked for (`tables` answers single names).
 
 const TABLES = ["kinds", "modules", "locations"];
+// Number types of the values and table indices (the server sends the narrowest that holds them all).
+const ARRAYS = { u1: Uint8Array, u2: Uint16Array, u4: Uint32Array, f8: Float64Array };
 const align = (n) => n + (-n & 7);
 const camel = (s) => s.replace(/_([a-z])/g, (_, c) => c.toUpperCase());
 
@@ -21,13 +23,16 @@ export function decodeTree(buf) {
   const names = nb || header.levels.length ? text.decode(u8.subarray(pos, pos + nb)).split("\0") : [];
   pos = align(pos + nb);
   const tables = {};
+  const Index = ARRAYS[header.index_type || "u4"], Value = ARRAYS[header.value_type || "f8"];
+  if (!Index || !Value) throw new Error("the answer's binary tree has an unknown number type");
   for (const key of TABLES) {
-    tables[key] = { values: header.tables[key], index: new Uint32Array(buf, pos, names.length) };
-    pos = align(pos + 4 * names.length);
+    tables[key] = { values: header.tables[key], index: new Index(buf, pos, names.length) };
+    pos = align(pos + Index.BYTES_PER_ELEMENT * names.length);
   }
   const columnar = header.levels.map((n) => {
     const lv = { n };
-    for (const c of header.columns) { lv[camel(c)] = new Float64Array(buf, pos, n); pos += 8 * n; }
+    for (const c of header.columns) { lv[camel(c)] = new Value(buf, pos, n); pos += Value.BYTES_PER_ELEMENT * n; }
+    pos = align(pos);
     lv.name = new Int32Array(buf, pos, n);
     lv.parent = new Int32Array(buf, pos + 4 * n, n);
     pos = align(pos + 8 * n);
@@ -36,7 +41,7 @@ export function decodeTree(buf) {
   const tlen = dv.getUint32(buf.byteLength - 4, true);
   const tail = JSON.parse(text.decode(u8.subarray(buf.byteLength - 4 - tlen, buf.byteLength - 4)));
   const out = { ...header, ...tail, names, columnar, tables };
-  for (const k of ["levels", "columns", "names_bytes"]) delete out[k];
+  for (const k of ["levels", "columns", "names_bytes", "value_type", "index_type"]) delete out[k];
   for (const key of TABLES) {
     let list = null;
     Object.defineProperty(out, key, {
