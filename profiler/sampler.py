@@ -659,9 +659,21 @@ class _BatchReader:
     bytearrays allocated once: decoded in place with bytes.find and struct, no ctypes objects or copies."""
 
     def __init__(self, spec: MapSpec, chunk: int) -> None:
-        chunk = max(1, min(chunk, spec.max_entries))
-        self._keys = bytearray(chunk * spec.key_size)
-        self._values = bytearray(chunk * spec.value_size)
+        self._spec = spec
+        self._chunk = max(1, min(chunk, spec.max_entries))
+        self._keys = bytearray(self._chunk * spec.key_size)
+        self._values = bytearray(self._chunk * spec.value_size)
+
+    def _grow(self) -> bool:
+        """The kernel hands out whole hash buckets and answers ENOSPC, taking nothing, when one bucket
+        holds more entries than the buffers: double them (up to the map's size) so the call can be
+        repeated with the same token and no entry is lost."""
+        if self._chunk >= self._spec.max_entries:
+            return False
+        self._chunk = min(2 * self._chunk, self._spec.max_entries)
+        self._keys = bytearray(self._chunk * self._spec.key_size)
+        self._values = bytearray(self._chunk * self._spec.value_size)
+        return True
 
     def take(self, table: BpfMap) -> Iterator[tuple[bytearray, bytearray, int]]:
         """Yield (keys, values, n) per chunk; the buffers are reused, so decode before the next one."""
@@ -672,6 +684,8 @@ class _BatchReader:
                 n, done = table.lookup_and_delete_batch(self._keys, self._values, None if first else token_in,
                                                         token_out)
             except OSError as e:
+                if e.errno == errno.ENOSPC and self._grow():
+                    continue
                 raise SamplerError(f"emptying a BPF map failed: {e.strerror}") from e
             if n:
                 yield self._keys, self._values, n
