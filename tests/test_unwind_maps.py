@@ -168,3 +168,77 @@ def test_the_loader_reads_the_walkers_asks_when_they_were_counted() -> None:
     finally:
         for bm in maps.values():
             os.close(bm.fd)
+
+
+def _process_mappings(maps: dict[str, BpfMap], m: UnwindMaps, tgid: int) -> list[tuple[int, int, int, int, int]]:
+    p = m.processes[tgid]
+    assert lookup(maps["unwind_procs"], tgid, 8) == SPAN.pack(p.first, p.count)
+    return [MAPPING.unpack(lookup(maps["unwind_mappings"], p.first + i, MAPPING.size)) for i in range(p.count)]
+
+
+def _vdso_bias(pid: int) -> tuple[int, int]:
+    """(start, bias) of the process's vDSO, from its maps and its image's first PT_LOAD (read here, not
+    through the loader's ELF layer): bias = where it is mapped - where it is linked."""
+    with open(f"/proc/{pid}/maps") as f:
+        line = next(ln for ln in f if ln.rstrip().endswith("[vdso]"))
+    start = int(line.split("-")[0], 16)
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        mem.seek(start)
+        head = mem.read(4096)
+    phoff, = struct.unpack_from("<Q", head, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+    for i in range(phnum):
+        p_type, _, p_offset, p_vaddr = struct.unpack_from("<IIQQ", head, phoff + i * phentsize)
+        if p_type == 1 and p_offset == 0:
+            return start, start - p_vaddr
+    raise AssertionError("no PT_LOAD at offset 0 in the vDSO")
+
+
+def test_a_vdso_placed_once_gets_each_process_its_own_bias() -> None:
+    """The loader reads a new process's vDSO header only and reuses the table and ELF address of the one
+    it placed first: every process still gets a mapping at its own (ASLR) base with its own bias, and a
+    pid reused by a process whose vDSO is elsewhere gets the new one."""
+    import subprocess
+    import time
+
+    from profiler.unwind.build import build_table
+    from profiler.unwind.loader import NativeUnwinder
+
+    specs = {"unwind_procs": MapSpec("unwind_procs", MAP_HASH, 4, 8, 64),
+             "unwind_mappings": MapSpec("unwind_mappings", MAP_ARRAY, 4, 32, 1024),
+             "unwind_tables": MapSpec("unwind_tables", MAP_ARRAY, 4, 8, 64),
+             "unwind_rows": MapSpec("unwind_rows", MAP_ARRAY, 4, 12, 200_000),
+             "unwind_stats": MapSpec("unwind_stats", MAP_PERCPU_ARRAY, 4, 8, len(STAT_SLOTS)),
+             "unwind_stale": MapSpec("unwind_stale", MAP_HASH, 4, 1, 16),
+             "unwind_wanted": MapSpec("unwind_wanted", MAP_HASH, 16, 1, 4096)}
+    maps = {name: create_map(spec) for name, spec in specs.items()}
+    procs = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
+    try:
+        time.sleep(0.3)  # past exec
+        m = UnwindMaps(maps)
+        u = NativeUnwinder(m, build_table)
+        for p in procs:
+            u._load_process(p.pid, take_wanted=False)
+        vdso_tables = set()
+        for p in procs:
+            start, bias = _vdso_bias(p.pid)
+            got = [mp for mp in _process_mappings(maps, m, p.pid) if mp[0] == start]
+            assert len(got) == 1 and got[0][2] == bias and got[0][3] != 0xFFFF_FFFF, got
+            vdso_tables.add(got[0][3])
+        assert len(vdso_tables) == 1 and len(u._vdso_placed) == 1  # one image, built and loaded once
+        assert len({_vdso_bias(p.pid)[0] for p in procs}) == 3  # ASLR: three bases
+        # the first process's pid is taken by another process (its own vDSO base): loaded afresh
+        u._seen.pop(procs[0].pid)
+        other = subprocess.Popen(["sleep", "30"])
+        procs.append(other)
+        time.sleep(0.3)
+        u._load_process(other.pid, take_wanted=False)
+        m.remove_process(procs[0].pid)
+        start, bias = _vdso_bias(other.pid)
+        assert [mp[2] for mp in _process_mappings(maps, m, other.pid) if mp[0] == start] == [bias]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        for bm in maps.values():
+            os.close(bm.fd)

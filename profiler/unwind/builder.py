@@ -72,6 +72,10 @@ class TableSource:
                 self.stats["cache_hits"] += 1
                 return table
         if isinstance(source, bytes):
+            table = self.cache.lookup_image(source)  # the vDSO: the same image on every start of a kernel
+            if table is not None:
+                self.stats["cache_hits"] += 1
+                return table
             with self._lock:
                 return self._ask(b"i", source, None)
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)  # OSError: the file (or its process) is gone
@@ -241,7 +245,11 @@ def serve(sock: socket.socket, root: str | None, idle_s: float, recycle_mb: floa
         try:
             if kind == b"p" and not fds:
                 raise TableBuildError("a file to build came without its descriptor")
-            table = cache.get(opened) if kind == b"p" else build_table(payload)
+            if kind == b"p":
+                table = cache.get(opened)
+            else:
+                table = build_table(payload)
+                cache.store_image(payload, table)
             status, body = 0, encode(table)
         except (OSError, PodflameError) as e:
             message = str(e).replace(opened, payload.decode(errors="replace")) if opened else str(e)
