@@ -35,7 +35,10 @@ from podflame.errors import PodflameError, Unavailable
 from profiler.unwind.cache import TableCache, decode, encode
 from profiler.unwind.table import UnwindTable
 
-IDLE_S = 3.0  # a child with nothing to build this long exits (a first start's builds come in one burst)
+# A child with nothing to build this long exits. Builds come in bursts (a first start, a new workload's
+# processes, their on-demand asks over the next seconds): with 3 s a busy node's first minute started a
+# child (0.15-0.4 s of CPU, more than most builds) every few seconds; an idle child costs memory, no CPU.
+IDLE_S = 20.0
 RECYCLE_MB = 64  # a child holding more than this after a build exits (node's build leaves ~80 MB)
 BUILD_TIMEOUT_S = 120.0  # libLLVM (1.4M rows) builds in ~1-3 s; a wedged child must not stall the loader
 MAX_PAYLOAD = 256 << 20

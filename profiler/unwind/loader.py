@@ -77,6 +77,7 @@ class _Binary:
     cfi_bytes: int = 0
     no_room: bool = False  # the last ask found no room in the row budget
     deferred: bool = False  # asked for while the build budget was spent: built on a later load
+    name: str = ""  # the path a maps line gives it, for the log
 
 
 class NativeUnwinder:
@@ -293,6 +294,7 @@ class NativeUnwinder:
         binary = self._files.get(key)
         if binary is None:
             binary = self._files[key] = self._read_elf(image)
+            binary.name = "[vdso]"
         if not binary.segments:
             return None
         found = elf_address(e.start, Mapping(e.start, e.end, 0, e.path, None), binary.elf_type, binary.segments)
@@ -328,6 +330,7 @@ class NativeUnwinder:
             binary = self._files.get(identity)
             if binary is None:
                 binary = self._read_elf(path)
+                binary.name = e.clean_path
                 if len(self._files) >= self._max_files:
                     self._files.clear()
                     self._placed.clear()
@@ -424,6 +427,9 @@ class NativeUnwinder:
             self.stats["tables_built"] += 1
             binary.count, binary.rows = table.count, table.rows
             child_s = table.stats.get("cpu_ns", 0) / 1e9  # built in the builder child
+            if "cpu_ns" in table.stats:  # not found on disk: what a restart builds says what the cache missed
+                log.info("built the unwind table of %s: %d rows, %.0f ms in the build child",
+                         binary.name or source, table.count, child_s * 1000)
         except (OSError, PodflameError) as e:
             log.info("no unwind table for %s: %s", "the vDSO" if isinstance(source, bytes) else source, e)
             self.stats["tables_failed"] += 1
