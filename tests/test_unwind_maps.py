@@ -242,3 +242,91 @@ def test_a_vdso_placed_once_gets_each_process_its_own_bias() -> None:
             p.wait()
         for bm in maps.values():
             os.close(bm.fd)
+
+
+def _file_bias(pid: int, line: str) -> int:
+    """The bias of an executable maps line's mapping, from its file's program headers (read here)."""
+    fields = line.split()
+    start, offset, path = int(fields[0].split("-")[0], 16), int(fields[2], 16), fields[5]
+    lo, hi = (int(x, 16) for x in fields[0].split("-"))
+    with open(f"/proc/{pid}/map_files/{lo:x}-{hi:x}", "rb") as f:
+        head = f.read(4096)
+    e_type, = struct.unpack_from("<H", head, 0x10)
+    phoff, = struct.unpack_from("<Q", head, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+    for i in range(phnum):
+        p_type, _, p_offset, p_vaddr, _, p_filesz = struct.unpack_from("<IIQQQQ", head, phoff + i * phentsize)
+        if p_type == 1 and p_offset <= offset < p_offset + max(p_filesz, 1):
+            return 0 if e_type == 2 else start - (p_vaddr + offset - p_offset)
+    raise AssertionError(f"no PT_LOAD holds offset {offset:#x} of {path}")
+
+
+def test_each_process_of_a_known_binary_is_placed_at_its_own_base(tmp_path) -> None:
+    """A new process of binaries placed before is loaded from their PROCMAP_QUERY keys alone: every mapping
+    still gets its own process's bias (ASLR), and a binary rewritten in place (same path, device and inode,
+    so the same key) at another link address is placed afresh once a drain has passed (maintain)."""
+    import subprocess
+    import time
+
+    from profiler.unwind.build import build_table
+    from profiler.unwind.loader import NativeUnwinder
+
+    src = tmp_path / "spin.c"
+    src.write_text("#include <unistd.h>\nint main(void) { for (;;) pause(); }\n")
+    exe = tmp_path / "spin"
+
+    def build(*flags: str) -> bytes:
+        out = tmp_path / "spin.new"
+        subprocess.run(["gcc", "-O2", *flags, "-o", str(out), str(src)], check=True)
+        return out.read_bytes()
+
+    exe.write_bytes(build())
+    exe.chmod(0o755)
+    specs = {"unwind_procs": MapSpec("unwind_procs", MAP_HASH, 4, 8, 64),
+             "unwind_mappings": MapSpec("unwind_mappings", MAP_ARRAY, 4, 32, 1024),
+             "unwind_tables": MapSpec("unwind_tables", MAP_ARRAY, 4, 8, 64),
+             "unwind_rows": MapSpec("unwind_rows", MAP_ARRAY, 4, 12, 200_000),
+             "unwind_stats": MapSpec("unwind_stats", MAP_PERCPU_ARRAY, 4, 8, len(STAT_SLOTS)),
+             "unwind_stale": MapSpec("unwind_stale", MAP_HASH, 4, 1, 16),
+             "unwind_wanted": MapSpec("unwind_wanted", MAP_HASH, 16, 1, 4096)}
+    maps = {name: create_map(spec) for name, spec in specs.items()}
+    procs: list[subprocess.Popen] = []
+
+    def check(m: UnwindMaps, pid: int) -> int:
+        with open(f"/proc/{pid}/maps") as f:
+            lines = [ln for ln in f if ln.split()[1][2] == "x" and len(ln.split()) > 5 and ln.split()[5][0] == "/"]
+        loaded = {mp[0]: mp[2] for mp in _process_mappings(maps, m, pid)}
+        for line in lines:
+            start = int(line.split("-")[0], 16)
+            assert loaded[start] == _file_bias(pid, line), line
+        return len(lines)
+
+    try:
+        m = UnwindMaps(maps)
+        u = NativeUnwinder(m, build_table)
+        for _ in range(3):
+            procs.append(subprocess.Popen([str(exe)]))
+        time.sleep(0.3)
+        for p in procs:
+            u._load_process(p.pid, take_wanted=False)
+        assert all(check(m, p.pid) >= 2 for p in procs)  # the program and libc at least, each at its own base
+        for p in procs:
+            p.kill()
+            p.wait()
+        inode = exe.stat().st_ino
+        with open(exe, "r+b") as f:  # rewritten in place: linked 2 MiB higher, same inode
+            new = build("-Wl,-Ttext-segment=0x200000")
+            f.write(new)
+            f.truncate(len(new))
+        assert exe.stat().st_ino == inode
+        u.maintain()  # a drain passes
+        procs.append(subprocess.Popen([str(exe)]))
+        time.sleep(0.3)
+        u._load_process(procs[-1].pid, take_wanted=False)
+        check(m, procs[-1].pid)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        for bm in maps.values():
+            os.close(bm.fd)

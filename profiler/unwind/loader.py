@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from podflame.errors import PodflameError
 from podflame.model import Mapping
 from profiler.bpfprog import BpfMap
-from profiler.procmaps import MapsEntry, read_exec_maps
+from profiler.procmaps import ExecVma, MapsEntry, exec_entry, read_exec_maps, read_exec_vmas
 from profiler.unwind.maps import STAT_SLOTS, WANT, WANTS_TABLE, UnwindMaps
 from profiler.unwind.table import UnwindTable
 
@@ -109,7 +109,8 @@ class NativeUnwinder:
         # (device, inode, path, offset) of a maps line -> its file's identity and ELF address (of the line's
         # start in an ET_DYN file; None for ET_EXEC, loaded where linked): the same in every process mapping
         # the file, wherever ASLR put it, so a new process of known binaries costs a dict hit per line
-        self._placed: dict[tuple[str, int, str, int], tuple[tuple[int, int, int, int], int | None]] = {}
+        # (or under its PROCMAP_QUERY key: _place finds a known binary's mapping without making a maps line)
+        self._placed: dict[object, tuple[tuple[int, int, int, int], int | None]] = {}
         self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
                       "tables_too_big": 0, "tables_no_room": 0, "tables_deferred": 0, "rereads": 0, "exits": 0,
                       "cpu_ms": 0,  # the loader thread's own CPU
@@ -145,6 +146,10 @@ class NativeUnwinder:
                             self.maps.remove_process(tgid)
                             self.stats["exits"] += 1
                         self._seen.pop(tgid, None)
+                # a file rewritten in place keeps its device, inode and path, so its processes' maps lines
+                # and PROCMAP_QUERY keys: what they were placed from is stat'ed again once a drain
+                self._placed.clear()
+                self._identities.clear()
             finally:
                 self._lock.release()
         if stale:
@@ -233,34 +238,31 @@ class NativeUnwinder:
             self._take_wanted()
         wanted = self._wanted.pop(tgid, set())
         try:
-            entries = read_exec_maps(tgid, self.proc)  # PROCMAP_QUERY: executable VMAs only, on 6.11+
+            # PROCMAP_QUERY (6.11+): executable VMAs only, as keys a known binary's mapping is placed from
+            vmas: list[ExecVma] | list[MapsEntry] | None = read_exec_vmas(tgid, self.proc)
+            if vmas is None:
+                vmas = read_exec_maps(tgid, self.proc)
         except OSError:  # exited already, or a kernel thread's empty maps
             self.maps.remove_process(tgid)
             self._seen.pop(tgid, None)
             return
-        signature = tuple((e.start, e.end, e.offset, e.inode) for e in entries)
+        signature = tuple((v[0], v[1], v[2][1], v[2][4]) if isinstance(v, tuple)
+                          else (v.start, v.end, v.offset, v.inode) for v in vmas)
         retry = tgid in self._retry
         self._retry.discard(tgid)
         if self._seen.get(tgid) == signature and not wanted and not everything and not retry:
             return  # announced again (a new comm, a stale mark from JIT code) with the same mappings
         self._seen[tgid] = signature
-        mappings: list[tuple[int, int, int, object | None, int]] = []
-        try:
-            exe = os.readlink(f"{self.proc}/{tgid}/exe")
-        except OSError:
-            exe = ""
-        for e in entries[:MAX_MAPPINGS_PER_PROCESS]:
-            if e.path == "[vdso]":
-                loaded = self._vdso(tgid, e)
-            elif not e.inode or not e.path.startswith("/"):
-                continue  # anonymous (JIT) code: frame pointers
-            else:
-                # the program and the C library are on nearly every stack: theirs come at once (when
-                # small), sparing the first samples a round trip through unwind_wanted
-                eager = e.path == exe or os.path.basename(e.path).startswith("libc.so")
-                loaded = self._mapping(tgid, e, everything or e.start in wanted, eager)
-            if loaded is not None:
-                mappings.append(loaded)
+        mappings = self._place(tgid, vmas[:MAX_MAPPINGS_PER_PROCESS], wanted, everything)
+        if mappings is None:  # a name the ioctl gives otherwise than the text: the text's lines
+            try:
+                entries = read_exec_maps(tgid, self.proc)
+            except OSError:
+                self.maps.remove_process(tgid)
+                self._seen.pop(tgid, None)
+                return
+            mappings = self._place(tgid, entries[:MAX_MAPPINGS_PER_PROCESS], wanted, everything)
+            assert mappings is not None
         if any(m[3] is not None or m[4] for m in mappings):
             if self.maps.set_process(tgid, mappings):
                 self.stats["processes_loaded"] += 1
@@ -268,6 +270,49 @@ class NativeUnwinder:
                 self.stats["processes_failed"] += 1
         else:
             self.maps.remove_process(tgid)  # nothing to walk with tables: bpf_get_stack does it cheaper
+
+    def _place(self, tgid: int, vmas: list[ExecVma] | list[MapsEntry], wanted: set[int],
+               everything: bool) -> list[tuple[int, int, int, object | None, int]] | None:
+        """The (start, end, bias, binary key, flags) of each executable mapping, tables loaded as wanted;
+        None when a queried VMA's name must be read from the text. A VMA whose key was placed before (the
+        same file at the same offset: any process of a known binary) whose table is loaded, or which has
+        none, costs a dict hit: no maps line, no /proc/PID/exe, no stat."""
+        mappings: list[tuple[int, int, int, object | None, int]] = []
+        exe: str | None = None
+        binaries = self.maps.binaries
+        for v in vmas:
+            if isinstance(v, tuple):
+                start, end, qkey = v
+                placed = self._placed.get(qkey)
+                if placed is not None and (binary := self._files.get(placed[0])) is not None \
+                        and (placed[0] in binaries or binary.count == 0) and start not in wanted and not everything:
+                    identity, at = placed
+                    bias = start - (start if at is None else at)
+                    key = identity if binary.count and self.maps.binary(identity, b"") is not None else None
+                    mappings.append((start, end, bias, key, 0))
+                    continue
+                e = exec_entry(v)
+                if e is None:
+                    return None
+            else:
+                e, qkey = v, None
+            if e.path == "[vdso]":
+                loaded = self._vdso(tgid, e)
+            elif not e.inode or not e.path.startswith("/"):
+                continue  # anonymous (JIT) code: frame pointers
+            else:
+                if exe is None:
+                    try:
+                        exe = os.readlink(f"{self.proc}/{tgid}/exe")
+                    except OSError:
+                        exe = ""
+                # the program and the C library are on nearly every stack: theirs come at once (when
+                # small), sparing the first samples a round trip through unwind_wanted
+                eager = e.path == exe or os.path.basename(e.path).startswith("libc.so")
+                loaded = self._mapping(tgid, e, everything or e.start in wanted, eager, qkey)
+            if loaded is not None:
+                mappings.append(loaded)
+        return mappings
 
     def _vdso(self, tgid: int, e: MapsEntry) -> tuple[int, int, int, object | None, int] | None:
         """The vDSO (clock_gettime & co.) has no file: its image is read from the process's memory.
@@ -306,10 +351,11 @@ class NativeUnwinder:
             self._vdso_placed[(e.end - e.start, head)] = (key, vaddr)
         return e.start, e.end, e.start - vaddr, loaded, 0
 
-    def _mapping(self, tgid: int, e: MapsEntry, want: bool,
-                 eager: bool = False) -> tuple[int, int, int, object | None, int] | None:
+    def _mapping(self, tgid: int, e: MapsEntry, want: bool, eager: bool = False,
+                 qkey: object = None) -> tuple[int, int, int, object | None, int] | None:
+        """`qkey`: the VMA's PROCMAP_QUERY key, under which its placement is kept (else the line's fields)."""
         path = f"{self.proc}/{tgid}/map_files/{e.start:x}-{e.end:x}"
-        placed_key = (e.dev, e.inode, e.path, e.offset)
+        placed_key = qkey if qkey is not None else (e.dev, e.inode, e.path, e.offset)
         placed = None if e.deleted else self._placed.get(placed_key)
         if placed is not None and (binary := self._files.get(placed[0])) is not None:
             identity, at = placed
