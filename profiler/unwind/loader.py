@@ -285,12 +285,20 @@ class NativeUnwinder:
                 start, end, qkey = v
                 placed = self._placed.get(qkey)
                 if placed is not None and (binary := self._files.get(placed[0])) is not None \
-                        and (placed[0] in binaries or binary.count == 0) and start not in wanted and not everything:
+                        and start not in wanted and not everything:
                     identity, at = placed
                     bias = start - (start if at is None else at)
-                    key = identity if binary.count and self.maps.binary(identity, b"") is not None else None
-                    mappings.append((start, end, bias, key, 0))
-                    continue
+                    if identity in binaries or binary.count == 0:  # loaded, or no table
+                        key = identity if binary.count and self.maps.binary(identity, b"") is not None else None
+                        mappings.append((start, end, bias, key, 0))
+                        continue
+                    if binary.count < 0 and not (binary.deferred or binary.no_room):  # on demand: a walk asks
+                        if exe is None:
+                            exe = self._exe(tgid)
+                        if not (self._eager(binary.name, exe) and binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR
+                                <= SMALL_TABLE_ROWS):
+                            mappings.append((start, end, bias, None, WANTS_TABLE))
+                            continue
                 e = exec_entry(v)
                 if e is None:
                     return None
@@ -302,17 +310,23 @@ class NativeUnwinder:
                 continue  # anonymous (JIT) code: frame pointers
             else:
                 if exe is None:
-                    try:
-                        exe = os.readlink(f"{self.proc}/{tgid}/exe")
-                    except OSError:
-                        exe = ""
-                # the program and the C library are on nearly every stack: theirs come at once (when
-                # small), sparing the first samples a round trip through unwind_wanted
-                eager = e.path == exe or os.path.basename(e.path).startswith("libc.so")
-                loaded = self._mapping(tgid, e, everything or e.start in wanted, eager, qkey)
+                    exe = self._exe(tgid)
+                loaded = self._mapping(tgid, e, everything or e.start in wanted, self._eager(e.path, exe), qkey)
             if loaded is not None:
                 mappings.append(loaded)
         return mappings
+
+    def _exe(self, tgid: int) -> str:
+        try:
+            return os.readlink(f"{self.proc}/{tgid}/exe")
+        except OSError:
+            return ""
+
+    @staticmethod
+    def _eager(path: str, exe: str) -> bool:
+        """The program and the C library are on nearly every stack: their tables come at once (when small),
+        sparing the first samples a round trip through unwind_wanted."""
+        return path == exe or os.path.basename(path).startswith("libc.so")
 
     def _vdso(self, tgid: int, e: MapsEntry) -> tuple[int, int, int, object | None, int] | None:
         """The vDSO (clock_gettime & co.) has no file: its image is read from the process's memory.

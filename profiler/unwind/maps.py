@@ -201,9 +201,10 @@ class UnwindMaps:
         return True
 
     def remove_process(self, tgid: int) -> None:
+        """Forget `tgid`: a process never set (one that exited before it was loaded) costs no syscall."""
         old = self.processes.pop(tgid, None)
-        self._procs.delete(ct.c_uint32(tgid))
         if old is not None:
+            self._procs.delete(ct.c_uint32(tgid))
             self._release(old)
 
     def _release(self, p: ProcessMappings) -> None:
