@@ -194,8 +194,11 @@ class NativeUnwinder:
             if batch is None:
                 return
             started = time.thread_time()
-            # once a batch: a walk asking for a table later announces its process again (a next batch)
-            self._take_wanted()
+            # once a batch: a walk asking for a table announces its process again, one loaded before (so
+            # in _seen); a batch of first announcements only (most of a busy node's) has no ask to read,
+            # and maintain() sends an empty batch when the ask count moved without one
+            if not batch or any(tgid in self._seen for tgid in batch):
+                self._take_wanted()
             for tgid in dict.fromkeys([*batch, *self._wanted]):
                 try:
                     with self._lock:
