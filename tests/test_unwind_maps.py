@@ -118,11 +118,11 @@ def lookup(m: BpfMap, key: int, size: int) -> bytes:
     return value.raw
 
 
-def _unwind_maps() -> dict[str, BpfMap]:
-    specs = {"unwind_procs": MapSpec("unwind_procs", MAP_HASH, 4, 8, 16),
-             "unwind_mappings": MapSpec("unwind_mappings", MAP_ARRAY, 4, 32, 16),
-             "unwind_tables": MapSpec("unwind_tables", MAP_ARRAY, 4, 8, 4),
-             "unwind_rows": MapSpec("unwind_rows", MAP_ARRAY, 4, 12, 100),
+def _unwind_maps(procs: int = 16, mappings: int = 16, tables: int = 4, rows: int = 100) -> dict[str, BpfMap]:
+    specs = {"unwind_procs": MapSpec("unwind_procs", MAP_HASH, 4, 8, procs),
+             "unwind_mappings": MapSpec("unwind_mappings", MAP_ARRAY, 4, 32, mappings),
+             "unwind_tables": MapSpec("unwind_tables", MAP_ARRAY, 4, 8, tables),
+             "unwind_rows": MapSpec("unwind_rows", MAP_ARRAY, 4, 12, rows),
              "unwind_stats": MapSpec("unwind_stats", MAP_PERCPU_ARRAY, 4, 8, len(STAT_SLOTS)),
              "unwind_stale": MapSpec("unwind_stale", MAP_HASH, 4, 1, 16),
              "unwind_wanted": MapSpec("unwind_wanted", MAP_HASH, 16, 1, 4096)}
@@ -176,6 +176,14 @@ def _process_mappings(maps: dict[str, BpfMap], m: UnwindMaps, tgid: int) -> list
     return [MAPPING.unpack(lookup(maps["unwind_mappings"], p.first + i, MAPPING.size)) for i in range(p.count)]
 
 
+def _release(procs: list, maps: dict[str, BpfMap]) -> None:
+    for p in procs:
+        p.kill()
+        p.wait()
+    for bm in maps.values():
+        os.close(bm.fd)
+
+
 def _vdso_bias(pid: int) -> tuple[int, int]:
     """(start, bias) of the process's vDSO, from its maps and its image's first PT_LOAD (read here, not
     through the loader's ELF layer): bias = where it is mapped - where it is linked."""
@@ -204,14 +212,7 @@ def test_a_vdso_placed_once_gets_each_process_its_own_bias() -> None:
     from profiler.unwind.build import build_table
     from profiler.unwind.loader import NativeUnwinder
 
-    specs = {"unwind_procs": MapSpec("unwind_procs", MAP_HASH, 4, 8, 64),
-             "unwind_mappings": MapSpec("unwind_mappings", MAP_ARRAY, 4, 32, 1024),
-             "unwind_tables": MapSpec("unwind_tables", MAP_ARRAY, 4, 8, 64),
-             "unwind_rows": MapSpec("unwind_rows", MAP_ARRAY, 4, 12, 200_000),
-             "unwind_stats": MapSpec("unwind_stats", MAP_PERCPU_ARRAY, 4, 8, len(STAT_SLOTS)),
-             "unwind_stale": MapSpec("unwind_stale", MAP_HASH, 4, 1, 16),
-             "unwind_wanted": MapSpec("unwind_wanted", MAP_HASH, 16, 1, 4096)}
-    maps = {name: create_map(spec) for name, spec in specs.items()}
+    maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=200_000)
     procs = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
     try:
         time.sleep(0.3)  # past exec
@@ -237,11 +238,7 @@ def test_a_vdso_placed_once_gets_each_process_its_own_bias() -> None:
         start, bias = _vdso_bias(other.pid)
         assert [mp[2] for mp in _process_mappings(maps, m, other.pid) if mp[0] == start] == [bias]
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        for bm in maps.values():
-            os.close(bm.fd)
+        _release(procs, maps)
 
 
 def _file_bias(pid: int, line: str) -> int:
@@ -282,14 +279,7 @@ def test_each_process_of_a_known_binary_is_placed_at_its_own_base(tmp_path) -> N
 
     exe.write_bytes(build())
     exe.chmod(0o755)
-    specs = {"unwind_procs": MapSpec("unwind_procs", MAP_HASH, 4, 8, 64),
-             "unwind_mappings": MapSpec("unwind_mappings", MAP_ARRAY, 4, 32, 1024),
-             "unwind_tables": MapSpec("unwind_tables", MAP_ARRAY, 4, 8, 64),
-             "unwind_rows": MapSpec("unwind_rows", MAP_ARRAY, 4, 12, 200_000),
-             "unwind_stats": MapSpec("unwind_stats", MAP_PERCPU_ARRAY, 4, 8, len(STAT_SLOTS)),
-             "unwind_stale": MapSpec("unwind_stale", MAP_HASH, 4, 1, 16),
-             "unwind_wanted": MapSpec("unwind_wanted", MAP_HASH, 16, 1, 4096)}
-    maps = {name: create_map(spec) for name, spec in specs.items()}
+    maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=200_000)
     procs: list[subprocess.Popen] = []
 
     def check(m: UnwindMaps, pid: int) -> int:
@@ -329,8 +319,4 @@ def test_each_process_of_a_known_binary_is_placed_at_its_own_base(tmp_path) -> N
         u._load_process(procs[-1].pid, take_wanted=False)
         check(m, procs[-1].pid)
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        for bm in maps.values():
-            os.close(bm.fd)
+        _release(procs, maps)
