@@ -320,3 +320,41 @@ def test_each_process_of_a_known_binary_is_placed_at_its_own_base(tmp_path) -> N
         check(m, procs[-1].pid)
     finally:
         _release(procs, maps)
+
+
+def test_a_name_the_ioctl_gives_otherwise_falls_back_to_the_text_without_leaking_references(tmp_path) -> None:
+    """A VMA whose name the maps text escapes (a newline) makes the loader place the process from the text
+    instead; the references it took for the VMAs before it (placed from their keys) go back, so each
+    binary's count is the processes holding it and unused ones can be evicted."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from profiler.unwind.build import build_table
+    from profiler.unwind.loader import NativeUnwinder
+    from tests.test_procmaps import _ODD_MAPPINGS
+
+    names = [tmp_path / "first.so", tmp_path / "new\nline.so", tmp_path / "plain.so"]
+    for name in names:
+        name.write_bytes(Path("/bin/true").read_bytes())
+    plain = subprocess.Popen([sys.executable, "-c", _ODD_MAPPINGS, str(names.pop())], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", _ODD_MAPPINGS, *map(str, names)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=400_000)
+    try:
+        for p in (plain, proc):
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        m = UnwindMaps(maps)
+        u = NativeUnwinder(m, build_table)
+        u._load_process(plain.pid, everything=True, take_wanted=False)  # every table; placed by their keys
+        m.remove_process(plain.pid)
+        for _ in range(3):  # its binaries are found by their keys until the odd name sends it to the text
+            u._seen.pop(proc.pid, None)
+            u._load_process(proc.pid, take_wanted=False)
+            held = m.processes[proc.pid].binaries
+            assert held and all(m.binaries[key].refs == held.count(key) for key in m.binaries), \
+                [(key, b.refs) for key, b in m.binaries.items()]
+        assert any(len(k) == 4 for k in u._placed if isinstance(k, tuple))  # some placed from the text's lines
+    finally:
+        _release([plain, proc], maps)

@@ -303,7 +303,8 @@ class NativeUnwinder:
                             mappings.append((start, end, bias, None, WANTS_TABLE))
                             continue
                 e = exec_entry(v)
-                if e is None:
+                if e is None:  # the references taken so far go back: the caller places the text's lines
+                    self.maps.release([m[3] for m in mappings if m[3] is not None])
                     return None
             else:
                 e, qkey = v, None

@@ -207,6 +207,10 @@ class UnwindMaps:
             self._procs.delete(ct.c_uint32(tgid))
             self._release(old)
 
+    def release(self, keys: list[object]) -> None:
+        """Give back references taken with `binary` that no process will hold."""
+        self._release(ProcessMappings(0, 0, keys))
+
     def _release(self, p: ProcessMappings) -> None:
         if p.count:
             self._mapping_space.free(p.first, p.count)
