@@ -27,6 +27,7 @@ import fcntl
 import os
 import re
 import struct
+import threading
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -119,6 +120,38 @@ def read_exec_maps(pid: int, proc: str = "/proc") -> list[MapsEntry]:
         return [e for e in parse_exec_maps(text) if e.start < _GATE]
     finally:
         os.close(fd)
+
+
+ExecVma = tuple[int, int, _QueryKey]  # start, end, and what the VMA says apart from where it is
+
+
+def read_exec_vmas(pid: int, proc: str = "/proc") -> list[ExecVma] | None:
+    """The executable VMAs of `pid` as PROCMAP_QUERY answers them, keys not yet made into maps lines: a
+    reader that has seen a key (the same file at the same offset, in any process) needs nothing else
+    from it, and `exec_entry` makes the line of one it has not. None where the ioctl is missing or fails
+    (read_exec_maps reads the text then). Raises OSError when the maps cannot be opened (exited)."""
+    fd = os.open(f"{proc}/{pid}/maps", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return list(_exec_vmas(fd, bytearray(_QUERY.size), ctypes.addressof(_name_buffer())))
+    except OSError:  # ENOTTY before 6.11, ESRCH: exiting
+        return None
+    finally:
+        os.close(fd)
+
+
+def exec_entry(vma: ExecVma) -> MapsEntry | None:
+    """The maps line of a queried VMA; None for a name the text prints otherwise (read_exec_maps then)."""
+    return _queried_entry(*vma)
+
+
+_NAME_BUFFERS = threading.local()  # a name buffer per thread: the loader and the agent read at once
+
+
+def _name_buffer() -> ctypes.Array[ctypes.c_char]:
+    buf = getattr(_NAME_BUFFERS, "buf", None)
+    if buf is None:
+        buf = _NAME_BUFFERS.buf = ctypes.create_string_buffer(_NAME_MAX)
+    return buf
 
 
 def _query_exec(fd: int) -> list[MapsEntry] | None:

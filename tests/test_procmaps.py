@@ -467,9 +467,11 @@ def test_read_exec_maps_reads_every_process_as_the_text_does(tmp_path: Path) -> 
             for _ in range(3):  # a busy process may map or unmap between the two reads
                 try:
                     got, want = procmaps.read_exec_maps(pid), _exec_text(pid)
+                    vmas = procmaps.read_exec_vmas(pid)  # the loader's keys: the same lines where it makes them
                 except OSError:
                     break  # exited
-                if got == want:
+                queried = [procmaps.exec_entry(v) for v in vmas or []]
+                if got == want and (None in queried or queried == want):
                     seen += 1
                     break
             else:
@@ -479,6 +481,8 @@ def test_read_exec_maps_reads_every_process_as_the_text_does(tmp_path: Path) -> 
             got = procmaps.read_exec_maps(p.pid)
             assert got == _exec_text(p.pid) and any(e.path.startswith("/memfd:jit") for e in got)
         assert any(e.deleted and e.clean_path == odd[0] for e in procmaps.read_exec_maps(procs[0].pid))
+        vmas = procmaps.read_exec_vmas(procs[1].pid)
+        assert vmas is not None and None in [procmaps.exec_entry(v) for v in vmas]  # escaped: from the text
     finally:
         for p in procs:
             p.kill()
@@ -494,3 +498,4 @@ def test_read_exec_maps_reads_the_text_without_the_ioctl(monkeypatch) -> None:
     monkeypatch.setattr(procmaps.fcntl, "ioctl", enotty)
     got = procmaps.read_exec_maps(os.getpid())
     assert got and got == _exec_text(os.getpid())
+    assert procmaps.read_exec_vmas(os.getpid()) is None  # the loader reads the text then

@@ -45,6 +45,36 @@ def test_an_image_is_built_by_the_child(tmp_path: Path) -> None:
         with_source.close()
 
 
+def _vdso_image() -> bytes:
+    with open("/proc/self/maps") as f:
+        line = next(ln for ln in f if ln.rstrip().endswith("[vdso]"))
+    start, end = (int(x, 16) for x in line.split()[0].split("-"))
+    with open("/proc/self/mem", "rb") as mem:
+        mem.seek(start)
+        return mem.read(end - start)
+
+
+def test_the_vdso_table_is_kept_on_disk_by_its_bytes(tmp_path: Path) -> None:
+    """An agent restart finds the vDSO's table on disk and starts no build child for it (every start
+    used to); another image (another kernel's vDSO) is never answered with this one's table."""
+    image = _vdso_image()
+    first = TableSource(str(tmp_path))
+    try:
+        built = first(image)
+        assert built.count > 0 and first.stats["child_builds"] == 1
+    finally:
+        first.close()
+    restart = TableSource(str(tmp_path))
+    try:
+        again = restart(image)
+        assert again.rows == built.rows and restart.stats == {**restart.stats, "cache_hits": 1, "child_starts": 0}
+        other = Path("/bin/true").read_bytes()
+        assert restart(other).rows == build_table(other).rows != built.rows
+        assert restart.stats["child_builds"] == 1 and restart.stats["cache_hits"] == 1
+    finally:
+        restart.close()
+
+
 def test_a_bad_file_is_an_error_and_the_child_keeps_serving(tmp_path: Path) -> None:
     bad = tmp_path / "not-elf"
     bad.write_bytes(b"hello" * 100)

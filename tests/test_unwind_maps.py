@@ -118,11 +118,11 @@ def lookup(m: BpfMap, key: int, size: int) -> bytes:
     return value.raw
 
 
-def _unwind_maps() -> dict[str, BpfMap]:
-    specs = {"unwind_procs": MapSpec("unwind_procs", MAP_HASH, 4, 8, 16),
-             "unwind_mappings": MapSpec("unwind_mappings", MAP_ARRAY, 4, 32, 16),
-             "unwind_tables": MapSpec("unwind_tables", MAP_ARRAY, 4, 8, 4),
-             "unwind_rows": MapSpec("unwind_rows", MAP_ARRAY, 4, 12, 100),
+def _unwind_maps(procs: int = 16, mappings: int = 16, tables: int = 4, rows: int = 100) -> dict[str, BpfMap]:
+    specs = {"unwind_procs": MapSpec("unwind_procs", MAP_HASH, 4, 8, procs),
+             "unwind_mappings": MapSpec("unwind_mappings", MAP_ARRAY, 4, 32, mappings),
+             "unwind_tables": MapSpec("unwind_tables", MAP_ARRAY, 4, 8, tables),
+             "unwind_rows": MapSpec("unwind_rows", MAP_ARRAY, 4, 12, rows),
              "unwind_stats": MapSpec("unwind_stats", MAP_PERCPU_ARRAY, 4, 8, len(STAT_SLOTS)),
              "unwind_stale": MapSpec("unwind_stale", MAP_HASH, 4, 1, 16),
              "unwind_wanted": MapSpec("unwind_wanted", MAP_HASH, 16, 1, 4096)}
@@ -168,3 +168,193 @@ def test_the_loader_reads_the_walkers_asks_when_they_were_counted() -> None:
     finally:
         for bm in maps.values():
             os.close(bm.fd)
+
+
+def _process_mappings(maps: dict[str, BpfMap], m: UnwindMaps, tgid: int) -> list[tuple[int, int, int, int, int]]:
+    p = m.processes[tgid]
+    assert lookup(maps["unwind_procs"], tgid, 8) == SPAN.pack(p.first, p.count)
+    return [MAPPING.unpack(lookup(maps["unwind_mappings"], p.first + i, MAPPING.size)) for i in range(p.count)]
+
+
+def _release(procs: list, maps: dict[str, BpfMap]) -> None:
+    for p in procs:
+        p.kill()
+        p.wait()
+    for bm in maps.values():
+        os.close(bm.fd)
+
+
+def _vdso_bias(pid: int) -> tuple[int, int]:
+    """(start, bias) of the process's vDSO, from its maps and its image's first PT_LOAD (read here, not
+    through the loader's ELF layer): bias = where it is mapped - where it is linked."""
+    with open(f"/proc/{pid}/maps") as f:
+        line = next(ln for ln in f if ln.rstrip().endswith("[vdso]"))
+    start = int(line.split("-")[0], 16)
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        mem.seek(start)
+        head = mem.read(4096)
+    phoff, = struct.unpack_from("<Q", head, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+    for i in range(phnum):
+        p_type, _, p_offset, p_vaddr = struct.unpack_from("<IIQQ", head, phoff + i * phentsize)
+        if p_type == 1 and p_offset == 0:
+            return start, start - p_vaddr
+    raise AssertionError("no PT_LOAD at offset 0 in the vDSO")
+
+
+def test_a_vdso_placed_once_gets_each_process_its_own_bias() -> None:
+    """The loader reads a new process's vDSO header only and reuses the table and ELF address of the one
+    it placed first: every process still gets a mapping at its own (ASLR) base with its own bias, and a
+    pid reused by a process whose vDSO is elsewhere gets the new one."""
+    import subprocess
+    import time
+
+    from profiler.unwind.build import build_table
+    from profiler.unwind.loader import NativeUnwinder
+
+    maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=200_000)
+    procs = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
+    try:
+        time.sleep(0.3)  # past exec
+        m = UnwindMaps(maps)
+        u = NativeUnwinder(m, build_table)
+        for p in procs:
+            u._load_process(p.pid, take_wanted=False)
+        vdso_tables = set()
+        for p in procs:
+            start, bias = _vdso_bias(p.pid)
+            got = [mp for mp in _process_mappings(maps, m, p.pid) if mp[0] == start]
+            assert len(got) == 1 and got[0][2] == bias and got[0][3] != 0xFFFF_FFFF, got
+            vdso_tables.add(got[0][3])
+        assert len(vdso_tables) == 1 and len(u._vdso_placed) == 1  # one image, built and loaded once
+        assert len({_vdso_bias(p.pid)[0] for p in procs}) == 3  # ASLR: three bases
+        # the first process's pid is taken by another process (its own vDSO base): loaded afresh
+        u._seen.pop(procs[0].pid)
+        other = subprocess.Popen(["sleep", "30"])
+        procs.append(other)
+        time.sleep(0.3)
+        u._load_process(other.pid, take_wanted=False)
+        m.remove_process(procs[0].pid)
+        start, bias = _vdso_bias(other.pid)
+        assert [mp[2] for mp in _process_mappings(maps, m, other.pid) if mp[0] == start] == [bias]
+    finally:
+        _release(procs, maps)
+
+
+def _file_bias(pid: int, line: str) -> int:
+    """The bias of an executable maps line's mapping, from its file's program headers (read here)."""
+    fields = line.split()
+    start, offset, path = int(fields[0].split("-")[0], 16), int(fields[2], 16), fields[5]
+    lo, hi = (int(x, 16) for x in fields[0].split("-"))
+    with open(f"/proc/{pid}/map_files/{lo:x}-{hi:x}", "rb") as f:
+        head = f.read(4096)
+    e_type, = struct.unpack_from("<H", head, 0x10)
+    phoff, = struct.unpack_from("<Q", head, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+    for i in range(phnum):
+        p_type, _, p_offset, p_vaddr, _, p_filesz = struct.unpack_from("<IIQQQQ", head, phoff + i * phentsize)
+        if p_type == 1 and p_offset <= offset < p_offset + max(p_filesz, 1):
+            return 0 if e_type == 2 else start - (p_vaddr + offset - p_offset)
+    raise AssertionError(f"no PT_LOAD holds offset {offset:#x} of {path}")
+
+
+def test_each_process_of_a_known_binary_is_placed_at_its_own_base(tmp_path) -> None:
+    """A new process of binaries placed before is loaded from their PROCMAP_QUERY keys alone: every mapping
+    still gets its own process's bias (ASLR), and a binary rewritten in place (same path, device and inode,
+    so the same key) at another link address is placed afresh once a drain has passed (maintain)."""
+    import subprocess
+    import time
+
+    from profiler.unwind.build import build_table
+    from profiler.unwind.loader import NativeUnwinder
+
+    src = tmp_path / "spin.c"
+    src.write_text("#include <unistd.h>\nint main(void) { for (;;) pause(); }\n")
+    exe = tmp_path / "spin"
+
+    def build(*flags: str) -> bytes:
+        out = tmp_path / "spin.new"
+        subprocess.run(["gcc", "-O2", *flags, "-o", str(out), str(src)], check=True)
+        return out.read_bytes()
+
+    exe.write_bytes(build())
+    exe.chmod(0o755)
+    maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=200_000)
+    procs: list[subprocess.Popen] = []
+
+    def check(m: UnwindMaps, pid: int) -> int:
+        with open(f"/proc/{pid}/maps") as f:
+            lines = [ln for ln in f if ln.split()[1][2] == "x" and len(ln.split()) > 5 and ln.split()[5][0] == "/"]
+        loaded = {mp[0]: mp for mp in _process_mappings(maps, m, pid)}
+        for line in lines:
+            start = int(line.split("-")[0], 16)
+            assert loaded[start][2] == _file_bias(pid, line), line
+            if "/ld-linux" in line:  # not walked yet: no table, asked for by the first walk that needs it
+                assert loaded[start][3:] == (0xFFFF_FFFF, WANTS_TABLE), line
+            elif "/libc.so" in line or line.rstrip().endswith("/spin"):  # loaded with the process
+                assert loaded[start][3:] != (0xFFFF_FFFF, WANTS_TABLE) and loaded[start][3] != 0xFFFF_FFFF, line
+        return len(lines)
+
+    try:
+        m = UnwindMaps(maps)
+        u = NativeUnwinder(m, build_table)
+        for _ in range(3):
+            procs.append(subprocess.Popen([str(exe)]))
+        time.sleep(0.3)
+        for p in procs:
+            u._load_process(p.pid, take_wanted=False)
+        assert all(check(m, p.pid) >= 2 for p in procs)  # the program and libc at least, each at its own base
+        for p in procs:
+            p.kill()
+            p.wait()
+        inode = exe.stat().st_ino
+        with open(exe, "r+b") as f:  # rewritten in place: linked 2 MiB higher, same inode
+            new = build("-Wl,-Ttext-segment=0x200000")
+            f.write(new)
+            f.truncate(len(new))
+        assert exe.stat().st_ino == inode
+        u.maintain()  # a drain passes
+        procs.append(subprocess.Popen([str(exe)]))
+        time.sleep(0.3)
+        u._load_process(procs[-1].pid, take_wanted=False)
+        check(m, procs[-1].pid)
+    finally:
+        _release(procs, maps)
+
+
+def test_a_name_the_ioctl_gives_otherwise_falls_back_to_the_text_without_leaking_references(tmp_path) -> None:
+    """A VMA whose name the maps text escapes (a newline) makes the loader place the process from the text
+    instead; the references it took for the VMAs before it (placed from their keys) go back, so each
+    binary's count is the processes holding it and unused ones can be evicted."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from profiler.unwind.build import build_table
+    from profiler.unwind.loader import NativeUnwinder
+    from tests.test_procmaps import _ODD_MAPPINGS
+
+    names = [tmp_path / "first.so", tmp_path / "new\nline.so", tmp_path / "plain.so"]
+    for name in names:
+        name.write_bytes(Path("/bin/true").read_bytes())
+    plain = subprocess.Popen([sys.executable, "-c", _ODD_MAPPINGS, str(names.pop())], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", _ODD_MAPPINGS, *map(str, names)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=400_000)
+    try:
+        for p in (plain, proc):
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        m = UnwindMaps(maps)
+        u = NativeUnwinder(m, build_table)
+        u._load_process(plain.pid, everything=True, take_wanted=False)  # every table; placed by their keys
+        m.remove_process(plain.pid)
+        for _ in range(3):  # its binaries are found by their keys until the odd name sends it to the text
+            u._seen.pop(proc.pid, None)
+            u._load_process(proc.pid, take_wanted=False)
+            held = m.processes[proc.pid].binaries
+            assert held and all(m.binaries[key].refs == held.count(key) for key in m.binaries), \
+                [(key, b.refs) for key, b in m.binaries.items()]
+        assert any(len(k) == 4 for k in u._placed if isinstance(k, tuple))  # some placed from the text's lines
+    finally:
+        _release([plain, proc], maps)

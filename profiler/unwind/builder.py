@@ -35,7 +35,10 @@ from podflame.errors import PodflameError, Unavailable
 from profiler.unwind.cache import TableCache, decode, encode
 from profiler.unwind.table import UnwindTable
 
-IDLE_S = 3.0  # a child with nothing to build this long exits (a first start's builds come in one burst)
+# A child with nothing to build this long exits. Builds come in bursts (a first start, a new workload's
+# processes, their on-demand asks over the next seconds): with 3 s a busy node's first minute started a
+# child (0.15-0.4 s of CPU, more than most builds) every few seconds; an idle child costs memory, no CPU.
+IDLE_S = 20.0
 RECYCLE_MB = 64  # a child holding more than this after a build exits (node's build leaves ~80 MB)
 BUILD_TIMEOUT_S = 120.0  # libLLVM (1.4M rows) builds in ~1-3 s; a wedged child must not stall the loader
 MAX_PAYLOAD = 256 << 20
@@ -72,6 +75,10 @@ class TableSource:
                 self.stats["cache_hits"] += 1
                 return table
         if isinstance(source, bytes):
+            table = self.cache.lookup_image(source)  # the vDSO: the same image on every start of a kernel
+            if table is not None:
+                self.stats["cache_hits"] += 1
+                return table
             with self._lock:
                 return self._ask(b"i", source, None)
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)  # OSError: the file (or its process) is gone
@@ -241,7 +248,11 @@ def serve(sock: socket.socket, root: str | None, idle_s: float, recycle_mb: floa
         try:
             if kind == b"p" and not fds:
                 raise TableBuildError("a file to build came without its descriptor")
-            table = cache.get(opened) if kind == b"p" else build_table(payload)
+            if kind == b"p":
+                table = cache.get(opened)
+            else:
+                table = build_table(payload)
+                cache.store_image(payload, table)
             status, body = 0, encode(table)
         except (OSError, PodflameError) as e:
             message = str(e).replace(opened, payload.decode(errors="replace")) if opened else str(e)

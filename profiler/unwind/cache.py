@@ -3,15 +3,18 @@
 Layout: `<root>/unwind/v<FORMAT>/<key[-2:]>/<key>.tbl` beside the symbol cache (root defaults to
 $PODFLAME_SYMBOL_CACHE). The key is the build id (it names exactly one binary, so an entry never
 goes stale), else the file's identity (device, inode, size, mtime_ns): a rebuilt binary without a
-build id gets a new key. Entries are written to a temporary name and renamed (a crash leaves no
-torn file) and carry a checksum: an entry that does not verify is rebuilt and rewritten. Not
-pickles: the agent reads these files as plain bytes. The total is bounded by `max_bytes`, least
-recently used entries (by mtime, touched on use) dropped first.
+build id gets a new key. An ELF image without a file (the vDSO, read from a process's memory) is keyed
+by a hash of its bytes: every agent start used to build it again, and so start a build child for it.
+Entries are written to a temporary name and renamed (a crash leaves no torn file) and carry a checksum:
+an entry that does not verify is rebuilt and rewritten. Not pickles: the agent reads these files as
+plain bytes. The total is bounded by `max_bytes`, least recently used entries (by mtime, touched on use)
+dropped first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import struct
 import tempfile
@@ -78,6 +81,12 @@ class TableCache:
             return "".join(c for c in build_id.lower() if c in "0123456789abcdef"), build_id, identity
         return "id-" + "-".join(str(v) for v in identity), None, identity
 
+    @staticmethod
+    def image_key(image: bytes) -> str:
+        """The cache key of an ELF image without a file: its content, so another kernel's vDSO (or any
+        other image) never reads this one's table."""
+        return "img-" + hashlib.sha256(image).hexdigest()
+
     def _file(self, key: str) -> str:
         assert self.root is not None
         return os.path.join(self.root, key[-2:], key + ".tbl")
@@ -88,6 +97,18 @@ class TableCache:
         if self.root is None:
             return None
         key, build_id, identity = self.key(path)
+        return self._read(key, build_id, identity)
+
+    def lookup_image(self, image: bytes) -> UnwindTable | None:
+        """The table stored for this ELF image (`image_key`), or None."""
+        return self._read(self.image_key(image), None, None) if self.root is not None else None
+
+    def store_image(self, image: bytes, table: UnwindTable) -> None:
+        if self.root is not None:
+            self._write(self._file(self.image_key(image)), encode(table))
+
+    def _read(self, key: str, build_id: str | None,
+              identity: tuple[int, int, int, int] | None) -> UnwindTable | None:
         file = self._file(key)
         try:
             with open(file, "rb") as f:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from podflame.errors import PodflameError
 from podflame.model import Mapping
 from profiler.bpfprog import BpfMap
-from profiler.procmaps import MapsEntry, read_exec_maps
+from profiler.procmaps import ExecVma, MapsEntry, exec_entry, read_exec_maps, read_exec_vmas
 from profiler.unwind.maps import STAT_SLOTS, WANT, WANTS_TABLE, UnwindMaps
 from profiler.unwind.table import UnwindTable
 
@@ -77,6 +77,7 @@ class _Binary:
     cfi_bytes: int = 0
     no_room: bool = False  # the last ask found no room in the row budget
     deferred: bool = False  # asked for while the build budget was spent: built on a later load
+    name: str = ""  # the path a maps line gives it, for the log
 
 
 class NativeUnwinder:
@@ -96,6 +97,8 @@ class NativeUnwinder:
         # process maps ~50 files, and a stat of each for every new process was most of loading it
         self._identities: dict[tuple[str, int, str], tuple[int, int, int, int]] = {}
         self._files: dict[object, _Binary] = {}  # by file identity, or ("vdso", hash of its image)
+        # (size, first 64 bytes) of a vDSO mapping -> its key in _files and the ELF address of its start
+        self._vdso_placed: dict[tuple[int, bytes], tuple[object, int]] = {}
         self._max_files = max_files
         self._lock = threading.Lock()  # maps + files: the worker and maintain() share them
         self._queue: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
@@ -106,7 +109,8 @@ class NativeUnwinder:
         # (device, inode, path, offset) of a maps line -> its file's identity and ELF address (of the line's
         # start in an ET_DYN file; None for ET_EXEC, loaded where linked): the same in every process mapping
         # the file, wherever ASLR put it, so a new process of known binaries costs a dict hit per line
-        self._placed: dict[tuple[str, int, str, int], tuple[tuple[int, int, int, int], int | None]] = {}
+        # (or under its PROCMAP_QUERY key: _place finds a known binary's mapping without making a maps line)
+        self._placed: dict[object, tuple[tuple[int, int, int, int], int | None]] = {}
         self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
                       "tables_too_big": 0, "tables_no_room": 0, "tables_deferred": 0, "rereads": 0, "exits": 0,
                       "cpu_ms": 0,  # the loader thread's own CPU
@@ -142,6 +146,10 @@ class NativeUnwinder:
                             self.maps.remove_process(tgid)
                             self.stats["exits"] += 1
                         self._seen.pop(tgid, None)
+                # a file rewritten in place keeps its device, inode and path, so its processes' maps lines
+                # and PROCMAP_QUERY keys: what they were placed from is stat'ed again once a drain
+                self._placed.clear()
+                self._identities.clear()
             finally:
                 self._lock.release()
         if stale:
@@ -186,8 +194,11 @@ class NativeUnwinder:
             if batch is None:
                 return
             started = time.thread_time()
-            # once a batch: a walk asking for a table later announces its process again (a next batch)
-            self._take_wanted()
+            # once a batch: a walk asking for a table announces its process again, one loaded before (so
+            # in _seen); a batch of first announcements only (most of a busy node's) has no ask to read,
+            # and maintain() sends an empty batch when the ask count moved without one
+            if not batch or any(tgid in self._seen for tgid in batch):
+                self._take_wanted()
             for tgid in dict.fromkeys([*batch, *self._wanted]):
                 try:
                     with self._lock:
@@ -230,34 +241,31 @@ class NativeUnwinder:
             self._take_wanted()
         wanted = self._wanted.pop(tgid, set())
         try:
-            entries = read_exec_maps(tgid, self.proc)  # PROCMAP_QUERY: executable VMAs only, on 6.11+
+            # PROCMAP_QUERY (6.11+): executable VMAs only, as keys a known binary's mapping is placed from
+            vmas: list[ExecVma] | list[MapsEntry] | None = read_exec_vmas(tgid, self.proc)
+            if vmas is None:
+                vmas = read_exec_maps(tgid, self.proc)
         except OSError:  # exited already, or a kernel thread's empty maps
             self.maps.remove_process(tgid)
             self._seen.pop(tgid, None)
             return
-        signature = tuple((e.start, e.end, e.offset, e.inode) for e in entries)
+        signature = tuple((v[0], v[1], v[2][1], v[2][4]) if isinstance(v, tuple)
+                          else (v.start, v.end, v.offset, v.inode) for v in vmas)
         retry = tgid in self._retry
         self._retry.discard(tgid)
         if self._seen.get(tgid) == signature and not wanted and not everything and not retry:
             return  # announced again (a new comm, a stale mark from JIT code) with the same mappings
         self._seen[tgid] = signature
-        mappings: list[tuple[int, int, int, object | None, int]] = []
-        try:
-            exe = os.readlink(f"{self.proc}/{tgid}/exe")
-        except OSError:
-            exe = ""
-        for e in entries[:MAX_MAPPINGS_PER_PROCESS]:
-            if e.path == "[vdso]":
-                loaded = self._vdso(tgid, e)
-            elif not e.inode or not e.path.startswith("/"):
-                continue  # anonymous (JIT) code: frame pointers
-            else:
-                # the program and the C library are on nearly every stack: theirs come at once (when
-                # small), sparing the first samples a round trip through unwind_wanted
-                eager = e.path == exe or os.path.basename(e.path).startswith("libc.so")
-                loaded = self._mapping(tgid, e, everything or e.start in wanted, eager)
-            if loaded is not None:
-                mappings.append(loaded)
+        mappings = self._place(tgid, vmas[:MAX_MAPPINGS_PER_PROCESS], wanted, everything)
+        if mappings is None:  # a name the ioctl gives otherwise than the text: the text's lines
+            try:
+                entries = read_exec_maps(tgid, self.proc)
+            except OSError:
+                self.maps.remove_process(tgid)
+                self._seen.pop(tgid, None)
+                return
+            mappings = self._place(tgid, entries[:MAX_MAPPINGS_PER_PROCESS], wanted, everything)
+            assert mappings is not None
         if any(m[3] is not None or m[4] for m in mappings):
             if self.maps.set_process(tgid, mappings):
                 self.stats["processes_loaded"] += 1
@@ -266,31 +274,106 @@ class NativeUnwinder:
         else:
             self.maps.remove_process(tgid)  # nothing to walk with tables: bpf_get_stack does it cheaper
 
+    def _place(self, tgid: int, vmas: list[ExecVma] | list[MapsEntry], wanted: set[int],
+               everything: bool) -> list[tuple[int, int, int, object | None, int]] | None:
+        """The (start, end, bias, binary key, flags) of each executable mapping, tables loaded as wanted;
+        None when a queried VMA's name must be read from the text. A VMA whose key was placed before (the
+        same file at the same offset: any process of a known binary) whose table is loaded, or which has
+        none, costs a dict hit: no maps line, no /proc/PID/exe, no stat."""
+        mappings: list[tuple[int, int, int, object | None, int]] = []
+        exe: str | None = None
+        binaries = self.maps.binaries
+        for v in vmas:
+            if isinstance(v, tuple):
+                start, end, qkey = v
+                placed = self._placed.get(qkey)
+                if placed is not None and (binary := self._files.get(placed[0])) is not None \
+                        and start not in wanted and not everything:
+                    identity, at = placed
+                    bias = start - (start if at is None else at)
+                    if identity in binaries or binary.count == 0:  # loaded, or no table
+                        key = identity if binary.count and self.maps.binary(identity, b"") is not None else None
+                        mappings.append((start, end, bias, key, 0))
+                        continue
+                    if binary.count < 0 and not (binary.deferred or binary.no_room):  # on demand: a walk asks
+                        if exe is None:
+                            exe = self._exe(tgid)
+                        if not (self._eager(binary.name, exe) and binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR
+                                <= SMALL_TABLE_ROWS):
+                            mappings.append((start, end, bias, None, WANTS_TABLE))
+                            continue
+                e = exec_entry(v)
+                if e is None:  # the references taken so far go back: the caller places the text's lines
+                    self.maps.release([m[3] for m in mappings if m[3] is not None])
+                    return None
+            else:
+                e, qkey = v, None
+            if e.path == "[vdso]":
+                loaded = self._vdso(tgid, e)
+            elif not e.inode or not e.path.startswith("/"):
+                continue  # anonymous (JIT) code: frame pointers
+            else:
+                if exe is None:
+                    exe = self._exe(tgid)
+                loaded = self._mapping(tgid, e, everything or e.start in wanted, self._eager(e.path, exe), qkey)
+            if loaded is not None:
+                mappings.append(loaded)
+        return mappings
+
+    def _exe(self, tgid: int) -> str:
+        try:
+            return os.readlink(f"{self.proc}/{tgid}/exe")
+        except OSError:
+            return ""
+
+    @staticmethod
+    def _eager(path: str, exe: str) -> bool:
+        """The program and the C library are on nearly every stack: their tables come at once (when small),
+        sparing the first samples a round trip through unwind_wanted."""
+        return path == exe or os.path.basename(path).startswith("libc.so")
+
     def _vdso(self, tgid: int, e: MapsEntry) -> tuple[int, int, int, object | None, int] | None:
         """The vDSO (clock_gettime & co.) has no file: its image is read from the process's memory.
         Every process of a kernel maps the same image, so it is built and loaded once (always: it is
-        a few hundred rows)."""
+        a few hundred rows). A process whose vDSO has the size and ELF header of one already placed gets
+        that one's table and bias from the first 64 bytes (the whole image is read again only when its
+        rows must be loaded): reading and hashing the image cost each new process ~30 us."""
         try:
-            with open(f"{self.proc}/{tgid}/mem", "rb") as f:
-                f.seek(e.start)
-                image = f.read(min(e.end - e.start, 1 << 20))
+            fd = os.open(f"{self.proc}/{tgid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            head = os.pread(fd, 64, e.start)
+            placed = self._vdso_placed.get((e.end - e.start, head))
+            if placed is not None and placed[0] in self.maps.binaries:
+                key, vaddr = placed
+                return e.start, e.end, e.start - vaddr, self._load_rows(key, self._files[key], b""), 0
+            image = os.pread(fd, min(e.end - e.start, 1 << 20), e.start)
         except (OSError, ValueError, OverflowError):
             return None
+        finally:
+            os.close(fd)
         key = ("vdso", hash(image))
         binary = self._files.get(key)
         if binary is None:
             binary = self._files[key] = self._read_elf(image)
+            binary.name = "[vdso]"
         if not binary.segments:
             return None
-        vaddr = elf_address(e.start, Mapping(e.start, e.end, 0, e.path, None), binary.elf_type, binary.segments)
-        if vaddr is None:
+        found = elf_address(e.start, Mapping(e.start, e.end, 0, e.path, None), binary.elf_type, binary.segments)
+        if found is None:
             return None
-        return e.start, e.end, e.start - vaddr, self._load_rows(key, binary, image), 0
+        vaddr = found
+        loaded = self._load_rows(key, binary, image)
+        if loaded is not None and binary.elf_type != ET_EXEC:  # ET_DYN: the same ELF address at any base
+            self._vdso_placed[(e.end - e.start, head)] = (key, vaddr)
+        return e.start, e.end, e.start - vaddr, loaded, 0
 
-    def _mapping(self, tgid: int, e: MapsEntry, want: bool,
-                 eager: bool = False) -> tuple[int, int, int, object | None, int] | None:
+    def _mapping(self, tgid: int, e: MapsEntry, want: bool, eager: bool = False,
+                 qkey: object = None) -> tuple[int, int, int, object | None, int] | None:
+        """`qkey`: the VMA's PROCMAP_QUERY key, under which its placement is kept (else the line's fields)."""
         path = f"{self.proc}/{tgid}/map_files/{e.start:x}-{e.end:x}"
-        placed_key = (e.dev, e.inode, e.path, e.offset)
+        placed_key = qkey if qkey is not None else (e.dev, e.inode, e.path, e.offset)
         placed = None if e.deleted else self._placed.get(placed_key)
         if placed is not None and (binary := self._files.get(placed[0])) is not None:
             identity, at = placed
@@ -311,9 +394,11 @@ class NativeUnwinder:
             binary = self._files.get(identity)
             if binary is None:
                 binary = self._read_elf(path)
+                binary.name = e.clean_path
                 if len(self._files) >= self._max_files:
                     self._files.clear()
                     self._placed.clear()
+                    self._vdso_placed.clear()
                 self._files[identity] = binary
             mapping = Mapping(e.start, e.end, e.offset, e.clean_path, None)
             found = elf_address(e.start, mapping, binary.elf_type, binary.segments)
@@ -406,6 +491,9 @@ class NativeUnwinder:
             self.stats["tables_built"] += 1
             binary.count, binary.rows = table.count, table.rows
             child_s = table.stats.get("cpu_ns", 0) / 1e9  # built in the builder child
+            if "cpu_ns" in table.stats:  # not found on disk: what a restart builds says what the cache missed
+                log.info("built the unwind table of %s: %d rows, %.0f ms in the build child",
+                         binary.name or source, table.count, child_s * 1000)
         except (OSError, PodflameError) as e:
             log.info("no unwind table for %s: %s", "the vDSO" if isinstance(source, bytes) else source, e)
             self.stats["tables_failed"] += 1

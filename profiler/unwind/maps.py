@@ -201,10 +201,15 @@ class UnwindMaps:
         return True
 
     def remove_process(self, tgid: int) -> None:
+        """Forget `tgid`: a process never set (one that exited before it was loaded) costs no syscall."""
         old = self.processes.pop(tgid, None)
-        self._procs.delete(ct.c_uint32(tgid))
         if old is not None:
+            self._procs.delete(ct.c_uint32(tgid))
             self._release(old)
+
+    def release(self, keys: list[object]) -> None:
+        """Give back references taken with `binary` that no process will hold."""
+        self._release(ProcessMappings(0, 0, keys))
 
     def _release(self, p: ProcessMappings) -> None:
         if p.count:
