@@ -37,7 +37,11 @@ Python frames off for tables at 19 Hz plain; `--cell-duration` seconds measured 
 
 Where the agent's own time goes: `--where` records the agent with py-spy (`py-spy record --pid`, 50 Hz,
 native frames off, active threads only) over the measured window and prints the shares of its CPU per part
-(drain, maps refresh, symbolize, unwind tables, Python frames, upload, other).
+(drain, maps refresh, symbolize, unwind tables, Python frames, upload, other). py-spy counts a thread that
+waits for a CPU as busy (the watcher's poll and the loader's queue on a loaded machine), so every run
+also prints the agent's steady CPU seconds per thread from /proc/PID/task (`steady_cpu_s_by_thread`):
+pf-agent drains, symbolizes and uploads, pf-unwind loads tables, pf-new-processe reads new processes,
+"children" is the table builder.
 """
 
 from __future__ import annotations
@@ -76,6 +80,43 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return sum(int(x) for x in fields[11:15]) / TICK + sum(cpu_seconds(c) for c in TreeRss._children(pid))
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """tid -> (the thread's kernel name, its utime + stime): the agent names its threads (pf-agent is the
+    drain, pf-unwind the table loader, pf-new-processe the watcher), so this splits its CPU without a
+    profiler, and without counting a thread that waits for a CPU as busy, as a sampling profiler does."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                comm = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                out[int(task.name)] = ("main" if int(task.name) == pid else comm,
+                                       (int(fields[11]) + int(fields[12])) / TICK)
+    return out
+
+
+def own_cpu(pid: int) -> float:
+    """utime + stime of the process itself, every thread that ever ran in it, no children."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def cpu_by_thread(start: tuple[dict[int, tuple[str, float]], float, float],
+                  end: tuple[dict[int, tuple[str, float]], float, float]) -> dict[str, float]:
+    """Seconds per thread name over a window, from (thread_cpu, own_cpu, cpu_seconds) at each end:
+    "exited threads" is what threads gone by the end used, "children" the table builder's."""
+    (t0, own0, all0), (t1, own1, all1) = start, end
+    out: dict[str, float] = {}
+    for tid, (name, cpu) in t1.items():
+        out[name] = out.get(name, 0.0) + cpu - (t0[tid][1] if tid in t0 else 0.0)
+    out["exited threads"] = max(0.0, (own1 - own0) - sum(out.values()))
+    out["children"] = max(0.0, (all1 - all0) - (own1 - own0))
+    return {k: round(v, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -439,6 +480,7 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     ready_at = wait_for_line(tmp / "log.txt", "podflame agent: sampling", timeout=300)
     time.sleep(max(0.0, started_at + args.startup - time.monotonic(), ready_at + FIRST_DRAIN_S - time.monotonic()))
     start_cpu = {"podflame": cpu_seconds(ours.pid), "profile-bpfcc": cpu_seconds(theirs.pid)}
+    start_threads = (thread_cpu(ours.pid), own_cpu(ours.pid), start_cpu["podflame"])
     t_steady = time.monotonic()
     spy = None
     if args.where:
@@ -457,6 +499,7 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     if churn is not None:
         churn.stop()
     end_cpu = {"podflame": cpu_seconds(ours.pid), "profile-bpfcc": cpu_seconds(theirs.pid)}
+    threads = cpu_by_thread(start_threads, (thread_cpu(ours.pid), own_cpu(ours.pid), end_cpu["podflame"]))
     rss = {"podflame": peak_rss_mb(ours.pid), "profile-bpfcc": peak_rss_mb(theirs.pid)}
     main_hwm = dict(rss)  # each tool's own process, without children
     steady_wall = time.monotonic() - t_steady
@@ -504,6 +547,9 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     result["cpu_ratio_steady"] = round(ours_r["steady_core_pct"] / theirs_r["steady_core_pct"], 3) \
         if theirs_r["steady_core_pct"] >= 0.05 else None
     result["steady_target_met"] = ours_r["steady_core_pct"] < (1.0 if args.frequency <= 19 else 2.0)
+    ours_r["steady_cpu_s_by_thread"] = threads
+    print("the agent's steady CPU by thread: " + ", ".join(f"{k} {v:.2f}s" for k, v in threads.items()),
+          file=sys.stderr)
     if spy is not None:
         result["where"] = where_time_goes(tmp / "agent.folded")
         print("where the agent's time goes: " + ", ".join(f"{k} {v:.1%}" for k, v in result["where"].items()

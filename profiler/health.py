@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 from podflame.errors import Unavailable
+from podflame.threads import daemon_thread
 
 
 class _Drains(Protocol):
@@ -102,5 +103,5 @@ def serve_agent_http(host: str, port: int, health: AgentHealth) -> ThreadingHTTP
     except OSError as e:
         raise Unavailable(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="podflame-metrics", daemon=True).start()
+    daemon_thread(server.serve_forever, "podflame-metrics").start()
     return server

@@ -43,6 +43,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from podflame.threads import daemon_thread
+
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
@@ -383,7 +385,7 @@ class KubeMetadata:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="podflame-kube", daemon=True)
+            self._thread = daemon_thread(self._run, "podflame-kube")
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:

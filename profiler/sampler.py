@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from bpf import SOURCE_DIR, expanded_source
 from podflame.errors import SystemUnsupported
+from podflame.threads import daemon_thread
 from profiler.bpfcompile import CompileError, compile_in_child
 from profiler.bpfprog import (
     PERF_COUNT_SW_CPU_CLOCK,
@@ -488,7 +489,7 @@ class Sampler:
                                 log.exception("new-process callback failed")
 
             self._watching = True
-            self._watcher = threading.Thread(target=poll, name="podflame-new-processes", daemon=True)
+            self._watcher = daemon_thread(poll, "podflame-new-processes")
             self._watcher.start()
 
     def close(self) -> None:

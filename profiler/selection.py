@@ -23,6 +23,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Protocol
 
+from podflame.threads import daemon_thread
 from profiler.kube import MIRROR_ANNOTATION, PodSelection, pod_cgroup_ids
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class PodCgroupFilter:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="podflame-selection", daemon=True)
+            self._thread = daemon_thread(self._run, "podflame-selection")
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -5,10 +5,10 @@ drain loop in a thread. What `podflame agent` and `podflame up` run; the CLI onl
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 
 from podflame.errors import InvalidInput
+from podflame.threads import daemon_thread
 from profiler.health import AgentHealth
 from profiler.kube import PodSelection
 
@@ -68,7 +68,7 @@ def start_agent(server_url: str, frequency: int, interval: float, node: str | No
     symbolizer = Symbolizer(ctx.maps)
     uploader = Uploader(server_url, node=ctx.node, token_file=token_file, ca_file=ca_file)
     agent = Agent(sampler, ctx, symbolizer, uploader, pod_labels=KubeletLabels(kube), interval=interval)
-    thread = threading.Thread(target=agent.run, name="podflame-agent", daemon=True)
+    thread = daemon_thread(agent.run, "podflame-agent")
     thread.start()
     if health is not None:
         health.attach(agent, thread, kube)

@@ -14,6 +14,7 @@ from pathlib import Path
 from podflame import pprof
 from podflame.errors import InvalidInput
 from podflame.model import Profile
+from podflame.threads import daemon_thread
 from profiler import metrics
 
 log = logging.getLogger("podflame.upload")
@@ -44,7 +45,7 @@ class Uploader:
         self.max_backlog = max_backlog
         self._cond = threading.Condition()
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name="podflame-upload", daemon=True)
+        self._thread = daemon_thread(self._run, "podflame-upload")
         self._thread.start()
 
     def __call__(self, profiles: list[Profile]) -> None:

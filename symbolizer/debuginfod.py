@@ -33,6 +33,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from podflame.threads import daemon_thread
 from symbolizer.elf import read_build_id
 
 log = logging.getLogger("podflame.debuginfod")
@@ -120,7 +121,7 @@ class Debuginfod:
             self._pending.add(build_id)
             self._stats["requests"] += 1
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="podflame-debuginfod", daemon=True)
+                self._thread = daemon_thread(self._run, "podflame-debuginfod")
                 self._thread.start()
         self._queue.put(build_id)
         return True

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from podflame.errors import PodflameError
 from podflame.model import Mapping
+from podflame.threads import daemon_thread
 from profiler.bpfprog import BpfMap
 from profiler.procmaps import ExecVma, MapsEntry, exec_entry, read_exec_maps, read_exec_vmas
 from profiler.unwind.maps import STAT_SLOTS, WANT, WANTS_TABLE, UnwindMaps
@@ -122,7 +123,7 @@ class NativeUnwinder:
         warm = getattr(self.table_source, "warm", None)
         if warm is not None:
             warm()  # a first start's builds are about to come
-        self._worker = threading.Thread(target=self._run, name="podflame-unwind", daemon=True)
+        self._worker = daemon_thread(self._run, "podflame-unwind")
         self._worker.start()
 
     def announce(self, tgids: Iterable[int]) -> None:
