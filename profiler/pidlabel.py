@@ -12,6 +12,7 @@ process that has run for `min_age_s` keeps its pid. Nothing is dropped: only the
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -29,6 +30,11 @@ class StartTimes(Protocol):
 
 
 def _boot_time_ns(proc: str) -> int:
+    """The wall-clock time of boot, which start times (ticks after boot) are counted from. The kernel's
+    own clocks give it to the microsecond; /proc/stat's btime is whole seconds (up to 1 s early), kept
+    for a /proc of another root."""
+    if proc == "/proc":
+        return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
     with open(f"{proc}/stat") as f:
         for line in f:
             if line.startswith("btime "):
