@@ -370,6 +370,9 @@ def main() -> None:
     ap.add_argument("--only", default="",
                     help="--matrix: only cells whose label contains one of these (comma-separated, e.g. "
                          "'auto 19 Hz,python8')")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep each run's folder (agent and server logs, profile-bpfcc's stacks, the store); "
+                         "a failed run always keeps it")
     ap.add_argument("--where", action="store_true",
                     help="record the agent with py-spy over the measured window: shares of its CPU per part")
     args = ap.parse_args()
@@ -561,6 +564,11 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
               f"samples {r['samples']}/{result['expected_samples']} ({100 * (r['capture_ratio'] or 0):.1f}%)",
               file=sys.stderr)
     print(f"whole-run CPU, ours / profile-bpfcc: {result['cpu_ratio_total']}", file=sys.stderr)
+    log.close()
+    if args.keep:
+        print(f"logs, folded stacks and the store of this run: {tmp}", file=sys.stderr)
+    else:  # a matrix is 20+ runs: their stores and logs must not pile up under /tmp
+        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
