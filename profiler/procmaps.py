@@ -106,14 +106,15 @@ _PERMS = {flags: "".join(c if flags & bit else "-" for bit, c in ((1, "r"), (2, 
           + ("s" if flags & 8 else "p") for flags in range(16)}
 
 
-def read_exec_maps(pid: int, proc: str = "/proc") -> list[MapsEntry]:
+def read_exec_maps(pid: int, proc: str = "/proc", query: bool = True) -> list[MapsEntry]:
     """The executable mappings of `pid`, as `parse_exec_maps` reads them from the text, without the gate
     area ([vsyscall], no VMA). On Linux 6.11+ asked for with PROCMAP_QUERY (only executable VMAs: a
     Python process's text has ~5 lines for each of them); the text where the ioctl is missing or a name
-    would read otherwise there. Raises OSError when the maps cannot be read (the process exited)."""
+    would read otherwise there, or at once with `query=False` (a caller whose own query just said so).
+    Raises OSError when the maps cannot be read (the process exited)."""
     fd = os.open(f"{proc}/{pid}/maps", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        found = _query_exec(fd)
+        found = _query_exec(fd) if query else None
         if found is not None:
             return found
         text = _read_fd(fd, 1 << 16).decode(errors="surrogateescape")
@@ -156,10 +157,9 @@ def _name_buffer() -> ctypes.Array[ctypes.c_char]:
 
 def _query_exec(fd: int) -> list[MapsEntry] | None:
     """Executable VMAs by PROCMAP_QUERY, None when the text must be read instead (see read_exec_maps)."""
-    name = ctypes.create_string_buffer(_NAME_MAX)
     out: list[MapsEntry] = []
     try:
-        for start, end, key in _exec_vmas(fd, bytearray(_QUERY.size), ctypes.addressof(name)):
+        for start, end, key in _exec_vmas(fd, bytearray(_QUERY.size), ctypes.addressof(_name_buffer())):
             e = _queried_entry(start, end, key)
             if e is None:
                 return None

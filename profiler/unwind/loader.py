@@ -244,8 +244,8 @@ class NativeUnwinder:
         try:
             # PROCMAP_QUERY (6.11+): executable VMAs only, as keys a known binary's mapping is placed from
             vmas: list[ExecVma] | list[MapsEntry] | None = read_exec_vmas(tgid, self.proc)
-            if vmas is None:
-                vmas = read_exec_maps(tgid, self.proc)
+            if vmas is None:  # no ioctl (before 6.11) or it failed: the text, not a second try
+                vmas = read_exec_maps(tgid, self.proc, query=False)
         except OSError:  # exited already, or a kernel thread's empty maps
             self.maps.remove_process(tgid)
             self._seen.pop(tgid, None)
@@ -260,7 +260,7 @@ class NativeUnwinder:
         mappings = self._place(tgid, vmas[:MAX_MAPPINGS_PER_PROCESS], wanted, everything)
         if mappings is None:  # a name the ioctl gives otherwise than the text: the text's lines
             try:
-                entries = read_exec_maps(tgid, self.proc)
+                entries = read_exec_maps(tgid, self.proc, query=False)
             except OSError:
                 self.maps.remove_process(tgid)
                 self._seen.pop(tgid, None)
