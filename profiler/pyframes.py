@@ -48,7 +48,7 @@ from podflame.errors import PodflameError
 from podflame.model import Frame, FrameKind, Line, Stack
 from profiler import metrics
 from profiler.btf import task_fsbase_offset
-from profiler.procmaps import parse_maps, start_time
+from profiler.procmaps import read_exec_maps, start_time
 from profiler.python.code import CodeInfo, CodeReader, CodeReadError
 from profiler.python.detect import PythonProcess, Unsupported, inspect_process
 from profiler.python.offsets import LASTI_BYTES, LASTI_UNITS, NO_FIELD, PyOffsets, instr_offset
@@ -358,9 +358,7 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
     execs = list(process.exec_maps)
     if not execs:
         try:
-            with open(f"/proc/{process.pid}/maps") as f:
-                execs = [(e.start, e.end, e.offset) for e in parse_maps(f.read())
-                         if e.clean_path == process.path and e.executable]
+            execs = [(e.start, e.end, e.offset) for e in read_exec_maps(process.pid) if e.clean_path == process.path]
         except OSError:
             return None
     if not execs:
