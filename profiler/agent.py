@@ -24,6 +24,7 @@ from profiler.heap import SurvivorFreezer, release_freed_memory
 from profiler.pidlabel import PidLabels
 
 if TYPE_CHECKING:
+    from profiler.procmaps import NewProcess
     from profiler.pyframes import PythonFrames
     from profiler.sampler import Drain, RawSample
 
@@ -40,7 +41,7 @@ class Sink(Protocol):
 
 class MapsLookup(Protocol):
     def refresh(self, pids: Iterable[int]) -> None: ...
-    def prefetch(self, pids: Iterable[int]) -> None: ...
+    def prefetch(self, pids: Iterable[int] | Iterable[NewProcess]) -> None: ...
     def lookup(self, pid: int, address: int): ...  # -> Mapping | None
     def maps_lost(self, pid: int) -> bool: ...
     def version(self, pid: int) -> Hashable | None:
@@ -486,8 +487,9 @@ class Agent:
         self.last_drain_at: float | None = None  # time.monotonic() of the last successful drain (health)
         sampler.watch_new_processes(self.prefetch)
 
-    def prefetch(self, tgids: list[int]) -> None:
-        """Read the maps of processes the kernel just saw for the first time, before they can exit."""
+    def prefetch(self, tgids: list[int] | list[NewProcess]) -> None:
+        """Read the maps of processes the kernel just saw for the first time, before they can exit (a
+        NewProcess: what the sampler's watcher read of it for every reader)."""
         with self._ctx_lock:
             self.ctx.maps.prefetch(tgids)
 

@@ -57,6 +57,7 @@ from profiler.bpfprog import (
 )
 
 if TYPE_CHECKING:
+    from profiler.procmaps import NewProcess
     from profiler.pyframes import EarlyReads, PythonRegistry
     from profiler.python.detect import PythonProcess
     from profiler.unwind.loader import NativeUnwinder
@@ -255,7 +256,7 @@ class Sampler:
         self._cgroups: set[int] = set()
         self._watcher: threading.Thread | None = None
         self._watching = False
-        self._new_process_callbacks: list[Callable[[list[int]], None]] = []
+        self._new_process_callbacks: list[Callable[[list[NewProcess]], None]] = []
         self._external_watch = False
         self._python: PythonRegistry | None = None
 
@@ -421,7 +422,7 @@ class Sampler:
         """The early reads of new Python processes (`python_early_reads`), once one was announced."""
         return self._python.early if self._python is not None else None
 
-    def _announce_python(self, tgids: list[int]) -> None:
+    def _announce_python(self, tgids: list[NewProcess]) -> None:
         """Detect CPython in new processes (the watcher thread); the reader is imported on first use, so
         a start pays nothing for it."""
         if self._python is None:
@@ -431,8 +432,10 @@ class Sampler:
             self._python = PythonRegistry(self.set_python_process, early=EarlyReads(delays) if delays else None)
         self._python.announce(tgids)
 
-    def watch_new_processes(self, callback: Callable[[list[int]], None]) -> None:
-        """Call `callback(tgids)` from a background thread soon (~0.1 s) after a process's first sample.
+    def watch_new_processes(self, callback: Callable[[list[NewProcess]], None]) -> None:
+        """Call `callback(processes)` from a background thread soon (~0.1 s) after a process's first sample,
+        with what was read of each (procmaps.NewProcess: start time and executable VMAs, read once for
+        every callback); a process that exited before it could be read is not passed.
 
         The agent reads the process's maps then, so a process that exits before the next drain
         still symbolizes. Batched per poll; a callback error is logged, never fatal.
@@ -465,6 +468,8 @@ class Sampler:
             self._require_open()
             if self._watcher is not None:
                 return
+            from profiler.procmaps import read_new_process
+
             batch: list[int] = []
             assert self._prog is not None
             ring = self._prog.ring_buffer("new_tgids")
@@ -482,9 +487,14 @@ class Sampler:
                     if batch:
                         tgids = list(dict.fromkeys(batch))
                         batch.clear()
+                        # one read of each new process for every callback (NewProcess): a process
+                        # gone already is read by no one (nothing of it could be read any more)
+                        news = [n for t in tgids if t > 0 and (n := read_new_process(t)) is not None]
+                        if not news:
+                            continue
                         for callback in list(callbacks):
                             try:
-                                callback(tgids)
+                                callback(news)
                             except Exception:
                                 log.exception("new-process callback failed")
 

@@ -6,6 +6,7 @@ import errno
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -499,3 +500,40 @@ def test_read_exec_maps_reads_the_text_without_the_ioctl(monkeypatch) -> None:
     got = procmaps.read_exec_maps(os.getpid())
     assert got and got == _exec_text(os.getpid())
     assert procmaps.read_exec_vmas(os.getpid()) is None  # the loader reads the text then
+
+
+@needs_query
+def test_a_new_process_is_read_once_for_every_reader(monkeypatch) -> None:
+    """The sampler's watcher reads a new process once (read_new_process: start time and executable VMAs);
+    the maps cache takes that read and neither opens the process's maps nor its stat again, and holds the
+    same mappings and start time as its own read would."""
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        for _ in range(100):  # past exec: sleep's maps, not this interpreter's copy
+            if any(e.path.endswith("/sleep") for e in procmaps.read_exec_maps(p.pid)):
+                break
+            time.sleep(0.01)
+        new = procmaps.read_new_process(p.pid)
+        assert new is not None and new.pid == p.pid and new.starttime == procmaps.start_time(p.pid)
+        assert new.entries() == procmaps.read_exec_maps(p.pid)
+        own = MapsCache()
+        own.prefetch([p.pid])
+        real_open = os.open
+        opened = []
+
+        def watch(path: str, *args: object, **kw: object) -> int:
+            opened.append(str(path))
+            return real_open(path, *args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(procmaps.os, "open", watch)
+        shared = MapsCache()
+        shared.prefetch([new])
+        monkeypatch.undo()
+        assert not [f for f in opened if f in (f"/proc/{p.pid}/maps", f"/proc/{p.pid}/stat")]
+        a, b = own._procs[p.pid], shared._procs[p.pid]
+        assert (a.starts, a.ends, a.lines, a.starttime, a.exe) == (b.starts, b.ends, b.lines, b.starttime, b.exe)
+        assert any(ln.path.endswith("sleep") for ln in b.lines)
+    finally:
+        p.kill()
+        p.wait()
+    assert procmaps.read_new_process(p.pid) is None  # exited: no one reads it

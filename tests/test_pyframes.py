@@ -116,7 +116,7 @@ def test_registry_registers_detected_processes_and_skips_the_rest() -> None:
     written: dict[int, bytes | None] = {}
     proc = PythonProcess(pid=4242, version=(3, 11, 7), path="/x", runtime_address=1, code_type=None, offsets=PY311)
     detected = {4242: proc, 4243: Unsupported("/x: CPython 3.8.18: only CPython 3.9-3.13 are supported")}
-    reg = PythonRegistry(written.__setitem__, detect=lambda pid, _: detected.get(pid, Unsupported("no libpython")))
+    reg = PythonRegistry(written.__setitem__, detect=lambda pid, *_: detected.get(pid, Unsupported("no libpython")))
     reg.announce([4242, 4243, 4244])
     assert written == {4242: pack_config(proc)}  # 3.11 matches the tid: no FS base offset, no BTF read
     assert set(reg.processes) == {4242} and "3.8" in reg.unsupported[4243]
@@ -135,7 +135,7 @@ def test_metrics_count_python_processes_unsupported_versions_and_samples() -> No
     proc = PythonProcess(pid=5151, version=(3, 12, 1), path="/x", runtime_address=1, code_type=None, offsets=PY312)
     detected = {5151: proc, 5152: Unsupported("/x: CPython 3.14.0: only CPython 3.9-3.13 are supported")}
     reg = PythonRegistry(lambda tgid, config: None,
-                         detect=lambda pid, _: detected.get(pid, Unsupported("no libpython")))
+                         detect=lambda pid, *_: detected.get(pid, Unsupported("no libpython")))
     reg.announce([5151, 5152, 5153])
     reg.announce([5152])  # the same unsupported process announced again: counted once
     samples = [RawSample(1, 5151, 5151, "python3", (), (), 0, 0, 7, (0x1000, 2), 0),
@@ -145,3 +145,45 @@ def test_metrics_count_python_processes_unsupported_versions_and_samples() -> No
     after = (value(metrics.PYTHON_PROCESSES), value(metrics.PYTHON_UNSUPPORTED),
              value(metrics.PYTHON_SAMPLES, "frames"), value(metrics.PYTHON_SAMPLES, "no_thread_state"))
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 7, 2]
+
+
+def test_a_process_like_one_found_without_python_is_not_detected_again_until_the_next_drain() -> None:
+    """Given the watcher's read (NewProcess), a process with the executable and executable mappings of one
+    detection found without CPython is known to have none by a dict hit; a real CPython process beside
+    them is still detected and registered, and the memory of it goes with every drain (refresh)."""
+    import subprocess
+    import time
+
+    from profiler.procmaps import read_exec_maps, read_new_process
+    from profiler.pyframes import _detect
+
+    calls: list[int] = []
+
+    def counting(pid: int, *args: object) -> PythonProcess | Unsupported:
+        calls.append(pid)
+        return _detect(pid, *args)  # type: ignore[arg-type]
+
+    written: dict[int, bytes | None] = {}
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
+    procs.append(subprocess.Popen(["/usr/bin/python3", "-c", "import time; time.sleep(60)"]))
+    try:
+        for p in procs:
+            for _ in range(200):  # past exec and, for Python, past its initialization
+                if any(e.path.endswith(("/sleep", "/python3.11")) for e in read_exec_maps(p.pid)):
+                    break
+                time.sleep(0.01)
+        time.sleep(0.3)
+        reg = PythonRegistry(written.__setitem__, detect=counting)
+        sleeps, python = [p.pid for p in procs[:3]], procs[3].pid
+        reg.announce([read_new_process(pid) for pid in [*sleeps[:2], python]])  # type: ignore[misc]
+        assert calls == [sleeps[0], python]  # the second sleep: known to have no CPython
+        assert set(reg.processes) == {python} and written[python] is not None, reg.unsupported
+        assert all("does not export _PyRuntime" in reg.unsupported[pid] and str(pid) in reg.unsupported[pid]
+                   for pid in sleeps[:2])
+        reg.refresh()  # a drain: a binary rewritten in place would be seen
+        reg.announce([read_new_process(sleeps[2])])  # type: ignore[list-item]
+        assert calls == [sleeps[0], python, sleeps[2]]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

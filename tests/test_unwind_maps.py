@@ -358,3 +358,47 @@ def test_a_name_the_ioctl_gives_otherwise_falls_back_to_the_text_without_leaking
         assert any(len(k) == 4 for k in u._placed if isinstance(k, tuple))  # some placed from the text's lines
     finally:
         _release([plain, proc], maps)
+
+
+def test_a_new_process_is_loaded_from_the_watchers_read(monkeypatch) -> None:
+    """The loader's batch of announced processes (NewProcess: what the sampler's watcher read of each) is
+    placed from those VMAs without reading the maps again, into the same mapping array a read of its own
+    gives; a bare pid (a re-announcement) is read afresh."""
+    import subprocess
+    import time
+
+    import profiler.unwind.loader as loader
+    from profiler.procmaps import read_exec_maps, read_new_process
+    from profiler.unwind.build import build_table
+
+    maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=200_000)
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        for p in procs:
+            for _ in range(200):
+                if any(e.path.endswith("/sleep") for e in read_exec_maps(p.pid)):
+                    break
+                time.sleep(0.01)
+        m = UnwindMaps(maps)
+        u = loader.NativeUnwinder(m, build_table)
+        u.load_batch([procs[0].pid])  # read by the loader itself
+        news = [read_new_process(p.pid) for p in procs]
+        reads: list[int] = []
+        real = loader.read_exec_vmas
+
+        def counted(pid: int, proc: str = "/proc") -> list | None:
+            reads.append(pid)
+            return real(pid, proc)
+
+        monkeypatch.setattr(loader, "read_exec_vmas", counted)
+        u._seen.clear()
+        u.load_batch(news)  # type: ignore[arg-type]
+        assert reads == []
+        assert m.processes.keys() == {p.pid for p in procs}
+        one, two = (_process_mappings(maps, m, p.pid) for p in procs)
+        assert len(one) == len(two) >= 3  # sleep, libc, ld.so, the vDSO: each at its own process's addresses
+        assert [mp[3:] for mp in one] == [mp[3:] for mp in two]  # the same tables and flags
+        u.load_batch([procs[1].pid])
+        assert reads == [procs[1].pid]
+    finally:
+        _release(procs, maps)

@@ -64,6 +64,9 @@ class Unsupported:
     """Not a CPython process this reader can read, and why (no Python, an unsupported version, ...)."""
 
     reason: str
+    # no CPython at all: no libpython mapped and the executable does not export _PyRuntime (the answer for
+    # every process of the same executable and mappings, which PythonRegistry keeps for a while)
+    no_python: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,12 @@ class _ElfFacts:
 
 
 def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None, proc: str = "/proc",
-                    started: int | None = None) -> PythonProcess | Unsupported:
+                    started: int | None = None, exe: str | None = None) -> PythonProcess | Unsupported:
     """Find CPython in process `pid` from its executable mappings (`maps`, else read now), its version
     and `_PyRuntime`'s address. Costs the executable mappings (procmaps.read_exec_maps: PROCMAP_QUERY,
     not the whole text) and, once per file, its .dynsym. `started`: the process's start time when the
-    caller read it already (before anything else: the answer is for that process)."""
+    caller read it already (before anything else: the answer is for that process); `exe`: the target of
+    /proc/PID/exe, when the caller read it."""
     if started is None:
         started = start_time(pid, proc)
     if started is None:
@@ -88,7 +92,8 @@ def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None, proc: 
     try:
         if maps is None:
             maps = read_exec_maps(pid, proc)
-        exe = os.readlink(f"{proc}/{pid}/exe")
+        if exe is None:
+            exe = os.readlink(f"{proc}/{pid}/exe")
     except FileNotFoundError:
         return Unsupported(f"pid {pid} does not exist")
     except OSError as e:
@@ -117,7 +122,12 @@ def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None, proc: 
         return replace(found[0], start_time=started)
     if reasons:
         return Unsupported("; ".join(reasons))
-    return Unsupported(f"pid {pid}: no libpython mapped and {exe} does not export _PyRuntime")
+    return no_python(pid, exe)
+
+
+def no_python(pid: int, exe: str) -> Unsupported:
+    """The answer for a process without CPython: no libpython mapped, and `exe` does not export _PyRuntime."""
+    return Unsupported(f"pid {pid}: no libpython mapped and {exe} does not export _PyRuntime", no_python=True)
 
 
 def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> PythonProcess | Unsupported | None:

@@ -30,7 +30,7 @@ from podflame.errors import PodflameError
 from podflame.model import Mapping
 from podflame.threads import daemon_thread
 from profiler.bpfprog import BpfMap
-from profiler.procmaps import ExecVma, MapsEntry, exec_entry, read_exec_maps, read_exec_vmas
+from profiler.procmaps import ExecVma, MapsEntry, NewProcess, exec_entry, read_exec_maps, read_exec_vmas
 from profiler.unwind.maps import STAT_SLOTS, WANT, WANTS_TABLE, UnwindMaps
 from profiler.unwind.table import UnwindTable
 
@@ -102,7 +102,7 @@ class NativeUnwinder:
         self._vdso_placed: dict[tuple[int, bytes], tuple[object, int]] = {}
         self._max_files = max_files
         self._lock = threading.Lock()  # maps + files: the worker and maintain() share them
-        self._queue: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[int | NewProcess] | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._last_tables: dict[str, int] = {}
         self._cpu_s = 0.0
@@ -126,8 +126,9 @@ class NativeUnwinder:
         self._worker = daemon_thread(self._run, "podflame-unwind")
         self._worker.start()
 
-    def announce(self, tgids: Iterable[int]) -> None:
-        """New processes (or new images after exec): loaded soon, on the worker thread."""
+    def announce(self, tgids: Iterable[int | NewProcess]) -> None:
+        """New processes (or new images after exec): loaded soon, on the worker thread (from the VMAs the
+        sampler's watcher read of a NewProcess, else read then)."""
         self._queue.put(list(tgids))
 
     def load_now(self, tgids: Iterable[int]) -> None:
@@ -195,20 +196,26 @@ class NativeUnwinder:
             if batch is None:
                 return
             started = time.thread_time()
-            # once a batch: a walk asking for a table announces its process again, one loaded before (so
-            # in _seen); a batch of first announcements only (most of a busy node's) has no ask to read,
-            # and maintain() sends an empty batch when the ask count moved without one
-            if not batch or any(tgid in self._seen for tgid in batch):
-                self._take_wanted()
-            for tgid in dict.fromkeys([*batch, *self._wanted]):
-                try:
-                    with self._lock:
-                        self._load_process(tgid, take_wanted=False)
-                except Exception:  # one odd process must not stop the loader
-                    log.exception("loading unwind tables for pid %d failed", tgid)
+            self.load_batch(batch)
             # summed unrounded: most batches take well under a millisecond
             self._cpu_s += time.thread_time() - started
             self.stats["cpu_ms"] = int(self._cpu_s * 1000)
+
+    def load_batch(self, batch: list[int | NewProcess]) -> None:
+        """Load one announcement's processes, and those walks asked tables for (the worker's step)."""
+        # once a batch: a walk asking for a table announces its process again, one loaded before (so
+        # in _seen); a batch of first announcements only (most of a busy node's) has no ask to read,
+        # and maintain() sends an empty batch when the ask count moved without one
+        news = {n.pid: n for n in batch if not isinstance(n, int)}
+        tgids = [n if isinstance(n, int) else n.pid for n in batch]
+        if not tgids or any(tgid in self._seen for tgid in tgids):
+            self._take_wanted()
+        for tgid in dict.fromkeys([*tgids, *self._wanted]):
+            try:
+                with self._lock:
+                    self._load_process(tgid, take_wanted=False, new=news.get(tgid))
+            except Exception:  # one odd process must not stop the loader
+                log.exception("loading unwind tables for pid %d failed", tgid)
 
     def _take_stale(self) -> list[int]:
         return [tgid for keys in _empty(self.maps.stale_map) for tgid in keys.cast("I")]
@@ -233,17 +240,20 @@ class NativeUnwinder:
             for start, tgid, _ in WANT.iter_unpack(keys):
                 self._wanted.setdefault(tgid, set()).add(start)
 
-    def _load_process(self, tgid: int, *, everything: bool = False, take_wanted: bool = True) -> None:
+    def _load_process(self, tgid: int, *, everything: bool = False, take_wanted: bool = True,
+                      new: NewProcess | None = None) -> None:
         """(Re)load a process's mappings. Tables come on demand: a binary's rows are loaded when a walk
         asked for them (or another process has them loaded, or `everything`); until then its mapping
         says it wants a table and its frames are stepped with frame pointers. `take_wanted`: read the
-        walker's asks first (the worker reads them once per batch instead: each read scans a hash map)."""
+        walker's asks first (the worker reads them once per batch instead: each read scans a hash map).
+        `new`: the sampler's watcher's read of a new process, whose VMAs are taken instead of read again."""
         if take_wanted:
             self._take_wanted()
         wanted = self._wanted.pop(tgid, set())
         try:
             # PROCMAP_QUERY (6.11+): executable VMAs only, as keys a known binary's mapping is placed from
-            vmas: list[ExecVma] | list[MapsEntry] | None = read_exec_vmas(tgid, self.proc)
+            vmas: list[ExecVma] | list[MapsEntry] | None = new.vmas if new is not None and new.vmas is not None \
+                else read_exec_vmas(tgid, self.proc)
             if vmas is None:  # no ioctl (before 6.11) or it failed: the text, not a second try
                 vmas = read_exec_maps(tgid, self.proc, query=False)
         except OSError:  # exited already, or a kernel thread's empty maps
