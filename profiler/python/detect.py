@@ -115,7 +115,7 @@ def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None, proc: 
             reasons.append(got.reason)
     # a static python that also maps a libpython (an extension linked against it) has two runtimes:
     # the one running is the one with an interpreter
-    for p in found:
+    for p in found if len(found) > 1 else ():
         if _interpreter(p):
             return replace(p, start_time=started)
     if found:
@@ -136,7 +136,8 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> 
     if opened is None:
         return Unsupported(f"{path}: cannot open the file")
     try:
-        facts = _elf_facts(opened, *_identity(opened))
+        identity = _identity(opened)
+        facts = _elf_facts(opened, *identity)
     except (OSError, ValueError, struct.error) as e:
         return Unsupported(f"{path}: not a readable ELF file ({e})")
     runtime_vaddr = facts.symbols.get("_PyRuntime")
@@ -179,13 +180,24 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> 
                           code_type=types["PyCode_Type"], offsets=offsets, str_type=types["PyUnicode_Type"],
                           bytes_type=types["PyBytes_Type"],
                           exec_maps=tuple((e.start, e.end, e.offset) for e in maps if e.executable))
+    if (identity, offsets) in _PROVED:
+        return found
     try:
-        check_layout(found)
+        proved = check_layout(found)
     except (MemoryReadError, LayoutMismatch) as e:
         return Unsupported(f"{path}: {e}")
     except ProcessGone:
         return Unsupported(f"pid {pid} exited")
+    if proved:
+        if len(_PROVED) >= 64:
+            _PROVED.clear()
+        _PROVED.add((identity, offsets))
     return found
+
+
+# (file identity, offsets) that check_layout proved in a running interpreter: the layout is the binary's, so
+# the next process of the same file is not read again (~9 reads of its memory, ~100 us of a new python3)
+_PROVED: set[tuple[tuple[int, int, int], PyOffsets]] = set()
 
 
 class LayoutMismatch(BinaryFormatError):
@@ -200,21 +212,22 @@ def _interpreter(p: PythonProcess) -> int:
         return 0
 
 
-def check_layout(p: PythonProcess) -> None:
+def check_layout(p: PythonProcess) -> bool:
     """Raise LayoutMismatch unless the first interpreter points back at `_PyRuntime` (3.9-3.12: the one
     field that proves the table fits this build) and its first thread points at that interpreter.
-    A process that has not initialised Python yet passes: there is nothing to misread."""
+    A process that has not initialised Python yet passes: there is nothing to misread. True when the
+    layout was proved (an interpreter, its thread, and its current frame's code object where checked)."""
     try:
-        _check_layout(p)
+        return _check_layout(p)
     except MemoryReadError as e:
         raise LayoutMismatch(f"{e}: not the {p.offsets.version[0]}.{p.offsets.version[1]} layout") from e
 
 
-def _check_layout(p: PythonProcess) -> None:
+def _check_layout(p: PythonProcess) -> bool:
     o = p.offsets
     interp = _interpreter(p)
     if not interp:
-        return
+        return False
     if o.interp_runtime != NO_FIELD:
         back = _u64(remote.read(p.pid, interp + o.interp_runtime, 8))
         if back != p.runtime_address:
@@ -222,11 +235,11 @@ def _check_layout(p: PythonProcess) -> None:
                                  f" not the {o.version[0]}.{o.version[1]} layout")
     tstate = _u64(remote.read(p.pid, interp + o.interp_threads_head, 8))
     if not tstate:
-        return
+        return False
     if _u64(remote.read(p.pid, tstate + o.tstate_interp, 8)) != interp:
         raise LayoutMismatch(f"thread state {tstate:#x} does not point back at interpreter {interp:#x}")
     if p.code_type is None or o.interp_runtime == NO_FIELD:
-        return  # 3.13's frames are as _Py_DebugOffsets says (and may hold a non-code executable)
+        return True  # 3.13's frames are as _Py_DebugOffsets says (and may hold a non-code executable)
     # the frame fields: the thread's current frame must hold a code object. The thread runs on while
     # this reads, so only a wrong type seen on every try counts
     for _ in range(3):
@@ -234,11 +247,11 @@ def _check_layout(p: PythonProcess) -> None:
         if frame and o.cframe_current_frame != NO_FIELD:
             frame = _u64(remote.read(p.pid, frame + o.cframe_current_frame, 8))
         if not frame:
-            return
+            return False
         try:
             code = _u64(remote.read(p.pid, frame + o.frame_code, 8))
             if _u64(remote.read(p.pid, code + o.object_type, 8)) == p.code_type:
-                return
+                return True
         except MemoryReadError:
             continue
     raise LayoutMismatch(f"thread state {tstate:#x}'s current frame does not hold a code object")
