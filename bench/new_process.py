@@ -36,15 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from agent_overhead import LONG_PY, stop_all  # noqa: E402
+from agent_overhead import stop_all  # noqa: E402
+from unwind_loader import live_processes  # noqa: E402
 
 KINDS = ("python", "sleep", "sh", "sort")
-
-
-def spawn(argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
-    """In a session of its own, output to /dev/null: killed with its group, holds no pipe of ours."""
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            **kw)  # type: ignore[call-overload]
 
 
 def main() -> None:
@@ -61,10 +56,7 @@ def main() -> None:
     from profiler.sampler import Sampler
 
     n = args.processes
-    procs = [spawn(["/usr/bin/python3", "-c", LONG_PY.replace("{seed}", str(i)), str(i)]) for i in range(n)]
-    procs += [spawn(["sleep", "600"]) for _ in range(n)]
-    procs += [spawn(["sh", "-c", "sleep 600; true"]) for _ in range(n)]
-    procs += [spawn(["sort"], stdin=subprocess.PIPE) for _ in range(n)]
+    procs = live_processes(n, sort=True)
     kind_of = {p.pid: KINDS[i // n] for i, p in enumerate(procs)}
     result: dict[str, object] = {"bench": "new_process", "processes": len(procs), "passes": args.passes}
     try:

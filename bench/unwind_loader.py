@@ -36,9 +36,20 @@ sys.path.insert(0, str(ROOT / "bench"))
 from agent_overhead import LONG_PY, stop_all  # noqa: E402
 
 
-def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+def spawn(argv: list[str], stdin: int | None = None) -> subprocess.Popen[bytes]:
     """In a session of its own, output to /dev/null: sh's sleep is killed with its group and holds no pipe."""
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def live_processes(n: int, sort: bool = False) -> list[subprocess.Popen[bytes]]:
+    """`n` each of: long-lived Python processes like bench/agent_overhead.py's, `sleep`, `sh -c` (and `sort`
+    reading a pipe that never ends): what a busy node starts again and again."""
+    procs = [spawn(["/usr/bin/python3", "-c", LONG_PY.replace("{seed}", str(i)), str(i)]) for i in range(n)]
+    procs += [spawn(["sleep", "600"]) for _ in range(n)]
+    procs += [spawn(["sh", "-c", "sleep 600; true"]) for _ in range(n)]
+    procs += [spawn(["sort"], stdin=subprocess.PIPE) for _ in range(n if sort else 0)]
+    return procs
 
 
 def main() -> None:
@@ -52,10 +63,7 @@ def main() -> None:
     os.environ["PODFLAME_SYMBOL_CACHE"] = cache
     from profiler.sampler import Sampler
 
-    third = max(1, args.processes // 3)
-    procs = [spawn(["/usr/bin/python3", "-c", LONG_PY.replace("{seed}", str(i)), str(i)]) for i in range(third)]
-    procs += [spawn(["sleep", "600"]) for _ in range(third)]
-    procs += [spawn(["sh", "-c", "sleep 600; true"]) for _ in range(third)]
+    procs = live_processes(max(1, args.processes // 3))
     try:
         time.sleep(1.0)  # past exec and the Python processes' imports
         with Sampler(1, unwind="auto", python_frames=False) as sampler:

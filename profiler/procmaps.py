@@ -566,59 +566,41 @@ class MapsCache:
         the text prints otherwise, or no VMA above 4 GiB (is it a 32-bit process, without gate lines?)."""
         if not vmas or vmas[-1][1] <= _LOW:
             return None
-        known = self._lines
-        starts: list[int] = []
-        ends: list[int] = []
-        lines: list[_Line] = []
-        for start, end, key in vmas:
-            ln = known.get(key)
-            if ln is None and (ln := self._query_line(pid, start, end, key)) is None:
-                return None
-            starts.append(start)
-            ends.append(end)
-            lines.append(ln)
-        if self._gate is None:
-            self._gate = self._read_gate()
-        for start, end, key in self._gate:
-            ln = known.get(key) or self._query_line(pid, start, end, key)
-            if ln is None:
-                return None
-            starts.append(start)
-            ends.append(end)
-            lines.append(ln)
-        return starts, ends, lines
+        return self._vma_lines(pid, vmas, True)
 
     def _query_lines(self, pid: int, fd: int) -> tuple[list[int], list[int], list[_Line]] | None:
         """The executable mappings of `pid` (whose maps `fd` is open on) by PROCMAP_QUERY, with the gate
         lines its text would show; None when the text must be read instead: the ioctl is unsupported
         (remembered), the process has no memory (exiting, a kernel thread: the text is empty), or a name
         would not read the same in the text. One ioctl and a dictionary hit per VMA of a known binary."""
-        known = self._lines
-        starts: list[int] = []
-        ends: list[int] = []
-        lines: list[_Line] = []
+        if self._gate is None:
+            self._gate = self._read_gate()
         try:
-            for start, end, key in _exec_vmas(fd, self._query_buf, ctypes.addressof(self._name_buf)):
-                ln = known.get(key)
-                if ln is None and (ln := self._query_line(pid, start, end, key)) is None:
-                    return None
-                starts.append(start)
-                ends.append(end)
-                lines.append(ln)
+            vmas = list(_exec_vmas(fd, self._query_buf, ctypes.addressof(self._name_buf)))
         except OSError as exc:
             if exc.errno not in (errno.ESRCH, errno.ENAMETOOLONG, errno.EINTR, errno.ENOMEM):
                 self._query = False  # ENOTTY (before 6.11, or not a maps file), EINVAL, ...: not again
             return None
+        above_low = bool(self._gate) and ((bool(vmas) and vmas[-1][1] > _LOW) or self._above_low(fd))
+        return self._vma_lines(pid, vmas, above_low)
+
+    def _vma_lines(self, pid: int, vmas: list[ExecVma],
+                   above_low: bool) -> tuple[list[int], list[int], list[_Line]] | None:
+        """Starts, ends and lines of these VMAs, then the gate lines (in a process with memory above 4 GiB:
+        a 64-bit one); a dictionary hit per VMA of a known binary. None for a name the text shows otherwise."""
         if self._gate is None:
             self._gate = self._read_gate()
-        if self._gate and ((ends and ends[-1] > _LOW) or self._above_low(fd)):
-            for start, end, key in self._gate:
-                ln = known.get(key) or self._query_line(pid, start, end, key)
-                if ln is None:
-                    return None
-                starts.append(start)
-                ends.append(end)
-                lines.append(ln)
+        known = self._lines
+        starts: list[int] = []
+        ends: list[int] = []
+        lines: list[_Line] = []
+        for start, end, key in [*vmas, *(self._gate if above_low else ())]:
+            ln = known.get(key)
+            if ln is None and (ln := self._query_line(pid, start, end, key)) is None:
+                return None
+            starts.append(start)
+            ends.append(end)
+            lines.append(ln)
         return starts, ends, lines
 
     def _query_line(self, pid: int, start: int, end: int, key: _QueryKey) -> _Line | None:

@@ -445,8 +445,10 @@ class Sampler:
             if self._external_watch:
                 raise RuntimeError("watch_new_processes() was already called")
             self._external_watch = True
-            # before Python detection: the maps of a short-lived process are read first
-            self._new_process_callbacks.insert(0, callback)
+            # after the unwind loader's announcement (a queue put: its tables come no later than before) and
+            # before Python detection; the maps of a short-lived process were read before any callback
+            at = 1 if self.unwinder is not None and self._new_process_callbacks[:1] == [self.unwinder.announce] else 0
+            self._new_process_callbacks.insert(at, callback)
         self._start_watcher()
 
     def _start_unwinder(self, pids: set[int]) -> None:

@@ -481,3 +481,28 @@ def test_a_batch_refuses_buffers_the_kernel_would_overrun() -> None:
         assert m.lookup_and_delete_batch(bytearray(2 * size), bytearray(16), None, token) == (0, True)
     finally:
         os.close(m.fd)
+
+
+def test_new_processes_are_read_once_and_announced_to_the_unwinder_first() -> None:
+    """The watcher reads each new process once (NewProcess: start time, executable VMAs) before any callback,
+    hands the unwind loader its batch first (a queue put: its tables are not held up by the others), then the
+    agent's callback, then Python detection; a process sampled here arrives with its read."""
+    from profiler.procmaps import NewProcess, start_time
+
+    got: list[NewProcess] = []
+    p = subprocess.Popen(["sh", "-c", "while :; do :; done"])
+    try:
+        with Sampler(FREQ, pids=[p.pid], unwind="auto", python_frames=True) as s:
+            s.watch_new_processes(got.extend)
+            assert s.unwinder is not None
+            assert s._new_process_callbacks[:2] == [s.unwinder.announce, got.extend]
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not [n for n in got if n.pid == p.pid]:
+                time.sleep(0.1)
+        new = next(n for n in got if n.pid == p.pid)
+        assert new.starttime == start_time(p.pid)
+        entries = new.entries()
+        assert entries is not None and any(e.path.endswith("/dash") or e.path.endswith("/sh") for e in entries)
+    finally:
+        p.kill()
+        p.wait()
