@@ -176,6 +176,7 @@ class PythonRegistry:
         # node's next `sh` or `sort` is known to be none by a readlink and a dict hit (detection: ~35 us).
         # Emptied every drain (refresh), as a file rewritten in place keeps its device, inode and name.
         self._no_python: set[tuple[str, tuple[object, ...]]] = set()
+        self._logged: set[tuple[str, tuple[int, int, int]]] = set()  # (interpreter file, version) logged at INFO
 
     def announce(self, tgids: Iterable[int] | Iterable[NewProcess]) -> None:
         """Detect CPython in processes just seen; register the ones found. A NewProcess (the sampler's
@@ -242,7 +243,14 @@ class PythonRegistry:
                     self.early.schedule(got)
                 if first:
                     metrics.PYTHON_PROCESSES.inc()
-                    log.info("pid %d: CPython %d.%d.%d, Python frames on", tgid, *got.version)
+                    # once per interpreter file and version at INFO: a node starting python3 a few times a
+                    # second would log (and format, and write) a line for each
+                    seen = (got.path, got.version) in self._logged
+                    log.log(logging.DEBUG if seen else logging.INFO,
+                            "pid %d: CPython %d.%d.%d (%s), Python frames on%s", tgid, *got.version, got.path,
+                            "" if seen else " (the next processes of it: debug)")
+                    if not seen and len(self._logged) < 256:
+                        self._logged.add((got.path, got.version))
                 return
             if key is not None and got.no_python:
                 if len(self._no_python) >= 4096:

@@ -187,3 +187,22 @@ def test_a_process_like_one_found_without_python_is_not_detected_again_until_the
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_registrations_of_one_interpreter_are_logged_at_info_once(caplog) -> None:
+    """A node starting python3 a few times a second: the first registration of an interpreter file and version
+    is an INFO line, the next ones of it are DEBUG; another interpreter gets its own INFO line."""
+    import logging
+
+    procs = {pid: PythonProcess(pid=pid, version=(3, 11, 7), path="/usr/bin/python3.11", runtime_address=1,
+                                code_type=None, offsets=PY311) for pid in (7001, 7002, 7003)}
+    procs[7004] = PythonProcess(pid=7004, version=(3, 12, 1), path="/opt/py/libpython3.12.so", runtime_address=1,
+                                code_type=None, offsets=PY312)
+    reg = PythonRegistry(lambda tgid, config: None, detect=lambda pid, *_: procs[pid])
+    with caplog.at_level(logging.DEBUG, logger="podflame.pyframes"):
+        reg.announce(list(procs))
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    debug = [r.getMessage() for r in caplog.records
+             if r.levelno == logging.DEBUG and "Python frames on" in r.getMessage()]
+    assert len(info) == 2 and "pid 7001" in info[0] and "pid 7004" in info[1], info
+    assert len(debug) == 2 and set(reg.processes) == set(procs)
