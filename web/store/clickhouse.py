@@ -143,6 +143,7 @@ class ClickHouseStore(Store):
         # The last `types` selection of each thread, for the `select` of the same request (one statement for
         # both: the query layer asks which types are in range, then selects one of them).
         self._recent = threading.local()
+        self._selected = False  # a selection has been answered (before it, no kept answer can name a generation)
         if migrate:
             # Start anyway when ClickHouse is down: every call answers 503 until it is back, then migrates.
             with contextlib.suppress(ClickHouseUnavailable):
@@ -465,6 +466,7 @@ class ClickHouseStore(Store):
             f"sum(fingerprint) AS p_fp FROM ({' UNION ALL '.join(parts)}) GROUP BY series, period_ns")
         names = ("lo", "hi", "sum_total", "n", "fingerprint") if len(parts) == 1 else ("p_lo", "p_hi", "p_total",
                                                                                        "p_n", "p_fp")
+        self._selected = True
         rows: list[dict] = self.transport.query(
             f"SELECT a.series AS series, a.period_ns AS period_ns, a.{names[0]} AS lo, a.{names[1]} AS hi, "
             f"a.{names[2]} AS total, a.{names[3]} AS n, a.{names[4]} AS fingerprint, s.t AS t, s.u AS u, s.l AS l "
@@ -491,6 +493,7 @@ class ClickHouseStore(Store):
         """One aggregate per (series, period) whose profiles start in [t0, t1) (per step with `align_ns`;
         with `max_level=0` the raw profiles themselves)."""
         self._check()
+        self._selected = True
         if max_level != 0 and not align_ns:
             kept = getattr(self._recent, "kept", None)
             self._recent.kept = None
@@ -800,11 +803,17 @@ class ClickHouseStore(Store):
         Without that statement when every writer is in this process (chDB: `Transport.writes`): then the count of
         writes through the engine moves with every insert, mutation or dropped partition, and nothing else
         changes an answer: merges keep sums, and rows a TTL merge may delete are not read (`_live`: the hour
-        reads start from is part of the generation)."""
+        reads start from is part of the generation).
+
+        None (no statement) until this store has answered a selection: an answer is kept under a generation only
+        by a request that then selected (web/query/merge.py), so before the first there is nothing to find, and a
+        fresh server's first query, cold anyway, does not pay a round trip to learn that."""
         self._check()
         writes = self.transport.writes()
         if writes is not None:
             return ("writes", writes, self._live(0))
+        if not self._selected:
+            return None
         suffix = "_local" if self.layout.cluster else ""
         parts = f"cluster('{self.layout.cluster}', system.parts)" if self.layout.cluster else "system.parts"
         tables = ", ".join(quote(t + suffix) for t in ("samples", "profiles", "samples_1h"))
