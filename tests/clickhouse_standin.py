@@ -177,8 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     with clickhouse_http(args.path, record=False) as (port, _):
         # chDB's Python() table function (how external tables are read here) costs ~250 ms the first time in a
         # process: paid at start, as a server's own start-up, not by the first query that sends an id list.
-        ChdbTransport(args.path).execute("SELECT count() FROM Python(podflame_t0)", "TabSeparated",
-                                         [pa.table({"id": pa.array([1], pa.uint64())})])
+        warm = ChdbTransport(args.path)
+        try:
+            warm.execute("SELECT count() FROM Python(podflame_t0)", "TabSeparated",
+                         [pa.table({"id": pa.array([1], pa.uint64())})])
+        finally:
+            warm.close()  # the engine closes with its last transport: one left open crashes chDB at exit
         print(port, flush=True)
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
     sys.exit(0)

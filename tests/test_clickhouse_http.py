@@ -92,3 +92,32 @@ def test_a_fresh_servers_first_query_reads_no_generation_and_later_answers_stay_
         finally:
             a.close()
             writer.close()
+
+
+def test_the_stand_in_runs_as_its_own_process_and_keeps_what_it_was_sent(tmp_path: Path) -> None:
+    """`python -m tests.clickhouse_standin DIR` (what bench/store_backends.py queries as a deployed ClickHouse):
+    prints its port, serves the store over a socket, stops on SIGTERM with exit code 0, and what it stored is
+    there for the next stand-in on the same directory."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    params = {"from": str(T0 // S), "to": str((T0 + H) // S)}
+    ps = profiles(T0, 20, "p0", 3)
+    totals = []
+    for step in ("write", "read"):
+        proc = subprocess.Popen([sys.executable, "-m", "tests.clickhouse_standin", str(tmp_path / "standin")],
+                                cwd=root, stdout=subprocess.PIPE, text=True)
+        try:
+            port = int(proc.stdout.readline() if proc.stdout else "0")
+            store = open_store(f"clickhouse://127.0.0.1:{port}/kept")
+            if step == "write":
+                put(store, ps)
+            client = create_app({"DATA_DIR": str(tmp_path), "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client()
+            totals.append(tree(client, params)["total"])
+            store.close()
+        finally:
+            proc.terminate()
+            code = proc.wait(60)
+        assert code == 0
+    assert totals == [total(ps), total(ps)]
