@@ -11,9 +11,12 @@ server runs), so what is left untested is the server process itself, not the cli
 
 from __future__ import annotations
 
+import argparse
 import email.parser
 import email.policy
 import re
+import signal
+import sys
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -35,6 +38,9 @@ _TYPES = {"UInt64": pa.uint64(), "Int64": pa.int64(), "String": pa.string(), "UI
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as ClickHouse sets it: without it the answer's body waits for the ACK of its headers, which
+    # the client delays (40 ms a statement on Linux).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: the test reads `requests`
         return
@@ -111,10 +117,10 @@ def _external(raw: bytes, structure: str, fmt: str) -> pa.Table:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, transport: ChdbTransport) -> None:
+    def __init__(self, transport: ChdbTransport, record: bool = True) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.transport = transport
-        self.requests: list[tuple[str, dict[str, str], list[str]]] = []
+        self.requests: list[tuple[str, dict[str, str], list[str]]] = [] if record else _Forget()
 
     def execute(self, sql: str, settings: dict[str, str], default: str, tables: dict[str, pa.Table],
                 data: pa.Table | None) -> tuple[bytes, str]:
@@ -137,11 +143,20 @@ class _Server(ThreadingHTTPServer):
         return self.transport.execute(sql, fmt, list(tables.values())), fmt
 
 
+class _Forget(list):  # type: ignore[type-arg]
+    """The request log of a long-lived stand-in: keeps nothing (a bench sends thousands)."""
+
+    def append(self, item: object) -> None:
+        return
+
+
 @contextmanager
-def clickhouse_http(chdb_path: str) -> Iterator[tuple[int, list[tuple[str, dict[str, str], list[str]]]]]:
-    """A stand-in ClickHouse HTTP server on chDB at `chdb_path`: (port, the requests it served)."""
+def clickhouse_http(chdb_path: str, record: bool = True
+                    ) -> Iterator[tuple[int, list[tuple[str, dict[str, str], list[str]]]]]:
+    """A stand-in ClickHouse HTTP server on chDB at `chdb_path`: (port, the requests it served; none kept
+    unless `record`)."""
     transport = ChdbTransport(chdb_path)
-    server = _Server(transport)
+    server = _Server(transport, record)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -150,3 +165,28 @@ def clickhouse_http(chdb_path: str) -> Iterator[tuple[int, list[tuple[str, dict[
         server.shutdown()
         server.server_close()
         transport.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """A long-lived stand-in in its own process, as a deployed ClickHouse server runs apart from podflame's
+    servers (bench/store_backends.py): prints its port on a line, serves until SIGTERM or SIGINT."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("path", help="chDB data directory")
+    args = ap.parse_args(argv)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # taken by sigwait below
+    with clickhouse_http(args.path, record=False) as (port, _):
+        # chDB's Python() table function (how external tables are read here) costs ~250 ms the first time in a
+        # process: paid at start, as a server's own start-up, not by the first query that sends an id list.
+        warm = ChdbTransport(args.path)
+        try:
+            warm.execute("SELECT count() FROM Python(podflame_t0)", "TabSeparated",
+                         [pa.table({"id": pa.array([1], pa.uint64())})])
+        finally:
+            warm.close()  # the engine closes with its last transport: one left open crashes chDB at exit
+        print(port, flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

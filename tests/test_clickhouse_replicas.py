@@ -108,3 +108,50 @@ def test_with_retention_reads_start_where_no_ttl_merge_reaches_so_kept_answers_s
         assert store.generation() != g
     finally:
         store.close()
+
+
+def test_a_server_that_knows_its_series_selects_without_reading_their_labels_again(chdb_dir: Path) -> None:
+    """A store's first selection reads the series' labels with the aggregates; later ones read the aggregates
+    alone and only the series this process has not met (another replica's new pod), and answer as a fresh
+    store does."""
+    from web.store.selector import parse_selector
+
+    dsn = f"chdb://{chdb_dir}?database=sel_{uuid.uuid4().hex[:12]}"
+    a, b = open_store(dsn), open_store(dsn)
+    assert isinstance(a, ClickHouseStore)
+    statements: list[str] = []
+    run = a.transport.query
+
+    def counted(sql: str, ids: object = None) -> object:
+        statements.append(sql)
+        return run(sql, ids)  # type: ignore[arg-type]
+
+    def answer(store: Any, selector: str, t1: int) -> list[tuple[Any, ...]]:
+        refs = store.select(parse_selector(selector), T0, t1)
+        return sorted((tuple(sorted(p.series.labels.items())), p.series.sample_type, p.total) for p in refs)
+
+    a.transport.query = counted  # type: ignore[method-assign]
+    fresh = open_store(dsn)  # a store that has selected nothing yet (a new one for the second check)
+    try:
+        p0 = profiles(T0, 30, "p0", 1)
+        put(b, p0)
+        first = answer(a, '{pod="p0"}', T0 + H)
+        assert any("labels" in sql for sql in statements)  # the series joined in: nothing known yet
+        statements.clear()
+        assert answer(a, '{pod="p0"}', T0 + H // 2) == answer(fresh, '{pod="p0"}', T0 + H // 2)
+        assert len(statements) == 1 and "any(labels)" not in statements[0]  # the aggregate alone
+        p1 = profiles(T0, 10, "p1", 2)
+        put(b, p1)  # another replica's new pod
+        statements.clear()
+        both = answer(a, '{pod=~"p.*"}', T0 + H)
+        assert len(statements) == 2 and "any(labels)" in statements[1]  # ... and the one series not met yet
+        fresh.close()
+        fresh = open_store(dsn)
+        assert both == answer(fresh, '{pod=~"p.*"}', T0 + H)
+        assert {dict(k)["pod"] for k, _, _ in both} == {"p0", "p1"}
+        assert [t for k, _, t in both if dict(k)["pod"] == "p0"] == [t for _, _, t in first]
+        assert sum(t for _, _, t in both) == total(p0) + total(p1)
+    finally:
+        fresh.close()
+        a.close()
+        b.close()

@@ -143,6 +143,7 @@ class ClickHouseStore(Store):
         # The last `types` selection of each thread, for the `select` of the same request (one statement for
         # both: the query layer asks which types are in range, then selects one of them).
         self._recent = threading.local()
+        self._selected = False  # a selection has been answered (before it, no kept answer can name a generation)
         if migrate:
             # Start anyway when ClickHouse is down: every call answers 503 until it is back, then migrates.
             with contextlib.suppress(ClickHouseUnavailable):
@@ -431,7 +432,7 @@ class ClickHouseStore(Store):
         if missing:
             rows = self.transport.query(
                 f"SELECT id, any(sample_type) AS t, any(unit) AS u, any(labels) AS l FROM {self._t('series')} "
-                f"WHERE id IN ({_ints(missing)}) GROUP BY id").to_pylist()
+                f"WHERE id {self._in} {IDS_SET} GROUP BY id", missing).to_pylist()
             with self._lock:
                 for r in rows:
                     if r["id"] not in self._series_local:
@@ -452,7 +453,13 @@ class ClickHouseStore(Store):
 
     def _selection(self, selector: Selector | None, t0: int, t1: int) -> list[dict]:
         """Every (series, period) with profiles starting in [t0, t1): their aggregate (`_AGG`) with the series'
-        type, unit and labels, in ONE statement (a cold query's first round trip is also its last for metadata)."""
+        type, unit and labels (`t`, `u`, `l`).
+
+        Labels come from this process' cache of series (immutable by their hash) once it holds any: the aggregate
+        alone, then a read of the series it has not met (`_series`, often none). A store's first selection, its
+        cache empty, joins them in (one round trip for a fresh server's first query). On chDB, medians of 12
+        alternating runs at stop 15: a pod's hour 8.2 against 11.9 ms of CPU with the cache, 12.6 against 12.4
+        without; a node's 11.7 against 17.1, and 16.8 against 15.8."""
         t0 = self._live(t0)
         where = self._series_where(selector, None, None)
         ids = f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
@@ -465,9 +472,20 @@ class ClickHouseStore(Store):
             f"sum(fingerprint) AS p_fp FROM ({' UNION ALL '.join(parts)}) GROUP BY series, period_ns")
         names = ("lo", "hi", "sum_total", "n", "fingerprint") if len(parts) == 1 else ("p_lo", "p_hi", "p_total",
                                                                                        "p_n", "p_fp")
-        rows: list[dict] = self.transport.query(
-            f"SELECT a.series AS series, a.period_ns AS period_ns, a.{names[0]} AS lo, a.{names[1]} AS hi, "
-            f"a.{names[2]} AS total, a.{names[3]} AS n, a.{names[4]} AS fingerprint, s.t AS t, s.u AS u, s.l AS l "
+        cols = (f"a.{names[0]} AS lo, a.{names[1]} AS hi, a.{names[2]} AS total, a.{names[3]} AS n, "
+                f"a.{names[4]} AS fingerprint")
+        self._selected = True
+        if self._series_local:
+            rows: list[dict] = self.transport.query(
+                f"SELECT a.series AS series, a.period_ns AS period_ns, {cols} FROM ({agg}) AS a").to_pylist()
+            series = self._series(r["series"] for r in rows)
+            rows = [r for r in rows if r["series"] in series]  # (as the join: a profile's series row is written first)
+            for r in rows:
+                s = series[r["series"]]
+                r["t"], r["u"], r["l"] = s.sample_type, s.unit, s.labels
+            return rows
+        rows = self.transport.query(
+            f"SELECT a.series AS series, a.period_ns AS period_ns, {cols}, s.t AS t, s.u AS u, s.l AS l "
             f"FROM ({agg}) AS a INNER JOIN (SELECT id, any(sample_type) AS t, any(unit) AS u, "
             f"any(labels) AS l FROM {self._t('series')} WHERE {where} GROUP BY id) AS s ON s.id = a.series"
         ).to_pylist()
@@ -491,6 +509,7 @@ class ClickHouseStore(Store):
         """One aggregate per (series, period) whose profiles start in [t0, t1) (per step with `align_ns`;
         with `max_level=0` the raw profiles themselves)."""
         self._check()
+        self._selected = True
         if max_level != 0 and not align_ns:
             kept = getattr(self._recent, "kept", None)
             self._recent.kept = None
@@ -800,11 +819,17 @@ class ClickHouseStore(Store):
         Without that statement when every writer is in this process (chDB: `Transport.writes`): then the count of
         writes through the engine moves with every insert, mutation or dropped partition, and nothing else
         changes an answer: merges keep sums, and rows a TTL merge may delete are not read (`_live`: the hour
-        reads start from is part of the generation)."""
+        reads start from is part of the generation).
+
+        None (no statement) until this store has answered a selection: an answer is kept under a generation only
+        by a request that then selected (web/query/merge.py), so before the first there is nothing to find, and a
+        fresh server's first query, cold anyway, does not pay a round trip to learn that."""
         self._check()
         writes = self.transport.writes()
         if writes is not None:
             return ("writes", writes, self._live(0))
+        if not self._selected:
+            return None
         suffix = "_local" if self.layout.cluster else ""
         parts = f"cluster('{self.layout.cluster}', system.parts)" if self.layout.cluster else "system.parts"
         tables = ", ".join(quote(t + suffix) for t in ("samples", "profiles", "samples_1h"))

@@ -100,6 +100,9 @@ class HttpTransport(Transport):
                           connect_timeout=connect_timeout, settings={"max_query_size": MAX_QUERY_BYTES}, **extra)
         self._client: Any = None
         self._lock = threading.Lock()
+        # pyarrow loads its pandas shim (~0.5 s when pandas is installed) at its first array operation: at a
+        # server's start, not in its first query's answer.
+        pa.array([0], pa.uint64()).to_numpy()
 
     def _get(self) -> Any:
         import clickhouse_connect
