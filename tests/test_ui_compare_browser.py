@@ -244,10 +244,17 @@ def test_compare_with_the_previous_period_lists_the_hotter_function(server: str,
     assert red[0] > red[2] + 40, red
     assert blue[2] > blue[0] + 40, blue
     page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-selected.png"))
-    # At 1280x720 everything is on screen without scrolling anything: the two tables side by side (no scroll
-    # box of their own), every row of them, and the diff graph below them.
+    # At 1280x720 the tables fold into their summary line, which names the top regression and improvement, and
+    # the diff graph gets the room; opened, everything is on screen without scrolling anything: the two tables
+    # side by side (no scroll box of their own), every row of them, and the diff graph below them.
     page.set_viewport_size({"width": 1280, "height": 720})
-    wait_js(page, "window.innerWidth === 1280")
+    wait_js(page, "window.innerWidth === 1280 && !document.getElementById('diff-details').open")
+    peek = page.locator("#diff-peek")
+    assert peek.is_visible()
+    assert peek.locator("span").all_inner_texts() == ["hot_fn", "+40.0 pp", "steady", "\u221273.3 pp"]
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-1280x720-folded.png"))
+    page.locator("#diff-details summary").click()
+    wait_js(page, "document.getElementById('diff-details').open")
     page.evaluate("window.podflame.rerender()")
     page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-1280x720.png"))
     assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1")
@@ -366,7 +373,11 @@ def test_long_diff_tables_show_a_few_rows_and_all_on_request_at_1280x720(server:
     assert sorted(diff["regressions"]) == [f"grows_{k}" for k in range(6)]
     assert sorted(diff["improvements"]) == [f"shrinks_{k}" for k in range(6)]
     tables = page.locator("#diff-tables table")
-    # Three rows each and a button for the rest, everything on screen with nothing scrolling.
+    # Folded at first (a short window); opened: three rows each and a button for the rest, everything on screen
+    # with nothing scrolling.
+    assert not page.evaluate("document.getElementById('diff-details').open")
+    page.locator("#diff-details summary").click()
+    wait_js(page, "document.getElementById('diff-details').open")
     for k in range(2):
         assert tables.nth(k).locator("tbody tr:not(.more-rows)").count() == 3
         assert tables.nth(k).locator("tr.more-rows button").inner_text() == "show all 6"

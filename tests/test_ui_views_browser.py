@@ -801,11 +801,14 @@ def test_heap_profile_diff_keeps_bytes_and_red_blue(server: str, watched: Watche
     text = tip.inner_text()
     assert re.search(r"baseline: [\d.]+ (B|KiB|MiB|GiB) \(", text) and "comparison: " in text, text
     assert "samples" not in text and "CPU" not in text
-    # At 1280x720 (the window made smaller after loading): the tables shrink to a few rows, their values
-    # fit their cells (no p column: bytes are not tested) and the diff graph is on screen below them.
+    # At 1280x720 (the window made smaller after loading): the tables fold into their summary line; opened,
+    # they list a few rows, their values fit their cells (no p column: bytes are not tested) and the diff graph
+    # is on screen below them.
     page.set_viewport_size({"width": 1280, "height": 720})
-    wait_js(page, "window.innerWidth === 1280 && document.querySelectorAll('#diff-tables tbody tr.more, "
-                  "#diff-tables tbody tr.less').length <= 6")
+    wait_js(page, "window.innerWidth === 1280 && !document.getElementById('diff-details').open")
+    page.locator("#diff-details summary").click()
+    wait_js(page, "document.getElementById('diff-details').open && document.querySelectorAll('#diff-tables "
+                  "tbody tr.more, #diff-tables tbody tr.less').length <= 6")
     assert page.locator("#diff-tables th", has_text=re.compile(r"^p$")).count() == 0
     cut = page.evaluate("Array.from(document.querySelectorAll('#diff-tables td.num'))"
                         ".filter(c => c.scrollWidth > c.clientWidth + 1).map(c => c.textContent)")
@@ -845,3 +848,64 @@ def subprocess_out(argv: list[str]) -> bytes:
     import subprocess
 
     return subprocess.run(argv, capture_output=True, check=True).stdout
+
+
+_GRAPH_ROWS_SEEN = """(() => {
+    const wrap = document.getElementById('flame-wrap').getBoundingClientRect();
+    const c = document.getElementById('flame').getBoundingClientRect();
+    const top = Math.max(wrap.top, c.top, 0), bottom = Math.min(wrap.bottom, c.bottom, window.innerHeight);
+    return Math.floor(Math.max(0, bottom - top) / ROW);
+})()""".replace("ROW", str(ROW))
+
+
+def test_the_diff_graph_gets_the_screen_beside_its_tables(server: str, watched: Watched, tmp_path: Path) -> None:
+    """A comparison of a deep profile (the real Go heap profile against itself plus its compress/flate cut) at
+    1280x720 and 1440x900: the diff graph shows a useful number of rows on screen, with no page scroll. At 720 px
+    the regression tables start folded into one line naming the top regression and improvement (click to list
+    them); at 900 px they start open with a few rows each. (The tables used to leave the graph 4 rows at 720, 11
+    at 900.)"""
+    heap = _heap_profile()
+    focused = tmp_path / "flate.pb.gz"
+    focused.write_bytes(subprocess_out(["go", "tool", "pprof", "-proto", "-focus=compress/flate", str(heap)]))
+    now = int(time.time())
+    _push(server, heap.read_bytes(), "diffroom", now - 20 * 60)
+    _push(server, heap.read_bytes(), "diffroom", now - 120)
+    _push(server, focused.read_bytes(), "diffroom", now - 110)
+    w, page = watched, watched.page
+    url = server + "/#" + urllib.parse.urlencode({"q": '{service="diffroom"}', "type": "alloc_space", "cmp": "prev"})
+    d = _screenshot_dir(tmp_path)
+    for (width, height), least in (((1280, 720), 14), ((1440, 900), 16)):
+        page.set_viewport_size({"width": width, "height": height})
+        page.goto("about:blank")
+        page.goto(url)
+        wait_js(page, "window.podflame && window.podflame.diff && window.podflame.status === 'ready'")
+        diff = page.evaluate("window.podflame.diff")
+        assert max(n["depth"] for n in w.render()["nodes"]) > 30  # deeper than any screen: rows are the limit
+        page.screenshot(path=str(d / f"podflame-diff-room-{width}x{height}.png"))
+        rows = page.evaluate(_GRAPH_ROWS_SEEN)
+        assert rows >= least, (width, height, rows)
+        assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1")
+        summary = page.locator("#diff-details summary")
+        if height < 800:
+            # Folded: one line (no wrap), naming the top regression and improvement with their change.
+            assert not page.evaluate("document.getElementById('diff-details').open")
+            peek = page.locator("#diff-peek").inner_text()
+            top_reg = diff["regressions"][0].rsplit(".", 1)[-1]
+            assert top_reg in peek and re.search(r"\+\d+\.\d+ pp", peek), peek
+            assert re.search("\u2212\\d+\\.\\d+ pp", peek), peek
+            assert summary.bounding_box()["height"] < 26
+            assert page.evaluate("(s => s.scrollWidth <= s.clientWidth + 1)"
+                                 "(document.querySelector('#diff-details summary'))")
+            # A click lists them (and the choice holds for the next comparison drawn).
+            summary.click()
+            wait_js(page, "document.getElementById('diff-details').open")
+            assert page.locator("#diff-tables tbody tr.more").count() >= 3
+            assert page.locator("#diff-peek").is_hidden()
+            page.screenshot(path=str(d / f"podflame-diff-room-{width}x{height}-open.png"))
+            page.locator("#type").select_option("alloc_objects")
+            wait_js(page, "location.hash.includes('type=alloc_objects') && window.podflame.status === 'ready'")
+            assert page.evaluate("document.getElementById('diff-details').open")
+        else:
+            assert page.evaluate("document.getElementById('diff-details').open")
+            assert 1 <= page.locator("#diff-tables table").first.locator("tbody tr.more").count() <= 4
+    w.assert_clean()

@@ -9,9 +9,10 @@ import { fetchWithLogin } from "./auth.js";
 import { COMPARE_MODES, baselineRange, diffTable, fitDiffNames, ruleText } from "./compare.js";
 import { CpuChart } from "./cpuchart.js";
 import {
-  FlameGraph, KIND_COLORS, MODULE_PALETTE, compileSearch, formatPercent, formatValue, isCpuType, unitWordOf,
+  FlameGraph, KIND_COLORS, MODULE_PALETTE, compileSearch, formatPercent, formatPoints, formatValue, isCpuType,
+  unitWordOf,
 } from "./flamegraph.js";
-import { FunctionTable, functionTotals, invertedPayload, sandwichPayloads } from "./functions.js";
+import { FunctionTable, elideMiddle, functionTotals, invertedPayload, sandwichPayloads } from "./functions.js";
 import { exportPng, exportSvg } from "./export.js";
 import { decodeTree } from "./treebin.js";
 import { parseTime, toSeconds, formatTime } from "./timeexpr.js";
@@ -37,7 +38,7 @@ const els = {
   chartEmpty: $("chart-empty"), rangeReset: $("range-reset"),
   compareForm: $("compare-form"), compare: $("compare"), customBase: $("custom-base"), baseFrom: $("base-from"),
   baseTo: $("base-to"), baseQuery: $("base-query"), baseText: $("base-text"), diffNote: $("diff-note"),
-  diffDetails: $("diff-details"), diffSummary: $("diff-summary"), diffTables: $("diff-tables"), diffRule: $("diff-rule"),
+  diffDetails: $("diff-details"), diffSummary: $("diff-summary"), diffPeek: $("diff-peek"), diffTables: $("diff-tables"), diffRule: $("diff-rule"),
   searchPrev: $("search-prev"), searchNext: $("search-next"), view: $("view"), colorBy: $("color-by"),
   orient: $("orient"), invert: $("invert"), exportPng: $("export-png"), exportSvg: $("export-svg"),
   legend: $("legend"), flameBody: $("flame-body"), tableWrap: $("table-wrap"), fnFilter: $("fn-filter"),
@@ -563,13 +564,38 @@ function searchFor(name) {  // a diff table's function: selected (outlined), the
 let diffAllRows = false, payloadWithAllRows = null;  // "show all" was clicked (for this diff)
 
 // The notes and tables beside a diff flame graph; null clears them.
-const diffRowsFor = (h) => (h < 760 ? 3 : h < 820 ? 4 : 8);
+const diffRowsFor = (h) => (h < 760 ? 3 : h < 1000 ? 4 : 8);
+// Under this window height the tables start folded into their summary line (which names the top regression
+// and improvement): open, even three rows each left the diff graph four rows at 1280x720.
+const DIFF_OPEN_MIN_HEIGHT = 800;
+let diffOpenChoice = null;  // the user's own open / fold of the tables: kept for every comparison after
+const diffOpenFor = (h) => (diffOpenChoice === null ? h >= DIFF_OPEN_MIN_HEIGHT : diffOpenChoice);
+els.diffDetails.querySelector("summary").addEventListener("click", () => { diffOpenChoice = !els.diffDetails.open; });
 let diffExtrasShown = null;  // {fg, shown}: what the tables list now
 // A window made shorter or taller lists as many rows as it would have on load (the graph stays on screen).
 window.addEventListener("resize", () => {
-  const d = diffExtrasShown;
-  if (d && d.fg && !diffAllRows && d.shown !== diffRowsFor(window.innerHeight)) renderDiffExtras(d.fg);
+  const d = diffExtrasShown, h = window.innerHeight;
+  if (d && d.fg && ((!diffAllRows && d.shown !== diffRowsFor(h)) || els.diffDetails.open !== diffOpenFor(h))) {
+    renderDiffExtras(d.fg);
+  }
 });
+
+// The folded tables' summary: the largest regression and improvement, names cut in the middle.
+function diffPeek(reg, imp) {
+  const parts = [];
+  for (const [r, cls] of [[reg[0], "more"], [imp[0], "less"]]) {
+    if (!r) continue;
+    const name = document.createElement("span");
+    name.className = "peek-name";
+    name.textContent = elideMiddle(String(r.name), 32);
+    name.title = String(r.name);
+    const change = document.createElement("span");
+    change.className = "peek-change " + cls;
+    change.textContent = formatPoints(r.change);
+    parts.push(name, change);
+  }
+  return parts;
+}
 
 function renderDiffExtras(fg) {
   els.diffDetails.hidden = !fg;
@@ -603,6 +629,8 @@ function renderDiffExtras(fg) {
   els.diffTables.replaceChildren(...parts);
   fitDiffNames(els.diffTables);
   els.diffSummary.textContent = `Top regressions (${reg.length}) and improvements (${imp.length})`;
+  els.diffPeek.replaceChildren(...diffPeek(reg, imp));
+  els.diffDetails.open = diffOpenFor(window.innerHeight);
   els.diffRule.textContent = ruleText(fg.rule, fg.unit, unit);
 }
 
