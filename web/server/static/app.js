@@ -56,7 +56,7 @@ const fmtInt = new Intl.NumberFormat("en-US");
 
 // Test and debugging hook: what the page last drew and whether it is settled.
 const hook = (window.podflame = {
-  status: "loading", lastRender: null, targets: [], renders: 0, chart: null, diff: null, drawnAt: null,
+  status: "loading", lastRender: null, targets: [], renders: 0, chart: null, diff: null, drawnAt: null, loading: [],
   rerender() { draw(); return hook.lastRender; },
 });
 
@@ -476,7 +476,7 @@ function fillTable(none) {
 function applyView() {
   const diff = !!(payload && typeof payload.base_total === "number");
   const view = diff && state.view !== "graph" ? "graph" : state.view;
-  els.flameBody.className = "flame-body view-" + view;
+  for (const v of VIEWS) els.flameBody.classList.toggle("view-" + v, v === view);
   els.tableWrap.hidden = view === "graph" || view === "sandwich";
   els.flameWrap.hidden = view === "table" || view === "sandwich";
   els.sandwich.hidden = view !== "sandwich";
@@ -852,6 +852,7 @@ const inflight = { series: null, flame: null, chart: null, meta: null };
 async function load(what, fn, onError) {
   inflight[what]?.abort();
   const ctl = (inflight[what] = new AbortController());
+  markStale(what, true);
   try {
     await fn(ctl.signal);
     if (ctl.signal.aborted) return;
@@ -861,7 +862,10 @@ async function load(what, fn, onError) {
     setMessage(what, e instanceof ApiError ? `Error from the API: ${e.message}` : `Error: ${e.message}`);
     onError();
   } finally {
-    if (inflight[what] === ctl) inflight[what] = null;
+    if (inflight[what] === ctl) {
+      inflight[what] = null;
+      markStale(what, false);
+    }
   }
 }
 
@@ -1016,12 +1020,21 @@ function loadChart() {
   });
 }
 
-// Work in progress: a status line says so and what it will replace is dimmed until it lands.
+// Work in progress: a status line says so, and each part a request will replace is dimmed until its answer
+// lands (the list and chart that already answered are fresh, and look it, while a slow graph loads).
 function busy(on) {
   els.busy.hidden = !on;
-  els.flamePane.classList.toggle("stale", on);
-  document.querySelector(".targets-pane").classList.toggle("stale", on);
   els.flamePane.setAttribute("aria-busy", on ? "true" : "false");
+}
+
+const STALE_PARTS = {
+  series: [".targets-pane"],
+  chart: [".chart-head", "#chart-wrap"],
+  flame: [".flame-head", "#diff-details", ".toolbar", "#legend", "#flame-body"],
+};
+function markStale(what, on) {
+  for (const sel of STALE_PARTS[what] || []) document.querySelector(sel).classList.toggle("stale", on);
+  hook.loading = Object.keys(inflight).filter((k) => inflight[k]);
 }
 
 function settleStatus() {
