@@ -156,6 +156,19 @@ def test_function_table_sorts_filters_and_links_with_the_graph(server: str, watc
     # Default sort: self, largest first. hash is the leaf of 600 samples (75%); main is on every stack.
     assert rows[0] == ["hash", "600", "75.0%", "600", "75.0%"], rows[0]
     assert page.locator("#fn-count").inner_text() == "9 functions \u00b7 samples"
+    # The graph's summary says each thing once ("800 samples · 8.00 s CPU", not "... · samples" again).
+    assert page.locator("#flame-summary").inner_text() == "800 samples \u00b7 8.00 s CPU"
+    # At 1280x720 the page's bar is one line (with the range on screen in it) and the downloads sit on the
+    # graph's title line: lines the graph gets.
+    page.set_viewport_size({"width": 1280, "height": 720})
+    wait_js(page, "window.innerWidth === 1280")
+    top = page.evaluate("Array.from(document.querySelectorAll('.topbar > *')).filter(e => !e.hidden)"
+                        ".map(e => Math.round(e.getBoundingClientRect().top + e.getBoundingClientRect().height / 2))")
+    assert max(top) - min(top) <= 4, top
+    assert page.locator("#range-text").is_visible()
+    title, links = page.locator("#flame-title").bounding_box(), page.locator(".downloads").bounding_box()
+    assert abs((title["y"] + title["height"] / 2) - (links["y"] + links["height"] / 2)) < 8, (title, links)
+    page.set_viewport_size({"width": 1400, "height": 900})
     # Times read as the chart's axis does: 24-hour clock everywhere.
     assert re.search(r"\d{1,2}:\d{2}:\d{2}", page.locator("#range-text").inner_text())
     assert not re.search(r"\b[AP]M\b", page.locator("#range-text").inner_text())
@@ -510,6 +523,16 @@ def test_heap_profile_shows_bytes_and_objects_never_cpu(server: str, watched: Wa
     # The chart's y axis is in bytes, and its labels fit their margin.
     chart = page.evaluate("window.podflame.chart")
     assert chart["plot"]["left"] >= 56 and chart["total"] == expected["alloc_space"]
+    # Round steps of a binary unit (50 GiB, not the 46.6 GiB a power-of-ten step in bytes reads as).
+    labels = chart["yLabels"]
+    assert labels[0] == "0 B" and len(labels) >= 3, labels
+    assert all(re.fullmatch(r"\d+(\.5)? (B|KiB|MiB|GiB|TiB)", t) for t in labels), labels
+    # The list's row for profiles without pod or cgroup labels is read whole at 1280 px, not cut.
+    page.set_viewport_size({"width": 1280, "height": 720})
+    wait_js(page, "window.innerWidth === 1280")
+    cut = page.evaluate("Array.from(document.querySelectorAll('#targets .t-name, #targets .t-detail'))"
+                        ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
+    assert cut == [], cut
     _shot(w, tmp_path, "heap-bytes")
 
     page.locator("#type").select_option("alloc_objects")

@@ -244,7 +244,7 @@ function describeGroup(g) {
     const v = g.sel[state.group];
     return { name: v === "" ? `(no ${state.group} label)` : v, detail: "", title: `${state.group}=${v}` };
   }
-  return { name: "(no pod or cgroup label)", detail: "pushed profiles: group by one of their labels above",
+  return { name: "(no pod or cgroup label)", wrap: true, detail: "pushed profiles: group by one of their labels above",
     title: "Profiles without pod_uid or cgroup labels (pushed pprof, for one): the list above can group by any label" };
 }
 
@@ -260,7 +260,7 @@ function targetRow(g, max, unit, selected) {
   const li = document.createElement("li");
   const btn = document.createElement("button");
   btn.type = "button";
-  btn.className = "target" + (g.key === "" ? " target-all" : "");
+  btn.className = "target" + (g.key === "" ? " target-all" : "") + (g.describe.wrap ? " target-wrap" : "");
   btn.setAttribute("aria-pressed", selected ? "true" : "false");
   btn.dataset.key = g.key;
   const d = g.describe;
@@ -353,13 +353,23 @@ function renderTargets(resp) {
   els.targetsEmpty.hidden = groups.length > 0;
   els.targetsEmpty.textContent = groups.length ? "" : "No samples in this range for this selector.";
   if (typeof resp.from === "number" && typeof resp.to === "number") {
-    const f = (t) => rangeFormat.format(new Date(t * 1000));
-    els.rangeText.textContent = `${f(resp.from)} \u2013 ${f(resp.to)}`;
+    els.rangeText.textContent = rangeText(resp.from, resp.to);
+    els.rangeText.title = `${rangeFormat.format(new Date(resp.from * 1000))} \u2013 ${rangeFormat.format(new Date(resp.to * 1000))}`;
   }
 }
 
 // One formatter for every answer (toLocaleString with options builds a new one per call: ~15 ms each).
 const rangeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium", hourCycle: "h23" });
+const dayFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "short" });
+const clockFormat = new Intl.DateTimeFormat(undefined, { timeStyle: "medium", hourCycle: "h23" });
+
+// "12/6/26, 15:26:03 – 15:41:03" when both ends fall on one day (the date once: the bar stays one line at
+// 1280 px), else both in full.
+function rangeText(from, to) {
+  const a = new Date(from * 1000), b = new Date(to * 1000);
+  if (dayFormat.format(a) === dayFormat.format(b)) return `${rangeFormat.format(a)} \u2013 ${clockFormat.format(b)}`;
+  return `${rangeFormat.format(a)} \u2013 ${rangeFormat.format(b)}`;
+}
 
 function markSelected() {
   const key = selKey(state.sel);
@@ -448,7 +458,8 @@ function renderFlame(fg) {
     if (isCpuType(fg.type, fg.unit) && fg.period_ns) {
       summary += ` \u00b7 ${((fg.total * fg.period_ns) / 1e9).toFixed(2)} s CPU`;
     }
-    if (fg.type) summary += ` \u00b7 ${fg.type}`;
+    // The type's name unless the summary already says it ("800 samples", not "800 samples · samples").
+    if (fg.type && !summary.toLowerCase().includes(fg.type.toLowerCase())) summary += ` \u00b7 ${fg.type}`;
     if (fg.folded_nodes) summary += ` \u00b7 ${fmtInt.format(fg.folded_nodes)} small frames folded into [other]`;
     els.flameSummary.textContent = summary;
   }
