@@ -47,7 +47,7 @@ const els = {
   busy: $("busy"), flamePane: document.querySelector(".flame-pane"),
   type: $("type"), groupBy: $("group-by"), labelForm: $("label-form"), labelName: $("label-name"),
   labelValue: $("label-value"), labelNames: $("label-names"), labelValues: $("label-values"),
-  targetsTitle: $("targets-title"), targetsNote: $("targets-note"), shareLink: $("share-link"),
+  downloads: document.querySelector(".downloads"), targetsTitle: $("targets-title"), targetsNote: $("targets-note"), shareLink: $("share-link"),
 };
 const TOP_GROUPS = 5;  // chart series per label value when grouping by a label; the rest is "other"
 const VIEWS = ["both", "graph", "table", "sandwich"];
@@ -112,11 +112,13 @@ function hashParams() {
   return p;
 }
 
+let pushes = 0;  // history entries this page added (and not gone back over): "Back" has somewhere to go
+
 function writeHash(push) {
   const url = "#" + hashParams().toString();
   updateShareLink();
   if (url === location.hash) return;
-  if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
+  if (push) { history.pushState(null, "", url); pushes += 1; } else history.replaceState(null, "", url);
 }
 
 // ---- API ---------------------------------------------------------------------------------------
@@ -155,7 +157,7 @@ async function getJSON(path, params, signal, early = null, onHeaders = null) {
     const todo = resp.status === 400 ? " Fix it in the field above and apply again."
       : resp.status === 413 ? " Narrow the range or the selector." : resp.status === 404 ? ""
         : " The server failed: try again, and see its log if it persists.";
-    throw new ApiError(why + todo);
+    throw new ApiError((/[.!?]$/.test(why) || !todo ? why : why + ".") + todo);
   }
   if (body === null) throw new ApiError(`the server did not answer JSON (${path}); is a proxy in the way?`);
   if (!binary) return body;
@@ -172,11 +174,21 @@ const messages = new Map();  // source -> text
 function setMessage(source, text) {
   if (text) messages.set(source, text); else messages.delete(source);
   const unique = [...new Set(messages.values())];
-  els.message.replaceChildren(...unique.map((t) => {
+  const parts = unique.map((t) => {
     const p = document.createElement("p");
     p.textContent = t;
     return p;
-  }));
+  });
+  // A way back to the view before the one that failed (the page's own history entry), besides fixing it.
+  if (parts.length && pushes > 0) {
+    const back = document.createElement("button");
+    back.type = "button";
+    back.className = "message-back";
+    back.textContent = "Back to the previous view";
+    back.addEventListener("click", () => history.back());
+    parts.push(back);
+  }
+  els.message.replaceChildren(...parts);
   els.message.hidden = unique.length === 0;
 }
 
@@ -447,6 +459,7 @@ function renderFlame(fg) {
   els.flameEmpty.textContent = !empty ? ""
     : diff ? "No samples in either range for this selection." : "No samples in this range for this selection.";
   els.flameBody.hidden = empty;
+  els.downloads.hidden = false;
   els.flameTitle.textContent = (diff ? "Diff flame graph: " : state.invert ? "Bottom-up (inverted): " : "Flame graph: ") +
     selectionLabel();
   const unit = unitWord(fg.unit);
@@ -976,8 +989,14 @@ function loadSeries() {
   }, () => {
     els.targets.replaceChildren();
     hook.targets = [];
+    els.targetsCount.textContent = "";
+    els.targetsEmpty.textContent = FAILED("Nothing to list");
+    els.targetsEmpty.hidden = false;
   });
 }
+
+// What a part shows when its request failed: why it is empty, and where the reason is.
+const FAILED = (what) => `${what}: the request failed (see the message above).`;
 
 let flameArriving = false;  // the graph's answer has started to arrive (reloadAll's head start)
 
@@ -1002,6 +1021,9 @@ function loadFlame() {
     table.setRows([], 0);
     els.flameBody.hidden = true;
     els.flameSummary.textContent = "";
+    els.flameEmpty.textContent = FAILED("No graph");
+    els.flameEmpty.hidden = false;
+    els.downloads.hidden = true;
     renderDiffExtras(null);
     draw();
   });
@@ -1027,6 +1049,8 @@ function loadChart() {
     chart.setData({ from: 0, to: 1, step: 1, timestamps: [], values: [], cores: null });
     els.chartWrap.hidden = true;
     els.chartSummary.textContent = "";
+    els.chartEmpty.textContent = FAILED("No chart");
+    els.chartEmpty.hidden = false;
     hook.chart = null;
   });
 }
@@ -1336,6 +1360,7 @@ document.addEventListener("keydown", (e) => {
 });
 
 window.addEventListener("popstate", () => {
+  pushes = Math.max(0, pushes - 1);
   readHash();
   syncControls();
   reloadAll();
