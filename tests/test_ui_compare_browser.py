@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -284,7 +285,10 @@ def test_compare_with_the_previous_period_lists_the_hotter_function(server: str,
     _wait_ready(w)
     time.sleep(0.3)
     assert w.renders() == renders and page.evaluate("document.activeElement.id") == "base-from"
-    assert page.locator("#base-from").input_value() and page.locator("#base-to").input_value()
+    # The prefilled times read as times (local RFC 3339), not raw unix seconds.
+    for field in ("#base-from", "#base-to"):
+        value = page.locator(field).input_value()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", value), value
     page.locator("#base-from").fill(str(C0 - 60))
     page.locator("#base-to").fill(str(C0))
     page.locator("#base-apply").click()
@@ -292,6 +296,14 @@ def test_compare_with_the_previous_period_lists_the_hotter_function(server: str,
     _wait_ready(w)
     assert page.evaluate("window.podflame.diff.regressions[0]") == "hot_fn"
     assert page.evaluate("window.podflame.diff.base_total") == 200
+    # Typed as unix seconds, they are shown as times too, and applied as shown they mean the same instants.
+    shown = page.locator("#base-from").input_value()
+    assert not re.fullmatch(r"[\d.]+", shown) and re.fullmatch(r"\d{4}-.*", shown), shown
+    page.locator("#base-apply").click()
+    wait_js(page, "location.hash.includes('bfrom=' + encodeURIComponent(document.getElementById('base-from').value))")
+    _wait_ready(w)
+    assert page.evaluate("window.podflame.diff.base_total") == 200
+    assert page.evaluate("window.podflame.chart.baseline") == [C0 - 60, C0]
 
     # Back to no comparison: the plain flame graph and no diff extras.
     page.locator("#compare").select_option("")

@@ -15,7 +15,7 @@ import {
 import { FunctionTable, elideMiddle, functionTotals, invertedPayload, sandwichPayloads } from "./functions.js";
 import { exportPng, exportSvg } from "./export.js";
 import { decodeTree } from "./treebin.js";
-import { parseTime, toSeconds, formatTime } from "./timeexpr.js";
+import { parseTime, readableTime, toSeconds, formatTime } from "./timeexpr.js";
 
 // Marks "pf:*" time the first view's steps (bench/ui.py reports them): boot.js's request, this module's
 // start and end, the graph's answer read, laid out, and drawn.
@@ -1130,7 +1130,8 @@ function syncControls() {
   }
   els.compare.value = state.cmp;
   els.customBase.hidden = state.cmp !== "custom";
-  for (const [el, v] of [[els.baseFrom, state.bfrom], [els.baseTo, state.bto], [els.baseQuery, state.bq]]) {
+  for (const [el, v] of [[els.baseFrom, readableTime(state.bfrom)], [els.baseTo, readableTime(state.bto)],
+    [els.baseQuery, state.bq]]) {
     if (document.activeElement !== el) el.value = v;
   }
   els.view.value = state.view;
