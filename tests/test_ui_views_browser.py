@@ -950,3 +950,24 @@ def test_the_diff_graph_gets_the_screen_beside_its_tables(server: str, watched: 
             assert page.evaluate("document.getElementById('diff-details').open")
             assert 1 <= page.locator("#diff-tables table").first.locator("tbody tr.more").count() <= 4
     w.assert_clean()
+
+
+def test_the_graph_asks_for_what_the_screen_can_show_compressed(server: str, browser) -> None:
+    """The page asks for max_nodes from the screen's width (64 per px, so a frame a pixel wide is kept and
+    nothing narrower is sent), and the server's answer comes compressed as the browser accepts it."""
+    for screen_width, expected in ((1280, 1280 * 64), (2560, 2560 * 64)):
+        context = browser.new_context(viewport={"width": 1280, "height": 720},
+                                      screen={"width": screen_width, "height": 1440})
+        try:
+            page = context.new_page()
+            answers: list = []
+            page.on("response", lambda r: answers.append(r) if "/api/v1/flamegraph?" in r.url else None)
+            page.goto(server + "/")
+            wait_js(page, "window.podflame && window.podflame.status === 'ready'")
+            assert answers, "no flame-graph request"
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(answers[0].url).query)
+            assert query["max_nodes"] == [str(expected)], query
+            headers = answers[0].all_headers()
+            assert headers.get("content-encoding") in ("gzip", "zstd", "br"), headers
+        finally:
+            context.close()
