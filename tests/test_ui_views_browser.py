@@ -937,6 +937,9 @@ def test_the_diff_graph_gets_the_screen_beside_its_tables(server: str, watched: 
             assert summary.bounding_box()["height"] < 26
             assert page.evaluate("(s => s.scrollWidth <= s.clientWidth + 1)"
                                  "(document.querySelector('#diff-details summary'))")
+            page.emulate_media(color_scheme="dark")
+            page.screenshot(path=str(d / f"podflame-diff-room-{width}x{height}-dark.png"))
+            page.emulate_media(color_scheme="light")
             # A click lists them (and the choice holds for the next comparison drawn).
             summary.click()
             wait_js(page, "document.getElementById('diff-details').open")
