@@ -675,7 +675,11 @@ def test_hostile_names_stay_text_in_table_legend_list_and_explorer(server: str, 
     w, page = watched, watched.page
     page.goto(server + "/#" + urllib.parse.urlencode({"q": '{job="evil"}', "group": "service", "color": "module"}))
     w.settle(1)
-    assert page.locator("button.target .t-name").all_inner_texts() == ["All matching the selector", evil_value]
+    names = page.locator("button.target .t-name").evaluate_all("es => es.map(e => [e.dataset.name, e.textContent])")
+    assert [full for full, _ in names] == ["All matching the selector", evil_value]
+    for full, shown in names:  # a long one is cut in its middle, as text
+        head, _, tail = shown.partition("\u2026")
+        assert full.startswith(head) and full.endswith(tail), (full, shown)
     # The name as text: whole in the cell's tooltip, and what shows (cut in the middle if long) is its text.
     assert page.locator("#fn-rows td.fn").evaluate_all("tds => tds.map(td => td.title)") == [evil_fn]
     shown = page.locator("#fn-rows td.fn").inner_text()
@@ -964,7 +968,7 @@ def test_the_graph_asks_for_what_the_screen_can_show_compressed(server: str, bro
         try:
             page = context.new_page()
             answers: list = []
-            page.on("response", lambda r: answers.append(r) if "/api/v1/flamegraph?" in r.url else None)
+            page.on("response", lambda r, got=answers: got.append(r) if "/api/v1/flamegraph?" in r.url else None)
             page.goto(server + "/")
             wait_js(page, "window.podflame && window.podflame.status === 'ready'")
             assert answers, "no flame-graph request"
@@ -974,3 +978,34 @@ def test_the_graph_asks_for_what_the_screen_can_show_compressed(server: str, bro
             assert headers.get("content-encoding") in ("gzip", "zstd", "br"), headers
         finally:
             context.close()
+
+
+def test_replica_names_in_the_list_keep_their_distinct_ends(server: str, watched: Watched, tmp_path: Path) -> None:
+    """Two replicas of one deployment differ only at the end of their names: at 1280 px, where the list's name
+    column is narrower than the names, each is cut in its middle (its start and the replica suffix both show), so the
+    rows stay tellable apart; the full name is the row's tooltip."""
+    from tests.builders import ingest_url
+
+    names = ["checkout-service-7d9f8b5c6d-x2x4q", "checkout-service-7d9f8b5c6d-k8m2p"]
+    for k, pod in enumerate(names):
+        labels = {"cgroup": f"/kubepods.slice/pod-r{k}.slice/cri-r{k}.scope", "pod_uid": f"uid-r{k}",
+                  "container_id": f"cr{k}", "namespace": "payments", "pod": pod, "container": "app", "comm": "app"}
+        ingest_url(server, [_profile(labels, {("main", "hash"): 10 * (k + 1)})])
+    w, page = watched, watched.page
+    page.set_viewport_size({"width": 1280, "height": 720})
+    page.goto(server + "/#" + urllib.parse.urlencode({"q": '{namespace="payments"}'}))
+    w.settle(1)
+    rows = page.evaluate("Array.from(document.querySelectorAll('#targets button.target:not(.target-all)')).map(b => "
+                         "({text: b.querySelector('.t-name').textContent, title: b.title, "
+                         "cut: (e => e.scrollWidth > e.clientWidth + 1)(b.querySelector('.t-name'))}))")
+    assert len(rows) == 2, rows
+    assert not [r for r in rows if r["cut"]], rows
+    texts = [r["text"] for r in rows]
+    assert len(set(texts)) == 2, texts
+    for r in rows:
+        full = next(f"payments/{n}" for n in names if n[-5:] in r["text"])
+        assert r["text"].startswith("pay") and r["text"].endswith(full[-5:]) and full in r["title"], r
+        head, _, tail = r["text"].partition("\u2026")
+        assert full.startswith(head) and full.endswith(tail)
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-replicas-1280x720.png"))
+    w.assert_clean()

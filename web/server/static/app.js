@@ -244,7 +244,7 @@ function describeGroup(g) {
       name: l.pod ? (l.namespace ? `${l.namespace}/${l.pod}` : l.pod) : `pod ${l.pod_uid}`,
       detail: [container ? `container ${container}` : "", l.qos || "", l.runtime || ""]
         .filter(Boolean).join(" \u00b7 "),
-      title: [`pod_uid ${l.pod_uid}`, g.sel.container_id ? `container_id ${g.sel.container_id}` : "", l.cgroup || ""]
+      title: [l.pod ? (l.namespace ? `${l.namespace}/${l.pod}` : l.pod) : "", `pod_uid ${l.pod_uid}`, g.sel.container_id ? `container_id ${g.sel.container_id}` : "", l.cgroup || ""]
         .filter(Boolean).join("\n"),
     };
   }
@@ -280,7 +280,7 @@ function targetRow(g, max, unit, selected) {
 
   const name = document.createElement("span");
   name.className = "t-name";
-  name.textContent = d.name;
+  name.textContent = name.dataset.name = d.name;
   const share = formatShare(g, unit);
   const value = document.createElement("span");
   value.className = "t-share";
@@ -361,6 +361,7 @@ function renderTargets(resp) {
   hook.targetRows = [...(groups.length ? [all] : []), ...shown].map((g) => ({ name: g.describe.name, value: g.value }));
   if (fold) hook.targetRows.push({ name: `other (${groups.length - TOP_GROUPS} values)`, value: groups.slice(TOP_GROUPS).reduce((a, g) => a + g.value, 0) });
   els.targets.replaceChildren(...rows);
+  fitTargetNames();
   els.targetsCount.textContent = groups.length ? `(${groups.length})` : "";
   els.targetsEmpty.hidden = groups.length > 0;
   els.targetsEmpty.textContent = groups.length ? "" : "No samples in this range for this selector.";
@@ -382,6 +383,30 @@ function rangeText(from, to) {
   if (dayFormat.format(a) === dayFormat.format(b)) return `${rangeFormat.format(a)} \u2013 ${clockFormat.format(b)}`;
   return `${rangeFormat.format(a)} \u2013 ${rangeFormat.format(b)}`;
 }
+
+// Names wider than the list's column cut in their middle, so replicas that differ only at the end
+// ("checkout-7d9f8b5c6d-x2x4q", "-k8m2p") stay tellable apart; the full name is the row's tooltip.
+const measure = document.createElement("canvas").getContext("2d");
+function fitTargetNames() {
+  for (const el of els.targets.querySelectorAll(".t-name")) {
+    const full = el.dataset.name || "";
+    el.textContent = full;
+    const width = el.clientWidth;
+    if (!width || el.scrollWidth <= width + 1 || el.closest(".target-wrap")) continue;
+    measure.font = getComputedStyle(el).font;
+    let lo = 4, hi = full.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (measure.measureText(elideMiddle(full, mid)).width <= width - 1) lo = mid; else hi = mid - 1;
+    }
+    el.textContent = elideMiddle(full, lo);
+  }
+}
+let lastTargetsWidth = 0;
+new ResizeObserver(() => {
+  const w = els.targets.clientWidth;
+  if (w && w !== lastTargetsWidth) { lastTargetsWidth = w; fitTargetNames(); }
+}).observe(els.targets);
 
 function markSelected() {
   const key = selKey(state.sel);
