@@ -137,6 +137,9 @@ def test_drag_on_the_cpu_chart_chooses_the_flame_graphs_range(server: str, watch
     assert page.evaluate("window.podflame.chart.selection") == [lo, hi]
     assert page.evaluate("window.podflame.chart.from") == T0
     assert page.evaluate("window.podflame.targets.map(t => t.value)") == [expected]
+    # The way back sits on the chart's title line (its summary wraps beside it rather than pushing it down a line).
+    title, back = page.locator("#chart-title").bounding_box(), page.locator("#range-reset").bounding_box()
+    assert back["y"] < title["y"] + title["height"], (title, back)
     # Downloads follow the sub-range.
     body = _get(page.locator("#dl-folded").evaluate("a => a.href"))[1].decode()
     assert body.splitlines() == [f"main;work {expected}"]

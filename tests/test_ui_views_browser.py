@@ -166,6 +166,13 @@ def test_function_table_sorts_filters_and_links_with_the_graph(server: str, watc
                         ".map(e => Math.round(e.getBoundingClientRect().top + e.getBoundingClientRect().height / 2))")
     assert max(top) - min(top) <= 4, top
     assert page.locator("#range-text").is_visible()
+    # ... and the selector field's hint is read whole in it.
+    assert page.evaluate("""(() => {
+        const i = document.getElementById('selector'), s = getComputedStyle(i);
+        const c = document.createElement('canvas').getContext('2d');
+        c.font = s.font;
+        return c.measureText(i.placeholder).width <= i.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
+    })()""")
     title, links = page.locator("#flame-title").bounding_box(), page.locator(".downloads").bounding_box()
     assert abs((title["y"] + title["height"] / 2) - (links["y"] + links["height"] / 2)) < 8, (title, links)
     page.set_viewport_size({"width": 1400, "height": 900})
