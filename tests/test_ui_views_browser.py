@@ -171,7 +171,8 @@ def test_function_table_sorts_filters_and_links_with_the_graph(server: str, watc
         const i = document.getElementById('selector'), s = getComputedStyle(i);
         const c = document.createElement('canvas').getContext('2d');
         c.font = s.font;
-        return c.measureText(i.placeholder).width <= i.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
+        const room = i.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
+        return c.measureText(i.placeholder).width <= room;
     })()""")
     title, links = page.locator("#flame-title").bounding_box(), page.locator(".downloads").bounding_box()
     assert abs((title["y"] + title["height"] / 2) - (links["y"] + links["height"] / 2)) < 8, (title, links)
