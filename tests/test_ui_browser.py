@@ -307,7 +307,7 @@ def test_hostile_frame_name_is_text_and_a_link_reproduces_the_view(server: str, 
     w.assert_clean()
 
 
-def test_api_errors_are_shown_and_empty_ranges_say_so(server: str, watched: Watched) -> None:
+def test_api_errors_are_shown_and_empty_ranges_say_so(server: str, watched: Watched, tmp_path: Path) -> None:
     w, page = watched, watched.page
     page.goto(server + "/")
     w.settle(1)
@@ -322,7 +322,24 @@ def test_api_errors_are_shown_and_empty_ranges_say_so(server: str, watched: Watc
     text = message.inner_text()
     assert "bad query" in text, text
     assert page.locator("button.target").count() == 0
+    # Said once (list, chart and graph all failed on it), as a sentence, with what to do; each part says why
+    # it is empty instead of going blank under its old title and count; a button goes back to the last view.
+    assert message.locator("p").count() == 1 and ". Fix it in the field above" in text, text
+    for empty in ("#targets-empty", "#chart-empty", "#flame-empty"):
+        assert page.locator(empty).is_visible() and "message above" in page.locator(empty).inner_text(), empty
+    assert page.locator("#targets-count").inner_text() == ""
+    assert page.locator(".downloads").is_hidden()
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-bad-selector.png"))
     w.errors = [e for e in w.errors if "400" not in e]  # the browser logs the failed fetch itself
+    back = message.locator("button", has_text="Back")
+    back.click()
+    wait_js(page, "window.podflame.status === 'ready' && window.podflame.targets.length === 2")
+    assert message.is_hidden() and page.locator("#selector").input_value() == ""
+    assert page.locator(".downloads").is_visible() and page.locator("#flame-empty").is_hidden()
+    page.locator("#selector").fill('{cgroup="unterminated')
+    page.locator("#query-form button[type=submit]").click()
+    wait_js(page, "window.podflame.status === 'error'")
+    w.errors = [e for e in w.errors if "400" not in e]
 
     # A selector that matches nothing: explicit empty states, and the message goes away.
     page.locator("#selector").fill('{cgroup="/nothing.slice"}')
@@ -342,6 +359,7 @@ def test_api_errors_are_shown_and_empty_ranges_say_so(server: str, watched: Watc
     assert "from=now-5m" in page.evaluate("location.hash")
     assert page.locator('button.preset[data-range="5m"]').get_attribute("aria-pressed") == "true"
     assert page.locator("button.target").count() == 3
+    w.errors = [e for e in w.errors if "400" not in e]  # the bad selector's failed fetches, logged late
     w.assert_clean()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -136,6 +137,9 @@ def test_drag_on_the_cpu_chart_chooses_the_flame_graphs_range(server: str, watch
     assert page.evaluate("window.podflame.chart.selection") == [lo, hi]
     assert page.evaluate("window.podflame.chart.from") == T0
     assert page.evaluate("window.podflame.targets.map(t => t.value)") == [expected]
+    # The way back sits on the chart's title line (its summary wraps beside it rather than pushing it down a line).
+    title, back = page.locator("#chart-title").bounding_box(), page.locator("#range-reset").bounding_box()
+    assert back["y"] < title["y"] + title["height"], (title, back)
     # Downloads follow the sub-range.
     body = _get(page.locator("#dl-folded").evaluate("a => a.href"))[1].decode()
     assert body.splitlines() == [f"main;work {expected}"]
@@ -244,10 +248,17 @@ def test_compare_with_the_previous_period_lists_the_hotter_function(server: str,
     assert red[0] > red[2] + 40, red
     assert blue[2] > blue[0] + 40, blue
     page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-selected.png"))
-    # At 1280x720 everything is on screen without scrolling anything: the two tables side by side (no scroll
-    # box of their own), every row of them, and the diff graph below them.
+    # At 1280x720 the tables fold into their summary line, which names the top regression and improvement, and
+    # the diff graph gets the room; opened, everything is on screen without scrolling anything: the two tables
+    # side by side (no scroll box of their own), every row of them, and the diff graph below them.
     page.set_viewport_size({"width": 1280, "height": 720})
-    wait_js(page, "window.innerWidth === 1280")
+    wait_js(page, "window.innerWidth === 1280 && !document.getElementById('diff-details').open")
+    peek = page.locator("#diff-peek")
+    assert peek.is_visible()
+    assert peek.locator("span").all_inner_texts() == ["hot_fn", "+40.0 pp", "steady", "\u221273.3 pp"]
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-1280x720-folded.png"))
+    page.locator("#diff-details summary").click()
+    wait_js(page, "document.getElementById('diff-details').open")
     page.evaluate("window.podflame.rerender()")
     page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-diff-1280x720.png"))
     assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1")
@@ -277,7 +288,10 @@ def test_compare_with_the_previous_period_lists_the_hotter_function(server: str,
     _wait_ready(w)
     time.sleep(0.3)
     assert w.renders() == renders and page.evaluate("document.activeElement.id") == "base-from"
-    assert page.locator("#base-from").input_value() and page.locator("#base-to").input_value()
+    # The prefilled times read as times (local RFC 3339), not raw unix seconds.
+    for field in ("#base-from", "#base-to"):
+        value = page.locator(field).input_value()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", value), value
     page.locator("#base-from").fill(str(C0 - 60))
     page.locator("#base-to").fill(str(C0))
     page.locator("#base-apply").click()
@@ -285,6 +299,14 @@ def test_compare_with_the_previous_period_lists_the_hotter_function(server: str,
     _wait_ready(w)
     assert page.evaluate("window.podflame.diff.regressions[0]") == "hot_fn"
     assert page.evaluate("window.podflame.diff.base_total") == 200
+    # Typed as unix seconds, they are shown as times too, and applied as shown they mean the same instants.
+    shown = page.locator("#base-from").input_value()
+    assert not re.fullmatch(r"[\d.]+", shown) and re.fullmatch(r"\d{4}-.*", shown), shown
+    page.locator("#base-apply").click()
+    wait_js(page, "location.hash.includes('bfrom=' + encodeURIComponent(document.getElementById('base-from').value))")
+    _wait_ready(w)
+    assert page.evaluate("window.podflame.diff.base_total") == 200
+    assert page.evaluate("window.podflame.chart.baseline") == [C0 - 60, C0]
 
     # Back to no comparison: the plain flame graph and no diff extras.
     page.locator("#compare").select_option("")
@@ -366,7 +388,11 @@ def test_long_diff_tables_show_a_few_rows_and_all_on_request_at_1280x720(server:
     assert sorted(diff["regressions"]) == [f"grows_{k}" for k in range(6)]
     assert sorted(diff["improvements"]) == [f"shrinks_{k}" for k in range(6)]
     tables = page.locator("#diff-tables table")
-    # Three rows each and a button for the rest, everything on screen with nothing scrolling.
+    # Folded at first (a short window); opened: three rows each and a button for the rest, everything on screen
+    # with nothing scrolling.
+    assert not page.evaluate("document.getElementById('diff-details').open")
+    page.locator("#diff-details summary").click()
+    wait_js(page, "document.getElementById('diff-details').open")
     for k in range(2):
         assert tables.nth(k).locator("tbody tr:not(.more-rows)").count() == 3
         assert tables.nth(k).locator("tr.more-rows button").inner_text() == "show all 6"

@@ -156,6 +156,27 @@ def test_function_table_sorts_filters_and_links_with_the_graph(server: str, watc
     # Default sort: self, largest first. hash is the leaf of 600 samples (75%); main is on every stack.
     assert rows[0] == ["hash", "600", "75.0%", "600", "75.0%"], rows[0]
     assert page.locator("#fn-count").inner_text() == "9 functions \u00b7 samples"
+    # The graph's summary says each thing once ("800 samples · 8.00 s CPU", not "... · samples" again).
+    assert page.locator("#flame-summary").inner_text() == "800 samples \u00b7 8.00 s CPU"
+    # At 1280x720 the page's bar is one line (with the range on screen in it) and the downloads sit on the
+    # graph's title line: lines the graph gets.
+    page.set_viewport_size({"width": 1280, "height": 720})
+    wait_js(page, "window.innerWidth === 1280")
+    top = page.evaluate("Array.from(document.querySelectorAll('.topbar > *')).filter(e => !e.hidden)"
+                        ".map(e => Math.round(e.getBoundingClientRect().top + e.getBoundingClientRect().height / 2))")
+    assert max(top) - min(top) <= 4, top
+    assert page.locator("#range-text").is_visible()
+    # ... and the selector field's hint is read whole in it.
+    assert page.evaluate("""(() => {
+        const i = document.getElementById('selector'), s = getComputedStyle(i);
+        const c = document.createElement('canvas').getContext('2d');
+        c.font = s.font;
+        const room = i.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
+        return c.measureText(i.placeholder).width <= room;
+    })()""")
+    title, links = page.locator("#flame-title").bounding_box(), page.locator(".downloads").bounding_box()
+    assert abs((title["y"] + title["height"] / 2) - (links["y"] + links["height"] / 2)) < 8, (title, links)
+    page.set_viewport_size({"width": 1400, "height": 900})
     # Times read as the chart's axis does: 24-hour clock everywhere.
     assert re.search(r"\d{1,2}:\d{2}:\d{2}", page.locator("#range-text").inner_text())
     assert not re.search(r"\b[AP]M\b", page.locator("#range-text").inner_text())
@@ -356,16 +377,34 @@ def test_loading_state_under_a_slow_api(server: str, watched: Watched, tmp_path:
     page.locator('button.preset[data-range="1h"]').click()
     wait_js(page, "window.podflame.status === 'loading'")
     assert page.locator("#busy").is_visible()
-    assert "stale" in page.locator(".flame-pane").get_attribute("class")
+    assert "stale" in page.locator("#flame-body").get_attribute("class")
     assert page.locator(".flame-pane").get_attribute("aria-busy") == "true"
-    # The old graph stays (dimmed) while the new one loads.
+    # The old graph stays, dimmed, while the new one loads. The dimming starts after 0.1 s (a quick answer
+    # never flickers) and fades in over 0.15 s: the screenshot waits for it, as a person would see the page
+    # under a slow API, and the parts are really drawn faded (their computed opacity, not just the class).
+    # Only what is still loading is dimmed: the list and the chart of the new range answered (only the graph
+    # is slow here) and are shown as they are, fresh.
     assert w.render()["nodes"]
+    opacity = "(s => Number(getComputedStyle(document.querySelector(s)).opacity))"
+    stale_parts = ["#flame-body", ".flame-head", ".toolbar"]
+    fresh_parts = [".targets-pane", "#chart-wrap", ".chart-head"]
+    wait_js(page, " && ".join(f"{opacity}('{s}') <= 0.56" for s in stale_parts))
+    wait_js(page, "!window.podflame.loading.includes('series') && !window.podflame.loading.includes('chart')")
+    page.wait_for_timeout(300)  # past the dimming's delay and fade
+    for s in fresh_parts:
+        assert page.evaluate(f"{opacity}('{s}')") == 1, s
+    for s in stale_parts:
+        assert page.evaluate(f"{opacity}('{s}')") <= 0.56, s
+    assert "1h" in page.locator("#chart-summary").inner_text() or page.evaluate("window.podflame.chart.to - "
+                                                                                 "window.podflame.chart.from") == 3600
+    assert page.locator("#busy").bounding_box()["y"] >= 0
     page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-loading.png"))
     SLOW.clear()
     GATE.set()
     w.settle()
     assert page.locator("#busy").is_hidden()
-    assert "stale" not in (page.locator(".flame-pane").get_attribute("class") or "")
+    assert "stale" not in (page.locator("#flame-body").get_attribute("class") or "")
+    wait_js(page, " && ".join(f"{opacity}('{s}') === 1" for s in stale_parts))
     w.assert_clean()
 
 
@@ -492,6 +531,16 @@ def test_heap_profile_shows_bytes_and_objects_never_cpu(server: str, watched: Wa
     # The chart's y axis is in bytes, and its labels fit their margin.
     chart = page.evaluate("window.podflame.chart")
     assert chart["plot"]["left"] >= 56 and chart["total"] == expected["alloc_space"]
+    # Round steps of a binary unit (50 GiB, not the 46.6 GiB a power-of-ten step in bytes reads as).
+    labels = chart["yLabels"]
+    assert labels[0] == "0 B" and len(labels) >= 3, labels
+    assert all(re.fullmatch(r"\d+(\.5)? (B|KiB|MiB|GiB|TiB)", t) for t in labels), labels
+    # The list's row for profiles without pod or cgroup labels is read whole at 1280 px, not cut.
+    page.set_viewport_size({"width": 1280, "height": 720})
+    wait_js(page, "window.innerWidth === 1280")
+    cut = page.evaluate("Array.from(document.querySelectorAll('#targets .t-name, #targets .t-detail'))"
+                        ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
+    assert cut == [], cut
     _shot(w, tmp_path, "heap-bytes")
 
     page.locator("#type").select_option("alloc_objects")
@@ -634,7 +683,11 @@ def test_hostile_names_stay_text_in_table_legend_list_and_explorer(server: str, 
     w, page = watched, watched.page
     page.goto(server + "/#" + urllib.parse.urlencode({"q": '{job="evil"}', "group": "service", "color": "module"}))
     w.settle(1)
-    assert page.locator("button.target .t-name").all_inner_texts() == ["All matching the selector", evil_value]
+    names = page.locator("button.target .t-name").evaluate_all("es => es.map(e => [e.dataset.name, e.textContent])")
+    assert [full for full, _ in names] == ["All matching the selector", evil_value]
+    for full, shown in names:  # a long one is cut in its middle, as text
+        head, _, tail = shown.partition("\u2026")
+        assert full.startswith(head) and full.endswith(tail), (full, shown)
     # The name as text: whole in the cell's tooltip, and what shows (cut in the middle if long) is its text.
     assert page.locator("#fn-rows td.fn").evaluate_all("tds => tds.map(td => td.title)") == [evil_fn]
     shown = page.locator("#fn-rows td.fn").inner_text()
@@ -801,11 +854,14 @@ def test_heap_profile_diff_keeps_bytes_and_red_blue(server: str, watched: Watche
     text = tip.inner_text()
     assert re.search(r"baseline: [\d.]+ (B|KiB|MiB|GiB) \(", text) and "comparison: " in text, text
     assert "samples" not in text and "CPU" not in text
-    # At 1280x720 (the window made smaller after loading): the tables shrink to a few rows, their values
-    # fit their cells (no p column: bytes are not tested) and the diff graph is on screen below them.
+    # At 1280x720 (the window made smaller after loading): the tables fold into their summary line; opened,
+    # they list a few rows, their values fit their cells (no p column: bytes are not tested) and the diff graph
+    # is on screen below them.
     page.set_viewport_size({"width": 1280, "height": 720})
-    wait_js(page, "window.innerWidth === 1280 && document.querySelectorAll('#diff-tables tbody tr.more, "
-                  "#diff-tables tbody tr.less').length <= 6")
+    wait_js(page, "window.innerWidth === 1280 && !document.getElementById('diff-details').open")
+    page.locator("#diff-details summary").click()
+    wait_js(page, "document.getElementById('diff-details').open && document.querySelectorAll('#diff-tables "
+                  "tbody tr.more, #diff-tables tbody tr.less').length <= 6")
     assert page.locator("#diff-tables th", has_text=re.compile(r"^p$")).count() == 0
     cut = page.evaluate("Array.from(document.querySelectorAll('#diff-tables td.num'))"
                         ".filter(c => c.scrollWidth > c.clientWidth + 1).map(c => c.textContent)")
@@ -845,3 +901,119 @@ def subprocess_out(argv: list[str]) -> bytes:
     import subprocess
 
     return subprocess.run(argv, capture_output=True, check=True).stdout
+
+
+_GRAPH_ROWS_SEEN = """(() => {
+    const wrap = document.getElementById('flame-wrap').getBoundingClientRect();
+    const c = document.getElementById('flame').getBoundingClientRect();
+    const top = Math.max(wrap.top, c.top, 0), bottom = Math.min(wrap.bottom, c.bottom, window.innerHeight);
+    return Math.floor(Math.max(0, bottom - top) / ROW);
+})()""".replace("ROW", str(ROW))
+
+
+def test_the_diff_graph_gets_the_screen_beside_its_tables(server: str, watched: Watched, tmp_path: Path) -> None:
+    """A comparison of a deep profile (the real Go heap profile against itself plus its compress/flate cut) at
+    1280x720 and 1440x900: the diff graph shows a useful number of rows on screen, with no page scroll. At 720 px
+    the regression tables start folded into one line naming the top regression and improvement (click to list
+    them); at 900 px they start open with a few rows each. (The tables used to leave the graph 4 rows at 720, 11
+    at 900.)"""
+    heap = _heap_profile()
+    focused = tmp_path / "flate.pb.gz"
+    focused.write_bytes(subprocess_out(["go", "tool", "pprof", "-proto", "-focus=compress/flate", str(heap)]))
+    now = int(time.time())
+    _push(server, heap.read_bytes(), "diffroom", now - 20 * 60)
+    _push(server, heap.read_bytes(), "diffroom", now - 120)
+    _push(server, focused.read_bytes(), "diffroom", now - 110)
+    w, page = watched, watched.page
+    url = server + "/#" + urllib.parse.urlencode({"q": '{service="diffroom"}', "type": "alloc_space", "cmp": "prev"})
+    d = _screenshot_dir(tmp_path)
+    for (width, height), least in (((1280, 720), 14), ((1440, 900), 16)):
+        page.set_viewport_size({"width": width, "height": height})
+        page.goto("about:blank")
+        page.goto(url)
+        wait_js(page, "window.podflame && window.podflame.diff && window.podflame.status === 'ready'")
+        diff = page.evaluate("window.podflame.diff")
+        assert max(n["depth"] for n in w.render()["nodes"]) > 30  # deeper than any screen: rows are the limit
+        page.screenshot(path=str(d / f"podflame-diff-room-{width}x{height}.png"))
+        rows = page.evaluate(_GRAPH_ROWS_SEEN)
+        assert rows >= least, (width, height, rows)
+        assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1")
+        summary = page.locator("#diff-details summary")
+        if height < 800:
+            # Folded: one line (no wrap), naming the top regression and improvement with their change.
+            assert not page.evaluate("document.getElementById('diff-details').open")
+            peek = page.locator("#diff-peek").inner_text()
+            top_reg = diff["regressions"][0].rsplit(".", 1)[-1]
+            assert top_reg in peek and re.search(r"\+\d+\.\d+ pp", peek), peek
+            assert re.search("\u2212\\d+\\.\\d+ pp", peek), peek
+            assert summary.bounding_box()["height"] < 26
+            assert page.evaluate("(s => s.scrollWidth <= s.clientWidth + 1)"
+                                 "(document.querySelector('#diff-details summary'))")
+            page.emulate_media(color_scheme="dark")
+            page.screenshot(path=str(d / f"podflame-diff-room-{width}x{height}-dark.png"))
+            page.emulate_media(color_scheme="light")
+            # A click lists them (and the choice holds for the next comparison drawn).
+            summary.click()
+            wait_js(page, "document.getElementById('diff-details').open")
+            assert page.locator("#diff-tables tbody tr.more").count() >= 3
+            assert page.locator("#diff-peek").is_hidden()
+            page.screenshot(path=str(d / f"podflame-diff-room-{width}x{height}-open.png"))
+            page.locator("#type").select_option("alloc_objects")
+            wait_js(page, "location.hash.includes('type=alloc_objects') && window.podflame.status === 'ready'")
+            assert page.evaluate("document.getElementById('diff-details').open")
+        else:
+            assert page.evaluate("document.getElementById('diff-details').open")
+            assert 1 <= page.locator("#diff-tables table").first.locator("tbody tr.more").count() <= 4
+    w.assert_clean()
+
+
+def test_the_graph_asks_for_what_the_screen_can_show_compressed(server: str, browser) -> None:
+    """The page asks for max_nodes from the screen's width (64 per px, so a frame a pixel wide is kept and
+    nothing narrower is sent), and the server's answer comes compressed as the browser accepts it."""
+    for screen_width, expected in ((1280, 1280 * 64), (2560, 2560 * 64)):
+        context = browser.new_context(viewport={"width": 1280, "height": 720},
+                                      screen={"width": screen_width, "height": 1440})
+        try:
+            page = context.new_page()
+            answers: list = []
+            page.on("response", lambda r, got=answers: got.append(r) if "/api/v1/flamegraph?" in r.url else None)
+            page.goto(server + "/")
+            wait_js(page, "window.podflame && window.podflame.status === 'ready'")
+            assert answers, "no flame-graph request"
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(answers[0].url).query)
+            assert query["max_nodes"] == [str(expected)], query
+            headers = answers[0].all_headers()
+            assert headers.get("content-encoding") in ("gzip", "zstd", "br"), headers
+        finally:
+            context.close()
+
+
+def test_replica_names_in_the_list_keep_their_distinct_ends(server: str, watched: Watched, tmp_path: Path) -> None:
+    """Two replicas of one deployment differ only at the end of their names: at 1280 px, where the list's name
+    column is narrower than the names, each is cut in its middle (its start and the replica suffix both show), so the
+    rows stay tellable apart; the full name is the row's tooltip."""
+    from tests.builders import ingest_url
+
+    names = ["checkout-service-7d9f8b5c6d-x2x4q", "checkout-service-7d9f8b5c6d-k8m2p"]
+    for k, pod in enumerate(names):
+        labels = {"cgroup": f"/kubepods.slice/pod-r{k}.slice/cri-r{k}.scope", "pod_uid": f"uid-r{k}",
+                  "container_id": f"cr{k}", "namespace": "payments", "pod": pod, "container": "app", "comm": "app"}
+        ingest_url(server, [_profile(labels, {("main", "hash"): 10 * (k + 1)})])
+    w, page = watched, watched.page
+    page.set_viewport_size({"width": 1280, "height": 720})
+    page.goto(server + "/#" + urllib.parse.urlencode({"q": '{namespace="payments"}'}))
+    w.settle(1)
+    rows = page.evaluate("Array.from(document.querySelectorAll('#targets button.target:not(.target-all)')).map(b => "
+                         "({text: b.querySelector('.t-name').textContent, title: b.title, "
+                         "cut: (e => e.scrollWidth > e.clientWidth + 1)(b.querySelector('.t-name'))}))")
+    assert len(rows) == 2, rows
+    assert not [r for r in rows if r["cut"]], rows
+    texts = [r["text"] for r in rows]
+    assert len(set(texts)) == 2, texts
+    for r in rows:
+        full = next(f"payments/{n}" for n in names if n[-5:] in r["text"])
+        assert r["text"].startswith("pay") and r["text"].endswith(full[-5:]) and full in r["title"], r
+        head, _, tail = r["text"].partition("\u2026")
+        assert full.startswith(head) and full.endswith(tail)
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / "podflame-replicas-1280x720.png"))
+    w.assert_clean()

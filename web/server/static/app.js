@@ -9,12 +9,13 @@ import { fetchWithLogin } from "./auth.js";
 import { COMPARE_MODES, baselineRange, diffTable, fitDiffNames, ruleText } from "./compare.js";
 import { CpuChart } from "./cpuchart.js";
 import {
-  FlameGraph, KIND_COLORS, MODULE_PALETTE, compileSearch, formatPercent, formatValue, isCpuType, unitWordOf,
+  FlameGraph, KIND_COLORS, MODULE_PALETTE, compileSearch, formatPercent, formatPoints, formatValue, isCpuType,
+  unitWordOf,
 } from "./flamegraph.js";
-import { FunctionTable, functionTotals, invertedPayload, sandwichPayloads } from "./functions.js";
+import { FunctionTable, elideMiddle, functionTotals, invertedPayload, sandwichPayloads } from "./functions.js";
 import { exportPng, exportSvg } from "./export.js";
 import { decodeTree } from "./treebin.js";
-import { parseTime, toSeconds, formatTime } from "./timeexpr.js";
+import { parseTime, readableTime, toSeconds, formatTime } from "./timeexpr.js";
 
 // Marks "pf:*" time the first view's steps (bench/ui.py reports them): boot.js's request, this module's
 // start and end, the graph's answer read, laid out, and drawn.
@@ -37,7 +38,7 @@ const els = {
   chartEmpty: $("chart-empty"), rangeReset: $("range-reset"),
   compareForm: $("compare-form"), compare: $("compare"), customBase: $("custom-base"), baseFrom: $("base-from"),
   baseTo: $("base-to"), baseQuery: $("base-query"), baseText: $("base-text"), diffNote: $("diff-note"),
-  diffDetails: $("diff-details"), diffSummary: $("diff-summary"), diffTables: $("diff-tables"), diffRule: $("diff-rule"),
+  diffDetails: $("diff-details"), diffSummary: $("diff-summary"), diffPeek: $("diff-peek"), diffTables: $("diff-tables"), diffRule: $("diff-rule"),
   searchPrev: $("search-prev"), searchNext: $("search-next"), view: $("view"), colorBy: $("color-by"),
   orient: $("orient"), invert: $("invert"), exportPng: $("export-png"), exportSvg: $("export-svg"),
   legend: $("legend"), flameBody: $("flame-body"), tableWrap: $("table-wrap"), fnFilter: $("fn-filter"),
@@ -46,7 +47,7 @@ const els = {
   busy: $("busy"), flamePane: document.querySelector(".flame-pane"),
   type: $("type"), groupBy: $("group-by"), labelForm: $("label-form"), labelName: $("label-name"),
   labelValue: $("label-value"), labelNames: $("label-names"), labelValues: $("label-values"),
-  targetsTitle: $("targets-title"), targetsNote: $("targets-note"), shareLink: $("share-link"),
+  downloads: document.querySelector(".downloads"), targetsTitle: $("targets-title"), targetsNote: $("targets-note"), shareLink: $("share-link"),
 };
 const TOP_GROUPS = 5;  // chart series per label value when grouping by a label; the rest is "other"
 const VIEWS = ["both", "graph", "table", "sandwich"];
@@ -55,7 +56,7 @@ const fmtInt = new Intl.NumberFormat("en-US");
 
 // Test and debugging hook: what the page last drew and whether it is settled.
 const hook = (window.podflame = {
-  status: "loading", lastRender: null, targets: [], renders: 0, chart: null, diff: null, drawnAt: null,
+  status: "loading", lastRender: null, targets: [], renders: 0, chart: null, diff: null, drawnAt: null, loading: [],
   rerender() { draw(); return hook.lastRender; },
 });
 
@@ -111,11 +112,13 @@ function hashParams() {
   return p;
 }
 
+let pushes = 0;  // history entries this page added (and not gone back over): "Back" has somewhere to go
+
 function writeHash(push) {
   const url = "#" + hashParams().toString();
   updateShareLink();
   if (url === location.hash) return;
-  if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
+  if (push) { history.pushState(null, "", url); pushes += 1; } else history.replaceState(null, "", url);
 }
 
 // ---- API ---------------------------------------------------------------------------------------
@@ -154,7 +157,7 @@ async function getJSON(path, params, signal, early = null, onHeaders = null) {
     const todo = resp.status === 400 ? " Fix it in the field above and apply again."
       : resp.status === 413 ? " Narrow the range or the selector." : resp.status === 404 ? ""
         : " The server failed: try again, and see its log if it persists.";
-    throw new ApiError(why + todo);
+    throw new ApiError((/[.!?]$/.test(why) || !todo ? why : why + ".") + todo);
   }
   if (body === null) throw new ApiError(`the server did not answer JSON (${path}); is a proxy in the way?`);
   if (!binary) return body;
@@ -171,11 +174,21 @@ const messages = new Map();  // source -> text
 function setMessage(source, text) {
   if (text) messages.set(source, text); else messages.delete(source);
   const unique = [...new Set(messages.values())];
-  els.message.replaceChildren(...unique.map((t) => {
+  const parts = unique.map((t) => {
     const p = document.createElement("p");
     p.textContent = t;
     return p;
-  }));
+  });
+  // A way back to the view before the one that failed (the page's own history entry), besides fixing it.
+  if (parts.length && pushes > 0) {
+    const back = document.createElement("button");
+    back.type = "button";
+    back.className = "message-back";
+    back.textContent = "Back to the previous view";
+    back.addEventListener("click", () => history.back());
+    parts.push(back);
+  }
+  els.message.replaceChildren(...parts);
   els.message.hidden = unique.length === 0;
 }
 
@@ -231,7 +244,7 @@ function describeGroup(g) {
       name: l.pod ? (l.namespace ? `${l.namespace}/${l.pod}` : l.pod) : `pod ${l.pod_uid}`,
       detail: [container ? `container ${container}` : "", l.qos || "", l.runtime || ""]
         .filter(Boolean).join(" \u00b7 "),
-      title: [`pod_uid ${l.pod_uid}`, g.sel.container_id ? `container_id ${g.sel.container_id}` : "", l.cgroup || ""]
+      title: [l.pod ? (l.namespace ? `${l.namespace}/${l.pod}` : l.pod) : "", `pod_uid ${l.pod_uid}`, g.sel.container_id ? `container_id ${g.sel.container_id}` : "", l.cgroup || ""]
         .filter(Boolean).join("\n"),
     };
   }
@@ -243,7 +256,7 @@ function describeGroup(g) {
     const v = g.sel[state.group];
     return { name: v === "" ? `(no ${state.group} label)` : v, detail: "", title: `${state.group}=${v}` };
   }
-  return { name: "(no pod or cgroup label)", detail: "pushed profiles: group by one of their labels above",
+  return { name: "(no pod or cgroup label)", wrap: true, detail: "pushed profiles: group by one of their labels above",
     title: "Profiles without pod_uid or cgroup labels (pushed pprof, for one): the list above can group by any label" };
 }
 
@@ -259,7 +272,7 @@ function targetRow(g, max, unit, selected) {
   const li = document.createElement("li");
   const btn = document.createElement("button");
   btn.type = "button";
-  btn.className = "target" + (g.key === "" ? " target-all" : "");
+  btn.className = "target" + (g.key === "" ? " target-all" : "") + (g.describe.wrap ? " target-wrap" : "");
   btn.setAttribute("aria-pressed", selected ? "true" : "false");
   btn.dataset.key = g.key;
   const d = g.describe;
@@ -267,7 +280,7 @@ function targetRow(g, max, unit, selected) {
 
   const name = document.createElement("span");
   name.className = "t-name";
-  name.textContent = d.name;
+  name.textContent = name.dataset.name = d.name;
   const share = formatShare(g, unit);
   const value = document.createElement("span");
   value.className = "t-share";
@@ -348,17 +361,52 @@ function renderTargets(resp) {
   hook.targetRows = [...(groups.length ? [all] : []), ...shown].map((g) => ({ name: g.describe.name, value: g.value }));
   if (fold) hook.targetRows.push({ name: `other (${groups.length - TOP_GROUPS} values)`, value: groups.slice(TOP_GROUPS).reduce((a, g) => a + g.value, 0) });
   els.targets.replaceChildren(...rows);
+  fitTargetNames();
   els.targetsCount.textContent = groups.length ? `(${groups.length})` : "";
   els.targetsEmpty.hidden = groups.length > 0;
   els.targetsEmpty.textContent = groups.length ? "" : "No samples in this range for this selector.";
   if (typeof resp.from === "number" && typeof resp.to === "number") {
-    const f = (t) => rangeFormat.format(new Date(t * 1000));
-    els.rangeText.textContent = `${f(resp.from)} \u2013 ${f(resp.to)}`;
+    els.rangeText.textContent = rangeText(resp.from, resp.to);
+    els.rangeText.title = `${rangeFormat.format(new Date(resp.from * 1000))} \u2013 ${rangeFormat.format(new Date(resp.to * 1000))}`;
   }
 }
 
 // One formatter for every answer (toLocaleString with options builds a new one per call: ~15 ms each).
 const rangeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium", hourCycle: "h23" });
+const dayFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "short" });
+const clockFormat = new Intl.DateTimeFormat(undefined, { timeStyle: "medium", hourCycle: "h23" });
+
+// "12/6/26, 15:26:03 – 15:41:03" when both ends fall on one day (the date once: the bar stays one line at
+// 1280 px), else both in full.
+function rangeText(from, to) {
+  const a = new Date(from * 1000), b = new Date(to * 1000);
+  if (dayFormat.format(a) === dayFormat.format(b)) return `${rangeFormat.format(a)} \u2013 ${clockFormat.format(b)}`;
+  return `${rangeFormat.format(a)} \u2013 ${rangeFormat.format(b)}`;
+}
+
+// Names wider than the list's column cut in their middle, so replicas that differ only at the end
+// ("checkout-7d9f8b5c6d-x2x4q", "-k8m2p") stay tellable apart; the full name is the row's tooltip.
+const measure = document.createElement("canvas").getContext("2d");
+function fitTargetNames() {
+  for (const el of els.targets.querySelectorAll(".t-name")) {
+    const full = el.dataset.name || "";
+    el.textContent = full;
+    const width = el.clientWidth;
+    if (!width || el.scrollWidth <= width + 1 || el.closest(".target-wrap")) continue;
+    measure.font = getComputedStyle(el).font;
+    let lo = 4, hi = full.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (measure.measureText(elideMiddle(full, mid)).width <= width - 1) lo = mid; else hi = mid - 1;
+    }
+    el.textContent = elideMiddle(full, lo);
+  }
+}
+let lastTargetsWidth = 0;
+new ResizeObserver(() => {
+  const w = els.targets.clientWidth;
+  if (w && w !== lastTargetsWidth) { lastTargetsWidth = w; fitTargetNames(); }
+}).observe(els.targets);
 
 function markSelected() {
   const key = selKey(state.sel);
@@ -436,6 +484,7 @@ function renderFlame(fg) {
   els.flameEmpty.textContent = !empty ? ""
     : diff ? "No samples in either range for this selection." : "No samples in this range for this selection.";
   els.flameBody.hidden = empty;
+  els.downloads.hidden = false;
   els.flameTitle.textContent = (diff ? "Diff flame graph: " : state.invert ? "Bottom-up (inverted): " : "Flame graph: ") +
     selectionLabel();
   const unit = unitWord(fg.unit);
@@ -447,7 +496,8 @@ function renderFlame(fg) {
     if (isCpuType(fg.type, fg.unit) && fg.period_ns) {
       summary += ` \u00b7 ${((fg.total * fg.period_ns) / 1e9).toFixed(2)} s CPU`;
     }
-    if (fg.type) summary += ` \u00b7 ${fg.type}`;
+    // The type's name unless the summary already says it ("800 samples", not "800 samples · samples").
+    if (fg.type && !summary.toLowerCase().includes(fg.type.toLowerCase())) summary += ` \u00b7 ${fg.type}`;
     if (fg.folded_nodes) summary += ` \u00b7 ${fmtInt.format(fg.folded_nodes)} small frames folded into [other]`;
     els.flameSummary.textContent = summary;
   }
@@ -475,7 +525,7 @@ function fillTable(none) {
 function applyView() {
   const diff = !!(payload && typeof payload.base_total === "number");
   const view = diff && state.view !== "graph" ? "graph" : state.view;
-  els.flameBody.className = "flame-body view-" + view;
+  for (const v of VIEWS) els.flameBody.classList.toggle("view-" + v, v === view);
   els.tableWrap.hidden = view === "graph" || view === "sandwich";
   els.flameWrap.hidden = view === "table" || view === "sandwich";
   els.sandwich.hidden = view !== "sandwich";
@@ -563,13 +613,38 @@ function searchFor(name) {  // a diff table's function: selected (outlined), the
 let diffAllRows = false, payloadWithAllRows = null;  // "show all" was clicked (for this diff)
 
 // The notes and tables beside a diff flame graph; null clears them.
-const diffRowsFor = (h) => (h < 760 ? 3 : h < 820 ? 4 : 8);
+const diffRowsFor = (h) => (h < 760 ? 3 : h < 1000 ? 4 : 8);
+// Under this window height the tables start folded into their summary line (which names the top regression
+// and improvement): open, even three rows each left the diff graph four rows at 1280x720.
+const DIFF_OPEN_MIN_HEIGHT = 800;
+let diffOpenChoice = null;  // the user's own open / fold of the tables: kept for every comparison after
+const diffOpenFor = (h) => (diffOpenChoice === null ? h >= DIFF_OPEN_MIN_HEIGHT : diffOpenChoice);
+els.diffDetails.querySelector("summary").addEventListener("click", () => { diffOpenChoice = !els.diffDetails.open; });
 let diffExtrasShown = null;  // {fg, shown}: what the tables list now
 // A window made shorter or taller lists as many rows as it would have on load (the graph stays on screen).
 window.addEventListener("resize", () => {
-  const d = diffExtrasShown;
-  if (d && d.fg && !diffAllRows && d.shown !== diffRowsFor(window.innerHeight)) renderDiffExtras(d.fg);
+  const d = diffExtrasShown, h = window.innerHeight;
+  if (d && d.fg && ((!diffAllRows && d.shown !== diffRowsFor(h)) || els.diffDetails.open !== diffOpenFor(h))) {
+    renderDiffExtras(d.fg);
+  }
 });
+
+// The folded tables' summary: the largest regression and improvement, names cut in the middle.
+function diffPeek(reg, imp) {
+  const parts = [];
+  for (const [r, cls] of [[reg[0], "more"], [imp[0], "less"]]) {
+    if (!r) continue;
+    const name = document.createElement("span");
+    name.className = "peek-name";
+    name.textContent = elideMiddle(String(r.name), 32);
+    name.title = String(r.name);
+    const change = document.createElement("span");
+    change.className = "peek-change " + cls;
+    change.textContent = formatPoints(r.change);
+    parts.push(name, change);
+  }
+  return parts;
+}
 
 function renderDiffExtras(fg) {
   els.diffDetails.hidden = !fg;
@@ -603,6 +678,8 @@ function renderDiffExtras(fg) {
   els.diffTables.replaceChildren(...parts);
   fitDiffNames(els.diffTables);
   els.diffSummary.textContent = `Top regressions (${reg.length}) and improvements (${imp.length})`;
+  els.diffPeek.replaceChildren(...diffPeek(reg, imp));
+  els.diffDetails.open = diffOpenFor(window.innerHeight);
   els.diffRule.textContent = ruleText(fg.rule, fg.unit, unit);
 }
 
@@ -824,6 +901,7 @@ const inflight = { series: null, flame: null, chart: null, meta: null };
 async function load(what, fn, onError) {
   inflight[what]?.abort();
   const ctl = (inflight[what] = new AbortController());
+  markStale(what, true);
   try {
     await fn(ctl.signal);
     if (ctl.signal.aborted) return;
@@ -833,7 +911,10 @@ async function load(what, fn, onError) {
     setMessage(what, e instanceof ApiError ? `Error from the API: ${e.message}` : `Error: ${e.message}`);
     onError();
   } finally {
-    if (inflight[what] === ctl) inflight[what] = null;
+    if (inflight[what] === ctl) {
+      inflight[what] = null;
+      markStale(what, false);
+    }
   }
 }
 
@@ -933,8 +1014,14 @@ function loadSeries() {
   }, () => {
     els.targets.replaceChildren();
     hook.targets = [];
+    els.targetsCount.textContent = "";
+    els.targetsEmpty.textContent = FAILED("Nothing to list");
+    els.targetsEmpty.hidden = false;
   });
 }
+
+// What a part shows when its request failed: why it is empty, and where the reason is.
+const FAILED = (what) => `${what}: the request failed (see the message above).`;
 
 let flameArriving = false;  // the graph's answer has started to arrive (reloadAll's head start)
 
@@ -959,6 +1046,9 @@ function loadFlame() {
     table.setRows([], 0);
     els.flameBody.hidden = true;
     els.flameSummary.textContent = "";
+    els.flameEmpty.textContent = FAILED("No graph");
+    els.flameEmpty.hidden = false;
+    els.downloads.hidden = true;
     renderDiffExtras(null);
     draw();
   });
@@ -984,16 +1074,27 @@ function loadChart() {
     chart.setData({ from: 0, to: 1, step: 1, timestamps: [], values: [], cores: null });
     els.chartWrap.hidden = true;
     els.chartSummary.textContent = "";
+    els.chartEmpty.textContent = FAILED("No chart");
+    els.chartEmpty.hidden = false;
     hook.chart = null;
   });
 }
 
-// Work in progress: a status line says so and what it will replace is dimmed until it lands.
+// Work in progress: a status line says so, and each part a request will replace is dimmed until its answer
+// lands (the list and chart that already answered are fresh, and look it, while a slow graph loads).
 function busy(on) {
   els.busy.hidden = !on;
-  els.flamePane.classList.toggle("stale", on);
-  document.querySelector(".targets-pane").classList.toggle("stale", on);
   els.flamePane.setAttribute("aria-busy", on ? "true" : "false");
+}
+
+const STALE_PARTS = {
+  series: [".targets-pane"],
+  chart: [".chart-head", "#chart-wrap"],
+  flame: [".flame-head", "#diff-details", ".toolbar", "#legend", "#flame-body"],
+};
+function markStale(what, on) {
+  for (const sel of STALE_PARTS[what] || []) document.querySelector(sel).classList.toggle("stale", on);
+  hook.loading = Object.keys(inflight).filter((k) => inflight[k]);
 }
 
 function settleStatus() {
@@ -1054,7 +1155,8 @@ function syncControls() {
   }
   els.compare.value = state.cmp;
   els.customBase.hidden = state.cmp !== "custom";
-  for (const [el, v] of [[els.baseFrom, state.bfrom], [els.baseTo, state.bto], [els.baseQuery, state.bq]]) {
+  for (const [el, v] of [[els.baseFrom, readableTime(state.bfrom)], [els.baseTo, readableTime(state.bto)],
+    [els.baseQuery, state.bq]]) {
     if (document.activeElement !== el) el.value = v;
   }
   els.view.value = state.view;
@@ -1284,6 +1386,7 @@ document.addEventListener("keydown", (e) => {
 });
 
 window.addEventListener("popstate", () => {
+  pushes = Math.max(0, pushes - 1);
   readHash();
   syncControls();
   reloadAll();

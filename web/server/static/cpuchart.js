@@ -35,6 +35,13 @@ function niceStep(rough) {  // 1, 2, 2.5 or 5 times a power of ten, at least `ro
   return 10 * p;
 }
 
+// Bytes step in round multiples of their binary unit (50 GiB, not the 46.6 GiB of a step of 5e10 bytes).
+function niceBytesStep(rough) {
+  let scale = 1;
+  while (rough / scale >= 1024) scale *= 1024;
+  return Math.min(niceStep(rough / scale), 1024) * scale;
+}
+
 const pad2 = (n) => String(n).padStart(2, "0");
 
 // Local wall-clock label; seconds only when ticks are closer than a minute, the date when a day or more.
@@ -145,7 +152,8 @@ export class CpuChart {
     if (!d) return (this.lastRender = null);
     const p = this._plot();
     const max = Math.max(0, ...d.values);
-    const yStep = d.cpu ? niceStep((max || 1) / 4) : Math.max(1, niceStep(max / 4));  // counts are whole
+    const yStep = d.cpu ? niceStep((max || 1) / 4)
+      : d.rawUnit === "bytes" ? Math.max(1, niceBytesStep(max / 4)) : Math.max(1, niceStep(max / 4));  // counts are whole
     const yMax = Math.max(yStep, Math.ceil(max / yStep) * yStep);
     ctx.font = FONT;
     // Axis and grid colours from the page's theme (light or dark, prefers-color-scheme).
@@ -165,11 +173,13 @@ export class CpuChart {
     // y axis: gridlines and labels
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
+    const yLabels = [];
     for (let v = 0; v <= yMax + yStep / 2; v += yStep) {
       const yy = Math.round(y(v)) + 0.5;
       ctx.beginPath(); ctx.moveTo(p.left, yy); ctx.lineTo(p.left + p.width, yy); ctx.stroke();
       const label = axisLabel(v, d.cpu, d.rawUnit);
       ctx.fillText(label, p.left - 6, yy);
+      yLabels.push(label);
     }
     // x axis: labels at round local times, ~90 px apart
     const span = d.to - d.from;
@@ -252,7 +262,7 @@ export class CpuChart {
     this.lastRender = {
       from: d.from, to: d.to, step: d.step, bars: d.values.length, max, yMax, cpu: d.cpu,
       plot: p, selection: this.selection, baseline: this.baseline, total: this.total(),
-      stack: this.stack ? this.stack.map((s) => s.name) : null,
+      stack: this.stack ? this.stack.map((s) => s.name) : null, yLabels,
     };
     return this.lastRender;
   }

@@ -67,3 +67,27 @@ export function rangeSeconds(from, to) {
   const now = Date.now() / 1000;
   return toSeconds(t, now) - toSeconds(f, now);
 }
+
+const pad2 = (n) => String(n).padStart(2, "0");
+
+// An expression as a person reads it in a field, meaning the same instant to the server: unix seconds as
+// local RFC 3339 ("2026-12-05T14:03:00+01:00"), "now-87300s" as "now-24h15m"; anything else as it is.
+export function readableTime(expr) {
+  const t = parseTime(expr);
+  if (!t) return String(expr ?? "");
+  if ("abs" in t) {
+    const d = new Date(Math.round(t.abs * 1000));
+    if (d.getMilliseconds()) return String(expr);  // a sub-second instant keeps its exact digits
+    const off = -d.getTimezoneOffset(), sign = off < 0 ? "-" : "+", a = Math.abs(off);
+    return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())}T${pad2(d.getHours())}:` +
+      `${pad2(d.getMinutes())}:${pad2(d.getSeconds())}${sign}${pad2(Math.floor(a / 60))}:${pad2(a % 60)}`;
+  }
+  if (t.rel === 0) return "now";
+  let s = Math.abs(t.rel);
+  if (!Number.isInteger(s)) return String(expr);
+  let out = "";
+  for (const [u, n] of [["d", 86400], ["h", 3600], ["m", 60], ["s", 1]]) {
+    if (s >= n) { out += `${Math.floor(s / n)}${u}`; s %= n; }
+  }
+  return (t.rel < 0 ? "now-" : "now+") + out;
+}
