@@ -84,9 +84,9 @@ def commonest(stacks: Stacks) -> str:
 
 
 @pytest.mark.parametrize("threads", [40, 200])
-@pytest.mark.parametrize("which", ["3.9", "3.12", "debian"])
+@pytest.mark.parametrize("which", ["3.8", "3.9", "3.12", "debian"])
 def test_the_main_thread_behind_many_thread_states_keeps_its_python_frames(which: str, threads: int) -> None:
-    """3.9 matches threads by pthread_self() (the FS base), 3.12 and Debian's 3.11 by the kernel tid."""
+    """3.8/3.9 match threads by pthread_self() (the FS base), 3.12 and Debian's 3.11 by the kernel tid."""
     with running(interpreter(which), "threads", str(threads)) as pid:
         stacks = record(pid)
         dump = json.loads(subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--json", "--pid",
@@ -96,8 +96,14 @@ def test_the_main_thread_behind_many_thread_states_keeps_its_python_frames(which
     assert oracle[:2] == ("<module>", "spin_threads"), oracle
     chain = ("<module>", "spin_threads", "middle", "leaf")
     got = share(stacks, lambda s: python_part(s) == chain)
-    print(f"\n{which}, {threads} threads: {got:.1%} of samples with {';'.join(chain)} (py-spy: {';'.join(oracle)})")
-    assert got >= 0.85, f"{got:.1%}; commonest: {commonest(stacks)}"
+    # the samples before the agent registered the process (its first sample announces it) have no Python
+    # frames on any build: among the others, the chain must be exact
+    with_python = Counter({s: n for s, n in stacks.items() if python_part(s)})
+    exact = share(with_python, lambda s: python_part(s) == chain, least=20)
+    print(f"\n{which}, {threads} threads: {got:.1%} of samples with {';'.join(chain)}, {exact:.1%} of those with "
+          f"Python frames (py-spy: {';'.join(oracle)})")
+    assert got >= 0.6, f"{got:.1%}; commonest: {commonest(stacks)}"
+    assert exact >= 0.95, f"{exact:.1%}; commonest: {commonest(with_python)}"
 
 
 @pytest.mark.parametrize("which", ["3.9", "3.11", "3.13"])
