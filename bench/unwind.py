@@ -163,11 +163,14 @@ def matrix_workloads(tmp: Path) -> dict[str, tuple[list[str], Test, Test | None]
         return exact_chain(s, ("start_thread", "worker", *CHAIN[1:])) and s[0] in ("clone3", "clone")
 
     def signal_chain(s: tuple[str, ...]) -> bool:
+        """In the handler: the chain under on_alarm under main; outside it: main -> wait_in_main."""
+        if "on_alarm" not in s:
+            return entry(s) and s[-2:] == ("main", "wait_in_main")
         return exact_chain(s, ("on_alarm", *CHAIN[1:])) and s[0] == "_start" and "main" in s
 
     out: dict[str, tuple[list[str], Test, Test | None]] = {}
-    cpp = build("fid_cpp", ["g++", "-O2"], str(WORKLOADS / "fid_cpp.cc"))
     entry = starts("_start")
+    cpp = build("fid_cpp", ["g++", "-O2"], str(WORKLOADS / "fid_cpp.cc"))
     def under(run: str, leaf: str | None = None) -> Test:  # names as short() makes them: perf's have no parameters
         return lambda s: entry(s) and run in [short(f) for f in s[:4 + 2]] and (leaf is None or short(s[-1]) == leaf)
 
