@@ -23,15 +23,11 @@ import pytest
 
 from tests.realsys import WORKLOADS, kubelet_cgroup
 from tests.test_python_reader import interpreter
-from tests.test_unwind_bpf import user_part
+from tests.test_unwind_bpf import Stacks, record, share
 
 pytestmark = pytest.mark.bpf
 
-PODFLAME = Path(sys.executable).parent / "podflame"
 WORKLOAD = WORKLOADS / "python_fidelity.py"
-FREQUENCY = 199
-SECONDS = 3.0
-Stacks = Counter[tuple[str, ...]]
 
 
 @contextmanager
@@ -51,32 +47,12 @@ def running(python: str, *args: str) -> Iterator[int]:
             p.stdout.close()
 
 
-def record(pid: int) -> Stacks:
-    out = Path(f"/tmp/podflame-fidelity-{pid}.folded")
-    done = subprocess.run([str(PODFLAME), "record", f"--pid={pid}", f"--duration={SECONDS}",
-                           f"--frequency={FREQUENCY}", "--format=folded", f"-o{out}"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    stacks: Stacks = Counter()
-    for line in out.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        stacks[user_part(tuple(stack.split(";")))] += int(count)
-    out.unlink()
-    return stacks
-
-
 PY_NAMES = frozenset({"<module>", "spin_threads", "middle", "leaf", "sorter", "keyf", "use_gen", "gen", "recurse"})
 
 
 def python_part(stack: tuple[str, ...]) -> tuple[str, ...]:
     """The workload's Python functions in `stack`, in order (3.9/3.10 keep C frames between them)."""
     return tuple(f for f in stack if f in PY_NAMES)
-
-
-def share(stacks: Stacks, test, least: int = 30) -> float:
-    total = sum(stacks.values())
-    assert total >= least, f"only {total} samples"
-    return sum(n for s, n in stacks.items() if test(s)) / total
 
 
 def commonest(stacks: Stacks) -> str:
