@@ -82,7 +82,7 @@ def test_the_main_thread_behind_many_thread_states_keeps_its_python_frames(which
     assert exact >= 0.95, f"{exact:.1%}; commonest: {commonest(with_python)}"
 
 
-@pytest.mark.parametrize("which", ["3.9", "3.11", "3.13"])
+@pytest.mark.parametrize("which", ["3.9", "3.11", "3.13", "debian"])
 def test_a_python_callback_from_c_sits_above_the_c_that_calls_it(which: str) -> None:
     with running(interpreter(which), "sorted") as pid:
         stacks = record(pid)
