@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -217,6 +218,7 @@ def run_matrix(args: argparse.Namespace) -> None:
     only = set(args.only.split(",")) if args.only else None
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        os.chdir(tmp)  # node writes its isolate logs where it runs
         for name, (argv, entry, chain) in matrix_workloads(tmp).items():
             if only is not None and name not in only:
                 continue
