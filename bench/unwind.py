@@ -15,12 +15,28 @@ the C chain, the share with the exact chain from main to the leaf (tests/test_un
 definition). The last line is one JSON object.
 
     .venv/bin/python bench/unwind.py [--seconds 5] [--frequency 99]
+
+`--matrix` runs instead the workloads no test of the default run builds (docs/benchmarks.md "Fidelity
+matrix"), each under podflame, profile-bpfcc and perf --call-graph dwarf: C++ -O2 with libstdc++
+(std::sort with a lambda, virtual calls, an exception thrown and caught per iteration), the C chain
+-O3, -static and non-PIE, in a thread and in a SIGALRM handler, Go, Node.js (JIT, --perf-basic-prof),
+and Python 3.8-3.13 and Debian's 3.11 behind 200 thread states and calling back from C
+(sorted(key=...)). Per workload: the share reaching the entry, the share with the exact known chain
+(where there is one) and `perf_agree`, the overlap of the profile with perf's (sum over stacks of the
+smaller of the two shares, after both are reduced to function names without parameters; unnamed
+frames count as one "?"). For Python: `with_python`, the share with any Python frame (the agent
+registers a process on its first sample), and `exact_of_python`, the exact chain among those.
+--only NAME[,NAME] picks workloads, --peers podflame[,profile_bpfcc,perf_dwarf] the profilers.
+
+    .venv/bin/python bench/unwind.py --matrix [--seconds 3] [--only cpp-sort,go]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,7 +49,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.realsys import WORKLOADS, kubelet_cgroup, spawn_in_cgroup  # noqa: E402
-from tests.test_unwind_bpf import BUSY_PY, PYTHONS, exact_chain, perf_stacks, through_eval, user_part  # noqa: E402
+from tests.test_unwind_bpf import (  # noqa: E402
+    BUSY_PY,
+    CHAIN,
+    PYTHONS,
+    exact_chain,
+    perf_stacks,
+    through_eval,
+    user_part,
+)
 
 Stacks = Counter[tuple[str, ...]]
 PODFLAME = Path(sys.executable).parent / "podflame"
@@ -86,11 +110,165 @@ def py_entry(s: tuple[str, ...]) -> bool:
     return through_eval(s)
 
 
+# -- the fidelity matrix (--matrix) -----------------------------------------------------------------
+
+Test = Callable[[tuple[str, ...]], bool]
+PY_NAMES = frozenset({"<module>", "spin_threads", "middle", "leaf", "sorter", "keyf"})
+GO_CHAIN = ("runtime.main", "main.main", "main.level1", "main.level2", "main.leafWork")
+
+
+def short(name: str) -> str:
+    """A frame as both podflame and perf name it: no parameters, return type or clone suffix."""
+    if name == "[unknown]" or re.search(r"\+0x[0-9a-f]+$", name):
+        return "?"
+    name = name.replace(" [clone .cold]", "")
+    name = re.sub(r"^(\w+ )+(?=[\w:~]+[<(])", "", name)
+    m = re.match(r"[^<(]*", name)
+    return m.group(0) if m and m.group(0) else name
+
+
+def agreement(ours_: Stacks, oracle: Stacks) -> float | None:
+    """Overlap of two profiles over stacks of short names: 1.0 when the shares are equal stack by stack."""
+    def norm(stacks: Stacks) -> dict[tuple[str, ...], float]:
+        c: Counter[tuple[str, ...]] = Counter()
+        for s, n in stacks.items():
+            c[tuple(short(f) for f in s)] += n
+        total = sum(c.values())
+        return {k: v / total for k, v in c.items()} if total else {}
+    a, b = norm(ours_), norm(oracle)
+    if not a or not b:
+        return None
+    return round(sum(min(a.get(k, 0.0), v) for k, v in b.items()), 4)
+
+
+def python_part(stack: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f for f in stack if f in PY_NAMES)
+
+
+def pyenv(version: str) -> Path | None:
+    found = sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"))
+    return found[-1] if found else None
+
+
+def matrix_workloads(tmp: Path) -> dict[str, tuple[list[str], Test, Test | None]]:
+    """name -> (argv, reaches the entry, exact chain or None)."""
+    def build(name: str, tool: list[str], source: str) -> Path:
+        exe = tmp / name
+        subprocess.run([*tool, "-o", str(exe), source], check=True, capture_output=True, cwd=tmp)
+        return exe
+
+    def starts(*roots: str) -> Test:
+        return lambda s: bool(s) and s[0] in roots
+
+    def thread_chain(s: tuple[str, ...]) -> bool:
+        return exact_chain(s, ("start_thread", "worker", *CHAIN[1:])) and s[0] in ("clone3", "clone")
+
+    def signal_chain(s: tuple[str, ...]) -> bool:
+        """In the handler: the chain under on_alarm under main; outside it: main -> wait_in_main."""
+        if "on_alarm" not in s:
+            return entry(s) and s[-2:] == ("main", "wait_in_main")
+        return exact_chain(s, ("on_alarm", *CHAIN[1:])) and s[0] == "_start" and "main" in s
+
+    out: dict[str, tuple[list[str], Test, Test | None]] = {}
+    entry = starts("_start")
+    cpp = build("fid_cpp", ["g++", "-O2"], str(WORKLOADS / "fid_cpp.cc"))
+    def under(run: str, leaf: str | None = None) -> Test:  # names as short() makes them: perf's have no parameters
+        return lambda s: entry(s) and run in [short(f) for f in s[:4 + 2]] and (leaf is None or short(s[-1]) == leaf)
+
+    out["cpp-sort"] = ([str(cpp), "sort", "600"], entry, under("run_sort", "key_of"))
+    out["cpp-virtual"] = ([str(cpp), "virtual", "600"], entry, under("run_virtual", "spin_area"))
+    out["cpp-throw"] = ([str(cpp), "throw", "600"], entry, under("run_throw"))
+    src = str(WORKLOADS / "unwind_chain.c")
+    for name, flags in (("c-O3", ["-O3"]), ("c-static", ["-O2", "-static"]), ("c-nopie", ["-O2", "-no-pie"])):
+        exe = build(name, ["gcc", *flags, "-pthread"], src)
+        out[name] = ([str(exe), "chain", "600"], entry, exact_chain)
+    nofp = build("c-O2", ["gcc", "-O2", "-pthread"], src)
+    out["c-thread"] = ([str(nofp), "thread", "600"], starts("clone3", "clone"), thread_chain)
+    out["c-sigalrm"] = ([str(nofp), "signal", "600"], entry, signal_chain)
+    go = build("fid_go", ["go", "build"], str(WORKLOADS / "fid_go.go"))
+    out["go"] = ([str(go), "600"], starts("runtime.goexit.abi0", "runtime.clone.abi0"),
+                 lambda s: s[0] == "runtime.goexit.abi0" and s[1:6] == GO_CHAIN)
+    out["node-jit"] = (["node", "--perf-basic-prof", str(WORKLOADS / "fid_node.js"), "600"], entry, None)
+    work = str(WORKLOADS / "python_fidelity.py")
+    for version in ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
+        python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
+        if python is not None:
+            out[f"py{version}-200-threads"] = ([str(python), work, "threads", "200"], entry, threads_chain)
+    for version in ("3.11", "debian"):
+        python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
+        if python is not None:
+            out[f"py{version}-sorted-key"] = ([str(python), work, "sorted"], entry, sorted_chain)
+    return out
+
+
+def threads_chain(s: tuple[str, ...]) -> bool:
+    return python_part(s) == ("<module>", "spin_threads", "middle", "leaf")
+
+
+def sorted_chain(s: tuple[str, ...]) -> bool:
+    """keyf under <module>;sorter with the C code that calls it (list.sort) between them."""
+    if "keyf" not in s or "sorter" not in s:
+        return False
+    at, up = s.index("keyf"), s.index("sorter")
+    return python_part(s[:at + 1]) == ("<module>", "sorter", "keyf") and at > up + 1
+
+
+def run_matrix(args: argparse.Namespace) -> None:
+    results: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    only = set(args.only.split(",")) if args.only else None
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        os.chdir(tmp)  # node writes its isolate logs where it runs
+        for name, (argv, entry, chain) in matrix_workloads(tmp).items():
+            if only is not None and name not in only:
+                continue
+            wanted = args.peers.split(",")
+            with kubelet_cgroup() as cg:
+                proc = spawn_in_cgroup(cg.path, argv)
+                try:
+                    time.sleep(1.0)
+                    peers = {}
+                    if "podflame" in wanted:
+                        peers["podflame"] = ours(proc.pid, args.seconds, args.frequency, tmp, "auto")
+                    if "profile_bpfcc" in wanted:
+                        peers["profile_bpfcc"] = bcc_profile(proc.pid, args.seconds, args.frequency)
+                    if "perf_dwarf" in wanted:
+                        peers["perf_dwarf"] = perf_dwarf(proc.pid, args.seconds, args.frequency, tmp)
+                finally:
+                    proc.kill()
+                    proc.wait()
+            results[name] = {}
+            native = not name.startswith("py")
+            for peer, stacks in peers.items():
+                r = shares(stacks, entry, chain)
+                # perf has no Python frames: its agreement means something for native workloads only
+                r["perf_agree"] = agreement(stacks, peers["perf_dwarf"]) \
+                    if native and peer != "perf_dwarf" and "perf_dwarf" in peers else None
+                if not native and chain is not None:
+                    # the agent registers a Python process on its first sample: samples before have no
+                    # Python frames on any build; among the others the chain must be exact
+                    framed = Counter({s: n for s, n in stacks.items() if python_part(s)})
+                    r["with_python"] = round(sum(framed.values()) / max(1, sum(stacks.values())), 4)
+                    r["exact_of_python"] = shares(framed, entry, chain)["exact_chain"]
+                results[name][peer] = r
+                text = " ".join(f"{k} {'-' if v is None else f'{v:.1%}' if isinstance(v, float) else v}"
+                                for k, v in r.items())
+                print(f"{name:24s} {peer:14s} {text}", flush=True)
+    print(json.dumps({"bench": "unwind_matrix", "seconds": args.seconds, "frequency": args.frequency,
+                      "results": results}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--frequency", type=int, default=99)
+    ap.add_argument("--matrix", action="store_true", help="the fidelity matrix instead (see the docstring)")
+    ap.add_argument("--only", default="", help="with --matrix: comma-separated workload names")
+    ap.add_argument("--peers", default="podflame,profile_bpfcc,perf_dwarf", help="with --matrix: which to run")
     args = ap.parse_args()
+    if args.matrix:
+        run_matrix(args)
+        return
     results: dict[str, dict[str, dict[str, float | int | None]]] = {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

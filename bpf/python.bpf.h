@@ -11,6 +11,14 @@
 // writes into py_proc.fsbase_offset). A found thread state is remembered per tid (LRU) and re-checked
 // on each use, so the list is walked once per thread, not once per sample.
 //
+// Why the search spans samples: CPython puts each new thread state at the head of the list, so the
+// main thread and every long-lived worker sit behind the threads started after them. One sample may
+// look at PY_MAX_THREADS of them (the verifier's bound); a search that did not find the thread leaves
+// a cursor in py_tstates and the thread's next sample carries on from there, so a thread behind 200
+// others is found within 7 of its samples instead of never. A search that went through the whole
+// list remembers the head it began at: until a thread state is added (a new head), a thread without
+// one (C code's own threads) costs two reads per sample, not a walk.
+//
 // Layouts are not compiled in: userspace (profiler/pyframes.py) writes each process's offsets into
 // py_procs when it detects the interpreter (profiler/python/detect.py), so one program serves every
 // CPython version side by side. Names and lines are resolved in userspace from the code object
@@ -27,7 +35,10 @@
 #define PY_MAX_DEPTH 64           // Python frames kept per stack (the leaf-most ones)
 #endif
 #ifndef PY_MAX_THREADS
-#define PY_MAX_THREADS 32         // thread states looked at to find a thread not seen before
+#define PY_MAX_THREADS 32         // thread states one sample looks at while searching for its thread
+#endif
+#ifndef PY_MAX_SEARCH
+#define PY_MAX_SEARCH 16384       // thread states one search looks at in all (a list read while it changes)
 #endif
 #ifndef PY_PROCS_SIZE
 #define PY_PROCS_SIZE 4096        // CPython processes profiled at once
@@ -101,9 +112,18 @@ static __always_inline int py_is_thread(u64 tstate, u32 id_offset, u64 want) {
     return want != 0 && id == want;
 }
 
-// Finds this thread's thread state: `cached` (the one found last time for this tid, or 0) if it still
-// names this thread, else the first match in the interpreter's thread list. Returns a PY_* code.
-static __always_inline int py_find_tstate(struct py_proc *cfg, u32 tid, u64 cached, u64 *out) {
+struct py_thread {                // py_tstates' value: what is known of one thread's thread state
+    u64 tstate;                   // its PyThreadState, found (re-checked on each use); 0: not known
+    u64 cursor;                   // a search under way: the next thread state to look at; 0: none
+    u64 head;                     // the list's head when the last search began (0: never searched)
+    u32 steps;                    // thread states that search looked at so far
+    u32 reserved;
+};
+
+// Finds this thread's thread state: the one `known` remembers if it still names this thread, else it
+// carries on `known`'s search (or starts one from the list's head) for at most PY_MAX_THREADS thread
+// states, updating `known`. Returns a PY_* code.
+static __always_inline int py_find_tstate(struct py_proc *cfg, u32 tid, struct py_thread *known, u64 *out) {
     // 3.11+: native_thread_id is the tid; before: thread_id is pthread_self(), the FS base
     u32 id_offset = cfg->tstate_thread_id;
     u64 want = 0;
@@ -114,31 +134,61 @@ static __always_inline int py_find_tstate(struct py_proc *cfg, u32 tid, u64 cach
         u64 task = bpf_get_current_task();
         bpf_probe_read_kernel(&want, sizeof(want), (const void *)(task + cfg->fsbase_offset));
     }
-    if (cached && py_is_thread(cached, id_offset, want) == 1) {
-        *out = cached;
+    if (known->tstate && py_is_thread(known->tstate, id_offset, want) == 1) {
+        *out = known->tstate;
         return PY_OK;
     }
-    u64 interp = 0, tstate = 0;
+    known->tstate = 0;
+    u64 interp = 0, head = 0;
     if (py_read(&interp, sizeof(interp), cfg->runtime + cfg->interpreters_head))
         return PY_READ_FAULT;
     if (!interp)
         return PY_NO_THREAD_STATE;  // not initialized yet, or finalized
-    if (py_read(&tstate, sizeof(tstate), interp + cfg->threads_head))
+    if (py_read(&head, sizeof(head), interp + cfg->threads_head))
         return PY_READ_FAULT;
-    for (int i = 0; i < PY_MAX_THREADS; i++) {
-        if (!tstate)
-            break;
-        int mine = py_is_thread(tstate, id_offset, want);
-        if (mine < 0)
-            return PY_READ_FAULT;
-        if (mine) {
-            *out = tstate;
-            return PY_OK;
-        }
-        if (py_read(&tstate, sizeof(tstate), tstate + cfg->tstate_next))
-            return PY_READ_FAULT;
+    u64 tstate = known->cursor;
+    if (!tstate) {
+        if (!head)
+            return PY_NO_THREAD_STATE;
+        // the whole list was searched from this head: only a new thread state (a new head) can be ours
+        // (the head itself is checked: it may be ours at the address an older one had)
+        if (head == known->head && py_is_thread(head, id_offset, want) != 1)
+            return PY_NO_THREAD_STATE;
+        tstate = head;
+        known->head = head;
+        known->steps = 0;
     }
-    return PY_NO_THREAD_STATE;
+    int err = PY_NO_THREAD_STATE;
+    for (int i = 0; i < PY_MAX_THREADS; i++) {
+        int mine = py_is_thread(tstate, id_offset, want);
+        if (mine < 0) {
+            err = PY_READ_FAULT;  // a thread state freed under the cursor: start again next time
+            known->head = 0;
+            tstate = 0;
+            break;
+        }
+        if (mine) {
+            known->tstate = tstate;
+            known->head = 0;     // if it is ever lost, search again whatever the head
+            *out = tstate;
+            err = PY_OK;
+            tstate = 0;
+            break;
+        }
+        known->steps++;
+        if (py_read(&tstate, sizeof(tstate), tstate + cfg->tstate_next)) {
+            err = PY_READ_FAULT;
+            known->head = 0;
+            tstate = 0;
+            break;
+        }
+        if (!tstate || known->steps >= PY_MAX_SEARCH) {
+            tstate = 0;          // the end of the list: not there while the head was known->head
+            break;
+        }
+    }
+    known->cursor = tstate;
+    return err;
 }
 
 // Fills st leaf first and hashes its frames into *hash (never 0: 0 means "no Python stack" in

@@ -241,7 +241,7 @@ static __always_inline void count_into1(struct sample_key *key) {
 #include "python.bpf.h"
 #if PYTHON_FRAMES
 BPF_HASH(py_procs, u32, struct py_proc, PY_PROCS_SIZE);          // tgid -> layout, written by userspace
-BPF_TABLE("lru_hash", u32, u64, py_tstates, PY_TSTATES_SIZE);   // tid -> its thread state, last found
+BPF_TABLE("lru_hash", u32, struct py_thread, py_tstates, PY_TSTATES_SIZE);  // tid -> its thread state or search
 BPF_PERCPU_ARRAY(py_scratch, struct py_stack, 1);
 BPF_HASH(py_stacks0, u64, struct py_stack, PY_STACK_MAP_SIZE);
 BPF_HASH(py_stacks1, u64, struct py_stack, PY_STACK_MAP_SIZE);
@@ -252,12 +252,15 @@ static __always_inline s32 python_stack_into(u32 tgid, u32 tid, u32 set, u64 *st
     struct py_proc *cfg = py_procs.lookup(&tgid);
     if (!cfg)
         return PY_NOT_PYTHON;
-    u64 *cached = py_tstates.lookup(&tid), tstate = 0;
-    int err = py_find_tstate(cfg, tid, cached ? *cached : 0, &tstate);
+    struct py_thread known = {}, *cached = py_tstates.lookup(&tid);
+    if (cached)
+        __builtin_memcpy(&known, cached, sizeof(known));
+    u64 tstate = 0;
+    int err = py_find_tstate(cfg, tid, &known, &tstate);
+    if (!cached || cached->tstate != known.tstate || cached->cursor != known.cursor || cached->head != known.head)
+        py_tstates.update(&tid, &known);
     if (err)
         return err;
-    if (!cached || *cached != tstate)
-        py_tstates.update(&tid, &tstate);
     u32 zero = 0;
     struct py_stack *st = py_scratch.lookup(&zero);
     if (!st)

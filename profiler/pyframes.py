@@ -348,6 +348,8 @@ class _Interpreter:
     end: int
     # address -> (in the eval loop, interpreter glue): asked once per native address, not per sample
     kinds: dict[int, tuple[bool, bool]] = field(default_factory=dict, compare=False)
+    # is this address in no named function (see merge_runs; None: not known, e.g. a test's fake interpreter)
+    unnamed: Callable[[int], bool] | None = None
 
     def kind(self, address: int) -> tuple[bool, bool]:
         got = self.kinds.get(address)
@@ -430,7 +432,10 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
         name = lookup(address - bias)
         return name is None or name.startswith(("Py", "_Py")) or name.endswith("_vectorcall")
 
-    return _Interpreter(evals, glue, min(e[0] for e in execs), max(e[1] for e in execs))
+    def unnamed(address: int) -> bool:
+        return lookup(address - bias) is None
+
+    return _Interpreter(evals, glue, min(e[0] for e in execs), max(e[1] for e in execs), unnamed=unnamed)
 
 
 _Runs = tuple[tuple[Frame, ...], ...]  # named Python frames, root first, split as `split_runs` splits them
@@ -659,6 +664,7 @@ def merge_runs(user: list[Frame], runs: Sequence[Sequence[Frame]], interp: _Inte
     # per frame: (in the eval loop, interpreter glue), each address classified once per process
     flags = [kinds.get(f.address) or classify(f.address) for f in user]
     evals = [i for i, (is_eval, _) in enumerate(flags) if is_eval and user[i].kind is native]
+    unnamed = interp.unnamed
     if not evals:
         inside = [i for i, f in enumerate(user) if _in_interpreter(f, interp) or f.mapping is None]
         cut = inside[-1] + 1 if inside else 0
@@ -677,10 +683,12 @@ def merge_runs(user: list[Frame], runs: Sequence[Sequence[Frame]], interp: _Inte
         out.extend(run)
         upto = evals[n + 1] if n < last else len(user)
         # between two eval frames glue goes; below the innermost Python frame (the C code it called) too,
-        # unless it is the leaf
+        # unless it is the leaf. A frame without a name stays: in a binary without .symtab (Debian's python3)
+        # it is as likely the C code a Python function called (list.sort calling a key function) as glue
         keep = upto - 1 if n == last else -1
         out.extend(user[j] for j in range(at + 1, upto)
-                   if j == keep or not flags[j][1] or user[j].mapping is None)
+                   if j == keep or not flags[j][1] or user[j].mapping is None
+                   or (unnamed is not None and unnamed(user[j].address)))
     return out
 
 

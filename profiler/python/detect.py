@@ -4,7 +4,7 @@ CPython lives either in a shared `libpython3.X.so*` or linked into the executabl
 /usr/bin/python3, whose .symtab is stripped but whose .dynsym still exports `_PyRuntime`, the
 API and `Py_Version`). The version decides the struct layouts (offsets.py), so it is read, never
 guessed: `Py_Version` (PY_VERSION_HEX, 3.11+) from the ELF file, the `_Py_DebugOffsets` header
-in the process's `_PyRuntime` (3.13+, which must agree), and for 3.9/3.10 the library's name with
+in the process's `_PyRuntime` (3.13+, which must agree), and for 3.8-3.10 the library's name with
 the micro version from its PY_VERSION string. Anything else is `Unsupported` with the reason.
 """
 
@@ -144,7 +144,7 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> 
     if runtime_vaddr is None:
         if name_version is not None:
             return Unsupported(f"{path}: CPython {name_version[0]}.{name_version[1]} has no _PyRuntime: "
-                               "only CPython 3.9-3.13 are supported")
+                               "only CPython 3.8-3.13 are supported")
         return None  # not Python at all
     if facts.hexversion is not None:
         version = (facts.hexversion >> 24, (facts.hexversion >> 16) & 0xFF, (facts.hexversion >> 8) & 0xFF)
@@ -156,7 +156,7 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> 
         return Unsupported(f"{path}: Py_Version says {version[0]}.{version[1]}, the name says otherwise")
     major_minor = (version[0], version[1])
     if major_minor not in TABLES and major_minor not in DEBUG_OFFSETS_VERSIONS:
-        return Unsupported(f"{path}: CPython {'.'.join(map(str, version))}: only CPython 3.9-3.13 are supported")
+        return Unsupported(f"{path}: CPython {'.'.join(map(str, version))}: only CPython 3.8-3.13 are supported")
     bias = _load_bias(facts, path, maps)
     if bias is None:
         return Unsupported(f"{path}: no executable mapping to place its symbols")
@@ -233,12 +233,23 @@ def _check_layout(p: PythonProcess) -> bool:
         if back != p.runtime_address:
             raise LayoutMismatch(f"interpreter {interp:#x} says its runtime is {back:#x}, not {p.runtime_address:#x}:"
                                  f" not the {o.version[0]}.{o.version[1]} layout")
+    elif o.runtime_interpreters_main != NO_FIELD:  # 3.8: the main interpreter must be on the list
+        main = _u64(remote.read(p.pid, p.runtime_address + o.runtime_interpreters_main, 8))
+        on_list, at = False, interp
+        for _ in range(16):
+            if not at or at == main:
+                on_list = at == main
+                break
+            at = _u64(remote.read(p.pid, at + o.interp_next, 8))
+        if not main or not on_list:
+            raise LayoutMismatch(f"the runtime's main interpreter {main:#x} is not on the list from {interp:#x}:"
+                                 f" not the {o.version[0]}.{o.version[1]} layout")
     tstate = _u64(remote.read(p.pid, interp + o.interp_threads_head, 8))
     if not tstate:
         return False
     if _u64(remote.read(p.pid, tstate + o.tstate_interp, 8)) != interp:
         raise LayoutMismatch(f"thread state {tstate:#x} does not point back at interpreter {interp:#x}")
-    if p.code_type is None or o.interp_runtime == NO_FIELD:
+    if p.code_type is None or o.version >= (3, 13):
         return True  # 3.13's frames are as _Py_DebugOffsets says (and may hold a non-code executable)
     # the frame fields: the thread's current frame must hold a code object. The thread runs on while
     # this reads, so only a wrong type seen on every try counts

@@ -1,4 +1,4 @@
-"""Line numbers from a code object's line table, for each format CPython 3.9-3.13 uses.
+"""Line numbers from a code object's line table, for each format CPython 3.8-3.13 uses.
 
 Everything is in bytes of instructions from the start of the code (`offsets.instr_offset`), so one
 call works for every version. A table is decoded once into the byte offsets where each line starts
@@ -73,7 +73,7 @@ def line_for(table: bytes, fmt: int, firstlineno: int, offset: int) -> int | Non
 
 
 def _lnotab(table: bytes, line: int) -> list[tuple[int, int | None]]:
-    """3.9 co_lnotab (Objects/lnotab_notes.txt): pairs of (byte increment, signed line increment);
+    """3.8/3.9 co_lnotab (Objects/lnotab_notes.txt): pairs of (byte increment, signed line increment);
     the line of an offset is the one in force at the last pair starting at or before it."""
     out: list[tuple[int, int | None]] = [(0, line)]
     addr = 0

@@ -1,6 +1,6 @@
 """Where CPython keeps what a profiler reads: struct offsets per interpreter version.
 
-CPython 3.9-3.12 publish no layout, so each version has a table here, written from that version's
+CPython 3.8-3.12 publish no layout, so each version has a table here, written from that version's
 headers (Include/cpython/*.h, Include/internal/pycore_{runtime,interp,frame}.h) and checked by
 tests/test_python_reader.py against `offsetof()` compiled with the real headers. CPython 3.13 puts
 `_Py_DebugOffsets` at the start of `_PyRuntime` for exactly this: its offsets are read from the
@@ -10,8 +10,8 @@ How a walker finds a thread's frames, per version (all via `_PyRuntime`):
   runtime + runtime_interpreters_head -> interp; interp + interp_threads_head -> first tstate;
   tstate + tstate_next -> the next one. Match a thread by tstate_thread_id (pthread_self(), which is
   the thread's fs base on x86_64 glibc) or, from 3.11, tstate_native_thread_id (the kernel tid).
-  3.9/3.10: tstate + tstate_frame -> PyFrameObject*; f_back, f_code, f_lasti (int: a byte offset
-            in 3.9, a code-unit index in 3.10). Each PyFrameObject is one _PyEval_EvalFrameDefault call.
+  3.8-3.10: tstate + tstate_frame -> PyFrameObject*; f_back, f_code, f_lasti (int: a byte offset
+            in 3.8/3.9, a code-unit index in 3.10). Each PyFrameObject is one _PyEval_EvalFrameDefault call.
   3.11:     tstate + tstate_frame -> _PyCFrame*; + cframe_current_frame -> _PyInterpreterFrame*;
             previous, f_code, prev_instr (pointer into co_code_adaptive). `is_entry` (bool) marks the
             first frame one _PyEval_EvalFrameDefault call pushed: frames from the top down to and
@@ -33,13 +33,13 @@ from podflame.errors import BinaryFormatError
 NO_FIELD = -1  # the field does not exist in this version
 
 # How frame_instr is turned into a byte offset into the code's instructions (see instr_offset).
-LASTI_BYTES = 0  # 3.9: int f_lasti, a byte offset of the last instruction
+LASTI_BYTES = 0  # 3.8/3.9: int f_lasti, a byte offset of the last instruction
 LASTI_UNITS = 1  # 3.10: int f_lasti, an index in code units
 PREV_INSTR = 2  # 3.11/3.12: pointer to the code unit before the next instruction
 INSTR_PTR = 3  # 3.13: pointer to the instruction executing now
 
 # The line table's format (see profiler/python/lines.py).
-LNOTAB = 0  # 3.9 co_lnotab: (byte delta, signed line delta) pairs
+LNOTAB = 0  # 3.8/3.9 co_lnotab: (byte delta, signed line delta) pairs
 LINETABLE_310 = 1  # 3.10 co_linetable (PEP 626): (byte delta, signed line delta or -128 for none)
 LOCATIONS = 2  # 3.11+ co_linetable (PEP 657 location table), in code units
 
@@ -54,15 +54,15 @@ class PyOffsets:
     # thread list
     runtime_interpreters_head: int  # _PyRuntimeState.interpreters.head
     interp_next: int  # PyInterpreterState.next
-    interp_threads_head: int  # .tstate_head (3.9/3.10) / .threads.head (3.11+)
+    interp_threads_head: int  # .tstate_head (3.8-3.10) / .threads.head (3.11+)
     interp_runtime: int  # PyInterpreterState.runtime, == &_PyRuntime: detection checks the table with it
     tstate_next: int
     tstate_interp: int
     tstate_thread_id: int  # unsigned long: pthread_self()
     tstate_native_thread_id: int  # unsigned long: the kernel tid (3.11+)
-    tstate_frame: int  # .frame (3.9/3.10), .cframe (3.11/3.12), .current_frame (3.13+)
+    tstate_frame: int  # .frame (3.8-3.10), .cframe (3.11/3.12), .current_frame (3.13+)
     cframe_current_frame: int  # _PyCFrame.current_frame (3.11/3.12)
-    # frames: PyFrameObject (3.9/3.10) or _PyInterpreterFrame (3.11+)
+    # frames: PyFrameObject (3.8-3.10) or _PyInterpreterFrame (3.11+)
     frame_previous: int  # f_back / previous
     frame_code: int  # f_code / f_executable
     frame_instr: int  # f_lasti (int) / prev_instr / instr_ptr (pointers)
@@ -89,6 +89,8 @@ class PyOffsets:
     unicode_state: int  # PyASCIIObject.state (a 32-bit bit field)
     unicode_ascii_size: int  # sizeof(PyASCIIObject): compact ASCII data follows
     unicode_compact_size: int  # sizeof(PyCompactUnicodeObject): other compact data follows
+    # _PyRuntimeState.interpreters.main: read only where interp_runtime is missing (3.8), to check a table
+    runtime_interpreters_main: int = NO_FIELD
     unicode_kind_shift: int = 2  # state: interned:2, kind:3, compact:1, ascii:1 (low bits first)
     unicode_compact_bit: int = 5
     unicode_ascii_bit: int = 6
@@ -114,6 +116,10 @@ PY39 = PyOffsets(
     code_linetable=120, linetable_format=LNOTAB, code_code_adaptive=NO_FIELD, codeunit_size=2,
     unicode_ascii_size=48, unicode_compact_size=72, **_OBJECTS)
 
+# 3.8: 3.9's layout for every field read here, but PyInterpreterState has no `runtime` pointer yet:
+# detection checks the table by the runtime's `main` interpreter being on the list `head` starts
+PY38 = replace(PY39, version=(3, 8), interp_runtime=NO_FIELD, runtime_interpreters_main=40)
+
 PY310 = replace(PY39, version=(3, 10), frame_instr=96, frame_instr_kind=LASTI_UNITS, linetable_format=LINETABLE_310)
 
 PY311 = PyOffsets(
@@ -136,7 +142,7 @@ PY312 = PyOffsets(
     code_linetable=136, linetable_format=LOCATIONS, code_code_adaptive=192, codeunit_size=2,
     unicode_ascii_size=40, unicode_compact_size=56, **_OBJECTS)
 
-TABLES: dict[tuple[int, int], PyOffsets] = {o.version: o for o in (PY39, PY310, PY311, PY312)}
+TABLES: dict[tuple[int, int], PyOffsets] = {o.version: o for o in (PY38, PY39, PY310, PY311, PY312)}
 DEBUG_OFFSETS_VERSIONS = {(3, 13)}  # _Py_DebugOffsets layouts this module knows (3.14 changed it)
 SUPPORTED = frozenset(TABLES) | DEBUG_OFFSETS_VERSIONS
 
@@ -229,7 +235,7 @@ def from_debug_offsets(raw: bytes) -> PyOffsets:
 def instr_offset(offsets: PyOffsets, code_addr: int, instr: int) -> int:
     """Byte offset into the code's instructions of the instruction a frame is at.
 
-    `instr` is the frame_instr field as read: an int (3.9/3.10) or a pointer (3.11+). 3.11/3.12's
+    `instr` is the frame_instr field as read: an int (3.8-3.10) or a pointer (3.11+). 3.11/3.12's
     prev_instr points at the code unit before the next instruction, so the executing one is there;
     a frame that has not started points one unit before the code (-2 here), which the line tables
     map to the first line.

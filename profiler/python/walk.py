@@ -27,7 +27,7 @@ class RawFrame:
     """What the kernel records per Python frame."""
 
     code: int  # code object address
-    instr: int  # frame_instr as read: f_lasti (3.9/3.10) or a pointer (3.11+)
+    instr: int  # frame_instr as read: f_lasti (3.8-3.10) or a pointer (3.11+)
     entry: bool  # the first frame its _PyEval_EvalFrameDefault call ran (the oldest of its run)
 
 
@@ -96,7 +96,7 @@ def raw_frames(proc: PythonProcess, frame: int, max_depth: int = MAX_DEPTH) -> l
             instr = struct.unpack_from("<i", raw, o.frame_instr)[0]
         else:
             instr = _u64(raw, o.frame_instr)
-        # 3.11 says it; 3.9/3.10: every PyFrameObject is a call of its own; 3.12+: the shim below says it
+        # 3.11 says it; 3.8-3.10: every PyFrameObject is a call of its own; 3.12+: the shim below says it
         entry = bool(raw[o.frame_is_entry]) if o.has_entry_flag else not o.has_shim_frames
         out.append(RawFrame(_u64(raw, o.frame_code), instr, entry))
         frame = previous

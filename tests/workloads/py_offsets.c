@@ -5,8 +5,12 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <frameobject.h>
+#if PY_VERSION_HEX >= 0x03090000
 #include "internal/pycore_runtime.h"
 #include "internal/pycore_interp.h"
+#else
+#include "internal/pycore_pystate.h" /* 3.8: the runtime and interpreter states live here */
+#endif
 #if PY_VERSION_HEX >= 0x030B0000
 #include "internal/pycore_frame.h"
 #endif
@@ -23,7 +27,11 @@ int main(void) {
 #else
     P("interp_threads_head", offsetof(PyInterpreterState, tstate_head));
 #endif
+#if PY_VERSION_HEX >= 0x03090000
     P("interp_runtime", offsetof(PyInterpreterState, runtime));
+#else
+    P("runtime_interpreters_main", offsetof(_PyRuntimeState, interpreters.main));
+#endif
     P("tstate_next", offsetof(PyThreadState, next));
     P("tstate_interp", offsetof(PyThreadState, interp));
     P("tstate_thread_id", offsetof(PyThreadState, thread_id));

@@ -4,7 +4,7 @@ The main thread spins in Worker.f3 under <module> -> f1 -> café -> 函数 -> �
 str kind: ASCII, latin-1, UCS-2, UCS-4); a second thread blocks in an Event under g1 -> g2. The
 spinning loop is one line, so a walk and py-spy agree on its line wherever they catch it. Prints a
 JSON line of facts only the interpreter itself knows (the oracle for detection), then spins.
-Runs on CPython 3.9+ (no syntax newer than that).
+Runs on CPython 3.8+ (no syntax newer than that).
 """
 
 import ctypes

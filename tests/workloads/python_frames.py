@@ -3,7 +3,7 @@
 The main thread spins for ever in spin() under <module> -> main -> handler -> Parser.parse; a second
 thread compresses a buffer with zlib (C code) under worker -> compress_block. Lines the tests check end
 in a `# at: NAME` marker; the tests read them from this file. Prints "ready" once both threads run.
-Runs on CPython 3.9+.
+Runs on CPython 3.8+.
 """
 
 import sys

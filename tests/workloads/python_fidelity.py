@@ -1,0 +1,80 @@
+"""Python shapes a service runs that the other Python workloads do not, each spinning for ever under a
+known chain of Python functions (the fidelity tests and bench/unwind.py --matrix check them):
+
+  threads N: N idle threads started before the main thread spins in <module> -> spin_threads -> middle
+             -> leaf (CPython puts each new thread state at the head of its list: the main thread's is
+             last, behind all N)
+  sorted:    sorted(key=keyf) calls keyf from C (list.sort): <module> -> sorter -> keyf -> leaf
+  gen:       a generator: <module> -> use_gen -> gen -> leaf
+  deep N:    N frames of recurse, then middle -> leaf
+
+Prints "ready" when the shape is set up. Runs on CPython 3.8+ (no newer syntax).
+"""
+
+import sys
+import threading
+
+
+def leaf(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+
+
+def middle(n):
+    return leaf(n) + 1
+
+
+def spin_threads(n):
+    ev = threading.Event()
+    threads = [threading.Thread(target=ev.wait, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    print("ready", flush=True)
+    while True:
+        middle(1000)
+
+
+def keyf(x):
+    return leaf(50) + x
+
+
+def sorter():
+    print("ready", flush=True)
+    while True:
+        sorted(range(200), key=keyf)
+
+
+def gen():
+    while True:
+        yield leaf(1000)
+
+
+def use_gen():
+    print("ready", flush=True)
+    for _ in gen():
+        pass
+
+
+def recurse(depth):
+    if depth == 0:
+        print("ready", flush=True)
+        while True:
+            middle(1000)
+    return recurse(depth - 1)
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "threads":
+        spin_threads(int(sys.argv[2]))
+    elif mode == "sorted":
+        sorter()
+    elif mode == "gen":
+        use_gen()
+    elif mode == "deep":
+        sys.setrecursionlimit(10000)
+        recurse(int(sys.argv[2]))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
