@@ -146,3 +146,26 @@ def test_dropped_series_free_their_slots_and_values_for_new_ones(tmp_path: Path)
     assert store.label_values("pid", 0, 2 * T0) == sorted(f"b{i}" for i in range(3000))
     assert store.label_values("pid", T0 + 2 * H + 10 * S, T0 + 2 * H + 12 * S) == ["b10", "b11"]
     store.close()
+
+
+def test_value_pages_stay_exact_while_values_come_go_and_reuse_ids(tmp_path: Path) -> None:
+    """A page of values (prefix, limit) comes from the label's sorted order plus the values added since: pids
+    arriving with every put, ids freed by a cut and reused by new values must land in their place."""
+    store = SqliteStore(tmp_path)
+    rng = random.Random(5)
+    live: dict[str, int] = {}  # pid -> its start
+    t = T0
+    for round_ in range(6):
+        batch = {f"{rng.randrange(10**6)}": t + i * S for i in range(rng.choice([5, 40, 700]))}
+        put(store, [_profile({"pod": "p0", "pid": pid}, "samples", start) for pid, start in batch.items()])
+        live.update(batch)
+        t += H
+        if round_ in (2, 4):  # a cut frees the oldest values' ids; the next put reuses them
+            store.enforce_retention(max_age_ns=H, max_bytes=None, now_ns=t, grace_ns=0)
+            live = {pid: start for pid, start in live.items() if start >= t - H}
+        for prefix in ("", "1", "5", "99", "x"):
+            want = sorted(pid for pid in live if pid.startswith(prefix))
+            for limit in (1, 10, 300, None):
+                page = (want[:limit], len(want) > limit) if limit else (want, False)
+                assert store.label_values_page("pid", 0, 2 * T0, None, prefix, limit) == page, (round_, prefix, limit)
+    store.close()

@@ -70,7 +70,7 @@ from web.store.columns import decode_timeline, encode_columns, encode_timeline, 
 from web.store.compaction import DEFAULT_LEVELS, bucket_of, plan
 from web.store.selector import MATCH_ALL, Selector
 from web.store.sqlite_groups import GroupKey, GroupTable, group_key, groups_answer
-from web.store.sqlite_series import SeriesIndex
+from web.store.sqlite_series import HOUR_NS, SeriesIndex
 
 SCHEMA_VERSION = 4
 BLOBS_PER_DIR = 4096
@@ -285,8 +285,9 @@ class SqliteStore(Store):
         # and type probes decide them from memory instead of scanning the range's rows.
         sids: list[int] = []
         starts: list[int] = []
+        # Per hour too: the index lists each hour's series (`SeriesIndex.near_slots`).
         for sid, lo, hi in self._db.execute("SELECT series, min(start_ns), max(start_ns) FROM profiles "
-                                            "GROUP BY series"):
+                                            f"GROUP BY series, start_ns / {HOUR_NS}"):
             if sid in self._series:
                 sids += (sid, sid)
                 starts += (lo, hi)
@@ -565,7 +566,9 @@ class SqliteStore(Store):
         meets the range: a superset of the active ones, decided from memory); with `pieces`, in one of them
         (the edges group blocks leave: a few minutes' series, not the range's 75k)."""
         index = self._index
-        mask = index.match(selector, sample_type, unit)
+        near = (min(p[1] for p in pieces), max(p[2] for p in pieces)) if pieces else \
+            (t0, t1) if t0 is not None and t1 is not None else None
+        mask = index.match(selector, sample_type, unit, near)
         if pieces:
             near = np.zeros(index.size, dtype=bool)
             for _, a, b in pieces:
@@ -1124,6 +1127,7 @@ class SqliteStore(Store):
             self._check_open()
             first = "SELECT min(start_ns) FROM profiles WHERE series=? AND level=?"  # one index seek a level
             index = self._index
+            index.forget_before(cutoff)
             live = index.live()
             rowless = live & (index.first[:index.size] > index.last[:index.size])  # since an older version
             gone = [sid for sid in index.sids(np.flatnonzero(rowless))
@@ -1204,7 +1208,7 @@ class SqliteStore(Store):
                         wanted |= column >= 0
                 return wanted
 
-            inside, straddling = self._active(index.match(selector), t0, t1, new_names)
+            inside, straddling = self._active(index.match(selector, near=(t0, t1)), t0, t1, new_names)
             return sorted(index.names_in(inside) | index.names_in(straddling))
 
     def label_values(self, name: str, t0: int, t1: int, selector: Selector | None = None) -> list[str]:
@@ -1220,7 +1224,7 @@ class SqliteStore(Store):
             column = index.column(name)
             if column is None:
                 return [], False
-            mask = index.match(selector) & (column >= 0)
+            mask = index.match(selector, near=(t0, t1)) & (column >= 0)
             if prefix:
                 mask &= index.with_prefix(name, prefix)
 
@@ -1229,8 +1233,9 @@ class SqliteStore(Store):
                 return ~known[column + 1]
 
             inside, straddling = self._active(mask, t0, t1, new_values)
-            values = index.values(name, index.value_ids_in(name, inside) | index.value_ids_in(name, straddling))
-            return (values[:limit], len(values) > limit) if limit is not None else (values, False)
+            values, count = index.values(name, index.value_ids_in(name, inside) | index.value_ids_in(name, straddling),
+                                         limit)
+            return values, count > len(values)
 
     def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
         """(sample type, unit) of the active matching series: a straddling series is looked up in the rows
@@ -1240,11 +1245,15 @@ class SqliteStore(Store):
             index = self._index
             kind = index.kind[:index.size]
 
-            def new_kinds(inside: np.ndarray) -> np.ndarray:
-                return ~np.isin(kind, kind[inside])
+            def present(slots: np.ndarray) -> np.ndarray:  # per kind (a count, not a sort of 75k slots' kinds)
+                return np.bincount(kind[slots], minlength=len(index.kinds)) > 0
 
-            inside, straddling = self._active(index.match(selector), t0, t1, new_kinds)
-            return sorted(index.kinds[k] for k in np.unique(kind[np.concatenate((inside, straddling))]).tolist())
+            def new_kinds(inside: np.ndarray) -> np.ndarray:
+                return ~present(inside)[kind]
+
+            inside, straddling = self._active(index.match(selector, near=(t0, t1)), t0, t1, new_kinds)
+            found = present(inside) | present(straddling)
+            return sorted(index.kinds[k] for k in np.flatnonzero(found).tolist())
 
     def stats(self) -> dict[str, int]:
         """Counts and bytes on disk, for metrics and benchmarks."""
