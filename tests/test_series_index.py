@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
@@ -168,4 +169,30 @@ def test_value_pages_stay_exact_while_values_come_go_and_reuse_ids(tmp_path: Pat
             for limit in (1, 10, 300, None):
                 page = (want[:limit], len(want) > limit) if limit else (want, False)
                 assert store.label_values_page("pid", 0, 2 * T0, None, prefix, limit) == page, (round_, prefix, limit)
+    store.close()
+
+
+def test_an_hour_looks_at_that_hours_series_only_and_again_after_reopening(tmp_path: Path) -> None:
+    """The hour index: a 1 h range's lists consider the slots of series with rows in that hour (plus, at most,
+    slots reused since), however many dead pids the other hours hold; rebuilt the same at open."""
+    store = SqliteStore(tmp_path)
+    per_hour = {h: [f"h{h}-{i}" for i in range(50 + 10 * h)] for h in range(10)}
+    for h, pids in per_hour.items():
+        put(store, [_profile({"pod": "p0", "pid": pid}, "samples", T0 + h * H + i * S) for i, pid in enumerate(pids)])
+    put(store, [_profile({"pod": "p0", "pid": "L"}, "samples", T0 + h * H + 30 * 60 * S) for h in range(10)])
+    for reopen in (False, True):
+        if reopen:
+            store.close()
+            store = SqliteStore(tmp_path)
+        for h in (0, 4, 9):
+            near = store._index.near_slots(T0 + h * H, T0 + (h + 1) * H)
+            assert near is not None
+            want = np.flatnonzero(store._index.match(parse_selector(f'{{pid=~"h{h}-.*|L"}}')))
+            assert sorted(store._index.sids(near)) == sorted(store._index.sids(want))  # that hour's and L, no other
+            assert store.label_values("pid", T0 + h * H, T0 + (h + 1) * H) == sorted([*per_hour[h], "L"])
+        assert store._index.near_slots(T0, T0 + 10 * H) is None  # most of the hours: one pass over all slots
+    store.enforce_retention(max_age_ns=5 * H, max_bytes=None, now_ns=T0 + 10 * H, grace_ns=0)
+    assert store._index.near_slots(T0 + 2 * H, T0 + 3 * H) is not None
+    assert store._index.near_slots(T0 + 2 * H, T0 + 3 * H).size == 0
+    assert store.label_values("pid", T0 + 5 * H, T0 + 6 * H) == sorted([*per_hour[5], "L"])
     store.close()
