@@ -566,9 +566,9 @@ class SqliteStore(Store):
         meets the range: a superset of the active ones, decided from memory); with `pieces`, in one of them
         (the edges group blocks leave: a few minutes' series, not the range's 75k)."""
         index = self._index
-        near = (min(p[1] for p in pieces), max(p[2] for p in pieces)) if pieces else \
+        span = (min(p[1] for p in pieces), max(p[2] for p in pieces)) if pieces else \
             (t0, t1) if t0 is not None and t1 is not None else None
-        mask = index.match(selector, sample_type, unit, near)
+        mask = index.match(selector, sample_type, unit, span)
         if pieces:
             near = np.zeros(index.size, dtype=bool)
             for _, a, b in pieces:

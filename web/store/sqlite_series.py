@@ -93,10 +93,9 @@ class _Label:
         has them: callers ask for present ids only) or reused (the third array; left out of the order)."""
         n = len(self.values)
         if n - self._sorted_n + len(self._reused) > max(64, n // 8):
-            live = [i for i, v in enumerate(self.values) if v is not None]
-            live.sort(key=self.values.__getitem__)
-            self._order = np.array(live, dtype=np.int64)
-            self._order_values = [self.values[i] for i in live]  # type: ignore[misc]  # live ids have values
+            pairs = sorted((v, i) for i, v in enumerate(self.values) if v is not None)
+            self._order = np.fromiter((i for _, i in pairs), dtype=np.int64, count=len(pairs))
+            self._order_values = [v for v, _ in pairs]
             self._sorted_n = n
             self._reused.clear()
         fresh = np.array([*range(self._sorted_n, n), *self._reused], dtype=np.int64)
