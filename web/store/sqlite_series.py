@@ -358,8 +358,8 @@ class SeriesIndex:
         label = self.labels[name]
         count = int(np.count_nonzero(present))
         if count <= 64:
-            return sorted(v for v in (label.values[i] for i in np.flatnonzero(present).tolist()) if v is not None), \
-                count
+            few = sorted(v for v in (label.values[i] for i in np.flatnonzero(present).tolist()) if v is not None)
+            return few[:limit] if limit is not None else few, count
         order, _, fresh = label.sorted_ids()
         keep = present[order]  # `present` has an entry per value id; the order's ids are older
         if fresh.size:
