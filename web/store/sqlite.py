@@ -852,8 +852,10 @@ class SqliteStore(Store):
         starts = [np.fromiter((r.start_ns for r in whole), np.int64, len(whole))]
         totals = [np.fromiter((r.total for r in whole), np.int64, len(whole))]
         periods = [np.fromiter((r.period_ns for r in whole), np.int64, len(whole))]
+        dctx = zstandard.ZstdDecompressor()
         for r in straddle:
-            s, t, p = decode_timeline(timelines[_handle(r).row][1], timelines[_handle(r).row][0])
+            origin, frame = timelines[_handle(r).row]
+            s, t, p = decode_timeline(frame, origin, dctx)
             keep = (s >= t0) & (s < t1)  # always all of them: the block lies inside [t0, t1)
             starts.append(s[keep])
             totals.append(t[keep])
@@ -1311,12 +1313,13 @@ def _block_timeline(group: Sequence[StoredProfile], sub: dict[int, tuple[int, by
     starts.append(np.fromiter((r.start_ns for r in raw), np.int64, len(raw)))
     totals.append(np.fromiter((r.total for r in raw), np.int64, len(raw)))
     periods.append(np.fromiter((r.period_ns for r in raw), np.int64, len(raw)))
+    dctx = zstandard.ZstdDecompressor()
     for r in group:
         if _handle(r).level:
             entry = sub.get(_handle(r).row)
             if entry is None:
                 return None  # a block from before timelines: this one cannot have one either
-            s, t, p = decode_timeline(entry[1], entry[0])
+            s, t, p = decode_timeline(entry[1], entry[0], dctx)
             starts.append(s)
             totals.append(t)
             periods.append(p)
