@@ -196,3 +196,18 @@ def test_an_hour_looks_at_that_hours_series_only_and_again_after_reopening(tmp_p
     assert store._index.near_slots(T0 + 2 * H, T0 + 3 * H).size == 0
     assert store.label_values("pid", T0 + 5 * H, T0 + 6 * H) == sorted([*per_hour[5], "L"])
     store.close()
+
+
+def test_an_hour_of_many_small_puts_holds_one_array_and_stays_exact(tmp_path: Path) -> None:
+    """Every put appends its slots to its hours; an hour nobody asks about is joined every 64 puts (a node's
+    drains every 10 s must not pile up a small array each for the week retention keeps)."""
+    store = SqliteStore(tmp_path)
+    for i in range(200):
+        put(store, [_profile({"pod": "p0", "pid": f"q{i}"}, "samples", T0 + 2 * H + i * S),
+                    _profile({"pod": "p0", "pid": "L"}, "samples", T0 + 2 * H + i * S)])
+    put(store, [_profile({"pod": "p0", "pid": "x"}, "samples", T0 + h * H) for h in (0, 1, 3, 4)])
+    assert len(store._index._hours[(T0 + 2 * H) // H]) <= 64
+    assert store.label_values("pid", T0 + 2 * H, T0 + 3 * H) == sorted(["L", *(f"q{i}" for i in range(200))])
+    late = sorted(["L", *(f"q{i}" for i in range(150, 200))])
+    assert store.label_values("pid", T0 + 2 * H + 150 * S, T0 + 3 * H) == late
+    store.close()

@@ -241,8 +241,13 @@ class SeriesIndex:
         np.maximum.at(self.last, slots, at)
         hours = at // HOUR_NS
         for h in np.unique(hours).tolist():
-            self._hours.setdefault(h, []).append(slots[hours == h])
-            self._clean.discard(h)
+            held = self._hours.setdefault(h, [])
+            held.append(slots[hours == h])
+            if len(held) > 64:  # an hour nobody asks about still holds one array, not one per put
+                held[:] = [_distinct(np.concatenate(held))]
+                self._clean.add(h)
+            else:
+                self._clean.discard(h)
 
     def forget_before(self, cutoff: int) -> None:
         """Retention cut every row starting before `cutoff`: hours wholly before it list no slot."""
