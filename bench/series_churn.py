@@ -115,6 +115,9 @@ def run(args: argparse.Namespace, new_per_drain: int) -> dict[str, Any]:
             "labels_1h": ("/api/v1/labels", mid_h),
             "labels_node_1h": ("/api/v1/labels", {**mid_h, **node}),  # the UI passes its query along
             "pid_values": ("/api/v1/label/pid/values", day),
+            # What the UI's value picker asks (web/server/static/app.js: the first 500, then by typed prefix).
+            "pid_values_ui": ("/api/v1/label/pid/values", {**day, "limit": "500"}),
+            "pid_values_ui_prefix": ("/api/v1/label/pid/values", {**day, "prefix": "11", "limit": "500"}),
             "pod_values": ("/api/v1/label/pod/values", day),
             "pod_values_node_1h": ("/api/v1/label/pod/values", {**mid_h, **node}),
             "comm_values_pod": ("/api/v1/label/comm/values", {**day, **of_pod}),

@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
@@ -145,4 +146,68 @@ def test_dropped_series_free_their_slots_and_values_for_new_ones(tmp_path: Path)
     assert len(store._index.labels["pid"].values) == 3000
     assert store.label_values("pid", 0, 2 * T0) == sorted(f"b{i}" for i in range(3000))
     assert store.label_values("pid", T0 + 2 * H + 10 * S, T0 + 2 * H + 12 * S) == ["b10", "b11"]
+    store.close()
+
+
+def test_value_pages_stay_exact_while_values_come_go_and_reuse_ids(tmp_path: Path) -> None:
+    """A page of values (prefix, limit) comes from the label's sorted order plus the values added since: pids
+    arriving with every put, ids freed by a cut and reused by new values must land in their place."""
+    store = SqliteStore(tmp_path)
+    rng = random.Random(5)
+    live: dict[str, int] = {}  # pid -> its start
+    t = T0
+    for round_ in range(6):
+        batch = {f"{rng.randrange(10**6)}": t + i * S for i in range(rng.choice([5, 40, 700]))}
+        put(store, [_profile({"pod": "p0", "pid": pid}, "samples", start) for pid, start in batch.items()])
+        live.update(batch)
+        t += H
+        if round_ in (2, 4):  # a cut frees the oldest values' ids; the next put reuses them
+            store.enforce_retention(max_age_ns=H, max_bytes=None, now_ns=t, grace_ns=0)
+            live = {pid: start for pid, start in live.items() if start >= t - H}
+        for prefix in ("", "1", "5", "99", "x"):
+            want = sorted(pid for pid in live if pid.startswith(prefix))
+            for limit in (1, 10, 300, None):
+                page = (want[:limit], len(want) > limit) if limit else (want, False)
+                assert store.label_values_page("pid", 0, 2 * T0, None, prefix, limit) == page, (round_, prefix, limit)
+    store.close()
+
+
+def test_an_hour_looks_at_that_hours_series_only_and_again_after_reopening(tmp_path: Path) -> None:
+    """The hour index: a 1 h range's lists consider the slots of series with rows in that hour (plus, at most,
+    slots reused since), however many dead pids the other hours hold; rebuilt the same at open."""
+    store = SqliteStore(tmp_path)
+    per_hour = {h: [f"h{h}-{i}" for i in range(50 + 10 * h)] for h in range(10)}
+    for h, pids in per_hour.items():
+        put(store, [_profile({"pod": "p0", "pid": pid}, "samples", T0 + h * H + i * S) for i, pid in enumerate(pids)])
+    put(store, [_profile({"pod": "p0", "pid": "L"}, "samples", T0 + h * H + 30 * 60 * S) for h in range(10)])
+    for reopen in (False, True):
+        if reopen:
+            store.close()
+            store = SqliteStore(tmp_path)
+        for h in (0, 4, 9):
+            near = store._index.near_slots(T0 + h * H, T0 + (h + 1) * H)
+            assert near is not None
+            want = np.flatnonzero(store._index.match(parse_selector(f'{{pid=~"h{h}-.*|L"}}')))
+            assert sorted(store._index.sids(near)) == sorted(store._index.sids(want))  # that hour's and L, no other
+            assert store.label_values("pid", T0 + h * H, T0 + (h + 1) * H) == sorted([*per_hour[h], "L"])
+        assert store._index.near_slots(T0, T0 + 10 * H) is None  # most of the hours: one pass over all slots
+    store.enforce_retention(max_age_ns=5 * H, max_bytes=None, now_ns=T0 + 10 * H, grace_ns=0)
+    assert store._index.near_slots(T0 + 2 * H, T0 + 3 * H) is not None
+    assert store._index.near_slots(T0 + 2 * H, T0 + 3 * H).size == 0
+    assert store.label_values("pid", T0 + 5 * H, T0 + 6 * H) == sorted([*per_hour[5], "L"])
+    store.close()
+
+
+def test_an_hour_of_many_small_puts_holds_one_array_and_stays_exact(tmp_path: Path) -> None:
+    """Every put appends its slots to its hours; an hour nobody asks about is joined every 64 puts (a node's
+    drains every 10 s must not pile up a small array each for the week retention keeps)."""
+    store = SqliteStore(tmp_path)
+    for i in range(200):
+        put(store, [_profile({"pod": "p0", "pid": f"q{i}"}, "samples", T0 + 2 * H + i * S),
+                    _profile({"pod": "p0", "pid": "L"}, "samples", T0 + 2 * H + i * S)])
+    put(store, [_profile({"pod": "p0", "pid": "x"}, "samples", T0 + h * H) for h in (0, 1, 3, 4)])
+    assert len(store._index._hours[(T0 + 2 * H) // H]) <= 64
+    assert store.label_values("pid", T0 + 2 * H, T0 + 3 * H) == sorted(["L", *(f"q{i}" for i in range(200))])
+    late = sorted(["L", *(f"q{i}" for i in range(150, 200))])
+    assert store.label_values("pid", T0 + 2 * H + 150 * S, T0 + 3 * H) == late
     store.close()

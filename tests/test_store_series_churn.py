@@ -95,3 +95,20 @@ def test_retention_forgets_series_without_rows_and_takes_their_labels_again(tmp_
     assert reopened.stats()["series"] == kept
     assert reopened.label_values("pid", 0, 2 * T0) == sorted([*_expected(starts, cutoff, 2 * T0), again])
     reopened.close()
+
+
+def test_refs_name_their_series_whatever_few_series_objects_are_kept(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Series live as key strings; the `Series` objects refs carry are made on demand and only the last few
+    are kept (garbage collections walked one object per series): refs still name the right series."""
+    import web.store.sqlite as sqlite
+
+    monkeypatch.setattr(sqlite, "_SERIES_KEPT", 8)
+    store = SqliteStore(tmp_path)
+    starts = _node(store, 5)
+    for t0, t1 in ((T0, T0 + 4 * H), (T0 + H, T0 + 2 * H)):
+        refs = store.select(MATCH_ALL, t0, t1, "samples")
+        got = sorted((r.series.labels["pid"], r.series.labels["pod"], r.start_ns) for r in refs)
+        assert got == sorted((pid, f"pod{int(pid) % 3}", t) for pid, ts in starts.items() for t in ts if t0 <= t < t1)
+        assert len({r.series.id for r in refs}) > 8 >= len(store._series_objs)
+    store.close()
