@@ -36,6 +36,22 @@ def test_built_in_a_child_then_read_from_the_cache(tmp_path: Path) -> None:
     assert source._child is None
 
 
+def test_the_child_starts_no_blas_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy's OpenBLAS starts a thread per CPU at import, which a build never uses: a third of a child's
+    start-up CPU on 2 CPUs, and 63 threads on a 64-CPU node. The child runs single-threaded."""
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    source = TableSource(str(tmp_path))
+    try:
+        assert source("/bin/true").count > 0  # the child has imported numpy and built
+        assert source._child is not None
+        status = Path(f"/proc/{source._child.pid}/status").read_text()
+        threads = int(status.split("Threads:")[1].split()[0])
+        assert threads == 1, f"the build child runs {threads} threads"
+    finally:
+        source.close()
+
+
 def test_an_image_is_built_by_the_child(tmp_path: Path) -> None:
     image = Path("/bin/true").read_bytes()
     with_source = TableSource(str(tmp_path))

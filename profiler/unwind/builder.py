@@ -42,6 +42,7 @@ IDLE_S = 20.0
 RECYCLE_MB = 64  # a child holding more than this after a build exits (node's build leaves ~80 MB)
 BUILD_TIMEOUT_S = 120.0  # libLLVM (1.4M rows) builds in ~1-3 s; a wedged child must not stall the loader
 MAX_PAYLOAD = 256 << 20
+_ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _REQUEST = struct.Struct("<cI")
 _REPLY = struct.Struct("<BQI")
 
@@ -161,7 +162,10 @@ class TableSource:
             return self._child, self._sock
         self._forget()
         root = str(Path(__file__).resolve().parent.parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        # numpy's OpenBLAS starts a thread per CPU at import (a build uses no BLAS): on a 2-CPU node that was
+        # a third of a child's start-up CPU, on a 64-CPU node 63 threads; the operator's own setting wins
+        env = {**_ONE_BLAS_THREAD, **os.environ,
+               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cmd = [sys.executable, "-m", "profiler.unwind.builder", f"--fd={theirs.fileno()}", f"--idle={self.idle_s}",
                f"--recycle-mb={self.recycle_mb}", self.root or ""]
