@@ -509,8 +509,12 @@ def test_a_new_process_is_read_once_for_every_reader(monkeypatch) -> None:
     same mappings and start time as its own read would."""
     p = subprocess.Popen(["sleep", "60"])
     try:
-        for _ in range(100):  # past exec: sleep's maps, not this interpreter's copy
-            if any(e.path.endswith("/sleep") for e in procmaps.read_exec_maps(p.pid)):
+        # past exec and the dynamic loader (sleep's maps with libc, asleep), not this interpreter's copy nor
+        # half-loaded maps: two reads must see the same mappings
+        for _ in range(300):
+            paths = [e.path for e in procmaps.read_exec_maps(p.pid)]
+            asleep = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "S"
+            if asleep and any(x.endswith("/sleep") for x in paths) and any("/libc" in x for x in paths):
                 break
             time.sleep(0.01)
         new = procmaps.read_new_process(p.pid)
