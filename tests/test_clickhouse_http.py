@@ -3,9 +3,9 @@ interface as tests/clickhouse_standin.py serves it, and the real engine (chDB) b
 
 The contract suite runs every store behaviour on chDB in-process; what this adds is everything between the
 store and a ClickHouse server: the client's connect, DDL as commands, Arrow inserts with the dedup token as
-settings, queries answered in Arrow, the stack and frame id lists as an external table (multipart), the
-deadline as `max_execution_time`, ClickHouse's errors, and the generation read from system.parts (on a server
-other processes write, so the count of writes is not known here)."""
+settings, queries answered in Arrow, reads named through the dictionaries, the stack and frame id lists as an
+external table (multipart), the deadline as `max_execution_time`, ClickHouse's errors, and the generation read
+from system.parts (on a server other processes write, so the count of writes is not known here)."""
 
 from __future__ import annotations
 
@@ -42,15 +42,18 @@ def test_a_store_over_http_writes_reads_and_keeps_answers_exact(tmp_path: Path, 
             assert answer["total"] == total(first)
             names = Counter(n for n in answer["names"] if n.startswith("fn"))
             assert names and all(v == 1 for v in names.values())
-            # the stacks and frames were read with their ids as an external table, not as SQL text
-            assert any(tables == ["podflame_ids"] and "FROM podflame_ids" in sql for sql, _, tables in requests)
+            # a fresh store names what it summed through the dictionaries, in the same statement
+            assert any("stacks_dict" in sql and "functions_dict" in sql for sql, _, _ in requests)
             assert a.transport.writes() is None  # other processes may write: the engine says what changed
             g = a.generation()
             assert tree(client, params)["total"] == total(first)
             late = profiles(T0 + 30 * 60 * S, 10, "p1", 2)
             put(b, late)  # another server
             assert a.generation() != g
+            n = len(requests)
             assert tree(client, params)["total"] == total(first) + total(late)
+            # a store that knows stacks reads the new ones with their ids as an external table, not as SQL text
+            assert any(tables == ["podflame_ids"] and "FROM podflame_ids" in sql for sql, _, tables in requests[n:])
             with pytest.raises(ClickHouseError, match="Code: 60"):  # an unknown table: ClickHouse's own error
                 a.transport.query(f"SELECT * FROM {db}.nothing_here")
             r = client.get("/api/v1/flamegraph", query_string={**params, "query": "{pod=~\"(\"}"})

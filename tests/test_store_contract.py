@@ -23,7 +23,7 @@ from web.query.merge import Query, cpu_series, merged
 from web.query.treecache import refs_key
 from web.server.app import create_app
 from web.store.base import Store
-from web.store.clickhouse_schema import Layout, ddl
+from web.store.clickhouse_schema import SCHEMA_VERSION, Layout, ddl
 from web.store.selector import MATCH_ALL, parse_selector
 
 S = 10**9
@@ -201,7 +201,7 @@ def test_a_version_1_clickhouse_database_is_upgraded_in_place_and_stays_exact(tm
     try:
         assert isinstance(store, ClickHouseStore)
         version = store.transport.query(f"SELECT max(version) AS v FROM {db}.schema_version")
-        assert version.column("v").to_pylist() == [2]
+        assert version.column("v").to_pylist() == [SCHEMA_VERSION]
         for t0, t1 in [(T0, T0 + 3 * H), (T0 + 17 * 60 * S, T0 + 2 * H + 41 * 60 * S)]:
             assert got(store, "{}", t0, t1) == truth(profiles, t0, t1)
         store.transport.command(f"ALTER TABLE {db}.profiles MATERIALIZE PROJECTION by_hour "

@@ -45,8 +45,8 @@ from web.store.base import (
     StoreTooNew,
     frame_lines_of,
 )
-from web.store.clickhouse_schema import HOUR_NS, SCHEMA_VERSION, Layout, ddl, upgrade
-from web.store.clickhouse_transport import IDS, IDS_SET, ClickHouseUnavailable, Transport, quote
+from web.store.clickhouse_schema import DICTIONARIES, HOUR_NS, SCHEMA_VERSION, Layout, ddl, upgrade
+from web.store.clickhouse_transport import IDS, IDS_SET, ClickHouseError, ClickHouseUnavailable, Transport, quote
 from web.store.columns import group_sum
 from web.store.selector import Op, Selector
 
@@ -110,6 +110,7 @@ class _FrameRow(NamedTuple):
 # The aggregate of a (series, period)'s profile rows in a range: what a `_Window` names.
 _AGG = ("min(start_ns) AS lo, max(start_ns + duration_ns) AS hi, sum(total) AS sum_total, count() AS n, "
         "sum(cityHash64(start_ns, duration_ns, total, n_samples)) AS fingerprint")  # no alias named like a column
+_NAMED_READ_SERIES = 64  # reads of up to this many series name their stacks in their own statement (`_read_named`)
 _MEMO_SECONDS = 2.0  # how long `types`' selection may serve the `select` that follows it in a request
 
 
@@ -144,6 +145,9 @@ class ClickHouseStore(Store):
         # both: the query layer asks which types are in range, then selects one of them).
         self._recent = threading.local()
         self._selected = False  # a selection has been answered (before it, no kept answer can name a generation)
+        # Reads name their stacks through the schema's dictionaries (`_read_named`) until ClickHouse refuses one (a
+        # server where they cannot be made or read): then the tables, as before schema 3.
+        self._dicts = True
         if migrate:
             # Start anyway when ClickHouse is down: every call answers 503 until it is back, then migrates.
             with contextlib.suppress(ClickHouseUnavailable):
@@ -170,7 +174,32 @@ class ClickHouseStore(Store):
         if have < SCHEMA_VERSION:
             self.transport.command(stmts[-1])
         self._apply_ttl()
+        self._warm()
         self._ready = True
+
+    def _warm(self) -> None:
+        """What a server's first query would otherwise pay, paid at its start: one statement in the shape of each
+        cold read (selection with labels, sums, the dictionaries), matching nothing. Loads the tables' indexes and
+        marks, the dictionaries themselves and the engine's first-use paths. A failure is not this start's
+        problem: the query that needs it reports it."""
+        db = self.layout.database
+        none = "toUInt64(0)"
+        agg = (f"SELECT series, period_ns, {_AGG} FROM {self._t('profiles')} WHERE series IN (SELECT id FROM "
+               f"{self._t('series')} WHERE labels['pod'] = '') AND start_ns < 0 GROUP BY series, period_ns")
+        stmts = [f"SELECT stack, sum(value) AS value FROM {self._t('samples_1h')} WHERE series = 0 AND hour < 0 "
+                 "GROUP BY stack"]
+        if self._dicts:
+            stmts.append("SELECT " + ", ".join(f"dictHas('{db}.{d}', {none}) AS {d}" for d in DICTIONARIES))
+            stmts.append(f"SELECT a.series, dictGet('{db}.series_dict', 'labels', a.series) FROM ({agg}) AS a")
+        else:
+            stmts.append(f"SELECT a.series, s.l FROM ({agg}) AS a INNER JOIN (SELECT id, any(labels) AS l FROM "
+                         f"{self._t('series')} WHERE 0 GROUP BY id) AS s ON s.id = a.series")
+        for stmt in stmts:
+            try:
+                self.transport.query(stmt)
+            except ClickHouseError:
+                if "dictHas" in stmt:
+                    self._dicts = False
 
     def _apply_ttl(self) -> None:
         """Retention changed since the tables were made: ALTER their TTL (not re-materialized: merges apply it)."""
@@ -484,16 +513,50 @@ class ClickHouseStore(Store):
                 s = series[r["series"]]
                 r["t"], r["u"], r["l"] = s.sample_type, s.unit, s.labels
             return rows
-        rows = self.transport.query(
-            f"SELECT a.series AS series, a.period_ns AS period_ns, {cols}, s.t AS t, s.u AS u, s.l AS l "
-            f"FROM ({agg}) AS a INNER JOIN (SELECT id, any(sample_type) AS t, any(unit) AS u, "
-            f"any(labels) AS l FROM {self._t('series')} WHERE {where} GROUP BY id) AS s ON s.id = a.series"
-        ).to_pylist()
+        named = self._selection_named(agg, cols) if self._dicts else None
+        if named is not None:
+            rows = named
+        else:
+            rows = self.transport.query(
+                f"SELECT a.series AS series, a.period_ns AS period_ns, {cols}, s.t AS t, s.u AS u, s.l AS l "
+                f"FROM ({agg}) AS a INNER JOIN (SELECT id, any(sample_type) AS t, any(unit) AS u, "
+                f"any(labels) AS l FROM {self._t('series')} WHERE {where} GROUP BY id) AS s ON s.id = a.series"
+            ).to_pylist()
         with self._lock:
             for r in rows:
                 if r["series"] not in self._series_local:
                     self._series_hash.append(r["series"])
                     self._series_local[r["series"]] = Series(len(self._series_hash) - 1, dict(r["l"]), r["t"], r["u"])
+        return rows
+
+    def _selection_named(self, agg: str, cols: str) -> list[dict] | None:
+        """The aggregate rows with their series' type, unit and labels from the series dictionary (`dictGet`)
+        instead of a join with the series table: on chDB a pod's hour 5.4-5.8 against 9.5-11.5 ms. A series the
+        dictionary does not have (written after its first lookup, on a replica behind) is read from the table;
+        None when ClickHouse refused the dictionary (the join, from then on)."""
+        sd = f"'{self.layout.database}.series_dict'"
+        try:
+            t = self.transport.query(f"SELECT a.series AS series, a.period_ns AS period_ns, {cols}, "
+                                     f"dictGet({sd}, ('sample_type', 'unit', 'labels'), a.series) AS x, "
+                                     f"dictHas({sd}, a.series) AS ok FROM ({agg}) AS a")
+        except ClickHouseError:
+            self._dicts = False
+            return None
+        x = t.column("x").combine_chunks()
+        tul = [x.field(i).to_pylist() for i in range(3)]
+        ok = t.column("ok").to_pylist()
+        rows = t.drop_columns(["x", "ok"]).to_pylist()
+        for r, t_, u, lab, has in zip(rows, *tul, ok, strict=True):
+            if has:
+                r["t"], r["u"], r["l"] = t_, u, lab
+        missing = [r["series"] for r, has in zip(rows, ok, strict=True) if not has]
+        if missing:
+            found = self._series(missing)
+            rows = [r for r in rows if "t" in r or r["series"] in found]  # (as the join: the table's rows only)
+            for r in rows:
+                if "t" not in r:
+                    got = found[r["series"]]
+                    r["t"], r["u"], r["l"] = got.sample_type, got.unit, list(got.labels.items())
         return rows
 
     def types(self, t0: int, t1: int, selector: Selector | None = None) -> list[tuple[str, str]]:
@@ -614,10 +677,16 @@ class ClickHouseStore(Store):
                      f"AND {col} < {hi} GROUP BY stack" for table, col, lo, hi in _ranges(t0, t1)]
             sql = parts[0] if len(parts) == 1 else \
                 f"SELECT stack, sum(value) AS value FROM ({' UNION ALL '.join(parts)}) GROUP BY stack"
-            t = self.transport.query(sql)
-            if t.num_rows:
-                stack.append(self._local_stacks(t.column("stack").to_numpy()))
-                value.append(t.column("value").to_numpy().astype(np.int64))
+            # A fresh store's small read (a pod, a service: the cold query a user waits on) names its stacks in the
+            # same statement; a wide one reads the tables (14k stacks fill a dictionary 4x slower than a table read)
+            named = self._dicts and not self._stack_frames and len(ids) <= _NAMED_READ_SERIES
+            got = self._read_named(sql) if named else None
+            if got is None:
+                t = self.transport.query(sql)
+                got = (t.column("stack").to_numpy(), t.column("value").to_numpy()) if t.num_rows else None
+            if got is not None and got[0].size:
+                stack.append(self._local_stacks(got[0]))
+                value.append(got[1].astype(np.int64))
         if not stack:
             empty = np.empty(0, np.int64)
             return empty, empty
@@ -638,6 +707,68 @@ class ClickHouseStore(Store):
                     self._stack_hash.append(h)
                 ids.append(i)
         return np.array(ids, dtype=np.int64)[inv.reshape(-1)]
+
+    def _read_named(self, sums: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The sums of `sums` (stack, value) AND everything that names them, in ONE statement: each stack's frames,
+        each distinct frame's row, its functions' names and its mapping, through the schema's dictionaries
+        (`dictGet`, one row of arrays), kept as `stack_frames` and `_read_frames` keep what they read. A store that
+        has read nothing yet uses it (a fresh server's first query, the cold case): its stacks are all new, and
+        the four statements it replaces (stacks, frames, then names and mappings) cost 3-6 ms each on chDB, where
+        this adds 3-4 ms to the sums for a pod's 285 stacks (docs/benchmarks.md, "sixth pass").
+
+        None when ClickHouse refused it (then the store reads the tables from now on) or a dictionary did not
+        have a key (a replica behind another: the caller reads the sums alone, and the names come from the tables)."""
+        sd, fd, nd, md = (f"'{self.layout.database}.{d}'" for d in ("stacks_dict", "frames_dict", "functions_dict",
+                                                                     "mappings_dict"))
+        sql = (f"SELECT groupArray(stack) AS stacks, groupArray(value) AS vals, "
+               f"groupArray(dictGet({sd}, 'frames', stack)) AS sframes, min(dictHas({sd}, stack)) AS s_ok, "
+               "arrayDistinct(arrayFlatten(sframes)) AS fids, "
+               f"arrayMap(f -> dictGet({fd}, ('address', 'mapping', 'kind', 'functions', 'lines'), f), fids) AS frows, "
+               f"arrayAll(f -> dictHas({fd}, f), fids) AS f_ok, "
+               "arrayDistinct(arrayFlatten(arrayMap(r -> r.4, frows))) AS nids, "
+               f"arrayMap(f -> dictGet({nd}, ('name', 'file'), f), nids) AS nrows, "
+               f"arrayAll(f -> dictHas({nd}, f), nids) AS n_ok, "
+               "arrayFilter(m -> m != 0, arrayDistinct(arrayMap(r -> r.2, frows))) AS mids, "
+               f"arrayMap(m -> dictGet({md}, ('start', 'limit', 'offset', 'path', 'build_id'), m), mids) AS mrows, "
+               f"arrayAll(m -> dictHas({md}, m), mids) AS m_ok "
+               f"FROM ({sums})")
+        try:
+            t = self.transport.query(sql)
+        except ClickHouseError:
+            self._dicts = False  # no dictionaries here (or not readable): the tables, as before schema 3
+            return None
+        row = {name: t.column(name)[0] for name in t.column_names}
+        stacks = row["stacks"].values.to_numpy(zero_copy_only=False)
+        values = row["vals"].values.to_numpy(zero_copy_only=False)
+        if not stacks.size:
+            return stacks, values
+        if not all(row[k].as_py() for k in ("s_ok", "f_ok", "n_ok", "m_ok")):
+            return None
+        nrows = row["nrows"].values
+        names = dict(zip(row["nids"].values.to_numpy(zero_copy_only=False).tolist(),
+                         zip(nrows.field(0).to_pylist(), nrows.field(1).to_pylist(), strict=True), strict=True))
+        maps: dict[int, ProcMapping | None] = {h: ProcMapping(a, b, c, p, bid or None) for h, a, b, c, p, bid in zip(
+            row["mids"].values.to_numpy(zero_copy_only=False).tolist(),
+            *(row["mrows"].values.field(i).to_pylist() for i in range(5)), strict=True)}
+        frows = row["frows"].values
+        cols = {"id": row["fids"].values.to_numpy(zero_copy_only=False).tolist(),
+                **{k: frows.field(i).to_pylist() for i, k in enumerate(("address", "mapping", "kind", "functions",
+                                                                           "lines"))}}
+        lists = row["sframes"].values
+        flat = lists.flatten().to_numpy(zero_copy_only=False)
+        lengths = lists.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+        local = self._local_stacks(stacks)
+        with self._lock:
+            uniq, inv = np.unique(flat, return_inverse=True)
+            fids = np.fromiter((self._frame_id(h) for h in uniq.tolist()), np.int64, count=uniq.size)[inv.reshape(-1)]
+            cache = self._stack_frames
+            if len(cache) > _MEMO_LIMIT:
+                cache.clear()
+            ends = np.cumsum(lengths)
+            for sid, end, n in zip(local.tolist(), ends.tolist(), lengths.tolist(), strict=True):
+                cache[sid] = fids[end - n:end]
+        self._keep_frames(cols, names, maps)
+        return stacks, values
 
     def step_totals(self, selector: Selector, t0: int, t1: int, step_ns: int, sample_type: str | None = None,
                     unit: str | None = None) -> StepTotals:
@@ -732,11 +863,21 @@ class ClickHouseStore(Store):
             else:
                 got_maps[cut["id"][i]] = ProcMapping(cut["n1"][i], cut["n2"][i], cut["n3"][i], cut["s1"][i],
                                                      cut["s2"][i] or None)
+        self._keep_frames(cols, names, got_maps, using)
+
+    def _keep_frames(self, cols: dict[str, list], names: dict[int, tuple[str, str]],
+                     got_maps: dict[int, ProcMapping | None], using: dict[int, ProcMapping | None] | None = None
+                     ) -> None:
+        """Keep frame rows as read (`cols`: id, address, mapping, kind, functions, lines per frame) with their
+        functions' names and the mappings read beside them (`using`: kept ones this read names)."""
+        maps, known = self._mappings, self._frame_rows
         with self._lock:
             if len(maps) > _MEMO_LIMIT:  # a busy node's short-lived processes each map their binaries anew
                 maps.clear()
                 maps[0] = None
             maps.update(got_maps)
+            if using is None:
+                using = {h: maps.get(h) for h in set(cols["mapping"])}
         using.update(got_maps)
         got: dict[int, _FrameRow] = {}
         for j, h in enumerate(cols["id"]):

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 
 from podflame.errors import InvalidInput
 
-SCHEMA_VERSION = 2  # 2: the hourly projection of profile totals (a day's selection reads ~24 rows per series)
+# 2: the hourly projection of profile totals (a day's selection reads ~24 rows per series)
+# 3: dictionaries over stacks, frames, functions, mappings and series (a read names its stacks, a selection its
+#    series, in its own statement)
+SCHEMA_VERSION = 3
 HOUR_NS = 3600 * 10**9
 DEDUP_WINDOW = 100_000  # insert tokens remembered per table: agent retries come within minutes
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -73,6 +76,23 @@ PROJECTIONS = {
                             "sum(cityHash64(start_ns, duration_ns, total, n_samples)) "
                             f"GROUP BY series, period_ns, intDiv(start_ns, {HOUR_NS})"),
 }
+
+# dictionary -> (its table, attributes): ClickHouse dictionaries over the content-addressed tables, so one statement
+# can sum a range AND name what it summed (`dictGet`), where reading the tables took a statement each (stacks, frames,
+# functions and mappings: each point read decompresses whole granules of its table). CACHE layout: a key is read from
+# its table on first use and kept in the ClickHouse server's memory (bounded by cells), so a dictionary never serves a
+# stale or partial table; rows never change (ids are content hashes), so the lifetime only bounds how long a key
+# missing at its first lookup (a replica behind) is remembered as missing: the store checks `dictHas` and reads the
+# tables for such a read (web/store/clickhouse.py `_read_named`).
+DICTIONARIES = {
+    "stacks_dict": ("stacks", "frames Array(UInt64)"),
+    "frames_dict": ("frames", "address UInt64, mapping UInt64, kind String, functions Array(UInt64), "
+                              "lines Array(Int64)"),
+    "functions_dict": ("functions", "name String, file String"),
+    "mappings_dict": ("mappings", "start UInt64, limit UInt64, offset UInt64, path String, build_id String"),
+    "series_dict": ("series", "sample_type String, unit String, labels Map(String, String)"),
+}
+DICTIONARY_CELLS = 1 << 20  # keys kept per dictionary (a key and its row; past it ClickHouse evicts, reads again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +155,11 @@ def ddl(layout: Layout) -> list[str]:
             shard = "series" if name in ("samples", "profiles", "samples_1h") else "id"
             out.append(f"CREATE TABLE IF NOT EXISTS {db}.{name}{on} AS {db}.{local} "
                        f"ENGINE = Distributed('{cluster}', {db}, {local}, sipHash64({shard}))")
+    for name, (table, attributes) in DICTIONARIES.items():
+        # The source is the table queries name (the Distributed one on a cluster), read by this server itself.
+        out.append(f"CREATE DICTIONARY IF NOT EXISTS {db}.{name}{on} (id UInt64, {attributes}) PRIMARY KEY id "
+                   f"SOURCE(CLICKHOUSE(DB '{db}' TABLE '{table}')) "
+                   f"LAYOUT(CACHE(SIZE_IN_CELLS {DICTIONARY_CELLS})) LIFETIME(MIN 600 MAX 1200)")
     for view, (target, select) in _VIEWS.items():
         # On a cluster the views read each shard's local samples and write its local target.
         src = "samples_local" if cluster else "samples"
@@ -148,7 +173,8 @@ def ddl(layout: Layout) -> list[str]:
 def upgrade(layout: Layout, version: int) -> list[str]:
     """Statements that bring data written under schema `version` up to date (after `ddl`): projections added
     since are built for the parts already there (a mutation in the background; until it is done those parts are
-    read raw, so answers stay exact)."""
+    read raw, so answers stay exact). Schema 3's dictionaries need nothing: `ddl` creates them over the tables as
+    they are."""
     on = f" ON CLUSTER '{layout.cluster}'" if layout.cluster and layout.on_cluster else ""
     out = []
     if version < 2:

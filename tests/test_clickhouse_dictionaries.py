@@ -1,0 +1,154 @@
+"""Schema 3's dictionaries: a fresh server's pod flame graph is two statements (the selection with its series'
+labels, then the sums with every stack, frame, name and mapping that names them), answers equal the table path's,
+and what the dictionaries cannot answer (a key they do not have, a server without them) is read from the tables."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.builders import put
+from tests.test_clickhouse_replicas import FRAMES, H, S, T0, profiles, total, tree
+from web.server.app import create_app
+from web.store.clickhouse import ClickHouseStore
+from web.store.clickhouse_schema import DICTIONARIES, SCHEMA_VERSION
+from web.store.dsn import open_store
+
+PARAMS = {"from": str(T0 // S), "to": str((T0 + H) // S), "query": '{pod="p0"}'}
+
+
+@pytest.fixture
+def dsn(chdb_dir: Path) -> Iterator[str]:
+    db = f"dict_{uuid.uuid4().hex[:12]}"
+    yield f"chdb://{chdb_dir}?database={db}"
+    from web.store.clickhouse_transport import ChdbTransport
+
+    t = ChdbTransport(str(chdb_dir))
+    t.command(f"DROP DATABASE IF EXISTS {db} SYNC")
+    t.close()
+
+
+def counted(store: ClickHouseStore) -> list[str]:
+    """Every statement the store sends from now on."""
+    sent: list[str] = []
+    run = store.transport.query
+
+    def query(sql: str, ids: object = None) -> object:
+        sent.append(sql)
+        return run(sql, ids)  # type: ignore[arg-type]
+
+    store.transport.query = query  # type: ignore[method-assign]
+    return sent
+
+
+def answer(store: ClickHouseStore, tmp_path: Path, params: dict[str, str] = PARAMS) -> dict[str, Any]:
+    return tree(create_app({"DATA_DIR": str(tmp_path), "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client(),
+                params)
+
+
+def written(dsn: str) -> list:
+    writer = open_store(dsn)
+    ps = profiles(T0, 30, "p0", 1) + profiles(T0, 30, "p1", 2)
+    put(writer, ps)
+    writer.close()
+    return ps
+
+
+def test_a_fresh_servers_pod_flame_graph_is_two_statements_with_the_table_paths_answer(tmp_path: Path,
+                                                                                        dsn: str) -> None:
+    ps = written(dsn)
+    store = open_store(dsn)  # a fresh server: nothing read yet
+    assert isinstance(store, ClickHouseStore)
+    sent = counted(store)
+    try:
+        got = answer(store, tmp_path)
+        assert got["total"] == total([p for p in ps if p.labels["pod"] == "p0"])
+        # before schema 3: five (selection, sums, stacks, frames, names and mappings)
+        assert len(sent) == 2, sent
+        assert "series_dict" in sent[0] and "stacks_dict" in sent[1] and "functions_dict" in sent[1]
+        assert not any(f"{store.layout.database}.stacks " in sql or "FROM " + store.layout.database + ".frames "
+                       in sql for sql in sent)
+        assert {f"fn{i}" for i in range(len(FRAMES))} & set(got["names"])
+    finally:
+        store.close()
+    tables = open_store(dsn)  # the same read through the tables only
+    assert isinstance(tables, ClickHouseStore)
+    tables._dicts = False
+    sent = counted(tables)
+    try:
+        assert answer(tables, tmp_path) == got
+        assert len(sent) == 5 and not any("dictGet" in sql for sql in sent)
+    finally:
+        tables.close()
+
+
+def test_a_version_2_database_gets_its_dictionaries_at_start_and_old_data_reads_the_same(tmp_path: Path,
+                                                                                         dsn: str) -> None:
+    ps = written(dsn)
+    store = open_store(dsn)
+    assert isinstance(store, ClickHouseStore)
+    db, tr = store.layout.database, store.transport
+    for d in DICTIONARIES:  # as schema 2 made it
+        tr.command(f"DROP DICTIONARY {db}.{d}")
+    tr.command(f"TRUNCATE TABLE {db}.schema_version")
+    tr.command(f"INSERT INTO {db}.schema_version (version) VALUES (2)")
+    store.close()
+    store = open_store(dsn)
+    assert isinstance(store, ClickHouseStore)
+    try:
+        version = store.transport.query(f"SELECT max(version) AS v FROM {db}.schema_version")
+        assert version.column("v").to_pylist() == [SCHEMA_VERSION] == [3]
+        made = store.transport.query(f"SELECT name FROM system.dictionaries WHERE database = '{db}'")
+        assert sorted(made.column("name").to_pylist()) == sorted(DICTIONARIES)
+        sent = counted(store)
+        got = answer(store, tmp_path)
+        assert got["total"] == total([p for p in ps if p.labels["pod"] == "p0"]) and len(sent) == 2
+    finally:
+        store.close()
+
+
+def test_keys_a_dictionary_does_not_have_are_read_from_the_tables(tmp_path: Path, dsn: str) -> None:
+    """A dictionary that misses keys (a replica behind the one that wrote them; here, dictionaries over empty
+    tables) answers dictHas false: the read's names and the selection's labels come from the tables, exactly."""
+    ps = written(dsn)
+    reference = open_store(dsn)
+    assert isinstance(reference, ClickHouseStore)
+    reference._dicts = False
+    want = answer(reference, tmp_path)
+    reference.close()
+    store = open_store(dsn)
+    assert isinstance(store, ClickHouseStore)
+    db, tr = store.layout.database, store.transport
+    for d, (table, attributes) in DICTIONARIES.items():
+        tr.command(f"CREATE TABLE {db}.empty_{table} AS {db}.{table}")
+        tr.command(f"CREATE OR REPLACE DICTIONARY {db}.{d} (id UInt64, {attributes}) PRIMARY KEY id "
+                   f"SOURCE(CLICKHOUSE(DB '{db}' TABLE 'empty_{table}')) LAYOUT(CACHE(SIZE_IN_CELLS 1024)) "
+                   "LIFETIME(MIN 600 MAX 1200)")
+    sent = counted(store)
+    try:
+        assert answer(store, tmp_path) == want
+        assert want["total"] == total([p for p in ps if p.labels["pod"] == "p0"])
+        assert any("stacks_dict" in sql for sql in sent)  # tried, then the tables
+        assert any(f"FROM {db}.stacks " in sql for sql in sent) and any(f"FROM {db}.frames " in sql for sql in sent)
+        assert store._dicts  # a miss is not a refusal: the next read tries the dictionaries again
+    finally:
+        store.close()
+
+
+def test_a_server_whose_dictionaries_cannot_be_read_answers_from_the_tables(tmp_path: Path, dsn: str) -> None:
+    ps = written(dsn)
+    store = open_store(dsn)
+    assert isinstance(store, ClickHouseStore)
+    for d in DICTIONARIES:
+        store.transport.command(f"DROP DICTIONARY {store.layout.database}.{d}")
+    try:
+        got = answer(store, tmp_path)
+        assert got["total"] == total([p for p in ps if p.labels["pod"] == "p0"])
+        assert not store._dicts
+        assert {f"fn{i}" for i in range(len(FRAMES))} & set(got["names"])
+    finally:
+        store.close()
