@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.builders import put
-from tests.test_clickhouse_replicas import FRAMES, H, S, T0, profiles, total, tree
+from tests.test_clickhouse_replicas import FRAMES, T0, H, S, profiles, total, tree
 from web.server.app import create_app
 from web.store.clickhouse import ClickHouseStore
 from web.store.clickhouse_schema import DICTIONARIES, SCHEMA_VERSION
