@@ -192,9 +192,10 @@ def deployed_queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: 
         http = f"clickhouse://127.0.0.1:{port}/{database}"
 
         def drop_caches() -> None:
-            for cache in _CH_CACHES:
-                urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/",
-                                                              data=f"SYSTEM DROP {cache}".encode()), timeout=60).read()
+            # ... and the dictionaries' kept keys (schema 3): each query's names are read from the tables again
+            for stmt in [f"SYSTEM DROP {cache}" for cache in _CH_CACHES] + ["SYSTEM RELOAD DICTIONARIES"]:
+                urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/", data=stmt.encode()),
+                                       timeout=60).read()
             drop_page_cache(chdb_dir)
 
         for name, path, params in query_cases(start, end, pod, hours):

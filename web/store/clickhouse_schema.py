@@ -81,9 +81,11 @@ PROJECTIONS = {
 # can sum a range AND name what it summed (`dictGet`), where reading the tables took a statement each (stacks, frames,
 # functions and mappings: each point read decompresses whole granules of its table). CACHE layout: a key is read from
 # its table on first use and kept in the ClickHouse server's memory (bounded by cells), so a dictionary never serves a
-# stale or partial table; rows never change (ids are content hashes), so the lifetime only bounds how long a key
-# missing at its first lookup (a replica behind) is remembered as missing: the store checks `dictHas` and reads the
-# tables for such a read (web/store/clickhouse.py `_read_named`).
+# stale or partial table. Rows never change (ids are content hashes), so a long lifetime costs nothing but a kept
+# key's re-read each 1-2 h; it also bounds how long a key missing at its first lookup (a replica behind) is
+# remembered as missing: the store checks `dictHas` and reads the tables for such a read (web/store/clickhouse.py
+# `_read_named`). A miss costs more than the table read it replaces (each dictionary fills its misses with an
+# internal query of its own): the gain is a ClickHouse server that has served these keys before.
 DICTIONARIES = {
     "stacks_dict": ("stacks", "frames Array(UInt64)"),
     "frames_dict": ("frames", "address UInt64, mapping UInt64, kind String, functions Array(UInt64), "
@@ -159,7 +161,7 @@ def ddl(layout: Layout) -> list[str]:
         # The source is the table queries name (the Distributed one on a cluster), read by this server itself.
         out.append(f"CREATE DICTIONARY IF NOT EXISTS {db}.{name}{on} (id UInt64, {attributes}) PRIMARY KEY id "
                    f"SOURCE(CLICKHOUSE(DB '{db}' TABLE '{table}')) "
-                   f"LAYOUT(CACHE(SIZE_IN_CELLS {DICTIONARY_CELLS})) LIFETIME(MIN 600 MAX 1200)")
+                   f"LAYOUT(CACHE(SIZE_IN_CELLS {DICTIONARY_CELLS})) LIFETIME(MIN 3600 MAX 7200)")
     for view, (target, select) in _VIEWS.items():
         # On a cluster the views read each shard's local samples and write its local target.
         src = "samples_local" if cluster else "samples"
