@@ -171,7 +171,7 @@ _CH_CACHES = ("MARK CACHE", "UNCOMPRESSED CACHE", "QUERY CACHE", "MMAP CACHE", "
 
 
 def deployed_queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: int, pod: str, hours: float,
-                     runs: int) -> dict[str, dict[str, Any]]:
+                     runs: int, keep_dictionaries: bool = False) -> dict[str, dict[str, Any]]:
     """The queries as deployed: each in a FRESH podflame server process (as bench/store.py measures SQLite), its
     store's files dropped from the page cache first. SQLite reads its files in that process; ClickHouse is a
     separate long-running server (tests/clickhouse_standin.py: chDB, the same engine, behind ClickHouse's HTTP
@@ -192,8 +192,10 @@ def deployed_queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: 
         http = f"clickhouse://127.0.0.1:{port}/{database}"
 
         def drop_caches() -> None:
-            # ... and the dictionaries' kept keys (schema 3): each query's names are read from the tables again
-            for stmt in [f"SYSTEM DROP {cache}" for cache in _CH_CACHES] + ["SYSTEM RELOAD DICTIONARIES"]:
+            # ... and the dictionaries' kept keys (schema 3): each query's names are read from the tables again,
+            # unless `keep_dictionaries` (a ClickHouse server that has served these stacks before, to any replica)
+            reload = [] if keep_dictionaries else ["SYSTEM RELOAD DICTIONARIES"]
+            for stmt in [f"SYSTEM DROP {cache}" for cache in _CH_CACHES] + reload:
                 urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/", data=stmt.encode()),
                                        timeout=60).read()
             drop_page_cache(chdb_dir)
@@ -412,6 +414,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cluster-hours", type=float, default=24, help="hours of the cluster-day")
     ap.add_argument("--data", help="keep both stores here (default: a temporary directory, removed after)")
     ap.add_argument("--queries-only", action="store_true", help="query the stores a run with --data left")
+    ap.add_argument("--keep-dictionaries", action="store_true",
+                    help="deployed queries: keep ClickHouse's dictionaries between queries (a server that has served "
+                         "these stacks before); by default they are reloaded (empty) with the other caches")
     ap.add_argument("--no-deployed", action="store_true",
                     help="skip the queries in fresh processes against a separate ClickHouse server process")
     ap.add_argument("--query-case", help=argparse.SUPPRESS)  # internal: one query in a fresh process
@@ -472,7 +477,8 @@ def _queries(result: dict[str, Any], dsns: dict[str, tuple[str | None, Path]], a
     pod = make_node(args.pods, stacks_per_pod=args.stacks)[args.pods // 2].labels["pod"]
     result["queries"] = queries(dsns, start, end, pod, args.hours, args.runs)
     if not args.no_deployed:
-        result["queries_deployed"] = deployed_queries(dsns, start, end, pod, args.hours, args.runs)
+        result["queries_deployed"] = deployed_queries(dsns, start, end, pod, args.hours, args.runs,
+                                                      args.keep_dictionaries)
     if args.cluster_nodes > 1:
         result["cluster_day"] = cluster_day(dsns["clickhouse"][0] or "", args.cluster_nodes, start, end,
                                             args.runs, args.cluster_hours)
