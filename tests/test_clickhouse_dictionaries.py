@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.builders import put
-from tests.test_clickhouse_replicas import FRAMES, T0, H, S, profiles, total, tree
+from tests.test_clickhouse_replicas import FRAMES, T0, H, S, counted, profiles, total, tree
 from web.server.app import create_app
 from web.store.clickhouse import ClickHouseStore
 from web.store.clickhouse_schema import DICTIONARIES, SCHEMA_VERSION
@@ -30,19 +30,6 @@ def dsn(chdb_dir: Path) -> Iterator[str]:
     t = ChdbTransport(str(chdb_dir))
     t.command(f"DROP DATABASE IF EXISTS {db} SYNC")
     t.close()
-
-
-def counted(store: ClickHouseStore) -> list[str]:
-    """Every statement the store sends from now on."""
-    sent: list[str] = []
-    run = store.transport.query
-
-    def query(sql: str, ids: object = None) -> object:
-        sent.append(sql)
-        return run(sql, ids)  # type: ignore[arg-type]
-
-    store.transport.query = query  # type: ignore[method-assign]
-    return sent
 
 
 def answer(store: ClickHouseStore, tmp_path: Path, params: dict[str, str] = PARAMS) -> dict[str, Any]:

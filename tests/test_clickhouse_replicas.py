@@ -48,20 +48,26 @@ def total(ps: list[Profile]) -> int:
     return sum(sum(p.samples.values()) for p in ps)
 
 
+def counted(store: ClickHouseStore) -> list[str]:
+    """Every statement the store sends from now on (its transport's queries, in order)."""
+    sent: list[str] = []
+    run = store.transport.query
+
+    def query(sql: str, ids: object = None) -> object:
+        sent.append(sql)
+        return run(sql, ids)  # type: ignore[arg-type]
+
+    store.transport.query = query  # type: ignore[method-assign]
+    return sent
+
+
 def test_a_kept_answer_is_not_served_after_another_replicas_write(tmp_path: Path, chdb_dir: Path) -> None:
     """Replica A answers an absolute range and keeps the tree; replica B writes into that range; A's next answer
     has B's samples (and new names). With nothing written between two asks, A answers without a statement."""
     dsn = f"chdb://{chdb_dir}?database=rep_{uuid.uuid4().hex[:12]}"
     a, b = open_store(dsn), open_store(dsn)
     assert isinstance(a, ClickHouseStore)
-    statements: list[str] = []
-    run = a.transport.query
-
-    def counted(sql: str, ids: object = None) -> object:
-        statements.append(sql)
-        return run(sql, ids)  # type: ignore[arg-type]
-
-    a.transport.query = counted  # type: ignore[method-assign]
+    statements = counted(a)
     try:
         first = profiles(T0, 30, "p0", 1)
         put(a, first)
@@ -119,18 +125,12 @@ def test_a_server_that_knows_its_series_selects_without_reading_their_labels_aga
     dsn = f"chdb://{chdb_dir}?database=sel_{uuid.uuid4().hex[:12]}"
     a, b = open_store(dsn), open_store(dsn)
     assert isinstance(a, ClickHouseStore)
-    statements: list[str] = []
-    run = a.transport.query
-
-    def counted(sql: str, ids: object = None) -> object:
-        statements.append(sql)
-        return run(sql, ids)  # type: ignore[arg-type]
 
     def answer(store: Any, selector: str, t1: int) -> list[tuple[Any, ...]]:
         refs = store.select(parse_selector(selector), T0, t1)
         return sorted((tuple(sorted(p.series.labels.items())), p.series.sample_type, p.total) for p in refs)
 
-    a.transport.query = counted  # type: ignore[method-assign]
+    statements = counted(a)
     fresh = open_store(dsn)  # a store that has selected nothing yet (a new one for the second check)
     try:
         p0 = profiles(T0, 30, "p0", 1)
