@@ -602,15 +602,19 @@ def test_cache_is_bounded_and_works_without_a_root(shapes: dict[str, Path], tmp_
     assert TableCache().root == str(tmp_path / "env" / "unwind" / "v1")
 
 
-def test_vdso_image_from_memory(tmp_path: Path) -> None:
-    """The vDSO has no file: its table is built from the image read out of a process's memory,
-    and agrees with the same bytes written to a file and read by readelf."""
+def _vdso_image() -> bytes:
     with open("/proc/self/maps") as f:
         line = next(ln for ln in f if ln.rstrip().endswith("[vdso]"))
     start, end = (int(x, 16) for x in line.split()[0].split("-"))
     with open("/proc/self/mem", "rb") as mem:
         mem.seek(start)
-        image = mem.read(end - start)
+        return mem.read(end - start)
+
+
+def test_vdso_image_from_memory(tmp_path: Path) -> None:
+    """The vDSO has no file: its table is built from the image read out of a process's memory,
+    and agrees with the same bytes written to a file and read by readelf."""
+    image = _vdso_image()
     table = build_table(image)
     assert table.identity is None and table.count > 0 and table.source == ".eh_frame_hdr"
     (tmp_path / "vdso.so").write_bytes(image)
@@ -620,18 +624,6 @@ def test_vdso_image_from_memory(tmp_path: Path) -> None:
 
 # -- compaction without numpy: the agent builds small tables itself (profiler/unwind/builder.py) ----
 
-def _vdso_file(tmp_path: Path) -> Path:
-    with open("/proc/self/maps") as f:
-        line = next(ln for ln in f if ln.rstrip().endswith("[vdso]"))
-    start, end = (int(x, 16) for x in line.split()[0].split("-"))
-    with open("/proc/self/mem", "rb") as mem:
-        mem.seek(start)
-        image = mem.read(end - start)
-    out = tmp_path / "vdso.so"
-    out.write_bytes(image)
-    return out
-
-
 @pytest.mark.parametrize("which", ["o2", "o2fp", "debugframe", "debugframe-only", "cxx", "vdso", "libc", "libstdc++",
                                    "debian-python3"])
 def test_python_compaction_gives_numpys_rows(shapes: dict[str, Path], tmp_path: Path, which: str) -> None:
@@ -639,7 +631,8 @@ def test_python_compaction_gives_numpys_rows(shapes: dict[str, Path], tmp_path: 
     same bytes either way (readelf checks the rows above, through whichever compaction a size picks)."""
     path = {"libc": LIBC, "libstdc++": LIBSTDCXX, "debian-python3": DEBIAN_PYTHON}.get(which)
     if which == "vdso":
-        path = _vdso_file(tmp_path)
+        path = tmp_path / "vdso.so"
+        path.write_bytes(_vdso_image())
     path = path or shapes[which]
     with_numpy, plain = build_table(str(path), python=False), build_table(str(path), python=True)
     assert plain.count == with_numpy.count > 0
