@@ -9,10 +9,10 @@ and asks a child for the big ones. The child builds, stores each table in the ca
 over a pipe, and exits when idle for `idle_s` or when it holds more than `recycle_mb`: its memory goes
 back to the system, and the next miss starts a new one.
 
-A child start costs 0.12-0.14 s of CPU (an interpreter, numpy's import): a binary new to the host
-whose CFI is small (`agent_cfi_bytes`, 64 KiB: coreutils, ld.so, libffi, ~92% of the ELF files of a
-Debian host) is built in the agent instead, without numpy, in 1-17 ms and under ~3 MB of transient
-heap, where it used to cost a child start for a 2 ms build (docs/benchmarks.md, branch tables6).
+A child start costs 65-140 ms of CPU (an interpreter, numpy's import): a binary new to the host whose
+CFI is small (`agent_cfi_bytes`, 256 KiB: coreutils, ld.so, libffi, bash, libc, libstdc++; ~98% of the
+ELF files of a Debian host) is built in the agent instead, without numpy, in 1-50 ms and under ~2 MB of
+transient heap, where it used to cost a child start for a 2 ms build (docs/benchmarks.md, branch tables6).
 
 Protocol, over a Unix socket pair: a request is one kind byte (b"p": a file; b"i": an ELF image, the
 vDSO) and a u32-length payload (the file's name, for messages; or the image). A file goes as an open
@@ -46,10 +46,11 @@ from profiler.unwind.table import UnwindTable
 # processes, their on-demand asks over the next seconds): with 3 s a busy node's first minute started a
 # child (0.15-0.4 s of CPU, more than most builds) every few seconds; an idle child costs memory, no CPU.
 IDLE_S = 20.0
-# CFI (.eh_frame, .eh_frame_hdr, .debug_frame) up to this size is built in the agent: at most ~17 ms of
-# CPU and ~3 MB of heap at its peak (which the allocator keeps: +3.4 MB RSS after 600 such builds), against
-# a child start's 0.12-0.14 s; bash (104 KB), libc (153 KB), libpython (295-410 KB) still go to the child
-AGENT_CFI_BYTES = 64 << 10
+# CFI (.eh_frame, .eh_frame_hdr, .debug_frame) up to this size is built in the agent: at most ~50 ms of
+# CPU and ~2 MB of heap at its peak (libc: 36 ms, 1.6 MB; +3.2 MB RSS kept after 600 such builds), against a
+# child start's 65-140 ms. libpython (330 KB), Debian's python3 (490 KB), libcrypto, node go to the child:
+# their builds peak at 3-80 MB, which the agent's allocator would keep
+AGENT_CFI_BYTES = 256 << 10
 RECYCLE_MB = 64  # a child holding more than this after a build exits (node's build leaves ~80 MB)
 BUILD_TIMEOUT_S = 120.0  # libLLVM (1.4M rows) builds in ~1-3 s; a wedged child must not stall the loader
 MAX_PAYLOAD = 256 << 20

@@ -58,8 +58,9 @@ _WANTED_SLOT = STAT_SLOTS.index("wanted")
 
 
 def cached_tables() -> TableSource:
-    """Tables read from the on-disk TableCache ($PODFLAME_SYMBOL_CACHE) in this process, built in a
-    child process (profiler/unwind/builder.py) when not there: the build's memory is never the agent's."""
+    """Tables read from the on-disk TableCache ($PODFLAME_SYMBOL_CACHE) in this process; when not there,
+    built here if small (no numpy, no child start), else in a child process (profiler/unwind/builder.py):
+    a big build's memory is never the agent's."""
     from profiler.unwind.builder import TableSource
 
     return TableSource()
