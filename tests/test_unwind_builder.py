@@ -1,5 +1,6 @@
 """The agent's table source (profiler/unwind/builder.py): tables read from the disk cache in the
-agent, built in a child process that exits when idle, with its failures turned into errors."""
+agent, small ones built in the agent without numpy, the others in a child process that exits when
+idle, with its failures turned into errors."""
 
 from __future__ import annotations
 
@@ -13,22 +14,25 @@ from pathlib import Path
 import pytest
 
 from podflame.errors import PodflameError
-from profiler.unwind.build import build_table
-from profiler.unwind.builder import TableBuildError, TableSource
+from profiler.unwind.build import UnwindFormatError, build_table, cfi_size
+from profiler.unwind.builder import AGENT_CFI_BYTES, TableBuildError, TableSource
+from symbolizer.elffile import ElfFile
 
-LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6")
+BIG = Path(os.path.realpath("/usr/bin/python3"))  # Debian's 3.11: 490 KB of CFI, built by the child
+SMALL = Path("/usr/bin/md5sum")  # 5 KB: what the busy bench's restart used to start a child for
+LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6")  # 183 KB: what a new container image brings, built in the agent
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_built_in_a_child_then_read_from_the_cache(tmp_path: Path) -> None:
     source = TableSource(str(tmp_path))
     try:
-        built = source(str(LIBC))
-        assert built.rows == build_table(str(LIBC)).rows and built.count > 10_000
+        built = source(str(BIG))
+        assert built.rows == build_table(str(BIG)).rows and built.count > 10_000
         assert built.stats["cpu_ns"] > 0  # the child's CPU, charged to the loader's build budget
         assert source.stats["child_builds"] == 1 and source.stats["cache_hits"] == 0
         assert len(list((tmp_path / "unwind").rglob("*.tbl"))) == 1  # the child stored it
-        again = source(str(LIBC))
+        again = source(str(BIG))
         assert again.rows == built.rows
         assert source.stats["child_builds"] == 1 and source.stats["cache_hits"] == 1
     finally:
@@ -43,7 +47,7 @@ def test_the_child_starts_no_blas_threads(tmp_path: Path, monkeypatch: pytest.Mo
         monkeypatch.delenv(name, raising=False)
     source = TableSource(str(tmp_path))
     try:
-        assert source("/bin/true").count > 0  # the child has imported numpy and built
+        assert source(str(BIG)).count > 0  # the child has imported numpy and built
         assert source._child is not None
         status = Path(f"/proc/{source._child.pid}/status").read_text()
         threads = int(status.split("Threads:")[1].split()[0])
@@ -54,11 +58,56 @@ def test_the_child_starts_no_blas_threads(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_an_image_is_built_by_the_child(tmp_path: Path) -> None:
     image = Path("/bin/true").read_bytes()
-    with_source = TableSource(str(tmp_path))
+    with_source = TableSource(str(tmp_path), agent_cfi_bytes=0)  # every build in the child
     try:
         assert with_source(image).rows == build_table(image).rows
+        assert with_source.stats["child_builds"] == 1 and with_source.stats["agent_builds"] == 0
     finally:
         with_source.close()
+
+
+def test_a_small_binary_new_to_the_host_is_built_without_a_child(tmp_path: Path) -> None:
+    """A child start costs 0.12-0.14 s of CPU (an interpreter and numpy's import); md5sum's table builds
+    in ~1 ms. A binary whose CFI is small is built in the agent, stored on disk like the child's tables,
+    and gives the same rows as the child's numpy build."""
+    assert os.path.getsize(SMALL) < 1 << 20
+    source = TableSource(str(tmp_path))
+    try:
+        built = source(str(SMALL))
+        assert built.rows == build_table(str(SMALL), python=False).rows and built.count > 100
+        assert built.stats["agent_cpu_ns"] > 0 and "cpu_ns" not in built.stats
+        assert source.stats == {**source.stats, "agent_builds": 1, "child_builds": 0, "child_starts": 0}
+        assert source._child is None
+        image = _vdso_image()  # the vDSO too: no file, a few KB of CFI
+        assert source(image).rows == build_table(image).rows
+        libc = source(str(LIBC))  # 28k rows, over the plain-Python default of a build: the same rows
+        assert libc.rows == build_table(str(LIBC), python=False).rows and libc.count > 10_000
+        assert source.stats == {**source.stats, "agent_builds": 3, "child_starts": 0}
+    finally:
+        source.close()
+    assert len(list((tmp_path / "unwind").rglob("*.tbl"))) == 3  # stored: a restart reads them from disk
+    restart = TableSource(str(tmp_path))
+    try:
+        assert restart(str(SMALL)).rows == built.rows and restart(image).count > 0
+        assert restart.stats == {**restart.stats, "cache_hits": 2, "agent_builds": 0, "child_starts": 0}
+    finally:
+        restart.close()
+
+
+def test_a_big_binary_is_still_built_in_the_child(tmp_path: Path) -> None:
+    """Debian python3's build peaks at ~4.4 MB of heap in plain Python (node's at ~80 MB with numpy): the
+    allocator would keep that in the agent for its life, so a binary over AGENT_CFI_BYTES of CFI goes to the
+    child."""
+    with open(BIG, "rb") as f:
+        assert (cfi_size(ElfFile(f)) or 0) > AGENT_CFI_BYTES
+    source = TableSource(str(tmp_path))
+    try:
+        assert source(str(BIG)).stats["cpu_ns"] > 0
+        assert source.stats == {**source.stats, "agent_builds": 0, "child_builds": 1, "child_starts": 1}
+        assert source(str(SMALL)).count > 0  # the child is up, yet a small one is still built here
+        assert source.stats == {**source.stats, "agent_builds": 1, "child_builds": 1}
+    finally:
+        source.close()
 
 
 def _vdso_image() -> bytes:
@@ -74,7 +123,7 @@ def test_the_vdso_table_is_kept_on_disk_by_its_bytes(tmp_path: Path) -> None:
     """An agent restart finds the vDSO's table on disk and starts no build child for it (every start
     used to); another image (another kernel's vDSO) is never answered with this one's table."""
     image = _vdso_image()
-    first = TableSource(str(tmp_path))
+    first = TableSource(str(tmp_path), agent_cfi_bytes=0)  # as a big image would be: by the child
     try:
         built = first(image)
         assert built.count > 0 and first.stats["child_builds"] == 1
@@ -86,7 +135,7 @@ def test_the_vdso_table_is_kept_on_disk_by_its_bytes(tmp_path: Path) -> None:
         assert again.rows == built.rows and restart.stats == {**restart.stats, "cache_hits": 1, "child_starts": 0}
         other = Path("/bin/true").read_bytes()
         assert restart(other).rows == build_table(other).rows != built.rows
-        assert restart.stats["child_builds"] == 1 and restart.stats["cache_hits"] == 1
+        assert restart.stats["agent_builds"] == 1 and restart.stats["cache_hits"] == 1
     finally:
         restart.close()
 
@@ -94,15 +143,31 @@ def test_the_vdso_table_is_kept_on_disk_by_its_bytes(tmp_path: Path) -> None:
 def test_a_bad_file_is_an_error_and_the_child_keeps_serving(tmp_path: Path) -> None:
     bad = tmp_path / "not-elf"
     bad.write_bytes(b"hello" * 100)
-    source = TableSource(str(tmp_path / "cache"))
+    source = TableSource(str(tmp_path / "cache"), agent_cfi_bytes=0)
     try:
         with pytest.raises(TableBuildError, match="not an ELF") as e:
             source(str(bad))
         assert isinstance(e.value, PodflameError)
         with pytest.raises(OSError):  # what the loader expects of a file that went away
             source(str(tmp_path / "missing"))
-        assert source(str(LIBC)).count > 0
+        assert source(str(BIG)).count > 0
         assert source.stats["child_starts"] == 1
+    finally:
+        source.close()
+
+
+def test_a_bad_file_is_an_error_in_the_agent_too(tmp_path: Path) -> None:
+    """The agent reads the ELF headers before it knows whether the CFI is small: a file that is no ELF is
+    an error there, named by its path (not by the descriptor the agent read it through), and no child
+    starts for it."""
+    bad = tmp_path / "not-elf"
+    bad.write_bytes(b"hello" * 100)
+    source = TableSource(str(tmp_path / "cache"))
+    try:
+        with pytest.raises(UnwindFormatError, match="not an ELF") as e:
+            source(str(bad))
+        assert isinstance(e.value, PodflameError) and str(bad) in str(e.value) and "/proc/self/fd" not in str(e.value)
+        assert source.stats["child_starts"] == 0
     finally:
         source.close()
 
@@ -110,13 +175,13 @@ def test_a_bad_file_is_an_error_and_the_child_keeps_serving(tmp_path: Path) -> N
 def test_the_child_exits_when_idle_and_a_new_one_starts_on_demand(tmp_path: Path) -> None:
     source = TableSource(None, idle_s=0.2)  # no cache root: every call builds
     try:
-        source(str(LIBC))
+        source(str(BIG))
         child = source._child
         assert child is not None
         child.wait(timeout=30)  # exits on its own after 0.2 s without a request
         source.reap()
         assert source._child is None
-        assert source(str(LIBC)).count > 0 and source.stats["child_starts"] == 2
+        assert source(str(BIG)).count > 0 and source.stats["child_starts"] == 2
     finally:
         source.close()
 
@@ -124,41 +189,43 @@ def test_the_child_exits_when_idle_and_a_new_one_starts_on_demand(tmp_path: Path
 def test_a_killed_child_is_replaced(tmp_path: Path) -> None:
     source = TableSource(None)
     try:
-        source(str(LIBC))
+        source(str(BIG))
         assert source._child is not None
         os.kill(source._child.pid, signal.SIGKILL)
         source._child.wait()
-        assert source(str(LIBC)).count > 0  # the write to the dead child fails: one more child
+        assert source(str(BIG)).count > 0  # the write to the dead child fails: one more child
         assert source.stats["child_starts"] == 2
     finally:
         source.close()
 
 
 def test_the_agent_side_never_imports_numpy(tmp_path: Path) -> None:
-    """numpy costs ~17 MB resident: the agent moves rows as bytes, only the child builds."""
+    """numpy costs ~17 MB resident: the agent moves rows as bytes and builds small tables without it,
+    only the child imports it."""
     code = (f"import sys\nfrom profiler.unwind.loader import cached_tables\nimport profiler.sampler\n"
-            f"s = cached_tables()\nt = s({str(LIBC)!r})\nt2 = s({str(LIBC)!r})\ns.close()\n"
-            f"print(t.count, s.stats['child_builds'], s.stats['cache_hits'], 'numpy' in sys.modules)")
+            f"s = cached_tables()\nt = s({str(BIG)!r})\nt2 = s({str(BIG)!r})\nsmall = s({str(SMALL)!r})\n"
+            f"s.close()\nprint(t.count, s.stats['child_builds'], s.stats['cache_hits'], s.stats['agent_builds'],"
+            f" small.count > 100, 'numpy' in sys.modules)")
     env = {**os.environ, "PODFLAME_SYMBOL_CACHE": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=120, check=True)
-    count, builds, hits, numpy = done.stdout.split()
-    assert int(count) > 10_000 and (builds, hits, numpy) == ("1", "1", "False")
+    count, builds, hits, agent_builds, small, numpy = done.stdout.split()
+    assert int(count) > 10_000 and (builds, hits, agent_builds, small, numpy) == ("1", "1", "1", "True", "False")
 
 
 def test_a_wedged_child_times_out(tmp_path: Path) -> None:
     source = TableSource(None)
     try:
-        source(str(LIBC))  # the child's start and first build, on a loaded machine, without the short limit
+        source(str(BIG))  # the child's start and first build, on a loaded machine, without the short limit
         assert source._child is not None
         source.timeout_s = 0.5
         os.kill(source._child.pid, signal.SIGSTOP)
         started = time.monotonic()
         with pytest.raises(TableBuildError, match="took over"):
-            source(str(LIBC))
+            source(str(BIG))
         assert time.monotonic() - started < 30
         source.timeout_s = 120
-        assert source(str(LIBC)).count > 0  # a new child
+        assert source(str(BIG)).count > 0  # a new child
     finally:
         source.close()
 
@@ -168,7 +235,7 @@ def test_warm_starts_the_child_only_before_the_first_table(tmp_path: Path) -> No
     try:
         first.warm()  # an empty cache: a first start on this node
         assert first._child is not None and first.stats["child_starts"] == 1
-        first(str(LIBC))
+        first(str(BIG))
         assert first.stats["child_starts"] == 1  # the warm child built it
     finally:
         first.close()
@@ -176,7 +243,7 @@ def test_warm_starts_the_child_only_before_the_first_table(tmp_path: Path) -> No
     try:
         restart.warm()  # tables on disk: a restart starts no child until a miss
         assert restart._child is None
-        assert restart(str(LIBC)).count > 0 and restart.stats["cache_hits"] == 1
+        assert restart(str(BIG)).count > 0 and restart.stats["cache_hits"] == 1
         assert restart._child is None
     finally:
         restart.close()
@@ -191,7 +258,7 @@ def test_works_with_over_1024_descriptors_open(tmp_path: Path) -> None:
     held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
     source = TableSource(None)
     try:
-        assert source(str(LIBC)).count > 0
+        assert source(str(BIG)).count > 0
         assert source._sock is not None and source._sock.fileno() >= 1024
     finally:
         source.close()

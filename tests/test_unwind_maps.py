@@ -402,3 +402,67 @@ def test_a_new_process_is_loaded_from_the_watchers_read(monkeypatch) -> None:
         assert reads == [procs[1].pid]
     finally:
         _release(procs, maps)
+
+
+def test_a_small_binary_new_to_the_host_is_loaded_with_no_build_child(tmp_path) -> None:
+    """The busy node's restart used to start a build child (0.12-0.14 s of CPU) for each binary new to
+    the host's table cache, md5sum's 2 ms build included. Through the agent's real table source, a
+    process whose only new binary is small gets its table built in the agent, loaded into the kernel
+    and stored on disk, and no child starts; with agent builds off (the old behaviour, the peer) one does."""
+    import shutil
+    import subprocess
+    import time
+
+    from profiler.unwind.build import build_table
+    from profiler.unwind.builder import TableSource
+    from profiler.unwind.cache import TableCache
+    from profiler.unwind.loader import NativeUnwinder
+
+    exe = tmp_path / "md5sum-copy"  # a file new to the cache (keyed by its build id: a fresh root)
+    shutil.copy("/usr/bin/md5sum", exe)
+    proc = subprocess.Popen([str(exe)], stdin=subprocess.PIPE)  # waits on its stdin
+    procs = [proc]
+    maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=200_000)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # past exec and the dynamic loader's mapping of libc (a loaded machine is slow)
+            with open(f"/proc/{proc.pid}/maps") as f:
+                lines = [ln.split() for ln in f if " r-xp " in ln or ln.rstrip().endswith("[vdso]")]
+            names = {fields[-1] for fields in lines}
+            if str(exe) in names and any(name.endswith("/libc.so.6") for name in names):
+                break
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+        image = None
+        for root in (tmp_path / "agent", tmp_path / "child"):  # what the host has: every table but md5sum's
+            cache = TableCache(str(root))
+            for fields in lines:
+                if fields[-1] == "[vdso]":
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    with open(f"/proc/{proc.pid}/mem", "rb") as mem:
+                        mem.seek(start)
+                        image = mem.read(end - start)
+                    cache.store_image(image, build_table(image))
+                elif fields[-1] != str(exe):
+                    cache.get(fields[-1])
+        results = {}
+        for name, limit in (("agent", None), ("child", 0)):
+            source = TableSource(str(tmp_path / name)) if limit is None else \
+                TableSource(str(tmp_path / name), agent_cfi_bytes=limit)
+            m = UnwindMaps(maps)
+            u = NativeUnwinder(m, source)
+            try:
+                u.load_now([proc.pid])
+                start = next(int(fields[0].split("-")[0], 16) for fields in lines if fields[-1] == str(exe))
+                got = [mp for mp in _process_mappings(maps, m, proc.pid) if mp[0] == start]
+                assert len(got) == 1 and got[0][3] != 0xFFFF_FFFF, got  # md5sum's table is in the kernel
+                results[name] = (dict(source.stats), u.stats["tables_built_in_agent"])
+                m.remove_process(proc.pid)
+            finally:
+                source.close()
+        agent, child = results["agent"], results["child"]
+        assert agent[0]["child_starts"] == 0 and agent[0]["agent_builds"] == 1 and agent[1] == 1, agent
+        assert child[0]["child_starts"] == 1 and child[0]["child_builds"] == 1 and child[1] == 0, child
+        assert TableCache(str(tmp_path / "agent")).lookup(str(exe)) is not None  # stored: a restart reads it
+    finally:
+        _release(procs, maps)

@@ -602,17 +602,83 @@ def test_cache_is_bounded_and_works_without_a_root(shapes: dict[str, Path], tmp_
     assert TableCache().root == str(tmp_path / "env" / "unwind" / "v1")
 
 
-def test_vdso_image_from_memory(tmp_path: Path) -> None:
-    """The vDSO has no file: its table is built from the image read out of a process's memory,
-    and agrees with the same bytes written to a file and read by readelf."""
+def _vdso_image() -> bytes:
     with open("/proc/self/maps") as f:
         line = next(ln for ln in f if ln.rstrip().endswith("[vdso]"))
     start, end = (int(x, 16) for x in line.split()[0].split("-"))
     with open("/proc/self/mem", "rb") as mem:
         mem.seek(start)
-        image = mem.read(end - start)
+        return mem.read(end - start)
+
+
+def test_vdso_image_from_memory(tmp_path: Path) -> None:
+    """The vDSO has no file: its table is built from the image read out of a process's memory,
+    and agrees with the same bytes written to a file and read by readelf."""
+    image = _vdso_image()
     table = build_table(image)
     assert table.identity is None and table.count > 0 and table.source == ".eh_frame_hdr"
     (tmp_path / "vdso.so").write_bytes(image)
     got, from_file = compare_with_readelf(tmp_path / "vdso.so")
     assert got.mismatches == [] and got.rule_rows > 0 and from_file.rows == table.rows
+
+
+# -- compaction without numpy: the agent builds small tables itself (profiler/unwind/builder.py) ----
+
+@pytest.mark.parametrize("which", ["o2", "o2fp", "debugframe", "debugframe-only", "cxx", "vdso", "libc", "libstdc++",
+                                   "debian-python3"])
+def test_python_compaction_gives_numpys_rows(shapes: dict[str, Path], tmp_path: Path, which: str) -> None:
+    """The agent compacts small tables in plain Python, the child big ones with numpy: the kernel gets the
+    same bytes either way (readelf checks the rows above, through whichever compaction a size picks)."""
+    path = {"libc": LIBC, "libstdc++": LIBSTDCXX, "debian-python3": DEBIAN_PYTHON}.get(which)
+    if which == "vdso":
+        path = tmp_path / "vdso.so"
+        path.write_bytes(_vdso_image())
+    path = path or shapes[which]
+    with_numpy, plain = build_table(str(path), python=False), build_table(str(path), python=True)
+    assert plain.count == with_numpy.count > 0
+    assert plain.rows == with_numpy.rows and plain.stats == with_numpy.stats and plain.source == with_numpy.source
+
+
+def test_python_compaction_on_random_overlapping_fdes() -> None:
+    """Both compactions on FDEs that real binaries rarely have: overlapping and equal starts (two sources,
+    either wins a tie by priority), rows past their FDE's end, gaps, FDEs that start where another ends."""
+    from profiler.unwind.build import _Rows
+
+    rng = random.Random(13)
+    for _ in range(300):
+        rows = _Rows()
+        rows.rules += [(rng.choice((CFA_RSP, CFA_RBP, CFA_UNSUPPORTED, CFA_END)), rng.randrange(-64, 64, 8),
+                        rng.choice((RBP_SAME, RBP_OFFSET)), rng.randrange(-32, 0, 8)) for _ in range(4)]
+        for _ in range(rng.randrange(0, 12)):
+            begin = rng.randrange(0x1000, 0x1040)
+            length = rng.randrange(1, 24)
+            deltas = sorted({0, *(rng.randrange(0, length + 6) for _ in range(rng.randrange(0, 5)))})
+            rows.begins.append(begin)
+            rows.ends.append(begin + length)
+            rows.prios.append(rng.randrange(2))
+            rows.counts.append(len(deltas))
+            rows.deltas.extend(deltas)
+            rows.rids.extend(rng.randrange(len(rows.rules)) for _ in deltas)
+        assert rows.compact(python=True) == rows.compact(python=False)
+
+
+def test_small_tables_only(shapes: dict[str, Path], tmp_path: Path) -> None:
+    """build_small_table builds (without numpy) only under its CFI limit, having read the ELF headers alone
+    otherwise; a file without section headers (its CFI's size unknown before it is read) is not small."""
+    from profiler.unwind.build import build_small_table, cfi_size
+
+    exe = shapes["o2"]
+    with open(exe, "rb") as f:
+        size = cfi_size(ElfFile(f))
+    assert size is not None and 0 < size < 64 << 10
+    small = build_small_table(str(exe), size)
+    assert small is not None and small.rows == build_table(str(exe)).rows
+    assert build_small_table(str(exe), size - 1) is None
+    assert build_small_table(str(LIBC), 64 << 10) is None
+    headless = tmp_path / "no-section-headers"
+    raw = bytearray(exe.read_bytes())
+    struct.pack_into("<Q", raw, 0x28, 0)  # e_shoff
+    struct.pack_into("<HHH", raw, 0x3A, 0, 0, 0)  # e_shentsize, e_shnum, e_shstrndx
+    headless.write_bytes(bytes(raw))
+    assert build_table(str(headless)).rows == small.rows  # found through PT_GNU_EH_FRAME
+    assert build_small_table(str(headless), 1 << 30) is None

@@ -4,7 +4,9 @@ Each FDE's rule rows are reduced to what the in-kernel x86_64 unwinder can act o
 CFA (rsp/rbp + offset, the PLT expression, a signal frame, the outermost frame) and where the
 caller's rbp is. Most FDEs of a binary share their program bytes (small leaf functions, the same
 prologue), so programs are evaluated once per (CIE, bytes) and their compact rows reused; rows are
-kept as two flat lists of ints and packed with numpy at the end, never as per-row objects.
+kept as flat C arrays of ints, never as per-row objects, and compacted at the end: with numpy for a
+big table, in plain Python for a small one (PYTHON_COMPACT_ROWS), so that a small binary's table can
+be built without importing numpy at all (the agent builds those itself: profiler/unwind/builder.py).
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import os
 import struct
 from array import array
 from collections.abc import Callable, Iterable
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from profiler.unwind.cfi import (
     OFFSET,
@@ -43,8 +44,8 @@ from profiler.unwind.table import (
     RBP_OFFSET,
     RBP_SAME,
     RBP_UNDEFINED,
+    ROW,
     ROW_FIELDS,
-    ROW_SIZE,
     Rule,
     UnwindTable,
     file_identity,
@@ -52,13 +53,18 @@ from profiler.unwind.table import (
 from symbolizer.elf import _build_id
 from symbolizer.elffile import PT_LOAD, ElfFile, ElfFormatError, Section
 
+if TYPE_CHECKING:
+    import numpy as np
+
 EM_X86_64 = 62
 PT_GNU_EH_FRAME = 0x6474E550
 # DW_OP_breg7 8; DW_OP_breg16 0; DW_OP_lit15; DW_OP_and; DW_OP_lit11|lit10; DW_OP_ge; DW_OP_lit3; DW_OP_shl; DW_OP_plus
 _PLT_HEAD, _PLT_TAIL = bytes([0x77, 0x08, 0x80, 0x00, 0x3F, 0x1A]), bytes([0x2A, 0x33, 0x24, 0x22])
 _PLT_THRESHOLD = {0x3A: 10, 0x3B: 11}
-ROW_DTYPE = np.dtype(ROW_FIELDS)
-assert ROW_DTYPE.itemsize == ROW_SIZE
+# Up to this many FDE rule rows (before compaction) the rows are compacted in plain Python: ~1 us a row
+# against numpy's import (~65 ms, 17 MB); above it numpy's vector passes win (libc has ~60k).
+PYTHON_COMPACT_ROWS = 20_000
+_PC = struct.Struct("<I")
 _NONE_RULE: Rule = (CFA_NONE, 0, RBP_SAME, 0)
 _S16 = range(-0x8000, 0x8000)
 
@@ -256,13 +262,76 @@ class _Rows:
             self.deltas.extend(prog[0])
             self.rids.extend(prog[1])
 
-    def compact(self) -> np.ndarray:
-        """Sorted rows, each FDE clipped where the next starts, CFA_NONE in gaps, equal runs merged."""
+    def compact(self, python: bool | None = None) -> tuple[bytes, int, int]:
+        """(packed rows, their count, how many are CFA_UNSUPPORTED): sorted, each FDE clipped where the
+        next starts, CFA_NONE in gaps, equal runs merged. `python`: compact in plain Python (no numpy);
+        None chooses by size (PYTHON_COMPACT_ROWS). Both give the same bytes."""
+        if python is None:
+            python = len(self.rids) <= PYTHON_COMPACT_ROWS
+        if python:
+            return self._compact_python()
+        out = self._compact_numpy()
+        return out.tobytes(), len(out), int((out["cfa_type"] == CFA_UNSUPPORTED).sum())
+
+    def _compact_python(self) -> tuple[bytes, int, int]:
+        """What _compact_numpy does, in one streaming pass that holds no per-row Python objects (libc's
+        28k rows peak at ~1 MB): for small tables, where importing numpy costs more than the whole build."""
+        begins, ends, counts, prios = self.begins, self.ends, self.counts, self.prios
+        deltas, rids = self.deltas, self.rids
+        n = len(begins)
+        firsts = array("Q", bytes(8 * n))
+        at = 0
+        for i in range(n):
+            firsts[i] = at
+            at += counts[i]
+        order = sorted(range(n), key=lambda i: (begins[i], prios[i]))  # stable: a later source wins a tie
+        tails = [ROW.pack(0, cfa_off, rbp_off, cfa_type, rbp_type, 0)[4:]
+                 for cfa_type, cfa_off, rbp_type, rbp_off in self.rules]
+        unsupported_rule = [rule[0] == CFA_UNSUPPORTED for rule in self.rules]
+        out = bytearray()
+        pack = _PC.pack
+        written = unsupported = 0
+        last_rid = -1  # the rule of the last row kept (written, or the leading CFA_NONE row left out)
+        pend_pc = pend_rid = -1  # a row is written once the next has another pc: at one pc the later row wins
+
+        def keep(pc: int, rid: int) -> None:
+            nonlocal last_rid, written, unsupported
+            if rid == last_rid:
+                return  # merge runs of one rule
+            if last_rid >= 0 or rid != 0:  # nothing to say before the first FDE
+                out.extend(pack(pc & MAX_PC))
+                out.extend(tails[rid])
+                written += 1
+                unsupported += unsupported_rule[rid]
+            last_rid = rid
+
+        for k, i in enumerate(order):
+            b, e = begins[i], ends[i]
+            nxt = begins[order[k + 1]] if k + 1 < n else -1
+            limit = e if nxt < 0 or e < nxt else nxt
+            for j in range(firsts[i], firsts[i] + counts[i]):
+                d = deltas[j]
+                if d == 0 or b + d < limit:
+                    if pend_pc >= 0 and b + d != pend_pc:
+                        keep(pend_pc, pend_rid)
+                    pend_pc, pend_rid = b + d, rids[j]
+            if nxt < 0 or e < nxt:  # a CFA_NONE row where the FDE ends and no other starts
+                if pend_pc >= 0 and e != pend_pc:
+                    keep(pend_pc, pend_rid)
+                pend_pc, pend_rid = e, 0
+        if pend_pc >= 0:
+            keep(pend_pc, pend_rid)
+        return bytes(out), written, unsupported
+
+    def _compact_numpy(self) -> np.ndarray:
+        import numpy as np
+
+        row_dtype = np.dtype(ROW_FIELDS)
         begins = np.frombuffer(self.begins, dtype=np.uint64).astype(np.int64)
         ends = np.frombuffer(self.ends, dtype=np.uint64).astype(np.int64)
         counts = np.frombuffer(self.counts, dtype=np.uint32).astype(np.int64)
         if not len(begins):
-            return np.zeros(0, dtype=ROW_DTYPE)
+            return np.zeros(0, dtype=row_dtype)
         order = np.lexsort((np.frombuffer(self.prios, dtype=np.uint8), begins))  # a later source wins a tie
         first = np.concatenate(([0], np.cumsum(counts)[:-1]))
         b, e, c, f = begins[order], ends[order], counts[order], first[order]
@@ -291,37 +360,61 @@ class _Rows:
         if len(pcs) and rids[0] == 0:  # nothing to say before the first FDE
             pcs, rids = pcs[1:], rids[1:]
         rules = np.array(self.rules, dtype=np.int64)
-        out = np.zeros(len(pcs), dtype=ROW_DTYPE)
+        out = np.zeros(len(pcs), dtype=row_dtype)
         out["pc"] = pcs
         for col, name in enumerate(("cfa_type", "cfa_offset", "rbp_type", "rbp_offset")):
             out[name] = rules[:, col][rids]
         return out
 
 
-def rows_from_cfi(sources: list[tuple[CfiSection, str, HdrTable | None]],
-                  ) -> tuple[np.ndarray, dict[str, int]]:
-    """Compact rows (a ROW_DTYPE array) of every FDE, sorted, gaps filled with CFA_NONE, runs merged.
-    Where FDEs of two sources start at the same pc, the first source's wins.
+def rows_from_cfi(sources: list[tuple[CfiSection, str, HdrTable | None]], *, python: bool | None = None,
+                  ) -> tuple[bytes, dict[str, int]]:
+    """Packed rows (ROW_FIELDS) of every FDE, sorted, gaps filled with CFA_NONE, runs merged, and the
+    build's counts. Where FDEs of two sources start at the same pc, the first source's wins.
+    `python`: compact without numpy (None: when the table is small; see _Rows.compact).
 
     Raises _Above4GiB when some FDE covers code past the u32 pc range."""
     rows = _Rows()
     for prio, (cfi, _, table) in enumerate(reversed(sources)):
         rows.add(cfi, table, prio)
     rows.programs.clear()  # only needed while adding: free it before compaction's peak
-    out = rows.compact()
+    packed, count, unsupported = rows.compact(python)
     stats = dict(rows.stats)
-    stats["rows"] = len(out)
-    stats["unsupported_rows"] = int(np.count_nonzero(out["cfa_type"] == CFA_UNSUPPORTED))
-    return out, stats
+    stats["rows"] = count
+    stats["unsupported_rows"] = unsupported
+    return packed, stats
 
 
-def build_table(path: str | bytes) -> UnwindTable:
+def cfi_size(elf: ElfFile) -> int | None:
+    """Bytes of .eh_frame, .eh_frame_hdr and .debug_frame by the section headers (what a build reads and
+    evaluates), or None for a file without section headers (its CFI's size is known only once it is read)."""
+    if not elf.sections:
+        return None
+    return sum(sec.size for name in (".eh_frame", ".eh_frame_hdr", ".debug_frame")
+               if (sec := elf.section(name)) is not None)
+
+
+def build_table(path: str | bytes, *, python: bool | None = None) -> UnwindTable:
     """The unwind table of the ELF file at `path`, or of an ELF image given as bytes (the vDSO,
     read from a process's memory: it has no file; identity is None then).
 
     A table with no rows (and a `reason`) for a binary the unwinder should walk with frame pointers:
     not x86_64, no CFI, or code above 4 GiB. Raises UnwindFormatError for malformed ELF or CFI.
+    `python`: compact without numpy (None: chosen by the table's size).
     """
+    table = _build(path, None, python)
+    assert table is not None
+    return table
+
+
+def build_small_table(path: str | bytes, max_cfi_bytes: int) -> UnwindTable | None:
+    """build_table's table when the binary's CFI is at most `max_cfi_bytes` (by its section headers),
+    built without numpy; None, having read only the ELF headers, when it is bigger or has no section
+    headers. For the agent's own builds (profiler/unwind/builder.py)."""
+    return _build(path, max_cfi_bytes, True)
+
+
+def _build(path: str | bytes, max_cfi_bytes: int | None, python: bool | None) -> UnwindTable | None:
     name = "<ELF image>" if isinstance(path, bytes) else path
     with io.BytesIO(path) if isinstance(path, bytes) else open(path, "rb") as f:
         identity = None if isinstance(path, bytes) else file_identity(os.fstat(f.fileno()))
@@ -329,6 +422,10 @@ def build_table(path: str | bytes) -> UnwindTable:
             elf = ElfFile(f)
         except (ElfFormatError, struct.error) as e:
             raise UnwindFormatError(f"{name}: {e}") from e
+        if max_cfi_bytes is not None:
+            size = cfi_size(elf)
+            if size is None or size > max_cfi_bytes:
+                return None
         build_id = _build_id(elf)
         if elf.elfclass != 64 or elf.e_machine != EM_X86_64:
             return UnwindTable(b"", 0, "none", build_id, identity, reason="not an x86_64 ELF64 binary")
@@ -338,7 +435,7 @@ def build_table(path: str | bytes) -> UnwindTable:
                 return UnwindTable(b"", 0, "none", build_id, identity, reason="no .eh_frame or .debug_frame")
             source = "+".join(name for _, name, _ in found)
             try:
-                arr, stats = rows_from_cfi(found)
+                packed, stats = rows_from_cfi(found, python=python)
             except _Above4GiB:
                 return UnwindTable(b"", 0, "none", build_id, identity, reason="code above 4 GiB")
         except UnwindFormatError:
@@ -347,4 +444,4 @@ def build_table(path: str | bytes) -> UnwindTable:
             raise UnwindFormatError(f"{name}: {e}") from e
         except (struct.error, IndexError, ElfFormatError) as e:
             raise UnwindFormatError(f"{name}: malformed CFI ({e})") from e
-    return UnwindTable(arr.tobytes(), len(arr), source, build_id, identity, stats=stats)
+    return UnwindTable(packed, stats["rows"], source, build_id, identity, stats=stats)

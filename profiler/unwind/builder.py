@@ -1,12 +1,18 @@
-"""Unwind tables built in a child process, so the agent never holds a build's memory.
+"""Unwind tables built in the agent when small, else in a child process, so the agent never holds a
+big build's memory.
 
 A build (profiler/unwind/build.py) parses a binary's CFI with numpy and Python lists: node's table
 peaks at ~80 MB, and what the allocator took for it stayed in the agent for its whole life (a first
 start's peak RSS was 239 MB against 110 MB on a restart with the tables on disk). Here the agent
 reads finished tables from the on-disk TableCache itself (plain bytes: the agent never imports numpy)
-and asks a child for the rest. The child builds, stores each table in the cache, sends it back over
-a pipe, and exits when idle for `idle_s` or when it holds more than `recycle_mb`: its memory goes
-back to the system, and the next miss starts a new one (~0.2 s of CPU, once per burst of builds).
+and asks a child for the big ones. The child builds, stores each table in the cache, sends it back
+over a pipe, and exits when idle for `idle_s` or when it holds more than `recycle_mb`: its memory goes
+back to the system, and the next miss starts a new one.
+
+A child start costs 65-140 ms of CPU (an interpreter, numpy's import): a binary new to the host whose
+CFI is small (`agent_cfi_bytes`, 256 KiB: coreutils, ld.so, libffi, bash, libc, libstdc++; ~98% of the
+ELF files of a Debian host) is built in the agent instead, without numpy, in 1-50 ms and under ~2 MB of
+transient heap, where it used to cost a child start for a 2 ms build (docs/benchmarks.md, branch tables6).
 
 Protocol, over a Unix socket pair: a request is one kind byte (b"p": a file; b"i": an ELF image, the
 vDSO) and a u32-length payload (the file's name, for messages; or the image). A file goes as an open
@@ -32,6 +38,7 @@ import time
 from pathlib import Path
 
 from podflame.errors import PodflameError, Unavailable
+from profiler.unwind.build import UnwindFormatError, build_small_table
 from profiler.unwind.cache import TableCache, decode, encode
 from profiler.unwind.table import UnwindTable
 
@@ -39,6 +46,11 @@ from profiler.unwind.table import UnwindTable
 # processes, their on-demand asks over the next seconds): with 3 s a busy node's first minute started a
 # child (0.15-0.4 s of CPU, more than most builds) every few seconds; an idle child costs memory, no CPU.
 IDLE_S = 20.0
+# CFI (.eh_frame, .eh_frame_hdr, .debug_frame) up to this size is built in the agent: at most ~50 ms of
+# CPU and ~2 MB of heap at its peak (libc: 36 ms, 1.6 MB; +3.2 MB RSS kept after 600 such builds), against a
+# child start's 65-140 ms. libpython (330 KB), Debian's python3 (490 KB), libcrypto, node go to the child:
+# their builds peak at 3-80 MB, which the agent's allocator would keep
+AGENT_CFI_BYTES = 256 << 10
 RECYCLE_MB = 64  # a child holding more than this after a build exits (node's build leaves ~80 MB)
 BUILD_TIMEOUT_S = 120.0  # libLLVM (1.4M rows) builds in ~1-3 s; a wedged child must not stall the loader
 MAX_PAYLOAD = 256 << 20
@@ -52,21 +64,24 @@ class TableBuildError(Unavailable):
 
 
 class TableSource:
-    """`source(path)` or `source(image)`: the table, from the disk cache or built by the child.
+    """`source(path)` or `source(image)`: the table, from the disk cache, built here when its CFI is at
+    most `agent_cfi_bytes` (0: never), else built by the child.
 
     Thread-safe; `reap()` (once per drain) collects a child that exited on its own, `close()` ends it.
     `child_cpu_s` is the CPU the children spent, also charged to the build budget by the loader
-    through the table's stats["cpu_ns"]."""
+    through the table's stats["cpu_ns"]; a table built here has stats["agent_cpu_ns"] instead (the
+    caller's thread spent it)."""
 
     def __init__(self, root: str | None = None, *, idle_s: float = IDLE_S, recycle_mb: int = RECYCLE_MB,
-                 timeout_s: float = BUILD_TIMEOUT_S) -> None:
+                 timeout_s: float = BUILD_TIMEOUT_S, agent_cfi_bytes: int = AGENT_CFI_BYTES) -> None:
         self.cache = TableCache(root, builder=_refuse)
         self.root = root if root is not None else os.environ.get("PODFLAME_SYMBOL_CACHE")
         self.idle_s, self.recycle_mb, self.timeout_s = idle_s, recycle_mb, timeout_s
+        self.agent_cfi_bytes = agent_cfi_bytes
         self._child: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
-        self.stats = {"cache_hits": 0, "child_builds": 0, "child_starts": 0, "child_errors": 0}
+        self.stats = {"cache_hits": 0, "agent_builds": 0, "child_builds": 0, "child_starts": 0, "child_errors": 0}
         self.child_cpu_s = 0.0
 
     def __call__(self, source: str | bytes) -> UnwindTable:
@@ -80,14 +95,38 @@ class TableSource:
             if table is not None:
                 self.stats["cache_hits"] += 1
                 return table
+            table = self._build_here(source)
+            if table is not None:
+                self.cache.store_image(source, table)
+                return table
             with self._lock:
                 return self._ask(b"i", source, None)
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)  # OSError: the file (or its process) is gone
         try:
+            opened = f"/proc/self/fd/{fd}"  # what was opened, even once a short-lived process is gone
+            try:
+                table = self._build_here(opened)
+            except UnwindFormatError as e:
+                raise UnwindFormatError(str(e).replace(opened, source)) from None
+            if table is not None:
+                self.cache.store(opened, table)
+                return table
             with self._lock:
                 return self._ask(b"p", source.encode(), fd)
         finally:
             os.close(fd)
+
+    def _build_here(self, source: str | bytes) -> UnwindTable | None:
+        """The table built in this process when the binary's CFI is small, else None (the child builds it).
+        Raises UnwindFormatError (a PodflameError) for a file that is no ELF or whose CFI is malformed."""
+        if self.agent_cfi_bytes <= 0:
+            return None
+        started = time.thread_time_ns()
+        table = build_small_table(source, self.agent_cfi_bytes)  # no numpy: see build.PYTHON_COMPACT_ROWS
+        if table is not None:
+            self.stats["agent_builds"] += 1
+            table.stats["agent_cpu_ns"] = time.thread_time_ns() - started
+        return table
 
     def warm(self) -> None:
         """Start the child now when the disk cache holds no table yet (a first start on this node, or no

@@ -134,9 +134,13 @@ class TableCache:
             return table
         table = self.builder(path)
         self.stats["built"] += 1
+        self.store(path, table)
+        return table
+
+    def store(self, path: str, table: UnwindTable) -> None:
+        """Keeps `table`, built elsewhere (the agent's own small builds), as the table of the binary at `path`."""
         if self.root is not None:
             self._write(self._file(self.key(path)[0]), encode(table))
-        return table
 
     def _write(self, path: str, data: bytes) -> None:
         d = os.path.dirname(path)

@@ -13,10 +13,9 @@ the remember_state stack and expression blocks are capped, and a malformed entry
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-
-import numpy as np
 
 from podflame.errors import BinaryFormatError
 
@@ -516,7 +515,9 @@ class CfiSection:
         return [(fde.pc_begin + d, s) for d, s in rows if d == 0 or d < length]
 
 
-HdrTable = tuple["np.ndarray", "np.ndarray"]  # .eh_frame_hdr's sorted (initial pc, FDE address) columns, int64
+# .eh_frame_hdr's sorted (initial pc, FDE address) columns, int64. No numpy: the agent builds small tables itself
+# and never imports it (tables6)
+HdrTable = tuple["array[int]", "array[int]"]
 
 
 def parse_eh_frame_hdr(data: bytes, addr: int, ptr_size: int = 8) -> tuple[int, HdrTable | None]:
@@ -535,8 +536,9 @@ def parse_eh_frame_hdr(data: bytes, addr: int, ptr_size: int = 8) -> tuple[int, 
     if table_enc == 0x3B:  # datarel|sdata4: what every linker writes; decode it in one go
         if pos + 8 * count > n:
             raise CfiFormatError(f".eh_frame_hdr: {count} entries do not fit in {n} bytes")
-        pairs = np.frombuffer(data, dtype="<i4", count=2 * count, offset=pos).reshape(-1, 2).astype(np.int64) + addr
-        return eh_frame_ptr, (pairs[:, 0], pairs[:, 1])
+        pairs = array("i", data[pos:pos + 8 * count])  # (loc, fde) pairs; native order: little endian on x86_64
+        return eh_frame_ptr, (array("q", [v + addr for v in pairs[0::2]]),
+                              array("q", [v + addr for v in pairs[1::2]]))
     locs, fdes = [], []
     for _ in range(count):
         if pos >= n:
@@ -545,5 +547,5 @@ def parse_eh_frame_hdr(data: bytes, addr: int, ptr_size: int = 8) -> tuple[int, 
         fde, pos = reader.read(table_enc, pos, n)
         locs.append(loc)
         fdes.append(fde)
-    return eh_frame_ptr, (np.array(locs, dtype=np.uint64).astype(np.int64),
-                          np.array(fdes, dtype=np.uint64).astype(np.int64))
+    return eh_frame_ptr, (array("q", [v - (1 << 64) if v >> 63 > 0 else v for v in locs]),
+                          array("q", [v - (1 << 64) if v >> 63 > 0 else v for v in fdes]))

@@ -58,8 +58,9 @@ _WANTED_SLOT = STAT_SLOTS.index("wanted")
 
 
 def cached_tables() -> TableSource:
-    """Tables read from the on-disk TableCache ($PODFLAME_SYMBOL_CACHE) in this process, built in a
-    child process (profiler/unwind/builder.py) when not there: the build's memory is never the agent's."""
+    """Tables read from the on-disk TableCache ($PODFLAME_SYMBOL_CACHE) in this process; when not there,
+    built here if small (no numpy, no child start), else in a child process (profiler/unwind/builder.py):
+    a big build's memory is never the agent's."""
     from profiler.unwind.builder import TableSource
 
     return TableSource()
@@ -113,6 +114,7 @@ class NativeUnwinder:
         # (or under its PROCMAP_QUERY key: _place finds a known binary's mapping without making a maps line)
         self._placed: dict[object, tuple[tuple[int, int, int, int], int | None]] = {}
         self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
+                      "tables_built_in_agent": 0,  # small: no build child started for them
                       "tables_too_big": 0, "tables_no_room": 0, "tables_deferred": 0, "rereads": 0, "exits": 0,
                       "cpu_ms": 0,  # the loader thread's own CPU
                       "build_child_cpu_ms": 0}  # the builder child's, for the tables it built
@@ -502,9 +504,14 @@ class NativeUnwinder:
             self.stats["tables_built"] += 1
             binary.count, binary.rows = table.count, table.rows
             child_s = table.stats.get("cpu_ns", 0) / 1e9  # built in the builder child
-            if "cpu_ns" in table.stats:  # not found on disk: what a restart builds says what the cache missed
+            # not found on disk: what a restart builds says what the cache missed
+            if "cpu_ns" in table.stats:
                 log.info("built the unwind table of %s: %d rows, %.0f ms in the build child",
                          binary.name or source, table.count, child_s * 1000)
+            elif "agent_cpu_ns" in table.stats:  # small: built on this thread, no child started for it
+                self.stats["tables_built_in_agent"] += 1
+                log.info("built the unwind table of %s: %d rows, %.1f ms in the agent",
+                         binary.name or source, table.count, table.stats["agent_cpu_ns"] / 1e6)
         except (OSError, PodflameError) as e:
             log.info("no unwind table for %s: %s", "the vDSO" if isinstance(source, bytes) else source, e)
             self.stats["tables_failed"] += 1
