@@ -6,6 +6,7 @@
 // absolute starts, so a node's x is (start - viewStart) / viewTotal * width: no tree is built.
 // Names are untrusted: they reach the screen only through canvas fillText and textContent.
 import { fastColor, sizeCanvas } from "./canvas.js";
+import { formatInt } from "./lazyintl.js";
 
 const ROW = 18;          // px per stack level
 const MIN_WIDTH = 0.3;   // px; narrower nodes are drawn merged with their narrow neighbours
@@ -29,7 +30,7 @@ export function colorFor(name) {  // warm flame palette, hue and lightness from 
   return `hsl(${hue} ${sat}% ${light}%)`;
 }
 
-const fmtInt = new Intl.NumberFormat("en-US");
+const fmtInt = { format: formatInt };
 
 // Frame kinds as the sampler records them (podflame/model.py FrameKind), with their legend colours.
 export const KIND_COLORS = {
@@ -406,7 +407,8 @@ export class FlameGraph {
       };
       for (let i = upperBound(lv.start, zs - 1); i < lv.n && lv.start[i] < ze; i++) {
         const x = (lv.start[i] - zs) * scale, w = lv.total[i] * scale;
-        if (w < MIN_WIDTH) {
+        // A run node (name -1) of a preview answer stands for narrow nodes it left out: always part of a run.
+        if (w < MIN_WIDTH || lv.name[i] < 0) {
           merged++;
           if (runX >= 0 && x - runEnd > MIN_WIDTH) flush();
           if (runX < 0) runX = x;
@@ -513,7 +515,7 @@ export class FlameGraph {
     const v = zs + (px / this._W) * zt;
     const lv = levels[d];
     const i = upperBound(lv.start, v) - 1;
-    if (i < 0 || v >= lv.start[i] + lv.total[i]) return null;
+    if (i < 0 || v >= lv.start[i] + lv.total[i] || lv.name[i] < 0) return null;
     if (lv.start[i] < zs || lv.start[i] >= zs + zt) return null;
     return { d, i };
   }
