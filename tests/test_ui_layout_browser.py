@@ -41,7 +41,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = {("main", "serve", f"handler_{k}"): 40 + 10 * k for k in range(12)}
     comp = {("main", "serve", f"handler_{k}"): 40 + 25 * (k % 5) for k in range(12)}
     with live_server(tmp_path_factory.mktemp("layout-data")) as url:
-        for p in (_profile(T0 - 30, base, addrs), _profile(T0 + 30, comp, addrs), _profile(time.time() - 60, comp, addrs)):
+        now = time.time() - 60
+        for p in (_profile(T0 - 30, base, addrs), _profile(T0 + 30, comp, addrs), _profile(now, comp, addrs)):
             ingest_url(url, [p])  # one request per time
         yield url
 
@@ -120,5 +121,28 @@ def test_download_links_stay_on_the_title_line_in_compare_mode(browser, server: 
     for b in links:  # whole, inside the pane, right of the title
         assert pane["left"] <= b["left"] and b["right"] <= pane["right"] - 4 and b["left"] >= t["right"], b
     page.screenshot(path=str(_screenshot_dir(tmp_path) / f"podflame-compare-links-{width}x{height}-{scheme}.png"))
+    assert errors == []
+    ctx.close()
+
+
+@pytest.mark.parametrize(("width", "height", "scheme"), [(1280, 720, "light"), (1440, 900, "dark")])
+def test_page_bar_is_one_line_when_the_range_spans_two_days(browser, server: str, tmp_path: Path, width: int,
+                                                            height: int, scheme: str) -> None:
+    view = urllib.parse.urlencode({"sel": json.dumps({"cgroup": LONG_CGROUP}), "from": "now-24h"})
+    ctx, page, errors = _page(browser, width, height, scheme, f"{server}/#{view}")
+    text = page.locator("#range-text").inner_text()
+    assert text.count("/") == 4, text  # both ends' dates
+    bar = _boxes(page, ".topbar > *")
+    _one_line(bar)
+    assert max(b["right"] for b in bar) <= width
+    # The selector field's hint still reads whole.
+    assert page.evaluate("""(() => {
+        const i = document.getElementById('selector'), s = getComputedStyle(i);
+        const c = document.createElement('canvas').getContext('2d');
+        c.font = s.font;
+        const room = i.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
+        return c.measureText(i.placeholder).width <= room;
+    })()""")
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / f"podflame-bar-24h-{width}x{height}-{scheme}.png"))
     assert errors == []
     ctx.close()
