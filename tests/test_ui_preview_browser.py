@@ -41,6 +41,7 @@ def _profile() -> Profile:
             if j % 30 == 0:
                 p.add((main, mid, leaf, frame(f"deep_{i}_{j}")), 3)
     p.add((main, frame("heavy")), 30_000)
+    p.add((main, frame("mid_000"), frame("big_leaf")), 3_000)  # a leaf wide enough to keep, beside runs of leaves
     return p
 
 
@@ -90,6 +91,15 @@ def test_preview_is_drawn_first_and_is_the_whole_trees_picture(browser, server: 
     assert page.evaluate("window.podflame.flame.data.levels.reduce((a, l) => a + l.n, 0)") < 2_000
     assert page.locator("#fn-count").inner_text() == "reading all functions\u2026"
     page.screenshot(path=str(_screenshot_dir(tmp_path) / f"podflame-preview-{width}.png"))
+    # The arrow keys move between frames, never onto a run node (frames not sent yet): down to main, heavy, right
+    # to mid_000, down to big_leaf, then right: only runs of leaves follow it, so the focus stays.
+    page.locator("#flame").focus()
+    for key in ["ArrowDown", "ArrowDown", "ArrowRight", "ArrowDown", "ArrowRight", "ArrowRight"]:
+        page.keyboard.press(key)
+        assert page.evaluate("""(() => { const f = window.podflame.flame, p = f.focus;
+            return p && f.data.levels[p.d].name[p.i] >= 0; })()"""), key
+    focused = "(() => { const f = window.podflame.flame; return f.nodeName(f.focus.d, f.focus.i); })()"
+    assert page.evaluate(focused) == "big_leaf"
 
     held[0].continue_()
     wait_js(page, "window.podflame.status === 'ready'")

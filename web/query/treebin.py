@@ -148,7 +148,10 @@ def decode(data: bytes) -> dict[str, Any]:
 # static/flamegraph.js's MIN_WIDTH: a frame narrower than this many CSS pixels is not drawn on its own but as part
 # of a merged run with its narrow neighbours (its name, colour and numbers never reach the screen at that zoom).
 MIN_WIDTH_PX = 0.3
-PREVIEW_MAX_SHARE = 0.5  # a preview of more than this share of the nodes saves too little: the whole answer is sent
+# A preview of more than this share of the nodes is not made (the whole answer is sent, no second request): its
+# bytes saved on the way to the first picture no longer pay for the whole tree's second trip. bench/store.py's node
+# day at 1920 px keeps 34% (16k frames and 25k runs between frames with self time); a 100k-leaf profile 2%.
+PREVIEW_MAX_SHARE = 0.25
 
 
 def _sections(data: bytes) -> tuple[dict[str, Any], bytes, list[np.ndarray], list[list[np.ndarray]], int]:

@@ -556,7 +556,8 @@ export class FlameGraph {
       const j = f.i + (key === "ArrowLeft" ? -1 : 1);
       const zs = levels[this.zoom.depth].start[this.zoom.index];
       const ze = zs + levels[this.zoom.depth].total[this.zoom.index];
-      if (j >= 0 && j < lv.n && lv.start[j] >= zs && lv.start[j] < ze) f = { d: f.d, i: j };
+      // A preview's run node stands for frames not sent yet: not a frame to focus.
+      if (j >= 0 && j < lv.n && lv.start[j] >= zs && lv.start[j] < ze && lv.name[j] >= 0) f = { d: f.d, i: j };
     }
     this.focus = f;
     this.render();
