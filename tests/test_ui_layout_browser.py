@@ -109,7 +109,7 @@ def test_download_links_stay_on_the_title_line_in_compare_mode(browser, server: 
                                    "cmp": "prev"})
     ctx, page, errors = _page(browser, width, height, scheme, f"{server}/#{view}")
     title = page.locator("#flame-title")
-    assert title.inner_text().startswith("Diff flame graph: ")
+    assert title.inner_text().startswith("Diff: ")
     # The title names the long cgroup: the line cannot hold it whole, so it is cut (and in full on hover).
     assert title.get_attribute("title") == title.inner_text() and LONG_CGROUP in title.inner_text()
     head = _boxes(page, "#flame-title, #flame-summary, .downloads, .downloads > a:not([hidden])")
@@ -118,6 +118,12 @@ def test_download_links_stay_on_the_title_line_in_compare_mode(browser, server: 
     assert {b["id"] for b in links} >= {"share-link", "dl-pprof", "dl-folded", "dl-speedscope", "dl-folded-diff"}
     pane = _boxes(page, ".flame-pane")[0]
     t = _boxes(page, "#flame-title")[0]
+    # The summary (both sides' totals) is read whole beside them: the long title is cut first.
+    summary = page.locator("#flame-summary")
+    assert summary.inner_text().startswith("baseline ") and " \u00b7 comparison " in summary.inner_text()
+    whole = page.evaluate("(() => { const e = document.getElementById('flame-summary'); "
+                          "return e.scrollWidth <= e.clientWidth + 1; })()")
+    assert whole
     for b in links:  # whole, inside the pane, right of the title
         assert pane["left"] <= b["left"] and b["right"] <= pane["right"] - 4 and b["left"] >= t["right"], b
     page.screenshot(path=str(_screenshot_dir(tmp_path) / f"podflame-compare-links-{width}x{height}-{scheme}.png"))

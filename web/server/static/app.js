@@ -466,7 +466,7 @@ function meta(fg) {
 // in full on hover when the title line cuts it.
 function setFlameTitle() {
   const diff = !!(payload && typeof payload.base_total === "number");
-  els.flameTitle.textContent = (diff ? "Diff flame graph: " : state.invert ? "Bottom-up (inverted): " : "Flame graph: ") +
+  els.flameTitle.textContent = (diff ? "Diff: " : state.invert ? "Bottom-up (inverted): " : "Flame graph: ") +
     selectionLabel();
   els.flameTitle.title = els.flameTitle.textContent;
 }
