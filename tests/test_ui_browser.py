@@ -123,6 +123,17 @@ def wait_js(page, expression: str, timeout: float = 15.0) -> None:
         time.sleep(0.03)
 
 
+def selector_hint_fits(page) -> bool:
+    """Whether the selector field's placeholder (its hint) is read whole in the field as laid out."""
+    return bool(page.evaluate("""(() => {
+        const i = document.getElementById('selector'), s = getComputedStyle(i);
+        const c = document.createElement('canvas').getContext('2d');
+        c.font = s.font;
+        const room = i.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
+        return c.measureText(i.placeholder).width <= room;
+    })()"""))
+
+
 def _nodes(render: dict, name: str) -> list[dict]:
     return [n for n in render["nodes"] if n["name"] == name and not n["context"]]
 

@@ -16,7 +16,7 @@ import pytest
 from podflame.model import Frame, Line, Profile
 from tests.builders import ingest_url
 from tests.realsys import live_server
-from tests.test_ui_browser import _screenshot_dir, wait_js
+from tests.test_ui_browser import _screenshot_dir, selector_hint_fits, wait_js
 
 pytestmark = pytest.mark.browser
 
@@ -142,13 +142,7 @@ def test_page_bar_is_one_line_when_the_range_spans_two_days(browser, server: str
     _one_line(bar)
     assert max(b["right"] for b in bar) <= width
     # The selector field's hint still reads whole.
-    assert page.evaluate("""(() => {
-        const i = document.getElementById('selector'), s = getComputedStyle(i);
-        const c = document.createElement('canvas').getContext('2d');
-        c.font = s.font;
-        const room = i.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
-        return c.measureText(i.placeholder).width <= room;
-    })()""")
+    assert selector_hint_fits(page)
     page.screenshot(path=str(_screenshot_dir(tmp_path) / f"podflame-bar-24h-{width}x{height}-{scheme}.png"))
     assert errors == []
     ctx.close()

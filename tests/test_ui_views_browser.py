@@ -22,7 +22,7 @@ import pytest
 
 from podflame import pprof
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
-from tests.test_ui_browser import ROW, Watched, _center, _get, _screenshot_dir, wait_js
+from tests.test_ui_browser import ROW, Watched, _center, _get, _screenshot_dir, selector_hint_fits, wait_js
 from web.normalize import batch_of
 
 pytestmark = pytest.mark.browser
@@ -167,13 +167,7 @@ def test_function_table_sorts_filters_and_links_with_the_graph(server: str, watc
     assert max(top) - min(top) <= 4, top
     assert page.locator("#range-text").is_visible()
     # ... and the selector field's hint is read whole in it.
-    assert page.evaluate("""(() => {
-        const i = document.getElementById('selector'), s = getComputedStyle(i);
-        const c = document.createElement('canvas').getContext('2d');
-        c.font = s.font;
-        const room = i.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
-        return c.measureText(i.placeholder).width <= room;
-    })()""")
+    assert selector_hint_fits(page)
     title, links = page.locator("#flame-title").bounding_box(), page.locator(".downloads").bounding_box()
     assert abs((title["y"] + title["height"] / 2) - (links["y"] + links["height"] / 2)) < 8, (title, links)
     page.set_viewport_size({"width": 1400, "height": 900})

@@ -111,35 +111,18 @@ def encode(payload: dict[str, Any]) -> bytes:
 
 def decode(data: bytes) -> dict[str, Any]:
     """The JSON payload again (tests and tools; the page reads the buffer in place)."""
-    if data[:4] != MAGIC:
-        raise ValueError("not a podflame binary tree")
-    (hlen,) = struct.unpack_from("<I", data, 4)
-    header = json.loads(data[8:8 + hlen])
-    pos = 8 + hlen
-    pos += -pos % 8
-    nb = header.pop("names_bytes")
-    text = data[pos:pos + nb].decode("utf-8", "surrogatepass")
-    names = text.split("\0") if nb or header["levels"] else []
-    pos += nb + (-nb % 8)
+    header, blob, indices, columns, _ = _sections(data)
+    names = blob.decode("utf-8", "surrogatepass").split("\0") if header["names_bytes"] or header["levels"] else []
     out: dict[str, Any] = {"names": names}
-    tables = header.pop("tables")
-    index_type, value_type = header.pop("index_type"), header.pop("value_type")
-    for key in TABLES:
-        idx = np.frombuffer(data, "<" + index_type, len(names), pos)
-        out[key] = [tables[key][i] for i in idx.tolist()]
-        pos += idx.nbytes + (-idx.nbytes % 8)
-    columns = header.pop("columns")
+    for key, idx in zip(TABLES, indices, strict=True):
+        out[key] = [header["tables"][key][i] for i in idx.tolist()]
     levels = []
-    for n in header.pop("levels"):
-        cols = []
-        for _ in columns:
-            cols.append(np.frombuffer(data, "<" + value_type, n, pos).astype(np.float64))
-            pos += _SIZE[value_type] * n
-        pos += -pos % 8
-        name = np.frombuffer(data, "<i4", n, pos)
-        pos += 8 * n + (-(8 * n) % 8)  # name and parent
-        order = [cols[0], cols[1], cols[2], name.astype(np.float64), *cols[3:]]
+    for cols in columns:  # values..., name, parent
+        values = [c.astype(np.float64) for c in cols[:-2]]
+        order = [values[0], values[1], values[2], cols[-2].astype(np.float64), *values[3:]]
         levels.append(np.stack(order, axis=1).reshape(-1).astype(np.int64).tolist())
+    for key in ("names_bytes", "tables", "index_type", "value_type", "columns", "levels"):
+        del header[key]
     (tlen,) = struct.unpack_from("<I", data, len(data) - 4)
     out.update(header, levels=levels, **json.loads(data[len(data) - 4 - tlen:len(data) - 4]))
     return out
