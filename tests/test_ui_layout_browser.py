@@ -146,3 +146,37 @@ def test_page_bar_is_one_line_when_the_range_spans_two_days(browser, server: str
     page.screenshot(path=str(_screenshot_dir(tmp_path) / f"podflame-bar-24h-{width}x{height}-{scheme}.png"))
     assert errors == []
     ctx.close()
+
+
+def _label_contrast(page, name: str) -> float:
+    """Spread of luminance (0-255) over the label area of the drawn frame `name`: text against its frame."""
+    node = next(n for n in page.evaluate("window.podflame.lastRender")["nodes"] if n["name"] == name)
+    return page.evaluate("""([x, y, w]) => {
+        const c = document.getElementById('flame'), r = window.devicePixelRatio || 1;
+        const d = c.getContext('2d').getImageData(Math.round((x + 3) * r), Math.round((y + 3) * r),
+                                                  Math.round(Math.min(50, w - 6) * r), Math.round(11 * r)).data;
+        // As seen: the canvas's pixels over the pane's background (a faded frame is translucent).
+        const bg = getComputedStyle(document.querySelector('.flame-pane')).backgroundColor.match(/[0-9]+/g).map(Number);
+        let lo = 255, hi = 0;
+        for (let k = 0; k < d.length; k += 4) {
+            const a = d[k + 3] / 255, px = [0, 1, 2].map((j) => a * d[k + j] + (1 - a) * bg[j]);
+            const l = 0.2126 * px[0] + 0.7152 * px[1] + 0.0722 * px[2];
+            lo = Math.min(lo, l); hi = Math.max(hi, l);
+        }
+        return hi - lo; }""", [node["x"], node["y"], node["width"]])
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_faded_frames_labels_stay_readable(browser, server: str, tmp_path: Path, scheme: str) -> None:
+    """A selected function's frames stand out, the others fade; their labels must stay readable in both themes
+    (in the dark theme dark text on a faded frame was near invisible)."""
+    view = urllib.parse.urlencode({"sel": json.dumps({"cgroup": LONG_CGROUP}), "fn": "handler_3", "view": "graph"})
+    ctx, page, errors = _page(browser, 1280, 720, scheme, f"{server}/#{view}")
+    render = page.evaluate("window.podflame.lastRender")
+    assert [n["name"] for n in render["nodes"] if n["highlighted"]] == ["handler_3"]
+    contrast = _label_contrast(page, "main")
+    print(f"\n{scheme}: faded label contrast {contrast:.0f}, selected {_label_contrast(page, 'handler_3'):.0f}")
+    assert contrast >= 60, contrast
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / f"podflame-faded-1280x720-{scheme}.png"))
+    assert errors == []
+    ctx.close()

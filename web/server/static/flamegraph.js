@@ -436,6 +436,7 @@ export class FlameGraph {
     const charW = ctx.measureText("m").width || 7;
     const colors = this._colors || (this._colors = new Map());
     const hl = this.highlight, fade = this.fadeOthers && hl >= 0 && !data.diff && !match;
+    const dark = fade && !!window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
     const outlines = [];
     for (const [d, i, x, w, context] of draw) {
       if (i < 0) {  // a run of narrow nodes; `context` holds whether one of them matches the search
@@ -457,13 +458,16 @@ export class FlameGraph {
       }
       ctx.fillStyle = fastColor(fill);
       const y = yOf(d);
-      ctx.globalAlpha = fade && nameIdx !== hl ? 0.35 : 1;
+      const faded = fade && nameIdx !== hl;
+      ctx.globalAlpha = faded ? 0.35 : 1;
       ctx.fillRect(x, y, w > 2 ? w - 1 : w, ROW - 1);
       if (w >= LABEL_MIN) {
         const room = Math.floor((w - 6) / charW);
         if (room >= 2) {
           const label = name.length <= room ? name : name.slice(0, room - 1) + "\u2026";
-          ctx.fillStyle = match && match[nameIdx] ? "#fff" : "#1d1d1d";
+          // A faded frame over the dark theme's background is dark: its label is light there to stay readable.
+          ctx.fillStyle = match && match[nameIdx] ? "#fff" : faded && dark ? "#ece8e3" : "#1d1d1d";
+          if (faded && dark) ctx.globalAlpha = 0.8;
           ctx.fillText(label, x + 3, y + ROW / 2);
         }
       }
