@@ -180,3 +180,26 @@ def test_faded_frames_labels_stay_readable(browser, server: str, tmp_path: Path,
     page.screenshot(path=str(_screenshot_dir(tmp_path) / f"podflame-faded-1280x720-{scheme}.png"))
     assert errors == []
     ctx.close()
+
+
+@pytest.mark.parametrize(("width", "height", "scheme"), [(1280, 720, "dark"), (1440, 900, "light")])
+def test_page_bar_keeps_one_line_while_loading(browser, server: str, tmp_path: Path, width: int, height: int,
+                                               scheme: str) -> None:
+    """The busy mark joins the bar while a request runs: with a two-day range (the widest range text) the bar
+    still keeps one line inside the window."""
+    view = urllib.parse.urlencode({"sel": json.dumps({"cgroup": LONG_CGROUP}), "from": "now-24h"})
+    ctx, page, errors = _page(browser, width, height, scheme, f"{server}/#{view}")
+    assert page.locator("#type").input_value()  # the type picker filled: the bar at its widest
+    held: list = []
+    page.route("**/api/v1/flamegraph?*", lambda route: held.append(route))  # the next graph's answer waits
+    page.locator("#query-form button[type=submit]").click()
+    wait_js(page, "window.podflame.status === 'loading' && !window.podflame.loading.includes('chart')")
+    assert page.locator("#busy").is_visible()
+    bar = _boxes(page, ".topbar > *")
+    _one_line(bar)
+    assert max(b["right"] for b in bar) <= width and any(b["id"] == "busy" for b in bar)
+    page.screenshot(path=str(_screenshot_dir(tmp_path) / f"podflame-bar-loading-{width}x{height}-{scheme}.png"))
+    for route in held:
+        route.continue_()
+    assert errors == []
+    ctx.close()
