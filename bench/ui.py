@@ -10,6 +10,10 @@ Cases, each through the whole path (HTTP API with gzip, JSON parse, layout, canv
   redraw of the 100k graph, best and median of several.
 Each navigation also reports where its time went, from the page's `pf:*` performance marks (medians):
 `app_ms` when app.js starts (its modules loaded), `answer_ms` when the graph's answer is read, `drawn` after.
+The first picture comes from a preview answer (web/query/treebin.py: the frames wide enough to be drawn on their
+own at the screen's width, the same pixels as the whole tree's); `whole_ms` is when the whole tree is in too
+(the function table filled, search and zoom on every frame); `transfer_bytes`/`decoded_bytes` are the first
+answer's, `whole_*` the whole tree's.
 The peer, measured in the same page: Chromium's own `JSON.parse` of the same payload (the floor of any
 page fed JSON), so `ratio_to_json_parse` says what drawing adds on top of merely reading the answer.
 The server runs in a process of its own (as deployed; in this one the driver's polling took its GIL), fresh
@@ -114,7 +118,7 @@ def navigate(browser, url: str, runs: int) -> dict[str, Any]:
     first drawn graph, the node count, and the peer (JSON.parse of the same flame-graph payload).
     The first run is the server's first sight of the data (`ms_first`: names translated, tree built);
     later runs may be served from its kept answers (web/query/treecache.py), as a reload or a link is."""
-    times, parse, api_ms, client_ms, app_ms, answer_ms = [], [], [], [], [], []
+    times, parse, api_ms, client_ms, app_ms, answer_ms, whole_ms = [], [], [], [], [], [], []
     nodes = 0
     for _ in range(runs):
         ctx = browser.new_context(viewport={"width": 1920, "height": 1080}, screen={"width": 1920, "height": 1080})
@@ -122,13 +126,18 @@ def navigate(browser, url: str, runs: int) -> dict[str, Any]:
         page.goto(url)
         wait(page, "window.podflame && window.podflame.drawnAt !== null")
         times.append(page.evaluate("window.podflame.drawnAt"))
+        # The whole tree in (table filled; search and zoom on every frame): after the first picture when
+        # that was a preview (web/query/treebin.py), else the same moment.
+        wait(page, "window.podflame.wholeAt !== null || window.podflame.status !== 'loading'")
+        whole_ms.append(page.evaluate("window.podflame.wholeAt") or times[-1])
         nodes = page.evaluate("window.podflame.flame.data.levels.reduce((a, l) => a + l.n, 0)")
         api = page.evaluate("performance.getEntriesByType('resource')"
                             ".filter(e => e.name.includes('/api/v1/flamegraph'))"
                             ".map(e => [e.name, e.startTime, e.responseEnd, e.transferSize, e.decodedBodySize])")
-        name, started, ended, transfer, decoded = api[-1]
+        _, started, ended, transfer, decoded = api[0]  # the first picture's answer (a preview, or the whole tree)
         api_ms.append(ended - started)
         client_ms.append(times[-1] - ended)
+        name, _, _, whole_transfer, whole_decoded = api[-1]  # the whole tree's
         marks = page.evaluate("Object.fromEntries(performance.getEntriesByType('mark')"
                               ".map(m => [m.name, m.startTime]))")
         app_ms.append(marks.get("pf:app", 0))
@@ -144,7 +153,10 @@ def navigate(browser, url: str, runs: int) -> dict[str, Any]:
             "page_ms_median": round(statistics.median(client_ms), 1),
             "app_ms_median": round(statistics.median(app_ms), 1),
             "answer_ms_median": round(statistics.median(answer_ms), 1),
-            "nodes": nodes, "transfer_bytes": transfer, "json_bytes": decoded, "json_parse_ms": round(min(parse), 1),
+            "whole_ms_median": round(statistics.median(whole_ms), 1),
+            "nodes": nodes, "transfer_bytes": transfer, "decoded_bytes": decoded,
+            "whole_transfer_bytes": whole_transfer, "whole_decoded_bytes": whole_decoded,
+            "json_parse_ms": round(min(parse), 1),
             "ratio_to_json_parse": round(best / max(min(parse), 0.1), 1)}
 
 
@@ -152,7 +164,7 @@ def redraws(browser, url: str) -> dict[str, Any]:
     ctx = browser.new_context(viewport={"width": 1920, "height": 1080}, screen={"width": 1920, "height": 1080})
     page = ctx.new_page()
     page.goto(url)
-    wait(page, "window.podflame && window.podflame.drawnAt !== null")
+    wait(page, "window.podflame && window.podflame.status === 'ready'")  # the whole tree in, not a preview
     zoom = page.evaluate("""() => {
         const f = window.podflame.flame, out = [];
         for (let k = 0; k < 12; k++) {

@@ -22,7 +22,7 @@ import pytest
 
 from podflame import pprof
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
-from tests.test_ui_browser import ROW, Watched, _center, _get, _screenshot_dir, wait_js
+from tests.test_ui_browser import ROW, Watched, _center, _get, _screenshot_dir, selector_hint_fits, wait_js
 from web.normalize import batch_of
 
 pytestmark = pytest.mark.browser
@@ -167,13 +167,7 @@ def test_function_table_sorts_filters_and_links_with_the_graph(server: str, watc
     assert max(top) - min(top) <= 4, top
     assert page.locator("#range-text").is_visible()
     # ... and the selector field's hint is read whole in it.
-    assert page.evaluate("""(() => {
-        const i = document.getElementById('selector'), s = getComputedStyle(i);
-        const c = document.createElement('canvas').getContext('2d');
-        c.font = s.font;
-        const room = i.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
-        return c.measureText(i.placeholder).width <= room;
-    })()""")
+    assert selector_hint_fits(page)
     title, links = page.locator("#flame-title").bounding_box(), page.locator(".downloads").bounding_box()
     assert abs((title["y"] + title["height"] / 2) - (links["y"] + links["height"] / 2)) < 8, (title, links)
     page.set_viewport_size({"width": 1400, "height": 900})
@@ -295,10 +289,10 @@ def test_regex_search_share_errors_and_next_match(server: str, watched: Watched)
     _open(w, server)
     result = page.locator("#search-result")
     page.locator("#search").fill("^(hash|sort)$")
-    wait_js(page, "document.getElementById('search-result').textContent.includes('matched')")
-    assert result.inner_text() == f"matched {100 * 700 / TOTAL:.1f}% of total"
+    wait_js(page, "document.getElementById('search-result').textContent.includes('of total')")
+    assert result.inner_text() == f"{100 * 700 / TOTAL:.1f}% of total"
     page.locator("#search").fill("ha.h|wr[i]te")  # write covers its kernel frames: 600 + 100
-    assert result.inner_text() == "matched 87.5% of total"
+    assert result.inner_text() == "87.5% of total"
     # A malformed expression says what is wrong; nothing is matched.
     page.locator("#search").fill("hash(")
     assert "not a regular expression" in result.inner_text()
@@ -313,7 +307,7 @@ def test_regex_search_share_errors_and_next_match(server: str, watched: Watched)
     wait_js(page, "window.podflame.lastRender.zoom.length === 2")
     assert w.render()["zoom"] == ["main", "hash"]
     # Within the zoomed frame, all of it matches.
-    assert result.inner_text() == "matched 75.0% of total, 100% of zoomed"
+    assert result.inner_text() == "75.0% of total, 100% of zoomed"
     page.locator("#search-next").click()
     wait_js(page, "window.podflame.lastRender.zoom.join(';') === 'main;parse;hash'")
     page.locator("#search-prev").click()

@@ -24,9 +24,11 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from web.query import treebin
 from web.store.base import StoredProfile
 
 DEFAULT_MAX_BYTES = 96 << 20
+PREVIEWS_KEPT = 2  # per answer: the screen widths seen last (each at most half the answer, usually ~5%)
 
 
 def payload_json_head(payload: dict[str, Any]) -> bytes:
@@ -72,9 +74,24 @@ class Answer:
 class BinaryAnswer(Answer):
     """An answer in web/query/treebin.py's binary form: the request's keys go after it as JSON and length."""
 
+    _previews: OrderedDict[int, BinaryAnswer] = field(default_factory=OrderedDict, repr=False)
+
     def tail_bytes(self, tail: dict[str, Any]) -> bytes:
         body = json.dumps(tail, separators=(",", ":")).encode()
         return body + struct.pack("<I", len(body))
+
+    def preview(self, width: int) -> BinaryAnswer:
+        """This tree as a `width`-px view of the whole graph draws it (web/query/treebin.py's `preview`), kept
+        with it for a few widths (screens come in few sizes); itself when a preview would save little."""
+        with self._lock:
+            got = self._previews.get(width)
+            if got is None:
+                data = treebin.preview(self.head, width)
+                got = self if data is None else BinaryAnswer(data)
+                self._previews[width] = got
+                if len(self._previews) > PREVIEWS_KEPT:
+                    self._previews.popitem(last=False)
+            return got
 
 
 def refs_key(refs: Sequence[StoredProfile]) -> Hashable:

@@ -27,7 +27,7 @@ from web.query.export import to_pprof
 from web.query.merge import Query, profiles_by_series, series_summary
 from web.query.treebin import MEDIA_TYPE as TREE_MEDIA_TYPE
 from web.query.treecache import DEFAULT_MAX_BYTES as DEFAULT_TREE_CACHE_BYTES
-from web.query.treecache import Answer, TreeCache, payload_json_head
+from web.query.treecache import Answer, BinaryAnswer, TreeCache, payload_json_head
 from web.server.gzipjoin import accepts_gzip, gzip_join
 from web.server.timeparse import TimeError, parse_step, parse_time
 from web.store import deadline
@@ -337,7 +337,13 @@ def flamegraph() -> Response:
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "binary"):
         raise InvalidInput(f"format must be json or binary, not {fmt[:40]!r}")
+    # `preview`: the page's first picture, pruned to what a view that many px wide draws (web/query/treebin.py).
+    preview = _int_arg("preview", None, 100, 100_000)
+    if preview is not None and fmt != "binary":
+        raise InvalidInput("preview needs format=binary")
     answer, tail = queries.flamegraph_answer(store(), parse_query(), max_nodes, cache, absolute, fmt == "binary")
+    if preview is not None and isinstance(answer, BinaryAnswer):
+        answer = answer.preview(preview)
     return _answer_response(answer, tail, TREE_MEDIA_TYPE if fmt == "binary" else "application/json")
 
 

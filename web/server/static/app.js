@@ -16,6 +16,7 @@ import { FunctionTable, elideMiddle, functionTotals, invertedPayload, sandwichPa
 import { exportPng, exportSvg } from "./export.js";
 import { decodeTree } from "./treebin.js";
 import { parseTime, readableTime, toSeconds, formatTime } from "./timeexpr.js";
+import { formatInt, lazyIntl } from "./lazyintl.js";
 
 // Marks "pf:*" time the first view's steps (bench/ui.py reports them): boot.js's request, this module's
 // start and end, the graph's answer read, laid out, and drawn.
@@ -52,11 +53,11 @@ const els = {
 const TOP_GROUPS = 5;  // chart series per label value when grouping by a label; the rest is "other"
 const VIEWS = ["both", "graph", "table", "sandwich"];
 
-const fmtInt = new Intl.NumberFormat("en-US");
+const fmtInt = { format: formatInt };  // lazyintl.js: no Intl before the first graph
 
 // Test and debugging hook: what the page last drew and whether it is settled.
 const hook = (window.podflame = {
-  status: "loading", lastRender: null, targets: [], renders: 0, chart: null, diff: null, drawnAt: null, loading: [],
+  status: "loading", lastRender: null, targets: [], renders: 0, chart: null, diff: null, drawnAt: null, wholeAt: null, loading: [],
   rerender() { draw(); return hook.lastRender; },
 });
 
@@ -331,7 +332,7 @@ function renderTargets(resp) {
   const currentKey = selKey(state.sel);
   for (const g of groups) g.describe = describeGroup(g);
   described = new Map(groups.map((g) => [g.key, g.describe]));
-  if (state.sel) els.flameTitle.textContent = "Flame graph: " + selectionLabel();
+  if (state.sel) setFlameTitle();  // the selection's name as the list describes it
   const all = {
     key: "", sel: null, kind: "all", value: groups.reduce((a, g) => a + g.value, 0),
     cpu: groups.every((g) => g.cpu), cpuShare: groups.reduce((a, g) => a + g.cpuShare, 0),
@@ -372,9 +373,9 @@ function renderTargets(resp) {
 }
 
 // One formatter for every answer (toLocaleString with options builds a new one per call: ~15 ms each).
-const rangeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium", hourCycle: "h23" });
-const dayFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "short" });
-const clockFormat = new Intl.DateTimeFormat(undefined, { timeStyle: "medium", hourCycle: "h23" });
+const rangeFormat = lazyIntl(() => new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium", hourCycle: "h23" }));
+const dayFormat = lazyIntl(() => new Intl.DateTimeFormat(undefined, { dateStyle: "short" }));
+const clockFormat = lazyIntl(() => new Intl.DateTimeFormat(undefined, { timeStyle: "medium", hourCycle: "h23" }));
 
 // "12/6/26, 15:26:03 – 15:41:03" when both ends fall on one day (the date once: the bar stays one line at
 // 1280 px), else both in full.
@@ -432,7 +433,7 @@ const calleesGraph = new FlameGraph(els.callees, els.tooltip, { onPick: (name) =
 callersGraph.orientation = "flame";
 let source = flame;     // the graph of the payload as the server sent it (the table's data)
 let payload = null;     // the last flame-graph / diff payload
-const fmtCompact = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
+const fmtCompact = lazyIntl(() => new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 }));
 const timeOrBytes = () => currentUnit === "bytes" || currentUnit === "nanoseconds";
 const table = new FunctionTable(els.fnRows, {
   format: (v) => (timeOrBytes() ? fmtValue(v) : fmtInt.format(v)),
@@ -459,7 +460,18 @@ function meta(fg) {
   return { unit: fg.unit, type: fg.type, period_ns: fg.period_ns, locations: fg.locations, kinds: fg.kinds, modules: fg.modules };
 }
 
-function renderFlame(fg) {
+// `preview`: fg is a preview answer (drawn as is; the table, its count and the pane's dimming wait for the whole
+// tree, which loadFlame asks for next).
+// The graph's title: what kind of graph (a diff's stays a diff when the list answers later) of what selection;
+// in full on hover when the title line cuts it.
+function setFlameTitle() {
+  const diff = !!(payload && typeof payload.base_total === "number");
+  els.flameTitle.textContent = (diff ? "Diff: " : state.invert ? "Bottom-up (inverted): " : "Flame graph: ") +
+    selectionLabel();
+  els.flameTitle.title = els.flameTitle.textContent;
+}
+
+function renderFlame(fg, preview = false) {
   payload = fg;
   currentUnit = fg.unit || "count";
   currentType = fg.type || "samples";
@@ -485,8 +497,7 @@ function renderFlame(fg) {
     : diff ? "No samples in either range for this selection." : "No samples in this range for this selection.";
   els.flameBody.hidden = empty;
   els.downloads.hidden = false;
-  els.flameTitle.textContent = (diff ? "Diff flame graph: " : state.invert ? "Bottom-up (inverted): " : "Flame graph: ") +
-    selectionLabel();
+  setFlameTitle();
   const unit = unitWord(fg.unit);
   if (diff) {
     els.flameSummary.textContent =
@@ -501,12 +512,22 @@ function renderFlame(fg) {
     if (fg.folded_nodes) summary += ` \u00b7 ${fmtInt.format(fg.folded_nodes)} small frames folded into [other]`;
     els.flameSummary.textContent = summary;
   }
+  els.flameSummary.title = els.flameSummary.textContent;  // in full when the title line cuts it
   if (fg !== payloadWithAllRows) diffAllRows = false;
   payloadWithAllRows = fg;
   renderDiffExtras(diff ? fg : null);
   applyView();
   downloadLinks();
   draw();
+  if (preview) {
+    table.setRows([], 0);
+    els.fnCount.textContent = "reading all functions\u2026";
+    markStale("flame", false);
+    els.tableWrap.classList.add("stale");
+    return Promise.resolve();
+  }
+  els.tableWrap.classList.remove("stale");
+  if (hook.wholeAt === null) hook.wholeAt = performance.now();
   // The function table once the graph is on screen: for 100k functions its totals and rows are ~100 ms the
   // graph need not wait for. The load that asked for this graph settles after the table is filled.
   return new Promise((resolve) => setTimeout(() => {
@@ -719,10 +740,13 @@ function afterRender() {
   else if (!stats) els.searchResult.textContent = "";
   else {
     const side = flame.data && flame.data.diff ? " (both ranges, each normalized)" : "";
-    let t = `matched ${formatPercent(stats.matched, stats.total)} of total${side}`;
+    let t = `${formatPercent(stats.matched, stats.total)} of total${side}`;
     if (flame.isZoomed()) t += `, ${formatPercent(stats.inView, stats.viewTotal)} of zoomed`;
     els.searchResult.textContent = t;
   }
+  // In full on hover when the toolbar cuts it (one line at 1280 px leaves it ~100 px, two lines of small text).
+  els.searchResult.title = stats ? `Samples under frames matching the search: ${els.searchResult.textContent}`
+    : els.searchResult.textContent;
   hook.search = { error: flame.searchError, stats, matches: list.length };
 }
 
@@ -886,6 +910,8 @@ function renderChart(resp, stack = null) {
     summary = `${unitWordOf(resp.type, resp.unit)} per ${resp.step} s`;
   }
   els.chartSummary.textContent = summary + " \u00b7 drag to choose a range";
+  els.chartTitle.title = els.chartTitle.textContent;  // in full when the line cuts them
+  els.chartSummary.title = els.chartSummary.textContent;
   els.chartWrap.hidden = false;
   drawChart();
 }
@@ -1039,7 +1065,13 @@ function loadFlame() {
       null, arriving)
       : await getJSON("flamegraph", params, signal, boot.take(apiUrl("flamegraph", params)), arriving);
     performance.mark("pf:flame-json");
-    if (!signal.aborted) await renderFlame(fg);
+    if (signal.aborted) return;
+    if (!fg.preview) { await renderFlame(fg); return; }
+    // A preview (boot.js's previewWidth): the same picture as the whole tree, drawn now; the whole tree next.
+    await renderFlame(fg, true);
+    const whole = await getJSON("flamegraph", boot.flameParams(state, true), signal);
+    performance.mark("pf:flame-whole");
+    if (!signal.aborted) await renderFlame(whole);
   }, () => {
     flame.setData({ names: [], levels: [], total: 0 });
     payload = null;

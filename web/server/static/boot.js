@@ -77,10 +77,22 @@
     return `${api}/${path}?${qs.toString()}`;
   }
 
+  // The first picture of the whole graph needs only the frames at least MIN_WIDTH px wide at the widest the
+  // canvas can be: the server sends those (and one run node for each run of narrower ones it leaves out,
+  // web/query/treebin.py), a few % of a big tree's bytes, and app.js asks for the whole tree right after drawing
+  // it (table, search, zoom). Not for views that need the whole tree at once: zoomed, searched, inverted, a
+  // selected function, the table or sandwich alone, colours whose legend reads every frame.
+  function previewWidth(s) {
+    if (s.zoom.length || s.search || s.invert || s.fn || s.color !== "name" || s.view === "table" ||
+        s.view === "sandwich") return undefined;
+    const w = Math.max(window.screen ? window.screen.width : 0, window.innerWidth || 0, window.outerWidth || 0);
+    return Math.min(100_000, Math.max(100, Math.ceil(w)));
+  }
+
   // The flame graph (not diff) request of a view state, in the binary form app.js reads in place.
-  function flameParams(s) {
+  function flameParams(s, whole = false) {
     return { query: selectionQuery(s.query, s.sel), from: s.from, to: s.to, max_nodes: maxNodes(), type: s.type,
-      format: "binary" };
+      format: "binary", preview: whole ? undefined : previewWidth(s) };
   }
 
   let early = null;  // {url, answer, ctl}: the request started below, until app.js takes or drops it

@@ -4,10 +4,11 @@
 import { formatPoints } from "./flamegraph.js";
 import { fitNamesTo } from "./functions.js";
 import { rangeSeconds, shiftRange } from "./timeexpr.js";
+import { formatInt } from "./lazyintl.js";
 
 export const COMPARE_MODES = ["", "prev", "yday", "custom"];
 
-const fmtInt = new Intl.NumberFormat("en-US");
+const fmtInt = { format: formatInt };
 
 // The baseline {from, to} for a mode, or an {error}: "previous period" is the range of the same
 // length just before, "same range yesterday" the range moved back 24 hours.

@@ -2,6 +2,7 @@
 // value for non-CPU sample types). Dragging across it chooses a sub-range, snapped outwards to whole
 // steps so the flame graph below holds exactly the samples of the bars the drag touched.
 import { sizeCanvas } from "./canvas.js";
+import { formatInt, lazyIntl } from "./lazyintl.js";
 
 // CSS px; shorter on short screens, so the flame graph starts above the fold at 1280x720
 // CSS px; lower on a short window (1280x720: the graph and the diff tables need the room), read per draw.
@@ -12,9 +13,9 @@ const MIN_DRAG = 3;                          // px; less is a click, not a range
 const TICK_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200,
   86400, 172800, 604800];                    // seconds between x-axis labels
 
-const fmtInt = new Intl.NumberFormat("en-US");
+const fmtInt = { format: formatInt };
 const STACK_COLORS = ["#f08a4b", "#4b8df0", "#3fae6a", "#b36bd6", "#e0b73a", "#9a948c"];
-const fmtCompact = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
+const fmtCompact = lazyIntl(() => new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 }));
 
 // An axis label in the chart's unit, short enough for the margin ("310M", "1.5 GiB", "12.5%").
 export function axisLabel(v, cpu, unit) {

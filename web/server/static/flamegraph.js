@@ -6,6 +6,7 @@
 // absolute starts, so a node's x is (start - viewStart) / viewTotal * width: no tree is built.
 // Names are untrusted: they reach the screen only through canvas fillText and textContent.
 import { fastColor, sizeCanvas } from "./canvas.js";
+import { formatInt } from "./lazyintl.js";
 
 const ROW = 18;          // px per stack level
 const MIN_WIDTH = 0.3;   // px; narrower nodes are drawn merged with their narrow neighbours
@@ -29,7 +30,7 @@ export function colorFor(name) {  // warm flame palette, hue and lightness from 
   return `hsl(${hue} ${sat}% ${light}%)`;
 }
 
-const fmtInt = new Intl.NumberFormat("en-US");
+const fmtInt = { format: formatInt };
 
 // Frame kinds as the sampler records them (podflame/model.py FrameKind), with their legend colours.
 export const KIND_COLORS = {
@@ -406,7 +407,8 @@ export class FlameGraph {
       };
       for (let i = upperBound(lv.start, zs - 1); i < lv.n && lv.start[i] < ze; i++) {
         const x = (lv.start[i] - zs) * scale, w = lv.total[i] * scale;
-        if (w < MIN_WIDTH) {
+        // A run node (name -1) of a preview answer stands for narrow nodes it left out: always part of a run.
+        if (w < MIN_WIDTH || lv.name[i] < 0) {
           merged++;
           if (runX >= 0 && x - runEnd > MIN_WIDTH) flush();
           if (runX < 0) runX = x;
@@ -434,6 +436,7 @@ export class FlameGraph {
     const charW = ctx.measureText("m").width || 7;
     const colors = this._colors || (this._colors = new Map());
     const hl = this.highlight, fade = this.fadeOthers && hl >= 0 && !data.diff && !match;
+    const dark = fade && !!window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
     const outlines = [];
     for (const [d, i, x, w, context] of draw) {
       if (i < 0) {  // a run of narrow nodes; `context` holds whether one of them matches the search
@@ -455,13 +458,16 @@ export class FlameGraph {
       }
       ctx.fillStyle = fastColor(fill);
       const y = yOf(d);
-      ctx.globalAlpha = fade && nameIdx !== hl ? 0.35 : 1;
+      const faded = fade && nameIdx !== hl;
+      ctx.globalAlpha = faded ? 0.35 : 1;
       ctx.fillRect(x, y, w > 2 ? w - 1 : w, ROW - 1);
       if (w >= LABEL_MIN) {
         const room = Math.floor((w - 6) / charW);
         if (room >= 2) {
           const label = name.length <= room ? name : name.slice(0, room - 1) + "\u2026";
-          ctx.fillStyle = match && match[nameIdx] ? "#fff" : "#1d1d1d";
+          // A faded frame over the dark theme's background is dark: its label is light there to stay readable.
+          ctx.fillStyle = match && match[nameIdx] ? "#fff" : faded && dark ? "#ece8e3" : "#1d1d1d";
+          if (faded && dark) ctx.globalAlpha = 0.8;
           ctx.fillText(label, x + 3, y + ROW / 2);
         }
       }
@@ -513,7 +519,7 @@ export class FlameGraph {
     const v = zs + (px / this._W) * zt;
     const lv = levels[d];
     const i = upperBound(lv.start, v) - 1;
-    if (i < 0 || v >= lv.start[i] + lv.total[i]) return null;
+    if (i < 0 || v >= lv.start[i] + lv.total[i] || lv.name[i] < 0) return null;
     if (lv.start[i] < zs || lv.start[i] >= zs + zt) return null;
     return { d, i };
   }
@@ -554,7 +560,8 @@ export class FlameGraph {
       const j = f.i + (key === "ArrowLeft" ? -1 : 1);
       const zs = levels[this.zoom.depth].start[this.zoom.index];
       const ze = zs + levels[this.zoom.depth].total[this.zoom.index];
-      if (j >= 0 && j < lv.n && lv.start[j] >= zs && lv.start[j] < ze) f = { d: f.d, i: j };
+      // A preview's run node stands for frames not sent yet: not a frame to focus.
+      if (j >= 0 && j < lv.n && lv.start[j] >= zs && lv.start[j] < ze && lv.name[j] >= 0) f = { d: f.d, i: j };
     }
     this.focus = f;
     this.render();

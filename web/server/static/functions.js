@@ -4,6 +4,8 @@
 // shape as /api/v1/flamegraph, so the one FlameGraph class draws them all.
 // Names are untrusted: the table writes them with textContent only.
 
+import { lazyIntl } from "./lazyintl.js";
+
 // Per function (name index): self = samples where it is the leaf; total = samples with it anywhere
 // on the stack, counted once per stack (a recursive call is not added again).
 export function functionTotals(fg) {
@@ -125,7 +127,7 @@ export function sandwichPayloads(fg, f, meta) {
 
 // ---- the table ---------------------------------------------------------------------------------
 
-const collator = new Intl.Collator();
+const collator = lazyIntl(() => new Intl.Collator());
 const SORTS = {
   self: (a, b) => b.self - a.self || b.total - a.total,
   total: (a, b) => b.total - a.total || b.self - a.self,
