@@ -169,7 +169,7 @@ class _ProcessMemo:
     """What StackMemo knows of one process: symbolized stacks by raw stack, callers by raw user stack without
     its leaf, and frames by (address, is leaf)."""
 
-    __slots__ = ("callers", "frames", "stacks", "version")
+    __slots__ = ("callers", "drain_callers", "drain_frames", "frames", "stacks", "version")
 
     def __init__(self, version: Hashable) -> None:
         self.version = version  # of the process's maps when these were made
@@ -177,6 +177,10 @@ class _ProcessMemo:
         self.frames: dict[tuple[int, bool], Frame] = {}
         # a user stack without its leaf (addresses leaf first) -> its frames, root first, collapsed
         self.callers: dict[tuple[int, ...], tuple[Frame, ...]] = {}
+        # the same for what may not be kept (it waits for maps that may come: a process that exited before
+        # its maps were read): good for one drain, in which the symbolizer's answer for them holds
+        self.drain_frames: dict[tuple[int, bool], Frame] = {}
+        self.drain_callers: dict[tuple[int, ...], tuple[Frame, ...]] = {}
 
     def __len__(self) -> int:
         """Entries held, as StackMemo.entries counts them."""
@@ -271,6 +275,9 @@ class StackMemo:
             if pm is not None:
                 self.entries -= len(pm)
             pm = self.processes[tgid] = _ProcessMemo(version)
+        else:
+            pm.drain_frames = {}
+            pm.drain_callers = {}
         self._current[tgid] = pm
         return pm
 
@@ -321,12 +328,17 @@ class StackMemo:
         if user:
             n = len(user)
             callers: tuple[Frame, ...] | None = pm.callers.get(user[1:]) if n > 1 else ()
+            if callers is None and pm.drain_callers:
+                callers = pm.drain_callers.get(user[1:])
+                keep = callers is None
             if callers is None:
                 got, keep = self._user_frames(s.tgid, user, 1, -1, pm, single, mapped)
                 callers = collapse_unmapped(tuple(got))
                 if keep:
                     pm.callers[user[1:]] = callers
                     self.entries += 1
+                else:
+                    pm.drain_callers[user[1:]] = callers
             elif n > 1:
                 self.frame_hits += n - 1
             (leaf,), keep_leaf = self._user_frames(s.tgid, user[:1], 0, -1 if kernel_tail else 0, pm, single,
@@ -356,10 +368,15 @@ class StackMemo:
         memo = pm.frames
         lookup = self.ctx.maps.lookup
         shared = self.shared_frames
+        transient = pm.drain_frames
         for i in range(len(user) - 1, lo - 1, -1):
             addr = user[i]
             leaf = i == leaf_at
             f = memo.get((addr, leaf))
+            if f is None and transient:
+                f = transient.get((addr, leaf))
+                if f is not None:
+                    keep = False  # waits for maps, as when it was resolved
             if f is None:
                 self.frame_misses += 1
                 m = lookup(tgid, addr)
@@ -378,6 +395,7 @@ class StackMemo:
                     self.entries += 1
                 elif reason is Unresolved.PROCESS_GONE or (not mapped and reason is Unresolved.NO_MAPPING):
                     keep = False
+                    transient[(addr, leaf)] = f
             else:
                 self.frame_hits += 1
             frames.append(f)
