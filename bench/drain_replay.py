@@ -89,14 +89,18 @@ def replay(root: Path, drains_file: Path) -> dict:
     from profiler import metrics
     from profiler.agent import KubeletLabels, PodLabels, StackMemo, build_profiles, create_context
     from profiler.heap import SurvivorFreezer, release_freed_memory
+    from profiler.procmaps import MapsCache
     from symbolizer import Symbolizer
 
     recorded = pickle.loads(drains_file.read_bytes())
     drains, period_ns = recorded["drains"], recorded["period_ns"]
     ctx = create_context("bench", 0.0)  # every process labelled by its pid: labels do not depend on when
+    assert isinstance(ctx.maps, MapsCache)  # create_context's: the symbolizer reads binaries through it
     memo = StackMemo(ctx, Symbolizer(ctx.maps))
     pods = PodLabels(KubeletLabels())
-    cpu, digest, last_errors, encoded = [], hashlib.sha256(), {}, 0
+    cpu: list[float] = []
+    digest, encoded = hashlib.sha256(), 0
+    last_errors: dict[str, int] = {}
     freezer = SurvivorFreezer()  # the agent's loop keeps the GC off what earlier drains left
     profiler = cProfile.Profile(time.thread_time) if os.environ.get("PODFLAME_REPLAY_PROFILE") else None
     for i, drain in enumerate(drains):
