@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from podflame.model import Frame, FrameKind, Line, Mapping, Unresolved, collapse_unmapped
-from profiler.agent import Context, StackMemo, build_profiles, stack_of
+from profiler.agent import NATIVE_TRUNCATED, Context, StackMemo, build_profiles, stack_of
 from profiler.procmaps import MapsCache, parse_exec_maps, parse_maps
-from profiler.sampler import RawSample
+from profiler.sampler import MAX_STACK_DEPTH, RawSample
 from symbolizer import Symbolizer
 from tests.test_agent import FakeCgroups, drain_of, raw
 from tests.test_dwarf_corpus import addr2line
@@ -250,6 +250,7 @@ def test_stacks_sharing_callers_with_other_leaves_equal_resolving_each_afresh(se
         return 0x1000 + rng.randrange(0x100) if rng.random() < 0.2 else 0x400000 + 16 * rng.randrange(0x40)
 
     chains = [tuple(address() for _ in range(rng.randrange(0, 8))) for _ in range(5)]
+    chains.append(tuple(address() for _ in range(MAX_STACK_DEPTH - 1)))  # filled every slot: truncated
     kernels = [tuple(0xffff0000 + 16 * rng.randrange(64) for _ in range(rng.randrange(1, 5))) for _ in range(3)]
     for _ in range(4):
         samples = []
@@ -270,6 +271,7 @@ def test_stacks_sharing_callers_with_other_leaves_equal_resolving_each_afresh(se
     gone = memo.processes[50]
     assert not gone.callers and not gone.frames and all(not user for user, *_ in gone.stacks)
     assert memo.processes[42].callers and memo.kernel_stacks
+    assert any(stack and stack[0] is NATIVE_TRUNCATED for p in memoized for stack in p.samples)
 
 
 def test_parse_exec_maps_reads_what_parse_maps_reads() -> None:
