@@ -22,6 +22,7 @@ from podflame.model import UNMAPPED, Frame, FrameKind, Line, Mapping, Profile, U
 from profiler import metrics
 from profiler.heap import SurvivorFreezer, release_freed_memory
 from profiler.pidlabel import PidLabels
+from profiler.sampler import MAX_STACK_DEPTH
 
 if TYPE_CHECKING:
     from profiler.procmaps import NewProcess
@@ -108,6 +109,13 @@ class Context:
         return name
 
 
+# Root end of a user stack that filled every slot the kernel has (MAX_STACK_DEPTH): its callers were cut
+# off (a deep recursion), so the graph must not show the outermost frame kept as the stack's root. A
+# complete stack of exactly that many frames reads the same; the name says only what is certain.
+NATIVE_TRUNCATED = Frame(0, None, FrameKind.UNKNOWN,
+                         (Line(f"[truncated: user stack at the {MAX_STACK_DEPTH}-frame limit]"),))
+
+
 def _lost_stack_frame(kind: str, error: int) -> Frame:
     """An explicit frame for a stack the kernel could not record, so lost samples stay visible."""
     reason = _ERRNO_NAMES.get(error, str(error))
@@ -118,6 +126,8 @@ def stack_of(sample: RawSample, ctx: Context) -> tuple[Frame, ...]:
     """Root-first frames: user stack from its outermost frame down, then the kernel stack."""
     frames: list[Frame] = []
     if sample.user_stack:
+        if len(sample.user_stack) >= MAX_STACK_DEPTH:
+            frames.append(NATIVE_TRUNCATED)
         for addr in reversed(sample.user_stack):
             frames.append(Frame(addr, ctx.maps.lookup(sample.tgid, addr), FrameKind.NATIVE))
     elif sample.user_error not in _NOTHING_LOST and sample.tgid:
@@ -166,14 +176,25 @@ def build_profiles(drain: Drain, ctx: Context, period_ns: int,
 
 
 class _ProcessMemo:
-    """What StackMemo knows of one process: symbolized stacks by raw stack, and frames by (address, is leaf)."""
+    """What StackMemo knows of one process: symbolized stacks by raw stack, callers by raw user stack without
+    its leaf, and frames by (address, is leaf)."""
 
-    __slots__ = ("frames", "stacks", "version")
+    __slots__ = ("callers", "drain_callers", "drain_frames", "frames", "stacks", "version")
 
     def __init__(self, version: Hashable) -> None:
         self.version = version  # of the process's maps when these were made
         self.stacks: dict[tuple, tuple[Frame, ...]] = {}
         self.frames: dict[tuple[int, bool], Frame] = {}
+        # a user stack without its leaf (addresses leaf first) -> its frames, root first, collapsed
+        self.callers: dict[tuple[int, ...], tuple[Frame, ...]] = {}
+        # the same for what may not be kept (it waits for maps that may come: a process that exited before
+        # its maps were read): good for one drain, in which the symbolizer's answer for them holds
+        self.drain_frames: dict[tuple[int, bool], Frame] = {}
+        self.drain_callers: dict[tuple[int, ...], tuple[Frame, ...]] = {}
+
+    def __len__(self) -> int:
+        """Entries held, as StackMemo.entries counts them."""
+        return len(self.stacks) + len(self.frames) + len(self.callers)
 
 
 _NEVER_KEPT = frozenset({Unresolved.PROCESS_GONE, Unresolved.UNREADABLE, Unresolved.JIT_NO_MAP})
@@ -220,6 +241,8 @@ class StackMemo:
         self.max_canonical_mappings = max_canonical_mappings
         self.processes: dict[int, _ProcessMemo] = {}
         self.kernel_frames: dict[tuple[int, bool], Frame] = {}
+        # kernel stack (addresses leaf first) -> (its frames root first, whether one has no mapping)
+        self.kernel_stacks: dict[tuple[int, ...], tuple[tuple[Frame, ...], bool]] = {}
         # user frames of binaries with a build id, shared by all processes (see _shared_frame)
         self.shared_frames: dict[tuple[Mapping, int, bool], Frame] = {}
         self.canonical_mappings: dict[tuple, Mapping] = {}  # (build id, offset, size, path) -> first seen
@@ -233,6 +256,7 @@ class StackMemo:
     def clear(self) -> None:
         self.processes.clear()
         self.kernel_frames.clear()
+        self.kernel_stacks.clear()
         self.shared_frames.clear()
         self.canonical_mappings.clear()
         self._current.clear()
@@ -251,7 +275,7 @@ class StackMemo:
             # exited (past the maps cache's grace) or not sampled for long; tgid 0 (idle) has no maps
             if tgid and self.ctx.maps.version(tgid) is None:
                 del self.processes[tgid]
-                self.entries -= len(pm.stacks) + len(pm.frames)
+                self.entries -= len(pm)
 
     def _process(self, tgid: int) -> _ProcessMemo:
         """This process's memo, checked once per drain against its maps' version."""
@@ -259,8 +283,11 @@ class StackMemo:
         pm = self.processes.get(tgid)
         if pm is None or pm.version != version:
             if pm is not None:
-                self.entries -= len(pm.stacks) + len(pm.frames)
+                self.entries -= len(pm)
             pm = self.processes[tgid] = _ProcessMemo(version)
+        else:
+            pm.drain_frames = {}
+            pm.drain_callers = {}
         self._current[tgid] = pm
         return pm
 
@@ -297,63 +324,123 @@ class StackMemo:
     def _frames(self, s: RawSample, pm: _ProcessMemo, single: Callable[[Frame, bool], Frame],
                 mapped: bool) -> tuple[tuple[Frame, ...], bool]:
         """Root-first frames as `stack_of` gives them, each resolved as the symbolizer would, from the
-        memos; and whether the stack may be kept (none of its frames waits for maps that may come)."""
-        frames: list[Frame] = []
+        memos; and whether the stack may be kept (none of its frames waits for maps that may come).
+
+        Work per distinct part, not per sample: a stack is its callers (every user frame but the leaf),
+        its leaf and its kernel stack. At 99 Hz most samples are a stack not seen before only because the
+        leaf instruction moved (a hot loop, the eval loop): the callers are one lookup of the process's
+        `callers` memo, and a kernel stack (a few syscall paths for all processes) one lookup of
+        `kernel_stacks`; only the leaf is resolved by itself."""
         keep = True
         kernel_tail = bool(s.kernel_stack) or s.kernel_error not in _NOTHING_LOST
-        memo = pm.frames
-        if s.user_stack:
-            lookup = self.ctx.maps.lookup
-            shared = self.shared_frames
-            tgid = s.tgid
-            leaf_at = -1 if kernel_tail else 0
-            user = s.user_stack
-            for i in range(len(user) - 1, -1, -1):
-                addr = user[i]
-                leaf = i == leaf_at
-                f = memo.get((addr, leaf))
-                if f is None:
-                    self.frame_misses += 1
-                    m = lookup(tgid, addr)
-                    if m is not None and m.build_id is not None:
-                        f = self._shared_frame(addr, m, leaf, single, shared)
-                    elif m is None and mapped:
-                        # outside every mapping of maps we hold (re-read once a drain on such a miss):
-                        # what the symbolizer would say, without asking it ~10k times a minute
-                        f = UNMAPPED
-                    else:
-                        f = single(Frame(addr, m, FrameKind.NATIVE), leaf)
-                    reason = f.reason
-                    if f.kind is FrameKind.NATIVE and reason not in _NEVER_KEPT and \
-                            (mapped or reason is not Unresolved.NO_MAPPING):
-                        memo[(addr, leaf)] = f
-                        self.entries += 1
-                    elif reason is Unresolved.PROCESS_GONE or (not mapped and reason is Unresolved.NO_MAPPING):
-                        keep = False
+        user = s.user_stack
+        frames: tuple[Frame, ...]
+        if user:
+            n = len(user)
+            callers: tuple[Frame, ...] | None = pm.callers.get(user[1:]) if n > 1 else ()
+            if callers is None and pm.drain_callers:
+                callers = pm.drain_callers.get(user[1:])
+                keep = callers is None
+            if callers is None:
+                got, keep = self._user_frames(s.tgid, user, 1, -1, pm, single, mapped)
+                callers = collapse_unmapped(tuple(got))
+                if keep:
+                    pm.callers[user[1:]] = callers
+                    self.entries += 1
                 else:
-                    self.frame_hits += 1
-                frames.append(f)
+                    pm.drain_callers[user[1:]] = callers
+            elif n > 1:
+                self.frame_hits += n - 1
+            (leaf,), keep_leaf = self._user_frames(s.tgid, user[:1], 0, -1 if kernel_tail else 0, pm, single,
+                                                  mapped)
+            keep = keep and keep_leaf
+            if leaf.reason is Unresolved.NO_MAPPING:  # collapse_unmapped across the callers and the leaf
+                frames = callers if callers and callers[-1] is UNMAPPED else (*callers, UNMAPPED)
+            else:
+                frames = (*callers, leaf)
+            if n >= MAX_STACK_DEPTH:  # the kernel's slots were full: the callers were cut off
+                frames = (NATIVE_TRUNCATED, *frames)
         elif s.user_error not in _NOTHING_LOST and s.tgid:
-            frames.append(_lost_stack_frame("user", s.user_error))
+            frames = (_lost_stack_frame("user", s.user_error),)
+        else:
+            frames = ()
         if s.kernel_stack:
-            kmemo = self.kernel_frames
-            kernel = s.kernel_stack
-            for i in range(len(kernel) - 1, -1, -1):
-                addr = kernel[i]
-                leaf = i == 0
-                f = kmemo.get((addr, leaf))
-                if f is None:
-                    self.frame_misses += 1
-                    f = single(Frame(addr, None, FrameKind.KERNEL), leaf)
-                    if len(kmemo) >= self.max_kernel_frames:
-                        kmemo.clear()
-                    kmemo[(addr, leaf)] = f
-                else:
-                    self.frame_hits += 1
-                frames.append(f)
+            kernel, unmapped = self._kernel_frames(s.kernel_stack, single)
+            frames = collapse_unmapped(frames + kernel) if unmapped else frames + kernel
         elif s.kernel_error not in _NOTHING_LOST:
-            frames.append(_lost_stack_frame("kernel", s.kernel_error))
-        return collapse_unmapped(tuple(frames)), keep
+            frames = (*frames, _lost_stack_frame("kernel", s.kernel_error))
+        return frames, keep
+
+    def _user_frames(self, tgid: int, user: tuple[int, ...], lo: int, leaf_at: int, pm: _ProcessMemo,
+                     single: Callable[[Frame, bool], Frame], mapped: bool) -> tuple[list[Frame], bool]:
+        """Root-first frames of user[lo:] (leaf first in `user`; index `leaf_at` is the leaf), uncollapsed,
+        each from the process's frame memo or resolved and kept there; and whether all may be kept."""
+        frames: list[Frame] = []
+        keep = True
+        memo = pm.frames
+        lookup = self.ctx.maps.lookup
+        shared = self.shared_frames
+        transient = pm.drain_frames
+        for i in range(len(user) - 1, lo - 1, -1):
+            addr = user[i]
+            leaf = i == leaf_at
+            f = memo.get((addr, leaf))
+            if f is None and transient:
+                f = transient.get((addr, leaf))
+                if f is not None:
+                    keep = False  # waits for maps, as when it was resolved
+            if f is None:
+                self.frame_misses += 1
+                m = lookup(tgid, addr)
+                if m is not None and m.build_id is not None:
+                    f = self._shared_frame(addr, m, leaf, single, shared)
+                elif m is None and mapped:
+                    # outside every mapping of maps we hold (re-read once a drain on such a miss):
+                    # what the symbolizer would say, without asking it ~10k times a minute
+                    f = UNMAPPED
+                else:
+                    f = single(Frame(addr, m, FrameKind.NATIVE), leaf)
+                reason = f.reason
+                if f.kind is FrameKind.NATIVE and reason not in _NEVER_KEPT and \
+                        (mapped or reason is not Unresolved.NO_MAPPING):
+                    memo[(addr, leaf)] = f
+                    self.entries += 1
+                elif reason is Unresolved.PROCESS_GONE or (not mapped and reason is Unresolved.NO_MAPPING):
+                    keep = False
+                    transient[(addr, leaf)] = f
+            else:
+                self.frame_hits += 1
+            frames.append(f)
+        return frames, keep
+
+    def _kernel_frames(self, kernel: tuple[int, ...],
+                       single: Callable[[Frame, bool], Frame]) -> tuple[tuple[Frame, ...], bool]:
+        """Root-first frames of a kernel stack, shared by all processes; and whether one is outside every
+        mapping (never from kallsyms, but the stack is then collapsed as `stack_of`'s would be)."""
+        got = self.kernel_stacks.get(kernel)
+        if got is not None:
+            self.frame_hits += len(kernel)
+            return got
+        kmemo = self.kernel_frames
+        frames: list[Frame] = []
+        for i in range(len(kernel) - 1, -1, -1):
+            addr = kernel[i]
+            leaf = i == 0
+            f = kmemo.get((addr, leaf))
+            if f is None:
+                self.frame_misses += 1
+                f = single(Frame(addr, None, FrameKind.KERNEL), leaf)
+                if len(kmemo) >= self.max_kernel_frames:
+                    kmemo.clear()
+                kmemo[(addr, leaf)] = f
+            else:
+                self.frame_hits += 1
+            frames.append(f)
+        got = (tuple(frames), any(f.reason is Unresolved.NO_MAPPING for f in frames))
+        if len(self.kernel_stacks) >= self.max_kernel_frames:
+            self.kernel_stacks.clear()
+        self.kernel_stacks[kernel] = got
+        return got
 
     def _shared_frame(self, addr: int, m: Mapping, leaf: bool, single: Callable[[Frame, bool], Frame],
                       shared: dict[tuple[Mapping, int, bool], Frame]) -> Frame:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from podflame.model import Frame, FrameKind, Line, Mapping, Unresolved
-from profiler.agent import Context, StackMemo, build_profiles
+from podflame.model import Frame, FrameKind, Line, Mapping, Unresolved, collapse_unmapped
+from profiler.agent import NATIVE_TRUNCATED, Context, StackMemo, build_profiles, stack_of
 from profiler.procmaps import MapsCache, parse_exec_maps, parse_maps
-from profiler.sampler import RawSample
+from profiler.sampler import MAX_STACK_DEPTH, RawSample
 from symbolizer import Symbolizer
 from tests.test_agent import FakeCgroups, drain_of, raw
 from tests.test_dwarf_corpus import addr2line
@@ -141,12 +141,13 @@ def test_a_process_memo_is_dropped_when_it_exits_or_its_maps_change() -> None:
     maps.versions[50] = None  # the maps cache let it go (exited, past its grace period)
     run(memo, c, raw(user=(0x401000, 0x400100)))
     assert set(memo.processes) == {42}
-    assert memo.entries == len(memo.processes[42].stacks) + len(memo.processes[42].frames) == 3
+    pm = memo.processes[42]
+    assert memo.entries == len(pm) == len(pm.stacks) + len(pm.frames) + len(pm.callers) == 4
     maps.versions[42] = 3  # exec or pid reuse: a new image
     before, old_memo = sym.frames, memo.processes[42]
     run(memo, c, raw(user=(0x401000, 0x400100)))
     # the process's memo is new; its frames are those of a binary (by build id) known from before
-    assert memo.processes[42] is not old_memo and memo.entries == 3
+    assert memo.processes[42] is not old_memo and memo.entries == 4
     assert sym.frames == before and memo.shared_hits == 2
 
 
@@ -158,13 +159,14 @@ def test_the_memo_is_bounded() -> None:
     for _ in range(20):
         samples = [raw(user=tuple(0x400000 + rng.randrange(0x1000) for _ in range(5))) for _ in range(10)]
         out = run(memo, c, *samples)
-        assert memo.entries <= 50 + 5 + 1  # over by at most one stack's frames and the stack
-        assert memo.entries == sum(len(pm.stacks) + len(pm.frames) for pm in memo.processes.values())
+        assert memo.entries <= 50 + 5 + 2  # over by at most one stack's frames, its callers and the stack
+        assert memo.entries == sum(len(pm.stacks) + len(pm.frames) + len(pm.callers)
+                                   for pm in memo.processes.values())
         assert sum(out["42"].values()) == 10
     kernel = StackMemo(c, sym, max_kernel_frames=8)
     for i in range(10):
         run(kernel, c, raw(user=(0x400100,), kernel=tuple(0xffff0000 + 16 * (4 * i + j) for j in range(4))))
-        assert len(kernel.kernel_frames) <= 8
+        assert len(kernel.kernel_frames) <= 8 and len(kernel.kernel_stacks) <= 8
 
 
 def test_a_debug_file_arriving_drops_the_frames_too() -> None:
@@ -221,6 +223,55 @@ def test_memoized_profiles_equal_symbolizing_every_stack_afresh(seed: int) -> No
         assert [p.samples for p in memoized] == [p.samples for p in plain]
         assert [p.labels for p in memoized] == [p.labels for p in plain]
     assert memo.hits and memo.frame_hits and memo.frame_misses
+
+
+def _afresh(s: RawSample, c: Context, sym: FrameCountingSymbolizer) -> tuple[Frame, ...]:
+    """What Symbolizer.symbolize does to `stack_of`'s stack: every frame resolved, the last one as the leaf."""
+    stack = stack_of(s, c)
+    last = len(stack) - 1
+    return collapse_unmapped(tuple(f if f.lines or f.reason else sym.frame(f, i == last)
+                                   for i, f in enumerate(stack)))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_stacks_sharing_callers_with_other_leaves_equal_resolving_each_afresh(seed: int) -> None:
+    """Most 99 Hz samples repeat their callers under another leaf: the memo answers the callers once per
+    process and the kernel stack once for all. Each stack must equal resolving all its frames afresh: the
+    leaf is a leaf only without a kernel tail (the names say which), a leaf outside every mapping joins
+    callers that end outside one into one `[no mapping]`, and a process whose maps were not read
+    (pid 50) keeps nothing that waits for them."""
+    rng = random.Random(seed)
+    sym, maps = FrameCountingSymbolizer(), VersionedMaps()
+    maps.versions[50] = None
+    c = ctx(maps)
+    memo = StackMemo(c, sym)
+
+    def address() -> int:
+        return 0x1000 + rng.randrange(0x100) if rng.random() < 0.2 else 0x400000 + 16 * rng.randrange(0x40)
+
+    chains = [tuple(address() for _ in range(rng.randrange(0, 8))) for _ in range(5)]
+    chains.append(tuple(address() for _ in range(MAX_STACK_DEPTH - 1)))  # filled every slot: truncated
+    kernels = [tuple(0xffff0000 + 16 * rng.randrange(64) for _ in range(rng.randrange(1, 5))) for _ in range(3)]
+    for _ in range(4):
+        samples = []
+        for _ in range(60):
+            kernel = rng.choice([(), *kernels])
+            user_error = rng.choice((0, 0, 0, 0, -14, -12))
+            samples.append(raw(tgid=rng.choice((42, 42, 50)), pid=rng.choice((42, 43)),
+                               user=() if user_error else (address(), *rng.choice(chains)), user_error=user_error,
+                               kernel=kernel, kernel_error=0 if kernel else rng.choice((0, -14, -12)),
+                               count=rng.randrange(1, 4)))
+        drain = drain_of(*samples)
+        memo.begin_drain()
+        memoized = build_profiles(drain, c, 10, memo)
+        plain = build_profiles(drain, c, 10, lambda s: _afresh(s, c, sym))
+        assert [p.samples for p in memoized] == [p.samples for p in plain]
+        assert sum(p.total() for p in memoized) == drain.total()
+    # pid 50's answers wait for its maps: nothing of it is kept past its drain
+    gone = memo.processes[50]
+    assert not gone.callers and not gone.frames and all(not user for user, *_ in gone.stacks)
+    assert memo.processes[42].callers and memo.kernel_stacks
+    assert any(stack and stack[0] is NATIVE_TRUNCATED for p in memoized for stack in p.samples)
 
 
 def test_parse_exec_maps_reads_what_parse_maps_reads() -> None:

@@ -1,0 +1,215 @@
+"""One drain's CPU in the agent, on drains recorded from a busy node and replayed: this tree against a peer.
+
+The agent's drain thread (pf-agent) turns each drain's raw samples into symbolized, labelled profiles
+and a pprof body: StackMemo, the Python-frame merge, pod labels, metrics, pprof encoding. On a whole-host
+bench (bench/agent_overhead.py) that cost moves with whatever else runs; here the same drains go through
+each build, so the CPU is comparable within minutes and the outputs must be identical.
+
+1. Record: the busy workload of bench/agent_overhead.py (`--processes` long-lived python3 with deep,
+   different stacks, `--churn` short-lived processes a second, two burners) runs in a cgroup of its own;
+   the real sampler (tables on, Python frames on) samples only that cgroup at `--frequency` for `--drains`
+   drains of `--interval` seconds. The churn then stops; the long-lived processes stay alive, so their
+   maps, binaries and code objects can still be read (short-lived ones are gone, as in a late drain).
+2. Replay: a child process per build and round takes the recorded drains one by one the way
+   `Agent.drain_once` does after the sampler's read (StackMemo, `build_profiles`, pod labels, metrics,
+   pprof encoding at the uploader's level) and reports its thread CPU per drain and a digest of every
+   profile (labels, stacks with each frame's address, mapping, kind, names and reason, counts).
+   The first drain is the cold one (empty memos; the symbol disk cache warm from a first pass).
+
+The peer: `--baseline DIR` (another checkout with its own .venv, e.g. /work/main), rounds interleaved
+with this tree's. The ratio is the baseline's CPU over this tree's, summed over the warm drains (all but
+the first), median of the rounds; digests must be equal (the same profiles from both builds).
+
+    .venv/bin/python bench/drain_replay.py --baseline /work/main --drains 4 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def record(args: argparse.Namespace, out: Path) -> tuple[list, list[subprocess.Popen]]:
+    """Busy workload in a pod-shaped cgroup, sampled there only; returns the drains and the processes left."""
+    sys.path.insert(0, str(ROOT))
+    from bench.agent_overhead import LONG_PY, Churn
+    from profiler.sampler import Sampler
+    from tests.realsys import CGROUP2_ROOT, build_c, kubelet_cgroup
+
+    deep = build_c("deep_calls.c", out)
+    burn = build_c("two_hot.c", out, "-O0")
+    drains = []
+    long_lived: list[subprocess.Popen] = []
+    with kubelet_cgroup() as cg:
+        (cg.path / "cgroup.procs").write_text(str(os.getpid()))  # children start inside; back out below
+        try:
+            long_lived = [subprocess.Popen(["/usr/bin/python3", "-c", LONG_PY.replace("{seed}", str(i)), str(i)])
+                          for i in range(args.processes)]
+            seconds = args.drains * args.interval + 30
+            burners = [subprocess.Popen([str(burn), str(seconds)]) for _ in range(2)]
+            churn = Churn(args.churn, deep) if args.churn > 0 else None
+            with Sampler(args.frequency, cgroup_ids=[cg.inode], unwind="auto", python_frames=True) as sampler:
+                if churn is not None:
+                    churn.start()
+                time.sleep(args.interval)
+                sampler.drain()  # start-up: tables and Python detection settle
+                for _ in range(args.drains):
+                    time.sleep(args.interval)
+                    drains.append(sampler.drain())
+                    print(f"recorded a drain of {drains[-1].total()} samples, {len(drains[-1].samples)} raw",
+                          file=sys.stderr)
+            if churn is not None:
+                churn.stop()
+            for b in burners:
+                b.kill()
+                b.wait()
+        finally:
+            (CGROUP2_ROOT / "cgroup.procs").write_text(str(os.getpid()))  # kubelet_cgroup moves the rest out
+    return drains, long_lived
+
+
+def replay(root: Path, drains_file: Path) -> dict:
+    """The agent's userspace side of each recorded drain in `root`'s code; thread CPU per drain and a digest."""
+    sys.path.insert(0, str(root))
+    from podflame import pprof
+    from profiler import metrics
+    from profiler.agent import KubeletLabels, PodLabels, StackMemo, build_profiles, create_context
+    from profiler.heap import SurvivorFreezer, release_freed_memory
+    from profiler.procmaps import MapsCache
+    from symbolizer import Symbolizer
+
+    recorded = pickle.loads(drains_file.read_bytes())
+    drains, period_ns = recorded["drains"], recorded["period_ns"]
+    ctx = create_context("bench", 0.0)  # every process labelled by its pid: labels do not depend on when
+    assert isinstance(ctx.maps, MapsCache)  # create_context's: the symbolizer reads binaries through it
+    memo = StackMemo(ctx, Symbolizer(ctx.maps))
+    pods = PodLabels(KubeletLabels())
+    cpu: list[float] = []
+    digest, encoded = hashlib.sha256(), 0
+    last_errors: dict[str, int] = {}
+    freezer = SurvivorFreezer()  # the agent's loop keeps the GC off what earlier drains left
+    profiler = cProfile.Profile(time.thread_time) if os.environ.get("PODFLAME_REPLAY_PROFILE") else None
+    for i, drain in enumerate(drains):
+        if profiler is not None and i:  # the warm drains
+            profiler.enable()
+        t0 = time.thread_time()
+        memo.begin_drain()
+        profiles = pods(build_profiles(drain, ctx, period_ns, memo))
+        metrics.record_drain(drain, profiles, last_errors)
+        last_errors = dict(drain.errors)
+        release_freed_memory()
+        body = pprof.encode(profiles, common_labels={"node": "bench"}, compresslevel=1)
+        freezer.after_drain()
+        cpu.append(time.thread_time() - t0)
+        encoded += len(body)
+        if profiler is not None:
+            profiler.disable()
+        for p in sorted(profiles, key=lambda p: sorted(p.labels.items())):
+            digest.update(repr(sorted(p.labels.items())).encode())
+            for stack, n in sorted(((_frames(s), n) for s, n in p.samples.items()), key=repr):
+                digest.update(repr((stack, n)).encode())
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(os.environ["PODFLAME_REPLAY_PROFILE"])
+    return {"cpu_s": cpu, "digest": digest.hexdigest(), "samples": sum(d.total() for d in drains),
+            "pprof_bytes": encoded}
+
+
+def _frames(stack) -> tuple:
+    return tuple((f.address, f.mapping and (f.mapping.start, f.mapping.path, f.mapping.build_id), str(f.kind),
+                  tuple((ln.function, ln.file, ln.line) for ln in f.lines), str(f.reason)) for f in stack)
+
+
+def run_replay(root: Path, drains_file: Path, env: dict[str, str]) -> dict:
+    python = root / ".venv" / "bin" / "python"
+    got = subprocess.run([str(python), str(Path(__file__).resolve()), "--replay", str(drains_file),
+                          "--replay-root", str(root)], capture_output=True, text=True, env=env, timeout=600)
+    if got.returncode != 0:
+        raise SystemExit(f"replay in {root} failed:\n{got.stderr[-3000:]}")
+    return json.loads(got.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", type=Path, help="another checkout (with .venv) to replay the same drains")
+    ap.add_argument("--frequency", type=int, default=99)
+    ap.add_argument("--drains", type=int, default=4)
+    ap.add_argument("--interval", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--processes", type=int, default=8)
+    ap.add_argument("--churn", type=float, default=10.0)
+    ap.add_argument("--spy", type=Path, help="also record one replay of this tree with py-spy (raw folded stacks)")
+    ap.add_argument("--hold", type=float, default=0.0, help=argparse.SUPPRESS)  # keep drains and processes a while
+    ap.add_argument("--replay", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--replay-root", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.replay is not None:
+        print(json.dumps(replay(args.replay_root, args.replay)))
+        return
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: recording loads the BPF sampler")
+    tmp = Path(tempfile.mkdtemp(prefix="podflame-drain-replay-"))
+    env = {**os.environ, "PODFLAME_SYMBOL_CACHE": str(tmp / "symbols")}
+    long_lived: list[subprocess.Popen] = []
+    try:
+        drains, long_lived = record(args, tmp)
+        drains_file = tmp / "drains.pickle"
+        drains_file.write_bytes(pickle.dumps({"drains": drains, "period_ns": 1_000_000_000 // args.frequency}))
+        builds = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
+        run_replay(ROOT, drains_file, env)  # fills the symbol disk cache for every round that follows
+        results: dict[str, list[dict]] = {name: [] for name in builds}
+        for _ in range(args.rounds):
+            for name, root in builds.items():
+                results[name].append(run_replay(root, drains_file, env))
+        if args.spy is not None:
+            subprocess.run([str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--rate", "1000", "--format", "raw",
+                            "-o", str(args.spy), "--", str(ROOT / ".venv" / "bin" / "python"),
+                            str(Path(__file__).resolve()), "--replay", str(drains_file), "--replay-root", str(ROOT)],
+                           env=env, check=True, capture_output=True)
+        out: dict = {"frequency_hz": args.frequency, "drains": args.drains, "interval_s": args.interval,
+                     "samples": results["this"][0]["samples"], "raw_samples": sum(len(d.samples) for d in drains),
+                     "rounds": args.rounds}
+        for name, runs in results.items():
+            warm = [sum(r["cpu_s"][1:]) for r in runs]
+            out[name] = {"warm_cpu_ms": round(1e3 * statistics.median(warm), 1),
+                         "cold_drain_ms": round(1e3 * statistics.median(r["cpu_s"][0] for r in runs), 1),
+                         "per_sample_us": round(1e6 * statistics.median(warm) /
+                                                max(1, sum(d.total() for d in drains[1:])), 1),
+                         "digests": sorted({r["digest"] for r in runs})}
+            print(f"{name:9} warm drains {out[name]['warm_cpu_ms']:8.1f} ms (median of {len(runs)}; "
+                  f"{out[name]['per_sample_us']} us a sample), cold drain {out[name]['cold_drain_ms']} ms",
+                  file=sys.stderr)
+        if "baseline" in out:
+            out["identical_profiles"] = out["this"]["digests"] == out["baseline"]["digests"] and \
+                len(out["this"]["digests"]) == 1
+            out["ratio_baseline_over_this"] = round(out["baseline"]["warm_cpu_ms"] / out["this"]["warm_cpu_ms"], 3)
+            print(f"baseline / this: {out['ratio_baseline_over_this']}, identical profiles: "
+                  f"{out['identical_profiles']}", file=sys.stderr)
+        print(json.dumps(out))
+        if args.hold:
+            print(f"holding {drains_file} for {args.hold:g}s", file=sys.stderr, flush=True)
+            time.sleep(args.hold)
+    finally:
+        for p in long_lived:
+            with contextlib.suppress(OSError):
+                p.kill()
+                p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
