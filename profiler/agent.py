@@ -22,6 +22,7 @@ from podflame.model import UNMAPPED, Frame, FrameKind, Line, Mapping, Profile, U
 from profiler import metrics
 from profiler.heap import SurvivorFreezer, release_freed_memory
 from profiler.pidlabel import PidLabels
+from profiler.sampler import MAX_STACK_DEPTH
 
 if TYPE_CHECKING:
     from profiler.procmaps import NewProcess
@@ -108,6 +109,13 @@ class Context:
         return name
 
 
+# Root end of a user stack that filled every slot the kernel has (MAX_STACK_DEPTH): its callers were cut
+# off (a deep recursion), so the graph must not show the outermost frame kept as the stack's root. A
+# complete stack of exactly that many frames reads the same; the name says only what is certain.
+NATIVE_TRUNCATED = Frame(0, None, FrameKind.UNKNOWN,
+                         (Line(f"[truncated: user stack at the {MAX_STACK_DEPTH}-frame limit]"),))
+
+
 def _lost_stack_frame(kind: str, error: int) -> Frame:
     """An explicit frame for a stack the kernel could not record, so lost samples stay visible."""
     reason = _ERRNO_NAMES.get(error, str(error))
@@ -118,6 +126,8 @@ def stack_of(sample: RawSample, ctx: Context) -> tuple[Frame, ...]:
     """Root-first frames: user stack from its outermost frame down, then the kernel stack."""
     frames: list[Frame] = []
     if sample.user_stack:
+        if len(sample.user_stack) >= MAX_STACK_DEPTH:
+            frames.append(NATIVE_TRUNCATED)
         for addr in reversed(sample.user_stack):
             frames.append(Frame(addr, ctx.maps.lookup(sample.tgid, addr), FrameKind.NATIVE))
     elif sample.user_error not in _NOTHING_LOST and sample.tgid:
@@ -308,6 +318,8 @@ class StackMemo:
             tgid = s.tgid
             leaf_at = -1 if kernel_tail else 0
             user = s.user_stack
+            if len(user) >= MAX_STACK_DEPTH:
+                frames.append(NATIVE_TRUNCATED)
             for i in range(len(user) - 1, -1, -1):
                 addr = user[i]
                 leaf = i == leaf_at
