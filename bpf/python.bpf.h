@@ -218,10 +218,10 @@ static __always_inline int py_frame_at(struct py_proc *cfg, u64 frame, struct py
 // A stack deeper than PY_MAX_DEPTH keeps its leaf-most and root-most PY_MAX_DEPTH / 2 frames, the leaf
 // half's last one flagged (PY_FLAG_GAP_SHIFT) where the others were: a deep recursion's samples then
 // still start at `<module>` (its root), not at whichever recursion level the 64th frame happened to be.
-// The root half's first frame is found by following `previous` alone (two reads a frame past
-// PY_MAX_DEPTH, PY_MAX_WALK frames at most), then read; the sampled thread is stopped, so both walks
-// see one chain. Deeper than PY_MAX_WALK: the leaf-most PY_MAX_DEPTH frames, the last one flagged.
-static __always_inline int py_walk(struct py_proc *cfg, u64 tstate, struct py_stack *st, u64 *hash) {
+// The root half is found by following `previous` alone (one read a frame past PY_MAX_DEPTH, PY_MAX_WALK
+// frames at most) with the last PY_MAX_DEPTH / 2 addresses kept in `ring`, then read; the sampled thread
+// is stopped, so both walks see one chain. Deeper than PY_MAX_WALK: the leaf-most PY_MAX_DEPTH frames, the last one flagged.
+static __always_inline int py_walk(struct py_proc *cfg, u64 tstate, struct py_stack *st, u64 *ring, u64 *hash) {
     u64 frame = 0, half = 0;
     st->depth = 0;
     *hash = 1;
@@ -244,18 +244,24 @@ static __always_inline int py_walk(struct py_proc *cfg, u64 tstate, struct py_st
         st->depth = i + 1;
         frame = previous;
     }
-    if (!err && frame) {          // deeper: find the frame PY_MAX_DEPTH / 2 from the root
-        // `lead` runs PY_MAX_DEPTH / 2 frames ahead of `half` (one loop, no count kept: a count the next
-        // loop compared against would be a precise value per exit and multiply the verifier's states)
-        u64 lead = frame;
-        for (int i = 0; i < PY_MAX_WALK - PY_MAX_DEPTH && lead; i++) {
-            long bad = py_read(&lead, sizeof(lead), lead + cfg->frame_previous) |
-                       py_read(&half, sizeof(half), half + cfg->frame_previous);
-            if (bad) {
-                lead = 1;         // as if too deep: the leaf-most frames stay
-                break;
-            }
+    if (!err && frame) {          // deeper: the addresses of the last PY_MAX_DEPTH / 2 frames up to the root
+        u64 cursor = frame;
+        u32 seen = 0;
+        for (int i = 0; i < PY_MAX_WALK - PY_MAX_DEPTH && cursor; i++) {
+            ring[i & (PY_MAX_DEPTH / 2 - 1)] = cursor;
+            seen = i + 1;
+            if (py_read(&cursor, sizeof(cursor), cursor + cfg->frame_previous))
+                break;            // cursor stays non-zero: as if too deep
         }
+        // the root half starts PY_MAX_DEPTH / 2 frames from the root: in the ring, or among the leaf-most
+        // PY_MAX_DEPTH frames already read (then from `half` on, seen frames later)
+        u64 lead = cursor;
+        if (!lead && seen >= PY_MAX_DEPTH / 2)
+            half = ring[seen & (PY_MAX_DEPTH / 2 - 1)];
+        else if (!lead)
+            for (u32 i = 0; i < PY_MAX_DEPTH / 2 && i < seen; i++)
+                if (py_read(&half, sizeof(half), half + cfg->frame_previous))
+                    break;
         err = PY_TRUNCATED;
         u32 gap = PY_MAX_DEPTH - 1;
         if (!lead && half) {      // half is the root half's first frame
