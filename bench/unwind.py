@@ -37,6 +37,8 @@ import argparse
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,11 +63,13 @@ from tests.test_unwind_bpf import (  # noqa: E402
 
 Stacks = Counter[tuple[str, ...]]
 PODFLAME = Path(sys.executable).parent / "podflame"
+RUSTC = Path(shutil.which("rustc") or Path.home() / ".cargo" / "bin" / "rustc")
 
 
-def ours(pid: int, seconds: float, frequency: int, tmp: Path, mode: str) -> Stacks:
+def ours(pid: int, seconds: float, frequency: int, tmp: Path, mode: str, cgroup: Path | None = None) -> Stacks:
     out = tmp / f"ours-{mode}.folded"
-    subprocess.run([str(PODFLAME), "record", f"--pid={pid}", f"--duration={seconds}", f"--frequency={frequency}",
+    which = f"--cgroup={cgroup}" if cgroup is not None else f"--pid={pid}"
+    subprocess.run([str(PODFLAME), "record", which, f"--duration={seconds}", f"--frequency={frequency}",
                     f"--unwind={mode}", "--format=folded", f"-o{out}"], check=True, capture_output=True, timeout=300)
     stacks: Stacks = Counter()
     for line in out.read_text().splitlines():
@@ -113,7 +117,12 @@ def py_entry(s: tuple[str, ...]) -> bool:
 # -- the fidelity matrix (--matrix) -----------------------------------------------------------------
 
 Test = Callable[[tuple[str, ...]], bool]
-PY_NAMES = frozenset({"<module>", "spin_threads", "middle", "leaf", "sorter", "keyf"})
+PY_NAMES = frozenset({"<module>", "spin_threads", "middle", "leaf", "sorter", "keyf", "json_loop", "encode",
+                      "zlib_loop", "squeeze", "re_loop", "scan"})
+CEXT_CHAINS = {("<module>", "json_loop", "encode"): ("_start",), ("zlib_loop", "squeeze"): ("clone3", "clone"),
+               ("re_loop", "scan"): ("clone3", "clone")}
+RUST_CHAIN = ("fid_rust::main", "fid_rust::level1", "fid_rust::level2", "fid_rust::leaf_work")
+SHELL = "py-debian-shell-entrypoint"  # recorded by its cgroup: the Python process is the shell's child
 GO_CHAIN = ("runtime.main", "main.main", "main.level1", "main.level2", "main.leafWork")
 
 
@@ -121,7 +130,7 @@ def short(name: str) -> str:
     """A frame as both podflame and perf name it: no parameters, return type or clone suffix."""
     if name == "[unknown]" or re.search(r"\+0x[0-9a-f]+$", name):
         return "?"
-    name = name.replace(" [clone .cold]", "")
+    name = re.sub(r"::h[0-9a-f]{16}$", "", name.replace(" [clone .cold]", ""))  # Rust's legacy hash: perf drops it
     name = re.sub(r"^(\w+ )+(?=[\w:~]+[<(])", "", name)
     m = re.match(r"[^<(]*", name)
     return m.group(0) if m and m.group(0) else name
@@ -188,6 +197,10 @@ def matrix_workloads(tmp: Path) -> dict[str, tuple[list[str], Test, Test | None]
     go = build("fid_go", ["go", "build"], str(WORKLOADS / "fid_go.go"))
     out["go"] = ([str(go), "600"], starts("runtime.goexit.abi0", "runtime.clone.abi0"),
                  lambda s: s[0] == "runtime.goexit.abi0" and s[1:6] == GO_CHAIN)
+    rust = build("fid_rust", [str(RUSTC), "-C", "opt-level=3"], str(WORKLOADS / "fid_rust.rs")) \
+        if RUSTC.exists() else None
+    if rust is not None:
+        out["rust-O3"] = ([str(rust), "600"], entry, rust_chain)
     out["node-jit"] = (["node", "--perf-basic-prof", str(WORKLOADS / "fid_node.js"), "600"], entry, None)
     work = str(WORKLOADS / "python_fidelity.py")
     for version in ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
@@ -198,7 +211,26 @@ def matrix_workloads(tmp: Path) -> dict[str, tuple[list[str], Test, Test | None]
         python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
         if python is not None:
             out[f"py{version}-sorted-key"] = ([str(python), work, "sorted"], entry, sorted_chain)
+    for version in ("3.12", "debian"):
+        python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
+        if python is not None:
+            out[f"py{version}-cext-threads"] = ([str(python), work, "cext"], starts("_start", "clone3", "clone"),
+                                                cext_chain)
+    # `sh -c` that does not exec its last command: the container's process is the shell, Python its child
+    out[SHELL] = (["sh", "-c", f"/usr/bin/python3 {work} threads 4; exit 0"], entry, threads_chain)
     return out
+
+
+def rust_chain(s: tuple[str, ...]) -> bool:
+    plain = tuple(re.sub(r"::h[0-9a-f]{16}$", "", f) for f in s)
+    return bool(plain) and plain[0] == "_start" and plain[-len(RUST_CHAIN):] == RUST_CHAIN
+
+
+def cext_chain(s: tuple[str, ...]) -> bool:
+    """One of the three threads' Python chains, from its thread's entry, with the C it calls below it
+    (zlib/json/re/the interpreter) or the eval loop itself at the leaf."""
+    roots = CEXT_CHAINS.get(python_part(s))
+    return roots is not None and s[0] in roots
 
 
 def threads_chain(s: tuple[str, ...]) -> bool:
@@ -227,14 +259,21 @@ def run_matrix(args: argparse.Namespace) -> None:
                 proc = spawn_in_cgroup(cg.path, argv)
                 try:
                     time.sleep(1.0)
+                    pid = proc.pid
+                    if name == SHELL:  # the peers follow the Python child; podflame the pod's cgroup
+                        pid = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
                     peers = {}
                     if "podflame" in wanted:
-                        peers["podflame"] = ours(proc.pid, args.seconds, args.frequency, tmp, "auto")
+                        peers["podflame"] = ours(pid, args.seconds, args.frequency, tmp, "auto",
+                                                 cg.path if name == SHELL else None)
                     if "profile_bpfcc" in wanted:
-                        peers["profile_bpfcc"] = bcc_profile(proc.pid, args.seconds, args.frequency)
+                        peers["profile_bpfcc"] = bcc_profile(pid, args.seconds, args.frequency)
                     if "perf_dwarf" in wanted:
-                        peers["perf_dwarf"] = perf_dwarf(proc.pid, args.seconds, args.frequency, tmp)
+                        peers["perf_dwarf"] = perf_dwarf(pid, args.seconds, args.frequency, tmp)
                 finally:
+                    for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split() \
+                            if proc.poll() is None else []:
+                        os.kill(int(child), signal.SIGKILL)  # the shell's Python: not the shell's to end
                     proc.kill()
                     proc.wait()
             results[name] = {}

@@ -44,6 +44,10 @@
 #define CFA_END 4
 #define CFA_SIGNAL 5
 #define CFA_UNSUPPORTED 6
+#define CFA_LEAF_REG 0x10         // 0x10 | r: CFA = register r (DWARF number) + cfa_offset, read from the sample's
+                                  // registers, so at the leaf frame only; rbp_type >> 3, when not 0, is 1 + the
+                                  // register holding the return address (else it is at CFA - 8)
+#define RBP_TYPE_MASK 7
 #define RBP_SAME 0
 #define RBP_OFFSET 1
 #define RBP_UNDEFINED 2
@@ -120,6 +124,7 @@ struct unwind_state {
     u32 exact_ip;                 // 1: ip is not a return address (the leaf, or after a signal frame)
     u32 reserved;
     u64 hash;                     // of the frames so far
+    u64 regs[16];                 // the sample's user registers by DWARF number (CFA_LEAF_REG rows: leaf only)
 };
 
 BPF_HASH(unwind_procs, u32, struct unwind_proc, UNWIND_PROCS);
@@ -244,7 +249,22 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
     }
 
     u64 cfa = 0, ra = 0;
-    if (cfa_type == CFA_END) {
+    u32 ra_reg = 0;               // 1 + the register holding the return address; 0: at CFA - 8
+    if ((cfa_type & 0xf0) == CFA_LEAF_REG) {
+        // the context install of libgcc's unwinder (CFA in rcx), longjmp (CFA in rdi, return address in
+        // rdx): only the sampled frame has these registers' values; a caller's would need its callee's saves
+        if (n != 0) {
+            ustat(US_UNSUPPORTED);
+            return STEP_DONE;
+        }
+        cfa = st->regs[cfa_type & 15] + cfa_offset;
+        ra_reg = rbp_type >> 3;
+        rbp_type &= RBP_TYPE_MASK;
+        if (cfa < sp) {
+            ustat(US_BAD_CFA);
+            return STEP_DONE;
+        }
+    } else if (cfa_type == CFA_END) {
         ustat(US_END);
         return STEP_DONE;
     } else if (cfa_type == CFA_UNSUPPORTED) {
@@ -284,11 +304,13 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
         rbp_type = RBP_OFFSET;
         rbp_offset = -16;
     }
-    if (cfa <= sp && cfa_type != CFA_RBP && cfa_type != CFA_NONE) {
+    if (cfa <= sp && cfa_type != CFA_RBP && cfa_type != CFA_NONE && !(cfa_type & CFA_LEAF_REG)) {
         ustat(US_BAD_CFA);
         return STEP_DONE;
     }
-    if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8))) {
+    if (ra_reg) {
+        ra = st->regs[(ra_reg - 1) & 15];
+    } else if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8))) {
         ustat(US_READ_FAULT);
         return STEP_DONE;
     }
@@ -354,27 +376,40 @@ int unwind_step(struct bpf_perf_event_data *ctx) {
 }
 
 // The user registers at the sample: the context's when it interrupted user mode, else the ones the
-// task saved on entering the kernel (bpf_task_pt_regs).
-static __always_inline int user_regs(struct bpf_perf_event_data *ctx, u64 *ip, u64 *sp, u64 *bp) {
+// task saved on entering the kernel (bpf_task_pt_regs). ip, sp and bp, and all sixteen by DWARF number.
+static __always_inline int user_regs(struct bpf_perf_event_data *ctx, struct unwind_state *st) {
+    struct unwind_pt_regs saved = {};
     struct unwind_pt_regs *regs = (struct unwind_pt_regs *)ctx;
-    u64 cs = regs->cs;
-    if ((cs & 3) == 3) {
-        *ip = regs->ip;
-        *sp = regs->sp;
-        *bp = regs->bp;
+    if ((regs->cs & 3) == 3) {
+        __builtin_memcpy(&saved, regs, sizeof(saved));  // constant-offset loads from the context
     } else {
-        struct unwind_pt_regs saved = {};
         void *task = (void *)bpf_get_current_task_btf();
         void *uregs = (void *)bpf_task_pt_regs(task);
         if (!uregs || bpf_probe_read_kernel(&saved, sizeof(saved), uregs))
             return -EFAULT;
         if ((saved.cs & 3) != 3)
             return -EFAULT;      // a kernel thread: no user stack
-        *ip = saved.ip;
-        *sp = saved.sp;
-        *bp = saved.bp;
     }
-    return *ip && *sp ? 0 : -EFAULT;
+    st->ip = saved.ip;
+    st->sp = saved.sp;
+    st->bp = saved.bp;
+    st->regs[0] = saved.ax;
+    st->regs[1] = saved.dx;
+    st->regs[2] = saved.cx;
+    st->regs[3] = saved.bx;
+    st->regs[4] = saved.si;
+    st->regs[5] = saved.di;
+    st->regs[6] = saved.bp;
+    st->regs[7] = saved.sp;
+    st->regs[8] = saved.r8;
+    st->regs[9] = saved.r9;
+    st->regs[10] = saved.r10;
+    st->regs[11] = saved.r11;
+    st->regs[12] = saved.r12;
+    st->regs[13] = saved.r13;
+    st->regs[14] = saved.r14;
+    st->regs[15] = saved.r15;
+    return st->ip && st->sp ? 0 : -EFAULT;
 }
 
 // Starts a table walk of the sample's user stack with `key` (complete but for the user stack).
@@ -391,7 +426,7 @@ static __always_inline void native_unwind_begin(struct bpf_perf_event_data *ctx,
     struct unwind_state *st = unwind_scratch.lookup(&zero);
     if (!st)
         return;
-    if (user_regs(ctx, &st->ip, &st->sp, &st->bp))
+    if (user_regs(ctx, st))
         return;
     __builtin_memcpy(&st->key, key, sizeof(*key));
     st->frames = 0;

@@ -32,8 +32,11 @@
 #define PYTHON_FRAMES 1           // 0: no Python maps, every sample says PY_DISABLED
 #endif
 #ifndef PY_MAX_DEPTH
-#define PY_MAX_DEPTH 64           // Python frames kept per stack (the leaf-most ones)
+#define PY_MAX_DEPTH 64           // Python frames kept per stack (a deeper one: its leaf-most and root-most halves)
 #endif
+#ifndef PY_MAX_WALK
+#define PY_MAX_WALK 1024          // frames one sample follows to find a deep stack's root (CPython's default
+#endif                            // recursion limit is 1000); deeper: the leaf-most PY_MAX_DEPTH are kept
 #ifndef PY_MAX_THREADS
 #define PY_MAX_THREADS 32         // thread states one sample looks at while searching for its thread
 #endif
@@ -55,7 +58,7 @@
 #define PY_NOT_PYTHON 1           // the process is not a registered CPython process
 #define PY_NO_THREAD_STATE 2      // no thread state of this thread (a C thread, or not found in PY_MAX_THREADS)
 #define PY_READ_FAULT 3           // a read of the process's memory failed (paged out, torn); stack kept if any
-#define PY_TRUNCATED 4            // deeper than PY_MAX_DEPTH: the leaf-most frames are kept
+#define PY_TRUNCATED 4            // frames are missing (deeper than PY_MAX_DEPTH): the gap frame says where
 #define PY_STACK_MAP_FULL 5       // the Python stack map is full: frames lost, sample kept
 #define PY_NO_FRAME 6             // a thread state with no current frame (outside the interpreter loop)
 #define PY_DISABLED 7             // built with PYTHON_FRAMES=0
@@ -64,6 +67,7 @@
 #define PY_ADDR_MASK ((1ULL << 56) - 1)
 #define PY_FLAG_ENTRY_SHIFT 56    // 3.11 _PyInterpreterFrame.is_entry
 #define PY_FLAG_OWNER_SHIFT 57    // 3.11+ _PyInterpreterFrame.owner (3 bits)
+#define PY_FLAG_GAP_SHIFT 60      // frames were left out root-ward of this one (profiler/pyframes.py: a marker)
 
 struct py_proc {                  // one CPython process's layout; mirrored in profiler/pyframes.py
     u64 runtime;                  // address of _PyRuntime
@@ -191,10 +195,34 @@ static __always_inline int py_find_tstate(struct py_proc *cfg, u32 tid, struct p
     return err;
 }
 
+// Reads one frame into *out (code with its flag bits, instruction) and its previous frame; 0 or -1.
+static __always_inline int py_frame_at(struct py_proc *cfg, u64 frame, struct py_frame *out, u64 *previous) {
+    u64 code = 0, instr = 0, flags = 0;
+    // `|`, not `||`: all four reads run, one branch
+    long bad = py_read(&code, sizeof(code), frame + cfg->frame_code) |
+               py_read(&instr, sizeof(instr), frame + cfg->frame_instr) |
+               py_read(&flags, sizeof(flags), frame + cfg->frame_flags) |
+               py_read(previous, sizeof(*previous), frame + cfg->frame_previous);
+    if (bad)
+        return -1;
+    u64 entry = (flags >> (cfg->entry_shift & 63)) & cfg->entry_mask;
+    u64 owner = (flags >> (cfg->owner_shift & 63)) & cfg->owner_mask;
+    out->code = (code & PY_ADDR_MASK) | ((entry & 1) << PY_FLAG_ENTRY_SHIFT) | ((owner & 7) << PY_FLAG_OWNER_SHIFT);
+    out->instr = instr & cfg->instr_mask;
+    return 0;
+}
+
 // Fills st leaf first and hashes its frames into *hash (never 0: 0 means "no Python stack" in
 // sample_key); returns a PY_* code (st->depth frames are valid whatever it says).
-static __always_inline int py_walk(struct py_proc *cfg, u64 tstate, struct py_stack *st, u64 *hash) {
-    u64 frame = 0, h = 0x7f4a7c159e3779b9ULL;
+//
+// A stack deeper than PY_MAX_DEPTH keeps its leaf-most and root-most PY_MAX_DEPTH / 2 frames, the leaf
+// half's last one flagged (PY_FLAG_GAP_SHIFT) where the others were: a deep recursion's samples then
+// still start at `<module>` (its root), not at whichever recursion level the 64th frame happened to be.
+// The root half is found by following `previous` alone (one read a frame past PY_MAX_DEPTH, PY_MAX_WALK
+// frames at most) with the last PY_MAX_DEPTH / 2 addresses kept in `ring`, then read; the sampled thread
+// is stopped, so both walks see one chain. Deeper than PY_MAX_WALK: the leaf-most PY_MAX_DEPTH frames, the last one flagged.
+static __always_inline int py_walk(struct py_proc *cfg, u64 tstate, struct py_stack *st, u64 *ring, u64 *hash) {
+    u64 frame = 0, half = 0;
     st->depth = 0;
     *hash = 1;
     if (py_read(&frame, sizeof(frame), tstate + cfg->tstate_frame))
@@ -206,30 +234,59 @@ static __always_inline int py_walk(struct py_proc *cfg, u64 tstate, struct py_st
     // per failed read would each be a path of its own through the rest of the program for the verifier.
     int err = PY_OK;
     for (int i = 0; i < PY_MAX_DEPTH && frame; i++) {
-        u64 code = 0, instr = 0, flags = 0, previous = 0;
-        // `|`, not `||`: all four reads run, one branch
-        long bad = py_read(&code, sizeof(code), frame + cfg->frame_code) |
-                   py_read(&instr, sizeof(instr), frame + cfg->frame_instr) |
-                   py_read(&flags, sizeof(flags), frame + cfg->frame_flags) |
-                   py_read(&previous, sizeof(previous), frame + cfg->frame_previous);
-        if (bad) {
+        if (i == PY_MAX_DEPTH / 2)
+            half = frame;         // where the root half goes if the stack turns out deeper
+        u64 previous = 0;
+        if (py_frame_at(cfg, frame, &st->frames[i], &previous)) {
             err = PY_READ_FAULT;
             break;
         }
-        instr &= cfg->instr_mask;
-        u64 entry = (flags >> (cfg->entry_shift & 63)) & cfg->entry_mask;
-        u64 owner = (flags >> (cfg->owner_shift & 63)) & cfg->owner_mask;
-        st->frames[i].code = (code & PY_ADDR_MASK) | ((entry & 1) << PY_FLAG_ENTRY_SHIFT) |
-                             ((owner & 7) << PY_FLAG_OWNER_SHIFT);
-        st->frames[i].instr = instr;
         st->depth = i + 1;
-        h = mix64(mix64(h ^ st->frames[i].code) ^ instr);
         frame = previous;
+    }
+    if (!err && frame) {          // deeper: the addresses of the last PY_MAX_DEPTH / 2 frames up to the root
+        u64 cursor = frame;
+        u32 seen = 0;
+        for (int i = 0; i < PY_MAX_WALK - PY_MAX_DEPTH && cursor; i++) {
+            ring[i & (PY_MAX_DEPTH / 2 - 1)] = cursor;
+            seen = i + 1;
+            if (py_read(&cursor, sizeof(cursor), cursor + cfg->frame_previous))
+                break;            // cursor stays non-zero: as if too deep
+        }
+        // the root half starts PY_MAX_DEPTH / 2 frames from the root: in the ring, or among the leaf-most
+        // PY_MAX_DEPTH frames already read (then from `half` on, seen frames later)
+        u64 lead = cursor;
+        if (!lead && seen >= PY_MAX_DEPTH / 2)
+            half = ring[seen & (PY_MAX_DEPTH / 2 - 1)];
+        else if (!lead)
+            for (u32 i = 0; i < PY_MAX_DEPTH / 2 && i < seen; i++)
+                if (py_read(&half, sizeof(half), half + cfg->frame_previous))
+                    break;
+        err = PY_TRUNCATED;
+        u32 gap = PY_MAX_DEPTH - 1;
+        if (!lead && half) {      // half is the root half's first frame
+            gap = PY_MAX_DEPTH / 2 - 1;
+            st->depth = PY_MAX_DEPTH / 2;
+            for (int i = PY_MAX_DEPTH / 2; i < PY_MAX_DEPTH && half; i++) {
+                u64 previous = 0;
+                if (py_frame_at(cfg, half, &st->frames[i], &previous)) {
+                    err = PY_READ_FAULT;
+                    break;
+                }
+                st->depth = i + 1;
+                half = previous;
+            }
+        }
+        st->frames[gap & (PY_MAX_DEPTH - 1)].code |= 1ULL << PY_FLAG_GAP_SHIFT;
+    }
+    u64 h = 0x7f4a7c159e3779b9ULL;
+    for (int i = 0; i < PY_MAX_DEPTH; i++) {
+        if (i >= st->depth)
+            break;
+        h = mix64(mix64(h ^ st->frames[i].code) ^ st->frames[i].instr);
     }
     *hash = h ? h : 1;
     if (err)
         return err;
-    if (st->depth == 0)
-        return PY_NO_FRAME;
-    return frame ? PY_TRUNCATED : PY_OK;
+    return st->depth ? PY_OK : PY_NO_FRAME;
 }

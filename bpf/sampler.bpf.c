@@ -242,7 +242,11 @@ static __always_inline void count_into1(struct sample_key *key) {
 #if PYTHON_FRAMES
 BPF_HASH(py_procs, u32, struct py_proc, PY_PROCS_SIZE);          // tgid -> layout, written by userspace
 BPF_TABLE("lru_hash", u32, struct py_thread, py_tstates, PY_TSTATES_SIZE);  // tid -> its thread state or search
-BPF_PERCPU_ARRAY(py_scratch, struct py_stack, 1);
+struct py_scratch_space {
+    struct py_stack stack;
+    u64 ring[PY_MAX_DEPTH / 2];   // the last frames' addresses of a stack deeper than PY_MAX_DEPTH (py_walk)
+};
+BPF_PERCPU_ARRAY(py_scratch, struct py_scratch_space, 1);
 BPF_HASH(py_stacks0, u64, struct py_stack, PY_STACK_MAP_SIZE);
 BPF_HASH(py_stacks1, u64, struct py_stack, PY_STACK_MAP_SIZE);
 
@@ -262,11 +266,12 @@ static __always_inline s32 python_stack_into(u32 tgid, u32 tid, u32 set, u64 *st
     if (err)
         return err;
     u32 zero = 0;
-    struct py_stack *st = py_scratch.lookup(&zero);
-    if (!st)
+    struct py_scratch_space *space = py_scratch.lookup(&zero);
+    if (!space)
         return PY_STACK_MAP_FULL;
+    struct py_stack *st = &space->stack;
     u64 h = 0;
-    err = py_walk(cfg, tstate, st, &h);
+    err = py_walk(cfg, tstate, st, space->ring, &h);
     if (st->depth == 0)
         return err;
     struct py_stack *have = set == 0 ? py_stacks0.lookup(&h) : py_stacks1.lookup(&h);

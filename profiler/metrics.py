@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, Gauge, Histogram
 
 from podflame.model import Profile
-from profiler.sampler import PY_ERRORS, PY_NOT_PYTHON
+from profiler.sampler import MAX_STACK_DEPTH, PY_ERRORS, PY_NOT_PYTHON
 
 if TYPE_CHECKING:
     from profiler.sampler import Drain
@@ -34,6 +34,9 @@ PYTHON_CODE_READ_FAILURES = Counter("podflame_agent_python_code_read_failures_to
                                     "Code objects that could not be read or validated (freed, reused, gone)")
 PYTHON_SAMPLES = Counter("podflame_agent_python_samples_total",
                          "Samples of registered CPython processes, by outcome of the Python walk", ["outcome"])
+TRUNCATED_STACKS = Counter("podflame_agent_truncated_stacks_total",
+                           "Samples whose stack was deeper than the kernel keeps; the cut is marked in the stack "
+                           "(python: frames left out, native: a user stack at the 127-frame limit)", ["stack"])
 DROPPED_BATCHES = Counter("podflame_agent_dropped_batches_total", "Batches dropped because the backlog was full")
 UNWIND_SAMPLES = Counter("podflame_agent_unwind_samples_total",
                          "Samples whose user stack was walked with .eh_frame tables or frame pointers", ["method"])
@@ -48,6 +51,7 @@ UNWIND_LOG_EVERY_S = 60.0
 _STOPS = ("end", "truncated", "read_fault", "no_mapping", "unsupported", "zero_ra", "bad_cfa", "tail_fail")
 _GAUGES = ("binaries", "binaries_in_use", "rows", "row_budget", "row_bytes", "map_bytes", "processes",
            "rejected_binaries", "rejected_rows", "rejected_processes")
+_PY_TRUNCATED = PY_ERRORS.index("truncated")
 _unwind_last: dict[str, int] = {}
 _unwind_logged: dict[str, float | dict[str, int]] = {}
 
@@ -91,12 +95,19 @@ def record_drain(drain: Drain, profiles: list[Profile], last_errors: dict[str, i
     DRAINS.inc()
     SAMPLES.inc(sum(s.count for s in drain.samples))
     python: collections.Counter = collections.Counter()
+    cut_python = cut_native = 0
     for s in drain.samples:
         if s.python_error != PY_NOT_PYTHON:  # only processes registered as CPython
             python["frames" if s.python_stack else PY_ERRORS[s.python_error]
                    if 0 <= s.python_error < len(PY_ERRORS) else "other"] += s.count
+            if s.python_error == _PY_TRUNCATED and s.python_stack:
+                cut_python += s.count
+        if len(s.user_stack) >= MAX_STACK_DEPTH:
+            cut_native += s.count
     for outcome, n in python.items():
         PYTHON_SAMPLES.labels(outcome).inc(n)
+    TRUNCATED_STACKS.labels("python").inc(cut_python)
+    TRUNCATED_STACKS.labels("native").inc(cut_native)
     for cause, value in drain.errors.items():  # the sampler reports cumulative counters
         delta = value - last_errors.get(cause, 0)
         if delta > 0:

@@ -65,6 +65,7 @@ assert _PY_PROC.size == PY_PROC_SIZE, "struct py_proc: profiler/sampler.py and t
 ADDR_MASK = (1 << 56) - 1
 FLAG_ENTRY = 1 << 56
 OWNER_SHIFT = 57
+FLAG_GAP = 1 << 60  # bpf/python.bpf.h PY_FLAG_GAP_SHIFT: frames were left out root-ward of this one
 EVAL_FUNCTION = "_PyEval_EvalFrameDefault"
 MAX_DETECT_TRIES = 3  # a process announced before its interpreter was mapped is looked at again
 GONE_GRACE_S = 60.0  # a registered process's names are kept this long after it exited
@@ -72,6 +73,10 @@ UNREADABLE = Frame(0, None, FrameKind.PYTHON, (Line("[unreadable Python frame]")
 # the process exited before any drain read this code object: its native frames stay, and this says why
 # the Python ones have no name (docs/python-frames.md: how many samples of short-lived processes)
 EXITED = Frame(0, None, FrameKind.PYTHON, (Line("[python: process exited before read]"),))
+# where the kernel left Python frames out of a stack deeper than it keeps (bpf/python.bpf.h py_walk): the
+# graph shows the cut instead of passing the frames on either side of it off as caller and callee
+TRUNCATED = Frame(0, None, FrameKind.PYTHON, (Line("[truncated: Python frames left out]"),))
+_GAP = (-1, 0)  # split_runs' key for TRUNCATED
 
 
 def pack_config(process: PythonProcess, fsbase_offset: int = 0) -> bytes:
@@ -568,7 +573,8 @@ class PythonFrames:
         if got is not None:
             return got
         frames = state.frames
-        got = tuple(tuple(frames.get(key) or self._frame(tgid, state, *key) for key in run)
+        got = tuple(tuple(TRUNCATED if key is _GAP else frames.get(key) or self._frame(tgid, state, *key)
+                          for key in run)
                     for run in split_runs(raw, state.reader.offsets))
         state.runs[raw] = got
         return got
@@ -631,7 +637,8 @@ class PythonFrames:
 
 def split_runs(raw: tuple[int, ...], o: PyOffsets) -> list[list[tuple[int, int]]]:
     """(code address, instr) of a raw kernel stack (leaf-first (code|flags, instr) pairs), root first,
-    split into the runs one eval-loop call executed each; shim frames (3.12+) are dropped."""
+    split into the runs one eval-loop call executed each; shim frames (3.12+) are dropped. Where the
+    kernel left frames out (FLAG_GAP) the run holds `_GAP` before the frame below the cut."""
     runs: list[list[tuple[int, int]]] = []
     shims = o.owner_cstack != NO_FIELD  # 3.12+
     entries = o.frame_is_entry != NO_FIELD  # 3.11
@@ -642,10 +649,14 @@ def split_runs(raw: tuple[int, ...], o: PyOffsets) -> list[list[tuple[int, int]]
             if run:
                 runs.append(run)
                 run = []
+            if word & FLAG_GAP:
+                run.append(_GAP)
             continue
-        if run and (per_frame or (entries and word & FLAG_ENTRY)):
+        if run and run[-1] is not _GAP and (per_frame or (entries and word & FLAG_ENTRY)):
             runs.append(run)
             run = []
+        if word & FLAG_GAP:
+            run.append(_GAP)
         run.append((word & ADDR_MASK, instr))
     if run:
         runs.append(run)

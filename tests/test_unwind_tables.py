@@ -21,7 +21,7 @@ import pytest
 
 from podflame.errors import BinaryFormatError
 from profiler.unwind.build import build_table, find_cfi
-from profiler.unwind.cache import TableCache
+from profiler.unwind.cache import FORMAT, TableCache
 from profiler.unwind.cfi import (
     EXPRESSION,
     OFFSET,
@@ -38,12 +38,14 @@ from profiler.unwind.cfi import (
 )
 from profiler.unwind.table import (
     CFA_END,
+    CFA_LEAF_REG,
     CFA_NONE,
     CFA_PLT,
     CFA_RBP,
     CFA_RSP,
     CFA_SIGNAL,
     CFA_UNSUPPORTED,
+    RA_REG_SHIFT,
     RBP_OFFSET,
     RBP_SAME,
     RBP_UNDEFINED,
@@ -180,21 +182,23 @@ def _expected_compact(entry: ReadelfEntry, cie: ReadelfEntry, row: dict[str, str
         return (CFA_SIGNAL, 0, RBP_SAME, 0)
     if ra == "u":
         return (CFA_END, 0, RBP_SAME, 0)
-    if ra != "c-8":
+    ra_reg = REGS.index(ra) + 1 if ra in REGS[:16] else 0  # in a register (readelf_frames names it)
+    if ra != "c-8" and not ra_reg:
         return (CFA_UNSUPPORTED, 0, RBP_SAME, 0)
     if cfa == "exp":
-        if entry.plt is not None and not entry.other_expr:
+        if entry.plt is not None and not entry.other_expr and not ra_reg:
             return (CFA_PLT, 8, RBP_SAME, entry.plt)
         return None if entry.plt is not None else (CFA_UNSUPPORTED, 0, RBP_SAME, 0)
-    m = re.fullmatch(r"(rsp|rbp)([+-]\d+)", cfa)
-    if not m or not -0x8000 <= int(m[2]) < 0x8000:
+    m = re.fullmatch(r"(\w+)([+-]\d+)", cfa)
+    if not m or m[1] not in REGS[:16] or not -0x8000 <= int(m[2]) < 0x8000:
         return (CFA_UNSUPPORTED, 0, RBP_SAME, 0)
-    kind = CFA_RSP if m[1] == "rsp" else CFA_RBP
+    kind = CFA_LEAF_REG | REGS.index(m[1]) if ra_reg or m[1] not in ("rsp", "rbp") else \
+        CFA_RSP if m[1] == "rsp" else CFA_RBP
     if rbp == "same":
-        return (kind, int(m[2]), RBP_SAME, 0)
+        return (kind, int(m[2]), RBP_SAME | ra_reg << RA_REG_SHIFT, 0)
     if re.fullmatch(r"c[+-]\d+", rbp):
-        return (kind, int(m[2]), RBP_OFFSET, int(rbp[1:]))
-    return (kind, int(m[2]), RBP_UNDEFINED, 0)
+        return (kind, int(m[2]), RBP_OFFSET | ra_reg << RA_REG_SHIFT, int(rbp[1:]))
+    return (kind, int(m[2]), RBP_UNDEFINED | ra_reg << RA_REG_SHIFT, 0)
 
 
 @dataclass
@@ -599,7 +603,7 @@ def test_cache_is_bounded_and_works_without_a_root(shapes: dict[str, Path], tmp_
     plain = TableCache()
     assert plain.root is None and plain.get(str(shapes["o2"])).count > 0 and plain.stats["built"] == 1
     monkeypatch.setenv("PODFLAME_SYMBOL_CACHE", str(tmp_path / "env"))
-    assert TableCache().root == str(tmp_path / "env" / "unwind" / "v1")
+    assert TableCache().root == str(tmp_path / "env" / "unwind" / f"v{FORMAT}")
 
 
 def _vdso_image() -> bytes:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from profiler.unwind.cfi import (
     OFFSET,
     RBP,
+    REGISTER,
     RSP,
     SAME,
     UNDEFINED,
@@ -34,6 +35,7 @@ from profiler.unwind.cfi import (
 )
 from profiler.unwind.table import (
     CFA_END,
+    CFA_LEAF_REG,
     CFA_NONE,
     CFA_PLT,
     CFA_RBP,
@@ -41,6 +43,7 @@ from profiler.unwind.table import (
     CFA_SIGNAL,
     CFA_UNSUPPORTED,
     MAX_PC,
+    RA_REG_SHIFT,
     RBP_OFFSET,
     RBP_SAME,
     RBP_UNDEFINED,
@@ -91,7 +94,10 @@ def compact_rule(state: State, signal: bool) -> Rule:
     cfa_reg, cfa_off, cfa_expr, rbp, ra = state
     if ra[0] == UNDEFINED:
         return (CFA_END, 0, RBP_SAME, 0)
-    if ra != (OFFSET, -8):
+    ra_reg = 0  # 1 + the register holding the return address (CFA_LEAF_REG), 0: at CFA-8
+    if ra[0] == REGISTER and isinstance(ra[1], int) and 0 <= ra[1] < 16:
+        ra_reg = ra[1] + 1
+    elif ra != (OFFSET, -8):
         return (CFA_UNSUPPORTED, 0, RBP_SAME, 0)
     if rbp[0] == SAME:
         rbp_type, rbp_off = RBP_SAME, 0
@@ -101,11 +107,13 @@ def compact_rule(state: State, signal: bool) -> Rule:
         rbp_type, rbp_off = RBP_UNDEFINED, 0
     if cfa_expr is not None:
         threshold = plt_threshold(cfa_expr)
-        if threshold is None:
+        if threshold is None or ra_reg:
             return (CFA_UNSUPPORTED, 0, RBP_SAME, 0)
         return (CFA_PLT, 8, RBP_SAME, threshold)
-    if cfa_off not in _S16 or cfa_reg not in (RSP, RBP):
+    if cfa_off not in _S16 or not 0 <= cfa_reg < 16:
         return (CFA_UNSUPPORTED, 0, RBP_SAME, 0)
+    if ra_reg or cfa_reg not in (RSP, RBP):  # needs the sampled frame's registers (table.CFA_LEAF_REG)
+        return (CFA_LEAF_REG | cfa_reg, cfa_off, rbp_type | ra_reg << RA_REG_SHIFT, rbp_off)
     return (CFA_RSP if cfa_reg == RSP else CFA_RBP, cfa_off, rbp_type, rbp_off)
 
 

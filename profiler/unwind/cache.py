@@ -24,7 +24,7 @@ from collections.abc import Callable
 from profiler.unwind.table import ROW_SIZE, UnwindTable, file_identity
 from symbolizer.elf import read_build_id
 
-FORMAT = 1
+FORMAT = 2  # 2: CFA_LEAF_REG rows (CFA or return address in a register), before unsupported
 _MAGIC = b"PFUNWIND"
 _HEAD = struct.Struct("<8sIIIHH")  # magic, format, count, crc32(rows), len(source), len(reason)
 

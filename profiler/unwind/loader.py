@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from profiler.unwind.builder import TableSource
 from symbolizer.elf import ET_EXEC, LoadSegment
 from symbolizer.elffile import ElfFile, ElfFormatError
-from symbolizer.normalize import elf_address
+from symbolizer.normalize import PAGE, elf_address, file_offset
 
 log = logging.getLogger("podflame.unwind")
 
@@ -414,7 +414,7 @@ class NativeUnwinder:
                     self._vdso_placed.clear()
                 self._files[identity] = binary
             mapping = Mapping(e.start, e.end, e.offset, e.clean_path, None)
-            found = elf_address(e.start, mapping, binary.elf_type, binary.segments)
+            found = _exec_vaddr(e.start, mapping, binary.elf_type, binary.segments)
             if found is None:
                 return None
             vaddr = found
@@ -542,3 +542,16 @@ def _empty(m: BpfMap, chunk: int = 1024) -> Iterator[memoryview]:
         if done or n == 0:
             return
         token_in.value, first = token_out.value, False
+
+
+def _exec_vaddr(start: int, mapping: Mapping, elf_type: str, segments: tuple[LoadSegment, ...]) -> int | None:
+    """ELF virtual address at the start of an executable mapping. Its first page may also hold the end of
+    the read-only segment before the code (lld's layout: Rust, Zig, clang -fuse-ld=lld), whose vaddr is a
+    page away from the code's: the mapping is the code's, so the executable segment places it."""
+    if elf_type != ET_EXEC:
+        off = file_offset(start, mapping)
+        for seg in segments:
+            if seg.executable and seg.offset - seg.offset % PAGE <= off < seg.offset + seg.filesz:
+                return off - seg.offset + seg.vaddr
+    return elf_address(start, mapping, elf_type, segments)
+

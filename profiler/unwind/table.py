@@ -5,7 +5,8 @@
 12 bytes, little endian. `pc` is the ELF virtual address where the row starts; a row holds until
 the next row's pc. Rows are sorted by pc with consecutive identical rules merged, so the kernel
 finds a pc's rule with one bounded binary search. The return address is always at CFA-8 (x86_64);
-the builder turns any other return-address rule into CFA_UNSUPPORTED.
+the builder turns any other return-address rule into CFA_UNSUPPORTED, except a register's at the leaf
+(CFA_LEAF_REG).
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ CFA_PLT = 3  # CFA = rsp + 8 + ((rip & 15) >= rbp_offset ? 8 : 0); rbp_offset ho
 CFA_END = 4  # return address undefined: the outermost frame (_start, a thread's first frame)
 CFA_SIGNAL = 5  # signal trampoline (__restore_rt): rsp points at the ucontext, registers come from uc_mcontext
 CFA_UNSUPPORTED = 6  # CFI exists but needs an expression (or rule) the unwinder does not evaluate
+# 0x10 | r: CFA = register r (DWARF number, 0-15) + cfa_offset, and the return address in a register when
+# rbp_type >> RA_REG_SHIFT is not 0 (1 + its number; else at CFA-8). The kernel has the registers of the
+# sampled frame only, so such a row unwinds the leaf and ends a walk anywhere else (counted unsupported):
+# libgcc_s's context install (CFA in rcx), longjmp (CFA in rdi, return address in rdx).
+CFA_LEAF_REG = 0x10
+RA_REG_SHIFT = 3
+RBP_TYPE_MASK = (1 << RA_REG_SHIFT) - 1
 
 RBP_SAME = 0  # the caller's rbp is this frame's rbp
 RBP_OFFSET = 1  # the caller's rbp is saved at CFA + rbp_offset

@@ -7,12 +7,17 @@ known chain of Python functions (the fidelity tests and bench/unwind.py --matrix
   sorted:    sorted(key=keyf) calls keyf from C (list.sort): <module> -> sorter -> keyf -> leaf
   gen:       a generator: <module> -> use_gen -> gen -> leaf
   deep N:    N frames of recurse, then middle -> leaf
+  cext:      threads in C extensions: the main thread in <module> -> json_loop -> encode (json.dumps), one
+             thread in zlib_loop -> squeeze (zlib.compress), one in re_loop -> scan (re.findall)
 
 Prints "ready" when the shape is set up. Runs on CPython 3.8+ (no newer syntax).
 """
 
+import json
+import re
 import sys
 import threading
+import zlib
 
 
 def leaf(n):
@@ -65,6 +70,43 @@ def recurse(depth):
     return recurse(depth - 1)
 
 
+def encode(obj):
+    return json.dumps(obj)
+
+
+def json_loop():
+    obj = {"k%d" % i: [i, str(i), {"x": i * 0.5}] for i in range(300)}
+    print("ready", flush=True)
+    while True:
+        encode(obj)
+
+
+def squeeze(data):
+    return zlib.compress(data, 9)
+
+
+def zlib_loop():
+    data = bytes(range(256)) * 64 + b"podflame" * 512
+    while True:
+        squeeze(data)
+
+
+def scan(text):
+    return re.findall(r"(\w+)@(\w+)\.com", text)
+
+
+def re_loop():
+    text = " ".join("user%d@host%d.com x%d" % (i, i % 7, i) for i in range(400))
+    while True:
+        scan(text)
+
+
+def cext():
+    for target in (zlib_loop, re_loop):
+        threading.Thread(target=target, daemon=True).start()
+    json_loop()
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "threads":
@@ -73,6 +115,8 @@ if __name__ == "__main__":
         sorter()
     elif mode == "gen":
         use_gen()
+    elif mode == "cext":
+        cext()
     elif mode == "deep":
         sys.setrecursionlimit(10000)
         recurse(int(sys.argv[2]))
