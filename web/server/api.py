@@ -28,6 +28,7 @@ from web.query.merge import Query, profiles_by_series, series_summary
 from web.query.treebin import MEDIA_TYPE as TREE_MEDIA_TYPE
 from web.query.treecache import DEFAULT_MAX_BYTES as DEFAULT_TREE_CACHE_BYTES
 from web.query.treecache import Answer, TreeCache, payload_json_head
+from web.server import gate
 from web.server.gzipjoin import accepts_gzip, gzip_join
 from web.server.timeparse import TimeError, parse_step, parse_time
 from web.store import deadline
@@ -233,6 +234,12 @@ def ingest() -> Response:
     body = _read_body(current_app.config["MAX_BODY_BYTES"])
     if not body:
         raise ApiError(400, "empty body: POST a pprof profile (gzip or plain)", "invalid")
+    with gate.ingest_turn():  # taken once the body is here: a slow sender holds no other agent's turn
+        return _decode_and_store(body, labels, override, received, limits)
+
+
+def _decode_and_store(body: bytes, labels: dict[str, str], override: int | None, received: int,
+                      limits: DecodeLimits) -> Response:
     try:
         # Numeric pprof labels (heap `bytes`, `object count`...) as series labels would make one series
         # per distinct number: dropped unless asked for. Totals are unchanged; string labels stay.

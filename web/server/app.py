@@ -77,7 +77,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.update(config)
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
     auth.install(app)  # before the store opens: a bad token file fails the start, not the first request
-    gate.install(app)  # after auth: a request without a token never takes an ingest slot
+    gate.install(app)  # ingest turns; auth runs first, so a request without a token never takes one
 
     store: Store | None = app.config["STORE"]
     if store is None:
