@@ -17,6 +17,7 @@ running inside our process: one process, one writer, one maintenance thread.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -159,7 +160,8 @@ def serve(app: Flask, host: str, port: int, *, threads: int = DEFAULT_THREADS, t
     try:
         server.prepare()  # binds now, so a taken port fails here and not in the thread
     except OSError as e:
-        hint = " (is another podflame running? pick another with --listen)" if e.errno == 98 else ""
+        in_use = e.errno == errno.EADDRINUSE or f"[Errno {errno.EADDRINUSE}]" in str(e)  # cheroot: text only
+        hint = " (is another podflame running? pick another with --listen)" if in_use else ""
         raise Unavailable(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
     return HttpServer(server, "https" if tls else "http", host)
 
