@@ -287,7 +287,10 @@ def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] |
     msg.sample_type.add(type=s(sample_type), unit=s(unit))
     if sample_type == "samples" and period:
         msg.sample_type.add(type=s("cpu"), unit=s("nanoseconds"))
-    msg.period_type.type, msg.period_type.unit = s("cpu"), s("nanoseconds")
+    # A CPU profile's period is CPU time between samples; any other type's (heap bytes, mutex contentions,
+    # goroutines) is counted in its own unit, which go tool pprof prints: never call it CPU time.
+    cpu = sample_type in ("samples", "cpu") and unit in ("count", "nanoseconds")
+    msg.period_type.type, msg.period_type.unit = (s("cpu"), s("nanoseconds")) if cpu else (s(sample_type), s(unit))
     msg.period = period
     if profiles:
         start = min(p.start_ns for p in profiles)
