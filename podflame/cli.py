@@ -191,7 +191,8 @@ def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: s
 
 @main.command()
 @click.option("--listen", default="127.0.0.1:7070", show_default=True, help="HOST:PORT of the UI and API.")
-@click.option("--data", "data_dir", default="./podflame-data", show_default=True, type=click.Path(file_okay=False))
+@click.option("--data", "data_dir", default="./podflame-data", show_default=True, type=click.Path(file_okay=False),
+              help="Where the embedded store keeps profiles (SQLite index + zstd files).")
 @_access_options
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.")
@@ -235,8 +236,9 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
 
 @main.command()
 @click.option("--server", "server_url", required=True, help="URL of the podflame server, e.g. http://podflame:7070")
-@click.option("--frequency", default=19, show_default=True, type=click.IntRange(1, 10000))
-@click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
+@click.option("--frequency", default=19, show_default=True, type=click.IntRange(1, 10000), help="Samples/s per CPU.")
+@click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600),
+              help="Seconds between drains (one upload each).")
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
 @_sampling_options
 @_pid_min_age_option
@@ -285,8 +287,9 @@ def agent(server_url: str, frequency: int, interval: float, node_name: str | Non
 @click.option("--pid", type=int, default=None, help="Only this process.")
 @click.option("--cgroup", "cgroup_path", default=None,
               help="Only this cgroup v2 (path under the v2 root, or a full /sys/fs/cgroup path).")
-@click.option("--frequency", default=99, show_default=True, type=click.IntRange(1, 10000))
-@click.option("--format", "fmt", type=click.Choice(["folded", "pprof"]), default="folded", show_default=True)
+@click.option("--frequency", default=99, show_default=True, type=click.IntRange(1, 10000), help="Samples/s per CPU.")
+@click.option("--format", "fmt", type=click.Choice(["folded", "pprof"]), default="folded", show_default=True,
+              help="folded: one `frame;frame count` line per stack (FlameGraph); pprof: gzip, for go tool pprof.")
 @_sampling_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="File to write ('-' for stdout).")
