@@ -80,3 +80,26 @@ def test_time_errors_name_every_unit_the_parser_takes(client: FlaskClient, param
     r = client.get("/api/v1/labels", query_string=params)
     assert r.status_code == 400 and "ms, s, m, h, d or w" in r.json["error"]
     assert client.get("/api/v1/labels", query_string={"from": "now-1w"}).status_code == 200
+
+
+def test_a_malformed_login_is_400_naming_the_shape(tmp_path: Path) -> None:
+    """`POST /api/v1/session` with no JSON or no token string answered 401 "not valid", as if the token were
+    wrong; it is a 400 that shows the body to send. A wrong token stays 401, and `curl -d` bodies work."""
+    read = "read-token-0123456789abcdef01"
+    (tmp_path / "read.tok").write_text(read + "\n")
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "MAINTENANCE_SECONDS": 0,
+                      "READ_TOKEN_FILE": str(tmp_path / "read.tok")})
+    try:
+        client = app.test_client()
+        form = "application/x-www-form-urlencoded"
+        for body, ctype in [(b"notjson", "application/json"), (b'{"token": 5}', "application/json"),
+                            (b"[1]", "application/json"), (b"token=" + read.encode(), form)]:
+            r = client.post("/api/v1/session", data=body, content_type=ctype)
+            assert r.status_code == 400 and '{"token": "READ_TOKEN"}' in r.json["error"], body
+        r = client.post("/api/v1/session", json={"token": "wrong-token-0123456789abcdef"})
+        assert r.status_code == 401
+        r = client.post("/api/v1/session", data=b'{"token": "%s"}' % read.encode(),
+                        content_type="application/x-www-form-urlencoded")
+        assert r.status_code == 204 and "podflame_read=" in r.headers["Set-Cookie"]
+    finally:
+        app.extensions["podflame.store"].close()

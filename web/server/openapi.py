@@ -108,7 +108,7 @@ def document() -> dict[str, Any]:
                      "tags": ["access"], "security": [],
                      "requestBody": {"required": True, "content": {JSON: {"schema": _obj(
                          ["token"], token={"type": "string"})}}},
-                     "responses": {"204": {"description": "cookie set"}, **_errors(401, 403, 404)}},
+                     "responses": {"204": {"description": "cookie set"}, **_errors(400, 401, 403, 404)}},
             "delete": {"summary": "log out: clears the read cookie", "tags": ["access"], "security": [],
                        "responses": {"204": {"description": "cookie cleared"}, **_errors(403)}}},
         "/api/v1/openapi.json": {"get": {"summary": "this document", "tags": ["operations"], "security": [],
