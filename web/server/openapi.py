@@ -67,8 +67,9 @@ def document() -> dict[str, Any]:
             "parameters": [_param("time", "override the profile's time")],
             "requestBody": {"required": True, "content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}}},
-            "responses": {"200": _json("stored and durable", _obj(["profiles", "samples"],
-                                       profiles={"type": "integer"}, samples={"type": "integer"})),
+            "responses": {"200": _json("stored and durable", _obj(["profiles", "samples", "time"],
+                                       profiles={"type": "integer"}, samples={"type": "integer"},
+                                       time={"type": "number"})),
                           **_errors(400, 401, 403, 413, 415, 503)}}},
         "/api/v1/labels": _get("label names in the range", _RANGE, _json("names", _obj(["labels"], labels=_STRINGS))),
         "/api/v1/label/{name}/values": _get(
