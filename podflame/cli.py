@@ -43,6 +43,21 @@ def _parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """`--server` as the uploader needs it: http(s)://HOST[:PORT], so a bare `host:7070` fails here, at start,
+    not as an upload error at every drain."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r}: {e}") from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise click.BadParameter(f"expected http://HOST:PORT or https://HOST:PORT, got {value!r}")
+    return value
+
+
 def _require_root(what: str) -> None:
     if os.geteuid() != 0:
         raise SystemUnsupported(
@@ -235,7 +250,8 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
 
 
 @main.command()
-@click.option("--server", "server_url", required=True, help="URL of the podflame server, e.g. http://podflame:7070")
+@click.option("--server", "server_url", required=True, callback=_server_url,
+              help="URL of the podflame server, e.g. http://podflame:7070")
 @click.option("--frequency", default=19, show_default=True, type=click.IntRange(1, 10000), help="Samples/s per CPU.")
 @click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600),
               help="Seconds between drains (one upload each).")

@@ -64,3 +64,18 @@ def test_record_refuses_an_unwritable_output_before_sampling(tmp_path: Path, mon
     assert r.exit_code == 2, r.output
     assert r.exception is None or isinstance(r.exception, SystemExit)
     assert f"cannot write {out}: No such file or directory" in r.output
+
+
+@pytest.mark.parametrize("url", ["localhost:7070", "podflame", "ftp://host:21", "http://", "http://host:port"])
+def test_agent_refuses_a_server_that_is_not_an_http_url(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--server localhost:7070` started sampling and then failed every upload ('unknown url type')."""
+    import profiler.service
+
+    def start(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the agent started although its server URL cannot be used")
+
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(profiler.service, "start_agent", start)
+    r = CliRunner().invoke(cli.main, ["agent", "--server", url])
+    assert r.exit_code == 2, r.output
+    assert "Invalid value for '--server'" in r.output and url in r.output
