@@ -7,6 +7,7 @@ the same flat/cum value for every function as the original file does.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -218,7 +219,8 @@ def go_runtime_profiles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     src = tmp_path_factory.mktemp("goprog")
     (src / "main.go").write_text(_GO_RUNTIME_PROGRAM)
     (src / "go.mod").write_text("module goprog\n\ngo 1.19\n")
-    subprocess.run(["go", "build", "-o", "goprog", "."], cwd=src, check=True, capture_output=True, timeout=300)
+    env = {**os.environ, "GOCACHE": str(src / "gocache")}  # `make unit` runs as nobody, whose HOME does not exist
+    subprocess.run(["go", "build", "-o", "goprog", "."], cwd=src, env=env, check=True, capture_output=True, timeout=300)
     subprocess.run([str(src / "goprog"), str(src), *GO_RUNTIME_TYPES], check=True, timeout=120)
     return {name: src / f"{name}.pb.gz" for name in GO_RUNTIME_TYPES}
 
