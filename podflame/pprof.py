@@ -245,6 +245,12 @@ def inflate(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> bytes | bytea
                                 f"{limits.inflated_bytes}: INFLATE_RATIO, INFLATE_FLOOR, MAX_INFLATED_BYTES)")
         if len(out) > unscanned:
             scan.scan(out)
+    if d.unused_data:  # storing the first part alone would answer 200 and lose the rest
+        if d.unused_data[:2] == b"\x1f\x8b":
+            raise PprofError("a second gzip stream follows the first (profiles concatenated): push one profile "
+                             "per request")
+        raise PprofError(f"{len(d.unused_data)} bytes follow the end of the gzip stream: the body is not one "
+                         "gzip profile (a truncated or mixed upload?)")
     if len(out) > unscanned:
         scan.finish(out)
     return out

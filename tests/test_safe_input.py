@@ -335,3 +335,14 @@ def test_a_malformed_login_is_400_naming_the_shape(tmp_path: Path) -> None:
         assert r.status_code == 204 and "podflame_read=" in r.headers["Set-Cookie"]
     finally:
         app.extensions["podflame.store"].close()
+
+
+def test_bytes_after_the_gzip_stream_are_refused_not_dropped(client: FlaskClient) -> None:
+    """`cat a.pb.gz b.pb.gz | curl --data-binary @-` stored a and answered 200: b was silently lost (go tool
+    pprof refuses such a file: "concatenated profiles detected"). Trailing bytes of any kind are a 400 now."""
+    one = _body()
+    for body, words in [(one + one, "second gzip stream"), (one + b"garbage\n", "follow the end of the gzip")]:
+        r = client.post("/api/v1/ingest", data=body, content_type="application/octet-stream")
+        assert r.status_code == 400 and words in r.json["error"], r.json
+    assert _stored(client) == []
+    assert client.post("/api/v1/ingest", data=one, content_type="application/octet-stream").status_code == 200
