@@ -167,6 +167,25 @@ def test_limits_come_from_the_server_config(tmp_path: Path) -> None:
         app.extensions["podflame.store"].close()
 
 
+def test_limits_from_the_environment_are_checked_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/api.md sets every limit from `PODFLAME_<KEY>`: `PODFLAME_MAX_BODY_BYTES` was not read at all, and
+    `PODFLAME_MAX_SAMPLES=abc` (or 0) started the server and then answered every ingest with a 500."""
+    from podflame.errors import InvalidInput
+
+    for key, value in [("MAX_SAMPLES", "abc"), ("MAX_SAMPLES", "0"), ("MAX_BODY_BYTES", "1e6"),
+                       ("RETENTION_SECONDS", "x")]:
+        monkeypatch.setenv(f"PODFLAME_{key}", value)
+        with pytest.raises(InvalidInput, match=f"PODFLAME_{key}='{value}'"):
+            create_app({"DATA_DIR": str(tmp_path), "MAINTENANCE_SECONDS": 0})
+        monkeypatch.delenv(f"PODFLAME_{key}")
+    monkeypatch.setenv("PODFLAME_MAX_BODY_BYTES", "100")
+    app = create_app({"DATA_DIR": str(tmp_path), "MAINTENANCE_SECONDS": 0})
+    try:
+        refused(app.test_client(), raw_pprof([([1], [1], [])] * 20), 413, "over the 100 byte limit", "MAX_BODY_BYTES")
+    finally:
+        app.extensions["podflame.store"].close()
+
+
 # -- bounded decode (finding 2) through the test client; memory is measured on a live server --------
 
 
