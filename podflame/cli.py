@@ -330,21 +330,30 @@ def record(duration: float, pid: int | None, cgroup_path: str | None, frequency:
     if pid is not None and not Path(f"/proc/{pid}").exists():
         raise NotFound(f"no process with pid {pid}")
 
-    try:  # before sampling: a path that cannot be written fails now, not after the capture it would lose
-        out = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115 - closed below
+    created = output != "-" and not os.path.exists(output)
+    try:  # before sampling: a path that cannot be written fails now, not after the capture it would lose;
+        if output != "-":  # appending truncates nothing, so a failed capture leaves an earlier file as it was
+            open(output, "ab").close()
     except OSError as e:
         raise click.BadParameter(f"cannot write {output}: {e.strerror or e}", param_hint="'-o' / '--output'") from None
 
     def progress(left: float, samples: int) -> None:
         click.echo(f"\rrecording: {left:5.1f}s left, {samples} samples", nl=False, err=True)
 
-    with out:
+    try:
         merged = capture(duration, frequency, unwind=unwind, python_frames=python_frames,
                          python_early_reads=python_early_reads,
                          pids=[pid] if pid is not None else None, cgroup_ids=cgroup_ids, progress=progress,
                          say=lambda text: _say("\n" + text))
-        click.echo("", err=True)
-        out.write(pprof.encode(merged) if fmt == "pprof" else to_folded(Profile.merge(merged, labels={})).encode())
+    except BaseException:
+        if created:
+            os.unlink(output)
+        raise
+    click.echo("", err=True)
+    data = pprof.encode(merged) if fmt == "pprof" else to_folded(Profile.merge(merged, labels={})).encode()
+    out = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115
+    with out:
+        out.write(data)
     total = sum(p.total() for p in merged)
     click.echo(f"wrote {total} samples from {len(merged)} processes to {output} ({fmt})", err=True)
 

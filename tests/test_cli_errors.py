@@ -79,3 +79,23 @@ def test_agent_refuses_a_server_that_is_not_an_http_url(url: str, monkeypatch: p
     r = CliRunner().invoke(cli.main, ["agent", "--server", url])
     assert r.exit_code == 2, r.output
     assert "Invalid value for '--server'" in r.output and url in r.output
+
+
+def test_a_failed_record_leaves_an_earlier_output_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening -o early must not truncate it: a capture that fails keeps the user's earlier file, and a file
+    the command created for nothing is removed."""
+    import profiler.record
+    from podflame.errors import SystemUnsupported
+
+    def capture(*args: object, **kwargs: object) -> None:
+        raise SystemUnsupported("no BPF here")
+
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(profiler.record, "record", capture)
+    earlier, new = tmp_path / "earlier.pb.gz", tmp_path / "new.pb.gz"
+    earlier.write_bytes(b"an earlier capture")
+    for out in (earlier, new):
+        r = CliRunner().invoke(cli.main, ["record", "--duration", "1", "--pid", "1", "-o", str(out)])
+        assert r.exit_code == 3 and "no BPF here" in r.output
+    assert earlier.read_bytes() == b"an earlier capture"
+    assert not new.exists()
