@@ -43,6 +43,21 @@ def _parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """`--server` as the uploader needs it: http(s)://HOST[:PORT], so a bare `host:7070` fails here, at start,
+    not as an upload error at every drain."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r}: {e}") from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise click.BadParameter(f"expected http://HOST:PORT or https://HOST:PORT, got {value!r}")
+    return value
+
+
 def _require_root(what: str) -> None:
     if os.geteuid() != 0:
         raise SystemUnsupported(
@@ -191,7 +206,8 @@ def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: s
 
 @main.command()
 @click.option("--listen", default="127.0.0.1:7070", show_default=True, help="HOST:PORT of the UI and API.")
-@click.option("--data", "data_dir", default="./podflame-data", show_default=True, type=click.Path(file_okay=False))
+@click.option("--data", "data_dir", default="./podflame-data", show_default=True, type=click.Path(file_okay=False),
+              help="Where the embedded store keeps profiles (SQLite index + zstd files).")
 @_access_options
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.")
@@ -234,9 +250,11 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
 
 
 @main.command()
-@click.option("--server", "server_url", required=True, help="URL of the podflame server, e.g. http://podflame:7070")
-@click.option("--frequency", default=19, show_default=True, type=click.IntRange(1, 10000))
-@click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600))
+@click.option("--server", "server_url", required=True, callback=_server_url,
+              help="URL of the podflame server, e.g. http://podflame:7070")
+@click.option("--frequency", default=19, show_default=True, type=click.IntRange(1, 10000), help="Samples/s per CPU.")
+@click.option("--interval", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600),
+              help="Seconds between drains (one upload each).")
 @click.option("--node-name", default=None, help="Node label (default: $NODE_NAME or the host name).")
 @_sampling_options
 @_pid_min_age_option
@@ -285,8 +303,9 @@ def agent(server_url: str, frequency: int, interval: float, node_name: str | Non
 @click.option("--pid", type=int, default=None, help="Only this process.")
 @click.option("--cgroup", "cgroup_path", default=None,
               help="Only this cgroup v2 (path under the v2 root, or a full /sys/fs/cgroup path).")
-@click.option("--frequency", default=99, show_default=True, type=click.IntRange(1, 10000))
-@click.option("--format", "fmt", type=click.Choice(["folded", "pprof"]), default="folded", show_default=True)
+@click.option("--frequency", default=99, show_default=True, type=click.IntRange(1, 10000), help="Samples/s per CPU.")
+@click.option("--format", "fmt", type=click.Choice(["folded", "pprof"]), default="folded", show_default=True,
+              help="folded: one `frame;frame count` line per stack (FlameGraph); pprof: gzip, for go tool pprof.")
 @_sampling_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="File to write ('-' for stdout).")
@@ -311,13 +330,25 @@ def record(duration: float, pid: int | None, cgroup_path: str | None, frequency:
     if pid is not None and not Path(f"/proc/{pid}").exists():
         raise NotFound(f"no process with pid {pid}")
 
+    created = output != "-" and not os.path.exists(output)
+    try:  # before sampling: a path that cannot be written fails now, not after the capture it would lose;
+        if output != "-":  # appending truncates nothing, so a failed capture leaves an earlier file as it was
+            open(output, "ab").close()
+    except OSError as e:
+        raise click.BadParameter(f"cannot write {output}: {e.strerror or e}", param_hint="'-o' / '--output'") from None
+
     def progress(left: float, samples: int) -> None:
         click.echo(f"\rrecording: {left:5.1f}s left, {samples} samples", nl=False, err=True)
 
-    merged = capture(duration, frequency, unwind=unwind, python_frames=python_frames,
-                     python_early_reads=python_early_reads,
-                     pids=[pid] if pid is not None else None, cgroup_ids=cgroup_ids, progress=progress,
-                     say=lambda text: _say("\n" + text))
+    try:
+        merged = capture(duration, frequency, unwind=unwind, python_frames=python_frames,
+                         python_early_reads=python_early_reads,
+                         pids=[pid] if pid is not None else None, cgroup_ids=cgroup_ids, progress=progress,
+                         say=lambda text: _say("\n" + text))
+    except BaseException:
+        if created:
+            os.unlink(output)
+        raise
     click.echo("", err=True)
     data = pprof.encode(merged) if fmt == "pprof" else to_folded(Profile.merge(merged, labels={})).encode()
     out = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from podflame.errors import InvalidInput
+
 INT64_MAX = (1 << 63) - 1
 # Times are int64 unix nanoseconds (SQLite integers, numpy int64). 2200-01-01T00:00:00Z leaves room for a
 # range end plus a step or a block's alignment without reaching 2^63 (2262-04-11).
@@ -58,9 +60,9 @@ class DecodeLimits:
         for f in fields(cls):
             key = f.name.upper() if f.name.startswith(("max_", "inflate_")) else f"MAX_{f.name.upper()}"
             if config.get(key) is not None:
-                given[f.name] = int(config[key])
+                given[f.name] = positive_int(key, config[key])
             elif env.get(f"PODFLAME_{key}"):
-                given[f.name] = int(env[f"PODFLAME_{key}"])
+                given[f.name] = positive_int(f"PODFLAME_{key}", env[f"PODFLAME_{key}"])
         return replace(cls(), **given)
 
     @classmethod
@@ -70,3 +72,15 @@ class DecodeLimits:
 
 
 DEFAULT_LIMITS = DecodeLimits()
+
+
+def positive_int(name: str, value: object) -> int:
+    """A limit's setting as an integer of at least 1, or InvalidInput naming the setting (checked when the
+    server starts: a typo in an environment variable must not become a 500 at every ingest)."""
+    try:
+        number = int(str(value).replace("_", "")) if not isinstance(value, int) else value
+    except ValueError:
+        number = 0
+    if isinstance(value, bool) or number < 1:
+        raise InvalidInput(f"{name}={value!r}: expected a whole number of at least 1")
+    return number

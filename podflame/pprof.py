@@ -245,6 +245,12 @@ def inflate(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> bytes | bytea
                                 f"{limits.inflated_bytes}: INFLATE_RATIO, INFLATE_FLOOR, MAX_INFLATED_BYTES)")
         if len(out) > unscanned:
             scan.scan(out)
+    if d.unused_data:  # storing the first part alone would answer 200 and lose the rest
+        if d.unused_data[:2] == b"\x1f\x8b":
+            raise PprofError("a second gzip stream follows the first (profiles concatenated): push one profile "
+                             "per request")
+        raise PprofError(f"{len(d.unused_data)} bytes follow the end of the gzip stream: the body is not one "
+                         "gzip profile (a truncated or mixed upload?)")
     if len(out) > unscanned:
         scan.finish(out)
     return out
@@ -287,7 +293,10 @@ def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] |
     msg.sample_type.add(type=s(sample_type), unit=s(unit))
     if sample_type == "samples" and period:
         msg.sample_type.add(type=s("cpu"), unit=s("nanoseconds"))
-    msg.period_type.type, msg.period_type.unit = s("cpu"), s("nanoseconds")
+    # A CPU profile's period is CPU time between samples; any other type's (heap bytes, mutex contentions,
+    # goroutines) is counted in its own unit, which go tool pprof prints: never call it CPU time.
+    cpu = sample_type in ("samples", "cpu") and unit in ("count", "nanoseconds")
+    msg.period_type.type, msg.period_type.unit = (s("cpu"), s("nanoseconds")) if cpu else (s(sample_type), s(unit))
     msg.period = period
     if profiles:
         start = min(p.start_ns for p in profiles)

@@ -74,7 +74,8 @@ def test_ingest_query_flame_graph_whole_tree(client: FlaskClient) -> None:
         prof({"pod": "api", "comm": "srv"}, T0, ((MAIN, HOT_B), 100)),
     ], node="n1")
     # One pprof is one time window: the two cart profiles arrive as one series' profile.
-    assert answer == {"profiles": 4, "samples": 10}  # (2 label sets x 2 types), rows = distinct stacks
+    # (2 label sets x 2 types), rows = distinct stacks; `time`: where it was filed (the window's start)
+    assert answer == {"profiles": 4, "samples": 10, "time": T0 / 1e9}
     fg = get(client, "flamegraph", query='{pod="cart"}')
     assert decode_tree(fg) == leaf(52, 0, main=leaf(52, 2,
         checkout=leaf(4, 0, hash_step=leaf(4)), hot_a=leaf(36), hot_b=leaf(10)))
@@ -355,7 +356,8 @@ def _with_numeric_label() -> bytes:
 
 
 def test_numeric_labels_stay_off_series_unless_asked(client: FlaskClient, tmp_path: Path) -> None:
-    assert client.post("/api/v1/ingest", data=_with_numeric_label()).json == {"profiles": 2, "samples": 4}
+    answer = client.post("/api/v1/ingest", data=_with_numeric_label()).json
+    assert {k: answer[k] for k in ("profiles", "samples")} == {"profiles": 2, "samples": 4}
     assert get(client, "labels") == {"labels": ["pod"]}
     assert get(client, "flamegraph")["total"] == 12
     app = create_app({"DATA_DIR": str(tmp_path / "keep"), "KEEP_NUMERIC_LABELS": True, "MAINTENANCE_SECONDS": 0})

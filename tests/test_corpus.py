@@ -7,6 +7,7 @@ the same flat/cum value for every function as the original file does.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -148,3 +149,99 @@ def test_diff_of_two_ranges_equals_go_tool_pprof_per_function(app: Flask) -> Non
             assert row["comp_flat"] - row["base_flat"] == c[0] - b[0], (sample_type, name)
             assert (row["base_flat"], row["comp_flat"]) == (b[0], c[0]), (sample_type, name)
             assert (row["base_cum"], row["comp_cum"]) == (b[1], c[1]), (sample_type, name)
+
+
+_PERIOD_TYPE = re.compile(r"^PeriodType: (\S+) (\S+)$", re.MULTILINE)
+
+
+def test_downloads_of_non_cpu_types_do_not_claim_a_cpu_period(app: Flask, tmp_path: Path) -> None:
+    """A heap profile's pprof download said `PeriodType: cpu nanoseconds` (period 524288: "0.5 ms of CPU")."""
+    client = app.test_client()
+    _ingest(client, [PPROF_DIR / "parca-testdata-alloc_objects.pb.gz", PPROF_DIR / "pprof-sample.cpu.pb.gz"])
+    for sample_type, unit in [("alloc_space", "bytes"), ("inuse_objects", "count"), ("samples", "count")]:
+        download = tmp_path / f"{sample_type}.pb.gz"
+        download.write_bytes(client.get("/api/v1/pprof", query_string={**EVERYTHING, "type": sample_type}).data)
+        period = _PERIOD_TYPE.search(_go("-raw", download))
+        assert period, sample_type
+        want = ("cpu", "nanoseconds") if sample_type == "samples" else (sample_type, unit)
+        assert period.groups() == want
+
+
+_GO_RUNTIME_PROGRAM = """
+package main
+
+import (
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"sync"
+	"time"
+)
+
+var sink [][]byte
+
+func main() {
+	runtime.SetMutexProfileFraction(1)
+	runtime.SetBlockProfileRate(1)
+	runtime.MemProfileRate = 512
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 300; j++ {
+				mu.Lock()
+				sink = append(sink, make([]byte, 1024))
+				time.Sleep(10 * time.Microsecond)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	for _, name := range os.Args[2:] {
+		f, _ := os.Create(os.Args[1] + "/" + name + ".pb.gz")
+		if err := pprof.Lookup(name).WriteTo(f, 0); err != nil {
+			panic(err)
+		}
+		f.Close()
+	}
+}
+"""
+GO_RUNTIME_TYPES = ["goroutine", "mutex", "block", "heap", "allocs", "threadcreate"]
+
+
+@pytest.fixture(scope="module")
+def go_runtime_profiles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """What Go's net/http/pprof serves, written by the Go runtime itself from a program built here."""
+    if not shutil.which("go"):
+        pytest.fail("go (Debian golang-go, installed by scripts/setup.sh) builds this test's program")
+    src = tmp_path_factory.mktemp("goprog")
+    (src / "main.go").write_text(_GO_RUNTIME_PROGRAM)
+    (src / "go.mod").write_text("module goprog\n\ngo 1.19\n")
+    env = {**os.environ, "GOCACHE": str(src / "gocache")}  # `make unit` runs as nobody, whose HOME does not exist
+    subprocess.run(["go", "build", "-o", "goprog", "."], cwd=src, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([str(src / "goprog"), str(src), *GO_RUNTIME_TYPES], check=True, timeout=120)
+    return {name: src / f"{name}.pb.gz" for name in GO_RUNTIME_TYPES}
+
+
+@pytest.mark.parametrize("name", GO_RUNTIME_TYPES)
+def test_go_runtime_profile_types(app: Flask, name: str, go_runtime_profiles: dict[str, Path],
+                                  tmp_path: Path) -> None:
+    """Goroutine, mutex, block, heap, allocs and threadcreate profiles pushed as a Go service would push
+    them: every type's total, and every function's flat/cum in the download, agree with go tool pprof."""
+    path = go_runtime_profiles[name]
+    client = app.test_client()
+    r = client.post("/api/v1/ingest", data=path.read_bytes(), query_string={"service": "goprog", "profile": name})
+    assert r.status_code == 200, r.json
+    params = {**EVERYTHING, "query": f'{{profile="{name}"}}'}
+    if name != "threadcreate":
+        _check(client, [path], tmp_path, params)
+        return
+    # Go records no stacks for thread creation: one stackless sample, which -raw leaves out and -top counts
+    q = {**params, "type": "threadcreate"}
+    want_total, _ = top_table([path], "threadcreate")
+    assert client.get("/api/v1/flamegraph", query_string=q).json["total"] == int(want_total) > 0
+    download = tmp_path / "threadcreate.pb.gz"
+    download.write_bytes(client.get("/api/v1/pprof", query_string=q).data)
+    assert top_table([download], "threadcreate")[0] == want_total

@@ -227,3 +227,36 @@ def test_ingests_beyond_the_concurrency_limit_get_503_and_leave_threads_to_reads
     assert store.label_values("comm", 0, 2**62) == ["gated"]
     assert app.test_client().post("/api/v1/ingest", data=body).status_code == 200  # the slot was given back
     store.close()
+
+
+def test_slow_senders_hold_no_ingest_turn(tmp_path: Path) -> None:
+    """Two clients that send headers and a trickle of body (a slow link, or a byte every 29 s on purpose)
+    used to hold both ingest turns while their bodies arrived: every agent's ingest then got 503 "busy
+    storing" while nothing was stored. A turn is now taken once the body is here."""
+    app = create_app({"DATA_DIR": str(tmp_path), "MAINTENANCE_SECONDS": 0, "INGEST_CONCURRENCY": 2,
+                      "INGEST_WAIT_SECONDS": 1})
+    server = serve(app, "127.0.0.1", 0, threads=4)
+    slow: list[socket.socket] = []
+    try:
+        body, slow_body = pprof.encode([_profile("fast")]), pprof.encode([_profile("slow")])
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
+            s.sendall(b"POST /api/v1/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(slow_body) + slow_body[:2])
+            slow.append(s)
+        time.sleep(0.5)  # both slow requests are in their handlers, reading
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
+        conn.request("POST", "/api/v1/ingest", body=body, headers={"Content-Type": "application/octet-stream"})
+        r = conn.getresponse()
+        assert r.status == 200, r.read()
+        conn.close()
+        for s in slow:  # the slow ones finish too, and are stored like any other
+            s.sendall(slow_body[2:])
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        status, answer = _get(f"{server.url}/api/v1/label/comm/values?from=now-1h")
+        assert status == 200 and json.loads(answer) == {"values": ["fast", "slow"]}
+    finally:
+        for s in slow:
+            s.close()
+        server.shutdown()
+        app.extensions["podflame.store"].close()

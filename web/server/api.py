@@ -28,6 +28,7 @@ from web.query.merge import Query, profiles_by_series, series_summary
 from web.query.treebin import MEDIA_TYPE as TREE_MEDIA_TYPE
 from web.query.treecache import DEFAULT_MAX_BYTES as DEFAULT_TREE_CACHE_BYTES
 from web.query.treecache import Answer, BinaryAnswer, TreeCache, payload_json_head
+from web.server import gate
 from web.server.gzipjoin import accepts_gzip, gzip_join
 from web.server.timeparse import TimeError, parse_step, parse_time
 from web.store import deadline
@@ -230,9 +231,18 @@ def ingest() -> Response:
     if limits is None:  # the app's config and environment, read once (docs/api.md "Limits")
         limits = current_app.extensions["podflame.limits"] = DecodeLimits.from_config(current_app.config)
     labels, override = _ingest_labels(received, limits)
+    if request.mimetype == "multipart/form-data":
+        raise ApiError(415, "the profile must be the request body itself (curl --data-binary @cpu.pb.gz), not a "
+                       "form upload (curl -F)", "invalid")
     body = _read_body(current_app.config["MAX_BODY_BYTES"])
     if not body:
         raise ApiError(400, "empty body: POST a pprof profile (gzip or plain)", "invalid")
+    with gate.ingest_turn():  # taken once the body is here: a slow sender holds no other agent's turn
+        return _decode_and_store(body, labels, override, received, limits)
+
+
+def _decode_and_store(body: bytes, labels: dict[str, str], override: int | None, received: int,
+                      limits: DecodeLimits) -> Response:
     try:
         # Numeric pprof labels (heap `bytes`, `object count`...) as series labels would make one series
         # per distinct number: dropped unless asked for. Totals are unchanged; string labels stay.
@@ -241,7 +251,10 @@ def ingest() -> Response:
     except pprof.PprofTooLarge as e:
         raise ApiError(413, str(e), "too_large") from None
     except pprof.PprofError as e:
-        raise ApiError(400, f"invalid pprof: {e}", "invalid") from None
+        hint = ""
+        if request.mimetype == "application/x-www-form-urlencoded":  # curl -d's, and --data-binary's default type
+            hint = " (curl -d / --data drops a file's newline bytes: send it with --data-binary @FILE)"
+        raise ApiError(400, f"invalid pprof: {e}{hint}", "invalid") from None
     if override is not None:
         if not 0 <= override <= limits.time_ns - decoded.duration_ns:
             raise ApiError(400, f"bad time: outside [0, {limits.time_ns}] (limit MAX_TIME_NS)", "bad_time")
@@ -252,7 +265,9 @@ def ingest() -> Response:
     INGESTED_PROFILES.inc(result.profiles)
     INGESTED_SAMPLES.inc(result.samples)
     INGESTED_BYTES.inc(len(body))
-    return jsonify(profiles=result.profiles, samples=result.samples)
+    # `time`: where the profile was filed (its own time_nanos, unless `time=`): a pushed profile from last
+    # week is not in the page's default last 15 minutes, and this says where to look.
+    return jsonify(profiles=result.profiles, samples=result.samples, time=decoded.start_ns / 1e9)
 
 
 # -- metadata --------------------------------------------------------------------------------
@@ -268,6 +283,9 @@ def labels() -> Response:
 @api.get("/label/<name>/values")
 @timed("label_values")
 def label_values(name: str) -> Response:
+    if not LABEL_NAME.fullmatch(name):  # no stored label has such a name: say so rather than answer []
+        raise ApiError(400, f"bad label name {name[:100]!r}: label names are [a-zA-Z_][a-zA-Z0-9_]* "
+                       "(GET /api/v1/labels lists them)")
     q = parse_query()
     prefix = request.args.get("prefix") or ""
     limit = _int_arg("limit", None, 1, 10_000_000)

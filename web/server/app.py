@@ -17,6 +17,7 @@ running inside our process: one process, one writer, one maintenance thread.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -27,6 +28,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from podflame.errors import InvalidInput, Unavailable
+from podflame.limits import DecodeLimits, positive_int
 from web.server import auth, gate
 from web.server.api import api
 from web.server.ops import ops
@@ -56,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "INGEST_WAIT_SECONDS": 20,  # an ingest waits this long for a slot, then gets 503 + Retry-After (the agent retries)
 }
 
-_ENV = {"RETENTION_SECONDS": float, "RETENTION_BYTES": int, "MAINTENANCE_SECONDS": float,
+_ENV = {"RETENTION_SECONDS": float, "RETENTION_BYTES": int, "MAINTENANCE_SECONDS": float, "MAX_BODY_BYTES": int,
         "INGEST_TOKEN_FILE": str, "READ_TOKEN_FILE": str}
 DEFAULT_THREADS = 8  # request threads: the GIL and 2-core pods make more cost memory, not throughput
 DEFAULT_TIMEOUT = 30  # seconds a connection may idle mid-request (slow clients cannot hold a thread)
@@ -72,12 +74,17 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.from_mapping(DEFAULTS)
     for key, kind in _ENV.items():  # operators set limits without CLI flags (e.g. in a Deployment)
         if os.environ.get(f"PODFLAME_{key}"):
-            app.config[key] = kind(os.environ[f"PODFLAME_{key}"])
+            try:
+                app.config[key] = kind(os.environ[f"PODFLAME_{key}"])
+            except ValueError:
+                raise InvalidInput(f"PODFLAME_{key}={os.environ[f'PODFLAME_{key}']!r}: expected a number") from None
     if config:
         app.config.update(config)
+    app.config["MAX_BODY_BYTES"] = positive_int("MAX_BODY_BYTES", app.config["MAX_BODY_BYTES"])
+    DecodeLimits.from_config(app.config)  # a bad limit fails the start, not every ingest with a 500
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
     auth.install(app)  # before the store opens: a bad token file fails the start, not the first request
-    gate.install(app)  # after auth: a request without a token never takes an ingest slot
+    gate.install(app)  # ingest turns; auth runs first, so a request without a token never takes one
 
     store: Store | None = app.config["STORE"]
     if store is None:
@@ -159,7 +166,8 @@ def serve(app: Flask, host: str, port: int, *, threads: int = DEFAULT_THREADS, t
     try:
         server.prepare()  # binds now, so a taken port fails here and not in the thread
     except OSError as e:
-        hint = " (is another podflame running? pick another with --listen)" if e.errno == 98 else ""
+        in_use = e.errno == errno.EADDRINUSE or f"[Errno {errno.EADDRINUSE}]" in str(e)  # cheroot: text only
+        hint = " (is another podflame running? pick another with --listen)" if in_use else ""
         raise Unavailable(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
     return HttpServer(server, "https" if tls else "http", host)
 

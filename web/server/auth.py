@@ -249,9 +249,11 @@ def login() -> Response:
     tokens = token_file("READ_TOKEN_FILE")
     if tokens is None:
         raise NotFound("this server has no read tokens: nothing to log in to")
-    body = request.get_json(silent=True)
+    body = request.get_json(force=True, silent=True)  # curl -d sends it form-typed
     token = body.get("token") if isinstance(body, dict) else None
-    if not isinstance(token, str) or not tokens.accepts(token):
+    if not isinstance(token, str):
+        raise InvalidInput('send the read token as JSON: {"token": "READ_TOKEN"}')
+    if not tokens.accepts(token):
         raise Unauthorized("that read token is not valid")
     response = Response(status=204)
     response.set_cookie(READ_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure, path="/")

@@ -33,7 +33,8 @@ _MAX_NODES = _param("max_nodes", "keep the N largest nodes, the rest folded into
 
 def _errors(*codes: int) -> dict[str, Any]:
     why = {400: "bad parameter or body", 401: "no valid token", 403: "another origin or Host",
-           404: "unknown", 413: "body over its bound", 503: "store unavailable"}
+           404: "unknown", 413: "body over its bound", 415: "a form upload, not a profile body",
+           503: "store unavailable"}
     return {str(c): {"description": why[c], "content": {JSON: {"schema": _ERROR}}} for c in codes}
 
 
@@ -66,9 +67,10 @@ def document() -> dict[str, Any]:
             "parameters": [_param("time", "override the profile's time")],
             "requestBody": {"required": True, "content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}}},
-            "responses": {"200": _json("stored and durable", _obj(["profiles", "samples"],
-                                       profiles={"type": "integer"}, samples={"type": "integer"})),
-                          **_errors(400, 401, 403, 413, 503)}}},
+            "responses": {"200": _json("stored and durable", _obj(["profiles", "samples", "time"],
+                                       profiles={"type": "integer"}, samples={"type": "integer"},
+                                       time={"type": "number"})),
+                          **_errors(400, 401, 403, 413, 415, 503)}}},
         "/api/v1/labels": _get("label names in the range", _RANGE, _json("names", _obj(["labels"], labels=_STRINGS))),
         "/api/v1/label/{name}/values": _get(
             "values of one label in the range",
@@ -107,7 +109,7 @@ def document() -> dict[str, Any]:
                      "tags": ["access"], "security": [],
                      "requestBody": {"required": True, "content": {JSON: {"schema": _obj(
                          ["token"], token={"type": "string"})}}},
-                     "responses": {"204": {"description": "cookie set"}, **_errors(401, 403, 404)}},
+                     "responses": {"204": {"description": "cookie set"}, **_errors(400, 401, 403, 404)}},
             "delete": {"summary": "log out: clears the read cookie", "tags": ["access"], "security": [],
                        "responses": {"204": {"description": "cookie cleared"}, **_errors(403)}}},
         "/api/v1/openapi.json": {"get": {"summary": "this document", "tags": ["operations"], "security": [],

@@ -41,7 +41,8 @@ def parse_duration(text: str) -> int:
     while pos < len(s):
         m = _DURATION.match(s, pos)
         if not m:
-            raise TimeError(f"bad duration {text!r}: expected a number and a unit s, m, h or d (e.g. 15m, 1h30m)")
+            raise TimeError(f"bad duration {text!r}: expected a number and a unit ms, s, m, h, d or w "
+                            "(e.g. 15m, 1h30m)")
         total += Decimal(m.group(1)) * UNIT_NS[m.group(2)]
         pos = m.end()
     if not s:
@@ -98,7 +99,7 @@ def _parse_time(text: str, now_ns: int) -> int:
     if _RFC3339.fullmatch(s):
         return _rfc3339(s, text)
     raise TimeError(f"bad time {text!r}: expected RFC 3339 (2026-11-24T12:00:00Z), unix seconds, "
-                    "now, or now-<N><unit> with unit s, m, h or d (now-15m)")
+                    "now, or now-<N><unit> with unit ms, s, m, h, d or w (now-15m)")
 
 
 def _rfc3339(s: str, text: str) -> int:

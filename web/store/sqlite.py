@@ -171,6 +171,10 @@ class _Handle(NamedTuple):
     level: int
 
 
+class StoreUnusable(Unavailable):
+    """The data directory cannot be created or written, or its index is not a SQLite database."""
+
+
 class SqliteStore(Store):
     """SQLite index + zstd column files under one directory; one writer at a time, readers in parallel.
 
@@ -184,6 +188,17 @@ class SqliteStore(Store):
             raise InvalidInput("synchronous must be NORMAL, FULL or EXTRA (anything less is not durable)")
         self.dir = Path(data_dir)
         self.blob_dir = self.dir / "blobs"
+        try:
+            self._open(synchronous, zstd_level, levels)
+        except (OSError, sqlite3.DatabaseError) as e:  # a user's --data: say which folder and why, not a traceback
+            if isinstance(e, OSError):
+                why = f"{e.strerror or e}: {e.filename}" if e.filename else str(e.strerror or e)
+            else:
+                why = f"{self.dir / 'index.sqlite'}: {e}"
+            raise StoreUnusable(f"cannot use {self.dir} as the data directory: {why} (give another folder "
+                                "with --data, one this user can write)") from None
+
+    def _open(self, synchronous: str, zstd_level: int, levels: Sequence[int]) -> None:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.zstd_level = zstd_level
         self._zstd = zstandard.ZstdCompressor(level=zstd_level)  # used under the write lock only
