@@ -75,7 +75,7 @@ def encode(obj):
 
 
 def json_loop():
-    obj = {"k%d" % i: [i, str(i), {"x": i * 0.5}] for i in range(300)}
+    obj = {f"k{i}": [i, str(i), {"x": i * 0.5}] for i in range(300)}
     print("ready", flush=True)
     while True:
         encode(obj)
@@ -96,7 +96,7 @@ def scan(text):
 
 
 def re_loop():
-    text = " ".join("user%d@host%d.com x%d" % (i, i % 7, i) for i in range(400))
+    text = " ".join(f"user{i}@host{i % 7}.com x{i}" for i in range(400))
     while True:
         scan(text)
 
