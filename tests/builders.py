@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,6 +71,20 @@ def ingest(client: FlaskClient, profiles: list[Profile], query: str = "", **para
     r = client.post(f"/api/v1/ingest{query}", query_string=params or None, data=pprof.encode(profiles))
     assert r.status_code == 200, r.json
     return r.json
+
+
+@contextmanager
+def served(data_dir: Path, profiles: list[Profile], **params: str) -> Iterator[FlaskClient]:
+    """A test client of a server on data_dir that holds `profiles`; its store closed after use."""
+    from web.server.app import create_app
+
+    app = create_app({"DATA_DIR": str(data_dir)})
+    try:
+        client = app.test_client()
+        ingest(client, profiles, **params)
+        yield client
+    finally:
+        app.extensions["podflame.store"].close()
 
 
 def ingest_url(url: str, profiles: list[Profile]) -> dict[str, Any]:

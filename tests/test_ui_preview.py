@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from podflame.model import Frame, Line, Profile
-from tests.builders import ingest
+from tests.builders import ingest, served
 from web.query import treebin
-from web.server.app import create_app
 
 WIDTH = 1280
 
@@ -43,11 +42,8 @@ def _profile() -> Profile:
 
 @pytest.fixture
 def client(tmp_path: Path):
-    app = create_app({"DATA_DIR": str(tmp_path / "data")})
-    client = app.test_client()
-    ingest(client, [_profile()], time="1000")
-    yield client
-    app.extensions["podflame.store"].close()
+    with served(tmp_path / "data", [_profile()], time="1000") as client:
+        yield client
 
 
 def _get(client, **params: str):

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from podflame.model import Frame, Line, Profile
-from tests.builders import ingest
+from tests.builders import served
 from web.query import treebin
 from web.query.flamegraph import diff_tree_from_stacks
 from web.query.stacks import NameStacks
-from web.server.app import create_app
 
 
 def _profile() -> Profile:
@@ -32,11 +31,8 @@ def _profile() -> Profile:
 
 @pytest.fixture
 def client(tmp_path: Path):
-    app = create_app({"DATA_DIR": str(tmp_path / "data")})
-    client = app.test_client()
-    ingest(client, [_profile()], time="1000")
-    yield client
-    app.extensions["podflame.store"].close()
+    with served(tmp_path / "data", [_profile()], time="1000") as client:
+        yield client
 
 
 @pytest.mark.parametrize("max_nodes", [None, 30])
