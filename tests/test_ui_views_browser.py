@@ -132,19 +132,21 @@ def _rows(page) -> list[list[str]]:
 
 
 def _shot(w: Watched, tmp_path: Path, name: str) -> None:
-    """The view at 1440x900 and 1280x720 (the smallest screen everything must fit without scrolling)."""
+    """The view at 1440x900 and 1280x720 (the smallest screen everything must fit without scrolling), light and
+    dark (the system's setting, prefers-color-scheme)."""
     d = _screenshot_dir(tmp_path)
-    for width, height in ((1440, 900), (1280, 720)):
-        w.page.set_viewport_size({"width": width, "height": height})
-        wait_js(w.page, f"window.innerWidth === {width}")
-        w.page.evaluate("window.podflame.rerender()")
-        # Nothing hangs off the page: the graph and table scroll inside their panes.
-        assert w.page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1"), (name, width)
-        w.page.screenshot(path=str(d / f"podflame-{name}-{width}x{height}.png"))
-    # Dark mode follows the system setting (prefers-color-scheme).
-    w.page.emulate_media(color_scheme="dark")
-    assert w.page.evaluate("getComputedStyle(document.documentElement).backgroundColor") == "rgb(23, 22, 26)"
-    w.page.screenshot(path=str(d / f"podflame-{name}-1280x720-dark.png"))
+    for scheme in ("light", "dark"):
+        w.page.emulate_media(color_scheme=scheme)
+        background = w.page.evaluate("getComputedStyle(document.documentElement).backgroundColor")
+        assert background == ("rgb(23, 22, 26)" if scheme == "dark" else "rgb(251, 250, 248)"), (scheme, background)
+        for width, height in ((1440, 900), (1280, 720)):
+            w.page.set_viewport_size({"width": width, "height": height})
+            wait_js(w.page, f"window.innerWidth === {width}")
+            w.page.evaluate("window.podflame.rerender()")
+            # Nothing hangs off the page: the graph and table scroll inside their panes.
+            assert w.page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1"), (name, width)
+            suffix = "-dark" if scheme == "dark" else ""
+            w.page.screenshot(path=str(d / f"podflame-{name}-{width}x{height}{suffix}.png"))
     w.page.emulate_media(color_scheme="light")
     w.page.set_viewport_size({"width": 1400, "height": 900})
 
@@ -284,7 +286,7 @@ def test_inverted_and_root_at_bottom(server: str, watched: Watched, tmp_path: Pa
     w.assert_clean()
 
 
-def test_regex_search_share_errors_and_next_match(server: str, watched: Watched) -> None:
+def test_regex_search_share_errors_and_next_match(server: str, watched: Watched, tmp_path: Path) -> None:
     w, page = watched, watched.page
     _open(w, server)
     result = page.locator("#search-result")
@@ -314,6 +316,9 @@ def test_regex_search_share_errors_and_next_match(server: str, watched: Watched)
     wait_js(page, "window.podflame.lastRender.zoom.join(';') === 'main;hash'")
     page.locator("#search").press("Enter")
     wait_js(page, "window.podflame.lastRender.zoom.join(';') === 'main;parse;hash'")
+    page.locator("#search").fill("ha.h|wr[i]te")  # matches in colour, the zoomed frame's share beside the total
+    wait_js(page, "document.getElementById('search-result').textContent.includes('of zoomed')")
+    _shot(w, tmp_path, "search-zoomed")
     w.assert_clean()
 
 
