@@ -9,7 +9,9 @@ Cases, each through the whole path (HTTP API with gzip, JSON parse, layout, canv
 - `zoom_redraw` / `search_redraw`: one zoom (click path: render + URL + search stats) and one regex search
   redraw of the 100k graph, best and median of several.
 Each navigation also reports where its time went, from the page's `pf:*` performance marks (medians):
-`app_ms` when app.js starts (its modules loaded), `answer_ms` when the graph's answer is read, `drawn` after.
+`html_ms` when the page's HTML is in, `boot_ms` when boot.js asks for the graph, `app_ms` when app.js starts (its
+modules loaded), `answer_ms` when the graph's answer is read, `drawn` after (the draw's script done), and
+`painted_ms` when the frame showing it was produced (the canvas rastered: a task after the next animation frame).
 The first picture comes from a preview answer (web/query/treebin.py: the frames wide enough to be drawn on their
 own at the screen's width, the same pixels as the whole tree's); `whole_ms` is when the whole tree is in too
 (the function table filled, search and zoom on every frame); `transfer_bytes`/`decoded_bytes` are the first
@@ -119,6 +121,7 @@ def navigate(browser, url: str, runs: int) -> dict[str, Any]:
     The first run is the server's first sight of the data (`ms_first`: names translated, tree built);
     later runs may be served from its kept answers (web/query/treecache.py), as a reload or a link is."""
     times, parse, api_ms, client_ms, app_ms, answer_ms, whole_ms = [], [], [], [], [], [], []
+    html_ms, boot_ms, painted_ms = [], [], []
     nodes = 0
     for _ in range(runs):
         ctx = browser.new_context(viewport={"width": 1920, "height": 1080}, screen={"width": 1920, "height": 1080})
@@ -141,6 +144,10 @@ def navigate(browser, url: str, runs: int) -> dict[str, Any]:
         marks = page.evaluate("Object.fromEntries(performance.getEntriesByType('mark')"
                               ".map(m => [m.name, m.startTime]))")
         app_ms.append(marks.get("pf:app", 0))
+        boot_ms.append(marks.get("pf:boot", 0))
+        html_ms.append(page.evaluate("performance.getEntriesByType('navigation')[0].responseEnd"))
+        wait(page, "window.podflame.paintedAt !== null")
+        painted_ms.append(page.evaluate("window.podflame.paintedAt"))
         answer_ms.append(marks.get("pf:flame-json", 0))
         json_url = name.replace("format=binary", "format=json")  # the peer parses the JSON form of the answer
         parse.append(page.evaluate("""async (u) => {
@@ -151,8 +158,11 @@ def navigate(browser, url: str, runs: int) -> dict[str, Any]:
     return {"ms_best": round(best, 1), "ms_median": round(statistics.median(times), 1), "ms_first": round(times[0], 1),
             "runs": [round(t) for t in times], "api_ms_median": round(statistics.median(api_ms), 1),
             "page_ms_median": round(statistics.median(client_ms), 1),
+            "html_ms_median": round(statistics.median(html_ms), 1),
+            "boot_ms_median": round(statistics.median(boot_ms), 1),
             "app_ms_median": round(statistics.median(app_ms), 1),
             "answer_ms_median": round(statistics.median(answer_ms), 1),
+            "painted_ms_median": round(statistics.median(painted_ms), 1),
             "whole_ms_median": round(statistics.median(whole_ms), 1),
             "nodes": nodes, "transfer_bytes": transfer, "decoded_bytes": decoded,
             "whole_transfer_bytes": whole_transfer, "whole_decoded_bytes": whole_decoded,

@@ -267,6 +267,7 @@ def test_inverted_and_root_at_bottom(server: str, watched: Watched, tmp_path: Pa
     under_hash = {n["name"] for n in r["nodes"] if n["depth"] == 2 and n["x"] < roots["hash"] * r["width"]}
     assert under_hash == {"parse", "serve", "main", "recurse"}
     assert page.locator("#flame-title").inner_text().startswith("Bottom-up")
+    _shot(w, tmp_path, "inverted")
     page.locator("#invert").uncheck()
     wait_js(page, "window.podflame.lastRender.nodes.some(n => n.depth === 1 && n.name === 'main')")
 

@@ -57,7 +57,7 @@ const fmtInt = { format: formatInt };  // lazyintl.js: no Intl before the first 
 
 // Test and debugging hook: what the page last drew and whether it is settled.
 const hook = (window.podflame = {
-  status: "loading", lastRender: null, targets: [], renders: 0, chart: null, diff: null, drawnAt: null, wholeAt: null, loading: [],
+  status: "loading", lastRender: null, targets: [], renders: 0, chart: null, diff: null, drawnAt: null, paintedAt: null, wholeAt: null, loading: [],
   rerender() { draw(); return hook.lastRender; },
 });
 
@@ -726,9 +726,11 @@ function afterRender() {
   hook.lastRender = flame.lastRender;
   hook.renders += 1;
   // When the first graph was on screen, in ms since navigation started (bench/ui.py reads it).
-  if (hook.drawnAt === null && flame.lastRender && flame.lastRender.nodes.length) {
+  if (hook.drawnAt === null && flame.lastRender && flame.lastRender.frames) {
     hook.drawnAt = performance.now();
     performance.mark("pf:drawn");
+    // The frame that shows it produced (the canvas rastered): a task after the next animation frame's callbacks.
+    requestAnimationFrame(() => setTimeout(() => { hook.paintedAt = performance.now(); performance.mark("pf:painted"); }));
   }
   els.zoomOut.disabled = !flame.isZoomed();
   els.searchResult.classList.toggle("error", !!flame.searchError);
