@@ -86,7 +86,7 @@ MAX_HEADER_BYTES = 64 << 10  # all request headers together
 @api.before_app_request
 def _bounded_request_line() -> tuple[Response, int] | None:
     """Over-long URLs and headers get the API's JSON error (414, 431), not the WSGI server's HTML page:
-    the app refuses them below the servers' own limits (Werkzeug's 64 KiB line; cheroot has none)."""
+    the app refuses them below the servers' own limits (Werkzeug's 64 KiB line, waitress's 128 KiB of headers)."""
     env = request.environ
     url = len(env.get("PATH_INFO", "")) + len(env.get("QUERY_STRING", ""))
     if url > MAX_URL_BYTES:
