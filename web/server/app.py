@@ -175,7 +175,7 @@ def serve(app: Flask, host: str, port: int, *, threads: int = DEFAULT_THREADS, t
         "max_request_header_size": MAX_REQUEST_HEADER_BYTES,
         # Flask's MAX_CONTENT_LENGTH, as waitress counts it (it refuses at >=): a declared oversize body is
         # refused (413) before it is read, a chunked one as soon as it passes the limit
-        "max_request_body_size": int(app.config["MAX_BODY_BYTES"]) + 1,
+        "max_request_body_size": int(app.config.get("MAX_BODY_BYTES", DEFAULTS["MAX_BODY_BYTES"])) + 1,
         "asyncore_use_poll": True,  # select() stops at file descriptor 1024
         "ident": "podflame", "expose_tracebacks": False}
     if tls is None:
