@@ -170,6 +170,8 @@ def serve(app: Flask, host: str, port: int, *, threads: int = DEFAULT_THREADS, t
     caller shuts it down."""
     from waitress.server import create_server
 
+    # "Task queue depth is N" on every request that waits for a thread: a burst of agents is normal, not a warning
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     limits: dict[str, Any] = {
         "threads": threads, "channel_timeout": timeout, "connection_limit": CONNECTION_LIMIT,
         "max_request_header_size": MAX_REQUEST_HEADER_BYTES,
