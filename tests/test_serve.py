@@ -322,13 +322,22 @@ def test_oversize_bodies_are_refused_whole_or_chunked(tmp_path: Path) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
         conn.request("POST", "/api/v1/ingest", body=b"\0" * 2000)
         r = conn.getresponse()
-        assert r.status == 413 and b"exceeds max_body of 1001" in r.read()
+        assert r.status == 413
+        assert json.loads(r.read()) == {"error": "body is over the 1000 byte limit (MAX_BODY_BYTES)"}
         conn.close()
         conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
         conn.request("POST", "/api/v1/ingest", body=iter([b"\0" * 600] * 10), encode_chunked=True)
         r = conn.getresponse()
-        assert r.status == 413 and b"exceeds max_body" in r.read()
+        assert r.status == 413 and "MAX_BODY_BYTES" in json.loads(r.read())["error"]
         conn.close()
+        bad = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)  # a malformed chunk: JSON too
+        bad.sendall(b"POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        answered = b""
+        while part := bad.recv(4096):  # until the server closes
+            answered += part
+        head, _, answer = answered.partition(b"\r\n\r\n")
+        bad.close()
+        assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head and "error" in json.loads(answer)
         assert app.extensions["podflame.store"].types(0, 2**62) == []
     finally:
         server.shutdown()

@@ -40,6 +40,7 @@ from podflame.errors import InvalidInput, Unavailable
 from podflame.limits import DecodeLimits, positive_int
 from web.server import auth, gate
 from web.server.api import api
+from web.server.jsonerrors import JsonErrorChannel
 from web.server.ops import ops
 from web.server.tlsfront import TlsFront
 from web.store.base import Store
@@ -185,6 +186,7 @@ def serve(app: Flask, host: str, port: int, *, threads: int = DEFAULT_THREADS, t
             server: Any = create_server(app, host=host, port=port, **limits)  # one listener: a TcpWSGIServer
         except OSError as e:
             raise _listen_error(host, port, e) from None
+        server.channel_class = JsonErrorChannel
         return HttpServer(server, "http", host, int(server.effective_port))
     cert, key = tls
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -200,6 +202,7 @@ def serve(app: Flask, host: str, port: int, *, threads: int = DEFAULT_THREADS, t
     private_dir = tempfile.mkdtemp(prefix="podflame-http-")  # 0700: only this user reaches the plain side
     upstream = os.path.join(private_dir, "http.sock")
     server = create_server(app, unix_socket=upstream, unix_socket_perms="600", url_scheme="https", **limits)
+    server.channel_class = JsonErrorChannel  # type: ignore[union-attr]  # one listener: a UnixWSGIServer
     front = TlsFront(sock, context, upstream, handshake_timeout=timeout)
     return HttpServer(server, "https", host, int(sock.getsockname()[1]), front, private_dir)
 
