@@ -7,7 +7,7 @@ per request with the ingest token, as profiler/upload.py does. Nodes start sprea
 Query clients meanwhile ask what the UI asks (pod list with CPU share, a pod's flame graph, the CPU
 chart, label values) with the read token, one request after another with a short pause.
 
-The server is `podflame server` itself (cheroot, its default thread pool, token files, a fresh data
+The server is `podflame server` itself (waitress, its default thread pool, token files, a fresh data
 directory per step), on 127.0.0.1 only. Steps go up in node count (10 .. 500) for `--step-seconds`
 each (after `--warmup` s of the same load, not measured: a new store interns every frame and stack
 once). They stop once ingest fails or falls behind, after two steps in a row that miss the query target,

@@ -9,7 +9,9 @@ synthetic node twice in one process, through the real ingest handler and the HTT
   cron jobs), each with a fresh pid and a few samples of its pod's stacks (8 per 10 s drain is ~70k a day).
 
 It prints, per run, ingest rate, series count, and the warm median of the queries the UI makes (label names,
-pid values, the node's and a pod's flame graph, the pod list, the CPU chart), and the churn/steady ratio of each.
+pid values, the node's and a pod's flame graph, the pod list, the CPU chart), and the churn/steady ratio of each;
+and, interleaved on each store, the pod list's sums made by the store (`Store.totals_by`) against the refs
+grouped in Python (the default, what the pod list did before stop 17): `pod_sums_store_over_refs`.
 
     .venv/bin/python bench/series_churn.py --hours 6
     .venv/bin/python bench/series_churn.py --data DIR          # keep both stores (DIR/steady, DIR/churn); then
@@ -150,6 +152,7 @@ def run(args: argparse.Namespace, new_per_drain: int) -> dict[str, Any]:
             out[f"{name}_ms"] = round(statistics.median(times[1:] or times) * 1000, 1)
             if name == "pid_values":
                 out["pid_values"] = len(r.json["values"])
+        out.update(_pod_list_ab(store, start, end, args.runs))
         if prof is not None:
             import pstats
             prof.disable()
@@ -162,6 +165,29 @@ def run(args: argparse.Namespace, new_per_drain: int) -> dict[str, Any]:
         store.close()
     log(f"  [{new_per_drain}/drain] {json.dumps(out)}")
     return out
+
+
+def _pod_list_ab(store: Any, start: int, end: int, runs: int) -> dict[str, float]:
+    """The pod list's sums made by the store (`totals_by`: SQLite's GROUP BY) against the refs grouped in Python
+    (`Store.totals_by`'s default, what the pod list did before), interleaved on the same store, same answer."""
+    from web.store.base import Store
+    from web.store.selector import MATCH_ALL
+
+    def sorted_rows(rows: list) -> list:
+        return sorted((sorted(g.labels.items()), g.value, g.value_period_ns) for g in rows)
+
+    ways = {"store": lambda: store.totals_by(MATCH_ALL, start, end, ["pod"], "samples", "count"),
+            "refs": lambda: Store.totals_by(store, MATCH_ALL, start, end, ["pod"], "samples", "count")}
+    assert sorted_rows(ways["store"]()) == sorted_rows(ways["refs"]())
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(max(3, runs)):
+        for name, way in ways.items():
+            t = time.perf_counter()
+            way()
+            times[name].append(time.perf_counter() - t)
+    store_ms, refs_ms = (statistics.median(times[k]) * 1000 for k in ("store", "refs"))
+    return {"pod_sums_store_ms": round(store_ms, 2), "pod_sums_refs_ms": round(refs_ms, 2),
+            "pod_sums_store_over_refs": round(store_ms / refs_ms, 2)}
 
 
 def main() -> None:
@@ -184,6 +210,7 @@ def main() -> None:
     churn = run(args, args.new_per_drain)
     ratios = {f"{k}_churn_over_steady": round(churn[k] / steady[k], 2)
               for k in steady if k.endswith("_ms") or k.endswith("_per_s")}
+    ratios["pod_sums_store_over_refs_churn"] = churn["pod_sums_store_over_refs"]
     print(json.dumps({"hours": args.hours, "pods": args.pods, "new_per_drain": args.new_per_drain,
                       "steady": steady, "churn": churn, **ratios}))
 

@@ -213,9 +213,9 @@ def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: s
               help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM private key.")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
-              help="Request threads (a bounded pool; further connections wait in a bounded queue).")
+              help="Request threads (a bounded pool, given only requests already read whole).")
 @click.option("--timeout", default=30, show_default=True, type=click.IntRange(1, 3600),
-              help="Seconds a connection may stall mid-request before it is closed.")
+              help="Seconds a connection may stay idle (or a TLS handshake take) before it is closed.")
 @click.option("--store", "store_dsn", default=None, envvar="PODFLAME_STORE",
               help="Another store: clickhouse://host:8123/db (see docs/scaling.md); default: SQLite in --data.")
 @click.option("--print-ddl", is_flag=True, help="Print the ClickHouse DDL --store would apply, and exit.")
@@ -223,7 +223,7 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
            allowed_hosts: str | None, allowed_origins: str | None, metrics_public: bool, insecure: bool,
            tls_cert: str | None, tls_key: str | None, threads: int, timeout: int, store_dsn: str | None,
            print_ddl: bool) -> None:
-    """The server alone: ingest, store, query, UI (cheroot: a bounded thread pool, optional TLS)."""
+    """The server alone: ingest, store, query, UI (waitress: whole requests to a bounded thread pool, optional TLS)."""
     from web.server.app import create_app, serve, serving_config
     from web.store.dsn import open_store, print_ddl_of
 

@@ -365,3 +365,48 @@ def test_bytes_after_the_gzip_stream_are_refused_not_dropped(client: FlaskClient
         assert r.status_code == 400 and words in r.json["error"], r.json
     assert _stored(client) == []
     assert client.post("/api/v1/ingest", data=one, content_type="application/octet-stream").status_code == 200
+
+
+# -- stop 17's new-user walk: inputs that were taken as something else -------------------------------
+
+
+@pytest.mark.parametrize("query", ["?service=%ff%fe", "?service=caf%e9", "?node=%c3"])
+def test_a_label_value_that_is_not_utf8_is_refused_not_stored_as_escapes(client: FlaskClient, query: str) -> None:
+    """`?service=%ff%fe` was stored as the six characters `%FF%FE` (Werkzeug re-escapes bytes it cannot
+    decode): a label value the client never sent. The query string must be UTF-8."""
+    refused(client, raw_pprof([([2, 1], [3], [])]), 400, "not UTF-8", query=query)
+    assert client.post("/api/v1/ingest?service=caf%C3%A9", data=raw_pprof([([2, 1], [3], [])])).status_code == 200
+    assert client.get("/api/v1/label/service/values", query_string=EVERYTHING).json["values"] == ["café"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/flamegraph?query=%7Bpod%3D%22%ff%22%7D", "/api/v1/series?type=%ff",
+                                  "/api/v1/label/pod/values?prefix=%e9"])
+def test_a_query_that_is_not_utf8_is_400_not_a_search_for_escapes(client: FlaskClient, path: str) -> None:
+    r = client.get(path)
+    assert r.status_code == 400 and "not UTF-8" in r.json["error"], r.json
+
+
+@pytest.mark.parametrize("param", ["from", "to"])
+@pytest.mark.parametrize("value", ["-5", "-1e30", "-0.5"])
+def test_a_negative_time_says_times_are_not_negative(client: FlaskClient, param: str, value: str) -> None:
+    """`from=-5` answered "bad duration '5': expected a number and a unit": a message about text the user
+    never wrote."""
+    r = client.get("/api/v1/series", query_string={"from": "now-1h", "to": "now", param: value})
+    assert r.status_code == 400, r.json
+    assert f"'{value}': unix times are not negative" in r.json["error"], r.json
+    refused(client, raw_pprof([([2, 1], [3], [])]), 400, "not negative", query=f"?time={value}")
+
+
+@pytest.mark.parametrize(("encoding", "body", "status", "words"), [
+    ("gzip", b"xx", 400, "not gzip"),  # read as a (valid, empty) plain pprof and acknowledged with 200
+    ("deflate", b"x\x9c" + b"\x00" * 8, 415, "'deflate' is not supported"),
+    ("zstd", b"(\xb5/\xfd" + b"\x00" * 8, 415, "'zstd' is not supported"),
+])
+def test_a_declared_content_encoding_must_match_the_body(client: FlaskClient, encoding: str, body: bytes,
+                                                         status: int, words: str) -> None:
+    before = stored(client)
+    r = client.post("/api/v1/ingest", data=body, headers={"Content-Encoding": encoding})
+    assert r.status_code == status and words in r.json["error"], r.json
+    assert stored(client) == before
+    good = raw_pprof([([2, 1], [3], [])])
+    assert client.post("/api/v1/ingest", data=good, headers={"Content-Encoding": "gzip"}).status_code == 200

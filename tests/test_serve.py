@@ -1,4 +1,4 @@
-"""The production server as `podflame server` runs it: cheroot on a real socket, TLS with a certificate
+"""The production server as `podflame server` runs it: waitress on a real socket, TLS with a certificate
 made here (openssl), the agent's uploader verifying it with --ca and sending its token from a file,
 chunked bodies, and liveness/readiness that say the truth.
 """
@@ -154,7 +154,7 @@ def test_a_wrong_agent_token_keeps_the_batch_until_the_file_is_fixed(tmp_path: P
         app.extensions["podflame.store"].close()
 
 
-def test_cheroot_takes_chunked_bodies_and_answers_json_errors(tmp_path: Path) -> None:
+def test_the_server_takes_chunked_bodies_and_answers_json_errors(tmp_path: Path) -> None:
     app = create_app({"DATA_DIR": str(tmp_path), "MAINTENANCE_SECONDS": 0})
     server = serve(app, "127.0.0.1", 0, threads=2)
     try:
@@ -258,5 +258,87 @@ def test_slow_senders_hold_no_ingest_turn(tmp_path: Path) -> None:
     finally:
         for s in slow:
             s.close()
+        server.shutdown()
+        app.extensions["podflame.store"].close()
+
+
+def _slow_client(port: int, payload: bytes, context: ssl.SSLContext | None) -> socket.socket:
+    s: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if context is not None:
+        s = context.wrap_socket(s, server_hostname="127.0.0.1")
+    s.sendall(payload)
+    return s
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_slow_clients_hold_no_request_thread(tmp_path: Path, scheme: str) -> None:
+    """More clients than request threads trickle their headers or their bodies (a slow link, or a byte
+    every few seconds on purpose). Under cheroot each held a thread until --timeout (here 120 s), and a
+    probe or a query behind them waited that long. Requests are now read whole before a thread takes one:
+    the normal request is answered while every slow one is still open, and the slow bodies, finished
+    later, are stored like any other."""
+    threads = 2
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "MAINTENANCE_SECONDS": 0})
+    context = None
+    tls = None
+    if scheme == "https":
+        cert, key = _self_signed(tmp_path, "server")
+        tls = (str(cert), str(key))
+        context = ssl.create_default_context(cafile=str(cert))
+    server = serve(app, "127.0.0.1", 0, threads=threads, timeout=120, tls=tls)
+    slow: list[socket.socket] = []
+    try:
+        body = pprof.encode([_profile("slow-body")])
+        for _ in range(threads + 2):
+            slow.append(_slow_client(server.server_port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow:",
+                                     context))
+        bodies = []
+        for _ in range(threads + 2):
+            bodies.append(_slow_client(server.server_port, b"POST /api/v1/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                       b"Content-Length: %d\r\n\r\n" % len(body) + body[:3], context))
+        slow += bodies
+        time.sleep(0.5)  # every slow request has arrived as far as it goes
+        # the client gives up long before the server would time the slow ones out (120 s)
+        status, answer = _get(f"{server.url}/healthz", context=context)
+        assert status == 200 and json.loads(answer) == {"status": "ok"}
+        for s in bodies:  # nothing is lost: the slow bodies, once whole, are answered and stored
+            s.sendall(body[3:])
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        status, answer = _get(f"{server.url}/api/v1/label/comm/values?from=now-1h", context=context)
+        assert status == 200 and json.loads(answer) == {"values": ["slow-body"]}
+    finally:
+        for s in slow:
+            s.close()
+        server.shutdown()
+        app.extensions["podflame.store"].close()
+
+
+def test_oversize_bodies_are_refused_whole_or_chunked(tmp_path: Path) -> None:
+    """A declared oversize body is refused (413) before it is read; a chunked one is read only up to the
+    limit (it has no length to check first), then refused; neither stores anything."""
+    app = create_app({"DATA_DIR": str(tmp_path), "MAINTENANCE_SECONDS": 0, "MAX_BODY_BYTES": 1000})
+    server = serve(app, "127.0.0.1", 0, threads=2)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        conn.request("POST", "/api/v1/ingest", body=b"\0" * 2000)
+        r = conn.getresponse()
+        assert r.status == 413
+        assert json.loads(r.read()) == {"error": "body is over the 1000 byte limit (MAX_BODY_BYTES)"}
+        conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        conn.request("POST", "/api/v1/ingest", body=iter([b"\0" * 600] * 10), encode_chunked=True)
+        r = conn.getresponse()
+        assert r.status == 413 and "MAX_BODY_BYTES" in json.loads(r.read())["error"]
+        conn.close()
+        bad = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)  # a malformed chunk: JSON too
+        bad.sendall(b"POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        answered = b""
+        while part := bad.recv(4096):  # until the server closes
+            answered += part
+        head, _, answer = answered.partition(b"\r\n\r\n")
+        bad.close()
+        assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head and "error" in json.loads(answer)
+        assert app.extensions["podflame.store"].types(0, 2**62) == []
+    finally:
         server.shutdown()
         app.extensions["podflame.store"].close()

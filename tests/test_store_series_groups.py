@@ -18,6 +18,7 @@ import numpy as np
 
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
 from tests.builders import put
+from web.store.base import Store
 from web.store.selector import parse_selector
 from web.store.sqlite import SqliteStore
 
@@ -60,19 +61,25 @@ def _node(rng: random.Random, t0: int, hours: float) -> list[Profile]:
     return out
 
 
-def _truth(profiles: list[Profile], text: str, t0: int, t1: int, sample_type: str) -> tuple[dict, dict, dict]:
-    """Brute force over what was written: stack sums (by frame tuple), totals per pod and per pid."""
+def _truth(profiles: list[Profile], text: str, t0: int, t1: int, sample_type: str
+           ) -> tuple[dict, dict, dict, dict, dict]:
+    """Brute force over what was written: stack sums (by frame tuple), totals per pod and per pid, per pod the
+    sum of value x period (CPU time), per whole label set."""
     sel = parse_selector(text)
     stacks: dict = defaultdict(int)
     per_pod: dict = defaultdict(int)
     per_pid: dict = defaultdict(int)
+    pod_cpu: dict = defaultdict(int)
+    per_labels: dict = defaultdict(int)
     for p in profiles:
         if t0 <= p.start_ns < t1 and p.sample_type == sample_type and sel.matches(p.labels):
             for stack, v in p.samples.items():
                 stacks[tuple(stack)] += v
                 per_pod[p.labels.get("pod", "")] += v
                 per_pid[p.labels.get("pid", "")] += v
-    return dict(stacks), dict(per_pod), dict(per_pid)
+                pod_cpu[p.labels.get("pod", "")] += v * p.period_ns
+                per_labels[tuple(sorted(p.labels.items()))] += v
+    return dict(stacks), dict(per_pod), dict(per_pid), dict(pod_cpu), dict(per_labels)
 
 
 def _check(store: SqliteStore, profiles: list[Profile], rng: random.Random, hours: float,
@@ -83,7 +90,7 @@ def _check(store: SqliteStore, profiles: list[Profile], rng: random.Random, hour
         for text in [*rng.sample(NO_PID, 3), *rng.sample(BY_PID, 2), "{}"]:
             sel = parse_selector(text)
             for sample_type in ("samples", "cpu"):
-                stacks, per_pod, per_pid = _truth(profiles, text, t0, t1, sample_type)
+                stacks, per_pod, per_pid, pod_cpu, per_labels = _truth(profiles, text, t0, t1, sample_type)
                 where = (text, sample_type, (t0 - T0) / S, (t1 - T0) / S)
                 summed = store.select_summed(sel, t0, t1, sample_type, keep=())
                 plain = store.select(sel, t0, t1, sample_type)
@@ -102,6 +109,25 @@ def _check(store: SqliteStore, profiles: list[Profile], rng: random.Random, hour
                     assert r.series.id > 0, where  # keeping pid: series refs only
                     pids[r.series.labels.get("pid", "")] += r.total
                 assert {k: v for k, v in pids.items() if v} == {k: v for k, v in per_pid.items() if v}, where
+                # The same sums as the store makes them (the pod list): per pod with CPU time, per pid, per series.
+                by_pod = store.totals_by(sel, t0, t1, ["pod"], sample_type)
+                assert {g.labels.get("pod", ""): g.value for g in by_pod if g.value} == \
+                    {k: v for k, v in per_pod.items() if v}, where
+                # CPU time: exact on raw rows; a block counts at its dominant period, as the refs always did
+                cpu = {g.labels.get("pod", ""): g.value_period_ns for g in by_pod if g.value}
+                assert cpu == {g.labels.get("pod", ""): g.value_period_ns
+                               for g in Store.totals_by(store, sel, t0, t1, ["pod"], sample_type) if g.value}, where
+                if plain == store.select(sel, t0, t1, sample_type, max_level=0):  # no block in the range
+                    assert cpu == {k: v for k, v in pod_cpu.items() if v}, where
+                assert all(g.has_period for g in by_pod), where
+                assert len({tuple(g.labels.items()) for g in by_pod}) == len(by_pod), where  # one row per pod
+                pids = defaultdict(int)
+                for g in store.totals_by(sel, t0, t1, ["pod", "pid"], sample_type):
+                    pids[g.labels.get("pid", "")] += g.value
+                assert {k: v for k, v in pids.items() if v} == {k: v for k, v in per_pid.items() if v}, where
+                assert {tuple(sorted(g.labels.items())): g.value
+                        for g in store.totals_by(sel, t0, t1, None, sample_type) if g.value} == \
+                    {k: v for k, v in per_labels.items() if v}, where
                 step = rng.choice([5 * M, 10 * M, 25 * M])
                 got_steps = store.step_totals(sel, t0, t1, step, sample_type)
                 raw = [r for r in store.select(sel, t0, t1, sample_type, max_level=0)]

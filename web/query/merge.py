@@ -25,7 +25,7 @@ from web.query.flamegraph import diff_tree_from_stacks, flamegraph_from_stacks
 from web.query.speedscope import speedscope_from_stacks
 from web.query.stacks import NameStacks
 from web.query.treecache import Answer, BinaryAnswer, TreeCache, payload_json_head, refs_key
-from web.store.base import Store, StoredProfile, frame_origin_of
+from web.store.base import LabelTotals, Store, StoredProfile, frame_origin_of
 from web.store.columns import group_sum
 from web.store.selector import Selector
 
@@ -551,6 +551,15 @@ def profiles_by_series(store: Store, q: Query) -> tuple[str, str, list[Profile]]
     return sample_type, unit, list(out.values())
 
 
+def _group_cpu_nanoseconds(sample_type: str, unit: str | None, g: LabelTotals) -> int | None:
+    """`cpu_nanoseconds` of a group the store summed."""
+    if (sample_type, unit) == ("cpu", "nanoseconds"):
+        return g.value
+    if (sample_type, unit) == ("samples", "count") and g.has_period:
+        return g.value_period_ns
+    return None
+
+
 def cpu_nanoseconds(sample_type: str, unit: str, refs: Sequence[StoredProfile]) -> int | None:
     """CPU time behind these profiles, when the type measures CPU; None otherwise."""
     if (sample_type, unit) == ("cpu", "nanoseconds"):
@@ -563,21 +572,18 @@ def cpu_nanoseconds(sample_type: str, unit: str, refs: Sequence[StoredProfile]) 
 def series_summary(store: Store, q: Query, by: Sequence[str] | None = None) -> dict:
     """Profiles grouped by the `by` labels (all labels when None), largest first, with CPU time and share.
 
-    Only index metadata is read (each stored profile keeps its total), no sample data.
+    Only index metadata is read (each stored profile keeps its total), no sample data, and the store sums
+    per group (`Store.totals_by`): a range of short-lived processes is not handed over profile by profile.
     """
-    sample_type, unit, refs = select(store, q, keep=by)
-    groups: dict[tuple[tuple[str, str], ...], list[StoredProfile]] = defaultdict(list)
-    for r in refs:
-        labels = r.series.labels
-        key = tuple(sorted(labels.items())) if by is None else tuple((k, labels[k]) for k in by if k in labels)
-        groups[key].append(r)
+    sample_type, unit = resolve_type(store, q)
+    groups = store.totals_by(q.selector, q.t0, q.t1, by, sample_type, unit)
     seconds = (q.t1 - q.t0) / 1e9
     rows: list[dict[str, Any]] = []
-    for key, group in groups.items():
-        cpu_ns = cpu_nanoseconds(sample_type, unit, group)
+    for g in groups:
+        cpu_ns = _group_cpu_nanoseconds(sample_type, unit, g)
         cpu_s = None if cpu_ns is None else cpu_ns / 1e9
-        rows.append({"labels": dict(key), "value": sum(r.total for r in group), "cpu_seconds": cpu_s,
+        rows.append({"labels": dict(g.labels), "value": g.value, "cpu_seconds": cpu_s,
                      "cpu_share": None if cpu_s is None or seconds <= 0 else cpu_s / seconds})
     rows.sort(key=lambda r: (-r["value"], sorted(r["labels"].items())))
-    return {"from": q.t0 / 1e9, "to": q.t1 / 1e9, "type": sample_type, "unit": unit,
-            "total": sum(r.total for r in refs), "series": rows}
+    return {"from": q.t0 / 1e9, "to": q.t1 / 1e9, "type": sample_type, "unit": unit or "count",
+            "total": sum(g.value for g in groups), "series": rows}

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import Counter, Histogram
@@ -86,7 +87,7 @@ MAX_HEADER_BYTES = 64 << 10  # all request headers together
 @api.before_app_request
 def _bounded_request_line() -> tuple[Response, int] | None:
     """Over-long URLs and headers get the API's JSON error (414, 431), not the WSGI server's HTML page:
-    the app refuses them below the servers' own limits (Werkzeug's 64 KiB line; cheroot has none)."""
+    the app refuses them below the servers' own limits (Werkzeug's 64 KiB line, waitress's 128 KiB of headers)."""
     env = request.environ
     url = len(env.get("PATH_INFO", "")) + len(env.get("QUERY_STRING", ""))
     if url > MAX_URL_BYTES:
@@ -95,6 +96,23 @@ def _bounded_request_line() -> tuple[Response, int] | None:
     headers = sum(len(k) + len(v) for k, v in env.items() if k.startswith("HTTP_") and isinstance(v, str))
     if headers > MAX_HEADER_BYTES:
         return jsonify(error=f"request headers hold {headers} bytes, over the {MAX_HEADER_BYTES} byte limit"), 431
+    if request.path.startswith("/api/"):
+        return _utf8_query(env.get("QUERY_STRING", ""))
+    return None
+
+
+def _utf8_query(query: str) -> tuple[Response, int] | None:
+    """A 400 for a query string whose bytes are not UTF-8: Werkzeug would turn each bad byte into the text
+    `%FF`, and an ingest would then store a label value the client never sent (or a query match nothing)."""
+    try:  # WSGI gives the raw bytes as latin-1 text; percent escapes and raw bytes alike must be UTF-8
+        raw = query.encode("latin-1")
+    except UnicodeEncodeError:  # not from a WSGI server: already text
+        raw = query.encode("utf-8")
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as e:
+        return jsonify(error=f"the query string is not UTF-8 ({e.reason} at byte {e.start} once unescaped): "
+                       "percent-encode UTF-8 text"), 400
     return None
 
 
@@ -237,8 +255,20 @@ def ingest() -> Response:
     body = _read_body(current_app.config["MAX_BODY_BYTES"])
     if not body:
         raise ApiError(400, "empty body: POST a pprof profile (gzip or plain)", "invalid")
+    _check_content_encoding(body)
     with gate.ingest_turn():  # taken once the body is here: a slow sender holds no other agent's turn
         return _decode_and_store(body, labels, override, received, limits)
+
+
+def _check_content_encoding(body: bytes) -> None:
+    """The body is decoded by its bytes (gzip's magic or plain pprof); a declared encoding must agree, else a
+    zlib (`deflate`) or zstd body, or a plain one labelled gzip, would be read as whatever it looks like."""
+    encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip"):
+        raise ApiError(415, f"Content-Encoding {encoding[:40]!r} is not supported: send the profile gzip-compressed "
+                       "(Content-Encoding: gzip, or none) or plain", "invalid")
+    if encoding != "identity" and not body.startswith(b"\x1f\x8b"):
+        raise ApiError(400, "Content-Encoding says gzip, but the body is not gzip (no 1f 8b magic)", "invalid")
 
 
 def _decode_and_store(body: bytes, labels: dict[str, str], override: int | None, received: int,

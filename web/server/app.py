@@ -4,15 +4,20 @@
 `create_app(config)` is all the CLI, tests and embedders need:
 
     app = create_app({"DATA_DIR": "/var/lib/podflame", "READ_TOKEN_FILE": "/etc/podflame/read"})
-    server = serve(app, "127.0.0.1", 7070)   # cheroot, a bounded thread pool, in a daemon thread
+    server = serve(app, "127.0.0.1", 7070)   # waitress, a bounded thread pool, in a daemon thread
 
-Why cheroot and not gunicorn: the store is one in-process SQLite writer with in-memory caches and a
-maintenance thread, and `podflame up` runs the agent in the same process. gunicorn's model is forked
-workers; with more than one, each would open the store, run its own compaction and retention and
-keep its own caches (several writers, duplicated maintenance), and with one worker it adds a master
-process and a fork for nothing a thread pool does not give. cheroot is a pure-Python production
-WSGI server (CherryPy's) with a fixed thread pool, a bounded accept queue, socket timeouts and TLS,
-running inside our process: one process, one writer, one maintenance thread.
+Why a thread pool in our process and not gunicorn: the store is one in-process SQLite writer with
+in-memory caches and a maintenance thread, and `podflame up` runs the agent in the same process.
+gunicorn's model is forked workers; with more than one, each would open the store, run its own
+compaction and retention and keep its own caches, and with one it adds a master process and a fork
+for nothing a thread pool does not give.
+
+Why waitress and not cheroot: cheroot hands a connection to a request thread as soon as its first bytes
+arrive, and the thread then reads the rest; eight clients trickling headers or a body held all eight
+threads until the timeout, and every other request waited (tests/test_serve.py). waitress reads each
+request whole in its event loop (headers bounded, body bounded and spooled to disk past 512 KiB) and
+only then gives it to a thread, and buffers answers for clients that read slowly. It has no TLS, so
+with a certificate a small asyncio front (web/server/tlsfront.py) ends TLS and relays bytes to it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
+import socket
+import ssl
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -31,7 +40,9 @@ from podflame.errors import InvalidInput, Unavailable
 from podflame.limits import DecodeLimits, positive_int
 from web.server import auth, gate
 from web.server.api import api
+from web.server.jsonerrors import JsonErrorChannel
 from web.server.ops import ops
+from web.server.tlsfront import TlsFront
 from web.store.base import Store
 from web.store.retention import Maintenance
 from web.store.sqlite import SqliteStore
@@ -61,7 +72,9 @@ DEFAULTS: dict[str, Any] = {
 _ENV = {"RETENTION_SECONDS": float, "RETENTION_BYTES": int, "MAINTENANCE_SECONDS": float, "MAX_BODY_BYTES": int,
         "INGEST_TOKEN_FILE": str, "READ_TOKEN_FILE": str}
 DEFAULT_THREADS = 8  # request threads: the GIL and 2-core pods make more cost memory, not throughput
-DEFAULT_TIMEOUT = 30  # seconds a connection may idle mid-request (slow clients cannot hold a thread)
+DEFAULT_TIMEOUT = 30  # seconds a connection may idle before it is closed (it holds a socket, never a thread)
+CONNECTION_LIMIT = 512  # open connections; past it waitress stops accepting until some close
+MAX_REQUEST_HEADER_BYTES = 128 << 10  # request line + headers read before the app's own 32/64 KiB checks
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -132,44 +145,71 @@ def _register_ui(app: Flask) -> None:
 
 
 class HttpServer:
-    """A running cheroot server: `url`, `server_port`, `shutdown()`."""
+    """A running server: `url`, `server_port`, `shutdown()`."""
 
-    def __init__(self, server: Any, scheme: str, host: str) -> None:
-        self._server = server
-        self.server_port: int = server.bind_addr[1]
+    def __init__(self, server: Any, scheme: str, host: str, port: int, front: TlsFront | None = None,
+                 private_dir: str | None = None) -> None:
+        self._server, self._front, self._private_dir = server, front, private_dir
+        self.server_port = port
         self.url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{self.server_port}"
-        self._thread = threading.Thread(target=server.serve, name="podflame-http", daemon=True)
+        self._thread = threading.Thread(target=server.run, name="podflame-http", daemon=True)
         self._thread.start()
 
     def shutdown(self) -> None:
-        self._server.stop()
+        if self._front is not None:
+            self._front.stop()
+        self._server.close()
         self._thread.join(timeout=10)
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
 
 
 def serve(app: Flask, host: str, port: int, *, threads: int = DEFAULT_THREADS, timeout: int = DEFAULT_TIMEOUT,
           tls: tuple[str, str] | None = None) -> HttpServer:
-    """`app` on HOST:PORT under cheroot (`threads` workers, a bounded accept queue), HTTPS with `tls`
-    = (certificate file, key file); in a daemon thread, the caller shuts it down."""
-    from cheroot import wsgi
+    """`app` on HOST:PORT under waitress (`threads` request threads, each given only requests already read
+    whole), HTTPS with `tls` = (certificate file, key file) through a TlsFront; in daemon threads, the
+    caller shuts it down."""
+    from waitress.server import create_server
 
-    server = wsgi.Server((host, port), app, numthreads=threads, max=threads, timeout=timeout,
-                         request_queue_size=64, accepted_queue_size=threads * 8, accepted_queue_timeout=timeout,
-                         server_name="podflame")
-    if tls is not None:
-        from cheroot.ssl.builtin import BuiltinSSLAdapter
-
-        cert, key = tls
+    # "Task queue depth is N" on every request that waits for a thread: a burst of agents is normal, not a warning
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    limits: dict[str, Any] = {
+        "threads": threads, "channel_timeout": timeout, "connection_limit": CONNECTION_LIMIT,
+        "max_request_header_size": MAX_REQUEST_HEADER_BYTES,
+        # Flask's MAX_CONTENT_LENGTH, as waitress counts it (it refuses at >=): a declared oversize body is
+        # refused (413) before it is read, a chunked one as soon as it passes the limit
+        "max_request_body_size": int(app.config.get("MAX_BODY_BYTES", DEFAULTS["MAX_BODY_BYTES"])) + 1,
+        "asyncore_use_poll": True,  # select() stops at file descriptor 1024
+        "ident": "podflame", "expose_tracebacks": False}
+    if tls is None:
         try:
-            server.ssl_adapter = BuiltinSSLAdapter(cert, key)
-        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
-            raise InvalidInput(f"cannot use TLS certificate {cert} / key {key}: {e}") from None
+            server: Any = create_server(app, host=host, port=port, **limits)  # one listener: a TcpWSGIServer
+        except OSError as e:
+            raise _listen_error(host, port, e) from None
+        server.channel_class = JsonErrorChannel
+        return HttpServer(server, "http", host, int(server.effective_port))
+    cert, key = tls
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        server.prepare()  # binds now, so a taken port fails here and not in the thread
+        context.load_cert_chain(cert, key)
+    except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+        raise InvalidInput(f"cannot use TLS certificate {cert} / key {key}: {e}") from None
+    try:
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=128)
     except OSError as e:
-        in_use = e.errno == errno.EADDRINUSE or f"[Errno {errno.EADDRINUSE}]" in str(e)  # cheroot: text only
-        hint = " (is another podflame running? pick another with --listen)" if in_use else ""
-        raise Unavailable(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
-    return HttpServer(server, "https" if tls else "http", host)
+        raise _listen_error(host, port, e) from None
+    private_dir = tempfile.mkdtemp(prefix="podflame-http-")  # 0700: only this user reaches the plain side
+    upstream = os.path.join(private_dir, "http.sock")
+    server = create_server(app, unix_socket=upstream, unix_socket_perms="600", url_scheme="https", **limits)
+    server.channel_class = JsonErrorChannel  # type: ignore[union-attr]  # one listener: a UnixWSGIServer
+    front = TlsFront(sock, context, upstream, handshake_timeout=timeout)
+    return HttpServer(server, "https", host, int(sock.getsockname()[1]), front, private_dir)
+
+
+def _listen_error(host: str, port: int, e: OSError) -> Unavailable:
+    hint = " (is another podflame running? pick another with --listen)" if e.errno == errno.EADDRINUSE else ""
+    return Unavailable(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}")
 
 
 def serving_config(data_dir: str, host: str, *, ingest_token_file: str | None = None,

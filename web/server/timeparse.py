@@ -20,6 +20,7 @@ UNIT_NS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)", re.ASCII)
 _RELATIVE = re.compile(r"(?:now)?\s*([+-])\s*(.+)|now", re.IGNORECASE | re.ASCII)
 _NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+", re.ASCII)
+_SIGNED_NUMBER = re.compile(r"-\s*(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?", re.ASCII | re.IGNORECASE)
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})", re.ASCII)
 # Every time is an int64 of nanoseconds in [0, MAX_TIME_NS] (1970 to 2200): what the store's columns and
 # SQLite integers hold with room for a range end plus a step. Anything else is a 400, never an overflow.
@@ -94,6 +95,9 @@ def _parse_time(text: str, now_ns: int) -> int:
     if m:
         if m.group(1) is None:
             return now_ns
+        if _SIGNED_NUMBER.fullmatch(s):  # "-5": read as a unit-less duration, the error would name only "5"
+            raise TimeError(f"bad time {text[:MAX_TEXT]!r}: unix times are not negative (for a time before now "
+                            "give a unit: now-15m, -1h)")
         offset = parse_duration(m.group(2))
         return now_ns - offset if m.group(1) == "-" else now_ns + offset
     if _RFC3339.fullmatch(s):

@@ -107,6 +107,16 @@ class StepTotals:
 
 
 @dataclass(frozen=True, slots=True)
+class LabelTotals:
+    """The totals of the profiles whose series agree on some labels (a row of the pod list)."""
+
+    labels: Mapping[str, str]  # the grouping labels these series have
+    value: int  # sum of the profiles' totals
+    value_period_ns: int  # sum of total x period_ns: the CPU nanoseconds behind sampled counts
+    has_period: bool  # some profile has a sampling period (else CPU time is unknown)
+
+
+@dataclass(frozen=True, slots=True)
 class PutResult:
     profiles: int
     samples: int
@@ -147,6 +157,16 @@ class Store(ABC):
         on those labels (a ref's series has the labels they share); the samples and totals are the same.
         This default is `select`."""
         return self.select(selector, t0, t1, sample_type, unit, align_ns=align_ns, max_level=max_level)
+
+    def totals_by(self, selector: Selector, t0: int, t1: int, by: Sequence[str] | None,
+                  sample_type: str | None = None, unit: str | None = None) -> list[LabelTotals]:
+        """Totals of the profiles `select` would give, summed per value of the `by` labels (per series' whole
+        label set when None; series lacking some of them sum with the others lacking the same), unordered.
+        Metadata only. This default groups `select_summed`'s refs; a backend that can sum in its engine
+        overrides it, so a range of short-lived processes is not handed over ref by ref."""
+        refs = (self.select(selector, t0, t1, sample_type, unit) if by is None
+                else self.select_summed(selector, t0, t1, sample_type, unit, keep=by))
+        return label_totals(((r.series.labels, r.total, r.period_ns) for r in refs), by)
 
     @abstractmethod
     def read(self, profiles: Sequence[StoredProfile]) -> Columns:
@@ -259,6 +279,20 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+
+
+def label_totals(parts: Iterable[tuple[Mapping[str, str], int, int]], by: Sequence[str] | None) -> list[LabelTotals]:
+    """(series labels, total, period_ns) parts summed per value of the `by` labels (`Store.totals_by`)."""
+    acc: dict[tuple[tuple[str, str], ...], list[int]] = {}
+    for labels, total, period in parts:
+        key = tuple(sorted(labels.items())) if by is None else tuple((k, labels[k]) for k in by if k in labels)
+        a = acc.get(key)
+        if a is None:
+            a = acc[key] = [0, 0, 0]
+        a[0] += total
+        a[1] += total * period
+        a[2] |= period > 0
+    return [LabelTotals(dict(k), v, vp, bool(hp)) for k, (v, vp, hp) in acc.items()]
 
 
 def frame_origin_of(f: Frame) -> FrameOrigin:

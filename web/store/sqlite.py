@@ -56,6 +56,7 @@ from web.store.base import (
     Batch,
     Columns,
     FrameOrigin,
+    LabelTotals,
     PutResult,
     RetentionResult,
     Series,
@@ -65,6 +66,7 @@ from web.store.base import (
     StoredProfile,
     StoreTooNew,
     frame_lines_of,
+    label_totals,
 )
 from web.store.columns import decode_timeline, encode_columns, encode_timeline, frame_columns, group_sum, sum_by
 from web.store.compaction import DEFAULT_LEVELS, bucket_of, plan
@@ -695,6 +697,25 @@ class SqliteStore(Store):
     def _select(self, selector: Selector, t0: int, t1: int, sample_type: str | None, unit: str | None,
                 align_ns: int | None, max_level: int | None, *, summed: bool) -> list[StoredProfile]:
         cols = "series, start_ns, duration_ns, period_ns, total, blob, off, len, id, level"
+        rows, series = self._select_rows(selector, t0, t1, sample_type, unit, align_ns, max_level, summed=summed,
+                                         cols=cols)
+        rows.sort(key=itemgetter(1, 0))
+        return [StoredProfile(series[r[0]], r[1], r[2], r[3], r[4], _Handle._make(r[5:10])) for r in rows]
+
+    def totals_by(self, selector: Selector, t0: int, t1: int, by: Sequence[str] | None,
+                  sample_type: str | None = None, unit: str | None = None) -> list[LabelTotals]:
+        """SQLite sums each series' rows per period (GROUP BY), and only the series' sums are grouped here:
+        a pod list over short-lived processes no longer makes a ref per profile."""
+        rows, series = self._select_rows(selector, t0, t1, sample_type, unit, None, None,
+                                         summed=groups_answer(selector, by), cols="series, period_ns, SUM(total)",
+                                         group_by=" GROUP BY series, period_ns")
+        return label_totals(((series[sid].labels, total, period) for sid, period, total in rows), by)
+
+    def _select_rows(self, selector: Selector, t0: int, t1: int, sample_type: str | None, unit: str | None,
+                     align_ns: int | None, max_level: int | None, *, summed: bool, cols: str, group_by: str = ""
+                     ) -> tuple[list[tuple], dict[int, Series]]:
+        """The `cols` (the series first) of the rows `select` answers with (`group_by` appended to every
+        statement, grouping by series first), and the series they name (groups under negative ids)."""
         rows: list[tuple] = []
         with self._lock:
             self._check_open()
@@ -705,7 +726,7 @@ class SqliteStore(Store):
                 for chunk in _chunks([-g for g in gids], 500):  # a group's rows have its id negated
                     marks = ",".join("?" * len(chunk))
                     sql = f"SELECT {cols} FROM {_BLOCK_ROWS} series IN ({marks}) AND level=? AND start_ns>=? " \
-                          "AND start_ns<?"
+                          f"AND start_ns<?{group_by}"
                     for piece in by_group:
                         rows += self._db.execute(sql, (*chunk, *piece)).fetchall()
             ids = self._match_series(selector, sample_type, unit, t0, t1, pieces if summed else ()) \
@@ -718,23 +739,23 @@ class SqliteStore(Store):
             scan_blocks = many and 4 * len(ids) > self._index.near_count(t0, t1)
             for chunk in _chunks(sorted(ids), 200) if (blocks and not scan_blocks) or not many else ():
                 marks = ",".join("?" * len(chunk))
-                sql = f"SELECT {cols} FROM {_BLOCK_ROWS} series IN ({marks}) AND level=? AND start_ns>=? AND start_ns<?"
+                sql = f"SELECT {cols} FROM {_BLOCK_ROWS} series IN ({marks}) AND level=? AND start_ns>=? " \
+                      f"AND start_ns<?{group_by}"
                 for piece in () if scan_blocks else blocks:  # few rows per series, all in the index
                     rows += self._db.execute(sql, (*chunk, *piece)).fetchall()
                 if not many:
                     sql = (f"SELECT {cols} FROM profiles WHERE series IN ({marks}) "
-                           "AND level=? AND start_ns>=? AND start_ns<?")
+                           f"AND level=? AND start_ns>=? AND start_ns<?{group_by}")
                     for piece in raw:
                         rows += self._db.execute(sql, (*chunk, *piece)).fetchall()
             if many:
-                sql = f"SELECT {cols} FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?"
+                sql = f"SELECT {cols} FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?{group_by}"
                 for piece in raw + blocks if scan_blocks else raw:
                     deadline.check()
                     rows += [r for r in self._db.execute(sql, piece) if r[0] in ids]
             groups = self._groups.by_id
             series = {o: self._series_of(o) if o > 0 else groups[-o] for o in {r[0] for r in rows}}
-        rows.sort(key=itemgetter(1, 0))
-        return [StoredProfile(series[r[0]], r[1], r[2], r[3], r[4], _Handle._make(r[5:10])) for r in rows]
+        return rows, series
 
     def read(self, profiles: Sequence[StoredProfile]) -> Columns:
         """One read per blob file (the span its chosen frames cover), one decompressor, and the stack-id

@@ -1,0 +1,85 @@
+"""HTTPS in front of waitress: an asyncio loop that ends TLS and pipes bytes to waitress's private Unix socket.
+
+waitress reads each request whole (headers and a bounded body) in its event loop before a request thread
+takes it, and buffers answers for clients that read slowly, so a slow client never holds a thread; but it
+has no TLS. This front keeps that property under TLS: it parses no HTTP, it only relays bytes, each
+connection in a coroutine (a stalled or silent TLS client costs a socket, not a thread), with the
+standard `ssl` module's handshake timeout, and backpressure both ways (a client that does not read stops
+this relay, and waitress buffers the answer). waitress's own idle timeout closes a stalled connection,
+which closes the client's here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+
+
+class TlsFront:
+    """Accepts TLS on `sock` (bound and listening) and relays each connection to the Unix socket `upstream`."""
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, upstream: str, handshake_timeout: float) -> None:
+        self._sock, self._context, self._upstream = sock, context, upstream
+        self._handshake_timeout = handshake_timeout
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="podflame-tls", daemon=True)
+        self._thread.start()
+        self._started.wait(timeout=10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(
+            self._relay, sock=self._sock, ssl=self._context, ssl_handshake_timeout=self._handshake_timeout))
+        self._started.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+            self._loop.run_until_complete(server.wait_closed())
+            self._loop.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(self._upstream)
+        except OSError:
+            writer.close()
+            return
+        try:
+            await asyncio.gather(_pipe(reader, up_writer, half_close=True), _pipe(up_reader, writer, half_close=False))
+        finally:  # also when stop() cancels this relay
+            for w in (up_writer, writer):
+                w.close()
+                with contextlib.suppress(OSError, ssl.SSLError, asyncio.CancelledError):
+                    await w.wait_closed()  # takes the connection's end (a reset) so asyncio does not log it
+
+    def stop(self) -> None:
+        """Closes the listener and every open relay, then the loop."""
+        asyncio.run_coroutine_threadsafe(self._close_all(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _close_all(self) -> None:
+        relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in relays:
+            t.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, half_close: bool) -> None:
+    """Bytes from src to dst until src ends; then dst gets end-of-file (the request side: waitress still
+    answers) or is closed (the answer side: the client's connection ends with waitress's)."""
+    try:
+        while data := await src.read(1 << 16):
+            dst.write(data)
+            await dst.drain()
+        if half_close and dst.can_write_eof():
+            dst.write_eof()
+            return
+    except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+        pass  # a reset or a bad TLS record ends this connection, and only it
+    with contextlib.suppress(OSError):
+        dst.close()
