@@ -584,7 +584,7 @@ class Agent:
         processes to the unwind loader and Python detection. Waiting held it for a whole drain (a first
         start's cold drains symbolize for seconds): processes started meanwhile got no tables, and their
         builds piled up after the drain. A batch that finds the cache busy is taken by the next call or
-        by the drain's start (what the watcher read of each process is in it already)."""
+        by the drain's end (what the watcher read of each process is in it already)."""
         with self._waiting_lock:
             self._waiting.extend(tgids)
         if self._ctx_lock.acquire(blocking=False):
@@ -607,6 +607,7 @@ class Agent:
             self._prefetch_waiting()
             self.stacks.begin_drain()
             profiles = self.pods(build_profiles(drain, self.ctx, self.period_ns, self.stacks))
+            self._prefetch_waiting()  # announced during this drain: read now, as a waiting watcher used to
         metrics.record_drain(drain, profiles, self._last_errors)
         self._last_errors = dict(drain.errors)
         release_freed_memory()  # symbolizing new binaries leaves freed buffers resident
