@@ -42,7 +42,7 @@ class Sink(Protocol):
 
 class MapsLookup(Protocol):
     def refresh(self, pids: Iterable[int]) -> None: ...
-    def prefetch(self, pids: Iterable[int] | Iterable[NewProcess]) -> None: ...
+    def prefetch(self, pids: Iterable[int | NewProcess]) -> None: ...
     def lookup(self, pid: int, address: int): ...  # -> Mapping | None
     def maps_lost(self, pid: int) -> bool: ...
     def version(self, pid: int) -> Hashable | None:
@@ -571,21 +571,43 @@ class Agent:
         self._stop = threading.Event()
         self._last_errors: dict[str, int] = {}
         self._ctx_lock = threading.Lock()  # the maps cache is shared by drains and new-process prefetches
+        self._waiting: list[int | NewProcess] = []  # announced while a drain held the maps cache
+        self._waiting_lock = threading.Lock()
         self.last_drain_at: float | None = None  # time.monotonic() of the last successful drain (health)
         sampler.watch_new_processes(self.prefetch)
 
     def prefetch(self, tgids: list[int] | list[NewProcess]) -> None:
         """Read the maps of processes the kernel just saw for the first time, before they can exit (a
-        NewProcess: what the sampler's watcher read of it for every reader)."""
-        with self._ctx_lock:
-            self.ctx.maps.prefetch(tgids)
+        NewProcess: what the sampler's watcher read of it for every reader).
+
+        Never waits for a drain: this runs on the sampler's new-process watcher, which also announces
+        processes to the unwind loader and Python detection. Waiting held it for a whole drain (a first
+        start's cold drains symbolize for seconds): processes started meanwhile got no tables, and their
+        builds piled up after the drain. A batch that finds the cache busy is taken by the next call or
+        by the drain's end (what the watcher read of each process is in it already)."""
+        with self._waiting_lock:
+            self._waiting.extend(tgids)
+        if self._ctx_lock.acquire(blocking=False):
+            try:
+                self._prefetch_waiting()
+            finally:
+                self._ctx_lock.release()
+
+    def _prefetch_waiting(self) -> None:
+        """Under _ctx_lock."""
+        with self._waiting_lock:
+            waiting, self._waiting = self._waiting, []
+        if waiting:
+            self.ctx.maps.prefetch(waiting)
 
     def drain_once(self) -> list[Profile]:
         t0 = time.process_time()
         drain = self.sampler.drain()
         with self._ctx_lock:
+            self._prefetch_waiting()
             self.stacks.begin_drain()
             profiles = self.pods(build_profiles(drain, self.ctx, self.period_ns, self.stacks))
+            self._prefetch_waiting()  # announced during this drain: read now, as a waiting watcher used to
         metrics.record_drain(drain, profiles, self._last_errors)
         self._last_errors = dict(drain.errors)
         release_freed_memory()  # symbolizing new binaries leaves freed buffers resident

@@ -17,6 +17,7 @@ Interface (used by profiler.agent and the CLI):
     r.path(cgroup_id) -> "/kubepods.slice/.../cri-containerd-<id>.scope" | None
     r.id_of("/kubepods.slice/...") -> inode | None   (also accepts a full /sys/fs/cgroup/... path)
     r.path_of_pid(pid) -> v2 path of a process, relative to the host's v2 root
+    r.processes({cgroup_id, ...}) -> pids now in those cgroups and the ones below them
     cgroup_of_pid(pid) -> the process's cgroup path as the kernel prints it (v2, else best v1)
     parse_kubelet_path(path) -> KubeletCgroup | None
     labels_for(path) -> {"cgroup": path, "pod_uid": ..., "container_id": ..., "qos": ..., "runtime": ...}
@@ -203,6 +204,25 @@ class CgroupResolver:
         if ns_root is None:
             return None
         return os.path.normpath(ns_root.rstrip("/") + "/" + v2.lstrip("/")) or "/"
+
+    def processes(self, cgroup_ids: set[int] | frozenset[int]) -> list[int]:
+        """The processes now in these cgroups or any cgroup below them (what a cgroup filter samples), read
+        from cgroup.procs: `podflame record --cgroup` loads their unwind tables before sampling starts."""
+        if self.root is None or not cgroup_ids:
+            return []
+        with self._lock:
+            self._scan_locked()
+            paths = sorted(self._paths[c] for c in cgroup_ids if c in self._paths)
+            below = [p for p in self._paths.values()
+                     if any(p == top or top == "/" or p.startswith(top + "/") for top in paths)]
+        out: dict[int, None] = {}
+        for rel in below:
+            try:
+                with open(f"{self.root}{'' if rel == '/' else rel}/cgroup.procs") as f:
+                    out.update(dict.fromkeys(int(t) for t in f.read().split()))
+            except (OSError, ValueError):
+                continue  # removed meanwhile: its processes are gone or elsewhere
+        return list(out)
 
     # -- maintenance
 

@@ -25,13 +25,16 @@ def record(duration: float, frequency: int, *, unwind: str, python_frames: bool,
     `unwind`, `python_frames` and `python_early_reads` are the sampler's (profiler.sampler.Sampler).
     """
     from profiler.agent import KubeletLabels, PodLabels, build_profiles, create_context
+    from profiler.cgroups import CgroupResolver
     from profiler.procmaps import MapsCache
     from profiler.sampler import Sampler
     from symbolizer import Symbolizer
 
     ctx = create_context(None)
+    # the cgroup's processes get their tables before the first sample, as a --pid capture's does
+    preload = CgroupResolver().processes(set(cgroup_ids)) if cgroup_ids else []
     sampler = Sampler(frequency, pids=pids, cgroup_ids=cgroup_ids, unwind=unwind, python_frames=python_frames,
-                      python_early_reads=python_early_reads)
+                      python_early_reads=python_early_reads, preload=preload)
     assert isinstance(ctx.maps, MapsCache)  # create_context's: the symbolizer reads binaries through it
     symbolizer = Symbolizer(ctx.maps)
     period_ns = int(1e9 / frequency)

@@ -4,9 +4,9 @@ Each FDE's rule rows are reduced to what the in-kernel x86_64 unwinder can act o
 CFA (rsp/rbp + offset, the PLT expression, a signal frame, the outermost frame) and where the
 caller's rbp is. Most FDEs of a binary share their program bytes (small leaf functions, the same
 prologue), so programs are evaluated once per (CIE, bytes) and their compact rows reused; rows are
-kept as flat C arrays of ints, never as per-row objects, and compacted at the end: with numpy for a
-big table, in plain Python for a small one (PYTHON_COMPACT_ROWS), so that a small binary's table can
-be built without importing numpy at all (the agent builds those itself: profiler/unwind/builder.py).
+kept as flat C arrays of ints, never as per-row objects, and compacted at the end: in plain Python up to
+PYTHON_COMPACT_ROWS rule rows, with numpy above (identical bytes, tested), so that the agent's own builds
+and a build child that meets no very big binary never import numpy (profiler/unwind/builder.py).
 """
 
 from __future__ import annotations
@@ -64,9 +64,13 @@ PT_GNU_EH_FRAME = 0x6474E550
 # DW_OP_breg7 8; DW_OP_breg16 0; DW_OP_lit15; DW_OP_and; DW_OP_lit11|lit10; DW_OP_ge; DW_OP_lit3; DW_OP_shl; DW_OP_plus
 _PLT_HEAD, _PLT_TAIL = bytes([0x77, 0x08, 0x80, 0x00, 0x3F, 0x1A]), bytes([0x2A, 0x33, 0x24, 0x22])
 _PLT_THRESHOLD = {0x3A: 10, 0x3B: 11}
-# Up to this many FDE rule rows (before compaction) the rows are compacted in plain Python: ~1 us a row
-# against numpy's import (~65 ms, 17 MB); above it numpy's vector passes win (libc has ~60k).
-PYTHON_COMPACT_ROWS = 20_000
+# Up to this many FDE rule rows (before compaction) the rows are compacted in plain Python, above it with
+# numpy. Whole builds in a fresh process (bench/unwind_compact.py, docs/benchmarks.md "Stop 17 first7"):
+# plain Python is cheaper than numpy with its import (~55-60 ms, ~17 MB) up to ~100k rule rows (Debian's
+# python3, 61k: 104 against 132 ms; libcrypto, 77k: 124 against 128 ms) and 2-6% dearer above (libjvm, 197k:
+# 316 against 298 ms; OpenBLAS, 354k: 448 against 436 ms), where a child that has numpy already compacts
+# 3-5x faster. At 20k every child build imported numpy, whatever it built.
+PYTHON_COMPACT_ROWS = 120_000
 _PC = struct.Struct("<I")
 _NONE_RULE: Rule = (CFA_NONE, 0, RBP_SAME, 0)
 _S16 = range(-0x8000, 0x8000)
