@@ -69,6 +69,14 @@ def _s(x: str | None) -> bytes:
     return (x or "").encode()
 
 
+def _factorize(values: pa.Array | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct values in order of first appearance, the index of each value into them) by hashing, with Arrow's
+    `dictionary_encode`: `np.unique(..., return_inverse=True)` sorts, 11-17x slower on a node's 266k frame hashes
+    (31.5 against 1.8-2.9 ms)."""
+    enc = (values if isinstance(values, pa.Array) else pa.array(values)).dictionary_encode()
+    return enc.dictionary.to_numpy(zero_copy_only=False), enc.indices.to_numpy(zero_copy_only=False)
+
+
 @dataclass(frozen=True, slots=True)
 class _Window:
     """A StoredProfile's handle: the aggregate of a series' profiles of one period starting in [t0, t1).
@@ -396,8 +404,8 @@ class ClickHouseStore(Store):
         memo, written = self._memo, self._written
         lens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
         flat = np.fromiter(itertools.chain.from_iterable(keys), dtype=np.int64, count=int(lens.sum()))
-        uniq, inv = np.unique(flat, return_inverse=True)
-        frames = np.fromiter((loc[k] for k in uniq.tolist()), dtype=np.uint64, count=uniq.size)[inv.reshape(-1)]
+        uniq, inv = _factorize(flat)
+        frames = np.fromiter((loc[k] for k in uniq.tolist()), dtype=np.uint64, count=uniq.size)[inv]
         offs = np.cumsum(lens) - lens
         # leaf first -> root first: position i of a stack at [o, o + n) reads o + n - 1 - (i - o)
         rev = frames[2 * np.repeat(offs, lens) + np.repeat(lens, lens) - 1 - np.arange(flat.size)]
@@ -735,7 +743,7 @@ class ClickHouseStore(Store):
         return group_sum(np.concatenate(stack), np.concatenate(value))
 
     def _local_stacks(self, hashes: np.ndarray) -> np.ndarray:
-        uniq, inv = np.unique(hashes, return_inverse=True)
+        uniq, inv = _factorize(hashes)
         with self._lock:
             table = self._stack_local
             ids = []
@@ -745,7 +753,7 @@ class ClickHouseStore(Store):
                     i = table[h] = len(self._stack_hash)
                     self._stack_hash.append(h)
                 ids.append(i)
-        return np.array(ids, dtype=np.int64)[inv.reshape(-1)]
+        return np.array(ids, dtype=np.int64)[inv]
 
     def _read_named(self, sums: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The sums of `sums` (stack, value) AND everything that names them, in ONE statement: each stack's frames,
@@ -794,12 +802,11 @@ class ClickHouseStore(Store):
                 **{k: frows.field(i).to_pylist() for i, k in enumerate(("address", "mapping", "kind", "functions",
                                                                            "lines"))}}
         lists = row["sframes"].values
-        flat = lists.flatten().to_numpy(zero_copy_only=False)
+        uniq, inv = _factorize(lists.flatten())
         lengths = lists.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
         local = self._local_stacks(stacks)
         with self._lock:
-            uniq, inv = np.unique(flat, return_inverse=True)
-            fids = np.fromiter((self._frame_id(h) for h in uniq.tolist()), np.int64, count=uniq.size)[inv.reshape(-1)]
+            fids = np.fromiter((self._frame_id(h) for h in uniq.tolist()), np.int64, count=uniq.size)[inv]
             cache = self._stack_frames
             if len(cache) > _MEMO_LIMIT:
                 cache.clear()
@@ -840,14 +847,13 @@ class ClickHouseStore(Store):
             rows = self.transport.query(f"SELECT id, frames FROM {self._t('stacks')} WHERE id {self._in} "
                                         f"(SELECT id FROM {IDS})", sorted(missing))
             lists = rows.column("frames").combine_chunks()
-            flat = lists.flatten().to_numpy()
+            uniq, inv = _factorize(lists.flatten())
             lengths = lists.value_lengths().to_numpy().astype(np.int64)
-            uniq, inv = np.unique(flat, return_inverse=True)
             with self._lock:
                 if len(cache) > _MEMO_LIMIT:
                     cache.clear()
                 local = np.fromiter((self._frame_id(h) for h in uniq.tolist()), np.int64, count=uniq.size)
-                fids = local[inv.reshape(-1)]
+                fids = local[inv]
                 ends = np.cumsum(lengths)
                 for h, end, n in zip(rows.column("id").to_pylist(), ends.tolist(), lengths.tolist(), strict=True):
                     cache[self._stack_local[h]] = fids[end - n:end]
