@@ -118,6 +118,10 @@ def queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: int, pod:
     # ... and as a server that has run a while, it has read each table's primary index once (what the first
     # statement on a table pays after a start: at stop 14 it fell on the first case, pod 1 h, 126 against 50 ms).
     db = server.layout.database  # type: ignore[attr-defined]
+    # ... and whose merges of the ingest just done are over: chDB's merge threads run in this process, so a query
+    # timed while they run had their CPU counted (stop 16's in-process pod 1 h: 7.7x SQLite's CPU, 2.5x after).
+    waited = _merges_done(server.transport, db)  # type: ignore[attr-defined]
+    log(f"clickhouse merges of the ingest done after {waited:.1f} s")
     for table, key in (("functions", "id"), ("mappings", "id"), ("frames", "id"), ("stacks", "id"),
                        ("series", "id"), ("samples", "series"), ("profiles", "series"), ("samples_1h", "series")):
         server.transport.query(f"SELECT count() AS n FROM {db}.{table} WHERE {key} = 0")  # type: ignore[attr-defined]
@@ -126,6 +130,18 @@ def queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: int, pod:
                              "")
     server.close()
     return out
+
+
+def _merges_done(transport: Any, db: str, limit_s: float = 120.0) -> float:
+    """Wait until the database has no merge or mutation running (at most `limit_s`); the seconds waited."""
+    t = time.perf_counter()
+    while time.perf_counter() - t < limit_s:
+        busy = transport.query(f"SELECT (SELECT count() FROM system.merges WHERE database = '{db}') + "
+                               f"(SELECT count() FROM system.mutations WHERE database = '{db}' AND NOT is_done) AS n")
+        if not busy.column("n")[0].as_py():
+            break
+        time.sleep(0.5)
+    return time.perf_counter() - t
 
 
 def _cpu_of(pid: int | None) -> float:
@@ -282,15 +298,17 @@ def _ingest_worker(dsn: str, bodies: list[bytes], first: int, count: int, start:
 
 
 def parallel_ingest(tmp: Path, bodies: list[bytes], drains: int, pods: int, start: int, interval: int,
-                    tag: str = "") -> dict[str, Any]:
+                    tag: str = "", two_first: bool = False) -> dict[str, Any]:
     """`drains` POSTed by one process, then split over two processes started together (each its own chDB, new
-    under `tmp` for each `tag`). `cpu_s`: each process' CPU time, every thread (chDB's merges and insert threads
-    too): a process using more than one core alone leaves less for a second one on this 2-core machine."""
+    under `tmp` for each `tag`); `two_first`: the two processes first (repeats alternate the order, so a load
+    swing on the shared machine does not always fall on the same side of the ratio). `cpu_s`: each process' CPU
+    time, every thread (chDB's merges and insert threads too): a process using more than one core alone leaves
+    less for a second one on this 2-core machine."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # a fresh interpreter: chDB is not fork-safe
-    out: dict[str, Any] = {"drains": drains}
-    for procs in (1, 2):
+    out: dict[str, Any] = {"drains": drains, "order": "2 then 1" if two_first else "1 then 2"}
+    for procs in ((2, 1) if two_first else (1, 2)):
         share = drains // procs
         q, go = ctx.Queue(), ctx.Event()
         workers, ready = [], []
@@ -320,6 +338,23 @@ def parallel_ingest(tmp: Path, bodies: list[bytes], drains: int, pods: int, star
     # a core each). Under other load the wall ratio says less than this.
     one = out["1_process"]
     out["ceiling_on_2_cores"] = round(2 * one["main_thread_cpu_s"][0] / max(one["cpu_s"][0], 1e-9), 3)
+    return out
+
+
+def _spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repeats of the one-vs-two-process ingest: each ratio, their median and spread (min, max, and the middle
+    half's range when there are four or more), and the same of the 2-core ceiling (what the CPU split allows)."""
+    out: dict[str, Any] = {"runs": runs}
+    for key in ("ratio_two_vs_one", "ceiling_on_2_cores"):
+        xs = sorted(r[key] for r in runs)
+        name = key.removeprefix("ratio_").replace("_on_2_cores", "")
+        out[f"{name}s"] = [r[key] for r in runs]
+        out[f"{name}_median"] = round(statistics.median(xs), 3)
+        out[f"{name}_min_max"] = [xs[0], xs[-1]]
+        if len(xs) >= 4:
+            q = statistics.quantiles(xs, n=4)
+            out[f"{name}_iqr"] = [round(q[0], 3), round(q[2], 3)]
+    out["ratios"], out["ratio_median"] = out["two_vs_ones"], out["two_vs_one_median"]  # (the names stop 16 read)
     return out
 
 
@@ -456,11 +491,9 @@ def main(argv: list[str] | None = None) -> None:
             _queries(result, dsns, args, start, end)
         if args.parallel_drains and bodies:
             runs = [parallel_ingest(tmp, bodies, args.parallel_drains, args.pods, start, args.interval,
-                                    f"r{k}-" if args.parallel_repeat > 1 else "")
+                                    f"r{k}-" if args.parallel_repeat > 1 else "", two_first=k % 2 == 1)
                     for k in range(args.parallel_repeat)]
-            result["parallel_ingest"] = runs[0] if len(runs) == 1 else {
-                "runs": runs, "ratios": [r["ratio_two_vs_one"] for r in runs],
-                "ratio_median": statistics.median(r["ratio_two_vs_one"] for r in runs)}
+            result["parallel_ingest"] = runs[0] if len(runs) == 1 else _spread(runs)
     finally:
         if not args.data:
             shutil.rmtree(tmp, ignore_errors=True)

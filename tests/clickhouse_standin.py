@@ -151,11 +151,12 @@ class _Forget(list):  # type: ignore[type-arg]
 
 
 @contextmanager
-def clickhouse_http(chdb_path: str, record: bool = True
+def clickhouse_http(chdb_path: str, record: bool = True, config: str | None = None
                     ) -> Iterator[tuple[int, list[tuple[str, dict[str, str], list[str]]]]]:
     """A stand-in ClickHouse HTTP server on chDB at `chdb_path`: (port, the requests it served; none kept
-    unless `record`)."""
-    transport = ChdbTransport(chdb_path)
+    unless `record`). `config`: a ClickHouse config for the engine (e.g. users with passwords, which the engine
+    checks where it logs in itself: a dictionary's source). The stand-in does not check the HTTP login."""
+    transport = ChdbTransport(chdb_path, config=config)
     server = _Server(transport, record)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -172,9 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     servers (bench/store_backends.py): prints its port on a line, serves until SIGTERM or SIGINT."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("path", help="chDB data directory")
+    ap.add_argument("--config", help="a ClickHouse config file for the engine (users, passwords)")
     args = ap.parse_args(argv)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # taken by sigwait below
-    with clickhouse_http(args.path, record=False) as (port, _):
+    with clickhouse_http(args.path, record=False, config=args.config) as (port, _):
         # chDB's Python() table function (how external tables are read here) costs ~250 ms the first time in a
         # process: paid at start, as a server's own start-up, not by the first query that sends an id list.
         warm = ChdbTransport(args.path)

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from podflame.errors import InvalidInput
+from web.store.clickhouse_transport import quote
 
 # 2: the hourly projection of profile totals (a day's selection reads ~24 rows per series)
 # 3: dictionaries over stacks, frames, functions, mappings and series (a read names its stacks, a selection its
@@ -129,8 +130,9 @@ class Layout:
         return f"toDateTime(intDiv({column}{slack}, 1000000000)) + toIntervalSecond({int(self.retention_seconds)})"
 
 
-def ddl(layout: Layout) -> list[str]:
-    """Every statement that creates the schema (idempotent: IF NOT EXISTS), in order."""
+def ddl(layout: Layout, credentials: tuple[str, str] | None = None) -> list[str]:
+    """Every statement that creates the schema (idempotent: IF NOT EXISTS), in order. `credentials`: the user and
+    password the dictionaries' source logs in with (`dictionaries`)."""
     db, cluster = layout.database, layout.cluster
     on = f" ON CLUSTER '{cluster}'" if cluster and layout.on_cluster else ""
     out = [f"CREATE DATABASE IF NOT EXISTS {db}{on}",
@@ -157,11 +159,7 @@ def ddl(layout: Layout) -> list[str]:
             shard = "series" if name in ("samples", "profiles", "samples_1h") else "id"
             out.append(f"CREATE TABLE IF NOT EXISTS {db}.{name}{on} AS {db}.{local} "
                        f"ENGINE = Distributed('{cluster}', {db}, {local}, sipHash64({shard}))")
-    for name, (table, attributes) in DICTIONARIES.items():
-        # The source is the table queries name (the Distributed one on a cluster), read by this server itself.
-        out.append(f"CREATE DICTIONARY IF NOT EXISTS {db}.{name}{on} (id UInt64, {attributes}) PRIMARY KEY id "
-                   f"SOURCE(CLICKHOUSE(DB '{db}' TABLE '{table}')) "
-                   f"LAYOUT(CACHE(SIZE_IN_CELLS {DICTIONARY_CELLS})) LIFETIME(MIN 3600 MAX 7200)")
+    out += dictionaries(layout, credentials)
     for view, (target, select) in _VIEWS.items():
         # On a cluster the views read each shard's local samples and write its local target.
         src = "samples_local" if cluster else "samples"
@@ -170,6 +168,29 @@ def ddl(layout: Layout) -> list[str]:
         out.append(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{view}{on} TO {db}.{dst} AS {body}")
     out.append(f"INSERT INTO {db}.schema_version (version) VALUES ({SCHEMA_VERSION})")
     return out
+
+
+def dictionaries(layout: Layout, credentials: tuple[str, str] | None = None, *, replace: bool = False) -> list[str]:
+    """The dictionaries' DDL. Their source is the table queries name (the Distributed one on a cluster), read by
+    the ClickHouse server itself (no HOST), which logs in for it as `default` with no password unless the SOURCE
+    names a user: on a server where `default` has a password (or is not the store's user) the dictionaries are
+    refused, so they carry the store's own `credentials` (user, password). ClickHouse shows that password as
+    '[HIDDEN]' in SHOW CREATE and system.tables, but keeps it in the dictionary's metadata file on its disk.
+    `replace`: CREATE OR REPLACE (the credentials changed; the kept keys go with it)."""
+    db = layout.database
+    on = f" ON CLUSTER '{layout.cluster}'" if layout.cluster and layout.on_cluster else ""
+    verb = "CREATE OR REPLACE DICTIONARY" if replace else "CREATE DICTIONARY IF NOT EXISTS"
+    login = f" {source_login(credentials)}" if credentials else ""
+    return [f"{verb} {db}.{name}{on} (id UInt64, {attributes}) PRIMARY KEY id "
+            f"SOURCE(CLICKHOUSE(DB '{db}' TABLE '{table}'{login})) "
+            f"LAYOUT(CACHE(SIZE_IN_CELLS {DICTIONARY_CELLS})) LIFETIME(MIN 3600 MAX 7200)"
+            for name, (table, attributes) in DICTIONARIES.items()]
+
+
+def source_login(credentials: tuple[str, str]) -> str:
+    """The SOURCE clause's login; its USER part is what a dictionary's create query shows (the password hidden)."""
+    user, password = credentials
+    return f"USER {quote(user)} PASSWORD {quote(password)}"
 
 
 def upgrade(layout: Layout, version: int) -> list[str]:

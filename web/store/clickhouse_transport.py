@@ -8,6 +8,7 @@ so the store cannot depend on which one it has.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -72,6 +73,11 @@ class Transport(ABC):
     def close(self) -> None:
         """Release the connection or session."""
 
+    def credentials(self) -> tuple[str, str] | None:
+        """The user and password this transport logs in with, when they are not ClickHouse's passwordless `default`
+        (then the schema's dictionaries log in with them too: web/store/clickhouse_schema.py `dictionaries`)."""
+        return None
+
     def writes(self) -> int | None:
         """How many writes (inserts, DDL, mutations) every client of this engine has made, when every writer is in
         this process and goes through a transport (chDB locks its data directory to one process); None when other
@@ -103,6 +109,10 @@ class HttpTransport(Transport):
         # pyarrow loads its pandas shim (~0.5 s when pandas is installed) at its first array operation: at a
         # server's start, not in its first query's answer.
         pa.array([0], pa.uint64()).to_numpy()
+
+    def credentials(self) -> tuple[str, str] | None:
+        user, password = str(self._args["username"]), str(self._args["password"])
+        return None if user == "default" and not password else (user, password)
 
     def _get(self) -> Any:
         import clickhouse_connect
@@ -225,20 +235,24 @@ class ChdbTransport(Transport):
         self._lock = threading.Lock()  # one statement at a time through the embedded session
         self._closed = False
 
+    def _session_query(self, sql: str, fmt: str) -> Any:
+        """One statement on the session (caller holds the lock). chDB 26.9 answers the statement after a failed one
+        in the failed one's output format (an Arrow answer to a TSV query, or an empty one): a throwaway
+        statement after each failure takes that answer, so the next real one gets its own."""
+        try:
+            return self._session.query(sql, fmt)
+        except Exception:
+            with contextlib.suppress(Exception):
+                self._session.query("SELECT 1", "CSV")
+            raise
+
     def _run(self, sql: str, fmt: str = "CSV", ids: pa.Table | None = None) -> Any:
         podflame_ids = ids  # noqa: F841  (chDB's Python() table function reads this frame's local by name)
         if self._closed:
             raise ClickHouseUnavailable(f"{self.where} is closed")
         with self._lock:
             try:
-                try:
-                    return self._session.query(sql, fmt)
-                except Exception as e:
-                    # chDB 26.9: the first Arrow result after a failed Arrow query (a deadline's Code 159)
-                    # comes back empty; the statement itself is fine, so it runs once more.
-                    if "empty message in IPC" not in str(e):
-                        raise
-                    return self._session.query(sql, fmt)
+                return self._session_query(sql, fmt)
             except Exception as e:
                 raise ClickHouseError(f"chDB: {e}") from None
 
@@ -276,7 +290,7 @@ class ChdbTransport(Transport):
             if self._closed:
                 raise ClickHouseUnavailable(f"{self.where} is closed")
             try:
-                self._session.query(sql, "CSV")
+                self._session_query(sql, "CSV")
             except Exception as e:
                 raise ClickHouseError(f"chDB: {e}") from None
             finally:
@@ -296,7 +310,7 @@ class ChdbTransport(Transport):
         try:
             with self._lock:
                 try:
-                    out: bytes = self._session.query(sql, fmt).bytes()
+                    out: bytes = self._session_query(sql, fmt).bytes()
                 except Exception as e:
                     raise ClickHouseError(f"chDB: {e}") from None
             return out
