@@ -375,6 +375,9 @@ def main() -> None:
                          "a failed run always keeps it")
     ap.add_argument("--where", action="store_true",
                     help="record the agent with py-spy over the measured window: shares of its CPU per part")
+    ap.add_argument("--where-rate", type=int, default=50,
+                    help="--where: py-spy's samples a second (the drain thread is busy ~2%% of the time: 1000 "
+                         "gives a few hundred of its samples a run, at some CPU of py-spy's own)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: both tools load eBPF programs")
@@ -488,8 +491,8 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     spy = None
     if args.where:
         spy = subprocess.Popen([str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid", str(ours.pid),
-                                "--rate", "50", "--duration", str(int(args.duration)), "--format", "raw",
-                                "--nonblocking", "-o", str(tmp / "agent.folded")],
+                                "--rate", str(args.where_rate), "--duration", str(int(args.duration)),
+                                "--format", "raw", "--threads", "--nonblocking", "-o", str(tmp / "agent.folded")],
                                stdout=subprocess.DEVNULL, stderr=log)
     burners = [subprocess.Popen([str(burn), str(args.duration)]) for _ in range(args.busy)]
     churn = Churn(args.churn, deep_calls) if args.churn > 0 else None

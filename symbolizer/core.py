@@ -56,7 +56,7 @@ def _unresolved(frame: Frame, reason: Unresolved) -> Frame:
 class _Call:
     """Per-symbolize memo: one profile is one process, so perf map and file keys are looked up once."""
 
-    __slots__ = ("frames", "keys", "perf_map", "perf_map_read", "pid")
+    __slots__ = ("frames", "keys", "perf_map", "perf_map_read", "pid", "unmapped")
 
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
@@ -64,6 +64,9 @@ class _Call:
         self.keys: dict[Mapping, Hashable] = {}
         self.perf_map: AddressRanges | None = None
         self.perf_map_read = False
+        # why a native frame without a mapping has no name, once known to hold for every such frame of the
+        # call (the process has no perf map): a process gone before its maps were read has hundreds a drain
+        self.unmapped: Unresolved | None = None
 
 
 class ProcessSymbolizer:
@@ -85,8 +88,15 @@ class ProcessSymbolizer:
         """One frame, resolved as it would be at that place of a stack (`leaf`: the stack's last frame,
         whose address is not a return address)."""
         sym = self._symbolizer
+        call = self._call
         with sym._lock:
-            return sym._frame(frame, leaf, self._call)
+            reason = call.unmapped
+            if reason is not None and frame.mapping is None and frame.kind is FrameKind.NATIVE and \
+                    not frame.lines and frame.reason is None:
+                # what _frame would answer, without its memo (the agent keeps these per drain itself)
+                sym._stats[reason.value] += 1
+                return _unresolved(frame, reason)
+            return sym._frame(frame, leaf, call)
 
 
 def _pid_of(labels: dict[str, str]) -> int | None:
@@ -233,7 +243,10 @@ class Symbolizer:
             if m is not None:
                 return _unresolved(frame, Unresolved.JIT_NO_MAP)
             lost = call.pid is not None and self.maps is not None and self.maps.maps_lost(call.pid)
-            return _unresolved(frame, Unresolved.PROCESS_GONE if lost else Unresolved.NO_MAPPING)
+            why = Unresolved.PROCESS_GONE if lost else Unresolved.NO_MAPPING
+            if m is None and call.perf_map is None and frame.kind is FrameKind.NATIVE:
+                call.unmapped = why  # no perf map to name any of them: the same answer for all
+            return _unresolved(frame, why)
         if m.path == "[vdso]":
             key = self._vdso_key(m, call)
         elif is_special(m.path):

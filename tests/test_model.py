@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from podflame.model import Frame, FrameKind, Line, Mapping, Profile
+from podflame.model import Frame, FrameKind, Line, Mapping, Profile, Unresolved
 
 LIB = Mapping(0x7F0000000000, 0x7F0000100000, 0x2000, "/usr/lib/libfoo.so.1")
 
@@ -44,3 +44,25 @@ def test_runs_of_unmapped_frames_collapse_into_one_frame() -> None:
     assert collapse_unmapped(stack) == (UNMAPPED, real[0], UNMAPPED, real[1], gone, real[2])
     assert collapse_unmapped(tuple(real)) == tuple(real)
     assert UNMAPPED.names() == ("[no mapping]",) and gone.names() == ("[process gone]+0x7f00",)
+
+
+def test_frames_built_positionally_by_keyword_replaced_or_unpickled_are_equal_frozen_and_hash_alike() -> None:
+    """Frame's own __init__ (faster than the generated one) keeps what the dataclass promised: defaults,
+    keywords, value equality and hashing, frozen fields, dataclasses.replace, pickling across processes."""
+    import dataclasses
+    import pickle
+
+    m = Mapping(0x1000, 0x2000, 0x0, "/usr/lib/libc.so.6", "ab" * 20)
+    a = Frame(0x1234, m, FrameKind.NATIVE, (Line("read", "read.c", 3),))
+    b = Frame(address=0x1234, lines=(Line("read", "read.c", 3),), mapping=m)
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert (a.kind, a.reason) == (FrameKind.NATIVE, None) and Frame(5).mapping is None and Frame(5).lines == ()
+    gone = dataclasses.replace(a, lines=(), reason=Unresolved.PROCESS_GONE)
+    assert gone == Frame(0x1234, m, FrameKind.NATIVE, (), Unresolved.PROCESS_GONE) and gone != a
+    assert hash(gone) == hash(Frame(0x1234, m, FrameKind.NATIVE, (), Unresolved.PROCESS_GONE))
+    back = pickle.loads(pickle.dumps(a))
+    assert back == a and hash(back) == hash(a) and back.lines[0].function == "read"
+    assert Frame(0x1234, m) != Frame(0x1235, m) and Frame(0, None, FrameKind.KERNEL) != Frame(0, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.address = 1  # type: ignore[misc]
+    assert "_hash" not in repr(a) and repr(a).startswith("Frame(address=4660, mapping=Mapping(")

@@ -178,3 +178,37 @@ def test_lru_bounds_entries_and_weight() -> None:
     lru.put("e", "eeeeeeeee")  # weight 9 alone: everything older goes
     assert list(lru._data) == ["e"] and lru.weight == 9
     assert lru.pop("e") == "eeeeeeeee" and lru.weight == 0
+
+
+def test_frames_without_a_mapping_answer_as_each_one_resolved_alone(tmp_path: Path) -> None:
+    """ProcessSymbolizer.frame answers a native frame without a mapping from the reason it found for the
+    process's first one, when no perf map can name any (a process gone before its maps were read has
+    hundreds a drain). Every answer and outcome count equals resolving each frame alone (a call of its
+    own, as before); a process with a perf map, or whose maps are held, keeps its own answers."""
+    gone, jit, alive = 1001, 1002, 1003
+    (tmp_path / str(jit) / "root" / "tmp").mkdir(parents=True)
+    (tmp_path / str(jit) / "root" / "tmp" / f"perf-{jit}.map").write_text("6f00 200 jitted_fn\n")
+
+    class Maps:
+        def file(self, pid: int, mapping: Mapping) -> MappedFile | None:
+            return None
+
+        def maps_lost(self, pid: int) -> bool:
+            return pid == gone  # `alive`'s maps are held: an address outside them has no mapping
+
+    exe = Mapping(0x400000, 0x401000, 0, str(tmp_path / "missing-binary"))
+    frames = [Frame(a, None, FrameKind.NATIVE) for a in (0x7000, 0x7010, 0x9000, 0x1234, 0x7050)]
+    frames.insert(2, Frame(0x400100, exe, FrameKind.NATIVE))  # a mapped frame between them: resolved as ever
+    for pid, expect in ((gone, [Unresolved.PROCESS_GONE] * 2 + [Unresolved.UNREADABLE] + [Unresolved.PROCESS_GONE] * 3),
+                        (jit, [None, None, Unresolved.UNREADABLE, Unresolved.NO_MAPPING, Unresolved.NO_MAPPING,
+                               None]),
+                        (alive, [Unresolved.NO_MAPPING] * 2 + [Unresolved.UNREADABLE] + [Unresolved.NO_MAPPING] * 3)):
+        alone = Symbolizer(Maps(), proc=str(tmp_path))
+        want = [alone.for_process(pid).frame(f, i == len(frames) - 1) for i, f in enumerate(frames)]
+        together = Symbolizer(Maps(), proc=str(tmp_path))
+        per = together.for_process(pid)
+        got = [per.frame(f, i == len(frames) - 1) for i, f in enumerate(frames)]
+        assert got == want, pid
+        assert [f.reason for f in got] == expect, pid
+        assert [f.lines[0].function for f in got if f.lines] == (["jitted_fn"] * 3 if pid == jit else []), pid
+        assert together.stats() == alone.stats(), pid
