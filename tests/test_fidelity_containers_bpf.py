@@ -48,12 +48,13 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 
 @contextmanager
 def in_pod(argv: list[str], *, tmpfs: Path | None = None, stage: Path | None = None, pidns: bool = False,
-           ready: bool = False, env: dict[str, str] | None = None) -> Iterator[int]:
+           ready: bool = False, env: dict[str, str] | None = None, overlay: Path | None = None) -> Iterator[int]:
     """argv in a kubelet-shaped cgroup and, with `tmpfs`, its own mount namespace where a private tmpfs
     over that directory holds `stage`'s files (the host keeps seeing what the directory holds). `pidns`:
     its own PID namespace too (argv is pid 1 there). `ready`: wait for its "ready" line. Yields the
     host pid of argv's process."""
-    inner = list(argv) if tmpfs is None or stage is None else mount_namespace(tmpfs, stage, argv, pidns=pidns)
+    inner = list(argv) if tmpfs is None or stage is None \
+        else mount_namespace(tmpfs, stage, argv, pidns=pidns, overlay=overlay)
     with kubelet_cgroup() as cg:
         proc = subprocess.Popen(["sh", "-c", 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"', "sh",
                                  str(cg.path), *inner], stdout=subprocess.PIPE if ready else None, text=True,
@@ -74,10 +75,18 @@ def in_pod(argv: list[str], *, tmpfs: Path | None = None, stage: Path | None = N
                 proc.stdout.close()
 
 
-def mount_namespace(tmpfs: Path, stage: Path, argv: list[str], *, pidns: bool = False) -> list[str]:
+def mount_namespace(tmpfs: Path, stage: Path, argv: list[str], *, pidns: bool = False,
+                    overlay: Path | None = None) -> list[str]:
     """argv run in a new mount namespace (and PID namespace: argv is pid 1 there, a child of unshare)
-    where a private tmpfs over `tmpfs` holds a copy of `stage`'s files, as a container's image is."""
+    where a private tmpfs over `tmpfs` holds a copy of `stage`'s files, as a container's image is; with
+    `overlay` (a directory for its upper and work dirs), an overlayfs with `stage` as its lower layer
+    instead (containerd's snapshotter)."""
     setup = f'mount -t tmpfs pod "{tmpfs}" && cp -a "{stage}"/. "{tmpfs}"/ && exec "$@"'
+    if overlay is not None:
+        (overlay / "upper").mkdir(parents=True)
+        (overlay / "work").mkdir()
+        setup = (f'mount -t overlay pod -o lowerdir="{stage}",upperdir="{overlay}/upper",workdir="{overlay}/work" '
+                 f'"{tmpfs}" && exec "$@"')
     return ["unshare", "-m", "--propagation", "private", *(["-p", "-f"] if pidns else []),
             "sh", "-c", setup, "sh", *argv]
 
@@ -131,17 +140,19 @@ def commonest(stacks: Stacks) -> str:
     return ";".join(stacks.most_common(1)[0][0][-9:]) if stacks else "(none)"
 
 
-def test_a_program_its_library_and_libc_from_a_private_mount(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fs", ["tmpfs", "overlay"])
+def test_a_program_its_library_and_libc_from_a_private_mount(tmp_path: Path, fs: str) -> None:
     at, stage = tmp_path / "app", tmp_path / "stage"
     build_pod_chain(stage, at)
     plant_decoys(at, tmp_path)
-    with in_pod([str(at / "pod_chain"), "600"], tmpfs=at, stage=stage) as pid:
+    with in_pod([str(at / "pod_chain"), "600"], tmpfs=at, stage=stage,
+                overlay=tmp_path / "overlay" if fs == "overlay" else None) as pid:
         maps = Path(f"/proc/{pid}/maps").read_text()
         assert f"{at}/{LIBC.name}" in maps and f"{at}/libpodlib.so" in maps  # runs the tmpfs's files
         ours = record(pid)
         theirs = perf_stacks(pid, tmp_path)
     got, oracle = share(ours, pod_chain), share(theirs, pod_chain)
-    print(f"\nmount namespace, program + library + libc from a tmpfs over host decoys: {got:.1%} the exact chain"
+    print(f"\nmount namespace, program + library + libc from {fs} over host decoys: {got:.1%} the exact chain"
           f" (perf --call-graph dwarf {oracle:.1%})")
     assert oracle >= 0.8, f"perf: {commonest(theirs)}"
     assert got >= 0.9, f"{got:.1%}; commonest: {commonest(ours)}"
