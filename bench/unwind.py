@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.realsys import WORKLOADS, kubelet_cgroup, spawn_in_cgroup  # noqa: E402
-from tests.test_fidelity_builds_bpf import JAVA_CHAIN, java_methods  # noqa: E402
+from tests.test_fidelity_builds_bpf import JAVA_CHAIN, java_methods, java_perfmap  # noqa: E402
 from tests.test_fidelity_containers_bpf import (  # noqa: E402
     LIBZ,
     build_pod_chain,
@@ -284,12 +284,6 @@ def pod_workloads(tmp: Path, entry: Test, starts: Callable[..., Test]) -> Worklo
                             starts("clone3", "clone"), lambda s: java_methods(s) == JAVA_CHAIN)
         AFTER_START["java17-fp"] = java_perfmap
     return out
-
-
-def java_perfmap(pid: int) -> None:
-    """Past the JVM's start and the JIT's first tiers, its perf map written (jcmd Compiler.perfmap)."""
-    time.sleep(3.0)
-    subprocess.run(["jcmd", str(pid), "Compiler.perfmap"], check=True, capture_output=True, timeout=60)
 
 
 def node_chain(s: tuple[str, ...]) -> bool:

@@ -147,6 +147,24 @@ def java_methods(stack: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(m.group(0) for f in stack if (m := re.search(r"FidJava\.\w+(?=\()", f)))
 
 
+def java_perfmap(pid: int, timeout: float = 30.0) -> None:
+    """Write the JVM's perf map (`jcmd PID Compiler.perfmap`) once the JIT has settled on the workload: the
+    map is a snapshot, so code compiled after it (C2's recompiles, main's OSR) stays unnamed (a service
+    would run the command now and then). Settled: every method of the chain compiled, and the workload's
+    entries unchanged over half a second."""
+    perf_map = Path(f"/tmp/perf-{pid}.map")
+    deadline = time.monotonic() + timeout
+    before: list[str] = []
+    while True:  # jcmd fails until the JVM's attach listener is up
+        subprocess.run(["jcmd", str(pid), "Compiler.perfmap"], capture_output=True, timeout=60)
+        text = perf_map.read_text(errors="replace") if perf_map.exists() else ""
+        ours = sorted(line for line in text.splitlines() if "FidJava." in line)
+        if (ours == before and all(f"{m}(" in text for m in JAVA_CHAIN)) or time.monotonic() > deadline:
+            return
+        before = ours
+        time.sleep(0.5)
+
+
 def test_java_jit_frames_with_frame_pointers_and_a_perf_map(tmp_path: Path) -> None:
     argv = ["java", "-XX:+PreserveFramePointer", "-XX:CompileCommand=quiet",
             "-XX:CompileCommand=dontinline,FidJava::*", str(WORKLOADS / "FidJava.java"), "600"]
@@ -155,9 +173,7 @@ def test_java_jit_frames_with_frame_pointers_and_a_perf_map(tmp_path: Path) -> N
                                  str(cg.path), *argv], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-            subprocess.run(["jcmd", str(proc.pid), "Compiler.perfmap"], check=True, capture_output=True,
-                           timeout=60)
-            time.sleep(0.2)
+            java_perfmap(proc.pid)
             stacks = record(proc.pid)
         finally:
             proc.kill()
