@@ -48,7 +48,8 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 
 @contextmanager
 def in_pod(argv: list[str], *, tmpfs: Path | None = None, stage: Path | None = None, pidns: bool = False,
-           ready: bool = False, env: dict[str, str] | None = None, overlay: Path | None = None) -> Iterator[int]:
+           ready: bool = False, env: dict[str, str] | None = None, overlay: Path | None = None,
+           cwd: Path | None = None) -> Iterator[int]:
     """argv in a kubelet-shaped cgroup and, with `tmpfs`, its own mount namespace where a private tmpfs
     over that directory holds `stage`'s files (the host keeps seeing what the directory holds). `pidns`:
     its own PID namespace too (argv is pid 1 there). `ready`: wait for its "ready" line. Yields the
@@ -58,7 +59,7 @@ def in_pod(argv: list[str], *, tmpfs: Path | None = None, stage: Path | None = N
     with kubelet_cgroup() as cg:
         proc = subprocess.Popen(["sh", "-c", 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"', "sh",
                                  str(cg.path), *inner], stdout=subprocess.PIPE if ready else None, text=True,
-                                env=None if env is None else {**os.environ, **env})
+                                env=None if env is None else {**os.environ, **env}, cwd=cwd)
         try:
             if ready:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", f"{argv} did not start"
@@ -248,7 +249,7 @@ def test_node_in_its_own_pid_and_mount_namespace(tmp_path: Path) -> None:
     stage.mkdir()
     shutil.copy(WORKLOADS / "fid_node.js", stage / "fid_node.js")
     argv = ["sh", "-c", f"mount --bind {ctmp} /tmp && exec node --perf-basic-prof /tmp/fid_node.js 600"]
-    with in_pod(argv, tmpfs=ctmp, stage=stage, pidns=True) as pid:
+    with in_pod(argv, tmpfs=ctmp, stage=stage, pidns=True, cwd=tmp_path) as pid:  # V8's logs land in cwd
         time.sleep(1.0)  # V8 tiers the hot loop up
         assert f"NSpid:\t{pid}\t1" in Path(f"/proc/{pid}/status").read_text()
         assert not Path(f"/tmp/perf-{pid}.map").exists() and not Path("/tmp/perf-1.map").exists()
