@@ -19,9 +19,14 @@ definition). The last line is one JSON object.
 `--matrix` runs instead the workloads no test of the default run builds (docs/benchmarks.md "Fidelity
 matrix"), each under podflame, profile-bpfcc and perf --call-graph dwarf: C++ -O2 with libstdc++
 (std::sort with a lambda, virtual calls, an exception thrown and caught per iteration), the C chain
--O3, -static and non-PIE, in a thread and in a SIGALRM handler, Go, Node.js (JIT, --perf-basic-prof),
-and Python 3.8-3.13 and Debian's 3.11 behind 200 thread states and calling back from C
-(sorted(key=...)). Per workload: the share reaching the entry, the share with the exact known chain
+-O3, -static, -static-pie and non-PIE, in a thread and in a SIGALRM handler, Go, Node.js (JIT,
+--perf-basic-prof), Java 17 (-XX:+PreserveFramePointer, jcmd Compiler.perfmap), Python 3.8-3.13 and
+Debian's 3.11 behind 200 thread states and calling back from C (sorted(key=...)), and pod-shaped
+processes (tests/test_fidelity_containers_bpf.py): a program, its library and libc from a private
+tmpfs in a mount namespace over host decoys (pod-mountns), the same replaced on disk while running
+(pod-replaced), Debian's python3 copied into such a mount (py-debian-mountns) or replaced while
+running (py-debian-replaced), node in PID and mount namespaces with its perf map in its own /tmp.
+Per workload: the share reaching the entry, the share with the exact known chain
 (where there is one) and `perf_agree`, the overlap of the profile with perf's (sum over stacks of the
 smaller of the two shares, after both are reduced to function names without parameters; unnamed
 frames count as one "?"). For Python: `with_python`, the share with any Python frame (the agent
@@ -51,6 +56,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.realsys import WORKLOADS, kubelet_cgroup, spawn_in_cgroup  # noqa: E402
+from tests.test_fidelity_builds_bpf import JAVA_CHAIN, java_methods, java_perfmap  # noqa: E402
+from tests.test_fidelity_containers_bpf import (  # noqa: E402
+    LIBZ,
+    build_pod_chain,
+    mount_namespace,
+    plant_decoys,
+    pod_chain,
+    replace_with,
+)
 from tests.test_unwind_bpf import (  # noqa: E402
     BUSY_PY,
     CHAIN,
@@ -123,6 +137,8 @@ CEXT_CHAINS = {("<module>", "json_loop", "encode"): ("_start",), ("zlib_loop", "
                ("re_loop", "scan"): ("clone3", "clone")}
 RUST_CHAIN = ("fid_rust::main", "fid_rust::level1", "fid_rust::level2", "fid_rust::leaf_work")
 SHELL = "py-debian-shell-entrypoint"  # recorded by its cgroup: the Python process is the shell's child
+CHILD = {SHELL, "node-pidns"}  # the workload is the started process's child (a shell, unshare -f)
+AFTER_START: dict[str, Callable[[int], None]] = {}  # name -> what happens to the running process first
 GO_CHAIN = ("runtime.main", "main.main", "main.level1", "main.level2", "main.leafWork")
 
 
@@ -201,7 +217,7 @@ def matrix_workloads(tmp: Path) -> dict[str, tuple[list[str], Test, Test | None]
         if RUSTC.exists() else None
     if rust is not None:
         out["rust-O3"] = ([str(rust), "600"], entry, rust_chain)
-    out["node-jit"] = (["node", "--perf-basic-prof", str(WORKLOADS / "fid_node.js"), "600"], entry, None)
+    out["node-jit"] = (["node", "--perf-basic-prof", str(WORKLOADS / "fid_node.js"), "600"], entry, node_chain)
     work = str(WORKLOADS / "python_fidelity.py")
     for version in ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
         python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
@@ -218,7 +234,62 @@ def matrix_workloads(tmp: Path) -> dict[str, tuple[list[str], Test, Test | None]
                                                 cext_chain)
     # `sh -c` that does not exec its last command: the container's process is the shell, Python its child
     out[SHELL] = (["sh", "-c", f"/usr/bin/python3 {work} threads 4; exit 0"], entry, threads_chain)
+    out.update(pod_workloads(tmp, entry, starts))
     return out
+
+
+Workloads = dict[str, tuple[list[str], Test, Test | None]]
+
+
+def pod_workloads(tmp: Path, entry: Test, starts: Callable[..., Test]) -> Workloads:
+    """Pod-shaped processes (tests/test_fidelity_containers_bpf.py) and runtimes with their own frames."""
+    out: Workloads = {}
+    work = str(WORKLOADS / "python_fidelity.py")
+    # a private tmpfs over host decoys: the program, its library, libc and the loader from the "image"
+    at, stage = tmp / "pod-app", tmp / "pod-stage"
+    build_pod_chain(stage, at)
+    plant_decoys(at, tmp)
+    out["pod-mountns"] = (mount_namespace(at, stage, [str(at / "pod_chain"), "600"]), entry, pod_chain)
+    at2 = tmp / "pod-replaced"
+    build_pod_chain(at2, at2)
+    out["pod-replaced"] = ([str(at2 / "pod_chain"), "600"], entry, pod_chain)
+    AFTER_START["pod-replaced"] = lambda pid: plant_decoys(at2, tmp / "pod-replaced-decoys")
+    py_at, py_stage = tmp / "py-app", tmp / "py-stage"
+    py_stage.mkdir()
+    shutil.copy("/usr/bin/python3.11", py_stage / "python3")
+    py_at.mkdir()
+    replace_with(py_at / "python3", LIBZ)
+    out["py-debian-mountns"] = (mount_namespace(py_at, py_stage, ["env", "PYTHONHOME=/usr", str(py_at / "python3"),
+                                                                  work, "threads", "4"]), entry, threads_chain)
+    py_old = tmp / "py-old"
+    py_old.mkdir()
+    shutil.copy("/usr/bin/python3.11", py_old / "python3")
+    out["py-debian-replaced"] = (["env", "PYTHONHOME=/usr", str(py_old / "python3"), work, "threads", "4"], entry,
+                                 threads_chain)
+    AFTER_START["py-debian-replaced"] = lambda pid: replace_with(py_old / "python3", LIBZ)
+    node_tmp, node_stage = tmp / "node-tmp", tmp / "node-stage"
+    node_tmp.mkdir()
+    node_stage.mkdir()
+    shutil.copy(WORKLOADS / "fid_node.js", node_stage / "fid_node.js")
+    out["node-pidns"] = (mount_namespace(node_tmp, node_stage, [
+        "sh", "-c", f"mount --bind {node_tmp} /tmp && exec node --perf-basic-prof /tmp/fid_node.js 600"], pidns=True),
+        entry, node_chain)
+    static_pie = tmp / "c-static-pie"
+    subprocess.run(["gcc", "-O2", "-static-pie", "-pthread", "-o", str(static_pie), str(WORKLOADS / "unwind_chain.c")],
+                   check=True)
+    out["c-static-pie"] = ([str(static_pie), "chain", "600"], entry, exact_chain)
+    if shutil.which("java") and shutil.which("jcmd"):
+        out["java17-fp"] = (["java", "-XX:+PreserveFramePointer", "-XX:CompileCommand=quiet",
+                             "-XX:CompileCommand=dontinline,FidJava::*", str(WORKLOADS / "FidJava.java"), "600"],
+                            starts("clone3", "clone"), lambda s: java_methods(s) == JAVA_CHAIN)
+        AFTER_START["java17-fp"] = java_perfmap
+    return out
+
+
+def node_chain(s: tuple[str, ...]) -> bool:
+    """A JIT frame of the workload's JS functions named from the container's perf map, under _start."""
+    return bool(s) and s[0] == "_start" and any(
+        f.startswith(("LazyCompile:", "JS:", "Function:")) and re.search(r"\b(leaf|middle|top) ", f) for f in s)
 
 
 def rust_chain(s: tuple[str, ...]) -> bool:
@@ -260,8 +331,10 @@ def run_matrix(args: argparse.Namespace) -> None:
                 try:
                     time.sleep(1.0)
                     pid = proc.pid
-                    if name == SHELL:  # the peers follow the Python child; podflame the pod's cgroup
+                    if name in CHILD:  # the peers follow the child; for the shell, podflame the pod's cgroup
                         pid = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+                    if name in AFTER_START:
+                        AFTER_START[name](pid)
                     peers = {}
                     if "podflame" in wanted:
                         peers["podflame"] = ours(pid, args.seconds, args.frequency, tmp, "auto",

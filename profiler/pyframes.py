@@ -417,8 +417,9 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
     if not execs:
         return None
     start, end, offset = execs[0]
-    opened = next((p for p in (f"/proc/{process.pid}/root{process.path}",
-                               f"/proc/{process.pid}/map_files/{start:x}-{end:x}", process.path)
+    # map_files first: the file mapped, even when an upgrade renamed a new one over its path
+    opened = next((p for p in (f"/proc/{process.pid}/map_files/{start:x}-{end:x}",
+                               f"/proc/{process.pid}/root{process.path}", process.path)
                    if os.access(p, os.R_OK)), None)
     if opened is None:
         return None

@@ -130,10 +130,11 @@ def run_in_cgroup(cgroup: Path, argv: list[str]) -> resource.struct_rusage:
     return usage
 
 
-def with_agent(url: str, frequency: int, work: Callable[[], T], *, interval: float = 2.0) -> T:
+def with_agent(url: str, frequency: int, work: Callable[[], T], *, interval: float = 2.0, unwind: str = "fp") -> T:
     """The real agent (sampler, symbolizer, uploader) shipping to `url` while `work()` runs.
 
-    On return the agent has made its final drain and every batch has landed on the server.
+    On return the agent has made its final drain and every batch has landed on the server. `unwind`: the
+    Sampler's mode (the library's default is "fp"; `podflame agent` and `up` run "auto", tables).
     """
     from profiler.agent import Agent, create_context
     from profiler.sampler import Sampler
@@ -141,7 +142,7 @@ def with_agent(url: str, frequency: int, work: Callable[[], T], *, interval: flo
     from symbolizer import Symbolizer
 
     ctx = create_context("test-node")
-    sampler = Sampler(frequency)
+    sampler = Sampler(frequency, unwind=unwind)
     uploader = Uploader(url, node=ctx.node)
     agent = Agent(sampler, ctx, Symbolizer(ctx.maps), uploader, interval=interval)
     thread = threading.Thread(target=agent.run, daemon=True)

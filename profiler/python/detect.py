@@ -278,9 +278,12 @@ def _version_from_name(path: str) -> tuple[int, int] | None:
 
 
 def _open_path(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> str | None:
-    """A path that opens the mapped file: through the process's root (containers), else map_files."""
+    """A path that opens the mapped file: map_files (the file mapped, wherever it lives and whatever now
+    sits at its path), else through the process's root (its mount namespace). A deleted file's old path may
+    hold its replacement (an upgraded python3, whose _PyRuntime is elsewhere): never read that."""
     e = maps[0]
-    for candidate in (f"{proc}/{pid}/root{path}", f"{proc}/{pid}/map_files/{e.start:x}-{e.end:x}", path):
+    for candidate in (f"{proc}/{pid}/map_files/{e.start:x}-{e.end:x}",
+                      *(() if any(m.deleted for m in maps) else (f"{proc}/{pid}/root{path}", path))):
         if os.access(candidate, os.R_OK):
             return candidate
     return None
