@@ -292,9 +292,9 @@ def test_the_agent_on_a_python_replaced_on_disk(tmp_path: Path) -> None:
     assert among >= 0.95 and exact >= 0.6, f"{exact:.1%} / {among:.1%}; commonest: {commonest(stacks)}"
 
 
-@pytest.mark.xfail(strict=True, reason="found by fid7, not fixed: under the agent (tables on demand), a process "
-                   "that execs after a shell ran a moment (unshare + mount + cp here, an entrypoint script in a pod) "
-                   "has [no mapping] or its leaf alone in its samples for seconds; `record --pid` is right (99%)")
+# Under six parallel suites (load 25-35 on 2 cores) this gave 0%: the agent's new-process watcher was starved,
+# never read the maps while the 6 s pod lived, and the final drain came after it was killed. On the merged
+# main, quiet: 91.6-96.7% in four runs (fid7's branch alone: 94.9-95.5%), so it is a plain test.
 def test_the_agent_on_a_pod_in_a_mount_namespace(tmp_path: Path) -> None:
     at, stage = tmp_path / "app", tmp_path / "stage"
     build_pod_chain(stage, at)
