@@ -423,3 +423,21 @@ def test_kinds_and_modules_without_building_frames(app: Flask) -> None:
     assert got["write"] == ("native", "libc.so.6")
     assert got["ksys_write"] == ("kernel", module_of(KWRITE)) == ("kernel", "[kernel]")
     assert got["render"] == ("python", module_of(PY_RENDER)) == ("python", "jinja2")
+
+
+def test_a_name_two_functions_share_is_coloured_as_the_one_in_the_query(app: Flask) -> None:
+    """A C `main` and a Python `main` on one node are two functions with one name: each pod's graph colours
+    `main` as its own, whichever the server saw first (it kept the first kind per name: a C program's `main`
+    was drawn as Python beside pytest's)."""
+    py_main = Frame(0x20, None, FrameKind.PYTHON, (Line("main", "/srv/venv/lib/site-packages/pytest/cli.py", 3),))
+    client = app.test_client()
+    ingest(client, [prof({"pod": "runner", "namespace": "prod"}, T0, ((py_main, PY_RENDER), 4))])
+    ingest(client, [prof(SHOP, T0, ((MAIN, WRITE), 5))])
+    for pod, want in (("shop-1", ("native", "shop")), ("runner", ("python", "pytest"))):
+        r = client.get("/api/v1/flamegraph", query_string={"query": f'{{pod="{pod}"}}', "from": str(T0 // S - 60),
+                                                           "to": str(T0 // S + 600)})
+        assert r.status_code == 200, r.data
+        raw = r.get_data()
+        payload = json.loads(gzip.decompress(raw) if r.headers.get("Content-Encoding") == "gzip" else raw)
+        got = {n: (k, m) for n, k, m in zip(payload["names"], payload["kinds"], payload["modules"], strict=True)}
+        assert got["main"] == want, (pod, got)

@@ -84,7 +84,7 @@ class NameCache:
         self._index: dict[str, int] = {}
         self.locations: list[str] = [""]
         self._loc_index: dict[str, int] = {"": 0}
-        # (name id, location id) pairs: what `hottest_locations` sums over (a few per name, so dense ids).
+        # (name id, location id) pairs: what `hottest` sums over (a few per name, so dense ids).
         self._pairs: dict[tuple[int, int], int] = {}
         self._pair_name: list[int] = []
         self._pair_loc: list[int] = []
@@ -100,7 +100,12 @@ class NameCache:
         self._len = np.empty(0, np.int64)
         self._flat_names = np.empty(0, np.int64)
         self._flat_locs = np.empty(0, np.int64)  # (name, location) pair ids, beside _flat_names
-        # Name id -> (frame kind, module) of the first frame seen with it: the flame graph's colours.
+        # The flame graph's colours: (frame kind, module) per (name, location) pair, first frame seen with it
+        # (index into _metas, -1 unknown), and per name as a fallback. One name can be two functions (a C
+        # `main` and a Python `main`): each query colours a name as its heaviest pair there (`frame_meta`).
+        self._metas: list[tuple[str, str]] = []
+        self._meta_index: dict[tuple[str, str], int] = {}
+        self._pair_meta: list[int] = []
         self._name_meta: dict[int, tuple[str, str]] = {}
         self._kind_pending: dict[int, int] = {}  # frame id -> a stack holding it, until its kind is read
         self._frame_kind: set[int] = set()  # frame ids whose kind was read
@@ -136,6 +141,7 @@ class NameCache:
                     pair = pairs[(i, j)] = len(pair_name)
                     pair_name.append(i)
                     pair_loc.append(j)
+                    self._pair_meta.append(-1)
                 name_ids.append(i)
                 pair_ids.append(pair)
         offs = np.cumsum(lens) - lens
@@ -151,20 +157,30 @@ class NameCache:
         self._frame_kind.update(origins)
         at = dict(zip(fids, zip(offs.tolist(), lens.tolist(), strict=True), strict=True))
         metas: dict[tuple[str, str, str], tuple[str, str]] = {}  # many frames share a binary (or package)
-        name_meta = self._name_meta
         for fid, origin in origins.items():
             meta = metas.get(origin)
             if meta is None:
                 meta = metas[origin] = (origin[0], module_from(*origin))
             off, n = at[fid]
-            for name in name_ids[off:off + n]:
-                name_meta.setdefault(name, meta)
+            self._set_meta(name_ids[off:off + n], pair_ids[off:off + n], meta)
         return fids
 
-    def _names_of(self, fid: int) -> list[int]:
+    def _set_meta(self, names: list[int], pairs: list[int], meta: tuple[str, str]) -> None:
+        m = self._meta_index.get(meta)
+        if m is None:
+            m = self._meta_index[meta] = len(self._metas)
+            self._metas.append(meta)
+        for name, pair in zip(names, pairs, strict=True):
+            self._name_meta.setdefault(name, meta)
+            if self._pair_meta[pair] < 0:
+                self._pair_meta[pair] = m
+
+    def _names_of(self, fid: int) -> tuple[list[int], list[int]]:
+        """Name and pair ids of a frame (one each per inlined level)."""
         slot = self._fslot[fid]
         start = int(self._fstart[slot])
-        return self._fnames[start:start + int(self._flen[slot])].tolist()
+        end = start + int(self._flen[slot])
+        return self._fnames[start:end].tolist(), self._fpairs[start:end].tolist()
 
     def _translate(self, store: Store, sids: list[int]) -> None:
         """Name and location arrays for these stack ids (caller holds the lock)."""
@@ -238,20 +254,22 @@ class NameCache:
                 if self._kind_pending.pop(fid, None) is None and fid in self._frame_kind:
                     continue
                 self._frame_kind.add(fid)
-                meta = (str(frame.kind), module_of(frame))
-                for name in self._names_of(fid):
-                    self._name_meta.setdefault(name, meta)
+                self._set_meta(*self._names_of(fid), (str(frame.kind), module_of(frame)))
 
     @property
     def kinds_pending(self) -> bool:
         """True while some frame's kind is not known yet (a payload's colours may still change)."""
         return bool(self._kind_pending)
 
-    def frame_meta(self, names: Sequence[str]) -> tuple[list[str], list[str]]:
-        """Kind and module per name (payload order); "" for names without frames (the root, [other])."""
+    def frame_meta(self, names: Sequence[str], hot: dict[str, tuple[str, str]] | None = None
+                   ) -> tuple[list[str], list[str]]:
+        """Kind and module per name (payload order): `hot`'s (this query's heaviest pair, from `hottest`), else
+        the first frame seen with the name; "" for names without frames (the root, [other])."""
+        hot = hot or {}
         with self._lock:
             ids = [self._index.get(n) for n in names]
-            metas = [self._name_meta.get(i, ("", "")) if i is not None else ("", "") for i in ids]
+            metas = [hot.get(n) or (self._name_meta.get(i, ("", "")) if i is not None else ("", ""))
+                     for n, i in zip(names, ids, strict=True)]
         return [k for k, _ in metas], [m for _, m in metas]
 
     def _gather(self, stack_ids: list[int], table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -279,24 +297,32 @@ class NameCache:
         vals = vals.reshape(len(ids), vals.shape[1] if vals.ndim == 2 else 1)
         return NameStacks(names, flat, np.cumsum(lengths) - lengths, lengths, vals)
 
-    def hottest_locations(self, stack_ids: np.ndarray, ns: NameStacks) -> dict[str, str]:
-        """Name -> the `file:line` carrying most of its value in these stacks (after `name_stacks`)."""
+    def hottest(self, stack_ids: np.ndarray, ns: NameStacks) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+        """Per name, the `file:line` and the (kind, module) carrying most of its value in these stacks (after
+        `name_stacks`)."""
         if not stack_ids.size:
-            return {}
+            return {}, {}
         with self._lock:
             pairs, _ = self._gather(stack_ids.tolist(), self._flat_locs)
-            locations = list(self.locations)
+            locations, metas = list(self.locations), list(self._metas)
             pair_name = np.array(self._pair_name, dtype=np.int64)
             pair_loc = np.array(self._pair_loc, dtype=np.int64)
-        weight = np.repeat(ns.values[:, -1], ns.lengths)
+            pair_meta = np.array(self._pair_meta, dtype=np.int64)
+        weight = np.abs(np.repeat(ns.values[:, -1], ns.lengths))
         present = np.zeros(pair_name.size, dtype=bool)
         present[pairs] = True
         sums = np.zeros(pair_name.size, dtype=np.int64)
         np.add.at(sums, pairs, weight)  # per (name, location): a table over pair ids, no sort of occurrences
-        keys = np.flatnonzero(present & (pair_loc != 0))  # location 0: no file known
-        names, where, sums = pair_name[keys], pair_loc[keys], sums[keys]
-        order = np.lexsort((where, sums, names))  # by name, then value (then location): the last of each name wins
-        return {ns.names[n]: locations[w] for n, w in zip(names[order].tolist(), where[order].tolist(), strict=True)}
+
+        def heaviest(keys: np.ndarray, of: np.ndarray) -> dict[int, int]:
+            """Name id -> `of` at the pair among `keys` with the most value (ties: the larger `of`)."""
+            order = np.lexsort((of[keys], sums[keys], pair_name[keys]))  # the last of each name wins
+            return dict(zip(pair_name[keys][order].tolist(), of[keys][order].tolist(), strict=True))
+
+        where = heaviest(np.flatnonzero(present & (pair_loc != 0)), pair_loc)  # location 0: no file known
+        kinds = heaviest(np.flatnonzero(present & (pair_meta >= 0)), pair_meta)
+        return ({ns.names[n]: locations[w] for n, w in where.items()},
+                {ns.names[n]: metas[k] for n, k in kinds.items()})
 
 
 def module_of(frame: Frame) -> str:
@@ -402,9 +428,9 @@ def _flamegraph_of(store: Store, m: Merged, max_nodes: int | None) -> dict[str, 
     cache = name_cache(store)
     ns = cache.name_stacks(store, m.stack_ids, m.values)
     payload = flamegraph_from_stacks(ns, max_nodes)
-    where = cache.hottest_locations(m.stack_ids, ns)
+    where, hot = cache.hottest(m.stack_ids, ns)
     payload.update(_meta(m), locations=[where.get(n, "") for n in payload["names"]])
-    payload["kinds"], payload["modules"] = cache.frame_meta(payload["names"])
+    payload["kinds"], payload["modules"] = cache.frame_meta(payload["names"], hot)
     return payload
 
 
