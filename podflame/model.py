@@ -175,7 +175,13 @@ class Profile:
 
     def add(self, stack: Stack, value: int) -> None:
         if value:
-            self.samples[stack] = self.samples.get(stack, 0) + value
+            # one hash of the stack for a new one (a tuple's hash calls each frame's __hash__, a Python method):
+            # most stacks a drain adds are new to their profile
+            samples = self.samples
+            n = len(samples)
+            had = samples.setdefault(stack, value)
+            if len(samples) == n:
+                samples[stack] = had + value
 
     def name_stacks(self) -> Iterator[tuple[tuple[str, ...], int]]:
         """Stacks as function names (root first, inlines expanded), with their values."""

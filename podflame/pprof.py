@@ -335,9 +335,20 @@ def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] |
             loc.line.add(function_id=fid, line=line.line or 0)
         return lid
 
+    # Locations by the frame object's identity first: stacks share frame objects (the agent's memos), and an
+    # int's hash is C while a Frame's is a Python call, per frame of every sample. Identity is safe: every
+    # frame is held by `profiles` until this returns. Equal frames that are distinct objects still share one
+    # location through `location_ids` (by value), looked up once per object.
+    by_object: dict[int, int] = {}
+    get = location_ids.get
+
+    def object_location(frame: Frame) -> int:
+        lid = by_object[id(frame)] = get(frame) or location_id(frame)
+        return lid
+
     two_values = len(msg.sample_type) == 2
     add_sample = msg.sample.add
-    get = location_ids.get
+    oget = by_object.get
     for p in profiles:
         if (p.sample_type, p.unit) != (sample_type, unit):
             raise ValueError("encode() takes profiles of one sample type")
@@ -346,7 +357,7 @@ def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] |
         label_bytes = _Sample(label=labels).SerializeToString()
         per_sample = p.period_ns or period  # merged series may differ in period
         for stack, value in p.samples.items():
-            ids = [get(f) or location_id(f) for f in reversed(stack)]
+            ids = [oget(id(f)) or object_location(f) for f in reversed(stack)]
             add_sample(location_id=ids, value=[value, value * per_sample] if two_values else [value]) \
                 .MergeFromString(label_bytes)
     _add_mappings(msg, mappings)

@@ -675,7 +675,15 @@ class MapsCache:
 
 def _read_stat(pid: int, proc: str) -> _Stat | None:
     try:
-        data = _slurp(f"{proc}/{pid}/stat", 4096)
+        fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            # one read: the line is well under 4 KiB, and a seq file hands it whole to a read that can take it
+            # (the watcher reads every new process's stat; `_slurp`'s read at end of file was a second syscall)
+            data = os.read(fd, 4096)
+            if len(data) == 4096:
+                data += _read_fd(fd, 4096)
+        finally:
+            os.close(fd)
     except OSError:
         return None
     fields = data[data.rfind(b")") + 2:].split()  # comm may hold spaces and parentheses

@@ -66,3 +66,17 @@ def test_frames_built_positionally_by_keyword_replaced_or_unpickled_are_equal_fr
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.address = 1  # type: ignore[misc]
     assert "_hash" not in repr(a) and repr(a).startswith("Frame(address=4660, mapping=Mapping(")
+
+
+def test_add_sums_equal_stacks_and_skips_zero_values() -> None:
+    """Profile.add inserts a new stack with one hash and sums a stack it has (by value, not by object)."""
+    m = Mapping(0x1000, 0x2000, 0, "/bin/x", "ab" * 20)
+    a = (Frame(0x1100, m, FrameKind.NATIVE, (Line("f"),)), Frame(0x1200, m))
+    b = tuple(Frame(f.address, f.mapping, f.kind, f.lines, f.reason) for f in a)
+    p = Profile(labels={}, start_ns=0, duration_ns=1, period_ns=1)
+    p.add(a, 2)
+    p.add(b, 3)
+    p.add(a[:1], 0)
+    p.add(a[:1], 1)
+    p.add(b[:1], 4)
+    assert p.samples == {a: 5, a[:1]: 5} and list(p.samples) == [a, a[:1]] and p.total() == 10

@@ -39,3 +39,30 @@ def test_locations_once_mappings_main_first_values_and_labels() -> None:
         {"comm": "app", "pid": "1"}, {"comm": "app", "pid": "1"}, {"pid": "2"}]
     back = {p.labels["pid"]: p.samples for p in pprof.decode(pprof.encode([a, b])) if p.sample_type == "samples"}
     assert back["1"][(MAIN, WORK, READ, KERNEL)] == 3 and back["2"] == {(MAIN, WORK): 1}
+
+
+def _copy(f: Frame) -> Frame:
+    """An equal frame that is another object (what a rebuilt or unpickled frame is)."""
+    return Frame(f.address, f.mapping, f.kind, f.lines, f.reason)
+
+
+def test_equal_frames_that_are_distinct_objects_share_one_location_as_shared_objects_do() -> None:
+    """Locations are found by the frame object first, then by value: copies of a frame (equal, not the same
+    object) must still be one location, and the bytes must not depend on which objects the stacks hold."""
+    shared = Profile(labels={"pid": "1"}, start_ns=0, duration_ns=5, period_ns=100)
+    copies = Profile(labels={"pid": "1"}, start_ns=0, duration_ns=5, period_ns=100)
+    stacks = [((MAIN, WORK, READ, KERNEL), 3), ((MAIN, WORK, LOST), 2), ((MAIN, READ), 1), ((LOST, LOST), 4)]
+    for stack, n in stacks:
+        shared.add(stack, n)
+        copies.add(tuple(_copy(f) for f in stack), n)
+    assert all(a is not b for a, b in zip(next(iter(copies.samples)), next(iter(shared.samples)), strict=True))
+    body = pprof.encode([shared], compress=False)
+    assert pprof.encode([copies], compress=False) == body
+    mixed = Profile(labels={"pid": "1"}, start_ns=0, duration_ns=5, period_ns=100)
+    for i, (stack, n) in enumerate(stacks):  # some stacks share objects, others hold copies
+        mixed.add(stack if i % 2 else tuple(_copy(f) for f in stack), n)
+    assert pprof.encode([mixed], compress=False) == body
+    msg = pprof.PprofProfile()
+    msg.ParseFromString(body)
+    assert len(msg.location) == 5
+    assert [list(s.location_id) for s in msg.sample] == [[1, 2, 3, 4], [5, 3, 4], [2, 4], [5, 5]]
