@@ -39,6 +39,7 @@ ET_DYN = "ET_DYN"
 _SHN_LORESERVE = 0xFF00
 _STT_NOTYPE, _STT_FUNC, _STT_GNU_IFUNC = 0, 2, 10
 _STB_LOCAL, _STB_GLOBAL, _STB_WEAK = 0, 1, 2
+_U64_MAX = (1 << 64) - 1
 # an IFUNC symbol's value is its resolver, whose own (local) FUNC name says what the code is
 _TYPE_RANK = {_STT_FUNC: 0, _STT_GNU_IFUNC: 1, _STT_NOTYPE: 2}
 _BIND_RANK = {_STB_GLOBAL: 0, _STB_WEAK: 0, _STB_LOCAL: 1}  # exported names (glibc exports via weak) first
@@ -95,10 +96,20 @@ def _section_layout(elf: ElfFile) -> tuple[set[int], dict[int, tuple[int, int]]]
 
 
 _Rank = tuple[int, int, bool, int]
+# A symbol as build_ranges sorts it: (start, rank, name length, name, end or -section end). The rank is the
+# _Rank tuple packed into one int that orders the same (type, binding, unsized, leading underscores): a list
+# of these sorts with C comparisons alone, where a key function cost a Python call and a tuple per symbol
+# (libarrow: 74k symbols, the sort and its keys were over half of reading the table).
+_Symbol = tuple[int, int, int, str, int]
+_UNDERSCORES_MAX = (1 << 45) - 1
 
 
-def _raw_symbols(elf: ElfFile, section_name: str) -> list[tuple[int, int, _Rank, str]]:
-    """Function symbols of one symbol table as (start, end, rank, name); end <= 0: size unknown."""
+def _pack_rank(type_rank: int, bind_rank: int, unsized: bool, underscores: int) -> int:
+    return (type_rank << 48) | (bind_rank << 46) | (int(unsized) << 45) | min(underscores, _UNDERSCORES_MAX)
+
+
+def _raw_symbols(elf: ElfFile, section_name: str) -> list[_Symbol]:
+    """Function symbols of one symbol table (see _Symbol)."""
     sec = elf.section(section_name)
     if sec is None or sec.type not in (SHT_SYMTAB, SHT_DYNSYM) or sec.link >= len(elf.sections):
         return []
@@ -113,32 +124,37 @@ def _raw_symbols(elf: ElfFile, section_name: str) -> list[tuple[int, int, _Rank,
     executable, bounds = _section_layout(elf)
     thumb = elf.e_machine == EM_ARM
     c_name, c_value, c_size, c_info, c_shndx = cols
-    out: list[tuple[int, int, _Rank, str]] = []
+    type_rank, bind_rank = _TYPE_RANK, _BIND_RANK
+    find, n_strtab = strtab.find, len(strtab)
+    out: list[_Symbol] = []
+    append = out.append
     for rec in struct.iter_unpack(fmt, data[: len(data) - len(data) % size]):
         shndx = rec[c_shndx]
         if shndx == 0 or shndx >= _SHN_LORESERVE:
             continue  # undefined imports, absolute and common symbols
         info = rec[c_info]
-        typ, bind = info & 0xF, info >> 4
-        if typ not in (_STT_FUNC, _STT_GNU_IFUNC) and not (typ == _STT_NOTYPE and shndx in executable):
+        typ = info & 0xF
+        tr = type_rank.get(typ)
+        if tr is None or (typ == _STT_NOTYPE and shndx not in executable):
             continue  # data objects; NOTYPE labels count only in code (hand-written assembly)
         value = rec[c_value]
         if thumb and typ == _STT_FUNC:
             value &= ~1
         n = rec[c_name]
-        end_n = strtab.find(b"\0", n)
-        raw = strtab[n:end_n if end_n >= 0 else len(strtab)]
-        if not raw or raw.startswith(b"$"):
+        end_n = find(b"\0", n)
+        raw = strtab[n:end_n if end_n >= 0 else n_strtab]
+        if not raw or raw[0] == 0x24:
             continue  # unnamed, or ARM/AArch64 mapping symbols ($x, $d)
         name = raw.decode("utf-8", "replace")
-        if "@" in name[1:]:
+        if raw.find(b"@", 1) >= 0:
             name = name.split("@", 1)[0]  # versioned definitions: memcpy@@GLIBC_2.14 -> memcpy
         sym_size = rec[c_size]
         # a zero-size symbol's end is minus its section's end: "until the next symbol, at most there"
         end = value + sym_size if sym_size else -bounds.get(shndx, (0, 0))[1]
-        underscores = len(name) - len(name.lstrip("_"))
-        rank = (_TYPE_RANK[typ], _BIND_RANK.get(bind, 3), not sym_size, underscores)
-        out.append((value, end, rank, name))
+        underscores = len(name) - len(name.lstrip("_")) if name[:1] == "_" else 0
+        rank = (tr << 48) | (bind_rank.get(info >> 4, 3) << 46) | ((not sym_size) << 45) | \
+            min(underscores, _UNDERSCORES_MAX)
+        append((value, rank, len(name), name, end))
     return out
 
 
@@ -156,27 +172,42 @@ def _crc32(path: str) -> int | None:
 def build_ranges(symbols: Iterable[tuple[int, int, _Rank, str]]) -> AddressRanges:
     """One name per address (best alias: function > ifunc > label, exported > local, sized > not,
     fewer leading underscores (`malloc` over `__libc_malloc`), shorter (`free` over `cfree`));
-    a zero-size symbol reaches the next symbol or the end of its section, whichever comes first."""
-    syms = sorted(symbols, key=lambda s: (s[0], s[2], len(s[3]), s[3]))
-    chosen: list[tuple[int, int, str]] = []  # (start, end or -section_end, name)
-    for start, end, _, name in syms:
-        if chosen and chosen[-1][0] == start:
-            prev = chosen[-1]
-            if end > 0 and (prev[1] <= 0 or end > prev[1]):
-                chosen[-1] = (start, end, prev[2])  # an alias knows the size the chosen name lacks
+    a zero-size symbol reaches the next symbol or the end of its section, whichever comes first.
+    `symbols`: (start, end or -section end, rank, name)."""
+    return _ranges_of([(start, _pack_rank(*rank), len(name), name, end) for start, end, rank, name in symbols])
+
+
+def _ranges_of(symbols: list[_Symbol]) -> AddressRanges:
+    """build_ranges of _raw_symbols' symbols (sorted here, in place)."""
+    symbols.sort()  # by start, then best alias first (rank, shorter, by name)
+    starts: list[int] = []
+    ends: list[int] = []  # end, or -section end
+    names: list[str] = []
+    last = -1
+    for start, _, _, name, end in symbols:
+        if start == last:
+            prev = ends[-1]
+            if end > 0 and (prev <= 0 or end > prev):
+                ends[-1] = end  # an alias knows the size the chosen name lacks
             continue
-        chosen.append((start, end, name))
-
-    def finished() -> Iterable[tuple[int, int, str]]:
-        for i, (start, end, name) in enumerate(chosen):
-            if end <= 0:
-                candidates = [-end] if -end > start else []
-                if i + 1 < len(chosen):
-                    candidates.append(chosen[i + 1][0])
-                end = min(candidates) if candidates else start + 1
-            yield start, end, name
-
-    return AddressRanges(finished())
+        starts.append(start)
+        ends.append(end)
+        names.append(name)
+        last = start
+    n = len(starts)
+    keep = True
+    for i in range(n):
+        start, end = starts[i], ends[i]
+        if end <= 0:
+            candidates = [-end] if -end > start else []
+            if i + 1 < n:
+                candidates.append(starts[i + 1])
+            ends[i] = end = min(candidates) if candidates else start + 1
+        if end <= start or end > _U64_MAX:
+            keep = False  # a corrupt size: drop or clamp as AddressRanges does
+    if not keep:
+        return AddressRanges(zip(starts, ends, names, strict=True))
+    return AddressRanges.from_columns(starts, ends, names)
 
 
 def _open_elf(f: BinaryIO) -> ElfFile:
@@ -317,7 +348,7 @@ class ElfSymbols:
                         self.symbol_source = "minidebuginfo"
         except (OSError, struct.error, ValueError, lzma.LZMAError) as e:
             raise ElfReadError(f"{self.name}: {e}") from e
-        return build_ranges(syms)
+        return _ranges_of(syms)
 
     @property
     def ranges(self) -> AddressRanges:
