@@ -333,8 +333,11 @@ class Symbolizer:
         for path in self._mapped_file(m, call).paths:
             try:
                 elf = ElfSymbols(path, debug_dirs=[*roots, *self.debug_dirs, *fetched], name=m.path)
-                if self.disk_cache is not None and elf.build_id:  # a restart does not parse tables again
-                    elf.load_symbols = self.disk_cache.symbols_loader(elf)
+                if self.disk_cache is not None:  # a restart does not parse tables again
+                    if elf.build_id:
+                        elf.load_symbols = self.disk_cache.symbols_loader(elf)
+                    elif (digest := elf.table_digest()) is not None:  # e.g. Go's internal linker: no GNU build id
+                        elf.load_symbols = self.disk_cache.symbols_loader(elf, digest)
                 elf.ranges  # noqa: B018 -- read now, while the process (and map_files) still exist
             except ElfReadError:
                 continue

@@ -14,6 +14,7 @@ The files are pickles: the directory must be writable only by the agent (root), 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import shutil
@@ -27,6 +28,8 @@ from symbolizer.ranges import AddressRanges
 
 if TYPE_CHECKING:
     from symbolizer.elf import ElfSymbols
+
+log = logging.getLogger("podflame.symbolizer")
 
 CuTable = tuple[list[tuple[int, int, int]], bool]
 _WITHOUT_DEBUG_FILE = ("dynsym", "minidebuginfo")  # ElfSymbols.symbol_source of tables read from the binary alone
@@ -52,8 +55,10 @@ class DiskCache:
                 return pickle.load(f)
         except FileNotFoundError:
             return None
-        except Exception:
+        except Exception as e:  # truncated, corrupt, written by something else: decoded again and rewritten
             self.stats["errors"] += 1
+            log.warning("symbol cache: cannot load %s (%s: %s): reading the binary again, the entry is rewritten",
+                        path, type(e).__name__, e)
             return None
 
     def _write(self, path: str, value: object) -> None:
@@ -98,14 +103,17 @@ class DiskCache:
         self._write(os.path.join(self._dir(build_id), f"cu-{offset:x}.pkl"), idx)
         self.stats["cu_stored"] += 1
 
-    def symbols_loader(self, elf: ElfSymbols) -> Callable[[Callable[[], AddressRanges]], AddressRanges]:
+    def symbols_loader(self, elf: ElfSymbols,
+                       key: str | None = None) -> Callable[[Callable[[], AddressRanges]], AddressRanges]:
         """For ElfSymbols.load_symbols: the binary's symbol table from the cache, else read and stored.
 
         A table is what the build id's bytes hold (.symtab, .dynsym, MiniDebugInfo) or its debug file
         (named by the build id too), so it never goes stale, with one exception: a table read without a
-        debug file is not used once a debug file is there (installed, or fetched by debuginfod)."""
-        assert elf.build_id
-        path = os.path.join(self._dir(elf.build_id), "symbols.pkl")
+        debug file is not used once a debug file is there (installed, or fetched by debuginfod).
+        `key`: for a binary without a build id, `ElfSymbols.table_digest()` (its tables' own bytes)."""
+        name = key or elf.build_id
+        assert name
+        path = os.path.join(self._dir(name), "symbols.pkl")
 
         def load(read: Callable[[], AddressRanges]) -> AddressRanges:
             got = self._read(path)

@@ -9,6 +9,7 @@ per-symbol parser is an order of magnitude slower on big binaries, and a short-l
 
 from __future__ import annotations
 
+import hashlib
 import io
 import lzma
 import os
@@ -327,6 +328,28 @@ class ElfSymbols:
         if link and has_dwarf(link):
             return link
         return None
+
+    def table_digest(self) -> str | None:
+        """A key naming exactly what the symbol table is read from, for a binary without a build id (a
+        disk cache must not key those by path or inode: both are reused by other files): a hash of the
+        ELF header fields and section headers the reader uses and of the bytes of every table it would
+        read (.symtab, .dynsym, .gnu_debugdata and their string tables). Equal digests, equal tables; a
+        rebuilt binary whose symbols moved has another. None when the file cannot be read."""
+        h = hashlib.sha256(b"podflame-symbols-v1")
+        try:
+            with self._open() as f:
+                elf = _open_elf(f)
+                h.update(repr((elf.elfclass, elf.endian, elf.e_machine, elf.sections)).encode())
+                for name in (".symtab", ".dynsym", ".gnu_debugdata"):
+                    sec = elf.section(name)
+                    if sec is None:
+                        continue
+                    h.update(name.encode() + elf.data(sec))
+                    if name != ".gnu_debugdata" and sec.link < len(elf.sections):
+                        h.update(elf.data(elf.sections[sec.link]))
+        except (OSError, ElfReadError, struct.error, ValueError):
+            return None
+        return "c0de" + h.hexdigest()[:60]  # hex, as a build id, and longer than GNU's (20 bytes)
 
     def _load(self) -> AddressRanges:
         try:
