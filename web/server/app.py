@@ -117,6 +117,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(auth.session)
     _register_ui(app)
 
+    @app.after_request
+    def _no_sniffing(resp: Response) -> Response:
+        """Every answer is read as the type it says: a JSON or text answer holding a pushed profile's names
+        (markup, script) is never rendered as HTML by a browser that opens it."""
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return resp
+
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> Response | HTTPException:
         """API clients get JSON errors (404, 405, 413...) like every other API answer."""
