@@ -186,15 +186,20 @@ def _pod_list_ab(store: Any, start: int, end: int, runs: int) -> dict[str, float
     ways = {"store": lambda: store.totals_by(MATCH_ALL, start, end, ["pod"], "samples", "count"),
             "refs": lambda: Store.totals_by(store, MATCH_ALL, start, end, ["pod"], "samples", "count")}
     assert sorted_rows(ways["store"]()) == sorted_rows(ways["refs"]())
+    return _interleaved("pod_sums", ways, runs)
+
+
+def _interleaved(name: str, ways: dict[str, Any], runs: int) -> dict[str, float]:
+    """Median ms of the `store` and `refs` ways, run alternately, and their ratio."""
     times: dict[str, list[float]] = {k: [] for k in ways}
     for _ in range(max(3, runs)):
-        for name, way in ways.items():
+        for key, way in ways.items():
             t = time.perf_counter()
             way()
-            times[name].append(time.perf_counter() - t)
+            times[key].append(time.perf_counter() - t)
     store_ms, refs_ms = (statistics.median(times[k]) * 1000 for k in ("store", "refs"))
-    return {"pod_sums_store_ms": round(store_ms, 2), "pod_sums_refs_ms": round(refs_ms, 2),
-            "pod_sums_store_over_refs": round(store_ms / refs_ms, 2)}
+    return {f"{name}_store_ms": round(store_ms, 2), f"{name}_refs_ms": round(refs_ms, 2),
+            f"{name}_store_over_refs": round(store_ms / refs_ms, 2)}
 
 
 def _cpu_chart_ab(store: Any, start: int, end: int, runs: int) -> dict[str, float]:
@@ -214,15 +219,7 @@ def _cpu_chart_ab(store: Any, start: int, end: int, runs: int) -> dict[str, floa
         ways = {"store": lambda t0=t0, t1=t1, step=step: store.step_totals(MATCH_ALL, t0, t1, step, "samples"),
                 "refs": lambda t0=t0, t1=t1, step=step: Store.step_totals(store, MATCH_ALL, t0, t1, step, "samples")}
         assert summed(ways["store"]()) == summed(ways["refs"]())
-        times: dict[str, list[float]] = {k: [] for k in ways}
-        for _ in range(max(3, runs)):
-            for name, way in ways.items():
-                t = time.perf_counter()
-                way()
-                times[name].append(time.perf_counter() - t)
-        store_ms, refs_ms = (statistics.median(times[k]) * 1000 for k in ("store", "refs"))
-        out.update({f"cpu_{case}_store_ms": round(store_ms, 2), f"cpu_{case}_refs_ms": round(refs_ms, 2),
-                    f"cpu_{case}_store_over_refs": round(store_ms / refs_ms, 2)})
+        out.update(_interleaved(f"cpu_{case}", ways, runs))
     return out
 
 

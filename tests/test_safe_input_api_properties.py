@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.test_safe_input_properties import mutate
 from web.server.app import create_app
 from web.store.selector import MATCH_ALL
 
@@ -240,20 +241,7 @@ def test_the_corpus_is_there_and_stored_whole(app: Any) -> None:
 @CASES
 @given(st.data())
 def test_mutated_real_profiles_are_stored_or_refused(app: Any, data: st.DataObject) -> None:
-    body = bytearray(data.draw(st.sampled_from(REAL)))
-    for _ in range(data.draw(st.integers(1, 6))):
-        op = data.draw(st.sampled_from(["flip", "cut", "insert", "repeat", "truncate"]))
-        at = data.draw(st.integers(0, max(len(body) - 1, 0)))
-        if op == "flip" and body:
-            body[at] = data.draw(st.integers(0, 255))
-        elif op == "cut":
-            del body[at:at + data.draw(st.integers(1, 64))]
-        elif op == "insert":
-            body[at:at] = data.draw(st.binary(min_size=1, max_size=16))
-        elif op == "repeat":
-            body[at:at] = body[at:at + data.draw(st.integers(1, 32))] * data.draw(st.integers(1, 50))
-        else:
-            del body[at:]
+    body = mutate(data, data.draw(st.sampled_from(REAL)), ("flip", "cut", "insert", "repeat", "truncate"), 6)
     wrap = data.draw(st.sampled_from(["plain", "gzip", "gzip-in-gzip"]))
     out = bytes(body)
     if wrap != "plain":
