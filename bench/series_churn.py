@@ -157,7 +157,7 @@ def run(args: argparse.Namespace, new_per_drain: int) -> dict[str, Any]:
                 assert r.status_code == 200, (name, r.data[:200])
             out[f"{name}_ms"] = round(statistics.median(times[1:] or times) * 1000, 1)
             if name == "pid_values":
-                out["pid_values"] = len(r.json["values"])
+                out["pid_values"] = len((r.json or {})["values"])
         out.update(_pod_list_ab(store, start, end, args.runs))
         out.update(_cpu_chart_ab(store, start, end, args.runs))
         if prof is not None:
