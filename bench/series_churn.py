@@ -11,7 +11,8 @@ synthetic node twice in one process, through the real ingest handler and the HTT
 It prints, per run, ingest rate, series count, and the warm median of the queries the UI makes (label names,
 pid values, the node's and a pod's flame graph, the pod list, the CPU chart), and the churn/steady ratio of each;
 and, interleaved on each store, the pod list's sums made by the store (`Store.totals_by`) against the refs
-grouped in Python (the default, what the pod list did before stop 17): `pod_sums_store_over_refs`.
+grouped in Python (the default, what the pod list did before stop 17): `pod_sums_store_over_refs`; and the
+same for the CPU chart's sums per step (`Store.step_totals`): `cpu_day_store_over_refs`, `cpu_1h_store_over_refs`.
 
     .venv/bin/python bench/series_churn.py --hours 6
     .venv/bin/python bench/series_churn.py --data DIR          # keep both stores (DIR/steady, DIR/churn); then
@@ -130,6 +131,11 @@ def run(args: argparse.Namespace, new_per_drain: int) -> dict[str, Any]:
             "pod_flamegraph_1h": ("/api/v1/flamegraph", {**last_h, **of_pod}),
             "series_by_pod": ("/api/v1/series", {**day, "by": "pod"}),
             "cpu": ("/api/v1/cpu", {**day, "step": "600"}),
+            # The chart over the newest hour at 1-min steps: most of it raw rows (the newest 10 min are not
+            # compacted yet), a pod's (series filter), and per process (a regex on pid: no group blocks).
+            "cpu_1h": ("/api/v1/cpu", {**last_h, "step": "60"}),
+            "cpu_pod_1h": ("/api/v1/cpu", {**last_h, **of_pod, "step": "60"}),
+            "cpu_pid_regex": ("/api/v1/cpu", {**day, "query": '{pid=~"11.*|1015"}', "step": "600"}),
             # Per-process queries: answered per series (group blocks do not split by pid); 110000-110009 are
             # short-lived pids of the churn run's second hour or so, 1015 the steady run's pod's process.
             "pid_flamegraph": ("/api/v1/flamegraph", {**day, "query": '{pid=~"1015|110000"}'}),
@@ -151,8 +157,9 @@ def run(args: argparse.Namespace, new_per_drain: int) -> dict[str, Any]:
                 assert r.status_code == 200, (name, r.data[:200])
             out[f"{name}_ms"] = round(statistics.median(times[1:] or times) * 1000, 1)
             if name == "pid_values":
-                out["pid_values"] = len(r.json["values"])
+                out["pid_values"] = len((r.json or {})["values"])
         out.update(_pod_list_ab(store, start, end, args.runs))
+        out.update(_cpu_chart_ab(store, start, end, args.runs))
         if prof is not None:
             import pstats
             prof.disable()
@@ -179,15 +186,41 @@ def _pod_list_ab(store: Any, start: int, end: int, runs: int) -> dict[str, float
     ways = {"store": lambda: store.totals_by(MATCH_ALL, start, end, ["pod"], "samples", "count"),
             "refs": lambda: Store.totals_by(store, MATCH_ALL, start, end, ["pod"], "samples", "count")}
     assert sorted_rows(ways["store"]()) == sorted_rows(ways["refs"]())
+    return _interleaved("pod_sums", ways, runs)
+
+
+def _interleaved(name: str, ways: dict[str, Any], runs: int) -> dict[str, float]:
+    """Median ms of the `store` and `refs` ways, run alternately, and their ratio."""
     times: dict[str, list[float]] = {k: [] for k in ways}
     for _ in range(max(3, runs)):
-        for name, way in ways.items():
+        for key, way in ways.items():
             t = time.perf_counter()
             way()
-            times[name].append(time.perf_counter() - t)
+            times[key].append(time.perf_counter() - t)
     store_ms, refs_ms = (statistics.median(times[k]) * 1000 for k in ("store", "refs"))
-    return {"pod_sums_store_ms": round(store_ms, 2), "pod_sums_refs_ms": round(refs_ms, 2),
-            "pod_sums_store_over_refs": round(store_ms / refs_ms, 2)}
+    return {f"{name}_store_ms": round(store_ms, 2), f"{name}_refs_ms": round(refs_ms, 2),
+            f"{name}_store_over_refs": round(store_ms / refs_ms, 2)}
+
+
+def _cpu_chart_ab(store: Any, start: int, end: int, runs: int) -> dict[str, float]:
+    """The CPU chart's sums per step made by the store (`step_totals`: SQLite's GROUP BY per period and step,
+    where the code has it) against the refs summed in Python (`Store.step_totals`'s default), interleaved on the
+    same store, same answer; over the day at 10-min steps and the newest hour at 1-min steps."""
+    import numpy as np
+
+    from web.store.base import Store
+    from web.store.selector import MATCH_ALL
+
+    cases = {"day": (start, end, 600 * S), "1h": (end - H, end, 60 * S)}
+    out: dict[str, float] = {}
+    for case, (t0, t1, step) in cases.items():
+        def summed(st: Any, t0: int = t0, t1: int = t1, step: int = step) -> list[int]:
+            return [int(v) for v in sum(st.by_period.values(), np.zeros(-(-(t1 - t0) // step), np.int64))]
+        ways = {"store": lambda t0=t0, t1=t1, step=step: store.step_totals(MATCH_ALL, t0, t1, step, "samples"),
+                "refs": lambda t0=t0, t1=t1, step=step: Store.step_totals(store, MATCH_ALL, t0, t1, step, "samples")}
+        assert summed(ways["store"]()) == summed(ways["refs"]())
+        out.update(_interleaved(f"cpu_{case}", ways, runs))
+    return out
 
 
 def main() -> None:
@@ -210,7 +243,8 @@ def main() -> None:
     churn = run(args, args.new_per_drain)
     ratios = {f"{k}_churn_over_steady": round(churn[k] / steady[k], 2)
               for k in steady if k.endswith("_ms") or k.endswith("_per_s")}
-    ratios["pod_sums_store_over_refs_churn"] = churn["pod_sums_store_over_refs"]
+    for k in ("pod_sums", "cpu_day", "cpu_1h"):
+        ratios[f"{k}_store_over_refs_churn"] = churn[f"{k}_store_over_refs"]
     print(json.dumps({"hours": args.hours, "pods": args.pods, "new_per_drain": args.new_per_drain,
                       "steady": steady, "churn": churn, **ratios}))
 

@@ -8,6 +8,7 @@ servers weighed for web/server/app.py (docs/architecture.md): cheroot (the serve
 hypercorn's WSGI mode, each measured only when importable (`pip install cheroot hypercorn`).
 
     .venv/bin/python bench/slow_clients.py [--clients 9] [--give-up 40]
+    .venv/bin/python bench/slow_clients.py --hold 512 --give-up 20    # one address trickling 512 connections
 
 Prints ONE JSON object: seconds to the normal answer per server and stall (`give_up` when it never came),
 and podflame's over each peer's.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import socket
@@ -110,11 +112,74 @@ def _wait(port: int, stall: str, clients: int, give_up: float) -> float | str:
             s.close()
 
 
+def _hold(port: int, clients: int, give_up: float, seconds: float) -> dict[str, Any]:
+    """`clients` connections from another loopback address (127.0.0.2) trickle a request a byte a second (never
+    idle, never finished); then one normal GET from 127.0.0.1 is timed. Also how many of them the server
+    still held after `seconds`, and how many it answered (a refusal) or closed."""
+    socks: list[socket.socket] = []
+    stop = threading.Event()
+    for _ in range(clients):
+        s = socket.socket()
+        s.bind(("127.0.0.2", 0))
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", port))
+        socks.append(s)
+    line = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100_000
+
+    def trickle() -> None:
+        i = 0
+        while not stop.is_set() and i < len(line):
+            for s in socks:
+                with contextlib.suppress(OSError):  # not connected yet (a full backlog), or closed by the server
+                    s.send(line[i:i + 1])
+            i += 1
+            stop.wait(1.0)
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        time.sleep(seconds)
+        t0 = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=give_up)
+        try:
+            conn.request("GET", "/")
+            answer: float | str = round(time.monotonic() - t0, 3) if conn.getresponse().read() == b"ok" else "wrong"
+        except OSError:
+            answer = "give_up"
+        finally:
+            conn.close()
+        ended = 0
+        for s in socks:
+            try:
+                ended += s.recv(1) == b"" or True  # an answer (a refusal) or the end: the server let it go
+            except BlockingIOError:
+                pass  # still open, nothing said: held
+            except OSError:
+                ended += 1
+        return {"normal_s": answer, "held": clients - ended, "let_go": ended}
+    finally:
+        stop.set()
+        t.join(timeout=5)
+        for s in socks:
+            s.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=9)
     ap.add_argument("--give-up", type=float, default=40.0, help="seconds the normal request waits at most")
+    ap.add_argument("--hold", type=int, default=0, help="instead: this many connections from one other address "
+                    "trickle a byte a second (512 fills waitress's connection limit); then a normal GET")
+    ap.add_argument("--hold-seconds", type=float, default=3.0, help="how long they trickle before the GET")
     args = ap.parse_args()
+    if args.hold:
+        port, stop = _podflame(_app())
+        try:
+            print(json.dumps({"hold": args.hold, "after_s": args.hold_seconds,
+                              "podflame": _hold(port, args.hold, args.give_up, args.hold_seconds)}))
+        finally:
+            stop()
+        return
     servers: dict[str, Callable[[Flask], tuple[int, Callable[[], None]]]] = {
         "podflame": _podflame, "cheroot": _cheroot, "hypercorn": _hypercorn}
     out: dict[str, Any] = {"clients": args.clients, "threads": 8}

@@ -216,13 +216,18 @@ def up(listen: str, data_dir: str, frequency: int, interval: float, node_name: s
               help="Request threads (a bounded pool, given only requests already read whole).")
 @click.option("--timeout", default=30, show_default=True, type=click.IntRange(1, 3600),
               help="Seconds a connection may stay idle (or a TLS handshake take) before it is closed.")
+@click.option("--request-deadline", default=60, show_default=True, type=click.IntRange(1, 3600),
+              help="Seconds from a request's first byte to its last (headers and body), else 408 and closed: "
+                   "a client trickling bytes is not idle.")
+@click.option("--max-client-connections", default=128, show_default=True, type=click.IntRange(1, 512),
+              help="Connections one client address may hold (of 512); behind a proxy, raise it.")
 @click.option("--store", "store_dsn", default=None, envvar="PODFLAME_STORE",
               help="Another store: clickhouse://host:8123/db (see docs/scaling.md); default: SQLite in --data.")
 @click.option("--print-ddl", is_flag=True, help="Print the ClickHouse DDL --store would apply, and exit.")
 def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token_file: str | None,
            allowed_hosts: str | None, allowed_origins: str | None, metrics_public: bool, insecure: bool,
-           tls_cert: str | None, tls_key: str | None, threads: int, timeout: int, store_dsn: str | None,
-           print_ddl: bool) -> None:
+           tls_cert: str | None, tls_key: str | None, threads: int, timeout: int, request_deadline: int,
+           max_client_connections: int, store_dsn: str | None, print_ddl: bool) -> None:
     """The server alone: ingest, store, query, UI (waitress: whole requests to a bounded thread pool, optional TLS)."""
     from web.server.app import create_app, serve, serving_config
     from web.store.dsn import open_store, print_ddl_of
@@ -239,7 +244,8 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
     if store_dsn:
         config["STORE"] = open_store(store_dsn, Path(data_dir).resolve())
     srv = serve(create_app(config), host, port, threads=threads, timeout=timeout,
-                tls=(tls_cert, tls_key) if tls_cert and tls_key else None)
+                tls=(tls_cert, tls_key) if tls_cert and tls_key else None, request_deadline=request_deadline,
+                per_client=max_client_connections)
     access = "tokens required" if config.get("READ_TOKEN_FILE") and config.get("INGEST_TOKEN_FILE") else (
         "NO ACCESS CONTROL" if not (config.get("READ_TOKEN_FILE") or config.get("INGEST_TOKEN_FILE")) else
         "tokens for " + ("ingest" if config.get("INGEST_TOKEN_FILE") else "reads") + " only")

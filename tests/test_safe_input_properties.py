@@ -67,13 +67,13 @@ def test_decoder_takes_any_bytes(data: bytes) -> None:
     _decode_or_refuse(gzip.compress(data))
 
 
-@CASES
-@given(st.data())
-def test_decoder_takes_mutated_profiles(data: st.DataObject) -> None:
-    """Real profiles with bytes flipped, cut, repeated or inserted: the nearest misses of a valid input."""
-    body = bytearray(VALID)
-    for _ in range(data.draw(st.integers(1, 8))):
-        op = data.draw(st.sampled_from(["flip", "cut", "insert", "repeat"]))
+def mutate(data: st.DataObject, valid: bytes, ops: tuple[str, ...] = ("flip", "cut", "insert", "repeat"),
+           most: int = 8) -> bytes:
+    """A valid body with bytes flipped, cut, inserted or repeated (or the rest cut off, `truncate`): the
+    nearest misses of a valid input."""
+    body = bytearray(valid)
+    for _ in range(data.draw(st.integers(1, most))):
+        op = data.draw(st.sampled_from(ops))
         at = data.draw(st.integers(0, max(len(body) - 1, 0)))
         if op == "flip" and body:
             body[at] = data.draw(st.integers(0, 255))
@@ -83,6 +83,16 @@ def test_decoder_takes_mutated_profiles(data: st.DataObject) -> None:
             body[at:at] = data.draw(st.binary(min_size=1, max_size=16))
         elif op == "repeat":
             body[at:at] = body[at:at + data.draw(st.integers(1, 32))] * data.draw(st.integers(1, 50))
+        elif op == "truncate":
+            del body[at:]
+    return bytes(body)
+
+
+@CASES
+@given(st.data())
+def test_decoder_takes_mutated_profiles(data: st.DataObject) -> None:
+    """Real profiles with bytes flipped, cut, repeated or inserted: the nearest misses of a valid input."""
+    body = mutate(data, VALID)
     _decode_or_refuse(bytes(body))
     _decode_or_refuse(gzip.compress(bytes(body), compresslevel=1))
 

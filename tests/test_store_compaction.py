@@ -136,8 +136,26 @@ def test_cpu_series_splits_blocks_across_steps_by_their_timelines(compacted: Sql
         values, cores = _raw_steps(compacted, t0, t1, step)
         assert series["values"] == values, (step, t0)
         assert series["cores"] == pytest.approx(cores, rel=1e-12), (step, t0)  # periods differ: exact per period
-        st = compacted.step_totals(MATCH_ALL, t0, t1, step, "samples")
-        assert len(st.refs) == len(compacted.select(MATCH_ALL, t0, t1, "samples"))  # no raw rows instead of blocks
+
+
+def test_step_totals_read_blocks_not_the_raw_rows_under_them(tmp_path: Path) -> None:
+    """Odd steps and a range starting mid-bucket are answered from the blocks (split by their timelines): with
+    the raw rows under the buckets inside the ranges deleted, every step still sums the same."""
+    store = SqliteStore(tmp_path)
+    _fill(store, 2.2, pods=2)
+    store.compact(now_ns=T0 + 4 * H, max_buckets=1000)
+    ranges = [(7 * M, T0 + 3 * S), (5 * M, T0 + 17 * S), (25 * M, T0 - 4 * M), (13 * S, T0 + H + 1)]
+    t1 = T0 + 2 * H + 7 * M
+    want = [_raw_steps(store, t0, t1, step) for step, t0 in ranges]
+    # The buckets that lie inside every range (at its edges a range reads raw rows: no block fits there).
+    inner = (T0 + H + 10 * M, T0 + 2 * H)
+    assert store._db.execute("DELETE FROM profiles WHERE level=0 AND start_ns >= ? AND start_ns < ?",
+                             inner).rowcount > 0
+    for (step, t0), (values, cores) in zip(ranges, want, strict=True):
+        series = cpu_series(store, Query(MATCH_ALL, t0, t1, "samples"), step)
+        assert series["values"] == values, (step, t0)
+        assert series["cores"] == pytest.approx(cores, rel=1e-12), (step, t0)
+    store.close()
 
 
 def test_blocks_without_timelines_fall_back_to_aligned_blocks(tmp_path: Path) -> None:

@@ -112,3 +112,44 @@ def test_refs_name_their_series_whatever_few_series_objects_are_kept(tmp_path: P
         assert got == sorted((pid, f"pod{int(pid) % 3}", t) for pid, ts in starts.items() for t in ts if t0 <= t < t1)
         assert len({r.series.id for r in refs}) > 8 >= len(store._series_objs)
     store.close()
+
+
+@pytest.mark.parametrize("long_lived", [5, 300])  # the few-series path (IN lists) and the many-series scan
+def test_cpu_steps_are_summed_in_the_store_not_per_profile(tmp_path: Path, long_lived: int,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU chart over a node of short-lived processes: SQLite sums per step and period with the series
+    filter in its statements, so no per-row Python object (a ref, a Series) is made however many series
+    churn (each made one before), and the sums equal the rows' own, before and after compaction, per pod too."""
+    import web.store.sqlite as sqlite_mod
+
+    store = SqliteStore(tmp_path)
+    starts = _node(store, long_lived)
+    made = {"refs": 0}
+    real = sqlite_mod.StoredProfile
+
+    def counting(*args: object, **kw: object) -> object:
+        made["refs"] += 1
+        return real(*args, **kw)
+
+    for compacted in (False, True):
+        if compacted:
+            store.compact(now_ns=T0 + 5 * H, max_buckets=1000)
+        for sel, pod in ((MATCH_ALL, None), (parse_selector('{pod="pod1"}'), "pod1"),
+                         (parse_selector('{pid=~"1000.*|1|2"}'), "pid")):
+            for t0, t1, step in ((T0, T0 + 4 * H, 600 * S), (T0 + 7 * S, T0 + 3 * H + 11 * S, 420 * S)):
+                n = -(-(t1 - t0) // step)
+                want = [0] * n
+                for pid, ts in starts.items():
+                    if (pod == "pid" and not (pid.startswith("1000") or pid in ("1", "2"))) or \
+                            (pod not in (None, "pid") and f"pod{int(pid) % 3}" != pod):
+                        continue
+                    for t in ts:
+                        if t0 <= t < t1:
+                            want[(t - t0) // step] += 3
+                monkeypatch.setattr(sqlite_mod, "StoredProfile", counting)
+                st = store.step_totals(sel, t0, t1, step, "samples")
+                monkeypatch.setattr(sqlite_mod, "StoredProfile", real)
+                assert made["refs"] == 0, (compacted, pod)
+                got = [sum(int(v[k]) for v in st.by_period.values()) for k in range(n)]
+                assert got == want, (compacted, pod, t0, step)
+    store.close()

@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from podflame import pprof
-from podflame.folded import fold, folded_text
+from podflame.folded import fold, folded_name, folded_text
 from podflame.model import Profile
 from web.query.stacks import NameStacks
 
 
 def _folded_totals(ns: NameStacks) -> dict[str, list[int]]:
     """Folded stack text -> values per column; equal name paths of different frames share a line."""
-    names = [n.replace("\n", " ") for n in ns.names]
+    names = [folded_name(n) for n in ns.names]
     flat = ns.flat.tolist()
     return fold(([names[i] for i in flat[off:off + length]], values)
                 for off, length, values in zip(ns.offsets.tolist(), ns.lengths.tolist(), ns.values.tolist(),

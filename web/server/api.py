@@ -447,8 +447,11 @@ def speedscope() -> Response:
 @timed("pprof")
 def pprof_download() -> Response:
     sample_type, unit, profiles = profiles_by_series(store(), parse_query())
+    # The type is the client's or a pushed profile's text: only a safe file name goes into the header (a CR/LF
+    # made it a 500, a quote ended the name early).
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_type)[:64] or "profile"
     return Response(to_pprof(profiles, sample_type, unit), mimetype="application/octet-stream",
-                    headers={"Content-Disposition": f'attachment; filename="podflame-{sample_type}.pb.gz"'})
+                    headers={"Content-Disposition": f'attachment; filename="podflame-{name}.pb.gz"'})
 
 
 @api.get("/folded")

@@ -40,7 +40,7 @@ from podflame.errors import InvalidInput, Unavailable
 from podflame.limits import DecodeLimits, positive_int
 from web.server import auth, gate
 from web.server.api import api
-from web.server.jsonerrors import JsonErrorChannel
+from web.server.connlimits import DEFAULT_PER_CLIENT, DEFAULT_REQUEST_DEADLINE, limit
 from web.server.ops import ops
 from web.server.tlsfront import TlsFront
 from web.store.base import Store
@@ -73,6 +73,8 @@ _ENV = {"RETENTION_SECONDS": float, "RETENTION_BYTES": int, "MAINTENANCE_SECONDS
         "INGEST_TOKEN_FILE": str, "READ_TOKEN_FILE": str}
 DEFAULT_THREADS = 8  # request threads: the GIL and 2-core pods make more cost memory, not throughput
 DEFAULT_TIMEOUT = 30  # seconds a connection may idle before it is closed (it holds a socket, never a thread)
+# A byte every few seconds is not idle: a whole request has its own deadline, and one address a share of the
+# connections (web/server/connlimits.py).
 CONNECTION_LIMIT = 512  # open connections; past it waitress stops accepting until some close
 MAX_REQUEST_HEADER_BYTES = 128 << 10  # request line + headers read before the app's own 32/64 KiB checks
 
@@ -114,6 +116,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(ops)
     app.register_blueprint(auth.session)
     _register_ui(app)
+
+    @app.after_request
+    def _no_sniffing(resp: Response) -> Response:
+        """Every answer is read as the type it says: a JSON or text answer holding a pushed profile's names
+        (markup, script) is never rendered as HTML by a browser that opens it."""
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return resp
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> Response | HTTPException:
@@ -165,10 +174,12 @@ class HttpServer:
 
 
 def serve(app: Flask, host: str, port: int, *, threads: int = DEFAULT_THREADS, timeout: int = DEFAULT_TIMEOUT,
-          tls: tuple[str, str] | None = None) -> HttpServer:
+          tls: tuple[str, str] | None = None, request_deadline: float = DEFAULT_REQUEST_DEADLINE,
+          per_client: int = DEFAULT_PER_CLIENT) -> HttpServer:
     """`app` on HOST:PORT under waitress (`threads` request threads, each given only requests already read
     whole), HTTPS with `tls` = (certificate file, key file) through a TlsFront; in daemon threads, the
-    caller shuts it down."""
+    caller shuts it down. A request must arrive whole within `request_deadline` seconds of its first byte,
+    and one client address may hold at most `per_client` connections (web/server/connlimits.py)."""
     from waitress.server import create_server
 
     # "Task queue depth is N" on every request that waits for a thread: a burst of agents is normal, not a warning
@@ -186,7 +197,7 @@ def serve(app: Flask, host: str, port: int, *, threads: int = DEFAULT_THREADS, t
             server: Any = create_server(app, host=host, port=port, **limits)  # one listener: a TcpWSGIServer
         except OSError as e:
             raise _listen_error(host, port, e) from None
-        server.channel_class = JsonErrorChannel
+        limit(server, deadline=request_deadline, per_client=per_client)
         return HttpServer(server, "http", host, int(server.effective_port))
     cert, key = tls
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -202,8 +213,8 @@ def serve(app: Flask, host: str, port: int, *, threads: int = DEFAULT_THREADS, t
     private_dir = tempfile.mkdtemp(prefix="podflame-http-")  # 0700: only this user reaches the plain side
     upstream = os.path.join(private_dir, "http.sock")
     server = create_server(app, unix_socket=upstream, unix_socket_perms="600", url_scheme="https", **limits)
-    server.channel_class = JsonErrorChannel  # type: ignore[union-attr]  # one listener: a UnixWSGIServer
-    front = TlsFront(sock, context, upstream, handshake_timeout=timeout)
+    limit(server, deadline=request_deadline, per_client=per_client)  # the deadline; the front caps addresses
+    front = TlsFront(sock, context, upstream, handshake_timeout=timeout, per_client=per_client)
     return HttpServer(server, "https", host, int(sock.getsockname()[1]), front, private_dir)
 
 

@@ -17,13 +17,18 @@ import socket
 import ssl
 import threading
 
+from web.server.connlimits import DEFAULT_PER_CLIENT, refusal
+
 
 class TlsFront:
     """Accepts TLS on `sock` (bound and listening) and relays each connection to the Unix socket `upstream`."""
 
-    def __init__(self, sock: socket.socket, context: ssl.SSLContext, upstream: str, handshake_timeout: float) -> None:
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, upstream: str, handshake_timeout: float,
+                 per_client: int = DEFAULT_PER_CLIENT) -> None:
         self._sock, self._context, self._upstream = sock, context, upstream
         self._handshake_timeout = handshake_timeout
+        self._per_client = per_client
+        self._clients: dict[str, int] = {}  # open relays per client address (waitress sees only this front)
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="podflame-tls", daemon=True)
@@ -43,6 +48,24 @@ class TlsFront:
             self._loop.close()
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._clients[host] = self._clients.get(host, 0) + 1
+        try:
+            if self._clients[host] > self._per_client:
+                writer.write(refusal("503 Service Unavailable", f"too many connections from {host} "
+                                     f"(at most {self._per_client} at once)"))
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    await asyncio.wait_for(writer.drain(), self._handshake_timeout)
+                writer.close()
+                return
+            await self._relay_up(reader, writer)
+        finally:
+            self._clients[host] -= 1
+            if not self._clients[host]:
+                del self._clients[host]
+
+    async def _relay_up(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_unix_connection(self._upstream)
         except OSError:

@@ -99,7 +99,9 @@ class StepTotals:
     """Profile totals summed per time step [t0 + k*step, t0 + (k+1)*step), per sampling period.
 
     Kept per period so that CPU time (period x count) stays exact when periods differ. `refs` are
-    the stored profiles or blocks the sums came from (for units and labels, not to be re-read).
+    the stored profiles or blocks the sums came from (for units and labels, not to be re-read), or
+    empty: a backend that sums per step in its engine gives none, so that a range of short-lived
+    processes (a series each) is not handed over ref by ref. No caller may need them.
     """
 
     refs: list[StoredProfile]

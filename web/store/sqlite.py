@@ -712,10 +712,14 @@ class SqliteStore(Store):
         return label_totals(((series[sid].labels, total, period) for sid, period, total in rows), by)
 
     def _select_rows(self, selector: Selector, t0: int, t1: int, sample_type: str | None, unit: str | None,
-                     align_ns: int | None, max_level: int | None, *, summed: bool, cols: str, group_by: str = ""
-                     ) -> tuple[list[tuple], dict[int, Series]]:
+                     align_ns: int | None, max_level: int | None, *, summed: bool, cols: str, group_by: str = "",
+                     series_in_sql: bool = False) -> tuple[list[tuple], dict[int, Series]]:
         """The `cols` (the series first) of the rows `select` answers with (`group_by` appended to every
-        statement, grouping by series first), and the series they name (groups under negative ids)."""
+        statement, grouping by series first), and the series they name (groups under negative ids).
+
+        `series_in_sql`: the matched series are filtered by SQLite in every statement (a scan of many series
+        takes them as one JSON array), so `cols` and `group_by` need not name the series and a GROUP BY can
+        sum across series; no series are returned then."""
         rows: list[tuple] = []
         with self._lock:
             self._check_open()
@@ -748,11 +752,21 @@ class SqliteStore(Store):
                            f"AND level=? AND start_ns>=? AND start_ns<?{group_by}")
                     for piece in raw:
                         rows += self._db.execute(sql, (*chunk, *piece)).fetchall()
-            if many:
+            if many and series_in_sql:
+                # One ephemeral index of the ids per statement (SQLite builds it for IN over a subquery).
+                sql = f"SELECT {cols} FROM profiles WHERE level=? AND start_ns>=? AND start_ns<? " \
+                      f"AND series IN (SELECT value FROM json_each(?)){group_by}"
+                wanted = json.dumps(sorted(ids))
+                for piece in raw + blocks if scan_blocks else raw:
+                    deadline.check()
+                    rows += self._db.execute(sql, (*piece, wanted)).fetchall()
+            elif many:
                 sql = f"SELECT {cols} FROM profiles WHERE level=? AND start_ns>=? AND start_ns<?{group_by}"
                 for piece in raw + blocks if scan_blocks else raw:
                     deadline.check()
                     rows += [r for r in self._db.execute(sql, piece) if r[0] in ids]
+            if series_in_sql:
+                return rows, {}
             groups = self._groups.by_id
             series = {o: self._series_of(o) if o > 0 else groups[-o] for o in {r[0] for r in rows}}
         return rows, series
@@ -890,38 +904,44 @@ class SqliteStore(Store):
 
     def step_totals(self, selector: Selector, t0: int, t1: int, step_ns: int, sample_type: str | None = None,
                     unit: str | None = None) -> StepTotals:
-        """The coarsest blocks, whatever the steps: a block straddling a step boundary is split by its
-        timeline (its profiles' starts and totals), so a day at 5-min steps reads ~100 rows per series, and
-        group blocks where the selector names no per-process label (the refs are then groups' and series')."""
-        refs = self.select_summed(selector, t0, t1, sample_type, unit)
-        straddle = [r for r in refs if _handle(r).level
-                    and (r.start_ns - t0) // step_ns != (r.start_ns + max(r.duration_ns, 1) - 1 - t0) // step_ns]
-        timelines = self._timelines([_handle(r).row for r in straddle])
-        if len(timelines) < len(straddle):  # blocks written before timelines existed
+        """Summed by SQLite per (period, step) over the rows `select_summed` would give, the series filter in
+        each statement: a node busy with short-lived processes (a series each) answers a few rows per step, not
+        a ref per profile (no refs are given). The coarsest blocks serve, whatever the steps: a block
+        straddling a step boundary is split by its timeline (its profiles' starts and totals), so a day at
+        5-min steps reads ~100 rows per series, and group blocks where the selector names no per-process
+        label."""
+        t0, step_ns = int(t0), int(step_ns)
+        step = f"(start_ns - {t0}) / {step_ns}"  # starts lie in [t0, t1): never negative, so / is a floor
+        straddles = f"level > 0 AND {step} != (start_ns + MAX(duration_ns, 1) - 1 - {t0}) / {step_ns}"
+        rows, _ = self._select_rows(selector, t0, t1, sample_type, unit, None, None,
+                                    summed=groups_answer(selector, ()), series_in_sql=True,
+                                    cols=f"period_ns, {step}, CASE WHEN {straddles} THEN id ELSE 0 END, SUM(total)",
+                                    group_by=" GROUP BY 1, 2, 3")
+        split = [r[2] for r in rows if r[2]]
+        timelines = self._timelines(split)
+        if len(timelines) < len(split):  # blocks written before timelines existed
             return super().step_totals(selector, t0, t1, step_ns, sample_type, unit)
-        split = {id(r) for r in straddle}
-        whole = [r for r in refs if id(r) not in split]
-        starts = [np.fromiter((r.start_ns for r in whole), np.int64, len(whole))]
-        totals = [np.fromiter((r.total for r in whole), np.int64, len(whole))]
-        periods = [np.fromiter((r.period_ns for r in whole), np.int64, len(whole))]
+        whole = [r for r in rows if not r[2]]
+        steps = [np.fromiter((r[1] for r in whole), np.int64, len(whole))]
+        totals = [np.fromiter((r[3] for r in whole), np.int64, len(whole))]
+        periods = [np.fromiter((r[0] for r in whole), np.int64, len(whole))]
         dctx = zstandard.ZstdDecompressor()
-        for r in straddle:
-            origin, frame = timelines[_handle(r).row]
+        for row in split:
+            origin, frame = timelines[row]
             s, t, p = decode_timeline(frame, origin, dctx)
             keep = (s >= t0) & (s < t1)  # always all of them: the block lies inside [t0, t1)
-            starts.append(s[keep])
+            steps.append((s[keep] - t0) // step_ns)
             totals.append(t[keep])
             periods.append(p[keep])
-        start, total, period = np.concatenate(starts), np.concatenate(totals), np.concatenate(periods)
+        at, total, period = np.concatenate(steps), np.concatenate(totals), np.concatenate(periods)
         n = -(-(t1 - t0) // step_ns)
-        step = (start - t0) // step_ns
         by_period: dict[int, np.ndarray] = {}
         for p in np.unique(period).tolist():
             mask = period == p
-            keys, sums = group_sum(step[mask], total[mask])
+            keys, sums = group_sum(at[mask], total[mask])
             out = by_period[p] = np.zeros(n, dtype=np.int64)
             out[keys] = sums
-        return StepTotals(refs, by_period)
+        return StepTotals([], by_period)
 
     def _fetch(self, sql: str, ids: Sequence[int]) -> list[tuple]:
         out: list[tuple] = []
