@@ -34,30 +34,6 @@ sys.path.insert(0, str(ROOT))
 
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 _RUN_TIME_AT = 192  # offsetof(struct bpf_prog_info, run_time_ns), run_cnt after it (uapi: append-only)
-SOURCE = r"""
-#include <stdlib.h>
-static volatile unsigned long sink;
-__attribute__((noinline)) void spin(void) {
-    for (;;)
-        for (unsigned long i = 0; i < 100000; i++)
-            sink += i * i;
-}
-__attribute__((noinline)) unsigned long rec(int n) {
-    unsigned long r = 0;
-    if (n > 0)
-        r = rec(n - 1);
-    else
-        spin();
-    __asm__ volatile("" ::: "memory");
-    sink ^= r;
-    return r + (unsigned long)n;
-}
-int main(int argc, char **argv) {
-    unsigned long r = rec(atoi(argv[1]));
-    sink ^= r;
-    return (int)(r & 1);
-}
-"""
 BUILDS = {"fp": (["-O2", "-fno-omit-frame-pointer"], "fp"), "nofp": (["-O2"], "auto")}
 
 
@@ -106,16 +82,22 @@ def ratio(a: float, b: float) -> float | None:
     return round(a / b, 2) if b else None
 
 
-def side(deep: int, shallow: int, frequency: int, seconds: float) -> dict[str, dict[str, float]]:
+def build_programs(out: Path) -> dict[str, Path]:
+    """The test's recursion (tests/test_deep_stacks_bpf.py), built both ways into `out`."""
+    from tests.test_deep_stacks_bpf import SOURCE
+
+    src = out / "deep.c"
+    src.write_text(SOURCE)
+    for name, (flags, _) in BUILDS.items():
+        subprocess.run(["gcc", *flags, "-o", str(out / name), str(src)], check=True)
+    return {name: out / name for name in BUILDS}
+
+
+def side(builds: Path, deep: int, shallow: int, frequency: int, seconds: float) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="podflame-deep-") as tmp:
-        src = Path(tmp) / "deep.c"
-        src.write_text(SOURCE)
-        for build, (flags, unwind) in BUILDS.items():
-            exe = Path(tmp) / build
-            subprocess.run(["gcc", *flags, "-o", str(exe), str(src)], check=True)
-            for depth in (shallow, deep):
-                out[f"{build} {depth}"] = measure(exe, depth, unwind, frequency, seconds)
+    for name, (_, unwind) in BUILDS.items():
+        for depth in (shallow, deep):
+            out[f"{name} {depth}"] = measure(builds / name, depth, unwind, frequency, seconds)
     return out
 
 
@@ -126,19 +108,22 @@ def main() -> None:
     ap.add_argument("--frequency", type=int, default=499)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--checkout", type=Path, help="another checkout to measure the same way, in a child")
-    ap.add_argument("--side-only", action="store_true", help=argparse.SUPPRESS)  # the child's mode: JSON only
+    ap.add_argument("--builds", type=Path, help=argparse.SUPPRESS)  # the child's mode: these binaries, JSON only
     args = ap.parse_args()
+    if args.builds is not None:
+        print(json.dumps(side(args.builds, args.deep, args.shallow, args.frequency, args.seconds)))
+        return
     before = STATS.read_text().strip()
     STATS.write_text("1")
+    tmp = tempfile.TemporaryDirectory(prefix="podflame-deep-")
     try:
-        ours = side(args.deep, args.shallow, args.frequency, args.seconds)
-        if args.side_only:
-            print(json.dumps(ours))
-            return
+        builds = Path(tmp.name)
+        build_programs(builds)
+        ours = side(builds, args.deep, args.shallow, args.frequency, args.seconds)
         theirs = None
         if args.checkout is not None:
             child = subprocess.run([str(args.checkout / ".venv/bin/python"), str(Path(__file__).resolve()),
-                                    "--side-only", f"--deep={args.deep}", f"--shallow={args.shallow}",
+                                    f"--builds={builds}", f"--deep={args.deep}", f"--shallow={args.shallow}",
                                     f"--frequency={args.frequency}", f"--seconds={args.seconds}"],
                                    cwd=args.checkout,
                                    env={"PODFLAME_CHECKOUT": str(args.checkout), "PATH": "/usr/bin:/bin"},
@@ -146,6 +131,7 @@ def main() -> None:
             theirs = json.loads(child.stdout.strip().splitlines()[-1])
     finally:
         STATS.write_text(before)
+        tmp.cleanup()
     result: dict[str, object] = {"this": ours}
     for build in BUILDS:
         a, b = ours[f"{build} {args.deep}"], ours[f"{build} {args.shallow}"]

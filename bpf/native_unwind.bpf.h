@@ -411,6 +411,27 @@ static __always_inline int user_regs(struct bpf_perf_event_data *ctx, struct unw
     return st->ip && st->sp ? 0 : -EFAULT;
 }
 
+// Starts the walk of the sample's user stack from its registers, with `key` (complete but for the user stack);
+// `tables`: counted as a table walk. Returns only when the walk did not start.
+static __always_inline void unwind_start(struct bpf_perf_event_data *ctx, struct sample_key *key, u32 set,
+                                         int tables) {
+    u32 zero = 0;
+    struct unwind_state *st = unwind_scratch.lookup(&zero);
+    if (!st)
+        return;
+    if (user_regs(ctx, st))
+        return;
+    __builtin_memcpy(&st->key, key, sizeof(*key));
+    st->frames = 0;
+    st->hash = 0x9e3779b97f4a7c15ULL;
+    st->set = set;
+    st->exact_ip = 1;
+    if (tables)
+        ustat(US_TABLES);
+    unwind_progs.call(ctx, 0);
+    ustat(US_TAIL_FAIL);          // not loaded: fall back
+}
+
 // Starts a table walk of the sample's user stack with `key` (complete but for the user stack).
 // Returns only when the walk did not start: the caller then uses bpf_get_stack.
 static __always_inline void native_unwind_begin(struct bpf_perf_event_data *ctx, struct sample_key *key,
@@ -421,20 +442,7 @@ static __always_inline void native_unwind_begin(struct bpf_perf_event_data *ctx,
         ustat(US_FP);
         return;
     }
-    u32 zero = 0;
-    struct unwind_state *st = unwind_scratch.lookup(&zero);
-    if (!st)
-        return;
-    if (user_regs(ctx, st))
-        return;
-    __builtin_memcpy(&st->key, key, sizeof(*key));
-    st->frames = 0;
-    st->hash = 0x9e3779b97f4a7c15ULL;
-    st->set = set;
-    st->exact_ip = 1;
-    ustat(US_TABLES);
-    unwind_progs.call(ctx, 0);
-    ustat(US_TAIL_FAIL);          // not loaded: fall back
+    unwind_start(ctx, key, set, 1);
 }
 
 // Walks on a user stack that bpf_get_stack cut at kernel.perf_event_max_stack (FP_DEPTH) frames, from the
@@ -443,19 +451,6 @@ static __always_inline void native_unwind_begin(struct bpf_perf_event_data *ctx,
 // (the caller keeps bpf_get_stack's frames). Not counted as a table walk.
 static __always_inline void native_unwind_deeper(struct bpf_perf_event_data *ctx, struct sample_key *key,
                                                  u32 set) {
-    if (key->tgid == 0)
-        return;
-    u32 zero = 0;
-    struct unwind_state *st = unwind_scratch.lookup(&zero);
-    if (!st)
-        return;
-    if (user_regs(ctx, st))
-        return;
-    __builtin_memcpy(&st->key, key, sizeof(*key));
-    st->frames = 0;
-    st->hash = 0x9e3779b97f4a7c15ULL;
-    st->set = set;
-    st->exact_ip = 1;
-    unwind_progs.call(ctx, 0);
-    ustat(US_TAIL_FAIL);
+    if (key->tgid)
+        unwind_start(ctx, key, set, 0);
 }
