@@ -411,10 +411,16 @@ static __always_inline int user_regs(struct bpf_perf_event_data *ctx, struct unw
     return st->ip && st->sp ? 0 : -EFAULT;
 }
 
-// Starts the walk of the sample's user stack from its registers, with `key` (complete but for the user stack);
-// `tables`: counted as a table walk. Returns only when the walk did not start.
-static __always_inline void unwind_start(struct bpf_perf_event_data *ctx, struct sample_key *key, u32 set,
-                                         int tables) {
+// Starts a table walk of the sample's user stack with `key` (complete but for the user stack).
+// Returns only when the walk did not start: the caller then uses bpf_get_stack.
+static __always_inline void native_unwind_begin(struct bpf_perf_event_data *ctx, struct sample_key *key,
+                                                u32 set) {
+    if (UNWIND_MODE == 0 || key->tgid == 0)
+        return;
+    if (UNWIND_MODE == 1 && !unwind_procs.lookup(&key->tgid)) {
+        ustat(US_FP);
+        return;
+    }
     u32 zero = 0;
     struct unwind_state *st = unwind_scratch.lookup(&zero);
     if (!st)
@@ -426,23 +432,9 @@ static __always_inline void unwind_start(struct bpf_perf_event_data *ctx, struct
     st->hash = 0x9e3779b97f4a7c15ULL;
     st->set = set;
     st->exact_ip = 1;
-    if (tables)
-        ustat(US_TABLES);
+    ustat(US_TABLES);
     unwind_progs.call(ctx, 0);
     ustat(US_TAIL_FAIL);          // not loaded: fall back
-}
-
-// Starts a table walk of the sample's user stack with `key` (complete but for the user stack).
-// Returns only when the walk did not start: the caller then uses bpf_get_stack.
-static __always_inline void native_unwind_begin(struct bpf_perf_event_data *ctx, struct sample_key *key,
-                                                u32 set) {
-    if (UNWIND_MODE == 0 || key->tgid == 0)
-        return;
-    if (UNWIND_MODE == 1 && !unwind_procs.lookup(&key->tgid)) {
-        ustat(US_FP);
-        return;
-    }
-    unwind_start(ctx, key, set, 1);
 }
 
 // Walks on a user stack that bpf_get_stack cut at kernel.perf_event_max_stack (FP_DEPTH) frames, from the
@@ -451,6 +443,19 @@ static __always_inline void native_unwind_begin(struct bpf_perf_event_data *ctx,
 // (the caller keeps bpf_get_stack's frames). Not counted as a table walk.
 static __always_inline void native_unwind_deeper(struct bpf_perf_event_data *ctx, struct sample_key *key,
                                                  u32 set) {
-    if (key->tgid)
-        unwind_start(ctx, key, set, 0);
+    if (key->tgid == 0)
+        return;
+    u32 zero = 0;
+    struct unwind_state *st = unwind_scratch.lookup(&zero);
+    if (!st)
+        return;
+    if (user_regs(ctx, st))
+        return;
+    __builtin_memcpy(&st->key, key, sizeof(*key));
+    st->frames = 0;
+    st->hash = 0x9e3779b97f4a7c15ULL;
+    st->set = set;
+    st->exact_ip = 1;
+    unwind_progs.call(ctx, 0);
+    ustat(US_TAIL_FAIL);
 }
