@@ -4,8 +4,9 @@
 //
 // Why tail calls: every frame costs a bounded binary search over the process's mappings and one
 // over the binary's rows. The verifier walks each iteration of a bounded loop, so one program can
-// afford UNWIND_FRAMES_PER_PROG frames; unwind_step then tail-calls itself (at most 33 times), with
-// the walk's state in a per-CPU map, until the stack ends or MAX_STACK_DEPTH frames are recorded.
+// afford UNWIND_FRAMES_PER_PROG frames; unwind_step then tail-calls itself (the kernel allows 33 tail
+// calls: 33 x 8 = 264 frames, MAX_STACK_DEPTH), with the walk's state in a per-CPU map, until the stack
+// ends or the tail calls run out with frames left: the stack is then stored cut, MAX_STACK_DEPTH deep.
 //
 // Processes without an entry in unwind_procs (never loaded, or --unwind fp) keep bpf_get_stack's
 // frame-pointer walk. Inside a walk, code without rows (CFA_NONE: JIT code, Go, gaps) is stepped
@@ -116,7 +117,7 @@ struct unwind_pt_regs {
 #define SC_RIP (UC_MCONTEXT + 16 * 8)
 
 struct unwind_state {
-    struct stack_trace trace;
+    struct deep_trace trace;
     struct sample_key key;
     u64 ip, sp, bp;
     u32 frames;
@@ -209,7 +210,7 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
         return STEP_DONE;
     }
     u64 ip = st->ip, sp = st->sp, bp = st->bp;
-    st->trace.ip[n & 127] = ip;
+    st->trace.ip[n] = ip;
     st->frames = n + 1;
     st->hash = mix64(st->hash ^ ip);  // hashed as walked: no second pass over the frames
 
@@ -334,15 +335,13 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
 }
 
 // Hashes the walked stack, stores it in the active set and counts the sample.
+// A walk cut for want of tail calls stops at MAX_STACK_DEPTH frames (33 x UNWIND_FRAMES_PER_PROG).
 static __always_inline void unwind_finish(struct unwind_state *st) {
     u32 frames = st->frames;
     if (frames > MAX_STACK_DEPTH)
         frames = MAX_STACK_DEPTH;
-    if (frames < MAX_STACK_DEPTH)
-        st->trace.ip[frames & 127] = 0;  // readers stop at the first zero address (what follows is stale)
     u64 h = mix64(st->hash ^ frames);
-    int err = frames == 0 ? -EFAULT
-              : st->set == 0 ? store_stack0(&st->trace, &h) : store_stack1(&st->trace, &h);
+    int err = frames == 0 ? -EFAULT : store_stack(&st->trace, frames, &h, st->set, DEEP_CHUNKS);
     st->key.user_stack = err ? 0 : h;
     st->key.user_error = err;
     note_stack_error(err, ERR_USER_EEXIST);
@@ -369,7 +368,7 @@ int unwind_step(struct bpf_perf_event_data *ctx) {
     }
     if (!done)
         unwind_progs.call(ctx, 0);  // returns only when out of tail calls
-    if (!done && st->frames < MAX_STACK_DEPTH)
+    if (!done)                    // a caller is left: the stack is cut at MAX_STACK_DEPTH frames
         ustat(US_TRUNCATED);
     unwind_finish(st);
     return 0;
@@ -436,4 +435,27 @@ static __always_inline void native_unwind_begin(struct bpf_perf_event_data *ctx,
     ustat(US_TABLES);
     unwind_progs.call(ctx, 0);
     ustat(US_TAIL_FAIL);          // not loaded: fall back
+}
+
+// Walks on a user stack that bpf_get_stack cut at kernel.perf_event_max_stack (FP_DEPTH) frames, from the
+// sample's registers again, with tables where the process has them and its frame pointers elsewhere: the
+// same frames bpf_get_stack gave, and the rest up to MAX_STACK_DEPTH. Returns only when it did not start
+// (the caller keeps bpf_get_stack's frames). Not counted as a table walk.
+static __always_inline void native_unwind_deeper(struct bpf_perf_event_data *ctx, struct sample_key *key,
+                                                 u32 set) {
+    if (key->tgid == 0)
+        return;
+    u32 zero = 0;
+    struct unwind_state *st = unwind_scratch.lookup(&zero);
+    if (!st)
+        return;
+    if (user_regs(ctx, st))
+        return;
+    __builtin_memcpy(&st->key, key, sizeof(*key));
+    st->frames = 0;
+    st->hash = 0x9e3779b97f4a7c15ULL;
+    st->set = set;
+    st->exact_ip = 1;
+    unwind_progs.call(ctx, 0);
+    ustat(US_TAIL_FAIL);
 }

@@ -9,6 +9,13 @@
 // stacks in 16384 buckets, far more on a busy node). A hash map only fails when it is full (-ENOMEM),
 // and it can be read and cleared with batch syscalls.
 //
+// Stacks deeper than a stacks0/1 row (STACK_HEAD = 127 frames) keep their further frames in deep0/1:
+// chunks of DEEP_CHUNK frames keyed by (the stack's hash, chunk index), written before the head row, so a
+// head that fills its row and has no chunk 0 ended at 127 frames, and a chunk that fills its row is
+// followed by the next one. Only the few deep stacks pay for them: doubling the rows would have added
+// 36 MB for every stack. MAX_STACK_DEPTH (264) is the table walker's reach (33 tail calls x 8 frames);
+// a stack cut there is stored with exactly MAX_STACK_DEPTH frames, which userspace marks as cut.
+//
 // Two map sets (counts + stack traces, x2) are selected by control[CTL_ACTIVE_SET]: userspace flips
 // the index, waits for in-flight programs to finish, then reads and clears the set no program writes
 // any more (see profiler/sampler.py). Nothing is lost or counted twice across drains.
@@ -65,10 +72,38 @@ struct bpf_perf_event_data;       // include/uapi/linux/bpf_perf_event.h
 #define ERR_COUNTS_OTHER 9        // counts map update failed otherwise: sample lost
 #define ERR_SLOTS 10
 
-#define MAX_STACK_DEPTH 127       // PERF_MAX_STACK_DEPTH
+#define STACK_HEAD 127            // frames in a stacks0/1 row (PERF_MAX_STACK_DEPTH)
+#define DEEP_CHUNK 46             // frames in a deep0/1 chunk
+#define DEEP_CHUNKS 3             // chunks of one stack: STACK_HEAD + 3 x 46 = 265 slots
+#define MAX_STACK_DEPTH 264       // deepest stored stack; one this deep was cut (userspace marks it)
+#define TRACE_SLOTS (STACK_HEAD + DEEP_CHUNK * DEEP_CHUNKS)
+#ifndef FP_DEPTH
+#define FP_DEPTH 127              // frames bpf_get_stack returns: kernel.perf_event_max_stack (at most MAX_STACK_DEPTH)
+#endif
+#ifndef DEEP_MAP_SIZE
+#define DEEP_MAP_SIZE 8192        // overflow chunks per set
+#endif
+_Static_assert(MAX_STACK_DEPTH < TRACE_SLOTS, "a walk's frames and their terminating zero fit the chunks");
+_Static_assert(FP_DEPTH <= MAX_STACK_DEPTH, "bpf_get_stack's buffer is the walk's");
 
-struct stack_trace {
-    u64 ip[MAX_STACK_DEPTH];      // leaf first, zero-filled after the last frame
+struct stack_trace {              // a stacks0/1 row
+    u64 ip[STACK_HEAD];           // leaf first, zero after the last frame
+};
+
+struct stack_chunk {              // a deep0/1 row: frames STACK_HEAD + index x DEEP_CHUNK on
+    u64 ip[DEEP_CHUNK];
+};
+
+struct chunk_key {
+    u64 stack;                    // the stack's key in the set's stack map
+    u32 index;
+    u32 reserved;
+};
+
+struct deep_trace {               // a stack being walked or stored: the head row's frames, then the chunks'
+    u64 ip[TRACE_SLOTS];
+    u32 frames;                   // walk_stack's, read back through memory (see there)
+    u32 reserved;
 };
 
 struct sample_key {
@@ -92,7 +127,7 @@ BPF_PERCPU_ARRAY(errors, u64, ERR_SLOTS);
 BPF_HASH(tgid_filter, u32, u8, TGID_FILTER_SIZE);
 BPF_HASH(cgroup_filter, u64, u8, CGROUP_FILTER_SIZE);
 
-BPF_PERCPU_ARRAY(scratch, struct stack_trace, 1);  // too big for the 512-byte BPF stack
+BPF_PERCPU_ARRAY(scratch, struct deep_trace, 1);  // too big for the 512-byte BPF stack
 
 // Processes seen recently, by (tgid, comm); a first sample announces the tgid on new_tgids so userspace
 // reads its /proc/PID/maps right away, before a short-lived process can exit unseen. comm is in the key
@@ -109,6 +144,8 @@ BPF_HASH(counts0, struct sample_key, u64, COUNTS_MAP_SIZE);
 BPF_HASH(counts1, struct sample_key, u64, COUNTS_MAP_SIZE);
 BPF_HASH(stacks0, u64, struct stack_trace, STACK_MAP_SIZE);
 BPF_HASH(stacks1, u64, struct stack_trace, STACK_MAP_SIZE);
+BPF_HASH(deep0, struct chunk_key, struct stack_chunk, DEEP_MAP_SIZE);
+BPF_HASH(deep1, struct chunk_key, struct stack_chunk, DEEP_MAP_SIZE);
 
 static __always_inline void bump(u32 slot) {
     u64 *n = errors.lookup(&slot);
@@ -139,50 +176,91 @@ static __always_inline u64 mix64(u64 x) {  // splitmix64 finalizer
 
 // Walks one stack into the per-CPU scratch buffer and hashes it. Returns 0 or -errno, as
 // bpf_get_stackid() would (-EFAULT for an empty stack: a kernel thread's user stack, a user-mode
-// sample's kernel stack).
+// sample's kernel stack). The buffer passed is FP_DEPTH frames: the kernel zero-fills what it does not
+// write, so a bigger one would cost a memset per sample for frames it never returns.
 static __always_inline int walk_stack(struct bpf_perf_event_data *ctx, u64 flags,
-                                      struct stack_trace **trace, u64 *hash) {
+                                      struct deep_trace **trace, u64 *hash, u32 *depth) {
     u32 zero = 0;
-    struct stack_trace *buf = scratch.lookup(&zero);
+    struct deep_trace *buf = scratch.lookup(&zero);
     if (!buf)
         return -ENOMEM;
-    long bytes = bpf_get_stack(ctx, buf->ip, sizeof(buf->ip), flags);
+    long bytes = bpf_get_stack(ctx, buf->ip, FP_DEPTH * sizeof(u64), flags);
     if (bytes < 0)
         return bytes;
     if (bytes == 0)
         return -EFAULT;
     u32 frames = bytes / sizeof(u64);
+    buf->frames = frames;
     u64 h = 0x9e3779b97f4a7c15ULL ^ frames;
-    for (u32 i = 0; i < MAX_STACK_DEPTH; i++) {
+    for (u32 i = 0; i < FP_DEPTH; i++) {
         if (i >= frames)
             break;
         h = mix64(h ^ buf->ip[i]);
     }
     *trace = buf;
     *hash = h;
+    // Read back from the map: each of the loop's FP_DEPTH exits knows a different range of `frames`, and
+    // with those ranges live the verifier would check the rest of the program once per exit (+33k
+    // instructions); a value read from memory has none.
+    *depth = *(volatile u32 *)&buf->frames;
     return 0;
 }
 
+// Stores a walked stack of `frames` frames under `hash` in a set: its frames past the head row first, in
+// chunks, then the head row, so a reader that finds the head finds its chunks. A chunk that does not fit
+// loses the stack (-ENOMEM, counted like a full stack map) rather than storing a head that hides the cut.
 // Two copies because BCC resolves map names at compile time (no map pointers, no macros).
-static __always_inline int store_stack0(struct stack_trace *trace, u64 *hash) {
+static __always_inline int store_stack0(struct deep_trace *trace, u32 frames, u64 *hash, u32 chunks) {
     if (stacks0.lookup(hash))
         return 0;
-    int err = stacks0.insert(hash, trace);
+    struct chunk_key key = {.stack = *hash};
+#pragma unroll
+    for (u32 c = 0; c < chunks; c++) {
+        if (frames <= STACK_HEAD + c * DEEP_CHUNK)
+            break;
+        key.index = c;
+        if (deep0.update(&key, (struct stack_chunk *)&trace->ip[STACK_HEAD + c * DEEP_CHUNK]))
+            return -ENOMEM;
+    }
+    int err = stacks0.insert(hash, (struct stack_trace *)trace);
     return err == -EEXIST ? 0 : err ? -ENOMEM : 0;  // EEXIST: another CPU stored the same stack
 }
 
-static __always_inline int store_stack1(struct stack_trace *trace, u64 *hash) {
+static __always_inline int store_stack1(struct deep_trace *trace, u32 frames, u64 *hash, u32 chunks) {
     if (stacks1.lookup(hash))
         return 0;
-    int err = stacks1.insert(hash, trace);
+    struct chunk_key key = {.stack = *hash};
+#pragma unroll
+    for (u32 c = 0; c < chunks; c++) {
+        if (frames <= STACK_HEAD + c * DEEP_CHUNK)
+            break;
+        key.index = c;
+        if (deep1.update(&key, (struct stack_chunk *)&trace->ip[STACK_HEAD + c * DEEP_CHUNK]))
+            return -ENOMEM;
+    }
+    int err = stacks1.insert(hash, (struct stack_trace *)trace);
     return err == -EEXIST ? 0 : err ? -ENOMEM : 0;
 }
 
+// Ends the stack with a zero address (readers stop there) and stores it in set `set`. `chunks` (a
+// constant: the code for the chunks is left out when 0) is how many overflow chunks it may need.
+static __always_inline int store_stack(struct deep_trace *trace, u32 frames, u64 *hash, u32 set, u32 chunks) {
+    if (frames > MAX_STACK_DEPTH)
+        frames = MAX_STACK_DEPTH;
+    trace->ip[frames] = 0;
+    return set == 0 ? store_stack0(trace, frames, hash, chunks) : store_stack1(trace, frames, hash, chunks);
+}
+
+// Chunks a stack of bpf_get_stack's may need: none unless kernel.perf_event_max_stack was raised past 127.
+#define FP_CHUNKS (FP_DEPTH > STACK_HEAD ? DEEP_CHUNKS : 0)
+
+// The kernel stack of the sample, stored in set `set`.
 static __always_inline int stack_into(struct bpf_perf_event_data *ctx, u64 flags, u32 set, u64 *hash) {
-    struct stack_trace *trace = 0;
-    int err = walk_stack(ctx, flags, &trace, hash);
+    struct deep_trace *trace = 0;
+    u32 frames = 0;
+    int err = walk_stack(ctx, flags, &trace, hash, &frames);
     if (err == 0 && trace)
-        err = set == 0 ? store_stack0(trace, hash) : store_stack1(trace, hash);
+        err = store_stack(trace, frames, hash, set, FP_CHUNKS);
     if (err)
         *hash = 0;
     return err;
@@ -332,7 +410,18 @@ int on_sample(struct bpf_perf_event_data *ctx) {
     // Everything of the key but the user stack is set here: a table walk (tail calls from here on)
     // stores the user stack and counts the sample itself, and returns only when it did not start.
     native_unwind_begin(ctx, &key, set);
-    key.user_error = stack_into(ctx, BPF_F_USER_STACK, set, &key.user_stack);
+    struct deep_trace *trace = 0;
+    u32 frames = 0;
+    int err = walk_stack(ctx, BPF_F_USER_STACK, &trace, &key.user_stack, &frames);
+    // bpf_get_stack stops at kernel.perf_event_max_stack: a stack that reached it goes on with the walker
+    // (frame pointers, as bpf_get_stack; tables where loaded), which returns only when it did not start
+    if (err == 0 && frames >= FP_DEPTH && FP_DEPTH < MAX_STACK_DEPTH)
+        native_unwind_deeper(ctx, &key, set);
+    if (err == 0 && trace)
+        err = store_stack(trace, frames, &key.user_stack, set, FP_CHUNKS);
+    if (err)
+        key.user_stack = 0;
+    key.user_error = err;
     note_stack_error(key.user_error, ERR_USER_EEXIST);
 
     if (set == 0)

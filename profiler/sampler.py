@@ -11,6 +11,11 @@ taken (-EEXIST), which lost 1.6% of samples' stacks here with only 500 distinct 
 buckets and grows with the number of distinct stacks. A hash map fails only when full (-ENOMEM,
 counted) and is read and cleared with batch syscalls. Errors keep get_stackid's codes.
 
+A row of the stack map holds 127 frames (STACK_HEAD); a deeper stack's further frames are in a small
+overflow map of the same set (deep0/1: chunks of DEEP_CHUNK frames keyed by (stack, index)), which the
+drain empties with it and appends (`_join_chunks`). Stacks are kept up to MAX_STACK_DEPTH (264) frames; one
+of exactly that length was cut there, its callers lost (the agent marks it).
+
 Lossless draining. The program writes into one of two map sets (counts + stack traces), chosen by
 `control[CTL_ACTIVE_SET]`, which it reads once per sample. A drain flips that index, then waits until
 every program that may still have read the old index has returned, and only then reads and clears
@@ -37,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
@@ -84,7 +90,13 @@ SEEN_TGIDS_SIZE = 16384  # recently seen processes (LRU)
 NEW_TGIDS_PAGES = 16  # ring buffer of new-process events: 64 KiB, 16k events between polls
 PROGRAM = "on_sample"
 INNER_MAPS = {"grace_period": "control"}  # BPF_ARRAY_OF_MAPS(grace_period, "control", 1)
-MAX_STACK_DEPTH = 127
+STACK_HEAD = 127  # frames in a stack map row (bpf/sampler.bpf.c)
+DEEP_CHUNK = 46  # frames in an overflow chunk (deep0/1)
+DEEP_CHUNKS = 3
+MAX_STACK_DEPTH = 264  # deepest stack kept (the walker's 33 tail calls x 8 frames); one this deep was cut there
+DEEP_MAP_SIZE = 8192  # overflow chunks per set: 2 x 8192 x 368 bytes of frames
+DEEP_CHUNK_BATCH = 1024
+assert STACK_HEAD + DEEP_CHUNK * DEEP_CHUNKS > MAX_STACK_DEPTH
 TAIL_CALLS = (("unwind_progs", 0, "unwind_step"),)  # bpf/native_unwind.bpf.h: the table walk, 8 frames a call
 UNWIND_MODES = {"fp": 0, "auto": 1, "tables": 2}  # UNWIND_MODE in bpf/native_unwind.bpf.h
 # Off by default for the continuous agent until its cost is under target on a busy node (docs/benchmarks.md):
@@ -111,9 +123,21 @@ class SampleKey(ct.Structure):
 
 
 class StackTrace(ct.Structure):
-    """struct stack_trace: addresses leaf first, zero-filled."""
+    """struct stack_trace, a stack map row: addresses leaf first, zero after the last one."""
 
-    _fields_ = [("ip", ct.c_uint64 * MAX_STACK_DEPTH)]
+    _fields_ = [("ip", ct.c_uint64 * STACK_HEAD)]
+
+
+class ChunkKey(ct.Structure):
+    """struct chunk_key: an overflow chunk's stack (its key in the stack map) and index."""
+
+    _fields_ = [("stack", ct.c_uint64), ("index", ct.c_uint32), ("reserved", ct.c_uint32)]
+
+
+class StackChunk(ct.Structure):
+    """struct stack_chunk: frames STACK_HEAD + index x DEEP_CHUNK on, zero after the stack's last one."""
+
+    _fields_ = [("ip", ct.c_uint64 * DEEP_CHUNK)]
 
 
 class PyStackRow(ct.Structure):
@@ -169,7 +193,9 @@ class Drain:
 _KEY = struct.Struct("=QQQIIii16sQi4x")  # struct sample_key: native order, its tail padding
 _STACK_ROW = ct.sizeof(StackTrace)  # a multiple of 8: rows start 8-aligned in the buffer
 _ZERO_IP = bytes(8)
-_UNPACK_IPS = tuple(struct.Struct(f"={n}Q").unpack_from for n in range(MAX_STACK_DEPTH + 1))
+_UNPACK_IPS = tuple(struct.Struct(f"={n}Q").unpack_from for n in range(STACK_HEAD + 1))
+_CHUNK_ROW = ct.sizeof(StackChunk)
+_CHUNK_KEY = struct.Struct("=QI4x")
 _PY_ROW = ct.sizeof(PyStackRow)
 _PY_DEPTH = struct.Struct("=I").unpack_from
 _UNPACK_PY = tuple(struct.Struct(f"={2 * n}Q").unpack_from for n in range(PY_MAX_DEPTH + 1))
@@ -275,6 +301,8 @@ class Sampler:
             f"-DNEW_TGIDS_PAGES={NEW_TGIDS_PAGES}",
             f"-DUNWIND_MODE={UNWIND_MODES[unwind]}",
             f"-DUNWIND_ROWS={unwind_rows}",
+            f"-DFP_DEPTH={_fp_depth()}",
+            f"-DDEEP_MAP_SIZE={DEEP_MAP_SIZE}",
             *_python_cflags(python_frames),
         ]
         self.python_frames = python_frames
@@ -292,10 +320,13 @@ class Sampler:
             self._cgroup_filter = maps["cgroup_filter"]
             self._counts = (maps["counts0"], maps["counts1"])
             self._stacks = (maps["stacks0"], maps["stacks1"])
+            self._deep = (maps["deep0"], maps["deep1"])
             for m in self._counts:
                 _expect_layout(m, SampleKey, ct.c_uint64)
             for m in self._stacks:
                 _expect_layout(m, ct.c_uint64, StackTrace)
+            for m in self._deep:
+                _expect_layout(m, ChunkKey, StackChunk)
             self._py_procs: BpfMap | None = maps.get("py_procs")
             self._py_stacks = (maps.get("py_stacks0"), maps.get("py_stacks1"))
             if python_frames:
@@ -315,6 +346,7 @@ class Sampler:
             # Batch-read buffers, allocated once and reused by every drain.
             self._count_reader = _BatchReader(self._counts[0].spec, COUNTS_CHUNK)
             self._stack_reader = _BatchReader(self._stacks[0].spec, STACKS_CHUNK)
+            self._deep_reader = _BatchReader(self._deep[0].spec, DEEP_CHUNK_BATCH)
             self._py_reader = _BatchReader(self._py_stacks[0].spec, STACKS_CHUNK) \
                 if self._py_stacks[0] is not None else None
             self._comms: dict[bytes, str] = {}
@@ -579,7 +611,7 @@ class Sampler:
             for ids, rows, n in self._py_reader.take(py_map):
                 _decode_py_stacks(ids, rows, n, py_stacks)
         return _read_set(self._stack_reader, self._stacks[index], self._count_reader, self._counts[index],
-                         self._comms, py_stacks)
+                         self._comms, py_stacks, self._deep_reader, self._deep[index])
 
     def _read_errors(self) -> dict[str, int]:
         totals = {name: self._errors.percpu_sum(slot) for slot, name in enumerate(ERROR_SLOTS)}
@@ -596,12 +628,30 @@ def _python_cflags(enabled: bool) -> list[str]:
             f"-DPY_PROCS_SIZE={PY_PROCS_SIZE}"]
 
 
+def _fp_depth() -> int:
+    """Frames bpf_get_stack returns here (kernel.perf_event_max_stack, 127 by default), at most
+    MAX_STACK_DEPTH: the program asks for no more, and walks on from the registers past it."""
+    try:
+        depth = int(Path("/proc/sys/kernel/perf_event_max_stack").read_text())
+    except (OSError, ValueError):
+        depth = STACK_HEAD
+    return max(1, min(depth, MAX_STACK_DEPTH))
+
+
 def _read_set(stack_reader: _BatchReader, stack_map: BpfMap, count_reader: _BatchReader, count_map: BpfMap,
-              comms: dict[bytes, str], py_stacks: dict[int, tuple[int, ...]] | None = None) -> list[RawSample]:
-    """Empty one map set: its stacks first (the counts refer to them), then its counts as RawSamples."""
+              comms: dict[bytes, str], py_stacks: dict[int, tuple[int, ...]] | None = None,
+              deep_reader: _BatchReader | None = None, deep_map: BpfMap | None = None) -> list[RawSample]:
+    """Empty one map set: its stacks first (the counts refer to them) with their overflow chunks, then its
+    counts as RawSamples."""
     stacks: dict[int, tuple[int, ...]] = {}
     for ids, rows, n in stack_reader.take(stack_map):
         _decode_stacks(ids, rows, n, stacks)
+    if deep_reader is not None and deep_map is not None:
+        chunks: dict[tuple[int, int], tuple[int, ...]] = {}
+        for keys, rows, n in deep_reader.take(deep_map):
+            _decode_chunks(keys, rows, n, chunks)
+        if chunks:
+            _join_chunks(stacks, chunks)
     out: list[RawSample] = []
     for keys, counts, n in count_reader.take(count_map):
         _decode_counts(keys, counts, n, stacks, comms, out, py_stacks or {})
@@ -617,21 +667,46 @@ def _decode_py_stacks(ids: bytearray, rows: bytearray, n: int, into: dict[int, t
         into[key] = unpack[depth](rows, start + 8)
 
 
-def _decode_stacks(ids: bytearray, rows: bytearray, n: int, into: dict[int, tuple[int, ...]]) -> None:
-    """Add n (stack id -> addresses up to the first zero one) from batch buffers.
+def _frames_in(rows: bytearray, start: int, end: int) -> int:
+    """Addresses in rows[start:end] before the first zero one (all of them if none is zero).
 
-    bpf_get_stack zero-fills a row after its last frame. bytes.find locates the first zero address in
-    C and struct unpacks only the frames before it: ~0.7 us a stack, against ~2 us for a ctypes copy
-    of all 127 slots and list.index.
-    """
-    find, row = rows.find, _STACK_ROW
+    bytes.find locates the first zero address in C and struct unpacks only the frames before it: ~0.7 us
+    a stack, against ~2 us for a ctypes copy of all 127 slots and list.index."""
+    find = rows.find
+    at = find(_ZERO_IP, start, end)
+    while at > 0 and at & 7:  # eight zero bytes across two addresses (rows are 8-aligned): look on
+        at = find(_ZERO_IP, (at | 7) + 1, end)
+    return (at - start) >> 3 if at >= 0 else (end - start) >> 3
+
+
+def _decode_stacks(ids: bytearray, rows: bytearray, n: int, into: dict[int, tuple[int, ...]]) -> None:
+    """Add n (stack id -> addresses up to the first zero one) from batch buffers of stack map rows."""
+    row = _STACK_ROW
     for i, stack_id in enumerate(memoryview(ids).cast("Q")[:n]):
         start = i * row
-        end = start + row
-        at = find(_ZERO_IP, start, end)
-        while at > 0 and at & 7:  # eight zero bytes across two addresses (rows are 8-aligned): look on
-            at = find(_ZERO_IP, (at | 7) + 1, end)
-        into[stack_id] = _UNPACK_IPS[(at - start) >> 3 if at >= 0 else MAX_STACK_DEPTH](rows, start)
+        into[stack_id] = _UNPACK_IPS[_frames_in(rows, start, start + row)](rows, start)
+
+
+def _decode_chunks(keys: bytearray, rows: bytearray, n: int, into: dict[tuple[int, int], tuple[int, ...]]) -> None:
+    """Add n ((stack id, chunk index) -> addresses up to the first zero one) from batch buffers of deep0/1."""
+    row = _CHUNK_ROW
+    for i, (stack_id, index) in enumerate(_CHUNK_KEY.iter_unpack(memoryview(keys)[: n * _CHUNK_KEY.size])):
+        start = i * row
+        into[stack_id, index] = _UNPACK_IPS[_frames_in(rows, start, start + row)](rows, start)
+
+
+def _join_chunks(stacks: dict[int, tuple[int, ...]], chunks: dict[tuple[int, int], tuple[int, ...]]) -> None:
+    """Append to each stack that fills its row its overflow chunks, in order, up to the first one that does not
+    fill its own. The kernel writes a stack's chunks before its row, so a full row without chunk 0 ended there;
+    a chunk without its stack (the stack map was full) is left out."""
+    for (stack_id, index), first in chunks.items():
+        head = stacks.get(stack_id) if index == 0 else None
+        if head is None or len(head) != STACK_HEAD:
+            continue
+        parts = [head, first]
+        while len(parts[-1]) == DEEP_CHUNK and (more := chunks.get((stack_id, len(parts) - 1))) is not None:
+            parts.append(more)
+        stacks[stack_id] = tuple(chain.from_iterable(parts))[:MAX_STACK_DEPTH]
 
 
 def _decode_counts(keys: bytearray, counts: bytearray, n: int, stacks: dict[int, tuple[int, ...]],

@@ -5,8 +5,9 @@ as the root of the program (a 300-deep recursion's samples under `recurse` at no
 - Python (tests/workloads/python_fidelity.py `deep N`): the kernel keeps 64 frames. Up to 1024 deep it keeps
   the leaf-most and root-most 32 with a `[truncated: ...]` frame between, so the samples still start at
   `<module>`; deeper, the leaf-most 64 under the marker. A stack of 44 frames has no marker.
-- Native (tests/workloads/deep_recursion.c): a user stack that fills the kernel's 127 frames gets a marker
-  at its root, with tables and with frame pointers; a 50-deep one reaches `_start` without it.
+- Native (tests/workloads/deep_recursion.c): a user stack cut at the deepest kept (264 frames, MAX_STACK_DEPTH)
+  gets a marker at its root, with tables and with frame pointers; a 50-deep one reaches `_start` without it
+  (tests/test_deep_stacks_bpf.py: 200 and 250 deep, whole).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from profiler.sampler import MAX_STACK_DEPTH
 from tests.realsys import WORKLOADS
 from tests.test_fidelity_python_bpf import PY_NAMES, running
 from tests.test_python_reader import interpreter
@@ -26,7 +28,7 @@ from tests.test_unwind_bpf import running as running_native
 pytestmark = pytest.mark.bpf
 
 PY_MARK = "[truncated: Python frames left out]"
-NATIVE_MARK = "[truncated: user stack at the 127-frame limit]"
+NATIVE_MARK = f"[truncated: user stack at the {MAX_STACK_DEPTH}-frame limit]"
 
 
 def python_part(stack: tuple[str, ...]) -> tuple[str, ...]:
@@ -108,15 +110,15 @@ def deep_binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize(("build", "unwind"), [("nofp", "auto"), ("fp", "fp")])
-def test_a_native_stack_past_127_frames_is_marked_at_its_root(deep_binaries: dict[str, Path], build: str,
+def test_a_native_stack_past_the_limit_is_marked_at_its_root(deep_binaries: dict[str, Path], build: str,
                                                               unwind: str) -> None:
     """--unwind=auto walks -O2 code with .eh_frame tables; --unwind=fp leaves a frame-pointer build to
-    bpf_get_stack: both cut at 127 frames."""
+    bpf_get_stack and the walker past its 127: both cut at MAX_STACK_DEPTH (264) frames."""
     with running_native([str(deep_binaries[build]), "300"]) as pid:
         stacks = record(pid, f"--unwind={unwind}")
     spinning = Counter({s: n for s, n in stacks.items() if s and s[-1] == "spin"})
-    got = share(spinning, lambda s: s == (NATIVE_MARK, *["descend"] * 126, "spin"))
-    print(f"\n--unwind={unwind}, native recursion 300: {got:.1%} of spin's samples are the marker, 126 descend, spin")
+    got = share(spinning, lambda s: s == (NATIVE_MARK, *["descend"] * (MAX_STACK_DEPTH - 1), "spin"))
+    print(f"\n--unwind={unwind}, native recursion 300: {got:.1%} of spin's samples are the marker, 263 descend, spin")
     assert share(stacks, lambda s: s[-1:] == ("spin",)) >= 0.9
     assert got >= 0.9, f"{got:.1%}; commonest: {commonest(spinning)}"
 

@@ -29,8 +29,8 @@ import pytest
 
 from profiler.bpfprog import MAP_HASH, MapSpec, create_map
 from profiler.sampler import (
-    MAX_STACK_DEPTH,
     PY_MAX_DEPTH,
+    STACK_HEAD,
     Drain,
     PyStackRow,
     RawSample,
@@ -381,14 +381,14 @@ def test_drains_decode_stacks_and_keys_as_ctypes_reads_the_c_structs() -> None:
     the same bytes are the oracle. Real hash maps, emptied in several batch calls of a few entries."""
     kernel = 0xFFFF_FFFF_8100_0000
     stacks = {
-        11: list(range(kernel, kernel + MAX_STACK_DEPTH)),  # full depth, no zero
+        11: list(range(kernel, kernel + STACK_HEAD)),  # full depth, no zero
         12: [0x40_1000],  # depth 1
         13: [0x40_1000 + i for i in range(5)],  # zero-filled after five frames
         14: [0x40_2000, 0x40_2001, 0, 0x40_2003],  # a zero address ends the stack
         # Eight zero bytes across two addresses (0x1234's top six, the next one's low three) are not a zero
         # address: the stack goes on, here to its zero fill and, in 16, to full depth.
         15: [0x1234, 0x1234_5678_9A00_0000, 0x5555],
-        16: [*range(1, MAX_STACK_DEPTH - 1), 0x1234, 0x1000_0000_0000_0000],
+        16: [*range(1, STACK_HEAD - 1), 0x1234, 0x1000_0000_0000_0000],
     }
     # Python stacks: (code | flags, instr) pairs, leaf first; depth 0 to the deepest the kernel keeps
     py_stacks = {21: (0x7F00_0000_1000 | 1 << 56, 0x7F00_0000_2002, 0x7F00_0000_3000, 7),
@@ -408,7 +408,7 @@ def test_drains_decode_stacks_and_keys_as_ctypes_reads_the_c_structs() -> None:
     expected: list[RawSample] = []
     try:
         for stack_id, ips in stacks.items():
-            stack_map.update(ct.c_uint64(stack_id), StackTrace((ct.c_uint64 * MAX_STACK_DEPTH)(*ips)))
+            stack_map.update(ct.c_uint64(stack_id), StackTrace((ct.c_uint64 * STACK_HEAD)(*ips)))
         for stack_id, pairs in py_stacks.items():  # stale words after depth are what a reused buffer holds
             words = (*pairs, *[0xDEAD] * (2 * PY_MAX_DEPTH - len(pairs)))
             row = PyStackRow(len(pairs) // 2, 0, (ct.c_uint64 * (2 * PY_MAX_DEPTH))(*words))
@@ -423,7 +423,7 @@ def test_drains_decode_stacks_and_keys_as_ctypes_reads_the_c_structs() -> None:
                     return (), error
                 if stack_id not in stacks:
                     return (), -errno.ENOENT
-                ips = StackTrace((ct.c_uint64 * MAX_STACK_DEPTH)(*stacks[stack_id])).ip[:]
+                ips = StackTrace((ct.c_uint64 * STACK_HEAD)(*stacks[stack_id])).ip[:]
                 return tuple(ips[: ips.index(0)] if 0 in ips else ips), 0
 
             user, user_err = stack_of(k.user_stack, k.user_error)
@@ -447,7 +447,7 @@ def test_drains_decode_stacks_and_keys_as_ctypes_reads_the_c_structs() -> None:
     assert Counter(got) == Counter(expected)
     assert {s.comm for s in got} >= {"abcdefghijklmnop", "\ufffdbad\ufffd", "", "ab"}
     by_pid = {s.pid: s for s in got}
-    assert len(by_pid[101].user_stack) == len(by_pid[200].user_stack) == MAX_STACK_DEPTH
+    assert len(by_pid[101].user_stack) == len(by_pid[200].user_stack) == STACK_HEAD
     assert by_pid[2**32 - 2].user_stack == (0x40_2000, 0x40_2001) and len(by_pid[2**32 - 2].kernel_stack) == 3
     assert by_pid[200].kernel_error == -errno.ENOENT and by_pid[102].user_stack == (0x40_1000,)
 

@@ -297,11 +297,14 @@ def test_samples_taken_in_the_kernel_unwind_the_tasks_user_registers(binaries: d
     assert full >= 0.95, f"{full:.1%}; most common: {';'.join(in_kernel.most_common(1)[0][0])}"
 
 
-def test_a_stack_deeper_than_the_limit_is_cut_at_127_frames(binaries: dict[str, Path]) -> None:
+def test_a_stack_deeper_than_the_limit_is_cut_at_its_frames(binaries: dict[str, Path]) -> None:
+    from profiler.sampler import MAX_STACK_DEPTH
+
     with running([str(binaries["nofp"]), "deep", "30"]) as pid:
         stacks = record(pid)
-    # 127 frames under the marker that says the stack was cut there
-    deep = share(stacks, lambda s: len(s) == 128 and s[0] == "[truncated: user stack at the 127-frame limit]"
+    # MAX_STACK_DEPTH (264) frames under the marker that says the stack was cut there
+    mark = f"[truncated: user stack at the {MAX_STACK_DEPTH}-frame limit]"
+    deep = share(stacks, lambda s: len(s) == MAX_STACK_DEPTH + 1 and s[0] == mark
                  and s[-1] == "leaf_work" and set(s[1:-1]) == {"recurse"})
     assert deep >= 0.95, f"{deep:.1%}; most common: {';'.join(stacks.most_common(1)[0][0])}"
 
