@@ -36,7 +36,7 @@ PYTHON_SAMPLES = Counter("podflame_agent_python_samples_total",
                          "Samples of registered CPython processes, by outcome of the Python walk", ["outcome"])
 TRUNCATED_STACKS = Counter("podflame_agent_truncated_stacks_total",
                            "Samples whose stack was deeper than the kernel keeps; the cut is marked in the stack "
-                           "(python: frames left out, native: a user stack at the 127-frame limit)", ["stack"])
+                           "(python: frames left out, native: a user stack at the depth limit)", ["stack"])
 DROPPED_BATCHES = Counter("podflame_agent_dropped_batches_total", "Batches dropped because the backlog was full")
 UNWIND_SAMPLES = Counter("podflame_agent_unwind_samples_total",
                          "Samples whose user stack was walked with .eh_frame tables or frame pointers", ["method"])
