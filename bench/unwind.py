@@ -20,7 +20,7 @@ definition). The last line is one JSON object.
 matrix"), each under podflame, profile-bpfcc and perf --call-graph dwarf: C++ -O2 with libstdc++
 (std::sort with a lambda, virtual calls, an exception thrown and caught per iteration), the C chain
 -O3, -static, -static-pie and non-PIE, in a thread and in a SIGALRM handler, Go, Node.js (JIT,
---perf-basic-prof), Java 17 (-XX:+PreserveFramePointer, jcmd Compiler.perfmap), Python 3.8-3.13 and
+--perf-basic-prof), Java 17 (-XX:+PreserveFramePointer, jcmd Compiler.perfmap), Python 3.6-3.13 and
 Debian's 3.11 behind 200 thread states and calling back from C (sorted(key=...)), and pod-shaped
 processes (tests/test_fidelity_containers_bpf.py): a program, its library and libc from a private
 tmpfs in a mount namespace over host decoys (pod-mountns), the same replaced on disk while running
@@ -219,11 +219,11 @@ def matrix_workloads(tmp: Path) -> dict[str, tuple[list[str], Test, Test | None]
         out["rust-O3"] = ([str(rust), "600"], entry, rust_chain)
     out["node-jit"] = (["node", "--perf-basic-prof", str(WORKLOADS / "fid_node.js"), "600"], entry, node_chain)
     work = str(WORKLOADS / "python_fidelity.py")
-    for version in ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
+    for version in ("3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
         python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
         if python is not None:
             out[f"py{version}-200-threads"] = ([str(python), work, "threads", "200"], entry, threads_chain)
-    for version in ("3.11", "debian"):
+    for version in ("3.6", "3.11", "debian"):
         python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
         if python is not None:
             out[f"py{version}-sorted-key"] = ([str(python), work, "sorted"], entry, sorted_chain)

@@ -60,9 +60,9 @@ def commonest(stacks: Stacks) -> str:
 
 
 @pytest.mark.parametrize("threads", [40, 200])
-@pytest.mark.parametrize("which", ["3.8", "3.9", "3.12", "debian"])
+@pytest.mark.parametrize("which", ["3.6", "3.7", "3.8", "3.9", "3.12", "debian"])
 def test_the_main_thread_behind_many_thread_states_keeps_its_python_frames(which: str, threads: int) -> None:
-    """3.8/3.9 match threads by pthread_self() (the FS base), 3.12 and Debian's 3.11 by the kernel tid."""
+    """3.6-3.9 match threads by pthread_self() (the FS base), 3.12 and Debian's 3.11 by the kernel tid."""
     with running(interpreter(which), "threads", str(threads)) as pid:
         stacks = record(pid)
         dump = json.loads(subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--json", "--pid",
@@ -82,7 +82,7 @@ def test_the_main_thread_behind_many_thread_states_keeps_its_python_frames(which
     assert exact >= 0.95, f"{exact:.1%}; commonest: {commonest(with_python)}"
 
 
-@pytest.mark.parametrize("which", ["3.9", "3.11", "3.13", "debian"])
+@pytest.mark.parametrize("which", ["3.6", "3.9", "3.11", "3.13", "debian"])
 def test_a_python_callback_from_c_sits_above_the_c_that_calls_it(which: str) -> None:
     with running(interpreter(which), "sorted") as pid:
         stacks = record(pid)
@@ -90,10 +90,11 @@ def test_a_python_callback_from_c_sits_above_the_c_that_calls_it(which: str) -> 
 
     def placed(s: tuple[str, ...]) -> bool:
         at = s.index("keyf")
-        # the C between them: list_sort_impl where its symbol is there (Debian's static python has no .symtab)
+        # the C between them: list_sort_impl (3.6: listsort) where its symbol is there (Debian's static python
+        # has no .symtab)
         between = s[s.index("sorter") + 1:at]
         return python_part(s[:at + 1]) == ("<module>", "sorter", "keyf") and s[0] == "_start" and bool(between) \
-            and (which == "debian" or "list_sort_impl" in between)
+            and (which == "debian" or ("listsort" if which == "3.6" else "list_sort_impl") in between)
 
     got = share(in_key, placed)
     print(f"\n{which}: {got:.1%} of keyf's samples under <module>;sorter;...list_sort_impl from _start")

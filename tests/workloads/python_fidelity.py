@@ -10,7 +10,7 @@ known chain of Python functions (the fidelity tests and bench/unwind.py --matrix
   cext:      threads in C extensions: the main thread in <module> -> json_loop -> encode (json.dumps), one
              thread in zlib_loop -> squeeze (zlib.compress), one in re_loop -> scan (re.findall)
 
-Prints "ready" when the shape is set up. Runs on CPython 3.8+ (no newer syntax).
+Prints "ready" when the shape is set up. Runs on CPython 3.6+ (no newer syntax).
 """
 
 import json
