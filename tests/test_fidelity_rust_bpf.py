@@ -12,12 +12,16 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from podflame import pprof
+from podflame.model import Frame
 from tests.realsys import WORKLOADS
-from tests.test_unwind_bpf import Stacks, perf_stacks, record, running, share
+from tests.test_fidelity_builds_bpf import llvm_functions, load_segment
+from tests.test_unwind_bpf import FREQUENCY, PODFLAME, SECONDS, Stacks, perf_stacks, record, running, share
 
 pytestmark = pytest.mark.bpf
 
@@ -58,3 +62,61 @@ def test_a_rust_release_binary_unwinds_from_start_to_its_leaf(fid_rust: Path, tm
     print(f"\nRust -O3: {entry:.1%} reach _start, {got:.1%} the exact chain (perf --call-graph dwarf: {oracle:.1%})")
     assert oracle >= 0.8, f"perf: {theirs.most_common(1)}"
     assert got >= 0.9, f"{got:.1%}; commonest: {';'.join(ours.most_common(1)[0][0])}"
+
+
+V0_CHAIN = ("fid_rust_v0::main", "fid_rust_v0::with_closure::<fid_rust_v0::main::{closure#1}>",
+            "fid_rust_v0::main::{closure#1}", "fid_rust_v0::generic_level::<fid_rust_v0::Square>",
+            "<fid_rust_v0::Square as fid_rust_v0::Shape>::area", "fid_rust_v0::spin")
+
+
+def test_rust_v0_names_and_inlined_frames_match_llvm_symbolizer(tmp_path: Path) -> None:
+    """v0-mangled symbols (`_RNv...`) and DWARF inline chains: every frame of the program has the function
+    names per inline level that `llvm-symbolizer --inlining` gives for its address, and the stack (inline
+    levels included) reads the chain the program is built with from _start. The rust-demangler package names
+    an unnamed v0 closure `{closure:#1}` where DWARF (the inline levels) says `{closure#1}`: symbolizer/demangle.py
+    writes rustc-demangle's form, else one closure had two names (70% of frames as the oracle says)."""
+    exe = tmp_path / "fid_rust_v0"
+    subprocess.run([rustc(), "-C", "opt-level=3", "-C", "symbol-mangling-version=v0", "-g", "-o", str(exe),
+                    str(WORKLOADS / "fid_rust_v0.rs")], check=True)
+    assert "_RNvCs" in subprocess.run(["nm", str(exe)], capture_output=True, text=True).stdout
+    out = tmp_path / "rust.pb.gz"
+    with running([str(exe), "600"]) as pid:
+        done = subprocess.run([str(PODFLAME), "record", f"--pid={pid}", f"--duration={SECONDS}",
+                               f"--frequency={FREQUENCY}", "--format=pprof", f"-o{out}"], capture_output=True,
+                              text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    samples: Counter[tuple[Frame, ...]] = Counter()
+    for p in pprof.decode(out.read_bytes()):
+        if p.sample_type == "samples":
+            samples.update(p.samples)
+    seg_offset, seg_vaddr = load_segment(exe)
+
+    def vaddr(f: Frame, leaf: bool) -> int:  # a caller's address is a return address: look at the call
+        assert f.mapping is not None
+        return f.address - f.mapping.start + f.mapping.offset - seg_offset + seg_vaddr - (0 if leaf else 1)
+
+    def own(stack: tuple[Frame, ...]) -> list[tuple[Frame, bool]]:
+        return [(f, i == len(stack) - 1) for i, f in enumerate(stack)
+                if f.mapping is not None and f.mapping.path == str(exe)]
+
+    asked = sorted({vaddr(f, leaf) for stack in samples for f, leaf in own(stack)})
+    names = llvm_functions(exe, asked)
+    frames = same = inlined = chained = 0
+    for stack, n in samples.items():
+        for f, leaf in own(stack):
+            at = vaddr(f, leaf)
+            frames += n
+            same += n if [x.function for x in f.lines] == names[at] else 0
+            inlined += n if len(names[at]) > 1 else 0
+        flat = [x.function for f in stack for x in reversed(f.lines)]  # root first, inline levels outermost first
+        runs = [tuple(flat[i:i + len(V0_CHAIN)]) for i in range(len(flat))]
+        chained += n if flat and flat[0] == "_start" and V0_CHAIN in runs else 0
+    total = sum(samples.values())
+    commonest = [x.function for f in samples.most_common(1)[0][0] for x in reversed(f.lines)]
+    mismatch = next(([x.function for x in f.lines], names[vaddr(f, leaf)]) for s in samples for f, leaf in own(s)
+                    if [x.function for x in f.lines] != names[vaddr(f, leaf)]) if same < frames else None
+    print(f"\nRust v0 -O3 -g: {chained / total:.1%} of {total} samples with the chain; by frame {same / frames:.1%} "
+          f"the inline chain of llvm-symbolizer; {inlined / frames:.1%} hold inlined code; first mismatch {mismatch}")
+    assert total >= 30 and inlined / frames >= 0.2
+    assert same / frames >= 0.95, mismatch
+    assert chained / total >= 0.9, f"commonest: {';'.join(commonest)}"
