@@ -67,6 +67,7 @@ from tests.test_fidelity_containers_bpf import (  # noqa: E402
     pod_chain,
     replace_with,
 )
+from tests.test_fidelity_rust_bpf import V0_CHAIN  # noqa: E402
 from tests.test_unwind_bpf import (  # noqa: E402
     BUSY_PY,
     CHAIN,
@@ -222,6 +223,10 @@ def matrix_workloads(tmp: Path) -> dict[str, tuple[list[str], Test, Test | None]
         if RUSTC.exists() else None
     if rust is not None:
         out["rust-O3"] = ([str(rust), "600"], entry, rust_chain)
+        v0 = build("fid_rust_v0", [str(RUSTC), "-C", "opt-level=3", "-C", "symbol-mangling-version=v0", "-g"],
+                   str(WORKLOADS / "fid_rust_v0.rs"))
+        out["rust-v0-g"] = ([str(v0), "600"], entry,
+                            lambda s: entry(s) and any(s[i:i + len(V0_CHAIN)] == V0_CHAIN for i in range(len(s))))
     out["node-jit"] = (["node", "--perf-basic-prof", str(WORKLOADS / "fid_node.js"), "600"], entry, node_chain)
     work = str(WORKLOADS / "python_fidelity.py")
     for version in ("3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
