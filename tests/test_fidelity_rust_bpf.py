@@ -12,16 +12,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from podflame import pprof
-from podflame.model import Frame
 from tests.realsys import WORKLOADS
-from tests.test_fidelity_builds_bpf import llvm_functions, load_segment
-from tests.test_unwind_bpf import FREQUENCY, PODFLAME, SECONDS, Stacks, perf_stacks, record, running, share
+from tests.test_fidelity_builds_bpf import llvm_functions, record_program
+from tests.test_unwind_bpf import Stacks, perf_stacks, record, running, share
 
 pytestmark = pytest.mark.bpf
 
@@ -79,26 +76,7 @@ def test_rust_v0_names_and_inlined_frames_match_llvm_symbolizer(tmp_path: Path) 
     subprocess.run([rustc(), "-C", "opt-level=3", "-C", "symbol-mangling-version=v0", "-g", "-o", str(exe),
                     str(WORKLOADS / "fid_rust_v0.rs")], check=True)
     assert "_RNvCs" in subprocess.run(["nm", str(exe)], capture_output=True, text=True).stdout
-    out = tmp_path / "rust.pb.gz"
-    with running([str(exe), "600"]) as pid:
-        done = subprocess.run([str(PODFLAME), "record", f"--pid={pid}", f"--duration={SECONDS}",
-                               f"--frequency={FREQUENCY}", "--format=pprof", f"-o{out}"], capture_output=True,
-                              text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    samples: Counter[tuple[Frame, ...]] = Counter()
-    for p in pprof.decode(out.read_bytes()):
-        if p.sample_type == "samples":
-            samples.update(p.samples)
-    seg_offset, seg_vaddr = load_segment(exe)
-
-    def vaddr(f: Frame, leaf: bool) -> int:  # a caller's address is a return address: look at the call
-        assert f.mapping is not None
-        return f.address - f.mapping.start + f.mapping.offset - seg_offset + seg_vaddr - (0 if leaf else 1)
-
-    def own(stack: tuple[Frame, ...]) -> list[tuple[Frame, bool]]:
-        return [(f, i == len(stack) - 1) for i, f in enumerate(stack)
-                if f.mapping is not None and f.mapping.path == str(exe)]
-
+    samples, vaddr, own = record_program(exe, ["600"], tmp_path)
     asked = sorted({vaddr(f, leaf) for stack in samples for f, leaf in own(stack)})
     names = llvm_functions(exe, asked)
     frames = same = inlined = chained = 0
