@@ -20,12 +20,14 @@ definition). The last line is one JSON object.
 matrix"), each under podflame, profile-bpfcc and perf --call-graph dwarf: C++ -O2 with libstdc++
 (std::sort with a lambda, virtual calls, an exception thrown and caught per iteration), the C chain
 -O3, -static, -static-pie and non-PIE, in a thread and in a SIGALRM handler, Go, Node.js (JIT,
---perf-basic-prof), Java 17 (-XX:+PreserveFramePointer, jcmd Compiler.perfmap), Python 3.8-3.13 and
+--perf-basic-prof), Java 17 (-XX:+PreserveFramePointer, jcmd Compiler.perfmap), Python 3.6-3.13 and
 Debian's 3.11 behind 200 thread states and calling back from C (sorted(key=...)), and pod-shaped
 processes (tests/test_fidelity_containers_bpf.py): a program, its library and libc from a private
 tmpfs in a mount namespace over host decoys (pod-mountns), the same replaced on disk while running
 (pod-replaced), Debian's python3 copied into such a mount (py-debian-mountns) or replaced while
-running (py-debian-replaced), node in PID and mount namespaces with its perf map in its own /tmp.
+running (py-debian-replaced), node in PID and mount namespaces with its perf map in its own /tmp; a hot
+leaf in assembly without CFI (asm-nocfi), a ctypes callback from libc's qsort (py*-ctypes-callback), two
+workers forked from a Python parent (py*-fork: podflame by the pod's cgroup, the peers on one worker).
 Per workload: the share reaching the entry, the share with the exact known chain
 (where there is one) and `perf_agree`, the overlap of the profile with perf's (sum over stacks of the
 smaller of the two shares, after both are reduced to function names without parameters; unnamed
@@ -65,6 +67,7 @@ from tests.test_fidelity_containers_bpf import (  # noqa: E402
     pod_chain,
     replace_with,
 )
+from tests.test_fidelity_rust_bpf import V0_CHAIN  # noqa: E402
 from tests.test_unwind_bpf import (  # noqa: E402
     BUSY_PY,
     CHAIN,
@@ -132,12 +135,15 @@ def py_entry(s: tuple[str, ...]) -> bool:
 
 Test = Callable[[tuple[str, ...]], bool]
 PY_NAMES = frozenset({"<module>", "spin_threads", "middle", "leaf", "sorter", "keyf", "json_loop", "encode",
+                      "c_sorter", "c_compare", "prefork", "worker_loop",
                       "zlib_loop", "squeeze", "re_loop", "scan"})
 CEXT_CHAINS = {("<module>", "json_loop", "encode"): ("_start",), ("zlib_loop", "squeeze"): ("clone3", "clone"),
                ("re_loop", "scan"): ("clone3", "clone")}
 RUST_CHAIN = ("fid_rust::main", "fid_rust::level1", "fid_rust::level2", "fid_rust::leaf_work")
 SHELL = "py-debian-shell-entrypoint"  # recorded by its cgroup: the Python process is the shell's child
-CHILD = {SHELL, "node-pidns"}  # the workload is the started process's child (a shell, unshare -f)
+FORKED = {"py3.7-fork", "py3.12-fork", "pydebian-fork"}  # prefork workers: podflame by cgroup, peers on one worker
+BY_CGROUP = {SHELL, *FORKED}
+CHILD = {SHELL, "node-pidns", *FORKED}  # the workload is the started process's child (a shell, unshare -f, a fork)
 AFTER_START: dict[str, Callable[[int], None]] = {}  # name -> what happens to the running process first
 GO_CHAIN = ("runtime.main", "main.main", "main.level1", "main.level2", "main.leafWork")
 
@@ -217,13 +223,17 @@ def matrix_workloads(tmp: Path) -> dict[str, tuple[list[str], Test, Test | None]
         if RUSTC.exists() else None
     if rust is not None:
         out["rust-O3"] = ([str(rust), "600"], entry, rust_chain)
+        v0 = build("fid_rust_v0", [str(RUSTC), "-C", "opt-level=3", "-C", "symbol-mangling-version=v0", "-g"],
+                   str(WORKLOADS / "fid_rust_v0.rs"))
+        out["rust-v0-g"] = ([str(v0), "600"], entry,
+                            lambda s: entry(s) and any(s[i:i + len(V0_CHAIN)] == V0_CHAIN for i in range(len(s))))
     out["node-jit"] = (["node", "--perf-basic-prof", str(WORKLOADS / "fid_node.js"), "600"], entry, node_chain)
     work = str(WORKLOADS / "python_fidelity.py")
-    for version in ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
+    for version in ("3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
         python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
         if python is not None:
             out[f"py{version}-200-threads"] = ([str(python), work, "threads", "200"], entry, threads_chain)
-    for version in ("3.11", "debian"):
+    for version in ("3.6", "3.11", "debian"):
         python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
         if python is not None:
             out[f"py{version}-sorted-key"] = ([str(python), work, "sorted"], entry, sorted_chain)
@@ -232,6 +242,14 @@ def matrix_workloads(tmp: Path) -> dict[str, tuple[list[str], Test, Test | None]
         if python is not None:
             out[f"py{version}-cext-threads"] = ([str(python), work, "cext"], starts("_start", "clone3", "clone"),
                                                 cext_chain)
+    for version in ("3.7", "3.12", "debian"):
+        python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
+        if python is not None:
+            out[f"py{version}-ctypes-callback"] = ([str(python), work, "ctypes"], entry, ctypes_chain)
+            out[f"py{version}-fork"] = ([str(python), work, "fork", "2"], entry, fork_chain)
+    asm = build("asm-nocfi", ["gcc", "-O2"], str(WORKLOADS / "asm_nocfi.c"))
+    out["asm-nocfi"] = ([str(asm), "plain", "600"], entry,
+                        lambda s: entry(s) and s[-4:] == ("main", "caller1", "caller2", "asm_spin"))
     # `sh -c` that does not exec its last command: the container's process is the shell, Python its child
     out[SHELL] = (["sh", "-c", f"/usr/bin/python3 {work} threads 4; exit 0"], entry, threads_chain)
     out.update(pod_workloads(tmp, entry, starts))
@@ -304,6 +322,19 @@ def cext_chain(s: tuple[str, ...]) -> bool:
     return roots is not None and s[0] in roots
 
 
+def ctypes_chain(s: tuple[str, ...]) -> bool:
+    """c_compare called by libc's qsort through libffi, under <module>;c_sorter, or c_sorter in qsort itself."""
+    part = python_part(s)
+    if part[:3] == ("<module>", "c_sorter", "c_compare"):
+        between = s[s.index("c_sorter") + 1:s.index("c_compare")]
+        return any("qsort" in f for f in between) and any("ffi" in f for f in between)
+    return part == ("<module>", "c_sorter")
+
+
+def fork_chain(s: tuple[str, ...]) -> bool:
+    return python_part(s) == ("<module>", "prefork", "worker_loop", "middle", "leaf")
+
+
 def threads_chain(s: tuple[str, ...]) -> bool:
     return python_part(s) == ("<module>", "spin_threads", "middle", "leaf")
 
@@ -332,13 +363,18 @@ def run_matrix(args: argparse.Namespace) -> None:
                     time.sleep(1.0)
                     pid = proc.pid
                     if name in CHILD:  # the peers follow the child; for the shell, podflame the pod's cgroup
-                        pid = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+                        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+                        for _ in range(50):  # the prefork parent forks after a second of its own
+                            if children.read_text().split():
+                                break
+                            time.sleep(0.1)
+                        pid = int(children.read_text().split()[0])
                     if name in AFTER_START:
                         AFTER_START[name](pid)
                     peers = {}
                     if "podflame" in wanted:
                         peers["podflame"] = ours(pid, args.seconds, args.frequency, tmp, "auto",
-                                                 cg.path if name == SHELL else None)
+                                                 cg.path if name in BY_CGROUP else None)
                     if "profile_bpfcc" in wanted:
                         peers["profile_bpfcc"] = bcc_profile(pid, args.seconds, args.frequency)
                     if "perf_dwarf" in wanted:

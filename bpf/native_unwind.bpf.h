@@ -214,7 +214,7 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
     st->frames = n + 1;
     st->hash = mix64(st->hash ^ ip);  // hashed as walked: no second pass over the frames
 
-    u8 cfa_type = CFA_NONE, rbp_type = RBP_SAME;
+    u8 cfa_type = CFA_NONE, rbp_type = RBP_SAME, gap = 0;
     s16 cfa_offset = 0, rbp_offset = 0;
     struct unwind_mapping *m = find_mapping(proc, ip);
     if (!m) {
@@ -246,6 +246,7 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
             cfa_offset = row->cfa_offset;
             rbp_type = row->rbp_type;
             rbp_offset = row->rbp_offset;
+            gap = cfa_type == CFA_NONE;  // between FDEs of a binary with CFI: code written without it
         }
     }
 
@@ -295,6 +296,13 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
     } else if (cfa_type == CFA_PLT) {
         cfa = sp + 8 + ((ip & 15) >= (u64)rbp_offset ? 8 : 0);
         rbp_type = RBP_SAME;
+    } else if (gap && st->exact_ip && !bpf_probe_read_user(&ra, sizeof(ra), (void *)sp) &&
+               !(ra > sp && ra - sp < (1 << 23))) {
+        // the sampled (or signal-interrupted) instruction in hand-written assembly without CFI (NASM's
+        // SIMD kernels, .S files without cfi_ directives): a leaf that pushed nothing has its return address
+        // at [rsp]; rbp is the caller's, or any register in code without frame pointers. A [rsp] that
+        // points just above sp is a saved frame pointer: the frame-pointer rule below then
+        cfa = sp + 8;
     } else {                      // CFA_NONE or no table: the frame pointer
         ustat(US_FP_STEPS);
         if (bp == 0) {

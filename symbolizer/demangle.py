@@ -30,6 +30,7 @@ def _load() -> tuple:
     return _libs
 
 
+_V0_EMPTY_NAME = re.compile(r"\{(closure|shim):#")
 _RUST_LEGACY = re.compile(r"^_ZN.*17h[0-9a-f]{16}E(\.llvm\.\d+)?$")
 
 
@@ -42,7 +43,9 @@ def demangle(name: str) -> str:
     base, dot, suffix = name.partition(".")  # GCC clones: _Z3fooi.constprop.0 -> foo(int) [clone .constprop.0]
     try:
         if rust is not None and (name.startswith("_R") or _RUST_LEGACY.match(name)):
-            return rust.demangle(name)
+            # v0 closures and shims without a name: `{closure#0}` as rustc-demangle and DWARF say it (the
+            # package writes `{closure:#0}`, so an inlined level and its symbol named one closure two ways)
+            return _V0_EMPTY_NAME.sub(r"{\1#", rust.demangle(name))
         if cxxfilt is not None:
             out = cxxfilt.demangle(name, external_only=False)
             if out != name:

@@ -16,6 +16,7 @@ import re
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -79,11 +80,17 @@ def llvm_functions(exe: Path, vaddrs: list[int]) -> dict[int, list[str]]:
             for line in text.splitlines() if line.strip() for r in json.loads(line)}
 
 
-def test_cpp_inlined_frames_match_the_symbolizer_oracles(tmp_path: Path) -> None:
-    exe = tmp_path / "fid_cpp"
-    subprocess.run(["g++", "-O2", "-g", "-o", str(exe), str(WORKLOADS / "fid_cpp.cc")], check=True)
-    out = tmp_path / "cpp.pb.gz"
-    with running([str(exe), "sort", "30"]) as pid:
+
+Own = Callable[[tuple[Frame, ...]], list[tuple[Frame, bool]]]
+
+
+def record_program(exe: Path, args: list[str], tmp: Path) -> tuple[Counter[tuple[Frame, ...]],
+                                                                    Callable[[Frame, bool], int], Own]:
+    """`podflame record --pid` (pprof) of exe running with args: its sample stacks; the ELF address to ask an
+    oracle for a frame (a caller's is its return address: the call, one byte before); and a stack's frames in
+    exe, each with whether it is the leaf."""
+    out = tmp / f"{exe.name}.pb.gz"
+    with running([str(exe), *args]) as pid:
         done = subprocess.run([str(PODFLAME), "record", f"--pid={pid}", f"--duration={SECONDS}",
                                f"--frequency={FREQUENCY}", "--format=pprof", f"-o{out}"], capture_output=True,
                               text=True, timeout=300)
@@ -94,7 +101,7 @@ def test_cpp_inlined_frames_match_the_symbolizer_oracles(tmp_path: Path) -> None
             samples.update(p.samples)
     seg_offset, seg_vaddr = load_segment(exe)
 
-    def vaddr(f: Frame, leaf: bool) -> int:  # a caller's address is a return address: look at the call
+    def vaddr(f: Frame, leaf: bool) -> int:
         assert f.mapping is not None
         return f.address - f.mapping.start + f.mapping.offset - seg_offset + seg_vaddr - (0 if leaf else 1)
 
@@ -102,6 +109,13 @@ def test_cpp_inlined_frames_match_the_symbolizer_oracles(tmp_path: Path) -> None
         return [(f, i == len(stack) - 1) for i, f in enumerate(stack)
                 if f.mapping is not None and f.mapping.path == str(exe)]
 
+    return samples, vaddr, own
+
+
+def test_cpp_inlined_frames_match_the_symbolizer_oracles(tmp_path: Path) -> None:
+    exe = tmp_path / "fid_cpp"
+    subprocess.run(["g++", "-O2", "-g", "-o", str(exe), str(WORKLOADS / "fid_cpp.cc")], check=True)
+    samples, vaddr, own = record_program(exe, ["sort", "30"], tmp_path)
     asked = sorted({vaddr(f, leaf) for stack in samples for f, leaf in own(stack)})
     names, lines = llvm_functions(exe, asked), addr2line_lines(exe, asked)
     frames = by_name = by_line = inlined = whole = 0

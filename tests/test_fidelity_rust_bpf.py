@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.realsys import WORKLOADS
+from tests.test_fidelity_builds_bpf import llvm_functions, record_program
 from tests.test_unwind_bpf import Stacks, perf_stacks, record, running, share
 
 pytestmark = pytest.mark.bpf
@@ -58,3 +59,42 @@ def test_a_rust_release_binary_unwinds_from_start_to_its_leaf(fid_rust: Path, tm
     print(f"\nRust -O3: {entry:.1%} reach _start, {got:.1%} the exact chain (perf --call-graph dwarf: {oracle:.1%})")
     assert oracle >= 0.8, f"perf: {theirs.most_common(1)}"
     assert got >= 0.9, f"{got:.1%}; commonest: {';'.join(ours.most_common(1)[0][0])}"
+
+
+V0_CHAIN = ("fid_rust_v0::main", "fid_rust_v0::with_closure::<fid_rust_v0::main::{closure#1}>",
+            "fid_rust_v0::main::{closure#1}", "fid_rust_v0::generic_level::<fid_rust_v0::Square>",
+            "<fid_rust_v0::Square as fid_rust_v0::Shape>::area", "fid_rust_v0::spin")
+
+
+def test_rust_v0_names_and_inlined_frames_match_llvm_symbolizer(tmp_path: Path) -> None:
+    """v0-mangled symbols (`_RNv...`) and DWARF inline chains: every frame of the program has the function
+    names per inline level that `llvm-symbolizer --inlining` gives for its address, and the stack (inline
+    levels included) reads the chain the program is built with from _start. The rust-demangler package names
+    an unnamed v0 closure `{closure:#1}` where DWARF (the inline levels) says `{closure#1}`: symbolizer/demangle.py
+    writes rustc-demangle's form, else one closure had two names (70% of frames as the oracle says)."""
+    exe = tmp_path / "fid_rust_v0"
+    subprocess.run([rustc(), "-C", "opt-level=3", "-C", "symbol-mangling-version=v0", "-g", "-o", str(exe),
+                    str(WORKLOADS / "fid_rust_v0.rs")], check=True)
+    assert "_RNvCs" in subprocess.run(["nm", str(exe)], capture_output=True, text=True).stdout
+    samples, vaddr, own = record_program(exe, ["600"], tmp_path)
+    asked = sorted({vaddr(f, leaf) for stack in samples for f, leaf in own(stack)})
+    names = llvm_functions(exe, asked)
+    frames = same = inlined = chained = 0
+    for stack, n in samples.items():
+        for f, leaf in own(stack):
+            at = vaddr(f, leaf)
+            frames += n
+            same += n if [x.function for x in f.lines] == names[at] else 0
+            inlined += n if len(names[at]) > 1 else 0
+        flat = [x.function for f in stack for x in reversed(f.lines)]  # root first, inline levels outermost first
+        runs = [tuple(flat[i:i + len(V0_CHAIN)]) for i in range(len(flat))]
+        chained += n if flat and flat[0] == "_start" and V0_CHAIN in runs else 0
+    total = sum(samples.values())
+    commonest = [x.function for f in samples.most_common(1)[0][0] for x in reversed(f.lines)]
+    mismatch = next(([x.function for x in f.lines], names[vaddr(f, leaf)]) for s in samples for f, leaf in own(s)
+                    if [x.function for x in f.lines] != names[vaddr(f, leaf)]) if same < frames else None
+    print(f"\nRust v0 -O3 -g: {chained / total:.1%} of {total} samples with the chain; by frame {same / frames:.1%} "
+          f"the inline chain of llvm-symbolizer; {inlined / frames:.1%} hold inlined code; first mismatch {mismatch}")
+    assert total >= 30 and inlined / frames >= 0.2
+    assert same / frames >= 0.95, mismatch
+    assert chained / total >= 0.9, f"commonest: {';'.join(commonest)}"

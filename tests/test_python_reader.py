@@ -1,6 +1,6 @@
 """The userspace half of Python frames, on this machine's real interpreters.
 
-For pyenv's CPython 3.8-3.13 and Debian's static /usr/bin/python3 (3.11, PGO+LTO): detection agrees
+For pyenv's CPython 3.6-3.13 and Debian's static /usr/bin/python3 (3.11, PGO+LTO): detection agrees
 with what the interpreter says of itself, the offsets equal offsetof() compiled against that
 version's headers, and a walk of a process sitting in a known stack equals `py-spy dump` (the
 oracle) frame by frame: name, file, line and entry marker. Older versions are refused with a reason,
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.system
 WORKLOADS = Path(__file__).parent / "workloads"
 PYENV = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
 DEBIAN = "/usr/bin/python3"
-SUPPORTED = ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"]
+SUPPORTED = ["3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"]
 
 
 def interpreter(which: str) -> str:
@@ -103,13 +104,17 @@ def test_detect_finds_version_runtime_and_code_type(chain: tuple[str, Running]) 
     which, r = chain
     proc = detect(r.pid)
     assert list(proc.version) == r.facts["version"]
-    assert proc.runtime_address == r.facts["runtime"]
+    if r.facts["runtime"] is not None:
+        assert proc.runtime_address == r.facts["runtime"]
+    # what the walker reads as the first interpreter is the one the C API gives (3.6: from interp_head)
+    head = read(r.pid, proc.runtime_address + proc.offsets.runtime_interpreters_head, 8)
+    assert int.from_bytes(head, "little") == r.facts["interp_head"]
     assert (proc.code_type, proc.str_type, proc.bytes_type) == \
         (r.facts["code_type"], r.facts["str_type"], r.facts["bytes_type"])
     if which == "debian":
         assert proc.path == "/usr/bin/python3.11"  # the static executable: no libpython mapped
     else:
-        assert Path(proc.path).name.startswith(f"libpython{which}.so")
+        assert Path(proc.path).name.startswith((f"libpython{which}.so", f"libpython{which}m.so"))
     assert proc.offsets.version == tuple(proc.version[:2])
     # the agent passes the executable mappings it already holds: the same answer
     assert inspect_process(r.pid, maps=parse_exec_maps(Path(f"/proc/{r.pid}/maps").read_text())) == proc
@@ -181,7 +186,7 @@ def test_walk_equals_py_spy_dump(chain: tuple[str, Running]) -> None:
     main = [f.code.name for f in by_name["MainThread"] if f.code]
     assert main == ["f3", "f2", "𠀀", "函数", "café", "f1", "<module>"]
     top = by_name["MainThread"][0].code
-    assert top is not None and top.qualname == ("f3" if which in ("3.8", "3.9", "3.10") else "Worker.f3")
+    assert top is not None and top.qualname == ("f3" if which in ("3.6", "3.7", "3.8", "3.9", "3.10") else "Worker.f3")
     second = [f.code.name for f in by_name["second"] if f.code]
     assert second[2:4] == ["g2", "g1"]
 
@@ -298,10 +303,12 @@ def test_offsets_equal_offsetof_from_the_headers(which: str, tmp_path: Path) -> 
     assert got == {name: want.get(name, off.NO_FIELD) for name in got}
     code_fields = [table.code_name, table.code_qualname, table.code_filename, table.code_linetable]
     assert max(code_fields) + 8 <= table.code_size <= sizeof_code
-    kinds = {(3, 8): off.LASTI_BYTES, (3, 9): off.LASTI_BYTES, (3, 10): off.LASTI_UNITS, (3, 11): off.PREV_INSTR,
+    kinds = {(3, 6): off.LASTI_BYTES, (3, 7): off.LASTI_BYTES,
+             (3, 8): off.LASTI_BYTES, (3, 9): off.LASTI_BYTES, (3, 10): off.LASTI_UNITS, (3, 11): off.PREV_INSTR,
              (3, 12): off.PREV_INSTR, (3, 13): off.INSTR_PTR}
     assert table.frame_instr_kind == kinds[version]
-    formats = {(3, 8): off.LNOTAB, (3, 9): off.LNOTAB, (3, 10): off.LINETABLE_310}
+    formats = {(3, 6): off.LNOTAB, (3, 7): off.LNOTAB, (3, 8): off.LNOTAB, (3, 9): off.LNOTAB,
+               (3, 10): off.LINETABLE_310}
     assert table.linetable_format == formats.get(version, off.LOCATIONS)
 
 
@@ -370,11 +377,11 @@ print(json.dumps(out))
 @pytest.mark.parametrize("which", SUPPORTED)
 def test_line_tables_decode_as_the_interpreter_does(which: str) -> None:
     """Every instruction of three stdlib modules: line_for on the raw table equals the interpreter's
-    own co_lines() (3.10+) or dis.findlinestarts (3.8/3.9)."""
+    own co_lines() (3.10+) or dis.findlinestarts (3.6-3.9)."""
     python = interpreter(which)
     minor = int(subprocess.run([python, "-c", "import sys; print(sys.version_info[1])"], capture_output=True,
                                text=True, check=True).stdout)
-    fmt = {8: off.LNOTAB, 9: off.LNOTAB, 10: off.LINETABLE_310}.get(minor, off.LOCATIONS)
+    fmt = {6: off.LNOTAB, 7: off.LNOTAB, 8: off.LNOTAB, 9: off.LNOTAB, 10: off.LINETABLE_310}.get(minor, off.LOCATIONS)
     dump = json.loads(subprocess.run([python, "-c", LINES_PROBE], capture_output=True, text=True, check=True).stdout)
     checked = 0
     for table, first, want in dump:
@@ -382,7 +389,7 @@ def test_line_tables_decode_as_the_interpreter_does(which: str) -> None:
         for offset, line in want:
             assert line_for(raw, fmt, first, offset) == line, (first, offset)
             checked += 1
-    assert checked > 10_000
+    assert checked > 8_000  # 3.6: ~9,000
     assert line_for(b"", fmt, 7, -2) == 7  # a frame that has not started: its first line
 
 
@@ -432,7 +439,7 @@ def test_long_names_and_tables_read_whole(codes: tuple[str, Running, CodeReader]
     assert ascii_.filename == "/tmp/" + "directory/" * 30 + "long.py" == wide.filename
     assert ascii_.linetable == bytes.fromhex(str(r.facts["long_table"])) and len(ascii_.linetable) > 512
     # the first instruction: RESUME on the def line from 3.11, the first statement before
-    assert ascii_.line(0) == (2 if which in ("3.8", "3.9", "3.10") else 1) and wide.firstlineno == 402
+    assert ascii_.line(0) == (2 if which in ("3.6", "3.7", "3.8", "3.9", "3.10") else 1) and wide.firstlineno == 402
 
 
 def test_a_batch_of_new_code_objects_reads_in_a_few_calls_and_as_one_at_a_time(
@@ -528,6 +535,12 @@ def test_a_table_of_another_version_is_refused(chain: tuple[str, Running]) -> No
     tables = [t for t in off.TABLES.values() if not alike(t, proc.offsets)]
     assert len(tables) >= 2
     for wrong in tables:
+        if proc.offsets.version == (3, 6):
+            # 3.6's interp_head is a lone variable: a runtime table's head offset may read the zeros past it,
+            # which is "not initialised yet" (nothing proved, nothing misread); never a proved layout
+            with suppress(LayoutMismatch):
+                assert not check_layout(dataclasses.replace(proc, offsets=wrong)), wrong.version
+            continue
         with pytest.raises(LayoutMismatch):
             check_layout(dataclasses.replace(proc, offsets=wrong))
     if proc.offsets.version >= (3, 13):
@@ -550,7 +563,7 @@ def test_cache_is_bounded(chain: tuple[str, Running]) -> None:
     assert all(reader.cached(a) is not None for a in read_order[-3:])
 
 
-@pytest.mark.parametrize("version", ["2.7", "3.6", "3.7"])
+@pytest.mark.parametrize("version", ["2.7"])
 def test_older_versions_are_unsupported_with_a_reason(version: str) -> None:
     found = sorted(PYENV.glob(f"{version}.*/bin/python{version}"))
     assert found, f"no pyenv CPython {version}"
@@ -563,7 +576,7 @@ def test_older_versions_are_unsupported_with_a_reason(version: str) -> None:
         p.kill()
         p.wait()
     assert isinstance(got, Unsupported)
-    assert version in got.reason and "3.8-3.13" in got.reason
+    assert version in got.reason and "3.6-3.13" in got.reason
 
 
 def test_non_python_and_missing_processes_are_unsupported() -> None:

@@ -4,8 +4,9 @@ CPython lives either in a shared `libpython3.X.so*` or linked into the executabl
 /usr/bin/python3, whose .symtab is stripped but whose .dynsym still exports `_PyRuntime`, the
 API and `Py_Version`). The version decides the struct layouts (offsets.py), so it is read, never
 guessed: `Py_Version` (PY_VERSION_HEX, 3.11+) from the ELF file, the `_Py_DebugOffsets` header
-in the process's `_PyRuntime` (3.13+, which must agree), and for 3.8-3.10 the library's name with
-the micro version from its PY_VERSION string. Anything else is `Unsupported` with the reason.
+in the process's `_PyRuntime` (3.13+, which must agree), and for 3.7-3.10 the library's name with
+the micro version from its PY_VERSION string. 3.6 has no `_PyRuntime`: its static `interp_head` (.symtab)
+takes its place. Anything else is `Unsupported` with the reason.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from symbolizer.normalize import elf_address
 
 _LIBPYTHON = re.compile(r"/libpython(\d)\.(\d+)[a-z]*\.so(\.[\d.]+)?$")
 _PYTHON_EXE = re.compile(r"/python(\d)\.(\d+)[a-z]*$")
-_SYMBOLS = (b"_PyRuntime", b"Py_Version", b"PyCode_Type", b"PyUnicode_Type", b"PyBytes_Type")
+# interp_head: 3.6's list of interpreters (static, .symtab only), where later versions have _PyRuntime
+_SYMBOLS = (b"_PyRuntime", b"Py_Version", b"PyCode_Type", b"PyUnicode_Type", b"PyBytes_Type", b"interp_head")
 
 
 @dataclass(frozen=True)
@@ -141,10 +143,16 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> 
     except (OSError, ValueError, struct.error) as e:
         return Unsupported(f"{path}: not a readable ELF file ({e})")
     runtime_vaddr = facts.symbols.get("_PyRuntime")
+    if runtime_vaddr is None and name_version == (3, 6):
+        # 3.6 has no runtime state: its static interp_head is the list head (PY36 reads it at offset 0)
+        runtime_vaddr = facts.symbols.get("interp_head")
+        if runtime_vaddr is None:
+            return Unsupported(f"{path}: CPython 3.6 without .symtab: its interp_head (the list of interpreters) "
+                               "cannot be found")
     if runtime_vaddr is None:
         if name_version is not None:
             return Unsupported(f"{path}: CPython {name_version[0]}.{name_version[1]} has no _PyRuntime: "
-                               "only CPython 3.8-3.13 are supported")
+                               "only CPython 3.6-3.13 are supported")
         return None  # not Python at all
     if facts.hexversion is not None:
         version = (facts.hexversion >> 24, (facts.hexversion >> 16) & 0xFF, (facts.hexversion >> 8) & 0xFF)
@@ -156,7 +164,7 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> 
         return Unsupported(f"{path}: Py_Version says {version[0]}.{version[1]}, the name says otherwise")
     major_minor = (version[0], version[1])
     if major_minor not in TABLES and major_minor not in DEBUG_OFFSETS_VERSIONS:
-        return Unsupported(f"{path}: CPython {'.'.join(map(str, version))}: only CPython 3.8-3.13 are supported")
+        return Unsupported(f"{path}: CPython {'.'.join(map(str, version))}: only CPython 3.6-3.13 are supported")
     bias = _load_bias(facts, path, maps)
     if bias is None:
         return Unsupported(f"{path}: no executable mapping to place its symbols")
@@ -227,13 +235,19 @@ def _check_layout(p: PythonProcess) -> bool:
     o = p.offsets
     interp = _interpreter(p)
     if not interp:
+        # an empty list is a runtime not initialised yet, unless the table's main interpreter says otherwise
+        # (CPython sets both together): a wrong table may read zeros where its head would be
+        if o.runtime_interpreters_main != NO_FIELD and \
+                _u64(remote.read(p.pid, p.runtime_address + o.runtime_interpreters_main, 8)):
+            raise LayoutMismatch(f"the runtime has a main interpreter but no list of them: not the "
+                                 f"{o.version[0]}.{o.version[1]} layout")
         return False
     if o.interp_runtime != NO_FIELD:
         back = _u64(remote.read(p.pid, interp + o.interp_runtime, 8))
         if back != p.runtime_address:
             raise LayoutMismatch(f"interpreter {interp:#x} says its runtime is {back:#x}, not {p.runtime_address:#x}:"
                                  f" not the {o.version[0]}.{o.version[1]} layout")
-    elif o.runtime_interpreters_main != NO_FIELD:  # 3.8: the main interpreter must be on the list
+    elif o.runtime_interpreters_main != NO_FIELD:  # 3.7/3.8: the main interpreter must be on the list
         main = _u64(remote.read(p.pid, p.runtime_address + o.runtime_interpreters_main, 8))
         on_list, at = False, interp
         for _ in range(16):
@@ -329,14 +343,16 @@ def _read_elf_facts(path: str) -> _ElfFacts:
         segments = tuple(LoadSegment(s.offset, s.vaddr, s.filesz, s.memsz, bool(s.flags & PF_X))
                          for s in elf.segments if s.type == PT_LOAD)
         symbols = _find_symbols(elf, ".dynsym")
-        if "_PyRuntime" in symbols and len(symbols) < len(_SYMBOLS):  # rare: look at the full table too
+        # rare: look at the full table too (a symbol missing from .dynsym; CPython 3.6's interp_head)
+        runtime = "_PyRuntime" in symbols
+        if (runtime and len(symbols) < len(_SYMBOLS) - 1) or (not runtime and "PyCode_Type" in symbols):
             symbols = {**_find_symbols(elf, ".symtab"), **symbols}
         hexversion = None
         if "Py_Version" in symbols:
             raw = _read_vaddr(elf, symbols["Py_Version"], 4)
             hexversion = None if raw is None else struct.unpack("<I", raw)[0]
         micro: dict[int, int] = {}
-        if hexversion is None and "_PyRuntime" in symbols:
+        if hexversion is None and ("_PyRuntime" in symbols or "interp_head" in symbols):
             sec = elf.section(".rodata")
             data = elf.data(sec) if sec is not None else b""
             # PY_VERSION ("3.9.18"), possibly tail-merged into a longer string ("Python-3.9.18")

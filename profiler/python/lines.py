@@ -1,4 +1,4 @@
-"""Line numbers from a code object's line table, for each format CPython 3.8-3.13 uses.
+"""Line numbers from a code object's line table, for each format CPython 3.6-3.13 uses.
 
 Everything is in bytes of instructions from the start of the code (`offsets.instr_offset`), so one
 call works for every version. A table is decoded once into the byte offsets where each line starts

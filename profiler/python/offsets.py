@@ -1,17 +1,17 @@
 """Where CPython keeps what a profiler reads: struct offsets per interpreter version.
 
-CPython 3.8-3.12 publish no layout, so each version has a table here, written from that version's
+CPython 3.6-3.12 publish no layout, so each version has a table here, written from that version's
 headers (Include/cpython/*.h, Include/internal/pycore_{runtime,interp,frame}.h) and checked by
 tests/test_python_reader.py against `offsetof()` compiled with the real headers. CPython 3.13 puts
 `_Py_DebugOffsets` at the start of `_PyRuntime` for exactly this: its offsets are read from the
 process (`from_debug_offsets`), never assumed. Layouts are x86_64 (LP64) ones.
 
-How a walker finds a thread's frames, per version (all via `_PyRuntime`):
+How a walker finds a thread's frames, per version (via `_PyRuntime`; 3.6 via `interp_head`, see PY36):
   runtime + runtime_interpreters_head -> interp; interp + interp_threads_head -> first tstate;
   tstate + tstate_next -> the next one. Match a thread by tstate_thread_id (pthread_self(), which is
   the thread's fs base on x86_64 glibc) or, from 3.11, tstate_native_thread_id (the kernel tid).
-  3.8-3.10: tstate + tstate_frame -> PyFrameObject*; f_back, f_code, f_lasti (int: a byte offset
-            in 3.8/3.9, a code-unit index in 3.10). Each PyFrameObject is one _PyEval_EvalFrameDefault call.
+  3.6-3.10: tstate + tstate_frame -> PyFrameObject*; f_back, f_code, f_lasti (int: a byte offset
+            in 3.6-3.9, a code-unit index in 3.10). Each PyFrameObject is one _PyEval_EvalFrameDefault call.
   3.11:     tstate + tstate_frame -> _PyCFrame*; + cframe_current_frame -> _PyInterpreterFrame*;
             previous, f_code, prev_instr (pointer into co_code_adaptive). `is_entry` (bool) marks the
             first frame one _PyEval_EvalFrameDefault call pushed: frames from the top down to and
@@ -33,13 +33,13 @@ from podflame.errors import BinaryFormatError
 NO_FIELD = -1  # the field does not exist in this version
 
 # How frame_instr is turned into a byte offset into the code's instructions (see instr_offset).
-LASTI_BYTES = 0  # 3.8/3.9: int f_lasti, a byte offset of the last instruction
+LASTI_BYTES = 0  # 3.6-3.9: int f_lasti, a byte offset of the last instruction
 LASTI_UNITS = 1  # 3.10: int f_lasti, an index in code units
 PREV_INSTR = 2  # 3.11/3.12: pointer to the code unit before the next instruction
 INSTR_PTR = 3  # 3.13: pointer to the instruction executing now
 
 # The line table's format (see profiler/python/lines.py).
-LNOTAB = 0  # 3.8/3.9 co_lnotab: (byte delta, signed line delta) pairs
+LNOTAB = 0  # 3.6-3.9 co_lnotab: (byte delta, signed line delta) pairs
 LINETABLE_310 = 1  # 3.10 co_linetable (PEP 626): (byte delta, signed line delta or -128 for none)
 LOCATIONS = 2  # 3.11+ co_linetable (PEP 657 location table), in code units
 
@@ -89,7 +89,7 @@ class PyOffsets:
     unicode_state: int  # PyASCIIObject.state (a 32-bit bit field)
     unicode_ascii_size: int  # sizeof(PyASCIIObject): compact ASCII data follows
     unicode_compact_size: int  # sizeof(PyCompactUnicodeObject): other compact data follows
-    # _PyRuntimeState.interpreters.main: read only where interp_runtime is missing (3.8), to check a table
+    # _PyRuntimeState.interpreters.main: read only where interp_runtime is missing (3.7/3.8), to check a table
     runtime_interpreters_main: int = NO_FIELD
     unicode_kind_shift: int = 2  # state: interned:2, kind:3, compact:1, ascii:1 (low bits first)
     unicode_compact_bit: int = 5
@@ -120,6 +120,17 @@ PY39 = PyOffsets(
 # detection checks the table by the runtime's `main` interpreter being on the list `head` starts
 PY38 = replace(PY39, version=(3, 8), interp_runtime=NO_FIELD, runtime_interpreters_main=40)
 
+# 3.7: 3.8's thread states and frames; its runtime state has no `preinitializing`/`preinitialized` flags (head and
+# main 8 bytes earlier) and its code object no co_posonlyargcount (every field after co_argcount 4 or 8 earlier)
+PY37 = replace(PY38, version=(3, 7), runtime_interpreters_head=24, runtime_interpreters_main=32, code_size=120,
+               code_name=104, code_filename=96, code_firstlineno=36, code_linetable=112)
+
+# 3.6: no _PyRuntime. pystate.c's static `interp_head` (in .symtab) is the list head itself, so detection gives its
+# address as the "runtime" with the head at offset 0; no main interpreter to check against. Its thread state
+# still has its own exc_* fields (thread_id 24 earlier) and its frames f_exc_* (f_lasti 16 later).
+PY36 = replace(PY37, version=(3, 6), runtime_interpreters_head=0, runtime_interpreters_main=NO_FIELD,
+               tstate_thread_id=152, frame_instr=120)
+
 PY310 = replace(PY39, version=(3, 10), frame_instr=96, frame_instr_kind=LASTI_UNITS, linetable_format=LINETABLE_310)
 
 PY311 = PyOffsets(
@@ -142,7 +153,7 @@ PY312 = PyOffsets(
     code_linetable=136, linetable_format=LOCATIONS, code_code_adaptive=192, codeunit_size=2,
     unicode_ascii_size=40, unicode_compact_size=56, **_OBJECTS)
 
-TABLES: dict[tuple[int, int], PyOffsets] = {o.version: o for o in (PY38, PY39, PY310, PY311, PY312)}
+TABLES: dict[tuple[int, int], PyOffsets] = {o.version: o for o in (PY36, PY37, PY38, PY39, PY310, PY311, PY312)}
 DEBUG_OFFSETS_VERSIONS = {(3, 13)}  # _Py_DebugOffsets layouts this module knows (3.14 changed it)
 SUPPORTED = frozenset(TABLES) | DEBUG_OFFSETS_VERSIONS
 

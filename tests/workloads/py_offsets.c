@@ -8,8 +8,10 @@
 #if PY_VERSION_HEX >= 0x03090000
 #include "internal/pycore_runtime.h"
 #include "internal/pycore_interp.h"
-#else
+#elif PY_VERSION_HEX >= 0x03080000
 #include "internal/pycore_pystate.h" /* 3.8: the runtime and interpreter states live here */
+#elif PY_VERSION_HEX >= 0x03070000
+#include "internal/pystate.h" /* 3.7: the runtime state before the pycore_ names */
 #endif
 #if PY_VERSION_HEX >= 0x030B0000
 #include "internal/pycore_frame.h"
@@ -20,7 +22,11 @@ int main(void) {
 #if PY_VERSION_HEX >= 0x030D0000
     P("debug_offsets_size", sizeof(_Py_DebugOffsets));
 #endif
+#if PY_VERSION_HEX >= 0x03070000
     P("runtime_interpreters_head", offsetof(_PyRuntimeState, interpreters.head));
+#else
+    P("runtime_interpreters_head", 0); /* 3.6: no runtime state; pystate.c's `interp_head` is the head itself */
+#endif
     P("interp_next", offsetof(PyInterpreterState, next));
 #if PY_VERSION_HEX >= 0x030B0000
     P("interp_threads_head", offsetof(PyInterpreterState, threads.head));
@@ -29,7 +35,7 @@ int main(void) {
 #endif
 #if PY_VERSION_HEX >= 0x03090000
     P("interp_runtime", offsetof(PyInterpreterState, runtime));
-#else
+#elif PY_VERSION_HEX >= 0x03070000
     P("runtime_interpreters_main", offsetof(_PyRuntimeState, interpreters.main));
 #endif
     P("tstate_next", offsetof(PyThreadState, next));

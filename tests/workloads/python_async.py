@@ -17,7 +17,10 @@ async def consume():
 
 
 def main():
-    asyncio.run(consume())
+    if hasattr(asyncio, "run"):
+        asyncio.run(consume())
+    else:  # 3.6
+        asyncio.get_event_loop().run_until_complete(consume())
 
 
 main()

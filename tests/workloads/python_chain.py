@@ -4,7 +4,7 @@ The main thread spins in Worker.f3 under <module> -> f1 -> café -> 函数 -> �
 str kind: ASCII, latin-1, UCS-2, UCS-4); a second thread blocks in an Event under g1 -> g2. The
 spinning loop is one line, so a walk and py-spy agree on its line wherever they catch it. Prints a
 JSON line of facts only the interpreter itself knows (the oracle for detection), then spins.
-Runs on CPython 3.8+ (no syntax newer than that).
+Runs on CPython 3.6+ (no syntax newer than that).
 """
 
 import ctypes
@@ -19,7 +19,8 @@ def me():
     fs = ctypes.c_ulong()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall(158, 0x1003, ctypes.byref(fs))  # arch_prctl(ARCH_GET_FS, &fs)
-    return {"ident": threading.get_ident(), "native": threading.get_native_id(), "fs_base": fs.value}
+    native = threading.get_native_id() if hasattr(threading, "get_native_id") else libc.syscall(186)  # gettid, <3.8
+    return {"ident": threading.get_ident(), "native": native, "fs_base": fs.value}
 
 
 def g2(ev):
@@ -59,8 +60,14 @@ def f1():
 
 
 def facts():
-    runtime = ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, "_PyRuntime"))
-    return {"version": list(sys.version_info[:3]), "runtime": runtime, "code_type": id(type(f1.__code__)),
+    try:
+        runtime = ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, "_PyRuntime"))
+    except ValueError:  # 3.6: no runtime state (its list of interpreters is a static variable)
+        runtime = None
+    head = ctypes.pythonapi.PyInterpreterState_Head
+    head.restype = ctypes.c_void_p
+    return {"version": list(sys.version_info[:3]), "runtime": runtime, "interp_head": head(),
+            "code_type": id(type(f1.__code__)),
             "str_type": id(str), "bytes_type": id(bytes),
             "threads": threads}
 

@@ -9,8 +9,13 @@ known chain of Python functions (the fidelity tests and bench/unwind.py --matrix
   deep N:    N frames of recurse, then middle -> leaf
   cext:      threads in C extensions: the main thread in <module> -> json_loop -> encode (json.dumps), one
              thread in zlib_loop -> squeeze (zlib.compress), one in re_loop -> scan (re.findall)
+  ctypes:    libc's qsort calls a Python comparator through a ctypes (libffi closure) callback:
+             <module> -> c_sorter -> (ffi_call, qsort, the closure) -> c_compare -> leaf
+  fork N:    the parent spins in Python for a second (a profiler finds it), then forks N workers that spin
+             in <module> -> prefork -> worker_loop -> middle -> leaf (gunicorn's and multiprocessing's
+             fork without exec) and sleeps
 
-Prints "ready" when the shape is set up. Runs on CPython 3.8+ (no newer syntax).
+Prints "ready" when the shape is set up. Runs on CPython 3.6+ (no newer syntax).
 """
 
 import json
@@ -107,6 +112,42 @@ def cext():
     json_loop()
 
 
+def c_compare(a, b):
+    leaf(100)
+    return 0
+
+
+def c_sorter():
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(c_compare)
+    items = (ctypes.c_long * 64)()
+    print("ready", flush=True)
+    while True:
+        libc.qsort(items, 64, ctypes.sizeof(ctypes.c_long), compare)
+
+
+def worker_loop():
+    while True:
+        middle(1000)
+
+
+def prefork(n):
+    import os
+    import time
+
+    until = time.time() + 1.0
+    while time.time() < until:  # the parent runs Python first, as an arbiter importing the app does
+        middle(1000)
+    for _ in range(n):
+        if os.fork() == 0:
+            worker_loop()
+    print("ready", flush=True)
+    while True:
+        time.sleep(1)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "threads":
@@ -117,6 +158,10 @@ if __name__ == "__main__":
         use_gen()
     elif mode == "cext":
         cext()
+    elif mode == "ctypes":
+        c_sorter()
+    elif mode == "fork":
+        prefork(int(sys.argv[2]))
     elif mode == "deep":
         sys.setrecursionlimit(10000)
         recurse(int(sys.argv[2]))
