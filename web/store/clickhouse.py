@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from podflame.model import Frame, FrameKind, Line, Stack
 from podflame.model import Mapping as ProcMapping
+from web.store import deadline
 from web.store.base import (
     Batch,
     Columns,
@@ -45,7 +46,16 @@ from web.store.base import (
     StoreTooNew,
     frame_lines_of,
 )
-from web.store.clickhouse_schema import DICTIONARIES, HOUR_NS, SCHEMA_VERSION, Layout, ddl, dictionaries, upgrade
+from web.store.clickhouse_schema import (
+    DICTIONARIES,
+    HOUR_NS,
+    READ_EXPIRED,
+    SCHEMA_VERSION,
+    Layout,
+    ddl,
+    dictionaries,
+    upgrade,
+)
 from web.store.clickhouse_transport import IDS, IDS_SET, ClickHouseError, ClickHouseUnavailable, Transport, quote
 from web.store.columns import group_sum
 from web.store.selector import Op, Selector
@@ -219,14 +229,15 @@ class ClickHouseStore(Store):
 
     def _login_dictionaries(self) -> None:
         """Dictionaries made with another login than this store's (by a schema-3 podflame, which named none, or a
-        DBA's script) are made again with this one: CREATE OR REPLACE, as IF NOT EXISTS keeps the old source."""
+        DBA's script), or without reading expired keys (before stop 18), are made again with this one: CREATE OR
+        REPLACE, as IF NOT EXISTS keeps the old source."""
         if not self._dicts:
             return
         rows = self.transport.query(
             f"SELECT name, create_table_query AS q FROM system.tables WHERE database = {quote(self.layout.database)} "
             f"AND name IN ({', '.join(quote(d) for d in DICTIONARIES)})").to_pylist()
         want = f"USER {quote(self._credentials[0])} " if self._credentials else None
-        if any((want not in r["q"]) if want else (" USER '" in r["q"]) for r in rows):
+        if any(((want not in r["q"]) if want else (" USER '" in r["q"])) or READ_EXPIRED not in r["q"] for r in rows):
             self._replace_dictionaries()
 
     def _replace_dictionaries(self) -> None:
@@ -441,6 +452,26 @@ class ClickHouseStore(Store):
             raise
         for d in (funcs, maps, frames, stacks, series):
             written.update(d)
+        self._hold_names({"stacks_dict": stacks, "frames_dict": frames, "functions_dict": funcs,
+                          "mappings_dict": maps, "series_dict": series})
+
+    def _hold_names(self, new: dict[str, Iterable[int]]) -> None:
+        """Have the ClickHouse server's dictionaries hold the keys this put wrote (`dictHas` reads a key it lacks
+        from its table and keeps the row), so the first query that names them, a fresh server's pod flame graph,
+        is all hits: on chDB a pod's hour read named 10-12 ms against 25-35 ms with every key a miss, the keys paid
+        here once each (~0.03 ms a key, in the puts that first write them; docs/benchmarks.md "Stop 18 ch8").
+
+        Not on replicated clusters: the lookup right after the write may reach a replica that has not fetched the
+        part yet, and the dictionary would remember the key as missing for its lifetime (reads stay exact, through
+        the tables, but slower). A failure is not the put's: its rows are stored, the reads' own checks decide."""
+        if not self._dicts or (self.layout.cluster and self.layout.replicated):
+            return
+        db = self.layout.database
+        cols = [f"arrayCount(k -> dictHas('{db}.{d}', k), CAST([{_ints(ids)}], 'Array(UInt64)')) AS {d}"
+                for d, ids in new.items() if ids]
+        if cols:
+            with contextlib.suppress(ClickHouseError, ClickHouseUnavailable, deadline.QueryTimeout):
+                self.transport.query("SELECT " + ", ".join(cols))
 
     def _write_dictionaries(self, funcs: dict[int, tuple[str, str]], maps: dict[int, ProcMapping],
                             frames: dict[int, tuple[int, int, str, list[int], list[int]]],
