@@ -857,11 +857,16 @@ class ClickHouseStore(Store):
         self._check()
         refs = self.select(selector, t0, t1, sample_type, unit)
         n = -(-(t1 - t0) // step_ns)
+        by_period: dict[int, np.ndarray] = {}
+        if not refs:
+            return StepTotals(refs, by_period)
+        # The series the selection found, by id: the same rows as the selector's subquery over `series` (whose read
+        # cost 1.2-1.7 ms of a 5-6 ms statement on chDB), as the sums of a flame graph name them.
+        ids = sorted({_window(r).series for r in refs})
         rows = self.transport.query(
             f"SELECT period_ns, intDiv(start_ns - {int(t0)}, {int(step_ns)}) AS k, sum(total) AS v "
-            f"FROM {self._t('profiles')} WHERE series {self._in} ({self._series_ids_sql(selector, sample_type, unit)}) "
+            f"FROM {self._t('profiles')} WHERE series IN ({_ints(ids)}) "
             f"AND start_ns >= {int(self._live(t0))} AND start_ns < {int(t1)} GROUP BY period_ns, k").to_pylist()
-        by_period: dict[int, np.ndarray] = {}
         for r in rows:
             sums = by_period.get(r["period_ns"])
             if sums is None:
