@@ -500,7 +500,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.parallel_only:
             args.cluster_nodes = 0
         else:
-            _queries(result, dsns, args, start, end)
+            _queries(result, dsns, args, start, end, engine)
+            engine = None  # (closed by _queries: the stand-in takes the directory)
         if args.parallel_drains and bodies:
             runs = [parallel_ingest(tmp, bodies, args.parallel_drains, args.pods, start, args.interval,
                                     f"r{k}-" if args.parallel_repeat > 1 else "", two_first=k % 2 == 1)
@@ -525,8 +526,10 @@ def _ratio_spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _queries(result: dict[str, Any], dsns: dict[str, tuple[str | None, Path]], args: argparse.Namespace,
-             start: int, end: int) -> None:
-    """The side-by-side figures of a node-day both stores hold, then the cluster-day (into `result`)."""
+             start: int, end: int, engine: Any = None) -> None:
+    """The side-by-side figures of a node-day both stores hold, then the cluster-day (into `result`). `engine`: the
+    store holding chDB up since the ingest, closed after the in-process queries (chDB locks its directory to one
+    process, and the deployed queries' ClickHouse is a stand-in process on it)."""
     sq, ch = result["sqlite"], result["clickhouse"]
     result["ratio_clickhouse_vs_sqlite"] = {
         "bytes_per_sample": round(ch["bytes_per_sample"] / sq["bytes_per_sample"], 3),
@@ -539,6 +542,8 @@ def _queries(result: dict[str, Any], dsns: dict[str, tuple[str | None, Path]], a
         result["queries_repeats"] = {name: _ratio_spread([r[name] for r in rounds]) for name in rounds[0]}
         for name, row in result["queries_repeats"].items():
             log(f"repeats {name}: {row}")
+    if engine is not None:
+        engine.close()
     if not args.no_deployed:
         result["queries_deployed"] = deployed_queries(dsns, start, end, pod, args.hours, args.runs,
                                                       args.keep_dictionaries)
