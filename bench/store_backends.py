@@ -9,7 +9,8 @@ ClickHouse: compressed bytes of the database's active parts, after merges), inge
 of this one process, and each query twice, with the ratios ClickHouse / SQLite:
 - `queries`: in this process, on a fresh store object and app per query (podflame's caches empty) with the
   storage warm: SQLite's files in the page cache, chDB's engine up with its caches (as a ClickHouse server that
-  has run a while). The first request is `cold_s`, the median of the rest `warm_s` (a kept answer).
+  has run a while: the engine that took the ingest, kept up to the queries). The first request is `cold_s`, the
+  median of the rest `warm_s` (a kept answer).
 - `queries_deployed`: as deployed, a fresh podflame server process per query with the store's files dropped
   from the page cache; ClickHouse a separate long-running server process (chDB behind ClickHouse's HTTP
   interface, tests/clickhouse_standin.py, reached with clickhouse-connect) with every engine cache dropped
@@ -449,6 +450,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cluster-hours", type=float, default=24, help="hours of the cluster-day")
     ap.add_argument("--data", help="keep both stores here (default: a temporary directory, removed after)")
     ap.add_argument("--queries-only", action="store_true", help="query the stores a run with --data left")
+    ap.add_argument("--query-repeat", type=int, default=1,
+                    help="rounds of the in-process queries (each on fresh store objects): per query the median and "
+                         "min-max of the CPU ratio")
     ap.add_argument("--keep-dictionaries", action="store_true",
                     help="deployed queries: keep ClickHouse's dictionaries between queries (a server that has served "
                          "these stacks before); by default they are reloaded (empty) with the other caches")
@@ -459,12 +463,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.query_case:
         print(json.dumps(fresh_process_case(*json.loads(args.query_case))))
         return
+    from web.store.dsn import open_store
+
     tmp = Path(args.data or tempfile.mkdtemp(prefix="podflame-bench-backends-"))
     meta = tmp / "bench-backends.json"
     n = int(args.hours * 3600 // args.interval)
     dsns: dict[str, tuple[str | None, Path]] = {"sqlite": (None, tmp / "sqlite"),
                                                 "clickhouse": (f"chdb://{tmp / 'chdb'}?database=bench", tmp / "ch")}
     bodies: list[bytes] = []
+    engine = None  # the ClickHouse engine held up from ingest through the queries (below)
     try:
         if args.queries_only:
             result = json.loads(meta.read_text())
@@ -482,33 +489,61 @@ def main(argv: list[str] | None = None) -> None:
             log(f"{n} drains of {args.pods} pods, {samples} samples")
             result = {"hours": args.hours, "pods": args.pods, "drains": n, "samples": samples, "start_ns": start}
             if not args.parallel_only:
+                # A ClickHouse server outlives the podflame servers that write and read it: the engine stays up from
+                # the ingest to the queries, as the same server would, with what it holds (its caches, and the names
+                # the puts left in its dictionaries). A --queries-only run starts it anew: a ClickHouse restart.
+                engine = open_store(dsns["clickhouse"][0], dsns["clickhouse"][1])
                 result.update(ingest(dsns, bodies, samples, args, start))
                 meta.write_text(json.dumps(result))
         end = start + n * args.interval * S
+        result["engine_kept_from_ingest"] = engine is not None
         if args.parallel_only:
             args.cluster_nodes = 0
         else:
-            _queries(result, dsns, args, start, end)
+            _queries(result, dsns, args, start, end, engine)
+            engine = None  # (closed by _queries: the stand-in takes the directory)
         if args.parallel_drains and bodies:
             runs = [parallel_ingest(tmp, bodies, args.parallel_drains, args.pods, start, args.interval,
                                     f"r{k}-" if args.parallel_repeat > 1 else "", two_first=k % 2 == 1)
                     for k in range(args.parallel_repeat)]
             result["parallel_ingest"] = runs[0] if len(runs) == 1 else _spread(runs)
     finally:
+        if engine is not None:
+            engine.close()
         if not args.data:
             shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
 
 
+def _ratio_spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One query's rounds: each round's CPU ratio ClickHouse / SQLite of the cold request, their median and
+    min-max, and each backend's median cold CPU in ms."""
+    ratios = [r["ratio_cold_cpu"] for r in rows]
+    return {"ratio_cold_cpu": ratios, "median": round(statistics.median(ratios), 2),
+            "min_max": [min(ratios), max(ratios)],
+            **{f"{b}_cold_cpu_ms": round(statistics.median(r[b]["cold_cpu_s"] for r in rows) * 1000, 1)
+               for b in ("sqlite", "clickhouse")}}
+
+
 def _queries(result: dict[str, Any], dsns: dict[str, tuple[str | None, Path]], args: argparse.Namespace,
-             start: int, end: int) -> None:
-    """The side-by-side figures of a node-day both stores hold, then the cluster-day (into `result`)."""
+             start: int, end: int, engine: Any = None) -> None:
+    """The side-by-side figures of a node-day both stores hold, then the cluster-day (into `result`). `engine`: the
+    store holding chDB up since the ingest, closed after the in-process queries (chDB locks its directory to one
+    process, and the deployed queries' ClickHouse is a stand-in process on it)."""
     sq, ch = result["sqlite"], result["clickhouse"]
     result["ratio_clickhouse_vs_sqlite"] = {
         "bytes_per_sample": round(ch["bytes_per_sample"] / sq["bytes_per_sample"], 3),
         "ingest_rate": round(ch["pod_profiles_per_s"] / sq["pod_profiles_per_s"], 3)}
     pod = make_node(args.pods, stacks_per_pod=args.stacks)[args.pods // 2].labels["pod"]
     result["queries"] = queries(dsns, start, end, pod, args.hours, args.runs)
+    if args.query_repeat > 1:  # the same round again (fresh store objects, the same engine): median and spread
+        rounds = [result["queries"]] + [queries(dsns, start, end, pod, args.hours, args.runs)
+                                        for _ in range(args.query_repeat - 1)]
+        result["queries_repeats"] = {name: _ratio_spread([r[name] for r in rounds]) for name in rounds[0]}
+        for name, row in result["queries_repeats"].items():
+            log(f"repeats {name}: {row}")
+    if engine is not None:
+        engine.close()
     if not args.no_deployed:
         result["queries_deployed"] = deployed_queries(dsns, start, end, pod, args.hours, args.runs,
                                                       args.keep_dictionaries)

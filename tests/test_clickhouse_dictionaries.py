@@ -139,3 +139,71 @@ def test_a_server_whose_dictionaries_cannot_be_read_answers_from_the_tables(tmp_
         assert {f"fn{i}" for i in range(len(FRAMES))} & set(got["names"])
     finally:
         store.close()
+
+
+
+def test_a_put_leaves_its_new_names_in_the_dictionaries_so_a_fresh_servers_first_read_needs_no_table(
+        tmp_path: Path, dsn: str) -> None:
+    """The keys a put writes are looked up once as it ends (`_hold_names`, one statement): the dictionaries hold
+    every stack, frame, function, mapping and series written before any query. Shown by emptying the name tables
+    afterwards: a fresh server's pod flame graph is still the table path's answer, its names from the ClickHouse
+    server's memory (without the put's lookups every key is a miss there, read from the emptied tables)."""
+    writer = open_store(dsn)  # held open to the end: the engine (a ClickHouse server) outlives podflame servers
+    assert isinstance(writer, ClickHouseStore)
+    db, tr = writer.layout.database, writer.transport
+    try:
+        ps = profiles(T0, 30, "p0", 1) + profiles(T0, 30, "p1", 2)
+        sent = counted(writer)
+        put(writer, ps)
+        held = [sql for sql in sent if "dictHas" in sql]
+        assert len(held) == 1 and all(d in held[0] for d in DICTIONARIES), sent
+        counts = {r["d"]: r["n"] for r in tr.query(
+            f"SELECT name AS d, element_count AS n FROM system.dictionaries WHERE database = '{db}'").to_pylist()}
+        for d, (table, _) in DICTIONARIES.items():
+            n = tr.query(f"SELECT uniqExact(id) AS n FROM {db}.{table}").column("n")[0].as_py()
+            assert counts[d] >= n > 0, (d, counts[d], n)  # (and the start's one lookup of a key no table has)
+        reference = open_store(dsn)
+        assert isinstance(reference, ClickHouseStore)
+        reference._dicts = False
+        want = answer(reference, tmp_path)
+        reference.close()
+        assert want["total"] == total([p for p in ps if p.labels["pod"] == "p0"])
+        for table in ("stacks", "frames", "functions", "mappings"):
+            tr.command(f"TRUNCATE TABLE {db}.{table}")
+        store = open_store(dsn)
+        assert isinstance(store, ClickHouseStore)
+        try:
+            sent = counted(store)
+            assert answer(store, tmp_path) == want
+            assert len(sent) == 2, sent
+        finally:
+            store.close()
+    finally:
+        writer.close()
+
+
+def test_dictionaries_made_before_they_read_expired_keys_are_made_again_at_start(tmp_path: Path, dsn: str) -> None:
+    """Stop 17's dictionaries waited for a key past its 1-2 h lifetime to be read again (a held name lost its worth
+    after that); a start makes them again with ALLOW_READ_EXPIRED_KEYS, and answers stay the same."""
+    ps = written(dsn)
+    store = open_store(dsn)
+    assert isinstance(store, ClickHouseStore)
+    db, tr = store.layout.database, store.transport
+    for d, (table, attributes) in DICTIONARIES.items():
+        tr.command(f"CREATE OR REPLACE DICTIONARY {db}.{d} (id UInt64, {attributes}) PRIMARY KEY id "
+                   f"SOURCE(CLICKHOUSE(DB '{db}' TABLE '{table}')) LAYOUT(CACHE(SIZE_IN_CELLS 1048576)) "
+                   "LIFETIME(MIN 3600 MAX 7200)")
+    store.close()
+
+    def layouts(s: ClickHouseStore) -> list[str]:
+        return s.transport.query(f"SELECT create_table_query AS q FROM system.tables WHERE database = '{db}' "
+                                 "AND name LIKE '%_dict'").column("q").to_pylist()
+
+    store = open_store(dsn)
+    assert isinstance(store, ClickHouseStore)
+    try:
+        got = layouts(store)
+        assert len(got) == len(DICTIONARIES) and all("ALLOW_READ_EXPIRED_KEYS 1" in q for q in got), got
+        assert answer(store, tmp_path)["total"] == total([p for p in ps if p.labels["pod"] == "p0"])
+    finally:
+        store.close()

@@ -92,6 +92,11 @@ def test_labels_types_and_cpu_series(tmp_path: Path, make_store: Callable[[Path]
             for k in range(6)]
     assert series["values"] == want
     assert series["cores"] == [v * PERIOD / 1e9 / 600 for v in want]
+    infra = cpu_series(store, Query(parse_selector('{ns="infra"}'), T0, T0 + H), 10 * 60 * S)
+    assert infra["values"] == [sum(sum(p.samples.values()) for p in profiles if p.labels["ns"] == "infra"
+                                   and T0 + k * 600 * S <= p.start_ns < T0 + (k + 1) * 600 * S) for k in range(6)]
+    assert 0 < sum(infra["values"]) < sum(want)
+    assert cpu_series(store, Query(parse_selector('{ns="none"}'), T0, T0 + H), 10 * 60 * S)["values"] == [0] * 6
 
 
 def test_retention_drops_what_is_older(tmp_path: Path, make_store: Callable[[Path], Store]) -> None:

@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from podflame.model import Frame, FrameKind, Line, Stack
 from podflame.model import Mapping as ProcMapping
+from web.store import deadline
 from web.store.base import (
     Batch,
     Columns,
@@ -45,7 +46,16 @@ from web.store.base import (
     StoreTooNew,
     frame_lines_of,
 )
-from web.store.clickhouse_schema import DICTIONARIES, HOUR_NS, SCHEMA_VERSION, Layout, ddl, dictionaries, upgrade
+from web.store.clickhouse_schema import (
+    DICTIONARIES,
+    HOUR_NS,
+    READ_EXPIRED,
+    SCHEMA_VERSION,
+    Layout,
+    ddl,
+    dictionaries,
+    upgrade,
+)
 from web.store.clickhouse_transport import IDS, IDS_SET, ClickHouseError, ClickHouseUnavailable, Transport, quote
 from web.store.columns import group_sum
 from web.store.selector import Op, Selector
@@ -118,7 +128,11 @@ class _FrameRow(NamedTuple):
 # The aggregate of a (series, period)'s profile rows in a range: what a `_Window` names.
 _AGG = ("min(start_ns) AS lo, max(start_ns + duration_ns) AS hi, sum(total) AS sum_total, count() AS n, "
         "sum(cityHash64(start_ns, duration_ns, total, n_samples)) AS fingerprint")  # no alias named like a column
-_NAMED_READ_SERIES = 64  # reads of up to this many series name their stacks in their own statement (`_read_named`)
+# Reads of up to this many series name their stacks in their own statement (`_read_named`): a pod, a service, a node
+# of a few hundred pods. With the names held by the dictionaries (a put holds what it writes; expired keys are served)
+# a node's day costs 268-336 ms against 307-382 through the tables; with every key a miss (a ClickHouse just started)
+# 470-560 against 330-430, once per key. A cluster's thousands of series stay on the tables.
+_NAMED_READ_SERIES = 512
 _LOGIN_REFUSED = "Code: 516."  # AUTHENTICATION_FAILED: a dictionary's source could not log in
 _MEMO_SECONDS = 2.0  # how long `types`' selection may serve the `select` that follows it in a request
 
@@ -219,14 +233,15 @@ class ClickHouseStore(Store):
 
     def _login_dictionaries(self) -> None:
         """Dictionaries made with another login than this store's (by a schema-3 podflame, which named none, or a
-        DBA's script) are made again with this one: CREATE OR REPLACE, as IF NOT EXISTS keeps the old source."""
+        DBA's script), or without reading expired keys (before stop 18), are made again with this one: CREATE OR
+        REPLACE, as IF NOT EXISTS keeps the old source."""
         if not self._dicts:
             return
         rows = self.transport.query(
             f"SELECT name, create_table_query AS q FROM system.tables WHERE database = {quote(self.layout.database)} "
             f"AND name IN ({', '.join(quote(d) for d in DICTIONARIES)})").to_pylist()
         want = f"USER {quote(self._credentials[0])} " if self._credentials else None
-        if any((want not in r["q"]) if want else (" USER '" in r["q"]) for r in rows):
+        if any(((want not in r["q"]) if want else (" USER '" in r["q"])) or READ_EXPIRED not in r["q"] for r in rows):
             self._replace_dictionaries()
 
     def _replace_dictionaries(self) -> None:
@@ -441,6 +456,26 @@ class ClickHouseStore(Store):
             raise
         for d in (funcs, maps, frames, stacks, series):
             written.update(d)
+        self._hold_names({"stacks_dict": stacks, "frames_dict": frames, "functions_dict": funcs,
+                          "mappings_dict": maps, "series_dict": series})
+
+    def _hold_names(self, new: dict[str, Iterable[int]]) -> None:
+        """Have the ClickHouse server's dictionaries hold the keys this put wrote (`dictHas` reads a key it lacks
+        from its table and keeps the row), so the first query that names them, a fresh server's pod flame graph,
+        is all hits: on chDB a pod's hour read named 10-12 ms against 25-35 ms with every key a miss, the keys paid
+        here once each (~0.03 ms a key, in the puts that first write them; docs/benchmarks.md "Stop 18 ch8").
+
+        Not on replicated clusters: the lookup right after the write may reach a replica that has not fetched the
+        part yet, and the dictionary would remember the key as missing for its lifetime (reads stay exact, through
+        the tables, but slower). A failure is not the put's: its rows are stored, the reads' own checks decide."""
+        if not self._dicts or (self.layout.cluster and self.layout.replicated):
+            return
+        db = self.layout.database
+        cols = [f"arrayCount(k -> dictHas('{db}.{d}', k), CAST([{_ints(ids)}], 'Array(UInt64)')) AS {d}"
+                for d, ids in new.items() if ids]
+        if cols:
+            with contextlib.suppress(ClickHouseError, ClickHouseUnavailable, deadline.QueryTimeout):
+                self.transport.query("SELECT " + ", ".join(cols))
 
     def _write_dictionaries(self, funcs: dict[int, tuple[str, str]], maps: dict[int, ProcMapping],
                             frames: dict[int, tuple[int, int, str, list[int], list[int]]],
@@ -822,11 +857,16 @@ class ClickHouseStore(Store):
         self._check()
         refs = self.select(selector, t0, t1, sample_type, unit)
         n = -(-(t1 - t0) // step_ns)
+        by_period: dict[int, np.ndarray] = {}
+        if not refs:
+            return StepTotals(refs, by_period)
+        # The series the selection found, by id: the same rows as the selector's subquery over `series` (whose read
+        # cost 1.2-1.7 ms of a 5-6 ms statement on chDB), as the sums of a flame graph name them.
+        ids = sorted({_window(r).series for r in refs})
         rows = self.transport.query(
             f"SELECT period_ns, intDiv(start_ns - {int(t0)}, {int(step_ns)}) AS k, sum(total) AS v "
-            f"FROM {self._t('profiles')} WHERE series {self._in} ({self._series_ids_sql(selector, sample_type, unit)}) "
+            f"FROM {self._t('profiles')} WHERE series IN ({_ints(ids)}) "
             f"AND start_ns >= {int(self._live(t0))} AND start_ns < {int(t1)} GROUP BY period_ns, k").to_pylist()
-        by_period: dict[int, np.ndarray] = {}
         for r in rows:
             sums = by_period.get(r["period_ns"])
             if sums is None:

@@ -96,6 +96,11 @@ DICTIONARIES = {
     "series_dict": ("series", "sample_type String, unit String, labels Map(String, String)"),
 }
 DICTIONARY_CELLS = 1 << 20  # keys kept per dictionary (a key and its row; past it ClickHouse evicts, reads again)
+# A key past its lifetime is answered from the cell and read again in the background, not waited for: rows never
+# change (ids are content hashes), so the kept row is right, and a key stays held (a put's `_hold_names`, a query's
+# lookup) until evicted, not only for 1-2 h. A key missing at its lookup stays missing until re-read the same way
+# (the reads' dictHas checks send that read to the tables).
+READ_EXPIRED = "ALLOW_READ_EXPIRED_KEYS 1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +188,7 @@ def dictionaries(layout: Layout, credentials: tuple[str, str] | None = None, *, 
     login = f" {source_login(credentials)}" if credentials else ""
     return [f"{verb} {db}.{name}{on} (id UInt64, {attributes}) PRIMARY KEY id "
             f"SOURCE(CLICKHOUSE(DB '{db}' TABLE '{table}'{login})) "
-            f"LAYOUT(CACHE(SIZE_IN_CELLS {DICTIONARY_CELLS})) LIFETIME(MIN 3600 MAX 7200)"
+            f"LAYOUT(CACHE(SIZE_IN_CELLS {DICTIONARY_CELLS} {READ_EXPIRED})) LIFETIME(MIN 3600 MAX 7200)"
             for name, (table, attributes) in DICTIONARIES.items()]
 
 

@@ -234,6 +234,9 @@ class ChdbTransport(Transport):
         self._session = engine.session
         self._lock = threading.Lock()  # one statement at a time through the embedded session
         self._closed = False
+        # As HttpTransport: pyarrow's first array from Python loads its pandas shim (~0.2 s), at a server's start
+        # rather than in its first query (answers come as Arrow from chDB's C++ side, which does not load it).
+        pa.array([0], pa.uint64()).to_numpy()
 
     def _session_query(self, sql: str, fmt: str) -> Any:
         """One statement on the session (caller holds the lock). chDB 26.9 answers the statement after a failed one
