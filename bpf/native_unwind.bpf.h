@@ -154,7 +154,8 @@ struct unwind_state {
     u32 frames;
     u32 set;
     u32 exact_ip;                 // 1: ip is not a return address (the leaf, or after a signal frame)
-    u32 exe_proc;                 // 1: no mapping array yet, the executable's (unwind_exe_mapping) stands in
+    u32 exe_proc;                 // EXE_WALK: the executable's mapping (unwind_exe_mapping) stands in for the
+                                  // process's array; EXE_TRIED: looked for it already
     u64 hash;                     // of the frames so far
     u64 regs[16];                 // the sample's user registers by DWARF number (CFA_LEAF_REG rows: leaf only)
 };
@@ -286,6 +287,10 @@ static __always_inline struct unwind_mapping *exe_mapping(u64 ip) {
 
 #define STEP_MORE 0
 #define STEP_DONE 1
+#define STEP_EXE 2                // the leaf is outside the process's mappings: try its executable (unwind_step)
+#define EXE_WALK 1
+#define EXE_TRIED 2
+#define WALK_SEED 0x9e3779b97f4a7c15ULL
 
 // Records the current frame and moves the registers to its caller's.
 static __always_inline int unwind_one(struct unwind_state *st, struct unwind_proc *proc) {
@@ -301,16 +306,11 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
 
     u8 cfa_type = CFA_NONE, rbp_type = RBP_SAME;
     s16 cfa_offset = 0, rbp_offset = 0;
-    struct unwind_mapping *m = st->exe_proc ? exe_mapping(ip) : find_mapping(proc, ip);
-    if (!m && n == 0 && proc->count && load_exe_mapping() == 0) {
-        // the leaf is in none of the process's mappings: it execed since they were read (an `exec`
-        // entrypoint after its shell), and its new executable's table is loaded: walk with that
-        st->exe_proc = 1;
-        ustat(US_EXE);
-        m = exe_mapping(ip);
-    }
+    struct unwind_mapping *m = st->exe_proc & EXE_WALK ? exe_mapping(ip) : find_mapping(proc, ip);
+    if (!m && n == 0 && proc->count && !(st->exe_proc & EXE_TRIED))
+        return STEP_EXE;  // nothing of the frame changed but its record, which the retry overwrites
     if (!m) {
-        if (st->exe_proc) {
+        if (st->exe_proc & EXE_WALK) {
             ustat(US_EXE_OUTSIDE);  // a library: the loader is on its way (the first sample announced it)
         } else if (proc->count) {
             ustat(US_NO_MAPPING);
@@ -462,6 +462,20 @@ int unwind_step(struct bpf_perf_event_data *ctx) {
         if (done)
             break;
     }
+    if (done == STEP_EXE) {
+        // The leaf is in none of the process's mappings: it execed since they were read (an `exec`
+        // entrypoint after its shell) and if its new executable's table is loaded, the walk starts again
+        // with that. A JIT leaf is in neither: the walk goes on with the array. Here, not in unwind_one,
+        // so the verifier walks the lookup once rather than in each of the loop's copies.
+        st->exe_proc = EXE_TRIED;
+        st->frames = 0;
+        st->hash = WALK_SEED;
+        if (load_exe_mapping() == 0 && exe_mapping(st->ip)) {
+            st->exe_proc = EXE_TRIED | EXE_WALK;
+            ustat(US_EXE);
+        }
+        done = STEP_MORE;
+    }
     if (!done)
         unwind_progs.call(ctx, 0);  // returns only when out of tail calls
     if (!done && st->frames < MAX_STACK_DEPTH)
@@ -529,10 +543,10 @@ static __always_inline void native_unwind_begin(struct bpf_perf_event_data *ctx,
         return;
     __builtin_memcpy(&st->key, key, sizeof(*key));
     st->frames = 0;
-    st->hash = 0x9e3779b97f4a7c15ULL;
+    st->hash = WALK_SEED;
     st->set = set;
     st->exact_ip = 1;
-    st->exe_proc = exe;
+    st->exe_proc = exe ? EXE_WALK | EXE_TRIED : 0;
     ustat(US_TABLES);
     if (exe)
         ustat(US_EXE);

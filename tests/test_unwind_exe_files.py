@@ -12,7 +12,17 @@ import struct
 
 import pytest
 
-from profiler.bpfprog import _MAP_LOOKUP_ELEM, MAP_ARRAY, MAP_HASH, MAP_PERCPU_ARRAY, MapSpec, _Elem, bpf, create_map
+from profiler.bpfprog import (
+    _MAP_LOOKUP_ELEM,
+    MAP_ARRAY,
+    MAP_HASH,
+    MAP_PERCPU_ARRAY,
+    BpfMap,
+    MapSpec,
+    _Elem,
+    bpf,
+    create_map,
+)
 from profiler.unwind.maps import EXE, EXE_CONFIG_FIELDS, FILE_KEY, STAT_SLOTS, UnwindMaps
 
 pytestmark = pytest.mark.bpf
@@ -29,15 +39,20 @@ def lookup(fd: int, key: bytes, size: int) -> bytes | None:
     return value.raw
 
 
-def test_a_files_table_is_entered_by_its_identity_and_leaves_with_its_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PODFLAME_UNWIND_EXE", raising=False)
+def unwind_maps() -> dict[str, BpfMap]:
+    """Real maps shaped as the C declares them: a 100-row budget, 4 tables."""
     specs = [MapSpec("unwind_procs", MAP_HASH, 4, 8, 16), MapSpec("unwind_mappings", MAP_ARRAY, 4, 32, 16),
              MapSpec("unwind_tables", MAP_ARRAY, 4, 8, 4), MapSpec("unwind_rows", MAP_ARRAY, 4, 12, 100),
              MapSpec("unwind_stats", MAP_PERCPU_ARRAY, 4, 8, len(STAT_SLOTS)),
              MapSpec("unwind_stale", MAP_HASH, 4, 1, 16), MapSpec("unwind_wanted", MAP_HASH, 16, 1, 16),
              MapSpec("unwind_exe_files", MAP_HASH, FILE_KEY.size, EXE.size, 4),
              MapSpec("unwind_exe_config", MAP_ARRAY, 4, 8 * len(EXE_CONFIG_FIELDS), 1)]
-    maps = {s.name: create_map(s) for s in specs}
+    return {s.name: create_map(s) for s in specs}
+
+
+def test_a_files_table_is_entered_by_its_identity_and_leaves_with_its_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PODFLAME_UNWIND_EXE", raising=False)
+    maps = unwind_maps()
     try:
         m = UnwindMaps(maps)
         assert m.exe_fallback  # this kernel's BTF has every member the kernel side reads
@@ -63,13 +78,7 @@ def test_a_files_table_is_entered_by_its_identity_and_leaves_with_its_rows(monke
 
 def test_the_fallback_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PODFLAME_UNWIND_EXE", "0")
-    specs = [MapSpec("unwind_procs", MAP_HASH, 4, 8, 16), MapSpec("unwind_mappings", MAP_ARRAY, 4, 32, 16),
-             MapSpec("unwind_tables", MAP_ARRAY, 4, 8, 4), MapSpec("unwind_rows", MAP_ARRAY, 4, 12, 100),
-             MapSpec("unwind_stats", MAP_PERCPU_ARRAY, 4, 8, len(STAT_SLOTS)),
-             MapSpec("unwind_stale", MAP_HASH, 4, 1, 16), MapSpec("unwind_wanted", MAP_HASH, 16, 1, 16),
-             MapSpec("unwind_exe_files", MAP_HASH, FILE_KEY.size, EXE.size, 4),
-             MapSpec("unwind_exe_config", MAP_ARRAY, 4, 8 * len(EXE_CONFIG_FIELDS), 1)]
-    maps = {s.name: create_map(s) for s in specs}
+    maps = unwind_maps()
     try:
         m = UnwindMaps(maps)
         assert not m.exe_fallback
