@@ -8,8 +8,11 @@
 // calls: 33 x 8 = 264 frames, MAX_STACK_DEPTH), with the walk's state in a per-CPU map, until the stack
 // ends or the tail calls run out with frames left: the stack is then stored cut, MAX_STACK_DEPTH deep.
 //
-// Processes without an entry in unwind_procs (never loaded, or --unwind fp) keep bpf_get_stack's
-// frame-pointer walk. Inside a walk, code without rows (CFA_NONE: JIT code, Go, gaps) is stepped
+// Processes without an entry in unwind_procs (not loaded yet, or --unwind fp) keep bpf_get_stack's
+// frame-pointer walk, unless their executable's table is loaded already (unwind_exe_files, keyed by the
+// file the kernel execed: task->mm->exe_file): then the executable's frames are walked with it, from the
+// process's first sample, and the rest (its libraries) stepped with frame pointers until the loader has
+// written the process's mapping array. Inside a walk, code without rows (CFA_NONE: JIT code, Go, gaps) is stepped
 // with its frame pointer, so mixed stacks stay as deep as before.
 
 #ifndef UNWIND_MODE
@@ -26,6 +29,9 @@
 #endif
 #ifndef UNWIND_MAPPINGS
 #define UNWIND_MAPPINGS 65536     // mapping slots of all processes (32 bytes each)
+#endif
+#ifndef UNWIND_EXE_FILES
+#define UNWIND_EXE_FILES UNWIND_TABLES  // one per loaded binary at most
 #endif
 #ifndef UNWIND_MAPPING_STEPS
 #define UNWIND_MAPPING_STEPS 10   // enough for 1023 executable mappings in one process
@@ -68,7 +74,9 @@
 #define US_TAIL_FAIL 9            // the first tail call failed: the sample fell back to bpf_get_stack
 #define US_BAD_CFA 10             // a CFA that does not move up the stack: walk stopped
 #define US_WANTED 11              // frames in a binary whose table is not loaded yet (asked for)
-#define US_SLOTS 12
+#define US_EXE 12                 // samples of a process without a mapping array walked with its executable's table
+#define US_EXE_OUTSIDE 13         // frames outside the executable in such a walk (libraries: stepped with rbp)
+#define US_SLOTS 14
 
 struct unwind_row {
     u32 pc;
@@ -103,6 +111,30 @@ struct unwind_table {
     u32 count;
 };
 
+// A file as the kernel knows it: the superblock's device (kernel encoding, major << 20 | minor), the
+// inode, and its size and modification time (a file rewritten in place keeps its inode). Userspace
+// computes the same from stat() of the mapping it built the table from.
+struct unwind_file_key {
+    u64 ino;
+    u64 size;
+    u64 mtime_ns;
+    u32 dev;
+    u32 reserved;
+};
+
+struct unwind_exe {
+    u64 vaddr;                    // ELF vaddr of the file's lowest executable segment (where mm->start_code is)
+    u32 table;                    // index in unwind_tables
+    u32 reserved;
+};
+
+// Member offsets of the running kernel (profiler/btf.py), written by profiler/unwind/maps.py; task_mm == 0
+// turns the executable fallback off.
+struct unwind_exe_config {
+    u64 task_mm, mm_exe_file, mm_start_code, mm_end_code, file_inode;
+    u64 inode_ino, inode_sb, inode_size, inode_mtime_sec, inode_mtime_nsec, sb_dev;
+};
+
 // Registers as the perf event context gives them: struct pt_regs of arch/x86/include/asm/ptrace.h
 // (the uapi bpf_perf_event_data starts with it).
 struct unwind_pt_regs {
@@ -123,7 +155,8 @@ struct unwind_state {
     u32 frames;
     u32 set;
     u32 exact_ip;                 // 1: ip is not a return address (the leaf, or after a signal frame)
-    u32 reserved;
+    u32 exe_proc;                 // EXE_WALK: the executable's mapping (unwind_exe_mapping) stands in for the
+                                  // process's array; EXE_TRIED: looked for it already
     u64 hash;                     // of the frames so far
     u64 regs[16];                 // the sample's user registers by DWARF number (CFA_LEAF_REG rows: leaf only)
 };
@@ -142,6 +175,11 @@ BPF_HASH(unwind_stale, u32, u8, 1024);
 // Mappings whose table a walk needed and did not have: userspace loads tables on demand, so a
 // binary mapped everywhere but rarely run (numpy's openblas in every Python) costs no rows.
 BPF_HASH(unwind_wanted, struct unwind_want, u8, 4096);
+// Loaded tables by the file they were built from: a process sampled before its mapping array is written
+// (its first samples: a short-lived process may have no others) is walked with its executable's table.
+BPF_HASH(unwind_exe_files, struct unwind_file_key, struct unwind_exe, UNWIND_EXE_FILES);
+BPF_ARRAY(unwind_exe_config, struct unwind_exe_config, 1);
+BPF_PERCPU_ARRAY(unwind_exe_mapping, struct unwind_mapping, 1);  // the sample's executable, as a mapping
 
 static __always_inline void ustat(u32 slot) {
     u64 *n = unwind_stats.lookup(&slot);
@@ -199,8 +237,61 @@ static __always_inline s64 find_row(u32 table, u32 pc) {
     return (s64)first + lo - 1;
 }
 
+// The executable's text of the sampled process, from its mm (start_code and end_code span its executable
+// segments, at the load bias): read with probe reads, no lock, so it works in the sampling interrupt,
+// where bpf_find_vma's mmap_read_trylock allows one lookup per interrupt (its unlock is deferred to an
+// irq_work, and a second lookup finds that busy). 0 when the file has no loaded table.
+static __always_inline int load_exe_mapping(void) {
+    u32 zero = 0;
+    struct unwind_exe_config *c = unwind_exe_config.lookup(&zero);
+    if (!c || !c->task_mm)
+        return -1;
+    u64 task = bpf_get_current_task(), mm = 0, file = 0, inode = 0, sb = 0, start = 0, end = 0;
+    s64 sec = 0;
+    u32 nsec = 0, dev = 0;
+    struct unwind_file_key k = {};
+    if (bpf_probe_read_kernel(&mm, sizeof(mm), (void *)(task + c->task_mm)) || !mm)
+        return -1;
+    if (bpf_probe_read_kernel(&file, sizeof(file), (void *)(mm + c->mm_exe_file)) || !file)
+        return -1;
+    if (bpf_probe_read_kernel(&start, sizeof(start), (void *)(mm + c->mm_start_code)) ||
+        bpf_probe_read_kernel(&end, sizeof(end), (void *)(mm + c->mm_end_code)) || start >= end)
+        return -1;
+    if (bpf_probe_read_kernel(&inode, sizeof(inode), (void *)(file + c->file_inode)) || !inode)
+        return -1;
+    if (bpf_probe_read_kernel(&k.ino, sizeof(k.ino), (void *)(inode + c->inode_ino)) ||
+        bpf_probe_read_kernel(&k.size, sizeof(k.size), (void *)(inode + c->inode_size)) ||
+        bpf_probe_read_kernel(&sec, sizeof(sec), (void *)(inode + c->inode_mtime_sec)) ||
+        bpf_probe_read_kernel(&nsec, sizeof(nsec), (void *)(inode + c->inode_mtime_nsec)) ||
+        bpf_probe_read_kernel(&sb, sizeof(sb), (void *)(inode + c->inode_sb)) || !sb ||
+        bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(sb + c->sb_dev)))
+        return -1;
+    k.mtime_ns = (u64)sec * 1000000000ULL + nsec;
+    k.dev = dev;
+    struct unwind_exe *e = unwind_exe_files.lookup(&k);
+    struct unwind_mapping *m = unwind_exe_mapping.lookup(&zero);
+    if (!e || !m)
+        return -1;
+    m->start = start;
+    m->end = end;
+    m->bias = start - e->vaddr;
+    m->table = e->table;
+    m->flags = 0;
+    return 0;
+}
+
+static __always_inline struct unwind_mapping *exe_mapping(u64 ip) {
+    u32 zero = 0;
+    struct unwind_mapping *m = unwind_exe_mapping.lookup(&zero);
+    return m && m->start <= ip && ip < m->end ? m : 0;
+}
+
 #define STEP_MORE 0
 #define STEP_DONE 1
+#define STEP_EXE 2                // the leaf is outside the process's mappings: try its executable (unwind_step)
+#define EXE_WALK 1
+#define EXE_TRIED 2
+#define WALK_SEED 0x9e3779b97f4a7c15ULL
 
 // Records the current frame and moves the registers to its caller's.
 static __always_inline int unwind_one(struct unwind_state *st, struct unwind_proc *proc) {
@@ -216,9 +307,13 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
 
     u8 cfa_type = CFA_NONE, rbp_type = RBP_SAME, gap = 0;
     s16 cfa_offset = 0, rbp_offset = 0;
-    struct unwind_mapping *m = find_mapping(proc, ip);
+    struct unwind_mapping *m = st->exe_proc & EXE_WALK ? exe_mapping(ip) : find_mapping(proc, ip);
+    if (!m && n == 0 && proc->count && !(st->exe_proc & EXE_TRIED))
+        return STEP_EXE;  // nothing of the frame changed but its record, which the retry overwrites
     if (!m) {
-        if (proc->count) {
+        if (st->exe_proc & EXE_WALK) {
+            ustat(US_EXE_OUTSIDE);  // a library: the loader is on its way (the first sample announced it)
+        } else if (proc->count) {
             ustat(US_NO_MAPPING);
             u32 tgid = st->key.tgid;
             u8 one = 1;
@@ -367,12 +462,26 @@ int unwind_step(struct bpf_perf_event_data *ctx) {
     u32 tgid = st->key.tgid;
     struct unwind_proc *proc = unwind_procs.lookup(&tgid);
     if (!proc)
-        proc = unwind_no_proc.lookup(&zero);  // UNWIND_MODE 2 without tables: rbp only
+        proc = unwind_no_proc.lookup(&zero);  // the executable's mapping alone, or (UNWIND_MODE 2) rbp only
     int done = !proc;
     for (int i = 0; i < UNWIND_FRAMES_PER_PROG; i++) {
         done = unwind_one(st, proc);
         if (done)
             break;
+    }
+    if (done == STEP_EXE) {
+        // The leaf is in none of the process's mappings: it execed since they were read (an `exec`
+        // entrypoint after its shell) and if its new executable's table is loaded, the walk starts again
+        // with that. A JIT leaf is in neither: the walk goes on with the array. Here, not in unwind_one,
+        // so the verifier walks the lookup once rather than in each of the loop's copies.
+        st->exe_proc = EXE_TRIED;
+        st->frames = 0;
+        st->hash = WALK_SEED;
+        if (load_exe_mapping() == 0 && exe_mapping(st->ip)) {
+            st->exe_proc = EXE_TRIED | EXE_WALK;
+            ustat(US_EXE);
+        }
+        done = STEP_MORE;
     }
     if (!done)
         unwind_progs.call(ctx, 0);  // returns only when out of tail calls
@@ -419,28 +528,41 @@ static __always_inline int user_regs(struct bpf_perf_event_data *ctx, struct unw
     return st->ip && st->sp ? 0 : -EFAULT;
 }
 
+// The per-CPU walk state for a new walk of the sample's user stack; non-zero when it cannot start.
+static __always_inline int walk_setup(struct bpf_perf_event_data *ctx, struct sample_key *key, u32 set,
+                                      u32 exe_proc) {
+    u32 zero = 0;
+    struct unwind_state *st = unwind_scratch.lookup(&zero);
+    if (!st || user_regs(ctx, st))
+        return -1;
+    __builtin_memcpy(&st->key, key, sizeof(*key));
+    st->frames = 0;
+    st->hash = WALK_SEED;
+    st->set = set;
+    st->exact_ip = 1;
+    st->exe_proc = exe_proc;      // a stale flag from an earlier walk on this CPU must not carry over
+    return 0;
+}
+
 // Starts a table walk of the sample's user stack with `key` (complete but for the user stack).
 // Returns only when the walk did not start: the caller then uses bpf_get_stack.
 static __always_inline void native_unwind_begin(struct bpf_perf_event_data *ctx, struct sample_key *key,
                                                 u32 set) {
     if (UNWIND_MODE == 0 || key->tgid == 0)
         return;
-    if (UNWIND_MODE == 1 && !unwind_procs.lookup(&key->tgid)) {
-        ustat(US_FP);
-        return;
+    u32 exe = 0;
+    if (!unwind_procs.lookup(&key->tgid)) {
+        exe = load_exe_mapping() == 0;
+        if (UNWIND_MODE == 1 && !exe) {
+            ustat(US_FP);
+            return;
+        }
     }
-    u32 zero = 0;
-    struct unwind_state *st = unwind_scratch.lookup(&zero);
-    if (!st)
+    if (walk_setup(ctx, key, set, exe ? EXE_WALK | EXE_TRIED : 0))
         return;
-    if (user_regs(ctx, st))
-        return;
-    __builtin_memcpy(&st->key, key, sizeof(*key));
-    st->frames = 0;
-    st->hash = 0x9e3779b97f4a7c15ULL;
-    st->set = set;
-    st->exact_ip = 1;
     ustat(US_TABLES);
+    if (exe)
+        ustat(US_EXE);
     unwind_progs.call(ctx, 0);
     ustat(US_TAIL_FAIL);          // not loaded: fall back
 }
@@ -453,17 +575,8 @@ static __always_inline void native_unwind_deeper(struct bpf_perf_event_data *ctx
                                                  u32 set) {
     if (key->tgid == 0)
         return;
-    u32 zero = 0;
-    struct unwind_state *st = unwind_scratch.lookup(&zero);
-    if (!st)
+    if (walk_setup(ctx, key, set, 0))
         return;
-    if (user_regs(ctx, st))
-        return;
-    __builtin_memcpy(&st->key, key, sizeof(*key));
-    st->frames = 0;
-    st->hash = 0x9e3779b97f4a7c15ULL;
-    st->set = set;
-    st->exact_ip = 1;
     unwind_progs.call(ctx, 0);
     ustat(US_TAIL_FAIL);
 }

@@ -50,7 +50,7 @@ log = logging.getLogger("podflame.agent")
 UNWIND_LOG_EVERY_S = 60.0
 _STOPS = ("end", "truncated", "read_fault", "no_mapping", "unsupported", "zero_ra", "bad_cfa", "tail_fail")
 _GAUGES = ("binaries", "binaries_in_use", "rows", "row_budget", "row_bytes", "map_bytes", "processes",
-           "rejected_binaries", "rejected_rows", "rejected_processes")
+           "rejected_binaries", "rejected_rows", "rejected_processes", "exe_files")
 _PY_TRUNCATED = PY_ERRORS.index("truncated")
 _unwind_last: dict[str, int] = {}
 _unwind_logged: dict[str, float | dict[str, int]] = {}
@@ -65,6 +65,8 @@ def record_unwind(report: dict[str, int], *, now: float | None = None) -> None:
     _unwind_last.update(report)
     UNWIND_SAMPLES.labels("tables").inc(max(0, delta.get("walk_tables", 0)))
     UNWIND_SAMPLES.labels("frame_pointers").inc(max(0, delta.get("walk_fp", 0)))
+    # of the "tables" ones: walked with the executable's table before the process's own mappings were loaded
+    UNWIND_SAMPLES.labels("executable_table").inc(max(0, delta.get("walk_exe", 0)))
     for reason in _STOPS:
         UNWIND_STOPS.labels(reason).inc(max(0, delta.get(f"walk_{reason}", 0)))
     if delta.get("walk_tables", 0) > 0:

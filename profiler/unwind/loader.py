@@ -3,8 +3,9 @@
 The sampler announces a process on its first sample (and again after exec); `NativeUnwinder` then
 reads its executable mappings, builds or fetches each binary's table (profiler/unwind TableCache),
 loads rows once per binary and writes the process's mapping array. Until that is done the process's
-samples are walked with frame pointers (counted as `fp` samples): a process that lives for a few
-milliseconds may never get tables. Work happens on a thread of its own, so a slow first build of a
+samples are walked with its executable's table when that file's table is loaded already (any earlier
+process of the same binary: the kernel finds it from task->mm->exe_file, counted as `exe` samples), else
+with frame pointers (counted as `fp` samples). Work happens on a thread of its own, so a slow first build of a
 large binary delays neither the sampler's ring buffer nor a drain.
 
 Maps change after start (dlopen, a JIT's code): the walker marks a process whose address fell
@@ -457,7 +458,11 @@ class NativeUnwinder:
                 except (OSError, PodflameError):
                     return None
             binary.rows = None
-        return key if self.maps.binary(key, rows) is not None else None
+        # a file's table is also found by the file (unwind_exe_files): the first samples of a process that
+        # execs it are walked with it before the process's mapping array is written
+        exe_vaddr = min((s.vaddr for s in binary.segments if s.executable), default=None) \
+            if isinstance(source, str) else None
+        return key if self.maps.binary(key, rows, exe_vaddr) is not None else None
 
     def _read_elf(self, path: str | bytes) -> _Binary:
         """What a mapping of the ELF file at `path` (or of the ELF image `path` holds) needs for its

@@ -10,17 +10,28 @@ The row array has a fixed size, the node's budget (`rows` x 16 bytes of kernel m
 round the 12-byte row up to 8-byte multiples). A binary that does not fit even after evicting every
 unused one gets no rows: the walker steps its frames with frame pointers, and `stats` counts it.
 
+Each loaded binary built from a file is also entered in `unwind_exe_files` under the file's identity as
+the kernel sees it (device, inode, size, mtime): a process sampled before its mapping array is written
+(its first samples, all of a short-lived one's) is walked with its executable's table, found from
+task->mm->exe_file. The entry goes with the binary's rows; it takes no reference (an executable whose
+processes all exited stays evictable). `PODFLAME_UNWIND_EXE=0` leaves that fallback off.
+
 Not thread-safe: `NativeUnwinder` (profiler/unwind/loader.py) drives it from one thread.
 """
 
 from __future__ import annotations
 
 import ctypes as ct
+import logging
+import os
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from podflame.errors import PodflameError
 from profiler.bpfprog import BpfMap
+
+log = logging.getLogger("podflame.unwind")
 
 NO_TABLE = 0xFFFF_FFFF
 ROW_SIZE = 12  # struct unwind_row
@@ -28,13 +39,20 @@ MAPPING = struct.Struct("<QQQII")  # struct unwind_mapping: start, end, bias, ta
 WANTS_TABLE = 1  # unwind_mapping.flags: the walker asks for this mapping's table when it needs it
 WANT = struct.Struct("<QII")  # struct unwind_want: start, tgid, reserved
 SPAN = struct.Struct("<II")  # struct unwind_table and struct unwind_proc: first, count
+FILE_KEY = struct.Struct("<QQQII")  # struct unwind_file_key: ino, size, mtime_ns, dev (kernel encoding), reserved
+EXE = struct.Struct("<QII")  # struct unwind_exe: vaddr of the lowest executable segment, table, reserved
+# struct unwind_exe_config: (struct, member path) of each offset the kernel side reads, in order
+EXE_CONFIG_FIELDS = (("task_struct", "mm"), ("mm_struct", "exe_file"), ("mm_struct", "start_code"),
+                     ("mm_struct", "end_code"), ("file", "f_inode"), ("inode", "i_ino"), ("inode", "i_sb"),
+                     ("inode", "i_size"), ("inode", "i_mtime_sec"), ("inode", "i_mtime_nsec"), ("super_block", "s_dev"))
+HASH_ELEM_OVERHEAD = 56  # a preallocated hash map element's header (struct htab_elem) and bucket share
 BATCH = 65536  # elements per BPF_MAP_UPDATE_BATCH
 KERNEL_ROW_BYTES = 16  # an array map stores values rounded up to 8 bytes
 
 # unwind_stats[] slots; mirrored in bpf/native_unwind.bpf.h (US_*).
 STAT_SLOTS: tuple[str, ...] = (
     "tables", "fp", "end", "truncated", "read_fault", "no_mapping", "unsupported", "fp_steps", "zero_ra",
-    "tail_fail", "bad_cfa", "wanted",
+    "tail_fail", "bad_cfa", "wanted", "exe", "exe_outside",
 )  # fmt: skip
 
 
@@ -78,6 +96,7 @@ class LoadedBinary:
     first: int  # first row in unwind_rows
     count: int
     refs: int = 0
+    exe_key: bytes | None = None  # its unwind_exe_files key, when entered there
 
 
 @dataclass(slots=True)
@@ -98,6 +117,10 @@ class UnwindMaps:
         self.stats_map = maps["unwind_stats"]
         self.stale_map = maps["unwind_stale"]
         self.wanted_map = maps["unwind_wanted"]
+        self._exe_files = maps.get("unwind_exe_files")  # absent: a program without the fallback
+        config = maps.get("unwind_exe_config")
+        self.exe_fallback = self._exe_files is not None and config is not None \
+            and os.environ.get("PODFLAME_UNWIND_EXE", "1") != "0" and _write_exe_config(config)
         if self._rows.spec.value_size != ROW_SIZE or self._mappings.spec.value_size != MAPPING.size \
                 or self._tables.spec.value_size != SPAN.size or self._procs.spec.value_size != SPAN.size:
             raise ValueError("the unwind maps of bpf/native_unwind.bpf.h and profiler/unwind/maps.py disagree")
@@ -111,10 +134,12 @@ class UnwindMaps:
 
     # -- binaries ----------------------------------------------------------------------------
 
-    def binary(self, key: object, rows: bytes) -> LoadedBinary | None:
+    def binary(self, key: object, rows: bytes, exe_vaddr: int | None = None) -> LoadedBinary | None:
         """The loaded rows of `key`, loading `rows` (packed unwind_rows) on first use; None when they
         do not fit. The caller holds a reference, which it hands to `set_process` (so loading a
-        process's second binary can never evict its first)."""
+        process's second binary can never evict its first). `exe_vaddr`: the ELF vaddr of the lowest
+        executable segment of a file `key` (a (st_dev, st_ino, st_size, st_mtime_ns) identity), which
+        enters it in unwind_exe_files."""
         b = self.binaries.get(key)
         if b is not None:
             self.binaries.move_to_end(key)
@@ -140,7 +165,23 @@ class UnwindMaps:
             self._rows.update_batch(keys, rows[at * ROW_SIZE:(at + n) * ROW_SIZE], n)
         self._tables.update(ct.c_uint32(table), SPAN.pack(first, count))  # rows first: never a half table
         b = self.binaries[key] = LoadedBinary(table, first, count, refs=1)
+        if exe_vaddr is not None and self.exe_fallback:
+            b.exe_key = self._enter_exe(key, table, exe_vaddr)
         return b
+
+    def _enter_exe(self, key: object, table: int, vaddr: int) -> bytes | None:
+        """Enter a loaded file's table in unwind_exe_files; None when `key` is no file identity or the
+        map is full (that file's processes then wait for their mapping arrays, as before)."""
+        if self._exe_files is None or not (isinstance(key, tuple) and len(key) == 4
+                                           and all(isinstance(x, int) for x in key)):
+            return None
+        st_dev, ino, size, mtime_ns = key
+        file_key = FILE_KEY.pack(ino, size, mtime_ns, (os.major(st_dev) << 20) | os.minor(st_dev), 0)
+        try:
+            self._exe_files.update(file_key, EXE.pack(vaddr, table, 0))
+        except OSError:
+            return None
+        return file_key
 
     def reject(self, key: object, rows: int) -> None:
         """Count a binary left without rows (once per binary, however many processes map it)."""
@@ -159,6 +200,8 @@ class UnwindMaps:
     def _evict_one(self) -> bool:
         for key, b in self.binaries.items():
             if b.refs == 0:
+                if b.exe_key is not None and self._exe_files is not None:  # first: the slot is reused once free
+                    self._exe_files.delete(b.exe_key)
                 self._tables.update(ct.c_uint32(b.table), SPAN.pack(0, 0))
                 self._row_space.free(b.first, b.count)
                 self._free_tables.append(b.table)
@@ -238,6 +281,7 @@ class UnwindMaps:
             "row_bytes": used * KERNEL_ROW_BYTES,
             "map_bytes": self.budget_bytes(),
             "processes": len(self.processes),
+            "exe_files": sum(1 for b in self.binaries.values() if b.exe_key is not None),
             "mappings": self._mapping_space.used,
             "rejected_binaries": len(self.rejected),
             "rejected_rows": sum(self.rejected.values()),
@@ -247,4 +291,21 @@ class UnwindMaps:
     def budget_bytes(self) -> int:
         """Kernel memory the preallocated unwind maps take, whatever they hold."""
         return (self._rows.spec.max_entries * KERNEL_ROW_BYTES + self._mappings.spec.max_entries * MAPPING.size
-                + self._tables.spec.max_entries * SPAN.size + self._procs.spec.max_entries * (SPAN.size + 4 + 48))
+                + self._tables.spec.max_entries * SPAN.size + self._procs.spec.max_entries * (SPAN.size + 4 + 48)
+                + (self._exe_files.spec.max_entries * (FILE_KEY.size + EXE.size + HASH_ELEM_OVERHEAD)
+                   if self._exe_files is not None else 0))
+
+
+def _write_exe_config(config: BpfMap) -> bool:
+    """Give the kernel side the running kernel's member offsets (from its BTF); False (fallback off) when
+    the BTF lacks one (an older kernel's inode keeps i_mtime as a struct: no fallback, as before)."""
+    from profiler.btf import Btf
+
+    try:
+        btf = Btf.from_file()
+        offsets = [btf.offset_of(name, path) for name, path in EXE_CONFIG_FIELDS]
+        config.update(ct.c_uint32(0), struct.pack(f"<{len(offsets)}Q", *offsets))
+    except (PodflameError, OSError) as e:
+        log.info("no executable fallback for the first samples of new processes: %s", e)
+        return False
+    return True
