@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_unwind_bpf import Stacks, record, running, share
+from tests.test_unwind_bpf import Stacks, perf_stacks, record, running, share
 
 pytestmark = pytest.mark.bpf
 
@@ -81,23 +81,7 @@ def commonest(stacks: Stacks) -> str:
 
 def perf_dwarf(pid: int, tmp_path: Path) -> Stacks:
     """`perf record --call-graph dwarf` of pid as root-first user frames, read past perf's default 127."""
-    data = tmp_path / "perf.data"
-    subprocess.run(["perf", "record", "-q", "-F", "199", "--call-graph", "dwarf,32768", "-p", str(pid), "-o",
-                    str(data), "--", "sleep", "3"], check=True, capture_output=True, timeout=120)
-    text = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym,dso", "--max-stack=1024"], check=True,
-                          capture_output=True, text=True, timeout=300).stdout
-    stacks: Stacks = Counter()
-    frames: list[str] = []
-    for line in [*text.splitlines(), ""]:
-        line = line.strip()
-        if line:
-            parts = line.split(None, 1)
-            if "[kernel.kallsyms]" not in line:
-                frames.append(parts[1].rsplit(" (", 1)[0].split("+0x")[0] if len(parts) > 1 else "[unknown]")
-        elif frames:
-            stacks[tuple(reversed(frames))] += 1
-            frames = []
-    return stacks
+    return perf_stacks(pid, tmp_path, frequency=199, seconds=3, deep=True)
 
 
 @pytest.mark.parametrize("depth", [200, 250])

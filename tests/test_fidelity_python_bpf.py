@@ -29,7 +29,7 @@ import pytest
 
 from tests.realsys import WORKLOADS, kubelet_cgroup
 from tests.test_python_reader import interpreter
-from tests.test_unwind_bpf import FREQUENCY, PODFLAME, SECONDS, Stacks, record, share, user_part
+from tests.test_unwind_bpf import Stacks, record, record_target, share
 
 pytestmark = pytest.mark.bpf
 
@@ -140,17 +140,7 @@ def test_a_ctypes_callback_sits_above_qsort_and_libffi(which: str) -> None:
 
 def record_cgroup(cgroup: Path) -> Stacks:
     """`podflame record --cgroup` (tables on demand, every process of the pod: the node agent's view)."""
-    out = Path(f"/tmp/podflame-fid-{cgroup.name}.folded")
-    done = subprocess.run([str(PODFLAME), "record", f"--cgroup={cgroup}", f"--duration={SECONDS}",
-                           f"--frequency={FREQUENCY}", "--format=folded", f"-o{out}", "--unwind=auto"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    stacks: Stacks = Counter()
-    for line in out.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        stacks[user_part(tuple(stack.split(";")))] += int(count)
-    out.unlink()
-    return stacks
+    return record_target(f"--cgroup={cgroup}")
 
 
 @pytest.mark.parametrize("which", ["3.7", "3.12", "debian"])

@@ -7,6 +7,7 @@ cgroup and sampled with `podflame record --pid`. Shares of samples are asserted,
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
 import time
@@ -63,8 +64,13 @@ def user_part(stack: tuple[str, ...]) -> tuple[str, ...]:
 
 def record(pid: int, *args: str) -> Stacks:
     """`podflame record --unwind=auto` (unless args say otherwise: the last --unwind wins) of pid."""
-    out = Path(f"/tmp/podflame-unwind-{pid}.folded")
-    done = subprocess.run([str(PODFLAME), "record", f"--pid={pid}", f"--duration={SECONDS}",
+    return record_target(f"--pid={pid}", *args)
+
+
+def record_target(target: str, *args: str) -> Stacks:
+    """`podflame record` of `target` (`--pid=N` or `--cgroup=DIR`), as user frames root first."""
+    out = Path(f"/tmp/podflame-unwind-{os.getpid()}-{abs(hash(target))}.folded")
+    done = subprocess.run([str(PODFLAME), "record", target, f"--duration={SECONDS}",
                            f"--frequency={FREQUENCY}", "--format=folded", f"-o{out}", "--unwind=auto", *args],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -178,12 +184,15 @@ def through_eval(s: tuple[str, ...]) -> bool:
     return reaches_entry(s) and "Py_BytesMain" in s and evaluating
 
 
-def perf_stacks(pid: int, tmp_path: Path) -> Stacks:
-    """`perf record --call-graph dwarf` of pid, as root-first user frames (perf's own unwinder)."""
+def perf_stacks(pid: int, tmp_path: Path, frequency: int = FREQUENCY, seconds: float = SECONDS,
+                deep: bool = False) -> Stacks:
+    """`perf record --call-graph dwarf` of pid, as root-first user frames (perf's own unwinder); `deep`:
+    32 KiB of stack copied per sample and read past perf's default 127 frames."""
     data = tmp_path / "perf.data"
-    subprocess.run(["perf", "record", "-q", "-F", str(FREQUENCY), "--call-graph", "dwarf", "-p", str(pid),
-                    "-o", str(data), "--", "sleep", str(SECONDS)], check=True, capture_output=True, timeout=120)
-    text = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym,dso"], check=True,
+    graph, most = ("dwarf,32768", ["--max-stack=1024"]) if deep else ("dwarf", [])
+    subprocess.run(["perf", "record", "-q", "-F", str(frequency), "--call-graph", graph, "-p", str(pid),
+                    "-o", str(data), "--", "sleep", str(seconds)], check=True, capture_output=True, timeout=120)
+    text = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym,dso", *most], check=True,
                           capture_output=True, text=True, timeout=300).stdout
     stacks: Stacks = Counter()
     frames: list[str] = []
