@@ -313,6 +313,14 @@ def test_slow_clients_hold_no_request_thread(tmp_path: Path, scheme: str) -> Non
         app.extensions["podflame.store"].close()
 
 
+def _read_until_closed(sock: socket.socket) -> bytes:
+    answered = b""
+    with sock:
+        while part := sock.recv(4096):
+            answered += part
+    return answered
+
+
 def test_oversize_bodies_are_refused_whole_or_chunked(tmp_path: Path) -> None:
     """A declared oversize body is refused (413) before it is read; a chunked one is read only up to the
     limit (it has no length to check first), then refused; neither stores anything."""
@@ -325,18 +333,16 @@ def test_oversize_bodies_are_refused_whole_or_chunked(tmp_path: Path) -> None:
         assert r.status == 413
         assert json.loads(r.read()) == {"error": "body is over the 1000 byte limit (MAX_BODY_BYTES)"}
         conn.close()
-        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
-        conn.request("POST", "/api/v1/ingest", body=iter([b"\0" * 600] * 10), encode_chunked=True)
-        r = conn.getresponse()
-        assert r.status == 413 and "MAX_BODY_BYTES" in json.loads(r.read())["error"]
-        conn.close()
+        # A chunked body past the limit, sent whole in one write: the server answers once it has read past
+        # the limit and closes, so a client still writing chunks one by one would race the close (EPIPE).
+        chunked = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
+        chunked.sendall(b"POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        + b"258\r\n" + b"\0" * 600 + b"\r\n" + b"258\r\n" + b"\0" * 600 + b"\r\n0\r\n\r\n")
+        head, _, answer = _read_until_closed(chunked).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413") and "MAX_BODY_BYTES" in json.loads(answer)["error"]
         bad = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)  # a malformed chunk: JSON too
         bad.sendall(b"POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
-        answered = b""
-        while part := bad.recv(4096):  # until the server closes
-            answered += part
-        head, _, answer = answered.partition(b"\r\n\r\n")
-        bad.close()
+        head, _, answer = _read_until_closed(bad).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head and "error" in json.loads(answer)
         assert app.extensions["podflame.store"].types(0, 2**62) == []
     finally:
