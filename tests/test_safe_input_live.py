@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import http.client
@@ -56,7 +57,9 @@ class Server:
     def request(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
         try:
-            conn.request(method, path, body=body, **kw)
+            # refused before the body was all sent (a 413 closes the connection): its answer is read below
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                conn.request(method, path, body=body, **kw)
             resp = conn.getresponse()
             return resp.status, resp.read()
         finally:
