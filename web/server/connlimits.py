@@ -69,7 +69,7 @@ class LimitedChannel(JsonErrorChannel):
 
     def readable(self) -> bool:
         deadline = getattr(self.server, "podflame_deadline", None)
-        if (self.started is not None and deadline and not self.requests and not self.will_close
+        if (self.started is not None and deadline and not self.requests and not self.will_close and not self.lingering
                 and not self.close_when_flushed and time.monotonic() - self.started > deadline):
             with getattr(self, "requests_lock"):  # noqa: B009 - not in the stubs
                 self.request = None
