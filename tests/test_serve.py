@@ -321,30 +321,40 @@ def _read_until_closed(sock: socket.socket) -> bytes:
     return answered
 
 
-def test_oversize_bodies_are_refused_whole_or_chunked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_oversize_bodies_are_refused_whole_or_chunked(tmp_path: Path, scheme: str) -> None:
     """A declared oversize body is refused (413) before it is read; a chunked one is read only up to the
-    limit (it has no length to check first), then refused; neither stores anything."""
-    app = create_app({"DATA_DIR": str(tmp_path), "MAINTENANCE_SECONDS": 0, "MAX_BODY_BYTES": 1000})
-    server = serve(app, "127.0.0.1", 0, threads=2)
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
-        conn.request("POST", "/api/v1/ingest", body=b"\0" * 2000)
-        r = conn.getresponse()
-        assert r.status == 413
-        assert json.loads(r.read()) == {"error": "body is over the 1000 byte limit (MAX_BODY_BYTES)"}
-        conn.close()
-        # Bodies past the limit written the ordinary way, chunk by chunk or bigger than the socket buffers: the
-        # refusal comes while the client is still writing, and it must still read the 413 (a reset would lose it)
-        for body, chunked in ((iter([b"\0" * 600] * 10), True), (b"\0" * (8 << 20), False)):
-            conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
-            conn.request("POST", "/api/v1/ingest", body=body, encode_chunked=chunked)
+    limit (it has no length to check first), then refused; neither stores anything. A client still writing
+    its body when the refusal comes reads the 413 (a reset would lose it), through the TLS front too."""
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "MAINTENANCE_SECONDS": 0, "MAX_BODY_BYTES": 1000})
+    tls, context = None, None
+    if scheme == "https":
+        cert, key = _self_signed(tmp_path, "server")
+        tls = (str(cert), str(key))
+        context = ssl.create_default_context(cafile=str(cert))
+    server = serve(app, "127.0.0.1", 0, threads=2, tls=tls)
+
+    def post(body: object, chunked: bool = False) -> tuple[int, dict[str, str]]:
+        conn = (http.client.HTTPSConnection("127.0.0.1", server.server_port, timeout=10, context=context)
+                if context else http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10))
+        try:
+            conn.request("POST", "/api/v1/ingest", body=body, encode_chunked=chunked)  # type: ignore[arg-type]
             r = conn.getresponse()
-            assert r.status == 413 and "MAX_BODY_BYTES" in json.loads(r.read())["error"]
+            return r.status, json.loads(r.read())
+        finally:
             conn.close()
-        bad = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)  # a malformed chunk: JSON too
-        bad.sendall(b"POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
-        head, _, answer = _read_until_closed(bad).partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head and "error" in json.loads(answer)
+
+    try:
+        assert post(b"\0" * 2000) == (413, {"error": "body is over the 1000 byte limit (MAX_BODY_BYTES)"})
+        # written the ordinary way, chunk by chunk or bigger than the socket buffers
+        for body, chunked in ((iter([b"\0" * 600] * 10), True), (b"\0" * (8 << 20), False)):
+            status, answer = post(body, chunked)
+            assert status == 413 and "MAX_BODY_BYTES" in answer["error"]
+        if context is None:  # a malformed chunk: JSON too
+            bad = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
+            bad.sendall(b"POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+            head, _, raw = _read_until_closed(bad).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head and "error" in json.loads(raw)
         assert app.extensions["podflame.store"].types(0, 2**62) == []
     finally:
         server.shutdown()

@@ -18,6 +18,9 @@ import ssl
 import threading
 
 from web.server.connlimits import DEFAULT_PER_CLIENT, refusal
+from web.server.jsonerrors import LINGER_SECONDS
+
+LINGER_IDLE_SECONDS = 0.25  # a client that sends nothing this long after the answer is not writing a body
 
 
 class TlsFront:
@@ -71,9 +74,22 @@ class TlsFront:
         except OSError:
             writer.close()
             return
+        relayed = [0]  # bytes the request side has relayed so far
+        request = asyncio.ensure_future(_pipe(reader, up_writer, half_close=True, relayed=relayed))
         try:
-            await asyncio.gather(_pipe(reader, up_writer, half_close=True), _pipe(up_reader, writer, half_close=False))
+            await _pipe(up_reader, writer, close=False)  # the answer side ends with waitress's connection
+            # waitress may have answered before the body was read (a 413) and be discarding the rest of it
+            # (web/server/jsonerrors.py): a TLS connection has no half-close, so closing the client's now
+            # would reset a client still writing before it reads the answer. Relay its bytes while they keep
+            # coming (a client that waits for the end of the answer sends none: it gets it at once)
+            deadline = asyncio.get_running_loop().time() + LINGER_SECONDS
+            while not request.done() and asyncio.get_running_loop().time() < deadline:
+                before = relayed[0]
+                await asyncio.wait({request}, timeout=LINGER_IDLE_SECONDS)
+                if relayed[0] == before:
+                    break
         finally:  # also when stop() cancels this relay
+            request.cancel()
             for w in (up_writer, writer):
                 w.close()
                 with contextlib.suppress(OSError, ssl.SSLError, asyncio.CancelledError):
@@ -92,17 +108,21 @@ class TlsFront:
         await asyncio.gather(*relays, return_exceptions=True)
 
 
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, half_close: bool) -> None:
-    """Bytes from src to dst until src ends; then dst gets end-of-file (the request side: waitress still
-    answers) or is closed (the answer side: the client's connection ends with waitress's)."""
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, half_close: bool = False,
+                close: bool = True, relayed: list[int] | None = None) -> None:
+    """Bytes from src to dst until src ends (counted in `relayed`); then dst gets end-of-file (the request
+    side: waitress still answers) or is closed (unless `close` is false: the caller closes it)."""
     try:
         while data := await src.read(1 << 16):
             dst.write(data)
             await dst.drain()
+            if relayed is not None:
+                relayed[0] += len(data)
         if half_close and dst.can_write_eof():
             dst.write_eof()
             return
     except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
         pass  # a reset or a bad TLS record ends this connection, and only it
-    with contextlib.suppress(OSError):
-        dst.close()
+    if close:
+        with contextlib.suppress(OSError):
+            dst.close()
