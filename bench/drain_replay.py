@@ -217,6 +217,7 @@ def main() -> None:
         for name, runs in results.items():
             warm = [sum(r["cpu_s"][1:]) for r in runs]
             out[name] = {"warm_cpu_ms": round(1e3 * statistics.median(warm), 1),
+                         "warm_cpu_ms_rounds": [round(1e3 * w, 1) for w in warm],
                          "cold_drain_ms": round(1e3 * statistics.median(r["cpu_s"][0] for r in runs), 1),
                          "per_sample_us": round(1e6 * statistics.median(warm) /
                                                 max(1, sum(d.total() for d in drains[1:])), 1),
