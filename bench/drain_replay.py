@@ -8,17 +8,23 @@ each build, so the CPU is comparable within minutes and the outputs must be iden
 1. Record: the busy workload of bench/agent_overhead.py (`--processes` long-lived python3 with deep,
    different stacks, `--churn` short-lived processes a second, two burners) runs in a cgroup of its own;
    the real sampler (tables on, Python frames on) samples only that cgroup at `--frequency` for `--drains`
-   drains of `--interval` seconds. The churn then stops; the long-lived processes stay alive, so their
-   maps, binaries and code objects can still be read (short-lived ones are gone, as in a late drain).
+   drains of `--interval` seconds. What the sampler's watcher read of each new process (its maps, read
+   ~0.1 s after its first sample, as the agent's watcher gives them to its maps cache) is kept per drain.
+   The churn then stops; the long-lived processes stay, stopped (SIGSTOP), so their maps, binaries and
+   code objects can still be read and do not change (short-lived ones are gone, as in a late drain).
 2. Replay: a child process per build and round takes the recorded drains one by one the way
    `Agent.drain_once` does after the sampler's read (StackMemo, `build_profiles`, pod labels, metrics,
-   pprof encoding at the uploader's level) and reports its thread CPU per drain and a digest of every
-   profile (labels, stacks with each frame's address, mapping, kind, names and reason, counts).
+   pprof encoding at the uploader's level), the new processes' reads handed to the maps cache before each
+   drain (untimed: the watcher's thread in the agent), and reports its thread CPU per drain, a digest of
+   every profile (labels, stacks with each frame's address, mapping, kind, names and reason, counts) and
+   one of the pprof bodies (inflated: gzip's header holds a time).
    The first drain is the cold one (empty memos; the symbol disk cache warm from a first pass).
 
 The peer: `--baseline DIR` (another checkout with its own .venv, e.g. /work/main), rounds interleaved
 with this tree's. The ratio is the baseline's CPU over this tree's, summed over the warm drains (all but
 the first), median of the rounds; digests must be equal (the same profiles from both builds).
+`--hold` keeps a recording and its stopped processes; `--drains-file` replays it again (more rounds, another
+baseline) without recording.
 
     .venv/bin/python bench/drain_replay.py --baseline /work/main --drains 4 --rounds 5
 """
@@ -28,11 +34,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import gzip
 import hashlib
 import json
 import os
 import pickle
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,7 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def record(args: argparse.Namespace, out: Path) -> tuple[list, list[subprocess.Popen]]:
+def record(args: argparse.Namespace, out: Path) -> tuple[list, list[list], list[subprocess.Popen]]:
     """Busy workload in a pod-shaped cgroup, sampled there only; returns the drains and the processes left."""
     sys.path.insert(0, str(ROOT))
     from bench.agent_overhead import LONG_PY, Churn
@@ -53,6 +61,8 @@ def record(args: argparse.Namespace, out: Path) -> tuple[list, list[subprocess.P
     deep = build_c("deep_calls.c", out)
     burn = build_c("two_hot.c", out, "-O0")
     drains = []
+    seen: list = []  # NewProcess reads since the last drain (the watcher's thread appends)
+    announced: list[list] = []  # per drain: the new processes read before it, in the agent's maps cache by then
     long_lived: list[subprocess.Popen] = []
     with kubelet_cgroup() as cg:
         (cg.path / "cgroup.procs").write_text(str(os.getpid()))  # children start inside; back out below
@@ -63,6 +73,8 @@ def record(args: argparse.Namespace, out: Path) -> tuple[list, list[subprocess.P
             burners = [subprocess.Popen([str(burn), str(seconds)]) for _ in range(2)]
             churn = Churn(args.churn, deep) if args.churn > 0 else None
             with Sampler(args.frequency, cgroup_ids=[cg.inode], unwind="auto", python_frames=True) as sampler:
+                # what the agent's watcher reads of each new process (its maps, before it can exit), per drain
+                sampler.watch_new_processes(lambda got: seen.extend(got))
                 if churn is not None:
                     churn.start()
                 time.sleep(args.interval)
@@ -70,16 +82,20 @@ def record(args: argparse.Namespace, out: Path) -> tuple[list, list[subprocess.P
                 for _ in range(args.drains):
                     time.sleep(args.interval)
                     drains.append(sampler.drain())
+                    announced.append(seen[:])
+                    del seen[:len(announced[-1])]
                     print(f"recorded a drain of {drains[-1].total()} samples, {len(drains[-1].samples)} raw",
                           file=sys.stderr)
             if churn is not None:
                 churn.stop()
+            for p in long_lived:  # stopped, not gone: their maps and code objects stay readable and unchanged,
+                p.send_signal(signal.SIGSTOP)  # and they burn no CPU while the rounds (and --hold) run
             for b in burners:
                 b.kill()
                 b.wait()
         finally:
             (CGROUP2_ROOT / "cgroup.procs").write_text(str(os.getpid()))  # kubelet_cgroup moves the rest out
-    return drains, long_lived
+    return drains, announced, long_lived
 
 
 def replay(root: Path, drains_file: Path) -> dict:
@@ -94,16 +110,18 @@ def replay(root: Path, drains_file: Path) -> dict:
 
     recorded = pickle.loads(drains_file.read_bytes())
     drains, period_ns = recorded["drains"], recorded["period_ns"]
+    announced = recorded.get("announced") or [[] for _ in drains]  # none in recordings before stop 19
     ctx = create_context("bench", 0.0)  # every process labelled by its pid: labels do not depend on when
     assert isinstance(ctx.maps, MapsCache)  # create_context's: the symbolizer reads binaries through it
     memo = StackMemo(ctx, Symbolizer(ctx.maps))
     pods = PodLabels(KubeletLabels())
     cpu: list[float] = []
-    digest, encoded = hashlib.sha256(), 0
+    digest, pprof_digest, encoded = hashlib.sha256(), hashlib.sha256(), 0
     last_errors: dict[str, int] = {}
     freezer = SurvivorFreezer()  # the agent's loop keeps the GC off what earlier drains left
     profiler = cProfile.Profile(time.thread_time) if os.environ.get("PODFLAME_REPLAY_PROFILE") else None
     for i, drain in enumerate(drains):
+        ctx.maps.prefetch(announced[i])  # the agent's watcher thread, not its drain: untimed
         if profiler is not None and i:  # the warm drains
             profiler.enable()
         t0 = time.thread_time()
@@ -116,6 +134,7 @@ def replay(root: Path, drains_file: Path) -> dict:
         freezer.after_drain()
         cpu.append(time.thread_time() - t0)
         encoded += len(body)
+        pprof_digest.update(gzip.decompress(body))  # the gzip header holds a time: compare what it wraps
         if profiler is not None:
             profiler.disable()
         for p in sorted(profiles, key=lambda p: sorted(p.labels.items())):
@@ -125,8 +144,8 @@ def replay(root: Path, drains_file: Path) -> dict:
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(os.environ["PODFLAME_REPLAY_PROFILE"])
-    return {"cpu_s": cpu, "digest": digest.hexdigest(), "samples": sum(d.total() for d in drains),
-            "pprof_bytes": encoded}
+    return {"cpu_s": cpu, "digest": digest.hexdigest(), "pprof_digest": pprof_digest.hexdigest(),
+            "samples": sum(d.total() for d in drains), "pprof_bytes": encoded}
 
 
 def _frames(stack) -> tuple:
@@ -153,27 +172,39 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=8)
     ap.add_argument("--churn", type=float, default=10.0)
     ap.add_argument("--spy", type=Path, help="also record one replay of this tree with py-spy (raw folded stacks)")
-    ap.add_argument("--hold", type=float, default=0.0, help=argparse.SUPPRESS)  # keep drains and processes a while
+    ap.add_argument("--hold", type=float, default=0.0,
+                    help="keep the recording (and its long-lived processes) this many seconds after the rounds")
+    ap.add_argument("--drains-file", type=Path,
+                    help="replay the drains.pickle a run held (--hold) instead of recording: more rounds in the "
+                         "minutes its processes are still alive (its symbols/ beside it is the disk cache)")
     ap.add_argument("--replay", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--replay-root", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.replay is not None:
         print(json.dumps(replay(args.replay_root, args.replay)))
         return
-    if os.geteuid() != 0:
+    if args.drains_file is None and os.geteuid() != 0:
         raise SystemExit("run as root: recording loads the BPF sampler")
-    tmp = Path(tempfile.mkdtemp(prefix="podflame-drain-replay-"))
+    kept = args.drains_file is not None
+    tmp = args.drains_file.resolve().parent if kept else Path(tempfile.mkdtemp(prefix="podflame-drain-replay-"))
     env = {**os.environ, "PODFLAME_SYMBOL_CACHE": str(tmp / "symbols")}
     long_lived: list[subprocess.Popen] = []
     try:
-        drains, long_lived = record(args, tmp)
-        drains_file = tmp / "drains.pickle"
-        drains_file.write_bytes(pickle.dumps({"drains": drains, "period_ns": 1_000_000_000 // args.frequency}))
+        drains_file = args.drains_file.resolve() if kept else tmp / "drains.pickle"
+        if kept:
+            recorded = pickle.loads(drains_file.read_bytes())
+            drains, args.frequency = recorded["drains"], 1_000_000_000 // recorded["period_ns"]
+            args.drains = len(drains)
+        else:
+            drains, announced, long_lived = record(args, tmp)
+            drains_file.write_bytes(pickle.dumps({"drains": drains, "announced": announced,
+                                                  "period_ns": 1_000_000_000 // args.frequency}))
         builds = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
         run_replay(ROOT, drains_file, env)  # fills the symbol disk cache for every round that follows
         results: dict[str, list[dict]] = {name: [] for name in builds}
-        for _ in range(args.rounds):
-            for name, root in builds.items():
+        for i in range(args.rounds):
+            order = list(builds.items())
+            for name, root in order[::-1] if i % 2 else order:  # which build goes first alternates
                 results[name].append(run_replay(root, drains_file, env))
         if args.spy is not None:
             subprocess.run([str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--rate", "1000", "--format", "raw",
@@ -186,19 +217,23 @@ def main() -> None:
         for name, runs in results.items():
             warm = [sum(r["cpu_s"][1:]) for r in runs]
             out[name] = {"warm_cpu_ms": round(1e3 * statistics.median(warm), 1),
+                         "warm_cpu_ms_rounds": [round(1e3 * w, 1) for w in warm],
                          "cold_drain_ms": round(1e3 * statistics.median(r["cpu_s"][0] for r in runs), 1),
                          "per_sample_us": round(1e6 * statistics.median(warm) /
                                                 max(1, sum(d.total() for d in drains[1:])), 1),
-                         "digests": sorted({r["digest"] for r in runs})}
+                         "digests": sorted({r["digest"] for r in runs}),
+                         "pprof_digests": sorted({r["pprof_digest"] for r in runs})}
             print(f"{name:9} warm drains {out[name]['warm_cpu_ms']:8.1f} ms (median of {len(runs)}; "
                   f"{out[name]['per_sample_us']} us a sample), cold drain {out[name]['cold_drain_ms']} ms",
                   file=sys.stderr)
         if "baseline" in out:
             out["identical_profiles"] = out["this"]["digests"] == out["baseline"]["digests"] and \
                 len(out["this"]["digests"]) == 1
+            out["identical_pprof"] = out["this"]["pprof_digests"] == out["baseline"]["pprof_digests"] and \
+                len(out["this"]["pprof_digests"]) == 1
             out["ratio_baseline_over_this"] = round(out["baseline"]["warm_cpu_ms"] / out["this"]["warm_cpu_ms"], 3)
             print(f"baseline / this: {out['ratio_baseline_over_this']}, identical profiles: "
-                  f"{out['identical_profiles']}", file=sys.stderr)
+                  f"{out['identical_profiles']}, identical pprof: {out['identical_pprof']}", file=sys.stderr)
         print(json.dumps(out))
         if args.hold:
             print(f"holding {drains_file} for {args.hold:g}s", file=sys.stderr, flush=True)
@@ -208,7 +243,8 @@ def main() -> None:
             with contextlib.suppress(OSError):
                 p.kill()
                 p.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not kept:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

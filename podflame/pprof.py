@@ -323,16 +323,27 @@ def encode(profiles: Iterable[Profile], *, common_labels: AbcMapping[str, str] |
             if known is None:
                 known = mappings[m] = (len(mappings) + 1, s(m.path), s(m.build_id))
             mid = known[0]
-        lines = frame.lines or ((Line(frame.fallback_name()),) if frame.reason is not None else ())
         loc = add_location(id=lid, mapping_id=mid, address=frame.address)
-        for line in lines:
-            key = (line.function, line.file)
+        if frame.lines:
+            for line in frame.lines:
+                key = (line.function, line.file)
+                fid = function_ids.get(key)
+                if fid is None:
+                    fid = function_ids[key] = len(function_ids) + 1
+                    name = s(line.function)
+                    add_function(id=fid, name=name, system_name=name, filename=s(line.file))
+                loc.line.add(function_id=fid, line=line.line or 0)
+        elif frame.reason is not None:
+            # named by its fallback, a function with no file and a location with no line number: what a
+            # `Line(frame.fallback_name())` gives, without making one (each such frame is one of its own:
+            # a stripped binary's addresses, hundreds a batch)
+            key = (frame.fallback_name(), None)
             fid = function_ids.get(key)
             if fid is None:
                 fid = function_ids[key] = len(function_ids) + 1
-                name = s(line.function)
-                add_function(id=fid, name=name, system_name=name, filename=s(line.file))
-            loc.line.add(function_id=fid, line=line.line or 0)
+                name = s(key[0])
+                add_function(id=fid, name=name, system_name=name)
+            loc.line.add(function_id=fid)
         return lid
 
     # Locations by the frame object's identity first: stacks share frame objects (the agent's memos), and an

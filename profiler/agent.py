@@ -519,16 +519,24 @@ def default_node_name() -> str:
 class KubeletLabels:
     """Pod identity from the cgroup path, and names from the API server when the agent has one."""
 
-    def __init__(self, kube=None) -> None:  # kube: profiler.kube.KubeMetadata | None
+    def __init__(self, kube=None, *, max_paths: int = 4096) -> None:  # kube: profiler.kube.KubeMetadata | None
         self.kube = kube
+        self.max_paths = max_paths
+        self._parsed: dict[str, tuple] = {}  # cgroup path -> (KubeletCgroup | None, its path labels)
 
     def _base(self, cgroup_path: str):
-        from profiler.cgroups import labels_for, parse_kubelet_path
+        """The pod identity and labels a cgroup path itself gives: parsed once per path (a function of the
+        path alone; it was parsed twice per profile per drain), a fresh dict of them for each caller."""
+        got = self._parsed.get(cgroup_path)
+        if got is None:
+            from profiler.cgroups import labels_for, parse_kubelet_path
 
-        kc = parse_kubelet_path(cgroup_path)
-        labels = labels_for(cgroup_path)
-        labels.pop("cgroup", None)
-        return kc, labels
+            labels = labels_for(cgroup_path)
+            labels.pop("cgroup", None)
+            if len(self._parsed) >= self.max_paths:
+                self._parsed.clear()
+            got = self._parsed[cgroup_path] = (parse_kubelet_path(cgroup_path), labels)
+        return got[0], dict(got[1])
 
     def labels(self, cgroup_path: str) -> dict[str, str] | None:
         kc, labels = self._base(cgroup_path)

@@ -355,16 +355,39 @@ class _Interpreter:
     kinds: dict[int, tuple[bool, bool]] = field(default_factory=dict, compare=False)
     # is this address in no named function (see merge_runs; None: not known, e.g. a test's fake interpreter)
     unnamed: Callable[[int], bool] | None = None
+    # the binary's answers by ELF address (runtime address - `bias`), shared by every process running it
+    # (`_Binary.kinds`): each new python3 of a busy node met its eval-loop and glue addresses afresh, a
+    # symbol lookup each (~1500 a drain at 99 Hz with three new Python processes a second). None: not shared
+    shared: dict[int, tuple[bool, bool]] | None = field(default=None, compare=False)
+    bias: int = 0
 
     def kind(self, address: int) -> tuple[bool, bool]:
         got = self.kinds.get(address)
         if got is None:
-            inside = self.start <= address < self.end
-            got = (any(s <= address < e for s, e in self.eval_ranges), inside and self.glue(address))
+            shared = self.shared
+            if shared is not None and self.start <= address < self.end:
+                # inside the binary both answers are functions of the ELF address alone (eval_ranges and
+                # glue are the binary's, moved by `bias`)
+                got = shared.get(address - self.bias)
+                if got is None:
+                    got = self._classify(address)
+                    if len(shared) >= 65536:
+                        shared.clear()
+                    shared[address - self.bias] = got
+            else:
+                got = self._classify(address)
             if len(self.kinds) >= 65536:
                 self.kinds.clear()
             self.kinds[address] = got
         return got
+
+    def _classify(self, address: int) -> tuple[bool, bool]:
+        is_eval = False
+        for s, e in self.eval_ranges:
+            if s <= address < e:
+                is_eval = True
+                break
+        return is_eval, self.start <= address < self.end and self.glue(address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +397,7 @@ class _Binary:
 
     elf: ElfSymbols
     evals: tuple[tuple[int, int], ...]
+    kinds: dict[int, tuple[bool, bool]] = field(default_factory=dict, compare=False)  # see _Interpreter.shared
 
 
 _BINARIES: dict[tuple[int, int, int, int], _Binary | None] = {}  # the file's (dev, ino, size, mtime) ->
@@ -441,7 +465,8 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
     def unnamed(address: int) -> bool:
         return lookup(address - bias) is None
 
-    return _Interpreter(evals, glue, min(e[0] for e in execs), max(e[1] for e in execs), unnamed=unnamed)
+    return _Interpreter(evals, glue, min(e[0] for e in execs), max(e[1] for e in execs), unnamed=unnamed,
+                        shared=binary.kinds, bias=bias)
 
 
 _Runs = tuple[tuple[Frame, ...], ...]  # named Python frames, root first, split as `split_runs` splits them

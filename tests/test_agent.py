@@ -200,3 +200,43 @@ def test_the_process_name_is_the_main_threads_comm_and_follows_an_exec() -> None
     assert names(worker) == {Path(f"/proc/{me}/comm").read_text().strip()}  # read once from /proc
     assert names(main_thread) == {"renamed"}  # the main thread's own sample says it
     assert names(worker) == {"renamed"}  # and the name sticks for the other threads
+
+
+def test_kubelet_labels_parse_a_path_once_and_hand_each_caller_its_own_labels() -> None:
+    """A cgroup path's pod identity is parsed once (it was twice per profile per drain); the answers stay
+    those of a fresh parse, and a caller that adds to its labels (give_up adds the API server's) changes
+    nobody else's."""
+    from profiler.agent import KubeletLabels
+    from profiler.cgroups import labels_for, parse_kubelet_path
+
+    path = ("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234abcd_5678_90ef_1234_567890abcdef"
+            ".slice/cri-containerd-" + "c" * 64 + ".scope")
+
+    class Kube:
+        resolved: dict[str, str] | None = None
+        asked: list[tuple[str | None, str | None]] = []
+
+        def resolve(self, container_id: str | None, pod_uid: str | None) -> dict[str, str] | None:
+            self.asked.append((container_id, pod_uid))
+            return self.resolved
+
+        def labels_for(self, kc) -> dict[str, str]:
+            return {"pod": "web-1", "namespace": "shop"}
+
+    kube = Kube()
+    labeler = KubeletLabels(kube, max_paths=2)
+    fresh = {k: v for k, v in labels_for(path).items() if k != "cgroup"}
+    kc = parse_kubelet_path(path)
+    assert kc is not None and fresh["pod_uid"] == kc.pod_uid
+    assert labeler.labels(path) is None  # the API server does not know it yet
+    given_up = labeler.give_up(path)
+    assert given_up == {**fresh, "pod": "web-1", "namespace": "shop"}
+    given_up["extra"] = "x"
+    kube.resolved = {"pod": "web-1"}
+    assert labeler.labels(path) == {**fresh, "pod": "web-1"}  # nothing of give_up's answer stayed behind
+    assert labeler.give_up(path) == {**fresh, "pod": "web-1", "namespace": "shop"}
+    assert kube.asked == [(kc.container_id, kc.pod_uid)] * 2  # labels() asks; give_up goes to labels_for
+    # other cgroups: a plain one has no pod labels; past max_paths the parsed paths are let go, answers unchanged
+    for other in ("/system.slice/sshd.service", "/user.slice", path):
+        assert labeler.give_up(other) == ({**fresh, "pod": "web-1", "namespace": "shop"} if other == path else {})
+    assert len(labeler._parsed) <= 2

@@ -66,3 +66,31 @@ def test_equal_frames_that_are_distinct_objects_share_one_location_as_shared_obj
     msg.ParseFromString(body)
     assert len(msg.location) == 5
     assert [list(s.location_id) for s in msg.sample] == [[1, 2, 3, 4], [5, 3, 4], [2, 4], [5, 5]]
+
+
+def test_unresolved_frames_are_functions_named_by_their_fallback_shared_with_equal_names() -> None:
+    """A frame without lines but with a reason is a location with one line: a function named as
+    `Frame.fallback_name` says, no file, no line number; a function of that name and no file is one
+    function, whether a fallback or a symbolizer's answer names it."""
+    gone = Frame(0x7777, None, FrameKind.NATIVE, (), Unresolved.PROCESS_GONE)
+    kernel = Frame(0xFFFFFFFFC0001234, None, FrameKind.KERNEL, (), Unresolved.KERNEL_UNKNOWN)
+    same_name = Frame(0x7F0000000999, LIB, FrameKind.NATIVE, (Line("libc.so.6+0x400"),))  # LOST's fallback
+    bare = Frame(0x1234, None, FrameKind.NATIVE)  # no reason: no line at all
+    p = Profile(labels={"pid": "1"}, start_ns=0, duration_ns=5, period_ns=100)
+    p.add((MAIN, LOST, gone), 1)
+    p.add((MAIN, kernel, same_name, bare), 2)
+    msg = pprof.PprofProfile()
+    msg.ParseFromString(pprof.encode([p], compress=False))
+    strings = list(msg.string_table)
+    functions = {f.id: (strings[f.name], strings[f.system_name], strings[f.filename]) for f in msg.function}
+    lines = {loc.address: [(functions[ln.function_id], ln.line) for ln in loc.line] for loc in msg.location}
+    assert lines[LOST.address] == [(("libc.so.6+0x400",) * 2 + ("",), 0)]
+    assert lines[gone.address] == [(("[process gone]+0x7777",) * 2 + ("",), 0)]
+    assert lines[kernel.address] == [(("[kernel]+0xffffffffc0001234",) * 2 + ("",), 0)]
+    assert lines[bare.address] == []
+    by_address = {loc.address: loc for loc in msg.location}
+    assert by_address[LOST.address].line[0].function_id == by_address[same_name.address].line[0].function_id
+    assert len(msg.function) == 4  # main, the shared libc.so.6+0x400, the gone and the kernel frames
+    (back,) = (q for q in pprof.decode(pprof.encode([p])) if q.sample_type == "samples")
+    assert sorted(tuple(n for f in s for n in f.names()) for s in back.samples) == sorted(
+        tuple(n for f in s for n in f.names()) for s in p.samples)
