@@ -237,6 +237,21 @@ static __always_inline s64 find_row(u32 table, u32 pc) {
     return (s64)first + lo - 1;
 }
 
+// Whether the row after `index` (-1: before the table's first row) of `table` starts at pc + 1: the return
+// address pc + 1 is then the first byte of a function whose CFI starts there, the byte before it having none.
+// A call does not end where CFI begins after a gap: the address was pushed, not called from (makecontext
+// pushes glibc's __start_context as the coroutine's return address). libgcc and perf stop there too.
+static __always_inline int row_starts_after(u32 table, s64 index, u32 pc) {
+    struct unwind_table *t = unwind_tables.lookup(&table);
+    if (!t)
+        return 0;
+    u32 next = index < 0 ? t->first : (u32)index + 1;
+    if (next < t->first || next - t->first >= t->count)
+        return 0;
+    struct unwind_row *row = unwind_rows.lookup(&next);
+    return row && row->pc == pc + 1;
+}
+
 // The executable's text of the sampled process, from its mm (start_code and end_code span its executable
 // segments, at the load bias): read with probe reads, no lock, so it works in the sampling interrupt,
 // where bpf_find_vma's mmap_read_trylock allows one lookup per interrupt (its unlock is deferred to an
@@ -342,6 +357,12 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
             rbp_type = row->rbp_type;
             rbp_offset = row->rbp_offset;
             gap = cfa_type == CFA_NONE;  // between FDEs of a binary with CFI: code written without it
+        }
+        if ((!row || gap) && !st->exact_ip && pc < 0xffffffffULL && row_starts_after(m->table, index, (u32)pc)) {
+            // a return address pushed at a function's first byte, not by a call (a makecontext coroutine's
+            // __start_context): the stack's root, as if its CFI said the return address is undefined
+            ustat(US_END);
+            return STEP_DONE;
         }
     }
 
