@@ -27,10 +27,10 @@ tmpfs in a mount namespace over host decoys (pod-mountns), the same replaced on 
 (pod-replaced), Debian's python3 copied into such a mount (py-debian-mountns) or replaced while
 running (py-debian-replaced), node in PID and mount namespaces with its perf map in its own /tmp; a hot
 leaf in assembly without CFI (asm-nocfi), a makecontext/swapcontext coroutine (c-ucontext: its stack ends at
-glibc's __start_context above co_entry), a SIGALRM handler on a sigaltstack (c-altstack), code resumed by
-siglongjmp out of a handler (c-longjmp) (tests/workloads/stack_ends.c), a ctypes callback from libc's qsort
-(py*-ctypes-callback), two workers forked from a Python parent (py*-fork: podflame by the pod's cgroup, the
-peers on one worker).
+glibc's __start_context above co_entry), a fiber in boost.context's layout (c-fiber), a SIGALRM handler on a
+sigaltstack (c-altstack), code resumed by siglongjmp out of a handler (c-longjmp) (tests/workloads/stack_ends.c),
+a ctypes callback from libc's qsort (py*-ctypes-callback), two workers forked from a Python parent (py*-fork:
+podflame by the pod's cgroup, the peers on one worker).
 Per workload: the share reaching the entry, the share with the exact known chain
 (where there is one) and `perf_agree`, the overlap of the profile with perf's (sum over stacks of the
 smaller of the two shares, after both are reduced to function names without parameters; unnamed
@@ -255,6 +255,9 @@ def matrix_workloads(tmp: Path) -> dict[str, tuple[list[str], Test, Test | None]
                         lambda s: entry(s) and s[-4:] == ("main", "caller1", "caller2", "asm_spin"))
     ends = build("stack-ends", ["gcc", "-O2"], str(WORKLOADS / "stack_ends.c"))
     out["c-ucontext"] = ([str(ends), "ucontext", "600"], ucontext_root, ucontext_chain)
+    out["c-fiber"] = ([str(ends), "fiber", "600"], fiber_root,
+                      lambda s: fiber_root(s) and (s[1:] == ("fib_entry", "fib_mid", "fib_leaf")
+                                                   or s[-2:] == ("fib_drive", "fib_main_side")))
     out["c-altstack"] = ([str(ends), "altstack", "600"], entry, altstack_chain)
     out["c-longjmp"] = ([str(ends), "longjmp", "600"], entry,
                         lambda s: entry(s) and s[-4:] == ("main", "jumped", "jumped_mid", "jumped_leaf"))
@@ -320,6 +323,11 @@ def ucontext_root(s: tuple[str, ...]) -> bool:
 
 def ucontext_chain(s: tuple[str, ...]) -> bool:
     return ucontext_root(s) and (s[1:] == ("co_entry", "co_mid", "co_leaf") or s[-2:] == ("drive", "main_side"))
+
+
+def fiber_root(s: tuple[str, ...]) -> bool:
+    """main's stack from _start; the fiber's from the trampoline frame its entry returns into."""
+    return bool(s) and (s[0] == "_start" or s[:2] == ("fib_trampoline", "fib_entry"))
 
 
 def altstack_chain(s: tuple[str, ...]) -> bool:

@@ -321,10 +321,15 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
     st->hash = mix64(st->hash ^ ip);  // hashed as walked: no second pass over the frames
 
     u8 cfa_type = CFA_NONE, rbp_type = RBP_SAME, gap = 0;
+    u64 code_start = 0, code_end = 0;  // the frame's mapping, when known
     s16 cfa_offset = 0, rbp_offset = 0;
     struct unwind_mapping *m = st->exe_proc & EXE_WALK ? exe_mapping(ip) : find_mapping(proc, ip);
     if (!m && n == 0 && proc->count && !(st->exe_proc & EXE_TRIED))
         return STEP_EXE;  // nothing of the frame changed but its record, which the retry overwrites
+    if (m) {
+        code_start = m->start;
+        code_end = m->end;
+    }
     if (!m) {
         if (st->exe_proc & EXE_WALK) {
             ustat(US_EXE_OUTSIDE);  // a library: the loader is on its way (the first sample announced it)
@@ -421,7 +426,10 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
         cfa = sp + 8;
     } else {                      // CFA_NONE or no table: the frame pointer
         ustat(US_FP_STEPS);
-        if (bp == 0) {
+        if (bp == 0 || (code_start <= bp && bp < code_end)) {
+            // zero: the outermost frame by the ABI. Into the frame's own code: not a frame pointer but the
+            // address a context switch left in rbp (boost.context's make_fcontext pushes rbp = its `finish`
+            // label as a fiber's return address: PHP fibers, folly, brpc); what is above is not a frame
             ustat(US_ZERO_RA);
             return STEP_DONE;
         }

@@ -6,8 +6,10 @@ A makecontext/swapcontext coroutine (C/C++ servers, QEMU, coroutine libraries) r
 `__start_context`, whose address makecontext pushes on the new stack: no call precedes it, and the byte before it
 is in no FDE. The walker looked that return address up at address - 1, found the gap, stepped with rbp (any value
 at -O2) and gave every coroutine sample a bogus `[no mapping]` root. Now a return address at the first byte of a
-function whose preceding byte has no CFI ends the walk there, where libgcc and perf end it. A SIGALRM handler on a
-sigaltstack and a siglongjmp out of a handler were right already; kept here.
+function whose preceding byte has no CFI ends the walk there, where libgcc and perf end it. A fiber switched by
+assembly without CFI in boost.context's layout had the same bogus root: its frame pointer pointed into its own
+code, which now ends the walk. A SIGALRM handler on a sigaltstack and a siglongjmp out of a handler were right
+already; kept here.
 """
 
 from __future__ import annotations
@@ -63,6 +65,24 @@ def test_a_makecontext_coroutine_ends_at_the_pushed_return_address(stack_ends: P
     assert co_exact >= 0.9, f"{co_exact:.1%}; commonest: {';'.join(stacks.most_common(1)[0][0])}"
     assert bogus(stacks) == 0
     assert perf_co >= 0.9  # the oracle ends the stack at that frame too
+
+
+def test_a_fiber_entered_through_a_trampoline_ends_at_it(stack_ends: Path, tmp_path: Path) -> None:
+    """boost.context's layout (PHP fibers, folly, brpc), in assembly without CFI: the fiber's return address is
+    a `finish` label inside that assembly (named by the symbol before it, fib_trampoline), and rbp holds that same
+    address. The walker stepped the gap frame with rbp and read code as a frame: a bogus root above it."""
+    with running([str(stack_ends), "fiber", "600"]) as pid:
+        stacks = record(pid)
+        theirs = perf_stacks(pid, tmp_path)
+    chain = ("fib_trampoline", "fib_entry", "fib_mid", "fib_leaf")
+    fiber = Stacks({s: n for s, n in stacks.items() if "fib_entry" in s})
+    got = share(fiber, lambda s: s == chain, least=20)
+    perf = share(Stacks({s: n for s, n in theirs.items() if "fib_leaf" in s}), lambda s: s == chain, least=10)
+    print(f"\nfiber: {got:.1%} of its samples exactly {';'.join(chain)}, bogus root {bogus(stacks):.1%}; "
+          f"perf --call-graph dwarf: {perf:.1%}")
+    assert got >= 0.9, f"{got:.1%}; commonest: {';'.join(fiber.most_common(1)[0][0])}"
+    assert bogus(stacks) == 0
+    assert perf >= 0.9
 
 
 def test_a_handler_on_a_sigaltstack_unwinds_into_the_interrupted_code(stack_ends: Path) -> None:

@@ -7,6 +7,10 @@
  *             signal frame, under main -> wait_alt
  *   longjmp   a SIGALRM handler siglongjmp()s out of main -> jumped -> jumped_mid -> jumped_leaf; the
  *             jumped-to main starts the chain again (the abandoned frames and signal frame stay below sp)
+ *   fiber     a fiber switched by assembly without CFI laid out as boost.context's make_fcontext/jump_fcontext
+ *             (PHP fibers, folly, brpc): its first switch returns into a trampoline that pushes rbp, holding
+ *             the address of a `finish` label inside that assembly, as the entry's return address:
+ *             fib_entry -> fib_mid -> fib_leaf, under main -> fib_drive -> fib_main_side on the main stack
  * Usage: stack_ends MODE SECONDS [FILE]: ucontext writes to FILE where in libc the coroutine's pushed return
  * address points ("libc.so.6+0x..."), read off its new stack: the test's oracle for the root frame. */
 #define _GNU_SOURCE
@@ -95,6 +99,49 @@ KEEP void jumped_leaf(void) { for (;;) sink += spin(sink, 1000); }
 KEEP void jumped_mid(void) { jumped_leaf(); NO_SIBLING_CALL; }
 KEEP void jumped(void) { jumped_mid(); NO_SIBLING_CALL; }
 
+/* fiber: fib_make(top, fn) lays out a context whose first fib_jump returns into fib_trampoline with rbx = fn
+ * and rbp = fib_finish; fib_jump(&save, to) saves the callee-saved registers on this stack and switches. */
+__asm__(".text\n"
+        ".globl fib_jump\n.type fib_jump,@function\nfib_jump:\n"
+        "  push %rbp\n  push %rbx\n  push %r12\n  push %r13\n  push %r14\n  push %r15\n"
+        "  mov %rsp, (%rdi)\n  mov %rsi, %rsp\n"
+        "  pop %r15\n  pop %r14\n  pop %r13\n  pop %r12\n  pop %rbx\n  pop %rbp\n  ret\n"
+        ".size fib_jump, .-fib_jump\n"
+        ".globl fib_make\n.type fib_make,@function\nfib_make:\n"
+        "  mov %rdi, %rax\n  and $-16, %rax\n  lea -0x48(%rax), %rax\n"
+        "  movq $0, (%rax)\n  movq $0, 0x8(%rax)\n  movq $0, 0x10(%rax)\n  movq $0, 0x18(%rax)\n"
+        "  mov %rsi, 0x20(%rax)\n"
+        "  lea fib_finish(%rip), %rcx\n  mov %rcx, 0x28(%rax)\n"
+        "  lea fib_trampoline(%rip), %rcx\n  mov %rcx, 0x30(%rax)\n  ret\n"
+        "fib_trampoline:\n  push %rbp\n  jmp *%rbx\n"
+        "fib_finish:\n  xor %edi, %edi\n  call _exit@PLT\n  hlt\n"
+        ".size fib_make, .-fib_make\n");
+void *fib_make(void *top, void (*fn)(void));
+void fib_jump(void **save, void *to);
+
+static void *fib_sp, *main_sp;
+
+KEEP void fib_leaf(void) { sink += spin(sink, 400000); }
+KEEP void fib_mid(void) { fib_leaf(); NO_SIBLING_CALL; }
+
+KEEP void fib_entry(void) {
+    for (;;) {
+        fib_mid();
+        fib_jump(&fib_sp, main_sp);
+    }
+}
+
+KEEP void fib_main_side(void) { sink += spin(sink, 2000); }
+
+KEEP void fib_drive(void) {
+    static char stack[256 * 1024] __attribute__((aligned(16)));
+    fib_sp = fib_make(stack + sizeof stack, fib_entry);
+    while (now() < deadline) {
+        fib_jump(&main_sp, fib_sp);
+        fib_main_side();
+    }
+}
+
 static void every(void (*handler)(int), int flags, long usec) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -121,6 +168,8 @@ int main(int argc, char **argv) {
         sigsetjmp(back, 1);  /* every SIGALRM comes back here, its mask restored */
         if (now() < deadline)
             jumped();
+    } else if (strcmp(mode, "fiber") == 0) {
+        fib_drive();
     } else {
         return 2;
     }
