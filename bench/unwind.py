@@ -26,8 +26,11 @@ processes (tests/test_fidelity_containers_bpf.py): a program, its library and li
 tmpfs in a mount namespace over host decoys (pod-mountns), the same replaced on disk while running
 (pod-replaced), Debian's python3 copied into such a mount (py-debian-mountns) or replaced while
 running (py-debian-replaced), node in PID and mount namespaces with its perf map in its own /tmp; a hot
-leaf in assembly without CFI (asm-nocfi), a ctypes callback from libc's qsort (py*-ctypes-callback), two
-workers forked from a Python parent (py*-fork: podflame by the pod's cgroup, the peers on one worker).
+leaf in assembly without CFI (asm-nocfi), a makecontext/swapcontext coroutine (c-ucontext: its stack ends at
+glibc's __start_context above co_entry), a fiber in boost.context's layout (c-fiber), a SIGALRM handler on a
+sigaltstack (c-altstack), code resumed by siglongjmp out of a handler (c-longjmp) (tests/workloads/stack_ends.c),
+a ctypes callback from libc's qsort (py*-ctypes-callback), two workers forked from a Python parent (py*-fork:
+podflame by the pod's cgroup, the peers on one worker).
 Per workload: the share reaching the entry, the share with the exact known chain
 (where there is one) and `perf_agree`, the overlap of the profile with perf's (sum over stacks of the
 smaller of the two shares, after both are reduced to function names without parameters; unnamed
@@ -250,6 +253,14 @@ def matrix_workloads(tmp: Path) -> dict[str, tuple[list[str], Test, Test | None]
     asm = build("asm-nocfi", ["gcc", "-O2"], str(WORKLOADS / "asm_nocfi.c"))
     out["asm-nocfi"] = ([str(asm), "plain", "600"], entry,
                         lambda s: entry(s) and s[-4:] == ("main", "caller1", "caller2", "asm_spin"))
+    ends = build("stack-ends", ["gcc", "-O2"], str(WORKLOADS / "stack_ends.c"))
+    out["c-ucontext"] = ([str(ends), "ucontext", "600"], ucontext_root, ucontext_chain)
+    out["c-fiber"] = ([str(ends), "fiber", "600"], fiber_root,
+                      lambda s: fiber_root(s) and (s[1:] == ("fib_entry", "fib_mid", "fib_leaf")
+                                                   or s[-2:] == ("fib_drive", "fib_main_side")))
+    out["c-altstack"] = ([str(ends), "altstack", "600"], entry, altstack_chain)
+    out["c-longjmp"] = ([str(ends), "longjmp", "600"], entry,
+                        lambda s: entry(s) and s[-4:] == ("main", "jumped", "jumped_mid", "jumped_leaf"))
     # `sh -c` that does not exec its last command: the container's process is the shell, Python its child
     out[SHELL] = (["sh", "-c", f"/usr/bin/python3 {work} threads 4; exit 0"], entry, threads_chain)
     out.update(pod_workloads(tmp, entry, starts))
@@ -302,6 +313,28 @@ def pod_workloads(tmp: Path, entry: Test, starts: Callable[..., Test]) -> Worklo
                             starts("clone3", "clone"), lambda s: java_methods(s) == JAVA_CHAIN)
         AFTER_START["java17-fp"] = java_perfmap
     return out
+
+
+def ucontext_root(s: tuple[str, ...]) -> bool:
+    """main's stack from _start; the coroutine's from the frame its entry returns into (glibc's __start_context:
+    unnamed in Debian's libc, perf says [unknown]), not a bogus one from reading past it."""
+    return bool(s) and (s[0] == "_start" or (s[1:2] == ("co_entry",) and s[0] != "[no mapping]"))
+
+
+def ucontext_chain(s: tuple[str, ...]) -> bool:
+    return ucontext_root(s) and (s[1:] == ("co_entry", "co_mid", "co_leaf") or s[-2:] == ("drive", "main_side"))
+
+
+def fiber_root(s: tuple[str, ...]) -> bool:
+    """main's stack from _start; the fiber's from the trampoline frame its entry returns into."""
+    return bool(s) and (s[0] == "_start" or s[:2] == ("fib_trampoline", "fib_entry"))
+
+
+def altstack_chain(s: tuple[str, ...]) -> bool:
+    """In the handler (on the sigaltstack): under the signal frame under main -> wait_alt; outside: main -> wait_alt."""
+    if "on_alt" not in s:
+        return c_entry(s) and s[-2:] == ("main", "wait_alt")
+    return c_entry(s) and s[-3:] == ("on_alt", "alt_mid", "alt_leaf") and "wait_alt" in s
 
 
 def node_chain(s: tuple[str, ...]) -> bool:

@@ -237,6 +237,21 @@ static __always_inline s64 find_row(u32 table, u32 pc) {
     return (s64)first + lo - 1;
 }
 
+// Whether the row after `index` (-1: before the table's first row) of `table` starts at pc + 1: the return
+// address pc + 1 is then the first byte of a function whose CFI starts there, the byte before it having none.
+// A call does not end where CFI begins after a gap: the address was pushed, not called from (makecontext
+// pushes glibc's __start_context as the coroutine's return address). libgcc and perf stop there too.
+static __always_inline int row_starts_after(u32 table, s64 index, u32 pc) {
+    struct unwind_table *t = unwind_tables.lookup(&table);
+    if (!t)
+        return 0;
+    u32 next = index < 0 ? t->first : (u32)index + 1;
+    if (next < t->first || next - t->first >= t->count)
+        return 0;
+    struct unwind_row *row = unwind_rows.lookup(&next);
+    return row && row->pc == pc + 1;
+}
+
 // The executable's text of the sampled process, from its mm (start_code and end_code span its executable
 // segments, at the load bias): read with probe reads, no lock, so it works in the sampling interrupt,
 // where bpf_find_vma's mmap_read_trylock allows one lookup per interrupt (its unlock is deferred to an
@@ -306,10 +321,15 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
     st->hash = mix64(st->hash ^ ip);  // hashed as walked: no second pass over the frames
 
     u8 cfa_type = CFA_NONE, rbp_type = RBP_SAME, gap = 0;
+    u64 code_start = 0, code_end = 0;  // the frame's mapping, when known
     s16 cfa_offset = 0, rbp_offset = 0;
     struct unwind_mapping *m = st->exe_proc & EXE_WALK ? exe_mapping(ip) : find_mapping(proc, ip);
     if (!m && n == 0 && proc->count && !(st->exe_proc & EXE_TRIED))
         return STEP_EXE;  // nothing of the frame changed but its record, which the retry overwrites
+    if (m) {
+        code_start = m->start;
+        code_end = m->end;
+    }
     if (!m) {
         if (st->exe_proc & EXE_WALK) {
             ustat(US_EXE_OUTSIDE);  // a library: the loader is on its way (the first sample announced it)
@@ -342,6 +362,12 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
             rbp_type = row->rbp_type;
             rbp_offset = row->rbp_offset;
             gap = cfa_type == CFA_NONE;  // between FDEs of a binary with CFI: code written without it
+        }
+        if ((!row || gap) && !st->exact_ip && pc < 0xffffffffULL && row_starts_after(m->table, index, (u32)pc)) {
+            // a return address pushed at a function's first byte, not by a call (a makecontext coroutine's
+            // __start_context): the stack's root, as if its CFI said the return address is undefined
+            ustat(US_END);
+            return STEP_DONE;
         }
     }
 
@@ -400,7 +426,10 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
         cfa = sp + 8;
     } else {                      // CFA_NONE or no table: the frame pointer
         ustat(US_FP_STEPS);
-        if (bp == 0) {
+        if (bp == 0 || (code_start <= bp && bp < code_end)) {
+            // zero: the outermost frame by the ABI. Into the frame's own code: not a frame pointer but the
+            // address a context switch left in rbp (boost.context's make_fcontext pushes rbp = its `finish`
+            // label as a fiber's return address: PHP fibers, folly, brpc); what is above is not a frame
             ustat(US_ZERO_RA);
             return STEP_DONE;
         }
