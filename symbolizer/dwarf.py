@@ -28,6 +28,7 @@ found through DW_AT_abstract_origin / DW_AT_specification, else DW_AT_name.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import struct
 from array import array
@@ -309,6 +310,27 @@ def has_dwarf(path: str) -> bool:
         return False
     sec = elf.section(".debug_info") or elf.section(".zdebug_info")
     return sec is not None and sec.type != SHT_NOBITS and sec.size > 0
+
+
+def dwarf_digest(path: str) -> str | None:
+    """A disk cache key for the DWARF of a file without a build id (Go's linker writes none): a hash
+    of its ELF header fields, its section headers and the bytes, as stored, of every section the
+    decoder reads. Never a path or an inode (both are reused by other files); unlike the symbol
+    tables' digest (`ElfSymbols.table_digest`), which a rebuild that moved only line numbers keeps.
+    None when the file cannot be read."""
+    h = hashlib.sha256(b"podflame-dwarf-v1")
+    try:
+        with open(path, "rb") as f:
+            elf = ElfFile(f)
+            h.update(repr((elf.elfclass, elf.little_endian, elf.e_machine, elf.sections)).encode())
+            for sec in elf.sections:
+                if sec.type != SHT_NOBITS and (sec.name in _SECTIONS or sec.name.replace(".zdebug", ".debug", 1)
+                                               in _SECTIONS):
+                    f.seek(sec.offset)
+                    h.update(f.read(sec.size))
+    except (OSError, struct.error, ValueError):
+        return None
+    return "d0ef" + h.hexdigest()[:60]  # hex, as a build id (the cache's directory name)
 
 
 class DwarfInfo:
