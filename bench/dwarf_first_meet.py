@@ -154,16 +154,16 @@ def targets(work: Path, wanted: set[str]) -> list[tuple[str, str, str, str]]:
         subprocess.run(["g++", "-std=c++17", "-O2", "-g", "-Wl,--build-id", "-o", str(exe), str(src)], check=True)
         out.append(("C++ (g++ -O2 -g, <regex>)", str(exe), ElfSymbols(str(exe)).build_id or "", str(exe)))
     if "go" in wanted and shutil.which("go"):
-        d = work / "gobig"
-        d.mkdir(exist_ok=True)
-        (d / "main.go").write_text(GO)
+        gd = work / "gobig"
+        gd.mkdir(exist_ok=True)
+        (gd / "main.go").write_text(GO)
         env = {**os.environ, "GOFLAGS": "-mod=mod", "GO111MODULE": "off", "GOCACHE": str(work / "gocache"),
                "CGO_ENABLED": "0"}
         # no build id (Go's linker writes none) and uncompressed DWARF (so libdw reads it too)
-        subprocess.run(["go", "build", "-ldflags=-compressdwarf=false", "-o", str(d / "prog"), "main.go"],
-                       cwd=d, env=env, check=True)
-        key = dwarf_key(str(d / "prog"))
-        out.append(("Go 1.19 (net/http, no build id)", str(d / "prog"), key, str(d / "prog")))
+        subprocess.run(["go", "build", "-ldflags=-compressdwarf=false", "-o", str(gd / "prog"), "main.go"],
+                       cwd=gd, env=env, check=True)
+        key = dwarf_key(str(gd / "prog"))
+        out.append(("Go 1.19 (net/http, no build id)", str(gd / "prog"), key, str(gd / "prog")))
     return out
 
 
@@ -180,7 +180,7 @@ def dwarf_key(path: str) -> str:
 def child(path: str, key: str, cache_dir: str, lazy_cu_bytes: int, addresses: list[int]) -> dict:
     t0 = time.perf_counter()
     cache = DiskCache(cache_dir)
-    d = DwarfInfo(path, lazy_cu_bytes=lazy_cu_bytes, **cache.hooks(key))  # type: ignore[arg-type]
+    d = DwarfInfo(path, lazy_cu_bytes=lazy_cu_bytes, **cache.hooks(key))
     answers = [d.lookup(a) for a in addresses]
     ms = 1e3 * (time.perf_counter() - t0)
     return {"ms": ms, "answers": hashlib.sha256(repr(answers).encode()).hexdigest()[:16], "dwarf": d.stats,
@@ -256,7 +256,7 @@ def by_size(path: str, repeat: int = 3) -> list[dict]:
             for mode, limit in (("whole", WHOLE), ("lazy", 0)):
                 tmp = tempfile.mkdtemp(prefix="dw-by-size-")
                 try:
-                    d = DwarfInfo(path, lazy_cu_bytes=limit, **DiskCache(tmp).hooks("ab" * 20))  # type: ignore[arg-type]
+                    d = DwarfInfo(path, lazy_cu_bytes=limit, **DiskCache(tmp).hooks("ab" * 20))
                     d._reader = dr.Reader(sections)  # sections read once for the run
                     d._libdw = libdw.open_lines(path)
                     idx_fns = None

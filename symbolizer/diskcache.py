@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from symbolizer.dwarf import _FORMAT, CuFunctions, CuIndex, FnIndex
 from symbolizer.ranges import AddressRanges
@@ -144,7 +144,7 @@ class DiskCache:
 
         return load
 
-    def hooks(self, build_id: str) -> dict[str, Callable | CuTable | None]:
+    def hooks(self, build_id: str) -> dict[str, Any]:
         """Keyword arguments for DwarfInfo bound to one build id."""
         return {"load_cu": lambda off: self.load_cu(build_id, off),
                 "store_cu": lambda off, idx: self.store_cu(build_id, off, idx),

@@ -78,10 +78,13 @@ def test_an_address_outside_every_function_decodes_its_cu_whole_and_stores_it(bu
     outer = next(a for a, s, name in nm_sized(path) if name == "outer")
     cache = DiskCache(str(tmp_path))
     d = DwarfInfo(str(path), lazy_cu_bytes=0, **cache.hooks(bid))
-    assert [f.name for f in d.lookup(outer + 1)[0]] == ["outer"]
+    got = d.lookup(outer + 1)
+    assert got is not None and [f.name for f in got[0]] == ["outer"]
     off = d._cu_for(inner + 2)
-    assert isinstance(d.cu(off), CuFunctions) and d.stats["fns_decoded"] == 1
-    frames, _ = d.lookup(inner + 2)
+    assert off is not None and isinstance(d.cu(off), CuFunctions) and d.stats["fns_decoded"] == 1
+    got = d.lookup(inner + 2)
+    assert got is not None
+    frames, _ = got
     assert [f.name for f in frames] == ["inner"] and isinstance(d.cu(off), CuIndex)
     (cu_file,) = tmp_path.rglob(f"cu-{off:x}.pkl")
     assert isinstance(DiskCache(str(tmp_path)).load_cu(bid, off), CuIndex), cu_file  # stored whole now
