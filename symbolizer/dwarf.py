@@ -46,6 +46,7 @@ from symbolizer.elffile import SHT_NOBITS, ElfFile
 _C_LANGS = {0x1, 0x2, 0xC, 0x1D, 0x2C, 0x8001}  # C89, C, C99, C11, C17, Mips_Assembler
 
 _FORMAT = 3  # bump when the persisted layout changes (CuIndex, CuFunctions, FnIndex, Code)
+_GAP = 1 << 63  # CuFunctions.fn_die of a gap between functions (| its start): no DIE offset is this big
 LAZY_CU_BYTES = 48 << 10  # .debug_info of a CU from which functions are persisted one by one (docs/benchmarks.md)
 
 _DESCEND_CONTAINERS = {dr.TAG_namespace, dr.TAG_module}  # may hold function definitions
@@ -103,6 +104,36 @@ class Code:
     def __setstate__(self, state: tuple) -> None:
         for s, v in zip(self.__slots__, state, strict=True):
             setattr(self, s, v)
+
+    def within(self, lo: int, hi: int) -> Code:
+        """The segments of [lo, hi) and the scopes they reach (through their callers), renumbered:
+        what `frames` answers there, alone."""
+        out = Code()
+        j = max(0, bisect_right(self.seg_start, lo) - 1)
+        new: dict[int, int] = {-1: -1}
+
+        def keep(s: int) -> int:
+            chain = []
+            while s not in new:
+                chain.append(s)
+                s = self.scope_parent[s]
+            for t in reversed(chain):
+                new[t] = len(out.scope_parent)
+                out.scope_parent.append(new[self.scope_parent[t]])
+                out.scope_name.append(self.scope_name[t])
+                out.scope_linkage.append(self.scope_linkage[t])
+                out.scope_call_file.append(self.scope_call_file[t])
+                out.scope_call_line.append(self.scope_call_line[t])
+                out.scope_low.append(self.scope_low[t])
+            return new[chain[0]] if chain else new[s]
+
+        while j < len(self.seg_start) and self.seg_start[j] < hi:
+            out.seg_start.append(max(self.seg_start[j], lo))
+            out.seg_scope.append(keep(self.seg_scope[j]))
+            j += 1
+        out.seg_start.append(hi)
+        out.seg_scope.append(-1)
+        return out
 
     def frames(self, address: int, file: str | None, line: int | None, files: list[str]) -> list[RawFrame]:
         """The inline chain at `address`, innermost first: the innermost frame gets the line table's
@@ -250,7 +281,7 @@ class CuFunctions:
     offset), each function persisted on its own (`FnIndex`) as lookups reach it. While sections are
     read, `decoder` and `lines` decode the functions not yet persisted."""
 
-    __slots__ = ("decoder", "files", "fn_die", "fn_end", "fn_start", "lines")
+    __slots__ = ("decoder", "files", "fn_die", "fn_end", "fn_start", "lines", "whole")
 
     def __init__(self, fns: list[tuple[int, int, int]] | None = None) -> None:
         fns = fns or []
@@ -260,6 +291,7 @@ class CuFunctions:
         self.decoder: _CuDecoder | None = None
         self.lines: dr.LineTable | libdw.LibdwLines | None = None
         self.files: list[str] = []
+        self.whole: Code | None = None  # every scope of the CU, once an address between functions needed it
 
     def weight(self) -> int:
         return 3 * len(self.fn_start) + 1
@@ -280,7 +312,7 @@ class CuFunctions:
         return [(self.fn_start[i], self.fn_end[i]) for i, d in enumerate(self.fn_die) if d == die]
 
     def forget_sections(self) -> None:
-        self.decoder = self.lines = None
+        self.decoder = self.lines = self.whole = None
         self.files = []
 
 
@@ -492,13 +524,9 @@ class DwarfInfo:
         try:
             if isinstance(idx, CuFunctions):
                 die = idx.function_at(address)
-                if die is not None:
-                    return self._function(off, idx, die).lookup(address)
-                # no top-level function here (a nested function's code, or none): the whole CU says,
-                # and is stored whole from now on
-                whole = self._decode(off, complete=True, whole=True)
-                assert isinstance(whole, CuIndex)
-                idx = whole
+                if die is None:  # no top-level function here: a nested function's code, or none
+                    die = self._gap(off, idx, address)
+                return self._function(off, idx, die).lookup(address)
             file, line = idx.line_at(address)
             return idx.code_at(address).frames(address, file, line, idx.files), (file, line)
         except _DWARF_ERRORS as e:
@@ -522,16 +550,15 @@ class DwarfInfo:
             self.stats["libdw_resets"] += 1
             self._close_libdw()  # frees every table libdw holds; it reopens on the next line
 
-    def _decode(self, offset: int, *, complete: bool, whole: bool = False) -> CuIndex | CuFunctions:
+    def _decode(self, offset: int, *, complete: bool) -> CuIndex | CuFunctions:
         """Decode a CU (into the LRU, and into the disk cache when there is one): complete, or only
-        the functions asked for; with a disk cache to fill, a big CU's functions one by one unless
-        `whole`."""
+        the functions asked for; with a disk cache to fill, a big CU's functions one by one."""
         if not complete:
             self._libdw_budget()
         idx: CuIndex | CuFunctions | None = None
         try:
             r = self.reader()
-            if complete and not whole and self._store_fn is not None and \
+            if complete and self._store_fn is not None and \
                     r.unit_at(offset).end - offset >= self._lazy_cu_bytes:
                 idx = self._functions_of(offset)  # None when its functions overlap: then whole
             if idx is None:
@@ -567,6 +594,22 @@ class DwarfInfo:
         idx.lines = lines
         idx.decoder = _CuDecoder(r, u, first, len(idx.files))
 
+    def _gap(self, offset: int, idx: CuFunctions, address: int) -> int:
+        """The address lies between the CU's top-level functions (a nested function, a lambda whose
+        host was only inlined, or code DWARF does not describe): that whole gap becomes one more
+        entry of the CU's functions, named `_GAP | its start`, stored like a function. Its code is
+        cut from the CU's whole code (decoded once while the CU stays in memory)."""
+        lo = max((e for e in idx.fn_end if e <= address), default=0)
+        hi = min((s for s in idx.fn_start if s > address), default=_GAP)
+        key = _GAP | lo
+        i = bisect_right(idx.fn_start, lo)
+        idx.fn_start.insert(i, lo)
+        idx.fn_end.insert(i, hi)
+        idx.fn_die.insert(i, key)
+        if self._store_cu is not None:
+            self._store_cu(offset, idx)
+        return key
+
     def _function(self, offset: int, idx: CuFunctions, die: int) -> FnIndex:
         key = (offset, die)
         fn = self._fns.get(key)
@@ -579,8 +622,13 @@ class DwarfInfo:
             if idx.decoder is None:  # loaded from the disk cache, or its sections were released
                 self._attach(offset, idx)
             assert idx.decoder is not None
-            code = idx.decoder.code(die)
             ranges = idx.ranges_of(die)
+            if die >= _GAP:
+                if idx.whole is None:
+                    idx.whole = idx.decoder.code(None)
+                code = idx.whole.within(*ranges[0])
+            else:
+                code = idx.decoder.code(die)
             lines = idx.lines
             if lines is None:
                 rows = (array("Q"), array("q"), array("q"))
