@@ -42,6 +42,7 @@ from symbolizer import libdw  # noqa: E402
 from symbolizer.diskcache import DiskCache  # noqa: E402
 from symbolizer.dwarf import LAZY_CU_BYTES, CuFunctions, DwarfInfo, read_sections  # noqa: E402
 from symbolizer.elf import ElfSymbols  # noqa: E402
+from tests.test_dwarf_corpus import functions, spread  # noqa: E402  # nm's sized functions; addresses over their bytes
 
 WHOLE = 1 << 62  # lazy_cu_bytes no CU reaches: every CU decoded whole and stored (the old layout)
 
@@ -104,28 +105,6 @@ func main() {
 	fmt.Println(string(b), http.StatusOK)
 }
 """
-
-
-def functions(path: str) -> list[tuple[int, int]]:
-    out = subprocess.run(["nm", "-S", "--defined-only", path], capture_output=True, text=True, check=True).stdout
-    funcs = set()
-    for line in out.splitlines():
-        p = line.split()
-        if len(p) >= 4 and p[2] in "TtWw" and int(p[1], 16) > 0:
-            funcs.add((int(p[0], 16), int(p[1], 16)))
-    return sorted(funcs)
-
-
-def spread(funcs: list[tuple[int, int]], n: int, rng: random.Random) -> list[int]:
-    total = sum(s for _, s in funcs)
-    picks = sorted(rng.randrange(total) for _ in range(n))
-    out, base, k = [], 0, 0
-    for a, s in funcs:
-        while k < len(picks) and picks[k] < base + s:
-            out.append(a + picks[k] - base)
-            k += 1
-        base += s
-    return out
 
 
 # -- targets ---------------------------------------------------------------------------------
@@ -199,7 +178,7 @@ def cache_bytes(d: str) -> int:
 
 def first_meet(name: str, path: str, key: str, symtab: str, counts: list[int], rounds: int) -> list[dict]:
     rows = []
-    funcs = functions(symtab)
+    funcs = functions(Path(symtab))
     for n in counts:
         addrs = spread(funcs, n, random.Random(n))
         times: dict[str, dict[str, list[float]]] = {m: {"first": [], "restart": []} for m in ("whole", "lazy")}
