@@ -18,8 +18,8 @@ rows) and a profile touches few of them, so nothing is decoded up front:
 Decoded CUs are kept in a bounded LRU (weighted by rows) and can be persisted per build id
 (`symbolizer.diskcache`), so a restarted agent loads them instead of decoding again. What is
 persisted depends on the CU's size: a small CU is decoded completely and stored whole (one file,
-cheap to decode); a CU of `lazy_cu_bytes` of .debug_info or more (libpython's ceval: 900 KiB, where
-a complete decode costs 5-15x one function's) is stored as its functions' address ranges
+cheap to decode); a CU of `lazy_cu_bytes` of .debug_info or more (libpython's: up to 920 KiB; from
+~50 KiB a complete decode costs 1-9x one function's) is stored as its functions' address ranges
 (`CuFunctions`) and each function as it is first asked for (`FnIndex`: its inline tree and the line
 rows of its ranges), so neither a first meeting nor a restart decodes functions no sample reached.
 Names follow binutils: DW_AT_linkage_name (mangled; demangled by the caller) when present,
