@@ -25,7 +25,7 @@ from symbolizer.cache import LRU
 from symbolizer.debuginfod import Debuginfod
 from symbolizer.demangle import demangle as default_demangle
 from symbolizer.diskcache import DiskCache
-from symbolizer.dwarf import DwarfInfo
+from symbolizer.dwarf import DwarfInfo, dwarf_digest
 from symbolizer.elf import ElfReadError, ElfSymbols
 from symbolizer.files import MappedFile, candidate_paths, is_anonymous, is_special
 from symbolizer.kallsyms import Kallsyms
@@ -371,6 +371,9 @@ class Symbolizer:
         kwargs: dict = {"max_weight": self._max_dwarf_rows}
         if self.disk_cache is not None and elf.build_id:
             kwargs.update(self.disk_cache.hooks(elf.build_id))
+        elif self.disk_cache is not None and elf.path and (path := elf.dwarf_file()) is not None and \
+                (digest := dwarf_digest(path)) is not None:  # e.g. Go's internal linker: no GNU build id
+            kwargs.update(self.disk_cache.hooks(digest))
         dwarf = open_dwarf(elf, **kwargs)
         self._dwarfs.put(key, dwarf)
         if self.debuginfod is not None and elf.build_id and elf.path:  # not the vDSO: the kernel's

@@ -1,8 +1,11 @@
 """Decoded DWARF indexes persisted per build id, so a restarted agent does not decode again.
 
 Layout: `<root>/v<FORMAT>/<build id[:2]>/<build id>/table.pkl` (the CU address table),
-`symbols.pkl` (the ELF symbol table, for `podflame symbolize`) and `cu-<offset>.pkl` (one
-decoded compile unit, `dwarf.CuIndex`: flat arrays, loaded in well under a millisecond).
+`symbols.pkl` (the ELF symbol table, for `podflame symbolize`), `cu-<offset>.pkl` (one compile
+unit: decoded whole, `dwarf.CuIndex`, or for a big CU its functions' ranges, `dwarf.CuFunctions`)
+and `fn-<CU offset>-<DIE offset>.pkl` (one function of a big CU, `dwarf.FnIndex`: its inline tree
+and line rows, stored when a lookup first reaches it). All flat arrays, loaded in well under a
+millisecond.
 A build id names exactly one binary, so entries never go stale; files are written to a
 temporary name and renamed, so a crash leaves no torn file, and a file that fails to load is
 ignored (decoded again and rewritten). The total size is bounded: past `max_bytes`, whole build
@@ -21,9 +24,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from symbolizer.dwarf import _FORMAT, CuIndex
+from symbolizer.dwarf import _FORMAT, CuFunctions, CuIndex, FnIndex
 from symbolizer.ranges import AddressRanges
 
 if TYPE_CHECKING:
@@ -40,8 +43,8 @@ class DiskCache:
         self.root = os.path.join(root, f"v{_FORMAT}")
         self.max_bytes = max_bytes
         self._stores = 0
-        self.stats = {"cu_hits": 0, "cu_misses": 0, "cu_stored": 0, "table_hits": 0, "symbols_hits": 0,
-                      "evicted": 0, "errors": 0}
+        self.stats = {"cu_hits": 0, "cu_misses": 0, "cu_stored": 0, "fn_hits": 0, "fn_misses": 0, "fn_stored": 0,
+                      "table_hits": 0, "symbols_hits": 0, "evicted": 0, "errors": 0}
 
     def _dir(self, build_id: str) -> str:
         safe = "".join(c for c in build_id.lower() if c in "0123456789abcdef")
@@ -91,17 +94,29 @@ class DiskCache:
     def store_table(self, build_id: str, table: CuTable) -> None:
         self._write(os.path.join(self._dir(build_id), "table.pkl"), table)
 
-    def load_cu(self, build_id: str, offset: int) -> CuIndex | None:
+    def load_cu(self, build_id: str, offset: int) -> CuIndex | CuFunctions | None:
         got = self._read(os.path.join(self._dir(build_id), f"cu-{offset:x}.pkl"))
-        if isinstance(got, CuIndex):
+        if isinstance(got, (CuIndex, CuFunctions)):
             self.stats["cu_hits"] += 1
             return got
         self.stats["cu_misses"] += 1
         return None
 
-    def store_cu(self, build_id: str, offset: int, idx: CuIndex) -> None:
+    def store_cu(self, build_id: str, offset: int, idx: CuIndex | CuFunctions) -> None:
         self._write(os.path.join(self._dir(build_id), f"cu-{offset:x}.pkl"), idx)
         self.stats["cu_stored"] += 1
+
+    def load_fn(self, build_id: str, offset: int, die: int) -> FnIndex | None:
+        got = self._read(os.path.join(self._dir(build_id), f"fn-{offset:x}-{die:x}.pkl"))
+        if isinstance(got, FnIndex):
+            self.stats["fn_hits"] += 1
+            return got
+        self.stats["fn_misses"] += 1
+        return None
+
+    def store_fn(self, build_id: str, offset: int, die: int, fn: FnIndex) -> None:
+        self._write(os.path.join(self._dir(build_id), f"fn-{offset:x}-{die:x}.pkl"), fn)
+        self.stats["fn_stored"] += 1
 
     def symbols_loader(self, elf: ElfSymbols,
                        key: str | None = None) -> Callable[[Callable[[], AddressRanges]], AddressRanges]:
@@ -129,10 +144,12 @@ class DiskCache:
 
         return load
 
-    def hooks(self, build_id: str) -> dict[str, Callable | CuTable | None]:
+    def hooks(self, build_id: str) -> dict[str, Any]:
         """Keyword arguments for DwarfInfo bound to one build id."""
         return {"load_cu": lambda off: self.load_cu(build_id, off),
                 "store_cu": lambda off, idx: self.store_cu(build_id, off, idx),
+                "load_fn": lambda off, die: self.load_fn(build_id, off, die),
+                "store_fn": lambda off, die, fn: self.store_fn(build_id, off, die, fn),
                 "cu_table": self.load_table(build_id),
                 "store_table": lambda table: self.store_table(build_id, table)}
 

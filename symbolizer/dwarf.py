@@ -16,13 +16,19 @@ rows) and a profile touches few of them, so nothing is decoded up front:
    DW_AT_call_file:DW_AT_call_line of the inline below it.
 
 Decoded CUs are kept in a bounded LRU (weighted by rows) and can be persisted per build id
-(`symbolizer.diskcache`), so a restarted agent loads them instead of decoding again.
+(`symbolizer.diskcache`), so a restarted agent loads them instead of decoding again. What is
+persisted depends on the CU's size: a small CU is decoded completely and stored whole (one file,
+cheap to decode); a CU of `lazy_cu_bytes` of .debug_info or more (libpython's: up to 920 KiB; from
+~50 KiB a complete decode costs 1-9x one function's) is stored as its functions' address ranges
+(`CuFunctions`) and each function as it is first asked for (`FnIndex`: its inline tree and the line
+rows of its ranges), so neither a first meeting nor a restart decodes functions no sample reached.
 Names follow binutils: DW_AT_linkage_name (mangled; demangled by the caller) when present,
 found through DW_AT_abstract_origin / DW_AT_specification, else DW_AT_name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import struct
 from array import array
@@ -39,7 +45,9 @@ from symbolizer.elffile import SHT_NOBITS, ElfFile
 # DW_LANG values whose DW_AT_name is the linkage name (C and assembly: no mangling)
 _C_LANGS = {0x1, 0x2, 0xC, 0x1D, 0x2C, 0x8001}  # C89, C, C99, C11, C17, Mips_Assembler
 
-_FORMAT = 2  # bump when CuIndex's persisted layout changes
+_FORMAT = 3  # bump when the persisted layout changes (CuIndex, CuFunctions, FnIndex, Code)
+_GAP = 1 << 63  # CuFunctions.fn_die of a gap between functions (| its start): no DIE offset is this big
+LAZY_CU_BYTES = 48 << 10  # .debug_info of a CU from which functions are persisted one by one (docs/benchmarks.md)
 
 _DESCEND_CONTAINERS = {dr.TAG_namespace, dr.TAG_module}  # may hold function definitions
 _DESCEND_IN_CODE = {dr.TAG_lexical_block, dr.TAG_try_block, dr.TAG_catch_block}
@@ -96,6 +104,36 @@ class Code:
     def __setstate__(self, state: tuple) -> None:
         for s, v in zip(self.__slots__, state, strict=True):
             setattr(self, s, v)
+
+    def within(self, lo: int, hi: int) -> Code:
+        """The segments of [lo, hi) and the scopes they reach (through their callers), renumbered:
+        what `frames` answers there, alone."""
+        out = Code()
+        j = max(0, bisect_right(self.seg_start, lo) - 1)
+        new: dict[int, int] = {-1: -1}
+
+        def keep(s: int) -> int:
+            chain = []
+            while s not in new:
+                chain.append(s)
+                s = self.scope_parent[s]
+            for t in reversed(chain):
+                new[t] = len(out.scope_parent)
+                out.scope_parent.append(new[self.scope_parent[t]])
+                out.scope_name.append(self.scope_name[t])
+                out.scope_linkage.append(self.scope_linkage[t])
+                out.scope_call_file.append(self.scope_call_file[t])
+                out.scope_call_line.append(self.scope_call_line[t])
+                out.scope_low.append(self.scope_low[t])
+            return new[chain[0]] if chain else new[s]
+
+        while j < len(self.seg_start) and self.seg_start[j] < hi:
+            out.seg_start.append(max(self.seg_start[j], lo))
+            out.seg_scope.append(keep(self.seg_scope[j]))
+            j += 1
+        out.seg_start.append(hi)
+        out.seg_scope.append(-1)
+        return out
 
     def frames(self, address: int, file: str | None, line: int | None, files: list[str]) -> list[RawFrame]:
         """The inline chain at `address`, innermost first: the innermost frame gets the line table's
@@ -189,6 +227,95 @@ class CuIndex:
         return code
 
 
+class FnIndex:
+    """One function of a big CU, decoded alone: its scopes (`code`) and the line rows of its ranges,
+    with the file names both use (only those: an entry stands alone in the disk cache)."""
+
+    __slots__ = ("code", "files", "row_addr", "row_file", "row_line")
+
+    def __init__(self, code: Code, files: list[str], row_addr: array, row_file: array, row_line: array) -> None:
+        self.code, self.files = code, files
+        self.row_addr, self.row_file, self.row_line = row_addr, row_file, row_line
+
+    @classmethod
+    def build(cls, code: Code, cu_files: list[str], rows: tuple[array, array, array]) -> FnIndex:
+        """From a function's `Code` and rows whose file indexes are the CU's: both renumbered into
+        the entry's own list of names."""
+        local: dict[int, int] = {}
+        files: list[str] = []
+
+        def own(f: int) -> int:
+            if f < 0 or f >= len(cu_files):
+                return -1
+            k = local.get(f)
+            if k is None:
+                k = local[f] = len(files)
+                files.append(cu_files[f])
+            return k
+
+        row_addr, row_file, row_line = rows
+        code.scope_call_file = array("i", [own(f) for f in code.scope_call_file])
+        return cls(code, files, row_addr, array("q", [own(f) for f in row_file]), row_line)
+
+    def weight(self) -> int:
+        return self.code.weight() + len(self.row_addr) + 1
+
+    def __getstate__(self) -> tuple:
+        return self.code, self.files, self.row_addr, self.row_file, self.row_line
+
+    def __setstate__(self, state: tuple) -> None:
+        self.code, self.files, self.row_addr, self.row_file, self.row_line = state
+
+    def lookup(self, address: int) -> tuple[list[RawFrame], tuple[str | None, int | None]]:
+        i = bisect_right(self.row_addr, address) - 1
+        file: str | None = None
+        line: int | None = None
+        if i >= 0 and self.row_line[i] >= 0:
+            f = self.row_file[i]
+            file, line = (self.files[f] if f >= 0 else None), self.row_line[i]
+        return self.code.frames(address, file, line, self.files), (file, line)
+
+
+class CuFunctions:
+    """A big CU as the disk cache keeps it: the address ranges of its top-level functions (by DIE
+    offset), each function persisted on its own (`FnIndex`) as lookups reach it. While sections are
+    read, `decoder` and `lines` decode the functions not yet persisted."""
+
+    __slots__ = ("decoder", "files", "fn_die", "fn_end", "fn_start", "lines", "whole")
+
+    def __init__(self, fns: list[tuple[int, int, int]] | None = None) -> None:
+        fns = fns or []
+        self.fn_start = array("Q", [f[0] for f in fns])
+        self.fn_end = array("Q", [f[1] for f in fns])
+        self.fn_die = array("Q", [f[2] for f in fns])
+        self.decoder: _CuDecoder | None = None
+        self.lines: dr.LineTable | libdw.LibdwLines | None = None
+        self.files: list[str] = []
+        self.whole: Code | None = None  # every scope of the CU, once an address between functions needed it
+
+    def weight(self) -> int:
+        return 3 * len(self.fn_start) + 1
+
+    def __getstate__(self) -> tuple:
+        return self.fn_start, self.fn_end, self.fn_die
+
+    def __setstate__(self, state: tuple) -> None:
+        self.__init__()  # type: ignore[misc]  # unpickling: empty fields, then the state
+        self.fn_start, self.fn_end, self.fn_die = state
+
+    def function_at(self, address: int) -> int | None:
+        """DIE offset of the top-level function whose ranges cover `address`, or None."""
+        i = bisect_right(self.fn_start, address) - 1
+        return self.fn_die[i] if i >= 0 and address < self.fn_end[i] else None
+
+    def ranges_of(self, die: int) -> list[tuple[int, int]]:
+        return [(self.fn_start[i], self.fn_end[i]) for i, d in enumerate(self.fn_die) if d == die]
+
+    def forget_sections(self) -> None:
+        self.decoder = self.lines = self.whole = None
+        self.files = []
+
+
 def read_sections(path: str) -> dr.Sections:
     """The DWARF sections of an ELF file (decompressed), or DwarfError when it has no .debug_info."""
     try:
@@ -217,12 +344,35 @@ def has_dwarf(path: str) -> bool:
     return sec is not None and sec.type != SHT_NOBITS and sec.size > 0
 
 
+def dwarf_digest(path: str) -> str | None:
+    """A disk cache key for the DWARF of a file without a build id (Go's linker writes none): a hash
+    of its ELF header fields, its section headers and the bytes, as stored, of every section the
+    decoder reads. Never a path or an inode (both are reused by other files); unlike the symbol
+    tables' digest (`ElfSymbols.table_digest`), which a rebuild that moved only line numbers keeps.
+    None when the file cannot be read."""
+    h = hashlib.sha256(b"podflame-dwarf-v1")
+    try:
+        with open(path, "rb") as f:
+            elf = ElfFile(f)
+            h.update(repr((elf.elfclass, elf.little_endian, elf.e_machine, elf.sections)).encode())
+            for sec in elf.sections:
+                if sec.type != SHT_NOBITS and (sec.name in _SECTIONS or sec.name.replace(".zdebug", ".debug", 1)
+                                               in _SECTIONS):
+                    f.seek(sec.offset)
+                    h.update(f.read(sec.size))
+    except (OSError, struct.error, ValueError):
+        return None
+    return "d0ef" + h.hexdigest()[:60]  # hex, as a build id (the cache's directory name)
+
+
 class DwarfInfo:
     """The DWARF of one ELF file (the binary itself or its separate debug file).
 
     Section bytes are read on the first decode, not before: with a warm disk cache a restarted
-    agent never reads them. `load_cu`/`store_cu` plug in that persistent cache by CU offset;
-    `cu_table` is a persisted CU address table, so a restart need not read aranges either.
+    agent never reads them. `load_cu`/`store_cu` plug in that persistent cache by CU offset (a
+    `CuIndex`, or a `CuFunctions` for a CU of `lazy_cu_bytes` or more), `load_fn`/`store_fn` by CU
+    offset and function DIE offset (a `FnIndex`); `cu_table` is a persisted CU address table, so a
+    restart need not read aranges either. Without `store_fn` every CU to persist is stored whole.
 
     Line tables: a CU decoded for a few lookups (no disk cache to fill) has its line table from
     libdw (symbolizer.libdw: decoded in C, ~0.1 s less for a sampled profile of libpython) unless
@@ -235,26 +385,33 @@ class DwarfInfo:
     """
 
     def __init__(self, path: str, *, max_cus: int = 256, max_weight: int = 4_000_000,
-                 load_cu: Callable[[int], CuIndex | None] | None = None,
-                 store_cu: Callable[[int, CuIndex], None] | None = None,
+                 load_cu: Callable[[int], CuIndex | CuFunctions | None] | None = None,
+                 store_cu: Callable[[int, CuIndex | CuFunctions], None] | None = None,
                  cu_table: tuple[list[tuple[int, int, int]], bool] | None = None,
                  store_table: Callable[[tuple[list[tuple[int, int, int]], bool]], None] | None = None,
-                 use_libdw: bool | None = None) -> None:
+                 load_fn: Callable[[int, int], FnIndex | None] | None = None,
+                 store_fn: Callable[[int, int, FnIndex], None] | None = None,
+                 lazy_cu_bytes: int = LAZY_CU_BYTES, use_libdw: bool | None = None) -> None:
         self.path = path
         self._use_libdw = libdw.enabled() if use_libdw is None else use_libdw
         self._libdw: libdw.LibdwFile | None = None
         self._max_libdw_rows = max_weight // 4
         self._store_table = store_table
         self._reader: dr.Reader | None = None
-        self._cus: LRU[CuIndex] = LRU(max_cus, max_weight, weigh=CuIndex.weight)
+        self._cus: LRU[CuIndex | CuFunctions] = LRU(max_cus, max_weight, weigh=lambda idx: idx.weight())
         self._load_cu = load_cu
         self._store_cu = store_cu
+        self._load_fn = load_fn
+        self._store_fn = store_fn
+        self._lazy_cu_bytes = lazy_cu_bytes
+        self._fns: LRU[FnIndex] = LRU(max_cus * 64, max_weight, weigh=FnIndex.weight)  # (CU, DIE) -> function
         self._cu_starts = array("Q")
         self._cu_ends = array("Q")
         self._cu_offsets = array("Q")
         self._complete = False  # every CU's ranges are in the table
         self._covered: set[int] = set()
-        self.stats = {"cus_decoded": 0, "cus_loaded": 0, "cu_scans": 0, "libdw_line_tables": 0, "libdw_resets": 0}
+        self.stats = {"cus_decoded": 0, "cus_loaded": 0, "cu_scans": 0, "libdw_line_tables": 0, "libdw_resets": 0,
+                      "fns_decoded": 0, "fns_loaded": 0}
         if cu_table is not None:
             self._set_cu_table(*cu_table)
         else:
@@ -270,13 +427,20 @@ class DwarfInfo:
     def release(self) -> None:
         """Drop the section bytes and libdw (complete CUs stay): they are read again on the next decode."""
         self._reader = None
-        for off in [off for off, (idx, _) in self._cus._data.items() if idx.code is None or idx.lines is not None]:
-            self._cus.pop(off)  # decodes lazily: holds the sections
+        for off, (idx, _) in list(self._cus._data.items()):
+            if isinstance(idx, CuFunctions):
+                idx.forget_sections()  # its functions' ranges stay; a function not yet decoded reads them again
+            elif idx.code is None or idx.lines is not None:
+                self._cus.pop(off)  # decodes lazily: holds the sections
         self._close_libdw()
 
     def _close_libdw(self) -> None:
-        for off in [off for off, (idx, _) in self._cus._data.items() if isinstance(idx.lines, libdw.LibdwLines)]:
-            self._cus.pop(off)
+        for off, (idx, _) in list(self._cus._data.items()):
+            if isinstance(idx.lines, libdw.LibdwLines):
+                if isinstance(idx, CuFunctions):
+                    idx.forget_sections()
+                else:
+                    self._cus.pop(off)
         if self._libdw is not None:
             self._libdw.close()
             self._libdw = None
@@ -358,33 +522,126 @@ class DwarfInfo:
             return None
         idx = self.cu(off)
         try:
+            if isinstance(idx, CuFunctions):
+                die = idx.function_at(address)
+                if die is None:  # no top-level function here: a nested function's code, or none
+                    die = self._gap(off, idx, address)
+                return self._function(off, idx, die).lookup(address)
             file, line = idx.line_at(address)
             return idx.code_at(address).frames(address, file, line, idx.files), (file, line)
         except _DWARF_ERRORS as e:
             raise DwarfError(f"{self.path}: CU at {off:#x}: {e}") from e
 
-    def cu(self, offset: int) -> CuIndex:
+    def cu(self, offset: int) -> CuIndex | CuFunctions:
         idx = self._cus.get(offset)
         if idx is None:
             idx = self._load_cu(offset) if self._load_cu else None
             if idx is not None:
                 self.stats["cus_loaded"] += 1
+                self._cus.put(offset, idx)
             else:
-                complete = self._store_cu is not None
-                if not complete and self._libdw is not None and self._libdw.rows > self._max_libdw_rows:
-                    self.stats["libdw_resets"] += 1
-                    self._close_libdw()  # frees every table libdw holds; it reopens on the next line
-                try:
-                    # with a disk cache to fill, the whole CU; else only the functions asked for
-                    idx = _decode_cu(self.reader(), offset, complete=complete,
-                                     libdw_lines=None if complete else self._libdw_lines)
-                except _DWARF_ERRORS as e:
-                    raise DwarfError(f"{self.path}: CU at {offset:#x}: {e}") from e
-                self.stats["cus_decoded"] += 1
-                if self._store_cu:
-                    self._store_cu(offset, idx)
-            self._cus.put(offset, idx)
+                # with a disk cache to fill, the whole CU, or a big one's functions one by one; else
+                # only the functions asked for
+                idx = self._decode(offset, complete=self._store_cu is not None)
         return idx
+
+    def _libdw_budget(self) -> None:
+        if self._libdw is not None and self._libdw.rows > self._max_libdw_rows:
+            self.stats["libdw_resets"] += 1
+            self._close_libdw()  # frees every table libdw holds; it reopens on the next line
+
+    def _decode(self, offset: int, *, complete: bool) -> CuIndex | CuFunctions:
+        """Decode a CU (into the LRU, and into the disk cache when there is one): complete, or only
+        the functions asked for; with a disk cache to fill, a big CU's functions one by one."""
+        if not complete:
+            self._libdw_budget()
+        idx: CuIndex | CuFunctions | None = None
+        try:
+            r = self.reader()
+            if complete and self._store_fn is not None and \
+                    r.unit_at(offset).end - offset >= self._lazy_cu_bytes:
+                idx = self._functions_of(offset)  # None when its functions overlap: then whole
+            if idx is None:
+                idx = _decode_cu(r, offset, complete=complete, libdw_lines=None if complete else self._libdw_lines)
+        except _DWARF_ERRORS as e:
+            raise DwarfError(f"{self.path}: CU at {offset:#x}: {e}") from e
+        self.stats["cus_decoded"] += 1
+        if self._store_cu:
+            self._store_cu(offset, idx)
+        self._cus.put(offset, idx)
+        return idx
+
+    def _functions_of(self, offset: int) -> CuFunctions | None:
+        """A big CU's top-level functions, and a decoder for them (None: they overlap)."""
+        dec = CuFunctions()
+        self._attach(offset, dec)
+        assert dec.decoder is not None
+        fns = dec.decoder.functions()
+        if fns is None:
+            return None
+        idx = CuFunctions(fns)
+        idx.decoder, idx.lines, idx.files = dec.decoder, dec.lines, dec.files
+        return idx
+
+    def _attach(self, offset: int, idx: CuFunctions) -> None:
+        """Give a CuFunctions what decoding one of its functions needs: the unit, its line table
+        (libdw's, else the Python program) and its file names."""
+        self._libdw_budget()
+        r = self.reader()
+        u = r.unit_at(offset)
+        first, lines = _line_table_of(r, u, complete=False, libdw_lines=self._libdw_lines)
+        idx.files = lines.files if lines is not None else []
+        idx.lines = lines
+        idx.decoder = _CuDecoder(r, u, first, len(idx.files))
+
+    def _gap(self, offset: int, idx: CuFunctions, address: int) -> int:
+        """The address lies between the CU's top-level functions (a nested function, a lambda whose
+        host was only inlined, or code DWARF does not describe): that whole gap becomes one more
+        entry of the CU's functions, named `_GAP | its start`, stored like a function. Its code is
+        cut from the CU's whole code (decoded once while the CU stays in memory)."""
+        lo = max((e for e in idx.fn_end if e <= address), default=0)
+        hi = min((s for s in idx.fn_start if s > address), default=_GAP)
+        key = _GAP | lo
+        i = bisect_right(idx.fn_start, lo)
+        idx.fn_start.insert(i, lo)
+        idx.fn_end.insert(i, hi)
+        idx.fn_die.insert(i, key)
+        if self._store_cu is not None:
+            self._store_cu(offset, idx)
+        return key
+
+    def _function(self, offset: int, idx: CuFunctions, die: int) -> FnIndex:
+        key = (offset, die)
+        fn = self._fns.get(key)
+        if fn is not None:
+            return fn
+        fn = self._load_fn(offset, die) if self._load_fn else None
+        if fn is not None:
+            self.stats["fns_loaded"] += 1
+        else:
+            if idx.decoder is None:  # loaded from the disk cache, or its sections were released
+                self._attach(offset, idx)
+            assert idx.decoder is not None
+            ranges = idx.ranges_of(die)
+            if die >= _GAP:
+                if idx.whole is None:
+                    idx.whole = idx.decoder.code(None)
+                code = idx.whole.within(*ranges[0])
+            else:
+                code = idx.decoder.code(die)
+            lines = idx.lines
+            if lines is None:
+                rows = (array("Q"), array("q"), array("q"))
+            elif isinstance(lines, libdw.LibdwLines):
+                rows = lines.rows(ranges)
+            else:
+                rows = _python_rows(lines, ranges)
+            fn = FnIndex.build(code, idx.files, rows)
+            self.stats["fns_decoded"] += 1
+            if self._store_fn is not None:
+                self._store_fn(offset, die, fn)
+        self._fns.put(key, fn)
+        return fn
 
 
 # -- decoding one CU -------------------------------------------------------------------------
@@ -601,19 +858,14 @@ def _decode_cu(r: dr.Reader, offset: int, *, complete: bool = True,
     as lookups need them, with the line table from `libdw_lines` when it gives one."""
     idx = CuIndex()
     u = r.unit_at(offset)
-    top = u.top
-    comp_dir = top.get(dr.AT_comp_dir)
-    comp_dir = comp_dir if isinstance(comp_dir, str) else None
-    first = 1
-    stmt = top.get(dr.AT_stmt_list)
-    if isinstance(stmt, int) and stmt < len(r.s.line):
-        lt = dr.line_table(r, u, stmt, comp_dir)
-        idx.files, first = lt.files, lt.first
-        if complete:
-            lt.complete()
-            idx.row_addr, idx.row_file, idx.row_line = lt.addr, lt.file, lt.line  # type: ignore[assignment]  # complete()d
+    first, lines = _line_table_of(r, u, complete=complete, libdw_lines=libdw_lines)
+    if lines is not None:
+        idx.files = lines.files
+        if isinstance(lines, dr.LineTable) and lines.addr is not None:  # complete()d
+            assert lines.file is not None and lines.line is not None  # set with addr
+            idx.row_addr, idx.row_file, idx.row_line = lines.addr, lines.file, lines.line
         else:
-            idx.lines = (libdw_lines and libdw_lines(u.die_offset, first, idx.files)) or lt
+            idx.lines = lines
     decoder = _CuDecoder(r, u, first, len(idx.files))
     fns = None if complete else decoder.functions()
     if fns is None:
@@ -624,6 +876,40 @@ def _decode_cu(r: dr.Reader, offset: int, *, complete: bool = True,
         idx.fn_die = array("Q", [f[2] for f in fns])
         idx._decoder = decoder
     return idx
+
+
+def _line_table_of(r: dr.Reader, u: dr.Unit, *, complete: bool,
+                   libdw_lines: Callable[[int, int, list[str]], libdw.LibdwLines | None] | None
+                   ) -> tuple[int, dr.LineTable | libdw.LibdwLines | None]:
+    """(first DWARF file number, the CU's line table or None): run to its end when `complete`, else
+    libdw's when `libdw_lines` gives one, else the Python program, run as lookups need."""
+    top = u.top
+    comp_dir = top.get(dr.AT_comp_dir)
+    comp_dir = comp_dir if isinstance(comp_dir, str) else None
+    stmt = top.get(dr.AT_stmt_list)
+    if not isinstance(stmt, int) or stmt >= len(r.s.line):
+        return 1, None
+    lt = dr.line_table(r, u, stmt, comp_dir)
+    if complete:
+        return lt.first, lt.complete()
+    return lt.first, (libdw_lines and libdw_lines(u.die_offset, lt.first, lt.files)) or lt
+
+
+def _python_rows(lt: dr.LineTable, ranges: list[tuple[int, int]]) -> tuple[array, array, array]:
+    """The Python line program's rows that answer for `ranges` (run to its end: without libdw)."""
+    lt.complete()
+    addr, file, line = lt.addr, lt.file, lt.line
+    assert addr is not None and file is not None and line is not None  # complete()d
+    spans = sorted((max(0, bisect_right(addr, lo) - 1), bisect_right(addr, hi - 1)) for lo, hi in ranges if hi > lo)
+    out_a, out_f, out_l = array("Q"), array("q"), array("q")
+    done = 0
+    for i, j in spans:
+        i = max(i, done)
+        out_a += addr[i:j]
+        out_f += file[i:j]
+        out_l += line[i:j]
+        done = max(done, j)
+    return out_a, out_f, out_l
 
 
 def _skip_children(r: dr.Reader, u: dr.Unit, pos: int) -> int:

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
+from array import array
+from collections.abc import Iterator
 from typing import Any
 
 _DWARF_C_READ = 0
@@ -54,7 +57,10 @@ def _load() -> Any:
                 ("dwarf_getsrc_die", vp, [die_p, ctypes.c_uint64]),
                 ("dwarf_lineno", ctypes.c_int, [vp, ctypes.POINTER(ctypes.c_int)]),
                 ("dwarf_line_file", ctypes.c_int, [vp, ctypes.POINTER(vp), size_p]),
-                ("dwarf_filesrc", ctypes.c_char_p, [vp, ctypes.c_size_t, vp, vp])):
+                ("dwarf_filesrc", ctypes.c_char_p, [vp, ctypes.c_size_t, vp, vp]),
+                ("dwarf_onesrcline", vp, [vp, ctypes.c_size_t]),
+                ("dwarf_lineaddr", ctypes.c_int, [vp, ctypes.POINTER(ctypes.c_uint64)]),
+                ("dwarf_lineendsequence", ctypes.c_int, [vp, ctypes.POINTER(ctypes.c_bool)])):
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
         _lib = lib
@@ -104,17 +110,20 @@ class LibdwFile:
         if cu_die_offset not in self._counted:
             self._counted.add(cu_die_offset)
             self.rows += n.value
-        return LibdwLines(self, die, first, files, n.value)
+        return LibdwLines(self, die, first, files, n.value, table.value or 0)
 
 
 class LibdwLines:
     """`dwarfread.LineTable`'s lookup interface over a CU's table decoded by libdw. `addr` stays
     None: its rows live in libdw, never in Python arrays (so such a CU is not persisted)."""
 
-    __slots__ = ("_die", "_extra", "_file", "_first", "_line", "_nheader", "_src", "_srcs", "addr", "files", "size")
+    __slots__ = ("_die", "_extra", "_file", "_first", "_layout", "_line", "_nheader", "_src", "_srcs", "_table", "addr",
+                 "files", "size")
 
-    def __init__(self, owner: LibdwFile, die: _Die, first: int, files: list[str], size: int) -> None:
+    def __init__(self, owner: LibdwFile, die: _Die, first: int, files: list[str], size: int, table: int) -> None:
         self._file, self._die, self._first, self.files = owner, die, first, files
+        self._table = table  # the Dwarf_Lines of the CU (rows sorted as find() bisects them)
+        self._layout: struct.Struct | bool | None = None  # how `rows` reads them: unchecked, a struct, or the API
         self._nheader = len(files)
         self.size = size  # rows (the LRU's weight)
         self.addr = None
@@ -134,11 +143,15 @@ class LibdwLines:
         if not row:
             return None
         lib.dwarf_lineno(row, ctypes.byref(self._line))
+        return self._file_of(row), self._line.value
+
+    def _file_of(self, row: int) -> int:
+        lib = self._file._lib
         if lib.dwarf_line_file(row, ctypes.byref(self._srcs), ctypes.byref(self._src)) != 0:
-            return -1, self._line.value
+            return -1
         f = self._src.value - self._first
         if 0 <= f < self._nheader:
-            return f, self._line.value
+            return f
         k = self._extra.get(f)
         if k is None:
             name = lib.dwarf_filesrc(self._srcs, self._src.value, None, None)
@@ -146,7 +159,123 @@ class LibdwLines:
             if name:
                 k = self._extra[f] = len(self.files)
                 self.files.append(name.decode("utf-8", "surrogateescape"))
-        return k, self._line.value
+        return k
+
+    def rows(self, ranges: list[tuple[int, int]]) -> tuple[array, array, array]:
+        """The rows that `find` answers from for every address of `ranges` (one function's), in
+        libdw's order: per range the row covering its start, then those inside it. Rows equal to the
+        one before them are left out (a bisect answers the same). (addresses, file indexes, lines);
+        an end of sequence has file and line -1.
+
+        A big function has thousands of rows and the public API is a ctypes call per field of a
+        row (~10 us a row: 1.5 s for 300 addresses of libpython), so rows are read straight from
+        libdw's array (`_layout`) when its layout was checked against the API on this table."""
+        owner = self._file
+        if not owner._dbg:
+            raise ValueError("libdw file closed")
+        lib = owner._lib
+        n = self.size
+        if n == 0:
+            return array("Q"), array("q"), array("q")
+        if self._layout is None:
+            self._layout = _check_layout(lib, self._table, n)
+        fmt = self._layout if isinstance(self._layout, struct.Struct) else None
+        if fmt is not None:
+            size = fmt.size
+            base = lib.dwarf_onesrcline(self._table, 0)
+            mem = memoryview((ctypes.c_char * (n * size)).from_address(base)).cast("B")  # libdw's rows, no copy
+
+            def address(k: int) -> int:
+                return fmt.unpack_from(mem, k * size)[0]
+
+            def between(i: int, j: int) -> Iterator[tuple[int, int, int, int]]:
+                return fmt.iter_unpack(mem[i * size:j * size])
+        else:
+            def address(k: int) -> int:
+                return _api_row(lib, lib.dwarf_onesrcline(self._table, k))[0]
+
+            def between(i: int, j: int) -> Iterator[tuple[int, int, int, int]]:
+                for k in range(i, j):
+                    a, f, ln, end = _api_row(lib, lib.dwarf_onesrcline(self._table, k))
+                    yield a, f, ln, _END_BIT if end else 0
+
+        def first_above(a: int) -> int:  # index of the first row whose address is > a (bisect_right)
+            lo, hi = 0, n
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if a < address(mid):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return lo
+
+        spans = sorted((max(0, first_above(lo) - 1), first_above(hi - 1)) for lo, hi in ranges if hi > lo)
+        out_a, out_f, out_l = array("Q"), array("q"), array("q")
+        first, nheader = self._first, self._nheader
+        done = 0
+        last_f = last_l = None
+        for i, j in spans:
+            i = max(i, done)
+            for k, (a, raw, ln, flags) in enumerate(between(i, j), i):
+                if flags & _END_BIT:
+                    f = ln = -1
+                else:
+                    f = raw - first
+                    if not 0 <= f < nheader:  # a file the header does not list: as find() names it
+                        f = self._file_of(lib.dwarf_onesrcline(self._table, k))
+                if f == last_f and ln == last_l:
+                    continue
+                out_a.append(a)
+                out_f.append(f)
+                out_l.append(ln)
+                last_f, last_l = f, ln
+            done = max(done, j)
+        return out_a, out_f, out_l
+
+
+# libdw's struct Dwarf_Line_s (libdwP.h, elfutils 0.188; internal, so checked on each table before use):
+# files pointer, addr, file, line, column, then bit-fields from is_stmt, end_sequence the third
+_ROW_HEAD = "<8xQIi2xB"
+_END_BIT = 0x04
+
+
+def _api_row(lib: Any, line: int) -> tuple[int, int, int, bool]:
+    """(address, DWARF file number, line, end of sequence) of one row, through the public API."""
+    a, ln, end = ctypes.c_uint64(), ctypes.c_int(), ctypes.c_bool()
+    files, idx = ctypes.c_void_p(), ctypes.c_size_t()
+    lib.dwarf_lineaddr(line, ctypes.byref(a))
+    lib.dwarf_lineno(line, ctypes.byref(ln))
+    lib.dwarf_lineendsequence(line, ctypes.byref(end))
+    f = idx.value if lib.dwarf_line_file(line, ctypes.byref(files), ctypes.byref(idx)) == 0 else -1
+    return a.value, f, ln.value, end.value
+
+
+def _check_layout(lib: Any, table: int, n: int) -> struct.Struct | bool:
+    """A struct reading (address, file number, line, flags) from one of libdw's rows, when the
+    rows of this table are laid out as `_ROW_HEAD` says: the stride between rows is measured, and
+    every 1/64th row, every end of sequence among them and the last row (always one) read both
+    ways must agree. False otherwise: the public API is used, a call per field."""
+    if n < 2:
+        return False
+    base = lib.dwarf_onesrcline(table, 0)
+    stride = lib.dwarf_onesrcline(table, 1) - base
+    head = struct.calcsize(_ROW_HEAD)
+    if stride < head or stride > 256:
+        return False
+    fmt = struct.Struct(f"{_ROW_HEAD}{stride - head}x")
+    mem = memoryview((ctypes.c_char * (n * stride)).from_address(base)).cast("B")
+    probes = sorted({*range(0, n, max(1, n // 64)), n - 1})
+    ends = 0
+    for k in probes:
+        ptr = lib.dwarf_onesrcline(table, k)
+        if ptr != base + k * stride:
+            return False
+        a, f, ln, flags = fmt.unpack_from(mem, k * stride)
+        got = _api_row(lib, ptr)
+        if (a, ln, bool(flags & _END_BIT)) != (got[0], got[2], got[3]) or (got[1] >= 0 and f != got[1]):
+            return False
+        ends += got[3]
+    return fmt if ends >= 1 and ends < len(probes) else False
 
 
 def open_lines(path: str) -> LibdwFile | None:

@@ -34,12 +34,20 @@ class BinaryTool:
                  cache_dir: str | None = None) -> None:
         self.elf = ElfSymbols(path, debug_dirs=debug_dirs)
         kwargs: dict = {}
-        if cache_dir and self.elf.build_id:
+        if cache_dir:
             from symbolizer.diskcache import DiskCache
 
             cache = DiskCache(cache_dir)
-            kwargs = cache.hooks(self.elf.build_id)
-            self.elf.load_symbols = cache.symbols_loader(self.elf)
+            if self.elf.build_id:
+                kwargs = cache.hooks(self.elf.build_id)
+                self.elf.load_symbols = cache.symbols_loader(self.elf)
+            else:  # keyed by what the tables and the DWARF hold (symbolizer.core does the same)
+                from symbolizer.dwarf import dwarf_digest
+
+                if (digest := self.elf.table_digest()) is not None:
+                    self.elf.load_symbols = cache.symbols_loader(self.elf, digest)
+                if (dw := self.elf.dwarf_file()) is not None and (key := dwarf_digest(dw)) is not None:
+                    kwargs = cache.hooks(key)
         self.dwarf = open_dwarf(self.elf, **kwargs)
 
     def frames(self, vaddr: int) -> list[Frame]:

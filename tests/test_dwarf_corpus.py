@@ -8,8 +8,10 @@ names (innermost first) and file:line per frame. Where a name comes from the ELF
 (no DWARF function there), any alias at the same address counts as the same function: addr2line
 takes the first alias in table order (glibc's local `__GI_*` names), we prefer the exported one.
 
-Both line-table paths are compared: libdw's (the default for lookups without a disk cache to fill)
-and the pure-Python line programs (the fallback without libdw, and what fills the disk cache).
+Three paths are compared: libdw's line tables (the default for lookups without a disk cache to
+fill), the pure-Python line programs (the fallback without libdw, and what fills the disk cache for
+CUs stored whole), and the disk cache's answers after a restart (big CUs persisted one function at
+a time with libdw's rows, small ones whole; the first meeting's answers must be the same).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 from podflame.model import Line
 from symbolizer import libdw
 from symbolizer.demangle import demangle
+from symbolizer.diskcache import DiskCache
 from symbolizer.elf import ElfSymbols
 from symbolizer.resolve import lines_at, open_dwarf
 from tests.realsys import dwarf_libpython
@@ -132,9 +135,13 @@ def _file_line(s: str) -> str | None:
     return f"{file}:{line}"
 
 
-def ours(path: Path, *, use_libdw: bool = True) -> Callable[[int], Frames]:
+def ours(path: Path, *, use_libdw: bool = True, cache_dir: Path | None = None) -> Callable[[int], Frames]:
     elf = ElfSymbols(str(path), debug_dirs=["/usr/lib/debug"])
-    dwarf = open_dwarf(elf, use_libdw=use_libdw)
+    hooks = {}
+    if cache_dir is not None:
+        assert elf.build_id
+        hooks = DiskCache(str(cache_dir)).hooks(elf.build_id)
+    dwarf = open_dwarf(elf, use_libdw=use_libdw, **hooks)
     assert dwarf is not None, f"{path}: no DWARF found"
 
     def lookup(address: int) -> Frames:
@@ -185,14 +192,15 @@ class Compared:
     line_ok_llvm: int = 0  # of the others: equal to llvm-symbolizer's, which disagrees with addr2line there
 
 
-_compared: dict[bool, Compared] = {}
+_compared: dict[str, Compared] = {}
 _expected: dict[str, list[Frames]] = {}
-LINE_PATHS = [pytest.param(True, id="libdw"), pytest.param(False, id="python")]
+LINE_PATHS = ["libdw", "python", "persisted"]
 
 
-def compare(targets: list[Target], use_libdw: bool) -> Compared:
-    if use_libdw in _compared:
-        return _compared[use_libdw]
+def compare(targets: list[Target], path: str, cache_root: Path | None = None) -> Compared:
+    if path in _compared:
+        return _compared[path]
+    use_libdw = path != "python"
     if use_libdw:
         assert libdw.open_lines(str(targets[0].path)) is not None, "libdw.so.1 (Debian libdw1) cannot be loaded"
     c = Compared(0, 0, 0, [], [])
@@ -200,7 +208,15 @@ def compare(targets: list[Target], use_libdw: bool) -> Compared:
         if t.name not in _expected:
             _expected[t.name] = addr2line(t.path, t.addresses)
         expected = _expected[t.name]
-        lookup = ours(t.path, use_libdw=use_libdw)
+        first_meet: list[Frames] = []
+        if path == "persisted":
+            assert cache_root is not None
+            cache_dir = cache_root / t.name
+            first = ours(t.path, cache_dir=cache_dir)
+            first_meet = [first(a) for a in t.addresses]
+            lookup = ours(t.path, cache_dir=cache_dir)  # a restarted agent: everything from the cache
+        else:
+            lookup = ours(t.path, use_libdw=use_libdw)
         names = aliases(t.symtab)
         line_diffs: list[tuple[int, list[str | None], list[str | None]]] = []
         for a, want in zip(t.addresses, expected, strict=True):
@@ -227,8 +243,16 @@ def compare(targets: list[Target], use_libdw: bool) -> Compared:
             else:
                 c.line_diffs.append(f"{t.name} {a:#x}: ours {gl} addr2line {wl} llvm-symbolizer {ll}")
         stats = lookup.stats  # type: ignore[attr-defined]  # every CU's lines from the path under test
-        assert stats["cus_decoded"] > 0 and stats["libdw_line_tables"] == (stats["cus_decoded"] if use_libdw else 0)
-    _compared[use_libdw] = c
+        if path == "persisted":
+            assert [lookup(a) for a in t.addresses] == first_meet, t.name
+            assert stats["cus_decoded"] == stats["fns_decoded"] == 0 and stats["cus_loaded"] > 0, (t.name, stats)
+            if t.name == "libpython3.11":  # big CUs: persisted per function (and gaps between them)
+                decoded = first.stats["fns_decoded"]  # type: ignore[attr-defined]
+                assert decoded > 100 and stats["fns_loaded"] == decoded
+        else:
+            assert stats["cus_decoded"] > 0
+            assert stats["libdw_line_tables"] == (stats["cus_decoded"] if use_libdw else 0)
+    _compared[path] = c
     return c
 
 
@@ -238,20 +262,25 @@ def test_corpus_is_big_and_varied(corpus: list[Target]) -> None:
                                         "libc"}
 
 
-@pytest.mark.parametrize("use_libdw", LINE_PATHS)
-def test_function_names_agree_with_addr2line(corpus: list[Target], use_libdw: bool) -> None:
-    c = compare(corpus, use_libdw)
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dwarf-corpus-cache")
+
+
+@pytest.mark.parametrize("path", LINE_PATHS)
+def test_function_names_agree_with_addr2line(corpus: list[Target], path: str, cache_root: Path) -> None:
+    c = compare(corpus, path, cache_root)
     rate = c.name_ok / c.total
     assert rate >= NAME_TARGET, (f"names agree on {c.name_ok}/{c.total} = {rate:.4%} (< {NAME_TARGET:.1%}):\n"
                                  + "\n".join(c.name_diffs[:200]))
 
 
-@pytest.mark.parametrize("use_libdw", LINE_PATHS)
-def test_file_lines_agree_with_addr2line(corpus: list[Target], use_libdw: bool) -> None:
+@pytest.mark.parametrize("path", LINE_PATHS)
+def test_file_lines_agree_with_addr2line(corpus: list[Target], path: str, cache_root: Path) -> None:
     """file:line of every frame equal to addr2line's on >= 99%, counting as agreement the addresses where
     addr2line and llvm-symbolizer disagree and we give llvm-symbolizer's answer (and never fewer than
     97% equal to addr2line's alone)."""
-    c = compare(corpus, use_libdw)
+    c = compare(corpus, path, cache_root)
     rate = (c.line_ok + c.line_ok_llvm) / c.total
     raw = c.line_ok / c.total
     msg = (f"file:line equal to addr2line on {c.line_ok}/{c.total} = {raw:.3%}, plus {c.line_ok_llvm} where "

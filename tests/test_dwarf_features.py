@@ -95,11 +95,15 @@ def test_disk_cache_answers_a_new_process_without_decoding(built: dict[str, Path
     cache = DiskCache(str(tmp_path / "cache"))
     first = DwarfInfo(str(path), **cache.hooks(bid))
     want = [first.lookup(a) for a in addrs]
+    # every CU decoded is stored (whole, or a big one's function ranges: its STL-heavy CU is over
+    # dwarf.LAZY_CU_BYTES), and every function decoded in a big CU (tests/test_dwarf_persist.py)
     assert first.stats["cus_decoded"] >= 1 and cache.stats["cu_stored"] == first.stats["cus_decoded"]
+    assert first.stats["fns_decoded"] >= 1 and cache.stats["fn_stored"] == first.stats["fns_decoded"]
     again = DiskCache(str(tmp_path / "cache"))
     second = DwarfInfo(str(path), **again.hooks(bid))
     assert [second.lookup(a) for a in addrs] == want
     assert second.stats["cus_decoded"] == 0 and second.stats["cus_loaded"] == first.stats["cus_decoded"]
+    assert second.stats["fns_decoded"] == 0 and second.stats["fns_loaded"] == first.stats["fns_decoded"]
     assert second._reader is None  # the DWARF sections were never read
     for f in (tmp_path / "cache").rglob("cu-*.pkl"):  # torn files are ignored and decoded again
         f.write_bytes(b"garbage")

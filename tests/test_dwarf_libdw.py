@@ -111,11 +111,17 @@ def test_row_budget_closes_libdw_and_answers_stay_the_same() -> None:
 
 
 def test_a_cu_decoded_for_the_disk_cache_uses_python_rows(variants: dict[str, Path]) -> None:
-    """A CU to persist needs its rows in Python arrays: libdw is not used to decode it."""
+    """A CU persisted whole needs its rows in Python arrays: libdw is not used to decode it. A big CU
+    persisted one function at a time takes each function's rows from libdw's table."""
     path = variants["cxx"]
     stored: list[int] = []
     whole = DwarfInfo(str(path), use_libdw=True, store_cu=lambda off, idx: stored.append(off))
     lazy = DwarfInfo(str(path), use_libdw=True)
+    fns: list[int] = []
+    per_fn = DwarfInfo(str(path), use_libdw=True, lazy_cu_bytes=0, store_cu=lambda off, idx: None,
+                       store_fn=lambda off, die, fn: fns.append(die))
     addrs = every_address(path)
-    assert [whole.lookup(a) for a in addrs] == [lazy.lookup(a) for a in addrs]
+    assert [whole.lookup(a) for a in addrs] == [lazy.lookup(a) for a in addrs] == [per_fn.lookup(a) for a in addrs]
     assert stored and whole.stats["libdw_line_tables"] == 0 and lazy.stats["libdw_line_tables"] >= 1
+    assert per_fn.stats["libdw_line_tables"] == per_fn.stats["cus_decoded"] >= 1
+    assert len(fns) == len(set(fns)) == per_fn.stats["fns_decoded"] >= 2

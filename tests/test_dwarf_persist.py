@@ -1,0 +1,250 @@
+"""The disk cache's contract for DWARF: a CU under `lazy_cu_bytes` is decoded and stored whole; a
+bigger one is stored as its functions' ranges and every function decoded (its inline tree and line
+rows) is stored on its own, so a restart answers from the cache without reading the sections. The
+answers are the complete decode's at every address (and addr2line's: tests/test_dwarf_corpus.py
+runs its oracle comparison on the persisted path too); a corrupt entry is logged and rewritten;
+the byte bound holds; a binary without a build id is keyed by its DWARF's bytes."""
+
+from __future__ import annotations
+
+import logging
+import random
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from podflame.model import Frame, FrameKind, Mapping, Profile
+from symbolizer import Symbolizer, libdw
+from symbolizer.diskcache import DiskCache
+from symbolizer.dwarf import CuFunctions, CuIndex, DwarfInfo, FnIndex, dwarf_digest
+from symbolizer.elf import ElfSymbols
+from tests.test_dwarf_corpus import _libc_debug_file, build_corpus, functions, libpython, spread
+from tests.test_dwarf_features import NESTED, nm_sized
+from tests.test_symbolizer_build import build_id, need_tools
+
+WHOLE = 1 << 62  # no CU is this big: every CU decoded whole (the complete decode)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("dwarf-persist")
+    out = {p.name: p for p in build_corpus(d)}
+    (d / "nested.c").write_text(NESTED)
+    subprocess.run(["gcc", "-O2", "-g", "-Wl,--build-id", "-o", str(d / "nested"), str(d / "nested.c")], check=True,
+                   capture_output=True)
+    out["nested"] = d / "nested"
+    return out
+
+
+def every_address(path: Path) -> list[int]:
+    return [a for start, size in functions(path) for a in range(start, start + size)]
+
+
+def test_every_decoded_function_is_stored_and_a_restart_decodes_nothing(built: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    for name in ("dwarf-cxx", "dwarf-pie", "libdwarflib.so"):
+        path = built[name]
+        bid = build_id(path)
+        assert bid
+        addrs = every_address(path)
+        root = tmp_path / name
+        cache = DiskCache(str(root))
+        first = DwarfInfo(str(path), lazy_cu_bytes=0, **cache.hooks(bid))  # every CU counts as big
+        got = [first.lookup(a) for a in addrs]
+        whole = DwarfInfo(str(path), store_cu=lambda off, idx: None)  # the complete decode
+        assert got == [whole.lookup(a) for a in addrs], name
+        assert got == [DwarfInfo(str(path)).lookup(a) for a in addrs], name  # and the cache-less lazy one
+        assert first.stats["fns_decoded"] >= 2 and cache.stats["fn_stored"] == first.stats["fns_decoded"], name
+        assert cache.stats["cu_stored"] == first.stats["cus_decoded"], name
+        assert len(list(root.rglob("fn-*.pkl"))) == first.stats["fns_decoded"], name
+        again = DiskCache(str(root))
+        second = DwarfInfo(str(path), lazy_cu_bytes=0, **again.hooks(bid))
+        assert [second.lookup(a) for a in addrs] == got, name
+        assert second.stats["cus_decoded"] == second.stats["fns_decoded"] == 0, (name, second.stats)
+        assert second.stats["fns_loaded"] == first.stats["fns_decoded"], name
+        assert second._reader is None, name  # the DWARF sections were never read
+        assert again.stats["errors"] == 0
+
+
+def test_an_address_between_functions_is_stored_as_one_more_entry(built: dict[str, Path], tmp_path: Path) -> None:
+    """A GCC nested function's code lies outside its host's ranges: no top-level function covers it
+    (nor a C++ lambda's whose host was only inlined). The gap between the functions around it becomes
+    one more entry, cut from the CU's whole code, stored like a function; the CU is not stored whole."""
+    path = built["nested"]
+    bid = build_id(path)
+    assert bid
+    (inner, _), = [(a, s) for a, s, name in nm_sized(path) if name.startswith("inner")]
+    outer = next(a for a, s, name in nm_sized(path) if name == "outer")
+    cache = DiskCache(str(tmp_path))
+    d = DwarfInfo(str(path), lazy_cu_bytes=0, **cache.hooks(bid))
+    got = d.lookup(outer + 1)
+    assert got is not None and [f.name for f in got[0]] == ["outer"]
+    off = d._cu_for(inner + 2)
+    assert off is not None
+    fns = d.cu(off)
+    assert isinstance(fns, CuFunctions) and d.stats["fns_decoded"] == 1
+    n = len(fns.fn_start)
+    assert fns.function_at(inner + 2) is None
+    want = DwarfInfo(str(path), store_cu=lambda o, i: None).lookup(inner + 2)
+    got = d.lookup(inner + 2)
+    assert got == want and got is not None and [f.name for f in got[0]] == ["inner"]
+    assert d.cu(off) is fns and len(fns.fn_start) == n + 1 and d.stats["fns_decoded"] == 2
+    stored = DiskCache(str(tmp_path)).load_cu(bid, off)
+    assert isinstance(stored, CuFunctions) and len(stored.fn_start) == n + 1  # the gap is in the stored ranges
+    assert len(list(tmp_path.rglob("fn-*.pkl"))) == 2
+    restart = DwarfInfo(str(path), lazy_cu_bytes=0, **DiskCache(str(tmp_path)).hooks(bid))
+    assert restart.lookup(inner + 2) == want and restart.stats["cus_decoded"] == restart.stats["fns_decoded"] == 0
+    addrs = every_address(path)  # every address of the binary, the gaps' too, as the complete decode
+    assert [restart.lookup(a) for a in addrs] == [DwarfInfo(str(path), store_cu=lambda o, i: None).lookup(a)
+                                                  for a in addrs]
+
+
+def test_a_corrupt_function_entry_is_logged_and_rewritten(built: dict[str, Path], tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    path = built["dwarf-cxx"]
+    bid = build_id(path)
+    assert bid
+    addrs = every_address(path)[::7]
+    want = [DwarfInfo(str(path), lazy_cu_bytes=0, **DiskCache(str(tmp_path)).hooks(bid)).lookup(a) for a in addrs]
+    torn = sorted(tmp_path.rglob("fn-*.pkl"))
+    assert torn
+    for f in torn:
+        f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    cache = DiskCache(str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="podflame.symbolizer"):
+        third = DwarfInfo(str(path), lazy_cu_bytes=0, **cache.hooks(bid))
+        assert [third.lookup(a) for a in addrs] == want
+    assert cache.stats["errors"] == len(torn) and third.stats["fns_decoded"] == len(torn)
+    assert str(torn[0]) in caplog.text and "rewritten" in caplog.text
+    fourth = DwarfInfo(str(path), lazy_cu_bytes=0, **DiskCache(str(tmp_path)).hooks(bid))
+    assert [fourth.lookup(a) for a in addrs] == want and fourth.stats["fns_decoded"] == 0  # rewritten whole
+
+
+def test_the_byte_bound_holds_with_function_entries(built: dict[str, Path], tmp_path: Path) -> None:
+    path = built["dwarf-cxx"]
+    addrs = every_address(path)[::5]
+
+    def fill(cache: DiskCache, key: str) -> None:
+        d = DwarfInfo(str(path), lazy_cu_bytes=0, **cache.hooks(key))
+        for a in addrs:
+            d.lookup(a)
+
+    probe = DiskCache(str(tmp_path / "probe"))
+    fill(probe, "aa" * 20)
+    ((_, one, _),) = probe.usage()
+    assert len(list((tmp_path / "probe").rglob("fn-*.pkl"))) >= 2
+    bounded = DiskCache(str(tmp_path / "bounded"), max_bytes=int(one * 2.5))
+    for k in "bcdef":
+        fill(bounded, k * 40)
+    bounded.trim()
+    usage = bounded.usage()
+    assert sum(size for _, size, _ in usage) <= bounded.max_bytes and len(usage) == 2
+    assert bounded.stats["evicted"] == 3
+
+
+def test_big_cus_of_real_libraries_persist_per_function_with_the_complete_decodes_answers(tmp_path: Path) -> None:
+    """libpython (DWARF 5, 146 CUs, up to 900 KiB each) and libc's debug file, default threshold: the big
+    CUs go function by function, the small ones whole; first meet and restart equal the complete decode."""
+    lp, debug = libpython(), _libc_debug_file()
+    if lp is None or debug is None:
+        pytest.skip("pyenv's libpython3.11 or libc6-dbg is missing (scripts/setup.sh installs libc6-dbg)")
+    rng = random.Random(19)
+    for path, key in ((lp, ElfSymbols(str(lp)).build_id), (debug, "cc" * 20)):
+        assert key
+        addrs = spread(functions(path), 240, rng)
+        cache = DiskCache(str(tmp_path / path.name))
+        first = DwarfInfo(str(path), **cache.hooks(key))
+        got = [first.lookup(a) for a in addrs[:120]]
+        first.release()  # the agent's release: sections and libdw go; a function not yet decoded reads them again
+        assert first._reader is None and first._libdw is None
+        got += [first.lookup(a) for a in addrs[120:]]
+        assert got == [DwarfInfo(str(path), store_cu=lambda o, i: None).lookup(a) for a in addrs], path
+        restart = DwarfInfo(str(path), **DiskCache(str(tmp_path / path.name)).hooks(key))
+        assert [restart.lookup(a) for a in addrs] == got, path
+        assert restart.stats["cus_decoded"] == restart.stats["fns_decoded"] == 0 and restart._reader is None
+        if path == lp:
+            assert first.stats["fns_decoded"] > 50 and cache.stats["fn_stored"] == first.stats["fns_decoded"]
+            small = sum(isinstance(idx, CuIndex) for idx, _ in first._cus._data.values())
+            assert small > 5, "libpython has small CUs: stored whole"
+
+
+def test_libdw_rows_read_from_its_array_equal_the_public_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A function's rows come from libdw's row array when its layout checks out against the public
+    API on that table (Debian's libdw1 0.188: it does), else through the API; both the same rows."""
+    lp = libpython()
+    if lp is None:
+        pytest.skip("pyenv's libpython3.11.so.1.0 not found")
+    fast = DwarfInfo(str(lp), lazy_cu_bytes=0, store_cu=lambda o, i: None, store_fn=lambda o, d, f: None)
+    addrs = spread(functions(lp), 60, random.Random(5))
+    fast_fns: list[FnIndex] = []
+    for a in addrs:
+        fast.lookup(a)
+    fast_fns = [fn for fn, _ in fast._fns._data.values()]
+    tables = [idx.lines for idx, _ in fast._cus._data.values() if isinstance(idx, CuFunctions)]
+    assert tables and all(isinstance(t, libdw.LibdwLines) and isinstance(t._layout, struct.Struct) for t in tables), \
+        "libdw's row layout changed: rows are read a ctypes call per field (correct, ~10x slower)"
+    monkeypatch.setattr(libdw, "_check_layout", lambda lib, table, n: False)  # the API for every row
+    slow = DwarfInfo(str(lp), lazy_cu_bytes=0, store_cu=lambda o, i: None, store_fn=lambda o, d, f: None)
+    for a in addrs:
+        assert slow.lookup(a) == fast.lookup(a)
+    slow_fns = [fn for fn, _ in slow._fns._data.values()]
+    assert [(f.row_addr, f.row_file, f.row_line, f.files) for f in slow_fns] == \
+        [(f.row_addr, f.row_file, f.row_line, f.files) for f in fast_fns]
+    monkeypatch.undo()
+    monkeypatch.setattr(libdw, "_ROW_HEAD", "<4xQIi2xB")  # addresses at the wrong offset: refused by the check
+    wrong = DwarfInfo(str(lp), lazy_cu_bytes=0, store_cu=lambda o, i: None, store_fn=lambda o, d, f: None)
+    assert [wrong.lookup(a) for a in addrs] == [fast.lookup(a) for a in addrs]
+    assert all(idx.lines._layout is False for idx, _ in wrong._cus._data.values()  # type: ignore[union-attr]
+               if isinstance(idx, CuFunctions))
+
+
+LINES_C = """{pad}#include <stdio.h>
+__attribute__((noinline)) static int leaf(int n) {{ int s = 0; for (int i = 0; i < n; i++) s += i * i; return s; }}
+int main(int argc, char **argv) {{ (void)argv; printf("%d\\n", leaf(argc * 1000)); return 0; }}
+"""
+
+
+def _frame_of(path: Path, function: str) -> tuple[Frame, int]:
+    elf = ElfSymbols(str(path))
+    text = next(s for s in elf.segments if s.executable)
+    base = 0x5555_5555_4000
+    m = Mapping(base + text.vaddr, base + text.vaddr + text.memsz, text.offset, str(path), None)
+    (start, _), = [(a, s) for a, s, name in nm_sized(path) if name == function]
+    return Frame(base + start + 4, m, FrameKind.NATIVE), start + 4
+
+
+def _line(sym: Symbolizer, frame: Frame) -> tuple[str | None, int | None]:
+    p = Profile(labels={}, start_ns=0, duration_ns=1, period_ns=1)
+    p.add((frame,), 1)
+    ((out,),) = sym.symbolize(p).samples
+    return out.lines[0].function, out.lines[0].line
+
+
+def test_a_binary_without_build_id_keeps_its_dwarf_in_the_cache_keyed_by_its_bytes(tmp_path: Path) -> None:
+    """Go's linker and --build-id=none leave no build id: the DWARF is keyed by a digest of its sections,
+    so a restart reads the cache, and a rebuild that moved only line numbers (same code, same symbols)
+    is decoded again, never answered with the old lines."""
+    need_tools("gcc", "nm")
+    exe = tmp_path / "prog"
+    src = tmp_path / "prog.c"
+    src.write_text(LINES_C.format(pad=""))
+    subprocess.run(["gcc", "-O2", "-g", "-fPIE", "-pie", "-Wl,--build-id=none", "-o", str(exe), str(src)], check=True)
+    assert ElfSymbols(str(exe)).build_id is None
+    frame, _ = _frame_of(exe, "leaf")
+    root = str(tmp_path / "cache")
+    first = Symbolizer(kallsyms_path="/dev/null", disk_cache=DiskCache(root))
+    want = _line(first, frame)
+    assert want[0] == "leaf" and want[1] == 2
+    key = dwarf_digest(str(exe))
+    assert key and any(p.name == key for p in Path(root).rglob("*"))
+    restart = Symbolizer(kallsyms_path="/dev/null", disk_cache=DiskCache(root))
+    assert _line(restart, frame) == want
+    (dwarf,) = [d for d, _ in restart._dwarfs._data.values() if d is not None]
+    assert dwarf.stats["cus_loaded"] == 1 and dwarf.stats["cus_decoded"] == 0 and dwarf._reader is None
+    src.write_text(LINES_C.format(pad="/* one more line */\n"))  # same code and symbols, lines one down
+    subprocess.run(["gcc", "-O2", "-g", "-fPIE", "-pie", "-Wl,--build-id=none", "-o", str(exe), str(src)], check=True)
+    assert dwarf_digest(str(exe)) != key
+    moved, _ = _frame_of(exe, "leaf")
+    assert _line(Symbolizer(kallsyms_path="/dev/null", disk_cache=DiskCache(root)), moved) == ("leaf", 3)
