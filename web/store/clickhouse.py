@@ -233,6 +233,9 @@ class ClickHouseStore(Store):
                         self.transport.query(stmt)
                     except ClickHouseError:
                         self._dicts = False
+        with contextlib.suppress(ClickHouseError):  # the CPU chart's and the pod list's one statement
+            self._step_sums(0, 1, 1, "0", typed=True)
+            self._label_sums(0, 1, ["pod"], "0")
 
     def _login_dictionaries(self) -> None:
         """Dictionaries made with another login than this store's (by a schema-3 podflame, which named none, or a
@@ -859,7 +862,7 @@ class ClickHouseStore(Store):
         """Totals per (period, step) summed by ClickHouse in ONE statement, the series filter (selector, type, unit)
         pushed down: no selection first and no refs (`StepTotals.refs` is empty)."""
         self._check()
-        rows = self._step_sums(selector, t0, t1, step_ns, self._series_where(selector, sample_type, unit))
+        rows = self._step_sums(t0, t1, step_ns, self._series_where(selector, sample_type, unit))
         return self._steps_of(rows, t0, t1, step_ns, None, None)
 
     def typed_step_totals(self, selector: Selector, t0: int, t1: int, step_ns: int, pick: TypePick
@@ -870,15 +873,14 @@ class ClickHouseStore(Store):
         4-5 ms of CPU on chDB, docs/benchmarks.md "Stop 19 ch9"). A second statement only when nothing matches (the
         whole range's types then name the unit of an all-zero chart)."""
         self._check()
-        rows = self._step_sums(selector, t0, t1, step_ns, self._series_where(selector, None, None), typed=True)
+        rows = self._step_sums(t0, t1, step_ns, self._series_where(selector, None, None), typed=True)
         present = sorted({(r["t"], r["u"]) for r in rows})
         if not present:
             return (*pick(self.types(t0, t1)), StepTotals([], {}))
         sample_type, unit = pick(present)
         return sample_type, unit, self._steps_of(rows, t0, t1, step_ns, sample_type, unit)
 
-    def _step_sums(self, selector: Selector, t0: int, t1: int, step_ns: int, where: str, typed: bool = False
-                   ) -> list[dict]:
+    def _step_sums(self, t0: int, t1: int, step_ns: int, where: str, typed: bool = False) -> list[dict]:
         """Rows (period_ns, k: the step, v: the sum), and with `typed` the series' type and unit (t, u), of the
         profiles of series matching `where` that start in [t0, t1)."""
         k = f"intDiv(start_ns - {int(t0)}, {int(step_ns)})"  # starts lie in [t0, t1): never negative
@@ -938,7 +940,7 @@ class ClickHouseStore(Store):
                   sample_type: str | None = None, unit: str | None = None) -> list[LabelTotals]:
         """Summed per value of the `by` labels in ONE statement (no selection, no refs)."""
         self._check()
-        rows = self._label_sums(selector, t0, t1, by, self._series_where(selector, sample_type, unit))
+        rows = self._label_sums(t0, t1, by, self._series_where(selector, sample_type, unit))
         return self._groups_of(rows, by, None, None)
 
     def typed_totals_by(self, selector: Selector, t0: int, t1: int, by: Sequence[str] | None, pick: TypePick
@@ -946,14 +948,14 @@ class ClickHouseStore(Store):
         """The pod list in ONE statement: sums per (type, unit, `by` labels, period) of every matching series, of
         which `pick` chooses the type (as `typed_step_totals`)."""
         self._check()
-        rows = self._label_sums(selector, t0, t1, by, self._series_where(selector, None, None))
+        rows = self._label_sums(t0, t1, by, self._series_where(selector, None, None))
         present = sorted({(r["t"], r["u"]) for r in rows})
         if not present:
             return (*pick(self.types(t0, t1)), [])
         sample_type, unit = pick(present)
         return sample_type, unit, self._groups_of(rows, by, sample_type, unit)
 
-    def _label_sums(self, selector: Selector, t0: int, t1: int, by: Sequence[str] | None, where: str) -> list[dict]:
+    def _label_sums(self, t0: int, t1: int, by: Sequence[str] | None, where: str) -> list[dict]:
         """Rows (t, u, period_ns, v, and per `by` label i: h{i} whether the series has it, v{i} its value; or l: the
         whole label set when `by` is None) of the series matching `where` with profiles starting in [t0, t1), whole
         hours from the hourly projection."""
