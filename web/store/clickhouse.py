@@ -542,6 +542,13 @@ class ClickHouseStore(Store):
                         unit: str | None = None) -> str:
         return f"SELECT id FROM {self._t('series')} WHERE {self._series_where(selector, sample_type, unit)}"
 
+    def _series_in(self, where: str) -> str:
+        """A condition on `series` of the rows of `profiles`: in the series matching `where`; none when every series
+        does (`{}`: the subquery over `series` cost ~2 ms of a 12-14 ms statement on chDB). A profile's series row is
+        written before it, and each caller names the series from the table or its dictionary, whose misses it
+        reads from the table: a profile without one is left out either way."""
+        return "1" if where == "1" else f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
+
     def _series(self, hashes: Iterable[int]) -> dict[int, Series]:
         """Series by hash id, from this process' cache or the series table."""
         want = set(hashes)
@@ -579,7 +586,7 @@ class ClickHouseStore(Store):
         without; a node's 11.7 against 17.1, and 16.8 against 15.8."""
         t0 = self._live(t0)
         where = self._series_where(selector, None, None)
-        ids = f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
+        ids = self._series_in(where)
         parts = []
         for span in _spans(t0, t1):
             parts.append(f"SELECT series, period_ns, {_AGG} FROM {self._t('profiles')} WHERE {ids} AND {span} "
@@ -885,7 +892,7 @@ class ClickHouseStore(Store):
         profiles of series matching `where` that start in [t0, t1)."""
         k = f"intDiv(start_ns - {int(t0)}, {int(step_ns)})"  # starts lie in [t0, t1): never negative
         span = f"start_ns >= {int(self._live(t0))} AND start_ns < {int(t1)}"
-        ids = f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
+        ids = self._series_in(where)
         if not typed:
             return self.transport.query(  # type: ignore[no-any-return]
                 f"SELECT period_ns, {k} AS k, sum(total) AS v FROM {self._t('profiles')} WHERE {ids} AND {span} "
@@ -959,7 +966,7 @@ class ClickHouseStore(Store):
         """Rows (t, u, period_ns, v, and per `by` label i: h{i} whether the series has it, v{i} its value; or l: the
         whole label set when `by` is None) of the series matching `where` with profiles starting in [t0, t1), whole
         hours from the hourly projection."""
-        ids = f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
+        ids = self._series_in(where)
         sums = " UNION ALL ".join(f"SELECT series, period_ns, sum(total) AS pv FROM {self._t('profiles')} WHERE {ids} "
                                   f"AND {span} GROUP BY series, period_ns" for span in _spans(self._live(t0), t1))
         keys = ["l"] if by is None else [f"mapContains(l, {quote(name)}) AS h{i}, l[{quote(name)}] AS v{i}"
