@@ -27,7 +27,7 @@ class StoreTooNew(PodflameError, RuntimeError):
     """The data directory was written by a newer podflame, whose schema this one does not know."""
 
 
-# The query layer's choice of a (sample type, unit) among those in range (web/query/merge.py `pick_type`); the unit
+# The query layer's choice of a (sample type, unit) among those in range (web/query/merge.py `type_pick`); the unit
 # is None when nothing of the chosen type is in range.
 TypePick = Callable[[Sequence[tuple[str, str]]], tuple[str, str | None]]
 # A frame's (kind, mapping path or "", file of its innermost line that has one or "").
