@@ -37,6 +37,18 @@ def answer(store: ClickHouseStore, tmp_path: Path, params: dict[str, str] = PARA
                 params)
 
 
+def chart_and_list(store: ClickHouseStore, tmp_path: Path) -> list[Any]:
+    """The CPU chart and the pod list of the range (each one statement with its series' types from the
+    dictionary, or from the table when the dictionary cannot say)."""
+    c = create_app({"DATA_DIR": str(tmp_path), "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client()
+    out = []
+    for path, extra in (("/api/v1/cpu", {"step": "300"}), ("/api/v1/series", {"by": "pod"}), ("/api/v1/series", {})):
+        r = c.get(path, query_string={"from": PARAMS["from"], "to": PARAMS["to"], **extra})
+        assert r.status_code == 200, r.json
+        out.append(r.json)
+    return out
+
+
 def written(dsn: str) -> list:
     writer = open_store(dsn)
     ps = profiles(T0, 30, "p0", 1) + profiles(T0, 30, "p1", 2)
@@ -106,6 +118,7 @@ def test_keys_a_dictionary_does_not_have_are_read_from_the_tables(tmp_path: Path
     assert isinstance(reference, ClickHouseStore)
     reference._dicts = False
     want = answer(reference, tmp_path)
+    want_sums = chart_and_list(reference, tmp_path)
     reference.close()
     store = open_store(dsn)
     assert isinstance(store, ClickHouseStore)
@@ -122,6 +135,13 @@ def test_keys_a_dictionary_does_not_have_are_read_from_the_tables(tmp_path: Path
         assert any("stacks_dict" in sql for sql in sent)  # tried, then the tables
         assert any(f"FROM {db}.stacks " in sql for sql in sent) and any(f"FROM {db}.frames " in sql for sql in sent)
         assert store._dicts  # a miss is not a refusal: the next read tries the dictionaries again
+        sent.clear()
+        assert chart_and_list(store, tmp_path) == want_sums
+        assert sum(want_sums[0]["values"]) == want_sums[1]["total"] == total(ps)
+        assert {r["labels"]["pod"] for r in want_sums[1]["series"]} == {"p0", "p1"}
+        # tried the dictionary, then joined the table: a series the dictionary lacks is never summed as typeless
+        assert any("series_dict" in sql for sql in sent) and any("INNER JOIN" in sql for sql in sent)
+        assert store._dicts
     finally:
         store.close()
 
@@ -136,6 +156,8 @@ def test_a_server_whose_dictionaries_cannot_be_read_answers_from_the_tables(tmp_
         got = answer(store, tmp_path)
         assert got["total"] == total([p for p in ps if p.labels["pod"] == "p0"])
         assert not store._dicts
+        chart, by_pod, _ = chart_and_list(store, tmp_path)
+        assert sum(chart["values"]) == by_pod["total"] == total(ps)
         assert {f"fn{i}" for i in range(len(FRAMES))} & set(got["names"])
     finally:
         store.close()

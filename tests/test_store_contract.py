@@ -19,7 +19,7 @@ import pytest
 from podflame import pprof
 from podflame.model import Frame, FrameKind, Line, Mapping, Profile
 from tests.builders import batches, ingest, put
-from web.query.merge import Query, cpu_series, merged
+from web.query.merge import Query, cpu_series, merged, resolve_type, type_pick
 from web.query.treecache import refs_key
 from web.server.app import create_app
 from web.store.base import Store
@@ -97,6 +97,87 @@ def test_labels_types_and_cpu_series(tmp_path: Path, make_store: Callable[[Path]
                                    and T0 + k * 600 * S <= p.start_ns < T0 + (k + 1) * 600 * S) for k in range(6)]
     assert 0 < sum(infra["values"]) < sum(want)
     assert cpu_series(store, Query(parse_selector('{ns="none"}'), T0, T0 + H), 10 * 60 * S)["values"] == [0] * 6
+
+
+def mixed(hours: float = 2.5) -> list[Profile]:
+    """Pods at two sampling periods, a second sample type, a series without the `ns` label: what per-type,
+    per-period and per-label sums must keep apart."""
+    out = []
+    for p in day(pods=4, hours=hours, every=60 * S, seed=7):
+        labels = dict(p.labels) if p.labels["pod"] != "p3" else {"pod": "p3"}
+        period = PERIOD if p.labels["pod"] != "p1" else PERIOD // 2
+        out.append(Profile(labels, p.start_ns, p.duration_ns, period, dict(p.samples)))
+        if p.labels["pod"] == "p2":  # the same pod's CPU nanoseconds: another type, another series
+            out.append(Profile(labels, p.start_ns, p.duration_ns, period,
+                               {k: v * period for k, v in p.samples.items()}, "cpu", "nanoseconds"))
+    return out
+
+
+def test_step_totals_and_label_totals_are_exact_per_type_period_and_label(
+        tmp_path: Path, make_store: Callable[[Path], Store]) -> None:
+    """The CPU chart's and the pod list's sums, which each backend computes in its engine (`step_totals`,
+    `totals_by`): per step and period, per type and unit, per label value (a series lacking the label sums apart),
+    over ragged steps and ranges that cut hours, against the profiles themselves."""
+    store = make_store(tmp_path)
+    profiles = mixed()
+    put(store, profiles)
+
+    def want_steps(sel: Callable[[Profile], bool], kind: tuple[str, str], t0: int, t1: int, step: int
+                   ) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for p in profiles:
+            if sel(p) and (p.sample_type, p.unit) == kind and t0 <= p.start_ns < t1:
+                out.setdefault(p.period_ns, [0] * -(-(t1 - t0) // step))[(p.start_ns - t0) // step] += p.total()
+        return out
+
+    everything = (MATCH_ALL, lambda p: True)
+    shop = (parse_selector('{ns="shop"}'), lambda p: p.labels.get("ns") == "shop")
+    no_ns = (parse_selector('{ns=""}'), lambda p: "ns" not in p.labels)
+    for (selector, sel), kind in [(everything, ("samples", "count")), (everything, ("cpu", "nanoseconds")),
+                                  (shop, ("samples", "count")), (no_ns, ("samples", "count"))]:
+        for t0, t1, step in [(T0, T0 + 3 * H, 600 * S), (T0 + 17 * 60 * S, T0 + 2 * H + 5 * 60 * S, 7 * 60 * S),
+                             (T0 + 50 * 60 * S, T0 + 70 * 60 * S, 60 * S)]:
+            st = store.step_totals(selector, t0, t1, step, *kind)
+            got_steps = {p: v.tolist() for p, v in st.by_period.items() if v.any()}
+            assert got_steps == want_steps(sel, kind, t0, t1, step), (kind, str(selector), t0 - T0, step)
+    assert not store.step_totals(parse_selector('{pod="none"}'), T0, T0 + H, 600 * S, "samples", "count").by_period
+
+    def want_groups(by: list[str] | None, kind: tuple[str, str], t0: int, t1: int) -> dict:
+        out: dict = {}
+        for p in profiles:
+            if (p.sample_type, p.unit) == kind and t0 <= p.start_ns < t1:
+                key = tuple(sorted(p.labels.items())) if by is None else tuple((k, p.labels[k]) for k in by
+                                                                                if k in p.labels)
+                v = out.setdefault(key, [0, 0])
+                v[0] += p.total()
+                v[1] += p.total() * p.period_ns
+        return out
+
+    for by in (["pod"], ["ns"], ["ns", "pod"], None):
+        for kind in (("samples", "count"), ("cpu", "nanoseconds")):
+            for t0, t1 in [(T0, T0 + 3 * H), (T0 + 17 * 60 * S, T0 + 2 * H + 5 * 60 * S)]:
+                groups = store.totals_by(MATCH_ALL, t0, t1, by, *kind)
+                assert {tuple(sorted(g.labels.items())) if by is None else tuple(g.labels.items()):
+                        [g.value, g.value_period_ns] for g in groups} == want_groups(by, kind, t0, t1), (by, kind)
+                assert all(g.has_period for g in groups)
+    shop_pods = store.totals_by(shop[0], T0, T0 + 3 * H, ["pod"], "samples", "count")
+    assert {g.labels["pod"] for g in shop_pods} == {"p1"}
+    # What the chart and the pod list ask: the type the query layer picks and its sums, in one call (ClickHouse: one
+    # statement), equal to asking the type first; a selector matching nothing still names the whole range's type.
+    cases = [(MATCH_ALL, None, ("samples", "count")), (MATCH_ALL, "cpu", ("cpu", "nanoseconds")),
+             (shop[0], "cpu", ("cpu", None)), (parse_selector('{pod="p2"}'), None, ("samples", "count")),
+             (parse_selector('{pod="none"}'), None, ("samples", "count"))]
+    for selector, requested, want in cases:
+        pick = type_pick(Query(selector, T0, T0 + 3 * H, requested))
+        t, u, st = store.typed_step_totals(selector, T0, T0 + 3 * H, 600 * S, pick)
+        assert (t, u) == want == resolve_type(store, Query(selector, T0, T0 + 3 * H, requested))
+        assert {p: v.tolist() for p, v in st.by_period.items() if v.any()} == {
+            p: v.tolist() for p, v in store.step_totals(selector, T0, T0 + 3 * H, 600 * S, t, u).by_period.items()
+            if v.any()}
+        t, u, groups = store.typed_totals_by(selector, T0, T0 + 3 * H, ["pod"], pick)
+        assert (t, u) == want
+        assert sorted((g.labels["pod"], g.value) for g in groups) == sorted(
+            (g.labels["pod"], g.value) for g in store.totals_by(selector, T0, T0 + 3 * H, ["pod"], t, u))
 
 
 def test_retention_drops_what_is_older(tmp_path: Path, make_store: Callable[[Path], Store]) -> None:

@@ -25,7 +25,7 @@ from web.query.flamegraph import diff_tree_from_stacks, flamegraph_from_stacks
 from web.query.speedscope import speedscope_from_stacks
 from web.query.stacks import NameStacks
 from web.query.treecache import Answer, BinaryAnswer, TreeCache, payload_json_head, refs_key
-from web.store.base import LabelTotals, Store, StoredProfile, frame_origin_of
+from web.store.base import LabelTotals, Store, StoredProfile, TypePick, frame_origin_of
 from web.store.columns import group_sum
 from web.store.selector import Selector
 
@@ -48,16 +48,24 @@ def resolve_type(store: Store, q: Query) -> tuple[str, str | None]:
 
     The unit is None when nothing of that type is in range (any unit then matches, and none exists).
     """
-    present = store.types(q.t0, q.t1, q.selector) or store.types(q.t0, q.t1)
-    if q.sample_type:
-        units = [u for t, u in present if t == q.sample_type]
-        return q.sample_type, (units[0] if units else None)
-    for t, u in present:
-        if t == DEFAULT_TYPE:
-            return t, u
-    if present:
-        return present[0]
-    return DEFAULT_TYPE, None
+    return store.picked_type(q.selector, q.t0, q.t1, type_pick(q))
+
+
+def type_pick(q: Query) -> TypePick:
+    """`resolve_type`'s choice among the (type, unit) pairs present, for a store that learns them itself."""
+
+    def pick(present: Sequence[tuple[str, str]]) -> tuple[str, str | None]:
+        if q.sample_type:
+            units = [u for t, u in present if t == q.sample_type]
+            return q.sample_type, (units[0] if units else None)
+        for t, u in present:
+            if t == DEFAULT_TYPE:
+                return t, u
+        if present:
+            return present[0]
+        return DEFAULT_TYPE, None
+
+    return pick
 
 
 def select(store: Store, q: Query, keep: Collection[str] | None = None) -> tuple[str, str, list[StoredProfile]]:
@@ -532,8 +540,7 @@ def cpu_series(store: Store, q: Query, step_ns: int) -> dict[str, Any]:
     The store sums totals per step (`Store.step_totals`): pre-aggregated blocks serve whole steps,
     or are split by their timelines, so every point is exact and a day reads blocks, not profiles.
     """
-    sample_type, unit = resolve_type(store, q)
-    st = store.step_totals(q.selector, q.t0, q.t1, step_ns, sample_type, unit)
+    sample_type, unit, st = store.typed_step_totals(q.selector, q.t0, q.t1, step_ns, type_pick(q))
     unit = unit or (st.refs[0].series.unit if st.refs else "count")
     n = -(-(q.t1 - q.t0) // step_ns)
     values = [0] * n
@@ -601,8 +608,7 @@ def series_summary(store: Store, q: Query, by: Sequence[str] | None = None) -> d
     Only index metadata is read (each stored profile keeps its total), no sample data, and the store sums
     per group (`Store.totals_by`): a range of short-lived processes is not handed over profile by profile.
     """
-    sample_type, unit = resolve_type(store, q)
-    groups = store.totals_by(q.selector, q.t0, q.t1, by, sample_type, unit)
+    sample_type, unit, groups = store.typed_totals_by(q.selector, q.t0, q.t1, by, type_pick(q))
     seconds = (q.t1 - q.t0) / 1e9
     rows: list[dict[str, Any]] = []
     for g in groups:

@@ -8,7 +8,7 @@ by id, stacks and frames.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,9 @@ class StoreTooNew(PodflameError, RuntimeError):
     """The data directory was written by a newer podflame, whose schema this one does not know."""
 
 
+# The query layer's choice of a (sample type, unit) among those in range (web/query/merge.py `type_pick`); the unit
+# is None when nothing of the chosen type is in range.
+TypePick = Callable[[Sequence[tuple[str, str]]], tuple[str, str | None]]
 # A frame's (kind, mapping path or "", file of its innermost line that has one or "").
 FrameOrigin = tuple[str, str, str]
 # A frame as ingest gives it: (address, mapping key, kind, [(function key, line), ...] innermost first).
@@ -194,6 +197,25 @@ class Store(ABC):
                 sums = by_period[r.period_ns] = np.zeros(n, dtype=np.int64)
             sums[(r.start_ns - t0) // step_ns] += r.total
         return StepTotals(refs, by_period)
+
+    def picked_type(self, selector: Selector, t0: int, t1: int, pick: TypePick) -> tuple[str, str | None]:
+        """`pick` over the types of the selector's series in range, else (it matches nothing) of the whole range."""
+        return pick(self.types(t0, t1, selector) or self.types(t0, t1))
+
+    def typed_step_totals(self, selector: Selector, t0: int, t1: int, step_ns: int, pick: TypePick
+                          ) -> tuple[str, str | None, StepTotals]:
+        """The type `pick` chooses (`picked_type`) and its `step_totals`: what a CPU chart asks. This default asks
+        `types` first; a backend where each statement has a cost floor (ClickHouse: a round trip, planning and a
+        table read) answers both from one statement."""
+        sample_type, unit = self.picked_type(selector, t0, t1, pick)
+        return sample_type, unit, self.step_totals(selector, t0, t1, step_ns, sample_type, unit)
+
+    def typed_totals_by(self, selector: Selector, t0: int, t1: int, by: Sequence[str] | None, pick: TypePick
+                        ) -> tuple[str, str | None, list[LabelTotals]]:
+        """The type `pick` chooses (`picked_type`) and its `totals_by`: what the pod list asks; as `typed_step_totals`,
+        a backend may answer both from one statement."""
+        sample_type, unit = self.picked_type(selector, t0, t1, pick)
+        return sample_type, unit, self.totals_by(selector, t0, t1, by, sample_type, unit)
 
     @abstractmethod
     def stacks(self, ids: Iterable[int]) -> dict[int, Stack]:

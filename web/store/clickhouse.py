@@ -36,6 +36,7 @@ from web.store.base import (
     Batch,
     Columns,
     FrameOrigin,
+    LabelTotals,
     PutResult,
     RetentionResult,
     Series,
@@ -44,7 +45,9 @@ from web.store.base import (
     StoreClosed,
     StoredProfile,
     StoreTooNew,
+    TypePick,
     frame_lines_of,
+    label_totals,
 )
 from web.store.clickhouse_schema import (
     DICTIONARIES,
@@ -230,6 +233,9 @@ class ClickHouseStore(Store):
                         self.transport.query(stmt)
                     except ClickHouseError:
                         self._dicts = False
+        with contextlib.suppress(ClickHouseError):  # the CPU chart's and the pod list's one statement
+            self._step_sums(0, 1, 1, "0", typed=True)
+            self._label_sums(0, 1, ["pod"], "0")
 
     def _login_dictionaries(self) -> None:
         """Dictionaries made with another login than this store's (by a schema-3 podflame, which named none, or a
@@ -536,6 +542,13 @@ class ClickHouseStore(Store):
                         unit: str | None = None) -> str:
         return f"SELECT id FROM {self._t('series')} WHERE {self._series_where(selector, sample_type, unit)}"
 
+    def _series_in(self, where: str) -> str:
+        """A condition on `series` of the rows of `profiles`: in the series matching `where`; none when every series
+        does (`{}`: the subquery over `series` cost ~2 ms of a 12-14 ms statement on chDB). A profile's series row is
+        written before it, and each caller names the series from the table or its dictionary, whose misses it
+        reads from the table: a profile without one is left out either way."""
+        return "1" if where == "1" else f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
+
     def _series(self, hashes: Iterable[int]) -> dict[int, Series]:
         """Series by hash id, from this process' cache or the series table."""
         want = set(hashes)
@@ -573,7 +586,7 @@ class ClickHouseStore(Store):
         without; a node's 11.7 against 17.1, and 16.8 against 15.8."""
         t0 = self._live(t0)
         where = self._series_where(selector, None, None)
-        ids = f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
+        ids = self._series_in(where)
         parts = []
         for span in _spans(t0, t1):
             parts.append(f"SELECT series, period_ns, {_AGG} FROM {self._t('profiles')} WHERE {ids} AND {span} "
@@ -853,26 +866,127 @@ class ClickHouseStore(Store):
 
     def step_totals(self, selector: Selector, t0: int, t1: int, step_ns: int, sample_type: str | None = None,
                     unit: str | None = None) -> StepTotals:
-        """Totals per step and period in one GROUP BY over the profiles view."""
+        """Totals per (period, step) summed by ClickHouse in ONE statement, the series filter (selector, type, unit)
+        pushed down: no selection first and no refs (`StepTotals.refs` is empty)."""
         self._check()
-        refs = self.select(selector, t0, t1, sample_type, unit)
+        rows = self._step_sums(t0, t1, step_ns, self._series_where(selector, sample_type, unit))
+        return self._steps_of(rows, t0, t1, step_ns, None, None)
+
+    def typed_step_totals(self, selector: Selector, t0: int, t1: int, step_ns: int, pick: TypePick
+                          ) -> tuple[str, str | None, StepTotals]:
+        """A CPU chart in ONE statement: sums per (type, unit, period, step) of every matching series, of which
+        `pick` chooses the type among those present. Before, the chart cost a selection (`types`: a row per series
+        with its labels) and then the sums; each statement has a floor on this engine (a pod's one-table read:
+        4-5 ms of CPU on chDB, docs/benchmarks.md "Stop 19 ch9"). A second statement only when nothing matches (the
+        whole range's types then name the unit of an all-zero chart)."""
+        self._check()
+        rows = self._step_sums(t0, t1, step_ns, self._series_where(selector, None, None), typed=True)
+        present = sorted({(r["t"], r["u"]) for r in rows})
+        if not present:
+            return (*pick(self.types(t0, t1)), StepTotals([], {}))
+        sample_type, unit = pick(present)
+        return sample_type, unit, self._steps_of(rows, t0, t1, step_ns, sample_type, unit)
+
+    def _step_sums(self, t0: int, t1: int, step_ns: int, where: str, typed: bool = False) -> list[dict]:
+        """Rows (period_ns, k: the step, v: the sum), and with `typed` the series' type and unit (t, u), of the
+        profiles of series matching `where` that start in [t0, t1)."""
+        k = f"intDiv(start_ns - {int(t0)}, {int(step_ns)})"  # starts lie in [t0, t1): never negative
+        span = f"start_ns >= {int(self._live(t0))} AND start_ns < {int(t1)}"
+        ids = self._series_in(where)
+        if not typed:
+            return self.transport.query(  # type: ignore[no-any-return]
+                f"SELECT period_ns, {k} AS k, sum(total) AS v FROM {self._t('profiles')} WHERE {ids} AND {span} "
+                "GROUP BY period_ns, k").to_pylist()
+        sums = (f"SELECT series, period_ns, {k} AS k, sum(total) AS pv FROM {self._t('profiles')} WHERE {ids} "
+                f"AND {span} GROUP BY series, period_ns, k")
+        return self._typed(sums, where, "t, u, period_ns, k, sum(pv) AS v", "t, u, period_ns, k")
+
+    def _typed(self, sums: str, where: str, cols: str, group: str, labels: bool = False) -> list[dict]:
+        """`cols` grouped by `group` over the rows of `sums` (a subquery with a `series` column) given their series'
+        type `t`, unit `u` and with `labels` the label set `l`: from the series dictionary, looked up per row of
+        `sums` (a series' sums, never a profile), or from the series table (a join: +2-3 ms of a 10-13 ms statement
+        on chDB) when ClickHouse refuses the dictionary or it lacks one of the series (a replica behind)."""
+        if self._dicts:
+            sd = f"'{self.layout.database}.series_dict'"
+            named = (f"dictGet({sd}, 'sample_type', p.series) AS t, dictGet({sd}, 'unit', p.series) AS u"
+                     + (f", dictGet({sd}, 'labels', p.series) AS l" if labels else ""))
+            try:
+                rows: list[dict] = self.transport.query(
+                    f"SELECT {cols}, min(ok) AS ok FROM (SELECT p.*, {named}, dictHas({sd}, p.series) AS ok "
+                    f"FROM ({sums}) AS p) GROUP BY {group}").to_pylist()
+            except ClickHouseError as e:
+                self._dictionaries_refused(e)
+            else:
+                if all(r["ok"] for r in rows):
+                    return rows
+        return self.transport.query(  # type: ignore[no-any-return]
+            f"SELECT {cols} FROM (SELECT p.*, s.t AS t, s.u AS u{', s.l AS l' if labels else ''} FROM ({sums}) AS p "
+            f"INNER JOIN {self._series_types(where, labels)} AS s ON s.id = p.series) GROUP BY {group}").to_pylist()
+
+    def _series_types(self, where: str, labels: bool = False) -> str:
+        """A subquery of the matching series' (id, t: type, u: unit[, l: labels]), one row per id (a row not merged
+        yet by ReplacingMergeTree is the same content twice)."""
+        return (f"(SELECT id, any(sample_type) AS t, any(unit) AS u{', any(labels) AS l' if labels else ''} "
+                f"FROM {self._t('series')} WHERE {where} GROUP BY id)")
+
+    @staticmethod
+    def _steps_of(rows: list[dict], t0: int, t1: int, step_ns: int, sample_type: str | None, unit: str | None
+                  ) -> StepTotals:
+        """`StepTotals` of the rows of `sample_type` (all when None) and `unit` (any when None)."""
         n = -(-(t1 - t0) // step_ns)
         by_period: dict[int, np.ndarray] = {}
-        if not refs:
-            return StepTotals(refs, by_period)
-        # The series the selection found, by id: the same rows as the selector's subquery over `series` (whose read
-        # cost 1.2-1.7 ms of a 5-6 ms statement on chDB), as the sums of a flame graph name them.
-        ids = sorted({_window(r).series for r in refs})
-        rows = self.transport.query(
-            f"SELECT period_ns, intDiv(start_ns - {int(t0)}, {int(step_ns)}) AS k, sum(total) AS v "
-            f"FROM {self._t('profiles')} WHERE series IN ({_ints(ids)}) "
-            f"AND start_ns >= {int(self._live(t0))} AND start_ns < {int(t1)} GROUP BY period_ns, k").to_pylist()
         for r in rows:
-            sums = by_period.get(r["period_ns"])
-            if sums is None:
-                sums = by_period[r["period_ns"]] = np.zeros(n, dtype=np.int64)
-            sums[r["k"]] += r["v"]
-        return StepTotals(refs, by_period)
+            if (sample_type is None or r["t"] == sample_type) and (unit is None or r["u"] == unit):
+                sums = by_period.get(r["period_ns"])
+                if sums is None:
+                    sums = by_period[r["period_ns"]] = np.zeros(n, dtype=np.int64)
+                sums[r["k"]] += r["v"]
+        return StepTotals([], by_period)
+
+    def totals_by(self, selector: Selector, t0: int, t1: int, by: Sequence[str] | None,
+                  sample_type: str | None = None, unit: str | None = None) -> list[LabelTotals]:
+        """Summed per value of the `by` labels in ONE statement (no selection, no refs)."""
+        self._check()
+        rows = self._label_sums(t0, t1, by, self._series_where(selector, sample_type, unit))
+        return self._groups_of(rows, by, None, None)
+
+    def typed_totals_by(self, selector: Selector, t0: int, t1: int, by: Sequence[str] | None, pick: TypePick
+                        ) -> tuple[str, str | None, list[LabelTotals]]:
+        """The pod list in ONE statement: sums per (type, unit, `by` labels, period) of every matching series, of
+        which `pick` chooses the type (as `typed_step_totals`)."""
+        self._check()
+        rows = self._label_sums(t0, t1, by, self._series_where(selector, None, None))
+        present = sorted({(r["t"], r["u"]) for r in rows})
+        if not present:
+            return (*pick(self.types(t0, t1)), [])
+        sample_type, unit = pick(present)
+        return sample_type, unit, self._groups_of(rows, by, sample_type, unit)
+
+    def _label_sums(self, t0: int, t1: int, by: Sequence[str] | None, where: str) -> list[dict]:
+        """Rows (t, u, period_ns, v, and per `by` label i: h{i} whether the series has it, v{i} its value; or l: the
+        whole label set when `by` is None) of the series matching `where` with profiles starting in [t0, t1), whole
+        hours from the hourly projection."""
+        ids = self._series_in(where)
+        sums = " UNION ALL ".join(f"SELECT series, period_ns, sum(total) AS pv FROM {self._t('profiles')} WHERE {ids} "
+                                  f"AND {span} GROUP BY series, period_ns" for span in _spans(self._live(t0), t1))
+        keys = ["l"] if by is None else [f"mapContains(l, {quote(name)}) AS h{i}, l[{quote(name)}] AS v{i}"
+                                         for i, name in enumerate(by)]
+        group = ["l"] if by is None else [f"h{i}, v{i}" for i in range(len(by))]
+        return self._typed(sums, where, f"t, u, period_ns, {', '.join(keys)}, sum(pv) AS v",
+                           f"t, u, period_ns, {', '.join(group)}", labels=True)
+
+    @staticmethod
+    def _groups_of(rows: list[dict], by: Sequence[str] | None, sample_type: str | None, unit: str | None
+                   ) -> list[LabelTotals]:
+        """`label_totals` of the rows of `sample_type` (all when None) and `unit` (any when None)."""
+        def labels(r: dict) -> dict[str, str]:
+            if by is None:
+                return dict(r["l"])
+            return {name: r[f"v{i}"] for i, name in enumerate(by) if r[f"h{i}"]}
+
+        return label_totals(((labels(r), r["v"], r["period_ns"]) for r in rows
+                             if (sample_type is None or r["t"] == sample_type) and (unit is None or r["u"] == unit)),
+                            by)
 
     def stack_frames(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Stacks are content-addressed, so immutable: each is read once per process (one statement for all
