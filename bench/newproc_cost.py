@@ -7,7 +7,8 @@ as the agent wires it (a real sampler with native unwinding and Python frames, `
 on processes that are really new: each round starts `--per-kind` fresh processes of each kind (a
 `python3 -c` that imported json/re/zlib/hashlib, `sh -c`, `sort`, `sleep`, tests/workloads/deep_calls.c),
 reads each as the watcher does (procmaps.read_new_process, then every callback in the sampler's order; the
-loader's step run inline, as its thread would), and drains once between rounds, as the agent does every
+unwind loader's part is its announce plus what its worker thread, pf-unwind, spent on the process, waking
+included: the bench waits for it to go idle after each process), and drains once between rounds, as the agent does every
 10 s (per-drain memos start afresh). The sampler samples an empty cgroup: no sample announces anything.
 
 Each tree runs in a child process of its own (`--child TREE`: its modules imported from there), trees
@@ -56,11 +57,20 @@ def _part(callback: object) -> str:
     return "maps cache"
 
 
+def _wait_idle(loader: object, clock: int) -> None:
+    """Until the unwind loader's worker has taken everything queued and stopped using CPU."""
+    queue = getattr(loader, "_queue")  # noqa: B009
+    last = -1.0
+    while not queue.empty() or time.clock_gettime(clock) != last:
+        last = time.clock_gettime(clock)
+        time.sleep(0.002)
+
+
 def child(tree: str, per_kind: int, rounds: int, cgroup_id: int, deep: Path) -> dict[str, dict[str, float]]:
     """Rounds of fresh processes through `tree`'s watcher work; µs of thread CPU per process, by kind and part."""
     sys.path.insert(0, tree)
     from profiler.agent import Agent, create_context
-    from profiler.procmaps import read_new_process
+    from profiler.procmaps import MapsCache, read_new_process
     from profiler.sampler import Sampler
     from symbolizer.core import Symbolizer
 
@@ -69,16 +79,18 @@ def child(tree: str, per_kind: int, rounds: int, cgroup_id: int, deep: Path) -> 
     seen = dict.fromkeys(KINDS, 0)
     try:
         ctx = create_context("bench", 0.0)
+        assert isinstance(ctx.maps, MapsCache)  # create_context's: the symbolizer reads binaries through it
         agent = Agent(sampler, ctx, Symbolizer(ctx.maps), lambda profiles: None, interval=10.0)
         loader = sampler.unwinder
-        assert loader is not None
-        steps = [(_part(cb), (lambda news: loader.load_batch(list(news))) if _part(cb) == "unwind loader" else cb)
-                 for cb in list(sampler._new_process_callbacks)]
+        assert loader is not None and loader._worker is not None and loader._worker.ident is not None
+        worker = time.pthread_getcpuclockid(loader._worker.ident)  # pf-unwind's CPU clock
+        steps = [(_part(cb), cb) for cb in list(sampler._new_process_callbacks)]
         for r in range(rounds + 1):  # round 0 warms
             procs = [(k, _spawn(k, deep)) for _ in range(per_kind) for k in KINDS]
             try:
                 time.sleep(0.6)  # past exec, the dynamic loader and python3's imports
                 for kind, p in procs:
+                    worker_at = time.clock_gettime(worker)
                     t = time.thread_time()
                     new = read_new_process(p.pid)
                     parts = {"read": time.thread_time() - t}
@@ -87,6 +99,8 @@ def child(tree: str, per_kind: int, rounds: int, cgroup_id: int, deep: Path) -> 
                         t = time.thread_time()
                         step([new])
                         parts[part] = parts.get(part, 0.0) + time.thread_time() - t
+                    _wait_idle(loader, worker)  # the worker's share (waking it included) counts as the loader's
+                    parts["unwind loader"] += time.clock_gettime(worker) - worker_at
                     if r:
                         seen[kind] += 1
                         for part, v in parts.items():

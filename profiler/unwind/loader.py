@@ -122,7 +122,7 @@ class NativeUnwinder:
         self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
                       "tables_built_in_agent": 0,  # small: no build child started for them
                       "tables_too_big": 0, "tables_no_room": 0, "tables_deferred": 0, "rereads": 0, "exits": 0,
-                      "cpu_ms": 0,  # the loader thread's own CPU
+                      "cpu_ms": 0,  # the loader's own CPU (the watcher's too, for processes it loads: announce)
                       "build_child_cpu_ms": 0,  # the builder child's, for the tables it built
                       "layout_hits": 0}  # processes placed from the layout of an earlier one (_Layout)
 
@@ -137,8 +137,22 @@ class NativeUnwinder:
 
     def announce(self, tgids: Iterable[int | NewProcess]) -> None:
         """New processes (or new images after exec): loaded soon, on the worker thread (from the VMAs the
-        sampler's watcher read of a NewProcess, else read then)."""
-        self._queue.put(list(tgids))
+        sampler's watcher read of a NewProcess, else read then). A new process whose layout is known
+        (`_load_known`) is loaded here and now: that costs less than waking the worker, which is left the
+        processes that may need a table built or read (a slow first build delays no one but the worker)."""
+        batch = list(tgids)
+        if batch and self._worker is not None and self._lock.acquire(blocking=False):
+            try:
+                started = time.thread_time()
+                rest = [n for n in batch if isinstance(n, int) or not self._load_known(n)]
+                self._cpu_s += time.thread_time() - started
+                self.stats["cpu_ms"] = int(self._cpu_s * 1000)
+            finally:
+                self._lock.release()
+            if not rest:
+                return
+            batch = rest
+        self._queue.put(batch)
 
     def load_now(self, tgids: Iterable[int]) -> None:
         """Load these processes, every table, before returning (a one-shot capture of a known pid)."""
@@ -270,8 +284,7 @@ class NativeUnwinder:
             self.maps.remove_process(tgid)
             self._seen.pop(tgid, None)
             return
-        signature = tuple((v[0], v[1], v[2][1], v[2][4]) if isinstance(v, tuple)
-                          else (v.start, v.end, v.offset, v.inode) for v in vmas)
+        signature = _signature(vmas)
         retry = tgid in self._retry
         self._retry.discard(tgid)
         if self._seen.get(tgid) == signature and not wanted and not everything and not retry:
@@ -302,6 +315,27 @@ class NativeUnwinder:
                 return
             mappings = self._place(tgid, entries[:MAX_MAPPINGS_PER_PROCESS], wanted, everything)
             assert mappings is not None
+        self._apply(tgid, mappings)
+
+    def _load_known(self, new: NewProcess) -> bool:
+        """Load a first-announced process whose VMAs have a known layout (`_from_layout`), as `_load_process`
+        would; False, having changed nothing, for any other (the worker loads it)."""
+        tgid, vmas = new.pid, new.vmas
+        if not vmas or tgid in self._seen or tgid in self._wanted or tgid in self._retry:
+            return False
+        vmas = vmas[:MAX_MAPPINGS_PER_PROCESS]
+        layout_key = _layout_key(vmas)
+        layout = self._layouts.get(layout_key) if layout_key is not None else None
+        mappings = self._from_layout(tgid, vmas, layout) if layout is not None else None
+        if mappings is None:
+            return False
+        self.stats["layout_hits"] += 1
+        self._seen[tgid] = _signature(vmas)
+        self._apply(tgid, mappings)
+        return True
+
+    def _apply(self, tgid: int, mappings: list[tuple[int, int, int, object | None, int]]) -> None:
+        """Write a process's mapping array (it holds the references `mappings` took)."""
         if any(m[3] is not None or m[4] for m in mappings):
             if self.maps.set_process(tgid, mappings):
                 self.stats["processes_loaded"] += 1
@@ -639,6 +673,12 @@ class _Note:
             if self.exe is not None and self.exe != exe:
                 self.ok = False
             self.exe = exe
+
+
+def _signature(vmas: list[ExecVma] | list[MapsEntry]) -> tuple[tuple[int, int, int, int], ...]:
+    """What says a process's mappings are the ones loaded last time: each one's range, file offset and inode."""
+    return tuple((v[0], v[1], v[2][1], v[2][4]) if isinstance(v, tuple) else (v.start, v.end, v.offset, v.inode)
+                 for v in vmas)
 
 
 def _layout_key(vmas: list[ExecVma] | list[MapsEntry]) -> tuple[object, ...] | None:
