@@ -302,10 +302,11 @@ class NativeUnwinder:
             note = _Note() if layout_key is not None else None
             mappings = self._place(tgid, vmas, wanted, everything, note)
             if note is not None and note.ok and mappings is not None and len(note.entries) == len(vmas):
+                by_vma = dict(zip(_vma_keys(vmas), note.entries, strict=True))  # type: ignore[arg-type]
                 if len(self._layouts) >= LAYOUTS:
                     self._layouts.clear()
                 assert layout_key is not None
-                self._layouts[layout_key] = _Layout(tuple(note.entries), note.exe)
+                self._layouts[layout_key] = _Layout(by_vma, note.exe)
         if mappings is None:  # a name the ioctl gives otherwise than the text: the text's lines
             try:
                 entries = read_exec_maps(tgid, self.proc, query=False)
@@ -406,7 +407,7 @@ class NativeUnwinder:
         `_place` would give them; None when what that placement rested on changed since (a table loaded or
         evicted, a build deferred or refused, another executable deciding which small table comes at once)."""
         binaries, files = self.maps.binaries, self._files
-        for entry in layout.entries:
+        for entry in layout.entries.values():
             if entry is None:
                 continue
             _, key, flags, identity = entry
@@ -422,8 +423,9 @@ class NativeUnwinder:
         if layout.exe is not None and self._exe(tgid) != layout.exe:
             return None
         mappings: list[tuple[int, int, int, object | None, int]] = []
-        for (start, end, _), entry in zip(vmas, layout.entries, strict=True):
-            if entry is not None:
+        entries = layout.entries
+        for start, end, qkey in vmas:
+            if (entry := entries[qkey, end - start]) is not None:
                 at, key, flags, _ = entry
                 mappings.append((start, end, 0 if at is None else start - at, key, flags))
                 if key is not None:
@@ -654,7 +656,7 @@ _Placed = tuple[int | None, object | None, int, object]
 
 @dataclass(slots=True)
 class _Layout:
-    entries: tuple[_Placed | None, ...]  # one per VMA
+    entries: dict[tuple[object, int], _Placed | None]  # by the VMA's key and size (_vma_keys)
     exe: str | None  # the executable a small table's "on demand, not at once" rested on (_eager), if any
 
 
@@ -681,13 +683,19 @@ def _signature(vmas: list[ExecVma] | list[MapsEntry]) -> tuple[tuple[int, int, i
                  for v in vmas)
 
 
+def _vma_keys(vmas: list[ExecVma]) -> Iterator[tuple[object, int]]:
+    """What places each VMA apart from where ASLR put it: its PROCMAP_QUERY key and its size (which tells
+    the vDSO's image: it has no file)."""
+    return ((v[2], v[1] - v[0]) for v in vmas)
+
+
 def _layout_key(vmas: list[ExecVma] | list[MapsEntry]) -> tuple[object, ...] | None:
-    """What places a process's mappings apart from where ASLR put them: each VMA's PROCMAP_QUERY key and size
-    (the vDSO's image is told by its size), and whether the process is 64-bit (memory above 4 GiB: the
-    vDSO of a 32-bit process is another image). None for maps lines (before Linux 6.11: no layouts)."""
+    """A process's layout: its VMAs' keys and sizes as a set (ASLR orders dlopen'ed libraries differently in
+    processes of one program), and whether it is 64-bit (memory above 4 GiB: the vDSO of a 32-bit process is
+    another image). None for maps lines (before Linux 6.11: no layouts)."""
     if not vmas or not isinstance(vmas[0], tuple):
         return None
-    return (vmas[-1][1] > _LOW, *[(v[2], v[1] - v[0]) for v in vmas])  # type: ignore[index]
+    return vmas[-1][1] > _LOW, frozenset(_vma_keys(vmas))  # type: ignore[arg-type]
 
 
 def _empty(m: BpfMap, chunk: int = 1024) -> Iterator[memoryview]:
