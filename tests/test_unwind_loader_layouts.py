@@ -8,7 +8,6 @@ never seen the layout."""
 
 from __future__ import annotations
 
-import ctypes as ct
 import os
 import subprocess
 import time
@@ -17,20 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from profiler.bpfprog import (
-    _MAP_LOOKUP_ELEM,
-    MAP_ARRAY,
-    MAP_HASH,
-    MAP_PERCPU_ARRAY,
-    BpfMap,
-    MapSpec,
-    _Elem,
-    bpf,
-    create_map,
-)
+from profiler.bpfprog import MAP_ARRAY, MAP_HASH, MAP_PERCPU_ARRAY, BpfMap, MapSpec, create_map
 from profiler.procmaps import NewProcess, read_new_process
 from profiler.unwind.loader import NativeUnwinder, cached_tables
 from profiler.unwind.maps import MAPPING, NO_TABLE, STAT_SLOTS, UnwindMaps
+from tests.test_unwind_exe_files import lookup
 
 pytestmark = pytest.mark.bpf
 
@@ -73,7 +63,7 @@ def processes() -> Iterator[dict[str, list[int]]]:
             assert p.stdout is not None and p.stdout.readline() == b"ready\n"  # imports done: its VMAs are all there
         for p in procs["sleep"]:  # past the dynamic loader: libc mapped
             deadline = time.monotonic() + 10
-            while not any(b"/libc.so" in v[2][5] for v in read_new_process(p.pid).vmas or ()):
+            while not any(b"/libc.so" in v[2][5] for v in _new(p.pid).vmas or ()):
                 assert time.monotonic() < deadline, "sleep never mapped libc"
                 time.sleep(0.01)
         yield {k: [p.pid for p in ps] for k, ps in procs.items()}
@@ -96,10 +86,9 @@ def _written(loader: NativeUnwinder, tgid: int) -> list[tuple[int, int, int, obj
     by_table = {b.table: key for key, b in loader.maps.binaries.items()}
     out = []
     for i in range(p.first, p.first + p.count):
-        value, key = ct.create_string_buffer(MAPPING.size), ct.c_uint32(i)
-        bpf(_MAP_LOOKUP_ELEM, _Elem(map_fd=loader.maps._mappings.fd, key=ct.addressof(key),
-                                    value=ct.addressof(value)))
-        start, end, bias, table, flags = MAPPING.unpack(value.raw)
+        value = lookup(loader.maps._mappings.fd, i.to_bytes(4, "little"), MAPPING.size)
+        assert value is not None
+        start, end, bias, table, flags = MAPPING.unpack(value)
         out.append((start, end, bias, None if table == NO_TABLE else by_table[table], flags))
     return out
 
