@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from podflame.errors import PodflameError
@@ -56,6 +56,7 @@ BUILD_BURST_S = 5.0
 SMALL_TABLE_ROWS = 50_000  # estimated: a build of ~50 ms or less (a program, libc), never deferred
 _PF_X = 1
 _WANTED_SLOT = STAT_SLOTS.index("wanted")
+_LOW = 1 << 32  # a 64-bit process has memory above 4 GiB (its vDSO is there)
 
 
 def cached_tables() -> TableSource:
@@ -114,11 +115,16 @@ class NativeUnwinder:
         # the file, wherever ASLR put it, so a new process of known binaries costs a dict hit per line
         # (or under its PROCMAP_QUERY key: _place finds a known binary's mapping without making a maps line)
         self._placed: dict[object, tuple[tuple[int, int, int, int], int | None]] = {}
+        # a whole process's placement by its VMAs' keys and sizes (_Layout): a new process of the same
+        # program with the same libraries (most of a busy node's) is placed without a step per VMA and
+        # without reading its vDSO; emptied with _placed (once a drain), checked against the loaded tables
+        self._layouts: dict[tuple[object, ...], _Layout] = {}
         self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
                       "tables_built_in_agent": 0,  # small: no build child started for them
                       "tables_too_big": 0, "tables_no_room": 0, "tables_deferred": 0, "rereads": 0, "exits": 0,
-                      "cpu_ms": 0,  # the loader thread's own CPU
-                      "build_child_cpu_ms": 0}  # the builder child's, for the tables it built
+                      "cpu_ms": 0,  # the loader's own CPU (the watcher's too, for processes it loads: announce)
+                      "build_child_cpu_ms": 0,  # the builder child's, for the tables it built
+                      "layout_hits": 0}  # processes placed from the layout of an earlier one (_Layout)
 
     # -- API -------------------------------------------------------------------------------------
 
@@ -131,8 +137,22 @@ class NativeUnwinder:
 
     def announce(self, tgids: Iterable[int | NewProcess]) -> None:
         """New processes (or new images after exec): loaded soon, on the worker thread (from the VMAs the
-        sampler's watcher read of a NewProcess, else read then)."""
-        self._queue.put(list(tgids))
+        sampler's watcher read of a NewProcess, else read then). A new process whose layout is known
+        (`_load_known`) is loaded here and now: that costs less than waking the worker, which is left the
+        processes that may need a table built or read (a slow first build delays no one but the worker)."""
+        batch = list(tgids)
+        if batch and self._worker is not None and self._lock.acquire(blocking=False):
+            try:
+                started = time.thread_time()
+                rest = [n for n in batch if isinstance(n, int) or not self._load_known(n)]
+                self._cpu_s += time.thread_time() - started
+                self.stats["cpu_ms"] = int(self._cpu_s * 1000)
+            finally:
+                self._lock.release()
+            if not rest:
+                return
+            batch = rest
+        self._queue.put(batch)
 
     def load_now(self, tgids: Iterable[int]) -> None:
         """Load these processes, every table, before returning (a one-shot capture of a known pid)."""
@@ -154,6 +174,7 @@ class NativeUnwinder:
                 # a file rewritten in place keeps its device, inode and path, so its processes' maps lines
                 # and PROCMAP_QUERY keys: what they were placed from is stat'ed again once a drain
                 self._placed.clear()
+                self._layouts.clear()
                 self._identities.clear()
             finally:
                 self._lock.release()
@@ -263,14 +284,29 @@ class NativeUnwinder:
             self.maps.remove_process(tgid)
             self._seen.pop(tgid, None)
             return
-        signature = tuple((v[0], v[1], v[2][1], v[2][4]) if isinstance(v, tuple)
-                          else (v.start, v.end, v.offset, v.inode) for v in vmas)
+        signature = _signature(vmas)
         retry = tgid in self._retry
         self._retry.discard(tgid)
         if self._seen.get(tgid) == signature and not wanted and not everything and not retry:
             return  # announced again (a new comm, a stale mark from JIT code) with the same mappings
         self._seen[tgid] = signature
-        mappings = self._place(tgid, vmas[:MAX_MAPPINGS_PER_PROCESS], wanted, everything)
+        vmas = vmas[:MAX_MAPPINGS_PER_PROCESS]
+        layout_key = _layout_key(vmas)
+        mappings = None
+        if layout_key is not None and not wanted and not everything and not retry \
+                and (layout := self._layouts.get(layout_key)) is not None:
+            mappings = self._from_layout(tgid, vmas, layout)  # type: ignore[arg-type]  # ExecVmas: a key
+            if mappings is not None:
+                self.stats["layout_hits"] += 1
+        if mappings is None:
+            note = _Note() if layout_key is not None else None
+            mappings = self._place(tgid, vmas, wanted, everything, note)
+            if note is not None and note.ok and mappings is not None and len(note.entries) == len(vmas):
+                by_vma = dict(zip(_vma_keys(vmas), note.entries, strict=True))  # type: ignore[arg-type]
+                if len(self._layouts) >= LAYOUTS:
+                    self._layouts.clear()
+                assert layout_key is not None
+                self._layouts[layout_key] = _Layout(by_vma, note.exe)
         if mappings is None:  # a name the ioctl gives otherwise than the text: the text's lines
             try:
                 entries = read_exec_maps(tgid, self.proc, query=False)
@@ -280,6 +316,27 @@ class NativeUnwinder:
                 return
             mappings = self._place(tgid, entries[:MAX_MAPPINGS_PER_PROCESS], wanted, everything)
             assert mappings is not None
+        self._apply(tgid, mappings)
+
+    def _load_known(self, new: NewProcess) -> bool:
+        """Load a first-announced process whose VMAs have a known layout (`_from_layout`), as `_load_process`
+        would; False, having changed nothing, for any other (the worker loads it)."""
+        tgid, vmas = new.pid, new.vmas
+        if not vmas or tgid in self._seen or tgid in self._wanted or tgid in self._retry:
+            return False
+        vmas = vmas[:MAX_MAPPINGS_PER_PROCESS]
+        layout_key = _layout_key(vmas)
+        layout = self._layouts.get(layout_key) if layout_key is not None else None
+        mappings = self._from_layout(tgid, vmas, layout) if layout is not None else None
+        if mappings is None:
+            return False
+        self.stats["layout_hits"] += 1
+        self._seen[tgid] = _signature(vmas)
+        self._apply(tgid, mappings)
+        return True
+
+    def _apply(self, tgid: int, mappings: list[tuple[int, int, int, object | None, int]]) -> None:
+        """Write a process's mapping array (it holds the references `mappings` took)."""
         if any(m[3] is not None or m[4] for m in mappings):
             if self.maps.set_process(tgid, mappings):
                 self.stats["processes_loaded"] += 1
@@ -289,11 +346,12 @@ class NativeUnwinder:
             self.maps.remove_process(tgid)  # nothing to walk with tables: bpf_get_stack does it cheaper
 
     def _place(self, tgid: int, vmas: list[ExecVma] | list[MapsEntry], wanted: set[int],
-               everything: bool) -> list[tuple[int, int, int, object | None, int]] | None:
+               everything: bool, note: _Note | None = None) -> list[tuple[int, int, int, object | None, int]] | None:
         """The (start, end, bias, binary key, flags) of each executable mapping, tables loaded as wanted;
         None when a queried VMA's name must be read from the text. A VMA whose key was placed before (the
         same file at the same offset: any process of a known binary) whose table is loaded, or which has
-        none, costs a dict hit: no maps line, no /proc/PID/exe, no stat."""
+        none, costs a dict hit: no maps line, no /proc/PID/exe, no stat. `note` collects how each VMA was
+        placed, for the next process of the same layout (_Layout)."""
         mappings: list[tuple[int, int, int, object | None, int]] = []
         exe: str | None = None
         binaries = self.maps.binaries
@@ -308,13 +366,17 @@ class NativeUnwinder:
                     if identity in binaries or binary.count == 0:  # loaded, or no table
                         key = identity if binary.count and self.maps.binary(identity, b"") is not None else None
                         mappings.append((start, end, bias, key, 0))
+                        if note is not None:
+                            note.add(at, key, 0, identity)
                         continue
                     if binary.count < 0 and not (binary.deferred or binary.no_room):  # on demand: a walk asks
                         if exe is None:
                             exe = self._exe(tgid)
-                        if not (self._eager(binary.name, exe) and binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR
-                                <= SMALL_TABLE_ROWS):
+                        small = binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR <= SMALL_TABLE_ROWS
+                        if not (self._eager(binary.name, exe) and small):
                             mappings.append((start, end, bias, None, WANTS_TABLE))
+                            if note is not None:
+                                note.add(at, None, WANTS_TABLE, identity, exe if small else None)
                             continue
                 e = exec_entry(v)
                 if e is None:  # the references taken so far go back: the caller places the text's lines
@@ -323,15 +385,51 @@ class NativeUnwinder:
             else:
                 e, qkey = v, None
             if e.path == "[vdso]":
-                loaded = self._vdso(tgid, e)
+                loaded = self._vdso(tgid, e, note)
             elif not e.inode or not e.path.startswith("/"):
+                if note is not None:
+                    note.entries.append(None)
                 continue  # anonymous (JIT) code: frame pointers
             else:
                 if exe is None:
                     exe = self._exe(tgid)
-                loaded = self._mapping(tgid, e, everything or e.start in wanted, self._eager(e.path, exe), qkey)
+                loaded = self._mapping(tgid, e, everything or e.start in wanted, self._eager(e.path, exe), qkey,
+                                       note, exe)
             if loaded is not None:
                 mappings.append(loaded)
+            elif note is not None:
+                note.ok = False  # a stat or a read that failed: this process only
+        return mappings
+
+    def _from_layout(self, tgid: int, vmas: list[ExecVma],
+                     layout: _Layout) -> list[tuple[int, int, int, object | None, int]] | None:
+        """The mappings of a process whose VMAs have the keys and sizes of one placed before (`layout`), as
+        `_place` would give them; None when what that placement rested on changed since (a table loaded or
+        evicted, a build deferred or refused, another executable deciding which small table comes at once)."""
+        binaries, files = self.maps.binaries, self._files
+        for entry in layout.entries.values():
+            if entry is None:
+                continue
+            _, key, flags, identity = entry
+            if key is not None:
+                if key not in binaries:
+                    return None
+            elif identity in binaries:
+                return None  # loaded since: the slow path takes it
+            elif flags:
+                binary = files.get(identity)
+                if binary is None or binary.count >= 0 or binary.deferred or binary.no_room:
+                    return None
+        if layout.exe is not None and self._exe(tgid) != layout.exe:
+            return None
+        mappings: list[tuple[int, int, int, object | None, int]] = []
+        entries = layout.entries
+        for start, end, qkey in vmas:
+            if (entry := entries[qkey, end - start]) is not None:
+                at, key, flags, _ = entry
+                mappings.append((start, end, 0 if at is None else start - at, key, flags))
+                if key is not None:
+                    self.maps.binary(key, b"")  # the process's reference (loaded: checked above)
         return mappings
 
     def _exe(self, tgid: int) -> str:
@@ -346,7 +444,8 @@ class NativeUnwinder:
         sparing the first samples a round trip through unwind_wanted."""
         return path == exe or os.path.basename(path).startswith("libc.so")
 
-    def _vdso(self, tgid: int, e: MapsEntry) -> tuple[int, int, int, object | None, int] | None:
+    def _vdso(self, tgid: int, e: MapsEntry,
+              note: _Note | None = None) -> tuple[int, int, int, object | None, int] | None:
         """The vDSO (clock_gettime & co.) has no file: its image is read from the process's memory.
         Every process of a kernel maps the same image, so it is built and loaded once (always: it is
         a few hundred rows). A process whose vDSO has the size and ELF header of one already placed gets
@@ -361,7 +460,10 @@ class NativeUnwinder:
             placed = self._vdso_placed.get((e.end - e.start, head))
             if placed is not None and placed[0] in self.maps.binaries:
                 key, vaddr = placed
-                return e.start, e.end, e.start - vaddr, self._load_rows(key, self._files[key], b""), 0
+                loaded = self._load_rows(key, self._files[key], b"")
+                if note is not None:
+                    note.add(vaddr, loaded, 0, key)
+                return e.start, e.end, e.start - vaddr, loaded, 0
             image = os.pread(fd, min(e.end - e.start, 1 << 20), e.start)
         except (OSError, ValueError, OverflowError):
             return None
@@ -379,13 +481,19 @@ class NativeUnwinder:
             return None
         vaddr = found
         loaded = self._load_rows(key, binary, image)
-        if loaded is not None and binary.elf_type != ET_EXEC:  # ET_DYN: the same ELF address at any base
-            self._vdso_placed[(e.end - e.start, head)] = (key, vaddr)
+        if binary.elf_type != ET_EXEC:  # ET_DYN: the same ELF address at any base
+            if loaded is not None:
+                self._vdso_placed[(e.end - e.start, head)] = (key, vaddr)
+            if note is not None and (loaded is not None or binary.count == 0):
+                note.add(vaddr, loaded, 0, key)
+        if note is not None and (binary.elf_type == ET_EXEC or (loaded is None and binary.count != 0)):
+            note.ok = False
         return e.start, e.end, e.start - vaddr, loaded, 0
 
-    def _mapping(self, tgid: int, e: MapsEntry, want: bool, eager: bool = False,
-                 qkey: object = None) -> tuple[int, int, int, object | None, int] | None:
-        """`qkey`: the VMA's PROCMAP_QUERY key, under which its placement is kept (else the line's fields)."""
+    def _mapping(self, tgid: int, e: MapsEntry, want: bool, eager: bool = False, qkey: object = None,
+                 note: _Note | None = None, exe: str = "") -> tuple[int, int, int, object | None, int] | None:
+        """`qkey`: the VMA's PROCMAP_QUERY key, under which its placement is kept (else the line's fields);
+        `note` learns how it was placed (`exe`: the process's executable, which decided `eager`)."""
         path = f"{self.proc}/{tgid}/map_files/{e.start:x}-{e.end:x}"
         placed_key = qkey if qkey is not None else (e.dev, e.inode, e.path, e.offset)
         placed = None if e.deleted else self._placed.get(placed_key)
@@ -412,6 +520,7 @@ class NativeUnwinder:
                 if len(self._files) >= self._max_files:
                     self._files.clear()
                     self._placed.clear()
+                    self._layouts.clear()
                     self._vdso_placed.clear()
                 self._files[identity] = binary
             mapping = Mapping(e.start, e.end, e.offset, e.clean_path, None)
@@ -434,6 +543,13 @@ class NativeUnwinder:
             binary.no_room = False  # room again (processes exited): let walks ask for it
         # CFI, not built yet: walks ask for the table (not while it could not fit: each ask costs a reload)
         flags = WANTS_TABLE if key is None and binary.count < 0 and not (binary.no_room or binary.deferred) else 0
+        if note is not None:
+            if e.deleted or binary.deferred or binary.no_room or (key is None and not flags and binary.count != 0):
+                note.ok = False  # not kept by file (deleted), or waiting for a build: placed afresh each time
+            else:
+                small = binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR <= SMALL_TABLE_ROWS
+                note.add(None if binary.elf_type == ET_EXEC else vaddr, key, flags, identity,
+                         exe if flags and small else None)
         return e.start, e.end, e.start - vaddr, key, flags
 
     def _load_rows(self, key: object, binary: _Binary, source: str | bytes) -> object | None:
@@ -530,6 +646,56 @@ class NativeUnwinder:
         self._tokens = min(BUILD_BURST_S, self._tokens + (now - self._tokens_at) * BUILD_CPU_SHARE)
         self._tokens_at = now
         return self._tokens > 0
+
+
+LAYOUTS = 1024  # process layouts kept (a drain's worth of distinct programs and library sets)
+# how a layout placed one VMA: the ELF address of its start (None: ET_EXEC, loaded where linked), its binary's key
+# when its rows are loaded, the mapping's flags, the binary (file identity or vDSO key); None: not walked (JIT)
+_Placed = tuple[int | None, object | None, int, object]
+
+
+@dataclass(slots=True)
+class _Layout:
+    entries: dict[tuple[object, int], _Placed | None]  # by the VMA's key and size (_vma_keys)
+    exe: str | None  # the executable a small table's "on demand, not at once" rested on (_eager), if any
+
+
+@dataclass(slots=True)
+class _Note:
+    """What `_place` learns about each VMA, to make a _Layout of; `ok` is False when any VMA was placed from
+    something of this process alone (a failed stat, a deleted file, a deferred build)."""
+
+    entries: list[_Placed | None] = field(default_factory=list)
+    ok: bool = True
+    exe: str | None = None
+
+    def add(self, at: int | None, key: object | None, flags: int, binary: object, exe: str | None = None) -> None:
+        self.entries.append((at, key, flags, binary))
+        if exe is not None:
+            if self.exe is not None and self.exe != exe:
+                self.ok = False
+            self.exe = exe
+
+
+def _signature(vmas: list[ExecVma] | list[MapsEntry]) -> tuple[tuple[int, int, int, int], ...]:
+    """What says a process's mappings are the ones loaded last time: each one's range, file offset and inode."""
+    return tuple((v[0], v[1], v[2][1], v[2][4]) if isinstance(v, tuple) else (v.start, v.end, v.offset, v.inode)
+                 for v in vmas)
+
+
+def _vma_keys(vmas: list[ExecVma]) -> Iterator[tuple[object, int]]:
+    """What places each VMA apart from where ASLR put it: its PROCMAP_QUERY key and its size (which tells
+    the vDSO's image: it has no file)."""
+    return ((v[2], v[1] - v[0]) for v in vmas)
+
+
+def _layout_key(vmas: list[ExecVma] | list[MapsEntry]) -> tuple[object, ...] | None:
+    """A process's layout: its VMAs' keys and sizes as a set (ASLR orders dlopen'ed libraries differently in
+    processes of one program), and whether it is 64-bit (memory above 4 GiB: the vDSO of a 32-bit process is
+    another image). None for maps lines (before Linux 6.11: no layouts)."""
+    if not vmas or not isinstance(vmas[0], tuple):
+        return None
+    return vmas[-1][1] > _LOW, frozenset(_vma_keys(vmas))  # type: ignore[arg-type]
 
 
 def _empty(m: BpfMap, chunk: int = 1024) -> Iterator[memoryview]:

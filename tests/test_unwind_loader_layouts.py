@@ -1,0 +1,140 @@
+"""The unwind loader places a new process from the layout of an earlier one with the same VMAs
+(profiler/unwind/loader.py `_Layout`): what it writes into the kernel must be exactly what placing the
+process VMA by VMA writes, and a layout must not be used once what it rested on changed.
+
+Real processes (python3 with its extension modules, `sleep`), real tables (built into a temporary cache),
+real BPF maps shaped as bpf/native_unwind.bpf.h declares them; the slow path is a second loader that has
+never seen the layout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from profiler.bpfprog import MAP_ARRAY, MAP_HASH, MAP_PERCPU_ARRAY, BpfMap, MapSpec, create_map
+from profiler.procmaps import NewProcess, read_new_process
+from profiler.unwind.loader import NativeUnwinder, cached_tables
+from profiler.unwind.maps import MAPPING, NO_TABLE, STAT_SLOTS, UnwindMaps
+from tests.test_unwind_exe_files import lookup
+
+pytestmark = pytest.mark.bpf
+
+PY = "import json, zlib, hashlib, decimal, time\nprint('ready', flush=True)\ntime.sleep(120)"
+
+
+def _maps() -> dict[str, BpfMap]:
+    specs = [MapSpec("unwind_procs", MAP_HASH, 4, 8, 64), MapSpec("unwind_mappings", MAP_ARRAY, 4, 32, 4096),
+             MapSpec("unwind_tables", MAP_ARRAY, 4, 8, 256), MapSpec("unwind_rows", MAP_ARRAY, 4, 12, 1 << 20),
+             MapSpec("unwind_stats", MAP_PERCPU_ARRAY, 4, 8, len(STAT_SLOTS)),
+             MapSpec("unwind_stale", MAP_HASH, 4, 1, 16), MapSpec("unwind_wanted", MAP_HASH, 16, 1, 4096)]
+    return {s.name: create_map(s) for s in specs}
+
+
+@pytest.fixture
+def loaders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[NativeUnwinder, NativeUnwinder]]:
+    """Two loaders on maps of their own, sharing the on-disk table cache."""
+    monkeypatch.setenv("PODFLAME_SYMBOL_CACHE", str(tmp_path / "cache"))
+    made = [_maps(), _maps()]
+    pair = [NativeUnwinder(UnwindMaps(m), cached_tables()) for m in made]
+    try:
+        yield pair[0], pair[1]
+    finally:
+        for loader, maps in zip(pair, made, strict=True):
+            loader.close()
+            for m in maps.values():
+                os.close(m.fd)
+
+
+@pytest.fixture
+def processes() -> Iterator[dict[str, list[int]]]:
+    """Four processes of each program, past python3's imports (the same VMAs in each, in an order ASLR picks),
+    and a python3 that imports nothing (another layout: fewer extension modules)."""
+    plain = "import time\nprint('ready', flush=True)\ntime.sleep(120)"
+    procs = {"python": [subprocess.Popen(["/usr/bin/python3", "-c", PY], stdout=subprocess.PIPE) for _ in range(4)],
+             "sleep": [subprocess.Popen(["sleep", "120"]) for _ in range(4)],
+             "plain python": [subprocess.Popen(["/usr/bin/python3", "-c", plain], stdout=subprocess.PIPE)]}
+    try:
+        for p in procs["python"] + procs["plain python"]:
+            assert p.stdout is not None and p.stdout.readline() == b"ready\n"  # imports done: its VMAs are all there
+        for p in procs["sleep"]:  # past the dynamic loader: libc mapped
+            deadline = time.monotonic() + 10
+            while not any(b"/libc.so" in v[2][5] for v in _new(p.pid).vmas or ()):
+                assert time.monotonic() < deadline, "sleep never mapped libc"
+                time.sleep(0.01)
+        yield {k: [p.pid for p in ps] for k, ps in procs.items()}
+    finally:
+        for ps in procs.values():
+            for p in ps:
+                p.kill()
+                p.wait()
+
+
+def _new(pid: int) -> NewProcess:
+    new = read_new_process(pid)
+    assert new is not None and new.vmas, f"pid {pid}: no executable VMAs read"
+    return new
+
+
+def _written(loader: NativeUnwinder, tgid: int) -> list[tuple[int, int, int, object | None, int]]:
+    """The mapping array the kernel holds for `tgid`: (start, end, bias, the binary's key or None, flags)."""
+    p = loader.maps.processes[tgid]
+    by_table = {b.table: key for key, b in loader.maps.binaries.items()}
+    out = []
+    for i in range(p.first, p.first + p.count):
+        value = lookup(loader.maps._mappings.fd, i.to_bytes(4, "little"), MAPPING.size)
+        assert value is not None
+        start, end, bias, table, flags = MAPPING.unpack(value)
+        out.append((start, end, bias, None if table == NO_TABLE else by_table[table], flags))
+    return out
+
+
+@pytest.mark.parametrize("program", ["python", "sleep"])
+def test_a_known_layout_writes_what_placing_each_vma_writes(loaders: tuple[NativeUnwinder, NativeUnwinder],
+                                                            processes: dict[str, list[int]], program: str) -> None:
+    fast, slow = loaders
+    first, second, third, _ = processes[program]
+    fast.load_batch([_new(first)])  # places VMA by VMA: its layout is kept
+    assert fast.stats["layout_hits"] == 0
+    fast.load_batch([_new(second)])
+    assert fast.stats["layout_hits"] == 1
+    slow.load_batch([_new(first)])  # the same tables loaded in the other loader (the program's and libc's)
+    slow._layouts.clear()
+    slow.load_batch([_new(second)])
+    assert slow.stats["layout_hits"] == 0
+    got, want = _written(fast, second), _written(slow, second)
+    assert got == want
+    assert any(m[3] is not None for m in got), "no mapping with a table: nothing was compared"
+    assert any(m[0] != n[0] for m, n in zip(_written(fast, first), got, strict=True)), "ASLR moved nothing?"
+    if program == "python":
+        assert any(m[4] for m in got), "no mapping waits for its table (a walk asks): nothing of that compared"
+    # references: the binaries the second process holds, as many as its mappings with a table
+    assert sorted(map(repr, fast.maps.processes[second].binaries)) == \
+        sorted(repr(m[3]) for m in got if m[3] is not None)
+    # the third, by the worker's announce: loaded before announce returns, no worker needed for it
+    fast.start()
+    fast.announce([_new(third)])
+    assert third in fast.maps.processes and fast.stats["layout_hits"] == 2
+
+
+def test_a_layout_is_not_used_once_a_table_it_waited_for_is_loaded(
+        loaders: tuple[NativeUnwinder, NativeUnwinder], processes: dict[str, list[int]]) -> None:
+    """python3 maps libraries whose tables come on demand (WANTS_TABLE): once another process (of another
+    layout: no extension modules) has them loaded, as a one-shot capture does, the next process of the first
+    layout must get those tables, not the wait its layout recorded."""
+    loader, _ = loaders
+    first, second, _, _ = processes["python"]
+    loader.load_batch([_new(first)])
+    before = _written(loader, first)
+    assert any(m[4] for m in before), "python3 has no mapping that waits for its table here"
+    loader.load_now(processes["plain python"])  # every table of a python3 with fewer modules, loaded
+    loader.load_batch([_new(second)])
+    assert loader.stats["layout_hits"] == 0  # the layout's waits are stale: placed VMA by VMA
+    got = _written(loader, second)
+    now_loaded = [i for i, m in enumerate(before) if m[4] and got[i][3] is not None]
+    assert now_loaded, "no table the first process waited for is loaded for the second"
+    assert all(not got[i][4] for i in now_loaded)
