@@ -97,6 +97,7 @@ _libc.syscall.restype = ct.c_long
 _libc.ioctl.argtypes = [ct.c_int, ct.c_ulong, ct.c_ulong]
 
 
+@functools.cache
 def _numbers() -> tuple[int, int]:
     try:
         return _SYSCALLS[platform.machine()]
