@@ -9,7 +9,7 @@ thread test. Shares of samples are asserted and printed (pytest -s).
 - ctypes: a Python comparator called by libc's qsort through a libffi closure sits above qsort and libffi.
 - fork: workers forked (no exec) from a parent that ran Python first keep their Python frames (gunicorn's
   prefork, multiprocessing's fork), recorded by the pod's cgroup as the node agent sees them.
-CPython 3.6 and 3.7 are in each (before: no Python frame at all for them).
+CPython 3.6 and 3.7 are in each (before: no Python frame at all for them), 2.7 in the threads test (refused before).
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def commonest(stacks: Stacks) -> str:
 
 
 @pytest.mark.parametrize("threads", [40, 200])
-@pytest.mark.parametrize("which", ["3.6", "3.7", "3.8", "3.9", "3.12", "debian"])
+@pytest.mark.parametrize("which", ["2.7", "3.6", "3.7", "3.8", "3.9", "3.12", "debian"])
 def test_the_main_thread_behind_many_thread_states_keeps_its_python_frames(which: str, threads: int) -> None:
-    """3.6-3.9 match threads by pthread_self() (the FS base), 3.12 and Debian's 3.11 by the kernel tid."""
+    """2.7-3.9 match threads by pthread_self() (the FS base), 3.12 and Debian's 3.11 by the kernel tid."""
     with running(interpreter(which), "threads", str(threads)) as pid:
         stacks = record(pid)
         dump = json.loads(subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--json", "--pid",
