@@ -609,3 +609,24 @@ def test_non_python_and_missing_processes_are_unsupported() -> None:
     assert isinstance(got, Unsupported) and "_PyRuntime" in got.reason
     gone = inspect_process(p.pid)
     assert isinstance(gone, Unsupported) and "does not exist" in gone.reason
+
+
+def test_the_versions_the_docs_name_are_the_ones_with_a_layout() -> None:
+    """README.md and `podflame record --help` name the CPython versions as runs ("2.7 and 3.6-3.13"), made
+    here from the versions offsets.py has a layout for: a table added or dropped without the docs fails."""
+    from click.testing import CliRunner
+
+    from podflame import cli
+
+    runs: list[list[tuple[int, int]]] = []
+    for v in sorted(off.SUPPORTED):
+        if runs and runs[-1][-1] == (v[0], v[1] - 1):
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    named = " and ".join(f"{r[0][0]}.{r[0][1]}" + (f"-{r[-1][0]}.{r[-1][1]}" if len(r) > 1 else "") for r in runs)
+    assert named == "2.7 and 3.6-3.13"  # what this machine's pyenv holds, every one of them tested above
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert f"for CPython {named} (" in readme
+    helped = CliRunner().invoke(cli.main, ["record", "--help"], terminal_width=400)
+    assert helped.exit_code == 0 and f"stacks ({named}; docs/python-frames.md)" in " ".join(helped.output.split())
