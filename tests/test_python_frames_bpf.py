@@ -195,7 +195,7 @@ def py_spy() -> str:
     return str(exe)
 
 
-@pytest.mark.parametrize("which", ["3.12", "debian"])
+@pytest.mark.parametrize("which", ["2.7", "3.12", "debian"])
 def test_python_frames_match_py_spy_dump(sampler: Sampler, which: str) -> None:
     """The oracle: py-spy's dump of the main thread (function, line) equals podflame's Python frames there."""
     result = sample(sampler, which)  # the process is gone after this; py-spy needs one alive: a second run
