@@ -178,19 +178,12 @@ def test_forked_workers_keep_their_python_frames(which: str) -> None:
 def test_the_agent_ships_the_main_threads_python_chain(which: str, tmp_path: Path) -> None:
     """What a node runs: the Agent (unwind tables, as `podflame agent` runs it) samples the pod while the
     threads shape runs 8 s, and the server's folded profile of the pod holds the main thread's chain."""
-    import urllib.parse
-    import urllib.request
+    from tests.test_fidelity_containers_bpf import folded
 
     argv = ["sh", "-c", 'timeout 8 "$0" "$@"; exit 0', interpreter(which), str(WORKLOAD), "threads", "40"]
     with kubelet_cgroup() as cg, live_server(tmp_path / "data") as url:
         with_agent(url, 99, lambda: run_in_cgroup(cg.path, argv), unwind="auto")
-        q = urllib.parse.urlencode({"query": f'{{pod_uid="{cg.pod_uid}"}}', "from": "now-10m", "to": "now+1m"})
-        with urllib.request.urlopen(f"{url}/api/v1/folded?{q}", timeout=30) as got:
-            folded = got.read().decode()
-    stacks: Stacks = Counter()
-    for line in folded.splitlines():
-        stack, _, count = line.rpartition(" ")
-        stacks[tuple(stack.split(";"))] += int(count)
+        stacks = folded(url, cg.relative)
     chain = ("<module>", "spin_threads", "middle", "leaf")
     python = Counter({s: n for s, n in stacks.items() if python_part(s)})
     got_share = share(stacks, lambda s: python_part(s) == chain)
