@@ -43,6 +43,7 @@ _PYTHON_EXE = re.compile(r"/python(\d)\.(\d+)[a-z]*$")
 _SYMBOLS = (b"_PyRuntime", b"Py_Version", b"PyCode_Type", b"PyUnicode_Type", b"PyBytes_Type", b"interp_head",
             b"PyString_Type")
 _NO_RUNTIME = ((2, 7), (3, 6))  # versions whose interp_head stands for _PyRuntime
+_SYMTAB_ONLY = 2  # of _SYMBOLS, never in a 3.7+ .dynsym (interp_head, PyString_Type): not a reason to read .symtab
 
 
 @dataclass(frozen=True)
@@ -356,7 +357,7 @@ def _read_elf_facts(path: str) -> _ElfFacts:
         symbols = _find_symbols(elf, ".dynsym")
         # rare: look at the full table too (a symbol missing from .dynsym; CPython 3.6's interp_head)
         runtime = "_PyRuntime" in symbols
-        if (runtime and len(symbols) < len(_SYMBOLS) - 1) or (not runtime and "PyCode_Type" in symbols):
+        if (runtime and len(symbols) < len(_SYMBOLS) - _SYMTAB_ONLY) or (not runtime and "PyCode_Type" in symbols):
             symbols = {**_find_symbols(elf, ".symtab"), **symbols}
         hexversion = None
         if "Py_Version" in symbols:
