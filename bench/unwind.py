@@ -232,7 +232,7 @@ def matrix_workloads(tmp: Path) -> dict[str, tuple[list[str], Test, Test | None]
                             lambda s: entry(s) and any(s[i:i + len(V0_CHAIN)] == V0_CHAIN for i in range(len(s))))
     out["node-jit"] = (["node", "--perf-basic-prof", str(WORKLOADS / "fid_node.js"), "600"], entry, node_chain)
     work = str(WORKLOADS / "python_fidelity.py")
-    for version in ("3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
+    for version in ("2.7", "3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
         python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
         if python is not None:
             out[f"py{version}-200-threads"] = ([str(python), work, "threads", "200"], entry, threads_chain)

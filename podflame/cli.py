@@ -144,7 +144,7 @@ def _sampling_options(fn: Callable[..., None]) -> Callable[..., None]:
         click.option("--python-frames", type=click.BOOL, default="on", show_default=True, metavar="on|off",
                      envvar="PODFLAME_PYTHON_FRAMES",
                      help="Walk CPython processes' Python frames in the kernel and merge them into native "
-                          "stacks (3.6-3.13; docs/python-frames.md) ($PODFLAME_PYTHON_FRAMES)."),
+                          "stacks (2.7 and 3.6-3.13; docs/python-frames.md) ($PODFLAME_PYTHON_FRAMES)."),
         click.option("--python-early-reads", type=_Delays(), default="off", show_default=True,
                      envvar="PODFLAME_PYTHON_EARLY_READS",
                      help="Also read a new Python process's code objects these many seconds after it is seen "

@@ -400,15 +400,15 @@ class _Binary:
     kinds: dict[int, tuple[bool, bool]] = field(default_factory=dict, compare=False)  # see _Interpreter.shared
 
 
-_BINARIES: dict[tuple[int, int, int, int], _Binary | None] = {}  # the file's (dev, ino, size, mtime) ->
+_BINARIES: dict[tuple[int, int, int, int, str], _Binary | None] = {}  # the file's (dev, ino, size, mtime), eval ->
 
 
-def _binary(opened: str, pid: int) -> _Binary | None:
+def _binary(opened: str, pid: int, eval_function: str = EVAL_FUNCTION) -> _Binary | None:
     try:
         st = os.stat(opened)
     except OSError:
         return None
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, eval_function)
     if key in _BINARIES:
         return _BINARIES[key]
     try:
@@ -416,7 +416,7 @@ def _binary(opened: str, pid: int) -> _Binary | None:
         ranges = elf.ranges
         got: _Binary | None = _Binary(elf, tuple(
             (s, e) for s, e, n in zip(ranges.starts, ranges.ends, ranges.names, strict=True)
-            if n == EVAL_FUNCTION or n.startswith(EVAL_FUNCTION + ".")))
+            if n == eval_function or n.startswith(eval_function + ".")))
     except ElfReadError as e:
         log.warning("pid %d: cannot read the symbols of %s: %s", pid, opened, e)
         got = None
@@ -447,7 +447,7 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
                    if os.access(p, os.R_OK)), None)
     if opened is None:
         return None
-    binary = _binary(opened, process.pid)
+    binary = _binary(opened, process.pid, process.eval_function)  # 2.7: PyEval_EvalFrameEx
     if binary is None:
         return None
     elf = binary.elf

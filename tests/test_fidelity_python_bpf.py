@@ -9,7 +9,9 @@ thread test. Shares of samples are asserted and printed (pytest -s).
 - ctypes: a Python comparator called by libc's qsort through a libffi closure sits above qsort and libffi.
 - fork: workers forked (no exec) from a parent that ran Python first keep their Python frames (gunicorn's
   prefork, multiprocessing's fork), recorded by the pod's cgroup as the node agent sees them.
-CPython 3.6 and 3.7 are in each (before: no Python frame at all for them).
+- the node agent itself (sampler with unwind tables, symbolizer, uploader, the real server): the threads
+  shape read back from the server's folded profile of the pod (2.7, and 3.12 beside it).
+CPython 3.6 and 3.7 are in each (before: no Python frame at all for them), 2.7 in the threads test (refused before).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.realsys import WORKLOADS, kubelet_cgroup
+from tests.realsys import WORKLOADS, kubelet_cgroup, live_server, run_in_cgroup, with_agent
 from tests.test_python_reader import interpreter
 from tests.test_unwind_bpf import Stacks, record, record_target, share
 
@@ -67,9 +69,9 @@ def commonest(stacks: Stacks) -> str:
 
 
 @pytest.mark.parametrize("threads", [40, 200])
-@pytest.mark.parametrize("which", ["3.6", "3.7", "3.8", "3.9", "3.12", "debian"])
+@pytest.mark.parametrize("which", ["2.7", "3.6", "3.7", "3.8", "3.9", "3.12", "debian"])
 def test_the_main_thread_behind_many_thread_states_keeps_its_python_frames(which: str, threads: int) -> None:
-    """3.6-3.9 match threads by pthread_self() (the FS base), 3.12 and Debian's 3.11 by the kernel tid."""
+    """2.7-3.9 match threads by pthread_self() (the FS base), 3.12 and Debian's 3.11 by the kernel tid."""
     with running(interpreter(which), "threads", str(threads)) as pid:
         stacks = record(pid)
         dump = json.loads(subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--json", "--pid",
@@ -170,3 +172,23 @@ def test_forked_workers_keep_their_python_frames(which: str) -> None:
           f"with Python frames (py-spy: {';'.join(oracle)})")
     assert got >= 0.6, f"{got:.1%}; commonest: {commonest(stacks)}"
     assert exact >= 0.95, f"{exact:.1%}; commonest: {commonest(with_python)}"
+
+
+@pytest.mark.parametrize("which", ["2.7", "3.12"])
+def test_the_agent_ships_the_main_threads_python_chain(which: str, tmp_path: Path) -> None:
+    """What a node runs: the Agent (unwind tables, as `podflame agent` runs it) samples the pod while the
+    threads shape runs 8 s, and the server's folded profile of the pod holds the main thread's chain."""
+    from tests.test_fidelity_containers_bpf import folded
+
+    argv = ["sh", "-c", 'timeout 8 "$0" "$@"; exit 0', interpreter(which), str(WORKLOAD), "threads", "40"]
+    with kubelet_cgroup() as cg, live_server(tmp_path / "data") as url:
+        with_agent(url, 99, lambda: run_in_cgroup(cg.path, argv), unwind="auto")
+        stacks = folded(url, cg.relative)
+    chain = ("<module>", "spin_threads", "middle", "leaf")
+    python = Counter({s: n for s, n in stacks.items() if python_part(s)})
+    got_share = share(stacks, lambda s: python_part(s) == chain)
+    exact = share(python, lambda s: python_part(s) == chain, least=20)
+    print(f"\n{which}, agent: {got_share:.1%} of the pod's samples with {';'.join(chain)}, {exact:.1%} of those with "
+          f"Python frames")
+    assert got_share >= 0.6, f"{got_share:.1%}; commonest: {commonest(stacks)}"
+    assert exact >= 0.95, f"{exact:.1%}; commonest: {commonest(python)}"

@@ -1,6 +1,6 @@
 """Python frames in sampled stacks, end to end on this machine's real interpreters.
 
-For pyenv's CPython 3.6-3.8 and 3.10-3.13 and Debian's static /usr/bin/python3 (3.11, PGO+LTO, no frame pointers),
+For pyenv's CPython 2.7, 3.6-3.8 and 3.10-3.13 and Debian's static /usr/bin/python3 (3.11, PGO+LTO, no frame pointers),
 tests/workloads/python_frames.py runs in a kubelet-shaped cgroup; the real sampler (in-kernel Python
 walk) and the agent's assembly (StackMemo, symbolizer, merge) turn its samples into stacks, and:
 - the main thread's samples read <module>;main;handler;Parser.parse;spin with the right file:line,
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.bpf
 
 WORKLOAD = Path(__file__).parent / "workloads" / "python_frames.py"
 PYENV = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-INTERPRETERS = ["3.6", "3.7", "3.8", "3.10", "3.11", "3.12", "3.13", "debian"]
+INTERPRETERS = ["2.7", "3.6", "3.7", "3.8", "3.10", "3.11", "3.12", "3.13", "debian"]
 FREQ = 99
 WINDOW_S = 3.0
 MAX_WINDOW_S = 20.0
@@ -50,7 +50,7 @@ def interpreter(which: str) -> str:
         return "/usr/bin/python3"
     found = sorted(PYENV.glob(f"{which}.*/bin/python{which}"))
     if not found:
-        pytest.fail(f"no pyenv CPython {which} under {PYENV} (these machines have 3.6-3.13)")
+        pytest.fail(f"no pyenv CPython {which} under {PYENV} (these machines have 2.7 and 3.6-3.13)")
     return str(found[-1])
 
 
@@ -66,7 +66,7 @@ def marker_lines() -> dict[str, int]:
 
 def expected_main(which: str) -> list[tuple[str, str, int]]:
     at = marker_lines()
-    parse = "parse" if which in ("3.6", "3.7", "3.8", "3.10") else "Parser.parse"  # co_qualname exists from 3.11
+    parse = "parse" if which in ("2.7", "3.6", "3.7", "3.8", "3.10") else "Parser.parse"  # co_qualname exists from 3.11
     return [("<module>", str(WORKLOAD), at["module"]), ("main", str(WORKLOAD), at["main"]),
             ("handler", str(WORKLOAD), at["handler"]), (parse, str(WORKLOAD), at["parse"]),
             ("spin", str(WORKLOAD), at["spin"])]
@@ -195,7 +195,7 @@ def py_spy() -> str:
     return str(exe)
 
 
-@pytest.mark.parametrize("which", ["3.12", "debian"])
+@pytest.mark.parametrize("which", ["2.7", "3.12", "debian"])
 def test_python_frames_match_py_spy_dump(sampler: Sampler, which: str) -> None:
     """The oracle: py-spy's dump of the main thread (function, line) equals podflame's Python frames there."""
     result = sample(sampler, which)  # the process is gone after this; py-spy needs one alive: a second run

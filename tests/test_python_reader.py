@@ -1,10 +1,11 @@
 """The userspace half of Python frames, on this machine's real interpreters.
 
-For pyenv's CPython 3.6-3.13 and Debian's static /usr/bin/python3 (3.11, PGO+LTO): detection agrees
-with what the interpreter says of itself, the offsets equal offsetof() compiled against that
+For pyenv's CPython 2.7 and 3.6-3.13 and Debian's static /usr/bin/python3 (3.11, PGO+LTO): detection
+agrees with what the interpreter says of itself, the offsets equal offsetof() compiled against that
 version's headers, and a walk of a process sitting in a known stack equals `py-spy dump` (the
-oracle) frame by frame: name, file, line and entry marker. Older versions are refused with a reason,
-and a code object address whose memory changed is not named from the cache.
+oracle) frame by frame: name, file, line and entry marker. A version without a table is refused with a
+reason, and a code object address whose memory changed is not named from the cache. 2.7 runs
+tests/workloads/python2_chain.py (ASCII names) where the others run python_chain.py.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ pytestmark = pytest.mark.system
 WORKLOADS = Path(__file__).parent / "workloads"
 PYENV = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
 DEBIAN = "/usr/bin/python3"
-SUPPORTED = ["3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"]
+SUPPORTED = ["2.7", "3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"]
+PY3 = SUPPORTED[1:]  # workloads in Python 3 only (str kinds, frozen importlib, asyncio)
+NO_QUALNAME = ("2.7", "3.6", "3.7", "3.8", "3.9", "3.10")  # co_qualname exists from 3.11
 
 
 def interpreter(which: str) -> str:
@@ -85,9 +88,13 @@ def stop(r: Running) -> None:
             f.close()
 
 
+def chain_workload(which: str) -> str:
+    return str(WORKLOADS / ("python2_chain.py" if which == "2.7" else "python_chain.py"))
+
+
 @pytest.fixture(scope="module", params=SUPPORTED)
 def chain(request: pytest.FixtureRequest) -> Iterator[tuple[str, Running]]:
-    r = start([interpreter(request.param), str(WORKLOADS / "python_chain.py")])
+    r = start([interpreter(request.param), chain_workload(request.param)])
     try:
         yield request.param, r
     finally:
@@ -106,7 +113,7 @@ def test_detect_finds_version_runtime_and_code_type(chain: tuple[str, Running]) 
     assert list(proc.version) == r.facts["version"]
     if r.facts["runtime"] is not None:
         assert proc.runtime_address == r.facts["runtime"]
-    # what the walker reads as the first interpreter is the one the C API gives (3.6: from interp_head)
+    # what the walker reads as the first interpreter is the one the C API gives (2.7, 3.6: from interp_head)
     head = read(r.pid, proc.runtime_address + proc.offsets.runtime_interpreters_head, 8)
     assert int.from_bytes(head, "little") == r.facts["interp_head"]
     assert (proc.code_type, proc.str_type, proc.bytes_type) == \
@@ -176,7 +183,9 @@ def walk_equals_py_spy(pid: int) -> dict[str, list[Frame]]:
         # py-spy names frames by co_qualname from 3.11 (co_name before, all those versions have)
         want = [(f["name"], f["filename"], f["line"], f["is_entry"] or f["is_shim_entry"]) for f in thread["frames"]]
         assert shown(mine[thread["thread_id"]]) == want, thread["thread_name"]
-    return {t["thread_name"]: mine[t["thread_id"]] for t in dump}
+    # py-spy names no 2.7 thread: the main one is the process's own tid there
+    return {t.get("thread_name") or ("MainThread" if t.get("os_thread_id") == pid else f"thread {t['thread_id']}"):
+            mine[t["thread_id"]] for t in dump}
 
 
 def test_walk_equals_py_spy_dump(chain: tuple[str, Running]) -> None:
@@ -184,14 +193,16 @@ def test_walk_equals_py_spy_dump(chain: tuple[str, Running]) -> None:
     by_name = walk_equals_py_spy(r.pid)
     assert len(by_name) == 2
     main = [f.code.name for f in by_name["MainThread"] if f.code]
-    assert main == ["f3", "f2", "𠀀", "函数", "café", "f1", "<module>"]
+    assert main == (["f3", "f2", "cafe", "f1", "<module>"] if which == "2.7" else
+                    ["f3", "f2", "𠀀", "函数", "café", "f1", "<module>"])
     top = by_name["MainThread"][0].code
-    assert top is not None and top.qualname == ("f3" if which in ("3.6", "3.7", "3.8", "3.9", "3.10") else "Worker.f3")
-    second = [f.code.name for f in by_name["second"] if f.code]
+    assert top is not None and top.qualname == ("f3" if which in NO_QUALNAME else "Worker.f3")
+    other = "second" if which != "2.7" else next(n for n in by_name if n != "MainThread")
+    second = [f.code.name for f in by_name[other] if f.code]
     assert second[2:4] == ["g2", "g1"]
 
 
-@pytest.mark.parametrize("which", SUPPORTED)
+@pytest.mark.parametrize("which", PY3)
 def test_frozen_importlib_frames_equal_py_spy_dump(which: str, tmp_path: Path) -> None:
     """A thread blocked in an import runs importlib's frozen code: from 3.11 its code objects and
     their names are static data in the interpreter's image, not heap objects."""
@@ -206,7 +217,7 @@ def test_frozen_importlib_frames_equal_py_spy_dump(which: str, tmp_path: Path) -
     assert files[-1] == "<string>" and "<frozen importlib._bootstrap>" in files[blocker:]
 
 
-@pytest.mark.parametrize("which", SUPPORTED)
+@pytest.mark.parametrize("which", PY3)
 def test_generator_and_coroutine_frames_equal_py_spy_dump(which: str) -> None:
     r = start([interpreter(which), str(WORKLOADS / "python_async.py")])
     try:
@@ -276,7 +287,7 @@ def header_offsets(python: str, tmp: Path) -> dict[str, int]:
     return {name: int(value) for name, value in (line.split() for line in out.splitlines())}
 
 
-NOT_OFFSETS = {"version", "frame_instr_kind", "linetable_format", "code_size"}
+NOT_OFFSETS = {"version", "frame_instr_kind", "linetable_format", "code_size", "names_are_bytes"}
 
 
 @pytest.mark.parametrize("which", SUPPORTED)
@@ -303,11 +314,11 @@ def test_offsets_equal_offsetof_from_the_headers(which: str, tmp_path: Path) -> 
     assert got == {name: want.get(name, off.NO_FIELD) for name in got}
     code_fields = [table.code_name, table.code_qualname, table.code_filename, table.code_linetable]
     assert max(code_fields) + 8 <= table.code_size <= sizeof_code
-    kinds = {(3, 6): off.LASTI_BYTES, (3, 7): off.LASTI_BYTES,
+    kinds = {(2, 7): off.LASTI_BYTES, (3, 6): off.LASTI_BYTES, (3, 7): off.LASTI_BYTES,
              (3, 8): off.LASTI_BYTES, (3, 9): off.LASTI_BYTES, (3, 10): off.LASTI_UNITS, (3, 11): off.PREV_INSTR,
              (3, 12): off.PREV_INSTR, (3, 13): off.INSTR_PTR}
     assert table.frame_instr_kind == kinds[version]
-    formats = {(3, 6): off.LNOTAB, (3, 7): off.LNOTAB, (3, 8): off.LNOTAB, (3, 9): off.LNOTAB,
+    formats = {(2, 7): off.LNOTAB_27, (3, 6): off.LNOTAB, (3, 7): off.LNOTAB, (3, 8): off.LNOTAB, (3, 9): off.LNOTAB,
                (3, 10): off.LINETABLE_310}
     assert table.linetable_format == formats.get(version, off.LOCATIONS)
 
@@ -342,34 +353,40 @@ def test_debug_offsets_that_do_not_fit_are_refused() -> None:
 # --- line tables ------------------------------------------------------------------------------------
 
 LINES_PROBE = r"""
-import dis, json, sys, threading, json.decoder, asyncio.base_events as m3
+import binascii, dis, json, sys, threading, json.decoder
+m3 = __import__("asyncio.base_events" if sys.version_info[0] > 2 else "urllib2", fromlist=["x"])
 def codes(co):
     yield co
     for c in co.co_consts:
         if hasattr(c, "co_code"):
-            yield from codes(c)
+            for d in codes(c):
+                yield d
+step = 1 if sys.version_info[0] == 2 else 2  # 2.7's instructions are 1 or 3 bytes
+sources = [(open(m.__file__.rstrip("c")).read(), m.__file__) for m in (threading, json.decoder, m3)]
+# line jumps over 127 (2.7: one unsigned byte; 3.6+: split in signed ones) and over 255
+sources.append(("x = 1\n" + "\n" * 200 + "y = 2\n" + "\n" * 300 + "def f():\n    return 3\n", "<jumps>"))
 out = []
-for mod in (threading, json.decoder, m3):
-    src = compile(open(mod.__file__).read(), mod.__file__, "exec")
+for text, name in sources:
+    src = compile(text, name, "exec")
     for co in codes(src):
         n = len(co.co_code)
         if sys.version_info >= (3, 10):
             table = co.co_linetable
             want = {}
             for start, end, line in co.co_lines():
-                for o in range(start, end, 2):
+                for o in range(start, end, step):
                     want[o] = line
         else:
             table = co.co_lnotab
             starts = list(dis.findlinestarts(co))
             want = {}
-            for o in range(0, n, 2):
+            for o in range(0, n, step):
                 line = co.co_firstlineno
                 for s, l in starts:
                     if s <= o:
                         line = l
                 want[o] = line
-        out.append([table.hex(), co.co_firstlineno, sorted(want.items())])
+        out.append([binascii.hexlify(table).decode(), co.co_firstlineno, sorted(want.items())])
 print(json.dumps(out))
 """
 
@@ -377,11 +394,13 @@ print(json.dumps(out))
 @pytest.mark.parametrize("which", SUPPORTED)
 def test_line_tables_decode_as_the_interpreter_does(which: str) -> None:
     """Every instruction of three stdlib modules: line_for on the raw table equals the interpreter's
-    own co_lines() (3.10+) or dis.findlinestarts (3.6-3.9)."""
+    own co_lines() (3.10+) or dis.findlinestarts (2.7-3.9), and a module whose lines jump by more than a
+    line table byte holds."""
     python = interpreter(which)
-    minor = int(subprocess.run([python, "-c", "import sys; print(sys.version_info[1])"], capture_output=True,
-                               text=True, check=True).stdout)
-    fmt = {6: off.LNOTAB, 7: off.LNOTAB, 8: off.LNOTAB, 9: off.LNOTAB, 10: off.LINETABLE_310}.get(minor, off.LOCATIONS)
+    major, minor = map(int, subprocess.run([python, "-c", "import sys; print('%d %d' % sys.version_info[:2])"],
+                                           capture_output=True, text=True, check=True).stdout.split())
+    fmt = off.LNOTAB_27 if major == 2 else {6: off.LNOTAB, 7: off.LNOTAB, 8: off.LNOTAB, 9: off.LNOTAB,
+                                            10: off.LINETABLE_310}.get(minor, off.LOCATIONS)
     dump = json.loads(subprocess.run([python, "-c", LINES_PROBE], capture_output=True, text=True, check=True).stdout)
     checked = 0
     for table, first, want in dump:
@@ -419,7 +438,7 @@ def test_line_tables_shared_across_processes_only_when_identical() -> None:
 
 # --- reused addresses, exited processes, unsupported versions -------------------------------------
 
-@pytest.fixture(params=SUPPORTED)
+@pytest.fixture(params=PY3)
 def codes(request: pytest.FixtureRequest) -> Iterator[tuple[str, Running, CodeReader]]:
     """tests/workloads/python_codes.py running on one interpreter, and a reader of its code objects."""
     r = start([interpreter(request.param), str(WORKLOADS / "python_codes.py")])
@@ -535,8 +554,8 @@ def test_a_table_of_another_version_is_refused(chain: tuple[str, Running]) -> No
     tables = [t for t in off.TABLES.values() if not alike(t, proc.offsets)]
     assert len(tables) >= 2
     for wrong in tables:
-        if proc.offsets.version == (3, 6):
-            # 3.6's interp_head is a lone variable: a runtime table's head offset may read the zeros past it,
+        if proc.offsets.version in ((2, 7), (3, 6)):
+            # 2.7's and 3.6's interp_head is a lone variable: a runtime table's head offset may read the zeros past it,
             # which is "not initialised yet" (nothing proved, nothing misread); never a proved layout
             with suppress(LayoutMismatch):
                 assert not check_layout(dataclasses.replace(proc, offsets=wrong)), wrong.version
@@ -563,11 +582,12 @@ def test_cache_is_bounded(chain: tuple[str, Running]) -> None:
     assert all(reader.cached(a) is not None for a in read_order[-3:])
 
 
-@pytest.mark.parametrize("version", ["2.7"])
-def test_older_versions_are_unsupported_with_a_reason(version: str) -> None:
-    found = sorted(PYENV.glob(f"{version}.*/bin/python{version}"))
-    assert found, f"no pyenv CPython {version}"
-    p = subprocess.Popen([str(found[-1]), "-c", "import sys; sys.stdout.write('up\\n'); sys.stdout.flush(); "
+@pytest.mark.parametrize("version", ["2.7", "3.6"])
+def test_a_version_without_a_table_is_unsupported_with_a_reason(version: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every CPython on this machine has a table now (2.7 was refused before stop 19): one taken away stands
+    for a version podflame does not know (2.6, 3.5, a future one), found in a real process."""
+    monkeypatch.delitem(off.TABLES, tuple(map(int, version.split("."))))
+    p = subprocess.Popen([interpreter(version), "-c", "import sys; sys.stdout.write('up\\n'); sys.stdout.flush(); "
                           "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout is not None and p.stdout.readline() == "up\n"
@@ -576,7 +596,7 @@ def test_older_versions_are_unsupported_with_a_reason(version: str) -> None:
         p.kill()
         p.wait()
     assert isinstance(got, Unsupported)
-    assert version in got.reason and "3.6-3.13" in got.reason
+    assert version in got.reason and "2.7 and 3.6-3.13" in got.reason
 
 
 def test_non_python_and_missing_processes_are_unsupported() -> None:
@@ -589,3 +609,24 @@ def test_non_python_and_missing_processes_are_unsupported() -> None:
     assert isinstance(got, Unsupported) and "_PyRuntime" in got.reason
     gone = inspect_process(p.pid)
     assert isinstance(gone, Unsupported) and "does not exist" in gone.reason
+
+
+def test_the_versions_the_docs_name_are_the_ones_with_a_layout() -> None:
+    """README.md and `podflame record --help` name the CPython versions as runs ("2.7 and 3.6-3.13"), made
+    here from the versions offsets.py has a layout for: a table added or dropped without the docs fails."""
+    from click.testing import CliRunner
+
+    from podflame import cli
+
+    runs: list[list[tuple[int, int]]] = []
+    for v in sorted(off.SUPPORTED):
+        if runs and runs[-1][-1] == (v[0], v[1] - 1):
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    named = " and ".join(f"{r[0][0]}.{r[0][1]}" + (f"-{r[-1][0]}.{r[-1][1]}" if len(r) > 1 else "") for r in runs)
+    assert named == "2.7 and 3.6-3.13"  # what this machine's pyenv holds, every one of them tested above
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert f"for CPython {named} (" in readme
+    helped = CliRunner().invoke(cli.main, ["record", "--help"], terminal_width=400)
+    assert helped.exit_code == 0 and f"stacks ({named}; docs/python-frames.md)" in " ".join(helped.output.split())

@@ -28,6 +28,7 @@ from profiler.python.remote import MemoryReadError, ProcessGone
 
 MAX_STRING = 4096  # longer names and paths are refused (a real qualname or path is far shorter)
 MAX_LINETABLE = 1 << 20
+BYTES_NAME = "bytes"  # _string_plan's encoding for 2.7's PyStringObject names
 READ_AHEAD = (128, 128, 128, 512)  # data bytes read with the name, qualname, file name and line table headers
 
 
@@ -41,10 +42,10 @@ class CodeInfo:
 
     name: str
     qualname: str  # co_qualname (3.11+); co_name before, which is what those versions know
-    filename: str
+    filename: str  # 2.7: the bytes decoded as UTF-8 (backslash escapes where they are not)
     firstlineno: int
-    linetable: bytes  # co_lnotab (3.9) or co_linetable (3.10+), as the interpreter stores it
-    linetable_format: int  # offsets.LNOTAB / LINETABLE_310 / LOCATIONS
+    linetable: bytes  # co_lnotab (2.7-3.9) or co_linetable (3.10+), as the interpreter stores it
+    linetable_format: int  # offsets.LNOTAB / LNOTAB_27 / LINETABLE_310 / LOCATIONS
     fingerprint: tuple[int, ...]
 
     def line(self, instr_offset: int) -> int | None:
@@ -76,6 +77,8 @@ class CodeReader:
         self.offsets = offsets
         self.code_type = code_type
         self._expected = {b"code": code_type, b"str": str_type, b"bytes": bytes_type}
+        # 2.7's line table is a str (PyStringObject; bytes is its alias there)
+        self._table_type = b"str" if offsets.names_are_bytes else b"bytes"
         self.capacity = capacity
         self._cache: OrderedDict[tuple[int, tuple[int, ...]], CodeInfo] = OrderedDict()
         self._latest: dict[int, tuple[int, ...]] = {}  # address -> fingerprint last read there
@@ -227,8 +230,10 @@ class CodeReader:
         did not fit, and one reads the heads again, since an object freed while its parts were read must
         not be named from them."""
         o = self.offsets
-        headers = [o.unicode_compact_size] * 3 + [o.bytes_sval]
-        smallest = [o.unicode_ascii_size] * 3 + [o.bytes_sval]
+        name_header = (o.bytes_sval, o.bytes_sval) if o.names_are_bytes else (o.unicode_compact_size,
+                                                                                o.unicode_ascii_size)
+        headers = [name_header[0]] * 3 + [o.bytes_sval]
+        smallest = [name_header[1]] * 3 + [o.bytes_sval]
         pointers_of: list[list[int]] = []
         for _, first_head, _ in todo:
             name_p = _word(first_head, o.code_name)
@@ -250,9 +255,10 @@ class CodeReader:
                 for k, got in enumerate(firsts):
                     if got is None:  # too near the end of its mapping to read ahead: the bare header
                         firsts[k] = got = remote.read(self.pid, pointers[k], smallest[k])
-                    if not self._is_type(_word(got, o.object_type), b"bytes" if k == 3 else b"str"):
+                    want = self._table_type if k == 3 else b"str"
+                    if not self._is_type(_word(got, o.object_type), want):
                         raise CodeReadError(f"its {('name', 'qualname', 'filename', 'line table')[k]} is not a "
-                                            f"{'bytes' if k == 3 else 'str'} object")
+                                            f"{want.decode()} object")
                 plans = [self._string_plan(p, got or b"") for p, got in zip(pointers[:3], firsts[:3], strict=True)]
                 table_len = _word(firsts[3] or b"", o.bytes_size)
                 if not 0 <= table_len <= MAX_LINETABLE:
@@ -297,8 +303,15 @@ class CodeReader:
         return [r if r is not None else CodeReadError("not read") for r in results]
 
     def _string_plan(self, addr: int, h: bytes) -> tuple[int, int, str]:
-        """(data address, data size, encoding) of a compact str object from its header."""
+        """(data address, data size, encoding) of a compact str object (2.7: a PyStringObject) from its header."""
         o = self.offsets
+        if o.names_are_bytes:
+            if len(h) < o.bytes_sval:
+                raise CodeReadError("str header unreadable")
+            length = _word(h, o.bytes_size)
+            if not 0 <= length <= MAX_STRING:
+                raise CodeReadError(f"str length {length}")
+            return addr + o.bytes_sval, length, BYTES_NAME
         if len(h) < o.unicode_ascii_size:
             raise CodeReadError("str header unreadable")
         length = _word(h, o.unicode_length)
@@ -323,6 +336,8 @@ def _word(data: bytes, offset: int) -> int:
 
 
 def _decode(data: bytes, encoding: str) -> str:
+    if encoding == BYTES_NAME:  # 2.7 names are bytes: UTF-8 by convention, not by rule
+        return data.decode("utf-8", "backslashreplace")
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as e:

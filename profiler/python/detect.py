@@ -5,8 +5,8 @@ CPython lives either in a shared `libpython3.X.so*` or linked into the executabl
 API and `Py_Version`). The version decides the struct layouts (offsets.py), so it is read, never
 guessed: `Py_Version` (PY_VERSION_HEX, 3.11+) from the ELF file, the `_Py_DebugOffsets` header
 in the process's `_PyRuntime` (3.13+, which must agree), and for 3.7-3.10 the library's name with
-the micro version from its PY_VERSION string. 3.6 has no `_PyRuntime`: its static `interp_head` (.symtab)
-takes its place. Anything else is `Unsupported` with the reason.
+the micro version from its PY_VERSION string. 2.7 and 3.6 have no `_PyRuntime`: their static `interp_head`
+(.symtab) takes its place. Anything else is `Unsupported` with the reason.
 """
 
 from __future__ import annotations
@@ -38,8 +38,12 @@ from symbolizer.normalize import elf_address
 
 _LIBPYTHON = re.compile(r"/libpython(\d)\.(\d+)[a-z]*\.so(\.[\d.]+)?$")
 _PYTHON_EXE = re.compile(r"/python(\d)\.(\d+)[a-z]*$")
-# interp_head: 3.6's list of interpreters (static, .symtab only), where later versions have _PyRuntime
-_SYMBOLS = (b"_PyRuntime", b"Py_Version", b"PyCode_Type", b"PyUnicode_Type", b"PyBytes_Type", b"interp_head")
+# interp_head: 2.7's and 3.6's list of interpreters (static, .symtab only), where later versions have _PyRuntime;
+# PyString_Type: 2.7's str, the type of its names and line tables
+_SYMBOLS = (b"_PyRuntime", b"Py_Version", b"PyCode_Type", b"PyUnicode_Type", b"PyBytes_Type", b"interp_head",
+            b"PyString_Type")
+_NO_RUNTIME = ((2, 7), (3, 6))  # versions whose interp_head stands for _PyRuntime
+_SYMTAB_ONLY = 2  # of _SYMBOLS, never in a 3.7+ .dynsym (interp_head, PyString_Type): not a reason to read .symtab
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class PythonProcess:
     pid: int
     version: tuple[int, int, int]  # major, minor, micro
     path: str  # the file holding the interpreter (libpython3.X.so or a static python3.X), as mapped
-    runtime_address: int  # &_PyRuntime in the process
+    runtime_address: int  # &_PyRuntime in the process (2.7, 3.6: &interp_head)
     code_type: int | None  # &PyCode_Type in the process: what a code object's ob_type must be
     offsets: PyOffsets
     str_type: int | None = None  # &PyUnicode_Type: the type of its names
@@ -59,6 +63,11 @@ class PythonProcess:
     # (start, end, file offset) of `path`'s executable mappings in this process, as detection read them: the
     # interpreter's code does not move for the life of a process, so naming frames needs no second maps read
     exec_maps: tuple[tuple[int, int, int], ...] = ()
+
+    @property
+    def eval_function(self) -> str:
+        """The C function that runs Python frames (one call per run of them): what pyframes splices at."""
+        return "PyEval_EvalFrameEx" if self.version[0] == 2 else "_PyEval_EvalFrameDefault"
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,7 @@ class _ElfFacts:
     segments: tuple[LoadSegment, ...]
     symbols: dict[str, int]  # name -> ELF vaddr (st_value)
     hexversion: int | None  # Py_Version's value
-    version_string_micro: dict[int, int]  # minor -> micro from "3.<minor>.<micro>\0" strings
+    version_string_micro: dict[tuple[int, int], int]  # (major, minor) -> micro from "3.<minor>.<micro>\0" strings
 
 
 def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None, proc: str = "/proc",
@@ -143,34 +152,37 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> 
     except (OSError, ValueError, struct.error) as e:
         return Unsupported(f"{path}: not a readable ELF file ({e})")
     runtime_vaddr = facts.symbols.get("_PyRuntime")
-    if runtime_vaddr is None and name_version == (3, 6):
-        # 3.6 has no runtime state: its static interp_head is the list head (PY36 reads it at offset 0)
+    if runtime_vaddr is None and name_version in _NO_RUNTIME:
+        # 2.7/3.6 have no runtime state: their static interp_head is the list head (read at offset 0)
         runtime_vaddr = facts.symbols.get("interp_head")
         if runtime_vaddr is None:
-            return Unsupported(f"{path}: CPython 3.6 without .symtab: its interp_head (the list of interpreters) "
-                               "cannot be found")
+            return Unsupported(f"{path}: CPython {name_version[0]}.{name_version[1]} without .symtab: its "
+                               "interp_head (the list of interpreters) cannot be found")
     if runtime_vaddr is None:
         if name_version is not None:
             return Unsupported(f"{path}: CPython {name_version[0]}.{name_version[1]} has no _PyRuntime: "
-                               "only CPython 3.6-3.13 are supported")
+                               "only CPython 2.7 and 3.6-3.13 are supported")
         return None  # not Python at all
     if facts.hexversion is not None:
         version = (facts.hexversion >> 24, (facts.hexversion >> 16) & 0xFF, (facts.hexversion >> 8) & 0xFF)
     elif name_version is not None:
-        version = (*name_version, facts.version_string_micro.get(name_version[1], 0))
+        version = (*name_version, facts.version_string_micro.get(name_version, 0))
     else:
         return Unsupported(f"{path}: exports _PyRuntime but neither Py_Version nor its name tells the version")
     if name_version is not None and name_version != version[:2]:
         return Unsupported(f"{path}: Py_Version says {version[0]}.{version[1]}, the name says otherwise")
     major_minor = (version[0], version[1])
     if major_minor not in TABLES and major_minor not in DEBUG_OFFSETS_VERSIONS:
-        return Unsupported(f"{path}: CPython {'.'.join(map(str, version))}: only CPython 3.6-3.13 are supported")
+        return Unsupported(f"{path}: CPython {'.'.join(map(str, version))}: only CPython 2.7 and 3.6-3.13 are "
+                           "supported")
     bias = _load_bias(facts, path, maps)
     if bias is None:
         return Unsupported(f"{path}: no executable mapping to place its symbols")
     runtime = runtime_vaddr + bias
     types = {name: (None if (v := facts.symbols.get(name)) is None else v + bias)
-             for name in ("PyCode_Type", "PyUnicode_Type", "PyBytes_Type")}
+             for name in ("PyCode_Type", "PyUnicode_Type", "PyBytes_Type", "PyString_Type")}
+    if major_minor == (2, 7):  # names and line tables are both 2.7's str (PyBytes_Type is a macro for it)
+        types["PyUnicode_Type"] = types["PyBytes_Type"] = types["PyString_Type"]
     if major_minor in TABLES:
         offsets = TABLES[major_minor]
     else:
@@ -345,19 +357,19 @@ def _read_elf_facts(path: str) -> _ElfFacts:
         symbols = _find_symbols(elf, ".dynsym")
         # rare: look at the full table too (a symbol missing from .dynsym; CPython 3.6's interp_head)
         runtime = "_PyRuntime" in symbols
-        if (runtime and len(symbols) < len(_SYMBOLS) - 1) or (not runtime and "PyCode_Type" in symbols):
+        if (runtime and len(symbols) < len(_SYMBOLS) - _SYMTAB_ONLY) or (not runtime and "PyCode_Type" in symbols):
             symbols = {**_find_symbols(elf, ".symtab"), **symbols}
         hexversion = None
         if "Py_Version" in symbols:
             raw = _read_vaddr(elf, symbols["Py_Version"], 4)
             hexversion = None if raw is None else struct.unpack("<I", raw)[0]
-        micro: dict[int, int] = {}
+        micro: dict[tuple[int, int], int] = {}
         if hexversion is None and ("_PyRuntime" in symbols or "interp_head" in symbols):
             sec = elf.section(".rodata")
             data = elf.data(sec) if sec is not None else b""
             # PY_VERSION ("3.9.18"), possibly tail-merged into a longer string ("Python-3.9.18")
-            for m in re.finditer(rb"(?<![0-9])3\.(\d{1,2})\.(\d{1,2})(?:(?:a|b|rc)\d+)?\+?\x00", data):
-                micro.setdefault(int(m.group(1)), int(m.group(2)))
+            for m in re.finditer(rb"(?<![0-9])([23])\.(\d{1,2})\.(\d{1,2})(?:(?:a|b|rc)\d+)?\+?\x00", data):
+                micro.setdefault((int(m.group(1)), int(m.group(2))), int(m.group(3)))
     return _ElfFacts(elf.e_type, segments, symbols, hexversion, micro)
 
 

@@ -1,4 +1,4 @@
-"""Line numbers from a code object's line table, for each format CPython 3.6-3.13 uses.
+"""Line numbers from a code object's line table, for each format CPython 2.7 and 3.6-3.13 use.
 
 Everything is in bytes of instructions from the start of the code (`offsets.instr_offset`), so one
 call works for every version. A table is decoded once into the byte offsets where each line starts
@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from profiler.python.offsets import LINETABLE_310, LNOTAB, LOCATIONS
+from profiler.python.offsets import LINETABLE_310, LNOTAB, LNOTAB_27, LOCATIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +35,8 @@ class LineStarts:
 def decode(table: bytes, fmt: int, firstlineno: int) -> LineStarts:
     """Every line start of a line table, in the order the interpreter's own reading applies them (where two
     start at one offset, the later one holds, as when the table is walked up to an offset)."""
-    if fmt == LNOTAB:
-        pairs = _lnotab(table, firstlineno)
+    if fmt in (LNOTAB, LNOTAB_27):
+        pairs = _lnotab(table, firstlineno, signed=fmt == LNOTAB)
     elif fmt == LINETABLE_310:
         pairs = _linetable_310(table, firstlineno)
     elif fmt == LOCATIONS:
@@ -72,15 +72,16 @@ def line_for(table: bytes, fmt: int, firstlineno: int, offset: int) -> int | Non
     return decode(table, fmt, firstlineno).line(offset)
 
 
-def _lnotab(table: bytes, line: int) -> list[tuple[int, int | None]]:
-    """3.8/3.9 co_lnotab (Objects/lnotab_notes.txt): pairs of (byte increment, signed line increment);
-    the line of an offset is the one in force at the last pair starting at or before it."""
+def _lnotab(table: bytes, line: int, signed: bool = True) -> list[tuple[int, int | None]]:
+    """3.6-3.9 co_lnotab (Objects/lnotab_notes.txt): pairs of (byte increment, signed line increment);
+    the line of an offset is the one in force at the last pair starting at or before it. 2.7's increments
+    are unsigned (a line 200 below the last one is 200, not -56)."""
     out: list[tuple[int, int | None]] = [(0, line)]
     addr = 0
     for i in range(0, len(table) - 1, 2):
         addr += table[i]
         delta = table[i + 1]
-        line += delta - 256 if delta >= 128 else delta
+        line += delta - 256 if signed and delta >= 128 else delta
         out.append((addr, line))
     return out
 

@@ -1,16 +1,16 @@
 """Where CPython keeps what a profiler reads: struct offsets per interpreter version.
 
-CPython 3.6-3.12 publish no layout, so each version has a table here, written from that version's
+CPython 2.7 and 3.6-3.12 publish no layout, so each version has a table here, written from that version's
 headers (Include/cpython/*.h, Include/internal/pycore_{runtime,interp,frame}.h) and checked by
 tests/test_python_reader.py against `offsetof()` compiled with the real headers. CPython 3.13 puts
 `_Py_DebugOffsets` at the start of `_PyRuntime` for exactly this: its offsets are read from the
 process (`from_debug_offsets`), never assumed. Layouts are x86_64 (LP64) ones.
 
-How a walker finds a thread's frames, per version (via `_PyRuntime`; 3.6 via `interp_head`, see PY36):
+How a walker finds a thread's frames, per version (via `_PyRuntime`; 2.7/3.6 via `interp_head`, see PY36):
   runtime + runtime_interpreters_head -> interp; interp + interp_threads_head -> first tstate;
   tstate + tstate_next -> the next one. Match a thread by tstate_thread_id (pthread_self(), which is
   the thread's fs base on x86_64 glibc) or, from 3.11, tstate_native_thread_id (the kernel tid).
-  3.6-3.10: tstate + tstate_frame -> PyFrameObject*; f_back, f_code, f_lasti (int: a byte offset
+  2.7-3.10: tstate + tstate_frame -> PyFrameObject*; f_back, f_code, f_lasti (int: a byte offset
             in 3.6-3.9, a code-unit index in 3.10). Each PyFrameObject is one _PyEval_EvalFrameDefault call.
   3.11:     tstate + tstate_frame -> _PyCFrame*; + cframe_current_frame -> _PyInterpreterFrame*;
             previous, f_code, prev_instr (pointer into co_code_adaptive). `is_entry` (bool) marks the
@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, replace
+from typing import Any
 
 from podflame.errors import BinaryFormatError
 
 NO_FIELD = -1  # the field does not exist in this version
 
 # How frame_instr is turned into a byte offset into the code's instructions (see instr_offset).
-LASTI_BYTES = 0  # 3.6-3.9: int f_lasti, a byte offset of the last instruction
+LASTI_BYTES = 0  # 2.7-3.9: int f_lasti, a byte offset of the last instruction
 LASTI_UNITS = 1  # 3.10: int f_lasti, an index in code units
 PREV_INSTR = 2  # 3.11/3.12: pointer to the code unit before the next instruction
 INSTR_PTR = 3  # 3.13: pointer to the instruction executing now
@@ -42,6 +43,7 @@ INSTR_PTR = 3  # 3.13: pointer to the instruction executing now
 LNOTAB = 0  # 3.6-3.9 co_lnotab: (byte delta, signed line delta) pairs
 LINETABLE_310 = 1  # 3.10 co_linetable (PEP 626): (byte delta, signed line delta or -128 for none)
 LOCATIONS = 2  # 3.11+ co_linetable (PEP 657 location table), in code units
+LNOTAB_27 = 3  # 2.7 co_lnotab: as LNOTAB, but line deltas are unsigned (signed from 3.6)
 
 FRAME_OWNED_BY_CSTACK = 3  # 3.12/3.13 enum _frameowner: the shim frame of one _PyEval_EvalFrameDefault call
 
@@ -94,6 +96,9 @@ class PyOffsets:
     unicode_kind_shift: int = 2  # state: interned:2, kind:3, compact:1, ascii:1 (low bits first)
     unicode_compact_bit: int = 5
     unicode_ascii_bit: int = 6
+    # 2.7: names and file names are PyStringObjects (bytes: length at bytes_size, data at bytes_sval, type
+    # "str"), like the line table; there are no unicode fields
+    names_are_bytes: bool = False
 
     @property
     def has_entry_flag(self) -> bool:
@@ -104,7 +109,8 @@ class PyOffsets:
         return self.owner_cstack != NO_FIELD
 
 
-_OBJECTS = dict(object_type=8, type_name=24, bytes_size=16, bytes_sval=32, unicode_length=16, unicode_state=32)
+_OBJECTS: dict[str, Any] = dict(object_type=8, type_name=24, bytes_size=16, bytes_sval=32, unicode_length=16,
+                                unicode_state=32)
 
 PY39 = PyOffsets(
     version=(3, 9), runtime_interpreters_head=32, interp_next=0, interp_threads_head=8, interp_runtime=16,
@@ -131,6 +137,15 @@ PY37 = replace(PY38, version=(3, 7), runtime_interpreters_head=24, runtime_inter
 PY36 = replace(PY37, version=(3, 6), runtime_interpreters_head=0, runtime_interpreters_main=NO_FIELD,
                tstate_thread_id=152, frame_instr=120)
 
+# 2.7: 3.6's lists (static interp_head, no main interpreter), but PyThreadState and PyInterpreterState start
+# with `next` (no prev), PyCodeObject has no kwonlyargcount, and names are PyStringObjects (ob_sval at 36)
+PY27 = replace(PY36, version=(2, 7), tstate_next=0, tstate_interp=8, tstate_frame=16, tstate_thread_id=144,
+               code_size=112, code_name=88, code_filename=80, code_firstlineno=96, code_linetable=104,
+               linetable_format=LNOTAB_27, codeunit_size=NO_FIELD, bytes_sval=36, unicode_length=NO_FIELD,
+               unicode_state=NO_FIELD, unicode_ascii_size=NO_FIELD, unicode_compact_size=NO_FIELD,
+               unicode_kind_shift=NO_FIELD, unicode_compact_bit=NO_FIELD, unicode_ascii_bit=NO_FIELD,
+               names_are_bytes=True)
+
 PY310 = replace(PY39, version=(3, 10), frame_instr=96, frame_instr_kind=LASTI_UNITS, linetable_format=LINETABLE_310)
 
 PY311 = PyOffsets(
@@ -153,7 +168,7 @@ PY312 = PyOffsets(
     code_linetable=136, linetable_format=LOCATIONS, code_code_adaptive=192, codeunit_size=2,
     unicode_ascii_size=40, unicode_compact_size=56, **_OBJECTS)
 
-TABLES: dict[tuple[int, int], PyOffsets] = {o.version: o for o in (PY36, PY37, PY38, PY39, PY310, PY311, PY312)}
+TABLES: dict[tuple[int, int], PyOffsets] = {o.version: o for o in (PY27, PY36, PY37, PY38, PY39, PY310, PY311, PY312)}
 DEBUG_OFFSETS_VERSIONS = {(3, 13)}  # _Py_DebugOffsets layouts this module knows (3.14 changed it)
 SUPPORTED = frozenset(TABLES) | DEBUG_OFFSETS_VERSIONS
 

@@ -25,7 +25,7 @@ int main(void) {
 #if PY_VERSION_HEX >= 0x03070000
     P("runtime_interpreters_head", offsetof(_PyRuntimeState, interpreters.head));
 #else
-    P("runtime_interpreters_head", 0); /* 3.6: no runtime state; pystate.c's `interp_head` is the head itself */
+    P("runtime_interpreters_head", 0); /* 2.7/3.6: no runtime state; pystate.c's `interp_head` is the head itself */
 #endif
     P("interp_next", offsetof(PyInterpreterState, next));
 #if PY_VERSION_HEX >= 0x030B0000
@@ -80,7 +80,9 @@ int main(void) {
 #else
     P("code_linetable", offsetof(PyCodeObject, co_lnotab));
 #endif
+#if PY_MAJOR_VERSION >= 3
     P("codeunit_size", sizeof(_Py_CODEUNIT));
+#endif
 #endif
     P("code_name", offsetof(PyCodeObject, co_name));
     P("code_filename", offsetof(PyCodeObject, co_filename));
@@ -89,7 +91,8 @@ int main(void) {
     P("object_type", offsetof(PyObject, ob_type));
     P("type_name", offsetof(PyTypeObject, tp_name));
     P("bytes_size", offsetof(PyVarObject, ob_size));
-    P("bytes_sval", offsetof(PyBytesObject, ob_sval));
+    P("bytes_sval", offsetof(PyBytesObject, ob_sval)); /* 2.7: PyStringObject's (bytesobject.h's alias) */
+#if PY_MAJOR_VERSION >= 3
     P("unicode_length", offsetof(PyASCIIObject, length));
     P("unicode_state", offsetof(PyASCIIObject, state));
     P("unicode_ascii_size", sizeof(PyASCIIObject));
@@ -97,5 +100,6 @@ int main(void) {
     { PyASCIIObject o; memset(&o, 0, sizeof o); o.state.kind = 7; unsigned int w; memcpy(&w, &o.state, 4); int s = 0; while (!(w & 1)) { w >>= 1; s++; } P("unicode_kind_shift", s); }
     { PyASCIIObject o; memset(&o, 0, sizeof o); o.state.compact = 1; unsigned int w; memcpy(&w, &o.state, 4); P("unicode_compact_bit", __builtin_ctz(w)); }
     { PyASCIIObject o; memset(&o, 0, sizeof o); o.state.ascii = 1; unsigned int w; memcpy(&w, &o.state, 4); P("unicode_ascii_bit", __builtin_ctz(w)); }
+#endif
     return 0;
 }

@@ -15,7 +15,8 @@ known chain of Python functions (the fidelity tests and bench/unwind.py --matrix
              in <module> -> prefork -> worker_loop -> middle -> leaf (gunicorn's and multiprocessing's
              fork without exec) and sleeps
 
-Prints "ready" when the shape is set up. Runs on CPython 3.6+ (no newer syntax).
+Prints "ready" when the shape is set up. Runs on CPython 2.7 and 3.6+ (no f-strings, print() keywords
+or Thread(daemon=) for 2.7).
 """
 
 import json
@@ -23,6 +24,17 @@ import re
 import sys
 import threading
 import zlib
+
+
+def ready():
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+
+
+def daemon(target, *args):
+    t = threading.Thread(target=target, args=args)
+    t.daemon = True
+    return t
 
 
 def leaf(n):
@@ -38,10 +50,10 @@ def middle(n):
 
 def spin_threads(n):
     ev = threading.Event()
-    threads = [threading.Thread(target=ev.wait, daemon=True) for _ in range(n)]
+    threads = [daemon(ev.wait) for _ in range(n)]
     for t in threads:
         t.start()
-    print("ready", flush=True)
+    ready()
     while True:
         middle(1000)
 
@@ -51,7 +63,7 @@ def keyf(x):
 
 
 def sorter():
-    print("ready", flush=True)
+    ready()
     while True:
         sorted(range(200), key=keyf)
 
@@ -62,14 +74,14 @@ def gen():
 
 
 def use_gen():
-    print("ready", flush=True)
+    ready()
     for _ in gen():
         pass
 
 
 def recurse(depth):
     if depth == 0:
-        print("ready", flush=True)
+        ready()
         while True:
             middle(1000)
     return recurse(depth - 1)
@@ -80,8 +92,8 @@ def encode(obj):
 
 
 def json_loop():
-    obj = {f"k{i}": [i, str(i), {"x": i * 0.5}] for i in range(300)}
-    print("ready", flush=True)
+    obj = {"k" + str(i): [i, str(i), {"x": i * 0.5}] for i in range(300)}
+    ready()
     while True:
         encode(obj)
 
@@ -91,7 +103,7 @@ def squeeze(data):
 
 
 def zlib_loop():
-    data = bytes(range(256)) * 64 + b"podflame" * 512
+    data = bytes(bytearray(range(256))) * 64 + b"podflame" * 512
     while True:
         squeeze(data)
 
@@ -101,14 +113,14 @@ def scan(text):
 
 
 def re_loop():
-    text = " ".join(f"user{i}@host{i % 7}.com x{i}" for i in range(400))
+    text = " ".join("user" + str(i) + "@host" + str(i % 7) + ".com x" + str(i) for i in range(400))
     while True:
         scan(text)
 
 
 def cext():
     for target in (zlib_loop, re_loop):
-        threading.Thread(target=target, daemon=True).start()
+        daemon(target).start()
     json_loop()
 
 
@@ -123,7 +135,7 @@ def c_sorter():
     libc = ctypes.CDLL(None)
     compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(c_compare)
     items = (ctypes.c_long * 64)()
-    print("ready", flush=True)
+    ready()
     while True:
         libc.qsort(items, 64, ctypes.sizeof(ctypes.c_long), compare)
 
@@ -143,7 +155,7 @@ def prefork(n):
     for _ in range(n):
         if os.fork() == 0:
             worker_loop()
-    print("ready", flush=True)
+    ready()
     while True:
         time.sleep(1)
 
@@ -166,4 +178,4 @@ if __name__ == "__main__":
         sys.setrecursionlimit(10000)
         recurse(int(sys.argv[2]))
     else:
-        raise SystemExit(f"unknown mode {mode}")
+        raise SystemExit("unknown mode " + mode)
