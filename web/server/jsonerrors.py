@@ -55,7 +55,7 @@ class JsonErrorChannel(HTTPChannel):
 
     def handle_close(self) -> None:
         sock = self.socket
-        if (self._linger_until is None and self.linger_on_close and self.connected and sock is not None
+        if (not self.lingering and self.linger_on_close and self.connected and sock is not None
                 and not self.total_outbufs_len):
             try:
                 sock.shutdown(socket.SHUT_WR)  # the answer is flushed: the client reads it, then EOF
@@ -82,10 +82,10 @@ class JsonErrorChannel(HTTPChannel):
         return True
 
     def writable(self) -> bool:
-        return self._linger_until is None and bool(super().writable())
+        return not self.lingering and bool(super().writable())
 
     def handle_read(self) -> None:
-        if self._linger_until is None:
+        if not self.lingering:
             super().handle_read()
             return
         try:
