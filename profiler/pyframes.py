@@ -351,7 +351,7 @@ class _Interpreter:
     glue: Callable[[int], bool]  # is this address interpreter call machinery
     start: int  # the binary's executable mapping(s)
     end: int
-    # address -> (in the eval loop, interpreter glue): asked once per native address, not per sample
+    # address -> (in the eval loop, glue that goes between runs): asked once per native address, not per sample
     kinds: dict[int, tuple[bool, bool]] = field(default_factory=dict, compare=False)
     # is this address in no named function (see merge_runs; None: not known, e.g. a test's fake interpreter)
     unnamed: Callable[[int], bool] | None = None
@@ -382,12 +382,18 @@ class _Interpreter:
         return got
 
     def _classify(self, address: int) -> tuple[bool, bool]:
+        """(in the eval loop, glue that goes): glue of the interpreter binary with a name. A frame without one
+        stays (see merge_runs); asking `unnamed` here, once per address, and not per glue frame of each
+        sample, saved a symbol lookup for each of ~1500 glue frames a 99 Hz drain."""
         is_eval = False
         for s, e in self.eval_ranges:
             if s <= address < e:
                 is_eval = True
                 break
-        return is_eval, self.start <= address < self.end and self.glue(address)
+        goes = self.start <= address < self.end and self.glue(address)
+        if goes and self.unnamed is not None and self.unnamed(address):
+            goes = False
+        return is_eval, goes
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,8 +564,16 @@ class PythonFrames:
                 state.seen.clear()
                 state.forget()
             codes = {word & ADDR_MASK for raw in distinct for word in raw[::2]}
+            failed = 0
             for code, read in state.reader.read_many(codes).items():
-                state.answer(code, self._named(tgid, code, read))
+                if isinstance(read, CodeInfo):
+                    state.answer(code, read)
+                else:  # counted once for the process below: a process gone before its drain fails every code
+                    state.answer(code, self._named(tgid, code, read, count=False))
+                    failed += 1
+            if failed:
+                self.read_failures += failed
+                metrics.PYTHON_CODE_READ_FAILURES.inc(failed)
             for memo in (state.frames, state.lines, state.runs):
                 if len(memo) > self.max_frames:
                     memo.clear()
@@ -630,12 +644,16 @@ class PythonFrames:
         state.answer(code, info)
         return state.codes[code]
 
-    def _named(self, tgid: int, code: int, got: CodeInfo | PodflameError) -> CodeInfo | Frame:
+    def _named(self, tgid: int, code: int, got: CodeInfo | PodflameError, count: bool = True) -> CodeInfo | Frame:
+        """The code object, or the frame that says why it has no name (a failure, counted unless the caller
+        counts them together)."""
         if isinstance(got, CodeInfo):
             return got
-        self.read_failures += 1
-        metrics.PYTHON_CODE_READ_FAILURES.inc()
-        log.debug("pid %d: code object %#x: %s", tgid, code, got)
+        if count:
+            self.read_failures += 1
+            metrics.PYTHON_CODE_READ_FAILURES.inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("pid %d: code object %#x: %s", tgid, code, got)
         return EXITED if isinstance(got, ProcessGone) else UNREADABLE
 
     def merge(self, tgid: int, raw: tuple[int, ...], stack: Stack) -> Stack:
@@ -698,10 +716,9 @@ def merge_runs(user: list[Frame], runs: Sequence[Sequence[Frame]], interp: _Inte
     if interp is None:  # the binary is unreadable: Python frames above whatever native frames there are
         return [f for run in runs for f in run] + user
     kinds, classify, native = interp.kinds, interp.kind, FrameKind.NATIVE
-    # per frame: (in the eval loop, interpreter glue), each address classified once per process
+    # per frame: (in the eval loop, glue that goes), each address classified once per process
     flags = [kinds.get(f.address) or classify(f.address) for f in user]
     evals = [i for i, (is_eval, _) in enumerate(flags) if is_eval and user[i].kind is native]
-    unnamed = interp.unnamed
     if not evals:
         inside = [i for i, f in enumerate(user) if _in_interpreter(f, interp) or f.mapping is None]
         cut = inside[-1] + 1 if inside else 0
@@ -720,12 +737,12 @@ def merge_runs(user: list[Frame], runs: Sequence[Sequence[Frame]], interp: _Inte
         out.extend(run)
         upto = evals[n + 1] if n < last else len(user)
         # between two eval frames glue goes; below the innermost Python frame (the C code it called) too,
-        # unless it is the leaf. A frame without a name stays: in a binary without .symtab (Debian's python3)
-        # it is as likely the C code a Python function called (list.sort calling a key function) as glue
+        # unless it is the leaf. A frame without a name stays (`_Interpreter._classify`): in a binary without
+        # .symtab (Debian's python3) it is as likely the C code a Python function called (list.sort calling
+        # a key function) as glue
         keep = upto - 1 if n == last else -1
         out.extend(user[j] for j in range(at + 1, upto)
-                   if j == keep or not flags[j][1] or user[j].mapping is None
-                   or (unnamed is not None and unnamed(user[j].address)))
+                   if j == keep or not flags[j][1] or user[j].mapping is None)
     return out
 
 
