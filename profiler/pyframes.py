@@ -404,6 +404,11 @@ class _Binary:
     elf: ElfSymbols
     evals: tuple[tuple[int, int], ...]
     kinds: dict[int, tuple[bool, bool]] = field(default_factory=dict, compare=False)  # see _Interpreter.shared
+    # the executable mappings' (start, end, offset) -> the _Interpreter of a process mapping the file there: every
+    # answer of one is a function of the file and those mappings (addresses outside them are no process's
+    # glue), so processes laid out alike (a binary without PIE: every python3 of a node) share one, with its
+    # per-address answers, instead of building one and classifying their addresses afresh each
+    interpreters: dict[tuple[tuple[int, int, int], ...], _Interpreter] = field(default_factory=dict, compare=False)
 
 
 _BINARIES: dict[tuple[int, int, int, int, str], _Binary | None] = {}  # the file's (dev, ino, size, mtime), eval ->
@@ -446,7 +451,7 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
             return None
     if not execs:
         return None
-    start, end, offset = execs[0]
+    start, end, _ = execs[0]
     # map_files first: the file mapped, even when an upgrade renamed a new one over its path
     opened = next((p for p in (f"/proc/{process.pid}/map_files/{start:x}-{end:x}",
                                f"/proc/{process.pid}/root{process.path}", process.path)
@@ -456,6 +461,20 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
     binary = _binary(opened, process.pid, process.eval_function)  # 2.7: PyEval_EvalFrameEx
     if binary is None:
         return None
+    layout = tuple(execs)
+    known = binary.interpreters.get(layout)
+    if known is None:
+        known = _new_interpreter(binary, layout)
+        if known is None:
+            return None
+        if len(binary.interpreters) >= 1024:
+            binary.interpreters.clear()
+        binary.interpreters[layout] = known
+    return known
+
+
+def _new_interpreter(binary: _Binary, execs: tuple[tuple[int, int, int], ...]) -> _Interpreter | None:
+    start, _, offset = execs[0]
     elf = binary.elf
     segment = next((s for s in elf.segments if s.executable and s.offset <= offset < s.offset + s.filesz), None)
     if segment is None:
