@@ -43,6 +43,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import compress
+from typing import cast
 
 from podflame.errors import PodflameError
 from podflame.model import Frame, FrameKind, Line, Stack
@@ -351,7 +353,7 @@ class _Interpreter:
     glue: Callable[[int], bool]  # is this address interpreter call machinery
     start: int  # the binary's executable mapping(s)
     end: int
-    # address -> (in the eval loop, interpreter glue): asked once per native address, not per sample
+    # address -> (in the eval loop, glue that goes between runs): asked once per native address, not per sample
     kinds: dict[int, tuple[bool, bool]] = field(default_factory=dict, compare=False)
     # is this address in no named function (see merge_runs; None: not known, e.g. a test's fake interpreter)
     unnamed: Callable[[int], bool] | None = None
@@ -382,12 +384,18 @@ class _Interpreter:
         return got
 
     def _classify(self, address: int) -> tuple[bool, bool]:
+        """(in the eval loop, glue that goes): glue of the interpreter binary with a name. A frame without one
+        stays (see merge_runs); asking `unnamed` here, once per address, and not per glue frame of each
+        sample, saved a symbol lookup for each of ~1500 glue frames a 99 Hz drain."""
         is_eval = False
         for s, e in self.eval_ranges:
             if s <= address < e:
                 is_eval = True
                 break
-        return is_eval, self.start <= address < self.end and self.glue(address)
+        goes = self.start <= address < self.end and self.glue(address)
+        if goes and self.unnamed is not None and self.unnamed(address):
+            goes = False
+        return is_eval, goes
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +406,11 @@ class _Binary:
     elf: ElfSymbols
     evals: tuple[tuple[int, int], ...]
     kinds: dict[int, tuple[bool, bool]] = field(default_factory=dict, compare=False)  # see _Interpreter.shared
+    # the executable mappings' (start, end, offset) -> the _Interpreter of a process mapping the file there: every
+    # answer of one is a function of the file and those mappings (addresses outside them are no process's
+    # glue), so processes laid out alike (a binary without PIE: every python3 of a node) share one, with its
+    # per-address answers, instead of building one and classifying their addresses afresh each
+    interpreters: dict[tuple[tuple[int, int, int], ...], _Interpreter] = field(default_factory=dict, compare=False)
 
 
 _BINARIES: dict[tuple[int, int, int, int, str], _Binary | None] = {}  # the file's (dev, ino, size, mtime), eval ->
@@ -440,7 +453,7 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
             return None
     if not execs:
         return None
-    start, end, offset = execs[0]
+    start, end, _ = execs[0]
     # map_files first: the file mapped, even when an upgrade renamed a new one over its path
     opened = next((p for p in (f"/proc/{process.pid}/map_files/{start:x}-{end:x}",
                                f"/proc/{process.pid}/root{process.path}", process.path)
@@ -450,6 +463,20 @@ def _interpreter(process: PythonProcess) -> _Interpreter | None:
     binary = _binary(opened, process.pid, process.eval_function)  # 2.7: PyEval_EvalFrameEx
     if binary is None:
         return None
+    layout = tuple(execs)
+    known = binary.interpreters.get(layout)
+    if known is None:
+        known = _new_interpreter(binary, layout)
+        if known is None:
+            return None
+        if len(binary.interpreters) >= 1024:
+            binary.interpreters.clear()
+        binary.interpreters[layout] = known
+    return known
+
+
+def _new_interpreter(binary: _Binary, execs: tuple[tuple[int, int, int], ...]) -> _Interpreter | None:
+    start, _, offset = execs[0]
     elf = binary.elf
     segment = next((s for s in elf.segments if s.executable and s.offset <= offset < s.offset + s.filesz), None)
     if segment is None:
@@ -558,8 +585,16 @@ class PythonFrames:
                 state.seen.clear()
                 state.forget()
             codes = {word & ADDR_MASK for raw in distinct for word in raw[::2]}
+            failed = 0
             for code, read in state.reader.read_many(codes).items():
-                state.answer(code, self._named(tgid, code, read))
+                if isinstance(read, CodeInfo):
+                    state.answer(code, read)
+                else:  # counted once for the process below: a process gone before its drain fails every code
+                    state.answer(code, self._named(tgid, code, read, count=False))
+                    failed += 1
+            if failed:
+                self.read_failures += failed
+                metrics.PYTHON_CODE_READ_FAILURES.inc(failed)
             for memo in (state.frames, state.lines, state.runs):
                 if len(memo) > self.max_frames:
                     memo.clear()
@@ -599,9 +634,12 @@ class PythonFrames:
         if got is not None:
             return got
         frames = state.frames
-        got = tuple(tuple(TRUNCATED if key is _GAP else frames.get(key) or self._frame(tgid, state, *key)
-                          for key in run)
-                    for run in split_runs(raw, state.reader.offsets))
+        o = state.reader.offsets
+        got = _named_runs(raw, o, frames) if o.owner_cstack == NO_FIELD else None
+        if got is None:
+            got = tuple(tuple(TRUNCATED if key is _GAP else frames.get(key) or self._frame(tgid, state, *key)
+                              for key in run)
+                        for run in split_runs(raw, o))
         state.runs[raw] = got
         return got
 
@@ -630,12 +668,16 @@ class PythonFrames:
         state.answer(code, info)
         return state.codes[code]
 
-    def _named(self, tgid: int, code: int, got: CodeInfo | PodflameError) -> CodeInfo | Frame:
+    def _named(self, tgid: int, code: int, got: CodeInfo | PodflameError, count: bool = True) -> CodeInfo | Frame:
+        """The code object, or the frame that says why it has no name (a failure, counted unless the caller
+        counts them together)."""
         if isinstance(got, CodeInfo):
             return got
-        self.read_failures += 1
-        metrics.PYTHON_CODE_READ_FAILURES.inc()
-        log.debug("pid %d: code object %#x: %s", tgid, code, got)
+        if count:
+            self.read_failures += 1
+            metrics.PYTHON_CODE_READ_FAILURES.inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("pid %d: code object %#x: %s", tgid, code, got)
         return EXITED if isinstance(got, ProcessGone) else UNREADABLE
 
     def merge(self, tgid: int, raw: tuple[int, ...], stack: Stack) -> Stack:
@@ -689,6 +731,26 @@ def split_runs(raw: tuple[int, ...], o: PyOffsets) -> list[list[tuple[int, int]]
     return runs
 
 
+def _named_runs(raw: tuple[int, ...], o: PyOffsets, frames: dict[tuple[int, int], Frame]) -> _Runs | None:
+    """What naming `split_runs(raw, o)`'s runs from `frames` gives, for 3.11 and older (no shim frames) when no
+    frame was left out and every (code, instr) is in `frames` already (None otherwise: the general path). The
+    common case of a 99 Hz drain (a raw stack differing from a named one in its instructions), with the
+    lookups and the cuts at `is_entry` made by C iterators: no (code, instr) tuple kept per frame."""
+    words = raw[-2::-2]  # root first
+    if any(map(FLAG_GAP.__and__, words)):
+        return None
+    looked: list[Frame | None] = list(map(frames.get, zip(map(ADDR_MASK.__and__, words), raw[-1::-2], strict=True)))
+    if not all(looked):  # (a frame is true: `all` asks no __eq__, as `None in` would of each)
+        return None
+    named = cast("list[Frame]", looked)
+    if o.frame_is_entry == NO_FIELD:  # 3.10 and older: one eval-loop call per frame
+        return tuple((f,) for f in named)
+    cuts = [i for i in compress(range(len(words)), map(FLAG_ENTRY.__and__, words)) if i]
+    if not cuts:
+        return (tuple(named),)
+    return tuple(tuple(named[a:b]) for a, b in zip([0, *cuts], [*cuts, len(named)], strict=True))
+
+
 def _is_kernel_lost(f: Frame) -> bool:
     return f.kind is FrameKind.UNKNOWN and bool(f.lines) and f.lines[0].function.startswith("[kernel stack")
 
@@ -698,10 +760,9 @@ def merge_runs(user: list[Frame], runs: Sequence[Sequence[Frame]], interp: _Inte
     if interp is None:  # the binary is unreadable: Python frames above whatever native frames there are
         return [f for run in runs for f in run] + user
     kinds, classify, native = interp.kinds, interp.kind, FrameKind.NATIVE
-    # per frame: (in the eval loop, interpreter glue), each address classified once per process
+    # per frame: (in the eval loop, glue that goes), each address classified once per process
     flags = [kinds.get(f.address) or classify(f.address) for f in user]
     evals = [i for i, (is_eval, _) in enumerate(flags) if is_eval and user[i].kind is native]
-    unnamed = interp.unnamed
     if not evals:
         inside = [i for i, f in enumerate(user) if _in_interpreter(f, interp) or f.mapping is None]
         cut = inside[-1] + 1 if inside else 0
@@ -720,12 +781,12 @@ def merge_runs(user: list[Frame], runs: Sequence[Sequence[Frame]], interp: _Inte
         out.extend(run)
         upto = evals[n + 1] if n < last else len(user)
         # between two eval frames glue goes; below the innermost Python frame (the C code it called) too,
-        # unless it is the leaf. A frame without a name stays: in a binary without .symtab (Debian's python3)
-        # it is as likely the C code a Python function called (list.sort calling a key function) as glue
+        # unless it is the leaf. A frame without a name stays (`_Interpreter._classify`): in a binary without
+        # .symtab (Debian's python3) it is as likely the C code a Python function called (list.sort calling
+        # a key function) as glue
         keep = upto - 1 if n == last else -1
         out.extend(user[j] for j in range(at + 1, upto)
-                   if j == keep or not flags[j][1] or user[j].mapping is None
-                   or (unnamed is not None and unnamed(user[j].address)))
+                   if j == keep or not flags[j][1] or user[j].mapping is None)
     return out
 
 

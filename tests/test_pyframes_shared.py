@@ -51,3 +51,26 @@ def test_two_processes_of_one_interpreter_share_its_classification_with_each_one
     # an address the first process never asked about is looked up (and kept for the next process)
     fresh = next(a for a in range(second.start, second.end) if a - second.bias not in second.shared)
     assert shared.kind(fresh) == alone.kind(fresh) and glued == [fresh]
+
+
+@pytest.mark.parametrize("which", ["debian", "3.12"])
+def test_processes_laid_out_alike_share_one_interpreter_and_others_get_their_own(which: str) -> None:
+    """Every answer of an _Interpreter is a function of the file and where its executable mappings are: two
+    python3 of Debian's non-PIE binary map it at the same addresses and get one object (with the addresses it
+    already classified); pyenv's libpython moves with ASLR, and each process gets its own."""
+    runs = [start([interpreter(which), str(WORKLOADS / "python_chain.py")]) for _ in range(2)]
+    try:
+        procs = [detect(r.pid) for r in runs]
+        first, second = (_interpreter(p) for p in procs)
+        again = _interpreter(procs[1])
+    finally:
+        for r in runs:
+            stop(r)
+    assert first is not None and second is not None and again is second
+    alike = procs[0].exec_maps == procs[1].exec_maps
+    assert alike == (which == "debian")
+    assert (first is second) == alike
+    if not alike:  # each its own layout, its own bias: answers for the same ELF address at its own place
+        assert first.bias != second.bias and first.kinds is not second.kinds and first.shared is second.shared
+        lo, _ = first.eval_ranges[0]
+        assert first.kind(lo) == second.kind(lo - first.bias + second.bias) and first.kind(lo)[0]

@@ -26,3 +26,18 @@ def test_named_glue_still_goes() -> None:
     assert names(merge_runs(USER, RUNS, replace(STRIPPED, kinds={}, unnamed=lambda a: False))) == \
         ["main", "<module>", "sorter", "keyf"]
     assert names(merge_runs(USER, RUNS, replace(INTERP, kinds={}))) == ["main", "<module>", "sorter", "keyf"]
+
+
+def test_whether_glue_has_a_name_is_asked_once_per_address_not_per_sample() -> None:
+    """A 99 Hz drain merges hundreds of samples through the same glue frames: the name check is part of an
+    address's classification (kept per process and per binary), not a symbol lookup per frame per sample."""
+    asked: list[int] = []
+
+    def unnamed(address: int) -> bool:
+        asked.append(address)
+        return 0x4800 <= address < 0x4900
+
+    interp = replace(INTERP, kinds={}, unnamed=unnamed)
+    for _ in range(50):
+        assert names(merge_runs(USER, RUNS, interp)) == ["main", "<module>", "sorter", "?", "keyf"]
+    assert sorted(asked) == sorted(set(asked)) and {SORTED.address, VECTOR.address} <= set(asked)

@@ -15,9 +15,10 @@ from __future__ import annotations
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from operator import itemgetter
 
 from podflame.errors import BinaryFormatError, PodflameError
 from profiler.python import remote
@@ -83,6 +84,7 @@ class CodeReader:
         self._cache: OrderedDict[tuple[int, tuple[int, ...]], CodeInfo] = OrderedDict()
         self._latest: dict[int, tuple[int, ...]] = {}  # address -> fingerprint last read there
         self._types: dict[int, bytes] = {}  # type address -> its tp_name (for types not given)
+        self._head, self._pick = _head_fields(offsets)
         self.reads = 0  # code objects read whole (cache misses)
         self.failures = 0
         # read and read_many may come from two threads (pyframes' early reads of a young process, and the
@@ -195,18 +197,17 @@ class CodeReader:
         return None if fp is None else self._cache.get((code_addr, fp))
 
     def _check_head(self, code_addr: int, head: bytes) -> tuple[int, ...]:
-        o = self.offsets
-        ob_type = _word(head, o.object_type)
-        if not self._is_type(ob_type, b"code"):
+        # (type, first line, name, [qualname,] file name, line table) in one unpack (each drain re-validates
+        # every code object its samples name: hundreds of heads a drain)
+        got = self._pick(self._head.unpack_from(head))
+        ob_type = got[0]
+        if ob_type != self.code_type and not self._is_type(ob_type, b"code"):
             self.failures += 1
             raise CodeReadError(f"pid {self.pid}: {code_addr:#x} is not a code object (type {ob_type:#x})")
-        pointers = [_word(head, off) for off in (o.code_name, o.code_qualname, o.code_filename, o.code_linetable)
-                    if off != NO_FIELD]
-        if not all(pointers):
+        if 0 in got[2:]:
             self.failures += 1
             raise CodeReadError(f"pid {self.pid}: code object at {code_addr:#x} has a NULL name or file")
-        firstlineno = struct.unpack_from("<i", head, o.code_firstlineno)[0]
-        return (firstlineno, *pointers)
+        return got[1:]  # (firstlineno, *pointers): the fingerprint
 
     def _is_type(self, ob_type: int, name: bytes) -> bool:
         expected = self._expected[name]
@@ -329,6 +330,22 @@ class CodeReader:
         if enc is None:
             raise CodeReadError(f"str kind {kind}")
         return addr + o.unicode_compact_size, length * kind, enc
+
+
+def _head_fields(o: PyOffsets) -> tuple[struct.Struct, Callable[[tuple[int, ...]], tuple[int, ...]]]:
+    """A struct that reads a code object's type, first line and name/qualname/file name/line table pointers
+    from its head in one call, and what picks them, in that order, from its answer."""
+    wanted = [(o.object_type, "Q"), (o.code_firstlineno, "i")] + [
+        (off, "Q") for off in (o.code_name, o.code_qualname, o.code_filename, o.code_linetable) if off != NO_FIELD]
+    by_offset = sorted(range(len(wanted)), key=lambda i: wanted[i][0])
+    fmt, at = "<", 0
+    for i in by_offset:
+        offset, code = wanted[i]
+        if offset < at:
+            raise ValueError(f"code object fields overlap at offset {offset}")
+        fmt += (f"{offset - at}x" if offset > at else "") + code
+        at = offset + struct.calcsize("<" + code)
+    return struct.Struct(fmt), itemgetter(*(by_offset.index(i) for i in range(len(wanted))))
 
 
 def _word(data: bytes, offset: int) -> int:
