@@ -9,17 +9,13 @@ into profiles (`build_profiles`) is testable without BPF.
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import socket
 import threading
 import time
-from bisect import bisect_right
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
-from operator import add
 from typing import TYPE_CHECKING, Protocol
 
 from podflame.model import UNMAPPED, Frame, FrameKind, Line, Mapping, Profile, Unresolved, collapse_unmapped
@@ -42,17 +38,6 @@ _NOTHING_LOST = (0, -errno.EFAULT)
 
 class Sink(Protocol):
     def __call__(self, profiles: list[Profile]) -> None: ...
-
-
-class MapsLayout(Protocol):
-    """One process's executable mappings as MapsCache holds them (`MapsCache.layout`)."""
-
-    version: int
-    starts: list[int]
-    ends: list[int]
-    lines: Sequence  # of objects with a `build_id`, one per mapping
-
-    def mapping(self, i: int) -> Mapping: ...
 
 
 class MapsLookup(Protocol):
@@ -194,7 +179,7 @@ class _ProcessMemo:
     """What StackMemo knows of one process: symbolized stacks by raw stack, callers by raw user stack without
     its leaf, and frames by (address, is leaf)."""
 
-    __slots__ = ("callers", "drain_callers", "drain_frames", "frames", "layout", "stacks", "version")
+    __slots__ = ("callers", "drain_callers", "drain_frames", "frames", "stacks", "version")
 
     def __init__(self, version: Hashable) -> None:
         self.version = version  # of the process's maps when these were made
@@ -206,8 +191,6 @@ class _ProcessMemo:
         # its maps were read): good for one drain, in which the symbolizer's answer for them holds
         self.drain_frames: dict[tuple[int, bool], Frame] = {}
         self.drain_callers: dict[tuple[int, ...], tuple[Frame, ...]] = {}
-        # its addresses as keys of the shared frames (None: not made yet; _NO_LAYOUT: none this drain)
-        self.layout: _Layout | None = None
 
     def __len__(self) -> int:
         """Entries held, as StackMemo.entries counts them."""
@@ -219,46 +202,6 @@ _NEVER_KEPT = frozenset({Unresolved.PROCESS_GONE, Unresolved.UNREADABLE, Unresol
 # __getattr__, so every class attribute read goes through a Python-level hook), a global ~15 ns.
 _NATIVE, _KERNEL = FrameKind.NATIVE, FrameKind.KERNEL
 _NO_MAPPING, _PROCESS_GONE, _NO_SYMBOLS = Unresolved.NO_MAPPING, Unresolved.PROCESS_GONE, Unresolved.NO_SYMBOLS
-
-# A shared frame's key is an int: (the tag of its canonical mapping << 64) + its address in that mapping's
-# layout. A process's address becomes one by adding the delta of the range it falls in (_Layout).
-_UNPLACED = -(1 << 66)  # delta of a mapping with a build id whose canonical mapping was not asked for yet
-_NO_KEY = -(1 << 68)  # delta of a gap, or of a mapping without a build id: its frames are not shared
-
-
-class _Layout:
-    """One process's executable mappings (as read at one maps `version`) as a translation of its addresses
-    into keys of StackMemo's shared frames: `bounds` holds each mapping's start and end, so
-    `bisect_right(bounds, address)` is odd inside mapping (j - 1) // 2 and even in a gap (disjoint
-    mappings, as the kernel's are), and `deltas[j]` is what turns an address of range j into its key: the
-    whole callers of a stack translate in three C-level passes (`map`), not a maps lookup and a
-    rebasing per frame. A mapping's delta is placed when a frame first falls in it (its canonical
-    mapping is chosen then, as `_shared_frame` would)."""
-
-    __slots__ = ("deltas", "find", "maps", "version")
-
-    def __init__(self, maps: MapsLayout) -> None:
-        bounds: list[int] = []
-        deltas = [_NO_KEY]
-        for start, end, line in zip(maps.starts, maps.ends, maps.lines, strict=True):
-            bounds += (start, end)
-            deltas += (_UNPLACED if line.build_id is not None else _NO_KEY, _NO_KEY)
-        self.find = partial(bisect_right, bounds)
-        self.deltas = deltas
-        self.maps = maps
-        self.version = maps.version
-
-    @staticmethod
-    def of(maps: MapsLayout) -> _Layout | None:
-        """The layout of these maps; None when they are not disjoint and sorted (then lookup decides)."""
-        starts, ends = maps.starts, maps.ends
-        if any(s >= e for s, e in zip(starts, ends, strict=True)) or \
-                any(e > s for e, s in zip(ends, starts[1:], strict=False)):
-            return None
-        return _Layout(maps)
-
-
-_NO_LAYOUT = _Layout.__new__(_Layout)  # a process without one this drain (maps not held, or moved)
 
 
 class StackMemo:
@@ -283,9 +226,7 @@ class StackMemo:
     segment of the file, and carries that process's mapping: its file offset
     (address - mapping start + mapping offset, what pprof tools and addr2line use) is unchanged, and
     the frames of a pod's 600 short-lived `python3` processes are one set of frames, one pprof
-    location each. A stack's new callers (and a new leaf) find those frames through the process's
-    `_Layout`: its addresses translated into the shared frames' keys in C-level passes, not a maps
-    lookup and a rebasing per frame; what is not there goes frame by frame.
+    location each.
 
     Bounded: past `max_entries` stacks and frames everything is dropped, and all is rebuilt every
     `max_age_drains`. Dropped as well when the symbolizer's `generation` moves (a debug file arrived
@@ -306,13 +247,9 @@ class StackMemo:
         self.kernel_frames: dict[tuple[int, bool], Frame] = {}
         # kernel stack (addresses leaf first) -> (its frames root first, whether one has no mapping)
         self.kernel_stacks: dict[tuple[int, ...], tuple[tuple[Frame, ...], bool]] = {}
-        # user frames of binaries with a build id, shared by all processes (see _shared_frame), by key
-        # (_Layout): callers' frames and leaves' apart (a leaf's address is not a return address)
-        self.shared_frames: dict[int, Frame] = {}
-        self.shared_leaves: dict[int, Frame] = {}
-        # (build id, offset, size, path) -> the first mapping seen of it and its tag (in its frames' keys)
-        self.canonical_mappings: dict[tuple, tuple[Mapping, int]] = {}
-        self._tags = itertools.count(1)
+        # user frames of binaries with a build id, shared by all processes (see _shared_frame)
+        self.shared_frames: dict[tuple[Mapping, int, bool], Frame] = {}
+        self.canonical_mappings: dict[tuple, Mapping] = {}  # (build id, offset, size, path) -> first seen
         self.entries = 0  # stacks and frames held in `processes`
         self._current: dict[int, _ProcessMemo] = {}  # checked against the maps this drain
         self._per_process: dict[int, FrameResolver] = {}
@@ -325,7 +262,6 @@ class StackMemo:
         self.kernel_frames.clear()
         self.kernel_stacks.clear()
         self.shared_frames.clear()
-        self.shared_leaves.clear()
         self.canonical_mappings.clear()
         self._current.clear()
         self.entries = 0
@@ -372,11 +308,7 @@ class StackMemo:
         fn = self._per_process.get(s.tgid)
         if fn is None:
             fn = self._per_process[s.tgid] = self.symbolizer.for_process(s.tgid or None)
-        if self.entries >= self.max_entries or \
-                len(self.shared_frames) + len(self.shared_leaves) >= self.max_shared_frames or \
-                len(self.canonical_mappings) >= self.max_canonical_mappings:
-            # may go over by one stack's frames: bounded all the same. All at once: every process's frames
-            # and layout then come from the same canonical mappings and shared frames
+        if self.entries >= self.max_entries:  # may go over by one stack's frames: bounded all the same
             self.clear()
             pm = self._process(s.tgid)
         # a process whose maps were read can keep frames without a mapping (see the class doc)
@@ -414,12 +346,8 @@ class StackMemo:
                 callers = pm.drain_callers.get(user[1:])
                 keep = callers is None
             if callers is None:
-                layout = (pm.layout or self._layout(s.tgid, pm)) if mapped else _NO_LAYOUT
-                if layout is not _NO_LAYOUT:
-                    callers = self._callers(s.tgid, user, layout, pm, single)
-                else:
-                    got, keep = self._user_frames(s.tgid, user, 1, -1, pm, single, mapped)
-                    callers = collapse_unmapped(tuple(got))
+                got, keep = self._user_frames(s.tgid, user, 1, -1, pm, single, mapped)
+                callers = collapse_unmapped(tuple(got))
                 if keep:
                     pm.callers[user[1:]] = callers
                     self.entries += 1
@@ -427,7 +355,8 @@ class StackMemo:
                     pm.drain_callers[user[1:]] = callers
             elif n > 1:
                 self.frame_hits += n - 1
-            leaf, keep_leaf = self._leaf(s.tgid, user[0], not kernel_tail, pm, single, mapped)
+            (leaf,), keep_leaf = self._user_frames(s.tgid, user[:1], 0, -1 if kernel_tail else 0, pm, single,
+                                                  mapped)
             keep = keep and keep_leaf
             if leaf.reason is _NO_MAPPING:  # collapse_unmapped across the callers and the leaf
                 frames = callers if callers and callers[-1] is UNMAPPED else (*callers, UNMAPPED)
@@ -453,6 +382,8 @@ class StackMemo:
         frames: list[Frame] = []
         keep = True
         memo = pm.frames
+        lookup = self.ctx.maps.lookup
+        shared = self.shared_frames
         transient = pm.drain_frames
         for i in range(len(user) - 1, lo - 1, -1):
             addr = user[i]
@@ -463,145 +394,28 @@ class StackMemo:
                 if f is not None:
                     keep = False  # waits for maps, as when it was resolved
             if f is None:
-                f, kept = self._miss(tgid, addr, leaf, pm, single, mapped)
-                keep = keep and kept
+                self.frame_misses += 1
+                m = lookup(tgid, addr)
+                if m is not None and m.build_id is not None:
+                    f = self._shared_frame(addr, m, leaf, single, shared)
+                elif m is None and mapped:
+                    # outside every mapping of maps we hold (re-read once a drain on such a miss):
+                    # what the symbolizer would say, without asking it ~10k times a minute
+                    f = UNMAPPED
+                else:
+                    f = single(Frame(addr, m, _NATIVE), leaf)
+                reason = f.reason
+                if f.kind is _NATIVE and reason not in _NEVER_KEPT and \
+                        (mapped or reason is not _NO_MAPPING):
+                    memo[(addr, leaf)] = f
+                    self.entries += 1
+                elif reason is _PROCESS_GONE or (not mapped and reason is _NO_MAPPING):
+                    keep = False
+                    transient[(addr, leaf)] = f
             else:
                 self.frame_hits += 1
             frames.append(f)
         return frames, keep
-
-    def _miss(self, tgid: int, addr: int, leaf: bool, pm: _ProcessMemo, single: Callable[[Frame, bool], Frame],
-              mapped: bool) -> tuple[Frame, bool]:
-        """A frame not in the process's memo: resolved (a binary's with a build id from the shared frames) and
-        kept in the memo, or in the drain's when it waits for maps; and whether it may be kept."""
-        self.frame_misses += 1
-        m = self.ctx.maps.lookup(tgid, addr)
-        layout = pm.layout
-        if layout is not None and layout is not _NO_LAYOUT and self.ctx.maps.version(tgid) != layout.version:
-            pm.layout = _NO_LAYOUT  # the lookup re-read the maps and found them changed: frame by frame now
-        if m is not None and m.build_id is not None:
-            f = self._shared_frame(addr, m, leaf, single)
-        elif m is None and mapped:
-            # outside every mapping of maps we hold (re-read once a drain on such a miss):
-            # what the symbolizer would say, without asking it ~10k times a minute
-            f = UNMAPPED
-        else:
-            f = single(Frame(addr, m, _NATIVE), leaf)
-        reason = f.reason
-        if f.kind is _NATIVE and reason not in _NEVER_KEPT and \
-                (mapped or reason is not _NO_MAPPING):
-            pm.frames[(addr, leaf)] = f
-            self.entries += 1
-        elif reason is _PROCESS_GONE or (not mapped and reason is _NO_MAPPING):
-            pm.drain_frames[(addr, leaf)] = f
-            return f, False
-        return f, True
-
-    def _layout(self, tgid: int, pm: _ProcessMemo) -> _Layout:
-        """The process's layout (made once per memo, from the maps its memo was made for), or _NO_LAYOUT."""
-        layout_of = getattr(self.ctx.maps, "layout", None)
-        maps = layout_of(tgid) if layout_of is not None else None
-        layout = _Layout.of(maps) if maps is not None and maps.version == pm.version else None
-        pm.layout = layout if layout is not None else _NO_LAYOUT
-        return pm.layout
-
-    def _place(self, layout: _Layout, j: int) -> int:
-        """The delta of range j of `layout` (a mapping with a build id), placed now: its canonical mapping
-        chosen (the first process's whose frame falls in that segment) as `_shared_frame` does."""
-        m = layout.maps.mapping((j - 1) // 2)
-        canonical, tag = self._canonical(m)
-        delta = layout.deltas[j] = (tag << 64) + canonical.start - m.start
-        return delta
-
-    def _callers(self, tgid: int, user: tuple[int, ...], layout: _Layout, pm: _ProcessMemo,
-                 single: Callable[[Frame, bool], Frame]) -> tuple[Frame, ...]:
-        """The callers of a user stack (all but its leaf), root first and collapsed, as `_user_frames` gives
-        them for a process whose maps are held: each address translated into its shared frame's key by
-        the process's layout and looked up in the shared frames, in C-level passes; what is not there
-        (a gap, a binary without a build id, a frame not resolved yet) frame by frame as before, in the
-        same order (root first)."""
-        addrs = user[:0:-1]
-        js = list(map(layout.find, addrs))
-        deltas = layout.deltas
-        keys = list(map(add, addrs, map(deltas.__getitem__, js)))
-        shared = self.shared_frames
-        frames: list[Frame | None] = list(map(shared.get, keys))
-        if not all(frames):
-            # mappings met for the first time: placed in the order frame by frame would (root first), up to
-            # the first gap (its lookup may re-read the maps; what follows it is placed in the loop below)
-            placed = False
-            for j in js:
-                if not j & 1:
-                    break
-                if deltas[j] == _UNPLACED:
-                    self._place(layout, j)
-                    placed = True
-            if placed:
-                keys = list(map(add, addrs, map(deltas.__getitem__, js)))
-                frames = list(map(shared.get, keys))
-        n = len(frames)
-        if all(frames):
-            self.frame_misses += n
-            self.shared_hits += n
-            return tuple(frames)  # type: ignore[arg-type]  # none is None
-        memo = pm.frames
-        unmapped = stale = False
-        for i, f in enumerate(frames):
-            if f is not None and not stale:
-                self.frame_misses += 1
-                self.shared_hits += 1
-                continue
-            addr = addrs[i]
-            if not stale and keys[i] < 0 and (delta := layout.deltas[js[i]]) != _NO_KEY:
-                # a mapping's first frame: place it (and any later frame of it, placed meanwhile)
-                f = shared.get(addr + (self._place(layout, js[i]) if delta == _UNPLACED else delta))
-                if f is not None:
-                    self.frame_misses += 1
-                    self.shared_hits += 1
-                    frames[i] = f
-                    continue
-            f = memo.get((addr, False))
-            if f is None:
-                f, _ = self._miss(tgid, addr, False, pm, single, True)
-                # a re-read of the maps (an address outside them) found them changed: what follows is
-                # looked up in the new maps, as frame by frame
-                stale = pm.layout is not layout
-            else:
-                self.frame_hits += 1
-            unmapped = unmapped or f.reason is _NO_MAPPING
-            frames[i] = f
-        got: tuple[Frame, ...] = tuple(frames)  # type: ignore[arg-type]  # all filled
-        return collapse_unmapped(got) if unmapped else got
-
-    def _leaf(self, tgid: int, addr: int, leaf: bool, pm: _ProcessMemo, single: Callable[[Frame, bool], Frame],
-              mapped: bool) -> tuple[Frame, bool]:
-        """The stack's leaf frame (`leaf`: no kernel tail, so its address is not a return address), as
-        `_user_frames` gives it; a new one from the shared frames through the layout when it can."""
-        key = (addr, leaf)
-        f = pm.frames.get(key)
-        if f is not None:
-            self.frame_hits += 1
-            return f, True
-        if pm.drain_frames:
-            f = pm.drain_frames.get(key)
-            if f is not None:
-                self.frame_hits += 1
-                return f, False
-        layout = (pm.layout or self._layout(tgid, pm)) if mapped else _NO_LAYOUT
-        if layout is not _NO_LAYOUT:
-            j = layout.find(addr)
-            delta = layout.deltas[j]
-            if delta == _UNPLACED:
-                delta = self._place(layout, j)
-            if delta >= 0:
-                f = (self.shared_leaves if leaf else self.shared_frames).get(addr + delta)
-                if f is not None:
-                    self.frame_misses += 1
-                    self.shared_hits += 1
-                    pm.frames[key] = f  # what _miss keeps: a shared frame is a binary's, named or without symbols
-                    self.entries += 1
-                    return f, True
-        return self._miss(tgid, addr, leaf, pm, single, mapped)
 
     def _kernel_frames(self, kernel: tuple[int, ...],
                        single: Callable[[Frame, bool], Frame]) -> tuple[tuple[Frame, ...], bool]:
@@ -632,21 +446,19 @@ class StackMemo:
         self.kernel_stacks[kernel] = got
         return got
 
-    def _canonical(self, m: Mapping) -> tuple[Mapping, int]:
-        """The first mapping seen of `m`'s segment of its file (same build id), and its tag."""
-        key = (m.build_id, m.offset, m.limit - m.start, m.path)
-        got = self.canonical_mappings.get(key)
-        if got is None:
-            got = self.canonical_mappings[key] = (m, next(self._tags))
-        return got
-
-    def _shared_frame(self, addr: int, m: Mapping, leaf: bool, single: Callable[[Frame, bool], Frame]) -> Frame:
+    def _shared_frame(self, addr: int, m: Mapping, leaf: bool, single: Callable[[Frame, bool], Frame],
+                      shared: dict[tuple[Mapping, int, bool], Frame]) -> Frame:
         """The frame at `addr` of mapping `m`, rebased into the layout of the first process seen mapping
         the same segment of the same file (same build id), and shared by every process mapping it."""
-        canonical, tag = self._canonical(m)
+        key = (m.build_id, m.offset, m.limit - m.start, m.path)
+        canonical = self.canonical_mappings.get(key)
+        if canonical is None:
+            if len(self.canonical_mappings) >= self.max_canonical_mappings:
+                self.canonical_mappings.clear()
+                shared.clear()
+            canonical = self.canonical_mappings[key] = m
         at = addr - m.start + canonical.start
-        shared = self.shared_leaves if leaf else self.shared_frames
-        f = shared.get((tag << 64) + at)
+        f = shared.get((canonical, at, leaf))
         if f is not None:
             self.shared_hits += 1
             return f
@@ -655,7 +467,9 @@ class StackMemo:
             resolved = Frame(at, canonical, resolved.kind, resolved.lines, resolved.reason)
         # a build id names the bytes: a name, or no symbols there, holds for every process mapping them
         if resolved.lines or resolved.reason is _NO_SYMBOLS:
-            shared[(tag << 64) + at] = resolved
+            if len(shared) >= self.max_shared_frames:
+                shared.clear()
+            shared[(canonical, at, leaf)] = resolved
         return resolved
 
 

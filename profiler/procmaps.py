@@ -462,13 +462,6 @@ class MapsCache:
         p = self._procs.get(pid)
         return p.version if p is not None else None
 
-    def layout(self, pid: int) -> _Process | None:
-        """The maps held for `pid` as `lookup` reads them (`version`, sorted `starts`/`ends`, `lines` with each
-        mapping's `build_id`, `mapping(i)`: the Mapping `lookup` returns), for a caller that translates many
-        addresses at once (StackMemo); None when not tracked. Read-only; what a re-read finds is a new object
-        with its own `version`."""
-        return self._procs.get(pid)
-
     def start_time(self, pid: int) -> int | None:
         """Start time (clock ticks after boot) of the process held for `pid`, exited ones in their grace
         period too; None when none is held. Read with its maps: no second read of /proc/PID/stat."""
