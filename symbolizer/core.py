@@ -46,6 +46,12 @@ class MapsSource(Protocol):
     def maps_lost(self, pid: int) -> bool: ...
 
 
+# Members read per frame, as module globals: reading one through its class costs ~130 ns (EnumType has a
+# __getattr__, so every class attribute read goes through a Python-level hook), a global ~15 ns.
+_NATIVE, _KERNEL, _JIT = FrameKind.NATIVE, FrameKind.KERNEL, FrameKind.JIT
+_KERNEL_UNKNOWN, _JIT_NO_MAP, _PROCESS_GONE = Unresolved.KERNEL_UNKNOWN, Unresolved.JIT_NO_MAP, Unresolved.PROCESS_GONE
+_NO_MAPPING, _NO_SYMBOLS, _UNREADABLE = Unresolved.NO_MAPPING, Unresolved.NO_SYMBOLS, Unresolved.UNREADABLE
+
 _Result = tuple[tuple[Line, ...] | None, Unresolved | None]  # lines, or why there are none
 
 
@@ -91,7 +97,7 @@ class ProcessSymbolizer:
         call = self._call
         with sym._lock:
             reason = call.unmapped
-            if reason is not None and frame.mapping is None and frame.kind is FrameKind.NATIVE and \
+            if reason is not None and frame.mapping is None and frame.kind is _NATIVE and \
                     not frame.lines and frame.reason is None:
                 # what _frame would answer, without its memo (the agent keeps these per drain itself)
                 sym._stats[reason.value] += 1
@@ -218,7 +224,7 @@ class Symbolizer:
             # across calls: a frame of a binary with a build id resolves the same forever (steady state:
             # one dictionary hit per distinct frame per drain); failures are retried, they may be transient
             m = frame.mapping
-            stable = m is not None and m.build_id is not None and frame.kind is FrameKind.NATIVE
+            stable = m is not None and m.build_id is not None and frame.kind is _NATIVE
             done = self._resolved.get(key) if stable else None
             if done is None:
                 done = self._resolve(frame, leaf, call)
@@ -233,37 +239,37 @@ class Symbolizer:
         # byte before it, or a call to a noreturn function ending a function (abort, a panic)
         # would name the next function. The frame keeps its address; only the lookup moves.
         at = frame.address if leaf or not frame.address else frame.address - 1
-        if frame.kind is FrameKind.KERNEL:
-            return self._named(frame, self.kallsyms.lookup(at), Unresolved.KERNEL_UNKNOWN)
+        if frame.kind is _KERNEL:
+            return self._named(frame, self.kallsyms.lookup(at), _KERNEL_UNKNOWN)
         m = frame.mapping
         if m is None or is_anonymous(m.path):
             name = self._perf_map_name(at, call)
             if name is not None:
-                return Frame(frame.address, frame.mapping, FrameKind.JIT, (Line(name),))
+                return Frame(frame.address, frame.mapping, _JIT, (Line(name),))
             if m is not None:
-                return _unresolved(frame, Unresolved.JIT_NO_MAP)
+                return _unresolved(frame, _JIT_NO_MAP)
             lost = call.pid is not None and self.maps is not None and self.maps.maps_lost(call.pid)
-            why = Unresolved.PROCESS_GONE if lost else Unresolved.NO_MAPPING
-            if m is None and call.perf_map is None and frame.kind is FrameKind.NATIVE:
+            why = _PROCESS_GONE if lost else _NO_MAPPING
+            if m is None and call.perf_map is None and frame.kind is _NATIVE:
                 call.unmapped = why  # no perf map to name any of them: the same answer for all
             return _unresolved(frame, why)
         if m.path == "[vdso]":
             key = self._vdso_key(m, call)
         elif is_special(m.path):
-            return _unresolved(frame, Unresolved.NO_SYMBOLS)  # [vsyscall], executable [heap]/[stack]
+            return _unresolved(frame, _NO_SYMBOLS)  # [vsyscall], executable [heap]/[stack]
         else:
             key = self._binary_key(m, call)
         if key is None:
-            return _unresolved(frame, Unresolved.UNREADABLE)
+            return _unresolved(frame, _UNREADABLE)
         result_key = (key, file_offset(at, m))
         result = self._results.get(result_key)
         if result is None:
             result = self._lookup(key, at, m, call)
-            if result[1] is not Unresolved.UNREADABLE:  # unreadable may be transient: do not pin it
+            if result[1] is not _UNREADABLE:  # unreadable may be transient: do not pin it
                 self._results.put(result_key, result)
         lines, reason = result
         if lines is None:
-            return _unresolved(frame, reason or Unresolved.NO_SYMBOLS)
+            return _unresolved(frame, reason or _NO_SYMBOLS)
         return Frame(frame.address, m, frame.kind, lines)
 
     def _named(self, frame: Frame, name: str | None, reason: Unresolved) -> Frame:
@@ -351,14 +357,14 @@ class Symbolizer:
     def _lookup(self, key: Hashable, address: int, m: Mapping, call: _Call) -> _Result:
         elf = self._load(key, m, call)
         if elf is None:
-            return None, Unresolved.UNREADABLE
+            return None, _UNREADABLE
         vaddr = elf_address(address, m, elf.elf_type, elf.segments)
         if vaddr is None:
-            return None, Unresolved.NO_SYMBOLS
+            return None, _NO_SYMBOLS
         dwarf = self._dwarf_of(key, elf) if self._dwarf_enabled else None
         lines = lines_at(elf, dwarf, vaddr, self._demangle or _same)
         if lines is None:
-            return None, Unresolved.NO_SYMBOLS
+            return None, _NO_SYMBOLS
         if len(lines) == 1 and lines[0].file is None:
             return self._lines(lines[0].function), None
         self._stats["dwarf_resolved"] += 1
