@@ -138,11 +138,12 @@ def collapse_unmapped(stack: Stack) -> Stack:
     distributions' C libraries): garbage, different in every process and drain. Kept apart, each one
     would be a root of its own in a flame graph (the real frames split across thousands of towers) and
     its own location, function and name in every pprof and store."""
-    if not any(f.reason is Unresolved.NO_MAPPING for f in stack):
+    no_mapping = Unresolved.NO_MAPPING  # a local: an enum member read through its class costs ~130 ns
+    if not any(f.reason is no_mapping for f in stack):
         return stack
     out: list[Frame] = []
     for f in stack:
-        if f.reason is Unresolved.NO_MAPPING:
+        if f.reason is no_mapping:
             if out and out[-1] is UNMAPPED:
                 continue
             f = UNMAPPED

@@ -74,6 +74,8 @@ GONE_GRACE_S = 60.0  # a registered process's names are kept this long after it 
 UNREADABLE = Frame(0, None, FrameKind.PYTHON, (Line("[unreadable Python frame]"),))
 # the process exited before any drain read this code object: its native frames stay, and this says why
 # the Python ones have no name (docs/python-frames.md: how many samples of short-lived processes)
+# read per frame: module globals, not class attributes (an enum member through its class costs ~130 ns)
+_KERNEL, _UNKNOWN = FrameKind.KERNEL, FrameKind.UNKNOWN
 EXITED = Frame(0, None, FrameKind.PYTHON, (Line("[python: process exited before read]"),))
 # where the kernel left Python frames out of a stack deeper than it keeps (bpf/python.bpf.h py_walk): the
 # graph shows the cut instead of passing the frames on either side of it off as caller and callee
@@ -697,7 +699,7 @@ class PythonFrames:
         if not runs:
             return stack
         split = len(stack)  # kernel frames (or the one that says the kernel stack was lost) end the stack
-        while split and (stack[split - 1].kind is FrameKind.KERNEL or _is_kernel_lost(stack[split - 1])):
+        while split and (stack[split - 1].kind is _KERNEL or _is_kernel_lost(stack[split - 1])):
             split -= 1
         user, kernel = list(stack[:split]), stack[split:]
         return (*merge_runs(user, runs, self.interpreter(tgid)), *kernel)
@@ -752,7 +754,7 @@ def _named_runs(raw: tuple[int, ...], o: PyOffsets, frames: dict[tuple[int, int]
 
 
 def _is_kernel_lost(f: Frame) -> bool:
-    return f.kind is FrameKind.UNKNOWN and bool(f.lines) and f.lines[0].function.startswith("[kernel stack")
+    return f.kind is _UNKNOWN and bool(f.lines) and f.lines[0].function.startswith("[kernel stack")
 
 
 def merge_runs(user: list[Frame], runs: Sequence[Sequence[Frame]], interp: _Interpreter | None) -> list[Frame]:
