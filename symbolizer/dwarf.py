@@ -48,6 +48,9 @@ _C_LANGS = {0x1, 0x2, 0xC, 0x1D, 0x2C, 0x8001}  # C89, C, C99, C11, C17, Mips_As
 _FORMAT = 3  # bump when the persisted layout changes (CuIndex, CuFunctions, FnIndex, Code)
 _GAP = 1 << 63  # CuFunctions.fn_die of a gap between functions (| its start): no DIE offset is this big
 LAZY_CU_BYTES = 48 << 10  # .debug_info of a CU from which functions are persisted one by one (docs/benchmarks.md)
+# share of a big CU's function code bytes decoded one by one in a process past which the CU is decoded whole
+# and stored as one entry instead (docs/benchmarks.md, stop 20 dw10)
+WHOLE_SHARE = 0.4
 
 _DESCEND_CONTAINERS = {dr.TAG_namespace, dr.TAG_module}  # may hold function definitions
 _DESCEND_IN_CODE = {dr.TAG_lexical_block, dr.TAG_try_block, dr.TAG_catch_block}
@@ -281,7 +284,7 @@ class CuFunctions:
     offset), each function persisted on its own (`FnIndex`) as lookups reach it. While sections are
     read, `decoder` and `lines` decode the functions not yet persisted."""
 
-    __slots__ = ("decoder", "files", "fn_die", "fn_end", "fn_start", "lines", "whole")
+    __slots__ = ("_code_bytes", "decoder", "files", "fn_die", "fn_end", "fn_start", "lines", "spent", "whole")
 
     def __init__(self, fns: list[tuple[int, int, int]] | None = None) -> None:
         fns = fns or []
@@ -292,6 +295,8 @@ class CuFunctions:
         self.lines: dr.LineTable | libdw.LibdwLines | None = None
         self.files: list[str] = []
         self.whole: Code | None = None  # every scope of the CU, once an address between functions needed it
+        self.spent = 0  # code bytes of the functions this process decoded (not loaded): see DwarfInfo's whole_share
+        self._code_bytes = -1
 
     def weight(self) -> int:
         return 3 * len(self.fn_start) + 1
@@ -310,6 +315,13 @@ class CuFunctions:
 
     def ranges_of(self, die: int) -> list[tuple[int, int]]:
         return [(self.fn_start[i], self.fn_end[i]) for i, d in enumerate(self.fn_die) if d == die]
+
+    def code_bytes(self) -> int:
+        """Bytes of machine code of the CU's functions (gaps between them left out)."""
+        if self._code_bytes < 0:
+            self._code_bytes = sum(e - s for s, e, d in zip(self.fn_start, self.fn_end, self.fn_die, strict=True)
+                                   if d < _GAP)
+        return self._code_bytes
 
     def forget_sections(self) -> None:
         self.decoder = self.lines = self.whole = None
@@ -391,7 +403,9 @@ class DwarfInfo:
                  store_table: Callable[[tuple[list[tuple[int, int, int]], bool]], None] | None = None,
                  load_fn: Callable[[int, int], FnIndex | None] | None = None,
                  store_fn: Callable[[int, int, FnIndex], None] | None = None,
-                 lazy_cu_bytes: int = LAZY_CU_BYTES, use_libdw: bool | None = None) -> None:
+                 drop_fns: Callable[[int], None] | None = None,
+                 lazy_cu_bytes: int = LAZY_CU_BYTES, whole_share: float | None = WHOLE_SHARE,
+                 use_libdw: bool | None = None) -> None:
         self.path = path
         self._use_libdw = libdw.enabled() if use_libdw is None else use_libdw
         self._libdw: libdw.LibdwFile | None = None
@@ -403,7 +417,9 @@ class DwarfInfo:
         self._store_cu = store_cu
         self._load_fn = load_fn
         self._store_fn = store_fn
+        self._drop_fns = drop_fns
         self._lazy_cu_bytes = lazy_cu_bytes
+        self._whole_share = whole_share
         self._fns: LRU[FnIndex] = LRU(max_cus * 64, max_weight, weigh=FnIndex.weight)  # (CU, DIE) -> function
         self._cu_starts = array("Q")
         self._cu_ends = array("Q")
@@ -411,7 +427,7 @@ class DwarfInfo:
         self._complete = False  # every CU's ranges are in the table
         self._covered: set[int] = set()
         self.stats = {"cus_decoded": 0, "cus_loaded": 0, "cu_scans": 0, "libdw_line_tables": 0, "libdw_resets": 0,
-                      "fns_decoded": 0, "fns_loaded": 0}
+                      "fns_decoded": 0, "fns_loaded": 0, "cus_made_whole": 0}
         if cu_table is not None:
             self._set_cu_table(*cu_table)
         else:
@@ -524,9 +540,12 @@ class DwarfInfo:
         try:
             if isinstance(idx, CuFunctions):
                 die = idx.function_at(address)
-                if die is None:  # no top-level function here: a nested function's code, or none
+                if die is None and self._whole_share is None:  # a nested function's code, or none
                     die = self._gap(off, idx, address)
-                return self._function(off, idx, die).lookup(address)
+                fn = self._function(off, idx, die) if die is not None else None
+                if fn is not None:
+                    return fn.lookup(address)
+                idx = self._make_whole(off, idx)
             file, line = idx.line_at(address)
             return idx.code_at(address).frames(address, file, line, idx.files), (file, line)
         except _DWARF_ERRORS as e:
@@ -610,7 +629,45 @@ class DwarfInfo:
             self._store_cu(offset, idx)
         return key
 
-    def _function(self, offset: int, idx: CuFunctions, die: int) -> FnIndex:
+    def _whole_due(self, idx: CuFunctions, die: int) -> bool:
+        """Is the CU to be decoded whole rather than this function of it? Yes for code between its
+        functions (only the whole CU's scopes say what is there), and once the functions this process
+        decoded, with this one, reach `whole_share` of its functions' code bytes: a profile that
+        spreads over many functions of one big CU then pays one decode and one stored entry, not one
+        per function (a restart reads one file). Functions loaded from the disk cache cost nothing
+        to keep and are not counted; neither is a first function alone (one big function of a CU,
+        such as libpython's `_PyEval_EvalFrameDefault`, is cheaper to decode than its CU)."""
+        share = self._whole_share
+        if share is None or self._store_cu is None:
+            return False
+        if die >= _GAP:
+            return True
+        if not idx.spent:
+            return False
+        return idx.spent + sum(hi - lo for lo, hi in idx.ranges_of(die)) >= share * idx.code_bytes()
+
+    def _make_whole(self, offset: int, idx: CuFunctions) -> CuIndex:
+        """Decode the CU whole and store it as one entry in place of its functions' ranges; its
+        functions' entries are dropped (from memory and from the disk cache)."""
+        try:
+            whole = _decode_cu(self.reader(), offset, complete=True)
+        except _DWARF_ERRORS as e:
+            raise DwarfError(f"{self.path}: CU at {offset:#x}: {e}") from e
+        self.stats["cus_decoded"] += 1
+        self.stats["cus_made_whole"] += 1
+        idx.forget_sections()
+        for key in [k for k in self._fns._data if k[0] == offset]:  # type: ignore[index]  # keys are (CU, DIE)
+            self._fns.pop(key)
+        if self._store_cu is not None:
+            self._store_cu(offset, whole)
+        if self._drop_fns is not None:
+            self._drop_fns(offset)
+        self._cus.put(offset, whole)
+        return whole
+
+    def _function(self, offset: int, idx: CuFunctions, die: int) -> FnIndex | None:
+        """The function whose DIE is at `die` (or a gap's entry): from memory, the disk cache, or
+        decoded and stored; None when, rather than decode it, the CU is to be decoded whole."""
         key = (offset, die)
         fn = self._fns.get(key)
         if fn is not None:
@@ -618,6 +675,8 @@ class DwarfInfo:
         fn = self._load_fn(offset, die) if self._load_fn else None
         if fn is not None:
             self.stats["fns_loaded"] += 1
+        elif self._whole_due(idx, die):
+            return None
         else:
             if idx.decoder is None:  # loaded from the disk cache, or its sections were released
                 self._attach(offset, idx)
@@ -638,6 +697,8 @@ class DwarfInfo:
                 rows = _python_rows(lines, ranges)
             fn = FnIndex.build(code, idx.files, rows)
             self.stats["fns_decoded"] += 1
+            if die < _GAP:
+                idx.spent += sum(hi - lo for lo, hi in ranges)
             if self._store_fn is not None:
                 self._store_fn(offset, die, fn)
         self._fns.put(key, fn)
