@@ -612,6 +612,8 @@ class DwarfInfo:
         idx.files = lines.files if lines is not None else []
         idx.lines = lines
         idx.decoder = _CuDecoder(r, u, first, len(idx.files))
+        if self._whole_share is not None and self._store_cu is not None:
+            idx.decoder.kept = {}  # the functions it decodes are not read again if the CU is made whole
 
     def _gap(self, offset: int, idx: CuFunctions, address: int) -> int:
         """The address lies between the CU's top-level functions (a nested function, a lambda whose
@@ -650,7 +652,7 @@ class DwarfInfo:
         """Decode the CU whole and store it as one entry in place of its functions' ranges; its
         functions' entries are dropped (from memory and from the disk cache)."""
         try:
-            whole = _decode_cu(self.reader(), offset, complete=True)
+            whole = _decode_cu(self.reader(), offset, complete=True, decoder=idx.decoder)
         except _DWARF_ERRORS as e:
             raise DwarfError(f"{self.path}: CU at {offset:#x}: {e}") from e
         self.stats["cus_decoded"] += 1
@@ -757,6 +759,20 @@ class _Names:
         return got
 
 
+class _Kept(NamedTuple):
+    """A function's scopes and ranges as `_CuDecoder.code` read them, before flattening, and where its
+    subtree ends."""
+
+    parent: array
+    name: list[str | None]
+    linkage: array
+    call_file: array
+    call_line: array
+    low: array
+    ranges: list[tuple[int, int, int, int]]
+    end: int
+
+
 class _CuDecoder:
     """Decodes one CU's code DIEs: a scan of its top-level functions' address ranges, then the
     subtree of one function (or of the whole CU) into a `Code`."""
@@ -766,6 +782,8 @@ class _CuDecoder:
         self.first, self.nfiles = first, nfiles
         self.names = _Names(r, u.top.get(dr.AT_language, 0) in _C_LANGS)
         self.length_forms: dict[int, bool] = {}
+        # when not None: what `code(die)` read of each function, so `code(None)` splices it in, not reads it again
+        self.kept: dict[int, _Kept] | None = None
 
     def _high_is_length(self, code: int) -> bool:
         hl = self.length_forms.get(code)
@@ -863,10 +881,23 @@ class _CuDecoder:
             pos = die
         stack = [(-1, 0)]
         end = u.end
+        kept = self.kept if die is None else None
         while stack and pos < end:
             if die is not None and len(stack) == 1 and pos != die:
                 break  # the function's subtree is done
             die_off = pos
+            if kept and stack[-1][0] < 0 and die_off in kept:  # a function read before: the same scopes
+                k = kept[die_off]
+                base = len(idx.scope_parent)
+                idx.scope_parent.extend([p + base if p >= 0 else -1 for p in k.parent])
+                idx.scope_name.extend(k.name)
+                idx.scope_linkage.extend(k.linkage)
+                idx.scope_call_file.extend(k.call_file)
+                idx.scope_call_line.extend(k.call_line)
+                idx.scope_low.extend(k.low)
+                ranges.extend([(lo, hi, d, s + base) for lo, hi, d, s in k.ranges])
+                pos = k.end
+                continue
             code, pos = dr.uleb(data, pos)  # an abbreviation code: one or two bytes in big CUs
             if code == 0:
                 stack.pop()
@@ -909,14 +940,20 @@ class _CuDecoder:
             if ab.children:  # skip the subtree: by DW_AT_sibling when given, else by reading it
                 ref = a.get(dr.AT_sibling)
                 pos = ref[1] if isinstance(ref, tuple) and ref[1] > die_off else _skip_children(r, u, pos)
+        if die is not None and self.kept is not None:
+            self.kept[die] = _Kept(idx.scope_parent, idx.scope_name, idx.scope_linkage, idx.scope_call_file,
+                                   idx.scope_call_line, idx.scope_low, list(ranges), pos)
         _flatten(ranges, idx)
         return idx
 
 
 def _decode_cu(r: dr.Reader, offset: int, *, complete: bool = True,
-               libdw_lines: Callable[[int, int, list[str]], libdw.LibdwLines | None] | None = None) -> CuIndex:
+               libdw_lines: Callable[[int, int, list[str]], libdw.LibdwLines | None] | None = None,
+               decoder: _CuDecoder | None = None) -> CuIndex:
     """A CU's line table, and its code: complete, or (`complete=False`) one function at a time
-    as lookups need them, with the line table from `libdw_lines` when it gives one."""
+    as lookups need them, with the line table from `libdw_lines` when it gives one. `decoder`: one
+    that already read some of the CU's functions (kept: not read again), used when it reads the
+    same sections with the same file numbering."""
     idx = CuIndex()
     u = r.unit_at(offset)
     first, lines = _line_table_of(r, u, complete=complete, libdw_lines=libdw_lines)
@@ -927,7 +964,8 @@ def _decode_cu(r: dr.Reader, offset: int, *, complete: bool = True,
             idx.row_addr, idx.row_file, idx.row_line = lines.addr, lines.file, lines.line
         else:
             idx.lines = lines
-    decoder = _CuDecoder(r, u, first, len(idx.files))
+    if decoder is None or decoder.r is not r or decoder.first != first or decoder.nfiles != len(idx.files):
+        decoder = _CuDecoder(r, u, first, len(idx.files))
     fns = None if complete else decoder.functions()
     if fns is None:
         idx.code = decoder.code(None)

@@ -174,7 +174,12 @@ def test_a_big_cu_is_made_whole_when_its_decoded_functions_reach_the_share(built
         assert d.stats["fns_decoded"] == min(k + 1, switch_at), (k, d.stats)
         assert d.stats["cus_made_whole"] == (1 if k >= switch_at else 0), (k, d.stats)
         assert len(list(tmp_path.rglob("fn-*.pkl"))) == (0 if k >= switch_at else k + 1)
-    assert isinstance(d.cu(off), CuIndex) and not d._fns._data
+    made, whole = d.cu(off), complete.cu(off)
+    assert isinstance(made, CuIndex) and isinstance(whole, CuIndex) and not d._fns._data
+    assert made.code is not None and whole.code is not None
+    # the functions decoded before were spliced into the whole decode, not read again: the same index
+    assert made.__getstate__()[:4] == whole.__getstate__()[:4]
+    assert made.code.__getstate__() == whole.code.__getstate__()
     assert cache.stats["fn_stored"] == cache.stats["fn_dropped"] == switch_at
     addrs = every_address(path)
     want = [complete.lookup(a) for a in addrs]
