@@ -45,6 +45,7 @@ from symbolizer.elffile import SHT_NOBITS, ElfFile
 # DW_LANG values whose DW_AT_name is the linkage name (C and assembly: no mangling)
 _C_LANGS = {0x1, 0x2, 0xC, 0x1D, 0x2C, 0x8001}  # C89, C, C99, C11, C17, Mips_Assembler
 
+_LANG_GO = 0x16
 _FORMAT = 3  # bump when the persisted layout changes (CuIndex, CuFunctions, FnIndex, Code)
 _GAP = 1 << 63  # CuFunctions.fn_die of a gap between functions (| its start): no DIE offset is this big
 LAZY_CU_BYTES = 48 << 10  # .debug_info of a CU from which functions are persisted one by one (docs/benchmarks.md)
@@ -427,7 +428,7 @@ class DwarfInfo:
         self._complete = False  # every CU's ranges are in the table
         self._covered: set[int] = set()
         self.stats = {"cus_decoded": 0, "cus_loaded": 0, "cu_scans": 0, "libdw_line_tables": 0, "libdw_resets": 0,
-                      "fns_decoded": 0, "fns_loaded": 0, "cus_made_whole": 0}
+                      "fns_decoded": 0, "fns_loaded": 0, "cus_made_whole": 0, "libdw_scans": 0}
         if cu_table is not None:
             self._set_cu_table(*cu_table)
         else:
@@ -595,7 +596,17 @@ class DwarfInfo:
         dec = CuFunctions()
         self._attach(offset, dec)
         assert dec.decoder is not None
-        fns = dec.decoder.functions()
+        # Go's compiler writes no DW_AT_sibling, so the Python scan reads every DIE of the CU: libdw
+        # walks them in C (its line table for the CU is open already), the same functions
+        # (tests/test_dwarf_persist.py). Elsewhere the Python scan jumps subtrees and costs ~1-3 ms.
+        u = dec.decoder.u
+        got = self._libdw.functions(u.die_offset) if self._libdw is not None and \
+            u.top.get(dr.AT_language) == _LANG_GO else None
+        if got is not None:
+            self.stats["libdw_scans"] += 1
+            fns = _disjoint(got)
+        else:
+            fns = dec.decoder.functions()
         if fns is None:
             return None
         idx = CuFunctions(fns)
@@ -838,11 +849,7 @@ class _CuDecoder:
                     continue
             if ab.children:
                 pos = sib if sib > die else _skip_children(r, u, pos)
-        out.sort()
-        for k in range(1, len(out)):
-            if out[k][0] < out[k - 1][1]:
-                return None
-        return out
+        return _disjoint(out)
 
     def code(self, die: int | None) -> Code:
         """The scopes of the function whose DIE is at `die`, or of the whole CU when None."""
@@ -992,6 +999,16 @@ def _line_table_of(r: dr.Reader, u: dr.Unit, *, complete: bool,
     if complete:
         return lt.first, lt.complete()
     return lt.first, (libdw_lines and libdw_lines(u.die_offset, lt.first, lt.files)) or lt
+
+
+def _disjoint(fns: list[tuple[int, int, int]]) -> list[tuple[int, int, int]] | None:
+    """Functions' (low, high, DIE) sorted, or None when their ranges overlap (then only a complete
+    decode is exact)."""
+    fns.sort()
+    for k in range(1, len(fns)):
+        if fns[k][0] < fns[k - 1][1]:
+            return None
+    return fns
 
 
 def _python_rows(lt: dr.LineTable, ranges: list[tuple[int, int]]) -> tuple[array, array, array]:

@@ -10,6 +10,7 @@ the byte bound holds; a binary without a build id is keyed by its DWARF's bytes.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import struct
 import subprocess
@@ -19,8 +20,18 @@ import pytest
 
 from podflame.model import Frame, FrameKind, Mapping, Profile
 from symbolizer import Symbolizer, libdw
+from symbolizer import dwarfread as dr
 from symbolizer.diskcache import DiskCache
-from symbolizer.dwarf import CuFunctions, CuIndex, DwarfInfo, FnIndex, dwarf_digest
+from symbolizer.dwarf import (
+    CuFunctions,
+    CuIndex,
+    DwarfInfo,
+    FnIndex,
+    _CuDecoder,
+    _disjoint,
+    dwarf_digest,
+    read_sections,
+)
 from symbolizer.elf import ElfSymbols
 from tests.test_dwarf_corpus import _libc_debug_file, build_corpus, functions, libpython, spread
 from tests.test_dwarf_features import NESTED, nm_sized
@@ -217,6 +228,81 @@ def test_functions_loaded_from_the_cache_do_not_count_toward_the_share(built: di
     assert [restart.lookup(a) for a in rest] == [complete.lookup(a) for a in rest]
     # the rest hold under 40%: decoded one by one, never whole
     assert restart.stats["cus_made_whole"] == 0 and restart.stats["fns_decoded"] == len(rest)
+
+
+GO = """package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"regexp"
+)
+
+func main() {
+	b, _ := json.Marshal(regexp.MustCompile(`a+`).FindAllString("aa b aaa", -1))
+	fmt.Println(string(b), http.StatusOK)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def go_prog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    need_tools("go")
+    d = tmp_path_factory.mktemp("dwarf-go")
+    (d / "main.go").write_text(GO)
+    env = {**os.environ, "GO111MODULE": "off", "CGO_ENABLED": "0"}
+    # uncompressed DWARF, so that libdw reads it too; Go's linker writes no build id
+    subprocess.run(["go", "build", "-ldflags=-compressdwarf=false", "-o", str(d / "prog"), "main.go"], cwd=d, env=env,
+                   check=True, capture_output=True)
+    return d / "prog"
+
+
+def test_libdw_finds_the_functions_the_python_scan_finds(built: dict[str, Path], go_prog: Path) -> None:
+    """A big Go CU's functions' ranges come from libdw walking its top-level DIEs in C (Go's CUs carry no
+    DW_AT_sibling: the Python scan reads every DIE). Both give the same (low, high, DIE) on every CU of
+    the built programs, Go's and libpython's."""
+    paths = [built[n] for n in ("dwarf-cxx", "dwarf-pie", "libdwarflib.so", "nested")] + [go_prog]
+    lp = libpython()
+    assert lp is not None, "pyenv's libpython3.11 is missing"
+    for path in [*paths, lp]:
+        lw = libdw.open_lines(str(path))
+        assert lw is not None, path
+        r = dr.Reader(read_sections(str(path)))
+        found = 0
+        for off in r.unit_offsets():
+            u = r.unit_at(off)
+            code, _ = dr.uleb(r.s.info, u.die_offset)
+            if not code or u.abbrevs[code].tag != dr.TAG_compile_unit:
+                continue
+            want = _CuDecoder(r, u, 1, 0).functions()
+            got = lw.functions(u.die_offset)
+            assert got is not None and _disjoint(got) == want, (path, hex(off))
+            found += len(want or [])
+        assert found >= 2, path
+        lw.close()
+
+
+def test_go_big_cus_per_function_and_made_whole_equal_the_complete_decode(go_prog: Path, tmp_path: Path) -> None:
+    """Go (no build id, no DW_AT_sibling): big CUs scanned by libdw, per function and made whole at the
+    default share; every answer equal to the complete decode's, first meet and restart."""
+    key = dwarf_digest(str(go_prog))
+    assert key
+    addrs = spread(functions(go_prog), 400, random.Random(7))
+    cache = DiskCache(str(tmp_path))
+    first = DwarfInfo(str(go_prog), **cache.hooks(key))
+    got = [first.lookup(a) for a in addrs]
+    assert got == [DwarfInfo(str(go_prog), store_cu=lambda o, i: None).lookup(a) for a in addrs]
+    assert first.stats["libdw_scans"] >= 2 and first.stats["fns_decoded"] >= 20, first.stats
+    lp = libpython()
+    assert lp is not None
+    c = DwarfInfo(str(lp), **DiskCache(str(tmp_path / "lp")).hooks("ee" * 20))
+    for a in spread(functions(lp), 40, random.Random(7)):
+        c.lookup(a)
+    assert c.stats["fns_decoded"] > 0 and c.stats["libdw_scans"] == 0  # C: the Python scan jumps subtrees
+    restart = DwarfInfo(str(go_prog), **DiskCache(str(tmp_path)).hooks(key))
+    assert [restart.lookup(a) for a in addrs] == got
+    assert restart.stats["cus_decoded"] == restart.stats["fns_decoded"] == 0 and restart._reader is None
 
 
 def test_a_corrupt_function_entry_is_logged_and_rewritten(built: dict[str, Path], tmp_path: Path,
