@@ -50,8 +50,9 @@ _FORMAT = 3  # bump when the persisted layout changes (CuIndex, CuFunctions, FnI
 _GAP = 1 << 63  # CuFunctions.fn_die of a gap between functions (| its start): no DIE offset is this big
 LAZY_CU_BYTES = 48 << 10  # .debug_info of a CU from which functions are persisted one by one (docs/benchmarks.md)
 # share of a big CU's function code bytes decoded one by one in a process past which the CU is decoded whole
-# and stored as one entry instead (docs/benchmarks.md, stop 20 dw10)
+# and stored as one entry instead, once at least WHOLE_MIN_FNS functions were (docs/benchmarks.md, stop 20 dw10)
 WHOLE_SHARE = 0.4
+WHOLE_MIN_FNS = 8
 
 _DESCEND_CONTAINERS = {dr.TAG_namespace, dr.TAG_module}  # may hold function definitions
 _DESCEND_IN_CODE = {dr.TAG_lexical_block, dr.TAG_try_block, dr.TAG_catch_block}
@@ -285,7 +286,8 @@ class CuFunctions:
     offset), each function persisted on its own (`FnIndex`) as lookups reach it. While sections are
     read, `decoder` and `lines` decode the functions not yet persisted."""
 
-    __slots__ = ("_code_bytes", "decoder", "files", "fn_die", "fn_end", "fn_start", "lines", "spent", "whole")
+    __slots__ = ("_code_bytes", "decoded", "decoder", "files", "fn_die", "fn_end", "fn_start", "lines", "spent",
+                 "whole")
 
     def __init__(self, fns: list[tuple[int, int, int]] | None = None) -> None:
         fns = fns or []
@@ -297,6 +299,7 @@ class CuFunctions:
         self.files: list[str] = []
         self.whole: Code | None = None  # every scope of the CU, once an address between functions needed it
         self.spent = 0  # code bytes of the functions this process decoded (not loaded): see DwarfInfo's whole_share
+        self.decoded = 0  # and how many
         self._code_bytes = -1
 
     def weight(self) -> int:
@@ -406,7 +409,7 @@ class DwarfInfo:
                  store_fn: Callable[[int, int, FnIndex], None] | None = None,
                  drop_fns: Callable[[int], None] | None = None,
                  lazy_cu_bytes: int = LAZY_CU_BYTES, whole_share: float | None = WHOLE_SHARE,
-                 use_libdw: bool | None = None) -> None:
+                 whole_min_fns: int = WHOLE_MIN_FNS, use_libdw: bool | None = None) -> None:
         self.path = path
         self._use_libdw = libdw.enabled() if use_libdw is None else use_libdw
         self._libdw: libdw.LibdwFile | None = None
@@ -421,6 +424,7 @@ class DwarfInfo:
         self._drop_fns = drop_fns
         self._lazy_cu_bytes = lazy_cu_bytes
         self._whole_share = whole_share
+        self._whole_min_fns = whole_min_fns
         self._fns: LRU[FnIndex] = LRU(max_cus * 64, max_weight, weigh=FnIndex.weight)  # (CU, DIE) -> function
         self._cu_starts = array("Q")
         self._cu_ends = array("Q")
@@ -645,17 +649,18 @@ class DwarfInfo:
     def _whole_due(self, idx: CuFunctions, die: int) -> bool:
         """Is the CU to be decoded whole rather than this function of it? Yes for code between its
         functions (only the whole CU's scopes say what is there), and once the functions this process
-        decoded, with this one, reach `whole_share` of its functions' code bytes: a profile that
-        spreads over many functions of one big CU then pays one decode and one stored entry, not one
-        per function (a restart reads one file). Functions loaded from the disk cache cost nothing
-        to keep and are not counted; neither is a first function alone (one big function of a CU,
-        such as libpython's `_PyEval_EvalFrameDefault`, is cheaper to decode than its CU)."""
+        decoded, with this one, reach `whole_share` of its functions' code bytes, once it decoded at
+        least `whole_min_fns` of them: a profile that spreads over many functions of one big CU then
+        pays one decode and one stored entry, not one per function (a restart reads one file).
+        Functions loaded from the disk cache cost nothing to keep and are not counted. The count
+        keeps a CU with a few big functions per function (libpython's ceval.c: `_PyEval_EvalFrameDefault`
+        is 44% of its code, and a profile reaches a handful of the others)."""
         share = self._whole_share
         if share is None or self._store_cu is None:
             return False
         if die >= _GAP:
             return True
-        if not idx.spent:
+        if idx.decoded < max(1, self._whole_min_fns):
             return False
         return idx.spent + sum(hi - lo for lo, hi in idx.ranges_of(die)) >= share * idx.code_bytes()
 
@@ -712,6 +717,7 @@ class DwarfInfo:
             self.stats["fns_decoded"] += 1
             if die < _GAP:
                 idx.spent += sum(hi - lo for lo, hi in ranges)
+                idx.decoded += 1
             if self._store_fn is not None:
                 self._store_fn(offset, die, fn)
         self._fns.put(key, fn)

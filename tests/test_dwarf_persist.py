@@ -152,13 +152,13 @@ def _fn_bytes(idx: CuFunctions) -> list[tuple[int, int]]:
     return sorted(((a, n) for a, n in out.values()), key=lambda f: (f[1], f[0]))
 
 
-@pytest.mark.parametrize("share", [0.3, 0.5, 0.8])
+@pytest.mark.parametrize(("share", "min_fns"), [(0.3, 1), (0.5, 1), (0.8, 1), (0.05, 8), (0.5, 8)])
 def test_a_big_cu_is_made_whole_when_its_decoded_functions_reach_the_share(built: dict[str, Path], tmp_path: Path,
-                                                                           share: float) -> None:
+                                                                           share: float, min_fns: int) -> None:
     """One address per function of the C++ program's one CU (143 KiB, 22 functions), smallest first: the
     functions are decoded one by one until, with the next, they would reach `share` of the CU's function
-    bytes (a first function alone never does); then the CU is decoded whole, stored as one entry, its
-    function entries removed. Answers equal the complete decode's at every address, first meet and
+    bytes, `min_fns` of them at least; then the CU is decoded whole, stored as one entry, its function
+    entries removed. Answers equal the complete decode's at every address, first meet and
     restart; the restart reads one entry and decodes nothing."""
     path = built["dwarf-cxx"]
     bid = build_id(path)
@@ -172,13 +172,13 @@ def test_a_big_cu_is_made_whole_when_its_decoded_functions_reach_the_share(built
     assert len(fns) >= 10 and total == sum(n for _, n in fns)
     spent, switch_at = 0, None
     for k, (_, n) in enumerate(fns):
-        if spent and spent + n >= share * total:
+        if k >= min_fns and spent + n >= share * total:
             switch_at = k
             break
         spent += n
     assert switch_at is not None and switch_at >= 2
     cache = DiskCache(str(tmp_path))
-    d = DwarfInfo(str(path), lazy_cu_bytes=0, whole_share=share, **cache.hooks(bid))
+    d = DwarfInfo(str(path), lazy_cu_bytes=0, whole_share=share, whole_min_fns=min_fns, **cache.hooks(bid))
     complete = DwarfInfo(str(path), store_cu=lambda o, i: None)
     for k, (a, _) in enumerate(fns):
         assert d.lookup(a) == complete.lookup(a)
@@ -196,7 +196,7 @@ def test_a_big_cu_is_made_whole_when_its_decoded_functions_reach_the_share(built
     want = [complete.lookup(a) for a in addrs]
     assert [d.lookup(a) for a in addrs] == want
     again = DiskCache(str(tmp_path))
-    restart = DwarfInfo(str(path), lazy_cu_bytes=0, whole_share=share, **again.hooks(bid))
+    restart = DwarfInfo(str(path), lazy_cu_bytes=0, whole_share=share, whole_min_fns=min_fns, **again.hooks(bid))
     assert [restart.lookup(a) for a in addrs] == want
     assert restart.stats["cus_loaded"] == 1 and restart.stats["cus_decoded"] == restart.stats["fns_loaded"] == 0
     assert again.stats["fn_misses"] == 0 and restart._reader is None  # one entry read, no function looked for
@@ -221,7 +221,8 @@ def test_functions_loaded_from_the_cache_do_not_count_toward_the_share(built: di
     for a in stored:
         first.lookup(a)
     assert first.stats["fns_decoded"] == len(stored)  # decoded here with the share on, they would make it whole
-    restart = DwarfInfo(str(path), lazy_cu_bytes=0, whole_share=0.5, **DiskCache(str(tmp_path)).hooks(bid))
+    restart = DwarfInfo(str(path), lazy_cu_bytes=0, whole_share=0.5, whole_min_fns=1,
+                        **DiskCache(str(tmp_path)).hooks(bid))
     complete = DwarfInfo(str(path), store_cu=lambda o, i: None)
     assert [restart.lookup(a) for a in stored] == [complete.lookup(a) for a in stored]
     assert restart.stats["fns_loaded"] == len(stored) and restart.stats["fns_decoded"] == 0
