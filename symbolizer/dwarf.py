@@ -22,6 +22,10 @@ cheap to decode); a CU of `lazy_cu_bytes` of .debug_info or more (libpython's: u
 ~50 KiB a complete decode costs 1-9x one function's) is stored as its functions' address ranges
 (`CuFunctions`) and each function as it is first asked for (`FnIndex`: its inline tree and the line
 rows of its ranges), so neither a first meeting nor a restart decodes functions no sample reached.
+Once the functions a process decoded so reach `WHOLE_SHARE` of a big CU's code (at least
+`WHOLE_MIN_FNS` of them), or an address between its functions needs its whole code, the CU is decoded
+whole (splicing in the functions already read) and stored as one entry in place of its functions':
+a profile spread over many functions of one CU pays one decode and a restart reads one file.
 Names follow binutils: DW_AT_linkage_name (mangled; demangled by the caller) when present,
 found through DW_AT_abstract_origin / DW_AT_specification, else DW_AT_name.
 """
