@@ -1,6 +1,8 @@
 """The symbolizer's first meeting with binaries that carry DWARF, disk cache on: big CUs decoded one
-function at a time and persisted per function (this tree) against every CU decoded whole and
-stored (the layout before: `lazy_cu_bytes` out of reach), measured in the same run.
+function at a time and persisted per function, until enough of a CU's functions are reached to decode
+it whole (this tree), against every CU decoded whole and stored (the layout before: `lazy_cu_bytes`
+out of reach), and with `--baseline DIR` against another checkout's layout (its own child), measured
+in the same run.
 
 Per binary (libc through its libc6-dbg debug file, pyenv's libpython3.11, a C++ program built here
 from a template-heavy source, a Go program built here) and per number of addresses (uniform over
@@ -15,6 +17,7 @@ whole and stored against its functions' ranges plus that one function decoded an
 per-function layout starts to pay, which sets `dwarf.LAZY_CU_BYTES`.
 
     .venv/bin/python bench/dwarf_first_meet.py [--addresses 40,200] [--rounds 3] [--by-size] [--targets ...]
+        [--baseline /work/main] [--whole-share 0.4]
 
 The last line is one JSON object.
 """
@@ -40,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from symbolizer import dwarfread as dr  # noqa: E402
 from symbolizer import libdw  # noqa: E402
 from symbolizer.diskcache import DiskCache  # noqa: E402
-from symbolizer.dwarf import LAZY_CU_BYTES, CuFunctions, DwarfInfo, read_sections  # noqa: E402
+from symbolizer.dwarf import LAZY_CU_BYTES, WHOLE_SHARE, CuFunctions, DwarfInfo, read_sections  # noqa: E402
 from symbolizer.elf import ElfSymbols  # noqa: E402
 from tests.test_dwarf_corpus import functions, spread  # noqa: E402  # nm's sized functions; addresses over their bytes
 
@@ -156,18 +159,23 @@ def dwarf_key(path: str) -> str:
 
 # -- one measurement (a child process) -------------------------------------------------------
 
-def child(path: str, key: str, cache_dir: str, lazy_cu_bytes: int, addresses: list[int]) -> dict:
+def child(path: str, key: str, cache_dir: str, lazy_cu_bytes: int, addresses: list[int],
+          whole_share: float | None = WHOLE_SHARE) -> dict:
     t0 = time.perf_counter()
     cache = DiskCache(cache_dir)
-    d = DwarfInfo(path, lazy_cu_bytes=lazy_cu_bytes, **cache.hooks(key))
+    d = DwarfInfo(path, lazy_cu_bytes=lazy_cu_bytes, whole_share=whole_share, **cache.hooks(key))
     answers = [d.lookup(a) for a in addresses]
     ms = 1e3 * (time.perf_counter() - t0)
     return {"ms": ms, "answers": hashlib.sha256(repr(answers).encode()).hexdigest()[:16], "dwarf": d.stats,
             "cache": cache.stats, "resolved": sum(1 for a in answers if a and a[0])}
 
 
-def run_child(path: str, key: str, cache_dir: str, lazy_cu_bytes: int, addresses: list[int]) -> dict:
-    got = subprocess.run([sys.executable, __file__, "--child", path, key, cache_dir, str(lazy_cu_bytes)],
+def run_child(path: str, key: str, cache_dir: str, lazy_cu_bytes: int, addresses: list[int],
+              tree: Path = ROOT, whole_share: float | None = WHOLE_SHARE) -> dict:
+    """One child: this tree's bench, or another checkout's (`--baseline`: its own child, which reads the
+    first four arguments alone)."""
+    got = subprocess.run([sys.executable, str(tree / "bench" / "dwarf_first_meet.py"), "--child", path, key,
+                          cache_dir, str(lazy_cu_bytes), str(whole_share)],
                          input=" ".join(map(str, addresses)), capture_output=True, text=True, check=True)
     return json.loads(got.stdout.splitlines()[-1])
 
@@ -176,20 +184,28 @@ def cache_bytes(d: str) -> int:
     return sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file())
 
 
-def first_meet(name: str, path: str, key: str, symtab: str, counts: list[int], rounds: int) -> list[dict]:
+def first_meet(name: str, path: str, key: str, symtab: str, counts: list[int], rounds: int,
+               baseline: Path | None = None, whole_share: float | None = WHOLE_SHARE) -> list[dict]:
+    """Per address count: each mode's first meet and restart as fresh processes, rounds rotating the
+    modes' order; medians, and each mode's spread (min-max) over the rounds."""
     rows = []
     funcs = functions(Path(symtab))
+    # mode -> (tree whose child runs, lazy_cu_bytes)
+    modes: dict[str, tuple[Path, int]] = {"whole": (ROOT, WHOLE), "lazy": (ROOT, LAZY_CU_BYTES)}
+    if baseline is not None:
+        modes["base"] = (baseline, LAZY_CU_BYTES)
+    names = list(modes)
     for n in counts:
         addrs = spread(funcs, n, random.Random(n))
-        times: dict[str, dict[str, list[float]]] = {m: {"first": [], "restart": []} for m in ("whole", "lazy")}
+        times: dict[str, dict[str, list[float]]] = {m: {"first": [], "restart": []} for m in names}
         digests, sizes, stats = set(), {}, {}
         for r in range(rounds):
-            for mode in (("whole", "lazy") if r % 2 == 0 else ("lazy", "whole")):
+            for mode in names[r % len(names):] + names[:r % len(names)]:
+                tree, limit = modes[mode]
                 cache_dir = tempfile.mkdtemp(prefix="dw-first-meet-")
                 try:
-                    limit = WHOLE if mode == "whole" else LAZY_CU_BYTES
-                    a = run_child(path, key, cache_dir, limit, addrs)
-                    b = run_child(path, key, cache_dir, limit, addrs)
+                    a = run_child(path, key, cache_dir, limit, addrs, tree, whole_share)
+                    b = run_child(path, key, cache_dir, limit, addrs, tree, whole_share)
                     times[mode]["first"].append(a["ms"])
                     times[mode]["restart"].append(b["ms"])
                     digests |= {a["answers"], b["answers"]}
@@ -200,22 +216,32 @@ def first_meet(name: str, path: str, key: str, symtab: str, counts: list[int], r
                     shutil.rmtree(cache_dir, ignore_errors=True)
         assert len(digests) == 1, f"{name}: the modes' answers differ"
         med = {m: {k: statistics.median(v) for k, v in t.items()} for m, t in times.items()}
-        row = {"binary": name, "addresses": n, "whole_first_ms": round(med["whole"]["first"], 1),
-               "lazy_first_ms": round(med["lazy"]["first"], 1),
-               "first_ratio": round(med["whole"]["first"] / med["lazy"]["first"], 2),
-               "whole_restart_ms": round(med["whole"]["restart"], 2),
-               "lazy_restart_ms": round(med["lazy"]["restart"], 2),
-               "restart_ratio": round(med["whole"]["restart"] / med["lazy"]["restart"], 2),
-               "whole_cache_kib": sizes["whole"] >> 10, "lazy_cache_kib": sizes["lazy"] >> 10,
-               "cus_decoded": stats["lazy"][0]["cus_decoded"], "fns_decoded": stats["lazy"][0]["fns_decoded"],
-               "cus_all_whole": stats["whole"][0]["cus_decoded"]}
+        row = {"binary": name, "addresses": n}
+        for m in names:
+            row[f"{m}_first_ms"] = round(med[m]["first"], 1)
+            row[f"{m}_first_spread"] = [round(min(times[m]["first"]), 1), round(max(times[m]["first"]), 1)]
+            row[f"{m}_restart_ms"] = round(med[m]["restart"], 2)
+            row[f"{m}_restart_spread"] = [round(min(times[m]["restart"]), 2), round(max(times[m]["restart"]), 2)]
+            row[f"{m}_cache_kib"] = sizes[m] >> 10
+        for m in names[::2]:  # whole and base against this tree's layout: > 1 is this tree faster
+            row[f"{m}_over_lazy_first"] = round(med[m]["first"] / med["lazy"]["first"], 2)
+            row[f"{m}_over_lazy_restart"] = round(med[m]["restart"] / med["lazy"]["restart"], 2)
+        row.update(cus_decoded=stats["lazy"][0]["cus_decoded"], fns_decoded=stats["lazy"][0]["fns_decoded"],
+                   cus_made_whole=stats["lazy"][0].get("cus_made_whole", 0),
+                   cus_all_whole=stats["whole"][0]["cus_decoded"])
+        if "base" in stats:
+            row["base_fns_decoded"] = stats["base"][0]["fns_decoded"]
         rows.append(row)
-        print(f"{name:34} {n:5d} addr  first meet: whole {row['whole_first_ms']:8.1f} ms  lazy "
-              f"{row['lazy_first_ms']:8.1f} ms  x{row['first_ratio']:5.2f} | restart: whole "
-              f"{row['whole_restart_ms']:6.1f} ms  lazy "
-              f"{row['lazy_restart_ms']:6.1f} ms | cache {row['whole_cache_kib']} / {row['lazy_cache_kib']} KiB"
-              f" | {row['cus_all_whole']} CUs; lazy: {row['cus_decoded']} CUs, {row['fns_decoded']} functions",
-              flush=True)
+        line = f"{name:34} {n:5d} addr  first meet / restart ms:"
+        for m in names:
+            line += f"  {m} {row[f'{m}_first_ms']:7.1f} / {row[f'{m}_restart_ms']:5.1f}"
+        line += f" | whole/lazy x{row['whole_over_lazy_first']:.2f} / x{row['whole_over_lazy_restart']:.2f}"
+        if "base" in stats:
+            line += f"  base/lazy x{row['base_over_lazy_first']:.2f} / x{row['base_over_lazy_restart']:.2f}"
+        kib = " / ".join(str(row[f"{m}_cache_kib"]) for m in names)
+        line += (f" | cache KiB {kib} | lazy: {row['cus_decoded']} CUs, {row['fns_decoded']} functions,"
+                 f" {row['cus_made_whole']} made whole")
+        print(line, flush=True)
     return rows
 
 
@@ -263,21 +289,26 @@ def by_size(path: str, repeat: int = 3) -> list[dict]:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         path, key, cache_dir, limit = sys.argv[2:6]
+        share = None if sys.argv[6:7] == ["None"] else float(sys.argv[6]) if len(sys.argv) > 6 else WHOLE_SHARE
         addrs = [int(x) for x in sys.stdin.read().split()]
-        print(json.dumps(child(path, key, cache_dir, int(limit), addrs)))
+        print(json.dumps(child(path, key, cache_dir, int(limit), addrs, share)))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--addresses", default="40,200", help="comma-separated address counts")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--targets", default="libc,libpython,cxx,go")
     ap.add_argument("--by-size", action="store_true", help="also the per-CU-size table on libpython")
+    ap.add_argument("--baseline", type=Path, help="another checkout (e.g. /work/main): its layout as a third mode")
+    ap.add_argument("--whole-share", default=str(WHOLE_SHARE),
+                    help="this tree's dwarf.WHOLE_SHARE for the run ('None': never decode a big CU whole)")
     args = ap.parse_args()
     counts = [int(x) for x in args.addresses.split(",")]
     work = Path(tempfile.mkdtemp(prefix="dw-first-meet-bins-"))
-    result: dict = {"lazy_cu_bytes": LAZY_CU_BYTES, "rounds": args.rounds, "rows": []}
+    share = None if args.whole_share == "None" else float(args.whole_share)
+    result: dict = {"lazy_cu_bytes": LAZY_CU_BYTES, "whole_share": share, "rounds": args.rounds, "rows": []}
     try:
         for name, path, key, symtab in targets(work, set(args.targets.split(","))):
-            result["rows"] += first_meet(name, path, key, symtab, counts, args.rounds)
+            result["rows"] += first_meet(name, path, key, symtab, counts, args.rounds, args.baseline, share)
         if args.by_size:
             lib = next((p for n, p, _, _ in targets(work, {"libpython"})), None)
             if lib:
@@ -286,8 +317,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     rows = result["rows"]
     if rows:
-        result["first_ratio_min"] = min(r["first_ratio"] for r in rows)
-        result["first_ratio_max"] = max(r["first_ratio"] for r in rows)
+        result["whole_over_lazy_first_min"] = min(r["whole_over_lazy_first"] for r in rows)
+        result["whole_over_lazy_first_max"] = max(r["whole_over_lazy_first"] for r in rows)
     print(json.dumps(result))
 
 

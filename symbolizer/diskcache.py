@@ -4,8 +4,10 @@ Layout: `<root>/v<FORMAT>/<build id[:2]>/<build id>/table.pkl` (the CU address t
 `symbols.pkl` (the ELF symbol table, for `podflame symbolize`), `cu-<offset>.pkl` (one compile
 unit: decoded whole, `dwarf.CuIndex`, or for a big CU its functions' ranges, `dwarf.CuFunctions`)
 and `fn-<CU offset>-<DIE offset>.pkl` (one function of a big CU, `dwarf.FnIndex`: its inline tree
-and line rows, stored when a lookup first reaches it). All flat arrays, loaded in well under a
-millisecond.
+and line rows, stored when a lookup first reaches it). A big CU whose functions a process reached
+enough of is decoded whole: its `cu-<offset>.pkl` becomes a `dwarf.CuIndex` and its `fn-` entries
+are removed (the same layout: an entry read by an older v3 reader is one it knows). All flat arrays,
+loaded in well under a millisecond.
 A build id names exactly one binary, so entries never go stale; files are written to a
 temporary name and renamed, so a crash leaves no torn file, and a file that fails to load is
 ignored (decoded again and rewritten). The total size is bounded: past `max_bytes`, whole build
@@ -44,7 +46,7 @@ class DiskCache:
         self.max_bytes = max_bytes
         self._stores = 0
         self.stats = {"cu_hits": 0, "cu_misses": 0, "cu_stored": 0, "fn_hits": 0, "fn_misses": 0, "fn_stored": 0,
-                      "table_hits": 0, "symbols_hits": 0, "evicted": 0, "errors": 0}
+                      "fn_dropped": 0, "table_hits": 0, "symbols_hits": 0, "evicted": 0, "errors": 0}
 
     def _dir(self, build_id: str) -> str:
         safe = "".join(c for c in build_id.lower() if c in "0123456789abcdef")
@@ -118,6 +120,19 @@ class DiskCache:
         self._write(os.path.join(self._dir(build_id), f"fn-{offset:x}-{die:x}.pkl"), fn)
         self.stats["fn_stored"] += 1
 
+    def drop_fns(self, build_id: str, offset: int) -> None:
+        """Remove the function entries of one CU (it is stored whole now: they would never be read)."""
+        prefix = f"fn-{offset:x}-"
+        try:
+            with os.scandir(self._dir(build_id)) as it:
+                names = [e.name for e in it if e.name.startswith(prefix)]
+        except OSError:
+            return
+        for name in names:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self._dir(build_id), name))
+                self.stats["fn_dropped"] += 1
+
     def symbols_loader(self, elf: ElfSymbols,
                        key: str | None = None) -> Callable[[Callable[[], AddressRanges]], AddressRanges]:
         """For ElfSymbols.load_symbols: the binary's symbol table from the cache, else read and stored.
@@ -150,6 +165,7 @@ class DiskCache:
                 "store_cu": lambda off, idx: self.store_cu(build_id, off, idx),
                 "load_fn": lambda off, die: self.load_fn(build_id, off, die),
                 "store_fn": lambda off, die, fn: self.store_fn(build_id, off, die, fn),
+                "drop_fns": lambda off: self.drop_fns(build_id, off),
                 "cu_table": self.load_table(build_id),
                 "store_table": lambda table: self.store_table(build_id, table)}
 

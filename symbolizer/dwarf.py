@@ -22,6 +22,10 @@ cheap to decode); a CU of `lazy_cu_bytes` of .debug_info or more (libpython's: u
 ~50 KiB a complete decode costs 1-9x one function's) is stored as its functions' address ranges
 (`CuFunctions`) and each function as it is first asked for (`FnIndex`: its inline tree and the line
 rows of its ranges), so neither a first meeting nor a restart decodes functions no sample reached.
+Once the functions a process decoded so reach `WHOLE_SHARE` of a big CU's code (at least
+`WHOLE_MIN_FNS` of them), or an address between its functions needs its whole code, the CU is decoded
+whole (splicing in the functions already read) and stored as one entry in place of its functions':
+a profile spread over many functions of one CU pays one decode and a restart reads one file.
 Names follow binutils: DW_AT_linkage_name (mangled; demangled by the caller) when present,
 found through DW_AT_abstract_origin / DW_AT_specification, else DW_AT_name.
 """
@@ -45,9 +49,14 @@ from symbolizer.elffile import SHT_NOBITS, ElfFile
 # DW_LANG values whose DW_AT_name is the linkage name (C and assembly: no mangling)
 _C_LANGS = {0x1, 0x2, 0xC, 0x1D, 0x2C, 0x8001}  # C89, C, C99, C11, C17, Mips_Assembler
 
+_LANG_GO = 0x16
 _FORMAT = 3  # bump when the persisted layout changes (CuIndex, CuFunctions, FnIndex, Code)
 _GAP = 1 << 63  # CuFunctions.fn_die of a gap between functions (| its start): no DIE offset is this big
 LAZY_CU_BYTES = 48 << 10  # .debug_info of a CU from which functions are persisted one by one (docs/benchmarks.md)
+# share of a big CU's function code bytes decoded one by one in a process past which the CU is decoded whole
+# and stored as one entry instead, once at least WHOLE_MIN_FNS functions were (docs/benchmarks.md, stop 20 dw10)
+WHOLE_SHARE = 0.4
+WHOLE_MIN_FNS = 8
 
 _DESCEND_CONTAINERS = {dr.TAG_namespace, dr.TAG_module}  # may hold function definitions
 _DESCEND_IN_CODE = {dr.TAG_lexical_block, dr.TAG_try_block, dr.TAG_catch_block}
@@ -281,7 +290,8 @@ class CuFunctions:
     offset), each function persisted on its own (`FnIndex`) as lookups reach it. While sections are
     read, `decoder` and `lines` decode the functions not yet persisted."""
 
-    __slots__ = ("decoder", "files", "fn_die", "fn_end", "fn_start", "lines", "whole")
+    __slots__ = ("_code_bytes", "decoded", "decoder", "files", "fn_die", "fn_end", "fn_start", "lines", "spent",
+                 "whole")
 
     def __init__(self, fns: list[tuple[int, int, int]] | None = None) -> None:
         fns = fns or []
@@ -292,6 +302,9 @@ class CuFunctions:
         self.lines: dr.LineTable | libdw.LibdwLines | None = None
         self.files: list[str] = []
         self.whole: Code | None = None  # every scope of the CU, once an address between functions needed it
+        self.spent = 0  # code bytes of the functions this process decoded (not loaded): see DwarfInfo's whole_share
+        self.decoded = 0  # and how many
+        self._code_bytes = -1
 
     def weight(self) -> int:
         return 3 * len(self.fn_start) + 1
@@ -310,6 +323,13 @@ class CuFunctions:
 
     def ranges_of(self, die: int) -> list[tuple[int, int]]:
         return [(self.fn_start[i], self.fn_end[i]) for i, d in enumerate(self.fn_die) if d == die]
+
+    def code_bytes(self) -> int:
+        """Bytes of machine code of the CU's functions (gaps between them left out)."""
+        if self._code_bytes < 0:
+            self._code_bytes = sum(e - s for s, e, d in zip(self.fn_start, self.fn_end, self.fn_die, strict=True)
+                                   if d < _GAP)
+        return self._code_bytes
 
     def forget_sections(self) -> None:
         self.decoder = self.lines = self.whole = None
@@ -391,7 +411,9 @@ class DwarfInfo:
                  store_table: Callable[[tuple[list[tuple[int, int, int]], bool]], None] | None = None,
                  load_fn: Callable[[int, int], FnIndex | None] | None = None,
                  store_fn: Callable[[int, int, FnIndex], None] | None = None,
-                 lazy_cu_bytes: int = LAZY_CU_BYTES, use_libdw: bool | None = None) -> None:
+                 drop_fns: Callable[[int], None] | None = None,
+                 lazy_cu_bytes: int = LAZY_CU_BYTES, whole_share: float | None = WHOLE_SHARE,
+                 whole_min_fns: int = WHOLE_MIN_FNS, use_libdw: bool | None = None) -> None:
         self.path = path
         self._use_libdw = libdw.enabled() if use_libdw is None else use_libdw
         self._libdw: libdw.LibdwFile | None = None
@@ -403,7 +425,10 @@ class DwarfInfo:
         self._store_cu = store_cu
         self._load_fn = load_fn
         self._store_fn = store_fn
+        self._drop_fns = drop_fns
         self._lazy_cu_bytes = lazy_cu_bytes
+        self._whole_share = whole_share
+        self._whole_min_fns = whole_min_fns
         self._fns: LRU[FnIndex] = LRU(max_cus * 64, max_weight, weigh=FnIndex.weight)  # (CU, DIE) -> function
         self._cu_starts = array("Q")
         self._cu_ends = array("Q")
@@ -411,7 +436,7 @@ class DwarfInfo:
         self._complete = False  # every CU's ranges are in the table
         self._covered: set[int] = set()
         self.stats = {"cus_decoded": 0, "cus_loaded": 0, "cu_scans": 0, "libdw_line_tables": 0, "libdw_resets": 0,
-                      "fns_decoded": 0, "fns_loaded": 0}
+                      "fns_decoded": 0, "fns_loaded": 0, "cus_made_whole": 0, "libdw_scans": 0}
         if cu_table is not None:
             self._set_cu_table(*cu_table)
         else:
@@ -524,9 +549,12 @@ class DwarfInfo:
         try:
             if isinstance(idx, CuFunctions):
                 die = idx.function_at(address)
-                if die is None:  # no top-level function here: a nested function's code, or none
+                if die is None and self._whole_share is None:  # a nested function's code, or none
                     die = self._gap(off, idx, address)
-                return self._function(off, idx, die).lookup(address)
+                fn = self._function(off, idx, die) if die is not None else None
+                if fn is not None:
+                    return fn.lookup(address)
+                idx = self._make_whole(off, idx)
             file, line = idx.line_at(address)
             return idx.code_at(address).frames(address, file, line, idx.files), (file, line)
         except _DWARF_ERRORS as e:
@@ -576,7 +604,17 @@ class DwarfInfo:
         dec = CuFunctions()
         self._attach(offset, dec)
         assert dec.decoder is not None
-        fns = dec.decoder.functions()
+        # Go's compiler writes no DW_AT_sibling, so the Python scan reads every DIE of the CU: libdw
+        # walks them in C (its line table for the CU is open already), the same functions
+        # (tests/test_dwarf_persist.py). Elsewhere the Python scan jumps subtrees and costs ~1-3 ms.
+        u = dec.decoder.u
+        got = self._libdw.functions(u.die_offset) if self._libdw is not None and \
+            u.top.get(dr.AT_language) == _LANG_GO else None
+        if got is not None:
+            self.stats["libdw_scans"] += 1
+            fns = _disjoint(got)
+        else:
+            fns = dec.decoder.functions()
         if fns is None:
             return None
         idx = CuFunctions(fns)
@@ -593,6 +631,8 @@ class DwarfInfo:
         idx.files = lines.files if lines is not None else []
         idx.lines = lines
         idx.decoder = _CuDecoder(r, u, first, len(idx.files))
+        if self._whole_share is not None and self._store_cu is not None:
+            idx.decoder.kept = {}  # the functions it decodes are not read again if the CU is made whole
 
     def _gap(self, offset: int, idx: CuFunctions, address: int) -> int:
         """The address lies between the CU's top-level functions (a nested function, a lambda whose
@@ -610,7 +650,46 @@ class DwarfInfo:
             self._store_cu(offset, idx)
         return key
 
-    def _function(self, offset: int, idx: CuFunctions, die: int) -> FnIndex:
+    def _whole_due(self, idx: CuFunctions, die: int) -> bool:
+        """Is the CU to be decoded whole rather than this function of it? Yes for code between its
+        functions (only the whole CU's scopes say what is there), and once the functions this process
+        decoded, with this one, reach `whole_share` of its functions' code bytes, once it decoded at
+        least `whole_min_fns` of them: a profile that spreads over many functions of one big CU then
+        pays one decode and one stored entry, not one per function (a restart reads one file).
+        Functions loaded from the disk cache cost nothing to keep and are not counted. The count
+        keeps a CU with a few big functions per function (libpython's ceval.c: `_PyEval_EvalFrameDefault`
+        is 44% of its code, and a profile reaches a handful of the others)."""
+        share = self._whole_share
+        if share is None or self._store_cu is None:
+            return False
+        if die >= _GAP:
+            return True
+        if idx.decoded < max(1, self._whole_min_fns):
+            return False
+        return idx.spent + sum(hi - lo for lo, hi in idx.ranges_of(die)) >= share * idx.code_bytes()
+
+    def _make_whole(self, offset: int, idx: CuFunctions) -> CuIndex:
+        """Decode the CU whole and store it as one entry in place of its functions' ranges; its
+        functions' entries are dropped (from memory and from the disk cache)."""
+        try:
+            whole = _decode_cu(self.reader(), offset, complete=True, decoder=idx.decoder)
+        except _DWARF_ERRORS as e:
+            raise DwarfError(f"{self.path}: CU at {offset:#x}: {e}") from e
+        self.stats["cus_decoded"] += 1
+        self.stats["cus_made_whole"] += 1
+        idx.forget_sections()
+        for key in [k for k in self._fns._data if k[0] == offset]:  # type: ignore[index]  # keys are (CU, DIE)
+            self._fns.pop(key)
+        if self._store_cu is not None:
+            self._store_cu(offset, whole)
+        if self._drop_fns is not None:
+            self._drop_fns(offset)
+        self._cus.put(offset, whole)
+        return whole
+
+    def _function(self, offset: int, idx: CuFunctions, die: int) -> FnIndex | None:
+        """The function whose DIE is at `die` (or a gap's entry): from memory, the disk cache, or
+        decoded and stored; None when, rather than decode it, the CU is to be decoded whole."""
         key = (offset, die)
         fn = self._fns.get(key)
         if fn is not None:
@@ -618,6 +697,8 @@ class DwarfInfo:
         fn = self._load_fn(offset, die) if self._load_fn else None
         if fn is not None:
             self.stats["fns_loaded"] += 1
+        elif self._whole_due(idx, die):
+            return None
         else:
             if idx.decoder is None:  # loaded from the disk cache, or its sections were released
                 self._attach(offset, idx)
@@ -638,6 +719,9 @@ class DwarfInfo:
                 rows = _python_rows(lines, ranges)
             fn = FnIndex.build(code, idx.files, rows)
             self.stats["fns_decoded"] += 1
+            if die < _GAP:
+                idx.spent += sum(hi - lo for lo, hi in ranges)
+                idx.decoded += 1
             if self._store_fn is not None:
                 self._store_fn(offset, die, fn)
         self._fns.put(key, fn)
@@ -696,6 +780,20 @@ class _Names:
         return got
 
 
+class _Kept(NamedTuple):
+    """A function's scopes and ranges as `_CuDecoder.code` read them, before flattening, and where its
+    subtree ends."""
+
+    parent: array
+    name: list[str | None]
+    linkage: array
+    call_file: array
+    call_line: array
+    low: array
+    ranges: list[tuple[int, int, int, int]]
+    end: int
+
+
 class _CuDecoder:
     """Decodes one CU's code DIEs: a scan of its top-level functions' address ranges, then the
     subtree of one function (or of the whole CU) into a `Code`."""
@@ -705,6 +803,8 @@ class _CuDecoder:
         self.first, self.nfiles = first, nfiles
         self.names = _Names(r, u.top.get(dr.AT_language, 0) in _C_LANGS)
         self.length_forms: dict[int, bool] = {}
+        # when not None: what `code(die)` read of each function, so `code(None)` splices it in, not reads it again
+        self.kept: dict[int, _Kept] | None = None
 
     def _high_is_length(self, code: int) -> bool:
         hl = self.length_forms.get(code)
@@ -759,11 +859,7 @@ class _CuDecoder:
                     continue
             if ab.children:
                 pos = sib if sib > die else _skip_children(r, u, pos)
-        out.sort()
-        for k in range(1, len(out)):
-            if out[k][0] < out[k - 1][1]:
-                return None
-        return out
+        return _disjoint(out)
 
     def code(self, die: int | None) -> Code:
         """The scopes of the function whose DIE is at `die`, or of the whole CU when None."""
@@ -802,10 +898,23 @@ class _CuDecoder:
             pos = die
         stack = [(-1, 0)]
         end = u.end
+        kept = self.kept if die is None else None
         while stack and pos < end:
             if die is not None and len(stack) == 1 and pos != die:
                 break  # the function's subtree is done
             die_off = pos
+            if kept and stack[-1][0] < 0 and die_off in kept:  # a function read before: the same scopes
+                k = kept[die_off]
+                base = len(idx.scope_parent)
+                idx.scope_parent.extend([p + base if p >= 0 else -1 for p in k.parent])
+                idx.scope_name.extend(k.name)
+                idx.scope_linkage.extend(k.linkage)
+                idx.scope_call_file.extend(k.call_file)
+                idx.scope_call_line.extend(k.call_line)
+                idx.scope_low.extend(k.low)
+                ranges.extend([(lo, hi, d, s + base) for lo, hi, d, s in k.ranges])
+                pos = k.end
+                continue
             code, pos = dr.uleb(data, pos)  # an abbreviation code: one or two bytes in big CUs
             if code == 0:
                 stack.pop()
@@ -848,14 +957,20 @@ class _CuDecoder:
             if ab.children:  # skip the subtree: by DW_AT_sibling when given, else by reading it
                 ref = a.get(dr.AT_sibling)
                 pos = ref[1] if isinstance(ref, tuple) and ref[1] > die_off else _skip_children(r, u, pos)
+        if die is not None and self.kept is not None:
+            self.kept[die] = _Kept(idx.scope_parent, idx.scope_name, idx.scope_linkage, idx.scope_call_file,
+                                   idx.scope_call_line, idx.scope_low, list(ranges), pos)
         _flatten(ranges, idx)
         return idx
 
 
 def _decode_cu(r: dr.Reader, offset: int, *, complete: bool = True,
-               libdw_lines: Callable[[int, int, list[str]], libdw.LibdwLines | None] | None = None) -> CuIndex:
+               libdw_lines: Callable[[int, int, list[str]], libdw.LibdwLines | None] | None = None,
+               decoder: _CuDecoder | None = None) -> CuIndex:
     """A CU's line table, and its code: complete, or (`complete=False`) one function at a time
-    as lookups need them, with the line table from `libdw_lines` when it gives one."""
+    as lookups need them, with the line table from `libdw_lines` when it gives one. `decoder`: one
+    that already read some of the CU's functions (kept: not read again), used when it reads the
+    same sections with the same file numbering."""
     idx = CuIndex()
     u = r.unit_at(offset)
     first, lines = _line_table_of(r, u, complete=complete, libdw_lines=libdw_lines)
@@ -866,7 +981,8 @@ def _decode_cu(r: dr.Reader, offset: int, *, complete: bool = True,
             idx.row_addr, idx.row_file, idx.row_line = lines.addr, lines.file, lines.line
         else:
             idx.lines = lines
-    decoder = _CuDecoder(r, u, first, len(idx.files))
+    if decoder is None or decoder.r is not r or decoder.first != first or decoder.nfiles != len(idx.files):
+        decoder = _CuDecoder(r, u, first, len(idx.files))
     fns = None if complete else decoder.functions()
     if fns is None:
         idx.code = decoder.code(None)
@@ -893,6 +1009,16 @@ def _line_table_of(r: dr.Reader, u: dr.Unit, *, complete: bool,
     if complete:
         return lt.first, lt.complete()
     return lt.first, (libdw_lines and libdw_lines(u.die_offset, lt.first, lt.files)) or lt
+
+
+def _disjoint(fns: list[tuple[int, int, int]]) -> list[tuple[int, int, int]] | None:
+    """Functions' (low, high, DIE) sorted, or None when their ranges overlap (then only a complete
+    decode is exact)."""
+    fns.sort()
+    for k in range(1, len(fns)):
+        if fns[k][0] < fns[k - 1][1]:
+            return None
+    return fns
 
 
 def _python_rows(lt: dr.LineTable, ranges: list[tuple[int, int]]) -> tuple[array, array, array]:

@@ -1,4 +1,5 @@
-"""elfutils' libdw through ctypes, for one job: the line table row at an address, decoded in C.
+"""elfutils' libdw through ctypes, for two jobs: the line table row at an address, decoded in C, and
+the address ranges of a CU's top-level functions (`LibdwFile.functions`).
 
 Why: a cold lookup of a few hundred addresses (a sampled profile) runs the line programs of the
 CUs they fall in, and in pure Python that was half of `podflame symbolize`'s time on libpython
@@ -10,6 +11,12 @@ Only the row (DWARF file number, line) comes from libdw; file names stay symboli
 joined as binutils joins them (libdw joins a relative directory without DW_AT_comp_dir). Its row
 choice is binutils': rows stably sorted by address, an end of sequence before a row at the same
 address, the last row at or before the address wins and an end of sequence answers "no line".
+
+The functions' ranges: a big CU is decoded one function at a time, which first needs its top-level
+functions' ranges (symbolizer.dwarf). Where DIEs carry DW_AT_sibling (GCC, clang) a scan in Python
+jumps over each subtree; Go's compiler writes none, so that scan reads every DIE of the CU, 4-30x
+the time of libdw walking the same siblings in C (docs/benchmarks.md, stop 20 dw10): Go's CUs are
+scanned here.
 
 libdw is optional: when libdw.so.1 is not there (or PODFLAME_LIBDW=0), `open_lines` returns None
 and the Python line programs answer (tests/test_dwarf_corpus.py checks both against addr2line).
@@ -49,6 +56,7 @@ def _load() -> Any:
             _lib = False
             return _lib
         vp, die_p, size_p = ctypes.c_void_p, ctypes.POINTER(_Die), ctypes.POINTER(ctypes.c_size_t)
+        u64_p = ctypes.POINTER(ctypes.c_uint64)
         for name, res, args in (
                 ("dwarf_begin", vp, [ctypes.c_int, ctypes.c_int]),
                 ("dwarf_end", ctypes.c_int, [vp]),
@@ -60,7 +68,13 @@ def _load() -> Any:
                 ("dwarf_filesrc", ctypes.c_char_p, [vp, ctypes.c_size_t, vp, vp]),
                 ("dwarf_onesrcline", vp, [vp, ctypes.c_size_t]),
                 ("dwarf_lineaddr", ctypes.c_int, [vp, ctypes.POINTER(ctypes.c_uint64)]),
-                ("dwarf_lineendsequence", ctypes.c_int, [vp, ctypes.POINTER(ctypes.c_bool)])):
+                ("dwarf_lineendsequence", ctypes.c_int, [vp, ctypes.POINTER(ctypes.c_bool)]),
+                ("dwarf_child", ctypes.c_int, [die_p, die_p]),
+                ("dwarf_siblingof", ctypes.c_int, [die_p, die_p]),
+                ("dwarf_tag", ctypes.c_int, [die_p]),
+                ("dwarf_haschildren", ctypes.c_int, [die_p]),
+                ("dwarf_dieoffset", ctypes.c_uint64, [die_p]),
+                ("dwarf_ranges", ctypes.c_ssize_t, [die_p, ctypes.c_ssize_t, u64_p, u64_p, u64_p])):
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
         _lib = lib
@@ -93,6 +107,47 @@ class LibdwFile:
 
     def __del__(self) -> None:
         self.close()
+
+    def functions(self, cu_die_offset: int) -> list[tuple[int, int, int]] | None:
+        """(low, high, DIE offset) of each non-empty range of every function (DW_TAG_subprogram)
+        defined at the top level of the CU whose DIE is at `cu_die_offset` or in a namespace or
+        module there, unsorted: what `dwarf._CuDecoder.functions` finds, walked by libdw. None when
+        libdw cannot read the CU."""
+        if not self._dbg:
+            return None
+        lib = self._lib
+        top = _Die()
+        if not lib.dwarf_offdie(self._dbg, cu_die_offset, ctypes.byref(top)):
+            return None
+        out: list[tuple[int, int, int]] = []
+        base, lo, hi = ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_uint64()
+        pbase, plo, phi = ctypes.byref(base), ctypes.byref(lo), ctypes.byref(hi)
+        todo = [top]  # DIEs whose children are to be read: the CU's, then namespaces'
+        while todo:
+            cur, nxt = _Die(), _Die()
+            got = lib.dwarf_child(ctypes.byref(todo.pop()), ctypes.byref(cur))
+            while got == 0:
+                ref = ctypes.byref(cur)
+                tag = lib.dwarf_tag(ref)
+                if tag == _TAG_SUBPROGRAM:
+                    off, die = 0, -1
+                    while True:
+                        off = lib.dwarf_ranges(ref, off, pbase, plo, phi)
+                        if off <= 0:
+                            break
+                        if hi.value > lo.value:
+                            if die < 0:
+                                die = lib.dwarf_dieoffset(ref)
+                            out.append((lo.value, hi.value, die))
+                    if off < 0:
+                        return None
+                elif tag in _CONTAINERS and lib.dwarf_haschildren(ref) > 0:
+                    todo.append(_Die.from_buffer_copy(cur))
+                got = lib.dwarf_siblingof(ref, ctypes.byref(nxt))
+                cur, nxt = nxt, cur
+            if got < 0:
+                return None
+        return out
 
     def lines(self, cu_die_offset: int, first: int, files: list[str]) -> LibdwLines | None:
         """The line table of the CU whose DIE is at `cu_die_offset`, or None when libdw cannot read
@@ -232,6 +287,9 @@ class LibdwLines:
             done = max(done, j)
         return out_a, out_f, out_l
 
+
+_TAG_SUBPROGRAM = 0x2E
+_CONTAINERS = (0x39, 0x1E)  # DW_TAG_namespace, DW_TAG_module: may hold function definitions
 
 # libdw's struct Dwarf_Line_s (libdwP.h, elfutils 0.188; internal, so checked on each table before use):
 # files pointer, addr, file, line, column, then bit-fields from is_stmt, end_sequence the third

@@ -118,8 +118,8 @@ def test_a_cu_decoded_for_the_disk_cache_uses_python_rows(variants: dict[str, Pa
     whole = DwarfInfo(str(path), use_libdw=True, store_cu=lambda off, idx: stored.append(off))
     lazy = DwarfInfo(str(path), use_libdw=True)
     fns: list[int] = []
-    per_fn = DwarfInfo(str(path), use_libdw=True, lazy_cu_bytes=0, store_cu=lambda off, idx: None,
-                       store_fn=lambda off, die, fn: fns.append(die))
+    per_fn = DwarfInfo(str(path), use_libdw=True, lazy_cu_bytes=0, whole_share=None, store_cu=lambda off, idx: None,
+                       store_fn=lambda off, die, fn: fns.append(die))  # never made whole: every address is asked
     addrs = every_address(path)
     assert [whole.lookup(a) for a in addrs] == [lazy.lookup(a) for a in addrs] == [per_fn.lookup(a) for a in addrs]
     assert stored and whole.stats["libdw_line_tables"] == 0 and lazy.stats["libdw_line_tables"] >= 1
