@@ -239,3 +239,38 @@ def test_decoding_one_function_at_a_time_agrees_with_decoding_the_whole_cu(built
 def nm_sized(path: Path) -> list[tuple[int, int, str]]:
     out = subprocess.run(["nm", "-S", "--defined-only", str(path)], capture_output=True, text=True).stdout
     return [(int(p[0], 16), int(p[1], 16), p[3]) for p in map(str.split, out.splitlines()) if len(p) == 4]
+
+
+ASM_FUNCTION = """
+    .text
+    .globl spin_asm
+    .type spin_asm, @function
+spin_asm:
+    mov $100000000, %rcx
+1:  dec %rcx
+    jnz 1b
+    ret
+    .size spin_asm, .-spin_asm
+    .section .note.GNU-stack,"",@progbits
+"""
+
+
+def test_assembly_functions_are_dwarf_functions_like_addr2line_says(tmp_path: Path) -> None:
+    """GNU as writes an assembly function's DW_AT_high_pc as DW_FORM_udata (DWARF 5, Debian 12's default); the
+    reader dropped udata values, so such functions (libc's memcpy/memchr variants among them) had no DWARF
+    function, only the line table's file:line."""
+    need_tools("gcc", "addr2line")
+    (tmp_path / "f.S").write_text(ASM_FUNCTION)
+    (tmp_path / "m.c").write_text("void spin_asm(void);\nint main(void) { for (;;) spin_asm(); }\n")
+    prog = tmp_path / "prog"
+    subprocess.run(["gcc", "-O2", "-g", "-o", str(prog), str(tmp_path / "m.c"), str(tmp_path / "f.S")],
+                   check=True, capture_output=True)
+    start, size = nm_functions(prog)["spin_asm"]
+    info = DwarfInfo(str(prog))
+    addresses = list(range(start, start + size))
+    for address, oracle in zip(addresses, addr2line(prog, addresses), strict=True):
+        got = info.lookup(address)
+        assert got is not None
+        frames, (file, line) = got
+        assert [f.name for f in frames] == [name for name, _ in oracle] == ["spin_asm"], hex(address)
+        assert (file, line) == (str(tmp_path / "f.S"), int(oracle[0][1].rsplit(":", 1)[1])), hex(address)
