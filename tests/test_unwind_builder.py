@@ -280,3 +280,69 @@ def test_works_with_over_1024_descriptors_open(tmp_path: Path) -> None:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_copies_of_a_big_library_without_a_build_id_are_built_once(tmp_path: Path) -> None:
+    """numpy's OpenBLAS and protobuf's upb module carry no build id and sit in every virtualenv (or image
+    layer) that ships them: the second copy, another file, is read from the disk cache (it was built again,
+    in a child started for it, when the cache keyed such files by inode)."""
+    copies = [tmp_path / d / "libbig.so" for d in ("venv-a", "venv-b")]
+    for path in copies:
+        path.parent.mkdir()
+        subprocess.run(["objcopy", "--remove-section=.note.gnu.build-id", str(BIG), str(path)], check=True)
+    source = TableSource(str(tmp_path / "cache"))
+    try:
+        first = source(str(copies[0]))
+        assert first.build_id is None and first.count > 10_000 and source.stats["child_builds"] == 1
+    finally:
+        source.close()
+    restart = TableSource(str(tmp_path / "cache"))
+    try:
+        assert restart(str(copies[1])).rows == first.rows
+        assert restart.stats["cache_hits"] == 1 and restart.stats["child_starts"] == 0
+    finally:
+        restart.close()
+
+
+def test_the_bench_lists_the_tables_built_in_its_window(tmp_path: Path) -> None:
+    """bench/agent_overhead.py reads the tables built in a steady window from the agent's log: the lines the
+    loader and the builder write (in the format of `podflame agent`'s log), timed against the window."""
+    import io
+    import logging
+
+    from bench.agent_overhead import window_builds
+    from profiler.unwind.loader import NativeUnwinder, _Binary
+
+    class Room:  # the kernel maps' row budget, all free: what _build asks of them
+        row_budget = 1 << 22
+
+        def room(self) -> int:
+            return self.row_budget
+
+    text = io.StringIO()
+    handler = logging.StreamHandler(text)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))  # podflame/cli.py
+    logger = logging.getLogger("podflame.unwind")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+
+    source = TableSource(str(tmp_path))
+    loader = NativeUnwinder(Room(), source)  # type: ignore[arg-type]
+    try:
+        start = time.time() - 0.01
+        for path in (SMALL, BIG):
+            binary = _Binary("ET_DYN", (), -1, cfi_bytes=os.path.getsize(path), name=str(path))
+            loader._build(binary, str(path))
+            assert binary.count > 0
+        end = time.time() + 0.01
+    finally:
+        source.close()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    got = window_builds(text.getvalue(), start, end)
+    assert [(b["binary"], b["where"]) for b in got["tables"]] == [(str(SMALL), "agent"), (str(BIG), "child")]
+    assert got["child_starts"] == 1 and got["child_ms"] > 10 and got["agent_ms"] > 0
+    assert all(b["rows"] > 0 and 0 <= b["at_s"] <= end - start for b in got["tables"])
+    assert window_builds(text.getvalue(), end + 1, end + 30) == {"agent_ms": 0, "child_ms": 0, "child_starts": 0,
+                                                                  "tables": []}

@@ -26,6 +26,7 @@ bytes, or the message).
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -55,6 +56,7 @@ RECYCLE_MB = 64  # a child holding more than this after a build exits (node's bu
 BUILD_TIMEOUT_S = 120.0  # libLLVM (1.4M rows) builds in ~1-3 s; a wedged child must not stall the loader
 MAX_PAYLOAD = 256 << 20
 _ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+log = logging.getLogger("podflame.unwind")
 _REQUEST = struct.Struct("<cI")
 _REPLY = struct.Struct("<BQI")
 
@@ -217,6 +219,9 @@ class TableSource:
             theirs.close()
         self._sock = ours
         self.stats["child_starts"] += 1
+        # an interpreter start (65-140 ms of CPU, more with numpy) on top of the builds: said, so that a
+        # reader of the log (bench/agent_overhead.py) can tell what a window's child CPU went to
+        log.info("started the unwind table builder (pid %d)", self._child.pid)
         return self._child, ours
 
     def _forget(self) -> None:
