@@ -35,6 +35,15 @@ Python frames off for tables at 19 Hz plain; `--cell-duration` seconds measured 
 
     .venv/bin/python bench/agent_overhead.py --matrix [--cell-duration 30]
 
+One run per cell does not separate changes of 10% on a shared machine: `--repeat N` runs each pair (first
+start and restart, fresh caches each time) N times, the cells of a matrix in turn (cell A, cell B, A, B...),
+and prints the median and the spread (min-max) of the steady share, in total and per thread. Every run also
+lists the unwind tables built inside its steady window, from the agent's log (each binary, where it was
+built and its CPU, and the build child's starts): a window whose "children" CPU is not zero shows what it
+went to (a binary new to the host, another process's, a restart that missed the disk cache).
+
+    .venv/bin/python bench/agent_overhead.py --matrix --cell-duration 25 --only "auto 99 Hz busy" --repeat 5
+
 Where the agent's own time goes: `--where` records the agent with py-spy (`py-spy record --pid`, 50 Hz,
 native frames off, active threads only) over the measured window and prints the shares of its CPU per part
 (drain, maps refresh, symbolize, unwind tables, Python frames, upload, other). py-spy counts a thread that
@@ -49,12 +58,15 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import datetime
 import itertools
 import json
 import os
 import random
+import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -318,6 +330,35 @@ def where_time_goes(folded: Path) -> dict[str, float]:
     return out
 
 
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+_BUILT = re.compile(r"built the unwind table of (.*): (\d+) rows, ([\d.]+) ms in the (build child|agent)$")
+_CHILD_START = re.compile(r"started the unwind table builder \(pid (\d+)\)")
+
+
+def window_builds(log_text: str, start: float, end: float) -> dict:
+    """The unwind tables the agent's log says were built between `start` and `end` (Unix time): each binary,
+    where (the agent's own thread or the build child) and its CPU milliseconds, and the child's starts (an
+    interpreter start each, which the build CPU does not include). The log's times are local, to the ms."""
+    builds: list[dict] = []
+    child_starts = 0
+    for line in log_text.splitlines():
+        m = _LOG_TIME.match(line)
+        if m is None or "podflame.unwind" not in line:
+            continue
+        at = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if not start <= at <= end:
+            continue
+        if (b := _BUILT.search(line)) is not None:
+            builds.append({"binary": b.group(1), "rows": int(b.group(2)), "cpu_ms": float(b.group(3)),
+                           "where": "child" if b.group(4) == "build child" else "agent",
+                           "at_s": round(at - start, 2)})
+        elif _CHILD_START.search(line):
+            child_starts += 1
+    return {"agent_ms": round(sum(b["cpu_ms"] for b in builds if b["where"] == "agent"), 1),
+            "child_ms": round(sum(b["cpu_ms"] for b in builds if b["where"] == "child"), 1),
+            "child_starts": child_starts, "tables": builds}
+
+
 FIRST_DRAIN_S = 11.0  # the agent drains every 10 s: its first drain (cold caches) belongs to the start-up
 
 
@@ -378,23 +419,92 @@ def main() -> None:
     ap.add_argument("--where-rate", type=int, default=50,
                     help="--where: py-spy's samples a second (the drain thread is busy ~2%% of the time: 1000 "
                          "gives a few hundred of its samples a run, at some CPU of py-spy's own)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each pair (first start, restart) this many times, a matrix's cells in turn, and "
+                         "print the median and spread of the steady share, in total and per thread")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: both tools load eBPF programs")
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be at least 1")
     if not args.matrix:
-        results: dict = run_pair(args)
+        pairs = []
+        for i in range(args.repeat):
+            if args.repeat > 1:
+                print(f"=== repeat {i + 1} of {args.repeat}", file=sys.stderr)
+            pairs.append(run_pair(args))
+        results: dict = pairs[0] if args.repeat == 1 else {"repeats": pairs, "summary": summarize(pairs)}
+        if args.repeat > 1:
+            print_summary([("", results["summary"])])
     else:
         results = {"matrix": [], "cell_duration_s": args.cell_duration}
-        for cell in MATRIX:
-            if args.only and not any(part.strip() in cell_label(cell) for part in args.only.split(",")):
-                continue
-            cell_args = argparse.Namespace(**{**vars(args), **cell, "duration": args.cell_duration,
-                                              "startup": args.cell_startup, "runs": 2})
-            label = cell_label(cell)
-            print(f"=== {label}", file=sys.stderr)
-            results["matrix"].append({"cell": label, **cell, **run_pair(cell_args)})
+        cells = [cell for cell in MATRIX
+                 if not args.only or any(part.strip() in cell_label(cell) for part in args.only.split(","))]
+        runs: dict[str, list[dict]] = {cell_label(cell): [] for cell in cells}
+        for i in range(args.repeat):  # cells in turn: a slow stretch of the machine falls on all of them
+            for cell in cells:
+                cell_args = argparse.Namespace(**{**vars(args), **cell, "duration": args.cell_duration,
+                                                  "startup": args.cell_startup, "runs": 2})
+                label = cell_label(cell)
+                print(f"=== {label}" + (f" (repeat {i + 1} of {args.repeat})" if args.repeat > 1 else ""),
+                      file=sys.stderr)
+                runs[label].append(run_pair(cell_args))
+        for cell in cells:
+            pairs = runs[cell_label(cell)]
+            entry = {"cell": cell_label(cell), **cell, **pairs[0]}
+            if args.repeat > 1:
+                entry.update({"repeats": pairs, "summary": summarize(pairs)})
+            results["matrix"].append(entry)
         print_matrix(results["matrix"])
+        if args.repeat > 1:
+            print_summary([(c["cell"], c["summary"]) for c in results["matrix"]])
     print(json.dumps(results))
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3), "values": [round(v, 3) for v in values]}
+
+
+def summarize(pairs: list[dict]) -> dict:
+    """Per run kind (first start, restart) over the repeats: the median, min and max of the agent's steady share
+    of a core, of each thread's steady CPU seconds (a thread absent from a run counts 0) and of the tables
+    built in the window (CPU in the agent and in the child, child starts)."""
+    out: dict = {}
+    for name in ("first_start", "restart"):
+        runs = [pair[name] for pair in pairs if name in pair]
+        if not runs:
+            continue
+        ours = [r["podflame"] for r in runs]
+        threads = sorted({t for o in ours for t in o["steady_cpu_s_by_thread"]})
+        out[name] = {
+            "runs": len(runs),
+            "steady_core_pct": _spread([o["steady_core_pct"] for o in ours]),
+            "steady_cpu_s_by_thread": {t: _spread([o["steady_cpu_s_by_thread"].get(t, 0.0) for o in ours])
+                                       for t in threads},
+            "window_build_agent_ms": _spread([o["steady_builds"]["agent_ms"] for o in ours]),
+            "window_build_child_ms": _spread([o["steady_builds"]["child_ms"] for o in ours]),
+            "window_child_starts": _spread([o["steady_builds"]["child_starts"] for o in ours]),
+            "window_tables": _spread([len(o["steady_builds"]["tables"]) for o in ours]),
+        }
+    return out
+
+
+def print_summary(cells: list[tuple[str, dict]]) -> None:
+    print("median [min-max] over the repeats", file=sys.stderr)
+    for label, summary in cells:
+        for name, s in summary.items():
+            pct = s["steady_core_pct"]
+            print(f"{label:42} {name:11} steady {pct['median']:.2f}% [{pct['min']:.2f}-{pct['max']:.2f}] of a core "
+                  f"({s['runs']} runs)", file=sys.stderr)
+            for thread, t in s["steady_cpu_s_by_thread"].items():
+                print(f"{'':55} {thread:18} {t['median']:.2f} s [{t['min']:.2f}-{t['max']:.2f}]", file=sys.stderr)
+            print(f"{'':55} {'window builds':18} agent {s['window_build_agent_ms']['median']:.0f} ms "
+                  f"[{s['window_build_agent_ms']['min']:.0f}-{s['window_build_agent_ms']['max']:.0f}], child "
+                  f"{s['window_build_child_ms']['median']:.0f} ms [{s['window_build_child_ms']['min']:.0f}-"
+                  f"{s['window_build_child_ms']['max']:.0f}], child starts "
+                  f"{s['window_child_starts']['median']:g} [{s['window_child_starts']['min']:g}-"
+                  f"{s['window_child_starts']['max']:g}]", file=sys.stderr)
 
 
 BUSY = {"churn": 10.0, "processes": 8}
@@ -488,6 +598,7 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     start_cpu = {"podflame": cpu_seconds(ours.pid), "profile-bpfcc": cpu_seconds(theirs.pid)}
     start_threads = (thread_cpu(ours.pid), own_cpu(ours.pid), start_cpu["podflame"])
     t_steady = time.monotonic()
+    window_unix = [time.time()]
     spy = None
     if args.where:
         spy = subprocess.Popen([str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid", str(ours.pid),
@@ -506,6 +617,7 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
         churn.stop()
     end_cpu = {"podflame": cpu_seconds(ours.pid), "profile-bpfcc": cpu_seconds(theirs.pid)}
     threads = cpu_by_thread(start_threads, (thread_cpu(ours.pid), own_cpu(ours.pid), end_cpu["podflame"]))
+    window_unix.append(time.time())
     rss = {"podflame": peak_rss_mb(ours.pid), "profile-bpfcc": peak_rss_mb(theirs.pid)}
     main_hwm = dict(rss)  # each tool's own process, without children
     steady_wall = time.monotonic() - t_steady
@@ -537,7 +649,8 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     result = {"duration_s": args.duration, "frequency_hz": args.frequency, "busy_cpus": args.busy,
               "churn_per_s": args.churn, "churn_started": churn.started if churn is not None else 0,
               "long_lived_processes": args.processes, "python_frames": env["PODFLAME_PYTHON_FRAMES"] == "1",
-              "unwind": args.unwind, "expected_samples": round(expected)}
+              "unwind": args.unwind, "expected_samples": round(expected),
+              "steady_window_unix": [round(t, 3) for t in window_unix]}
     for name, samples in (("podflame", our_samples), ("profile-bpfcc", their_samples)):
         total = final_cpu[name]
         steady = end_cpu[name] - start_cpu[name]
@@ -556,6 +669,12 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     ours_r["steady_cpu_s_by_thread"] = threads
     print("the agent's steady CPU by thread: " + ", ".join(f"{k} {v:.2f}s" for k, v in threads.items()),
           file=sys.stderr)
+    builds = window_builds((tmp / "log.txt").read_text(errors="replace"), *window_unix)
+    ours_r["steady_builds"] = builds
+    print(f"unwind tables built in the steady window: {len(builds['tables'])} ({builds['agent_ms']:.0f} ms in the "
+          f"agent, {builds['child_ms']:.0f} ms in the build child, {builds['child_starts']} child starts)"
+          + "".join(f"\n  +{b['at_s']:.1f}s {b['binary']} ({b['rows']} rows, {b['cpu_ms']:.1f} ms, {b['where']})"
+                    for b in builds["tables"]), file=sys.stderr)
     if spy is not None:
         result["where"] = where_time_goes(tmp / "agent.folded")
         print("where the agent's time goes: " + ", ".join(f"{k} {v:.1%}" for k, v in result["where"].items()

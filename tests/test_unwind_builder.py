@@ -18,7 +18,8 @@ from profiler.unwind.build import UnwindFormatError, build_table, cfi_size
 from profiler.unwind.builder import AGENT_CFI_BYTES, TableBuildError, TableSource
 from symbolizer.elffile import ElfFile
 
-BIG = Path(os.path.realpath("/usr/bin/python3"))  # Debian's 3.11: 490 KB of CFI, built by the child
+BIG = Path(os.path.realpath("/usr/bin/python3"))  # Debian's 3.11: 480 KiB of CFI, 61k rule rows
+CHILD = 256 << 10  # a limit under BIG's CFI: the tests of the child (and of the bench's log) send BIG there
 JVM = next(iter(sorted(Path("/usr/lib/jvm").glob("*/lib/server/libjvm.so"))))  # 197k rule rows: numpy compacts
 SMALL = Path("/usr/bin/md5sum")  # 5 KB: what the busy bench's restart used to start a child for
 LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6")  # 183 KB: what a new container image brings, built in the agent
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_built_in_a_child_then_read_from_the_cache(tmp_path: Path) -> None:
-    source = TableSource(str(tmp_path))
+    source = TableSource(str(tmp_path), agent_cfi_bytes=CHILD)
     try:
         built = source(str(BIG))
         assert built.rows == build_table(str(BIG)).rows and built.count > 10_000
@@ -61,7 +62,7 @@ def test_the_child_starts_no_blas_threads(tmp_path: Path, monkeypatch: pytest.Mo
 def test_a_child_that_builds_tables_of_up_to_120k_rule_rows_never_imports_numpy(tmp_path: Path) -> None:
     """numpy's import costs a child start ~55-60 ms of CPU and ~17 MB, more than compacting Debian's python3
     (61k rule rows) in plain Python: the child that builds it (and most tables) runs without numpy."""
-    source = TableSource(str(tmp_path))
+    source = TableSource(str(tmp_path), agent_cfi_bytes=CHILD)
     try:
         built = source(str(BIG))
         assert built.stats["cpu_ns"] > 0 and built.count > 10_000  # built by the child
@@ -110,17 +111,35 @@ def test_a_small_binary_new_to_the_host_is_built_without_a_child(tmp_path: Path)
 
 
 def test_a_big_binary_is_still_built_in_the_child(tmp_path: Path) -> None:
-    """Debian python3's build peaks at ~4.4 MB of heap in plain Python (node's at ~80 MB with numpy): the
+    """node's build peaks at ~80 MB with numpy, libjvm's (1.8 MB of CFI, 197k rule rows) at tens of MB: the
     allocator would keep that in the agent for its life, so a binary over AGENT_CFI_BYTES of CFI goes to the
     child."""
-    with open(BIG, "rb") as f:
+    with open(JVM, "rb") as f:
         assert (cfi_size(ElfFile(f)) or 0) > AGENT_CFI_BYTES
     source = TableSource(str(tmp_path))
     try:
-        assert source(str(BIG)).stats["cpu_ns"] > 0
+        assert source(str(JVM)).stats["cpu_ns"] > 0
         assert source.stats == {**source.stats, "agent_builds": 0, "child_builds": 1, "child_starts": 1}
         assert source(str(SMALL)).count > 0  # the child is up, yet a small one is still built here
         assert source.stats == {**source.stats, "agent_builds": 1, "child_builds": 1}
+    finally:
+        source.close()
+
+
+def test_a_mid_size_binary_new_to_the_host_starts_no_child(tmp_path: Path) -> None:
+    """Debian's python3 (480 KiB of CFI; libcrypto, libbcc, pyenv's libpython are alike) builds in ~0.1 s of
+    plain Python, peaking at a few MB; a child started for it cost 0.15-0.23 s of CPU (its start 0.09-0.15 s,
+    then the same build): in the busy bench's steady windows, such a binary new to the host was most of the
+    children's CPU. It is built in the agent, with the rows the child's build gives."""
+    with open(BIG, "rb") as f:
+        assert CHILD < (cfi_size(ElfFile(f)) or 0) <= AGENT_CFI_BYTES
+    source = TableSource(str(tmp_path))
+    try:
+        built = source(str(BIG))
+        assert built.rows == build_table(str(BIG)).rows and built.count > 10_000
+        assert built.stats["agent_cpu_ns"] > 0 and "cpu_ns" not in built.stats
+        assert source.stats == {**source.stats, "agent_builds": 1, "child_builds": 0, "child_starts": 0}
+        assert source._child is None
     finally:
         source.close()
 
@@ -188,7 +207,7 @@ def test_a_bad_file_is_an_error_in_the_agent_too(tmp_path: Path) -> None:
 
 
 def test_the_child_exits_when_idle_and_a_new_one_starts_on_demand(tmp_path: Path) -> None:
-    source = TableSource(None, idle_s=0.2)  # no cache root: every call builds
+    source = TableSource(None, idle_s=0.2, agent_cfi_bytes=CHILD)  # no cache root: every call builds
     try:
         source(str(BIG))
         child = source._child
@@ -202,7 +221,7 @@ def test_the_child_exits_when_idle_and_a_new_one_starts_on_demand(tmp_path: Path
 
 
 def test_a_killed_child_is_replaced(tmp_path: Path) -> None:
-    source = TableSource(None)
+    source = TableSource(None, agent_cfi_bytes=CHILD)
     try:
         source(str(BIG))
         assert source._child is not None
@@ -215,10 +234,10 @@ def test_a_killed_child_is_replaced(tmp_path: Path) -> None:
 
 
 def test_the_agent_side_never_imports_numpy(tmp_path: Path) -> None:
-    """numpy costs ~17 MB resident: the agent moves rows as bytes and builds small tables without it,
-    only the child imports it."""
+    """numpy costs ~17 MB resident: the agent moves rows as bytes and builds small and mid-size tables without
+    it, only the child imports it (for libjvm's 197k rule rows)."""
     code = (f"import sys\nfrom profiler.unwind.loader import cached_tables\nimport profiler.sampler\n"
-            f"s = cached_tables()\nt = s({str(BIG)!r})\nt2 = s({str(BIG)!r})\nsmall = s({str(SMALL)!r})\n"
+            f"s = cached_tables()\nt = s({str(JVM)!r})\nt2 = s({str(JVM)!r})\nsmall = s({str(SMALL)!r})\n"
             f"s.close()\nprint(t.count, s.stats['child_builds'], s.stats['cache_hits'], s.stats['agent_builds'],"
             f" small.count > 100, 'numpy' in sys.modules)")
     env = {**os.environ, "PODFLAME_SYMBOL_CACHE": str(tmp_path)}
@@ -229,7 +248,7 @@ def test_the_agent_side_never_imports_numpy(tmp_path: Path) -> None:
 
 
 def test_a_wedged_child_times_out(tmp_path: Path) -> None:
-    source = TableSource(None)
+    source = TableSource(None, agent_cfi_bytes=CHILD)
     try:
         source(str(BIG))  # the child's start and first build, on a loaded machine, without the short limit
         assert source._child is not None
@@ -246,7 +265,7 @@ def test_a_wedged_child_times_out(tmp_path: Path) -> None:
 
 
 def test_warm_starts_the_child_only_before_the_first_table(tmp_path: Path) -> None:
-    first = TableSource(str(tmp_path))
+    first = TableSource(str(tmp_path), agent_cfi_bytes=CHILD)
     try:
         first.warm()  # an empty cache: a first start on this node
         assert first._child is not None and first.stats["child_starts"] == 1
@@ -254,7 +273,7 @@ def test_warm_starts_the_child_only_before_the_first_table(tmp_path: Path) -> No
         assert first.stats["child_starts"] == 1  # the warm child built it
     finally:
         first.close()
-    restart = TableSource(str(tmp_path))
+    restart = TableSource(str(tmp_path), agent_cfi_bytes=CHILD)
     try:
         restart.warm()  # tables on disk: a restart starts no child until a miss
         assert restart._child is None
@@ -271,7 +290,7 @@ def test_works_with_over_1024_descriptors_open(tmp_path: Path) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 4096), hard), hard))
     held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
-    source = TableSource(None)
+    source = TableSource(None, agent_cfi_bytes=CHILD)
     try:
         assert source(str(BIG)).count > 0
         assert source._sock is not None and source._sock.fileno() >= 1024
@@ -280,3 +299,69 @@ def test_works_with_over_1024_descriptors_open(tmp_path: Path) -> None:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_copies_of_a_big_library_without_a_build_id_are_built_once(tmp_path: Path) -> None:
+    """numpy's OpenBLAS and protobuf's upb module carry no build id and sit in every virtualenv (or image
+    layer) that ships them: the second copy, another file, is read from the disk cache (it was built again,
+    in a child started for it, when the cache keyed such files by inode)."""
+    copies = [tmp_path / d / "libbig.so" for d in ("venv-a", "venv-b")]
+    for path in copies:
+        path.parent.mkdir()
+        subprocess.run(["objcopy", "--remove-section=.note.gnu.build-id", str(BIG), str(path)], check=True)
+    source = TableSource(str(tmp_path / "cache"), agent_cfi_bytes=CHILD)
+    try:
+        first = source(str(copies[0]))
+        assert first.build_id is None and first.count > 10_000 and source.stats["child_builds"] == 1
+    finally:
+        source.close()
+    restart = TableSource(str(tmp_path / "cache"), agent_cfi_bytes=CHILD)
+    try:
+        assert restart(str(copies[1])).rows == first.rows
+        assert restart.stats["cache_hits"] == 1 and restart.stats["child_starts"] == 0
+    finally:
+        restart.close()
+
+
+def test_the_bench_lists_the_tables_built_in_its_window(tmp_path: Path) -> None:
+    """bench/agent_overhead.py reads the tables built in a steady window from the agent's log: the lines the
+    loader and the builder write (in the format of `podflame agent`'s log), timed against the window."""
+    import io
+    import logging
+
+    from bench.agent_overhead import window_builds
+    from profiler.unwind.loader import NativeUnwinder, _Binary
+
+    class Room:  # the kernel maps' row budget, all free: what _build asks of them
+        row_budget = 1 << 22
+
+        def room(self) -> int:
+            return self.row_budget
+
+    text = io.StringIO()
+    handler = logging.StreamHandler(text)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))  # podflame/cli.py
+    logger = logging.getLogger("podflame.unwind")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+
+    source = TableSource(str(tmp_path), agent_cfi_bytes=CHILD)
+    loader = NativeUnwinder(Room(), source)  # type: ignore[arg-type]
+    try:
+        start = time.time() - 0.01
+        for path in (SMALL, BIG):
+            binary = _Binary("ET_DYN", (), -1, cfi_bytes=os.path.getsize(path), name=str(path))
+            loader._build(binary, str(path))
+            assert binary.count > 0
+        end = time.time() + 0.01
+    finally:
+        source.close()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    got = window_builds(text.getvalue(), start, end)
+    assert [(b["binary"], b["where"]) for b in got["tables"]] == [(str(SMALL), "agent"), (str(BIG), "child")]
+    assert got["child_starts"] == 1 and got["child_ms"] > 10 and got["agent_ms"] > 0
+    assert all(b["rows"] > 0 and 0 <= b["at_s"] <= end - start for b in got["tables"])
+    assert window_builds(text.getvalue(), end + 1, end + 30) == {"agent_ms": 0, "child_ms": 0, "child_starts": 0,
+                                                                  "tables": []}

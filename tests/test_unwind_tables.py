@@ -498,18 +498,63 @@ def test_cache_hit_and_corrupt_entry_rebuilt(tmp_path: Path) -> None:
     assert fourth.get(str(LIBC)).rows == first.rows and fourth.stats["hits"] == 1
 
 
-def test_cache_keys_binaries_without_build_id_by_identity(shapes: dict[str, Path], tmp_path: Path) -> None:
-    exe = tmp_path / "nobid"
-    shutil.copy(shapes["nobuildid"], exe)
-    cache = TableCache(str(tmp_path / "c"))
-    table = cache.get(str(exe))
-    assert table.build_id is None and table.count > 0
-    st = os.stat(exe)
-    assert cache.key(str(exe))[0] == f"id-{st.st_dev}-{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
-    assert cache.get(str(exe)).rows == table.rows and cache.stats == {**cache.stats, "hits": 1, "built": 1}
-    os.utime(exe, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # "rebuilt": a new identity, a new entry
-    cache.get(str(exe))
-    assert cache.stats["built"] == 2
+def test_cache_keys_binaries_without_build_id_by_their_cfi(shapes: dict[str, Path], tmp_path: Path) -> None:
+    """A library without a build id copied into many places (protobuf's upb module and numpy's OpenBLAS are
+    in every virtualenv here) is built once: the key is a hash of what the build reads, not the file's inode.
+    A binary whose CFI differs gets its own entry; one without section headers is keyed by identity."""
+    first, copy = tmp_path / "a" / "nobid", tmp_path / "b" / "nobid"
+    for path in (first, copy):
+        path.parent.mkdir()
+        shutil.copy(shapes["nobuildid"], path)
+    root = str(tmp_path / "c")
+    cache = TableCache(root)
+    table = cache.get(str(first))
+    assert table.build_id is None and table.count > 0 and cache.stats["built"] == 1
+    key = cache.key(str(first))[0]
+    assert key.startswith("cfi-") and cache.key(str(copy))[0] == key
+    other = TableCache(root)  # a restart meeting the other copy (another inode)
+    assert other.get(str(copy)).rows == table.rows and other.stats == {**other.stats, "hits": 1, "built": 0}
+    st = os.stat(copy)
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # same bytes, new identity: the same table
+    assert other.get(str(copy)).rows == table.rows and other.stats["built"] == 0
+    # another program without a build id: another key, built
+    changed = tmp_path / "o1"
+    subprocess.run(["gcc", "-O1", "-Wl,--build-id=none", "-o", str(changed), str(WORKLOADS / "unwind_shapes.c")],
+                   check=True)
+    assert cache.key(str(changed))[0] not in (key, None)
+    assert cache.get(str(changed)).rows != table.rows and cache.stats["built"] == 2
+    # no section headers: the CFI is found through PT_GNU_EH_FRAME, the file's identity keys it
+    raw = bytearray(first.read_bytes())
+    struct.pack_into("<Q", raw, 0x28, 0)  # e_shoff
+    struct.pack_into("<HHH", raw, 0x3A, 0, 0, 0)  # e_shentsize, e_shnum, e_shstrndx
+    bare = tmp_path / "bare"
+    bare.write_bytes(bytes(raw))
+    st = os.stat(bare)
+    assert cache.key(str(bare))[0] == f"id-{st.st_dev}-{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+    assert cache.get(str(bare)).rows == table.rows and cache.stats["built"] == 3
+
+
+def test_cache_keeps_tables_read_through_indirect_pointers_by_file(shapes: dict[str, Path], tmp_path: Path) -> None:
+    """Rows that rest on a pointer read outside the CFI (DW_EH_PE_indirect) are not named by the CFI's
+    digest: such a table is stored under the file's identity, so a copy elsewhere is built again."""
+
+    def indirect(path: str) -> UnwindTable:
+        table = build_table(path)
+        table.stats["indirect"] = 1
+        return table
+
+    first, copy = tmp_path / "first", tmp_path / "copy"
+    for path in (first, copy):
+        shutil.copy(shapes["nobuildid"], path)
+    cache = TableCache(str(tmp_path / "c"), builder=indirect)
+    table = cache.get(str(first))
+    st = os.stat(first)
+    (entry,) = list((tmp_path / "c").rglob("*.tbl"))
+    assert entry.stem == f"id-{st.st_dev}-{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+    again = TableCache(str(tmp_path / "c"), builder=indirect)
+    assert again.get(str(first)).rows == table.rows and again.stats["hits"] == 1 and again.stats["built"] == 0
+    again.get(str(copy))
+    assert again.stats["built"] == 1
 
 
 # -- encodings no toolchain here writes: a hand-made .debug_frame -------------------------------

@@ -11,6 +11,7 @@ and a build child that meets no very big binary never import numpy (profiler/unw
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import struct
@@ -123,10 +124,13 @@ def compact_rule(state: State, signal: bool) -> Rule:
 
 # -- finding the CFI -----------------------------------------------------------------------------
 
-def _vaddr_reader(elf: ElfFile) -> Callable[[int], int]:
-    """Reads a pointer at an ELF virtual address (DW_EH_PE_indirect), through the PT_LOAD segments."""
+def _vaddr_reader(elf: ElfFile, used: list[int] | None = None) -> Callable[[int], int]:
+    """Reads a pointer at an ELF virtual address (DW_EH_PE_indirect), through the PT_LOAD segments;
+    appends each address read to `used`."""
 
     def deref(vaddr: int) -> int:
+        if used is not None:
+            used.append(vaddr)
         for seg in elf.segments:
             if seg.type == PT_LOAD and seg.vaddr <= vaddr and vaddr + 8 <= seg.vaddr + seg.filesz:
                 elf.f.seek(seg.offset + vaddr - seg.vaddr)
@@ -155,15 +159,17 @@ def _read_at(elf: ElfFile, vaddr: int, limit: int | None) -> tuple[bytes, int]:
     raise UnwindFormatError(f"address {vaddr:#x} is in no loadable segment")
 
 
-def find_cfi(elf: ElfFile) -> list[tuple[CfiSection, str, HdrTable | None]]:
+def find_cfi(elf: ElfFile, used: list[int] | None = None) -> list[tuple[CfiSection, str, HdrTable | None]]:
     """[(section, source name, the .eh_frame_hdr table or None)] of the CFI to use, .eh_frame first; [] for none.
 
     .eh_frame is what the loader keeps and what every unwinder trusts. .debug_frame adds the functions
     .eh_frame does not describe (a program built with -fno-asynchronous-unwind-tables -g still gets
     .eh_frame FDEs for the C runtime's _start, and its own functions only in .debug_frame).
     Without section headers, PT_GNU_EH_FRAME still finds .eh_frame_hdr and through it .eh_frame.
+    `used` collects the addresses of pointers read outside the CFI (DW_EH_PE_indirect; no toolchain
+    here writes them for what the rows depend on).
     """
-    deref = _vaddr_reader(elf)
+    deref = _vaddr_reader(elf, used)
     out: list[tuple[CfiSection, str, HdrTable | None]] = []
     hdr_sec, eh_sec = elf.section(".eh_frame_hdr"), elf.section(".eh_frame")
     hdr: tuple[bytes, int] | None = None
@@ -406,6 +412,33 @@ def cfi_size(elf: ElfFile) -> int | None:
                if (sec := elf.section(name)) is not None)
 
 
+CFI_SECTIONS = (".eh_frame_hdr", ".eh_frame", ".debug_frame")
+
+
+def cfi_digest(elf: ElfFile) -> str | None:
+    """A name for what a build of this file reads, for a binary without a build id (profiler/unwind/cache.py
+    keys those by it): a hash of the ELF header fields, the section and program headers, and the bytes of
+    .eh_frame_hdr, .eh_frame and .debug_frame. Equal digests give equal rows (a build reads nothing else,
+    but for DW_EH_PE_indirect pointers: `find_cfi`'s `used`), so byte-identical copies of one library (a
+    wheel's .so in every virtualenv or image layer that ships it) share one build, and a rebuilt binary
+    whose CFI or layout moved gets another. None without section headers (the CFI is found through
+    PT_GNU_EH_FRAME then: the file's identity keys it) or when the sections cannot be read."""
+    if not elf.sections:
+        return None
+    h = hashlib.sha256(b"podflame-unwind-cfi-v1")
+    h.update(repr((elf.elfclass, elf.endian, elf.e_type, elf.e_machine, elf.sections, elf.segments)).encode())
+    for name in CFI_SECTIONS:
+        sec = elf.section(name)
+        if sec is None:
+            continue
+        try:
+            data = elf.data(sec)
+        except (ElfFormatError, OSError, struct.error, ValueError):
+            return None
+        h.update(struct.pack("<Q", len(data)) + data)
+    return "cfi-" + h.hexdigest()
+
+
 def build_table(path: str | bytes, *, python: bool | None = None) -> UnwindTable:
     """The unwind table of the ELF file at `path`, or of an ELF image given as bytes (the vDSO,
     read from a process's memory: it has no file; identity is None then).
@@ -441,8 +474,9 @@ def _build(path: str | bytes, max_cfi_bytes: int | None, python: bool | None) ->
         build_id = _build_id(elf)
         if elf.elfclass != 64 or elf.e_machine != EM_X86_64:
             return UnwindTable(b"", 0, "none", build_id, identity, reason="not an x86_64 ELF64 binary")
+        used: list[int] = []
         try:
-            found = find_cfi(elf)
+            found = find_cfi(elf, used)
             if not found:
                 return UnwindTable(b"", 0, "none", build_id, identity, reason="no .eh_frame or .debug_frame")
             source = "+".join(name for _, name, _ in found)
@@ -456,4 +490,6 @@ def _build(path: str | bytes, max_cfi_bytes: int | None, python: bool | None) ->
             raise UnwindFormatError(f"{name}: {e}") from e
         except (struct.error, IndexError, ElfFormatError) as e:
             raise UnwindFormatError(f"{name}: malformed CFI ({e})") from e
+    if used:
+        stats["indirect"] = len(used)  # rows that rest on bytes outside the CFI: never keyed by cfi_digest
     return UnwindTable(packed, stats["rows"], source, build_id, identity, stats=stats)

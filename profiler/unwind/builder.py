@@ -9,10 +9,11 @@ and asks a child for the big ones. The child builds, stores each table in the ca
 over a pipe, and exits when idle for `idle_s` or when it holds more than `recycle_mb`: its memory goes
 back to the system, and the next miss starts a new one.
 
-A child start costs 65-140 ms of CPU (an interpreter, numpy's import): a binary new to the host whose
-CFI is small (`agent_cfi_bytes`, 256 KiB: coreutils, ld.so, libffi, bash, libc, libstdc++; ~98% of the
-ELF files of a Debian host) is built in the agent instead, without numpy, in 1-50 ms and under ~2 MB of
-transient heap, where it used to cost a child start for a 2 ms build (docs/benchmarks.md, branch tables6).
+A child start costs 90-150 ms of CPU (an interpreter, more with numpy's import): a binary new to the host
+whose CFI is up to `agent_cfi_bytes` (640 KiB: coreutils, ld.so, bash, libc, libstdc++, and the mid-size ones,
+Debian's python3, libpython, libcrypto, libbcc, numpy's core) is built in the agent instead, without numpy, in
+1-115 ms and a few MB of transient heap, where it used to cost a child start on top of the same build
+(docs/benchmarks.md, branches tables6 and steady10).
 
 Protocol, over a Unix socket pair: a request is one kind byte (b"p": a file; b"i": an ELF image, the
 vDSO) and a u32-length payload (the file's name, for messages; or the image). A file goes as an open
@@ -26,6 +27,7 @@ bytes, or the message).
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -46,15 +48,18 @@ from profiler.unwind.table import UnwindTable
 # processes, their on-demand asks over the next seconds): with 3 s a busy node's first minute started a
 # child (0.15-0.4 s of CPU, more than most builds) every few seconds; an idle child costs memory, no CPU.
 IDLE_S = 20.0
-# CFI (.eh_frame, .eh_frame_hdr, .debug_frame) up to this size is built in the agent: at most ~50 ms of
-# CPU and ~2 MB of heap at its peak (libc: 36 ms, 1.6 MB; +3.2 MB RSS kept after 600 such builds), against a
-# child start's 65-140 ms. libpython (330 KB), Debian's python3 (490 KB), libcrypto, node go to the child:
-# their builds peak at 3-80 MB, which the agent's allocator would keep
-AGENT_CFI_BYTES = 256 << 10
+# CFI (.eh_frame, .eh_frame_hdr, .debug_frame) up to this size is built in the agent, in plain Python: libc
+# 36 ms and 1.6 MB of heap at its peak; Debian's python3 (480 KiB) 96-101 ms, libcrypto (527 KiB) 111 ms,
+# libbcc 57 ms, pyenv's libpython3.12 85-89 ms, +1-4 MB of peak RSS each. Through a child the same binaries
+# cost 152-227 ms (its start, 90-150 ms, then the same build): docs/benchmarks.md "Stop 20 steady10".
+# node (3.3 MB), libjvm (1.8 MB), OpenBLAS (1.6 MB) go to the child: their builds peak at tens of MB (80 for
+# node with numpy), which the agent's allocator would keep
+AGENT_CFI_BYTES = 640 << 10
 RECYCLE_MB = 64  # a child holding more than this after a build exits (node's build leaves ~80 MB)
 BUILD_TIMEOUT_S = 120.0  # libLLVM (1.4M rows) builds in ~1-3 s; a wedged child must not stall the loader
 MAX_PAYLOAD = 256 << 20
 _ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+log = logging.getLogger("podflame.unwind")
 _REQUEST = struct.Struct("<cI")
 _REPLY = struct.Struct("<BQI")
 
@@ -217,6 +222,9 @@ class TableSource:
             theirs.close()
         self._sock = ours
         self.stats["child_starts"] += 1
+        # an interpreter start (65-140 ms of CPU, more with numpy) on top of the builds: said, so that a
+        # reader of the log (bench/agent_overhead.py) can tell what a window's child CPU went to
+        log.info("started the unwind table builder (pid %d)", self._child.pid)
         return self._child, ours
 
     def _forget(self) -> None:

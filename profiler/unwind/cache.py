@@ -2,8 +2,12 @@
 
 Layout: `<root>/unwind/v<FORMAT>/<key[-2:]>/<key>.tbl` beside the symbol cache (root defaults to
 $PODFLAME_SYMBOL_CACHE). The key is the build id (it names exactly one binary, so an entry never
-goes stale), else the file's identity (device, inode, size, mtime_ns): a rebuilt binary without a
-build id gets a new key. An ELF image without a file (the vDSO, read from a process's memory) is keyed
+goes stale), else a hash of what the build reads (build.cfi_digest: the headers and the CFI's bytes), so
+that byte-identical copies of a library without a build id (protobuf's upb module, numpy's OpenBLAS: one
+copy per virtualenv or image layer) share one build, where each copy used to be built and stored on its
+own; a rebuilt binary whose CFI moved gets a new key. A file without section headers, or whose rows rest
+on bytes outside its CFI (indirect pointers), is keyed by its identity (device, inode, size, mtime_ns)
+as before. An ELF image without a file (the vDSO, read from a process's memory) is keyed
 by a hash of its bytes: every agent start used to build it again, and so start a build child for it.
 Entries are written to a temporary name and renamed (a crash leaves no torn file) and carry a checksum:
 an entry that does not verify is rebuilt and rewritten. Not pickles: the agent reads these files as
@@ -21,8 +25,10 @@ import tempfile
 import zlib
 from collections.abc import Callable
 
+from profiler.unwind.build import cfi_digest
 from profiler.unwind.table import ROW_SIZE, UnwindTable, file_identity
-from symbolizer.elf import read_build_id
+from symbolizer.elf import _build_id
+from symbolizer.elffile import ElfFile, ElfFormatError
 
 FORMAT = 2  # 2: CFA_LEAF_REG rows (CFA or return address in a register), before unsupported
 _MAGIC = b"PFUNWIND"
@@ -74,12 +80,23 @@ class TableCache:
         self.stats = {"hits": 0, "built": 0, "corrupt": 0, "evicted": 0, "errors": 0}
 
     def key(self, path: str) -> tuple[str, str | None, tuple[int, int, int, int]]:
-        """(cache key, build id, file identity) of the binary at `path`."""
-        identity = file_identity(os.stat(path))
-        build_id = read_build_id(path)
-        if build_id:
-            return "".join(c for c in build_id.lower() if c in "0123456789abcdef"), build_id, identity
-        return "id-" + "-".join(str(v) for v in identity), None, identity
+        """(cache key, build id, file identity) of the binary at `path`: the build id, else the digest of
+        its CFI (`cfi_digest`), else its identity. Raises OSError when `path` cannot be opened."""
+        with open(path, "rb") as f:
+            identity = file_identity(os.fstat(f.fileno()))
+            try:
+                elf = ElfFile(f)
+                build_id = _build_id(elf)
+                if build_id:
+                    return "".join(c for c in build_id.lower() if c in "0123456789abcdef"), build_id, identity
+                digest = cfi_digest(elf)
+            except (ElfFormatError, struct.error, ValueError):
+                digest = None
+        return digest or self.identity_key(identity), None, identity
+
+    @staticmethod
+    def identity_key(identity: tuple[int, int, int, int]) -> str:
+        return "id-" + "-".join(str(v) for v in identity)
 
     @staticmethod
     def image_key(image: bytes) -> str:
@@ -96,8 +113,13 @@ class TableCache:
         Raises OSError when `path` itself cannot be read."""
         if self.root is None:
             return None
-        key, build_id, identity = self.key(path)
-        return self._read(key, build_id, identity)
+        return self._lookup(*self.key(path))
+
+    def _lookup(self, key: str, build_id: str | None, identity: tuple[int, int, int, int]) -> UnwindTable | None:
+        table = self._read(key, build_id, identity)
+        if table is None and key.startswith("cfi-"):  # stored by identity: its rows rest on indirect pointers
+            table = self._read(self.identity_key(identity), build_id, identity)
+        return table
 
     def lookup_image(self, image: bytes) -> UnwindTable | None:
         """The table stored for this ELF image (`image_key`), or None."""
@@ -129,18 +151,25 @@ class TableCache:
 
     def get(self, path: str) -> UnwindTable:
         """Raises what build_table raises (OSError, UnwindFormatError) for a binary it cannot build."""
-        table = self.lookup(path)
-        if table is not None:
+        keys = self.key(path) if self.root is not None else None
+        if keys is not None and (table := self._lookup(*keys)) is not None:
             return table
         table = self.builder(path)
         self.stats["built"] += 1
-        self.store(path, table)
+        if keys is not None:
+            self._store(keys, table)
         return table
 
     def store(self, path: str, table: UnwindTable) -> None:
         """Keeps `table`, built elsewhere (the agent's own small builds), as the table of the binary at `path`."""
         if self.root is not None:
-            self._write(self._file(self.key(path)[0]), encode(table))
+            self._store(self.key(path), table)
+
+    def _store(self, keys: tuple[str, str | None, tuple[int, int, int, int]], table: UnwindTable) -> None:
+        key, _, identity = keys
+        if key.startswith("cfi-") and table.stats.get("indirect"):
+            key = self.identity_key(identity)  # read bytes the digest does not cover: this file only
+        self._write(self._file(key), encode(table))
 
     def _write(self, path: str, data: bytes) -> None:
         d = os.path.dirname(path)
