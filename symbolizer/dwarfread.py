@@ -413,7 +413,7 @@ class Reader:
                 continue
             if not wanted:
                 continue
-            if kind == _K_INT or kind == _K_ULEB or kind == _K_SLEB:  # udata/sdata: gas's DW_AT_high_pc in DWARF 5
+            if kind in (_K_INT, _K_ULEB, _K_SLEB):  # udata/sdata: gas's DW_AT_high_pc in DWARF 5
                 out[at] = v
             elif kind == _K_REF:
                 out[at] = ("ref", u.offset + v)
