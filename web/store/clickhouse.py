@@ -680,7 +680,7 @@ class ClickHouseStore(Store):
         without; a node's 11.7 against 17.1, and 16.8 against 15.8."""
         t0 = self._live(t0)
         where = self._series_where(selector, None, None)
-        ids, literal = self._ids(selector, None, None)
+        ids, _ = self._ids(selector, None, None)
         parts = []
         for span in _spans(t0, t1):
             parts.append(f"SELECT series, period_ns, {_AGG} FROM {self._t('profiles')} WHERE {ids} AND {span} "
@@ -694,11 +694,8 @@ class ClickHouseStore(Store):
                 f"a.{names[4]} AS fingerprint")
         self._selected = True
         if self._series_local:
-            sql = f"SELECT a.series AS series, a.period_ns AS period_ns, {cols} FROM ({agg}) AS a"
-            if 0 <= literal <= _NAMED_READ_SERIES and self._stack_frames:
-                rows = self._selection_with_sums(sql, ids, t0, t1)
-            else:
-                rows = self.transport.query(sql).to_pylist()
+            rows = self.transport.query(
+                f"SELECT a.series AS series, a.period_ns AS period_ns, {cols} FROM ({agg}) AS a").to_pylist()
             series = self._series(r["series"] for r in rows)
             rows = [r for r in rows if r["series"] in series]  # (as the join: a profile's series row is written first)
             for r in rows:
@@ -720,47 +717,6 @@ class ClickHouseStore(Store):
                     self._series_hash.append(r["series"])
                     self._series_local[r["series"]] = Series(len(self._series_hash) - 1, dict(r["l"]), r["t"], r["u"])
         return rows
-
-    def _selection_with_sums(self, selection: str, ids: str, t0: int, t1: int) -> list[dict]:
-        """The selection's rows AND the sums per (series, period, stack) of the same series over [t0, t1) (t0 already
-        `_live`), in ONE statement; the sums are kept for this thread's `read_merged` of the same request (a flame
-        graph selects, then reads what it selected), which then sends nothing. A server that holds the catalogue
-        and has read stacks before (a replica that has run a while): its pod flame graph is this one statement.
-        Each statement costs a floor on this engine (docs/benchmarks.md "Stop 19 ch9": a MergeTree read 4.5-5 ms of
-        CPU); a second table read in the same statement costs less than that."""
-        sums = " UNION ALL ".join(
-            f"SELECT series, period_ns, stack, sum(value) AS value FROM {self._t(table)} WHERE {ids} AND {col} >= {lo} "
-            f"AND {col} < {hi} GROUP BY series, period_ns, stack" for table, col, lo, hi in _ranges(t0, t1))
-        t = self.transport.query(
-            "SELECT 0 AS part, series, period_ns, toUInt64(0) AS stack, toInt64(lo) AS lo, toInt64(hi) AS hi, "
-            "toInt64(total) AS total, toUInt64(n) AS n, toUInt64(fingerprint) AS fingerprint "
-            f"FROM ({selection}) UNION ALL "
-            f"SELECT 1, series, period_ns, stack, 0, 0, toInt64(value), 0, 0 FROM ({sums})")
-        part = t.column("part").to_numpy()
-        is_sum = part == 1
-        cols = {k: t.column(k).to_numpy()[is_sum] for k in ("series", "period_ns", "stack", "total")}
-        self._recent.sums = ((t0, t1), cols, time.monotonic() + _MEMO_SECONDS)
-        return t.filter(pa.array(~is_sum)).drop_columns(["part", "stack"]).to_pylist()  # type: ignore[no-any-return]
-
-    def _kept_sums(self, profiles: Sequence[StoredProfile]) -> tuple[np.ndarray, np.ndarray] | None:
-        """`read_merged` from the sums this thread's selection read with it (`_selection_with_sums`), when the
-        profiles are of that selection (its window): summed per stack over exactly their (series, period) pairs."""
-        kept = getattr(self._recent, "sums", None)
-        self._recent.sums = None
-        if kept is None or time.monotonic() > kept[2] or not profiles:
-            return None
-        window, cols, _ = kept
-        pairs = set()
-        for p in profiles:
-            w = _window(p)
-            if (w.t0, w.t1) != window:
-                return None
-            pairs.add((w.series, w.period_ns))
-        series, period = cols["series"], cols["period_ns"]
-        keep = np.zeros(series.size, dtype=bool)
-        for s_, per in pairs:
-            keep |= (series == np.uint64(s_)) & (period == per)
-        return group_sum(self._local_stacks(cols["stack"][keep]), cols["total"][keep].astype(np.int64))
 
     def _selection_named(self, agg: str, cols: str) -> list[dict] | None:
         """The aggregate rows with their series' type, unit and labels from the series dictionary (`dictGet`)
@@ -895,9 +851,6 @@ class ClickHouseStore(Store):
         One GROUP BY stack per table read (no per-series level in between: on a cluster-day's rollup rows that
         halved the statement), summed again only when a range reads both raw rows and the rollup."""
         self._check()
-        kept = self._kept_sums(profiles)
-        if kept is not None:
-            return kept
         windows: dict[tuple[int, int], set[tuple[int, int]]] = defaultdict(set)
         for p in profiles:
             w = _window(p)
