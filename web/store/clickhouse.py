@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -106,6 +106,9 @@ class _Window:
     t1: int = field(compare=False)
     n: int = 0
     fingerprint: int = 0
+    # n and fingerprint are of the sample rows read (rollup rows for whole hours, raw rows at the edges:
+    # `typed_select_summed`), not of the profile rows: another domain, never equal to a profile-row handle
+    of_samples: bool = False
 
 
 @dataclass(slots=True)
@@ -251,6 +254,7 @@ class ClickHouseStore(Store):
                         self._dicts = False
         with contextlib.suppress(ClickHouseError):
             self._load_catalogue()
+            self.transport.query(self._grouping_sets("series = 0", -HOUR_NS, 1))  # a flame graph's one read
         with contextlib.suppress(ClickHouseError):  # the CPU chart's and the pod list's one statement
             self._step_sums(0, 1, 1, "0", typed=True)
             self._label_sums(0, 1, ["pod"], "0")
@@ -845,12 +849,97 @@ class ClickHouseStore(Store):
             return Columns(empty, empty, empty)
         return Columns(np.concatenate(prof), np.concatenate(stack), np.concatenate(value))
 
+    def typed_select_summed(self, selector: Selector, t0: int, t1: int, pick: TypePick,
+                            keep: Collection[str] | None = ()) -> tuple[str, str | None, list[StoredProfile]]:
+        """A flame graph's type, refs AND sums from ONE read of each table (`GROUPING SETS`: the sums per (series,
+        period, stack) and per (series, period) in the same pass), where the selection (`profiles`) and the sums
+        (`samples_1h`, `samples`) read two: on chDB a pod's hour 6.2 against 6.1 + 5.1 ms of CPU (docs/benchmarks.md
+        "Stop 20 ch10"). For a selector the series catalogue resolves to at most `_NAMED_READ_SERIES` series and
+        `keep=()` (the refs' labels are not read): the types come from the catalogue, the refs' count and
+        fingerprint are of the sample rows read (`_Window.of_samples`), their start and end of the hours they cover
+        (whole hours) or the profiles (edges), and the sums are kept for this thread's `read_merged`, which then
+        sends nothing (a fresh server names the stacks through the dictionaries in one more statement). Otherwise
+        `picked_type` then `select_summed`, as before."""
+        self._check()
+        cond, n = self._ids(selector, None, None) if keep is not None and not keep else ("", -1)
+        if not 0 <= n <= _NAMED_READ_SERIES:
+            return super().typed_select_summed(selector, t0, t1, pick, keep)
+        self._selected = True
+        live = self._live(t0)
+        t = self.transport.query(self._grouping_sets(cond, live, t1))
+        g = t.column("g").to_numpy() != 0
+        per = {k: t.column(k).to_numpy()[g].tolist() for k in ("series", "period_ns", "lo", "hi", "v", "n", "fp")}
+        agg: dict[tuple[int, int], list[int]] = {}
+        for s_, p_, lo_, hi_, v_, n_, fp_ in zip(*per.values(), strict=True):
+            a = agg.get((s_, p_))
+            if a is None:
+                agg[(s_, p_)] = [max(lo_, live), min(hi_, t1), v_, n_, fp_]
+            else:
+                a[0], a[1] = min(a[0], max(lo_, live)), max(a[1], min(hi_, t1))
+                a[2], a[3], a[4] = a[2] + v_, a[3] + n_, (a[4] + fp_) & 0xFFFFFFFFFFFFFFFF
+        series = self._series({s_ for s_, _ in agg})
+        present = sorted({(series[s_].sample_type, series[s_].unit) for s_, _ in agg if s_ in series})
+        if not present:
+            sample_type, unit = pick(self.types(t0, t1))
+            return sample_type, unit, []
+        sample_type, unit_ = pick(present)
+        refs = [StoredProfile(series[s_], a[0], a[1] - a[0], p_, a[2],
+                              _Window(s_, p_, live, t1, a[3], a[4], of_samples=True))
+                for (s_, p_), a in agg.items()
+                if s_ in series and series[s_].sample_type == sample_type and series[s_].unit == unit_]
+        refs.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
+        cols = {k: t.column(k).to_numpy()[~g] for k in ("series", "period_ns", "stack", "v")}
+        self._recent.sums = ((live, t1), cols, time.monotonic() + _MEMO_SECONDS)
+        return sample_type, unit_, refs
+
+    def _grouping_sets(self, cond: str, t0: int, t1: int) -> str:
+        """Per table of [t0, t1) (`_ranges`), rows of the series matching `cond`: per (series, period, stack) and per
+        (series, period) (g = 1: stack 0) their first and end time (lo, hi), sum (v), row count (n) and a wrapping sum
+        of the rows' hashes (fp)."""
+        parts = []
+        for table, col, lo, hi in _ranges(t0, t1):
+            end = f"max({col}) + {HOUR_NS}" if table == "samples_1h" else "max(start_ns + duration_ns)"
+            parts.append(f"SELECT series, period_ns, stack, min({col}) AS lo, {end} AS hi, sum(value) AS v, "
+                         f"count() AS n, sum(cityHash64({col}, stack, value)) AS fp, grouping(stack) AS g "
+                         f"FROM {self._t(table)} WHERE {cond} AND {col} >= {int(lo)} AND {col} < {int(hi)} "
+                         "GROUP BY GROUPING SETS ((series, period_ns, stack), (series, period_ns))")
+        return " UNION ALL ".join(parts)
+
+    def _kept_sums(self, profiles: Sequence[StoredProfile]) -> tuple[np.ndarray, np.ndarray] | None:
+        """`read_merged` from the sums this thread's `typed_select_summed` read, when the profiles are of its window:
+        summed per stack over exactly their (series, period) pairs. A server that has read no stack yet names them
+        through the dictionaries (`_read_named` over these ids: no table read), as its sums statement would have."""
+        kept = getattr(self._recent, "sums", None)
+        self._recent.sums = None
+        if kept is None or time.monotonic() > kept[2] or not profiles:
+            return None
+        window, cols, _ = kept
+        pairs = set()
+        for p in profiles:
+            w = _window(p)
+            if (w.t0, w.t1) != window:
+                return None
+            pairs.add((w.series, w.period_ns))
+        series, period = cols["series"], cols["period_ns"]
+        keep = np.zeros(series.size, dtype=bool)
+        for s_, per in pairs:
+            keep |= (series == np.uint64(s_)) & (period == per)
+        stacks = cols["stack"][keep]
+        if self._dicts and not self._stack_frames and stacks.size:
+            distinct = np.unique(stacks)
+            self._read_named(f"SELECT arrayJoin(CAST([{_ints(distinct.tolist())}], 'Array(UInt64)')) AS stack, "
+                             "toInt64(0) AS value")
+        return group_sum(self._local_stacks(stacks), cols["v"][keep].astype(np.int64))
+
     def read_merged(self, profiles: Sequence[StoredProfile]) -> tuple[np.ndarray, np.ndarray]:
         """The merge pushed down: ClickHouse sums per stack over every (series, period) of the profiles (exactly
         those pairs), so a cluster's range comes back as its distinct stacks, not a row per series and stack.
         One GROUP BY stack per table read (no per-series level in between: on a cluster-day's rollup rows that
         halved the statement), summed again only when a range reads both raw rows and the rollup."""
         self._check()
+        kept = self._kept_sums(profiles)
+        if kept is not None:
+            return kept
         windows: dict[tuple[int, int], set[tuple[int, int]]] = defaultdict(set)
         for p in profiles:
             w = _window(p)
