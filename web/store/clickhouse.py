@@ -866,7 +866,11 @@ class ClickHouseStore(Store):
             return super().typed_select_summed(selector, t0, t1, pick, keep)
         self._selected = True
         live = self._live(t0)
-        t = self.transport.query(self._grouping_sets(cond, live, t1))
+        # Matched series all of one type and unit (the catalogue says): the sums per stack alone, which is what the
+        # read of every ref sums (a node's 200 series x 14k stacks per series would come back otherwise)
+        local = self._series_local
+        one = len({(local[h].sample_type, local[h].unit) for h in self._matching(selector, None, None)}) <= 1
+        t = self.transport.query(self._grouping_sets(cond, live, t1, per_series=not one))
         g = t.column("g").to_numpy() != 0
         per = {k: t.column(k).to_numpy()[g].tolist() for k in ("series", "period_ns", "lo", "hi", "v", "n", "fp")}
         agg: dict[tuple[int, int], list[int]] = {}
@@ -889,20 +893,24 @@ class ClickHouseStore(Store):
                 if s_ in series and series[s_].sample_type == sample_type and series[s_].unit == unit_]
         refs.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
         cols = {k: t.column(k).to_numpy()[~g] for k in ("series", "period_ns", "stack", "v")}
-        self._recent.sums = ((live, t1), cols, time.monotonic() + _MEMO_SECONDS)
+        # per stack alone: good for a read of exactly every pair read (a series the catalogue had not met, of
+        # another type, through the statement's `added` condition: not good, the read sends its own statement)
+        every = None if not one else {(s_, p_) for s_, p_ in agg} if len(refs) == len(agg) else set()
+        self._recent.sums = ((live, t1), cols, time.monotonic() + _MEMO_SECONDS, every)
         return sample_type, unit_, refs
 
-    def _grouping_sets(self, cond: str, t0: int, t1: int) -> str:
-        """Per table of [t0, t1) (`_ranges`), rows of the series matching `cond`: per (series, period, stack) and per
-        (series, period) (g = 1: stack 0) their first and end time (lo, hi), sum (v), row count (n) and a wrapping sum
-        of the rows' hashes (fp)."""
+    def _grouping_sets(self, cond: str, t0: int, t1: int, per_series: bool = True) -> str:
+        """Per table of [t0, t1) (`_ranges`), rows of the series matching `cond`: per (series, period, stack), or with
+        `per_series` False per stack alone (series and period 0), and per (series, period) (g = 1: stack 0) their
+        first and end time (lo, hi), sum (v), row count (n) and a wrapping sum of the rows' hashes (fp)."""
+        sums = "(series, period_ns, stack)" if per_series else "(stack)"
         parts = []
         for table, col, lo, hi in _ranges(t0, t1):
             end = f"max({col}) + {HOUR_NS}" if table == "samples_1h" else "max(start_ns + duration_ns)"
             parts.append(f"SELECT series, period_ns, stack, min({col}) AS lo, {end} AS hi, sum(value) AS v, "
                          f"count() AS n, sum(cityHash64({col}, stack, value)) AS fp, grouping(stack) AS g "
                          f"FROM {self._t(table)} WHERE {cond} AND {col} >= {int(lo)} AND {col} < {int(hi)} "
-                         "GROUP BY GROUPING SETS ((series, period_ns, stack), (series, period_ns))")
+                         f"GROUP BY GROUPING SETS ({sums}, (series, period_ns))")
         return " UNION ALL ".join(parts)
 
     def _kept_sums(self, profiles: Sequence[StoredProfile]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -913,17 +921,22 @@ class ClickHouseStore(Store):
         self._recent.sums = None
         if kept is None or time.monotonic() > kept[2] or not profiles:
             return None
-        window, cols, _ = kept
+        window, cols, _, every = kept
         pairs = set()
         for p in profiles:
             w = _window(p)
             if (w.t0, w.t1) != window:
                 return None
             pairs.add((w.series, w.period_ns))
-        series, period = cols["series"], cols["period_ns"]
-        keep = np.zeros(series.size, dtype=bool)
-        for s_, per in pairs:
-            keep |= (series == np.uint64(s_)) & (period == per)
+        if every is not None:  # summed per stack over every pair read
+            if pairs != every:
+                return None
+            keep = np.ones(cols["stack"].size, dtype=bool)
+        else:
+            series, period = cols["series"], cols["period_ns"]
+            keep = np.zeros(series.size, dtype=bool)
+            for s_, per in pairs:
+                keep |= (series == np.uint64(s_)) & (period == per)
         stacks = cols["stack"][keep]
         if self._dicts and not self._stack_frames and stacks.size:
             distinct = np.unique(stacks)
