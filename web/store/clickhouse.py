@@ -139,6 +139,10 @@ _AGG = ("min(start_ns) AS lo, max(start_ns + duration_ns) AS hi, sum(total) AS s
 # a node's day costs 268-336 ms against 307-382 through the tables; with every key a miss (a ClickHouse just started)
 # 470-560 against 330-430, once per key. A cluster's thousands of series stay on the tables.
 _NAMED_READ_SERIES = 512
+# A flame graph of up to this many series (a pod, a deployment) is one read of each table (`typed_select_summed`); a
+# node's (200 series) was slower so on a running server (its 15 minutes of raw rows hashed for the refs: 223-274
+# against 173-183 ms of CPU), and keeps the selection and the read.
+_ONE_READ_SERIES = 64
 _LOGIN_REFUSED = "Code: 516."  # AUTHENTICATION_FAILED: a dictionary's source could not log in
 _MEMO_SECONDS = 2.0  # how long `types`' selection may serve the `select` that follows it in a request
 # The series catalogue a server holds (`_load_catalogue`): series are content-addressed and never change, and the
@@ -854,7 +858,7 @@ class ClickHouseStore(Store):
         """A flame graph's type, refs AND sums from ONE read of each table (`GROUPING SETS`: the sums per (series,
         period, stack) and per (series, period) in the same pass), where the selection (`profiles`) and the sums
         (`samples_1h`, `samples`) read two: on chDB a pod's hour 6.2 against 6.1 + 5.1 ms of CPU (docs/benchmarks.md
-        "Stop 20 ch10"). For a selector the series catalogue resolves to at most `_NAMED_READ_SERIES` series and
+        "Stop 20 ch10"). For a selector the series catalogue resolves to at most `_ONE_READ_SERIES` series and
         `keep=()` (the refs' labels are not read): the types come from the catalogue, the refs' count and
         fingerprint are of the sample rows read (`_Window.of_samples`), their start and end of the hours they cover
         (whole hours) or the profiles (edges), and the sums are kept for this thread's `read_merged`, which then
@@ -862,7 +866,7 @@ class ClickHouseStore(Store):
         `picked_type` then `select_summed`, as before."""
         self._check()
         cond, n = self._ids(selector, None, None) if keep is not None and not keep else ("", -1)
-        if not 0 <= n <= _NAMED_READ_SERIES:
+        if not 0 <= n <= _ONE_READ_SERIES:
             return super().typed_select_summed(selector, t0, t1, pick, keep)
         self._selected = True
         live = self._live(t0)
