@@ -72,6 +72,33 @@ def run_case(backend: str, dsn: str | None, data: Path, path: str, params: dict[
         store.close()
 
 
+def replica_case(dsn: str | None, data: Path, path: str, params: dict[str, str], runs: int) -> dict[str, Any]:
+    """One query on a server that has run a while: one store object (a replica's process) answers it once, then
+    `runs` more times, each through a fresh app (no kept flame graph: the answer is made again, as after new
+    data), so the store's own caches (ClickHouse: the series catalogue, stacks, frames and names; SQLite: its
+    series index and pages) are what a running server has. The median CPU of those `runs` (this process' every
+    thread, chDB's engine included)."""
+    from web.server.app import create_app
+    from web.store.dsn import open_store
+
+    store = open_store(dsn, data)
+    try:
+        c = create_app({"DATA_DIR": str(data), "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client()
+        assert c.get(path, query_string=params).status_code == 200
+        cpu = []
+        for _ in range(runs):
+            c = create_app({"DATA_DIR": str(data), "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client()
+            t = time.process_time()
+            r = c.get(path, query_string=params)
+            cpu.append(time.process_time() - t)
+            assert r.status_code == 200, r.data[:300]
+        body = r.get_json(silent=True) or {}
+        return {"cpu_ms": [round(x * 1000, 2) for x in cpu], "median_cpu_ms": round(statistics.median(cpu) * 1000, 2),
+                **({"total": body["total"]} if "total" in body else {})}
+    finally:
+        store.close()
+
+
 def _time_requests(c: Any, path: str, params: dict[str, str], runs: int, server_pid: int | None = None
                    ) -> dict[str, Any]:
     """`runs` requests: the first's wall and CPU time (this process' every thread, chDB's engine too when it is
@@ -105,10 +132,11 @@ def _compare(name: str, row: dict[str, Any], what: str) -> dict[str, Any]:
     return row
 
 
-def queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: int, pod: str, hours: float, runs: int
-            ) -> dict[str, dict[str, Any]]:
+def queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: int, pod: str, hours: float, runs: int,
+            replica_runs: int = 0) -> dict[str, dict[str, Any]]:
     """bench/store.py's queries, each on both backends back to back (so load drifts hit both alike), with
-    the ratios ClickHouse / SQLite of the cold and the warm time."""
+    the ratios ClickHouse / SQLite of the cold and the warm time; with `replica_runs`, also as a server that has
+    run a while answers them (`replica_case`), the ratio of the median CPU."""
     from web.store.dsn import open_store
 
     out: dict[str, dict[str, Any]] = {}
@@ -129,6 +157,13 @@ def queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: int, pod:
     for name, path, params in query_cases(start, end, pod, hours):
         out[name] = _compare(name, {b: run_case(b, dsn, data, path, params, runs) for b, (dsn, data) in dsns.items()},
                              "")
+        if replica_runs:
+            rep = {b: replica_case(dsn, data, path, params, replica_runs) for b, (dsn, data) in dsns.items()}
+            if "total" in rep["sqlite"]:
+                assert rep["sqlite"]["total"] == rep["clickhouse"]["total"], (name, rep)
+            rep["ratio_cpu"] = round(rep["clickhouse"]["median_cpu_ms"] / max(rep["sqlite"]["median_cpu_ms"], 1e-3), 2)
+            out[name]["replica"] = rep
+            log(f"replica {name}: {rep}")
     server.close()
     return out
 
@@ -453,6 +488,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--query-repeat", type=int, default=1,
                     help="rounds of the in-process queries (each on fresh store objects): per query the median and "
                          "min-max of the CPU ratio")
+    ap.add_argument("--replica-runs", type=int, default=0,
+                    help="in-process queries: also as a server that has run a while (one store object per case, a "
+                         "fresh app per request so no kept answer): this many requests, their median CPU")
     ap.add_argument("--keep-dictionaries", action="store_true",
                     help="deployed queries: keep ClickHouse's dictionaries between queries (a server that has served "
                          "these stacks before); by default they are reloaded (empty) with the other caches")
@@ -517,12 +555,18 @@ def main(argv: list[str] | None = None) -> None:
 
 def _ratio_spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One query's rounds: each round's CPU ratio ClickHouse / SQLite of the cold request, their median and
-    min-max, and each backend's median cold CPU in ms."""
+    min-max, and each backend's median cold CPU in ms; the same of the running server's ratio (`replica_case`)."""
     ratios = [r["ratio_cold_cpu"] for r in rows]
-    return {"ratio_cold_cpu": ratios, "median": round(statistics.median(ratios), 2),
-            "min_max": [min(ratios), max(ratios)],
-            **{f"{b}_cold_cpu_ms": round(statistics.median(r[b]["cold_cpu_s"] for r in rows) * 1000, 1)
-               for b in ("sqlite", "clickhouse")}}
+    out = {"ratio_cold_cpu": ratios, "median": round(statistics.median(ratios), 2),
+           "min_max": [min(ratios), max(ratios)],
+           **{f"{b}_cold_cpu_ms": round(statistics.median(r[b]["cold_cpu_s"] for r in rows) * 1000, 1)
+              for b in ("sqlite", "clickhouse")}}
+    if all("replica" in r for r in rows):
+        rr = [r["replica"]["ratio_cpu"] for r in rows]
+        out["replica"] = {"ratio_cpu": rr, "median": round(statistics.median(rr), 2), "min_max": [min(rr), max(rr)],
+                          **{f"{b}_cpu_ms": round(statistics.median(r["replica"][b]["median_cpu_ms"] for r in rows), 1)
+                             for b in ("sqlite", "clickhouse")}}
+    return out
 
 
 def _queries(result: dict[str, Any], dsns: dict[str, tuple[str | None, Path]], args: argparse.Namespace,
@@ -535,9 +579,9 @@ def _queries(result: dict[str, Any], dsns: dict[str, tuple[str | None, Path]], a
         "bytes_per_sample": round(ch["bytes_per_sample"] / sq["bytes_per_sample"], 3),
         "ingest_rate": round(ch["pod_profiles_per_s"] / sq["pod_profiles_per_s"], 3)}
     pod = make_node(args.pods, stacks_per_pod=args.stacks)[args.pods // 2].labels["pod"]
-    result["queries"] = queries(dsns, start, end, pod, args.hours, args.runs)
+    result["queries"] = queries(dsns, start, end, pod, args.hours, args.runs, args.replica_runs)
     if args.query_repeat > 1:  # the same round again (fresh store objects, the same engine): median and spread
-        rounds = [result["queries"]] + [queries(dsns, start, end, pod, args.hours, args.runs)
+        rounds = [result["queries"]] + [queries(dsns, start, end, pod, args.hours, args.runs, args.replica_runs)
                                         for _ in range(args.query_repeat - 1)]
         result["queries_repeats"] = {name: _ratio_spread([r[name] for r in rounds]) for name in rounds[0]}
         for name, row in result["queries_repeats"].items():

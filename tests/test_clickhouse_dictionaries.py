@@ -66,9 +66,12 @@ def test_a_fresh_servers_pod_flame_graph_is_two_statements_with_the_table_paths_
     try:
         got = answer(store, tmp_path)
         assert got["total"] == total([p for p in ps if p.labels["pod"] == "p0"])
-        # before schema 3: five (selection, sums, stacks, frames, names and mappings)
-        assert len(sent) == 2, sent
-        assert "series_dict" in sent[0] and "stacks_dict" in sent[1] and "functions_dict" in sent[1]
+        # before schema 3: five (selection, sums, stacks, frames, names and mappings); since schema 4 the selection
+        # and the sums are one read of each table (grouping sets) that names the pod's series by id from the catalogue
+        # the server read at its start (no labels in the statement), then the names through the dictionaries alone
+        assert len(sent) == 2 and "GROUPING SETS" in sent[0], sent
+        assert "series_dict" not in sent[0] and f"{store.layout.database}.series " not in sent[0]
+        assert "stacks_dict" in sent[1] and "functions_dict" in sent[1]
         assert not any(f"{store.layout.database}.stacks " in sql or "FROM " + store.layout.database + ".frames "
                        in sql for sql in sent)
         assert {f"fn{i}" for i in range(len(FRAMES))} & set(got["names"])
@@ -80,7 +83,8 @@ def test_a_fresh_servers_pod_flame_graph_is_two_statements_with_the_table_paths_
     sent = counted(tables)
     try:
         assert answer(tables, tmp_path) == got
-        assert len(sent) == 5 and not any("dictGet" in sql for sql in sent)
+        # the selection and the sums in one read (grouping sets), then stacks, frames, names and mappings
+        assert len(sent) == 4 and not any("dictGet" in sql for sql in sent) and "GROUPING SETS" in sent[0]
     finally:
         tables.close()
 
@@ -100,7 +104,7 @@ def test_a_version_2_database_gets_its_dictionaries_at_start_and_old_data_reads_
     assert isinstance(store, ClickHouseStore)
     try:
         version = store.transport.query(f"SELECT max(version) AS v FROM {db}.schema_version")
-        assert version.column("v").to_pylist() == [SCHEMA_VERSION] == [3]
+        assert version.column("v").to_pylist() == [SCHEMA_VERSION] == [4]
         made = store.transport.query(f"SELECT name FROM system.dictionaries WHERE database = '{db}'")
         assert sorted(made.column("name").to_pylist()) == sorted(DICTIONARIES)
         sent = counted(store)
@@ -135,6 +139,10 @@ def test_keys_a_dictionary_does_not_have_are_read_from_the_tables(tmp_path: Path
         assert any("stacks_dict" in sql for sql in sent)  # tried, then the tables
         assert any(f"FROM {db}.stacks " in sql for sql in sent) and any(f"FROM {db}.frames " in sql for sql in sent)
         assert store._dicts  # a miss is not a refusal: the next read tries the dictionaries again
+        sent.clear()
+        assert chart_and_list(store, tmp_path) == want_sums  # the catalogue names the series: no dictionary
+        assert not any("series_dict" in sql for sql in sent)
+        store._cat_on = False  # a server without the catalogue (more series than it holds)
         sent.clear()
         assert chart_and_list(store, tmp_path) == want_sums
         assert sum(want_sums[0]["values"]) == want_sums[1]["total"] == total(ps)

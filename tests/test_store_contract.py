@@ -113,6 +113,31 @@ def mixed(hours: float = 2.5) -> list[Profile]:
     return out
 
 
+def test_flame_graphs_are_exact_per_type_over_periods_labels_and_ragged_ranges(
+        tmp_path: Path, make_store: Callable[[Path], Store]) -> None:
+    """A flame graph's merge (ClickHouse: the refs and the sums from one read of each table, per stack alone when the
+    selector's series are of one type, per series when of several) sums exactly the profiles of the type shown."""
+    store = make_store(tmp_path)
+    profiles = mixed()
+    put(store, profiles)
+    for selector, sel in (("{}", lambda p: True), ('{pod="p2"}', lambda p: p.labels["pod"] == "p2"),
+                          ('{pod=~"p[12]"}', lambda p: p.labels["pod"] in ("p1", "p2")),
+                          ('{ns=""}', lambda p: "ns" not in p.labels)):
+        for t0, t1 in ((T0, T0 + 2 * H), (T0 + 7 * 60 * S, T0 + H + 23 * 60 * S), (T0 + 5 * 60 * S, T0 + 9 * 60 * S)):
+            for sample_type in (None, "cpu"):
+                m = merged(store, Query(parse_selector(selector), t0, t1, sample_type))
+                want: Counter = Counter()
+                for p in profiles:
+                    if sel(p) and t0 <= p.start_ns < t1 and p.sample_type == m.sample_type:
+                        want.update(p.samples)
+                stacks = store.stacks(m.stack_ids.tolist())
+                have: Counter = Counter()
+                for sid, v in zip(m.stack_ids.tolist(), m.values.tolist(), strict=True):
+                    have[stacks[sid]] += v
+                assert have == want and (sample_type is None or m.sample_type == sample_type), (selector, t0, t1)
+                assert sum(r.total for r in m.refs) == sum(want.values())
+
+
 def test_step_totals_and_label_totals_are_exact_per_type_period_and_label(
         tmp_path: Path, make_store: Callable[[Path], Store]) -> None:
     """The CPU chart's and the pod list's sums, which each backend computes in its engine (`step_totals`,

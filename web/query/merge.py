@@ -71,9 +71,11 @@ def type_pick(q: Query) -> TypePick:
 def select(store: Store, q: Query, keep: Collection[str] | None = None) -> tuple[str, str, list[StoredProfile]]:
     """The type to show and the refs in range; `keep`: the only labels the caller reads from the refs (() for a
     merge), so a store may answer with refs summing several series (`Store.select_summed`); None: all labels."""
-    sample_type, unit = resolve_type(store, q)
-    refs = (store.select(q.selector, q.t0, q.t1, sample_type, unit) if keep is None
-            else store.select_summed(q.selector, q.t0, q.t1, sample_type, unit, keep=keep))
+    if keep is None:
+        sample_type, unit = resolve_type(store, q)
+        refs = store.select(q.selector, q.t0, q.t1, sample_type, unit)
+    else:
+        sample_type, unit, refs = store.typed_select_summed(q.selector, q.t0, q.t1, type_pick(q), keep)
     return sample_type, unit or (refs[0].series.unit if refs else "count"), refs
 
 

@@ -210,6 +210,14 @@ class Store(ABC):
         sample_type, unit = self.picked_type(selector, t0, t1, pick)
         return sample_type, unit, self.step_totals(selector, t0, t1, step_ns, sample_type, unit)
 
+    def typed_select_summed(self, selector: Selector, t0: int, t1: int, pick: TypePick,
+                            keep: Collection[str] | None = ()) -> tuple[str, str | None, list[StoredProfile]]:
+        """The type `pick` chooses (`picked_type`) and its `select_summed`: what a flame graph asks before it reads the
+        refs' samples. This default asks `types` first; a backend where each statement has a cost floor may answer
+        both, and have the samples ready for the `read_merged` that follows, from one statement."""
+        sample_type, unit = self.picked_type(selector, t0, t1, pick)
+        return sample_type, unit, self.select_summed(selector, t0, t1, sample_type, unit, keep=keep)
+
     def typed_totals_by(self, selector: Selector, t0: int, t1: int, by: Sequence[str] | None, pick: TypePick
                         ) -> tuple[str, str | None, list[LabelTotals]]:
         """The type `pick` chooses (`picked_type`) and its `totals_by`: what the pod list asks; as `typed_step_totals`,

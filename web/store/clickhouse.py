@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -106,6 +106,9 @@ class _Window:
     t1: int = field(compare=False)
     n: int = 0
     fingerprint: int = 0
+    # n and fingerprint are of the sample rows read (rollup rows for whole hours, raw rows at the edges:
+    # `typed_select_summed`), not of the profile rows: another domain, never equal to a profile-row handle
+    of_samples: bool = False
 
 
 @dataclass(slots=True)
@@ -136,8 +139,22 @@ _AGG = ("min(start_ns) AS lo, max(start_ns + duration_ns) AS hi, sum(total) AS s
 # a node's day costs 268-336 ms against 307-382 through the tables; with every key a miss (a ClickHouse just started)
 # 470-560 against 330-430, once per key. A cluster's thousands of series stay on the tables.
 _NAMED_READ_SERIES = 512
+# A flame graph of up to this many series (a pod, a deployment) is one read of each table (`typed_select_summed`); a
+# node's (200 series) was slower so on a running server (its 15 minutes of raw rows hashed for the refs: 223-274
+# against 173-183 ms of CPU), and keeps the selection and the read.
+_ONE_READ_SERIES = 64
 _LOGIN_REFUSED = "Code: 516."  # AUTHENTICATION_FAILED: a dictionary's source could not log in
 _MEMO_SECONDS = 2.0  # how long `types`' selection may serve the `select` that follows it in a request
+# The series catalogue a server holds (`_load_catalogue`): series are content-addressed and never change, and the
+# table only grows, so a server reads it once and then only the rows added since (`series.added`, schema 4). With it
+# a selector is resolved in Python and the statements name the series by literal ids: no subquery over `series` and
+# no `dictGet` of labels in the statement (each a part of the per-statement cost on this engine).
+_CATALOGUE_LIMIT = 200_000  # series held at most; past it selectors resolve in ClickHouse again, as before
+_CATALOGUE_IDS = 2_000  # a selector matching up to this many series names them as literals; more: the subquery
+# Rows `added` this long before the last look are read again: clock skew between the servers that write them and
+# inserts in flight. A row written by a server whose clock is further behind is missed until a restart (a limit).
+_CATALOGUE_SLACK_NS = 300 * 10**9
+_CATALOGUE_SECONDS = 60.0  # writers elsewhere: how often the catalogue reads the rows added since (see `_ids`)
 
 
 class ClickHouseStore(Store):
@@ -160,6 +177,12 @@ class ClickHouseStore(Store):
         self._frame_hash: list[int] = []
         self._series_local: dict[int, Series] = {}  # hash -> Series (id: dense local)
         self._series_hash: list[int] = []
+        # The series catalogue (`_load_catalogue`): `_series_local` holds every series added before `_cat_since`.
+        self._cat_on = False
+        self._cat_since = 0
+        self._cat_mark: int | None = None  # every writer here (chDB): the series table's write count at the last look
+        self._cat_at = 0.0  # monotonic time of the last look
+        self._cat_match: dict[tuple, tuple[int, list[int]]] = {}  # (selector, type, unit) -> (series scanned, hashes)
         self._frame_rows: dict[int, _FrameRow] = {}  # local frame id -> its rows (immutable)
         self._stack_frames: dict[int, np.ndarray] = {}  # local stack id -> local frame ids (immutable rows)
         self._frame_obj: dict[int, Frame] = {}  # local frame id -> Frame (immutable rows)
@@ -233,6 +256,9 @@ class ClickHouseStore(Store):
                         self.transport.query(stmt)
                     except ClickHouseError:
                         self._dicts = False
+        with contextlib.suppress(ClickHouseError):
+            self._load_catalogue()
+            self.transport.query(self._grouping_sets("series = 0", -HOUR_NS, 1))  # a flame graph's one read
         with contextlib.suppress(ClickHouseError):  # the CPU chart's and the pod list's one statement
             self._step_sums(0, 1, 1, "0", typed=True)
             self._label_sums(0, 1, ["pod"], "0")
@@ -516,7 +542,8 @@ class ClickHouseStore(Store):
             ins(self._t("series"), pa.table({
                 "id": pa.array(list(series), pa.uint64()),
                 "sample_type": [v[0] for v in series.values()], "unit": [v[1] for v in series.values()],
-                "labels": pa.array([v[2] for v in series.values()], pa.map_(pa.string(), pa.string()))}), {})
+                "labels": pa.array([v[2] for v in series.values()], pa.map_(pa.string(), pa.string())),
+                "added": pa.array(np.full(len(series), time.time_ns(), np.int64))}), {})
 
     # -- series --------------------------------------------------------------------------------
 
@@ -549,6 +576,84 @@ class ClickHouseStore(Store):
         reads from the table: a profile without one is left out either way."""
         return "1" if where == "1" else f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
 
+    def _keep_series(self, rows: Iterable[dict]) -> None:
+        """Series rows (id, t, u, l) into this process' cache (caller holds the lock)."""
+        for r in rows:
+            if r["id"] not in self._series_local:
+                self._series_hash.append(r["id"])
+                self._series_local[r["id"]] = Series(len(self._series_hash) - 1, dict(r["l"]), r["t"], r["u"])
+
+    def _load_catalogue(self) -> None:
+        """Hold every series (at a server's start: one statement), unless there are more than `_CATALOGUE_LIMIT`."""
+        self._read_catalogue(None)
+
+    def _read_catalogue(self, since: int | None) -> None:
+        """Read the series added since `since` (None: all) into the catalogue; past the limit, stop using it."""
+        now = time.time_ns()
+        mark = self.transport.table_writes(self._t("series"))  # before the read: a write after it is seen next time
+        cond = "" if since is None else f"WHERE added >= {int(since)} "
+        rows = self.transport.query(
+            f"SELECT id, any(sample_type) AS t, any(unit) AS u, any(labels) AS l FROM {self._t('series')} {cond}"
+            f"GROUP BY id LIMIT {_CATALOGUE_LIMIT + 1}").to_pylist()
+        with self._lock:
+            self._keep_series(rows)
+            self._cat_on = len(rows) <= _CATALOGUE_LIMIT and len(self._series_local) <= _CATALOGUE_LIMIT
+            self._cat_since, self._cat_mark, self._cat_at = now - _CATALOGUE_SLACK_NS, mark, time.monotonic()
+
+    def _catalogue(self) -> str | None:
+        """None when the catalogue cannot resolve selectors; else a condition to OR with its literal ids ("" when it
+        is known to hold every series). Every writer in this process (chDB): the catalogue reads the rows added since
+        its last look when the series table was written since, so it holds every series. Writers elsewhere (other
+        servers on a ClickHouse server): the statements also take the series added since the last look by the
+        selector in SQL (`added` has a min-max index: the recent granules only), and every `_CATALOGUE_SECONDS`
+        the catalogue reads them, so that condition stays small."""
+        if not self._cat_on:
+            return None
+        mark = self.transport.table_writes(self._t("series"))
+        if mark is not None:
+            if mark != self._cat_mark:
+                self._read_catalogue(self._cat_since)
+            return "" if self._cat_on else None
+        if time.monotonic() - self._cat_at > _CATALOGUE_SECONDS:
+            self._read_catalogue(self._cat_since)
+        return f"added >= {int(self._cat_since)}" if self._cat_on else None
+
+    def _matching(self, selector: Selector | None, sample_type: str | None, unit: str | None) -> list[int]:
+        """Hashes of the held series the selector (and type, unit) matches; kept per selector and extended with the
+        series met since (the cache only grows)."""
+        key = (selector, sample_type, unit)
+        with self._lock:
+            done, ids = self._cat_match.get(key, (0, []))
+            hashes = self._series_hash
+            if done < len(hashes):
+                local = self._series_local
+                new = [h for h in hashes[done:] if (sample_type is None or local[h].sample_type == sample_type)
+                       and (unit is None or local[h].unit == unit)
+                       and (selector is None or selector.matches(local[h].labels))]
+                ids = ids + new
+                if len(self._cat_match) > 256:
+                    self._cat_match.clear()
+                self._cat_match[key] = (len(hashes), ids)
+        return ids
+
+    def _ids(self, selector: Selector | None, sample_type: str | None, unit: str | None) -> tuple[str, int]:
+        """The condition on `series` of the rows of a series-keyed table for the series matching, and how many series
+        it names by literal ids from the catalogue (-1: none, the condition is SQL over `series`; with every series
+        matching ({}) no condition at all)."""
+        where = self._series_where(selector, sample_type, unit)
+        if where == "1":
+            return "1", -1
+        extra = self._catalogue()
+        if extra is None:
+            return self._series_in(where), -1
+        ids = self._matching(selector, sample_type, unit)
+        if len(ids) > _CATALOGUE_IDS:
+            return self._series_in(where), -1
+        cond = f"series IN ({_ints(ids)})" if ids else "0"
+        if extra:
+            cond = f"({cond} OR series {self._in} (SELECT id FROM {self._t('series')} WHERE {extra} AND {where}))"
+        return cond, len(ids)
+
     def _series(self, hashes: Iterable[int]) -> dict[int, Series]:
         """Series by hash id, from this process' cache or the series table."""
         want = set(hashes)
@@ -558,10 +663,7 @@ class ClickHouseStore(Store):
                 f"SELECT id, any(sample_type) AS t, any(unit) AS u, any(labels) AS l FROM {self._t('series')} "
                 f"WHERE id {self._in} {IDS_SET} GROUP BY id", missing).to_pylist()
             with self._lock:
-                for r in rows:
-                    if r["id"] not in self._series_local:
-                        self._series_hash.append(r["id"])
-                        self._series_local[r["id"]] = Series(len(self._series_hash) - 1, dict(r["l"]), r["t"], r["u"])
+                self._keep_series(rows)
         return {h: self._series_local[h] for h in want if h in self._series_local}
 
     # -- reads ---------------------------------------------------------------------------------
@@ -586,7 +688,7 @@ class ClickHouseStore(Store):
         without; a node's 11.7 against 17.1, and 16.8 against 15.8."""
         t0 = self._live(t0)
         where = self._series_where(selector, None, None)
-        ids = self._series_in(where)
+        ids, _ = self._ids(selector, None, None)
         parts = []
         for span in _spans(t0, t1):
             parts.append(f"SELECT series, period_ns, {_AGG} FROM {self._t('profiles')} WHERE {ids} AND {span} "
@@ -600,7 +702,7 @@ class ClickHouseStore(Store):
                 f"a.{names[4]} AS fingerprint")
         self._selected = True
         if self._series_local:
-            rows: list[dict] = self.transport.query(
+            rows = self.transport.query(
                 f"SELECT a.series AS series, a.period_ns AS period_ns, {cols} FROM ({agg}) AS a").to_pylist()
             series = self._series(r["series"] for r in rows)
             rows = [r for r in rows if r["series"] in series]  # (as the join: a profile's series row is written first)
@@ -751,12 +853,110 @@ class ClickHouseStore(Store):
             return Columns(empty, empty, empty)
         return Columns(np.concatenate(prof), np.concatenate(stack), np.concatenate(value))
 
+    def typed_select_summed(self, selector: Selector, t0: int, t1: int, pick: TypePick,
+                            keep: Collection[str] | None = ()) -> tuple[str, str | None, list[StoredProfile]]:
+        """A flame graph's type, refs AND sums from ONE read of each table (`GROUPING SETS`: the sums per (series,
+        period, stack) and per (series, period) in the same pass), where the selection (`profiles`) and the sums
+        (`samples_1h`, `samples`) read two: on chDB a pod's hour 6.2 against 6.1 + 5.1 ms of CPU (docs/benchmarks.md
+        "Stop 20 ch10"). For a selector the series catalogue resolves to at most `_ONE_READ_SERIES` series and
+        `keep=()` (the refs' labels are not read): the types come from the catalogue, the refs' count and
+        fingerprint are of the sample rows read (`_Window.of_samples`), their start and end of the hours they cover
+        (whole hours) or the profiles (edges), and the sums are kept for this thread's `read_merged`, which then
+        sends nothing (a fresh server names the stacks through the dictionaries in one more statement). Otherwise
+        `picked_type` then `select_summed`, as before."""
+        self._check()
+        cond, n = self._ids(selector, None, None) if keep is not None and not keep else ("", -1)
+        if not 0 <= n <= _ONE_READ_SERIES:
+            return super().typed_select_summed(selector, t0, t1, pick, keep)
+        self._selected = True
+        live = self._live(t0)
+        # Matched series all of one type and unit (the catalogue says): the sums per stack alone, which is what the
+        # read of every ref sums (a node's 200 series x 14k stacks per series would come back otherwise)
+        local = self._series_local
+        one = len({(local[h].sample_type, local[h].unit) for h in self._matching(selector, None, None)}) <= 1
+        t = self.transport.query(self._grouping_sets(cond, live, t1, per_series=not one))
+        g = t.column("g").to_numpy() != 0
+        per = {k: t.column(k).to_numpy()[g].tolist() for k in ("series", "period_ns", "lo", "hi", "v", "n", "fp")}
+        agg: dict[tuple[int, int], list[int]] = {}
+        for s_, p_, lo_, hi_, v_, n_, fp_ in zip(*per.values(), strict=True):
+            a = agg.get((s_, p_))
+            if a is None:
+                agg[(s_, p_)] = [max(lo_, live), min(hi_, t1), v_, n_, fp_]
+            else:
+                a[0], a[1] = min(a[0], max(lo_, live)), max(a[1], min(hi_, t1))
+                a[2], a[3], a[4] = a[2] + v_, a[3] + n_, (a[4] + fp_) & 0xFFFFFFFFFFFFFFFF
+        series = self._series({s_ for s_, _ in agg})
+        present = sorted({(series[s_].sample_type, series[s_].unit) for s_, _ in agg if s_ in series})
+        if not present:
+            sample_type, unit = pick(self.types(t0, t1))
+            return sample_type, unit, []
+        sample_type, unit_ = pick(present)
+        refs = [StoredProfile(series[s_], a[0], a[1] - a[0], p_, a[2],
+                              _Window(s_, p_, live, t1, a[3], a[4], of_samples=True))
+                for (s_, p_), a in agg.items()
+                if s_ in series and series[s_].sample_type == sample_type and series[s_].unit == unit_]
+        refs.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
+        cols = {k: t.column(k).to_numpy()[~g] for k in ("series", "period_ns", "stack", "v")}
+        # per stack alone: good for a read of exactly every pair read (a series the catalogue had not met, of
+        # another type, through the statement's `added` condition: not good, the read sends its own statement)
+        every = None if not one else {(s_, p_) for s_, p_ in agg} if len(refs) == len(agg) else set()
+        self._recent.sums = ((live, t1), cols, time.monotonic() + _MEMO_SECONDS, every)
+        return sample_type, unit_, refs
+
+    def _grouping_sets(self, cond: str, t0: int, t1: int, per_series: bool = True) -> str:
+        """Per table of [t0, t1) (`_ranges`), rows of the series matching `cond`: per (series, period, stack), or with
+        `per_series` False per stack alone (series and period 0), and per (series, period) (g = 1: stack 0) their
+        first and end time (lo, hi), sum (v), row count (n) and a wrapping sum of the rows' hashes (fp)."""
+        sums = "(series, period_ns, stack)" if per_series else "(stack)"
+        parts = []
+        for table, col, lo, hi in _ranges(t0, t1):
+            end = f"max({col}) + {HOUR_NS}" if table == "samples_1h" else "max(start_ns + duration_ns)"
+            parts.append(f"SELECT series, period_ns, stack, min({col}) AS lo, {end} AS hi, sum(value) AS v, "
+                         f"count() AS n, sum(cityHash64({col}, stack, value)) AS fp, grouping(stack) AS g "
+                         f"FROM {self._t(table)} WHERE {cond} AND {col} >= {int(lo)} AND {col} < {int(hi)} "
+                         f"GROUP BY GROUPING SETS ({sums}, (series, period_ns))")
+        return " UNION ALL ".join(parts)
+
+    def _kept_sums(self, profiles: Sequence[StoredProfile]) -> tuple[np.ndarray, np.ndarray] | None:
+        """`read_merged` from the sums this thread's `typed_select_summed` read, when the profiles are of its window:
+        summed per stack over exactly their (series, period) pairs. A server that has read no stack yet names them
+        through the dictionaries (`_read_named` over these ids: no table read), as its sums statement would have."""
+        kept = getattr(self._recent, "sums", None)
+        self._recent.sums = None
+        if kept is None or time.monotonic() > kept[2] or not profiles:
+            return None
+        window, cols, _, every = kept
+        pairs = set()
+        for p in profiles:
+            w = _window(p)
+            if (w.t0, w.t1) != window:
+                return None
+            pairs.add((w.series, w.period_ns))
+        if every is not None:  # summed per stack over every pair read
+            if pairs != every:
+                return None
+            keep = np.ones(cols["stack"].size, dtype=bool)
+        else:
+            series, period = cols["series"], cols["period_ns"]
+            keep = np.zeros(series.size, dtype=bool)
+            for s_, per in pairs:
+                keep |= (series == np.uint64(s_)) & (period == per)
+        stacks = cols["stack"][keep]
+        if self._dicts and not self._stack_frames and stacks.size:
+            distinct = np.unique(stacks)
+            self._read_named(f"SELECT arrayJoin(CAST([{_ints(distinct.tolist())}], 'Array(UInt64)')) AS stack, "
+                             "toInt64(0) AS value")
+        return group_sum(self._local_stacks(stacks), cols["v"][keep].astype(np.int64))
+
     def read_merged(self, profiles: Sequence[StoredProfile]) -> tuple[np.ndarray, np.ndarray]:
         """The merge pushed down: ClickHouse sums per stack over every (series, period) of the profiles (exactly
         those pairs), so a cluster's range comes back as its distinct stacks, not a row per series and stack.
         One GROUP BY stack per table read (no per-series level in between: on a cluster-day's rollup rows that
         halved the statement), summed again only when a range reads both raw rows and the rollup."""
         self._check()
+        kept = self._kept_sums(profiles)
+        if kept is not None:
+            return kept
         windows: dict[tuple[int, int], set[tuple[int, int]]] = defaultdict(set)
         for p in profiles:
             w = _window(p)
@@ -880,19 +1080,26 @@ class ClickHouseStore(Store):
         4-5 ms of CPU on chDB, docs/benchmarks.md "Stop 19 ch9"). A second statement only when nothing matches (the
         whole range's types then name the unit of an all-zero chart)."""
         self._check()
-        rows = self._step_sums(t0, t1, step_ns, self._series_where(selector, None, None), typed=True)
+        rows = self._step_sums(t0, t1, step_ns, self._series_where(selector, None, None), typed=True, sel=selector)
         present = sorted({(r["t"], r["u"]) for r in rows})
         if not present:
             return (*pick(self.types(t0, t1)), StepTotals([], {}))
         sample_type, unit = pick(present)
         return sample_type, unit, self._steps_of(rows, t0, t1, step_ns, sample_type, unit)
 
-    def _step_sums(self, t0: int, t1: int, step_ns: int, where: str, typed: bool = False) -> list[dict]:
+    def _step_sums(self, t0: int, t1: int, step_ns: int, where: str, typed: bool = False,
+                   sel: Selector | None = None) -> list[dict]:
         """Rows (period_ns, k: the step, v: the sum), and with `typed` the series' type and unit (t, u), of the
-        profiles of series matching `where` that start in [t0, t1)."""
+        profiles of series matching `where` (the selector `sel`, when given) that start in [t0, t1)."""
         k = f"intDiv(start_ns - {int(t0)}, {int(step_ns)})"  # starts lie in [t0, t1): never negative
         span = f"start_ns >= {int(self._live(t0))} AND start_ns < {int(t1)}"
         ids = self._series_in(where)
+        if typed and sel is not None:
+            cond = self._held(sel)
+            if cond is not None:
+                t = self.transport.query(f"SELECT series, period_ns, {k} AS k, sum(total) AS v FROM "
+                                         f"{self._t('profiles')} WHERE {cond} AND {span} GROUP BY series, period_ns, k")
+                return self._by_series(t, ("period_ns", "k"))
         if not typed:
             return self.transport.query(  # type: ignore[no-any-return]
                 f"SELECT period_ns, {k} AS k, sum(total) AS v FROM {self._t('profiles')} WHERE {ids} AND {span} "
@@ -900,6 +1107,54 @@ class ClickHouseStore(Store):
         sums = (f"SELECT series, period_ns, {k} AS k, sum(total) AS pv FROM {self._t('profiles')} WHERE {ids} "
                 f"AND {span} GROUP BY series, period_ns, k")
         return self._typed(sums, where, "t, u, period_ns, k, sum(pv) AS v", "t, u, period_ns, k")
+
+    def _held(self, selector: Selector) -> str | None:
+        """The condition on `series` for the selector's series when the catalogue holds them all and they are few
+        enough to be summed per series and named in Python (`_by_series`); None: sum per type in the statement."""
+        cond, n = self._ids(selector, None, None)
+        if n >= 0 or (cond == "1" and self._catalogue() is not None and len(self._series_hash) <= _CATALOGUE_IDS):
+            return cond
+        return None
+
+    def _by_series(self, t: pa.Table, keys: tuple[str, ...], labels: Sequence[str] | None = ()) -> list[dict]:
+        """Rows of `t` (a `series` column, the `keys` columns, a sum `v`) summed per (type, unit, keys) of their
+        series, named from the catalogue (a series it lacks is read: `_series`): rows as `_typed` gives them. With
+        `labels` (the pod list's `by`) also per those labels' presence and value (h{i}, v{i}); None: per label set
+        (l). A series with no row in the series table is left out, as the join leaves it."""
+        if not t.num_rows:
+            return []
+        uniq, inv = _factorize(t.column("series").to_numpy())
+        series = self._series(uniq.tolist())
+        names: dict[tuple, int] = {}
+        code = np.empty(uniq.size, dtype=np.int64)
+        for i, h in enumerate(uniq.tolist()):
+            s_ = series.get(h)
+            if s_ is None:
+                code[i] = -1
+                continue
+            if labels is None:
+                key: tuple = (s_.sample_type, s_.unit, tuple(sorted(s_.labels.items())))
+            else:
+                key = (s_.sample_type, s_.unit, *((n in s_.labels, s_.labels.get(n, "")) for n in labels))
+            code[i] = names.setdefault(key, len(names))
+        at = code[inv]
+        ok = at >= 0
+        cols = [at[ok]] + [t.column(c).to_numpy()[ok].astype(np.int64) for c in keys]
+        groups, ginv = np.unique(np.stack(cols, axis=1), axis=0, return_inverse=True)
+        sums = np.zeros(len(groups), dtype=np.int64)
+        np.add.at(sums, ginv.reshape(-1), t.column("v").to_numpy()[ok].astype(np.int64))
+        by_code = list(names)
+        out = []
+        for g, v in zip(groups.tolist(), sums.tolist(), strict=True):
+            name = by_code[g[0]]
+            r: dict = {"t": name[0], "u": name[1], "v": v, **dict(zip(keys, g[1:], strict=True))}
+            if labels is None:
+                r["l"] = dict(name[2])
+            else:
+                for i, (has, value) in enumerate(name[2:]):
+                    r[f"h{i}"], r[f"v{i}"] = has, value
+            out.append(r)
+        return out
 
     def _typed(self, sums: str, where: str, cols: str, group: str, labels: bool = False) -> list[dict]:
         """`cols` grouped by `group` over the rows of `sums` (a subquery with a `series` column) given their series'
@@ -955,17 +1210,24 @@ class ClickHouseStore(Store):
         """The pod list in ONE statement: sums per (type, unit, `by` labels, period) of every matching series, of
         which `pick` chooses the type (as `typed_step_totals`)."""
         self._check()
-        rows = self._label_sums(t0, t1, by, self._series_where(selector, None, None))
+        rows = self._label_sums(t0, t1, by, self._series_where(selector, None, None), sel=selector)
         present = sorted({(r["t"], r["u"]) for r in rows})
         if not present:
             return (*pick(self.types(t0, t1)), [])
         sample_type, unit = pick(present)
         return sample_type, unit, self._groups_of(rows, by, sample_type, unit)
 
-    def _label_sums(self, t0: int, t1: int, by: Sequence[str] | None, where: str) -> list[dict]:
+    def _label_sums(self, t0: int, t1: int, by: Sequence[str] | None, where: str, sel: Selector | None = None
+                    ) -> list[dict]:
         """Rows (t, u, period_ns, v, and per `by` label i: h{i} whether the series has it, v{i} its value; or l: the
-        whole label set when `by` is None) of the series matching `where` with profiles starting in [t0, t1), whole
-        hours from the hourly projection."""
+        whole label set when `by` is None) of the series matching `where` (the selector `sel`, when given) with
+        profiles starting in [t0, t1), whole hours from the hourly projection."""
+        cond = self._held(sel) if sel is not None else None
+        if cond is not None:
+            t = self.transport.query(" UNION ALL ".join(
+                f"SELECT series, period_ns, sum(total) AS v FROM {self._t('profiles')} WHERE {cond} AND {span} "
+                "GROUP BY series, period_ns" for span in _spans(self._live(t0), t1)))
+            return self._by_series(t, ("period_ns",), None if by is None else list(by))
         ids = self._series_in(where)
         sums = " UNION ALL ".join(f"SELECT series, period_ns, sum(total) AS pv FROM {self._t('profiles')} WHERE {ids} "
                                   f"AND {span} GROUP BY series, period_ns" for span in _spans(self._live(t0), t1))

@@ -23,10 +23,16 @@ from web.store.clickhouse_transport import quote
 # 2: the hourly projection of profile totals (a day's selection reads ~24 rows per series)
 # 3: dictionaries over stacks, frames, functions, mappings and series (a read names its stacks, a selection its
 #    series, in its own statement)
-SCHEMA_VERSION = 3
+# 4: `series.added` (when a server wrote the row, its clock; 0 before schema 4) with a min-max index: a server holds
+#    the series catalogue and reads only the rows added since it last looked
+SCHEMA_VERSION = 4
 HOUR_NS = 3600 * 10**9
 DEDUP_WINDOW = 100_000  # insert tokens remembered per table: agent retries come within minutes
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# When a server wrote a series row (its wall clock, ns; 0 for rows written before schema 4): what a server that holds
+# the series catalogue reads again (web/store/clickhouse.py `_refresh_catalogue`).
+SERIES_ADDED = "added Int64 DEFAULT 0 CODEC(T64, ZSTD(3))"
 
 _DAY = "toYYYYMMDD(toDateTime(intDiv(start_ns, 1000000000)))"
 
@@ -42,7 +48,8 @@ _TABLES: dict[str, tuple[str, str, str, str | None, str | None]] = {
                "ReplacingMergeTree", "id", None, None),
     "stacks": ("id UInt64, frames Array(UInt64) CODEC(ZSTD(3))", "ReplacingMergeTree", "id", None, None),  # root first
     "series": ("id UInt64, sample_type LowCardinality(String), unit LowCardinality(String), "
-               "labels Map(LowCardinality(String), String)", "ReplacingMergeTree", "id", None, None),
+               f"labels Map(LowCardinality(String), String), {SERIES_ADDED}",
+               "ReplacingMergeTree", "id", None, None),
     "samples": ("series UInt64, start_ns Int64 CODEC(DoubleDelta, ZSTD(3)), "
                 "duration_ns Int64 CODEC(T64, ZSTD(3)), period_ns Int64 CODEC(T64, ZSTD(3)), "
                 "stack UInt64 CODEC(ZSTD(3)), value Int64 CODEC(T64, ZSTD(3))",
@@ -160,10 +167,16 @@ def ddl(layout: Layout, credentials: tuple[str, str] | None = None) -> list[str]
         if name in PROJECTIONS:
             proj, select = PROJECTIONS[name]
             out.append(f"ALTER TABLE {db}.{local}{on} ADD PROJECTION IF NOT EXISTS {proj} ({select})")
+        if name == "series":  # schema 4 on a table made before it (IF NOT EXISTS: nothing on a new one)
+            out.append(f"ALTER TABLE {db}.{local}{on} ADD COLUMN IF NOT EXISTS {SERIES_ADDED}")
+            out.append(f"ALTER TABLE {db}.{local}{on} ADD INDEX IF NOT EXISTS added_minmax added TYPE minmax "
+                       "GRANULARITY 1")
         if cluster:
             shard = "series" if name in ("samples", "profiles", "samples_1h") else "id"
             out.append(f"CREATE TABLE IF NOT EXISTS {db}.{name}{on} AS {db}.{local} "
                        f"ENGINE = Distributed('{cluster}', {db}, {local}, sipHash64({shard}))")
+            if name == "series":
+                out.append(f"ALTER TABLE {db}.{name}{on} ADD COLUMN IF NOT EXISTS {SERIES_ADDED}")
     out += dictionaries(layout, credentials)
     for view, (target, select) in _VIEWS.items():
         # On a cluster the views read each shard's local samples and write its local target.

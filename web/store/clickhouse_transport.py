@@ -84,6 +84,12 @@ class Transport(ABC):
         processes may write (a ClickHouse server): then only the engine can say what changed."""
         return None
 
+    def table_writes(self, table: str) -> int | None:
+        """How many writes may have changed `table` (a database-qualified name), for every client of this engine,
+        when every writer is in this process (chDB): its inserts plus every other statement that may write (DDL,
+        mutations, INSERT ... SELECT). None: writers elsewhere (a ClickHouse server), so the caller must ask it."""
+        return None
+
 
 def quote(s: str) -> str:
     """A ClickHouse string literal (backslash escapes, as its lexer reads them)."""
@@ -195,11 +201,21 @@ class _Engine:
         self.session = session
         self.users = 0
         self.writes = first  # never a count an earlier engine of this process gave (kept answers may hold it)
+        self.inserts: dict[str, int] = {}  # table -> inserts through `insert` (the rest are `writes - inserted`)
+        self.inserted = 0
         self._lock = threading.Lock()
 
-    def wrote(self) -> None:
+    def wrote(self, table: str | None = None) -> None:
         with self._lock:
             self.writes += 1
+            if table is not None:
+                self.inserts[table] = self.inserts.get(table, 0) + 1
+                self.inserted += 1
+
+    def table_writes(self, table: str) -> int:
+        """Inserts into `table` plus every write that was not an insert (any of them may have written it)."""
+        with self._lock:
+            return self.inserts.get(table, 0) + self.writes - self.inserted
 
 
 # chDB runs one embedded server per process, on one path: stores on the same path share it (one
@@ -268,6 +284,9 @@ class ChdbTransport(Transport):
     def writes(self) -> int | None:
         return self._engine.writes
 
+    def table_writes(self, table: str) -> int | None:
+        return self._engine.table_writes(table)
+
     def _query(self, sql: str, settings: Mapping[str, str | int | float], ids: Sequence[int] | None) -> pa.Table:
         if settings:
             sql += " SETTINGS " + ", ".join(f"{k} = {quote(v) if isinstance(v, str) else v}"
@@ -297,7 +316,7 @@ class ChdbTransport(Transport):
             except Exception as e:
                 raise ClickHouseError(f"chDB: {e}") from None
             finally:
-                self._engine.wrote()
+                self._engine.wrote(table)
 
     def execute(self, sql: str, fmt: str, tables: Sequence[pa.Table] = ()) -> bytes:
         """Any statement, its answer in ClickHouse output format `fmt` as bytes; `tables` are read where the SQL
