@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,7 +211,8 @@ def test_a_python3_that_execs_a_python3_is_detected_afresh(child: str) -> None:
     parent_exe = pyenv("3.12")
     child_exe = INTERPRETERS[child]()
     p = subprocess.Popen([parent_exe, "-c", FORKER, child_exe, AFTER_EXEC], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
     assert p.stdin is not None and p.stdout is not None
     try:
         first, second = p.stdout.readline().split(), p.stdout.readline().split()
@@ -245,8 +247,7 @@ def test_a_python3_that_execs_a_python3_is_detected_afresh(child: str) -> None:
                  for f in walk.raw_frames(proc, thread.frame)]
         assert names == ["after_exec", "<module>"], names
     finally:
-        p.kill()
-        subprocess.run(["pkill", "-KILL", "-P", str(p.pid)], check=False)
+        os.killpg(p.pid, signal.SIGKILL)  # the parent and its exec'd child: one process group
         p.wait()
 
 
