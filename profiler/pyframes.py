@@ -186,13 +186,13 @@ class PythonRegistry:
         self._retry: dict[int, int] = {}  # tgid -> detections tried
         self.unsupported: dict[int, str] = {}  # tgid -> reason (last few)
         self._fsbase: int | None = None  # task_struct.thread.fsbase offset, read from BTF on first need
-        # layouts (detect.layout_key: the executable, its executable VMAs' PROCMAP_QUERY keys and sizes) of
-        # processes found without CPython: a busy node's next `sh` or `sort` is known to be none by a readlink
-        # and a dict hit (detection: ~35 us). Emptied every drain (refresh), as a file rewritten in place
-        # keeps its device, inode and name.
-        self._no_python: set[LayoutKey] = set()
-        # and of processes found with it: the next python3 of a known layout is registered by rebasing (real
-        # detection only: a detector given by a test derives nothing). Emptied every drain too.
+        # (executable, its executable VMAs' PROCMAP_QUERY keys) of processes found without CPython: a busy
+        # node's next `sh` or `sort` is known to be none by a readlink and a dict hit (detection: ~35 us).
+        # Emptied every drain (refresh), as a file rewritten in place keeps its device, inode and name.
+        self._no_python: set[tuple[str, tuple[object, ...]]] = set()
+        # layouts (detect.layout_key: the executable, its executable VMAs' keys and sizes as a set) of processes
+        # found with CPython: the next python3 of a known layout is registered by rebasing (real detection
+        # only: a detector given by a test derives nothing). Emptied every drain too.
         self.layouts: Layouts | None = Layouts() if detect is _detect else None
         self._logged: set[tuple[str, tuple[int, int, int]]] = set()  # (interpreter file, version) logged at INFO
 
@@ -232,6 +232,7 @@ class PythonRegistry:
 
     def _try(self, tgid: int, new: NewProcess | None = None) -> None:
         key = exe = None
+        layout: LayoutKey | None = None
         derived: list[Derivation] | None = None
         if new is not None:
             started = new.starttime
@@ -241,13 +242,14 @@ class PythonRegistry:
                 except OSError:
                     exe = None
                 else:
-                    key = layout_key(exe, new.vmas)
-                    if key is not None and key in self._no_python:
+                    key = (exe, tuple(v[2] for v in new.vmas))  # ordered: cheaper, and stable in a sh or sort
+                    if key in self._no_python:
                         with self._lock:
                             self._not_python(tgid, no_python(tgid, exe), exe)
                         return
-                    if key is not None and self.layouts is not None:
-                        if self._place(tgid, key, started, new.vmas):
+                    layout = layout_key(exe, new.vmas) if self.layouts is not None else None
+                    if layout is not None:
+                        if self._place(tgid, layout, started, new.vmas):
                             return
                         derived = []
             maps = new.entries()
@@ -262,9 +264,9 @@ class PythonRegistry:
                 # read before detection: a pid that changed hands meanwhile is seen at the next refresh
                 if got.start_time != started:
                     got = replace(got, start_time=started)
-                if self._register(tgid, got) and derived and key is not None and new is not None \
+                if self._register(tgid, got) and derived and layout is not None and new is not None \
                         and new.vmas is not None and self.layouts is not None:
-                    self.layouts.learn(key, got, new.vmas, derived[0])
+                    self.layouts.learn(layout, got, new.vmas, derived[0])
                 return
             if key is not None and got.no_python:
                 if len(self._no_python) >= 4096:

@@ -101,7 +101,7 @@ def layout_key(exe: str, vmas: Sequence[ExecVma]) -> LayoutKey | None:
     in processes of one program. None without VMAs."""
     if not vmas:
         return None
-    return exe, vmas[-1][1] > 1 << 32, frozenset((v[2], v[1] - v[0]) for v in vmas)
+    return exe, vmas[-1][1] > 1 << 32, frozenset([(v[2], v[1] - v[0]) for v in vmas])
 
 
 @dataclass(frozen=True, slots=True)
