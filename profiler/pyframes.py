@@ -71,6 +71,7 @@ log = logging.getLogger("podflame.pyframes")
 # struct py_proc of bpf/python.bpf.h
 _PY_PROC = struct.Struct("<QIIIIiIiIIIIBBBBQQ")
 assert _PY_PROC.size == PY_PROC_SIZE, "struct py_proc: profiler/sampler.py and this packing disagree"
+_RUNTIME_FIELD = struct.Struct("<Q")  # struct py_proc's first field: &_PyRuntime, the one a process's own
 ADDR_MASK = (1 << 56) - 1
 FLAG_ENTRY = 1 << 56
 OWNER_SHIFT = 57
@@ -194,6 +195,7 @@ class PythonRegistry:
         # found with CPython: the next python3 of a known layout is registered by rebasing (real detection
         # only: a detector given by a test derives nothing). Emptied every drain too.
         self.layouts: Layouts | None = Layouts() if detect is _detect else None
+        self._tails: dict[int, tuple[PyOffsets, int, bytes]] = {}  # _config's: id(offsets) -> (offsets, fsbase, tail)
         self._logged: set[tuple[str, tuple[int, int, int]]] = set()  # (interpreter file, version) logged at INFO
 
     def announce(self, tgids: Iterable[int] | Iterable[NewProcess]) -> None:
@@ -278,7 +280,7 @@ class PythonRegistry:
         """Write a found process's layout into the kernel's map and keep it (with the lock held); False when
         the write failed."""
         try:
-            self._write(tgid, pack_config(got, self._fsbase_offset(got)))
+            self._write(tgid, self._config(got))
         except Exception as e:
             log.warning("cannot register Python process %d: %s", tgid, e)
             return False
@@ -316,6 +318,20 @@ class PythonRegistry:
             self._retry[tgid] = self._retry.get(tgid, 0) + 1
             if self._retry[tgid] >= MAX_DETECT_TRIES:
                 del self._retry[tgid]
+
+    def _config(self, process: PythonProcess) -> bytes:
+        """pack_config(process, its fsbase offset): past the first field (the runtime's address) the bytes are a
+        function of the offsets object and the fsbase offset, kept by the offsets' identity (the processes of one
+        layout share their template's)."""
+        fsbase = self._fsbase_offset(process)
+        tail = self._tails.get(id(process.offsets))
+        if tail is not None and tail[0] is process.offsets and tail[1] == fsbase:
+            return _RUNTIME_FIELD.pack(process.runtime_address) + tail[2]
+        config = pack_config(process, fsbase)
+        if len(self._tails) >= 64:
+            self._tails.clear()
+        self._tails[id(process.offsets)] = (process.offsets, fsbase, config[_RUNTIME_FIELD.size:])
+        return config
 
     def _fsbase_offset(self, process: PythonProcess) -> int:
         """Where the kernel keeps a thread's FS base (pthread_self(): how 3.10 and older name a thread),

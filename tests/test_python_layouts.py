@@ -200,7 +200,6 @@ if pid == 0:
     print("forked", os.getpid(), flush=True)
     sys.stdin.readline()
     os.execv(sys.argv[1], [sys.argv[1], "-c", sys.argv[2]])
-print("ready", flush=True)
 os.waitpid(pid, 0)
 """
 AFTER_EXEC = "import sys, time\ndef after_exec():\n    print('exec', flush=True)\n    time.sleep(60)\nafter_exec()\n"
@@ -215,8 +214,8 @@ def test_a_python3_that_execs_a_python3_is_detected_afresh(child: str) -> None:
                          start_new_session=True)
     assert p.stdin is not None and p.stdout is not None
     try:
-        first, second = p.stdout.readline().split(), p.stdout.readline().split()
-        forked = first if first[0] == "forked" else second
+        forked = p.stdout.readline().split()
+        assert forked[:1] == ["forked"], forked
         kid = int(forked[1])
         # between fork and exec: the child is its parent's copy, registered with its parent's interpreter
         reg = PythonRegistry(lambda tgid, config: None)
@@ -262,3 +261,29 @@ def test_a_registration_is_kept_while_its_interpreter_stays_mapped(started: list
     reg.announce([new(pid)])
     assert reg.refresh()[pid] is kept and reg.processes[pid] is kept
     assert read_exec_vmas(pid)
+
+
+def test_a_layout_proof_forgotten_since_is_made_again(started: list[subprocess.Popen[str]]) -> None:
+    """A layout learnt from a proved file skips the proof only while detection's record of proofs still holds
+    it: once that record was emptied (64 files), placing a process proves the layout in it again, as detection
+    of it would."""
+    from profiler.python import detect
+
+    started += [spawn([pyenv("3.12"), "-c", IDLE]) for _ in range(2)]
+    first, second = (new(p.pid) for p in started)
+    derived: list[detect.Derivation] = []
+    got = inspect_process(first.pid, started=first.starttime, derived=derived)
+    assert isinstance(got, PythonProcess)
+    proof = (derived[0].identity, got.offsets)
+    assert proof in detect._PROVED
+    key = layout_key(os.readlink(f"/proc/{first.pid}/exe"), first.vmas or [])
+    assert key is not None and second.vmas is not None
+    layouts = Layouts()
+    layouts.learn(key, got, first.vmas or [], derived[0])
+    for i in range(64):  # other files proved since: the record is emptied once
+        detect._prove((-1, -1, i), got.offsets)
+    assert proof not in detect._PROVED
+    placed = layouts.place(key, second.pid, second.starttime, second.vmas)
+    assert placed is not None
+    assert proof in detect._PROVED  # check_layout ran on the placed process and proved it again
+    assert_same(placed, fresh(second.pid))

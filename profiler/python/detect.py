@@ -107,8 +107,10 @@ def layout_key(exe: str, vmas: Sequence[ExecVma]) -> LayoutKey | None:
 @dataclass(frozen=True, slots=True)
 class _Known:
     template: PythonProcess  # the process the answer was found for
-    anchors: tuple[tuple[object, int], ...]  # (VMA key, size) of the interpreter's executable VMAs, by address
+    anchors: dict[tuple[object, int], int]  # (VMA key, size) of the interpreter's executable VMAs -> index in exec_maps
+    inodes: frozenset[int]  # theirs: what a VMA is compared by first
     derivation: Derivation
+    proved: int  # _PROVED_AT[0] when the file's layout was found proved (entries leave it only when it is emptied); -1
 
 
 class Layouts:
@@ -142,12 +144,14 @@ class Layouts:
         mine = [by_place.get(m) for m in process.exec_maps]  # in the order of exec_maps (by address)
         if not mine or None in mine:
             return
-        anchors = tuple((v[2], v[1] - v[0]) for v in mine if v is not None)
+        anchors = [(v[2], v[1] - v[0]) for v in mine if v is not None]
         if any(sum((v[2], v[1] - v[0]) == a for v in vmas) != 1 for a in anchors):
             return  # the interpreter's VMAs are not told apart by key and size: no placement to rebase
         if len(self._known) >= self.capacity:
             self._known.clear()
-        self._known[key] = _Known(process, anchors, how)
+        proved = _PROVED_AT[0] if (how.identity, process.offsets) in _PROVED else -1
+        self._known[key] = _Known(process, {a: i for i, a in enumerate(anchors)},
+                                  frozenset(int(v[2][4]) for v in mine if v is not None), how, proved)
 
     def place(self, key: LayoutKey, pid: int, started: int | None, vmas: Sequence[ExecVma]) -> PythonProcess | None:
         """The answer detection would give process `pid` (of layout `key`, executable VMAs `vmas`, start time
@@ -156,12 +160,10 @@ class Layouts:
         if known is None:
             return None
         t = known.template
-        want = known.anchors
+        want, inodes = known.anchors, known.inodes
         starts: list[int | None] = [None] * len(want)
         for v in vmas:
-            k = (v[2], v[1] - v[0])
-            if k in want:
-                i = want.index(k)
+            if v[2][4] in inodes and (i := want.get((v[2], v[1] - v[0]))) is not None:
                 if starts[i] is not None:
                     return None  # the same key twice: which one is the interpreter's is not known
                 starts[i] = v[0]
@@ -185,7 +187,8 @@ class Layouts:
             str_type=None if t.str_type is None else t.str_type + shift,
             bytes_type=None if t.bytes_type is None else t.bytes_type + shift, start_time=started,
             exec_maps=tuple((s + shift, e + shift, off) for s, e, off in t.exec_maps))
-        if (how.identity, offsets) not in _PROVED:
+        # proved when learnt and _PROVED not emptied since (it loses entries no other way): still in it
+        if known.proved != _PROVED_AT[0] and (how.identity, offsets) not in _PROVED:
             try:  # as detection does for a file whose layout no running interpreter proved yet
                 if check_layout(placed):
                     _prove(how.identity, offsets)
@@ -339,6 +342,7 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str,
 def _prove(identity: tuple[int, int, int], offsets: PyOffsets) -> None:
     if len(_PROVED) >= 64:
         _PROVED.clear()
+        _PROVED_AT[0] += 1
     _PROVED.add((identity, offsets))
 
 
@@ -360,6 +364,7 @@ def _debug_offsets(raw: bytes) -> PyOffsets:
 # (file identity, offsets) that check_layout proved in a running interpreter: the layout is the binary's, so
 # the next process of the same file is not read again (~9 reads of its memory, ~100 us of a new python3)
 _PROVED: set[tuple[tuple[int, int, int], PyOffsets]] = set()
+_PROVED_AT = [0]  # how many times _PROVED was emptied (Layouts: a proof seen in it is still there while this holds)
 
 
 class LayoutMismatch(BinaryFormatError):
