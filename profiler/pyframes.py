@@ -220,7 +220,7 @@ class PythonRegistry:
             return False
         if new is not None and new.vmas is not None:
             return _still_mapped(known, new.vmas)
-        return _still_mapped_now(tgid, known)
+        return _still_mapped_now(tgid, known, unreadable=False)
 
     def _place(self, tgid: int, key: LayoutKey, started: int | None, vmas: list[ExecVma]) -> bool:
         """Register `tgid` from the known answer of its layout (Layouts.place); False when there is none."""
@@ -361,7 +361,7 @@ class PythonRegistry:
             for tgid, process in list(self.processes.items()):
                 started = self._started(tgid)
                 if started is not None and started == process.start_time:
-                    if _still_mapped_now(tgid, process):
+                    if _still_mapped_now(tgid, process, unreadable=True):  # exited since: seen gone next time
                         continue
                     # the same process exec'd (a python3 sampled between its fork and its exec of a python3
                     # keeps its comm: the kernel announced it once, with its parent's interpreter)
@@ -400,16 +400,16 @@ def _still_mapped(known: PythonProcess, vmas: list[ExecVma]) -> bool:
     return all(m in here for m in known.exec_maps)
 
 
-def _still_mapped_now(tgid: int, known: PythonProcess) -> bool:
-    """`_still_mapped`, reading the process's executable mappings now (True when they cannot be read: the
-    process is gone, which its start time tells)."""
+def _still_mapped_now(tgid: int, known: PythonProcess, unreadable: bool) -> bool:
+    """`_still_mapped`, reading the process's executable mappings now (`unreadable` when they cannot be read:
+    the process is gone)."""
     try:
         vmas = read_exec_vmas(tgid)
         if vmas is None:
             vmas = [(e.start, e.end, (0, e.offset, 0, 0, e.inode, os.fsencode(e.path)))
                     for e in read_exec_maps(tgid, query=False)]
     except OSError:
-        return True
+        return unreadable
     return _still_mapped(known, vmas)
 
 
