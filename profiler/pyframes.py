@@ -50,9 +50,18 @@ from podflame.errors import PodflameError
 from podflame.model import Frame, FrameKind, Line, Stack
 from profiler import metrics
 from profiler.btf import task_fsbase_offset
-from profiler.procmaps import MapsEntry, NewProcess, read_exec_maps, start_time
+from profiler.procmaps import ExecVma, MapsEntry, NewProcess, read_exec_maps, read_exec_vmas, start_time
 from profiler.python.code import CodeInfo, CodeReader, CodeReadError
-from profiler.python.detect import PythonProcess, Unsupported, inspect_process, no_python
+from profiler.python.detect import (
+    Derivation,
+    LayoutKey,
+    Layouts,
+    PythonProcess,
+    Unsupported,
+    inspect_process,
+    layout_key,
+    no_python,
+)
 from profiler.python.offsets import LASTI_BYTES, LASTI_UNITS, NO_FIELD, PyOffsets, instr_offset
 from profiler.python.remote import ProcessGone
 from profiler.python.walk import walk
@@ -64,6 +73,7 @@ log = logging.getLogger("podflame.pyframes")
 # struct py_proc of bpf/python.bpf.h
 _PY_PROC = struct.Struct("<QIIIIiIiIIIIBBBBQQ")
 assert _PY_PROC.size == PY_PROC_SIZE, "struct py_proc: profiler/sampler.py and this packing disagree"
+_RUNTIME_FIELD = struct.Struct("<Q")  # struct py_proc's first field: &_PyRuntime, the one a process's own
 ADDR_MASK = (1 << 56) - 1
 FLAG_ENTRY = 1 << 56
 OWNER_SHIFT = 57
@@ -185,6 +195,11 @@ class PythonRegistry:
         # node's next `sh` or `sort` is known to be none by a readlink and a dict hit (detection: ~35 us).
         # Emptied every drain (refresh), as a file rewritten in place keeps its device, inode and name.
         self._no_python: set[tuple[str, tuple[object, ...]]] = set()
+        # layouts (detect.layout_key: the executable, its executable VMAs' keys and sizes as a set) of processes
+        # found with CPython: the next python3 of a known layout is registered by rebasing (real detection
+        # only: a detector given by a test derives nothing). Emptied every drain too.
+        self.layouts: Layouts | None = Layouts() if detect is _detect else None
+        self._tails: dict[int, tuple[PyOffsets, int, bytes]] = {}  # _config's: id(offsets) -> (offsets, fsbase, tail)
         self._logged: set[tuple[str, tuple[int, int, int]]] = set()  # (interpreter file, version) logged at INFO
 
     def announce(self, tgids: Iterable[int] | Iterable[NewProcess]) -> None:
@@ -203,20 +218,28 @@ class PythonRegistry:
 
     def _same_process(self, tgid: int, known: PythonProcess, new: NewProcess | None = None) -> bool:
         # an exec or a pid reuse announces the tgid again: keep the registration only if it is the same
-        # process (start time) and the interpreter file is still mapped
+        # process (start time) and its interpreter is still mapped where it was (an exec keeps the start time,
+        # and a python3 exec'ing a python3 keeps the path: its addresses are what tells)
         if (self._started(tgid) if new is None else new.starttime) != known.start_time:
             return False
-        entries = new.entries() if new is not None else None
-        if entries is not None:
-            return any(e.clean_path == known.path for e in entries)
-        try:
-            with open(f"/proc/{tgid}/maps") as f:
-                return known.path in f.read()
-        except OSError:
+        if new is not None and new.vmas is not None:
+            return _still_mapped(known, new.vmas)
+        return _still_mapped_now(tgid, known, unreadable=False)
+
+    def _place(self, tgid: int, key: LayoutKey, started: int | None, vmas: list[ExecVma]) -> bool:
+        """Register `tgid` from the known answer of its layout (Layouts.place); False when there is none."""
+        assert self.layouts is not None
+        placed = self.layouts.place(key, tgid, started, vmas)
+        if placed is None:
             return False
+        with self._lock:
+            self._register(tgid, placed)
+        return True
 
     def _try(self, tgid: int, new: NewProcess | None = None) -> None:
         key = exe = None
+        layout: LayoutKey | None = None
+        derived: list[Derivation] | None = None
         if new is not None:
             started = new.starttime
             if new.vmas is not None:
@@ -225,47 +248,63 @@ class PythonRegistry:
                 except OSError:
                     exe = None
                 else:
-                    key = (exe, tuple(v[2] for v in new.vmas))
+                    key = (exe, tuple(v[2] for v in new.vmas))  # ordered: cheaper, and stable in a sh or sort
                     if key in self._no_python:
                         with self._lock:
                             self._not_python(tgid, no_python(tgid, exe), exe)
                         return
+                    layout = layout_key(exe, new.vmas) if self.layouts is not None else None
+                    if layout is not None:
+                        if self._place(tgid, layout, started, new.vmas):
+                            return
+                        derived = []
             maps = new.entries()
         else:
             started, maps = self._started(tgid), None
-        got = self._detect(tgid, started, maps, exe)
+        if derived is None:
+            got = self._detect(tgid, started, maps, exe)
+        else:  # real detection (the default _detect), telling what the answer rested on
+            got = inspect_process(tgid, started=started, maps=maps, exe=exe, derived=derived)
         with self._lock:
             if isinstance(got, PythonProcess):
                 # read before detection: a pid that changed hands meanwhile is seen at the next refresh
                 if got.start_time != started:
                     got = replace(got, start_time=started)
-                try:
-                    self._write(tgid, pack_config(got, self._fsbase_offset(got)))
-                except Exception as e:
-                    log.warning("cannot register Python process %d: %s", tgid, e)
-                    return
-                first = tgid not in self.processes
-                self.processes[tgid] = got
-                self._retry.pop(tgid, None)
-                self._gone.pop(tgid, None)
-                if self.early is not None:
-                    self.early.schedule(got)
-                if first:
-                    metrics.PYTHON_PROCESSES.inc()
-                    # once per interpreter file and version at INFO: a node starting python3 a few times a
-                    # second would log (and format, and write) a line for each
-                    seen = (got.path, got.version) in self._logged
-                    log.log(logging.DEBUG if seen else logging.INFO,
-                            "pid %d: CPython %d.%d.%d (%s), Python frames on%s", tgid, *got.version, got.path,
-                            "" if seen else " (the next processes of it: debug)")
-                    if not seen and len(self._logged) < 256:
-                        self._logged.add((got.path, got.version))
+                if self._register(tgid, got) and derived and layout is not None and new is not None \
+                        and new.vmas is not None and self.layouts is not None:
+                    self.layouts.learn(layout, got, new.vmas, derived[0])
                 return
             if key is not None and got.no_python:
                 if len(self._no_python) >= 4096:
                     self._no_python.clear()
                 self._no_python.add(key)
             self._not_python(tgid, got, exe)
+
+    def _register(self, tgid: int, got: PythonProcess) -> bool:
+        """Write a found process's layout into the kernel's map and keep it (with the lock held); False when
+        the write failed."""
+        try:
+            self._write(tgid, self._config(got))
+        except Exception as e:
+            log.warning("cannot register Python process %d: %s", tgid, e)
+            return False
+        first = tgid not in self.processes
+        self.processes[tgid] = got
+        self._retry.pop(tgid, None)
+        self._gone.pop(tgid, None)
+        if self.early is not None:
+            self.early.schedule(got)
+        if first:
+            metrics.PYTHON_PROCESSES.inc()
+            # once per interpreter file and version at INFO: a node starting python3 a few times a
+            # second would log (and format, and write) a line for each
+            seen = (got.path, got.version) in self._logged
+            log.log(logging.DEBUG if seen else logging.INFO,
+                    "pid %d: CPython %d.%d.%d (%s), Python frames on%s", tgid, *got.version, got.path,
+                    "" if seen else " (the next processes of it: debug)")
+            if not seen and len(self._logged) < 256:
+                self._logged.add((got.path, got.version))
+        return True
 
     def _not_python(self, tgid: int, got: Unsupported, exe: str | None) -> None:
         """Book a process detection did not register (with the lock held); `exe`: its /proc/PID/exe if read."""
@@ -283,6 +322,20 @@ class PythonRegistry:
             self._retry[tgid] = self._retry.get(tgid, 0) + 1
             if self._retry[tgid] >= MAX_DETECT_TRIES:
                 del self._retry[tgid]
+
+    def _config(self, process: PythonProcess) -> bytes:
+        """pack_config(process, its fsbase offset): past the first field (the runtime's address) the bytes are a
+        function of the offsets object and the fsbase offset, kept by the offsets' identity (the processes of one
+        layout share their template's)."""
+        fsbase = self._fsbase_offset(process)
+        tail = self._tails.get(id(process.offsets))
+        if tail is not None and tail[0] is process.offsets and tail[1] == fsbase:
+            return _RUNTIME_FIELD.pack(process.runtime_address) + tail[2]
+        config = pack_config(process, fsbase)
+        if len(self._tails) >= 64:
+            self._tails.clear()
+        self._tails[id(process.offsets)] = (process.offsets, fsbase, config[_RUNTIME_FIELD.size:])
+        return config
 
     def _fsbase_offset(self, process: PythonProcess) -> int:
         """Where the kernel keeps a thread's FS base (pthread_self(): how 3.10 and older name a thread),
@@ -302,6 +355,8 @@ class PythonRegistry:
         so their samples of this drain are still named), detect afresh a pid taken by a new process;
         the processes known now."""
         self._no_python.clear()
+        if self.layouts is not None:
+            self.layouts.clear()
         for tgid in list(self._retry):
             self._try(tgid)
         now = time.monotonic()
@@ -310,8 +365,12 @@ class PythonRegistry:
             for tgid, process in list(self.processes.items()):
                 started = self._started(tgid)
                 if started is not None and started == process.start_time:
-                    continue
-                if started is not None:  # another process has the pid: its predecessor's layout must go
+                    if _still_mapped_now(tgid, process, unreadable=True):  # exited since: seen gone next time
+                        continue
+                    # the same process exec'd (a python3 sampled between its fork and its exec of a python3
+                    # keeps its comm: the kernel announced it once, with its parent's interpreter)
+                    log.info("pid %d exec'd: detecting it afresh", tgid)
+                if started is not None:  # another process has the pid (or an image): the old layout must go
                     reused.append(tgid)
                     del self.processes[tgid]
                     self._gone.pop(tgid, None)
@@ -333,6 +392,29 @@ class PythonRegistry:
             self._write(tgid, None)
         except Exception as e:
             log.debug("unregistering %d: %s", tgid, e)
+
+
+def _still_mapped(known: PythonProcess, vmas: list[ExecVma]) -> bool:
+    """Whether the executable mappings of `known`'s interpreter (exec_maps: where detection found them) are
+    still among the process's executable VMAs `vmas`, at the same addresses and file offsets."""
+    name = os.fsencode(known.path)
+    if not known.exec_maps:  # a registration without them (made by hand): the file being mapped must do
+        return any(v[2][5] in (name, name + b" (deleted)") for v in vmas)
+    here = {(v[0], v[1], v[2][1]) for v in vmas if v[2][5] in (name, name + b" (deleted)")}
+    return all(m in here for m in known.exec_maps)
+
+
+def _still_mapped_now(tgid: int, known: PythonProcess, unreadable: bool) -> bool:
+    """`_still_mapped`, reading the process's executable mappings now (`unreadable` when they cannot be read:
+    the process is gone)."""
+    try:
+        vmas = read_exec_vmas(tgid)
+        if vmas is None:
+            vmas = [(e.start, e.end, (0, e.offset, 0, 0, e.inode, os.fsencode(e.path)))
+                    for e in read_exec_maps(tgid, query=False)]
+    except OSError:
+        return unreadable
+    return _still_mapped(known, vmas)
 
 
 def _is_interpreter(reason: str) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from podflame.errors import BinaryFormatError
 from podflame.model import Mapping
-from profiler.procmaps import MapsEntry, read_exec_maps, start_time
+from profiler.procmaps import ExecVma, MapsEntry, read_exec_maps, start_time
 from profiler.python import remote
 from profiler.python.offsets import (
     DEBUG_OFFSETS_SIZE,
@@ -80,6 +80,124 @@ class Unsupported:
     no_python: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Derivation:
+    """What a found answer rested on besides its files' contents and where they are mapped: the interpreter
+    file's identity as stat'ed (its ELF facts and the proof of its layout are kept by it), and for 3.13+ the
+    `_Py_DebugOffsets` bytes read from the process (its memory, not its file: read again per process)."""
+
+    identity: tuple[int, int, int]  # (st_dev, st_ino, st_mtime_ns) of the interpreter file
+    debug_raw: bytes | None  # 3.13+: the _Py_DebugOffsets the offsets were decoded from
+
+
+LayoutKey = tuple[str, bool, frozenset[tuple[object, int]]]
+
+
+def layout_key(exe: str, vmas: Sequence[ExecVma]) -> LayoutKey | None:
+    """What detection's answer for a process is a function of, apart from where ASLR put things: its
+    executable (the one candidate besides a libpython: `ld.so /usr/bin/python3` maps what python3 maps), and
+    the set of its executable VMAs' PROCMAP_QUERY keys (flags, offset, device, inode, name) and sizes, and
+    whether it is 64-bit (as the unwind loader's layouts). A set: ASLR orders dlopen'ed libraries differently
+    in processes of one program. None without VMAs."""
+    if not vmas:
+        return None
+    return exe, vmas[-1][1] > 1 << 32, frozenset([(v[2], v[1] - v[0]) for v in vmas])
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    template: PythonProcess  # the process the answer was found for
+    anchors: dict[tuple[object, int], int]  # (VMA key, size) of the interpreter's executable VMAs -> index in exec_maps
+    inodes: frozenset[int]  # theirs: what a VMA is compared by first
+    derivation: Derivation
+    proved: int  # _PROVED_AT[0] when the file's layout was found proved (entries leave it only when it is emptied); -1
+
+
+class Layouts:
+    """Detection's positive answers by process layout (`layout_key`), so that the next python3 of a known layout
+    is registered by rebasing the answer found for an earlier one instead of being detected afresh (MapsEntry
+    per VMA, a file's access and stat, .dynsym facts and layout proof looked up, ~60-200 us a process).
+
+    The answer is a function of the key: which files are mapped (hence which are candidates), each file's
+    ELF facts (by device and inode, as the VMA key holds them; a file rewritten in place keeps both, so the
+    owner empties this every drain, as PythonRegistry does its negative answers), and where the interpreter
+    file's executable VMAs are, which `place` matches one by one (each exactly once, one shift for all) and
+    moves every address by. What rests on the process's memory is done again per process: the 3.13+
+    `_Py_DebugOffsets` are read and must be the same bytes; the layout proof (check_layout) runs when the
+    file's layout is not proved yet, as detection would; an answer chosen between two runtimes by reading
+    memory is never kept (inspect_process gives no Derivation for it)."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self._known: dict[LayoutKey, _Known] = {}
+        self.hits = 0
+
+    def clear(self) -> None:
+        self._known.clear()
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def learn(self, key: LayoutKey, process: PythonProcess, vmas: Sequence[ExecVma], how: Derivation) -> None:
+        """Keep `process` (just detected, its VMAs `vmas`) for the next process of layout `key`."""
+        by_place = {(v[0], v[1], v[2][1]): v for v in vmas}
+        mine = [by_place.get(m) for m in process.exec_maps]  # in the order of exec_maps (by address)
+        if not mine or None in mine:
+            return
+        anchors = [(v[2], v[1] - v[0]) for v in mine if v is not None]
+        if any(sum((v[2], v[1] - v[0]) == a for v in vmas) != 1 for a in anchors):
+            return  # the interpreter's VMAs are not told apart by key and size: no placement to rebase
+        if len(self._known) >= self.capacity:
+            self._known.clear()
+        proved = _PROVED_AT[0] if (how.identity, process.offsets) in _PROVED else -1
+        self._known[key] = _Known(process, {a: i for i, a in enumerate(anchors)},
+                                  frozenset(int(v[2][4]) for v in mine if v is not None), how, proved)
+
+    def place(self, key: LayoutKey, pid: int, started: int | None, vmas: Sequence[ExecVma]) -> PythonProcess | None:
+        """The answer detection would give process `pid` (of layout `key`, executable VMAs `vmas`, start time
+        `started`), rebased from a known one; None when there is none or it cannot be told exact (detect then)."""
+        known = self._known.get(key)
+        if known is None:
+            return None
+        t = known.template
+        want, inodes = known.anchors, known.inodes
+        starts: list[int | None] = [None] * len(want)
+        for v in vmas:
+            if v[2][4] in inodes and (i := want.get((v[2], v[1] - v[0]))) is not None:
+                if starts[i] is not None:
+                    return None  # the same key twice: which one is the interpreter's is not known
+                starts[i] = v[0]
+        shift = None
+        for got, (was, _, _) in zip(starts, t.exec_maps, strict=True):
+            if got is None or (shift is not None and got - was != shift):
+                return None
+            shift = got - was
+        assert shift is not None
+        offsets = t.offsets
+        runtime = t.runtime_address + shift
+        how = known.derivation
+        try:
+            if how.debug_raw is not None and remote.read(pid, runtime, DEBUG_OFFSETS_SIZE) != how.debug_raw:
+                return None
+        except (MemoryReadError, ProcessGone):
+            return None  # detection says why
+        placed = PythonProcess(
+            pid=pid, version=t.version, path=t.path, runtime_address=runtime,
+            code_type=None if t.code_type is None else t.code_type + shift, offsets=offsets,
+            str_type=None if t.str_type is None else t.str_type + shift,
+            bytes_type=None if t.bytes_type is None else t.bytes_type + shift, start_time=started,
+            exec_maps=tuple((s + shift, e + shift, off) for s, e, off in t.exec_maps))
+        # proved when learnt and _PROVED not emptied since (it loses entries no other way): still in it
+        if known.proved != _PROVED_AT[0] and (how.identity, offsets) not in _PROVED:
+            try:  # as detection does for a file whose layout no running interpreter proved yet
+                if check_layout(placed):
+                    _prove(how.identity, offsets)
+            except (MemoryReadError, LayoutMismatch, ProcessGone):
+                return None  # detection says why
+        self.hits += 1
+        return placed
+
+
 @dataclass(frozen=True)
 class _ElfFacts:
     elf_type: str
@@ -90,12 +208,14 @@ class _ElfFacts:
 
 
 def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None, proc: str = "/proc",
-                    started: int | None = None, exe: str | None = None) -> PythonProcess | Unsupported:
+                    started: int | None = None, exe: str | None = None,
+                    derived: list[Derivation] | None = None) -> PythonProcess | Unsupported:
     """Find CPython in process `pid` from its executable mappings (`maps`, else read now), its version
     and `_PyRuntime`'s address. Costs the executable mappings (procmaps.read_exec_maps: PROCMAP_QUERY,
     not the whole text) and, once per file, its .dynsym. `started`: the process's start time when the
     caller read it already (before anything else: the answer is for that process); `exe`: the target of
-    /proc/PID/exe, when the caller read it."""
+    /proc/PID/exe, when the caller read it. `derived`: gets how a found answer was derived (Derivation),
+    when it rests on the process's files and their placement alone (Layouts keeps such answers)."""
     if started is None:
         started = start_time(pid, proc)
     if started is None:
@@ -118,18 +238,21 @@ def inspect_process(pid: int, *, maps: Sequence[MapsEntry] | None = None, proc: 
     candidates = named + [p for p in by_path if p == exe.removesuffix(" (deleted)") and p not in named]
     reasons = []
     found: list[PythonProcess] = []
+    how: list[Derivation] = []
     for path in candidates:
-        got = _inspect_file(pid, path, by_path[path], proc)
+        got = _inspect_file(pid, path, by_path[path], proc, how)
         if isinstance(got, PythonProcess):
             found.append(got)
         elif got is not None:
             reasons.append(got.reason)
     # a static python that also maps a libpython (an extension linked against it) has two runtimes:
-    # the one running is the one with an interpreter
+    # the one running is the one with an interpreter (read from memory: no Derivation, not kept by layout)
     for p in found if len(found) > 1 else ():
         if _interpreter(p):
             return replace(p, start_time=started)
     if found:
+        if derived is not None and len(found) == 1:
+            derived.append(how[-1])
         return replace(found[0], start_time=started)
     if reasons:
         return Unsupported("; ".join(reasons))
@@ -141,7 +264,9 @@ def no_python(pid: int, exe: str) -> Unsupported:
     return Unsupported(f"pid {pid}: no libpython mapped and {exe} does not export _PyRuntime", no_python=True)
 
 
-def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> PythonProcess | Unsupported | None:
+def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str,
+                  how: list[Derivation]) -> PythonProcess | Unsupported | None:
+    """CPython in the file `path` as this process maps it; a found one appends its Derivation to `how`."""
     name_version = _version_from_name(path)
     opened = _open_path(pid, path, maps, proc)
     if opened is None:
@@ -183,13 +308,14 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> 
              for name in ("PyCode_Type", "PyUnicode_Type", "PyBytes_Type", "PyString_Type")}
     if major_minor == (2, 7):  # names and line tables are both 2.7's str (PyBytes_Type is a macro for it)
         types["PyUnicode_Type"] = types["PyBytes_Type"] = types["PyString_Type"]
+    raw = None
     if major_minor in TABLES:
         offsets = TABLES[major_minor]
     else:
         try:
             raw = remote.read(pid, runtime, DEBUG_OFFSETS_SIZE)
             hexversion = debug_offsets_version(raw)
-            offsets = from_debug_offsets(raw)
+            offsets = _debug_offsets(raw)
         except (MemoryReadError, ProcessGone) as e:
             return Unsupported(f"{path}: cannot read _PyRuntime in pid {pid}: {e}")
         except DebugOffsetsError as e:
@@ -200,24 +326,45 @@ def _inspect_file(pid: int, path: str, maps: Sequence[MapsEntry], proc: str) -> 
                           code_type=types["PyCode_Type"], offsets=offsets, str_type=types["PyUnicode_Type"],
                           bytes_type=types["PyBytes_Type"],
                           exec_maps=tuple((e.start, e.end, e.offset) for e in maps if e.executable))
-    if (identity, offsets) in _PROVED:
-        return found
-    try:
-        proved = check_layout(found)
-    except (MemoryReadError, LayoutMismatch) as e:
-        return Unsupported(f"{path}: {e}")
-    except ProcessGone:
-        return Unsupported(f"pid {pid} exited")
-    if proved:
-        if len(_PROVED) >= 64:
-            _PROVED.clear()
-        _PROVED.add((identity, offsets))
+    if (identity, offsets) not in _PROVED:
+        try:
+            proved = check_layout(found)
+        except (MemoryReadError, LayoutMismatch) as e:
+            return Unsupported(f"{path}: {e}")
+        except ProcessGone:
+            return Unsupported(f"pid {pid} exited")
+        if proved:
+            _prove(identity, offsets)
+    how.append(Derivation(identity, raw))
     return found
+
+
+def _prove(identity: tuple[int, int, int], offsets: PyOffsets) -> None:
+    if len(_PROVED) >= 64:
+        _PROVED.clear()
+        _PROVED_AT[0] += 1
+    _PROVED.add((identity, offsets))
+
+
+_DEBUG_OFFSETS: dict[bytes, PyOffsets] = {}  # from_debug_offsets' answers by its bytes (a pure function of them)
+
+
+def _debug_offsets(raw: bytes) -> PyOffsets:
+    """from_debug_offsets(raw), once per distinct bytes: decoding and range-checking its 90 fields was most of
+    a 3.13 process's detection (~150 us); every process of one build has the same bytes."""
+    got = _DEBUG_OFFSETS.get(raw)
+    if got is None:
+        got = from_debug_offsets(raw)  # raises for bytes that are not a known _Py_DebugOffsets: not kept
+        if len(_DEBUG_OFFSETS) >= 64:
+            _DEBUG_OFFSETS.clear()
+        _DEBUG_OFFSETS[raw] = got
+    return got
 
 
 # (file identity, offsets) that check_layout proved in a running interpreter: the layout is the binary's, so
 # the next process of the same file is not read again (~9 reads of its memory, ~100 us of a new python3)
 _PROVED: set[tuple[tuple[int, int, int], PyOffsets]] = set()
+_PROVED_AT = [0]  # how many times _PROVED was emptied (Layouts: a proof seen in it is still there while this holds)
 
 
 class LayoutMismatch(BinaryFormatError):
