@@ -170,7 +170,7 @@ BPF_PERCPU_ARRAY(unwind_scratch, struct unwind_state, 1);
 BPF_PROG_ARRAY(unwind_progs, 1);
 BPF_ARRAY(unwind_no_proc, struct unwind_proc, 1);  // stays empty: the walk of a process without tables
 // Processes where an address fell outside every known mapping (dlopen, JIT code): announced on
-// new_tgids once per drain, so userspace re-reads their maps; emptied by each drain.
+// new_tgids (NEW_STALE) once per drain, so the loader re-reads their maps; emptied by each drain.
 BPF_HASH(unwind_stale, u32, u8, 1024);
 // Mappings whose table a walk needed and did not have: userspace loads tables on demand, so a
 // binary mapped everywhere but rarely run (numpy's openblas in every Python) costs no rows.
@@ -338,16 +338,20 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
             u32 tgid = st->key.tgid;
             u8 one = 1;
             // first mark since userspace last emptied unwind_stale: announce it now (dlopen)
-            if (unwind_stale.insert(&tgid, &one) == 0)
-                new_tgids.ringbuf_output(&tgid, sizeof(tgid), 0);
+            if (unwind_stale.insert(&tgid, &one) == 0) {
+                struct new_process_event ev = {.tgid = tgid, .kind = NEW_STALE};
+                new_tgids.ringbuf_output(&ev, sizeof(ev), 0);
+            }
         }
     } else if (m->table == UNWIND_NO_TABLE) {
         if (m->flags & MAPPING_WANTS_TABLE) {
             struct unwind_want want = {.start = m->start, .tgid = st->key.tgid};
             u8 one = 1;
             ustat(US_WANTED);
-            if (unwind_wanted.insert(&want, &one) == 0)  // first ask: announce the process now
-                new_tgids.ringbuf_output(&want.tgid, sizeof(want.tgid), 0);
+            if (unwind_wanted.insert(&want, &one) == 0) {  // first ask: tell the loader now
+                struct new_process_event ev = {.tgid = want.tgid, .kind = NEW_ASK};
+                new_tgids.ringbuf_output(&ev, sizeof(ev), 0);
+            }
         }
     } else {
         // A return address may be one past a call at the very end of a function (noreturn callee):

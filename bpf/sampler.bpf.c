@@ -140,6 +140,38 @@ struct seen_key {
 BPF_TABLE("lru_hash", struct seen_key, u8, seen_tgids, SEEN_TGIDS_SIZE);
 BPF_RINGBUF_OUTPUT(new_tgids, NEW_TGIDS_PAGES);
 
+// A new_tgids record; mirrored in profiler/sampler.py (NEW_EVENT). The kind tells userspace who needs it:
+// a first sample every reader of new processes, the walker's announcements (bpf/native_unwind.bpf.h) the
+// unwind loader alone.
+#define NEW_FIRST 0               // the first sample of (tgid, comm): a new process, or a new image after exec
+#define NEW_STALE 1               // a walk met an address outside the process's mapping array (dlopen, JIT)
+#define NEW_ASK 2                 // a walk asked for a table (unwind_wanted)
+struct new_process_event {
+    u32 tgid;
+    u32 kind;
+    u64 start_boottime;           // NEW_FIRST: the process's start, task->group_leader->start_boottime (what
+                                  // /proc/PID/stat prints in clock ticks); 0: unknown (no offsets), or another kind
+};
+
+// task_struct member offsets of the running kernel (profiler/btf.py), written by profiler/sampler.py before
+// the perf events attach; group_leader == 0: no start times in the records (userspace reads /proc/PID/stat).
+struct new_process_config {
+    u64 group_leader, start_boottime;
+};
+BPF_ARRAY(new_process_config, struct new_process_config, 1);
+
+static __always_inline u64 leader_start_boottime(void) {
+    u32 zero = 0;
+    struct new_process_config *c = new_process_config.lookup(&zero);
+    if (!c || !c->group_leader)
+        return 0;
+    u64 task = bpf_get_current_task(), leader = 0, start = 0;
+    if (bpf_probe_read_kernel(&leader, sizeof(leader), (void *)(task + c->group_leader)) || !leader ||
+        bpf_probe_read_kernel(&start, sizeof(start), (void *)(leader + c->start_boottime)))
+        return 0;
+    return start;
+}
+
 BPF_HASH(counts0, struct sample_key, u64, COUNTS_MAP_SIZE);
 BPF_HASH(counts1, struct sample_key, u64, COUNTS_MAP_SIZE);
 BPF_HASH(stacks0, u64, struct stack_trace, STACK_MAP_SIZE);
@@ -400,7 +432,8 @@ int on_sample(struct bpf_perf_event_data *ctx) {
         if (!seen_tgids.lookup(&seen)) {
             u8 one = 1;
             seen_tgids.update(&seen, &one);
-            new_tgids.ringbuf_output(&tgid, sizeof(tgid), 0);
+            struct new_process_event ev = {.tgid = tgid, .kind = NEW_FIRST, .start_boottime = leader_start_boottime()};
+            new_tgids.ringbuf_output(&ev, sizeof(ev), 0);
         }
     }
     key.python_error = python_stack_into(tgid, pid, set, &key.python_stack);  // before any tail call

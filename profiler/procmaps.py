@@ -31,6 +31,7 @@ import threading
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from podflame.model import Mapping
 from symbolizer.cache import LRU
@@ -169,19 +170,61 @@ class NewProcess:
         return self._entries
 
 
-def read_new_process(pid: int, proc: str = "/proc") -> NewProcess | None:
+def read_new_process(pid: int, proc: str = "/proc", started: int | None = None) -> NewProcess | None:
     """Start time and executable VMAs of `pid`, read once for every reader; None when it exited (or is a
-    zombie, or a kernel thread: no maps to read)."""
-    st = _read_stat(pid, proc)
-    if st is None or st.zombie:
-        return None
+    zombie, or a kernel thread: no maps to read). `started`: its start time as the kernel's announcement
+    gave it (the sampler's watcher), which spares reading /proc/PID/stat; else that is read first."""
+    if started is None:
+        st = _read_stat(pid, proc)
+        if st is None or st.zombie:
+            return None
+        started = st.starttime
+    vmas = read_live_vmas(pid, proc)
+    return None if vmas is False else NewProcess(pid, started, vmas)
+
+
+def read_live_vmas(pid: int, proc: str = "/proc") -> list[ExecVma] | Literal[False] | None:
+    """The executable VMAs of `pid` by PROCMAP_QUERY (read_exec_vmas); None where the ioctl is missing (before
+    6.11) or failed otherwise (readers read the maps themselves then); False when the process exited, is a
+    zombie or a kernel thread (no mm: the ioctl says ESRCH), so that nothing of it can be read."""
+    if not _QUERY_WORKS[0]:
+        return None if os.path.exists(f"{proc}/{pid}") else False
     try:
-        vmas = read_exec_vmas(pid, proc) if _QUERY_WORKS[0] else None
+        fd = os.open(f"{proc}/{pid}/maps", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return list(_exec_vmas(fd, bytearray(_QUERY.size), ctypes.addressof(_name_buffer())))
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            return False
+        if exc.errno in (errno.ENOTTY, errno.EINVAL):
+            _QUERY_WORKS[0] = _query_supported(pid, proc)
+        return None
+    finally:
+        os.close(fd)
+
+
+def query_vma(pid: int, address: int, proc: str = "/proc") -> ExecVma | None:
+    """The executable VMA of `pid` holding `address` (one PROCMAP_QUERY); None when there is none there, the
+    process exited, or the ioctl is missing."""
+    try:
+        fd = os.open(f"{proc}/{pid}/maps", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-    if vmas is None and _QUERY_WORKS[0] and os.path.exists(f"{proc}/{pid}"):
-        _QUERY_WORKS[0] = _query_supported(pid, proc)
-    return NewProcess(pid, st.starttime, vmas)
+    try:
+        buf = bytearray(_QUERY.size)
+        name_addr = ctypes.addressof(_name_buffer())
+        _QUERY.pack_into(buf, 0, _QUERY.size, _VMA_EXECUTABLE, address, 0, 0, 0, 0, 0, 0, 0, 0, _NAME_MAX, 0,
+                         name_addr, 0)
+        fcntl.ioctl(fd, _PROCMAP_QUERY, buf)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    start, end, flags, _, offset, inode, major, minor, name_size = _FOUND.unpack_from(buf, 24)
+    return start, end, (flags, offset, major, minor, inode,
+                        ctypes.string_at(name_addr, name_size - 1) if name_size else b"")
 
 
 _QUERY_WORKS = [True]  # False once PROCMAP_QUERY was found missing (before 6.11): not tried per process

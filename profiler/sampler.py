@@ -48,7 +48,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
 
 from bpf import SOURCE_DIR, expanded_source
-from podflame.errors import SystemUnsupported
+from podflame.errors import PodflameError, SystemUnsupported
 from podflame.threads import daemon_thread
 from profiler.bpfcompile import CompileError, compile_in_child
 from profiler.bpfprog import (
@@ -87,7 +87,12 @@ COMM_CACHE_SIZE = 4096  # decoded comms kept across drains (cleared when full)
 TGID_FILTER_MIN = 1024
 CGROUP_FILTER_SIZE = 4096
 SEEN_TGIDS_SIZE = 16384  # recently seen processes (LRU)
-NEW_TGIDS_PAGES = 16  # ring buffer of new-process events: 64 KiB, 16k events between polls
+NEW_TGIDS_PAGES = 32  # ring buffer of new-process events: 128 KiB, 5461 events (24 bytes each) between polls
+# A new_tgids record (struct new_process_event): tgid, kind (NEW_*), the process's start time (ns of boot time)
+NEW_EVENT = struct.Struct("<IIQ")
+NEW_FIRST, NEW_STALE, NEW_ASK = 0, 1, 2
+# task_struct members whose offsets struct new_process_config holds (start times from the kernel)
+NEW_PROCESS_CONFIG_FIELDS = (("task_struct", "group_leader"), ("task_struct", "start_boottime"))
 PROGRAM = "on_sample"
 INNER_MAPS = {"grace_period": "control"}  # BPF_ARRAY_OF_MAPS(grace_period, "control", 1)
 STACK_HEAD = 127  # frames in a stack map row (bpf/sampler.bpf.c)
@@ -350,6 +355,7 @@ class Sampler:
             self._py_reader = _BatchReader(self._py_stacks[0].spec, STACKS_CHUNK) \
                 if self._py_stacks[0] is not None else None
             self._comms: dict[bytes, str] = {}
+            self._start_clock = _start_clock(maps.get("new_process_config"))
             if unwind != "fp":
                 self._start_unwinder(pid_set | {p for p in preload if p > 0})
             self._window_start = time.time_ns()
@@ -469,7 +475,8 @@ class Sampler:
     def watch_new_processes(self, callback: Callable[[list[NewProcess]], None]) -> None:
         """Call `callback(processes)` from a background thread soon (~0.1 s) after a process's first sample,
         with what was read of each (procmaps.NewProcess: start time and executable VMAs, read once for
-        every callback); a process that exited before it could be read is not passed.
+        every callback); a process that exited before it could be read is not passed. A process whose
+        executable mappings changed (a dlopen the table walker noticed) is passed again.
 
         The agent reads the process's maps then, so a process that exits before the next drain
         still symbolizes. Batched per poll; a callback error is logged, never fatal.
@@ -499,20 +506,85 @@ class Sampler:
         self._start_watcher()
 
     def _start_watcher(self) -> None:
-        """One thread polls the new-process ring buffer for every callback (Python detection, the agent's)."""
+        """One thread polls the new-process ring buffer for every callback (Python detection, the agent's).
+
+        A first sample (NEW_FIRST) is read once (procmaps.read_new_process, with the start time the kernel
+        gave: no /proc/PID/stat) and handed to every callback. The walker's announcements are the unwind
+        loader's: an ask for a table (NEW_ASK) wakes the loader, which reads the kernel's asks and reads of
+        the process no more than it needs; an address outside the known mappings (NEW_STALE: dlopen, JIT code)
+        has the process's VMAs read for the loader, and handed to the other callbacks only when they differ
+        from what they were given last (a dlopen, not JIT code): they read a process once per image."""
         with self._lock:
             self._require_open()
             if self._watcher is not None:
                 return
-            from profiler.procmaps import read_new_process
+            from profiler.procmaps import NewProcess, read_live_vmas, read_new_process, start_time
 
-            batch: list[int] = []
+            firsts: dict[int, int] = {}  # tgid -> start time (ns of boot time; 0: not given)
+            stales: dict[int, None] = {}
+            asks = [False]
             assert self._prog is not None
             ring = self._prog.ring_buffer("new_tgids")
             callbacks = self._new_process_callbacks
+            ticks = self._start_clock
+            unpack = NEW_EVENT.unpack_from
+            told: dict[int, int] = {}  # tgid -> hash of the VMAs the callbacks other than the loader were given
 
             def on_event(data: bytes) -> None:
-                batch.append(int.from_bytes(data[:4], "little"))
+                tgid, kind, started = unpack(data)
+                if kind == NEW_FIRST:
+                    firsts[tgid] = started
+                elif kind == NEW_STALE:
+                    stales[tgid] = None
+                else:
+                    asks[0] = True
+
+            def tell(news: list[NewProcess], to: list[Callable[[list[NewProcess]], None]]) -> None:
+                for callback in to:
+                    try:
+                        callback(news)
+                    except Exception:
+                        log.exception("new-process callback failed")
+
+            def handle() -> None:
+                loader = self.unwinder.announce if self.unwinder is not None else None
+                if len(told) > 16384:
+                    told.clear()  # a process not told since is told again: a read more, nothing lost
+                # one read of each new process for every callback (NewProcess): a process gone already is
+                # read by no one (nothing of it could be read any more)
+                news = [n for t, ns in firsts.items() if t > 0 and
+                        (n := read_new_process(t, started=ticks(ns) if ns and ticks else None)) is not None]
+                for n in news:
+                    told[n.pid] = hash(tuple(n.vmas)) if n.vmas is not None else 0
+                remapped: list[NewProcess] = []
+                moved: list[NewProcess] = []
+                for t in stales:
+                    if t <= 0 or t in firsts:
+                        continue
+                    vmas = read_live_vmas(t)
+                    if vmas is False:
+                        continue  # exited
+                    n = NewProcess(t, None, vmas)
+                    moved.append(n)
+                    seen = hash(tuple(vmas)) if vmas is not None else 0
+                    if not seen or told.get(t) != seen:  # a new image or a new library: everyone reads it
+                        n.starttime = start_time(t)
+                        if n.starttime is not None:
+                            told[t] = seen
+                            remapped.append(n)
+                firsts.clear()
+                stales.clear()
+                if loader is None:
+                    tell(news + remapped, callbacks)
+                    return
+                if news or moved:
+                    tell(news + moved, [loader])
+                if asks[0]:
+                    asks[0] = False
+                    assert self.unwinder is not None
+                    self.unwinder.asked()
+                if news or remapped:
+                    tell(news + remapped, [c for c in callbacks if c != loader])
 
             def poll() -> None:
                 while self._watching:
@@ -520,19 +592,8 @@ class Sampler:
                         ring.poll(0.5, on_event)  # returns at once when data arrives
                     except (OSError, ValueError):  # closed under us: the sampler is closing
                         return
-                    if batch:
-                        tgids = list(dict.fromkeys(batch))
-                        batch.clear()
-                        # one read of each new process for every callback (NewProcess): a process
-                        # gone already is read by no one (nothing of it could be read any more)
-                        news = [n for t in tgids if t > 0 and (n := read_new_process(t)) is not None]
-                        if not news:
-                            continue
-                        for callback in list(callbacks):
-                            try:
-                                callback(news)
-                            except Exception:
-                                log.exception("new-process callback failed")
+                    if firsts or stales or asks[0]:
+                        handle()
 
             self._watching = True
             self._watcher = daemon_thread(poll, "podflame-new-processes")
@@ -618,6 +679,40 @@ class Sampler:
         for err in STACK_ERRORS:
             totals[f"stack_{err}"] = totals[f"user_stack_{err}"] + totals[f"kernel_stack_{err}"]
         return totals
+
+
+def _start_clock(config: BpfMap | None) -> Callable[[int], int] | None:
+    """Give the kernel the task_struct offsets its first-sample records read the process's start time with
+    (struct new_process_config), and return how such a start time (ns of boot time) is made into what
+    /proc/PID/stat prints (clock ticks, after this process's time namespace's boot-time offset, as the kernel
+    prints it to us); None when the kernel gives none (no BTF, or no such member): /proc/PID/stat is read."""
+    if config is None:
+        return None
+    from profiler.btf import Btf
+
+    try:
+        btf = Btf.from_file()
+        offsets = [btf.offset_of(name, path) for name, path in NEW_PROCESS_CONFIG_FIELDS]
+        config.update(ct.c_uint32(0), struct.pack(f"<{len(offsets)}Q", *offsets))
+    except (PodflameError, OSError) as e:
+        log.info("new processes' start times are read from /proc/PID/stat: %s", e)
+        return None
+    tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")  # the kernel's nsec_to_clock_t: whole ticks, rounded down
+    offset = _boottime_offset_ns()
+    return lambda ns: (ns + offset) // tick
+
+
+def _boottime_offset_ns() -> int:
+    """The boot-time offset of this process's time namespace (0 outside one), which /proc/PID/stat adds."""
+    try:
+        with open("/proc/self/timens_offsets") as f:
+            for line in f:
+                name, sec, nsec = line.split()
+                if name in ("boottime", "7"):  # CLOCK_BOOTTIME is 7: older kernels print the number
+                    return int(sec) * 1_000_000_000 + int(nsec)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _python_cflags(enabled: bool) -> list[str]:

@@ -11,7 +11,9 @@ large binary delays neither the sampler's ring buffer nor a drain.
 Maps change after start (dlopen, a JIT's code): the walker marks a process whose address fell
 outside every known mapping in `unwind_stale` and announces it again (once until the next drain
 empties the mark), so its maps are re-read within ~0.1 s; `maintain()` (once per drain) empties
-the marks and forgets processes that exited.
+the marks and forgets processes that exited. A walk that needs a table not loaded yet asks for it
+(`unwind_wanted`) and tells the sampler's watcher, which wakes the loader (`asked`): the table is loaded
+and written into the one mapping that asked for it (`_fill`), the process's other mappings left as they are.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from podflame.errors import PodflameError
 from podflame.model import Mapping
 from podflame.threads import daemon_thread
 from profiler.bpfprog import BpfMap
-from profiler.procmaps import ExecVma, MapsEntry, NewProcess, exec_entry, read_exec_maps, read_exec_vmas
+from profiler.procmaps import ExecVma, MapsEntry, NewProcess, exec_entry, query_vma, read_exec_maps, read_exec_vmas
 from profiler.unwind.maps import STAT_SLOTS, WANT, WANTS_TABLE, UnwindMaps
 from profiler.unwind.table import UnwindTable
 
@@ -124,7 +126,8 @@ class NativeUnwinder:
                       "tables_too_big": 0, "tables_no_room": 0, "tables_deferred": 0, "rereads": 0, "exits": 0,
                       "cpu_ms": 0,  # the loader's own CPU (the watcher's too, for processes it loads: announce)
                       "build_child_cpu_ms": 0,  # the builder child's, for the tables it built
-                      "layout_hits": 0}  # processes placed from the layout of an earlier one (_Layout)
+                      "layout_hits": 0,  # processes placed from the layout of an earlier one (_Layout)
+                      "asks_filled": 0}  # asks for tables served in the asking mapping alone (_fill)
 
     # -- API -------------------------------------------------------------------------------------
 
@@ -153,6 +156,11 @@ class NativeUnwinder:
                 return
             batch = rest
         self._queue.put(batch)
+
+    def asked(self) -> None:
+        """A walk asked for a table (the kernel's NEW_ASK): the worker reads the asks (unwind_wanted) and
+        loads them (an empty batch)."""
+        self._queue.put([])
 
     def load_now(self, tgids: Iterable[int]) -> None:
         """Load these processes, every table, before returning (a one-shot capture of a known pid)."""
@@ -227,17 +235,18 @@ class NativeUnwinder:
 
     def load_batch(self, batch: list[int | NewProcess]) -> None:
         """Load one announcement's processes, and those walks asked tables for (the worker's step)."""
-        # once a batch: a walk asking for a table announces its process again, one loaded before (so
-        # in _seen); a batch of first announcements only (most of a busy node's) has no ask to read,
-        # and maintain() sends an empty batch when the ask count moved without one
+        # once a batch: a walk asking for a table sends an empty batch (`asked`), as maintain() does when
+        # the ask count moved without one; a process announced again (a stale mark) may have asks too; a batch
+        # of first announcements only (most of a busy node's) has no ask to read
         news = {n.pid: n for n in batch if not isinstance(n, int)}
         tgids = [n if isinstance(n, int) else n.pid for n in batch]
         if not tgids or any(tgid in self._seen for tgid in tgids):
             self._take_wanted()
+        announced = set(tgids)
         for tgid in dict.fromkeys([*tgids, *self._wanted]):
             try:
                 with self._lock:
-                    self._load_process(tgid, take_wanted=False, new=news.get(tgid))
+                    self._load_process(tgid, take_wanted=False, new=news.get(tgid), reread=tgid in announced)
             except Exception:  # one odd process must not stop the loader
                 log.exception("loading unwind tables for pid %d failed", tgid)
 
@@ -265,15 +274,19 @@ class NativeUnwinder:
                 self._wanted.setdefault(tgid, set()).add(start)
 
     def _load_process(self, tgid: int, *, everything: bool = False, take_wanted: bool = True,
-                      new: NewProcess | None = None) -> None:
+                      new: NewProcess | None = None, reread: bool = True) -> None:
         """(Re)load a process's mappings. Tables come on demand: a binary's rows are loaded when a walk
         asked for them (or another process has them loaded, or `everything`); until then its mapping
         says it wants a table and its frames are stepped with frame pointers. `take_wanted`: read the
         walker's asks first (the worker reads them once per batch instead: each read scans a hash map).
-        `new`: the sampler's watcher's read of a new process, whose VMAs are taken instead of read again."""
+        `new`: the sampler's watcher's read of a new process, whose VMAs are taken instead of read again.
+        `reread` False: the process was not announced, only asked for tables, which are written into the
+        mappings that asked (`_fill`) when those are still what they were (else it is read and placed)."""
         if take_wanted:
             self._take_wanted()
         wanted = self._wanted.pop(tgid, set())
+        if wanted and not reread and not everything and tgid not in self._retry and self._fill(tgid, wanted):
+            return
         try:
             # PROCMAP_QUERY (6.11+): executable VMAs only, as keys a known binary's mapping is placed from
             vmas: list[ExecVma] | list[MapsEntry] | None = new.vmas if new is not None and new.vmas is not None \
@@ -293,12 +306,8 @@ class NativeUnwinder:
         vmas = vmas[:MAX_MAPPINGS_PER_PROCESS]
         layout_key = _layout_key(vmas)
         mappings = None
-        if layout_key is not None and not wanted and not everything and not retry \
-                and (layout := self._layouts.get(layout_key)) is not None:
-            mappings = self._from_layout(tgid, vmas, layout)  # type: ignore[arg-type]  # ExecVmas: a key
-            if mappings is not None:
-                self.stats["layout_hits"] += 1
-        if mappings is None:
+        if not wanted and not everything and not retry:
+            mappings = self._mappings_from_layout(tgid, vmas, layout_key)  # type: ignore[arg-type]  # ExecVmas: a key
             note = _Note() if layout_key is not None else None
             mappings = self._place(tgid, vmas, wanted, everything, note)
             if note is not None and note.ok and mappings is not None and len(note.entries) == len(vmas):
@@ -325,14 +334,46 @@ class NativeUnwinder:
         if not vmas or tgid in self._seen or tgid in self._wanted or tgid in self._retry:
             return False
         vmas = vmas[:MAX_MAPPINGS_PER_PROCESS]
-        layout_key = _layout_key(vmas)
-        layout = self._layouts.get(layout_key) if layout_key is not None else None
-        mappings = self._from_layout(tgid, vmas, layout) if layout is not None else None
+        mappings = self._mappings_from_layout(tgid, vmas, _layout_key(vmas))
         if mappings is None:
             return False
-        self.stats["layout_hits"] += 1
         self._seen[tgid] = _signature(vmas)
         self._apply(tgid, mappings)
+        return True
+
+    def _mappings_from_layout(self, tgid: int, vmas: list[ExecVma], layout_key: tuple[object, ...] | None
+                              ) -> list[tuple[int, int, int, object | None, int]] | None:
+        """The mappings of a process whose layout (`_layout_key` of its VMAs) was placed before, from that
+        placement (`_from_layout`, counted as a layout hit); None when it is unknown or no longer holds."""
+        layout = self._layouts.get(layout_key) if layout_key is not None else None
+        mappings = self._from_layout(tgid, vmas, layout) if layout is not None else None
+        if mappings is not None:
+            self.stats["layout_hits"] += 1
+        return mappings
+
+    def _fill(self, tgid: int, wanted: set[int]) -> bool:
+        """Serve walks' asks for tables of a loaded process in the mappings that asked alone: each one's VMA
+        asked for again (one PROCMAP_QUERY at its start, not a walk over all of them), its table loaded as
+        `_load_process` would (`_mapping`), and its slot of the mapping array written. False, having written
+        nothing for a mapping that does not hold, when a mapping is not one waiting for its table or its VMA is
+        not the one placed there (the caller reads and places the whole process then)."""
+        p = self.maps.processes.get(tgid)
+        if p is None or tgid not in self._seen or not wanted.issubset(p.wants):
+            return False
+        vmas = []
+        for start in sorted(wanted):
+            v = query_vma(tgid, start, self.proc)
+            if v is None or v[0] != start or v[1] != p.wants[start][1]:
+                return False
+            vmas.append(v)
+        for v in vmas:
+            e = exec_entry(v)
+            if e is None or e.deleted:
+                return False
+            loaded = self._mapping(tgid, e, True, qkey=v[2])
+            if loaded is None or not self.maps.fill(tgid, loaded):
+                return False
+        self.stats["asks_filled"] += len(vmas)
         return True
 
     def _apply(self, tgid: int, mappings: list[tuple[int, int, int, object | None, int]]) -> None:

@@ -104,6 +104,8 @@ class ProcessMappings:
     first: int
     count: int
     binaries: list[object] = field(default_factory=list)  # keys of the binaries it holds a reference to
+    # mappings a walk may ask a table for (WANTS_TABLE, no table): start -> (slot in unwind_mappings, end)
+    wants: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 class UnwindMaps:
@@ -225,10 +227,13 @@ class UnwindMaps:
             self.remove_process(tgid)
             return False
         packed = bytearray()
-        for start, end, bias, key, flags in mappings:
+        wants = {}
+        for i, (start, end, bias, key, flags) in enumerate(mappings):
             b = self.binaries[key] if key is not None else None
             packed += MAPPING.pack(start, end, bias & 0xFFFF_FFFF_FFFF_FFFF, b.table if b else NO_TABLE,
                                    0 if b else flags)
+            if b is None and flags & WANTS_TABLE:
+                wants[start] = (first + i, end)
         n = len(mappings)
         self._mappings.update_batch(struct.pack(f"<{n}I", *range(first, first + n)), bytes(packed), n)
         try:
@@ -238,9 +243,32 @@ class UnwindMaps:
             self.rejected_processes += 1
             self.remove_process(tgid)
             return False
-        self.processes[tgid] = ProcessMappings(first, n, keys)
+        self.processes[tgid] = ProcessMappings(first, n, keys, wants)
         if old is not None:
             self._release(old)  # after the switch: a walk in flight reads either whole array
+        return True
+
+    def fill(self, tgid: int, mapping: tuple[int, int, int, object | None, int]) -> bool:
+        """Write one mapping of `tgid` that waited for its table (WANTS_TABLE, set by `set_process`) again, as
+        (start, end, bias, binary key or None, flags): its table once loaded, or its flags (the table deferred,
+        refused). The process holds the key's reference from then on; False (the reference given back) when
+        no such mapping waits. A walk reading the slot meanwhile finds the same range and either table."""
+        start, end, bias, key, flags = mapping
+        p = self.processes.get(tgid)
+        at = p.wants.pop(start, None) if p is not None else None
+        if p is None or at is None or at[1] != end:
+            if at is not None and p is not None:
+                p.wants[start] = at
+            if key is not None:
+                self.release([key])
+            return False
+        b = self.binaries[key] if key is not None else None
+        self._mappings.update(ct.c_uint32(at[0]), MAPPING.pack(start, end, bias & 0xFFFF_FFFF_FFFF_FFFF,
+                                                               b.table if b else NO_TABLE, 0 if b else flags))
+        if key is not None:
+            p.binaries.append(key)
+        elif flags & WANTS_TABLE:
+            p.wants[start] = at
         return True
 
     def remove_process(self, tgid: int) -> None:
