@@ -11,6 +11,7 @@ the ~150k types of a distribution kernel, and not at all when no program needs a
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 from podflame.errors import BinaryFormatError, SystemUnsupported
@@ -130,6 +131,14 @@ class Btf:
             offset, type_id = self.member(type_id, part)
             total += offset
         return total
+
+
+def packed_offsets(fields: Iterable[tuple[str, str]], path: Path = VMLINUX_BTF) -> bytes:
+    """The running kernel's offsets of (struct, member path) `fields`, as the u64s of a BPF program's config
+    struct: what the programs read kernel memory at, from the kernel's own layout (see the module doc)."""
+    btf = Btf.from_file(path)
+    offsets = [btf.offset_of(name, member) for name, member in fields]
+    return struct.pack(f"<{len(offsets)}Q", *offsets)
 
 
 def task_fsbase_offset(path: Path = VMLINUX_BTF) -> int:

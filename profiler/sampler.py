@@ -688,12 +688,10 @@ def _start_clock(config: BpfMap | None) -> Callable[[int], int] | None:
     prints it to us); None when the kernel gives none (no BTF, or no such member): /proc/PID/stat is read."""
     if config is None:
         return None
-    from profiler.btf import Btf
+    from profiler.btf import packed_offsets
 
     try:
-        btf = Btf.from_file()
-        offsets = [btf.offset_of(name, path) for name, path in NEW_PROCESS_CONFIG_FIELDS]
-        config.update(ct.c_uint32(0), struct.pack(f"<{len(offsets)}Q", *offsets))
+        config.update(ct.c_uint32(0), packed_offsets(NEW_PROCESS_CONFIG_FIELDS))
     except (PodflameError, OSError) as e:
         log.info("new processes' start times are read from /proc/PID/stat: %s", e)
         return None

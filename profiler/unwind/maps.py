@@ -327,12 +327,10 @@ class UnwindMaps:
 def _write_exe_config(config: BpfMap) -> bool:
     """Give the kernel side the running kernel's member offsets (from its BTF); False (fallback off) when
     the BTF lacks one (an older kernel's inode keeps i_mtime as a struct: no fallback, as before)."""
-    from profiler.btf import Btf
+    from profiler.btf import packed_offsets
 
     try:
-        btf = Btf.from_file()
-        offsets = [btf.offset_of(name, path) for name, path in EXE_CONFIG_FIELDS]
-        config.update(ct.c_uint32(0), struct.pack(f"<{len(offsets)}Q", *offsets))
+        config.update(ct.c_uint32(0), packed_offsets(EXE_CONFIG_FIELDS))
     except (PodflameError, OSError) as e:
         log.info("no executable fallback for the first samples of new processes: %s", e)
         return False
