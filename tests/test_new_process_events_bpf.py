@@ -28,10 +28,12 @@ from profiler.procmaps import NewProcess
 from profiler.unwind import loader as loader_module
 from profiler.unwind.loader import NativeUnwinder
 from profiler.unwind.maps import WANT, WANTS_TABLE
+from tests import test_unwind_loader_layouts as layouts
 from tests.realsys import WORKLOADS
-from tests.test_unwind_loader_layouts import PY, _maps, _new, _written
+from tests.test_unwind_loader_layouts import PY, _new, _written
 
 pytestmark = pytest.mark.bpf
+loaders = layouts.loaders  # the fixture: two loaders on maps of their own
 
 FREQ = 99
 
@@ -188,19 +190,6 @@ def pythons() -> Iterator[list[int]]:
         for p in procs:
             p.kill()
             p.wait()
-
-
-@pytest.fixture
-def loaders() -> Iterator[tuple[NativeUnwinder, NativeUnwinder]]:
-    made = [_maps(), _maps()]
-    pair = [NativeUnwinder(loader_module.UnwindMaps(m), loader_module.cached_tables()) for m in made]
-    try:
-        yield pair[0], pair[1]
-    finally:
-        for loader, maps in zip(pair, made, strict=True):
-            loader.close()
-            for m in maps.values():
-                os.close(m.fd)
 
 
 def _ask(loader: NativeUnwinder, tgid: int, start: int) -> None:
