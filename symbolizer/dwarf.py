@@ -1057,25 +1057,25 @@ def _skip_children(r: dr.Reader, u: dr.Unit, pos: int) -> int:
 
 
 def _flatten(ranges: list[tuple[int, int, int, int]], idx: Code) -> None:
-    """Disjoint segments, each owned by the deepest scope covering it (ties: the smallest range)."""
+    """Disjoint segments, each owned by the deepest scope covering it (ties: the smallest range, then the
+    last scope read: assembly aliases are one DIE each over the same code, `__clone3`, `__GI___clone3`, `clone3`,
+    and addr2line names the last)."""
     if not ranges:
         return
     ranges.sort()
     bounds = sorted({r[0] for r in ranges} | {r[1] for r in ranges})
-    active: list[tuple[int, int, int, int]] = []  # heap of (-depth, size, high, scope)
+    active: list[tuple[int, int, int, int]] = []  # heap of (-depth, size, high, -scope)
     i = 0
     n = len(ranges)
     starts, scopes = idx.seg_start, idx.seg_scope
     for b in bounds:
         while i < n and ranges[i][0] == b:
             lo, hi, depth, s = ranges[i]
-            heapq.heappush(active, (-depth, hi - lo, hi, s))
+            heapq.heappush(active, (-depth, hi - lo, hi, -s))
             i += 1
         while active and active[0][2] <= b:
             heapq.heappop(active)
-        s = active[0][3] if active else -1
-        if s < 0 and active:
-            s = -1
+        s = -active[0][3] if active else -1
         if scopes and scopes[-1] == s:
             continue
         starts.append(b)
