@@ -258,6 +258,11 @@ class _Rows:
         for _off, cie, begin, end, istart, iend in fde_offsets(cfi, table):
             if end <= begin:
                 continue  # empty FDEs (discarded functions) describe nothing
+            if cie.signal:
+                # A signal trampoline (__restore_rt) ends with its rt_sigreturn syscall: a sample inside that
+                # syscall reports the user state after it, one byte past the FDE, in the padding. Its rule
+                # holds there too (the syscall moved nothing); compaction clips it if another FDE starts.
+                end += 1
             if end > MAX_PC + 1:
                 raise _Above4GiB()
             stats["fdes"] += 1

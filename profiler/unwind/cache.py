@@ -30,7 +30,7 @@ from profiler.unwind.table import ROW_SIZE, UnwindTable, file_identity
 from symbolizer.elf import _build_id
 from symbolizer.elffile import ElfFile, ElfFormatError
 
-FORMAT = 2  # 2: CFA_LEAF_REG rows (CFA or return address in a register), before unsupported
+FORMAT = 3  # 3: a signal FDE holds one byte past its end; 2: CFA_LEAF_REG rows (CFA or RA in a register)
 _MAGIC = b"PFUNWIND"
 _HEAD = struct.Struct("<8sIIIHH")  # magic, format, count, crc32(rows), len(source), len(reason)
 
