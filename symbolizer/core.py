@@ -268,9 +268,27 @@ class Symbolizer:
             if result[1] is not _UNREADABLE:  # unreadable may be transient: do not pin it
                 self._results.put(result_key, result)
         lines, reason = result
+        if lines is None and at != frame.address and reason is _NO_SYMBOLS:
+            lines, reason = self._pushed_entry(key, frame.address, m, call)
         if lines is None:
             return _unresolved(frame, reason or _NO_SYMBOLS)
         return Frame(frame.address, m, frame.kind, lines)
+
+    def _pushed_entry(self, key: Hashable, address: int, m: Mapping, call: _Call) -> _Result:
+        """A return address no call pushed: the kernel's sa_restorer (__restore_rt) under a signal handler,
+        makecontext's __start_context. It is a function's first byte and the byte before is padding, where the
+        lookup at address - 1 names nothing; name the function it starts, as perf does. Only a symbol that
+        starts there: a noreturn call ending an unnamed function must not take its neighbour's name."""
+        result_key = (key, file_offset(address, m), "entry")
+        result = self._results.get(result_key)
+        if result is None:
+            result = None, _NO_SYMBOLS
+            elf = self._load(key, m, call)
+            vaddr = elf_address(address, m, elf.elf_type, elf.segments) if elf is not None else None
+            if elf is not None and vaddr is not None and (sym := elf.lookup_start(vaddr)) and sym[1] == vaddr:
+                result = self._lookup(key, address, m, call)
+            self._results.put(result_key, result)
+        return result
 
     def _named(self, frame: Frame, name: str | None, reason: Unresolved) -> Frame:
         if name is None:

@@ -337,6 +337,36 @@ def test_callers_are_looked_up_as_return_addresses(binaries: Binaries) -> None:
     assert stack[1].address == stack[2].address == caller.address  # addresses are kept as sampled
 
 
+
+def test_a_return_address_no_call_pushed_names_the_function_it_starts(binaries: Binaries) -> None:
+    """A signal handler returns into __restore_rt, a coroutine into __start_context: the kernel or makecontext
+    pushed the function's first byte, and the byte before it is padding. A caller's lookup at address - 1 finds
+    no symbol there; the function that starts at the address names the frame. A return address in the padding
+    itself stays unnamed: only a function's first byte is such an entry."""
+    nm = nm_functions(binaries.pie)
+    sized = [(a, z) for a, z in nm.values() if z]
+    def named(x: int) -> bool:
+        return any(b <= x < b + y for b, y in sized)
+
+    padded = [n for n, (a, z) in nm.items() if z and not named(a - 1) and not named(a - 2)]
+    assert padded, "the test program has a function after padding"
+    name = padded[0]
+    maps = MapsCache()
+    sym = Symbolizer(maps)
+    with running(binaries.pie) as r:
+        maps.refresh([r.pid])
+        bias = r.addresses["main"] - nm["main"][0]
+        entry = native(maps, r.pid, bias + nm[name][0])
+        inside = native(maps, r.pid, bias + nm[name][0] + 1)
+        # root first: main's return address, the pushed entry, a frame one byte into it, the leaf at the entry
+        stack = resolve(sym, r.pid, [native(maps, r.pid, r.addresses["main"] + 1), entry, inside, entry])
+        assert [f.names() for f in stack] == [("main",), (name,), (name,), (name,)]
+        assert stack[1].address == entry.address
+        # again, from the cache: the same answer
+        assert resolve(sym, r.pid, [entry, entry])[0].names() == (name,)
+        padding = resolve(sym, r.pid, [native(maps, r.pid, bias + nm[name][0] - 1), entry])[0]
+        assert padding.lines == () and padding.reason is Unresolved.NO_SYMBOLS
+
 def test_demangle_hook_applies_to_elf_names(binaries: Binaries) -> None:
     maps = MapsCache()
     sym = Symbolizer(maps, demangle=str.upper)
