@@ -125,13 +125,18 @@ def replay(root: Path, drains_file: Path) -> dict:
         if profiler is not None and i:  # the warm drains
             profiler.enable()
         t0 = time.thread_time()
-        memo.begin_drain()
-        profiles = pods(build_profiles(drain, ctx, period_ns, memo))
-        metrics.record_drain(drain, profiles, last_errors)
-        last_errors = dict(drain.errors)
-        release_freed_memory()
-        body = pprof.encode(profiles, common_labels={"node": "bench"}, compresslevel=1)
-        freezer.after_drain()
+        # the agent's loop (Agent.run) around each drain: a build with SurvivorFreezer.drain keeps the GC off
+        # while it runs; an older one lets it run and freezes after
+        around = getattr(freezer, "drain", None)
+        with around() if around is not None else contextlib.nullcontext():
+            memo.begin_drain()
+            profiles = pods(build_profiles(drain, ctx, period_ns, memo))
+            metrics.record_drain(drain, profiles, last_errors)
+            last_errors = dict(drain.errors)
+            release_freed_memory()
+            body = pprof.encode(profiles, common_labels={"node": "bench"}, compresslevel=1)
+        if around is None:
+            freezer.after_drain()
         cpu.append(time.thread_time() - t0)
         encoded += len(body)
         pprof_digest.update(gzip.decompress(body))  # the gzip header holds a time: compare what it wraps
