@@ -23,10 +23,17 @@ each build, so the CPU is comparable within minutes and the outputs must be iden
 The peer: `--baseline DIR` (another checkout with its own .venv, e.g. /work/main), rounds interleaved
 with this tree's. The ratio is the baseline's CPU over this tree's, summed over the warm drains (all but
 the first), median of the rounds; digests must be equal (the same profiles from both builds).
+On a machine shared with other sessions, rounds one build after the other meet different loads (ratios
+spread +-25%) and a different /proc (recorded pids reused by others' processes change the digests):
+`--paired` runs both builds' replays of a round at the same time, and `--ns` each in a new pid namespace
+(every recorded process gone: the same output whatever the pids became); `ratio_per_round` and
+`rounds_with_equal_digests` then compare round by round.
 `--hold` keeps a recording and its stopped processes; `--drains-file` replays it again (more rounds, another
 baseline) without recording.
 
     .venv/bin/python bench/drain_replay.py --baseline /work/main --drains 4 --rounds 5
+    .venv/bin/python bench/drain_replay.py --drains-file /tmp/podflame-drain-replay-*/drains.pickle \
+        --baseline /work/main --rounds 16 --paired [--ns]
 """
 
 from __future__ import annotations
@@ -125,13 +132,18 @@ def replay(root: Path, drains_file: Path) -> dict:
         if profiler is not None and i:  # the warm drains
             profiler.enable()
         t0 = time.thread_time()
-        memo.begin_drain()
-        profiles = pods(build_profiles(drain, ctx, period_ns, memo))
-        metrics.record_drain(drain, profiles, last_errors)
-        last_errors = dict(drain.errors)
-        release_freed_memory()
-        body = pprof.encode(profiles, common_labels={"node": "bench"}, compresslevel=1)
-        freezer.after_drain()
+        # the agent's loop (Agent.run) around each drain: a build with SurvivorFreezer.drain keeps the GC off
+        # while it runs; an older one lets it run and freezes after
+        around = getattr(freezer, "drain", None)
+        with around() if around is not None else contextlib.nullcontext():
+            memo.begin_drain()
+            profiles = pods(build_profiles(drain, ctx, period_ns, memo))
+            metrics.record_drain(drain, profiles, last_errors)
+            last_errors = dict(drain.errors)
+            release_freed_memory()
+            body = pprof.encode(profiles, common_labels={"node": "bench"}, compresslevel=1)
+        if around is None:
+            freezer.after_drain()
         cpu.append(time.thread_time() - t0)
         encoded += len(body)
         pprof_digest.update(gzip.decompress(body))  # the gzip header holds a time: compare what it wraps
@@ -153,13 +165,25 @@ def _frames(stack) -> tuple:
                   tuple((ln.function, ln.file, ln.line) for ln in f.lines), str(f.reason)) for f in stack)
 
 
-def run_replay(root: Path, drains_file: Path, env: dict[str, str]) -> dict:
+def start_replay(root: Path, drains_file: Path, env: dict[str, str], ns: bool = False) -> subprocess.Popen:
     python = root / ".venv" / "bin" / "python"
-    got = subprocess.run([str(python), str(Path(__file__).resolve()), "--replay", str(drains_file),
-                          "--replay-root", str(root)], capture_output=True, text=True, env=env, timeout=600)
-    if got.returncode != 0:
-        raise SystemExit(f"replay in {root} failed:\n{got.stderr[-3000:]}")
-    return json.loads(got.stdout.strip().splitlines()[-1])
+    # ns: in a new pid namespace every recorded pid reads as gone, so nothing another session's processes do
+    # with those pids meanwhile reaches the output (the long-lived processes' code objects are not read either)
+    prefix = ["unshare", "--pid", "--fork", "--mount-proc"] if ns else []
+    return subprocess.Popen([*prefix, str(python), str(Path(__file__).resolve()), "--replay", str(drains_file),
+                             "--replay-root", str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def finish_replay(root: Path, proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"replay in {root} failed:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_replay(root: Path, drains_file: Path, env: dict[str, str], ns: bool = False) -> dict:
+    return finish_replay(root, start_replay(root, drains_file, env, ns))
 
 
 def main() -> None:
@@ -177,6 +201,12 @@ def main() -> None:
     ap.add_argument("--drains-file", type=Path,
                     help="replay the drains.pickle a run held (--hold) instead of recording: more rounds in the "
                          "minutes its processes are still alive (its symbols/ beside it is the disk cache)")
+    ap.add_argument("--paired", action="store_true",
+                    help="run both builds' replays of a round at the same time (on a shared machine: the same load "
+                         "and the same /proc for both, so per-round ratios and digests compare); see ratio_per_round")
+    ap.add_argument("--ns", action="store_true",
+                    help="each replay in a new pid namespace: every recorded process reads as gone, the output is "
+                         "deterministic whatever reuses the recorded pids (needs unshare)")
     ap.add_argument("--replay", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--replay-root", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -204,8 +234,14 @@ def main() -> None:
         results: dict[str, list[dict]] = {name: [] for name in builds}
         for i in range(args.rounds):
             order = list(builds.items())
-            for name, root in order[::-1] if i % 2 else order:  # which build goes first alternates
-                results[name].append(run_replay(root, drains_file, env))
+            order = order[::-1] if i % 2 else order  # which build goes first alternates
+            if args.paired:  # both at once: the same load and the same /proc for both, round by round
+                started = [(name, root, start_replay(root, drains_file, env, args.ns)) for name, root in order]
+                for name, root, proc in started:
+                    results[name].append(finish_replay(root, proc))
+            else:
+                for name, root in order:
+                    results[name].append(run_replay(root, drains_file, env, args.ns))
         if args.spy is not None:
             subprocess.run([str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--rate", "1000", "--format", "raw",
                             "-o", str(args.spy), "--", str(ROOT / ".venv" / "bin" / "python"),
@@ -232,6 +268,17 @@ def main() -> None:
             out["identical_pprof"] = out["this"]["pprof_digests"] == out["baseline"]["pprof_digests"] and \
                 len(out["this"]["pprof_digests"]) == 1
             out["ratio_baseline_over_this"] = round(out["baseline"]["warm_cpu_ms"] / out["this"]["warm_cpu_ms"], 3)
+            per_round = [b / t for b, t in zip(out["baseline"]["warm_cpu_ms_rounds"], out["this"]["warm_cpu_ms_rounds"],
+                                               strict=True)]
+            out["ratio_per_round"] = {"median": round(statistics.median(per_round), 3),
+                                      "min": round(min(per_round), 3), "max": round(max(per_round), 3)}
+            if len(per_round) >= 2:
+                out["ratio_per_round"]["quartiles"] = [round(q, 3) for q in statistics.quantiles(per_round, n=4)]
+            out["rounds_with_equal_digests"] = sum(
+                t["digest"] == b["digest"] and t["pprof_digest"] == b["pprof_digest"]
+                for t, b in zip(results["this"], results["baseline"], strict=True))
+            print(f"baseline / this per round: {out['ratio_per_round']}, rounds whose two digests are equal: "
+                  f"{out['rounds_with_equal_digests']} of {args.rounds}", file=sys.stderr)
             print(f"baseline / this: {out['ratio_baseline_over_this']}, identical profiles: "
                   f"{out['identical_profiles']}, identical pprof: {out['identical_pprof']}", file=sys.stderr)
         print(json.dumps(out))

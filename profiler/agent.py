@@ -632,13 +632,13 @@ class Agent:
         freezer = SurvivorFreezer()  # the daemon loop owns the process's GC; drain_once alone does not
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             next_at += self.interval
-            try:
-                profiles = self.drain_once()
-                if profiles:
-                    self.sink(profiles)
-            except Exception:  # one bad drain must not stop profiling
-                log.exception("drain failed")
-            freezer.after_drain()
+            with freezer.drain():  # the GC off while it runs, its survivors frozen after
+                try:
+                    profiles = self.drain_once()
+                    if profiles:
+                        self.sink(profiles)
+                except Exception:  # one bad drain must not stop profiling
+                    log.exception("drain failed")
         # a final drain so a clean shutdown loses nothing
         try:
             profiles = self.drain_once() + self.pods.flush()

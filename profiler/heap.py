@@ -10,10 +10,11 @@ each on a busy node, ~12% of the agent's steady CPU with gen0/gen1 passes over t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 
 
@@ -43,6 +44,22 @@ class SurvivorFreezer:
             raise ValueError("full_every must be >= 1")
         self.full_every = full_every
         self.drains = 0
+
+    @contextlib.contextmanager
+    def drain(self) -> Iterator[None]:
+        """Around one drain: the collector off while it runs, then `after_drain`. What a drain allocates and
+        keeps (memos, frames, profiles, the pprof messages) would be walked by ~15 young and one middle
+        collection a drain at 99 Hz on a busy node, only to be frozen at its end (~8% of a warm drain's CPU).
+        Reference cycles made meanwhile (~300 small objects a drain) are frozen with the rest and wait for
+        the full collection every `full_every` drains. Any thread's collections wait while a drain runs."""
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            yield
+        finally:
+            self.after_drain()  # freezes, and resets the young generation's count: no collection follows
+            if was_enabled:
+                gc.enable()
 
     def after_drain(self) -> None:
         self.drains += 1

@@ -68,3 +68,28 @@ def test_survivors_are_frozen_and_cyclic_garbage_is_still_collected_every_full_e
 def test_full_every_must_be_positive() -> None:
     with pytest.raises(ValueError):
         SurvivorFreezer(full_every=0)
+
+
+def test_a_drain_runs_with_the_gc_off_and_its_survivors_are_frozen_after() -> None:
+    freezer = SurvivorFreezer(full_every=1000)
+    gc.unfreeze()
+    try:
+        assert gc.isenabled()
+        with freezer.drain():
+            assert not gc.isenabled()
+            kept = [[i] for i in range(5000)]  # past gen0's threshold: no collection runs
+            assert gc.get_count()[0] >= 5000
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= 5000 and gc.get_count()[0] < 100  # frozen, count reset: no pass follows
+        with pytest.raises(RuntimeError), freezer.drain():  # a failed drain turns it back on too
+            raise RuntimeError("drain failed")
+        assert gc.isenabled() and freezer.drains == 2
+        gc.disable()  # a caller that had it off keeps it off
+        with freezer.drain():
+            pass
+        assert not gc.isenabled()
+        gc.enable()
+        del kept
+    finally:
+        gc.unfreeze()
+        gc.enable()

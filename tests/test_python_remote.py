@@ -65,3 +65,25 @@ def test_each_range_reads_what_proc_mem_reads_there_readable_or_not() -> None:
         p.wait()
     with pytest.raises(remote.ProcessGone):
         remote.read_many(p.pid, ranges)
+
+
+def test_reads_of_many_sizes_leave_nothing_for_the_cyclic_gc() -> None:
+    # each distinct total size once made a ctypes array type (create_string_buffer), a cycle the GC had to
+    # find: ~25 a drain, which a drain run with the GC off (SurvivorFreezer.drain) would keep until the full
+    # collection
+    import gc
+
+    p = _process()
+    try:
+        (start, _), _ = _regions(p.pid)
+        gc.collect()
+        gc.disable()
+        try:
+            got = [remote.read_many(p.pid, [(start, 100 + i), (start + 4096, 3 * i + 1)]) for i in range(200)]
+            assert all(g[0] == _mem(p.pid, start, 100 + i) for i, g in enumerate(got))
+            assert gc.collect() == 0
+        finally:
+            gc.enable()
+    finally:
+        p.kill()
+        p.wait()

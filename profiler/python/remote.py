@@ -63,14 +63,19 @@ def _batch(pid: int, ranges: Sequence[tuple[int, int]]) -> list[bytes | None]:
         return []
     sizes = [size if size > 0 else 0 for _, size in ranges]
     total = sum(sizes)
-    buf = ctypes.create_string_buffer(total or 1)
+    # a bytearray, its address through a c_char over its first byte: create_string_buffer makes a ctypes array
+    # type per size (`c_char * n`), held by a cycle and cached only weakly, so every read left a type (~4 KB with
+    # its dict and descriptors) for the cyclic GC, ~25 a drain
+    buf = bytearray(total or 1)
+    anchor = ctypes.c_char.from_buffer(buf)  # holds the buffer exported (not resized) until the read returns
     # both iovec arrays packed in C (array of (base, length) words): setting four ctypes fields per range
     # cost ~1.5 us a range, most of a drain's read of a process's code objects (60 ranges: 120 us), and all of
     # it for a process that turns out to have exited
-    starts = list(accumulate(sizes, initial=ctypes.addressof(buf)))
+    starts = list(accumulate(sizes, initial=ctypes.addressof(anchor)))
     local = array("Q", chain.from_iterable(zip(starts, sizes, strict=False)))  # starts: one more
     remote = array("Q", chain.from_iterable(zip((addr for addr, _ in ranges), sizes, strict=True)))
     got = _readv(pid, local.buffer_info()[0], n, remote.buffer_info()[0], n, 0)
+    del anchor
     if got < 0:
         err = ctypes.get_errno()
         if err == errno.ESRCH:
@@ -79,7 +84,7 @@ def _batch(pid: int, ranges: Sequence[tuple[int, int]]) -> list[bytes | None]:
             raise MemoryReadError(f"pid {pid}: not allowed to read its memory (needs CAP_SYS_PTRACE)")
         got = 0  # EFAULT: the first range is unreadable; find out which ones are
     if got == total:
-        raw = buf.raw
+        raw = bytes(buf)
         base = starts[0]
         return [raw[start - base:start - base + size] for start, size in zip(starts, sizes, strict=False)]
     if n == 1:
