@@ -88,10 +88,6 @@ TGID_FILTER_MIN = 1024
 CGROUP_FILTER_SIZE = 4096
 SEEN_TGIDS_SIZE = 16384  # recently seen processes (LRU)
 NEW_TGIDS_PAGES = 32  # ring buffer of new-process events: 128 KiB, 5461 events (24 bytes each) between polls
-# The watcher lingers this long after a wake-up before it reads what woke it, so that processes first sampled
-# close together (a shell pipeline's, a build's) are read in one batch: each wake-up of the watcher, and of
-# the readers it hands a batch to (the unwind loader's thread among them), had a fixed cost of its own.
-NEW_PROCESS_BATCH_S = 0.02
 # A new_tgids record (struct new_process_event): tgid, kind (NEW_*), the process's start time (ns of boot time)
 NEW_EVENT = struct.Struct("<IIQ")
 NEW_FIRST, NEW_STALE, NEW_ASK = 0, 1, 2
@@ -593,9 +589,7 @@ class Sampler:
             def poll() -> None:
                 while self._watching:
                     try:
-                        if ring.poll(0.5, on_event) and NEW_PROCESS_BATCH_S > 0:  # returns at once when data arrives
-                            time.sleep(NEW_PROCESS_BATCH_S)
-                            ring.poll(0, on_event)
+                        ring.poll(0.5, on_event)  # returns at once when data arrives
                     except (OSError, ValueError):  # closed under us: the sampler is closing
                         return
                     if firsts or stales or asks[0]:
