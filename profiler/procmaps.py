@@ -29,7 +29,7 @@ import re
 import struct
 import threading
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -146,6 +146,23 @@ def exec_entry(vma: ExecVma) -> MapsEntry | None:
     return _queried_entry(*vma)
 
 
+LayoutKey = tuple[bool, frozenset[tuple[_QueryKey, int]]]
+
+
+def layout_key(vmas: Sequence[ExecVma]) -> LayoutKey | None:
+    """A process's layout, what places its executable mappings apart from where ASLR put them: whether it is
+    64-bit (memory above 4 GiB: a 32-bit process's vDSO is another image) and the set of its VMAs' PROCMAP_QUERY
+    keys and sizes (the size tells the vDSO's image: it has no file). A set: ASLR orders dlopen'ed libraries
+    differently in processes of one program. The unwind loader keys its placements by it, Python detection
+    its answers (with the executable). None without VMAs."""
+    if not vmas:
+        return None
+    return vmas[-1][1] > _LOW, frozenset([(v[2], v[1] - v[0]) for v in vmas])
+
+
+_UNREAD = object()
+
+
 @dataclass(slots=True)
 class NewProcess:
     """One read of a process the sampler just announced, shared by everything that reads a new process:
@@ -158,6 +175,24 @@ class NewProcess:
     starttime: int | None  # /proc/PID/stat field 22, read before the maps: the answer is for this process
     vmas: list[ExecVma] | None
     _entries: list[MapsEntry] | None = None
+    _layout: object = _UNREAD
+    _exe: object = _UNREAD
+
+    def layout(self) -> LayoutKey | None:
+        """`layout_key(vmas)`, made once for every reader (the unwind loader's and Python detection's keys)."""
+        if self._layout is _UNREAD:
+            self._layout = layout_key(self.vmas) if self.vmas is not None else None
+        return self._layout  # type: ignore[return-value]
+
+    def exe(self, proc: str = "/proc") -> str | None:
+        """The readlink of /proc/PID/exe, read once for every reader (Python detection's key, the unwind
+        loader's choice of tables to load at once); None when it cannot be read (exited, a kernel thread)."""
+        if self._exe is _UNREAD:
+            try:
+                self._exe = os.readlink(f"{proc}/{self.pid}/exe")
+            except OSError:
+                self._exe = None
+        return self._exe  # type: ignore[return-value]
 
     def entries(self) -> list[MapsEntry] | None:
         """The maps lines of `vmas` (as read_exec_maps gives them); None when there are no VMAs or a name

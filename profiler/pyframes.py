@@ -243,17 +243,14 @@ class PythonRegistry:
         if new is not None:
             started = new.starttime
             if new.vmas is not None:
-                try:
-                    exe = os.readlink(f"/proc/{tgid}/exe")
-                except OSError:
-                    exe = None
-                else:
+                exe = new.exe()  # read once for every reader (the unwind loader's too)
+                if exe is not None:
                     key = (exe, tuple(v[2] for v in new.vmas))  # ordered: cheaper, and stable in a sh or sort
                     if key in self._no_python:
                         with self._lock:
                             self._not_python(tgid, no_python(tgid, exe), exe)
                         return
-                    layout = layout_key(exe, new.vmas) if self.layouts is not None else None
+                    layout = layout_key(exe, new.vmas, new.layout()) if self.layouts is not None else None
                     if layout is not None:
                         if self._place(tgid, layout, started, new.vmas):
                             return

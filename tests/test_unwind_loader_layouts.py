@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,3 +139,45 @@ def test_a_layout_is_not_used_once_a_table_it_waited_for_is_loaded(
     now_loaded = [i for i, m in enumerate(before) if m[4] and got[i][3] is not None]
     assert now_loaded, "no table the first process waited for is loaded for the second"
     assert all(not got[i][4] for i in now_loaded)
+
+
+@pytest.mark.parametrize("program", ["python", "sleep"])
+def test_the_workers_layout_hit_is_what_it_writes_and_holds_one_reference_a_mapping(
+        loaders: tuple[NativeUnwinder, NativeUnwinder], processes: dict[str, list[int]], program: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's path (`_load_process`: a process announced by pid, or one the watcher could not place)
+    placed a process of a known layout from it, then VMA by VMA over it: each table's reference taken twice and
+    one of them never given back, so that no table of that layout left the kernel once its processes exited;
+    and a load of every table (`load_now`) or of asked-for ones read the process's maps as text."""
+    from profiler.unwind import loader as loader_module
+
+    loader, _ = loaders
+    first, second, third, _ = processes[program]
+    texts: list[int] = []
+    read_text = loader_module.read_exec_maps
+
+    def counted(pid: int, proc: str = "/proc", query: bool = True) -> object:
+        texts.append(pid)
+        return read_text(pid, proc, query)
+
+    monkeypatch.setattr(loader_module, "read_exec_maps", counted)
+    loader.load_batch([first])  # by pid: the worker reads the VMAs, places them, learns the layout
+    placed = [0]
+    place = loader._place
+
+    def counting_place(*args, **kwargs):  # type: ignore[no-untyped-def]
+        placed[0] += 1
+        return place(*args, **kwargs)
+
+    monkeypatch.setattr(loader, "_place", counting_place)
+    loader.load_batch([second])
+    assert loader.stats["layout_hits"] == 1
+    assert placed[0] == 0, "a layout hit was placed VMA by VMA again"
+    held = Counter(key for tgid in (first, second) for key in loader.maps.processes[tgid].binaries)
+    assert held, "no table loaded: nothing compared"
+    assert {key: b.refs for key, b in loader.maps.binaries.items() if b.refs} == dict(held)
+    loader.load_now([third])  # every table: placed VMA by VMA, from the queried VMAs
+    assert placed[0] == 1 and texts == [], f"maps read as text for {texts}"
+    for tgid in (first, second, third):
+        loader.maps.remove_process(tgid)
+    assert all(b.refs == 0 for b in loader.maps.binaries.values())

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from podflame.errors import BinaryFormatError
 from podflame.model import Mapping
+from profiler import procmaps
 from profiler.procmaps import ExecVma, MapsEntry, read_exec_maps, start_time
 from profiler.python import remote
 from profiler.python.offsets import (
@@ -93,15 +94,16 @@ class Derivation:
 LayoutKey = tuple[str, bool, frozenset[tuple[object, int]]]
 
 
-def layout_key(exe: str, vmas: Sequence[ExecVma]) -> LayoutKey | None:
+def layout_key(exe: str, vmas: Sequence[ExecVma], vma_layout: procmaps.LayoutKey | None = None) -> LayoutKey | None:
     """What detection's answer for a process is a function of, apart from where ASLR put things: its
     executable (the one candidate besides a libpython: `ld.so /usr/bin/python3` maps what python3 maps), and
-    the set of its executable VMAs' PROCMAP_QUERY keys (flags, offset, device, inode, name) and sizes, and
-    whether it is 64-bit (as the unwind loader's layouts). A set: ASLR orders dlopen'ed libraries differently
-    in processes of one program. None without VMAs."""
-    if not vmas:
+    its VMAs' layout as the unwind loader keys it (procmaps.layout_key: whether it is 64-bit, the set of its
+    executable VMAs' PROCMAP_QUERY keys and sizes), given as `vma_layout` when made already (NewProcess.layout).
+    None without VMAs."""
+    base = vma_layout if vma_layout is not None else procmaps.layout_key(vmas)
+    if base is None:
         return None
-    return exe, vmas[-1][1] > 1 << 32, frozenset([(v[2], v[1] - v[0]) for v in vmas])
+    return exe, base[0], base[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,17 @@ from podflame.errors import PodflameError
 from podflame.model import Mapping
 from podflame.threads import daemon_thread
 from profiler.bpfprog import BpfMap
-from profiler.procmaps import ExecVma, MapsEntry, NewProcess, exec_entry, query_vma, read_exec_maps, read_exec_vmas
+from profiler.procmaps import (
+    ExecVma,
+    LayoutKey,
+    MapsEntry,
+    NewProcess,
+    exec_entry,
+    layout_key,
+    query_vma,
+    read_exec_maps,
+    read_exec_vmas,
+)
 from profiler.unwind.maps import STAT_SLOTS, WANT, WANTS_TABLE, UnwindMaps
 from profiler.unwind.table import UnwindTable
 
@@ -58,7 +68,6 @@ BUILD_BURST_S = 5.0
 SMALL_TABLE_ROWS = 50_000  # estimated: a build of ~50 ms or less (a program, libc), never deferred
 _PF_X = 1
 _WANTED_SLOT = STAT_SLOTS.index("wanted")
-_LOW = 1 << 32  # a 64-bit process has memory above 4 GiB (its vDSO is there)
 
 
 def cached_tables() -> TableSource:
@@ -120,7 +129,7 @@ class NativeUnwinder:
         # a whole process's placement by its VMAs' keys and sizes (_Layout): a new process of the same
         # program with the same libraries (most of a busy node's) is placed without a step per VMA and
         # without reading its vDSO; emptied with _placed (once a drain), checked against the loaded tables
-        self._layouts: dict[tuple[object, ...], _Layout] = {}
+        self._layouts: dict[LayoutKey, _Layout] = {}
         self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
                       "tables_built_in_agent": 0,  # small: no build child started for them
                       "tables_too_big": 0, "tables_no_room": 0, "tables_deferred": 0, "rereads": 0, "exits": 0,
@@ -303,19 +312,22 @@ class NativeUnwinder:
         if self._seen.get(tgid) == signature and not wanted and not everything and not retry:
             return  # announced again (a new comm, a stale mark from JIT code) with the same mappings
         self._seen[tgid] = signature
+        # the watcher's read: its layout key was made once for every reader (unless cut at the walker's limit)
+        key = new.layout() if new is not None and vmas is new.vmas and len(new.vmas) <= MAX_MAPPINGS_PER_PROCESS \
+            else _layout_key(vmas[:MAX_MAPPINGS_PER_PROCESS])
         vmas = vmas[:MAX_MAPPINGS_PER_PROCESS]
-        layout_key = _layout_key(vmas)
         mappings = None
         if not wanted and not everything and not retry:
-            mappings = self._mappings_from_layout(tgid, vmas, layout_key)  # type: ignore[arg-type]  # ExecVmas: a key
-            note = _Note() if layout_key is not None else None
+            mappings = self._mappings_from_layout(tgid, vmas, key, new)  # type: ignore[arg-type]  # ExecVmas: a key
+        if mappings is None:
+            note = _Note() if key is not None else None
             mappings = self._place(tgid, vmas, wanted, everything, note)
             if note is not None and note.ok and mappings is not None and len(note.entries) == len(vmas):
                 by_vma = dict(zip(_vma_keys(vmas), note.entries, strict=True))  # type: ignore[arg-type]
                 if len(self._layouts) >= LAYOUTS:
                     self._layouts.clear()
-                assert layout_key is not None
-                self._layouts[layout_key] = _Layout(by_vma, note.exe)
+                assert key is not None
+                self._layouts[key] = _Layout(by_vma, note.exe)
         if mappings is None:  # a name the ioctl gives otherwise than the text: the text's lines
             try:
                 entries = read_exec_maps(tgid, self.proc, query=False)
@@ -333,20 +345,25 @@ class NativeUnwinder:
         tgid, vmas = new.pid, new.vmas
         if not vmas or tgid in self._seen or tgid in self._wanted or tgid in self._retry:
             return False
-        vmas = vmas[:MAX_MAPPINGS_PER_PROCESS]
-        mappings = self._mappings_from_layout(tgid, vmas, _layout_key(vmas))
+        if len(vmas) > MAX_MAPPINGS_PER_PROCESS:
+            vmas = vmas[:MAX_MAPPINGS_PER_PROCESS]
+            key = layout_key(vmas)
+        else:
+            key = new.layout()  # made once, for Python detection too
+        mappings = self._mappings_from_layout(tgid, vmas, key, new)
         if mappings is None:
             return False
         self._seen[tgid] = _signature(vmas)
         self._apply(tgid, mappings)
         return True
 
-    def _mappings_from_layout(self, tgid: int, vmas: list[ExecVma], layout_key: tuple[object, ...] | None
-                              ) -> list[tuple[int, int, int, object | None, int]] | None:
-        """The mappings of a process whose layout (`_layout_key` of its VMAs) was placed before, from that
-        placement (`_from_layout`, counted as a layout hit); None when it is unknown or no longer holds."""
-        layout = self._layouts.get(layout_key) if layout_key is not None else None
-        mappings = self._from_layout(tgid, vmas, layout) if layout is not None else None
+    def _mappings_from_layout(self, tgid: int, vmas: list[ExecVma], key: LayoutKey | None,
+                              new: NewProcess | None = None) -> list[tuple[int, int, int, object | None, int]] | None:
+        """The mappings of a process whose layout (procmaps.layout_key of its VMAs) was placed before, from that
+        placement (`_from_layout`, counted as a layout hit); None when it is unknown or no longer holds. `new`:
+        the watcher's read of the process, whose executable is read once for every reader."""
+        layout = self._layouts.get(key) if key is not None else None
+        mappings = self._from_layout(tgid, vmas, layout, new) if layout is not None else None
         if mappings is not None:
             self.stats["layout_hits"] += 1
         return mappings
@@ -442,8 +459,8 @@ class NativeUnwinder:
                 note.ok = False  # a stat or a read that failed: this process only
         return mappings
 
-    def _from_layout(self, tgid: int, vmas: list[ExecVma],
-                     layout: _Layout) -> list[tuple[int, int, int, object | None, int]] | None:
+    def _from_layout(self, tgid: int, vmas: list[ExecVma], layout: _Layout,
+                     new: NewProcess | None = None) -> list[tuple[int, int, int, object | None, int]] | None:
         """The mappings of a process whose VMAs have the keys and sizes of one placed before (`layout`), as
         `_place` would give them; None when what that placement rested on changed since (a table loaded or
         evicted, a build deferred or refused, another executable deciding which small table comes at once)."""
@@ -461,7 +478,7 @@ class NativeUnwinder:
                 binary = files.get(identity)
                 if binary is None or binary.count >= 0 or binary.deferred or binary.no_room:
                     return None
-        if layout.exe is not None and self._exe(tgid) != layout.exe:
+        if layout.exe is not None and self._exe(tgid, new) != layout.exe:
             return None
         mappings: list[tuple[int, int, int, object | None, int]] = []
         entries = layout.entries
@@ -473,7 +490,9 @@ class NativeUnwinder:
                     self.maps.binary(key, b"")  # the process's reference (loaded: checked above)
         return mappings
 
-    def _exe(self, tgid: int) -> str:
+    def _exe(self, tgid: int, new: NewProcess | None = None) -> str:
+        if new is not None and self.proc == "/proc":
+            return new.exe() or ""
         try:
             return os.readlink(f"{self.proc}/{tgid}/exe")
         except OSError:
@@ -726,17 +745,15 @@ def _signature(vmas: list[ExecVma] | list[MapsEntry]) -> tuple[tuple[int, int, i
 
 def _vma_keys(vmas: list[ExecVma]) -> Iterator[tuple[object, int]]:
     """What places each VMA apart from where ASLR put it: its PROCMAP_QUERY key and its size (which tells
-    the vDSO's image: it has no file)."""
+    the vDSO's image: it has no file), as procmaps.layout_key takes them."""
     return ((v[2], v[1] - v[0]) for v in vmas)
 
 
-def _layout_key(vmas: list[ExecVma] | list[MapsEntry]) -> tuple[object, ...] | None:
-    """A process's layout: its VMAs' keys and sizes as a set (ASLR orders dlopen'ed libraries differently in
-    processes of one program), and whether it is 64-bit (memory above 4 GiB: the vDSO of a 32-bit process is
-    another image). None for maps lines (before Linux 6.11: no layouts)."""
+def _layout_key(vmas: list[ExecVma] | list[MapsEntry]) -> LayoutKey | None:
+    """procmaps.layout_key of queried VMAs; None for maps lines (before Linux 6.11: no layouts)."""
     if not vmas or not isinstance(vmas[0], tuple):
         return None
-    return vmas[-1][1] > _LOW, frozenset(_vma_keys(vmas))  # type: ignore[arg-type]
+    return layout_key(vmas)  # type: ignore[arg-type]
 
 
 def _empty(m: BpfMap, chunk: int = 1024) -> Iterator[memoryview]:
