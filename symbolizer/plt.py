@@ -1,0 +1,172 @@
+"""Synthetic `name@plt` symbols for the PLT stubs of x86-64 and i386 binaries.
+
+A call into a shared library goes through a stub in the caller's PLT (`.plt`, the IBT/MPX second PLT
+`.plt.sec`/`.plt.bnd`, `.plt.got` for functions whose address is also taken). The symbol tables name no
+stub, so a sample there read `exe+0x1070`; binutils (`objdump -d`: `<clock_gettime@plt>`), gdb and perf
+name each stub after the symbol of the GOT slot it jumps through. So do we: each entry's indirect jump
+is decoded to its GOT slot, and the dynamic relocation of that slot names it (`.rela.plt` JUMP_SLOT,
+GLOB_DAT in `.rela.dyn` for `.plt.got`). Decoding the jump, rather than counting entries in relocation
+order, gives the layouts the linkers write the same treatment: lazy `.plt` after PLT0, `-z now`,
+IBT (`endbr64` first, `.plt.sec`), BND-prefixed jumps, PIE or not, and an entry whose jump decodes to
+no such relocation (PLT0, IBT's lazy push stubs) stays unnamed, as objdump leaves it.
+
+One difference from objdump: an IRELATIVE slot (a call to an IFUNC of the binary itself, e.g. libc
+calling its own memcpy) has no symbol, only the resolver's address as addend; objdump says
+`*ABS*+0x9f550@plt`, we name it after the IFUNC symbol whose value is that address (`memmove@plt`),
+and fall back to objdump's spelling when there is none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from array import array
+from collections.abc import Callable
+
+from symbolizer.elffile import (
+    EM_386,
+    EM_X86_64,
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHT_DYNSYM,
+    SHT_NOBITS,
+    SHT_REL,
+    SHT_RELA,
+    ElfFile,
+    Section,
+)
+
+_GLOB_DAT, _JUMP_SLOT = 6, 7  # the same numbers on x86-64 and i386
+_IRELATIVE = {EM_X86_64: 37, EM_386: 42}
+# PLT sections and their entry size when sh_entsize does not say (x86: 16, the small .plt.got / BND forms 8)
+PLT_SECTIONS = {".plt": 16, ".plt.sec": 16, ".plt.bnd": 8, ".plt.got": 8}
+_ENDBR64, _ENDBR32, _BND = b"\xf3\x0f\x1e\xfa", b"\xf3\x0f\x1e\xfb", 0xF2
+
+PltSymbol = tuple[int, int, str]  # (start, end, name)
+
+
+def _jump_slot(machine: int, entry: bytes, addr: int, got: int | None) -> int | None:
+    """The GOT slot address an entry's first indirect jump reads: `jmp *disp32(%rip)` (x86-64),
+    `jmp *abs32` / `jmp *disp32(%ebx)` (i386, %ebx = the GOT), after an optional endbr and BND prefix."""
+    pos = 4 if entry[:4] in (_ENDBR64, _ENDBR32) else 0
+    if len(entry) > pos and entry[pos] == _BND:
+        pos += 1
+    if len(entry) < pos + 6 or entry[pos] != 0xFF:
+        return None
+    modrm = entry[pos + 1]
+    if machine == EM_X86_64:
+        if modrm != 0x25:
+            return None
+        return (addr + pos + 6 + int.from_bytes(entry[pos + 2:pos + 6], "little", signed=True)) & ((1 << 64) - 1)
+    if modrm == 0x25:
+        return int.from_bytes(entry[pos + 2:pos + 6], "little")
+    if modrm == 0xA3 and got is not None:
+        return (got + int.from_bytes(entry[pos + 2:pos + 6], "little", signed=True)) & 0xFFFFFFFF
+    return None
+
+
+def _entry_size(sec: Section, default: int) -> int:
+    size = sec.entsize if sec.entsize in (8, 16, 32) else default
+    return size if sec.size % size == 0 else default
+
+
+def _relocations(elf: ElfFile, slots: set[int]) -> dict[int, tuple[int, int, int, Section]]:
+    """GOT slot -> (type, symbol index, addend, relocation section) for the slots asked for, from the
+    dynamic relocation sections (.rela.plt, .rela.dyn; .rel.* on i386)."""
+    found: dict[int, tuple[int, int, int, Section]] = {}
+    is64 = elf.elfclass == 64
+    swap = (elf.endian == "<") != (struct.pack("=H", 1) == b"\x01\x00")
+    # .rela.plt first: it holds every slot of .plt/.plt.sec, so the long .rela.dyn (RELATIVE relocations
+    # by the ten thousand in a big PIE) is searched only for the few slots of .plt.got
+    tables = sorted((s for s in elf.sections if s.type in (SHT_RELA, SHT_REL) and s.flags & SHF_ALLOC and s.size),
+                    key=lambda s: not s.name.endswith(".plt"))
+    for sec in tables:
+        rela = sec.type == SHT_RELA
+        words = 3 if rela else 2
+        width = words * (8 if is64 else 4)
+        if sec.entsize not in (0, width):
+            continue
+        data = elf.data(sec)
+        cols = array("Q" if is64 else "I")
+        cols.frombytes(data[: len(data) - len(data) % width])
+        if swap:
+            cols.byteswap()
+        offsets = cols[0::words]
+        wanted = slots - found.keys()
+        if len(wanted) > 64:  # many slots: one pass over the section; else a C-speed search per slot
+            index = {off: i for i, off in enumerate(offsets) if off in wanted}
+        else:
+            index = {}
+            for slot in wanted:
+                with contextlib.suppress(ValueError):
+                    index[slot] = offsets.index(slot)
+        for slot, i in index.items():
+            info = cols[i * words + 1]
+            typ, sym = (info & 0xFFFFFFFF, info >> 32) if is64 else (info & 0xFF, info >> 8)
+            addend = cols[i * words + 2] if rela else 0
+            if addend >= 1 << (63 if is64 else 31):
+                addend -= 1 << (64 if is64 else 32)
+            found[slot] = (typ, sym, addend, sec)
+        if len(found) == len(slots):
+            break
+    return found
+
+
+def _symbol_name(elf: ElfFile, rel_sec: Section, index: int, tables: dict[int, tuple[bytes, bytes]]) -> str | None:
+    """The name of symbol `index` of the dynamic symbol table a relocation section links to."""
+    if not index or rel_sec.link >= len(elf.sections):
+        return None
+    if rel_sec.link not in tables:
+        symtab = elf.sections[rel_sec.link]
+        if symtab.type != SHT_DYNSYM or symtab.link >= len(elf.sections):
+            return None
+        tables[rel_sec.link] = (elf.data(symtab), elf.data(elf.sections[symtab.link]))
+    data, strtab = tables[rel_sec.link]
+    size = 24 if elf.elfclass == 64 else 16
+    if (index + 1) * size > len(data):
+        return None
+    (name_off,) = struct.unpack_from(elf.endian + "I", data, index * size)
+    end = strtab.find(b"\0", name_off)
+    raw = strtab[name_off:end if end >= 0 else len(strtab)]
+    return raw.decode("utf-8", "replace") if raw else None
+
+
+def plt_symbols(elf: ElfFile, ifunc_name: Callable[[int], str | None] = lambda _: None) -> list[PltSymbol]:
+    """(start, end, `name@plt`) of every PLT entry of `elf` that jumps through a GOT slot with a
+    JUMP_SLOT, GLOB_DAT or IRELATIVE relocation; `ifunc_name(address)` names an IFUNC resolver (see the
+    module's docstring). Empty for other machines and for files without PLT sections."""
+    machine = elf.e_machine
+    if machine not in _IRELATIVE:
+        return []
+    got_sec = elf.section(".got.plt") or elf.section(".got")
+    got = got_sec.addr if got_sec is not None else None
+    entries: list[tuple[int, int, int]] = []  # (start, size, slot)
+    for name, default in PLT_SECTIONS.items():
+        sec = elf.section(name)
+        if sec is None or sec.type == SHT_NOBITS or not sec.flags & SHF_EXECINSTR or not sec.size:
+            continue
+        size = _entry_size(sec, default)
+        data = elf.data(sec)
+        for off in range(0, len(data) - size + 1, size):
+            slot = _jump_slot(machine, data[off:off + size], sec.addr + off, got)
+            if slot is not None:
+                entries.append((sec.addr + off, size, slot))
+    if not entries:
+        return []
+    relocs = _relocations(elf, {slot for _, _, slot in entries})
+    irelative = _IRELATIVE[machine]
+    tables: dict[int, tuple[bytes, bytes]] = {}
+    out: list[PltSymbol] = []
+    for start, size, slot in entries:
+        r = relocs.get(slot)
+        if r is None:
+            continue
+        typ, sym, addend, rel_sec = r
+        if typ == irelative:
+            name = ifunc_name(addend) or f"*ABS*+{addend:#x}"
+        elif typ in (_JUMP_SLOT, _GLOB_DAT) and (imported := _symbol_name(elf, rel_sec, sym, tables)):
+            name = imported + (f"+{addend:#x}" if addend > 0 else f"-{-addend:#x}" if addend else "")
+        else:
+            continue
+        out.append((start, start + size, name + "@plt"))
+    return out
