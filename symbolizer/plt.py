@@ -112,23 +112,35 @@ def _relocations(elf: ElfFile, slots: set[int]) -> dict[int, tuple[int, int, int
     return found
 
 
-def _symbol_name(elf: ElfFile, rel_sec: Section, index: int, tables: dict[int, tuple[bytes, bytes]]) -> str | None:
-    """The name of symbol `index` of the dynamic symbol table a relocation section links to."""
-    if not index or rel_sec.link >= len(elf.sections):
+def _names(elf: ElfFile, rel_sec: Section) -> Callable[[int], str | None] | None:
+    """Symbol index -> name in the dynamic symbol table a relocation section links to."""
+    if rel_sec.link >= len(elf.sections):
         return None
-    if rel_sec.link not in tables:
-        symtab = elf.sections[rel_sec.link]
-        if symtab.type != SHT_DYNSYM or symtab.link >= len(elf.sections):
-            return None
-        tables[rel_sec.link] = (elf.data(symtab), elf.data(elf.sections[symtab.link]))
-    data, strtab = tables[rel_sec.link]
+    symtab = elf.sections[rel_sec.link]
+    if symtab.type != SHT_DYNSYM or symtab.link >= len(elf.sections):
+        return None
+    data, strtab = elf.data(symtab), elf.data(elf.sections[symtab.link])
     size = 24 if elf.elfclass == 64 else 16
-    if (index + 1) * size > len(data):
-        return None
-    (name_off,) = struct.unpack_from(elf.endian + "I", data, index * size)
-    end = strtab.find(b"\0", name_off)
-    raw = strtab[name_off:end if end >= 0 else len(strtab)]
-    return raw.decode("utf-8", "replace") if raw else None
+    count = len(data) // size
+    name_at = struct.Struct(elf.endian + "I").unpack_from
+    find = strtab.find
+
+    def name(index: int) -> str | None:
+        if not 0 < index < count:
+            return None
+        (at,) = name_at(data, index * size)
+        end = find(b"\0", at)
+        return strtab[at:end if end >= 0 else len(strtab)].decode("utf-8", "replace") or None
+
+    return name
+
+
+def _imported(elf: ElfFile, rel_sec: Section, index: int,
+              tables: dict[int, Callable[[int], str | None] | None]) -> str | None:
+    if rel_sec.link not in tables:
+        tables[rel_sec.link] = _names(elf, rel_sec)
+    names = tables[rel_sec.link]
+    return names(index) if names is not None else None
 
 
 def plt_symbols(elf: ElfFile, ifunc_name: Callable[[int], str | None] = lambda _: None) -> list[PltSymbol]:
@@ -155,7 +167,7 @@ def plt_symbols(elf: ElfFile, ifunc_name: Callable[[int], str | None] = lambda _
         return []
     relocs = _relocations(elf, {slot for _, _, slot in entries})
     irelative = _IRELATIVE[machine]
-    tables: dict[int, tuple[bytes, bytes]] = {}
+    tables: dict[int, Callable[[int], str | None] | None] = {}
     out: list[PltSymbol] = []
     for start, size, slot in entries:
         r = relocs.get(slot)
@@ -164,7 +176,7 @@ def plt_symbols(elf: ElfFile, ifunc_name: Callable[[int], str | None] = lambda _
         typ, sym, addend, rel_sec = r
         if typ == irelative:
             name = ifunc_name(addend) or f"*ABS*+{addend:#x}"
-        elif typ in (_JUMP_SLOT, _GLOB_DAT) and (imported := _symbol_name(elf, rel_sec, sym, tables)):
+        elif typ in (_JUMP_SLOT, _GLOB_DAT) and (imported := _imported(elf, rel_sec, sym, tables)):
             name = imported + (f"+{addend:#x}" if addend > 0 else f"-{-addend:#x}" if addend else "")
         else:
             continue
