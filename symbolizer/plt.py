@@ -18,9 +18,7 @@ and fall back to objdump's spelling when there is none.
 
 from __future__ import annotations
 
-import contextlib
 import struct
-from array import array
 from collections.abc import Callable
 
 from symbolizer.elffile import (
@@ -75,38 +73,39 @@ def _relocations(elf: ElfFile, slots: set[int]) -> dict[int, tuple[int, int, int
     dynamic relocation sections (.rela.plt, .rela.dyn; .rel.* on i386)."""
     found: dict[int, tuple[int, int, int, Section]] = {}
     is64 = elf.elfclass == 64
-    swap = (elf.endian == "<") != (struct.pack("=H", 1) == b"\x01\x00")
+    word = 8 if is64 else 4
+    little = elf.endian == "<"
     # .rela.plt first: it holds every slot of .plt/.plt.sec, so the long .rela.dyn (RELATIVE relocations
     # by the ten thousand in a big PIE) is searched only for the few slots of .plt.got
     tables = sorted((s for s in elf.sections if s.type in (SHT_RELA, SHT_REL) and s.flags & SHF_ALLOC and s.size),
                     key=lambda s: not s.name.endswith(".plt"))
     for sec in tables:
         rela = sec.type == SHT_RELA
-        words = 3 if rela else 2
-        width = words * (8 if is64 else 4)
+        width = (3 if rela else 2) * word
         if sec.entsize not in (0, width):
             continue
         data = elf.data(sec)
-        cols = array("Q" if is64 else "I")
-        cols.frombytes(data[: len(data) - len(data) % width])
-        if swap:
-            cols.byteswap()
-        offsets = cols[0::words]
+        data = data[: len(data) - len(data) % width]
+        fmt = elf.endian + ("QQq" if is64 else "IIi")[: 3 if rela else 2]
         wanted = slots - found.keys()
-        if len(wanted) > 64:  # many slots: one pass over the section; else a C-speed search per slot
-            index = {off: i for i, off in enumerate(offsets) if off in wanted}
-        else:
-            index = {}
+        at: dict[int, int] = {}  # slot -> byte offset of its relocation
+        if len(wanted) * 16 > len(data) // width:  # many of the section's slots: one pass over it
+            for i, rec in enumerate(struct.iter_unpack(fmt, data)):
+                if rec[0] in wanted:
+                    at[rec[0]] = i * width
+        else:  # a few (.plt.got's) in a long section: memchr-speed searches for the slot's bytes
             for slot in wanted:
-                with contextlib.suppress(ValueError):
-                    index[slot] = offsets.index(slot)
-        for slot, i in index.items():
-            info = cols[i * words + 1]
+                key = slot.to_bytes(word, "little") if little else slot.to_bytes(word, "big")
+                pos = data.find(key)
+                while pos >= 0 and pos % width:
+                    pos = data.find(key, pos + 1)
+                if pos >= 0:
+                    at[slot] = pos
+        for slot, pos in at.items():
+            rec = struct.unpack_from(fmt, data, pos)
+            info = rec[1]
             typ, sym = (info & 0xFFFFFFFF, info >> 32) if is64 else (info & 0xFF, info >> 8)
-            addend = cols[i * words + 2] if rela else 0
-            if addend >= 1 << (63 if is64 else 31):
-                addend -= 1 << (64 if is64 else 32)
-            found[slot] = (typ, sym, addend, sec)
+            found[slot] = (typ, sym, rec[2] if rela else 0, sec)
         if len(found) == len(slots):
             break
     return found
