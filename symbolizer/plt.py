@@ -11,8 +11,8 @@ IBT (`endbr64` first, `.plt.sec`), BND-prefixed jumps, PIE or not, and an entry 
 no such relocation (PLT0, IBT's lazy push stubs) stays unnamed, as objdump leaves it.
 
 One difference from objdump: an IRELATIVE slot (a call to an IFUNC of the binary itself, e.g. libc
-calling its own memcpy) has no symbol, only the resolver's address as addend; objdump says
-`*ABS*+0x9f550@plt`, we name it after the IFUNC symbol whose value is that address (`memmove@plt`),
+calling its own strnlen) has no symbol, only the resolver's address as addend; objdump says
+`*ABS*+0x9f550@plt`, we name it after the IFUNC symbol whose value is that address (`strnlen@plt`),
 and fall back to objdump's spelling when there is none.
 """
 
