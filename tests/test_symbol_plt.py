@@ -9,6 +9,7 @@ entry; no other `@plt` name may appear; the ordinary symbols stay as readelf lis
 from __future__ import annotations
 
 import pickle
+import random
 import re
 import shutil
 import subprocess
@@ -259,3 +260,27 @@ def test_cpp_plt_names_are_demangled() -> None:
 
     assert demangle("_ZdaPv@plt") == "operator delete[](void*)@plt"
     assert demangle("clock_gettime@plt") == "clock_gettime@plt"
+
+
+def test_a_corrupt_plt_or_relocation_table_leaves_the_rest_of_the_table(built: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    """Garbage in the second PLT, .plt.got or the PLT's relocations: no exception, the ordinary
+    symbols as readelf lists them, and no `@plt` name that objdump does not give."""
+    exe = built["ibt"]
+    secs = sections(exe)
+    out = subprocess.run(["readelf", "-SW", str(exe)], capture_output=True, text=True, check=True).stdout
+    offsets = {m.group(1): int(m.group(2), 16)
+               for m in re.finditer(r"\]\s+(\S+)\s+\S+\s+[0-9a-f]+\s+([0-9a-f]+)", out)}
+    rng = random.Random(21)
+    for victim in (".plt.sec", ".rela.plt", ".plt.got"):
+        data = bytearray(exe.read_bytes())
+        start, size = offsets[victim], secs[victim][1]
+        data[start:start + size] = bytes(rng.randrange(256) for _ in range(size))
+        bad = tmp_path / f"bad{victim}"
+        bad.write_bytes(bytes(data))
+        elf = ElfSymbols(str(bad))
+        r = elf.ranges
+        names = {n for n in r.names if n.endswith("@plt")}
+        assert names <= set(objdump_plt(exe).values()), (victim, names)
+        plain = [x for x in zip(r.starts, r.ends, r.names, strict=True) if not x[2].endswith("@plt")]
+        assert plain == _oracle(str(exe), ".symtab"), victim
