@@ -39,6 +39,8 @@ def demangle(name: str) -> str:
     """Readable name for a mangled C++ (Itanium ABI) or Rust symbol; other names as they are."""
     if not name.startswith(("_Z", "_R", "__Z")):
         return name
+    if name.endswith("@plt"):  # a PLT stub (symbolizer.plt): `operator delete[](void*)@plt`, as perf prints it
+        return demangle(name[:-4]) + "@plt"
     cxxfilt, rust = _load()
     base, dot, suffix = name.partition(".")  # GCC clones: _Z3fooi.constprop.0 -> foo(int) [clone .constprop.0]
     try:

@@ -1,7 +1,8 @@
 """Decoded DWARF indexes persisted per build id, so a restarted agent does not decode again.
 
 Layout: `<root>/v<FORMAT>/<build id[:2]>/<build id>/table.pkl` (the CU address table),
-`symbols.pkl` (the ELF symbol table, for `podflame symbolize`), `cu-<offset>.pkl` (one compile
+`symbols.pkl` (the ELF symbol table with its format, `elf.SYMBOLS_FORMAT`, for `podflame symbolize` and
+the agent), `cu-<offset>.pkl` (one compile
 unit: decoded whole, `dwarf.CuIndex`, or for a big CU its functions' ranges, `dwarf.CuFunctions`)
 and `fn-<CU offset>-<DIE offset>.pkl` (one function of a big CU, `dwarf.FnIndex`: its inline tree
 and line rows, stored when a lookup first reaches it). A big CU whose functions a process reached
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from symbolizer.dwarf import _FORMAT, CuFunctions, CuIndex, FnIndex
+from symbolizer.elf import SYMBOLS_FORMAT
 from symbolizer.ranges import AddressRanges
 
 if TYPE_CHECKING:
@@ -147,14 +149,17 @@ class DiskCache:
 
         def load(read: Callable[[], AddressRanges]) -> AddressRanges:
             got = self._read(path)
-            if isinstance(got, tuple) and len(got) == 2 and isinstance(got[1], AddressRanges):
-                source, ranges = got
+            # (format, source, table); a table of another format (an older reader's: no `name@plt`, or a
+            # bare (source, table) pair) is read again from the binary and rewritten
+            if isinstance(got, tuple) and len(got) == 3 and got[0] == SYMBOLS_FORMAT and \
+                    isinstance(got[2], AddressRanges):
+                _, source, ranges = got
                 if source not in _WITHOUT_DEBUG_FILE or elf.debug_file() is None:
                     self.stats["symbols_hits"] += 1
                     elf.symbol_source = f"cache ({source})"
                     return ranges
             ranges = read()
-            self._write(path, (elf.symbol_source, ranges))
+            self._write(path, (SYMBOLS_FORMAT, elf.symbol_source, ranges))
             return ranges
 
         return load

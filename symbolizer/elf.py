@@ -26,12 +26,16 @@ from symbolizer.elffile import (
     PF_X,
     PT_LOAD,
     PT_NOTE,
+    SHF_ALLOC,
     SHF_EXECINSTR,
     SHT_DYNSYM,
     SHT_NOTE,
+    SHT_REL,
+    SHT_RELA,
     SHT_SYMTAB,
     ElfFile,
 )
+from symbolizer.plt import PLT_SECTIONS, plt_symbols
 from symbolizer.ranges import AddressRanges
 
 ET_EXEC = "ET_EXEC"
@@ -103,6 +107,11 @@ _Rank = tuple[int, int, bool, int]
 # (libarrow: 74k symbols, the sort and its keys were over half of reading the table).
 _Symbol = tuple[int, int, int, str, int]
 _UNDERSCORES_MAX = (1 << 45) - 1
+_SYNTHETIC_RANK = 3 << 48  # `name@plt` (symbolizer.plt): below every symbol a table holds at the same address
+# The table's format, stored with it by a persistent cache (diskcache.symbols_loader): bump it when the
+# same binary gives another table, so tables cached by an older reader are read again.
+# 2: PLT entries are named `name@plt`.
+SYMBOLS_FORMAT = 2
 
 
 def _pack_rank(type_rank: int, bind_rank: int, unsized: bool, underscores: int) -> int:
@@ -157,6 +166,29 @@ def _raw_symbols(elf: ElfFile, section_name: str) -> list[_Symbol]:
             min(underscores, _UNDERSCORES_MAX)
         append((value, rank, len(name), name, end))
     return out
+
+
+def _plt(elf: ElfFile, syms: list[_Symbol]) -> list[_Symbol]:
+    """`name@plt` symbols of the binary's PLT entries (from the binary itself: a debug file's PLT and
+    relocations are NOBITS), IRELATIVE ones named after the IFUNC at their resolver."""
+    ifuncs: dict[int, tuple[int, int, str]] | None = None
+
+    def ifunc_name(address: int) -> str | None:
+        nonlocal ifuncs
+        if ifuncs is None:
+            ifuncs = {}
+            ifunc = _TYPE_RANK[_STT_GNU_IFUNC]
+            for start, rank, n, name, _ in syms:
+                if rank >> 48 == ifunc and (start not in ifuncs or (rank, n, name) < ifuncs[start]):
+                    ifuncs[start] = (rank, n, name)
+        best = ifuncs.get(address)
+        return best[2] if best else None
+
+    try:
+        plt = plt_symbols(elf, ifunc_name)
+    except (struct.error, ValueError, IndexError, OverflowError):
+        return []  # a PLT we cannot decode: its entries stay unnamed, the rest of the table is read
+    return [(start, _SYNTHETIC_RANK, len(name), name, end) for start, end, name in plt]
 
 
 def _crc32(path: str) -> int | None:
@@ -333,9 +365,10 @@ class ElfSymbols:
         """A key naming exactly what the symbol table is read from, for a binary without a build id (a
         disk cache must not key those by path or inode: both are reused by other files): a hash of the
         ELF header fields and section headers the reader uses and of the bytes of every table it would
-        read (.symtab, .dynsym, .gnu_debugdata and their string tables). Equal digests, equal tables; a
-        rebuilt binary whose symbols moved has another. None when the file cannot be read."""
-        h = hashlib.sha256(b"podflame-symbols-v1")
+        read (.symtab, .dynsym, .gnu_debugdata and their string tables; the PLT sections and dynamic
+        relocations its `name@plt` entries come from). Equal digests, equal tables; a rebuilt binary
+        whose symbols moved has another. None when the file cannot be read."""
+        h = hashlib.sha256(b"podflame-symbols-v2")
         try:
             with self._open() as f:
                 elf = _open_elf(f)
@@ -347,6 +380,9 @@ class ElfSymbols:
                     h.update(name.encode() + elf.data(sec))
                     if name != ".gnu_debugdata" and sec.link < len(elf.sections):
                         h.update(elf.data(elf.sections[sec.link]))
+                for sec in elf.sections:
+                    if sec.name in PLT_SECTIONS or (sec.type in (SHT_RELA, SHT_REL) and sec.flags & SHF_ALLOC):
+                        h.update(sec.name.encode() + elf.data(sec))
         except (OSError, ElfReadError, struct.error, ValueError):
             return None
         return "c0de" + h.hexdigest()[:60]  # hex, as a build id, and longer than GNU's (20 bytes)
@@ -369,6 +405,7 @@ class ElfSymbols:
                         inner = _open_elf(io.BytesIO(lzma.decompress(elf.data(mini))))
                         syms += _raw_symbols(inner, ".symtab")
                         self.symbol_source = "minidebuginfo"
+                syms += _plt(elf, syms)
         except (OSError, struct.error, ValueError, lzma.LZMAError) as e:
             raise ElfReadError(f"{self.name}: {e}") from e
         return _ranges_of(syms)

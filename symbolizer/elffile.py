@@ -14,12 +14,12 @@ from typing import BinaryIO, NamedTuple
 
 from podflame.errors import BinaryFormatError
 
-SHT_SYMTAB, SHT_NOTE, SHT_NOBITS, SHT_DYNSYM = 2, 7, 8, 11
+SHT_SYMTAB, SHT_RELA, SHT_NOTE, SHT_NOBITS, SHT_REL, SHT_DYNSYM = 2, 4, 7, 8, 9, 11
 PT_LOAD, PT_NOTE = 1, 4
-SHF_EXECINSTR, SHF_COMPRESSED = 0x4, 0x800
+SHF_ALLOC, SHF_EXECINSTR, SHF_COMPRESSED = 0x2, 0x4, 0x800
 PF_X = 0x1
 NT_GNU_BUILD_ID = 3
-EM_ARM = 40
+EM_386, EM_ARM, EM_X86_64 = 3, 40, 62
 _E_TYPES = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
 
 
@@ -35,6 +35,7 @@ class Section(NamedTuple):
     offset: int
     size: int
     link: int
+    entsize: int  # bytes per entry of a table (symbols, relocations, PLT entries), 0 when not a table
 
 
 class Segment(NamedTuple):
@@ -95,7 +96,7 @@ class ElfFile:
     def _sections(self, shoff: int, entsize: int, num: int, strndx: int) -> list[Section]:
         if not shoff:
             return []
-        fmt = self.endian + ("IIQQQQII" if self.elfclass == 64 else "IIIIIIII")
+        fmt = self.endian + ("IIQQQQIIQQ" if self.elfclass == 64 else "IIIIIIIIII")
         if entsize < struct.calcsize(fmt):
             raise ElfFormatError("bad section header size")
         if num == 0:  # more than 0xff00 sections: the count is in section 0's sh_size
@@ -108,10 +109,10 @@ class ElfFile:
         if 0 < strndx < num and heads[strndx][1] != SHT_NOBITS:
             names = self._read(heads[strndx][4], heads[strndx][5])
         out = []
-        for name, typ, flags, addr, offset, size, link, _ in heads:
+        for name, typ, flags, addr, offset, size, link, _, _, entsize in heads:
             end = names.find(b"\0", name)
             out.append(Section(names[name:end if end >= 0 else len(names)].decode("utf-8", "replace"),
-                               typ, flags, addr, offset, size, link))
+                               typ, flags, addr, offset, size, link, entsize))
         return out
 
     def section(self, name: str) -> Section | None:

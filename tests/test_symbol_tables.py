@@ -97,8 +97,10 @@ def _oracle(path: str, table: str) -> list[tuple[int, int, str]]:
 
 
 def _check(elf: ElfSymbols, file: str, table: str) -> int:
+    """The table's ranges, but for the synthetic `name@plt` ones (no symbol table holds them: objdump is their
+    oracle, tests/test_symbol_plt.py), equal readelf's."""
     ranges = elf.ranges
-    got = list(zip(ranges.starts, ranges.ends, ranges.names, strict=True))
+    got = [r for r in zip(ranges.starts, ranges.ends, ranges.names, strict=True) if not r[2].endswith("@plt")]
     want = _oracle(file, table)
     assert len(got) == len(want), (file, table)
     assert got == want, next((g, w) for g, w in zip(got, want, strict=True) if g != w)
