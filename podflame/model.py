@@ -151,6 +151,19 @@ def collapse_unmapped(stack: Stack) -> Stack:
     return tuple(out)
 
 
+
+_SYSCALL_ENTRIES = ("entry_SYSCALL", "entry_SYSENTER", "entry_INT80")  # x86-64's and the 32-bit compat paths
+
+
+def user_pc_is_exact(kernel_root: Frame) -> bool:
+    """Whether the user PC under a kernel stack (root-first: `kernel_root` is its outermost frame, named) is the
+    interrupted instruction itself. After an exception or interrupt (a page fault on a prologue's first push of a
+    new stack page, an IRQ) it is, and a lookup one byte earlier names the function before. After a syscall it
+    is the next instruction, looked up at address - 1 like a return address: a syscall may end its function
+    (__restore_rt's rt_sigreturn). An unnamed root (no kallsyms) keeps the syscall reading."""
+    lines = kernel_root.lines
+    return bool(lines) and not lines[-1].function.startswith(_SYSCALL_ENTRIES)
+
 @dataclass(slots=True)
 class Profile:
     """Samples of one label set over one time window.

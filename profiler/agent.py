@@ -18,7 +18,17 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from podflame.model import UNMAPPED, Frame, FrameKind, Line, Mapping, Profile, Unresolved, collapse_unmapped
+from podflame.model import (
+    UNMAPPED,
+    Frame,
+    FrameKind,
+    Line,
+    Mapping,
+    Profile,
+    Unresolved,
+    collapse_unmapped,
+    user_pc_is_exact,
+)
 from profiler import metrics
 from profiler.heap import SurvivorFreezer, release_freed_memory
 from profiler.pidlabel import PidLabels
@@ -336,7 +346,12 @@ class StackMemo:
         `callers` memo, and a kernel stack (a few syscall paths for all processes) one lookup of
         `kernel_stacks`; only the leaf is resolved by itself."""
         keep = True
-        kernel_tail = bool(s.kernel_stack) or s.kernel_error not in _NOTHING_LOST
+        kernel: tuple[Frame, ...] = ()
+        unmapped = False
+        if s.kernel_stack:
+            kernel, unmapped = self._kernel_frames(s.kernel_stack, single)
+        # the user PC is the leaf unless a syscall entered the kernel (then it is the next instruction)
+        exact_leaf = user_pc_is_exact(kernel[0]) if kernel else s.kernel_error in _NOTHING_LOST
         user = s.user_stack
         frames: tuple[Frame, ...]
         if user:
@@ -355,7 +370,7 @@ class StackMemo:
                     pm.drain_callers[user[1:]] = callers
             elif n > 1:
                 self.frame_hits += n - 1
-            (leaf,), keep_leaf = self._user_frames(s.tgid, user[:1], 0, -1 if kernel_tail else 0, pm, single,
+            (leaf,), keep_leaf = self._user_frames(s.tgid, user[:1], 0, 0 if exact_leaf else -1, pm, single,
                                                   mapped)
             keep = keep and keep_leaf
             if leaf.reason is _NO_MAPPING:  # collapse_unmapped across the callers and the leaf
@@ -368,8 +383,7 @@ class StackMemo:
             frames = (_lost_stack_frame("user", s.user_error),)
         else:
             frames = ()
-        if s.kernel_stack:
-            kernel, unmapped = self._kernel_frames(s.kernel_stack, single)
+        if kernel:
             frames = collapse_unmapped(frames + kernel) if unmapped else frames + kernel
         elif s.kernel_error not in _NOTHING_LOST:
             frames = (*frames, _lost_stack_frame("kernel", s.kernel_error))

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
 
-from podflame.model import Frame, FrameKind, Line, Mapping, Profile, Unresolved, collapse_unmapped
+from podflame.model import Frame, FrameKind, Line, Mapping, Profile, Unresolved, collapse_unmapped, user_pc_is_exact
 from symbolizer.cache import LRU
 from symbolizer.debuginfod import Debuginfod
 from symbolizer.demangle import demangle as default_demangle
@@ -180,7 +180,14 @@ class Symbolizer:
 
     def _stack(self, stack: tuple[Frame, ...], call: _Call) -> tuple[Frame, ...]:
         leaf = len(stack) - 1
-        return collapse_unmapped(tuple(self._frame(f, i == leaf, call) for i, f in enumerate(stack)))
+        user_leaf = -1  # the user frame under a kernel stack, when it is the interrupted instruction itself
+        k = leaf
+        while k >= 0 and stack[k].kind is _KERNEL:
+            k -= 1
+        if 0 <= k < leaf and stack[k].kind is _NATIVE:
+            root = self._frame(stack[k + 1], k + 1 == leaf, call)  # the kernel stack's outermost frame
+            user_leaf = k if user_pc_is_exact(root) else -1
+        return collapse_unmapped(tuple(self._frame(f, i in (leaf, user_leaf), call) for i, f in enumerate(stack)))
 
     def stats(self) -> dict[str, int]:
         """Distinct frames per profile by outcome (`resolved` or an Unresolved value), plus cache work."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from podflame.model import Frame, FrameKind, Line, Mapping, Unresolved, collapse_unmapped
+from podflame.model import Frame, FrameKind, Line, Mapping, Unresolved, collapse_unmapped, user_pc_is_exact
 from profiler.agent import NATIVE_TRUNCATED, Context, StackMemo, build_profiles, stack_of
 from profiler.procmaps import MapsCache, parse_exec_maps, parse_maps
 from profiler.sampler import MAX_STACK_DEPTH, RawSample
@@ -59,8 +59,9 @@ class FrameCountingSymbolizer:
 
     def _one(self, f: Frame, leaf: bool) -> Frame:
         self.frames += 1
-        if f.kind is FrameKind.KERNEL:
-            return replace(f, lines=(Line(f"k_{f.address:x}{'_leaf' if leaf else ''}"),))
+        if f.kind is FrameKind.KERNEL:  # every other address a syscall entry: the user PC under it is not exact
+            entry = "entry_SYSCALL_64_" if f.address % 32 == 0 else ""
+            return replace(f, lines=(Line(f"{entry}k_{f.address:x}{'_leaf' if leaf else ''}"),))
         if f.mapping is None:
             return replace(f, reason=Unresolved.NO_MAPPING)
         return replace(f, lines=(Line(f"fn_{f.address:x}{'_leaf' if leaf else ''}"),))
@@ -85,28 +86,31 @@ def test_a_new_stack_of_a_known_process_resolves_only_its_new_frames() -> None:
     sym, maps = FrameCountingSymbolizer(), VersionedMaps()
     c = ctx(maps)
     memo = StackMemo(c, sym)
-    first = run(memo, c, raw(user=(0x401000, 0x400200, 0x400100), kernel=(0xffff0010,)))
+    first = run(memo, c, raw(user=(0x401000, 0x400200, 0x400100), kernel=(0xffff0020,)))
     assert sym.frames == 4
     # a deeper call through the same functions: only the new frame is resolved
-    second = run(memo, c, raw(user=(0x401000, 0x400300, 0x400200, 0x400100), kernel=(0xffff0010,)))
+    second = run(memo, c, raw(user=(0x401000, 0x400300, 0x400200, 0x400100), kernel=(0xffff0020,)))
     assert sym.frames == 5 and memo.frame_hits == 4
-    assert first["42"] == {("fn_400100", "fn_400200", "fn_401000", "k_ffff0010_leaf"): 1}
-    assert second["42"] == {("fn_400100", "fn_400200", "fn_400300", "fn_401000", "k_ffff0010_leaf"): 1}
+    assert first["42"] == {("fn_400100", "fn_400200", "fn_401000", "entry_SYSCALL_64_k_ffff0020_leaf"): 1}
+    assert second["42"] == {("fn_400100", "fn_400200", "fn_400300", "fn_401000", "entry_SYSCALL_64_k_ffff0020_leaf"): 1}
     # the same stack again: one lookup of the whole stack, no frame work, no maps lookup
     lookups = maps.lookups
-    run(memo, c, raw(user=(0x401000, 0x400300, 0x400200, 0x400100), kernel=(0xffff0010,)))
+    run(memo, c, raw(user=(0x401000, 0x400300, 0x400200, 0x400100), kernel=(0xffff0020,)))
     assert sym.frames == 5 and maps.lookups == lookups and memo.hits == 1
 
 
 def test_the_leaf_is_resolved_apart_from_the_same_address_as_a_caller() -> None:
-    """A leaf's address is the instruction itself, a caller's a return address: both keys are kept."""
+    """A leaf's address is the instruction itself, a caller's a return address: both keys are kept. Under a
+    kernel stack entered by a syscall the user PC is the next instruction (a return address); under one entered
+    by a fault or an interrupt it is the instruction itself (a leaf)."""
     sym, maps = FrameCountingSymbolizer(), VersionedMaps()
     c = ctx(maps)
     memo = StackMemo(c, sym)
     out = run(memo, c, raw(user=(0x400100,)), raw(user=(0x400200, 0x400100)),
-              raw(user=(0x400100,), kernel=(0xffff0010,)))
+              raw(user=(0x400100,), kernel=(0xffff0020,)), raw(user=(0x400300,), kernel=(0xffff0010,)))
     assert out["42"] == {("fn_400100_leaf",): 1, ("fn_400100", "fn_400200_leaf"): 1,
-                         ("fn_400100", "k_ffff0010_leaf"): 1}
+                         ("fn_400100", "entry_SYSCALL_64_k_ffff0020_leaf"): 1,
+                         ("fn_400300_leaf", "k_ffff0010_leaf"): 1}
 
 
 def test_frames_without_a_mapping_are_kept_only_while_the_maps_are_known() -> None:
@@ -226,10 +230,15 @@ def test_memoized_profiles_equal_symbolizing_every_stack_afresh(seed: int) -> No
 
 
 def _afresh(s: RawSample, c: Context, sym: FrameCountingSymbolizer) -> tuple[Frame, ...]:
-    """What Symbolizer.symbolize does to `stack_of`'s stack: every frame resolved, the last one as the leaf."""
+    """What Symbolizer.symbolize does to `stack_of`'s stack: every frame resolved, the last one as the leaf, and
+    the user frame under a kernel stack too unless a syscall entry is that stack's root."""
     stack = stack_of(s, c)
-    last = len(stack) - 1
-    return collapse_unmapped(tuple(f if f.lines or f.reason else sym.frame(f, i == last)
+    last = k = len(stack) - 1
+    while k >= 0 and stack[k].kind is FrameKind.KERNEL:
+        k -= 1
+    exact = 0 <= k < last and stack[k].kind is FrameKind.NATIVE and user_pc_is_exact(sym.frame(stack[k + 1],
+                                                                                                k + 1 == last))
+    return collapse_unmapped(tuple(f if f.lines or f.reason else sym.frame(f, i == last or (exact and i == k))
                                    for i, f in enumerate(stack)))
 
 

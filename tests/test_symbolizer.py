@@ -367,6 +367,34 @@ def test_a_return_address_no_call_pushed_names_the_function_it_starts(binaries: 
         padding = resolve(sym, r.pid, [native(maps, r.pid, bias + nm[name][0] - 1), entry])[0]
         assert padding.lines == () and padding.reason is Unresolved.NO_SYMBOLS
 
+
+def test_the_user_pc_under_a_fault_is_the_instruction_under_a_syscall_the_next_one(binaries: Binaries) -> None:
+    """A sample in the kernel carries the user PC where the kernel was entered. A page fault (a prologue's first
+    push touching a new stack page) or an interrupt leaves the faulting instruction itself: a function's first
+    byte is that function. A syscall leaves the instruction after it, looked up one byte back like a return
+    address. The kernel stack's root (from kallsyms) says which."""
+    kallsyms = {p[2]: int(p[0], 16) for p in (ln.split() for ln in Path("/proc/kallsyms").read_text().splitlines())
+                if len(p) >= 3}
+    assert kallsyms.get("asm_exc_page_fault") and kallsyms.get("entry_SYSCALL_64_after_hwframe"), "root's kallsyms"
+    nm = nm_functions(binaries.pie)
+    pairs = [(a, b) for a, (sa, za) in nm.items() for b, (sb, _) in nm.items() if za and sa + za == sb]
+    assert pairs, "the test program has two functions without padding between them"
+    before, after = pairs[0]
+    maps = MapsCache()
+    sym = Symbolizer(maps)
+    with running(binaries.pie) as r:
+        maps.refresh([r.pid])
+        bias = r.addresses["main"] - nm["main"][0]
+        user = [native(maps, r.pid, r.addresses["main"] + 1), native(maps, r.pid, bias + nm[after][0])]
+        leaf = Frame(kallsyms["handle_mm_fault"] + 3, None, FrameKind.KERNEL)
+        names = {}
+        for entry in ("asm_exc_page_fault", "entry_SYSCALL_64_after_hwframe"):
+            root = Frame(kallsyms[entry] + 0x10, None, FrameKind.KERNEL)
+            stack = resolve(sym, r.pid, [*user, root, leaf])
+            assert [f.names() for f in stack][2:] == [(entry,), ("handle_mm_fault",)]
+            names[entry] = stack[1].names()
+    assert names == {"asm_exc_page_fault": (after,), "entry_SYSCALL_64_after_hwframe": (before,)}
+
 def test_demangle_hook_applies_to_elf_names(binaries: Binaries) -> None:
     maps = MapsCache()
     sym = Symbolizer(maps, demangle=str.upper)
