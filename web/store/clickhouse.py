@@ -944,8 +944,9 @@ class ClickHouseStore(Store):
                     self._parts.move_to_end(key)
                     got[i] = self._parts[key]
         miss = [i for i, t in enumerate(got) if t is None]
-        if len(miss) == 1:
-            got[miss[0]] = self.transport.query(parts[miss[0]][0])
+        if len(miss) == 1:  # (taken into buffers of its own: chDB's answer may be a view of the engine's result)
+            one = self.transport.query(parts[miss[0]][0])
+            got[miss[0]] = one.take(pa.array(np.arange(one.num_rows))) if keys[miss[0]] is not None else one
         elif miss:  # one statement, each row marked with its part
             t = self.transport.query(" UNION ALL ".join(
                 parts[i][0].replace("SELECT ", f"SELECT toUInt16({j}) AS podflame_part, ", 1)
