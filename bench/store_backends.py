@@ -37,6 +37,7 @@ Progress goes to stderr; the last line of stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -72,12 +73,18 @@ def run_case(backend: str, dsn: str | None, data: Path, path: str, params: dict[
         store.close()
 
 
-def replica_case(dsn: str | None, data: Path, path: str, params: dict[str, str], runs: int) -> dict[str, Any]:
+_WRITE_SEQ = itertools.count()  # `replica_case`'s writes: each at its own time (a ClickHouse retry would be dropped)
+
+
+def replica_case(dsn: str | None, data: Path, path: str, params: dict[str, str], runs: int,
+                 writes: tuple[bytes, int] | None = None) -> dict[str, Any]:
     """One query on a server that has run a while: one store object (a replica's process) answers it once, then
     `runs` more times, each through a fresh app (no kept flame graph: the answer is made again, as after new
-    data), so the store's own caches (ClickHouse: the series catalogue, stacks, frames and names; SQLite: its
-    series index and pages) are what a running server has. The median CPU of those `runs` (this process' every
-    thread, chDB's engine included)."""
+    data), so the store's own caches (ClickHouse: the series catalogue, stacks, frames and names, the parts of past
+    hours no write touched; SQLite: its series index and pages) are what a running server has. The median CPU of
+    those `runs` (this process' every thread, chDB's engine included). `writes` (a drain's pprof, the first time to
+    file it at, ns): before each timed request that drain is ingested 10 s after the last one, through the same
+    app, so the answer is made while ingest goes on in a later hour (not in the queried range: answers unchanged)."""
     from web.server.app import create_app
     from web.store.dsn import open_store
 
@@ -88,6 +95,10 @@ def replica_case(dsn: str | None, data: Path, path: str, params: dict[str, str],
         cpu = []
         for _ in range(runs):
             c = create_app({"DATA_DIR": str(data), "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client()
+            if writes is not None:
+                at = (writes[1] + next(_WRITE_SEQ) * 10 * S) // S
+                w = c.post(f"/api/v1/ingest?node={NODE}&time={at}", data=writes[0])
+                assert w.status_code in (200, 202, 204), w.data[:300]
             t = time.process_time()
             r = c.get(path, query_string=params)
             cpu.append(time.process_time() - t)
@@ -133,7 +144,7 @@ def _compare(name: str, row: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 def queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: int, pod: str, hours: float, runs: int,
-            replica_runs: int = 0) -> dict[str, dict[str, Any]]:
+            replica_runs: int = 0, replica_writes: tuple[bytes, int] | None = None) -> dict[str, dict[str, Any]]:
     """bench/store.py's queries, each on both backends back to back (so load drifts hit both alike), with
     the ratios ClickHouse / SQLite of the cold and the warm time; with `replica_runs`, also as a server that has
     run a while answers them (`replica_case`), the ratio of the median CPU."""
@@ -158,7 +169,8 @@ def queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: int, pod:
         out[name] = _compare(name, {b: run_case(b, dsn, data, path, params, runs) for b, (dsn, data) in dsns.items()},
                              "")
         if replica_runs:
-            rep = {b: replica_case(dsn, data, path, params, replica_runs) for b, (dsn, data) in dsns.items()}
+            rep = {b: replica_case(dsn, data, path, params, replica_runs, replica_writes)
+                   for b, (dsn, data) in dsns.items()}
             if "total" in rep["sqlite"]:
                 assert rep["sqlite"]["total"] == rep["clickhouse"]["total"], (name, rep)
             rep["ratio_cpu"] = round(rep["clickhouse"]["median_cpu_ms"] / max(rep["sqlite"]["median_cpu_ms"], 1e-3), 2)
@@ -491,6 +503,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--replica-runs", type=int, default=0,
                     help="in-process queries: also as a server that has run a while (one store object per case, a "
                          "fresh app per request so no kept answer): this many requests, their median CPU")
+    ap.add_argument("--replica-writes", action="store_true",
+                    help="with --replica-runs: before each of those requests, ingest one drain of the node into a "
+                         "later hour (2 h past the data, 10 s apart; both backends), as a server answers while ingest "
+                         "goes on. The stores keep those drains")
     ap.add_argument("--keep-dictionaries", action="store_true",
                     help="deployed queries: keep ClickHouse's dictionaries between queries (a server that has served "
                          "these stacks before); by default they are reloaded (empty) with the other caches")
@@ -579,10 +595,14 @@ def _queries(result: dict[str, Any], dsns: dict[str, tuple[str | None, Path]], a
         "bytes_per_sample": round(ch["bytes_per_sample"] / sq["bytes_per_sample"], 3),
         "ingest_rate": round(ch["pod_profiles_per_s"] / sq["pod_profiles_per_s"], 3)}
     pod = make_node(args.pods, stacks_per_pod=args.stacks)[args.pods // 2].labels["pod"]
-    result["queries"] = queries(dsns, start, end, pod, args.hours, args.runs, args.replica_runs)
+    writes = None
+    if args.replica_writes:  # filed past the data and past what an earlier run filed (a ClickHouse retry is dropped)
+        later = max(end + 2 * H, time.time_ns() // S * S)
+        writes = (pprof.encode(drain(make_node(args.pods, stacks_per_pod=args.stacks), later, args.interval)), later)
+    result["queries"] = queries(dsns, start, end, pod, args.hours, args.runs, args.replica_runs, writes)
     if args.query_repeat > 1:  # the same round again (fresh store objects, the same engine): median and spread
-        rounds = [result["queries"]] + [queries(dsns, start, end, pod, args.hours, args.runs, args.replica_runs)
-                                        for _ in range(args.query_repeat - 1)]
+        rounds = [result["queries"]] + [queries(dsns, start, end, pod, args.hours, args.runs, args.replica_runs,
+                                                writes) for _ in range(args.query_repeat - 1)]
         result["queries_repeats"] = {name: _ratio_spread([r[name] for r in rounds]) for name in rounds[0]}
         for name, row in result["queries_repeats"].items():
             log(f"repeats {name}: {row}")

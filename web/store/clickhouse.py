@@ -21,7 +21,7 @@ import itertools
 import struct
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -155,6 +155,10 @@ _CATALOGUE_IDS = 2_000  # a selector matching up to this many series names them 
 # inserts in flight. A row written by a server whose clock is further behind is missed until a restart (a limit).
 _CATALOGUE_SLACK_NS = 300 * 10**9
 _CATALOGUE_SECONDS = 60.0  # writers elsewhere: how often the catalogue reads the rows added since (see `_ids`)
+# Answers of the statements a pod's flame graph, the CPU chart and the pod list send, kept per part of their range
+# while no write touched its hours (`_union`; only where every writer is in this process: chDB). Bytes of Arrow kept.
+_PART_CACHE_BYTES = 64 << 20
+_PART_CACHE_HOURS = 24 * 62  # a part over more hours is not kept (its key names every hour's mark)
 
 
 class ClickHouseStore(Store):
@@ -200,6 +204,10 @@ class ClickHouseStore(Store):
         # The login the dictionaries' source uses: the store's own, unless it is the passwordless `default`.
         self._credentials = transport.credentials()
         self._relogged = False  # the dictionaries were made again after ClickHouse refused their login
+        # (statement, marks of the writes to its hours) -> its answer (`_union`), least recently used first
+        self._parts: OrderedDict[tuple, pa.Table] = OrderedDict()
+        self._parts_bytes = 0
+        self.part_cache_bytes = _PART_CACHE_BYTES  # 0: keep none
         if migrate:
             # Start anyway when ClickHouse is down: every call answers 503 until it is back, then migrates.
             with contextlib.suppress(ClickHouseUnavailable):
@@ -258,7 +266,8 @@ class ClickHouseStore(Store):
                         self._dicts = False
         with contextlib.suppress(ClickHouseError):
             self._load_catalogue()
-            self.transport.query(self._grouping_sets("series = 0", -HOUR_NS, 1))  # a flame graph's one read
+            self.transport.query(" UNION ALL ".join(  # a flame graph's one read
+                sql for sql, _, _ in self._grouping_sets("series = 0", -HOUR_NS, 1)))
         with contextlib.suppress(ClickHouseError):  # the CPU chart's and the pod list's one statement
             self._step_sums(0, 1, 1, "0", typed=True)
             self._label_sums(0, 1, ["pod"], "0")
@@ -874,7 +883,7 @@ class ClickHouseStore(Store):
         # read of every ref sums (a node's 200 series x 14k stacks per series would come back otherwise)
         local = self._series_local
         one = len({(local[h].sample_type, local[h].unit) for h in self._matching(selector, None, None)}) <= 1
-        t = self.transport.query(self._grouping_sets(cond, live, t1, per_series=not one))
+        t = self._union(self._grouping_sets(cond, live, t1, per_series=not one))
         g = t.column("g").to_numpy() != 0
         per = {k: t.column(k).to_numpy()[g].tolist() for k in ("series", "period_ns", "lo", "hi", "v", "n", "fp")}
         agg: dict[tuple[int, int], list[int]] = {}
@@ -903,19 +912,72 @@ class ClickHouseStore(Store):
         self._recent.sums = ((live, t1), cols, time.monotonic() + _MEMO_SECONDS, every)
         return sample_type, unit_, refs
 
-    def _grouping_sets(self, cond: str, t0: int, t1: int, per_series: bool = True) -> str:
+    def _grouping_sets(self, cond: str, t0: int, t1: int, per_series: bool = True) -> list[tuple[str, int, int]]:
         """Per table of [t0, t1) (`_ranges`), rows of the series matching `cond`: per (series, period, stack), or with
         `per_series` False per stack alone (series and period 0), and per (series, period) (g = 1: stack 0) their
-        first and end time (lo, hi), sum (v), row count (n) and a wrapping sum of the rows' hashes (fp)."""
+        first and end time (lo, hi), sum (v), row count (n) and a wrapping sum of the rows' hashes (fp). As parts
+        for `_union` (statement, its range)."""
         sums = "(series, period_ns, stack)" if per_series else "(stack)"
         parts = []
-        for table, col, lo, hi in _ranges(t0, t1):
+        for table, col, lo, hi in _kept_ranges(t0, t1):
             end = f"max({col}) + {HOUR_NS}" if table == "samples_1h" else "max(start_ns + duration_ns)"
-            parts.append(f"SELECT series, period_ns, stack, min({col}) AS lo, {end} AS hi, sum(value) AS v, "
-                         f"count() AS n, sum(cityHash64({col}, stack, value)) AS fp, grouping(stack) AS g "
-                         f"FROM {self._t(table)} WHERE {cond} AND {col} >= {int(lo)} AND {col} < {int(hi)} "
-                         f"GROUP BY GROUPING SETS ({sums}, (series, period_ns))")
-        return " UNION ALL ".join(parts)
+            parts.append((f"SELECT series, period_ns, stack, min({col}) AS lo, {end} AS hi, sum(value) AS v, "
+                          f"count() AS n, sum(cityHash64({col}, stack, value)) AS fp, grouping(stack) AS g "
+                          f"FROM {self._t(table)} WHERE {cond} AND {col} >= {int(lo)} AND {col} < {int(hi)} "
+                          f"GROUP BY GROUPING SETS ({sums}, (series, period_ns))", lo, hi))
+        return parts
+
+    def _union(self, parts: Sequence[tuple[str, int, int]]) -> pa.Table:
+        """The UNION ALL of `parts` (a SELECT over rows of `samples`, `samples_1h` or `profiles` that start in [lo, hi),
+        with the same columns), each part's answer kept while no write touched its hours: where every writer is in
+        this process (chDB), the engine counts inserts per hour of their rows (`Transport.hour_writes`), so a part
+        whose marks are unchanged would read the same rows; its materialized views fill `profiles` and `samples_1h`
+        from those inserts alone, and any other write (DDL, a mutation, a dropped partition, an insert elsewhere)
+        moves every mark. A server that has answered a pod, the chart or the pod list of past hours answers them
+        again with no statement; the hour being written is read each time (its own part: callers split there).
+        Over HTTP (writers elsewhere) every part is read, as before. The parts not kept go as one statement."""
+        keys = [self._part_key(sql, lo, hi) for sql, lo, hi in parts]
+        got: list[pa.Table | None] = [None] * len(parts)
+        with self._lock:
+            for i, key in enumerate(keys):
+                if key is not None and key in self._parts:
+                    self._parts.move_to_end(key)
+                    got[i] = self._parts[key]
+        miss = [i for i, t in enumerate(got) if t is None]
+        if len(miss) == 1:  # (taken into buffers of its own: chDB's answer may be a view of the engine's result)
+            one = self.transport.query(parts[miss[0]][0])
+            got[miss[0]] = one.take(pa.array(np.arange(one.num_rows))) if keys[miss[0]] is not None else one
+        elif miss:  # one statement, each row marked with its part
+            t = self.transport.query(" UNION ALL ".join(
+                parts[i][0].replace("SELECT ", f"SELECT toUInt16({j}) AS podflame_part, ", 1)
+                for j, i in enumerate(miss)))
+            which = t.column("podflame_part").to_numpy()
+            t = t.drop_columns(["podflame_part"])
+            for j, i in enumerate(miss):
+                got[i] = t.filter(pa.array(which == j))
+        tables = [t for t in got if t is not None]
+        with self._lock:
+            for i in miss:
+                key, t = keys[i], got[i]
+                if key is None or t is None or key in self._parts:
+                    continue
+                self._parts[key] = t
+                self._parts_bytes += t.nbytes
+                while self._parts_bytes > self.part_cache_bytes and self._parts:
+                    self._parts_bytes -= self._parts.popitem(last=False)[1].nbytes
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+
+    def _part_key(self, sql: str, lo: int, hi: int) -> tuple | None:
+        """What `_union` keeps a part's answer under: its statement and the marks of the writes that could change
+        it (taken before it is read: a write during the read moves them, so that answer is never found); None when
+        the engine cannot say (writers elsewhere), the cache is off, or the part spans too many hours."""
+        if self.part_cache_bytes <= 0 or hi - lo > _PART_CACHE_HOURS * HOUR_NS:
+            return None
+        marks = self.transport.hour_writes(self._t("samples"), lo, hi)
+        if marks is None:
+            return None
+        return (sql, marks, self.transport.table_writes(self._t("profiles")),
+                self.transport.table_writes(self._t("samples_1h")))
 
     def _kept_sums(self, profiles: Sequence[StoredProfile]) -> tuple[np.ndarray, np.ndarray] | None:
         """`read_merged` from the sums this thread's `typed_select_summed` read, when the profiles are of its window:
@@ -1097,8 +1159,13 @@ class ClickHouseStore(Store):
         if typed and sel is not None:
             cond = self._held(sel)
             if cond is not None:
-                t = self.transport.query(f"SELECT series, period_ns, {k} AS k, sum(total) AS v FROM "
-                                         f"{self._t('profiles')} WHERE {cond} AND {span} GROUP BY series, period_ns, k")
+                # the hour being written apart from the hours before it (`_union` keeps those)
+                lo, hi = int(self._live(t0)), int(t1)
+                cut = hi // HOUR_NS * HOUR_NS
+                spans = [(lo, cut), (cut, hi)] if lo < cut < hi else [(lo, hi)]
+                t = self._union([(f"SELECT series, period_ns, {k} AS k, sum(total) AS v FROM {self._t('profiles')} "
+                                  f"WHERE {cond} AND start_ns >= {a} AND start_ns < {b} GROUP BY series, period_ns, k",
+                                  a, b) for a, b in spans])
                 return self._by_series(t, ("period_ns", "k"))
         if not typed:
             return self.transport.query(  # type: ignore[no-any-return]
@@ -1224,9 +1291,10 @@ class ClickHouseStore(Store):
         profiles starting in [t0, t1), whole hours from the hourly projection."""
         cond = self._held(sel) if sel is not None else None
         if cond is not None:
-            t = self.transport.query(" UNION ALL ".join(
-                f"SELECT series, period_ns, sum(total) AS v FROM {self._t('profiles')} WHERE {cond} AND {span} "
-                "GROUP BY series, period_ns" for span in _spans(self._live(t0), t1)))
+            live = self._live(t0)
+            t = self._union([(f"SELECT series, period_ns, sum(total) AS v FROM {self._t('profiles')} WHERE {cond} "
+                              f"AND {_span(table, lo, hi)} GROUP BY series, period_ns", lo, hi)
+                             for table, _, lo, hi in _kept_ranges(live, t1)])
             return self._by_series(t, ("period_ns",), None if by is None else list(by))
         ids = self._series_in(where)
         sums = " UNION ALL ".join(f"SELECT series, period_ns, sum(total) AS pv FROM {self._t('profiles')} WHERE {ids} "
@@ -1581,12 +1649,30 @@ def _ranges(t0: int, t1: int) -> list[tuple[str, str, int, int]]:
     return out
 
 
+def _kept_ranges(t0: int, t1: int) -> list[tuple[str, str, int, int]]:
+    """`_ranges`, with a raw range that crosses an hour cut there: the hour being written apart from the one before
+    it, whose answer `ClickHouseStore._union` may keep (a page's last hour or 15 minutes reads two hours raw)."""
+    out = []
+    for table, col, lo, hi in _ranges(t0, t1):
+        cut = hi // HOUR_NS * HOUR_NS
+        if table == "samples" and lo < cut < hi:
+            out += [(table, col, lo, cut), (table, col, cut, hi)]
+        else:
+            out.append((table, col, lo, hi))
+    return out
+
+
+def _span(table: str, lo: int, hi: int) -> str:
+    """A range of `_ranges` as a condition on `profiles` (`_spans`)."""
+    if table == "samples_1h":
+        return f"intDiv(start_ns, {HOUR_NS}) >= {lo // HOUR_NS} AND intDiv(start_ns, {HOUR_NS}) < {hi // HOUR_NS}"
+    return f"start_ns >= {int(lo)} AND start_ns < {int(hi)}"
+
+
 def _spans(t0: int, t1: int) -> list[str]:
     """[t0, t1) as conditions on `profiles`: whole hours written as intDiv(start_ns, hour), so that the hourly
     projection answers them (ClickHouse matches the expression of its GROUP BY), the ragged edges on start_ns."""
-    return [f"intDiv(start_ns, {HOUR_NS}) >= {lo // HOUR_NS} AND intDiv(start_ns, {HOUR_NS}) < {hi // HOUR_NS}"
-            if table == "samples_1h" else f"start_ns >= {int(lo)} AND start_ns < {int(hi)}"
-            for table, _, lo, hi in _ranges(t0, t1)]
+    return [_span(table, lo, hi) for table, _, lo, hi in _ranges(t0, t1)]
 
 
 def _ints(values: Iterable[int]) -> str:

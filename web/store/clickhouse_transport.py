@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from podflame.errors import InvalidInput, PodflameError, Unavailable
@@ -88,6 +89,14 @@ class Transport(ABC):
         """How many writes may have changed `table` (a database-qualified name), for every client of this engine,
         when every writer is in this process (chDB): its inserts plus every other statement that may write (DDL,
         mutations, INSERT ... SELECT). None: writers elsewhere (a ClickHouse server), so the caller must ask it."""
+        return None
+
+    def hour_writes(self, table: str, t0: int, t1: int) -> tuple[int, ...] | None:
+        """When every writer is in this process (chDB): per hour of [t0, t1) (ns), how many inserts into `table`
+        (a database-qualified name) held rows whose `start_ns` lies in it, then every other write that may have written
+        it (DDL, mutations, INSERT ... SELECT, an insert into it without `start_ns`). Equal marks mean no row of
+        `table` starting in [t0, t1) was written, nor what its materialized views fill from them. None: writers
+        elsewhere (a ClickHouse server)."""
         return None
 
 
@@ -203,19 +212,35 @@ class _Engine:
         self.writes = first  # never a count an earlier engine of this process gave (kept answers may hold it)
         self.inserts: dict[str, int] = {}  # table -> inserts through `insert` (the rest are `writes - inserted`)
         self.inserted = 0
+        # (table, hour) -> inserts whose rows start in that hour (`start_ns`); table -> inserts counted so
+        self.hours: dict[tuple[str, int], int] = {}
+        self.timed: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def wrote(self, table: str | None = None) -> None:
+    def wrote(self, table: str | None = None, hours: Sequence[int] = ()) -> None:
+        """A write; an insert into `table` whose rows start in `hours` (hour numbers: start_ns // HOUR_NS)."""
         with self._lock:
             self.writes += 1
             if table is not None:
                 self.inserts[table] = self.inserts.get(table, 0) + 1
                 self.inserted += 1
+                if hours:
+                    self.timed[table] = self.timed.get(table, 0) + 1
+                    for h in hours:
+                        self.hours[(table, h)] = self.hours.get((table, h), 0) + 1
 
     def table_writes(self, table: str) -> int:
         """Inserts into `table` plus every write that was not an insert (any of them may have written it)."""
         with self._lock:
             return self.inserts.get(table, 0) + self.writes - self.inserted
+
+    def hour_writes(self, table: str, t0: int, t1: int) -> tuple[int, ...]:
+        """`Transport.hour_writes`: inserts into `table` per hour of [t0, t1), then every other write that may have
+        written it (inserts into it without `start_ns`, every statement that is not an insert)."""
+        with self._lock:
+            marks = [self.hours.get((table, h), 0) for h in range(t0 // _HOUR_NS, -(-t1 // _HOUR_NS))]
+            marks.append(self.writes - self.inserted + self.inserts.get(table, 0) - self.timed.get(table, 0))
+        return tuple(marks)
 
 
 # chDB runs one embedded server per process, on one path: stores on the same path share it (one
@@ -224,6 +249,14 @@ class _Engine:
 _SESSIONS: dict[str, _Engine] = {}
 _SESSIONS_LOCK = threading.Lock()
 _NEXT_WRITES = [0]  # where the next engine's count starts: past every count given before
+_HOUR_NS = 3600 * 10**9
+
+
+def _hours(data: pa.Table) -> list[int]:
+    """The hours (start_ns // hour) an insert's rows start in; none when it has no `start_ns`."""
+    if "start_ns" not in data.column_names or not data.num_rows:
+        return []
+    return np.unique(data.column("start_ns").to_numpy() // _HOUR_NS).tolist()  # type: ignore[no-any-return]
 
 
 class ChdbTransport(Transport):
@@ -287,6 +320,9 @@ class ChdbTransport(Transport):
     def table_writes(self, table: str) -> int | None:
         return self._engine.table_writes(table)
 
+    def hour_writes(self, table: str, t0: int, t1: int) -> tuple[int, ...] | None:
+        return self._engine.hour_writes(table, t0, t1)
+
     def _query(self, sql: str, settings: Mapping[str, str | int | float], ids: Sequence[int] | None) -> pa.Table:
         if settings:
             sql += " SETTINGS " + ", ".join(f"{k} = {quote(v) if isinstance(v, str) else v}"
@@ -316,7 +352,7 @@ class ChdbTransport(Transport):
             except Exception as e:
                 raise ClickHouseError(f"chDB: {e}") from None
             finally:
-                self._engine.wrote(table)
+                self._engine.wrote(table, _hours(data))
 
     def execute(self, sql: str, fmt: str, tables: Sequence[pa.Table] = ()) -> bytes:
         """Any statement, its answer in ClickHouse output format `fmt` as bytes; `tables` are read where the SQL
