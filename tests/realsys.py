@@ -6,6 +6,7 @@ import os
 import resource
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -88,11 +89,25 @@ def kubelet_cgroup(qos: str = "burstable") -> Iterator[PodCgroup]:
     try:
         yield PodCgroup(leaf, pod_uid, container_id)
     finally:
+        # a deleted pod's processes die, as the kubelet's do: a workload's child that outlived its test (a PID
+        # namespace's init when its unshare was killed) kept running orphaned and loaded every later test
+        with suppress(OSError):
+            (leaf / "cgroup.kill").write_text("1")
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and "populated 1" in _read(leaf / "cgroup.events"):
+            time.sleep(0.01)
         for d in reversed(created):
             for pid in (d / "cgroup.procs").read_text().split():
                 with suppress(OSError):
                     (CGROUP2_ROOT / "cgroup.procs").write_text(pid)
             _rmdir(d)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def _rmdir(d: Path) -> None:
