@@ -274,7 +274,15 @@ def agent_run(tmp_path: Path, argv: list[str], **pod: object) -> Stacks:
             if pod.get("ready"):
                 replace_with(Path(argv[0]), LIBZ)  # the Python case: an upgrade under the running process
             time.sleep(6.0)
-            return cgroup_of(pid)
+            cgroup = cgroup_of(pid)
+            # The pod lives until a drain holding its samples has landed, so the agent read its files (map_files,
+            # /proc/PID/root) while it ran. On the shared 2-core machine at load 20+ a drain of this node-wide
+            # agent took 4-26 s: the pod was gone before the first, and its frames were read from the host's
+            # decoys (tests/test_symbolizer.py: now unreadable, never another file's names)
+            deadline = time.monotonic() + 120
+            while not folded(url, cgroup) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            return cgroup
 
     with live_server(tmp_path / "data") as url:
         cgroup = with_agent(url, 99, run, unwind="auto")
