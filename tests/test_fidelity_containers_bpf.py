@@ -18,9 +18,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -56,6 +58,7 @@ def in_pod(argv: list[str], *, tmpfs: Path | None = None, stage: Path | None = N
     host pid of argv's process."""
     inner = list(argv) if tmpfs is None or stage is None \
         else mount_namespace(tmpfs, stage, argv, pidns=pidns, overlay=overlay)
+    child: int | None = None
     with kubelet_cgroup() as cg:
         proc = subprocess.Popen(["sh", "-c", 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"', "sh",
                                  str(cg.path), *inner], stdout=subprocess.PIPE if ready else None, text=True,
@@ -67,9 +70,12 @@ def in_pod(argv: list[str], *, tmpfs: Path | None = None, stage: Path | None = N
             assert proc.poll() is None, f"{argv} exited early"
             pid = proc.pid
             if pidns:  # unshare -f forks: the workload is its child
-                pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+                pid = child = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
             yield pid
         finally:
+            if child is not None:  # pid 1 of its namespace outlives a killed unshare: it burnt a core for 600 s
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
             proc.kill()
             proc.wait()
             if proc.stdout is not None:
