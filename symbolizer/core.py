@@ -59,6 +59,22 @@ def _unresolved(frame: Frame, reason: Unresolved) -> Frame:
     return Frame(frame.address, frame.mapping, frame.kind, (), reason)
 
 
+def _is_file_of(key: Hashable, elf: ElfSymbols, path: str) -> bool:
+    """Whether the file opened at `path` is the one the binary key names (the build id, or the identity stat'ed
+    while the process lived). map_files is; a plain path after the process exited may hold another file."""
+    if not isinstance(key, tuple) or not key:
+        return True
+    if key[0] == "build-id":
+        return elf.build_id == key[1]
+    if key[0] == "file":
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino, st.st_mtime_ns) == key[1:]
+    return True  # ("path", ...): nothing known to check against
+
+
 class _Call:
     """Per-symbolize memo: one profile is one process, so perf map and file keys are looked up once."""
 
@@ -364,6 +380,8 @@ class Symbolizer:
         for path in self._mapped_file(m, call).paths:
             try:
                 elf = ElfSymbols(path, debug_dirs=[*roots, *self.debug_dirs, *fetched], name=m.path)
+                if not _is_file_of(key, elf, path):
+                    continue  # another file at the path (the process exited: map_files gone): never its names
                 if self.disk_cache is not None:  # a restart does not parse tables again
                     if elf.build_id:
                         elf.load_symbols = self.disk_cache.symbols_loader(elf)

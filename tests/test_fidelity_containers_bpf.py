@@ -18,9 +18,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -56,6 +58,7 @@ def in_pod(argv: list[str], *, tmpfs: Path | None = None, stage: Path | None = N
     host pid of argv's process."""
     inner = list(argv) if tmpfs is None or stage is None \
         else mount_namespace(tmpfs, stage, argv, pidns=pidns, overlay=overlay)
+    child: int | None = None
     with kubelet_cgroup() as cg:
         proc = subprocess.Popen(["sh", "-c", 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"', "sh",
                                  str(cg.path), *inner], stdout=subprocess.PIPE if ready else None, text=True,
@@ -67,9 +70,12 @@ def in_pod(argv: list[str], *, tmpfs: Path | None = None, stage: Path | None = N
             assert proc.poll() is None, f"{argv} exited early"
             pid = proc.pid
             if pidns:  # unshare -f forks: the workload is its child
-                pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+                pid = child = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
             yield pid
         finally:
+            if child is not None:  # pid 1 of its namespace outlives a killed unshare: it burnt a core for 600 s
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
             proc.kill()
             proc.wait()
             if proc.stdout is not None:
@@ -274,7 +280,15 @@ def agent_run(tmp_path: Path, argv: list[str], **pod: object) -> Stacks:
             if pod.get("ready"):
                 replace_with(Path(argv[0]), LIBZ)  # the Python case: an upgrade under the running process
             time.sleep(6.0)
-            return cgroup_of(pid)
+            cgroup = cgroup_of(pid)
+            # The pod lives until a drain holding its samples has landed, so the agent read its files (map_files,
+            # /proc/PID/root) while it ran. On the shared 2-core machine at load 20+ a drain of this node-wide
+            # agent took 4-26 s: the pod was gone before the first, and its frames were read from the host's
+            # decoys (tests/test_symbolizer.py: now unreadable, never another file's names)
+            deadline = time.monotonic() + 120
+            while not folded(url, cgroup) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            return cgroup
 
     with live_server(tmp_path / "data") as url:
         cgroup = with_agent(url, 99, run, unwind="auto")

@@ -87,3 +87,54 @@ def test_reads_of_many_sizes_leave_nothing_for_the_cyclic_gc() -> None:
     finally:
         p.kill()
         p.wait()
+
+
+def test_a_range_past_the_address_space_is_unreadable_not_an_error() -> None:
+    """A torn or freed object's pointer can be any word; near 2**64, a field's offset added to it passes the top
+    of the address space. Such a range reads as unreadable (None), as the kernel answers an unmapped one: the
+    array of iovecs cannot hold it, and the OverflowError that raised failed the agent's whole drain."""
+    p = _process()
+    try:
+        (start, _end), _ = _regions(p.pid)
+        top = 1 << 64
+        ranges = [(start, 8), (top - 4, 8), (top + 16, 8), (-8, 8), (top - 8, 8), (start + 64, 16)]
+        got = remote.read_many(p.pid, ranges)
+        assert got[1:5] == [None] * 4
+        assert got[0] == _mem(p.pid, start, 8) and got[5] == _mem(p.pid, start + 64, 16)
+        with pytest.raises(remote.MemoryReadError):
+            remote.read(p.pid, top + 0x10, 8)
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_code_object_whose_pointers_point_past_the_address_space_is_a_read_error() -> None:
+    """CodeReader adds field offsets to the pointers of what it reads (a type's tp_name, a string's data): garbage
+    there is a CodeReadError for that code object, never an exception out of the drain."""
+    from profiler.python.code import CodeReader, CodeReadError
+    from profiler.python.offsets import TABLES
+
+    o = TABLES[max(TABLES)]
+    near_top = (1 << 64) - 8
+    heads = []
+    for type_word in (near_top, 0x7F00_1234_5678):  # a type checked by its tp_name (at type + offset), or known
+        head = bytearray(o.code_size)
+        for off, value in ((o.object_type, type_word), (o.code_name, near_top), (o.code_qualname, near_top),
+                           (o.code_filename, near_top - 8), (o.code_linetable, near_top)):
+            head[off:off + 8] = value.to_bytes(8, "little")
+        heads.append(head.hex())
+    code = ("import ctypes, sys, time; bs = [ctypes.create_string_buffer(bytes.fromhex(h)) for h in sys.argv[1:]]; "
+            "print(*[ctypes.addressof(b) for b in bs], flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code, *heads], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        unknown_type, known_type = map(int, p.stdout.readline().split())
+        for addr, reader in ((unknown_type, CodeReader(p.pid, o)),
+                             (known_type, CodeReader(p.pid, o, 0x7F00_1234_5678))):
+            got = reader.read_many([addr])
+            assert isinstance(got[addr], CodeReadError), got
+            with pytest.raises(CodeReadError):
+                reader.read(addr)
+    finally:
+        p.kill()
+        p.wait()

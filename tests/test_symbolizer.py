@@ -131,6 +131,39 @@ def test_exited_process_still_resolves_within_the_grace_period(binaries: Binarie
     assert f.reason is Unresolved.PROCESS_GONE
 
 
+def test_an_exited_process_is_never_named_by_another_file_at_its_path(binaries: Binaries, tmp_path: Path) -> None:
+    """A process's file read after it exited (its map_files and /proc/PID/root gone): the plain path may now hold
+    another file (a package upgrade, or the host's file under a container's path), whose symbols would name its
+    frames wrongly. Seen under load: a pod's `leaf_work` named `hot_b` by a host decoy
+    (tests/test_fidelity_containers_bpf.py). Only the file the maps were read with is used."""
+    decoy_src = tmp_path / "decoy.c"
+    decoy_src.write_text('__attribute__((used, noinline)) void decoy(void) { __asm__(".fill 65536, 1, 0x90"); }\n'
+                         "int main(void) { decoy(); return 0; }\n")
+    decoy = tmp_path / "decoy"
+    subprocess.run(["gcc", "-O1", "-Wl,--build-id", "-o", str(decoy), str(decoy_src)], check=True)
+    for which in ("build id", "no build id"):
+        app = tmp_path / f"app-{which.replace(' ', '-')}"
+        shutil.copy(binaries.pie, app)
+        if which == "no build id":  # the identity is then the file's (device, inode, mtime)
+            subprocess.run(["objcopy", "--remove-section=.note.gnu.build-id", str(app)], check=True)
+        maps = MapsCache(grace_drains=2)
+        sym = Symbolizer(maps)
+        with running(app) as r:
+            maps.refresh([r.pid])
+            pid, addr = r.pid, r.addresses["static_leaf"] + 2
+            frame = native(maps, pid, addr)
+            assert frame.mapping is not None and (frame.mapping.build_id is None) == (which == "no build id")
+            r.stop()
+        maps.refresh([pid])  # its late samples arrive after it exited
+        shutil.copy(decoy, app.with_name(app.name + ".new"))
+        os.rename(app.with_name(app.name + ".new"), app)  # another file at the path it ran from
+        there = ElfSymbols(str(app))
+        assert there.lookup(elf_address(addr, frame.mapping, there.elf_type, there.segments) or 0) == "decoy"
+        (f,) = resolve(sym, pid, [frame])
+        assert f.reason is Unresolved.UNREADABLE and not f.lines, (which, f.names())
+        assert f.fallback_name() == f"{app.name}+{addr - frame.mapping.start + frame.mapping.offset:#x}"
+
+
 def test_unresolved_frames_say_why(binaries: Binaries, tmp_path: Path) -> None:
     maps = MapsCache()
     sym = Symbolizer(maps, debug_dirs=())

@@ -27,6 +27,7 @@ _readv = _libc.process_vm_readv
 _readv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
 _readv.restype = ctypes.c_ssize_t
 IOV_MAX = 1024  # the kernel's UIO_MAXIOV
+_TOP = 1 << 64
 
 
 class ProcessGone(Unavailable):
@@ -61,6 +62,14 @@ def _batch(pid: int, ranges: Sequence[tuple[int, int]]) -> list[bytes | None]:
     n = len(ranges)
     if n == 0:
         return []
+    if not all(0 <= addr <= _TOP - size for addr, size in ranges):
+        # a garbage pointer plus a field's offset can pass the top of the address space: no iovec holds it,
+        # and it is no more readable than an unmapped range (the rest are read as they are)
+        valid = [i for i, (addr, size) in enumerate(ranges) if 0 <= addr <= _TOP - size]
+        out: list[bytes | None] = [None] * n
+        for i, data in zip(valid, _batch(pid, [ranges[i] for i in valid]), strict=True):
+            out[i] = data
+        return out
     sizes = [size if size > 0 else 0 for _, size in ranges]
     total = sum(sizes)
     # a bytearray, its address through a c_char over its first byte: create_string_buffer makes a ctypes array
