@@ -135,6 +135,18 @@ def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("chdb")
 
 
+@pytest.fixture
+def chdb_dsn(chdb_dir: Path) -> Iterator[str]:
+    """The DSN of a new chDB database, dropped after the test: for tests that open several stores (servers) on it."""
+    db = f"t_{uuid.uuid4().hex[:16]}"
+    yield f"chdb://{chdb_dir}?database={db}"
+    from web.store.clickhouse_transport import ChdbTransport
+
+    t = ChdbTransport(str(chdb_dir))
+    t.command(f"DROP DATABASE IF EXISTS {db} SYNC")
+    t.close()
+
+
 @pytest.fixture(params=STORE_BACKENDS)
 def store_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -4,8 +4,6 @@ and what the dictionaries cannot answer (a key they do not have, a server withou
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +20,8 @@ PARAMS = {"from": str(T0 // S), "to": str((T0 + H) // S), "query": '{pod="p0"}'}
 
 
 @pytest.fixture
-def dsn(chdb_dir: Path) -> Iterator[str]:
-    db = f"dict_{uuid.uuid4().hex[:12]}"
-    yield f"chdb://{chdb_dir}?database={db}"
-    from web.store.clickhouse_transport import ChdbTransport
-
-    t = ChdbTransport(str(chdb_dir))
-    t.command(f"DROP DATABASE IF EXISTS {db} SYNC")
-    t.close()
+def dsn(chdb_dsn: str) -> str:
+    return chdb_dsn
 
 
 def answer(store: ClickHouseStore, tmp_path: Path, params: dict[str, str] = PARAMS) -> dict[str, Any]:

@@ -5,8 +5,6 @@ engine is in the next answer (equal to a fresh server's)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +21,8 @@ RANGE = {"from": str(T0 // S), "to": str((T0 + 2 * H + H // 2) // S)}
 
 
 @pytest.fixture
-def dsn(chdb_dir: Path) -> Iterator[str]:
-    db = f"parts_{uuid.uuid4().hex[:12]}"
-    yield f"chdb://{chdb_dir}?database={db}"
-    from web.store.clickhouse_transport import ChdbTransport
-
-    t = ChdbTransport(str(chdb_dir))
-    t.command(f"DROP DATABASE IF EXISTS {db} SYNC")
-    t.close()
+def dsn(chdb_dsn: str) -> str:
+    return chdb_dsn
 
 
 def views(store: ClickHouseStore, tmp_path: Path, params: dict[str, str] = RANGE) -> list[Any]:
