@@ -129,12 +129,16 @@ BPF_HASH(cgroup_filter, u64, u8, CGROUP_FILTER_SIZE);
 
 BPF_PERCPU_ARRAY(scratch, struct deep_trace, 1);  // too big for the 512-byte BPF stack
 
-// Processes seen recently, by (tgid, comm); a first sample announces the tgid on new_tgids so userspace
-// reads its /proc/PID/maps right away, before a short-lived process can exit unseen. comm is in the key
-// because a process is often first sampled between fork and exec: exec changes comm, so the new image
-// is announced again (LRU: a process evicted and sampled again is announced again, which is harmless).
+// Processes seen recently, by (tgid, exec count, comm); a first sample announces the tgid on new_tgids so
+// userspace reads its /proc/PID/maps right away, before a short-lived process can exit unseen. The exec count
+// (task->self_exec_id, which every exec raises and threads inherit) is in the key so that a process first sampled
+// between fork and exec, or one that execs itself or another program under the same comm (a python3 exec'ing
+// python3, a daemon re-exec'ing its upgraded binary), announces its new image at once; the address space pointer
+// would not do: exec frees the old mm_struct and the next exec's often lands at the same address. comm stays for
+// kernels without the offsets (count 0). LRU: a process evicted and sampled again is announced again (harmless).
 struct seen_key {
     u32 tgid;
+    u32 exec_id;
     char comm[TASK_COMM_LEN];
 };
 BPF_TABLE("lru_hash", struct seen_key, u8, seen_tgids, SEEN_TGIDS_SIZE);
@@ -143,7 +147,7 @@ BPF_RINGBUF_OUTPUT(new_tgids, NEW_TGIDS_PAGES);
 // A new_tgids record; mirrored in profiler/sampler.py (NEW_EVENT). The kind tells userspace who needs it:
 // a first sample every reader of new processes, the walker's announcements (bpf/native_unwind.bpf.h) the
 // unwind loader alone.
-#define NEW_FIRST 0               // the first sample of (tgid, comm): a new process, or a new image after exec
+#define NEW_FIRST 0               // the first sample of (tgid, exec count, comm): a new process, or a new image after exec
 #define NEW_STALE 1               // a walk met an address outside the process's mapping array (dlopen, JIT)
 #define NEW_ASK 2                 // a walk asked for a table (unwind_wanted)
 struct new_process_event {
@@ -156,7 +160,7 @@ struct new_process_event {
 // task_struct member offsets of the running kernel (profiler/btf.py), written by profiler/sampler.py before
 // the perf events attach; group_leader == 0: no start times in the records (userspace reads /proc/PID/stat).
 struct new_process_config {
-    u64 group_leader, start_boottime;
+    u64 group_leader, start_boottime, self_exec_id;
 };
 BPF_ARRAY(new_process_config, struct new_process_config, 1);
 
@@ -170,6 +174,16 @@ static __always_inline u64 leader_start_boottime(void) {
         bpf_probe_read_kernel(&start, sizeof(start), (void *)(leader + c->start_boottime)))
         return 0;
     return start;
+}
+
+// How many execs the current task's image follows (task->self_exec_id); 0 without the offsets.
+static __always_inline u32 current_exec_id(void) {
+    u32 zero = 0, id = 0;
+    struct new_process_config *c = new_process_config.lookup(&zero);
+    if (!c || !c->self_exec_id ||
+        bpf_probe_read_kernel(&id, sizeof(id), (void *)(bpf_get_current_task() + c->self_exec_id)))
+        return 0;
+    return id;
 }
 
 BPF_HASH(counts0, struct sample_key, u64, COUNTS_MAP_SIZE);
@@ -427,7 +441,10 @@ int on_sample(struct bpf_perf_event_data *ctx) {
     key.pid = pid;
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
     if (tgid) {
-        struct seen_key seen = {.tgid = tgid};
+        struct seen_key seen;
+        __builtin_memset(&seen, 0, sizeof(seen));  // padding included: the key is hashed as bytes
+        seen.exec_id = current_exec_id();
+        seen.tgid = tgid;
         __builtin_memcpy(seen.comm, key.comm, sizeof(seen.comm));
         if (!seen_tgids.lookup(&seen)) {
             u8 one = 1;

@@ -91,8 +91,10 @@ NEW_TGIDS_PAGES = 32  # ring buffer of new-process events: 128 KiB, 5461 events 
 # A new_tgids record (struct new_process_event): tgid, kind (NEW_*), the process's start time (ns of boot time)
 NEW_EVENT = struct.Struct("<IIQ")
 NEW_FIRST, NEW_STALE, NEW_ASK = 0, 1, 2
-# task_struct members whose offsets struct new_process_config holds (start times from the kernel)
-NEW_PROCESS_CONFIG_FIELDS = (("task_struct", "group_leader"), ("task_struct", "start_boottime"))
+# task_struct members whose offsets struct new_process_config holds (start times from the kernel; self_exec_id: every
+# exec raises it, so a process announces each image it runs)
+NEW_PROCESS_CONFIG_FIELDS = (("task_struct", "group_leader"), ("task_struct", "start_boottime"),
+                             ("task_struct", "self_exec_id"))
 PROGRAM = "on_sample"
 INNER_MAPS = {"grace_period": "control"}  # BPF_ARRAY_OF_MAPS(grace_period, "control", 1)
 STACK_HEAD = 127  # frames in a stack map row (bpf/sampler.bpf.c)
