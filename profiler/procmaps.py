@@ -394,6 +394,19 @@ class _Process:
     used_gen: int
     version: int  # changes when the maps change (exec, pid reuse, dlopen...), not on a re-read finding the same
     gone_gen: int | None = None
+    # the image an exec replaced (and its own, up to IMAGES_KEPT): the samples of a drain may predate the exec
+    before: _Process | None = None
+    replaced_gen: int = 0  # when a newer image replaced this one
+
+    def find_any(self, address: int) -> Mapping | None:
+        """`find` in this image, then in the images it replaced, newest first."""
+        q: _Process | None = self
+        while q is not None:
+            m = q.find(address)
+            if m is not None:
+                return m
+            q = q.before
+        return None
 
     def find(self, address: int) -> Mapping | None:
         i = bisect_right(self.starts, address) - 1
@@ -413,10 +426,30 @@ class _Process:
         return [self.mapping(i) for i in range(len(self.starts))]
 
 
+def _trim(p: _Process, keep: int) -> None:
+    """Keeps at most `keep` images before `p`."""
+    for _ in range(keep):
+        if p.before is None:
+            return
+        p = p.before
+    p.before = None
+
+
+def _moved(item: int | NewProcess, p: _Process) -> bool:
+    """Whether an announcement's executable VMAs start where `p`'s maps have none (a new image, a library)."""
+    if isinstance(item, int) or not item.vmas:
+        return False
+    starts = p.starts
+    return any((i := bisect_right(starts, v[0]) - 1) < 0 or starts[i] != v[0] for v in item.vmas)
+
+
 @dataclass(slots=True)
 class _Stat:
     starttime: int | None
     zombie: bool
+
+
+IMAGES_KEPT = 4  # images of one process held after its execs (a process exec'ing in a loop keeps the last ones)
 
 
 class MapsCache:
@@ -478,8 +511,9 @@ class MapsCache:
         for item in pids:
             pid = item if isinstance(item, int) else item.pid
             p = self._procs.get(pid)
-            # a known pid is announced again after exec (new comm): read the new image's maps
-            if p is None or (p.gone_gen is None and self._exe_identity(pid) != p.exe):
+            # a known pid is announced again after exec: read the new image's maps (another executable, or the
+            # same one re-exec'd at new addresses; a thread's new comm alone changes neither)
+            if p is None or (p.gone_gen is None and (self._exe_identity(pid) != p.exe or _moved(item, p))):
                 self._read(pid, None if isinstance(item, int) else item)
         self._evict()
 
@@ -487,6 +521,11 @@ class MapsCache:
         """Mark processes that exited (or whose pid was reused); drop them after the grace period,
         and drop live ones not sampled for `idle_drains`."""
         for pid, p in list(self._procs.items()):
+            newer, q = p, p.before
+            while q is not None and self._gen - q.replaced_gen < self.grace_drains:
+                newer, q = q, q.before
+            if q is not None:
+                newer.before = None  # every sample of the images replaced that long ago was drained
             if p.gone_gen is None:
                 if self._gen - p.used_gen > self.idle_drains:
                     del self._procs[pid]
@@ -518,6 +557,8 @@ class MapsCache:
             self.stats["rereads"] += 1
             p = self._read(pid) or p
             m = p.find(address)
+        if m is None and p.before is not None:  # a sample taken before an exec (same pid, another image)
+            m = p.before.find_any(address)
         return m
 
     def file(self, pid: int, mapping: Mapping) -> MappedFile | None:
@@ -525,13 +566,15 @@ class MapsCache:
 
         Built on request: the symbolizer asks only for a binary it has not loaded (or without a build id)."""
         p = self._procs.get(pid)
-        if p is None:
-            return None
-        i = bisect_right(p.starts, mapping.start) - 1
-        if i < 0 or p.starts[i] != mapping.start or p.lines[i].special:
-            return None
-        ln = p.lines[i]
-        return MappedFile(candidate_paths(pid, p.mapping(i), deleted=ln.deleted, proc=self.proc), ln.key)
+        while p is not None:  # this image, then those its execs replaced
+            i = bisect_right(p.starts, mapping.start) - 1
+            if i >= 0 and p.starts[i] == mapping.start and p.ends[i] == mapping.limit:
+                if p.lines[i].special:
+                    return None
+                ln = p.lines[i]
+                return MappedFile(candidate_paths(pid, p.mapping(i), deleted=ln.deleted, proc=self.proc), ln.key)
+            p = p.before
+        return None
 
     def version(self, pid: int) -> int | None:
         """Changes whenever the maps known for `pid` change (exec, pid reuse, a new mapping found by a
@@ -655,6 +698,14 @@ class MapsCache:
             version = self._versions
         p = _Process(starttime, self._exe_identity(pid), starts, ends, lines, [None] * len(starts),
                      read_gen=self._gen, used_gen=self._gen, version=version)
+        if old is not None and version != old.version and starttime is not None and old.starttime == starttime \
+                and not set(old.starts) <= set(starts):
+            # the same process with mappings gone (an exec's new image, a dlclose): the samples of the drain under
+            # way may predate it, and keep their names from the maps they were taken under
+            p.before, old.replaced_gen = old, self._gen
+            _trim(old, IMAGES_KEPT - 1)
+        elif old is not None:
+            p.before = old.before  # a dlopen: the images before stay
         self._procs[pid] = p
         return p
 

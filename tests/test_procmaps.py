@@ -126,16 +126,27 @@ def test_miss_rereads_maps_at_most_once_per_drain(fake: FakeProc) -> None:
 
 
 def test_pid_reuse_and_exec_replace_the_maps(fake: FakeProc) -> None:
+    """An exec replaces the maps, but the drain under way (and the next, as for an exited process) may hold samples
+    of the image before: those keep its names. A new process under a reused pid keeps nothing of the old one."""
     fake.add(13, line(0x1000, 0x2000, "/bin/sh"), starttime=100, exe="/bin/sh")
-    maps = MapsCache(str(fake.root))
+    maps = MapsCache(str(fake.root), grace_drains=2)
     maps.refresh([13])
     fake.add(13, line(0x3000, 0x4000, "/app/server"), starttime=100, exe="/app/server")  # exec: same pid
     maps.refresh([13])
-    assert maps.lookup(13, 0x1800) is None and maps.lookup(13, 0x3800).path == "/app/server"
+    assert maps.lookup(13, 0x3800).path == "/app/server" and maps.lookup(13, 0x1800).path == "/bin/sh"
+    assert maps.file(13, maps.lookup(13, 0x1800)) is not None
     assert maps.stats["execs"] == 1
+    fake.add(13, line(0x5000, 0x6000, "/app/server"), starttime=100, exe="/app/server")  # it execs itself
+    maps.prefetch([13])  # announced by its first sample (NewProcess), as the watcher does; same exe
+    maps.refresh([13])
+    assert [maps.lookup(13, a).path for a in (0x5800, 0x3800, 0x1800)] == ["/app/server", "/app/server", "/bin/sh"]
+    maps.refresh([13])  # each image is let go when the drains it could be in are over
+    assert maps.lookup(13, 0x1800) is None and maps.lookup(13, 0x3800).path == "/app/server"
+    maps.refresh([13])
+    assert maps.lookup(13, 0x3800) is None and maps.lookup(13, 0x5800).path == "/app/server"
     fake.add(13, line(0x7000, 0x8000, "/bin/other"), starttime=555, exe="/bin/other")  # a new process
     maps.refresh([13])
-    assert maps.lookup(13, 0x3800) is None and maps.lookup(13, 0x7800).path == "/bin/other"
+    assert maps.lookup(13, 0x5800) is None and maps.lookup(13, 0x7800).path == "/bin/other"
 
 
 def test_memory_is_bounded(fake: FakeProc) -> None:
