@@ -7,10 +7,15 @@ frame building are the agent's own (`profiler.agent.build_profiles`).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from podflame.model import Profile
+
+if TYPE_CHECKING:
+    from profiler.procmaps import NewProcess
 
 
 def record(duration: float, frequency: int, *, unwind: str, python_frames: bool,
@@ -36,15 +41,29 @@ def record(duration: float, frequency: int, *, unwind: str, python_frames: bool,
     sampler = Sampler(frequency, pids=pids, cgroup_ids=cgroup_ids, unwind=unwind, python_frames=python_frames,
                       python_early_reads=python_early_reads, preload=preload)
     assert isinstance(ctx.maps, MapsCache)  # create_context's: the symbolizer reads binaries through it
+    # symbolized once at the end (not per drain, as the agent does): the maps of a process that exited, and of the
+    # images an exec replaced, are held for the whole capture (a drain a second)
+    ctx.maps.grace_drains = max(ctx.maps.grace_drains, int(duration) + 2)
     symbolizer = Symbolizer(ctx.maps)
     period_ns = int(1e9 / frequency)
     profiles: list[Profile] = []
+    # The maps of a process the kernel just saw are read then, as the agent reads them: one that execs or exits
+    # before the next drain keeps its names (a drain reads only what is mapped when it runs)
+    maps_lock = threading.Lock()
+
+    def prefetch(news: list[NewProcess]) -> None:
+        with maps_lock:
+            ctx.maps.prefetch(news)
+
+    sampler.watch_new_processes(prefetch)
     end = time.monotonic() + duration
     try:
         with sampler:
             while (left := end - time.monotonic()) > 0:
                 time.sleep(min(1.0, left))
-                profiles.extend(build_profiles(sampler.drain(), ctx, period_ns))
+                drain = sampler.drain()
+                with maps_lock:
+                    profiles.extend(build_profiles(drain, ctx, period_ns))
                 progress(max(0.0, end - time.monotonic()), sum(p.total() for p in profiles))
     except KeyboardInterrupt:
         say("interrupted: writing what was captured")
