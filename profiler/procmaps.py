@@ -157,7 +157,13 @@ def layout_key(vmas: Sequence[ExecVma]) -> LayoutKey | None:
     its answers (with the executable). None without VMAs."""
     if not vmas:
         return None
-    return vmas[-1][1] > _LOW, frozenset([(v[2], v[1] - v[0]) for v in vmas])
+    return vmas[-1][1] > _LOW, frozenset(vma_keys(vmas))
+
+
+def vma_keys(vmas: Iterable[ExecVma]) -> Iterator[tuple[_QueryKey, int]]:
+    """What places each VMA apart from where ASLR put it: its PROCMAP_QUERY key and its size (which tells the
+    vDSO's image: it has no file). A layout's members; the unwind loader's placements are keyed by them."""
+    return ((v[2], v[1] - v[0]) for v in vmas)
 
 
 _UNREAD = object()

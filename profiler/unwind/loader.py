@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from podflame.errors import PodflameError
 from podflame.model import Mapping
@@ -43,6 +43,7 @@ from profiler.procmaps import (
     query_vma,
     read_exec_maps,
     read_exec_vmas,
+    vma_keys,
 )
 from profiler.unwind.maps import STAT_SLOTS, WANT, WANTS_TABLE, UnwindMaps
 from profiler.unwind.table import UnwindTable
@@ -312,10 +313,7 @@ class NativeUnwinder:
         if self._seen.get(tgid) == signature and not wanted and not everything and not retry:
             return  # announced again (a new comm, a stale mark from JIT code) with the same mappings
         self._seen[tgid] = signature
-        # the watcher's read: its layout key was made once for every reader (unless cut at the walker's limit)
-        key = new.layout() if new is not None and vmas is new.vmas and len(new.vmas) <= MAX_MAPPINGS_PER_PROCESS \
-            else _layout_key(vmas[:MAX_MAPPINGS_PER_PROCESS])
-        vmas = vmas[:MAX_MAPPINGS_PER_PROCESS]
+        vmas, key = _walked(vmas, new)
         mappings = None
         if not wanted and not everything and not retry:
             mappings = self._mappings_from_layout(tgid, vmas, key, new)  # type: ignore[arg-type]  # ExecVmas: a key
@@ -323,7 +321,8 @@ class NativeUnwinder:
             note = _Note() if key is not None else None
             mappings = self._place(tgid, vmas, wanted, everything, note)
             if note is not None and note.ok and mappings is not None and len(note.entries) == len(vmas):
-                by_vma = dict(zip(_vma_keys(vmas), note.entries, strict=True))  # type: ignore[arg-type]
+                by_vma: dict[tuple[object, int], _Placed | None] = dict(
+                    zip(vma_keys(vmas), note.entries, strict=True))  # type: ignore[arg-type]
                 if len(self._layouts) >= LAYOUTS:
                     self._layouts.clear()
                 assert key is not None
@@ -345,11 +344,7 @@ class NativeUnwinder:
         tgid, vmas = new.pid, new.vmas
         if not vmas or tgid in self._seen or tgid in self._wanted or tgid in self._retry:
             return False
-        if len(vmas) > MAX_MAPPINGS_PER_PROCESS:
-            vmas = vmas[:MAX_MAPPINGS_PER_PROCESS]
-            key = layout_key(vmas)
-        else:
-            key = new.layout()  # made once, for Python detection too
+        vmas, key = _walked(vmas, new)
         mappings = self._mappings_from_layout(tgid, vmas, key, new)
         if mappings is None:
             return False
@@ -716,7 +711,7 @@ _Placed = tuple[int | None, object | None, int, object]
 
 @dataclass(slots=True)
 class _Layout:
-    entries: dict[tuple[object, int], _Placed | None]  # by the VMA's key and size (_vma_keys)
+    entries: dict[tuple[object, int], _Placed | None]  # by the VMA's key and size (procmaps.vma_keys)
     exe: str | None  # the executable a small table's "on demand, not at once" rested on (_eager), if any
 
 
@@ -743,17 +738,22 @@ def _signature(vmas: list[ExecVma] | list[MapsEntry]) -> tuple[tuple[int, int, i
                  for v in vmas)
 
 
-def _vma_keys(vmas: list[ExecVma]) -> Iterator[tuple[object, int]]:
-    """What places each VMA apart from where ASLR put it: its PROCMAP_QUERY key and its size (which tells
-    the vDSO's image: it has no file), as procmaps.layout_key takes them."""
-    return ((v[2], v[1] - v[0]) for v in vmas)
-
-
-def _layout_key(vmas: list[ExecVma] | list[MapsEntry]) -> LayoutKey | None:
-    """procmaps.layout_key of queried VMAs; None for maps lines (before Linux 6.11: no layouts)."""
+@overload
+def _walked(vmas: list[ExecVma], new: NewProcess | None) -> tuple[list[ExecVma], LayoutKey | None]: ...
+@overload
+def _walked(vmas: list[ExecVma] | list[MapsEntry], new: NewProcess | None
+            ) -> tuple[list[ExecVma] | list[MapsEntry], LayoutKey | None]: ...
+def _walked(vmas: list[ExecVma] | list[MapsEntry], new: NewProcess | None
+            ) -> tuple[list[ExecVma] | list[MapsEntry], LayoutKey | None]:
+    """The VMAs the walker's search covers (MAX_MAPPINGS_PER_PROCESS) and their layout key: the watcher's, made
+    once for every reader (Python detection too), when they are its read uncut; None for maps lines (before
+    Linux 6.11: no layouts)."""
+    if new is not None and vmas is new.vmas and len(vmas) <= MAX_MAPPINGS_PER_PROCESS:
+        return vmas, new.layout()
+    vmas = vmas[:MAX_MAPPINGS_PER_PROCESS]
     if not vmas or not isinstance(vmas[0], tuple):
-        return None
-    return layout_key(vmas)  # type: ignore[arg-type]
+        return vmas, None
+    return vmas, layout_key(vmas)  # type: ignore[arg-type]
 
 
 def _empty(m: BpfMap, chunk: int = 1024) -> Iterator[memoryview]:
