@@ -54,10 +54,13 @@
 #define CFA_LEAF_REG 0x10         // 0x10 | r: CFA = register r (DWARF number) + cfa_offset, read from the sample's
                                   // registers, so at the leaf frame only; rbp_type >> 3, when not 0, is 1 + the
                                   // register holding the return address (else it is at CFA - 8)
+#define CFA_DEREF 0x80            // 0x80 | [CFA_DEREF_RBP] | k: CFA = *(rbp or rsp + cfa_offset) + 8k (DRAP realignment)
+#define CFA_DEREF_RBP 0x20
 #define RBP_TYPE_MASK 7
 #define RBP_SAME 0
 #define RBP_OFFSET 1
 #define RBP_UNDEFINED 2
+#define RBP_AT_RBP 3              // the caller's rbp is at this frame's rbp + rbp_offset (gcc's DRAP prologue)
 #define UNWIND_NO_TABLE 0xffffffff
 #define MAPPING_WANTS_TABLE 1     // unwind_mapping.flags: has CFI, table loaded once a walk needs it
 
@@ -421,6 +424,12 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
     } else if (cfa_type == CFA_PLT) {
         cfa = sp + 8 + ((ip & 15) >= (u64)rbp_offset ? 8 : 0);
         rbp_type = RBP_SAME;
+    } else if (cfa_type & CFA_DEREF) {
+        if (bpf_probe_read_user(&cfa, sizeof(cfa), (void *)((cfa_type & CFA_DEREF_RBP ? bp : sp) + cfa_offset))) {
+            ustat(US_READ_FAULT);
+            return STEP_DONE;
+        }
+        cfa += (cfa_type & 15) * 8;
     } else if (gap && st->exact_ip && !bpf_probe_read_user(&ra, sizeof(ra), (void *)sp) &&
                !(ra > sp && ra - sp < (1 << 23))) {
         // the sampled (or signal-interrupted) instruction in hand-written assembly without CFI (NASM's
@@ -453,6 +462,11 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
     }
     if (rbp_type == RBP_OFFSET) {
         if (bpf_probe_read_user(&bp, sizeof(bp), (void *)(cfa + rbp_offset))) {
+            ustat(US_READ_FAULT);
+            return STEP_DONE;
+        }
+    } else if (rbp_type == RBP_AT_RBP) {
+        if (bpf_probe_read_user(&bp, sizeof(bp), (void *)(bp + rbp_offset))) {
             ustat(US_READ_FAULT);
             return STEP_DONE;
         }

@@ -46,6 +46,7 @@ from profiler.unwind.table import (
     CFA_SIGNAL,
     CFA_UNSUPPORTED,
     RA_REG_SHIFT,
+    RBP_AT_RBP,
     RBP_OFFSET,
     RBP_SAME,
     RBP_UNDEFINED,
@@ -610,7 +611,7 @@ def test_dwarf64_version4_debug_frame_and_rare_instructions() -> None:
     compact = [compact_rule(state, False) for _, state in got]
     assert compact == [(CFA_RSP, 16, RBP_OFFSET, -16), (CFA_RBP, 16, RBP_OFFSET, -16), (CFA_RSP, 16, RBP_OFFSET, -16),
                        (CFA_RSP, 16, RBP_UNDEFINED, 0), (CFA_RSP, 16, RBP_UNDEFINED, 0),
-                       (CFA_RSP, 16, RBP_UNDEFINED, 0), (CFA_END, 0, RBP_SAME, 0)]
+                       (CFA_RSP, 16, RBP_AT_RBP, 0), (CFA_END, 0, RBP_SAME, 0)]  # breg6 0: gcc's DRAP
 
 
 def test_pointer_encodings() -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from profiler.unwind.cfi import (
+    EXPRESSION,
     OFFSET,
     RBP,
     REGISTER,
@@ -31,10 +32,15 @@ from profiler.unwind.cfi import (
     Cie,
     HdrTable,
     State,
+    _sleb,
+    _uleb,
     parse_eh_frame_hdr,
     run_program,
 )
 from profiler.unwind.table import (
+    CFA_DEREF,
+    CFA_DEREF_ADD_MAX,
+    CFA_DEREF_RBP,
     CFA_END,
     CFA_LEAF_REG,
     CFA_NONE,
@@ -45,6 +51,7 @@ from profiler.unwind.table import (
     CFA_UNSUPPORTED,
     MAX_PC,
     RA_REG_SHIFT,
+    RBP_AT_RBP,
     RBP_OFFSET,
     RBP_SAME,
     RBP_UNDEFINED,
@@ -92,6 +99,40 @@ def plt_threshold(expr: bytes) -> int | None:
     return None
 
 
+_DW_OP_BREG6, _DW_OP_BREG7, _DW_OP_DEREF, _DW_OP_PLUS_UCONST = 0x76, 0x77, 0x06, 0x23
+
+
+def deref_cfa(expr: bytes) -> tuple[int, int] | None:
+    """(cfa_type, cfa_offset) of a CFA expression `DW_OP_breg6/7 off; DW_OP_deref [; DW_OP_plus_uconst 8k]`
+    (table.CFA_DEREF), else None: the CFA is a value saved on the stack, at rbp or rsp + off."""
+    if len(expr) < 3 or expr[0] not in (_DW_OP_BREG6, _DW_OP_BREG7):
+        return None
+    try:
+        off, pos = _sleb(expr, 1, len(expr))
+        if pos >= len(expr) or expr[pos] != _DW_OP_DEREF:
+            return None
+        pos, add = pos + 1, 0
+        if pos < len(expr) and expr[pos] == _DW_OP_PLUS_UCONST:
+            add, pos = _uleb(expr, pos + 1, len(expr))
+    except CfiFormatError:
+        return None
+    if pos != len(expr) or off not in _S16 or add % 8 or add // 8 > CFA_DEREF_ADD_MAX:
+        return None
+    return CFA_DEREF | (CFA_DEREF_RBP if expr[0] == _DW_OP_BREG6 else 0) | add // 8, off
+
+
+def rbp_at_rbp(expr: bytes) -> int | None:
+    """off when an rbp rule's expression is `DW_OP_breg6 off` alone (the caller's rbp saved at rbp + off, as
+    gcc's DRAP prologue says it), else None."""
+    if len(expr) < 2 or expr[0] != _DW_OP_BREG6:
+        return None
+    try:
+        off, pos = _sleb(expr, 1, len(expr))
+    except CfiFormatError:
+        return None
+    return off if pos == len(expr) and off in _S16 else None
+
+
 def compact_rule(state: State, signal: bool) -> Rule:
     """The unwinder's view of one rule row: (cfa_type, cfa_offset, rbp_type, rbp_offset)."""
     if signal:
@@ -108,10 +149,15 @@ def compact_rule(state: State, signal: bool) -> Rule:
         rbp_type, rbp_off = RBP_SAME, 0
     elif rbp[0] == OFFSET and rbp[1] in _S16:
         rbp_type, rbp_off = RBP_OFFSET, int(rbp[1])
+    elif rbp[0] == EXPRESSION and isinstance(rbp[1], bytes) and (at := rbp_at_rbp(rbp[1])) is not None:
+        rbp_type, rbp_off = RBP_AT_RBP, at
     else:  # undefined, or kept in a register / by an expression we do not follow: unknown to the caller
         rbp_type, rbp_off = RBP_UNDEFINED, 0
     if cfa_expr is not None:
         threshold = plt_threshold(cfa_expr)
+        deref = deref_cfa(cfa_expr) if threshold is None and not ra_reg else None
+        if deref is not None:
+            return (deref[0], deref[1], rbp_type, rbp_off)
         if threshold is None or ra_reg:
             return (CFA_UNSUPPORTED, 0, RBP_SAME, 0)
         return (CFA_PLT, 8, RBP_SAME, threshold)

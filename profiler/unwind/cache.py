@@ -30,7 +30,9 @@ from profiler.unwind.table import ROW_SIZE, UnwindTable, file_identity
 from symbolizer.elf import _build_id
 from symbolizer.elffile import ElfFile, ElfFormatError
 
-FORMAT = 3  # 3: a signal FDE holds one byte past its end; 2: CFA_LEAF_REG rows (CFA or RA in a register)
+# 4: CFA_DEREF rows and RBP_AT_RBP (stack realignment through DRAP); 3: a signal FDE holds one byte past its end;
+# 2: CFA_LEAF_REG rows (CFA or RA in a register)
+FORMAT = 4
 _MAGIC = b"PFUNWIND"
 _HEAD = struct.Struct("<8sIIIHH")  # magic, format, count, crc32(rows), len(source), len(reason)
 

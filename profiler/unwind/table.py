@@ -32,11 +32,19 @@ CFA_UNSUPPORTED = 6  # CFI exists but needs an expression (or rule) the unwinder
 # libgcc_s's context install (CFA in rcx), longjmp (CFA in rdi, return address in rdx).
 CFA_LEAF_REG = 0x10
 RA_REG_SHIFT = 3
+# 0x80 | [0x20: rbp, else rsp] | k: CFA = *(that register + cfa_offset) + 8k (k 0-15), the DW_CFA_def_cfa_expression
+# `DW_OP_breg6/7 off; DW_OP_deref [; DW_OP_plus_uconst 8k]`: gcc's stack realignment through a DRAP register
+# (-mstackrealign, AVX/aligned locals with alloca: CFA = *(rbp - 8); node, any -march=... build) and
+# OpenSSL's assembly (the entry rsp saved in a stack slot: CFA = *(rsp + off) + 8).
+CFA_DEREF = 0x80
+CFA_DEREF_RBP = 0x20
+CFA_DEREF_ADD_MAX = 15
 RBP_TYPE_MASK = (1 << RA_REG_SHIFT) - 1
 
 RBP_SAME = 0  # the caller's rbp is this frame's rbp
 RBP_OFFSET = 1  # the caller's rbp is saved at CFA + rbp_offset
 RBP_UNDEFINED = 2  # the caller's rbp cannot be recovered here
+RBP_AT_RBP = 3  # the caller's rbp is saved at this frame's rbp + rbp_offset (DW_CFA_expression r6: DW_OP_breg6 off)
 
 CFA_NAMES = {CFA_NONE: "none", CFA_RSP: "rsp", CFA_RBP: "rbp", CFA_PLT: "plt", CFA_END: "end",
              CFA_SIGNAL: "signal", CFA_UNSUPPORTED: "unsupported"}
