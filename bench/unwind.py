@@ -39,6 +39,17 @@ registers a process on its first sample), and `exact_of_python`, the exact chain
 --only NAME[,NAME] picks workloads, --peers podflame[,profile_bpfcc,perf_dwarf] the profilers.
 
     .venv/bin/python bench/unwind.py --matrix [--seconds 3] [--only cpp-sort,go]
+
+`--wide` runs instead the builds of tests/test_unwind_wide_bpf.py (docs/benchmarks.md "Stop 22 wide22"), under
+podflame and perf --call-graph dwarf, with that test's exact chains: tests/workloads/wide_frames.c (alloca, a
+realigned frame, DRAP realignment; -O2 and -mavx -mstackrealign), tests/workloads/wide_cpp.cc (std::function
+and a lambda, templates, a hot catch block, std::thread) at -O2/-O3/-Os/-static/-no-pie -fcf-protection=full
+-mno-red-zone, the C chain with .debug_frame only, stripped to .gnu_debugdata, and stripped bare (its entry:
+the root frame inside _start by the ELF header's entry point; perf may name it from its build-id cache), and
+every Python (pyenv 2.7, 3.6-3.13, Debian's 3.11) spinning in `python_fidelity.py threads 4` with `py-spy dump`'s
+main-thread chain as the oracle (`pyspy_exact`: the share of podflame's samples with py-spy's chain).
+
+    .venv/bin/python bench/unwind.py --wide [--seconds 3] [--only drap-stackrealign,cpp-O2-catch]
 """
 
 from __future__ import annotations
@@ -70,6 +81,7 @@ from tests.test_fidelity_containers_bpf import (  # noqa: E402
     pod_chain,
     replace_with,
 )
+from tests.test_fidelity_python_bpf import py_spy_main  # noqa: E402
 from tests.test_fidelity_rust_bpf import V0_CHAIN  # noqa: E402
 from tests.test_unwind_bpf import (  # noqa: E402
     BUSY_PY,
@@ -380,13 +392,88 @@ def sorted_chain(s: tuple[str, ...]) -> bool:
     return python_part(s[:at + 1]) == ("<module>", "sorter", "keyf") and at > up + 1
 
 
+def wide_workloads(tmp: Path) -> Workloads:
+    """tests/test_unwind_wide_bpf.py's builds and chains, and every Python under py-spy (PYSPY)."""
+    from tests.test_unwind_wide_bpf import CPP, FRAMES, LAMBDA, from_main, in_thread
+
+    def build(name: str, tool: str, flags: list[str], source: str) -> Path:
+        exe = tmp / name
+        subprocess.run([tool, *flags, "-pthread", "-o", str(exe), str(WORKLOADS / source)], check=True,
+                       capture_output=True)
+        return exe
+
+    def starts(*roots: str) -> Test:
+        return lambda s: bool(s) and s[0] in roots
+
+    entry, thread_entry = starts("_start"), starts("clone3", "clone")
+    out: Workloads = {}
+    for build_, flags in (("O2", ["-O2"]), ("stackrealign", ["-O2", "-mavx", "-mstackrealign"])):
+        exe = build(f"wide_frames_{build_}", "gcc", flags, "wide_frames.c")
+        for mode in ("alloca", "realign", "drap"):
+            out[f"{mode}-{build_}"] = ([str(exe), mode, "600"], entry, from_main(FRAMES[mode]))
+    for build_, flags, modes in (("O2", ["-O2"], ("function", "template", "catch", "thread")),
+                                 ("O3", ["-O3"], ("catch", "thread")), ("Os", ["-Os"], ("function", "catch")),
+                                 ("static", ["-O2", "-static"], ("function", "thread")),
+                                 ("cet-nopie-noredzone", ["-O2", "-no-pie", "-fcf-protection=full", "-mno-red-zone"],
+                                  ("template", "catch"))):
+        exe = build(f"wide_cpp_{build_}", "g++", flags, "wide_cpp.cc")
+        for mode in modes:
+            out[f"cpp-{build_}-{mode}"] = ([str(exe), mode, "600"], thread_entry if mode == "thread" else entry,
+                                           in_thread([LAMBDA]) if mode == "thread" else from_main(CPP[mode]))
+    c_exact: Test = lambda s: entry(s) and exact_chain(s)  # noqa: E731
+    dbg = build("chain_debug_frame", "gcc", ["-O2", "-fno-asynchronous-unwind-tables", "-g"], "unwind_chain.c")
+    out["c-debug-frame-only"] = ([str(dbg), "chain", "600"], entry, c_exact)
+    mini = build("chain_minidebuginfo", "gcc", ["-O2"], "unwind_chain.c")
+    mini_debuginfo(mini, tmp)
+    out["c-gnu-debugdata"] = ([str(mini), "chain", "600"], entry, c_exact)
+    bare = build("chain_stripped", "gcc", ["-O2"], "unwind_chain.c")
+    subprocess.run(["strip", "--strip-all", str(bare)], check=True)
+    head = subprocess.run(["readelf", "-h", str(bare)], capture_output=True, text=True, check=True).stdout
+    at = int(re.search(r"Entry point address:\s+0x([0-9a-f]+)", head)[1], 16)  # type: ignore[index]
+
+    def in_start(s: tuple[str, ...]) -> bool:  # `chain_stripped+0x...` within _start (its call is at +0x21)
+        name, _, off = s[0].partition("+0x") if s else ("", "", "")
+        return (name == bare.name and bool(off) and at <= int(off, 16) < at + 0x30) or (bool(s) and s[0] == "_start")
+
+    out["c-stripped-bare"] = ([str(bare), "chain", "600"], in_start,
+                              lambda s: in_start(s) and len(s) >= 12 and s[1:3] == ("__libc_start_main_impl",
+                                                                                    "__libc_start_call_main"))
+    work = str(WORKLOADS / "python_fidelity.py")
+    for version in ("2.7", "3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
+        python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
+        if python is not None:
+            out[f"py{version}-threads4"] = ([str(python), work, "threads", "4"], entry, threads_chain)
+            PYSPY.add(f"py{version}-threads4")
+    return out
+
+
+PYSPY: set[str] = set()  # workloads whose main thread py-spy dumps, as the oracle of the Python chain
+
+
+def mini_debuginfo(exe: Path, tmp: Path) -> None:
+    """Strip exe to an xz-compressed .gnu_debugdata of its function symbols (Fedora's MiniDebugInfo)."""
+    def symbols(*opts: str) -> set[str]:
+        out = subprocess.run(["nm", *opts, "--format=posix", "--defined-only", str(exe)], capture_output=True,
+                             text=True, check=True).stdout
+        return {f[0] for f in (line.split() for line in out.splitlines()) if len(f) > 1 and f[1] in "Tt"}
+
+    keep, debug, mini = tmp / "keep_symbols", tmp / f"{exe.name}.debug", tmp / f"{exe.name}.mini"
+    keep.write_text("\n".join(sorted(symbols() - symbols("-D"))) + "\n")
+    subprocess.run(["objcopy", "--only-keep-debug", str(exe), str(debug)], check=True)
+    subprocess.run(["objcopy", "-S", "--remove-section", ".comment", f"--keep-symbols={keep}", str(debug), str(mini)],
+                   check=True)
+    subprocess.run(["strip", "--strip-all", "-R", ".comment", str(exe)], check=True)
+    subprocess.run(["xz", "-f", str(mini)], check=True)
+    subprocess.run(["objcopy", "--add-section", f".gnu_debugdata={mini}.xz", str(exe)], check=True)
+
+
 def run_matrix(args: argparse.Namespace) -> None:
     results: dict[str, dict[str, dict[str, float | int | None]]] = {}
     only = set(args.only.split(",")) if args.only else None
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         os.chdir(tmp)  # node writes its isolate logs where it runs
-        for name, (argv, entry, chain) in matrix_workloads(tmp).items():
+        for name, (argv, entry, chain) in (wide_workloads if args.wide else matrix_workloads)(tmp).items():
             if only is not None and name not in only:
                 continue
             wanted = args.peers.split(",")
@@ -412,6 +499,8 @@ def run_matrix(args: argparse.Namespace) -> None:
                         peers["profile_bpfcc"] = bcc_profile(pid, args.seconds, args.frequency)
                     if "perf_dwarf" in wanted:
                         peers["perf_dwarf"] = perf_dwarf(pid, args.seconds, args.frequency, tmp)
+                    if name in PYSPY:
+                        oracle = tuple(f for f in py_spy_main(pid) if f in PY_NAMES)
                 finally:
                     for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split() \
                             if proc.poll() is None else []:
@@ -431,6 +520,8 @@ def run_matrix(args: argparse.Namespace) -> None:
                     framed = Counter({s: n for s, n in stacks.items() if python_part(s)})
                     r["with_python"] = round(sum(framed.values()) / max(1, sum(stacks.values())), 4)
                     r["exact_of_python"] = shares(framed, entry, chain)["exact_chain"]
+                if name in PYSPY:
+                    r["pyspy_exact"] = shares(stacks, entry, lambda s, o=oracle: python_part(s) == o)["exact_chain"]
                 results[name][peer] = r
                 text = " ".join(f"{k} {'-' if v is None else f'{v:.1%}' if isinstance(v, float) else v}"
                                 for k, v in r.items())
@@ -444,10 +535,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--frequency", type=int, default=99)
     ap.add_argument("--matrix", action="store_true", help="the fidelity matrix instead (see the docstring)")
+    ap.add_argument("--wide", action="store_true", help="the wide builds and every Python instead (docstring)")
     ap.add_argument("--only", default="", help="with --matrix: comma-separated workload names")
     ap.add_argument("--peers", default="podflame,profile_bpfcc,perf_dwarf", help="with --matrix: which to run")
     args = ap.parse_args()
-    if args.matrix:
+    if args.matrix or args.wide:
+        args.peers = args.peers.replace("profile_bpfcc,", "") if args.wide else args.peers
         run_matrix(args)
         return
     results: dict[str, dict[str, dict[str, float | int | None]]] = {}

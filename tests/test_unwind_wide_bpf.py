@@ -34,6 +34,7 @@ from tests.test_unwind_bpf import Stacks, exact_chain, perf_stacks, reaches_entr
 pytestmark = pytest.mark.bpf
 START = ("_start", "__libc_start_main_impl", "__libc_start_call_main", "main")
 THREAD = ("clone3", "start_thread")
+STARTS = ("__libc_start_main_impl", "__libc_start_main")
 
 
 def short(name: str) -> str:
@@ -65,7 +66,13 @@ CPP = {
 
 
 def from_main(chains: list[tuple[str, ...]]) -> Callable[[tuple[str, ...]], bool]:
-    return lambda s: any(shorts(s) == (*START, *c) for c in chains)
+    """_start -> glibc's start (a -static build names it by its shorter alias, __libc_start_main) -> main -> one
+    of the chains, exactly."""
+    def test(s: tuple[str, ...]) -> bool:
+        named = shorts(s)
+        return len(s) > 4 and named[0] == "_start" and named[1] in STARTS and named[2:4] == START[2:] and \
+            any(named[4:] == c for c in chains)
+    return test
 
 
 def in_thread(chains: list[tuple[str, ...]]) -> Callable[[tuple[str, ...]], bool]:
@@ -128,6 +135,7 @@ def test_cpp_o2(tmp: Path, mode: str) -> None:
     ("O3", ["-O3"], "catch"),
     ("Os", ["-Os"], "function"),
     ("static", ["-O2", "-static"], "thread"),
+    ("static", ["-O2", "-static"], "function"),
     ("cet-nopie-noredzone", ["-O2", "-no-pie", "-fcf-protection=full", "-mno-red-zone"], "template"),
 ])
 def test_cpp_builds(tmp: Path, name: str, flags: list[str], mode: str) -> None:
