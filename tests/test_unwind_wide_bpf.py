@@ -172,3 +172,17 @@ def test_stripped_to_mini_debuginfo(tmp: Path) -> None:
     subprocess.run(["objcopy", "--add-section", f".gnu_debugdata={mini}.xz", str(exe)], check=True)
     assert not symbols(), "strip left a symbol table"
     check([str(exe), "chain"], lambda s: reaches_entry(s) and exact_chain(s), "C chain, .gnu_debugdata only")
+
+
+def test_openssl_sha512_assembly_under_python() -> None:
+    """Debian's python3 hashing with libcrypto: OpenSSL's perlasm block function reads its CFA from a stack slot
+    (table.CFA_DEREF). On main the walk ended there: 0.4% of samples from _start through digest_loop, 0% under
+    SHA512_Update (perf --call-graph dwarf stops there too: 35% of a sha256+sha512 loop reach _start); 99.6% after."""
+    with running(["/usr/bin/python3", str(WORKLOADS / "wide_sha512.py")]) as pid:
+        stacks = record(pid)
+    in_sha = share(stacks, lambda s: "SHA512_Update" in s)
+    whole = share(stacks, lambda s: reaches_entry(s) and "Py_BytesMain" in s and "digest_loop" in s
+                  and s.index("digest_loop") < (s.index("SHA512_Update") if "SHA512_Update" in s else len(s)))
+    print(f"\nsha512: {in_sha:.1%} of samples under SHA512_Update, {whole:.1%} from _start through digest_loop")
+    assert in_sha >= 0.5, stacks.most_common(3)
+    assert whole >= 0.85, f"{whole:.1%}; commonest: {';'.join(stacks.most_common(1)[0][0])}"
