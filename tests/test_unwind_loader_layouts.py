@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -181,3 +182,113 @@ def test_the_workers_layout_hit_is_what_it_writes_and_holds_one_reference_a_mapp
     for tgid in (first, second, third):
         loader.maps.remove_process(tgid)
     assert all(b.refs == 0 for b in loader.maps.binaries.values())
+
+
+DLOPEN_PY = ("import sys, time\nprint('ready', flush=True)\nsys.stdin.readline()\nimport _decimal\n"
+             "print('more', flush=True)\ntime.sleep(120)")
+
+
+@pytest.fixture
+def dlopeners() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """python3 processes that load an extension module (dlopen: _decimal and libmpdec) when told to."""
+    procs = [subprocess.Popen(["/usr/bin/python3", "-c", DLOPEN_PY], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+             for _ in range(3)]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def _dlopen(p: subprocess.Popen[bytes]) -> None:
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write(b"go\n")
+    p.stdin.flush()
+    assert p.stdout.readline() == b"more\n"
+
+
+def _has_decimal(new: NewProcess) -> bool:
+    return any(b"_decimal" in v[2][5] for v in new.vmas or ())
+
+
+def _worker_batches(loader: NativeUnwinder, monkeypatch: pytest.MonkeyPatch,
+                    gate: threading.Event | None = None) -> list[list[int]]:
+    """The tgids of each batch the worker loads (its `_run` calls load_batch), after `gate` is set when given."""
+    seen: list[list[int]] = []
+    load = loader.load_batch
+
+    def recorded(batch: list[int | NewProcess]) -> None:
+        if gate is not None:
+            gate.wait(30)
+        seen.append([n if isinstance(n, int) else n.pid for n in batch])
+        load(batch)
+
+    monkeypatch.setattr(loader, "load_batch", recorded)
+    return seen
+
+
+def test_a_process_announced_again_with_a_known_layout_is_placed_without_the_worker(
+        loaders: tuple[NativeUnwinder, NativeUnwinder], dlopeners: list[subprocess.Popen[bytes]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dlopen marks the process stale and the watcher announces it again; when another process of its program
+    loaded the same library before (its new layout is known), announce places it at once, writing what placing
+    it VMA by VMA writes, and the worker (another thread to wake) is not asked. On main it went to the worker."""
+    fast, slow = loaders
+    a, b, _ = dlopeners
+    fast.load_batch([_new(a.pid), _new(b.pid)])  # both before the dlopen: one layout
+    _dlopen(a)
+    after_a = _new(a.pid)
+    assert _has_decimal(after_a)
+    fast.load_batch([after_a])  # placed VMA by VMA: the layout with _decimal is learnt
+    fast.start()
+    batches = _worker_batches(fast, monkeypatch)
+    hits = fast.stats["layout_hits"]
+    _dlopen(b)
+    after_b = _new(b.pid)
+    fast.announce([after_b])
+    assert fast.stats["layout_hits"] == hits + 1  # placed before announce returned
+    time.sleep(0.3)
+    assert batches == [], "the worker was woken for a process announce could place"
+    slow.load_batch([_new(a.pid)])
+    slow._layouts.clear()
+    slow.load_batch([after_b])  # VMA by VMA
+    got, want = _written(fast, b.pid), _written(slow, b.pid)
+    assert got == want
+    starts = {v[0] for v in after_b.vmas or () if b"_decimal" in v[2][5]}
+    assert starts and starts <= {m[0] for m in got}, "the dlopen'ed library is not in the array written"
+    fast.announce([after_b])  # the same VMAs again (a new comm): nothing written, no worker
+    time.sleep(0.2)
+    assert batches == [] and _written(fast, b.pid) == got
+
+
+def test_a_later_read_is_not_placed_before_the_workers_queued_one(
+        loaders: tuple[NativeUnwinder, NativeUnwinder], dlopeners: list[subprocess.Popen[bytes]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process whose first read went to the worker (a layout not known) and that is announced again before the
+    worker got to it (a dlopen right after its start) is left to the worker too: placed by announce at once, it
+    would be overwritten by the worker's older VMAs, without the library, until the next drain's stale marks."""
+    loader, _ = loaders
+    a, c, _ = dlopeners
+    _dlopen(a)
+    loader.load_batch([_new(a.pid)])  # only the layout with _decimal is known
+    gate = threading.Event()
+    loader.start()
+    batches = _worker_batches(loader, monkeypatch, gate)
+    before = _new(c.pid)
+    loader.announce([before])  # unknown layout: queued, the worker held at the gate
+    _dlopen(c)
+    after = _new(c.pid)
+    assert _has_decimal(after) and not _has_decimal(before)
+    loader.announce([after])  # its layout is known, but an older read of it is queued
+    gate.set()
+    deadline = time.monotonic() + 20
+    while sum(len(b) for b in batches) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert [t for b in batches for t in b] == [c.pid, c.pid]
+    starts = {v[0] for v in after.vmas or () if b"_decimal" in v[2][5]}
+    assert starts and starts <= {m[0] for m in _written(loader, c.pid)}, "the older VMAs were placed last"
+    assert not loader._queued

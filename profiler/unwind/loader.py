@@ -117,6 +117,10 @@ class NativeUnwinder:
         self._vdso_placed: dict[tuple[int, bytes], tuple[object, int]] = {}
         self._max_files = max_files
         self._lock = threading.Lock()  # maps + files: the worker and maintain() share them
+        # tgid -> its announcements in the worker's queue: a later read of the process is not placed before them
+        # by announce (the worker would then place the earlier VMAs over it)
+        self._queued: dict[int, int] = {}
+        self._queued_lock = threading.Lock()
         self._queue: queue.SimpleQueue[list[int | NewProcess] | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._last_tables: dict[str, int] = {}
@@ -165,6 +169,10 @@ class NativeUnwinder:
             if not rest:
                 return
             batch = rest
+        with self._queued_lock:
+            for n in batch:
+                tgid = n if isinstance(n, int) else n.pid
+                self._queued[tgid] = self._queued.get(tgid, 0) + 1
         self._queue.put(batch)
 
     def asked(self) -> None:
@@ -259,6 +267,11 @@ class NativeUnwinder:
                     self._load_process(tgid, take_wanted=False, new=news.get(tgid), reread=tgid in announced)
             except Exception:  # one odd process must not stop the loader
                 log.exception("loading unwind tables for pid %d failed", tgid)
+        with self._queued_lock:
+            for tgid in tgids:
+                left = self._queued.pop(tgid, 0) - 1
+                if left > 0:
+                    self._queued[tgid] = left
 
     def _take_stale(self) -> list[int]:
         return [tgid for keys in _empty(self.maps.stale_map) for tgid in keys.cast("I")]
@@ -339,16 +352,22 @@ class NativeUnwinder:
         self._apply(tgid, mappings)
 
     def _load_known(self, new: NewProcess) -> bool:
-        """Load a first-announced process whose VMAs have a known layout (`_from_layout`), as `_load_process`
-        would; False, having changed nothing, for any other (the worker loads it)."""
+        """Load an announced process whose VMAs have a known layout (`_from_layout`), as `_load_process`
+        would; False, having changed nothing, for any other (the worker loads it). A process announced again
+        (a stale mark: a dlopen, mostly of a library its program's other processes load too) is placed here as
+        well: waking the worker for it cost more than placing it (each wake-up pays for cold caches). Its asks
+        for tables are the worker's still: every ask wakes it (`asked`), and it fills them in the new array."""
         tgid, vmas = new.pid, new.vmas
-        if not vmas or tgid in self._seen or tgid in self._wanted or tgid in self._retry:
+        if not vmas or tgid in self._wanted or tgid in self._retry or tgid in self._queued:
             return False
         vmas, key = _walked(vmas, new)
+        signature = _signature(vmas)
+        if self._seen.get(tgid) == signature:
+            return True  # announced again with the mappings loaded last time (a new comm, JIT code)
         mappings = self._mappings_from_layout(tgid, vmas, key, new)
         if mappings is None:
             return False
-        self._seen[tgid] = _signature(vmas)
+        self._seen[tgid] = signature
         self._apply(tgid, mappings)
         return True
 
