@@ -292,3 +292,77 @@ def test_a_later_read_is_not_placed_before_the_workers_queued_one(
     starts = {v[0] for v in after.vmas or () if b"_decimal" in v[2][5]}
     assert starts and starts <= {m[0] for m in _written(loader, c.pid)}, "the older VMAs were placed last"
     assert not loader._queued
+
+
+def test_a_layout_outlives_a_drain_and_its_files_are_stated_again(
+        loaders: tuple[NativeUnwinder, NativeUnwinder], processes: dict[str, list[int]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """maintain() (once a drain) emptied the layouts, so each layout's first process of every drain was placed VMA
+    by VMA on the worker. Now the layout stays and its files are stat'ed once a drain, at its first use: the
+    process after the drain is a layout hit and writes what placing it VMA by VMA writes."""
+    fast, slow = loaders
+    first, second, third, fourth = processes["python"]
+    fast.load_batch([_new(first)])
+    fast.maintain()
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counted(path: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        stats.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counted)
+    fast.load_batch([_new(second)])
+    assert fast.stats["layout_hits"] == 1, "the layout did not outlive the drain"
+    files = {k[3] for k in fast._layouts[next(iter(fast._layouts))].entries.values()
+             if k is not None and isinstance(k[3], tuple) and len(k[3]) == 4}
+    assert 0 < len(stats) == len(files), f"{len(stats)} stats for {len(files)} files"
+    assert all(f"/{second}/map_files/" in s for s in stats)
+    stats.clear()
+    fast.load_batch([_new(third)])  # the same drain: checked already
+    assert fast.stats["layout_hits"] == 2 and stats == []
+    monkeypatch.setattr(os, "stat", real_stat)
+    slow.load_batch([_new(first)])
+    slow._layouts.clear()
+    slow.load_batch([_new(second)])
+    assert slow.stats["layout_hits"] == 0
+    assert _written(fast, second) == _written(slow, second)
+    fast.maintain()
+    fast.load_batch([_new(fourth)])
+    assert fast.stats["layout_hits"] == 3
+
+
+def test_a_layout_whose_file_changed_in_place_is_not_used_after_a_drain(
+        loaders: tuple[NativeUnwinder, NativeUnwinder], tmp_path: Path) -> None:
+    """A file rewritten in place keeps its device, inode and path, so the VMA keys a layout is found by: its
+    identity (with size and mtime) stat'ed after a drain tells, and the process is placed VMA by VMA."""
+    loader, _ = loaders
+    exe = tmp_path / "sleeper"
+    exe.write_bytes(Path("/usr/bin/sleep").read_bytes())
+    exe.chmod(0o755)
+    procs = [subprocess.Popen([str(exe), "120"]) for _ in range(3)]
+    try:
+        for p in procs:
+            deadline = time.monotonic() + 10
+            while not any(b"/libc.so" in v[2][5] for v in getattr(read_new_process(p.pid), "vmas", None) or ()):
+                assert time.monotonic() < deadline, "sleep never mapped libc"
+                time.sleep(0.01)
+        loader.load_batch([_new(procs[0].pid)])
+        loader.load_batch([_new(procs[1].pid)])
+        assert loader.stats["layout_hits"] == 1
+        loader.maintain()
+        st = exe.stat()
+        os.utime(exe, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # what a rewrite in place changes
+        layouts = len(loader._layouts)
+        loader.load_batch([_new(procs[2].pid)])
+        assert loader.stats["layout_hits"] == 1, "a layout resting on a changed file was used"
+        assert len(loader._layouts) == layouts  # dropped, and learnt again from this process
+        st = exe.stat()
+        old_identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns - 1_000_000_000)
+        new_identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        assert any(m[3] == old_identity for m in _written(loader, procs[0].pid))  # the program's table, at once
+        assert any(m[3] == new_identity for m in _written(loader, procs[2].pid)), "placed from the old file"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
