@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -181,3 +182,187 @@ def test_the_workers_layout_hit_is_what_it_writes_and_holds_one_reference_a_mapp
     for tgid in (first, second, third):
         loader.maps.remove_process(tgid)
     assert all(b.refs == 0 for b in loader.maps.binaries.values())
+
+
+DLOPEN_PY = ("import sys, time\nprint('ready', flush=True)\nsys.stdin.readline()\nimport _decimal\n"
+             "print('more', flush=True)\ntime.sleep(120)")
+
+
+@pytest.fixture
+def dlopeners() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """python3 processes that load an extension module (dlopen: _decimal and libmpdec) when told to."""
+    procs = [subprocess.Popen(["/usr/bin/python3", "-c", DLOPEN_PY], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+             for _ in range(3)]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def _dlopen(p: subprocess.Popen[bytes]) -> None:
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write(b"go\n")
+    p.stdin.flush()
+    assert p.stdout.readline() == b"more\n"
+
+
+def _has_decimal(new: NewProcess) -> bool:
+    return any(b"_decimal" in v[2][5] for v in new.vmas or ())
+
+
+def _worker_batches(loader: NativeUnwinder, monkeypatch: pytest.MonkeyPatch,
+                    gate: threading.Event | None = None) -> list[list[int]]:
+    """The tgids of each batch the worker loads (its `_run` calls load_batch), after `gate` is set when given."""
+    seen: list[list[int]] = []
+    load = loader.load_batch
+
+    def recorded(batch: list[int | NewProcess]) -> None:
+        if gate is not None:
+            gate.wait(30)
+        seen.append([n if isinstance(n, int) else n.pid for n in batch])
+        load(batch)
+
+    monkeypatch.setattr(loader, "load_batch", recorded)
+    return seen
+
+
+def test_a_process_announced_again_with_a_known_layout_is_placed_without_the_worker(
+        loaders: tuple[NativeUnwinder, NativeUnwinder], dlopeners: list[subprocess.Popen[bytes]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dlopen marks the process stale and the watcher announces it again; when another process of its program
+    loaded the same library before (its new layout is known), announce places it at once, writing what placing
+    it VMA by VMA writes, and the worker (another thread to wake) is not asked. On main it went to the worker."""
+    fast, slow = loaders
+    a, b, _ = dlopeners
+    fast.load_batch([_new(a.pid), _new(b.pid)])  # both before the dlopen: one layout
+    _dlopen(a)
+    after_a = _new(a.pid)
+    assert _has_decimal(after_a)
+    fast.load_batch([after_a])  # placed VMA by VMA: the layout with _decimal is learnt
+    fast.start()
+    batches = _worker_batches(fast, monkeypatch)
+    hits = fast.stats["layout_hits"]
+    _dlopen(b)
+    after_b = _new(b.pid)
+    fast.announce([after_b])
+    assert fast.stats["layout_hits"] == hits + 1  # placed before announce returned
+    time.sleep(0.3)
+    assert batches == [], "the worker was woken for a process announce could place"
+    slow.load_batch([_new(a.pid)])
+    slow._layouts.clear()
+    slow.load_batch([after_b])  # VMA by VMA
+    got, want = _written(fast, b.pid), _written(slow, b.pid)
+    assert got == want
+    starts = {v[0] for v in after_b.vmas or () if b"_decimal" in v[2][5]}
+    assert starts and starts <= {m[0] for m in got}, "the dlopen'ed library is not in the array written"
+    fast.announce([after_b])  # the same VMAs again (a new comm): nothing written, no worker
+    time.sleep(0.2)
+    assert batches == [] and _written(fast, b.pid) == got
+
+
+def test_a_later_read_is_not_placed_before_the_workers_queued_one(
+        loaders: tuple[NativeUnwinder, NativeUnwinder], dlopeners: list[subprocess.Popen[bytes]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process whose first read went to the worker (a layout not known) and that is announced again before the
+    worker got to it (a dlopen right after its start) is left to the worker too: placed by announce at once, it
+    would be overwritten by the worker's older VMAs, without the library, until the next drain's stale marks."""
+    loader, _ = loaders
+    a, c, _ = dlopeners
+    _dlopen(a)
+    loader.load_batch([_new(a.pid)])  # only the layout with _decimal is known
+    gate = threading.Event()
+    loader.start()
+    batches = _worker_batches(loader, monkeypatch, gate)
+    before = _new(c.pid)
+    loader.announce([before])  # unknown layout: queued, the worker held at the gate
+    _dlopen(c)
+    after = _new(c.pid)
+    assert _has_decimal(after) and not _has_decimal(before)
+    loader.announce([after])  # its layout is known, but an older read of it is queued
+    gate.set()
+    deadline = time.monotonic() + 20
+    while sum(len(b) for b in batches) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert [t for b in batches for t in b] == [c.pid, c.pid]
+    starts = {v[0] for v in after.vmas or () if b"_decimal" in v[2][5]}
+    assert starts and starts <= {m[0] for m in _written(loader, c.pid)}, "the older VMAs were placed last"
+    assert not loader._queued
+
+
+def test_a_layout_outlives_a_drain_and_its_files_are_stated_again(
+        loaders: tuple[NativeUnwinder, NativeUnwinder], processes: dict[str, list[int]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """maintain() (once a drain) emptied the layouts, so each layout's first process of every drain was placed VMA
+    by VMA on the worker. Now the layout stays and its files are stat'ed once a drain, at its first use: the
+    process after the drain is a layout hit and writes what placing it VMA by VMA writes."""
+    fast, slow = loaders
+    first, second, third, fourth = processes["python"]
+    fast.load_batch([_new(first)])
+    fast.maintain()
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counted(path: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        stats.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counted)
+    fast.load_batch([_new(second)])
+    assert fast.stats["layout_hits"] == 1, "the layout did not outlive the drain"
+    files = {k[3] for k in fast._layouts[next(iter(fast._layouts))].entries.values()
+             if k is not None and isinstance(k[3], tuple) and len(k[3]) == 4}
+    assert 0 < len(stats) == len(files), f"{len(stats)} stats for {len(files)} files"
+    assert all(f"/{second}/map_files/" in s for s in stats)
+    stats.clear()
+    fast.load_batch([_new(third)])  # the same drain: checked already
+    assert fast.stats["layout_hits"] == 2 and stats == []
+    monkeypatch.setattr(os, "stat", real_stat)
+    slow.load_batch([_new(first)])
+    slow._layouts.clear()
+    slow.load_batch([_new(second)])
+    assert slow.stats["layout_hits"] == 0
+    assert _written(fast, second) == _written(slow, second)
+    fast.maintain()
+    fast.load_batch([_new(fourth)])
+    assert fast.stats["layout_hits"] == 3
+
+
+def test_a_layout_whose_file_changed_in_place_is_not_used_after_a_drain(
+        loaders: tuple[NativeUnwinder, NativeUnwinder], tmp_path: Path) -> None:
+    """A file rewritten in place keeps its device, inode and path, so the VMA keys a layout is found by: its
+    identity (with size and mtime) stat'ed after a drain tells, and the process is placed VMA by VMA."""
+    loader, _ = loaders
+    exe = tmp_path / "sleeper"
+    exe.write_bytes(Path("/usr/bin/sleep").read_bytes())
+    exe.chmod(0o755)
+    procs = [subprocess.Popen([str(exe), "120"]) for _ in range(3)]
+    try:
+        for p in procs:
+            deadline = time.monotonic() + 10
+            while not any(b"/libc.so" in v[2][5] for v in getattr(read_new_process(p.pid), "vmas", None) or ()):
+                assert time.monotonic() < deadline, "sleep never mapped libc"
+                time.sleep(0.01)
+        loader.load_batch([_new(procs[0].pid)])
+        loader.load_batch([_new(procs[1].pid)])
+        assert loader.stats["layout_hits"] == 1
+        loader.maintain()
+        st = exe.stat()
+        os.utime(exe, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # what a rewrite in place changes
+        layouts = len(loader._layouts)
+        loader.load_batch([_new(procs[2].pid)])
+        assert loader.stats["layout_hits"] == 1, "a layout resting on a changed file was used"
+        assert len(loader._layouts) == layouts  # dropped, and learnt again from this process
+        st = exe.stat()
+        old_identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns - 1_000_000_000)
+        new_identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        assert any(m[3] == old_identity for m in _written(loader, procs[0].pid))  # the program's table, at once
+        assert any(m[3] == new_identity for m in _written(loader, procs[2].pid)), "placed from the old file"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

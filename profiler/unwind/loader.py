@@ -117,6 +117,10 @@ class NativeUnwinder:
         self._vdso_placed: dict[tuple[int, bytes], tuple[object, int]] = {}
         self._max_files = max_files
         self._lock = threading.Lock()  # maps + files: the worker and maintain() share them
+        # tgid -> its announcements in the worker's queue: a later read of the process is not placed before them
+        # by announce (the worker would then place the earlier VMAs over it)
+        self._queued: dict[int, int] = {}
+        self._queued_lock = threading.Lock()
         self._queue: queue.SimpleQueue[list[int | NewProcess] | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._last_tables: dict[str, int] = {}
@@ -129,8 +133,9 @@ class NativeUnwinder:
         self._placed: dict[object, tuple[tuple[int, int, int, int], int | None]] = {}
         # a whole process's placement by its VMAs' keys and sizes (_Layout): a new process of the same
         # program with the same libraries (most of a busy node's) is placed without a step per VMA and
-        # without reading its vDSO; emptied with _placed (once a drain), checked against the loaded tables
+        # without reading its vDSO; checked against the loaded tables, and its files stat'ed again once a drain
         self._layouts: dict[LayoutKey, _Layout] = {}
+        self._drains = 0  # maintain() calls: a layout's files are stat'ed once a drain, at its first use
         self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
                       "tables_built_in_agent": 0,  # small: no build child started for them
                       "tables_too_big": 0, "tables_no_room": 0, "tables_deferred": 0, "rereads": 0, "exits": 0,
@@ -165,6 +170,10 @@ class NativeUnwinder:
             if not rest:
                 return
             batch = rest
+        with self._queued_lock:
+            for n in batch:
+                tgid = n if isinstance(n, int) else n.pid
+                self._queued[tgid] = self._queued.get(tgid, 0) + 1
         self._queue.put(batch)
 
     def asked(self) -> None:
@@ -192,8 +201,8 @@ class NativeUnwinder:
                 # a file rewritten in place keeps its device, inode and path, so its processes' maps lines
                 # and PROCMAP_QUERY keys: what they were placed from is stat'ed again once a drain
                 self._placed.clear()
-                self._layouts.clear()
                 self._identities.clear()
+                self._drains += 1  # each layout's files are stat'ed again at its next use (_files_unchanged)
             finally:
                 self._lock.release()
         if stale:
@@ -259,6 +268,11 @@ class NativeUnwinder:
                     self._load_process(tgid, take_wanted=False, new=news.get(tgid), reread=tgid in announced)
             except Exception:  # one odd process must not stop the loader
                 log.exception("loading unwind tables for pid %d failed", tgid)
+        with self._queued_lock:
+            for tgid in tgids:
+                left = self._queued.pop(tgid, 0) - 1
+                if left > 0:
+                    self._queued[tgid] = left
 
     def _take_stale(self) -> list[int]:
         return [tgid for keys in _empty(self.maps.stale_map) for tgid in keys.cast("I")]
@@ -326,7 +340,7 @@ class NativeUnwinder:
                 if len(self._layouts) >= LAYOUTS:
                     self._layouts.clear()
                 assert key is not None
-                self._layouts[key] = _Layout(by_vma, note.exe)
+                self._layouts[key] = _Layout(by_vma, note.exe, self._drains)
         if mappings is None:  # a name the ioctl gives otherwise than the text: the text's lines
             try:
                 entries = read_exec_maps(tgid, self.proc, query=False)
@@ -339,16 +353,22 @@ class NativeUnwinder:
         self._apply(tgid, mappings)
 
     def _load_known(self, new: NewProcess) -> bool:
-        """Load a first-announced process whose VMAs have a known layout (`_from_layout`), as `_load_process`
-        would; False, having changed nothing, for any other (the worker loads it)."""
+        """Load an announced process whose VMAs have a known layout (`_from_layout`), as `_load_process`
+        would; False, having changed nothing, for any other (the worker loads it). A process announced again
+        (a stale mark: a dlopen, mostly of a library its program's other processes load too) is placed here as
+        well: waking the worker for it cost more than placing it (each wake-up pays for cold caches). Its asks
+        for tables are the worker's still: every ask wakes it (`asked`), and it fills them in the new array."""
         tgid, vmas = new.pid, new.vmas
-        if not vmas or tgid in self._seen or tgid in self._wanted or tgid in self._retry:
+        if not vmas or tgid in self._wanted or tgid in self._retry or tgid in self._queued:
             return False
         vmas, key = _walked(vmas, new)
+        signature = _signature(vmas)
+        if self._seen.get(tgid) == signature:
+            return True  # announced again with the mappings loaded last time (a new comm, JIT code)
         mappings = self._mappings_from_layout(tgid, vmas, key, new)
         if mappings is None:
             return False
-        self._seen[tgid] = _signature(vmas)
+        self._seen[tgid] = signature
         self._apply(tgid, mappings)
         return True
 
@@ -358,10 +378,39 @@ class NativeUnwinder:
         placement (`_from_layout`, counted as a layout hit); None when it is unknown or no longer holds. `new`:
         the watcher's read of the process, whose executable is read once for every reader."""
         layout = self._layouts.get(key) if key is not None else None
+        if layout is not None and layout.checked != self._drains:
+            unchanged = self._files_unchanged(tgid, vmas, layout)
+            if not unchanged:
+                if unchanged is False:  # a file rewritten in place: placed VMA by VMA from now on
+                    assert key is not None
+                    del self._layouts[key]
+                return None
+            layout.checked = self._drains
         mappings = self._from_layout(tgid, vmas, layout, new) if layout is not None else None
         if mappings is not None:
             self.stats["layout_hits"] += 1
         return mappings
+
+    def _files_unchanged(self, tgid: int, vmas: list[ExecVma], layout: _Layout) -> bool | None:
+        """Whether each file `layout` was placed from is still the one it was (device, inode, size, mtime), as
+        this process maps it: a file rewritten in place keeps its VMA keys. A stat of each (through the
+        process's map_files, as `_mapping` stats them) once a drain, where emptying the layouts every drain
+        (before) placed each layout's first process of a drain VMA by VMA again on the worker (a wake-up of
+        it, a stat and a dict hit or more per VMA). None when a stat failed (the process exited): not known."""
+        done: set[object] = set()
+        for start, end, qkey in vmas:
+            entry = layout.entries.get((qkey, end - start))
+            identity = entry[3] if entry is not None else None
+            if not isinstance(identity, tuple) or len(identity) != 4 or identity in done:
+                continue  # no file (the vDSO: its image is its key), or stat'ed already
+            try:
+                st = os.stat(f"{self.proc}/{tgid}/map_files/{start:x}-{end:x}")
+            except OSError:
+                return None
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != identity:
+                return False
+            done.add(identity)
+        return True
 
     def _fill(self, tgid: int, wanted: set[int]) -> bool:
         """Serve walks' asks for tables of a loaded process in the mappings that asked alone: each one's VMA
@@ -713,6 +762,7 @@ _Placed = tuple[int | None, object | None, int, object]
 class _Layout:
     entries: dict[tuple[object, int], _Placed | None]  # by the VMA's key and size (procmaps.vma_keys)
     exe: str | None  # the executable a small table's "on demand, not at once" rested on (_eager), if any
+    checked: int = 0  # the loader's drain count when its files' identities were last found unchanged
 
 
 @dataclass(slots=True)
