@@ -30,6 +30,9 @@ spread +-25%) and a different /proc (recorded pids reused by others' processes c
 `rounds_with_equal_digests` then compare round by round.
 `--hold` keeps a recording and its stopped processes; `--drains-file` replays it again (more rounds, another
 baseline) without recording.
+`--cold-cache`: every replay starts from an empty symbol disk cache, as an agent's first start on a node does
+(symbol tables parsed, DWARF compile units decoded and stored as new addresses reach them, in the warm drains
+too); the default is a restart's cache, filled by a first pass.
 
     .venv/bin/python bench/drain_replay.py --baseline /work/main --drains 4 --rounds 5
     .venv/bin/python bench/drain_replay.py --drains-file /tmp/podflame-drain-replay-*/drains.pickle \
@@ -97,6 +100,9 @@ def record(args: argparse.Namespace, out: Path) -> tuple[list, list[list], list[
                 churn.stop()
             for p in long_lived:  # stopped, not gone: their maps and code objects stay readable and unchanged,
                 p.send_signal(signal.SIGSTOP)  # and they burn no CPU while the rounds (and --hold) run
+                # out of the pod's cgroup first: leaving kubelet_cgroup kills what is left in it (cgroup.kill),
+                # and a replay of exited long-lived processes reads none of their maps or code objects
+                (CGROUP2_ROOT / "cgroup.procs").write_text(str(p.pid))
             for b in burners:
                 b.kill()
                 b.wait()
@@ -207,6 +213,9 @@ def main() -> None:
     ap.add_argument("--ns", action="store_true",
                     help="each replay in a new pid namespace: every recorded process reads as gone, the output is "
                          "deterministic whatever reuses the recorded pids (needs unshare)")
+    ap.add_argument("--cold-cache", action="store_true",
+                    help="each replay with an empty symbol disk cache of its own (an agent's first start), not the "
+                         "one a first pass filled (a restart's)")
     ap.add_argument("--replay", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--replay-root", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -230,18 +239,35 @@ def main() -> None:
             drains_file.write_bytes(pickle.dumps({"drains": drains, "announced": announced,
                                                   "period_ns": 1_000_000_000 // args.frequency}))
         builds = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
-        run_replay(ROOT, drains_file, env)  # fills the symbol disk cache for every round that follows
+        if not args.cold_cache:
+            run_replay(ROOT, drains_file, env)  # fills the symbol disk cache for every round that follows
+
+        def replay_env() -> dict[str, str]:
+            if not args.cold_cache:
+                return env
+            return {**env, "PODFLAME_SYMBOL_CACHE": tempfile.mkdtemp(prefix="cold-", dir=tmp)}
+
+        def done(used: dict[str, str]) -> None:
+            if used is not env:  # an empty cache of this replay's own
+                shutil.rmtree(used["PODFLAME_SYMBOL_CACHE"], ignore_errors=True)
+
         results: dict[str, list[dict]] = {name: [] for name in builds}
         for i in range(args.rounds):
             order = list(builds.items())
             order = order[::-1] if i % 2 else order  # which build goes first alternates
             if args.paired:  # both at once: the same load and the same /proc for both, round by round
-                started = [(name, root, start_replay(root, drains_file, env, args.ns)) for name, root in order]
-                for name, root, proc in started:
+                started = []
+                for name, root in order:
+                    used = replay_env()
+                    started.append((name, root, used, start_replay(root, drains_file, used, args.ns)))
+                for name, root, used, proc in started:
                     results[name].append(finish_replay(root, proc))
+                    done(used)
             else:
                 for name, root in order:
-                    results[name].append(run_replay(root, drains_file, env, args.ns))
+                    used = replay_env()
+                    results[name].append(run_replay(root, drains_file, used, args.ns))
+                    done(used)
         if args.spy is not None:
             subprocess.run([str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--rate", "1000", "--format", "raw",
                             "-o", str(args.spy), "--", str(ROOT / ".venv" / "bin" / "python"),

@@ -349,7 +349,12 @@ class StackMemo:
         kernel: tuple[Frame, ...] = ()
         unmapped = False
         if s.kernel_stack:
-            kernel, unmapped = self._kernel_frames(s.kernel_stack, single)
+            known = self.kernel_stacks.get(s.kernel_stack)  # most: a few syscall paths, as _kernel_frames finds first
+            if known is not None:
+                self.frame_hits += len(s.kernel_stack)
+                kernel, unmapped = known
+            else:
+                kernel, unmapped = self._kernel_frames(s.kernel_stack, single)
         # the user PC is the leaf unless a syscall entered the kernel (then it is the next instruction)
         exact_leaf = user_pc_is_exact(kernel[0]) if kernel else s.kernel_error in _NOTHING_LOST
         user = s.user_stack
@@ -370,9 +375,14 @@ class StackMemo:
                     pm.drain_callers[user[1:]] = callers
             elif n > 1:
                 self.frame_hits += n - 1
-            (leaf,), keep_leaf = self._user_frames(s.tgid, user[:1], 0, 0 if exact_leaf else -1, pm, single,
-                                                  mapped)
-            keep = keep and keep_leaf
+            # the leaf from the process's frame memo when it is there (what _user_frames would find first)
+            leaf = pm.frames.get((user[0], exact_leaf))
+            if leaf is not None:
+                self.frame_hits += 1
+            else:
+                (leaf,), keep_leaf = self._user_frames(s.tgid, user[:1], 0, 0 if exact_leaf else -1, pm, single,
+                                                      mapped)
+                keep = keep and keep_leaf
             if leaf.reason is _NO_MAPPING:  # collapse_unmapped across the callers and the leaf
                 frames = callers if callers and callers[-1] is UNMAPPED else (*callers, UNMAPPED)
             else:

@@ -53,6 +53,7 @@ _KERNEL_UNKNOWN, _JIT_NO_MAP, _PROCESS_GONE = Unresolved.KERNEL_UNKNOWN, Unresol
 _NO_MAPPING, _NO_SYMBOLS, _UNREADABLE = Unresolved.NO_MAPPING, Unresolved.NO_SYMBOLS, Unresolved.UNREADABLE
 
 _Result = tuple[tuple[Line, ...] | None, Unresolved | None]  # lines, or why there are none
+_NOT_OPENED: DwarfInfo = object()  # type: ignore[assignment]  # no entry in _dwarfs (None there: no DWARF)
 
 
 def _unresolved(frame: Frame, reason: Unresolved) -> Frame:
@@ -118,7 +119,9 @@ class ProcessSymbolizer:
                 # what _frame would answer, without its memo (the agent keeps these per drain itself)
                 sym._stats[reason.value] += 1
                 return _unresolved(frame, reason)
-            return sym._frame(frame, leaf, call)
+            # the caller memoizes across drains itself (StackMemo: shared frames by build id and file offset),
+            # so the symbolizer's own cross-call memo of frames would only be written, never read
+            return sym._frame(frame, leaf, call, keep=False)
 
 
 def _pid_of(labels: dict[str, str]) -> int | None:
@@ -238,16 +241,17 @@ class Symbolizer:
 
     # -- frames ------------------------------------------------------------------------------
 
-    def _frame(self, frame: Frame, leaf: bool, call: _Call) -> Frame:
+    def _frame(self, frame: Frame, leaf: bool, call: _Call, keep: bool = True) -> Frame:
         if frame.lines or frame.reason is not None:
             return frame  # already named (e.g. the agent's "[user stack lost]" frames)
         key = (frame, leaf)
         done = call.frames.get(key)
         if done is None:
             # across calls: a frame of a binary with a build id resolves the same forever (steady state:
-            # one dictionary hit per distinct frame per drain); failures are retried, they may be transient
+            # one dictionary hit per distinct frame per drain); failures are retried, they may be transient.
+            # `keep` False: the caller keeps what it asked for itself
             m = frame.mapping
-            stable = m is not None and m.build_id is not None and frame.kind is _NATIVE
+            stable = keep and m is not None and m.build_id is not None and frame.kind is _NATIVE
             done = self._resolved.get(key) if stable else None
             if done is None:
                 done = self._resolve(frame, leaf, call)
@@ -415,8 +419,9 @@ class Symbolizer:
 
     def _dwarf_of(self, key: Hashable, elf: ElfSymbols) -> DwarfInfo | None:
         """The binary's DWARF (None when it has none), opened once per binary key."""
-        if key in self._dwarfs:
-            return self._dwarfs.get(key)
+        got = self._dwarfs.get(key, _NOT_OPENED)
+        if got is not _NOT_OPENED:
+            return got
         kwargs: dict = {"max_weight": self._max_dwarf_rows}
         if self.disk_cache is not None and elf.build_id:
             kwargs.update(self.disk_cache.hooks(elf.build_id))

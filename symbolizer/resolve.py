@@ -62,10 +62,24 @@ def frames_at(elf: ElfSymbols, dwarf: DwarfInfo | None, vaddr: int, demangle: Ca
 def lines_at(elf: ElfSymbols, dwarf: DwarfInfo | None, vaddr: int, demangle: Callable[[str], str],
              *, keep_unnamed: bool = False) -> tuple[Line, ...] | None:
     """`frames_at` as the profile model's Lines."""
-    from podflame.model import Line  # here: the CLI formats frames_at's tuples and never needs the model
-
     frames = frames_at(elf, dwarf, vaddr, demangle, keep_unnamed=keep_unnamed)
-    return None if frames is None else tuple(Line(*f) for f in frames)
+    if frames is None:
+        return None
+    line = _line_class()
+    return tuple(line(*f) for f in frames)
+
+
+_LINE: list[type[Line]] = []
+
+
+def _line_class() -> type[Line]:
+    """podflame.model.Line, imported on first use (the CLI formats frames_at's tuples and never needs the model;
+    an import statement in lines_at ran once per lookup)."""
+    if not _LINE:
+        from podflame.model import Line
+
+        _LINE.append(Line)
+    return _LINE[0]
 
 
 def open_dwarf(elf: ElfSymbols, **kwargs: Any) -> DwarfInfo | None:

@@ -349,6 +349,25 @@ def test_each_distinct_frame_is_resolved_once_and_counted(binaries: Binaries, mo
     assert set(Unresolved) <= {Unresolved(k) for k in stats if k in Unresolved._value2member_map_}
 
 
+def test_single_frames_answer_as_symbolize_does_and_leave_keeping_them_to_their_caller(binaries: Binaries) -> None:
+    """The agent's per-frame path (`for_process(pid).frame`, what StackMemo asks, keeping every answer itself)
+    gives what `symbolize` gives for the same stack, without writing the symbolizer's cross-call frame memo
+    (`symbolize`'s own callers have no memo of theirs and still fill it)."""
+    maps = MapsCache()
+    sym = Symbolizer(maps)
+    with running(binaries.pie) as r:
+        maps.refresh([r.pid])
+        frames = [native(maps, r.pid, r.addresses[name] + 1) for name in ("main", "global_work", "static_leaf")]
+        assert all(f.mapping is not None and f.mapping.build_id for f in frames)  # what the memo would keep
+        one = sym.for_process(r.pid)
+        single = [one.frame(f, i == len(frames) - 1) for i, f in enumerate(frames)]
+        assert len(sym._resolved) == 0
+        whole = sym.symbolize(profile(r.pid, tuple(frames)))
+    assert single == list(next(iter(whole.samples)))
+    assert [f.names() for f in single] == [("main",), ("global_work",), ("static_leaf",)]
+    assert len(sym._resolved) == 3
+
+
 def test_callers_are_looked_up_as_return_addresses(binaries: Binaries) -> None:
     """A caller's address is the instruction after its call; when that call ends the function
     (a noreturn call) the address is the next function's first byte, so callers are looked up
