@@ -73,6 +73,17 @@ def test_a_fresh_servers_pod_flame_graph_is_one_statement_with_the_names_held_at
         assert {f"fn{i}" for i in range(len(FRAMES))} & set(got["names"])
     finally:
         store.close()
+    from tests.clickhouse_standin import clickhouse_http
+
+    with clickhouse_http(dsn.split("://", 1)[1].partition("?")[0]) as (port, _):  # the same over HTTP
+        remote = open_store(f"clickhouse://127.0.0.1:{port}/{dsn.split('database=')[1]}")
+        assert isinstance(remote, ClickHouseStore) and remote._stack_frames
+        sent = counted(remote)
+        try:
+            assert answer(remote, tmp_path) == got
+            assert len(sent) == 1 and "GROUPING SETS" in sent[0] and "dictGet" not in sent[0], sent
+        finally:
+            remote.close()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(clickhouse, "_HELD_STACKS", 0)
         store = open_store(dsn)
