@@ -280,3 +280,31 @@ def test_city_hash64_is_the_engines(dsn: str) -> None:
         assert got.tolist() == want.to_pylist()
     finally:
         store.close()
+
+
+def test_puts_from_another_thread_during_the_reads_are_never_summed_twice(tmp_path: Path, dsn: str) -> None:
+    """Another store's puts into the hour being written, from a thread, while this one answers again and again:
+    a part read while an insert ran is no base for a fold (its rows may be in it), so after the last put the
+    answers equal a fresh server's."""
+    import threading
+
+    a, b = open_store(dsn), open_store(dsn)
+    assert isinstance(a, ClickHouseStore) and isinstance(b, ClickHouseStore)
+    try:
+        put(a, profiles(T0, 150, "p0", 1))
+        views(a, tmp_path)
+
+        def writer() -> None:
+            for k in range(12):
+                put(b, profiles(OPEN + k * S, 1, "p0", 1))
+
+        t = threading.Thread(target=writer)
+        t.start()
+        while t.is_alive():
+            views(a, tmp_path)
+        t.join()
+        got = views(a, tmp_path)
+        assert got == fresh(dsn, tmp_path)
+    finally:
+        a.close()
+        b.close()

@@ -233,6 +233,7 @@ class _Engine:
         self.log: dict[str, tuple[int, list[tuple[pa.Table | None, bool]]]] = {}
         self.log_bytes = 0
         self.rows_after: dict[str, int] = {}
+        self.inflight = 0  # logged inserts running (their rows may be visible before they are counted)
         self.insert_lock = threading.Lock()  # a logged table's inserts one at a time, with their row counts
         self._lock = threading.Lock()
 
@@ -370,9 +371,10 @@ class ChdbTransport(Transport):
         return self._engine.hour_writes(table, t0, t1)
 
     def insert_seq(self, table: str) -> int | None:
+        """(None while a logged insert runs on any transport of the engine: a read then may see rows not counted.)"""
         with self._engine._lock:
             self._engine.logged.add(table)
-            return self._engine.inserts.get(table, 0)
+            return None if self._engine.inflight else self._engine.inserts.get(table, 0)
 
     def inserts_since(self, table: str, seq: int) -> list[pa.Table] | None:
         return self._engine.since(table, seq)
@@ -428,6 +430,8 @@ class ChdbTransport(Transport):
             if self._closed:
                 raise ClickHouseUnavailable(f"{self.where} is closed")
             stored = False
+            with engine._lock:
+                engine.inflight += 1
             try:
                 before = engine.rows_after.get(table)
                 if before is None:
@@ -441,6 +445,8 @@ class ChdbTransport(Transport):
             finally:
                 engine.wrote(table, _hours(data))
                 engine.hold(table, data if stored else None, stored)
+                with engine._lock:
+                    engine.inflight -= 1
 
     def execute(self, sql: str, fmt: str, tables: Sequence[pa.Table] = ()) -> bytes:
         """Any statement, its answer in ClickHouse output format `fmt` as bytes; `tables` are read where the SQL
