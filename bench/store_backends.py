@@ -77,16 +77,21 @@ _WRITE_SEQ = itertools.count()  # `replica_case`'s writes: each at its own time 
 
 
 def replica_case(dsn: str | None, data: Path, path: str, params: dict[str, str], runs: int,
-                 writes: tuple[bytes, int] | None = None) -> dict[str, Any]:
+                 writes: tuple[bytes, int] | None = None, open_to: int | None = None) -> dict[str, Any]:
     """One query on a server that has run a while: one store object (a replica's process) answers it once, then
     `runs` more times, each through a fresh app (no kept flame graph: the answer is made again, as after new
     data), so the store's own caches (ClickHouse: the series catalogue, stacks, frames and names, the parts of past
     hours no write touched; SQLite: its series index and pages) are what a running server has. The median CPU of
     those `runs` (this process' every thread, chDB's engine included). `writes` (a drain's pprof, the first time to
     file it at, ns): before each timed request that drain is ingested 10 s after the last one, through the same
-    app, so the answer is made while ingest goes on in a later hour (not in the queried range: answers unchanged)."""
+    app, so the answer is made while ingest goes on in a later hour (not in the queried range: answers unchanged).
+    `open_to` (ns): the range ends there instead, in the hour those drains are written into (the page's range ending
+    now while ingest goes on in the hour being written: each answer has the drains filed so far)."""
     from web.server.app import create_app
     from web.store.dsn import open_store
+
+    if open_to is not None:
+        params = {**params, "to": str(open_to // S)}
 
     store = open_store(dsn, data)
     try:
@@ -144,7 +149,8 @@ def _compare(name: str, row: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 def queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: int, pod: str, hours: float, runs: int,
-            replica_runs: int = 0, replica_writes: tuple[bytes, int] | None = None) -> dict[str, dict[str, Any]]:
+            replica_runs: int = 0, replica_writes: tuple[bytes, int] | None = None,
+            open_to: int | None = None) -> dict[str, dict[str, Any]]:
     """bench/store.py's queries, each on both backends back to back (so load drifts hit both alike), with
     the ratios ClickHouse / SQLite of the cold and the warm time; with `replica_runs`, also as a server that has
     run a while answers them (`replica_case`), the ratio of the median CPU."""
@@ -169,7 +175,7 @@ def queries(dsns: dict[str, tuple[str | None, Path]], start: int, end: int, pod:
         out[name] = _compare(name, {b: run_case(b, dsn, data, path, params, runs) for b, (dsn, data) in dsns.items()},
                              "")
         if replica_runs:
-            rep = {b: replica_case(dsn, data, path, params, replica_runs, replica_writes)
+            rep = {b: replica_case(dsn, data, path, params, replica_runs, replica_writes, open_to)
                    for b, (dsn, data) in dsns.items()}
             if "total" in rep["sqlite"]:
                 assert rep["sqlite"]["total"] == rep["clickhouse"]["total"], (name, rep)
@@ -507,6 +513,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="with --replica-runs: before each of those requests, ingest one drain of the node into a "
                          "later hour (2 h past the data, 10 s apart; both backends), as a server answers while ingest "
                          "goes on. The stores keep those drains")
+    ap.add_argument("--open-hour", action="store_true",
+                    help="with --replica-writes: those drains go into the hour after the data (from its start, 10 s "
+                         "apart, their content new each run) and the running server's ranges end with that hour: "
+                         "each answer reads the hour being written, with the drains filed so far")
     ap.add_argument("--keep-dictionaries", action="store_true",
                     help="deployed queries: keep ClickHouse's dictionaries between queries (a server that has served "
                          "these stacks before); by default they are reloaded (empty) with the other caches")
@@ -595,14 +605,19 @@ def _queries(result: dict[str, Any], dsns: dict[str, tuple[str | None, Path]], a
         "bytes_per_sample": round(ch["bytes_per_sample"] / sq["bytes_per_sample"], 3),
         "ingest_rate": round(ch["pod_profiles_per_s"] / sq["pod_profiles_per_s"], 3)}
     pod = make_node(args.pods, stacks_per_pod=args.stacks)[args.pods // 2].labels["pod"]
-    writes = None
-    if args.replica_writes:  # filed past the data and past what an earlier run filed (a ClickHouse retry is dropped)
+    writes, open_to = None, None
+    if args.replica_writes and args.open_hour:  # content new each run: a ClickHouse retry (same token) is dropped
+        seed = time.time_ns() // S % 1_000_000
+        writes = (pprof.encode(drain(make_node(args.pods, stacks_per_pod=args.stacks), end + 60 * S, args.interval,
+                                     seed=seed)), end + 60 * S)
+        open_to = end + H - S
+    elif args.replica_writes:  # filed past the data and past what an earlier run filed (a ClickHouse retry is dropped)
         later = max(end + 2 * H, time.time_ns() // S * S)
         writes = (pprof.encode(drain(make_node(args.pods, stacks_per_pod=args.stacks), later, args.interval)), later)
-    result["queries"] = queries(dsns, start, end, pod, args.hours, args.runs, args.replica_runs, writes)
+    result["queries"] = queries(dsns, start, end, pod, args.hours, args.runs, args.replica_runs, writes, open_to)
     if args.query_repeat > 1:  # the same round again (fresh store objects, the same engine): median and spread
         rounds = [result["queries"]] + [queries(dsns, start, end, pod, args.hours, args.runs, args.replica_runs,
-                                                writes) for _ in range(args.query_repeat - 1)]
+                                                writes, open_to) for _ in range(args.query_repeat - 1)]
         result["queries_repeats"] = {name: _ratio_spread([r[name] for r in rounds]) for name in rounds[0]}
         for name, row in result["queries_repeats"].items():
             log(f"repeats {name}: {row}")

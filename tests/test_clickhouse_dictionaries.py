@@ -12,6 +12,7 @@ import pytest
 from tests.builders import put
 from tests.test_clickhouse_replicas import FRAMES, T0, H, S, counted, profiles, total, tree
 from web.server.app import create_app
+from web.store import clickhouse
 from web.store.clickhouse import ClickHouseStore
 from web.store.clickhouse_schema import DICTIONARIES, SCHEMA_VERSION
 from web.store.dsn import open_store
@@ -49,36 +50,73 @@ def written(dsn: str) -> list:
     return ps
 
 
-def test_a_fresh_servers_pod_flame_graph_is_two_statements_with_the_table_paths_answer(tmp_path: Path,
-                                                                                        dsn: str) -> None:
+@pytest.fixture
+def names_not_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that holds no stack's names at start (a store past `_HELD_STACKS` whose latest hour lacks them): its
+    first pod names them through the dictionaries, the path these tests are about."""
+    monkeypatch.setattr(clickhouse, "_HELD_STACKS", 0)
+
+
+def test_a_fresh_servers_pod_flame_graph_is_one_statement_with_the_names_held_at_start(tmp_path: Path,
+                                                                                       dsn: str) -> None:
+    """A server reads its store's stacks' names at start (`_hold_stacks`): its first pod is the sums statement
+    alone; one that holds none (a store past `_HELD_STACKS` whose latest hour lacks them) names them through the
+    dictionaries in one more statement, or through the tables in three; every answer the same."""
     ps = written(dsn)
-    store = open_store(dsn)  # a fresh server: nothing read yet
+    store = open_store(dsn)  # a fresh server: nothing answered yet
     assert isinstance(store, ClickHouseStore)
     sent = counted(store)
     try:
         got = answer(store, tmp_path)
         assert got["total"] == total([p for p in ps if p.labels["pod"] == "p0"])
-        # before schema 3: five (selection, sums, stacks, frames, names and mappings); since schema 4 the selection
-        # and the sums are one read of each table (grouping sets) that names the pod's series by id from the catalogue
-        # the server read at its start (no labels in the statement), then the names through the dictionaries alone
-        assert len(sent) == 2 and "GROUPING SETS" in sent[0], sent
-        assert "series_dict" not in sent[0] and f"{store.layout.database}.series " not in sent[0]
-        assert "stacks_dict" in sent[1] and "functions_dict" in sent[1]
-        assert not any(f"{store.layout.database}.stacks " in sql or "FROM " + store.layout.database + ".frames "
-                       in sql for sql in sent)
+        assert len(sent) == 1 and "GROUPING SETS" in sent[0] and "dictGet" not in sent[0], sent
         assert {f"fn{i}" for i in range(len(FRAMES))} & set(got["names"])
     finally:
         store.close()
-    tables = open_store(dsn)  # the same read through the tables only
-    assert isinstance(tables, ClickHouseStore)
-    tables._dicts = False
-    sent = counted(tables)
-    try:
-        assert answer(tables, tmp_path) == got
-        # the selection and the sums in one read (grouping sets), then stacks, frames, names and mappings
-        assert len(sent) == 4 and not any("dictGet" in sql for sql in sent) and "GROUPING SETS" in sent[0]
-    finally:
-        tables.close()
+    from tests.clickhouse_standin import clickhouse_http
+
+    with clickhouse_http(dsn.split("://", 1)[1].partition("?")[0]) as (port, _):  # the same over HTTP
+        remote = open_store(f"clickhouse://127.0.0.1:{port}/{dsn.split('database=')[1]}")
+        assert isinstance(remote, ClickHouseStore) and remote._stack_frames
+        sent = counted(remote)
+        try:
+            assert answer(remote, tmp_path) == got
+            assert len(sent) == 1 and "GROUPING SETS" in sent[0] and "dictGet" not in sent[0], sent
+        finally:
+            remote.close()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(clickhouse, "_HELD_STACKS", 0)
+        store = open_store(dsn)
+        assert isinstance(store, ClickHouseStore)
+        assert not store._stack_frames
+        sent = counted(store)
+        try:
+            assert answer(store, tmp_path) == got
+            # before schema 3: five (selection, sums, stacks, frames, names and mappings); since schema 4 the selection
+            # and the sums are one read of each table (grouping sets) that names the pod's series by id from the
+            # catalogue the server read at its start (no labels in the statement), then the names through the
+            # dictionaries alone
+            _one_read_then_the_dictionaries(store, sent)
+        finally:
+            store.close()
+        tables = open_store(dsn)  # the same read through the tables only
+        assert isinstance(tables, ClickHouseStore)
+        tables._dicts = False
+        sent = counted(tables)
+        try:
+            assert answer(tables, tmp_path) == got
+            # the selection and the sums in one read (grouping sets), then stacks, frames, names and mappings
+            assert len(sent) == 4 and not any("dictGet" in sql for sql in sent) and "GROUPING SETS" in sent[0]
+        finally:
+            tables.close()
+
+
+def _one_read_then_the_dictionaries(store: ClickHouseStore, sent: list[str]) -> None:
+    assert len(sent) == 2 and "GROUPING SETS" in sent[0], sent
+    assert "series_dict" not in sent[0] and f"{store.layout.database}.series " not in sent[0]
+    assert "stacks_dict" in sent[1] and "functions_dict" in sent[1]
+    assert not any(f"{store.layout.database}.stacks " in sql or "FROM " + store.layout.database + ".frames "
+                   in sql for sql in sent)
 
 
 def test_a_version_2_database_gets_its_dictionaries_at_start_and_old_data_reads_the_same(tmp_path: Path,
@@ -101,11 +139,12 @@ def test_a_version_2_database_gets_its_dictionaries_at_start_and_old_data_reads_
         assert sorted(made.column("name").to_pylist()) == sorted(DICTIONARIES)
         sent = counted(store)
         got = answer(store, tmp_path)
-        assert got["total"] == total([p for p in ps if p.labels["pod"] == "p0"]) and len(sent) == 2
+        assert got["total"] == total([p for p in ps if p.labels["pod"] == "p0"]) and len(sent) == 1
     finally:
         store.close()
 
 
+@pytest.mark.usefixtures("names_not_held")
 def test_keys_a_dictionary_does_not_have_are_read_from_the_tables(tmp_path: Path, dsn: str) -> None:
     """A dictionary that misses keys (a replica behind the one that wrote them; here, dictionaries over empty
     tables) answers dictHas false: the read's names and the selection's labels come from the tables, exactly."""
@@ -146,6 +185,7 @@ def test_keys_a_dictionary_does_not_have_are_read_from_the_tables(tmp_path: Path
         store.close()
 
 
+@pytest.mark.usefixtures("names_not_held")
 def test_a_server_whose_dictionaries_cannot_be_read_answers_from_the_tables(tmp_path: Path, dsn: str) -> None:
     ps = written(dsn)
     store = open_store(dsn)

@@ -159,3 +159,152 @@ def test_with_the_cache_off_or_writers_elsewhere_every_part_is_read(tmp_path: Pa
             assert len([sql for sql in sent if "GROUPING SETS" in sql]) == 1
         finally:
             remote.close()
+
+
+# -- write-through: the hour being written brought up to date from the inserts' rows (`_union`, `_fold`) ----------
+
+OPEN = T0 + 2 * H + 20 * 60 * S + 30 * S  # inside RANGE's ragged last hour, between the minutes `profiles` writes
+
+
+def test_inserts_into_the_hour_being_written_are_folded_in_without_a_statement(tmp_path: Path, dsn: str) -> None:
+    """Each put into the open hour (stacks the server has named) is summed into the kept raw parts of the flame
+    graph, the chart and the pod list: no statement, answers equal a fresh server's after each, also for a put from
+    another store on the engine and a put that spans the open hour and a past one."""
+    a, b = open_store(dsn), open_store(dsn)
+    assert isinstance(a, ClickHouseStore) and isinstance(b, ClickHouseStore)
+    sent = counted(a)
+    try:
+        put(a, profiles(T0, 150, "p0", 1) + profiles(T0, 150, "p1", 2))
+        put(b, profiles(T0 + 30 * S, 1, "p0", 1))  # (b has written p0's series and these stacks: no new rows later)
+        views(a, tmp_path)
+        got = views(a, tmp_path)
+        assert got == fresh(dsn, tmp_path)
+        got = views(a, tmp_path)
+        for k, (store, ps) in enumerate([(a, profiles(OPEN, 2, "p0", 1)), (a, profiles(OPEN + S, 3, "p1", 2)),
+                                         (b, profiles(OPEN + 2 * S, 1, "p0", 1))]):
+            put(store, ps)
+            sent.clear()
+            now = views(a, tmp_path)
+            assert sent == [], (k, sent)
+            assert now[0]["total"] == got[0]["total"] + total([p for p in ps if p.labels["pod"] == "p0"])
+            assert now[2] != got[2]
+            got = now
+            assert now == fresh(dsn, tmp_path)
+            assert views(a, tmp_path) == now  # (the fresh store's DDL: a write, so read once more)
+        # a put whose rows start in a past hour too: that hour's part is read again, the open one folded
+        both = profiles(T0 + H + 30 * S, 1, "p0", 1) + profiles(OPEN + 3 * S, 1, "p0", 1)
+        put(a, both)
+        sent.clear()
+        now = views(a, tmp_path)
+        assert now[0]["total"] == got[0]["total"] + total(both)
+        assert sent and all(f"{a.layout.database}.samples " not in sql for sql in sent)  # the raw part folded
+        assert now == fresh(dsn, tmp_path)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_put_the_engine_drops_as_a_repeat_is_not_folded_in(tmp_path: Path, dsn: str) -> None:
+    """An agent's retry (the same batch: the same token) is dropped by ClickHouse; the engine sees that its rows
+    were not stored (the table's row count did not move by them), so the part is read, not summed twice."""
+    store = open_store(dsn)
+    assert isinstance(store, ClickHouseStore)
+    sent = counted(store)
+    try:
+        put(store, profiles(T0, 150, "p0", 1))
+        retry = profiles(OPEN, 2, "p0", 1)
+        put(store, retry)
+        views(store, tmp_path)
+        before = views(store, tmp_path)
+        put(store, retry)  # the same content: the same token, dropped by the engine
+        sent.clear()
+        after = views(store, tmp_path)
+        assert after == before
+        assert any(f"{store.layout.database}.samples " in sql for sql in sent)  # read, not folded
+        assert after == fresh(dsn, tmp_path)
+    finally:
+        store.close()
+
+
+def test_past_the_held_rows_or_after_a_deletion_the_part_is_read(tmp_path: Path, dsn: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import web.store.clickhouse_transport as transport
+
+    store = open_store(dsn)
+    assert isinstance(store, ClickHouseStore)
+    sent = counted(store)
+    try:
+        put(store, profiles(T0, 150, "p0", 1))
+        views(store, tmp_path)
+        kept = views(store, tmp_path)
+        monkeypatch.setattr(transport, "LOG_BYTES", 0)  # no insert's rows held
+        put(store, profiles(OPEN, 2, "p0", 1))
+        sent.clear()
+        got = views(store, tmp_path)
+        assert got[0]["total"] > kept[0]["total"]
+        assert any(f"{store.layout.database}.samples " in sql for sql in sent)
+        assert got == fresh(dsn, tmp_path)
+        monkeypatch.undo()
+        views(store, tmp_path)
+        store.transport.command(f"ALTER TABLE {store.layout.database}.samples DELETE WHERE start_ns >= {OPEN} "
+                                "SETTINGS mutations_sync = 2")
+        store.transport.command(f"ALTER TABLE {store.layout.database}.profiles DELETE WHERE start_ns >= {OPEN} "
+                                "SETTINGS mutations_sync = 2")
+        put(store, profiles(OPEN + 5 * S, 1, "p0", 1))  # after the deletion: not a fold over it
+        sent.clear()
+        cut = views(store, tmp_path)
+        assert any(f"{store.layout.database}.samples " in sql for sql in sent)
+        assert cut == fresh(dsn, tmp_path)
+    finally:
+        store.close()
+
+
+def test_city_hash64_is_the_engines(dsn: str) -> None:
+    """The fingerprints of folded rows are ClickHouse's `cityHash64` of (start, stack, value), computed in numpy."""
+    import random
+
+    import numpy as np
+
+    from web.store.clickhouse import city_hash64
+
+    rng = random.Random(7)
+    rows = [(rng.randrange(-2**63, 2**63), rng.randrange(2**64), rng.randrange(-2**63, 2**63)) for _ in range(200)]
+    rows += [(0, 0, 0), (-1, 2**64 - 1, 2**63 - 1), (T0, 1, -5)]
+    store = open_store(dsn)
+    assert isinstance(store, ClickHouseStore)
+    try:
+        values = ",".join(f"(toInt64({a}), toUInt64({b}), toInt64({c}))" for a, b, c in rows)
+        want = store.transport.query(f"SELECT cityHash64(c1, c2, c3) AS h FROM values({values})").column("h")
+        got = city_hash64(np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.uint64),
+                          np.array([r[2] for r in rows], np.int64))
+        assert got.tolist() == want.to_pylist()
+    finally:
+        store.close()
+
+
+def test_puts_from_another_thread_during_the_reads_are_never_summed_twice(tmp_path: Path, dsn: str) -> None:
+    """Another store's puts into the hour being written, from a thread, while this one answers again and again:
+    a part read while an insert ran is no base for a fold (its rows may be in it), so after the last put the
+    answers equal a fresh server's."""
+    import threading
+
+    a, b = open_store(dsn), open_store(dsn)
+    assert isinstance(a, ClickHouseStore) and isinstance(b, ClickHouseStore)
+    try:
+        put(a, profiles(T0, 150, "p0", 1))
+        views(a, tmp_path)
+
+        def writer() -> None:
+            for k in range(12):
+                put(b, profiles(OPEN + k * S, 1, "p0", 1))
+
+        t = threading.Thread(target=writer)
+        t.start()
+        while t.is_alive():
+            views(a, tmp_path)
+        t.join()
+        got = views(a, tmp_path)
+        assert got == fresh(dsn, tmp_path)
+    finally:
+        a.close()
+        b.close()

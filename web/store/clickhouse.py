@@ -131,6 +131,65 @@ class _FrameRow(NamedTuple):
     lines: tuple[tuple[str, str | None, int | None], ...]
 
 
+class _Fold(NamedTuple):
+    """How the rows of inserts into `samples` change a part's answer (`ClickHouseStore._union`'s write-through): its
+    shape ("gs": `_grouping_sets` over raw rows; "steps": the chart's sums per (series, period, step); "sums": the
+    pod list's per (series, period)) and the series its condition names (None: every series)."""
+
+    kind: str
+    ids: np.ndarray | None
+    per_series: bool = True
+    t0: int = 0
+    step: int = 1
+
+
+def _int_hash64(x: np.ndarray) -> np.ndarray:
+    """ClickHouse's hash of one 64-bit integer inside `cityHash64` (`IntHash64Impl`: a salted murmur finalizer)."""
+    x = x.view(np.uint64) ^ np.uint64(0x4CF2D2BAAE6DA887)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xFF51AFD7ED558CCD)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xC4CEB9FE1A85EC53)
+    x ^= x >> np.uint64(33)
+    return x
+
+
+def city_hash64(*cols: np.ndarray) -> np.ndarray:
+    """`cityHash64(a, b, ...)` of 64-bit integer columns as ClickHouse computes it (each column's `_int_hash64`,
+    combined with CityHash's Hash128to64): the fingerprints of rows folded in without a statement."""
+    k = np.uint64(0x9DDFEA08EB382D69)
+    with np.errstate(over="ignore"):
+        h = _int_hash64(cols[0])
+        for c in cols[1:]:
+            x = _int_hash64(c)
+            a = (h ^ x) * k
+            a ^= a >> np.uint64(47)
+            b = (x ^ a) * k
+            b ^= b >> np.uint64(47)
+            h = b * k
+    return h
+
+
+def _regroup(cols: dict[str, np.ndarray], keys: Sequence[str], how: dict[str, str]) -> dict[str, np.ndarray]:
+    """`cols` grouped by `keys`, each other column reduced as `how` says ("sum": wrapping if unsigned, "min", "max")."""
+    key = np.stack([cols[k].view(np.int64) for k in keys], axis=1)
+    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    out = {k: uniq[:, i].view(cols[k].dtype) for i, k in enumerate(keys)}
+    for c, op in how.items():
+        v = cols[c]
+        if op == "sum":
+            acc = np.zeros(len(uniq), v.dtype)
+            with np.errstate(over="ignore"):
+                np.add.at(acc, inv, v)
+        else:
+            first = np.full(len(uniq), np.iinfo(v.dtype).max if op == "min" else np.iinfo(v.dtype).min, v.dtype)
+            (np.minimum if op == "min" else np.maximum).at(first, inv, v)
+            acc = first
+        out[c] = acc
+    return out
+
+
 # The aggregate of a (series, period)'s profile rows in a range: what a `_Window` names.
 _AGG = ("min(start_ns) AS lo, max(start_ns + duration_ns) AS hi, sum(total) AS sum_total, count() AS n, "
         "sum(cityHash64(start_ns, duration_ns, total, n_samples)) AS fingerprint")  # no alias named like a column
@@ -158,6 +217,8 @@ _CATALOGUE_SECONDS = 60.0  # writers elsewhere: how often the catalogue reads th
 # Answers of the statements a pod's flame graph, the CPU chart and the pod list send, kept per part of their range
 # while no write touched its hours (`_union`; only where every writer is in this process: chDB). Bytes of Arrow kept.
 _PART_CACHE_BYTES = 64 << 20
+# Stacks whose names a server reads at its start (`_hold_stacks`): a node's day is ~15k; a cluster's latest hour more
+_HELD_STACKS = 100_000
 _PART_CACHE_HOURS = 24 * 62  # a part over more hours is not kept (its key names every hour's mark)
 
 
@@ -168,6 +229,7 @@ class ClickHouseStore(Store):
         self.transport = transport
         self.layout = layout
         self._lock = threading.Lock()
+        self._migrating = threading.Lock()
         self._closed = False
         self._ready = not migrate
         self._in = "GLOBAL IN" if layout.cluster else "IN"  # subqueries over Distributed tables run once
@@ -207,6 +269,7 @@ class ClickHouseStore(Store):
         # (statement, marks of the writes to its hours) -> its answer (`_union`), least recently used first
         self._parts: OrderedDict[tuple, pa.Table] = OrderedDict()
         self._parts_bytes = 0
+        self._bases: dict[str, tuple[tuple, int]] = {}  # a part's statement -> its latest kept key, the insert seq then
         self.part_cache_bytes = _PART_CACHE_BYTES  # 0: keep none
         if migrate:
             # Start anyway when ClickHouse is down: every call answers 503 until it is back, then migrates.
@@ -267,10 +330,35 @@ class ClickHouseStore(Store):
         with contextlib.suppress(ClickHouseError):
             self._load_catalogue()
             self.transport.query(" UNION ALL ".join(  # a flame graph's one read
-                sql for sql, _, _ in self._grouping_sets("series = 0", -HOUR_NS, 1)))
+                sql for sql, *_ in self._grouping_sets("series = 0", -HOUR_NS, 1)))
         with contextlib.suppress(ClickHouseError):  # the CPU chart's and the pod list's one statement
             self._step_sums(0, 1, 1, "0", typed=True)
             self._label_sums(0, 1, ["pod"], "0")
+        with contextlib.suppress(ClickHouseError):
+            self._hold_stacks()
+
+    def _hold_stacks(self) -> None:
+        """At start, before the server answers: read the names of the stacks it will most likely be asked for (every
+        stack while there are up to `_HELD_STACKS`; else those of the latest hour written, up to that many), as a
+        first query would read them. Stacks, frames, functions and mappings are content-addressed, so what is held
+        stays right whoever writes (over HTTP too). A fresh server's first pod then sends its sums statement alone,
+        where it also named its stacks through the dictionaries (10-12 ms of a 27 ms request on chDB). Stacks it
+        does not hold are read as a running server reads new ones."""
+        n = int(self.transport.query(f"SELECT count() AS n FROM {self._t('stacks')}").column("n")[0].as_py() or 0)
+        if not n:
+            return
+        if n <= _HELD_STACKS:
+            t = self.transport.query(f"SELECT id FROM {self._t('stacks')} LIMIT {_HELD_STACKS}")
+        else:  # the latest hour's (its rollup rows: one per series and stack)
+            rollup = self._t("samples_1h")
+            t = self.transport.query(f"SELECT stack AS id FROM {rollup} WHERE hour >= (SELECT max(hour) FROM {rollup})"
+                                     f" GROUP BY stack LIMIT {_HELD_STACKS}")
+        ids = t.column("id").to_numpy()
+        if not ids.size:
+            return
+        local = self._local_stacks(ids)
+        _, flat = self._stack_frames_of(local.tolist())
+        self._read_frames(np.unique(flat).tolist())
 
     def _login_dictionaries(self) -> None:
         """Dictionaries made with another login than this store's (by a schema-3 podflame, which named none, or a
@@ -326,7 +414,7 @@ class ClickHouseStore(Store):
         if self._closed:
             raise StoreClosed("the store is closed")
         if not self._ready:
-            with self._lock:
+            with self._migrating:  # (not `_lock`: the start's reads take it)
                 if not self._ready:
                     self._migrate()
 
@@ -883,7 +971,8 @@ class ClickHouseStore(Store):
         # read of every ref sums (a node's 200 series x 14k stacks per series would come back otherwise)
         local = self._series_local
         one = len({(local[h].sample_type, local[h].unit) for h in self._matching(selector, None, None)}) <= 1
-        t = self._union(self._grouping_sets(cond, live, t1, per_series=not one))
+        ids = None if cond == "1" else np.array(self._matching(selector, None, None), np.uint64)
+        t = self._union(self._grouping_sets(cond, live, t1, per_series=not one, ids=ids, fold=" OR " not in cond))
         g = t.column("g").to_numpy() != 0
         per = {k: t.column(k).to_numpy()[g].tolist() for k in ("series", "period_ns", "lo", "hi", "v", "n", "fp")}
         agg: dict[tuple[int, int], list[int]] = {}
@@ -912,11 +1001,13 @@ class ClickHouseStore(Store):
         self._recent.sums = ((live, t1), cols, time.monotonic() + _MEMO_SECONDS, every)
         return sample_type, unit_, refs
 
-    def _grouping_sets(self, cond: str, t0: int, t1: int, per_series: bool = True) -> list[tuple[str, int, int]]:
+    def _grouping_sets(self, cond: str, t0: int, t1: int, per_series: bool = True, ids: np.ndarray | None = None,
+                       fold: bool = False) -> list[tuple[str, int, int, _Fold | None]]:
         """Per table of [t0, t1) (`_ranges`), rows of the series matching `cond`: per (series, period, stack), or with
         `per_series` False per stack alone (series and period 0), and per (series, period) (g = 1: stack 0) their
         first and end time (lo, hi), sum (v), row count (n) and a wrapping sum of the rows' hashes (fp). As parts
-        for `_union` (statement, its range)."""
+        for `_union` (statement, its range, and with `fold` for the raw ranges how inserts of series `ids` (None:
+        every series) change it)."""
         sums = "(series, period_ns, stack)" if per_series else "(stack)"
         parts = []
         for table, col, lo, hi in _kept_ranges(t0, t1):
@@ -924,25 +1015,44 @@ class ClickHouseStore(Store):
             parts.append((f"SELECT series, period_ns, stack, min({col}) AS lo, {end} AS hi, sum(value) AS v, "
                           f"count() AS n, sum(cityHash64({col}, stack, value)) AS fp, grouping(stack) AS g "
                           f"FROM {self._t(table)} WHERE {cond} AND {col} >= {int(lo)} AND {col} < {int(hi)} "
-                          f"GROUP BY GROUPING SETS ({sums}, (series, period_ns))", lo, hi))
+                          f"GROUP BY GROUPING SETS ({sums}, (series, period_ns))", lo, hi,
+                          _Fold("gs", ids, per_series) if fold and table == "samples" else None))
         return parts
 
-    def _union(self, parts: Sequence[tuple[str, int, int]]) -> pa.Table:
+    def _union(self, parts: Sequence[tuple[str, int, int, _Fold | None]]) -> pa.Table:
         """The UNION ALL of `parts` (a SELECT over rows of `samples`, `samples_1h` or `profiles` that start in [lo, hi),
-        with the same columns), each part's answer kept while no write touched its hours: where every writer is in
-        this process (chDB), the engine counts inserts per hour of their rows (`Transport.hour_writes`), so a part
-        whose marks are unchanged would read the same rows; its materialized views fill `profiles` and `samples_1h`
-        from those inserts alone, and any other write (DDL, a mutation, a dropped partition, an insert elsewhere)
-        moves every mark. A server that has answered a pod, the chart or the pod list of past hours answers them
-        again with no statement; the hour being written is read each time (its own part: callers split there).
-        Over HTTP (writers elsewhere) every part is read, as before. The parts not kept go as one statement."""
-        keys = [self._part_key(sql, lo, hi) for sql, lo, hi in parts]
+        with the same columns, and how inserts change it: `_Fold`), each part's answer kept while no write touched its
+        hours: where every writer is in this process (chDB), the engine counts inserts per hour of their rows
+        (`Transport.hour_writes`), so a part whose marks are unchanged would read the same rows; its materialized
+        views fill `profiles` and `samples_1h` from those inserts alone, and any other write (DDL, a mutation, a
+        dropped partition, an insert elsewhere) moves every mark. A server that has answered a pod, the chart or the
+        pod list of past hours answers them again with no statement. **Write-through:** a part whose hours only took
+        inserts into `samples` since it was kept (the hour being written) is brought up to date from those inserts'
+        rows, which the engine holds (`Transport.inserts_since`: each known stored whole), summed in numpy as its
+        statement sums them; when they are not all held, it is read. Over HTTP (writers elsewhere) every part is
+        read, as before. The parts not kept go as one statement."""
+        samples = self._t("samples")
+        seq = self.transport.insert_seq(samples) if self.part_cache_bytes > 0 else None
+        keys = [self._part_key(sql, lo, hi) for sql, lo, hi, _ in parts]
+        if seq is not None and self.transport.insert_seq(samples) != seq:
+            seq = None  # an insert between: no fold, and nothing kept is a base for one
         got: list[pa.Table | None] = [None] * len(parts)
+        bases: list[tuple[pa.Table, int, list[pa.Table]] | None] = [None] * len(parts)
         with self._lock:
             for i, key in enumerate(keys):
                 if key is not None and key in self._parts:
                     self._parts.move_to_end(key)
                     got[i] = self._parts[key]
+                elif key is not None and seq is not None and parts[i][3] is not None:
+                    base = self._bases.get(parts[i][0])
+                    if base is not None and base[0][2:] == key[2:] and base[0][1][-1] == key[1][-1] \
+                            and len(base[0][1]) == len(key[1]) and base[0] in self._parts:
+                        bases[i] = (self._parts[base[0]], base[1], [])
+        for i, b in enumerate(bases):  # the kept answer and the inserts since it was read
+            if b is not None:
+                rows = self.transport.inserts_since(samples, b[1])
+                if rows is not None and len(rows) >= seq - b[1]:  # type: ignore[operator]
+                    got[i] = self._fold(b[0], rows[:seq - b[1]], parts[i][3], parts[i][1], parts[i][2])  # type: ignore
         miss = [i for i, t in enumerate(got) if t is None]
         if len(miss) == 1:  # (taken into buffers of its own: chDB's answer may be a view of the engine's result)
             one = self.transport.query(parts[miss[0]][0])
@@ -955,17 +1065,71 @@ class ClickHouseStore(Store):
             t = t.drop_columns(["podflame_part"])
             for j, i in enumerate(miss):
                 got[i] = t.filter(pa.array(which == j))
+        if miss and seq is not None and self.transport.insert_seq(samples) != seq:
+            seq = None  # an insert during the read: what was read is no base for a fold
         tables = [t for t in got if t is not None]
         with self._lock:
-            for i in miss:
-                key, t = keys[i], got[i]
-                if key is None or t is None or key in self._parts:
+            for i, t in enumerate(got):
+                key = keys[i]
+                if key is None or t is None or (i in miss and key in self._parts) or (i not in miss and
+                                                                                     bases[i] is None):
                     continue
-                self._parts[key] = t
-                self._parts_bytes += t.nbytes
+                if key not in self._parts:
+                    self._parts[key] = t
+                    self._parts_bytes += t.nbytes
+                if seq is not None and parts[i][3] is not None:
+                    if len(self._bases) > 4096:
+                        self._bases.clear()
+                    self._bases[parts[i][0]] = (key, seq)
                 while self._parts_bytes > self.part_cache_bytes and self._parts:
                     self._parts_bytes -= self._parts.popitem(last=False)[1].nbytes
         return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+
+    def _fold(self, kept: pa.Table, inserts: list[pa.Table], f: _Fold, lo: int, hi: int) -> pa.Table:
+        """`kept` (a part's answer) with the rows of `inserts` into `samples` that its statement would read (series
+        in `f.ids`, start in [lo, hi)) summed in, as the statement sums them (`f.kind`)."""
+        names = ("series", "start_ns", "duration_ns", "period_ns", "stack", "value")
+        got: dict[str, list[np.ndarray]] = {c: [] for c in names}
+        for t in inserts:
+            start = t.column("start_ns").to_numpy()
+            keep = (start >= lo) & (start < hi)
+            if f.ids is not None:
+                keep &= np.isin(t.column("series").to_numpy(), f.ids)
+            if keep.any():
+                for c in names:
+                    got[c].append(t.column(c).to_numpy()[keep])
+        if not got["series"]:
+            return kept
+        r = {c: np.concatenate(v) for c, v in got.items()}
+        n = r["series"].size
+        if f.kind == "gs":
+            zero = np.zeros(n, np.uint64)
+            sets = [(r["series"], r["period_ns"], r["stack"], 0) if f.per_series else
+                    (zero, zero.view(np.int64), r["stack"], 0), (r["series"], r["period_ns"], zero, 1)]
+            fp = city_hash64(r["start_ns"], r["stack"], r["value"])
+            new: dict[str, list[np.ndarray]] = {c: [] for c in ("series", "period_ns", "stack", "lo", "hi", "v", "n",
+                                                                 "fp", "g")}
+            for series, period, stack, g in sets:
+                for c, v in (("series", series), ("period_ns", period), ("stack", stack), ("lo", r["start_ns"]),
+                             ("hi", r["start_ns"] + r["duration_ns"]), ("v", r["value"]),
+                             ("n", np.ones(n, np.int64)), ("fp", fp), ("g", np.full(n, g, np.int64))):
+                    new[c].append(v)
+            keys: tuple[str, ...] = ("g", "series", "period_ns", "stack")
+            how = {"lo": "min", "hi": "max", "v": "sum", "n": "sum", "fp": "sum"}
+        elif f.kind == "steps":
+            new = {"series": [r["series"]], "period_ns": [r["period_ns"]], "k": [(r["start_ns"] - f.t0) // f.step],
+                   "v": [r["value"]]}
+            keys, how = ("series", "period_ns", "k"), {"v": "sum"}
+        else:
+            new = {"series": [r["series"]], "period_ns": [r["period_ns"]], "v": [r["value"]]}
+            keys, how = ("series", "period_ns"), {"v": "sum"}
+        cols = {}
+        for field_ in kept.schema:
+            dt = np.uint64 if pa.types.is_unsigned_integer(field_.type) else np.int64
+            cols[field_.name] = np.concatenate([kept.column(field_.name).to_numpy().astype(dt)]
+                                               + [np.asarray(v).astype(dt) for v in new[field_.name]])
+        out = _regroup(cols, keys, how)
+        return pa.table({fl.name: pa.array(out[fl.name]).cast(fl.type) for fl in kept.schema})
 
     def _part_key(self, sql: str, lo: int, hi: int) -> tuple | None:
         """What `_union` keeps a part's answer under: its statement and the marks of the writes that could change
@@ -1004,10 +1168,12 @@ class ClickHouseStore(Store):
             for s_, per in pairs:
                 keep |= (series == np.uint64(s_)) & (period == per)
         stacks = cols["stack"][keep]
-        if self._dicts and not self._stack_frames and stacks.size:
-            distinct = np.unique(stacks)
-            self._read_named(f"SELECT arrayJoin(CAST([{_ints(distinct.tolist())}], 'Array(UInt64)')) AS stack, "
-                             "toInt64(0) AS value")
+        if self._dicts and stacks.size:  # the stacks not held yet: named in one statement (the tables take three)
+            local, held = self._stack_local, self._stack_frames
+            new = [h for h in np.unique(stacks).tolist() if local.get(h, -1) not in held]
+            if new:
+                self._read_named(f"SELECT arrayJoin(CAST([{_ints(new)}], 'Array(UInt64)')) AS stack, "
+                                 "toInt64(0) AS value")
         return group_sum(self._local_stacks(stacks), cols["v"][keep].astype(np.int64))
 
     def read_merged(self, profiles: Sequence[StoredProfile]) -> tuple[np.ndarray, np.ndarray]:
@@ -1157,15 +1323,18 @@ class ClickHouseStore(Store):
         span = f"start_ns >= {int(self._live(t0))} AND start_ns < {int(t1)}"
         ids = self._series_in(where)
         if typed and sel is not None:
-            cond = self._held(sel)
-            if cond is not None:
+            held = self._held(sel)
+            if held is not None:
+                cond, fold = held
+                if fold is not None:
+                    fold = fold._replace(kind="steps", t0=int(t0), step=int(step_ns))
                 # the hour being written apart from the hours before it (`_union` keeps those)
                 lo, hi = int(self._live(t0)), int(t1)
                 cut = hi // HOUR_NS * HOUR_NS
                 spans = [(lo, cut), (cut, hi)] if lo < cut < hi else [(lo, hi)]
                 t = self._union([(f"SELECT series, period_ns, {k} AS k, sum(total) AS v FROM {self._t('profiles')} "
                                   f"WHERE {cond} AND start_ns >= {a} AND start_ns < {b} GROUP BY series, period_ns, k",
-                                  a, b) for a, b in spans])
+                                  a, b, fold) for a, b in spans])
                 return self._by_series(t, ("period_ns", "k"))
         if not typed:
             return self.transport.query(  # type: ignore[no-any-return]
@@ -1175,12 +1344,16 @@ class ClickHouseStore(Store):
                 f"AND {span} GROUP BY series, period_ns, k")
         return self._typed(sums, where, "t, u, period_ns, k, sum(pv) AS v", "t, u, period_ns, k")
 
-    def _held(self, selector: Selector) -> str | None:
+    def _held(self, selector: Selector) -> tuple[str, _Fold | None] | None:
         """The condition on `series` for the selector's series when the catalogue holds them all and they are few
-        enough to be summed per series and named in Python (`_by_series`); None: sum per type in the statement."""
+        enough to be summed per series and named in Python (`_by_series`), with the series it names for a `_Fold`
+        (None: not one); None: sum per type in the statement."""
         cond, n = self._ids(selector, None, None)
         if n >= 0 or (cond == "1" and self._catalogue() is not None and len(self._series_hash) <= _CATALOGUE_IDS):
-            return cond
+            if " OR " in cond:
+                return cond, None
+            ids = None if cond == "1" else np.array(self._matching(selector, None, None), np.uint64)
+            return cond, _Fold("sums", ids)
         return None
 
     def _by_series(self, t: pa.Table, keys: tuple[str, ...], labels: Sequence[str] | None = ()) -> list[dict]:
@@ -1289,11 +1462,12 @@ class ClickHouseStore(Store):
         """Rows (t, u, period_ns, v, and per `by` label i: h{i} whether the series has it, v{i} its value; or l: the
         whole label set when `by` is None) of the series matching `where` (the selector `sel`, when given) with
         profiles starting in [t0, t1), whole hours from the hourly projection."""
-        cond = self._held(sel) if sel is not None else None
-        if cond is not None:
+        held = self._held(sel) if sel is not None else None
+        if held is not None:
+            cond, fold = held
             live = self._live(t0)
             t = self._union([(f"SELECT series, period_ns, sum(total) AS v FROM {self._t('profiles')} WHERE {cond} "
-                              f"AND {_span(table, lo, hi)} GROUP BY series, period_ns", lo, hi)
+                              f"AND {_span(table, lo, hi)} GROUP BY series, period_ns", lo, hi, fold)
                              for table, _, lo, hi in _kept_ranges(live, t1)])
             return self._by_series(t, ("period_ns",), None if by is None else list(by))
         ids = self._series_in(where)
@@ -1323,7 +1497,9 @@ class ClickHouseStore(Store):
         the new ones of a call) and kept as its local frame ids; later queries cost no round trip. Decoded as
         arrays (the flat frame hashes numbered once per distinct hash), not a list per stack."""
         self._check()
-        want = [int(i) for i in ids]
+        return self._stack_frames_of([int(i) for i in ids])
+
+    def _stack_frames_of(self, want: list[int]) -> tuple[np.ndarray, np.ndarray]:
         cache = self._stack_frames
         missing = {self._stack_hash[i] for i in want if i not in cache}
         if missing:

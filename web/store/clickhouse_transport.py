@@ -99,6 +99,17 @@ class Transport(ABC):
         elsewhere (a ClickHouse server)."""
         return None
 
+    def insert_seq(self, table: str) -> int | None:
+        """When every writer is in this process (chDB): how many inserts into `table` this engine has taken (the
+        position `inserts_since` counts from). None: writers elsewhere."""
+        return None
+
+    def inserts_since(self, table: str, seq: int) -> list[pa.Table] | None:
+        """When every writer is in this process (chDB): the rows of every insert into `table` after the first `seq`,
+        each known to have been stored whole (not dropped as a repeated token), in order. None when one of them is
+        no longer held or its rows were not seen stored (then the caller reads the table), or writers elsewhere."""
+        return None
+
 
 def quote(s: str) -> str:
     """A ClickHouse string literal (backslash escapes, as its lexer reads them)."""
@@ -215,6 +226,15 @@ class _Engine:
         # (table, hour) -> inserts whose rows start in that hour (`start_ns`); table -> inserts counted so
         self.hours: dict[tuple[str, int], int] = {}
         self.timed: dict[str, int] = {}
+        # Tables whose inserts are held (`log`): table -> (seq of the first held, [(rows, stored whole)]), the rows
+        # a server folds into the answers it keeps (write-through), within `LOG_BYTES`; and each one's row count
+        # after its last insert (what tells a stored insert from one dropped as a repeated token).
+        self.logged: set[str] = set()
+        self.log: dict[str, tuple[int, list[tuple[pa.Table | None, bool]]]] = {}
+        self.log_bytes = 0
+        self.rows_after: dict[str, int] = {}
+        self.inflight = 0  # logged inserts running (their rows may be visible before they are counted)
+        self.insert_lock = threading.Lock()  # a logged table's inserts one at a time, with their row counts
         self._lock = threading.Lock()
 
     def wrote(self, table: str | None = None, hours: Sequence[int] = ()) -> None:
@@ -242,6 +262,32 @@ class _Engine:
             marks.append(self.writes - self.inserted + self.inserts.get(table, 0) - self.timed.get(table, 0))
         return tuple(marks)
 
+    def hold(self, table: str, data: pa.Table | None, stored: bool) -> None:
+        """Hold an insert into a logged `table` (None: not held), dropping the oldest past `LOG_BYTES`."""
+        with self._lock:
+            _, entries = self.log.setdefault(table, (self.inserts.get(table, 0) - 1, []))
+            entries.append((data, stored))
+            if data is not None:
+                self.log_bytes += data.nbytes
+            while self.log_bytes > LOG_BYTES:
+                oldest = min((t for t in self.log if self.log[t][1]), key=lambda t: self.log[t][0], default=None)
+                if oldest is None:
+                    break
+                f, e = self.log[oldest]
+                gone = e.pop(0)[0]
+                self.log_bytes -= gone.nbytes if gone is not None else 0
+                self.log[oldest] = (f + 1, e)
+
+    def since(self, table: str, seq: int) -> list[pa.Table] | None:
+        with self._lock:
+            first, entries = self.log.get(table, (self.inserts.get(table, 0), []))
+            if seq < first or first + len(entries) != self.inserts.get(table, 0):
+                return None
+            out = entries[seq - first:]
+            if not all(ok and t is not None for t, ok in out):
+                return None
+            return [t for t, _ in out]  # type: ignore[misc]
+
 
 # chDB runs one embedded server per process, on one path: stores on the same path share it (one
 # database each); a second path in the same process is refused by chDB itself, and a second process
@@ -250,6 +296,7 @@ _SESSIONS: dict[str, _Engine] = {}
 _SESSIONS_LOCK = threading.Lock()
 _NEXT_WRITES = [0]  # where the next engine's count starts: past every count given before
 _HOUR_NS = 3600 * 10**9
+LOG_BYTES = 64 << 20  # rows of inserts an engine holds for write-through (`_Engine.hold`): past it the oldest go
 
 
 def _hours(data: pa.Table) -> list[int]:
@@ -323,6 +370,22 @@ class ChdbTransport(Transport):
     def hour_writes(self, table: str, t0: int, t1: int) -> tuple[int, ...] | None:
         return self._engine.hour_writes(table, t0, t1)
 
+    def insert_seq(self, table: str) -> int | None:
+        """(None while a logged insert runs on any transport of the engine: a read then may see rows not counted.)"""
+        with self._engine._lock:
+            self._engine.logged.add(table)
+            return None if self._engine.inflight else self._engine.inserts.get(table, 0)
+
+    def inserts_since(self, table: str, seq: int) -> list[pa.Table] | None:
+        return self._engine.since(table, seq)
+
+    def _rows(self, table: str) -> int:
+        """The rows of `table`'s active parts (caller holds the lock)."""
+        db, _, name = table.rpartition(".")
+        got = self._session_query(f"SELECT toInt64(sum(rows)) FROM system.parts WHERE database = {quote(db)} AND "
+                                  f"table = {quote(name)} AND active", "CSV").bytes().strip()
+        return int(got or 0)
+
     def _query(self, sql: str, settings: Mapping[str, str | int | float], ids: Sequence[int] | None) -> pa.Table:
         if settings:
             sql += " SETTINGS " + ", ".join(f"{k} = {quote(v) if isinstance(v, str) else v}"
@@ -344,15 +407,46 @@ class ChdbTransport(Transport):
         # new dictionary rows) go as VALUES instead: Python() costs ~2.5 ms a statement, parsing them far less.
         sql = f"INSERT INTO {table} ({cols}) {'SETTINGS ' + sets if sets else ''} " + (
             f"VALUES {_values(data)}" if data.num_rows <= _VALUES_ROWS else f"SELECT {cols} FROM Python(data)")
-        with self._lock:
+        engine = self._engine
+        if table not in engine.logged:
+            with self._lock:
+                if self._closed:
+                    raise ClickHouseUnavailable(f"{self.where} is closed")
+                try:
+                    self._session_query(sql, "CSV")
+                except Exception as e:
+                    raise ClickHouseError(f"chDB: {e}") from None
+                finally:
+                    engine.wrote(table, _hours(data))
+                    if table in engine.logged:  # (made logged meanwhile: this one is not held)
+                        engine.hold(table, None, False)
+            return
+        # A table whose inserts a server folds into its kept answers (`insert_seq` asked): each insert is held with
+        # whether its rows were stored whole, which the table's row count says (one statement on `system.parts`,
+        # ~3 ms, as the insert costs 80-200 ms): a block whose token repeats one the engine remembers is dropped
+        # silently, and nothing else adds rows (every writer is here; a merge keeps them; TTL or a mutation takes
+        # some and the count says so).
+        with engine.insert_lock, self._lock:
             if self._closed:
                 raise ClickHouseUnavailable(f"{self.where} is closed")
+            stored = False
+            with engine._lock:
+                engine.inflight += 1
             try:
+                before = engine.rows_after.get(table)
+                if before is None:
+                    before = self._rows(table)
                 self._session_query(sql, "CSV")
+                after = engine.rows_after[table] = self._rows(table)
+                stored = after - before == data.num_rows
             except Exception as e:
+                engine.rows_after.pop(table, None)
                 raise ClickHouseError(f"chDB: {e}") from None
             finally:
-                self._engine.wrote(table, _hours(data))
+                engine.wrote(table, _hours(data))
+                engine.hold(table, data if stored else None, stored)
+                with engine._lock:
+                    engine.inflight -= 1
 
     def execute(self, sql: str, fmt: str, tables: Sequence[pa.Table] = ()) -> bytes:
         """Any statement, its answer in ClickHouse output format `fmt` as bytes; `tables` are read where the SQL
