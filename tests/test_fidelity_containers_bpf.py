@@ -352,16 +352,19 @@ def test_the_agent_on_a_pod_in_a_mount_namespace(tmp_path: Path) -> None:
 
 def tables_loaded(sampler: Sampler, pid: int, names: tuple[str, ...]) -> bool:
     """Whether the agent's unwind loader has given `pid` the tables of its mapped files named `names` (in the
-    kernel and held by the process's mapping array), as the file identities it keys them by."""
-    p = sampler.unwinder.maps.processes.get(pid) if sampler.unwinder is not None else None
-    if p is None:
+    kernel and held by the process's mapping array), as the file identities it keys them by (a copy of a file
+    it read before, the pod's libc here, by that file's: `_twins`)."""
+    u = sampler.unwinder
+    p = u.maps.processes.get(pid) if u is not None else None
+    if u is None or p is None:
         return False
     want = set()
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
         fields = line.split()
         if len(fields) > 5 and fields[1][2] == "x" and os.path.basename(fields[5]) in names:
             st = os.stat(f"/proc/{pid}/map_files/{fields[0]}")
-            want.add((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            want.add(u._twins.get(identity, identity))
     return len(want) == len(names) and want <= set(p.binaries)
 
 

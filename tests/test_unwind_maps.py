@@ -546,3 +546,54 @@ def test_a_small_table_is_not_built_behind_another_processs_big_one() -> None:
         assert "libc.so.6" in built and not u._later and tables(m, big, "/libc.so.6") != [0xFFFF_FFFF]
     finally:
         _release(procs, maps)
+
+
+def test_a_copy_of_a_file_gets_the_table_of_the_first_with_its_build_id(tmp_path) -> None:
+    """A container image's own libc, or one image layer under each pod's overlay mount (each mount its own
+    device): the same bytes under another file identity. The first copy's table is built and loaded; a copy
+    with its build id and layout gets that table (one build, one set of rows in the kernel) at its own bias."""
+    import shutil
+    import subprocess
+    import time
+
+    from profiler.unwind.build import build_table
+    from profiler.unwind.loader import NativeUnwinder
+
+    copies = [tmp_path / "sleep-a", tmp_path / "sleep-b"]
+    for c in copies:
+        shutil.copy("/usr/bin/sleep", c)
+    assert copies[0].stat().st_ino != copies[1].stat().st_ino
+    built: list[str] = []
+
+    def source(path: str | bytes) -> object:
+        built.append("[vdso]" if isinstance(path, bytes) else os.path.basename(os.readlink(path)))
+        return build_table(path)
+
+    procs = [subprocess.Popen([str(c), "60"]) for c in copies]
+    maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=400_000)
+    try:
+        for p in procs:
+            for _ in range(500):
+                with open(f"/proc/{p.pid}/maps") as f:
+                    if "/libc.so" in f.read():
+                        break
+                time.sleep(0.01)
+        m = UnwindMaps(maps)
+        u = NativeUnwinder(m, source)  # type: ignore[arg-type]
+        u.load_now([procs[0].pid])
+        loaded = len(m.binaries)
+        u.load_now([procs[1].pid])
+        assert built.count("sleep-a") == 1 and "sleep-b" not in built, built
+        assert len(m.binaries) == loaded and u.stats["twins"] == 1  # no second set of rows
+
+        def program(pid: int, name: str) -> tuple[int, int]:
+            with open(f"/proc/{pid}/maps") as f:
+                line = next(ln for ln in f if " r-xp " in ln and ln.rstrip().endswith(name))
+            mp = next(mp for mp in _process_mappings(maps, m, pid) if mp[0] == int(line.split("-")[0], 16))
+            assert mp[2] == _file_bias(pid, line), line  # each at its own base
+            return mp[3], mp[4]
+
+        first, second = program(procs[0].pid, "/sleep-a"), program(procs[1].pid, "/sleep-b")
+        assert first == second and first[0] != 0xFFFF_FFFF, (first, second)  # the same table slot
+    finally:
+        _release(procs, maps)

@@ -50,7 +50,7 @@ from profiler.unwind.table import UnwindTable
 
 if TYPE_CHECKING:
     from profiler.unwind.builder import TableSource
-from symbolizer.elf import ET_EXEC, LoadSegment
+from symbolizer.elf import ET_EXEC, LoadSegment, _build_id
 from symbolizer.elffile import ElfFile, ElfFormatError
 from symbolizer.normalize import PAGE, elf_address, file_offset
 
@@ -100,6 +100,7 @@ class _Binary:
     deferred: bool = False  # asked for while the build budget was spent: built on a later load
     postponed: bool = False  # a big build put after its batch's cheaper work (QUICK_ROWS): made at the batch's end
     name: str = ""  # the path a maps line gives it, for the log
+    build_id: str | None = None
 
 
 class NativeUnwinder:
@@ -123,6 +124,11 @@ class NativeUnwinder:
         # process maps ~50 files, and a stat of each for every new process was most of loading it
         self._identities: dict[tuple[str, int, str], tuple[int, int, int, int]] = {}
         self._files: dict[object, _Binary] = {}  # by file identity, or ("vdso", hash of its image)
+        # a copy of a file read before, by the same build id and layout (a container image's own libc, the same image
+        # layer under each pod's overlay mount: another device, so another identity): file identity -> the first's,
+        # whose table (built, loaded, in the kernel once) it gets; build id -> the identity first read with it
+        self._twins: dict[tuple[int, int, int, int], tuple[int, int, int, int]] = {}
+        self._by_build_id: dict[str, tuple[int, int, int, int]] = {}
         # (size, first 64 bytes) of a vDSO mapping -> its key in _files and the ELF address of its start
         self._vdso_placed: dict[tuple[int, bytes], tuple[object, int]] = {}
         self._max_files = max_files
@@ -148,7 +154,8 @@ class NativeUnwinder:
                       "cpu_ms": 0,  # the loader's own CPU (the watcher's too, for processes it loads: announce)
                       "build_child_cpu_ms": 0,  # the builder child's, for the tables it built
                       "layout_hits": 0,  # processes placed from the layout of an earlier one (_Layout)
-                      "asks_filled": 0}  # asks for tables served in the asking mapping alone (_fill)
+                      "asks_filled": 0,  # asks for tables served in the asking mapping alone (_fill)
+                      "twins": 0}  # files given the table of an earlier file with their build id (_twins)
 
     # -- API -------------------------------------------------------------------------------------
 
@@ -614,17 +621,29 @@ class NativeUnwinder:
                 if len(self._identities) >= self._max_files:
                     self._identities.clear()
                 self._identities[line] = known
-            identity = known
+            identity = self._twins.get(known, known)
             binary = self._files.get(identity)
             if binary is None:
                 binary = self._read_elf(path)
                 binary.name = e.clean_path
-                if len(self._files) >= self._max_files:
-                    self._files.clear()
-                    self._placed.clear()
-                    self._layouts.clear()
-                    self._vdso_placed.clear()
-                self._files[identity] = binary
+                twin = self._by_build_id.get(binary.build_id) if binary.build_id else None
+                other = self._files.get(twin) if twin is not None else None
+                if twin is not None and other is not None and (other.elf_type, other.segments, other.cfi_bytes) \
+                        == (binary.elf_type, binary.segments, binary.cfi_bytes):
+                    self._twins[known] = identity = twin
+                    binary = other
+                    self.stats["twins"] += 1
+                else:
+                    if len(self._files) >= self._max_files:
+                        self._files.clear()
+                        self._twins.clear()
+                        self._by_build_id.clear()
+                        self._placed.clear()
+                        self._layouts.clear()
+                        self._vdso_placed.clear()
+                    self._files[identity] = binary
+                    if binary.build_id:
+                        self._by_build_id[binary.build_id] = identity
             mapping = Mapping(e.start, e.end, e.offset, e.clean_path, None)
             found = _exec_vaddr(e.start, mapping, binary.elf_type, binary.segments)
             if found is None:
@@ -697,6 +716,7 @@ class NativeUnwinder:
                 elf_type = elf.e_type
                 cfi_bytes = sum(sec.size for name in (".eh_frame", ".debug_frame")
                                 if (sec := elf.section(name)) is not None)
+                build_id = _build_id(elf) if isinstance(path, str) else None
         except (OSError, ElfFormatError, ValueError) as e:
             log.debug("no unwind table for %s: %s", "the vDSO" if isinstance(path, bytes) else path, e)
             self.stats["tables_failed"] += 1
@@ -710,8 +730,8 @@ class NativeUnwinder:
                      self.maps.row_budget)
             self.stats["tables_too_big"] += 1
             self.maps.reject(("estimate", path if isinstance(path, str) else "vdso"), estimate)
-            return _Binary(elf_type, segments, 0)
-        return _Binary(elf_type, segments, -1 if cfi_bytes else 0, cfi_bytes=cfi_bytes)
+            return _Binary(elf_type, segments, 0, build_id=build_id)
+        return _Binary(elf_type, segments, -1 if cfi_bytes else 0, cfi_bytes=cfi_bytes, build_id=build_id)
 
     def _build(self, binary: _Binary, source: str | bytes) -> None:
         if binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR > self.maps.room():
