@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 WORKLOADS = Path(__file__).parent / "workloads"
@@ -145,11 +145,13 @@ def run_in_cgroup(cgroup: Path, argv: list[str]) -> resource.struct_rusage:
     return usage
 
 
-def with_agent(url: str, frequency: int, work: Callable[[], T], *, interval: float = 2.0, unwind: str = "fp") -> T:
+def with_agent(url: str, frequency: int, work: Callable[[], T], *, interval: float = 2.0, unwind: str = "fp",
+               samplers: list[Any] | None = None) -> T:
     """The real agent (sampler, symbolizer, uploader) shipping to `url` while `work()` runs.
 
     On return the agent has made its final drain and every batch has landed on the server. `unwind`: the
-    Sampler's mode (the library's default is "fp"; `podflame agent` and `up` run "auto", tables).
+    Sampler's mode (the library's default is "fp"; `podflame agent` and `up` run "auto", tables). `samplers`
+    gets the agent's Sampler before `work()` runs, for a test that waits on its state (the unwind loader's).
     """
     from profiler.agent import Agent, create_context
     from profiler.sampler import Sampler
@@ -158,6 +160,8 @@ def with_agent(url: str, frequency: int, work: Callable[[], T], *, interval: flo
 
     ctx = create_context("test-node")
     sampler = Sampler(frequency, unwind=unwind)
+    if samplers is not None:
+        samplers.append(sampler)
     uploader = Uploader(url, node=ctx.node)
     agent = Agent(sampler, ctx, Symbolizer(ctx.maps), uploader, interval=interval)
     thread = threading.Thread(target=agent.run, daemon=True)

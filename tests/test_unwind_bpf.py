@@ -248,8 +248,10 @@ def test_the_agent_path_loads_tables_on_announcement_and_drops_them_on_exit(bina
     shares = []
     for _cache in ("cold", "warm"):
         with kubelet_cgroup() as cg, Sampler(FREQUENCY, cgroup_ids=[cg.inode], unwind="auto") as sampler:
-            proc = spawn_in_cgroup(cg.path, [str(binaries["nofp"]), "chain", "3"])
-            assert proc.wait(timeout=60) == 0
+            # 2 s of its CPU, not of the clock: under load the loader's wall time and the process's both stretch
+            # (at load 21-24 the cold walk_end share was 0.90-0.97 against 0.85 with 3 s of the clock)
+            proc = spawn_in_cgroup(cg.path, [str(binaries["nofp"]), "chain", "2", "cpu"])
+            assert proc.wait(timeout=120) == 0
             first = sampler.drain()
             time.sleep(0.2)  # a drain notices the exit; the next maintain() forgets the process
             second = sampler.drain()

@@ -59,10 +59,20 @@ def test_first_samples_of_short_processes_have_the_chain(tmp_path: Path, pie: bo
     table = symbols(exe)
     main_at = next(start for start, _, name in table if name == "main")
     with kubelet_cgroup() as cg, Sampler(FREQUENCY, cgroup_ids=[cg.inode], unwind="auto") as sampler:
-        run_once(cg.path, exe)  # the node has seen the binary: its table is built and loaded
-        time.sleep(0.5)
-        warm = sampler.drain().unwind
+        # the node has seen the binary: its table is built and loaded (waited for: a loaded machine's loader may
+        # take longer than the 0.5 s this slept, or miss a 0.1 s process, which is then run again)
         assert sampler.unwinder is not None and sampler.unwinder.maps.exe_fallback
+        st = exe.stat()
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)  # the loader's key for the file
+        deadline = time.monotonic() + 60
+        while identity not in sampler.unwinder.maps.binaries:
+            assert time.monotonic() < deadline, "the loader never loaded the program's table"
+            run_once(cg.path, exe)
+            for _ in range(40):
+                if identity in sampler.unwinder.maps.binaries:
+                    break
+                time.sleep(0.05)
+        warm = sampler.drain().unwind
         bias = dict(run_once(cg.path, exe) for _ in range(RUNS))
         time.sleep(0.3)
         drain = sampler.drain()

@@ -466,3 +466,134 @@ def test_a_small_binary_new_to_the_host_is_loaded_with_no_build_child(tmp_path) 
         assert TableCache(str(tmp_path / "agent")).lookup(str(exe)) is not None  # stored: a restart reads it
     finally:
         _release(procs, maps)
+
+
+def test_a_small_table_is_not_built_behind_another_processs_big_one() -> None:
+    """A batch's builds above QUICK_ROWS wait until its cheaper work is done: a process needing only small
+    tables (sleep: ~1k rows) gets them before another process's big ones (bash, ~26k estimated rows, and
+    libc) are built, though it was announced after it. Under load a pod's 21-row library waited ~1 s behind
+    other processes' python3 and libcrypto builds (tests/test_fidelity_containers_bpf.py). The big builds
+    come at the batch's end, the cheapest process first; while another batch is queued, one build only: the
+    queued batch goes next, the rest after it (none waits for ever)."""
+    import subprocess
+    import time
+
+    from profiler.unwind.build import build_table
+    from profiler.unwind.loader import QUICK_ROWS, NativeUnwinder
+
+    built: list[str] = []
+
+    def source(path: str | bytes) -> object:
+        built.append("[vdso]" if isinstance(path, bytes) else os.path.basename(os.readlink(path)))
+        return build_table(path)
+
+    procs = [subprocess.Popen(["bash", "-c", "read x"], stdin=subprocess.PIPE),
+             subprocess.Popen(["sleep", "60"])]
+    big, small = (p.pid for p in procs)
+    maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=400_000)
+    try:
+        for p in procs:  # past exec and the dynamic loader's mapping of libc
+            for _ in range(500):
+                with open(f"/proc/{p.pid}/maps") as f:
+                    text = f.read()
+                if "/libc.so" in text and ("/bash" in text or "/sleep" in text):
+                    break
+                time.sleep(0.01)
+
+        def tables(m: UnwindMaps, pid: int, name: str, field: int = 3) -> list[int]:
+            with open(f"/proc/{pid}/maps") as f:
+                starts = {int(ln.split("-")[0], 16) for ln in f if " r-xp " in ln and ln.rstrip().endswith(name)}
+            return [mp[field] for mp in _process_mappings(maps, m, pid) if mp[0] in starts]
+
+        m = UnwindMaps(maps)
+        u = NativeUnwinder(m, source)  # type: ignore[arg-type]
+        u.load_batch([big, small])
+        assert built.index("sleep") < built.index("bash") and built.index("sleep") < built.index("libc.so.6"), built
+        assert u.stats["tables_postponed"] >= 2 and not u._later, u.stats
+        for pid, name in ((big, "/bash"), (small, "/sleep"), (big, "/libc.so.6"), (small, "/libc.so.6")):
+            got = tables(m, pid, name)
+            assert got and all(t != 0xFFFF_FFFF for t in got), (name, got)  # every table loaded by the end
+        assert QUICK_ROWS < 26_000
+
+        # a batch queued meanwhile: one postponed process (the cheapest: sleep's libc), then the queued batch
+        for bm in maps.values():
+            os.close(bm.fd)
+        maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=400_000)
+        built.clear()
+        m = UnwindMaps(maps)
+        u = NativeUnwinder(m, source)  # type: ignore[arg-type]
+        u._queue.put([])
+        u.load_batch([big, small])
+        assert "bash" not in built and built.count("libc.so.6") == 1 and list(u._later) == [big], built
+        assert tables(m, big, "/bash") == [0xFFFF_FFFF]  # walked with frame pointers meanwhile, not asking
+        assert tables(m, big, "/bash", 4) == [0] and WANTS_TABLE in tables(m, big, "/ld-linux-x86-64.so.2", 4)
+        u.load_batch(u._queue.get_nowait())
+        assert "bash" in built and not u._later
+        assert all(t != 0xFFFF_FFFF for t in tables(m, big, "/bash"))
+
+        # one big build, not one process's all, between queued batches: bash's, then the queued batch, then libc's
+        for bm in maps.values():
+            os.close(bm.fd)
+        maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=400_000)
+        built.clear()
+        m = UnwindMaps(maps)
+        u = NativeUnwinder(m, source)  # type: ignore[arg-type]
+        u._queue.put([])
+        u.load_batch([big])
+        assert "bash" in built and "libc.so.6" not in built and list(u._later) == [big], built
+        assert all(t != 0xFFFF_FFFF for t in tables(m, big, "/bash")) and tables(m, big, "/libc.so.6") == [0xFFFF_FFFF]
+        u.load_batch(u._queue.get_nowait())
+        assert "libc.so.6" in built and not u._later and tables(m, big, "/libc.so.6") != [0xFFFF_FFFF]
+    finally:
+        _release(procs, maps)
+
+
+def test_a_copy_of_a_file_gets_the_table_of_the_first_with_its_build_id(tmp_path) -> None:
+    """A container image's own libc, or one image layer under each pod's overlay mount (each mount its own
+    device): the same bytes under another file identity. The first copy's table is built and loaded; a copy
+    with its build id and layout gets that table (one build, one set of rows in the kernel) at its own bias."""
+    import shutil
+    import subprocess
+    import time
+
+    from profiler.unwind.build import build_table
+    from profiler.unwind.loader import NativeUnwinder
+
+    copies = [tmp_path / "sleep-a", tmp_path / "sleep-b"]
+    for c in copies:
+        shutil.copy("/usr/bin/sleep", c)
+    assert copies[0].stat().st_ino != copies[1].stat().st_ino
+    built: list[str] = []
+
+    def source(path: str | bytes) -> object:
+        built.append("[vdso]" if isinstance(path, bytes) else os.path.basename(os.readlink(path)))
+        return build_table(path)
+
+    procs = [subprocess.Popen([str(c), "60"]) for c in copies]
+    maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=400_000)
+    try:
+        for p in procs:
+            for _ in range(500):
+                with open(f"/proc/{p.pid}/maps") as f:
+                    if "/libc.so" in f.read():
+                        break
+                time.sleep(0.01)
+        m = UnwindMaps(maps)
+        u = NativeUnwinder(m, source)  # type: ignore[arg-type]
+        u.load_now([procs[0].pid])
+        loaded = len(m.binaries)
+        u.load_now([procs[1].pid])
+        assert built.count("sleep-a") == 1 and "sleep-b" not in built, built
+        assert len(m.binaries) == loaded and u.stats["twins"] == 1  # no second set of rows
+
+        def program(pid: int, name: str) -> tuple[int, int]:
+            with open(f"/proc/{pid}/maps") as f:
+                line = next(ln for ln in f if " r-xp " in ln and ln.rstrip().endswith(name))
+            mp = next(mp for mp in _process_mappings(maps, m, pid) if mp[0] == int(line.split("-")[0], 16))
+            assert mp[2] == _file_bias(pid, line), line  # each at its own base
+            return mp[3], mp[4]
+
+        first, second = program(procs[0].pid, "/sleep-a"), program(procs[1].pid, "/sleep-b")
+        assert first == second and first[0] != 0xFFFF_FFFF, (first, second)  # the same table slot
+    finally:
+        _release(procs, maps)

@@ -27,7 +27,8 @@ from tests.test_unwind_bpf import user_part
 pytestmark = pytest.mark.bpf
 
 PODFLAME = Path(sys.executable).parent / "podflame"
-SECONDS = 2.0  # the first samples' share is what is measured: a short capture, as a look at a pod often is
+SECONDS = 4.0  # the first samples' share is what is measured: a short capture, as a look at a pod often is
+LEAST = 30  # for the share to mean something; the spinning thread gets ~2/load of a core: 53 expected at load 30
 FREQUENCY = 199
 CHAIN = ("<module>", "spin_threads", "middle", "leaf")
 
@@ -67,7 +68,7 @@ def test_a_shell_started_python_recorded_by_cgroup_reaches_start_from_its_first_
         stack, _, count = line.rpartition(" ")
         stacks[user_part(tuple(stack.split(";")))] += int(count)
     total = sum(stacks.values())
-    assert total >= SECONDS * FREQUENCY * 0.25, f"only {total} samples"
+    assert total >= LEAST, f"only {total} samples"  # was a quarter of 2 s at 199 Hz: 40 came at load 20
     # the interpreter's entry, not the shell's (which waits: it is not sampled)
     entry = sum(n for s, n in stacks.items() if s[:1] == ("_start",) and "Py_BytesMain" in s)
     worst = "\n".join(f"{n} {';'.join(s)}" for s, n in stacks.most_common() if s[:1] != ("_start",))[:2000]

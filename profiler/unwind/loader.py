@@ -50,7 +50,7 @@ from profiler.unwind.table import UnwindTable
 
 if TYPE_CHECKING:
     from profiler.unwind.builder import TableSource
-from symbolizer.elf import ET_EXEC, LoadSegment
+from symbolizer.elf import ET_EXEC, LoadSegment, _build_id
 from symbolizer.elffile import ElfFile, ElfFormatError
 from symbolizer.normalize import PAGE, elf_address, file_offset
 
@@ -67,6 +67,11 @@ MAX_BUDGET_SHARE = 0.5  # no single binary takes more than this share of the row
 BUILD_CPU_SHARE = 0.005
 BUILD_BURST_S = 5.0
 SMALL_TABLE_ROWS = 50_000  # estimated: a build of ~50 ms or less (a program, libc), never deferred
+# A batch's builds above this (estimated: 16 KiB of CFI, a few ms) are postponed until it is done, then made one
+# process at a time, the cheapest first, alternating with the batches queued meanwhile: a walk's ask for a small
+# library's table (a 21-row libpodlib) used to wait ~1 s behind other processes' python3 (0.25-0.35 s at load 10),
+# libcrypto (0.49 s), libstdc++ builds queued before it, and a pod's first seconds were walked without it
+QUICK_ROWS = 4096
 _PF_X = 1
 _WANTED_SLOT = STAT_SLOTS.index("wanted")
 
@@ -93,7 +98,9 @@ class _Binary:
     cfi_bytes: int = 0
     no_room: bool = False  # the last ask found no room in the row budget
     deferred: bool = False  # asked for while the build budget was spent: built on a later load
+    postponed: bool = False  # a big build put after its batch's cheaper work (QUICK_ROWS): made at the batch's end
     name: str = ""  # the path a maps line gives it, for the log
+    build_id: str | None = None
 
 
 class NativeUnwinder:
@@ -108,11 +115,20 @@ class NativeUnwinder:
         self._wanted: dict[int, set[int]] = {}  # tgid -> starts of mappings a walk asked tables for
         self._waiting: set[int] = set()  # tgids mapping a deferred binary
         self._retry: set[int] = set()  # tgids to load again whatever their maps say
+        self._later: dict[int, int] = {}  # tgid -> estimated rows of the postponed builds it maps (QUICK_ROWS)
+        self._later_asks: dict[int, set[int]] = {}  # tgid -> starts of mappings whose asks wait for those builds
+        self._quick = False  # in a batch: builds above QUICK_ROWS are postponed
+        self._built_big = False  # at a batch's end, one build above QUICK_ROWS was made: the next waits for the queue
         self._tokens, self._tokens_at = BUILD_BURST_S, time.monotonic()
         # (device, inode, path) of a maps line -> the file's identity, checked with stat once: a Python
         # process maps ~50 files, and a stat of each for every new process was most of loading it
         self._identities: dict[tuple[str, int, str], tuple[int, int, int, int]] = {}
         self._files: dict[object, _Binary] = {}  # by file identity, or ("vdso", hash of its image)
+        # a copy of a file read before, by the same build id and layout (a container image's own libc, the same image
+        # layer under each pod's overlay mount: another device, so another identity): file identity -> the first's,
+        # whose table (built, loaded, in the kernel once) it gets; build id -> the identity first read with it
+        self._twins: dict[tuple[int, int, int, int], tuple[int, int, int, int]] = {}
+        self._by_build_id: dict[str, tuple[int, int, int, int]] = {}
         # (size, first 64 bytes) of a vDSO mapping -> its key in _files and the ELF address of its start
         self._vdso_placed: dict[tuple[int, bytes], tuple[object, int]] = {}
         self._max_files = max_files
@@ -139,10 +155,12 @@ class NativeUnwinder:
         self.stats = {"processes_loaded": 0, "processes_failed": 0, "tables_built": 0, "tables_failed": 0,
                       "tables_built_in_agent": 0,  # small: no build child started for them
                       "tables_too_big": 0, "tables_no_room": 0, "tables_deferred": 0, "rereads": 0, "exits": 0,
+                      "tables_postponed": 0,  # big builds put after a batch's cheaper work (QUICK_ROWS)
                       "cpu_ms": 0,  # the loader's own CPU (the watcher's too, for processes it loads: announce)
                       "build_child_cpu_ms": 0,  # the builder child's, for the tables it built
                       "layout_hits": 0,  # processes placed from the layout of an earlier one (_Layout)
-                      "asks_filled": 0}  # asks for tables served in the asking mapping alone (_fill)
+                      "asks_filled": 0,  # asks for tables served in the asking mapping alone (_fill)
+                      "twins": 0}  # files given the table of an earlier file with their build id (_twins)
 
     # -- API -------------------------------------------------------------------------------------
 
@@ -243,7 +261,10 @@ class NativeUnwinder:
 
     def _run(self) -> None:
         while True:
-            batch = self._queue.get()
+            try:
+                batch = self._queue.get(block=not self._later)
+            except queue.Empty:
+                batch = []  # builds postponed while batches were queued: load_batch makes them now
             if batch is None:
                 return
             started = time.thread_time()
@@ -262,17 +283,41 @@ class NativeUnwinder:
         if not tgids or any(tgid in self._seen for tgid in tgids):
             self._take_wanted()
         announced = set(tgids)
-        for tgid in dict.fromkeys([*tgids, *self._wanted]):
-            try:
-                with self._lock:
-                    self._load_process(tgid, take_wanted=False, new=news.get(tgid), reread=tgid in announced)
-            except Exception:  # one odd process must not stop the loader
-                log.exception("loading unwind tables for pid %d failed", tgid)
+        self._quick = True
+        try:
+            for tgid in dict.fromkeys([*tgids, *self._wanted]):
+                try:
+                    with self._lock:
+                        self._load_process(tgid, take_wanted=False, new=news.get(tgid), reread=tgid in announced)
+                except Exception:  # one odd process must not stop the loader
+                    log.exception("loading unwind tables for pid %d failed", tgid)
+        finally:
+            self._quick = False
         with self._queued_lock:
             for tgid in tgids:
                 left = self._queued.pop(tgid, 0) - 1
                 if left > 0:
                     self._queued[tgid] = left
+        # then the builds it postponed (QUICK_ROWS), one process at a time, the cheapest first; batches queued
+        # meanwhile come before the rest, one postponed build after each (none waits for ever)
+        self._built_big = False
+        while self._later:
+            tgid = min(self._later, key=self._later.__getitem__)
+            del self._later[tgid]
+            asks = self._later_asks.pop(tgid, None)
+            if asks:  # asks left waiting: filled in their mappings (_fill)
+                self._wanted.setdefault(tgid, set()).update(asks)
+            else:
+                self._retry.add(tgid)  # placed afresh: its postponed binaries are built (_mapping), not asked for
+            try:
+                with self._lock:
+                    self._load_process(tgid, take_wanted=False, reread=not asks)
+            except Exception:
+                log.exception("loading unwind tables for pid %d failed", tgid)
+            self._retry.discard(tgid)  # exited before it was read
+            if not self._queue.empty():
+                break
+        self._built_big = False
 
     def _take_stale(self) -> list[int]:
         return [tgid for keys in _empty(self.maps.stale_map) for tgid in keys.cast("I")]
@@ -427,14 +472,23 @@ class NativeUnwinder:
             if v is None or v[0] != start or v[1] != p.wants[start][1]:
                 return False
             vmas.append(v)
+        filled = 0
         for v in vmas:
             e = exec_entry(v)
             if e is None or e.deleted:
                 return False
             loaded = self._mapping(tgid, e, True, qkey=v[2])
-            if loaded is None or not self.maps.fill(tgid, loaded):
+            if loaded is None:
                 return False
-        self.stats["asks_filled"] += len(vmas)
+            placed = self._placed.get(v[2])
+            if loaded[3] is None and placed is not None and (b := self._files.get(placed[0])) is not None \
+                    and b.postponed:  # left waiting: filled here at the batch's end, once built
+                self._later_asks.setdefault(tgid, set()).add(e.start)
+                continue
+            if not self.maps.fill(tgid, loaded):
+                return False
+            filled += 1
+        self.stats["asks_filled"] += filled
         return True
 
     def _apply(self, tgid: int, mappings: list[tuple[int, int, int, object | None, int]]) -> None:
@@ -471,7 +525,7 @@ class NativeUnwinder:
                         if note is not None:
                             note.add(at, key, 0, identity)
                         continue
-                    if binary.count < 0 and not (binary.deferred or binary.no_room):  # on demand: a walk asks
+                    if binary.count < 0 and not (binary.deferred or binary.no_room or binary.postponed):  # on demand
                         if exe is None:
                             exe = self._exe(tgid)
                         small = binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR <= SMALL_TABLE_ROWS
@@ -520,7 +574,7 @@ class NativeUnwinder:
                 return None  # loaded since: the slow path takes it
             elif flags:
                 binary = files.get(identity)
-                if binary is None or binary.count >= 0 or binary.deferred or binary.no_room:
+                if binary is None or binary.count >= 0 or binary.deferred or binary.no_room or binary.postponed:
                     return None
         if layout.exe is not None and self._exe(tgid, new) != layout.exe:
             return None
@@ -616,17 +670,29 @@ class NativeUnwinder:
                 if len(self._identities) >= self._max_files:
                     self._identities.clear()
                 self._identities[line] = known
-            identity = known
+            identity = self._twins.get(known, known)
             binary = self._files.get(identity)
             if binary is None:
                 binary = self._read_elf(path)
                 binary.name = e.clean_path
-                if len(self._files) >= self._max_files:
-                    self._files.clear()
-                    self._placed.clear()
-                    self._layouts.clear()
-                    self._vdso_placed.clear()
-                self._files[identity] = binary
+                twin = self._by_build_id.get(binary.build_id) if binary.build_id else None
+                other = self._files.get(twin) if twin is not None else None
+                if twin is not None and other is not None and (other.elf_type, other.segments, other.cfi_bytes) \
+                        == (binary.elf_type, binary.segments, binary.cfi_bytes):
+                    self._twins[known] = identity = twin
+                    binary = other
+                    self.stats["twins"] += 1
+                else:
+                    if len(self._files) >= self._max_files:
+                        self._files.clear()
+                        self._twins.clear()
+                        self._by_build_id.clear()
+                        self._placed.clear()
+                        self._layouts.clear()
+                        self._vdso_placed.clear()
+                    self._files[identity] = binary
+                    if binary.build_id:
+                        self._by_build_id[binary.build_id] = identity
             mapping = Mapping(e.start, e.end, e.offset, e.clean_path, None)
             found = _exec_vaddr(e.start, mapping, binary.elf_type, binary.segments)
             if found is None:
@@ -639,16 +705,20 @@ class NativeUnwinder:
         key = None
         if eager and binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR <= SMALL_TABLE_ROWS:
             want = True
-        if identity in self.maps.binaries or want or binary.deferred:
+        if identity in self.maps.binaries or want or binary.deferred or binary.postponed:
             key = self._load_rows(identity, binary, path)
         if binary.deferred:
             self._waiting.add(tgid)
+        if binary.postponed:
+            self._later[tgid] = self._later.get(tgid, 0) + binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR
         if binary.no_room and binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR <= self.maps.room():
             binary.no_room = False  # room again (processes exited): let walks ask for it
         # CFI, not built yet: walks ask for the table (not while it could not fit: each ask costs a reload)
-        flags = WANTS_TABLE if key is None and binary.count < 0 and not (binary.no_room or binary.deferred) else 0
+        flags = WANTS_TABLE if key is None and binary.count < 0 and not (binary.no_room or binary.deferred
+                                                                           or binary.postponed) else 0
         if note is not None:
-            if e.deleted or binary.deferred or binary.no_room or (key is None and not flags and binary.count != 0):
+            if e.deleted or binary.deferred or binary.no_room or binary.postponed \
+                    or (key is None and not flags and binary.count != 0):
                 note.ok = False  # not kept by file (deleted), or waiting for a build: placed afresh each time
             else:
                 small = binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR <= SMALL_TABLE_ROWS
@@ -695,6 +765,7 @@ class NativeUnwinder:
                 elf_type = elf.e_type
                 cfi_bytes = sum(sec.size for name in (".eh_frame", ".debug_frame")
                                 if (sec := elf.section(name)) is not None)
+                build_id = _build_id(elf) if isinstance(path, str) else None
         except (OSError, ElfFormatError, ValueError) as e:
             log.debug("no unwind table for %s: %s", "the vDSO" if isinstance(path, bytes) else path, e)
             self.stats["tables_failed"] += 1
@@ -708,8 +779,8 @@ class NativeUnwinder:
                      self.maps.row_budget)
             self.stats["tables_too_big"] += 1
             self.maps.reject(("estimate", path if isinstance(path, str) else "vdso"), estimate)
-            return _Binary(elf_type, segments, 0)
-        return _Binary(elf_type, segments, -1 if cfi_bytes else 0, cfi_bytes=cfi_bytes)
+            return _Binary(elf_type, segments, 0, build_id=build_id)
+        return _Binary(elf_type, segments, -1 if cfi_bytes else 0, cfi_bytes=cfi_bytes, build_id=build_id)
 
     def _build(self, binary: _Binary, source: str | bytes) -> None:
         if binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR > self.maps.room():
@@ -722,6 +793,13 @@ class NativeUnwinder:
             self.stats["tables_deferred"] += 1
             return
         binary.deferred = False
+        if binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR > QUICK_ROWS:
+            if self._quick or (self._built_big and not self._queue.empty()):
+                binary.postponed = True  # the batch's cheaper work first: load_batch builds it at its end
+                self.stats["tables_postponed"] += 1
+                return
+            self._built_big = True
+        binary.postponed = False
         started = time.thread_time()
         child_s = 0.0
         try:

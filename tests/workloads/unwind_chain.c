@@ -6,7 +6,9 @@
  * stack ends in clone3), "signal" (the chain runs in a SIGALRM handler, through __restore_rt),
  * "syscall" (main -> in_syscalls -> getppid: samples taken in the kernel, user registers from
  * the task), "deep" (recurse 300 frames deep, past the 127-frame limit, then spin).
- * Usage: unwind_chain MODE SECONDS */
+ * Usage: unwind_chain MODE SECONDS [cpu]; with "cpu", SECONDS of the process's CPU time rather than of the clock
+ * (a loaded machine stretches the wall time, so the share of samples taken before the profiler's tables came stays
+ * what the profiler's work costs, not what the load makes of it; a clock_gettime syscall per run_chain). */
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -45,10 +47,11 @@ KEEP void run_chain(void) {
 }
 
 static double deadline;
+static clockid_t clock_id = CLOCK_MONOTONIC;
 
 static double now(void) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock_id, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
@@ -87,6 +90,8 @@ KEEP unsigned long recurse(int depth) {
 
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "chain";
+    if (argc > 3 && strcmp(argv[3], "cpu") == 0)
+        clock_id = CLOCK_PROCESS_CPUTIME_ID;
     deadline = now() + (argc > 2 ? atof(argv[2]) : 5.0);
     if (strcmp(mode, "thread") == 0) {
         pthread_t t;
