@@ -92,6 +92,7 @@ from tests.test_unwind_bpf import (  # noqa: E402
     through_eval,
     user_part,
 )
+from tests.test_unwind_wide_bpf import mini_debuginfo  # noqa: E402
 
 Stacks = Counter[tuple[str, ...]]
 PODFLAME = Path(sys.executable).parent / "podflame"
@@ -448,23 +449,6 @@ def wide_workloads(tmp: Path) -> Workloads:
 
 
 PYSPY: set[str] = set()  # workloads whose main thread py-spy dumps, as the oracle of the Python chain
-
-
-def mini_debuginfo(exe: Path, tmp: Path) -> None:
-    """Strip exe to an xz-compressed .gnu_debugdata of its function symbols (Fedora's MiniDebugInfo)."""
-    def symbols(*opts: str) -> set[str]:
-        out = subprocess.run(["nm", *opts, "--format=posix", "--defined-only", str(exe)], capture_output=True,
-                             text=True, check=True).stdout
-        return {f[0] for f in (line.split() for line in out.splitlines()) if len(f) > 1 and f[1] in "Tt"}
-
-    keep, debug, mini = tmp / "keep_symbols", tmp / f"{exe.name}.debug", tmp / f"{exe.name}.mini"
-    keep.write_text("\n".join(sorted(symbols() - symbols("-D"))) + "\n")
-    subprocess.run(["objcopy", "--only-keep-debug", str(exe), str(debug)], check=True)
-    subprocess.run(["objcopy", "-S", "--remove-section", ".comment", f"--keep-symbols={keep}", str(debug), str(mini)],
-                   check=True)
-    subprocess.run(["strip", "--strip-all", "-R", ".comment", str(exe)], check=True)
-    subprocess.run(["xz", "-f", str(mini)], check=True)
-    subprocess.run(["objcopy", "--add-section", f".gnu_debugdata={mini}.xz", str(exe)], check=True)
 
 
 def run_matrix(args: argparse.Namespace) -> None:

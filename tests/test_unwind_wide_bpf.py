@@ -152,25 +152,30 @@ def test_debug_frame_only(tmp: Path) -> None:
     check([str(exe), "chain"], lambda s: reaches_entry(s) and exact_chain(s), "C chain, .debug_frame only")
 
 
-def test_stripped_to_mini_debuginfo(tmp: Path) -> None:
-    """Stripped, with its function symbols in an xz-compressed .gnu_debugdata (Fedora/RHEL's MiniDebugInfo)."""
-    exe = build(tmp, "chain_minidebuginfo", "gcc", ["-O2"], "unwind_chain.c")
+def nm_functions(exe: Path, *opts: str) -> set[str]:
+    """The function symbols nm lists in exe (`-D`: the dynamic ones)."""
+    out = subprocess.run(["nm", *opts, "--format=posix", "--defined-only", str(exe)], capture_output=True,
+                         text=True, check=True).stdout
+    return {f[0] for f in (line.split() for line in out.splitlines()) if len(f) > 1 and f[1] in "Tt"}
 
-    def symbols(*opts: str) -> set[str]:
-        out = subprocess.run(["nm", *opts, "--format=posix", "--defined-only", str(exe)], capture_output=True,
-                             text=True, check=True).stdout
-        return {f[0] for f in (line.split() for line in out.splitlines()) if len(f) > 1 and f[1] in "Tt"}
 
-    keep = tmp / "keep_symbols"
-    keep.write_text("\n".join(sorted(symbols() - symbols("-D"))) + "\n")
-    debug, mini = tmp / "chain.debug", tmp / "mini_debuginfo"
+def mini_debuginfo(exe: Path, tmp: Path) -> None:
+    """Strip exe to an xz-compressed .gnu_debugdata of its function symbols (Fedora/RHEL's MiniDebugInfo)."""
+    keep, debug, mini = tmp / "keep_symbols", tmp / f"{exe.name}.debug", tmp / f"{exe.name}.mini"
+    keep.write_text("\n".join(sorted(nm_functions(exe) - nm_functions(exe, "-D"))) + "\n")
     subprocess.run(["objcopy", "--only-keep-debug", str(exe), str(debug)], check=True)
     subprocess.run(["objcopy", "-S", "--remove-section", ".comment", f"--keep-symbols={keep}", str(debug), str(mini)],
                    check=True)
     subprocess.run(["strip", "--strip-all", "-R", ".comment", str(exe)], check=True)
     subprocess.run(["xz", "-f", str(mini)], check=True)
     subprocess.run(["objcopy", "--add-section", f".gnu_debugdata={mini}.xz", str(exe)], check=True)
-    assert not symbols(), "strip left a symbol table"
+
+
+def test_stripped_to_mini_debuginfo(tmp: Path) -> None:
+    """Stripped, with its function symbols in an xz-compressed .gnu_debugdata (Fedora/RHEL's MiniDebugInfo)."""
+    exe = build(tmp, "chain_minidebuginfo", "gcc", ["-O2"], "unwind_chain.c")
+    mini_debuginfo(exe, tmp)
+    assert not nm_functions(exe), "strip left a symbol table"
     check([str(exe), "chain"], lambda s: reaches_entry(s) and exact_chain(s), "C chain, .gnu_debugdata only")
 
 
