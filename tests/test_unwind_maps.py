@@ -505,6 +505,16 @@ def test_a_small_table_is_not_built_behind_another_processs_big_one() -> None:
                 starts = {int(ln.split("-")[0], 16) for ln in f if " r-xp " in ln and ln.rstrip().endswith(name)}
             return [mp[field] for mp in _process_mappings(maps, m, pid) if mp[0] in starts]
 
+        def afresh() -> tuple[UnwindMaps, NativeUnwinder]:
+            """Empty maps and a new loader: each part of the test starts with nothing built."""
+            nonlocal maps
+            for bm in maps.values():
+                os.close(bm.fd)
+            maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=400_000)
+            built.clear()
+            fresh = UnwindMaps(maps)
+            return fresh, NativeUnwinder(fresh, source)  # type: ignore[arg-type]
+
         m = UnwindMaps(maps)
         u = NativeUnwinder(m, source)  # type: ignore[arg-type]
         u.load_batch([big, small])
@@ -516,12 +526,7 @@ def test_a_small_table_is_not_built_behind_another_processs_big_one() -> None:
         assert QUICK_ROWS < 26_000
 
         # a batch queued meanwhile: one postponed process (the cheapest: sleep's libc), then the queued batch
-        for bm in maps.values():
-            os.close(bm.fd)
-        maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=400_000)
-        built.clear()
-        m = UnwindMaps(maps)
-        u = NativeUnwinder(m, source)  # type: ignore[arg-type]
+        m, u = afresh()
         u._queue.put([])
         u.load_batch([big, small])
         assert "bash" not in built and built.count("libc.so.6") == 1 and list(u._later) == [big], built
@@ -532,12 +537,7 @@ def test_a_small_table_is_not_built_behind_another_processs_big_one() -> None:
         assert all(t != 0xFFFF_FFFF for t in tables(m, big, "/bash"))
 
         # one big build, not one process's all, between queued batches: bash's, then the queued batch, then libc's
-        for bm in maps.values():
-            os.close(bm.fd)
-        maps = _unwind_maps(procs=64, mappings=1024, tables=64, rows=400_000)
-        built.clear()
-        m = UnwindMaps(maps)
-        u = NativeUnwinder(m, source)  # type: ignore[arg-type]
+        m, u = afresh()
         u._queue.put([])
         u.load_batch([big])
         assert "bash" in built and "libc.so.6" not in built and list(u._later) == [big], built
