@@ -80,7 +80,8 @@
 #define US_EXE 12                 // samples of a process without a mapping array walked with its executable's table
 #define US_EXE_OUTSIDE 13         // frames outside the executable in such a walk (libraries: stepped with rbp)
 #define US_GUESS_OUTSIDE 14       // walks ended where a step guessed in code without CFI left every mapping
-#define US_SLOTS 15
+#define US_REMAPPED 15            // new mappings placed over a known one (on_new_area: a library replaced)
+#define US_SLOTS 16
 
 struct unwind_row {
     u32 pc;
@@ -196,7 +197,7 @@ static __always_inline void ustat(u32 slot) {
 // in one array map and are read with lookups, not indexed in a map value: a map value indexed by the
 // search's bounds makes the verifier track them exactly and explore every path (652k instructions
 // for one frame), while an array lookup's key stays imprecise and the loop's states prune.
-static __always_inline struct unwind_mapping *find_mapping(struct unwind_proc *proc, u64 ip) {
+static __always_inline struct unwind_mapping *mapping_below(struct unwind_proc *proc, u64 ip) {
     u32 first = proc->first, lo = 0, hi = proc->count;
     for (int i = 0; i < UNWIND_MAPPING_STEPS; i++) {
         if (lo >= hi)
@@ -214,7 +215,11 @@ static __always_inline struct unwind_mapping *find_mapping(struct unwind_proc *p
     if (lo == 0)
         return 0;
     u32 index = first + lo - 1;
-    struct unwind_mapping *m = unwind_mappings.lookup(&index);
+    return unwind_mappings.lookup(&index);  // the last one starting at or below ip
+}
+
+static __always_inline struct unwind_mapping *find_mapping(struct unwind_proc *proc, u64 ip) {
+    struct unwind_mapping *m = mapping_below(proc, ip);
     return m && ip < m->end ? m : 0;
 }
 
@@ -655,4 +660,32 @@ static __always_inline void native_unwind_deeper(struct bpf_perf_event_data *ctx
         return;
     unwind_progs.call(ctx, 0);
     ustat(US_TAIL_FAIL);
+}
+
+// The kernel chose an address for a new mapping (mmap without MAP_FIXED: mmap:vm_unmapped_area) of a
+// process whose mapping array is loaded. Placed over a mapping of that array (a library dlclosed and
+// another dlopened at its address), the array is wrong for that range and no walk can tell: every
+// address in it is known. The process is marked stale as a walk marks it, announced without waking the
+// watcher: it reads the mark at its next wake-up or poll timeout, after the loader's mmaps are done.
+int on_new_area(struct bpf_raw_tracepoint_args *ctx) {
+    u64 addr = ctx->args[0], length = 0;
+    if (addr >= (u64)-4095)       // an error
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct unwind_proc *proc = unwind_procs.lookup(&tgid);
+    if (!proc || !proc->count)
+        return 0;
+    // struct vm_unmapped_area_info starts with `unsigned long flags, length` (include/linux/mm.h)
+    if (bpf_probe_read_kernel(&length, sizeof(length), (void *)(ctx->args[1] + 8)) || length == 0)
+        length = 1;
+    struct unwind_mapping *m = mapping_below(proc, addr + length - 1);
+    if (!m || m->end <= addr)
+        return 0;
+    u8 one = 1;
+    ustat(US_REMAPPED);
+    if (unwind_stale.insert(&tgid, &one) == 0) {
+        struct new_process_event ev = {.tgid = tgid, .kind = NEW_STALE};
+        new_tgids.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP);
+    }
+    return 0;
 }

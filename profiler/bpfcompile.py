@@ -31,6 +31,7 @@ from profiler.bpfprog import (
     MapSpec,
     ProgramImage,
     TailProgram,
+    TracepointProgram,
     map_info,
 )
 
@@ -44,6 +45,7 @@ class CompileError(SystemUnsupported):
 
 def compile_in_child(source: Path, fn_name: str, cflags: list[str], inner_maps: dict[str, str],
                      *, tail_calls: tuple[tuple[str, int, str], ...] = (),
+                     tracepoints: tuple[tuple[str, str], ...] = (),
                      timeout: float = COMPILE_TIMEOUT_S) -> tuple[ProgramImage, float]:
     """(image, wall seconds) of compiling `source` in a child interpreter.
 
@@ -52,7 +54,8 @@ def compile_in_child(source: Path, fn_name: str, cflags: list[str], inner_maps: 
     """
     cmd = [sys.executable, "-m", "profiler.bpfcompile", "--source", str(source), "--fn", fn_name,
            *(f"--inner={name}={template}" for name, template in inner_maps.items()),
-           *(f"--tail={array}:{slot}:{fn}" for array, slot, fn in tail_calls), "--", *cflags]
+           *(f"--tail={array}:{slot}:{fn}" for array, slot, fn in tail_calls),
+           *(f"--tracepoint={fn}:{tp}" for fn, tp in tracepoints), "--", *cflags]
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     started = time.perf_counter()
@@ -78,25 +81,28 @@ def compile_in_child(source: Path, fn_name: str, cflags: list[str], inner_maps: 
 
 
 def _compile(source: Path, fn_name: str, cflags: list[str], inner_maps: dict[str, str],
-             tail_calls: tuple[tuple[str, int, str], ...]) -> ProgramImage:
+             tail_calls: tuple[tuple[str, int, str], ...],
+             tracepoints: tuple[tuple[str, str], ...] = ()) -> ProgramImage:
     import bcc
 
     from bpf import expanded_source
 
     module = bcc.BPF(text=expanded_source(source), cflags=cflags)
     try:
-        return image_from_bcc(module, fn_name, inner_maps, tail_calls)
+        return image_from_bcc(module, fn_name, inner_maps, tail_calls, tracepoints)
     finally:
         module.cleanup()
 
 
 def image_from_bcc(bpf_module: object, fn_name: str, inner_maps: dict[str, str],
-                   tail_calls: tuple[tuple[str, int, str], ...] = ()) -> ProgramImage:
+                   tail_calls: tuple[tuple[str, int, str], ...] = (),
+                   tracepoints: tuple[tuple[str, str], ...] = ()) -> ProgramImage:
     """Read a program and its maps out of a compiled `bcc.BPF` (which the caller then cleans up).
 
     `inner_maps` names each ARRAY_OF_MAPS' template map, as the C source declares it: the kernel
     does not report it. `tail_calls` lists (program array, slot, function) for the programs the
-    entry program reaches by bpf_tail_call.
+    entry program reaches by bpf_tail_call; `tracepoints` (function, raw tracepoint) the programs
+    attached to tracepoints beside it.
     """
     from bcc.libbcc import lib
 
@@ -120,10 +126,12 @@ def image_from_bcc(bpf_module: object, fn_name: str, inner_maps: dict[str, str],
 
     insns, relocations = code(fn_name)
     tails = tuple(TailProgram(fn, *code(fn), array, index) for array, index, fn in tail_calls)
+    raw = tuple(TracepointProgram(fn, *code(fn), tp) for fn, tp in tracepoints)
     image = ProgramImage(name=fn_name, prog_type=PROG_TYPE_PERF_EVENT,
                          license=lib.bpf_module_license(module).decode(),
                          kern_version=lib.bpf_module_kern_version(module), insns=insns,
-                         relocations=relocations, maps=tuple(maps), tail_programs=tails)
+                         relocations=relocations, maps=tuple(maps), tail_programs=tails,
+                         tracepoint_programs=raw)
     image.check()
     return image
 
@@ -156,12 +164,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="an ARRAY_OF_MAPS and the map its C declaration names as its template")
     ap.add_argument("--tail", action="append", default=[], metavar="ARRAY:SLOT:FN",
                     help="a program reached by tail calls, and the program array slot that holds it")
+    ap.add_argument("--tracepoint", action="append", default=[], metavar="FN:TRACEPOINT",
+                    help="a program attached to a raw tracepoint beside the entry program")
     ap.add_argument("cflags", nargs="*")
     args = ap.parse_args(argv)
     inner = dict(item.split("=", 1) for item in args.inner)
     tails = tuple((array, int(slot), fn) for array, slot, fn in (item.split(":", 2) for item in args.tail))
     try:
-        image = _compile(args.source, args.fn, args.cflags, inner, tails)
+        raw = tuple((fn, tp) for fn, tp in (item.split(":", 1) for item in args.tracepoint))
+        image = _compile(args.source, args.fn, args.cflags, inner, tails, raw)
     except ImportError as e:
         print(f"BCC is not importable ({e}): install Debian's python3-bpfcc and run scripts/setup.sh, "
               "which exposes it to the venv", file=sys.stderr)

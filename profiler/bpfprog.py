@@ -32,7 +32,7 @@ from pathlib import Path
 
 log = logging.getLogger("podflame.bpfprog")
 
-FORMAT = 2  # of the cached image; part of its key (2: programs reached by tail calls)
+FORMAT = 3  # of the cached image; part of its key (2: programs reached by tail calls; 3: raw tracepoint programs)
 DEFAULT_CACHE_DIR = Path("/var/cache/podflame/bpf")
 MAX_IMAGE_BYTES = 4 << 20
 MAX_INSNS = 1_000_000
@@ -40,12 +40,12 @@ MAX_CACHED_IMAGES = 16
 
 # bpf() commands, map and program types (include/uapi/linux/bpf.h)
 _MAP_CREATE, _MAP_LOOKUP_ELEM, _MAP_UPDATE_ELEM, _MAP_DELETE_ELEM, _PROG_LOAD = 0, 1, 2, 3, 5
-_OBJ_GET_INFO_BY_FD, _MAP_LOOKUP_AND_DELETE_BATCH, _MAP_UPDATE_BATCH = 15, 25, 26
+_OBJ_GET_INFO_BY_FD, _RAW_TRACEPOINT_OPEN, _MAP_LOOKUP_AND_DELETE_BATCH, _MAP_UPDATE_BATCH = 15, 17, 25, 26
 MAP_HASH, MAP_ARRAY, MAP_PROG_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_ARRAY_OF_MAPS, MAP_RINGBUF = \
     1, 2, 3, 6, 9, 12, 27
 _KNOWN_MAP_TYPES = {MAP_HASH, MAP_ARRAY, MAP_PROG_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_ARRAY_OF_MAPS,
                     MAP_RINGBUF}
-PROG_TYPE_PERF_EVENT = 7
+PROG_TYPE_PERF_EVENT, PROG_TYPE_RAW_TRACEPOINT = 7, 17
 LD_IMM64, PSEUDO_MAP_FD = 0x18, 1  # a 16-byte load of a 64-bit constant; its src: a map fd
 # perf_event_open (include/uapi/linux/perf_event.h)
 PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK = 1, 0
@@ -75,6 +75,10 @@ class _ProgLoad(ct.Structure):
     _fields_ = [("prog_type", _u32), ("insn_cnt", _u32), ("insns", _u64), ("license", _u64), ("log_level", _u32),
                 ("log_size", _u32), ("log_buf", _u64), ("kern_version", _u32), ("prog_flags", _u32),
                 ("prog_name", ct.c_char * 16)]
+
+
+class _RawTracepointOpen(ct.Structure):
+    _fields_ = [("name", _u64), ("prog_fd", _u32)]
 
 
 class _ObjInfo(ct.Structure):
@@ -142,6 +146,17 @@ class TailProgram:
 
 
 @dataclass(frozen=True, slots=True)
+class TracepointProgram:
+    """A raw tracepoint program sharing the entry program's maps and license (by name: attach by the
+    tracepoint's name needs no tracefs mounted)."""
+
+    name: str
+    insns: bytes
+    relocations: tuple[tuple[int, str], ...]
+    tracepoint: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProgramImage:
     """A compiled program: instructions with the map fds as placeholders, and the maps to create.
 
@@ -155,6 +170,7 @@ class ProgramImage:
     relocations: tuple[tuple[int, str], ...]  # (instruction index of an ld_imm64, map name)
     maps: tuple[MapSpec, ...]
     tail_programs: tuple[TailProgram, ...] = ()
+    tracepoint_programs: tuple[TracepointProgram, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "name": self.name, "prog_type": self.prog_type, "license": self.license,
@@ -163,7 +179,9 @@ class ProgramImage:
                            "maps": [[m.name, m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.inner]
                                     for m in self.maps],
                            "tail_programs": [[t.name, t.insns.hex(), [list(r) for r in t.relocations], t.prog_array,
-                                              t.index] for t in self.tail_programs]})
+                                              t.index] for t in self.tail_programs],
+                           "tracepoint_programs": [[t.name, t.insns.hex(), [list(r) for r in t.relocations],
+                                                    t.tracepoint] for t in self.tracepoint_programs]})
 
     @classmethod
     def from_json(cls, text: str) -> ProgramImage:
@@ -178,10 +196,13 @@ class ProgramImage:
             tails = tuple(TailProgram(str(n), bytes.fromhex(code), tuple((int(i), str(m)) for i, m in relocs),
                                       str(array), int(index))
                           for n, code, relocs, array, index in d.get("tail_programs", []))
+            tracepoints = tuple(TracepointProgram(str(n), bytes.fromhex(code),
+                                                  tuple((int(i), str(m)) for i, m in relocs), str(tp))
+                                for n, code, relocs, tp in d.get("tracepoint_programs", []))
             image = cls(name=str(d["name"]), prog_type=int(d["prog_type"]), license=str(d["license"]),
                         kern_version=int(d["kern_version"]), insns=insns,
                         relocations=tuple((int(i), str(n)) for i, n in d["relocations"]), maps=maps,
-                        tail_programs=tails)
+                        tail_programs=tails, tracepoint_programs=tracepoints)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"malformed BPF program image: {e}") from None
         image.check()
@@ -203,6 +224,10 @@ class ProgramImage:
             if t.prog_array not in arrays or not 0 <= t.index < arrays[t.prog_array].max_entries:
                 raise ValueError(f"tail program {t.name} goes to slot {t.index} of {t.prog_array!r}, "
                                  "not a program array slot")
+        for r in self.tracepoint_programs:
+            _check_code(r.insns, r.relocations, names)
+            if not r.tracepoint or len(r.tracepoint) > 64 or not r.tracepoint.replace("_", "").isalnum():
+                raise ValueError(f"tracepoint program {r.name} attaches to {r.tracepoint!r}, not a tracepoint name")
 
 
 def _check_code(insns: bytes, relocations: tuple[tuple[int, str], ...], names: set[str]) -> None:
@@ -380,7 +405,9 @@ class LoadedProgram:
         self.maps: dict[str, BpfMap] = {}
         self.prog_fd = -1
         self.tail_fds: dict[str, int] = {}
+        self.tracepoint_fds: dict[str, int] = {}
         self._perf_fds: list[int] = []
+        self._link_fds: list[int] = []
         self._rings: list[RingBuffer] = []
         try:
             for spec in sorted(image.maps, key=lambda m: m.inner is not None):  # templates first
@@ -390,6 +417,9 @@ class LoadedProgram:
                 fd = self.tail_fds[t.name] = self._load(t.name, self._relocated(t.insns, t.relocations))
                 self.maps[t.prog_array].update(ct.c_uint32(t.index), ct.c_uint32(fd))
             self.prog_fd = self._load(image.name, self._relocated(image.insns, image.relocations))
+            for r in image.tracepoint_programs:
+                self.tracepoint_fds[r.name] = self._load(r.name, self._relocated(r.insns, r.relocations),
+                                                         PROG_TYPE_RAW_TRACEPOINT)
         except BaseException:
             self.close()
             raise
@@ -400,10 +430,11 @@ class LoadedProgram:
             struct.pack_into("<i", insns, index * 8 + 4, self.maps[name].fd)
         return bytes(insns)
 
-    def _load(self, name: str, insns: bytes) -> int:
+    def _load(self, name: str, insns: bytes, prog_type: int | None = None) -> int:
         code = ct.create_string_buffer(insns, len(insns))
         license = ct.create_string_buffer(self.image.license.encode())
-        attr = _ProgLoad(prog_type=self.image.prog_type, insn_cnt=len(insns) // 8, insns=ct.addressof(code),
+        attr = _ProgLoad(prog_type=self.image.prog_type if prog_type is None else prog_type,
+                         insn_cnt=len(insns) // 8, insns=ct.addressof(code),
                          license=ct.addressof(license), kern_version=self.image.kern_version,
                          prog_name=name.encode()[:15])
         for _ in range(5):
@@ -437,6 +468,17 @@ class LoadedProgram:
                     e = ct.get_errno()
                     raise OSError(e, f"perf event ioctl {request:#x} on CPU {cpu}: {os.strerror(e)}")
 
+    def attach_tracepoints(self) -> None:
+        """Attach each raw tracepoint program to its tracepoint (until close)."""
+        for r in self.image.tracepoint_programs:
+            name = ct.create_string_buffer(r.tracepoint.encode())
+            try:
+                self._link_fds.append(bpf(_RAW_TRACEPOINT_OPEN, _RawTracepointOpen(
+                    name=ct.addressof(name), prog_fd=self.tracepoint_fds[r.name])))
+            except OSError as e:
+                raise OSError(e.errno, f"attaching {r.name} to raw tracepoint {r.tracepoint}: {e.strerror}") \
+                    from None
+
     def ring_buffer(self, name: str) -> RingBuffer:
         m = self.maps[name]
         ring = RingBuffer(m.fd, m.spec.max_entries)
@@ -448,15 +490,18 @@ class LoadedProgram:
             _libc.ioctl(fd, _PERF_EVENT_IOC_DISABLE, 0)
             os.close(fd)
         self._perf_fds = []
+        for fd in self._link_fds:
+            os.close(fd)
+        self._link_fds = []
         for ring in self._rings:
             ring.close()
         self._rings = []
         if self.prog_fd >= 0:
             os.close(self.prog_fd)
             self.prog_fd = -1
-        for fd in self.tail_fds.values():
+        for fd in [*self.tail_fds.values(), *self.tracepoint_fds.values()]:
             os.close(fd)
-        self.tail_fds = {}
+        self.tail_fds, self.tracepoint_fds = {}, {}
         for m in self.maps.values():
             os.close(m.fd)
         self.maps = {}

@@ -442,11 +442,24 @@ def _trim(p: _Process, keep: int) -> None:
 
 
 def _moved(item: int | NewProcess, p: _Process) -> bool:
-    """Whether an announcement's executable VMAs start where `p`'s maps have none (a new image, a library)."""
+    """Whether an announcement's executable VMAs start where `p`'s maps have none (a new image, a library),
+    or hold another file (or another part of one) where `p`'s do (a library dlclosed, another dlopened at
+    its address)."""
     if isinstance(item, int) or not item.vmas:
         return False
-    starts = p.starts
-    return any((i := bisect_right(starts, v[0]) - 1) < 0 or starts[i] != v[0] for v in item.vmas)
+    starts, ends, lines = p.starts, p.ends, p.lines
+    for start, end, key in item.vmas:
+        i = bisect_right(starts, start) - 1
+        if i < 0 or starts[i] != start:
+            return True
+        line = lines[i]
+        if ends[i] != end or line.offset != key[1] or (line.key is not None and line.key[1] != key[4]):
+            return True
+    return False
+
+
+def _placed(p: _Process) -> set[tuple[int, int, tuple[int, int, int] | None]]:
+    return {(start, line.offset, line.key) for start, line in zip(p.starts, p.lines, strict=True)}
 
 
 @dataclass(slots=True)
@@ -705,9 +718,10 @@ class MapsCache:
         p = _Process(starttime, self._exe_identity(pid), starts, ends, lines, [None] * len(starts),
                      read_gen=self._gen, used_gen=self._gen, version=version)
         if old is not None and version != old.version and starttime is not None and old.starttime == starttime \
-                and not set(old.starts) <= set(starts):
-            # the same process with mappings gone (an exec's new image, a dlclose): the samples of the drain under
-            # way may predate it, and keep their names from the maps they were taken under
+                and not _placed(old) <= _placed(p):
+            # the same process with mappings gone or holding another file (an exec's new image, a dlclose): the
+            # samples of the drain under way may predate it, and keep their names from the maps they were taken
+            # under where the new maps have none
             p.before, old.replaced_gen = old, self._gen
             _trim(old, IMAGES_KEPT - 1)
         elif old is not None:

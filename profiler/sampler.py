@@ -105,6 +105,8 @@ DEEP_MAP_SIZE = 8192  # overflow chunks per set: 2 x 8192 x 368 bytes of frames
 DEEP_CHUNK_BATCH = 1024
 assert STACK_HEAD + DEEP_CHUNK * DEEP_CHUNKS > MAX_STACK_DEPTH
 TAIL_CALLS = (("unwind_progs", 0, "unwind_step"),)  # bpf/native_unwind.bpf.h: the table walk, 8 frames a call
+# bpf/native_unwind.bpf.h: a new mapping placed over a known one marks its process stale (dlclose, then dlopen)
+TRACEPOINTS = (("on_new_area", "vm_unmapped_area"),)
 UNWIND_MODES = {"fp": 0, "auto": 1, "tables": 2}  # UNWIND_MODE in bpf/native_unwind.bpf.h
 # Off by default for the continuous agent until its cost is under target on a busy node (docs/benchmarks.md):
 # `podflame record` asks for "auto" itself (it loads its target's tables before sampling).
@@ -360,6 +362,10 @@ class Sampler:
             self._start_clock = _start_clock(maps.get("new_process_config"))
             if unwind != "fp":
                 self._start_unwinder(pid_set | {p for p in preload if p > 0})
+                try:
+                    self._prog.attach_tracepoints()
+                except OSError as e:  # a kernel without it: a library loaded over another is seen at the next drain
+                    log.warning("%s; unwinding goes on without it", e)
             self._window_start = time.time_ns()
             self._prog.attach_perf_event(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK, frequency, online_cpus())
             if python_frames:  # each process's first sample announces it: detection runs then
@@ -376,7 +382,8 @@ class Sampler:
     def _load(self, cflags: list[str], cache: ImageCache) -> LoadedProgram:
         """The program from the compiled-image cache, else compiled by BCC (and cached)."""
         source = expanded_source(BPF_SOURCE)
-        key = cache.key(source, cflags, "+".join([PROGRAM, *(fn for _, _, fn in TAIL_CALLS)]))
+        key = cache.key(source, cflags, "+".join([PROGRAM, *(fn for _, _, fn in TAIL_CALLS),
+                                                  *(f"{fn}@{tp}" for fn, tp in TRACEPOINTS)]))
         image = cache.get(key)
         if image is not None:
             try:
@@ -397,7 +404,7 @@ class Sampler:
             raise SamplerError(problem)
         try:
             image, self.compile_seconds = compile_in_child(BPF_SOURCE, PROGRAM, cflags, INNER_MAPS,
-                                                           tail_calls=TAIL_CALLS)
+                                                           tail_calls=TAIL_CALLS, tracepoints=TRACEPOINTS)
         except CompileError as e:
             raise SamplerError(f"BCC could not compile {BPF_SOURCE} ({e}). Missing or mismatched kernel headers: "
                                "run scripts/setup.sh") from e

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from profiler.bpfprog import MAP_ARRAY, MAP_ARRAY_OF_MAPS, MAP_HASH, ImageCache, MapSpec, ProgramImage, _expand_cpus
+from profiler.bpfprog import (
+    MAP_ARRAY,
+    MAP_ARRAY_OF_MAPS,
+    MAP_HASH,
+    ImageCache,
+    MapSpec,
+    ProgramImage,
+    TracepointProgram,
+    _expand_cpus,
+)
 
 LD_MAP = bytes([0x18, 0x10, 0, 0, 0, 0, 0, 0]) + bytes(8)  # r0 = map (fd patched in at load)
 EXIT = bytes([0x95, 0, 0, 0, 0, 0, 0, 0])
@@ -24,8 +33,10 @@ def image(**change: object) -> ProgramImage:
 
 
 def test_an_image_round_trips_through_json() -> None:
-    good = image()
+    good = image(tracepoint_programs=(TracepointProgram("on_new_area", LD_MAP + EXIT, ((0, "control"),),
+                                                        "vm_unmapped_area"),))
     assert ProgramImage.from_json(good.to_json()) == good
+    assert ProgramImage.from_json(image().to_json()).tracepoint_programs == ()
 
 
 @pytest.mark.parametrize(("change", "why"), [
@@ -38,6 +49,9 @@ def test_an_image_round_trips_through_json() -> None:
     ({"maps": (MapSpec("control", MAP_ARRAY, 4, 4, 4), MapSpec("g", MAP_ARRAY_OF_MAPS, 4, 4, 1, 0, "gone"))},
      "unexpected map"),
     ({"maps": (MapSpec("control", MAP_ARRAY, 4, 4, 4), MapSpec("control", MAP_ARRAY, 4, 4, 4))}, "two maps"),
+    ({"tracepoint_programs": (TracepointProgram("t", LD_MAP + EXIT, ((0, "nosuch"),), "sched_switch"),)},
+     "not a map load"),
+    ({"tracepoint_programs": (TracepointProgram("t", EXIT, (), "../../x"),)}, "not a tracepoint name"),
 ])
 def test_malformed_images_are_refused(change: dict, why: str) -> None:
     with pytest.raises(ValueError, match=why):
