@@ -307,16 +307,16 @@ class ClickHouseStore(Store):
         size: dict[int, int] = defaultdict(int)
         for r in rows:
             size[r["h"] * HOUR_NS] += r["n"] * (PROFILE_BYTES if r["t"] else ROLLUP_BYTES)
-        lo, total = now, 0
+        fits, total = [], 0
         for h in sorted(size, reverse=True):
-            total += size[h]
-            if total > self.held_bytes:
+            if total + size[h] > self.held_bytes:
                 break
-            lo = min(lo, h)
-        else:
-            lo = min([lo, *size])
-        if size and total > self.held_bytes and lo > max(size):
+            total += size[h]
+            fits.append(h)
+        older = [h for h in size if h not in fits]
+        if older and not fits:
             return  # not even the newest hour fits
+        lo = max([min([now, *fits]), *(h + HOUR_NS for h in older)])
         hi = max([now, *size]) + 2 * HOUR_NS
         tail = (self.transport.table_writes(profiles), self.transport.table_writes(rollup))
         marks = self.transport.hour_writes(samples, lo, hi)
