@@ -265,7 +265,7 @@ def test_city_hash64_is_the_engines(dsn: str) -> None:
 
     import numpy as np
 
-    from web.store.clickhouse import city_hash64
+    from web.store.clickhouse_parts import city_hash64
 
     rng = random.Random(7)
     rows = [(rng.randrange(-2**63, 2**63), rng.randrange(2**64), rng.randrange(-2**63, 2**63)) for _ in range(200)]
@@ -308,3 +308,172 @@ def test_puts_from_another_thread_during_the_reads_are_never_summed_twice(tmp_pa
     finally:
         a.close()
         b.close()
+
+
+# -- the recent hours' rows held from a server's start (`_hold_hours`, web/store/clickhouse_parts.py `HeldHours`) ---
+
+
+def recent() -> int:
+    """Three hours before the current one: within the hours a server holds at its start."""
+    import time
+
+    return time.time_ns() // H * H - 3 * H
+
+
+def opened(dsn: str, monkeypatch: pytest.MonkeyPatch, held: int | None = None) -> ClickHouseStore:
+    import web.store.clickhouse as ch
+
+    if held is not None:
+        monkeypatch.setattr(ch, "_HELD_BYTES", held)
+    store = open_store(dsn)
+    monkeypatch.undo()
+    assert isinstance(store, ClickHouseStore)
+    return store
+
+
+def test_a_fresh_server_answers_the_recent_hours_from_rows_held_at_its_start(
+        tmp_path: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh server's first pod flame graph, CPU chart and pod list over the recent whole hours send no statement
+    (the rows of the rollup and of `profiles` read at its start answer them) and equal a server's that holds none;
+    a ragged end reads only its raw part."""
+    t1 = recent()
+    put_store = opened(dsn, monkeypatch)
+    try:
+        put(put_store, profiles(t1, 150, "p0", 1) + profiles(t1, 150, "p1", 2))
+    finally:
+        put_store.close()
+    whole = {"from": str(t1 // S), "to": str((t1 + 2 * H) // S)}
+    ragged = {"from": str(t1 // S), "to": str((t1 + 2 * H + H // 2) // S)}
+    plain = opened(dsn, monkeypatch, held=0)
+    try:
+        assert plain._holding is None
+        want = views(plain, tmp_path, whole), views(plain, tmp_path, ragged)
+    finally:
+        plain.close()
+    store = opened(dsn, monkeypatch)
+    sent = counted(store)
+    try:
+        assert store._holding is not None and store._holding.lo <= t1
+        assert views(store, tmp_path, whole) == want[0]
+        assert sent == []
+        assert want[0][0]["total"] > 0 and want[0][2]
+        assert views(store, tmp_path, ragged) == want[1]
+        assert len(sent) == 1 and "GROUPING SETS" in sent[0] and f"{store.layout.database}.samples " in sent[0]
+    finally:
+        store.close()
+
+
+def test_held_hours_take_inserts_another_store_writes_and_go_after_a_deletion(
+        tmp_path: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another store's put into a held hour: the chart and the pod list take it from the insert's rows (no
+    statement), the flame graph's rollup part is read; a put into the hour being written (held, empty at the start)
+    is folded in too; a deletion drops what the server holds. Every answer equals a fresh server's holding none."""
+    t1 = recent()
+    a = opened(dsn, monkeypatch)
+    try:
+        put(a, profiles(t1, 120, "p0", 1) + profiles(t1, 120, "p1", 2))
+    finally:
+        a.close()
+    whole = {"from": str(t1 // S), "to": str((t1 + 2 * H) // S)}
+    store, b = opened(dsn, monkeypatch), opened(dsn, monkeypatch)
+    sent = counted(store)
+
+    def plain(params: dict[str, str]) -> list[Any]:
+        s = opened(dsn, monkeypatch, held=0)
+        try:
+            return views(s, tmp_path, params)
+        finally:
+            s.close()
+
+    try:
+        assert store._holding is not None
+        store._holding.marks = store.transport.hour_writes(  # (b's start wrote its DDL: a write, as any other)
+            store.layout.table("samples"), store._holding.lo, store._holding.hi)
+        store._holding.tail = (store.transport.table_writes(store.layout.table("profiles")),
+                               store.transport.table_writes(store.layout.table("samples_1h")))
+        late = profiles(t1 + H + 30 * S, 2, "p0", 3)
+        put(b, late)
+        sent.clear()
+        got = views(store, tmp_path, whole)
+        read = [sql for sql in sent if "GROUPING SETS" in sql]  # (besides: the new series and stacks b wrote)
+        assert len(read) == 1 and "samples_1h" in read[0]
+        assert not any(f"{store.layout.database}.profiles " in sql for sql in sent)  # chart, pod list: folded
+        assert got[0]["total"] == total([p for p in profiles(t1, 120, "p0", 1) + late if p.labels["pod"] == "p0"])
+        now = recent() + 3 * H + 5 * S  # the hour being written
+        put(b, profiles(now, 2, "p1", 4))
+        open_range = {"from": str(t1 // S), "to": str((recent() + 4 * H) // S)}
+        c = create_app({"DATA_DIR": str(tmp_path), "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client()
+        sent.clear()
+        chart = c.get("/api/v1/cpu", query_string={**open_range, "step": "600"}).get_json()
+        pods = c.get("/api/v1/series", query_string={**open_range, "by": "pod"}).get_json()
+        assert [sql for sql in sent if f"{store.layout.database}.series " not in sql] == []  # (the catalogue's)
+        # (a store's start writes its DDL: a write as any other, after which this one holds nothing: compared last)
+        assert got == plain(whole)
+        fresh_store = opened(dsn, monkeypatch, held=0)
+        try:
+            fc = create_app({"DATA_DIR": str(tmp_path), "STORE": fresh_store, "MAINTENANCE_SECONDS": 0}).test_client()
+            assert chart == fc.get("/api/v1/cpu", query_string={**open_range, "step": "600"}).get_json()
+            assert pods == fc.get("/api/v1/series", query_string={**open_range, "by": "pod"}).get_json()
+        finally:
+            fresh_store.close()
+        assert store._holding is not None
+        views(store, tmp_path, whole)
+        assert store._holding is None  # (that store's DDL)
+        store.close()
+        store = opened(dsn, monkeypatch)
+        assert store._holding is not None
+        sent = counted(store)
+        store.transport.command(f"ALTER TABLE {store.layout.database}.profiles DELETE WHERE start_ns < {t1 + H} "
+                                "SETTINGS mutations_sync = 2")
+        sent.clear()
+        cut = views(store, tmp_path, whole)
+        assert store._holding is None and sent
+        assert cut == plain(whole)
+    finally:
+        store.close()
+        b.close()
+
+
+def test_held_hours_are_bounded_and_not_held_over_http(tmp_path: Path, dsn: str, chdb_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the budget the older hours are not held (read as before); a store on a ClickHouse server holds none
+    (other servers write: only a statement could say its rows are current)."""
+    t1 = recent()
+    a = opened(dsn, monkeypatch)
+    try:
+        put(a, profiles(t1, 150, "p0", 1))
+        full = a._holding.nbytes if a._holding is not None else 0
+    finally:
+        a.close()
+    a = opened(dsn, monkeypatch)
+    try:
+        assert a._holding is not None and a._holding.lo == t1
+        full = a._holding.nbytes
+    finally:
+        a.close()
+    whole = {"from": str(t1 // S), "to": str((t1 + 2 * H) // S)}
+    small = opened(dsn, monkeypatch, held=full // 2)
+    sent = counted(small)
+    try:
+        assert small._holding is not None and small._holding.lo > t1
+        got = views(small, tmp_path, whole)
+        assert sent  # the first hour is not held
+        assert small._holding.nbytes <= full // 2
+    finally:
+        small.close()
+    none = opened(dsn, monkeypatch, held=1)
+    try:
+        assert none._holding is None
+        assert views(none, tmp_path, whole) == got
+    finally:
+        none.close()
+    from tests.clickhouse_standin import clickhouse_http
+
+    with clickhouse_http(str(chdb_dir)) as (port, _):
+        remote = open_store(f"clickhouse://127.0.0.1:{port}/{dsn.split('database=')[1]}")
+        assert isinstance(remote, ClickHouseStore)
+        try:
+            assert remote._holding is None
+            assert views(remote, tmp_path, whole) == got
+        finally:
+            remote.close()

@@ -21,7 +21,7 @@ import itertools
 import struct
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -49,6 +49,7 @@ from web.store.base import (
     frame_lines_of,
     label_totals,
 )
+from web.store.clickhouse_parts import PROFILE_BYTES, ROLLUP_BYTES, Fold, HeldHours, PartCache, fold
 from web.store.clickhouse_schema import (
     DICTIONARIES,
     HOUR_NS,
@@ -131,65 +132,6 @@ class _FrameRow(NamedTuple):
     lines: tuple[tuple[str, str | None, int | None], ...]
 
 
-class _Fold(NamedTuple):
-    """How the rows of inserts into `samples` change a part's answer (`ClickHouseStore._union`'s write-through): its
-    shape ("gs": `_grouping_sets` over raw rows; "steps": the chart's sums per (series, period, step); "sums": the
-    pod list's per (series, period)) and the series its condition names (None: every series)."""
-
-    kind: str
-    ids: np.ndarray | None
-    per_series: bool = True
-    t0: int = 0
-    step: int = 1
-
-
-def _int_hash64(x: np.ndarray) -> np.ndarray:
-    """ClickHouse's hash of one 64-bit integer inside `cityHash64` (`IntHash64Impl`: a salted murmur finalizer)."""
-    x = x.view(np.uint64) ^ np.uint64(0x4CF2D2BAAE6DA887)
-    x ^= x >> np.uint64(33)
-    x *= np.uint64(0xFF51AFD7ED558CCD)
-    x ^= x >> np.uint64(33)
-    x *= np.uint64(0xC4CEB9FE1A85EC53)
-    x ^= x >> np.uint64(33)
-    return x
-
-
-def city_hash64(*cols: np.ndarray) -> np.ndarray:
-    """`cityHash64(a, b, ...)` of 64-bit integer columns as ClickHouse computes it (each column's `_int_hash64`,
-    combined with CityHash's Hash128to64): the fingerprints of rows folded in without a statement."""
-    k = np.uint64(0x9DDFEA08EB382D69)
-    with np.errstate(over="ignore"):
-        h = _int_hash64(cols[0])
-        for c in cols[1:]:
-            x = _int_hash64(c)
-            a = (h ^ x) * k
-            a ^= a >> np.uint64(47)
-            b = (x ^ a) * k
-            b ^= b >> np.uint64(47)
-            h = b * k
-    return h
-
-
-def _regroup(cols: dict[str, np.ndarray], keys: Sequence[str], how: dict[str, str]) -> dict[str, np.ndarray]:
-    """`cols` grouped by `keys`, each other column reduced as `how` says ("sum": wrapping if unsigned, "min", "max")."""
-    key = np.stack([cols[k].view(np.int64) for k in keys], axis=1)
-    uniq, inv = np.unique(key, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    out = {k: uniq[:, i].view(cols[k].dtype) for i, k in enumerate(keys)}
-    for c, op in how.items():
-        v = cols[c]
-        if op == "sum":
-            acc = np.zeros(len(uniq), v.dtype)
-            with np.errstate(over="ignore"):
-                np.add.at(acc, inv, v)
-        else:
-            first = np.full(len(uniq), np.iinfo(v.dtype).max if op == "min" else np.iinfo(v.dtype).min, v.dtype)
-            (np.minimum if op == "min" else np.maximum).at(first, inv, v)
-            acc = first
-        out[c] = acc
-    return out
-
-
 # The aggregate of a (series, period)'s profile rows in a range: what a `_Window` names.
 _AGG = ("min(start_ns) AS lo, max(start_ns + duration_ns) AS hi, sum(total) AS sum_total, count() AS n, "
         "sum(cityHash64(start_ns, duration_ns, total, n_samples)) AS fingerprint")  # no alias named like a column
@@ -220,6 +162,10 @@ _PART_CACHE_BYTES = 64 << 20
 # Stacks whose names a server reads at its start (`_hold_stacks`): a node's day is ~15k; a cluster's latest hour more
 _HELD_STACKS = 100_000
 _PART_CACHE_HOURS = 24 * 62  # a part over more hours is not kept (its key names every hour's mark)
+# The recent hours' rollup and profile rows a server on chDB reads at its start (`_hold_hours`), newest hour first while
+# they fit: a node of 100 pods' hour is ~39k rollup and 72k profile rows, ~4.2 MB held (so ~7 node-hours).
+_HELD_BYTES = 32 << 20
+_HELD_HOURS = 24  # hours before now looked at (and every later one)
 
 
 class ClickHouseStore(Store):
@@ -266,11 +212,9 @@ class ClickHouseStore(Store):
         # The login the dictionaries' source uses: the store's own, unless it is the passwordless `default`.
         self._credentials = transport.credentials()
         self._relogged = False  # the dictionaries were made again after ClickHouse refused their login
-        # (statement, marks of the writes to its hours) -> its answer (`_union`), least recently used first
-        self._parts: OrderedDict[tuple, pa.Table] = OrderedDict()
-        self._parts_bytes = 0
-        self._bases: dict[str, tuple[tuple, int]] = {}  # a part's statement -> its latest kept key, the insert seq then
-        self.part_cache_bytes = _PART_CACHE_BYTES  # 0: keep none
+        self._parts = PartCache(_PART_CACHE_BYTES)  # answers of parts of ranges (`_union`)
+        self._holding: HeldHours | None = None  # the recent hours' rows, read at the start (`_hold_hours`)
+        self.held_bytes = _HELD_BYTES  # 0: hold none (read at the start: set before it)
         if migrate:
             # Start anyway when ClickHouse is down: every call answers 503 until it is back, then migrates.
             with contextlib.suppress(ClickHouseUnavailable):
@@ -336,6 +280,55 @@ class ClickHouseStore(Store):
             self._label_sums(0, 1, ["pod"], "0")
         with contextlib.suppress(ClickHouseError):
             self._hold_stacks()
+        with contextlib.suppress(ClickHouseError):
+            self._hold_hours()
+
+    def _hold_hours(self) -> None:
+        """At start, where every writer is in this process (chDB): read the rows of the hourly rollup and of `profiles`
+        of the latest hours (of the last `_HELD_HOURS` before now and any later one, newest first while they fit in
+        `held_bytes`), under the write marks of their hours, so that a fresh server's first pod flame graph, CPU chart
+        and pod list over them are answered in numpy with no statement (`_union`, `HeldHours`), each 5-9 ms of engine
+        CPU a table read. Every hour from the oldest held on is held, those with no rows yet too (the hour being
+        written: the inserts since are folded in). Held rows answer while their hours' marks are unchanged or moved by
+        inserts only (folded, for profile parts); a write that is not an insert (DDL, a mutation, a dropped partition)
+        drops them. Over HTTP other servers write: nothing is held (an exact check is itself a statement)."""
+        if self.held_bytes <= 0 or self.part_cache_bytes <= 0:
+            return
+        samples, rollup, profiles = self._t("samples"), self._t("samples_1h"), self._t("profiles")
+        seq = self.transport.insert_seq(samples)
+        if seq is None:
+            return
+        now = time.time_ns() // HOUR_NS * HOUR_NS
+        since = now - _HELD_HOURS * HOUR_NS
+        rows = self.transport.query(
+            f"SELECT 0 AS t, intDiv(hour, {HOUR_NS}) AS h, count() AS n FROM {rollup} WHERE hour >= {since} GROUP BY h "
+            f"UNION ALL SELECT 1 AS t, intDiv(start_ns, {HOUR_NS}) AS h, count() AS n FROM {profiles} "
+            f"WHERE start_ns >= {since} GROUP BY h").to_pylist()
+        size: dict[int, int] = defaultdict(int)
+        for r in rows:
+            size[r["h"] * HOUR_NS] += r["n"] * (PROFILE_BYTES if r["t"] else ROLLUP_BYTES)
+        fits, total = [], 0
+        for h in sorted(size, reverse=True):
+            if total + size[h] > self.held_bytes:
+                break
+            total += size[h]
+            fits.append(h)
+        older = [h for h in size if h not in fits]
+        if older and not fits:
+            return  # not even the newest hour fits
+        lo = max([min([now, *fits]), *(h + HOUR_NS for h in older)])
+        hi = max([now, *size]) + 2 * HOUR_NS
+        tail = (self.transport.table_writes(profiles), self.transport.table_writes(rollup))
+        marks = self.transport.hour_writes(samples, lo, hi)
+        if marks is None:
+            return
+        got_rollup = self.transport.query(f"SELECT series, period_ns, hour, stack, value FROM {rollup} "
+                                          f"WHERE hour >= {lo} AND hour < {hi}")
+        got_profiles = self.transport.query(f"SELECT series, period_ns, start_ns, total FROM {profiles} "
+                                            f"WHERE start_ns >= {lo} AND start_ns < {hi}")
+        if self.transport.insert_seq(samples) != seq or self.transport.hour_writes(samples, lo, hi) != marks:
+            return  # written meanwhile (another store on the engine): the queries read, as before
+        self._holding = HeldHours(lo, hi, marks, tail, seq, got_rollup, got_profiles)
 
     def _hold_stacks(self) -> None:
         """At start, before the server answers: read the names of the stacks it will most likely be asked for (every
@@ -1002,7 +995,7 @@ class ClickHouseStore(Store):
         return sample_type, unit_, refs
 
     def _grouping_sets(self, cond: str, t0: int, t1: int, per_series: bool = True, ids: np.ndarray | None = None,
-                       fold: bool = False) -> list[tuple[str, int, int, _Fold | None]]:
+                       fold: bool = False) -> list[tuple[str, int, int, Fold | None]]:
         """Per table of [t0, t1) (`_ranges`), rows of the series matching `cond`: per (series, period, stack), or with
         `per_series` False per stack alone (series and period 0), and per (series, period) (g = 1: stack 0) their
         first and end time (lo, hi), sum (v), row count (n) and a wrapping sum of the rows' hashes (fp). As parts
@@ -1016,12 +1009,12 @@ class ClickHouseStore(Store):
                           f"count() AS n, sum(cityHash64({col}, stack, value)) AS fp, grouping(stack) AS g "
                           f"FROM {self._t(table)} WHERE {cond} AND {col} >= {int(lo)} AND {col} < {int(hi)} "
                           f"GROUP BY GROUPING SETS ({sums}, (series, period_ns))", lo, hi,
-                          _Fold("gs", ids, per_series) if fold and table == "samples" else None))
+                          Fold("gs", ids, per_series, rollup=table == "samples_1h") if fold else None))
         return parts
 
-    def _union(self, parts: Sequence[tuple[str, int, int, _Fold | None]]) -> pa.Table:
+    def _union(self, parts: Sequence[tuple[str, int, int, Fold | None]]) -> pa.Table:
         """The UNION ALL of `parts` (a SELECT over rows of `samples`, `samples_1h` or `profiles` that start in [lo, hi),
-        with the same columns, and how inserts change it: `_Fold`), each part's answer kept while no write touched its
+        with the same columns, and how inserts change it: `Fold`), each part's answer kept while no write touched its
         hours: where every writer is in this process (chDB), the engine counts inserts per hour of their rows
         (`Transport.hour_writes`), so a part whose marks are unchanged would read the same rows; its materialized
         views fill `profiles` and `samples_1h` from those inserts alone, and any other write (DDL, a mutation, a
@@ -1036,23 +1029,28 @@ class ClickHouseStore(Store):
         keys = [self._part_key(sql, lo, hi) for sql, lo, hi, _ in parts]
         if seq is not None and self.transport.insert_seq(samples) != seq:
             seq = None  # an insert between: no fold, and nothing kept is a base for one
+        held = self._holding
+        if held is not None and any(k is not None and k[1][-1:] + k[2:] != held.marks[-1:] + held.tail for k in keys):
+            held = self._holding = None  # a write that was not an insert (DDL, a mutation): what it holds is done
         got: list[pa.Table | None] = [None] * len(parts)
-        bases: list[tuple[pa.Table, int, list[pa.Table]] | None] = [None] * len(parts)
-        with self._lock:
-            for i, key in enumerate(keys):
-                if key is not None and key in self._parts:
-                    self._parts.move_to_end(key)
-                    got[i] = self._parts[key]
-                elif key is not None and seq is not None and parts[i][3] is not None:
-                    base = self._bases.get(parts[i][0])
-                    if base is not None and base[0][2:] == key[2:] and base[0][1][-1] == key[1][-1] \
-                            and len(base[0][1]) == len(key[1]) and base[0] in self._parts:
-                        bases[i] = (self._parts[base[0]], base[1], [])
-        for i, b in enumerate(bases):  # the kept answer and the inserts since it was read
-            if b is not None:
-                rows = self.transport.inserts_since(samples, b[1])
-                if rows is not None and len(rows) >= seq - b[1]:  # type: ignore[operator]
-                    got[i] = self._fold(b[0], rows[:seq - b[1]], parts[i][3], parts[i][1], parts[i][2])  # type: ignore
+        new: list[int] = []  # parts brought up to date from a base, or read: to keep
+        for i, key in enumerate(keys):
+            if key is None:
+                continue
+            got[i] = self._parts.get(key)
+            sql, lo, hi, f = parts[i]
+            if got[i] is not None or seq is None or f is None:
+                continue
+            # the latest kept answer of this statement, else the rows held from the start, and the inserts since
+            base = self._parts.base(sql)
+            hkey = held.key(sql, lo, hi) if base is None and held is not None else None
+            if base is None and hkey is not None and (hkey == key or not f.rollup):
+                t = held.answer(f, lo, hi)  # type: ignore[union-attr]
+                base = (t, held.seq, hkey) if t is not None else None  # type: ignore[union-attr]
+            if base is not None:
+                got[i] = self._rebased(base, key, f, lo, hi, seq)
+                if got[i] is not None:
+                    new.append(i)
         miss = [i for i, t in enumerate(got) if t is None]
         if len(miss) == 1:  # (taken into buffers of its own: chDB's answer may be a view of the engine's result)
             one = self.transport.query(parts[miss[0]][0])
@@ -1067,69 +1065,36 @@ class ClickHouseStore(Store):
                 got[i] = t.filter(pa.array(which == j))
         if miss and seq is not None and self.transport.insert_seq(samples) != seq:
             seq = None  # an insert during the read: what was read is no base for a fold
+        for i in new + miss:
+            key, t = keys[i], got[i]
+            if key is not None and t is not None:
+                self._parts.keep(key, t, seq if parts[i][3] is not None else None)
         tables = [t for t in got if t is not None]
-        with self._lock:
-            for i, t in enumerate(got):
-                key = keys[i]
-                if key is None or t is None or (i in miss and key in self._parts) or (i not in miss and
-                                                                                     bases[i] is None):
-                    continue
-                if key not in self._parts:
-                    self._parts[key] = t
-                    self._parts_bytes += t.nbytes
-                if seq is not None and parts[i][3] is not None:
-                    if len(self._bases) > 4096:
-                        self._bases.clear()
-                    self._bases[parts[i][0]] = (key, seq)
-                while self._parts_bytes > self.part_cache_bytes and self._parts:
-                    self._parts_bytes -= self._parts.popitem(last=False)[1].nbytes
         return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
 
-    def _fold(self, kept: pa.Table, inserts: list[pa.Table], f: _Fold, lo: int, hi: int) -> pa.Table:
-        """`kept` (a part's answer) with the rows of `inserts` into `samples` that its statement would read (series
-        in `f.ids`, start in [lo, hi)) summed in, as the statement sums them (`f.kind`)."""
-        names = ("series", "start_ns", "duration_ns", "period_ns", "stack", "value")
-        got: dict[str, list[np.ndarray]] = {c: [] for c in names}
-        for t in inserts:
-            start = t.column("start_ns").to_numpy()
-            keep = (start >= lo) & (start < hi)
-            if f.ids is not None:
-                keep &= np.isin(t.column("series").to_numpy(), f.ids)
-            if keep.any():
-                for c in names:
-                    got[c].append(t.column(c).to_numpy()[keep])
-        if not got["series"]:
-            return kept
-        r = {c: np.concatenate(v) for c, v in got.items()}
-        n = r["series"].size
-        if f.kind == "gs":
-            zero = np.zeros(n, np.uint64)
-            sets = [(r["series"], r["period_ns"], r["stack"], 0) if f.per_series else
-                    (zero, zero.view(np.int64), r["stack"], 0), (r["series"], r["period_ns"], zero, 1)]
-            fp = city_hash64(r["start_ns"], r["stack"], r["value"])
-            new: dict[str, list[np.ndarray]] = {c: [] for c in ("series", "period_ns", "stack", "lo", "hi", "v", "n",
-                                                                 "fp", "g")}
-            for series, period, stack, g in sets:
-                for c, v in (("series", series), ("period_ns", period), ("stack", stack), ("lo", r["start_ns"]),
-                             ("hi", r["start_ns"] + r["duration_ns"]), ("v", r["value"]),
-                             ("n", np.ones(n, np.int64)), ("fp", fp), ("g", np.full(n, g, np.int64))):
-                    new[c].append(v)
-            keys: tuple[str, ...] = ("g", "series", "period_ns", "stack")
-            how = {"lo": "min", "hi": "max", "v": "sum", "n": "sum", "fp": "sum"}
-        elif f.kind == "steps":
-            new = {"series": [r["series"]], "period_ns": [r["period_ns"]], "k": [(r["start_ns"] - f.t0) // f.step],
-                   "v": [r["value"]]}
-            keys, how = ("series", "period_ns", "k"), {"v": "sum"}
-        else:
-            new = {"series": [r["series"]], "period_ns": [r["period_ns"]], "v": [r["value"]]}
-            keys, how = ("series", "period_ns"), {"v": "sum"}
-        cols = {}
-        for field_ in kept.schema:
-            dt = np.uint64 if pa.types.is_unsigned_integer(field_.type) else np.int64
-            cols[field_.name] = np.concatenate([kept.column(field_.name).to_numpy().astype(dt)]
-                                               + [np.asarray(v).astype(dt) for v in new[field_.name]])
-        out = _regroup(cols, keys, how)
-        return pa.table({fl.name: pa.array(out[fl.name]).cast(fl.type) for fl in kept.schema})
+    def _rebased(self, base: tuple[pa.Table, int, tuple], key: tuple, f: Fold, lo: int, hi: int, seq: int
+                 ) -> pa.Table | None:
+        """A part's answer under `key` from `base` (an answer, the insert position and the key it was read at): itself
+        when the key is the same; brought up to date from the rows of the inserts since (`fold`) when its hours took
+        only inserts into `samples` since, and the engine holds each of them stored whole; else None (read it)."""
+        table, at, was = base
+        if was == key:
+            return table
+        if f.rollup or was[2:] != key[2:] or was[1][-1] != key[1][-1] or len(was[1]) != len(key[1]):
+            return None
+        rows = self.transport.inserts_since(self._t("samples"), at)
+        if rows is None or len(rows) < seq - at:
+            return None
+        return fold(table, rows[:seq - at], f, lo, hi)
+
+    @property
+    def part_cache_bytes(self) -> int:
+        """Bytes of part answers kept at most (0: none kept, and the rows held from the start not used)."""
+        return self._parts.limit
+
+    @part_cache_bytes.setter
+    def part_cache_bytes(self, n: int) -> None:
+        self._parts.limit = n
 
     def _part_key(self, sql: str, lo: int, hi: int) -> tuple | None:
         """What `_union` keeps a part's answer under: its statement and the marks of the writes that could change
@@ -1344,16 +1309,16 @@ class ClickHouseStore(Store):
                 f"AND {span} GROUP BY series, period_ns, k")
         return self._typed(sums, where, "t, u, period_ns, k, sum(pv) AS v", "t, u, period_ns, k")
 
-    def _held(self, selector: Selector) -> tuple[str, _Fold | None] | None:
+    def _held(self, selector: Selector) -> tuple[str, Fold | None] | None:
         """The condition on `series` for the selector's series when the catalogue holds them all and they are few
-        enough to be summed per series and named in Python (`_by_series`), with the series it names for a `_Fold`
+        enough to be summed per series and named in Python (`_by_series`), with the series it names for a `Fold`
         (None: not one); None: sum per type in the statement."""
         cond, n = self._ids(selector, None, None)
         if n >= 0 or (cond == "1" and self._catalogue() is not None and len(self._series_hash) <= _CATALOGUE_IDS):
             if " OR " in cond:
                 return cond, None
             ids = None if cond == "1" else np.array(self._matching(selector, None, None), np.uint64)
-            return cond, _Fold("sums", ids)
+            return cond, Fold("sums", ids)
         return None
 
     def _by_series(self, t: pa.Table, keys: tuple[str, ...], labels: Sequence[str] | None = ()) -> list[dict]:

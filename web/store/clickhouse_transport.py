@@ -407,46 +407,38 @@ class ChdbTransport(Transport):
         # new dictionary rows) go as VALUES instead: Python() costs ~2.5 ms a statement, parsing them far less.
         sql = f"INSERT INTO {table} ({cols}) {'SETTINGS ' + sets if sets else ''} " + (
             f"VALUES {_values(data)}" if data.num_rows <= _VALUES_ROWS else f"SELECT {cols} FROM Python(data)")
-        engine = self._engine
-        if table not in engine.logged:
-            with self._lock:
-                if self._closed:
-                    raise ClickHouseUnavailable(f"{self.where} is closed")
-                try:
-                    self._session_query(sql, "CSV")
-                except Exception as e:
-                    raise ClickHouseError(f"chDB: {e}") from None
-                finally:
-                    engine.wrote(table, _hours(data))
-                    if table in engine.logged:  # (made logged meanwhile: this one is not held)
-                        engine.hold(table, None, False)
-            return
-        # A table whose inserts a server folds into its kept answers (`insert_seq` asked): each insert is held with
-        # whether its rows were stored whole, which the table's row count says (one statement on `system.parts`,
+        # A table whose inserts a server folds into its kept answers (`insert_seq` asked: logged) has each insert held
+        # with whether its rows were stored whole, which the table's row count says (one statement on `system.parts`,
         # ~3 ms, as the insert costs 80-200 ms): a block whose token repeats one the engine remembers is dropped
         # silently, and nothing else adds rows (every writer is here; a merge keeps them; TTL or a mutation takes
-        # some and the count says so).
-        with engine.insert_lock, self._lock:
+        # some and the count says so). Other tables' inserts run without it, and without the engine's insert lock.
+        engine = self._engine
+        logged = table in engine.logged
+        with engine.insert_lock if logged else contextlib.nullcontext(), self._lock:
             if self._closed:
                 raise ClickHouseUnavailable(f"{self.where} is closed")
             stored = False
-            with engine._lock:
-                engine.inflight += 1
+            if logged:
+                with engine._lock:
+                    engine.inflight += 1
             try:
-                before = engine.rows_after.get(table)
-                if before is None:
+                before = engine.rows_after.get(table) if logged else None
+                if logged and before is None:
                     before = self._rows(table)
                 self._session_query(sql, "CSV")
-                after = engine.rows_after[table] = self._rows(table)
-                stored = after - before == data.num_rows
+                if before is not None:
+                    after = engine.rows_after[table] = self._rows(table)
+                    stored = after - before == data.num_rows
             except Exception as e:
                 engine.rows_after.pop(table, None)
                 raise ClickHouseError(f"chDB: {e}") from None
             finally:
                 engine.wrote(table, _hours(data))
-                engine.hold(table, data if stored else None, stored)
-                with engine._lock:
-                    engine.inflight -= 1
+                if logged or table in engine.logged:  # (made logged meanwhile: this one is not held)
+                    engine.hold(table, data if stored else None, stored)
+                if logged:
+                    with engine._lock:
+                        engine.inflight -= 1
 
     def execute(self, sql: str, fmt: str, tables: Sequence[pa.Table] = ()) -> bytes:
         """Any statement, its answer in ClickHouse output format `fmt` as bytes; `tables` are read where the SQL
