@@ -24,16 +24,15 @@ from tests.test_unwind_bpf import reaches_entry, record, running, share
 
 pytestmark = pytest.mark.bpf
 
-NODE = shutil.which("node")
+NODE = shutil.which("node")  # Debian's nodejs: installed where the suite runs (tests/test_fidelity_containers_bpf.py)
 
 
-@pytest.mark.skipif(NODE is None, reason="node is not installed")
 def test_node_openssl_assembly_unwinds_with_nodes_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from profiler.unwind.cache import TableCache
     from profiler.unwind.loader import MAX_BUDGET_SHARE, ROWS_PER_CFI_BYTE_DIVISOR
     from symbolizer.elffile import ElfFile
 
-    assert NODE is not None
+    assert NODE is not None, "node is not installed"
     node = str(Path(NODE).resolve())
     with open(node, "rb") as f:
         elf = ElfFile(f)
