@@ -47,7 +47,9 @@ and a lambda, templates, a hot catch block, std::thread) at -O2/-O3/-Os/-static/
 -mno-red-zone, the C chain with .debug_frame only, stripped to .gnu_debugdata, and stripped bare (its entry:
 the root frame inside _start by the ELF header's entry point; perf may name it from its build-id cache), and
 every Python (pyenv 2.7, 3.6-3.13, Debian's 3.11) spinning in `python_fidelity.py threads 4` with `py-spy dump`'s
-main-thread chain as the oracle (`pyspy_exact`: the share of podflame's samples with py-spy's chain).
+main-thread chain as the oracle (`pyspy_exact`: the share of podflame's samples with py-spy's chain); and stop 23's
+(`stop23_workloads`): node in its own OpenSSL's SHA-512, the C chain -O3 -flto, without any CFI, exec'd from a memfd,
+-fsplit-stack recursion across stack segments, and two libraries swapped at one address by dlclose/dlopen.
 
     .venv/bin/python bench/unwind.py --wide [--seconds 3] [--only drap-stackrealign,cpp-O2-catch]
 """
@@ -439,6 +441,7 @@ def wide_workloads(tmp: Path) -> Workloads:
     out["c-stripped-bare"] = ([str(bare), "chain", "600"], in_start,
                               lambda s: in_start(s) and len(s) >= 12 and s[1:3] == ("__libc_start_main_impl",
                                                                                     "__libc_start_call_main"))
+    out.update(stop23_workloads(tmp, build, entry, c_exact))
     work = str(WORKLOADS / "python_fidelity.py")
     for version in ("2.7", "3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
         python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
@@ -449,6 +452,36 @@ def wide_workloads(tmp: Path) -> Workloads:
 
 
 PYSPY: set[str] = set()  # workloads whose main thread py-spy dumps, as the oracle of the Python chain
+
+
+def stop23_workloads(tmp: Path, build: Callable[[str, str, list[str], str], Path], entry: Test,
+                     c_exact: Test) -> Workloads:
+    """docs/benchmarks.md "Stop 23 fid23": node in its own OpenSSL's SHA-512 (chain: from _start through
+    PKCS5_PBKDF2_HMAC), the C chain -O3 -flto, without any CFI (-fno-asynchronous-unwind-tables, no -g: neither
+    profiler can unwind it; exact 0 is the expected figure), exec'd from a memfd, -fsplit-stack recursion across
+    __morestack's stack segments, and two libraries dlclose'd and dlopen'ed in turn at one address."""
+    out: Workloads = {}
+    node = shutil.which("node")
+    if node is not None:
+        out["node-pbkdf2-sha512"] = ([node, str(WORKLOADS / "node_pbkdf2.js"), "600"], entry,
+                                     lambda s: entry(s) and "PKCS5_PBKDF2_HMAC" in s)
+    lto = build("chain_lto", "gcc", ["-O3", "-flto"], "unwind_chain.c")
+    out["c-O3-lto"] = ([str(lto), "chain", "600"], entry, c_exact)
+    nocfi = build("chain_nocfi", "gcc", ["-O2", "-fno-asynchronous-unwind-tables"], "unwind_chain.c")
+    out["c-no-cfi"] = ([str(nocfi), "chain", "600"], entry, c_exact)
+    memfd = build("memfd_exec", "gcc", ["-O2"], "memfd_exec.c")
+    chain = build("chain_O2", "gcc", ["-O2"], "unwind_chain.c")
+    out["c-memfd-exec"] = ([str(memfd), str(chain), "chain", "600"], entry, c_exact)
+    split = build("split_stack", "gcc", ["-O2", "-fsplit-stack"], "split_stack.c")
+    out["c-split-stack"] = ([str(split), "600"], entry, lambda s: entry(s) and s[-1:] == ("leaf_work",) and
+                            s.count("recurse") == 41 and "__morestack" in s)
+    libs = [build(f"libdlswap_{v}.so", "gcc", ["-O2", "-shared", "-fPIC", *d], "dlswap_lib.c")
+            for v, d in (("a", []), ("b", ["-DVARIANT_B"]))]
+    swap = build("dlswap", "gcc", ["-O2"], "dlswap.c")
+    out["c-dlswap"] = ([str(swap), *map(str, libs), "0.5", "600"], entry,
+                       lambda s: entry(s) and s[-5:] in (("main", "run_lib", "lib_entry", "a_middle", "a_leaf"),
+                                                         ("main", "run_lib", "lib_entry", "b_middle", "b_leaf")))
+    return out
 
 
 def run_matrix(args: argparse.Namespace) -> None:

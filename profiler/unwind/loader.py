@@ -61,6 +61,11 @@ MAX_MAPPINGS_PER_PROCESS = 1023  # what the walker's bounded search covers (UNWI
 # A table has ~1 row per 5-6 bytes of .eh_frame (libc 5.4, python3 6.4, libLLVM 5.3): /4 errs high.
 ROWS_PER_CFI_BYTE_DIVISOR = 4
 MAX_BUDGET_SHARE = 0.5  # no single binary takes more than this share of the row budget
+# The sparsest CFI measured: node 20's, 7.45 bytes of .eh_frame per row (2.77 MB, 372k rows; 40 big binaries of this
+# host: 4.2-7.5). A binary over MAX_BUDGET_SHARE even at this density is left without a table unbuilt (libLLVM: 5.2 MB,
+# 979k rows); one that may fit is built and its real row count decides (_build). By the /4 estimate node (~693k) was
+# never built and every frame of its OpenSSL assembly ended the walk (docs/benchmarks.md "Stop 23 fid23").
+SPARSEST_CFI_BYTES_PER_ROW = 8
 # Building tables is the loader's real cost (~1 s of CPU for 350k rows in Python): it may spend
 # BUILD_CPU_SHARE of a core on average, after a burst of BUILD_BURST_S CPU seconds (a first start).
 # A binary asked for beyond that waits, and processes that map it are loaded again once it may be built.
@@ -711,7 +716,7 @@ class NativeUnwinder:
             self._waiting.add(tgid)
         if binary.postponed:
             self._later[tgid] = self._later.get(tgid, 0) + binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR
-        if binary.no_room and binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR <= self.maps.room():
+        if binary.no_room and binary.cfi_bytes // SPARSEST_CFI_BYTES_PER_ROW <= self.maps.room():
             binary.no_room = False  # room again (processes exited): let walks ask for it
         # CFI, not built yet: walks ask for the table (not while it could not fit: each ask costs a reload)
         flags = WANTS_TABLE if key is None and binary.count < 0 and not (binary.no_room or binary.deferred
@@ -771,11 +776,11 @@ class NativeUnwinder:
             self.stats["tables_failed"] += 1
             return _Binary("", (), 0)
         estimate = cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR
-        if estimate > self.maps.row_budget * MAX_BUDGET_SHARE:
+        if (fewest := cfi_bytes // SPARSEST_CFI_BYTES_PER_ROW) > self.maps.row_budget * MAX_BUDGET_SHARE:
             # libclang-cpp (1M rows), libLLVM: building would cost seconds and ~200 MB for rows that
             # would crowd out every other binary; frame pointers walk them
-            log.info("no unwind table for %s: ~%d rows is over %d%% of the %d-row budget",
-                     "the vDSO" if isinstance(path, bytes) else path, estimate, 100 * MAX_BUDGET_SHARE,
+            log.info("no unwind table for %s: at least ~%d rows is over %d%% of the %d-row budget",
+                     "the vDSO" if isinstance(path, bytes) else path, fewest, 100 * MAX_BUDGET_SHARE,
                      self.maps.row_budget)
             self.stats["tables_too_big"] += 1
             self.maps.reject(("estimate", path if isinstance(path, str) else "vdso"), estimate)
@@ -783,7 +788,7 @@ class NativeUnwinder:
         return _Binary(elf_type, segments, -1 if cfi_bytes else 0, cfi_bytes=cfi_bytes, build_id=build_id)
 
     def _build(self, binary: _Binary, source: str | bytes) -> None:
-        if binary.cfi_bytes // ROWS_PER_CFI_BYTE_DIVISOR > self.maps.room():
+        if binary.cfi_bytes // SPARSEST_CFI_BYTES_PER_ROW > self.maps.room():
             binary.no_room = True  # not built; asked for again only once there is room
             self.stats["tables_no_room"] += 1
             return
@@ -806,6 +811,12 @@ class NativeUnwinder:
             table = self.table_source(source)
             self.stats["tables_built"] += 1
             binary.count, binary.rows = table.count, table.rows
+            if table.count > self.maps.row_budget * MAX_BUDGET_SHARE:  # estimated to fit, and does not
+                log.info("no unwind table for %s: %d rows is over %d%% of the %d-row budget", binary.name or source,
+                         table.count, 100 * MAX_BUDGET_SHARE, self.maps.row_budget)
+                self.stats["tables_too_big"] += 1
+                self.maps.reject(("rows", binary.name or source), table.count)
+                binary.count, binary.rows = 0, None
             child_s = table.stats.get("cpu_ns", 0) / 1e9  # built in the builder child
             # not found on disk: what a restart builds says what the cache missed
             if "cpu_ns" in table.stats:
