@@ -48,7 +48,8 @@ UNWIND_TABLES = Gauge("podflame_agent_unwind_tables", "Unwind tables in BPF maps
 
 log = logging.getLogger("podflame.agent")
 UNWIND_LOG_EVERY_S = 60.0
-_STOPS = ("end", "truncated", "read_fault", "no_mapping", "unsupported", "zero_ra", "bad_cfa", "tail_fail")
+_STOPS = ("end", "truncated", "read_fault", "no_mapping", "unsupported", "zero_ra", "bad_cfa", "tail_fail",
+          "guess_outside")
 _GAUGES = ("binaries", "binaries_in_use", "rows", "row_budget", "row_bytes", "map_bytes", "processes",
            "rejected_binaries", "rejected_rows", "rejected_processes", "exe_files")
 _PY_TRUNCATED = PY_ERRORS.index("truncated")

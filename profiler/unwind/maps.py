@@ -52,7 +52,7 @@ KERNEL_ROW_BYTES = 16  # an array map stores values rounded up to 8 bytes
 # unwind_stats[] slots; mirrored in bpf/native_unwind.bpf.h (US_*).
 STAT_SLOTS: tuple[str, ...] = (
     "tables", "fp", "end", "truncated", "read_fault", "no_mapping", "unsupported", "fp_steps", "zero_ra",
-    "tail_fail", "bad_cfa", "wanted", "exe", "exe_outside",
+    "tail_fail", "bad_cfa", "wanted", "exe", "exe_outside", "guess_outside",
 )  # fmt: skip
 
 

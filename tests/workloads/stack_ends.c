@@ -11,6 +11,9 @@
  *             (PHP fibers, folly, brpc): its first switch returns into a trampoline that pushes rbp, holding
  *             the address of a `finish` label inside that assembly, as the entry's return address:
  *             fib_entry -> fib_mid -> fib_leaf, under main -> fib_drive -> fib_main_side on the main stack
+ *   nocfi     main -> nocfi_drive -> nocfi_spin, a leaf in assembly without CFI that spins with a data
+ *             pointer at [rsp] and in rbp: a walker that guesses its caller from [rsp] or rbp lands in data
+ *             (perf ends the stack at the leaf)
  * Usage: stack_ends MODE SECONDS [FILE]: ucontext writes to FILE where in libc the coroutine's pushed return
  * address points ("libc.so.6+0x..."), read off its new stack: the test's oracle for the root frame. */
 #define _GNU_SOURCE
@@ -119,6 +122,22 @@ __asm__(".text\n"
 void *fib_make(void *top, void (*fn)(void));
 void fib_jump(void **save, void *to);
 
+/* nocfi: no .cfi_ directives, so the leaf is in a gap between the FDEs of gcc's code */
+__asm__(".text\n"
+        ".globl nocfi_spin\n.type nocfi_spin,@function\nnocfi_spin:\n"
+        "  push %rbp\n  lea sink(%rip), %rbp\n  push %rbp\n  mov %rdi, %rcx\n  mov %rdi, %rax\n"
+        "1:\n  imul %rax, %rax\n  dec %rcx\n  jnz 1b\n"
+        "  pop %rbp\n  pop %rbp\n  ret\n"
+        ".size nocfi_spin, .-nocfi_spin\n");
+unsigned long nocfi_spin(unsigned long n);
+
+KEEP void nocfi_drive(void) {
+    while (now() < deadline) {
+        sink += nocfi_spin(4000000);
+        NO_SIBLING_CALL;
+    }
+}
+
 static void *fib_sp, *main_sp;
 
 KEEP void fib_leaf(void) { sink += spin(sink, 400000); }
@@ -170,6 +189,8 @@ int main(int argc, char **argv) {
             jumped();
     } else if (strcmp(mode, "fiber") == 0) {
         fib_drive();
+    } else if (strcmp(mode, "nocfi") == 0) {
+        nocfi_drive();
     } else {
         return 2;
     }
