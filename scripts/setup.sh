@@ -55,12 +55,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-if [ ! -e .venv/bcc-only/bcc ]; then
+# A link inside site-packages, not a .pth to a folder beside it: a module outside site-packages is the project's
+# own to hypothesis, which then parses bcc/__init__.py for constants and warns of its invalid escape ("\.").
+if [ ! -e "$site/bcc" ]; then
   say "exposing Debian's BCC (python3-bpfcc) to .venv, and nothing else from dist-packages"
-  mkdir -p .venv/bcc-only
-  ln -sfn /usr/lib/python3/dist-packages/bcc .venv/bcc-only/bcc
-  echo "$PWD/.venv/bcc-only" > "$site/podflame-bcc.pth"
+  ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
 fi
+rm -rf .venv/bcc-only "$site/podflame-bcc.pth"  # the layout before stop 23
 stamp=.venv/.podflame-installed
 if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing podflame and its Python dependencies into .venv"

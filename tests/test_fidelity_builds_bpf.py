@@ -115,7 +115,7 @@ def record_program(exe: Path, args: list[str], tmp: Path) -> tuple[Counter[tuple
 def test_cpp_inlined_frames_match_the_symbolizer_oracles(tmp_path: Path) -> None:
     exe = tmp_path / "fid_cpp"
     subprocess.run(["g++", "-O2", "-g", "-o", str(exe), str(WORKLOADS / "fid_cpp.cc")], check=True)
-    samples, vaddr, own = record_program(exe, ["sort", "30"], tmp_path)
+    samples, vaddr, own = record_program(exe, ["sort", "600"], tmp_path)
     asked = sorted({vaddr(f, leaf) for stack in samples for f, leaf in own(stack)})
     names, lines = llvm_functions(exe, asked), addr2line_lines(exe, asked)
     frames = by_name = by_line = inlined = whole = 0
@@ -145,7 +145,7 @@ def test_a_static_pie_binary_unwinds_through_its_own_libc(tmp_path: Path) -> Non
     subprocess.run(["gcc", "-O2", "-static-pie", "-pthread", "-o", str(exe), str(WORKLOADS / "unwind_chain.c")],
                    check=True)
     assert "DYN" in subprocess.run(["readelf", "-h", str(exe)], capture_output=True, text=True).stdout
-    with running([str(exe), "chain", "30"]) as pid:
+    with running([str(exe), "chain", "600"]) as pid:
         stacks = record(pid)
     got = share(stacks, lambda s: s[0] == "_start" and exact_chain(s))
     print(f"\nstatic-pie: {got:.1%} of samples from _start with the exact chain")

@@ -50,7 +50,7 @@ def named(stacks: Stacks) -> Stacks:
 
 @pytest.mark.parametrize("mode", ["sort", "throw"])
 def test_cpp_reaches_main_through_libstdcxx(cpp: Path, mode: str) -> None:
-    with running([str(cpp), mode, "30"]) as pid:
+    with running([str(cpp), mode, "600"]) as pid:
         stacks = named(record(pid))
     head = ("_start", "__libc_start_main_impl", "__libc_start_call_main", "main", f"run_{mode}")
     got = share(stacks, lambda s: s[:5] == head and len(s) > 5)
@@ -60,7 +60,7 @@ def test_cpp_reaches_main_through_libstdcxx(cpp: Path, mode: str) -> None:
 
 def test_cpp_throw_agrees_with_perf(cpp: Path, tmp_path: Path) -> None:
     """Where the throwing loop spends its time, by run_throw's callee, ours against perf's."""
-    with running([str(cpp), "throw", "30"]) as pid:
+    with running([str(cpp), "throw", "600"]) as pid:
         ours = named(record(pid))
         theirs = named(perf_stacks(pid, tmp_path))
 
@@ -84,7 +84,7 @@ def test_cpp_throw_agrees_with_perf(cpp: Path, tmp_path: Path) -> None:
 def test_go_goroutine_chain_is_exact(tmp_path: Path) -> None:
     exe = tmp_path / "fid_go"
     subprocess.run(["go", "build", "-o", str(exe), str(WORKLOADS / "fid_go.go")], check=True, cwd=tmp_path)
-    with running([str(exe), "30"]) as pid:
+    with running([str(exe), "600"]) as pid:
         stacks = record(pid)
     chain = ("runtime.goexit.abi0", "runtime.main", "main.main", "main.level1", "main.level2", "main.leafWork")
     got = share(stacks, lambda s: s == chain)

@@ -14,6 +14,7 @@ Real processes, the real program and maps, real tables (a temporary cache)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -145,15 +146,24 @@ def test_a_dlopen_reaches_every_reader_and_the_new_librarys_ask_fills_its_mappin
     subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(WORKLOADS / "unwind_dlopen_lib.c")],
                    check=True)
     exe = _build(tmp_path, "unwind_dlopen", "-ldl")
-    p = subprocess.Popen([str(exe), str(lib), "8", "60"])  # the dlopen 8 s after its start
+    # the dlopen once the sampler has the process (SIGUSR1), not 8 s after its start: a loaded start (the
+    # verifier alone took 10-16 s at load 14) can come after it, and the assertion below then fails the test
+    p = subprocess.Popen([str(exe), str(lib), "600", "60"])
     try:
+        usr1 = 1 << (signal.SIGUSR1 - 1)
+        deadline = time.monotonic() + 60
+        while not int(_status(p.pid, "SigCgt"), 16) & usr1:  # its handler is in: the signal will not kill it
+            assert time.monotonic() < deadline and p.poll() is None, "unwind_dlopen never caught SIGUSR1"
+            time.sleep(0.01)
         time.sleep(0.3)
         with Sampler(FREQ, pids=[p.pid], unwind="auto", python_frames=True) as s:
             s.watch_new_processes(lambda news: counted["agent"].update(n.pid for n in news))
             u = s.unwinder
             assert u is not None
             assert not any(v[2][5] == str(lib).encode() for v in procmaps.read_live_vmas(p.pid) or ()), \
-                "the sampler started after the dlopen (a loaded machine): nothing of it is tested"
+                "the sampler started after the dlopen: nothing of it is tested"
+            _sample(s, 60, until=lambda: counted["agent"][p.pid] >= 1)  # its first sample, before the dlopen
+            p.send_signal(signal.SIGUSR1)
             _sample(s, 60, until=lambda: u.stats["asks_filled"] >= 1 and counted["agent"][p.pid] >= 2)
             time.sleep(0.5)  # the loader's batch in flight, if any
             with u._lock:
@@ -174,6 +184,12 @@ def test_a_dlopen_reaches_every_reader_and_the_new_librarys_ask_fills_its_mappin
     assert filled == whole
     assert next(m for m in filled if m[0] == lib_start)[3] is not None  # the library's table, asked for
     assert counted["agent"][p.pid] == 2 and counted["python"][p.pid] == 2, counted  # first sample, the dlopen
+
+
+def _status(pid: int, key: str) -> str:
+    """A field of /proc/PID/status."""
+    return next(line.split(":", 1)[1].strip() for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith(f"{key}:"))
 
 
 # -- the loader alone, on maps of its own: an ask, served in place ---------------------------------------

@@ -45,8 +45,8 @@ def go_pprof(*args: str) -> str:
 
 def test_record_one_process_to_folded(tmp_path: Path) -> None:
     exe = build_c("two_hot.c", tmp_path, "-O0")
-    other = subprocess.Popen([str(build_c("burn.c", tmp_path)), "20"])  # busy too, but not asked for
-    target = subprocess.Popen([str(exe), "20"])
+    other = subprocess.Popen([str(build_c("burn.c", tmp_path)), "600"])  # busy too, but not asked for
+    target = subprocess.Popen([str(exe), "600"])
     try:
         out = tmp_path / "out.folded"
         done = record(f"--pid={target.pid}", "--format=folded", f"-o{out}")
@@ -69,7 +69,7 @@ def test_record_one_process_to_folded(tmp_path: Path) -> None:
 def test_record_one_cgroup_to_pprof_read_by_go_tool_pprof(tmp_path: Path) -> None:
     exe = build_c("two_hot.c", tmp_path, "-O0")
     with kubelet_cgroup("burstable") as cg:
-        target = spawn_in_cgroup(cg.path, [str(exe), "20"])
+        target = spawn_in_cgroup(cg.path, [str(exe), "600"])
         try:
             out = tmp_path / "out.pb.gz"
             done = record(f"--cgroup={cg.relative}", "--format=pprof", f"-o{out}")
@@ -106,7 +106,7 @@ def test_record_waits_for_debuginfod_so_a_stripped_binary_gets_file_and_line(tmp
                                              .read_text().splitlines(), 1) if "void hot_a" in s) + 1
     with debuginfod_standin() as server:
         server.files[build_id] = ("ok", debug.read_bytes())
-        target = subprocess.Popen([str(stripped), "20"])
+        target = subprocess.Popen([str(stripped), "600"])
         try:
             out = tmp_path / "out.pb.gz"
             env = {**os.environ, "DEBUGINFOD_URLS": f"{server.url}/full",

@@ -92,6 +92,9 @@ def running(argv: list[str]) -> Iterator[int]:
             time.sleep(0.3)  # past exec and the dynamic loader
             assert proc.poll() is None, f"{argv} exited early"
             yield proc.pid
+            # a workload that ran out of its wall-clock SECONDS while the capture waited (a cold BCC compile took
+            # 20-30 s at load 15) left "only 0 samples"; the workloads run 600 s and are killed here
+            assert proc.poll() is None, f"{argv} exited before the end of the block: its samples are missing"
         finally:
             proc.kill()
             proc.wait()
@@ -132,7 +135,7 @@ def binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("build", ["nofp", "fp"])
 def test_chain_from_main_through_qsort_to_a_frameless_leaf(binaries: dict[str, Path], build: str) -> None:
-    with running([str(binaries[build]), "chain", "30"]) as pid:
+    with running([str(binaries[build]), "chain", "600"]) as pid:
         stacks = record(pid)
     exact, entry = share(stacks, exact_chain), share(stacks, reaches_entry)
     top = stacks.most_common(1)[0][0]
@@ -142,14 +145,14 @@ def test_chain_from_main_through_qsort_to_a_frameless_leaf(binaries: dict[str, P
 
 def test_frame_pointers_alone_lose_the_chain(binaries: dict[str, Path]) -> None:
     """The contrast that shows the tables do the work: --unwind fp on the -O2 build."""
-    with running([str(binaries["nofp"]), "chain", "30"]) as pid:
+    with running([str(binaries["nofp"]), "chain", "600"]) as pid:
         stacks = record(pid, "--unwind=fp")
     assert share(stacks, exact_chain) < 0.10
     assert share(stacks, reaches_entry) < 0.50
 
 
 def test_a_thread_ends_at_clone3(binaries: dict[str, Path]) -> None:
-    with running([str(binaries["nofp"]), "thread", "30"]) as pid:
+    with running([str(binaries["nofp"]), "thread", "600"]) as pid:
         stacks = record(pid)
     head = ("start_thread", "worker", *CHAIN[1:])
     exact = share(stacks, lambda s: exact_chain(s, head) and s[0] in ("clone3", "clone"))
@@ -157,7 +160,7 @@ def test_a_thread_ends_at_clone3(binaries: dict[str, Path]) -> None:
 
 
 def test_a_signal_handler_unwinds_through_the_signal_frame(binaries: dict[str, Path]) -> None:
-    with running([str(binaries["nofp"]), "signal", "30"]) as pid:
+    with running([str(binaries["nofp"]), "signal", "600"]) as pid:
         stacks = record(pid)
     in_handler = Counter({s: n for s, n in stacks.items() if "on_alarm" in s})
     head = ("on_alarm", *CHAIN[1:])
@@ -221,7 +224,7 @@ def collapsed(stack: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def test_perf_dwarf_agrees_on_the_chain(binaries: dict[str, Path], tmp_path: Path) -> None:
-    with running([str(binaries["nofp"]), "chain", "30"]) as pid:
+    with running([str(binaries["nofp"]), "chain", "600"]) as pid:
         ours = record(pid)
         theirs = perf_stacks(pid, tmp_path)
     assert share(theirs, exact_chain) >= 0.90  # the oracle sees the chain the workload has
@@ -281,7 +284,7 @@ def test_tables_follow_a_library_loaded_after_start(tmp_path: Path) -> None:
     subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(WORKLOADS / "unwind_dlopen_lib.c")],
                    check=True)
     subprocess.run(["gcc", "-O2", "-o", str(exe), str(WORKLOADS / "unwind_dlopen.c"), "-ldl"], check=True)
-    with running([str(exe), str(lib), "1.5", "30"]) as pid:
+    with running([str(exe), str(lib), "1.5", "600"]) as pid:
         stacks = record(pid)
     in_lib = Counter({s: n for s, n in stacks.items() if s and s[-1] == "lib_leaf"})
     full = share(in_lib, lambda s: reaches_entry(s) and s[-4:] == ("main", "lib_entry", "lib_middle", "lib_leaf"),
@@ -338,7 +341,7 @@ def test_samples_taken_in_the_kernel_unwind_the_tasks_user_registers(binaries: d
     """A sample in a syscall has kernel registers in its context: the walk starts from the user
     registers the task saved on entry (bpf_task_pt_regs)."""
     out = Path(f"/tmp/podflame-unwind-syscall-{time.monotonic_ns()}.folded")
-    with running([str(binaries["nofp"]), "syscall", "30"]) as pid:
+    with running([str(binaries["nofp"]), "syscall", "600"]) as pid:
         done = subprocess.run([str(PODFLAME), "record", f"--pid={pid}", f"--duration={SECONDS}",
                                f"--frequency={FREQUENCY}", "--unwind=auto", f"-o{out}"], capture_output=True,
                               text=True, timeout=300)
@@ -357,7 +360,7 @@ def test_samples_taken_in_the_kernel_unwind_the_tasks_user_registers(binaries: d
 def test_a_stack_deeper_than_the_limit_is_cut_at_its_frames(binaries: dict[str, Path]) -> None:
     from profiler.sampler import MAX_STACK_DEPTH
 
-    with running([str(binaries["nofp"]), "deep", "30"]) as pid:
+    with running([str(binaries["nofp"]), "deep", "600"]) as pid:
         stacks = record(pid)
     # MAX_STACK_DEPTH (264) frames under the marker that says the stack was cut there
     mark = f"[truncated: user stack at the {MAX_STACK_DEPTH}-frame limit]"
@@ -371,7 +374,7 @@ def test_a_binary_over_the_row_budget_is_counted_and_walked_with_frame_pointers(
     program's own small table still loads, and the loss is counted, not hidden."""
     from profiler.sampler import Sampler
 
-    with running([str(binaries["nofp"]), "chain", "30"]) as pid, \
+    with running([str(binaries["nofp"]), "chain", "600"]) as pid, \
             Sampler(FREQUENCY, pids=[pid], unwind_rows=20_000, unwind="auto") as sampler:
         time.sleep(1.0)
         drain = sampler.drain()

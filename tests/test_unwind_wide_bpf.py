@@ -89,7 +89,7 @@ def build(tmp: Path, name: str, tool: str, flags: list[str], source: str) -> Pat
 
 
 def check(argv: list[str], test: Callable[[tuple[str, ...]], bool], what: str, least: float = 0.85) -> Stacks:
-    with running([*argv, "30"]) as pid:
+    with running([*argv, "600"]) as pid:
         stacks = record(pid)
     got = share(stacks, test)
     print(f"\n{what}: {got:.1%} of {sum(stacks.values())} samples exact")
@@ -114,7 +114,7 @@ def test_drap_frames_agree_with_perf(tmp: Path) -> None:
     """-mstackrealign: main and every function under it realign through DRAP; perf --call-graph dwarf
     evaluates the expression itself: both see the same two stacks in about the same shares."""
     exe = build(tmp, "wide_frames_stackrealign", "gcc", ["-O2", "-mavx", "-mstackrealign"], "wide_frames.c")
-    with running([str(exe), "drap", "30"]) as pid:
+    with running([str(exe), "drap", "600"]) as pid:
         ours = record(pid)
         theirs = perf_stacks(pid, tmp)
     test = from_main(FRAMES["drap"])
