@@ -168,7 +168,8 @@ struct unwind_state {
 };
 
 BPF_HASH(unwind_procs, u32, struct unwind_proc, UNWIND_PROCS);
-BPF_ARRAY(unwind_mappings, struct unwind_mapping, UNWIND_MAPPINGS);
+// mmapable: the loader writes a process's mappings into its mapping of the array, no bpf() syscall per process
+BPF_F_TABLE("array", int, struct unwind_mapping, unwind_mappings, UNWIND_MAPPINGS, BPF_F_MMAPABLE);
 BPF_ARRAY(unwind_tables, struct unwind_table, UNWIND_TABLES);
 BPF_ARRAY(unwind_rows, struct unwind_row, UNWIND_ROWS);
 BPF_PERCPU_ARRAY(unwind_stats, u64, US_SLOTS);

@@ -246,6 +246,11 @@ class NativeUnwinder:
             self._queue.put(None)
             self._worker.join(timeout=10)
             self._worker = None
+        if self._lock.acquire(timeout=1):  # else a worker still building: its mapping goes with the loader
+            try:
+                self.maps.close()
+            finally:
+                self._lock.release()
         close = getattr(self.table_source, "close", None)
         if close is not None:
             close()

@@ -23,17 +23,19 @@ from __future__ import annotations
 
 import ctypes as ct
 import logging
+import mmap
 import os
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from podflame.errors import PodflameError
-from profiler.bpfprog import BpfMap
+from profiler.bpfprog import MAP_ARRAY, BpfMap
 
 log = logging.getLogger("podflame.unwind")
 
 NO_TABLE = 0xFFFF_FFFF
+BPF_F_MMAPABLE = 1 << 10  # an array map whose values this process can map (unwind_mappings)
 ROW_SIZE = 12  # struct unwind_row
 MAPPING = struct.Struct("<QQQII")  # struct unwind_mapping: start, end, bias, table, flags
 WANTS_TABLE = 1  # unwind_mapping.flags: the walker asks for this mapping's table when it needs it
@@ -128,6 +130,10 @@ class UnwindMaps:
             raise ValueError("the unwind maps of bpf/native_unwind.bpf.h and profiler/unwind/maps.py disagree")
         self._row_space = Extents(self._rows.spec.max_entries)
         self._mapping_space = Extents(self._mappings.spec.max_entries)
+        # unwind_mappings mapped here: a process's mapping array is written with a store, where a bpf() syscall
+        # (BPF_MAP_UPDATE_BATCH) cost 45-55 us a process on the watcher's cold wake-ups (docs/benchmarks.md,
+        # stop 23); None for a map created otherwise (the syscall then)
+        self._mapping_memory = _mapped(self._mappings)
         self._free_tables = list(range(self._tables.spec.max_entries - 1, -1, -1))
         self.binaries: OrderedDict[object, LoadedBinary] = OrderedDict()  # unused ones first out
         self.processes: dict[int, ProcessMappings] = {}
@@ -235,7 +241,10 @@ class UnwindMaps:
             if b is None and flags & WANTS_TABLE:
                 wants[start] = (first + i, end)
         n = len(mappings)
-        self._mappings.update_batch(struct.pack(f"<{n}I", *range(first, first + n)), bytes(packed), n)
+        if self._mapping_memory is not None:
+            self._mapping_memory[first * MAPPING.size:(first + n) * MAPPING.size] = packed
+        else:
+            self._mappings.update_batch(struct.pack(f"<{n}I", *range(first, first + n)), bytes(packed), n)
         try:
             self._procs.update(ct.c_uint32(tgid), SPAN.pack(first, n))
         except OSError:  # the process map is full
@@ -263,13 +272,22 @@ class UnwindMaps:
                 self.release([key])
             return False
         b = self.binaries[key] if key is not None else None
-        self._mappings.update(ct.c_uint32(at[0]), MAPPING.pack(start, end, bias & 0xFFFF_FFFF_FFFF_FFFF,
-                                                               b.table if b else NO_TABLE, 0 if b else flags))
+        value = MAPPING.pack(start, end, bias & 0xFFFF_FFFF_FFFF_FFFF, b.table if b else NO_TABLE, 0 if b else flags)
+        if self._mapping_memory is not None:
+            self._mapping_memory[at[0] * MAPPING.size:(at[0] + 1) * MAPPING.size] = value
+        else:
+            self._mappings.update(ct.c_uint32(at[0]), value)
         if key is not None:
             p.binaries.append(key)
         elif flags & WANTS_TABLE:
             p.wants[start] = at
         return True
+
+    def close(self) -> None:
+        """Unmap unwind_mappings (written with syscalls from then on, as long as its fd is open)."""
+        memory, self._mapping_memory = self._mapping_memory, None
+        if memory is not None:
+            memory.close()
 
     def remove_process(self, tgid: int) -> None:
         """Forget `tgid`: a process never set (one that exited before it was loaded) costs no syscall."""
@@ -322,6 +340,21 @@ class UnwindMaps:
                 + self._tables.spec.max_entries * SPAN.size + self._procs.spec.max_entries * (SPAN.size + 4 + 48)
                 + (self._exe_files.spec.max_entries * (FILE_KEY.size + EXE.size + HASH_ELEM_OVERHEAD)
                    if self._exe_files is not None else 0))
+
+
+def _mapped(m: BpfMap) -> mmap.mmap | None:
+    """The values of array map `m`, mapped shared into this process when it was created BPF_F_MMAPABLE (element i
+    at i x value_size: the kernel rounds an element to 8 bytes, which a value of a multiple of 8 already is), so
+    that a store writes what the BPF program reads; None for any other map, or when the mapping fails."""
+    spec = m.spec
+    if spec.type != MAP_ARRAY or not spec.flags & BPF_F_MMAPABLE or spec.value_size % 8:
+        return None
+    size = -(-spec.max_entries * spec.value_size // mmap.PAGESIZE) * mmap.PAGESIZE
+    try:
+        return mmap.mmap(m.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except (OSError, ValueError) as e:
+        log.info("%s is written with bpf() syscalls: it could not be mapped (%s)", spec.name, e)
+        return None
 
 
 def _write_exe_config(config: BpfMap) -> bool:
