@@ -133,24 +133,46 @@ def replay(root: Path, drains_file: Path) -> dict:
     last_errors: dict[str, int] = {}
     freezer = SurvivorFreezer()  # the agent's loop keeps the GC off what earlier drains left
     profiler = cProfile.Profile(time.thread_time) if os.environ.get("PODFLAME_REPLAY_PROFILE") else None
+    # thread CPU of the warm drains by step (see --phases); the finer parts only when asked (they wrap calls)
+    phases: dict[str, float] = dict.fromkeys(("begin", "build_profiles", "pods", "record_drain", "release", "encode"),
+                                             0.0)
+    warm = [False]
+    if os.environ.get("PODFLAME_REPLAY_PHASES"):
+        _time_calls(memo, "_frames", "native stacks", phases, warm)  # a build without these parts skips them
+        _time_calls(memo, "_with_python", "python merge", phases, warm)
+        from symbolizer import dwarf
+        _time_calls(dwarf.DwarfInfo, "lookup", "dwarf lookups", phases, warm)
+    tt = time.thread_time
     for i, drain in enumerate(drains):
         ctx.maps.prefetch(announced[i])  # the agent's watcher thread, not its drain: untimed
         if profiler is not None and i:  # the warm drains
             profiler.enable()
-        t0 = time.thread_time()
+        warm[0] = i > 0
+        t0 = tt()
         # the agent's loop (Agent.run) around each drain: a build with SurvivorFreezer.drain keeps the GC off
         # while it runs; an older one lets it run and freezes after
         around = getattr(freezer, "drain", None)
         with around() if around is not None else contextlib.nullcontext():
             memo.begin_drain()
-            profiles = pods(build_profiles(drain, ctx, period_ns, memo))
+            t1 = tt()
+            profiles = build_profiles(drain, ctx, period_ns, memo)
+            t2 = tt()
+            profiles = pods(profiles)
+            t3 = tt()
             metrics.record_drain(drain, profiles, last_errors)
             last_errors = dict(drain.errors)
+            t4 = tt()
             release_freed_memory()
+            t5 = tt()
             body = pprof.encode(profiles, common_labels={"node": "bench"}, compresslevel=1)
+            t6 = tt()
         if around is None:
             freezer.after_drain()
-        cpu.append(time.thread_time() - t0)
+        cpu.append(tt() - t0)
+        if i:
+            for name, took in (("begin", t1 - t0), ("build_profiles", t2 - t1), ("pods", t3 - t2),
+                               ("record_drain", t4 - t3), ("release", t5 - t4), ("encode", t6 - t5)):
+                phases[name] += took
         encoded += len(body)
         pprof_digest.update(gzip.decompress(body))  # the gzip header holds a time: compare what it wraps
         if profiler is not None:
@@ -163,7 +185,34 @@ def replay(root: Path, drains_file: Path) -> dict:
         profiler.disable()
         profiler.dump_stats(os.environ["PODFLAME_REPLAY_PROFILE"])
     return {"cpu_s": cpu, "digest": digest.hexdigest(), "pprof_digest": pprof_digest.hexdigest(),
-            "samples": sum(d.total() for d in drains), "pprof_bytes": encoded}
+            "samples": sum(d.total() for d in drains), "pprof_bytes": encoded, "phases_s": phases}
+
+
+def _time_calls(owner: object, name: str, label: str, into: dict[str, float], warm: list[bool]) -> None:
+    """Adds the thread CPU of `owner.name`'s calls in the warm drains to `into[label]` (outermost calls only)."""
+    orig = getattr(owner, name, None)
+    if orig is None:
+        return
+    into[label] = 0.0
+    inside = [False]
+
+    def timed(*args, **kwargs):
+        if inside[0] or not warm[0]:
+            return orig(*args, **kwargs)
+        inside[0] = True
+        t0 = time.thread_time()
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            into[label] += time.thread_time() - t0
+            inside[0] = False
+
+    if isinstance(owner, type):  # a method of every instance: bound as the original was
+        def method(self, *args, **kwargs):
+            return timed(self, *args, **kwargs)
+        setattr(owner, name, method)
+    else:
+        setattr(owner, name, timed)
 
 
 def _frames(stack) -> tuple:
@@ -216,6 +265,11 @@ def main() -> None:
     ap.add_argument("--cold-cache", action="store_true",
                     help="each replay with an empty symbol disk cache of its own (an agent's first start), not the "
                          "one a first pass filled (a restart's)")
+    ap.add_argument("--phases", action="store_true",
+                    help="also time the parts inside build_profiles (StackMemo's native stacks, the Python merge) "
+                         "and the DWARF lookups (CU decoding on a cold cache): wraps those calls, so the totals grow "
+                         "a little; the steps around them (begin, build_profiles, pods, record_drain, release, "
+                         "encode) are always reported")
     ap.add_argument("--replay", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--replay-root", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -226,7 +280,8 @@ def main() -> None:
         raise SystemExit("run as root: recording loads the BPF sampler")
     kept = args.drains_file is not None
     tmp = args.drains_file.resolve().parent if kept else Path(tempfile.mkdtemp(prefix="podflame-drain-replay-"))
-    env = {**os.environ, "PODFLAME_SYMBOL_CACHE": str(tmp / "symbols")}
+    env = {**os.environ, "PODFLAME_SYMBOL_CACHE": str(tmp / "symbols"),
+           **({"PODFLAME_REPLAY_PHASES": "1"} if args.phases else {})}
     long_lived: list[subprocess.Popen] = []
     try:
         drains_file = args.drains_file.resolve() if kept else tmp / "drains.pickle"
@@ -283,11 +338,15 @@ def main() -> None:
                          "cold_drain_ms": round(1e3 * statistics.median(r["cpu_s"][0] for r in runs), 1),
                          "per_sample_us": round(1e6 * statistics.median(warm) /
                                                 max(1, sum(d.total() for d in drains[1:])), 1),
+                         "phases_ms": {k: round(1e3 * statistics.median(r["phases_s"][k] for r in runs), 1)
+                                       for k in runs[0]["phases_s"]},
                          "digests": sorted({r["digest"] for r in runs}),
                          "pprof_digests": sorted({r["pprof_digest"] for r in runs})}
             print(f"{name:9} warm drains {out[name]['warm_cpu_ms']:8.1f} ms (median of {len(runs)}; "
                   f"{out[name]['per_sample_us']} us a sample), cold drain {out[name]['cold_drain_ms']} ms",
                   file=sys.stderr)
+            print(f"{'':9} warm drains by step, ms (median): " +
+                  ", ".join(f"{k} {v}" for k, v in out[name]["phases_ms"].items()), file=sys.stderr)
         if "baseline" in out:
             out["identical_profiles"] = out["this"]["digests"] == out["baseline"]["digests"] and \
                 len(out["this"]["digests"]) == 1
