@@ -62,7 +62,7 @@ class LoadSegment(NamedTuple):  # not a dataclass: importing dataclasses costs `
     executable: bool
 
 
-def _build_id(elf: ElfFile) -> str | None:
+def elf_build_id(elf: ElfFile) -> str | None:
     """The GNU build id from .note.gnu.build-id, else from any PT_NOTE (section headers may be gone)."""
     sec = elf.section(".note.gnu.build-id")
     blobs: list[Callable[[], bytes]] = []
@@ -84,7 +84,7 @@ def read_build_id(path: str) -> str | None:
     """Build id of the ELF at `path`, or None when it has none or cannot be read."""
     try:
         with open(path, "rb") as f:
-            return _build_id(ElfFile(f))
+            return elf_build_id(ElfFile(f))
     except (OSError, struct.error, ValueError):
         return None
 
@@ -274,7 +274,7 @@ class ElfSymbols:
                 self.segments: tuple[LoadSegment, ...] = tuple(
                     LoadSegment(s.offset, s.vaddr, s.filesz, s.memsz, bool(s.flags & PF_X))
                     for s in elf.segments if s.type == PT_LOAD)
-                self.build_id = _build_id(elf)
+                self.build_id = elf_build_id(elf)
                 self.little_endian = elf.little_endian
         except (OSError, struct.error, ValueError) as e:
             raise ElfReadError(f"{self.name}: {e}") from e

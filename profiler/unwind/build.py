@@ -61,7 +61,7 @@ from profiler.unwind.table import (
     UnwindTable,
     file_identity,
 )
-from symbolizer.elf import _build_id
+from symbolizer.elf import elf_build_id
 from symbolizer.elffile import PT_LOAD, ElfFile, ElfFormatError, Section
 
 if TYPE_CHECKING:
@@ -522,7 +522,7 @@ def _build(path: str | bytes, max_cfi_bytes: int | None, python: bool | None) ->
             size = cfi_size(elf)
             if size is None or size > max_cfi_bytes:
                 return None
-        build_id = _build_id(elf)
+        build_id = elf_build_id(elf)
         if elf.elfclass != 64 or elf.e_machine != EM_X86_64:
             return UnwindTable(b"", 0, "none", build_id, identity, reason="not an x86_64 ELF64 binary")
         used: list[int] = []

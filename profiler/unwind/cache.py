@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from profiler.unwind.build import cfi_digest
 from profiler.unwind.table import ROW_SIZE, UnwindTable, file_identity
-from symbolizer.elf import _build_id
+from symbolizer.elf import elf_build_id
 from symbolizer.elffile import ElfFile, ElfFormatError
 
 # 4: CFA_DEREF rows and RBP_AT_RBP (stack realignment through DRAP); 3: a signal FDE holds one byte past its end;
@@ -88,7 +88,7 @@ class TableCache:
             identity = file_identity(os.fstat(f.fileno()))
             try:
                 elf = ElfFile(f)
-                build_id = _build_id(elf)
+                build_id = elf_build_id(elf)
                 if build_id:
                     return "".join(c for c in build_id.lower() if c in "0123456789abcdef"), build_id, identity
                 digest = cfi_digest(elf)

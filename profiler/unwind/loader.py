@@ -50,7 +50,7 @@ from profiler.unwind.table import UnwindTable
 
 if TYPE_CHECKING:
     from profiler.unwind.builder import TableSource
-from symbolizer.elf import ET_EXEC, LoadSegment, _build_id
+from symbolizer.elf import ET_EXEC, LoadSegment, elf_build_id
 from symbolizer.elffile import ElfFile, ElfFormatError
 from symbolizer.normalize import PAGE, elf_address, file_offset
 
@@ -775,7 +775,7 @@ class NativeUnwinder:
                 elf_type = elf.e_type
                 cfi_bytes = sum(sec.size for name in (".eh_frame", ".debug_frame")
                                 if (sec := elf.section(name)) is not None)
-                build_id = _build_id(elf) if isinstance(path, str) else None
+                build_id = elf_build_id(elf) if isinstance(path, str) else None
         except (OSError, ElfFormatError, ValueError) as e:
             log.debug("no unwind table for %s: %s", "the vDSO" if isinstance(path, bytes) else path, e)
             self.stats["tables_failed"] += 1
