@@ -328,6 +328,16 @@ static __always_inline int after_call(u64 ra) {
     return 0;
 }
 
+// Marks a process whose mapping array may be wrong; the first mark since userspace last emptied unwind_stale
+// goes on the new-process ring (`wake`: 0, or BPF_RB_NO_WAKEUP to be read at the watcher's next wake-up).
+static __always_inline void mark_stale(u32 tgid, u64 wake) {
+    u8 one = 1;
+    if (unwind_stale.insert(&tgid, &one) == 0) {
+        struct new_process_event ev = {.tgid = tgid, .kind = NEW_STALE};
+        new_tgids.ringbuf_output(&ev, sizeof(ev), wake);
+    }
+}
+
 #define STEP_MORE 0
 #define STEP_DONE 1
 #define STEP_EXE 2                // the leaf is outside the process's mappings: try its executable (unwind_step)
@@ -369,13 +379,7 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
             ustat(US_EXE_OUTSIDE);  // a library: the loader is on its way (the first sample announced it)
         } else if (proc->count) {
             ustat(US_NO_MAPPING);
-            u32 tgid = st->key.tgid;
-            u8 one = 1;
-            // first mark since userspace last emptied unwind_stale: announce it now (dlopen)
-            if (unwind_stale.insert(&tgid, &one) == 0) {
-                struct new_process_event ev = {.tgid = tgid, .kind = NEW_STALE};
-                new_tgids.ringbuf_output(&ev, sizeof(ev), 0);
-            }
+            mark_stale(st->key.tgid, 0);  // announced now (dlopen)
         }
     } else if (m->table == UNWIND_NO_TABLE) {
         if (m->flags & MAPPING_WANTS_TABLE) {
@@ -402,7 +406,7 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
             gap = cfa_type == CFA_NONE;  // between FDEs of a binary with CFI: code written without it
         }
         no_cfi = !row || gap;
-        if ((!row || gap) && !st->exact_ip && pc < 0xffffffffULL && row_starts_after(m->table, index, (u32)pc)) {
+        if (no_cfi && !st->exact_ip && pc < 0xffffffffULL && row_starts_after(m->table, index, (u32)pc)) {
             // a return address pushed at a function's first byte, not by a call (a makecontext coroutine's
             // __start_context): the stack's root, as if its CFI said the return address is undefined
             ustat(US_END);
@@ -682,11 +686,7 @@ int on_new_area(struct bpf_raw_tracepoint_args *ctx) {
     struct unwind_mapping *m = mapping_below(proc, addr + length - 1);
     if (!m || m->end <= addr)
         return 0;
-    u8 one = 1;
     ustat(US_REMAPPED);
-    if (unwind_stale.insert(&tgid, &one) == 0) {
-        struct new_process_event ev = {.tgid = tgid, .kind = NEW_STALE};
-        new_tgids.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP);
-    }
+    mark_stale(tgid, BPF_RB_NO_WAKEUP);
     return 0;
 }
