@@ -95,12 +95,25 @@ def parse_maps(text: str) -> list[MapsEntry]:
 def parse_exec_maps(text: str) -> list[MapsEntry]:
     """The executable lines of a maps file, as `parse_maps` reads them, without building the others
     (a Python process's maps have ~5 lines for each executable one; the agent reads one per new process)."""
-    out = []
+    out: list[MapsEntry] = []
     for line in text.splitlines():
         sp = line.find(" ")  # perms follow the range: "r-xp"
         if line[sp + 3:sp + 4] == "x" and (e := _entry(line)) is not None and "x" in e.perms:
+            if len(out) >= 2 and not out[-1].inode and not out[-1].path:
+                out[-1] = _moved_entry(out[-2], out[-1], e)
             out.append(e)
     return out
+
+
+def _moved_entry(prev: MapsEntry, anon: MapsEntry, after: MapsEntry) -> MapsEntry:
+    """`anon` as its file's text where it lies between two mappings of that file whose offsets it continues
+    (`_text_moved`, for lines read as text); else as it is."""
+    if prev.end == anon.start and anon.end == after.start and prev.inode \
+            and (prev.dev, prev.inode, prev.path) == (after.dev, after.inode, after.path) \
+            and prev.offset + (prev.end - prev.start) + (anon.end - anon.start) == after.offset:
+        return MapsEntry(anon.start, anon.end, anon.perms, prev.offset + (prev.end - prev.start), prev.dev,
+                         prev.inode, prev.path)
+    return anon
 
 
 _PERMS = {flags: "".join(c if flags & bit else "-" for bit, c in ((1, "r"), (2, "w"), (4, "x")))
@@ -314,8 +327,40 @@ def _query_exec(fd: int) -> list[MapsEntry] | None:
 
 def _exec_vmas(fd: int, buf: bytearray, name_addr: int) -> Iterator[tuple[int, int, _QueryKey]]:
     """(start, end, key) of each executable VMA of the process whose maps `fd` is open on, by PROCMAP_QUERY,
-    in address order, into `buf` and the name buffer at `name_addr` (_NAME_MAX bytes). Ends at ENOENT (no
-    executable VMA left); raises the ioctl's other errors (ENOTTY before 6.11, ESRCH: exiting, ...)."""
+    in address order, into `buf` and the name buffer at `name_addr` (_NAME_MAX bytes), text moved into
+    anonymous memory given back to its file (`_text_moved`). Ends at ENOENT (no executable VMA left); raises
+    the ioctl's other errors (ENOTTY before 6.11, ESRCH: exiting, ...)."""
+    return _text_moved(_queried_vmas(fd, buf, name_addr))
+
+
+def _text_moved(vmas: Iterable[ExecVma]) -> Iterator[ExecVma]:
+    """`vmas` (in address order), where an anonymous executable VMA lies between two executable VMAs of one
+    file whose offsets it continues (the file's text from the first's end to the second's start), as that
+    file's: a program that copied the middle of its text into anonymous huge pages mapped over it (node
+    --use-largepages, iodlr's liblppreload) runs the file's code there, whose unwind rows and names are the
+    file's. Anything else anonymous (JIT code) stays as it is: it is never mapped over the middle of a file's
+    text. Text moved whole (no mapping of the file's text left beside it) is not recognised."""
+    prev: ExecVma | None = None
+    held: ExecVma | None = None  # an anonymous VMA right after `prev`, waiting for what follows it
+    for v in vmas:
+        if held is not None and prev is not None:
+            (p_start, p_end, pk), (a_start, a_end, ak), (n_start, _, nk) = prev, held, v
+            if a_end == n_start and pk[2:] == nk[2:] and pk[1] + (p_end - p_start) + (a_end - a_start) == nk[1]:
+                held = (a_start, a_end, (ak[0], pk[1] + (p_end - p_start), *nk[2:]))
+            yield held
+            prev, held = held, None
+        key = v[2]
+        if not key[4] and not key[5] and prev is not None and prev[1] == v[0] and prev[2][4]:
+            held = v
+            continue
+        yield v
+        prev = v
+    if held is not None:
+        yield held
+
+
+def _queried_vmas(fd: int, buf: bytearray, name_addr: int) -> Iterator[ExecVma]:
+    """`_exec_vmas` as the kernel answers them."""
     _QUERY.pack_into(buf, 0, _QUERY.size, _VMA_EXECUTABLE | _COVERING_OR_NEXT_VMA, 0, 0, 0, 0, 0, 0, 0,
                      0, 0, _NAME_MAX, 0, name_addr, 0)
     end = 0
