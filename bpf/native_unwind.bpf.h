@@ -51,6 +51,8 @@
 #define CFA_END 4
 #define CFA_SIGNAL 5
 #define CFA_UNSUPPORTED 6
+#define CFA_GO_SWITCH 7           // Go's asmcgocall after its call into C on the system stack: CFA = g.stack.hi -
+                                  // *(rsp + cfa_offset) + 8, g = *(rsp + cfa_offset + 8) (the goroutine's stack)
 #define CFA_LEAF_REG 0x10         // 0x10 | r: CFA = register r (DWARF number) + cfa_offset, read from the sample's
                                   // registers, so at the leaf frame only; rbp_type >> 3, when not 0, is 1 + the
                                   // register holding the return address (else it is at CFA - 8)
@@ -454,6 +456,16 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
         st->exact_ip = 1;         // the interrupted instruction itself, not a return address
         st->guessed = 0;
         return st->ip ? STEP_MORE : STEP_DONE;
+    } else if (cfa_type == CFA_GO_SWITCH) {
+        // the goroutine's stack pointer as asmcgocall restores it: its depth below g.stack.hi (the stack may have
+        // moved during a callback) and g saved on the system stack; g.stack.hi is g's second word in every Go
+        u64 saved[2] = {}, hi = 0;
+        if (bpf_probe_read_user(&saved, sizeof(saved), (void *)(sp + cfa_offset)) ||
+            bpf_probe_read_user(&hi, sizeof(hi), (void *)(saved[1] + 8))) {
+            ustat(US_READ_FAULT);
+            return STEP_DONE;
+        }
+        cfa = hi - saved[0] + 8;
     } else if (cfa_type == CFA_RSP) {
         cfa = sp + cfa_offset;
     } else if (cfa_type == CFA_RBP) {
@@ -487,7 +499,8 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
         rbp_type = RBP_OFFSET;
         rbp_offset = -16;
     }
-    if (cfa <= sp && cfa_type != CFA_RBP && cfa_type != CFA_NONE && !(cfa_type & CFA_LEAF_REG)) {
+    if (cfa <= sp && cfa_type != CFA_RBP && cfa_type != CFA_NONE && cfa_type != CFA_GO_SWITCH &&
+        !(cfa_type & CFA_LEAF_REG)) {
         ustat(US_BAD_CFA);
         return STEP_DONE;
     }

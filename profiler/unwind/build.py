@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import struct
 from array import array
 from collections.abc import Callable, Iterable
@@ -42,6 +43,7 @@ from profiler.unwind.table import (
     CFA_DEREF_ADD_MAX,
     CFA_DEREF_RBP,
     CFA_END,
+    CFA_GO_SWITCH,
     CFA_LEAF_REG,
     CFA_NONE,
     CFA_PLT,
@@ -57,6 +59,7 @@ from profiler.unwind.table import (
     RBP_UNDEFINED,
     ROW,
     ROW_FIELDS,
+    ROW_SIZE,
     Rule,
     UnwindTable,
     file_identity,
@@ -487,7 +490,68 @@ def cfi_digest(elf: ElfFile) -> str | None:
         except (ElfFormatError, OSError, struct.error, ValueError):
             return None
         h.update(struct.pack("<Q", len(data)) + data)
+    try:
+        h.update(repr(go_switch_rows(elf)).encode())  # rows a build reads from Go's code, not its CFI
+    except (ElfFormatError, OSError, struct.error, ValueError):
+        return None
     return "cfi-" + h.hexdigest()
+
+
+# Go's runtime.asmcgocall (asm_amd64.s) after `CALL AX` into C on the system stack, until `MOVQ SI, SP` takes the
+# goroutine's stack back: `MOVQ g(SP), DI; MOVQ (g_stack+stack_hi)(DI), SI; SUBQ depth(SP), SI; [MOVQ DI, g(TLS)]`
+# (go1.19: g at 0x30, depth at 0x28; later releases 8 and 0). On the path that was on the system stack already:
+# `CALL AX; MOVQ oldsp(SP), SI; MOVQ SI, SP`. Matched in the code of Go binaries (a .gopclntab) only.
+_GO_SWITCH = re.compile(rb"\xff\xd0\x48\x8b\x7c\x24(.)\x48\x8b\x77\x08\x48\x2b(?:\x74\x24(.)|\x34\x24)"
+                        rb"(?:.{0,12}?)\x48\x89\xf4", re.S)
+_GO_ON_G0 = re.compile(rb"\xff\xd0\x48\x8b\x74\x24(.)\x48\x89\xf4", re.S)
+
+
+def go_switch_rows(elf: ElfFile) -> list[tuple[int, int, Rule]]:
+    """[(start, end, rule)] over Go's asmcgocall from its call into C to where it moves rsp back to the goroutine's
+    stack: Go's .debug_frame says CFA = rsp + 8 there, which on the system stack reads a saved slot as the return
+    address (a bogus `[no mapping]` frame, runtime.cgocall lost). The rule reads the goroutine's rsp as
+    asmcgocall restores it (CFA_GO_SWITCH), or the saved rsp (CFA_DEREF) where it was on the system stack
+    already. [] for a binary that is not Go's."""
+    text = elf.section(".text")
+    if elf.section(".gopclntab") is None or text is None or not text.size:
+        return []
+    code = elf.data(text)
+    out: list[tuple[int, int, Rule]] = []
+    for m in _GO_SWITCH.finditer(code):
+        g_slot, depth = m.group(1)[0], (m.group(2) or b"\0")[0]
+        if g_slot == depth + 8:
+            out.append((text.addr + m.start(), text.addr + m.end(), (CFA_GO_SWITCH, depth, RBP_SAME, 0)))
+    for m in _GO_ON_G0.finditer(code):
+        out.append((text.addr + m.start(), text.addr + m.end(), (CFA_DEREF | 1, m.group(1)[0], RBP_SAME, 0)))
+    return sorted(out)
+
+
+def overlay_rows(packed: bytes, spans: list[tuple[int, int, Rule]]) -> bytes:
+    """`packed` rows with each span's rule over [start, end), the rule in force at `end` from there on."""
+    out = bytearray(packed)
+    for start, end, rule in spans:
+        n = len(out) // ROW_SIZE
+        pcs = [ROW.unpack_from(out, i * ROW_SIZE)[0] for i in range(n)] if n < 4096 else None
+        lo = _bisect_pc(out, n, start, pcs)  # first row at or after start
+        hi = _bisect_pc(out, n, end, pcs)  # first row at or after end
+        at_end = out[(hi - 1) * ROW_SIZE + 4:hi * ROW_SIZE] if hi > 0 else ROW.pack(0, 0, 0, CFA_NONE, RBP_SAME, 0)[4:]
+        cfa_type, cfa_offset, rbp_type, rbp_offset = rule
+        new = ROW.pack(start, cfa_offset, rbp_offset, cfa_type, rbp_type, 0)
+        if not (hi < n and ROW.unpack_from(out, hi * ROW_SIZE)[0] == end):
+            new += ROW.pack(end, 0, 0, 0, 0, 0)[:4] + at_end
+        out[lo * ROW_SIZE:hi * ROW_SIZE] = new
+    return bytes(out)
+
+
+def _bisect_pc(rows: bytearray, n: int, pc: int, pcs: list[int] | None) -> int:
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if (pcs[mid] if pcs is not None else ROW.unpack_from(rows, mid * ROW_SIZE)[0]) < pc:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def build_table(path: str | bytes, *, python: bool | None = None) -> UnwindTable:
@@ -535,6 +599,11 @@ def _build(path: str | bytes, max_cfi_bytes: int | None, python: bool | None) ->
                 packed, stats = rows_from_cfi(found, python=python)
             except _Above4GiB:
                 return UnwindTable(b"", 0, "none", build_id, identity, reason="code above 4 GiB")
+            go_rows = go_switch_rows(elf)
+            if go_rows:
+                packed = overlay_rows(packed, go_rows)
+                stats["rows"] = len(packed) // ROW_SIZE
+                stats["go_switch"] = len(go_rows)
         except UnwindFormatError:
             raise
         except CfiFormatError as e:

@@ -32,7 +32,7 @@ from symbolizer.elffile import ElfFile, ElfFormatError
 
 # 4: CFA_DEREF rows and RBP_AT_RBP (stack realignment through DRAP); 3: a signal FDE holds one byte past its end;
 # 2: CFA_LEAF_REG rows (CFA or RA in a register)
-FORMAT = 4
+FORMAT = 5
 _MAGIC = b"PFUNWIND"
 _HEAD = struct.Struct("<8sIIIHH")  # magic, format, count, crc32(rows), len(source), len(reason)
 

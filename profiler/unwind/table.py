@@ -26,6 +26,11 @@ CFA_PLT = 3  # CFA = rsp + 8 + ((rip & 15) >= rbp_offset ? 8 : 0); rbp_offset ho
 CFA_END = 4  # return address undefined: the outermost frame (_start, a thread's first frame)
 CFA_SIGNAL = 5  # signal trampoline (__restore_rt): rsp points at the ucontext, registers come from uc_mcontext
 CFA_UNSUPPORTED = 6  # CFI exists but needs an expression (or rule) the unwinder does not evaluate
+# Go's runtime.asmcgocall from the return of its call into C (on the system stack) until it moves rsp back:
+# CFA = g.stack.hi - *(rsp + cfa_offset) + 8 where g = *(rsp + cfa_offset + 8), as asmcgocall restores the
+# goroutine's rsp (Go's own .debug_frame says rsp + 8 there, which reads the system stack). Not from CFI: the
+# builder finds the instructions (build.go_switch_rows).
+CFA_GO_SWITCH = 7
 # 0x10 | r: CFA = register r (DWARF number, 0-15) + cfa_offset, and the return address in a register when
 # rbp_type >> RA_REG_SHIFT is not 0 (1 + its number; else at CFA-8). The kernel has the registers of the
 # sampled frame only, so such a row unwinds the leaf and ends a walk anywhere else (counted unsupported):
@@ -47,7 +52,7 @@ RBP_UNDEFINED = 2  # the caller's rbp cannot be recovered here
 RBP_AT_RBP = 3  # the caller's rbp is saved at this frame's rbp + rbp_offset (DW_CFA_expression r6: DW_OP_breg6 off)
 
 CFA_NAMES = {CFA_NONE: "none", CFA_RSP: "rsp", CFA_RBP: "rbp", CFA_PLT: "plt", CFA_END: "end",
-             CFA_SIGNAL: "signal", CFA_UNSUPPORTED: "unsupported"}
+             CFA_SIGNAL: "signal", CFA_UNSUPPORTED: "unsupported", CFA_GO_SWITCH: "go-switch"}
 
 ROW = struct.Struct("<IhhBBH")
 ROW_SIZE = ROW.size  # 12

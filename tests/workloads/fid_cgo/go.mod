@@ -1,0 +1,3 @@
+module fidcgo
+
+go 1.19
