@@ -628,11 +628,15 @@ class MapsCache:
     def file(self, pid: int, mapping: Mapping) -> MappedFile | None:
         """Where the symbolizer can open `mapping`'s file, and the file's identity (as of the read).
 
-        Built on request: the symbolizer asks only for a binary it has not loaded (or without a build id)."""
+        Built on request: the symbolizer asks only for a binary it has not loaded (or without a build id). None
+        where the maps now hold another file at the mapping's range (a library dlclosed and another dlopened at
+        its address, read after the drain's samples were taken): the symbolizer then opens the mapping's own
+        path, not the new file's."""
         p = self._procs.get(pid)
         while p is not None:  # this image, then those its execs replaced
             i = bisect_right(p.starts, mapping.start) - 1
-            if i >= 0 and p.starts[i] == mapping.start and p.ends[i] == mapping.limit:
+            if i >= 0 and p.starts[i] == mapping.start and p.ends[i] == mapping.limit and \
+                    p.lines[i].path == mapping.path and p.lines[i].offset == mapping.offset:
                 if p.lines[i].special:
                     return None
                 ln = p.lines[i]
