@@ -49,7 +49,9 @@ the root frame inside _start by the ELF header's entry point; perf may name it f
 every Python (pyenv 2.7, 3.6-3.13, Debian's 3.11) spinning in `python_fidelity.py threads 4` with `py-spy dump`'s
 main-thread chain as the oracle (`pyspy_exact`: the share of podflame's samples with py-spy's chain); and stop 23's
 (`stop23_workloads`): node in its own OpenSSL's SHA-512, the C chain -O3 -flto, without any CFI, exec'd from a memfd,
--fsplit-stack recursion across stack segments, and two libraries swapped at one address by dlclose/dlopen.
+-fsplit-stack recursion across stack segments, and two libraries swapped at one address by dlclose/dlopen; and stop
+24's (`stop24_workloads`): text moved into anonymous memory (a C build, node --use-largepages=on), text patched through
+mprotect, a dlmopen'ed second copy, the vDSO, 16 KiB thread stacks, Go calling C and C calling back into Go.
 
     .venv/bin/python bench/unwind.py --wide [--seconds 3] [--only drap-stackrealign,cpp-O2-catch]
 """
@@ -442,6 +444,7 @@ def wide_workloads(tmp: Path) -> Workloads:
                               lambda s: in_start(s) and len(s) >= 12 and s[1:3] == ("__libc_start_main_impl",
                                                                                     "__libc_start_call_main"))
     out.update(stop23_workloads(tmp, build, entry, c_exact))
+    out.update(stop24_workloads(tmp, build, entry, c_exact))
     work = str(WORKLOADS / "python_fidelity.py")
     for version in ("2.7", "3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
         python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
@@ -481,6 +484,47 @@ def stop23_workloads(tmp: Path, build: Callable[[str, str, list[str], str], Path
     out["c-dlswap"] = ([str(swap), *map(str, libs), "0.5", "600"], entry,
                        lambda s: entry(s) and s[-5:] in (("main", "run_lib", "lib_entry", "a_middle", "a_leaf"),
                                                          ("main", "run_lib", "lib_entry", "b_middle", "b_leaf")))
+    return out
+
+
+def stop24_workloads(tmp: Path, build: Callable[[str, str, list[str], str], Path], entry: Test,
+                     c_exact: Test) -> Workloads:
+    """docs/benchmarks.md "Stop 24 fid24" (tests/workloads/moved_text.c, tests/workloads/fid_cgo): the C chain with
+    its text copied into anonymous memory over itself (as node --use-largepages=on moves text to huge pages), node
+    itself so, a page of its text patched through mprotect, its library loaded again in a dlmopen namespace (with a
+    second libc), main -> clock_gettime in the vDSO, threads on 16 KiB stacks; Go calling C through cgo, and C
+    calling back into Go calling C (exact: the whole chain, C frames between included: neither profiler has it)."""
+    out: Workloads = {}
+    moved = build("moved_text", "gcc", ["-O2", "-fno-toplevel-reorder", "-ldl"], "moved_text.c")
+    lib = build("libmoved_text.so", "gcc", ["-O2", "-shared", "-fPIC"], "moved_text_lib.c")
+    out["c-remap-text"] = ([str(moved), "remap", "600"], entry, c_exact)
+    out["c-mprotect-text"] = ([str(moved), "mprotect", "600"], entry, c_exact)
+    out["c-dlmopen"] = ([str(moved), "dlmopen", "600", str(lib)], entry,
+                        lambda s: entry(s) and s[-2:] == ("lib_compare", "lib_leaf") and "main" in s
+                        and s[s.index("main"):s.index("main") + 3] == ("main", "lib_run", "lib_level"))
+    out["c-vdso"] = ([str(moved), "vdso", "600"], entry,
+                     lambda s: entry(s) and "spin_clock" in s and s[s.index("spin_clock") - 1] == "main")
+    thread_entry: Test = lambda s: bool(s) and s[0] in ("clone3", "clone")  # noqa: E731
+    out["c-smallstack-threads"] = ([str(moved), "smallstack", "600"], thread_entry,
+                                   lambda s: thread_entry(s) and "worker" in s and exact_chain(s, ("worker",
+                                                                                                    *CHAIN[1:])))
+    node = shutil.which("node")
+    if node is not None:
+        out["node-largepages-pbkdf2"] = ([node, "--use-largepages=on", str(WORKLOADS / "node_pbkdf2.js"), "600"],
+                                         entry, lambda s: entry(s) and "PKCS5_PBKDF2_HMAC" in s)
+    if shutil.which("go"):
+        cgo = tmp / "fid_cgo"
+        subprocess.run(["go", "build", "-o", str(cgo), "."], check=True, capture_output=True,
+                       cwd=WORKLOADS / "fid_cgo")
+        goexit: Test = lambda s: bool(s) and s[0] == "runtime.goexit.abi0"  # noqa: E731
+        into_c = ("runtime.cgocall", "runtime.asmcgocall.abi0")
+        out["go-cgo-call"] = ([str(cgo), "600", "plain"], goexit,
+                              lambda s: goexit(s) and s[1:5] == ("runtime.main", "main.main", "main.plain1",
+                                                                 "main._Cfunc_c_leaf.abi0")
+                              and s[5:7] == into_c and s[-1] == "c_leaf" and len(s) == 9)
+        out["go-cgo-callback"] = ([str(cgo), "600", "callback"], goexit,
+                                  lambda s: goexit(s) and s[-1] == "c_leaf" and
+                                  all(f in s for f in ("main.level1", "c_outer", "c_mid", "main.goCallback")))
     return out
 
 
