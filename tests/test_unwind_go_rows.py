@@ -46,13 +46,18 @@ def test_asmcgocall_returns_from_c_by_the_goroutines_stack(fid_cgo: Path) -> Non
     assert len(calls) == 2 and len(restores) == 2, asm
     with open(fid_cgo, "rb") as f:
         spans = go_switch_rows(ElfFile(f))
-    assert [(s, e) for s, e, _ in spans] == [(calls[0], restores[0] + 3), (calls[1], restores[1] + 3)]
+    assert [(s, e) for s, e, r in spans if r[0] != CFA_RSP] == [(calls[0], restores[0] + 3),
+                                                             (calls[1], restores[1] + 3)]
     rows = build_table(str(fid_cgo)).rows
     # the return address from C (the lookup is at the call instruction), switched and not switched
     assert rule_at(rows, calls[0] + 1) == (CFA_GO_SWITCH, depth)
     assert rule_at(rows, calls[1] + 1)[0] == CFA_DEREF | 1
     # before the call and once rsp is back: Go's own rule (frameless: CFA = rsp + 8)
     assert rule_at(rows, calls[0] - 1) == rule_at(rows, restores[0] + 3) == (CFA_RSP, 8)
+    # the padding byte before runtime.systemstack_switch (the goroutine's saved pc is its first byte): its rule
+    switch = int(re.search(r"^([0-9a-f]+) t runtime\.systemstack_switch\.abi0$", nm, re.M)[1], 16)  # type: ignore[index]
+    assert (switch - 1, switch, (CFA_RSP, 8, RBP_SAME, 0)) in spans
+    assert rule_at(rows, switch - 1) == (CFA_RSP, 8)
 
 
 def test_not_go_no_rows_and_an_overlay_keeps_what_follows() -> None:

@@ -504,6 +504,10 @@ def cfi_digest(elf: ElfFile) -> str | None:
 _GO_SWITCH = re.compile(rb"\xff\xd0\x48\x8b\x7c\x24(.)\x48\x8b\x77\x08\x48\x2b(?:\x74\x24(.)|\x34\x24)"
                         rb"(?:.{0,12}?)\x48\x89\xf4", re.S)
 _GO_ON_G0 = re.compile(rb"\xff\xd0\x48\x8b\x74\x24(.)\x48\x89\xf4", re.S)
+# gosave_systemstack_switch: `LEAQ runtime·systemstack_switch(SB), R9; MOVQ R9, (g_sched+gobuf_pc)(R14); LEAQ 8(SP), R9;
+# MOVQ R9, (g_sched+gobuf_sp)(R14)`: the goroutine's saved pc is systemstack_switch's first byte, which cgocallback
+# pushes as its own return address on the goroutine's stack during a callback from C.
+_GO_SAVE_SWITCH = re.compile(rb"\x4c\x8d\x0d(....)\x4d\x89\x4e.\x4c\x8d\x4c\x24\x08\x4d\x89\x4e.", re.S)
 
 
 def go_switch_rows(elf: ElfFile) -> list[tuple[int, int, Rule]]:
@@ -523,6 +527,13 @@ def go_switch_rows(elf: ElfFile) -> list[tuple[int, int, Rule]]:
             out.append((text.addr + m.start(), text.addr + m.end(), (CFA_GO_SWITCH, depth, RBP_SAME, 0)))
     for m in _GO_ON_G0.finditer(code):
         out.append((text.addr + m.start(), text.addr + m.end(), (CFA_DEREF | 1, m.group(1)[0], RBP_SAME, 0)))
+    for m in _GO_SAVE_SWITCH.finditer(code):
+        # a return address at a function's first byte is looked up at the byte before: Go's padding (int3) there
+        # gets systemstack_switch's own rule (frameless, CFA = rsp + 8), so a walk goes on to the goroutine's
+        # caller as Go's traceback does (cgocallback -> systemstack_switch -> cgocall), rather than ending
+        at = m.start() + 7 + int.from_bytes(m.group(1), "little", signed=True)
+        if 0 < at < len(code) and code[at - 1] == 0xCC:
+            out.append((text.addr + at - 1, text.addr + at, (CFA_RSP, 8, RBP_SAME, 0)))
     return sorted(out)
 
 
