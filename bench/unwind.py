@@ -493,7 +493,8 @@ def stop24_workloads(tmp: Path, build: Callable[[str, str, list[str], str], Path
     its text copied into anonymous memory over itself (as node --use-largepages=on moves text to huge pages), node
     itself so, a page of its text patched through mprotect, its library loaded again in a dlmopen namespace (with a
     second libc), main -> clock_gettime in the vDSO, threads on 16 KiB stacks; Go calling C through cgo, and C
-    calling back into Go calling C (exact: the whole chain, C frames between included: neither profiler has it)."""
+    calling back into Go calling C (exact: the whole chain, C frames between included: neither profiler has it;
+    podflame reaches runtime.goexit through Go's traceback's chain, without the C frames that called back)."""
     out: Workloads = {}
     moved = build("moved_text", "gcc", ["-O2", "-fno-toplevel-reorder", "-ldl"], "moved_text.c")
     lib = build("libmoved_text.so", "gcc", ["-O2", "-shared", "-fPIC"], "moved_text_lib.c")
