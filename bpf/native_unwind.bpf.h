@@ -331,12 +331,14 @@ static __always_inline int after_call(u64 ra) {
 }
 
 // Marks a process whose mapping array may be wrong; the first mark since userspace last emptied unwind_stale
-// goes on the new-process ring (`wake`: 0, or BPF_RB_NO_WAKEUP to be read at the watcher's next wake-up).
-static __always_inline void mark_stale(u32 tgid, u64 wake) {
+// goes on the new-process ring without a wake-up: the watcher reads it at its next one (the next new process's,
+// an ask's, or its poll's timeout), where a wake-up of its own cost a cold start of the watcher for one record.
+// It carries the process's start time, as NEW_FIRST does: the watcher reads no /proc/PID/stat for it.
+static __always_inline void mark_stale(u32 tgid) {
     u8 one = 1;
     if (unwind_stale.insert(&tgid, &one) == 0) {
-        struct new_process_event ev = {.tgid = tgid, .kind = NEW_STALE};
-        new_tgids.ringbuf_output(&ev, sizeof(ev), wake);
+        struct new_process_event ev = {.tgid = tgid, .kind = NEW_STALE, .start_boottime = leader_start_boottime()};
+        new_tgids.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP);
     }
 }
 
@@ -381,7 +383,7 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
             ustat(US_EXE_OUTSIDE);  // a library: the loader is on its way (the first sample announced it)
         } else if (proc->count) {
             ustat(US_NO_MAPPING);
-            mark_stale(st->key.tgid, 0);  // announced now (dlopen)
+            mark_stale(st->key.tgid);  // announced now (dlopen)
         }
     } else if (m->table == UNWIND_NO_TABLE) {
         if (m->flags & MAPPING_WANTS_TABLE) {
@@ -390,7 +392,7 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
             ustat(US_WANTED);
             if (unwind_wanted.insert(&want, &one) == 0) {  // first ask: tell the loader now
                 struct new_process_event ev = {.tgid = want.tgid, .kind = NEW_ASK};
-                new_tgids.ringbuf_output(&ev, sizeof(ev), 0);
+                new_tgids.ringbuf_output(&ev, sizeof(ev), BPF_RB_FORCE_WAKEUP);  // even past an unread stale mark
             }
         }
     } else {
@@ -700,6 +702,6 @@ int on_new_area(struct bpf_raw_tracepoint_args *ctx) {
     if (!m || m->end <= addr)
         return 0;
     ustat(US_REMAPPED);
-    mark_stale(tgid, BPF_RB_NO_WAKEUP);
+    mark_stale(tgid);
     return 0;
 }

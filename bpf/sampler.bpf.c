@@ -153,8 +153,8 @@ BPF_RINGBUF_OUTPUT(new_tgids, NEW_TGIDS_PAGES);
 struct new_process_event {
     u32 tgid;
     u32 kind;
-    u64 start_boottime;           // NEW_FIRST: the process's start, task->group_leader->start_boottime (what
-                                  // /proc/PID/stat prints in clock ticks); 0: unknown (no offsets), or another kind
+    u64 start_boottime;           // NEW_FIRST, NEW_STALE: the process's start, task->group_leader->start_boottime
+                                  // (what /proc/PID/stat prints in clock ticks); 0: unknown (no offsets), or NEW_ASK
 };
 
 // task_struct member offsets of the running kernel (profiler/btf.py), written by profiler/sampler.py before
@@ -450,7 +450,9 @@ int on_sample(struct bpf_perf_event_data *ctx) {
             u8 one = 1;
             seen_tgids.update(&seen, &one);
             struct new_process_event ev = {.tgid = tgid, .kind = NEW_FIRST, .start_boottime = leader_start_boottime()};
-            new_tgids.ringbuf_output(&ev, sizeof(ev), 0);
+            // forced: the ring's default wakes the watcher only when it has read every earlier record, and a
+            // stale mark (posted without a wake-up, to ride along with the next one) may be unread
+            new_tgids.ringbuf_output(&ev, sizeof(ev), BPF_RB_FORCE_WAKEUP);
         }
     }
     key.python_error = python_stack_into(tgid, pid, set, &key.python_stack);  // before any tail call

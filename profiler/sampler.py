@@ -520,9 +520,10 @@ class Sampler:
         A first sample (NEW_FIRST) is read once (procmaps.read_new_process, with the start time the kernel
         gave: no /proc/PID/stat) and handed to every callback. The walker's announcements are the unwind
         loader's: an ask for a table (NEW_ASK) wakes the loader, which reads the kernel's asks and reads of
-        the process no more than it needs; an address outside the known mappings (NEW_STALE: dlopen, JIT code)
-        has the process's VMAs read for the loader, and handed to the other callbacks only when they differ
-        from what they were given last (a dlopen, not JIT code): they read a process once per image."""
+        the process no more than it needs; an address outside the known mappings (NEW_STALE: dlopen, JIT code;
+        posted without a wake-up, read at the next one, with the start time) has the process's VMAs read for
+        the loader, and handed to the other callbacks only when they differ from what they were given last (a
+        dlopen, not JIT code): they read a process once per image."""
         with self._lock:
             self._require_open()
             if self._watcher is not None:
@@ -530,7 +531,7 @@ class Sampler:
             from profiler.procmaps import NewProcess, read_live_vmas, read_new_process, start_time
 
             firsts: dict[int, int] = {}  # tgid -> start time (ns of boot time; 0: not given)
-            stales: dict[int, None] = {}
+            stales: dict[int, int] = {}  # tgid -> start time, as firsts
             asks = [False]
             assert self._prog is not None
             ring = self._prog.ring_buffer("new_tgids")
@@ -544,7 +545,7 @@ class Sampler:
                 if kind == NEW_FIRST:
                     firsts[tgid] = started
                 elif kind == NEW_STALE:
-                    stales[tgid] = None
+                    stales[tgid] = started
                 else:
                     asks[0] = True
 
@@ -567,7 +568,7 @@ class Sampler:
                     told[n.pid] = hash(tuple(n.vmas)) if n.vmas is not None else 0
                 remapped: list[NewProcess] = []
                 moved: list[NewProcess] = []
-                for t in stales:
+                for t, ns in stales.items():
                     if t <= 0 or t in firsts:
                         continue
                     vmas = read_live_vmas(t)
@@ -577,7 +578,7 @@ class Sampler:
                     moved.append(n)
                     seen = hash(tuple(vmas)) if vmas is not None else 0
                     if not seen or told.get(t) != seen:  # a new image or a new library: everyone reads it
-                        n.starttime = start_time(t)
+                        n.starttime = ticks(ns) if ns and ticks else start_time(t)
                         if n.starttime is not None:
                             told[t] = seen
                             remapped.append(n)

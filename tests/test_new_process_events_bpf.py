@@ -136,11 +136,23 @@ def test_jit_code_outside_every_mapping_is_the_loaders_alone(tmp_path: Path,
 
 
 def test_a_dlopen_reaches_every_reader_and_the_new_librarys_ask_fills_its_mapping(
-        tmp_path: Path, counted: dict[str, Counter[int]]) -> None:
+        tmp_path: Path, counted: dict[str, Counter[int]], monkeypatch: pytest.MonkeyPatch) -> None:
     """After a dlopen the walker's stale mark has the process read again, and as its executable mappings
-    changed every reader gets it; the new library's table comes on demand: the walk's ask is served in its
-    mapping alone, which then holds what a whole reload of the process writes."""
+    changed every reader gets it, with the start time the mark carries (no /proc/PID/stat read); the new
+    library's table comes on demand: the walk's ask is served in its mapping alone, which then holds what a
+    whole reload of the process writes."""
     from profiler.sampler import Sampler
+
+    stats_read: list[int] = []
+    read_stat = procmaps._read_stat
+
+    def watched(pid: int, proc: str) -> procmaps._Stat | None:
+        if "new-processes" in threading.current_thread().name:
+            stats_read.append(pid)
+        return read_stat(pid, proc)
+
+    monkeypatch.setattr(procmaps, "_read_stat", watched)
+    handed: list[NewProcess] = []
 
     lib = tmp_path / "libunwind_dlopen.so"
     subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(WORKLOADS / "unwind_dlopen_lib.c")],
@@ -157,7 +169,7 @@ def test_a_dlopen_reaches_every_reader_and_the_new_librarys_ask_fills_its_mappin
             time.sleep(0.01)
         time.sleep(0.3)
         with Sampler(FREQ, pids=[p.pid], unwind="auto", python_frames=True) as s:
-            s.watch_new_processes(lambda news: counted["agent"].update(n.pid for n in news))
+            s.watch_new_processes(lambda news: (counted["agent"].update(n.pid for n in news), handed.extend(news)))
             u = s.unwinder
             assert u is not None
             assert not any(v[2][5] == str(lib).encode() for v in procmaps.read_live_vmas(p.pid) or ()), \
@@ -177,6 +189,7 @@ def test_a_dlopen_reaches_every_reader_and_the_new_librarys_ask_fills_its_mappin
             vmas = procmaps.read_live_vmas(p.pid)
             assert vmas
             lib_start = next(v[0] for v in vmas if v[2][5] == str(lib).encode())
+            started = procmaps.start_time(p.pid)
     finally:
         p.kill()
         p.wait()
@@ -184,6 +197,9 @@ def test_a_dlopen_reaches_every_reader_and_the_new_librarys_ask_fills_its_mappin
     assert filled == whole
     assert next(m for m in filled if m[0] == lib_start)[3] is not None  # the library's table, asked for
     assert counted["agent"][p.pid] == 2 and counted["python"][p.pid] == 2, counted  # first sample, the dlopen
+    mine = [n for n in handed if n.pid == p.pid]
+    assert len(mine) == 2 and mine[1].starttime == mine[0].starttime == started  # the kernel's, in clock ticks
+    assert p.pid not in stats_read
 
 
 def _status(pid: int, key: str) -> str:
