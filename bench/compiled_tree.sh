@@ -13,7 +13,8 @@ set -euo pipefail
 dest=${1:?usage: bench/compiled_tree.sh DEST}
 here=$(cd "$(dirname "$0")/.." && pwd)
 modules=(podflame/model.py profiler/agent.py profiler/pyframes.py podflame/pprof.py symbolizer/core.py
-         symbolizer/cache.py symbolizer/resolve.py symbolizer/normalize.py profiler/metrics.py profiler/pidlabel.py)
+         symbolizer/cache.py symbolizer/resolve.py symbolizer/normalize.py profiler/metrics.py profiler/pidlabel.py
+         profiler/python/code.py symbolizer/elf.py symbolizer/diskcache.py)
 [ -e "$dest" ] && { echo "$dest exists" >&2; exit 1; }
 mkdir -p "$dest"
 git -C "$here" archive HEAD | tar -x -C "$dest"
