@@ -268,7 +268,7 @@ class Symbolizer:
         at = frame.address if leaf or not frame.address else frame.address - 1
         if frame.kind is _KERNEL:
             return self._named(frame, self.kallsyms.lookup(at), _KERNEL_UNKNOWN)
-        m = frame.mapping
+        m: Mapping | None = frame.mapping  # (annotated: mypyc infers None from the branch below)
         if m is None or is_anonymous(m.path):
             name = self._perf_map_name(at, call)
             if name is not None:
