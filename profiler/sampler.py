@@ -168,7 +168,7 @@ class RawSample(NamedTuple):
     kernel_stack: tuple[int, ...]  # leaf first; () if none/error
     user_error: int  # 0, or -errno as get_stackid gives it (-EFAULT is normal for kernel threads)
     kernel_error: int  # 0, or -errno (-EFAULT is normal for samples taken in user mode)
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count: the name every profile format gives it
     # Python frames as the kernel read them: (code | flags, instr) pairs flattened, leaf first; () if none
     python_stack: tuple[int, ...] = ()
     python_error: int = PY_NOT_PYTHON  # PY_ERRORS index; a stack may come with truncated / read_fault
@@ -614,8 +614,9 @@ class Sampler:
         self._watching = False
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join(timeout=5)
-        if getattr(self, "unwinder", None) is not None:
-            self.unwinder.close()
+        unwinder = getattr(self, "unwinder", None)  # None: closed before the unwinder was made
+        if unwinder is not None:
+            unwinder.close()
         with self._lock:
             prog, self._prog = self._prog, None
             if prog is not None:
@@ -821,6 +822,8 @@ def _decode_counts(keys: bytearray, counts: bytearray, n: int, stacks: dict[int,
     """
     get, py_get, append, enoent = stacks.get, py_stacks.get, out.append, -errno.ENOENT
     entries = _KEY.iter_unpack(memoryview(keys)[: n * _KEY.size])
+    user: tuple[int, ...] | None
+    kernel: tuple[int, ...] | None
     for (cgroup_id, user_id, kernel_id, tgid, pid, user_err, kernel_err, raw_comm, py_id, py_err), count in zip(
             entries, memoryview(counts).cast("Q")[:n], strict=True):
         comm = comms.get(raw_comm)
