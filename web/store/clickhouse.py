@@ -200,7 +200,8 @@ class ClickHouseStore(Store):
         self._frame_obj: dict[int, Frame] = {}  # local frame id -> Frame (immutable rows)
         self._mappings: dict[int, ProcMapping | None] = {0: None}  # mapping hash -> mapping (immutable rows)
         self._memo: dict[object, int] = {}  # content -> hash (mappings, functions, frames, stacks)
-        self._written: set[int] = set()  # dictionary ids this process has inserted
+        # Dictionary ids this process has inserted or read from their tables (rows are never deleted: a put skips them)
+        self._written: set[int] = set()
         self._retention_cutoff = 0  # the last cutoff this process enforced
         # The last `types` selection of each thread, for the `select` of the same request (one statement for
         # both: the query layer asks which types are in range, then selects one of them).
@@ -442,6 +443,7 @@ class ClickHouseStore(Store):
         self.transport.insert(self._t("samples"), data, {
             **self._sync, "insert_deduplicate": 1, "insert_deduplication_token": put_token,
             "deduplicate_blocks_in_dependent_materialized_views": 1})
+        self.transport.settle()
         return PutResult(profiles, n_samples, data.nbytes)
 
     def _batch_rows(self, b: Batch, rows: _Rows) -> tuple[pa.Table, str, int] | None:
@@ -629,11 +631,26 @@ class ClickHouseStore(Store):
             ins(self._t("stacks"), pa.table({"id": pa.array(list(stacks), pa.uint64()),
                                              "frames": pa.array(list(stacks.values()), pa.list_(pa.uint64()))}), {})
         if series:
-            ins(self._t("series"), pa.table({
+            table = self._t("series")
+            before = self.transport.table_writes(table)
+            ins(table, pa.table({
                 "id": pa.array(list(series), pa.uint64()),
                 "sample_type": [v[0] for v in series.values()], "unit": [v[1] for v in series.values()],
                 "labels": pa.array([v[2] for v in series.values()], pa.map_(pa.string(), pa.string())),
                 "added": pa.array(np.full(len(series), time.time_ns(), np.int64))}), {})
+            self._catalogue_wrote(series, before)
+
+    def _catalogue_wrote(self, series: dict[int, tuple[str, str, list[tuple[str, str]]]], before: int | None) -> None:
+        """The series this put inserted, into the catalogue without reading them back, when every writer is here
+        (chDB) and this insert was the table's only write since the catalogue's last look (its count moved by one
+        from that look's): the catalogue then holds every row again, as a read of the rows added since would make
+        it. Otherwise the next look reads them (`_catalogue`)."""
+        after = self.transport.table_writes(self._t("series"))
+        with self._lock:
+            if not self._cat_on or before is None or after != before + 1 or before != self._cat_mark:
+                return
+            self._keep_series({"id": h, "t": t, "u": u, "l": labels} for h, (t, u, labels) in series.items())
+            self._cat_mark = after
 
     # -- series --------------------------------------------------------------------------------
 
@@ -667,11 +684,13 @@ class ClickHouseStore(Store):
         return "1" if where == "1" else f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
 
     def _keep_series(self, rows: Iterable[dict]) -> None:
-        """Series rows (id, t, u, l) into this process' cache (caller holds the lock)."""
+        """Series rows (id, t, u, l) into this process' cache (caller holds the lock); read from the table, so a put
+        need not write them again."""
         for r in rows:
             if r["id"] not in self._series_local:
                 self._series_hash.append(r["id"])
                 self._series_local[r["id"]] = Series(len(self._series_hash) - 1, dict(r["l"]), r["t"], r["u"])
+                self._written.add(r["id"])
 
     def _load_catalogue(self) -> None:
         """Hold every series (at a server's start: one statement), unless there are more than `_CATALOGUE_LIMIT`."""
@@ -814,6 +833,7 @@ class ClickHouseStore(Store):
                 if r["series"] not in self._series_local:
                     self._series_hash.append(r["series"])
                     self._series_local[r["series"]] = Series(len(self._series_hash) - 1, dict(r["l"]), r["t"], r["u"])
+                    self._written.add(r["series"])
         return rows
 
     def _selection_named(self, agg: str, cols: str) -> list[dict] | None:
@@ -1254,6 +1274,7 @@ class ClickHouseStore(Store):
             ends = np.cumsum(lengths)
             for sid, end, n in zip(local.tolist(), ends.tolist(), lengths.tolist(), strict=True):
                 cache[sid] = fids[end - n:end]
+        self._written.update(stacks.tolist())  # (every one in its dictionary: stored)
         self._keep_frames(cols, names, maps)
         return stacks, values
 
@@ -1480,8 +1501,10 @@ class ClickHouseStore(Store):
                 local = np.fromiter((self._frame_id(h) for h in uniq.tolist()), np.int64, count=uniq.size)
                 fids = local[inv]
                 ends = np.cumsum(lengths)
-                for h, end, n in zip(rows.column("id").to_pylist(), ends.tolist(), lengths.tolist(), strict=True):
+                read = rows.column("id").to_pylist()
+                for h, end, n in zip(read, ends.tolist(), lengths.tolist(), strict=True):
                     cache[self._stack_local[h]] = fids[end - n:end]
+            self._written.update(read)  # stored: a put need not write them again
         per = [cache[i] for i in want]
         lengths = np.fromiter((len(a) for a in per), np.int64, count=len(per))
         return lengths, (np.concatenate(per) if per else np.empty(0, np.int64))
@@ -1561,6 +1584,7 @@ class ClickHouseStore(Store):
                 known.clear()
                 self._frame_obj.clear()
             known.update(got)
+        self._written.update(cols["id"], names, (h for h in got_maps if h))  # read from their tables: stored
 
     def _row(self, i: int) -> _FrameRow:
         row = self._frame_rows.get(i)

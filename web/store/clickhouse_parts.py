@@ -64,38 +64,39 @@ def city_hash64(*cols: np.ndarray) -> np.ndarray:
 
 
 def _regroup(cols: dict[str, np.ndarray], keys: Sequence[str], how: dict[str, str]) -> dict[str, np.ndarray]:
-    """`cols` grouped by `keys`, each other column reduced as `how` says ("sum": wrapping if unsigned, "min", "max")."""
-    key = np.stack([cols[k].view(np.int64) for k in keys], axis=1)
-    uniq, inv = np.unique(key, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    out = {k: uniq[:, i].view(cols[k].dtype) for i, k in enumerate(keys)}
+    """`cols` grouped by `keys`, each other column reduced as `how` says ("sum": wrapping if unsigned, "min", "max"):
+    rows sorted by the keys (`lexsort`), runs of equal keys reduced (`reduceat`). A fold's few hundred rows: 0.1-0.2 ms,
+    where `np.unique(axis=0)` and `ufunc.at` took ~0.8 ms."""
+    order = np.lexsort([cols[k] for k in reversed(keys)])
+    ks = [cols[k][order] for k in keys]
+    at = _heads(*ks)
+    out = {k: v[at] for k, v in zip(keys, ks, strict=True)}
+    ops = {"sum": np.add, "min": np.minimum, "max": np.maximum}
     for c, op in how.items():
-        v = cols[c]
-        if op == "sum":
-            acc = np.zeros(len(uniq), v.dtype)
-            with np.errstate(over="ignore"):
-                np.add.at(acc, inv, v)
-        else:
-            first = np.full(len(uniq), np.iinfo(v.dtype).max if op == "min" else np.iinfo(v.dtype).min, v.dtype)
-            (np.minimum if op == "min" else np.maximum).at(first, inv, v)
-            acc = first
-        out[c] = acc
+        v = cols[c][order]
+        with np.errstate(over="ignore"):
+            out[c] = ops[op].reduceat(v, at) if at.size else v[:0]
     return out
 
 
 def fold(kept: pa.Table, inserts: list[pa.Table], f: Fold, lo: int, hi: int) -> pa.Table:
     """`kept` (a part's answer) with the rows of `inserts` into `samples` that its statement would read (series in
     `f.ids`, start in [lo, hi)) summed in, as the statement sums them (`f.kind`; not a rollup part)."""
-    names = ("series", "start_ns", "duration_ns", "period_ns", "stack", "value")
+    names = _FOLD_COLUMNS[f.kind]
     got: dict[str, list[np.ndarray]] = {c: [] for c in names}
+    want = None if f.ids is None else np.unique(f.ids.astype(np.uint64))
+    if want is not None and not want.size:
+        return kept
     for t in inserts:
         start = t.column("start_ns").to_numpy()
         keep = (start >= lo) & (start < hi)
-        if f.ids is not None:
-            keep &= np.isin(t.column("series").to_numpy(), f.ids)
+        if want is not None:  # (a pod's few series among a node's: a lookup, where np.isin sorts both)
+            series = t.column("series").to_numpy()
+            keep &= want[np.minimum(np.searchsorted(want, series), want.size - 1)] == series
         if keep.any():
+            idx = np.flatnonzero(keep)
             for c in names:
-                got[c].append(t.column(c).to_numpy()[keep])
+                got[c].append(t.column(c).to_numpy()[idx])
     if not got["series"]:
         return kept
     r = {c: np.concatenate(v) for c, v in got.items()}
@@ -127,7 +128,12 @@ def fold(kept: pa.Table, inserts: list[pa.Table], f: Fold, lo: int, hi: int) -> 
         cols[field_.name] = np.concatenate([kept.column(field_.name).to_numpy().astype(dt)]
                                            + [np.asarray(v).astype(dt) for v in new[field_.name]])
     out = _regroup(cols, keys, how)
-    return pa.table({fl.name: pa.array(out[fl.name]).cast(fl.type) for fl in kept.schema})
+    return pa.Table.from_arrays([pa.array(out[fl.name], fl.type) for fl in kept.schema], schema=kept.schema)
+
+
+# The columns of an insert's rows a fold of each kind reads
+_FOLD_COLUMNS = {"gs": ("series", "start_ns", "duration_ns", "period_ns", "stack", "value"),
+                 "steps": ("series", "start_ns", "period_ns", "value"), "sums": ("series", "period_ns", "value")}
 
 
 class PartCache:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -108,6 +109,12 @@ class Transport(ABC):
         """When every writer is in this process (chDB): the rows of every insert into `table` after the first `seq`,
         each known to have been stored whole (not dropped as a repeated token), in order. None when one of them is
         no longer held or its rows were not seen stored (then the caller reads the table), or writers elsewhere."""
+        return None
+
+    def settle(self) -> None:
+        """After a put's inserts: return once the engine's merges they started are done, where the engine runs in
+        this process (chDB), so that their CPU is the put's and not that of the request that follows. Nothing to
+        wait for when the engine is elsewhere (a ClickHouse server merges in its own process)."""
         return None
 
 
@@ -297,6 +304,14 @@ _SESSIONS_LOCK = threading.Lock()
 _NEXT_WRITES = [0]  # where the next engine's count starts: past every count given before
 _HOUR_NS = 3600 * 10**9
 LOG_BYTES = 64 << 20  # rows of inserts an engine holds for write-through (`_Engine.hold`): past it the oldest go
+# `ChdbTransport.settle`: an insert's parts are merged by the engine's background threads, which start that merge 2-25
+# ms after the insert (its merge selection runs on another pool first) and run it for 30-60 ms of wall time on a node's
+# drain; a put waits for merges of up to `SETTLE_BYTES` of compressed parts (those of recent inserts: a node-hour of
+# samples is ~6 MB), polling the engine's list of merges (~1.5 ms of CPU a look), for at most `SETTLE_SECONDS`.
+SETTLE_FIRST = 0.015
+SETTLE_POLL = 0.01
+SETTLE_SECONDS = 2.0
+SETTLE_BYTES = 64 << 20
 
 
 def _hours(data: pa.Table) -> list[int]:
@@ -378,6 +393,25 @@ class ChdbTransport(Transport):
 
     def inserts_since(self, table: str, seq: int) -> list[pa.Table] | None:
         return self._engine.since(table, seq)
+
+    def settle(self) -> None:
+        """chDB merges in this process: a merge running while a request is answered is counted in that request's CPU
+        (a running server's pod flame graph 0.94-1.85x SQLite's with a put before each, against 0.77-0.94 without:
+        docs/benchmarks.md "Stop 23 ch23"). So a put waits for the merges of small parts (the ones its inserts
+        start, and their cascade) before it returns: first the time the engine takes to pick them, then while one
+        runs. A merge of bigger parts (rare: the day's parts grown past `SETTLE_BYTES`) is not waited for."""
+        if self._closed:
+            return
+        time.sleep(SETTLE_FIRST)
+        until = time.monotonic() + SETTLE_SECONDS
+        sql = f"SELECT count() FROM system.merges WHERE total_size_bytes_compressed <= {SETTLE_BYTES}"
+        while time.monotonic() < until:
+            try:
+                if not int(self._run(sql).bytes().strip() or 0):
+                    return
+            except (ClickHouseError, ClickHouseUnavailable):
+                return  # (closed meanwhile, or the engine refused: the put is done, merges are not its result)
+            time.sleep(SETTLE_POLL)
 
     def _rows(self, table: str) -> int:
         """The rows of `table`'s active parts (caller holds the lock)."""
