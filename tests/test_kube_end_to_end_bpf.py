@@ -272,17 +272,19 @@ def test_the_podflame_agent_command_names_selects_and_reports_health(tmp_path: P
         env.pop("KUBERNETES_SERVICE_HOST", None)
         agent = subprocess.Popen([str(Path(sys.executable).parent / "podflame"), "agent", f"--server={url}",
                                   f"--metrics=127.0.0.1:{port}", "--interval=1", f"--node-name={NODE}",
-                                  f"--frequency={FREQUENCY}",  # 19 Hz x a loaded second of CPU: ~5 samples
-                                  "--pod-labels=app.kubernetes.io/name"],
+                                  f"--frequency={FREQUENCY}", "--pod-labels=app.kubernetes.io/name"],
                                  env=env, stderr=subprocess.PIPE, text=True)
         seen: list[int] = []
+        body: dict = {}
 
         def health() -> int:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
                     code = r.status
+                    body.update(json.loads(r.read()))
             except urllib.error.HTTPError as e:
                 code = e.code
+                body.update(json.loads(e.read()))
             except OSError:
                 code = 0  # not listening yet
             seen.append(code)
@@ -291,12 +293,14 @@ def test_the_podflame_agent_command_names_selects_and_reports_health(tmp_path: P
         try:
             assert eventually(health, 30), f"/healthz never answered 200: {seen[-5:]}"
             assert 503 in seen  # "starting" while BCC compiled the sampler
-            time.sleep(1.5)  # the selection filter has picked the pod's cgroup (rechecked every second)
+            # the workload's every sample counts: it starts once the kernel's filter holds the pod's cgroup
+            # (the selection is refreshed every second; a fixed wait lost the first samples under load)
+            assert eventually(lambda: health() and body.get("selected_pod_cgroups") == 1, 30), body
             run = spawn_in_cgroup(cg.path, [str(exe), "2.0"])
             _, status, usage = os.wait4(run.pid, 0)
             assert status == 0
-            assert eventually(lambda: health() and json.loads(urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/healthz", timeout=5).read())["last_drain_seconds_ago"] < 1.5, 10)
+            assert eventually(lambda: health() and body["last_drain_seconds_ago"] is not None
+                              and body["last_drain_seconds_ago"] < 1.5, 10), body
         finally:
             agent.send_signal(signal.SIGTERM)
             _, err = agent.communicate(timeout=60)
