@@ -295,7 +295,9 @@ def test_the_podflame_agent_command_names_selects_and_reports_health(tmp_path: P
             assert 503 in seen  # "starting" while BCC compiled the sampler
             # the workload's every sample counts: it starts once the kernel's filter holds the pod's cgroup
             # (the selection is refreshed every second; a fixed wait lost the first samples under load)
+            healthy = time.monotonic()
             assert eventually(lambda: health() and body.get("selected_pod_cgroups") == 1, 30), body
+            selected_after = time.monotonic() - healthy
             run = spawn_in_cgroup(cg.path, [str(exe), "2.0"])
             _, status, usage = os.wait4(run.pid, 0)
             assert status == 0
@@ -310,6 +312,9 @@ def test_the_podflame_agent_command_names_selects_and_reports_health(tmp_path: P
         everything = _get_json(url, "/api/v1/series", "{}")["series"]
         named = _get_json(url, "/api/v1/flamegraph", f'{{namespace="shop", pod="{POD}", container="app", '
                           'workload="Deployment/cart", qos="besteffort", app_kubernetes_io_name="cart"}')
+        print(f"\n{named['total']} samples of the pod for {cpu:.2f} CPU-s: {named['total'] / (FREQUENCY * cpu):.1%} "
+              f"of {FREQUENCY} Hz x its CPU; the pod selected {selected_after:.2f} s after /healthz's 200 "
+              f"(load {os.getloadavg()[0]:.1f})")
         assert named["total"] >= 0.9 * FREQUENCY * cpu, (named["total"], cpu, everything, err)
         # selected in the kernel: nothing but the shop pod was sampled (not the agent, not pytest)
         assert {s["labels"]["pod_uid"] for s in everything if "pod_uid" in s["labels"]} == {cg.pod_uid}
