@@ -88,7 +88,7 @@ def test_the_main_thread_behind_many_thread_states_keeps_its_python_frames(which
     exact = share(with_python, lambda s: python_part(s) == chain, least=20)
     print(f"\n{which}, {threads} threads: {got:.1%} of samples with {';'.join(chain)}, {exact:.1%} of those with "
           f"Python frames (py-spy: {';'.join(oracle)})")
-    assert got >= 0.85, f"{got:.1%}; commonest: {commonest(stacks)}"
+    assert got >= 0.8, f"{got:.1%}; commonest: {commonest(stacks)}"
     assert exact >= 0.95, f"{exact:.1%}; commonest: {commonest(with_python)}"
 
 
@@ -171,7 +171,7 @@ def test_forked_workers_keep_their_python_frames(which: str) -> None:
     exact = share(with_python, lambda s: python_part(s) == chain, least=20)
     print(f"\n{which}, 2 forked workers: {got:.1%} of samples from _start with {';'.join(chain)}, {exact:.1%} of those "
           f"with Python frames (py-spy: {';'.join(oracle)})")
-    assert got >= 0.85, f"{got:.1%}; commonest: {commonest(stacks)}"
+    assert got >= 0.8, f"{got:.1%}; commonest: {commonest(stacks)}"
     assert exact >= 0.95, f"{exact:.1%}; commonest: {commonest(with_python)}"
 
 
