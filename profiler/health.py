@@ -26,12 +26,19 @@ class _Synced(Protocol):
     def synced(self) -> bool: ...
 
 
+class _Selecting(Protocol):
+    @property
+    def selected(self) -> int | None: ...
+
+
 class AgentHealth:
     """The agent's /healthz: 200 while drains succeed, 503 while starting (compiling the sampler) or when
     no drain succeeded for `stale_after` seconds (3 intervals, at least 30 s) or the drain loop died.
 
     Uploads failing do not make the agent unhealthy: it keeps a backlog and retries, and restarting it
-    would lose that backlog. The body says what was checked.
+    would lose that backlog. The body says what was checked; with a pod selection, also how many pod
+    cgroups the kernel's filter holds (`selected_pod_cgroups`: null before the first pod list, 0 while no
+    selected pod is on the node), so "healthy but sampling nothing" can be told apart.
     """
 
     def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -41,9 +48,11 @@ class AgentHealth:
         self.thread: threading.Thread | None = None
         self.attached_at: float | None = None
         self.kube: _Synced | None = None
+        self.selection: _Selecting | None = None
 
-    def attach(self, agent: _Drains, thread: threading.Thread, kube: _Synced | None = None) -> None:
-        self.agent, self.thread, self.kube = agent, thread, kube
+    def attach(self, agent: _Drains, thread: threading.Thread, kube: _Synced | None = None,
+               selection: _Selecting | None = None) -> None:
+        self.agent, self.thread, self.kube, self.selection = agent, thread, kube, selection
         self.attached_at = self.clock()
 
     def check(self) -> tuple[int, dict[str, Any]]:
@@ -52,6 +61,8 @@ class AgentHealth:
                                 "stale_after_seconds": self.stale_after}
         if self.kube is not None:
             body["pods_synced"] = self.kube.synced
+        if self.selection is not None:
+            body["selected_pod_cgroups"] = self.selection.selected
         if self.agent is None or self.thread is None or self.attached_at is None:
             return 503, body  # the sampler is still compiling
         last = self.agent.last_drain_at

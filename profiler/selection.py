@@ -110,6 +110,13 @@ class PodCgroupFilter:
                         len(uids), self.cgroups.root)
         return frozenset(ids) if ids else frozenset({MATCH_NOTHING})
 
+    @property
+    def selected(self) -> int | None:
+        """How many pod cgroups the kernel's filter admits: None before the first refresh set it, 0 while
+        it holds only MATCH_NOTHING (the agent's /healthz shows it)."""
+        ids = self.current
+        return None if ids is None else len(ids - {MATCH_NOTHING})
+
     def refresh(self) -> frozenset[int]:
         ids = self.wanted()
         if ids != self.current:

@@ -71,7 +71,7 @@ def start_agent(server_url: str, frequency: int, interval: float, node: str | No
     thread = daemon_thread(agent.run, "podflame-agent")
     thread.start()
     if health is not None:
-        health.attach(agent, thread, kube)
+        health.attach(agent, thread, kube, pod_filter)
     what = "every process" if selection.everything else f"only pods with {describe(selection)}"
     say(f"podflame agent: sampling {what} on node {ctx.node!r}, shipping every {interval:g}s to {server_url}")
 

@@ -220,6 +220,23 @@ def test_agent_health_answers_from_recent_drains() -> None:
     assert AgentHealth(60.0).stale_after == 180.0
 
 
+def test_agent_health_says_how_many_selected_pods_the_filter_holds() -> None:
+    """With a pod selection, a healthy agent sampling nothing (no selected pod here yet) says so."""
+    from profiler.health import AgentHealth
+
+    class Filter:
+        selected: int | None = None
+
+    health, selection = AgentHealth(10.0), Filter()
+    health.attach(FakeAgent(), _Thread(alive=True), selection=selection)
+    assert health.check()[1]["selected_pod_cgroups"] is None  # before the first refresh
+    selection.selected = 0
+    assert health.check() == (200, {"status": "ok", "last_drain_seconds_ago": None, "stale_after_seconds": 30.0,
+                                    "selected_pod_cgroups": 0})
+    health.attach(FakeAgent(), _Thread(alive=True))  # no selection: no such field
+    assert "selected_pod_cgroups" not in health.check()[1]
+
+
 class _Thread:
     def __init__(self, alive: bool) -> None:
         self.alive = alive

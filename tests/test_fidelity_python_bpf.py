@@ -81,13 +81,14 @@ def test_the_main_thread_behind_many_thread_states_keeps_its_python_frames(which
     assert oracle[:2] == ("<module>", "spin_threads"), oracle
     chain = ("<module>", "spin_threads", "middle", "leaf")
     got = share(stacks, lambda s: python_part(s) == chain)
-    # the samples before the agent registered the process (its first sample announces it) have no Python
-    # frames on any build: among the others, the chain must be exact
+    # `record --pid` registers the interpreter before its first sample (the agent, at a first sample's
+    # announcement: its samples before that had none, 66% of a 3 s capture at load 14): a sample without Python
+    # frames is a walk that missed the main thread; among those with them, the chain must be exact
     with_python = Counter({s: n for s, n in stacks.items() if python_part(s)})
     exact = share(with_python, lambda s: python_part(s) == chain, least=20)
     print(f"\n{which}, {threads} threads: {got:.1%} of samples with {';'.join(chain)}, {exact:.1%} of those with "
           f"Python frames (py-spy: {';'.join(oracle)})")
-    assert got >= 0.6, f"{got:.1%}; commonest: {commonest(stacks)}"
+    assert got >= 0.8, f"{got:.1%}; commonest: {commonest(stacks)}"
     assert exact >= 0.95, f"{exact:.1%}; commonest: {commonest(with_python)}"
 
 
@@ -170,7 +171,7 @@ def test_forked_workers_keep_their_python_frames(which: str) -> None:
     exact = share(with_python, lambda s: python_part(s) == chain, least=20)
     print(f"\n{which}, 2 forked workers: {got:.1%} of samples from _start with {';'.join(chain)}, {exact:.1%} of those "
           f"with Python frames (py-spy: {';'.join(oracle)})")
-    assert got >= 0.6, f"{got:.1%}; commonest: {commonest(stacks)}"
+    assert got >= 0.8, f"{got:.1%}; commonest: {commonest(stacks)}"
     assert exact >= 0.95, f"{exact:.1%}; commonest: {commonest(with_python)}"
 
 

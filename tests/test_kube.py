@@ -201,10 +201,12 @@ def test_cgroup_filter_holds_selected_pods_and_means_nothing_when_none_is_select
     kube, spy = FakeKube([cart(), etcd], synced=False), FilterSpy()
     f = PodCgroupFilter(spy, kube, parse_selection("shop"), CgroupResolver(tmp_path))
     assert f.initial_ids() == [MATCH_NOTHING]
+    assert f.selected is None  # what /healthz shows before the first refresh
     # before the first list: sample nothing (an empty filter would mean everything)
     assert f.refresh() == {MATCH_NOTHING} and spy.calls == [{MATCH_NOTHING}]
+    assert f.selected == 0
     kube.synced = True
-    assert f.refresh() == {cart_dir.stat().st_ino}
+    assert f.refresh() == {cart_dir.stat().st_ino} and f.selected == 1
     f.refresh()
     assert len(spy.calls) == 2  # unchanged: the kernel is not touched again
     # a static pod is found by its config hash, which names its cgroup

@@ -272,17 +272,19 @@ def test_the_podflame_agent_command_names_selects_and_reports_health(tmp_path: P
         env.pop("KUBERNETES_SERVICE_HOST", None)
         agent = subprocess.Popen([str(Path(sys.executable).parent / "podflame"), "agent", f"--server={url}",
                                   f"--metrics=127.0.0.1:{port}", "--interval=1", f"--node-name={NODE}",
-                                  f"--frequency={FREQUENCY}",  # 19 Hz x a loaded second of CPU: ~5 samples
-                                  "--pod-labels=app.kubernetes.io/name"],
+                                  f"--frequency={FREQUENCY}", "--pod-labels=app.kubernetes.io/name"],
                                  env=env, stderr=subprocess.PIPE, text=True)
         seen: list[int] = []
+        body: dict = {}
 
         def health() -> int:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
                     code = r.status
+                    body.update(json.loads(r.read()))
             except urllib.error.HTTPError as e:
                 code = e.code
+                body.update(json.loads(e.read()))
             except OSError:
                 code = 0  # not listening yet
             seen.append(code)
@@ -291,12 +293,16 @@ def test_the_podflame_agent_command_names_selects_and_reports_health(tmp_path: P
         try:
             assert eventually(health, 30), f"/healthz never answered 200: {seen[-5:]}"
             assert 503 in seen  # "starting" while BCC compiled the sampler
-            time.sleep(1.5)  # the selection filter has picked the pod's cgroup (rechecked every second)
+            # the workload's every sample counts: it starts once the kernel's filter holds the pod's cgroup
+            # (the selection is refreshed every second; a fixed wait lost the first samples under load)
+            healthy = time.monotonic()
+            assert eventually(lambda: health() and body.get("selected_pod_cgroups") == 1, 30), body
+            selected_after = time.monotonic() - healthy
             run = spawn_in_cgroup(cg.path, [str(exe), "2.0"])
             _, status, usage = os.wait4(run.pid, 0)
             assert status == 0
-            assert eventually(lambda: health() and json.loads(urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/healthz", timeout=5).read())["last_drain_seconds_ago"] < 1.5, 10)
+            assert eventually(lambda: health() and body["last_drain_seconds_ago"] is not None
+                              and body["last_drain_seconds_ago"] < 1.5, 10), body
         finally:
             agent.send_signal(signal.SIGTERM)
             _, err = agent.communicate(timeout=60)
@@ -306,6 +312,9 @@ def test_the_podflame_agent_command_names_selects_and_reports_health(tmp_path: P
         everything = _get_json(url, "/api/v1/series", "{}")["series"]
         named = _get_json(url, "/api/v1/flamegraph", f'{{namespace="shop", pod="{POD}", container="app", '
                           'workload="Deployment/cart", qos="besteffort", app_kubernetes_io_name="cart"}')
+        print(f"\n{named['total']} samples of the pod for {cpu:.2f} CPU-s: {named['total'] / (FREQUENCY * cpu):.1%} "
+              f"of {FREQUENCY} Hz x its CPU; the pod selected {selected_after:.2f} s after /healthz's 200 "
+              f"(load {os.getloadavg()[0]:.1f})")
         assert named["total"] >= 0.9 * FREQUENCY * cpu, (named["total"], cpu, everything, err)
         # selected in the kernel: nothing but the shop pod was sampled (not the agent, not pytest)
         assert {s["labels"]["pod_uid"] for s in everything if "pod_uid" in s["labels"]} == {cg.pod_uid}
