@@ -480,7 +480,7 @@ class Sampler:
         """The early reads of new Python processes (`python_early_reads`), once one was announced."""
         return self._python.early if self._python is not None else None
 
-    def _announce_python(self, tgids: list[NewProcess]) -> None:
+    def _announce_python(self, tgids: list[int] | list[NewProcess]) -> None:
         """Detect CPython in new processes (the watcher thread); the reader is imported on first use, so
         a start pays nothing for it."""
         if self._python is None:
