@@ -330,15 +330,17 @@ static __always_inline int after_call(u64 ra) {
     return 0;
 }
 
-// Marks a process whose mapping array may be wrong; the first mark since userspace last emptied unwind_stale
-// goes on the new-process ring without a wake-up: the watcher reads it at its next one (the next new process's,
-// an ask's, or its poll's timeout), where a wake-up of its own cost a cold start of the watcher for one record.
-// It carries the process's start time, as NEW_FIRST does: the watcher reads no /proc/PID/stat for it.
-static __always_inline void mark_stale(u32 tgid) {
+// Marks a process whose mapping array may be wrong; the first mark since userspace last emptied unwind_stale (or
+// re-armed the process after reading its maps) goes on the new-process ring. A walk's mark wakes the watcher
+// (`wake`: BPF_RB_FORCE_WAKEUP, past any unread record): until it reads the maps, every sample that goes through
+// the new library ends there (a dlopen, an exec's loader still mapping). A new mapping's mark (on_new_area) waits
+// for the next wake-up (BPF_RB_NO_WAKEUP): it fires in mmap, and a wake-up per library loaded costs the watcher
+// a cold start for one record. It carries the process's start time, as NEW_FIRST does: no /proc/PID/stat read.
+static __always_inline void mark_stale(u32 tgid, u64 wake) {
     u8 one = 1;
     if (unwind_stale.insert(&tgid, &one) == 0) {
         struct new_process_event ev = {.tgid = tgid, .kind = NEW_STALE, .start_boottime = leader_start_boottime()};
-        new_tgids.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP);
+        new_tgids.ringbuf_output(&ev, sizeof(ev), wake);
     }
 }
 
@@ -383,7 +385,7 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
             ustat(US_EXE_OUTSIDE);  // a library: the loader is on its way (the first sample announced it)
         } else if (proc->count) {
             ustat(US_NO_MAPPING);
-            mark_stale(st->key.tgid);  // announced now (dlopen)
+            mark_stale(st->key.tgid, BPF_RB_FORCE_WAKEUP);  // announced now (dlopen)
         }
     } else if (m->table == UNWIND_NO_TABLE) {
         if (m->flags & MAPPING_WANTS_TABLE) {
@@ -702,6 +704,6 @@ int on_new_area(struct bpf_raw_tracepoint_args *ctx) {
     if (!m || m->end <= addr)
         return 0;
     ustat(US_REMAPPED);
-    mark_stale(tgid);
+    mark_stale(tgid, BPF_RB_NO_WAKEUP);
     return 0;
 }

@@ -21,6 +21,7 @@ Not thread-safe: `NativeUnwinder` (profiler/unwind/loader.py) drives it from one
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import logging
 import mmap
@@ -108,6 +109,7 @@ class ProcessMappings:
     binaries: list[object] = field(default_factory=list)  # keys of the binaries it holds a reference to
     # mappings a walk may ask a table for (WANTS_TABLE, no table): start -> (slot in unwind_mappings, end)
     wants: dict[int, tuple[int, int]] = field(default_factory=dict)
+    ranges: frozenset[tuple[int, int]] = frozenset()  # the (start, end) of each mapping
 
 
 class UnwindMaps:
@@ -252,10 +254,22 @@ class UnwindMaps:
             self.rejected_processes += 1
             self.remove_process(tgid)
             return False
-        self.processes[tgid] = ProcessMappings(first, n, keys, wants)
+        ranges = frozenset((m[0], m[1]) for m in mappings)
+        if old is None or not ranges <= old.ranges:
+            self._rearm(tgid)
+        self.processes[tgid] = ProcessMappings(first, n, keys, wants, ranges)
         if old is not None:
             self._release(old)  # after the switch: a walk in flight reads either whole array
         return True
+
+    def _rearm(self, tgid: int) -> None:
+        """Let the next walk outside the new array mark `tgid` stale again. The kernel marks a process once until
+        the drain empties the marks (`unwind_stale`): one marked while its mappings were changing (an exec's
+        loader still mapping libc, a dlopen) would otherwise end its walks at the library it had not mapped when
+        read, for a drain (~1 s). Only when the array covers new ranges: unchanged ones (JIT code outside any
+        mapping) stay marked until the drain, so no walk wakes the watcher for them again."""
+        with contextlib.suppress(OSError):  # not marked: nothing to re-arm
+            self.stale_map.delete(ct.c_uint32(tgid))
 
     def fill(self, tgid: int, mapping: tuple[int, int, int, object | None, int]) -> bool:
         """Write one mapping of `tgid` that waited for its table (WANTS_TABLE, set by `set_process`) again, as
