@@ -530,7 +530,7 @@ class Sampler:
         gave: no /proc/PID/stat) and handed to every callback. The walker's announcements are the unwind
         loader's: an ask for a table (NEW_ASK) wakes the loader, which reads the kernel's asks and reads of
         the process no more than it needs; an address outside the known mappings (NEW_STALE: dlopen, JIT code;
-        posted without a wake-up, read at the next one, with the start time) has the process's VMAs read for
+        with the start time; a new mapping's mark waits for the next wake-up) has the process's VMAs read for
         the loader, and handed to the other callbacks only when they differ from what they were given last (a
         dlopen, not JIT code): they read a process once per image."""
         with self._lock:

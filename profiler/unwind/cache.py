@@ -30,7 +30,7 @@ from profiler.unwind.table import ROW_SIZE, UnwindTable, file_identity
 from symbolizer.elf import elf_build_id
 from symbolizer.elffile import ElfFile, ElfFormatError
 
-# 6: the row before Go's systemstack_switch (5, this branch's first, lacked it); 5: CFA_GO_SWITCH rows (Go's
+# 6: the row before Go's systemstack_switch (format 5 lacked it); 5: CFA_GO_SWITCH rows (Go's
 # asmcgocall); 4: CFA_DEREF rows and RBP_AT_RBP (stack realignment through DRAP); 3: a signal FDE holds one byte
 # past its end; 2: CFA_LEAF_REG rows (CFA or RA in a register)
 FORMAT = 6
