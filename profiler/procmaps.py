@@ -108,12 +108,19 @@ def parse_exec_maps(text: str) -> list[MapsEntry]:
 def _moved_entry(prev: MapsEntry, anon: MapsEntry, after: MapsEntry) -> MapsEntry:
     """`anon` as its file's text where it lies between two mappings of that file whose offsets it continues
     (`_text_moved`, for lines read as text); else as it is."""
-    if prev.end == anon.start and anon.end == after.start and prev.inode \
-            and (prev.dev, prev.inode, prev.path) == (after.dev, after.inode, after.path) \
-            and prev.offset + (prev.end - prev.start) + (anon.end - anon.start) == after.offset:
-        return MapsEntry(anon.start, anon.end, anon.perms, prev.offset + (prev.end - prev.start), prev.dev,
-                         prev.inode, prev.path)
+    if prev.inode and (prev.dev, prev.inode, prev.path) == (after.dev, after.inode, after.path) and (
+            offset := _moved_offset(prev.start, prev.end, prev.offset, anon.start, anon.end, after.start,
+                                    after.offset)) is not None:
+        return MapsEntry(anon.start, anon.end, anon.perms, offset, prev.dev, prev.inode, prev.path)
     return anon
+
+
+def _moved_offset(prev_start: int, prev_end: int, prev_offset: int, start: int, end: int, next_start: int,
+                  next_offset: int) -> int | None:
+    """The file offset of the anonymous VMA [start, end) where it fills the gap between two VMAs of one file and
+    their offsets say the file's text runs on through it (`_text_moved`); None where they do not."""
+    offset = prev_offset + (prev_end - prev_start)
+    return offset if prev_end == start and end == next_start and offset + (end - start) == next_offset else None
 
 
 _PERMS = {flags: "".join(c if flags & bit else "-" for bit, c in ((1, "r"), (2, "w"), (4, "x")))
@@ -345,8 +352,9 @@ def _text_moved(vmas: Iterable[ExecVma]) -> Iterator[ExecVma]:
     for v in vmas:
         if held is not None and prev is not None:
             (p_start, p_end, pk), (a_start, a_end, ak), (n_start, _, nk) = prev, held, v
-            if a_end == n_start and pk[2:] == nk[2:] and pk[1] + (p_end - p_start) + (a_end - a_start) == nk[1]:
-                held = (a_start, a_end, (ak[0], pk[1] + (p_end - p_start), *nk[2:]))
+            if pk[2:] == nk[2:] and (
+                    offset := _moved_offset(p_start, p_end, pk[1], a_start, a_end, n_start, nk[1])) is not None:
+                held = (a_start, a_end, (ak[0], offset, *nk[2:]))
             yield held
             prev, held = held, None
         key = v[2]
