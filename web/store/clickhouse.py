@@ -683,14 +683,14 @@ class ClickHouseStore(Store):
         reads from the table: a profile without one is left out either way."""
         return "1" if where == "1" else f"series {self._in} (SELECT id FROM {self._t('series')} WHERE {where})"
 
-    def _keep_series(self, rows: Iterable[dict]) -> None:
-        """Series rows (id, t, u, l) into this process' cache (caller holds the lock); read from the table, so a put
-        need not write them again."""
+    def _keep_series(self, rows: Iterable[dict], id_key: str = "id") -> None:
+        """Series rows (`id_key`, t, u, l) into this process' cache (caller holds the lock); read from the table, so a
+        put need not write them again."""
         for r in rows:
-            if r["id"] not in self._series_local:
-                self._series_hash.append(r["id"])
-                self._series_local[r["id"]] = Series(len(self._series_hash) - 1, dict(r["l"]), r["t"], r["u"])
-                self._written.add(r["id"])
+            if r[id_key] not in self._series_local:
+                self._series_hash.append(r[id_key])
+                self._series_local[r[id_key]] = Series(len(self._series_hash) - 1, dict(r["l"]), r["t"], r["u"])
+                self._written.add(r[id_key])
 
     def _load_catalogue(self) -> None:
         """Hold every series (at a server's start: one statement), unless there are more than `_CATALOGUE_LIMIT`."""
@@ -829,11 +829,7 @@ class ClickHouseStore(Store):
                 f"any(labels) AS l FROM {self._t('series')} WHERE {where} GROUP BY id) AS s ON s.id = a.series"
             ).to_pylist()
         with self._lock:
-            for r in rows:
-                if r["series"] not in self._series_local:
-                    self._series_hash.append(r["series"])
-                    self._series_local[r["series"]] = Series(len(self._series_hash) - 1, dict(r["l"]), r["t"], r["u"])
-                    self._written.add(r["series"])
+            self._keep_series(rows, "series")  # (aggregate rows: the series id is their `series`)
         return rows
 
     def _selection_named(self, agg: str, cols: str) -> list[dict] | None:
