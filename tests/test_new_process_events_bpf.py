@@ -81,18 +81,24 @@ def _sample(sampler, seconds: float, until=lambda: False) -> None:  # type: igno
         sampler.drain()
 
 
-def test_a_first_sample_carries_the_start_time_and_the_watcher_reads_no_stat(monkeypatch: pytest.MonkeyPatch) -> None:
-    from profiler.sampler import Sampler
-
-    stats_read: list[int] = []
+@pytest.fixture
+def stats_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids whose /proc/PID/stat the sampler's watcher thread reads (for a start time the kernel should give)."""
+    read: list[int] = []
     read_stat = procmaps._read_stat
 
     def watched(pid: int, proc: str) -> procmaps._Stat | None:
         if "new-processes" in threading.current_thread().name:
-            stats_read.append(pid)
+            read.append(pid)
         return read_stat(pid, proc)
 
     monkeypatch.setattr(procmaps, "_read_stat", watched)
+    return read
+
+
+def test_a_first_sample_carries_the_start_time_and_the_watcher_reads_no_stat(stats_read: list[int]) -> None:
+    from profiler.sampler import Sampler
+
     got: list[NewProcess] = []
     p = subprocess.Popen(["sh", "-c", "while :; do :; done"])
     try:
@@ -136,22 +142,13 @@ def test_jit_code_outside_every_mapping_is_the_loaders_alone(tmp_path: Path,
 
 
 def test_a_dlopen_reaches_every_reader_and_the_new_librarys_ask_fills_its_mapping(
-        tmp_path: Path, counted: dict[str, Counter[int]], monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, counted: dict[str, Counter[int]], stats_read: list[int]) -> None:
     """After a dlopen the walker's stale mark has the process read again, and as its executable mappings
     changed every reader gets it, with the start time the mark carries (no /proc/PID/stat read); the new
     library's table comes on demand: the walk's ask is served in its mapping alone, which then holds what a
     whole reload of the process writes."""
     from profiler.sampler import Sampler
 
-    stats_read: list[int] = []
-    read_stat = procmaps._read_stat
-
-    def watched(pid: int, proc: str) -> procmaps._Stat | None:
-        if "new-processes" in threading.current_thread().name:
-            stats_read.append(pid)
-        return read_stat(pid, proc)
-
-    monkeypatch.setattr(procmaps, "_read_stat", watched)
     handed: list[NewProcess] = []
 
     lib = tmp_path / "libunwind_dlopen.so"
