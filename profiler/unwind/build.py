@@ -542,9 +542,7 @@ def overlay_rows(packed: bytes, spans: list[tuple[int, int, Rule]]) -> bytes:
     out = bytearray(packed)
     for start, end, rule in spans:
         n = len(out) // ROW_SIZE
-        pcs = [ROW.unpack_from(out, i * ROW_SIZE)[0] for i in range(n)] if n < 4096 else None
-        lo = _bisect_pc(out, n, start, pcs)  # first row at or after start
-        hi = _bisect_pc(out, n, end, pcs)  # first row at or after end
+        lo, hi = _first_rows_at(bytes(out), start, end)  # the first row at or after each
         at_end = out[(hi - 1) * ROW_SIZE + 4:hi * ROW_SIZE] if hi > 0 else ROW.pack(0, 0, 0, CFA_NONE, RBP_SAME, 0)[4:]
         cfa_type, cfa_offset, rbp_type, rbp_offset = rule
         new = ROW.pack(start, cfa_offset, rbp_offset, cfa_type, rbp_type, 0)
@@ -554,15 +552,11 @@ def overlay_rows(packed: bytes, spans: list[tuple[int, int, Rule]]) -> bytes:
     return bytes(out)
 
 
-def _bisect_pc(rows: bytearray, n: int, pc: int, pcs: list[int] | None) -> int:
-    lo, hi = 0, n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if (pcs[mid] if pcs is not None else ROW.unpack_from(rows, mid * ROW_SIZE)[0]) < pc:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def _first_rows_at(rows: bytes, *pcs: int) -> list[int]:
+    """For each pc, the index of the first of the sorted `rows` at or after it (as `UnwindTable.lookup` searches)."""
+    import numpy as np
+
+    return np.searchsorted(np.frombuffer(rows, dtype=np.dtype(ROW_FIELDS))["pc"], pcs).tolist()
 
 
 def build_table(path: str | bytes, *, python: bool | None = None) -> UnwindTable:
