@@ -144,6 +144,11 @@ _NAMED_READ_SERIES = 512
 # node's (200 series) was slower so on a running server (its 15 minutes of raw rows hashed for the refs: 223-274
 # against 173-183 ms of CPU), and keeps the selection and the read.
 _ONE_READ_SERIES = 64
+# ... where the engine keeps part answers (chDB: every writer in the process), up to this many: a node's past hours are
+# then answered from kept parts and the hour being written folded from the inserts' rows, so a running server's node
+# flame graph sends no statement (with a put before each request, the selection and the read took 20-45 ms of its
+# CPU plus 10-30 ms of the engine's threads, the part of the request that varied: docs/benchmarks.md "Stop 25 ch25")
+_KEPT_READ_SERIES = 512
 _LOGIN_REFUSED = "Code: 516."  # AUTHENTICATION_FAILED: a dictionary's source could not log in
 _MEMO_SECONDS = 2.0  # how long `types`' selection may serve the `select` that follows it in a request
 # The series catalogue a server holds (`_load_catalogue`): series are content-addressed and never change, and the
@@ -964,7 +969,8 @@ class ClickHouseStore(Store):
         """A flame graph's type, refs AND sums from ONE read of each table (`GROUPING SETS`: the sums per (series,
         period, stack) and per (series, period) in the same pass), where the selection (`profiles`) and the sums
         (`samples_1h`, `samples`) read two: on chDB a pod's hour 6.2 against 6.1 + 5.1 ms of CPU (docs/benchmarks.md
-        "Stop 20 ch10"). For a selector the series catalogue resolves to at most `_ONE_READ_SERIES` series and
+        "Stop 20 ch10"). For a selector the series catalogue resolves to at most `_ONE_READ_SERIES` series (where parts
+        are kept, `_KEPT_READ_SERIES`) and
         `keep=()` (the refs' labels are not read): the types come from the catalogue, the refs' count and
         fingerprint are of the sample rows read (`_Window.of_samples`), their start and end of the hours they cover
         (whole hours) or the profiles (edges), and the sums are kept for this thread's `read_merged`, which then
@@ -972,7 +978,7 @@ class ClickHouseStore(Store):
         `picked_type` then `select_summed`, as before."""
         self._check()
         cond, n = self._ids(selector, None, None) if keep is not None and not keep else ("", -1)
-        if not 0 <= n <= _ONE_READ_SERIES:
+        if not 0 <= n <= (_KEPT_READ_SERIES if self._keeps_parts() else _ONE_READ_SERIES):
             return super().typed_select_summed(selector, t0, t1, pick, keep)
         self._selected = True
         live = self._live(t0)
@@ -1102,6 +1108,10 @@ class ClickHouseStore(Store):
         if rows is None or len(rows) < seq - at:
             return None
         return fold(table, rows[:seq - at], f, lo, hi)
+
+    def _keeps_parts(self) -> bool:
+        """Whether part answers are kept (the engine counts the writes of every writer, and the cache is on)."""
+        return self.part_cache_bytes > 0 and self.transport.hour_writes(self._t("samples"), 0, 0) is not None
 
     @property
     def part_cache_bytes(self) -> int:
