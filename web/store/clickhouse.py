@@ -1154,18 +1154,16 @@ class ClickHouseStore(Store):
                 return None
             keep = np.ones(cols["stack"].size, dtype=bool)
         else:
-            series, period = cols["series"], cols["period_ns"]
-            keep = np.zeros(series.size, dtype=bool)
-            for s_, per in pairs:
-                keep |= (series == np.uint64(s_)) & (period == per)
+            keep = _pairs_in(cols["series"], cols["period_ns"], pairs)
         stacks = cols["stack"][keep]
+        ids = self._local_stacks(stacks)
         if self._dicts and stacks.size:  # the stacks not held yet: named in one statement (the tables take three)
-            local, held = self._stack_local, self._stack_frames
-            new = [h for h in np.unique(stacks).tolist() if local.get(h, -1) not in held]
+            held, hashes = self._stack_frames, self._stack_hash
+            new = [hashes[k] for k in np.unique(ids).tolist() if k not in held]
             if new:
                 self._read_named(f"SELECT arrayJoin(CAST([{_ints(new)}], 'Array(UInt64)')) AS stack, "
                                  "toInt64(0) AS value")
-        return group_sum(self._local_stacks(stacks), cols["v"][keep].astype(np.int64))
+        return group_sum(ids, cols["v"][keep].astype(np.int64))
 
     def read_merged(self, profiles: Sequence[StoredProfile]) -> tuple[np.ndarray, np.ndarray]:
         """The merge pushed down: ClickHouse sums per stack over every (series, period) of the profiles (exactly
@@ -1844,6 +1842,20 @@ def _spans(t0: int, t1: int) -> list[str]:
     """[t0, t1) as conditions on `profiles`: whole hours written as intDiv(start_ns, hour), so that the hourly
     projection answers them (ClickHouse matches the expression of its GROUP BY), the ragged edges on start_ns."""
     return [_span(table, lo, hi) for table, _, lo, hi in _ranges(t0, t1)]
+
+
+def _pairs_in(series: np.ndarray, period: np.ndarray, pairs: Collection[tuple[int, int]]) -> np.ndarray:
+    """Which rows' (series, period) is one of `pairs`: per distinct period (one or two on a node) a sorted lookup of the
+    series, where a comparison per pair took ~6 ms for a node's 100 pairs over its 43k rows."""
+    keep = np.zeros(series.size, dtype=bool)
+    by_period: dict[int, list[int]] = defaultdict(list)
+    for s_, per in pairs:
+        by_period[per].append(s_)
+    for per, ids in by_period.items():
+        want = np.unique(np.array(ids, dtype=np.uint64))
+        at = np.minimum(np.searchsorted(want, series), want.size - 1)
+        keep |= (want[at] == series) & (period == per)
+    return keep
 
 
 def _ints(values: Iterable[int]) -> str:
