@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
+from podflame.model import Profile
 from tests.builders import put
 from tests.test_clickhouse_replicas import T0, H, S, counted, profiles, total
 from web.server.app import create_app
 from web.store.clickhouse import ClickHouseStore
 from web.store.dsn import open_store
+from web.store.selector import parse_selector
 
 # two whole hours and a ragged end: the rollup part, and the raw part of the hour being written
 RANGE = {"from": str(T0 // S), "to": str((T0 + 2 * H + H // 2) // S)}
@@ -477,3 +479,59 @@ def test_held_hours_are_bounded_and_not_held_over_http(tmp_path: Path, dsn: str,
             assert views(remote, tmp_path, whole) == got
         finally:
             remote.close()
+
+
+# -- a node: more series than a pod's one read (`_ONE_READ_SERIES`), answered the same way where parts are kept -------
+
+def node_profiles(t0: int, minutes: int, seed: int, pods: int = 70) -> list[Profile]:
+    """`pods` pods of node "n1" (past `_ONE_READ_SERIES` series), every third also with a CPU-time series: a flame
+    graph of the node picks one of two types, so its sums are per series (as a real node's)."""
+    out = []
+    for i in range(pods):
+        for p in profiles(t0, minutes, f"n1-{i}", seed + i):
+            p.labels["node"] = "n1"
+            out.append(p)
+            if i % 3 == 0:
+                out.append(Profile(dict(p.labels), p.start_ns, p.duration_ns, p.period_ns,
+                                   {s: v * p.period_ns for s, v in p.samples.items()}, "cpu", "nanoseconds"))
+    return out
+
+
+def node_tree(store: ClickHouseStore, tmp_path: Path, sample_type: str | None = None) -> Any:
+    c = create_app({"DATA_DIR": str(tmp_path), "STORE": store, "MAINTENANCE_SECONDS": 0}).test_client()
+    r = c.get("/api/v1/flamegraph", query_string={**RANGE, "query": '{node="n1"}',
+                                                  **({"type": sample_type} if sample_type else {})})
+    assert r.status_code == 200, r.data[:300]
+    return r.get_json()
+
+
+def test_a_node_past_a_pods_series_is_one_read_kept_and_folded_equal_to_the_selection_and_read(
+        tmp_path: Path, dsn: str) -> None:
+    """A node's flame graph (70 pods, 94 series, two types) on a store that keeps parts is the one read of each table
+    (no selection over `profiles`); asked again with puts into the hour being written it sends no statement; every
+    answer equals the selection-then-read path's (a store that keeps no part: what a server over HTTP runs)."""
+    store, other = open_store(dsn), open_store(dsn)
+    assert isinstance(store, ClickHouseStore) and isinstance(other, ClickHouseStore)
+    other.part_cache_bytes = 0
+    sent = counted(store)
+    try:
+        put(store, node_profiles(T0, 150, 1))
+        assert store._ids(parse_selector('{node="n1"}'), None, None)[1] == 94  # (past _ONE_READ_SERIES)
+        sent.clear()
+        got = node_tree(store, tmp_path)
+        assert sent and all(f"{store.layout.database}.profiles" not in sql for sql in sent), sent
+        assert got == node_tree(other, tmp_path)
+        assert node_tree(store, tmp_path, "cpu") == node_tree(other, tmp_path, "cpu")
+        node_tree(store, tmp_path)  # (the other store's reads wrote nothing: kept as they were)
+        for k in range(3):
+            ps = node_profiles(OPEN + k * S, 1, 1, pods=40 - k)  # (stacks the server has named: no naming read)
+            put(store, ps)
+            sent.clear()
+            now = node_tree(store, tmp_path)
+            assert sent == [], (k, sent)
+            assert now["total"] == got["total"] + total([p for p in ps if p.sample_type == "samples"])
+            assert now == node_tree(other, tmp_path)
+            got = now
+    finally:
+        store.close()
+        other.close()
