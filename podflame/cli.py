@@ -346,6 +346,14 @@ def record(duration: float, pid: int | None, cgroup_path: str | None, frequency:
     def progress(left: float, samples: int) -> None:
         click.echo(f"\rrecording: {left:5.1f}s left, {samples} samples", nl=False, err=True)
 
+    import logging
+
+    if logging.getLogger().level > logging.DEBUG:  # without -v: the progress line, not the agent's INFO log
+        logging.getLogger().setLevel(logging.WARNING)
+    # the sampler takes seconds to start (a BPF compile on a cache miss, tables of the process's binaries)
+    _say(f"podflame record: starting the eBPF sampler ({frequency} Hz, "
+         f"{f'pid {pid}' if pid is not None else f'cgroup {cgroup_path}' if cgroup_path else 'every process'})...")
+
     try:
         merged = capture(duration, frequency, unwind=unwind, python_frames=python_frames,
                          python_early_reads=python_early_reads,
