@@ -192,7 +192,7 @@ def _ingest_labels(received_ns: int, limits: DecodeLimits) -> tuple[dict[str, st
             try:
                 override = parse_time(values[0], received_ns)
             except TimeError as e:
-                raise ApiError(400, f"bad time: {e}", "bad_time") from None
+                raise ApiError(400, str(e), "bad_time") from None  # "bad time 'x': expected ..."
             continue
         try:
             pprof.check_label_name(name)
