@@ -21,7 +21,7 @@ from podflame import pprof
 from podflame.model import Frame, Line, Profile
 from tests.builders import ingest_url
 from tests.realsys import live_server
-from tests.test_ui_browser import Watched
+from tests.test_ui_browser import Watched, wait_js
 
 pytestmark = pytest.mark.browser
 
@@ -101,4 +101,35 @@ def test_downloads_are_saved_under_the_pages_name(server: str, watched: Watched,
     if ext == ".pb.gz":  # the file is the selection's profile
         totals = [p.total() for p in pprof.decode(gzip.decompress(saved.read_bytes()))]
         assert 100 in totals, totals  # the samples (beside cpu nanoseconds)
+    w.assert_clean()
+
+
+def test_a_search_kept_through_a_refused_then_empty_baseline_throws_nothing(server: str, watched: Watched) -> None:
+    """Search stepped to a match (Enter), then "Compare with: custom" with a bad time (400), then a baseline
+    with no samples: the page threw "Cannot read properties of undefined (reading 'start')" (searchStats
+    read the zoomed node of a tree that was not there)."""
+    w, page = watched, watched.page
+    page.goto(server + "/")
+    w.settle(1)
+    before = page.evaluate("window.podflame.renders")
+    page.locator("button.target", has_text="heavy.service").click()
+    w.settle(before + 1)
+    page.keyboard.press("/")
+    page.keyboard.type("heavy_work")
+    page.keyboard.press("Enter")
+    page.select_option("#compare", label="custom")
+    page.fill("#base-from", "now-10m")
+    page.fill("#base-to", "banana")
+    page.click("#base-apply")
+    wait_js(page, "document.getElementById('message').textContent.includes(\"bad time 'banana'\")")
+    w.errors = [e for e in w.errors if "status of 400" not in e]  # the refused request, logged by Chromium
+    page.fill("#base-from", "now-50m")
+    page.fill("#base-to", "now-40m")
+    page.fill("#base-query", '{cgroup="/no/such.service"}')
+    page.click("#base-apply")
+    wait_js(page, "document.getElementById('diff-note').textContent.includes('No samples in the baseline')")
+    w.settle()
+    time.sleep(0.5)  # a rejected promise is reported after the answer is drawn
+    result = page.locator("#search-result").inner_text()
+    assert result.startswith("100% of total"), result
     w.assert_clean()
