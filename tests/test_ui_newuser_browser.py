@@ -122,6 +122,8 @@ def test_a_search_kept_through_a_refused_then_empty_baseline_throws_nothing(serv
     page.fill("#base-to", "banana")
     page.click("#base-apply")
     wait_js(page, "document.getElementById('message').textContent.includes(\"bad time 'banana'\")")
+    # the bad field is the compare form's, not the selector above
+    assert "Fix it in the \u201cCompare with\u201d form" in page.locator("#message").inner_text()
     w.errors = [e for e in w.errors if "status of 400" not in e]  # the refused request, logged by Chromium
     page.fill("#base-from", "now-50m")
     page.fill("#base-to", "now-40m")

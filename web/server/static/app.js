@@ -155,7 +155,10 @@ async function getJSON(path, params, signal, early = null, onHeaders = null) {
     const why = body && typeof body.error === "string" ? body.error : `HTTP ${resp.status} ${resp.statusText}`;
     // Said once however many requests hit it (the same bad selector fails the list, chart and graph),
     // with what to do about it.
-    const todo = resp.status === 400 ? " Fix it in the field above and apply again."
+    // a baseline's parameter (base_query, base_from, base_to) is in the compare form, not the selector field
+    const todo = resp.status === 400
+      ? (/^bad base_/.test(why) ? " Fix it in the \u201cCompare with\u201d form and apply again."
+        : " Fix it in the field above and apply again.")
       : resp.status === 413 ? " Narrow the range or the selector." : resp.status === 404 ? ""
         : resp.status === 401 ? " Reload the page to enter the read token again (a line of the server's --read-token-file)."
           : resp.status === 403 ? " The server does not serve this Host or origin (its --allowed-hosts, --allowed-origins)."
