@@ -19,11 +19,13 @@ import pytest
 
 from podflame import pprof
 from podflame.model import Frame, Line, Profile
+from tests import test_ui_browser
 from tests.builders import ingest_url
 from tests.realsys import live_server
 from tests.test_ui_browser import Watched, wait_js
 
 pytestmark = pytest.mark.browser
+watched = test_ui_browser.watched  # the fixture: a page whose console errors and dialogs are recorded
 
 HEAVY = "/system.slice/heavy.service"  # 100 samples at 100 Hz: 1 s of CPU
 DENSE = "/system.slice/dense.service"  # 300 samples at 1 kHz: 0.3 s of CPU, but more samples
@@ -49,11 +51,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def watched(browser) -> Iterator[Watched]:
-    w = Watched(browser)
-    yield w
-    w.context.close()
+def _open_heavy(w: Watched, server: str):
+    """The page with heavy.service selected and its graph drawn."""
+    w.page.goto(server + "/")
+    w.settle(1)
+    before = w.page.evaluate("window.podflame.renders")
+    w.page.locator("button.target", has_text="heavy.service").click()
+    w.settle(before + 1)
+    return w.page
 
 
 def _rows(w: Watched) -> list[dict]:
@@ -84,12 +89,7 @@ def test_the_list_is_sorted_by_cpu_and_names_unnamed_cgroups(server: str, watche
                                            ("dl-folded", ".folded.txt")])
 def test_downloads_are_saved_under_the_pages_name(server: str, watched: Watched, tmp_path: Path,
                                                   link: str, ext: str) -> None:
-    w, page = watched, watched.page
-    page.goto(server + "/")
-    w.settle(1)
-    before = page.evaluate("window.podflame.renders")
-    page.locator("button.target", has_text="heavy.service").click()
-    w.settle(before + 1)
+    w, page = watched, _open_heavy(watched, server)
     named = page.locator(f"#{link}").get_attribute("download")
     assert named.startswith("podflame-heavy.service-"), named
     assert named.endswith(ext)
@@ -108,12 +108,7 @@ def test_a_search_kept_through_a_refused_then_empty_baseline_throws_nothing(serv
     """Search stepped to a match (Enter), then "Compare with: custom" with a bad time (400), then a baseline
     with no samples: the page threw "Cannot read properties of undefined (reading 'start')" (searchStats
     read the zoomed node of a tree that was not there)."""
-    w, page = watched, watched.page
-    page.goto(server + "/")
-    w.settle(1)
-    before = page.evaluate("window.podflame.renders")
-    page.locator("button.target", has_text="heavy.service").click()
-    w.settle(before + 1)
+    w, page = watched, _open_heavy(watched, server)
     page.keyboard.press("/")
     page.keyboard.type("heavy_work")
     page.keyboard.press("Enter")
