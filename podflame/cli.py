@@ -241,7 +241,8 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
     config = serving_config(str(Path(data_dir).resolve()), host, ingest_token_file=ingest_token_file,
                             read_token_file=read_token_file, allowed_hosts=allowed_hosts,
                             allowed_origins=allowed_origins, metrics_public=metrics_public, insecure=insecure)
-    if store_dsn:
+    if store_dsn:  # chDB takes seconds to start, and a ClickHouse may be slow to answer: said first
+        click.echo(f"podflame server: opening the store {_shown_dsn(store_dsn)}...", err=True)
         config["STORE"] = open_store(store_dsn, Path(data_dir).resolve())
     srv = serve(create_app(config), host, port, threads=threads, timeout=timeout,
                 tls=(tls_cert, tls_key) if tls_cert and tls_key else None, request_deadline=request_deadline,
@@ -249,10 +250,21 @@ def server(listen: str, data_dir: str, ingest_token_file: str | None, read_token
     access = "tokens required" if config.get("READ_TOKEN_FILE") and config.get("INGEST_TOKEN_FILE") else (
         "NO ACCESS CONTROL" if not (config.get("READ_TOKEN_FILE") or config.get("INGEST_TOKEN_FILE")) else
         "tokens for " + ("ingest" if config.get("INGEST_TOKEN_FILE") else "reads") + " only")
-    click.echo(f"podflame server: listening on {srv.url}/ ({threads} threads, {access}; "
-               f"data in {Path(data_dir).resolve()})")
+    where = f"store {_shown_dsn(store_dsn)}" if store_dsn else f"data in {Path(data_dir).resolve()}"
+    click.echo(f"podflame server: listening on {srv.url}/ ({threads} threads, {access}; {where})")
     _wait_for_signal()
     srv.shutdown()
+
+
+def _shown_dsn(dsn: str) -> str:
+    """The store's DSN as printed: without a password it may carry (`clickhouse://user:pass@host`)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 
 
 @main.command()
@@ -346,6 +358,14 @@ def record(duration: float, pid: int | None, cgroup_path: str | None, frequency:
     def progress(left: float, samples: int) -> None:
         click.echo(f"\rrecording: {left:5.1f}s left, {samples} samples", nl=False, err=True)
 
+    import logging
+
+    if logging.getLogger().level > logging.DEBUG:  # without -v: the progress line, not the agent's INFO log
+        logging.getLogger().setLevel(logging.WARNING)
+    # the sampler takes seconds to start (a BPF compile on a cache miss, tables of the process's binaries)
+    _say(f"podflame record: starting the eBPF sampler ({frequency} Hz, "
+         f"{f'pid {pid}' if pid is not None else f'cgroup {cgroup_path}' if cgroup_path else 'every process'})...")
+
     try:
         merged = capture(duration, frequency, unwind=unwind, python_frames=python_frames,
                          python_early_reads=python_early_reads,
@@ -376,9 +396,12 @@ def symbolize(binary: str, inlines: bool, cache_dir: str | None, addresses: tupl
     from symbolizer.tool import BinaryTool, parse_address
 
     tokens = addresses or sys.stdin.read().split()
-    try:
-        vaddrs = [parse_address(t) for t in tokens]
-    except ValueError as e:
-        raise click.BadParameter(f"addresses are hex ELF virtual addresses: {e}") from None
+    vaddrs = []
+    for token in tokens:
+        try:
+            vaddrs.append(parse_address(token))
+        except ValueError:  # int()'s own text ("invalid literal for int() with base 16") says nothing to a user
+            raise click.BadParameter(f"{token[:80]!r} is not a hex ELF virtual address (e.g. 0x401136 or 401136)",
+                                     param_hint="ADDRESS") from None
     tool = BinaryTool(binary, cache_dir=cache_dir)
     sys.stdout.write("\n\n".join(tool.blocks(vaddrs, inlines=inlines)) + "\n" if vaddrs else "")

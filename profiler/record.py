@@ -56,15 +56,22 @@ def record(duration: float, frequency: int, *, unwind: str, python_frames: bool,
             ctx.maps.prefetch(news)
 
     sampler.watch_new_processes(prefetch)
-    end = time.monotonic() + duration
+    started = time.monotonic()
+    end = started + duration
     try:
         with sampler:
             while (left := end - time.monotonic()) > 0:
                 time.sleep(min(1.0, left))
+                # seen before the drain, so the drain that follows holds the last samples of the processes
+                gone = bool(pids) and not any(_alive(pid) for pid in pids or ())
                 drain = sampler.drain()
                 with maps_lock:
                     profiles.extend(build_profiles(drain, ctx, period_ns))
                 progress(max(0.0, end - time.monotonic()), sum(p.total() for p in profiles))
+                if gone:  # nothing more to sample: a capture of a process that ended ends with it
+                    say(f"{_processes(pids or ())} exited after {time.monotonic() - started:.1f}s: "
+                        "writing what was captured")
+                    break
     except KeyboardInterrupt:
         say("interrupted: writing what was captured")
     by_labels: dict[tuple[tuple[str, str], ...], list[Profile]] = {}
@@ -80,3 +87,16 @@ def record(duration: float, frequency: int, *, unwind: str, python_frames: bool,
             fetcher.wait(fetcher.max_time)
         symbolized = [symbolizer.symbolize(p) for p in groups]  # redoes only binaries whose file arrived
     return pods(symbolized)
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process still runs (a zombie has ended: it is only waiting for its parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
+def _processes(pids: Sequence[int]) -> str:
+    return f"process {pids[0]}" if len(pids) == 1 else "processes " + ", ".join(map(str, pids))

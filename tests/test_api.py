@@ -441,3 +441,9 @@ def test_a_name_two_functions_share_is_coloured_as_the_one_in_the_query(app: Fla
         payload = json.loads(gzip.decompress(raw) if r.headers.get("Content-Encoding") == "gzip" else raw)
         got = {n: (k, m) for n, k, m in zip(payload["names"], payload["kinds"], payload["modules"], strict=True)}
         assert got["main"] == want, (pod, got)
+
+
+def test_a_bad_ingest_time_is_said_once(client: FlaskClient) -> None:
+    r = client.post("/api/v1/ingest?time=yesterday", data=b"\x08\x01")
+    assert r.status_code == 400
+    assert r.get_json()["error"].startswith("bad time 'yesterday': expected RFC 3339"), r.get_json()

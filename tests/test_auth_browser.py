@@ -134,7 +134,10 @@ def test_the_page_asks_for_the_read_token_once_and_then_shows_data(browser, tmp_
         page.on("dialog", on_dialog)
         page.goto(target.url + "/")
         wait_js(page, "document.getElementById('message').textContent.includes('token')")
-        assert len(prompts) >= 1 and "read token" in prompts[0]
+        assert len(prompts) >= 1 and "read token" in prompts[0] and "--read-token-file" in prompts[0]
+        # a refused token is the reader's to fix (reload and enter it again), not a failed server
+        message = page.locator("#message").inner_text()
+        assert "Reload the page to enter the read token again" in message and "server failed" not in message
         assert not [c for c in context.cookies() if c["name"] == "podflame_read"]
         page.reload()  # the second answer is the right token
         wait_js(page, "window.podflame && window.podflame.targets.length === 1")

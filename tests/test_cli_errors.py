@@ -99,3 +99,32 @@ def test_a_failed_record_leaves_an_earlier_output_as_it_was(tmp_path: Path, monk
         assert r.exit_code == 3 and "no BPF here" in r.output
     assert earlier.read_bytes() == b"an earlier capture"
     assert not new.exists()
+
+
+def test_a_server_on_another_store_says_where_its_data_is(tmp_path: Path) -> None:
+    """`--store clickhouse://...` printed "data in ./podflame-data" (a folder it does not use), and nothing while
+    it opened the store (chDB: ~10 s at load 7). Said now, without the DSN's password."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dsn = "clickhouse://podflame:hunter2-secret@127.0.0.1:1/profiles"  # nothing listens on port 1
+    proc = subprocess.Popen([sys.executable, "-c", "from podflame.entry import main; main()", "server", "--store",
+                             dsn, "--data", str(tmp_path / "unused"), "--listen", f"127.0.0.1:{port}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline()
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=30)[1]
+    assert line.startswith(f"podflame server: listening on http://127.0.0.1:{port}/"), (line, err)
+    assert "store clickhouse://podflame:***@127.0.0.1:1/profiles" in line and "data in" not in line, line
+    assert "podflame server: opening the store clickhouse://podflame:***@127.0.0.1:1/profiles..." in err
+    assert "hunter2" not in line + err
+
+
+def test_a_bad_address_to_symbolize_names_it() -> None:
+    r = CliRunner().invoke(cli.main, ["symbolize", "--binary", sys.executable, "0x401136", "main+0x10"])
+    assert r.exit_code == 2
+    assert "'main+0x10' is not a hex ELF virtual address (e.g. 0x401136 or 401136)" in r.output
+    assert "invalid literal" not in r.output

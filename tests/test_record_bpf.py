@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -83,6 +84,42 @@ def test_record_one_cgroup_to_pprof_read_by_go_tool_pprof(tmp_path: Path) -> Non
     assert flat["hot_a"] / flat["hot_b"] == pytest.approx(3.0, rel=0.15), top
     tags = go_pprof("-tags", str(out))
     assert cg.pod_uid in tags and cg.container_id in tags, tags  # the cgroup's pod labels ride along
+
+
+def test_record_says_what_it_does_and_ends_when_its_process_does(tmp_path: Path) -> None:
+    """A new user's capture (stop 25): the seconds before sampling starts are announced (they were silent: 7-12 s
+    at load 7), the agent's INFO log does not break the progress line, and a capture whose process exits ends
+    then, saying so, with what was sampled (it ran on, silently, to --duration)."""
+    exe = build_c("two_hot.c", tmp_path, "-O0")
+    target = subprocess.Popen([str(exe), "600"])
+    out = tmp_path / "out.folded"
+    cmd = subprocess.Popen([str(PODFLAME), "record", "--duration=120", f"--frequency={FREQUENCY}",
+                            f"--pid={target.pid}", f"-o{out}"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert cmd.stderr is not None
+        first = cmd.stderr.readline()
+        assert first.startswith(f"podflame record: starting the eBPF sampler ({FREQUENCY} Hz, pid {target.pid})")
+        # sampling has started once the progress line shows (it ends with \r, not \n: read by characters)
+        seen = ""
+        while "recording:" not in seen:
+            char = cmd.stderr.read(1)
+            assert char, f"record ended before sampling: {seen}"
+            seen += char
+        time.sleep(1.5)
+        target.kill()
+        target.wait()
+        killed = time.monotonic()
+        rest = cmd.stderr.read()
+        assert cmd.wait(timeout=60) == 0, seen + rest
+        assert time.monotonic() - killed < 20  # ends with its process, not at --duration (120 s)
+    finally:
+        for p in (target, cmd):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert f"process {target.pid} exited after" in rest and "writing what was captured" in rest, rest
+    assert " INFO " not in first + seen + rest  # -v shows the log
+    assert under_main(folded(out), "hot_a") > 0
 
 
 def test_record_clear_errors() -> None:

@@ -85,3 +85,10 @@ def test_error_column_points_at_the_problem() -> None:
 def test_str_round_trips() -> None:
     sel = parse_selector('{a="q\\"uote", b=~"x.*"}')
     assert parse_selector(str(sel)) == sel
+
+
+def test_a_bad_regex_says_re2s_reason_as_text() -> None:
+    """google-re2 gives its reason as bytes: the 400 read `b'missing ): ('`."""
+    with pytest.raises(SelectorError) as e:
+        parse_selector('{pod=~"("}')
+    assert "'(': missing ): ( (RE2 syntax" in str(e.value) and "b'" not in str(e.value)

@@ -192,7 +192,7 @@ def _ingest_labels(received_ns: int, limits: DecodeLimits) -> tuple[dict[str, st
             try:
                 override = parse_time(values[0], received_ns)
             except TimeError as e:
-                raise ApiError(400, f"bad time: {e}", "bad_time") from None
+                raise ApiError(400, str(e), "bad_time") from None  # "bad time 'x': expected ..."
             continue
         try:
             pprof.check_label_name(name)
@@ -439,19 +439,26 @@ def speedscope() -> Response:
     q = parse_query()
     name = f"podflame {request.args.get('query') or '{}'}"
     resp = jsonify(queries.speedscope(store(), q, name))
-    resp.headers["Content-Disposition"] = 'attachment; filename="podflame.speedscope.json"'
+    resp.headers["Content-Disposition"] = _attachment("podflame.speedscope.json")
     return resp
+
+
+def _attachment(default: str) -> str:
+    """`Content-Disposition` of a download: the `filename` the page asks for (its selection and range), else
+    `default`. A browser prefers this header's name to the link's `download` attribute, so the page's name must
+    come through here; only a safe file name goes into the header (a CR/LF made it a 500, a quote ended it)."""
+    asked = re.sub(r"[^A-Za-z0-9._=-]+", "_", request.args.get("filename") or "").strip("._")[:200]
+    return f'attachment; filename="{asked or default}"'
 
 
 @api.get("/pprof")
 @timed("pprof")
 def pprof_download() -> Response:
     sample_type, unit, profiles = profiles_by_series(store(), parse_query())
-    # The type is the client's or a pushed profile's text: only a safe file name goes into the header (a CR/LF
-    # made it a 500, a quote ended the name early).
+    # The type is the client's or a pushed profile's text: made a safe file name by _attachment
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_type)[:64] or "profile"
     return Response(to_pprof(profiles, sample_type, unit), mimetype="application/octet-stream",
-                    headers={"Content-Disposition": f'attachment; filename="podflame-{name}.pb.gz"'})
+                    headers={"Content-Disposition": _attachment(f"podflame-{name}.pb.gz")})
 
 
 @api.get("/folded")

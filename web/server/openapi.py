@@ -27,6 +27,7 @@ _RANGE = [_SELECTOR, _FROM, _TO]
 _QUERY = [*_RANGE, _TYPE]
 _BASE = [_param("base_query", "baseline selector (default: query)"),
          _param("base_from", "baseline start (default: from)"), _param("base_to", "baseline end (default: to)")]
+_FILENAME = _param("filename", "the download's file name (Content-Disposition; unsafe characters become _)")
 _MAX_NODES = _param("max_nodes", "keep the N largest nodes, the rest folded into [other]",
                     schema={"type": "integer", "minimum": 2, "maximum": 10_000_000})
 
@@ -95,9 +96,9 @@ def document() -> dict[str, Any]:
             *_QUERY, *_BASE, _MAX_NODES,
             _param("limit", "rows per table", schema={"type": "integer", "minimum": 1, "maximum": 1_000_000})],
             _json("diff tree and tables", _TREE)),
-        "/api/v1/speedscope": _get("the merged profile in speedscope's format", _QUERY,
+        "/api/v1/speedscope": _get("the merged profile in speedscope's format", [*_QUERY, _FILENAME],
                                    _json("speedscope file", {"type": "object"}), "export"),
-        "/api/v1/pprof": _get("the merged profile as gzip pprof", _QUERY, {
+        "/api/v1/pprof": _get("the merged profile as gzip pprof", [*_QUERY, _FILENAME], {
             "description": "gzip pprof", "content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}}}, "export"),
         "/api/v1/folded": _get("folded stacks; with base_* the two-column diff",

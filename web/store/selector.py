@@ -105,8 +105,8 @@ def matcher(name: str, op: str, value: str) -> Matcher:
         try:
             regex = re2.compile(value, _OPTIONS)
         except re2.error as e:
-            raise SelectorError(f"bad regex for {name!r}: {value[:200]!r}: {e} (RE2 syntax, as Prometheus; "
-                                f"at most {MAX_REGEX_CHARS} characters)") from None
+            raise SelectorError(f"bad regex for {name!r}: {value[:200]!r}: {_re2_reason(e)} (RE2 syntax, as "
+                                f"Prometheus; at most {MAX_REGEX_CHARS} characters)") from None
     return Matcher(name, kind, value, regex)
 
 
@@ -251,3 +251,9 @@ def parse_selector(text: str | None) -> Selector:
     if len(text) > MAX_SELECTOR_CHARS:
         raise SelectorError(f"bad selector: longer than {MAX_SELECTOR_CHARS} characters")
     return _Parser(text).parse()
+
+
+def _re2_reason(e: Exception) -> str:
+    """google-re2's error as text: its argument is the reason in bytes (`b'missing ): ('` read as Python)."""
+    reason = e.args[0] if e.args else e
+    return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)

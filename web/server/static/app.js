@@ -155,9 +155,14 @@ async function getJSON(path, params, signal, early = null, onHeaders = null) {
     const why = body && typeof body.error === "string" ? body.error : `HTTP ${resp.status} ${resp.statusText}`;
     // Said once however many requests hit it (the same bad selector fails the list, chart and graph),
     // with what to do about it.
-    const todo = resp.status === 400 ? " Fix it in the field above and apply again."
+    // a baseline's parameter (base_query, base_from, base_to) is in the compare form, not the selector field
+    const todo = resp.status === 400
+      ? (/^bad base_/.test(why) ? " Fix it in the \u201cCompare with\u201d form and apply again."
+        : " Fix it in the field above and apply again.")
       : resp.status === 413 ? " Narrow the range or the selector." : resp.status === 404 ? ""
-        : " The server failed: try again, and see its log if it persists.";
+        : resp.status === 401 ? " Reload the page to enter the read token again (a line of the server's --read-token-file)."
+          : resp.status === 403 ? " The server does not serve this Host or origin (its --allowed-hosts, --allowed-origins)."
+            : " The server failed: try again, and see its log if it persists.";
     throw new ApiError((/[.!?]$/.test(why) || !todo ? why : why + ".") + todo);
   }
   if (body === null) throw new ApiError(`the server did not answer JSON (${path}); is a proxy in the way?`);
@@ -227,7 +232,12 @@ function groupSeries(series) {
     else { g.cpuShare += s.cpu_share; g.cpuSeconds += s.cpu_seconds || 0; }
     if (l.comm) g.comms.set(l.comm, (g.comms.get(l.comm) || 0) + (s.value || 0));
   }
-  return [...groups.values()].sort((a, b) => b.value - a.value || a.key.localeCompare(b.key));
+  // Pods and cgroups by CPU time, as the shares read: samples weigh differently at different periods (a pushed
+  // 100 Hz profile beside the agent's 19 Hz). A label's values keep the chart's order (by value).
+  const list = [...groups.values()];
+  const byCpu = !state.group && list.every((g) => g.cpu);
+  for (const g of list) g.weight = byCpu ? g.cpuSeconds : g.value;
+  return list.sort((a, b) => b.weight - a.weight || b.value - a.value || a.key.localeCompare(b.key));
 }
 
 function shortId(id) { return id.length > 12 ? id.slice(0, 12) : id; }
@@ -250,6 +260,9 @@ function describeGroup(g) {
     };
   }
   if (g.kind === "cgroup") {
+    // "cgroup-id:N": the agent's name for a cgroup removed before its path was read (no parent to show)
+    if (!l.cgroup.startsWith("/")) return { name: l.cgroup, detail: "cgroup removed before its path was read", title: l.cgroup };
+    if (l.cgroup === "/") return { name: "/", detail: "root cgroup: processes outside any service or pod", title: l.cgroup };
     const parent = l.cgroup.slice(0, Math.max(1, l.cgroup.length - lastPart(l.cgroup).length - 1));
     return { name: lastPart(l.cgroup), detail: parent, title: l.cgroup };
   }
@@ -291,7 +304,7 @@ function targetRow(g, max, unit, selected) {
   bar.className = "t-bar";
   const fill = document.createElement("span");
   fill.className = "t-fill";
-  fill.style.width = (max > 0 ? (100 * g.value) / max : 0).toFixed(2) + "%";
+  fill.style.width = (max > 0 ? (100 * g.weight) / max : 0).toFixed(2) + "%";
   bar.append(fill);
   btn.append(name, value, bar);
   const detailText = [d.detail, g.comms && g.comms.size
@@ -335,13 +348,14 @@ function renderTargets(resp) {
   if (state.sel) setFlameTitle();  // the selection's name as the list describes it
   const all = {
     key: "", sel: null, kind: "all", value: groups.reduce((a, g) => a + g.value, 0),
+    weight: groups.reduce((a, g) => a + g.weight, 0),
     cpu: groups.every((g) => g.cpu), cpuShare: groups.reduce((a, g) => a + g.cpuShare, 0),
     cpuSeconds: groups.reduce((a, g) => a + g.cpuSeconds, 0), comms: null,
     describe: { name: "All matching the selector", detail: "", title: "" },
   };
-  const max = groups.length ? groups[0].value : 0;
+  const max = groups.length ? groups[0].weight : 0;
   const rows = [];
-  if (groups.length) rows.push(targetRow(all, all.value, unit, currentKey === ""));
+  if (groups.length) rows.push(targetRow(all, all.weight, unit, currentKey === ""));
   // Grouped by a label: the top values as the chart draws them, the rest folded into one "other" row
   // (a click lists them all; a selected value among them is listed).
   lastTargets = resp;
@@ -353,7 +367,8 @@ function renderTargets(resp) {
     const rest = groups.slice(TOP_GROUPS);
     const sum = (f) => rest.reduce((a, g) => a + f(g), 0);
     const other = {
-      key: OTHER_KEY, sel: null, kind: "other", value: sum((g) => g.value), cpu: rest.every((g) => g.cpu),
+      key: OTHER_KEY, sel: null, kind: "other", value: sum((g) => g.value), weight: sum((g) => g.weight),
+      cpu: rest.every((g) => g.cpu),
       cpuShare: sum((g) => g.cpuShare), cpuSeconds: sum((g) => g.cpuSeconds), comms: null,
       describe: { name: `other (${rest.length} values)`, detail: "", title: `The ${rest.length} smaller values of ${state.group}: click to list them` },
     };
@@ -829,9 +844,10 @@ function downloadLinks() {
     a.href = apiUrl(path, { ...params, ...extra });
     a.setAttribute("download", `podflame-${stem}${name}`);
   };
-  link(els.dlPprof, "pprof", {}, ".pb.gz");
+  // pprof and speedscope answer with a Content-Disposition name, which browsers prefer to `download`: asked for
+  link(els.dlPprof, "pprof", { filename: `podflame-${stem}.pb.gz` }, ".pb.gz");
   link(els.dlFolded, "folded", {}, ".folded.txt");
-  link(els.dlSpeedscope, "speedscope", {}, ".speedscope.json");
+  link(els.dlSpeedscope, "speedscope", { filename: `podflame-${stem}.speedscope.json` }, ".speedscope.json");
   const base = baseline();
   els.dlFoldedDiff.hidden = !base || !!base.error;
   if (base && !base.error) {

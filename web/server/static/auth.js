@@ -11,7 +11,7 @@ let pending = null;
 let refused = false;
 
 async function login(api) {
-  const token = window.prompt("This podflame server needs a read token (podflame-tokens Secret, key `read`):");
+  const token = window.prompt("This podflame server needs a read token (a line of its --read-token-file; in Kubernetes the podflame-tokens Secret's key `read`):");
   if (!token) return false;
   const resp = await fetch(`${api}/session`, {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token: token.trim() }),

@@ -345,9 +345,10 @@ export class FlameGraph {
   // added again), over the whole graph and within the zoomed node.
   searchStats() {
     const m = this._matches();
-    if (!m) return null;
-    const { levels } = this.data;
-    const zd = this.zoom.depth, zs = levels[zd].start[this.zoom.index];
+    const levels = this.data && this.data.levels, zd = this.zoom.depth;
+    // no tree (an empty or failed answer, e.g. a compare whose baseline range was refused): nothing to count
+    if (!m || !levels || !levels[zd]) return null;
+    const zs = levels[zd].start[this.zoom.index];
     const ze = zs + levels[zd].total[this.zoom.index];
     let matched = 0, inView = 0, prevCovered = new Uint8Array(0);
     for (let d = 0; d < levels.length; d++) {
