@@ -411,7 +411,12 @@ class Symbolizer:
         dwarf = self._dwarf_of(key, elf) if self._dwarf_enabled else None
         lines = lines_at(elf, dwarf, vaddr, self._demangle or _same)
         if lines is None:
-            return None, _NO_SYMBOLS
+            # no symbol: named by where its function begins (its FDE), so one function is one frame, in the
+            # form of an unnamed address (`libz.so.1.2.13+0x3a20`); code without CFI keeps its own address
+            start = elf.function_start(vaddr)
+            if start is None:
+                return None, _NO_SYMBOLS
+            return self._lines(f"{m.basename}+{file_offset(address, m) - (vaddr - start):#x}"), None
         if len(lines) == 1 and lines[0].file is None:
             return self._lines(lines[0].function), None
         self._stats["dwarf_resolved"] += 1
