@@ -536,7 +536,8 @@ def stop24_workloads(tmp: Path, build: Callable[[str, str, list[str], str], Path
 
 def stop25_workloads(tmp: Path, build: Callable[[str, str, list[str], str], Path]) -> Workloads:
     """docs/benchmarks.md "Stop 25 fid25": OpenSSL's AES-GCM assembly, whose CFA is rax + 8 across its calls
-    (`openssl speed -evp aes-128-gcm`, 16 KB blocks; openssl is stripped: the entry is libc's start frame), and a
+    (`openssl speed -evp aes-128-gcm`, 16 KB blocks; openssl is stripped: the entry is libc's start frame; and node's
+    copy, sealing 64 KiB buffers: tests/workloads/node_gcm.js), and a
     stripped -O2 program whose own functions have no symbol at all, each named by its start (its FDE): exact is
     the chain of those names from nm of the build before strip (perf names them all `[unknown]`)."""
     out: Workloads = {}
@@ -545,6 +546,11 @@ def stop25_workloads(tmp: Path, build: Callable[[str, str, list[str], str], Path
     if openssl is not None:
         out["openssl-aes-128-gcm"] = ([openssl, "speed", "-seconds", "600", "-bytes", "16384", "-evp", "aes-128-gcm"],
                                       started, lambda s: started(s) and "EVP_EncryptUpdate" in s)
+    node = shutil.which("node")
+    if node is not None:  # the same assembly in node's own OpenSSL; exact: through it from _start
+        start: Test = lambda s: bool(s) and s[0] == "_start"  # noqa: E731
+        out["node-aes-128-gcm"] = ([node, str(WORKLOADS / "node_gcm.js"), "600"], start,
+                                   lambda s: start(s) and "aesni_gcm_encrypt" in s)
     full = build("unnamed_full", "gcc", ["-O2"], "unnamed_funcs.c")
     bare = tmp / "unnamed_funcs"
     shutil.copy(full, bare)
