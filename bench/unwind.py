@@ -51,7 +51,9 @@ main-thread chain as the oracle (`pyspy_exact`: the share of podflame's samples 
 (`stop23_workloads`): node in its own OpenSSL's SHA-512, the C chain -O3 -flto, without any CFI, exec'd from a memfd,
 -fsplit-stack recursion across stack segments, and two libraries swapped at one address by dlclose/dlopen; and stop
 24's (`stop24_workloads`): text moved into anonymous memory (a C build, node --use-largepages=on), text patched through
-mprotect, a dlmopen'ed second copy, the vDSO, 16 KiB thread stacks, Go calling C and C calling back into Go.
+mprotect, a dlmopen'ed second copy, the vDSO, 16 KiB thread stacks, Go calling C and C calling back into Go; and stop
+25's (`stop25_workloads`): OpenSSL's AES-GCM assembly (a CFA in rax across calls), a stripped program's
+unnamed functions.
 
     .venv/bin/python bench/unwind.py --wide [--seconds 3] [--only drap-stackrealign,cpp-O2-catch]
 """
@@ -87,6 +89,7 @@ from tests.test_fidelity_containers_bpf import (  # noqa: E402
 )
 from tests.test_fidelity_python_bpf import py_spy_main  # noqa: E402
 from tests.test_fidelity_rust_bpf import V0_CHAIN  # noqa: E402
+from tests.test_symbolizer_build import nm_functions  # noqa: E402
 from tests.test_unwind_bpf import (  # noqa: E402
     BUSY_PY,
     CHAIN,
@@ -97,6 +100,7 @@ from tests.test_unwind_bpf import (  # noqa: E402
     user_part,
 )
 from tests.test_unwind_wide_bpf import mini_debuginfo  # noqa: E402
+from tests.test_unwind_wide_unnamed_bpf import file_offset_name  # noqa: E402
 
 Stacks = Counter[tuple[str, ...]]
 PODFLAME = Path(sys.executable).parent / "podflame"
@@ -445,6 +449,7 @@ def wide_workloads(tmp: Path) -> Workloads:
                                                                                     "__libc_start_call_main"))
     out.update(stop23_workloads(tmp, build, entry, c_exact))
     out.update(stop24_workloads(tmp, build, entry, c_exact))
+    out.update(stop25_workloads(tmp, build))
     work = str(WORKLOADS / "python_fidelity.py")
     for version in ("2.7", "3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
         python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
@@ -526,6 +531,34 @@ def stop24_workloads(tmp: Path, build: Callable[[str, str, list[str], str], Path
         out["go-cgo-callback"] = ([str(cgo), "600", "callback"], goexit,
                                   lambda s: goexit(s) and s[-1] == "c_leaf" and
                                   all(f in s for f in ("main.level1", "c_outer", "c_mid", "main.goCallback")))
+    return out
+
+
+def stop25_workloads(tmp: Path, build: Callable[[str, str, list[str], str], Path]) -> Workloads:
+    """docs/benchmarks.md "Stop 25 fid25": OpenSSL's AES-GCM assembly, whose CFA is rax + 8 across its calls
+    (`openssl speed -evp aes-128-gcm`, 16 KB blocks; openssl is stripped: the entry is libc's start frame; and node's
+    copy, sealing 64 KiB buffers: tests/workloads/node_gcm.js), and a
+    stripped -O2 program whose own functions have no symbol at all, each named by its start (its FDE): exact is
+    the chain of those names from nm of the build before strip (perf names them all `[unknown]`)."""
+    out: Workloads = {}
+    started: Test = lambda s: "__libc_start_call_main" in s  # noqa: E731
+    openssl = shutil.which("openssl")
+    if openssl is not None:
+        out["openssl-aes-128-gcm"] = ([openssl, "speed", "-seconds", "600", "-bytes", "16384", "-evp", "aes-128-gcm"],
+                                      started, lambda s: started(s) and "EVP_EncryptUpdate" in s)
+    node = shutil.which("node")
+    if node is not None:  # the same assembly in node's own OpenSSL; exact: through it from _start
+        start: Test = lambda s: bool(s) and s[0] == "_start"  # noqa: E731
+        out["node-aes-128-gcm"] = ([node, str(WORKLOADS / "node_gcm.js"), "600"], start,
+                                   lambda s: start(s) and "aesni_gcm_encrypt" in s)
+    full = build("unnamed_full", "gcc", ["-O2"], "unnamed_funcs.c")
+    bare = tmp / "unnamed_funcs"
+    shutil.copy(full, bare)
+    subprocess.run(["strip", "--strip-all", str(bare)], check=True)
+    names = {f: file_offset_name(bare, nm_functions(full)[f][0]) for f in ("_start", "main", "hot_mid", "hot_leaf")}
+    chain = (names["main"], names["hot_mid"], names["hot_leaf"])
+    out["c-stripped-unnamed"] = ([str(bare), "spin"], lambda s: bool(s) and s[0] == names["_start"],
+                                 lambda s: bool(s) and s[0] == names["_start"] and s[-3:] == chain)
     return out
 
 

@@ -56,6 +56,8 @@
 #define CFA_LEAF_REG 0x10         // 0x10 | r: CFA = register r (DWARF number) + cfa_offset, read from the sample's
                                   // registers, so at the leaf frame only; rbp_type >> 3, when not 0, is 1 + the
                                   // register holding the return address (else it is at CFA - 8)
+// DWARF rax rdx rcx rsi rdi r8-r11: registers no CFI restores, so a caller's value is the sampled one
+#define CALLER_SAVED_REGS 0xf37
 #define CFA_DEREF 0x80            // 0x80 | [CFA_DEREF_RBP] | k: CFA = *(rbp or rsp + cfa_offset) + 8k (DRAP realignment)
 #define CFA_DEREF_RBP 0x20
 #define RBP_TYPE_MASK 7
@@ -165,6 +167,7 @@ struct unwind_state {
     u32 guessed;                  // 1: ip was stepped to from code without CFI in a binary that has CFI
     u32 exe_proc;                 // EXE_WALK: the executable's mapping (unwind_exe_mapping) stands in for the
                                   // process's array; EXE_TRIED: looked for it already
+    u32 past_signal;              // 1: a signal frame was crossed: regs[] are not the frames' above it
     u64 hash;                     // of the frames so far
     u64 regs[16];                 // the sample's user registers by DWARF number (CFA_LEAF_REG rows: leaf only)
 };
@@ -424,15 +427,19 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
     u32 ra_reg = 0;               // 1 + the register holding the return address; 0: at CFA - 8
     if ((cfa_type & 0xf0) == CFA_LEAF_REG) {
         // the context install of libgcc's unwinder (CFA in rcx), longjmp (CFA in rdi, return address in
-        // rdx): only the sampled frame has these registers' values; a caller's would need its callee's saves
-        if (n != 0) {
+        // rdx): the sampled frame has every register's value. A caller has a caller-saved register's: no
+        // frame's CFI restores one, so it holds the sampled value (libunwind, libdw and gdb read it so), and
+        // OpenSSL's aesni_gcm_encrypt keeps its CFA in rax across its calls; a callee-saved register would
+        // need its callees' saves, and above a signal frame the registers are the handler's
+        u32 reg = cfa_type & 15;
+        ra_reg = rbp_type >> 3;
+        if (n != 0 && (ra_reg || st->past_signal || !((CALLER_SAVED_REGS >> reg) & 1))) {
             ustat(US_UNSUPPORTED);
             return STEP_DONE;
         }
-        cfa = st->regs[cfa_type & 15] + cfa_offset;
-        ra_reg = rbp_type >> 3;
+        cfa = st->regs[reg] + cfa_offset;
         rbp_type &= RBP_TYPE_MASK;
-        if (cfa < sp) {
+        if (cfa < sp || (n != 0 && cfa == sp)) {
             ustat(US_BAD_CFA);
             return STEP_DONE;
         }
@@ -458,6 +465,7 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
         st->ip = regs[2];
         st->bp = saved_bp;
         st->exact_ip = 1;         // the interrupted instruction itself, not a return address
+        st->past_signal = 1;
         st->guessed = 0;
         return st->ip ? STEP_MORE : STEP_DONE;
     } else if (cfa_type == CFA_GO_SWITCH) {
@@ -644,6 +652,7 @@ static __always_inline int walk_setup(struct bpf_perf_event_data *ctx, struct sa
     st->exact_ip = 1;
     st->guessed = 0;
     st->exe_proc = exe_proc;      // a stale flag from an earlier walk on this CPU must not carry over
+    st->past_signal = 0;
     return 0;
 }
 

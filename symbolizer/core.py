@@ -297,6 +297,8 @@ class Symbolizer:
         lines, reason = result
         if lines is None and at != frame.address and reason is _NO_SYMBOLS:
             lines, reason = self._pushed_entry(key, frame.address, m, call)
+        if lines is None and reason is _NO_SYMBOLS:
+            lines, reason = self._unnamed_function(key, at, m, call)
         if lines is None:
             return _unresolved(frame, reason or _NO_SYMBOLS)
         return Frame(frame.address, m, frame.kind, lines)
@@ -314,6 +316,21 @@ class Symbolizer:
             vaddr = elf_address(address, m, elf.elf_type, elf.segments) if elf is not None else None
             if elf is not None and vaddr is not None and (sym := elf.lookup_start(vaddr)) and sym[1] == vaddr:
                 result = self._lookup(key, address, m, call)
+            self._results.put(result_key, result)
+        return result
+
+    def _unnamed_function(self, key: Hashable, address: int, m: Mapping, call: _Call) -> _Result:
+        """Code no symbol names, by where its function begins (its FDE: symbolizer/fdespans.py), so one function is
+        one frame, in the form of an unnamed address (`libz.so.1.2.13+0x3a20`). Code without CFI keeps its own."""
+        offset = file_offset(address, m)
+        result_key = (key, offset, "fde")
+        result = self._results.get(result_key)
+        if result is None:
+            result = None, _NO_SYMBOLS
+            elf = self._load(key, m, call)
+            vaddr = elf_address(address, m, elf.elf_type, elf.segments) if elf is not None else None
+            if elf is not None and vaddr is not None and (start := elf.function_start(vaddr)) is not None:
+                result = self._lines(f"{m.basename}+{offset - (vaddr - start):#x}"), None
             self._results.put(result_key, result)
         return result
 

@@ -35,6 +35,7 @@ from symbolizer.elffile import (
     SHT_SYMTAB,
     ElfFile,
 )
+from symbolizer.fdespans import FdeSpans, fde_spans
 from symbolizer.plt import PLT_SECTIONS, plt_symbols
 from symbolizer.ranges import AddressRanges
 
@@ -264,6 +265,7 @@ class ElfSymbols:
         self.name = name or self.path or "<memory>"
         self.debug_dirs = tuple(debug_dirs)
         self._ranges: AddressRanges | None = None
+        self._spans: FdeSpans | bool | None = False  # False: not read yet (fdespans.py)
         self.symbol_source: str | None = None  # symtab | dynsym | minidebuginfo | debug file path | cache
         # a persistent cache of the table: called with the reader, returns the table (diskcache)
         self.load_symbols: Callable[[Callable[[], AddressRanges]], AddressRanges] | None = None
@@ -426,6 +428,18 @@ class ElfSymbols:
     def lookup_start(self, vaddr: int) -> tuple[str, int] | None:
         """(name, start address) of the symbol holding `vaddr`."""
         return self.ranges.lookup_start(vaddr)
+
+    def function_start(self, vaddr: int) -> int | None:
+        """Where the function holding `vaddr` begins by its FDE, for code no symbol covers (fdespans.py)."""
+        if self._spans is False:
+            self._spans = None
+            if self.path is not None or self._data is not None:
+                try:
+                    with self._open() as f:
+                        self._spans = fde_spans(_open_elf(f))
+                except (OSError, ElfReadError, struct.error, ValueError):
+                    pass  # the file went away (map_files of an exited process): named by address, as before
+        return self._spans.start_of(vaddr) if isinstance(self._spans, FdeSpans) else None
 
     def __len__(self) -> int:
         return len(self.ranges)

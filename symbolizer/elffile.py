@@ -16,6 +16,7 @@ from podflame.errors import BinaryFormatError
 
 SHT_SYMTAB, SHT_RELA, SHT_NOTE, SHT_NOBITS, SHT_REL, SHT_DYNSYM = 2, 4, 7, 8, 9, 11
 PT_LOAD, PT_NOTE = 1, 4
+PT_GNU_EH_FRAME = 0x6474E550  # .eh_frame_hdr's segment
 SHF_ALLOC, SHF_EXECINSTR, SHF_COMPRESSED = 0x2, 0x4, 0x800
 PF_X = 0x1
 NT_GNU_BUILD_ID = 3

@@ -65,13 +65,12 @@ from profiler.unwind.table import (
     file_identity,
 )
 from symbolizer.elf import elf_build_id
-from symbolizer.elffile import PT_LOAD, ElfFile, ElfFormatError, Section
+from symbolizer.elffile import PT_GNU_EH_FRAME, PT_LOAD, ElfFile, ElfFormatError, Section
 
 if TYPE_CHECKING:
     import numpy as np
 
 EM_X86_64 = 62
-PT_GNU_EH_FRAME = 0x6474E550
 # DW_OP_breg7 8; DW_OP_breg16 0; DW_OP_lit15; DW_OP_and; DW_OP_lit11|lit10; DW_OP_ge; DW_OP_lit3; DW_OP_shl; DW_OP_plus
 _PLT_HEAD, _PLT_TAIL = bytes([0x77, 0x08, 0x80, 0x00, 0x3F, 0x1A]), bytes([0x2A, 0x33, 0x24, 0x22])
 _PLT_THRESHOLD = {0x3A: 10, 0x3B: 11}

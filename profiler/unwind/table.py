@@ -33,8 +33,9 @@ CFA_UNSUPPORTED = 6  # CFI exists but needs an expression (or rule) the unwinder
 CFA_GO_SWITCH = 7
 # 0x10 | r: CFA = register r (DWARF number, 0-15) + cfa_offset, and the return address in a register when
 # rbp_type >> RA_REG_SHIFT is not 0 (1 + its number; else at CFA-8). The kernel has the registers of the
-# sampled frame only, so such a row unwinds the leaf and ends a walk anywhere else (counted unsupported):
-# libgcc_s's context install (CFA in rcx), longjmp (CFA in rdi, return address in rdx).
+# sampled frame: such a row unwinds the leaf (libgcc_s's context install: CFA in rcx; longjmp: CFA in rdi, return
+# address in rdx) and, above it, a CFA in a caller-saved register, which no CFI restores (OpenSSL's
+# aesni_gcm_encrypt: rax across its calls), not past a signal frame; anything else ends the walk (unsupported).
 CFA_LEAF_REG = 0x10
 RA_REG_SHIFT = 3
 # 0x80 | [0x20: rbp, else rsp] | k: CFA = *(that register + cfa_offset) + 8k (k 0-15), the DW_CFA_def_cfa_expression
