@@ -54,8 +54,9 @@
 #define CFA_GO_SWITCH 7           // Go's asmcgocall after its call into C on the system stack: CFA = g.stack.hi -
                                   // *(rsp + cfa_offset) + 8, g = *(rsp + cfa_offset + 8) (the goroutine's stack)
 #define CFA_LEAF_REG 0x10         // 0x10 | r: CFA = register r (DWARF number) + cfa_offset, read from the sample's
-                                  // registers, so at the leaf frame only; rbp_type >> 3, when not 0, is 1 + the
-                                  // register holding the return address (else it is at CFA - 8)
+                                  // registers: at the leaf frame, or above it for a caller-saved register
+                                  // (CALLER_SAVED_REGS); rbp_type >> 3, when not 0, is 1 + the
+                                  // register holding the return address (else it is at CFA - 8): leaf only
 // DWARF rax rdx rcx rsi rdi r8-r11: registers no CFI restores, so a caller's value is the sampled one
 #define CALLER_SAVED_REGS 0xf37
 #define CFA_DEREF 0x80            // 0x80 | [CFA_DEREF_RBP] | k: CFA = *(rbp or rsp + cfa_offset) + 8k (DRAP realignment)
