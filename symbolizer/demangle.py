@@ -32,6 +32,7 @@ def _load() -> tuple:
 
 _V0_EMPTY_NAME = re.compile(r"\{(closure|shim):#")
 _RUST_LEGACY = re.compile(r"^_ZN.*17h[0-9a-f]{16}E(\.llvm\.\d+)?$")
+_RUST_LEGACY_HASH = re.compile(r"::h[0-9a-f]{16}$")
 
 
 @lru_cache(maxsize=65536)
@@ -47,7 +48,9 @@ def demangle(name: str) -> str:
         if rust is not None and (name.startswith("_R") or _RUST_LEGACY.match(name)):
             # v0 closures and shims without a name: `{closure#0}` as rustc-demangle and DWARF say it (the
             # package writes `{closure:#0}`, so an inlined level and its symbol named one closure two ways)
-            return _V0_EMPTY_NAME.sub(r"{\1#", rust.demangle(name))
+            # legacy names end in `::h<hash>`, which addr2line -C, perf and rustc-demangle's `{:#}` drop: kept, a
+            # function named from its symbol and the same one named from DWARF would be two frames
+            return _RUST_LEGACY_HASH.sub("", _V0_EMPTY_NAME.sub(r"{\1#", rust.demangle(name)))
         if cxxfilt is not None:
             out = cxxfilt.demangle(name, external_only=False)
             if out != name:
