@@ -5,6 +5,7 @@ cluster that the engine's own parser accepts, and a clear 503 when ClickHouse ca
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import socket
@@ -367,8 +368,10 @@ def test_ingest_through_the_api_twice_counts_once(tmp_path: Path, chdb_dir: Path
         store.close()
 
 
-def test_unreachable_clickhouse_answers_503_with_a_clear_message(tmp_path: Path) -> None:
-    """The real network client (clickhouse-connect) against a port nothing listens on."""
+def test_unreachable_clickhouse_answers_503_with_a_clear_message(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The real network client (clickhouse-connect) against a port nothing listens on: the cause in a few words,
+    and one log line while it stays down, not the client's and urllib3's two warnings per request."""
     pytest.importorskip("clickhouse_connect")
     from web.store.dsn import open_store
 
@@ -380,12 +383,15 @@ def test_unreachable_clickhouse_answers_503_with_a_clear_message(tmp_path: Path)
     client = app.test_client()
     r = client.get("/api/v1/labels", query_string={"from": "0", "to": "100"})
     assert r.status_code == 503
-    assert f"ClickHouse at http://127.0.0.1:{port} is unreachable" in r.json["error"]
+    assert r.json["error"] == f"ClickHouse at http://127.0.0.1:{port} is unreachable: [Errno 111] Connection refused"
     assert client.get("/readyz").status_code == 503  # unready: the Service stops sending it work
     assert client.get("/healthz").status_code == 200  # but alive: a restart would not bring ClickHouse back
     profiles = day(pods=1, hours=0.02)
     r = client.post("/api/v1/ingest", data=pprof.encode(profiles))
     assert r.status_code == 503  # the agent keeps the batch and retries
+    warned = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == [("web.store.clickhouse_transport", f"ClickHouse at http://127.0.0.1:{port} is unreachable: "
+                       "[Errno 111] Connection refused (answering 503 until it is back)")], warned
     store.close()
 
 

@@ -9,6 +9,8 @@ so the store cannot depend on which one it has.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -21,6 +23,7 @@ import pyarrow as pa
 from podflame.errors import InvalidInput, PodflameError, Unavailable
 from web.store import deadline
 
+log = logging.getLogger(__name__)
 MAX_QUERY_BYTES = 64 << 20  # id lists go into the SQL text: past the 256 KiB default for wide queries
 
 
@@ -123,6 +126,36 @@ def quote(s: str) -> str:
     return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+_CAUSE = re.compile(r"\[Errno -?\d+\] [^'\")]+|timed out|Read timed out|Name or service not known")
+
+
+def _reason(e: BaseException) -> str:
+    """The cause a person can act on ("[Errno 111] Connection refused"), not urllib3's nested reprs."""
+    text = str(e)
+    found = _CAUSE.search(text)
+    return found.group(0).strip() if found else text.splitlines()[0][:200] if text else type(e).__name__
+
+
+class _DropRetries(logging.Filter):
+    """urllib3 logs each retry of the client's pool as a WARNING; the transport reports the failure itself
+    (a 503 and one log line when ClickHouse goes away), so a down server is not two lines per request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Retrying")
+
+
+_quieted = False
+
+
+def _quiet_client_logs() -> None:
+    global _quieted
+    if not _quieted:
+        _quieted = True
+        logging.getLogger("urllib3.connectionpool").addFilter(_DropRetries())
+        # clickhouse-connect logs "Unexpected Http Driver Exception" before raising what the transport reports
+        logging.getLogger("clickhouse_connect").setLevel(logging.ERROR)
+
+
 class HttpTransport(Transport):
     """A ClickHouse server over HTTP(S) with clickhouse-connect; connects lazily, so a server can start
     (and answer 503) while ClickHouse is down, and recovers without a restart."""
@@ -139,6 +172,8 @@ class HttpTransport(Transport):
                           connect_timeout=connect_timeout, settings={"max_query_size": MAX_QUERY_BYTES}, **extra)
         self._client: Any = None
         self._lock = threading.Lock()
+        self._down: str | None = None  # the reason last logged while ClickHouse is unreachable
+        _quiet_client_logs()
         # pyarrow loads its pandas shim (~0.5 s when pandas is installed) at its first array operation: at a
         # server's start, not in its first query's answer.
         pa.array([0], pa.uint64()).to_numpy()
@@ -155,21 +190,33 @@ class HttpTransport(Transport):
                 try:
                     self._client = clickhouse_connect.get_client(**self._args)
                 except Exception as e:
-                    raise ClickHouseUnavailable(f"ClickHouse at {self.where} is unreachable: {e}") from None
+                    raise self._unreachable(e) from None
             return self._client
+
+    def _unreachable(self, e: BaseException) -> ClickHouseUnavailable:
+        """The error to raise, logged once when ClickHouse goes away (not once per request)."""
+        reason = _reason(e)
+        if self._down is None:
+            log.warning("ClickHouse at %s is unreachable: %s (answering 503 until it is back)", self.where, reason)
+        self._down = reason
+        return ClickHouseUnavailable(f"ClickHouse at {self.where} is unreachable: {reason}")
 
     def _call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
         from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
         client = self._get()
         try:
-            return getattr(client, fn)(*args, **kwargs)
+            out = getattr(client, fn)(*args, **kwargs)
         except OperationalError as e:  # connection refused, timeout, server gone: try a new client next time
             with self._lock:
                 self._client = None
-            raise ClickHouseUnavailable(f"ClickHouse at {self.where} is unreachable: {e}") from None
+                raise self._unreachable(e) from None
         except DatabaseError as e:
             raise ClickHouseError(f"ClickHouse at {self.where}: {e}") from None
+        if self._down is not None:
+            self._down = None
+            log.warning("ClickHouse at %s answers again", self.where)
+        return out
 
     def command(self, sql: str) -> None:
         self._call("command", sql)
