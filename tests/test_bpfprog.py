@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from profiler.bpfprog import (
+    FIND_VMA_STORE_MARK,
     MAP_ARRAY,
     MAP_ARRAY_OF_MAPS,
     MAP_HASH,
-    FIND_VMA_STORE_MARK,
     PSEUDO_FUNC,
     ImageCache,
     MapSpec,
