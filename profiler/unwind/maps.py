@@ -53,7 +53,8 @@ EXE_CONFIG_FIELDS = (("task_struct", "mm"), ("mm_struct", "exe_file"), ("mm_stru
                      ("inode", "i_size"), ("inode", "i_mtime_sec"), ("inode", "i_mtime_nsec"), ("super_block", "s_dev"),
                      ("vm_area_struct", "vm_start"), ("vm_area_struct", "vm_end"), ("vm_area_struct", "vm_pgoff"),
                      ("vm_area_struct", "vm_flags"), ("vm_area_struct", "vm_file"))
-HASH_ELEM_OVERHEAD = 56  # a preallocated hash map element's header (struct htab_elem) and bucket share
+HASH_ELEM_OVERHEAD = 64  # a preallocated hash map element's header (struct htab_elem) and bucket share: fdinfo
+# memlock of unwind_exe_files (4096 x 32 + 24 bytes) is 492640 on 6.18, 120.3 bytes an element
 BATCH = 65536  # elements per BPF_MAP_UPDATE_BATCH
 KERNEL_ROW_BYTES = 16  # an array map stores values rounded up to 8 bytes
 
