@@ -260,6 +260,21 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
+_WALK_METRIC = re.compile(r'^podflame_agent_unwind_(samples_total\{method|library_lookups_total\{outcome)="(\w+)"\} '
+                          r'([\d.e+]+)$', re.MULTILINE)
+
+
+def unwind_walks(metrics_url: str) -> dict[str, int]:
+    """The agent's cumulative walk counters from its /metrics: method (tables, frame_pointers, executable_table)
+    and library lookups (library_table, library_busy, library_no_table); {} when it does not answer."""
+    try:
+        text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    except OSError:
+        return {}
+    return {("library_" if kind.startswith("library") else "") + name: int(float(value))
+            for kind, name, value in _WALK_METRIC.findall(text)}
+
+
 class Churn(threading.Thread):
     """Starts `rate` short-lived processes a second (python, a shell pipeline, a deep C call tree, in
     turn), each living 0.1-1 s, until stopped; reaps them as they exit."""
@@ -575,8 +590,10 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     atexit.register(stop_all, long_lived)  # also if the run fails half-way
     # Both tools start first; the burners run only once both sample, and stop before either stops,
     # so each tool saw the burners' whole life and expected = their CPU seconds x frequency.
+    metrics_url = f"http://127.0.0.1:{port + 1}/metrics"
     ours = subprocess.Popen([str(podflame), "agent", "--server", url, "--frequency", str(args.frequency),
-                             "--interval", "10", "--node-name", "bench", "--unwind", args.unwind],
+                             "--interval", "10", "--node-name", "bench", "--unwind", args.unwind,
+                             "--metrics", f"127.0.0.1:{port + 1}"],
                             stdout=log, stderr=log, env=env, preexec_fn=_default_sigint)
     folded = open(tmp / "bcc.folded", "w")  # noqa: SIM115
     bcc_seconds = int(args.startup + args.duration + 600)  # stopped with SIGINT once the burners are done
@@ -598,6 +615,7 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     start_cpu = {"podflame": cpu_seconds(ours.pid), "profile-bpfcc": cpu_seconds(theirs.pid)}
     start_threads = (thread_cpu(ours.pid), own_cpu(ours.pid), start_cpu["podflame"])
     t_steady = time.monotonic()
+    walks_before = unwind_walks(metrics_url)
     window_unix = [time.time()]
     spy = None
     if args.where:
@@ -616,6 +634,7 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
     if churn is not None:
         churn.stop()
     end_cpu = {"podflame": cpu_seconds(ours.pid), "profile-bpfcc": cpu_seconds(theirs.pid)}
+    walks_after = unwind_walks(metrics_url)  # as of the window's last drain (--interval 10)
     threads = cpu_by_thread(start_threads, (thread_cpu(ours.pid), own_cpu(ours.pid), end_cpu["podflame"]))
     window_unix.append(time.time())
     rss = {"podflame": peak_rss_mb(ours.pid), "profile-bpfcc": peak_rss_mb(theirs.pid)}
@@ -667,6 +686,9 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> dict:
         if theirs_r["steady_core_pct"] >= 0.05 else None
     result["steady_target_met"] = ours_r["steady_core_pct"] < (1.0 if args.frequency <= 19 else 2.0)
     ours_r["steady_cpu_s_by_thread"] = threads
+    # user stacks walked in the drains of the steady window: tables, frame pointers, before the process's mapping
+    # array with its executable's table, and of those how many found their first library's table (bpf_find_vma)
+    ours_r["steady_walks"] = {k: walks_after.get(k, 0) - walks_before.get(k, 0) for k in walks_after}
     print("the agent's steady CPU by thread: " + ", ".join(f"{k} {v:.2f}s" for k, v in threads.items()),
           file=sys.stderr)
     builds = window_builds((tmp / "log.txt").read_text(errors="replace"), *window_unix)

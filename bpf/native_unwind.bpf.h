@@ -11,8 +11,10 @@
 // Processes without an entry in unwind_procs (not loaded yet, or --unwind fp) keep bpf_get_stack's
 // frame-pointer walk, unless their executable's table is loaded already (unwind_exe_files, keyed by the
 // file the kernel execed: task->mm->exe_file): then the executable's frames are walked with it, from the
-// process's first sample, and the rest (its libraries) stepped with frame pointers until the loader has
-// written the process's mapping array. Inside a walk, code without rows (CFA_NONE: JIT code, Go, gaps) is stepped
+// process's first sample. At the walk's first address outside the executable's text, one bpf_find_vma (the one
+// lookup an interrupt allows) finds that VMA: when its file's table is loaded too (unwind_exe_files keys every
+// loaded file table), that library's frames are walked with it for the rest of the sample; frames in any other
+// library are stepped with frame pointers until the loader has written the process's mapping array. Inside a walk, code without rows (CFA_NONE: JIT code, Go, gaps) is stepped
 // with its frame pointer, so mixed stacks stay as deep as before.
 
 #ifndef UNWIND_MODE
@@ -42,6 +44,14 @@
 #ifndef UNWIND_FRAMES_PER_PROG
 #define UNWIND_FRAMES_PER_PROG 8
 #endif
+#ifndef UNWIND_FIND_VMA
+#define UNWIND_FIND_VMA 1         // 1: a walk without a mapping array looks its first library up (bpf_find_vma)
+#endif
+// bpf_find_vma's callback: profiler/bpfprog.py links this constant (FIND_VMA_STORE_MARK) to a callback that
+// stores the VMA it is given at the context pointer (BCC 0.26 compiles a callback's address to 0)
+#define FIND_VMA_STORE ((void *)0x7066766d615f6362ULL)
+#define VM_EXEC 0x4               // include/linux/mm.h
+#define PAGE_SHIFT 12
 
 // cfa_type / rbp_type: mirrored in profiler/unwind/table.py
 #define CFA_NONE 0
@@ -68,6 +78,10 @@
 #define RBP_AT_RBP 3              // the caller's rbp is at this frame's rbp + rbp_offset (gcc's DRAP prologue)
 #define UNWIND_NO_TABLE 0xffffffff
 #define MAPPING_WANTS_TABLE 1     // unwind_mapping.flags: has CFI, table loaded once a walk needs it
+#define EXE_WALK 1                // unwind_state.exe_proc
+#define EXE_TRIED 2
+#define EXE_VMA_TRIED 4
+#define EXE_LIB 8
 
 // unwind_stats[] slots: mirrored in profiler/unwind/maps.py
 #define US_TABLES 0               // samples walked with tables
@@ -86,7 +100,10 @@
 #define US_EXE_OUTSIDE 13         // frames outside the executable in such a walk (libraries: stepped with rbp)
 #define US_GUESS_OUTSIDE 14       // walks ended where a step guessed in code without CFI left every mapping
 #define US_REMAPPED 15            // new mappings placed over a known one (on_new_area: a library replaced)
-#define US_SLOTS 16
+#define US_VMA 16                 // samples of US_EXE walks that found their first library's table (bpf_find_vma)
+#define US_VMA_FAIL 17            // such lookups that found no VMA (mmap lock busy: the process is mapping)
+#define US_VMA_NO_TABLE 18        // such lookups whose VMA is not executable or its file's table not loaded
+#define US_SLOTS 19
 
 struct unwind_row {
     u32 pc;
@@ -134,6 +151,8 @@ struct unwind_file_key {
 
 struct unwind_exe {
     u64 vaddr;                    // ELF vaddr of the file's lowest executable segment (where mm->start_code is)
+    s64 file_vaddr;               // that segment's vaddr - its file offset: a VMA at vm_pgoff maps vaddr
+                                  // vm_pgoff * 4096 + file_vaddr at vm_start
     u32 table;                    // index in unwind_tables
     u32 reserved;
 };
@@ -143,6 +162,7 @@ struct unwind_exe {
 struct unwind_exe_config {
     u64 task_mm, mm_exe_file, mm_start_code, mm_end_code, file_inode;
     u64 inode_ino, inode_sb, inode_size, inode_mtime_sec, inode_mtime_nsec, sb_dev;
+    u64 vma_start, vma_end, vma_pgoff, vma_flags, vma_file;
 };
 
 // Registers as the perf event context gives them: struct pt_regs of arch/x86/include/asm/ptrace.h
@@ -167,10 +187,11 @@ struct unwind_state {
     u32 exact_ip;                 // 1: ip is not a return address (the leaf, or after a signal frame)
     u32 guessed;                  // 1: ip was stepped to from code without CFI in a binary that has CFI
     u32 exe_proc;                 // EXE_WALK: the executable's mapping (unwind_exe_mapping) stands in for the
-                                  // process's array; EXE_TRIED: looked for it already
+                                  // process's array; EXE_TRIED: looked for it already; EXE_VMA_TRIED: looked
+                                  // up the first library (bpf_find_vma); EXE_LIB: found, unwind_exe_mapping[1]
     u32 past_signal;              // 1: a signal frame was crossed: regs[] are not the frames' above it
     u64 hash;                     // of the frames so far
-    u64 regs[16];                 // the sample's user registers by DWARF number (CFA_LEAF_REG rows: leaf only)
+    u64 regs[16];                 // the sample's user registers by DWARF number (CFA_LEAF_REG rows)
 };
 
 BPF_HASH(unwind_procs, u32, struct unwind_proc, UNWIND_PROCS);
@@ -192,7 +213,8 @@ BPF_HASH(unwind_wanted, struct unwind_want, u8, 4096);
 // (its first samples: a short-lived process may have no others) is walked with its executable's table.
 BPF_HASH(unwind_exe_files, struct unwind_file_key, struct unwind_exe, UNWIND_EXE_FILES);
 BPF_ARRAY(unwind_exe_config, struct unwind_exe_config, 1);
-BPF_PERCPU_ARRAY(unwind_exe_mapping, struct unwind_mapping, 1);  // the sample's executable, as a mapping
+// the sample's executable, as a mapping, and [1] the library its walk found with bpf_find_vma
+BPF_PERCPU_ARRAY(unwind_exe_mapping, struct unwind_mapping, 2);
 
 static __always_inline void ustat(u32 slot) {
     u64 *n = unwind_stats.lookup(&slot);
@@ -269,6 +291,25 @@ static __always_inline int row_starts_after(u32 table, s64 index, u32 pc) {
     return row && row->pc == pc + 1;
 }
 
+// The identity of `file` (a struct file *) as unwind_exe_files keys it, with probe reads; non-zero when one fails.
+static __always_inline int file_identity(struct unwind_exe_config *c, u64 file, struct unwind_file_key *k) {
+    u64 inode = 0, sb = 0;
+    s64 sec = 0;
+    u32 nsec = 0, dev = 0;
+    if (bpf_probe_read_kernel(&inode, sizeof(inode), (void *)(file + c->file_inode)) || !inode)
+        return -1;
+    if (bpf_probe_read_kernel(&k->ino, sizeof(k->ino), (void *)(inode + c->inode_ino)) ||
+        bpf_probe_read_kernel(&k->size, sizeof(k->size), (void *)(inode + c->inode_size)) ||
+        bpf_probe_read_kernel(&sec, sizeof(sec), (void *)(inode + c->inode_mtime_sec)) ||
+        bpf_probe_read_kernel(&nsec, sizeof(nsec), (void *)(inode + c->inode_mtime_nsec)) ||
+        bpf_probe_read_kernel(&sb, sizeof(sb), (void *)(inode + c->inode_sb)) || !sb ||
+        bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(sb + c->sb_dev)))
+        return -1;
+    k->mtime_ns = (u64)sec * 1000000000ULL + nsec;
+    k->dev = dev;
+    return 0;
+}
+
 // The executable's text of the sampled process, from its mm (start_code and end_code span its executable
 // segments, at the load bias): read with probe reads, no lock, so it works in the sampling interrupt,
 // where bpf_find_vma's mmap_read_trylock allows one lookup per interrupt (its unlock is deferred to an
@@ -278,9 +319,7 @@ static __always_inline int load_exe_mapping(void) {
     struct unwind_exe_config *c = unwind_exe_config.lookup(&zero);
     if (!c || !c->task_mm)
         return -1;
-    u64 task = bpf_get_current_task(), mm = 0, file = 0, inode = 0, sb = 0, start = 0, end = 0;
-    s64 sec = 0;
-    u32 nsec = 0, dev = 0;
+    u64 task = bpf_get_current_task(), mm = 0, file = 0, start = 0, end = 0;
     struct unwind_file_key k = {};
     if (bpf_probe_read_kernel(&mm, sizeof(mm), (void *)(task + c->task_mm)) || !mm)
         return -1;
@@ -289,17 +328,8 @@ static __always_inline int load_exe_mapping(void) {
     if (bpf_probe_read_kernel(&start, sizeof(start), (void *)(mm + c->mm_start_code)) ||
         bpf_probe_read_kernel(&end, sizeof(end), (void *)(mm + c->mm_end_code)) || start >= end)
         return -1;
-    if (bpf_probe_read_kernel(&inode, sizeof(inode), (void *)(file + c->file_inode)) || !inode)
+    if (file_identity(c, file, &k))
         return -1;
-    if (bpf_probe_read_kernel(&k.ino, sizeof(k.ino), (void *)(inode + c->inode_ino)) ||
-        bpf_probe_read_kernel(&k.size, sizeof(k.size), (void *)(inode + c->inode_size)) ||
-        bpf_probe_read_kernel(&sec, sizeof(sec), (void *)(inode + c->inode_mtime_sec)) ||
-        bpf_probe_read_kernel(&nsec, sizeof(nsec), (void *)(inode + c->inode_mtime_nsec)) ||
-        bpf_probe_read_kernel(&sb, sizeof(sb), (void *)(inode + c->inode_sb)) || !sb ||
-        bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(sb + c->sb_dev)))
-        return -1;
-    k.mtime_ns = (u64)sec * 1000000000ULL + nsec;
-    k.dev = dev;
     struct unwind_exe *e = unwind_exe_files.lookup(&k);
     struct unwind_mapping *m = unwind_exe_mapping.lookup(&zero);
     if (!e || !m)
@@ -312,9 +342,57 @@ static __always_inline int load_exe_mapping(void) {
     return 0;
 }
 
-static __always_inline struct unwind_mapping *exe_mapping(u64 ip) {
-    u32 zero = 0;
+// The VMA holding `ip` (outside the executable), found with bpf_find_vma (under the mmap read lock's trylock: in
+// the sampling interrupt its release is deferred to an irq_work, so a sample gets this one lookup), becomes
+// unwind_exe_mapping[1] when it is executable and its file's table is loaded. The VMA's fields are read after the
+// lookup with probe reads, as load_exe_mapping reads the mm's: the interrupt holds off the RCU grace period after
+// which an unmapped VMA is freed. Non-zero (counted) when there is none.
+static __always_inline int load_lib_mapping(u64 ip) {
+    u32 zero = 0, one = 1;
+    struct unwind_exe_config *c = unwind_exe_config.lookup(&zero);
+    if (!c || !c->vma_file)
+        return -1;
+    u64 found = 0, vma = 0, start = 0, end = 0, pgoff = 0, flags = 0, file = 0;
+    void *task = (void *)bpf_get_current_task_btf();
+    // the verifier types the stored VMA as a pointer, on which it allows no arithmetic with the offsets
+    // (numbers from a map): read back as a number
+    if (bpf_find_vma(task, ip, FIND_VMA_STORE, &found, 0) ||
+        bpf_probe_read_kernel(&vma, sizeof(vma), &found) || !vma) {
+        ustat(US_VMA_FAIL);
+        return -1;
+    }
+    struct unwind_file_key k = {};
+    if (bpf_probe_read_kernel(&start, sizeof(start), (void *)(vma + c->vma_start)) ||
+        bpf_probe_read_kernel(&end, sizeof(end), (void *)(vma + c->vma_end)) ||
+        bpf_probe_read_kernel(&pgoff, sizeof(pgoff), (void *)(vma + c->vma_pgoff)) ||
+        bpf_probe_read_kernel(&flags, sizeof(flags), (void *)(vma + c->vma_flags)) ||
+        bpf_probe_read_kernel(&file, sizeof(file), (void *)(vma + c->vma_file)) ||
+        !(flags & VM_EXEC) || !file || ip < start || ip >= end || file_identity(c, file, &k)) {
+        ustat(US_VMA_NO_TABLE);
+        return -1;
+    }
+    struct unwind_exe *e = unwind_exe_files.lookup(&k);
+    struct unwind_mapping *m = unwind_exe_mapping.lookup(&one);
+    if (!e || !m) {
+        ustat(US_VMA_NO_TABLE);  // asked for by walks once the process's mapping array is written, as before
+        return -1;
+    }
+    m->start = start;
+    m->end = end;
+    m->bias = start - (pgoff << PAGE_SHIFT) - e->file_vaddr;
+    m->table = e->table;
+    m->flags = 0;
+    return 0;
+}
+
+static __always_inline struct unwind_mapping *exe_mapping(u64 ip, u32 exe_proc) {
+    u32 zero = 0, one = 1;
     struct unwind_mapping *m = unwind_exe_mapping.lookup(&zero);
+    if (m && m->start <= ip && ip < m->end)
+        return m;
+    if (!(exe_proc & EXE_LIB))
+        return 0;
+    m = unwind_exe_mapping.lookup(&one);
     return m && m->start <= ip && ip < m->end ? m : 0;
 }
 
@@ -351,8 +429,7 @@ static __always_inline void mark_stale(u32 tgid, u64 wake) {
 #define STEP_MORE 0
 #define STEP_DONE 1
 #define STEP_EXE 2                // the leaf is outside the process's mappings: try its executable (unwind_step)
-#define EXE_WALK 1
-#define EXE_TRIED 2
+#define STEP_VMA 3                // an executable-only walk left the executable: look that VMA up (unwind_step)
 #define WALK_SEED 0x9e3779b97f4a7c15ULL
 
 // Records the current frame and moves the registers to its caller's.
@@ -366,9 +443,11 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
     u8 cfa_type = CFA_NONE, rbp_type = RBP_SAME, gap = 0, no_cfi = 0;
     u64 code_start = 0, code_end = 0;  // the frame's mapping, when known
     s16 cfa_offset = 0, rbp_offset = 0;
-    struct unwind_mapping *m = st->exe_proc & EXE_WALK ? exe_mapping(ip) : find_mapping(proc, ip);
+    struct unwind_mapping *m = st->exe_proc & EXE_WALK ? exe_mapping(ip, st->exe_proc) : find_mapping(proc, ip);
     if (!m && n == 0 && proc->count && !(st->exe_proc & EXE_TRIED))
         return STEP_EXE;  // nothing of the frame changed yet: the retry walks it again
+    if (UNWIND_FIND_VMA && !m && (st->exe_proc & (EXE_WALK | EXE_VMA_TRIED)) == EXE_WALK)
+        return STEP_VMA;  // likewise: the frame is walked again with the library found, if any
     if (!m && st->guessed && proc->count && !(st->exe_proc & EXE_WALK) && !after_call(ip)) {
         // The caller of code without CFI (hand-written assembly: a context switch, a SIMD kernel) was
         // guessed from [rsp] or rbp, is in no file mapping of the process and follows no call: not a
@@ -588,9 +667,19 @@ int unwind_step(struct bpf_perf_event_data *ctx) {
         st->exe_proc = EXE_TRIED;
         st->frames = 0;
         st->hash = WALK_SEED;
-        if (load_exe_mapping() == 0 && exe_mapping(st->ip)) {
+        if (load_exe_mapping() == 0 && exe_mapping(st->ip, 0)) {
             st->exe_proc = EXE_TRIED | EXE_WALK;
             ustat(US_EXE);
+        }
+        done = STEP_MORE;
+    } else if (done == STEP_VMA) {
+        // An executable-only walk left the executable (a libc caller, or the leaf): one bpf_find_vma for the
+        // sample. Here for the same reason; this program's remaining frames go to the next one (the rare walk
+        // that needs all 33 x UNWIND_FRAMES_PER_PROG frames ends a few short, counted truncated).
+        st->exe_proc |= EXE_VMA_TRIED;
+        if (load_lib_mapping(st->ip) == 0) {
+            st->exe_proc |= EXE_LIB;
+            ustat(US_VMA);
         }
         done = STEP_MORE;
     }

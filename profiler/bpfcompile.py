@@ -27,11 +27,13 @@ from profiler.bpfprog import (
     LD_IMM64,
     MAX_IMAGE_BYTES,
     PROG_TYPE_PERF_EVENT,
+    PSEUDO_FUNC,
     PSEUDO_MAP_FD,
     MapSpec,
     ProgramImage,
     TailProgram,
     TracepointProgram,
+    link_callbacks,
     map_info,
 )
 
@@ -121,7 +123,7 @@ def image_from_bcc(bpf_module: object, fn_name: str, inner_maps: dict[str, str],
         by_fd[fd] = name
 
     def code(fn: str) -> tuple[bytes, tuple[tuple[int, str], ...]]:
-        insns = bytes(bpf_module.dump_func(fn.encode()))  # type: ignore[attr-defined]
+        insns = link_callbacks(bytes(bpf_module.dump_func(fn.encode())))  # type: ignore[attr-defined]
         return insns, _map_relocations(insns, by_fd)
 
     insns, relocations = code(fn_name)
@@ -148,7 +150,7 @@ def _map_relocations(insns: bytes, by_fd: dict[int, str]) -> tuple[tuple[int, st
                 if fd not in by_fd:
                     raise ValueError(f"instruction {i // 8} refers to fd {fd}, not a map of this program")
                 relocations.append((i // 8, by_fd[fd]))
-            elif src != 0:
+            elif src not in (0, PSEUDO_FUNC):
                 raise ValueError(f"instruction {i // 8}: ld_imm64 source {src} is not supported by the image loader")
             i += 16
         else:

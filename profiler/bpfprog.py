@@ -32,7 +32,8 @@ from pathlib import Path
 
 log = logging.getLogger("podflame.bpfprog")
 
-FORMAT = 3  # of the cached image; part of its key (2: programs reached by tail calls; 3: raw tracepoint programs)
+FORMAT = 4  # of the cached image; part of its key (2: programs reached by tail calls; 3: raw tracepoint programs;
+# 4: callback subprograms, loaded with BTF func_info)
 DEFAULT_CACHE_DIR = Path("/var/cache/podflame/bpf")
 MAX_IMAGE_BYTES = 4 << 20
 MAX_INSNS = 1_000_000
@@ -40,13 +41,22 @@ MAX_CACHED_IMAGES = 16
 
 # bpf() commands, map and program types (include/uapi/linux/bpf.h)
 _MAP_CREATE, _MAP_LOOKUP_ELEM, _MAP_UPDATE_ELEM, _MAP_DELETE_ELEM, _PROG_LOAD = 0, 1, 2, 3, 5
-_OBJ_GET_INFO_BY_FD, _RAW_TRACEPOINT_OPEN, _MAP_LOOKUP_AND_DELETE_BATCH, _MAP_UPDATE_BATCH = 15, 17, 25, 26
+_OBJ_GET_INFO_BY_FD, _RAW_TRACEPOINT_OPEN, _BTF_LOAD, _MAP_LOOKUP_AND_DELETE_BATCH, _MAP_UPDATE_BATCH = \
+    15, 17, 18, 25, 26
 MAP_HASH, MAP_ARRAY, MAP_PROG_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_ARRAY_OF_MAPS, MAP_RINGBUF = \
     1, 2, 3, 6, 9, 12, 27
 _KNOWN_MAP_TYPES = {MAP_HASH, MAP_ARRAY, MAP_PROG_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_ARRAY_OF_MAPS,
                     MAP_RINGBUF}
 PROG_TYPE_PERF_EVENT, PROG_TYPE_RAW_TRACEPOINT = 7, 17
-LD_IMM64, PSEUDO_MAP_FD = 0x18, 1  # a 16-byte load of a 64-bit constant; its src: a map fd
+LD_IMM64, PSEUDO_MAP_FD, PSEUDO_FUNC = 0x18, 1, 4  # a 16-byte load of a 64-bit constant; its src: a map fd, a
+# subprogram (imm: its first instruction, relative to the next one)
+# A helper's callback (bpf_find_vma) in the C source is this constant (bpf/native_unwind.bpf.h FIND_VMA_STORE):
+# BCC 0.26 compiles a callback's address to 0 and leaves its code out of the program, so `link_callbacks` appends
+# the one callback the sampler needs, written here, and points the load at it.
+FIND_VMA_STORE_MARK = 0x7066766D615F6362
+# long store(task, vma, void *out) { *(u64 *)out = vma; return 0; }: the VMA goes to the caller, which reads it with
+# probe reads (still valid: the sampling interrupt is an RCU read-side section, and VMAs are freed after one)
+_STORE_VMA_CALLBACK = bytes.fromhex("7b23000000000000" "b700000000000000" "9500000000000000")
 # perf_event_open (include/uapi/linux/perf_event.h)
 PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK = 1, 0
 _PERF_FLAG_FD_CLOEXEC, _PERF_ATTR_DISABLED, _PERF_ATTR_FREQ = 8, 1 << 0, 1 << 10
@@ -74,7 +84,13 @@ class _Batch(ct.Structure):
 class _ProgLoad(ct.Structure):
     _fields_ = [("prog_type", _u32), ("insn_cnt", _u32), ("insns", _u64), ("license", _u64), ("log_level", _u32),
                 ("log_size", _u32), ("log_buf", _u64), ("kern_version", _u32), ("prog_flags", _u32),
-                ("prog_name", ct.c_char * 16)]
+                ("prog_name", ct.c_char * 16), ("prog_ifindex", _u32), ("expected_attach_type", _u32),
+                ("prog_btf_fd", _u32), ("func_info_rec_size", _u32), ("func_info", _u64), ("func_info_cnt", _u32)]
+
+
+class _BtfLoad(ct.Structure):
+    _fields_ = [("btf", _u64), ("btf_log_buf", _u64), ("btf_size", _u32), ("btf_log_size", _u32),
+                ("btf_log_level", _u32)]
 
 
 class _RawTracepointOpen(ct.Structure):
@@ -238,6 +254,59 @@ def _check_code(insns: bytes, relocations: tuple[tuple[int, str], ...], names: s
         if not 0 <= index < n - 1 or name not in names or insns[index * 8] != LD_IMM64 \
                 or insns[index * 8 + 1] >> 4 != PSEUDO_MAP_FD:
             raise ValueError(f"relocation ({index}, {name!r}) is not a map load")
+    subprograms(insns)
+
+
+def link_callbacks(insns: bytes) -> bytes:
+    """`insns` with each load of FIND_VMA_STORE_MARK made a load of the callback that stores the VMA it is given,
+    appended once as a subprogram (see _STORE_VMA_CALLBACK); unchanged when there is none."""
+    code = bytearray(insns)
+    n = len(code) // 8
+    linked = False
+    i = 0
+    while i < n - 1:
+        if code[i * 8] == LD_IMM64:
+            lo, hi = struct.unpack_from("<I", code, i * 8 + 4)[0], struct.unpack_from("<I", code, i * 8 + 12)[0]
+            if code[i * 8 + 1] >> 4 == 0 and hi << 32 | lo == FIND_VMA_STORE_MARK:
+                code[i * 8 + 1] = (code[i * 8 + 1] & 0x0F) | PSEUDO_FUNC << 4
+                struct.pack_into("<i", code, i * 8 + 4, n - (i + 1))
+                struct.pack_into("<I", code, i * 8 + 12, 0)
+                linked = True
+            i += 2
+        else:
+            i += 1
+    return bytes(code + _STORE_VMA_CALLBACK) if linked else insns
+
+
+def subprograms(insns: bytes) -> list[int]:
+    """First instruction of each subprogram, the program's own (0) first: the targets of callback loads (the only
+    subprograms BCC's images have). ValueError for a load that points outside the program."""
+    n = len(insns) // 8
+    starts = {0}
+    i = 0
+    while i < n:
+        if insns[i * 8] == LD_IMM64:
+            if insns[i * 8 + 1] >> 4 == PSEUDO_FUNC:
+                target = i + 1 + struct.unpack_from("<i", insns, i * 8 + 4)[0]
+                if not 0 < target < n:
+                    raise ValueError(f"instruction {i} loads a callback at {target}, outside the program")
+                starts.add(target)
+            i += 2
+        else:
+            i += 1
+    return sorted(starts)
+
+
+@functools.cache
+def _func_btf() -> bytes:
+    """The smallest BTF that func_info can name: an int, a prototype returning it, a global function (each
+    program) and a static one (each callback: the verifier takes only static callbacks, and only with func_info)."""
+    strings = b"\0int\0prog\0callback\0"
+    types = (struct.pack("<IIII", strings.index(b"int"), 1 << 24, 4, 1 << 24 | 32)  # 1: INT, signed, 32 bits
+             + struct.pack("<III", 0, 13 << 24, 1)  # 2: FUNC_PROTO, no parameters, returns int
+             + struct.pack("<III", strings.index(b"prog"), 12 << 24 | 1, 2)  # 3: FUNC, global
+             + struct.pack("<III", strings.index(b"callback"), 12 << 24, 2))  # 4: FUNC, static
+    return struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings)) + types + strings
 
 
 def map_info(fd: int) -> _MapInfo:
@@ -409,6 +478,7 @@ class LoadedProgram:
         self._perf_fds: list[int] = []
         self._link_fds: list[int] = []
         self._rings: list[RingBuffer] = []
+        self._btf_fd = -1  # the BTF of callbacks' func_info, loaded for the first program with one
         try:
             for spec in sorted(image.maps, key=lambda m: m.inner is not None):  # templates first
                 self.maps[spec.name] = create_map(spec, self.maps[spec.inner].fd if spec.inner is not None else 0)
@@ -437,6 +507,12 @@ class LoadedProgram:
                          insn_cnt=len(insns) // 8, insns=ct.addressof(code),
                          license=ct.addressof(license), kern_version=self.image.kern_version,
                          prog_name=name.encode()[:15])
+        starts = subprograms(insns)
+        if len(starts) > 1:  # callbacks: the verifier wants each subprogram's BTF function
+            info = b"".join(struct.pack("<II", at, 3 if at == 0 else 4) for at in starts)
+            func_info = ct.create_string_buffer(info, len(info))
+            attr.prog_btf_fd, attr.func_info_rec_size = self._func_btf_fd(), 8
+            attr.func_info, attr.func_info_cnt = ct.addressof(func_info), len(starts)
         for _ in range(5):
             try:
                 return bpf(_PROG_LOAD, attr)
@@ -451,6 +527,13 @@ class LoadedProgram:
             tail = log_buf.value.decode("utf-8", "replace").strip().splitlines()[-20:]
             raise OSError(e.errno, f"the kernel refused BPF program {name}: {e.strerror}\n"
                           + "\n".join(tail)) from None
+
+    def _func_btf_fd(self) -> int:
+        if self._btf_fd < 0:
+            blob = _func_btf()
+            data = ct.create_string_buffer(blob, len(blob))
+            self._btf_fd = bpf(_BTF_LOAD, _BtfLoad(btf=ct.addressof(data), btf_size=len(blob)))
+        return self._btf_fd
 
     def attach_perf_event(self, ev_type: int, ev_config: int, sample_freq: int, cpus: Iterable[int]) -> None:
         """One sampling perf event per CPU, each running the program (as BCC's attach_perf_event does)."""
@@ -505,6 +588,9 @@ class LoadedProgram:
         for m in self.maps.values():
             os.close(m.fd)
         self.maps = {}
+        if self._btf_fd >= 0:
+            os.close(self._btf_fd)
+            self._btf_fd = -1
 
 
 class ImageCache:

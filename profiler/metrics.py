@@ -45,6 +45,12 @@ UNWIND_STOPS = Counter("podflame_agent_unwind_stops_total",
 UNWIND_ENTRY_SHARE = Gauge("podflame_agent_unwind_entry_ratio",
                            "Share of table-walked samples that reached the process entry, last drain")
 UNWIND_TABLES = Gauge("podflame_agent_unwind_tables", "Unwind tables in BPF maps", ["what"])
+UNWIND_LIBRARY_LOOKUPS = Counter("podflame_agent_unwind_library_lookups_total",
+                                 "Samples walked with the executable's table before the process's mappings were "
+                                 "loaded, by what the lookup of their first library (bpf_find_vma) gave: table = "
+                                 "walked with its table, busy = no VMA (the mmap lock was taken), no_table = not "
+                                 "loaded",
+                                 ["outcome"])
 
 log = logging.getLogger("podflame.agent")
 UNWIND_LOG_EVERY_S = 60.0
@@ -68,6 +74,8 @@ def record_unwind(report: dict[str, int], *, now: float | None = None) -> None:
     UNWIND_SAMPLES.labels("frame_pointers").inc(max(0, delta.get("walk_fp", 0)))
     # of the "tables" ones: walked with the executable's table before the process's own mappings were loaded
     UNWIND_SAMPLES.labels("executable_table").inc(max(0, delta.get("walk_exe", 0)))
+    for outcome, slot in (("table", "walk_vma"), ("busy", "walk_vma_fail"), ("no_table", "walk_vma_no_table")):
+        UNWIND_LIBRARY_LOOKUPS.labels(outcome).inc(max(0, delta.get(slot, 0)))
     for reason in _STOPS:
         UNWIND_STOPS.labels(reason).inc(max(0, delta.get(f"walk_{reason}", 0)))
     if delta.get("walk_tables", 0) > 0:

@@ -10,14 +10,18 @@ from pathlib import Path
 import pytest
 
 from profiler.bpfprog import (
+    FIND_VMA_STORE_MARK,
     MAP_ARRAY,
     MAP_ARRAY_OF_MAPS,
     MAP_HASH,
+    PSEUDO_FUNC,
     ImageCache,
     MapSpec,
     ProgramImage,
     TracepointProgram,
     _expand_cpus,
+    link_callbacks,
+    subprograms,
 )
 
 LD_MAP = bytes([0x18, 0x10, 0, 0, 0, 0, 0, 0]) + bytes(8)  # r0 = map (fd patched in at load)
@@ -101,3 +105,28 @@ def test_cache_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cpu_lists() -> None:
     assert _expand_cpus("0-3,5\n") == [0, 1, 2, 3, 5] and _expand_cpus("0") == [0]
+
+
+def ld_imm64(value: int) -> bytes:
+    """r3 = value (a 16-byte load)."""
+    return bytes([0x18, 0x03, 0, 0]) + (value & 0xFFFFFFFF).to_bytes(4, "little") + bytes(4) \
+        + (value >> 32).to_bytes(4, "little")
+
+
+def test_a_find_vma_callback_is_linked_as_a_subprogram() -> None:
+    code = LD_MAP + ld_imm64(0x1234_5678_9ABC) + ld_imm64(FIND_VMA_STORE_MARK) + EXIT  # 7 instructions
+    linked = link_callbacks(code)
+    assert linked[:56] == code[:32] + linked[32:48] + EXIT  # only the marked load changed
+    assert linked[33] >> 4 == PSEUDO_FUNC and int.from_bytes(linked[36:40], "little", signed=True) == 7 - 5
+    assert linked[40:48] == bytes(8)
+    assert subprograms(linked) == [0, 7]  # the callback appended after the program's exit
+    assert len(linked) // 8 == 10  # three instructions: store the VMA at the context pointer, return 0
+    assert link_callbacks(LD_MAP + EXIT) == LD_MAP + EXIT  # nothing to link
+    image(insns=linked).check()
+
+
+def test_a_callback_load_outside_the_program_is_refused() -> None:
+    code = bytearray(link_callbacks(ld_imm64(FIND_VMA_STORE_MARK) + EXIT))
+    code[4:8] = (40).to_bytes(4, "little")
+    with pytest.raises(ValueError, match="outside the program"):
+        image(insns=bytes(code), relocations=()).check()

@@ -64,7 +64,7 @@ def test_a_files_table_is_entered_by_its_identity_and_leaves_with_its_rows(monke
         loaded = m.binary(identity, row * 60, exe_vaddr=0x2000)
         assert loaded is not None
         key = FILE_KEY.pack(4242, 9000, 1_700_000_000_123_456_789, (254 << 20) | 1, 0)
-        assert lookup(maps["unwind_exe_files"].fd, key, EXE.size) == EXE.pack(0x2000, loaded.table, 0)
+        assert lookup(maps["unwind_exe_files"].fd, key, EXE.size) == EXE.pack(0x2000, 0, loaded.table, 0)
         assert m.binary(("vdso", 1), row * 10, exe_vaddr=0x1000) is not None  # no file: not entered
         assert m.memory()["exe_files"] == 1
         m.release([identity, ("vdso", 1)])  # no process holds them: both evictable

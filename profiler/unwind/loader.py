@@ -759,10 +759,11 @@ class NativeUnwinder:
                     return None
             binary.rows = None
         # a file's table is also found by the file (unwind_exe_files): the first samples of a process that
-        # execs it are walked with it before the process's mapping array is written
-        exe_vaddr = min((s.vaddr for s in binary.segments if s.executable), default=None) \
+        # execs or maps it are walked with it before the process's mapping array is written
+        text = min((s for s in binary.segments if s.executable), key=lambda s: s.vaddr, default=None) \
             if isinstance(source, str) else None
-        return key if self.maps.binary(key, rows, exe_vaddr) is not None else None
+        exe_vaddr, file_vaddr = (text.vaddr, text.vaddr - text.offset) if text is not None else (None, 0)
+        return key if self.maps.binary(key, rows, exe_vaddr, file_vaddr) is not None else None
 
     def _read_elf(self, path: str | bytes) -> _Binary:
         """What a mapping of the ELF file at `path` (or of the ELF image `path` holds) needs for its

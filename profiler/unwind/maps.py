@@ -13,8 +13,10 @@ unused one gets no rows: the walker steps its frames with frame pointers, and `s
 Each loaded binary built from a file is also entered in `unwind_exe_files` under the file's identity as
 the kernel sees it (device, inode, size, mtime): a process sampled before its mapping array is written
 (its first samples, all of a short-lived one's) is walked with its executable's table, found from
-task->mm->exe_file. The entry goes with the binary's rows; it takes no reference (an executable whose
-processes all exited stays evictable). `PODFLAME_UNWIND_EXE=0` leaves that fallback off.
+task->mm->exe_file, and with the table of the first library its walk enters (libc, libpython), found from
+that VMA's file (bpf_find_vma) and placed by the VMA's file offset. The entry goes with the binary's rows;
+it takes no reference (an executable whose processes all exited stays evictable). `PODFLAME_UNWIND_EXE=0`
+leaves that fallback off.
 
 Not thread-safe: `NativeUnwinder` (profiler/unwind/loader.py) drives it from one thread.
 """
@@ -43,19 +45,24 @@ WANTS_TABLE = 1  # unwind_mapping.flags: the walker asks for this mapping's tabl
 WANT = struct.Struct("<QII")  # struct unwind_want: start, tgid, reserved
 SPAN = struct.Struct("<II")  # struct unwind_table and struct unwind_proc: first, count
 FILE_KEY = struct.Struct("<QQQII")  # struct unwind_file_key: ino, size, mtime_ns, dev (kernel encoding), reserved
-EXE = struct.Struct("<QII")  # struct unwind_exe: vaddr of the lowest executable segment, table, reserved
+EXE = struct.Struct("<QqII")  # struct unwind_exe: vaddr of the lowest executable segment, its vaddr - file offset,
+# table, reserved
 # struct unwind_exe_config: (struct, member path) of each offset the kernel side reads, in order
 EXE_CONFIG_FIELDS = (("task_struct", "mm"), ("mm_struct", "exe_file"), ("mm_struct", "start_code"),
                      ("mm_struct", "end_code"), ("file", "f_inode"), ("inode", "i_ino"), ("inode", "i_sb"),
-                     ("inode", "i_size"), ("inode", "i_mtime_sec"), ("inode", "i_mtime_nsec"), ("super_block", "s_dev"))
-HASH_ELEM_OVERHEAD = 56  # a preallocated hash map element's header (struct htab_elem) and bucket share
+                     ("inode", "i_size"), ("inode", "i_mtime_sec"), ("inode", "i_mtime_nsec"), ("super_block", "s_dev"),
+                     ("vm_area_struct", "vm_start"), ("vm_area_struct", "vm_end"), ("vm_area_struct", "vm_pgoff"),
+                     ("vm_area_struct", "vm_flags"), ("vm_area_struct", "vm_file"))
+HASH_ELEM_OVERHEAD = 64  # a preallocated hash map element's header (struct htab_elem) and bucket share: fdinfo
+# memlock of unwind_exe_files (4096 x 32 + 24 bytes) is 492640 on 6.18, 120.3 bytes an element
 BATCH = 65536  # elements per BPF_MAP_UPDATE_BATCH
 KERNEL_ROW_BYTES = 16  # an array map stores values rounded up to 8 bytes
 
 # unwind_stats[] slots; mirrored in bpf/native_unwind.bpf.h (US_*).
 STAT_SLOTS: tuple[str, ...] = (
     "tables", "fp", "end", "truncated", "read_fault", "no_mapping", "unsupported", "fp_steps", "zero_ra",
-    "tail_fail", "bad_cfa", "wanted", "exe", "exe_outside", "guess_outside", "remapped",
+    "tail_fail", "bad_cfa", "wanted", "exe", "exe_outside", "guess_outside", "remapped", "vma", "vma_fail",
+    "vma_no_table",
 )  # fmt: skip
 
 
@@ -144,12 +151,14 @@ class UnwindMaps:
 
     # -- binaries ----------------------------------------------------------------------------
 
-    def binary(self, key: object, rows: bytes, exe_vaddr: int | None = None) -> LoadedBinary | None:
+    def binary(self, key: object, rows: bytes, exe_vaddr: int | None = None,
+               file_vaddr: int = 0) -> LoadedBinary | None:
         """The loaded rows of `key`, loading `rows` (packed unwind_rows) on first use; None when they
         do not fit. The caller holds a reference, which it hands to `set_process` (so loading a
         process's second binary can never evict its first). `exe_vaddr`: the ELF vaddr of the lowest
         executable segment of a file `key` (a (st_dev, st_ino, st_size, st_mtime_ns) identity), which
-        enters it in unwind_exe_files."""
+        enters it in unwind_exe_files; `file_vaddr`: that segment's vaddr - its file offset (a walk that finds
+        the file's VMA places the table from the VMA's file offset with it)."""
         b = self.binaries.get(key)
         if b is not None:
             self.binaries.move_to_end(key)
@@ -176,10 +185,10 @@ class UnwindMaps:
         self._tables.update(ct.c_uint32(table), SPAN.pack(first, count))  # rows first: never a half table
         b = self.binaries[key] = LoadedBinary(table, first, count, refs=1)
         if exe_vaddr is not None and self.exe_fallback:
-            b.exe_key = self._enter_exe(key, table, exe_vaddr)
+            b.exe_key = self._enter_exe(key, table, exe_vaddr, file_vaddr)
         return b
 
-    def _enter_exe(self, key: object, table: int, vaddr: int) -> bytes | None:
+    def _enter_exe(self, key: object, table: int, vaddr: int, file_vaddr: int) -> bytes | None:
         """Enter a loaded file's table in unwind_exe_files; None when `key` is no file identity or the
         map is full (that file's processes then wait for their mapping arrays, as before)."""
         if self._exe_files is None or not (isinstance(key, tuple) and len(key) == 4
@@ -188,7 +197,7 @@ class UnwindMaps:
         st_dev, ino, size, mtime_ns = key
         file_key = FILE_KEY.pack(ino, size, mtime_ns, (os.major(st_dev) << 20) | os.minor(st_dev), 0)
         try:
-            self._exe_files.update(file_key, EXE.pack(vaddr, table, 0))
+            self._exe_files.update(file_key, EXE.pack(vaddr, file_vaddr, table, 0))
         except OSError:
             return None
         return file_key
