@@ -122,8 +122,10 @@ class Frame:
         return tuple(line.function for line in reversed(self.lines))
 
 
+# vars(Frame), not Frame.__dict__: mypyc refuses the attribute on a class object; the same slot descriptors
+# either way, so the compiled class (podflame/compiled.py) and the source write frames alike.
 _set_address, _set_mapping, _set_kind, _set_lines, _set_reason, _set_hash = (
-    Frame.__dict__[name].__set__ for name in ("address", "mapping", "kind", "lines", "reason", "_hash"))
+    vars(Frame)[name].__set__ for name in ("address", "mapping", "kind", "lines", "reason", "_hash"))
 
 Stack = tuple[Frame, ...]  # root first
 
