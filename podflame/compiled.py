@@ -72,8 +72,8 @@ class Status:
 
     def describe(self) -> str:
         if self.compiled:
-            return f"compiled by mypyc: {len(self.modules)} modules ({', '.join(self.modules)})"
-        return f"pure Python ({self.reason})"
+            return f"{len(self.modules)} hot modules compiled by mypyc ({', '.join(self.modules)})"
+        return f"the pure-Python source ({self.reason})"
 
 
 status = Status()

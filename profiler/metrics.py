@@ -45,6 +45,8 @@ UNWIND_STOPS = Counter("podflame_agent_unwind_stops_total",
 UNWIND_ENTRY_SHARE = Gauge("podflame_agent_unwind_entry_ratio",
                            "Share of table-walked samples that reached the process entry, last drain")
 UNWIND_TABLES = Gauge("podflame_agent_unwind_tables", "Unwind tables in BPF maps", ["what"])
+COMPILED_MODULES = Gauge("podflame_agent_compiled_modules",
+                         "Hot modules running compiled by mypyc (0: the pure-Python source; the start log says why)")
 
 log = logging.getLogger("podflame.agent")
 UNWIND_LOG_EVERY_S = 60.0
