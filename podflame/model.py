@@ -65,6 +65,11 @@ class Line:
     file: str | None = None
     line: int | None = None
 
+    def __reduce__(self) -> tuple:
+        # Rebuild through __init__: compiled by mypyc (podflame/compiled.py), the default unpickling sets the
+        # fields through the frozen class's __setattr__, which refuses.
+        return (Line, (self.function, self.file, self.line))
+
 
 @dataclass(frozen=True, slots=True, init=False)
 class Frame:
