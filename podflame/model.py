@@ -65,6 +65,11 @@ class Line:
     file: str | None = None
     line: int | None = None
 
+    def __reduce__(self) -> tuple:
+        # Rebuild through __init__: compiled by mypyc (podflame/compiled.py), the default unpickling sets the
+        # fields through the frozen class's __setattr__, which refuses.
+        return (Line, (self.function, self.file, self.line))
+
 
 @dataclass(frozen=True, slots=True, init=False)
 class Frame:
@@ -122,8 +127,10 @@ class Frame:
         return tuple(line.function for line in reversed(self.lines))
 
 
+# vars(Frame), not Frame.__dict__: mypyc refuses the attribute on a class object; the same slot descriptors
+# either way, so the compiled class (podflame/compiled.py) and the source write frames alike.
 _set_address, _set_mapping, _set_kind, _set_lines, _set_reason, _set_hash = (
-    Frame.__dict__[name].__set__ for name in ("address", "mapping", "kind", "lines", "reason", "_hash"))
+    vars(Frame)[name].__set__ for name in ("address", "mapping", "kind", "lines", "reason", "_hash"))
 
 Stack = tuple[Frame, ...]  # root first
 

@@ -51,6 +51,8 @@ UNWIND_LIBRARY_LOOKUPS = Counter("podflame_agent_unwind_library_lookups_total",
                                  "walked with its table, busy = no VMA (the mmap lock was taken), no_table = not "
                                  "loaded",
                                  ["outcome"])
+COMPILED_MODULES = Gauge("podflame_agent_compiled_modules",
+                         "Hot modules running compiled by mypyc (0: the pure-Python source; the start log says why)")
 
 log = logging.getLogger("podflame.agent")
 UNWIND_LOG_EVERY_S = 60.0

@@ -29,6 +29,8 @@ def start_agent(server_url: str, frequency: int, interval: float, node: str | No
 
     Raises InvalidInput for a pod selection that cannot work, SamplerError when BPF cannot run here.
     """
+    from podflame import compiled
+    from profiler import metrics
     from profiler.agent import Agent, KubeletLabels, create_context
     from profiler.cgroups import CgroupResolver
     from profiler.kube import KubeMetadata
@@ -55,6 +57,8 @@ def start_agent(server_url: str, frequency: int, interval: float, node: str | No
                            "Kubernetes API: run in a cluster or set KUBECONFIG")
     if kube is not None:
         kube.start()
+    say(f"podflame agent: running {compiled.status.describe()}")
+    metrics.COMPILED_MODULES.set(len(compiled.status.modules))
     say(f"podflame agent: compiling the eBPF sampler ({frequency} Hz on {os.cpu_count()} CPUs)...")
     # with a selection, nothing is sampled until the selected pods' cgroups are known
     sampler = Sampler(frequency, cgroup_ids=None if selection.everything else PodCgroupFilter.initial_ids(),

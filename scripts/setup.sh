@@ -13,8 +13,9 @@ fi
 
 # Debian packages: BCC (the sampler's compiler/loader), kernel headers (BCC compiles BPF C at start),
 # the pprof client and Chromium (test oracles), binutils/llvm (symbolizer oracles), profile-bpfcc (bench peer),
-# libc6-dbg (libc's DWARF by build id: the symbolizer's separate-debug-file corpus).
-PKGS=(python3-venv python3-bpfcc bpfcc-tools libdw1 linux-headers-amd64 golang-go chromium binutils llvm-14 linux-perf make gcc g++ libc6-dbg)
+# libc6-dbg (libc's DWARF by build id: the symbolizer's separate-debug-file corpus), python3-dev + gcc (mypyc's
+# compile of the hot modules, below).
+PKGS=(python3-venv python3-dev python3-bpfcc bpfcc-tools libdw1 linux-headers-amd64 golang-go chromium binutils llvm-14 linux-perf make gcc g++ libc6-dbg)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -67,4 +68,15 @@ if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing podflame and its Python dependencies into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat 2> >(grep -v 'is ignored: it is neither' >&2)  # compat: a plain path .pth; the default import-hook finder costs every process ~15 ms
   touch "$stamp"
+fi
+
+# The agent's hot modules compiled by mypyc (podflame/compiled.py says how they are found and when refused):
+# the drain thread in ~0.7x the CPU. Quick when the sources did not change; a failure leaves the pure-Python source.
+if [ "${PODFLAME_COMPILE:-1}" = 0 ]; then
+  if [ -e podflame/_compiled ]; then
+    say "PODFLAME_COMPILE=0: removing the compiled modules; the pure-Python source runs"
+    rm -rf podflame/_compiled
+  fi
+elif ! .venv/bin/python scripts/compile.py; then
+  say "compiling the hot modules failed (above): podflame runs its pure-Python source (slower; PODFLAME_COMPILE=0 skips the compile)"
 fi

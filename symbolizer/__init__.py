@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+import podflame  # noqa: F401  (installs the compiled-module finder before any hot module: podflame/compiled.py)
+
 if TYPE_CHECKING:
     from symbolizer.core import UNREADABLE_RETRY_SECONDS, MapsSource, Symbolizer
     from symbolizer.elf import ElfSymbols

@@ -18,7 +18,7 @@ from flask import Flask
 
 from podflame import pprof
 from podflame.errors import InvalidInput
-from podflame.model import Frame, Line, Profile
+from podflame.model import Frame, FrameKind, Line, Profile
 from web.server.app import create_app, serving_config
 from web.server.auth import TokenFile, TokenFileError
 
@@ -29,7 +29,7 @@ H = 3_600_000_000_000
 
 
 def _body() -> bytes:
-    frame = Frame(0x1000, None, "native", (Line("main", "main.c", 3),))
+    frame = Frame(0x1000, None, FrameKind.NATIVE, (Line("main", "main.c", 3),))
     return pprof.encode([Profile({"comm": "app"}, time.time_ns() - 60 * 10**9, 10**9, 10_000_000,
                                  {(frame,): 7})])
 

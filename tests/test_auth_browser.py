@@ -18,7 +18,7 @@ import pytest
 from flask import Response, request
 
 from podflame import pprof
-from podflame.model import Frame, Line, Profile
+from podflame.model import Frame, FrameKind, Line, Profile
 from tests.builders import batches, ingest_url
 from web.server.app import create_app, serve, serving_config
 
@@ -58,7 +58,7 @@ DEBUG = "[document.getElementById('message').textContent, window.podflame && win
 
 
 def _profile() -> Profile:
-    frame = Frame(0x1000, None, "native", (Line("main", "main.c", 3),))
+    frame = Frame(0x1000, None, FrameKind.NATIVE, (Line("main", "main.c", 3),))
     return Profile({"comm": "victim"}, time.time_ns() - 60 * 10**9, 10**9, 10_000_000, {(frame,): 7})
 
 

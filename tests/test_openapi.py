@@ -16,7 +16,7 @@ from flask import Flask
 from hypothesis import HealthCheck, settings
 
 from podflame import pprof
-from podflame.model import Frame, Line, Profile
+from podflame.model import Frame, FrameKind, Line, Profile
 from web.server.app import create_app
 from web.server.openapi import document
 from web.store.selector import parse_selector
@@ -38,7 +38,7 @@ def _routes(app: Flask) -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     app = create_app({"DATA_DIR": str(tmp_path_factory.mktemp("openapi")), "MAINTENANCE_SECONDS": 0})
-    frame = Frame(0x1000, None, "native", (Line("main", "main.c", 3),))
+    frame = Frame(0x1000, None, FrameKind.NATIVE, (Line("main", "main.c", 3),))
     body = pprof.encode([Profile({"comm": "app", "pod": "cart"}, time.time_ns() - 60 * 10**9, 10**9, 10_000_000,
                                  {(frame,): 7})])
     assert app.test_client().post("/api/v1/ingest", data=body).status_code == 200

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from podflame import pprof
-from podflame.model import Frame, Line, Profile
+from podflame.model import Frame, FrameKind, Line, Profile
 from profiler.upload import Uploader
 from web.server.app import create_app, serve
 
@@ -31,7 +31,7 @@ READ = "read-token-0123456789abcdef01"
 
 
 def _profile(comm: str) -> Profile:
-    frame = Frame(0x1000, None, "native", (Line("main", "main.c", 3),))
+    frame = Frame(0x1000, None, FrameKind.NATIVE, (Line("main", "main.c", 3),))
     return Profile({"comm": comm}, time.time_ns() - 60 * 10**9, 10**9, 10_000_000, {(frame,): 7})
 
 

@@ -4,10 +4,13 @@
 # Kernel headers are NOT in the image: BCC compiles the sampler against the running kernel, whose
 # headers the DaemonSet mounts from the host (/lib/modules and /usr/src, read-only). The entrypoint
 # checks for them (or the kernel's own /sys/kernel/kheaders.tar.xz) and says what to do if missing.
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim AS build
 
+# The build stage: the package installed as in the image, then its hot modules compiled by mypyc against that
+# installed tree (podflame/compiled.py imports them only while those files are unchanged). gcc, Python's headers
+# and mypy stay in this stage.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-bpfcc libbpfcc ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev python3-bpfcc gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 
 # --system-site-packages: the venv sees Debian's `bcc` module; everything else comes from PyPI
@@ -18,7 +21,20 @@ COPY profiler /src/profiler
 COPY symbolizer /src/symbolizer
 COPY web /src/web
 COPY bpf /src/bpf
-RUN /opt/podflame/bin/pip install --no-cache-dir /src && rm -rf /src
+COPY scripts/compile.py /src/scripts/compile.py
+RUN /opt/podflame/bin/pip install --no-cache-dir /src \
+ && /opt/podflame/bin/pip install --no-cache-dir --target /opt/mypyc "mypy==2.4.1" types-protobuf \
+ && site=$(/opt/podflame/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+ && PYTHONPATH=/opt/mypyc /opt/podflame/bin/python /src/scripts/compile.py --root "$site" --work /tmp/mypyc \
+ && /opt/podflame/bin/python -c 'import profiler.agent, podflame.compiled as c; assert c.status.compiled, c.status.reason'
+
+FROM debian:bookworm-slim
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-bpfcc libbpfcc ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+COPY --from=build /opt/podflame /opt/podflame
 
 COPY deploy/image/agent-entrypoint.sh /usr/local/bin/podflame-agent-entrypoint
 ENV PATH=/opt/podflame/bin:$PATH PYTHONUNBUFFERED=1
