@@ -10,6 +10,8 @@ the ~150k types of a distribution kernel, and not at all when no program needs a
 
 from __future__ import annotations
 
+import os
+import re
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -144,3 +146,19 @@ def packed_offsets(fields: Iterable[tuple[str, str]], path: Path = VMLINUX_BTF) 
 def task_fsbase_offset(path: Path = VMLINUX_BTF) -> int:
     """Where a task's saved FS base (its TLS pointer, x86_64) is in the running kernel's task_struct."""
     return Btf.from_file(path).offset_of("task_struct", "thread.fsbase")
+
+
+# bpf_find_vma came with Linux 5.17; a program that calls a helper its kernel lacks fails to load as a whole
+FIND_VMA_RELEASE = (5, 17)
+
+
+def kernel_has_find_vma(path: Path = VMLINUX_BTF, release: str | None = None) -> bool:
+    """Whether the running kernel's BPF offers bpf_find_vma: its `enum bpf_func_id` names BPF_FUNC_find_vma in
+    the BTF's strings; without BTF, by the kernel release (a distribution's backport is then missed, not
+    misjudged: the walk only loses its first-library lookup)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        found = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+        return found is not None and (int(found[1]), int(found[2])) >= FIND_VMA_RELEASE
+    return b"\0BPF_FUNC_find_vma\0" in data

@@ -61,6 +61,7 @@ from profiler.bpfprog import (
     ProgramImage,
     online_cpus,
 )
+from profiler.btf import kernel_has_find_vma
 
 if TYPE_CHECKING:
     from profiler.procmaps import NewProcess
@@ -311,6 +312,7 @@ class Sampler:
             f"-DSEEN_TGIDS_SIZE={SEEN_TGIDS_SIZE}",
             f"-DNEW_TGIDS_PAGES={NEW_TGIDS_PAGES}",
             f"-DUNWIND_MODE={UNWIND_MODES[unwind]}",
+            f"-DUNWIND_FIND_VMA={int(unwind != 'fp' and kernel_has_find_vma())}",
             f"-DUNWIND_ROWS={unwind_rows}",
             f"-DFP_DEPTH={_fp_depth()}",
             f"-DDEEP_MAP_SIZE={DEEP_MAP_SIZE}",

@@ -61,7 +61,9 @@ def exact_chain(names: tuple[str | None, ...]) -> bool:
     return bool(want)
 
 
-def test_first_samples_cross_their_first_library_with_its_table(tmp_path: Path) -> None:
+def short_processes(tmp_path: Path) -> tuple[int, int, dict[str, int], list]:
+    """Exact and judged samples of RUNS x BATCH short processes started once the node has seen the program, the
+    walk counters over them, and the broken stacks."""
     from profiler.sampler import Sampler
 
     os.environ.pop("PODFLAME_UNWIND_EXE", None)  # the fallback on, as the agent runs
@@ -100,7 +102,24 @@ def test_first_samples_cross_their_first_library_with_its_table(tmp_path: Path) 
                                                                     "walk_vma_no_table", "walk_tables")}
     print(f"exact chains {exact}/{judged} = {exact / max(judged, 1):.3f}; walks {delta}")
     assert judged >= RUNS, f"too few samples to judge: {judged}"
+    return exact, judged, delta, bad
+
+
+def test_first_samples_cross_their_first_library_with_its_table(tmp_path: Path) -> None:
+    exact, judged, delta, bad = short_processes(tmp_path)
     # first samples came before the mapping arrays, and their first library (libc) was walked with its table
     assert delta["walk_vma"] >= 1, delta
     # main (libc stepped with frame pointers in those walks): 81-82% exact (docs/benchmarks.md, stop 25 vma25)
     assert exact >= 0.95 * judged, f"exact {exact}/{judged}; broken: {bad[:8]} {delta}"
+
+
+def test_a_kernel_without_find_vma_loads_the_walker_without_it(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before Linux 5.17 a program calling bpf_find_vma would not load at all: the sampler leaves the lookup out
+    (profiler.btf.kernel_has_find_vma); it loads, and the first samples' libraries are stepped as before."""
+    import profiler.sampler
+
+    monkeypatch.setattr(profiler.sampler, "kernel_has_find_vma", lambda: False)
+    delta = short_processes(tmp_path)[2]
+    assert delta["walk_exe"] >= 1 and delta["walk_vma"] == delta["walk_vma_fail"] == 0, delta
+    assert delta["walk_vma_no_table"] == 0, delta
