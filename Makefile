@@ -5,7 +5,8 @@ setup:
 	@bash scripts/setup.sh
 run: setup
 	.venv/bin/podflame up $(ARGS)
-test: setup
+test:
+	@PODFLAME_COMPILE=1 bash scripts/setup.sh  # tests/test_compiled.py checks the opt-in compiled modules
 	.venv/bin/mypy
 	.venv/bin/pytest $(PYTEST_ARGS)
 unit:

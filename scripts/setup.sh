@@ -72,11 +72,10 @@ fi
 
 # The agent's hot modules compiled by mypyc (podflame/compiled.py says how they are found and when refused):
 # the drain thread in ~0.7x the CPU. Quick when the sources did not change; a failure leaves the pure-Python source.
-if [ "${PODFLAME_COMPILE:-1}" = 0 ]; then
-  if [ -e podflame/_compiled ]; then
-    say "PODFLAME_COMPILE=0: removing the compiled modules; the pure-Python source runs"
-    rm -rf podflame/_compiled
-  fi
+# Opt-in (PODFLAME_COMPILE=1 here and where podflame runs): compiled, a deep Python stack was merged differently
+# (tests/test_fidelity_deep_stacks_bpf.py, stop 25), so the source stays the default until that is found.
+if [ "${PODFLAME_COMPILE:-0}" != 1 ]; then
+  :
 elif ! .venv/bin/python scripts/compile.py; then
-  say "compiling the hot modules failed (above): podflame runs its pure-Python source (slower; PODFLAME_COMPILE=0 skips the compile)"
+  say "compiling the hot modules failed (above): podflame runs its pure-Python source"
 fi

@@ -178,7 +178,7 @@ def test_console_script_symbolize_without_click_matches_the_click_command(built:
                                     ([], "", 2, "Missing option '--binary'"),
                                     (["--binary", pie, "--bogus"], "", 2, "No such option"),
                                     (["--binary", "/nonexistent"], "", 2, "does not exist"),
-                                    (["--binary", pie], "zz\n", 2, "addresses are hex"),
+                                    (["--binary", pie], "zz\n", 2, "is not a hex ELF virtual address"),
                                     (["--binary", "/etc/hostname", "0x1"], "", 2, "Error:")]:  # not ELF: InvalidInput
         got = subprocess.run([*script, "symbolize", *args], input=stdin, capture_output=True, text=True)
         assert got.returncode == code and says in got.stdout + got.stderr, (args, got.stdout, got.stderr)
