@@ -597,3 +597,47 @@ def test_a_copy_of_a_file_gets_the_table_of_the_first_with_its_build_id(tmp_path
         assert first == second and first[0] != 0xFFFF_FFFF, (first, second)  # the same table slot
     finally:
         _release(procs, maps)
+
+
+@pytest.mark.bpf
+def test_a_first_mapping_array_re_arms_only_a_pid_that_may_hold_a_walks_mark() -> None:
+    """The kernel marks a process stale (unwind_stale) only while it has a mapping array. A new process's first
+    array costs no delete of a mark it cannot have (the watcher writes ~10 arrays a second on a busy node); a pid
+    whose earlier holder had an array, until the drain empties the marks, has its mark deleted as before, so the
+    next walk outside its array announces it again; as does an array gaining ranges (a dlopen)."""
+    from profiler.unwind.loader import NativeUnwinder
+
+    maps = _unwind_maps()
+    stale = maps["unwind_stale"]
+    deletes: list[int] = []
+    delete = stale.delete
+
+    def counted(key: ct.c_uint32) -> None:
+        deletes.append(key.value)
+        delete(key)
+
+    stale.delete = counted  # type: ignore[method-assign]
+    try:
+        m = UnwindMaps(maps)
+        u = NativeUnwinder(m, lambda source: None)  # type: ignore[arg-type,return-value]
+        exe = (0x5000, 0x6000, 0x4000, None, WANTS_TABLE)
+        assert m.set_process(7, [exe]) and deletes == []  # never had an array: no mark to delete
+        stale.update(ct.c_uint32(7), b"\x01")  # a walk left its array (dlopen) and marked it
+        assert m.set_process(7, [exe, (0x9000, 0xA000, 0x8000, None, WANTS_TABLE)])  # gained a range
+        assert deletes == [7] and not u._take_stale()  # re-armed
+        stale.update(ct.c_uint32(7), b"\x01")  # marked again, then it exits before the drain
+        m.remove_process(7)
+        assert m.set_process(7, [exe])  # the pid reused (or the process exec'd) before the marks were emptied
+        assert deletes == [7, 7] and not u._take_stale()  # its mark deleted: its walks can mark it again
+        stale.update(ct.c_uint32(7), b"\x01")
+        m.remove_process(7)
+        assert u._take_stale() == [7]  # the drain empties the marks...
+        assert m.set_process(7, [exe]) and deletes == [7, 7]  # ...after which no pid without an array holds one
+        m.remove_process(7)
+        stale.update(ct.c_uint32(7), b"\x01")  # marked while it had the array (a walk in flight)
+        taken = m.taking_marks()
+        m.marks_left(taken)  # the emptying failed: 7 may still hold its mark
+        assert m.set_process(7, [exe]) and deletes == [7, 7, 7]
+    finally:
+        for bm in maps.values():
+            os.close(bm.fd)

@@ -330,7 +330,12 @@ class NativeUnwinder:
         self._built_big = False
 
     def _take_stale(self) -> list[int]:
-        return [tgid for keys in _empty(self.maps.stale_map) for tgid in keys.cast("I")]
+        taken = self.maps.taking_marks()
+        failed: list[bool] = []
+        stale = [tgid for keys in _empty(self.maps.stale_map, failed=failed) for tgid in keys.cast("I")]
+        if failed:
+            self.maps.marks_left(taken)
+        return stale
 
     def _asks(self) -> int:
         """How many times walks have asked for tables so far (unwind_stats "wanted", counted before each
@@ -901,9 +906,9 @@ def _walked(vmas: list[ExecVma] | list[MapsEntry], new: NewProcess | None
     return vmas, layout_key(vmas)  # type: ignore[arg-type]
 
 
-def _empty(m: BpfMap, chunk: int = 1024) -> Iterator[memoryview]:
+def _empty(m: BpfMap, chunk: int = 1024, failed: list[bool] | None = None) -> Iterator[memoryview]:
     """Read and delete every entry of a small hash map: its keys, `chunk` at a time (a failure ends it:
-    what was not read is read by the next call)."""
+    what was not read is read by the next call; `failed` gets True appended then)."""
     keys, values = bytearray(m.spec.key_size * chunk), bytearray(m.spec.value_size * chunk)
     token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
     first = True
@@ -911,6 +916,8 @@ def _empty(m: BpfMap, chunk: int = 1024) -> Iterator[memoryview]:
         try:
             n, done = m.lookup_and_delete_batch(keys, values, None if first else token_in, token_out)
         except OSError:
+            if failed is not None:
+                failed.append(True)
             return
         yield memoryview(bytes(keys[:n * m.spec.key_size]))
         if done or n == 0:

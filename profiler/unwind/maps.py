@@ -146,6 +146,10 @@ class UnwindMaps:
         self._free_tables = list(range(self._tables.spec.max_entries - 1, -1, -1))
         self.binaries: OrderedDict[object, LoadedBinary] = OrderedDict()  # unused ones first out
         self.processes: dict[int, ProcessMappings] = {}
+        # tgids whose mapping array was removed since the walks' marks (unwind_stale) were last emptied: the kernel
+        # marks only a process with an array (a walk outside it, on_new_area), so a process given its first array
+        # can find a mark left only under one of these pids (a reused pid, an exec'd process removed between)
+        self._may_be_marked: set[int] = set()
         self.rejected: dict[object, int] = {}  # binaries that did not fit the row budget (or table slots): rows
         self.rejected_processes = 0  # processes that did not fit (mapping slots, process entries)
 
@@ -264,8 +268,8 @@ class UnwindMaps:
             self.remove_process(tgid)
             return False
         ranges = frozenset((m[0], m[1]) for m in mappings)
-        if old is None or not ranges <= old.ranges:
-            self._rearm(tgid)
+        if (tgid in self._may_be_marked) if old is None else not ranges <= old.ranges:
+            self._rearm(tgid)  # a new process's first array costs no syscall here (~1 in 4 of the watcher's)
         self.processes[tgid] = ProcessMappings(first, n, keys, wants, ranges)
         if old is not None:
             self._release(old)  # after the switch: a walk in flight reads either whole array
@@ -279,6 +283,17 @@ class UnwindMaps:
         mapping) stay marked until the drain, so no walk wakes the watcher for them again."""
         with contextlib.suppress(OSError):  # not marked: nothing to re-arm
             self.stale_map.delete(ct.c_uint32(tgid))
+        self._may_be_marked.discard(tgid)
+
+    def taking_marks(self) -> set[int]:
+        """Called before the marks are emptied (the drain): the tgids that may hold one until then. Processes
+        removed from now on are remembered afresh; give the set back (`marks_left`) when the emptying failed."""
+        taken, self._may_be_marked = self._may_be_marked, set()
+        return taken
+
+    def marks_left(self, taken: set[int]) -> None:
+        """The marks were not all emptied: the tgids of `taking_marks` may still hold one."""
+        self._may_be_marked |= taken
 
     def fill(self, tgid: int, mapping: tuple[int, int, int, object | None, int]) -> bool:
         """Write one mapping of `tgid` that waited for its table (WANTS_TABLE, set by `set_process`) again, as
@@ -317,6 +332,7 @@ class UnwindMaps:
         old = self.processes.pop(tgid, None)
         if old is not None:
             self._procs.delete(ct.c_uint32(tgid))
+            self._may_be_marked.add(tgid)  # a mark set while it had the array stays until the drain's
             self._release(old)
 
     def release(self, keys: list[object]) -> None:
