@@ -132,6 +132,7 @@ class UnwindMaps:
         self.stale_map = maps["unwind_stale"]
         self.wanted_map = maps["unwind_wanted"]
         self._exe_files = maps.get("unwind_exe_files")  # absent: a program without the fallback
+        self._exe_libs = maps.get("unwind_exe_libs")  # a new process's libraries, remembered from its mmaps
         config = maps.get("unwind_exe_config")
         self.exe_fallback = self._exe_files is not None and config is not None \
             and os.environ.get("PODFLAME_UNWIND_EXE", "1") != "0" and _write_exe_config(config)
@@ -363,7 +364,9 @@ class UnwindMaps:
         return (self._rows.spec.max_entries * KERNEL_ROW_BYTES + self._mappings.spec.max_entries * MAPPING.size
                 + self._tables.spec.max_entries * SPAN.size + self._procs.spec.max_entries * (SPAN.size + 4 + 48)
                 + (self._exe_files.spec.max_entries * (FILE_KEY.size + EXE.size + HASH_ELEM_OVERHEAD)
-                   if self._exe_files is not None else 0))
+                   if self._exe_files is not None else 0)
+                + (self._exe_libs.spec.max_entries * (self._exe_libs.spec.key_size + self._exe_libs.spec.value_size
+                                                      + HASH_ELEM_OVERHEAD) if self._exe_libs is not None else 0))
 
 
 def _mapped(m: BpfMap) -> mmap.mmap | None:
