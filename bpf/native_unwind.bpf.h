@@ -535,7 +535,7 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
     struct unwind_mapping *m = st->exe_proc & EXE_WALK ? exe_mapping(ip, st->exe_proc) : find_mapping(proc, ip);
     if (!m && n == 0 && proc->count && !(st->exe_proc & EXE_TRIED))
         return STEP_EXE;  // nothing of the frame changed yet: the retry walks it again
-    if (UNWIND_FIND_VMA && !m && (st->exe_proc & EXE_WALK) && st->lib_ip != ip)
+    if (!m && (st->exe_proc & EXE_WALK) && st->lib_ip != ip)
         return STEP_VMA;  // likewise: the frame is walked again with the library found, if any
     if (!m && st->guessed && proc->count && !(st->exe_proc & EXE_WALK) && !after_call(ip)) {
         // The caller of code without CFI (hand-written assembly: a context switch, a SIMD kernel) was
@@ -782,7 +782,7 @@ int unwind_step(struct bpf_perf_event_data *ctx) {
         if (libs && remembered_lib(libs, st->ip) == 0) {
             st->exe_proc |= EXE_LIB;
             ustat(US_LIB_KNOWN);
-        } else if (libs && !(st->exe_proc & EXE_VMA_TRIED)) {
+        } else if (UNWIND_FIND_VMA && libs && !(st->exe_proc & EXE_VMA_TRIED)) {
             st->exe_proc |= EXE_VMA_TRIED;
             if (load_lib_mapping(st->ip, libs, remember) == 0) {
                 st->exe_proc |= EXE_LIB;
