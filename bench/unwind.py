@@ -53,7 +53,8 @@ main-thread chain as the oracle (`pyspy_exact`: the share of podflame's samples 
 24's (`stop24_workloads`): text moved into anonymous memory (a C build, node --use-largepages=on), text patched through
 mprotect, a dlmopen'ed second copy, the vDSO, 16 KiB thread stacks, Go calling C and C calling back into Go; and stop
 25's (`stop25_workloads`): OpenSSL's AES-GCM assembly (a CFA in rax across calls), a stripped program's
-unnamed functions.
+unnamed functions; and stop 26's (`stop26_workloads`): short processes (50 ms of CPU each, started one after the
+other by a shell) whose chain crosses two libraries before their mapping array is written.
 
     .venv/bin/python bench/unwind.py --wide [--seconds 3] [--only drap-stackrealign,cpp-O2-catch]
 """
@@ -166,7 +167,8 @@ CEXT_CHAINS = {("<module>", "json_loop", "encode"): ("_start",), ("zlib_loop", "
 RUST_CHAIN = ("fid_rust::main", "fid_rust::level1", "fid_rust::level2", "fid_rust::leaf_work")
 SHELL = "py-debian-shell-entrypoint"  # recorded by its cgroup: the Python process is the shell's child
 FORKED = {"py3.7-fork", "py3.12-fork", "pydebian-fork"}  # prefork workers: podflame by cgroup, peers on one worker
-BY_CGROUP = {SHELL, *FORKED}
+TWOLIBS = "c-spawn-twolibs"  # short processes started by a shell: podflame by cgroup, perf follows the shell's children
+BY_CGROUP = {SHELL, *FORKED, TWOLIBS}
 CHILD = {SHELL, "node-pidns", *FORKED}  # the workload is the started process's child (a shell, unshare -f, a fork)
 AFTER_START: dict[str, Callable[[int], None]] = {}  # name -> what happens to the running process first
 GO_CHAIN = ("runtime.main", "main.main", "main.level1", "main.level2", "main.leafWork")
@@ -450,6 +452,7 @@ def wide_workloads(tmp: Path) -> Workloads:
     out.update(stop23_workloads(tmp, build, entry, c_exact))
     out.update(stop24_workloads(tmp, build, entry, c_exact))
     out.update(stop25_workloads(tmp, build))
+    out.update(stop26_workloads(tmp, build))
     work = str(WORKLOADS / "python_fidelity.py")
     for version in ("2.7", "3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "debian"):
         python = Path("/usr/bin/python3") if version == "debian" else pyenv(version)
@@ -560,6 +563,33 @@ def stop25_workloads(tmp: Path, build: Callable[[str, str, list[str], str], Path
     out["c-stripped-unnamed"] = ([str(bare), "spin"], lambda s: bool(s) and s[0] == names["_start"],
                                  lambda s: bool(s) and s[0] == names["_start"] and s[-3:] == chain)
     return out
+
+
+TWOLIBS_HEAD = ("main", "run_chain", "level1", "level2", "level3", "lib_sort", "lib_level")
+
+
+def twolibs_chain(s: tuple[str, ...]) -> bool:
+    """_start .. main -> run_chain -> level1..3 -> lib_sort -> lib_level (its library) -> libc's qsort frames ->
+    compare -> leaf_work (tests/test_unwind_second_library_bpf.py's chain)."""
+    if not s or s[0] != "_start" or s[-2:] != ("compare", "leaf_work") or "main" not in s:
+        return False
+    at = s.index("main")
+    inner = s[at + len(TWOLIBS_HEAD):-2]
+    return s[at:at + len(TWOLIBS_HEAD)] == TWOLIBS_HEAD and bool(inner) and not {"compare", "leaf_work",
+                                                                                 *TWOLIBS_HEAD} & set(inner)
+
+
+def stop26_workloads(tmp: Path, build: Callable[[str, str, list[str], str], Path]) -> Workloads:
+    """docs/benchmarks.md "Stop 26 fid26": spawn_qsort -DVIA_LIB (tests/workloads/spawn_qsort.c and its library),
+    50 ms of CPU a run, run after run by a shell: most of a run's first samples come before its mapping array, and
+    their chain crosses libc and then the program's own library."""
+    lib = tmp / "libspawnlib.so"
+    subprocess.run(["gcc", "-O2", "-fomit-frame-pointer", "-shared", "-fPIC", "-o", str(lib),
+                    str(WORKLOADS / "spawn_qsort_lib.c")], check=True)
+    exe = build("spawn_twolibs", "gcc", ["-O2", "-DVIA_LIB", "-Wl,--no-as-needed", str(lib),
+                                         f"-Wl,-rpath,{tmp}"], "spawn_qsort.c")
+    return {TWOLIBS: (["sh", "-c", f"while :; do {exe} 0.05 >/dev/null; done"], lambda s: bool(s) and
+                      s[0] == "_start", twolibs_chain)}
 
 
 def run_matrix(args: argparse.Namespace) -> None:

@@ -13,8 +13,10 @@
 // file the kernel execed: task->mm->exe_file): then the executable's frames are walked with it, from the
 // process's first sample. At the walk's first address outside the executable's text, one bpf_find_vma (the one
 // lookup an interrupt allows) finds that VMA: when its file's table is loaded too (unwind_exe_files keys every
-// loaded file table), that library's frames are walked with it for the rest of the sample; frames in any other
-// library are stepped with frame pointers until the loader has written the process's mapping array. Inside a walk, code without rows (CFA_NONE: JIT code, Go, gaps) is stepped
+// loaded file table), that library's frames are walked with it for the rest of the sample. Libraries the process
+// mapped while the agent ran (on_mmap_unlock: the dynamic loader's text mmaps) are remembered for it, and the walk
+// changes to each it crosses without a lookup; frames in any other library are stepped with frame pointers until
+// the loader has written the process's mapping array. Inside a walk, code without rows (CFA_NONE: JIT code, Go, gaps) is stepped
 // with its frame pointer, so mixed stacks stay as deep as before.
 
 #ifndef UNWIND_MODE
@@ -47,6 +49,15 @@
 #ifndef UNWIND_FIND_VMA
 #define UNWIND_FIND_VMA 1         // 1: a walk without a mapping array looks its first library up (bpf_find_vma)
 #endif
+#ifndef UNWIND_EXE_LIBS
+#define UNWIND_EXE_LIBS 4         // libraries remembered per process for its walks before the mapping array
+#endif
+#ifndef UNWIND_LIB_PROCS
+#define UNWIND_LIB_PROCS 1024     // processes with remembered libraries (LRU: new processes' first moments)
+#endif
+#define SYS_MMAP 9                // x86-64
+#define PROT_EXEC 4
+#define MAP_FIXED 0x10
 // bpf_find_vma's callback: profiler/bpfprog.py links this constant (FIND_VMA_STORE_MARK) to a callback that
 // stores the VMA it is given at the context pointer (BCC 0.26 compiles a callback's address to 0)
 #define FIND_VMA_STORE ((void *)0x7066766d615f6362ULL)
@@ -103,7 +114,8 @@
 #define US_VMA 16                 // samples of US_EXE walks that found their first library's table (bpf_find_vma)
 #define US_VMA_FAIL 17            // such lookups that found no VMA (mmap lock busy: the process is mapping)
 #define US_VMA_NO_TABLE 18        // such lookups whose VMA is not executable or its file's table not loaded
-#define US_SLOTS 19
+#define US_LIB_KNOWN 19           // such walks that changed library to one remembered for the process (unwind_exe_libs)
+#define US_SLOTS 20
 
 struct unwind_row {
     u32 pc;
@@ -149,6 +161,21 @@ struct unwind_file_key {
     u32 reserved;
 };
 
+// The text mappings of a process's libraries, for its walks before the loader writes its mapping array: placed by
+// on_mmap_unlock as the dynamic loader maps each library (MAP_FIXED, PROT_EXEC: ld.so's text segments) and by a
+// sample's bpf_find_vma. Keyed by the mm too: an exec keeps the tgid, not the address space.
+struct unwind_libs_key {
+    u64 mm;
+    u32 tgid;
+    u32 reserved;
+};
+
+struct unwind_libs {
+    struct unwind_mapping m[UNWIND_EXE_LIBS];
+    u32 next;                     // the slot the next library takes (a ring: the latest mapped stay)
+    u32 reserved;
+};
+
 struct unwind_exe {
     u64 vaddr;                    // ELF vaddr of the file's lowest executable segment (where mm->start_code is)
     s64 file_vaddr;               // that segment's vaddr - its file offset: a VMA at vm_pgoff maps vaddr
@@ -163,6 +190,7 @@ struct unwind_exe_config {
     u64 task_mm, mm_exe_file, mm_start_code, mm_end_code, file_inode;
     u64 inode_ino, inode_sb, inode_size, inode_mtime_sec, inode_mtime_nsec, sb_dev;
     u64 vma_start, vma_end, vma_pgoff, vma_flags, vma_file;
+    u64 task_files, files_fdt, fdtable_fd;
 };
 
 // Registers as the perf event context gives them: struct pt_regs of arch/x86/include/asm/ptrace.h
@@ -190,6 +218,7 @@ struct unwind_state {
                                   // process's array; EXE_TRIED: looked for it already; EXE_VMA_TRIED: looked
                                   // up the first library (bpf_find_vma); EXE_LIB: found, unwind_exe_mapping[1]
     u32 past_signal;              // 1: a signal frame was crossed: regs[] are not the frames' above it
+    u64 lib_ip;                   // the address an executable-only walk last looked a library up for (STEP_VMA)
     u64 hash;                     // of the frames so far
     u64 regs[16];                 // the sample's user registers by DWARF number (CFA_LEAF_REG rows)
 };
@@ -213,8 +242,11 @@ BPF_HASH(unwind_wanted, struct unwind_want, u8, 4096);
 // (its first samples: a short-lived process may have no others) is walked with its executable's table.
 BPF_HASH(unwind_exe_files, struct unwind_file_key, struct unwind_exe, UNWIND_EXE_FILES);
 BPF_ARRAY(unwind_exe_config, struct unwind_exe_config, 1);
-// the sample's executable, as a mapping, and [1] the library its walk found with bpf_find_vma
+// the sample's executable, as a mapping, and [1] the library its walk is in: found with bpf_find_vma, or remembered
+// for the process (unwind_exe_libs)
 BPF_PERCPU_ARRAY(unwind_exe_mapping, struct unwind_mapping, 2);
+BPF_TABLE("lru_hash", struct unwind_libs_key, struct unwind_libs, unwind_exe_libs, UNWIND_LIB_PROCS);
+BPF_PERCPU_ARRAY(unwind_no_libs, struct unwind_libs, 1);  // stays empty: a walk's libraries when none are known
 
 static __always_inline void ustat(u32 slot) {
     u64 *n = unwind_stats.lookup(&slot);
@@ -342,17 +374,70 @@ static __always_inline int load_exe_mapping(void) {
     return 0;
 }
 
-// The VMA holding `ip` (outside the executable), found with bpf_find_vma (under the mmap read lock's trylock: in
-// the sampling interrupt its release is deferred to an irq_work, so a sample gets this one lookup), becomes
-// unwind_exe_mapping[1] when it is executable and its file's table is loaded. The VMA's fields are read after the
-// lookup with probe reads, as load_exe_mapping reads the mm's: the interrupt holds off the RCU grace period after
+// The mapping of `vma` (a struct vm_area_struct *, its fields read with probe reads) when it is executable, holds
+// `ip`, and its file's table is loaded (unwind_exe_files keys every loaded file table); non-zero when not.
+static __always_inline int vma_mapping(struct unwind_exe_config *c, u64 vma, u64 ip, struct unwind_mapping *m) {
+    u64 start = 0, end = 0, pgoff = 0, flags = 0, file = 0;
+    struct unwind_file_key k = {};
+    if (bpf_probe_read_kernel(&start, sizeof(start), (void *)(vma + c->vma_start)) ||
+        bpf_probe_read_kernel(&end, sizeof(end), (void *)(vma + c->vma_end)) ||
+        bpf_probe_read_kernel(&pgoff, sizeof(pgoff), (void *)(vma + c->vma_pgoff)) ||
+        bpf_probe_read_kernel(&flags, sizeof(flags), (void *)(vma + c->vma_flags)) ||
+        bpf_probe_read_kernel(&file, sizeof(file), (void *)(vma + c->vma_file)) ||
+        !(flags & VM_EXEC) || !file || ip < start || ip >= end || file_identity(c, file, &k))
+        return -1;
+    struct unwind_exe *e = unwind_exe_files.lookup(&k);
+    if (!e)
+        return -1;
+    m->start = start;
+    m->end = end;
+    m->bias = start - (pgoff << PAGE_SHIFT) - e->file_vaddr;
+    m->table = e->table;
+    m->flags = 0;
+    return 0;
+}
+
+// The current process's key in unwind_exe_libs; non-zero when its mm cannot be read.
+static __always_inline int libs_key(struct unwind_exe_config *c, struct unwind_libs_key *k) {
+    u64 task = bpf_get_current_task();
+    k->tgid = bpf_get_current_pid_tgid() >> 32;
+    return bpf_probe_read_kernel(&k->mm, sizeof(k->mm), (void *)(task + c->task_mm)) || !k->mm;
+}
+
+// Remembers library mapping `m` for the process: in the slot of one it overlaps (the library mapped again, or
+// another dlopened in its place; further overlapping slots are emptied), else in the ring's next slot.
+static __always_inline void remember_lib(struct unwind_libs *libs, struct unwind_mapping *m) {
+    u32 slot = libs->next % UNWIND_EXE_LIBS;
+    int found = 0;
+#pragma unroll
+    for (int k = 0; k < UNWIND_EXE_LIBS; k++) {
+        if (libs->m[k].start < m->end && m->start < libs->m[k].end) {
+            if (found) {
+                libs->m[k].start = libs->m[k].end = 0;
+            } else {
+                slot = k;
+                found = 1;
+            }
+        }
+    }
+    if (!found)
+        libs->next = slot + 1;
+    if (slot < UNWIND_EXE_LIBS)
+        __builtin_memcpy(&libs->m[slot], m, sizeof(*m));
+}
+
+// The VMA holding `ip` (outside the executable and the process's remembered libraries), found with bpf_find_vma
+// (under the mmap read lock's trylock: in the sampling interrupt its release is deferred to an irq_work, so a
+// sample gets this one lookup), becomes unwind_exe_mapping[1] when it is executable and its file's table is loaded,
+// and is remembered for the process's next samples (in `libs` when `remember`: the process has an entry). The VMA's fields are read after
+// the lookup with probe reads, as load_exe_mapping reads the mm's: the interrupt holds off the RCU grace period after
 // which an unmapped VMA is freed. Non-zero (counted) when there is none.
-static __always_inline int load_lib_mapping(u64 ip) {
+static __always_inline int load_lib_mapping(u64 ip, struct unwind_libs *libs, int remember) {
     u32 zero = 0, one = 1;
     struct unwind_exe_config *c = unwind_exe_config.lookup(&zero);
     if (!c || !c->vma_file)
         return -1;
-    u64 found = 0, vma = 0, start = 0, end = 0, pgoff = 0, flags = 0, file = 0;
+    u64 found = 0, vma = 0;
     void *task = (void *)bpf_get_current_task_btf();
     // the verifier types the stored VMA as a pointer, on which it allows no arithmetic with the offsets
     // (numbers from a map): read back as a number
@@ -361,27 +446,13 @@ static __always_inline int load_lib_mapping(u64 ip) {
         ustat(US_VMA_FAIL);
         return -1;
     }
-    struct unwind_file_key k = {};
-    if (bpf_probe_read_kernel(&start, sizeof(start), (void *)(vma + c->vma_start)) ||
-        bpf_probe_read_kernel(&end, sizeof(end), (void *)(vma + c->vma_end)) ||
-        bpf_probe_read_kernel(&pgoff, sizeof(pgoff), (void *)(vma + c->vma_pgoff)) ||
-        bpf_probe_read_kernel(&flags, sizeof(flags), (void *)(vma + c->vma_flags)) ||
-        bpf_probe_read_kernel(&file, sizeof(file), (void *)(vma + c->vma_file)) ||
-        !(flags & VM_EXEC) || !file || ip < start || ip >= end || file_identity(c, file, &k)) {
-        ustat(US_VMA_NO_TABLE);
-        return -1;
-    }
-    struct unwind_exe *e = unwind_exe_files.lookup(&k);
     struct unwind_mapping *m = unwind_exe_mapping.lookup(&one);
-    if (!e || !m) {
+    if (!m || vma_mapping(c, vma, ip, m)) {
         ustat(US_VMA_NO_TABLE);  // asked for by walks once the process's mapping array is written, as before
         return -1;
     }
-    m->start = start;
-    m->end = end;
-    m->bias = start - (pgoff << PAGE_SHIFT) - e->file_vaddr;
-    m->table = e->table;
-    m->flags = 0;
+    if (remember)
+        remember_lib(libs, m);
     return 0;
 }
 
@@ -394,6 +465,24 @@ static __always_inline struct unwind_mapping *exe_mapping(u64 ip, u32 exe_proc) 
         return 0;
     m = unwind_exe_mapping.lookup(&one);
     return m && m->start <= ip && ip < m->end ? m : 0;
+}
+
+// The library remembered for the process (`libs`) holding ip becomes unwind_exe_mapping[1]; non-zero when none does.
+// Here, once per program at a walk's library change, not in exe_mapping: a slot looked up per frame made the verifier
+// keep states per slot and frame past its 1M instructions.
+static __always_inline int remembered_lib(struct unwind_libs *libs, u64 ip) {
+    u32 one = 1;
+    struct unwind_mapping *m = unwind_exe_mapping.lookup(&one);
+    if (!m)
+        return -1;
+#pragma unroll
+    for (int k = 0; k < UNWIND_EXE_LIBS; k++) {
+        if (libs->m[k].start <= ip && ip < libs->m[k].end) {
+            __builtin_memcpy(m, &libs->m[k], sizeof(*m));
+            return 0;
+        }
+    }
+    return -1;
 }
 
 // Whether the bytes before `ra` end a call instruction (call rel32, or call r/m64 in any of its lengths):
@@ -446,7 +535,7 @@ static __always_inline int unwind_one(struct unwind_state *st, struct unwind_pro
     struct unwind_mapping *m = st->exe_proc & EXE_WALK ? exe_mapping(ip, st->exe_proc) : find_mapping(proc, ip);
     if (!m && n == 0 && proc->count && !(st->exe_proc & EXE_TRIED))
         return STEP_EXE;  // nothing of the frame changed yet: the retry walks it again
-    if (UNWIND_FIND_VMA && !m && (st->exe_proc & (EXE_WALK | EXE_VMA_TRIED)) == EXE_WALK)
+    if (!m && (st->exe_proc & EXE_WALK) && st->lib_ip != ip)
         return STEP_VMA;  // likewise: the frame is walked again with the library found, if any
     if (!m && st->guessed && proc->count && !(st->exe_proc & EXE_WALK) && !after_call(ip)) {
         // The caller of code without CFI (hand-written assembly: a context switch, a SIMD kernel) was
@@ -665,6 +754,7 @@ int unwind_step(struct bpf_perf_event_data *ctx) {
         // with that. A JIT leaf is in neither: the walk goes on with the array. Here, not in unwind_one,
         // so the verifier walks the lookup once rather than in each of the loop's copies.
         st->exe_proc = EXE_TRIED;
+        st->lib_ip = 0;
         st->frames = 0;
         st->hash = WALK_SEED;
         if (load_exe_mapping() == 0 && exe_mapping(st->ip, 0)) {
@@ -676,10 +766,28 @@ int unwind_step(struct bpf_perf_event_data *ctx) {
         // An executable-only walk left the executable (a libc caller, or the leaf): one bpf_find_vma for the
         // sample. Here for the same reason; this program's remaining frames go to the next one (the rare walk
         // that needs all 33 x UNWIND_FRAMES_PER_PROG frames ends a few short, counted truncated).
-        st->exe_proc |= EXE_VMA_TRIED;
-        if (load_lib_mapping(st->ip) == 0) {
+        // A library the process is known to have mapped (remembered: on_mmap_unlock, an earlier sample's lookup)
+        // is taken as it is, and the walk changes library as often as it crosses one; else this sample's one
+        // lookup, if not used yet. The libraries are looked up here, not before the loop: a pointer held across
+        // it (into either of two maps) doubled the verifier's states (898k of its 1M instructions).
+        struct unwind_exe_config *c = unwind_exe_config.lookup(&zero);
+        struct unwind_libs_key lk = {};
+        struct unwind_libs *libs = 0;
+        if (c && c->task_mm && !libs_key(c, &lk))
+            libs = unwind_exe_libs.lookup(&lk);
+        int remember = libs != 0;
+        if (!libs)                // an empty entry: the process has none
+            libs = unwind_no_libs.lookup(&zero);
+        st->lib_ip = st->ip;
+        if (libs && remembered_lib(libs, st->ip) == 0) {
             st->exe_proc |= EXE_LIB;
-            ustat(US_VMA);
+            ustat(US_LIB_KNOWN);
+        } else if (UNWIND_FIND_VMA && libs && !(st->exe_proc & EXE_VMA_TRIED)) {
+            st->exe_proc |= EXE_VMA_TRIED;
+            if (load_lib_mapping(st->ip, libs, remember) == 0) {
+                st->exe_proc |= EXE_LIB;
+                ustat(US_VMA);
+            }
         }
         done = STEP_MORE;
     }
@@ -743,6 +851,7 @@ static __always_inline int walk_setup(struct bpf_perf_event_data *ctx, struct sa
     st->guessed = 0;
     st->exe_proc = exe_proc;      // a stale flag from an earlier walk on this CPU must not carry over
     st->past_signal = 0;
+    st->lib_ip = 0;
     return 0;
 }
 
@@ -804,5 +913,56 @@ int on_new_area(struct bpf_raw_tracepoint_args *ctx) {
         return 0;
     ustat(US_REMAPPED);
     mark_stale(tgid, BPF_RB_NO_WAKEUP);
+    return 0;
+}
+
+// mmap_lock_released(mm, write), in the process that mapped, before its write lock is let go: a dynamic loader's
+// library text (mapped MAP_FIXED with PROT_EXEC over the library's reservation: ld.so's second mmap of each library)
+// of a process without a mapping array is remembered (unwind_exe_libs) when the library's table is loaded. A new
+// process's first samples come before its array (the loader writes it after the first sample announces it) and
+// walk with its executable's table and one bpf_find_vma a sample: this gives them every library they cross
+// (exe -> libfoo -> libc's qsort -> a callback), not only the first met. The mapping is the syscall's own
+// arguments (address, length, file descriptor, offset: the lock is held, no VMA lookup); its file, the
+// descriptor's, through current->files with probe reads.
+int on_mmap_unlock(struct bpf_raw_tracepoint_args *ctx) {
+    if (!ctx->args[1])
+        return 0;
+    u32 zero = 0;
+    struct unwind_exe_config *c = unwind_exe_config.lookup(&zero);
+    if (!c || !c->fdtable_fd || !c->task_mm)
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (unwind_procs.lookup(&tgid))
+        return 0;                 // its mapping array is written: walks use that
+    u64 task = bpf_get_current_task();
+    u64 regs = (u64)bpf_task_pt_regs((void *)bpf_get_current_task_btf());
+    struct unwind_pt_regs r = {};
+    if (!regs || bpf_probe_read_kernel(&r, sizeof(r), (void *)regs) || r.orig_ax != SYS_MMAP ||
+        !(r.dx & PROT_EXEC) || !(r.r10 & MAP_FIXED) || (r.di & 4095) || (r.r9 & 4095) || !r.si || r.r8 >> 31)
+        return 0;
+    u64 files = 0, fdt = 0, fds = 0, file = 0;
+    struct unwind_file_key k = {};
+    if (bpf_probe_read_kernel(&files, sizeof(files), (void *)(task + c->task_files)) || !files ||
+        bpf_probe_read_kernel(&fdt, sizeof(fdt), (void *)(files + c->files_fdt)) || !fdt ||
+        bpf_probe_read_kernel(&fds, sizeof(fds), (void *)(fdt + c->fdtable_fd)) || !fds ||
+        bpf_probe_read_kernel(&file, sizeof(file), (void *)(fds + r.r8 * 8)) || !file || file_identity(c, file, &k))
+        return 0;
+    struct unwind_exe *e = unwind_exe_files.lookup(&k);
+    if (!e)
+        return 0;
+    struct unwind_mapping m = {.start = r.di, .end = r.di + ((r.si + 4095) & ~4095ULL), .table = e->table};
+    m.bias = r.di - r.r9 - e->file_vaddr;
+    struct unwind_libs_key lk = {};
+    if (libs_key(c, &lk))
+        return 0;
+    struct unwind_libs *libs = unwind_exe_libs.lookup(&lk);
+    if (!libs) {
+        struct unwind_libs empty = {};
+        unwind_exe_libs.update(&lk, &empty);
+        libs = unwind_exe_libs.lookup(&lk);
+        if (!libs)
+            return 0;
+    }
+    remember_lib(libs, &m);
     return 0;
 }

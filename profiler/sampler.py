@@ -106,8 +106,9 @@ DEEP_MAP_SIZE = 8192  # overflow chunks per set: 2 x 8192 x 368 bytes of frames
 DEEP_CHUNK_BATCH = 1024
 assert STACK_HEAD + DEEP_CHUNK * DEEP_CHUNKS > MAX_STACK_DEPTH
 TAIL_CALLS = (("unwind_progs", 0, "unwind_step"),)  # bpf/native_unwind.bpf.h: the table walk, 8 frames a call
-# bpf/native_unwind.bpf.h: a new mapping placed over a known one marks its process stale (dlclose, then dlopen)
-TRACEPOINTS = (("on_new_area", "vm_unmapped_area"),)
+# bpf/native_unwind.bpf.h: a new mapping placed over a known one marks its process stale (dlclose, then dlopen);
+# a library's text mapped by a process without a mapping array is remembered for its first walks
+TRACEPOINTS = (("on_new_area", "vm_unmapped_area"), ("on_mmap_unlock", "mmap_lock_released"))
 UNWIND_MODES = {"fp": 0, "auto": 1, "tables": 2}  # UNWIND_MODE in bpf/native_unwind.bpf.h
 # Off by default for the continuous agent until its cost is under target on a busy node (docs/benchmarks.md):
 # `podflame record` asks for "auto" itself (it loads its target's tables before sampling).

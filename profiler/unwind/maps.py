@@ -52,7 +52,8 @@ EXE_CONFIG_FIELDS = (("task_struct", "mm"), ("mm_struct", "exe_file"), ("mm_stru
                      ("mm_struct", "end_code"), ("file", "f_inode"), ("inode", "i_ino"), ("inode", "i_sb"),
                      ("inode", "i_size"), ("inode", "i_mtime_sec"), ("inode", "i_mtime_nsec"), ("super_block", "s_dev"),
                      ("vm_area_struct", "vm_start"), ("vm_area_struct", "vm_end"), ("vm_area_struct", "vm_pgoff"),
-                     ("vm_area_struct", "vm_flags"), ("vm_area_struct", "vm_file"))
+                     ("vm_area_struct", "vm_flags"), ("vm_area_struct", "vm_file"), ("task_struct", "files"),
+                     ("files_struct", "fdt"), ("fdtable", "fd"))
 HASH_ELEM_OVERHEAD = 64  # a preallocated hash map element's header (struct htab_elem) and bucket share: fdinfo
 # memlock of unwind_exe_files (4096 x 32 + 24 bytes) is 492640 on 6.18, 120.3 bytes an element
 BATCH = 65536  # elements per BPF_MAP_UPDATE_BATCH
@@ -62,7 +63,7 @@ KERNEL_ROW_BYTES = 16  # an array map stores values rounded up to 8 bytes
 STAT_SLOTS: tuple[str, ...] = (
     "tables", "fp", "end", "truncated", "read_fault", "no_mapping", "unsupported", "fp_steps", "zero_ra",
     "tail_fail", "bad_cfa", "wanted", "exe", "exe_outside", "guess_outside", "remapped", "vma", "vma_fail",
-    "vma_no_table",
+    "vma_no_table", "lib_known",
 )  # fmt: skip
 
 
@@ -131,6 +132,7 @@ class UnwindMaps:
         self.stale_map = maps["unwind_stale"]
         self.wanted_map = maps["unwind_wanted"]
         self._exe_files = maps.get("unwind_exe_files")  # absent: a program without the fallback
+        self._exe_libs = maps.get("unwind_exe_libs")  # a new process's libraries, remembered from its mmaps
         config = maps.get("unwind_exe_config")
         self.exe_fallback = self._exe_files is not None and config is not None \
             and os.environ.get("PODFLAME_UNWIND_EXE", "1") != "0" and _write_exe_config(config)
@@ -378,7 +380,9 @@ class UnwindMaps:
         return (self._rows.spec.max_entries * KERNEL_ROW_BYTES + self._mappings.spec.max_entries * MAPPING.size
                 + self._tables.spec.max_entries * SPAN.size + self._procs.spec.max_entries * (SPAN.size + 4 + 48)
                 + (self._exe_files.spec.max_entries * (FILE_KEY.size + EXE.size + HASH_ELEM_OVERHEAD)
-                   if self._exe_files is not None else 0))
+                   if self._exe_files is not None else 0)
+                + (self._exe_libs.spec.max_entries * (self._exe_libs.spec.key_size + self._exe_libs.spec.value_size
+                                                      + HASH_ELEM_OVERHEAD) if self._exe_libs is not None else 0))
 
 
 def _mapped(m: BpfMap) -> mmap.mmap | None:
