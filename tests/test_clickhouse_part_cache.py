@@ -581,3 +581,30 @@ def test_a_node_over_http_is_one_statement_of_selection_and_sums_equal_to_two(tm
             assert r.status_code == 200 and r.get_json()["total"] == total(cpu_only)
         finally:
             remote.close()
+
+
+@pytest.mark.parametrize(("query", "parts"), [('{node="n1"}', False), ('{pod="n1-1"}', True)])
+def test_sums_read_with_the_refs_serve_only_those_refs(dsn: str, query: str, parts: bool) -> None:
+    """The sums `typed_select_summed` reads with its refs serve the `read_merged` that follows only for exactly those
+    refs: refs of the same series and window selected again after a put into the range (another count and
+    fingerprint) are read, and sum the put too. A node over the one statement (no part kept) and a pod over the
+    grouping sets (one type: summed per stack)."""
+    store = open_store(dsn)
+    assert isinstance(store, ClickHouseStore)
+    if not parts:
+        store.part_cache_bytes = 0
+    sel = parse_selector(query)
+    t0, t1 = T0, T0 + 2 * H
+    try:
+        put(store, node_profiles(T0, 90, 1))
+        sample_type, unit, refs = store.typed_select_summed(sel, t0, t1, lambda present: ("samples", "count"))
+        assert refs and all(p.handle.t0 == refs[0].handle.t0 for p in refs)  # type: ignore[attr-defined]
+        late = [p for p in node_profiles(T0 + 100 * 60 * S, 1, 9) if p.sample_type == "samples"]
+        put(store, late)  # (a flame graph found kept by its refs reads no sums: the next request selects again)
+        again = store.select_summed(sel, t0, t1, sample_type, unit, keep=())
+        assert {(p.series.id, p.period_ns) for p in again} == {(p.series.id, p.period_ns) for p in refs}
+        _, values = store.read_merged(again)
+        want = [p for p in node_profiles(T0, 90, 1) + late if p.sample_type == "samples" and sel.matches(p.labels)]
+        assert int(values.sum()) == total(want)
+    finally:
+        store.close()

@@ -1027,7 +1027,7 @@ class ClickHouseStore(Store):
         cols = {k: t.column(k).to_numpy()[~g] for k in ("series", "period_ns", "stack", "v")}
         # per stack alone: good for a read of exactly every pair read (a series the catalogue had not met, of
         # another type, through the statement's `added` condition: not good, the read sends its own statement)
-        every = None if not one else {(s_, p_) for s_, p_ in agg} if len(refs) == len(agg) else set()
+        every = None if not one else {r.handle for r in refs} if len(refs) == len(agg) else set()
         self._recent.sums = ((live, t1), cols, time.monotonic() + _MEMO_SECONDS, every)
         return sample_type, unit_, refs
 
@@ -1073,7 +1073,7 @@ class ClickHouseStore(Store):
         stacks = t.column("stack").to_numpy(zero_copy_only=False)[~sel]
         cols_ = {"stack": stacks, "v": t.column("value").to_numpy(zero_copy_only=False)[~sel],
                  "series": np.zeros(stacks.size, np.uint64), "period_ns": np.zeros(stacks.size, np.uint64)}
-        every = {(r.handle.series, r.handle.period_ns) for r in refs}  # type: ignore[attr-defined]
+        every = {r.handle for r in refs}
         self._recent.sums = ((live, t1), cols_, time.monotonic() + _MEMO_SECONDS, every)
         return sample_type, unit, refs
 
@@ -1210,8 +1210,8 @@ class ClickHouseStore(Store):
             if (w.t0, w.t1) != window:
                 return None
             pairs.add((w.series, w.period_ns))
-        if every is not None:  # summed per stack over every pair read
-            if pairs != every:
+        if every is not None:  # summed per stack over every ref read: exactly those refs (their count and fingerprint)
+            if {_window(p) for p in profiles} != every:
                 return None
             keep = np.ones(cols["stack"].size, dtype=bool)
         else:
