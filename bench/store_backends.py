@@ -444,8 +444,10 @@ def cluster_day(dsn: str, nodes: int, start: int, end: int, runs: int, hours: fl
     for k in range(2, nodes + 1):
         tc = time.perf_counter()
         # no aliases named like columns: ClickHouse would read the WHERE's `series` as the new hash
-        tr.command(f"INSERT INTO {db}.series SELECT sipHash64(id, {k}), sample_type, unit, "
-                   f"mapUpdate(labels, CAST(map('node', 'node-{k}'), 'Map(LowCardinality(String), String)')) "
+        # (columns named: the table gained `added` at schema 4, which a copy keeps)
+        tr.command(f"INSERT INTO {db}.series (id, sample_type, unit, labels, added) SELECT sipHash64(id, {k}), "
+                   "sample_type, unit, "
+                   f"mapUpdate(labels, CAST(map('node', 'node-{k}'), 'Map(LowCardinality(String), String)')), added "
                    f"FROM {db}.series FINAL WHERE labels['node'] = {NODE!r}")
         tr.command(f"INSERT INTO {db}.samples SELECT sipHash64(series, {k}), start_ns, duration_ns, "
                    f"period_ns, stack, value FROM {db}.samples WHERE series IN ({node1}) AND start_ns >= {day0} "

@@ -535,3 +535,76 @@ def test_a_node_past_a_pods_series_is_one_read_kept_and_folded_equal_to_the_sele
     finally:
         store.close()
         other.close()
+
+
+def test_a_node_over_http_is_one_statement_of_selection_and_sums_equal_to_two(tmp_path: Path, dsn: str,
+                                                                             chdb_dir: Path) -> None:
+    """Over HTTP (no part kept) a node's flame graph, past the grouping sets' series, sends the selection and the
+    picked type's sums as ONE statement (the type guessed from the catalogue, checked by the selection), equal to
+    the selection-then-sums path's answer for each type; a guess the range does not have (only CPU-time profiles
+    in it) reads the type present after the selection, still exact."""
+    from tests.clickhouse_standin import clickhouse_http
+
+    store = open_store(dsn)
+    assert isinstance(store, ClickHouseStore)
+    store.part_cache_bytes = 0
+    late = T0 + 5 * H  # CPU time alone: the catalogue's preferred type ("samples") has nothing there
+    cpu_only = [Profile(dict(p.labels), p.start_ns, p.duration_ns, p.period_ns,
+                        {s: v * p.period_ns for s, v in p.samples.items()}, "cpu", "nanoseconds")
+                for p in node_profiles(late, 20, 7) if p.sample_type == "samples"]
+    put(store, node_profiles(T0, 150, 1) + cpu_only)
+    try:
+        want = {t: node_tree(store, tmp_path, t) for t in (None, "cpu")}
+        wide = store._typed_selection_summed
+        store._typed_selection_summed = lambda s, t0, t1, pick, keep: super(  # type: ignore[method-assign]
+            ClickHouseStore, store).typed_select_summed(s, t0, t1, pick, keep)
+        assert want == {t: node_tree(store, tmp_path, t) for t in (None, "cpu")}  # the two statements' answers
+        store._typed_selection_summed = wide  # type: ignore[method-assign]
+    finally:
+        store.close()
+    late_range = {"from": str(late // S), "to": str((late + H) // S)}
+    with clickhouse_http(str(chdb_dir)) as (port, _):
+        remote = open_store(f"clickhouse://127.0.0.1:{port}/{dsn.split('database=')[1]}")
+        assert isinstance(remote, ClickHouseStore)
+        sent = counted(remote)
+        db = remote.layout.database
+        try:
+            for t, tree_ in want.items():
+                for _ in range(2):  # a fresh app each time: the flame graph is made again, not kept
+                    sent.clear()
+                    assert node_tree(remote, tmp_path, t) == tree_
+                    reads = [sql for sql in sent if f"{db}.profiles" in sql or f"{db}.samples" in sql]
+                    assert len(reads) == 1, reads
+                    assert f"{db}.profiles" in reads[0] and f"{db}.samples" in reads[0]
+            c = create_app({"DATA_DIR": str(tmp_path), "STORE": remote, "MAINTENANCE_SECONDS": 0}).test_client()
+            r = c.get("/api/v1/flamegraph", query_string={**late_range, "query": '{node="n1"}'})
+            assert r.status_code == 200 and r.get_json()["total"] == total(cpu_only)
+        finally:
+            remote.close()
+
+
+@pytest.mark.parametrize(("query", "parts"), [('{node="n1"}', False), ('{pod="n1-1"}', True)])
+def test_sums_read_with_the_refs_serve_only_those_refs(dsn: str, query: str, parts: bool) -> None:
+    """The sums `typed_select_summed` reads with its refs serve the `read_merged` that follows only for exactly those
+    refs: refs of the same series and window selected again after a put into the range (another count and
+    fingerprint) are read, and sum the put too. A node over the one statement (no part kept) and a pod over the
+    grouping sets (one type: summed per stack)."""
+    store = open_store(dsn)
+    assert isinstance(store, ClickHouseStore)
+    if not parts:
+        store.part_cache_bytes = 0
+    sel = parse_selector(query)
+    t0, t1 = T0, T0 + 2 * H
+    try:
+        put(store, node_profiles(T0, 90, 1))
+        sample_type, unit, refs = store.typed_select_summed(sel, t0, t1, lambda present: ("samples", "count"))
+        assert refs and all(p.handle.t0 == refs[0].handle.t0 for p in refs)  # type: ignore[attr-defined]
+        late = [p for p in node_profiles(T0 + 100 * 60 * S, 1, 9) if p.sample_type == "samples"]
+        put(store, late)  # (a flame graph found kept by its refs reads no sums: the next request selects again)
+        again = store.select_summed(sel, t0, t1, sample_type, unit, keep=())
+        assert {(p.series.id, p.period_ns) for p in again} == {(p.series.id, p.period_ns) for p in refs}
+        _, values = store.read_merged(again)
+        want = [p for p in node_profiles(T0, 90, 1) + late if p.sample_type == "samples" and sel.matches(p.labels)]
+        assert int(values.sum()) == total(want)
+    finally:
+        store.close()

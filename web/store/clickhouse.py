@@ -800,30 +800,12 @@ class ClickHouseStore(Store):
         cache empty, joins them in (one round trip for a fresh server's first query). On chDB, medians of 12
         alternating runs at stop 15: a pod's hour 8.2 against 11.9 ms of CPU with the cache, 12.6 against 12.4
         without; a node's 11.7 against 17.1, and 16.8 against 15.8."""
-        t0 = self._live(t0)
         where = self._series_where(selector, None, None)
-        ids, _ = self._ids(selector, None, None)
-        parts = []
-        for span in _spans(t0, t1):
-            parts.append(f"SELECT series, period_ns, {_AGG} FROM {self._t('profiles')} WHERE {ids} AND {span} "
-                         "GROUP BY series, period_ns")
-        agg = parts[0] if len(parts) == 1 else (
-            "SELECT series, period_ns, min(lo) AS p_lo, max(hi) AS p_hi, sum(sum_total) AS p_total, sum(n) AS p_n, "
-            f"sum(fingerprint) AS p_fp FROM ({' UNION ALL '.join(parts)}) GROUP BY series, period_ns")
-        names = ("lo", "hi", "sum_total", "n", "fingerprint") if len(parts) == 1 else ("p_lo", "p_hi", "p_total",
-                                                                                       "p_n", "p_fp")
-        cols = (f"a.{names[0]} AS lo, a.{names[1]} AS hi, a.{names[2]} AS total, a.{names[3]} AS n, "
-                f"a.{names[4]} AS fingerprint")
+        agg, cols = self._selection_agg(selector, t0, t1)
         self._selected = True
         if self._series_local:
-            rows = self.transport.query(
-                f"SELECT a.series AS series, a.period_ns AS period_ns, {cols} FROM ({agg}) AS a").to_pylist()
-            series = self._series(r["series"] for r in rows)
-            rows = [r for r in rows if r["series"] in series]  # (as the join: a profile's series row is written first)
-            for r in rows:
-                s = series[r["series"]]
-                r["t"], r["u"], r["l"] = s.sample_type, s.unit, s.labels
-            return rows
+            return self._labelled(self.transport.query(
+                f"SELECT a.series AS series, a.period_ns AS period_ns, {cols} FROM ({agg}) AS a").to_pylist())
         named = self._selection_named(agg, cols) if self._dicts else None
         if named is not None:
             rows = named
@@ -835,6 +817,34 @@ class ClickHouseStore(Store):
             ).to_pylist()
         with self._lock:
             self._keep_series(rows, "series")  # (aggregate rows: the series id is their `series`)
+        return rows
+
+    def _selection_agg(self, selector: Selector | None, t0: int, t1: int) -> tuple[str, str]:
+        """`_selection`'s aggregate statement over `profiles` (whole hours through the hourly projection, the edges
+        from rows) and the columns to take from it as `a` (lo, hi, total, n, fingerprint)."""
+        t0 = self._live(t0)
+        ids, _ = self._ids(selector, None, None)
+        parts = []
+        for span in _spans(t0, t1):
+            parts.append(f"SELECT series, period_ns, {_AGG} FROM {self._t('profiles')} WHERE {ids} AND {span} "
+                         "GROUP BY series, period_ns")
+        agg = parts[0] if len(parts) == 1 else (
+            "SELECT series, period_ns, min(lo) AS p_lo, max(hi) AS p_hi, sum(sum_total) AS p_total, sum(n) AS p_n, "
+            f"sum(fingerprint) AS p_fp FROM ({' UNION ALL '.join(parts)}) GROUP BY series, period_ns")
+        names = ("lo", "hi", "sum_total", "n", "fingerprint") if len(parts) == 1 else ("p_lo", "p_hi", "p_total",
+                                                                                       "p_n", "p_fp")
+        return agg, (f"a.{names[0]} AS lo, a.{names[1]} AS hi, a.{names[2]} AS total, a.{names[3]} AS n, "
+                     f"a.{names[4]} AS fingerprint")
+
+    def _labelled(self, rows: list[dict]) -> list[dict]:
+        """Aggregate rows with their series' type, unit and labels (`t`, `u`, `l`) from this process' cache of series,
+        which reads the ones it has not met; a row whose series has no row is left out (as the join: a profile's
+        series row is written first)."""
+        series = self._series(r["series"] for r in rows)
+        rows = [r for r in rows if r["series"] in series]
+        for r in rows:
+            s = series[r["series"]]
+            r["t"], r["u"], r["l"] = s.sample_type, s.unit, s.labels
         return rows
 
     def _selection_named(self, agg: str, cols: str) -> list[dict] | None:
@@ -888,13 +898,7 @@ class ClickHouseStore(Store):
                 rows = kept[1]
             else:
                 rows = self._selection(selector, t0, t1)
-            series = self._series(r["series"] for r in rows)
-            live = self._live(t0)
-            out = [StoredProfile(series[r["series"]], r["lo"], r["hi"] - r["lo"], r["period_ns"], r["total"],
-                                 _Window(r["series"], r["period_ns"], live, t1, r["n"], r["fingerprint"]))
-                   for r in rows if (sample_type is None or r["t"] == sample_type) and (unit is None or r["u"] == unit)]
-            out.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
-            return out
+            return self._refs(rows, t0, t1, sample_type, unit)
         live = self._live(t0)
         where = (f"series {self._in} ({self._series_ids_sql(selector, sample_type, unit)}) "
                  f"AND start_ns >= {int(live)} AND start_ns < {int(t1)}")
@@ -920,6 +924,17 @@ class ClickHouseStore(Store):
                 w0 = max(w0, live)
             out.append(StoredProfile(series[r["series"]], r["lo"], r["hi"] - r["lo"], r["period_ns"], r["sum_total"],
                                      _Window(r["series"], r["period_ns"], w0, w1, r["n"], r["fingerprint"])))
+        out.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
+        return out
+
+    def _refs(self, rows: list[dict], t0: int, t1: int, sample_type: str | None, unit: str | None
+              ) -> list[StoredProfile]:
+        """The refs of a selection's rows (`_selection`) of that type and unit (None: any), in time order."""
+        series = self._series(r["series"] for r in rows)
+        live = self._live(t0)
+        out = [StoredProfile(series[r["series"]], r["lo"], r["hi"] - r["lo"], r["period_ns"], r["total"],
+                             _Window(r["series"], r["period_ns"], live, t1, r["n"], r["fingerprint"]))
+               for r in rows if (sample_type is None or r["t"] == sample_type) and (unit is None or r["u"] == unit)]
         out.sort(key=lambda p: (p.start_ns, p.series.id, p.period_ns))
         return out
 
@@ -979,7 +994,7 @@ class ClickHouseStore(Store):
         self._check()
         cond, n = self._ids(selector, None, None) if keep is not None and not keep else ("", -1)
         if not 0 <= n <= (_KEPT_READ_SERIES if self._keeps_parts() else _ONE_READ_SERIES):
-            return super().typed_select_summed(selector, t0, t1, pick, keep)
+            return self._typed_selection_summed(selector, t0, t1, pick, keep)
         self._selected = True
         live = self._live(t0)
         # Matched series all of one type and unit (the catalogue says): the sums per stack alone, which is what the
@@ -1012,9 +1027,55 @@ class ClickHouseStore(Store):
         cols = {k: t.column(k).to_numpy()[~g] for k in ("series", "period_ns", "stack", "v")}
         # per stack alone: good for a read of exactly every pair read (a series the catalogue had not met, of
         # another type, through the statement's `added` condition: not good, the read sends its own statement)
-        every = None if not one else {(s_, p_) for s_, p_ in agg} if len(refs) == len(agg) else set()
+        every = None if not one else {r.handle for r in refs} if len(refs) == len(agg) else set()
         self._recent.sums = ((live, t1), cols, time.monotonic() + _MEMO_SECONDS, every)
         return sample_type, unit_, refs
+
+    def _typed_selection_summed(self, selector: Selector, t0: int, t1: int, pick: TypePick,
+                                keep: Collection[str] | None) -> tuple[str, str | None, list[StoredProfile]]:
+        """A flame graph wider than the grouping sets take (a node over HTTP, a cluster): the selection (`profiles`,
+        hourly projection) and the sums per stack of the picked type's series in ONE statement, where `picked_type`
+        then `select_summed` send the selection and then the sums. The type is picked before it is read, from the
+        catalogue's types of the matching series (those in range are among them, so `pick`, which prefers a type,
+        chooses the same one when it is present); the selection's own types check it: another choice (the
+        guessed type has no profile in range) reads that type's sums as before. The sums are of every series of
+        that type the selector matches in range (the catalogue's ids, and over HTTP the series added since its
+        last look, by type in SQL): exactly the refs' (series, period) pairs, since a profile and its samples are
+        one insert. Kept for this thread's `read_merged`, which then sends nothing."""
+        local = self._series_local
+        known = sorted({(local[h].sample_type, local[h].unit) for h in self._matching(selector, None, None)}) \
+            if self._catalogue() is not None else []
+        if not known:
+            return super().typed_select_summed(selector, t0, t1, pick, keep)
+        guess = pick(known)
+        cond, _ = self._ids(selector, guess[0], guess[1])
+        live = self._live(t0)
+        sums = [f"SELECT stack, sum(value) AS value FROM {self._t(table)} WHERE {cond} AND {col} >= {lo} "
+                f"AND {col} < {hi} GROUP BY stack" for table, col, lo, hi in _ranges(live, t1)]
+        sql = sums[0] if len(sums) == 1 else \
+            f"SELECT stack, sum(value) AS value FROM ({' UNION ALL '.join(sums)}) GROUP BY stack"
+        agg, cols = self._selection_agg(selector, t0, t1)
+        self._selected = True
+        t = self.transport.query(
+            f"SELECT 1 AS sel, a.series AS series, a.period_ns AS period_ns, {cols}, 0 AS stack, 0 AS value "
+            f"FROM ({agg}) AS a UNION ALL SELECT 0, 0, 0, 0, 0, 0, 0, 0, stack, value FROM ({sql})")
+        sel = t.column("sel").to_numpy(zero_copy_only=False) != 0
+        rows = self._labelled(t.filter(pa.array(sel)).drop_columns(["sel", "stack", "value"]).to_pylist())
+        present = sorted({(r["t"], r["u"]) for r in rows})
+        if not present:
+            sample_type, unit = pick(self.types(t0, t1))
+            return sample_type, unit, []
+        sample_type, unit = pick(present)
+        if (sample_type, unit) != guess:  # (the selection serves `select` as `types` would have)
+            self._recent.kept = ((selector, t0, t1), rows, time.monotonic() + _MEMO_SECONDS)
+            return sample_type, unit, self.select_summed(selector, t0, t1, sample_type, unit, keep=keep)
+        refs = self._refs(rows, t0, t1, sample_type, unit)
+        stacks = t.column("stack").to_numpy(zero_copy_only=False)[~sel]
+        cols_ = {"stack": stacks, "v": t.column("value").to_numpy(zero_copy_only=False)[~sel],
+                 "series": np.zeros(stacks.size, np.uint64), "period_ns": np.zeros(stacks.size, np.uint64)}
+        every = {r.handle for r in refs}
+        self._recent.sums = ((live, t1), cols_, time.monotonic() + _MEMO_SECONDS, every)
+        return sample_type, unit, refs
 
     def _grouping_sets(self, cond: str, t0: int, t1: int, per_series: bool = True, ids: np.ndarray | None = None,
                        fold: bool = False) -> list[tuple[str, int, int, Fold | None]]:
@@ -1149,15 +1210,16 @@ class ClickHouseStore(Store):
             if (w.t0, w.t1) != window:
                 return None
             pairs.add((w.series, w.period_ns))
-        if every is not None:  # summed per stack over every pair read
-            if pairs != every:
+        if every is not None:  # summed per stack over every ref read: exactly those refs (their count and fingerprint)
+            if {_window(p) for p in profiles} != every:
                 return None
             keep = np.ones(cols["stack"].size, dtype=bool)
         else:
             keep = _pairs_in(cols["series"], cols["period_ns"], pairs)
         stacks = cols["stack"][keep]
         ids = self._local_stacks(stacks)
-        if self._dicts and stacks.size:  # the stacks not held yet: named in one statement (the tables take three)
+        # the stacks not held yet: named in one statement (the tables take three), for a read `read_merged` names too
+        if self._dicts and stacks.size and len({s_ for s_, _ in pairs}) <= _NAMED_READ_SERIES:
             held, hashes = self._stack_frames, self._stack_hash
             new = [hashes[k] for k in np.unique(ids).tolist() if k not in held]
             if new:
