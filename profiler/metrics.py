@@ -49,7 +49,8 @@ UNWIND_LIBRARY_LOOKUPS = Counter("podflame_agent_unwind_library_lookups_total",
                                  "Samples walked with the executable's table before the process's mappings were "
                                  "loaded, by what the lookup of their first library (bpf_find_vma) gave: table = "
                                  "walked with its table, busy = no VMA (the mmap lock was taken), no_table = not "
-                                 "loaded",
+                                 "loaded; remembered = library changes served from the process's own mmaps "
+                                 "(unwind_exe_libs), without a lookup",
                                  ["outcome"])
 COMPILED_MODULES = Gauge("podflame_agent_compiled_modules",
                          "Hot modules running compiled by mypyc (0: the pure-Python source; the start log says why)")
@@ -76,7 +77,8 @@ def record_unwind(report: dict[str, int], *, now: float | None = None) -> None:
     UNWIND_SAMPLES.labels("frame_pointers").inc(max(0, delta.get("walk_fp", 0)))
     # of the "tables" ones: walked with the executable's table before the process's own mappings were loaded
     UNWIND_SAMPLES.labels("executable_table").inc(max(0, delta.get("walk_exe", 0)))
-    for outcome, slot in (("table", "walk_vma"), ("busy", "walk_vma_fail"), ("no_table", "walk_vma_no_table")):
+    for outcome, slot in (("table", "walk_vma"), ("busy", "walk_vma_fail"), ("no_table", "walk_vma_no_table"),
+                         ("remembered", "walk_lib_known")):
         UNWIND_LIBRARY_LOOKUPS.labels(outcome).inc(max(0, delta.get(slot, 0)))
     for reason in _STOPS:
         UNWIND_STOPS.labels(reason).inc(max(0, delta.get(f"walk_{reason}", 0)))
