@@ -803,7 +803,7 @@ def split_runs(raw: tuple[int, ...], o: PyOffsets) -> list[list[tuple[int, int]]
             if word & FLAG_GAP:
                 run.append(_GAP)
             continue
-        if run and run[-1] != _GAP and (per_frame or (entries and word & FLAG_ENTRY)):
+        if (per_frame or (entries and word & FLAG_ENTRY)) and run and run[-1] != _GAP:  # (cheap test first)
             runs.append(run)
             run = []
         if word & FLAG_GAP:
