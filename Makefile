@@ -5,8 +5,7 @@ setup:
 	@bash scripts/setup.sh
 run: setup
 	.venv/bin/podflame up $(ARGS)
-test:
-	@PODFLAME_COMPILE=1 bash scripts/setup.sh  # tests/test_compiled.py checks the opt-in compiled modules
+test: setup
 	.venv/bin/mypy
 	.venv/bin/pytest $(PYTEST_ARGS)
 unit:

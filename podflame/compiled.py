@@ -27,7 +27,7 @@ DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_compiled"
 MANIFEST = "manifest.json"
 ROOT = os.path.dirname(os.path.dirname(DIRECTORY))  # the folder holding podflame/ (a checkout, site-packages)
 _PACKAGES = ("podflame.", "profiler.", "symbolizer.")  # where compiled modules may be (scripts/compile.py's HOT)
-ENV = "PODFLAME_COMPILE"  # "1": build (scripts/setup.sh) and import (here) compiled modules; otherwise neither
+ENV = "PODFLAME_COMPILE"  # "0": never build (scripts/setup.sh) nor import (here) compiled modules
 
 
 def source_digest(path: str) -> str:
@@ -162,10 +162,8 @@ def install() -> None:
     """Puts the finder first on sys.meta_path (once): called by the packages' `__init__`, before any hot module."""
     if any(isinstance(f, _Finder) for f in sys.meta_path):
         return
-    if os.environ.get(ENV) != "1":  # opt-in: stop 25's CI found a deep Python stack merged differently compiled
-        value = os.environ.get(ENV)
-        status.reason = f"{ENV}={value} (compiled modules run only with {ENV}=1)" if value is not None else \
-            f"off (compiled modules run only with {ENV}=1)"
+    if os.environ.get(ENV) == "0":
+        status.reason = f"{ENV}=0"
         return
     if not os.path.isfile(os.path.join(DIRECTORY, MANIFEST)):
         status.reason = "not built: scripts/setup.sh compiles them (needs mypy and gcc)"

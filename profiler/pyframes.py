@@ -90,7 +90,9 @@ EXITED = Frame(0, None, FrameKind.PYTHON, (Line("[python: process exited before 
 # where the kernel left Python frames out of a stack deeper than it keeps (bpf/python.bpf.h py_walk): the
 # graph shows the cut instead of passing the frames on either side of it off as caller and callee
 TRUNCATED = Frame(0, None, FrameKind.PYTHON, (Line("[truncated: Python frames left out]"),))
-_GAP = (-1, 0)  # split_runs' key for TRUNCATED
+# split_runs' key for TRUNCATED (no code address is negative). Compared by value, never with `is`: compiled by mypyc
+# a tuple[int, int] is unboxed and boxed anew where it is used, so no two uses are the same object
+_GAP = (-1, 0)
 
 
 def pack_config(process: PythonProcess, fsbase_offset: int = 0) -> bytes:
@@ -718,7 +720,7 @@ class PythonFrames:
         o = state.reader.offsets
         got = _named_runs(raw, o, frames) if o.owner_cstack == NO_FIELD else None
         if got is None:
-            got = tuple(tuple(TRUNCATED if key is _GAP else frames.get(key) or self._frame(tgid, state, *key)
+            got = tuple(tuple(TRUNCATED if key == _GAP else frames.get(key) or self._frame(tgid, state, *key)
                               for key in run)
                         for run in split_runs(raw, o))
         state.runs[raw] = got
@@ -801,7 +803,7 @@ def split_runs(raw: tuple[int, ...], o: PyOffsets) -> list[list[tuple[int, int]]
             if word & FLAG_GAP:
                 run.append(_GAP)
             continue
-        if run and run[-1] is not _GAP and (per_frame or (entries and word & FLAG_ENTRY)):
+        if (per_frame or (entries and word & FLAG_ENTRY)) and run and run[-1] != _GAP:  # (cheap test first)
             runs.append(run)
             run = []
         if word & FLAG_GAP:

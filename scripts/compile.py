@@ -104,7 +104,7 @@ def compile_into(root: Path, work: Path, out: Path, files: list[str]) -> bool:
     for old in work.rglob(f"*{suffix}"):  # a previous build's: only this run's may be copied out
         old.unlink()
     say(f"compiling {len(HOT)} hot modules with mypyc (gcc; about a minute): the agent's drain runs them in ~0.7x "
-        f"the CPU. (asked for with PODFLAME_COMPILE=1)")
+        f"the CPU. PODFLAME_COMPILE=0 skips this")
     started = time.monotonic()
     log = work / "mypyc.log"
     with log.open("w") as f:

@@ -72,10 +72,12 @@ fi
 
 # The agent's hot modules compiled by mypyc (podflame/compiled.py says how they are found and when refused):
 # the drain thread in ~0.7x the CPU. Quick when the sources did not change; a failure leaves the pure-Python source.
-# Opt-in (PODFLAME_COMPILE=1 here and where podflame runs): compiled, a deep Python stack was merged differently
-# (tests/test_fidelity_deep_stacks_bpf.py, stop 25), so the source stays the default until that is found.
-if [ "${PODFLAME_COMPILE:-0}" != 1 ]; then
-  :
+# PODFLAME_COMPILE=0 (here and where podflame runs) keeps to the source: the compiled set is removed.
+if [ "${PODFLAME_COMPILE:-1}" = 0 ]; then
+  if [ -e podflame/_compiled ]; then
+    say "PODFLAME_COMPILE=0: removing the compiled modules; podflame runs its pure-Python source"
+    rm -rf podflame/_compiled
+  fi
 elif ! .venv/bin/python scripts/compile.py; then
-  say "compiling the hot modules failed (above): podflame runs its pure-Python source"
+  say "compiling the hot modules failed (above): podflame runs its pure-Python source (slower; PODFLAME_COMPILE=0 skips the compile)"
 fi

@@ -74,6 +74,7 @@ class Rig:
 def rig(tmp_path: Path, cg: PodCgroup, *, interval: float, namespaces: str | None = None) -> Iterator[Rig]:
     """Stand-in API server + KubeMetadata (via a kubeconfig) + Sampler + agent thread + live server;
     with `namespaces`, the pod selection applied in the kernel as `podflame agent --namespaces` does."""
+    from profiler import metrics
     from profiler.agent import Agent, KubeletLabels, create_context
     from profiler.kube import KubeMetadata, load_api_client
     from profiler.sampler import Sampler
@@ -99,21 +100,17 @@ def rig(tmp_path: Path, cg: PodCgroup, *, interval: float, namespaces: str | Non
                       interval=interval)
         thread = threading.Thread(target=agent.run, daemon=True)
         landed: list[bool] = []
-        drains = [0]
-        drain_once = agent.drain_once
 
-        def counted_drain():
-            out = drain_once()
-            drains[0] += 1
-            return out
-
-        agent.drain_once = counted_drain
+        def drains() -> float:
+            """Drains this agent finished (the only one running): its own count, podflame_agent_drains_total,
+            as the agent's methods cannot be replaced (compiled by mypyc, its attributes are read-only)."""
+            return metrics.DRAINS._value.get()
 
         def settle() -> None:
-            target = drains[0] + 2  # the second drain from now began after now
+            target = drains() + 2  # the second drain from now began after now
             # a hang detector, not a speed bound: an agent sampling the whole node at 997 Hz took 4-26 s a
             # drain on the 2-core machine at load 24 (two drains did not fit the 30 s this once allowed)
-            assert eventually(lambda: drains[0] >= target, 120), "the agent stopped draining"
+            assert eventually(lambda: drains() >= target, 120), "the agent stopped draining"
             assert uploader.flush(30)
 
         def finish() -> None:

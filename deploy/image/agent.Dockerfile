@@ -8,7 +8,7 @@ FROM debian:bookworm-slim AS build
 
 # The build stage: the package installed as in the image, then its hot modules compiled by mypyc against that
 # installed tree (podflame/compiled.py imports them only while those files are unchanged). gcc, Python's headers
-# and mypy stay in this stage. They run only with PODFLAME_COMPILE=1 in the agent's environment (opt-in, README).
+# and mypy stay in this stage. The agent runs them unless its environment sets PODFLAME_COMPILE=0.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev python3-bpfcc gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -26,7 +26,7 @@ RUN /opt/podflame/bin/pip install --no-cache-dir /src \
  && /opt/podflame/bin/pip install --no-cache-dir --target /opt/mypyc "mypy==2.4.1" types-protobuf \
  && site=$(/opt/podflame/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
  && PYTHONPATH=/opt/mypyc /opt/podflame/bin/python /src/scripts/compile.py --root "$site" --work /tmp/mypyc \
- && PODFLAME_COMPILE=1 /opt/podflame/bin/python -c 'import profiler.agent, podflame.compiled as c; assert c.status.compiled, c.status.reason'
+ && /opt/podflame/bin/python -c 'import profiler.agent, podflame.compiled as c; assert c.status.compiled, c.status.reason'
 
 FROM debian:bookworm-slim
 
