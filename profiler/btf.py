@@ -162,3 +162,16 @@ def kernel_has_find_vma(path: Path = VMLINUX_BTF, release: str | None = None) ->
         found = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
         return found is not None and (int(found[1]), int(found[2])) >= FIND_VMA_RELEASE
     return b"\0BPF_FUNC_find_vma\0" in data
+
+
+def mmap_lock_tracepoint_is_cheap(path: Path = VMLINUX_BTF) -> bool:
+    """Whether the kernel's mmap_lock tracepoints pass the memcg's id (`trace_event_raw_mmap_lock.memcg_id`, Linux
+    6.13+). Before, while any probe is attached, every mmap_lock release formats the memcg's path (cgroup_path)
+    and the raw tracepoint's arguments are (mm, memcg_path, write): a probe there would tax every page fault of
+    every process on the node, and read `write` from the wrong argument."""
+    try:
+        btf = Btf.from_file(path)
+        btf.member(btf.find_struct("trace_event_raw_mmap_lock"), "memcg_id")
+    except (BtfError, SystemUnsupported):
+        return False
+    return True

@@ -61,7 +61,7 @@ from profiler.bpfprog import (
     ProgramImage,
     online_cpus,
 )
-from profiler.btf import kernel_has_find_vma
+from profiler.btf import kernel_has_find_vma, mmap_lock_tracepoint_is_cheap
 
 if TYPE_CHECKING:
     from profiler.procmaps import NewProcess
@@ -109,6 +109,14 @@ TAIL_CALLS = (("unwind_progs", 0, "unwind_step"),)  # bpf/native_unwind.bpf.h: t
 # bpf/native_unwind.bpf.h: a new mapping placed over a known one marks its process stale (dlclose, then dlopen);
 # a library's text mapped by a process without a mapping array is remembered for its first walks
 TRACEPOINTS = (("on_new_area", "vm_unmapped_area"), ("on_mmap_unlock", "mmap_lock_released"))
+
+
+def tracepoints() -> tuple[tuple[str, str], ...]:
+    """TRACEPOINTS this kernel can afford: the mmap_lock one only where it is cheap (btf.mmap_lock_tracepoint_is_cheap;
+    without it a new process's libraries are found by the walk's one bpf_find_vma, as before)."""
+    if mmap_lock_tracepoint_is_cheap():
+        return TRACEPOINTS
+    return tuple(t for t in TRACEPOINTS if t[1] != "mmap_lock_released")
 UNWIND_MODES = {"fp": 0, "auto": 1, "tables": 2}  # UNWIND_MODE in bpf/native_unwind.bpf.h
 # Off by default for the continuous agent until its cost is under target on a busy node (docs/benchmarks.md):
 # `podflame record` asks for "auto" itself (it loads its target's tables before sampling).
@@ -304,6 +312,7 @@ class Sampler:
         if os.geteuid() != 0:
             raise SamplerError("the sampler must run as root: it loads eBPF programs and opens perf events "
                                "on every CPU (CAP_BPF + CAP_PERFMON)")
+        self._tracepoints = tracepoints() if unwind != "fp" else TRACEPOINTS[:1]
         cflags = [
             f"-DSTACK_MAP_SIZE={stack_map_size}",
             f"-DCOUNTS_MAP_SIZE={counts_map_size}",
@@ -395,7 +404,7 @@ class Sampler:
         """The program from the compiled-image cache, else compiled by BCC (and cached)."""
         source = expanded_source(BPF_SOURCE)
         key = cache.key(source, cflags, "+".join([PROGRAM, *(fn for _, _, fn in TAIL_CALLS),
-                                                  *(f"{fn}@{tp}" for fn, tp in TRACEPOINTS)]))
+                                                  *(f"{fn}@{tp}" for fn, tp in self._tracepoints)]))
         image = cache.get(key)
         if image is not None:
             try:
@@ -416,7 +425,7 @@ class Sampler:
             raise SamplerError(problem)
         try:
             image, self.compile_seconds = compile_in_child(BPF_SOURCE, PROGRAM, cflags, INNER_MAPS,
-                                                           tail_calls=TAIL_CALLS, tracepoints=TRACEPOINTS)
+                                                           tail_calls=TAIL_CALLS, tracepoints=self._tracepoints)
         except CompileError as e:
             raise SamplerError(f"BCC could not compile {BPF_SOURCE} ({e}). Missing or mismatched kernel headers: "
                                "run scripts/setup.sh") from e

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from profiler.btf import VMLINUX_BTF, kernel_has_find_vma
+import pytest
+
+from profiler import sampler
+from profiler.btf import VMLINUX_BTF, kernel_has_find_vma, mmap_lock_tracepoint_is_cheap
 
 
 def test_this_kernel_has_find_vma() -> None:
@@ -27,3 +30,17 @@ def test_without_btf_the_release_decides(tmp_path: Path) -> None:
     assert kernel_has_find_vma(gone, "5.17.0")
     assert kernel_has_find_vma(gone, "6.1.0-28-amd64")
     assert not kernel_has_find_vma(gone, "unknown")
+
+
+def test_the_mmap_lock_tracepoint_is_cheap_only_where_it_passes_a_memcg_id(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # Linux 6.18 here: (mm, write) with the memcg's id; before 6.13 (mm, memcg_path, write) and a cgroup_path per
+    # mmap_lock release while a probe is attached, so the sampler leaves on_mmap_unlock out there
+    assert mmap_lock_tracepoint_is_cheap()
+    assert sampler.tracepoints() == sampler.TRACEPOINTS
+    older = tmp_path / "vmlinux"
+    older.write_bytes(VMLINUX_BTF.read_bytes().replace(b"\0memcg_id\0", b"\0memcg_xx\0"))
+    assert not mmap_lock_tracepoint_is_cheap(older)
+    assert not mmap_lock_tracepoint_is_cheap(tmp_path / "none")  # no BTF: not known to be cheap
+    monkeypatch.setattr(sampler, "mmap_lock_tracepoint_is_cheap", lambda: False)
+    assert sampler.tracepoints() == (("on_new_area", "vm_unmapped_area"),)
